@@ -1,0 +1,194 @@
+//! The ledger of one fulfillment node: how many allocations it accepted
+//! today, whether it is online, and which orders it currently serves. The
+//! node actor is its single writer.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::index::AvailabilityIndex;
+use super::model::{NodeIdx, OrderId};
+
+const MS_PER_DAY: u64 = 86_400_000;
+
+/// Answer to a capacity hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapacityOutcome {
+    /// One allocation of today's capacity is held (pending).
+    Held,
+    /// The order already has an allocation here; no new capacity is used.
+    AlreadyServing,
+    /// Today's capacity is used up.
+    Full,
+    Offline,
+}
+
+impl CapacityOutcome {
+    pub fn is_ok(self) -> bool {
+        matches!(self, CapacityOutcome::Held | CapacityOutcome::AlreadyServing)
+    }
+}
+
+/// An open allocation of an order at this node.
+#[derive(Clone, Copy, Debug)]
+struct Served {
+    /// Day number (since the epoch) the capacity was taken on; a release on a
+    /// later day gives nothing back to today.
+    day: u64,
+    pending: bool,
+}
+
+pub struct NodeLedger {
+    node: NodeIdx,
+    daily_capacity: u32,
+    /// Allocations taken on `day`.
+    used: u32,
+    day: u64,
+    online: bool,
+    index: Arc<AvailabilityIndex>,
+    orders: FxHashMap<OrderId, Served>,
+}
+
+impl NodeLedger {
+    pub fn new(node: NodeIdx, daily_capacity: u32, online: bool, index: Arc<AvailabilityIndex>, now_ms: u64) -> NodeLedger {
+        let ledger = NodeLedger {
+            node,
+            daily_capacity,
+            used: 0,
+            day: now_ms / MS_PER_DAY,
+            online,
+            index,
+            orders: FxHashMap::default(),
+        };
+        ledger.publish();
+        ledger
+    }
+
+    fn publish(&self) {
+        assert!(self.used <= self.daily_capacity, "node {} above its capacity", self.node);
+        self.index.publish_node(self.node, self.online, self.used, self.daily_capacity - self.used);
+    }
+
+    /// A new day starts with the whole capacity free.
+    fn roll(&mut self, now_ms: u64) {
+        let today = now_ms / MS_PER_DAY;
+        if today > self.day {
+            self.day = today;
+            self.used = 0;
+        }
+    }
+
+    pub fn hold(&mut self, order: OrderId, now_ms: u64) -> CapacityOutcome {
+        self.roll(now_ms);
+        if !self.online {
+            return CapacityOutcome::Offline;
+        }
+        if self.orders.contains_key(&order) {
+            return CapacityOutcome::AlreadyServing;
+        }
+        if self.used >= self.daily_capacity {
+            return CapacityOutcome::Full;
+        }
+        self.used += 1;
+        self.orders.insert(order, Served { day: self.day, pending: true });
+        self.publish();
+        CapacityOutcome::Held
+    }
+
+    pub fn commit(&mut self, order: OrderId) {
+        if let Some(served) = self.orders.get_mut(&order) {
+            served.pending = false;
+        }
+    }
+
+    /// Frees a pending hold only (a failed attempt).
+    pub fn abort(&mut self, order: OrderId) {
+        if self.orders.get(&order).is_some_and(|s| s.pending) {
+            self.release(order);
+        }
+    }
+
+    /// The order no longer needs this node (cancelled, expired, re-routed
+    /// away, or fully shipped).
+    pub fn release(&mut self, order: OrderId) {
+        if let Some(served) = self.orders.remove(&order) {
+            if served.day == self.day {
+                self.used -= 1;
+            }
+            self.publish();
+        }
+    }
+
+    /// The order finished with this node (all shipped): forget it without
+    /// giving today's capacity back, since the work was done.
+    pub fn finish(&mut self, order: OrderId) {
+        self.orders.remove(&order);
+    }
+
+    /// Sets the online flag. Going offline returns the orders with committed
+    /// allocations here, which must be re-routed elsewhere.
+    pub fn set_online(&mut self, online: bool) -> Vec<OrderId> {
+        self.online = online;
+        self.publish();
+        if online {
+            return Vec::new();
+        }
+        let mut open: Vec<OrderId> = self.orders.iter().filter(|(_, s)| !s.pending).map(|(&o, _)| o).collect();
+        open.sort_unstable();
+        open
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online
+    }
+
+    pub fn used_today(&self) -> u32 {
+        self.used
+    }
+
+    pub fn serves(&self, order: OrderId) -> bool {
+        self.orders.contains_key(&order)
+    }
+
+    pub fn open_orders(&self) -> usize {
+        self.orders.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(capacity: u32) -> NodeLedger {
+        NodeLedger::new(0, capacity, true, Arc::new(AvailabilityIndex::new(1, 1)), 0)
+    }
+
+    #[test]
+    fn capacity_is_never_exceeded_and_comes_back() {
+        // Proves a full node refuses holds, aborts free capacity, and a new day resets it.
+        let mut node = ledger(2);
+        assert_eq!(node.hold(1, 0), CapacityOutcome::Held);
+        assert_eq!(node.hold(1, 0), CapacityOutcome::AlreadyServing);
+        assert_eq!(node.hold(2, 0), CapacityOutcome::Held);
+        assert_eq!(node.hold(3, 0), CapacityOutcome::Full);
+        node.abort(2);
+        assert_eq!(node.hold(3, 0), CapacityOutcome::Held);
+        assert_eq!(node.hold(4, MS_PER_DAY), CapacityOutcome::Held);
+        assert_eq!(node.used_today(), 1);
+        // A release of yesterday's allocation gives nothing back today.
+        node.commit(1);
+        node.release(1);
+        assert_eq!(node.used_today(), 1);
+    }
+
+    #[test]
+    fn offline_node_refuses_and_lists_its_orders() {
+        // Proves going offline refuses new holds and hands back the committed orders to re-route.
+        let mut node = ledger(10);
+        node.hold(7, 0);
+        node.commit(7);
+        node.hold(8, 0);
+        assert_eq!(node.set_online(false), vec![7]);
+        assert_eq!(node.hold(9, 0), CapacityOutcome::Offline);
+    }
+}

@@ -1,0 +1,189 @@
+//! The availability index and the SKU catalog: a read view that routers plan
+//! with, written only by the owners of the state it mirrors (a shard writes
+//! its SKUs' ATP, a node ledger its node's capacity and online flag).
+//!
+//! Reads are plain atomic loads with no lock, so every router can plan
+//! against it at once. It may be a moment stale; holds are the truth.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
+
+use super::model::{NodeIdx, SkuId};
+
+/// One SKU's slot: its external name and ATP per node.
+struct SkuRow {
+    name: Box<str>,
+    atp: Box<[AtomicU32]>,
+}
+
+/// Live view of a node's ledger.
+struct NodeView {
+    online: AtomicBool,
+    capacity_left: AtomicU32,
+    capacity_used: AtomicU32,
+}
+
+/// The catalog is full: no more SKUs can be interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the SKU catalog is full ({max_skus} SKUs); raise engine.max_skus")]
+pub struct CatalogFull {
+    pub max_skus: usize,
+}
+
+/// SKU interner plus ATP per (sku, node) plus node capacity, all lock-free
+/// to read.
+pub struct AvailabilityIndex {
+    node_count: usize,
+    /// Name to id. Inserts happen only from stock feeds, never from orders,
+    /// so a client cannot grow it.
+    by_name: DashMap<Box<str>, SkuId, FxBuildHasher>,
+    /// Pre-sized so that a read never waits for a resize.
+    rows: Box<[OnceLock<SkuRow>]>,
+    sku_count: AtomicU32,
+    nodes: Box<[NodeView]>,
+}
+
+impl AvailabilityIndex {
+    pub fn new(node_count: usize, max_skus: usize) -> AvailabilityIndex {
+        AvailabilityIndex {
+            node_count,
+            by_name: DashMap::with_hasher(FxBuildHasher),
+            rows: (0..max_skus).map(|_| OnceLock::new()).collect(),
+            sku_count: AtomicU32::new(0),
+            nodes: (0..node_count)
+                .map(|_| NodeView {
+                    online: AtomicBool::new(false),
+                    capacity_left: AtomicU32::new(0),
+                    capacity_used: AtomicU32::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.node_count
+    }
+
+    pub fn sku_count(&self) -> usize {
+        self.sku_count.load(Ordering::Acquire) as usize
+    }
+
+    pub fn max_skus(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Id of a known SKU. Orders use this: an unknown SKU is an error, not a
+    /// new entry.
+    pub fn lookup(&self, name: &str) -> Option<SkuId> {
+        self.by_name.get(name).map(|id| *id)
+    }
+
+    /// Id of `name`, interning it if new (stock feeds only).
+    pub fn intern(&self, name: &str) -> Result<SkuId, CatalogFull> {
+        if let Some(id) = self.lookup(name) {
+            return Ok(id);
+        }
+        let entry = self.by_name.entry(name.into());
+        if let dashmap::Entry::Occupied(existing) = &entry {
+            return Ok(*existing.get());
+        }
+        let id = self.sku_count.load(Ordering::Acquire);
+        if id as usize >= self.rows.len() {
+            return Err(CatalogFull { max_skus: self.rows.len() });
+        }
+        // The row is filled before the name is published, so whoever finds
+        // the id also finds its row. Interning is serialized by the entry's
+        // lock only per dashmap shard, hence the compare-exchange.
+        let mut id = id;
+        loop {
+            if id as usize >= self.rows.len() {
+                return Err(CatalogFull { max_skus: self.rows.len() });
+            }
+            match self.sku_count.compare_exchange(id, id + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(current) => id = current,
+            }
+        }
+        let row = SkuRow {
+            name: name.into(),
+            atp: (0..self.node_count).map(|_| AtomicU32::new(0)).collect(),
+        };
+        assert!(self.rows[id as usize].set(row).is_ok(), "sku slot {id} filled twice");
+        entry.or_insert(id);
+        Ok(id)
+    }
+
+    /// External name of an interned SKU.
+    pub fn sku_name(&self, sku: SkuId) -> Option<&str> {
+        self.rows.get(sku as usize)?.get().map(|row| &*row.name)
+    }
+
+    /// Available-to-promise as last published by the owning shard.
+    #[inline]
+    pub fn atp(&self, sku: SkuId, node: NodeIdx) -> u32 {
+        match self.rows.get(sku as usize).and_then(OnceLock::get) {
+            Some(row) => row.atp[node as usize].load(Ordering::Relaxed),
+            None => 0,
+        }
+    }
+
+    /// Sum of ATP over all nodes.
+    pub fn atp_total(&self, sku: SkuId) -> u64 {
+        match self.rows.get(sku as usize).and_then(OnceLock::get) {
+            Some(row) => row.atp.iter().map(|a| u64::from(a.load(Ordering::Relaxed))).sum(),
+            None => 0,
+        }
+    }
+
+    /// Called only by the shard that owns `sku`.
+    #[inline]
+    pub fn publish_atp(&self, sku: SkuId, node: NodeIdx, atp: u32) {
+        if let Some(row) = self.rows.get(sku as usize).and_then(OnceLock::get) {
+            row.atp[node as usize].store(atp, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub fn node_online(&self, node: NodeIdx) -> bool {
+        self.nodes[node as usize].online.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn capacity_left(&self, node: NodeIdx) -> u32 {
+        self.nodes[node as usize].capacity_left.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn capacity_used(&self, node: NodeIdx) -> u32 {
+        self.nodes[node as usize].capacity_used.load(Ordering::Relaxed)
+    }
+
+    /// Called only by the ledger of `node`.
+    pub fn publish_node(&self, node: NodeIdx, online: bool, capacity_used: u32, capacity_left: u32) {
+        let view = &self.nodes[node as usize];
+        view.online.store(online, Ordering::Relaxed);
+        view.capacity_used.store(capacity_used, Ordering::Relaxed);
+        view.capacity_left.store(capacity_left, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_is_stable_and_bounded() {
+        // Proves a name keeps its id, ids are dense, and a full catalog is an error rather than a panic.
+        let index = AvailabilityIndex::new(2, 2);
+        assert_eq!(index.intern("A"), Ok(0));
+        assert_eq!(index.intern("B"), Ok(1));
+        assert_eq!(index.intern("A"), Ok(0));
+        assert_eq!(index.intern("C"), Err(CatalogFull { max_skus: 2 }));
+        assert_eq!(index.lookup("B"), Some(1));
+        assert_eq!(index.lookup("C"), None);
+        assert_eq!(index.sku_name(1), Some("B"));
+    }
+}

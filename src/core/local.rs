@@ -1,0 +1,187 @@
+//! An in-memory, single-threaded driver of the core: one router, every
+//! shard and node ledger as plain values, messages as direct calls. The
+//! property tests and simulations run the same placement and lifecycle code
+//! as the actors do, deterministically and with time passed in.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use futures::executor::block_on;
+
+use super::capacity::{CapacityOutcome, NodeLedger};
+use super::index::AvailabilityIndex;
+use super::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
+use super::network::Network;
+use super::placement::{NodeOp, Participants, StockOp};
+use super::router::{OpError, OrderRecord, OrderRef, RouterCore};
+use super::stock::{Bumped, Cell, HoldItem, HoldOutcome, StockError, StockShard};
+
+/// Shards and ledgers owned in place; `RefCell` because placement borrows
+/// them through `&self` like it would borrow actor handles.
+pub struct LocalParticipants {
+    pub shards: RefCell<Vec<StockShard>>,
+    pub nodes: RefCell<Vec<NodeLedger>>,
+}
+
+impl Participants for LocalParticipants {
+    async fn hold_stock(&self, shard: u32, items: Vec<HoldItem>) -> Vec<HoldOutcome> {
+        self.shards.borrow_mut()[shard as usize].hold(&items)
+    }
+
+    async fn hold_capacity(&self, node: NodeIdx, orders: Vec<OrderId>, now_ms: u64) -> Vec<CapacityOutcome> {
+        let mut nodes = self.nodes.borrow_mut();
+        orders.into_iter().map(|order| nodes[node as usize].hold(order, now_ms)).collect()
+    }
+
+    async fn ship(&self, shard: u32, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> Result<(), StockError> {
+        self.shards.borrow_mut()[shard as usize].ship(order, sku, node, qty)
+    }
+
+    async fn correct_stock(&self, shard: u32, sku: SkuId, node: NodeIdx, on_hand: u32) -> Vec<Bumped> {
+        self.shards.borrow_mut()[shard as usize].set(sku, node, on_hand, None)
+    }
+
+    fn stock_ops(&self, shard: u32, ops: Vec<StockOp>) {
+        let mut shards = self.shards.borrow_mut();
+        for op in ops {
+            apply_stock_op(&mut shards[shard as usize], op);
+        }
+    }
+
+    fn node_ops(&self, node: NodeIdx, ops: Vec<NodeOp>) {
+        let mut nodes = self.nodes.borrow_mut();
+        for op in ops {
+            apply_node_op(&mut nodes[node as usize], op);
+        }
+    }
+}
+
+/// Applies one fire-and-forget op to a shard; shared with the shard actor.
+pub fn apply_stock_op(shard: &mut StockShard, op: StockOp) {
+    match op {
+        StockOp::Commit(order) => shard.commit(order),
+        StockOp::Abort(order) => shard.abort(order),
+        StockOp::ReleaseOrder(order) => {
+            shard.release_order(order);
+        }
+        StockOp::Release { order, sku, node, qty } => {
+            shard.release(order, sku, node, qty);
+        }
+        StockOp::Restock { sku, node, qty } => {
+            // A return beyond u32::MAX units on one shelf cannot happen in
+            // practice; the shard refuses it rather than wrap.
+            let _ = shard.restock(sku, node, qty);
+        }
+    }
+}
+
+/// Applies one fire-and-forget op to a node ledger; shared with the node actor.
+pub fn apply_node_op(ledger: &mut NodeLedger, op: NodeOp) {
+    match op {
+        NodeOp::Commit(order) => ledger.commit(order),
+        NodeOp::Abort(order) => ledger.abort(order),
+        NodeOp::Release(order) => ledger.release(order),
+        NodeOp::Finish(order) => ledger.finish(order),
+    }
+}
+
+pub struct LocalEngine {
+    pub network: Arc<Network>,
+    pub index: Arc<AvailabilityIndex>,
+    pub router: RouterCore,
+    pub participants: LocalParticipants,
+}
+
+impl LocalEngine {
+    pub fn new(network: Arc<Network>, index: Arc<AvailabilityIndex>, shard_count: u32, now_ms: u64) -> LocalEngine {
+        let shards = (0..shard_count).map(|s| StockShard::new(s, shard_count, index.clone())).collect();
+        let nodes = network
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeLedger::new(i as NodeIdx, n.daily_capacity, n.online, index.clone(), now_ms))
+            .collect();
+        LocalEngine {
+            router: RouterCore::new(0, network.clone(), index.clone(), shard_count),
+            network,
+            index,
+            participants: LocalParticipants { shards: RefCell::new(shards), nodes: RefCell::new(nodes) },
+        }
+    }
+
+    fn shard_count(&self) -> u32 {
+        self.participants.shards.borrow().len() as u32
+    }
+
+    pub fn submit(&mut self, order: OrderRequest, now_ms: u64) -> Decision {
+        block_on(self.router.submit(std::slice::from_ref(&order), now_ms, &self.participants)).remove(0)
+    }
+
+    pub fn submit_batch(&mut self, orders: &[OrderRequest], now_ms: u64) -> Vec<Decision> {
+        block_on(self.router.submit(orders, now_ms, &self.participants))
+    }
+
+    pub fn confirm(&mut self, order: &OrderRef) -> Result<OrderRecord, OpError> {
+        self.router.confirm(order).cloned()
+    }
+
+    pub fn cancel(&mut self, order: &OrderRef) -> Result<OrderRecord, OpError> {
+        self.router.cancel(order, &self.participants).cloned()
+    }
+
+    pub fn expire_due(&mut self, now_ms: u64) -> usize {
+        self.router.expire_due(now_ms, &self.participants)
+    }
+
+    pub fn ship(&mut self, order: &OrderRef, node: NodeIdx, sku: SkuId, qty: u32) -> Result<OrderRecord, OpError> {
+        block_on(self.router.ship(order, node, sku, qty, &self.participants)).cloned()
+    }
+
+    pub fn return_units(&mut self, order: &OrderRef, node: NodeIdx, sku: SkuId, qty: u32) -> Result<OrderRecord, OpError> {
+        self.router.return_units(order, node, sku, qty, &self.participants).cloned()
+    }
+
+    pub fn node_reject(&mut self, order: &OrderRef, node: NodeIdx, counts: &[(SkuId, u32)], now_ms: u64) -> Result<OrderRecord, OpError> {
+        let (record, bumped) = block_on(self.router.node_reject(order, node, counts, now_ms, &self.participants))?;
+        let record = record.clone();
+        block_on(self.router.bumped(&bumped, now_ms, &self.participants));
+        Ok(record)
+    }
+
+    /// Sets a node's online flag; going offline re-routes its open orders.
+    pub fn set_node_online(&mut self, node: NodeIdx, online: bool, now_ms: u64) -> usize {
+        let orders = self.participants.nodes.borrow_mut()[node as usize].set_online(online);
+        for &order in &orders {
+            block_on(self.router.node_offline(order, node, now_ms, &self.participants));
+        }
+        orders.len()
+    }
+
+    /// A WMS count: interns the SKU if new, sets the cell, re-routes bumps.
+    pub fn stock_set(&mut self, sku: &str, node: NodeIdx, on_hand: u32, safety_stock: Option<u32>, now_ms: u64) -> SkuId {
+        let sku = self.index.intern(sku).expect("catalog has room");
+        let shard = StockShard::shard_of(sku, self.shard_count()) as usize;
+        let bumped = self.participants.shards.borrow_mut()[shard].set(sku, node, on_hand, safety_stock);
+        block_on(self.router.bumped(&bumped, now_ms, &self.participants));
+        sku
+    }
+
+    pub fn stock_adjust(&mut self, sku: SkuId, node: NodeIdx, delta: i64, now_ms: u64) -> Result<(), StockError> {
+        let shard = StockShard::shard_of(sku, self.shard_count()) as usize;
+        let bumped = self.participants.shards.borrow_mut()[shard].adjust(sku, node, delta)?;
+        block_on(self.router.bumped(&bumped, now_ms, &self.participants));
+        Ok(())
+    }
+
+    pub fn cell(&self, sku: SkuId, node: NodeIdx) -> Cell {
+        let shard = StockShard::shard_of(sku, self.shard_count()) as usize;
+        self.participants.shards.borrow()[shard].cell(sku, node)
+    }
+
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for shard in self.participants.shards.borrow().iter() {
+            shard.check_invariants()?;
+        }
+        self.router.check_invariants()
+    }
+}

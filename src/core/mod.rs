@@ -1,0 +1,15 @@
+//! The sans-IO core: routing and reservation as plain data and functions.
+//! Nothing in `core` awaits a timer, touches a socket or a file, or reads a
+//! clock: time comes in as `now_ms`, and the only awaits are on the
+//! [`placement::Participants`] the shell hands in.
+
+pub mod capacity;
+pub mod geo;
+pub mod index;
+pub mod local;
+pub mod model;
+pub mod network;
+pub mod placement;
+pub mod policy;
+pub mod router;
+pub mod stock;

@@ -1,0 +1,341 @@
+//! Placing units: plan, hold at the shards, hold capacity at the nodes, and
+//! commit or abort; re-plan on a short or full answer, a bounded number of
+//! times. This is the one place where the two-phase reservation lives.
+//!
+//! It is plain Rust over the [`Participants`] trait: the actor shell
+//! implements it with messages, the in-memory driver with direct calls.
+//! Nothing here spawns, sleeps or reads a clock.
+
+use std::future::Future;
+
+use futures::future::join_all;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use super::capacity::CapacityOutcome;
+use super::geo::GeoPoint;
+use super::index::AvailabilityIndex;
+use super::model::{Allocation, MarketIdx, NodeIdx, OrderId, RejectReason, ShortLine, SkuId};
+use super::network::Network;
+use super::policy::{plan, Method, OnShort, PlanError, PlanLine, PlanRequest, Policy};
+use super::stock::{Bumped, HoldItem, HoldOutcome, StockError, StockShard};
+use crate::limits::MAX_HOLD_ATTEMPTS;
+
+/// A fire-and-forget change for a shard. Sent after any earlier call from
+/// the same router, and applied in that order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StockOp {
+    Commit(OrderId),
+    Abort(OrderId),
+    ReleaseOrder(OrderId),
+    Release { order: OrderId, sku: SkuId, node: NodeIdx, qty: u32 },
+    Restock { sku: SkuId, node: NodeIdx, qty: u32 },
+}
+
+/// A fire-and-forget change for a node ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeOp {
+    Commit(OrderId),
+    Abort(OrderId),
+    /// The order no longer uses the node; today's capacity comes back.
+    Release(OrderId),
+    /// The order's units at the node all shipped: forget it, capacity stays used.
+    Finish(OrderId),
+}
+
+/// The shards and node ledgers, as seen by a router.
+pub trait Participants {
+    fn hold_stock(&self, shard: u32, items: Vec<HoldItem>) -> impl Future<Output = Vec<HoldOutcome>>;
+    fn hold_capacity(&self, node: NodeIdx, orders: Vec<OrderId>, now_ms: u64) -> impl Future<Output = Vec<CapacityOutcome>>;
+    fn ship(&self, shard: u32, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> impl Future<Output = Result<(), StockError>>;
+    /// Sets a cell's on_hand as a node reported it; returns reservations of
+    /// other orders that no longer fit.
+    fn correct_stock(&self, shard: u32, sku: SkuId, node: NodeIdx, on_hand: u32) -> impl Future<Output = Vec<Bumped>>;
+    fn stock_ops(&self, shard: u32, ops: Vec<StockOp>);
+    fn node_ops(&self, node: NodeIdx, ops: Vec<NodeOp>);
+}
+
+/// Read-only context every router plans with.
+pub struct PlanContext<'a> {
+    pub network: &'a Network,
+    pub index: &'a AvailabilityIndex,
+    pub shard_count: u32,
+}
+
+/// Units to place for one order: a new order's lines, or the part of an
+/// open order that must move (node rejection, node offline, lost stock).
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub order: OrderId,
+    pub lines: SmallVec<[PlanLine; 4]>,
+    pub ship_to: GeoPoint,
+    pub market: Option<MarketIdx>,
+    pub method: Method,
+    pub policy: Policy,
+    /// Nodes never to use for this order.
+    pub excluded: SmallVec<[NodeIdx; 4]>,
+}
+
+/// What placing one attempt came to. Successful placements are committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Placed { allocations: Vec<Allocation>, short: Vec<ShortLine> },
+    Failed(RejectReason),
+}
+
+/// Per-attempt progress while the loop runs.
+struct Progress {
+    widen: bool,
+    tries: u32,
+    /// Nodes excluded for this placement only (full or offline when asked).
+    refused: SmallVec<[NodeIdx; 4]>,
+    outcome: Option<Placement>,
+    /// Per line of the attempt: what the shard answered this round.
+    held: Vec<HoldOutcome>,
+}
+
+fn group_stock_ops(ops: impl IntoIterator<Item = (u32, StockOp)>) -> FxHashMap<u32, Vec<StockOp>> {
+    let mut grouped: FxHashMap<u32, Vec<StockOp>> = FxHashMap::default();
+    for (shard, op) in ops {
+        grouped.entry(shard).or_default().push(op);
+    }
+    grouped
+}
+
+/// Sends grouped ops: every shard and node named gets one message.
+pub fn send_ops<P: Participants>(participants: &P, stock: FxHashMap<u32, Vec<StockOp>>, nodes: FxHashMap<NodeIdx, Vec<NodeOp>>) {
+    for (shard, ops) in stock {
+        participants.stock_ops(shard, ops);
+    }
+    for (node, ops) in nodes {
+        participants.node_ops(node, ops);
+    }
+}
+
+/// Places a batch of attempts and commits the successful ones. Returns one
+/// placement per attempt, in order.
+pub async fn place<P: Participants>(context: &PlanContext<'_>, attempts: &[Attempt], now_ms: u64, participants: &P) -> Vec<Placement> {
+    let mut progress: Vec<Progress> = attempts
+        .iter()
+        .map(|_| Progress { widen: false, tries: 0, refused: SmallVec::new(), outcome: None, held: Vec::new() })
+        .collect();
+    loop {
+        let active: Vec<usize> = (0..attempts.len()).filter(|&i| progress[i].outcome.is_none()).collect();
+        if active.is_empty() {
+            break;
+        }
+        hold_stock_round(context, attempts, &mut progress, &active, participants).await;
+        let mut aborts: Vec<(u32, StockOp)> = Vec::new();
+        let candidates = judge_stock(context, attempts, &mut progress, &active, &mut aborts);
+        let refused_nodes = hold_capacity_round(context, attempts, &mut progress, &candidates, now_ms, participants, &mut aborts).await;
+        let mut node_aborts: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
+        for (node, order) in refused_nodes {
+            node_aborts.entry(node).or_default().push(NodeOp::Abort(order));
+        }
+        send_ops(participants, group_stock_ops(aborts), node_aborts);
+    }
+    commit(context, attempts, &progress, participants);
+    progress.into_iter().map(|p| p.outcome.expect("every attempt ends")).collect()
+}
+
+async fn hold_stock_round<P: Participants>(context: &PlanContext<'_>, attempts: &[Attempt], progress: &mut [Progress], active: &[usize], participants: &P) {
+    let mut by_shard: FxHashMap<u32, (Vec<HoldItem>, Vec<(usize, usize)>)> = FxHashMap::default();
+    for &i in active {
+        let attempt = &attempts[i];
+        let state = &mut progress[i];
+        state.tries += 1;
+        let mut excluded = attempt.excluded.clone();
+        excluded.extend_from_slice(&state.refused);
+        let request = PlanRequest {
+            order: attempt.order,
+            lines: &attempt.lines,
+            ship_to: attempt.ship_to,
+            market: attempt.market,
+            method: attempt.method,
+            excluded: &excluded,
+            widen: state.widen,
+        };
+        match plan(context.network, &attempt.policy, context.index, &request) {
+            Err(PlanError::NoEligibleNode) => state.outcome = Some(Placement::Failed(RejectReason::NoEligibleNode)),
+            Ok(items) => {
+                state.held = vec![HoldOutcome::Undone; items.len()];
+                for (line_pos, item) in items.into_iter().enumerate() {
+                    let shard = StockShard::shard_of(item.sku, context.shard_count);
+                    let entry = by_shard.entry(shard).or_default();
+                    entry.0.push(item);
+                    entry.1.push((i, line_pos));
+                }
+            }
+        }
+    }
+    let shards: Vec<(u32, Vec<(usize, usize)>)> = by_shard.iter().map(|(&s, (_, slots))| (s, slots.clone())).collect();
+    let replies = join_all(by_shard.into_iter().map(|(shard, (items, _))| participants.hold_stock(shard, items))).await;
+    for ((_, slots), outcomes) in shards.into_iter().zip(replies) {
+        assert_eq!(slots.len(), outcomes.len(), "shard answered a different number of items");
+        for ((i, line_pos), outcome) in slots.into_iter().zip(outcomes) {
+            progress[i].held[line_pos] = outcome;
+        }
+    }
+}
+
+/// Decides, per attempt, whether its stock holds stand. Attempts whose holds
+/// stand are returned for the capacity round; failed ones are aborted.
+fn judge_stock(context: &PlanContext<'_>, attempts: &[Attempt], progress: &mut [Progress], active: &[usize], aborts: &mut Vec<(u32, StockOp)>) -> Vec<usize> {
+    let mut standing = Vec::new();
+    for &i in active {
+        let state = &mut progress[i];
+        if state.outcome.is_some() {
+            continue;
+        }
+        let attempt = &attempts[i];
+        let partial = attempt.policy.on_short == OnShort::Partial;
+        let mut short = Vec::new();
+        let mut any_held = false;
+        let mut nodes: SmallVec<[NodeIdx; 8]> = SmallVec::new();
+        for (line, outcome) in attempt.lines.iter().zip(&state.held) {
+            match outcome {
+                HoldOutcome::Held(parts) => {
+                    any_held = true;
+                    let held: u32 = parts.iter().map(|p| p.1).sum();
+                    nodes.extend(parts.iter().map(|p| p.0));
+                    if held < line.qty {
+                        short.push(ShortLine { line: line.line, sku: line.sku, requested: line.qty, available: held });
+                    }
+                }
+                HoldOutcome::Short { available } => {
+                    short.push(ShortLine { line: line.line, sku: line.sku, requested: line.qty, available: *available });
+                }
+                HoldOutcome::Undone => {}
+            }
+        }
+        nodes.sort_unstable();
+        nodes.dedup();
+        let too_many = nodes.len() > usize::from(attempt.policy.max_shipments.max(1));
+        let failed = too_many || !any_held || (!short.is_empty() && !partial);
+        if !failed {
+            standing.push(i);
+            continue;
+        }
+        abort_stock(context, attempt, aborts);
+        if too_many {
+            state.outcome = Some(Placement::Failed(RejectReason::TooManyShipments { max_shipments: attempt.policy.max_shipments }));
+        } else if !state.widen {
+            // The index may have lagged: ask once more with every eligible node.
+            state.widen = true;
+        } else {
+            state.outcome = Some(Placement::Failed(RejectReason::Short { lines: short }));
+        }
+    }
+    standing
+}
+
+fn abort_stock(context: &PlanContext<'_>, attempt: &Attempt, aborts: &mut Vec<(u32, StockOp)>) {
+    let mut shards: SmallVec<[u32; 8]> = attempt.lines.iter().map(|l| StockShard::shard_of(l.sku, context.shard_count)).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    aborts.extend(shards.into_iter().map(|s| (s, StockOp::Abort(attempt.order))));
+}
+
+/// Asks every node an attempt's holds landed on for one allocation of
+/// capacity. Returns the (node, order) capacity holds to abort.
+async fn hold_capacity_round<P: Participants>(
+    context: &PlanContext<'_>,
+    attempts: &[Attempt],
+    progress: &mut [Progress],
+    standing: &[usize],
+    now_ms: u64,
+    participants: &P,
+    aborts: &mut Vec<(u32, StockOp)>,
+) -> Vec<(NodeIdx, OrderId)> {
+    let mut by_node: FxHashMap<NodeIdx, (Vec<OrderId>, Vec<usize>)> = FxHashMap::default();
+    for &i in standing {
+        let mut nodes: SmallVec<[NodeIdx; 8]> = SmallVec::new();
+        for outcome in &progress[i].held {
+            if let HoldOutcome::Held(parts) = outcome {
+                nodes.extend(parts.iter().map(|p| p.0));
+            }
+        }
+        nodes.sort_unstable();
+        nodes.dedup();
+        for node in nodes {
+            let entry = by_node.entry(node).or_default();
+            entry.0.push(attempts[i].order);
+            entry.1.push(i);
+        }
+    }
+    let asked: Vec<(NodeIdx, Vec<usize>)> = by_node.iter().map(|(&n, (_, who))| (n, who.clone())).collect();
+    let replies = join_all(by_node.into_iter().map(|(node, (orders, _))| participants.hold_capacity(node, orders, now_ms))).await;
+    let mut granted: Vec<(NodeIdx, usize)> = Vec::new();
+    let mut refused_any: FxHashMap<usize, ()> = FxHashMap::default();
+    for ((node, who), outcomes) in asked.into_iter().zip(replies) {
+        for (i, outcome) in who.into_iter().zip(outcomes) {
+            match outcome {
+                CapacityOutcome::Held => granted.push((node, i)),
+                CapacityOutcome::AlreadyServing => {}
+                CapacityOutcome::Full | CapacityOutcome::Offline => {
+                    progress[i].refused.push(node);
+                    refused_any.insert(i, ());
+                }
+            }
+        }
+    }
+    let mut node_aborts = Vec::new();
+    for (node, i) in granted {
+        if refused_any.contains_key(&i) {
+            node_aborts.push((node, attempts[i].order));
+        }
+    }
+    for &i in standing {
+        let state = &mut progress[i];
+        if refused_any.contains_key(&i) {
+            abort_stock(context, &attempts[i], aborts);
+            if state.tries >= MAX_HOLD_ATTEMPTS {
+                state.outcome = Some(Placement::Failed(RejectReason::Contention { attempts: state.tries }));
+            }
+            continue;
+        }
+        state.outcome = Some(placed(&attempts[i], &state.held));
+    }
+    node_aborts
+}
+
+fn placed(attempt: &Attempt, held: &[HoldOutcome]) -> Placement {
+    let mut allocations = Vec::new();
+    let mut short = Vec::new();
+    for (line, outcome) in attempt.lines.iter().zip(held) {
+        let mut got = 0;
+        if let HoldOutcome::Held(parts) = outcome {
+            for &(node, qty) in parts {
+                allocations.push(Allocation { line: line.line, sku: line.sku, node, qty });
+                got += qty;
+            }
+        }
+        if got < line.qty {
+            let available = match outcome {
+                HoldOutcome::Short { available } => *available,
+                _ => got,
+            };
+            short.push(ShortLine { line: line.line, sku: line.sku, requested: line.qty, available });
+        }
+    }
+    Placement::Placed { allocations, short }
+}
+
+fn commit<P: Participants>(context: &PlanContext<'_>, attempts: &[Attempt], progress: &[Progress], participants: &P) {
+    let mut stock: Vec<(u32, StockOp)> = Vec::new();
+    let mut nodes: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
+    for (attempt, state) in attempts.iter().zip(progress) {
+        let Some(Placement::Placed { allocations, .. }) = &state.outcome else { continue };
+        let mut shards: SmallVec<[u32; 8]> = allocations.iter().map(|a| StockShard::shard_of(a.sku, context.shard_count)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        stock.extend(shards.into_iter().map(|s| (s, StockOp::Commit(attempt.order))));
+        let mut used: SmallVec<[NodeIdx; 8]> = allocations.iter().map(|a| a.node).collect();
+        used.sort_unstable();
+        used.dedup();
+        for node in used {
+            nodes.entry(node).or_default().push(NodeOp::Commit(attempt.order));
+        }
+    }
+    send_ops(participants, group_stock_ops(stock), nodes);
+}

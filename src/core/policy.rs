@@ -1,0 +1,289 @@
+//! Routing policy and the planner: which nodes may serve an order
+//! (filters), in which order of preference (rules, then weighted cost), and
+//! the hold items that carry that preference to the shards.
+//!
+//! The planner reads only the availability index, which may be a moment
+//! stale: it ranks, it does not decide. The shard that owns a SKU takes the
+//! first candidate that truly has the units.
+
+use smallvec::SmallVec;
+
+use super::geo::GeoPoint;
+use super::index::AvailabilityIndex;
+use super::model::{Capabilities, MarketIdx, NodeIdx, OrderId, SkuId};
+use super::network::Network;
+use super::stock::HoldItem;
+use crate::limits::{MAX_CANDIDATES_PER_LINE, MAX_LINES_PER_ORDER, MAX_RULES};
+
+/// A named routing rule. Each breaks the ties left by the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// The store the customer chose for pickup before any other.
+    PickupAtSelectedStore,
+    /// Nodes in the order's market before others.
+    SameMarket,
+    /// Nodes that can ship more of the order in one shipment first.
+    FewestShipments,
+    /// Shortest distance to the ship-to point.
+    Nearest,
+    /// Lowest shipping cost (base + per km).
+    Cheapest,
+    /// Shortest lead time.
+    Fastest,
+    /// Lowest priority rank.
+    NodePriority,
+    /// Most units of the ordered SKUs.
+    MostStock,
+    /// Lowest share of today's capacity used.
+    LeastLoaded,
+}
+
+/// What to do when stock is short for some lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnShort {
+    /// All or nothing: reserve nothing and reject with the short lines.
+    Reject,
+    /// Keep what can be reserved; the decision lists the short lines.
+    Partial,
+}
+
+/// Which nodes may serve an order at all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Filters {
+    /// Only nodes in the order's market.
+    pub same_market: bool,
+    /// Only nodes within this distance of the ship-to point.
+    pub max_distance_km: Option<f64>,
+    /// Same-day orders only go to same-day nodes within this distance.
+    pub same_day_max_km: f64,
+    /// A pickup order may be served by another pickup store when the chosen
+    /// one lacks stock (the rule `pickup_at_selected_store` still prefers it).
+    pub pickup_alternatives: bool,
+}
+
+/// Weights of the last tie-breaker: a cost summed over these terms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights {
+    pub distance_km: f64,
+    pub cost_cents: f64,
+    pub lead_time_minutes: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    pub filters: Filters,
+    pub weights: Weights,
+    /// Most distinct nodes one order may ship from.
+    pub max_shipments: u8,
+    pub on_short: OnShort,
+    /// Hold lifetime when the order does not say.
+    pub hold_ttl_ms: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            rules: vec![Rule::FewestShipments, Rule::Nearest],
+            filters: Filters { same_market: false, max_distance_km: None, same_day_max_km: 50.0, pickup_alternatives: true },
+            weights: Weights { distance_km: 1.0, cost_cents: 0.0, lead_time_minutes: 0.0 },
+            max_shipments: 3,
+            on_short: OnShort::Reject,
+            hold_ttl_ms: 15 * 60 * 1000,
+        }
+    }
+}
+
+/// How the order reaches the customer, resolved to indices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Ship,
+    Pickup { store: NodeIdx },
+    SameDay,
+}
+
+/// One line to place: its index in the order, SKU and units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanLine {
+    pub line: u16,
+    pub sku: SkuId,
+    pub qty: u32,
+}
+
+/// Everything the planner needs about one order (or the re-routed rest of one).
+#[derive(Clone, Debug)]
+pub struct PlanRequest<'a> {
+    pub order: OrderId,
+    pub lines: &'a [PlanLine],
+    pub ship_to: GeoPoint,
+    pub market: Option<MarketIdx>,
+    pub method: Method,
+    /// Nodes that must not serve this order (rejected it, went offline,
+    /// were full in an earlier attempt).
+    pub excluded: &'a [NodeIdx],
+    /// Offer every eligible node as a candidate, even those the index shows
+    /// without stock (used after a short answer, in case the index lagged).
+    pub widen: bool,
+}
+
+/// A node that passed the filters, with its ranking key.
+#[derive(Clone, Copy)]
+struct Ranked {
+    node: NodeIdx,
+    /// Lines (bit i = line i of the request) the index says it covers fully.
+    covers: u64,
+    key: [u64; MAX_RULES + 2],
+}
+
+/// Why no hold can be planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    NoEligibleNode,
+}
+
+fn method_capabilities(method: Method) -> Capabilities {
+    match method {
+        Method::Ship => Capabilities::SHIP.union(Capabilities::SHIP_FROM_STORE),
+        Method::Pickup { .. } => Capabilities::PICKUP,
+        Method::SameDay => Capabilities::SAME_DAY,
+    }
+}
+
+/// Plans the hold items of one request: one item per line, candidates in
+/// policy order. Items come out in line order; the caller groups them by shard.
+pub fn plan(network: &Network, policy: &Policy, index: &AvailabilityIndex, request: &PlanRequest) -> Result<Vec<HoldItem>, PlanError> {
+    assert!(request.lines.len() <= MAX_LINES_PER_ORDER);
+    let mut ranked = rank_nodes(network, policy, index, request)?;
+    let fewest_position = policy.rules.iter().position(|r| *r == Rule::FewestShipments);
+    let mut primary: SmallVec<[Option<NodeIdx>; 8]> = SmallVec::from_elem(None, request.lines.len());
+    if let (Some(position), true) = (fewest_position, request.lines.len() > 1) {
+        choose_consolidation(&mut ranked, position, policy.max_shipments, &mut primary);
+    }
+    ranked.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    let max_parts = policy.max_shipments.max(1);
+    let partial = policy.on_short == OnShort::Partial;
+    let items = request
+        .lines
+        .iter()
+        .zip(&primary)
+        .map(|(line, first)| {
+            let mut candidates: SmallVec<[NodeIdx; 8]> = SmallVec::new();
+            candidates.extend(*first);
+            let others = ranked
+                .iter()
+                .filter(|r| Some(r.node) != *first && (request.widen || index.atp(line.sku, r.node) > 0))
+                .map(|r| r.node);
+            candidates.extend(others.take(MAX_CANDIDATES_PER_LINE - candidates.len()));
+            HoldItem { order: request.order, line: line.line, sku: line.sku, qty: line.qty, candidates, max_parts, partial }
+        })
+        .collect();
+    Ok(items)
+}
+
+/// Greedy set cover: repeatedly pick the best node by the rules, with
+/// "fewest shipments" scored on the lines still unplaced, and give it every
+/// unplaced line it covers. Lines no single node covers stay without a
+/// primary and are split by the shard.
+fn choose_consolidation(ranked: &mut [Ranked], position: usize, max_shipments: u8, primary: &mut [Option<NodeIdx>]) {
+    let mut remaining: u64 = if primary.len() == 64 { u64::MAX } else { (1u64 << primary.len()) - 1 };
+    for _ in 0..max_shipments {
+        if remaining == 0 {
+            break;
+        }
+        for r in ranked.iter_mut() {
+            r.key[position] = u64::from(64 - (r.covers & remaining).count_ones());
+        }
+        let Some(best) = ranked.iter().min_by(|a, b| a.key.cmp(&b.key)) else { break };
+        let newly = best.covers & remaining;
+        if newly == 0 {
+            break;
+        }
+        for (i, slot) in primary.iter_mut().enumerate() {
+            if newly & (1 << i) != 0 {
+                *slot = Some(best.node);
+            }
+        }
+        remaining &= !newly;
+    }
+    // Leave the final ranking on coverage of the whole order.
+    for r in ranked.iter_mut() {
+        r.key[position] = u64::from(64 - r.covers.count_ones());
+    }
+}
+
+/// Applies the filters and computes each survivor's ranking key.
+fn rank_nodes(network: &Network, policy: &Policy, index: &AvailabilityIndex, request: &PlanRequest) -> Result<SmallVec<[Ranked; 16]>, PlanError> {
+    let wanted = method_capabilities(request.method);
+    let selected_store = match request.method {
+        Method::Pickup { store } => Some(store),
+        _ => None,
+    };
+    let filters = &policy.filters;
+    let mut ranked: SmallVec<[Ranked; 16]> = SmallVec::new();
+    let mut any_eligible = false;
+    for (i, node) in network.nodes.iter().enumerate() {
+        let idx = i as NodeIdx;
+        if !node.capabilities.intersects(wanted) || request.excluded.contains(&idx) {
+            continue;
+        }
+        if selected_store.is_some_and(|s| s != idx) && !filters.pickup_alternatives {
+            continue;
+        }
+        if filters.same_market && request.market != Some(node.market) {
+            continue;
+        }
+        if !index.node_online(idx) || index.capacity_left(idx) == 0 {
+            continue;
+        }
+        let distance_km = request.ship_to.distance_km(&node.location);
+        if filters.max_distance_km.is_some_and(|max| distance_km > max) {
+            continue;
+        }
+        if request.method == Method::SameDay && distance_km > filters.same_day_max_km {
+            continue;
+        }
+        any_eligible = true;
+        let mut covers = 0u64;
+        let mut stock = 0u64;
+        for (bit, line) in request.lines.iter().enumerate() {
+            let atp = index.atp(line.sku, idx);
+            stock += u64::from(atp);
+            if atp >= line.qty {
+                covers |= 1 << bit;
+            }
+        }
+        if stock == 0 && !request.widen {
+            continue;
+        }
+        let mut key = [0u64; MAX_RULES + 2];
+        for (slot, rule) in key.iter_mut().zip(&policy.rules) {
+            *slot = match rule {
+                Rule::PickupAtSelectedStore => u64::from(selected_store != Some(idx)),
+                Rule::SameMarket => u64::from(request.market != Some(node.market)),
+                Rule::FewestShipments => u64::from(64 - covers.count_ones()),
+                Rule::Nearest => (distance_km * 1000.0) as u64,
+                Rule::Cheapest => (node.shipping_cost_cents(distance_km) * 100.0) as u64,
+                Rule::Fastest => u64::from(node.lead_time_minutes),
+                Rule::NodePriority => u64::from(node.priority),
+                Rule::MostStock => u64::MAX - stock,
+                Rule::LeastLoaded => {
+                    let used = u64::from(index.capacity_used(idx));
+                    used * 1_000_000 / u64::from(node.daily_capacity.max(1))
+                }
+            };
+        }
+        let weights = &policy.weights;
+        let weighted = weights.distance_km * distance_km
+            + weights.cost_cents * node.shipping_cost_cents(distance_km)
+            + weights.lead_time_minutes * f64::from(node.lead_time_minutes);
+        key[policy.rules.len()] = (weighted.max(0.0) * 1000.0) as u64;
+        key[policy.rules.len() + 1] = u64::from(idx);
+        ranked.push(Ranked { node: idx, covers, key });
+    }
+    if !any_eligible {
+        return Err(PlanError::NoEligibleNode);
+    }
+    Ok(ranked)
+}

@@ -1,0 +1,596 @@
+//! The order book of one router: every order whose key hashes here, its
+//! lifecycle, idempotency and hold expiry. Each method is one step of the
+//! state machine; the router actor calls them one message at a time, so the
+//! book has a single writer.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHasher};
+use smallvec::SmallVec;
+
+use super::geo::GeoPoint;
+use super::index::AvailabilityIndex;
+use super::model::{
+    Allocation, ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, MarketIdx, NodeIdx, OrderId, OrderRequest, OrderState, RejectReason,
+    ShortLine, SkuId,
+};
+use super::network::Network;
+use super::placement::{place, send_ops, Attempt, NodeOp, Participants, PlanContext, Placement, StockOp};
+use super::policy::{Method, PlanLine};
+use super::stock::{Bumped, StockError, StockShard};
+use crate::limits::{MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE};
+
+/// Routers in one daemon; the router is kept in the low byte of an order id.
+pub const MAX_ROUTERS: usize = 256;
+
+/// The router that owns an order id.
+pub fn router_of_order(order: OrderId) -> usize {
+    (order % MAX_ROUTERS as u64) as usize
+}
+
+/// The router that owns a client order key. Deterministic across restarts.
+pub fn router_of_key(channel: &str, client_order_id: &str, routers: usize) -> usize {
+    let mut hasher = FxHasher::default();
+    channel.hash(&mut hasher);
+    client_order_id.hash(&mut hasher);
+    (hasher.finish() % routers as u64) as usize
+}
+
+/// How a caller names an order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OrderRef {
+    Id(OrderId),
+    Key { channel: String, client_order_id: String },
+}
+
+/// An order operation that cannot be applied. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("no such order")]
+    UnknownOrder,
+    #[error("the order is {0:?}; the operation needs an open order")]
+    NotOpen(OrderState),
+    #[error("the order must be confirmed before it ships")]
+    NotConfirmed,
+    #[error("the order has no open allocation of that sku at that node")]
+    NoSuchAllocation,
+    #[error("quantity {requested} exceeds the {limit} units open for it")]
+    ExceedsOpen { requested: u32, limit: u32 },
+    #[error("quantity {requested} exceeds the {limit} units shipped and not yet returned")]
+    ExceedsShipped { requested: u32, limit: u32 },
+    #[error("quantity must be 1..=MAX_QTY_PER_LINE")]
+    BadQuantity,
+    #[error("unknown node")]
+    UnknownNode,
+    #[error("unknown sku")]
+    UnknownSku,
+    #[error("stock: {0}")]
+    Stock(#[from] StockError),
+}
+
+/// One line's units at one node over the order's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocationState {
+    pub line: u16,
+    pub sku: SkuId,
+    pub node: NodeIdx,
+    /// Reserved and not yet shipped.
+    pub open: u32,
+    pub shipped: u32,
+    pub returned: u32,
+}
+
+/// An order as the book keeps it.
+#[derive(Clone, Debug)]
+pub struct OrderRecord {
+    pub id: OrderId,
+    pub channel: ChannelIdx,
+    pub client_order_id: Box<str>,
+    /// Hash of the request body, to tell a retry from a conflicting reuse.
+    fingerprint: u64,
+    pub lines: SmallVec<[PlanLine; 4]>,
+    pub ship_to: GeoPoint,
+    pub market: Option<MarketIdx>,
+    pub method: Method,
+    pub state: OrderState,
+    pub expires_at_ms: u64,
+    pub allocations: Vec<AllocationState>,
+    /// Lines (partly) unallocated: at submit under a partial policy, or after
+    /// a re-route found no other node.
+    pub short: Vec<ShortLine>,
+    /// Nodes that rejected the order or went offline while serving it.
+    pub excluded: SmallVec<[NodeIdx; 4]>,
+    /// The answer given at submit, returned again to a resubmission.
+    pub decision: Decision,
+}
+
+/// A validated order, resolved to indices.
+struct Resolved {
+    channel: ChannelIdx,
+    lines: SmallVec<[PlanLine; 4]>,
+    ship_to: GeoPoint,
+    market: Option<MarketIdx>,
+    method: Method,
+    hold_ttl_ms: u64,
+    fingerprint: u64,
+}
+
+pub struct RouterCore {
+    router: usize,
+    network: Arc<Network>,
+    index: Arc<AvailabilityIndex>,
+    shard_count: u32,
+    next_sequence: u64,
+    by_key: FxHashMap<(ChannelIdx, Box<str>), OrderId>,
+    orders: FxHashMap<OrderId, OrderRecord>,
+    /// (expires_at_ms, order); stale entries (confirmed, re-held) are skipped
+    /// when popped.
+    expiries: BinaryHeap<Reverse<(u64, OrderId)>>,
+}
+
+impl RouterCore {
+    pub fn new(router: usize, network: Arc<Network>, index: Arc<AvailabilityIndex>, shard_count: u32) -> RouterCore {
+        assert!(router < MAX_ROUTERS);
+        RouterCore {
+            router,
+            network,
+            index,
+            shard_count,
+            next_sequence: 1,
+            by_key: FxHashMap::default(),
+            orders: FxHashMap::default(),
+            expiries: BinaryHeap::new(),
+        }
+    }
+
+    fn context(&self) -> PlanContext<'_> {
+        PlanContext { network: &self.network, index: &self.index, shard_count: self.shard_count }
+    }
+
+    fn shard_of(&self, sku: SkuId) -> u32 {
+        StockShard::shard_of(sku, self.shard_count)
+    }
+
+    pub fn order_count(&self) -> usize {
+        self.orders.len()
+    }
+
+    pub fn orders(&self) -> impl Iterator<Item = &OrderRecord> {
+        self.orders.values()
+    }
+
+    fn resolve(&self, request: &OrderRequest) -> Result<Resolved, InvalidOrder> {
+        let channel = self.network.channel_idx(&request.channel).ok_or(InvalidOrder::UnknownChannel)?;
+        if request.client_order_id.is_empty() || request.client_order_id.len() > MAX_ID_BYTES {
+            return Err(InvalidOrder::BadOrderId);
+        }
+        if request.lines.is_empty() {
+            return Err(InvalidOrder::NoLines);
+        }
+        if request.lines.len() > MAX_LINES_PER_ORDER {
+            return Err(InvalidOrder::TooManyLines(request.lines.len()));
+        }
+        let mut lines: SmallVec<[PlanLine; 4]> = SmallVec::with_capacity(request.lines.len());
+        for (i, line) in request.lines.iter().enumerate() {
+            let line_no = i as u16;
+            if line.qty == 0 || line.qty > MAX_QTY_PER_LINE {
+                return Err(InvalidOrder::BadQuantity { line: line_no });
+            }
+            let sku = self.index.lookup(&line.sku).ok_or(InvalidOrder::UnknownSku { line: line_no })?;
+            if lines.iter().any(|l| l.sku == sku) {
+                return Err(InvalidOrder::DuplicateSku { line: line_no });
+            }
+            lines.push(PlanLine { line: line_no, sku, qty: line.qty });
+        }
+        let ship_to = GeoPoint::new(request.ship_to.lat, request.ship_to.lon).ok_or(InvalidOrder::BadShipTo)?;
+        let market = match &request.ship_to.market {
+            Some(name) => Some(self.network.market_idx(name).ok_or(InvalidOrder::UnknownMarket)?),
+            None => None,
+        };
+        let method = match &request.method {
+            FulfilmentMethod::Ship => Method::Ship,
+            FulfilmentMethod::SameDay => Method::SameDay,
+            FulfilmentMethod::Pickup { store } => Method::Pickup { store: self.network.node_idx(store).ok_or(InvalidOrder::UnknownPickupStore)? },
+        };
+        let hold_ttl_ms = match request.hold_ttl_ms {
+            Some(ttl) if ttl == 0 || ttl > MAX_HOLD_TTL_MS => return Err(InvalidOrder::BadHoldTtl),
+            Some(ttl) => ttl,
+            None => self.network.policy(channel).hold_ttl_ms,
+        };
+        let mut hasher = FxHasher::default();
+        for line in &lines {
+            (line.sku, line.qty).hash(&mut hasher);
+        }
+        (request.ship_to.lat.to_bits(), request.ship_to.lon.to_bits(), market, hold_ttl_ms).hash(&mut hasher);
+        match method {
+            Method::Ship => 0u32.hash(&mut hasher),
+            Method::SameDay => 1u32.hash(&mut hasher),
+            Method::Pickup { store } => (2u32, store).hash(&mut hasher),
+        }
+        Ok(Resolved { channel, lines, ship_to, market, method, hold_ttl_ms, fingerprint: hasher.finish() })
+    }
+
+    fn lookup(&self, order: &OrderRef) -> Option<OrderId> {
+        match order {
+            OrderRef::Id(id) => self.orders.contains_key(id).then_some(*id),
+            OrderRef::Key { channel, client_order_id } => {
+                let channel = self.network.channel_idx(channel)?;
+                self.by_key.get(&(channel, client_order_id.as_str().into())).copied()
+            }
+        }
+    }
+
+    pub fn get(&self, order: &OrderRef) -> Option<&OrderRecord> {
+        self.lookup(order).and_then(|id| self.orders.get(&id))
+    }
+
+    /// Routes a batch of orders: validates, answers resubmissions from the
+    /// book, places the new ones together, records and answers them.
+    pub async fn submit<P: Participants>(&mut self, requests: &[OrderRequest], now_ms: u64, participants: &P) -> Vec<Decision> {
+        let mut decisions: Vec<Option<Decision>> = vec![None; requests.len()];
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut fresh: Vec<(usize, Resolved)> = Vec::new();
+        let mut in_batch: FxHashMap<(ChannelIdx, &str), (usize, u64)> = FxHashMap::default();
+        let mut repeats: Vec<(usize, usize, u64)> = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            let resolved = match self.resolve(request) {
+                Ok(resolved) => resolved,
+                Err(invalid) => {
+                    decisions[i] = Some(Decision::Rejected(RejectReason::Invalid(invalid)));
+                    continue;
+                }
+            };
+            let key = (resolved.channel, request.client_order_id.as_str());
+            if let Some(id) = self.by_key.get(&(key.0, key.1.into())) {
+                let record = &self.orders[id];
+                let same = record.fingerprint == resolved.fingerprint;
+                decisions[i] = Some(if same { record.decision.clone() } else { Decision::Rejected(RejectReason::DuplicateMismatch) });
+                continue;
+            }
+            if let Some(&(first, fingerprint)) = in_batch.get(&key) {
+                repeats.push((i, first, fingerprint ^ resolved.fingerprint));
+                continue;
+            }
+            in_batch.insert(key, (i, resolved.fingerprint));
+            let order = self.next_sequence * MAX_ROUTERS as u64 + self.router as u64;
+            self.next_sequence += 1;
+            attempts.push(Attempt {
+                order,
+                lines: resolved.lines.clone(),
+                ship_to: resolved.ship_to,
+                market: resolved.market,
+                method: resolved.method,
+                policy: self.network.policy(resolved.channel).clone(),
+                excluded: SmallVec::new(),
+            });
+            fresh.push((i, resolved));
+        }
+        let placements = place(&self.context(), &attempts, now_ms, participants).await;
+        for ((attempt, placement), (i, resolved)) in attempts.into_iter().zip(placements).zip(fresh) {
+            let decision = self.record_new(&requests[i], attempt, placement, resolved, now_ms);
+            decisions[i] = Some(decision);
+        }
+        for (i, first, fingerprint_difference) in repeats {
+            let same = fingerprint_difference == 0;
+            decisions[i] = Some(if same { decisions[first].clone().expect("first answered") } else { Decision::Rejected(RejectReason::DuplicateMismatch) });
+        }
+        decisions.into_iter().map(|d| d.expect("every request answered")).collect()
+    }
+
+    fn record_new(&mut self, request: &OrderRequest, attempt: Attempt, placement: Placement, resolved: Resolved, now_ms: u64) -> Decision {
+        let expires_at_ms = now_ms + resolved.hold_ttl_ms;
+        let (state, decision, allocations, short) = match placement {
+            Placement::Placed { allocations, short } => {
+                let decision = Decision::Routed { order_id: attempt.order, allocations: allocations.clone(), short: short.clone(), expires_at_ms };
+                (OrderState::Held, decision, allocations, short)
+            }
+            Placement::Failed(reason) => (OrderState::Rejected, Decision::Rejected(reason), Vec::new(), Vec::new()),
+        };
+        if state == OrderState::Held {
+            self.expiries.push(Reverse((expires_at_ms, attempt.order)));
+        }
+        let record = OrderRecord {
+            id: attempt.order,
+            channel: resolved.channel,
+            client_order_id: request.client_order_id.as_str().into(),
+            fingerprint: resolved.fingerprint,
+            lines: attempt.lines,
+            ship_to: resolved.ship_to,
+            market: resolved.market,
+            method: resolved.method,
+            state,
+            expires_at_ms,
+            allocations: allocations.iter().map(|a| open_allocation(*a)).collect(),
+            short,
+            excluded: SmallVec::new(),
+            decision: decision.clone(),
+        };
+        self.by_key.insert((resolved.channel, record.client_order_id.clone()), attempt.order);
+        self.orders.insert(attempt.order, record);
+        decision
+    }
+
+    fn open_record(&mut self, order: &OrderRef) -> Result<&mut OrderRecord, OpError> {
+        let id = self.lookup(order).ok_or(OpError::UnknownOrder)?;
+        let record = self.orders.get_mut(&id).expect("looked up");
+        if !record.state.is_open() {
+            return Err(OpError::NotOpen(record.state));
+        }
+        Ok(record)
+    }
+
+    /// The customer paid: the hold becomes firm and no longer expires.
+    pub fn confirm(&mut self, order: &OrderRef) -> Result<&OrderRecord, OpError> {
+        let record = self.open_record(order)?;
+        record.state = OrderState::Confirmed;
+        Ok(record)
+    }
+
+    /// Releases every open unit of the order and closes it as `state`.
+    fn close<P: Participants>(&mut self, id: OrderId, state: OrderState, participants: &P) {
+        let record = self.orders.get_mut(&id).expect("closing a known order");
+        record.state = state;
+        let mut stock: FxHashMap<u32, Vec<StockOp>> = FxHashMap::default();
+        let mut nodes: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
+        for allocation in &mut record.allocations {
+            if allocation.open > 0 {
+                let op = StockOp::Release { order: id, sku: allocation.sku, node: allocation.node, qty: allocation.open };
+                stock.entry(StockShard::shard_of(allocation.sku, self.shard_count)).or_default().push(op);
+                allocation.open = 0;
+            }
+        }
+        for (node, shipped) in nodes_of(&record.allocations) {
+            let op = if shipped { NodeOp::Finish(id) } else { NodeOp::Release(id) };
+            nodes.entry(node).or_default().push(op);
+        }
+        send_ops(participants, stock, nodes);
+    }
+
+    pub fn cancel<P: Participants>(&mut self, order: &OrderRef, participants: &P) -> Result<&OrderRecord, OpError> {
+        let id = self.open_record(order)?.id;
+        self.close(id, OrderState::Cancelled, participants);
+        Ok(&self.orders[&id])
+    }
+
+    /// Releases every unconfirmed hold whose time has come. Returns how many
+    /// orders expired.
+    pub fn expire_due<P: Participants>(&mut self, now_ms: u64, participants: &P) -> usize {
+        let mut expired = 0;
+        while let Some(&Reverse((at, id))) = self.expiries.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.expiries.pop();
+            let due = self.orders.get(&id).is_some_and(|r| r.state == OrderState::Held && r.expires_at_ms == at);
+            if due {
+                self.close(id, OrderState::Expired, participants);
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// A node shipped units of an order: they leave on_hand and the
+    /// reservation. Partial shipments are allowed.
+    pub async fn ship<P: Participants>(&mut self, order: &OrderRef, node: NodeIdx, sku: SkuId, qty: u32, participants: &P) -> Result<&OrderRecord, OpError> {
+        if qty == 0 || qty > MAX_QTY_PER_LINE {
+            return Err(OpError::BadQuantity);
+        }
+        let record = self.open_record(order)?;
+        if record.state != OrderState::Confirmed {
+            return Err(OpError::NotConfirmed);
+        }
+        let id = record.id;
+        let open: u32 = record.allocations.iter().filter(|a| a.node == node && a.sku == sku).map(|a| a.open).sum();
+        if open == 0 {
+            return Err(OpError::NoSuchAllocation);
+        }
+        if qty > open {
+            return Err(OpError::ExceedsOpen { requested: qty, limit: open });
+        }
+        participants.ship(self.shard_of(sku), id, sku, node, qty).await?;
+        let record = self.orders.get_mut(&id).expect("known order");
+        let mut left = qty;
+        for allocation in record.allocations.iter_mut().filter(|a| a.node == node && a.sku == sku) {
+            let part = allocation.open.min(left);
+            allocation.open -= part;
+            allocation.shipped += part;
+            left -= part;
+        }
+        let node_done = !record.allocations.iter().any(|a| a.node == node && a.open > 0);
+        if node_done {
+            participants.node_ops(node, vec![NodeOp::Finish(id)]);
+        }
+        let all_done = record.allocations.iter().all(|a| a.open == 0) && record.short.is_empty();
+        if all_done {
+            record.state = OrderState::Shipped;
+        }
+        Ok(&self.orders[&id])
+    }
+
+    /// A customer returned shipped units at `node`: they go back on its shelf.
+    pub fn return_units<P: Participants>(&mut self, order: &OrderRef, node: NodeIdx, sku: SkuId, qty: u32, participants: &P) -> Result<&OrderRecord, OpError> {
+        if qty == 0 || qty > MAX_QTY_PER_LINE {
+            return Err(OpError::BadQuantity);
+        }
+        if node as usize >= self.network.nodes.len() {
+            return Err(OpError::UnknownNode);
+        }
+        let id = self.lookup(order).ok_or(OpError::UnknownOrder)?;
+        let record = self.orders.get_mut(&id).expect("looked up");
+        let returnable: u32 = record.allocations.iter().filter(|a| a.sku == sku).map(|a| a.shipped - a.returned).sum();
+        if qty > returnable {
+            return Err(OpError::ExceedsShipped { requested: qty, limit: returnable });
+        }
+        let mut left = qty;
+        for allocation in record.allocations.iter_mut().filter(|a| a.sku == sku) {
+            let part = (allocation.shipped - allocation.returned).min(left);
+            allocation.returned += part;
+            left -= part;
+        }
+        participants.stock_ops(self.shard_of(sku), vec![StockOp::Restock { sku, node, qty }]);
+        Ok(&self.orders[&id])
+    }
+
+    /// A node refused its allocation of an order. Its units there are
+    /// released, the node's counts (if it reported any) become the cells'
+    /// on_hand, and the units are routed again elsewhere. Returns the
+    /// reservations of other orders that the corrected counts bumped.
+    pub async fn node_reject<P: Participants>(
+        &mut self,
+        order: &OrderRef,
+        node: NodeIdx,
+        counts: &[(SkuId, u32)],
+        now_ms: u64,
+        participants: &P,
+    ) -> Result<(&OrderRecord, Vec<Bumped>), OpError> {
+        let record = self.open_record(order)?;
+        if !record.allocations.iter().any(|a| a.node == node && a.open > 0) {
+            return Err(OpError::NoSuchAllocation);
+        }
+        let id = record.id;
+        let moved = self.take_back(id, node, true, participants);
+        let mut bumped = Vec::new();
+        for &(sku, on_hand) in counts {
+            bumped.extend(participants.correct_stock(self.shard_of(sku), sku, node, on_hand).await);
+        }
+        self.place_again(id, moved, now_ms, participants).await;
+        Ok((&self.orders[&id], bumped))
+    }
+
+    /// A node went offline: move the order's unshipped units there elsewhere.
+    pub async fn node_offline<P: Participants>(&mut self, id: OrderId, node: NodeIdx, now_ms: u64, participants: &P) {
+        let open = self.orders.get(&id).is_some_and(|r| r.state.is_open() && r.allocations.iter().any(|a| a.node == node && a.open > 0));
+        if open {
+            let moved = self.take_back(id, node, true, participants);
+            self.place_again(id, moved, now_ms, participants).await;
+        }
+    }
+
+    /// Reservations a shard took back (a stock count fell below reserved):
+    /// the shard already freed the units; route them again.
+    pub async fn bumped<P: Participants>(&mut self, bumps: &[Bumped], now_ms: u64, participants: &P) {
+        for bump in bumps {
+            let Some(record) = self.orders.get_mut(&bump.order) else { continue };
+            let mut moved: SmallVec<[PlanLine; 4]> = SmallVec::new();
+            let mut left = bump.qty;
+            for allocation in record.allocations.iter_mut().filter(|a| a.node == bump.node && a.sku == bump.sku) {
+                let part = allocation.open.min(left);
+                allocation.open -= part;
+                left -= part;
+                if part > 0 {
+                    moved.push(PlanLine { line: allocation.line, sku: allocation.sku, qty: part });
+                }
+            }
+            if !record.allocations.iter().any(|a| a.node == bump.node && a.open > 0) {
+                let op = if record.allocations.iter().any(|a| a.node == bump.node && a.shipped > 0) { NodeOp::Finish(bump.order) } else { NodeOp::Release(bump.order) };
+                participants.node_ops(bump.node, vec![op]);
+            }
+            if record.state.is_open() {
+                self.place_again(bump.order, moved, now_ms, participants).await;
+            }
+        }
+    }
+
+    /// Frees the order's open units at `node` (and excludes the node from
+    /// now on when `exclude`). Returns the lines to place again.
+    fn take_back<P: Participants>(&mut self, id: OrderId, node: NodeIdx, exclude: bool, participants: &P) -> SmallVec<[PlanLine; 4]> {
+        let record = self.orders.get_mut(&id).expect("known order");
+        let mut moved: SmallVec<[PlanLine; 4]> = SmallVec::new();
+        let mut stock: FxHashMap<u32, Vec<StockOp>> = FxHashMap::default();
+        for allocation in record.allocations.iter_mut().filter(|a| a.node == node && a.open > 0) {
+            let op = StockOp::Release { order: id, sku: allocation.sku, node, qty: allocation.open };
+            stock.entry(StockShard::shard_of(allocation.sku, self.shard_count)).or_default().push(op);
+            match moved.iter_mut().find(|m| m.line == allocation.line) {
+                Some(line) => line.qty += allocation.open,
+                None => moved.push(PlanLine { line: allocation.line, sku: allocation.sku, qty: allocation.open }),
+            }
+            allocation.open = 0;
+        }
+        if exclude && !record.excluded.contains(&node) {
+            record.excluded.push(node);
+        }
+        let shipped_here = record.allocations.iter().any(|a| a.node == node && a.shipped > 0);
+        let node_op = if shipped_here { NodeOp::Finish(id) } else { NodeOp::Release(id) };
+        let nodes = std::iter::once((node, vec![node_op])).collect();
+        send_ops(participants, stock, nodes);
+        moved
+    }
+
+    /// Routes `lines` of an open order again, avoiding its excluded nodes,
+    /// and merges the result into the record.
+    async fn place_again<P: Participants>(&mut self, id: OrderId, lines: SmallVec<[PlanLine; 4]>, now_ms: u64, participants: &P) {
+        if lines.is_empty() {
+            return;
+        }
+        let record = &self.orders[&id];
+        let attempt = Attempt {
+            order: id,
+            lines: lines.clone(),
+            ship_to: record.ship_to,
+            market: record.market,
+            method: record.method,
+            policy: self.network.policy(record.channel).clone(),
+            excluded: record.excluded.clone(),
+        };
+        let placement = place(&self.context(), std::slice::from_ref(&attempt), now_ms, participants).await.remove(0);
+        let record = self.orders.get_mut(&id).expect("known order");
+        let (allocations, short) = match placement {
+            Placement::Placed { allocations, short } => (allocations, short),
+            Placement::Failed(_) => {
+                let short = lines.iter().map(|l| ShortLine { line: l.line, sku: l.sku, requested: l.qty, available: 0 }).collect();
+                (Vec::new(), short)
+            }
+        };
+        for allocation in allocations {
+            match record.allocations.iter_mut().find(|a| a.line == allocation.line && a.node == allocation.node) {
+                Some(existing) => existing.open += allocation.qty,
+                None => record.allocations.push(open_allocation(allocation)),
+            }
+        }
+        for line in short {
+            record.short.retain(|s| s.line != line.line);
+            record.short.push(line);
+        }
+    }
+
+    /// Checks the book against itself; for tests.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for record in self.orders.values() {
+            for line in &record.lines {
+                let placed: u32 = record.allocations.iter().filter(|a| a.line == line.line).map(|a| a.open + a.shipped).sum();
+                let short: u32 = record.short.iter().filter(|s| s.line == line.line).map(|s| s.requested - s.available.min(s.requested)).sum();
+                if record.state.is_open() && placed > line.qty {
+                    return Err(format!("order {}: line {} placed {placed} > {}", record.id, line.line, line.qty));
+                }
+                let _ = short;
+            }
+            if !record.state.is_open() && record.allocations.iter().any(|a| a.open > 0) {
+                return Err(format!("order {} is {:?} but keeps open units", record.id, record.state));
+            }
+            if record.allocations.iter().any(|a| a.returned > a.shipped) {
+                return Err(format!("order {} returned more than shipped", record.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_allocation(allocation: Allocation) -> AllocationState {
+    AllocationState { line: allocation.line, sku: allocation.sku, node: allocation.node, open: allocation.qty, shipped: 0, returned: 0 }
+}
+
+/// Distinct nodes of an order, each with whether anything shipped from it.
+fn nodes_of(allocations: &[AllocationState]) -> SmallVec<[(NodeIdx, bool); 4]> {
+    let mut nodes: SmallVec<[(NodeIdx, bool); 4]> = SmallVec::new();
+    for allocation in allocations {
+        match nodes.iter_mut().find(|(n, _)| *n == allocation.node) {
+            Some((_, shipped)) => *shipped |= allocation.shipped > 0,
+            None => nodes.push((allocation.node, allocation.shipped > 0)),
+        }
+    }
+    nodes
+}

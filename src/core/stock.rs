@@ -1,0 +1,434 @@
+//! Stock bookkeeping for one shard of SKUs: the single writer of its cells
+//! and of the reservations held against them.
+//!
+//! A hold is taken at once or refused at once (it never waits), and is
+//! `pending` until the router commits or aborts it. Every change publishes
+//! the cell's ATP to the availability index before the call returns.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use super::index::AvailabilityIndex;
+use super::model::{NodeIdx, OrderId, SkuId};
+
+/// One (sku, node) cell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cell {
+    pub on_hand: u32,
+    /// Units promised to open orders (held or committed); never above `on_hand`.
+    pub reserved: u32,
+    /// Units kept back from promising (display stock, shrinkage buffer).
+    pub safety_stock: u32,
+}
+
+impl Cell {
+    /// Available-to-promise: `max(0, on_hand - reserved - safety_stock)`.
+    #[inline]
+    pub fn atp(&self) -> u32 {
+        self.on_hand.saturating_sub(self.reserved).saturating_sub(self.safety_stock)
+    }
+}
+
+/// Units of an order held or reserved at one cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub sku: SkuId,
+    pub node: NodeIdx,
+    pub qty: u32,
+    /// Held by an attempt the router has not committed yet.
+    pub pending: bool,
+}
+
+/// One line's request to the shard owning its SKU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldItem {
+    pub order: OrderId,
+    pub line: u16,
+    pub sku: SkuId,
+    pub qty: u32,
+    /// Nodes in policy order; the first that covers the whole line wins.
+    pub candidates: SmallVec<[NodeIdx; 8]>,
+    /// Nodes the line may be split over when no single node covers it.
+    pub max_parts: u8,
+    /// Keep what could be held even if it is less than `qty`.
+    pub partial: bool,
+}
+
+/// The shard's answer to one `HoldItem`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Units held per node (pending).
+    Held(SmallVec<[(NodeIdx, u32); 2]>),
+    /// Not enough at the candidates; `available` is what they had in total.
+    Short { available: u32 },
+    /// Would have been held, but another line of the same order was short in
+    /// this shard, so nothing of the order was kept.
+    Undone,
+}
+
+/// Units taken away from an order because its cell lost stock (a count
+/// below what was reserved). The order's router re-routes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bumped {
+    pub order: OrderId,
+    pub sku: SkuId,
+    pub node: NodeIdx,
+    pub qty: u32,
+}
+
+/// A stock operation that cannot be applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StockError {
+    #[error("no such reservation to ship from")]
+    NoReservation,
+    #[error("ship quantity exceeds the reserved units")]
+    ExceedsReserved,
+    #[error("stock would exceed u32::MAX units")]
+    Overflow,
+}
+
+/// A SKU shard: SKUs `s` with `s % shard_count == shard`.
+pub struct StockShard {
+    shard: u32,
+    shard_count: u32,
+    node_count: usize,
+    index: Arc<AvailabilityIndex>,
+    /// Cells by local SKU slot (`sku / shard_count`), dense over nodes: a
+    /// SKU's cells at every node sit together, which is what a hold walks.
+    rows: Vec<Option<Box<[Cell]>>>,
+    /// Open reservations per order, so that cancel, expiry, ship and return
+    /// find them without scanning.
+    orders: FxHashMap<OrderId, SmallVec<[Reservation; 2]>>,
+}
+
+impl StockShard {
+    pub fn new(shard: u32, shard_count: u32, index: Arc<AvailabilityIndex>) -> StockShard {
+        assert!(shard < shard_count);
+        StockShard {
+            shard,
+            shard_count,
+            node_count: index.node_count(),
+            index,
+            rows: Vec::new(),
+            orders: FxHashMap::default(),
+        }
+    }
+
+    /// Which shard owns `sku` when there are `shard_count`.
+    #[inline]
+    pub fn shard_of(sku: SkuId, shard_count: u32) -> u32 {
+        sku % shard_count
+    }
+
+    fn local(&self, sku: SkuId) -> usize {
+        debug_assert_eq!(sku % self.shard_count, self.shard, "sku sent to the wrong shard");
+        (sku / self.shard_count) as usize
+    }
+
+    fn row_mut(&mut self, sku: SkuId) -> &mut [Cell] {
+        let local = self.local(sku);
+        if self.rows.len() <= local {
+            self.rows.resize_with(local + 1, || None);
+        }
+        let node_count = self.node_count;
+        self.rows[local].get_or_insert_with(|| vec![Cell::default(); node_count].into_boxed_slice())
+    }
+
+    /// The cell, or an empty one if never stocked.
+    pub fn cell(&self, sku: SkuId, node: NodeIdx) -> Cell {
+        let local = self.local(sku);
+        self.rows
+            .get(local)
+            .and_then(Option::as_ref)
+            .map(|row| row[node as usize])
+            .unwrap_or_default()
+    }
+
+    /// Every stocked cell: (sku, node, cell).
+    pub fn cells(&self) -> impl Iterator<Item = (SkuId, NodeIdx, Cell)> + '_ {
+        self.rows.iter().enumerate().flat_map(move |(local, row)| {
+            let sku = local as u32 * self.shard_count + self.shard;
+            row.iter().flat_map(move |cells| {
+                cells.iter().enumerate().map(move |(node, cell)| (sku, node as NodeIdx, *cell))
+            })
+        })
+    }
+
+    /// Open reservations of one order in this shard.
+    pub fn reservations(&self, order: OrderId) -> &[Reservation] {
+        self.orders.get(&order).map(|r| r.as_slice()).unwrap_or(&[])
+    }
+
+    /// Count of orders with open reservations here.
+    pub fn open_orders(&self) -> usize {
+        self.orders.len()
+    }
+
+    fn publish(&self, sku: SkuId, node: NodeIdx, cell: &Cell) {
+        assert!(cell.reserved <= cell.on_hand, "reserved above on_hand at sku {sku} node {node}");
+        self.index.publish_atp(sku, node, cell.atp());
+    }
+
+    fn take(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) {
+        let row = self.row_mut(sku);
+        let cell = &mut row[node as usize];
+        assert!(qty <= cell.atp(), "hold above atp");
+        cell.reserved += qty;
+        let cell = *cell;
+        self.publish(sku, node, &cell);
+        self.orders.entry(order).or_default().push(Reservation { sku, node, qty, pending: true });
+    }
+
+    /// Gives back up to `qty` units of an order's reservation at a cell,
+    /// pending ones first when `pending_only` is false. Returns units freed.
+    fn give_back(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32, pending_only: bool) -> u32 {
+        let Some(list) = self.orders.get_mut(&order) else { return 0 };
+        let mut freed = 0;
+        for reservation in list.iter_mut().rev() {
+            if freed == qty {
+                break;
+            }
+            if reservation.sku == sku && reservation.node == node && (reservation.pending || !pending_only) {
+                let part = reservation.qty.min(qty - freed);
+                reservation.qty -= part;
+                freed += part;
+            }
+        }
+        list.retain(|r| r.qty > 0);
+        if list.is_empty() {
+            self.orders.remove(&order);
+        }
+        if freed > 0 {
+            let row = self.row_mut(sku);
+            let cell = &mut row[node as usize];
+            cell.reserved = cell.reserved.checked_sub(freed).expect("reservation above cell reserved");
+            let cell = *cell;
+            self.publish(sku, node, &cell);
+        }
+        freed
+    }
+
+    /// Tries the holds of a batch. Items of one order must be contiguous;
+    /// an order that is not partial keeps all of its items here or none.
+    pub fn hold(&mut self, items: &[HoldItem]) -> Vec<HoldOutcome> {
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut start = 0;
+        while start < items.len() {
+            let order = items[start].order;
+            let end = start + items[start..].iter().take_while(|i| i.order == order).count();
+            let group = &items[start..end];
+            let first = outcomes.len();
+            let mut failed = false;
+            for item in group {
+                let outcome = self.hold_item(item);
+                failed |= matches!(outcome, HoldOutcome::Short { .. }) && !item.partial;
+                outcomes.push(outcome);
+            }
+            if failed {
+                for (item, outcome) in group.iter().zip(&mut outcomes[first..]) {
+                    if let HoldOutcome::Held(parts) = outcome {
+                        for &(node, qty) in parts.iter() {
+                            self.give_back(item.order, item.sku, node, qty, true);
+                        }
+                        *outcome = HoldOutcome::Undone;
+                    }
+                }
+            }
+            start = end;
+        }
+        outcomes
+    }
+
+    fn hold_item(&mut self, item: &HoldItem) -> HoldOutcome {
+        let local = self.local(item.sku);
+        let Some(row) = self.rows.get(local).and_then(Option::as_ref) else {
+            return HoldOutcome::Short { available: 0 };
+        };
+        let atp = |node: NodeIdx| row.get(node as usize).map_or(0, Cell::atp);
+        if let Some(&node) = item.candidates.iter().find(|&&n| atp(n) >= item.qty) {
+            self.take(item.order, item.sku, node, item.qty);
+            return HoldOutcome::Held(smallvec::smallvec![(node, item.qty)]);
+        }
+        let available: u32 = item.candidates.iter().map(|&n| atp(n)).fold(0u32, u32::saturating_add);
+        let may_split = item.max_parts > 1 || item.partial;
+        if !may_split || (available < item.qty && !item.partial) || available == 0 {
+            return HoldOutcome::Short { available };
+        }
+        // Split: fill from the best candidates, by policy order, within max_parts.
+        let mut parts: SmallVec<[(NodeIdx, u32); 2]> = SmallVec::new();
+        let mut remaining = item.qty;
+        for &node in &item.candidates {
+            if remaining == 0 || parts.len() == usize::from(item.max_parts.max(1)) {
+                break;
+            }
+            let take = atp(node).min(remaining);
+            if take > 0 {
+                parts.push((node, take));
+                remaining -= take;
+            }
+        }
+        if remaining > 0 && !item.partial {
+            return HoldOutcome::Short { available };
+        }
+        for &(node, qty) in &parts {
+            self.take(item.order, item.sku, node, qty);
+        }
+        HoldOutcome::Held(parts)
+    }
+
+    /// The router journaled the decision: the order's pending holds become
+    /// reservations.
+    pub fn commit(&mut self, order: OrderId) {
+        if let Some(list) = self.orders.get_mut(&order) {
+            list.iter_mut().for_each(|r| r.pending = false);
+        }
+    }
+
+    /// The attempt failed elsewhere: free the order's pending holds only.
+    pub fn abort(&mut self, order: OrderId) {
+        let pending: SmallVec<[Reservation; 4]> =
+            self.reservations(order).iter().filter(|r| r.pending).copied().collect();
+        for r in pending {
+            self.give_back(order, r.sku, r.node, r.qty, true);
+        }
+    }
+
+    /// Frees up to `qty` units of an order at one cell (re-route, partial
+    /// cancel). Returns the units freed.
+    pub fn release(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> u32 {
+        self.give_back(order, sku, node, qty, false)
+    }
+
+    /// Frees everything the order holds in this shard (cancel, expiry).
+    pub fn release_order(&mut self, order: OrderId) -> Vec<Reservation> {
+        let all: Vec<Reservation> = self.reservations(order).to_vec();
+        for r in &all {
+            self.give_back(order, r.sku, r.node, r.qty, false);
+        }
+        all
+    }
+
+    /// Units leave the building: out of on_hand and out of the order's
+    /// committed reservation at that cell.
+    pub fn ship(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> Result<(), StockError> {
+        let reserved_for_order: u32 = self
+            .reservations(order)
+            .iter()
+            .filter(|r| r.sku == sku && r.node == node && !r.pending)
+            .map(|r| r.qty)
+            .sum();
+        if reserved_for_order == 0 {
+            return Err(StockError::NoReservation);
+        }
+        if qty > reserved_for_order {
+            return Err(StockError::ExceedsReserved);
+        }
+        let freed = self.give_back(order, sku, node, qty, false);
+        assert_eq!(freed, qty);
+        let row = self.row_mut(sku);
+        let cell = &mut row[node as usize];
+        cell.on_hand = cell.on_hand.checked_sub(qty).expect("shipped more than on hand");
+        let cell = *cell;
+        self.publish(sku, node, &cell);
+        Ok(())
+    }
+
+    /// Returned units go back on the shelf of the node that received them.
+    pub fn restock(&mut self, sku: SkuId, node: NodeIdx, qty: u32) -> Result<(), StockError> {
+        let row = self.row_mut(sku);
+        let cell = &mut row[node as usize];
+        cell.on_hand = cell.on_hand.checked_add(qty).ok_or(StockError::Overflow)?;
+        let cell = *cell;
+        self.publish(sku, node, &cell);
+        Ok(())
+    }
+
+    /// A count from the WMS: on_hand becomes `on_hand`. If that is below
+    /// what is reserved, the newest reservations there are bumped.
+    pub fn set(&mut self, sku: SkuId, node: NodeIdx, on_hand: u32, safety_stock: Option<u32>) -> Vec<Bumped> {
+        let row = self.row_mut(sku);
+        let cell = &mut row[node as usize];
+        let deficit = cell.reserved.saturating_sub(on_hand);
+        cell.on_hand = on_hand.max(cell.reserved);
+        if let Some(safety) = safety_stock {
+            cell.safety_stock = safety;
+        }
+        let bumped = self.bump(sku, node, deficit);
+        let row = self.row_mut(sku);
+        row[node as usize].on_hand = on_hand;
+        let cell = row[node as usize];
+        self.publish(sku, node, &cell);
+        bumped
+    }
+
+    /// A relative change (receipt, shrinkage). A decrease below zero stops
+    /// at zero; below reserved, reservations are bumped as for `set`.
+    pub fn adjust(&mut self, sku: SkuId, node: NodeIdx, delta: i64) -> Result<Vec<Bumped>, StockError> {
+        let current = i64::from(self.cell(sku, node).on_hand);
+        let target = (current + delta).max(0);
+        let target = u32::try_from(target).map_err(|_| StockError::Overflow)?;
+        Ok(self.set(sku, node, target, None))
+    }
+
+    /// Frees `deficit` units at a cell, newest orders first, pending holds
+    /// before committed ones (they have not been answered yet).
+    fn bump(&mut self, sku: SkuId, node: NodeIdx, mut deficit: u32) -> Vec<Bumped> {
+        let mut victims: Vec<(bool, OrderId, u32)> = Vec::new();
+        if deficit > 0 {
+            for (&order, list) in &self.orders {
+                for r in list.iter().filter(|r| r.sku == sku && r.node == node) {
+                    victims.push((!r.pending, order, r.qty));
+                }
+            }
+            // Pending first (false < true), then the newest order ids.
+            victims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        }
+        let mut bumped = Vec::new();
+        for (_, order, qty) in victims {
+            if deficit == 0 {
+                break;
+            }
+            let freed = self.give_back(order, sku, node, qty.min(deficit), false);
+            deficit -= freed;
+            bumped.push(Bumped { order, sku, node, qty: freed });
+        }
+        assert_eq!(deficit, 0, "bump could not cover the deficit");
+        bumped
+    }
+
+    /// Checks every invariant of the shard; O(cells + reservations), for
+    /// tests and debug endpoints. Returns a description of the first breach.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut sums: FxHashMap<(SkuId, NodeIdx), u64> = FxHashMap::default();
+        for (order, list) in &self.orders {
+            for r in list {
+                if r.qty == 0 {
+                    return Err(format!("order {order} keeps a zero reservation"));
+                }
+                *sums.entry((r.sku, r.node)).or_default() += u64::from(r.qty);
+            }
+        }
+        for (sku, node, cell) in self.cells() {
+            if cell.reserved > cell.on_hand {
+                return Err(format!("sku {sku} node {node}: reserved {} > on_hand {}", cell.reserved, cell.on_hand));
+            }
+            let expected_atp = (i64::from(cell.on_hand) - i64::from(cell.reserved) - i64::from(cell.safety_stock)).max(0);
+            if i64::from(cell.atp()) != expected_atp {
+                return Err(format!("sku {sku} node {node}: atp {} != {expected_atp}", cell.atp()));
+            }
+            if self.index.atp(sku, node) != cell.atp() {
+                return Err(format!("sku {sku} node {node}: index atp {} != cell atp {}", self.index.atp(sku, node), cell.atp()));
+            }
+            let sum = sums.remove(&(sku, node)).unwrap_or(0);
+            if sum != u64::from(cell.reserved) {
+                return Err(format!("sku {sku} node {node}: reservations sum {sum} != reserved {}", cell.reserved));
+            }
+        }
+        if let Some(((sku, node), sum)) = sums.into_iter().next() {
+            return Err(format!("reservations of {sum} at unknown cell sku {sku} node {node}"));
+        }
+        Ok(())
+    }
+}

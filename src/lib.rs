@@ -1,0 +1,20 @@
+//! omniroute: omnichannel order orchestration.
+//!
+//! The map, in the order an order flows through it:
+//!
+//! - [`config`]: the TOML config, its validation, and the embedded default
+//!   with its sample network.
+//! - [`core`]: the sans-IO heart. [`core::policy`] plans (filters, rules,
+//!   weighted cost) against the lock-free [`core::index`];
+//!   [`core::placement`] holds stock at the shards ([`core::stock`]) and
+//!   capacity at the nodes ([`core::capacity`]), then commits or re-plans;
+//!   [`core::router`] keeps each order's lifecycle and idempotency.
+//! - [`engine`]: the thin ractor shell: one actor per SKU shard, one per
+//!   node, a pool of routers, and the [`engine::Engine`] handle.
+//! - [`limits`]: every hard bound, named.
+
+pub mod config;
+pub mod core;
+pub mod engine;
+pub mod limits;
+pub mod sample;

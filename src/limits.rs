@@ -1,0 +1,51 @@
+//! Every fixed bound of the daemon, in one place, each with the reason for its
+//! value. Configurable knobs live in `config`; these are the hard ceilings the
+//! code relies on (array sizes, loop bounds, wire limits).
+
+/// Lines one order may carry. Real baskets rarely exceed a few dozen lines;
+/// the bound keeps a plan's work and a hold batch's size predictable.
+pub const MAX_LINES_PER_ORDER: usize = 64;
+
+/// Units one line may ask for. Keeps sums of a whole order far from `u32`
+/// overflow (64 lines x 1M units) while covering B2B bulk lines.
+pub const MAX_QTY_PER_LINE: u32 = 1_000_000;
+
+/// Length of a client order id, a SKU id, a channel or node name in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Fulfillment nodes one daemon knows. Node indices are `u16`.
+pub const MAX_NODES: usize = 16_384;
+
+/// Distinct SKUs one daemon can intern. The availability index is a
+/// pre-sized table of this many slots so that reads never take a lock.
+pub const MAX_SKUS: usize = 1 << 21;
+
+/// Candidate nodes sent with one line in a hold. The shard walks them in
+/// policy order; beyond this many the tail is almost never reached, and a
+/// re-plan after a short answer offers the rest.
+pub const MAX_CANDIDATES_PER_LINE: usize = 64;
+
+/// Named rules in one routing policy (there are nine rule kinds).
+pub const MAX_RULES: usize = 9;
+
+/// Shipments (distinct nodes) one order may be split into, whatever the
+/// policy says: bounds the work of a plan and of a re-route.
+pub const MAX_SHIPMENTS_PER_ORDER: u8 = 16;
+
+/// Hold attempts for one order before it is rejected. Each failed attempt is
+/// caused by a competing order taking the stock first, so progress is made
+/// somewhere; the bound keeps one unlucky order from spinning.
+pub const MAX_HOLD_ATTEMPTS: u32 = 8;
+
+/// Orders one router accepts in one batch message.
+pub const MAX_ORDERS_PER_BATCH: usize = 4096;
+
+/// Entries in one bulk stock update (set or adjust) from a WMS/ERP feed.
+pub const MAX_STOCK_UPDATES_PER_BATCH: usize = 65_536;
+
+/// Nodes returned by one nearest-nodes query.
+pub const MAX_NEAREST_NODES: usize = 256;
+
+/// Longest hold a client may ask for: one day. Longer holds are what
+/// `confirm` is for.
+pub const MAX_HOLD_TTL_MS: u64 = 86_400_000;

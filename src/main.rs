@@ -1,0 +1,183 @@
+//! The `omniroute` daemon and its command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use omniroute::config::{Config, ValidConfig};
+use omniroute::core::model::{Decision, NodeKind};
+use omniroute::engine::{Engine, StockUpdate, SystemClock};
+use omniroute::limits::{MAX_ORDERS_PER_BATCH, MAX_STOCK_UPDATES_PER_BATCH};
+use omniroute::sample::SampleOrders;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "omniroute", version, about = "Omnichannel order routing and atomic stock reservation")]
+struct Cli {
+    /// Config file (TOML). Without it, the embedded default with its sample network.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Validate a config and say what it holds.
+    CheckConfig,
+    /// Route sample orders against the config's network and print what happened.
+    Demo {
+        /// Orders to route.
+        #[arg(long, default_value_t = 100_000)]
+        orders: usize,
+        /// Lines per order.
+        #[arg(long, default_value_t = 1)]
+        lines: usize,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<ValidConfig, String> {
+    let config = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Config::default_config(),
+    };
+    config.validate().map_err(|e| e.to_string())
+}
+
+fn describe(config: &ValidConfig) -> String {
+    let network = &config.network;
+    let count = |kind: NodeKind| network.nodes.iter().filter(|n| n.kind == kind).count();
+    let skus: std::collections::HashSet<&str> = config
+        .stock
+        .iter()
+        .map(|u| match u {
+            StockUpdate::Set { sku, .. } | StockUpdate::Adjust { sku, .. } => sku.as_str(),
+        })
+        .collect();
+    let units: u64 = config.stock.iter().map(|u| if let StockUpdate::Set { on_hand, .. } = u { u64::from(*on_hand) } else { 0 }).sum();
+    let channels: Vec<&str> = network.channels.iter().map(|c| c.name.as_str()).collect();
+    format!(
+        "{} nodes in {} markets ({}): {} warehouses, {} stores, {} dark stores, {} 3PL\n\
+         {} SKUs in {} stocked cells, {} units on hand\n\
+         channels: {}\n\
+         engine: {} shard actors, {} router actors, {} node actors",
+        network.nodes.len(),
+        network.markets.len(),
+        network.markets.join(", "),
+        count(NodeKind::Warehouse),
+        count(NodeKind::Store),
+        count(NodeKind::DarkStore),
+        count(NodeKind::ThirdPartyLogistics),
+        skus.len(),
+        config.stock.len(),
+        units,
+        channels.join(", "),
+        config.engine.shards,
+        config.engine.routers,
+        network.nodes.len(),
+    )
+}
+
+async fn start(config: &ValidConfig) -> Result<Engine, String> {
+    let engine = Engine::start(&config.engine, config.network.clone(), Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
+    for chunk in config.stock.chunks(MAX_STOCK_UPDATES_PER_BATCH) {
+        engine.update_stock(chunk).await.map_err(|e| format!("loading stock: {e}"))?;
+    }
+    Ok(engine)
+}
+
+async fn serve(config: ValidConfig) -> Result<(), String> {
+    let started = Instant::now();
+    let engine = start(&config).await?;
+    println!("omniroute {} ready in {} ms", env!("CARGO_PKG_VERSION"), started.elapsed().as_millis());
+    println!("{}", describe(&config));
+    println!("the QUIC ingress is not built yet; the engine runs in process (try `omniroute demo`). Ctrl-C stops.");
+    wait_for_shutdown().await;
+    println!("shutting down");
+    engine.shutdown();
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn demo(config: ValidConfig, orders: usize, lines: usize) -> Result<(), String> {
+    let engine = start(&config).await?;
+    let channel = config.network.channels.iter().find(|c| c.name == "web").unwrap_or(&config.network.channels[0]).name.clone();
+    let skus = engine.index().sku_count();
+    let mut generator = SampleOrders::new(1, skus, "SKU-", &channel, "demo-");
+    let requests: Vec<_> = (0..orders).map(|_| generator.next_order(lines)).collect();
+    let started = Instant::now();
+    let mut decisions = Vec::with_capacity(orders);
+    for chunk in requests.chunks(MAX_ORDERS_PER_BATCH) {
+        decisions.extend(engine.submit_batch(chunk.to_vec()).await.map_err(|e| e.to_string())?);
+    }
+    let elapsed = started.elapsed();
+    let routed = decisions.iter().filter(|d| d.is_routed()).count();
+    let shipments: usize = decisions.iter().map(Decision::shipments).sum();
+    println!("{} orders of {lines} line(s) on channel {channel:?} in {:.1} ms: {:.0} orders/s", orders, elapsed.as_secs_f64() * 1e3, orders as f64 / elapsed.as_secs_f64());
+    println!("routed {routed}, rejected {}, {:.2} shipments per routed order", orders - routed, shipments as f64 / routed.max(1) as f64);
+    for (request, decision) in requests.iter().zip(&decisions).take(3) {
+        println!("  {} ->", request.client_order_id);
+        match decision {
+            Decision::Routed { allocations, .. } => {
+                for a in allocations {
+                    let node = config.network.node(a.node);
+                    println!("    line {} {} x{} from {} ({})", a.line, engine.index().sku_name(a.sku).unwrap_or("?"), a.qty, node.id, node.name);
+                }
+            }
+            Decision::Rejected(reason) => println!("    rejected: {reason}"),
+        }
+    }
+    engine.check_invariants().await?;
+    engine.shutdown();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let cli = Cli::parse();
+    let config = match load(cli.config.as_ref()) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("omniroute: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(serve(config)),
+        Command::CheckConfig => {
+            println!("config is valid\n{}", describe(&config));
+            Ok(())
+        }
+        Command::Demo { orders, lines } => runtime.block_on(demo(config, orders, lines)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("omniroute: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
