@@ -1,0 +1,150 @@
+//! Shared test fixtures: a small hand-checked network, and builders for the
+//! in-memory core driver and the actor engine.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use omniroute::config::{Config, ValidConfig};
+use omniroute::core::index::AvailabilityIndex;
+use omniroute::core::local::LocalEngine;
+use omniroute::core::model::{FulfilmentMethod, LineRequest, NodeIdx, OrderRequest, ShipTo};
+use omniroute::engine::{Engine, EngineSettings, ManualClock, StockUpdate};
+
+/// Five nodes around a customer at (50.0, 10.0) in market A.
+/// Distances from the customer: ST-1 11 km, ST-2 33 km, WH-N 111 km,
+/// WH-S 111 km, WH-B 286 km (market B).
+/// Costs for one shipment there: WH-N 500+111*1.0=611, WH-S 300+111*0.5=355,
+/// ST-1 800+11*2=822, ST-2 800+33*2=866, WH-B 1000+286*1=1286.
+pub const NODES: &str = r#"
+[engine]
+shards = 2
+routers = 2
+expiry_tick_ms = 0
+
+[[nodes]]
+id = "WH-N"
+kind = "warehouse"
+lat = 51.0
+lon = 10.0
+market = "A"
+capabilities = ["ship"]
+daily_capacity = 100000
+priority = 2
+cost_base_cents = 500
+cost_per_km_cents = 1.0
+lead_time_minutes = 1440
+
+[[nodes]]
+id = "WH-S"
+kind = "warehouse"
+lat = 49.0
+lon = 10.0
+market = "A"
+capabilities = ["ship"]
+daily_capacity = 100000
+priority = 1
+cost_base_cents = 300
+cost_per_km_cents = 0.5
+lead_time_minutes = 2880
+
+[[nodes]]
+id = "ST-1"
+kind = "store"
+lat = 50.1
+lon = 10.0
+market = "A"
+capabilities = ["pickup", "ship_from_store", "same_day"]
+daily_capacity = 100000
+priority = 3
+cost_base_cents = 800
+cost_per_km_cents = 2.0
+lead_time_minutes = 120
+
+[[nodes]]
+id = "ST-2"
+kind = "store"
+lat = 50.3
+lon = 10.0
+market = "A"
+capabilities = ["pickup", "ship_from_store"]
+daily_capacity = 100000
+priority = 3
+cost_base_cents = 800
+cost_per_km_cents = 2.0
+lead_time_minutes = 60
+
+[[nodes]]
+id = "WH-B"
+kind = "warehouse"
+lat = 50.0
+lon = 14.0
+market = "B"
+capabilities = ["ship"]
+daily_capacity = 100000
+priority = 5
+cost_base_cents = 1000
+cost_per_km_cents = 1.0
+lead_time_minutes = 1440
+"#;
+
+pub const WH_N: NodeIdx = 0;
+pub const WH_S: NodeIdx = 1;
+pub const ST_1: NodeIdx = 2;
+pub const ST_2: NodeIdx = 3;
+pub const WH_B: NodeIdx = 4;
+pub const NODE_IDS: [&str; 5] = ["WH-N", "WH-S", "ST-1", "ST-2", "WH-B"];
+
+/// A channel named `name` with the given rules and no weights, so that
+/// nothing but the rules (and the node index, last) decides.
+pub fn channel(name: &str, rules: &[&str]) -> String {
+    let rules: Vec<String> = rules.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "[channels.{name}]\nrules = [{}]\nmax_shipments = 3\n[channels.{name}.weights]\ndistance_km = 0.0\n",
+        rules.join(", ")
+    )
+}
+
+/// `[[stock]]` entries: (sku, node id, on_hand).
+pub fn stock(entries: &[(&str, &str, u32)]) -> String {
+    entries.iter().map(|(sku, node, qty)| format!("[[stock]]\nsku = {sku:?}\nnode = {node:?}\non_hand = {qty}\n")).collect()
+}
+
+pub fn config(extra: &str) -> ValidConfig {
+    let text = format!("{NODES}\n{extra}");
+    Config::from_toml(&text).expect("test config parses").validate().expect("test config validates")
+}
+
+/// The in-memory core driver over `config`, stock loaded, at time 0.
+pub fn local(config: &ValidConfig) -> LocalEngine {
+    let index = Arc::new(AvailabilityIndex::new(config.network.nodes.len(), config.engine.max_skus));
+    let mut engine = LocalEngine::new(Arc::new(config.network.clone()), index, config.engine.shards, 0);
+    for update in &config.stock {
+        if let StockUpdate::Set { sku, node, on_hand, safety_stock } = update {
+            let node = config.network.node_idx(node).expect("known node");
+            engine.stock_set(sku, node, *on_hand, *safety_stock, 0);
+        }
+    }
+    engine
+}
+
+/// The actor engine over `config`, stock loaded, with a clock at `now_ms`
+/// that only the test moves.
+pub async fn engine(config: &ValidConfig, settings: Option<EngineSettings>) -> (Engine, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let settings = settings.unwrap_or_else(|| config.engine.clone());
+    let engine = Engine::start(&settings, config.network.clone(), clock.clone()).await.expect("engine starts");
+    engine.update_stock(&config.stock).await.expect("stock loads");
+    (engine, clock)
+}
+
+/// A ship order to the customer at (50.0, 10.0) in market A.
+pub fn order(channel: &str, id: &str, lines: &[(&str, u32)]) -> OrderRequest {
+    OrderRequest {
+        channel: channel.into(),
+        client_order_id: id.into(),
+        lines: lines.iter().map(|(sku, qty)| LineRequest { sku: (*sku).into(), qty: *qty }).collect(),
+        ship_to: ShipTo { lat: 50.0, lon: 10.0, market: Some("A".into()) },
+        method: FulfilmentMethod::Ship,
+        hold_ttl_ms: None,
+    }
+}
