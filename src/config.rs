@@ -13,7 +13,9 @@ use crate::core::network::{Channel, Network};
 use crate::core::policy::{Filters, OnShort, Policy, Rule, Weights};
 use crate::core::router::MAX_ROUTERS;
 use crate::engine::{EngineSettings, StockUpdate};
-use crate::limits::{MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_NODES, MAX_RULES, MAX_SHIPMENTS_PER_ORDER, MAX_SKUS};
+use crate::limits::{
+    MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_NODES, MAX_RULES, MAX_SHIPMENTS_PER_ORDER, MAX_SKUS,
+};
 
 /// The config the daemon runs on when given none: a sample network of 60
 /// nodes in four markets and 10 000 generated SKUs.
@@ -31,7 +33,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,7 +66,13 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
         let d = EngineSettings::default();
-        EngineConfig { shards: d.shards, routers: d.routers, max_skus: d.max_skus, max_inflight: d.max_inflight, expiry_tick_ms: d.expiry_tick_ms }
+        EngineConfig {
+            shards: d.shards,
+            routers: d.routers,
+            max_skus: d.max_skus,
+            max_inflight: d.max_inflight,
+            expiry_tick_ms: d.expiry_tick_ms,
+        }
     }
 }
 
@@ -136,7 +147,12 @@ pub struct FiltersConfig {
 
 impl Default for FiltersConfig {
     fn default() -> FiltersConfig {
-        FiltersConfig { same_market: false, max_distance_km: None, same_day_max_km: 50.0, pickup_alternatives: true }
+        FiltersConfig {
+            same_market: false,
+            max_distance_km: None,
+            same_day_max_km: 50.0,
+            pickup_alternatives: true,
+        }
     }
 }
 
@@ -150,7 +166,11 @@ pub struct WeightsConfig {
 
 impl Default for WeightsConfig {
     fn default() -> WeightsConfig {
-        WeightsConfig { distance_km: 1.0, cost_cents: 0.0, lead_time_minutes: 0.0 }
+        WeightsConfig {
+            distance_km: 1.0,
+            cost_cents: 0.0,
+            lead_time_minutes: 0.0,
+        }
     }
 }
 
@@ -204,31 +224,56 @@ impl Config {
         let (nodes, markets) = self.validate_nodes()?;
         let mut channels = Vec::new();
         if self.channels.is_empty() {
-            return Err(invalid("channels", "at least one channel with a routing policy is needed"));
+            return Err(invalid(
+                "channels",
+                "at least one channel with a routing policy is needed",
+            ));
         }
         for (name, channel) in &self.channels {
-            channels.push(Channel { name: name.clone(), policy: validate_policy(&format!("channels.{name}"), channel)? });
+            channels.push(Channel {
+                name: name.clone(),
+                policy: validate_policy(&format!("channels.{name}"), channel)?,
+            });
         }
         let network = Network::new(nodes, markets, channels);
         let stock = self.validate_stock(&network, engine.max_skus)?;
-        Ok(ValidConfig { engine, network, stock })
+        Ok(ValidConfig {
+            engine,
+            network,
+            stock,
+        })
     }
 
     fn validate_engine(&self) -> Result<EngineSettings, ConfigError> {
         let e = &self.engine;
         if e.shards == 0 || e.shards > MAX_SHARDS {
-            return Err(invalid("engine.shards", format!("must be 1..={MAX_SHARDS}, got {}", e.shards)));
+            return Err(invalid(
+                "engine.shards",
+                format!("must be 1..={MAX_SHARDS}, got {}", e.shards),
+            ));
         }
         if e.routers == 0 || e.routers as usize > MAX_ROUTERS {
-            return Err(invalid("engine.routers", format!("must be 1..={MAX_ROUTERS}, got {}", e.routers)));
+            return Err(invalid(
+                "engine.routers",
+                format!("must be 1..={MAX_ROUTERS}, got {}", e.routers),
+            ));
         }
         if e.max_skus == 0 || e.max_skus > MAX_SKUS {
-            return Err(invalid("engine.max_skus", format!("must be 1..={MAX_SKUS}, got {}", e.max_skus)));
+            return Err(invalid(
+                "engine.max_skus",
+                format!("must be 1..={MAX_SKUS}, got {}", e.max_skus),
+            ));
         }
         if e.max_inflight == 0 {
             return Err(invalid("engine.max_inflight", "must be at least 1"));
         }
-        Ok(EngineSettings { shards: e.shards, routers: e.routers, max_skus: e.max_skus, max_inflight: e.max_inflight, expiry_tick_ms: e.expiry_tick_ms })
+        Ok(EngineSettings {
+            shards: e.shards,
+            routers: e.routers,
+            max_skus: e.max_skus,
+            max_inflight: e.max_inflight,
+            expiry_tick_ms: e.expiry_tick_ms,
+        })
     }
 
     fn validate_nodes(&self) -> Result<(Vec<crate::core::model::Node>, Vec<String>), ConfigError> {
@@ -236,7 +281,10 @@ impl Config {
             return Err(invalid("nodes", "at least one fulfillment node is needed"));
         }
         if self.nodes.len() > MAX_NODES {
-            return Err(invalid("nodes", format!("at most {MAX_NODES} nodes, got {}", self.nodes.len())));
+            return Err(invalid(
+                "nodes",
+                format!("at most {MAX_NODES} nodes, got {}", self.nodes.len()),
+            ));
         }
         let mut markets: Vec<String> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -244,14 +292,29 @@ impl Config {
         for (i, n) in self.nodes.iter().enumerate() {
             let key = |field: &str| format!("nodes[{i}].{field}");
             if n.id.is_empty() || n.id.len() > MAX_ID_BYTES {
-                return Err(invalid(key("id"), format!("must be 1..={MAX_ID_BYTES} bytes")));
+                return Err(invalid(
+                    key("id"),
+                    format!("must be 1..={MAX_ID_BYTES} bytes"),
+                ));
             }
             if !seen.insert(n.id.as_str()) {
-                return Err(invalid(key("id"), format!("{:?} is used by an earlier node", n.id)));
+                return Err(invalid(
+                    key("id"),
+                    format!("{:?} is used by an earlier node", n.id),
+                ));
             }
             let kind: NodeKind = NodeKind::deserialize(toml::Value::String(n.kind.clone()))
-                .map_err(|_| invalid(key("kind"), format!("unknown kind {:?}; use warehouse, store, 3pl or dark_store", n.kind)))?;
-            let location = GeoPoint::new(n.lat, n.lon).ok_or_else(|| invalid(key("lat"), "lat must be -90..=90 and lon -180..=180"))?;
+                .map_err(|_| {
+                    invalid(
+                        key("kind"),
+                        format!(
+                            "unknown kind {:?}; use warehouse, store, 3pl or dark_store",
+                            n.kind
+                        ),
+                    )
+                })?;
+            let location = GeoPoint::new(n.lat, n.lon)
+                .ok_or_else(|| invalid(key("lat"), "lat must be -90..=90 and lon -180..=180"))?;
             if n.market.is_empty() {
                 return Err(invalid(key("market"), "must not be empty"));
             }
@@ -269,17 +332,30 @@ impl Config {
                 capabilities = capabilities.union(capability);
             }
             if n.capabilities.is_empty() {
-                return Err(invalid(key("capabilities"), "a node needs at least one capability"));
+                return Err(invalid(
+                    key("capabilities"),
+                    "a node needs at least one capability",
+                ));
             }
             if n.daily_capacity == 0 {
-                return Err(invalid(key("daily_capacity"), "must be at least 1 allocation per day"));
+                return Err(invalid(
+                    key("daily_capacity"),
+                    "must be at least 1 allocation per day",
+                ));
             }
             if !n.cost_per_km_cents.is_finite() || n.cost_per_km_cents < 0.0 {
-                return Err(invalid(key("cost_per_km_cents"), "must be a finite number >= 0"));
+                return Err(invalid(
+                    key("cost_per_km_cents"),
+                    "must be a finite number >= 0",
+                ));
             }
             nodes.push(crate::core::model::Node {
                 id: n.id.clone(),
-                name: if n.name.is_empty() { n.id.clone() } else { n.name.clone() },
+                name: if n.name.is_empty() {
+                    n.id.clone()
+                } else {
+                    n.name.clone()
+                },
                 kind,
                 location,
                 market: market as u16,
@@ -295,20 +371,38 @@ impl Config {
         Ok((nodes, markets))
     }
 
-    fn validate_stock(&self, network: &Network, max_skus: usize) -> Result<Vec<StockUpdate>, ConfigError> {
+    fn validate_stock(
+        &self,
+        network: &Network,
+        max_skus: usize,
+    ) -> Result<Vec<StockUpdate>, ConfigError> {
         let mut updates = Vec::new();
         for (i, s) in self.stock.iter().enumerate() {
             if s.sku.is_empty() || s.sku.len() > MAX_ID_BYTES {
-                return Err(invalid(format!("stock[{i}].sku"), format!("must be 1..={MAX_ID_BYTES} bytes")));
+                return Err(invalid(
+                    format!("stock[{i}].sku"),
+                    format!("must be 1..={MAX_ID_BYTES} bytes"),
+                ));
             }
             if network.node_idx(&s.node).is_none() {
-                return Err(invalid(format!("stock[{i}].node"), format!("unknown node {:?}", s.node)));
+                return Err(invalid(
+                    format!("stock[{i}].node"),
+                    format!("unknown node {:?}", s.node),
+                ));
             }
-            updates.push(StockUpdate::Set { sku: s.sku.clone(), node: s.node.clone(), on_hand: s.on_hand, safety_stock: Some(s.safety_stock) });
+            updates.push(StockUpdate::Set {
+                sku: s.sku.clone(),
+                node: s.node.clone(),
+                on_hand: s.on_hand,
+                safety_stock: Some(s.safety_stock),
+            });
         }
         if let Some(sample) = &self.sample_stock {
             if sample.skus == 0 || sample.skus + self.stock.len() > max_skus {
-                return Err(invalid("sample_stock.skus", format!("must be 1..=engine.max_skus ({max_skus}) less the [[stock]] entries")));
+                return Err(invalid(
+                    "sample_stock.skus",
+                    format!("must be 1..=engine.max_skus ({max_skus}) less the [[stock]] entries"),
+                ));
             }
             updates.extend(generate_sample_stock(sample, network));
         }
@@ -319,7 +413,10 @@ impl Config {
 fn validate_policy(key: &str, channel: &ChannelConfig) -> Result<Policy, ConfigError> {
     let mut rules = Vec::new();
     if channel.rules.len() > MAX_RULES {
-        return Err(invalid(format!("{key}.rules"), format!("at most {MAX_RULES} rules")));
+        return Err(invalid(
+            format!("{key}.rules"),
+            format!("at most {MAX_RULES} rules"),
+        ));
     }
     for (i, name) in channel.rules.iter().enumerate() {
         let rule: Rule = Rule::deserialize(toml::Value::String(name.clone())).map_err(|_| {
@@ -329,38 +426,76 @@ fn validate_policy(key: &str, channel: &ChannelConfig) -> Result<Policy, ConfigE
             )
         })?;
         if rules.contains(&rule) {
-            return Err(invalid(format!("{key}.rules[{i}]"), format!("rule {name:?} is listed twice")));
+            return Err(invalid(
+                format!("{key}.rules[{i}]"),
+                format!("rule {name:?} is listed twice"),
+            ));
         }
         rules.push(rule);
     }
     if channel.max_shipments == 0 || channel.max_shipments > MAX_SHIPMENTS_PER_ORDER {
-        return Err(invalid(format!("{key}.max_shipments"), format!("must be 1..={MAX_SHIPMENTS_PER_ORDER}")));
+        return Err(invalid(
+            format!("{key}.max_shipments"),
+            format!("must be 1..={MAX_SHIPMENTS_PER_ORDER}"),
+        ));
     }
     let on_short = match channel.on_short.as_str() {
         "reject" => OnShort::Reject,
         "partial" => OnShort::Partial,
-        other => return Err(invalid(format!("{key}.on_short"), format!("unknown value {other:?}; use reject or partial"))),
+        other => {
+            return Err(invalid(
+                format!("{key}.on_short"),
+                format!("unknown value {other:?}; use reject or partial"),
+            ))
+        }
     };
     if channel.hold_ttl_ms == 0 || channel.hold_ttl_ms > MAX_HOLD_TTL_MS {
-        return Err(invalid(format!("{key}.hold_ttl_ms"), format!("must be 1..={MAX_HOLD_TTL_MS}")));
+        return Err(invalid(
+            format!("{key}.hold_ttl_ms"),
+            format!("must be 1..={MAX_HOLD_TTL_MS}"),
+        ));
     }
     let f = &channel.filters;
-    if f.max_distance_km.is_some_and(|d| !d.is_finite() || d <= 0.0) {
-        return Err(invalid(format!("{key}.filters.max_distance_km"), "must be a finite distance > 0"));
+    if f.max_distance_km
+        .is_some_and(|d| !d.is_finite() || d <= 0.0)
+    {
+        return Err(invalid(
+            format!("{key}.filters.max_distance_km"),
+            "must be a finite distance > 0",
+        ));
     }
     if !f.same_day_max_km.is_finite() || f.same_day_max_km <= 0.0 {
-        return Err(invalid(format!("{key}.filters.same_day_max_km"), "must be a finite distance > 0"));
+        return Err(invalid(
+            format!("{key}.filters.same_day_max_km"),
+            "must be a finite distance > 0",
+        ));
     }
     let w = &channel.weights;
-    for (name, value) in [("distance_km", w.distance_km), ("cost_cents", w.cost_cents), ("lead_time_minutes", w.lead_time_minutes)] {
+    for (name, value) in [
+        ("distance_km", w.distance_km),
+        ("cost_cents", w.cost_cents),
+        ("lead_time_minutes", w.lead_time_minutes),
+    ] {
         if !value.is_finite() || value < 0.0 {
-            return Err(invalid(format!("{key}.weights.{name}"), "must be a finite number >= 0"));
+            return Err(invalid(
+                format!("{key}.weights.{name}"),
+                "must be a finite number >= 0",
+            ));
         }
     }
     Ok(Policy {
         rules,
-        filters: Filters { same_market: f.same_market, max_distance_km: f.max_distance_km, same_day_max_km: f.same_day_max_km, pickup_alternatives: f.pickup_alternatives },
-        weights: Weights { distance_km: w.distance_km, cost_cents: w.cost_cents, lead_time_minutes: w.lead_time_minutes },
+        filters: Filters {
+            same_market: f.same_market,
+            max_distance_km: f.max_distance_km,
+            same_day_max_km: f.same_day_max_km,
+            pickup_alternatives: f.pickup_alternatives,
+        },
+        weights: Weights {
+            distance_km: w.distance_km,
+            cost_cents: w.cost_cents,
+            lead_time_minutes: w.lead_time_minutes,
+        },
         max_shipments: channel.max_shipments,
         on_short,
         hold_ttl_ms: channel.hold_ttl_ms,
@@ -383,7 +518,12 @@ fn generate_sample_stock(sample: &SampleStockConfig, network: &Network) -> Vec<S
             };
             if rng.random_bool(share) {
                 let on_hand = rng.random_range(low..=high);
-                updates.push(StockUpdate::Set { sku: sku.clone(), node: node.id.clone(), on_hand, safety_stock: Some(0) });
+                updates.push(StockUpdate::Set {
+                    sku: sku.clone(),
+                    node: node.id.clone(),
+                    on_hand,
+                    safety_stock: Some(0),
+                });
             }
         }
     }
@@ -397,13 +537,27 @@ mod tests {
     #[test]
     fn embedded_default_config_is_valid() {
         // Proves the config a newcomer runs on validates and holds the sample network it promises.
-        let valid = Config::default_config().validate().expect("default config validates");
-        assert!((55..=65).contains(&valid.network.nodes.len()), "{} nodes", valid.network.nodes.len());
+        let valid = Config::default_config()
+            .validate()
+            .expect("default config validates");
+        assert!(
+            (55..=65).contains(&valid.network.nodes.len()),
+            "{} nodes",
+            valid.network.nodes.len()
+        );
         assert!(valid.network.markets.len() >= 3);
-        assert!(valid.network.nodes.iter().any(|n| n.kind == NodeKind::ThirdPartyLogistics));
-        let skus: std::collections::HashSet<&str> = valid.stock.iter().map(|u| match u {
-            StockUpdate::Set { sku, .. } | StockUpdate::Adjust { sku, .. } => sku.as_str(),
-        }).collect();
+        assert!(valid
+            .network
+            .nodes
+            .iter()
+            .any(|n| n.kind == NodeKind::ThirdPartyLogistics));
+        let skus: std::collections::HashSet<&str> = valid
+            .stock
+            .iter()
+            .map(|u| match u {
+                StockUpdate::Set { sku, .. } | StockUpdate::Adjust { sku, .. } => sku.as_str(),
+            })
+            .collect();
         assert_eq!(skus.len(), 10_000);
     }
 }

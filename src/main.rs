@@ -16,7 +16,11 @@ use omniroute::sample::SampleOrders;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "omniroute", version, about = "Omnichannel order routing and atomic stock reservation")]
+#[command(
+    name = "omniroute",
+    version,
+    about = "Omnichannel order routing and atomic stock reservation"
+)]
 struct Cli {
     /// Config file (TOML). Without it, the embedded default with its sample network.
     #[arg(long, global = true)]
@@ -45,7 +49,8 @@ enum Command {
 fn load(path: Option<&PathBuf>) -> Result<ValidConfig, String> {
     let config = match path {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
         }
         None => Config::default_config(),
@@ -63,7 +68,17 @@ fn describe(config: &ValidConfig) -> String {
             StockUpdate::Set { sku, .. } | StockUpdate::Adjust { sku, .. } => sku.as_str(),
         })
         .collect();
-    let units: u64 = config.stock.iter().map(|u| if let StockUpdate::Set { on_hand, .. } = u { u64::from(*on_hand) } else { 0 }).sum();
+    let units: u64 = config
+        .stock
+        .iter()
+        .map(|u| {
+            if let StockUpdate::Set { on_hand, .. } = u {
+                u64::from(*on_hand)
+            } else {
+                0
+            }
+        })
+        .sum();
     let channels: Vec<&str> = network.channels.iter().map(|c| c.name.as_str()).collect();
     format!(
         "{} nodes in {} markets ({}): {} warehouses, {} stores, {} dark stores, {} 3PL\n\
@@ -88,9 +103,18 @@ fn describe(config: &ValidConfig) -> String {
 }
 
 async fn start(config: &ValidConfig) -> Result<Engine, String> {
-    let engine = Engine::start(&config.engine, config.network.clone(), Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
+    let engine = Engine::start(
+        &config.engine,
+        config.network.clone(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     for chunk in config.stock.chunks(MAX_STOCK_UPDATES_PER_BATCH) {
-        engine.update_stock(chunk).await.map_err(|e| format!("loading stock: {e}"))?;
+        engine
+            .update_stock(chunk)
+            .await
+            .map_err(|e| format!("loading stock: {e}"))?;
     }
     Ok(engine)
 }
@@ -98,7 +122,11 @@ async fn start(config: &ValidConfig) -> Result<Engine, String> {
 async fn serve(config: ValidConfig) -> Result<(), String> {
     let started = Instant::now();
     let engine = start(&config).await?;
-    println!("omniroute {} ready in {} ms", env!("CARGO_PKG_VERSION"), started.elapsed().as_millis());
+    println!(
+        "omniroute {} ready in {} ms",
+        env!("CARGO_PKG_VERSION"),
+        started.elapsed().as_millis()
+    );
     println!("{}", describe(&config));
     println!("the QUIC ingress is not built yet; the engine runs in process (try `omniroute demo`). Ctrl-C stops.");
     wait_for_shutdown().await;
@@ -123,27 +151,55 @@ async fn wait_for_shutdown() {
 
 async fn demo(config: ValidConfig, orders: usize, lines: usize) -> Result<(), String> {
     let engine = start(&config).await?;
-    let channel = config.network.channels.iter().find(|c| c.name == "web").unwrap_or(&config.network.channels[0]).name.clone();
+    let channel = config
+        .network
+        .channels
+        .iter()
+        .find(|c| c.name == "web")
+        .unwrap_or(&config.network.channels[0])
+        .name
+        .clone();
     let skus = engine.index().sku_count();
     let mut generator = SampleOrders::new(1, skus, "SKU-", &channel, "demo-");
     let requests: Vec<_> = (0..orders).map(|_| generator.next_order(lines)).collect();
     let started = Instant::now();
     let mut decisions = Vec::with_capacity(orders);
     for chunk in requests.chunks(MAX_ORDERS_PER_BATCH) {
-        decisions.extend(engine.submit_batch(chunk.to_vec()).await.map_err(|e| e.to_string())?);
+        decisions.extend(
+            engine
+                .submit_batch(chunk.to_vec())
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     let elapsed = started.elapsed();
     let routed = decisions.iter().filter(|d| d.is_routed()).count();
     let shipments: usize = decisions.iter().map(Decision::shipments).sum();
-    println!("{} orders of {lines} line(s) on channel {channel:?} in {:.1} ms: {:.0} orders/s", orders, elapsed.as_secs_f64() * 1e3, orders as f64 / elapsed.as_secs_f64());
-    println!("routed {routed}, rejected {}, {:.2} shipments per routed order", orders - routed, shipments as f64 / routed.max(1) as f64);
+    println!(
+        "{} orders of {lines} line(s) on channel {channel:?} in {:.1} ms: {:.0} orders/s",
+        orders,
+        elapsed.as_secs_f64() * 1e3,
+        orders as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "routed {routed}, rejected {}, {:.2} shipments per routed order",
+        orders - routed,
+        shipments as f64 / routed.max(1) as f64
+    );
     for (request, decision) in requests.iter().zip(&decisions).take(3) {
         println!("  {} ->", request.client_order_id);
         match decision {
             Decision::Routed { allocations, .. } => {
                 for a in allocations {
                     let node = config.network.node(a.node);
-                    println!("    line {} {} x{} from {} ({})", a.line, engine.index().sku_name(a.sku).unwrap_or("?"), a.qty, node.id, node.name);
+                    println!(
+                        "    line {} {} x{} from {} ({})",
+                        a.line,
+                        engine.index().sku_name(a.sku).unwrap_or("?"),
+                        a.qty,
+                        node.id,
+                        node.name
+                    );
                 }
             }
             Decision::Rejected(reason) => println!("    rejected: {reason}"),
@@ -155,7 +211,9 @@ async fn demo(config: ValidConfig, orders: usize, lines: usize) -> Result<(), St
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let cli = Cli::parse();
     let config = match load(cli.config.as_ref()) {
         Ok(config) => config,
@@ -164,7 +222,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
         Command::CheckConfig => {

@@ -34,7 +34,13 @@ pub struct SampleOrders {
 impl SampleOrders {
     /// Orders for SKUs `prefix1..=prefix{skus}` on `channel`; ids are
     /// `{id_prefix}{n}` so that several generators never collide.
-    pub fn new(seed: u64, skus: usize, sku_prefix: &str, channel: &str, id_prefix: &str) -> SampleOrders {
+    pub fn new(
+        seed: u64,
+        skus: usize,
+        sku_prefix: &str,
+        channel: &str,
+        id_prefix: &str,
+    ) -> SampleOrders {
         SampleOrders {
             rng: StdRng::seed_from_u64(seed),
             skus,
@@ -60,7 +66,13 @@ impl SampleOrders {
         OrderRequest {
             channel: self.channel.clone(),
             client_order_id: format!("{}{id}", self.id_prefix),
-            lines: chosen.into_iter().map(|s| LineRequest { sku: format!("{}{s}", self.sku_prefix), qty: self.rng.random_range(1..=2) }).collect(),
+            lines: chosen
+                .into_iter()
+                .map(|s| LineRequest {
+                    sku: format!("{}{s}", self.sku_prefix),
+                    qty: self.rng.random_range(1..=2),
+                })
+                .collect(),
             ship_to: ShipTo {
                 lat: lat + self.rng.random_range(-0.2..0.2),
                 lon: lon + self.rng.random_range(-0.2..0.2),

@@ -53,20 +53,33 @@ fn fastest_picks_the_shortest_lead_time() {
 #[test]
 fn node_priority_picks_the_best_rank() {
     // Proves `node_priority` picks WH-S, priority 1.
-    assert_eq!(route_single(&["node_priority"], &all_nodes("SKU-1", 10)), WH_S);
+    assert_eq!(
+        route_single(&["node_priority"], &all_nodes("SKU-1", 10)),
+        WH_S
+    );
 }
 
 #[test]
 fn most_stock_picks_the_deepest_shelf() {
     // Proves `most_stock` picks ST-2, which holds 50 units against 5 elsewhere.
-    let entries = [("SKU-1", "WH-N", 5), ("SKU-1", "WH-S", 5), ("SKU-1", "ST-1", 5), ("SKU-1", "ST-2", 50), ("SKU-1", "WH-B", 5)];
+    let entries = [
+        ("SKU-1", "WH-N", 5),
+        ("SKU-1", "WH-S", 5),
+        ("SKU-1", "ST-1", 5),
+        ("SKU-1", "ST-2", 50),
+        ("SKU-1", "WH-B", 5),
+    ];
     assert_eq!(route_single(&["most_stock"], &entries), ST_2);
 }
 
 #[test]
 fn same_market_prefers_the_order_market() {
     // Proves `same_market` sends an order from market B to WH-B, the only node there.
-    let config = config(&format!("{}{}", channel("c", &["same_market"]), stock(&all_nodes("SKU-1", 10))));
+    let config = config(&format!(
+        "{}{}",
+        channel("c", &["same_market"]),
+        stock(&all_nodes("SKU-1", 10))
+    ));
     let mut engine = local(&config);
     let mut request = order("c", "o-1", &[("SKU-1", 1)]);
     request.ship_to.market = Some("B".into());
@@ -76,18 +89,45 @@ fn same_market_prefers_the_order_market() {
 #[test]
 fn least_loaded_avoids_the_busy_node() {
     // Proves `least_loaded` skips WH-N once it carries an allocation and the others carry none.
-    let text = format!("{}{}{}", channel("first", &[]), channel("least", &["least_loaded"]), stock(&all_nodes("SKU-1", 10)));
+    let text = format!(
+        "{}{}{}",
+        channel("first", &[]),
+        channel("least", &["least_loaded"]),
+        stock(&all_nodes("SKU-1", 10))
+    );
     let mut engine = local(&config(&text));
-    assert_eq!(engine.submit(order("first", "o-1", &[("SKU-1", 1)]), 0).allocations()[0].node, WH_N);
-    assert_eq!(engine.submit(order("least", "o-2", &[("SKU-1", 1)]), 0).allocations()[0].node, WH_S);
+    assert_eq!(
+        engine
+            .submit(order("first", "o-1", &[("SKU-1", 1)]), 0)
+            .allocations()[0]
+            .node,
+        WH_N
+    );
+    assert_eq!(
+        engine
+            .submit(order("least", "o-2", &[("SKU-1", 1)]), 0)
+            .allocations()[0]
+            .node,
+        WH_S
+    );
 }
 
 #[test]
 fn fewest_shipments_consolidates_lines() {
     // Proves `fewest_shipments` ships two lines from ST-2, which has both, rather than
     // from WH-N and WH-S, which have one each and win on index without the rule.
-    let entries = [("SKU-A", "WH-N", 5), ("SKU-B", "WH-S", 5), ("SKU-A", "ST-2", 5), ("SKU-B", "ST-2", 5)];
-    let text = format!("{}{}{}", channel("plain", &[]), channel("fewest", &["fewest_shipments"]), stock(&entries));
+    let entries = [
+        ("SKU-A", "WH-N", 5),
+        ("SKU-B", "WH-S", 5),
+        ("SKU-A", "ST-2", 5),
+        ("SKU-B", "ST-2", 5),
+    ];
+    let text = format!(
+        "{}{}{}",
+        channel("plain", &[]),
+        channel("fewest", &["fewest_shipments"]),
+        stock(&entries)
+    );
     let mut engine = local(&config(&text));
     let plain = engine.submit(order("plain", "o-1", &[("SKU-A", 1), ("SKU-B", 1)]), 0);
     assert_eq!(plain.shipments(), 2, "{plain:?}");
@@ -100,11 +140,17 @@ fn fewest_shipments_consolidates_lines() {
 fn pickup_at_selected_store_prefers_the_chosen_store() {
     // Proves the chosen store ST-2 wins over the nearer ST-1, and that ST-1 stands in
     // when ST-2 has no stock (pickup alternatives are allowed by default).
-    let text = format!("{}{}", channel("c", &["pickup_at_selected_store", "nearest"]), stock(&[("SKU-1", "ST-1", 5), ("SKU-1", "ST-2", 1)]));
+    let text = format!(
+        "{}{}",
+        channel("c", &["pickup_at_selected_store", "nearest"]),
+        stock(&[("SKU-1", "ST-1", 5), ("SKU-1", "ST-2", 1)])
+    );
     let mut engine = local(&config(&text));
     let pickup = |id: &str| {
         let mut request = order("c", id, &[("SKU-1", 1)]);
-        request.method = FulfilmentMethod::Pickup { store: "ST-2".into() };
+        request.method = FulfilmentMethod::Pickup {
+            store: "ST-2".into(),
+        };
         request
     };
     assert_eq!(engine.submit(pickup("o-1"), 0).allocations()[0].node, ST_2);
@@ -116,8 +162,15 @@ fn rules_break_ties_in_order() {
     // Proves a later rule only breaks ties of an earlier one: with node_priority first, WH-S
     // (priority 1) wins although ST-1 is nearer; ST-1 and ST-2 tie on priority 3, and
     // `nearest` picks ST-1 between them when WH-S and WH-N have no stock.
-    assert_eq!(route_single(&["node_priority", "nearest"], &all_nodes("SKU-1", 10)), WH_S);
-    let stores = [("SKU-1", "ST-1", 3), ("SKU-1", "ST-2", 3), ("SKU-1", "WH-B", 3)];
+    assert_eq!(
+        route_single(&["node_priority", "nearest"], &all_nodes("SKU-1", 10)),
+        WH_S
+    );
+    let stores = [
+        ("SKU-1", "ST-1", 3),
+        ("SKU-1", "ST-2", 3),
+        ("SKU-1", "WH-B", 3),
+    ];
     assert_eq!(route_single(&["node_priority", "nearest"], &stores), ST_1);
     assert_eq!(route_single(&["node_priority", "fastest"], &stores), ST_2);
 }
@@ -127,19 +180,46 @@ fn weighted_cost_is_the_last_tie_breaker() {
     // Proves that with no rules a distance weight picks the nearest node (ST-1), and a
     // cost weight the cheapest (WH-S).
     let by_distance = "[channels.c]\nrules = []\n[channels.c.weights]\ndistance_km = 1.0\n";
-    let mut engine = local(&config(&format!("{by_distance}{}", stock(&all_nodes("SKU-1", 10)))));
-    assert_eq!(engine.submit(order("c", "o-1", &[("SKU-1", 1)]), 0).allocations()[0].node, ST_1);
-    let by_cost = "[channels.c]\nrules = []\n[channels.c.weights]\ndistance_km = 0.0\ncost_cents = 1.0\n";
-    let mut engine = local(&config(&format!("{by_cost}{}", stock(&all_nodes("SKU-1", 10)))));
-    assert_eq!(engine.submit(order("c", "o-1", &[("SKU-1", 1)]), 0).allocations()[0].node, WH_S);
+    let mut engine = local(&config(&format!(
+        "{by_distance}{}",
+        stock(&all_nodes("SKU-1", 10))
+    )));
+    assert_eq!(
+        engine
+            .submit(order("c", "o-1", &[("SKU-1", 1)]), 0)
+            .allocations()[0]
+            .node,
+        ST_1
+    );
+    let by_cost =
+        "[channels.c]\nrules = []\n[channels.c.weights]\ndistance_km = 0.0\ncost_cents = 1.0\n";
+    let mut engine = local(&config(&format!(
+        "{by_cost}{}",
+        stock(&all_nodes("SKU-1", 10))
+    )));
+    assert_eq!(
+        engine
+            .submit(order("c", "o-1", &[("SKU-1", 1)]), 0)
+            .allocations()[0]
+            .node,
+        WH_S
+    );
 }
 
 #[test]
 fn a_rule_falls_back_when_the_preferred_node_lacks_units() {
     // Proves the shard takes the next candidate in policy order when the best one is short:
     // `nearest` wants ST-1 (1 unit), the order needs 2, ST-2 (next nearest) has them.
-    let entries = [("SKU-1", "ST-1", 1), ("SKU-1", "ST-2", 2), ("SKU-1", "WH-N", 9)];
-    let config = config(&format!("{}{}", channel("c", &["nearest"]), stock(&entries)));
+    let entries = [
+        ("SKU-1", "ST-1", 1),
+        ("SKU-1", "ST-2", 2),
+        ("SKU-1", "WH-N", 9),
+    ];
+    let config = config(&format!(
+        "{}{}",
+        channel("c", &["nearest"]),
+        stock(&entries)
+    ));
     let mut engine = local(&config);
     let decision = engine.submit(order("c", "o-1", &[("SKU-1", 2)]), 0);
     assert_eq!(decision.allocations()[0].node, ST_2);
@@ -159,23 +239,39 @@ fn filters_remove_nodes_before_the_rules_rank() {
     request.ship_to.market = Some("B".into());
     assert_eq!(engine.submit(request, 0).allocations()[0].node, WH_B);
     let decision = engine.submit(order("radius", "o-2", &[("SKU-1", 1)]), 0);
-    assert!(matches!(decision.allocations()[0].node, ST_1 | ST_2), "{decision:?}");
+    assert!(
+        matches!(decision.allocations()[0].node, ST_1 | ST_2),
+        "{decision:?}"
+    );
     let mut far = order("radius", "o-3", &[("SKU-1", 1)]);
     far.ship_to.lat = 40.0;
-    assert_eq!(engine.submit(far, 0), Decision::Rejected(RejectReason::NoEligibleNode));
+    assert_eq!(
+        engine.submit(far, 0),
+        Decision::Rejected(RejectReason::NoEligibleNode)
+    );
 }
 
 #[test]
 fn same_day_needs_a_same_day_node_within_reach() {
     // Proves a same-day order goes to ST-1, the only same-day node, and only within its radius.
-    let text = format!("{}{}", channel("c", &["nearest"]), stock(&all_nodes("SKU-1", 10)));
+    let text = format!(
+        "{}{}",
+        channel("c", &["nearest"]),
+        stock(&all_nodes("SKU-1", 10))
+    );
     let mut engine = local(&config(&text));
     let mut request = order("c", "o-1", &[("SKU-1", 1)]);
     request.method = FulfilmentMethod::SameDay;
-    assert_eq!(engine.submit(request.clone(), 0).allocations()[0].node, ST_1);
+    assert_eq!(
+        engine.submit(request.clone(), 0).allocations()[0].node,
+        ST_1
+    );
     request.client_order_id = "o-2".into();
     request.ship_to.lat = 52.0;
-    assert_eq!(engine.submit(request, 0), Decision::Rejected(RejectReason::NoEligibleNode));
+    assert_eq!(
+        engine.submit(request, 0),
+        Decision::Rejected(RejectReason::NoEligibleNode)
+    );
 }
 
 #[test]
@@ -190,9 +286,17 @@ fn max_shipments_and_partial_allocation() {
     );
     let mut engine = local(&config(&text));
     let decision = engine.submit(order("one", "o-1", &[("SKU-A", 1), ("SKU-B", 1)]), 0);
-    assert_eq!(decision, Decision::Rejected(RejectReason::TooManyShipments { max_shipments: 1 }));
+    assert_eq!(
+        decision,
+        Decision::Rejected(RejectReason::TooManyShipments { max_shipments: 1 })
+    );
     let decision = engine.submit(order("partial", "o-2", &[("SKU-A", 7), ("SKU-B", 2)]), 0);
-    let Decision::Routed { allocations, short, .. } = &decision else { panic!("{decision:?}") };
+    let Decision::Routed {
+        allocations, short, ..
+    } = &decision
+    else {
+        panic!("{decision:?}")
+    };
     assert_eq!(allocations.iter().map(|a| a.qty).sum::<u32>(), 5 + 2);
     assert_eq!(short.len(), 1);
     assert_eq!((short[0].requested, short[0].available), (7, 5));

@@ -25,7 +25,10 @@ pub enum CapacityOutcome {
 
 impl CapacityOutcome {
     pub fn is_ok(self) -> bool {
-        matches!(self, CapacityOutcome::Held | CapacityOutcome::AlreadyServing)
+        matches!(
+            self,
+            CapacityOutcome::Held | CapacityOutcome::AlreadyServing
+        )
     }
 }
 
@@ -50,7 +53,13 @@ pub struct NodeLedger {
 }
 
 impl NodeLedger {
-    pub fn new(node: NodeIdx, daily_capacity: u32, online: bool, index: Arc<AvailabilityIndex>, now_ms: u64) -> NodeLedger {
+    pub fn new(
+        node: NodeIdx,
+        daily_capacity: u32,
+        online: bool,
+        index: Arc<AvailabilityIndex>,
+        now_ms: u64,
+    ) -> NodeLedger {
         let ledger = NodeLedger {
             node,
             daily_capacity,
@@ -65,8 +74,17 @@ impl NodeLedger {
     }
 
     fn publish(&self) {
-        assert!(self.used <= self.daily_capacity, "node {} above its capacity", self.node);
-        self.index.publish_node(self.node, self.online, self.used, self.daily_capacity - self.used);
+        assert!(
+            self.used <= self.daily_capacity,
+            "node {} above its capacity",
+            self.node
+        );
+        self.index.publish_node(
+            self.node,
+            self.online,
+            self.used,
+            self.daily_capacity - self.used,
+        );
     }
 
     /// A new day starts with the whole capacity free.
@@ -90,7 +108,13 @@ impl NodeLedger {
             return CapacityOutcome::Full;
         }
         self.used += 1;
-        self.orders.insert(order, Served { day: self.day, pending: true });
+        self.orders.insert(
+            order,
+            Served {
+                day: self.day,
+                pending: true,
+            },
+        );
         self.publish();
         CapacityOutcome::Held
     }
@@ -133,7 +157,12 @@ impl NodeLedger {
         if online {
             return Vec::new();
         }
-        let mut open: Vec<OrderId> = self.orders.iter().filter(|(_, s)| !s.pending).map(|(&o, _)| o).collect();
+        let mut open: Vec<OrderId> = self
+            .orders
+            .iter()
+            .filter(|(_, s)| !s.pending)
+            .map(|(&o, _)| o)
+            .collect();
         open.sort_unstable();
         open
     }

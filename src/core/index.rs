@@ -92,7 +92,9 @@ impl AvailabilityIndex {
         }
         let id = self.sku_count.load(Ordering::Acquire);
         if id as usize >= self.rows.len() {
-            return Err(CatalogFull { max_skus: self.rows.len() });
+            return Err(CatalogFull {
+                max_skus: self.rows.len(),
+            });
         }
         // The row is filled before the name is published, so whoever finds
         // the id also finds its row. Interning is serialized by the entry's
@@ -100,9 +102,14 @@ impl AvailabilityIndex {
         let mut id = id;
         loop {
             if id as usize >= self.rows.len() {
-                return Err(CatalogFull { max_skus: self.rows.len() });
+                return Err(CatalogFull {
+                    max_skus: self.rows.len(),
+                });
             }
-            match self.sku_count.compare_exchange(id, id + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .sku_count
+                .compare_exchange(id, id + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => break,
                 Err(current) => id = current,
             }
@@ -111,7 +118,10 @@ impl AvailabilityIndex {
             name: name.into(),
             atp: (0..self.node_count).map(|_| AtomicU32::new(0)).collect(),
         };
-        assert!(self.rows[id as usize].set(row).is_ok(), "sku slot {id} filled twice");
+        assert!(
+            self.rows[id as usize].set(row).is_ok(),
+            "sku slot {id} filled twice"
+        );
         entry.or_insert(id);
         Ok(id)
     }
@@ -133,7 +143,11 @@ impl AvailabilityIndex {
     /// Sum of ATP over all nodes.
     pub fn atp_total(&self, sku: SkuId) -> u64 {
         match self.rows.get(sku as usize).and_then(OnceLock::get) {
-            Some(row) => row.atp.iter().map(|a| u64::from(a.load(Ordering::Relaxed))).sum(),
+            Some(row) => row
+                .atp
+                .iter()
+                .map(|a| u64::from(a.load(Ordering::Relaxed)))
+                .sum(),
             None => 0,
         }
     }
@@ -153,16 +167,26 @@ impl AvailabilityIndex {
 
     #[inline]
     pub fn capacity_left(&self, node: NodeIdx) -> u32 {
-        self.nodes[node as usize].capacity_left.load(Ordering::Relaxed)
+        self.nodes[node as usize]
+            .capacity_left
+            .load(Ordering::Relaxed)
     }
 
     #[inline]
     pub fn capacity_used(&self, node: NodeIdx) -> u32 {
-        self.nodes[node as usize].capacity_used.load(Ordering::Relaxed)
+        self.nodes[node as usize]
+            .capacity_used
+            .load(Ordering::Relaxed)
     }
 
     /// Called only by the ledger of `node`.
-    pub fn publish_node(&self, node: NodeIdx, online: bool, capacity_used: u32, capacity_left: u32) {
+    pub fn publish_node(
+        &self,
+        node: NodeIdx,
+        online: bool,
+        capacity_used: u32,
+        capacity_left: u32,
+    ) {
         let view = &self.nodes[node as usize];
         view.online.store(online, Ordering::Relaxed);
         view.capacity_used.store(capacity_used, Ordering::Relaxed);

@@ -28,16 +28,37 @@ impl Participants for LocalParticipants {
         self.shards.borrow_mut()[shard as usize].hold(&items)
     }
 
-    async fn hold_capacity(&self, node: NodeIdx, orders: Vec<OrderId>, now_ms: u64) -> Vec<CapacityOutcome> {
+    async fn hold_capacity(
+        &self,
+        node: NodeIdx,
+        orders: Vec<OrderId>,
+        now_ms: u64,
+    ) -> Vec<CapacityOutcome> {
         let mut nodes = self.nodes.borrow_mut();
-        orders.into_iter().map(|order| nodes[node as usize].hold(order, now_ms)).collect()
+        orders
+            .into_iter()
+            .map(|order| nodes[node as usize].hold(order, now_ms))
+            .collect()
     }
 
-    async fn ship(&self, shard: u32, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> Result<(), StockError> {
+    async fn ship(
+        &self,
+        shard: u32,
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    ) -> Result<(), StockError> {
         self.shards.borrow_mut()[shard as usize].ship(order, sku, node, qty)
     }
 
-    async fn correct_stock(&self, shard: u32, sku: SkuId, node: NodeIdx, on_hand: u32) -> Vec<Bumped> {
+    async fn correct_stock(
+        &self,
+        shard: u32,
+        sku: SkuId,
+        node: NodeIdx,
+        on_hand: u32,
+    ) -> Vec<Bumped> {
         self.shards.borrow_mut()[shard as usize].set(sku, node, on_hand, None)
     }
 
@@ -64,7 +85,12 @@ pub fn apply_stock_op(shard: &mut StockShard, op: StockOp) {
         StockOp::ReleaseOrder(order) => {
             shard.release_order(order);
         }
-        StockOp::Release { order, sku, node, qty } => {
+        StockOp::Release {
+            order,
+            sku,
+            node,
+            qty,
+        } => {
             shard.release(order, sku, node, qty);
         }
         StockOp::Restock { sku, node, qty } => {
@@ -93,19 +119,37 @@ pub struct LocalEngine {
 }
 
 impl LocalEngine {
-    pub fn new(network: Arc<Network>, index: Arc<AvailabilityIndex>, shard_count: u32, now_ms: u64) -> LocalEngine {
-        let shards = (0..shard_count).map(|s| StockShard::new(s, shard_count, index.clone())).collect();
+    pub fn new(
+        network: Arc<Network>,
+        index: Arc<AvailabilityIndex>,
+        shard_count: u32,
+        now_ms: u64,
+    ) -> LocalEngine {
+        let shards = (0..shard_count)
+            .map(|s| StockShard::new(s, shard_count, index.clone()))
+            .collect();
         let nodes = network
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| NodeLedger::new(i as NodeIdx, n.daily_capacity, n.online, index.clone(), now_ms))
+            .map(|(i, n)| {
+                NodeLedger::new(
+                    i as NodeIdx,
+                    n.daily_capacity,
+                    n.online,
+                    index.clone(),
+                    now_ms,
+                )
+            })
             .collect();
         LocalEngine {
             router: RouterCore::new(0, network.clone(), index.clone(), shard_count),
             network,
             index,
-            participants: LocalParticipants { shards: RefCell::new(shards), nodes: RefCell::new(nodes) },
+            participants: LocalParticipants {
+                shards: RefCell::new(shards),
+                nodes: RefCell::new(nodes),
+            },
         }
     }
 
@@ -114,7 +158,11 @@ impl LocalEngine {
     }
 
     pub fn submit(&mut self, order: OrderRequest, now_ms: u64) -> Decision {
-        block_on(self.router.submit(std::slice::from_ref(&order), now_ms, &self.participants)).remove(0)
+        block_on(
+            self.router
+                .submit(std::slice::from_ref(&order), now_ms, &self.participants),
+        )
+        .remove(0)
     }
 
     pub fn submit_batch(&mut self, orders: &[OrderRequest], now_ms: u64) -> Vec<Decision> {
@@ -133,16 +181,40 @@ impl LocalEngine {
         self.router.expire_due(now_ms, &self.participants)
     }
 
-    pub fn ship(&mut self, order: &OrderRef, node: NodeIdx, sku: SkuId, qty: u32) -> Result<OrderRecord, OpError> {
+    pub fn ship(
+        &mut self,
+        order: &OrderRef,
+        node: NodeIdx,
+        sku: SkuId,
+        qty: u32,
+    ) -> Result<OrderRecord, OpError> {
         block_on(self.router.ship(order, node, sku, qty, &self.participants)).cloned()
     }
 
-    pub fn return_units(&mut self, order: &OrderRef, node: NodeIdx, sku: SkuId, qty: u32) -> Result<OrderRecord, OpError> {
-        self.router.return_units(order, node, sku, qty, &self.participants).cloned()
+    pub fn return_units(
+        &mut self,
+        order: &OrderRef,
+        node: NodeIdx,
+        sku: SkuId,
+        qty: u32,
+    ) -> Result<OrderRecord, OpError> {
+        self.router
+            .return_units(order, node, sku, qty, &self.participants)
+            .cloned()
     }
 
-    pub fn node_reject(&mut self, order: &OrderRef, node: NodeIdx, counts: &[(SkuId, u32)], now_ms: u64) -> Result<OrderRecord, OpError> {
-        let (record, bumped) = block_on(self.router.node_reject(order, node, counts, now_ms, &self.participants))?;
+    pub fn node_reject(
+        &mut self,
+        order: &OrderRef,
+        node: NodeIdx,
+        counts: &[(SkuId, u32)],
+        now_ms: u64,
+    ) -> Result<OrderRecord, OpError> {
+        let (record, bumped) =
+            block_on(
+                self.router
+                    .node_reject(order, node, counts, now_ms, &self.participants),
+            )?;
         let record = record.clone();
         block_on(self.router.bumped(&bumped, now_ms, &self.participants));
         Ok(record)
@@ -152,21 +224,38 @@ impl LocalEngine {
     pub fn set_node_online(&mut self, node: NodeIdx, online: bool, now_ms: u64) -> usize {
         let orders = self.participants.nodes.borrow_mut()[node as usize].set_online(online);
         for &order in &orders {
-            block_on(self.router.node_offline(order, node, now_ms, &self.participants));
+            block_on(
+                self.router
+                    .node_offline(order, node, now_ms, &self.participants),
+            );
         }
         orders.len()
     }
 
     /// A WMS count: interns the SKU if new, sets the cell, re-routes bumps.
-    pub fn stock_set(&mut self, sku: &str, node: NodeIdx, on_hand: u32, safety_stock: Option<u32>, now_ms: u64) -> SkuId {
+    pub fn stock_set(
+        &mut self,
+        sku: &str,
+        node: NodeIdx,
+        on_hand: u32,
+        safety_stock: Option<u32>,
+        now_ms: u64,
+    ) -> SkuId {
         let sku = self.index.intern(sku).expect("catalog has room");
         let shard = StockShard::shard_of(sku, self.shard_count()) as usize;
-        let bumped = self.participants.shards.borrow_mut()[shard].set(sku, node, on_hand, safety_stock);
+        let bumped =
+            self.participants.shards.borrow_mut()[shard].set(sku, node, on_hand, safety_stock);
         block_on(self.router.bumped(&bumped, now_ms, &self.participants));
         sku
     }
 
-    pub fn stock_adjust(&mut self, sku: SkuId, node: NodeIdx, delta: i64, now_ms: u64) -> Result<(), StockError> {
+    pub fn stock_adjust(
+        &mut self,
+        sku: SkuId,
+        node: NodeIdx,
+        delta: i64,
+        now_ms: u64,
+    ) -> Result<(), StockError> {
         let shard = StockShard::shard_of(sku, self.shard_count()) as usize;
         let bumped = self.participants.shards.borrow_mut()[shard].adjust(sku, node, delta)?;
         block_on(self.router.bumped(&bumped, now_ms, &self.participants));

@@ -97,7 +97,9 @@ pub enum FulfilmentMethod {
     Ship,
     /// Pickup at the named store; the policy decides whether another store
     /// may stand in when that one lacks stock.
-    Pickup { store: String },
+    Pickup {
+        store: String,
+    },
     SameDay,
 }
 

@@ -27,10 +27,29 @@ impl Network {
     /// Builds the lookup tables. Names must already be unique (the config
     /// validation guarantees it).
     pub fn new(nodes: Vec<Node>, markets: Vec<String>, channels: Vec<Channel>) -> Network {
-        let node_by_id = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i as NodeIdx)).collect();
-        let market_by_name = markets.iter().enumerate().map(|(i, m)| (m.clone(), i as MarketIdx)).collect();
-        let channel_by_name = channels.iter().enumerate().map(|(i, c)| (c.name.clone(), i as ChannelIdx)).collect();
-        Network { nodes, markets, channels, node_by_id, market_by_name, channel_by_name }
+        let node_by_id = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i as NodeIdx))
+            .collect();
+        let market_by_name = markets
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.clone(), i as MarketIdx))
+            .collect();
+        let channel_by_name = channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i as ChannelIdx))
+            .collect();
+        Network {
+            nodes,
+            markets,
+            channels,
+            node_by_id,
+            market_by_name,
+            channel_by_name,
+        }
     }
 
     pub fn node_idx(&self, id: &str) -> Option<NodeIdx> {

@@ -28,8 +28,17 @@ pub enum StockOp {
     Commit(OrderId),
     Abort(OrderId),
     ReleaseOrder(OrderId),
-    Release { order: OrderId, sku: SkuId, node: NodeIdx, qty: u32 },
-    Restock { sku: SkuId, node: NodeIdx, qty: u32 },
+    Release {
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    },
+    Restock {
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    },
 }
 
 /// A fire-and-forget change for a node ledger.
@@ -45,12 +54,34 @@ pub enum NodeOp {
 
 /// The shards and node ledgers, as seen by a router.
 pub trait Participants {
-    fn hold_stock(&self, shard: u32, items: Vec<HoldItem>) -> impl Future<Output = Vec<HoldOutcome>>;
-    fn hold_capacity(&self, node: NodeIdx, orders: Vec<OrderId>, now_ms: u64) -> impl Future<Output = Vec<CapacityOutcome>>;
-    fn ship(&self, shard: u32, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> impl Future<Output = Result<(), StockError>>;
+    fn hold_stock(
+        &self,
+        shard: u32,
+        items: Vec<HoldItem>,
+    ) -> impl Future<Output = Vec<HoldOutcome>>;
+    fn hold_capacity(
+        &self,
+        node: NodeIdx,
+        orders: Vec<OrderId>,
+        now_ms: u64,
+    ) -> impl Future<Output = Vec<CapacityOutcome>>;
+    fn ship(
+        &self,
+        shard: u32,
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    ) -> impl Future<Output = Result<(), StockError>>;
     /// Sets a cell's on_hand as a node reported it; returns reservations of
     /// other orders that no longer fit.
-    fn correct_stock(&self, shard: u32, sku: SkuId, node: NodeIdx, on_hand: u32) -> impl Future<Output = Vec<Bumped>>;
+    fn correct_stock(
+        &self,
+        shard: u32,
+        sku: SkuId,
+        node: NodeIdx,
+        on_hand: u32,
+    ) -> impl Future<Output = Vec<Bumped>>;
     fn stock_ops(&self, shard: u32, ops: Vec<StockOp>);
     fn node_ops(&self, node: NodeIdx, ops: Vec<NodeOp>);
 }
@@ -79,9 +110,15 @@ pub struct Attempt {
 /// What placing one attempt came to. Successful placements are committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
-    Placed { allocations: Vec<Allocation>, short: Vec<ShortLine> },
+    Placed {
+        allocations: Vec<Allocation>,
+        short: Vec<ShortLine>,
+    },
     Failed(RejectReason),
 }
+
+/// The items sent to one shard, and for each the (attempt, line) it answers.
+type ShardBatch = (Vec<HoldItem>, Vec<(usize, usize)>);
 
 /// Per-attempt progress while the loop runs.
 struct Progress {
@@ -103,7 +140,11 @@ fn group_stock_ops(ops: impl IntoIterator<Item = (u32, StockOp)>) -> FxHashMap<u
 }
 
 /// Sends grouped ops: every shard and node named gets one message.
-pub fn send_ops<P: Participants>(participants: &P, stock: FxHashMap<u32, Vec<StockOp>>, nodes: FxHashMap<NodeIdx, Vec<NodeOp>>) {
+pub fn send_ops<P: Participants>(
+    participants: &P,
+    stock: FxHashMap<u32, Vec<StockOp>>,
+    nodes: FxHashMap<NodeIdx, Vec<NodeOp>>,
+) {
     for (shard, ops) in stock {
         participants.stock_ops(shard, ops);
     }
@@ -114,32 +155,66 @@ pub fn send_ops<P: Participants>(participants: &P, stock: FxHashMap<u32, Vec<Sto
 
 /// Places a batch of attempts and commits the successful ones. Returns one
 /// placement per attempt, in order.
-pub async fn place<P: Participants>(context: &PlanContext<'_>, attempts: &[Attempt], now_ms: u64, participants: &P) -> Vec<Placement> {
+pub async fn place<P: Participants>(
+    context: &PlanContext<'_>,
+    attempts: &[Attempt],
+    now_ms: u64,
+    participants: &P,
+) -> Vec<Placement> {
     let mut progress: Vec<Progress> = attempts
         .iter()
-        .map(|_| Progress { widen: false, tries: 0, refused: SmallVec::new(), outcome: None, held: Vec::new() })
+        .map(|_| Progress {
+            widen: false,
+            tries: 0,
+            refused: SmallVec::new(),
+            outcome: None,
+            held: Vec::new(),
+        })
         .collect();
     loop {
-        let active: Vec<usize> = (0..attempts.len()).filter(|&i| progress[i].outcome.is_none()).collect();
+        let active: Vec<usize> = (0..attempts.len())
+            .filter(|&i| progress[i].outcome.is_none())
+            .collect();
         if active.is_empty() {
             break;
         }
         hold_stock_round(context, attempts, &mut progress, &active, participants).await;
         let mut aborts: Vec<(u32, StockOp)> = Vec::new();
         let candidates = judge_stock(context, attempts, &mut progress, &active, &mut aborts);
-        let refused_nodes = hold_capacity_round(context, attempts, &mut progress, &candidates, now_ms, participants, &mut aborts).await;
+        let refused_nodes = hold_capacity_round(
+            context,
+            attempts,
+            &mut progress,
+            &candidates,
+            now_ms,
+            participants,
+            &mut aborts,
+        )
+        .await;
         let mut node_aborts: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
         for (node, order) in refused_nodes {
-            node_aborts.entry(node).or_default().push(NodeOp::Abort(order));
+            node_aborts
+                .entry(node)
+                .or_default()
+                .push(NodeOp::Abort(order));
         }
         send_ops(participants, group_stock_ops(aborts), node_aborts);
     }
     commit(context, attempts, &progress, participants);
-    progress.into_iter().map(|p| p.outcome.expect("every attempt ends")).collect()
+    progress
+        .into_iter()
+        .map(|p| p.outcome.expect("every attempt ends"))
+        .collect()
 }
 
-async fn hold_stock_round<P: Participants>(context: &PlanContext<'_>, attempts: &[Attempt], progress: &mut [Progress], active: &[usize], participants: &P) {
-    let mut by_shard: FxHashMap<u32, (Vec<HoldItem>, Vec<(usize, usize)>)> = FxHashMap::default();
+async fn hold_stock_round<P: Participants>(
+    context: &PlanContext<'_>,
+    attempts: &[Attempt],
+    progress: &mut [Progress],
+    active: &[usize],
+    participants: &P,
+) {
+    let mut by_shard: FxHashMap<u32, ShardBatch> = FxHashMap::default();
     for &i in active {
         let attempt = &attempts[i];
         let state = &mut progress[i];
@@ -156,7 +231,9 @@ async fn hold_stock_round<P: Participants>(context: &PlanContext<'_>, attempts: 
             widen: state.widen,
         };
         match plan(context.network, &attempt.policy, context.index, &request) {
-            Err(PlanError::NoEligibleNode) => state.outcome = Some(Placement::Failed(RejectReason::NoEligibleNode)),
+            Err(PlanError::NoEligibleNode) => {
+                state.outcome = Some(Placement::Failed(RejectReason::NoEligibleNode))
+            }
             Ok(items) => {
                 state.held = vec![HoldOutcome::Undone; items.len()];
                 for (line_pos, item) in items.into_iter().enumerate() {
@@ -168,10 +245,22 @@ async fn hold_stock_round<P: Participants>(context: &PlanContext<'_>, attempts: 
             }
         }
     }
-    let shards: Vec<(u32, Vec<(usize, usize)>)> = by_shard.iter().map(|(&s, (_, slots))| (s, slots.clone())).collect();
-    let replies = join_all(by_shard.into_iter().map(|(shard, (items, _))| participants.hold_stock(shard, items))).await;
+    let shards: Vec<(u32, Vec<(usize, usize)>)> = by_shard
+        .iter()
+        .map(|(&s, (_, slots))| (s, slots.clone()))
+        .collect();
+    let replies = join_all(
+        by_shard
+            .into_iter()
+            .map(|(shard, (items, _))| participants.hold_stock(shard, items)),
+    )
+    .await;
     for ((_, slots), outcomes) in shards.into_iter().zip(replies) {
-        assert_eq!(slots.len(), outcomes.len(), "shard answered a different number of items");
+        assert_eq!(
+            slots.len(),
+            outcomes.len(),
+            "shard answered a different number of items"
+        );
         for ((i, line_pos), outcome) in slots.into_iter().zip(outcomes) {
             progress[i].held[line_pos] = outcome;
         }
@@ -180,7 +269,13 @@ async fn hold_stock_round<P: Participants>(context: &PlanContext<'_>, attempts: 
 
 /// Decides, per attempt, whether its stock holds stand. Attempts whose holds
 /// stand are returned for the capacity round; failed ones are aborted.
-fn judge_stock(context: &PlanContext<'_>, attempts: &[Attempt], progress: &mut [Progress], active: &[usize], aborts: &mut Vec<(u32, StockOp)>) -> Vec<usize> {
+fn judge_stock(
+    context: &PlanContext<'_>,
+    attempts: &[Attempt],
+    progress: &mut [Progress],
+    active: &[usize],
+    aborts: &mut Vec<(u32, StockOp)>,
+) -> Vec<usize> {
     let mut standing = Vec::new();
     for &i in active {
         let state = &mut progress[i];
@@ -199,11 +294,21 @@ fn judge_stock(context: &PlanContext<'_>, attempts: &[Attempt], progress: &mut [
                     let held: u32 = parts.iter().map(|p| p.1).sum();
                     nodes.extend(parts.iter().map(|p| p.0));
                     if held < line.qty {
-                        short.push(ShortLine { line: line.line, sku: line.sku, requested: line.qty, available: held });
+                        short.push(ShortLine {
+                            line: line.line,
+                            sku: line.sku,
+                            requested: line.qty,
+                            available: held,
+                        });
                     }
                 }
                 HoldOutcome::Short { available } => {
-                    short.push(ShortLine { line: line.line, sku: line.sku, requested: line.qty, available: *available });
+                    short.push(ShortLine {
+                        line: line.line,
+                        sku: line.sku,
+                        requested: line.qty,
+                        available: *available,
+                    });
                 }
                 HoldOutcome::Undone => {}
             }
@@ -218,7 +323,9 @@ fn judge_stock(context: &PlanContext<'_>, attempts: &[Attempt], progress: &mut [
         }
         abort_stock(context, attempt, aborts);
         if too_many {
-            state.outcome = Some(Placement::Failed(RejectReason::TooManyShipments { max_shipments: attempt.policy.max_shipments }));
+            state.outcome = Some(Placement::Failed(RejectReason::TooManyShipments {
+                max_shipments: attempt.policy.max_shipments,
+            }));
         } else if !state.widen {
             // The index may have lagged: ask once more with every eligible node.
             state.widen = true;
@@ -230,10 +337,18 @@ fn judge_stock(context: &PlanContext<'_>, attempts: &[Attempt], progress: &mut [
 }
 
 fn abort_stock(context: &PlanContext<'_>, attempt: &Attempt, aborts: &mut Vec<(u32, StockOp)>) {
-    let mut shards: SmallVec<[u32; 8]> = attempt.lines.iter().map(|l| StockShard::shard_of(l.sku, context.shard_count)).collect();
+    let mut shards: SmallVec<[u32; 8]> = attempt
+        .lines
+        .iter()
+        .map(|l| StockShard::shard_of(l.sku, context.shard_count))
+        .collect();
     shards.sort_unstable();
     shards.dedup();
-    aborts.extend(shards.into_iter().map(|s| (s, StockOp::Abort(attempt.order))));
+    aborts.extend(
+        shards
+            .into_iter()
+            .map(|s| (s, StockOp::Abort(attempt.order))),
+    );
 }
 
 /// Asks every node an attempt's holds landed on for one allocation of
@@ -263,8 +378,16 @@ async fn hold_capacity_round<P: Participants>(
             entry.1.push(i);
         }
     }
-    let asked: Vec<(NodeIdx, Vec<usize>)> = by_node.iter().map(|(&n, (_, who))| (n, who.clone())).collect();
-    let replies = join_all(by_node.into_iter().map(|(node, (orders, _))| participants.hold_capacity(node, orders, now_ms))).await;
+    let asked: Vec<(NodeIdx, Vec<usize>)> = by_node
+        .iter()
+        .map(|(&n, (_, who))| (n, who.clone()))
+        .collect();
+    let replies = join_all(
+        by_node
+            .into_iter()
+            .map(|(node, (orders, _))| participants.hold_capacity(node, orders, now_ms)),
+    )
+    .await;
     let mut granted: Vec<(NodeIdx, usize)> = Vec::new();
     let mut refused_any: FxHashMap<usize, ()> = FxHashMap::default();
     for ((node, who), outcomes) in asked.into_iter().zip(replies) {
@@ -290,7 +413,9 @@ async fn hold_capacity_round<P: Participants>(
         if refused_any.contains_key(&i) {
             abort_stock(context, &attempts[i], aborts);
             if state.tries >= MAX_HOLD_ATTEMPTS {
-                state.outcome = Some(Placement::Failed(RejectReason::Contention { attempts: state.tries }));
+                state.outcome = Some(Placement::Failed(RejectReason::Contention {
+                    attempts: state.tries,
+                }));
             }
             continue;
         }
@@ -306,7 +431,12 @@ fn placed(attempt: &Attempt, held: &[HoldOutcome]) -> Placement {
         let mut got = 0;
         if let HoldOutcome::Held(parts) = outcome {
             for &(node, qty) in parts {
-                allocations.push(Allocation { line: line.line, sku: line.sku, node, qty });
+                allocations.push(Allocation {
+                    line: line.line,
+                    sku: line.sku,
+                    node,
+                    qty,
+                });
                 got += qty;
             }
         }
@@ -315,26 +445,48 @@ fn placed(attempt: &Attempt, held: &[HoldOutcome]) -> Placement {
                 HoldOutcome::Short { available } => *available,
                 _ => got,
             };
-            short.push(ShortLine { line: line.line, sku: line.sku, requested: line.qty, available });
+            short.push(ShortLine {
+                line: line.line,
+                sku: line.sku,
+                requested: line.qty,
+                available,
+            });
         }
     }
     Placement::Placed { allocations, short }
 }
 
-fn commit<P: Participants>(context: &PlanContext<'_>, attempts: &[Attempt], progress: &[Progress], participants: &P) {
+fn commit<P: Participants>(
+    context: &PlanContext<'_>,
+    attempts: &[Attempt],
+    progress: &[Progress],
+    participants: &P,
+) {
     let mut stock: Vec<(u32, StockOp)> = Vec::new();
     let mut nodes: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
     for (attempt, state) in attempts.iter().zip(progress) {
-        let Some(Placement::Placed { allocations, .. }) = &state.outcome else { continue };
-        let mut shards: SmallVec<[u32; 8]> = allocations.iter().map(|a| StockShard::shard_of(a.sku, context.shard_count)).collect();
+        let Some(Placement::Placed { allocations, .. }) = &state.outcome else {
+            continue;
+        };
+        let mut shards: SmallVec<[u32; 8]> = allocations
+            .iter()
+            .map(|a| StockShard::shard_of(a.sku, context.shard_count))
+            .collect();
         shards.sort_unstable();
         shards.dedup();
-        stock.extend(shards.into_iter().map(|s| (s, StockOp::Commit(attempt.order))));
+        stock.extend(
+            shards
+                .into_iter()
+                .map(|s| (s, StockOp::Commit(attempt.order))),
+        );
         let mut used: SmallVec<[NodeIdx; 8]> = allocations.iter().map(|a| a.node).collect();
         used.sort_unstable();
         used.dedup();
         for node in used {
-            nodes.entry(node).or_default().push(NodeOp::Commit(attempt.order));
+            nodes
+                .entry(node)
+                .or_default()
+                .push(NodeOp::Commit(attempt.order));
         }
     }
     send_ops(participants, group_stock_ops(stock), nodes);

@@ -87,8 +87,17 @@ impl Default for Policy {
     fn default() -> Policy {
         Policy {
             rules: vec![Rule::FewestShipments, Rule::Nearest],
-            filters: Filters { same_market: false, max_distance_km: None, same_day_max_km: 50.0, pickup_alternatives: true },
-            weights: Weights { distance_km: 1.0, cost_cents: 0.0, lead_time_minutes: 0.0 },
+            filters: Filters {
+                same_market: false,
+                max_distance_km: None,
+                same_day_max_km: 50.0,
+                pickup_alternatives: true,
+            },
+            weights: Weights {
+                distance_km: 1.0,
+                cost_cents: 0.0,
+                lead_time_minutes: 0.0,
+            },
             max_shipments: 3,
             on_short: OnShort::Reject,
             hold_ttl_ms: 15 * 60 * 1000,
@@ -153,15 +162,24 @@ fn method_capabilities(method: Method) -> Capabilities {
 
 /// Plans the hold items of one request: one item per line, candidates in
 /// policy order. Items come out in line order; the caller groups them by shard.
-pub fn plan(network: &Network, policy: &Policy, index: &AvailabilityIndex, request: &PlanRequest) -> Result<Vec<HoldItem>, PlanError> {
+pub fn plan(
+    network: &Network,
+    policy: &Policy,
+    index: &AvailabilityIndex,
+    request: &PlanRequest,
+) -> Result<Vec<HoldItem>, PlanError> {
     assert!(request.lines.len() <= MAX_LINES_PER_ORDER);
     let mut ranked = rank_nodes(network, policy, index, request)?;
-    let fewest_position = policy.rules.iter().position(|r| *r == Rule::FewestShipments);
-    let mut primary: SmallVec<[Option<NodeIdx>; 8]> = SmallVec::from_elem(None, request.lines.len());
+    let fewest_position = policy
+        .rules
+        .iter()
+        .position(|r| *r == Rule::FewestShipments);
+    let mut primary: SmallVec<[Option<NodeIdx>; 8]> =
+        SmallVec::from_elem(None, request.lines.len());
     if let (Some(position), true) = (fewest_position, request.lines.len() > 1) {
         choose_consolidation(&mut ranked, position, policy.max_shipments, &mut primary);
     }
-    ranked.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    ranked.sort_unstable_by_key(|r| r.key);
     let max_parts = policy.max_shipments.max(1);
     let partial = policy.on_short == OnShort::Partial;
     let items = request
@@ -173,10 +191,20 @@ pub fn plan(network: &Network, policy: &Policy, index: &AvailabilityIndex, reque
             candidates.extend(*first);
             let others = ranked
                 .iter()
-                .filter(|r| Some(r.node) != *first && (request.widen || index.atp(line.sku, r.node) > 0))
+                .filter(|r| {
+                    Some(r.node) != *first && (request.widen || index.atp(line.sku, r.node) > 0)
+                })
                 .map(|r| r.node);
             candidates.extend(others.take(MAX_CANDIDATES_PER_LINE - candidates.len()));
-            HoldItem { order: request.order, line: line.line, sku: line.sku, qty: line.qty, candidates, max_parts, partial }
+            HoldItem {
+                order: request.order,
+                line: line.line,
+                sku: line.sku,
+                qty: line.qty,
+                candidates,
+                max_parts,
+                partial,
+            }
         })
         .collect();
     Ok(items)
@@ -186,8 +214,17 @@ pub fn plan(network: &Network, policy: &Policy, index: &AvailabilityIndex, reque
 /// "fewest shipments" scored on the lines still unplaced, and give it every
 /// unplaced line it covers. Lines no single node covers stay without a
 /// primary and are split by the shard.
-fn choose_consolidation(ranked: &mut [Ranked], position: usize, max_shipments: u8, primary: &mut [Option<NodeIdx>]) {
-    let mut remaining: u64 = if primary.len() == 64 { u64::MAX } else { (1u64 << primary.len()) - 1 };
+fn choose_consolidation(
+    ranked: &mut [Ranked],
+    position: usize,
+    max_shipments: u8,
+    primary: &mut [Option<NodeIdx>],
+) {
+    let mut remaining: u64 = if primary.len() == 64 {
+        u64::MAX
+    } else {
+        (1u64 << primary.len()) - 1
+    };
     for _ in 0..max_shipments {
         if remaining == 0 {
             break;
@@ -195,7 +232,9 @@ fn choose_consolidation(ranked: &mut [Ranked], position: usize, max_shipments: u
         for r in ranked.iter_mut() {
             r.key[position] = u64::from(64 - (r.covers & remaining).count_ones());
         }
-        let Some(best) = ranked.iter().min_by(|a, b| a.key.cmp(&b.key)) else { break };
+        let Some(best) = ranked.iter().min_by(|a, b| a.key.cmp(&b.key)) else {
+            break;
+        };
         let newly = best.covers & remaining;
         if newly == 0 {
             break;
@@ -214,7 +253,12 @@ fn choose_consolidation(ranked: &mut [Ranked], position: usize, max_shipments: u
 }
 
 /// Applies the filters and computes each survivor's ranking key.
-fn rank_nodes(network: &Network, policy: &Policy, index: &AvailabilityIndex, request: &PlanRequest) -> Result<SmallVec<[Ranked; 16]>, PlanError> {
+fn rank_nodes(
+    network: &Network,
+    policy: &Policy,
+    index: &AvailabilityIndex,
+    request: &PlanRequest,
+) -> Result<SmallVec<[Ranked; 16]>, PlanError> {
     let wanted = method_capabilities(request.method);
     let selected_store = match request.method {
         Method::Pickup { store } => Some(store),
@@ -280,7 +324,11 @@ fn rank_nodes(network: &Network, policy: &Policy, index: &AvailabilityIndex, req
             + weights.lead_time_minutes * f64::from(node.lead_time_minutes);
         key[policy.rules.len()] = (weighted.max(0.0) * 1000.0) as u64;
         key[policy.rules.len() + 1] = u64::from(idx);
-        ranked.push(Ranked { node: idx, covers, key });
+        ranked.push(Ranked {
+            node: idx,
+            covers,
+            key,
+        });
     }
     if !any_eligible {
         return Err(PlanError::NoEligibleNode);

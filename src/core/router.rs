@@ -14,11 +14,13 @@ use smallvec::SmallVec;
 use super::geo::GeoPoint;
 use super::index::AvailabilityIndex;
 use super::model::{
-    Allocation, ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, MarketIdx, NodeIdx, OrderId, OrderRequest, OrderState, RejectReason,
-    ShortLine, SkuId,
+    Allocation, ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, MarketIdx, NodeIdx, OrderId,
+    OrderRequest, OrderState, RejectReason, ShortLine, SkuId,
 };
 use super::network::Network;
-use super::placement::{place, send_ops, Attempt, NodeOp, Participants, PlanContext, Placement, StockOp};
+use super::placement::{
+    place, send_ops, Attempt, NodeOp, Participants, Placement, PlanContext, StockOp,
+};
 use super::policy::{Method, PlanLine};
 use super::stock::{Bumped, StockError, StockShard};
 use crate::limits::{MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE};
@@ -43,7 +45,10 @@ pub fn router_of_key(channel: &str, client_order_id: &str, routers: usize) -> us
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OrderRef {
     Id(OrderId),
-    Key { channel: String, client_order_id: String },
+    Key {
+        channel: String,
+        client_order_id: String,
+    },
 }
 
 /// An order operation that cannot be applied. Nothing changed.
@@ -132,7 +137,12 @@ pub struct RouterCore {
 }
 
 impl RouterCore {
-    pub fn new(router: usize, network: Arc<Network>, index: Arc<AvailabilityIndex>, shard_count: u32) -> RouterCore {
+    pub fn new(
+        router: usize,
+        network: Arc<Network>,
+        index: Arc<AvailabilityIndex>,
+        shard_count: u32,
+    ) -> RouterCore {
         assert!(router < MAX_ROUTERS);
         RouterCore {
             router,
@@ -147,7 +157,11 @@ impl RouterCore {
     }
 
     fn context(&self) -> PlanContext<'_> {
-        PlanContext { network: &self.network, index: &self.index, shard_count: self.shard_count }
+        PlanContext {
+            network: &self.network,
+            index: &self.index,
+            shard_count: self.shard_count,
+        }
     }
 
     fn shard_of(&self, sku: SkuId) -> u32 {
@@ -163,7 +177,10 @@ impl RouterCore {
     }
 
     fn resolve(&self, request: &OrderRequest) -> Result<Resolved, InvalidOrder> {
-        let channel = self.network.channel_idx(&request.channel).ok_or(InvalidOrder::UnknownChannel)?;
+        let channel = self
+            .network
+            .channel_idx(&request.channel)
+            .ok_or(InvalidOrder::UnknownChannel)?;
         if request.client_order_id.is_empty() || request.client_order_id.len() > MAX_ID_BYTES {
             return Err(InvalidOrder::BadOrderId);
         }
@@ -179,21 +196,38 @@ impl RouterCore {
             if line.qty == 0 || line.qty > MAX_QTY_PER_LINE {
                 return Err(InvalidOrder::BadQuantity { line: line_no });
             }
-            let sku = self.index.lookup(&line.sku).ok_or(InvalidOrder::UnknownSku { line: line_no })?;
+            let sku = self
+                .index
+                .lookup(&line.sku)
+                .ok_or(InvalidOrder::UnknownSku { line: line_no })?;
             if lines.iter().any(|l| l.sku == sku) {
                 return Err(InvalidOrder::DuplicateSku { line: line_no });
             }
-            lines.push(PlanLine { line: line_no, sku, qty: line.qty });
+            lines.push(PlanLine {
+                line: line_no,
+                sku,
+                qty: line.qty,
+            });
         }
-        let ship_to = GeoPoint::new(request.ship_to.lat, request.ship_to.lon).ok_or(InvalidOrder::BadShipTo)?;
+        let ship_to = GeoPoint::new(request.ship_to.lat, request.ship_to.lon)
+            .ok_or(InvalidOrder::BadShipTo)?;
         let market = match &request.ship_to.market {
-            Some(name) => Some(self.network.market_idx(name).ok_or(InvalidOrder::UnknownMarket)?),
+            Some(name) => Some(
+                self.network
+                    .market_idx(name)
+                    .ok_or(InvalidOrder::UnknownMarket)?,
+            ),
             None => None,
         };
         let method = match &request.method {
             FulfilmentMethod::Ship => Method::Ship,
             FulfilmentMethod::SameDay => Method::SameDay,
-            FulfilmentMethod::Pickup { store } => Method::Pickup { store: self.network.node_idx(store).ok_or(InvalidOrder::UnknownPickupStore)? },
+            FulfilmentMethod::Pickup { store } => Method::Pickup {
+                store: self
+                    .network
+                    .node_idx(store)
+                    .ok_or(InvalidOrder::UnknownPickupStore)?,
+            },
         };
         let hold_ttl_ms = match request.hold_ttl_ms {
             Some(ttl) if ttl == 0 || ttl > MAX_HOLD_TTL_MS => return Err(InvalidOrder::BadHoldTtl),
@@ -204,21 +238,40 @@ impl RouterCore {
         for line in &lines {
             (line.sku, line.qty).hash(&mut hasher);
         }
-        (request.ship_to.lat.to_bits(), request.ship_to.lon.to_bits(), market, hold_ttl_ms).hash(&mut hasher);
+        (
+            request.ship_to.lat.to_bits(),
+            request.ship_to.lon.to_bits(),
+            market,
+            hold_ttl_ms,
+        )
+            .hash(&mut hasher);
         match method {
             Method::Ship => 0u32.hash(&mut hasher),
             Method::SameDay => 1u32.hash(&mut hasher),
             Method::Pickup { store } => (2u32, store).hash(&mut hasher),
         }
-        Ok(Resolved { channel, lines, ship_to, market, method, hold_ttl_ms, fingerprint: hasher.finish() })
+        Ok(Resolved {
+            channel,
+            lines,
+            ship_to,
+            market,
+            method,
+            hold_ttl_ms,
+            fingerprint: hasher.finish(),
+        })
     }
 
     fn lookup(&self, order: &OrderRef) -> Option<OrderId> {
         match order {
             OrderRef::Id(id) => self.orders.contains_key(id).then_some(*id),
-            OrderRef::Key { channel, client_order_id } => {
+            OrderRef::Key {
+                channel,
+                client_order_id,
+            } => {
                 let channel = self.network.channel_idx(channel)?;
-                self.by_key.get(&(channel, client_order_id.as_str().into())).copied()
+                self.by_key
+                    .get(&(channel, client_order_id.as_str().into()))
+                    .copied()
             }
         }
     }
@@ -229,7 +282,12 @@ impl RouterCore {
 
     /// Routes a batch of orders: validates, answers resubmissions from the
     /// book, places the new ones together, records and answers them.
-    pub async fn submit<P: Participants>(&mut self, requests: &[OrderRequest], now_ms: u64, participants: &P) -> Vec<Decision> {
+    pub async fn submit<P: Participants>(
+        &mut self,
+        requests: &[OrderRequest],
+        now_ms: u64,
+        participants: &P,
+    ) -> Vec<Decision> {
         let mut decisions: Vec<Option<Decision>> = vec![None; requests.len()];
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut fresh: Vec<(usize, Resolved)> = Vec::new();
@@ -247,7 +305,11 @@ impl RouterCore {
             if let Some(id) = self.by_key.get(&(key.0, key.1.into())) {
                 let record = &self.orders[id];
                 let same = record.fingerprint == resolved.fingerprint;
-                decisions[i] = Some(if same { record.decision.clone() } else { Decision::Rejected(RejectReason::DuplicateMismatch) });
+                decisions[i] = Some(if same {
+                    record.decision.clone()
+                } else {
+                    Decision::Rejected(RejectReason::DuplicateMismatch)
+                });
                 continue;
             }
             if let Some(&(first, fingerprint)) = in_batch.get(&key) {
@@ -269,25 +331,50 @@ impl RouterCore {
             fresh.push((i, resolved));
         }
         let placements = place(&self.context(), &attempts, now_ms, participants).await;
-        for ((attempt, placement), (i, resolved)) in attempts.into_iter().zip(placements).zip(fresh) {
+        for ((attempt, placement), (i, resolved)) in attempts.into_iter().zip(placements).zip(fresh)
+        {
             let decision = self.record_new(&requests[i], attempt, placement, resolved, now_ms);
             decisions[i] = Some(decision);
         }
         for (i, first, fingerprint_difference) in repeats {
             let same = fingerprint_difference == 0;
-            decisions[i] = Some(if same { decisions[first].clone().expect("first answered") } else { Decision::Rejected(RejectReason::DuplicateMismatch) });
+            decisions[i] = Some(if same {
+                decisions[first].clone().expect("first answered")
+            } else {
+                Decision::Rejected(RejectReason::DuplicateMismatch)
+            });
         }
-        decisions.into_iter().map(|d| d.expect("every request answered")).collect()
+        decisions
+            .into_iter()
+            .map(|d| d.expect("every request answered"))
+            .collect()
     }
 
-    fn record_new(&mut self, request: &OrderRequest, attempt: Attempt, placement: Placement, resolved: Resolved, now_ms: u64) -> Decision {
+    fn record_new(
+        &mut self,
+        request: &OrderRequest,
+        attempt: Attempt,
+        placement: Placement,
+        resolved: Resolved,
+        now_ms: u64,
+    ) -> Decision {
         let expires_at_ms = now_ms + resolved.hold_ttl_ms;
         let (state, decision, allocations, short) = match placement {
             Placement::Placed { allocations, short } => {
-                let decision = Decision::Routed { order_id: attempt.order, allocations: allocations.clone(), short: short.clone(), expires_at_ms };
+                let decision = Decision::Routed {
+                    order_id: attempt.order,
+                    allocations: allocations.clone(),
+                    short: short.clone(),
+                    expires_at_ms,
+                };
                 (OrderState::Held, decision, allocations, short)
             }
-            Placement::Failed(reason) => (OrderState::Rejected, Decision::Rejected(reason), Vec::new(), Vec::new()),
+            Placement::Failed(reason) => (
+                OrderState::Rejected,
+                Decision::Rejected(reason),
+                Vec::new(),
+                Vec::new(),
+            ),
         };
         if state == OrderState::Held {
             self.expiries.push(Reverse((expires_at_ms, attempt.order)));
@@ -308,7 +395,10 @@ impl RouterCore {
             excluded: SmallVec::new(),
             decision: decision.clone(),
         };
-        self.by_key.insert((resolved.channel, record.client_order_id.clone()), attempt.order);
+        self.by_key.insert(
+            (resolved.channel, record.client_order_id.clone()),
+            attempt.order,
+        );
         self.orders.insert(attempt.order, record);
         decision
     }
@@ -337,19 +427,35 @@ impl RouterCore {
         let mut nodes: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
         for allocation in &mut record.allocations {
             if allocation.open > 0 {
-                let op = StockOp::Release { order: id, sku: allocation.sku, node: allocation.node, qty: allocation.open };
-                stock.entry(StockShard::shard_of(allocation.sku, self.shard_count)).or_default().push(op);
+                let op = StockOp::Release {
+                    order: id,
+                    sku: allocation.sku,
+                    node: allocation.node,
+                    qty: allocation.open,
+                };
+                stock
+                    .entry(StockShard::shard_of(allocation.sku, self.shard_count))
+                    .or_default()
+                    .push(op);
                 allocation.open = 0;
             }
         }
         for (node, shipped) in nodes_of(&record.allocations) {
-            let op = if shipped { NodeOp::Finish(id) } else { NodeOp::Release(id) };
+            let op = if shipped {
+                NodeOp::Finish(id)
+            } else {
+                NodeOp::Release(id)
+            };
             nodes.entry(node).or_default().push(op);
         }
         send_ops(participants, stock, nodes);
     }
 
-    pub fn cancel<P: Participants>(&mut self, order: &OrderRef, participants: &P) -> Result<&OrderRecord, OpError> {
+    pub fn cancel<P: Participants>(
+        &mut self,
+        order: &OrderRef,
+        participants: &P,
+    ) -> Result<&OrderRecord, OpError> {
         let id = self.open_record(order)?.id;
         self.close(id, OrderState::Cancelled, participants);
         Ok(&self.orders[&id])
@@ -364,7 +470,10 @@ impl RouterCore {
                 break;
             }
             self.expiries.pop();
-            let due = self.orders.get(&id).is_some_and(|r| r.state == OrderState::Held && r.expires_at_ms == at);
+            let due = self
+                .orders
+                .get(&id)
+                .is_some_and(|r| r.state == OrderState::Held && r.expires_at_ms == at);
             if due {
                 self.close(id, OrderState::Expired, participants);
                 expired += 1;
@@ -375,7 +484,14 @@ impl RouterCore {
 
     /// A node shipped units of an order: they leave on_hand and the
     /// reservation. Partial shipments are allowed.
-    pub async fn ship<P: Participants>(&mut self, order: &OrderRef, node: NodeIdx, sku: SkuId, qty: u32, participants: &P) -> Result<&OrderRecord, OpError> {
+    pub async fn ship<P: Participants>(
+        &mut self,
+        order: &OrderRef,
+        node: NodeIdx,
+        sku: SkuId,
+        qty: u32,
+        participants: &P,
+    ) -> Result<&OrderRecord, OpError> {
         if qty == 0 || qty > MAX_QTY_PER_LINE {
             return Err(OpError::BadQuantity);
         }
@@ -384,23 +500,40 @@ impl RouterCore {
             return Err(OpError::NotConfirmed);
         }
         let id = record.id;
-        let open: u32 = record.allocations.iter().filter(|a| a.node == node && a.sku == sku).map(|a| a.open).sum();
+        let open: u32 = record
+            .allocations
+            .iter()
+            .filter(|a| a.node == node && a.sku == sku)
+            .map(|a| a.open)
+            .sum();
         if open == 0 {
             return Err(OpError::NoSuchAllocation);
         }
         if qty > open {
-            return Err(OpError::ExceedsOpen { requested: qty, limit: open });
+            return Err(OpError::ExceedsOpen {
+                requested: qty,
+                limit: open,
+            });
         }
-        participants.ship(self.shard_of(sku), id, sku, node, qty).await?;
+        participants
+            .ship(self.shard_of(sku), id, sku, node, qty)
+            .await?;
         let record = self.orders.get_mut(&id).expect("known order");
         let mut left = qty;
-        for allocation in record.allocations.iter_mut().filter(|a| a.node == node && a.sku == sku) {
+        for allocation in record
+            .allocations
+            .iter_mut()
+            .filter(|a| a.node == node && a.sku == sku)
+        {
             let part = allocation.open.min(left);
             allocation.open -= part;
             allocation.shipped += part;
             left -= part;
         }
-        let node_done = !record.allocations.iter().any(|a| a.node == node && a.open > 0);
+        let node_done = !record
+            .allocations
+            .iter()
+            .any(|a| a.node == node && a.open > 0);
         if node_done {
             participants.node_ops(node, vec![NodeOp::Finish(id)]);
         }
@@ -412,7 +545,14 @@ impl RouterCore {
     }
 
     /// A customer returned shipped units at `node`: they go back on its shelf.
-    pub fn return_units<P: Participants>(&mut self, order: &OrderRef, node: NodeIdx, sku: SkuId, qty: u32, participants: &P) -> Result<&OrderRecord, OpError> {
+    pub fn return_units<P: Participants>(
+        &mut self,
+        order: &OrderRef,
+        node: NodeIdx,
+        sku: SkuId,
+        qty: u32,
+        participants: &P,
+    ) -> Result<&OrderRecord, OpError> {
         if qty == 0 || qty > MAX_QTY_PER_LINE {
             return Err(OpError::BadQuantity);
         }
@@ -421,9 +561,17 @@ impl RouterCore {
         }
         let id = self.lookup(order).ok_or(OpError::UnknownOrder)?;
         let record = self.orders.get_mut(&id).expect("looked up");
-        let returnable: u32 = record.allocations.iter().filter(|a| a.sku == sku).map(|a| a.shipped - a.returned).sum();
+        let returnable: u32 = record
+            .allocations
+            .iter()
+            .filter(|a| a.sku == sku)
+            .map(|a| a.shipped - a.returned)
+            .sum();
         if qty > returnable {
-            return Err(OpError::ExceedsShipped { requested: qty, limit: returnable });
+            return Err(OpError::ExceedsShipped {
+                requested: qty,
+                limit: returnable,
+            });
         }
         let mut left = qty;
         for allocation in record.allocations.iter_mut().filter(|a| a.sku == sku) {
@@ -431,7 +579,10 @@ impl RouterCore {
             allocation.returned += part;
             left -= part;
         }
-        participants.stock_ops(self.shard_of(sku), vec![StockOp::Restock { sku, node, qty }]);
+        participants.stock_ops(
+            self.shard_of(sku),
+            vec![StockOp::Restock { sku, node, qty }],
+        );
         Ok(&self.orders[&id])
     }
 
@@ -448,22 +599,38 @@ impl RouterCore {
         participants: &P,
     ) -> Result<(&OrderRecord, Vec<Bumped>), OpError> {
         let record = self.open_record(order)?;
-        if !record.allocations.iter().any(|a| a.node == node && a.open > 0) {
+        if !record
+            .allocations
+            .iter()
+            .any(|a| a.node == node && a.open > 0)
+        {
             return Err(OpError::NoSuchAllocation);
         }
         let id = record.id;
         let moved = self.take_back(id, node, true, participants);
         let mut bumped = Vec::new();
         for &(sku, on_hand) in counts {
-            bumped.extend(participants.correct_stock(self.shard_of(sku), sku, node, on_hand).await);
+            bumped.extend(
+                participants
+                    .correct_stock(self.shard_of(sku), sku, node, on_hand)
+                    .await,
+            );
         }
         self.place_again(id, moved, now_ms, participants).await;
         Ok((&self.orders[&id], bumped))
     }
 
     /// A node went offline: move the order's unshipped units there elsewhere.
-    pub async fn node_offline<P: Participants>(&mut self, id: OrderId, node: NodeIdx, now_ms: u64, participants: &P) {
-        let open = self.orders.get(&id).is_some_and(|r| r.state.is_open() && r.allocations.iter().any(|a| a.node == node && a.open > 0));
+    pub async fn node_offline<P: Participants>(
+        &mut self,
+        id: OrderId,
+        node: NodeIdx,
+        now_ms: u64,
+        participants: &P,
+    ) {
+        let open = self.orders.get(&id).is_some_and(|r| {
+            r.state.is_open() && r.allocations.iter().any(|a| a.node == node && a.open > 0)
+        });
         if open {
             let moved = self.take_back(id, node, true, participants);
             self.place_again(id, moved, now_ms, participants).await;
@@ -472,49 +639,106 @@ impl RouterCore {
 
     /// Reservations a shard took back (a stock count fell below reserved):
     /// the shard already freed the units; route them again.
-    pub async fn bumped<P: Participants>(&mut self, bumps: &[Bumped], now_ms: u64, participants: &P) {
+    pub async fn bumped<P: Participants>(
+        &mut self,
+        bumps: &[Bumped],
+        now_ms: u64,
+        participants: &P,
+    ) {
         for bump in bumps {
-            let Some(record) = self.orders.get_mut(&bump.order) else { continue };
+            let Some(record) = self.orders.get_mut(&bump.order) else {
+                continue;
+            };
             let mut moved: SmallVec<[PlanLine; 4]> = SmallVec::new();
             let mut left = bump.qty;
-            for allocation in record.allocations.iter_mut().filter(|a| a.node == bump.node && a.sku == bump.sku) {
+            for allocation in record
+                .allocations
+                .iter_mut()
+                .filter(|a| a.node == bump.node && a.sku == bump.sku)
+            {
                 let part = allocation.open.min(left);
                 allocation.open -= part;
                 left -= part;
                 if part > 0 {
-                    moved.push(PlanLine { line: allocation.line, sku: allocation.sku, qty: part });
+                    moved.push(PlanLine {
+                        line: allocation.line,
+                        sku: allocation.sku,
+                        qty: part,
+                    });
                 }
             }
-            if !record.allocations.iter().any(|a| a.node == bump.node && a.open > 0) {
-                let op = if record.allocations.iter().any(|a| a.node == bump.node && a.shipped > 0) { NodeOp::Finish(bump.order) } else { NodeOp::Release(bump.order) };
+            if !record
+                .allocations
+                .iter()
+                .any(|a| a.node == bump.node && a.open > 0)
+            {
+                let op = if record
+                    .allocations
+                    .iter()
+                    .any(|a| a.node == bump.node && a.shipped > 0)
+                {
+                    NodeOp::Finish(bump.order)
+                } else {
+                    NodeOp::Release(bump.order)
+                };
                 participants.node_ops(bump.node, vec![op]);
             }
             if record.state.is_open() {
-                self.place_again(bump.order, moved, now_ms, participants).await;
+                self.place_again(bump.order, moved, now_ms, participants)
+                    .await;
             }
         }
     }
 
     /// Frees the order's open units at `node` (and excludes the node from
     /// now on when `exclude`). Returns the lines to place again.
-    fn take_back<P: Participants>(&mut self, id: OrderId, node: NodeIdx, exclude: bool, participants: &P) -> SmallVec<[PlanLine; 4]> {
+    fn take_back<P: Participants>(
+        &mut self,
+        id: OrderId,
+        node: NodeIdx,
+        exclude: bool,
+        participants: &P,
+    ) -> SmallVec<[PlanLine; 4]> {
         let record = self.orders.get_mut(&id).expect("known order");
         let mut moved: SmallVec<[PlanLine; 4]> = SmallVec::new();
         let mut stock: FxHashMap<u32, Vec<StockOp>> = FxHashMap::default();
-        for allocation in record.allocations.iter_mut().filter(|a| a.node == node && a.open > 0) {
-            let op = StockOp::Release { order: id, sku: allocation.sku, node, qty: allocation.open };
-            stock.entry(StockShard::shard_of(allocation.sku, self.shard_count)).or_default().push(op);
+        for allocation in record
+            .allocations
+            .iter_mut()
+            .filter(|a| a.node == node && a.open > 0)
+        {
+            let op = StockOp::Release {
+                order: id,
+                sku: allocation.sku,
+                node,
+                qty: allocation.open,
+            };
+            stock
+                .entry(StockShard::shard_of(allocation.sku, self.shard_count))
+                .or_default()
+                .push(op);
             match moved.iter_mut().find(|m| m.line == allocation.line) {
                 Some(line) => line.qty += allocation.open,
-                None => moved.push(PlanLine { line: allocation.line, sku: allocation.sku, qty: allocation.open }),
+                None => moved.push(PlanLine {
+                    line: allocation.line,
+                    sku: allocation.sku,
+                    qty: allocation.open,
+                }),
             }
             allocation.open = 0;
         }
         if exclude && !record.excluded.contains(&node) {
             record.excluded.push(node);
         }
-        let shipped_here = record.allocations.iter().any(|a| a.node == node && a.shipped > 0);
-        let node_op = if shipped_here { NodeOp::Finish(id) } else { NodeOp::Release(id) };
+        let shipped_here = record
+            .allocations
+            .iter()
+            .any(|a| a.node == node && a.shipped > 0);
+        let node_op = if shipped_here {
+            NodeOp::Finish(id)
+        } else {
+            NodeOp::Release(id)
+        };
         let nodes = std::iter::once((node, vec![node_op])).collect();
         send_ops(participants, stock, nodes);
         moved
@@ -522,7 +746,13 @@ impl RouterCore {
 
     /// Routes `lines` of an open order again, avoiding its excluded nodes,
     /// and merges the result into the record.
-    async fn place_again<P: Participants>(&mut self, id: OrderId, lines: SmallVec<[PlanLine; 4]>, now_ms: u64, participants: &P) {
+    async fn place_again<P: Participants>(
+        &mut self,
+        id: OrderId,
+        lines: SmallVec<[PlanLine; 4]>,
+        now_ms: u64,
+        participants: &P,
+    ) {
         if lines.is_empty() {
             return;
         }
@@ -536,17 +766,36 @@ impl RouterCore {
             policy: self.network.policy(record.channel).clone(),
             excluded: record.excluded.clone(),
         };
-        let placement = place(&self.context(), std::slice::from_ref(&attempt), now_ms, participants).await.remove(0);
+        let placement = place(
+            &self.context(),
+            std::slice::from_ref(&attempt),
+            now_ms,
+            participants,
+        )
+        .await
+        .remove(0);
         let record = self.orders.get_mut(&id).expect("known order");
         let (allocations, short) = match placement {
             Placement::Placed { allocations, short } => (allocations, short),
             Placement::Failed(_) => {
-                let short = lines.iter().map(|l| ShortLine { line: l.line, sku: l.sku, requested: l.qty, available: 0 }).collect();
+                let short = lines
+                    .iter()
+                    .map(|l| ShortLine {
+                        line: l.line,
+                        sku: l.sku,
+                        requested: l.qty,
+                        available: 0,
+                    })
+                    .collect();
                 (Vec::new(), short)
             }
         };
         for allocation in allocations {
-            match record.allocations.iter_mut().find(|a| a.line == allocation.line && a.node == allocation.node) {
+            match record
+                .allocations
+                .iter_mut()
+                .find(|a| a.line == allocation.line && a.node == allocation.node)
+            {
                 Some(existing) => existing.open += allocation.qty,
                 None => record.allocations.push(open_allocation(allocation)),
             }
@@ -561,15 +810,24 @@ impl RouterCore {
     pub fn check_invariants(&self) -> Result<(), String> {
         for record in self.orders.values() {
             for line in &record.lines {
-                let placed: u32 = record.allocations.iter().filter(|a| a.line == line.line).map(|a| a.open + a.shipped).sum();
-                let short: u32 = record.short.iter().filter(|s| s.line == line.line).map(|s| s.requested - s.available.min(s.requested)).sum();
+                let placed: u32 = record
+                    .allocations
+                    .iter()
+                    .filter(|a| a.line == line.line)
+                    .map(|a| a.open + a.shipped)
+                    .sum();
                 if record.state.is_open() && placed > line.qty {
-                    return Err(format!("order {}: line {} placed {placed} > {}", record.id, line.line, line.qty));
+                    return Err(format!(
+                        "order {}: line {} placed {placed} > {}",
+                        record.id, line.line, line.qty
+                    ));
                 }
-                let _ = short;
             }
             if !record.state.is_open() && record.allocations.iter().any(|a| a.open > 0) {
-                return Err(format!("order {} is {:?} but keeps open units", record.id, record.state));
+                return Err(format!(
+                    "order {} is {:?} but keeps open units",
+                    record.id, record.state
+                ));
             }
             if record.allocations.iter().any(|a| a.returned > a.shipped) {
                 return Err(format!("order {} returned more than shipped", record.id));
@@ -580,7 +838,14 @@ impl RouterCore {
 }
 
 fn open_allocation(allocation: Allocation) -> AllocationState {
-    AllocationState { line: allocation.line, sku: allocation.sku, node: allocation.node, open: allocation.qty, shipped: 0, returned: 0 }
+    AllocationState {
+        line: allocation.line,
+        sku: allocation.sku,
+        node: allocation.node,
+        open: allocation.qty,
+        shipped: 0,
+        returned: 0,
+    }
 }
 
 /// Distinct nodes of an order, each with whether anything shipped from it.

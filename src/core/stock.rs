@@ -27,7 +27,9 @@ impl Cell {
     /// Available-to-promise: `max(0, on_hand - reserved - safety_stock)`.
     #[inline]
     pub fn atp(&self) -> u32 {
-        self.on_hand.saturating_sub(self.reserved).saturating_sub(self.safety_stock)
+        self.on_hand
+            .saturating_sub(self.reserved)
+            .saturating_sub(self.safety_stock)
     }
 }
 
@@ -89,6 +91,14 @@ pub enum StockError {
     Overflow,
 }
 
+/// Which of an order's reservations at a cell an operation may take back.
+#[derive(Clone, Copy)]
+enum Which {
+    Pending,
+    Committed,
+    PendingFirst,
+}
+
 /// A SKU shard: SKUs `s` with `s % shard_count == shard`.
 pub struct StockShard {
     shard: u32,
@@ -123,7 +133,11 @@ impl StockShard {
     }
 
     fn local(&self, sku: SkuId) -> usize {
-        debug_assert_eq!(sku % self.shard_count, self.shard, "sku sent to the wrong shard");
+        debug_assert_eq!(
+            sku % self.shard_count,
+            self.shard,
+            "sku sent to the wrong shard"
+        );
         (sku / self.shard_count) as usize
     }
 
@@ -151,7 +165,10 @@ impl StockShard {
         self.rows.iter().enumerate().flat_map(move |(local, row)| {
             let sku = local as u32 * self.shard_count + self.shard;
             row.iter().flat_map(move |cells| {
-                cells.iter().enumerate().map(move |(node, cell)| (sku, node as NodeIdx, *cell))
+                cells
+                    .iter()
+                    .enumerate()
+                    .map(move |(node, cell)| (sku, node as NodeIdx, *cell))
             })
         })
     }
@@ -167,7 +184,10 @@ impl StockShard {
     }
 
     fn publish(&self, sku: SkuId, node: NodeIdx, cell: &Cell) {
-        assert!(cell.reserved <= cell.on_hand, "reserved above on_hand at sku {sku} node {node}");
+        assert!(
+            cell.reserved <= cell.on_hand,
+            "reserved above on_hand at sku {sku} node {node}"
+        );
         self.index.publish_atp(sku, node, cell.atp());
     }
 
@@ -178,22 +198,46 @@ impl StockShard {
         cell.reserved += qty;
         let cell = *cell;
         self.publish(sku, node, &cell);
-        self.orders.entry(order).or_default().push(Reservation { sku, node, qty, pending: true });
+        self.orders.entry(order).or_default().push(Reservation {
+            sku,
+            node,
+            qty,
+            pending: true,
+        });
     }
 
-    /// Gives back up to `qty` units of an order's reservation at a cell,
-    /// pending ones first when `pending_only` is false. Returns units freed.
-    fn give_back(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32, pending_only: bool) -> u32 {
-        let Some(list) = self.orders.get_mut(&order) else { return 0 };
+    /// Gives back up to `qty` units of an order's reservations at a cell,
+    /// from the entries `which` selects, newest entry first. Returns units freed.
+    fn give_back(
+        &mut self,
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+        which: Which,
+    ) -> u32 {
+        let Some(list) = self.orders.get_mut(&order) else {
+            return 0;
+        };
+        let passes: &[bool] = match which {
+            Which::Pending => &[true],
+            Which::Committed => &[false],
+            Which::PendingFirst => &[true, false],
+        };
         let mut freed = 0;
-        for reservation in list.iter_mut().rev() {
-            if freed == qty {
-                break;
-            }
-            if reservation.sku == sku && reservation.node == node && (reservation.pending || !pending_only) {
-                let part = reservation.qty.min(qty - freed);
-                reservation.qty -= part;
-                freed += part;
+        for &pending in passes {
+            for reservation in list.iter_mut().rev() {
+                if freed == qty {
+                    break;
+                }
+                if reservation.sku == sku
+                    && reservation.node == node
+                    && reservation.pending == pending
+                {
+                    let part = reservation.qty.min(qty - freed);
+                    reservation.qty -= part;
+                    freed += part;
+                }
             }
         }
         list.retain(|r| r.qty > 0);
@@ -203,7 +247,10 @@ impl StockShard {
         if freed > 0 {
             let row = self.row_mut(sku);
             let cell = &mut row[node as usize];
-            cell.reserved = cell.reserved.checked_sub(freed).expect("reservation above cell reserved");
+            cell.reserved = cell
+                .reserved
+                .checked_sub(freed)
+                .expect("reservation above cell reserved");
             let cell = *cell;
             self.publish(sku, node, &cell);
         }
@@ -217,7 +264,11 @@ impl StockShard {
         let mut start = 0;
         while start < items.len() {
             let order = items[start].order;
-            let end = start + items[start..].iter().take_while(|i| i.order == order).count();
+            let end = start
+                + items[start..]
+                    .iter()
+                    .take_while(|i| i.order == order)
+                    .count();
             let group = &items[start..end];
             let first = outcomes.len();
             let mut failed = false;
@@ -230,7 +281,7 @@ impl StockShard {
                 for (item, outcome) in group.iter().zip(&mut outcomes[first..]) {
                     if let HoldOutcome::Held(parts) = outcome {
                         for &(node, qty) in parts.iter() {
-                            self.give_back(item.order, item.sku, node, qty, true);
+                            self.give_back(item.order, item.sku, node, qty, Which::Pending);
                         }
                         *outcome = HoldOutcome::Undone;
                     }
@@ -251,7 +302,11 @@ impl StockShard {
             self.take(item.order, item.sku, node, item.qty);
             return HoldOutcome::Held(smallvec::smallvec![(node, item.qty)]);
         }
-        let available: u32 = item.candidates.iter().map(|&n| atp(n)).fold(0u32, u32::saturating_add);
+        let available: u32 = item
+            .candidates
+            .iter()
+            .map(|&n| atp(n))
+            .fold(0u32, u32::saturating_add);
         let may_split = item.max_parts > 1 || item.partial;
         if !may_split || (available < item.qty && !item.partial) || available == 0 {
             return HoldOutcome::Short { available };
@@ -288,31 +343,41 @@ impl StockShard {
 
     /// The attempt failed elsewhere: free the order's pending holds only.
     pub fn abort(&mut self, order: OrderId) {
-        let pending: SmallVec<[Reservation; 4]> =
-            self.reservations(order).iter().filter(|r| r.pending).copied().collect();
+        let pending: SmallVec<[Reservation; 4]> = self
+            .reservations(order)
+            .iter()
+            .filter(|r| r.pending)
+            .copied()
+            .collect();
         for r in pending {
-            self.give_back(order, r.sku, r.node, r.qty, true);
+            self.give_back(order, r.sku, r.node, r.qty, Which::Pending);
         }
     }
 
     /// Frees up to `qty` units of an order at one cell (re-route, partial
-    /// cancel). Returns the units freed.
+    /// cancel), pending holds first. Returns the units freed.
     pub fn release(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> u32 {
-        self.give_back(order, sku, node, qty, false)
+        self.give_back(order, sku, node, qty, Which::PendingFirst)
     }
 
     /// Frees everything the order holds in this shard (cancel, expiry).
     pub fn release_order(&mut self, order: OrderId) -> Vec<Reservation> {
         let all: Vec<Reservation> = self.reservations(order).to_vec();
         for r in &all {
-            self.give_back(order, r.sku, r.node, r.qty, false);
+            self.give_back(order, r.sku, r.node, r.qty, Which::PendingFirst);
         }
         all
     }
 
     /// Units leave the building: out of on_hand and out of the order's
     /// committed reservation at that cell.
-    pub fn ship(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> Result<(), StockError> {
+    pub fn ship(
+        &mut self,
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    ) -> Result<(), StockError> {
         let reserved_for_order: u32 = self
             .reservations(order)
             .iter()
@@ -325,11 +390,14 @@ impl StockShard {
         if qty > reserved_for_order {
             return Err(StockError::ExceedsReserved);
         }
-        let freed = self.give_back(order, sku, node, qty, false);
+        let freed = self.give_back(order, sku, node, qty, Which::Committed);
         assert_eq!(freed, qty);
         let row = self.row_mut(sku);
         let cell = &mut row[node as usize];
-        cell.on_hand = cell.on_hand.checked_sub(qty).expect("shipped more than on hand");
+        cell.on_hand = cell
+            .on_hand
+            .checked_sub(qty)
+            .expect("shipped more than on hand");
         let cell = *cell;
         self.publish(sku, node, &cell);
         Ok(())
@@ -347,7 +415,13 @@ impl StockShard {
 
     /// A count from the WMS: on_hand becomes `on_hand`. If that is below
     /// what is reserved, the newest reservations there are bumped.
-    pub fn set(&mut self, sku: SkuId, node: NodeIdx, on_hand: u32, safety_stock: Option<u32>) -> Vec<Bumped> {
+    pub fn set(
+        &mut self,
+        sku: SkuId,
+        node: NodeIdx,
+        on_hand: u32,
+        safety_stock: Option<u32>,
+    ) -> Vec<Bumped> {
         let row = self.row_mut(sku);
         let cell = &mut row[node as usize];
         let deficit = cell.reserved.saturating_sub(on_hand);
@@ -365,7 +439,12 @@ impl StockShard {
 
     /// A relative change (receipt, shrinkage). A decrease below zero stops
     /// at zero; below reserved, reservations are bumped as for `set`.
-    pub fn adjust(&mut self, sku: SkuId, node: NodeIdx, delta: i64) -> Result<Vec<Bumped>, StockError> {
+    pub fn adjust(
+        &mut self,
+        sku: SkuId,
+        node: NodeIdx,
+        delta: i64,
+    ) -> Result<Vec<Bumped>, StockError> {
         let current = i64::from(self.cell(sku, node).on_hand);
         let target = (current + delta).max(0);
         let target = u32::try_from(target).map_err(|_| StockError::Overflow)?;
@@ -390,9 +469,14 @@ impl StockShard {
             if deficit == 0 {
                 break;
             }
-            let freed = self.give_back(order, sku, node, qty.min(deficit), false);
+            let freed = self.give_back(order, sku, node, qty.min(deficit), Which::PendingFirst);
             deficit -= freed;
-            bumped.push(Bumped { order, sku, node, qty: freed });
+            bumped.push(Bumped {
+                order,
+                sku,
+                node,
+                qty: freed,
+            });
         }
         assert_eq!(deficit, 0, "bump could not cover the deficit");
         bumped
@@ -412,22 +496,39 @@ impl StockShard {
         }
         for (sku, node, cell) in self.cells() {
             if cell.reserved > cell.on_hand {
-                return Err(format!("sku {sku} node {node}: reserved {} > on_hand {}", cell.reserved, cell.on_hand));
+                return Err(format!(
+                    "sku {sku} node {node}: reserved {} > on_hand {}",
+                    cell.reserved, cell.on_hand
+                ));
             }
-            let expected_atp = (i64::from(cell.on_hand) - i64::from(cell.reserved) - i64::from(cell.safety_stock)).max(0);
+            let expected_atp =
+                (i64::from(cell.on_hand) - i64::from(cell.reserved) - i64::from(cell.safety_stock))
+                    .max(0);
             if i64::from(cell.atp()) != expected_atp {
-                return Err(format!("sku {sku} node {node}: atp {} != {expected_atp}", cell.atp()));
+                return Err(format!(
+                    "sku {sku} node {node}: atp {} != {expected_atp}",
+                    cell.atp()
+                ));
             }
             if self.index.atp(sku, node) != cell.atp() {
-                return Err(format!("sku {sku} node {node}: index atp {} != cell atp {}", self.index.atp(sku, node), cell.atp()));
+                return Err(format!(
+                    "sku {sku} node {node}: index atp {} != cell atp {}",
+                    self.index.atp(sku, node),
+                    cell.atp()
+                ));
             }
             let sum = sums.remove(&(sku, node)).unwrap_or(0);
             if sum != u64::from(cell.reserved) {
-                return Err(format!("sku {sku} node {node}: reservations sum {sum} != reserved {}", cell.reserved));
+                return Err(format!(
+                    "sku {sku} node {node}: reservations sum {sum} != reserved {}",
+                    cell.reserved
+                ));
             }
         }
         if let Some(((sku, node), sum)) = sums.into_iter().next() {
-            return Err(format!("reservations of {sum} at unknown cell sku {sku} node {node}"));
+            return Err(format!(
+                "reservations of {sum} at unknown cell sku {sku} node {node}"
+            ));
         }
         Ok(())
     }

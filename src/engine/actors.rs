@@ -15,15 +15,33 @@ use crate::core::stock::{Bumped, Cell, HoldItem, HoldOutcome, StockError, StockS
 /// One entry of a bulk stock update: set (absolute) or adjust (relative).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StockChange {
-    Set { sku: SkuId, node: NodeIdx, on_hand: u32, safety_stock: Option<u32> },
-    Adjust { sku: SkuId, node: NodeIdx, delta: i64 },
+    Set {
+        sku: SkuId,
+        node: NodeIdx,
+        on_hand: u32,
+        safety_stock: Option<u32>,
+    },
+    Adjust {
+        sku: SkuId,
+        node: NodeIdx,
+        delta: i64,
+    },
 }
 
 pub enum ShardMsg {
     Hold(Vec<HoldItem>, RpcReplyPort<Vec<HoldOutcome>>),
     Ops(Vec<StockOp>),
-    Ship { order: OrderId, sku: SkuId, node: NodeIdx, qty: u32, reply: RpcReplyPort<Result<(), StockError>> },
-    Update(Vec<StockChange>, RpcReplyPort<(Vec<Bumped>, Vec<StockError>)>),
+    Ship {
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+        reply: RpcReplyPort<Result<(), StockError>>,
+    },
+    Update(
+        Vec<StockChange>,
+        RpcReplyPort<(Vec<Bumped>, Vec<StockError>)>,
+    ),
     Cell(SkuId, NodeIdx, RpcReplyPort<Cell>),
     Check(RpcReplyPort<Result<(), String>>),
 }
@@ -35,18 +53,33 @@ impl Actor for ShardActor {
     type State = StockShard;
     type Arguments = StockShard;
 
-    async fn pre_start(&self, _: ActorRef<ShardMsg>, shard: StockShard) -> Result<StockShard, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<ShardMsg>,
+        shard: StockShard,
+    ) -> Result<StockShard, ActorProcessingErr> {
         Ok(shard)
     }
 
-    async fn handle(&self, _: ActorRef<ShardMsg>, message: ShardMsg, shard: &mut StockShard) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<ShardMsg>,
+        message: ShardMsg,
+        shard: &mut StockShard,
+    ) -> Result<(), ActorProcessingErr> {
         // A reply port whose caller went away is not an error of the shard.
         match message {
             ShardMsg::Hold(items, reply) => {
                 let _ = reply.send(shard.hold(&items));
             }
             ShardMsg::Ops(ops) => ops.into_iter().for_each(|op| apply_stock_op(shard, op)),
-            ShardMsg::Ship { order, sku, node, qty, reply } => {
+            ShardMsg::Ship {
+                order,
+                sku,
+                node,
+                qty,
+                reply,
+            } => {
                 let _ = reply.send(shard.ship(order, sku, node, qty));
             }
             ShardMsg::Update(changes, reply) => {
@@ -54,11 +87,18 @@ impl Actor for ShardActor {
                 let mut errors = Vec::new();
                 for change in changes {
                     match change {
-                        StockChange::Set { sku, node, on_hand, safety_stock } => bumped.extend(shard.set(sku, node, on_hand, safety_stock)),
-                        StockChange::Adjust { sku, node, delta } => match shard.adjust(sku, node, delta) {
-                            Ok(b) => bumped.extend(b),
-                            Err(e) => errors.push(e),
-                        },
+                        StockChange::Set {
+                            sku,
+                            node,
+                            on_hand,
+                            safety_stock,
+                        } => bumped.extend(shard.set(sku, node, on_hand, safety_stock)),
+                        StockChange::Adjust { sku, node, delta } => {
+                            match shard.adjust(sku, node, delta) {
+                                Ok(b) => bumped.extend(b),
+                                Err(e) => errors.push(e),
+                            }
+                        }
                     }
                 }
                 let _ = reply.send((bumped, errors));
@@ -89,11 +129,20 @@ impl Actor for NodeActor {
     type State = NodeLedger;
     type Arguments = NodeLedger;
 
-    async fn pre_start(&self, _: ActorRef<NodeMsg>, ledger: NodeLedger) -> Result<NodeLedger, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<NodeMsg>,
+        ledger: NodeLedger,
+    ) -> Result<NodeLedger, ActorProcessingErr> {
         Ok(ledger)
     }
 
-    async fn handle(&self, _: ActorRef<NodeMsg>, message: NodeMsg, ledger: &mut NodeLedger) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<NodeMsg>,
+        message: NodeMsg,
+        ledger: &mut NodeLedger,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             NodeMsg::Hold(orders, now_ms, reply) => {
                 let _ = reply.send(orders.into_iter().map(|o| ledger.hold(o, now_ms)).collect());
@@ -103,7 +152,11 @@ impl Actor for NodeActor {
                 let _ = reply.send(ledger.set_online(online));
             }
             NodeMsg::Stats(reply) => {
-                let _ = reply.send((ledger.is_online(), ledger.used_today(), ledger.open_orders()));
+                let _ = reply.send((
+                    ledger.is_online(),
+                    ledger.used_today(),
+                    ledger.open_orders(),
+                ));
             }
         }
         Ok(())
@@ -129,28 +182,85 @@ fn answered<T>(result: Result<ractor::rpc::CallResult<T>, impl std::fmt::Debug>,
 
 impl Participants for ActorParticipants {
     async fn hold_stock(&self, shard: u32, items: Vec<HoldItem>) -> Vec<HoldOutcome> {
-        answered(self.shards[shard as usize].call(|reply| ShardMsg::Hold(items, reply), None).await, "shard")
+        answered(
+            self.shards[shard as usize]
+                .call(|reply| ShardMsg::Hold(items, reply), None)
+                .await,
+            "shard",
+        )
     }
 
-    async fn hold_capacity(&self, node: NodeIdx, orders: Vec<OrderId>, now_ms: u64) -> Vec<CapacityOutcome> {
-        answered(self.nodes[node as usize].call(|reply| NodeMsg::Hold(orders, now_ms, reply), None).await, "node")
+    async fn hold_capacity(
+        &self,
+        node: NodeIdx,
+        orders: Vec<OrderId>,
+        now_ms: u64,
+    ) -> Vec<CapacityOutcome> {
+        answered(
+            self.nodes[node as usize]
+                .call(|reply| NodeMsg::Hold(orders, now_ms, reply), None)
+                .await,
+            "node",
+        )
     }
 
-    async fn ship(&self, shard: u32, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> Result<(), StockError> {
-        answered(self.shards[shard as usize].call(|reply| ShardMsg::Ship { order, sku, node, qty, reply }, None).await, "shard")
+    async fn ship(
+        &self,
+        shard: u32,
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    ) -> Result<(), StockError> {
+        answered(
+            self.shards[shard as usize]
+                .call(
+                    |reply| ShardMsg::Ship {
+                        order,
+                        sku,
+                        node,
+                        qty,
+                        reply,
+                    },
+                    None,
+                )
+                .await,
+            "shard",
+        )
     }
 
-    async fn correct_stock(&self, shard: u32, sku: SkuId, node: NodeIdx, on_hand: u32) -> Vec<Bumped> {
-        let change = vec![StockChange::Set { sku, node, on_hand, safety_stock: None }];
-        answered(self.shards[shard as usize].call(|reply| ShardMsg::Update(change, reply), None).await, "shard").0
+    async fn correct_stock(
+        &self,
+        shard: u32,
+        sku: SkuId,
+        node: NodeIdx,
+        on_hand: u32,
+    ) -> Vec<Bumped> {
+        let change = vec![StockChange::Set {
+            sku,
+            node,
+            on_hand,
+            safety_stock: None,
+        }];
+        answered(
+            self.shards[shard as usize]
+                .call(|reply| ShardMsg::Update(change, reply), None)
+                .await,
+            "shard",
+        )
+        .0
     }
 
     fn stock_ops(&self, shard: u32, ops: Vec<StockOp>) {
-        self.shards[shard as usize].cast(ShardMsg::Ops(ops)).expect("shard actor is running");
+        self.shards[shard as usize]
+            .cast(ShardMsg::Ops(ops))
+            .expect("shard actor is running");
     }
 
     fn node_ops(&self, node: NodeIdx, ops: Vec<NodeOp>) {
-        self.nodes[node as usize].cast(NodeMsg::Ops(ops)).expect("node actor is running");
+        self.nodes[node as usize]
+            .cast(NodeMsg::Ops(ops))
+            .expect("node actor is running");
     }
 }
 
@@ -161,10 +271,33 @@ pub enum RouterMsg {
     Get(OrderRef, RpcReplyPort<Option<OrderRecord>>),
     Confirm(OrderRef, Reply<OrderRecord>),
     Cancel(OrderRef, Reply<OrderRecord>),
-    Ship { order: OrderRef, node: NodeIdx, sku: SkuId, qty: u32, reply: Reply<OrderRecord> },
-    Return { order: OrderRef, node: NodeIdx, sku: SkuId, qty: u32, reply: Reply<OrderRecord> },
-    Reject { order: OrderRef, node: NodeIdx, counts: Vec<(SkuId, u32)>, now_ms: u64, reply: Reply<(OrderRecord, Vec<Bumped>)> },
-    NodeOffline { orders: Vec<OrderId>, node: NodeIdx, now_ms: u64, reply: RpcReplyPort<()> },
+    Ship {
+        order: OrderRef,
+        node: NodeIdx,
+        sku: SkuId,
+        qty: u32,
+        reply: Reply<OrderRecord>,
+    },
+    Return {
+        order: OrderRef,
+        node: NodeIdx,
+        sku: SkuId,
+        qty: u32,
+        reply: Reply<OrderRecord>,
+    },
+    Reject {
+        order: OrderRef,
+        node: NodeIdx,
+        counts: Vec<(SkuId, u32)>,
+        now_ms: u64,
+        reply: Reply<(OrderRecord, Vec<Bumped>)>,
+    },
+    NodeOffline {
+        orders: Vec<OrderId>,
+        node: NodeIdx,
+        now_ms: u64,
+        reply: RpcReplyPort<()>,
+    },
     Bumped(Vec<Bumped>, u64, RpcReplyPort<()>),
     Expire(u64, RpcReplyPort<usize>),
     Check(RpcReplyPort<Result<(), String>>),
@@ -182,11 +315,20 @@ impl Actor for RouterActor {
     type State = RouterState;
     type Arguments = RouterState;
 
-    async fn pre_start(&self, _: ActorRef<RouterMsg>, state: RouterState) -> Result<RouterState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<RouterMsg>,
+        state: RouterState,
+    ) -> Result<RouterState, ActorProcessingErr> {
         Ok(state)
     }
 
-    async fn handle(&self, _: ActorRef<RouterMsg>, message: RouterMsg, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<RouterMsg>,
+        message: RouterMsg,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
         let RouterState { core, participants } = state;
         let p = &*participants;
         match message {
@@ -202,17 +344,40 @@ impl Actor for RouterActor {
             RouterMsg::Cancel(order, reply) => {
                 let _ = reply.send(core.cancel(&order, p).cloned());
             }
-            RouterMsg::Ship { order, node, sku, qty, reply } => {
+            RouterMsg::Ship {
+                order,
+                node,
+                sku,
+                qty,
+                reply,
+            } => {
                 let _ = reply.send(core.ship(&order, node, sku, qty, p).await.cloned());
             }
-            RouterMsg::Return { order, node, sku, qty, reply } => {
+            RouterMsg::Return {
+                order,
+                node,
+                sku,
+                qty,
+                reply,
+            } => {
                 let _ = reply.send(core.return_units(&order, node, sku, qty, p).cloned());
             }
-            RouterMsg::Reject { order, node, counts, now_ms, reply } => {
+            RouterMsg::Reject {
+                order,
+                node,
+                counts,
+                now_ms,
+                reply,
+            } => {
                 let result = core.node_reject(&order, node, &counts, now_ms, p).await;
                 let _ = reply.send(result.map(|(record, bumped)| (record.clone(), bumped)));
             }
-            RouterMsg::NodeOffline { orders, node, now_ms, reply } => {
+            RouterMsg::NodeOffline {
+                orders,
+                node,
+                now_ms,
+                reply,
+            } => {
                 for order in orders {
                     core.node_offline(order, node, now_ms, p).await;
                 }

@@ -14,14 +14,19 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Semaphore;
 
 pub use actors::StockChange;
-use actors::{ActorParticipants, NodeActor, NodeMsg, RouterActor, RouterMsg, RouterState, ShardActor, ShardMsg};
+use actors::{
+    ActorParticipants, NodeActor, NodeMsg, RouterActor, RouterMsg, RouterState, ShardActor,
+    ShardMsg,
+};
 
 use crate::core::capacity::NodeLedger;
 use crate::core::geo::GeoPoint;
 use crate::core::index::{AvailabilityIndex, CatalogFull};
 use crate::core::model::{Decision, NodeIdx, OrderRequest, SkuId};
 use crate::core::network::Network;
-use crate::core::router::{router_of_key, router_of_order, OpError, OrderRecord, OrderRef, RouterCore, MAX_ROUTERS};
+use crate::core::router::{
+    router_of_key, router_of_order, OpError, OrderRecord, OrderRef, RouterCore, MAX_ROUTERS,
+};
 use crate::core::stock::{Bumped, Cell, StockError, StockShard};
 use crate::limits::{MAX_NEAREST_NODES, MAX_ORDERS_PER_BATCH, MAX_STOCK_UPDATES_PER_BATCH};
 
@@ -35,7 +40,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 }
 
@@ -74,7 +81,13 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> EngineSettings {
-        EngineSettings { shards: 4, routers: 4, max_skus: 1 << 18, max_inflight: 65_536, expiry_tick_ms: 100 }
+        EngineSettings {
+            shards: 4,
+            routers: 4,
+            max_skus: 1 << 18,
+            max_inflight: 65_536,
+            expiry_tick_ms: 100,
+        }
     }
 }
 
@@ -101,8 +114,17 @@ pub enum EngineError {
 /// One entry of a WMS/ERP feed, by external names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StockUpdate {
-    Set { sku: String, node: String, on_hand: u32, safety_stock: Option<u32> },
-    Adjust { sku: String, node: String, delta: i64 },
+    Set {
+        sku: String,
+        node: String,
+        on_hand: u32,
+        safety_stock: Option<u32>,
+    },
+    Adjust {
+        sku: String,
+        node: String,
+        delta: i64,
+    },
 }
 
 /// What a stock update batch did.
@@ -142,30 +164,64 @@ pub struct Engine {
 impl Engine {
     /// Spawns every actor. The network's nodes start with the online flag
     /// from the config and no stock; load stock with [`Engine::update_stock`].
-    pub async fn start(settings: &EngineSettings, network: Network, clock: Arc<dyn Clock>) -> Result<Engine, EngineError> {
+    pub async fn start(
+        settings: &EngineSettings,
+        network: Network,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, EngineError> {
         if settings.routers == 0 || settings.routers as usize > MAX_ROUTERS {
             return Err(EngineError::Routers);
         }
         let network = Arc::new(network);
-        let index = Arc::new(AvailabilityIndex::new(network.nodes.len(), settings.max_skus));
+        let index = Arc::new(AvailabilityIndex::new(
+            network.nodes.len(),
+            settings.max_skus,
+        ));
         let now_ms = clock.now_ms();
         let spawn_error = |e: ractor::SpawnErr| EngineError::Spawn(e.to_string());
         let mut shards = Vec::new();
         for s in 0..settings.shards.max(1) {
             let shard = StockShard::new(s, settings.shards.max(1), index.clone());
-            shards.push(Actor::spawn(None, ShardActor, shard).await.map_err(spawn_error)?.0);
+            shards.push(
+                Actor::spawn(None, ShardActor, shard)
+                    .await
+                    .map_err(spawn_error)?
+                    .0,
+            );
         }
         let mut nodes = Vec::new();
         for (i, node) in network.nodes.iter().enumerate() {
-            let ledger = NodeLedger::new(i as NodeIdx, node.daily_capacity, node.online, index.clone(), now_ms);
-            nodes.push(Actor::spawn(None, NodeActor, ledger).await.map_err(spawn_error)?.0);
+            let ledger = NodeLedger::new(
+                i as NodeIdx,
+                node.daily_capacity,
+                node.online,
+                index.clone(),
+                now_ms,
+            );
+            nodes.push(
+                Actor::spawn(None, NodeActor, ledger)
+                    .await
+                    .map_err(spawn_error)?
+                    .0,
+            );
         }
-        let participants = ActorParticipants { shards: shards.into(), nodes: nodes.into() };
+        let participants = ActorParticipants {
+            shards: shards.into(),
+            nodes: nodes.into(),
+        };
         let mut routers = Vec::new();
         for r in 0..settings.routers as usize {
             let core = RouterCore::new(r, network.clone(), index.clone(), settings.shards.max(1));
-            let state = RouterState { core, participants: participants.clone() };
-            routers.push(Actor::spawn(None, RouterActor, state).await.map_err(spawn_error)?.0);
+            let state = RouterState {
+                core,
+                participants: participants.clone(),
+            };
+            routers.push(
+                Actor::spawn(None, RouterActor, state)
+                    .await
+                    .map_err(spawn_error)?
+                    .0,
+            );
         }
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -209,34 +265,53 @@ impl Engine {
     }
 
     fn node_idx(&self, id: &str) -> Result<NodeIdx, EngineError> {
-        self.inner.network.node_idx(id).ok_or_else(|| EngineError::UnknownNode(id.to_string()))
+        self.inner
+            .network
+            .node_idx(id)
+            .ok_or_else(|| EngineError::UnknownNode(id.to_string()))
     }
 
     fn sku_id(&self, name: &str) -> Result<SkuId, EngineError> {
-        self.inner.index.lookup(name).ok_or_else(|| EngineError::UnknownSku(name.to_string()))
+        self.inner
+            .index
+            .lookup(name)
+            .ok_or_else(|| EngineError::UnknownSku(name.to_string()))
     }
 
     fn router_for(&self, order: &OrderRef) -> &ActorRef<RouterMsg> {
         let routers = &self.inner.routers;
         match order {
             OrderRef::Id(id) => &routers[router_of_order(*id) % routers.len()],
-            OrderRef::Key { channel, client_order_id } => &routers[router_of_key(channel, client_order_id, routers.len())],
+            OrderRef::Key {
+                channel,
+                client_order_id,
+            } => &routers[router_of_key(channel, client_order_id, routers.len())],
         }
     }
 
     async fn admit(&self, count: usize) -> tokio::sync::SemaphorePermit<'_> {
         let count = count.min(self.inner.max_inflight as usize) as u32;
-        self.inner.admission.acquire_many(count).await.expect("admission semaphore is never closed")
+        self.inner
+            .admission
+            .acquire_many(count)
+            .await
+            .expect("admission semaphore is never closed")
     }
 
     /// Routes one order.
     pub async fn submit(&self, order: OrderRequest) -> Decision {
-        self.submit_batch(vec![order]).await.map(|mut d| d.remove(0)).expect("a batch of one fits")
+        self.submit_batch(vec![order])
+            .await
+            .map(|mut d| d.remove(0))
+            .expect("a batch of one fits")
     }
 
     /// Routes many orders at once: one message per router, one hold message
     /// per shard and node touched. Waits while the engine is full.
-    pub async fn submit_batch(&self, orders: Vec<OrderRequest>) -> Result<Vec<Decision>, EngineError> {
+    pub async fn submit_batch(
+        &self,
+        orders: Vec<OrderRequest>,
+    ) -> Result<Vec<Decision>, EngineError> {
         if orders.len() > MAX_ORDERS_PER_BATCH {
             return Err(EngineError::BatchTooLarge(orders.len()));
         }
@@ -246,36 +321,54 @@ impl Engine {
 
     /// Like [`Engine::submit_batch`], but answers `Overloaded` at once
     /// instead of waiting when too much is in flight.
-    pub async fn try_submit_batch(&self, orders: Vec<OrderRequest>) -> Result<Vec<Decision>, EngineError> {
+    pub async fn try_submit_batch(
+        &self,
+        orders: Vec<OrderRequest>,
+    ) -> Result<Vec<Decision>, EngineError> {
         if orders.len() > MAX_ORDERS_PER_BATCH {
             return Err(EngineError::BatchTooLarge(orders.len()));
         }
         let count = orders.len().min(self.inner.max_inflight as usize) as u32;
-        let _permit = self.inner.admission.try_acquire_many(count).map_err(|_| EngineError::Overloaded)?;
+        let _permit = self
+            .inner
+            .admission
+            .try_acquire_many(count)
+            .map_err(|_| EngineError::Overloaded)?;
         Ok(self.route(orders).await)
     }
 
     async fn route(&self, orders: Vec<OrderRequest>) -> Vec<Decision> {
         let routers = &self.inner.routers;
         let now_ms = self.now_ms();
-        let mut by_router: Vec<(Vec<OrderRequest>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); routers.len()];
+        let mut by_router: Vec<(Vec<OrderRequest>, Vec<usize>)> =
+            vec![(Vec::new(), Vec::new()); routers.len()];
         for (i, order) in orders.into_iter().enumerate() {
             let r = router_of_key(&order.channel, &order.client_order_id, routers.len());
             by_router[r].0.push(order);
             by_router[r].1.push(i);
         }
         let total: usize = by_router.iter().map(|(o, _)| o.len()).sum();
-        let calls = by_router.into_iter().enumerate().filter(|(_, (o, _))| !o.is_empty()).map(|(r, (orders, slots))| async move {
-            let decisions = call(&routers[r], |reply| RouterMsg::Submit(orders, now_ms, reply)).await;
-            (slots, decisions)
-        });
+        let calls = by_router
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (o, _))| !o.is_empty())
+            .map(|(r, (orders, slots))| async move {
+                let decisions = call(&routers[r], |reply| {
+                    RouterMsg::Submit(orders, now_ms, reply)
+                })
+                .await;
+                (slots, decisions)
+            });
         let mut answers: Vec<Option<Decision>> = vec![None; total];
         for (slots, decisions) in join_all(calls).await {
             for (slot, decision) in slots.into_iter().zip(decisions) {
                 answers[slot] = Some(decision);
             }
         }
-        answers.into_iter().map(|d| d.expect("every order answered")).collect()
+        answers
+            .into_iter()
+            .map(|d| d.expect("every order answered"))
+            .collect()
     }
 
     pub async fn get(&self, order: OrderRef) -> Option<OrderRecord> {
@@ -296,30 +389,71 @@ impl Engine {
     }
 
     /// A node shipped `qty` units of `sku` for the order.
-    pub async fn ship(&self, order: OrderRef, node: &str, sku: &str, qty: u32) -> Result<OrderRecord, EngineError> {
+    pub async fn ship(
+        &self,
+        order: OrderRef,
+        node: &str,
+        sku: &str,
+        qty: u32,
+    ) -> Result<OrderRecord, EngineError> {
         let (node, sku) = (self.node_idx(node)?, self.sku_id(sku)?);
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        Ok(call(router, |reply| RouterMsg::Ship { order, node, sku, qty, reply }).await?)
+        Ok(call(router, |reply| RouterMsg::Ship {
+            order,
+            node,
+            sku,
+            qty,
+            reply,
+        })
+        .await?)
     }
 
     /// A customer returned units at `node`, which puts them back in stock.
-    pub async fn return_units(&self, order: OrderRef, node: &str, sku: &str, qty: u32) -> Result<OrderRecord, EngineError> {
+    pub async fn return_units(
+        &self,
+        order: OrderRef,
+        node: &str,
+        sku: &str,
+        qty: u32,
+    ) -> Result<OrderRecord, EngineError> {
         let (node, sku) = (self.node_idx(node)?, self.sku_id(sku)?);
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        Ok(call(router, |reply| RouterMsg::Return { order, node, sku, qty, reply }).await?)
+        Ok(call(router, |reply| RouterMsg::Return {
+            order,
+            node,
+            sku,
+            qty,
+            reply,
+        })
+        .await?)
     }
 
     /// A node refuses its allocation of the order, optionally reporting its
     /// true counts of some SKUs; the units are routed elsewhere.
-    pub async fn node_reject(&self, order: OrderRef, node: &str, counts: &[(&str, u32)]) -> Result<OrderRecord, EngineError> {
+    pub async fn node_reject(
+        &self,
+        order: OrderRef,
+        node: &str,
+        counts: &[(&str, u32)],
+    ) -> Result<OrderRecord, EngineError> {
         let node = self.node_idx(node)?;
-        let counts = counts.iter().map(|(sku, n)| Ok((self.sku_id(sku)?, *n))).collect::<Result<Vec<_>, EngineError>>()?;
+        let counts = counts
+            .iter()
+            .map(|(sku, n)| Ok((self.sku_id(sku)?, *n)))
+            .collect::<Result<Vec<_>, EngineError>>()?;
         let _permit = self.admit(1).await;
         let now_ms = self.now_ms();
         let router = self.router_for(&order);
-        let (record, bumped) = call(router, |reply| RouterMsg::Reject { order, node, counts, now_ms, reply }).await?;
+        let (record, bumped) = call(router, |reply| RouterMsg::Reject {
+            order,
+            node,
+            counts,
+            now_ms,
+            reply,
+        })
+        .await?;
         self.dispatch_bumps(bumped, now_ms).await;
         Ok(record)
     }
@@ -330,14 +464,28 @@ impl Engine {
         let node = self.node_idx(node)?;
         let _permit = self.admit(1).await;
         let now_ms = self.now_ms();
-        let orders = call(&self.inner.participants.nodes[node as usize], |reply| NodeMsg::SetOnline(online, reply)).await;
+        let orders = call(&self.inner.participants.nodes[node as usize], |reply| {
+            NodeMsg::SetOnline(online, reply)
+        })
+        .await;
         let count = orders.len();
         let routers = &self.inner.routers;
         let mut by_router: FxHashMap<usize, Vec<u64>> = FxHashMap::default();
         for order in orders {
-            by_router.entry(router_of_order(order) % routers.len()).or_default().push(order);
+            by_router
+                .entry(router_of_order(order) % routers.len())
+                .or_default()
+                .push(order);
         }
-        join_all(by_router.into_iter().map(|(r, orders)| call(&routers[r], move |reply| RouterMsg::NodeOffline { orders, node, now_ms, reply }))).await;
+        join_all(by_router.into_iter().map(|(r, orders)| {
+            call(&routers[r], move |reply| RouterMsg::NodeOffline {
+                orders,
+                node,
+                now_ms,
+                reply,
+            })
+        }))
+        .await;
         Ok(count)
     }
 
@@ -356,26 +504,50 @@ impl Engine {
         let mut by_shard: FxHashMap<u32, Vec<StockChange>> = FxHashMap::default();
         for update in updates {
             let change = match update {
-                StockUpdate::Set { sku, node, on_hand, safety_stock } => {
-                    StockChange::Set { sku: self.inner.index.intern(sku)?, node: self.node_idx(node)?, on_hand: *on_hand, safety_stock: *safety_stock }
-                }
-                StockUpdate::Adjust { sku, node, delta } => StockChange::Adjust { sku: self.inner.index.intern(sku)?, node: self.node_idx(node)?, delta: *delta },
+                StockUpdate::Set {
+                    sku,
+                    node,
+                    on_hand,
+                    safety_stock,
+                } => StockChange::Set {
+                    sku: self.inner.index.intern(sku)?,
+                    node: self.node_idx(node)?,
+                    on_hand: *on_hand,
+                    safety_stock: *safety_stock,
+                },
+                StockUpdate::Adjust { sku, node, delta } => StockChange::Adjust {
+                    sku: self.inner.index.intern(sku)?,
+                    node: self.node_idx(node)?,
+                    delta: *delta,
+                },
             };
             let sku = match change {
                 StockChange::Set { sku, .. } | StockChange::Adjust { sku, .. } => sku,
             };
-            by_shard.entry(StockShard::shard_of(sku, shard_count)).or_default().push(change);
+            by_shard
+                .entry(StockShard::shard_of(sku, shard_count))
+                .or_default()
+                .push(change);
         }
         let _permit = self.admit(1).await;
         let shards = &self.inner.participants.shards;
-        let replies = join_all(by_shard.into_iter().map(|(s, changes)| call(&shards[s as usize], move |reply| ShardMsg::Update(changes, reply)))).await;
-        let mut report = StockReport { applied: updates.len(), ..StockReport::default() };
+        let replies = join_all(by_shard.into_iter().map(|(s, changes)| {
+            call(&shards[s as usize], move |reply| {
+                ShardMsg::Update(changes, reply)
+            })
+        }))
+        .await;
+        let mut report = StockReport {
+            applied: updates.len(),
+            ..StockReport::default()
+        };
         for (bumped, errors) in replies {
             report.bumped.extend(bumped);
             report.applied -= errors.len();
             report.errors.extend(errors);
         }
-        self.dispatch_bumps(report.bumped.clone(), self.now_ms()).await;
+        self.dispatch_bumps(report.bumped.clone(), self.now_ms())
+            .await;
         Ok(report)
     }
 
@@ -383,9 +555,17 @@ impl Engine {
         let routers = &self.inner.routers;
         let mut by_router: FxHashMap<usize, Vec<Bumped>> = FxHashMap::default();
         for bump in bumps {
-            by_router.entry(router_of_order(bump.order) % routers.len()).or_default().push(bump);
+            by_router
+                .entry(router_of_order(bump.order) % routers.len())
+                .or_default()
+                .push(bump);
         }
-        join_all(by_router.into_iter().map(|(r, bumps)| call(&routers[r], move |reply| RouterMsg::Bumped(bumps, now_ms, reply)))).await;
+        join_all(by_router.into_iter().map(|(r, bumps)| {
+            call(&routers[r], move |reply| {
+                RouterMsg::Bumped(bumps, now_ms, reply)
+            })
+        }))
+        .await;
     }
 
     /// ATP of a SKU at every node that has some, from the index.
@@ -393,21 +573,39 @@ impl Engine {
         let sku = self.sku_id(sku)?;
         let index = &self.inner.index;
         Ok((0..index.node_count() as NodeIdx)
-            .map(|node| NodeStock { node, atp: index.atp(sku, node), distance_km: None })
+            .map(|node| NodeStock {
+                node,
+                atp: index.atp(sku, node),
+                distance_km: None,
+            })
             .filter(|s| s.atp > 0)
             .collect())
     }
 
     /// The nearest online nodes to a point with at least `min_qty` of a SKU
     /// available (endless aisle), at most `count` (capped at MAX_NEAREST_NODES).
-    pub fn nearest(&self, sku: &str, point: GeoPoint, min_qty: u32, count: usize) -> Result<Vec<NodeStock>, EngineError> {
+    pub fn nearest(
+        &self,
+        sku: &str,
+        point: GeoPoint,
+        min_qty: u32,
+        count: usize,
+    ) -> Result<Vec<NodeStock>, EngineError> {
         let mut found: Vec<NodeStock> = self
             .availability(sku)?
             .into_iter()
             .filter(|s| s.atp >= min_qty.max(1) && self.inner.index.node_online(s.node))
-            .map(|s| NodeStock { distance_km: Some(point.distance_km(&self.inner.network.node(s.node).location)), ..s })
+            .map(|s| NodeStock {
+                distance_km: Some(point.distance_km(&self.inner.network.node(s.node).location)),
+                ..s
+            })
             .collect();
-        found.sort_by(|a, b| a.distance_km.partial_cmp(&b.distance_km).unwrap_or(std::cmp::Ordering::Equal).then(a.node.cmp(&b.node)));
+        found.sort_by(|a, b| {
+            a.distance_km
+                .partial_cmp(&b.distance_km)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.node.cmp(&b.node))
+        });
         found.truncate(count.min(MAX_NEAREST_NODES));
         Ok(found)
     }
@@ -417,20 +615,33 @@ impl Engine {
         let (sku, node) = (self.sku_id(sku)?, self.node_idx(node)?);
         let shards = &self.inner.participants.shards;
         let shard = StockShard::shard_of(sku, shards.len() as u32);
-        Ok(call(&shards[shard as usize], |reply| ShardMsg::Cell(sku, node, reply)).await)
+        Ok(call(&shards[shard as usize], |reply| {
+            ShardMsg::Cell(sku, node, reply)
+        })
+        .await)
     }
 
     /// (online, allocations used today, open orders) of a node.
     pub async fn node_stats(&self, node: &str) -> Result<(bool, u32, usize), EngineError> {
         let node = self.node_idx(node)?;
-        Ok(call(&self.inner.participants.nodes[node as usize], NodeMsg::Stats).await)
+        Ok(call(
+            &self.inner.participants.nodes[node as usize],
+            NodeMsg::Stats,
+        )
+        .await)
     }
 
     /// Runs hold expiry now. The timer calls this; tests with a manual clock
     /// call it after moving the clock. Returns how many orders expired.
     pub async fn tick(&self) -> usize {
         let now_ms = self.now_ms();
-        let expired = join_all(self.inner.routers.iter().map(|r| call(r, |reply| RouterMsg::Expire(now_ms, reply)))).await;
+        let expired = join_all(
+            self.inner
+                .routers
+                .iter()
+                .map(|r| call(r, |reply| RouterMsg::Expire(now_ms, reply))),
+        )
+        .await;
         expired.into_iter().sum()
     }
 
@@ -465,9 +676,15 @@ impl Engine {
 
 /// Calls an actor that must answer: actors stop only at shutdown or when a
 /// core invariant failed, and neither leaves anything sensible to do.
-async fn call<M: ractor::Message, T: Send + 'static>(actor: &ActorRef<M>, build: impl FnOnce(ractor::RpcReplyPort<T>) -> M) -> T {
+async fn call<M: ractor::Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+) -> T {
     match actor.call(build, None).await {
         Ok(ractor::rpc::CallResult::Success(value)) => value,
-        _ => panic!("actor {:?} stopped; the engine cannot continue", actor.get_id()),
+        _ => panic!(
+            "actor {:?} stopped; the engine cannot continue",
+            actor.get_id()
+        ),
     }
 }

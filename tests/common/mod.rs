@@ -106,20 +106,42 @@ pub fn channel(name: &str, rules: &[&str]) -> String {
 
 /// `[[stock]]` entries: (sku, node id, on_hand).
 pub fn stock(entries: &[(&str, &str, u32)]) -> String {
-    entries.iter().map(|(sku, node, qty)| format!("[[stock]]\nsku = {sku:?}\nnode = {node:?}\non_hand = {qty}\n")).collect()
+    entries
+        .iter()
+        .map(|(sku, node, qty)| {
+            format!("[[stock]]\nsku = {sku:?}\nnode = {node:?}\non_hand = {qty}\n")
+        })
+        .collect()
 }
 
 pub fn config(extra: &str) -> ValidConfig {
     let text = format!("{NODES}\n{extra}");
-    Config::from_toml(&text).expect("test config parses").validate().expect("test config validates")
+    Config::from_toml(&text)
+        .expect("test config parses")
+        .validate()
+        .expect("test config validates")
 }
 
 /// The in-memory core driver over `config`, stock loaded, at time 0.
 pub fn local(config: &ValidConfig) -> LocalEngine {
-    let index = Arc::new(AvailabilityIndex::new(config.network.nodes.len(), config.engine.max_skus));
-    let mut engine = LocalEngine::new(Arc::new(config.network.clone()), index, config.engine.shards, 0);
+    let index = Arc::new(AvailabilityIndex::new(
+        config.network.nodes.len(),
+        config.engine.max_skus,
+    ));
+    let mut engine = LocalEngine::new(
+        Arc::new(config.network.clone()),
+        index,
+        config.engine.shards,
+        0,
+    );
     for update in &config.stock {
-        if let StockUpdate::Set { sku, node, on_hand, safety_stock } = update {
+        if let StockUpdate::Set {
+            sku,
+            node,
+            on_hand,
+            safety_stock,
+        } = update
+        {
             let node = config.network.node_idx(node).expect("known node");
             engine.stock_set(sku, node, *on_hand, *safety_stock, 0);
         }
@@ -129,11 +151,19 @@ pub fn local(config: &ValidConfig) -> LocalEngine {
 
 /// The actor engine over `config`, stock loaded, with a clock at `now_ms`
 /// that only the test moves.
-pub async fn engine(config: &ValidConfig, settings: Option<EngineSettings>) -> (Engine, Arc<ManualClock>) {
+pub async fn engine(
+    config: &ValidConfig,
+    settings: Option<EngineSettings>,
+) -> (Engine, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let settings = settings.unwrap_or_else(|| config.engine.clone());
-    let engine = Engine::start(&settings, config.network.clone(), clock.clone()).await.expect("engine starts");
-    engine.update_stock(&config.stock).await.expect("stock loads");
+    let engine = Engine::start(&settings, config.network.clone(), clock.clone())
+        .await
+        .expect("engine starts");
+    engine
+        .update_stock(&config.stock)
+        .await
+        .expect("stock loads");
     (engine, clock)
 }
 
@@ -142,8 +172,18 @@ pub fn order(channel: &str, id: &str, lines: &[(&str, u32)]) -> OrderRequest {
     OrderRequest {
         channel: channel.into(),
         client_order_id: id.into(),
-        lines: lines.iter().map(|(sku, qty)| LineRequest { sku: (*sku).into(), qty: *qty }).collect(),
-        ship_to: ShipTo { lat: 50.0, lon: 10.0, market: Some("A".into()) },
+        lines: lines
+            .iter()
+            .map(|(sku, qty)| LineRequest {
+                sku: (*sku).into(),
+                qty: *qty,
+            })
+            .collect(),
+        ship_to: ShipTo {
+            lat: 50.0,
+            lon: 10.0,
+            market: Some("A".into()),
+        },
         method: FulfilmentMethod::Ship,
         hold_ttl_ms: None,
     }
