@@ -20,6 +20,11 @@ pub const MAX_NODES: usize = 16_384;
 /// pre-sized table of this many slots so that reads never take a lock.
 pub const MAX_SKUS: usize = 1 << 21;
 
+/// Candidate nodes sent with one line on a first attempt. Eight is enough
+/// for the shard to find stock almost always (the index is rarely stale by
+/// more than a node or two), and keeps the list inline, with no allocation.
+pub const MAX_CANDIDATES_FIRST_TRY: usize = 8;
+
 /// Candidate nodes sent with one line in a hold. The shard walks them in
 /// policy order; beyond this many the tail is almost never reached, and a
 /// re-plan after a short answer offers the rest.

@@ -15,9 +15,9 @@ use smallvec::SmallVec;
 use super::capacity::CapacityOutcome;
 use super::geo::GeoPoint;
 use super::index::AvailabilityIndex;
-use super::model::{Allocation, MarketIdx, NodeIdx, OrderId, RejectReason, ShortLine, SkuId};
+use super::model::{Allocation, ChannelIdx, MarketIdx, NodeIdx, OrderId, RejectReason, ShortLine, SkuId};
 use super::network::Network;
-use super::policy::{plan, Method, OnShort, PlanError, PlanLine, PlanRequest, Policy};
+use super::policy::{plan, Method, OnShort, PlanError, PlanLine, PlanRequest};
 use super::stock::{Bumped, HoldItem, HoldOutcome, StockError, StockShard};
 use crate::limits::MAX_HOLD_ATTEMPTS;
 
@@ -102,7 +102,8 @@ pub struct Attempt {
     pub ship_to: GeoPoint,
     pub market: Option<MarketIdx>,
     pub method: Method,
-    pub policy: Policy,
+    /// The channel whose routing policy applies.
+    pub channel: ChannelIdx,
     /// Nodes never to use for this order.
     pub excluded: SmallVec<[NodeIdx; 4]>,
 }
@@ -230,7 +231,7 @@ async fn hold_stock_round<P: Participants>(
             excluded: &excluded,
             widen: state.widen,
         };
-        match plan(context.network, &attempt.policy, context.index, &request) {
+        match plan(context.network, context.network.policy(attempt.channel), context.index, &request) {
             Err(PlanError::NoEligibleNode) => {
                 state.outcome = Some(Placement::Failed(RejectReason::NoEligibleNode))
             }
@@ -283,7 +284,8 @@ fn judge_stock(
             continue;
         }
         let attempt = &attempts[i];
-        let partial = attempt.policy.on_short == OnShort::Partial;
+        let policy = context.network.policy(attempt.channel);
+        let partial = policy.on_short == OnShort::Partial;
         let mut short = Vec::new();
         let mut any_held = false;
         let mut nodes: SmallVec<[NodeIdx; 8]> = SmallVec::new();
@@ -315,7 +317,7 @@ fn judge_stock(
         }
         nodes.sort_unstable();
         nodes.dedup();
-        let too_many = nodes.len() > usize::from(attempt.policy.max_shipments.max(1));
+        let too_many = nodes.len() > usize::from(policy.max_shipments.max(1));
         let failed = too_many || !any_held || (!short.is_empty() && !partial);
         if !failed {
             standing.push(i);
@@ -324,7 +326,7 @@ fn judge_stock(
         abort_stock(context, attempt, aborts);
         if too_many {
             state.outcome = Some(Placement::Failed(RejectReason::TooManyShipments {
-                max_shipments: attempt.policy.max_shipments,
+                max_shipments: policy.max_shipments,
             }));
         } else if !state.widen {
             // The index may have lagged: ask once more with every eligible node.

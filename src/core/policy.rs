@@ -13,7 +13,7 @@ use super::index::AvailabilityIndex;
 use super::model::{Capabilities, MarketIdx, NodeIdx, OrderId, SkuId};
 use super::network::Network;
 use super::stock::HoldItem;
-use crate::limits::{MAX_CANDIDATES_PER_LINE, MAX_LINES_PER_ORDER, MAX_RULES};
+use crate::limits::{MAX_CANDIDATES_FIRST_TRY, MAX_CANDIDATES_PER_LINE, MAX_LINES_PER_ORDER, MAX_RULES};
 
 /// A named routing rule. Each breaks the ties left by the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -195,7 +195,8 @@ pub fn plan(
                     Some(r.node) != *first && (request.widen || index.atp(line.sku, r.node) > 0)
                 })
                 .map(|r| r.node);
-            candidates.extend(others.take(MAX_CANDIDATES_PER_LINE - candidates.len()));
+            let limit = if request.widen { MAX_CANDIDATES_PER_LINE } else { MAX_CANDIDATES_FIRST_TRY };
+            candidates.extend(others.take(limit.saturating_sub(candidates.len())));
             HoldItem {
                 order: request.order,
                 line: line.line,

@@ -110,6 +110,99 @@ pub struct OrderRecord {
     pub excluded: SmallVec<[NodeIdx; 4]>,
     /// The answer given at submit, returned again to a resubmission.
     pub decision: Decision,
+    /// The next older order whose key has the same hash, as sequence + 1
+    /// (0: none). Keys are found by hash, and collisions chain through here.
+    key_next: u32,
+}
+
+/// Records per segment of the order book. Growth adds a segment and never
+/// moves the ones before it: no pause to copy a million records.
+const ORDERS_PER_SEGMENT: usize = 4096;
+
+/// The orders of one router, in segments indexed by sequence number: an
+/// order id is `sequence * MAX_ROUTERS + router`, so no map from ids is
+/// needed, and a million orders cost their records and one small map entry.
+struct OrderBook {
+    router: u64,
+    segments: Vec<Vec<OrderRecord>>,
+    count: usize,
+    /// Hash of (channel, client order id) to the newest sequence + 1 with it.
+    by_key: FxHashMap<u64, u32>,
+}
+
+fn key_hash(channel: ChannelIdx, client_order_id: &str) -> u64 {
+    let mut hasher = FxHasher::default();
+    channel.hash(&mut hasher);
+    client_order_id.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl OrderBook {
+    fn slot(&self, id: OrderId) -> Option<usize> {
+        let router_matches = id % MAX_ROUTERS as u64 == self.router;
+        let sequence = (id / MAX_ROUTERS as u64) as usize;
+        (router_matches && sequence >= 1 && sequence <= self.count).then(|| sequence - 1)
+    }
+
+    fn at(&self, slot: usize) -> &OrderRecord {
+        &self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT]
+    }
+
+    fn next_id(&self) -> OrderId {
+        (self.count as u64 + 1) * MAX_ROUTERS as u64 + self.router
+    }
+
+    fn get(&self, id: &OrderId) -> Option<&OrderRecord> {
+        self.slot(*id).map(|slot| self.at(slot))
+    }
+
+    fn get_mut(&mut self, id: &OrderId) -> Option<&mut OrderRecord> {
+        self.slot(*id).map(|slot| &mut self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT])
+    }
+
+    fn contains_key(&self, id: &OrderId) -> bool {
+        self.slot(*id).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn values(&self) -> impl Iterator<Item = &OrderRecord> {
+        self.segments.iter().flatten()
+    }
+
+    fn find_key(&self, channel: ChannelIdx, client_order_id: &str) -> Option<OrderId> {
+        let mut next = self.by_key.get(&key_hash(channel, client_order_id)).copied().unwrap_or(0);
+        while next != 0 {
+            let record = self.at(next as usize - 1);
+            if record.channel == channel && &*record.client_order_id == client_order_id {
+                return Some(record.id);
+            }
+            next = record.key_next;
+        }
+        None
+    }
+
+    fn insert(&mut self, mut record: OrderRecord) {
+        assert_eq!(record.id, self.next_id(), "orders are recorded in id order");
+        let sequence = u32::try_from(self.count + 1).expect("at most u32::MAX orders per router");
+        let hash = key_hash(record.channel, &record.client_order_id);
+        record.key_next = self.by_key.insert(hash, sequence).unwrap_or(0);
+        if self.count % ORDERS_PER_SEGMENT == 0 {
+            self.segments.push(Vec::with_capacity(ORDERS_PER_SEGMENT));
+        }
+        self.segments.last_mut().expect("a segment with room").push(record);
+        self.count += 1;
+    }
+}
+
+impl std::ops::Index<&OrderId> for OrderBook {
+    type Output = OrderRecord;
+
+    fn index(&self, id: &OrderId) -> &OrderRecord {
+        self.get(id).expect("a known order id")
+    }
 }
 
 /// A validated order, resolved to indices.
@@ -124,13 +217,10 @@ struct Resolved {
 }
 
 pub struct RouterCore {
-    router: usize,
     network: Arc<Network>,
     index: Arc<AvailabilityIndex>,
     shard_count: u32,
-    next_sequence: u64,
-    by_key: FxHashMap<(ChannelIdx, Box<str>), OrderId>,
-    orders: FxHashMap<OrderId, OrderRecord>,
+    orders: OrderBook,
     /// (expires_at_ms, order); stale entries (confirmed, re-held) are skipped
     /// when popped.
     expiries: BinaryHeap<Reverse<(u64, OrderId)>>,
@@ -145,13 +235,10 @@ impl RouterCore {
     ) -> RouterCore {
         assert!(router < MAX_ROUTERS);
         RouterCore {
-            router,
             network,
             index,
             shard_count,
-            next_sequence: 1,
-            by_key: FxHashMap::default(),
-            orders: FxHashMap::default(),
+            orders: OrderBook { router: router as u64, segments: Vec::new(), count: 0, by_key: FxHashMap::default() },
             expiries: BinaryHeap::new(),
         }
     }
@@ -269,9 +356,7 @@ impl RouterCore {
                 client_order_id,
             } => {
                 let channel = self.network.channel_idx(channel)?;
-                self.by_key
-                    .get(&(channel, client_order_id.as_str().into()))
-                    .copied()
+                self.orders.find_key(channel, client_order_id)
             }
         }
     }
@@ -302,8 +387,8 @@ impl RouterCore {
                 }
             };
             let key = (resolved.channel, request.client_order_id.as_str());
-            if let Some(id) = self.by_key.get(&(key.0, key.1.into())) {
-                let record = &self.orders[id];
+            if let Some(id) = self.orders.find_key(key.0, key.1) {
+                let record = &self.orders[&id];
                 let same = record.fingerprint == resolved.fingerprint;
                 decisions[i] = Some(if same {
                     record.decision.clone()
@@ -317,15 +402,14 @@ impl RouterCore {
                 continue;
             }
             in_batch.insert(key, (i, resolved.fingerprint));
-            let order = self.next_sequence * MAX_ROUTERS as u64 + self.router as u64;
-            self.next_sequence += 1;
+            let order = self.orders.next_id() + attempts.len() as u64 * MAX_ROUTERS as u64;
             attempts.push(Attempt {
                 order,
                 lines: resolved.lines.clone(),
                 ship_to: resolved.ship_to,
                 market: resolved.market,
                 method: resolved.method,
-                policy: self.network.policy(resolved.channel).clone(),
+                channel: resolved.channel,
                 excluded: SmallVec::new(),
             });
             fresh.push((i, resolved));
@@ -394,12 +478,9 @@ impl RouterCore {
             short,
             excluded: SmallVec::new(),
             decision: decision.clone(),
+            key_next: 0,
         };
-        self.by_key.insert(
-            (resolved.channel, record.client_order_id.clone()),
-            attempt.order,
-        );
-        self.orders.insert(attempt.order, record);
+        self.orders.insert(record);
         decision
     }
 
@@ -763,7 +844,7 @@ impl RouterCore {
             ship_to: record.ship_to,
             market: record.market,
             method: record.method,
-            policy: self.network.policy(record.channel).clone(),
+            channel: record.channel,
             excluded: record.excluded.clone(),
         };
         let placement = place(
