@@ -14,7 +14,7 @@ const MS_PER_DAY: u64 = 86_400_000;
 /// Answer to a capacity hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CapacityOutcome {
-    /// One allocation of today's capacity is held (pending).
+    /// One allocation of today's capacity is taken.
     Held,
     /// The order already has an allocation here; no new capacity is used.
     AlreadyServing,
@@ -32,24 +32,24 @@ impl CapacityOutcome {
     }
 }
 
-/// An open allocation of an order at this node.
-#[derive(Clone, Copy, Debug)]
-struct Served {
-    /// Day number (since the epoch) the capacity was taken on; a release on a
-    /// later day gives nothing back to today.
-    day: u64,
-    pending: bool,
-}
-
 pub struct NodeLedger {
     node: NodeIdx,
     daily_capacity: u32,
     /// Allocations taken on `day`.
     used: u32,
-    day: u64,
+    /// Day number since the epoch.
+    day: u32,
     online: bool,
     index: Arc<AvailabilityIndex>,
-    orders: FxHashMap<OrderId, Served>,
+    /// Orders served here, each with the day its capacity was taken on: a
+    /// release on a later day gives nothing back to today. No pending state
+    /// is kept: an attempt that fails releases what it took, and an order
+    /// re-routed for an outage is checked against the router's own book.
+    orders: FxHashMap<OrderId, u32>,
+}
+
+fn day_of(now_ms: u64) -> u32 {
+    u32::try_from(now_ms / MS_PER_DAY).unwrap_or(u32::MAX)
 }
 
 impl NodeLedger {
@@ -64,7 +64,7 @@ impl NodeLedger {
             node,
             daily_capacity,
             used: 0,
-            day: now_ms / MS_PER_DAY,
+            day: day_of(now_ms),
             online,
             index,
             orders: FxHashMap::default(),
@@ -74,22 +74,13 @@ impl NodeLedger {
     }
 
     fn publish(&self) {
-        assert!(
-            self.used <= self.daily_capacity,
-            "node {} above its capacity",
-            self.node
-        );
-        self.index.publish_node(
-            self.node,
-            self.online,
-            self.used,
-            self.daily_capacity - self.used,
-        );
+        assert!(self.used <= self.daily_capacity, "node {} above its capacity", self.node);
+        self.index.publish_node(self.node, self.online, self.used, self.daily_capacity - self.used);
     }
 
     /// A new day starts with the whole capacity free.
     fn roll(&mut self, now_ms: u64) {
-        let today = now_ms / MS_PER_DAY;
+        let today = day_of(now_ms);
         if today > self.day {
             self.day = today;
             self.used = 0;
@@ -108,35 +99,16 @@ impl NodeLedger {
             return CapacityOutcome::Full;
         }
         self.used += 1;
-        self.orders.insert(
-            order,
-            Served {
-                day: self.day,
-                pending: true,
-            },
-        );
+        self.orders.insert(order, self.day);
         self.publish();
         CapacityOutcome::Held
     }
 
-    pub fn commit(&mut self, order: OrderId) {
-        if let Some(served) = self.orders.get_mut(&order) {
-            served.pending = false;
-        }
-    }
-
-    /// Frees a pending hold only (a failed attempt).
-    pub fn abort(&mut self, order: OrderId) {
-        if self.orders.get(&order).is_some_and(|s| s.pending) {
-            self.release(order);
-        }
-    }
-
-    /// The order no longer needs this node (cancelled, expired, re-routed
-    /// away, or fully shipped).
+    /// The order no longer needs this node (a failed attempt, cancelled,
+    /// expired, or re-routed away): today's capacity comes back.
     pub fn release(&mut self, order: OrderId) {
-        if let Some(served) = self.orders.remove(&order) {
-            if served.day == self.day {
+        if let Some(day) = self.orders.remove(&order) {
+            if day == self.day {
                 self.used -= 1;
             }
             self.publish();
@@ -149,20 +121,15 @@ impl NodeLedger {
         self.orders.remove(&order);
     }
 
-    /// Sets the online flag. Going offline returns the orders with committed
-    /// allocations here, which must be re-routed elsewhere.
+    /// Sets the online flag. Going offline returns the orders served here,
+    /// which must be re-routed elsewhere.
     pub fn set_online(&mut self, online: bool) -> Vec<OrderId> {
         self.online = online;
         self.publish();
         if online {
             return Vec::new();
         }
-        let mut open: Vec<OrderId> = self
-            .orders
-            .iter()
-            .filter(|(_, s)| !s.pending)
-            .map(|(&o, _)| o)
-            .collect();
+        let mut open: Vec<OrderId> = self.orders.keys().copied().collect();
         open.sort_unstable();
         open
     }
@@ -194,30 +161,28 @@ mod tests {
 
     #[test]
     fn capacity_is_never_exceeded_and_comes_back() {
-        // Proves a full node refuses holds, aborts free capacity, and a new day resets it.
+        // Proves a full node refuses holds, releases free capacity, and a new day resets it.
         let mut node = ledger(2);
         assert_eq!(node.hold(1, 0), CapacityOutcome::Held);
         assert_eq!(node.hold(1, 0), CapacityOutcome::AlreadyServing);
         assert_eq!(node.hold(2, 0), CapacityOutcome::Held);
         assert_eq!(node.hold(3, 0), CapacityOutcome::Full);
-        node.abort(2);
+        node.release(2);
         assert_eq!(node.hold(3, 0), CapacityOutcome::Held);
         assert_eq!(node.hold(4, MS_PER_DAY), CapacityOutcome::Held);
         assert_eq!(node.used_today(), 1);
         // A release of yesterday's allocation gives nothing back today.
-        node.commit(1);
         node.release(1);
         assert_eq!(node.used_today(), 1);
     }
 
     #[test]
     fn offline_node_refuses_and_lists_its_orders() {
-        // Proves going offline refuses new holds and hands back the committed orders to re-route.
+        // Proves going offline refuses new holds and hands back the orders to re-route.
         let mut node = ledger(10);
         node.hold(7, 0);
-        node.commit(7);
         node.hold(8, 0);
-        assert_eq!(node.set_online(false), vec![7]);
+        assert_eq!(node.set_online(false), vec![7, 8]);
         assert_eq!(node.hold(9, 0), CapacityOutcome::Offline);
     }
 }

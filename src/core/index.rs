@@ -26,6 +26,17 @@ struct NodeView {
     capacity_used: AtomicU32,
 }
 
+/// A SKU's ATP per node; empty for an unknown SKU.
+#[derive(Clone, Copy)]
+pub struct AtpRow<'a>(Option<&'a [AtomicU32]>);
+
+impl AtpRow<'_> {
+    #[inline]
+    pub fn get(&self, node: NodeIdx) -> u32 {
+        self.0.map_or(0, |row| row[node as usize].load(Ordering::Relaxed))
+    }
+}
+
 /// The catalog is full: no more SKUs can be interned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the SKU catalog is full ({max_skus} SKUs); raise engine.max_skus")]
@@ -138,6 +149,13 @@ impl AvailabilityIndex {
             Some(row) => row.atp[node as usize].load(Ordering::Relaxed),
             None => 0,
         }
+    }
+
+    /// One SKU's ATP across nodes, fetched once so that a planner reading
+    /// many nodes does not look the SKU up for each.
+    #[inline]
+    pub fn atp_row(&self, sku: SkuId) -> AtpRow<'_> {
+        AtpRow(self.rows.get(sku as usize).and_then(OnceLock::get).map(|row| &*row.atp))
     }
 
     /// Sum of ATP over all nodes.

@@ -104,8 +104,6 @@ pub fn apply_stock_op(shard: &mut StockShard, op: StockOp) {
 /// Applies one fire-and-forget op to a node ledger; shared with the node actor.
 pub fn apply_node_op(ledger: &mut NodeLedger, op: NodeOp) {
     match op {
-        NodeOp::Commit(order) => ledger.commit(order),
-        NodeOp::Abort(order) => ledger.abort(order),
         NodeOp::Release(order) => ledger.release(order),
         NodeOp::Finish(order) => ledger.finish(order),
     }

@@ -44,9 +44,8 @@ pub enum StockOp {
 /// A fire-and-forget change for a node ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeOp {
-    Commit(OrderId),
-    Abort(OrderId),
-    /// The order no longer uses the node; today's capacity comes back.
+    /// The order no longer uses the node (or a failed attempt gives back
+    /// what it took); today's capacity comes back.
     Release(OrderId),
     /// The order's units at the node all shipped: forget it, capacity stays used.
     Finish(OrderId),
@@ -197,7 +196,7 @@ pub async fn place<P: Participants>(
             node_aborts
                 .entry(node)
                 .or_default()
-                .push(NodeOp::Abort(order));
+                .push(NodeOp::Release(order));
         }
         send_ops(participants, group_stock_ops(aborts), node_aborts);
     }
@@ -458,6 +457,8 @@ fn placed(attempt: &Attempt, held: &[HoldOutcome]) -> Placement {
     Placement::Placed { allocations, short }
 }
 
+/// Turns the pending stock holds of every placed attempt into reservations.
+/// Node capacity needs no commit: a node keeps what it granted until released.
 fn commit<P: Participants>(
     context: &PlanContext<'_>,
     attempts: &[Attempt],
@@ -465,7 +466,6 @@ fn commit<P: Participants>(
     participants: &P,
 ) {
     let mut stock: Vec<(u32, StockOp)> = Vec::new();
-    let mut nodes: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
     for (attempt, state) in attempts.iter().zip(progress) {
         let Some(Placement::Placed { allocations, .. }) = &state.outcome else {
             continue;
@@ -476,20 +476,7 @@ fn commit<P: Participants>(
             .collect();
         shards.sort_unstable();
         shards.dedup();
-        stock.extend(
-            shards
-                .into_iter()
-                .map(|s| (s, StockOp::Commit(attempt.order))),
-        );
-        let mut used: SmallVec<[NodeIdx; 8]> = allocations.iter().map(|a| a.node).collect();
-        used.sort_unstable();
-        used.dedup();
-        for node in used {
-            nodes
-                .entry(node)
-                .or_default()
-                .push(NodeOp::Commit(attempt.order));
-        }
+        stock.extend(shards.into_iter().map(|s| (s, StockOp::Commit(attempt.order))));
     }
-    send_ops(participants, group_stock_ops(stock), nodes);
+    send_ops(participants, group_stock_ops(stock), FxHashMap::default());
 }

@@ -9,7 +9,7 @@
 use smallvec::SmallVec;
 
 use super::geo::GeoPoint;
-use super::index::AvailabilityIndex;
+use super::index::{AtpRow, AvailabilityIndex};
 use super::model::{Capabilities, MarketIdx, NodeIdx, OrderId, SkuId};
 use super::network::Network;
 use super::stock::HoldItem;
@@ -167,35 +167,33 @@ pub fn plan(
     policy: &Policy,
     index: &AvailabilityIndex,
     request: &PlanRequest,
-) -> Result<Vec<HoldItem>, PlanError> {
+) -> Result<SmallVec<[HoldItem; 4]>, PlanError> {
     assert!(request.lines.len() <= MAX_LINES_PER_ORDER);
-    let mut ranked = rank_nodes(network, policy, index, request)?;
-    let fewest_position = policy
-        .rules
-        .iter()
-        .position(|r| *r == Rule::FewestShipments);
-    let mut primary: SmallVec<[Option<NodeIdx>; 8]> =
-        SmallVec::from_elem(None, request.lines.len());
+    let rows: SmallVec<[AtpRow; 4]> = request.lines.iter().map(|l| index.atp_row(l.sku)).collect();
+    let mut ranked = rank_nodes(network, policy, index, request, &rows)?;
+    let fewest_position = policy.rules.iter().position(|r| *r == Rule::FewestShipments);
+    let mut primary: SmallVec<[Option<NodeIdx>; 8]> = SmallVec::from_elem(None, request.lines.len());
     if let (Some(position), true) = (fewest_position, request.lines.len() > 1) {
         choose_consolidation(&mut ranked, position, policy.max_shipments, &mut primary);
     }
-    ranked.sort_unstable_by_key(|r| r.key);
+    // Sort positions, not the wide keys themselves.
+    let mut order: SmallVec<[u16; 32]> = (0..ranked.len() as u16).collect();
+    order.sort_unstable_by(|&a, &b| ranked[a as usize].key.cmp(&ranked[b as usize].key));
     let max_parts = policy.max_shipments.max(1);
     let partial = policy.on_short == OnShort::Partial;
+    let limit = if request.widen { MAX_CANDIDATES_PER_LINE } else { MAX_CANDIDATES_FIRST_TRY };
     let items = request
         .lines
         .iter()
         .zip(&primary)
-        .map(|(line, first)| {
+        .zip(&rows)
+        .map(|((line, first), row)| {
             let mut candidates: SmallVec<[NodeIdx; 8]> = SmallVec::new();
             candidates.extend(*first);
-            let others = ranked
+            let others = order
                 .iter()
-                .filter(|r| {
-                    Some(r.node) != *first && (request.widen || index.atp(line.sku, r.node) > 0)
-                })
-                .map(|r| r.node);
-            let limit = if request.widen { MAX_CANDIDATES_PER_LINE } else { MAX_CANDIDATES_FIRST_TRY };
+                .map(|&position| ranked[position as usize].node)
+                .filter(|&node| Some(node) != *first && (request.widen || row.get(node) > 0));
             candidates.extend(others.take(limit.saturating_sub(candidates.len())));
             HoldItem {
                 order: request.order,
@@ -259,6 +257,7 @@ fn rank_nodes(
     policy: &Policy,
     index: &AvailabilityIndex,
     request: &PlanRequest,
+    rows: &[AtpRow],
 ) -> Result<SmallVec<[Ranked; 16]>, PlanError> {
     let wanted = method_capabilities(request.method);
     let selected_store = match request.method {
@@ -266,6 +265,10 @@ fn rank_nodes(
         _ => None,
     };
     let filters = &policy.filters;
+    let max_distance_km = match (filters.max_distance_km, request.method) {
+        (limit, Method::SameDay) => Some(limit.map_or(filters.same_day_max_km, |l| l.min(filters.same_day_max_km))),
+        (limit, _) => limit,
+    };
     let mut ranked: SmallVec<[Ranked; 16]> = SmallVec::new();
     let mut any_eligible = false;
     for (i, node) in network.nodes.iter().enumerate() {
@@ -282,26 +285,28 @@ fn rank_nodes(
         if !index.node_online(idx) || index.capacity_left(idx) == 0 {
             continue;
         }
-        let distance_km = request.ship_to.distance_km(&node.location);
-        if filters.max_distance_km.is_some_and(|max| distance_km > max) {
-            continue;
-        }
-        if request.method == Method::SameDay && distance_km > filters.same_day_max_km {
-            continue;
-        }
-        any_eligible = true;
+        // Stock before distance: most nodes hold none of a given order's
+        // SKUs, and those need a distance only to prove the order eligible.
         let mut covers = 0u64;
         let mut stock = 0u64;
-        for (bit, line) in request.lines.iter().enumerate() {
-            let atp = index.atp(line.sku, idx);
+        for (bit, (line, row)) in request.lines.iter().zip(rows).enumerate() {
+            let atp = row.get(idx);
             stock += u64::from(atp);
             if atp >= line.qty {
                 covers |= 1 << bit;
             }
         }
         if stock == 0 && !request.widen {
+            if !any_eligible {
+                any_eligible = max_distance_km.is_none_or(|max| request.ship_to.distance_km(&node.location) <= max);
+            }
             continue;
         }
+        let distance_km = request.ship_to.distance_km(&node.location);
+        if max_distance_km.is_some_and(|max| distance_km > max) {
+            continue;
+        }
+        any_eligible = true;
         let mut key = [0u64; MAX_RULES + 2];
         for (slot, rule) in key.iter_mut().zip(&policy.rules) {
             *slot = match rule {
@@ -325,11 +330,7 @@ fn rank_nodes(
             + weights.lead_time_minutes * f64::from(node.lead_time_minutes);
         key[policy.rules.len()] = (weighted.max(0.0) * 1000.0) as u64;
         key[policy.rules.len() + 1] = u64::from(idx);
-        ranked.push(Ranked {
-            node: idx,
-            covers,
-            key,
-        });
+        ranked.push(Ranked { node: idx, covers, key });
     }
     if !any_eligible {
         return Err(PlanError::NoEligibleNode);

@@ -80,39 +80,87 @@ pub enum OpError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AllocationState {
     pub line: u16,
-    pub sku: SkuId,
     pub node: NodeIdx,
+    pub sku: SkuId,
+    /// Units the decision at submit placed here (0 for units a re-route
+    /// brought later); the submit decision is rebuilt from these.
+    pub initial: u32,
     /// Reserved and not yet shipped.
     pub open: u32,
     pub shipped: u32,
     pub returned: u32,
 }
 
+/// The parts of an order that most orders never need, boxed so that the
+/// common record stays small (a daemon keeps millions of them).
+#[derive(Clone, Debug, Default)]
+struct Extra {
+    /// Lines (partly) unallocated now: at submit under a partial policy, or
+    /// after a re-route found no other node.
+    short: Vec<ShortLine>,
+    /// The short lines the submit decision reported.
+    short_at_decision: Vec<ShortLine>,
+    /// Nodes that rejected the order or went offline while serving it.
+    excluded: SmallVec<[NodeIdx; 4]>,
+    /// Why the order was rejected at submit.
+    rejection: Option<RejectReason>,
+}
+
 /// An order as the book keeps it.
 #[derive(Clone, Debug)]
 pub struct OrderRecord {
     pub id: OrderId,
-    pub channel: ChannelIdx,
-    pub client_order_id: Box<str>,
     /// Hash of the request body, to tell a retry from a conflicting reuse.
     fingerprint: u64,
-    pub lines: SmallVec<[PlanLine; 4]>,
-    pub ship_to: GeoPoint,
-    pub market: Option<MarketIdx>,
-    pub method: Method,
-    pub state: OrderState,
     pub expires_at_ms: u64,
-    pub allocations: Vec<AllocationState>,
-    /// Lines (partly) unallocated: at submit under a partial policy, or after
-    /// a re-route found no other node.
-    pub short: Vec<ShortLine>,
-    /// Nodes that rejected the order or went offline while serving it.
-    pub excluded: SmallVec<[NodeIdx; 4]>,
-    /// The answer given at submit, returned again to a resubmission.
-    pub decision: Decision,
+    pub client_order_id: Box<str>,
+    pub lines: Box<[PlanLine]>,
+    /// Ship-to latitude and longitude, in degrees.
+    pub ship_to: (f64, f64),
+    pub allocations: SmallVec<[AllocationState; 1]>,
+    extra: Option<Box<Extra>>,
     /// The next older order whose key has the same hash, as sequence + 1
     /// (0: none). Keys are found by hash, and collisions chain through here.
     key_next: u32,
+    pub channel: ChannelIdx,
+    pub market: Option<MarketIdx>,
+    pub method: Method,
+    pub state: OrderState,
+}
+
+impl OrderRecord {
+    /// Lines (partly) unallocated now.
+    pub fn short(&self) -> &[ShortLine] {
+        self.extra.as_ref().map_or(&[], |e| &e.short)
+    }
+
+    /// Nodes this order must not use any more.
+    pub fn excluded(&self) -> &[NodeIdx] {
+        self.extra.as_ref().map_or(&[], |e| &e.excluded)
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// The answer given at submit, rebuilt for a resubmission.
+    pub fn decision(&self) -> Decision {
+        if self.state == OrderState::Rejected {
+            let reason = self.extra.as_ref().and_then(|e| e.rejection.clone());
+            return Decision::Rejected(reason.expect("a rejected order keeps its reason"));
+        }
+        Decision::Routed {
+            order_id: self.id,
+            allocations: self
+                .allocations
+                .iter()
+                .filter(|a| a.initial > 0)
+                .map(|a| Allocation { line: a.line, sku: a.sku, node: a.node, qty: a.initial })
+                .collect(),
+            short: self.extra.as_ref().map_or_else(Vec::new, |e| e.short_at_decision.clone()),
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
 }
 
 /// Records per segment of the order book. Growth adds a segment and never
@@ -375,7 +423,8 @@ impl RouterCore {
     ) -> Vec<Decision> {
         let mut decisions: Vec<Option<Decision>> = vec![None; requests.len()];
         let mut attempts: Vec<Attempt> = Vec::new();
-        let mut fresh: Vec<(usize, Resolved)> = Vec::new();
+        // (request index, hold ttl, fingerprint) of each attempt.
+        let mut fresh: Vec<(usize, u64, u64)> = Vec::new();
         let mut in_batch: FxHashMap<(ChannelIdx, &str), (usize, u64)> = FxHashMap::default();
         let mut repeats: Vec<(usize, usize, u64)> = Vec::new();
         for (i, request) in requests.iter().enumerate() {
@@ -391,7 +440,7 @@ impl RouterCore {
                 let record = &self.orders[&id];
                 let same = record.fingerprint == resolved.fingerprint;
                 decisions[i] = Some(if same {
-                    record.decision.clone()
+                    record.decision()
                 } else {
                     Decision::Rejected(RejectReason::DuplicateMismatch)
                 });
@@ -405,19 +454,18 @@ impl RouterCore {
             let order = self.orders.next_id() + attempts.len() as u64 * MAX_ROUTERS as u64;
             attempts.push(Attempt {
                 order,
-                lines: resolved.lines.clone(),
+                lines: resolved.lines,
                 ship_to: resolved.ship_to,
                 market: resolved.market,
                 method: resolved.method,
                 channel: resolved.channel,
                 excluded: SmallVec::new(),
             });
-            fresh.push((i, resolved));
+            fresh.push((i, resolved.hold_ttl_ms, resolved.fingerprint));
         }
         let placements = place(&self.context(), &attempts, now_ms, participants).await;
-        for ((attempt, placement), (i, resolved)) in attempts.into_iter().zip(placements).zip(fresh)
-        {
-            let decision = self.record_new(&requests[i], attempt, placement, resolved, now_ms);
+        for ((attempt, placement), &(i, hold_ttl_ms, fingerprint)) in attempts.iter().zip(placements).zip(&fresh) {
+            let decision = self.record_new(&requests[i], attempt, placement, hold_ttl_ms, fingerprint, now_ms);
             decisions[i] = Some(decision);
         }
         for (i, first, fingerprint_difference) in repeats {
@@ -437,48 +485,47 @@ impl RouterCore {
     fn record_new(
         &mut self,
         request: &OrderRequest,
-        attempt: Attempt,
+        attempt: &Attempt,
         placement: Placement,
-        resolved: Resolved,
+        hold_ttl_ms: u64,
+        fingerprint: u64,
         now_ms: u64,
     ) -> Decision {
-        let expires_at_ms = now_ms + resolved.hold_ttl_ms;
-        let (state, decision, allocations, short) = match placement {
-            Placement::Placed { allocations, short } => {
-                let decision = Decision::Routed {
-                    order_id: attempt.order,
-                    allocations: allocations.clone(),
-                    short: short.clone(),
-                    expires_at_ms,
-                };
-                (OrderState::Held, decision, allocations, short)
-            }
-            Placement::Failed(reason) => (
-                OrderState::Rejected,
-                Decision::Rejected(reason),
-                Vec::new(),
-                Vec::new(),
-            ),
-        };
-        if state == OrderState::Held {
-            self.expiries.push(Reverse((expires_at_ms, attempt.order)));
-        }
-        let record = OrderRecord {
+        let expires_at_ms = now_ms + hold_ttl_ms;
+        let mut record = OrderRecord {
             id: attempt.order,
-            channel: resolved.channel,
-            client_order_id: request.client_order_id.as_str().into(),
-            fingerprint: resolved.fingerprint,
-            lines: attempt.lines,
-            ship_to: resolved.ship_to,
-            market: resolved.market,
-            method: resolved.method,
-            state,
+            fingerprint,
             expires_at_ms,
-            allocations: allocations.iter().map(|a| open_allocation(*a)).collect(),
-            short,
-            excluded: SmallVec::new(),
-            decision: decision.clone(),
+            client_order_id: request.client_order_id.as_str().into(),
+            lines: attempt.lines.iter().copied().collect(),
+            ship_to: (attempt.ship_to.lat, attempt.ship_to.lon),
+            allocations: SmallVec::new(),
+            extra: None,
             key_next: 0,
+            channel: attempt.channel,
+            market: attempt.market,
+            method: attempt.method,
+            state: OrderState::Held,
+        };
+        let decision = match placement {
+            Placement::Placed { allocations, short } => {
+                record.allocations = allocations
+                    .iter()
+                    .map(|a| AllocationState { initial: a.qty, ..open_allocation(*a) })
+                    .collect();
+                if !short.is_empty() {
+                    let extra = record.extra_mut();
+                    extra.short = short.clone();
+                    extra.short_at_decision = short.clone();
+                }
+                self.expiries.push(Reverse((expires_at_ms, attempt.order)));
+                Decision::Routed { order_id: attempt.order, allocations, short, expires_at_ms }
+            }
+            Placement::Failed(reason) => {
+                record.state = OrderState::Rejected;
+                record.extra_mut().rejection = Some(reason.clone());
+                Decision::Rejected(reason)
+            }
         };
         self.orders.insert(record);
         decision
@@ -618,7 +665,7 @@ impl RouterCore {
         if node_done {
             participants.node_ops(node, vec![NodeOp::Finish(id)]);
         }
-        let all_done = record.allocations.iter().all(|a| a.open == 0) && record.short.is_empty();
+        let all_done = record.allocations.iter().all(|a| a.open == 0) && record.short().is_empty();
         if all_done {
             record.state = OrderState::Shipped;
         }
@@ -808,8 +855,8 @@ impl RouterCore {
             }
             allocation.open = 0;
         }
-        if exclude && !record.excluded.contains(&node) {
-            record.excluded.push(node);
+        if exclude && !record.excluded().contains(&node) {
+            record.extra_mut().excluded.push(node);
         }
         let shipped_here = record
             .allocations
@@ -841,11 +888,11 @@ impl RouterCore {
         let attempt = Attempt {
             order: id,
             lines: lines.clone(),
-            ship_to: record.ship_to,
+            ship_to: GeoPoint::new(record.ship_to.0, record.ship_to.1).expect("validated at submit"),
             market: record.market,
             method: record.method,
             channel: record.channel,
-            excluded: record.excluded.clone(),
+            excluded: record.excluded().into(),
         };
         let placement = place(
             &self.context(),
@@ -882,15 +929,16 @@ impl RouterCore {
             }
         }
         for line in short {
-            record.short.retain(|s| s.line != line.line);
-            record.short.push(line);
+            let extra = record.extra_mut();
+            extra.short.retain(|s| s.line != line.line);
+            extra.short.push(line);
         }
     }
 
     /// Checks the book against itself; for tests.
     pub fn check_invariants(&self) -> Result<(), String> {
         for record in self.orders.values() {
-            for line in &record.lines {
+            for line in record.lines.iter() {
                 let placed: u32 = record
                     .allocations
                     .iter()
@@ -923,6 +971,7 @@ fn open_allocation(allocation: Allocation) -> AllocationState {
         line: allocation.line,
         sku: allocation.sku,
         node: allocation.node,
+        initial: 0,
         open: allocation.qty,
         shipped: 0,
         returned: 0,

@@ -110,7 +110,7 @@ pub struct StockShard {
     rows: Vec<Option<Box<[Cell]>>>,
     /// Open reservations per order, so that cancel, expiry, ship and return
     /// find them without scanning.
-    orders: FxHashMap<OrderId, SmallVec<[Reservation; 2]>>,
+    orders: FxHashMap<OrderId, SmallVec<[Reservation; 1]>>,
 }
 
 impl StockShard {
