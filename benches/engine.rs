@@ -35,7 +35,14 @@ fn deepened(config: &ValidConfig) -> Vec<StockUpdate> {
         .stock
         .iter()
         .map(|u| match u {
-            StockUpdate::Set { sku, node, on_hand, .. } => StockUpdate::Set { sku: sku.clone(), node: node.clone(), on_hand: on_hand + DEEP_STOCK as u32, safety_stock: None },
+            StockUpdate::Set {
+                sku, node, on_hand, ..
+            } => StockUpdate::Set {
+                sku: sku.clone(),
+                node: node.clone(),
+                on_hand: on_hand + DEEP_STOCK as u32,
+                safety_stock: None,
+            },
             other => other.clone(),
         })
         .collect()
@@ -44,7 +51,9 @@ fn deepened(config: &ValidConfig) -> Vec<StockUpdate> {
 async fn start_engine(config: &ValidConfig) -> Engine {
     let mut settings = config.engine.clone();
     settings.expiry_tick_ms = 0;
-    let engine = Engine::start(&settings, config.network.clone(), Arc::new(SystemClock)).await.unwrap();
+    let engine = Engine::start(&settings, config.network.clone(), Arc::new(SystemClock))
+        .await
+        .unwrap();
     for chunk in deepened(config).chunks(omniroute::limits::MAX_STOCK_UPDATES_PER_BATCH) {
         engine.update_stock(chunk).await.unwrap();
     }
@@ -80,7 +89,10 @@ async fn route_rounds(engine: &Engine, mut orders: Vec<OrderRequest>) -> Duratio
 }
 
 fn engine_plan_reserve(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let config = sample_config();
     let engine = runtime.block_on(start_engine(&config));
     let skus = engine.index().sku_count();
@@ -88,10 +100,18 @@ fn engine_plan_reserve(c: &mut Criterion) {
     group.throughput(Throughput::Elements(ROUND as u64));
     group.sample_size(20);
     for lines in 1..=3 {
-        let mut generator = SampleOrders::new(lines as u64, skus, "SKU-", "web", &format!("bench-{lines}-"));
+        let mut generator = SampleOrders::new(
+            lines as u64,
+            skus,
+            "SKU-",
+            "web",
+            &format!("bench-{lines}-"),
+        );
         group.bench_with_input(BenchmarkId::new("lines", lines), &lines, |b, &lines| {
             b.iter_custom(|rounds| {
-                let orders: Vec<OrderRequest> = (0..rounds as usize * ROUND).map(|_| generator.next_order(lines)).collect();
+                let orders: Vec<OrderRequest> = (0..rounds as usize * ROUND)
+                    .map(|_| generator.next_order(lines))
+                    .collect();
                 runtime.block_on(route_rounds(&engine, orders))
             })
         });
@@ -101,10 +121,23 @@ fn engine_plan_reserve(c: &mut Criterion) {
 }
 
 fn hot_sku(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let config = sample_config();
     let engine = runtime.block_on(start_engine(&config));
-    let hot: Vec<StockUpdate> = config.network.nodes.iter().map(|n| StockUpdate::Set { sku: "HOT".into(), node: n.id.clone(), on_hand: 1_000_000_000, safety_stock: None }).collect();
+    let hot: Vec<StockUpdate> = config
+        .network
+        .nodes
+        .iter()
+        .map(|n| StockUpdate::Set {
+            sku: "HOT".into(),
+            node: n.id.clone(),
+            on_hand: 1_000_000_000,
+            safety_stock: None,
+        })
+        .collect();
     runtime.block_on(engine.update_stock(&hot)).unwrap();
     let mut group = c.benchmark_group("hot_sku");
     group.throughput(Throughput::Elements(ROUND as u64));
@@ -118,8 +151,15 @@ fn hot_sku(c: &mut Criterion) {
                     OrderRequest {
                         channel: "web".into(),
                         client_order_id: format!("hot-{next_id}"),
-                        lines: vec![LineRequest { sku: "HOT".into(), qty: 1 }],
-                        ship_to: ShipTo { lat: 48.86, lon: 2.35, market: Some("FR".into()) },
+                        lines: vec![LineRequest {
+                            sku: "HOT".into(),
+                            qty: 1,
+                        }],
+                        ship_to: ShipTo {
+                            lat: 48.86,
+                            lon: 2.35,
+                            market: Some("FR".into()),
+                        },
                         method: FulfilmentMethod::Ship,
                         hold_ttl_ms: None,
                     }
@@ -134,11 +174,28 @@ fn hot_sku(c: &mut Criterion) {
 
 fn core_only(c: &mut Criterion) {
     let config = sample_config();
-    let index = Arc::new(AvailabilityIndex::new(config.network.nodes.len(), config.engine.max_skus));
-    let mut local = LocalEngine::new(Arc::new(config.network.clone()), index, config.engine.shards, 0);
+    let index = Arc::new(AvailabilityIndex::new(
+        config.network.nodes.len(),
+        config.engine.max_skus,
+    ));
+    let mut local = LocalEngine::new(
+        Arc::new(config.network.clone()),
+        index,
+        config.engine.shards,
+        0,
+    );
     for update in deepened(&config) {
-        if let StockUpdate::Set { sku, node, on_hand, .. } = update {
-            local.stock_set(&sku, config.network.node_idx(&node).unwrap(), on_hand, None, 0);
+        if let StockUpdate::Set {
+            sku, node, on_hand, ..
+        } = update
+        {
+            local.stock_set(
+                &sku,
+                config.network.node_idx(&node).unwrap(),
+                on_hand,
+                None,
+                0,
+            );
         }
     }
     let skus = local.index.sku_count();
@@ -146,10 +203,18 @@ fn core_only(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);
     for lines in [1usize, 3] {
-        let mut generator = SampleOrders::new(10 + lines as u64, skus, "SKU-", "web", &format!("core-{lines}-"));
+        let mut generator = SampleOrders::new(
+            10 + lines as u64,
+            skus,
+            "SKU-",
+            "web",
+            &format!("core-{lines}-"),
+        );
         group.bench_with_input(BenchmarkId::new("lines", lines), &lines, |b, &lines| {
             b.iter_custom(|rounds| {
-                let batches: Vec<Vec<OrderRequest>> = (0..rounds).map(|_| (0..BATCH).map(|_| generator.next_order(lines)).collect()).collect();
+                let batches: Vec<Vec<OrderRequest>> = (0..rounds)
+                    .map(|_| (0..BATCH).map(|_| generator.next_order(lines)).collect())
+                    .collect();
                 let started = Instant::now();
                 for batch in &batches {
                     local.submit_batch(batch, 0);

@@ -5,6 +5,9 @@ fn main() {
     println!("Attempt {}", std::mem::size_of::<placement::Attempt>());
     println!("HoldItem {}", std::mem::size_of::<stock::HoldItem>());
     println!("HoldOutcome {}", std::mem::size_of::<stock::HoldOutcome>());
-    println!("OrderRequest {}", std::mem::size_of::<model::OrderRequest>());
+    println!(
+        "OrderRequest {}",
+        std::mem::size_of::<model::OrderRequest>()
+    );
     println!("Reservation {}", std::mem::size_of::<stock::Reservation>());
 }

@@ -74,8 +74,17 @@ impl NodeLedger {
     }
 
     fn publish(&self) {
-        assert!(self.used <= self.daily_capacity, "node {} above its capacity", self.node);
-        self.index.publish_node(self.node, self.online, self.used, self.daily_capacity - self.used);
+        assert!(
+            self.used <= self.daily_capacity,
+            "node {} above its capacity",
+            self.node
+        );
+        self.index.publish_node(
+            self.node,
+            self.online,
+            self.used,
+            self.daily_capacity - self.used,
+        );
     }
 
     /// A new day starts with the whole capacity free.

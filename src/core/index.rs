@@ -33,7 +33,8 @@ pub struct AtpRow<'a>(Option<&'a [AtomicU32]>);
 impl AtpRow<'_> {
     #[inline]
     pub fn get(&self, node: NodeIdx) -> u32 {
-        self.0.map_or(0, |row| row[node as usize].load(Ordering::Relaxed))
+        self.0
+            .map_or(0, |row| row[node as usize].load(Ordering::Relaxed))
     }
 }
 
@@ -155,7 +156,12 @@ impl AvailabilityIndex {
     /// many nodes does not look the SKU up for each.
     #[inline]
     pub fn atp_row(&self, sku: SkuId) -> AtpRow<'_> {
-        AtpRow(self.rows.get(sku as usize).and_then(OnceLock::get).map(|row| &*row.atp))
+        AtpRow(
+            self.rows
+                .get(sku as usize)
+                .and_then(OnceLock::get)
+                .map(|row| &*row.atp),
+        )
     }
 
     /// Sum of ATP over all nodes.

@@ -15,7 +15,9 @@ use smallvec::SmallVec;
 use super::capacity::CapacityOutcome;
 use super::geo::GeoPoint;
 use super::index::AvailabilityIndex;
-use super::model::{Allocation, ChannelIdx, MarketIdx, NodeIdx, OrderId, RejectReason, ShortLine, SkuId};
+use super::model::{
+    Allocation, ChannelIdx, MarketIdx, NodeIdx, OrderId, RejectReason, ShortLine, SkuId,
+};
 use super::network::Network;
 use super::policy::{plan, Method, OnShort, PlanError, PlanLine, PlanRequest};
 use super::stock::{Bumped, HoldItem, HoldOutcome, StockError, StockShard};
@@ -230,7 +232,12 @@ async fn hold_stock_round<P: Participants>(
             excluded: &excluded,
             widen: state.widen,
         };
-        match plan(context.network, context.network.policy(attempt.channel), context.index, &request) {
+        match plan(
+            context.network,
+            context.network.policy(attempt.channel),
+            context.index,
+            &request,
+        ) {
             Err(PlanError::NoEligibleNode) => {
                 state.outcome = Some(Placement::Failed(RejectReason::NoEligibleNode))
             }
@@ -476,7 +483,11 @@ fn commit<P: Participants>(
             .collect();
         shards.sort_unstable();
         shards.dedup();
-        stock.extend(shards.into_iter().map(|s| (s, StockOp::Commit(attempt.order))));
+        stock.extend(
+            shards
+                .into_iter()
+                .map(|s| (s, StockOp::Commit(attempt.order))),
+        );
     }
     send_ops(participants, group_stock_ops(stock), FxHashMap::default());
 }

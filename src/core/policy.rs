@@ -13,7 +13,9 @@ use super::index::{AtpRow, AvailabilityIndex};
 use super::model::{Capabilities, MarketIdx, NodeIdx, OrderId, SkuId};
 use super::network::Network;
 use super::stock::HoldItem;
-use crate::limits::{MAX_CANDIDATES_FIRST_TRY, MAX_CANDIDATES_PER_LINE, MAX_LINES_PER_ORDER, MAX_RULES};
+use crate::limits::{
+    MAX_CANDIDATES_FIRST_TRY, MAX_CANDIDATES_PER_LINE, MAX_LINES_PER_ORDER, MAX_RULES,
+};
 
 /// A named routing rule. Each breaks the ties left by the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -171,17 +173,32 @@ pub fn plan(
     assert!(request.lines.len() <= MAX_LINES_PER_ORDER);
     let rows: SmallVec<[AtpRow; 4]> = request.lines.iter().map(|l| index.atp_row(l.sku)).collect();
     let mut ranked = rank_nodes(network, policy, index, request, &rows)?;
-    let fewest_position = policy.rules.iter().position(|r| *r == Rule::FewestShipments);
-    let mut primary: SmallVec<[Option<NodeIdx>; 8]> = SmallVec::from_elem(None, request.lines.len());
+    let fewest_position = policy
+        .rules
+        .iter()
+        .position(|r| *r == Rule::FewestShipments);
+    let mut primary: SmallVec<[Option<NodeIdx>; 8]> =
+        SmallVec::from_elem(None, request.lines.len());
     if let (Some(position), true) = (fewest_position, request.lines.len() > 1) {
         choose_consolidation(&mut ranked, position, policy.max_shipments, &mut primary);
     }
-    // Sort positions, not the wide keys themselves.
+    let limit = if request.widen {
+        MAX_CANDIDATES_PER_LINE
+    } else {
+        MAX_CANDIDATES_FIRST_TRY
+    };
+    // Sort positions, not the wide keys themselves. A single line only ever
+    // sends the best `limit` (every ranked node has some of its SKU), so
+    // those are selected first and only they are sorted.
     let mut order: SmallVec<[u16; 32]> = (0..ranked.len() as u16).collect();
-    order.sort_unstable_by(|&a, &b| ranked[a as usize].key.cmp(&ranked[b as usize].key));
+    let by_key = |a: &u16, b: &u16| ranked[*a as usize].key.cmp(&ranked[*b as usize].key);
+    if request.lines.len() == 1 && !request.widen && order.len() > limit {
+        order.select_nth_unstable_by(limit - 1, by_key);
+        order.truncate(limit);
+    }
+    order.sort_unstable_by(by_key);
     let max_parts = policy.max_shipments.max(1);
     let partial = policy.on_short == OnShort::Partial;
-    let limit = if request.widen { MAX_CANDIDATES_PER_LINE } else { MAX_CANDIDATES_FIRST_TRY };
     let items = request
         .lines
         .iter()
@@ -266,7 +283,9 @@ fn rank_nodes(
     };
     let filters = &policy.filters;
     let max_distance_km = match (filters.max_distance_km, request.method) {
-        (limit, Method::SameDay) => Some(limit.map_or(filters.same_day_max_km, |l| l.min(filters.same_day_max_km))),
+        (limit, Method::SameDay) => {
+            Some(limit.map_or(filters.same_day_max_km, |l| l.min(filters.same_day_max_km)))
+        }
         (limit, _) => limit,
     };
     let mut ranked: SmallVec<[Ranked; 16]> = SmallVec::new();
@@ -298,7 +317,8 @@ fn rank_nodes(
         }
         if stock == 0 && !request.widen {
             if !any_eligible {
-                any_eligible = max_distance_km.is_none_or(|max| request.ship_to.distance_km(&node.location) <= max);
+                any_eligible = max_distance_km
+                    .is_none_or(|max| request.ship_to.distance_km(&node.location) <= max);
             }
             continue;
         }
@@ -330,7 +350,11 @@ fn rank_nodes(
             + weights.lead_time_minutes * f64::from(node.lead_time_minutes);
         key[policy.rules.len()] = (weighted.max(0.0) * 1000.0) as u64;
         key[policy.rules.len() + 1] = u64::from(idx);
-        ranked.push(Ranked { node: idx, covers, key });
+        ranked.push(Ranked {
+            node: idx,
+            covers,
+            key,
+        });
     }
     if !any_eligible {
         return Err(PlanError::NoEligibleNode);

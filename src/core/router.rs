@@ -155,9 +155,17 @@ impl OrderRecord {
                 .allocations
                 .iter()
                 .filter(|a| a.initial > 0)
-                .map(|a| Allocation { line: a.line, sku: a.sku, node: a.node, qty: a.initial })
+                .map(|a| Allocation {
+                    line: a.line,
+                    sku: a.sku,
+                    node: a.node,
+                    qty: a.initial,
+                })
                 .collect(),
-            short: self.extra.as_ref().map_or_else(Vec::new, |e| e.short_at_decision.clone()),
+            short: self
+                .extra
+                .as_ref()
+                .map_or_else(Vec::new, |e| e.short_at_decision.clone()),
             expires_at_ms: self.expires_at_ms,
         }
     }
@@ -205,7 +213,8 @@ impl OrderBook {
     }
 
     fn get_mut(&mut self, id: &OrderId) -> Option<&mut OrderRecord> {
-        self.slot(*id).map(|slot| &mut self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT])
+        self.slot(*id)
+            .map(|slot| &mut self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT])
     }
 
     fn contains_key(&self, id: &OrderId) -> bool {
@@ -221,7 +230,11 @@ impl OrderBook {
     }
 
     fn find_key(&self, channel: ChannelIdx, client_order_id: &str) -> Option<OrderId> {
-        let mut next = self.by_key.get(&key_hash(channel, client_order_id)).copied().unwrap_or(0);
+        let mut next = self
+            .by_key
+            .get(&key_hash(channel, client_order_id))
+            .copied()
+            .unwrap_or(0);
         while next != 0 {
             let record = self.at(next as usize - 1);
             if record.channel == channel && &*record.client_order_id == client_order_id {
@@ -240,7 +253,10 @@ impl OrderBook {
         if self.count % ORDERS_PER_SEGMENT == 0 {
             self.segments.push(Vec::with_capacity(ORDERS_PER_SEGMENT));
         }
-        self.segments.last_mut().expect("a segment with room").push(record);
+        self.segments
+            .last_mut()
+            .expect("a segment with room")
+            .push(record);
         self.count += 1;
     }
 }
@@ -286,7 +302,12 @@ impl RouterCore {
             network,
             index,
             shard_count,
-            orders: OrderBook { router: router as u64, segments: Vec::new(), count: 0, by_key: FxHashMap::default() },
+            orders: OrderBook {
+                router: router as u64,
+                segments: Vec::new(),
+                count: 0,
+                by_key: FxHashMap::default(),
+            },
             expiries: BinaryHeap::new(),
         }
     }
@@ -464,8 +485,17 @@ impl RouterCore {
             fresh.push((i, resolved.hold_ttl_ms, resolved.fingerprint));
         }
         let placements = place(&self.context(), &attempts, now_ms, participants).await;
-        for ((attempt, placement), &(i, hold_ttl_ms, fingerprint)) in attempts.iter().zip(placements).zip(&fresh) {
-            let decision = self.record_new(&requests[i], attempt, placement, hold_ttl_ms, fingerprint, now_ms);
+        for ((attempt, placement), &(i, hold_ttl_ms, fingerprint)) in
+            attempts.iter().zip(placements).zip(&fresh)
+        {
+            let decision = self.record_new(
+                &requests[i],
+                attempt,
+                placement,
+                hold_ttl_ms,
+                fingerprint,
+                now_ms,
+            );
             decisions[i] = Some(decision);
         }
         for (i, first, fingerprint_difference) in repeats {
@@ -511,7 +541,10 @@ impl RouterCore {
             Placement::Placed { allocations, short } => {
                 record.allocations = allocations
                     .iter()
-                    .map(|a| AllocationState { initial: a.qty, ..open_allocation(*a) })
+                    .map(|a| AllocationState {
+                        initial: a.qty,
+                        ..open_allocation(*a)
+                    })
                     .collect();
                 if !short.is_empty() {
                     let extra = record.extra_mut();
@@ -519,7 +552,12 @@ impl RouterCore {
                     extra.short_at_decision = short.clone();
                 }
                 self.expiries.push(Reverse((expires_at_ms, attempt.order)));
-                Decision::Routed { order_id: attempt.order, allocations, short, expires_at_ms }
+                Decision::Routed {
+                    order_id: attempt.order,
+                    allocations,
+                    short,
+                    expires_at_ms,
+                }
             }
             Placement::Failed(reason) => {
                 record.state = OrderState::Rejected;
@@ -888,7 +926,8 @@ impl RouterCore {
         let attempt = Attempt {
             order: id,
             lines: lines.clone(),
-            ship_to: GeoPoint::new(record.ship_to.0, record.ship_to.1).expect("validated at submit"),
+            ship_to: GeoPoint::new(record.ship_to.0, record.ship_to.1)
+                .expect("validated at submit"),
             market: record.market,
             method: record.method,
             channel: record.channel,
