@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use omniroute::config::{Config, ValidConfig};
-use omniroute::core::index::AvailabilityIndex;
-use omniroute::core::local::LocalEngine;
 use omniroute::core::model::{FulfilmentMethod, LineRequest, OrderRequest, ShipTo};
 use omniroute::engine::{Engine, StockUpdate, SystemClock};
 use omniroute::sample::SampleOrders;
@@ -173,31 +171,9 @@ fn hot_sku(c: &mut Criterion) {
 }
 
 fn core_only(c: &mut Criterion) {
-    let config = sample_config();
-    let index = Arc::new(AvailabilityIndex::new(
-        config.network.nodes.len(),
-        config.engine.max_skus,
-    ));
-    let mut local = LocalEngine::new(
-        Arc::new(config.network.clone()),
-        index,
-        config.engine.shards,
-        0,
-    );
-    for update in deepened(&config) {
-        if let StockUpdate::Set {
-            sku, node, on_hand, ..
-        } = update
-        {
-            local.stock_set(
-                &sku,
-                config.network.node_idx(&node).unwrap(),
-                on_hand,
-                None,
-                0,
-            );
-        }
-    }
+    let mut config = sample_config();
+    config.stock = deepened(&config);
+    let mut local = config.local_engine(0);
     let skus = local.index.sku_count();
     let mut group = c.benchmark_group("core_single_thread");
     group.throughput(Throughput::Elements(BATCH as u64));

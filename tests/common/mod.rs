@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use omniroute::config::{Config, ValidConfig};
-use omniroute::core::index::AvailabilityIndex;
 use omniroute::core::local::LocalEngine;
 use omniroute::core::model::{FulfilmentMethod, LineRequest, NodeIdx, OrderRequest, ShipTo};
-use omniroute::engine::{Engine, EngineSettings, ManualClock, StockUpdate};
+use omniroute::engine::{Engine, EngineSettings, ManualClock};
 
 /// Five nodes around a customer at (50.0, 10.0) in market A.
 /// Distances from the customer: ST-1 11 km, ST-2 33 km, WH-N 111 km,
@@ -124,29 +123,7 @@ pub fn config(extra: &str) -> ValidConfig {
 
 /// The in-memory core driver over `config`, stock loaded, at time 0.
 pub fn local(config: &ValidConfig) -> LocalEngine {
-    let index = Arc::new(AvailabilityIndex::new(
-        config.network.nodes.len(),
-        config.engine.max_skus,
-    ));
-    let mut engine = LocalEngine::new(
-        Arc::new(config.network.clone()),
-        index,
-        config.engine.shards,
-        0,
-    );
-    for update in &config.stock {
-        if let StockUpdate::Set {
-            sku,
-            node,
-            on_hand,
-            safety_stock,
-        } = update
-        {
-            let node = config.network.node_idx(node).expect("known node");
-            engine.stock_set(sku, node, *on_hand, *safety_stock, 0);
-        }
-    }
-    engine
+    config.local_engine(0)
 }
 
 /// The actor engine over `config`, stock loaded, with a clock at `now_ms`
