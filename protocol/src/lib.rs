@@ -1,0 +1,105 @@
+//! The omniroute wire protocol, as specified in `docs/PROTOCOL.md`.
+//!
+//! Every frame is `u32 length | u8 kind | u64 request id | payload`, all
+//! little-endian, where `length` counts the bytes after itself. Decoding is
+//! two steps, as in mini-redis: [`check_frame`] says whether a whole frame is
+//! buffered and within [`MAX_FRAME_BYTES`] before anything is allocated,
+//! then [`Request::decode`] / [`Response::decode`] build it. Every read is
+//! bounds-checked; malformed input is a [`DecodeError`], never a panic.
+
+mod codec;
+mod messages;
+
+pub use codec::{DecodeError, Reader, Writer};
+pub use messages::*;
+
+/// ALPN protocol id; the version is part of it.
+pub const ALPN: &[u8] = b"omniroute/1";
+/// Version carried in `Hello`; a server refuses any other.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest value of the length prefix (kind + request id + payload). Large
+/// enough for a bulk stock feed of thousands of entries, small enough that
+/// a connection's buffer stays bounded.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Bytes of the length prefix.
+pub const LENGTH_BYTES: usize = 4;
+/// Smallest legal length value: kind + request id.
+pub const MIN_FRAME_BYTES: usize = 1 + 8;
+/// Longest id string (SKU, node, channel, client order id), in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest token in `Hello`.
+pub const MAX_TOKEN_BYTES: usize = 256;
+/// Longest error or rejection message.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Lines in one order.
+pub const MAX_LINES_PER_ORDER: usize = 64;
+/// Entries in one stock set / adjust frame.
+pub const MAX_STOCK_ENTRIES_PER_FRAME: usize = 16_384;
+/// Counts reported with one node rejection.
+pub const MAX_COUNTS_PER_REJECT: usize = 64;
+/// Nodes in one availability answer.
+pub const MAX_NODES_PER_ANSWER: usize = 16_384;
+
+/// Application error codes used to close a stream (QUIC `RESET_STREAM` /
+/// `STOP_SENDING`) or a connection (`CONNECTION_CLOSE`) when the bytes
+/// cannot be framed at all.
+pub mod close_codes {
+    /// A length prefix above `MAX_FRAME_BYTES`. Closes the stream.
+    pub const FRAME_TOO_LARGE: u32 = 0x10;
+    /// A length prefix below `MIN_FRAME_BYTES`. Closes the stream.
+    pub const FRAME_TOO_SHORT: u32 = 0x11;
+    /// The stream ended in the middle of a frame. Closes the stream.
+    pub const TRUNCATED: u32 = 0x12;
+    /// `Hello` asked for a protocol version the server does not speak.
+    /// Closes the connection.
+    pub const VERSION_MISMATCH: u32 = 0x13;
+    /// The server is shutting down. Closes the connection.
+    pub const SHUTDOWN: u32 = 0x14;
+    /// A subscriber fell too far behind its event stream. Closes the stream;
+    /// the subscriber resumes from its last cursor.
+    pub const SLOW_CONSUMER: u32 = 0x15;
+}
+
+/// How many bytes the next frame occupies in `buffer`, length prefix
+/// included: `Ok(None)` while it is not all there yet. Checks the length
+/// before any allocation.
+pub fn check_frame(buffer: &[u8]) -> Result<Option<usize>, FrameError> {
+    let Some(prefix) = buffer.get(..LENGTH_BYTES) else {
+        return Ok(None);
+    };
+    let length = u32::from_le_bytes(prefix.try_into().expect("four bytes")) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(length));
+    }
+    if length < MIN_FRAME_BYTES {
+        return Err(FrameError::TooShort(length));
+    }
+    Ok((buffer.len() >= LENGTH_BYTES + length).then_some(LENGTH_BYTES + length))
+}
+
+/// Splits a whole frame (as measured by [`check_frame`]) into kind, request
+/// id and payload.
+pub fn split_frame(frame: &[u8]) -> (u8, u64, &[u8]) {
+    let kind = frame[LENGTH_BYTES];
+    let id = u64::from_le_bytes(frame[LENGTH_BYTES + 1..LENGTH_BYTES + 9].try_into().expect("eight bytes"));
+    (kind, id, &frame[LENGTH_BYTES + 9..])
+}
+
+/// Bytes that cannot be framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame length {0} exceeds MAX_FRAME_BYTES")]
+    TooLarge(usize),
+    #[error("frame length {0} is below the 9 bytes of kind and request id")]
+    TooShort(usize),
+}
+
+impl FrameError {
+    /// The application code the stream is closed with.
+    pub fn close_code(self) -> u32 {
+        match self {
+            FrameError::TooLarge(_) => close_codes::FRAME_TOO_LARGE,
+            FrameError::TooShort(_) => close_codes::FRAME_TOO_SHORT,
+        }
+    }
+}
