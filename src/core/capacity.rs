@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use super::events::{CursorOutOfRange, EventLog, NodeEvent};
 use super::index::AvailabilityIndex;
 use super::model::{NodeIdx, OrderId};
 
@@ -46,7 +47,13 @@ pub struct NodeLedger {
     /// is kept: an attempt that fails releases what it took, and an order
     /// re-routed for an outage is checked against the router's own book.
     orders: FxHashMap<OrderId, u32>,
+    /// What this node was told, for its subscribers.
+    events: EventLog,
 }
+
+/// Events a node keeps for subscribers that reconnect; older ones must be
+/// re-read from the order book.
+pub const MAX_EVENTS_PER_NODE: usize = 1 << 20;
 
 fn day_of(now_ms: u64) -> u32 {
     u32::try_from(now_ms / MS_PER_DAY).unwrap_or(u32::MAX)
@@ -68,6 +75,7 @@ impl NodeLedger {
             online,
             index,
             orders: FxHashMap::default(),
+            events: EventLog::new(MAX_EVENTS_PER_NODE),
         };
         ledger.publish();
         ledger
@@ -141,6 +149,14 @@ impl NodeLedger {
         let mut open: Vec<OrderId> = self.orders.keys().copied().collect();
         open.sort_unstable();
         open
+    }
+
+    pub fn record_event(&mut self, event: NodeEvent) -> (u64, Arc<NodeEvent>) {
+        self.events.append(event)
+    }
+
+    pub fn events_since(&self, cursor: u64) -> Result<Vec<(u64, Arc<NodeEvent>)>, CursorOutOfRange> {
+        self.events.since(cursor)
     }
 
     pub fn is_online(&self) -> bool {

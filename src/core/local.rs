@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::executor::block_on;
 
 use super::capacity::{CapacityOutcome, NodeLedger};
+use super::events::NodeEvent;
 use super::index::AvailabilityIndex;
 use super::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use super::network::Network;
@@ -72,7 +73,7 @@ impl Participants for LocalParticipants {
     fn node_ops(&self, node: NodeIdx, ops: Vec<NodeOp>) {
         let mut nodes = self.nodes.borrow_mut();
         for op in ops {
-            apply_node_op(&mut nodes[node as usize], op);
+            let _ = apply_node_op(&mut nodes[node as usize], op);
         }
     }
 }
@@ -102,11 +103,14 @@ pub fn apply_stock_op(shard: &mut StockShard, op: StockOp) {
 }
 
 /// Applies one fire-and-forget op to a node ledger; shared with the node actor.
-pub fn apply_node_op(ledger: &mut NodeLedger, op: NodeOp) {
+/// Returns the logged event, with its cursor, for the shell to publish.
+pub fn apply_node_op(ledger: &mut NodeLedger, op: NodeOp) -> Option<(u64, std::sync::Arc<NodeEvent>)> {
     match op {
         NodeOp::Release(order) => ledger.release(order),
         NodeOp::Finish(order) => ledger.finish(order),
+        NodeOp::Event(event) => return Some(ledger.record_event(event)),
     }
+    None
 }
 
 pub struct LocalEngine {

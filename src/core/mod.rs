@@ -4,6 +4,7 @@
 //! [`placement::Participants`] the shell hands in.
 
 pub mod capacity;
+pub mod events;
 pub mod geo;
 pub mod index;
 pub mod local;

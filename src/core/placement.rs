@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::capacity::CapacityOutcome;
+use super::events::NodeEvent;
 use super::geo::GeoPoint;
 use super::index::AvailabilityIndex;
 use super::model::{
@@ -44,8 +45,10 @@ pub enum StockOp {
 }
 
 /// A fire-and-forget change for a node ledger.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeOp {
+    /// Tell the node's subscribers (and its log) what changed for it.
+    Event(NodeEvent),
     /// The order no longer uses the node (or a failed attempt gives back
     /// what it took); today's capacity comes back.
     Release(OrderId),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHasher};
 use smallvec::SmallVec;
 
+use super::events::{EventKind, NodeEvent};
 use super::geo::GeoPoint;
 use super::index::AvailabilityIndex;
 use super::model::{
@@ -113,7 +114,7 @@ pub struct OrderRecord {
     /// Hash of the request body, to tell a retry from a conflicting reuse.
     fingerprint: u64,
     pub expires_at_ms: u64,
-    pub client_order_id: Box<str>,
+    pub client_order_id: Arc<str>,
     pub lines: Box<[PlanLine]>,
     /// Ship-to latitude and longitude, in degrees.
     pub ship_to: (f64, f64),
@@ -485,6 +486,7 @@ impl RouterCore {
             fresh.push((i, resolved.hold_ttl_ms, resolved.fingerprint));
         }
         let placements = place(&self.context(), &attempts, now_ms, participants).await;
+        let mut events: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
         for ((attempt, placement), &(i, hold_ttl_ms, fingerprint)) in
             attempts.iter().zip(placements).zip(&fresh)
         {
@@ -496,8 +498,13 @@ impl RouterCore {
                 fingerprint,
                 now_ms,
             );
+            if let Decision::Routed { allocations, .. } = &decision {
+                let units = allocations.iter().map(|a| (a.node, a.line, a.sku, a.qty));
+                announce(&mut events, EventKind::Allocated, &self.orders[&attempt.order], units);
+            }
             decisions[i] = Some(decision);
         }
+        send_ops(participants, FxHashMap::default(), events);
         for (i, first, fingerprint_difference) in repeats {
             let same = fingerprint_difference == 0;
             decisions[i] = Some(if same {
@@ -526,7 +533,7 @@ impl RouterCore {
             id: attempt.order,
             fingerprint,
             expires_at_ms,
-            client_order_id: request.client_order_id.as_str().into(),
+            client_order_id: Arc::from(request.client_order_id.as_str()),
             lines: attempt.lines.iter().copied().collect(),
             ship_to: (attempt.ship_to.lat, attempt.ship_to.lon),
             allocations: SmallVec::new(),
@@ -591,6 +598,8 @@ impl RouterCore {
         record.state = state;
         let mut stock: FxHashMap<u32, Vec<StockOp>> = FxHashMap::default();
         let mut nodes: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
+        let released = record.allocations.iter().filter(|a| a.open > 0).map(|a| (a.node, a.line, a.sku, a.open));
+        announce(&mut nodes, EventKind::Released, record, released.collect::<SmallVec<[_; 4]>>());
         for allocation in &mut record.allocations {
             if allocation.open > 0 {
                 let op = StockOp::Release {
@@ -849,6 +858,10 @@ impl RouterCore {
                 };
                 participants.node_ops(bump.node, vec![op]);
             }
+            let mut nodes = FxHashMap::default();
+            let released = moved.iter().map(|m| (bump.node, m.line, m.sku, m.qty));
+            announce(&mut nodes, EventKind::Released, record, released);
+            send_ops(participants, FxHashMap::default(), nodes);
             if record.state.is_open() {
                 self.place_again(bump.order, moved, now_ms, participants)
                     .await;
@@ -905,7 +918,10 @@ impl RouterCore {
         } else {
             NodeOp::Release(id)
         };
-        let nodes = std::iter::once((node, vec![node_op])).collect();
+        let mut nodes = FxHashMap::default();
+        let released = moved.iter().map(|m| (node, m.line, m.sku, m.qty));
+        announce(&mut nodes, EventKind::Released, record, released);
+        nodes.entry(node).or_default().push(node_op);
         send_ops(participants, stock, nodes);
         moved
     }
@@ -957,6 +973,10 @@ impl RouterCore {
                 (Vec::new(), short)
             }
         };
+        let mut events = FxHashMap::default();
+        let units = allocations.iter().map(|a| (a.node, a.line, a.sku, a.qty));
+        announce(&mut events, EventKind::Allocated, record, units);
+        send_ops(participants, FxHashMap::default(), events);
         for allocation in allocations {
             match record
                 .allocations
@@ -1002,6 +1022,27 @@ impl RouterCore {
             }
         }
         Ok(())
+    }
+}
+
+/// Adds to `nodes` one event per node for the given units of an order:
+/// (node, line, sku, units).
+fn announce(
+    nodes: &mut FxHashMap<NodeIdx, Vec<NodeOp>>,
+    kind: EventKind,
+    record: &OrderRecord,
+    units: impl IntoIterator<Item = (NodeIdx, u16, SkuId, u32)>,
+) {
+    let mut by_node: SmallVec<[(NodeIdx, SmallVec<[(u16, SkuId, u32); 2]>); 2]> = SmallVec::new();
+    for (node, line, sku, qty) in units {
+        match by_node.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, lines)) => lines.push((line, sku, qty)),
+            None => by_node.push((node, smallvec::smallvec![(line, sku, qty)])),
+        }
+    }
+    for (node, lines) in by_node {
+        let event = NodeEvent { kind, order: record.id, channel: record.channel, client_order_id: record.client_order_id.clone(), lines };
+        nodes.entry(node).or_default().push(NodeOp::Event(event));
     }
 }
 

@@ -4,6 +4,9 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+
+use crate::core::events::{CursorOutOfRange, NodeEvent};
 
 use crate::core::capacity::{CapacityOutcome, NodeLedger};
 use crate::core::local::{apply_node_op, apply_stock_op};
@@ -114,8 +117,16 @@ impl Actor for ShardActor {
     }
 }
 
+/// Events from a cursor, and the live rest of them.
+pub type Subscription = (Vec<(u64, Arc<NodeEvent>)>, mpsc::Receiver<(u64, Arc<NodeEvent>)>);
+
+/// Events queued for one subscriber before it counts as too slow and is
+/// dropped (it resumes from its last cursor).
+pub const SUBSCRIBER_QUEUE_EVENTS: usize = 65_536;
+
 pub enum NodeMsg {
     Hold(Vec<OrderId>, u64, RpcReplyPort<Vec<CapacityOutcome>>),
+    Subscribe(u64, RpcReplyPort<Result<Subscription, CursorOutOfRange>>),
     Ops(Vec<NodeOp>),
     SetOnline(bool, RpcReplyPort<Vec<OrderId>>),
     /// (online, used today, open orders)
@@ -124,30 +135,53 @@ pub enum NodeMsg {
 
 pub struct NodeActor;
 
+/// A node's ledger and the live subscribers to its events.
+pub struct NodeState {
+    ledger: NodeLedger,
+    subscribers: Vec<mpsc::Sender<(u64, Arc<NodeEvent>)>>,
+}
+
 impl Actor for NodeActor {
     type Msg = NodeMsg;
-    type State = NodeLedger;
+    type State = NodeState;
     type Arguments = NodeLedger;
 
     async fn pre_start(
         &self,
         _: ActorRef<NodeMsg>,
         ledger: NodeLedger,
-    ) -> Result<NodeLedger, ActorProcessingErr> {
-        Ok(ledger)
+    ) -> Result<NodeState, ActorProcessingErr> {
+        Ok(NodeState { ledger, subscribers: Vec::new() })
     }
 
     async fn handle(
         &self,
         _: ActorRef<NodeMsg>,
         message: NodeMsg,
-        ledger: &mut NodeLedger,
+        state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
+        let NodeState { ledger, subscribers } = state;
         match message {
             NodeMsg::Hold(orders, now_ms, reply) => {
                 let _ = reply.send(orders.into_iter().map(|o| ledger.hold(o, now_ms)).collect());
             }
-            NodeMsg::Ops(ops) => ops.into_iter().for_each(|op| apply_node_op(ledger, op)),
+            NodeMsg::Ops(ops) => {
+                for op in ops {
+                    if let Some(event) = apply_node_op(ledger, op) {
+                        // A full queue means a subscriber that cannot keep up:
+                        // drop it rather than let it hold the node back.
+                        subscribers.retain(|s| s.try_send(event.clone()).is_ok());
+                    }
+                }
+            }
+            NodeMsg::Subscribe(cursor, reply) => {
+                let answer = ledger.events_since(cursor).map(|backlog| {
+                    let (sender, receiver) = mpsc::channel(SUBSCRIBER_QUEUE_EVENTS);
+                    subscribers.push(sender);
+                    (backlog, receiver)
+                });
+                let _ = reply.send(answer);
+            }
             NodeMsg::SetOnline(online, reply) => {
                 let _ = reply.send(ledger.set_online(online));
             }

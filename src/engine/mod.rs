@@ -13,13 +13,14 @@ use ractor::{Actor, ActorRef};
 use rustc_hash::FxHashMap;
 use tokio::sync::Semaphore;
 
-pub use actors::StockChange;
+pub use actors::{StockChange, Subscription, SUBSCRIBER_QUEUE_EVENTS};
 use actors::{
     ActorParticipants, NodeActor, NodeMsg, RouterActor, RouterMsg, RouterState, ShardActor,
     ShardMsg,
 };
 
 use crate::core::capacity::NodeLedger;
+use crate::core::events::CursorOutOfRange;
 use crate::core::geo::GeoPoint;
 use crate::core::index::{AvailabilityIndex, CatalogFull};
 use crate::core::model::{Decision, NodeIdx, OrderRequest, SkuId};
@@ -109,6 +110,8 @@ pub enum EngineError {
     CatalogFull(#[from] CatalogFull),
     #[error(transparent)]
     Order(#[from] OpError),
+    #[error(transparent)]
+    Cursor(#[from] CursorOutOfRange),
 }
 
 /// One entry of a WMS/ERP feed, by external names.
@@ -619,6 +622,13 @@ impl Engine {
             ShardMsg::Cell(sku, node, reply)
         })
         .await)
+    }
+
+    /// A node's events from `from_cursor` (0: the oldest kept), then live.
+    pub async fn subscribe(&self, node: &str, from_cursor: u64) -> Result<Subscription, EngineError> {
+        let node = self.node_idx(node)?;
+        let nodes = &self.inner.participants.nodes;
+        Ok(call(&nodes[node as usize], |reply| NodeMsg::Subscribe(from_cursor, reply)).await?)
     }
 
     /// (online, allocations used today, open orders) of a node.

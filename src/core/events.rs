@@ -1,0 +1,103 @@
+//! What a fulfillment node is told: allocations made to it and taken back,
+//! in order, each with a cursor so that a subscriber that reconnects resumes
+//! exactly where it stopped. Kept per node, by the node's ledger.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use super::model::{ChannelIdx, OrderId, SkuId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// Units of the order are now the node's to pick.
+    Allocated,
+    /// Units the node was given are no longer its (cancel, expiry, re-route,
+    /// stock lost); it must not ship them.
+    Released,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEvent {
+    pub kind: EventKind,
+    pub order: OrderId,
+    pub channel: ChannelIdx,
+    pub client_order_id: Arc<str>,
+    /// (line, sku, units)
+    pub lines: SmallVec<[(u16, SkuId, u32); 2]>,
+}
+
+/// The subscriber asked for events the log no longer keeps (or not yet has).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cursor {asked} is outside the kept events {oldest}..={newest}")]
+pub struct CursorOutOfRange {
+    pub asked: u64,
+    pub oldest: u64,
+    pub newest: u64,
+}
+
+/// The newest `max_events` events of one node, cursors from 1 without gaps.
+pub struct EventLog {
+    /// Cursor of `events[0]`.
+    first_cursor: u64,
+    events: VecDeque<Arc<NodeEvent>>,
+    max_events: usize,
+}
+
+impl EventLog {
+    pub fn new(max_events: usize) -> EventLog {
+        EventLog { first_cursor: 1, events: VecDeque::new(), max_events: max_events.max(1) }
+    }
+
+    /// The cursor the next event will get.
+    pub fn next_cursor(&self) -> u64 {
+        self.first_cursor + self.events.len() as u64
+    }
+
+    pub fn append(&mut self, event: NodeEvent) -> (u64, Arc<NodeEvent>) {
+        let cursor = self.next_cursor();
+        let event = Arc::new(event);
+        self.events.push_back(event.clone());
+        if self.events.len() > self.max_events {
+            self.events.pop_front();
+            self.first_cursor += 1;
+        }
+        (cursor, event)
+    }
+
+    /// Events from `cursor` on (0: from the oldest kept).
+    pub fn since(&self, cursor: u64) -> Result<Vec<(u64, Arc<NodeEvent>)>, CursorOutOfRange> {
+        let cursor = if cursor == 0 { self.first_cursor } else { cursor };
+        if cursor < self.first_cursor || cursor > self.next_cursor() {
+            return Err(CursorOutOfRange { asked: cursor, oldest: self.first_cursor, newest: self.next_cursor() });
+        }
+        let skip = (cursor - self.first_cursor) as usize;
+        Ok(self.events.iter().skip(skip).enumerate().map(|(i, e)| (cursor + i as u64, e.clone())).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(order: OrderId) -> NodeEvent {
+        NodeEvent { kind: EventKind::Allocated, order, channel: 0, client_order_id: "o".into(), lines: SmallVec::new() }
+    }
+
+    #[test]
+    fn cursors_are_gapless_and_old_ones_are_refused() {
+        // Proves cursors count from 1 without gaps, resume exactly, and a trimmed cursor is an error.
+        let mut log = EventLog::new(3);
+        for order in 1..=5 {
+            log.append(event(order));
+        }
+        assert_eq!(log.next_cursor(), 6);
+        let tail = log.since(4).unwrap();
+        assert_eq!(tail.iter().map(|(c, e)| (*c, e.order)).collect::<Vec<_>>(), vec![(4, 4), (5, 5)]);
+        assert_eq!(log.since(0).unwrap().len(), 3);
+        assert!(log.since(6).unwrap().is_empty());
+        assert!(log.since(2).is_err());
+        assert!(log.since(7).is_err());
+    }
+}
