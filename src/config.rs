@@ -16,6 +16,7 @@ use crate::engine::{EngineSettings, StockUpdate};
 use crate::limits::{
     MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_NODES, MAX_RULES, MAX_SHIPMENTS_PER_ORDER, MAX_SKUS,
 };
+use crate::server::{Role, ServerSettings, MAX_CONNECTIONS};
 
 /// The config the daemon runs on when given none: a sample network of 60
 /// nodes in four markets and 10 000 generated SKUs.
@@ -44,6 +45,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     #[serde(default)]
     pub engine: EngineConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
@@ -74,6 +77,44 @@ impl Default for EngineConfig {
             expiry_tick_ms: d.expiry_tick_ms,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the QUIC endpoint binds.
+    pub listen: String,
+    /// Where the self-signed certificate (and, later, the journal) live.
+    pub data_dir: String,
+    pub cert_path: Option<String>,
+    pub key_path: Option<String>,
+    pub max_connections: usize,
+    pub max_inflight_per_connection: usize,
+    pub max_streams_per_connection: u32,
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1:4433".into(),
+            data_dir: "omniroute-data".into(),
+            cert_path: None,
+            key_path: None,
+            max_connections: 1024,
+            max_inflight_per_connection: 16_384,
+            max_streams_per_connection: 256,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub token: String,
+    /// `admin`, `channel:<name>` or `node:<id>`.
+    pub role: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +245,7 @@ fn default_sku_prefix() -> String {
 #[derive(Debug, Clone)]
 pub struct ValidConfig {
     pub engine: EngineSettings,
+    pub server: ServerSettings,
     pub network: Network,
     pub stock: Vec<StockUpdate>,
 }
@@ -264,10 +306,96 @@ impl Config {
         }
         let network = Network::new(nodes, markets, channels);
         let stock = self.validate_stock(&network, engine.max_skus)?;
+        let server = self.validate_server(&network)?;
         Ok(ValidConfig {
             engine,
+            server,
             network,
             stock,
+        })
+    }
+
+    fn validate_server(&self, network: &Network) -> Result<ServerSettings, ConfigError> {
+        let s = &self.server;
+        let listen = s.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address like 127.0.0.1:4433", s.listen),
+            )
+        })?;
+        let cert = match (&s.cert_path, &s.key_path) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "server.cert_path",
+                    "cert_path and key_path go together",
+                ))
+            }
+        };
+        if s.max_connections == 0 || s.max_connections > MAX_CONNECTIONS {
+            return Err(invalid(
+                "server.max_connections",
+                format!("must be 1..={MAX_CONNECTIONS}"),
+            ));
+        }
+        if s.max_inflight_per_connection == 0 {
+            return Err(invalid(
+                "server.max_inflight_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if s.max_streams_per_connection == 0 {
+            return Err(invalid(
+                "server.max_streams_per_connection",
+                "must be at least 1",
+            ));
+        }
+        let mut tokens = Vec::new();
+        for (i, t) in s.tokens.iter().enumerate() {
+            if t.token.len() < 8 || t.token.len() > omniroute_protocol::MAX_TOKEN_BYTES {
+                return Err(invalid(
+                    format!("server.tokens[{i}].token"),
+                    "must be 8..=256 bytes",
+                ));
+            }
+            if tokens.iter().any(|(known, _)| *known == t.token) {
+                return Err(invalid(
+                    format!("server.tokens[{i}].token"),
+                    "is used by an earlier entry",
+                ));
+            }
+            let role = Role::parse(&t.role).ok_or_else(|| {
+                invalid(
+                    format!("server.tokens[{i}].role"),
+                    format!("{:?} is not admin, channel:<name> or node:<id>", t.role),
+                )
+            })?;
+            match &role {
+                Role::Channel(name) if network.channel_idx(name).is_none() => {
+                    return Err(invalid(
+                        format!("server.tokens[{i}].role"),
+                        format!("unknown channel {name:?}"),
+                    ));
+                }
+                Role::Node(id) if network.node_idx(id).is_none() => {
+                    return Err(invalid(
+                        format!("server.tokens[{i}].role"),
+                        format!("unknown node {id:?}"),
+                    ));
+                }
+                _ => {}
+            }
+            tokens.push((t.token.clone(), role));
+        }
+        Ok(ServerSettings {
+            listen,
+            data_dir: s.data_dir.clone().into(),
+            cert,
+            tokens,
+            max_connections: s.max_connections,
+            max_inflight_per_connection: s.max_inflight_per_connection,
+            max_streams_per_connection: s.max_streams_per_connection,
         })
     }
 

@@ -18,3 +18,4 @@ pub mod core;
 pub mod engine;
 pub mod limits;
 pub mod sample;
+pub mod server;

@@ -12,6 +12,8 @@ use omniroute::engine::{Engine, StockUpdate, SystemClock};
 use omniroute::limits::{MAX_ORDERS_PER_BATCH, MAX_STOCK_UPDATES_PER_BATCH};
 use omniroute::sample::SampleOrders;
 
+mod cli;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -33,6 +35,39 @@ struct Cli {
 enum Command {
     /// Run the daemon (the default).
     Serve,
+    /// Submit, confirm, cancel or read an order on a running daemon.
+    Order {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(subcommand)]
+        command: cli::OrderCommand,
+    },
+    /// Feed stock counts to a running daemon.
+    Stock {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(subcommand)]
+        command: cli::StockCommand,
+    },
+    /// Where a SKU is available, or the nearest nodes that have it.
+    Availability {
+        sku: String,
+        #[arg(long, value_parser = cli::parse_point)]
+        near: Option<(f64, f64)>,
+        #[arg(long, default_value_t = 5)]
+        count: u16,
+        #[arg(long, default_value_t = 1)]
+        min_qty: u32,
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+    },
+    /// Act as a fulfillment node: ship, reject, go on/offline, follow allocations.
+    Node {
+        #[command(flatten)]
+        connect: cli::ConnectArgs,
+        #[command(subcommand)]
+        command: cli::NodeCommand,
+    },
     /// Validate a config and say what it holds.
     CheckConfig,
     /// Route sample orders against the config's network and print what happened.
@@ -122,15 +157,30 @@ async fn start(config: &ValidConfig) -> Result<Engine, String> {
 async fn serve(config: ValidConfig) -> Result<(), String> {
     let started = Instant::now();
     let engine = start(&config).await?;
+    let server = omniroute::server::start(engine.clone(), &config.server)
+        .await
+        .map_err(|e| e.to_string())?;
     println!(
         "omniroute {} ready in {} ms",
         env!("CARGO_PKG_VERSION"),
         started.elapsed().as_millis()
     );
     println!("{}", describe(&config));
-    println!("the QUIC ingress is not built yet; the engine runs in process (try `omniroute demo`). Ctrl-C stops.");
+    println!("listening on {} (QUIC, ALPN omniroute/1)", server.addr);
+    println!(
+        "certificate {} (SHA-256 {})",
+        server.cert_path.display(),
+        server.fingerprint
+    );
+    for (token, role) in &config.server.tokens {
+        if token.starts_with("dev-") {
+            println!("development token {token} ({})", role.name());
+        }
+    }
+    println!("try: omniroute order submit --channel web --line SKU-1:2 --ship-to 52.52,13.40 --token dev-web-token --ca {}", server.cert_path.display());
     wait_for_shutdown().await;
     println!("shutting down");
+    server.shutdown().await;
     engine.shutdown();
     Ok(())
 }
@@ -215,24 +265,37 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let cli = Cli::parse();
-    let config = match load(cli.config.as_ref()) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("omniroute: {message}");
-            return ExitCode::from(2);
-        }
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(config)),
-        Command::CheckConfig => {
-            println!("config is valid\n{}", describe(&config));
-            Ok(())
-        }
-        Command::Demo { orders, lines } => runtime.block_on(demo(config, orders, lines)),
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Client commands talk to a daemon and need no config of their own.
+    let result = match command {
+        Command::Order { connect, command } => runtime.block_on(cli::order(&connect, command)),
+        Command::Stock { connect, command } => runtime.block_on(cli::stock(&connect, command)),
+        Command::Availability {
+            sku,
+            near,
+            count,
+            min_qty,
+            connect,
+        } => runtime.block_on(cli::availability(&connect, &sku, near, count, min_qty)),
+        Command::Node { connect, command } => runtime.block_on(cli::node(&connect, command)),
+        daemon_command => match load(cli.config.as_ref()) {
+            Err(message) => {
+                eprintln!("omniroute: {message}");
+                return ExitCode::from(2);
+            }
+            Ok(config) => match daemon_command {
+                Command::CheckConfig => {
+                    println!("config is valid\n{}", describe(&config));
+                    Ok(())
+                }
+                Command::Demo { orders, lines } => runtime.block_on(demo(config, orders, lines)),
+                _ => runtime.block_on(serve(config)),
+            },
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,10 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, count: usize, what: &str) -> Result<&'a [u8], DecodeError> {
-        let end = self.position.checked_add(count).filter(|&end| end <= self.bytes.len());
+        let end = self
+            .position
+            .checked_add(count)
+            .filter(|&end| end <= self.bytes.len());
         let end = end.ok_or_else(|| DecodeError(format!("payload ends inside {what}")))?;
         let slice = &self.bytes[self.position..end];
         self.position = end;
@@ -30,30 +33,42 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u16(&mut self, what: &str) -> Result<u16, DecodeError> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2 bytes"),
+        ))
     }
 
     pub fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
 
     pub fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
 
     pub fn i64(&mut self, what: &str) -> Result<i64, DecodeError> {
-        Ok(i64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(i64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
 
     pub fn f64(&mut self, what: &str) -> Result<f64, DecodeError> {
-        Ok(f64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(f64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
 
     /// `u16 length | UTF-8 bytes`, at most `max` bytes.
     pub fn string(&mut self, max: usize, what: &str) -> Result<String, DecodeError> {
         let length = self.u16(what)? as usize;
         if length > max {
-            return Err(DecodeError(format!("{what} is {length} bytes; the limit is {max}")));
+            return Err(DecodeError(format!(
+                "{what} is {length} bytes; the limit is {max}"
+            )));
         }
         let bytes = self.take(length, what)?;
         std::str::from_utf8(bytes)
@@ -84,7 +99,10 @@ impl<'a> Reader<'a> {
         if self.position == self.bytes.len() {
             Ok(())
         } else {
-            Err(DecodeError(format!("{} trailing bytes after the payload", self.bytes.len() - self.position)))
+            Err(DecodeError(format!(
+                "{} trailing bytes after the payload",
+                self.bytes.len() - self.position
+            )))
         }
     }
 }

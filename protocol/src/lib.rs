@@ -81,7 +81,11 @@ pub fn check_frame(buffer: &[u8]) -> Result<Option<usize>, FrameError> {
 /// id and payload.
 pub fn split_frame(frame: &[u8]) -> (u8, u64, &[u8]) {
     let kind = frame[LENGTH_BYTES];
-    let id = u64::from_le_bytes(frame[LENGTH_BYTES + 1..LENGTH_BYTES + 9].try_into().expect("eight bytes"));
+    let id = u64::from_le_bytes(
+        frame[LENGTH_BYTES + 1..LENGTH_BYTES + 9]
+            .try_into()
+            .expect("eight bytes"),
+    );
     (kind, id, &frame[LENGTH_BYTES + 9..])
 }
 

@@ -1,7 +1,10 @@
 //! Requests and responses, with their kinds, layouts and codes.
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::{MAX_COUNTS_PER_REJECT, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_MESSAGE_BYTES, MAX_NODES_PER_ANSWER, MAX_STOCK_ENTRIES_PER_FRAME, MAX_TOKEN_BYTES};
+use crate::{
+    MAX_COUNTS_PER_REJECT, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_MESSAGE_BYTES,
+    MAX_NODES_PER_ANSWER, MAX_STOCK_ENTRIES_PER_FRAME, MAX_TOKEN_BYTES,
+};
 
 /// Request kinds (client to server).
 pub mod kinds {
@@ -65,9 +68,25 @@ pub enum ErrorCode {
 impl ErrorCode {
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
         use ErrorCode::*;
-        [Malformed, UnknownKind, NotAuthenticated, Forbidden, BadToken, UnsupportedVersion, Overloaded, UnknownOrder, InvalidState, UnknownSku, UnknownNode, InvalidQuantity, CursorTooOld, TooLarge, Internal]
-            .into_iter()
-            .find(|c| *c as u16 == code)
+        [
+            Malformed,
+            UnknownKind,
+            NotAuthenticated,
+            Forbidden,
+            BadToken,
+            UnsupportedVersion,
+            Overloaded,
+            UnknownOrder,
+            InvalidState,
+            UnknownSku,
+            UnknownNode,
+            InvalidQuantity,
+            CursorTooOld,
+            TooLarge,
+            Internal,
+        ]
+        .into_iter()
+        .find(|c| *c as u16 == code)
     }
 }
 
@@ -151,19 +170,45 @@ pub struct Near {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Hello { version: u16, token: String },
+    Hello {
+        version: u16,
+        token: String,
+    },
     Submit(Order),
     Confirm(OrderKey),
     Cancel(OrderKey),
     GetOrder(OrderKey),
-    Availability { sku: String, near: Option<Near> },
+    Availability {
+        sku: String,
+        near: Option<Near>,
+    },
     StockSet(Vec<StockSet>),
     StockAdjust(Vec<StockAdjust>),
-    NodeReject { node: String, order: OrderKey, counts: Vec<(String, u32)> },
-    NodeShip { node: String, order: OrderKey, sku: String, qty: u32 },
-    Return { node: String, order: OrderKey, sku: String, qty: u32 },
-    Subscribe { node: String, from_cursor: u64 },
-    SetNodeOnline { node: String, online: bool },
+    NodeReject {
+        node: String,
+        order: OrderKey,
+        counts: Vec<(String, u32)>,
+    },
+    NodeShip {
+        node: String,
+        order: OrderKey,
+        sku: String,
+        qty: u32,
+    },
+    Return {
+        node: String,
+        order: OrderKey,
+        sku: String,
+        qty: u32,
+    },
+    Subscribe {
+        node: String,
+        from_cursor: u64,
+    },
+    SetNodeOnline {
+        node: String,
+        online: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,8 +229,18 @@ pub struct Short {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Routed { order_id: u64, expires_at_ms: u64, allocations: Vec<Allocation>, short: Vec<Short> },
-    Rejected { code: u16, detail: u16, message: String, short: Vec<Short> },
+    Routed {
+        order_id: u64,
+        expires_at_ms: u64,
+        allocations: Vec<Allocation>,
+        short: Vec<Short>,
+    },
+    Rejected {
+        code: u16,
+        detail: u16,
+        message: String,
+        short: Vec<Short>,
+    },
 }
 
 /// States of an order on the wire.
@@ -247,15 +302,28 @@ pub struct Event {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {
-    HelloOk { role: String },
+    HelloOk {
+        role: String,
+    },
     Decision(Decision),
     Order(OrderView),
     Availability(Vec<NodeStock>),
-    StockResult { applied: u32, bumped_units: u32, errors: u32 },
-    NodeOnline { rerouted: u32 },
-    Subscribed { next_cursor: u64 },
+    StockResult {
+        applied: u32,
+        bumped_units: u32,
+        errors: u32,
+    },
+    NodeOnline {
+        rerouted: u32,
+    },
+    Subscribed {
+        next_cursor: u64,
+    },
     Event(Event),
-    Error { code: u16, message: String },
+    Error {
+        code: u16,
+        message: String,
+    },
 }
 
 fn id(reader: &mut Reader, what: &str) -> Result<String, DecodeError> {
@@ -263,7 +331,10 @@ fn id(reader: &mut Reader, what: &str) -> Result<String, DecodeError> {
 }
 
 fn order_key(reader: &mut Reader) -> Result<OrderKey, DecodeError> {
-    Ok(OrderKey { channel: id(reader, "channel")?, client_order_id: id(reader, "client order id")? })
+    Ok(OrderKey {
+        channel: id(reader, "channel")?,
+        client_order_id: id(reader, "client order id")?,
+    })
 }
 
 fn write_key(w: &mut Writer, key: &OrderKey) {
@@ -294,7 +365,10 @@ impl Request {
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Option<Request>, DecodeError> {
         let mut r = Reader::new(payload);
         let request = match kind {
-            kinds::HELLO => Request::Hello { version: r.u16("version")?, token: r.string(MAX_TOKEN_BYTES, "token")? },
+            kinds::HELLO => Request::Hello {
+                version: r.u16("version")?,
+                token: r.string(MAX_TOKEN_BYTES, "token")?,
+            },
             kinds::SUBMIT => Request::Submit(decode_order(&mut r)?),
             kinds::CONFIRM => Request::Confirm(order_key(&mut r)?),
             kinds::CANCEL => Request::Cancel(order_key(&mut r)?),
@@ -303,8 +377,17 @@ impl Request {
                 let sku = id(&mut r, "sku")?;
                 let near = match r.u8("mode")? {
                     0 => None,
-                    1 => Some(Near { lat: r.f64("lat")?, lon: r.f64("lon")?, count: r.u16("count")?, min_qty: r.u32("min qty")? }),
-                    other => return Err(DecodeError(format!("availability mode {other} is not 0 or 1"))),
+                    1 => Some(Near {
+                        lat: r.f64("lat")?,
+                        lon: r.f64("lon")?,
+                        count: r.u16("count")?,
+                        min_qty: r.u32("min qty")?,
+                    }),
+                    other => {
+                        return Err(DecodeError(format!(
+                            "availability mode {other} is not 0 or 1"
+                        )))
+                    }
                 };
                 Request::Availability { sku, near }
             }
@@ -312,8 +395,18 @@ impl Request {
                 let count = r.count_u32(MAX_STOCK_ENTRIES_PER_FRAME, "stock entries")?;
                 let mut entries = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
-                    let (sku, node, on_hand, safety) = (id(&mut r, "sku")?, id(&mut r, "node")?, r.u32("on hand")?, r.u32("safety stock")?);
-                    entries.push(StockSet { sku, node, on_hand, safety_stock: (safety != u32::MAX).then_some(safety) });
+                    let (sku, node, on_hand, safety) = (
+                        id(&mut r, "sku")?,
+                        id(&mut r, "node")?,
+                        r.u32("on hand")?,
+                        r.u32("safety stock")?,
+                    );
+                    entries.push(StockSet {
+                        sku,
+                        node,
+                        on_hand,
+                        safety_stock: (safety != u32::MAX).then_some(safety),
+                    });
                 }
                 Request::StockSet(entries)
             }
@@ -321,7 +414,11 @@ impl Request {
                 let count = r.count_u32(MAX_STOCK_ENTRIES_PER_FRAME, "stock entries")?;
                 let mut entries = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
-                    entries.push(StockAdjust { sku: id(&mut r, "sku")?, node: id(&mut r, "node")?, delta: r.i64("delta")? });
+                    entries.push(StockAdjust {
+                        sku: id(&mut r, "sku")?,
+                        node: id(&mut r, "node")?,
+                        delta: r.i64("delta")?,
+                    });
                 }
                 Request::StockAdjust(entries)
             }
@@ -333,11 +430,28 @@ impl Request {
                 for _ in 0..count {
                     counts.push((id(&mut r, "sku")?, r.u32("on hand")?));
                 }
-                Request::NodeReject { node, order, counts }
+                Request::NodeReject {
+                    node,
+                    order,
+                    counts,
+                }
             }
-            kinds::NODE_SHIP => Request::NodeShip { node: id(&mut r, "node")?, order: order_key(&mut r)?, sku: id(&mut r, "sku")?, qty: r.u32("qty")? },
-            kinds::RETURN => Request::Return { node: id(&mut r, "node")?, order: order_key(&mut r)?, sku: id(&mut r, "sku")?, qty: r.u32("qty")? },
-            kinds::SUBSCRIBE => Request::Subscribe { node: id(&mut r, "node")?, from_cursor: r.u64("cursor")? },
+            kinds::NODE_SHIP => Request::NodeShip {
+                node: id(&mut r, "node")?,
+                order: order_key(&mut r)?,
+                sku: id(&mut r, "sku")?,
+                qty: r.u32("qty")?,
+            },
+            kinds::RETURN => Request::Return {
+                node: id(&mut r, "node")?,
+                order: order_key(&mut r)?,
+                sku: id(&mut r, "sku")?,
+                qty: r.u32("qty")?,
+            },
+            kinds::SUBSCRIBE => Request::Subscribe {
+                node: id(&mut r, "node")?,
+                from_cursor: r.u64("cursor")?,
+            },
             kinds::SET_NODE_ONLINE => Request::SetNodeOnline {
                 node: id(&mut r, "node")?,
                 online: match r.u8("online")? {
@@ -360,7 +474,9 @@ impl Request {
                 w.u16(*version).string(token);
             }
             Request::Submit(order) => encode_order(&mut w, order),
-            Request::Confirm(key) | Request::Cancel(key) | Request::GetOrder(key) => write_key(&mut w, key),
+            Request::Confirm(key) | Request::Cancel(key) | Request::GetOrder(key) => {
+                write_key(&mut w, key)
+            }
             Request::Availability { sku, near } => {
                 w.string(sku);
                 match near {
@@ -375,7 +491,10 @@ impl Request {
             Request::StockSet(entries) => {
                 w.u32(entries.len() as u32);
                 for e in entries {
-                    w.string(&e.sku).string(&e.node).u32(e.on_hand).u32(e.safety_stock.unwrap_or(u32::MAX));
+                    w.string(&e.sku)
+                        .string(&e.node)
+                        .u32(e.on_hand)
+                        .u32(e.safety_stock.unwrap_or(u32::MAX));
                 }
             }
             Request::StockAdjust(entries) => {
@@ -384,7 +503,11 @@ impl Request {
                     w.string(&e.sku).string(&e.node).i64(e.delta);
                 }
             }
-            Request::NodeReject { node, order, counts } => {
+            Request::NodeReject {
+                node,
+                order,
+                counts,
+            } => {
                 w.string(node);
                 write_key(&mut w, order);
                 w.u16(counts.len() as u16);
@@ -392,7 +515,18 @@ impl Request {
                     w.string(sku).u32(*on_hand);
                 }
             }
-            Request::NodeShip { node, order, sku, qty } | Request::Return { node, order, sku, qty } => {
+            Request::NodeShip {
+                node,
+                order,
+                sku,
+                qty,
+            }
+            | Request::Return {
+                node,
+                order,
+                sku,
+                qty,
+            } => {
                 w.string(node);
                 write_key(&mut w, order);
                 w.string(sku).u32(*qty);
@@ -414,9 +548,15 @@ fn decode_order(r: &mut Reader) -> Result<Order, DecodeError> {
     let market = id(r, "market")?;
     let method = match r.u8("method")? {
         0 => Method::Ship,
-        1 => Method::Pickup { store: id(r, "pickup store")? },
+        1 => Method::Pickup {
+            store: id(r, "pickup store")?,
+        },
         2 => Method::SameDay,
-        other => return Err(DecodeError(format!("method {other} is not 0 (ship), 1 (pickup) or 2 (same day)"))),
+        other => {
+            return Err(DecodeError(format!(
+                "method {other} is not 0 (ship), 1 (pickup) or 2 (same day)"
+            )))
+        }
     };
     let hold_ttl_ms = r.u32("hold ttl")?;
     let count = r.count_u16(MAX_LINES_PER_ORDER, "lines")?;
@@ -424,11 +564,23 @@ fn decode_order(r: &mut Reader) -> Result<Order, DecodeError> {
     for _ in 0..count {
         lines.push((id(r, "sku")?, r.u32("qty")?));
     }
-    Ok(Order { channel, client_order_id, lat, lon, market: (!market.is_empty()).then_some(market), method, hold_ttl_ms: (hold_ttl_ms != 0).then_some(hold_ttl_ms), lines })
+    Ok(Order {
+        channel,
+        client_order_id,
+        lat,
+        lon,
+        market: (!market.is_empty()).then_some(market),
+        method,
+        hold_ttl_ms: (hold_ttl_ms != 0).then_some(hold_ttl_ms),
+        lines,
+    })
 }
 
 fn encode_order(w: &mut Writer, order: &Order) {
-    w.string(&order.channel).string(&order.client_order_id).f64(order.lat).f64(order.lon);
+    w.string(&order.channel)
+        .string(&order.client_order_id)
+        .f64(order.lat)
+        .f64(order.lon);
     w.string(order.market.as_deref().unwrap_or(""));
     match &order.method {
         Method::Ship => {
@@ -451,14 +603,24 @@ fn encode_order(w: &mut Writer, order: &Order) {
 fn decode_shorts(r: &mut Reader) -> Result<Vec<Short>, DecodeError> {
     let count = r.count_u16(MAX_LINES_PER_ORDER, "short lines")?;
     (0..count)
-        .map(|_| Ok(Short { line: r.u16("line")?, sku: id(r, "sku")?, requested: r.u32("requested")?, available: r.u32("available")? }))
+        .map(|_| {
+            Ok(Short {
+                line: r.u16("line")?,
+                sku: id(r, "sku")?,
+                requested: r.u32("requested")?,
+                available: r.u32("available")?,
+            })
+        })
         .collect()
 }
 
 fn encode_shorts(w: &mut Writer, shorts: &[Short]) {
     w.u16(shorts.len() as u16);
     for s in shorts {
-        w.u16(s.line).string(&s.sku).u32(s.requested).u32(s.available);
+        w.u16(s.line)
+            .string(&s.sku)
+            .u32(s.requested)
+            .u32(s.available);
     }
 }
 
@@ -490,27 +652,53 @@ impl Response {
             }
             message.truncate(cut);
         }
-        Response::Error { code: code as u16, message }
+        Response::Error {
+            code: code as u16,
+            message,
+        }
     }
 
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Option<Response>, DecodeError> {
         let mut r = Reader::new(payload);
         let response = match kind {
-            kinds::HELLO_OK => Response::HelloOk { role: r.string(MAX_ID_BYTES + 16, "role")? },
+            kinds::HELLO_OK => Response::HelloOk {
+                role: r.string(MAX_ID_BYTES + 16, "role")?,
+            },
             kinds::DECISION => Response::Decision(match r.u8("outcome")? {
                 0 => {
                     let (order_id, expires_at_ms) = (r.u64("order id")?, r.u64("expires at")?);
                     let count = r.count_u16(MAX_ALLOCATIONS_PER_ANSWER, "allocations")?;
                     let allocations = (0..count)
-                        .map(|_| Ok(Allocation { line: r.u16("line")?, sku: id(&mut r, "sku")?, node: id(&mut r, "node")?, qty: r.u32("qty")? }))
+                        .map(|_| {
+                            Ok(Allocation {
+                                line: r.u16("line")?,
+                                sku: id(&mut r, "sku")?,
+                                node: id(&mut r, "node")?,
+                                qty: r.u32("qty")?,
+                            })
+                        })
                         .collect::<Result<_, DecodeError>>()?;
-                    Decision::Routed { order_id, expires_at_ms, allocations, short: decode_shorts(&mut r)? }
+                    Decision::Routed {
+                        order_id,
+                        expires_at_ms,
+                        allocations,
+                        short: decode_shorts(&mut r)?,
+                    }
                 }
-                1 => Decision::Rejected { code: r.u16("code")?, detail: r.u16("detail")?, message: r.string(MAX_MESSAGE_BYTES, "message")?, short: decode_shorts(&mut r)? },
+                1 => Decision::Rejected {
+                    code: r.u16("code")?,
+                    detail: r.u16("detail")?,
+                    message: r.string(MAX_MESSAGE_BYTES, "message")?,
+                    short: decode_shorts(&mut r)?,
+                },
                 other => return Err(DecodeError(format!("outcome {other} is not 0 or 1"))),
             }),
             kinds::ORDER => {
-                let (order_id, channel, client_order_id) = (r.u64("order id")?, id(&mut r, "channel")?, id(&mut r, "client order id")?);
+                let (order_id, channel, client_order_id) = (
+                    r.u64("order id")?,
+                    id(&mut r, "channel")?,
+                    id(&mut r, "client order id")?,
+                );
                 let (state, expires_at_ms) = (r.u8("state")?, r.u64("expires at")?);
                 let count = r.count_u16(MAX_ALLOCATIONS_PER_ANSWER, "allocations")?;
                 let allocations = (0..count)
@@ -525,29 +713,64 @@ impl Response {
                         })
                     })
                     .collect::<Result<_, DecodeError>>()?;
-                Response::Order(OrderView { order_id, channel, client_order_id, state, expires_at_ms, allocations, short: decode_shorts(&mut r)? })
+                Response::Order(OrderView {
+                    order_id,
+                    channel,
+                    client_order_id,
+                    state,
+                    expires_at_ms,
+                    allocations,
+                    short: decode_shorts(&mut r)?,
+                })
             }
             kinds::AVAILABILITY_ANSWER => {
                 let count = r.count_u32(MAX_NODES_PER_ANSWER, "nodes")?;
                 let nodes = (0..count)
                     .map(|_| {
-                        let (node, atp, distance) = (id(&mut r, "node")?, r.u32("atp")?, r.f64("distance")?);
-                        Ok(NodeStock { node, atp, distance_km: (!distance.is_nan()).then_some(distance) })
+                        let (node, atp, distance) =
+                            (id(&mut r, "node")?, r.u32("atp")?, r.f64("distance")?);
+                        Ok(NodeStock {
+                            node,
+                            atp,
+                            distance_km: (!distance.is_nan()).then_some(distance),
+                        })
                     })
                     .collect::<Result<_, DecodeError>>()?;
                 Response::Availability(nodes)
             }
-            kinds::STOCK_RESULT => Response::StockResult { applied: r.u32("applied")?, bumped_units: r.u32("bumped")?, errors: r.u32("errors")? },
-            kinds::NODE_ONLINE_RESULT => Response::NodeOnline { rerouted: r.u32("rerouted")? },
-            kinds::SUBSCRIBED => Response::Subscribed { next_cursor: r.u64("cursor")? },
+            kinds::STOCK_RESULT => Response::StockResult {
+                applied: r.u32("applied")?,
+                bumped_units: r.u32("bumped")?,
+                errors: r.u32("errors")?,
+            },
+            kinds::NODE_ONLINE_RESULT => Response::NodeOnline {
+                rerouted: r.u32("rerouted")?,
+            },
+            kinds::SUBSCRIBED => Response::Subscribed {
+                next_cursor: r.u64("cursor")?,
+            },
             kinds::EVENT => {
-                let (cursor, kind, order_id) = (r.u64("cursor")?, r.u8("event kind")?, r.u64("order id")?);
-                let (channel, client_order_id) = (id(&mut r, "channel")?, id(&mut r, "client order id")?);
+                let (cursor, kind, order_id) =
+                    (r.u64("cursor")?, r.u8("event kind")?, r.u64("order id")?);
+                let (channel, client_order_id) =
+                    (id(&mut r, "channel")?, id(&mut r, "client order id")?);
                 let count = r.count_u16(MAX_ALLOCATIONS_PER_ANSWER, "lines")?;
-                let lines = (0..count).map(|_| Ok((r.u16("line")?, id(&mut r, "sku")?, r.u32("qty")?))).collect::<Result<_, DecodeError>>()?;
-                Response::Event(Event { cursor, kind, order_id, channel, client_order_id, lines })
+                let lines = (0..count)
+                    .map(|_| Ok((r.u16("line")?, id(&mut r, "sku")?, r.u32("qty")?)))
+                    .collect::<Result<_, DecodeError>>()?;
+                Response::Event(Event {
+                    cursor,
+                    kind,
+                    order_id,
+                    channel,
+                    client_order_id,
+                    lines,
+                })
             }
-            kinds::ERROR => Response::Error { code: r.u16("code")?, message: r.string(MAX_MESSAGE_BYTES, "message")? },
+            kinds::ERROR => Response::Error {
+                code: r.u16("code")?,
+                message: r.string(MAX_MESSAGE_BYTES, "message")?,
+            },
             _ => return Ok(None),
         };
         r.finish()?;
@@ -560,32 +783,60 @@ impl Response {
             Response::HelloOk { role } => {
                 w.string(role);
             }
-            Response::Decision(Decision::Routed { order_id, expires_at_ms, allocations, short }) => {
-                w.u8(0).u64(*order_id).u64(*expires_at_ms).u16(allocations.len() as u16);
+            Response::Decision(Decision::Routed {
+                order_id,
+                expires_at_ms,
+                allocations,
+                short,
+            }) => {
+                w.u8(0)
+                    .u64(*order_id)
+                    .u64(*expires_at_ms)
+                    .u16(allocations.len() as u16);
                 for a in allocations {
                     w.u16(a.line).string(&a.sku).string(&a.node).u32(a.qty);
                 }
                 encode_shorts(&mut w, short);
             }
-            Response::Decision(Decision::Rejected { code, detail, message, short }) => {
+            Response::Decision(Decision::Rejected {
+                code,
+                detail,
+                message,
+                short,
+            }) => {
                 w.u8(1).u16(*code).u16(*detail).string(message);
                 encode_shorts(&mut w, short);
             }
             Response::Order(view) => {
-                w.u64(view.order_id).string(&view.channel).string(&view.client_order_id).u8(view.state).u64(view.expires_at_ms);
+                w.u64(view.order_id)
+                    .string(&view.channel)
+                    .string(&view.client_order_id)
+                    .u8(view.state)
+                    .u64(view.expires_at_ms);
                 w.u16(view.allocations.len() as u16);
                 for a in &view.allocations {
-                    w.u16(a.line).string(&a.sku).string(&a.node).u32(a.open).u32(a.shipped).u32(a.returned);
+                    w.u16(a.line)
+                        .string(&a.sku)
+                        .string(&a.node)
+                        .u32(a.open)
+                        .u32(a.shipped)
+                        .u32(a.returned);
                 }
                 encode_shorts(&mut w, &view.short);
             }
             Response::Availability(nodes) => {
                 w.u32(nodes.len() as u32);
                 for n in nodes {
-                    w.string(&n.node).u32(n.atp).f64(n.distance_km.unwrap_or(f64::NAN));
+                    w.string(&n.node)
+                        .u32(n.atp)
+                        .f64(n.distance_km.unwrap_or(f64::NAN));
                 }
             }
-            Response::StockResult { applied, bumped_units, errors } => {
+            Response::StockResult {
+                applied,
+                bumped_units,
+                errors,
+            } => {
                 w.u32(*applied).u32(*bumped_units).u32(*errors);
             }
             Response::NodeOnline { rerouted } => {
@@ -595,7 +846,12 @@ impl Response {
                 w.u64(*next_cursor);
             }
             Response::Event(e) => {
-                w.u64(e.cursor).u8(e.kind).u64(e.order_id).string(&e.channel).string(&e.client_order_id).u16(e.lines.len() as u16);
+                w.u64(e.cursor)
+                    .u8(e.kind)
+                    .u64(e.order_id)
+                    .string(&e.channel)
+                    .string(&e.client_order_id)
+                    .u16(e.lines.len() as u16);
                 for (line, sku, qty) in &e.lines {
                     w.u16(*line).string(sku).u32(*qty);
                 }

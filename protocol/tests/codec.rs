@@ -4,7 +4,10 @@ use omniroute_protocol::*;
 use proptest::prelude::*;
 
 fn key() -> OrderKey {
-    OrderKey { channel: "web".into(), client_order_id: "o-1".into() }
+    OrderKey {
+        channel: "web".into(),
+        client_order_id: "o-1".into(),
+    }
 }
 
 fn round_trip_request(request: Request) {
@@ -34,28 +37,78 @@ fn every_request_round_trips() {
         lat: 52.5,
         lon: 13.4,
         market: Some("DE".into()),
-        method: Method::Pickup { store: "ST-1".into() },
+        method: Method::Pickup {
+            store: "ST-1".into(),
+        },
         hold_ttl_ms: Some(60_000),
         lines: vec![("SKU-1".into(), 2), ("SKU-2".into(), 1)],
     };
     for request in [
-        Request::Hello { version: 1, token: "t".into() },
+        Request::Hello {
+            version: 1,
+            token: "t".into(),
+        },
         Request::Submit(order),
         Request::Confirm(key()),
         Request::Cancel(key()),
         Request::GetOrder(key()),
-        Request::Availability { sku: "SKU-1".into(), near: None },
-        Request::Availability { sku: "SKU-1".into(), near: Some(Near { lat: 1.0, lon: 2.0, count: 3, min_qty: 4 }) },
+        Request::Availability {
+            sku: "SKU-1".into(),
+            near: None,
+        },
+        Request::Availability {
+            sku: "SKU-1".into(),
+            near: Some(Near {
+                lat: 1.0,
+                lon: 2.0,
+                count: 3,
+                min_qty: 4,
+            }),
+        },
         Request::StockSet(vec![
-            StockSet { sku: "A".into(), node: "N".into(), on_hand: 5, safety_stock: None },
-            StockSet { sku: "B".into(), node: "N".into(), on_hand: 6, safety_stock: Some(1) },
+            StockSet {
+                sku: "A".into(),
+                node: "N".into(),
+                on_hand: 5,
+                safety_stock: None,
+            },
+            StockSet {
+                sku: "B".into(),
+                node: "N".into(),
+                on_hand: 6,
+                safety_stock: Some(1),
+            },
         ]),
-        Request::StockAdjust(vec![StockAdjust { sku: "A".into(), node: "N".into(), delta: -3 }]),
-        Request::NodeReject { node: "N".into(), order: key(), counts: vec![("A".into(), 0)] },
-        Request::NodeShip { node: "N".into(), order: key(), sku: "A".into(), qty: 1 },
-        Request::Return { node: "N".into(), order: key(), sku: "A".into(), qty: 1 },
-        Request::Subscribe { node: "N".into(), from_cursor: 9 },
-        Request::SetNodeOnline { node: "N".into(), online: false },
+        Request::StockAdjust(vec![StockAdjust {
+            sku: "A".into(),
+            node: "N".into(),
+            delta: -3,
+        }]),
+        Request::NodeReject {
+            node: "N".into(),
+            order: key(),
+            counts: vec![("A".into(), 0)],
+        },
+        Request::NodeShip {
+            node: "N".into(),
+            order: key(),
+            sku: "A".into(),
+            qty: 1,
+        },
+        Request::Return {
+            node: "N".into(),
+            order: key(),
+            sku: "A".into(),
+            qty: 1,
+        },
+        Request::Subscribe {
+            node: "N".into(),
+            from_cursor: 9,
+        },
+        Request::SetNodeOnline {
+            node: "N".into(),
+            online: false,
+        },
     ] {
         round_trip_request(request);
     }
@@ -64,30 +117,66 @@ fn every_request_round_trips() {
 #[test]
 fn every_response_round_trips() {
     // Proves encode and decode agree on every response layout.
-    let short = vec![Short { line: 1, sku: "B".into(), requested: 3, available: 1 }];
+    let short = vec![Short {
+        line: 1,
+        sku: "B".into(),
+        requested: 3,
+        available: 1,
+    }];
     for response in [
-        Response::HelloOk { role: "admin".into() },
+        Response::HelloOk {
+            role: "admin".into(),
+        },
         Response::Decision(Decision::Routed {
             order_id: 5,
             expires_at_ms: 6,
-            allocations: vec![Allocation { line: 0, sku: "A".into(), node: "N".into(), qty: 2 }],
+            allocations: vec![Allocation {
+                line: 0,
+                sku: "A".into(),
+                node: "N".into(),
+                qty: 2,
+            }],
             short: short.clone(),
         }),
-        Response::Decision(Decision::Rejected { code: reject_codes::SHORT, detail: 0, message: "short".into(), short: short.clone() }),
+        Response::Decision(Decision::Rejected {
+            code: reject_codes::SHORT,
+            detail: 0,
+            message: "short".into(),
+            short: short.clone(),
+        }),
         Response::Order(OrderView {
             order_id: 5,
             channel: "web".into(),
             client_order_id: "o".into(),
             state: order_states::HELD,
             expires_at_ms: 9,
-            allocations: vec![AllocationView { line: 0, sku: "A".into(), node: "N".into(), open: 1, shipped: 1, returned: 0 }],
+            allocations: vec![AllocationView {
+                line: 0,
+                sku: "A".into(),
+                node: "N".into(),
+                open: 1,
+                shipped: 1,
+                returned: 0,
+            }],
             short,
         }),
         Response::Availability(vec![
-            NodeStock { node: "N".into(), atp: 3, distance_km: Some(1.5) },
-            NodeStock { node: "M".into(), atp: 1, distance_km: None },
+            NodeStock {
+                node: "N".into(),
+                atp: 3,
+                distance_km: Some(1.5),
+            },
+            NodeStock {
+                node: "M".into(),
+                atp: 1,
+                distance_km: None,
+            },
         ]),
-        Response::StockResult { applied: 1, bumped_units: 2, errors: 0 },
+        Response::StockResult {
+            applied: 1,
+            bumped_units: 2,
+            errors: 0,
+        },
         Response::NodeOnline { rerouted: 4 },
         Response::Subscribed { next_cursor: 11 },
         Response::Event(Event {
@@ -109,8 +198,14 @@ fn framing_limits_are_checked_before_allocation() {
     // Proves oversized and undersized length prefixes are refused from the first 4 bytes,
     // and that a partial frame asks for more.
     let oversized = ((MAX_FRAME_BYTES + 1) as u32).to_le_bytes();
-    assert_eq!(check_frame(&oversized), Err(FrameError::TooLarge(MAX_FRAME_BYTES + 1)));
-    assert_eq!(check_frame(&3u32.to_le_bytes()), Err(FrameError::TooShort(3)));
+    assert_eq!(
+        check_frame(&oversized),
+        Err(FrameError::TooLarge(MAX_FRAME_BYTES + 1))
+    );
+    assert_eq!(
+        check_frame(&3u32.to_le_bytes()),
+        Err(FrameError::TooShort(3))
+    );
     assert_eq!(check_frame(&[1, 0]), Ok(None));
     let mut bytes = Vec::new();
     Request::Confirm(key()).encode(1, &mut bytes);
@@ -121,7 +216,10 @@ fn framing_limits_are_checked_before_allocation() {
 fn malformed_payloads_name_the_problem() {
     // Proves bad UTF-8, over-long strings, over-limit counts and trailing bytes are errors.
     let bad_utf8 = [3u8, 0, 0xff, 0xfe, 0xfd, 0, 0];
-    assert!(Request::decode(kinds::CONFIRM, &bad_utf8).unwrap_err().0.contains("UTF-8"));
+    assert!(Request::decode(kinds::CONFIRM, &bad_utf8)
+        .unwrap_err()
+        .0
+        .contains("UTF-8"));
     let mut too_many_lines = Vec::new();
     for part in [
         &b"\x03\x00web"[..],
@@ -135,13 +233,19 @@ fn malformed_payloads_name_the_problem() {
     ] {
         too_many_lines.extend_from_slice(part);
     }
-    assert!(Request::decode(kinds::SUBMIT, &too_many_lines).unwrap_err().0.contains("65 lines"));
+    assert!(Request::decode(kinds::SUBMIT, &too_many_lines)
+        .unwrap_err()
+        .0
+        .contains("65 lines"));
     let mut bytes = Vec::new();
     Request::Confirm(key()).encode(1, &mut bytes);
     let (kind, _, payload) = split_frame(&bytes);
     let mut trailing = payload.to_vec();
     trailing.push(0);
-    assert!(Request::decode(kind, &trailing).unwrap_err().0.contains("trailing"));
+    assert!(Request::decode(kind, &trailing)
+        .unwrap_err()
+        .0
+        .contains("trailing"));
     assert_eq!(Request::decode(0x7E, &[]), Ok(None));
 }
 

@@ -155,7 +155,10 @@ impl NodeLedger {
         self.events.append(event)
     }
 
-    pub fn events_since(&self, cursor: u64) -> Result<Vec<(u64, Arc<NodeEvent>)>, CursorOutOfRange> {
+    pub fn events_since(
+        &self,
+        cursor: u64,
+    ) -> Result<Vec<(u64, Arc<NodeEvent>)>, CursorOutOfRange> {
         self.events.since(cursor)
     }
 

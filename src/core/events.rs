@@ -47,7 +47,11 @@ pub struct EventLog {
 
 impl EventLog {
     pub fn new(max_events: usize) -> EventLog {
-        EventLog { first_cursor: 1, events: VecDeque::new(), max_events: max_events.max(1) }
+        EventLog {
+            first_cursor: 1,
+            events: VecDeque::new(),
+            max_events: max_events.max(1),
+        }
     }
 
     /// The cursor the next event will get.
@@ -68,12 +72,26 @@ impl EventLog {
 
     /// Events from `cursor` on (0: from the oldest kept).
     pub fn since(&self, cursor: u64) -> Result<Vec<(u64, Arc<NodeEvent>)>, CursorOutOfRange> {
-        let cursor = if cursor == 0 { self.first_cursor } else { cursor };
+        let cursor = if cursor == 0 {
+            self.first_cursor
+        } else {
+            cursor
+        };
         if cursor < self.first_cursor || cursor > self.next_cursor() {
-            return Err(CursorOutOfRange { asked: cursor, oldest: self.first_cursor, newest: self.next_cursor() });
+            return Err(CursorOutOfRange {
+                asked: cursor,
+                oldest: self.first_cursor,
+                newest: self.next_cursor(),
+            });
         }
         let skip = (cursor - self.first_cursor) as usize;
-        Ok(self.events.iter().skip(skip).enumerate().map(|(i, e)| (cursor + i as u64, e.clone())).collect())
+        Ok(self
+            .events
+            .iter()
+            .skip(skip)
+            .enumerate()
+            .map(|(i, e)| (cursor + i as u64, e.clone()))
+            .collect())
     }
 }
 
@@ -82,7 +100,13 @@ mod tests {
     use super::*;
 
     fn event(order: OrderId) -> NodeEvent {
-        NodeEvent { kind: EventKind::Allocated, order, channel: 0, client_order_id: "o".into(), lines: SmallVec::new() }
+        NodeEvent {
+            kind: EventKind::Allocated,
+            order,
+            channel: 0,
+            client_order_id: "o".into(),
+            lines: SmallVec::new(),
+        }
     }
 
     #[test]
@@ -94,7 +118,10 @@ mod tests {
         }
         assert_eq!(log.next_cursor(), 6);
         let tail = log.since(4).unwrap();
-        assert_eq!(tail.iter().map(|(c, e)| (*c, e.order)).collect::<Vec<_>>(), vec![(4, 4), (5, 5)]);
+        assert_eq!(
+            tail.iter().map(|(c, e)| (*c, e.order)).collect::<Vec<_>>(),
+            vec![(4, 4), (5, 5)]
+        );
         assert_eq!(log.since(0).unwrap().len(), 3);
         assert!(log.since(6).unwrap().is_empty());
         assert!(log.since(2).is_err());

@@ -104,7 +104,10 @@ pub fn apply_stock_op(shard: &mut StockShard, op: StockOp) {
 
 /// Applies one fire-and-forget op to a node ledger; shared with the node actor.
 /// Returns the logged event, with its cursor, for the shell to publish.
-pub fn apply_node_op(ledger: &mut NodeLedger, op: NodeOp) -> Option<(u64, std::sync::Arc<NodeEvent>)> {
+pub fn apply_node_op(
+    ledger: &mut NodeLedger,
+    op: NodeOp,
+) -> Option<(u64, std::sync::Arc<NodeEvent>)> {
     match op {
         NodeOp::Release(order) => ledger.release(order),
         NodeOp::Finish(order) => ledger.finish(order),

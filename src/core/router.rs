@@ -500,7 +500,12 @@ impl RouterCore {
             );
             if let Decision::Routed { allocations, .. } = &decision {
                 let units = allocations.iter().map(|a| (a.node, a.line, a.sku, a.qty));
-                announce(&mut events, EventKind::Allocated, &self.orders[&attempt.order], units);
+                announce(
+                    &mut events,
+                    EventKind::Allocated,
+                    &self.orders[&attempt.order],
+                    units,
+                );
             }
             decisions[i] = Some(decision);
         }
@@ -598,8 +603,17 @@ impl RouterCore {
         record.state = state;
         let mut stock: FxHashMap<u32, Vec<StockOp>> = FxHashMap::default();
         let mut nodes: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
-        let released = record.allocations.iter().filter(|a| a.open > 0).map(|a| (a.node, a.line, a.sku, a.open));
-        announce(&mut nodes, EventKind::Released, record, released.collect::<SmallVec<[_; 4]>>());
+        let released = record
+            .allocations
+            .iter()
+            .filter(|a| a.open > 0)
+            .map(|a| (a.node, a.line, a.sku, a.open));
+        announce(
+            &mut nodes,
+            EventKind::Released,
+            record,
+            released.collect::<SmallVec<[_; 4]>>(),
+        );
         for allocation in &mut record.allocations {
             if allocation.open > 0 {
                 let op = StockOp::Release {
@@ -1025,6 +1039,9 @@ impl RouterCore {
     }
 }
 
+/// (line, sku, units) of one event.
+type EventLines = SmallVec<[(u16, SkuId, u32); 2]>;
+
 /// Adds to `nodes` one event per node for the given units of an order:
 /// (node, line, sku, units).
 fn announce(
@@ -1033,7 +1050,7 @@ fn announce(
     record: &OrderRecord,
     units: impl IntoIterator<Item = (NodeIdx, u16, SkuId, u32)>,
 ) {
-    let mut by_node: SmallVec<[(NodeIdx, SmallVec<[(u16, SkuId, u32); 2]>); 2]> = SmallVec::new();
+    let mut by_node: SmallVec<[(NodeIdx, EventLines); 2]> = SmallVec::new();
     for (node, line, sku, qty) in units {
         match by_node.iter_mut().find(|(n, _)| *n == node) {
             Some((_, lines)) => lines.push((line, sku, qty)),
@@ -1041,7 +1058,13 @@ fn announce(
         }
     }
     for (node, lines) in by_node {
-        let event = NodeEvent { kind, order: record.id, channel: record.channel, client_order_id: record.client_order_id.clone(), lines };
+        let event = NodeEvent {
+            kind,
+            order: record.id,
+            channel: record.channel,
+            client_order_id: record.client_order_id.clone(),
+            lines,
+        };
         nodes.entry(node).or_default().push(NodeOp::Event(event));
     }
 }

@@ -118,7 +118,10 @@ impl Actor for ShardActor {
 }
 
 /// Events from a cursor, and the live rest of them.
-pub type Subscription = (Vec<(u64, Arc<NodeEvent>)>, mpsc::Receiver<(u64, Arc<NodeEvent>)>);
+pub type Subscription = (
+    Vec<(u64, Arc<NodeEvent>)>,
+    mpsc::Receiver<(u64, Arc<NodeEvent>)>,
+);
 
 /// Events queued for one subscriber before it counts as too slow and is
 /// dropped (it resumes from its last cursor).
@@ -151,7 +154,10 @@ impl Actor for NodeActor {
         _: ActorRef<NodeMsg>,
         ledger: NodeLedger,
     ) -> Result<NodeState, ActorProcessingErr> {
-        Ok(NodeState { ledger, subscribers: Vec::new() })
+        Ok(NodeState {
+            ledger,
+            subscribers: Vec::new(),
+        })
     }
 
     async fn handle(
@@ -160,7 +166,10 @@ impl Actor for NodeActor {
         message: NodeMsg,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        let NodeState { ledger, subscribers } = state;
+        let NodeState {
+            ledger,
+            subscribers,
+        } = state;
         match message {
             NodeMsg::Hold(orders, now_ms, reply) => {
                 let _ = reply.send(orders.into_iter().map(|o| ledger.hold(o, now_ms)).collect());

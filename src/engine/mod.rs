@@ -13,11 +13,11 @@ use ractor::{Actor, ActorRef};
 use rustc_hash::FxHashMap;
 use tokio::sync::Semaphore;
 
-pub use actors::{StockChange, Subscription, SUBSCRIBER_QUEUE_EVENTS};
 use actors::{
     ActorParticipants, NodeActor, NodeMsg, RouterActor, RouterMsg, RouterState, ShardActor,
     ShardMsg,
 };
+pub use actors::{StockChange, Subscription, SUBSCRIBER_QUEUE_EVENTS};
 
 use crate::core::capacity::NodeLedger;
 use crate::core::events::CursorOutOfRange;
@@ -625,10 +625,17 @@ impl Engine {
     }
 
     /// A node's events from `from_cursor` (0: the oldest kept), then live.
-    pub async fn subscribe(&self, node: &str, from_cursor: u64) -> Result<Subscription, EngineError> {
+    pub async fn subscribe(
+        &self,
+        node: &str,
+        from_cursor: u64,
+    ) -> Result<Subscription, EngineError> {
         let node = self.node_idx(node)?;
         let nodes = &self.inner.participants.nodes;
-        Ok(call(&nodes[node as usize], |reply| NodeMsg::Subscribe(from_cursor, reply)).await?)
+        Ok(call(&nodes[node as usize], |reply| {
+            NodeMsg::Subscribe(from_cursor, reply)
+        })
+        .await?)
     }
 
     /// (online, allocations used today, open orders) of a node.

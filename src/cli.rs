@@ -1,0 +1,458 @@
+//! The client side of the `omniroute` command: talks to a running daemon
+//! over QUIC with `omniroute-client`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use omniroute_client::protocol::{event_kinds, order_states};
+use omniroute_client::{
+    Client, Decision, Method, Near, Order, OrderKey, OrderView, StockAdjust, StockSet, Trust,
+};
+
+/// Where and as whom to connect.
+#[derive(Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// Daemon address.
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:4433",
+        env = "OMNIROUTE_ADDR"
+    )]
+    pub addr: SocketAddr,
+    /// Token from the daemon's config (see its startup lines).
+    #[arg(
+        long,
+        global = true,
+        default_value = "dev-admin-token",
+        env = "OMNIROUTE_TOKEN"
+    )]
+    pub token: String,
+    /// CA or self-signed certificate (PEM) to trust; the daemon prints its path.
+    #[arg(
+        long,
+        global = true,
+        default_value = "omniroute-data/cert.pem",
+        env = "OMNIROUTE_CA"
+    )]
+    pub ca: PathBuf,
+    /// Accept any server certificate. Local development only.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// Name the certificate must carry.
+    #[arg(long, global = true, default_value = "localhost")]
+    pub server_name: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OrderCommand {
+    /// Route an order: `--line SKU:QTY` (repeat), `--ship-to LAT,LON`.
+    Submit {
+        #[arg(long)]
+        channel: String,
+        /// Client order id (the idempotency key); generated when absent.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long = "line", required = true, value_parser = parse_line)]
+        lines: Vec<(String, u32)>,
+        #[arg(long, value_parser = parse_point)]
+        ship_to: (f64, f64),
+        #[arg(long)]
+        market: Option<String>,
+        /// Pickup at this store instead of shipping.
+        #[arg(long, conflicts_with = "same_day")]
+        pickup: Option<String>,
+        #[arg(long)]
+        same_day: bool,
+        #[arg(long)]
+        ttl_ms: Option<u32>,
+    },
+    Confirm {
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        id: String,
+    },
+    Cancel {
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        id: String,
+    },
+    Get {
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StockCommand {
+    /// Set on-hand counts: `SKU@NODE=UNITS` ...
+    Set {
+        #[arg(required = true, value_parser = parse_stock)]
+        entries: Vec<(String, String, i64)>,
+    },
+    /// Adjust on-hand counts: `SKU@NODE=+UNITS` or `=-UNITS` ...
+    Adjust {
+        #[arg(required = true, value_parser = parse_stock, allow_hyphen_values = true)]
+        entries: Vec<(String, String, i64)>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    Ship {
+        node: String,
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        qty: u32,
+    },
+    /// Refuse an allocation; `--count SKU=UNITS` reports the true shelf count.
+    Reject {
+        node: String,
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long = "count", value_parser = parse_count)]
+        counts: Vec<(String, u32)>,
+    },
+    Online {
+        node: String,
+    },
+    Offline {
+        node: String,
+    },
+    /// Print the node's allocation events from a cursor on (Ctrl-C stops).
+    Subscribe {
+        node: String,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+}
+
+fn parse_line(text: &str) -> Result<(String, u32), String> {
+    let (sku, qty) = text.rsplit_once(':').ok_or("expected SKU:QTY")?;
+    Ok((
+        sku.to_string(),
+        qty.parse()
+            .map_err(|_| format!("{qty:?} is not a quantity"))?,
+    ))
+}
+
+fn parse_count(text: &str) -> Result<(String, u32), String> {
+    let (sku, qty) = text.rsplit_once('=').ok_or("expected SKU=UNITS")?;
+    Ok((
+        sku.to_string(),
+        qty.parse().map_err(|_| format!("{qty:?} is not a count"))?,
+    ))
+}
+
+pub fn parse_point(text: &str) -> Result<(f64, f64), String> {
+    let (lat, lon) = text.split_once(',').ok_or("expected LAT,LON")?;
+    let number = |s: &str| {
+        s.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{s:?} is not a number"))
+    };
+    Ok((number(lat)?, number(lon)?))
+}
+
+fn parse_stock(text: &str) -> Result<(String, String, i64), String> {
+    let (cell, units) = text.rsplit_once('=').ok_or("expected SKU@NODE=UNITS")?;
+    let (sku, node) = cell.split_once('@').ok_or("expected SKU@NODE=UNITS")?;
+    Ok((
+        sku.to_string(),
+        node.to_string(),
+        units
+            .parse()
+            .map_err(|_| format!("{units:?} is not a number"))?,
+    ))
+}
+
+pub async fn connect(args: &ConnectArgs) -> Result<Client, String> {
+    let trust = if args.insecure {
+        Trust::InsecureDevelopmentOnly
+    } else {
+        Trust::CaFile(args.ca.clone())
+    };
+    Client::connect(args.addr, &args.server_name, trust, &args.token)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn key(channel: &str, id: &str) -> OrderKey {
+    OrderKey {
+        channel: channel.into(),
+        client_order_id: id.into(),
+    }
+}
+
+fn print_decision(decision: &Decision) {
+    match decision {
+        Decision::Routed {
+            order_id,
+            expires_at_ms,
+            allocations,
+            short,
+        } => {
+            println!("routed: order {order_id}, hold expires at {expires_at_ms} ms");
+            for a in allocations {
+                println!("  line {} {} x{} from {}", a.line, a.sku, a.qty, a.node);
+            }
+            for s in short {
+                println!(
+                    "  line {} {} short: {} of {} available",
+                    s.line, s.sku, s.available, s.requested
+                );
+            }
+        }
+        Decision::Rejected {
+            code,
+            detail,
+            message,
+            short,
+        } => {
+            println!("rejected (code {code}, detail {detail}): {message}");
+            for s in short {
+                println!(
+                    "  line {} {}: {} requested, {} available",
+                    s.line, s.sku, s.requested, s.available
+                );
+            }
+        }
+    }
+}
+
+fn print_order(view: &OrderView) {
+    let state = match view.state {
+        order_states::HELD => "held",
+        order_states::CONFIRMED => "confirmed",
+        order_states::SHIPPED => "shipped",
+        order_states::CANCELLED => "cancelled",
+        order_states::EXPIRED => "expired",
+        order_states::REJECTED => "rejected",
+        _ => "unknown",
+    };
+    println!(
+        "order {} ({}/{}): {state}",
+        view.order_id, view.channel, view.client_order_id
+    );
+    for a in &view.allocations {
+        println!(
+            "  line {} {} at {}: open {}, shipped {}, returned {}",
+            a.line, a.sku, a.node, a.open, a.shipped, a.returned
+        );
+    }
+}
+
+pub async fn order(args: &ConnectArgs, command: OrderCommand) -> Result<(), String> {
+    let client = connect(args).await?;
+    match command {
+        OrderCommand::Submit {
+            channel,
+            id,
+            lines,
+            ship_to,
+            market,
+            pickup,
+            same_day,
+            ttl_ms,
+        } => {
+            let id = id.unwrap_or_else(|| {
+                format!(
+                    "cli-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros())
+                )
+            });
+            let method = match (pickup, same_day) {
+                (Some(store), _) => Method::Pickup { store },
+                (None, true) => Method::SameDay,
+                (None, false) => Method::Ship,
+            };
+            let order = Order {
+                channel,
+                client_order_id: id.clone(),
+                lat: ship_to.0,
+                lon: ship_to.1,
+                market,
+                method,
+                hold_ttl_ms: ttl_ms,
+                lines,
+            };
+            println!("order id {id}");
+            print_decision(&client.submit(order).await.map_err(|e| e.to_string())?);
+        }
+        OrderCommand::Confirm { channel, id } => print_order(
+            &client
+                .confirm(key(&channel, &id))
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        OrderCommand::Cancel { channel, id } => print_order(
+            &client
+                .cancel(key(&channel, &id))
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        OrderCommand::Get { channel, id } => print_order(
+            &client
+                .get_order(key(&channel, &id))
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+    }
+    client.close().await;
+    Ok(())
+}
+
+pub async fn stock(args: &ConnectArgs, command: StockCommand) -> Result<(), String> {
+    let client = connect(args).await?;
+    let (applied, bumped, errors) = match command {
+        StockCommand::Set { entries } => {
+            let entries = entries
+                .into_iter()
+                .map(|(sku, node, units)| {
+                    Ok(StockSet {
+                        sku,
+                        node,
+                        on_hand: u32::try_from(units)
+                            .map_err(|_| format!("{units} is not a count"))?,
+                        safety_stock: None,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            client.stock_set(entries).await
+        }
+        StockCommand::Adjust { entries } => {
+            client
+                .stock_adjust(
+                    entries
+                        .into_iter()
+                        .map(|(sku, node, delta)| StockAdjust { sku, node, delta })
+                        .collect(),
+                )
+                .await
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    println!("applied {applied}, {bumped} reserved units re-routed, {errors} errors");
+    client.close().await;
+    Ok(())
+}
+
+pub async fn availability(
+    args: &ConnectArgs,
+    sku: &str,
+    near: Option<(f64, f64)>,
+    count: u16,
+    min_qty: u32,
+) -> Result<(), String> {
+    let client = connect(args).await?;
+    let near = near.map(|(lat, lon)| Near {
+        lat,
+        lon,
+        count,
+        min_qty,
+    });
+    let nodes = client
+        .availability(sku, near)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{sku}: {} units at {} nodes",
+        nodes.iter().map(|n| u64::from(n.atp)).sum::<u64>(),
+        nodes.len()
+    );
+    for n in nodes {
+        match n.distance_km {
+            Some(km) => println!("  {:<14} {:>7} units {:>8.1} km", n.node, n.atp, km),
+            None => println!("  {:<14} {:>7} units", n.node, n.atp),
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+pub async fn node(args: &ConnectArgs, command: NodeCommand) -> Result<(), String> {
+    let client = connect(args).await?;
+    match command {
+        NodeCommand::Ship {
+            node,
+            channel,
+            id,
+            sku,
+            qty,
+        } => print_order(
+            &client
+                .node_ship(&node, key(&channel, &id), &sku, qty)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        NodeCommand::Reject {
+            node,
+            channel,
+            id,
+            counts,
+        } => print_order(
+            &client
+                .node_reject(&node, key(&channel, &id), counts)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        NodeCommand::Online { node } => {
+            client
+                .set_node_online(&node, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{node} is online");
+        }
+        NodeCommand::Offline { node } => {
+            let rerouted = client
+                .set_node_online(&node, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{node} is offline; {rerouted} orders re-routed");
+        }
+        NodeCommand::Subscribe { node, from } => {
+            let mut events = client
+                .subscribe(&node, from)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("subscribed to {node}; first cursor {}", events.next_cursor);
+            while let Some(event) = events.next().await {
+                let event = event.map_err(|e| e.to_string())?;
+                let kind = if event.kind == event_kinds::ALLOCATED {
+                    "allocated"
+                } else {
+                    "released"
+                };
+                let lines: Vec<String> = event
+                    .lines
+                    .iter()
+                    .map(|(line, sku, qty)| format!("line {line} {sku} x{qty}"))
+                    .collect();
+                println!(
+                    "#{} {kind} {}/{} (order {}): {}",
+                    event.cursor,
+                    event.channel,
+                    event.client_order_id,
+                    event.order_id,
+                    lines.join(", ")
+                );
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}

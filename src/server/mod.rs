@@ -1,0 +1,145 @@
+//! The QUIC ingress: a quinn endpoint in front of the [`Engine`]. Thin:
+//! framing and access control here, everything else in the engine.
+
+mod session;
+pub mod tls;
+mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::engine::Engine;
+
+/// What a token lets a connection do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Submit, confirm, cancel and read the orders of one channel; ask availability.
+    Channel(String),
+    /// Subscribe to, reject and ship one node's allocations; feed its stock;
+    /// take returns at it.
+    Node(String),
+}
+
+impl Role {
+    /// Parses `admin`, `channel:<name>` or `node:<id>`.
+    pub fn parse(text: &str) -> Option<Role> {
+        match text.split_once(':') {
+            None if text == "admin" => Some(Role::Admin),
+            Some(("channel", name)) if !name.is_empty() => Some(Role::Channel(name.to_string())),
+            Some(("node", id)) if !id.is_empty() => Some(Role::Node(id.to_string())),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Role::Admin => "admin".into(),
+            Role::Channel(name) => format!("channel:{name}"),
+            Role::Node(id) => format!("node:{id}"),
+        }
+    }
+}
+
+/// Connections served at once; more are refused at the handshake.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Certificate and key (PEM); without them a self-signed pair is made
+    /// in `data_dir`.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    pub tokens: Vec<(String, Role)>,
+    pub max_connections: usize,
+    /// Requests of one connection being processed at once; beyond it the
+    /// server stops reading that connection (QUIC flow control pushes back).
+    pub max_inflight_per_connection: usize,
+    /// Bidirectional streams one connection may have open.
+    pub max_streams_per_connection: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {message}")]
+    Bind { addr: SocketAddr, message: String },
+}
+
+/// A running ingress.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub cert_path: PathBuf,
+    pub fingerprint: String,
+    endpoint: quinn::Endpoint,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Closes every connection with `SHUTDOWN` and stops accepting.
+    pub async fn shutdown(self) {
+        self.endpoint.close(
+            omniroute_protocol::close_codes::SHUTDOWN.into(),
+            b"server shutting down",
+        );
+        self.accept.abort();
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Binds the endpoint and starts accepting connections.
+pub async fn start(
+    engine: Engine,
+    settings: &ServerSettings,
+) -> Result<RunningServer, ServerError> {
+    let cert = settings
+        .cert
+        .as_ref()
+        .map(|(c, k)| (c.as_path(), k.as_path()));
+    let identity = tls::load_or_create(cert, &settings.data_dir)?;
+    let config = tls::quic_server_config(&identity, settings.max_streams_per_connection)?;
+    let endpoint =
+        quinn::Endpoint::server(config, settings.listen).map_err(|e| ServerError::Bind {
+            addr: settings.listen,
+            message: e.to_string(),
+        })?;
+    let addr = endpoint.local_addr().map_err(|e| ServerError::Bind {
+        addr: settings.listen,
+        message: e.to_string(),
+    })?;
+    let shared = Arc::new(session::Shared {
+        engine,
+        tokens: settings.tokens.clone(),
+        max_inflight_per_connection: settings.max_inflight_per_connection.max(1),
+    });
+    let connections = Arc::new(Semaphore::new(
+        settings.max_connections.clamp(1, MAX_CONNECTIONS),
+    ));
+    let accepting = endpoint.clone();
+    let accept = tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                incoming.refuse();
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                session::serve_connection(incoming, shared).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok(RunningServer {
+        addr,
+        cert_path: identity.cert_path,
+        fingerprint: identity.fingerprint,
+        endpoint,
+        accept,
+    })
+}

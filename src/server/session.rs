@@ -1,0 +1,448 @@
+//! One connection: its role, its streams, and the framing of each stream.
+//!
+//! Each stream has a reader (this task) and a writer task. The reader
+//! decodes every whole frame it has in one go, answers what needs no engine
+//! at once, and hands the rest to a task of its own, so that answers come
+//! back as they complete, out of order, while reading goes on. A connection
+//! has at most `max_inflight_per_connection` requests in process; past that
+//! the reader waits, and QUIC flow control pushes back on the client.
+
+use std::sync::{Arc, OnceLock};
+
+use futures::future::join_all;
+use omniroute_protocol::{
+    check_frame, close_codes, split_frame, ErrorCode, Request, Response, PROTOCOL_VERSION,
+};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::{wire, Role};
+use crate::core::geo::GeoPoint;
+use crate::engine::{Engine, StockUpdate};
+
+/// Bytes read from a stream at once.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Encoded batches queued for a stream's writer before producers wait.
+const WRITE_QUEUE_BATCHES: usize = 1024;
+
+pub struct Shared {
+    pub engine: Engine,
+    pub tokens: Vec<(String, Role)>,
+    pub max_inflight_per_connection: usize,
+}
+
+/// What a connection is allowed to do, and how much it has in flight.
+struct Session {
+    /// Set by the first successful `Hello`; fixed for the connection's life.
+    role: OnceLock<Role>,
+    inflight: Arc<Semaphore>,
+}
+
+/// What the reader or a worker hands the stream's writer.
+enum Out {
+    Frames(Vec<u8>),
+    /// Reset the stream with this application code and stop writing.
+    Reset(u32),
+}
+
+pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let Ok(connection) = incoming.await else {
+        return;
+    };
+    let session = Arc::new(Session {
+        role: OnceLock::new(),
+        inflight: Arc::new(Semaphore::new(shared.max_inflight_per_connection)),
+    });
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        tokio::spawn(serve_stream(
+            send,
+            recv,
+            connection.clone(),
+            session.clone(),
+            shared.clone(),
+        ));
+    }
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Out>) {
+    while let Some(out) = queue.recv().await {
+        match out {
+            Out::Frames(mut bytes) => {
+                // Coalesce what is already queued into one write.
+                while bytes.len() < READ_CHUNK_BYTES {
+                    match queue.try_recv() {
+                        Ok(Out::Frames(more)) => bytes.extend_from_slice(&more),
+                        Ok(Out::Reset(code)) => {
+                            let _ = send.write_all(&bytes).await;
+                            let _ = send.reset(code.into());
+                            return;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if send.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Out::Reset(code) => {
+                let _ = send.reset(code.into());
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn serve_stream(
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    connection: quinn::Connection,
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+) {
+    let (out, queue) = mpsc::channel(WRITE_QUEUE_BATCHES);
+    let writer = tokio::spawn(write_loop(send, queue));
+    let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        match recv.read_chunk(READ_CHUNK_BYTES, true).await {
+            Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                if !buffer.is_empty() {
+                    let _ = out.send(Out::Reset(close_codes::TRUNCATED)).await;
+                }
+                break;
+            }
+            Err(_) => break,
+        }
+        let mut consumed = 0;
+        let mut frames: Vec<(u64, Result<Option<Request>, String>)> = Vec::new();
+        let mut broken = None;
+        loop {
+            match check_frame(&buffer[consumed..]) {
+                Ok(Some(length)) => {
+                    let (kind, id, payload) = split_frame(&buffer[consumed..consumed + length]);
+                    frames.push((id, Request::decode(kind, payload).map_err(|e| e.0)));
+                    consumed += length;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    broken = Some(error.close_code());
+                    break;
+                }
+            }
+        }
+        buffer.drain(..consumed);
+        if !frames.is_empty() && !dispatch(frames, &connection, &session, &shared, &out).await {
+            break;
+        }
+        if let Some(code) = broken {
+            let _ = recv.stop(code.into());
+            let _ = out.send(Out::Reset(code)).await;
+            break;
+        }
+    }
+    drop(out);
+    let _ = writer.await;
+}
+
+fn encode(responses: &[(u64, Response)]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(responses.len() * 64);
+    for (id, response) in responses {
+        response.encode(*id, &mut bytes);
+    }
+    bytes
+}
+
+/// Handles one decoded batch. Returns false when the connection is closed.
+async fn dispatch(
+    frames: Vec<(u64, Result<Option<Request>, String>)>,
+    connection: &quinn::Connection,
+    session: &Arc<Session>,
+    shared: &Arc<Shared>,
+    out: &mpsc::Sender<Out>,
+) -> bool {
+    let mut immediate: Vec<(u64, Response)> = Vec::new();
+    let mut submits = Vec::new();
+    let mut others = Vec::new();
+    for (id, decoded) in frames {
+        let request = match decoded {
+            Err(message) => {
+                immediate.push((id, Response::error(ErrorCode::Malformed, message)));
+                continue;
+            }
+            Ok(None) => {
+                immediate.push((
+                    id,
+                    Response::error(ErrorCode::UnknownKind, "unknown request kind"),
+                ));
+                continue;
+            }
+            Ok(Some(request)) => request,
+        };
+        if let Request::Hello { version, token } = &request {
+            if *version != PROTOCOL_VERSION {
+                let reason = format!("protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}");
+                connection.close(close_codes::VERSION_MISMATCH.into(), reason.as_bytes());
+                return false;
+            }
+            immediate.push((id, hello(session, shared, token)));
+            continue;
+        }
+        let Some(role) = session.role.get() else {
+            immediate.push((
+                id,
+                Response::error(ErrorCode::NotAuthenticated, "send Hello with a token first"),
+            ));
+            continue;
+        };
+        if !allowed(role, &request) {
+            immediate.push((
+                id,
+                Response::error(
+                    ErrorCode::Forbidden,
+                    format!("role {} may not make this request", role.name()),
+                ),
+            ));
+            continue;
+        }
+        match request {
+            Request::Submit(order) => submits.push((id, wire::order_request(order))),
+            Request::Subscribe { node, from_cursor } => {
+                tokio::spawn(pump_events(
+                    shared.engine.clone(),
+                    id,
+                    node,
+                    from_cursor,
+                    out.clone(),
+                ));
+            }
+            other => others.push((id, other)),
+        }
+    }
+    if !immediate.is_empty() && out.send(Out::Frames(encode(&immediate))).await.is_err() {
+        return false;
+    }
+    let work = submits.len() + others.len();
+    if work == 0 {
+        return true;
+    }
+    let permits = work.min(shared.max_inflight_per_connection) as u32;
+    let Ok(permit) = session.inflight.clone().acquire_many_owned(permits).await else {
+        return false;
+    };
+    let (engine, out) = (shared.engine.clone(), out.clone());
+    tokio::spawn(async move {
+        let mut responses = Vec::with_capacity(work);
+        if !submits.is_empty() {
+            let (ids, orders): (Vec<u64>, Vec<_>) = submits.into_iter().unzip();
+            match engine.try_submit_batch(orders).await {
+                Ok(decisions) => responses.extend(
+                    ids.into_iter()
+                        .zip(decisions)
+                        .map(|(id, d)| (id, Response::Decision(wire::decision(&engine, &d)))),
+                ),
+                Err(error) => responses.extend(ids.into_iter().map(|id| (id, wire::error(&error)))),
+            }
+        }
+        let answered = join_all(others.into_iter().map(|(id, request)| {
+            let engine = engine.clone();
+            async move { (id, execute(&engine, request).await) }
+        }))
+        .await;
+        responses.extend(answered);
+        let _ = out.send(Out::Frames(encode(&responses))).await;
+        drop(permit);
+    });
+    true
+}
+
+fn hello(session: &Session, shared: &Shared, token: &str) -> Response {
+    let found = shared
+        .tokens
+        .iter()
+        .find(|(known, _)| bool::from(known.as_bytes().ct_eq(token.as_bytes())));
+    let Some((_, role)) = found else {
+        return Response::error(ErrorCode::BadToken, "unknown token");
+    };
+    match session.role.get() {
+        Some(current) if current != role => Response::error(
+            ErrorCode::Forbidden,
+            format!("connection is already {}", current.name()),
+        ),
+        _ => {
+            let _ = session.role.set(role.clone());
+            Response::HelloOk { role: role.name() }
+        }
+    }
+}
+
+/// Which requests each role may make.
+fn allowed(role: &Role, request: &Request) -> bool {
+    let own_channel = |channel: &str| {
+        matches!(role, Role::Admin) || matches!(role, Role::Channel(c) if c == channel)
+    };
+    let own_node =
+        |node: &str| matches!(role, Role::Admin) || matches!(role, Role::Node(n) if n == node);
+    match request {
+        Request::Hello { .. } => true,
+        Request::Submit(order) => own_channel(&order.channel),
+        Request::Confirm(key) | Request::Cancel(key) | Request::GetOrder(key) => {
+            own_channel(&key.channel)
+        }
+        Request::Availability { .. } => matches!(role, Role::Admin | Role::Channel(_)),
+        Request::StockSet(entries) => entries.iter().all(|e| own_node(&e.node)),
+        Request::StockAdjust(entries) => entries.iter().all(|e| own_node(&e.node)),
+        Request::NodeReject { node, .. }
+        | Request::NodeShip { node, .. }
+        | Request::Return { node, .. } => own_node(node),
+        Request::Subscribe { node, .. } | Request::SetNodeOnline { node, .. } => own_node(node),
+    }
+}
+
+async fn execute(engine: &Engine, request: Request) -> Response {
+    let result = match request {
+        Request::Confirm(key) => engine
+            .confirm(wire::order_ref(key))
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::Cancel(key) => engine
+            .cancel(wire::order_ref(key))
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::GetOrder(key) => match engine.get(wire::order_ref(key)).await {
+            Some(record) => Ok(Response::Order(wire::order_view(engine, &record))),
+            None => return Response::error(ErrorCode::UnknownOrder, "no such order"),
+        },
+        Request::Availability { sku, near } => match near {
+            None => engine
+                .availability(&sku)
+                .map(|s| Response::Availability(wire::node_stock(engine, &s))),
+            Some(near) => match GeoPoint::new(near.lat, near.lon) {
+                None => {
+                    return Response::error(
+                        ErrorCode::Malformed,
+                        "point is not a valid latitude/longitude",
+                    )
+                }
+                Some(point) => engine
+                    .nearest(&sku, point, near.min_qty, near.count as usize)
+                    .map(|s| Response::Availability(wire::node_stock(engine, &s))),
+            },
+        },
+        Request::StockSet(entries) => {
+            let updates: Vec<StockUpdate> = entries
+                .into_iter()
+                .map(|e| StockUpdate::Set {
+                    sku: e.sku,
+                    node: e.node,
+                    on_hand: e.on_hand,
+                    safety_stock: e.safety_stock,
+                })
+                .collect();
+            stock_result(engine, &updates).await
+        }
+        Request::StockAdjust(entries) => {
+            let updates: Vec<StockUpdate> = entries
+                .into_iter()
+                .map(|e| StockUpdate::Adjust {
+                    sku: e.sku,
+                    node: e.node,
+                    delta: e.delta,
+                })
+                .collect();
+            stock_result(engine, &updates).await
+        }
+        Request::NodeReject {
+            node,
+            order,
+            counts,
+        } => {
+            let counts: Vec<(&str, u32)> =
+                counts.iter().map(|(sku, n)| (sku.as_str(), *n)).collect();
+            engine
+                .node_reject(wire::order_ref(order), &node, &counts)
+                .await
+                .map(|r| Response::Order(wire::order_view(engine, &r)))
+        }
+        Request::NodeShip {
+            node,
+            order,
+            sku,
+            qty,
+        } => engine
+            .ship(wire::order_ref(order), &node, &sku, qty)
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::Return {
+            node,
+            order,
+            sku,
+            qty,
+        } => engine
+            .return_units(wire::order_ref(order), &node, &sku, qty)
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::SetNodeOnline { node, online } => engine
+            .set_node_online(&node, online)
+            .await
+            .map(|n| Response::NodeOnline { rerouted: n as u32 }),
+        Request::Hello { .. } | Request::Submit(_) | Request::Subscribe { .. } => {
+            unreachable!("handled by dispatch")
+        }
+    };
+    result.unwrap_or_else(|error| wire::error(&error))
+}
+
+async fn stock_result(
+    engine: &Engine,
+    updates: &[StockUpdate],
+) -> Result<Response, crate::engine::EngineError> {
+    let report = engine.update_stock(updates).await?;
+    Ok(Response::StockResult {
+        applied: report.applied as u32,
+        bumped_units: report.bumped.iter().map(|b| b.qty).sum(),
+        errors: report.errors.len() as u32,
+    })
+}
+
+/// Streams a node's events on this stream: `Subscribed`, the backlog from
+/// the cursor, then live events, each frame carrying the subscribe request id.
+async fn pump_events(
+    engine: Engine,
+    id: u64,
+    node: String,
+    from_cursor: u64,
+    out: mpsc::Sender<Out>,
+) {
+    let (backlog, mut live) = match engine.subscribe(&node, from_cursor).await {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            let _ = out
+                .send(Out::Frames(encode(&[(id, wire::error(&error))])))
+                .await;
+            return;
+        }
+    };
+    let next_cursor = backlog
+        .first()
+        .map_or_else(|| from_cursor.max(1), |(c, _)| *c);
+    let mut frames = vec![(id, Response::Subscribed { next_cursor })];
+    frames.extend(
+        backlog
+            .iter()
+            .map(|(cursor, event)| (id, Response::Event(wire::event(&engine, *cursor, event)))),
+    );
+    for chunk in frames.chunks(1024) {
+        if out.send(Out::Frames(encode(chunk))).await.is_err() {
+            return;
+        }
+    }
+    while let Some((cursor, event)) = live.recv().await {
+        let frame = encode(&[(id, Response::Event(wire::event(&engine, cursor, &event)))]);
+        if out.send(Out::Frames(frame)).await.is_err() {
+            return;
+        }
+    }
+    // The node dropped this subscriber: it fell too far behind.
+    let _ = out.send(Out::Reset(close_codes::SLOW_CONSUMER)).await;
+}
