@@ -165,3 +165,57 @@ pub fn order(channel: &str, id: &str, lines: &[(&str, u32)]) -> OrderRequest {
         hold_ttl_ms: None,
     }
 }
+
+/// Tokens of the QUIC test config.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const CHANNEL_C_TOKEN: &str = "test-channel-c";
+pub const CHANNEL_WEB_TOKEN: &str = "test-channel-web";
+pub const NODE_ST1_TOKEN: &str = "test-node-st-1";
+
+/// A `[server]` section for tests: an ephemeral port on loopback, a fresh
+/// data directory, and one token per role.
+pub fn server_section(data_dir: &std::path::Path) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\nmax_inflight_per_connection = 16384\n\
+         [[server.tokens]]\ntoken = \"{ADMIN_TOKEN}\"\nrole = \"admin\"\n\
+         [[server.tokens]]\ntoken = \"{CHANNEL_C_TOKEN}\"\nrole = \"channel:c\"\n\
+         [[server.tokens]]\ntoken = \"{CHANNEL_WEB_TOKEN}\"\nrole = \"channel:web\"\n\
+         [[server.tokens]]\ntoken = \"{NODE_ST1_TOKEN}\"\nrole = \"node:ST-1\"\n",
+        data_dir.display().to_string()
+    )
+}
+
+/// A fresh directory under the system temp dir, removed by the caller's
+/// `TempDir` guard.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("omniroute-test-{name}-{}-{unique}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The engine and the QUIC server over the fixture network plus `extra`.
+pub async fn quic_server(extra: &str, dir: &TempDir) -> (Engine, omniroute::server::RunningServer) {
+    let config = config(&format!("{}\n{extra}", server_section(&dir.0)));
+    let (engine, _) = engine(&config, None).await;
+    let server = omniroute::server::start(engine.clone(), &config.server).await.expect("server starts");
+    (engine, server)
+}
+
+/// A client for `server` with `token`, trusting the server's own certificate.
+pub async fn client(server: &omniroute::server::RunningServer, token: &str) -> omniroute_client::Client {
+    let trust = omniroute_client::Trust::CaFile(server.cert_path.clone());
+    omniroute_client::Client::connect(server.addr, "localhost", trust, token).await.expect("client connects")
+}
