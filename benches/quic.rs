@@ -20,32 +20,60 @@ const ROUND: usize = 8192;
 const CONNECTIONS: usize = 2;
 
 fn bench_quic(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let data_dir = std::env::temp_dir().join(format!("omniroute-bench-quic-{}", std::process::id()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let data_dir =
+        std::env::temp_dir().join(format!("omniroute-bench-quic-{}", std::process::id()));
     let mut config = Config::default_config().validate().unwrap();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.data_dir = data_dir.clone();
     config.engine.expiry_tick_ms = 0;
     let (engine, server) = runtime.block_on(async {
-        let engine = Engine::start(&config.engine, config.network.clone(), Arc::new(SystemClock)).await.unwrap();
+        let engine = Engine::start(
+            &config.engine,
+            config.network.clone(),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
         let deep: Vec<StockUpdate> = config
             .stock
             .iter()
             .map(|u| match u {
-                StockUpdate::Set { sku, node, on_hand, .. } => StockUpdate::Set { sku: sku.clone(), node: node.clone(), on_hand: on_hand + 100_000_000, safety_stock: None },
+                StockUpdate::Set {
+                    sku, node, on_hand, ..
+                } => StockUpdate::Set {
+                    sku: sku.clone(),
+                    node: node.clone(),
+                    on_hand: on_hand + 100_000_000,
+                    safety_stock: None,
+                },
                 other => other.clone(),
             })
             .collect();
         for chunk in deep.chunks(omniroute::limits::MAX_STOCK_UPDATES_PER_BATCH) {
             engine.update_stock(chunk).await.unwrap();
         }
-        let server = omniroute::server::start(engine.clone(), &config.server).await.unwrap();
+        let server = omniroute::server::start(engine.clone(), &config.server)
+            .await
+            .unwrap();
         (engine, server)
     });
     let clients: Vec<Client> = runtime.block_on(async {
         let mut clients = Vec::new();
         for _ in 0..CONNECTIONS {
-            clients.push(Client::connect(server.addr, "localhost", Trust::CaFile(server.cert_path.clone()), "dev-web-token").await.unwrap());
+            clients.push(
+                Client::connect(
+                    server.addr,
+                    "localhost",
+                    Trust::CaFile(server.cert_path.clone()),
+                    "dev-web-token",
+                )
+                .await
+                .unwrap(),
+            );
         }
         clients
     });
@@ -55,7 +83,13 @@ fn bench_quic(c: &mut Criterion) {
     group.sample_size(15);
     group.measurement_time(Duration::from_secs(8));
     for lines in [1usize, 3] {
-        let mut generator = omniroute::sample::SampleOrders::new(lines as u64, skus, "SKU-", "web", &format!("q{lines}-"));
+        let mut generator = omniroute::sample::SampleOrders::new(
+            lines as u64,
+            skus,
+            "SKU-",
+            "web",
+            &format!("q{lines}-"),
+        );
         group.bench_with_input(BenchmarkId::new("lines", lines), &lines, |b, &lines| {
             b.iter_custom(|rounds| {
                 let orders: Vec<Order> = (0..rounds as usize * ROUND)
@@ -77,7 +111,13 @@ fn bench_quic(c: &mut Criterion) {
                     let started = Instant::now();
                     for round in orders.chunks(ROUND) {
                         let per_client = round.len().div_ceil(CONNECTIONS);
-                        let sends = round.chunks(per_client).zip(&clients).flat_map(|(part, client)| part.iter().map(move |o| client.submit(o.clone())));
+                        let sends =
+                            round
+                                .chunks(per_client)
+                                .zip(&clients)
+                                .flat_map(|(part, client)| {
+                                    part.iter().map(move |o| client.submit(o.clone()))
+                                });
                         for answer in join_all(sends).await {
                             answer.unwrap();
                         }

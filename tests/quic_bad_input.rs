@@ -4,7 +4,10 @@
 mod common;
 
 use common::*;
-use omniroute_client::protocol::{self as wire, check_frame, close_codes, invalid_codes, kinds, reject_codes, split_frame, ErrorCode, Request, Response};
+use omniroute_client::protocol::{
+    self as wire, check_frame, close_codes, invalid_codes, kinds, reject_codes, split_frame,
+    ErrorCode, Request, Response,
+};
 use omniroute_client::quinn;
 use omniroute_client::{order, Decision, Trust};
 
@@ -41,7 +44,12 @@ async fn exchange(connection: &quinn::Connection, bytes: &[u8], finish: bool) ->
     let mut at = 0;
     while let Ok(Some(length)) = check_frame(&buffer[at..]) {
         let (kind, id, payload) = split_frame(&buffer[at..at + length]);
-        frames.push((id, Response::decode(kind, payload).expect("server frames decode").expect("known kind")));
+        frames.push((
+            id,
+            Response::decode(kind, payload)
+                .expect("server frames decode")
+                .expect("known kind"),
+        ));
         at += length;
     }
     Reply { frames, reset }
@@ -62,7 +70,13 @@ fn encoded(request: &Request, id: u64) -> Vec<u8> {
 }
 
 fn hello(token: &str) -> Vec<u8> {
-    encoded(&Request::Hello { version: wire::PROTOCOL_VERSION, token: token.into() }, 0)
+    encoded(
+        &Request::Hello {
+            version: wire::PROTOCOL_VERSION,
+            token: token.into(),
+        },
+        0,
+    )
 }
 
 fn error_code(reply: &Reply, id: u64) -> u16 {
@@ -81,7 +95,16 @@ fn rejection(reply: &Reply, id: u64) -> (u16, u16) {
 
 async fn good_client_is_served(good: &omniroute_client::Client, n: &mut u32) {
     *n += 1;
-    let decision = good.submit(order("c", &format!("good-{n}"), 50.0, 10.0, &[("SKU-1", 1)])).await.expect("good client answered");
+    let decision = good
+        .submit(order(
+            "c",
+            &format!("good-{n}"),
+            50.0,
+            10.0,
+            &[("SKU-1", 1)],
+        ))
+        .await
+        .expect("good client answered");
     assert!(matches!(decision, Decision::Routed { .. }), "{decision:?}");
 }
 
@@ -90,12 +113,19 @@ async fn bad_bytes_get_their_documented_answers() {
     // Proves each kind of bad input gets the answer PROTOCOL.md documents, while another
     // connection keeps being served and no stock changes.
     let dir = TempDir::new("bad-input");
-    let text = format!("{}{}{}", channel("c", &["nearest"]), channel("web", &["nearest"]), stock(&[("SKU-1", "ST-1", 1000)]));
+    let text = format!(
+        "{}{}{}",
+        channel("c", &["nearest"]),
+        channel("web", &["nearest"]),
+        stock(&[("SKU-1", "ST-1", 1000)])
+    );
     let (engine, server) = quic_server(&text, &dir).await;
     let good = client(&server, CHANNEL_C_TOKEN).await;
     let mut served = 0;
     let trust = Trust::CaFile(server.cert_path.clone());
-    let (_endpoint, raw) = omniroute_client::connect_quic(server.addr, "localhost", &trust).await.unwrap();
+    let (_endpoint, raw) = omniroute_client::connect_quic(server.addr, "localhost", &trust)
+        .await
+        .unwrap();
     let order_frame = |id: u64, lines: Vec<(String, u32)>| {
         let mut o = order("c", &format!("bad-{id}"), 50.0, 10.0, &[]);
         o.lines = lines;
@@ -121,9 +151,23 @@ async fn bad_bytes_get_their_documented_answers() {
     batch.extend(order_frame(4, vec![("SKU-1".into(), 0)]));
     batch.extend(order_frame(5, vec![("SKU-1".into(), u32::MAX)]));
     batch.extend(order_frame(6, vec![("NO-SUCH-SKU".into(), 1)]));
-    batch.extend(encoded(&Request::Submit(order("web", "other-channel", 50.0, 10.0, &[("SKU-1", 1)])), 7));
-    batch.extend(encoded(&Request::StockSet(vec![wire::StockSet { sku: "SKU-1".into(), node: "ST-1".into(), on_hand: 0, safety_stock: None }]), 8));
-    let mut too_many = encoded(&Request::Submit(order("c", "too-many", 50.0, 10.0, &[("SKU-1", 1)])), 9);
+    batch.extend(encoded(
+        &Request::Submit(order("web", "other-channel", 50.0, 10.0, &[("SKU-1", 1)])),
+        7,
+    ));
+    batch.extend(encoded(
+        &Request::StockSet(vec![wire::StockSet {
+            sku: "SKU-1".into(),
+            node: "ST-1".into(),
+            on_hand: 0,
+            safety_stock: None,
+        }]),
+        8,
+    ));
+    let mut too_many = encoded(
+        &Request::Submit(order("c", "too-many", 50.0, 10.0, &[("SKU-1", 1)])),
+        9,
+    );
     // Rewrite the line count of the last frame to 65 and append 64 more lines.
     let count_at = too_many.len() - (2 + 2 + 5 + 4);
     too_many[count_at..count_at + 2].copy_from_slice(&65u16.to_le_bytes());
@@ -134,12 +178,24 @@ async fn bad_bytes_get_their_documented_answers() {
     too_many[..4].copy_from_slice(&length.to_le_bytes());
     batch.extend(too_many);
     let reply = exchange(&raw, &batch, true).await;
-    assert!(matches!(reply.frames.iter().find(|(i, _)| *i == 0), Some((_, Response::HelloOk { .. }))));
+    assert!(matches!(
+        reply.frames.iter().find(|(i, _)| *i == 0),
+        Some((_, Response::HelloOk { .. }))
+    ));
     assert_eq!(error_code(&reply, 2), ErrorCode::UnknownKind as u16);
     assert_eq!(error_code(&reply, 3), ErrorCode::Malformed as u16);
-    assert_eq!(rejection(&reply, 4), (reject_codes::INVALID, invalid_codes::BAD_QUANTITY));
-    assert_eq!(rejection(&reply, 5), (reject_codes::INVALID, invalid_codes::BAD_QUANTITY));
-    assert_eq!(rejection(&reply, 6), (reject_codes::INVALID, invalid_codes::UNKNOWN_SKU));
+    assert_eq!(
+        rejection(&reply, 4),
+        (reject_codes::INVALID, invalid_codes::BAD_QUANTITY)
+    );
+    assert_eq!(
+        rejection(&reply, 5),
+        (reject_codes::INVALID, invalid_codes::BAD_QUANTITY)
+    );
+    assert_eq!(
+        rejection(&reply, 6),
+        (reject_codes::INVALID, invalid_codes::UNKNOWN_SKU)
+    );
     assert_eq!(error_code(&reply, 7), ErrorCode::Forbidden as u16);
     assert_eq!(error_code(&reply, 8), ErrorCode::Forbidden as u16);
     assert_eq!(error_code(&reply, 9), ErrorCode::Malformed as u16);
@@ -154,12 +210,27 @@ async fn bad_bytes_get_their_documented_answers() {
     good_client_is_served(&good, &mut served).await;
 
     // An unknown protocol version closes that connection with its code.
-    let (_endpoint2, other) = omniroute_client::connect_quic(server.addr, "localhost", &trust).await.unwrap();
+    let (_endpoint2, other) = omniroute_client::connect_quic(server.addr, "localhost", &trust)
+        .await
+        .unwrap();
     let (mut send, _recv) = other.open_bi().await.unwrap();
-    send.write_all(&encoded(&Request::Hello { version: 99, token: CHANNEL_C_TOKEN.into() }, 1)).await.unwrap();
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), other.closed()).await.expect("closed in time");
+    send.write_all(&encoded(
+        &Request::Hello {
+            version: 99,
+            token: CHANNEL_C_TOKEN.into(),
+        },
+        1,
+    ))
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), other.closed())
+        .await
+        .expect("closed in time");
     match closed {
-        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code.into_inner(), u64::from(close_codes::VERSION_MISMATCH)),
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code.into_inner(),
+            u64::from(close_codes::VERSION_MISMATCH)
+        ),
         other => panic!("unexpected close {other:?}"),
     }
     good_client_is_served(&good, &mut served).await;

@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use omniroute_protocol as protocol;
-pub use quinn;
 use omniroute_protocol::{check_frame, split_frame, Request, Response, ALPN, PROTOCOL_VERSION};
 pub use omniroute_protocol::{
     Decision, Event, Method, Near, NodeStock, Order, OrderKey, OrderView, StockAdjust, StockSet,
 };
+pub use quinn;
 use tokio::sync::{mpsc, oneshot};
 
 /// Frames queued for a stream's writer before callers wait.
@@ -321,18 +321,36 @@ fn unexpected(response: Response) -> ClientError {
 
 /// A bare QUIC connection with the protocol's ALPN and TLS settings, for
 /// tools and tests that speak raw frames.
-pub async fn connect_quic(addr: SocketAddr, server_name: &str, trust: &Trust) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse().expect("address") } else { "0.0.0.0:0".parse().expect("address") };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+pub async fn connect_quic(
+    addr: SocketAddr,
+    server_name: &str,
+    trust: &Trust,
+) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().expect("address")
+    } else {
+        "0.0.0.0:0".parse().expect("address")
+    };
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
     endpoint.set_default_client_config(client_config(trust)?);
-    let connecting = endpoint.connect(addr, server_name).map_err(|e| ClientError::Connect(e.to_string()))?;
-    let connection = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
+    let connecting = endpoint
+        .connect(addr, server_name)
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let connection = connecting
+        .await
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
     Ok((endpoint, connection))
 }
 
 impl Client {
     /// Connects, opens the request stream and says hello with `token`.
-    pub async fn connect(addr: SocketAddr, server_name: &str, trust: Trust, token: &str) -> Result<Client, ClientError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        trust: Trust,
+        token: &str,
+    ) -> Result<Client, ClientError> {
         let (endpoint, connection) = connect_quic(addr, server_name, &trust).await?;
         let stream = RequestStream::open(&connection).await?;
         let role = match stream

@@ -193,7 +193,10 @@ impl TempDir {
     pub fn new(name: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("omniroute-test-{name}-{}-{unique}", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "omniroute-test-{name}-{}-{unique}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("temp dir");
         TempDir(path)
@@ -210,12 +213,19 @@ impl Drop for TempDir {
 pub async fn quic_server(extra: &str, dir: &TempDir) -> (Engine, omniroute::server::RunningServer) {
     let config = config(&format!("{}\n{extra}", server_section(&dir.0)));
     let (engine, _) = engine(&config, None).await;
-    let server = omniroute::server::start(engine.clone(), &config.server).await.expect("server starts");
+    let server = omniroute::server::start(engine.clone(), &config.server)
+        .await
+        .expect("server starts");
     (engine, server)
 }
 
 /// A client for `server` with `token`, trusting the server's own certificate.
-pub async fn client(server: &omniroute::server::RunningServer, token: &str) -> omniroute_client::Client {
+pub async fn client(
+    server: &omniroute::server::RunningServer,
+    token: &str,
+) -> omniroute_client::Client {
     let trust = omniroute_client::Trust::CaFile(server.cert_path.clone());
-    omniroute_client::Client::connect(server.addr, "localhost", trust, token).await.expect("client connects")
+    omniroute_client::Client::connect(server.addr, "localhost", trust, token)
+        .await
+        .expect("client connects")
 }
