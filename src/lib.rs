@@ -16,6 +16,7 @@
 pub mod config;
 pub mod core;
 pub mod engine;
+pub mod journal;
 pub mod limits;
 pub mod sample;
 pub mod server;

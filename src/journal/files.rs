@@ -1,0 +1,368 @@
+//! Segment files, the group-commit writer thread, and recovery.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::record::{self, End};
+
+/// Appends queued for the writer before `append` blocks: the writer's
+/// backpressure on the engine.
+pub const MAX_PENDING_APPENDS: usize = 65_536;
+/// Records written (and fsynced) together at most.
+pub const MAX_RECORDS_PER_COMMIT: usize = 8192;
+/// A segment is closed and a new one begun past this size.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+const SEGMENT_SUFFIX: &str = ".wal";
+
+/// Whether an append is acknowledged only after fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The default: a record is acknowledged after the fsync covering it.
+    Fsync,
+    /// For benchmarks: acknowledged after the write, before any fsync.
+    None,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal I/O on {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    /// Damage before the tail: starting would lose or invent state.
+    #[error("journal {path} is corrupt at byte {offset}: {reason}; refusing to start (restore the data directory from a backup)")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error(
+        "the journal writer has stopped after an earlier error; nothing more can be made durable"
+    )]
+    Stopped,
+}
+
+fn io_error(path: &Path, error: impl std::fmt::Display) -> JournalError {
+    JournalError::Io {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    }
+}
+
+/// A record read back at recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredRecord {
+    pub lsn: u64,
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Bytes cut from the end of the last segment at recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    /// Records with an LSN above the one asked for, in LSN order.
+    pub records: Vec<RecoveredRecord>,
+    /// The LSN the next append gets.
+    pub next_lsn: u64,
+    pub torn_tail: Option<TornTail>,
+}
+
+fn segment_paths(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let mut segments = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(segments),
+        Err(e) => return Err(io_error(dir, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| io_error(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(first) = name
+            .strip_suffix(SEGMENT_SUFFIX)
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            segments.push((first, path));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+    dir.join(format!("{first_lsn:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Reads every segment in `dir`, returns the records after `after_lsn`, and
+/// cuts a torn tail off the last segment (on disk, fsynced). Damage
+/// anywhere else is an error naming the file and the offset.
+pub fn recover(dir: &Path, after_lsn: u64) -> Result<Recovered, JournalError> {
+    let segments = segment_paths(dir)?;
+    let mut recovered = Recovered {
+        next_lsn: after_lsn + 1,
+        ..Recovered::default()
+    };
+    let mut expected: Option<u64> = None;
+    for (i, (first_lsn, path)) in segments.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+        let scan = record::scan(&bytes, Some(expected.unwrap_or(*first_lsn)));
+        for found in &scan.records {
+            if found.lsn > after_lsn {
+                recovered.records.push(RecoveredRecord {
+                    lsn: found.lsn,
+                    kind: found.kind,
+                    payload: bytes[found.payload.clone()].to_vec(),
+                });
+            }
+        }
+        let next = scan
+            .records
+            .last()
+            .map_or(expected.unwrap_or(*first_lsn), |r| r.lsn + 1);
+        match scan.end {
+            End::Clean => {}
+            End::Corrupt { offset, reason } => {
+                return Err(JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: offset as u64,
+                    reason,
+                })
+            }
+            End::Torn { offset } if i + 1 < segments.len() => {
+                let reason = "a torn record before the last segment".to_string();
+                return Err(JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: offset as u64,
+                    reason,
+                });
+            }
+            End::Torn { offset } => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| io_error(path, e))?;
+                file.set_len(offset as u64).map_err(|e| io_error(path, e))?;
+                file.sync_all().map_err(|e| io_error(path, e))?;
+                recovered.torn_tail = Some(TornTail {
+                    path: path.clone(),
+                    offset: offset as u64,
+                    bytes: (bytes.len() - offset) as u64,
+                });
+            }
+        }
+        expected = Some(next);
+    }
+    recovered.next_lsn = recovered.next_lsn.max(expected.unwrap_or(1));
+    Ok(recovered)
+}
+
+/// Called with the LSN once the record is durable (or with the error).
+pub type Done = Box<dyn FnOnce(Result<u64, JournalError>) + Send>;
+
+/// A commit that failed: the callbacks to tell, and why.
+type CommitFailed = (Vec<Done>, JournalError);
+
+struct Append {
+    kind: u8,
+    payload: Vec<u8>,
+    done: Done,
+}
+
+/// Counters of the writer, for metrics and the benchmarks.
+#[derive(Default, Debug)]
+pub struct JournalStats {
+    pub commits: AtomicU64,
+    pub records: AtomicU64,
+    pub largest_commit: AtomicU64,
+    pub fsync_us_total: AtomicU64,
+}
+
+/// The journal's writing side. Cheap to share; one writer thread owns the files.
+pub struct Journal {
+    queue: Option<crossbeam_channel::Sender<Append>>,
+    writer: Option<JoinHandle<()>>,
+    pub stats: Arc<JournalStats>,
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    path: PathBuf,
+    size: u64,
+    next_lsn: u64,
+    segment_bytes: u64,
+    durability: Durability,
+    stats: Arc<JournalStats>,
+}
+
+fn open_segment(dir: &Path, first_lsn: u64) -> Result<(File, PathBuf, u64), JournalError> {
+    let path = match segment_paths(dir)?.last() {
+        Some((_, last)) => last.clone(),
+        None => segment_path(dir, first_lsn),
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    let size = file.metadata().map_err(|e| io_error(&path, e))?.len();
+    sync_dir(dir)?;
+    Ok((file, path, size))
+}
+
+/// A new file's name is durable only once its directory is fsynced.
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}
+
+impl Writer {
+    fn commit(
+        &mut self,
+        batch: Vec<Append>,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Vec<(Done, u64)>, CommitFailed> {
+        buffer.clear();
+        let mut acks = Vec::with_capacity(batch.len());
+        for append in batch {
+            record::encode(append.kind, self.next_lsn, &append.payload, buffer);
+            acks.push((append.done, self.next_lsn));
+            self.next_lsn += 1;
+        }
+        let fail = |acks: Vec<(Done, u64)>, error| {
+            (acks.into_iter().map(|(d, _)| d).collect::<Vec<_>>(), error)
+        };
+        if let Err(e) = self.file.write_all(buffer) {
+            return Err(fail(acks, io_error(&self.path, e)));
+        }
+        if self.durability == Durability::Fsync {
+            let started = std::time::Instant::now();
+            if let Err(e) = self.file.sync_data() {
+                return Err(fail(acks, io_error(&self.path, e)));
+            }
+            self.stats
+                .fsync_us_total
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        self.size += buffer.len() as u64;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .records
+            .fetch_add(acks.len() as u64, Ordering::Relaxed);
+        self.stats
+            .largest_commit
+            .fetch_max(acks.len() as u64, Ordering::Relaxed);
+        if self.size >= self.segment_bytes {
+            self.rotate().map_err(|e| fail(Vec::new(), e))?;
+        }
+        Ok(acks)
+    }
+
+    fn rotate(&mut self) -> Result<(), JournalError> {
+        self.file.sync_all().map_err(|e| io_error(&self.path, e))?;
+        let path = segment_path(&self.dir, self.next_lsn);
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
+        self.path = path;
+        self.size = 0;
+        sync_dir(&self.dir)
+    }
+
+    fn run(mut self, queue: crossbeam_channel::Receiver<Append>) {
+        let mut buffer = Vec::with_capacity(1 << 20);
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            batch.extend(queue.try_iter().take(MAX_RECORDS_PER_COMMIT - 1));
+            match self.commit(batch, &mut buffer) {
+                Ok(acks) => acks.into_iter().for_each(|(done, lsn)| done(Ok(lsn))),
+                Err((dones, error)) => {
+                    // A failed write or fsync is never retried: the kernel may
+                    // have dropped the dirty pages. Everything after fails too.
+                    tracing::error!("journal writer stopped: {error}");
+                    dones.into_iter().for_each(|done| done(Err(error.clone())));
+                    queue
+                        .iter()
+                        .for_each(|a| (a.done)(Err(JournalError::Stopped)));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Journal {
+    /// Starts the writer on `dir`, appending from `next_lsn` (what
+    /// [`recover`] returned). Creates the directory if needed.
+    pub fn start(
+        dir: &Path,
+        next_lsn: u64,
+        durability: Durability,
+        segment_bytes: u64,
+    ) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let (file, path, size) = open_segment(dir, next_lsn)?;
+        let stats = Arc::new(JournalStats::default());
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            file,
+            path,
+            size,
+            next_lsn,
+            segment_bytes: segment_bytes.max(1),
+            durability,
+            stats: stats.clone(),
+        };
+        let (queue, receiver) = crossbeam_channel::bounded(MAX_PENDING_APPENDS);
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| io_error(dir, e))?;
+        Ok(Journal {
+            queue: Some(queue),
+            writer: Some(thread),
+            stats,
+        })
+    }
+
+    /// Queues a record; `done` runs on the writer thread once it is durable.
+    /// Blocks while `MAX_PENDING_APPENDS` are queued (backpressure).
+    pub fn append(&self, kind: u8, payload: Vec<u8>, done: Done) -> Result<(), JournalError> {
+        let queue = self.queue.as_ref().ok_or(JournalError::Stopped)?;
+        queue
+            .send(Append {
+                kind,
+                payload,
+                done,
+            })
+            .map_err(|_| JournalError::Stopped)
+    }
+
+    /// Waits for everything queued to be written, then stops the writer.
+    pub fn shutdown(mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
