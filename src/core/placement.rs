@@ -132,6 +132,8 @@ struct Progress {
     /// Nodes excluded for this placement only (full or offline when asked).
     refused: SmallVec<[NodeIdx; 4]>,
     outcome: Option<Placement>,
+    /// The last plan left candidates out (see `Plan::truncated`).
+    truncated: bool,
     /// Per line of the attempt: what the shard answered this round.
     held: Vec<HoldOutcome>,
 }
@@ -173,6 +175,7 @@ pub async fn place<P: Participants>(
             tries: 0,
             refused: SmallVec::new(),
             outcome: None,
+            truncated: false,
             held: Vec::new(),
         })
         .collect();
@@ -244,9 +247,32 @@ async fn hold_stock_round<P: Participants>(
             Err(PlanError::NoEligibleNode) => {
                 state.outcome = Some(Placement::Failed(RejectReason::NoEligibleNode))
             }
-            Ok(items) => {
-                state.held = vec![HoldOutcome::Undone; items.len()];
-                for (line_pos, item) in items.into_iter().enumerate() {
+            Ok(plan) => {
+                state.truncated = plan.truncated;
+                let partial = context.network.policy(attempt.channel).on_short == OnShort::Partial;
+                // A line no node has any of (by the index) is short without
+                // asking a shard; an all-or-nothing order stops right here.
+                let empty: Vec<ShortLine> = plan
+                    .items
+                    .iter()
+                    .filter(|item| item.candidates.is_empty())
+                    .map(|item| ShortLine {
+                        line: item.line,
+                        sku: item.sku,
+                        requested: item.qty,
+                        available: 0,
+                    })
+                    .collect();
+                if !empty.is_empty() && !partial {
+                    state.outcome = Some(Placement::Failed(RejectReason::Short { lines: empty }));
+                    continue;
+                }
+                state.held = vec![HoldOutcome::Undone; plan.items.len()];
+                for (line_pos, item) in plan.items.into_iter().enumerate() {
+                    if item.candidates.is_empty() {
+                        state.held[line_pos] = HoldOutcome::Short { available: 0 };
+                        continue;
+                    }
                     let shard = StockShard::shard_of(item.sku, context.shard_count);
                     let entry = by_shard.entry(shard).or_default();
                     entry.0.push(item);
@@ -337,8 +363,8 @@ fn judge_stock(
             state.outcome = Some(Placement::Failed(RejectReason::TooManyShipments {
                 max_shipments: policy.max_shipments,
             }));
-        } else if !state.widen {
-            // The index may have lagged: ask once more with every eligible node.
+        } else if !state.widen && state.truncated {
+            // Nodes were left off the first list: offer every eligible one.
             state.widen = true;
         } else {
             state.outcome = Some(Placement::Failed(RejectReason::Short { lines: short }));

@@ -164,12 +164,20 @@ fn method_capabilities(method: Method) -> Capabilities {
 
 /// Plans the hold items of one request: one item per line, candidates in
 /// policy order. Items come out in line order; the caller groups them by shard.
+/// The hold items of one request, one per line.
+pub struct Plan {
+    pub items: SmallVec<[HoldItem; 4]>,
+    /// Some line had more candidates than were sent: a widened attempt
+    /// could still find units the first one did not offer.
+    pub truncated: bool,
+}
+
 pub fn plan(
     network: &Network,
     policy: &Policy,
     index: &AvailabilityIndex,
     request: &PlanRequest,
-) -> Result<SmallVec<[HoldItem; 4]>, PlanError> {
+) -> Result<Plan, PlanError> {
     assert!(request.lines.len() <= MAX_LINES_PER_ORDER);
     let rows: SmallVec<[AtpRow; 4]> = request.lines.iter().map(|l| index.atp_row(l.sku)).collect();
     let mut ranked = rank_nodes(network, policy, index, request, &rows)?;
@@ -192,9 +200,11 @@ pub fn plan(
     // those are selected first and only they are sorted.
     let mut order: SmallVec<[u16; 32]> = (0..ranked.len() as u16).collect();
     let by_key = |a: &u16, b: &u16| ranked[*a as usize].key.cmp(&ranked[*b as usize].key);
+    let mut truncated = false;
     if request.lines.len() == 1 && !request.widen && order.len() > limit {
         order.select_nth_unstable_by(limit - 1, by_key);
         order.truncate(limit);
+        truncated = true;
     }
     order.sort_unstable_by(by_key);
     let max_parts = policy.max_shipments.max(1);
@@ -207,11 +217,12 @@ pub fn plan(
         .map(|((line, first), row)| {
             let mut candidates: SmallVec<[NodeIdx; 8]> = SmallVec::new();
             candidates.extend(*first);
-            let others = order
+            let mut others = order
                 .iter()
                 .map(|&position| ranked[position as usize].node)
                 .filter(|&node| Some(node) != *first && (request.widen || row.get(node) > 0));
-            candidates.extend(others.take(limit.saturating_sub(candidates.len())));
+            candidates.extend(others.by_ref().take(limit.saturating_sub(candidates.len())));
+            truncated |= others.next().is_some();
             HoldItem {
                 order: request.order,
                 line: line.line,
@@ -223,7 +234,7 @@ pub fn plan(
             }
         })
         .collect();
-    Ok(items)
+    Ok(Plan { items, truncated })
 }
 
 /// Greedy set cover: repeatedly pick the best node by the rules, with
