@@ -206,6 +206,8 @@ pub struct Summary {
     pub errors: u64,
     pub oversold_units: u64,
     pub missing_orders: u64,
+    /// With --find-max: the highest offered rate that held its bounds.
+    pub highest_sustainable_rate: Option<f64>,
 }
 
 impl Summary {
@@ -239,6 +241,7 @@ impl Summary {
             errors: recorder.count(Outcome::Error) + recorder.count(Outcome::TimedOut),
             oversold_units,
             missing_orders,
+            highest_sustainable_rate: None,
         }
     }
 }

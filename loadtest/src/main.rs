@@ -72,6 +72,15 @@ struct Args {
     /// An answer later than this counts as timed out.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Step the rate up (×--step-factor, one --duration each) until p99
+    /// passes --max-p99-ms or the achieved rate falls below 95 % of offered;
+    /// report the highest sustainable rate.
+    #[arg(long)]
+    find_max: bool,
+    #[arg(long, default_value_t = 10.0)]
+    max_p99_ms: f64,
+    #[arg(long, default_value_t = 1.5)]
+    step_factor: f64,
     /// Internal: run the daemon for --spawn-server in this process.
     #[arg(long, hide = true)]
     serve_child: Option<PathBuf>,
@@ -369,6 +378,33 @@ async fn missing_orders(admin: &Client, routed: &[OrderKey]) -> u64 {
     missing
 }
 
+/// Highest rate --find-max tries.
+const MAX_FIND_MAX_RATE: f64 = 10_000_000.0;
+
+/// One phase at one rate, with its own collector.
+async fn step(
+    clients: &[Arc<Client>],
+    orders: &mut Orders,
+    rate: f64,
+    duration: Duration,
+    timeout: Duration,
+    measured: bool,
+) -> Result<(Duration, Collected), String> {
+    let (answers, receiver) = mpsc::channel(65_536);
+    let collector = tokio::spawn(collect(receiver));
+    let elapsed = run_phase(clients, orders, rate, duration, timeout, measured, &answers).await;
+    drop(answers);
+    Ok((elapsed, collector.await.map_err(|e| e.to_string())?))
+}
+
+/// Adds a phase's audit and routed orders to the run's.
+fn absorb(totals: &mut Collected, phase: Collected) {
+    for (cell, units) in phase.audit.told {
+        *totals.audit.told.entry(cell).or_default() += units;
+    }
+    totals.routed.extend(phase.routed);
+}
+
 async fn run(args: Args) -> Result<Summary, String> {
     let scenario = Scenario::parse(
         &std::fs::read_to_string(&args.scenario)
@@ -434,32 +470,73 @@ async fn run(args: Args) -> Result<Summary, String> {
         prefix: format!("lt-{run_id}-"),
         next_id: 0,
     };
-    let (answers, receiver) = mpsc::channel(65_536);
-    let collector = tokio::spawn(collect(receiver));
+    let mut totals = Collected::default();
+    let mut max_rate: Option<f64> = None;
     if !args.warmup.is_zero() {
-        run_phase(
+        let (_, warm) = step(
             &clients,
             &mut orders,
             args.rate,
             args.warmup,
             args.timeout,
             false,
-            &answers,
         )
-        .await;
+        .await?;
+        absorb(&mut totals, warm);
     }
-    let elapsed = run_phase(
-        &clients,
-        &mut orders,
-        args.rate,
-        args.duration,
-        args.timeout,
-        true,
-        &answers,
-    )
-    .await;
-    drop(answers);
-    let mut collected = collector.await.map_err(|e| e.to_string())?;
+    let mut rate = args.rate;
+    let mut highest: Option<(f64, Summary)> = None;
+    let (elapsed, recorder) = loop {
+        let (elapsed, mut collected) = step(
+            &clients,
+            &mut orders,
+            rate,
+            args.duration,
+            args.timeout,
+            true,
+        )
+        .await?;
+        let recorder = collected.recorder.take().expect("recorder");
+        absorb(&mut totals, collected);
+        if !args.find_max {
+            break (elapsed, recorder);
+        }
+        let summary = Summary::new(&scenario.name, elapsed, rate, &recorder, 0, 0);
+        let sustained = summary.rate_achieved >= 0.95 * rate
+            && (summary.p99_us as f64) <= args.max_p99_ms * 1000.0
+            && summary.errors == 0;
+        println!(
+            "find-max step: offered {rate:.0}/s, achieved {:.0}/s, p99 {} us: {}",
+            summary.rate_achieved,
+            summary.p99_us,
+            if sustained {
+                "sustained"
+            } else {
+                "not sustained"
+            }
+        );
+        if !sustained {
+            match highest.take() {
+                Some((best_rate, _)) => {
+                    println!(
+                        "highest sustainable rate: {best_rate:.0} orders/s (p99 bound {} ms)",
+                        args.max_p99_ms
+                    );
+                    max_rate = Some(best_rate);
+                }
+                None => println!("not even the starting rate {rate:.0}/s was sustainable"),
+            }
+            break (elapsed, recorder);
+        }
+        highest = Some((rate, summary));
+        rate *= args.step_factor.max(1.01);
+        if rate > MAX_FIND_MAX_RATE {
+            max_rate = highest.as_ref().map(|(r, _)| *r);
+            break (elapsed, recorder);
+        }
+    };
+    let mut collected = totals;
+    collected.recorder = Some(recorder);
     for s in &scenario.stock {
         *collected
             .audit
@@ -485,14 +562,8 @@ async fn run(args: Args) -> Result<Summary, String> {
         );
     }
     let recorder = collected.recorder.take().expect("recorder");
-    let summary = Summary::new(
-        &scenario.name,
-        elapsed,
-        args.rate,
-        &recorder,
-        oversold,
-        missing,
-    );
+    let mut summary = Summary::new(&scenario.name, elapsed, rate, &recorder, oversold, missing);
+    summary.highest_sustainable_rate = max_rate;
     for client in clients {
         if let Ok(client) = Arc::try_unwrap(client) {
             client.close().await;
@@ -529,6 +600,9 @@ fn print(summary: &Summary) {
         "errors {}, missing orders {}",
         summary.errors, summary.missing_orders
     );
+    if let Some(rate) = summary.highest_sustainable_rate {
+        println!("highest_sustainable_rate={rate:.0}");
+    }
     println!("oversold_units={}", summary.oversold_units);
 }
 
