@@ -151,13 +151,39 @@ pub struct Scenario {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderMix {
+    /// SKUs picked uniformly; or use `sku_range`.
+    #[serde(default)]
     pub skus: Vec<String>,
+    /// `prefix1..=prefix{count}`, picked with Zipf popularity.
+    pub sku_range: Option<SkuRange>,
+    /// Weights of the fulfilment methods; all ship when absent.
+    pub methods: Option<MethodMix>,
+    /// Stores a pickup order names, picked uniformly.
+    #[serde(default)]
+    pub pickup_stores: Vec<String>,
     pub lines_min: usize,
     pub lines_max: usize,
     pub qty_min: u32,
     pub qty_max: u32,
     pub hold_ttl_ms: Option<u32>,
     pub points: Vec<[f64; 2]>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkuRange {
+    pub prefix: String,
+    pub count: usize,
+    /// 1.0 is the classic Zipf: the most popular SKU sells twice the second.
+    pub zipf_exponent: f64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodMix {
+    pub ship: f64,
+    pub pickup: f64,
+    pub same_day: f64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -172,10 +198,30 @@ impl Scenario {
     pub fn parse(text: &str) -> Result<Scenario, String> {
         let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
         let o = &scenario.orders;
-        if o.skus.is_empty() || o.points.is_empty() {
-            return Err("orders.skus and orders.points must not be empty".into());
+        let sku_count =
+            match (&o.sku_range, o.skus.is_empty()) {
+                (Some(range), true) if range.count > 0 && range.zipf_exponent > 0.0 => range.count,
+                (None, false) => o.skus.len(),
+                _ => return Err(
+                    "give either orders.skus or orders.sku_range (count > 0, zipf_exponent > 0)"
+                        .into(),
+                ),
+            };
+        if o.points.is_empty() {
+            return Err("orders.points must not be empty".into());
         }
-        if o.lines_min == 0 || o.lines_min > o.lines_max || o.lines_max > o.skus.len() {
+        if let Some(m) = &o.methods {
+            let weights = [m.ship, m.pickup, m.same_day];
+            if weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+                || weights.iter().sum::<f64>() <= 0.0
+            {
+                return Err("orders.methods weights must be >= 0 and not all 0".into());
+            }
+            if m.pickup > 0.0 && o.pickup_stores.is_empty() {
+                return Err("orders.methods.pickup needs orders.pickup_stores".into());
+            }
+        }
+        if o.lines_min == 0 || o.lines_min > o.lines_max || o.lines_max > sku_count {
             return Err("orders.lines_min..=lines_max must be within 1..=number of skus".into());
         }
         if o.qty_min == 0 || o.qty_min > o.qty_max {
@@ -328,6 +374,17 @@ mod tests {
             assert!(json[key].is_number(), "{key} missing in {json}");
         }
         assert_eq!(json["outcomes"]["routed"], 1);
+    }
+
+    #[test]
+    fn the_omnichannel_scenario_parses() {
+        // Proves the shipped omnichannel scenario is valid and uses a Zipf range.
+        let scenario = Scenario::parse(include_str!("../scenarios/omnichannel-mix.toml")).unwrap();
+        assert_eq!(
+            scenario.orders.sku_range.as_ref().map(|r| r.count),
+            Some(10_000)
+        );
+        assert!(Scenario::parse("name = \"x\"\nchannel = \"web\"\n[orders]\nlines_min = 1\nlines_max = 1\nqty_min = 1\nqty_max = 1\npoints = [[1.0, 2.0]]\n").is_err());
     }
 
     #[test]

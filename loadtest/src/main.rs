@@ -15,6 +15,7 @@ use clap::Parser;
 use omniroute_client::{Client, ClientError, Decision, Order, OrderKey, StockSet, Trust};
 use omniroute_loadtest::{Audit, Outcome, Recorder, Scenario, Schedule, Summary};
 use rand::{Rng, SeedableRng};
+
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -189,6 +190,8 @@ struct Orders {
     scenario: Scenario,
     rng: rand::rngs::StdRng,
     prefix: String,
+    /// Popularity of a SKU range (rank 1 most popular).
+    zipf: Option<rand_distr::Zipf<f64>>,
     /// Ids run on across phases, so that no two orders of a run share one.
     next_id: u64,
 }
@@ -199,13 +202,34 @@ impl Orders {
         let i = self.next_id;
         let mix = &self.scenario.orders;
         let lines = self.rng.random_range(mix.lines_min..=mix.lines_max);
-        let mut skus: Vec<&String> = Vec::with_capacity(lines);
+        let mut skus: Vec<String> = Vec::with_capacity(lines);
         while skus.len() < lines {
-            let sku = &mix.skus[self.rng.random_range(0..mix.skus.len())];
+            let sku = match (&mix.sku_range, &self.zipf) {
+                (Some(range), Some(zipf)) => {
+                    format!("{}{}", range.prefix, self.rng.sample(zipf) as u64)
+                }
+                _ => mix.skus[self.rng.random_range(0..mix.skus.len())].clone(),
+            };
             if !skus.contains(&sku) {
                 skus.push(sku);
             }
         }
+        let method = match &mix.methods {
+            None => omniroute_client::Method::Ship,
+            Some(m) => {
+                let roll = self.rng.random_range(0.0..m.ship + m.pickup + m.same_day);
+                if roll < m.ship {
+                    omniroute_client::Method::Ship
+                } else if roll < m.ship + m.pickup {
+                    let store = mix.pickup_stores
+                        [self.rng.random_range(0..mix.pickup_stores.len())]
+                    .clone();
+                    omniroute_client::Method::Pickup { store }
+                } else {
+                    omniroute_client::Method::SameDay
+                }
+            }
+        };
         let [lat, lon] = mix.points[self.rng.random_range(0..mix.points.len())];
         Order {
             channel: self.scenario.channel.clone(),
@@ -213,7 +237,7 @@ impl Orders {
             lat: lat + self.rng.random_range(-0.05..0.05),
             lon: lon + self.rng.random_range(-0.05..0.05),
             market: None,
-            method: omniroute_client::Method::Ship,
+            method,
             hold_ttl_ms: mix.hold_ttl_ms,
             lines: skus
                 .into_iter()
@@ -378,6 +402,39 @@ async fn missing_orders(admin: &Client, routed: &[OrderKey]) -> u64 {
     missing
 }
 
+/// The stock the audit counts from: the scenario's own, or, when it sets
+/// none, each of its SKUs' ATP at the daemon before the run.
+async fn starting_stock(
+    admin: &Client,
+    scenario: &Scenario,
+) -> Result<std::collections::BTreeMap<(String, String), u64>, String> {
+    let mut starting = std::collections::BTreeMap::new();
+    if !scenario.stock.is_empty() {
+        for s in &scenario.stock {
+            *starting.entry((s.sku.clone(), s.node.clone())).or_default() += u64::from(s.on_hand);
+        }
+        return Ok(starting);
+    }
+    let skus: Vec<String> = match &scenario.orders.sku_range {
+        Some(range) => (1..=range.count)
+            .map(|i| format!("{}{i}", range.prefix))
+            .collect(),
+        None => scenario.orders.skus.clone(),
+    };
+    for chunk in skus.chunks(AUDIT_BATCH) {
+        let answers =
+            futures::future::join_all(chunk.iter().map(|sku| admin.availability(sku, None))).await;
+        for (sku, answer) in chunk.iter().zip(answers) {
+            // A SKU the daemon does not know has no stock to oversell.
+            let Ok(nodes) = answer else { continue };
+            for node in nodes {
+                starting.insert((sku.clone(), node.node), u64::from(node.atp));
+            }
+        }
+    }
+    Ok(starting)
+}
+
 /// Highest rate --find-max tries.
 const MAX_FIND_MAX_RATE: f64 = 10_000_000.0;
 
@@ -452,6 +509,7 @@ async fn run(args: Args) -> Result<Summary, String> {
         .stock_set(entries)
         .await
         .map_err(|e| format!("setting the scenario's stock: {e}"))?;
+    let starting = starting_stock(&admin, &scenario).await?;
     println!(
         "{}: {} orders/s for {:?} after {:?} of warmup, {} connections to {target}",
         scenario.name,
@@ -469,6 +527,10 @@ async fn run(args: Args) -> Result<Summary, String> {
         rng: rand::rngs::StdRng::seed_from_u64(run_id as u64),
         prefix: format!("lt-{run_id}-"),
         next_id: 0,
+        zipf: scenario.orders.sku_range.as_ref().map(|r| {
+            rand_distr::Zipf::new(r.count as f64, r.zipf_exponent)
+                .expect("validated Zipf parameters")
+        }),
     };
     let mut totals = Collected::default();
     let mut max_rate: Option<f64> = None;
@@ -537,13 +599,7 @@ async fn run(args: Args) -> Result<Summary, String> {
     };
     let mut collected = totals;
     collected.recorder = Some(recorder);
-    for s in &scenario.stock {
-        *collected
-            .audit
-            .starting
-            .entry((s.sku.clone(), s.node.clone()))
-            .or_default() += u64::from(s.on_hand);
-    }
+    collected.audit.starting = starting;
     let missing = missing_orders(&admin, &collected.routed).await;
     let oversold = collected.audit.oversold_units();
     let mut skus: Vec<&String> = scenario.stock.iter().map(|s| &s.sku).collect();

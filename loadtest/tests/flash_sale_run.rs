@@ -48,3 +48,49 @@ fn flash_sale_runs_to_completion_with_a_clean_audit() {
     assert!(routed > 0 && short > 0, "{summary}");
     assert!(stdout.contains("oversold_units=0"));
 }
+
+#[test]
+fn omnichannel_mix_runs_to_completion_with_a_clean_audit() {
+    // Proves the omnichannel scenario (Zipf SKUs, 1-5 lines, mixed methods) runs against a real
+    // daemon and audits 0 oversold units against the ATP read before the run, and 0 missing orders.
+    let json = std::env::temp_dir().join(format!(
+        "omniroute-loadtest-mix-{}.json",
+        std::process::id()
+    ));
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/omnichannel-mix.toml"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute-loadtest"))
+        .args([
+            "--spawn-server",
+            "--rate",
+            "3000",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--scenario",
+            scenario,
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("the generator runs");
+    assert!(
+        output.status.success(),
+        "generator failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(summary["requests"], 3000, "{summary}");
+    assert_eq!(summary["oversold_units"], 0);
+    assert_eq!(summary["missing_orders"], 0);
+    assert!(
+        summary["outcomes"]["routed"].as_u64().unwrap_or(0) > 1000,
+        "{summary}"
+    );
+}
