@@ -67,6 +67,9 @@ struct Args {
     /// Start a daemon on a temporary data directory, in a child process, and stop it at the end.
     #[arg(long)]
     spawn_server: bool,
+    /// Write the measured latency intervals as an HdrHistogram log here.
+    #[arg(long)]
+    hlog: Option<PathBuf>,
     /// Write the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -283,6 +286,13 @@ struct Collected {
     recorder: Option<Recorder>,
     audit: Audit,
     routed: Vec<OrderKey>,
+    /// Corrected latency per second of measured run, for `--hlog`:
+    /// (wall-clock start, length, histogram).
+    intervals: Vec<(
+        std::time::SystemTime,
+        Duration,
+        hdrhistogram::Histogram<u64>,
+    )>,
 }
 
 /// Records every answer; prints a live line each second.
@@ -293,6 +303,8 @@ async fn collect(mut answers: mpsc::Receiver<(bool, Done)>) -> Collected {
     };
     let mut interval = Recorder::new();
     let mut second_started = Instant::now();
+    let mut second_started_wall = std::time::SystemTime::now();
+    let mut any_measured = false;
     let mut elapsed_s = 0;
     while let Some((measured, done)) = answers.recv().await {
         let (outcome, code) = outcome(&done.result);
@@ -310,7 +322,15 @@ async fn collect(mut answers: mpsc::Receiver<(bool, Done)>) -> Collected {
             }
         }
         interval.record(done.intended, done.sent, done.done, outcome);
+        any_measured |= measured;
         if second_started.elapsed() >= Duration::from_secs(1) {
+            if measured {
+                collected.intervals.push((
+                    second_started_wall,
+                    second_started.elapsed(),
+                    interval.corrected.clone(),
+                ));
+            }
             elapsed_s += 1;
             let seconds = second_started.elapsed().as_secs_f64();
             let errors = interval.count(Outcome::Error)
@@ -326,9 +346,50 @@ async fn collect(mut answers: mpsc::Receiver<(bool, Done)>) -> Collected {
             );
             interval = Recorder::new();
             second_started = Instant::now();
+            second_started_wall = std::time::SystemTime::now();
         }
     }
+    if any_measured && interval.total() > 0 {
+        collected.intervals.push((
+            second_started_wall,
+            second_started.elapsed(),
+            interval.corrected,
+        ));
+    }
     collected
+}
+
+/// Writes the measured intervals as an HdrHistogram interval log (V2,
+/// compressed), readable by HdrHistogram's log tools.
+fn write_hlog(
+    path: &Path,
+    intervals: &[(
+        std::time::SystemTime,
+        Duration,
+        hdrhistogram::Histogram<u64>,
+    )],
+) -> Result<(), String> {
+    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    let Some(first) = intervals.first().map(|i| i.0) else {
+        return Ok(());
+    };
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    let mut serializer = V2DeflateSerializer::new();
+    let mut log = IntervalLogWriterBuilder::new()
+        .add_comment("omniroute-loadtest: latency from intended send time, microseconds")
+        .with_start_time(first)
+        .with_base_time(first)
+        .begin_log_with(&mut file, &mut serializer)
+        .map_err(|e| e.to_string())?;
+    for (start, length, histogram) in intervals {
+        let offset = start.duration_since(first).unwrap_or_default();
+        log.write_histogram(histogram, offset, *length, None)
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(())
 }
 
 /// Sends `rate × duration` orders on schedule; returns when all are answered.
@@ -460,6 +521,7 @@ fn absorb(totals: &mut Collected, phase: Collected) {
         *totals.audit.told.entry(cell).or_default() += units;
     }
     totals.routed.extend(phase.routed);
+    totals.intervals.extend(phase.intervals);
 }
 
 async fn run(args: Args) -> Result<Summary, String> {
@@ -600,6 +662,9 @@ async fn run(args: Args) -> Result<Summary, String> {
     let mut collected = totals;
     collected.recorder = Some(recorder);
     collected.audit.starting = starting;
+    if let Some(path) = &args.hlog {
+        write_hlog(path, &collected.intervals)?;
+    }
     let missing = missing_orders(&admin, &collected.routed).await;
     let oversold = collected.audit.oversold_units();
     let mut skus: Vec<&String> = scenario.stock.iter().map(|s| &s.sku).collect();

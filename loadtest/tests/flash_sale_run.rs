@@ -6,6 +6,7 @@ fn flash_sale_runs_to_completion_with_a_clean_audit() {
     // Proves a short flash-sale run sends the scheduled orders, writes the JSON summary,
     // and audits 0 oversold units and 0 missing orders against a real daemon.
     let json = std::env::temp_dir().join(format!("omniroute-loadtest-{}.json", std::process::id()));
+    let hlog = std::env::temp_dir().join(format!("omniroute-loadtest-{}.hlog", std::process::id()));
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/flash-sale.toml");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute-loadtest"))
         .args([
@@ -23,9 +24,17 @@ fn flash_sale_runs_to_completion_with_a_clean_audit() {
             "--json",
         ])
         .arg(&json)
+        .arg("--hlog")
+        .arg(&hlog)
         .output()
         .expect("the generator runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let log = std::fs::read_to_string(&hlog).unwrap_or_default();
+    let _ = std::fs::remove_file(&hlog);
+    assert!(
+        log.lines().any(|l| l.contains(",HISTF")),
+        "no interval in the HDR log:\n{log}"
+    );
     assert!(
         output.status.success(),
         "generator failed:\n{stdout}\n{}",
