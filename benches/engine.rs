@@ -28,31 +28,18 @@ fn sample_config() -> ValidConfig {
     Config::default_config().validate().expect("default config")
 }
 
-fn deepened(config: &ValidConfig) -> Vec<StockUpdate> {
-    config
-        .stock
-        .iter()
-        .map(|u| match u {
-            StockUpdate::Set {
-                sku, node, on_hand, ..
-            } => StockUpdate::Set {
-                sku: sku.clone(),
-                node: node.clone(),
-                on_hand: on_hand + DEEP_STOCK as u32,
-                safety_stock: None,
-            },
-            other => other.clone(),
-        })
-        .collect()
-}
-
 async fn start_engine(config: &ValidConfig) -> Engine {
     let mut settings = config.engine.clone();
     settings.expiry_tick_ms = 0;
     let engine = Engine::start(&settings, config.network.clone(), Arc::new(SystemClock))
         .await
         .unwrap();
-    for chunk in deepened(config).chunks(omniroute::limits::MAX_STOCK_UPDATES_PER_BATCH) {
+    let mut config = config.clone();
+    config.deepen_stock(DEEP_STOCK as u32);
+    for chunk in config
+        .stock
+        .chunks(omniroute::limits::MAX_STOCK_UPDATES_PER_BATCH)
+    {
         engine.update_stock(chunk).await.unwrap();
     }
     engine
@@ -172,7 +159,7 @@ fn hot_sku(c: &mut Criterion) {
 
 fn core_only(c: &mut Criterion) {
     let mut config = sample_config();
-    config.stock = deepened(&config);
+    config.deepen_stock(DEEP_STOCK as u32);
     let mut local = config.local_engine(0);
     let skus = local.index.sku_count();
     let mut group = c.benchmark_group("core_single_thread");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
 use omniroute::config::Config;
-use omniroute::engine::{Engine, StockUpdate, SystemClock};
+use omniroute::engine::{Engine, SystemClock};
 use omniroute_client::{Client, Order, Trust};
 
 #[global_allocator]
@@ -30,6 +30,7 @@ fn bench_quic(c: &mut Criterion) {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.data_dir = data_dir.clone();
     config.engine.expiry_tick_ms = 0;
+    config.deepen_stock(100_000_000);
     let (engine, server) = runtime.block_on(async {
         let engine = Engine::start(
             &config.engine,
@@ -38,22 +39,11 @@ fn bench_quic(c: &mut Criterion) {
         )
         .await
         .unwrap();
-        let deep: Vec<StockUpdate> = config
+
+        for chunk in config
             .stock
-            .iter()
-            .map(|u| match u {
-                StockUpdate::Set {
-                    sku, node, on_hand, ..
-                } => StockUpdate::Set {
-                    sku: sku.clone(),
-                    node: node.clone(),
-                    on_hand: on_hand + 100_000_000,
-                    safety_stock: None,
-                },
-                other => other.clone(),
-            })
-            .collect();
-        for chunk in deep.chunks(omniroute::limits::MAX_STOCK_UPDATES_PER_BATCH) {
+            .chunks(omniroute::limits::MAX_STOCK_UPDATES_PER_BATCH)
+        {
             engine.update_stock(chunk).await.unwrap();
         }
         let server = omniroute::server::start(engine.clone(), &config.server)

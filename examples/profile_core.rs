@@ -1,22 +1,11 @@
 //! Routes sample orders through the in-memory core on one thread, for perf.
 use std::time::Instant;
 
-use omniroute::config::{Config, ValidConfig};
-use omniroute::engine::StockUpdate;
+use omniroute::config::Config;
 use omniroute::sample::SampleOrders;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Deep stock everywhere something is stocked: the profile measures
-/// routing, not running dry.
-fn deepen(config: &mut ValidConfig) {
-    for update in &mut config.stock {
-        if let StockUpdate::Set { on_hand, .. } = update {
-            *on_hand += 100_000_000;
-        }
-    }
-}
 
 fn main() {
     let lines: usize = std::env::args().nth(1).map_or(1, |a| a.parse().unwrap());
@@ -24,7 +13,7 @@ fn main() {
         .nth(2)
         .map_or(1_000_000, |a| a.parse().unwrap());
     let mut config = Config::default_config().validate().unwrap();
-    deepen(&mut config);
+    config.deepen_stock(100_000_000);
     let mut local = config.local_engine(0);
     let mut generator = SampleOrders::new(5, local.index.sku_count(), "SKU-", "web", "p-");
     let batches: Vec<Vec<_>> = (0..orders / 1024)

@@ -251,6 +251,16 @@ pub struct ValidConfig {
 }
 
 impl ValidConfig {
+    /// Adds `units` to every stocked cell, keeping which nodes stock what:
+    /// benchmarks measure routing, not running dry.
+    pub fn deepen_stock(&mut self, units: u32) {
+        for update in &mut self.stock {
+            if let StockUpdate::Set { on_hand, .. } = update {
+                *on_hand = on_hand.saturating_add(units);
+            }
+        }
+    }
+
     /// The in-memory core driver over this config's network, with its stock
     /// loaded, at `now_ms`: for tests, simulations and profiling.
     pub fn local_engine(&self, now_ms: u64) -> crate::core::local::LocalEngine {
