@@ -36,12 +36,7 @@ async fn start_engine(config: &ValidConfig) -> Engine {
         .unwrap();
     let mut config = config.clone();
     config.deepen_stock(DEEP_STOCK as u32);
-    for chunk in config
-        .stock
-        .chunks(omniroute::limits::MAX_STOCK_UPDATES_PER_BATCH)
-    {
-        engine.update_stock(chunk).await.unwrap();
-    }
+    engine.load_stock(&config.stock).await.unwrap();
     engine
 }
 

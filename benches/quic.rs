@@ -40,12 +40,7 @@ fn bench_quic(c: &mut Criterion) {
         .await
         .unwrap();
 
-        for chunk in config
-            .stock
-            .chunks(omniroute::limits::MAX_STOCK_UPDATES_PER_BATCH)
-        {
-            engine.update_stock(chunk).await.unwrap();
-        }
+        engine.load_stock(&config.stock).await.unwrap();
         let server = omniroute::server::start(engine.clone(), &config.server)
             .await
             .unwrap();

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use omniroute::config::{Config, ValidConfig};
 use omniroute::core::model::{Decision, NodeKind};
 use omniroute::engine::{Engine, StockUpdate, SystemClock};
-use omniroute::limits::{MAX_ORDERS_PER_BATCH, MAX_STOCK_UPDATES_PER_BATCH};
+use omniroute::limits::MAX_ORDERS_PER_BATCH;
 use omniroute::sample::SampleOrders;
 
 mod cli;
@@ -145,12 +145,10 @@ async fn start(config: &ValidConfig) -> Result<Engine, String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    for chunk in config.stock.chunks(MAX_STOCK_UPDATES_PER_BATCH) {
-        engine
-            .update_stock(chunk)
-            .await
-            .map_err(|e| format!("loading stock: {e}"))?;
-    }
+    engine
+        .load_stock(&config.stock)
+        .await
+        .map_err(|e| format!("loading stock: {e}"))?;
     Ok(engine)
 }
 

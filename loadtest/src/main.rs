@@ -124,15 +124,10 @@ async fn serve_child(data_dir: &Path) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    for chunk in config
-        .stock
-        .chunks(omniroute::limits::MAX_STOCK_UPDATES_PER_BATCH)
-    {
-        engine
-            .update_stock(chunk)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    engine
+        .load_stock(&config.stock)
+        .await
+        .map_err(|e| e.to_string())?;
     let server = omniroute::server::start(engine.clone(), &config.server)
         .await
         .map_err(|e| e.to_string())?;

@@ -102,16 +102,10 @@ impl AvailabilityIndex {
         if let dashmap::Entry::Occupied(existing) = &entry {
             return Ok(*existing.get());
         }
-        let id = self.sku_count.load(Ordering::Acquire);
-        if id as usize >= self.rows.len() {
-            return Err(CatalogFull {
-                max_skus: self.rows.len(),
-            });
-        }
         // The row is filled before the name is published, so whoever finds
         // the id also finds its row. Interning is serialized by the entry's
         // lock only per dashmap shard, hence the compare-exchange.
-        let mut id = id;
+        let mut id = self.sku_count.load(Ordering::Acquire);
         loop {
             if id as usize >= self.rows.len() {
                 return Err(CatalogFull {

@@ -323,13 +323,11 @@ fn judge_stock(
         let partial = policy.on_short == OnShort::Partial;
         let mut short = Vec::new();
         let mut any_held = false;
-        let mut nodes: SmallVec<[NodeIdx; 8]> = SmallVec::new();
         for (line, outcome) in attempt.lines.iter().zip(&state.held) {
             match outcome {
                 HoldOutcome::Held(parts) => {
                     any_held = true;
                     let held: u32 = parts.iter().map(|p| p.1).sum();
-                    nodes.extend(parts.iter().map(|p| p.0));
                     if held < line.qty {
                         short.push(ShortLine {
                             line: line.line,
@@ -350,9 +348,7 @@ fn judge_stock(
                 HoldOutcome::Undone => {}
             }
         }
-        nodes.sort_unstable();
-        nodes.dedup();
-        let too_many = nodes.len() > usize::from(policy.max_shipments.max(1));
+        let too_many = held_nodes(&state.held).len() > usize::from(policy.max_shipments.max(1));
         let failed = too_many || !any_held || (!short.is_empty() && !partial);
         if !failed {
             standing.push(i);
@@ -374,18 +370,36 @@ fn judge_stock(
 }
 
 fn abort_stock(context: &PlanContext<'_>, attempt: &Attempt, aborts: &mut Vec<(u32, StockOp)>) {
-    let mut shards: SmallVec<[u32; 8]> = attempt
-        .lines
-        .iter()
-        .map(|l| StockShard::shard_of(l.sku, context.shard_count))
+    let skus = attempt.lines.iter().map(|l| l.sku);
+    per_shard(context, skus, StockOp::Abort(attempt.order), aborts);
+}
+
+/// One `op` for each distinct shard owning one of `skus`.
+fn per_shard(
+    context: &PlanContext<'_>,
+    skus: impl Iterator<Item = SkuId>,
+    op: StockOp,
+    out: &mut Vec<(u32, StockOp)>,
+) {
+    let mut shards: SmallVec<[u32; 8]> = skus
+        .map(|sku| StockShard::shard_of(sku, context.shard_count))
         .collect();
     shards.sort_unstable();
     shards.dedup();
-    aborts.extend(
-        shards
-            .into_iter()
-            .map(|s| (s, StockOp::Abort(attempt.order))),
-    );
+    out.extend(shards.into_iter().map(|shard| (shard, op.clone())));
+}
+
+/// The distinct nodes an attempt's holds landed on: its shipments.
+fn held_nodes(held: &[HoldOutcome]) -> SmallVec<[NodeIdx; 8]> {
+    let mut nodes: SmallVec<[NodeIdx; 8]> = SmallVec::new();
+    for outcome in held {
+        if let HoldOutcome::Held(parts) = outcome {
+            nodes.extend(parts.iter().map(|p| p.0));
+        }
+    }
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
 }
 
 /// Asks every node an attempt's holds landed on for one allocation of
@@ -401,15 +415,7 @@ async fn hold_capacity_round<P: Participants>(
 ) -> Vec<(NodeIdx, OrderId)> {
     let mut by_node: FxHashMap<NodeIdx, (Vec<OrderId>, Vec<usize>)> = FxHashMap::default();
     for &i in standing {
-        let mut nodes: SmallVec<[NodeIdx; 8]> = SmallVec::new();
-        for outcome in &progress[i].held {
-            if let HoldOutcome::Held(parts) = outcome {
-                nodes.extend(parts.iter().map(|p| p.0));
-            }
-        }
-        nodes.sort_unstable();
-        nodes.dedup();
-        for node in nodes {
+        for node in held_nodes(&progress[i].held) {
             let entry = by_node.entry(node).or_default();
             entry.0.push(attempts[i].order);
             entry.1.push(i);
@@ -506,17 +512,8 @@ fn commit<P: Participants>(
         let Some(Placement::Placed { allocations, .. }) = &state.outcome else {
             continue;
         };
-        let mut shards: SmallVec<[u32; 8]> = allocations
-            .iter()
-            .map(|a| StockShard::shard_of(a.sku, context.shard_count))
-            .collect();
-        shards.sort_unstable();
-        shards.dedup();
-        stock.extend(
-            shards
-                .into_iter()
-                .map(|s| (s, StockOp::Commit(attempt.order))),
-        );
+        let skus = allocations.iter().map(|a| a.sku);
+        per_shard(context, skus, StockOp::Commit(attempt.order), &mut stock);
     }
     send_ops(participants, group_stock_ops(stock), FxHashMap::default());
 }

@@ -140,6 +140,20 @@ impl OrderRecord {
         self.extra.as_ref().map_or(&[], |e| &e.excluded)
     }
 
+    /// What tells `node` the order no longer needs it: `Finish` when units
+    /// shipped from there (the day's capacity was used), else `Release`.
+    fn leave(&self, node: NodeIdx) -> NodeOp {
+        if self
+            .allocations
+            .iter()
+            .any(|a| a.node == node && a.shipped > 0)
+        {
+            NodeOp::Finish(self.id)
+        } else {
+            NodeOp::Release(self.id)
+        }
+    }
+
     fn extra_mut(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Default::default)
     }
@@ -448,7 +462,8 @@ impl RouterCore {
         // (request index, hold ttl, fingerprint) of each attempt.
         let mut fresh: Vec<(usize, u64, u64)> = Vec::new();
         let mut in_batch: FxHashMap<(ChannelIdx, &str), (usize, u64)> = FxHashMap::default();
-        let mut repeats: Vec<(usize, usize, u64)> = Vec::new();
+        // (request, first request with the same key, same body as that one)
+        let mut repeats: Vec<(usize, usize, bool)> = Vec::new();
         for (i, request) in requests.iter().enumerate() {
             let resolved = match self.resolve(request) {
                 Ok(resolved) => resolved,
@@ -469,7 +484,7 @@ impl RouterCore {
                 continue;
             }
             if let Some(&(first, fingerprint)) = in_batch.get(&key) {
-                repeats.push((i, first, fingerprint ^ resolved.fingerprint));
+                repeats.push((i, first, fingerprint == resolved.fingerprint));
                 continue;
             }
             in_batch.insert(key, (i, resolved.fingerprint));
@@ -510,8 +525,7 @@ impl RouterCore {
             decisions[i] = Some(decision);
         }
         send_ops(participants, FxHashMap::default(), events);
-        for (i, first, fingerprint_difference) in repeats {
-            let same = fingerprint_difference == 0;
+        for (i, first, same) in repeats {
             decisions[i] = Some(if same {
                 decisions[first].clone().expect("first answered")
             } else {
@@ -629,13 +643,8 @@ impl RouterCore {
                 allocation.open = 0;
             }
         }
-        for (node, shipped) in nodes_of(&record.allocations) {
-            let op = if shipped {
-                NodeOp::Finish(id)
-            } else {
-                NodeOp::Release(id)
-            };
-            nodes.entry(node).or_default().push(op);
+        for node in nodes_of(&record.allocations) {
+            nodes.entry(node).or_default().push(record.leave(node));
         }
         send_ops(participants, stock, nodes);
     }
@@ -681,9 +690,7 @@ impl RouterCore {
         qty: u32,
         participants: &P,
     ) -> Result<&OrderRecord, OpError> {
-        if qty == 0 || qty > MAX_QTY_PER_LINE {
-            return Err(OpError::BadQuantity);
-        }
+        check_quantity(qty)?;
         let record = self.open_record(order)?;
         if record.state != OrderState::Confirmed {
             return Err(OpError::NotConfirmed);
@@ -742,9 +749,7 @@ impl RouterCore {
         qty: u32,
         participants: &P,
     ) -> Result<&OrderRecord, OpError> {
-        if qty == 0 || qty > MAX_QTY_PER_LINE {
-            return Err(OpError::BadQuantity);
-        }
+        check_quantity(qty)?;
         if node as usize >= self.network.nodes.len() {
             return Err(OpError::UnknownNode);
         }
@@ -861,16 +866,7 @@ impl RouterCore {
                 .iter()
                 .any(|a| a.node == bump.node && a.open > 0)
             {
-                let op = if record
-                    .allocations
-                    .iter()
-                    .any(|a| a.node == bump.node && a.shipped > 0)
-                {
-                    NodeOp::Finish(bump.order)
-                } else {
-                    NodeOp::Release(bump.order)
-                };
-                participants.node_ops(bump.node, vec![op]);
+                participants.node_ops(bump.node, vec![record.leave(bump.node)]);
             }
             let mut nodes = FxHashMap::default();
             let released = moved.iter().map(|m| (bump.node, m.line, m.sku, m.qty));
@@ -923,15 +919,7 @@ impl RouterCore {
         if exclude && !record.excluded().contains(&node) {
             record.extra_mut().excluded.push(node);
         }
-        let shipped_here = record
-            .allocations
-            .iter()
-            .any(|a| a.node == node && a.shipped > 0);
-        let node_op = if shipped_here {
-            NodeOp::Finish(id)
-        } else {
-            NodeOp::Release(id)
-        };
+        let node_op = record.leave(node);
         let mut nodes = FxHashMap::default();
         let released = moved.iter().map(|m| (node, m.line, m.sku, m.qty));
         announce(&mut nodes, EventKind::Released, record, released);
@@ -1081,14 +1069,18 @@ fn open_allocation(allocation: Allocation) -> AllocationState {
     }
 }
 
-/// Distinct nodes of an order, each with whether anything shipped from it.
-fn nodes_of(allocations: &[AllocationState]) -> SmallVec<[(NodeIdx, bool); 4]> {
-    let mut nodes: SmallVec<[(NodeIdx, bool); 4]> = SmallVec::new();
-    for allocation in allocations {
-        match nodes.iter_mut().find(|(n, _)| *n == allocation.node) {
-            Some((_, shipped)) => *shipped |= allocation.shipped > 0,
-            None => nodes.push((allocation.node, allocation.shipped > 0)),
-        }
+/// A ship or return quantity must be 1..=MAX_QTY_PER_LINE.
+fn check_quantity(qty: u32) -> Result<(), OpError> {
+    if qty == 0 || qty > MAX_QTY_PER_LINE {
+        return Err(OpError::BadQuantity);
     }
+    Ok(())
+}
+
+/// Distinct nodes of an order.
+fn nodes_of(allocations: &[AllocationState]) -> SmallVec<[NodeIdx; 4]> {
+    let mut nodes: SmallVec<[NodeIdx; 4]> = allocations.iter().map(|a| a.node).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
     nodes
 }

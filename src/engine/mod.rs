@@ -315,9 +315,7 @@ impl Engine {
         &self,
         orders: Vec<OrderRequest>,
     ) -> Result<Vec<Decision>, EngineError> {
-        if orders.len() > MAX_ORDERS_PER_BATCH {
-            return Err(EngineError::BatchTooLarge(orders.len()));
-        }
+        check_batch(&orders)?;
         let _permit = self.admit(orders.len()).await;
         Ok(self.route(orders).await)
     }
@@ -328,9 +326,7 @@ impl Engine {
         &self,
         orders: Vec<OrderRequest>,
     ) -> Result<Vec<Decision>, EngineError> {
-        if orders.len() > MAX_ORDERS_PER_BATCH {
-            return Err(EngineError::BatchTooLarge(orders.len()));
-        }
+        check_batch(&orders)?;
         let count = orders.len().min(self.inner.max_inflight as usize) as u32;
         let _permit = self
             .inner
@@ -492,6 +488,15 @@ impl Engine {
         Ok(count)
     }
 
+    /// Loads a whole starting stock (a config's, any size) in batches of
+    /// `MAX_STOCK_UPDATES_PER_BATCH`.
+    pub async fn load_stock(&self, updates: &[StockUpdate]) -> Result<(), EngineError> {
+        for chunk in updates.chunks(MAX_STOCK_UPDATES_PER_BATCH) {
+            self.update_stock(chunk).await?;
+        }
+        Ok(())
+    }
+
     /// Applies a WMS/ERP feed: sets and adjustments, grouped per shard.
     /// Unknown nodes refuse the whole batch before anything changes; new
     /// SKUs are added to the catalog.
@@ -499,28 +504,33 @@ impl Engine {
         if updates.len() > MAX_STOCK_UPDATES_PER_BATCH {
             return Err(EngineError::BatchTooLarge(updates.len()));
         }
-        for update in updates {
-            let (StockUpdate::Set { node, .. } | StockUpdate::Adjust { node, .. }) = update;
-            self.node_idx(node)?;
-        }
+        // Every node is resolved before any SKU is interned, so that an
+        // unknown node refuses the batch with nothing changed.
+        let nodes = updates
+            .iter()
+            .map(|update| {
+                let (StockUpdate::Set { node, .. } | StockUpdate::Adjust { node, .. }) = update;
+                self.node_idx(node)
+            })
+            .collect::<Result<Vec<NodeIdx>, EngineError>>()?;
         let shard_count = self.inner.participants.shards.len() as u32;
         let mut by_shard: FxHashMap<u32, Vec<StockChange>> = FxHashMap::default();
-        for update in updates {
+        for (update, node) in updates.iter().zip(nodes) {
             let change = match update {
                 StockUpdate::Set {
                     sku,
-                    node,
                     on_hand,
                     safety_stock,
+                    ..
                 } => StockChange::Set {
                     sku: self.inner.index.intern(sku)?,
-                    node: self.node_idx(node)?,
+                    node,
                     on_hand: *on_hand,
                     safety_stock: *safety_stock,
                 },
-                StockUpdate::Adjust { sku, node, delta } => StockChange::Adjust {
+                StockUpdate::Adjust { sku, delta, .. } => StockChange::Adjust {
                     sku: self.inner.index.intern(sku)?,
-                    node: self.node_idx(node)?,
+                    node,
                     delta: *delta,
                 },
             };
@@ -689,6 +699,13 @@ impl Engine {
             node.stop(None);
         }
     }
+}
+
+fn check_batch(orders: &[OrderRequest]) -> Result<(), EngineError> {
+    if orders.len() > MAX_ORDERS_PER_BATCH {
+        return Err(EngineError::BatchTooLarge(orders.len()));
+    }
+    Ok(())
 }
 
 /// Calls an actor that must answer: actors stop only at shutdown or when a

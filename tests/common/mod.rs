@@ -137,10 +137,7 @@ pub async fn engine(
     let engine = Engine::start(&settings, config.network.clone(), clock.clone())
         .await
         .expect("engine starts");
-    engine
-        .update_stock(&config.stock)
-        .await
-        .expect("stock loads");
+    engine.load_stock(&config.stock).await.expect("stock loads");
     (engine, clock)
 }
 
