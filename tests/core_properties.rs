@@ -25,7 +25,12 @@ enum ShardOp {
         order: OrderId,
         items: Vec<(SkuId, u32, Vec<NodeIdx>, u8, bool)>,
     },
-    Commit(OrderId),
+    Reserve {
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    },
     Abort(OrderId),
     Release {
         order: OrderId,
@@ -77,7 +82,7 @@ fn shard_op() -> impl Strategy<Value = ShardOp> {
                 order,
                 items: skus.into_iter().zip(items).map(|(s, (q, c, p, partial))| (s, q, c, p, partial)).collect(),
             }),
-        2 => order.clone().prop_map(ShardOp::Commit),
+        3 => (order.clone(), sku.clone(), node.clone(), 1..8u32).prop_map(|(order, sku, node, qty)| ShardOp::Reserve { order, sku, node, qty }),
         1 => order.clone().prop_map(ShardOp::Abort),
         1 => (order.clone(), sku.clone(), node.clone(), 1..6u32).prop_map(|(order, sku, node, qty)| ShardOp::Release { order, sku, node, qty }),
         1 => order.clone().prop_map(ShardOp::ReleaseOrder),
@@ -98,28 +103,41 @@ struct Model {
 }
 
 impl Model {
+    /// Committed units at a cell.
     fn reserved(&self, sku: SkuId, node: NodeIdx) -> u32 {
         self.reservations
             .iter()
             .filter(|((_, s, n), _)| *s == sku && *n == node)
-            .map(|(_, (p, c))| p + c)
+            .map(|(_, (_, c))| c)
             .sum()
     }
 
-    fn atp(&self, sku: SkuId, node: NodeIdx) -> u32 {
-        let on_hand = i64::from(*self.on_hand.get(&(sku, node)).unwrap_or(&0));
-        let safety = i64::from(*self.safety.get(&(sku, node)).unwrap_or(&0));
-        (on_hand - i64::from(self.reserved(sku, node)) - safety).max(0) as u32
+    /// Pending (held, not journaled) units at a cell.
+    fn held(&self, sku: SkuId, node: NodeIdx) -> u32 {
+        self.reservations
+            .iter()
+            .filter(|((_, s, n), _)| *s == sku && *n == node)
+            .map(|(_, (p, _))| p)
+            .sum()
     }
 
-    /// Takes up to `qty` from an order's reservation at a cell, pending first.
+    fn on_hand(&self, sku: SkuId, node: NodeIdx) -> u32 {
+        *self.on_hand.get(&(sku, node)).unwrap_or(&0)
+    }
+
+    fn atp(&self, sku: SkuId, node: NodeIdx) -> u32 {
+        let on_hand = i64::from(self.on_hand(sku, node));
+        let safety = i64::from(*self.safety.get(&(sku, node)).unwrap_or(&0));
+        (on_hand - i64::from(self.reserved(sku, node)) - i64::from(self.held(sku, node)) - safety)
+            .max(0) as u32
+    }
+
+    /// Takes up to `qty` from an order's committed reservation at a cell.
     fn take(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> u32 {
         let entry = self.reservations.entry((order, sku, node)).or_default();
-        let from_pending = entry.0.min(qty);
-        entry.0 -= from_pending;
-        let from_committed = entry.1.min(qty - from_pending);
+        let from_committed = entry.1.min(qty);
         entry.1 -= from_committed;
-        from_pending + from_committed
+        from_committed
     }
 
     /// Checks the shard's answer to one item against the model, then applies it.
@@ -189,6 +207,7 @@ impl Model {
                     sku,
                     node
                 );
+                prop_assert_eq!(cell.held, self.held(sku, node), "held of sku {} node {}", sku, node);
                 prop_assert!(cell.reserved <= cell.on_hand);
                 prop_assert_eq!(cell.atp(), self.atp(sku, node));
             }
@@ -230,13 +249,14 @@ proptest! {
                         model.check_hold(order, item, outcome)?;
                     }
                 }
-                ShardOp::Commit(order) => {
-                    shard.commit(order);
-                    for ((o, _, _), (pending, committed)) in model.reservations.iter_mut() {
-                        if *o == order {
-                            *committed += std::mem::take(pending);
-                        }
-                    }
+                ShardOp::Reserve { order, sku, node, qty } => {
+                    let bumped = shard.reserve(order, sku, node, qty);
+                    let free = model.on_hand(sku, node) - model.reserved(sku, node);
+                    let granted = qty.min(free);
+                    let entry = model.reservations.entry((order, sku, node)).or_default();
+                    entry.0 -= entry.0.min(qty);
+                    entry.1 += granted;
+                    prop_assert_eq!(bumped.map_or(0, |b| b.qty), qty - granted, "a shortfall is bumped, nothing else");
                 }
                 ShardOp::Abort(order) => {
                     shard.abort(order);
@@ -252,7 +272,11 @@ proptest! {
                 }
                 ShardOp::ReleaseOrder(order) => {
                     shard.release_order(order);
-                    model.reservations.retain(|(o, _, _), _| *o != order);
+                    for ((o, _, _), (_, committed)) in model.reservations.iter_mut() {
+                        if *o == order {
+                            *committed = 0;
+                        }
+                    }
                 }
                 ShardOp::Ship { order, sku, node, qty } => {
                     let committed = model.reservations.get(&(order, sku, node)).map_or(0, |r| r.1);

@@ -121,6 +121,22 @@ impl NodeLedger {
         CapacityOutcome::Held
     }
 
+    /// A journaled decision uses this node since `at_ms`. Live, its hold
+    /// already took the capacity and this changes nothing; on replay it takes
+    /// it (never above the day's capacity: a replay must not fail).
+    pub fn take(&mut self, order: OrderId, at_ms: u64) {
+        self.roll(at_ms);
+        if self.orders.contains_key(&order) {
+            return;
+        }
+        let day = day_of(at_ms);
+        if day == self.day {
+            self.used = (self.used + 1).min(self.daily_capacity);
+        }
+        self.orders.insert(order, day);
+        self.publish();
+    }
+
     /// The order no longer needs this node (a failed attempt, cancelled,
     /// expired, or re-routed away): today's capacity comes back.
     pub fn release(&mut self, order: OrderId) {

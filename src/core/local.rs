@@ -22,6 +22,8 @@ use super::stock::{Bumped, Cell, HoldItem, HoldOutcome, StockError, StockShard};
 pub struct LocalParticipants {
     pub shards: RefCell<Vec<StockShard>>,
     pub nodes: RefCell<Vec<NodeLedger>>,
+    /// Reservations the ops took back, for the router to re-route.
+    pub bumped: RefCell<Vec<Bumped>>,
 }
 
 impl Participants for LocalParticipants {
@@ -42,31 +44,11 @@ impl Participants for LocalParticipants {
             .collect()
     }
 
-    async fn ship(
-        &self,
-        shard: u32,
-        order: OrderId,
-        sku: SkuId,
-        node: NodeIdx,
-        qty: u32,
-    ) -> Result<(), StockError> {
-        self.shards.borrow_mut()[shard as usize].ship(order, sku, node, qty)
-    }
-
-    async fn correct_stock(
-        &self,
-        shard: u32,
-        sku: SkuId,
-        node: NodeIdx,
-        on_hand: u32,
-    ) -> Vec<Bumped> {
-        self.shards.borrow_mut()[shard as usize].set(sku, node, on_hand, None)
-    }
-
     fn stock_ops(&self, shard: u32, ops: Vec<StockOp>) {
         let mut shards = self.shards.borrow_mut();
+        let mut bumped = self.bumped.borrow_mut();
         for op in ops {
-            apply_stock_op(&mut shards[shard as usize], op);
+            let _ = apply_stock_op(&mut shards[shard as usize], op, &mut bumped);
         }
     }
 
@@ -78,10 +60,20 @@ impl Participants for LocalParticipants {
     }
 }
 
-/// Applies one fire-and-forget op to a shard; shared with the shard actor.
-pub fn apply_stock_op(shard: &mut StockShard, op: StockOp) {
+/// Applies one op to a shard; shared with the shard actor and recovery.
+/// Reservations it takes back are added to `bumped`.
+pub fn apply_stock_op(
+    shard: &mut StockShard,
+    op: StockOp,
+    bumped: &mut Vec<Bumped>,
+) -> Result<(), StockError> {
     match op {
-        StockOp::Commit(order) => shard.commit(order),
+        StockOp::Reserve {
+            order,
+            sku,
+            node,
+            qty,
+        } => bumped.extend(shard.reserve(order, sku, node, qty)),
         StockOp::Abort(order) => shard.abort(order),
         StockOp::ReleaseOrder(order) => {
             shard.release_order(order);
@@ -94,26 +86,46 @@ pub fn apply_stock_op(shard: &mut StockShard, op: StockOp) {
         } => {
             shard.release(order, sku, node, qty);
         }
-        StockOp::Restock { sku, node, qty } => {
-            // A return beyond u32::MAX units on one shelf cannot happen in
-            // practice; the shard refuses it rather than wrap.
-            let _ = shard.restock(sku, node, qty);
-        }
+        StockOp::Ship {
+            order,
+            sku,
+            node,
+            qty,
+        } => shard.ship(order, sku, node, qty)?,
+        StockOp::Restock { sku, node, qty } => shard.restock(sku, node, qty)?,
+        StockOp::Set {
+            sku,
+            node,
+            on_hand,
+            safety_stock,
+        } => bumped.extend(shard.set(sku, node, on_hand, safety_stock)),
+        StockOp::Adjust { sku, node, delta } => bumped.extend(shard.adjust(sku, node, delta)?),
     }
+    Ok(())
 }
 
-/// Applies one fire-and-forget op to a node ledger; shared with the node actor.
-/// Returns the logged event, with its cursor, for the shell to publish.
-pub fn apply_node_op(
-    ledger: &mut NodeLedger,
-    op: NodeOp,
-) -> Option<(u64, std::sync::Arc<NodeEvent>)> {
+/// What applying a node op produced, for the shell to pass on.
+pub enum NodeEffect {
+    None,
+    /// A logged event with its cursor, for live subscribers.
+    Event(u64, std::sync::Arc<NodeEvent>),
+    /// The node went offline while serving these orders: re-route them.
+    Offline(Vec<OrderId>),
+}
+
+/// Applies one op to a node ledger; shared with the node actor and recovery.
+pub fn apply_node_op(ledger: &mut NodeLedger, op: NodeOp) -> NodeEffect {
     match op {
+        NodeOp::Take { order, at_ms } => ledger.take(order, at_ms),
         NodeOp::Release(order) => ledger.release(order),
         NodeOp::Finish(order) => ledger.finish(order),
-        NodeOp::Event(event) => return Some(ledger.record_event(event)),
+        NodeOp::Event(event) => {
+            let (cursor, event) = ledger.record_event(event);
+            return NodeEffect::Event(cursor, event);
+        }
+        NodeOp::Online(online) => return NodeEffect::Offline(ledger.set_online(online)),
     }
-    None
+    NodeEffect::None
 }
 
 pub struct LocalEngine {
@@ -154,6 +166,7 @@ impl LocalEngine {
             participants: LocalParticipants {
                 shards: RefCell::new(shards),
                 nodes: RefCell::new(nodes),
+                bumped: RefCell::new(Vec::new()),
             },
         }
     }
@@ -162,16 +175,26 @@ impl LocalEngine {
         self.participants.shards.borrow().len() as u32
     }
 
+    /// Re-routes what the last ops bumped, until nothing more is bumped.
+    fn settle(&mut self, now_ms: u64) {
+        loop {
+            let bumped = std::mem::take(&mut *self.participants.bumped.borrow_mut());
+            if bumped.is_empty() {
+                break;
+            }
+            block_on(self.router.bumped(&bumped, now_ms, &self.participants));
+        }
+    }
+
     pub fn submit(&mut self, order: OrderRequest, now_ms: u64) -> Decision {
-        block_on(
-            self.router
-                .submit(std::slice::from_ref(&order), now_ms, &self.participants),
-        )
-        .remove(0)
+        self.submit_batch(std::slice::from_ref(&order), now_ms)
+            .remove(0)
     }
 
     pub fn submit_batch(&mut self, orders: &[OrderRequest], now_ms: u64) -> Vec<Decision> {
-        block_on(self.router.submit(orders, now_ms, &self.participants))
+        let decisions = block_on(self.router.submit(orders, now_ms, &self.participants));
+        self.settle(now_ms);
+        decisions
     }
 
     pub fn confirm(&mut self, order: &OrderRef) -> Result<OrderRecord, OpError> {
@@ -193,7 +216,9 @@ impl LocalEngine {
         sku: SkuId,
         qty: u32,
     ) -> Result<OrderRecord, OpError> {
-        block_on(self.router.ship(order, node, sku, qty, &self.participants)).cloned()
+        self.router
+            .ship(order, node, sku, qty, &self.participants)
+            .cloned()
     }
 
     pub fn return_units(
@@ -215,14 +240,13 @@ impl LocalEngine {
         counts: &[(SkuId, u32)],
         now_ms: u64,
     ) -> Result<OrderRecord, OpError> {
-        let (record, bumped) =
-            block_on(
-                self.router
-                    .node_reject(order, node, counts, now_ms, &self.participants),
-            )?;
-        let record = record.clone();
-        block_on(self.router.bumped(&bumped, now_ms, &self.participants));
-        Ok(record)
+        let id = block_on(
+            self.router
+                .node_reject(order, node, counts, now_ms, &self.participants),
+        )?
+        .id;
+        self.settle(now_ms);
+        Ok(self.router.get(&OrderRef::Id(id)).expect("known").clone())
     }
 
     /// Sets a node's online flag; going offline re-routes its open orders.
@@ -234,6 +258,7 @@ impl LocalEngine {
                     .node_offline(order, node, now_ms, &self.participants),
             );
         }
+        self.settle(now_ms);
         orders.len()
     }
 
@@ -250,7 +275,8 @@ impl LocalEngine {
         let shard = StockShard::shard_of(sku, self.shard_count()) as usize;
         let bumped =
             self.participants.shards.borrow_mut()[shard].set(sku, node, on_hand, safety_stock);
-        block_on(self.router.bumped(&bumped, now_ms, &self.participants));
+        self.participants.bumped.borrow_mut().extend(bumped);
+        self.settle(now_ms);
         sku
     }
 
@@ -263,7 +289,8 @@ impl LocalEngine {
     ) -> Result<(), StockError> {
         let shard = StockShard::shard_of(sku, self.shard_count()) as usize;
         let bumped = self.participants.shards.borrow_mut()[shard].adjust(sku, node, delta)?;
-        block_on(self.router.bumped(&bumped, now_ms, &self.participants));
+        self.participants.bumped.borrow_mut().extend(bumped);
+        self.settle(now_ms);
         Ok(())
     }
 

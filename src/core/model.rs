@@ -145,6 +145,7 @@ pub struct Allocation {
 
 /// A line that could not be (fully) allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShortLine {
     pub line: u16,
     pub sku: SkuId,
@@ -155,6 +156,7 @@ pub struct ShortLine {
 
 /// Why an order was not routed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum RejectReason {
     /// Some lines lack stock at eligible nodes (all-or-nothing policy).
     #[error("short: {} line(s) lack stock", lines.len())]
@@ -178,6 +180,7 @@ pub enum RejectReason {
 
 /// Why an order is malformed. Each variant maps to one wire error code.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum InvalidOrder {
     #[error("order has no lines")]
     NoLines,
@@ -205,6 +208,7 @@ pub enum InvalidOrder {
 
 /// Lifecycle state of an accepted order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum OrderState {
     /// Reserved, waiting for confirmation; released at `expires_at_ms`.
     Held,

@@ -21,17 +21,34 @@ use super::model::{
 };
 use super::network::Network;
 use super::policy::{plan, Method, OnShort, PlanError, PlanLine, PlanRequest};
-use super::stock::{Bumped, HoldItem, HoldOutcome, StockError, StockShard};
+use super::stock::{HoldItem, HoldOutcome, StockShard};
 use crate::limits::MAX_HOLD_ATTEMPTS;
 
-/// A fire-and-forget change for a shard. Sent after any earlier call from
-/// the same router, and applied in that order.
+/// A fire-and-forget change for a shard. Every op but `Abort` changes
+/// journaled state: in the daemon it is journaled first and applied in
+/// journal order, and replayed alike at restart.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum StockOp {
-    Commit(OrderId),
+    /// A journaled decision's units: the hold becomes a reservation (see
+    /// [`StockShard::reserve`]).
+    Reserve {
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    },
+    /// A failed attempt gives back its holds (never journaled: holds are not).
     Abort(OrderId),
     ReleaseOrder(OrderId),
     Release {
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    },
+    /// Units left the building for the order.
+    Ship {
         order: OrderId,
         sku: SkuId,
         node: NodeIdx,
@@ -42,18 +59,51 @@ pub enum StockOp {
         node: NodeIdx,
         qty: u32,
     },
+    /// A count (WMS feed, or a node's correction when it rejects).
+    Set {
+        sku: SkuId,
+        node: NodeIdx,
+        on_hand: u32,
+        safety_stock: Option<u32>,
+    },
+    Adjust {
+        sku: SkuId,
+        node: NodeIdx,
+        delta: i64,
+    },
 }
 
-/// A fire-and-forget change for a node ledger.
+impl StockOp {
+    /// The SKU the op touches, if one (which names its shard).
+    pub fn sku(&self) -> Option<SkuId> {
+        match *self {
+            StockOp::Reserve { sku, .. }
+            | StockOp::Release { sku, .. }
+            | StockOp::Ship { sku, .. }
+            | StockOp::Restock { sku, .. }
+            | StockOp::Set { sku, .. }
+            | StockOp::Adjust { sku, .. } => Some(sku),
+            StockOp::Abort(_) | StockOp::ReleaseOrder(_) => None,
+        }
+    }
+}
+
+/// A fire-and-forget change for a node ledger; all are journaled.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum NodeOp {
     /// Tell the node's subscribers (and its log) what changed for it.
     Event(NodeEvent),
+    /// A journaled decision uses the node: one allocation of capacity on the
+    /// day of `at_ms` (already taken live by the hold; taken here on replay).
+    Take { order: OrderId, at_ms: u64 },
     /// The order no longer uses the node (or a failed attempt gives back
     /// what it took); today's capacity comes back.
     Release(OrderId),
     /// The order's units at the node all shipped: forget it, capacity stays used.
     Finish(OrderId),
+    /// The node goes online or offline.
+    Online(bool),
 }
 
 /// The shards and node ledgers, as seen by a router.
@@ -69,23 +119,6 @@ pub trait Participants {
         orders: Vec<OrderId>,
         now_ms: u64,
     ) -> impl Future<Output = Vec<CapacityOutcome>>;
-    fn ship(
-        &self,
-        shard: u32,
-        order: OrderId,
-        sku: SkuId,
-        node: NodeIdx,
-        qty: u32,
-    ) -> impl Future<Output = Result<(), StockError>>;
-    /// Sets a cell's on_hand as a node reported it; returns reservations of
-    /// other orders that no longer fit.
-    fn correct_stock(
-        &self,
-        shard: u32,
-        sku: SkuId,
-        node: NodeIdx,
-        on_hand: u32,
-    ) -> impl Future<Output = Vec<Bumped>>;
     fn stock_ops(&self, shard: u32, ops: Vec<StockOp>);
     fn node_ops(&self, node: NodeIdx, ops: Vec<NodeOp>);
 }
@@ -208,7 +241,7 @@ pub async fn place<P: Participants>(
         }
         send_ops(participants, group_stock_ops(aborts), node_aborts);
     }
-    commit(context, attempts, &progress, participants);
+    commit(context, attempts, &progress, now_ms, participants);
     progress
         .into_iter()
         .map(|p| p.outcome.expect("every attempt ends"))
@@ -499,21 +532,41 @@ fn placed(attempt: &Attempt, held: &[HoldOutcome]) -> Placement {
     Placement::Placed { allocations, short }
 }
 
-/// Turns the pending stock holds of every placed attempt into reservations.
-/// Node capacity needs no commit: a node keeps what it granted until released.
+/// Turns the stock holds of every placed attempt into reservations and
+/// records the capacity its nodes granted.
 fn commit<P: Participants>(
     context: &PlanContext<'_>,
     attempts: &[Attempt],
     progress: &[Progress],
+    now_ms: u64,
     participants: &P,
 ) {
     let mut stock: Vec<(u32, StockOp)> = Vec::new();
+    let mut nodes: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
     for (attempt, state) in attempts.iter().zip(progress) {
         let Some(Placement::Placed { allocations, .. }) = &state.outcome else {
             continue;
         };
-        let skus = allocations.iter().map(|a| a.sku);
-        per_shard(context, skus, StockOp::Commit(attempt.order), &mut stock);
+        let mut taken: SmallVec<[NodeIdx; 4]> = SmallVec::new();
+        for a in allocations {
+            let shard = StockShard::shard_of(a.sku, context.shard_count);
+            stock.push((
+                shard,
+                StockOp::Reserve {
+                    order: attempt.order,
+                    sku: a.sku,
+                    node: a.node,
+                    qty: a.qty,
+                },
+            ));
+            if !taken.contains(&a.node) {
+                taken.push(a.node);
+                nodes.entry(a.node).or_default().push(NodeOp::Take {
+                    order: attempt.order,
+                    at_ms: now_ms,
+                });
+            }
+        }
     }
-    send_ops(participants, group_stock_ops(stock), FxHashMap::default());
+    send_ops(participants, group_stock_ops(stock), nodes);
 }

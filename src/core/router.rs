@@ -24,6 +24,7 @@ use super::placement::{
 };
 use super::policy::{Method, PlanLine};
 use super::stock::{Bumped, StockError, StockShard};
+
 use crate::limits::{MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE};
 
 /// Routers in one daemon; the router is kept in the low byte of an order id.
@@ -79,6 +80,7 @@ pub enum OpError {
 
 /// One line's units at one node over the order's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AllocationState {
     pub line: u16,
     pub node: NodeIdx,
@@ -95,6 +97,7 @@ pub struct AllocationState {
 /// The parts of an order that most orders never need, boxed so that the
 /// common record stays small (a daemon keeps millions of them).
 #[derive(Clone, Debug, Default)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Extra {
     /// Lines (partly) unallocated now: at submit under a partial policy, or
     /// after a re-route found no other node.
@@ -109,6 +112,7 @@ struct Extra {
 
 /// An order as the book keeps it.
 #[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct OrderRecord {
     pub id: OrderId,
     /// Hash of the request body, to tell a retry from a conflicting reuse.
@@ -122,6 +126,8 @@ pub struct OrderRecord {
     extra: Option<Box<Extra>>,
     /// The next older order whose key has the same hash, as sequence + 1
     /// (0: none). Keys are found by hash, and collisions chain through here.
+    /// Rebuilt on load, so never stored.
+    #[rkyv(with = rkyv::with::Skip)]
     key_next: u32,
     pub channel: ChannelIdx,
     pub market: Option<MarketIdx>,
@@ -199,6 +205,9 @@ struct OrderBook {
     count: usize,
     /// Hash of (channel, client order id) to the newest sequence + 1 with it.
     by_key: FxHashMap<u64, u32>,
+    /// Orders changed since the last [`RouterCore::take_dirty`]: what the
+    /// next journal record must carry.
+    dirty: Vec<OrderId>,
 }
 
 fn key_hash(channel: ChannelIdx, client_order_id: &str) -> u64 {
@@ -228,6 +237,9 @@ impl OrderBook {
     }
 
     fn get_mut(&mut self, id: &OrderId) -> Option<&mut OrderRecord> {
+        if self.dirty.last() != Some(id) {
+            self.dirty.push(*id);
+        }
         self.slot(*id)
             .map(|slot| &mut self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT])
     }
@@ -262,6 +274,7 @@ impl OrderBook {
 
     fn insert(&mut self, mut record: OrderRecord) {
         assert_eq!(record.id, self.next_id(), "orders are recorded in id order");
+        self.dirty.push(record.id);
         let sequence = u32::try_from(self.count + 1).expect("at most u32::MAX orders per router");
         let hash = key_hash(record.channel, &record.client_order_id);
         record.key_next = self.by_key.insert(hash, sequence).unwrap_or(0);
@@ -322,6 +335,7 @@ impl RouterCore {
                 segments: Vec::new(),
                 count: 0,
                 by_key: FxHashMap::default(),
+                dirty: Vec::new(),
             },
             expiries: BinaryHeap::new(),
         }
@@ -345,6 +359,56 @@ impl RouterCore {
 
     pub fn orders(&self) -> impl Iterator<Item = &OrderRecord> {
         self.orders.values()
+    }
+
+    /// The orders changed since the last call, as they are now: the order
+    /// part of the next journal record.
+    pub fn take_dirty(&mut self) -> Vec<OrderRecord> {
+        let mut ids = std::mem::take(&mut self.orders.dirty);
+        ids.sort_unstable();
+        ids.dedup();
+        ids.iter()
+            .filter_map(|id| self.orders.get(id).cloned())
+            .collect()
+    }
+
+    /// Forgets which orders changed (nothing is journaled).
+    pub fn clear_dirty(&mut self) {
+        self.orders.dirty.clear();
+    }
+
+    /// Puts a journaled or snapshotted order into the book as it was
+    /// written: a new one must be the next id, a known one is replaced.
+    pub fn restore(&mut self, mut record: OrderRecord) -> Result<(), String> {
+        if record.id % MAX_ROUTERS as u64 != self.orders.router {
+            return Err(format!(
+                "order {} belongs to router {}, not {}",
+                record.id,
+                record.id % MAX_ROUTERS as u64,
+                self.orders.router
+            ));
+        }
+        if record.state == OrderState::Held {
+            self.expiries
+                .push(Reverse((record.expires_at_ms, record.id)));
+        }
+        if let Some(slot) = self.orders.slot(record.id) {
+            let existing =
+                &mut self.orders.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT];
+            record.key_next = existing.key_next;
+            *existing = record;
+            return Ok(());
+        }
+        if record.id != self.orders.next_id() {
+            return Err(format!(
+                "order {} arrives before order {}: the journal has a gap",
+                record.id,
+                self.orders.next_id()
+            ));
+        }
+        self.orders.insert(record);
+        self.orders.dirty.clear();
+        Ok(())
     }
 
     fn resolve(&self, request: &OrderRequest) -> Result<Resolved, InvalidOrder> {
@@ -682,7 +746,7 @@ impl RouterCore {
 
     /// A node shipped units of an order: they leave on_hand and the
     /// reservation. Partial shipments are allowed.
-    pub async fn ship<P: Participants>(
+    pub fn ship<P: Participants>(
         &mut self,
         order: &OrderRef,
         node: NodeIdx,
@@ -711,9 +775,15 @@ impl RouterCore {
                 limit: open,
             });
         }
-        participants
-            .ship(self.shard_of(sku), id, sku, node, qty)
-            .await?;
+        participants.stock_ops(
+            self.shard_of(sku),
+            vec![StockOp::Ship {
+                order: id,
+                sku,
+                node,
+                qty,
+            }],
+        );
         let record = self.orders.get_mut(&id).expect("known order");
         let mut left = qty;
         for allocation in record
@@ -782,8 +852,8 @@ impl RouterCore {
 
     /// A node refused its allocation of an order. Its units there are
     /// released, the node's counts (if it reported any) become the cells'
-    /// on_hand, and the units are routed again elsewhere. Returns the
-    /// reservations of other orders that the corrected counts bumped.
+    /// on_hand, and the units are routed again elsewhere. Reservations of
+    /// other orders that the corrected counts bump come back as bumps.
     pub async fn node_reject<P: Participants>(
         &mut self,
         order: &OrderRef,
@@ -791,7 +861,7 @@ impl RouterCore {
         counts: &[(SkuId, u32)],
         now_ms: u64,
         participants: &P,
-    ) -> Result<(&OrderRecord, Vec<Bumped>), OpError> {
+    ) -> Result<&OrderRecord, OpError> {
         let record = self.open_record(order)?;
         if !record
             .allocations
@@ -802,16 +872,17 @@ impl RouterCore {
         }
         let id = record.id;
         let moved = self.take_back(id, node, true, participants);
-        let mut bumped = Vec::new();
         for &(sku, on_hand) in counts {
-            bumped.extend(
-                participants
-                    .correct_stock(self.shard_of(sku), sku, node, on_hand)
-                    .await,
-            );
+            let op = StockOp::Set {
+                sku,
+                node,
+                on_hand,
+                safety_stock: None,
+            };
+            participants.stock_ops(self.shard_of(sku), vec![op]);
         }
         self.place_again(id, moved, now_ms, participants).await;
-        Ok((&self.orders[&id], bumped))
+        Ok(&self.orders[&id])
     }
 
     /// A node went offline: move the order's unshipped units there elsewhere.

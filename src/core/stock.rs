@@ -14,22 +14,37 @@ use super::index::AvailabilityIndex;
 use super::model::{NodeIdx, OrderId, SkuId};
 
 /// One (sku, node) cell.
+///
+/// `reserved` is journaled state: it changes only by ops applied in journal
+/// order, so a replay rebuilds it exactly. `held` is the in-memory overlay of
+/// attempts not journaled yet; it is never snapshotted or replayed, which is
+/// why a stock count may leave `held` above what is free (ATP is then 0 and
+/// the commit of such a hold reserves what is there and bumps the rest).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cell {
     pub on_hand: u32,
-    /// Units promised to open orders (held or committed); never above `on_hand`.
+    /// Units reserved by journaled decisions; never above `on_hand`.
     pub reserved: u32,
+    /// Units held by attempts in flight (not journaled yet).
+    pub held: u32,
     /// Units kept back from promising (display stock, shrinkage buffer).
     pub safety_stock: u32,
 }
 
 impl Cell {
-    /// Available-to-promise: `max(0, on_hand - reserved - safety_stock)`.
+    /// Available-to-promise: `max(0, on_hand - reserved - held - safety_stock)`.
     #[inline]
     pub fn atp(&self) -> u32 {
         self.on_hand
             .saturating_sub(self.reserved)
+            .saturating_sub(self.held)
             .saturating_sub(self.safety_stock)
+    }
+
+    /// Units on the shelf no journaled decision has taken.
+    #[inline]
+    pub fn free(&self) -> u32 {
+        self.on_hand - self.reserved
     }
 }
 
@@ -96,7 +111,6 @@ pub enum StockError {
 enum Which {
     Pending,
     Committed,
-    PendingFirst,
 }
 
 /// A SKU shard: SKUs `s` with `s % shard_count == shard`.
@@ -195,7 +209,7 @@ impl StockShard {
         let row = self.row_mut(sku);
         let cell = &mut row[node as usize];
         assert!(qty <= cell.atp(), "hold above atp");
-        cell.reserved += qty;
+        cell.held += qty;
         let cell = *cell;
         self.publish(sku, node, &cell);
         self.orders.entry(order).or_default().push(Reservation {
@@ -219,25 +233,20 @@ impl StockShard {
         let Some(list) = self.orders.get_mut(&order) else {
             return 0;
         };
-        let passes: &[bool] = match which {
-            Which::Pending => &[true],
-            Which::Committed => &[false],
-            Which::PendingFirst => &[true, false],
+        let pending = match which {
+            Which::Pending => true,
+            Which::Committed => false,
         };
         let mut freed = 0;
-        for &pending in passes {
-            for reservation in list.iter_mut().rev() {
-                if freed == qty {
-                    break;
-                }
-                if reservation.sku == sku
-                    && reservation.node == node
-                    && reservation.pending == pending
-                {
-                    let part = reservation.qty.min(qty - freed);
-                    reservation.qty -= part;
-                    freed += part;
-                }
+        for reservation in list.iter_mut().rev() {
+            if freed == qty {
+                break;
+            }
+            if reservation.sku == sku && reservation.node == node && reservation.pending == pending
+            {
+                let part = reservation.qty.min(qty - freed);
+                reservation.qty -= part;
+                freed += part;
             }
         }
         list.retain(|r| r.qty > 0);
@@ -247,10 +256,14 @@ impl StockShard {
         if freed > 0 {
             let row = self.row_mut(sku);
             let cell = &mut row[node as usize];
-            cell.reserved = cell
-                .reserved
+            let count = if pending {
+                &mut cell.held
+            } else {
+                &mut cell.reserved
+            };
+            *count = count
                 .checked_sub(freed)
-                .expect("reservation above cell reserved");
+                .expect("reservation above the cell's count");
             let cell = *cell;
             self.publish(sku, node, &cell);
         }
@@ -333,12 +346,37 @@ impl StockShard {
         HoldOutcome::Held(parts)
     }
 
-    /// The router journaled the decision: the order's pending holds become
-    /// reservations.
-    pub fn commit(&mut self, order: OrderId) {
-        if let Some(list) = self.orders.get_mut(&order) {
-            list.iter_mut().for_each(|r| r.pending = false);
+    /// A journaled decision gave the order `qty` units at a cell: its hold
+    /// there (if this shard still has it) becomes a reservation. Applied in
+    /// journal order, it depends only on journaled state, so a replay without
+    /// the hold reserves the same: what is free, with any shortfall (a count
+    /// that fell after the hold) bumped back to the order's router.
+    pub fn reserve(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> Option<Bumped> {
+        self.give_back(order, sku, node, qty, Which::Pending);
+        let row = self.row_mut(sku);
+        let cell = &mut row[node as usize];
+        let granted = qty.min(cell.free());
+        cell.reserved += granted;
+        let cell = *cell;
+        self.publish(sku, node, &cell);
+        if granted > 0 {
+            let list = self.orders.entry(order).or_default();
+            match list.iter_mut().find(|r| r.sku == sku && r.node == node && !r.pending) {
+                Some(existing) => existing.qty += granted,
+                None => list.push(Reservation {
+                    sku,
+                    node,
+                    qty: granted,
+                    pending: false,
+                }),
+            }
         }
+        (granted < qty).then_some(Bumped {
+            order,
+            sku,
+            node,
+            qty: qty - granted,
+        })
     }
 
     /// The attempt failed elsewhere: free the order's pending holds only.
@@ -354,17 +392,23 @@ impl StockShard {
         }
     }
 
-    /// Frees up to `qty` units of an order at one cell (re-route, partial
-    /// cancel), pending holds first. Returns the units freed.
+    /// Frees up to `qty` reserved units of an order at one cell (re-route,
+    /// partial cancel). Holds of a later attempt are left alone: they are not
+    /// journaled yet. Returns the units freed.
     pub fn release(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> u32 {
-        self.give_back(order, sku, node, qty, Which::PendingFirst)
+        self.give_back(order, sku, node, qty, Which::Committed)
     }
 
-    /// Frees everything the order holds in this shard (cancel, expiry).
+    /// Frees every reservation of the order in this shard (cancel, expiry).
     pub fn release_order(&mut self, order: OrderId) -> Vec<Reservation> {
-        let all: Vec<Reservation> = self.reservations(order).to_vec();
+        let all: Vec<Reservation> = self
+            .reservations(order)
+            .iter()
+            .filter(|r| !r.pending)
+            .copied()
+            .collect();
         for r in &all {
-            self.give_back(order, r.sku, r.node, r.qty, Which::PendingFirst);
+            self.give_back(order, r.sku, r.node, r.qty, Which::Committed);
         }
         all
     }
@@ -414,7 +458,9 @@ impl StockShard {
     }
 
     /// A count from the WMS: on_hand becomes `on_hand`. If that is below
-    /// what is reserved, the newest reservations there are bumped.
+    /// what is reserved, the newest reservations there are bumped. Holds in
+    /// flight are not bumped (they are not journaled, so a replay could not
+    /// bump them alike); their commit meets the lower count instead.
     pub fn set(
         &mut self,
         sku: SkuId,
@@ -451,25 +497,26 @@ impl StockShard {
         Ok(self.set(sku, node, target, None))
     }
 
-    /// Frees `deficit` units at a cell, newest orders first, pending holds
-    /// before committed ones (they have not been answered yet).
+    /// Frees `deficit` reserved units at a cell, newest orders first.
     fn bump(&mut self, sku: SkuId, node: NodeIdx, mut deficit: u32) -> Vec<Bumped> {
-        let mut victims: Vec<(bool, OrderId, u32)> = Vec::new();
+        let mut victims: Vec<(OrderId, u32)> = Vec::new();
         if deficit > 0 {
             for (&order, list) in &self.orders {
-                for r in list.iter().filter(|r| r.sku == sku && r.node == node) {
-                    victims.push((!r.pending, order, r.qty));
+                for r in list
+                    .iter()
+                    .filter(|r| r.sku == sku && r.node == node && !r.pending)
+                {
+                    victims.push((order, r.qty));
                 }
             }
-            // Pending first (false < true), then the newest order ids.
-            victims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            victims.sort_unstable_by(|a, b| b.0.cmp(&a.0));
         }
         let mut bumped = Vec::new();
-        for (_, order, qty) in victims {
+        for (order, qty) in victims {
             if deficit == 0 {
                 break;
             }
-            let freed = self.give_back(order, sku, node, qty.min(deficit), Which::PendingFirst);
+            let freed = self.give_back(order, sku, node, qty.min(deficit), Which::Committed);
             deficit -= freed;
             bumped.push(Bumped {
                 order,
@@ -485,13 +532,19 @@ impl StockShard {
     /// Checks every invariant of the shard; O(cells + reservations), for
     /// tests and debug endpoints. Returns a description of the first breach.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut sums: FxHashMap<(SkuId, NodeIdx), u64> = FxHashMap::default();
+        // (reserved, held) per cell, from the reservations.
+        let mut sums: FxHashMap<(SkuId, NodeIdx), (u64, u64)> = FxHashMap::default();
         for (order, list) in &self.orders {
             for r in list {
                 if r.qty == 0 {
                     return Err(format!("order {order} keeps a zero reservation"));
                 }
-                *sums.entry((r.sku, r.node)).or_default() += u64::from(r.qty);
+                let sum = sums.entry((r.sku, r.node)).or_default();
+                if r.pending {
+                    sum.1 += u64::from(r.qty);
+                } else {
+                    sum.0 += u64::from(r.qty);
+                }
             }
         }
         for (sku, node, cell) in self.cells() {
@@ -501,9 +554,11 @@ impl StockShard {
                     cell.reserved, cell.on_hand
                 ));
             }
-            let expected_atp =
-                (i64::from(cell.on_hand) - i64::from(cell.reserved) - i64::from(cell.safety_stock))
-                    .max(0);
+            let expected_atp = (i64::from(cell.on_hand)
+                - i64::from(cell.reserved)
+                - i64::from(cell.held)
+                - i64::from(cell.safety_stock))
+            .max(0);
             if i64::from(cell.atp()) != expected_atp {
                 return Err(format!(
                     "sku {sku} node {node}: atp {} != {expected_atp}",
@@ -517,17 +572,17 @@ impl StockShard {
                     cell.atp()
                 ));
             }
-            let sum = sums.remove(&(sku, node)).unwrap_or(0);
-            if sum != u64::from(cell.reserved) {
+            let (reserved, held) = sums.remove(&(sku, node)).unwrap_or((0, 0));
+            if reserved != u64::from(cell.reserved) || held != u64::from(cell.held) {
                 return Err(format!(
-                    "sku {sku} node {node}: reservations sum {sum} != reserved {}",
-                    cell.reserved
+                    "sku {sku} node {node}: reservations sum {reserved}+{held} held != reserved {} + held {}",
+                    cell.reserved, cell.held
                 ));
             }
         }
         if let Some(((sku, node), sum)) = sums.into_iter().next() {
             return Err(format!(
-                "reservations of {sum} at unknown cell sku {sku} node {node}"
+                "reservations of {sum:?} at unknown cell sku {sku} node {node}"
             ));
         }
         Ok(())

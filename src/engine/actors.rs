@@ -1,110 +1,91 @@
 //! The actors: thin shells that own one piece of core state each and apply
 //! messages to it one at a time. All logic lives in `core`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc;
+use smallvec::SmallVec;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::core::events::{CursorOutOfRange, NodeEvent};
-
+use super::sequencer::{Done, Sequencer, Txn, KIND_MARKER, KIND_TXN};
 use crate::core::capacity::{CapacityOutcome, NodeLedger};
-use crate::core::local::{apply_node_op, apply_stock_op};
+use crate::core::events::{CursorOutOfRange, NodeEvent};
+use crate::core::local::{apply_node_op, apply_stock_op, NodeEffect};
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use crate::core::placement::{NodeOp, Participants, StockOp};
 use crate::core::router::{OpError, OrderRecord, OrderRef, RouterCore};
 use crate::core::stock::{Bumped, Cell, HoldItem, HoldOutcome, StockError, StockShard};
 
-/// One entry of a bulk stock update: set (absolute) or adjust (relative).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StockChange {
-    Set {
-        sku: SkuId,
-        node: NodeIdx,
-        on_hand: u32,
-        safety_stock: Option<u32>,
-    },
-    Adjust {
-        sku: SkuId,
-        node: NodeIdx,
-        delta: i64,
-    },
-}
+/// What a shard answers for ops applied with a reply: the reservations
+/// they bumped and the ops that could not apply.
+pub type Applied = (Vec<Bumped>, Vec<StockError>);
 
 pub enum ShardMsg {
     Hold(Vec<HoldItem>, RpcReplyPort<Vec<HoldOutcome>>),
-    Ops(Vec<StockOp>),
-    Ship {
-        order: OrderId,
-        sku: SkuId,
-        node: NodeIdx,
-        qty: u32,
-        reply: RpcReplyPort<Result<(), StockError>>,
-    },
-    Update(
-        Vec<StockChange>,
-        RpcReplyPort<(Vec<Bumped>, Vec<StockError>)>,
-    ),
+    /// Holds of failed attempts to give back: not journaled, sent directly.
+    Abort(Vec<StockOp>),
+    /// Journaled ops, in LSN order. Without a reply port, bumps go to the
+    /// routers through the engine's bump channel.
+    Apply(Vec<StockOp>, Option<oneshot::Sender<Applied>>),
     Cell(SkuId, NodeIdx, RpcReplyPort<Cell>),
     Check(RpcReplyPort<Result<(), String>>),
 }
 
 pub struct ShardActor;
 
+pub struct ShardState {
+    pub shard: StockShard,
+    pub bumps: mpsc::UnboundedSender<Vec<Bumped>>,
+}
+
 impl Actor for ShardActor {
     type Msg = ShardMsg;
-    type State = StockShard;
-    type Arguments = StockShard;
+    type State = ShardState;
+    type Arguments = ShardState;
 
     async fn pre_start(
         &self,
         _: ActorRef<ShardMsg>,
-        shard: StockShard,
-    ) -> Result<StockShard, ActorProcessingErr> {
-        Ok(shard)
+        state: ShardState,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        Ok(state)
     }
 
     async fn handle(
         &self,
         _: ActorRef<ShardMsg>,
         message: ShardMsg,
-        shard: &mut StockShard,
+        state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
+        let shard = &mut state.shard;
         // A reply port whose caller went away is not an error of the shard.
         match message {
             ShardMsg::Hold(items, reply) => {
                 let _ = reply.send(shard.hold(&items));
             }
-            ShardMsg::Ops(ops) => ops.into_iter().for_each(|op| apply_stock_op(shard, op)),
-            ShardMsg::Ship {
-                order,
-                sku,
-                node,
-                qty,
-                reply,
-            } => {
-                let _ = reply.send(shard.ship(order, sku, node, qty));
+            ShardMsg::Abort(ops) => {
+                let mut bumped = Vec::new();
+                for op in ops {
+                    let _ = apply_stock_op(shard, op, &mut bumped);
+                }
             }
-            ShardMsg::Update(changes, reply) => {
+            ShardMsg::Apply(ops, reply) => {
                 let mut bumped = Vec::new();
                 let mut errors = Vec::new();
-                for change in changes {
-                    match change {
-                        StockChange::Set {
-                            sku,
-                            node,
-                            on_hand,
-                            safety_stock,
-                        } => bumped.extend(shard.set(sku, node, on_hand, safety_stock)),
-                        StockChange::Adjust { sku, node, delta } => {
-                            match shard.adjust(sku, node, delta) {
-                                Ok(b) => bumped.extend(b),
-                                Err(e) => errors.push(e),
-                            }
-                        }
+                for op in ops {
+                    if let Err(e) = apply_stock_op(shard, op, &mut bumped) {
+                        errors.push(e);
                     }
                 }
-                let _ = reply.send((bumped, errors));
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send((bumped, errors));
+                    }
+                    None if !bumped.is_empty() => {
+                        let _ = state.bumps.send(bumped);
+                    }
+                    None => {}
+                }
             }
             ShardMsg::Cell(sku, node, reply) => {
                 let _ = reply.send(shard.cell(sku, node));
@@ -130,8 +111,9 @@ pub const SUBSCRIBER_QUEUE_EVENTS: usize = 65_536;
 pub enum NodeMsg {
     Hold(Vec<OrderId>, u64, RpcReplyPort<Vec<CapacityOutcome>>),
     Subscribe(u64, RpcReplyPort<Result<Subscription, CursorOutOfRange>>),
-    Ops(Vec<NodeOp>),
-    SetOnline(bool, RpcReplyPort<Vec<OrderId>>),
+    /// Journaled ops, in LSN order; the reply gets the orders a switch to
+    /// offline leaves to re-route.
+    Ops(Vec<NodeOp>, Option<oneshot::Sender<Vec<OrderId>>>),
     /// (online, used today, open orders)
     Stats(RpcReplyPort<(bool, u32, usize)>),
 }
@@ -174,13 +156,21 @@ impl Actor for NodeActor {
             NodeMsg::Hold(orders, now_ms, reply) => {
                 let _ = reply.send(orders.into_iter().map(|o| ledger.hold(o, now_ms)).collect());
             }
-            NodeMsg::Ops(ops) => {
+            NodeMsg::Ops(ops, reply) => {
+                let mut offline = Vec::new();
                 for op in ops {
-                    if let Some(event) = apply_node_op(ledger, op) {
-                        // A full queue means a subscriber that cannot keep up:
-                        // drop it rather than let it hold the node back.
-                        subscribers.retain(|s| s.try_send(event.clone()).is_ok());
+                    match apply_node_op(ledger, op) {
+                        NodeEffect::Event(cursor, event) => {
+                            // A full queue means a subscriber that cannot keep
+                            // up: drop it rather than let it hold the node back.
+                            subscribers.retain(|s| s.try_send((cursor, event.clone())).is_ok());
+                        }
+                        NodeEffect::Offline(orders) => offline = orders,
+                        NodeEffect::None => {}
                     }
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(offline);
                 }
             }
             NodeMsg::Subscribe(cursor, reply) => {
@@ -190,9 +180,6 @@ impl Actor for NodeActor {
                     (backlog, receiver)
                 });
                 let _ = reply.send(answer);
-            }
-            NodeMsg::SetOnline(online, reply) => {
-                let _ = reply.send(ledger.set_online(online));
             }
             NodeMsg::Stats(reply) => {
                 let _ = reply.send((
@@ -223,10 +210,63 @@ fn answered<T>(result: Result<ractor::rpc::CallResult<T>, impl std::fmt::Debug>,
     }
 }
 
-impl Participants for ActorParticipants {
+impl ActorParticipants {
+    /// Sends journaled ops to their actors, one message per actor, keeping
+    /// their order. Called in LSN order, so every actor applies in LSN order.
+    pub fn dispatch(&self, stock: Vec<(u32, StockOp)>, nodes: Vec<(NodeIdx, NodeOp)>) {
+        let mut by_shard: SmallVec<[(u32, Vec<StockOp>); 4]> = SmallVec::new();
+        for (shard, op) in stock {
+            match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, ops)) => ops.push(op),
+                None => by_shard.push((shard, vec![op])),
+            }
+        }
+        for (shard, ops) in by_shard {
+            // A stopped actor means the engine is shutting down.
+            let _ = self.shards[shard as usize].cast(ShardMsg::Apply(ops, None));
+        }
+        let mut by_node: SmallVec<[(NodeIdx, Vec<NodeOp>); 4]> = SmallVec::new();
+        for (node, op) in nodes {
+            match by_node.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, ops)) => ops.push(op),
+                None => by_node.push((node, vec![op])),
+            }
+        }
+        for (node, ops) in by_node {
+            let _ = self.nodes[node as usize].cast(NodeMsg::Ops(ops, None));
+        }
+    }
+}
+
+/// What a router's placement and lifecycle code sees: holds go to the
+/// actors at once; every other op is kept for the router's next [`Txn`].
+pub struct JournaledParticipants {
+    pub actors: ActorParticipants,
+    stock: Mutex<Vec<(u32, StockOp)>>,
+    nodes: Mutex<Vec<(NodeIdx, NodeOp)>>,
+}
+
+impl JournaledParticipants {
+    pub fn new(actors: ActorParticipants) -> JournaledParticipants {
+        JournaledParticipants {
+            actors,
+            stock: Mutex::new(Vec::new()),
+            nodes: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> (Vec<(u32, StockOp)>, Vec<(NodeIdx, NodeOp)>) {
+        (
+            std::mem::take(&mut *self.stock.lock().expect("ops lock")),
+            std::mem::take(&mut *self.nodes.lock().expect("ops lock")),
+        )
+    }
+}
+
+impl Participants for JournaledParticipants {
     async fn hold_stock(&self, shard: u32, items: Vec<HoldItem>) -> Vec<HoldOutcome> {
         answered(
-            self.shards[shard as usize]
+            self.actors.shards[shard as usize]
                 .call(|reply| ShardMsg::Hold(items, reply), None)
                 .await,
             "shard",
@@ -240,70 +280,32 @@ impl Participants for ActorParticipants {
         now_ms: u64,
     ) -> Vec<CapacityOutcome> {
         answered(
-            self.nodes[node as usize]
+            self.actors.nodes[node as usize]
                 .call(|reply| NodeMsg::Hold(orders, now_ms, reply), None)
                 .await,
             "node",
         )
     }
 
-    async fn ship(
-        &self,
-        shard: u32,
-        order: OrderId,
-        sku: SkuId,
-        node: NodeIdx,
-        qty: u32,
-    ) -> Result<(), StockError> {
-        answered(
-            self.shards[shard as usize]
-                .call(
-                    |reply| ShardMsg::Ship {
-                        order,
-                        sku,
-                        node,
-                        qty,
-                        reply,
-                    },
-                    None,
-                )
-                .await,
-            "shard",
-        )
-    }
-
-    async fn correct_stock(
-        &self,
-        shard: u32,
-        sku: SkuId,
-        node: NodeIdx,
-        on_hand: u32,
-    ) -> Vec<Bumped> {
-        let change = vec![StockChange::Set {
-            sku,
-            node,
-            on_hand,
-            safety_stock: None,
-        }];
-        answered(
-            self.shards[shard as usize]
-                .call(|reply| ShardMsg::Update(change, reply), None)
-                .await,
-            "shard",
-        )
-        .0
-    }
-
     fn stock_ops(&self, shard: u32, ops: Vec<StockOp>) {
-        self.shards[shard as usize]
-            .cast(ShardMsg::Ops(ops))
-            .expect("shard actor is running");
+        let (aborts, journaled): (Vec<StockOp>, Vec<StockOp>) =
+            ops.into_iter().partition(|op| matches!(op, StockOp::Abort(_)));
+        if !aborts.is_empty() {
+            self.actors.shards[shard as usize]
+                .cast(ShardMsg::Abort(aborts))
+                .expect("shard actor is running");
+        }
+        self.stock
+            .lock()
+            .expect("ops lock")
+            .extend(journaled.into_iter().map(|op| (shard, op)));
     }
 
     fn node_ops(&self, node: NodeIdx, ops: Vec<NodeOp>) {
-        self.nodes[node as usize]
-            .cast(NodeMsg::Ops(ops))
-            .expect("node actor is running");
+        self.nodes
+            .lock()
+            .expect("ops lock")
+            .extend(ops.into_iter().map(|op| (node, op)));
     }
 }
 
@@ -333,7 +335,7 @@ pub enum RouterMsg {
         node: NodeIdx,
         counts: Vec<(SkuId, u32)>,
         now_ms: u64,
-        reply: Reply<(OrderRecord, Vec<Bumped>)>,
+        reply: Reply<OrderRecord>,
     },
     NodeOffline {
         orders: Vec<OrderId>,
@@ -341,16 +343,71 @@ pub enum RouterMsg {
         now_ms: u64,
         reply: RpcReplyPort<()>,
     },
-    Bumped(Vec<Bumped>, u64, RpcReplyPort<()>),
+    Bumped(Vec<Bumped>, u64, Option<RpcReplyPort<()>>),
     Expire(u64, RpcReplyPort<usize>),
     Check(RpcReplyPort<Result<(), String>>),
+    /// Snapshot the book: the image and the marker that labels it with an
+    /// LSN go out in order with this router's changes.
+    Snapshot(Box<dyn FnOnce(Vec<OrderRecord>) -> Done + Send>, RpcReplyPort<()>),
 }
 
 pub struct RouterActor;
 
 pub struct RouterState {
     pub core: RouterCore,
-    pub participants: ActorParticipants,
+    pub participants: JournaledParticipants,
+    pub sequencer: Arc<Sequencer>,
+}
+
+impl RouterState {
+    /// Sequences what the last step changed; `answer` runs once it is
+    /// durable and its ops are on their way (never if the journal failed,
+    /// which drops the caller's reply port: an error, never a false yes).
+    fn commit(&mut self, answer: impl FnOnce() + Send + 'static) {
+        let (stock, nodes) = self.participants.take();
+        let durable = self.sequencer.is_durable();
+        let txn = Txn {
+            skus: Vec::new(),
+            orders: if durable {
+                self.core.take_dirty()
+            } else {
+                self.core.clear_dirty();
+                Vec::new()
+            },
+            stock,
+            nodes,
+        };
+        let payload = if durable { txn.encode() } else { Vec::new() };
+        let Txn { stock, nodes, .. } = txn;
+        let actors = self.participants.actors.clone();
+        let done: Done = Box::new(move |result| {
+            if result.is_ok() {
+                actors.dispatch(stock, nodes);
+                answer();
+            }
+        });
+        self.sequencer.append_raw(KIND_TXN, || payload, done);
+    }
+
+    /// Answers a step that changed nothing (it failed validation).
+    fn discard(&mut self) {
+        self.core.clear_dirty();
+        let (stock, nodes) = self.participants.take();
+        debug_assert!(stock.is_empty() && nodes.is_empty(), "a failed step sent ops");
+    }
+
+    /// Commits a lifecycle step's outcome, or answers its error at once.
+    fn finish<T: Send + 'static>(&mut self, result: Result<T, OpError>, reply: Reply<T>) {
+        match result {
+            Ok(value) => self.commit(move || {
+                let _ = reply.send(Ok(value));
+            }),
+            Err(e) => {
+                self.discard();
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
 }
 
 impl Actor for RouterActor {
@@ -372,20 +429,23 @@ impl Actor for RouterActor {
         message: RouterMsg,
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
-        let RouterState { core, participants } = state;
-        let p = &*participants;
         match message {
             RouterMsg::Submit(orders, now_ms, reply) => {
-                let _ = reply.send(core.submit(&orders, now_ms, p).await);
+                let decisions = state.core.submit(&orders, now_ms, &state.participants).await;
+                state.commit(move || {
+                    let _ = reply.send(decisions);
+                });
             }
             RouterMsg::Get(order, reply) => {
-                let _ = reply.send(core.get(&order).cloned());
+                let _ = reply.send(state.core.get(&order).cloned());
             }
             RouterMsg::Confirm(order, reply) => {
-                let _ = reply.send(core.confirm(&order).cloned());
+                let result = state.core.confirm(&order).cloned();
+                state.finish(result, reply);
             }
             RouterMsg::Cancel(order, reply) => {
-                let _ = reply.send(core.cancel(&order, p).cloned());
+                let result = state.core.cancel(&order, &state.participants).cloned();
+                state.finish(result, reply);
             }
             RouterMsg::Ship {
                 order,
@@ -394,7 +454,11 @@ impl Actor for RouterActor {
                 qty,
                 reply,
             } => {
-                let _ = reply.send(core.ship(&order, node, sku, qty, p).await.cloned());
+                let result = state
+                    .core
+                    .ship(&order, node, sku, qty, &state.participants)
+                    .cloned();
+                state.finish(result, reply);
             }
             RouterMsg::Return {
                 order,
@@ -403,7 +467,11 @@ impl Actor for RouterActor {
                 qty,
                 reply,
             } => {
-                let _ = reply.send(core.return_units(&order, node, sku, qty, p).cloned());
+                let result = state
+                    .core
+                    .return_units(&order, node, sku, qty, &state.participants)
+                    .cloned();
+                state.finish(result, reply);
             }
             RouterMsg::Reject {
                 order,
@@ -412,8 +480,12 @@ impl Actor for RouterActor {
                 now_ms,
                 reply,
             } => {
-                let result = core.node_reject(&order, node, &counts, now_ms, p).await;
-                let _ = reply.send(result.map(|(record, bumped)| (record.clone(), bumped)));
+                let result = state
+                    .core
+                    .node_reject(&order, node, &counts, now_ms, &state.participants)
+                    .await
+                    .cloned();
+                state.finish(result, reply);
             }
             RouterMsg::NodeOffline {
                 orders,
@@ -422,19 +494,36 @@ impl Actor for RouterActor {
                 reply,
             } => {
                 for order in orders {
-                    core.node_offline(order, node, now_ms, p).await;
+                    state
+                        .core
+                        .node_offline(order, node, now_ms, &state.participants)
+                        .await;
                 }
-                let _ = reply.send(());
+                state.commit(move || {
+                    let _ = reply.send(());
+                });
             }
             RouterMsg::Bumped(bumps, now_ms, reply) => {
-                core.bumped(&bumps, now_ms, p).await;
-                let _ = reply.send(());
+                state.core.bumped(&bumps, now_ms, &state.participants).await;
+                state.commit(move || {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(());
+                    }
+                });
             }
             RouterMsg::Expire(now_ms, reply) => {
-                let _ = reply.send(core.expire_due(now_ms, p));
+                let expired = state.core.expire_due(now_ms, &state.participants);
+                state.commit(move || {
+                    let _ = reply.send(expired);
+                });
             }
             RouterMsg::Check(reply) => {
-                let _ = reply.send(core.check_invariants());
+                let _ = reply.send(state.core.check_invariants());
+            }
+            RouterMsg::Snapshot(write, reply) => {
+                let image: Vec<OrderRecord> = state.core.orders().cloned().collect();
+                state.sequencer.append_raw(KIND_MARKER, Vec::new, write(image));
+                let _ = reply.send(());
             }
         }
         Ok(())

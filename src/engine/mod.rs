@@ -3,6 +3,7 @@
 //! indices, groups work by router and shard, and bounds what is in flight.
 
 mod actors;
+pub mod sequencer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,10 +15,11 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Semaphore;
 
 use actors::{
-    ActorParticipants, NodeActor, NodeMsg, RouterActor, RouterMsg, RouterState, ShardActor,
-    ShardMsg,
+    ActorParticipants, JournaledParticipants, NodeActor, NodeMsg, RouterActor, RouterMsg,
+    RouterState, ShardActor, ShardMsg, ShardState,
 };
-pub use actors::{StockChange, Subscription, SUBSCRIBER_QUEUE_EVENTS};
+pub use actors::{Subscription, SUBSCRIBER_QUEUE_EVENTS};
+use sequencer::{Done, Sequencer, Txn, KIND_TXN};
 
 use crate::core::capacity::NodeLedger;
 use crate::core::events::CursorOutOfRange;
@@ -25,6 +27,7 @@ use crate::core::geo::GeoPoint;
 use crate::core::index::{AvailabilityIndex, CatalogFull};
 use crate::core::model::{Decision, NodeIdx, OrderRequest, SkuId};
 use crate::core::network::Network;
+use crate::core::placement::{NodeOp, StockOp};
 use crate::core::router::{
     router_of_key, router_of_order, OpError, OrderRecord, OrderRef, RouterCore, MAX_ROUTERS,
 };
@@ -112,6 +115,10 @@ pub enum EngineError {
     Order(#[from] OpError),
     #[error(transparent)]
     Cursor(#[from] CursorOutOfRange),
+    /// The journal failed (disk full, I/O error): nothing more can be made
+    /// durable, so nothing more is answered yes.
+    #[error("the journal cannot make changes durable; the daemon must be restarted")]
+    Unavailable,
 }
 
 /// One entry of a WMS/ERP feed, by external names.
@@ -152,10 +159,64 @@ struct Inner {
     index: Arc<AvailabilityIndex>,
     routers: Vec<ActorRef<RouterMsg>>,
     participants: ActorParticipants,
+    sequencer: Arc<Sequencer>,
+    /// Serializes catalog growth with its journal record, so that SKU ids
+    /// are journaled in the order they were given.
+    feed_lock: std::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
     admission: Arc<Semaphore>,
     max_inflight: u32,
-    ticker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Everything the actors own, as plain core values: fresh from a config,
+/// or rebuilt by recovery from snapshots and the journal.
+pub struct EngineState {
+    pub index: Arc<AvailabilityIndex>,
+    pub shards: Vec<StockShard>,
+    pub ledgers: Vec<NodeLedger>,
+    pub routers: Vec<RouterCore>,
+}
+
+impl EngineState {
+    /// Empty shards and books; nodes with their configured online flag.
+    pub fn fresh(
+        settings: &EngineSettings,
+        network: &Arc<Network>,
+        now_ms: u64,
+    ) -> Result<EngineState, EngineError> {
+        if settings.routers == 0 || settings.routers as usize > MAX_ROUTERS {
+            return Err(EngineError::Routers);
+        }
+        let index = Arc::new(AvailabilityIndex::new(
+            network.nodes.len(),
+            settings.max_skus,
+        ));
+        let shard_count = settings.shards.max(1);
+        Ok(EngineState {
+            shards: (0..shard_count)
+                .map(|s| StockShard::new(s, shard_count, index.clone()))
+                .collect(),
+            ledgers: network
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    NodeLedger::new(
+                        i as NodeIdx,
+                        node.daily_capacity,
+                        node.online,
+                        index.clone(),
+                        now_ms,
+                    )
+                })
+                .collect(),
+            routers: (0..settings.routers as usize)
+                .map(|r| RouterCore::new(r, network.clone(), index.clone(), shard_count))
+                .collect(),
+            index,
+        })
+    }
 }
 
 /// Cheap to clone; every clone drives the same actors.
@@ -165,42 +226,52 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Spawns every actor. The network's nodes start with the online flag
-    /// from the config and no stock; load stock with [`Engine::update_stock`].
+    /// Spawns every actor on empty state, changes sequenced in memory only
+    /// (nothing durable: tests and benches of the engine alone). The nodes
+    /// start with the config's online flag and no stock; load stock with
+    /// [`Engine::update_stock`].
     pub async fn start(
         settings: &EngineSettings,
         network: Network,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, EngineError> {
-        if settings.routers == 0 || settings.routers as usize > MAX_ROUTERS {
-            return Err(EngineError::Routers);
-        }
         let network = Arc::new(network);
-        let index = Arc::new(AvailabilityIndex::new(
-            network.nodes.len(),
-            settings.max_skus,
-        ));
-        let now_ms = clock.now_ms();
+        let state = EngineState::fresh(settings, &network, clock.now_ms())?;
+        Engine::start_with(settings, network, state, Sequencer::memory(), clock).await
+    }
+
+    /// Spawns every actor on `state`, sequencing changes with `sequencer`.
+    pub async fn start_with(
+        settings: &EngineSettings,
+        network: Arc<Network>,
+        state: EngineState,
+        sequencer: Sequencer,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, EngineError> {
         let spawn_error = |e: ractor::SpawnErr| EngineError::Spawn(e.to_string());
+        let EngineState {
+            index,
+            shards: shard_states,
+            ledgers,
+            routers: cores,
+        } = state;
+        let sequencer = Arc::new(sequencer);
+        let (bumps, mut bump_queue) = tokio::sync::mpsc::unbounded_channel::<Vec<Bumped>>();
         let mut shards = Vec::new();
-        for s in 0..settings.shards.max(1) {
-            let shard = StockShard::new(s, settings.shards.max(1), index.clone());
+        for shard in shard_states {
+            let state = ShardState {
+                shard,
+                bumps: bumps.clone(),
+            };
             shards.push(
-                Actor::spawn(None, ShardActor, shard)
+                Actor::spawn(None, ShardActor, state)
                     .await
                     .map_err(spawn_error)?
                     .0,
             );
         }
         let mut nodes = Vec::new();
-        for (i, node) in network.nodes.iter().enumerate() {
-            let ledger = NodeLedger::new(
-                i as NodeIdx,
-                node.daily_capacity,
-                node.online,
-                index.clone(),
-                now_ms,
-            );
+        for ledger in ledgers {
             nodes.push(
                 Actor::spawn(None, NodeActor, ledger)
                     .await
@@ -213,11 +284,11 @@ impl Engine {
             nodes: nodes.into(),
         };
         let mut routers = Vec::new();
-        for r in 0..settings.routers as usize {
-            let core = RouterCore::new(r, network.clone(), index.clone(), settings.shards.max(1));
+        for core in cores {
             let state = RouterState {
                 core,
-                participants: participants.clone(),
+                participants: JournaledParticipants::new(participants.clone()),
+                sequencer: sequencer.clone(),
             };
             routers.push(
                 Actor::spawn(None, RouterActor, state)
@@ -232,12 +303,25 @@ impl Engine {
                 index,
                 routers,
                 participants,
+                sequencer,
+                feed_lock: std::sync::Mutex::new(()),
                 clock,
                 admission: Arc::new(Semaphore::new(settings.max_inflight as usize)),
                 max_inflight: settings.max_inflight,
-                ticker: std::sync::Mutex::new(None),
+                tasks: std::sync::Mutex::new(Vec::new()),
             }),
         };
+        // Reservations that journaled ops took back (a count fell below
+        // them) go to their routers to be placed again.
+        let weak = Arc::downgrade(&engine.inner);
+        let forwarder = tokio::spawn(async move {
+            while let Some(bumped) = bump_queue.recv().await {
+                let Some(inner) = weak.upgrade() else { break };
+                let engine = Engine { inner };
+                engine.forward_bumps(bumped, engine.now_ms());
+            }
+        });
+        engine.inner.tasks.lock().expect("tasks lock").push(forwarder);
         if settings.expiry_tick_ms > 0 {
             let weak = Arc::downgrade(&engine.inner);
             let period = Duration::from_millis(settings.expiry_tick_ms);
@@ -250,9 +334,18 @@ impl Engine {
                     Engine { inner }.tick().await;
                 }
             });
-            *engine.inner.ticker.lock().expect("ticker lock") = Some(ticker);
+            engine.inner.tasks.lock().expect("tasks lock").push(ticker);
         }
         Ok(engine)
+    }
+
+    /// Whether changes are journaled (a data directory) or memory only.
+    pub fn is_durable(&self) -> bool {
+        self.inner.sequencer.is_durable()
+    }
+
+    pub(crate) fn sequencer(&self) -> &Sequencer {
+        &self.inner.sequencer
     }
 
     pub fn network(&self) -> &Network {
@@ -302,11 +395,13 @@ impl Engine {
     }
 
     /// Routes one order.
+    /// Routes one order. Panics if the journal failed; the daemon uses
+    /// the batch calls, which answer that as an error.
     pub async fn submit(&self, order: OrderRequest) -> Decision {
         self.submit_batch(vec![order])
             .await
             .map(|mut d| d.remove(0))
-            .expect("a batch of one fits")
+            .expect("a batch of one is routed")
     }
 
     /// Routes many orders at once: one message per router, one hold message
@@ -317,7 +412,7 @@ impl Engine {
     ) -> Result<Vec<Decision>, EngineError> {
         check_batch(&orders)?;
         let _permit = self.admit(orders.len()).await;
-        Ok(self.route(orders).await)
+        self.route(orders).await
     }
 
     /// Like [`Engine::submit_batch`], but answers `Overloaded` at once
@@ -333,10 +428,10 @@ impl Engine {
             .admission
             .try_acquire_many(count)
             .map_err(|_| EngineError::Overloaded)?;
-        Ok(self.route(orders).await)
+        self.route(orders).await
     }
 
-    async fn route(&self, orders: Vec<OrderRequest>) -> Vec<Decision> {
+    async fn route(&self, orders: Vec<OrderRequest>) -> Result<Vec<Decision>, EngineError> {
         let routers = &self.inner.routers;
         let now_ms = self.now_ms();
         let mut by_router: Vec<(Vec<OrderRequest>, Vec<usize>)> =
@@ -352,7 +447,7 @@ impl Engine {
             .enumerate()
             .filter(|(_, (o, _))| !o.is_empty())
             .map(|(r, (orders, slots))| async move {
-                let decisions = call(&routers[r], |reply| {
+                let decisions = call_committed(&routers[r], |reply| {
                     RouterMsg::Submit(orders, now_ms, reply)
                 })
                 .await;
@@ -360,14 +455,14 @@ impl Engine {
             });
         let mut answers: Vec<Option<Decision>> = vec![None; total];
         for (slots, decisions) in join_all(calls).await {
-            for (slot, decision) in slots.into_iter().zip(decisions) {
+            for (slot, decision) in slots.into_iter().zip(decisions?) {
                 answers[slot] = Some(decision);
             }
         }
-        answers
+        Ok(answers
             .into_iter()
             .map(|d| d.expect("every order answered"))
-            .collect()
+            .collect())
     }
 
     pub async fn get(&self, order: OrderRef) -> Option<OrderRecord> {
@@ -378,13 +473,13 @@ impl Engine {
     pub async fn confirm(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        Ok(call(router, |reply| RouterMsg::Confirm(order, reply)).await?)
+        call_committed(router, |reply| RouterMsg::Confirm(order, reply)).await?.map_err(Into::into)
     }
 
     pub async fn cancel(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        Ok(call(router, |reply| RouterMsg::Cancel(order, reply)).await?)
+        call_committed(router, |reply| RouterMsg::Cancel(order, reply)).await?.map_err(Into::into)
     }
 
     /// A node shipped `qty` units of `sku` for the order.
@@ -398,14 +493,15 @@ impl Engine {
         let (node, sku) = (self.node_idx(node)?, self.sku_id(sku)?);
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        Ok(call(router, |reply| RouterMsg::Ship {
+        call_committed(router, |reply| RouterMsg::Ship {
             order,
             node,
             sku,
             qty,
             reply,
         })
-        .await?)
+        .await?
+        .map_err(Into::into)
     }
 
     /// A customer returned units at `node`, which puts them back in stock.
@@ -419,14 +515,15 @@ impl Engine {
         let (node, sku) = (self.node_idx(node)?, self.sku_id(sku)?);
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        Ok(call(router, |reply| RouterMsg::Return {
+        call_committed(router, |reply| RouterMsg::Return {
             order,
             node,
             sku,
             qty,
             reply,
         })
-        .await?)
+        .await?
+        .map_err(Into::into)
     }
 
     /// A node refuses its allocation of the order, optionally reporting its
@@ -445,16 +542,15 @@ impl Engine {
         let _permit = self.admit(1).await;
         let now_ms = self.now_ms();
         let router = self.router_for(&order);
-        let (record, bumped) = call(router, |reply| RouterMsg::Reject {
+        call_committed(router, |reply| RouterMsg::Reject {
             order,
             node,
             counts,
             now_ms,
             reply,
         })
-        .await?;
-        self.dispatch_bumps(bumped, now_ms).await;
-        Ok(record)
+        .await?
+        .map_err(Into::into)
     }
 
     /// Sets a node online or offline. Offline re-routes every unshipped
@@ -463,10 +559,16 @@ impl Engine {
         let node = self.node_idx(node)?;
         let _permit = self.admit(1).await;
         let now_ms = self.now_ms();
-        let orders = call(&self.inner.participants.nodes[node as usize], |reply| {
-            NodeMsg::SetOnline(online, reply)
-        })
-        .await;
+        let txn = Txn {
+            nodes: vec![(node, NodeOp::Online(online))],
+            ..Txn::default()
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let actor = self.inner.participants.nodes[node as usize].clone();
+        self.append(&txn, move || {
+            let _ = actor.cast(NodeMsg::Ops(vec![NodeOp::Online(online)], Some(reply)));
+        });
+        let orders = answer.await.map_err(|_| EngineError::Unavailable)?;
         let count = orders.len();
         let routers = &self.inner.routers;
         let mut by_router: FxHashMap<usize, Vec<u64>> = FxHashMap::default();
@@ -476,16 +578,35 @@ impl Engine {
                 .or_default()
                 .push(order);
         }
-        join_all(by_router.into_iter().map(|(r, orders)| {
-            call(&routers[r], move |reply| RouterMsg::NodeOffline {
+        for result in join_all(by_router.into_iter().map(|(r, orders)| {
+            call_committed(&routers[r], move |reply| RouterMsg::NodeOffline {
                 orders,
                 node,
                 now_ms,
                 reply,
             })
         }))
-        .await;
+        .await
+        {
+            result?;
+        }
         Ok(count)
+    }
+
+    /// Journals `txn` (when durable); `apply` runs after, in LSN order.
+    fn append(&self, txn: &Txn, apply: impl FnOnce() + Send + 'static) {
+        let sequencer = &self.inner.sequencer;
+        let payload = if sequencer.is_durable() {
+            txn.encode()
+        } else {
+            Vec::new()
+        };
+        let done: Done = Box::new(move |result| {
+            if result.is_ok() {
+                apply();
+            }
+        });
+        sequencer.append_raw(KIND_TXN, || payload, done);
     }
 
     /// Loads a whole starting stock (a config's, any size) in batches of
@@ -497,9 +618,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies a WMS/ERP feed: sets and adjustments, grouped per shard.
-    /// Unknown nodes refuse the whole batch before anything changes; new
-    /// SKUs are added to the catalog.
+    /// Applies a WMS/ERP feed: sets and adjustments, journaled as one
+    /// record, then applied per shard. Unknown nodes refuse the whole batch
+    /// before anything changes; new SKUs are added to the catalog.
     pub async fn update_stock(&self, updates: &[StockUpdate]) -> Result<StockReport, EngineError> {
         if updates.len() > MAX_STOCK_UPDATES_PER_BATCH {
             return Err(EngineError::BatchTooLarge(updates.len()));
@@ -513,58 +634,77 @@ impl Engine {
                 self.node_idx(node)
             })
             .collect::<Result<Vec<NodeIdx>, EngineError>>()?;
-        let shard_count = self.inner.participants.shards.len() as u32;
-        let mut by_shard: FxHashMap<u32, Vec<StockChange>> = FxHashMap::default();
-        for (update, node) in updates.iter().zip(nodes) {
-            let change = match update {
-                StockUpdate::Set {
-                    sku,
-                    on_hand,
-                    safety_stock,
-                    ..
-                } => StockChange::Set {
-                    sku: self.inner.index.intern(sku)?,
-                    node,
-                    on_hand: *on_hand,
-                    safety_stock: *safety_stock,
-                },
-                StockUpdate::Adjust { sku, delta, .. } => StockChange::Adjust {
-                    sku: self.inner.index.intern(sku)?,
-                    node,
-                    delta: *delta,
-                },
-            };
-            let sku = match change {
-                StockChange::Set { sku, .. } | StockChange::Adjust { sku, .. } => sku,
-            };
-            by_shard
-                .entry(StockShard::shard_of(sku, shard_count))
-                .or_default()
-                .push(change);
-        }
         let _permit = self.admit(1).await;
-        let shards = &self.inner.participants.shards;
-        let replies = join_all(by_shard.into_iter().map(|(s, changes)| {
-            call(&shards[s as usize], move |reply| {
-                ShardMsg::Update(changes, reply)
-            })
-        }))
-        .await;
+        let shards = self.inner.participants.shards.clone();
+        let shard_count = shards.len() as u32;
+        let mut txn = Txn::default();
+        let mut by_shard: Vec<Vec<StockOp>> = vec![Vec::new(); shards.len()];
+        let mut answers = Vec::new();
+        {
+            let _feed = self.inner.feed_lock.lock().expect("feed lock");
+            let index = &self.inner.index;
+            let intern = |name: &str, txn: &mut Txn| -> Result<SkuId, EngineError> {
+                if let Some(id) = index.lookup(name) {
+                    return Ok(id);
+                }
+                let id = index.intern(name)?;
+                txn.skus.push((id, name.to_string()));
+                Ok(id)
+            };
+            for (update, node) in updates.iter().zip(nodes) {
+                let op = match update {
+                    StockUpdate::Set {
+                        sku,
+                        on_hand,
+                        safety_stock,
+                        ..
+                    } => StockOp::Set {
+                        sku: intern(sku, &mut txn)?,
+                        node,
+                        on_hand: *on_hand,
+                        safety_stock: *safety_stock,
+                    },
+                    StockUpdate::Adjust { sku, delta, .. } => StockOp::Adjust {
+                        sku: intern(sku, &mut txn)?,
+                        node,
+                        delta: *delta,
+                    },
+                };
+                let shard = StockShard::shard_of(op.sku().expect("a cell op"), shard_count);
+                txn.stock.push((shard, op.clone()));
+                by_shard[shard as usize].push(op);
+            }
+            let mut sends = Vec::new();
+            for (shard, ops) in by_shard.into_iter().enumerate() {
+                if !ops.is_empty() {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    answers.push(answer);
+                    sends.push((shard, ops, reply));
+                }
+            }
+            self.append(&txn, move || {
+                for (shard, ops, reply) in sends {
+                    let _ = shards[shard].cast(ShardMsg::Apply(ops, Some(reply)));
+                }
+            });
+        }
         let mut report = StockReport {
             applied: updates.len(),
             ..StockReport::default()
         };
-        for (bumped, errors) in replies {
+        for answer in answers {
+            let (bumped, errors) = answer.await.map_err(|_| EngineError::Unavailable)?;
             report.bumped.extend(bumped);
             report.applied -= errors.len();
             report.errors.extend(errors);
         }
         self.dispatch_bumps(report.bumped.clone(), self.now_ms())
-            .await;
+            .await?;
         Ok(report)
     }
 
-    async fn dispatch_bumps(&self, bumps: Vec<Bumped>, now_ms: u64) {
+    /// Sends bumps to their routers and waits until they are placed again.
+    async fn dispatch_bumps(&self, bumps: Vec<Bumped>, now_ms: u64) -> Result<(), EngineError> {
         let routers = &self.inner.routers;
         let mut by_router: FxHashMap<usize, Vec<Bumped>> = FxHashMap::default();
         for bump in bumps {
@@ -573,12 +713,31 @@ impl Engine {
                 .or_default()
                 .push(bump);
         }
-        join_all(by_router.into_iter().map(|(r, bumps)| {
-            call(&routers[r], move |reply| {
-                RouterMsg::Bumped(bumps, now_ms, reply)
+        for result in join_all(by_router.into_iter().map(|(r, bumps)| {
+            call_committed(&routers[r], move |reply| {
+                RouterMsg::Bumped(bumps, now_ms, Some(reply))
             })
         }))
-        .await;
+        .await
+        {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Sends bumps to their routers without waiting.
+    fn forward_bumps(&self, bumps: Vec<Bumped>, now_ms: u64) {
+        let routers = &self.inner.routers;
+        let mut by_router: FxHashMap<usize, Vec<Bumped>> = FxHashMap::default();
+        for bump in bumps {
+            by_router
+                .entry(router_of_order(bump.order) % routers.len())
+                .or_default()
+                .push(bump);
+        }
+        for (r, bumps) in by_router {
+            let _ = routers[r].cast(RouterMsg::Bumped(bumps, now_ms, None));
+        }
     }
 
     /// ATP of a SKU at every node that has some, from the index.
@@ -666,10 +825,10 @@ impl Engine {
             self.inner
                 .routers
                 .iter()
-                .map(|r| call(r, |reply| RouterMsg::Expire(now_ms, reply))),
+                .map(|r| call_committed(r, |reply| RouterMsg::Expire(now_ms, reply))),
         )
         .await;
-        expired.into_iter().sum()
+        expired.into_iter().map(|e| e.unwrap_or(0)).sum()
     }
 
     /// Checks every shard and router invariant (O(state)); for tests and
@@ -686,8 +845,8 @@ impl Engine {
 
     /// Stops every actor. Requests after this panic in the caller.
     pub fn shutdown(&self) {
-        if let Some(ticker) = self.inner.ticker.lock().expect("ticker lock").take() {
-            ticker.abort();
+        for task in self.inner.tasks.lock().expect("tasks lock").drain(..) {
+            task.abort();
         }
         for router in &self.inner.routers {
             router.stop(None);
@@ -706,6 +865,18 @@ fn check_batch(orders: &[OrderRequest]) -> Result<(), EngineError> {
         return Err(EngineError::BatchTooLarge(orders.len()));
     }
     Ok(())
+}
+
+/// Calls a router for a change that is answered only once journaled: no
+/// answer means the journal failed.
+async fn call_committed<M: ractor::Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+) -> Result<T, EngineError> {
+    match actor.call(build, None).await {
+        Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
+        _ => Err(EngineError::Unavailable),
+    }
 }
 
 /// Calls an actor that must answer: actors stop only at shutdown or when a

@@ -20,6 +20,6 @@ mod files;
 pub mod record;
 
 pub use files::{
-    recover, Durability, Journal, JournalError, JournalStats, Recovered, RecoveredRecord, TornTail,
+    recover, Done, Durability, Journal, JournalError, JournalStats, Recovered, RecoveredRecord, TornTail,
     DEFAULT_SEGMENT_BYTES, MAX_RECORDS_PER_COMMIT,
 };

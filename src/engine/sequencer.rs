@@ -1,0 +1,94 @@
+//! Holds, then journal, then apply: every change to journaled state leaves
+//! an actor as a [`Txn`], which the sequencer gives an LSN and makes durable
+//! before the ops in it reach the shards and nodes, in LSN order, and before
+//! the caller is answered.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::core::model::NodeIdx;
+use crate::core::placement::{NodeOp, StockOp};
+use crate::core::router::OrderRecord;
+pub use crate::journal::Done;
+use crate::journal::Journal;
+
+/// Journal record kind of a [`Txn`].
+pub const KIND_TXN: u8 = 1;
+/// Journal record kind of a snapshot marker (an empty record whose LSN
+/// labels a snapshot taken just before it was appended).
+pub const KIND_MARKER: u8 = 2;
+
+/// One atomic change: the orders it rewrote (whole, as the book now has
+/// them) and the ops it sends to shards and nodes. Replay applies it alike.
+#[derive(Default, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Txn {
+    /// SKUs this change added to the catalog: (id, name), in id order.
+    pub skus: Vec<(u32, String)>,
+    pub orders: Vec<OrderRecord>,
+    /// (shard, op)
+    pub stock: Vec<(u32, StockOp)>,
+    pub nodes: Vec<(NodeIdx, NodeOp)>,
+}
+
+impl Txn {
+    pub fn is_empty(&self) -> bool {
+        self.skus.is_empty() && self.orders.is_empty() && self.stock.is_empty() && self.nodes.is_empty()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .expect("a txn always serializes")
+            .into_vec()
+    }
+
+    /// Validates and decodes a journaled payload; damage is an error, never
+    /// a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Txn, String> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        rkyv::from_bytes::<Txn, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
+    }
+}
+
+
+/// Where changes are sequenced: a journal on disk, or (for tests and
+/// benches of the engine alone) a counter that makes nothing durable.
+pub enum Sequencer {
+    Memory(AtomicU64),
+    Journal(Journal),
+}
+
+impl Sequencer {
+    pub fn memory() -> Sequencer {
+        Sequencer::Memory(AtomicU64::new(1))
+    }
+
+    pub fn is_durable(&self) -> bool {
+        matches!(self, Sequencer::Journal(_))
+    }
+
+    /// Sequences `txn`; `done` runs when it is durable. In memory it runs
+    /// at once, on the caller's thread.
+    pub fn append(&self, txn: &Txn, done: Done) {
+        self.append_raw(KIND_TXN, || txn.encode(), done)
+    }
+
+    pub fn append_raw(&self, kind: u8, payload: impl FnOnce() -> Vec<u8>, done: Done) {
+        match self {
+            Sequencer::Memory(lsn) => done(Ok(lsn.fetch_add(1, Ordering::Relaxed))),
+            Sequencer::Journal(journal) => {
+                // A stopped writer drops `done`, and with it the caller's
+                // reply port: the caller gets an error, never a false yes.
+                if let Err(e) = journal.append(kind, payload(), done) {
+                    tracing::error!("journal append failed: {e}");
+                }
+            }
+        }
+    }
+
+    pub fn journal(&self) -> Option<&Journal> {
+        match self {
+            Sequencer::Journal(j) => Some(j),
+            Sequencer::Memory(_) => None,
+        }
+    }
+}
