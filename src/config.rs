@@ -13,6 +13,12 @@ use crate::core::network::{Channel, Network};
 use crate::core::policy::{Filters, OnShort, Policy, Rule, Weights};
 use crate::core::router::MAX_ROUTERS;
 use crate::engine::{EngineSettings, StockUpdate};
+use crate::journal::Durability;
+use crate::store::StoreSettings;
+
+/// Smallest journal segment the config accepts: smaller ones would mean a
+/// new file (and a directory fsync) every few commits.
+pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
 use crate::limits::{
     MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_NODES, MAX_RULES, MAX_SHIPMENTS_PER_ORDER, MAX_SKUS,
 };
@@ -48,6 +54,8 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
+    pub journal: JournalConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
@@ -75,6 +83,29 @@ impl Default for EngineConfig {
             max_skus: d.max_skus,
             max_inflight: d.max_inflight,
             expiry_tick_ms: d.expiry_tick_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// "fsync" (default): answered after the fsync that covers the change.
+    /// "none": answered after the write only, for benchmarks.
+    pub durability: String,
+    pub segment_bytes: u64,
+    pub snapshot_interval_ms: u64,
+    pub snapshot_every_records: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> JournalConfig {
+        let d = StoreSettings::default();
+        JournalConfig {
+            durability: "fsync".into(),
+            segment_bytes: d.segment_bytes,
+            snapshot_interval_ms: d.snapshot_interval_ms,
+            snapshot_every_records: d.snapshot_every_records,
         }
     }
 }
@@ -246,6 +277,7 @@ fn default_sku_prefix() -> String {
 pub struct ValidConfig {
     pub engine: EngineSettings,
     pub server: ServerSettings,
+    pub store: StoreSettings,
     pub network: Network,
     pub stock: Vec<StockUpdate>,
 }
@@ -317,11 +349,39 @@ impl Config {
         let network = Network::new(nodes, markets, channels);
         let stock = self.validate_stock(&network, engine.max_skus)?;
         let server = self.validate_server(&network)?;
+        let store = self.validate_journal()?;
         Ok(ValidConfig {
             engine,
             server,
+            store,
             network,
             stock,
+        })
+    }
+
+    fn validate_journal(&self) -> Result<StoreSettings, ConfigError> {
+        let j = &self.journal;
+        let durability = match j.durability.as_str() {
+            "fsync" => Durability::Fsync,
+            "none" => Durability::None,
+            other => {
+                return Err(invalid(
+                    "journal.durability",
+                    format!("{other:?} is not \"fsync\" or \"none\""),
+                ))
+            }
+        };
+        if j.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(invalid(
+                "journal.segment_bytes",
+                format!("must be at least {MIN_SEGMENT_BYTES}, got {}", j.segment_bytes),
+            ));
+        }
+        Ok(StoreSettings {
+            durability,
+            segment_bytes: j.segment_bytes,
+            snapshot_interval_ms: j.snapshot_interval_ms,
+            snapshot_every_records: j.snapshot_every_records,
         })
     }
 

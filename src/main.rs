@@ -27,6 +27,12 @@ struct Cli {
     /// Config file (TOML). Without it, the embedded default with its sample network.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Data directory (journal, snapshots, certificate); overrides the config's.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// QUIC listen address; overrides the config's.
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -154,16 +160,21 @@ async fn start(config: &ValidConfig) -> Result<Engine, String> {
 
 async fn serve(config: ValidConfig) -> Result<(), String> {
     let started = Instant::now();
-    let engine = start(&config).await?;
-    let server = omniroute::server::start(engine.clone(), &config.server)
-        .await
-        .map_err(|e| e.to_string())?;
+    let daemon = omniroute::daemon::start(&config).await?;
+    let server = &daemon.server;
     println!(
         "omniroute {} ready in {} ms",
         env!("CARGO_PKG_VERSION"),
         started.elapsed().as_millis()
     );
     println!("{}", describe(&config));
+    println!(
+        "data {} ({} orders recovered, {} journal records replayed in {} ms)",
+        config.server.data_dir.display(),
+        daemon.recovery.orders,
+        daemon.recovery.records_replayed,
+        daemon.recovery.elapsed_ms
+    );
     println!("listening on {} (QUIC, ALPN omniroute/1)", server.addr);
     println!(
         "certificate {} (SHA-256 {})",
@@ -178,9 +189,7 @@ async fn serve(config: ValidConfig) -> Result<(), String> {
     println!("try: omniroute order submit --channel web --line SKU-1:2 --ship-to 52.52,13.40 --token dev-web-token --ca {}", server.cert_path.display());
     wait_for_shutdown().await;
     println!("shutting down");
-    server.shutdown().await;
-    engine.shutdown();
-    Ok(())
+    daemon.shutdown().await
 }
 
 async fn wait_for_shutdown() {
@@ -280,7 +289,15 @@ fn main() -> ExitCode {
             connect,
         } => runtime.block_on(cli::availability(&connect, &sku, near, count, min_qty)),
         Command::Node { connect, command } => runtime.block_on(cli::node(&connect, command)),
-        daemon_command => match load(cli.config.as_ref()) {
+        daemon_command => match load(cli.config.as_ref()).map(|mut config| {
+            if let Some(dir) = &cli.data_dir {
+                config.server.data_dir = dir.clone();
+            }
+            if let Some(listen) = cli.listen {
+                config.server.listen = listen;
+            }
+            config
+        }) {
             Err(message) => {
                 eprintln!("omniroute: {message}");
                 return ExitCode::from(2);

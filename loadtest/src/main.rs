@@ -117,27 +117,16 @@ async fn serve_child(data_dir: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     config.server.listen = "127.0.0.1:0".parse().expect("address");
     config.server.data_dir = data_dir.to_path_buf();
-    let engine = omniroute::engine::Engine::start(
-        &config.engine,
-        config.network.clone(),
-        Arc::new(omniroute::engine::SystemClock),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    engine
-        .load_stock(&config.stock)
-        .await
-        .map_err(|e| e.to_string())?;
-    let server = omniroute::server::start(engine.clone(), &config.server)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("LISTENING {} {}", server.addr, server.cert_path.display());
+    let daemon = omniroute::daemon::start(&config).await?;
+    println!(
+        "LISTENING {} {}",
+        daemon.server.addr,
+        daemon.server.cert_path.display()
+    );
     // Stop when the parent closes our stdin (or dies).
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(_)) = stdin.next_line().await {}
-    server.shutdown().await;
-    engine.shutdown();
-    Ok(())
+    daemon.shutdown().await
 }
 
 struct Spawned {

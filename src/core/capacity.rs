@@ -193,6 +193,51 @@ impl NodeLedger {
     pub fn open_orders(&self) -> usize {
         self.orders.len()
     }
+
+    /// The ledger as a snapshot keeps it.
+    pub fn image(&self) -> LedgerImage {
+        let mut orders: Vec<(OrderId, u32)> = self.orders.iter().map(|(&o, &d)| (o, d)).collect();
+        orders.sort_unstable();
+        LedgerImage {
+            node: self.node,
+            used: self.used,
+            day: self.day,
+            online: self.online,
+            orders,
+            events: self.events.image(),
+        }
+    }
+
+    /// A ledger from its image; capacity comes from the (current) config.
+    pub fn from_image(
+        image: LedgerImage,
+        daily_capacity: u32,
+        index: Arc<AvailabilityIndex>,
+    ) -> NodeLedger {
+        let ledger = NodeLedger {
+            node: image.node,
+            daily_capacity,
+            used: image.used.min(daily_capacity),
+            day: image.day,
+            online: image.online,
+            index,
+            orders: image.orders.into_iter().collect(),
+            events: EventLog::from_image(image.events, MAX_EVENTS_PER_NODE),
+        };
+        ledger.publish();
+        ledger
+    }
+}
+
+/// What a node snapshot holds.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LedgerImage {
+    pub node: NodeIdx,
+    pub used: u32,
+    pub day: u32,
+    pub online: bool,
+    pub orders: Vec<(OrderId, u32)>,
+    pub events: super::events::EventLogImage,
 }
 
 #[cfg(test)]

@@ -97,6 +97,35 @@ impl EventLog {
     }
 }
 
+/// An event log as a snapshot keeps it.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct EventLogImage {
+    pub first_cursor: u64,
+    pub events: Vec<NodeEvent>,
+}
+
+impl EventLog {
+    pub fn image(&self) -> EventLogImage {
+        EventLogImage {
+            first_cursor: self.first_cursor,
+            events: self.events.iter().map(|e| (**e).clone()).collect(),
+        }
+    }
+
+    pub fn from_image(image: EventLogImage, max_events: usize) -> EventLog {
+        let mut log = EventLog {
+            first_cursor: image.first_cursor.max(1),
+            events: image.events.into_iter().map(Arc::new).collect(),
+            max_events: max_events.max(1),
+        };
+        while log.events.len() > log.max_events {
+            log.events.pop_front();
+            log.first_cursor += 1;
+        }
+        log
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

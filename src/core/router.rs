@@ -353,6 +353,10 @@ impl RouterCore {
         StockShard::shard_of(sku, self.shard_count)
     }
 
+    pub fn router_id(&self) -> usize {
+        self.orders.router as usize
+    }
+
     pub fn order_count(&self) -> usize {
         self.orders.len()
     }
@@ -370,6 +374,10 @@ impl RouterCore {
         ids.iter()
             .filter_map(|id| self.orders.get(id).cloned())
             .collect()
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.orders.dirty.is_empty()
     }
 
     /// Forgets which orders changed (nothing is journaled).

@@ -113,6 +113,19 @@ enum Which {
     Committed,
 }
 
+/// What a shard snapshot holds: the stocked rows (local slots), their cells
+/// flat as (on_hand, reserved, safety_stock) per node, and the reservations
+/// as (order, sku, node, qty).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ShardImage {
+    pub shard: u32,
+    pub shard_count: u32,
+    pub node_count: u32,
+    pub rows: Vec<u32>,
+    pub cells: Vec<u32>,
+    pub reservations: Vec<(OrderId, SkuId, NodeIdx, u32)>,
+}
+
 /// A SKU shard: SKUs `s` with `s % shard_count == shard`.
 pub struct StockShard {
     shard: u32,
@@ -138,6 +151,10 @@ impl StockShard {
             rows: Vec::new(),
             orders: FxHashMap::default(),
         }
+    }
+
+    pub fn shard_id(&self) -> u32 {
+        self.shard
     }
 
     /// Which shard owns `sku` when there are `shard_count`.
@@ -527,6 +544,132 @@ impl StockShard {
         }
         assert_eq!(deficit, 0, "bump could not cover the deficit");
         bumped
+    }
+
+    /// The journaled state as a snapshot keeps it: cells without `held`,
+    /// reservations without pending holds (neither is journaled).
+    pub fn image(&self) -> ShardImage {
+        let mut rows = Vec::new();
+        let mut cells = Vec::new();
+        for (local, row) in self.rows.iter().enumerate() {
+            if let Some(row) = row {
+                rows.push(local as u32);
+                for cell in row.iter() {
+                    cells.extend([cell.on_hand, cell.reserved, cell.safety_stock]);
+                }
+            }
+        }
+        let mut reservations = Vec::new();
+        for (&order, list) in &self.orders {
+            for r in list.iter().filter(|r| !r.pending) {
+                reservations.push((order, r.sku, r.node, r.qty));
+            }
+        }
+        reservations.sort_unstable();
+        ShardImage {
+            shard: self.shard,
+            shard_count: self.shard_count,
+            node_count: self.node_count as u32,
+            rows,
+            cells,
+            reservations,
+        }
+    }
+
+    /// A shard from its image, published to the index. The image is
+    /// checked against itself: sums of reservations must equal `reserved`.
+    pub fn from_image(image: &ArchivedShardImage, index: Arc<AvailabilityIndex>) -> Result<StockShard, String> {
+        let node_count = index.node_count();
+        if image.node_count.to_native() as usize != node_count {
+            return Err(format!(
+                "snapshot has {} nodes, the config {node_count}",
+                image.node_count
+            ));
+        }
+        let shard_count = image.shard_count.to_native();
+        let shard = image.shard.to_native();
+        if shard >= shard_count || image.cells.len() != image.rows.len() * node_count * 3 {
+            return Err("shard snapshot dimensions do not agree".into());
+        }
+        let mut this = StockShard::new(shard, shard_count, index);
+        let max_rows = this.index.max_skus() / shard_count as usize + 1;
+        for (i, local) in image.rows.iter().enumerate() {
+            let local = local.to_native() as usize;
+            if local >= max_rows {
+                return Err(format!("row {local} beyond the catalog"));
+            }
+            if this.rows.len() <= local {
+                this.rows.resize_with(local + 1, || None);
+            }
+            let raw = &image.cells[i * node_count * 3..(i + 1) * node_count * 3];
+            let row: Box<[Cell]> = raw
+                .chunks_exact(3)
+                .map(|c| Cell {
+                    on_hand: c[0].to_native(),
+                    reserved: c[1].to_native(),
+                    held: 0,
+                    safety_stock: c[2].to_native(),
+                })
+                .collect();
+            if row.iter().any(|c| c.reserved > c.on_hand) {
+                return Err(format!("row {local} has reserved above on_hand"));
+            }
+            let sku = local as u32 * shard_count + shard;
+            for (node, cell) in row.iter().enumerate() {
+                if cell.on_hand != 0 || cell.safety_stock != 0 {
+                    this.index.publish_atp(sku, node as NodeIdx, cell.atp());
+                }
+            }
+            this.rows[local] = Some(row);
+        }
+        this.orders.reserve(image.reservations.len());
+        for r in image.reservations.iter() {
+            let (order, sku, node, qty) = (r.0.to_native(), r.1.to_native(), r.2.to_native(), r.3.to_native());
+            if sku % shard_count != shard || node as usize >= node_count || qty == 0 {
+                return Err(format!("reservation of order {order} names a cell outside the shard"));
+            }
+            this.orders.entry(order).or_default().push(Reservation {
+                sku,
+                node,
+                qty,
+                pending: false,
+            });
+        }
+        this.check_sums()?;
+        Ok(this)
+    }
+
+    /// Reservations sum to each cell's `reserved`; O(cells + reservations).
+    fn check_sums(&self) -> Result<(), String> {
+        let mut sums: FxHashMap<(SkuId, NodeIdx), u64> = FxHashMap::default();
+        for list in self.orders.values() {
+            for r in list {
+                *sums.entry((r.sku, r.node)).or_default() += u64::from(r.qty);
+            }
+        }
+        for ((sku, node), sum) in sums {
+            let local = self.local(sku);
+            let reserved = self
+                .rows
+                .get(local)
+                .and_then(Option::as_ref)
+                .map_or(0, |row| row[node as usize].reserved);
+            if u64::from(reserved) != sum {
+                return Err(format!(
+                    "sku {sku} node {node}: reservations {sum} != reserved {reserved}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every committed reservation: (order, sku, node, qty).
+    pub fn committed(&self) -> impl Iterator<Item = (OrderId, SkuId, NodeIdx, u32)> + '_ {
+        self.orders.iter().flat_map(|(&order, list)| {
+            list.iter()
+                .filter(|r| !r.pending)
+                .map(move |r| (order, r.sku, r.node, r.qty))
+        })
     }
 
     /// Checks every invariant of the shard; O(cells + reservations), for

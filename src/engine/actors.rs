@@ -8,13 +8,15 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
 use super::sequencer::{Done, Sequencer, Txn, KIND_MARKER, KIND_TXN};
-use crate::core::capacity::{CapacityOutcome, NodeLedger};
+use crate::core::capacity::{CapacityOutcome, LedgerImage, NodeLedger};
 use crate::core::events::{CursorOutOfRange, NodeEvent};
 use crate::core::local::{apply_node_op, apply_stock_op, NodeEffect};
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use crate::core::placement::{NodeOp, Participants, StockOp};
 use crate::core::router::{OpError, OrderRecord, OrderRef, RouterCore};
-use crate::core::stock::{Bumped, Cell, HoldItem, HoldOutcome, StockError, StockShard};
+use crate::core::stock::{
+    Bumped, Cell, HoldItem, HoldOutcome, ShardImage, StockError, StockShard,
+};
 
 /// What a shard answers for ops applied with a reply: the reservations
 /// they bumped and the ops that could not apply.
@@ -29,7 +31,19 @@ pub enum ShardMsg {
     Apply(Vec<StockOp>, Option<oneshot::Sender<Applied>>),
     Cell(SkuId, NodeIdx, RpcReplyPort<Cell>),
     Check(RpcReplyPort<Result<(), String>>),
+    /// Every op up to this LSN is applied and none after: image the shard.
+    Snapshot(u64, ImageSink),
 }
+
+/// An actor's state at an LSN, on its way to a snapshot file.
+pub enum Image {
+    Catalog(Vec<String>),
+    Shard(u32, ShardImage),
+    Node(NodeIdx, LedgerImage),
+    Router(usize, Vec<OrderRecord>),
+}
+
+pub type ImageSink = mpsc::UnboundedSender<(u64, Image)>;
 
 pub struct ShardActor;
 
@@ -93,6 +107,9 @@ impl Actor for ShardActor {
             ShardMsg::Check(reply) => {
                 let _ = reply.send(shard.check_invariants());
             }
+            ShardMsg::Snapshot(lsn, sink) => {
+                let _ = sink.send((lsn, Image::Shard(shard.shard_id(), shard.image())));
+            }
         }
         Ok(())
     }
@@ -116,6 +133,7 @@ pub enum NodeMsg {
     Ops(Vec<NodeOp>, Option<oneshot::Sender<Vec<OrderId>>>),
     /// (online, used today, open orders)
     Stats(RpcReplyPort<(bool, u32, usize)>),
+    Snapshot(u64, ImageSink),
 }
 
 pub struct NodeActor;
@@ -180,6 +198,10 @@ impl Actor for NodeActor {
                     (backlog, receiver)
                 });
                 let _ = reply.send(answer);
+            }
+            NodeMsg::Snapshot(lsn, sink) => {
+                let image = ledger.image();
+                let _ = sink.send((lsn, Image::Node(image.node, image)));
             }
             NodeMsg::Stats(reply) => {
                 let _ = reply.send((
@@ -348,7 +370,7 @@ pub enum RouterMsg {
     Check(RpcReplyPort<Result<(), String>>),
     /// Snapshot the book: the image and the marker that labels it with an
     /// LSN go out in order with this router's changes.
-    Snapshot(Box<dyn FnOnce(Vec<OrderRecord>) -> Done + Send>, RpcReplyPort<()>),
+    Snapshot(ImageSink, RpcReplyPort<()>),
 }
 
 pub struct RouterActor;
@@ -387,6 +409,20 @@ impl RouterState {
             }
         });
         self.sequencer.append_raw(KIND_TXN, || payload, done);
+    }
+
+    /// Like `commit`, but a step that changed nothing (the usual expiry
+    /// tick) writes no record. Only for steps whose answer does not vouch
+    /// for earlier changes being durable.
+    fn commit_if_changed(&mut self, answer: impl FnOnce() + Send + 'static) {
+        let unchanged = !self.core.has_dirty()
+            && self.participants.stock.lock().expect("ops lock").is_empty()
+            && self.participants.nodes.lock().expect("ops lock").is_empty();
+        if unchanged {
+            answer();
+        } else {
+            self.commit(answer);
+        }
     }
 
     /// Answers a step that changed nothing (it failed validation).
@@ -505,7 +541,7 @@ impl Actor for RouterActor {
             }
             RouterMsg::Bumped(bumps, now_ms, reply) => {
                 state.core.bumped(&bumps, now_ms, &state.participants).await;
-                state.commit(move || {
+                state.commit_if_changed(move || {
                     if let Some(reply) = reply {
                         let _ = reply.send(());
                     }
@@ -513,16 +549,24 @@ impl Actor for RouterActor {
             }
             RouterMsg::Expire(now_ms, reply) => {
                 let expired = state.core.expire_due(now_ms, &state.participants);
-                state.commit(move || {
+                state.commit_if_changed(move || {
                     let _ = reply.send(expired);
                 });
             }
             RouterMsg::Check(reply) => {
                 let _ = reply.send(state.core.check_invariants());
             }
-            RouterMsg::Snapshot(write, reply) => {
+            RouterMsg::Snapshot(sink, reply) => {
+                // The marker follows every change this router sent before,
+                // and precedes every later one: its LSN labels the image.
                 let image: Vec<OrderRecord> = state.core.orders().cloned().collect();
-                state.sequencer.append_raw(KIND_MARKER, Vec::new, write(image));
+                let router = state.core.router_id();
+                let done: Done = Box::new(move |result| {
+                    if let Ok(lsn) = result {
+                        let _ = sink.send((lsn, Image::Router(router, image)));
+                    }
+                });
+                state.sequencer.append_raw(KIND_MARKER, Vec::new, done);
                 let _ = reply.send(());
             }
         }

@@ -18,8 +18,8 @@ use actors::{
     ActorParticipants, JournaledParticipants, NodeActor, NodeMsg, RouterActor, RouterMsg,
     RouterState, ShardActor, ShardMsg, ShardState,
 };
-pub use actors::{Subscription, SUBSCRIBER_QUEUE_EVENTS};
-use sequencer::{Done, Sequencer, Txn, KIND_TXN};
+pub use actors::{Image, Subscription, SUBSCRIBER_QUEUE_EVENTS};
+use sequencer::{Done, Sequencer, Txn, KIND_MARKER, KIND_TXN};
 
 use crate::core::capacity::NodeLedger;
 use crate::core::events::CursorOutOfRange;
@@ -344,8 +344,91 @@ impl Engine {
         self.inner.sequencer.is_durable()
     }
 
-    pub(crate) fn sequencer(&self) -> &Sequencer {
+    pub fn sequencer(&self) -> &Sequencer {
         &self.inner.sequencer
+    }
+
+    /// Images every actor with the LSN it has applied, without stopping
+    /// the others: routers image their books in order with their changes,
+    /// and a marker record tells every shard and node when to image theirs.
+    /// The catalog is imaged at the marker too (it may hold SKUs journaled
+    /// just after it, which replay accepts as already known).
+    pub async fn take_snapshot(&self) -> Result<Vec<(u64, Image)>, EngineError> {
+        let (sink, mut images) = tokio::sync::mpsc::unbounded_channel();
+        let expected = self.inner.routers.len()
+            + self.inner.participants.shards.len()
+            + self.inner.participants.nodes.len()
+            + 1;
+        for router in &self.inner.routers {
+            let sink = sink.clone();
+            call(router, move |reply| RouterMsg::Snapshot(sink, reply)).await;
+        }
+        let participants = self.inner.participants.clone();
+        let index = self.inner.index.clone();
+        let marker_sink = sink.clone();
+        let done: Done = Box::new(move |result| {
+            let Ok(lsn) = result else { return };
+            for shard in participants.shards.iter() {
+                let _ = shard.cast(ShardMsg::Snapshot(lsn, marker_sink.clone()));
+            }
+            for node in participants.nodes.iter() {
+                let _ = node.cast(NodeMsg::Snapshot(lsn, marker_sink.clone()));
+            }
+            let names = (0..index.sku_count() as SkuId)
+                .map(|sku| index.sku_name(sku).unwrap_or_default().to_string())
+                .collect();
+            let _ = marker_sink.send((lsn, Image::Catalog(names)));
+        });
+        self.inner
+            .sequencer
+            .append_raw(KIND_MARKER, Vec::new, done);
+        drop(sink);
+        let mut taken = Vec::with_capacity(expected);
+        while let Some(image) = images.recv().await {
+            taken.push(image);
+        }
+        if taken.len() != expected {
+            return Err(EngineError::Unavailable);
+        }
+        Ok(taken)
+    }
+
+    /// Puts right what recovery found out of step: units a book still
+    /// gives an order that its shard took back (their re-route was not
+    /// journaled before the crash) are placed again; reservations no book
+    /// knows are released.
+    pub async fn repair(
+        &self,
+        bumps: Vec<Bumped>,
+        orphans: Vec<(u64, SkuId, NodeIdx, u32)>,
+    ) -> Result<(), EngineError> {
+        if !orphans.is_empty() {
+            let shard_count = self.inner.participants.shards.len() as u32;
+            let txn = Txn {
+                stock: orphans
+                    .iter()
+                    .map(|&(order, sku, node, qty)| {
+                        let op = StockOp::Release {
+                            order,
+                            sku,
+                            node,
+                            qty,
+                        };
+                        (StockShard::shard_of(sku, shard_count), op)
+                    })
+                    .collect(),
+                ..Txn::default()
+            };
+            let participants = self.inner.participants.clone();
+            let (reply, answer) = tokio::sync::oneshot::channel::<()>();
+            let stock = txn.stock.clone();
+            self.append(&txn, move || {
+                participants.dispatch(stock, Vec::new());
+                let _ = reply.send(());
+            });
+            answer.await.map_err(|_| EngineError::Unavailable)?;
+        }
+        self.dispatch_bumps(bumps, self.now_ms()).await
     }
 
     pub fn network(&self) -> &Network {

@@ -42,6 +42,8 @@ pub enum JournalError {
         "the journal writer has stopped after an earlier error; nothing more can be made durable"
     )]
     Stopped,
+    #[error("a record of {0} bytes exceeds MAX_RECORD_PAYLOAD_BYTES")]
+    TooLarge(usize),
 }
 
 fn io_error(path: &Path, error: impl std::fmt::Display) -> JournalError {
@@ -162,6 +164,26 @@ pub fn recover(dir: &Path, after_lsn: u64) -> Result<Recovered, JournalError> {
     }
     recovered.next_lsn = recovered.next_lsn.max(expected.unwrap_or(1));
     Ok(recovered)
+}
+
+/// Deletes the segments whose every record has an LSN at or below `lsn`
+/// (every actor's snapshot has passed them). The last segment always stays:
+/// the writer appends to it. Returns the segments deleted.
+pub fn remove_segments_through(dir: &Path, lsn: u64) -> Result<usize, JournalError> {
+    let segments = segment_paths(dir)?;
+    let mut removed = 0;
+    for pair in segments.windows(2) {
+        let (_, path) = &pair[0];
+        let (next_first, _) = pair[1];
+        if next_first <= lsn + 1 {
+            std::fs::remove_file(path).map_err(|e| io_error(path, e))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 /// Called with the LSN once the record is durable (or with the error).
@@ -339,6 +361,9 @@ impl Journal {
     /// Queues a record; `done` runs on the writer thread once it is durable.
     /// Blocks while `MAX_PENDING_APPENDS` are queued (backpressure).
     pub fn append(&self, kind: u8, payload: Vec<u8>, done: Done) -> Result<(), JournalError> {
+        if payload.len() > record::MAX_RECORD_PAYLOAD_BYTES {
+            return Err(JournalError::TooLarge(payload.len()));
+        }
         let queue = self.queue.as_ref().ok_or(JournalError::Stopped)?;
         queue
             .send(Append {

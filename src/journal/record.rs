@@ -10,7 +10,7 @@ pub const RECORD_PREFIX_BYTES: usize = 8;
 /// Smallest `length`: kind and LSN.
 pub const MIN_RECORD_BODY_BYTES: usize = 1 + 8;
 /// Largest payload of one record.
-pub const MAX_RECORD_PAYLOAD_BYTES: usize = 1 << 20;
+pub const MAX_RECORD_PAYLOAD_BYTES: usize = 32 << 20;
 
 /// Appends one record to `out`.
 pub fn encode(kind: u8, lsn: u64, payload: &[u8], out: &mut Vec<u8>) {

@@ -1,0 +1,163 @@
+//! The daemon's life: recover the data directory, start the engine on it,
+//! serve QUIC, snapshot now and then, and stop cleanly. `omniroute serve`
+//! and the load generator's `--spawn-server` both run exactly this.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::ValidConfig;
+use crate::engine::{Engine, SystemClock};
+use crate::journal::Durability;
+use crate::server::RunningServer;
+use crate::store::{self, RecoveryReport, StoreSettings};
+
+/// How often the snapshot task looks at its triggers.
+const SNAPSHOT_CHECK_MS: u64 = 1000;
+
+pub struct Daemon {
+    pub engine: Engine,
+    pub server: RunningServer,
+    pub recovery: RecoveryReport,
+    data_dir: PathBuf,
+    snapshots: tokio::task::JoinHandle<()>,
+}
+
+/// Recovers, starts the engine and the QUIC server. Orders are accepted
+/// only once recovery (and the expiry of holds that lapsed while the
+/// daemon was down) is complete.
+pub async fn start(config: &ValidConfig) -> Result<Daemon, String> {
+    let store_settings = config.store.clone();
+    if store_settings.durability == Durability::None {
+        tracing::warn!(
+            "journal.durability = \"none\": answers are sent before the fsync; a crash can lose answered orders. For benchmarks only."
+        );
+    }
+    let data_dir = config.server.data_dir.clone();
+    let network = Arc::new(config.network.clone());
+    let clock = Arc::new(SystemClock);
+    let recovered = {
+        let (dir, settings, engine, network) = (
+            data_dir.clone(),
+            store_settings.clone(),
+            config.engine.clone(),
+            network.clone(),
+        );
+        let now_ms = crate::engine::Clock::now_ms(&*clock);
+        tokio::task::spawn_blocking(move || store::open(&dir, &settings, &engine, &network, now_ms))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
+    let report = recovered.report;
+    tracing::info!(
+        "recovered {} in {} ms: {} snapshots (oldest at LSN {}), {} journal records replayed, {} orders, next LSN {}",
+        data_dir.display(),
+        report.elapsed_ms,
+        report.snapshots_loaded,
+        report.snapshot_lsn_min,
+        report.records_replayed,
+        report.orders,
+        report.next_lsn
+    );
+    let engine = Engine::start_with(
+        &config.engine,
+        network,
+        recovered.state,
+        recovered.sequencer,
+        clock,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if !recovered.bumps.is_empty() || !recovered.orphans.is_empty() {
+        tracing::warn!(
+            "recovery: {} bumped allocations to route again, {} reservations without an open order to release",
+            recovered.bumps.len(),
+            recovered.orphans.len()
+        );
+    }
+    engine
+        .repair(recovered.bumps, recovered.orphans)
+        .await
+        .map_err(|e| e.to_string())?;
+    let expired = engine.tick().await;
+    if expired > 0 {
+        tracing::info!("released {expired} holds that expired while the daemon was down");
+    }
+    if recovered.fresh {
+        engine
+            .load_stock(&config.stock)
+            .await
+            .map_err(|e| format!("loading stock: {e}"))?;
+    }
+    let snapshots = tokio::spawn(snapshot_loop(
+        engine.clone(),
+        data_dir.clone(),
+        store_settings,
+    ));
+    let server = crate::server::start(engine.clone(), &config.server)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Daemon {
+        engine,
+        server,
+        recovery: report,
+        data_dir,
+        snapshots,
+    })
+}
+
+/// Snapshots every actor and deletes the journal segments all have passed.
+/// Returns the lowest snapshot LSN.
+pub async fn snapshot(engine: &Engine, data_dir: PathBuf) -> Result<u64, String> {
+    let started = Instant::now();
+    let images = engine.take_snapshot().await.map_err(|e| e.to_string())?;
+    let imaged_ms = started.elapsed().as_millis();
+    let lsn = tokio::task::spawn_blocking(move || store::write_snapshots(&data_dir, images))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        "snapshot at LSN {lsn}: imaged in {imaged_ms} ms, written in {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(lsn)
+}
+
+async fn snapshot_loop(engine: Engine, data_dir: PathBuf, settings: StoreSettings) {
+    let Some(stats) = engine.sequencer().journal().map(|j| j.stats.clone()) else {
+        return;
+    };
+    let mut last = Instant::now();
+    let mut records_at_last = stats.records.load(Ordering::Relaxed);
+    let mut interval = tokio::time::interval(Duration::from_millis(SNAPSHOT_CHECK_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let records = stats.records.load(Ordering::Relaxed);
+        let by_time = settings.snapshot_interval_ms > 0
+            && last.elapsed() >= Duration::from_millis(settings.snapshot_interval_ms);
+        let by_records = settings.snapshot_every_records > 0
+            && records - records_at_last >= settings.snapshot_every_records;
+        if by_time || by_records {
+            if let Err(e) = snapshot(&engine, data_dir.clone()).await {
+                tracing::error!("snapshot failed: {e}");
+            }
+            last = Instant::now();
+            records_at_last = stats.records.load(Ordering::Relaxed);
+        }
+    }
+}
+
+impl Daemon {
+    /// Stops accepting, lets what is in flight finish, writes a final
+    /// snapshot (so the next start replays nothing) and stops the engine.
+    pub async fn shutdown(self) -> Result<(), String> {
+        self.snapshots.abort();
+        self.server.shutdown().await;
+        let result = snapshot(&self.engine, self.data_dir.clone()).await;
+        self.engine.shutdown();
+        result.map(|_| ())
+    }
+}
