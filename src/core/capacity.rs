@@ -230,7 +230,7 @@ impl NodeLedger {
 }
 
 /// What a node snapshot holds.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct LedgerImage {
     pub node: NodeIdx,
     pub used: u32,

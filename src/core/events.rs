@@ -98,7 +98,7 @@ impl EventLog {
 }
 
 /// An event log as a snapshot keeps it.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct EventLogImage {
     pub first_cursor: u64,
     pub events: Vec<NodeEvent>,

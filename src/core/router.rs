@@ -96,7 +96,7 @@ pub struct AllocationState {
 
 /// The parts of an order that most orders never need, boxed so that the
 /// common record stays small (a daemon keeps millions of them).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Extra {
     /// Lines (partly) unallocated now: at submit under a partial policy, or
@@ -111,7 +111,7 @@ struct Extra {
 }
 
 /// An order as the book keeps it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct OrderRecord {
     pub id: OrderId,

@@ -116,7 +116,7 @@ enum Which {
 /// What a shard snapshot holds: the stocked rows (local slots), their cells
 /// flat as (on_hand, reserved, safety_stock) per node, and the reservations
 /// as (order, sku, node, qty).
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShardImage {
     pub shard: u32,
     pub shard_count: u32,

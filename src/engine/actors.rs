@@ -36,6 +36,7 @@ pub enum ShardMsg {
 }
 
 /// An actor's state at an LSN, on its way to a snapshot file.
+#[derive(Debug, PartialEq)]
 pub enum Image {
     Catalog(Vec<String>),
     Shard(u32, ShardImage),

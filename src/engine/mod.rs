@@ -940,6 +940,10 @@ impl Engine {
         for node in self.inner.participants.nodes.iter() {
             node.stop(None);
         }
+        // Whatever was queued is written; nothing after this is answered.
+        if let Some(journal) = self.inner.sequencer.journal() {
+            journal.close();
+        }
     }
 }
 

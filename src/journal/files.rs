@@ -209,8 +209,10 @@ pub struct JournalStats {
 
 /// The journal's writing side. Cheap to share; one writer thread owns the files.
 pub struct Journal {
-    queue: Option<crossbeam_channel::Sender<Append>>,
-    writer: Option<JoinHandle<()>>,
+    /// Taken out by [`Journal::close`]; a read lock per append is
+    /// uncontended except against that one close.
+    queue: std::sync::RwLock<Option<crossbeam_channel::Sender<Append>>>,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
     pub stats: Arc<JournalStats>,
 }
 
@@ -352,8 +354,8 @@ impl Journal {
             .spawn(move || writer.run(receiver))
             .map_err(|e| io_error(dir, e))?;
         Ok(Journal {
-            queue: Some(queue),
-            writer: Some(thread),
+            queue: std::sync::RwLock::new(Some(queue)),
+            writer: std::sync::Mutex::new(Some(thread)),
             stats,
         })
     }
@@ -364,8 +366,10 @@ impl Journal {
         if payload.len() > record::MAX_RECORD_PAYLOAD_BYTES {
             return Err(JournalError::TooLarge(payload.len()));
         }
-        let queue = self.queue.as_ref().ok_or(JournalError::Stopped)?;
+        let queue = self.queue.read().expect("journal queue lock");
         queue
+            .as_ref()
+            .ok_or(JournalError::Stopped)?
             .send(Append {
                 kind,
                 payload,
@@ -374,20 +378,22 @@ impl Journal {
             .map_err(|_| JournalError::Stopped)
     }
 
-    /// Waits for everything queued to be written, then stops the writer.
-    pub fn shutdown(mut self) {
-        self.queue.take();
-        if let Some(writer) = self.writer.take() {
+    /// Waits for everything queued to be written, then stops the writer;
+    /// appends after this fail with `Stopped`.
+    pub fn close(&self) {
+        self.queue.write().expect("journal queue lock").take();
+        if let Some(writer) = self.writer.lock().expect("journal writer lock").take() {
             let _ = writer.join();
         }
+    }
+
+    pub fn shutdown(self) {
+        self.close();
     }
 }
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        self.queue.take();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
+        self.close();
     }
 }
