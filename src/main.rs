@@ -12,6 +12,7 @@ use omniroute::engine::{Engine, StockUpdate, SystemClock};
 use omniroute::limits::MAX_ORDERS_PER_BATCH;
 use omniroute::sample::SampleOrders;
 
+mod bench_restart;
 mod cli;
 
 #[global_allocator]
@@ -76,6 +77,33 @@ enum Command {
     },
     /// Validate a config and say what it holds.
     CheckConfig,
+    /// Build a data directory with this many cells and reservations,
+    /// snapshot it, and time a cold restart in a fresh process.
+    BenchRestart {
+        #[arg(long, default_value_t = 10_000_000)]
+        cells: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        reservations: u64,
+        /// Build here and keep it, instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    #[command(hide = true)]
+    BenchRestartBuild {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cells: u64,
+        #[arg(long)]
+        reservations: u64,
+    },
+    #[command(hide = true)]
+    BenchRestartChild {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cells: u64,
+    },
     /// Route sample orders against the config's network and print what happened.
     Demo {
         /// Orders to route.
@@ -289,6 +317,19 @@ fn main() -> ExitCode {
             connect,
         } => runtime.block_on(cli::availability(&connect, &sku, near, count, min_qty)),
         Command::Node { connect, command } => runtime.block_on(cli::node(&connect, command)),
+        Command::BenchRestart {
+            cells,
+            reservations,
+            dir,
+        } => runtime.block_on(bench_restart::run(cells, reservations, dir)),
+        Command::BenchRestartBuild {
+            dir,
+            cells,
+            reservations,
+        } => bench_restart::build_child(&dir, cells, reservations),
+        Command::BenchRestartChild { dir, cells } => {
+            runtime.block_on(bench_restart::child(&dir, cells))
+        }
         daemon_command => match load(cli.config.as_ref()).map(|mut config| {
             if let Some(dir) = &cli.data_dir {
                 config.server.data_dir = dir.clone();

@@ -9,7 +9,7 @@
 //! ```
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -220,14 +220,15 @@ pub fn parse_snapshot(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
     Ok((lsn, body))
 }
 
-/// Reads a file into 16-aligned memory, as rkyv needs for validated access.
-fn read_aligned(path: &Path) -> Result<AlignedVec, StoreError> {
-    let mut file = File::open(path).map_err(|e| io(path, e))?;
-    let len = file.metadata().map_err(|e| io(path, e))?.len() as usize;
-    let mut bytes = AlignedVec::<16>::with_capacity(len);
-    bytes.resize(len, 0);
-    file.read_exact(&mut bytes).map_err(|e| io(path, e))?;
-    Ok(bytes)
+/// Maps a snapshot file: page-aligned, so the body (at a multiple of 16)
+/// is aligned as rkyv's validated access needs, and nothing is copied to
+/// the heap that the restored state does not keep.
+fn map_file(path: &Path) -> Result<memmap2::Mmap, StoreError> {
+    let file = File::open(path).map_err(|e| io(path, e))?;
+    // SAFETY: the data directory is this daemon's alone (its layout file
+    // and journal say so); nothing truncates a snapshot while it is mapped,
+    // since new ones are written to a temporary file and renamed over.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io(path, e))
 }
 
 /// Writes every image as its actor's snapshot (in parallel), then deletes
@@ -269,7 +270,7 @@ pub fn write_snapshots(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, Sto
 /// A snapshot read back: its LSN and its validated body.
 struct Loaded {
     lsn: u64,
-    bytes: AlignedVec,
+    bytes: memmap2::Mmap,
     path: PathBuf,
 }
 
@@ -291,7 +292,7 @@ fn load_snapshot(dir: &Path, name: &str) -> Result<Option<Loaded>, StoreError> {
     if !path.exists() {
         return Ok(None);
     }
-    let bytes = read_aligned(&path)?;
+    let bytes = map_file(&path)?;
     let lsn = parse_snapshot(&bytes)
         .map_err(|reason| StoreError::Snapshot {
             path: path.clone(),
@@ -390,9 +391,15 @@ pub fn open(
             .map(|(core, file)| {
                 scope.spawn(move || -> Result<(), StoreError> {
                     let Some(loaded) = file else { return Ok(()) };
-                    let orders = rkyv::from_bytes::<Vec<OrderRecord>, rancor::Error>(loaded.body())
-                        .map_err(|e| loaded.damaged(e))?;
-                    for order in orders {
+                    // One order at a time out of the validated archive: no
+                    // second copy of the whole book on the heap.
+                    let orders = rkyv::access::<rkyv::Archived<Vec<OrderRecord>>, rancor::Error>(
+                        loaded.body(),
+                    )
+                    .map_err(|e| loaded.damaged(e))?;
+                    for archived in orders.iter() {
+                        let order = rkyv::deserialize::<OrderRecord, rancor::Error>(archived)
+                            .map_err(|e| loaded.damaged(e))?;
                         core.restore(order).map_err(|e| loaded.damaged(e))?;
                     }
                     Ok(())
@@ -531,42 +538,57 @@ pub fn open(
 /// Compares every open order's units with its shards' reservations. A book
 /// above its shard means a bump whose re-route was never journaled; a shard
 /// above its book (or an order no book keeps open) would be a reservation
-/// without an owner.
+/// without an owner. Looks up the maps the state already has: no new index
+/// of a million reservations on the restart path.
 fn reconcile(state: &EngineState) -> (Vec<Bumped>, Vec<(OrderId, SkuId, NodeIdx, u32)>) {
-    use rustc_hash::FxHashMap;
-    let mut reserved: FxHashMap<(OrderId, SkuId, NodeIdx), u32> = FxHashMap::default();
-    for shard in &state.shards {
-        for (order, sku, node, qty) in shard.committed() {
-            *reserved.entry((order, sku, node)).or_default() += qty;
-        }
-    }
+    let shard_count = state.shards.len() as u32;
+    let shard_of = |sku: SkuId| &state.shards[StockShard::shard_of(sku, shard_count) as usize];
+    let open_units = |order: &OrderRecord, sku: SkuId, node: NodeIdx| -> u32 {
+        order
+            .allocations
+            .iter()
+            .filter(|a| a.sku == sku && a.node == node)
+            .map(|a| a.open)
+            .sum()
+    };
     let mut bumps = Vec::new();
     for router in &state.routers {
         for order in router.orders().filter(|o| o.state.is_open()) {
-            let mut open: FxHashMap<(SkuId, NodeIdx), u32> = FxHashMap::default();
-            for a in &order.allocations {
-                *open.entry((a.sku, a.node)).or_default() += a.open;
-            }
-            for ((sku, node), units) in open {
-                let held = reserved.remove(&(order.id, sku, node)).unwrap_or(0);
+            for (i, a) in order.allocations.iter().enumerate() {
+                let first = order.allocations[..i]
+                    .iter()
+                    .all(|b| (b.sku, b.node) != (a.sku, a.node));
+                if !first {
+                    continue;
+                }
+                let units = open_units(order, a.sku, a.node);
+                let held = shard_of(a.sku).reserved_for(order.id, a.sku, a.node);
                 if units > held {
                     bumps.push(Bumped {
                         order: order.id,
-                        sku,
-                        node,
+                        sku: a.sku,
+                        node: a.node,
                         qty: units - held,
                     });
-                } else if held > units {
-                    reserved.insert((order.id, sku, node), held - units);
                 }
             }
         }
     }
-    let mut orphans: Vec<_> = reserved
-        .into_iter()
-        .filter(|(_, qty)| *qty > 0)
-        .map(|((order, sku, node), qty)| (order, sku, node, qty))
-        .collect();
+    let mut orphans = Vec::new();
+    for shard in &state.shards {
+        for (order, sku, node, qty) in shard.committed() {
+            let r = router_of_order(order);
+            let book = state
+                .routers
+                .get(r)
+                .and_then(|router| router.get(&crate::core::router::OrderRef::Id(order)))
+                .filter(|o| o.state.is_open())
+                .map_or(0, |o| open_units(o, sku, node));
+            if qty > book {
+                orphans.push((order, sku, node, qty - book));
+            }
+        }
+    }
     orphans.sort_unstable();
     bumps.sort_unstable_by_key(|b| (b.order, b.sku, b.node));
     (bumps, orphans)

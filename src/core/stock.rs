@@ -663,6 +663,15 @@ impl StockShard {
         Ok(())
     }
 
+    /// Units reserved (journaled) for an order at one cell.
+    pub fn reserved_for(&self, order: OrderId, sku: SkuId, node: NodeIdx) -> u32 {
+        self.reservations(order)
+            .iter()
+            .filter(|r| r.sku == sku && r.node == node && !r.pending)
+            .map(|r| r.qty)
+            .sum()
+    }
+
     /// Every committed reservation: (order, sku, node, qty).
     pub fn committed(&self) -> impl Iterator<Item = (OrderId, SkuId, NodeIdx, u32)> + '_ {
         self.orders.iter().flat_map(|(&order, list)| {
