@@ -112,7 +112,10 @@ fn build(dir: &Path, config: &ValidConfig, cells: u64, reservations: u64) -> Res
         images.push((0, Image::Node(image.node, image)));
     }
     for router in &state.routers {
-        images.push((0, Image::Router(router.router_id(), router.orders().cloned().collect())));
+        images.push((
+            0,
+            Image::Router(router.router_id(), router.orders().cloned().collect()),
+        ));
     }
     store::write_snapshots(dir, images).map_err(|e| e.to_string())?;
     Ok(())

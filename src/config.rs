@@ -374,7 +374,10 @@ impl Config {
         if j.segment_bytes < MIN_SEGMENT_BYTES {
             return Err(invalid(
                 "journal.segment_bytes",
-                format!("must be at least {MIN_SEGMENT_BYTES}, got {}", j.segment_bytes),
+                format!(
+                    "must be at least {MIN_SEGMENT_BYTES}, got {}",
+                    j.segment_bytes
+                ),
             ));
         }
         Ok(StoreSettings {

@@ -14,11 +14,11 @@
 //! - [`limits`]: every hard bound, named.
 
 pub mod config;
-pub mod daemon;
 pub mod core;
+pub mod daemon;
 pub mod engine;
 pub mod journal;
 pub mod limits;
 pub mod sample;
-pub mod store;
 pub mod server;
+pub mod store;

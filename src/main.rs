@@ -217,6 +217,9 @@ async fn serve(config: ValidConfig) -> Result<(), String> {
     println!("try: omniroute order submit --channel web --line SKU-1:2 --ship-to 52.52,13.40 --token dev-web-token --ca {}", server.cert_path.display());
     wait_for_shutdown().await;
     println!("shutting down");
+    if let Some(journal) = daemon.journal_summary() {
+        println!("{journal}");
+    }
     daemon.shutdown().await
 }
 

@@ -102,8 +102,11 @@ pub struct Recovered {
     pub fresh: bool,
     pub report: RecoveryReport,
     pub bumps: Vec<Bumped>,
-    pub orphans: Vec<(OrderId, SkuId, NodeIdx, u32)>,
+    pub orphans: Vec<Orphan>,
 }
+
+/// A reservation no open order accounts for: (order, sku, node, units).
+pub type Orphan = (OrderId, SkuId, NodeIdx, u32);
 
 pub fn journal_dir(dir: &Path) -> PathBuf {
     dir.join("journal")
@@ -123,7 +126,11 @@ fn layout_of(settings: &EngineSettings, network: &Network) -> String {
     )
 }
 
-fn check_layout(dir: &Path, settings: &EngineSettings, network: &Network) -> Result<(), StoreError> {
+fn check_layout(
+    dir: &Path,
+    settings: &EngineSettings,
+    network: &Network,
+) -> Result<(), StoreError> {
     let path = dir.join("layout");
     let configured = layout_of(settings, network);
     match std::fs::read_to_string(&path) {
@@ -257,7 +264,8 @@ pub fn write_snapshots(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, Sto
                             return Ok(());
                         };
                         let body = encode_image(&image);
-                        let path = snapshots.join(format!("{}{SNAPSHOT_SUFFIX}", snapshot_name(&image)));
+                        let path =
+                            snapshots.join(format!("{}{SNAPSHOT_SUFFIX}", snapshot_name(&image)));
                         write_durably(&path, &snapshot_bytes(lsn, &body))?;
                     }
                 })
@@ -382,8 +390,9 @@ pub fn open(
                 let index = index.clone();
                 scope.spawn(move || -> Result<Option<StockShard>, StoreError> {
                     let Some(loaded) = file else { return Ok(None) };
-                    let image = rkyv::access::<rkyv::Archived<ShardImage>, rancor::Error>(loaded.body())
-                        .map_err(|e| loaded.damaged(e))?;
+                    let image =
+                        rkyv::access::<rkyv::Archived<ShardImage>, rancor::Error>(loaded.body())
+                            .map_err(|e| loaded.damaged(e))?;
                     StockShard::from_image(image, index)
                         .map(Some)
                         .map_err(|e| loaded.damaged(e))
@@ -398,7 +407,10 @@ pub fn open(
     for (s, (loaded, file)) in loaded_shards.into_iter().zip(&shard_files).enumerate() {
         if let Some(shard) = loaded? {
             if shard.shard_id() as usize != s {
-                return Err(file.as_ref().expect("loaded").damaged("it is another shard's"));
+                return Err(file
+                    .as_ref()
+                    .expect("loaded")
+                    .damaged("it is another shard's"));
             }
             shard_lsn[s] = file.as_ref().map_or(0, |f| f.lsn);
             state.shards[s] = shard;
@@ -478,7 +490,8 @@ pub fn open(
             torn.bytes
         );
     }
-    let fresh = report.snapshots_loaded == 0 && recovered.records.is_empty() && recovered.next_lsn <= 1;
+    let fresh =
+        report.snapshots_loaded == 0 && recovered.records.is_empty() && recovered.next_lsn <= 1;
     let mut bumped = Vec::new();
     for record in &recovered.records {
         let lsn = record.lsn;
@@ -492,7 +505,8 @@ pub fn open(
                 })
             }
         }
-        let txn = Txn::decode(&record.payload).map_err(|reason| StoreError::Replay { lsn, reason })?;
+        let txn =
+            Txn::decode(&record.payload).map_err(|reason| StoreError::Replay { lsn, reason })?;
         if lsn > catalog_lsn {
             for (id, name) in &txn.skus {
                 let got = index.intern(name).map_err(|e| StoreError::Replay {
@@ -512,7 +526,10 @@ pub fn open(
             if r >= state.routers.len() {
                 return Err(StoreError::Replay {
                     lsn,
-                    reason: format!("order {} of router {r} beyond the configured routers", order.id),
+                    reason: format!(
+                        "order {} of router {r} beyond the configured routers",
+                        order.id
+                    ),
                 });
             }
             if lsn > router_lsn[r] {
@@ -579,7 +596,7 @@ pub fn open(
 /// above its book (or an order no book keeps open) would be a reservation
 /// without an owner. Looks up the maps the state already has: no new index
 /// of a million reservations on the restart path.
-fn reconcile(state: &EngineState) -> (Vec<Bumped>, Vec<(OrderId, SkuId, NodeIdx, u32)>) {
+fn reconcile(state: &EngineState) -> (Vec<Bumped>, Vec<Orphan>) {
     let shard_count = state.shards.len() as u32;
     let shard_of = |sku: SkuId| &state.shards[StockShard::shard_of(sku, shard_count) as usize];
     let open_units = |order: &OrderRecord, sku: SkuId, node: NodeIdx| -> u32 {

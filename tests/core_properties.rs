@@ -207,7 +207,13 @@ impl Model {
                     sku,
                     node
                 );
-                prop_assert_eq!(cell.held, self.held(sku, node), "held of sku {} node {}", sku, node);
+                prop_assert_eq!(
+                    cell.held,
+                    self.held(sku, node),
+                    "held of sku {} node {}",
+                    sku,
+                    node
+                );
                 prop_assert!(cell.reserved <= cell.on_hand);
                 prop_assert_eq!(cell.atp(), self.atp(sku, node));
             }

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use omniroute_client::{Client, ClientError, Trust};
-use omniroute_protocol::{
-    order_states, Decision, Method, Order, OrderKey, StockAdjust, StockSet,
-};
+use omniroute_protocol::{order_states, Decision, Method, Order, OrderKey, StockAdjust, StockSet};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -122,7 +120,10 @@ fn is_closed(e: &ClientError) -> bool {
 /// flight (QUIC would only notice at its idle timeout).
 type Killed = tokio::sync::watch::Receiver<bool>;
 
-async fn unless_killed<T>(killed: &Killed, request: impl std::future::Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
+async fn unless_killed<T>(
+    killed: &Killed,
+    request: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
     let mut killed = killed.clone();
     tokio::select! {
         result = request => result,
@@ -130,7 +131,14 @@ async fn unless_killed<T>(killed: &Killed, request: impl std::future::Future<Out
     }
 }
 
-async fn worker(client: Client, w: usize, cycle: usize, known: Arc<Mutex<Known>>, stop: Arc<AtomicBool>, killed: Killed) {
+async fn worker(
+    client: Client,
+    w: usize,
+    cycle: usize,
+    known: Arc<Mutex<Known>>,
+    stop: Arc<AtomicBool>,
+    killed: Killed,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64((cycle * 1000 + w) as u64);
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -197,7 +205,11 @@ async fn worker(client: Client, w: usize, cycle: usize, known: Arc<Mutex<Known>>
         } else {
             continue;
         };
-        known.lock().unwrap().steps_in_flight.insert(id.clone(), step);
+        known
+            .lock()
+            .unwrap()
+            .steps_in_flight
+            .insert(id.clone(), step);
         let result = if step == order_states::CONFIRMED {
             unless_killed(&killed, client.confirm(key(&id))).await
         } else {
@@ -216,10 +228,19 @@ async fn worker(client: Client, w: usize, cycle: usize, known: Arc<Mutex<Known>>
     }
 }
 
-async fn feeder(client: Client, cycle: usize, known: Arc<Mutex<Known>>, stop: Arc<AtomicBool>, killed: Killed) {
+async fn feeder(
+    client: Client,
+    cycle: usize,
+    known: Arc<Mutex<Known>>,
+    stop: Arc<AtomicBool>,
+    killed: Killed,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7_000 + cycle as u64);
     while !stop.load(Ordering::Relaxed) {
-        let cell = (sku(rng.random_range(0..SKUS)), NODES[rng.random_range(0..NODES.len())].to_string());
+        let cell = (
+            sku(rng.random_range(0..SKUS)),
+            NODES[rng.random_range(0..NODES.len())].to_string(),
+        );
         let delta = rng.random_range(1..=5u32);
         known
             .lock()
@@ -278,7 +299,10 @@ async fn verify(client: &Client, known: &mut Known, cycle: usize) {
                                 .filter(|a| &a.0 == sku)
                                 .map(|a| a.2)
                                 .sum();
-                            assert_eq!(placed, *qty, "cycle {cycle}: in-flight order {id} is partly there");
+                            assert_eq!(
+                                placed, *qty,
+                                "cycle {cycle}: in-flight order {id} is partly there"
+                            );
                         }
                     }
                     known.orders.insert(
@@ -293,7 +317,8 @@ async fn verify(client: &Client, known: &mut Known, cycle: usize) {
             }
             continue;
         }
-        let view = view.unwrap_or_else(|e| panic!("cycle {cycle}: answered order {id} is gone: {e}"));
+        let view =
+            view.unwrap_or_else(|e| panic!("cycle {cycle}: answered order {id} is gone: {e}"));
         let order = known.orders.get_mut(&id).expect("known");
         match known.steps_in_flight.remove(&id) {
             Some(step) => {
@@ -305,7 +330,10 @@ async fn verify(client: &Client, known: &mut Known, cycle: usize) {
                 );
                 order.state = view.state;
             }
-            None => assert_eq!(view.state, order.state, "cycle {cycle}: state of answered order {id}"),
+            None => assert_eq!(
+                view.state, order.state,
+                "cycle {cycle}: state of answered order {id}"
+            ),
         }
         let mut placed: Vec<(String, String, u32)> = view
             .allocations
@@ -317,15 +345,31 @@ async fn verify(client: &Client, known: &mut Known, cycle: usize) {
         placed.sort();
         answered.sort();
         if order.state == order_states::CANCELLED {
-            assert!(view.allocations.iter().all(|a| a.open == 0), "cycle {cycle}: cancelled {id} keeps units");
+            assert!(
+                view.allocations.iter().all(|a| a.open == 0),
+                "cycle {cycle}: cancelled {id} keeps units"
+            );
             let nodes: Vec<_> = view.allocations.iter().map(|a| (&a.sku, &a.node)).collect();
             let expected: Vec<_> = order.allocations.iter().map(|a| (&a.0, &a.1)).collect();
-            assert_eq!(nodes.len(), expected.len(), "cycle {cycle}: allocation of cancelled {id}");
+            assert_eq!(
+                nodes.len(),
+                expected.len(),
+                "cycle {cycle}: allocation of cancelled {id}"
+            );
         } else {
-            assert_eq!(placed, answered, "cycle {cycle}: allocation of answered order {id}");
+            assert_eq!(
+                placed, answered,
+                "cycle {cycle}: allocation of answered order {id}"
+            );
         }
     }
-    assert!(known.steps_in_flight.is_empty() || known.steps_in_flight.keys().all(|id| !known.orders.contains_key(id)));
+    assert!(
+        known.steps_in_flight.is_empty()
+            || known
+                .steps_in_flight
+                .keys()
+                .all(|id| !known.orders.contains_key(id))
+    );
     known.steps_in_flight.clear();
 
     // Stock: reserved (from the open orders) never above on_hand, and the
@@ -339,7 +383,10 @@ async fn verify(client: &Client, known: &mut Known, cycle: usize) {
         }
     }
     for s in 0..SKUS {
-        let nodes = client.availability(&sku(s), None).await.expect("availability");
+        let nodes = client
+            .availability(&sku(s), None)
+            .await
+            .expect("availability");
         for node in NODES {
             let cell = (sku(s), node.to_string());
             let atp = nodes.iter().find(|n| n.node == node).map_or(0, |n| n.atp);
@@ -388,7 +435,9 @@ async fn answered_orders_survive_sigkill() {
                     on_hand: START_ON_HAND,
                     safety_stock: Some(0),
                 });
-                known.on_hand.insert((sku(s), node.to_string()), START_ON_HAND);
+                known
+                    .on_hand
+                    .insert((sku(s), node.to_string()), START_ON_HAND);
             }
         }
         admin.stock_set(entries).await.expect("starting stock");
@@ -401,10 +450,23 @@ async fn answered_orders_survive_sigkill() {
         let mut tasks = Vec::new();
         for w in 0..WORKERS {
             let client = connect(&daemon, WEB).await;
-            tasks.push(tokio::spawn(worker(client, w, cycle, shared.clone(), stop.clone(), killed.clone())));
+            tasks.push(tokio::spawn(worker(
+                client,
+                w,
+                cycle,
+                shared.clone(),
+                stop.clone(),
+                killed.clone(),
+            )));
         }
         let admin = connect(&daemon, ADMIN).await;
-        tasks.push(tokio::spawn(feeder(admin, cycle, shared.clone(), stop.clone(), killed.clone())));
+        tasks.push(tokio::spawn(feeder(
+            admin,
+            cycle,
+            shared.clone(),
+            stop.clone(),
+            killed.clone(),
+        )));
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
         daemon.child.start_kill().expect("SIGKILL");
         daemon.child.wait().await.expect("daemon reaped");
@@ -416,7 +478,11 @@ async fn answered_orders_survive_sigkill() {
                 .expect("clients notice the kill")
                 .expect("client task");
         }
-        known = Arc::try_unwrap(shared).ok().expect("tasks done").into_inner().unwrap();
+        known = Arc::try_unwrap(shared)
+            .ok()
+            .expect("tasks done")
+            .into_inner()
+            .unwrap();
         daemon = start_daemon(&dir.0).await;
         let client = connect(&daemon, ADMIN).await;
         verify(&client, &mut known, cycle).await;

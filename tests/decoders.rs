@@ -14,8 +14,11 @@ use proptest::prelude::*;
 
 /// Real snapshot files (name, bytes) and a real journal payload, from an
 /// engine that routed, confirmed, cancelled and re-stocked.
-fn samples() -> &'static (Vec<(String, Vec<u8>)>, Vec<u8>) {
-    static SAMPLES: std::sync::OnceLock<(Vec<(String, Vec<u8>)>, Vec<u8>)> = std::sync::OnceLock::new();
+/// (snapshot files as (name, bytes), a txn payload)
+type Samples = (Vec<(String, Vec<u8>)>, Vec<u8>);
+
+fn samples() -> &'static Samples {
+    static SAMPLES: std::sync::OnceLock<Samples> = std::sync::OnceLock::new();
     SAMPLES.get_or_init(|| {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
@@ -27,7 +30,11 @@ fn samples() -> &'static (Vec<(String, Vec<u8>)>, Vec<u8>) {
             let (engine, _) = common::engine(&config, None).await;
             for i in 0..12 {
                 engine
-                    .submit(common::order("web", &format!("o-{i}"), &[("SKU-1", 1), ("SKU-2", 2)]))
+                    .submit(common::order(
+                        "web",
+                        &format!("o-{i}"),
+                        &[("SKU-1", 1), ("SKU-2", 2)],
+                    ))
                     .await;
             }
             let images = engine.take_snapshot().await.unwrap();
@@ -40,7 +47,10 @@ fn samples() -> &'static (Vec<(String, Vec<u8>)>, Vec<u8>) {
                         Image::Node(n, _) => format!("node-{n}"),
                         Image::Router(r, _) => format!("router-{r}"),
                     };
-                    (name, store::snapshot_bytes(*lsn, &store::encode_image(image)))
+                    (
+                        name,
+                        store::snapshot_bytes(*lsn, &store::encode_image(image)),
+                    )
                 })
                 .collect();
             let orders: Vec<_> = images
@@ -76,7 +86,8 @@ fn the_samples_decode() {
     let (files, txn) = samples();
     assert!(files.len() > 4);
     for (name, bytes) in files {
-        store::verify_snapshot_bytes(name, bytes, index()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        store::verify_snapshot_bytes(name, bytes, index())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     assert!(!Txn::decode(txn).unwrap().orders.is_empty());
 }

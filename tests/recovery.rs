@@ -31,11 +31,21 @@ fn fixture() -> ValidConfig {
 }
 
 /// Recovers `dir` and starts the engine on it, as the daemon does.
-async fn open(dir: &Path, config: &ValidConfig, clock: Arc<ManualClock>) -> Result<Engine, StoreError> {
+async fn open(
+    dir: &Path,
+    config: &ValidConfig,
+    clock: Arc<ManualClock>,
+) -> Result<Engine, StoreError> {
     let network = Arc::new(config.network.clone());
     let recovered = store::open(dir, &config.store, &config.engine, &network, clock.now_ms())?;
-    let engine = Engine::start_with(&config.engine, network, recovered.state, recovered.sequencer, clock)
-        .await?;
+    let engine = Engine::start_with(
+        &config.engine,
+        network,
+        recovered.state,
+        recovered.sequencer,
+        clock,
+    )
+    .await?;
     engine.repair(recovered.bumps, recovered.orphans).await?;
     engine.tick().await;
     if recovered.fresh {
@@ -92,27 +102,50 @@ async fn a_torn_tail_is_cut_and_reported() {
     let clock = Arc::new(ManualClock::new(T0_MS));
     let engine = open(&dir.0, &config, clock.clone()).await.unwrap();
     for i in 0..20 {
-        assert!(submit(&engine, &format!("o-{i}"), &[("SKU-1", 2)]).await.is_routed());
+        assert!(submit(&engine, &format!("o-{i}"), &[("SKU-1", 2)])
+            .await
+            .is_routed());
     }
     engine.shutdown();
     let segment = last_segment(&dir.0);
     let whole = std::fs::metadata(&segment).unwrap().len();
     // A record header that promises 100 bytes, followed by only 7 of them.
-    let mut file = std::fs::OpenOptions::new().append(true).open(&segment).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
     file.write_all(&100u32.to_le_bytes()).unwrap();
     file.write_all(&[0xAB; 11]).unwrap();
     drop(file);
     let network = Arc::new(config.network.clone());
     let recovered = store::open(&dir.0, &config.store, &config.engine, &network, T0_MS).unwrap();
-    let torn = recovered.report.torn_tail.as_ref().expect("the tail is reported");
-    assert_eq!((torn.path.clone(), torn.offset, torn.bytes), (segment.clone(), whole, 15));
-    assert_eq!(std::fs::metadata(&segment).unwrap().len(), whole, "the tail is cut on disk");
+    let torn = recovered
+        .report
+        .torn_tail
+        .as_ref()
+        .expect("the tail is reported");
+    assert_eq!(
+        (torn.path.clone(), torn.offset, torn.bytes),
+        (segment.clone(), whole, 15)
+    );
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        whole,
+        "the tail is cut on disk"
+    );
     drop(recovered);
     let engine = open(&dir.0, &config, clock).await.unwrap();
     for i in 0..20 {
-        assert!(engine.get(key(&format!("o-{i}"))).await.is_some(), "order o-{i} survives");
+        assert!(
+            engine.get(key(&format!("o-{i}"))).await.is_some(),
+            "order o-{i} survives"
+        );
     }
-    assert_eq!(engine.cell("SKU-1", "WH-N").await.unwrap().reserved + engine.cell("SKU-1", "WH-S").await.unwrap().reserved, 40);
+    assert_eq!(
+        engine.cell("SKU-1", "WH-N").await.unwrap().reserved
+            + engine.cell("SKU-1", "WH-S").await.unwrap().reserved,
+        40
+    );
     engine.check_invariants().await.unwrap();
     engine.shutdown();
 }
@@ -140,10 +173,17 @@ async fn a_flipped_byte_before_the_tail_refuses_to_start() {
         Ok(_) => panic!("a damaged journal must not open"),
     };
     let message = error.to_string();
-    assert!(message.contains(&segment.display().to_string()), "{message}");
+    assert!(
+        message.contains(&segment.display().to_string()),
+        "{message}"
+    );
     assert!(message.contains("corrupt at byte"), "{message}");
     assert!(message.contains("refusing to start"), "{message}");
-    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing is cut from a damaged journal");
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "nothing is cut from a damaged journal"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +196,12 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     let clock = Arc::new(ManualClock::new(T0_MS));
     let engine = open(&dir.0, &config, clock.clone()).await.unwrap();
     for i in 0..30 {
-        submit(&engine, &format!("a-{i}"), &[("SKU-1", 1 + i % 3), ("SKU-2", 1)]).await;
+        submit(
+            &engine,
+            &format!("a-{i}"),
+            &[("SKU-1", 1 + i % 3), ("SKU-2", 1)],
+        )
+        .await;
     }
     engine.confirm(key("a-1")).await.unwrap();
     engine.cancel(key("a-2")).await.unwrap();
@@ -170,7 +215,10 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     let shipped_from = engine.get(key("b-3")).await.unwrap().allocations[0].node;
     let node = config.network.node(shipped_from).id.clone();
     engine.ship(key("b-3"), &node, "SKU-1", 2).await.unwrap();
-    engine.return_units(key("b-3"), &node, "SKU-1", 1).await.unwrap();
+    engine
+        .return_units(key("b-3"), &node, "SKU-1", 1)
+        .await
+        .unwrap();
     engine.cancel(key("a-5")).await.unwrap();
     let report = engine
         .update_stock(&[StockUpdate::Set {
@@ -183,8 +231,14 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
         .unwrap();
     assert!(!report.bumped.is_empty(), "the count bumps reservations");
     let held_at_st1 = engine.get(key("a-7")).await.unwrap();
-    assert!(held_at_st1.allocations.iter().any(|a| a.node == common::ST_1));
-    engine.node_reject(key("a-7"), "ST-1", &[("SKU-2", 0)]).await.unwrap();
+    assert!(held_at_st1
+        .allocations
+        .iter()
+        .any(|a| a.node == common::ST_1));
+    engine
+        .node_reject(key("a-7"), "ST-1", &[("SKU-2", 0)])
+        .await
+        .unwrap();
     engine.set_node_online("WH-S", false).await.unwrap();
     engine.check_invariants().await.unwrap();
     let live = state_of(&engine).await;
@@ -202,10 +256,16 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     let b = state_of(&from_journal).await;
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
-        assert!(x == y, "snapshot+journal and journal alone differ:\n{x:?}\n{y:?}");
+        assert!(
+            x == y,
+            "snapshot+journal and journal alone differ:\n{x:?}\n{y:?}"
+        );
     }
     for (x, y) in live.iter().zip(&a) {
-        assert!(x == y, "the state before the restart differs:\n{x:?}\n{y:?}");
+        assert!(
+            x == y,
+            "the state before the restart differs:\n{x:?}\n{y:?}"
+        );
     }
     from_snapshot.shutdown();
     from_journal.shutdown();
@@ -255,7 +315,11 @@ async fn holds_that_expire_while_down_are_released_at_start() {
     engine.shutdown();
 
     let engine = open(&dir.0, &config, clock).await.unwrap();
-    assert_eq!(state(&engine, "held").await, OrderState::Expired, "the expiry was journaled");
+    assert_eq!(
+        state(&engine, "held").await,
+        OrderState::Expired,
+        "the expiry was journaled"
+    );
     assert_eq!(engine.cell("SKU-3", "WH-B").await.unwrap().reserved, 3);
     engine.check_invariants().await.unwrap();
     engine.shutdown();

@@ -85,6 +85,10 @@ struct Args {
     max_p99_ms: f64,
     #[arg(long, default_value_t = 1.5)]
     step_factor: f64,
+    /// Journal durability of the --spawn-server daemon: "fsync" (the
+    /// default, as in production) or "none" (answers before the fsync).
+    #[arg(long, default_value = "fsync")]
+    durability: String,
     /// Internal: run the daemon for --spawn-server in this process.
     #[arg(long, hide = true)]
     serve_child: Option<PathBuf>,
@@ -111,12 +115,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The daemon side of --spawn-server: the embedded default config on a
 /// random loopback port; prints `LISTENING <addr> <cert>` when ready.
-async fn serve_child(data_dir: &Path) -> Result<(), String> {
+async fn serve_child(data_dir: &Path, durability: &str) -> Result<(), String> {
     let mut config = omniroute::config::Config::default_config()
         .validate()
         .map_err(|e| e.to_string())?;
     config.server.listen = "127.0.0.1:0".parse().expect("address");
     config.server.data_dir = data_dir.to_path_buf();
+    config.store.durability = match durability {
+        "fsync" => omniroute::journal::Durability::Fsync,
+        "none" => omniroute::journal::Durability::None,
+        other => return Err(format!("--durability {other:?} is not fsync or none")),
+    };
     let daemon = omniroute::daemon::start(&config).await?;
     println!(
         "LISTENING {} {}",
@@ -126,6 +135,9 @@ async fn serve_child(data_dir: &Path) -> Result<(), String> {
     // Stop when the parent closes our stdin (or dies).
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(_)) = stdin.next_line().await {}
+    if let Some(journal) = daemon.journal_summary() {
+        eprintln!("daemon {journal}");
+    }
     daemon.shutdown().await
 }
 
@@ -136,13 +148,15 @@ struct Spawned {
     data_dir: PathBuf,
 }
 
-async fn spawn_server() -> Result<Spawned, String> {
+async fn spawn_server(durability: &str) -> Result<Spawned, String> {
     let data_dir = std::env::temp_dir().join(format!("omniroute-loadtest-{}", std::process::id()));
     std::fs::create_dir_all(&data_dir).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)
         .arg("--serve-child")
         .arg(&data_dir)
+        .arg("--durability")
+        .arg(durability)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -514,7 +528,7 @@ async fn run(args: Args) -> Result<Summary, String> {
             .map_err(|e| format!("{}: {e}", args.scenario.display()))?,
     )?;
     let spawned = if args.spawn_server {
-        Some(spawn_server().await?)
+        Some(spawn_server(&args.durability).await?)
     } else {
         None
     };
@@ -718,7 +732,7 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("tokio runtime");
     if let Some(data_dir) = &args.serve_child {
-        return match runtime.block_on(serve_child(data_dir)) {
+        return match runtime.block_on(serve_child(data_dir, &args.durability)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("omniroute-loadtest daemon: {e}");

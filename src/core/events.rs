@@ -9,8 +9,7 @@ use smallvec::SmallVec;
 
 use super::model::{ChannelIdx, OrderId, SkuId};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum EventKind {
     /// Units of the order are now the node's to pick.
     Allocated,
@@ -19,8 +18,7 @@ pub enum EventKind {
     Released,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct NodeEvent {
     pub kind: EventKind,
     pub order: OrderId,

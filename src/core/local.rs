@@ -240,11 +240,12 @@ impl LocalEngine {
         counts: &[(SkuId, u32)],
         now_ms: u64,
     ) -> Result<OrderRecord, OpError> {
-        let id = block_on(
-            self.router
-                .node_reject(order, node, counts, now_ms, &self.participants),
-        )?
-        .id;
+        let id =
+            block_on(
+                self.router
+                    .node_reject(order, node, counts, now_ms, &self.participants),
+            )?
+            .id;
         self.settle(now_ms);
         Ok(self.router.get(&OrderRef::Id(id)).expect("known").clone())
     }

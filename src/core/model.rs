@@ -144,8 +144,7 @@ pub struct Allocation {
 }
 
 /// A line that could not be (fully) allocated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShortLine {
     pub line: u16,
     pub sku: SkuId,
@@ -155,8 +154,9 @@ pub struct ShortLine {
 }
 
 /// Why an order was not routed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, thiserror::Error, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub enum RejectReason {
     /// Some lines lack stock at eligible nodes (all-or-nothing policy).
     #[error("short: {} line(s) lack stock", lines.len())]
@@ -179,8 +179,9 @@ pub enum RejectReason {
 }
 
 /// Why an order is malformed. Each variant maps to one wire error code.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, thiserror::Error, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub enum InvalidOrder {
     #[error("order has no lines")]
     NoLines,
@@ -207,8 +208,7 @@ pub enum InvalidOrder {
 }
 
 /// Lifecycle state of an accepted order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum OrderState {
     /// Reserved, waiting for confirmation; released at `expires_at_ms`.
     Held,

@@ -27,8 +27,7 @@ use crate::limits::MAX_HOLD_ATTEMPTS;
 /// A fire-and-forget change for a shard. Every op but `Abort` changes
 /// journaled state: in the daemon it is journaled first and applied in
 /// journal order, and replayed alike at restart.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum StockOp {
     /// A journaled decision's units: the hold becomes a reservation (see
     /// [`StockShard::reserve`]).
@@ -89,8 +88,7 @@ impl StockOp {
 }
 
 /// A fire-and-forget change for a node ledger; all are journaled.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum NodeOp {
     /// Tell the node's subscribers (and its log) what changed for it.
     Event(NodeEvent),

@@ -108,8 +108,7 @@ impl Default for Policy {
 }
 
 /// How the order reaches the customer, resolved to indices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Method {
     Ship,
     Pickup { store: NodeIdx },
@@ -117,8 +116,7 @@ pub enum Method {
 }
 
 /// One line to place: its index in the order, SKU and units.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct PlanLine {
     pub line: u16,
     pub sku: SkuId,

@@ -79,8 +79,7 @@ pub enum OpError {
 }
 
 /// One line's units at one node over the order's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AllocationState {
     pub line: u16,
     pub node: NodeIdx,
@@ -96,8 +95,7 @@ pub struct AllocationState {
 
 /// The parts of an order that most orders never need, boxed so that the
 /// common record stays small (a daemon keeps millions of them).
-#[derive(Clone, Debug, Default, PartialEq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Extra {
     /// Lines (partly) unallocated now: at submit under a partial policy, or
     /// after a re-route found no other node.
@@ -111,8 +109,7 @@ struct Extra {
 }
 
 /// An order as the book keeps it.
-#[derive(Clone, Debug, PartialEq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct OrderRecord {
     pub id: OrderId,
     /// Hash of the request body, to tell a retry from a conflicting reuse.

@@ -368,7 +368,13 @@ impl StockShard {
     /// journal order, it depends only on journaled state, so a replay without
     /// the hold reserves the same: what is free, with any shortfall (a count
     /// that fell after the hold) bumped back to the order's router.
-    pub fn reserve(&mut self, order: OrderId, sku: SkuId, node: NodeIdx, qty: u32) -> Option<Bumped> {
+    pub fn reserve(
+        &mut self,
+        order: OrderId,
+        sku: SkuId,
+        node: NodeIdx,
+        qty: u32,
+    ) -> Option<Bumped> {
         self.give_back(order, sku, node, qty, Which::Pending);
         let row = self.row_mut(sku);
         let cell = &mut row[node as usize];
@@ -378,7 +384,10 @@ impl StockShard {
         self.publish(sku, node, &cell);
         if granted > 0 {
             let list = self.orders.entry(order).or_default();
-            match list.iter_mut().find(|r| r.sku == sku && r.node == node && !r.pending) {
+            match list
+                .iter_mut()
+                .find(|r| r.sku == sku && r.node == node && !r.pending)
+            {
                 Some(existing) => existing.qty += granted,
                 None => list.push(Reservation {
                     sku,
@@ -526,7 +535,7 @@ impl StockShard {
                     victims.push((order, r.qty));
                 }
             }
-            victims.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            victims.sort_unstable_by_key(|v| std::cmp::Reverse(v.0));
         }
         let mut bumped = Vec::new();
         for (order, qty) in victims {
@@ -578,7 +587,10 @@ impl StockShard {
 
     /// A shard from its image, published to the index. The image is
     /// checked against itself: sums of reservations must equal `reserved`.
-    pub fn from_image(image: &ArchivedShardImage, index: Arc<AvailabilityIndex>) -> Result<StockShard, String> {
+    pub fn from_image(
+        image: &ArchivedShardImage,
+        index: Arc<AvailabilityIndex>,
+    ) -> Result<StockShard, String> {
         let node_count = index.node_count();
         if image.node_count.to_native() as usize != node_count {
             return Err(format!(
@@ -624,9 +636,16 @@ impl StockShard {
         }
         this.orders.reserve(image.reservations.len());
         for r in image.reservations.iter() {
-            let (order, sku, node, qty) = (r.0.to_native(), r.1.to_native(), r.2.to_native(), r.3.to_native());
+            let (order, sku, node, qty) = (
+                r.0.to_native(),
+                r.1.to_native(),
+                r.2.to_native(),
+                r.3.to_native(),
+            );
             if sku % shard_count != shard || node as usize >= node_count || qty == 0 {
-                return Err(format!("reservation of order {order} names a cell outside the shard"));
+                return Err(format!(
+                    "reservation of order {order} names a cell outside the shard"
+                ));
             }
             this.orders.entry(order).or_default().push(Reservation {
                 sku,

@@ -14,9 +14,7 @@ use crate::core::local::{apply_node_op, apply_stock_op, NodeEffect};
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use crate::core::placement::{NodeOp, Participants, StockOp};
 use crate::core::router::{OpError, OrderRecord, OrderRef, RouterCore};
-use crate::core::stock::{
-    Bumped, Cell, HoldItem, HoldOutcome, ShardImage, StockError, StockShard,
-};
+use crate::core::stock::{Bumped, Cell, HoldItem, HoldOutcome, ShardImage, StockError, StockShard};
 
 /// What a shard answers for ops applied with a reply: the reservations
 /// they bumped and the ops that could not apply.
@@ -261,6 +259,9 @@ impl ActorParticipants {
     }
 }
 
+/// Ops kept for a journal record: (shard, op) and (node, op).
+type Effects = (Vec<(u32, StockOp)>, Vec<(NodeIdx, NodeOp)>);
+
 /// What a router's placement and lifecycle code sees: holds go to the
 /// actors at once; every other op is kept for the router's next [`Txn`].
 pub struct JournaledParticipants {
@@ -278,7 +279,7 @@ impl JournaledParticipants {
         }
     }
 
-    fn take(&self) -> (Vec<(u32, StockOp)>, Vec<(NodeIdx, NodeOp)>) {
+    fn take(&self) -> Effects {
         (
             std::mem::take(&mut *self.stock.lock().expect("ops lock")),
             std::mem::take(&mut *self.nodes.lock().expect("ops lock")),
@@ -311,8 +312,9 @@ impl Participants for JournaledParticipants {
     }
 
     fn stock_ops(&self, shard: u32, ops: Vec<StockOp>) {
-        let (aborts, journaled): (Vec<StockOp>, Vec<StockOp>) =
-            ops.into_iter().partition(|op| matches!(op, StockOp::Abort(_)));
+        let (aborts, journaled): (Vec<StockOp>, Vec<StockOp>) = ops
+            .into_iter()
+            .partition(|op| matches!(op, StockOp::Abort(_)));
         if !aborts.is_empty() {
             self.actors.shards[shard as usize]
                 .cast(ShardMsg::Abort(aborts))
@@ -430,7 +432,10 @@ impl RouterState {
     fn discard(&mut self) {
         self.core.clear_dirty();
         let (stock, nodes) = self.participants.take();
-        debug_assert!(stock.is_empty() && nodes.is_empty(), "a failed step sent ops");
+        debug_assert!(
+            stock.is_empty() && nodes.is_empty(),
+            "a failed step sent ops"
+        );
     }
 
     /// Commits a lifecycle step's outcome, or answers its error at once.
@@ -468,7 +473,10 @@ impl Actor for RouterActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RouterMsg::Submit(orders, now_ms, reply) => {
-                let decisions = state.core.submit(&orders, now_ms, &state.participants).await;
+                let decisions = state
+                    .core
+                    .submit(&orders, now_ms, &state.participants)
+                    .await;
                 state.commit(move || {
                     let _ = reply.send(decisions);
                 });

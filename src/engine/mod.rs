@@ -321,7 +321,12 @@ impl Engine {
                 engine.forward_bumps(bumped, engine.now_ms());
             }
         });
-        engine.inner.tasks.lock().expect("tasks lock").push(forwarder);
+        engine
+            .inner
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .push(forwarder);
         if settings.expiry_tick_ms > 0 {
             let weak = Arc::downgrade(&engine.inner);
             let period = Duration::from_millis(settings.expiry_tick_ms);
@@ -379,9 +384,7 @@ impl Engine {
                 .collect();
             let _ = marker_sink.send((lsn, Image::Catalog(names)));
         });
-        self.inner
-            .sequencer
-            .append_raw(KIND_MARKER, Vec::new, done);
+        self.inner.sequencer.append_raw(KIND_MARKER, Vec::new, done);
         drop(sink);
         let mut taken = Vec::with_capacity(expected);
         while let Some(image) = images.recv().await {
@@ -556,13 +559,17 @@ impl Engine {
     pub async fn confirm(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        call_committed(router, |reply| RouterMsg::Confirm(order, reply)).await?.map_err(Into::into)
+        call_committed(router, |reply| RouterMsg::Confirm(order, reply))
+            .await?
+            .map_err(Into::into)
     }
 
     pub async fn cancel(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        call_committed(router, |reply| RouterMsg::Cancel(order, reply)).await?.map_err(Into::into)
+        call_committed(router, |reply| RouterMsg::Cancel(order, reply))
+            .await?
+            .map_err(Into::into)
     }
 
     /// A node shipped `qty` units of `sku` for the order.

@@ -31,7 +31,10 @@ pub struct Txn {
 
 impl Txn {
     pub fn is_empty(&self) -> bool {
-        self.skus.is_empty() && self.orders.is_empty() && self.stock.is_empty() && self.nodes.is_empty()
+        self.skus.is_empty()
+            && self.orders.is_empty()
+            && self.stock.is_empty()
+            && self.nodes.is_empty()
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -48,7 +51,6 @@ impl Txn {
         rkyv::from_bytes::<Txn, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
     }
 }
-
 
 /// Where changes are sequenced: a journal on disk, or (for tests and
 /// benches of the engine alone) a counter that makes nothing durable.

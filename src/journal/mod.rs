@@ -20,6 +20,6 @@ mod files;
 pub mod record;
 
 pub use files::{
-    recover, remove_segments_through, Done, Durability, Journal, JournalError, JournalStats, Recovered, RecoveredRecord, TornTail,
-    DEFAULT_SEGMENT_BYTES, MAX_RECORDS_PER_COMMIT,
+    recover, remove_segments_through, Done, Durability, Journal, JournalError, JournalStats,
+    Recovered, RecoveredRecord, TornTail, DEFAULT_SEGMENT_BYTES, MAX_RECORDS_PER_COMMIT,
 };
