@@ -2,19 +2,17 @@
 //! writer thread in group commits (many records per fsync), and recovered
 //! at start with a torn tail cut and corruption refused.
 //!
-//! This is the file layer of the durability issue: records are opaque
-//! (a kind byte and a payload). Wiring it between the holds and the replies
-//! of the engine, and snapshots, come next.
+//! Records are opaque here (a kind byte and a payload); what they hold and
+//! how they are replayed is `engine::sequencer` and `store`.
 //!
-//! A trap to design around when wiring it in: replay must reproduce state
+//! The trap the wiring had to design around: replay must reproduce state
 //! from records alone, but a stock count that falls below `reserved` bumps
-//! reservations, and today it may bump a *pending* hold whose decision is
-//! journaled later (or never). Replayed, the count would bump different
-//! orders and the later decision could reserve above on_hand. So either a
-//! count revokes pending holds (their attempt re-plans before it is
-//! journaled) and bumps only committed reservations, or the count's record
-//! carries the bumps it made and replay applies them as written. Shards
-//! must apply journaled changes in LSN order for either to hold.
+//! reservations, and the first cut could bump a *pending* hold whose
+//! decision is journaled later (or never). Replayed, the count would bump
+//! different orders and the later decision could reserve above on_hand. So
+//! counts bump only journaled reservations, a journaled reserve grants only
+//! what is free (bumping the rest), and shards apply journaled ops in LSN
+//! order.
 
 mod files;
 pub mod record;
