@@ -162,6 +162,7 @@ pub async fn child(dir: &Path, cells: u64) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     engine.tick().await;
+    crate::return_freed_memory();
     let restart_ms = started.elapsed().as_millis();
     let used = rss_bytes().saturating_sub(before);
     println!(

@@ -417,19 +417,6 @@ pub fn open(
             report.snapshots_loaded += 1;
         }
     }
-    let mut node_lsn = vec![0u64; state.ledgers.len()];
-    for (n, node) in network.nodes.iter().enumerate() {
-        if let Some(loaded) = load_snapshot(dir, &format!("node-{n}"))? {
-            let image = rkyv::from_bytes::<LedgerImage, rancor::Error>(loaded.body())
-                .map_err(|e| loaded.damaged(e))?;
-            if image.node as usize != n {
-                return Err(loaded.damaged("it is another node's"));
-            }
-            state.ledgers[n] = NodeLedger::from_image(image, node.daily_capacity, index.clone());
-            node_lsn[n] = loaded.lsn;
-            report.snapshots_loaded += 1;
-        }
-    }
     let router_files = (0..state.routers.len())
         .map(|r| load_snapshot(dir, &format!("router-{r}")))
         .collect::<Result<Vec<_>, _>>()?;
@@ -448,6 +435,7 @@ pub fn open(
                         loaded.body(),
                     )
                     .map_err(|e| loaded.damaged(e))?;
+                    core.reserve(orders.len());
                     for archived in orders.iter() {
                         let order = rkyv::deserialize::<OrderRecord, rancor::Error>(archived)
                             .map_err(|e| loaded.damaged(e))?;
@@ -466,6 +454,33 @@ pub fn open(
         result?;
         if let Some(file) = &router_files[r] {
             router_lsn[r] = file.lsn;
+            report.snapshots_loaded += 1;
+        }
+    }
+    let mut node_lsn = vec![0u64; state.ledgers.len()];
+    for (n, node) in network.nodes.iter().enumerate() {
+        if let Some(loaded) = load_snapshot(dir, &format!("node-{n}"))? {
+            let mut image = rkyv::from_bytes::<LedgerImage, rancor::Error>(loaded.body())
+                .map_err(|e| loaded.damaged(e))?;
+            // Share each event's order id with its order's record, as the
+            // live daemon does: a million events would otherwise each keep
+            // a copy.
+            for event in &mut image.events.events {
+                let record = state
+                    .routers
+                    .get(router_of_order(event.order))
+                    .and_then(|r| r.get(&crate::core::router::OrderRef::Id(event.order)));
+                if let Some(record) = record {
+                    if record.client_order_id == event.client_order_id {
+                        event.client_order_id = record.client_order_id.clone();
+                    }
+                }
+            }
+            if image.node as usize != n {
+                return Err(loaded.damaged("it is another node's"));
+            }
+            state.ledgers[n] = NodeLedger::from_image(image, node.daily_capacity, index.clone());
+            node_lsn[n] = loaded.lsn;
             report.snapshots_loaded += 1;
         }
     }

@@ -54,8 +54,8 @@ pub struct NodeLedger {
 /// Events a node keeps (and snapshots) for subscribers that reconnect;
 /// a subscriber further behind gets a cursor error and re-reads its open
 /// allocations. Bounds memory (and snapshot size): 60 nodes keep at most
-/// 1 M events, about 100 MiB.
-pub const MAX_EVENTS_PER_NODE: usize = 16_384;
+/// half a million events, about 40 MiB.
+pub const MAX_EVENTS_PER_NODE: usize = 8192;
 
 fn day_of(now_ms: u64) -> u32 {
     u32::try_from(now_ms / MS_PER_DAY).unwrap_or(u32::MAX)

@@ -25,7 +25,7 @@ pub struct NodeEvent {
     pub channel: ChannelIdx,
     pub client_order_id: Arc<str>,
     /// (line, sku, units)
-    pub lines: SmallVec<[(u16, SkuId, u32); 2]>,
+    pub lines: SmallVec<[(u16, SkuId, u32); 1]>,
 }
 
 /// The subscriber asked for events the log no longer keeps (or not yet has).

@@ -201,17 +201,20 @@ struct OrderBook {
     segments: Vec<Vec<OrderRecord>>,
     count: usize,
     /// Hash of (channel, client order id) to the newest sequence + 1 with it.
-    by_key: FxHashMap<u64, u32>,
+    /// (32 bits of hash: collisions chain through `key_next` anyway, and
+    /// half-size entries matter at millions of orders.)
+    by_key: FxHashMap<u32, u32>,
     /// Orders changed since the last [`RouterCore::take_dirty`]: what the
     /// next journal record must carry.
     dirty: Vec<OrderId>,
 }
 
-fn key_hash(channel: ChannelIdx, client_order_id: &str) -> u64 {
+fn key_hash(channel: ChannelIdx, client_order_id: &str) -> u32 {
     let mut hasher = FxHasher::default();
     channel.hash(&mut hasher);
     client_order_id.hash(&mut hasher);
-    hasher.finish()
+    let hash = hasher.finish();
+    (hash ^ (hash >> 32)) as u32
 }
 
 impl OrderBook {
@@ -375,6 +378,14 @@ impl RouterCore {
 
     pub fn has_dirty(&self) -> bool {
         !self.orders.dirty.is_empty()
+    }
+
+    /// Makes room for `orders` more orders at once (restoring a snapshot).
+    pub fn reserve(&mut self, orders: usize) {
+        self.orders.by_key.reserve(orders);
+        self.orders
+            .segments
+            .reserve(orders.div_ceil(ORDERS_PER_SEGMENT));
     }
 
     /// Forgets which orders changed (nothing is journaled).
@@ -1104,7 +1115,7 @@ impl RouterCore {
 }
 
 /// (line, sku, units) of one event.
-type EventLines = SmallVec<[(u16, SkuId, u32); 2]>;
+type EventLines = SmallVec<[(u16, SkuId, u32); 1]>;
 
 /// Adds to `nodes` one event per node for the given units of an order:
 /// (node, line, sku, units).
