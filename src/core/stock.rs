@@ -375,28 +375,42 @@ impl StockShard {
         node: NodeIdx,
         qty: u32,
     ) -> Option<Bumped> {
-        self.give_back(order, sku, node, qty, Which::Pending);
-        let row = self.row_mut(sku);
-        let cell = &mut row[node as usize];
-        let granted = qty.min(cell.free());
+        let granted = qty.min(self.row_mut(sku)[node as usize].free());
+        // One pass over the order's entries: the hold shrinks, the
+        // reservation grows, with a single lookup of the order.
+        let list = self.orders.entry(order).or_default();
+        let mut from_hold = 0;
+        let mut merged = granted == 0;
+        for r in list.iter_mut().rev() {
+            if r.sku != sku || r.node != node {
+                continue;
+            }
+            if r.pending && from_hold < qty {
+                let part = r.qty.min(qty - from_hold);
+                r.qty -= part;
+                from_hold += part;
+            } else if !r.pending && !merged {
+                r.qty += granted;
+                merged = true;
+            }
+        }
+        if !merged {
+            list.push(Reservation {
+                sku,
+                node,
+                qty: granted,
+                pending: false,
+            });
+        }
+        list.retain(|r| r.qty > 0);
+        if list.is_empty() {
+            self.orders.remove(&order);
+        }
+        let cell = &mut self.row_mut(sku)[node as usize];
+        cell.held -= from_hold;
         cell.reserved += granted;
         let cell = *cell;
         self.publish(sku, node, &cell);
-        if granted > 0 {
-            let list = self.orders.entry(order).or_default();
-            match list
-                .iter_mut()
-                .find(|r| r.sku == sku && r.node == node && !r.pending)
-            {
-                Some(existing) => existing.qty += granted,
-                None => list.push(Reservation {
-                    sku,
-                    node,
-                    qty: granted,
-                    pending: false,
-                }),
-            }
-        }
         (granted < qty).then_some(Bumped {
             order,
             sku,
