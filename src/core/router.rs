@@ -365,6 +365,18 @@ impl RouterCore {
         self.orders.values()
     }
 
+    /// The orders from the `first`-th on (in id order), found directly.
+    pub fn orders_from(&self, first: usize) -> impl Iterator<Item = &OrderRecord> {
+        let segment = first / ORDERS_PER_SEGMENT;
+        let skip = first % ORDERS_PER_SEGMENT;
+        self.orders
+            .segments
+            .iter()
+            .skip(segment)
+            .flatten()
+            .skip(skip)
+    }
+
     /// The orders changed since the last call, as they are now: the order
     /// part of the next journal record.
     pub fn take_dirty(&mut self) -> Vec<OrderRecord> {

@@ -107,7 +107,14 @@ impl Actor for ShardActor {
                 let _ = reply.send(shard.check_invariants());
             }
             ShardMsg::Snapshot(lsn, sink) => {
-                let _ = sink.send((lsn, Image::Shard(shard.shard_id(), shard.image())));
+                let started = std::time::Instant::now();
+                let image = shard.image();
+                tracing::debug!(
+                    "shard {} imaged in {} us",
+                    shard.shard_id(),
+                    started.elapsed().as_micros()
+                );
+                let _ = sink.send((lsn, Image::Shard(shard.shard_id(), image)));
             }
         }
         Ok(())
@@ -199,7 +206,13 @@ impl Actor for NodeActor {
                 let _ = reply.send(answer);
             }
             NodeMsg::Snapshot(lsn, sink) => {
+                let started = std::time::Instant::now();
                 let image = ledger.image();
+                tracing::debug!(
+                    "node {} imaged in {} us",
+                    image.node,
+                    started.elapsed().as_micros()
+                );
                 let _ = sink.send((lsn, Image::Node(image.node, image)));
             }
             NodeMsg::Stats(reply) => {
@@ -371,12 +384,25 @@ pub enum RouterMsg {
     Bumped(Vec<Bumped>, u64, Option<RpcReplyPort<()>>),
     Expire(u64, RpcReplyPort<usize>),
     Check(RpcReplyPort<Result<(), String>>),
-    /// Snapshot the book: the image and the marker that labels it with an
-    /// LSN go out in order with this router's changes.
+    /// Snapshot the book, `ORDERS_PER_IMAGE_STEP` orders per message so that
+    /// orders keep flowing in between (see `RouterState::image_step`).
     Snapshot(ImageSink, RpcReplyPort<()>),
+    ImageStep(Box<BookImage>),
 }
 
 pub struct RouterActor;
+
+/// Orders a router copies into its snapshot image per message: about a
+/// millisecond of work, then the orders queued behind it go first.
+pub const ORDERS_PER_IMAGE_STEP: usize = 2048;
+
+/// A router's book image under way.
+pub struct BookImage {
+    sink: ImageSink,
+    orders: Vec<OrderRecord>,
+    /// LSN of the marker sent when imaging started: the label of the image.
+    start_lsn: Arc<std::sync::OnceLock<u64>>,
+}
 
 pub struct RouterState {
     pub core: RouterCore,
@@ -428,6 +454,41 @@ impl RouterState {
         }
     }
 
+    /// Copies the next orders into the image; at the end, a second marker
+    /// follows every change the router made while imaging, and once it is
+    /// durable the image goes out labelled with the *first* marker's LSN.
+    /// An order changed during imaging may be in the image in a newer
+    /// version than at that LSN; replay from there rewrites every such
+    /// order with its whole journaled record, in order, so recovery ends
+    /// the same. The second marker makes sure no version in the image is
+    /// one that a crash could lose.
+    fn image_step(&mut self, mut image: Box<BookImage>, myself: &ActorRef<RouterMsg>) {
+        let from = image.orders.len();
+        image.orders.extend(
+            self.core
+                .orders_from(from)
+                .take(ORDERS_PER_IMAGE_STEP)
+                .cloned(),
+        );
+        if image.orders.len() < self.core.order_count() {
+            // Stopped actors take no more messages: the engine is going down.
+            let _ = myself.cast(RouterMsg::ImageStep(image));
+            return;
+        }
+        let router = self.core.router_id();
+        let done: Done = Box::new(move |result| {
+            let BookImage {
+                sink,
+                orders,
+                start_lsn,
+            } = *image;
+            if let (Ok(_), Some(&lsn)) = (result, start_lsn.get()) {
+                let _ = sink.send((lsn, Image::Router(router, orders)));
+            }
+        });
+        self.sequencer.append_raw(KIND_MARKER, Vec::new, done);
+    }
+
     /// Answers a step that changed nothing (it failed validation).
     fn discard(&mut self) {
         self.core.clear_dirty();
@@ -467,7 +528,7 @@ impl Actor for RouterActor {
 
     async fn handle(
         &self,
-        _: ActorRef<RouterMsg>,
+        myself: ActorRef<RouterMsg>,
         message: RouterMsg,
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
@@ -566,18 +627,23 @@ impl Actor for RouterActor {
                 let _ = reply.send(state.core.check_invariants());
             }
             RouterMsg::Snapshot(sink, reply) => {
-                // The marker follows every change this router sent before,
-                // and precedes every later one: its LSN labels the image.
-                let image: Vec<OrderRecord> = state.core.orders().cloned().collect();
-                let router = state.core.router_id();
+                let start_lsn = Arc::new(std::sync::OnceLock::new());
+                let label = start_lsn.clone();
                 let done: Done = Box::new(move |result| {
                     if let Ok(lsn) = result {
-                        let _ = sink.send((lsn, Image::Router(router, image)));
+                        let _ = label.set(lsn);
                     }
                 });
                 state.sequencer.append_raw(KIND_MARKER, Vec::new, done);
+                let image = Box::new(BookImage {
+                    sink,
+                    orders: Vec::with_capacity(state.core.order_count()),
+                    start_lsn,
+                });
+                state.image_step(image, &myself);
                 let _ = reply.send(());
             }
+            RouterMsg::ImageStep(image) => state.image_step(image, &myself),
         }
         Ok(())
     }
