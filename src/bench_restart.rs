@@ -11,7 +11,7 @@ use futures::executor::block_on;
 use omniroute::config::{Config, ValidConfig};
 use omniroute::core::local::LocalParticipants;
 use omniroute::core::router::router_of_key;
-use omniroute::engine::{Engine, Image, SystemClock};
+use omniroute::engine::{Image, SystemClock};
 use omniroute::journal::Durability;
 use omniroute::limits::MAX_ORDERS_PER_BATCH;
 use omniroute::sample::SampleOrders;
@@ -96,14 +96,7 @@ fn build(dir: &Path, config: &ValidConfig, cells: u64, reservations: u64) -> Res
     }
     state.shards = participants.shards.into_inner();
     state.ledgers = participants.nodes.into_inner();
-    let mut images = vec![(
-        0,
-        Image::Catalog(
-            (0..state.index.sku_count() as u32)
-                .map(|s| state.index.sku_name(s).unwrap_or_default().to_string())
-                .collect(),
-        ),
-    )];
+    let mut images = vec![(0, Image::Catalog(state.index.sku_names()))];
     for shard in &state.shards {
         images.push((0, Image::Shard(shard.shard_id(), shard.image())));
     }
@@ -129,39 +122,12 @@ pub fn build_child(dir: &Path, cells: u64, reservations: u64) -> Result<(), Stri
 
 /// The timed part, in a fresh process: recover and start the engine.
 pub async fn child(dir: &Path, cells: u64) -> Result<(), String> {
-    let config = bench_config(cells)?;
+    let mut config = bench_config(cells)?;
+    config.server.data_dir = dir.to_path_buf();
     let before = rss_bytes();
     let started = Instant::now();
-    let network = Arc::new(config.network.clone());
-    let now_ms = omniroute::engine::Clock::now_ms(&SystemClock);
-    let opened = {
-        let (dir, config, network) = (dir.to_path_buf(), config.clone(), network.clone());
-        tokio::task::spawn_blocking(move || {
-            store::open(&dir, &config.store, &config.engine, &network, now_ms)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-    };
-    let recovered_ms = started.elapsed().as_millis();
-    if std::env::var_os("OMNIROUTE_BENCH_DEBUG").is_some() {
-        eprintln!("rss after recovery {} MiB", (rss_bytes() - before) >> 20);
-    }
-    let report = opened.report;
-    let engine = Engine::start_with(
-        &config.engine,
-        network,
-        opened.state,
-        opened.sequencer,
-        Arc::new(SystemClock),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    engine
-        .repair(opened.bumps, opened.orphans)
-        .await
-        .map_err(|e| e.to_string())?;
-    engine.tick().await;
+    let (engine, report) = omniroute::daemon::recover(&config, Arc::new(SystemClock)).await?;
+    let recovered_ms = report.elapsed_ms;
     crate::return_freed_memory();
     let restart_ms = started.elapsed().as_millis();
     let used = rss_bytes().saturating_sub(before);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::ValidConfig;
-use crate::engine::{Engine, SystemClock};
+use crate::engine::{Clock, Engine, SystemClock};
 use crate::journal::Durability;
 use crate::server::RunningServer;
 use crate::store::{self, RecoveryReport, StoreSettings};
@@ -28,23 +28,48 @@ pub struct Daemon {
 /// only once recovery (and the expiry of holds that lapsed while the
 /// daemon was down) is complete.
 pub async fn start(config: &ValidConfig) -> Result<Daemon, String> {
-    let store_settings = config.store.clone();
-    if store_settings.durability == Durability::None {
+    if config.store.durability == Durability::None {
         tracing::warn!(
             "journal.durability = \"none\": answers are sent before the fsync; a crash can lose answered orders. For benchmarks only."
         );
     }
     let data_dir = config.server.data_dir.clone();
+    let (engine, report) = recover(config, Arc::new(SystemClock)).await?;
+    let snapshots = tokio::spawn(snapshot_loop(
+        engine.clone(),
+        data_dir.clone(),
+        config.store.clone(),
+    ));
+    let server = crate::server::start(engine.clone(), &config.server)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Daemon {
+        engine,
+        server,
+        recovery: report,
+        data_dir,
+        snapshots,
+    })
+}
+
+/// Recovers the config's data directory and starts the engine on it:
+/// repairs what replay found out of step, releases holds that expired
+/// while down, and loads the config's stock into a new directory. The
+/// engine is ready for orders when this returns.
+pub async fn recover(
+    config: &ValidConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<(Engine, RecoveryReport), String> {
+    let data_dir = config.server.data_dir.clone();
     let network = Arc::new(config.network.clone());
-    let clock = Arc::new(SystemClock);
     let recovered = {
         let (dir, settings, engine, network) = (
             data_dir.clone(),
-            store_settings.clone(),
+            config.store.clone(),
             config.engine.clone(),
             network.clone(),
         );
-        let now_ms = crate::engine::Clock::now_ms(&*clock);
+        let now_ms = clock.now_ms();
         tokio::task::spawn_blocking(move || store::open(&dir, &settings, &engine, &network, now_ms))
             .await
             .map_err(|e| e.to_string())?
@@ -91,21 +116,7 @@ pub async fn start(config: &ValidConfig) -> Result<Daemon, String> {
             .await
             .map_err(|e| format!("loading stock: {e}"))?;
     }
-    let snapshots = tokio::spawn(snapshot_loop(
-        engine.clone(),
-        data_dir.clone(),
-        store_settings,
-    ));
-    let server = crate::server::start(engine.clone(), &config.server)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Daemon {
-        engine,
-        server,
-        recovery: report,
-        data_dir,
-        snapshots,
-    })
+    Ok((engine, report))
 }
 
 /// Snapshots every actor and deletes the journal segments all have passed.

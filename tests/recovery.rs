@@ -12,8 +12,8 @@ use common::{channel, config, order, stock, TempDir};
 use omniroute::config::ValidConfig;
 use omniroute::core::model::Decision;
 use omniroute::core::router::OrderRef;
-use omniroute::engine::{Clock, Engine, Image, ManualClock, StockUpdate};
-use omniroute::store::{self, journal_dir, StoreError};
+use omniroute::engine::{Engine, Image, ManualClock, StockUpdate};
+use omniroute::store::{self, journal_dir};
 
 const T0_MS: u64 = 1_800_000_000_000;
 
@@ -31,27 +31,10 @@ fn fixture() -> ValidConfig {
 }
 
 /// Recovers `dir` and starts the engine on it, as the daemon does.
-async fn open(
-    dir: &Path,
-    config: &ValidConfig,
-    clock: Arc<ManualClock>,
-) -> Result<Engine, StoreError> {
-    let network = Arc::new(config.network.clone());
-    let recovered = store::open(dir, &config.store, &config.engine, &network, clock.now_ms())?;
-    let engine = Engine::start_with(
-        &config.engine,
-        network,
-        recovered.state,
-        recovered.sequencer,
-        clock,
-    )
-    .await?;
-    engine.repair(recovered.bumps, recovered.orphans).await?;
-    engine.tick().await;
-    if recovered.fresh {
-        engine.load_stock(&config.stock).await?;
-    }
-    Ok(engine)
+async fn open(dir: &Path, config: &ValidConfig, clock: Arc<ManualClock>) -> Result<Engine, String> {
+    let mut config = config.clone();
+    config.server.data_dir = dir.to_path_buf();
+    Ok(omniroute::daemon::recover(&config, clock).await?.0)
 }
 
 fn key(id: &str) -> OrderRef {

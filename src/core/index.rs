@@ -132,6 +132,13 @@ impl AvailabilityIndex {
         Ok(id)
     }
 
+    /// Every interned name, in id order (what a catalog snapshot keeps).
+    pub fn sku_names(&self) -> Vec<String> {
+        (0..self.sku_count() as SkuId)
+            .map(|sku| self.sku_name(sku).unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// External name of an interned SKU.
     pub fn sku_name(&self, sku: SkuId) -> Option<&str> {
         self.rows.get(sku as usize)?.get().map(|row| &*row.name)

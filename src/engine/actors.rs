@@ -7,7 +7,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sequencer::{Done, Sequencer, Txn, KIND_MARKER, KIND_TXN};
+use super::sequencer::{Done, Sequencer, Txn, KIND_MARKER};
 use crate::core::capacity::{CapacityOutcome, LedgerImage, NodeLedger};
 use crate::core::events::{CursorOutOfRange, NodeEvent};
 use crate::core::local::{apply_node_op, apply_stock_op, NodeEffect};
@@ -416,28 +416,24 @@ impl RouterState {
     /// which drops the caller's reply port: an error, never a false yes).
     fn commit(&mut self, answer: impl FnOnce() + Send + 'static) {
         let (stock, nodes) = self.participants.take();
-        let durable = self.sequencer.is_durable();
+        // Only a journal needs the changed orders; in memory they are not copied.
+        let orders = if self.sequencer.is_durable() {
+            self.core.take_dirty()
+        } else {
+            self.core.clear_dirty();
+            Vec::new()
+        };
         let txn = Txn {
             skus: Vec::new(),
-            orders: if durable {
-                self.core.take_dirty()
-            } else {
-                self.core.clear_dirty();
-                Vec::new()
-            },
+            orders,
             stock,
             nodes,
         };
-        let payload = if durable { txn.encode() } else { Vec::new() };
-        let Txn { stock, nodes, .. } = txn;
         let actors = self.participants.actors.clone();
-        let done: Done = Box::new(move |result| {
-            if result.is_ok() {
-                actors.dispatch(stock, nodes);
-                answer();
-            }
+        self.sequencer.append(txn, move |txn| {
+            actors.dispatch(txn.stock, txn.nodes);
+            answer();
         });
-        self.sequencer.append_raw(KIND_TXN, || payload, done);
     }
 
     /// Like `commit`, but a step that changed nothing (the usual expiry

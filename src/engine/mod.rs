@@ -19,7 +19,7 @@ use actors::{
     RouterState, ShardActor, ShardMsg, ShardState,
 };
 pub use actors::{Image, Subscription, SUBSCRIBER_QUEUE_EVENTS};
-use sequencer::{Done, Sequencer, Txn, KIND_MARKER, KIND_TXN};
+use sequencer::{Done, Sequencer, Txn, KIND_MARKER};
 
 use crate::core::capacity::NodeLedger;
 use crate::core::events::CursorOutOfRange;
@@ -379,10 +379,7 @@ impl Engine {
             for node in participants.nodes.iter() {
                 let _ = node.cast(NodeMsg::Snapshot(lsn, marker_sink.clone()));
             }
-            let names = (0..index.sku_count() as SkuId)
-                .map(|sku| index.sku_name(sku).unwrap_or_default().to_string())
-                .collect();
-            let _ = marker_sink.send((lsn, Image::Catalog(names)));
+            let _ = marker_sink.send((lsn, Image::Catalog(index.sku_names())));
         });
         self.inner.sequencer.append_raw(KIND_MARKER, Vec::new, done);
         drop(sink);
@@ -424,9 +421,8 @@ impl Engine {
             };
             let participants = self.inner.participants.clone();
             let (reply, answer) = tokio::sync::oneshot::channel::<()>();
-            let stock = txn.stock.clone();
-            self.append(&txn, move || {
-                participants.dispatch(stock, Vec::new());
+            self.inner.sequencer.append(txn, move |txn| {
+                participants.dispatch(txn.stock, Vec::new());
                 let _ = reply.send(());
             });
             answer.await.map_err(|_| EngineError::Unavailable)?;
@@ -655,48 +651,29 @@ impl Engine {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let actor = self.inner.participants.nodes[node as usize].clone();
-        self.append(&txn, move || {
+        self.inner.sequencer.append(txn, move |_| {
             let _ = actor.cast(NodeMsg::Ops(vec![NodeOp::Online(online)], Some(reply)));
         });
         let orders = answer.await.map_err(|_| EngineError::Unavailable)?;
         let count = orders.len();
         let routers = &self.inner.routers;
-        let mut by_router: FxHashMap<usize, Vec<u64>> = FxHashMap::default();
-        for order in orders {
-            by_router
-                .entry(router_of_order(order) % routers.len())
-                .or_default()
-                .push(order);
-        }
-        for result in join_all(by_router.into_iter().map(|(r, orders)| {
-            call_committed(&routers[r], move |reply| RouterMsg::NodeOffline {
-                orders,
-                node,
-                now_ms,
-                reply,
-            })
-        }))
+        for result in join_all(
+            self.by_router(orders, |o| *o)
+                .into_iter()
+                .map(|(r, orders)| {
+                    call_committed(&routers[r], move |reply| RouterMsg::NodeOffline {
+                        orders,
+                        node,
+                        now_ms,
+                        reply,
+                    })
+                }),
+        )
         .await
         {
             result?;
         }
         Ok(count)
-    }
-
-    /// Journals `txn` (when durable); `apply` runs after, in LSN order.
-    fn append(&self, txn: &Txn, apply: impl FnOnce() + Send + 'static) {
-        let sequencer = &self.inner.sequencer;
-        let payload = if sequencer.is_durable() {
-            txn.encode()
-        } else {
-            Vec::new()
-        };
-        let done: Done = Box::new(move |result| {
-            if result.is_ok() {
-                apply();
-            }
-        });
-        sequencer.append_raw(KIND_TXN, || payload, done);
     }
 
     /// Loads a whole starting stock (a config's, any size) in batches of
@@ -772,7 +749,7 @@ impl Engine {
                     sends.push((shard, ops, reply));
                 }
             }
-            self.append(&txn, move || {
+            self.inner.sequencer.append(txn, move |_| {
                 for (shard, ops, reply) in sends {
                     let _ = shards[shard].cast(ShardMsg::Apply(ops, Some(reply)));
                 }
@@ -793,17 +770,24 @@ impl Engine {
         Ok(report)
     }
 
+    /// `items` grouped by the router that owns each one's order.
+    fn by_router<T>(&self, items: Vec<T>, order: impl Fn(&T) -> u64) -> FxHashMap<usize, Vec<T>> {
+        let routers = self.inner.routers.len();
+        let mut grouped: FxHashMap<usize, Vec<T>> = FxHashMap::default();
+        for item in items {
+            grouped
+                .entry(router_of_order(order(&item)) % routers)
+                .or_default()
+                .push(item);
+        }
+        grouped
+    }
+
     /// Sends bumps to their routers and waits until they are placed again.
     async fn dispatch_bumps(&self, bumps: Vec<Bumped>, now_ms: u64) -> Result<(), EngineError> {
         let routers = &self.inner.routers;
-        let mut by_router: FxHashMap<usize, Vec<Bumped>> = FxHashMap::default();
-        for bump in bumps {
-            by_router
-                .entry(router_of_order(bump.order) % routers.len())
-                .or_default()
-                .push(bump);
-        }
-        for result in join_all(by_router.into_iter().map(|(r, bumps)| {
+        let grouped = self.by_router(bumps, |b| b.order);
+        for result in join_all(grouped.into_iter().map(|(r, bumps)| {
             call_committed(&routers[r], move |reply| {
                 RouterMsg::Bumped(bumps, now_ms, Some(reply))
             })
@@ -817,16 +801,8 @@ impl Engine {
 
     /// Sends bumps to their routers without waiting.
     fn forward_bumps(&self, bumps: Vec<Bumped>, now_ms: u64) {
-        let routers = &self.inner.routers;
-        let mut by_router: FxHashMap<usize, Vec<Bumped>> = FxHashMap::default();
-        for bump in bumps {
-            by_router
-                .entry(router_of_order(bump.order) % routers.len())
-                .or_default()
-                .push(bump);
-        }
-        for (r, bumps) in by_router {
-            let _ = routers[r].cast(RouterMsg::Bumped(bumps, now_ms, None));
+        for (r, bumps) in self.by_router(bumps, |b| b.order) {
+            let _ = self.inner.routers[r].cast(RouterMsg::Bumped(bumps, now_ms, None));
         }
     }
 

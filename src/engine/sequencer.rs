@@ -30,13 +30,6 @@ pub struct Txn {
 }
 
 impl Txn {
-    pub fn is_empty(&self) -> bool {
-        self.skus.is_empty()
-            && self.orders.is_empty()
-            && self.stock.is_empty()
-            && self.nodes.is_empty()
-    }
-
     pub fn encode(&self) -> Vec<u8> {
         rkyv::to_bytes::<rkyv::rancor::Error>(self)
             .expect("a txn always serializes")
@@ -68,10 +61,21 @@ impl Sequencer {
         matches!(self, Sequencer::Journal(_))
     }
 
-    /// Sequences `txn`; `done` runs when it is durable. In memory it runs
-    /// at once, on the caller's thread.
-    pub fn append(&self, txn: &Txn, done: Done) {
-        self.append_raw(KIND_TXN, || txn.encode(), done)
+    /// Sequences `txn` (encoded only when journaled); `apply` gets it back
+    /// once it is durable, in LSN order. In memory that is at once, on the
+    /// caller's thread. If the journal fails, `apply` never runs.
+    pub fn append(&self, txn: Txn, apply: impl FnOnce(Txn) + Send + 'static) {
+        let payload = if self.is_durable() {
+            txn.encode()
+        } else {
+            Vec::new()
+        };
+        let done: Done = Box::new(move |result| {
+            if result.is_ok() {
+                apply(txn);
+            }
+        });
+        self.append_raw(KIND_TXN, || payload, done)
     }
 
     pub fn append_raw(&self, kind: u8, payload: impl FnOnce() -> Vec<u8>, done: Done) {
