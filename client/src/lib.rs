@@ -372,6 +372,12 @@ impl Client {
         })
     }
 
+    /// The authenticated QUIC connection, for tools that write raw frames
+    /// on streams of their own (the load generator).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
     /// Another request stream on the same connection (already authenticated).
     pub async fn open_stream(&self) -> Result<RequestStream, ClientError> {
         RequestStream::open(&self.connection).await

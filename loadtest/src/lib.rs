@@ -2,6 +2,8 @@
 //! tested: the open-loop schedule, latency recording, the stock audit, the
 //! scenario file and the JSON summary.
 
+pub mod chart;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -95,46 +97,137 @@ impl Recorder {
     }
 }
 
-/// Units told to buyers per (sku, node) against the stock there was.
+/// A stock cell: (sku, node). The Redis side keeps one key per SKU and
+/// uses [`ANY_NODE`] as the node.
+pub type Cell = (String, String);
+
+/// The node of a Redis stock key, which holds a SKU's units over all nodes.
+pub const ANY_NODE: &str = "*";
+
+/// The stock a run had against what buyers were told and what the daemon
+/// holds at the end. Every figure is measured: `told` from the answers,
+/// `released` from acknowledged cancels, `restocked` from acknowledged feed
+/// updates, `held_now` and `final_atp` read back from the daemon.
 #[derive(Default, Debug, Clone)]
 pub struct Audit {
-    pub starting: BTreeMap<(String, String), u64>,
-    pub told: BTreeMap<(String, String), u64>,
+    pub starting: BTreeMap<Cell, u64>,
+    pub restocked: BTreeMap<Cell, u64>,
+    pub told: BTreeMap<Cell, u64>,
+    pub released: BTreeMap<Cell, u64>,
+    /// Units promised that the daemon took back (an order re-routed after
+    /// its node went offline and found short), per cell as told; read back
+    /// order by order.
+    pub withdrawn: BTreeMap<Cell, u64>,
+    /// Units of every answered order as the daemon holds them at the end
+    /// (open + shipped, after any re-route), per cell.
+    pub held_now: BTreeMap<Cell, u64>,
+    /// ATP per cell read back at the end.
+    pub final_atp: BTreeMap<Cell, u64>,
+}
+
+fn add(map: &mut BTreeMap<Cell, u64>, sku: &str, node: &str, units: u64) {
+    *map.entry((sku.to_string(), node.to_string())).or_default() += units;
+}
+
+fn by_sku(map: &BTreeMap<Cell, u64>) -> BTreeMap<&str, u64> {
+    let mut out = BTreeMap::new();
+    for ((sku, _), units) in map {
+        *out.entry(sku.as_str()).or_default() += units;
+    }
+    out
 }
 
 impl Audit {
     pub fn tell(&mut self, sku: &str, node: &str, units: u32) {
-        *self
-            .told
-            .entry((sku.to_string(), node.to_string()))
-            .or_default() += u64::from(units);
+        add(&mut self.told, sku, node, u64::from(units));
     }
 
-    /// Units promised beyond the starting stock of their cell, summed over
-    /// cells: what a flash sale must keep at zero. Cells the generator did
-    /// not stock count as starting from zero.
-    pub fn oversold_units(&self) -> u64 {
-        self.told
-            .iter()
-            .map(|(cell, told)| told.saturating_sub(self.starting.get(cell).copied().unwrap_or(0)))
+    pub fn release(&mut self, sku: &str, node: &str, units: u32) {
+        add(&mut self.released, sku, node, u64::from(units));
+    }
+
+    pub fn withdraw(&mut self, sku: &str, node: &str, units: u64) {
+        add(&mut self.withdrawn, sku, node, units);
+    }
+
+    pub fn restock(&mut self, sku: &str, node: &str, units: u64) {
+        add(&mut self.restocked, sku, node, units);
+    }
+
+    pub fn hold_now(&mut self, sku: &str, node: &str, units: u64) {
+        add(&mut self.held_now, sku, node, units);
+    }
+
+    /// Units a cell had to sell over the run: its starting stock and what
+    /// the feed added.
+    pub fn stock(&self, cell: &Cell) -> u64 {
+        self.starting.get(cell).copied().unwrap_or(0)
+            + self.restocked.get(cell).copied().unwrap_or(0)
+    }
+
+    /// Units promised to buyers (net of their cancels and of promises the
+    /// daemon took back) beyond the stock of their SKU, summed over SKUs.
+    /// Per SKU, because a re-route moves a promise from one node to another.
+    pub fn oversold_told(&self) -> u64 {
+        let stock_map = self.stock_map();
+        let stock = by_sku(&stock_map);
+        let released = by_sku(&self.released);
+        let withdrawn = by_sku(&self.withdrawn);
+        by_sku(&self.told)
+            .into_iter()
+            .map(|(sku, told)| {
+                let taken_back = released.get(sku).copied().unwrap_or(0)
+                    + withdrawn.get(sku).copied().unwrap_or(0);
+                let net = told.saturating_sub(taken_back);
+                net.saturating_sub(stock.get(sku).copied().unwrap_or(0))
+            })
             .sum()
+    }
+
+    /// Units the daemon holds for the run's orders at the end beyond the
+    /// stock of their cell, summed over cells. Cells the run never stocked
+    /// count from zero.
+    pub fn oversold_held(&self) -> u64 {
+        self.held_now
+            .iter()
+            .map(|(cell, held)| held.saturating_sub(self.stock(cell)))
+            .sum()
+    }
+
+    /// What `oversold_units` reports: both views must be zero.
+    pub fn oversold_units(&self) -> u64 {
+        self.oversold_told() + self.oversold_held()
+    }
+
+    /// Units by which the daemon's final ATP differs from the stock less
+    /// what it holds for the run's orders, over the cells it reported.
+    pub fn stock_mismatch_units(&self) -> u64 {
+        self.final_atp
+            .iter()
+            .map(|(cell, atp)| {
+                let expected = self
+                    .stock(cell)
+                    .saturating_sub(self.held_now.get(cell).copied().unwrap_or(0));
+                atp.abs_diff(expected)
+            })
+            .sum()
+    }
+
+    fn stock_map(&self) -> BTreeMap<Cell, u64> {
+        let mut out = self.starting.clone();
+        for (cell, units) in &self.restocked {
+            *out.entry(cell.clone()).or_default() += units;
+        }
+        out
     }
 
     /// Units of a SKU still promisable at the end if nothing was oversold.
     pub fn expected_left(&self, sku: &str) -> u64 {
-        let start: u64 = self
-            .starting
-            .iter()
-            .filter(|((s, _), _)| s == sku)
-            .map(|(_, v)| v)
-            .sum();
-        let told: u64 = self
-            .told
-            .iter()
-            .filter(|((s, _), _)| s == sku)
-            .map(|(_, v)| v)
-            .sum();
-        start.saturating_sub(told)
+        let stock = by_sku(&self.stock_map()).get(sku).copied().unwrap_or(0);
+
+        let told = by_sku(&self.told).get(sku).copied().unwrap_or(0);
+        let released = by_sku(&self.released).get(sku).copied().unwrap_or(0);
+        stock.saturating_sub(told.saturating_sub(released))
     }
 }
 
@@ -146,6 +239,68 @@ pub struct Scenario {
     pub orders: OrderMix,
     #[serde(default)]
     pub stock: Vec<ScenarioStock>,
+    /// What happens to routed orders next.
+    pub follow_up: Option<FollowUpMix>,
+    /// A WMS feed of stock updates sent while orders flow.
+    pub feed: Option<Feed>,
+    /// Node outages and returns, timed from the start of the measured run.
+    #[serde(default)]
+    pub events: Vec<NodeEvent>,
+}
+
+/// Fractions of routed orders that are confirmed or cancelled, and of
+/// confirmed orders whose lines are then shipped by their nodes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUpMix {
+    pub confirm: f64,
+    pub cancel: f64,
+    pub ship: f64,
+}
+
+/// What the generator does with one routed order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollowUp {
+    Confirm { then_ship: bool },
+    Cancel,
+    Nothing,
+}
+
+impl FollowUpMix {
+    /// The follow-up for two uniform rolls in [0, 1): the first picks
+    /// confirm, cancel or nothing, the second whether a confirm ships.
+    pub fn decide(&self, roll: f64, ship_roll: f64) -> FollowUp {
+        if roll < self.confirm {
+            FollowUp::Confirm {
+                then_ship: ship_roll < self.ship,
+            }
+        } else if roll < self.confirm + self.cancel {
+            FollowUp::Cancel
+        } else {
+            FollowUp::Nothing
+        }
+    }
+}
+
+/// Stock increases (deliveries counted in by a WMS) at a constant rate,
+/// spread uniformly over the scenario's stock cells.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feed {
+    /// Cell updates per second.
+    pub updates_per_s: f64,
+    /// Updates per StockAdjust request.
+    pub batch: usize,
+    pub delta_min: u32,
+    pub delta_max: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEvent {
+    pub at_s: f64,
+    pub node: String,
+    pub online: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -227,13 +382,45 @@ impl Scenario {
         if o.qty_min == 0 || o.qty_min > o.qty_max {
             return Err("orders.qty_min..=qty_max must be within 1..".into());
         }
+        if let Some(f) = &scenario.follow_up {
+            let fractions = [f.confirm, f.cancel, f.ship];
+            if fractions.iter().any(|x| !(0.0..=1.0).contains(x)) || f.confirm + f.cancel > 1.0 {
+                return Err(
+                    "follow_up fractions must be within 0..=1 and confirm + cancel <= 1".into(),
+                );
+            }
+        }
+        if let Some(feed) = &scenario.feed {
+            if scenario.stock.is_empty() {
+                return Err("a feed updates the scenario's [[stock]] cells; give some".into());
+            }
+            if !(feed.updates_per_s.is_finite() && feed.updates_per_s > 0.0)
+                || feed.batch == 0
+                || feed.delta_min == 0
+                || feed.delta_min > feed.delta_max
+            {
+                return Err(
+                    "feed needs updates_per_s > 0, batch > 0 and 1 <= delta_min <= delta_max"
+                        .into(),
+                );
+            }
+        }
+        if scenario
+            .events
+            .iter()
+            .any(|e| !(e.at_s.is_finite() && e.at_s >= 0.0))
+        {
+            return Err("events[].at_s must be a time >= 0 in seconds".into());
+        }
         Ok(scenario)
     }
 }
 
 /// The JSON summary `--json` writes.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
+    /// "omniroute", or "redis" for the side-by-side run.
+    pub target: String,
     pub scenario: String,
     pub duration_s: f64,
     pub rate_offered: f64,
@@ -247,28 +434,54 @@ pub struct Summary {
     pub p999_us: u64,
     pub max_us: u64,
     pub uncorrected_p50_us: u64,
+    pub uncorrected_p90_us: u64,
     pub uncorrected_p99_us: u64,
+    pub uncorrected_p999_us: u64,
     pub uncorrected_max_us: u64,
+    /// Failed, timed-out and overloaded requests.
     pub errors: u64,
     pub oversold_units: u64,
+    /// Its two views: units told to buyers beyond their SKU's stock, and
+    /// units the daemon holds at the end beyond their cell's stock.
+    pub oversold_told_units: u64,
+    pub oversold_held_units: u64,
+    /// Units the daemon took back from what buyers were told (re-routed
+    /// and found short after a node outage).
+    pub withdrawn_units: u64,
     pub missing_orders: u64,
-    /// With --find-max: the highest offered rate that held its bounds.
+    pub stock_mismatch_units: u64,
+    /// Confirms, cancels and ships that followed routed orders, by result.
+    pub follow_ups: BTreeMap<String, u64>,
+    /// Stock units the feed added (acknowledged), and feed requests refused.
+    pub restocked_units: u64,
+    pub feed_errors: u64,
+    /// Orders the daemon re-routed when scenario events took nodes offline.
+    pub rerouted_orders: u64,
+    /// With --find-max: the highest offered rate that held its bounds, and
+    /// the p99 of a run at half of it.
     pub highest_sustainable_rate: Option<f64>,
+    pub p99_at_half_max_us: Option<u64>,
+    /// With --compare-redis: the same work against Redis, and omniroute's
+    /// highest sustainable rate over Redis's.
+    pub redis: Option<Box<Summary>>,
+    pub ratio_vs_redis: Option<f64>,
 }
 
 impl Summary {
+    /// Rates, outcomes and latencies of one measured phase; the audit
+    /// fields start at zero.
     pub fn new(
+        target: &str,
         scenario: &str,
         duration: Duration,
         rate_offered: f64,
         recorder: &Recorder,
-        oversold_units: u64,
-        missing_orders: u64,
     ) -> Summary {
         let seconds = duration.as_secs_f64().max(f64::EPSILON);
         let c = &recorder.corrected;
         let u = &recorder.uncorrected;
         Summary {
+            target: target.to_string(),
             scenario: scenario.to_string(),
             duration_s: seconds,
             rate_offered,
@@ -282,13 +495,34 @@ impl Summary {
             p999_us: c.value_at_quantile(0.999),
             max_us: c.max(),
             uncorrected_p50_us: u.value_at_quantile(0.50),
+            uncorrected_p90_us: u.value_at_quantile(0.90),
             uncorrected_p99_us: u.value_at_quantile(0.99),
+            uncorrected_p999_us: u.value_at_quantile(0.999),
             uncorrected_max_us: u.max(),
-            errors: recorder.count(Outcome::Error) + recorder.count(Outcome::TimedOut),
-            oversold_units,
-            missing_orders,
-            highest_sustainable_rate: None,
+            errors: recorder.count(Outcome::Error)
+                + recorder.count(Outcome::TimedOut)
+                + recorder.count(Outcome::Overloaded),
+            ..Summary::default()
         }
+    }
+
+    /// Whether a find-max step held its bounds: nearly all of the offered
+    /// rate answered, p99 within the bound, and no errors.
+    pub fn sustained(&self, max_p99_us: u64) -> bool {
+        self.rate_achieved >= SUSTAINED_FRACTION * self.rate_offered
+            && self.p99_us <= max_p99_us
+            && self.errors == 0
+    }
+}
+
+/// The share of the offered rate a find-max step must achieve.
+pub const SUSTAINED_FRACTION: f64 = 0.95;
+
+/// omniroute's highest sustainable rate over Redis's, when both found one.
+pub fn ratio(omniroute: Option<f64>, redis: Option<f64>) -> Option<f64> {
+    match (omniroute, redis) {
+        (Some(o), Some(r)) if r > 0.0 => Some(o / r),
+        _ => None,
     }
 }
 
@@ -349,6 +583,87 @@ mod tests {
     }
 
     #[test]
+    fn restocks_cancels_and_withdrawals_move_the_audit() {
+        // Proves restocked units raise a cell's stock, cancelled and withdrawn units leave the
+        // told view, the held view counts per cell, and the final read-back is checked.
+        let mut audit = Audit::default();
+        audit.starting.insert(("A".into(), "N1".into()), 5);
+        audit.restock("A", "N1", 3);
+        audit.tell("A", "N1", 8);
+        assert_eq!(audit.oversold_units(), 0);
+        audit.tell("A", "N2", 2);
+        assert_eq!(audit.oversold_told(), 2, "two units beyond A's 8");
+        audit.release("A", "N1", 1);
+        audit.withdraw("A", "N2", 1);
+        assert_eq!(audit.oversold_told(), 0);
+        // N1 went offline: its order moved to N2, which had no stock.
+        audit.hold_now("A", "N1", 7);
+        audit.hold_now("A", "N2", 1);
+        assert_eq!(audit.oversold_held(), 1);
+        assert_eq!(audit.oversold_units(), 1);
+        audit.final_atp.insert(("A".into(), "N1".into()), 1);
+        assert_eq!(audit.stock_mismatch_units(), 0, "8 stock - 7 held = 1");
+        audit.final_atp.insert(("A".into(), "N1".into()), 4);
+        assert_eq!(audit.stock_mismatch_units(), 3);
+    }
+
+    #[test]
+    fn follow_ups_split_by_their_fractions() {
+        // Proves the first roll picks confirm, cancel or nothing by the fractions, and the
+        // second whether a confirmed order ships.
+        let mix = FollowUpMix {
+            confirm: 0.6,
+            cancel: 0.1,
+            ship: 0.5,
+        };
+        assert_eq!(mix.decide(0.0, 0.2), FollowUp::Confirm { then_ship: true });
+        assert_eq!(
+            mix.decide(0.59, 0.7),
+            FollowUp::Confirm { then_ship: false }
+        );
+        assert_eq!(mix.decide(0.6, 0.0), FollowUp::Cancel);
+        assert_eq!(mix.decide(0.69, 0.0), FollowUp::Cancel);
+        assert_eq!(mix.decide(0.7, 0.0), FollowUp::Nothing);
+    }
+
+    #[test]
+    fn find_max_steps_hold_only_within_their_bounds() {
+        // Proves a step is sustained only at >= 95 % of offered, p99 within the bound and no
+        // errors, and that the ratio needs both rates.
+        let mut summary = Summary {
+            rate_offered: 1000.0,
+            rate_achieved: 960.0,
+            p99_us: 900,
+            ..Summary::default()
+        };
+        assert!(summary.sustained(1000));
+        assert!(!summary.sustained(800));
+        summary.rate_achieved = 940.0;
+        assert!(!summary.sustained(1000));
+        summary.rate_achieved = 1000.0;
+        summary.errors = 1;
+        assert!(!summary.sustained(1000));
+        assert_eq!(ratio(Some(300.0), Some(100.0)), Some(3.0));
+        assert_eq!(ratio(None, Some(100.0)), None);
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+    }
+
+    #[test]
+    fn every_shipped_scenario_parses() {
+        // Proves the four scenario files are valid and carry what makes each one what it is.
+        let storm = Scenario::parse(include_str!("../scenarios/restock-storm.toml")).unwrap();
+        assert!(storm.feed.is_some() && !storm.stock.is_empty());
+        let outage = Scenario::parse(include_str!("../scenarios/node-outage.toml")).unwrap();
+        assert!(outage.events.iter().any(|e| !e.online));
+        let mix = Scenario::parse(include_str!("../scenarios/omnichannel-mix.toml")).unwrap();
+        assert!(mix.follow_up.is_some());
+        let feed_without_stock = "name = \"x\"\nchannel = \"web\"\n[orders]\nskus = [\"A\"]\nlines_min = 1\nlines_max = 1\nqty_min = 1\nqty_max = 1\npoints = [[1.0, 2.0]]\n[feed]\nupdates_per_s = 10.0\nbatch = 1\ndelta_min = 1\ndelta_max = 1\n";
+        assert!(Scenario::parse(feed_without_stock)
+            .unwrap_err()
+            .contains("feed"));
+    }
+
+    #[test]
     fn the_json_summary_has_the_documented_keys() {
         // Proves the keys other tools read are present and numeric.
         let start = Instant::now();
@@ -359,7 +674,15 @@ mod tests {
             start + Duration::from_micros(250),
             Outcome::Routed,
         );
-        let summary = Summary::new("flash-sale", Duration::from_secs(1), 1.0, &recorder, 0, 0);
+        let mut summary = Summary::new(
+            "omniroute",
+            "flash-sale",
+            Duration::from_secs(1),
+            1.0,
+            &recorder,
+        );
+        summary.redis = Some(Box::new(summary.clone()));
+        summary.ratio_vs_redis = ratio(Some(2.0), Some(1.0));
         let json: serde_json::Value = serde_json::to_value(&summary).unwrap();
         for key in [
             "rate_offered",
@@ -370,9 +693,13 @@ mod tests {
             "max_us",
             "errors",
             "oversold_units",
+            "missing_orders",
+            "stock_mismatch_units",
+            "ratio_vs_redis",
         ] {
             assert!(json[key].is_number(), "{key} missing in {json}");
         }
+        assert!(json["redis"]["p99_us"].is_number(), "{json}");
         assert_eq!(json["outcomes"]["routed"], 1);
     }
 

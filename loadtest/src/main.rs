@@ -6,25 +6,31 @@
 //! At the end the generator audits the stock it set against what buyers
 //! were told, and asks the daemon for every routed order.
 
+mod drive;
+mod sinks;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use omniroute_client::{Client, ClientError, Decision, Order, OrderKey, StockSet, Trust};
-use omniroute_loadtest::{Audit, Outcome, Recorder, Scenario, Schedule, Summary};
+use omniroute_client::{Client, ClientError, Order, OrderKey, StockAdjust, StockSet, Trust};
+use omniroute_loadtest::chart::{write_chart, ChartData};
+use omniroute_loadtest::{ratio, Audit, Cell, Scenario, Summary, ANY_NODE};
 use rand::{Rng, SeedableRng};
 
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot};
+
+use drive::{Collector, Event, FollowUps, Interval, OrderSource, RunResult};
+use sinks::Sink;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Requests in flight at once across all connections; beyond it sending
-/// waits, and the wait shows in the corrected latencies.
-const MAX_INFLIGHT_REQUESTS: usize = 200_000;
 /// Orders asked back per batch in the missing-order audit.
 const AUDIT_BATCH: usize = 4096;
 
@@ -85,6 +91,18 @@ struct Args {
     max_p99_ms: f64,
     #[arg(long, default_value_t = 1.5)]
     step_factor: f64,
+    /// Write an SVG chart here: latency percentiles over time and the
+    /// percentile distribution (with Redis's, under --compare-redis).
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Run the same orders, rate steps and connections against a local
+    /// redis-server with an all-or-nothing Lua reservation script, and
+    /// report omniroute's highest sustainable rate over Redis's.
+    #[arg(long)]
+    compare_redis: bool,
+    /// How often the scheduler sends what is due.
+    #[arg(long, default_value = "250us", value_parser = parse_duration)]
+    tick: Duration,
     /// Journal durability of the --spawn-server daemon: "fsync" (the
     /// default, as in production) or "none" (answers before the fsync).
     #[arg(long, default_value = "fsync")]
@@ -102,10 +120,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 20s or 500ms"))?;
     let seconds = match unit {
+        "us" => value / 1_000_000.0,
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
-        _ => return Err(format!("unknown unit {unit:?}; use ms, s or m")),
+        _ => return Err(format!("unknown unit {unit:?}; use us, ms, s or m")),
     };
     if !(seconds.is_finite() && seconds >= 0.0) {
         return Err(format!("{text:?} is not a duration"));
@@ -186,21 +205,32 @@ async fn spawn_server(durability: &str) -> Result<Spawned, String> {
     })
 }
 
-/// Builds the scenario's orders, reproducibly.
+/// Builds the scenario's orders, reproducibly: the same seed gives the
+/// same orders to omniroute and to Redis.
 struct Orders {
     scenario: Scenario,
     rng: rand::rngs::StdRng,
     prefix: String,
     /// Popularity of a SKU range (rank 1 most popular).
     zipf: Option<rand_distr::Zipf<f64>>,
-    /// Ids run on across phases, so that no two orders of a run share one.
-    next_id: u64,
 }
 
 impl Orders {
-    fn order(&mut self) -> Order {
-        self.next_id += 1;
-        let i = self.next_id;
+    fn new(scenario: &Scenario, seed: u64, prefix: &str) -> Orders {
+        Orders {
+            scenario: scenario.clone(),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            prefix: prefix.to_string(),
+            zipf: scenario.orders.sku_range.as_ref().map(|r| {
+                rand_distr::Zipf::new(r.count as f64, r.zipf_exponent)
+                    .expect("validated Zipf parameters")
+            }),
+        }
+    }
+}
+
+impl OrderSource for Orders {
+    fn order(&mut self, id: u64) -> Order {
         let mix = &self.scenario.orders;
         let lines = self.rng.random_range(mix.lines_min..=mix.lines_max);
         let mut skus: Vec<String> = Vec::with_capacity(lines);
@@ -234,7 +264,7 @@ impl Orders {
         let [lat, lon] = mix.points[self.rng.random_range(0..mix.points.len())];
         Order {
             channel: self.scenario.channel.clone(),
-            client_order_id: format!("{}{i}", self.prefix),
+            client_order_id: format!("{}{id}", self.prefix),
             lat: lat + self.rng.random_range(-0.05..0.05),
             lon: lon + self.rng.random_range(-0.05..0.05),
             market: None,
@@ -242,134 +272,18 @@ impl Orders {
             hold_ttl_ms: mix.hold_ttl_ms,
             lines: skus
                 .into_iter()
-                .map(|s| (s.clone(), self.rng.random_range(mix.qty_min..=mix.qty_max)))
+                .map(|s| (s, self.rng.random_range(mix.qty_min..=mix.qty_max)))
                 .collect(),
         }
     }
 }
 
-/// One answered (or failed) request, for the collector.
-struct Done {
-    intended: Instant,
-    sent: Instant,
-    done: Instant,
-    key: OrderKey,
-    result: Result<Result<Decision, ClientError>, tokio::time::error::Elapsed>,
-}
-
-fn outcome(
-    result: &Result<Result<Decision, ClientError>, tokio::time::error::Elapsed>,
-) -> (Outcome, Option<u16>) {
-    match result {
-        Err(_) => (Outcome::TimedOut, None),
-        Ok(Ok(Decision::Routed { .. })) => (Outcome::Routed, None),
-        Ok(Ok(Decision::Rejected { code, .. }))
-            if *code == omniroute_client::protocol::reject_codes::SHORT =>
-        {
-            (Outcome::Short, None)
-        }
-        Ok(Ok(Decision::Rejected { code, .. })) => (Outcome::Rejected, Some(*code)),
-        Ok(Err(ClientError::Server { code, .. }))
-            if *code == omniroute_client::protocol::ErrorCode::Overloaded as u16 =>
-        {
-            (Outcome::Overloaded, None)
-        }
-        Ok(Err(_)) => (Outcome::Error, None),
-    }
-}
-
-/// What the collector gathered over the measured run.
-#[derive(Default)]
-struct Collected {
-    recorder: Option<Recorder>,
-    audit: Audit,
-    routed: Vec<OrderKey>,
-    /// Corrected latency per second of measured run, for `--hlog`:
-    /// (wall-clock start, length, histogram).
-    intervals: Vec<(
-        std::time::SystemTime,
-        Duration,
-        hdrhistogram::Histogram<u64>,
-    )>,
-}
-
-/// Records every answer; prints a live line each second.
-async fn collect(mut answers: mpsc::Receiver<(bool, Done)>) -> Collected {
-    let mut collected = Collected {
-        recorder: Some(Recorder::new()),
-        ..Collected::default()
-    };
-    let mut interval = Recorder::new();
-    let mut second_started = Instant::now();
-    let mut second_started_wall = std::time::SystemTime::now();
-    let mut any_measured = false;
-    let mut elapsed_s = 0;
-    while let Some((measured, done)) = answers.recv().await {
-        let (outcome, code) = outcome(&done.result);
-        if let Ok(Ok(Decision::Routed { allocations, .. })) = &done.result {
-            for a in allocations {
-                collected.audit.tell(&a.sku, &a.node, a.qty);
-            }
-            collected.routed.push(done.key.clone());
-        }
-        if measured {
-            let recorder = collected.recorder.as_mut().expect("recorder");
-            recorder.record(done.intended, done.sent, done.done, outcome);
-            if let Some(code) = code {
-                *recorder.reject_codes.entry(code).or_default() += 1;
-            }
-        }
-        interval.record(done.intended, done.sent, done.done, outcome);
-        any_measured |= measured;
-        if second_started.elapsed() >= Duration::from_secs(1) {
-            if measured {
-                collected.intervals.push((
-                    second_started_wall,
-                    second_started.elapsed(),
-                    interval.corrected.clone(),
-                ));
-            }
-            elapsed_s += 1;
-            let seconds = second_started.elapsed().as_secs_f64();
-            let errors = interval.count(Outcome::Error)
-                + interval.count(Outcome::TimedOut)
-                + interval.count(Outcome::Overloaded);
-            println!(
-                "t={elapsed_s:>3}s {} achieved {:>9.0}/s p99 {:>7} us routed {} short {} errors {errors}",
-                if measured { "measured" } else { "warmup  " },
-                interval.total() as f64 / seconds,
-                interval.corrected.value_at_quantile(0.99),
-                interval.count(Outcome::Routed),
-                interval.count(Outcome::Short),
-            );
-            interval = Recorder::new();
-            second_started = Instant::now();
-            second_started_wall = std::time::SystemTime::now();
-        }
-    }
-    if any_measured && interval.total() > 0 {
-        collected.intervals.push((
-            second_started_wall,
-            second_started.elapsed(),
-            interval.corrected,
-        ));
-    }
-    collected
-}
-
 /// Writes the measured intervals as an HdrHistogram interval log (V2,
 /// compressed), readable by HdrHistogram's log tools.
-fn write_hlog(
-    path: &Path,
-    intervals: &[(
-        std::time::SystemTime,
-        Duration,
-        hdrhistogram::Histogram<u64>,
-    )],
-) -> Result<(), String> {
+fn write_hlog(path: &Path, intervals: &[Interval]) -> Result<(), String> {
     use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
     use hdrhistogram::serialization::V2DeflateSerializer;
-    let Some(first) = intervals.first().map(|i| i.0) else {
+    let Some(first) = intervals.first().map(|i| i.wall) else {
         return Ok(());
     };
     let mut file = std::io::BufWriter::new(
@@ -382,83 +296,12 @@ fn write_hlog(
         .with_base_time(first)
         .begin_log_with(&mut file, &mut serializer)
         .map_err(|e| e.to_string())?;
-    for (start, length, histogram) in intervals {
-        let offset = start.duration_since(first).unwrap_or_default();
-        log.write_histogram(histogram, offset, *length, None)
+    for interval in intervals {
+        let offset = interval.wall.duration_since(first).unwrap_or_default();
+        log.write_histogram(&interval.histogram, offset, interval.length, None)
             .map_err(|e| format!("{e:?}"))?;
     }
     Ok(())
-}
-
-/// Sends `rate × duration` orders on schedule; returns when all are answered.
-async fn run_phase(
-    clients: &[Arc<Client>],
-    orders: &mut Orders,
-    rate: f64,
-    duration: Duration,
-    timeout: Duration,
-    measured: bool,
-    answers: &mpsc::Sender<(bool, Done)>,
-) -> Duration {
-    let total = (rate * duration.as_secs_f64()).round() as u64;
-    let schedule = Schedule {
-        start: Instant::now(),
-        rate_per_s: rate,
-    };
-    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS));
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut next = 0u64;
-    while next < total {
-        ticker.tick().await;
-        let due = schedule.due(Instant::now()).min(total);
-        while next < due {
-            let intended = schedule.intended(next);
-            let order = orders.order();
-            let key = OrderKey {
-                channel: order.channel.clone(),
-                client_order_id: order.client_order_id.clone(),
-            };
-            let client = clients[(next % clients.len() as u64) as usize].clone();
-            let permit = inflight
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore open");
-            let answers = answers.clone();
-            tokio::spawn(async move {
-                let sent = Instant::now();
-                let result = tokio::time::timeout(timeout, client.submit(order)).await;
-                let _ = answers
-                    .send((
-                        measured,
-                        Done {
-                            intended,
-                            sent,
-                            done: Instant::now(),
-                            key,
-                            result,
-                        },
-                    ))
-                    .await;
-                drop(permit);
-            });
-            next += 1;
-        }
-    }
-    let _ = inflight.acquire_many(MAX_INFLIGHT_REQUESTS as u32).await;
-    schedule.start.elapsed()
-}
-
-/// Asks the daemon for every routed order; returns how many it does not know.
-async fn missing_orders(admin: &Client, routed: &[OrderKey]) -> u64 {
-    let mut missing = 0;
-    for chunk in routed.chunks(AUDIT_BATCH) {
-        let answers =
-            futures::future::join_all(chunk.iter().map(|key| admin.get_order(key.clone()))).await;
-        missing += answers.iter().filter(|a| matches!(a, Err(ClientError::Server { code, .. }) if *code == omniroute_client::protocol::ErrorCode::UnknownOrder as u16)).count() as u64;
-    }
-    missing
 }
 
 /// The stock the audit counts from: the scenario's own, or, when it sets
@@ -466,8 +309,8 @@ async fn missing_orders(admin: &Client, routed: &[OrderKey]) -> u64 {
 async fn starting_stock(
     admin: &Client,
     scenario: &Scenario,
-) -> Result<std::collections::BTreeMap<(String, String), u64>, String> {
-    let mut starting = std::collections::BTreeMap::new();
+) -> Result<BTreeMap<Cell, u64>, String> {
+    let mut starting = BTreeMap::new();
     if !scenario.stock.is_empty() {
         for s in &scenario.stock {
             *starting.entry((s.sku.clone(), s.node.clone())).or_default() += u64::from(s.on_hand);
@@ -480,49 +323,340 @@ async fn starting_stock(
             .collect(),
         None => scenario.orders.skus.clone(),
     };
+    read_atp(admin, &skus, &mut starting).await?;
+    Ok(starting)
+}
+
+/// Each SKU's ATP per node at the daemon, into `into`.
+async fn read_atp(
+    admin: &Client,
+    skus: &[String],
+    into: &mut BTreeMap<Cell, u64>,
+) -> Result<(), String> {
     for chunk in skus.chunks(AUDIT_BATCH) {
         let answers =
             futures::future::join_all(chunk.iter().map(|sku| admin.availability(sku, None))).await;
         for (sku, answer) in chunk.iter().zip(answers) {
-            // A SKU the daemon does not know has no stock to oversell.
-            let Ok(nodes) = answer else { continue };
-            for node in nodes {
-                starting.insert((sku.clone(), node.node), u64::from(node.atp));
+            match answer {
+                Ok(nodes) => {
+                    for node in nodes {
+                        into.insert((sku.clone(), node.node), u64::from(node.atp));
+                    }
+                }
+                // A SKU the daemon does not know has no stock to oversell.
+                Err(ClientError::Server { .. }) => {}
+                Err(e) => return Err(format!("reading the stock of {sku}: {e}")),
             }
         }
     }
-    Ok(starting)
+    Ok(())
+}
+
+/// Asks the daemon for every routed order: how many it does not know, what
+/// it holds for the others now, per cell, and (where `promises` were kept)
+/// the units it took back from what each order was told.
+async fn read_back_orders(
+    admin: &Client,
+    channel: &str,
+    prefix: &str,
+    routed: &[u64],
+    promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
+    audit: &mut Audit,
+) -> u64 {
+    let mut missing = 0;
+    for chunk in routed.chunks(AUDIT_BATCH) {
+        let answers = futures::future::join_all(chunk.iter().map(|id| {
+            admin.get_order(OrderKey {
+                channel: channel.to_string(),
+                client_order_id: format!("{prefix}{id}"),
+            })
+        }))
+        .await;
+        for (id, answer) in chunk.iter().zip(answers) {
+            match answer {
+                Ok(view) => {
+                    let mut held: BTreeMap<&str, u64> = BTreeMap::new();
+                    for a in &view.allocations {
+                        let units = u64::from(a.open) + u64::from(a.shipped);
+                        audit.hold_now(&a.sku, &a.node, units);
+                        *held.entry(a.sku.as_str()).or_default() += units;
+                    }
+                    for (sku, node, told) in promises.get(id).into_iter().flatten() {
+                        let left = held.entry(sku.as_str()).or_default();
+                        let kept = (*left).min(u64::from(*told));
+                        *left -= kept;
+                        audit.withdraw(sku, node, u64::from(*told) - kept);
+                    }
+                }
+                Err(_) => missing += 1,
+            }
+        }
+    }
+    missing
+}
+
+/// The scenario's feed: restocks at a constant rate over its stock cells,
+/// until `stop`. Returns the units acknowledged per cell and the requests
+/// refused.
+async fn feed(
+    admin: Arc<Client>,
+    scenario: Scenario,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> (BTreeMap<Cell, u64>, u64) {
+    let feed = scenario.feed.clone().expect("a feed");
+    let cells: Vec<Cell> = scenario
+        .stock
+        .iter()
+        .map(|s| (s.sku.clone(), s.node.clone()))
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let schedule = omniroute_loadtest::Schedule {
+        start: Instant::now(),
+        rate_per_s: feed.updates_per_s / feed.batch as f64,
+    };
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    let mut requests = futures::stream::FuturesUnordered::new();
+    let mut sent = 0;
+    let mut restocked = BTreeMap::new();
+    let mut errors = 0u64;
+    let mut tally =
+        |result: Result<(u32, u32, u32), ClientError>, entries: Vec<StockAdjust>| match result {
+            Ok((_, _, 0)) => {
+                for e in entries {
+                    *restocked.entry((e.sku, e.node)).or_default() += e.delta as u64;
+                }
+            }
+            _ => errors += 1,
+        };
+    use futures::StreamExt;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = ticker.tick() => {
+                while sent < schedule.due(Instant::now()) {
+                    let entries: Vec<StockAdjust> = (0..feed.batch)
+                        .map(|_| {
+                            let (sku, node) = cells[rng.random_range(0..cells.len())].clone();
+                            StockAdjust { sku, node, delta: i64::from(rng.random_range(feed.delta_min..=feed.delta_max)) }
+                        })
+                        .collect();
+                    let admin = admin.clone();
+                    requests.push(async move { (admin.stock_adjust(entries.clone()).await, entries) });
+                    sent += 1;
+                }
+            }
+            Some((result, entries)) = requests.next(), if !requests.is_empty() => tally(result, entries),
+        }
+    }
+    while let Some((result, entries)) = requests.next().await {
+        tally(result, entries);
+    }
+    (restocked, errors)
+}
+
+/// The scenario's node events, `delay` plus each event's time from now.
+async fn node_events(admin: Arc<Client>, scenario: Scenario, delay: Duration) -> u64 {
+    let start = tokio::time::Instant::now() + delay;
+    let mut rerouted = 0;
+    for event in &scenario.events {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(event.at_s)).await;
+        match admin.set_node_online(&event.node, event.online).await {
+            Ok(count) => {
+                println!(
+                    "event: {} {} ({count} orders re-routed)",
+                    event.node,
+                    if event.online { "online" } else { "offline" }
+                );
+                rerouted += u64::from(count);
+            }
+            Err(e) => eprintln!("event: setting {} online={}: {e}", event.node, event.online),
+        }
+    }
+    rerouted
+}
+
+/// One open-loop run against one target: warmup, the measured step(s),
+/// and under --find-max a run at half the highest sustainable rate.
+struct Measured {
+    /// The step reported: the highest sustainable one, or the last.
+    report: Summary,
+    histogram: hdrhistogram::Histogram<u64>,
+    uncorrected: hdrhistogram::Histogram<u64>,
+    highest: Option<f64>,
+    p99_at_half_us: Option<u64>,
+    run: RunResult,
+}
+
+struct Target {
+    label: &'static str,
+    sink: Sink,
+    events: mpsc::Sender<Event>,
+    outstanding: Arc<AtomicU64>,
+    collector: tokio::task::JoinHandle<()>,
+}
+
+async fn phase(
+    target: &Target,
+    orders: Orders,
+    first: u64,
+    rate: f64,
+    duration: Duration,
+    measured: bool,
+    args: &Args,
+) -> Result<(Orders, u64, omniroute_loadtest::Recorder, Duration), String> {
+    let sink = target.sink.clone();
+    let events = target.events.clone();
+    let outstanding = target.outstanding.clone();
+    let tick = args.tick;
+    let (orders, end, start) = tokio::task::spawn_blocking(move || {
+        let mut orders = orders;
+        let (end, start) = drive::run_phase(
+            &sink,
+            &mut orders,
+            &events,
+            &outstanding,
+            first,
+            rate,
+            duration,
+            tick,
+            measured,
+        );
+        (orders, end, start)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (reply, answer) = oneshot::channel();
+    target
+        .events
+        .send(Event::Drain {
+            end,
+            deadline: Instant::now() + args.timeout,
+            reply,
+        })
+        .await
+        .map_err(|_| "the collector stopped".to_string())?;
+    let result = answer
+        .await
+        .map_err(|_| "the collector stopped".to_string())?;
+    let elapsed = start.elapsed();
+    Ok((orders, end, result.recorder, elapsed))
+}
+
+async fn measure(
+    target: Target,
+    mut orders: Orders,
+    scenario: &str,
+    args: &Args,
+) -> Result<Measured, String> {
+    let mut next = 0;
+    if !args.warmup.is_zero() {
+        let (o, end, _, _) =
+            phase(&target, orders, next, args.rate, args.warmup, false, args).await?;
+        (orders, next) = (o, end);
+    }
+    let max_p99_us = (args.max_p99_ms * 1000.0) as u64;
+    let mut rate = args.rate;
+    let mut best: Option<(Summary, omniroute_loadtest::Recorder)> = None;
+    let mut last: Option<(Summary, omniroute_loadtest::Recorder)> = None;
+    loop {
+        let (o, end, recorder, elapsed) =
+            phase(&target, orders, next, rate, args.duration, true, args).await?;
+        (orders, next) = (o, end);
+        let summary = Summary::new(target.label, scenario, elapsed, rate, &recorder);
+        if !args.find_max {
+            last = Some((summary, recorder));
+            break;
+        }
+        let sustained = summary.sustained(max_p99_us);
+        println!(
+            "{} find-max step: offered {rate:.0}/s, achieved {:.0}/s, p99 {} us, errors {}: {}",
+            target.label,
+            summary.rate_achieved,
+            summary.p99_us,
+            summary.errors,
+            if sustained {
+                "sustained"
+            } else {
+                "not sustained"
+            }
+        );
+        if !sustained {
+            last = Some((summary, recorder));
+            break;
+        }
+        best = Some((summary, recorder));
+        rate *= args.step_factor.max(1.01);
+        if rate > MAX_FIND_MAX_RATE {
+            break;
+        }
+    }
+    let highest = best.as_ref().map(|(s, _)| s.rate_offered);
+    let mut p99_at_half_us = None;
+    if let Some(highest) = highest {
+        println!("{} highest sustainable rate: {highest:.0} orders/s (p99 bound {} ms); now at half of it", target.label, args.max_p99_ms);
+        let (_, _, recorder, elapsed) = phase(
+            &target,
+            orders,
+            next,
+            highest / 2.0,
+            args.duration,
+            true,
+            args,
+        )
+        .await?;
+        let half = Summary::new(target.label, scenario, elapsed, highest / 2.0, &recorder);
+        println!(
+            "{} at {:.0}/s: achieved {:.0}/s, p50 {} us, p99 {} us, p99.9 {} us",
+            target.label,
+            highest / 2.0,
+            half.rate_achieved,
+            half.p50_us,
+            half.p99_us,
+            half.p999_us
+        );
+        p99_at_half_us = Some(half.p99_us);
+    } else if args.find_max {
+        println!(
+            "{}: not even the starting rate {:.0}/s was sustainable",
+            target.label, args.rate
+        );
+    }
+    let (report, recorder) = best.or(last).expect("at least one step");
+    let (reply, answer) = oneshot::channel();
+    let _ = target.events.send(Event::Finish { reply }).await;
+    let run = answer
+        .await
+        .map_err(|_| "the collector stopped".to_string())?;
+    let _ = target.collector.await;
+    Ok(Measured {
+        report,
+        histogram: recorder.corrected,
+        uncorrected: recorder.uncorrected,
+        highest,
+        p99_at_half_us,
+        run,
+    })
 }
 
 /// Highest rate --find-max tries.
 const MAX_FIND_MAX_RATE: f64 = 10_000_000.0;
 
-/// One phase at one rate, with its own collector.
-async fn step(
-    clients: &[Arc<Client>],
-    orders: &mut Orders,
-    rate: f64,
-    duration: Duration,
-    timeout: Duration,
-    measured: bool,
-) -> Result<(Duration, Collected), String> {
-    let (answers, receiver) = mpsc::channel(65_536);
-    let collector = tokio::spawn(collect(receiver));
-    let elapsed = run_phase(clients, orders, rate, duration, timeout, measured, &answers).await;
-    drop(answers);
-    Ok((elapsed, collector.await.map_err(|e| e.to_string())?))
+/// What a run hands back for the report and the chart.
+struct Outcome {
+    summary: Summary,
+    intervals: Vec<Interval>,
+    histogram: hdrhistogram::Histogram<u64>,
+    uncorrected: hdrhistogram::Histogram<u64>,
+    redis_histogram: Option<hdrhistogram::Histogram<u64>>,
 }
 
-/// Adds a phase's audit and routed orders to the run's.
-fn absorb(totals: &mut Collected, phase: Collected) {
-    for (cell, units) in phase.audit.told {
-        *totals.audit.told.entry(cell).or_default() += units;
-    }
-    totals.routed.extend(phase.routed);
-    totals.intervals.extend(phase.intervals);
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
-async fn run(args: Args) -> Result<Summary, String> {
+async fn run(args: &Args) -> Result<Outcome, String> {
     let scenario = Scenario::parse(
         &std::fs::read_to_string(&args.scenario)
             .map_err(|e| format!("{}: {e}", args.scenario.display()))?,
@@ -544,16 +678,18 @@ async fn run(args: Args) -> Result<Summary, String> {
             ),
         ),
     };
-    let admin = Client::connect(target, "localhost", trust.clone(), &args.admin_token)
-        .await
-        .map_err(|e| format!("admin connection: {e}"))?;
+    let admin = Arc::new(
+        Client::connect(target, "localhost", trust.clone(), &args.admin_token)
+            .await
+            .map_err(|e| format!("admin connection: {e}"))?,
+    );
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        clients.push(Arc::new(
+        clients.push(
             Client::connect(target, "localhost", trust.clone(), &args.token)
                 .await
                 .map_err(|e| e.to_string())?,
-        ));
+        );
     }
     let entries: Vec<StockSet> = scenario
         .stock
@@ -565,164 +701,294 @@ async fn run(args: Args) -> Result<Summary, String> {
             safety_stock: Some(0),
         })
         .collect();
-    admin
-        .stock_set(entries)
-        .await
-        .map_err(|e| format!("setting the scenario's stock: {e}"))?;
+    if !entries.is_empty() {
+        admin
+            .stock_set(entries)
+            .await
+            .map_err(|e| format!("setting the scenario's stock: {e}"))?;
+    }
     let starting = starting_stock(&admin, &scenario).await?;
     println!(
-        "{}: {} orders/s for {:?} after {:?} of warmup, {} connections to {target}",
+        "{}: {} orders/s for {:?} after {:?} of warmup, {} connections to {target}{}",
         scenario.name,
         args.rate,
         args.duration,
         args.warmup,
-        clients.len()
+        clients.len(),
+        if args.find_max {
+            ", stepping the rate up"
+        } else {
+            ""
+        }
     );
+    let seed = seed();
+    let prefix = format!("lt-{seed}-");
 
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    let mut orders = Orders {
-        scenario: scenario.clone(),
-        rng: rand::rngs::StdRng::seed_from_u64(run_id as u64),
-        prefix: format!("lt-{run_id}-"),
-        next_id: 0,
-        zipf: scenario.orders.sku_range.as_ref().map(|r| {
-            rand_distr::Zipf::new(r.count as f64, r.zipf_exponent)
-                .expect("validated Zipf parameters")
-        }),
-    };
-    let mut totals = Collected::default();
-    let mut max_rate: Option<f64> = None;
-    if !args.warmup.is_zero() {
-        let (_, warm) = step(
-            &clients,
-            &mut orders,
-            args.rate,
-            args.warmup,
-            args.timeout,
-            false,
+    let stop_feed = Arc::new(AtomicBool::new(false));
+    let feed_task = scenario.feed.is_some().then(|| {
+        tokio::spawn(feed(
+            admin.clone(),
+            scenario.clone(),
+            seed ^ 1,
+            stop_feed.clone(),
+        ))
+    });
+    let events_task = (!scenario.events.is_empty())
+        .then(|| tokio::spawn(node_events(admin.clone(), scenario.clone(), args.warmup)));
+
+    let (events, receiver) = drive::channel();
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let sink = sinks::quic(&clients, &events).await?;
+    let follow_ups = scenario.follow_up.clone().map(|mix| {
+        FollowUps::new(
+            mix,
+            seed ^ 2,
+            scenario.channel.clone(),
+            prefix.clone(),
+            sink.clone(),
         )
-        .await?;
-        absorb(&mut totals, warm);
-    }
-    let mut rate = args.rate;
-    let mut highest: Option<(f64, Summary)> = None;
-    let (elapsed, recorder) = loop {
-        let (elapsed, mut collected) = step(
-            &clients,
-            &mut orders,
-            rate,
-            args.duration,
-            args.timeout,
-            true,
-        )
-        .await?;
-        let recorder = collected.recorder.take().expect("recorder");
-        absorb(&mut totals, collected);
-        if !args.find_max {
-            break (elapsed, recorder);
-        }
-        let summary = Summary::new(&scenario.name, elapsed, rate, &recorder, 0, 0);
-        let sustained = summary.rate_achieved >= 0.95 * rate
-            && (summary.p99_us as f64) <= args.max_p99_ms * 1000.0
-            && summary.errors == 0;
-        println!(
-            "find-max step: offered {rate:.0}/s, achieved {:.0}/s, p99 {} us: {}",
-            summary.rate_achieved,
-            summary.p99_us,
-            if sustained {
-                "sustained"
-            } else {
-                "not sustained"
-            }
-        );
-        if !sustained {
-            match highest.take() {
-                Some((best_rate, _)) => {
-                    println!(
-                        "highest sustainable rate: {best_rate:.0} orders/s (p99 bound {} ms)",
-                        args.max_p99_ms
-                    );
-                    max_rate = Some(best_rate);
-                }
-                None => println!("not even the starting rate {rate:.0}/s was sustainable"),
-            }
-            break (elapsed, recorder);
-        }
-        highest = Some((rate, summary));
-        rate *= args.step_factor.max(1.01);
-        if rate > MAX_FIND_MAX_RATE {
-            max_rate = highest.as_ref().map(|(r, _)| *r);
-            break (elapsed, recorder);
-        }
+    });
+    let collector = Collector::spawn(
+        receiver,
+        outstanding.clone(),
+        follow_ups,
+        !scenario.events.is_empty(),
+        "omniroute",
+    );
+    let target_side = Target {
+        label: "omniroute",
+        sink,
+        events,
+        outstanding,
+        collector,
     };
-    let mut collected = totals;
-    collected.recorder = Some(recorder);
-    collected.audit.starting = starting;
-    if let Some(path) = &args.hlog {
-        write_hlog(path, &collected.intervals)?;
-    }
-    let missing = missing_orders(&admin, &collected.routed).await;
-    let oversold = collected.audit.oversold_units();
-    let mut skus: Vec<&String> = scenario.stock.iter().map(|s| &s.sku).collect();
+    let measured = measure(
+        target_side,
+        Orders::new(&scenario, seed, &prefix),
+        &scenario.name,
+        args,
+    )
+    .await?;
+
+    stop_feed.store(true, Ordering::Relaxed);
+    let (restocked, feed_errors) = match feed_task {
+        Some(task) => task.await.map_err(|e| e.to_string())?,
+        None => (BTreeMap::new(), 0),
+    };
+    let rerouted = match events_task {
+        Some(task) => task.await.map_err(|e| e.to_string())?,
+        None => 0,
+    };
+    // Let follow-ups still in flight land before reading back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let RunResult {
+        mut audit,
+        routed,
+        intervals,
+        follow_ups,
+        promises,
+    } = measured.run;
+    audit.starting = starting.clone();
+    audit.restocked = restocked;
+    let missing = read_back_orders(
+        &admin,
+        &scenario.channel,
+        &prefix,
+        &routed,
+        &promises,
+        &mut audit,
+    )
+    .await;
+    let mut skus: Vec<String> = audit
+        .starting
+        .keys()
+        .chain(audit.told.keys())
+        .map(|(sku, _)| sku.clone())
+        .collect();
+    skus.sort();
     skus.dedup();
-    for sku in skus {
-        let left: u64 = admin
-            .availability(sku, None)
-            .await
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|n| u64::from(n.atp))
-            .sum();
-        println!(
-            "audit {sku}: {left} units left at the daemon, {} expected from what buyers were told",
-            collected.audit.expected_left(sku)
-        );
-    }
-    let recorder = collected.recorder.take().expect("recorder");
-    let mut summary = Summary::new(&scenario.name, elapsed, rate, &recorder, oversold, missing);
-    summary.highest_sustainable_rate = max_rate;
-    for client in clients {
-        if let Ok(client) = Arc::try_unwrap(client) {
-            client.close().await;
+    let mut final_atp = BTreeMap::new();
+    read_atp(&admin, &skus, &mut final_atp).await?;
+    audit.final_atp = final_atp;
+    if !scenario.stock.is_empty() {
+        for sku in skus.iter().take(8) {
+            let left: u64 = audit
+                .final_atp
+                .iter()
+                .filter(|((s, _), _)| s == sku)
+                .map(|(_, v)| v)
+                .sum();
+            println!("audit {sku}: {left} units left at the daemon, {} expected from what buyers were told", audit.expected_left(sku));
         }
     }
-    admin.close().await;
+    let mut summary = measured.report;
+    summary.oversold_units = audit.oversold_units();
+    summary.oversold_told_units = audit.oversold_told();
+    summary.oversold_held_units = audit.oversold_held();
+    summary.withdrawn_units = audit.withdrawn.values().sum();
+    if summary.oversold_held_units > 0 {
+        for (cell, held) in &audit.held_now {
+            if *held > audit.stock(cell) {
+                println!(
+                    "audit: {cell:?} holds {held} units for the run's orders, stock was {}",
+                    audit.stock(cell)
+                );
+            }
+        }
+    }
+    summary.missing_orders = missing;
+    summary.stock_mismatch_units = audit.stock_mismatch_units();
+    summary.follow_ups = follow_ups;
+    summary.restocked_units = audit.restocked.values().sum();
+    summary.feed_errors = feed_errors;
+    summary.rerouted_orders = rerouted;
+    summary.highest_sustainable_rate = measured.highest;
+    summary.p99_at_half_max_us = measured.p99_at_half_us;
+
+    for client in clients {
+        client.close().await;
+    }
+    if let Ok(admin) = Arc::try_unwrap(admin) {
+        admin.close().await;
+    }
     if let Some(mut spawned) = spawned {
         drop(spawned.child.stdin.take());
-        let _ = tokio::time::timeout(Duration::from_secs(10), spawned.child.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), spawned.child.wait()).await;
         let _ = spawned.child.start_kill();
         let _ = std::fs::remove_dir_all(&spawned.data_dir);
     }
-    Ok(summary)
+
+    let mut redis_histogram = None;
+    if args.compare_redis {
+        let (redis, histogram) = compare_redis(args, &scenario, &starting, seed, &prefix).await?;
+        summary.ratio_vs_redis = ratio(
+            summary.highest_sustainable_rate,
+            redis.highest_sustainable_rate,
+        );
+        summary.redis = Some(Box::new(redis));
+        redis_histogram = Some(histogram);
+    }
+    Ok(Outcome {
+        summary,
+        intervals,
+        histogram: measured.histogram,
+        uncorrected: measured.uncorrected,
+        redis_histogram,
+    })
+}
+
+/// The same orders, rate steps and connections against Redis with the
+/// reservation script; stock per SKU as omniroute started with.
+async fn compare_redis(
+    args: &Args,
+    scenario: &Scenario,
+    starting: &BTreeMap<Cell, u64>,
+    seed: u64,
+    prefix: &str,
+) -> Result<(Summary, hdrhistogram::Histogram<u64>), String> {
+    println!("redis: the same orders, rate steps and connections against redis-server with an all-or-nothing Lua reservation script (no routing, no fsync)");
+    let server = sinks::start_redis().await?;
+    let mut per_sku: BTreeMap<String, u64> = BTreeMap::new();
+    for ((sku, _), units) in starting {
+        *per_sku.entry(sku.clone()).or_default() += units;
+    }
+    let stock: Vec<(String, u64)> = per_sku.iter().map(|(s, u)| (s.clone(), *u)).collect();
+    let (events, receiver) = drive::channel();
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let (sink, mut admin) = sinks::redis(&server, args.connections, &stock, &events).await?;
+    let collector = Collector::spawn(receiver, outstanding.clone(), None, false, "redis");
+    let target = Target {
+        label: "redis",
+        sink,
+        events,
+        outstanding,
+        collector,
+    };
+    let measured = measure(
+        target,
+        Orders::new(scenario, seed, prefix),
+        &scenario.name,
+        args,
+    )
+    .await?;
+    let mut audit = measured.run.audit;
+    audit.starting = per_sku
+        .iter()
+        .map(|(s, u)| ((s.clone(), ANY_NODE.to_string()), *u))
+        .collect();
+    let mut skus: Vec<String> = per_sku.keys().cloned().collect();
+    for (sku, _) in audit.told.keys() {
+        if !per_sku.contains_key(sku) {
+            skus.push(sku.clone());
+        }
+    }
+    let left = sinks::redis_stock(&mut admin, &skus).await?;
+    for (sku, units) in skus.iter().zip(left) {
+        audit
+            .final_atp
+            .insert((sku.clone(), ANY_NODE.to_string()), units);
+    }
+    audit.held_now = audit.told.clone();
+    let mut summary = measured.report;
+    summary.oversold_units = audit.oversold_units();
+    summary.stock_mismatch_units = audit.stock_mismatch_units();
+    summary.highest_sustainable_rate = measured.highest;
+    summary.p99_at_half_max_us = measured.p99_at_half_us;
+    Ok((summary, measured.histogram))
 }
 
 fn print(summary: &Summary) {
+    let t = &summary.target;
     println!(
-        "offered {:.0}/s, achieved {:.0}/s over {:.1} s ({} requests)",
+        "{t}: offered {:.0}/s, achieved {:.0}/s over {:.1} s ({} requests)",
         summary.rate_offered, summary.rate_achieved, summary.duration_s, summary.requests
     );
     println!(
-        "outcomes {:?}, reject codes {:?}",
+        "{t}: outcomes {:?}, reject codes {:?}",
         summary.outcomes, summary.reject_codes
     );
     println!(
-        "latency from intended send: p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
+        "{t}: latency from intended send: p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
         summary.p50_us, summary.p90_us, summary.p99_us, summary.p999_us, summary.max_us
     );
     println!(
-        "latency from actual send:   p50 {} us, p99 {} us, max {} us",
-        summary.uncorrected_p50_us, summary.uncorrected_p99_us, summary.uncorrected_max_us
+        "{t}: latency from actual send:   p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
+        summary.uncorrected_p50_us,
+        summary.uncorrected_p90_us,
+        summary.uncorrected_p99_us,
+        summary.uncorrected_p999_us,
+        summary.uncorrected_max_us
     );
     println!(
-        "errors {}, missing orders {}",
-        summary.errors, summary.missing_orders
+        "{t}: errors {}, missing orders {}, stock mismatch {} units",
+        summary.errors, summary.missing_orders, summary.stock_mismatch_units
     );
-    if let Some(rate) = summary.highest_sustainable_rate {
-        println!("highest_sustainable_rate={rate:.0}");
+    if !summary.follow_ups.is_empty() {
+        println!("{t}: follow-ups {:?}", summary.follow_ups);
     }
-    println!("oversold_units={}", summary.oversold_units);
+    if summary.restocked_units > 0 || summary.feed_errors > 0 {
+        println!(
+            "{t}: feed restocked {} units, {} requests refused",
+            summary.restocked_units, summary.feed_errors
+        );
+    }
+    if summary.rerouted_orders > 0 {
+        println!(
+            "{t}: rerouted_orders={} ({} units taken back from buyers and found short)",
+            summary.rerouted_orders, summary.withdrawn_units
+        );
+    }
+    if let Some(rate) = summary.highest_sustainable_rate {
+        println!("{t}: highest_sustainable_rate={rate:.0}");
+    }
+    if let Some(p99) = summary.p99_at_half_max_us {
+        println!("{t}: p99_at_half_max_us={p99}");
+    }
+    println!(
+        "{t}: oversold_units={} (told beyond stock {}, held beyond stock {})",
+        summary.oversold_units, summary.oversold_told_units, summary.oversold_held_units
+    );
 }
 
 fn main() -> std::process::ExitCode {
@@ -740,18 +1006,77 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    let json = args.json.clone();
-    match runtime.block_on(run(args)) {
-        Ok(summary) => {
-            print(&summary);
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&summary).expect("summary serializes");
-                if let Err(e) = std::fs::write(&path, text) {
+    match runtime.block_on(run(&args)) {
+        Ok(outcome) => {
+            let summary = &outcome.summary;
+            if let Some(redis) = &summary.redis {
+                print(redis);
+                println!("redis: does no routing and no fsync; omniroute routes every order and journals it with durability = {:?}", args.durability);
+            }
+            print(summary);
+            if let Some(path) = &args.chart {
+                let mut distributions = vec![
+                    (
+                        "omniroute, from intended send".to_string(),
+                        &outcome.histogram,
+                    ),
+                    (
+                        "omniroute, from actual send".to_string(),
+                        &outcome.uncorrected,
+                    ),
+                ];
+                if let Some(h) = &outcome.redis_histogram {
+                    distributions.push(("redis, from intended send".to_string(), h));
+                }
+                let intervals: Vec<(f64, hdrhistogram::Histogram<u64>)> = outcome
+                    .intervals
+                    .iter()
+                    .map(|i| (i.offset_s, i.histogram.clone()))
+                    .collect();
+                let title = format!(
+                    "omniroute-loadtest: {} at {:.0} orders/s offered{}",
+                    summary.scenario,
+                    summary.rate_offered,
+                    summary
+                        .highest_sustainable_rate
+                        .map_or(String::new(), |r| format!(", highest sustainable {r:.0}/s"))
+                );
+                if let Err(e) = write_chart(
+                    path,
+                    &ChartData {
+                        title,
+                        intervals: &intervals,
+                        distributions,
+                    },
+                ) {
+                    eprintln!("omniroute-loadtest: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+            if let Some(path) = &args.hlog {
+                if let Err(e) = write_hlog(path, &outcome.intervals) {
+                    eprintln!("omniroute-loadtest: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+            if let Some(path) = &args.json {
+                let text = serde_json::to_string_pretty(summary).expect("summary serializes");
+                if let Err(e) = std::fs::write(path, text) {
                     eprintln!("omniroute-loadtest: {}: {e}", path.display());
                     return std::process::ExitCode::FAILURE;
                 }
             }
-            if summary.oversold_units > 0 || summary.missing_orders > 0 {
+            if let Some(ratio) = summary.ratio_vs_redis {
+                println!("ratio_vs_redis={ratio:.2}");
+            } else if args.compare_redis {
+                println!("ratio_vs_redis=unknown (a side found no sustainable rate)");
+            }
+            let redis_bad = summary.redis.as_ref().is_some_and(|r| r.oversold_units > 0);
+            if summary.oversold_units > 0
+                || summary.missing_orders > 0
+                || summary.stock_mismatch_units > 0
+                || redis_bad
+            {
                 return std::process::ExitCode::from(3);
             }
             std::process::ExitCode::SUCCESS

@@ -1,0 +1,372 @@
+//! Where the orders go: omniroute over QUIC (raw pipelined frames on one
+//! stream per connection) or Redis (an all-or-nothing Lua reservation
+//! script, pipelined per tick). Both answer into the same collector.
+
+use std::time::{Duration, Instant};
+
+use omniroute_client::protocol::{
+    check_frame, reject_codes, split_frame, Decision, ErrorCode, Request, Response,
+};
+use omniroute_client::{Client, Order};
+use omniroute_loadtest::{Outcome, ANY_NODE};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::drive::{Answer, Event};
+
+/// Bytes read from a stream at once, and the most a writer coalesces.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Encoded batches queued per connection before the scheduler waits.
+const WRITE_QUEUE_BATCHES: usize = 4096;
+
+#[derive(Clone)]
+pub enum Sink {
+    Quic {
+        writers: Vec<mpsc::Sender<Vec<u8>>>,
+        handle: tokio::runtime::Handle,
+    },
+    Redis {
+        connections: Vec<redis::aio::MultiplexedConnection>,
+        sha: String,
+        events: mpsc::Sender<Event>,
+        handle: tokio::runtime::Handle,
+    },
+}
+
+/// The key of a SKU's stock on the Redis side.
+pub fn redis_key(sku: &str) -> String {
+    format!("stock:{sku}")
+}
+
+/// All or nothing: every line's key must hold its units, then all are
+/// taken. 1 when taken, 0 when short. Redis runs a script atomically, so
+/// this is the usual way to reserve across keys without overselling.
+pub const RESERVE_SCRIPT: &str = r#"
+for i = 1, #KEYS do
+  local left = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if left < tonumber(ARGV[i]) then return 0 end
+end
+for i = 1, #KEYS do
+  redis.call('DECRBY', KEYS[i], ARGV[i])
+end
+return 1
+"#;
+
+fn chunks<T>(batch: &mut Vec<T>, parts: usize) -> Vec<Vec<T>> {
+    let size = batch.len().div_ceil(parts.max(1)).max(1);
+    let mut out = Vec::new();
+    while !batch.is_empty() {
+        let rest = batch.split_off(size.min(batch.len()));
+        out.push(std::mem::replace(batch, rest));
+    }
+    out
+}
+
+impl Sink {
+    /// Sends a tick's orders, spread over the connections in contiguous
+    /// runs. Called from the scheduler thread; waits when a queue is full.
+    pub fn send_orders(&self, batch: &mut Vec<(u64, Order)>) {
+        match self {
+            Sink::Quic { writers, .. } => {
+                for (part, writer) in chunks(batch, writers.len()).into_iter().zip(writers) {
+                    let mut bytes = Vec::with_capacity(part.len() * 128);
+                    for (id, order) in part {
+                        Request::Submit(order).encode(id, &mut bytes);
+                    }
+                    let _ = writer.blocking_send(bytes);
+                }
+            }
+            Sink::Redis {
+                connections,
+                sha,
+                events,
+                handle,
+            } => {
+                for (part, connection) in chunks(batch, connections.len())
+                    .into_iter()
+                    .zip(connections)
+                {
+                    let mut pipe = redis::pipe();
+                    let mut lines = Vec::with_capacity(part.len());
+                    for (id, order) in part {
+                        let command = pipe.cmd("EVALSHA").arg(sha).arg(order.lines.len());
+                        for (sku, _) in &order.lines {
+                            command.arg(redis_key(sku));
+                        }
+                        for (_, qty) in &order.lines {
+                            command.arg(*qty);
+                        }
+                        lines.push((id, order.lines));
+                    }
+                    let mut connection = connection.clone();
+                    let events = events.clone();
+                    handle.spawn(async move {
+                        let result: redis::RedisResult<Vec<i64>> =
+                            pipe.query_async(&mut connection).await;
+                        let done = Instant::now();
+                        let answers = match result {
+                            Ok(taken) => lines
+                                .into_iter()
+                                .zip(taken)
+                                .map(|((id, lines), taken)| Answer {
+                                    id,
+                                    done,
+                                    outcome: if taken == 1 {
+                                        Outcome::Routed
+                                    } else {
+                                        Outcome::Short
+                                    },
+                                    code: None,
+                                    allocations: if taken == 1 {
+                                        lines
+                                            .into_iter()
+                                            .map(|(sku, qty)| (sku, ANY_NODE.to_string(), qty))
+                                            .collect()
+                                    } else {
+                                        Vec::new()
+                                    },
+                                })
+                                .collect(),
+                            Err(_) => lines
+                                .into_iter()
+                                .map(|(id, _)| Answer {
+                                    id,
+                                    done,
+                                    outcome: Outcome::Error,
+                                    code: None,
+                                    allocations: Vec::new(),
+                                })
+                                .collect(),
+                        };
+                        let _ = events.send(Event::Answers(answers)).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends follow-up requests (QUIC only). Called from the collector, so
+    /// it never waits: a full queue hands the batch to a task.
+    pub fn send_requests(&self, requests: Vec<(u64, Request)>) {
+        let Sink::Quic { writers, handle } = self else {
+            return;
+        };
+        let mut bytes = Vec::with_capacity(requests.len() * 96);
+        for (id, request) in &requests {
+            request.encode(*id, &mut bytes);
+        }
+        let writer = &writers[(requests[0].0 as usize) % writers.len()];
+        if let Err(mpsc::error::TrySendError::Full(bytes)) = writer.try_send(bytes) {
+            let writer = writer.clone();
+            handle.spawn(async move { writer.send(bytes).await });
+        }
+    }
+}
+
+async fn write_frames(
+    mut send: omniroute_client::quinn::SendStream,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) {
+    while let Some(mut bytes) = queue.recv().await {
+        while bytes.len() < CHUNK_BYTES {
+            match queue.try_recv() {
+                Ok(more) => bytes.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+fn answer(id: u64, done: Instant, response: Response) -> Answer {
+    let (outcome, code, allocations) = match response {
+        Response::Decision(Decision::Routed { allocations, .. }) => (
+            Outcome::Routed,
+            None,
+            allocations
+                .into_iter()
+                .map(|a| (a.sku, a.node, a.qty))
+                .collect(),
+        ),
+        Response::Decision(Decision::Rejected { code, .. }) if code == reject_codes::SHORT => {
+            (Outcome::Short, None, Vec::new())
+        }
+        Response::Decision(Decision::Rejected { code, .. }) => {
+            (Outcome::Rejected, Some(code), Vec::new())
+        }
+        Response::Error { code, .. } if code == ErrorCode::Overloaded as u16 => {
+            (Outcome::Overloaded, Some(code), Vec::new())
+        }
+        Response::Error { code, .. } => (Outcome::Error, Some(code), Vec::new()),
+        // A confirm, cancel or ship answers with the order.
+        _ => (Outcome::Routed, None, Vec::new()),
+    };
+    Answer {
+        id,
+        done,
+        outcome,
+        code,
+        allocations,
+    }
+}
+
+async fn read_frames(mut recv: omniroute_client::quinn::RecvStream, events: mpsc::Sender<Event>) {
+    let mut buffer = Vec::with_capacity(CHUNK_BYTES);
+    loop {
+        match recv.read_chunk(CHUNK_BYTES, true).await {
+            Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
+            _ => return,
+        }
+        let done = Instant::now();
+        let mut consumed = 0;
+        let mut answers = Vec::new();
+        while let Ok(Some(length)) = check_frame(&buffer[consumed..]) {
+            let (kind, id, payload) = split_frame(&buffer[consumed..consumed + length]);
+            consumed += length;
+            match Response::decode(kind, payload) {
+                Ok(Some(response)) => answers.push(answer(id, done, response)),
+                _ => eprintln!("omniroute-loadtest: undecodable answer of kind {kind:#x}"),
+            }
+        }
+        buffer.drain(..consumed);
+        if !answers.is_empty() && events.send(Event::Answers(answers)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One stream per connection, on the clients' authenticated connections.
+pub async fn quic(clients: &[Client], events: &mpsc::Sender<Event>) -> Result<Sink, String> {
+    let mut writers = Vec::new();
+    for client in clients {
+        let (send, recv) = client
+            .connection()
+            .open_bi()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (writer, queue) = mpsc::channel(WRITE_QUEUE_BATCHES);
+        tokio::spawn(write_frames(send, queue));
+        tokio::spawn(read_frames(recv, events.clone()));
+        writers.push(writer);
+    }
+    Ok(Sink::Quic {
+        writers,
+        handle: tokio::runtime::Handle::current(),
+    })
+}
+
+/// A `redis-server` of our own on a free loopback port, with no
+/// persistence; stopped when dropped.
+pub struct RedisServer {
+    _child: tokio::process::Child,
+    pub port: u16,
+}
+
+pub async fn start_redis() -> Result<RedisServer, String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let dir = std::env::temp_dir();
+    let mut child = tokio::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!("cannot start redis-server ({e}); install the Debian package: apt-get install redis-server")
+        })?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Ready to accept connections") {
+                return Ok(());
+            }
+        }
+        Err("redis-server exited before it was ready".to_string())
+    })
+    .await
+    .map_err(|_| "redis-server did not start within 20 s".to_string())??;
+    // Keep draining its log so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(RedisServer {
+        _child: child,
+        port,
+    })
+}
+
+/// Connections to the Redis side, the script loaded, and the scenario's
+/// stock set per SKU.
+pub async fn redis(
+    server: &RedisServer,
+    connections: usize,
+    stock: &[(String, u64)],
+    events: &mpsc::Sender<Event>,
+) -> Result<(Sink, redis::aio::MultiplexedConnection), String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port))
+        .map_err(|e| e.to_string())?;
+    let mut all = Vec::new();
+    for _ in 0..connections.max(1) {
+        all.push(
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| format!("redis: {e}"))?,
+        );
+    }
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("redis: {e}"))?;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(RESERVE_SCRIPT)
+        .query_async(&mut admin)
+        .await
+        .map_err(|e| format!("redis SCRIPT LOAD: {e}"))?;
+    for part in stock.chunks(1024) {
+        let mut pipe = redis::pipe();
+        for (sku, units) in part {
+            pipe.cmd("SET").arg(redis_key(sku)).arg(*units).ignore();
+        }
+        let () = pipe
+            .query_async(&mut admin)
+            .await
+            .map_err(|e| format!("redis SET: {e}"))?;
+    }
+    Ok((
+        Sink::Redis {
+            connections: all,
+            sha,
+            events: events.clone(),
+            handle: tokio::runtime::Handle::current(),
+        },
+        admin,
+    ))
+}
+
+/// The final stock of each SKU on the Redis side.
+pub async fn redis_stock(
+    admin: &mut redis::aio::MultiplexedConnection,
+    skus: &[String],
+) -> Result<Vec<u64>, String> {
+    let mut out = Vec::with_capacity(skus.len());
+    for part in skus.chunks(1024) {
+        let mut pipe = redis::pipe();
+        for sku in part {
+            pipe.cmd("GET").arg(redis_key(sku));
+        }
+        let values: Vec<Option<i64>> = pipe
+            .query_async(admin)
+            .await
+            .map_err(|e| format!("redis GET: {e}"))?;
+        out.extend(values.into_iter().map(|v| v.unwrap_or(0).max(0) as u64));
+    }
+    Ok(out)
+}

@@ -1,0 +1,140 @@
+//! The other scenarios and the Redis comparison end to end, each against
+//! a daemon the generator starts itself, short and bounded.
+
+use std::path::PathBuf;
+
+fn scenario(name: &str) -> String {
+    format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the generator with `args` and a JSON summary; returns stdout and the summary.
+fn run(tag: &str, args: &[&str]) -> (String, serde_json::Value) {
+    let json: PathBuf =
+        std::env::temp_dir().join(format!("omniroute-lt-{tag}-{}.json", std::process::id()));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute-loadtest"))
+        .args(["--spawn-server", "--connections", "2", "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("the generator runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "generator failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    (stdout, summary)
+}
+
+#[test]
+fn restock_storm_counts_every_acknowledged_restock() {
+    // Proves the restock feed runs alongside orders, its acknowledged units enter the audit,
+    // and buyers got more than the starting stock without any unit oversold or mismatched.
+    let (_, summary) = run(
+        "storm",
+        &[
+            "--scenario",
+            &scenario("restock-storm"),
+            "--rate",
+            "3000",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+        ],
+    );
+    assert_eq!(summary["oversold_units"], 0, "{summary}");
+    assert_eq!(summary["missing_orders"], 0, "{summary}");
+    assert_eq!(summary["stock_mismatch_units"], 0, "{summary}");
+    assert_eq!(summary["feed_errors"], 0, "{summary}");
+    let restocked = summary["restocked_units"].as_u64().unwrap();
+    assert!(restocked > 10_000, "{summary}");
+    assert!(
+        summary["outcomes"]["routed"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+}
+
+#[test]
+fn node_outage_reroutes_and_keeps_the_audit_clean() {
+    // Proves a node taken offline mid-run re-routes open orders, the run reports how many,
+    // and the read-back audit finds 0 oversold, 0 missing and 0 mismatched units.
+    let text = std::fs::read_to_string(scenario("node-outage")).unwrap();
+    let text = text
+        .replace("at_s = 2.0", "at_s = 1.0")
+        .replace("at_s = 6.0", "at_s = 2.0");
+    let path =
+        std::env::temp_dir().join(format!("omniroute-lt-outage-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let (stdout, summary) = run(
+        "outage",
+        &[
+            "--scenario",
+            path.to_str().unwrap(),
+            "--rate",
+            "4000",
+            "--duration",
+            "3s",
+            "--warmup",
+            "0s",
+        ],
+    );
+    let _ = std::fs::remove_file(&path);
+    assert!(stdout.contains("WH-DE-HAM offline"), "{stdout}");
+    assert!(
+        summary["rerouted_orders"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    assert_eq!(summary["oversold_units"], 0, "{summary}");
+    assert_eq!(summary["missing_orders"], 0, "{summary}");
+    assert_eq!(summary["stock_mismatch_units"], 0, "{summary}");
+}
+
+#[test]
+fn compare_redis_measures_both_sides_and_prints_the_ratio() {
+    // Proves --compare-redis starts redis-server, runs the same find-max steps against it
+    // with the Lua reservation script, audits it, and ends with ratio_vs_redis.
+    let (stdout, summary) = run(
+        "redis",
+        &[
+            "--scenario",
+            &scenario("flash-sale"),
+            "--rate",
+            "2000",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--find-max",
+            "--step-factor",
+            "4",
+            "--max-p99-ms",
+            "1000",
+            "--compare-redis",
+        ],
+    );
+    let redis = &summary["redis"];
+    assert_eq!(redis["target"], "redis", "{summary}");
+    assert_eq!(redis["oversold_units"], 0, "{summary}");
+    assert_eq!(redis["stock_mismatch_units"], 0, "{summary}");
+    assert!(
+        redis["highest_sustainable_rate"].as_f64().unwrap() >= 2000.0,
+        "{summary}"
+    );
+    let ratio = summary["ratio_vs_redis"].as_f64().unwrap();
+    let expected = summary["highest_sustainable_rate"].as_f64().unwrap()
+        / redis["highest_sustainable_rate"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{summary}");
+    assert!(stdout.contains("no routing and no fsync"), "{stdout}");
+    assert!(
+        stdout
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("ratio_vs_redis="),
+        "{stdout}"
+    );
+}
