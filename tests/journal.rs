@@ -29,6 +29,17 @@ fn append_all(journal: &Journal, payloads: impl IntoIterator<Item = Vec<u8>>) ->
     lsns
 }
 
+/// The journal's segment files, oldest first (a prepared spare is not one).
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    paths.sort();
+    paths
+}
+
 #[test]
 fn concurrent_appends_are_group_committed_and_recovered_in_order() {
     // Proves records from 8 threads all become durable with gapless LSNs, in fewer fsyncs
@@ -79,23 +90,19 @@ fn a_torn_tail_is_cut_and_appending_resumes() {
     let journal = Journal::start(&dir.0, 1, Durability::Fsync, DEFAULT_SEGMENT_BYTES).unwrap();
     append_all(&journal, (0..100u32).map(|i| vec![i as u8; 40]));
     journal.shutdown();
-    let segment = std::fs::read_dir(&dir.0)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let length = std::fs::metadata(&segment).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(length - 5)
-        .unwrap();
+    // The last record's payload ends in a nonzero byte; a prepared segment
+    // is zeros after it. Zero its last 5 bytes: a write cut short.
+    let segment = segments(&dir.0).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    bytes[end - 5..end].fill(0);
+    std::fs::write(&segment, &bytes).unwrap();
     let recovered = recover(&dir.0, 0).unwrap();
     assert_eq!(recovered.records.len(), 99);
     let torn = recovered.torn_tail.expect("tail reported");
-    assert_eq!((torn.path, torn.bytes), (segment.clone(), 40 + 17 - 5));
+    assert_eq!(torn.path, segment);
+    assert_eq!(torn.offset, (end - (40 + 17)) as u64);
+    assert_eq!(torn.bytes, bytes.len() as u64 - torn.offset);
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), torn.offset);
     let journal = Journal::start(
         &dir.0,
@@ -121,20 +128,17 @@ fn a_flipped_byte_before_the_tail_refuses_to_start() {
     let dir = TempDir::new("journal-corrupt");
     let journal = Journal::start(&dir.0, 1, Durability::Fsync, DEFAULT_SEGMENT_BYTES).unwrap();
     append_all(&journal, (0..10u32).map(|_| vec![7u8; 100]));
+    append_all(&journal, (0..10u32).map(|_| vec![7u8; 100]));
     journal.shutdown();
-    let segment = std::fs::read_dir(&dir.0)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    // The first record of the first segment: records follow it, in this
+    // segment or the next.
+    let segment = segments(&dir.0).remove(0);
     let mut bytes = std::fs::read(&segment).unwrap();
-    let record_bytes = 8 + 9 + 100;
-    bytes[record_bytes * 4 + 30] ^= 0x01;
+    bytes[30] ^= 0x01;
     std::fs::write(&segment, &bytes).unwrap();
     match recover(&dir.0, 0) {
         Err(JournalError::Corrupt { path, offset, .. }) => {
-            assert_eq!((path, offset), (segment.clone(), (record_bytes * 4) as u64));
+            assert_eq!((path, offset), (segment.clone(), 0));
         }
         other => panic!("expected corruption, got {other:?}"),
     }

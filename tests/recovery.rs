@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -48,13 +48,32 @@ async fn submit(engine: &Engine, id: &str, lines: &[(&str, u32)]) -> Decision {
     engine.submit(order("web", id, lines)).await
 }
 
-fn last_segment(dir: &Path) -> std::path::PathBuf {
+/// The journal's segments, oldest first (a prepared spare is not one).
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut segments: Vec<_> = std::fs::read_dir(journal_dir(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
         .collect();
     segments.sort();
-    segments.pop().expect("a segment")
+    segments
+}
+
+fn last_segment(dir: &Path) -> std::path::PathBuf {
+    segments(dir).pop().expect("a segment")
+}
+
+fn first_segment(dir: &Path) -> std::path::PathBuf {
+    segments(dir).remove(0)
+}
+
+/// Where the records of a segment end (a prepared segment has zeros after).
+fn records_end(segment: &Path) -> u64 {
+    let bytes = std::fs::read(segment).unwrap();
+    omniroute::journal::record::scan(&bytes, None)
+        .records
+        .last()
+        .map_or(0, |r| r.payload.end as u64)
 }
 
 /// Every actor's state (as a snapshot would hold it), for comparing two
@@ -91,14 +110,17 @@ async fn a_torn_tail_is_cut_and_reported() {
     }
     engine.shutdown();
     let segment = last_segment(&dir.0);
-    let whole = std::fs::metadata(&segment).unwrap().len();
-    // A record header that promises 100 bytes, followed by only 7 of them.
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
+    let whole = records_end(&segment);
+    // A record header that promises 100 bytes, followed by only 7 of them,
+    // written where the next record goes.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
         .open(&segment)
         .unwrap();
-    file.write_all(&100u32.to_le_bytes()).unwrap();
-    file.write_all(&[0xAB; 11]).unwrap();
+    let mut torn_record = 100u32.to_le_bytes().to_vec();
+    torn_record.extend_from_slice(&[0xAB; 11]);
+    file.write_all_at(&torn_record, whole).unwrap();
+    let length_before = file.metadata().unwrap().len();
     drop(file);
     let network = Arc::new(config.network.clone());
     let recovered = store::open(&dir.0, &config.store, &config.engine, &network, T0_MS).unwrap();
@@ -109,7 +131,7 @@ async fn a_torn_tail_is_cut_and_reported() {
         .expect("the tail is reported");
     assert_eq!(
         (torn.path.clone(), torn.offset, torn.bytes),
-        (segment.clone(), whole, 15)
+        (segment.clone(), whole, length_before - whole)
     );
     assert_eq!(
         std::fs::metadata(&segment).unwrap().len(),
@@ -145,10 +167,10 @@ async fn a_flipped_byte_before_the_tail_refuses_to_start() {
         submit(&engine, &format!("o-{i}"), &[("SKU-1", 1)]).await;
     }
     engine.shutdown();
-    let segment = last_segment(&dir.0);
+    // Inside the first record: records follow it, in its segment or the next.
+    let segment = first_segment(&dir.0);
     let mut bytes = std::fs::read(&segment).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x40;
+    bytes[20] ^= 0x40;
     std::fs::write(&segment, &bytes).unwrap();
     let network = Arc::new(config.network.clone());
     let error = match store::open(&dir.0, &config.store, &config.engine, &network, T0_MS) {
@@ -188,6 +210,9 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     }
     engine.confirm(key("a-1")).await.unwrap();
     engine.cancel(key("a-2")).await.unwrap();
+    // The journal-only copy keeps the segments the snapshot lets go.
+    let without = TempDir::new("snap-equal-journal-only");
+    copy_all(&dir.0.join("journal"), &without.0.join("journal"));
     let images = engine.take_snapshot().await.unwrap();
     store::write_snapshots(&dir.0, images).unwrap();
     // After the snapshot: more of everything, including bumps.
@@ -227,7 +252,6 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     let live = state_of(&engine).await;
     engine.shutdown();
 
-    let without = TempDir::new("snap-equal-journal-only");
     for entry in ["layout", "journal"] {
         copy_all(&dir.0.join(entry), &without.0.join(entry));
     }

@@ -1,7 +1,7 @@
 //! Segment files, the group-commit writer thread, and recovery.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,16 @@ pub const MAX_RECORDS_PER_COMMIT: usize = 8192;
 /// A segment is closed and a new one begun past this size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 const SEGMENT_SUFFIX: &str = ".wal";
+/// The next segment, zero-filled and fsynced ahead of need by the spare
+/// thread, renamed into place at rotation. Appending into blocks that are
+/// already written keeps the file's size and block map unchanged, so each
+/// commit's fdatasync writes the data alone (no inode), and a rotation no
+/// longer stalls the writer on creating and extending a file.
+const SPARE_NAME: &str = "next-segment.spare";
+/// Zeros written per call while preparing a spare, and how often it is
+/// synced on the way (so that its flush never arrives as one burst).
+const SPARE_CHUNK_BYTES: usize = 1 << 20;
+const SPARE_SYNC_EVERY_BYTES: u64 = 8 << 20;
 
 /// Whether an append is acknowledged only after fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,8 +222,69 @@ pub struct Journal {
     /// Taken out by [`Journal::close`]; a read lock per append is
     /// uncontended except against that one close.
     queue: std::sync::RwLock<Option<crossbeam_channel::Sender<Append>>>,
-    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The writer, then the spare thread (which ends when the writer drops
+    /// its job queue; joined so that no spare is still being written when
+    /// the directory is opened again).
+    writer: std::sync::Mutex<Vec<JoinHandle<()>>>,
     pub stats: Arc<JournalStats>,
+}
+
+/// Work for the spare thread.
+enum SpareJob {
+    /// Zero-fill and fsync the next segment.
+    Prepare,
+    /// Sync a segment the writer has left (off the writer's path; with
+    /// `fsync` its data is already durable, with `none` nothing waits on it).
+    Retire(File, PathBuf),
+}
+
+fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(File, PathBuf), JournalError> {
+    let path = dir.join(SPARE_NAME);
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    let zeros = vec![0u8; SPARE_CHUNK_BYTES];
+    let mut written = 0u64;
+    while written < segment_bytes {
+        let n = (segment_bytes - written).min(SPARE_CHUNK_BYTES as u64) as usize;
+        file.write_all_at(&zeros[..n], written)
+            .map_err(|e| io_error(&path, e))?;
+        written += n as u64;
+        if written % SPARE_SYNC_EVERY_BYTES == 0 {
+            file.sync_data().map_err(|e| io_error(&path, e))?;
+        }
+    }
+    file.sync_all().map_err(|e| io_error(&path, e))?;
+    Ok((file, path))
+}
+
+fn run_spares(
+    dir: PathBuf,
+    segment_bytes: u64,
+    jobs: crossbeam_channel::Receiver<SpareJob>,
+    ready: crossbeam_channel::Sender<(File, PathBuf)>,
+) {
+    for job in jobs {
+        match job {
+            SpareJob::Prepare => match prepare_spare(&dir, segment_bytes) {
+                Ok(spare) => {
+                    if ready.send(spare).is_err() {
+                        return;
+                    }
+                }
+                // The writer falls back to creating segments as it goes.
+                Err(e) => tracing::warn!("journal: cannot prepare the next segment: {e}"),
+            },
+            SpareJob::Retire(file, path) => {
+                if let Err(e) = file.sync_all() {
+                    tracing::warn!("journal: syncing {}: {e}", path.display());
+                }
+            }
+        }
+    }
 }
 
 struct Writer {
@@ -225,21 +296,36 @@ struct Writer {
     segment_bytes: u64,
     durability: Durability,
     stats: Arc<JournalStats>,
+    spare_jobs: crossbeam_channel::Sender<SpareJob>,
+    spares: crossbeam_channel::Receiver<(File, PathBuf)>,
+    /// Whether the current segment was prepared; a plain one (the first of
+    /// a new directory, or one made when no spare was ready) is left as
+    /// soon as a spare is.
+    prepared: bool,
 }
 
-fn open_segment(dir: &Path, first_lsn: u64) -> Result<(File, PathBuf, u64), JournalError> {
+/// Opens the last segment (or a new one) at the end of its records: a
+/// prepared segment is longer than what was written into it. Returns the
+/// file, its path, where its records end, and whether it was prepared.
+fn open_segment(dir: &Path, first_lsn: u64) -> Result<(File, PathBuf, u64, bool), JournalError> {
     let path = match segment_paths(dir)?.last() {
         Some((_, last)) => last.clone(),
         None => segment_path(dir, first_lsn),
     };
     let file = OpenOptions::new()
         .create(true)
-        .append(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
         .open(&path)
         .map_err(|e| io_error(&path, e))?;
-    let size = file.metadata().map_err(|e| io_error(&path, e))?.len();
+    let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
+    let size = record::scan(&bytes, None)
+        .records
+        .last()
+        .map_or(0, |r| r.payload.end as u64);
     sync_dir(dir)?;
-    Ok((file, path, size))
+    Ok((file, path, size, bytes.len() as u64 > size))
 }
 
 /// A new file's name is durable only once its directory is fsynced.
@@ -265,7 +351,7 @@ impl Writer {
         let fail = |acks: Vec<(Done, u64)>, error| {
             (acks.into_iter().map(|(d, _)| d).collect::<Vec<_>>(), error)
         };
-        if let Err(e) = self.file.write_all(buffer) {
+        if let Err(e) = self.file.write_all_at(buffer, self.size) {
             return Err(fail(acks, io_error(&self.path, e)));
         }
         if self.durability == Durability::Fsync {
@@ -285,23 +371,40 @@ impl Writer {
         self.stats
             .largest_commit
             .fetch_max(acks.len() as u64, Ordering::Relaxed);
-        if self.size >= self.segment_bytes {
+        if self.size >= self.segment_bytes || (!self.prepared && !self.spares.is_empty()) {
             self.rotate().map_err(|e| fail(Vec::new(), e))?;
         }
         Ok(acks)
     }
 
     fn rotate(&mut self) -> Result<(), JournalError> {
-        self.file.sync_all().map_err(|e| io_error(&self.path, e))?;
         let path = segment_path(&self.dir, self.next_lsn);
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, e))?;
-        self.path = path;
+        let (file, prepared) = match self.spares.try_recv() {
+            Ok((file, spare)) => {
+                std::fs::rename(&spare, &path).map_err(|e| io_error(&path, e))?;
+                (file, true)
+            }
+            // Not ready (a burst outran the spare thread): a plain file.
+            Err(_) => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| io_error(&path, e))?;
+                (file, false)
+            }
+        };
+        self.prepared = prepared;
+        let old = std::mem::replace(&mut self.file, file);
+        let old_path = std::mem::replace(&mut self.path, path);
         self.size = 0;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        let _ = self.spare_jobs.send(SpareJob::Retire(old, old_path));
+        if prepared {
+            let _ = self.spare_jobs.send(SpareJob::Prepare);
+        }
+        Ok(())
     }
 
     fn run(mut self, queue: crossbeam_channel::Receiver<Append>) {
@@ -336,17 +439,29 @@ impl Journal {
         segment_bytes: u64,
     ) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let (file, path, size) = open_segment(dir, next_lsn)?;
+        let (file, path, size, prepared) = open_segment(dir, next_lsn)?;
         let stats = Arc::new(JournalStats::default());
+        let segment_bytes = segment_bytes.max(1);
+        let (spare_jobs, jobs) = crossbeam_channel::unbounded();
+        let (ready, spares) = crossbeam_channel::bounded(1);
+        let spare_dir = dir.to_path_buf();
+        let spare_thread = std::thread::Builder::new()
+            .name("journal-spare".into())
+            .spawn(move || run_spares(spare_dir, segment_bytes, jobs, ready))
+            .map_err(|e| io_error(dir, e))?;
+        let _ = spare_jobs.send(SpareJob::Prepare);
         let writer = Writer {
             dir: dir.to_path_buf(),
             file,
             path,
             size,
             next_lsn,
-            segment_bytes: segment_bytes.max(1),
+            segment_bytes,
             durability,
             stats: stats.clone(),
+            spare_jobs,
+            spares,
+            prepared,
         };
         let (queue, receiver) = crossbeam_channel::bounded(MAX_PENDING_APPENDS);
         let thread = std::thread::Builder::new()
@@ -355,7 +470,7 @@ impl Journal {
             .map_err(|e| io_error(dir, e))?;
         Ok(Journal {
             queue: std::sync::RwLock::new(Some(queue)),
-            writer: std::sync::Mutex::new(Some(thread)),
+            writer: std::sync::Mutex::new(vec![thread, spare_thread]),
             stats,
         })
     }
@@ -382,8 +497,9 @@ impl Journal {
     /// appends after this fail with `Stopped`.
     pub fn close(&self) {
         self.queue.write().expect("journal queue lock").take();
-        if let Some(writer) = self.writer.lock().expect("journal writer lock").take() {
-            let _ = writer.join();
+        let threads = std::mem::take(&mut *self.writer.lock().expect("journal writer lock"));
+        for thread in threads {
+            let _ = thread.join();
         }
     }
 

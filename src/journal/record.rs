@@ -41,10 +41,11 @@ pub struct Found {
 /// How a segment's bytes end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
-    /// Every byte belongs to a whole, valid record.
+    /// Every byte belongs to a whole, valid record, or to the zero-filled
+    /// rest of a prepared segment.
     Clean,
     /// The bytes from `offset` on are a record that was being written when
-    /// the process died (or zeros after it): cut them.
+    /// the process died (and zeros after it): cut them.
     Torn { offset: usize },
     /// A record before the tail is damaged: recovering past it would lose
     /// or invent state, so the daemon must not start.
@@ -70,9 +71,10 @@ pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {
     while offset < bytes.len() {
         let rest = &bytes[offset..];
         if rest.iter().all(|b| *b == 0) {
+            // The rest of a prepared (zero-filled) segment, not yet written.
             return Scan {
                 records,
-                end: End::Torn { offset },
+                end: End::Clean,
             };
         }
         if rest.len() < RECORD_PREFIX_BYTES {
@@ -95,6 +97,13 @@ pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {
         if !(MIN_RECORD_BODY_BYTES..=MIN_RECORD_BODY_BYTES + MAX_RECORD_PAYLOAD_BYTES)
             .contains(&length)
         {
+            if rest[RECORD_PREFIX_BYTES..].iter().all(|b| *b == 0) {
+                // Only a prefix made it into a prepared segment.
+                return Scan {
+                    records,
+                    end: End::Torn { offset },
+                };
+            }
             return corrupt(
                 records,
                 offset,
@@ -104,9 +113,10 @@ pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {
         let stored = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let body = &rest[RECORD_PREFIX_BYTES..end];
         if crc32c::crc32c(body) != stored {
-            // A bad last record is a write cut short; a bad record with
-            // valid bytes after it is damage.
-            if offset + end == bytes.len() {
+            // A bad last record is a write cut short (in a prepared
+            // segment, zeros follow it); a bad record with data after it
+            // is damage.
+            if rest[end..].iter().all(|b| *b == 0) {
                 return Scan {
                     records,
                     end: End::Torn { offset },
@@ -166,7 +176,8 @@ mod tests {
 
     #[test]
     fn a_partial_last_record_is_a_torn_tail() {
-        // Proves every cut inside the last record, and trailing zeros, read as a torn tail at its offset.
+        // Proves every cut inside the last record reads as a torn tail at its offset, also
+        // when the zeros of a prepared segment follow the cut.
         let bytes = segment(3);
         let last = scan(&bytes, None).records[2].offset;
         for cut in last + 1..bytes.len() {
@@ -175,15 +186,26 @@ mod tests {
                 End::Torn { offset: last },
                 "cut at {cut}"
             );
+            let mut prepared = bytes[..cut].to_vec();
+            prepared.resize(bytes.len() + 4096, 0);
+            assert_eq!(
+                scan(&prepared, None).end,
+                End::Torn { offset: last },
+                "cut at {cut} in a prepared segment"
+            );
         }
-        let mut padded = bytes.clone();
-        padded.extend_from_slice(&[0; 100]);
-        assert_eq!(
-            scan(&padded, None).end,
-            End::Torn {
-                offset: bytes.len()
-            }
-        );
+    }
+
+    #[test]
+    fn zeros_after_whole_records_are_the_unwritten_rest() {
+        // Proves a prepared segment's zero tail is a clean end, with every record before it.
+        let bytes = segment(3);
+        let mut prepared = bytes.clone();
+        prepared.resize(1 << 16, 0);
+        let scan = scan(&prepared, Some(1));
+        assert_eq!(scan.end, End::Clean);
+        assert_eq!(scan.records.len(), 3);
+        assert_eq!(scan.records[2].payload.end, bytes.len());
     }
 
     #[test]
