@@ -308,3 +308,23 @@ async fn node_stream_delivers_every_allocation_once_across_a_reconnect() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_the_connection_closed_fails_at_once() {
+    // Proves a client whose connection the server closed answers later requests with an
+    // error instead of waiting forever for an answer nobody will send.
+    let dir = TempDir::new("closed-client");
+    let (engine, server) = quic_server(&fixture_stock(), &dir).await;
+    let client = client(&server, CHANNEL_C_TOKEN).await;
+    server.shutdown().await;
+    // The client's reader sees the close and ends.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.get_order(key("c", "nobody")),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert!(matches!(answer, Err(ClientError::Closed(_))), "{answer:?}");
+    engine.shutdown();
+}

@@ -171,12 +171,22 @@ fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientError> {
     transport
         .stream_receive_window((8u32 << 20).into())
         .receive_window((32u32 << 20).into())
-        .send_window(32 << 20);
+        .send_window(32 << 20)
+        // A client may sit idle between bursts (an admin connection through
+        // a long load test); pings keep the connection from timing out.
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+/// Callers waiting for answers, by request id; `None` once the stream's
+/// reader has ended, so that a request after that fails at once instead of
+/// waiting for an answer nobody will deliver.
+/// How often an idle connection pings the server (its idle timeout is 60 s,
+/// the client's 30 s).
+const KEEP_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
 
 /// One bidirectional stream: requests written by a writer task, answers
 /// routed to their callers by a reader task.
@@ -247,18 +257,23 @@ impl RequestStream {
             .map_err(|e| ClientError::Closed(e.to_string()))?;
         let (out, queue) = mpsc::channel(WRITE_QUEUE_FRAMES);
         tokio::spawn(write_frames(send, queue));
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let routed = pending.clone();
         tokio::spawn(async move {
             let _why = read_frames(recv, |id, response| {
-                if let Some(caller) = routed.lock().expect("pending lock").remove(&id) {
+                let caller = routed
+                    .lock()
+                    .expect("pending lock")
+                    .as_mut()
+                    .and_then(|p| p.remove(&id));
+                if let Some(caller) = caller {
                     let _ = caller.send(response);
                 }
                 true
             })
             .await;
             // Callers still waiting learn the stream is gone when their sender drops.
-            routed.lock().expect("pending lock").clear();
+            routed.lock().expect("pending lock").take();
         });
         Ok(RequestStream {
             out,
@@ -272,14 +287,16 @@ impl RequestStream {
     pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (caller, answer) = oneshot::channel();
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .insert(id, caller);
+        match self.pending.lock().expect("pending lock").as_mut() {
+            Some(pending) => pending.insert(id, caller),
+            None => return Err(ClientError::Closed("the stream has ended".into())),
+        };
         let mut bytes = Vec::with_capacity(64);
         request.encode(id, &mut bytes);
         if self.out.send(bytes).await.is_err() {
-            self.pending.lock().expect("pending lock").remove(&id);
+            if let Some(pending) = self.pending.lock().expect("pending lock").as_mut() {
+                pending.remove(&id);
+            }
             return Err(ClientError::Closed("the stream writer stopped".into()));
         }
         match answer.await {
