@@ -160,11 +160,17 @@ fn check_layout(
 /// Writes a file so that after a crash it is either the old one or the new
 /// one, whole: temporary file, fsync, rename, fsync of the directory.
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_parts_durably(path, &[bytes])
+}
+
+/// `write_durably` of the parts one after another, without joining them
+/// (a snapshot's header and its body of hundreds of MiB).
+fn write_parts_durably(path: &Path, parts: &[&[u8]]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
     // Flushed a slice at a time: a journal fsync behind one big dirty file
     // would wait for all of it, and every order waiting on that fsync too.
-    for chunk in bytes.chunks(SNAPSHOT_FLUSH_BYTES) {
+    for chunk in parts.iter().flat_map(|p| p.chunks(SNAPSHOT_FLUSH_BYTES)) {
         file.write_all(chunk).map_err(|e| io(&tmp, e))?;
         file.sync_data().map_err(|e| io(&tmp, e))?;
     }
@@ -205,14 +211,20 @@ fn snapshot_crc(lsn_and_length: &[u8], body: &[u8]) -> u32 {
 
 /// Frames a snapshot body: magic, LSN, length and checksum first.
 pub fn snapshot_bytes(lsn: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
+    let mut out = snapshot_header(lsn, body);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The header `snapshot_bytes` puts before a body.
+fn snapshot_header(lsn: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
     out.extend_from_slice(SNAPSHOT_MAGIC);
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     let crc = snapshot_crc(&out[8..24], body);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(body);
     out
 }
 
@@ -283,7 +295,8 @@ pub fn write_snapshots(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, Sto
                         let body = encode_image(&image);
                         let path =
                             snapshots.join(format!("{}{SNAPSHOT_SUFFIX}", snapshot_name(&image)));
-                        write_durably(&path, &snapshot_bytes(lsn, &body))?;
+                        let header = snapshot_header(lsn, &body);
+                        write_parts_durably(&path, &[&header, &body])?;
                     }
                 })
             })
