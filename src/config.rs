@@ -56,6 +56,8 @@ pub struct Config {
     #[serde(default)]
     pub journal: JournalConfig,
     #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
@@ -85,6 +87,32 @@ impl Default for EngineConfig {
             expiry_tick_ms: d.expiry_tick_ms,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: a level ("info") or directives
+    /// ("warn,omniroute=debug"). `RUST_LOG`, when set, wins.
+    pub level: String,
+    /// "human" (default) or "json" (one JSON object per line).
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".into(),
+            format: "human".into(),
+        }
+    }
+}
+
+/// How the daemon logs, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: String,
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -278,6 +306,7 @@ pub struct ValidConfig {
     pub engine: EngineSettings,
     pub server: ServerSettings,
     pub store: StoreSettings,
+    pub log: LogSettings,
     pub network: Network,
     pub stock: Vec<StockUpdate>,
 }
@@ -331,6 +360,8 @@ impl Config {
 
     /// Checks every setting and resolves names to indices.
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
+        // First: its errors should not hide behind a network's.
+        let log = self.validate_log()?;
         let engine = self.validate_engine()?;
         let (nodes, markets) = self.validate_nodes()?;
         let mut channels = Vec::new();
@@ -351,11 +382,36 @@ impl Config {
         let server = self.validate_server(&network)?;
         let store = self.validate_journal()?;
         Ok(ValidConfig {
+            log,
             engine,
             server,
             store,
             network,
             stock,
+        })
+    }
+
+    fn validate_log(&self) -> Result<LogSettings, ConfigError> {
+        let l = &self.log;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&l.level) {
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not a level or filter like \"info\": {e}", l.level),
+            ));
+        }
+        let json = match l.format.as_str() {
+            "human" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?} is not \"human\" or \"json\""),
+                ))
+            }
+        };
+        Ok(LogSettings {
+            level: l.level.clone(),
+            json,
         })
     }
 

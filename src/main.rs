@@ -42,6 +42,10 @@ struct Cli {
     /// QUIC listen address; overrides the config's.
     #[arg(long, global = true)]
     listen: Option<std::net::SocketAddr>,
+    /// Log JSON lines (one object per event) instead of human text;
+    /// overrides the config's `log.format`.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -307,11 +311,31 @@ async fn demo(config: ValidConfig, orders: usize, lines: usize) -> Result<(), St
     Ok(())
 }
 
+/// Logs to stderr: `RUST_LOG` when set, else `level`; JSON lines or text.
+fn init_logs(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
+/// Level of the commands that talk to a daemon (no config of their own).
+const CLIENT_LOG_LEVEL: &str = "warn";
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        None | Some(Command::Serve) | Some(Command::CheckConfig) | Some(Command::Demo { .. })
+    ) {
+        init_logs(CLIENT_LOG_LEVEL, cli.log_json);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -355,14 +379,19 @@ fn main() -> ExitCode {
                 eprintln!("omniroute: {message}");
                 return ExitCode::from(2);
             }
-            Ok(config) => match daemon_command {
-                Command::CheckConfig => {
-                    println!("config is valid\n{}", describe(&config));
-                    Ok(())
+            Ok(config) => {
+                init_logs(&config.log.level, cli.log_json || config.log.json);
+                match daemon_command {
+                    Command::CheckConfig => {
+                        println!("config is valid\n{}", describe(&config));
+                        Ok(())
+                    }
+                    Command::Demo { orders, lines } => {
+                        runtime.block_on(demo(config, orders, lines))
+                    }
+                    _ => runtime.block_on(serve(config)),
                 }
-                Command::Demo { orders, lines } => runtime.block_on(demo(config, orders, lines)),
-                _ => runtime.block_on(serve(config)),
-            },
+            }
         },
     };
     match result {
