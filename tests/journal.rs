@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
-use common::TempDir;
+use common::{journal_segments, TempDir};
 use omniroute::journal::{recover, Durability, Journal, JournalError, DEFAULT_SEGMENT_BYTES};
 use proptest::prelude::*;
 
@@ -27,17 +27,6 @@ fn append_all(journal: &Journal, payloads: impl IntoIterator<Item = Vec<u8>>) ->
     let mut lsns: Vec<u64> = receiver.iter().take(count).collect();
     lsns.sort_unstable();
     lsns
-}
-
-/// The journal's segment files, oldest first (a prepared spare is not one).
-fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    paths.sort();
-    paths
 }
 
 #[test]
@@ -92,7 +81,7 @@ fn a_torn_tail_is_cut_and_appending_resumes() {
     journal.shutdown();
     // The last record's payload ends in a nonzero byte; a prepared segment
     // is zeros after it. Zero its last 5 bytes: a write cut short.
-    let segment = segments(&dir.0).pop().unwrap();
+    let segment = journal_segments(&dir.0).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
     bytes[end - 5..end].fill(0);
@@ -132,7 +121,7 @@ fn a_flipped_byte_before_the_tail_refuses_to_start() {
     journal.shutdown();
     // The first record of the first segment: records follow it, in this
     // segment or the next.
-    let segment = segments(&dir.0).remove(0);
+    let segment = journal_segments(&dir.0).remove(0);
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[30] ^= 0x01;
     std::fs::write(&segment, &bytes).unwrap();
@@ -162,7 +151,7 @@ fn segments_rotate_and_recover_across_files() {
         );
     }
     journal.shutdown();
-    let files = std::fs::read_dir(&dir.0).unwrap().count();
+    let files = journal_segments(&dir.0).len();
     assert!(files > 3, "{files} segment files");
     let recovered = recover(&dir.0, 0).unwrap();
     assert_eq!(recovered.records.len(), 200);

@@ -48,15 +48,8 @@ async fn submit(engine: &Engine, id: &str, lines: &[(&str, u32)]) -> Decision {
     engine.submit(order("web", id, lines)).await
 }
 
-/// The journal's segments, oldest first (a prepared spare is not one).
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut segments: Vec<_> = std::fs::read_dir(journal_dir(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segments.sort();
-    segments
+    common::journal_segments(&journal_dir(dir))
 }
 
 fn last_segment(dir: &Path) -> std::path::PathBuf {
@@ -348,12 +341,12 @@ async fn segments_every_snapshot_has_passed_are_deleted() {
     for chunk in orders.chunks(500) {
         engine.submit_batch(chunk.to_vec()).await.unwrap();
     }
-    let segments = || std::fs::read_dir(journal_dir(&dir.0)).unwrap().count();
-    let before = segments();
+    let count = || segments(&dir.0).len();
+    let before = count();
     assert!(before >= 3, "the orders fill several segments ({before})");
     let images = engine.take_snapshot().await.unwrap();
     store::write_snapshots(&dir.0, images).unwrap();
-    let after = segments();
+    let after = count();
     assert!(
         after < before,
         "{before} segments before the snapshot, {after} after"

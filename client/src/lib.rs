@@ -197,7 +197,10 @@ pub struct RequestStream {
     next_id: Arc<AtomicU64>,
 }
 
-async fn write_frames(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
+/// Writes what is queued for a stream, coalescing what is already waiting
+/// into one write; finishes the stream when the queue closes. Also the load
+/// generator's writer for its raw streams.
+pub async fn write_frames(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
     while let Some(mut bytes) = queue.recv().await {
         while bytes.len() < READ_CHUNK_BYTES {
             match queue.try_recv() {

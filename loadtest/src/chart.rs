@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use hdrhistogram::Histogram;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Deepest percentile drawn in the distribution: 99.999 %.
@@ -63,6 +64,60 @@ const COLORS: [RGBColor; 6] = [
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Both plots: seconds or percentile across, latency in ms on a log scale up.
+type Plot<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
+
+/// An empty plot with its caption, from 0 to `right` across and up to `top_ms`.
+fn plot<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    right: f64,
+    top_ms: f64,
+) -> Result<Plot<'a, DB>, Box<dyn std::error::Error + 'a>>
+where
+    DB::ErrorType: 'static,
+{
+    Ok(ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..right, (0.01f64..top_ms).log_scale())?)
+}
+
+/// The `i`th series, with its legend entry; latencies below the axis are
+/// drawn at its floor.
+fn line<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Plot<'a, DB>,
+    i: usize,
+    label: String,
+    points: impl IntoIterator<Item = (f64, f64)>,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let color = COLORS[i % COLORS.len()];
+    let points = points.into_iter().map(|(x, y)| (x, y.max(0.01)));
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    Ok(())
+}
+
+fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Plot<'a, DB>) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 pub fn write_chart(path: &Path, data: &ChartData) -> Result<(), String> {
     draw(path, data).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -93,44 +148,30 @@ where
         .map(|(_, h)| ms(h.max()))
         .fold(0.1, f64::max)
         * 1.05;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "latency from intended send time, per second of the measured run",
-            ("sans-serif", 16),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..end_s, (0.01f64..top_ms).log_scale())?;
+    let mut chart = plot(
+        area,
+        "latency from intended send time, per second of the measured run",
+        end_s,
+        top_ms,
+    )
+    .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("seconds")
         .y_desc("latency (ms)")
         .draw()?;
     for (i, (label, quantile)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
         let points = data.intervals.iter().map(|(t, h)| {
             let value = if *quantile >= 1.0 {
                 h.max()
             } else {
                 h.value_at_quantile(*quantile)
             };
-            (*t, ms(value).max(0.01))
+            (*t, ms(value))
         });
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-            .label(*label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        line(&mut chart, i, label.to_string(), points)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart)
 }
 
 fn percentiles<DB: DrawingBackend>(
@@ -154,15 +195,13 @@ where
         .flat_map(|(_, c)| c.iter().map(|p| p.1))
         .fold(0.1, f64::max)
         * 1.05;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "percentile distribution of the whole measured run",
-            ("sans-serif", 16),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..right, (0.01f64..top_ms).log_scale())?;
+    let mut chart = plot(
+        area,
+        "percentile distribution of the whole measured run",
+        right,
+        top_ms,
+    )
+    .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("percentile")
@@ -171,22 +210,9 @@ where
         .x_label_formatter(&|x| percentile_label(*x))
         .draw()?;
     for (i, (label, points)) in curves.into_iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let points = points.into_iter().map(|(x, y)| (x, y.max(0.01)));
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        line(&mut chart, i, label, points)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart)
 }
 
 #[cfg(test)]

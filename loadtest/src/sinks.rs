@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::drive::{Answer, Event};
 
-/// Bytes read from a stream at once, and the most a writer coalesces.
+/// Bytes read from a stream at once.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Encoded batches queued per connection before the scheduler waits.
 const WRITE_QUEUE_BATCHES: usize = 4096;
@@ -163,24 +163,6 @@ impl Sink {
     }
 }
 
-async fn write_frames(
-    mut send: omniroute_client::quinn::SendStream,
-    mut queue: mpsc::Receiver<Vec<u8>>,
-) {
-    while let Some(mut bytes) = queue.recv().await {
-        while bytes.len() < CHUNK_BYTES {
-            match queue.try_recv() {
-                Ok(more) => bytes.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if send.write_all(&bytes).await.is_err() {
-            return;
-        }
-    }
-    let _ = send.finish();
-}
-
 fn answer(id: u64, done: Instant, response: Response) -> Answer {
     let (outcome, code, allocations) = match response {
         Response::Decision(Decision::Routed { allocations, .. }) => (
@@ -248,7 +230,7 @@ pub async fn quic(clients: &[Client], events: &mpsc::Sender<Event>) -> Result<Si
             .await
             .map_err(|e| e.to_string())?;
         let (writer, queue) = mpsc::channel(WRITE_QUEUE_BATCHES);
-        tokio::spawn(write_frames(send, queue));
+        tokio::spawn(omniroute_client::write_frames(send, queue));
         tokio::spawn(read_frames(recv, events.clone()));
         writers.push(writer);
     }

@@ -226,3 +226,15 @@ pub async fn client(
         .await
         .expect("client connects")
 }
+
+/// A journal directory's segment files, oldest first (a prepared spare is
+/// not one).
+pub fn journal_segments(journal: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    paths.sort();
+    paths
+}
