@@ -58,6 +58,8 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
@@ -124,6 +126,8 @@ pub struct JournalConfig {
     pub segment_bytes: u64,
     pub snapshot_interval_ms: u64,
     pub snapshot_every_records: u64,
+    /// Keep segments a snapshot has passed (for `omniroute replay`).
+    pub keep_segments: bool,
 }
 
 impl Default for JournalConfig {
@@ -134,8 +138,44 @@ impl Default for JournalConfig {
             segment_bytes: d.segment_bytes,
             snapshot_interval_ms: d.snapshot_interval_ms,
             snapshot_every_records: d.snapshot_every_records,
+            keep_segments: d.keep_segments,
         }
     }
+}
+
+/// `[admin]`: the HTTP port of metrics, health and policy reload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to bind, or "off".
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig {
+            listen: DEFAULT_ADMIN_LISTEN.into(),
+        }
+    }
+}
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+/// Parses an admin listen setting: an address, or "off".
+pub fn parse_admin_listen(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9090, or \"off\""))
+}
+
+/// The routing policies of a config, validated with the whole file, for a
+/// reload: the channels resolved, and as TOML for the journal.
+pub struct Policies {
+    pub channels: Vec<Channel>,
+    pub toml: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,7 +248,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     pub rules: Vec<String>,
@@ -236,7 +276,7 @@ fn default_hold_ttl_ms() -> u64 {
     15 * 60 * 1000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FiltersConfig {
     pub same_market: bool,
@@ -256,7 +296,7 @@ impl Default for FiltersConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WeightsConfig {
     pub distance_km: f64,
@@ -303,6 +343,8 @@ fn default_sku_prefix() -> String {
 /// A validated config, ready to start an engine with.
 #[derive(Debug, Clone)]
 pub struct ValidConfig {
+    /// The admin HTTP port; None when "off".
+    pub admin: Option<std::net::SocketAddr>,
     pub engine: EngineSettings,
     pub server: ServerSettings,
     pub store: StoreSettings,
@@ -358,10 +400,30 @@ impl Config {
         Config::from_toml(DEFAULT_CONFIG_TOML).expect("the embedded default config parses")
     }
 
+    /// Validates the whole config and returns its routing policies, for a
+    /// reload: a file broken anywhere is refused as a whole.
+    pub fn policies(&self) -> Result<Policies, ConfigError> {
+        let valid = self.validate()?;
+        #[derive(serde::Serialize)]
+        struct PolicyFile<'a> {
+            channels: &'a BTreeMap<String, ChannelConfig>,
+        }
+        let toml = toml::to_string(&PolicyFile {
+            channels: &self.channels,
+        })
+        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Ok(Policies {
+            channels: valid.network.channels,
+            toml,
+        })
+    }
+
     /// Checks every setting and resolves names to indices.
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
         // First: its errors should not hide behind a network's.
         let log = self.validate_log()?;
+        let admin =
+            parse_admin_listen(&self.admin.listen).map_err(|m| invalid("admin.listen", m))?;
         let engine = self.validate_engine()?;
         let (nodes, markets) = self.validate_nodes()?;
         let mut channels = Vec::new();
@@ -382,6 +444,7 @@ impl Config {
         let server = self.validate_server(&network)?;
         let store = self.validate_journal()?;
         Ok(ValidConfig {
+            admin,
             log,
             engine,
             server,
@@ -441,6 +504,7 @@ impl Config {
             segment_bytes: j.segment_bytes,
             snapshot_interval_ms: j.snapshot_interval_ms,
             snapshot_every_records: j.snapshot_every_records,
+            keep_segments: j.keep_segments,
         })
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admin::{AdminServer, Status};
 use crate::config::ValidConfig;
 use crate::engine::{Clock, Engine, SystemClock};
 use crate::journal::Durability;
@@ -20,34 +21,69 @@ pub struct Daemon {
     pub engine: Engine,
     pub server: RunningServer,
     pub recovery: RecoveryReport,
+    /// Readiness, snapshot age and policy reload, shared with the admin port.
+    pub status: Arc<Status>,
+    pub admin: Option<AdminServer>,
     data_dir: PathBuf,
+    settings: StoreSettings,
     snapshots: tokio::task::JoinHandle<()>,
 }
 
-/// Recovers, starts the engine and the QUIC server. Orders are accepted
-/// only once recovery (and the expiry of holds that lapsed while the
-/// daemon was down) is complete.
-pub async fn start(config: &ValidConfig) -> Result<Daemon, String> {
+/// Starts the admin port (not ready), recovers, starts the engine and the
+/// QUIC server, and only then reports ready. Orders are accepted only once
+/// recovery (and the expiry of holds that lapsed while the daemon was
+/// down) is complete. `config_path` is the file a policy reload reads.
+pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result<Daemon, String> {
     if config.store.durability == Durability::None {
         tracing::warn!(
             "journal.durability = \"none\": answers are sent before the fsync; a crash can lose answered orders. For benchmarks only."
         );
     }
+    let metrics = crate::telemetry::install();
+    let admin_tokens = config
+        .server
+        .tokens
+        .iter()
+        .filter(|(_, role)| *role == crate::server::Role::Admin)
+        .map(|(token, _)| token.clone())
+        .collect();
+    let status = Arc::new(Status::new(config_path, admin_tokens));
+    status.set_ready(false);
+    let admin = match config.admin {
+        Some(addr) => {
+            let admin = crate::admin::start(addr, status.clone(), metrics).await?;
+            tracing::info!(
+                "admin port on http://{} (/metrics /healthz /readyz)",
+                admin.addr
+            );
+            Some(admin)
+        }
+        None => None,
+    };
     let data_dir = config.server.data_dir.clone();
     let (engine, report) = recover(config, Arc::new(SystemClock)).await?;
+    status.engine_started(engine.clone());
+    if let Some(at_ms) = store::newest_snapshot_unix_ms(&data_dir) {
+        status.snapshot_written(at_ms);
+    }
     let snapshots = tokio::spawn(snapshot_loop(
         engine.clone(),
         data_dir.clone(),
         config.store.clone(),
+        status.clone(),
     ));
     let server = crate::server::start(engine.clone(), &config.server)
         .await
         .map_err(|e| e.to_string())?;
+    status.set_ready(true);
     Ok(Daemon {
         engine,
         server,
         recovery: report,
+        status,
+        admin,
         data_dir,
+        settings: config.store.clone(),
         snapshots,
     })
 }
@@ -119,16 +155,29 @@ pub async fn recover(
     Ok((engine, report))
 }
 
-/// Snapshots every actor and deletes the journal segments all have passed.
-/// Returns the lowest snapshot LSN.
-pub async fn snapshot(engine: &Engine, data_dir: PathBuf) -> Result<u64, String> {
+/// Snapshots every actor and, unless `settings.keep_segments`, deletes the
+/// journal segments all have passed. Returns the lowest snapshot LSN.
+pub async fn snapshot(
+    engine: &Engine,
+    data_dir: PathBuf,
+    settings: &StoreSettings,
+    status: &Status,
+) -> Result<u64, String> {
     let started = Instant::now();
     let images = engine.take_snapshot().await.map_err(|e| e.to_string())?;
     let imaged_ms = started.elapsed().as_millis();
-    let lsn = tokio::task::spawn_blocking(move || store::write_snapshots(&data_dir, images))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let keep_segments = settings.keep_segments;
+    let lsn = tokio::task::spawn_blocking(move || {
+        let lsn = store::write_snapshot_files(&data_dir, images)?;
+        if !keep_segments {
+            store::remove_segments_through(&data_dir, lsn)?;
+        }
+        Ok::<u64, store::StoreError>(lsn)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    status.snapshot_written(crate::admin::unix_ms());
     tracing::info!(
         "snapshot at LSN {lsn}: imaged in {imaged_ms} ms, written in {} ms",
         started.elapsed().as_millis()
@@ -136,7 +185,12 @@ pub async fn snapshot(engine: &Engine, data_dir: PathBuf) -> Result<u64, String>
     Ok(lsn)
 }
 
-async fn snapshot_loop(engine: Engine, data_dir: PathBuf, settings: StoreSettings) {
+async fn snapshot_loop(
+    engine: Engine,
+    data_dir: PathBuf,
+    settings: StoreSettings,
+    status: Arc<Status>,
+) {
     let Some(stats) = engine.sequencer().journal().map(|j| j.stats.clone()) else {
         return;
     };
@@ -152,7 +206,7 @@ async fn snapshot_loop(engine: Engine, data_dir: PathBuf, settings: StoreSetting
         let by_records = settings.snapshot_every_records > 0
             && records - records_at_last >= settings.snapshot_every_records;
         if by_time || by_records {
-            if let Err(e) = snapshot(&engine, data_dir.clone()).await {
+            if let Err(e) = snapshot(&engine, data_dir.clone(), &settings, &status).await {
                 tracing::error!("snapshot failed: {e}");
             }
             last = Instant::now();
@@ -162,14 +216,40 @@ async fn snapshot_loop(engine: Engine, data_dir: PathBuf, settings: StoreSetting
 }
 
 impl Daemon {
-    /// Stops accepting, lets what is in flight finish, writes a final
+    /// Stops accepting, answers what was accepted, writes a final
     /// snapshot (so the next start replays nothing) and stops the engine.
     pub async fn shutdown(self) -> Result<(), String> {
+        self.status.set_ready(false);
         self.snapshots.abort();
-        self.server.shutdown().await;
-        let result = snapshot(&self.engine, self.data_dir.clone()).await;
+        let drained = self.server.shutdown().await;
+        if drained.complete {
+            tracing::info!(
+                "every accepted request answered in {} ms",
+                drained.elapsed_ms
+            );
+        } else {
+            tracing::warn!(
+                "answers still unsent after {} ms (clients not reading); closing anyway",
+                drained.elapsed_ms
+            );
+        }
+        let result = snapshot(
+            &self.engine,
+            self.data_dir.clone(),
+            &self.settings,
+            &self.status,
+        )
+        .await;
         self.engine.shutdown();
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
         result.map(|_| ())
+    }
+
+    /// Reads the config file again and routes by its policies from now on.
+    pub async fn reload_policy(&self) -> Result<crate::admin::Reloaded, crate::admin::ReloadError> {
+        self.status.reload_policy().await
     }
 
     /// What group commit did since start: commits, records per commit,

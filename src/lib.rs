@@ -13,12 +13,15 @@
 //!   node, a pool of routers, and the [`engine::Engine`] handle.
 //! - [`limits`]: every hard bound, named.
 
+pub mod admin;
 pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod engine;
 pub mod journal;
 pub mod limits;
+pub mod replay;
 pub mod sample;
 pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -46,6 +46,10 @@ struct Cli {
     /// overrides the config's `log.format`.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Admin HTTP address (metrics, health, policy reload), or "off";
+    /// overrides the config's `admin.listen`.
+    #[arg(long, global = true, value_parser = parse_admin)]
+    admin: Option<AdminListen>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -127,6 +131,13 @@ enum Command {
     },
 }
 
+#[derive(Clone)]
+struct AdminListen(Option<std::net::SocketAddr>);
+
+fn parse_admin(text: &str) -> Result<AdminListen, String> {
+    omniroute::config::parse_admin_listen(text).map(AdminListen)
+}
+
 fn load(path: Option<&PathBuf>) -> Result<ValidConfig, String> {
     let config = match path {
         Some(path) => {
@@ -198,9 +209,9 @@ async fn start(config: &ValidConfig) -> Result<Engine, String> {
     Ok(engine)
 }
 
-async fn serve(config: ValidConfig) -> Result<(), String> {
+async fn serve(config: ValidConfig, config_path: Option<PathBuf>) -> Result<(), String> {
     let started = Instant::now();
-    let daemon = omniroute::daemon::start(&config).await?;
+    let daemon = omniroute::daemon::start(&config, config_path).await?;
     return_freed_memory();
     let server = &daemon.server;
     println!(
@@ -217,6 +228,12 @@ async fn serve(config: ValidConfig) -> Result<(), String> {
         daemon.recovery.elapsed_ms
     );
     println!("listening on {} (QUIC, ALPN omniroute/1)", server.addr);
+    if let Some(admin) = &daemon.admin {
+        println!(
+            "admin on http://{} (/metrics /healthz /readyz, POST /policy/reload)",
+            admin.addr
+        );
+    }
     println!(
         "certificate {} (SHA-256 {})",
         server.cert_path.display(),
@@ -228,7 +245,7 @@ async fn serve(config: ValidConfig) -> Result<(), String> {
         }
     }
     println!("try: omniroute order submit --channel web --line SKU-1:2 --ship-to 52.52,13.40 --token dev-web-token --ca {}", server.cert_path.display());
-    wait_for_shutdown().await;
+    wait_for_shutdown(&daemon).await;
     println!("shutting down");
     if let Some(journal) = daemon.journal_summary() {
         println!("{journal}");
@@ -236,18 +253,30 @@ async fn serve(config: ValidConfig) -> Result<(), String> {
     daemon.shutdown().await
 }
 
-async fn wait_for_shutdown() {
+/// Waits for SIGTERM or SIGINT; on SIGHUP, reloads the routing policies
+/// from the config file (a refused reload keeps the old ones and says why).
+async fn wait_for_shutdown(daemon: &omniroute::daemon::Daemon) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hangup.recv() => match daemon.reload_policy().await {
+                    Ok(r) => println!("policy reloaded at LSN {}", r.lsn),
+                    Err(e) => println!("policy reload refused ({}): {e}", e.code()),
+                },
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        let _ = daemon;
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn demo(config: ValidConfig, orders: usize, lines: usize) -> Result<(), String> {
@@ -373,6 +402,9 @@ fn main() -> ExitCode {
             if let Some(listen) = cli.listen {
                 config.server.listen = listen;
             }
+            if let Some(AdminListen(admin)) = cli.admin {
+                config.admin = admin;
+            }
             config
         }) {
             Err(message) => {
@@ -389,7 +421,7 @@ fn main() -> ExitCode {
                     Command::Demo { orders, lines } => {
                         runtime.block_on(demo(config, orders, lines))
                     }
-                    _ => runtime.block_on(serve(config)),
+                    _ => runtime.block_on(serve(config, cli.config.clone())),
                 }
             }
         },

@@ -23,7 +23,7 @@ use crate::core::model::{NodeIdx, OrderId, SkuId};
 use crate::core::network::Network;
 use crate::core::router::{router_of_order, OrderRecord};
 use crate::core::stock::{Bumped, ShardImage, StockShard};
-use crate::engine::sequencer::{Sequencer, Txn, KIND_MARKER, KIND_TXN};
+use crate::engine::sequencer::{Sequencer, Txn, KIND_MARKER, KIND_POLICY, KIND_TXN};
 use crate::engine::{EngineError, EngineSettings, EngineState, Image};
 use crate::journal::{self, Durability, Journal, JournalError, TornTail};
 
@@ -43,6 +43,9 @@ pub struct StoreSettings {
     pub snapshot_interval_ms: u64,
     /// Snapshot after this many journal records (0: no record trigger).
     pub snapshot_every_records: u64,
+    /// Keep journal segments after a snapshot has passed them, so that
+    /// `omniroute replay` can re-run the whole history.
+    pub keep_segments: bool,
 }
 
 impl Default for StoreSettings {
@@ -52,6 +55,7 @@ impl Default for StoreSettings {
             segment_bytes: journal::DEFAULT_SEGMENT_BYTES,
             snapshot_interval_ms: 300_000,
             snapshot_every_records: 2_000_000,
+            keep_segments: false,
         }
     }
 }
@@ -265,9 +269,33 @@ fn map_file(path: &Path) -> Result<memmap2::Mmap, StoreError> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io(path, e))
 }
 
-/// Writes every image as its actor's snapshot (in parallel), then deletes
-/// the journal segments all of them have passed. Returns the lowest LSN.
+/// Writes every image as its actor's snapshot, then deletes the journal
+/// segments all of them have passed. Returns the lowest LSN.
 pub fn write_snapshots(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, StoreError> {
+    let min_lsn = write_snapshot_files(dir, images)?;
+    journal::remove_segments_through(&journal_dir(dir), min_lsn)?;
+    Ok(min_lsn)
+}
+
+/// When the newest snapshot file was written (Unix ms), if there is one.
+pub fn newest_snapshot_unix_ms(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(snapshot_dir(dir))
+        .ok()?
+        .filter_map(|entry| entry.ok()?.metadata().ok()?.modified().ok())
+        .max()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+}
+
+/// Deletes the journal segments every record of which is at or below `lsn`.
+pub fn remove_segments_through(dir: &Path, lsn: u64) -> Result<(), StoreError> {
+    journal::remove_segments_through(&journal_dir(dir), lsn)?;
+    Ok(())
+}
+
+/// Writes every image as its actor's snapshot and keeps the journal.
+/// Returns the lowest LSN.
+pub fn write_snapshot_files(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, StoreError> {
     let snapshots = snapshot_dir(dir);
     std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
     let min_lsn = images.iter().map(|(lsn, _)| *lsn).min().unwrap_or(0);
@@ -309,7 +337,6 @@ pub fn write_snapshots(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, Sto
     for result in results {
         result?;
     }
-    journal::remove_segments_through(&journal_dir(dir), min_lsn)?;
     Ok(min_lsn)
 }
 
@@ -541,7 +568,7 @@ pub fn open(
     for record in &recovered.records {
         let lsn = record.lsn;
         match record.kind {
-            KIND_MARKER => continue,
+            KIND_MARKER | KIND_POLICY => continue,
             KIND_TXN => {}
             other => {
                 return Err(StoreError::Replay {

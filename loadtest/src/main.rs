@@ -145,7 +145,12 @@ async fn serve_child(data_dir: &Path, durability: &str) -> Result<(), String> {
         "none" => omniroute::journal::Durability::None,
         other => return Err(format!("--durability {other:?} is not fsync or none")),
     };
-    let daemon = omniroute::daemon::start(&config).await?;
+    // A free port: the spawned server must not take an operator's 9090.
+    config.admin = Some("127.0.0.1:0".parse().expect("address"));
+    let daemon = omniroute::daemon::start(&config, None).await?;
+    if let Some(admin) = &daemon.admin {
+        eprintln!("spawned server: metrics on http://{}/metrics", admin.addr);
+    }
     println!(
         "LISTENING {} {}",
         daemon.server.addr,

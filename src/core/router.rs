@@ -341,6 +341,14 @@ impl RouterCore {
         }
     }
 
+    /// Routes from now on by `network`'s policies (a reload): the same
+    /// nodes, markets and channels, other rules.
+    pub fn set_network(&mut self, network: Arc<Network>) {
+        debug_assert_eq!(network.nodes.len(), self.network.nodes.len());
+        debug_assert_eq!(network.channels.len(), self.network.channels.len());
+        self.network = network;
+    }
+
     fn context(&self) -> PlanContext<'_> {
         PlanContext {
             network: &self.network,

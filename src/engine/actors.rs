@@ -1,6 +1,7 @@
 //! The actors: thin shells that own one piece of core state each and apply
 //! messages to it one at a time. All logic lives in `core`.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -44,11 +45,70 @@ pub enum Image {
 
 pub type ImageSink = mpsc::UnboundedSender<(u64, Image)>;
 
+/// An actor and how many messages wait in its mailbox (ractor does not
+/// say): every send goes through here and counts up, and the actor counts
+/// down as it takes each message. Read by the `omniroute_queue_depth` gauge.
+pub struct Mailbox<M: ractor::Message> {
+    actor: ActorRef<M>,
+    depth: Arc<AtomicI64>,
+}
+
+impl<M: ractor::Message> Clone for Mailbox<M> {
+    fn clone(&self) -> Self {
+        Mailbox {
+            actor: self.actor.clone(),
+            depth: self.depth.clone(),
+        }
+    }
+}
+
+impl<M: ractor::Message> Mailbox<M> {
+    pub fn new(actor: ActorRef<M>, depth: Arc<AtomicI64>) -> Mailbox<M> {
+        Mailbox { actor, depth }
+    }
+
+    pub fn cast(&self, message: M) -> Result<(), ractor::MessagingErr<M>> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        let sent = self.actor.cast(message);
+        if sent.is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    pub async fn call<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(RpcReplyPort<T>) -> M,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<ractor::rpc::CallResult<T>, ractor::MessagingErr<M>> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.actor.call(build, timeout).await
+    }
+
+    pub fn depth(&self) -> i64 {
+        self.depth.load(Ordering::Relaxed).max(0)
+    }
+
+    pub fn stop(&self) {
+        self.actor.stop(None);
+    }
+
+    pub fn id(&self) -> ractor::ActorId {
+        self.actor.get_id()
+    }
+}
+
+/// Counts one message taken from a mailbox.
+fn took(depth: &AtomicI64) {
+    depth.fetch_sub(1, Ordering::Relaxed);
+}
+
 pub struct ShardActor;
 
 pub struct ShardState {
     pub shard: StockShard,
     pub bumps: mpsc::UnboundedSender<Vec<Bumped>>,
+    pub depth: Arc<AtomicI64>,
 }
 
 impl Actor for ShardActor {
@@ -70,6 +130,7 @@ impl Actor for ShardActor {
         message: ShardMsg,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
+        took(&state.depth);
         let shard = &mut state.shard;
         // A reply port whose caller went away is not an error of the shard.
         match message {
@@ -230,7 +291,7 @@ impl Actor for NodeActor {
 /// The shards and nodes as a router reaches them: by message.
 #[derive(Clone)]
 pub struct ActorParticipants {
-    pub shards: Arc<[ActorRef<ShardMsg>]>,
+    pub shards: Arc<[Mailbox<ShardMsg>]>,
     pub nodes: Arc<[ActorRef<NodeMsg>]>,
 }
 
@@ -388,6 +449,8 @@ pub enum RouterMsg {
     /// orders keep flowing in between (see `RouterState::image_step`).
     Snapshot(ImageSink, RpcReplyPort<()>),
     ImageStep(Box<BookImage>),
+    /// A journaled policy reload: route by these channels' policies from now on.
+    SetNetwork(Arc<crate::core::network::Network>),
 }
 
 pub struct RouterActor;
@@ -408,6 +471,8 @@ pub struct RouterState {
     pub core: RouterCore,
     pub participants: JournaledParticipants,
     pub sequencer: Arc<Sequencer>,
+    pub depth: Arc<AtomicI64>,
+    pub metrics: Arc<crate::telemetry::EngineMetrics>,
 }
 
 impl RouterState {
@@ -468,7 +533,8 @@ impl RouterState {
         );
         if image.orders.len() < self.core.order_count() {
             // Stopped actors take no more messages: the engine is going down.
-            let _ = myself.cast(RouterMsg::ImageStep(image));
+            let _ =
+                Mailbox::new(myself.clone(), self.depth.clone()).cast(RouterMsg::ImageStep(image));
             return;
         }
         let router = self.core.router_id();
@@ -528,6 +594,7 @@ impl Actor for RouterActor {
         message: RouterMsg,
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
+        took(&state.depth);
         match message {
             RouterMsg::Submit(orders, now_ms, reply) => {
                 let decisions = state
@@ -587,6 +654,9 @@ impl Actor for RouterActor {
                     .node_reject(&order, node, &counts, now_ms, &state.participants)
                     .await
                     .cloned();
+                if result.is_ok() {
+                    state.metrics.rerouted_node_rejected.increment(1);
+                }
                 state.finish(result, reply);
             }
             RouterMsg::NodeOffline {
@@ -595,6 +665,10 @@ impl Actor for RouterActor {
                 now_ms,
                 reply,
             } => {
+                state
+                    .metrics
+                    .rerouted_node_offline
+                    .increment(orders.len() as u64);
                 for order in orders {
                     state
                         .core
@@ -606,6 +680,7 @@ impl Actor for RouterActor {
                 });
             }
             RouterMsg::Bumped(bumps, now_ms, reply) => {
+                state.metrics.rerouted_bumped.increment(bumps.len() as u64);
                 state.core.bumped(&bumps, now_ms, &state.participants).await;
                 state.commit_if_changed(move || {
                     if let Some(reply) = reply {
@@ -615,6 +690,7 @@ impl Actor for RouterActor {
             }
             RouterMsg::Expire(now_ms, reply) => {
                 let expired = state.core.expire_due(now_ms, &state.participants);
+                state.metrics.holds_expired.increment(expired as u64);
                 state.commit_if_changed(move || {
                     let _ = reply.send(expired);
                 });
@@ -639,6 +715,7 @@ impl Actor for RouterActor {
                 state.image_step(image, &myself);
                 let _ = reply.send(());
             }
+            RouterMsg::SetNetwork(network) => state.core.set_network(network),
             RouterMsg::ImageStep(image) => {
                 state.image_step(image, &myself);
                 // Back to the scheduler between steps: the next step is

@@ -12,10 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::join_all;
 use ractor::{Actor, ActorRef};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use tokio::sync::Semaphore;
 
 use actors::{
-    ActorParticipants, JournaledParticipants, NodeActor, NodeMsg, RouterActor, RouterMsg,
+    ActorParticipants, JournaledParticipants, Mailbox, NodeActor, NodeMsg, RouterActor, RouterMsg,
     RouterState, ShardActor, ShardMsg, ShardState,
 };
 pub use actors::{Image, Subscription, SUBSCRIBER_QUEUE_EVENTS};
@@ -101,6 +102,8 @@ pub enum EngineError {
     Spawn(String),
     #[error("routers must be 1..={MAX_ROUTERS}")]
     Routers,
+    #[error("a reload cannot add, remove or rename channels (now: {now}; asked: {asked}); restart for that")]
+    Channels { now: String, asked: String },
     #[error("the engine is overloaded; retry later")]
     Overloaded,
     #[error("batch of {0} exceeds the limit")]
@@ -157,8 +160,9 @@ pub struct NodeStock {
 struct Inner {
     network: Arc<Network>,
     index: Arc<AvailabilityIndex>,
-    routers: Vec<ActorRef<RouterMsg>>,
+    routers: Vec<Mailbox<RouterMsg>>,
     participants: ActorParticipants,
+    metrics: Arc<crate::telemetry::EngineMetrics>,
     sequencer: Arc<Sequencer>,
     /// Serializes catalog growth with its journal record, so that SKU ids
     /// are journaled in the order they were given.
@@ -259,16 +263,17 @@ impl Engine {
         let (bumps, mut bump_queue) = tokio::sync::mpsc::unbounded_channel::<Vec<Bumped>>();
         let mut shards = Vec::new();
         for shard in shard_states {
+            let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
             let state = ShardState {
                 shard,
                 bumps: bumps.clone(),
+                depth: depth.clone(),
             };
-            shards.push(
-                Actor::spawn(None, ShardActor, state)
-                    .await
-                    .map_err(spawn_error)?
-                    .0,
-            );
+            let actor = Actor::spawn(None, ShardActor, state)
+                .await
+                .map_err(spawn_error)?
+                .0;
+            shards.push(Mailbox::new(actor, depth));
         }
         let mut nodes = Vec::new();
         for ledger in ledgers {
@@ -283,19 +288,22 @@ impl Engine {
             shards: shards.into(),
             nodes: nodes.into(),
         };
+        let metrics = Arc::new(crate::telemetry::EngineMetrics::new(&network));
         let mut routers = Vec::new();
         for core in cores {
+            let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
             let state = RouterState {
                 core,
                 participants: JournaledParticipants::new(participants.clone()),
                 sequencer: sequencer.clone(),
+                depth: depth.clone(),
+                metrics: metrics.clone(),
             };
-            routers.push(
-                Actor::spawn(None, RouterActor, state)
-                    .await
-                    .map_err(spawn_error)?
-                    .0,
-            );
+            let actor = Actor::spawn(None, RouterActor, state)
+                .await
+                .map_err(spawn_error)?
+                .0;
+            routers.push(Mailbox::new(actor, depth));
         }
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -303,6 +311,7 @@ impl Engine {
                 index,
                 routers,
                 participants,
+                metrics,
                 sequencer,
                 feed_lock: std::sync::Mutex::new(()),
                 clock,
@@ -347,6 +356,64 @@ impl Engine {
     /// Whether changes are journaled (a data directory) or memory only.
     pub fn is_durable(&self) -> bool {
         self.inner.sequencer.is_durable()
+    }
+
+    /// Orders admitted and not yet answered.
+    pub fn orders_in_flight(&self) -> usize {
+        (self.inner.max_inflight as usize).saturating_sub(self.inner.admission.available_permits())
+    }
+
+    /// Messages waiting in each router's and each shard's mailbox.
+    pub fn queue_depths(&self) -> (Vec<i64>, Vec<i64>) {
+        (
+            self.inner.routers.iter().map(Mailbox::depth).collect(),
+            self.inner
+                .participants
+                .shards
+                .iter()
+                .map(Mailbox::depth)
+                .collect(),
+        )
+    }
+
+    /// Routes orders by new policies for the same channels: journals them
+    /// (as `toml`), then hands them to every router in LSN order, so every
+    /// order submitted after this returns is routed by them. Returns the LSN.
+    pub async fn reload_policies(
+        &self,
+        channels: Vec<crate::core::network::Channel>,
+        toml: String,
+    ) -> Result<u64, EngineError> {
+        let current = &self.inner.network;
+        let names = |c: &[crate::core::network::Channel]| -> Vec<String> {
+            c.iter().map(|c| c.name.clone()).collect()
+        };
+        if names(&channels) != names(&current.channels) {
+            return Err(EngineError::Channels {
+                now: names(&current.channels).join(", "),
+                asked: names(&channels).join(", "),
+            });
+        }
+        let network = Arc::new(Network::new(
+            current.nodes.clone(),
+            current.markets.clone(),
+            channels,
+        ));
+        let routers = self.inner.routers.clone();
+        let (sent, applied) = tokio::sync::oneshot::channel();
+        let done: Done = Box::new(move |result| {
+            let Ok(lsn) = result else { return };
+            for router in &routers {
+                let _ = router.cast(RouterMsg::SetNetwork(network.clone()));
+            }
+            let _ = sent.send(lsn);
+        });
+        self.inner
+            .sequencer
+            .append_raw(sequencer::KIND_POLICY, || toml.into_bytes(), done);
+        let lsn = applied.await.map_err(|_| EngineError::Unavailable)?;
+        metrics::gauge!(crate::telemetry::POLICY_LSN).set(lsn as f64);
+        Ok(lsn)
     }
 
     pub fn sequencer(&self) -> &Sequencer {
@@ -456,7 +523,7 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownSku(name.to_string()))
     }
 
-    fn router_for(&self, order: &OrderRef) -> &ActorRef<RouterMsg> {
+    fn router_for(&self, order: &OrderRef) -> &Mailbox<RouterMsg> {
         let routers = &self.inner.routers;
         match order {
             OrderRef::Id(id) => &routers[router_of_order(*id) % routers.len()],
@@ -505,15 +572,26 @@ impl Engine {
     ) -> Result<Vec<Decision>, EngineError> {
         check_batch(&orders)?;
         let count = orders.len().min(self.inner.max_inflight as usize) as u32;
-        let _permit = self
-            .inner
-            .admission
-            .try_acquire_many(count)
-            .map_err(|_| EngineError::Overloaded)?;
+        let Ok(_permit) = self.inner.admission.try_acquire_many(count) else {
+            for order in &orders {
+                self.inner.metrics.overloaded(self.channel_slot(order));
+            }
+            return Err(EngineError::Overloaded);
+        };
         self.route(orders).await
     }
 
+    fn channel_slot(&self, order: &OrderRequest) -> Option<usize> {
+        self.inner
+            .network
+            .channel_idx(&order.channel)
+            .map(usize::from)
+    }
+
     async fn route(&self, orders: Vec<OrderRequest>) -> Result<Vec<Decision>, EngineError> {
+        let started = std::time::Instant::now();
+        let channels: SmallVec<[Option<usize>; 16]> =
+            orders.iter().map(|o| self.channel_slot(o)).collect();
         let routers = &self.inner.routers;
         let now_ms = self.now_ms();
         let mut by_router: Vec<(Vec<OrderRequest>, Vec<usize>)> =
@@ -541,9 +619,16 @@ impl Engine {
                 answers[slot] = Some(decision);
             }
         }
+        let metrics = &self.inner.metrics;
+        metrics.latency(started.elapsed(), total);
         Ok(answers
             .into_iter()
-            .map(|d| d.expect("every order answered"))
+            .zip(channels)
+            .map(|(d, channel)| {
+                let decision = d.expect("every order answered");
+                metrics.answered(channel, &decision);
+                decision
+            })
             .collect())
     }
 
@@ -867,7 +952,7 @@ impl Engine {
     ) -> Result<Subscription, EngineError> {
         let node = self.node_idx(node)?;
         let nodes = &self.inner.participants.nodes;
-        Ok(call(&nodes[node as usize], |reply| {
+        Ok(call_ref(&nodes[node as usize], |reply| {
             NodeMsg::Subscribe(from_cursor, reply)
         })
         .await?)
@@ -876,7 +961,7 @@ impl Engine {
     /// (online, allocations used today, open orders) of a node.
     pub async fn node_stats(&self, node: &str) -> Result<(bool, u32, usize), EngineError> {
         let node = self.node_idx(node)?;
-        Ok(call(
+        Ok(call_ref(
             &self.inner.participants.nodes[node as usize],
             NodeMsg::Stats,
         )
@@ -915,10 +1000,10 @@ impl Engine {
             task.abort();
         }
         for router in &self.inner.routers {
-            router.stop(None);
+            router.stop();
         }
         for shard in self.inner.participants.shards.iter() {
-            shard.stop(None);
+            shard.stop();
         }
         for node in self.inner.participants.nodes.iter() {
             node.stop(None);
@@ -940,7 +1025,7 @@ fn check_batch(orders: &[OrderRequest]) -> Result<(), EngineError> {
 /// Calls a router for a change that is answered only once journaled: no
 /// answer means the journal failed.
 async fn call_committed<M: ractor::Message, T: Send + 'static>(
-    actor: &ActorRef<M>,
+    actor: &Mailbox<M>,
     build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
 ) -> Result<T, EngineError> {
     match actor.call(build, None).await {
@@ -952,6 +1037,17 @@ async fn call_committed<M: ractor::Message, T: Send + 'static>(
 /// Calls an actor that must answer: actors stop only at shutdown or when a
 /// core invariant failed, and neither leaves anything sensible to do.
 async fn call<M: ractor::Message, T: Send + 'static>(
+    actor: &Mailbox<M>,
+    build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+) -> T {
+    match actor.call(build, None).await {
+        Ok(ractor::rpc::CallResult::Success(value)) => value,
+        _ => panic!("actor {:?} stopped; the engine cannot continue", actor.id()),
+    }
+}
+
+/// Like [`call`], for actors reached without a counted mailbox (nodes).
+async fn call_ref<M: ractor::Message, T: Send + 'static>(
     actor: &ActorRef<M>,
     build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
 ) -> T {

@@ -16,6 +16,10 @@ pub const KIND_TXN: u8 = 1;
 /// Journal record kind of a snapshot marker (an empty record whose LSN
 /// labels a snapshot taken just before it was appended).
 pub const KIND_MARKER: u8 = 2;
+/// Journal record kind of a routing policy reload: the channels' policies
+/// as TOML. Orders after it were routed by it; recovery starts on the
+/// config's policy, so replay passes over it.
+pub const KIND_POLICY: u8 = 3;
 
 /// One atomic change: the orders it rewrote (whole, as the book now has
 /// them) and the ops it sends to shards and nodes. Replay applies it alike.

@@ -296,6 +296,8 @@ struct Writer {
     segment_bytes: u64,
     durability: Durability,
     stats: Arc<JournalStats>,
+    fsync_seconds: metrics::Histogram,
+    commit_records: metrics::Histogram,
     spare_jobs: crossbeam_channel::Sender<SpareJob>,
     spares: crossbeam_channel::Receiver<(File, PathBuf)>,
     /// Whether the current segment was prepared; a plain one (the first of
@@ -359,10 +361,13 @@ impl Writer {
             if let Err(e) = self.file.sync_data() {
                 return Err(fail(acks, io_error(&self.path, e)));
             }
+            let elapsed = started.elapsed();
             self.stats
                 .fsync_us_total
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+            self.fsync_seconds.record(elapsed.as_secs_f64());
         }
+        self.commit_records.record(acks.len() as f64);
         self.size += buffer.len() as u64;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -459,6 +464,8 @@ impl Journal {
             segment_bytes,
             durability,
             stats: stats.clone(),
+            fsync_seconds: metrics::histogram!(crate::telemetry::JOURNAL_FSYNC_SECONDS),
+            commit_records: metrics::histogram!(crate::telemetry::JOURNAL_COMMIT_RECORDS),
             spare_jobs,
             spares,
             prepared,

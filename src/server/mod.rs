@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::engine::Engine;
 
@@ -72,6 +74,12 @@ pub enum ServerError {
     Bind { addr: SocketAddr, message: String },
 }
 
+/// Longest a shutdown waits for accepted requests to be answered (a client
+/// that stopped reading could hold its answers back for ever).
+pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+/// Longest a shutdown waits for the peers to see the close.
+const SHUTDOWN_CLOSE_MS: u64 = 2_000;
+
 /// A running ingress.
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -79,17 +87,47 @@ pub struct RunningServer {
     pub fingerprint: String,
     endpoint: quinn::Endpoint,
     accept: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug)]
+pub struct Drained {
+    /// Whether every accepted request was answered within `SHUTDOWN_DRAIN_MS`.
+    pub complete: bool,
+    pub elapsed_ms: u128,
 }
 
 impl RunningServer {
-    /// Closes every connection with `SHUTDOWN` and stops accepting.
-    pub async fn shutdown(self) {
+    /// Stops accepting connections, streams and requests; answers every
+    /// request already read (each is journaled before its answer); then
+    /// closes every connection with `SHUTDOWN`.
+    pub async fn shutdown(self) -> Drained {
+        let started = std::time::Instant::now();
+        self.endpoint.set_server_config(None);
+        self.accept.abort();
+        self.stop.cancel();
+        self.tracker.close();
+        let complete = tokio::time::timeout(
+            std::time::Duration::from_millis(SHUTDOWN_DRAIN_MS),
+            self.tracker.wait(),
+        )
+        .await
+        .is_ok();
         self.endpoint.close(
             omniroute_protocol::close_codes::SHUTDOWN.into(),
             b"server shutting down",
         );
-        self.accept.abort();
-        self.endpoint.wait_idle().await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(SHUTDOWN_CLOSE_MS),
+            self.endpoint.wait_idle(),
+        )
+        .await;
+        Drained {
+            complete,
+            elapsed_ms: started.elapsed().as_millis(),
+        }
     }
 }
 
@@ -113,10 +151,14 @@ pub async fn start(
         addr: settings.listen,
         message: e.to_string(),
     })?;
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let shared = Arc::new(session::Shared {
         engine,
         tokens: settings.tokens.clone(),
         max_inflight_per_connection: settings.max_inflight_per_connection.max(1),
+        stop: stop.clone(),
+        tracker: tracker.clone(),
     });
     let connections = Arc::new(Semaphore::new(
         settings.max_connections.clamp(1, MAX_CONNECTIONS),
@@ -129,7 +171,7 @@ pub async fn start(
                 continue;
             };
             let shared = shared.clone();
-            tokio::spawn(async move {
+            shared.tracker.clone().spawn(async move {
                 session::serve_connection(incoming, shared).await;
                 drop(permit);
             });
@@ -141,5 +183,7 @@ pub async fn start(
         fingerprint: identity.fingerprint,
         endpoint,
         accept,
+        stop,
+        tracker,
     })
 }

@@ -29,6 +29,10 @@ pub struct Shared {
     pub engine: Engine,
     pub tokens: Vec<(String, Role)>,
     pub max_inflight_per_connection: usize,
+    /// Cancelled at shutdown: stop reading, answer what was read.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Every connection, stream and request task, for the shutdown to wait on.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 /// What a connection is allowed to do, and how much it has in flight.
@@ -36,6 +40,8 @@ struct Session {
     /// Set by the first successful `Hello`; fixed for the connection's life.
     role: OnceLock<Role>,
     inflight: Arc<Semaphore>,
+    /// Counts this connection under its role (unauthenticated until Hello).
+    gauge: std::sync::Mutex<crate::telemetry::ConnectionGauge>,
 }
 
 /// What the reader or a worker hands the stream's writer.
@@ -52,9 +58,16 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let session = Arc::new(Session {
         role: OnceLock::new(),
         inflight: Arc::new(Semaphore::new(shared.max_inflight_per_connection)),
+        gauge: std::sync::Mutex::new(crate::telemetry::ConnectionGauge::new("unauthenticated")),
     });
-    while let Ok((send, recv)) = connection.accept_bi().await {
-        tokio::spawn(serve_stream(
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => break,
+            accepted = connection.accept_bi() => accepted,
+        };
+        let Ok((send, recv)) = accepted else { break };
+        shared.tracker.spawn(serve_stream(
             send,
             recv,
             connection.clone(),
@@ -104,7 +117,13 @@ async fn serve_stream(
     let writer = tokio::spawn(write_loop(send, queue));
     let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     loop {
-        match recv.read_chunk(READ_CHUNK_BYTES, true).await {
+        let read = tokio::select! {
+            biased;
+            // Shutting down: what was read is answered below; nothing more is read.
+            _ = shared.stop.cancelled() => break,
+            read = recv.read_chunk(READ_CHUNK_BYTES, true) => read,
+        };
+        match read {
             Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
             Ok(None) => {
                 if !buffer.is_empty() {
@@ -208,13 +227,16 @@ async fn dispatch(
         match request {
             Request::Submit(order) => submits.push((id, wire::order_request(order))),
             Request::Subscribe { node, from_cursor } => {
-                tokio::spawn(pump_events(
-                    shared.engine.clone(),
-                    id,
-                    node,
-                    from_cursor,
-                    out.clone(),
-                ));
+                let stop = shared.stop.clone();
+                shared
+                    .tracker
+                    .spawn(stop.run_until_cancelled_owned(pump_events(
+                        shared.engine.clone(),
+                        id,
+                        node,
+                        from_cursor,
+                        out.clone(),
+                    )));
             }
             other => others.push((id, other)),
         }
@@ -231,7 +253,7 @@ async fn dispatch(
         return false;
     };
     let (engine, out) = (shared.engine.clone(), out.clone());
-    tokio::spawn(async move {
+    shared.tracker.spawn(async move {
         let mut responses = Vec::with_capacity(work);
         if !submits.is_empty() {
             let (ids, orders): (Vec<u64>, Vec<_>) = submits.into_iter().unzip();
@@ -270,7 +292,10 @@ fn hello(session: &Session, shared: &Shared, token: &str) -> Response {
             format!("connection is already {}", current.name()),
         ),
         _ => {
-            let _ = session.role.set(role.clone());
+            if session.role.set(role.clone()).is_ok() {
+                *session.gauge.lock().expect("gauge lock") =
+                    crate::telemetry::ConnectionGauge::new(&role.name());
+            }
             Response::HelloOk { role: role.name() }
         }
     }

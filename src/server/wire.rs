@@ -210,9 +210,10 @@ pub fn error(error: &EngineError) -> wire::Response {
             OpError::UnknownNode => ErrorCode::UnknownNode,
             OpError::UnknownSku => ErrorCode::UnknownSku,
         },
-        EngineError::Spawn(_) | EngineError::Routers | EngineError::Unavailable => {
-            ErrorCode::Internal
-        }
+        EngineError::Spawn(_)
+        | EngineError::Routers
+        | EngineError::Unavailable
+        | EngineError::Channels { .. } => ErrorCode::Internal,
     };
     wire::Response::error(code, error.to_string())
 }

@@ -1,0 +1,289 @@
+//! The admin HTTP port: Prometheus `/metrics`, `/healthz`, `/readyz`, and
+//! `POST /policy/reload`. It starts before recovery, so that an operator
+//! (or an orchestrator) can tell "alive but recovering" from "ready".
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError};
+use crate::telemetry;
+
+/// What the admin port and the daemon share.
+pub struct Status {
+    ready: AtomicBool,
+    /// When the newest snapshot was written (Unix ms; 0: none yet).
+    last_snapshot_unix_ms: AtomicU64,
+    engine: OnceLock<Engine>,
+    /// The config file a reload reads again; None on the embedded config.
+    config_path: Option<PathBuf>,
+    /// Tokens of the `admin` role: a reload must carry one.
+    admin_tokens: Vec<String>,
+    /// One reload at a time, so that their records and their effects keep one order.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(
+        "the daemon runs on its embedded config; start it with --config FILE to reload policies"
+    )]
+    NoConfigFile,
+    #[error("cannot read {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("the daemon is not ready (recovering or stopping)")]
+    NotReady,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl ReloadError {
+    /// A stable code for scripts, next to the message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReloadError::NoConfigFile => "no_config_file",
+            ReloadError::Read { .. } => "unreadable",
+            ReloadError::Invalid { .. } => "invalid_policy",
+            ReloadError::NotReady => "not_ready",
+            ReloadError::Engine(EngineError::Channels { .. }) => "channels_changed",
+            ReloadError::Engine(_) => "unavailable",
+        }
+    }
+}
+
+/// A reload that took effect.
+#[derive(Debug, serde::Serialize)]
+pub struct Reloaded {
+    /// Journal LSN of the reload; orders after it are routed by the new policies.
+    pub lsn: u64,
+    pub channels: Vec<String>,
+}
+
+impl Status {
+    pub fn new(config_path: Option<PathBuf>, admin_tokens: Vec<String>) -> Status {
+        Status {
+            ready: AtomicBool::new(false),
+            last_snapshot_unix_ms: AtomicU64::new(0),
+            engine: OnceLock::new(),
+            config_path,
+            admin_tokens,
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The engine is up (recovery is done): metrics can read it.
+    pub fn engine_started(&self, engine: Engine) {
+        let _ = self.engine.set(engine);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+        metrics::gauge!(telemetry::READY).set(if ready { 1.0 } else { 0.0 });
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn snapshot_written(&self, at_unix_ms: u64) {
+        self.last_snapshot_unix_ms
+            .fetch_max(at_unix_ms, Ordering::Relaxed);
+        metrics::counter!(telemetry::SNAPSHOTS_TOTAL).increment(1);
+    }
+
+    /// Reads the config file again, validates all of it, and routes by its
+    /// channels' policies from the reload's LSN on. Anything wrong leaves
+    /// the policies in force as they were.
+    pub async fn reload_policy(&self) -> Result<Reloaded, ReloadError> {
+        let result = self.try_reload().await;
+        let outcome = if result.is_ok() { "applied" } else { "refused" };
+        metrics::counter!(telemetry::POLICY_RELOADS_TOTAL, "result" => outcome).increment(1);
+        match &result {
+            Ok(r) => tracing::info!(
+                "routing policies reloaded at LSN {} for channels {}",
+                r.lsn,
+                r.channels.join(", ")
+            ),
+            Err(e) => tracing::warn!("policy reload refused, the old policies stay: {e}"),
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<Reloaded, ReloadError> {
+        let _one = self.reloading.lock().await;
+        let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
+        let engine = match (self.engine.get(), self.is_ready()) {
+            (Some(engine), true) => engine,
+            _ => return Err(ReloadError::NotReady),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ReloadError::Read {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ReloadError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        let policies = Config::from_toml(&text)
+            .and_then(|config| config.policies())
+            .map_err(|e| invalid(e.to_string()))?;
+        let channels = policies.channels.iter().map(|c| c.name.clone()).collect();
+        let lsn = engine
+            .reload_policies(policies.channels, policies.toml)
+            .await?;
+        Ok(Reloaded { lsn, channels })
+    }
+
+    /// Sets the gauges whose values live elsewhere, just before a scrape.
+    fn refresh_gauges(&self) {
+        let snapshot_at = self.last_snapshot_unix_ms.load(Ordering::Relaxed);
+        if snapshot_at > 0 {
+            let age_ms = unix_ms().saturating_sub(snapshot_at);
+            metrics::gauge!(telemetry::SNAPSHOT_AGE_SECONDS).set(age_ms as f64 / 1e3);
+        }
+        metrics::gauge!(telemetry::READY).set(if self.is_ready() { 1.0 } else { 0.0 });
+        let Some(engine) = self.engine.get() else {
+            return;
+        };
+        metrics::gauge!(telemetry::ORDERS_IN_FLIGHT).set(engine.orders_in_flight() as f64);
+        let (routers, shards) = engine.queue_depths();
+        for (queue, depths) in [("router", routers), ("shard", shards)] {
+            for (id, depth) in depths.into_iter().enumerate() {
+                metrics::gauge!(telemetry::QUEUE_DEPTH, "queue" => queue, "id" => id.to_string())
+                    .set(depth as f64);
+            }
+        }
+        if let Some(journal) = engine.sequencer().journal() {
+            let stats = &journal.stats;
+            metrics::counter!(telemetry::JOURNAL_RECORDS_TOTAL)
+                .absolute(stats.records.load(Ordering::Relaxed));
+            metrics::counter!(telemetry::JOURNAL_COMMITS_TOTAL)
+                .absolute(stats.commits.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// A running admin port.
+pub struct AdminServer {
+    pub addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+struct AdminState {
+    status: Arc<Status>,
+    metrics: PrometheusHandle,
+}
+
+/// Binds `addr` and serves the admin endpoints.
+pub async fn start(
+    addr: SocketAddr,
+    status: Arc<Status>,
+    metrics: PrometheusHandle,
+) -> Result<AdminServer, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("admin port: cannot listen on {addr}: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("admin port: {e}"))?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/policy/reload", post(reload))
+        .with_state(Arc::new(AdminState { status, metrics }));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!("admin port stopped: {e}");
+        }
+    });
+    Ok(AdminServer { addr, stop, task })
+}
+
+async fn metrics_page(State(state): State<Arc<AdminState>>) -> Response {
+    state.status.refresh_gauges();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    if state.status.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+fn json_error(status: StatusCode, code: &str, message: String) -> Response {
+    let body = serde_json::json!({ "code": code, "message": message });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn reload(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let authorized = token.is_some_and(|token| {
+        state.status.admin_tokens.iter().any(|known| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                known.as_bytes(),
+                token.as_bytes(),
+            ))
+        })
+    });
+    if !authorized {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "not_authorized",
+            "send 'Authorization: Bearer <token>' with a token of the admin role".into(),
+        );
+    }
+    match state.status.reload_policy().await {
+        Ok(reloaded) => (StatusCode::OK, axum::Json(reloaded)).into_response(),
+        Err(e) => {
+            let status = match e {
+                ReloadError::NotReady | ReloadError::Engine(EngineError::Unavailable) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            json_error(status, e.code(), e.to_string())
+        }
+    }
+}

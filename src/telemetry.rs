@@ -1,0 +1,239 @@
+//! Metrics: their names, the handles the hot paths keep, and the
+//! Prometheus recorder the admin port renders. The `metrics` facade is
+//! process-wide, so the recorder is installed once, by the first daemon.
+//!
+//! Counters on hot paths are resolved to handles once (per channel and
+//! outcome) so that counting an order is an atomic add, not a registry
+//! lookup. Values owned elsewhere (journal totals, queue depths, snapshot
+//! age) are read when scraped, not pushed.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::core::model::{Decision, RejectReason};
+use crate::core::network::Network;
+
+pub const ORDERS_TOTAL: &str = "omniroute_orders_total";
+pub const ROUTING_LATENCY_SECONDS: &str = "omniroute_routing_latency_seconds";
+pub const REROUTES_TOTAL: &str = "omniroute_reroutes_total";
+pub const HOLDS_EXPIRED_TOTAL: &str = "omniroute_holds_expired_total";
+pub const QUEUE_DEPTH: &str = "omniroute_queue_depth";
+pub const ORDERS_IN_FLIGHT: &str = "omniroute_orders_in_flight";
+pub const JOURNAL_FSYNC_SECONDS: &str = "omniroute_journal_fsync_seconds";
+pub const JOURNAL_COMMIT_RECORDS: &str = "omniroute_journal_commit_records";
+pub const JOURNAL_RECORDS_TOTAL: &str = "omniroute_journal_records_total";
+pub const JOURNAL_COMMITS_TOTAL: &str = "omniroute_journal_commits_total";
+pub const SNAPSHOT_AGE_SECONDS: &str = "omniroute_snapshot_age_seconds";
+pub const SNAPSHOTS_TOTAL: &str = "omniroute_snapshots_total";
+pub const CONNECTIONS: &str = "omniroute_connections";
+pub const POLICY_RELOADS_TOTAL: &str = "omniroute_policy_reloads_total";
+pub const POLICY_LSN: &str = "omniroute_policy_lsn";
+pub const READY: &str = "omniroute_ready";
+
+/// Histogram bounds of the routing latency, in seconds: 50 µs to 1 s.
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+/// Records per group commit.
+const COMMIT_RECORDS_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+/// How often histogram samples are folded into their buckets, so that a
+/// daemon nobody scrapes does not keep its samples.
+pub const UPKEEP_INTERVAL_MS: u64 = 5_000;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns the
+/// handle that renders it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                    LATENCY_BUCKETS_SECONDS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(JOURNAL_COMMIT_RECORDS.into()),
+                        COMMIT_RECORDS_BUCKETS,
+                    )
+                })
+                .expect("bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder (a test harness's) may already be global; the
+            // handle then renders an empty page rather than failing the start.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_millis(UPKEEP_INTERVAL_MS));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawn the metrics upkeep thread");
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        ORDERS_TOTAL,
+        "Orders answered, by channel and outcome (routed, partial, or the reject code)"
+    );
+    describe_histogram!(
+        ROUTING_LATENCY_SECONDS,
+        Unit::Seconds,
+        "From admission to decision, per order (journaled before answered)"
+    );
+    describe_counter!(
+        REROUTES_TOTAL,
+        "Orders routed again, by cause (bumped by a stock count, node_rejected, node_offline)"
+    );
+    describe_counter!(
+        HOLDS_EXPIRED_TOTAL,
+        "Unconfirmed holds released at their TTL"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Messages sent to an actor and not yet handled, by queue (router, shard) and id"
+    );
+    describe_gauge!(ORDERS_IN_FLIGHT, "Orders admitted and not yet answered");
+    describe_histogram!(
+        JOURNAL_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time of one group commit's write and fsync"
+    );
+    describe_histogram!(
+        JOURNAL_COMMIT_RECORDS,
+        "Records made durable by one group commit"
+    );
+    describe_counter!(JOURNAL_RECORDS_TOTAL, "Records journaled since start");
+    describe_counter!(JOURNAL_COMMITS_TOTAL, "Group commits since start");
+    describe_gauge!(
+        SNAPSHOT_AGE_SECONDS,
+        Unit::Seconds,
+        "Since the newest snapshot was written"
+    );
+    describe_counter!(SNAPSHOTS_TOTAL, "Snapshots written since start");
+    describe_gauge!(CONNECTIONS, "Open QUIC connections, by role");
+    describe_counter!(
+        POLICY_RELOADS_TOTAL,
+        "Routing policy reloads, by result (applied, refused)"
+    );
+    describe_gauge!(
+        POLICY_LSN,
+        "Journal LSN of the policy in force (0: the one the daemon started with)"
+    );
+    describe_gauge!(READY, "1 once recovery is done and orders are accepted");
+}
+
+/// Outcome labels of [`ORDERS_TOTAL`], in the order of [`outcome_of`].
+pub const OUTCOMES: [&str; 9] = [
+    "routed",
+    "partial",
+    "short",
+    "no_eligible_node",
+    "too_many_shipments",
+    "invalid",
+    "duplicate_mismatch",
+    "contention",
+    "overloaded",
+];
+const OVERLOADED: usize = 8;
+
+fn outcome_of(decision: &Decision) -> usize {
+    match decision {
+        Decision::Routed { short, .. } if short.is_empty() => 0,
+        Decision::Routed { .. } => 1,
+        Decision::Rejected(reason) => match reason {
+            RejectReason::Short { .. } => 2,
+            RejectReason::NoEligibleNode => 3,
+            RejectReason::TooManyShipments { .. } => 4,
+            RejectReason::Invalid(_) => 5,
+            RejectReason::DuplicateMismatch => 6,
+            RejectReason::Contention { .. } => 7,
+        },
+    }
+}
+
+/// The label of orders whose channel is not configured.
+const UNKNOWN_CHANNEL: &str = "unknown";
+
+/// Handles of the engine's hot-path metrics, resolved once.
+pub struct EngineMetrics {
+    /// One row per channel, then one for unknown channels.
+    outcomes: Vec<[Counter; OUTCOMES.len()]>,
+    latency: Histogram,
+    pub rerouted_bumped: Counter,
+    pub rerouted_node_rejected: Counter,
+    pub rerouted_node_offline: Counter,
+    pub holds_expired: Counter,
+}
+
+impl EngineMetrics {
+    pub fn new(network: &Network) -> EngineMetrics {
+        let row = |channel: &str| {
+            OUTCOMES.map(|outcome| {
+                counter!(ORDERS_TOTAL, "channel" => channel.to_string(), "outcome" => outcome)
+            })
+        };
+        let mut outcomes: Vec<_> = network.channels.iter().map(|c| row(&c.name)).collect();
+        outcomes.push(row(UNKNOWN_CHANNEL));
+        let rerouted = |cause: &'static str| counter!(REROUTES_TOTAL, "cause" => cause);
+        EngineMetrics {
+            outcomes,
+            latency: histogram!(ROUTING_LATENCY_SECONDS),
+            rerouted_bumped: rerouted("bumped"),
+            rerouted_node_rejected: rerouted("node_rejected"),
+            rerouted_node_offline: rerouted("node_offline"),
+            holds_expired: counter!(HOLDS_EXPIRED_TOTAL),
+        }
+    }
+
+    fn row(&self, channel: Option<usize>) -> &[Counter; OUTCOMES.len()] {
+        let unknown = self.outcomes.len() - 1;
+        &self.outcomes[channel.unwrap_or(unknown).min(unknown)]
+    }
+
+    /// Counts one answered order and its latency.
+    pub fn answered(&self, channel: Option<usize>, decision: &Decision) {
+        self.row(channel)[outcome_of(decision)].increment(1);
+    }
+
+    pub fn latency(&self, elapsed: Duration, orders: usize) {
+        self.latency.record_many(elapsed.as_secs_f64(), orders);
+    }
+
+    pub fn overloaded(&self, channel: Option<usize>) {
+        self.row(channel)[OVERLOADED].increment(1);
+    }
+}
+
+/// Open connections of one role; the gauge goes down when this is dropped.
+pub struct ConnectionGauge(Gauge);
+
+impl ConnectionGauge {
+    pub fn new(role: &str) -> ConnectionGauge {
+        let gauge = gauge!(CONNECTIONS, "role" => role.to_string());
+        gauge.increment(1.0);
+        ConnectionGauge(gauge)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
