@@ -104,6 +104,13 @@ impl Status {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// Where snapshot age counts from when this run has written none: the
+    /// newest snapshot file, or the start of a directory that has none.
+    pub fn snapshot_baseline(&self, at_unix_ms: u64) {
+        self.last_snapshot_unix_ms
+            .fetch_max(at_unix_ms, Ordering::Relaxed);
+    }
+
     pub fn snapshot_written(&self, at_unix_ms: u64) {
         self.last_snapshot_unix_ms
             .fetch_max(at_unix_ms, Ordering::Relaxed);

@@ -758,6 +758,49 @@ impl Config {
     }
 }
 
+/// The channels of `network` with the policies of a policy file: its
+/// `[channels.NAME]` tables (a whole config file will do; its other
+/// sections are not read). Channels the file does not name keep theirs.
+pub fn policies_from_toml(text: &str, network: &Network) -> Result<Vec<Channel>, ConfigError> {
+    #[derive(Deserialize)]
+    struct PolicyFile {
+        #[serde(default)]
+        channels: BTreeMap<String, ChannelConfig>,
+        #[serde(flatten)]
+        _rest: toml::Table,
+    }
+    let file: PolicyFile = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    if file.channels.is_empty() {
+        return Err(invalid(
+            "channels",
+            "the policy file has no [channels.NAME] table",
+        ));
+    }
+    if let Some(name) = file
+        .channels
+        .keys()
+        .find(|name| network.channel_idx(name).is_none())
+    {
+        return Err(invalid(
+            format!("channels.{name}"),
+            "no such channel in the recorded network",
+        ));
+    }
+    network
+        .channels
+        .iter()
+        .map(|channel| {
+            Ok(Channel {
+                name: channel.name.clone(),
+                policy: match file.channels.get(&channel.name) {
+                    Some(config) => validate_policy(&format!("channels.{}", channel.name), config)?,
+                    None => channel.policy.clone(),
+                },
+            })
+        })
+        .collect()
+}
+
 fn validate_policy(key: &str, channel: &ChannelConfig) -> Result<Policy, ConfigError> {
     let mut rules = Vec::new();
     if channel.rules.len() > MAX_RULES {

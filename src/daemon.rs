@@ -63,9 +63,9 @@ pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result
     let data_dir = config.server.data_dir.clone();
     let (engine, report) = recover(config, Arc::new(SystemClock)).await?;
     status.engine_started(engine.clone());
-    if let Some(at_ms) = store::newest_snapshot_unix_ms(&data_dir) {
-        status.snapshot_written(at_ms);
-    }
+    status.snapshot_baseline(
+        store::newest_snapshot_unix_ms(&data_dir).unwrap_or_else(crate::admin::unix_ms),
+    );
     let snapshots = tokio::spawn(snapshot_loop(
         engine.clone(),
         data_dir.clone(),

@@ -120,6 +120,17 @@ enum Command {
         #[arg(long)]
         cells: u64,
     },
+    /// What-if: route the journal's recorded orders again under other
+    /// policies, offline, and compare (needs journal.keep_segments = true
+    /// while the journal was recorded). --config is the recorded network.
+    Replay {
+        /// Policy file: [channels.NAME] tables (a whole config file will do).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Route sample orders against the config's network and print what happened.
     Demo {
         /// Orders to route.
@@ -340,6 +351,41 @@ async fn demo(config: ValidConfig, orders: usize, lines: usize) -> Result<(), St
     Ok(())
 }
 
+fn replay(
+    config: &ValidConfig,
+    policy: &std::path::Path,
+    json: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(policy)
+        .map_err(|e| format!("cannot read {}: {e}", policy.display()))?;
+    let channels = omniroute::config::policies_from_toml(&text, &config.network)
+        .map_err(|e| format!("{}: {e}", policy.display()))?;
+    let data_dir = &config.server.data_dir;
+    let report =
+        omniroute::replay::replay(data_dir, config, channels).map_err(|e| e.to_string())?;
+    println!(
+        "what-if replay of {}: {} orders from {} journal records in {:.1} ms ({:.2} M orders/s)",
+        data_dir.display(),
+        report.recorded.orders,
+        report.journal_records,
+        report.elapsed_ms,
+        report.orders_per_second / 1e6
+    );
+    println!("what-if policy: {}", policy.display());
+    if report.recorded_policy_reloads > 0 {
+        println!(
+            "the journal holds {} policy reloads; the what-if policy stands for all of them",
+            report.recorded_policy_reloads
+        );
+    }
+    print!("{}", report.table());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report.json()).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Logs to stderr: `RUST_LOG` when set, else `level`; JSON lines or text.
 fn init_logs(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -361,7 +407,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        None | Some(Command::Serve) | Some(Command::CheckConfig) | Some(Command::Demo { .. })
+        None | Some(Command::Serve)
+            | Some(Command::CheckConfig)
+            | Some(Command::Demo { .. })
+            | Some(Command::Replay { .. })
     ) {
         init_logs(CLIENT_LOG_LEVEL, cli.log_json);
     }
@@ -421,6 +470,7 @@ fn main() -> ExitCode {
                     Command::Demo { orders, lines } => {
                         runtime.block_on(demo(config, orders, lines))
                     }
+                    Command::Replay { policy, json } => replay(&config, &policy, json.as_deref()),
                     _ => runtime.block_on(serve(config, cli.config.clone())),
                 }
             }

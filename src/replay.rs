@@ -1,1 +1,593 @@
+//! What-if replay: the order stream a journal recorded, routed again under
+//! another policy, offline and in process, with the recorded outcome and the
+//! what-if outcome side by side.
+//!
+//! The replay starts from the journal's first record (a fresh directory's
+//! stock load), so it needs every segment: `journal.keep_segments = true`.
+//! It applies what the outside world did, in LSN order: stock counts,
+//! restocks from returns, nodes going on and offline, and each recorded
+//! cancel or expiry (which frees the what-if allocation of that order).
+//! Each journal record's new orders are placed together, as the router
+//! that recorded them placed them, by the same core code (`place`).
+//!
+//! Not replayed: re-routes (node rejections, bumps) and ships, which
+//! depend on what the nodes did with the recorded allocation; a ship takes
+//! reserved units, so it does not change what is available. Capacity is
+//! counted as one day for the whole journal.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::executor::block_on;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use crate::config::ValidConfig;
+use crate::core::capacity::NodeLedger;
+use crate::core::geo::GeoPoint;
+use crate::core::index::AvailabilityIndex;
+use crate::core::local::{apply_node_op, apply_stock_op, LocalParticipants};
+use crate::core::model::{Allocation, Decision, NodeIdx, OrderId, OrderState, RejectReason};
+use crate::core::network::{Channel, Network};
+use crate::core::placement::{place, Attempt, NodeOp, Placement, PlanContext, StockOp};
+use crate::core::router::OrderRecord;
+use crate::core::stock::StockShard;
+use crate::engine::sequencer::{Txn, KIND_POLICY, KIND_TXN};
+use crate::store;
+
+/// Differences listed by example in the report.
+pub const MAX_LISTED_DIFFERENCES: usize = 10;
+/// The replay's clock: capacity is one day for the whole journal.
+const REPLAY_NOW_MS: u64 = 0;
+
+/// One side of the comparison.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Side {
+    pub orders: u64,
+    pub routed: u64,
+    /// Routed with some lines short (partial policies).
+    pub partial: u64,
+    /// Rejected for lack of stock.
+    pub short: u64,
+    /// Rejected for another reason (no eligible node, too many shipments, ...).
+    pub rejected_other: u64,
+    /// Distinct nodes per routed order, summed.
+    pub shipments: u64,
+    /// Routed orders shipped from more than one node.
+    pub split_orders: u64,
+    pub units: u64,
+    /// Node to ship-to, summed over shipments.
+    pub distance_km_total: f64,
+    /// `cost_base + per_km * distance` per shipment, summed.
+    pub shipping_cost_cents_total: f64,
+    /// Shipments per node id.
+    pub node_shipments: BTreeMap<String, u64>,
+}
+
+impl Side {
+    pub fn shipments_per_order(&self) -> f64 {
+        self.shipments as f64 / self.routed.max(1) as f64
+    }
+
+    pub fn split_rate(&self) -> f64 {
+        self.split_orders as f64 / self.routed.max(1) as f64
+    }
+
+    pub fn mean_distance_km(&self) -> f64 {
+        self.distance_km_total / self.shipments.max(1) as f64
+    }
+
+    fn count(&mut self, network: &Network, ship_to: GeoPoint, decision: Outcome<'_>) {
+        self.orders += 1;
+        let allocations = match decision {
+            Outcome::Routed { allocations, short } => {
+                self.routed += 1;
+                if short {
+                    self.partial += 1;
+                }
+                allocations
+            }
+            Outcome::Rejected(RejectReason::Short { .. }) => {
+                self.short += 1;
+                return;
+            }
+            Outcome::Rejected(_) => {
+                self.rejected_other += 1;
+                return;
+            }
+        };
+        let mut nodes: SmallVec<[NodeIdx; 4]> = allocations.iter().map(|a| a.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        self.shipments += nodes.len() as u64;
+        if nodes.len() > 1 {
+            self.split_orders += 1;
+        }
+        self.units += allocations.iter().map(|a| u64::from(a.qty)).sum::<u64>();
+        for node in nodes {
+            let node = network.node(node);
+            let distance_km = node.location.distance_km(&ship_to);
+            self.distance_km_total += distance_km;
+            self.shipping_cost_cents_total += node.shipping_cost_cents(distance_km);
+            *self.node_shipments.entry(node.id.clone()).or_default() += 1;
+        }
+    }
+}
+
+enum Outcome<'a> {
+    Routed {
+        allocations: &'a [Allocation],
+        short: bool,
+    },
+    Rejected(&'a RejectReason),
+}
+
+fn outcome(decision: &Decision) -> Outcome<'_> {
+    match decision {
+        Decision::Routed {
+            allocations, short, ..
+        } => Outcome::Routed {
+            allocations,
+            short: !short.is_empty(),
+        },
+        Decision::Rejected(reason) => Outcome::Rejected(reason),
+    }
+}
+
+fn placement_outcome(placement: &Placement) -> Outcome<'_> {
+    match placement {
+        Placement::Placed { allocations, short } => Outcome::Routed {
+            allocations,
+            short: !short.is_empty(),
+        },
+        Placement::Failed(reason) => Outcome::Rejected(reason),
+    }
+}
+
+/// Whether a what-if placement is the recorded decision: the same units
+/// from the same nodes per line, the same short lines, or the same kind of
+/// rejection.
+fn same_decision(recorded: &Decision, what_if: &Placement) -> bool {
+    fn sorted(allocations: &[Allocation]) -> Vec<(u16, NodeIdx, u32)> {
+        let mut v: Vec<_> = allocations
+            .iter()
+            .map(|a| (a.line, a.node, a.qty))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+    match (recorded, what_if) {
+        (
+            Decision::Routed {
+                allocations: a,
+                short: s,
+                ..
+            },
+            Placement::Placed {
+                allocations: b,
+                short: t,
+            },
+        ) => sorted(a) == sorted(b) && s.len() == t.len(),
+        (Decision::Rejected(a), Placement::Failed(b)) => {
+            std::mem::discriminant(a) == std::mem::discriminant(b)
+        }
+        _ => false,
+    }
+}
+
+/// The outcome of a replay.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    pub journal_records: u64,
+    pub first_lsn: u64,
+    pub recorded: Side,
+    pub what_if: Side,
+    /// Orders whose what-if decision is exactly the recorded one.
+    pub same_decisions: u64,
+    pub different_decisions: u64,
+    /// The first few orders decided differently: "client id: recorded -> what-if".
+    pub differences: Vec<String>,
+    /// Recorded cancels and expiries applied (each frees a what-if allocation).
+    pub releases_applied: u64,
+    /// Policy reloads the journal recorded (the what-if policy replaces them all).
+    pub recorded_policy_reloads: u64,
+    pub torn_tail: bool,
+    pub elapsed_ms: f64,
+    pub orders_per_second: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{0}")]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("the journal in {dir} starts at LSN {first_lsn}: older segments were deleted after a snapshot, so the starting stock is gone. Run the daemon with journal.keep_segments = true to keep a replayable history")]
+    Incomplete { dir: String, first_lsn: u64 },
+    #[error("the journal in {0} has no records")]
+    Empty(String),
+    #[error("LSN {lsn}: {reason}")]
+    Record { lsn: u64, reason: String },
+}
+
+/// The what-if world: the core's shards and ledgers as plain values.
+struct World {
+    network: Arc<Network>,
+    index: Arc<AvailabilityIndex>,
+    shard_count: u32,
+    participants: LocalParticipants,
+}
+
+impl World {
+    fn new(config: &ValidConfig, network: Network) -> World {
+        let index = Arc::new(AvailabilityIndex::new(
+            network.nodes.len(),
+            config.engine.max_skus,
+        ));
+        let shard_count = config.engine.shards.max(1);
+        let shards = (0..shard_count)
+            .map(|s| StockShard::new(s, shard_count, index.clone()))
+            .collect();
+        let ledgers = network
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                NodeLedger::new(
+                    i as NodeIdx,
+                    n.daily_capacity,
+                    n.online,
+                    index.clone(),
+                    REPLAY_NOW_MS,
+                )
+            })
+            .collect();
+        World {
+            network: Arc::new(network),
+            index,
+            shard_count,
+            participants: LocalParticipants {
+                shards: RefCell::new(shards),
+                nodes: RefCell::new(ledgers),
+                bumped: RefCell::new(Vec::new()),
+            },
+        }
+    }
+
+    /// Applies what the outside world did to stock: counts and restocks.
+    /// The shard is the world's own (the journal's may differ in count).
+    fn stock(&self, op: StockOp) {
+        let sku = match &op {
+            StockOp::Set { sku, .. }
+            | StockOp::Adjust { sku, .. }
+            | StockOp::Restock { sku, .. } => *sku,
+            _ => return,
+        };
+        let shard = StockShard::shard_of(sku, self.shard_count) as usize;
+        let mut bumped = self.participants.bumped.borrow_mut();
+        let _ = apply_stock_op(
+            &mut self.participants.shards.borrow_mut()[shard],
+            op,
+            &mut bumped,
+        );
+        // A count that falls below what-if reservations takes them back;
+        // the what-if does not route them again (see the module docs).
+        bumped.clear();
+    }
+
+    fn node(&self, node: NodeIdx, op: NodeOp) {
+        if let NodeOp::Online(_) = op {
+            let _ = apply_node_op(&mut self.participants.nodes.borrow_mut()[node as usize], op);
+        }
+    }
+
+    /// Frees what the what-if gave an order the record says was closed.
+    fn release(&self, order: OrderId, nodes: &[NodeIdx], skus: &[u32]) {
+        let mut shards = self.participants.shards.borrow_mut();
+        let mut bumped = Vec::new();
+        let mut done: SmallVec<[usize; 4]> = SmallVec::new();
+        for &sku in skus {
+            let shard = StockShard::shard_of(sku, self.shard_count) as usize;
+            if !done.contains(&shard) {
+                done.push(shard);
+                let _ = apply_stock_op(
+                    &mut shards[shard],
+                    StockOp::ReleaseOrder(order),
+                    &mut bumped,
+                );
+            }
+        }
+        let mut ledgers = self.participants.nodes.borrow_mut();
+        for &node in nodes {
+            let _ = apply_node_op(&mut ledgers[node as usize], NodeOp::Release(order));
+        }
+    }
+
+    fn place(&self, attempts: &[Attempt]) -> Vec<Placement> {
+        let context = PlanContext {
+            network: &self.network,
+            index: &self.index,
+            shard_count: self.shard_count,
+        };
+        block_on(place(&context, attempts, REPLAY_NOW_MS, &self.participants))
+    }
+}
+
+/// What the what-if gave an open order: (nodes, skus), to free on close.
+type Given = (SmallVec<[NodeIdx; 2]>, SmallVec<[u32; 2]>);
+
+fn attempt(record: &OrderRecord, ship_to: GeoPoint) -> Attempt {
+    Attempt {
+        order: record.id,
+        lines: record.lines.iter().copied().collect(),
+        ship_to,
+        market: record.market,
+        method: record.method,
+        channel: record.channel,
+        excluded: SmallVec::new(),
+    }
+}
+
+fn ship_to(record: &OrderRecord) -> Result<GeoPoint, String> {
+    GeoPoint::new(record.ship_to.0, record.ship_to.1).ok_or_else(|| {
+        format!(
+            "order {}: ship-to {:?} is not a point",
+            record.id, record.ship_to
+        )
+    })
+}
+
+/// Replays the journal of `data_dir` (recorded under `config`'s network)
+/// with `what_if` policies for its channels.
+pub fn replay(
+    data_dir: &Path,
+    config: &ValidConfig,
+    what_if: Vec<Channel>,
+) -> Result<Report, ReplayError> {
+    let started = Instant::now();
+    let recorded_network = &config.network;
+    let world = World::new(
+        config,
+        Network::new(
+            recorded_network.nodes.clone(),
+            recorded_network.markets.clone(),
+            what_if,
+        ),
+    );
+    let mut report = Report {
+        journal_records: 0,
+        first_lsn: 0,
+        recorded: Side::default(),
+        what_if: Side::default(),
+        same_decisions: 0,
+        different_decisions: 0,
+        differences: Vec::new(),
+        releases_applied: 0,
+        recorded_policy_reloads: 0,
+        torn_tail: false,
+        elapsed_ms: 0.0,
+        orders_per_second: 0.0,
+    };
+    let mut open: FxHashMap<OrderId, Option<Given>> = FxHashMap::default();
+    let mut first = true;
+    let mut incomplete = None;
+    let dir = store::journal_dir(data_dir);
+    let summary = crate::journal::read(&dir, |lsn, kind, payload| {
+        if first {
+            first = false;
+            if lsn != 1 {
+                incomplete = Some(lsn);
+                return Err(String::new());
+            }
+        }
+        match kind {
+            KIND_TXN => {}
+            KIND_POLICY => {
+                report.recorded_policy_reloads += 1;
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+        let txn = Txn::decode(payload)?;
+        for (id, name) in &txn.skus {
+            let got = world.index.intern(name).map_err(|e| e.to_string())?;
+            if got != *id {
+                return Err(format!("SKU {name:?} was id {id}, the replay gave {got}"));
+            }
+        }
+        for (_, op) in txn.stock {
+            world.stock(op);
+        }
+        for (node, op) in txn.nodes {
+            world.node(node, op);
+        }
+        let mut attempts = Vec::new();
+        let mut fresh = Vec::new();
+        for record in &txn.orders {
+            match open.get_mut(&record.id) {
+                None => {
+                    let point = ship_to(record)?;
+                    attempts.push(attempt(record, point));
+                    fresh.push((record, point));
+                }
+                Some(given) => {
+                    if matches!(record.state, OrderState::Cancelled | OrderState::Expired) {
+                        if let Some((nodes, skus)) = given.take() {
+                            world.release(record.id, &nodes, &skus);
+                            report.releases_applied += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let placements = world.place(&attempts);
+        for ((record, point), placement) in fresh.into_iter().zip(&placements) {
+            let decision = record.decision();
+            report
+                .recorded
+                .count(recorded_network, point, outcome(&decision));
+            report
+                .what_if
+                .count(&world.network, point, placement_outcome(placement));
+            if same_decision(&decision, placement) {
+                report.same_decisions += 1;
+            } else {
+                report.different_decisions += 1;
+                if report.differences.len() < MAX_LISTED_DIFFERENCES {
+                    report.differences.push(format!(
+                        "{}: {} -> {}",
+                        record.client_order_id,
+                        describe(&world.network, outcome(&decision)),
+                        describe(&world.network, placement_outcome(placement))
+                    ));
+                }
+            }
+            let given = match placement {
+                Placement::Placed { allocations, .. } if !allocations.is_empty() => Some((
+                    allocations.iter().map(|a| a.node).collect(),
+                    allocations.iter().map(|a| a.sku).collect(),
+                )),
+                _ => None,
+            };
+            open.insert(record.id, given);
+        }
+        Ok(())
+    });
+    let summary = summary.map_err(|e| match incomplete {
+        Some(first_lsn) => ReplayError::Incomplete {
+            dir: dir.display().to_string(),
+            first_lsn,
+        },
+        None => e.into(),
+    })?;
+    if summary.records == 0 {
+        return Err(ReplayError::Empty(dir.display().to_string()));
+    }
+    report.journal_records = summary.records;
+    report.first_lsn = summary.first_lsn;
+    report.torn_tail = summary.torn_tail;
+    let elapsed = started.elapsed().as_secs_f64();
+    report.elapsed_ms = elapsed * 1e3;
+    report.orders_per_second = report.recorded.orders as f64 / elapsed.max(1e-9);
+    Ok(report)
+}
+
+fn describe(network: &Network, outcome: Outcome<'_>) -> String {
+    match outcome {
+        Outcome::Routed { allocations, .. } => allocations
+            .iter()
+            .map(|a| format!("{}x{}", network.node(a.node).id, a.qty))
+            .collect::<Vec<_>>()
+            .join("+"),
+        Outcome::Rejected(reason) => format!("rejected ({reason})"),
+    }
+}
+
+impl Report {
+    /// The side-by-side table `omniroute replay` prints.
+    pub fn table(&self) -> String {
+        let (r, w) = (&self.recorded, &self.what_if);
+        let mut out = String::new();
+        let row = |out: &mut String, name: &str, a: String, b: String| {
+            out.push_str(&format!("{name:<28}{a:>14}{b:>14}\n"));
+        };
+        row(&mut out, "", "recorded".into(), "what-if".into());
+        row(
+            &mut out,
+            "orders",
+            r.orders.to_string(),
+            w.orders.to_string(),
+        );
+        row(
+            &mut out,
+            "routed",
+            r.routed.to_string(),
+            w.routed.to_string(),
+        );
+        row(
+            &mut out,
+            "  of them partial",
+            r.partial.to_string(),
+            w.partial.to_string(),
+        );
+        row(&mut out, "short", r.short.to_string(), w.short.to_string());
+        row(
+            &mut out,
+            "rejected otherwise",
+            r.rejected_other.to_string(),
+            w.rejected_other.to_string(),
+        );
+        row(
+            &mut out,
+            "units allocated",
+            r.units.to_string(),
+            w.units.to_string(),
+        );
+        row(
+            &mut out,
+            "shipments per order",
+            format!("{:.3}", r.shipments_per_order()),
+            format!("{:.3}", w.shipments_per_order()),
+        );
+        row(
+            &mut out,
+            "split rate",
+            format!("{:.2} %", r.split_rate() * 100.0),
+            format!("{:.2} %", w.split_rate() * 100.0),
+        );
+        row(
+            &mut out,
+            "mean distance km",
+            format!("{:.1}", r.mean_distance_km()),
+            format!("{:.1}", w.mean_distance_km()),
+        );
+        row(
+            &mut out,
+            "shipping cost total",
+            format!("{:.2}", r.shipping_cost_cents_total / 100.0),
+            format!("{:.2}", w.shipping_cost_cents_total / 100.0),
+        );
+        out.push_str("shipments per node:\n");
+        let nodes: std::collections::BTreeSet<&String> = r
+            .node_shipments
+            .keys()
+            .chain(w.node_shipments.keys())
+            .collect();
+        for node in nodes {
+            let count = |side: &Side| side.node_shipments.get(node).copied().unwrap_or(0);
+            row(
+                &mut out,
+                &format!("  {node}"),
+                count(r).to_string(),
+                count(w).to_string(),
+            );
+        }
+        out.push_str(&format!(
+            "decisions: {} the same, {} different\n",
+            self.same_decisions, self.different_decisions
+        ));
+        for difference in &self.differences {
+            out.push_str(&format!("  {difference}\n"));
+        }
+        out
+    }
+
+    /// The report as JSON, with the derived ratios of each side.
+    pub fn json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("a report serializes");
+        for (key, side) in [("recorded", &self.recorded), ("what_if", &self.what_if)] {
+            let object = value[key].as_object_mut().expect("a side is an object");
+            object.insert(
+                "shipments_per_order".into(),
+                side.shipments_per_order().into(),
+            );
+            object.insert("split_rate".into(), side.split_rate().into());
+            object.insert("mean_distance_km".into(), side.mean_distance_km().into());
+        }
+        value
+    }
+}

@@ -44,6 +44,7 @@ async fn start_daemon(dir: &Path) -> Daemon {
         .arg(dir)
         .arg("--listen")
         .arg("127.0.0.1:0")
+        .args(["--admin", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)

@@ -176,6 +176,67 @@ pub fn recover(dir: &Path, after_lsn: u64) -> Result<Recovered, JournalError> {
     Ok(recovered)
 }
 
+/// What [`read`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadSummary {
+    /// LSN of the first record (0: no records).
+    pub first_lsn: u64,
+    pub records: u64,
+    /// A torn record ended the last segment (a write a crash interrupted).
+    pub torn_tail: bool,
+}
+
+/// Reads every record of the journal in `dir`, in LSN order, without
+/// changing anything (a torn tail is reported, not cut): for tools that
+/// read a data directory offline, such as `omniroute replay`.
+pub fn read(
+    dir: &Path,
+    mut visit: impl FnMut(u64, u8, &[u8]) -> Result<(), String>,
+) -> Result<ReadSummary, JournalError> {
+    let segments = segment_paths(dir)?;
+    let mut summary = ReadSummary::default();
+    let mut expected: Option<u64> = None;
+    for (i, (first_lsn, path)) in segments.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+        let scan = record::scan(&bytes, Some(expected.unwrap_or(*first_lsn)));
+        for found in &scan.records {
+            if summary.records == 0 {
+                summary.first_lsn = found.lsn;
+            }
+            summary.records += 1;
+            visit(found.lsn, found.kind, &bytes[found.payload.clone()]).map_err(|reason| {
+                JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: found.payload.start as u64,
+                    reason,
+                }
+            })?;
+        }
+        let corrupt = |offset: usize, reason: String| JournalError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        match scan.end {
+            End::Clean => {}
+            End::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
+            End::Torn { offset } if i + 1 < segments.len() => {
+                return Err(corrupt(
+                    offset,
+                    "a torn record before the last segment".into(),
+                ))
+            }
+            End::Torn { .. } => summary.torn_tail = true,
+        }
+        expected = Some(
+            scan.records
+                .last()
+                .map_or(expected.unwrap_or(*first_lsn), |r| r.lsn + 1),
+        );
+    }
+    Ok(summary)
+}
+
 /// Deletes the segments whose every record has an LSN at or below `lsn`
 /// (every actor's snapshot has passed them). The last segment always stays:
 /// the writer appends to it. Returns the segments deleted.

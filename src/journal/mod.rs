@@ -18,6 +18,7 @@ mod files;
 pub mod record;
 
 pub use files::{
-    recover, remove_segments_through, Done, Durability, Journal, JournalError, JournalStats,
-    Recovered, RecoveredRecord, TornTail, DEFAULT_SEGMENT_BYTES, MAX_RECORDS_PER_COMMIT,
+    read, recover, remove_segments_through, Done, Durability, Journal, JournalError, JournalStats,
+    ReadSummary, Recovered, RecoveredRecord, TornTail, DEFAULT_SEGMENT_BYTES,
+    MAX_RECORDS_PER_COMMIT,
 };

@@ -104,6 +104,9 @@ async fn write_loop(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Out>)
         }
     }
     let _ = send.finish();
+    // Until the peer has every byte: a shutdown closes the connection after
+    // this, and a close drops whatever was still unsent or unacknowledged.
+    let _ = send.stopped().await;
 }
 
 async fn serve_stream(

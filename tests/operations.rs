@@ -1,0 +1,515 @@
+//! Operating the real daemon: the admin port's metrics and health, a
+//! graceful SIGTERM under load, and policy reload by SIGHUP and by HTTP.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::TempDir;
+use omniroute_client::{Client, ClientError, Trust};
+use omniroute_protocol::{Decision, Method, Order, OrderKey};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The daemon binary on a data directory, its stdout lines fed to a channel.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    cert: PathBuf,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Stdout lines up to "listening on".
+    startup: Vec<String>,
+}
+
+async fn start(dir: &Path, config: Option<&Path>, admin: &str) -> Daemon {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_omniroute"));
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--admin", admin])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the daemon starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (sink, mut lines) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            let _ = sink.send(line);
+        }
+    });
+    let mut startup = Vec::new();
+    let (mut addr, mut admin_addr) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while addr.is_none() || admin_addr.is_none() {
+        let line = tokio::time::timeout_at(deadline.into(), lines.recv())
+            .await
+            .expect("the daemon starts within 120 s")
+            .unwrap_or_else(|| panic!("the daemon exited while starting:\n{}", startup.join("\n")));
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+        }
+        if let Some(rest) = line.strip_prefix("admin on http://") {
+            admin_addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+        }
+        startup.push(line);
+    }
+    Daemon {
+        child,
+        addr: addr.unwrap(),
+        admin: admin_addr.unwrap(),
+        cert: dir.join("cert.pem"),
+        lines,
+        startup,
+    }
+}
+
+impl Daemon {
+    async fn client(&self, token: &str) -> Client {
+        Client::connect(
+            self.addr,
+            "localhost",
+            Trust::CaFile(self.cert.clone()),
+            token,
+        )
+        .await
+        .expect("client connects")
+    }
+
+    /// Waits for a stdout line containing `text` and returns it.
+    async fn line_with(&mut self, text: &str) -> String {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                if line.contains(text) {
+                    return line;
+                }
+            }
+            panic!("the daemon's stdout ended before {text:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {text:?} within 30 s"))
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: kill only sends a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    fn records_replayed(&self) -> u64 {
+        let line = self
+            .startup
+            .iter()
+            .find(|l| l.contains("journal records replayed"))
+            .expect("a recovery line");
+        let (_, rest) = line.split_once("orders recovered, ").unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// (status, body) of a GET.
+fn get(admin: SocketAddr, path: &str) -> Result<(u16, String), ureq::Error> {
+    let mut response = http().get(format!("http://{admin}{path}")).call()?;
+    let status = response.status().as_u16();
+    Ok((status, response.body_mut().read_to_string()?))
+}
+
+fn post(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = http().post(format!("http://{admin}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send_empty().expect("the admin port answers");
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&body).expect("a JSON body"))
+}
+
+/// The value of the sample `name{labels}` (labels as rendered), or 0 when absent.
+fn sample(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+fn order(id: &str, sku: &str, qty: u32, lat: f64, lon: f64, hold_ttl_ms: Option<u32>) -> Order {
+    Order {
+        channel: "web".into(),
+        client_order_id: id.into(),
+        lat,
+        lon,
+        market: None,
+        method: Method::Ship,
+        hold_ttl_ms,
+        lines: vec![(sku.into(), qty)],
+    }
+}
+
+fn key(id: &str) -> OrderKey {
+    OrderKey {
+        channel: "web".into(),
+        client_order_id: id.into(),
+    }
+}
+
+const BERLIN: (f64, f64) = (52.52, 13.40);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_every_family_and_move_with_orders() {
+    // Proves /metrics has the families operators alert on, and that orders, latency, expired
+    // holds, re-routes, the journal and connections move them.
+    let dir = TempDir::new("ops-metrics");
+    let daemon = start(&dir.0, None, "127.0.0.1:0").await;
+    let web = daemon.client("dev-web-token").await;
+    let node = daemon.client("dev-node-wh-de-ham").await;
+    let (status, before) = get(daemon.admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for family in [
+        "omniroute_orders_total",
+        "omniroute_routing_latency_seconds",
+        "omniroute_reroutes_total",
+        "omniroute_holds_expired_total",
+        "omniroute_queue_depth",
+        "omniroute_orders_in_flight",
+        "omniroute_journal_fsync_seconds",
+        "omniroute_journal_commit_records",
+        "omniroute_snapshot_age_seconds",
+        "omniroute_connections",
+        "omniroute_ready",
+    ] {
+        assert!(
+            before.contains(&format!("# TYPE {family} ")),
+            "{family} missing from:\n{before}"
+        );
+    }
+    assert_eq!(
+        sample(&before, r#"omniroute_connections{role="channel:web"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&before, r#"omniroute_queue_depth{queue="shard",id="3"}"#),
+        0.0
+    );
+    let routed = r#"omniroute_orders_total{channel="web",outcome="routed"}"#;
+    let short = r#"omniroute_orders_total{channel="web",outcome="short"}"#;
+    // 20 orders that route, one that cannot (more units than the network has), one with a hold
+    // of 1 ms that the expiry tick releases, one that its node rejects (saying it has none of
+    // the SKU, which also moves the 20 others held there: bumped by the count).
+    for i in 0..20 {
+        let decision = web
+            .submit(order(
+                &format!("m-{i}"),
+                "SKU-1",
+                1,
+                BERLIN.0,
+                BERLIN.1,
+                None,
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(decision, Decision::Routed { .. }), "{decision:?}");
+    }
+    let decision = web
+        .submit(order(
+            "m-short", "SKU-2", 1_000_000, BERLIN.0, BERLIN.1, None,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(decision, Decision::Rejected { .. }),
+        "{decision:?}"
+    );
+    web.submit(order("m-expire", "SKU-3", 1, BERLIN.0, BERLIN.1, Some(1)))
+        .await
+        .unwrap();
+    let Decision::Routed { allocations, .. } = web
+        .submit(order("m-reject", "SKU-1", 1, 53.55, 9.99, None))
+        .await
+        .unwrap()
+    else {
+        panic!("an order next to Hamburg routes");
+    };
+    assert_eq!(allocations[0].node, "WH-DE-HAM");
+    node.node_reject("WH-DE-HAM", key("m-reject"), vec![("SKU-1".into(), 0)])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, after) = get(daemon.admin, "/metrics").unwrap();
+    assert_eq!(sample(&after, routed) - sample(&before, routed), 22.0);
+    assert_eq!(sample(&after, short) - sample(&before, short), 1.0);
+    let latency = "omniroute_routing_latency_seconds_count";
+    assert_eq!(sample(&after, latency) - sample(&before, latency), 23.0);
+    assert!(sample(&after, "omniroute_holds_expired_total") >= 1.0);
+    assert_eq!(
+        sample(&after, r#"omniroute_reroutes_total{cause="node_rejected"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, r#"omniroute_reroutes_total{cause="bumped"}"#),
+        20.0
+    );
+    let records = "omniroute_journal_records_total";
+    assert!(sample(&after, records) >= sample(&before, records) + 23.0);
+    assert!(
+        sample(&after, "omniroute_journal_fsync_seconds_count")
+            > sample(&before, "omniroute_journal_fsync_seconds_count")
+    );
+    assert_eq!(
+        sample(&after, r#"omniroute_connections{role="node:WH-DE-HAM"}"#),
+        1.0
+    );
+    assert_eq!(get(daemon.admin, "/healthz").unwrap(), (200, "ok\n".into()));
+    assert_eq!(get(daemon.admin, "/readyz").unwrap().0, 200);
+}
+
+/// A port nothing listens on now (bound, read, released).
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_false_during_recovery_and_true_after() {
+    // Proves the admin port answers while the daemon replays its journal, /readyz says 503
+    // then, and 200 once orders are accepted.
+    let dir = TempDir::new("ops-ready");
+    // A large sample stock, never snapshotted: a restart replays ~2 M journaled cells.
+    let config = dir.0.join("big.toml");
+    let text = omniroute::config::DEFAULT_CONFIG_TOML
+        .replace("skus = 10000", "skus = 100000")
+        .replace("snapshot_interval_ms = 300000", "snapshot_interval_ms = 0")
+        .replace(
+            "snapshot_every_records = 2000000",
+            "snapshot_every_records = 0",
+        );
+    std::fs::write(&config, text).unwrap();
+    let mut first = start(&dir.0, Some(&config), "127.0.0.1:0").await;
+    first.child.kill().await.unwrap();
+    let admin = free_port();
+    let polling = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            match get(admin, "/readyz") {
+                Ok((status, _)) => {
+                    if seen.last() != Some(&status) {
+                        seen.push(status);
+                    }
+                    if status == 200 {
+                        break;
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        seen
+    });
+    let second = start(&dir.0, Some(&config), &admin.to_string()).await;
+    let seen = polling.await.unwrap();
+    assert!(
+        second.records_replayed() > 0,
+        "{}",
+        second.startup.join("\n")
+    );
+    assert_eq!(seen, vec![503, 200], "readiness answers in order");
+    assert_eq!(get(admin, "/healthz").unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_accepted_order_and_the_next_start_replays_nothing() {
+    // Proves a SIGTERM in the middle of pipelined traffic exits 0, every order the daemon
+    // decided was answered to its client, and the restart finds a final snapshot and no
+    // journal records to replay.
+    let dir = TempDir::new("ops-sigterm");
+    let mut daemon = start(&dir.0, None, "127.0.0.1:0").await;
+    let sent: Arc<Mutex<Vec<String>>> = Arc::default();
+    let answered: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let client = Arc::new(daemon.client("dev-web-token").await);
+        let (sent, answered, stop) = (sent.clone(), answered.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut in_flight = tokio::task::JoinSet::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                while in_flight.len() < 64 {
+                    let id = format!("t-{w}-{i}");
+                    i += 1;
+                    sent.lock().unwrap().push(id.clone());
+                    let client = client.clone();
+                    let sku = format!("SKU-{}", 1 + i % 50);
+                    in_flight.spawn(async move {
+                        let result = client.submit(order(&id, &sku, 1, 48.1, 11.6, None)).await;
+                        (id, result)
+                    });
+                }
+                let Some(done) = in_flight.join_next().await else {
+                    break;
+                };
+                let (id, result) = done.unwrap();
+                match result {
+                    Ok(_) => {
+                        answered.lock().unwrap().insert(id);
+                    }
+                    Err(ClientError::Server { .. }) => panic!("{id}: an error answer"),
+                    Err(_) => stop.store(true, Ordering::Relaxed),
+                }
+            }
+            while let Some(done) = in_flight.join_next().await {
+                if let (id, Ok(_)) = done.unwrap() {
+                    answered.lock().unwrap().insert(id);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answered_before = answered.lock().unwrap().len();
+    assert!(answered_before > 500, "load was flowing: {answered_before}");
+    daemon.signal(libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(60), daemon.child.wait())
+        .await
+        .expect("the daemon exits within 60 s")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    daemon.line_with("shutting down").await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        tokio::time::timeout(Duration::from_secs(60), worker)
+            .await
+            .expect("clients notice the close")
+            .unwrap();
+    }
+    let restarted = start(&dir.0, None, "127.0.0.1:0").await;
+    assert_eq!(
+        restarted.records_replayed(),
+        0,
+        "{}",
+        restarted.startup.join("\n")
+    );
+    let reader = restarted.client("dev-web-token").await;
+    let sent = sent.lock().unwrap().clone();
+    let answered = answered.lock().unwrap().clone();
+    let (mut known, mut unknown) = (0, 0);
+    for id in &sent {
+        match reader.get_order(key(id)).await {
+            Ok(_) => {
+                known += 1;
+                assert!(answered.contains(id), "{id} was decided but never answered");
+            }
+            Err(ClientError::Server { .. }) => {
+                unknown += 1;
+                assert!(!answered.contains(id), "{id} was answered but is lost");
+            }
+            Err(e) => panic!("reading {id}: {e}"),
+        }
+    }
+    assert_eq!(known, answered.len());
+    assert!(known > answered_before, "{known} orders kept");
+    eprintln!("{known} orders decided and answered, {unknown} never accepted");
+}
+
+/// The fixture network with channel `web` routed by `rules` (and `c`, which
+/// the fixture's tokens name).
+fn policy_config(dir: &Path, rules: &[&str]) -> String {
+    format!(
+        "{}\n{}\n{}\n{}\n{}",
+        common::NODES,
+        common::server_section(dir),
+        common::channel("web", rules),
+        common::channel("c", &["nearest"]),
+        common::stock(&[("P-1", "WH-S", 100), ("P-1", "ST-1", 100)])
+    )
+}
+
+async fn node_of(client: &Client, id: &str) -> String {
+    match client
+        .submit(order(id, "P-1", 1, 50.0, 10.0, None))
+        .await
+        .unwrap()
+    {
+        Decision::Routed { allocations, .. } => allocations[0].node.clone(),
+        other => panic!("{id}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reload_by_sighup_and_http_changes_the_next_order_and_a_broken_file_changes_nothing()
+{
+    // Proves a SIGHUP applies the config file's new rules to the next order, the reload is
+    // journaled, and a broken file (by HTTP or by SIGHUP) is refused with its reason while the
+    // policy in force stays.
+    let dir = TempDir::new("ops-reload");
+    let path = dir.0.join("omniroute.toml");
+    std::fs::write(&path, policy_config(&dir.0, &["nearest"])).unwrap();
+    let mut daemon = start(&dir.0, Some(&path), "127.0.0.1:0").await;
+    let web = daemon.client(common::CHANNEL_WEB_TOKEN).await;
+    assert_eq!(
+        node_of(&web, "r-1").await,
+        "ST-1",
+        "nearest: the store 11 km away"
+    );
+
+    std::fs::write(&path, policy_config(&dir.0, &["cheapest"])).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let reloaded = daemon.line_with("policy reload").await;
+    assert!(reloaded.starts_with("policy reloaded at LSN"), "{reloaded}");
+    assert_eq!(node_of(&web, "r-2").await, "WH-S", "cheapest: 355 cents");
+
+    let broken = policy_config(&dir.0, &["cheapest"]).replace("\"cheapest\"", "\"cheapest_ever\"");
+    std::fs::write(&path, broken).unwrap();
+    let (status, body) = post(daemon.admin, "/policy/reload", None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(daemon.admin, "/policy/reload", Some(common::ADMIN_TOKEN));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid_policy");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("channels.web") && message.contains("cheapest_ever"),
+        "{message}"
+    );
+    daemon.signal(libc::SIGHUP);
+    let refused = daemon.line_with("policy reload").await;
+    assert!(refused.contains("refused (invalid_policy)"), "{refused}");
+    assert_eq!(node_of(&web, "r-3").await, "WH-S", "the old policy stays");
+
+    std::fs::write(&path, policy_config(&dir.0, &["nearest"])).unwrap();
+    let (status, body) = post(daemon.admin, "/policy/reload", Some(common::ADMIN_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert!(body["lsn"].as_u64().unwrap() > 0);
+    assert_eq!(node_of(&web, "r-4").await, "ST-1", "reloaded by HTTP");
+    let (_, page) = get(daemon.admin, "/metrics").unwrap();
+    assert_eq!(
+        sample(&page, r#"omniroute_policy_reloads_total{result="applied"}"#),
+        2.0
+    );
+    assert_eq!(
+        sample(&page, r#"omniroute_policy_reloads_total{result="refused"}"#),
+        2.0
+    );
+}
