@@ -142,7 +142,10 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
     let nearest = dir.0.join("nearest.toml");
     std::fs::write(&nearest, config(&dir.0, &["nearest"])).unwrap();
     let (routed, rejected, cancelled) = record(&dir.0, &nearest).await;
-    assert!(routed > 40 && rejected > 0, "{routed} routed, {rejected} rejected");
+    assert!(
+        routed > 40 && rejected > 0,
+        "{routed} routed, {rejected} rejected"
+    );
 
     let (stdout, same) = replay(&dir.0, &nearest, &nearest);
     let recorded = &same["recorded"];
@@ -163,11 +166,20 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
     .unwrap();
     let (stdout, other) = replay(&dir.0, &nearest, &fewest);
     let (before, after) = (&other["recorded"], &other["what_if"]);
-    assert_eq!(before, recorded, "the recorded side does not depend on the what-if");
+    assert_eq!(
+        before, recorded,
+        "the recorded side does not depend on the what-if"
+    );
     let split = |side: &serde_json::Value| side["split_rate"].as_f64().unwrap();
     assert!(split(after) <= split(before), "{stdout}");
-    assert!(split(after) < split(before), "this stream has orders to consolidate: {stdout}");
-    assert!(other["different_decisions"].as_u64().unwrap() > 0, "{stdout}");
+    assert!(
+        split(after) < split(before),
+        "this stream has orders to consolidate: {stdout}"
+    );
+    assert!(
+        other["different_decisions"].as_u64().unwrap() > 0,
+        "{stdout}"
+    );
     assert!(stdout.contains("split rate"), "{stdout}");
     assert!(
         stdout.contains(&format!("{:.2} %", split(after) * 100.0)),
