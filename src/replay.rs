@@ -15,7 +15,6 @@
 //! reserved units, so it does not change what is available. Capacity is
 //! counted as one day for the whole journal.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +25,6 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use crate::config::ValidConfig;
-use crate::core::capacity::NodeLedger;
 use crate::core::geo::GeoPoint;
 use crate::core::index::AvailabilityIndex;
 use crate::core::local::{apply_node_op, apply_stock_op, LocalParticipants};
@@ -228,32 +226,12 @@ impl World {
             config.engine.max_skus,
         ));
         let shard_count = config.engine.shards.max(1);
-        let shards = (0..shard_count)
-            .map(|s| StockShard::new(s, shard_count, index.clone()))
-            .collect();
-        let ledgers = network
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                NodeLedger::new(
-                    i as NodeIdx,
-                    n.daily_capacity,
-                    n.online,
-                    index.clone(),
-                    REPLAY_NOW_MS,
-                )
-            })
-            .collect();
+        let participants = LocalParticipants::new(&network, &index, shard_count, REPLAY_NOW_MS);
         World {
             network: Arc::new(network),
             index,
             shard_count,
-            participants: LocalParticipants {
-                shards: RefCell::new(shards),
-                nodes: RefCell::new(ledgers),
-                bumped: RefCell::new(Vec::new()),
-            },
+            participants,
         }
     }
 
@@ -582,61 +560,29 @@ impl Report {
             out.push_str(&format!("{name:<28}{a:>14}{b:>14}\n"));
         };
         row(&mut out, "", "recorded".into(), "what-if".into());
-        row(
-            &mut out,
-            "orders",
-            r.orders.to_string(),
-            w.orders.to_string(),
-        );
-        row(
-            &mut out,
-            "routed",
-            r.routed.to_string(),
-            w.routed.to_string(),
-        );
-        row(
-            &mut out,
-            "  of them partial",
-            r.partial.to_string(),
-            w.partial.to_string(),
-        );
-        row(&mut out, "short", r.short.to_string(), w.short.to_string());
-        row(
-            &mut out,
-            "rejected otherwise",
-            r.rejected_other.to_string(),
-            w.rejected_other.to_string(),
-        );
-        row(
-            &mut out,
-            "units allocated",
-            r.units.to_string(),
-            w.units.to_string(),
-        );
-        row(
-            &mut out,
-            "shipments per order",
-            format!("{:.3}", r.shipments_per_order()),
-            format!("{:.3}", w.shipments_per_order()),
-        );
-        row(
-            &mut out,
-            "split rate",
-            format!("{:.2} %", r.split_rate() * 100.0),
-            format!("{:.2} %", w.split_rate() * 100.0),
-        );
-        row(
-            &mut out,
-            "mean distance km",
-            format!("{:.1}", r.mean_distance_km()),
-            format!("{:.1}", w.mean_distance_km()),
-        );
-        row(
-            &mut out,
-            "shipping cost total",
-            format!("{:.2}", r.shipping_cost_cents_total / 100.0),
-            format!("{:.2}", w.shipping_cost_cents_total / 100.0),
-        );
+        type Figure = fn(&Side) -> String;
+        let figures: [(&str, Figure); 11] = [
+            ("orders", |s| s.orders.to_string()),
+            ("routed", |s| s.routed.to_string()),
+            ("  of them partial", |s| s.partial.to_string()),
+            ("short", |s| s.short.to_string()),
+            ("rejected otherwise", |s| s.rejected_other.to_string()),
+            ("units allocated", |s| s.units.to_string()),
+            ("shipments per order", |s| {
+                format!("{:.3}", s.shipments_per_order())
+            }),
+            ("split rate", |s| format!("{:.2} %", s.split_rate() * 100.0)),
+            ("mean distance km", |s| {
+                format!("{:.1}", s.mean_distance_km())
+            }),
+            ("shipping cost total", |s| {
+                format!("{:.2}", s.shipping_cost_cents_total / 100.0)
+            }),
+            ("shipments", |s| s.shipments.to_string()),
+        ];
+        for (name, figure) in figures {
+            row(&mut out, name, figure(r), figure(w));
+        }
         out.push_str("shipments per node:\n");
         let nodes: std::collections::BTreeSet<&String> = r
             .node_shipments

@@ -26,6 +26,40 @@ pub struct LocalParticipants {
     pub bumped: RefCell<Vec<Bumped>>,
 }
 
+impl LocalParticipants {
+    /// Empty shards, and every node's ledger with its configured capacity
+    /// and online flag, all publishing to `index`.
+    pub fn new(
+        network: &Network,
+        index: &Arc<AvailabilityIndex>,
+        shard_count: u32,
+        now_ms: u64,
+    ) -> LocalParticipants {
+        let shards = (0..shard_count)
+            .map(|s| StockShard::new(s, shard_count, index.clone()))
+            .collect();
+        let nodes = network
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                NodeLedger::new(
+                    i as NodeIdx,
+                    n.daily_capacity,
+                    n.online,
+                    index.clone(),
+                    now_ms,
+                )
+            })
+            .collect();
+        LocalParticipants {
+            shards: RefCell::new(shards),
+            nodes: RefCell::new(nodes),
+            bumped: RefCell::new(Vec::new()),
+        }
+    }
+}
+
 impl Participants for LocalParticipants {
     async fn hold_stock(&self, shard: u32, items: Vec<HoldItem>) -> Vec<HoldOutcome> {
         self.shards.borrow_mut()[shard as usize].hold(&items)
@@ -142,32 +176,11 @@ impl LocalEngine {
         shard_count: u32,
         now_ms: u64,
     ) -> LocalEngine {
-        let shards = (0..shard_count)
-            .map(|s| StockShard::new(s, shard_count, index.clone()))
-            .collect();
-        let nodes = network
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                NodeLedger::new(
-                    i as NodeIdx,
-                    n.daily_capacity,
-                    n.online,
-                    index.clone(),
-                    now_ms,
-                )
-            })
-            .collect();
         LocalEngine {
             router: RouterCore::new(0, network.clone(), index.clone(), shard_count),
+            participants: LocalParticipants::new(&network, &index, shard_count, now_ms),
             network,
             index,
-            participants: LocalParticipants {
-                shards: RefCell::new(shards),
-                nodes: RefCell::new(nodes),
-                bumped: RefCell::new(Vec::new()),
-            },
         }
     }
 
