@@ -262,48 +262,40 @@ impl World {
         }
     }
 
-    /// Frees what the what-if gave an order the record says was closed.
-    fn release(&self, order: OrderId, given: &Given) {
-        self.close(order, given, |order, sku, node, qty| StockOp::Release {
-            order,
-            sku,
-            node,
-            qty,
-        });
-        let mut ledgers = self.participants.nodes.borrow_mut();
-        for &(node, _, _) in given {
-            let _ = apply_node_op(&mut ledgers[node as usize], NodeOp::Release(order));
-        }
-    }
-
-    /// Ships what the what-if gave an order the record says has shipped:
-    /// the units leave stock and the nodes' work for it is done.
-    fn ship(&self, order: OrderId, given: &Given) {
-        self.close(order, given, |order, sku, node, qty| StockOp::Ship {
-            order,
-            sku,
-            node,
-            qty,
-        });
-        let mut ledgers = self.participants.nodes.borrow_mut();
-        for &(node, _, _) in given {
-            let _ = apply_node_op(&mut ledgers[node as usize], NodeOp::Finish(order));
-        }
-    }
-
-    fn close(
-        &self,
-        order: OrderId,
-        given: &Given,
-        op: impl Fn(OrderId, u32, NodeIdx, u32) -> StockOp,
-    ) {
+    /// Closes an order the record says was cancelled or expired (`shipped`
+    /// false: its units go back) or has shipped (its units leave stock and
+    /// its nodes' work is done), on the what-if allocation `given`.
+    fn close(&self, order: OrderId, given: &Given, shipped: bool) {
         let mut shards = self.participants.shards.borrow_mut();
         let mut bumped = self.participants.bumped.borrow_mut();
+        let mut ledgers = self.participants.nodes.borrow_mut();
         for &(node, sku, qty) in given {
             let shard = StockShard::shard_of(sku, self.shard_count) as usize;
+            let (stock, work) = if shipped {
+                (
+                    StockOp::Ship {
+                        order,
+                        sku,
+                        node,
+                        qty,
+                    },
+                    NodeOp::Finish(order),
+                )
+            } else {
+                (
+                    StockOp::Release {
+                        order,
+                        sku,
+                        node,
+                        qty,
+                    },
+                    NodeOp::Release(order),
+                )
+            };
             // A count may have taken some of it back already: that part is
             // refused, the rest goes.
-            let _ = apply_stock_op(&mut shards[shard], op(order, sku, node, qty), &mut bumped);
+            let _ = apply_stock_op(&mut shards[shard], stock, &mut bumped);
+            let _ = apply_node_op(&mut ledgers[node as usize], work);
         }
         bumped.clear();
     }
@@ -489,13 +481,13 @@ impl Placer<'_> {
                 Some(given) => match record.state {
                     OrderState::Cancelled | OrderState::Expired => {
                         if let Some(given) = given.take() {
-                            world.release(record.id, &given);
+                            world.close(record.id, &given, false);
                             report.releases_applied += 1;
                         }
                     }
                     OrderState::Shipped => {
                         if let Some(given) = given.take() {
-                            world.ship(record.id, &given);
+                            world.close(record.id, &given, true);
                             report.ships_applied += 1;
                         }
                     }
