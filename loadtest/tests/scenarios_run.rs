@@ -92,49 +92,60 @@ fn node_outage_reroutes_and_keeps_the_audit_clean() {
     assert_eq!(summary["stock_mismatch_units"], 0, "{summary}");
 }
 
+/// How many times the Redis comparison may run before a missing ratio fails
+/// the test: its steps last one second, and on a shared two-core CI machine a
+/// step's answers can trail past 5 % of it (the daemon, Redis and the other
+/// tests of this binary share the cores), which makes a side find no
+/// sustainable rate at all.
+const COMPARE_ATTEMPTS: usize = 3;
+
 #[test]
 fn compare_redis_measures_both_sides_and_prints_the_ratio() {
     // Proves --compare-redis starts redis-server, runs the same find-max steps against it
-    // with the Lua reservation script, audits it, and ends with ratio_vs_redis.
-    let (stdout, summary) = run(
-        "redis",
-        &[
-            "--scenario",
-            &scenario("flash-sale"),
-            "--rate",
-            "2000",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-            "--find-max",
-            "--step-factor",
-            "4",
-            "--max-p99-ms",
-            "1000",
-            "--compare-redis",
-        ],
-    );
-    let redis = &summary["redis"];
-    assert_eq!(redis["target"], "redis", "{summary}");
-    assert_eq!(redis["oversold_units"], 0, "{summary}");
-    assert_eq!(redis["stock_mismatch_units"], 0, "{summary}");
-    assert!(
-        redis["highest_sustainable_rate"].as_f64().unwrap() >= 2000.0,
-        "{summary}"
-    );
-    let ratio = summary["ratio_vs_redis"].as_f64().unwrap();
-    let expected = summary["highest_sustainable_rate"].as_f64().unwrap()
-        / redis["highest_sustainable_rate"].as_f64().unwrap();
-    assert!((ratio - expected).abs() < 1e-9, "{summary}");
-    assert!(stdout.contains("no routing and no fsync"), "{stdout}");
-    assert!(
-        stdout
-            .trim_end()
-            .lines()
-            .last()
-            .unwrap()
-            .starts_with("ratio_vs_redis="),
-        "{stdout}"
-    );
+    // with the Lua reservation script, audits it, and ends with ratio_vs_redis; a run where
+    // a side found no sustainable rate must say so (null ratio, "unknown" line), and one of
+    // COMPARE_ATTEMPTS runs must find both rates.
+    for attempt in 1..=COMPARE_ATTEMPTS {
+        let (stdout, summary) = run(
+            "redis",
+            &[
+                "--scenario",
+                &scenario("flash-sale"),
+                "--rate",
+                "1000",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--find-max",
+                "--step-factor",
+                "4",
+                "--max-p99-ms",
+                "1000",
+                "--compare-redis",
+            ],
+        );
+        let redis = &summary["redis"];
+        assert_eq!(redis["target"], "redis", "{summary}");
+        assert_eq!(redis["oversold_units"], 0, "{summary}");
+        assert_eq!(redis["stock_mismatch_units"], 0, "{summary}");
+        assert!(stdout.contains("no routing and no fsync"), "{stdout}");
+        let last = stdout.trim_end().lines().last().unwrap_or_default();
+        let (ours, theirs) = (
+            summary["highest_sustainable_rate"].as_f64(),
+            redis["highest_sustainable_rate"].as_f64(),
+        );
+        let (Some(ours), Some(theirs)) = (ours, theirs) else {
+            assert!(summary["ratio_vs_redis"].is_null(), "{summary}");
+            assert!(last.starts_with("ratio_vs_redis=unknown"), "{stdout}");
+            eprintln!("attempt {attempt}: a side found no sustainable rate on this machine");
+            continue;
+        };
+        assert!(ours >= 1000.0 && theirs >= 1000.0, "{summary}");
+        let ratio = summary["ratio_vs_redis"].as_f64().unwrap();
+        assert!((ratio - ours / theirs).abs() < 1e-9, "{summary}");
+        assert_eq!(last, format!("ratio_vs_redis={ratio:.2}"), "{stdout}");
+        return;
+    }
+    panic!("no run of {COMPARE_ATTEMPTS} found a sustainable rate on both sides");
 }
