@@ -21,19 +21,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::executor::block_on;
-use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use crate::config::ValidConfig;
 use crate::core::geo::GeoPoint;
 use crate::core::index::AvailabilityIndex;
 use crate::core::local::{apply_node_op, apply_stock_op, LocalParticipants};
-use crate::core::model::{Allocation, Decision, NodeIdx, OrderId, OrderState, RejectReason};
+use crate::core::model::{Allocation, ArchivedOrderState, Decision, NodeIdx, OrderId, RejectReason};
 use crate::core::network::{Channel, Network};
-use crate::core::placement::{place, Attempt, NodeOp, Placement, PlanContext, StockOp};
-use crate::core::router::OrderRecord;
+use crate::core::placement::{
+    place, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement, PlanContext, StockOp,
+};
+use crate::core::policy::{Method, PlanLine};
+use crate::core::router::{
+    router_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, MAX_ROUTERS,
+};
 use crate::core::stock::StockShard;
-use crate::engine::sequencer::{Txn, KIND_POLICY, KIND_TXN};
+use crate::engine::sequencer::{ArchivedTxn, Txn, KIND_POLICY, KIND_TXN};
 use crate::store;
 
 /// Differences listed by example in the report.
@@ -135,6 +139,16 @@ fn outcome(decision: &Decision) -> Outcome<'_> {
     }
 }
 
+fn recorded_outcome(decision: &RecordedDecision) -> Outcome<'_> {
+    match &decision.rejection {
+        Some(reason) => Outcome::Rejected(reason),
+        None => Outcome::Routed {
+            allocations: &decision.allocations,
+            short: decision.short_lines > 0,
+        },
+    }
+}
+
 fn placement_outcome(placement: &Placement) -> Outcome<'_> {
     match placement {
         Placement::Placed { allocations, short } => Outcome::Routed {
@@ -146,32 +160,23 @@ fn placement_outcome(placement: &Placement) -> Outcome<'_> {
 }
 
 /// Whether a what-if placement is the recorded decision: the same units
-/// from the same nodes per line, the same short lines, or the same kind of
-/// rejection.
-fn same_decision(recorded: &Decision, what_if: &Placement) -> bool {
-    fn sorted(allocations: &[Allocation]) -> Vec<(u16, NodeIdx, u32)> {
-        let mut v: Vec<_> = allocations
+/// from the same nodes per line, the same number of short lines, or the
+/// same kind of rejection.
+fn same_decision(recorded: &RecordedDecision, what_if: &Placement) -> bool {
+    fn sorted(allocations: &[Allocation]) -> SmallVec<[(u16, NodeIdx, u32); 8]> {
+        let mut v: SmallVec<[_; 8]> = allocations
             .iter()
             .map(|a| (a.line, a.node, a.qty))
             .collect();
         v.sort_unstable();
         v
     }
-    match (recorded, what_if) {
-        (
-            Decision::Routed {
-                allocations: a,
-                short: s,
-                ..
-            },
-            Placement::Placed {
-                allocations: b,
-                short: t,
-            },
-        ) => sorted(a) == sorted(b) && s.len() == t.len(),
-        (Decision::Rejected(a), Placement::Failed(b)) => {
-            std::mem::discriminant(a) == std::mem::discriminant(b)
+    match (&recorded.rejection, what_if) {
+        (None, Placement::Placed { allocations, short }) => {
+            sorted(&recorded.allocations) == sorted(allocations)
+                && recorded.short_lines == short.len()
         }
+        (Some(a), Placement::Failed(b)) => std::mem::discriminant(a) == std::mem::discriminant(b),
         _ => false,
     }
 }
@@ -313,23 +318,76 @@ impl World {
 /// What the what-if gave an open order: (node, sku, units) per allocation.
 type Given = SmallVec<[(NodeIdx, u32, u32); 2]>;
 
-fn attempt(record: &OrderRecord, ship_to: GeoPoint) -> Attempt {
-    Attempt {
-        order: record.id,
-        lines: record.lines.iter().copied().collect(),
-        ship_to,
-        market: record.market,
-        method: record.method,
-        channel: record.channel,
-        excluded: SmallVec::new(),
+/// What the what-if did with each order seen so far. Order ids are dense per
+/// router (sequence × `MAX_ROUTERS` + router), so a table per router indexed
+/// by sequence replaces a hash map: growing a map of a million orders was a
+/// tenth of a replay (rehashing and zeroing fresh pages). The table grows
+/// by whole chunks, so nothing is ever copied.
+#[derive(Default)]
+struct OpenOrders {
+    /// Per router, chunks of `OPEN_CHUNK` sequences: None = not seen;
+    /// Some(None) = seen, nothing given (rejected, or closed since);
+    /// Some(Some(g)) = what it holds.
+    by_router: Vec<Vec<Box<[Option<Option<Given>>]>>>,
+}
+
+/// Sequences per chunk of [`OpenOrders`].
+const OPEN_CHUNK: usize = 1 << 16;
+
+impl OpenOrders {
+    fn slot(id: OrderId) -> (usize, usize, usize) {
+        let sequence = (id / MAX_ROUTERS as u64) as usize;
+        (
+            router_of_order(id),
+            sequence / OPEN_CHUNK,
+            sequence % OPEN_CHUNK,
+        )
+    }
+
+    fn get_mut(&mut self, id: OrderId) -> Option<&mut Option<Given>> {
+        let (router, chunk, at) = Self::slot(id);
+        self.by_router.get_mut(router)?.get_mut(chunk)?[at].as_mut()
+    }
+
+    fn insert(&mut self, id: OrderId, given: Option<Given>) {
+        let (router, chunk, at) = Self::slot(id);
+        if self.by_router.len() <= router {
+            self.by_router.resize_with(router + 1, Vec::new);
+        }
+        let chunks = &mut self.by_router[router];
+        while chunks.len() <= chunk {
+            chunks.push((0..OPEN_CHUNK).map(|_| None).collect());
+        }
+        chunks[chunk][at] = Some(given);
     }
 }
 
-fn ship_to(record: &OrderRecord) -> Result<GeoPoint, String> {
-    GeoPoint::new(record.ship_to.0, record.ship_to.1).ok_or_else(|| {
+/// The attempt a journaled new order makes under the what-if policy.
+fn attempt(record: &ArchivedOrderRecord, ship_to: GeoPoint) -> Result<Attempt, String> {
+    let lines = record
+        .lines
+        .iter()
+        .map(|line| rkyv::deserialize::<PlanLine, rkyv::rancor::Error>(line))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok(Attempt {
+        order: record.id.to_native(),
+        lines,
+        ship_to,
+        market: record.market.as_ref().map(|m| m.to_native()),
+        method: rkyv::deserialize::<Method, rkyv::rancor::Error>(&record.method)
+            .map_err(|e| e.to_string())?,
+        channel: record.channel.to_native(),
+        excluded: SmallVec::new(),
+    })
+}
+
+fn ship_to(record: &ArchivedOrderRecord) -> Result<GeoPoint, String> {
+    let (lat, lon) = (record.ship_to.0.to_native(), record.ship_to.1.to_native());
+    GeoPoint::new(lat, lon).ok_or_else(|| {
         format!(
-            "order {}: ship-to {:?} is not a point",
-            record.id, record.ship_to
+            "order {}: ship-to ({lat}, {lon}) is not a point",
+            record.id.to_native()
         )
     })
 }
@@ -372,12 +430,13 @@ pub fn replay(
     let mut placer = Placer {
         world: &world,
         recorded_network,
-        open: FxHashMap::default(),
+        open: OpenOrders::default(),
         report: &mut report,
     };
     let mut incomplete = None;
     let mut failed = None;
     let mut first = true;
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
     // Decoding and placing run on this one thread: a reader thread with a
     // queue was measured slower (1.26 M orders: 11.3 s against 7.6 s), as
     // placing is the bulk and the handoff and cross-thread frees cost more
@@ -390,8 +449,10 @@ pub fn replay(
                 return Err(String::new());
             }
         }
+        // Read in place: of each record the replay needs a few fields, and
+        // decoding whole records (then freeing them) was a sixth of it.
         let item = match kind {
-            KIND_TXN => Item::Txn(Txn::decode(payload)?),
+            KIND_TXN => Item::Txn(Txn::access(payload, &mut aligned)?),
             KIND_POLICY => Item::Policy,
             _ => return Ok(()),
         };
@@ -423,9 +484,9 @@ pub fn replay(
     Ok(report)
 }
 
-/// A decoded journal record, on its way to placement.
-enum Item {
-    Txn(Txn),
+/// A journal record, validated and read in place, on its way to placement.
+enum Item<'a> {
+    Txn(&'a ArchivedTxn),
     Policy,
 }
 
@@ -434,13 +495,13 @@ struct Placer<'a> {
     world: &'a World,
     recorded_network: &'a Network,
     /// What the what-if gave each order so far (None: nothing).
-    open: FxHashMap<OrderId, Option<Given>>,
+    open: OpenOrders,
     report: &'a mut Report,
 }
 
 impl Placer<'_> {
     /// Applies one record to the what-if world, in LSN order, and counts both sides.
-    fn apply(&mut self, lsn: u64, item: Item) -> Result<(), ReplayError> {
+    fn apply(&mut self, lsn: u64, item: Item<'_>) -> Result<(), ReplayError> {
         let (world, recorded_network, report) =
             (self.world, self.recorded_network, &mut *self.report);
         let open = &mut self.open;
@@ -452,42 +513,57 @@ impl Placer<'_> {
             }
         };
         let failed = |reason: String| ReplayError::Record { lsn, reason };
-        for (id, name) in &txn.skus {
+        for pair in txn.skus.iter() {
+            let (id, name) = (pair.0.to_native(), pair.1.as_str());
             let got = world
                 .index
                 .intern(name)
                 .map_err(|e| failed(e.to_string()))?;
-            if got != *id {
+            if got != id {
                 return Err(failed(format!(
                     "SKU {name:?} was id {id}, the replay gave {got}"
                 )));
             }
         }
-        for (_, op) in txn.stock {
-            world.stock(op);
+        // Only what the outside world did: the recorded decisions' own ops
+        // (reserve, release, ...) are the recorded side, not the what-if's.
+        for pair in txn.stock.iter() {
+            if matches!(
+                pair.1,
+                ArchivedStockOp::Set { .. }
+                    | ArchivedStockOp::Adjust { .. }
+                    | ArchivedStockOp::Restock { .. }
+            ) {
+                let op = rkyv::deserialize::<StockOp, rkyv::rancor::Error>(&pair.1)
+                    .map_err(|e| failed(e.to_string()))?;
+                world.stock(op);
+            }
         }
-        for (node, op) in txn.nodes {
-            world.node(node, op);
+        for pair in txn.nodes.iter() {
+            if let ArchivedNodeOp::Online(online) = &pair.1 {
+                world.node(pair.0.to_native(), NodeOp::Online(*online));
+            }
         }
-        let mut attempts = Vec::new();
-        let mut fresh = Vec::new();
-        for record in &txn.orders {
-            match open.get_mut(&record.id) {
+        let mut attempts: SmallVec<[Attempt; 1]> = SmallVec::new();
+        let mut fresh: SmallVec<[(&ArchivedOrderRecord, GeoPoint); 1]> = SmallVec::new();
+        for record in txn.orders.iter() {
+            let id = record.id.to_native();
+            match open.get_mut(id) {
                 None => {
                     let point = ship_to(record).map_err(failed)?;
-                    attempts.push(attempt(record, point));
+                    attempts.push(attempt(record, point).map_err(failed)?);
                     fresh.push((record, point));
                 }
                 Some(given) => match record.state {
-                    OrderState::Cancelled | OrderState::Expired => {
+                    ArchivedOrderState::Cancelled | ArchivedOrderState::Expired => {
                         if let Some(given) = given.take() {
-                            world.close(record.id, &given, false);
+                            world.close(id, &given, false);
                             report.releases_applied += 1;
                         }
                     }
-                    OrderState::Shipped => {
+                    ArchivedOrderState::Shipped => {
                         if let Some(given) = given.take() {
-                            world.close(record.id, &given, true);
+                            world.close(id, &given, true);
                             report.ships_applied += 1;
                         }
                     }
@@ -500,10 +576,10 @@ impl Placer<'_> {
         }
         let placements = world.place(&attempts);
         for ((record, point), placement) in fresh.into_iter().zip(&placements) {
-            let decision = record.decision();
+            let decision = record.recorded_decision().map_err(failed)?;
             report
                 .recorded
-                .count(recorded_network, point, outcome(&decision));
+                .count(recorded_network, point, recorded_outcome(&decision));
             report
                 .what_if
                 .count(&world.network, point, placement_outcome(placement));
@@ -512,10 +588,13 @@ impl Placer<'_> {
             } else {
                 report.different_decisions += 1;
                 if report.differences.len() < MAX_LISTED_DIFFERENCES {
+                    // Rare, so the whole record is decoded for its story.
+                    let whole = rkyv::deserialize::<OrderRecord, rkyv::rancor::Error>(record)
+                        .map_err(|e| failed(e.to_string()))?;
                     report.differences.push(format!(
                         "{}: {} -> {}",
-                        record.client_order_id,
-                        describe(&world.network, outcome(&decision)),
+                        whole.client_order_id,
+                        describe(&world.network, outcome(&whole.decision())),
                         describe(&world.network, placement_outcome(placement))
                     ));
                 }
@@ -526,7 +605,7 @@ impl Placer<'_> {
                 }
                 _ => None,
             };
-            open.insert(record.id, given);
+            open.insert(record.id.to_native(), given);
         }
         Ok(())
     }

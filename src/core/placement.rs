@@ -9,7 +9,6 @@
 use std::future::Future;
 
 use futures::future::join_all;
-use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::capacity::CapacityOutcome;
@@ -169,10 +168,48 @@ struct Progress {
     held: Vec<HoldOutcome>,
 }
 
-fn group_stock_ops(ops: impl IntoIterator<Item = (u32, StockOp)>) -> FxHashMap<u32, Vec<StockOp>> {
-    let mut grouped: FxHashMap<u32, Vec<StockOp>> = FxHashMap::default();
+/// Values grouped by a key (a shard, a node). An order touches a handful of
+/// shards and nodes, so a short list searched in place beats a hash map,
+/// which cost placement an allocation and a hash per group.
+pub struct Grouped<K, V>(SmallVec<[(K, V); 4]>);
+
+impl<K: PartialEq + Copy, V: Default> Grouped<K, V> {
+    pub fn new() -> Self {
+        Grouped(SmallVec::new())
+    }
+
+    /// The group of `key`, made empty on first use.
+    pub fn entry(&mut self, key: K) -> &mut V {
+        let position = match self.0.iter().position(|(k, _)| *k == key) {
+            Some(position) => position,
+            None => {
+                self.0.push((key, V::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[position].1
+    }
+}
+
+impl<K: PartialEq + Copy, V: Default> Default for Grouped<K, V> {
+    fn default() -> Self {
+        Grouped::new()
+    }
+}
+
+impl<K, V> IntoIterator for Grouped<K, V> {
+    type Item = (K, V);
+    type IntoIter = smallvec::IntoIter<[(K, V); 4]>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+fn group_stock_ops(ops: impl IntoIterator<Item = (u32, StockOp)>) -> Grouped<u32, Vec<StockOp>> {
+    let mut grouped: Grouped<u32, Vec<StockOp>> = Grouped::new();
     for (shard, op) in ops {
-        grouped.entry(shard).or_default().push(op);
+        grouped.entry(shard).push(op);
     }
     grouped
 }
@@ -180,8 +217,8 @@ fn group_stock_ops(ops: impl IntoIterator<Item = (u32, StockOp)>) -> FxHashMap<u
 /// Sends grouped ops: every shard and node named gets one message.
 pub fn send_ops<P: Participants>(
     participants: &P,
-    stock: FxHashMap<u32, Vec<StockOp>>,
-    nodes: FxHashMap<NodeIdx, Vec<NodeOp>>,
+    stock: impl IntoIterator<Item = (u32, Vec<StockOp>)>,
+    nodes: impl IntoIterator<Item = (NodeIdx, Vec<NodeOp>)>,
 ) {
     for (shard, ops) in stock {
         participants.stock_ops(shard, ops);
@@ -230,12 +267,9 @@ pub async fn place<P: Participants>(
             &mut aborts,
         )
         .await;
-        let mut node_aborts: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
+        let mut node_aborts: Grouped<NodeIdx, Vec<NodeOp>> = Grouped::new();
         for (node, order) in refused_nodes {
-            node_aborts
-                .entry(node)
-                .or_default()
-                .push(NodeOp::Release(order));
+            node_aborts.entry(node).push(NodeOp::Release(order));
         }
         send_ops(participants, group_stock_ops(aborts), node_aborts);
     }
@@ -253,7 +287,7 @@ async fn hold_stock_round<P: Participants>(
     active: &[usize],
     participants: &P,
 ) {
-    let mut by_shard: FxHashMap<u32, ShardBatch> = FxHashMap::default();
+    let mut by_shard: Grouped<u32, ShardBatch> = Grouped::new();
     for &i in active {
         let attempt = &attempts[i];
         let state = &mut progress[i];
@@ -305,24 +339,19 @@ async fn hold_stock_round<P: Participants>(
                         continue;
                     }
                     let shard = StockShard::shard_of(item.sku, context.shard_count);
-                    let entry = by_shard.entry(shard).or_default();
+                    let entry = by_shard.entry(shard);
                     entry.0.push(item);
                     entry.1.push((i, line_pos));
                 }
             }
         }
     }
-    let shards: Vec<(u32, Vec<(usize, usize)>)> = by_shard
-        .iter()
-        .map(|(&s, (_, slots))| (s, slots.clone()))
-        .collect();
-    let replies = join_all(
-        by_shard
-            .into_iter()
-            .map(|(shard, (items, _))| participants.hold_stock(shard, items)),
-    )
-    .await;
-    for ((_, slots), outcomes) in shards.into_iter().zip(replies) {
+    let (slots_by_shard, asks): (SmallVec<[_; 4]>, Vec<_>) = by_shard
+        .into_iter()
+        .map(|(shard, (items, slots))| (slots, participants.hold_stock(shard, items)))
+        .unzip();
+    let replies = join_all(asks).await;
+    for (slots, outcomes) in slots_by_shard.into_iter().zip(replies) {
         assert_eq!(
             slots.len(),
             outcomes.len(),
@@ -444,26 +473,26 @@ async fn hold_capacity_round<P: Participants>(
     participants: &P,
     aborts: &mut Vec<(u32, StockOp)>,
 ) -> Vec<(NodeIdx, OrderId)> {
-    let mut by_node: FxHashMap<NodeIdx, (Vec<OrderId>, Vec<usize>)> = FxHashMap::default();
+    let mut by_node: Grouped<NodeIdx, (Vec<OrderId>, SmallVec<[usize; 4]>)> = Grouped::new();
     for &i in standing {
         for node in held_nodes(&progress[i].held) {
-            let entry = by_node.entry(node).or_default();
+            let entry = by_node.entry(node);
             entry.0.push(attempts[i].order);
             entry.1.push(i);
         }
     }
-    let asked: Vec<(NodeIdx, Vec<usize>)> = by_node
-        .iter()
-        .map(|(&n, (_, who))| (n, who.clone()))
-        .collect();
-    let replies = join_all(
-        by_node
-            .into_iter()
-            .map(|(node, (orders, _))| participants.hold_capacity(node, orders, now_ms)),
-    )
-    .await;
-    let mut granted: Vec<(NodeIdx, usize)> = Vec::new();
-    let mut refused_any: FxHashMap<usize, ()> = FxHashMap::default();
+    let (asked, asks): (SmallVec<[_; 4]>, Vec<_>) = by_node
+        .into_iter()
+        .map(|(node, (orders, who))| {
+            (
+                (node, who),
+                participants.hold_capacity(node, orders, now_ms),
+            )
+        })
+        .unzip();
+    let replies = join_all(asks).await;
+    let mut granted: SmallVec<[(NodeIdx, usize); 4]> = SmallVec::new();
+    let mut refused_any: SmallVec<[usize; 4]> = SmallVec::new();
     for ((node, who), outcomes) in asked.into_iter().zip(replies) {
         for (i, outcome) in who.into_iter().zip(outcomes) {
             match outcome {
@@ -471,20 +500,22 @@ async fn hold_capacity_round<P: Participants>(
                 CapacityOutcome::AlreadyServing => {}
                 CapacityOutcome::Full | CapacityOutcome::Offline => {
                     progress[i].refused.push(node);
-                    refused_any.insert(i, ());
+                    if !refused_any.contains(&i) {
+                        refused_any.push(i);
+                    }
                 }
             }
         }
     }
     let mut node_aborts = Vec::new();
     for (node, i) in granted {
-        if refused_any.contains_key(&i) {
+        if refused_any.contains(&i) {
             node_aborts.push((node, attempts[i].order));
         }
     }
     for &i in standing {
         let state = &mut progress[i];
-        if refused_any.contains_key(&i) {
+        if refused_any.contains(&i) {
             abort_stock(context, &attempts[i], aborts);
             if state.tries >= MAX_HOLD_ATTEMPTS {
                 state.outcome = Some(Placement::Failed(RejectReason::Contention {
@@ -539,8 +570,8 @@ fn commit<P: Participants>(
     now_ms: u64,
     participants: &P,
 ) {
-    let mut stock: Vec<(u32, StockOp)> = Vec::new();
-    let mut nodes: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
+    let mut stock: Grouped<u32, Vec<StockOp>> = Grouped::new();
+    let mut nodes: Grouped<NodeIdx, Vec<NodeOp>> = Grouped::new();
     for (attempt, state) in attempts.iter().zip(progress) {
         let Some(Placement::Placed { allocations, .. }) = &state.outcome else {
             continue;
@@ -548,23 +579,20 @@ fn commit<P: Participants>(
         let mut taken: SmallVec<[NodeIdx; 4]> = SmallVec::new();
         for a in allocations {
             let shard = StockShard::shard_of(a.sku, context.shard_count);
-            stock.push((
-                shard,
-                StockOp::Reserve {
-                    order: attempt.order,
-                    sku: a.sku,
-                    node: a.node,
-                    qty: a.qty,
-                },
-            ));
+            stock.entry(shard).push(StockOp::Reserve {
+                order: attempt.order,
+                sku: a.sku,
+                node: a.node,
+                qty: a.qty,
+            });
             if !taken.contains(&a.node) {
                 taken.push(a.node);
-                nodes.entry(a.node).or_default().push(NodeOp::Take {
+                nodes.entry(a.node).push(NodeOp::Take {
                     order: attempt.order,
                     at_ms: now_ms,
                 });
             }
         }
     }
-    send_ops(participants, group_stock_ops(stock), nodes);
+    send_ops(participants, stock, nodes);
 }

@@ -15,8 +15,9 @@ use super::events::{EventKind, NodeEvent};
 use super::geo::GeoPoint;
 use super::index::AvailabilityIndex;
 use super::model::{
-    Allocation, ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, MarketIdx, NodeIdx, OrderId,
-    OrderRequest, OrderState, RejectReason, ShortLine, SkuId,
+    Allocation, ArchivedOrderState, ArchivedRejectReason, ChannelIdx, Decision, FulfilmentMethod,
+    InvalidOrder, MarketIdx, NodeIdx, OrderId, OrderRequest, OrderState, RejectReason, ShortLine,
+    SkuId,
 };
 use super::network::Network;
 use super::placement::{
@@ -186,6 +187,66 @@ impl OrderRecord {
                 .map_or_else(Vec::new, |e| e.short_at_decision.clone()),
             expires_at_ms: self.expires_at_ms,
         }
+    }
+}
+
+/// A journaled submit decision as the what-if replay compares it, read in
+/// place from the archived record: the common order needs no allocation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedDecision {
+    /// The units placed at submit (as [`OrderRecord::decision`] lists them).
+    pub allocations: SmallVec<[Allocation; 4]>,
+    /// Lines reported short: at submit under a partial policy, or the
+    /// lines of a short rejection.
+    pub short_lines: usize,
+    /// Why it was rejected, if it was. A short rejection comes without its
+    /// lines (`short_lines` counts them): the replay compares kinds.
+    pub rejection: Option<RejectReason>,
+}
+
+impl ArchivedOrderRecord {
+    /// The submit decision journaled with this record; a rejected record
+    /// without its reason is damage, reported, never a panic.
+    pub fn recorded_decision(&self) -> Result<RecordedDecision, String> {
+        let extra = self.extra.as_ref();
+        if matches!(self.state, ArchivedOrderState::Rejected) {
+            let Some(reason) = extra.and_then(|e| e.rejection.as_ref()) else {
+                return Err(format!(
+                    "order {}: rejected without a reason",
+                    self.id.to_native()
+                ));
+            };
+            let (rejection, short_lines) = match reason {
+                ArchivedRejectReason::Short { lines } => {
+                    (RejectReason::Short { lines: Vec::new() }, lines.len())
+                }
+                other => (
+                    rkyv::deserialize::<RejectReason, rkyv::rancor::Error>(other)
+                        .map_err(|e| e.to_string())?,
+                    0,
+                ),
+            };
+            return Ok(RecordedDecision {
+                allocations: SmallVec::new(),
+                short_lines,
+                rejection: Some(rejection),
+            });
+        }
+        Ok(RecordedDecision {
+            allocations: self
+                .allocations
+                .iter()
+                .filter(|a| a.initial.to_native() > 0)
+                .map(|a| Allocation {
+                    line: a.line.to_native(),
+                    sku: a.sku.to_native(),
+                    node: a.node.to_native(),
+                    qty: a.initial.to_native(),
+                })
+                .collect(),
+            short_lines: extra.map_or(0, |e| e.short_at_decision.len()),
+            rejection: None,
+        })
     }
 }
 

@@ -47,6 +47,18 @@ impl Txn {
         aligned.extend_from_slice(bytes);
         rkyv::from_bytes::<Txn, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
     }
+
+    /// Validates a journaled payload and reads it in place, copied into
+    /// `aligned` (reused across records) for rkyv's alignment: for readers
+    /// that look at a few fields of every record, like the what-if replay.
+    pub fn access<'a>(
+        bytes: &[u8],
+        aligned: &'a mut rkyv::util::AlignedVec<16>,
+    ) -> Result<&'a ArchivedTxn, String> {
+        aligned.clear();
+        aligned.extend_from_slice(bytes);
+        rkyv::access::<ArchivedTxn, rkyv::rancor::Error>(aligned).map_err(|e| e.to_string())
+    }
 }
 
 /// Where changes are sequenced: a journal on disk, or (for tests and
