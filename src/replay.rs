@@ -5,15 +5,16 @@
 //! The replay starts from the journal's first record (a fresh directory's
 //! stock load), so it needs every segment: `journal.keep_segments = true`.
 //! It applies what the outside world did, in LSN order: stock counts,
-//! restocks from returns, nodes going on and offline, and each recorded
-//! cancel or expiry (which frees the what-if allocation of that order).
-//! Each journal record's new orders are placed together, as the router
-//! that recorded them placed them, by the same core code (`place`).
+//! restocks from returns, nodes going on and offline, each recorded cancel
+//! or expiry (which frees the what-if allocation of that order) and each
+//! order that shipped in full (its what-if units leave stock). Each
+//! journal record's new orders are placed together, as the router that
+//! recorded them placed them, by the same core code (`place`). Records are
+//! validated and read in place, never decoded whole.
 //!
-//! Not replayed: re-routes (node rejections, bumps) and ships, which
-//! depend on what the nodes did with the recorded allocation; a ship takes
-//! reserved units, so it does not change what is available. Capacity is
-//! counted as one day for the whole journal.
+//! Not replayed: re-routes (node rejections, bumps), which depend on what
+//! the nodes did with the recorded allocation. Capacity is counted as one
+//! day for the whole journal.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,7 +28,9 @@ use crate::config::ValidConfig;
 use crate::core::geo::GeoPoint;
 use crate::core::index::AvailabilityIndex;
 use crate::core::local::{apply_node_op, apply_stock_op, LocalParticipants};
-use crate::core::model::{Allocation, ArchivedOrderState, Decision, NodeIdx, OrderId, RejectReason};
+use crate::core::model::{
+    Allocation, ArchivedOrderState, Decision, NodeIdx, OrderId, RejectReason,
+};
 use crate::core::network::{Channel, Network};
 use crate::core::placement::{
     place, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement, PlanContext, StockOp,
@@ -325,11 +328,13 @@ type Given = SmallVec<[(NodeIdx, u32, u32); 2]>;
 /// by whole chunks, so nothing is ever copied.
 #[derive(Default)]
 struct OpenOrders {
-    /// Per router, chunks of `OPEN_CHUNK` sequences: None = not seen;
-    /// Some(None) = seen, nothing given (rejected, or closed since);
-    /// Some(Some(g)) = what it holds.
-    by_router: Vec<Vec<Box<[Option<Option<Given>>]>>>,
+    /// Per router, chunks of `OPEN_CHUNK` sequences.
+    by_router: Vec<Vec<Box<[Seen]>>>,
 }
+
+/// One order in [`OpenOrders`]: None = not seen; Some(None) = seen, nothing
+/// given (rejected, or closed since); Some(Some(g)) = what it holds.
+type Seen = Option<Option<Given>>;
 
 /// Sequences per chunk of [`OpenOrders`].
 const OPEN_CHUNK: usize = 1 << 16;
@@ -367,7 +372,7 @@ fn attempt(record: &ArchivedOrderRecord, ship_to: GeoPoint) -> Result<Attempt, S
     let lines = record
         .lines
         .iter()
-        .map(|line| rkyv::deserialize::<PlanLine, rkyv::rancor::Error>(line))
+        .map(rkyv::deserialize::<PlanLine, rkyv::rancor::Error>)
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     Ok(Attempt {
