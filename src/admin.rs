@@ -172,12 +172,17 @@ impl Status {
             return;
         };
         metrics::gauge!(telemetry::ORDERS_IN_FLIGHT).set(engine.orders_in_flight() as f64);
-        let (routers, shards) = engine.queue_depths();
-        for (queue, depths) in [("router", routers), ("shard", shards)] {
+        let depths = engine.queue_depths();
+        for (queue, depths) in [("router", depths.routers), ("shard", depths.shards)] {
             for (id, depth) in depths.into_iter().enumerate() {
                 metrics::gauge!(telemetry::QUEUE_DEPTH, "queue" => queue, "id" => id.to_string())
                     .set(depth as f64);
             }
+        }
+        // Nodes by their configured id, which is what an operator looks for.
+        for (node, depth) in engine.network().nodes.iter().zip(depths.nodes) {
+            metrics::gauge!(telemetry::QUEUE_DEPTH, "queue" => "node", "id" => node.id.clone())
+                .set(depth as f64);
         }
         if let Some(journal) = engine.sequencer().journal() {
             let stats = &journal.stats;

@@ -213,6 +213,11 @@ async fn metrics_expose_every_family_and_move_with_orders() {
         sample(&before, r#"omniroute_queue_depth{queue="shard",id="3"}"#),
         0.0
     );
+    // Node mailboxes are counted too, named by node id.
+    assert!(
+        before.contains(r#"omniroute_queue_depth{queue="node",id="WH-DE-HAM"} "#),
+        "no node queue depth in:\n{before}"
+    );
     let routed = r#"omniroute_orders_total{channel="web",outcome="routed"}"#;
     let short = r#"omniroute_orders_total{channel="web",outcome="short"}"#;
     // 20 orders that route, one that cannot (more units than the network has), one with a hold

@@ -209,21 +209,24 @@ pub struct NodeActor;
 pub struct NodeState {
     ledger: NodeLedger,
     subscribers: Vec<mpsc::Sender<(u64, Arc<NodeEvent>)>>,
+    depth: Arc<AtomicI64>,
 }
 
 impl Actor for NodeActor {
     type Msg = NodeMsg;
     type State = NodeState;
-    type Arguments = NodeLedger;
+    /// The ledger, and its mailbox's depth counter.
+    type Arguments = (NodeLedger, Arc<AtomicI64>);
 
     async fn pre_start(
         &self,
         _: ActorRef<NodeMsg>,
-        ledger: NodeLedger,
+        (ledger, depth): (NodeLedger, Arc<AtomicI64>),
     ) -> Result<NodeState, ActorProcessingErr> {
         Ok(NodeState {
             ledger,
             subscribers: Vec::new(),
+            depth,
         })
     }
 
@@ -233,9 +236,11 @@ impl Actor for NodeActor {
         message: NodeMsg,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
+        took(&state.depth);
         let NodeState {
             ledger,
             subscribers,
+            ..
         } = state;
         match message {
             NodeMsg::Hold(orders, now_ms, reply) => {
@@ -292,7 +297,7 @@ impl Actor for NodeActor {
 #[derive(Clone)]
 pub struct ActorParticipants {
     pub shards: Arc<[Mailbox<ShardMsg>]>,
-    pub nodes: Arc<[ActorRef<NodeMsg>]>,
+    pub nodes: Arc<[Mailbox<NodeMsg>]>,
 }
 
 /// A shard or node actor only stops when the engine shuts down or a core

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use tokio::sync::Semaphore;
@@ -138,6 +138,14 @@ pub enum StockUpdate {
         node: String,
         delta: i64,
     },
+}
+
+/// Messages waiting in each actor's mailbox, by actor index.
+#[derive(Clone, Debug, Default)]
+pub struct QueueDepths {
+    pub routers: Vec<i64>,
+    pub shards: Vec<i64>,
+    pub nodes: Vec<i64>,
 }
 
 /// What a stock update batch did.
@@ -277,12 +285,12 @@ impl Engine {
         }
         let mut nodes = Vec::new();
         for ledger in ledgers {
-            nodes.push(
-                Actor::spawn(None, NodeActor, ledger)
-                    .await
-                    .map_err(spawn_error)?
-                    .0,
-            );
+            let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
+            let actor = Actor::spawn(None, NodeActor, (ledger, depth.clone()))
+                .await
+                .map_err(spawn_error)?
+                .0;
+            nodes.push(Mailbox::new(actor, depth));
         }
         let participants = ActorParticipants {
             shards: shards.into(),
@@ -363,17 +371,14 @@ impl Engine {
         (self.inner.max_inflight as usize).saturating_sub(self.inner.admission.available_permits())
     }
 
-    /// Messages waiting in each router's and each shard's mailbox.
-    pub fn queue_depths(&self) -> (Vec<i64>, Vec<i64>) {
-        (
-            self.inner.routers.iter().map(Mailbox::depth).collect(),
-            self.inner
-                .participants
-                .shards
-                .iter()
-                .map(Mailbox::depth)
-                .collect(),
-        )
+    /// Messages waiting in each router's, shard's and node's mailbox.
+    pub fn queue_depths(&self) -> QueueDepths {
+        let participants = &self.inner.participants;
+        QueueDepths {
+            routers: self.inner.routers.iter().map(Mailbox::depth).collect(),
+            shards: participants.shards.iter().map(Mailbox::depth).collect(),
+            nodes: participants.nodes.iter().map(Mailbox::depth).collect(),
+        }
     }
 
     /// Routes orders by new policies for the same channels: journals them
@@ -952,7 +957,7 @@ impl Engine {
     ) -> Result<Subscription, EngineError> {
         let node = self.node_idx(node)?;
         let nodes = &self.inner.participants.nodes;
-        Ok(call_ref(&nodes[node as usize], |reply| {
+        Ok(call(&nodes[node as usize], |reply| {
             NodeMsg::Subscribe(from_cursor, reply)
         })
         .await?)
@@ -961,7 +966,7 @@ impl Engine {
     /// (online, allocations used today, open orders) of a node.
     pub async fn node_stats(&self, node: &str) -> Result<(bool, u32, usize), EngineError> {
         let node = self.node_idx(node)?;
-        Ok(call_ref(
+        Ok(call(
             &self.inner.participants.nodes[node as usize],
             NodeMsg::Stats,
         )
@@ -1006,7 +1011,7 @@ impl Engine {
             shard.stop();
         }
         for node in self.inner.participants.nodes.iter() {
-            node.stop(None);
+            node.stop();
         }
         // Whatever was queued is written; nothing after this is answered.
         if let Some(journal) = self.inner.sequencer.journal() {
@@ -1043,19 +1048,5 @@ async fn call<M: ractor::Message, T: Send + 'static>(
     match actor.call(build, None).await {
         Ok(ractor::rpc::CallResult::Success(value)) => value,
         _ => panic!("actor {:?} stopped; the engine cannot continue", actor.id()),
-    }
-}
-
-/// Like [`call`], for actors reached without a counted mailbox (nodes).
-async fn call_ref<M: ractor::Message, T: Send + 'static>(
-    actor: &ActorRef<M>,
-    build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
-) -> T {
-    match actor.call(build, None).await {
-        Ok(ractor::rpc::CallResult::Success(value)) => value,
-        _ => panic!(
-            "actor {:?} stopped; the engine cannot continue",
-            actor.get_id()
-        ),
     }
 }
