@@ -243,14 +243,12 @@ impl World {
         }
     }
 
-    /// Applies what the outside world did to stock: counts and restocks.
-    /// The shard is the world's own (the journal's may differ in count).
+    /// Applies what the outside world did to stock: a count or a restock
+    /// (the caller picks those out of each record). The shard is the
+    /// world's own (the journal's may differ in count).
     fn stock(&self, op: StockOp) {
-        let sku = match &op {
-            StockOp::Set { sku, .. }
-            | StockOp::Adjust { sku, .. }
-            | StockOp::Restock { sku, .. } => *sku,
-            _ => return,
+        let Some(sku) = op.sku() else {
+            return;
         };
         let shard = StockShard::shard_of(sku, self.shard_count) as usize;
         let mut bumped = self.participants.bumped.borrow_mut();
@@ -264,10 +262,10 @@ impl World {
         bumped.clear();
     }
 
-    fn node(&self, node: NodeIdx, op: NodeOp) {
-        if let NodeOp::Online(_) = op {
-            let _ = apply_node_op(&mut self.participants.nodes.borrow_mut()[node as usize], op);
-        }
+    /// A node went online or offline.
+    fn node_online(&self, node: NodeIdx, online: bool) {
+        let ledger = &mut self.participants.nodes.borrow_mut()[node as usize];
+        let _ = apply_node_op(ledger, NodeOp::Online(online));
     }
 
     /// Closes an order the record says was cancelled or expired (`shipped`
@@ -442,10 +440,10 @@ pub fn replay(
     let mut failed = None;
     let mut first = true;
     let mut aligned = rkyv::util::AlignedVec::<16>::new();
-    // Decoding and placing run on this one thread: a reader thread with a
+    // Reading and placing run on this one thread: a reader thread with a
     // queue was measured slower (1.26 M orders: 11.3 s against 7.6 s), as
     // placing is the bulk and the handoff and cross-thread frees cost more
-    // than decoding alongside saved.
+    // than reading alongside saved.
     let summary = crate::journal::read(&dir, |lsn, kind, payload| {
         if first {
             first = false;
@@ -455,7 +453,7 @@ pub fn replay(
             }
         }
         // Read in place: of each record the replay needs a few fields, and
-        // decoding whole records (then freeing them) was a sixth of it.
+        // decoding whole records (then freeing them) was a tenth of it.
         let item = match kind {
             KIND_TXN => Item::Txn(Txn::access(payload, &mut aligned)?),
             KIND_POLICY => Item::Policy,
@@ -546,7 +544,7 @@ impl Placer<'_> {
         }
         for pair in txn.nodes.iter() {
             if let ArchivedNodeOp::Online(online) = &pair.1 {
-                world.node(pair.0.to_native(), NodeOp::Online(*online));
+                world.node_online(pair.0.to_native(), *online);
             }
         }
         let mut attempts: SmallVec<[Attempt; 1]> = SmallVec::new();

@@ -44,8 +44,8 @@ impl Txn {
     /// a panic.
     pub fn decode(bytes: &[u8]) -> Result<Txn, String> {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        aligned.extend_from_slice(bytes);
-        rkyv::from_bytes::<Txn, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
+        let archived = Txn::access(bytes, &mut aligned)?;
+        rkyv::deserialize::<Txn, rkyv::rancor::Error>(archived).map_err(|e| e.to_string())
     }
 
     /// Validates a journaled payload and reads it in place, copied into
