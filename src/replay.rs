@@ -186,7 +186,7 @@ fn same_decision(recorded: &RecordedDecision, what_if: &Placement) -> bool {
 }
 
 /// The outcome of a replay.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Report {
     pub journal_records: u64,
     pub first_lsn: u64,
@@ -412,21 +412,7 @@ pub fn replay(
             what_if,
         ),
     );
-    let mut report = Report {
-        journal_records: 0,
-        first_lsn: 0,
-        recorded: Side::default(),
-        what_if: Side::default(),
-        same_decisions: 0,
-        different_decisions: 0,
-        differences: Vec::new(),
-        releases_applied: 0,
-        ships_applied: 0,
-        recorded_policy_reloads: 0,
-        torn_tail: false,
-        elapsed_ms: 0.0,
-        orders_per_second: 0.0,
-    };
+    let mut report = Report::default();
     // Timed from here: building the world (sizing the index) is not replay.
     let started = Instant::now();
     let dir = store::journal_dir(data_dir);
