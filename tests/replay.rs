@@ -112,15 +112,22 @@ async fn record(dir: &Path, config_path: &Path) -> (usize, usize, u64) {
     (routed, rejected, cancelled)
 }
 
-/// Runs `omniroute replay` and returns (its stdout, its JSON report).
-fn replay(dir: &Path, config_path: &Path, policy: &Path) -> (String, serde_json::Value) {
-    let json = dir.join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_omniroute"))
+/// `omniroute --config CONFIG replay --policy POLICY`, to add to and run.
+fn replay_command(config_path: &Path, policy: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_omniroute"));
+    command
         .arg("--config")
         .arg(config_path)
         .arg("replay")
         .arg("--policy")
-        .arg(policy)
+        .arg(policy);
+    command
+}
+
+/// Runs `omniroute replay` and returns (its stdout, its JSON report).
+fn replay(dir: &Path, config_path: &Path, policy: &Path) -> (String, serde_json::Value) {
+    let json = dir.join("report.json");
+    let output = replay_command(config_path, policy)
         .arg("--json")
         .arg(&json)
         .output()
@@ -206,14 +213,7 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
     let used = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
     bytes[used / 4] ^= 0x5a;
     std::fs::write(first, &bytes).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_omniroute"))
-        .arg("--config")
-        .arg(&nearest)
-        .arg("replay")
-        .arg("--policy")
-        .arg(&nearest)
-        .output()
-        .unwrap();
+    let output = replay_command(&nearest, &nearest).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(
@@ -246,13 +246,7 @@ fn a_policy_naming_an_unknown_channel_or_rule_is_refused() {
     ] {
         let path = dir.0.join("p.toml");
         std::fs::write(&path, policy).unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_omniroute"))
-            .arg("--config")
-            .arg(&config_path)
-            .args(["replay", "--policy"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let output = replay_command(&config_path, &path).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{stderr}");
         assert!(stderr.contains(key), "{stderr}");
