@@ -13,18 +13,11 @@ use rustc_hash::FxBuildHasher;
 
 use super::model::{NodeIdx, SkuId};
 
-/// A block of consecutive SKU ids: their names and their ATP, node-major
-/// per SKU (one SKU's ATP at every node sits together, which is what a
-/// planner walks). Blocks keep a SKU's row one load from the index, where a
-/// box per SKU cost the planner a cache miss on the pointer before the row.
-struct Block {
-    names: Box<[OnceLock<Box<str>>]>,
+/// One SKU's slot: its external name and ATP per node.
+struct SkuRow {
+    name: Box<str>,
     atp: Box<[AtomicU32]>,
 }
-
-/// ATP cells per block (the SKUs per block follow from the node count), so
-/// that a block stays a few hundred KiB whatever the network's size.
-const BLOCK_CELLS: usize = 1 << 16;
 
 /// Live view of a node's ledger.
 struct NodeView {
@@ -59,28 +52,18 @@ pub struct AvailabilityIndex {
     /// Name to id. Inserts happen only from stock feeds, never from orders,
     /// so a client cannot grow it.
     by_name: DashMap<Box<str>, SkuId, FxBuildHasher>,
-    /// Blocks of `1 << block_shift` SKUs, made as SKUs are interned. The
-    /// list is pre-sized so that a read never waits for a resize.
-    blocks: Box<[OnceLock<Block>]>,
-    block_shift: u32,
-    max_skus: usize,
+    /// Pre-sized so that a read never waits for a resize.
+    rows: Box<[OnceLock<SkuRow>]>,
     sku_count: AtomicU32,
     nodes: Box<[NodeView]>,
 }
 
 impl AvailabilityIndex {
     pub fn new(node_count: usize, max_skus: usize) -> AvailabilityIndex {
-        let skus_per_block = (BLOCK_CELLS / node_count.max(1)).max(1);
-        // A power of two, so that finding a SKU's block is a shift.
-        let block_shift = usize::BITS - 1 - skus_per_block.leading_zeros();
         AvailabilityIndex {
             node_count,
             by_name: DashMap::with_hasher(FxBuildHasher),
-            blocks: (0..max_skus.div_ceil(1 << block_shift))
-                .map(|_| OnceLock::new())
-                .collect(),
-            block_shift,
-            max_skus,
+            rows: (0..max_skus).map(|_| OnceLock::new()).collect(),
             sku_count: AtomicU32::new(0),
             nodes: (0..node_count)
                 .map(|_| NodeView {
@@ -101,24 +84,7 @@ impl AvailabilityIndex {
     }
 
     pub fn max_skus(&self) -> usize {
-        self.max_skus
-    }
-
-    /// The block of `sku` and the SKU's slot in it, if the block exists.
-    #[inline]
-    fn block(&self, sku: SkuId) -> Option<(&Block, usize)> {
-        let sku = sku as usize;
-        let block = self.blocks.get(sku >> self.block_shift)?.get()?;
-        Some((block, sku & ((1 << self.block_shift) - 1)))
-    }
-
-    /// ATP cells of `sku` across nodes, if its block exists (a SKU not
-    /// interned yet reads as all zero).
-    #[inline]
-    fn row(&self, sku: SkuId) -> Option<&[AtomicU32]> {
-        let (block, slot) = self.block(sku)?;
-        let start = slot * self.node_count;
-        Some(&block.atp[start..start + self.node_count])
+        self.rows.len()
     }
 
     /// Id of a known SKU. Orders use this: an unknown SKU is an error, not a
@@ -136,14 +102,14 @@ impl AvailabilityIndex {
         if let dashmap::Entry::Occupied(existing) = &entry {
             return Ok(*existing.get());
         }
-        // The row and name are in place before the name is published, so
-        // whoever finds the id also finds its row. Interning is serialized by the entry's
+        // The row is filled before the name is published, so whoever finds
+        // the id also finds its row. Interning is serialized by the entry's
         // lock only per dashmap shard, hence the compare-exchange.
         let mut id = self.sku_count.load(Ordering::Acquire);
         loop {
-            if id as usize >= self.max_skus {
+            if id as usize >= self.rows.len() {
                 return Err(CatalogFull {
-                    max_skus: self.max_skus,
+                    max_skus: self.rows.len(),
                 });
             }
             match self
@@ -154,16 +120,12 @@ impl AvailabilityIndex {
                 Err(current) => id = current,
             }
         }
-        let skus_per_block = 1usize << self.block_shift;
-        let block = self.blocks[id as usize >> self.block_shift].get_or_init(|| Block {
-            names: (0..skus_per_block).map(|_| OnceLock::new()).collect(),
-            atp: (0..skus_per_block * self.node_count)
-                .map(|_| AtomicU32::new(0))
-                .collect(),
-        });
-        let slot = id as usize & (skus_per_block - 1);
+        let row = SkuRow {
+            name: name.into(),
+            atp: (0..self.node_count).map(|_| AtomicU32::new(0)).collect(),
+        };
         assert!(
-            block.names[slot].set(name.into()).is_ok(),
+            self.rows[id as usize].set(row).is_ok(),
             "sku slot {id} filled twice"
         );
         entry.or_insert(id);
@@ -179,15 +141,14 @@ impl AvailabilityIndex {
 
     /// External name of an interned SKU.
     pub fn sku_name(&self, sku: SkuId) -> Option<&str> {
-        let (block, slot) = self.block(sku)?;
-        block.names[slot].get().map(|name| &**name)
+        self.rows.get(sku as usize)?.get().map(|row| &*row.name)
     }
 
     /// Available-to-promise as last published by the owning shard.
     #[inline]
     pub fn atp(&self, sku: SkuId, node: NodeIdx) -> u32 {
-        match self.row(sku) {
-            Some(row) => row[node as usize].load(Ordering::Relaxed),
+        match self.rows.get(sku as usize).and_then(OnceLock::get) {
+            Some(row) => row.atp[node as usize].load(Ordering::Relaxed),
             None => 0,
         }
     }
@@ -196,13 +157,19 @@ impl AvailabilityIndex {
     /// many nodes does not look the SKU up for each.
     #[inline]
     pub fn atp_row(&self, sku: SkuId) -> AtpRow<'_> {
-        AtpRow(self.row(sku))
+        AtpRow(
+            self.rows
+                .get(sku as usize)
+                .and_then(OnceLock::get)
+                .map(|row| &*row.atp),
+        )
     }
 
     /// Sum of ATP over all nodes.
     pub fn atp_total(&self, sku: SkuId) -> u64 {
-        match self.row(sku) {
+        match self.rows.get(sku as usize).and_then(OnceLock::get) {
             Some(row) => row
+                .atp
                 .iter()
                 .map(|a| u64::from(a.load(Ordering::Relaxed)))
                 .sum(),
@@ -213,8 +180,8 @@ impl AvailabilityIndex {
     /// Called only by the shard that owns `sku`.
     #[inline]
     pub fn publish_atp(&self, sku: SkuId, node: NodeIdx, atp: u32) {
-        if let Some(row) = self.row(sku) {
-            row[node as usize].store(atp, Ordering::Relaxed);
+        if let Some(row) = self.rows.get(sku as usize).and_then(OnceLock::get) {
+            row.atp[node as usize].store(atp, Ordering::Relaxed);
         }
     }
 
@@ -270,9 +237,9 @@ mod tests {
     }
 
     #[test]
-    fn rows_stay_apart_across_blocks() {
-        // Proves each SKU's ATP lands in its own row when SKUs span several blocks, and an unknown SKU reads as zero.
-        for node_count in [3, BLOCK_CELLS / 2, 40_000] {
+    fn each_sku_keeps_its_own_row() {
+        // Proves each SKU's ATP lands in its own row across network sizes, and an unknown SKU reads as zero.
+        for node_count in [3, 32_768, 40_000] {
             let index = AvailabilityIndex::new(node_count, 5);
             for sku in 0..5u32 {
                 assert_eq!(index.intern(&format!("S{sku}")), Ok(sku));
