@@ -41,7 +41,7 @@ use crate::core::router::{
     router_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, MAX_ROUTERS,
 };
 use crate::core::stock::StockShard;
-use crate::engine::sequencer::{ArchivedTxn, KIND_POLICY, KIND_TXN};
+use crate::engine::sequencer::{ArchivedTxn, Txn, KIND_POLICY, KIND_TXN};
 use crate::store;
 
 /// Differences listed by example in the report.
@@ -508,15 +508,16 @@ impl Batch {
     /// Adds a record the replay reads; a `Txn` that does not validate is an
     /// error (the journal's checksums passed, so it is not torn: corrupt).
     fn push(&mut self, lsn: u64, kind: u8, payload: &[u8]) -> Result<(), String> {
-        let start = self.arena.len().next_multiple_of(16);
-        if kind == KIND_TXN {
+        let place = if kind == KIND_TXN {
+            let start = self.arena.len().next_multiple_of(16);
             self.arena.resize(start, 0);
             self.arena.extend_from_slice(payload);
-            rkyv::access::<ArchivedTxn, rkyv::rancor::Error>(&self.arena[start..])
-                .map_err(|e| e.to_string())?;
-        }
-        self.records
-            .push((lsn, kind, start..self.arena.len().max(start)));
+            Txn::validate(&self.arena[start..])?;
+            start..self.arena.len()
+        } else {
+            0..0
+        };
+        self.records.push((lsn, kind, place));
         Ok(())
     }
 
@@ -527,24 +528,20 @@ impl Batch {
     }
 }
 
-/// Asks the CPU to bring the memory of `items` into this core's cache. It
-/// never faults and never changes anything: a hint only.
+/// Asks the CPU to bring `bytes` into this core's cache. It never faults
+/// and never changes anything: a hint only.
 #[inline]
-fn prefetch<T>(items: &[T]) {
+fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let start = items.as_ptr().cast::<i8>();
-        let bytes = std::mem::size_of_val(items);
-        for offset in (0..bytes).step_by(CACHE_LINE_BYTES) {
-            // SAFETY: SSE is part of the x86_64 baseline, and the address is
-            // inside a live slice (a prefetch would not fault even if not).
-            unsafe {
-                std::arch::x86_64::_mm_prefetch(start.add(offset), std::arch::x86_64::_MM_HINT_T0)
-            };
-        }
+    for line in bytes.chunks(CACHE_LINE_BYTES) {
+        // SAFETY: SSE is part of the x86_64 baseline, and the address is
+        // inside a live slice (a prefetch would not fault even if not).
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(line.as_ptr().cast(), std::arch::x86_64::_MM_HINT_T0)
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = items;
+    let _ = bytes;
 }
 
 /// The unit a prefetch brings in.

@@ -196,8 +196,8 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
 
     // The journal's reading runs on a thread of its own: a cut tail and a
     // damaged record must still come back as a report and a clear error.
-    let segments = segments(&dir.0);
-    let last = segments.last().unwrap();
+    let segments = common::journal_segments(&dir.0.join("journal"));
+    let last = segments.last().expect("a segment");
     let mut bytes = std::fs::read(last).unwrap();
     let used = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
     bytes[used / 2..].fill(0);
@@ -220,18 +220,6 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
         stderr.contains("corrupt") && !stderr.contains("panicked"),
         "{stderr}"
     );
-}
-
-/// The journal's segment files, oldest first (names are first LSNs, padded).
-fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut segments: Vec<_> = std::fs::read_dir(dir.join("journal"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segments.sort();
-    assert!(!segments.is_empty());
-    segments
 }
 
 #[test]

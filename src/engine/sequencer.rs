@@ -44,19 +44,15 @@ impl Txn {
     /// a panic.
     pub fn decode(bytes: &[u8]) -> Result<Txn, String> {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        let archived = Txn::access(bytes, &mut aligned)?;
-        rkyv::deserialize::<Txn, rkyv::rancor::Error>(archived).map_err(|e| e.to_string())
+        aligned.extend_from_slice(bytes);
+        rkyv::deserialize::<Txn, rkyv::rancor::Error>(Txn::validate(&aligned)?)
+            .map_err(|e| e.to_string())
     }
 
-    /// Validates a journaled payload and reads it in place, copied into
-    /// `aligned` (reused across records) for rkyv's alignment: for readers
-    /// that look at a few fields of every record, like the what-if replay.
-    pub fn access<'a>(
-        bytes: &[u8],
-        aligned: &'a mut rkyv::util::AlignedVec<16>,
-    ) -> Result<&'a ArchivedTxn, String> {
-        aligned.clear();
-        aligned.extend_from_slice(bytes);
+    /// Validates a journaled payload that already lies at a 16-aligned
+    /// address (rkyv's alignment) and reads it in place: for readers that
+    /// look at a few fields of every record, like the what-if replay.
+    pub fn validate(aligned: &[u8]) -> Result<&ArchivedTxn, String> {
         rkyv::access::<ArchivedTxn, rkyv::rancor::Error>(aligned).map_err(|e| e.to_string())
     }
 }
