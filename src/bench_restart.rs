@@ -105,10 +105,7 @@ fn build(dir: &Path, config: &ValidConfig, cells: u64, reservations: u64) -> Res
         images.push((0, Image::Node(image.node, image)));
     }
     for router in &state.routers {
-        images.push((
-            0,
-            Image::Router(router.router_id(), router.orders().cloned().collect()),
-        ));
+        store::write_book_file(dir, router, 0).map_err(|e| e.to_string())?;
     }
     store::write_snapshots(dir, images).map_err(|e| e.to_string())?;
     Ok(())

@@ -164,25 +164,17 @@ pub async fn snapshot(
     status: &Status,
 ) -> Result<u64, String> {
     let started = Instant::now();
-    let images = engine.take_snapshot().await.map_err(|e| e.to_string())?;
-    let imaged_ms = started.elapsed().as_millis();
-    let keep_segments = settings.keep_segments;
-    let lsn = tokio::task::spawn_blocking(move || {
-        let lsn = store::write_snapshot_files(&data_dir, images)?;
-        if !keep_segments {
-            store::remove_segments_through(&data_dir, lsn)?;
-        }
-        Ok::<u64, store::StoreError>(lsn)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    let done = store::snapshot(engine, &data_dir, settings.keep_segments)
+        .await
+        .map_err(|e| e.to_string())?;
     status.snapshot_written(crate::admin::unix_ms());
     tracing::info!(
-        "snapshot at LSN {lsn}: imaged in {imaged_ms} ms, written in {} ms",
+        "snapshot at LSN {}: imaged in {} ms, written in {} ms",
+        done.lsn,
+        done.imaged.as_millis(),
         started.elapsed().as_millis()
     );
-    Ok(lsn)
+    Ok(done.lsn)
 }
 
 async fn snapshot_loop(

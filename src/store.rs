@@ -28,6 +28,12 @@ use crate::engine::{EngineError, EngineSettings, EngineState, Image};
 use crate::journal::{self, Durability, Journal, JournalError, TornTail};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"ORSNAP01";
+/// A router's book: the body is chunks, each a 16-byte header (archive
+/// bytes, orders; u64 little-endian) and an archived `Vec<OrderRecord>`
+/// padded to 16. Router snapshots written before books were streamed are
+/// one archive under `SNAPSHOT_MAGIC`, and still load.
+const BOOK_MAGIC: &[u8; 8] = b"ORBOOK01";
+const BOOK_CHUNK_HEADER_BYTES: usize = 16;
 /// magic, lsn, body length, crc32c, padding: the body starts 16-aligned.
 const SNAPSHOT_HEADER_BYTES: usize = 32;
 const SNAPSHOT_SUFFIX: &str = ".snap";
@@ -180,11 +186,259 @@ fn write_parts_durably(path: &Path, parts: &[&[u8]]) -> Result<(), StoreError> {
     }
     file.sync_all().map_err(|e| io(&tmp, e))?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    publish(&tmp, path)
+}
+
+/// Puts a whole, synced temporary file in place of `path`, durably.
+fn publish(tmp: &Path, path: &Path) -> Result<(), StoreError> {
+    std::fs::rename(tmp, path).map_err(|e| io(path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io(dir, e))
+}
+
+/// A router's book on its way to its snapshot file: the header stays blank
+/// until the book's label is known, the chunks go in as they come, and the
+/// checksum is kept as they pass. Dropped unfinished, the file goes.
+struct BookFile {
+    tmp: PathBuf,
+    file: File,
+    body_bytes: u64,
+    body_crc: u32,
+    unflushed_bytes: usize,
+}
+
+impl BookFile {
+    fn create(snapshots: &Path, router: usize) -> Result<BookFile, StoreError> {
+        let tmp = snapshots.join(format!("router-{router}.tmp"));
+        let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        file.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])
+            .map_err(|e| io(&tmp, e))?;
+        Ok(BookFile {
+            tmp,
+            file,
+            body_bytes: 0,
+            body_crc: 0,
+            unflushed_bytes: 0,
+        })
+    }
+
+    fn append(&mut self, orders: u32, archive: &[u8]) -> Result<(), StoreError> {
+        let header = book_chunk_header(archive.len(), orders);
+        let padding = [0u8; 16];
+        let padding = &padding[..book_padding(archive.len())];
+        for part in [&header[..], archive, padding] {
+            self.file.write_all(part).map_err(|e| io(&self.tmp, e))?;
+            self.body_crc = crc32c::crc32c_append(self.body_crc, part);
+            self.body_bytes += part.len() as u64;
+            self.unflushed_bytes += part.len();
+        }
+        // As `write_parts_durably`: a journal fsync must not wait behind
+        // the whole book.
+        if self.unflushed_bytes >= SNAPSHOT_FLUSH_BYTES {
+            self.file.sync_data().map_err(|e| io(&self.tmp, e))?;
+            self.unflushed_bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// Labels the book with `lsn` and puts it in place.
+    fn finish(self, path: &Path, lsn: u64) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let header = frame_header(BOOK_MAGIC, lsn, self.body_bytes, self.body_crc);
+        self.file
+            .write_all_at(&header, 0)
+            .map_err(|e| io(&self.tmp, e))?;
+        self.file.sync_all().map_err(|e| io(&self.tmp, e))?;
+        publish(&self.tmp, path)
+    }
+}
+
+impl Drop for BookFile {
+    fn drop(&mut self) {
+        // Gone already if it was put in place.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+fn book_chunk_header(archive_bytes: usize, orders: u32) -> [u8; BOOK_CHUNK_HEADER_BYTES] {
+    let mut header = [0u8; BOOK_CHUNK_HEADER_BYTES];
+    header[..8].copy_from_slice(&(archive_bytes as u64).to_le_bytes());
+    header[8..].copy_from_slice(&u64::from(orders).to_le_bytes());
+    header
+}
+
+/// Zeros after an archive so that the next chunk's starts 16-aligned.
+fn book_padding(archive_bytes: usize) -> usize {
+    archive_bytes.next_multiple_of(16) - archive_bytes
+}
+
+/// The body of a book snapshot made of these chunks (orders, archive), in
+/// memory: for tests and tools; the daemon streams it (`BookWriter`).
+pub fn book_body<'a>(chunks: impl IntoIterator<Item = (u32, &'a [u8])>) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (orders, archive) in chunks {
+        body.extend_from_slice(&book_chunk_header(archive.len(), orders));
+        body.extend_from_slice(archive);
+        body.resize(body.len() + book_padding(archive.len()), 0);
+    }
+    body
+}
+
+/// A book snapshot file's bytes: `body` (see [`book_body`]) framed.
+pub fn book_snapshot_bytes(lsn: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = frame_header(BOOK_MAGIC, lsn, body.len() as u64, crc32c::crc32c(body));
+    out.extend_from_slice(body);
+    out
+}
+
+/// Writes a router's book as its snapshot, labelled `lsn`, in this thread
+/// (for tools: the daemon streams books while the routers image them).
+pub fn write_book_file(
+    dir: &Path,
+    router: &crate::core::router::RouterCore,
+    lsn: u64,
+) -> Result<(), StoreError> {
+    let snapshots = snapshot_dir(dir);
+    std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+    let mut file = BookFile::create(&snapshots, router.router_id())?;
+    let mut buffer = AlignedVec::new();
+    let mut imaged = 0;
+    loop {
+        let orders = router.orders_slice(imaged, crate::engine::ORDERS_PER_IMAGE_STEP);
+        if orders.is_empty() {
+            break;
+        }
+        buffer = crate::core::router::BookChunk(orders).encode(buffer);
+        file.append(orders.len() as u32, &buffer)?;
+        imaged += orders.len();
+    }
+    let path = snapshots.join(format!("router-{}{SNAPSHOT_SUFFIX}", router.router_id()));
+    file.finish(&path, lsn)
+}
+
+/// Writes the routers' books to their snapshot files while the routers
+/// image them, on a thread of its own: chunk buffers go back to the
+/// routers once written, so no book is ever copied whole. It runs at the
+/// daemon's priority: the routers encode, it only writes, and at nice 19
+/// under load it fell behind and held the routers' imaging up for seconds.
+pub struct BookWriter {
+    snapshots: PathBuf,
+    thread: std::thread::JoinHandle<Result<Vec<Option<BookFile>>, StoreError>>,
+}
+
+impl BookWriter {
+    /// A writer for the books of `routers` routers, and the sink to give
+    /// [`Engine::take_snapshot`](crate::engine::Engine::take_snapshot).
+    pub fn start(
+        dir: &Path,
+        routers: usize,
+    ) -> Result<(crate::engine::BookSink, BookWriter), StoreError> {
+        let snapshots = snapshot_dir(dir);
+        std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+        let (sink, parts) = crate::engine::book_channel();
+        let into = snapshots.clone();
+        let thread = std::thread::Builder::new()
+            .name("book-writer".into())
+            .spawn(move || {
+                let mut files: Vec<Option<BookFile>> = (0..routers).map(|_| None).collect();
+                while let Some(part) = parts.recv() {
+                    let Some(slot) = files.get_mut(part.router) else {
+                        return Err(io(&into, format!("no router {}", part.router)));
+                    };
+                    let file = match slot {
+                        Some(file) => file,
+                        None => slot.insert(BookFile::create(&into, part.router)?),
+                    };
+                    file.append(part.orders, &part.bytes)?;
+                    parts.recycle(part.bytes);
+                }
+                Ok(files)
+            })
+            .map_err(|e| io(&snapshots, e))?;
+        Ok((sink, BookWriter { snapshots, thread }))
+    }
+
+    /// Waits until every book is written (every sink is gone), then labels
+    /// each router's book with its LSN from `labels` and puts it in place.
+    /// A book without a label (its router did not finish imaging) is
+    /// deleted. Blocks: call it off the async workers.
+    pub fn finish(self, labels: &[(usize, u64)]) -> Result<(), StoreError> {
+        let mut files = self
+            .thread
+            .join()
+            .map_err(|_| io(&self.snapshots, "the book writer panicked"))??;
+        for &(router, lsn) in labels {
+            let file = match files.get_mut(router).and_then(Option::take) {
+                Some(file) => file,
+                // A router with no orders sent no chunk.
+                None => BookFile::create(&self.snapshots, router)?,
+            };
+            let path = self
+                .snapshots
+                .join(format!("router-{router}{SNAPSHOT_SUFFIX}"));
+            file.finish(&path, lsn)?;
+        }
+        Ok(())
+    }
+}
+
+/// Snapshot writes are background chores: the scheduler should prefer
+/// the daemon's own threads.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on the calling thread (who = 0) only changes its
+    // scheduling weight.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
+}
+
+/// What [`snapshot`] did.
+pub struct Snapshotted {
+    /// The lowest LSN of the snapshot files: the journal up to it is covered.
+    pub lsn: u64,
+    /// How long the actors took to image (the books were written meanwhile).
+    pub imaged: std::time::Duration,
+}
+
+/// Snapshots every actor of `engine` into `dir`: the routers' books are
+/// written while the routers image them, the rest once every actor has.
+/// Unless `keep_segments`, then deletes the journal segments all passed.
+pub async fn snapshot(
+    engine: &crate::engine::Engine,
+    dir: &Path,
+    keep_segments: bool,
+) -> Result<Snapshotted, StoreError> {
+    let started = Instant::now();
+    let (books, writer) = BookWriter::start(dir, engine.router_count())?;
+    let taken = engine.take_snapshot(books).await;
+    let imaged = started.elapsed();
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let labels: Vec<(usize, u64)> = taken
+            .iter()
+            .flatten()
+            .filter_map(|(lsn, image)| match image {
+                Image::Router(router) => Some((*router, *lsn)),
+                _ => None,
+            })
+            .collect();
+        let written = writer.finish(&labels);
+        let images = taken?;
+        written?;
+        let lsn = write_snapshot_files(&dir, images)?;
+        if !keep_segments {
+            remove_segments_through(&dir, lsn)?;
+        }
+        Ok(Snapshotted { lsn, imaged })
+    })
+    .await
+    .map_err(|e| StoreError::Io {
+        path: PathBuf::new(),
+        message: format!("the snapshot writer failed: {e}"),
+    })?
 }
 
 fn snapshot_name(image: &Image) -> String {
@@ -192,19 +446,20 @@ fn snapshot_name(image: &Image) -> String {
         Image::Catalog(_) => "catalog".into(),
         Image::Shard(s, _) => format!("shard-{s}"),
         Image::Node(n, _) => format!("node-{n}"),
-        Image::Router(r, _) => format!("router-{r}"),
+        Image::Router(r) => format!("router-{r}"),
     }
 }
 
-/// The rkyv body of an image (what a snapshot file holds after its header).
-pub fn encode_image(image: &Image) -> AlignedVec {
+/// The rkyv body of an image (what a snapshot file holds after its
+/// header); `None` for a router's, whose book was written as it was imaged.
+pub fn encode_image(image: &Image) -> Option<AlignedVec> {
     let encoded = match image {
         Image::Catalog(names) => rkyv::to_bytes::<rancor::Error>(names),
         Image::Shard(_, shard) => rkyv::to_bytes::<rancor::Error>(shard),
         Image::Node(_, ledger) => rkyv::to_bytes::<rancor::Error>(ledger),
-        Image::Router(_, orders) => rkyv::to_bytes::<rancor::Error>(orders),
+        Image::Router(_) => return None,
     };
-    encoded.expect("images always serialize")
+    Some(encoded.expect("images always serialize"))
 }
 
 /// The checksum covers the LSN and length as well as the body: a damaged
@@ -222,11 +477,17 @@ pub fn snapshot_bytes(lsn: u64, body: &[u8]) -> Vec<u8> {
 
 /// The header `snapshot_bytes` puts before a body.
 fn snapshot_header(lsn: u64, body: &[u8]) -> Vec<u8> {
+    frame_header(SNAPSHOT_MAGIC, lsn, body.len() as u64, crc32c::crc32c(body))
+}
+
+/// A snapshot header for a body of `length` bytes whose own CRC-32C is
+/// `body_crc` (the header's checksum is [`snapshot_crc`], combined).
+fn frame_header(magic: &[u8; 8], lsn: u64, length: u64, body_crc: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&lsn.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    let crc = snapshot_crc(&out[8..24], body);
+    out.extend_from_slice(&length.to_le_bytes());
+    let crc = crc32c::crc32c_combine(crc32c::crc32c(&out[8..24]), body_crc, length as usize);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&[0u8; 4]);
     out
@@ -238,7 +499,7 @@ pub fn parse_snapshot(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
         return Err(format!("{} bytes is shorter than the header", bytes.len()));
     }
-    if &bytes[..8] != SNAPSHOT_MAGIC {
+    if &bytes[..8] != SNAPSHOT_MAGIC && &bytes[..8] != BOOK_MAGIC {
         return Err("not an omniroute snapshot (bad magic)".into());
     }
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
@@ -293,7 +554,8 @@ pub fn remove_segments_through(dir: &Path, lsn: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes every image as its actor's snapshot and keeps the journal.
+/// Writes every image as its actor's snapshot and keeps the journal (a
+/// router's image only labels its book, which [`BookWriter`] wrote).
 /// Returns the lowest LSN.
 pub fn write_snapshot_files(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, StoreError> {
     let snapshots = snapshot_dir(dir);
@@ -307,20 +569,15 @@ pub fn write_snapshot_files(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| -> Result<(), StoreError> {
-                    // Encoding a snapshot is a background chore: the
-                    // scheduler should prefer the daemon's own threads.
-                    #[cfg(target_os = "linux")]
-                    // SAFETY: setpriority on the calling thread (who = 0)
-                    // only changes its scheduling weight.
-                    unsafe {
-                        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
-                    }
+                    background_priority();
                     loop {
                         let next = queue.lock().expect("queue lock").pop();
                         let Some((lsn, image)) = next else {
                             return Ok(());
                         };
-                        let body = encode_image(&image);
+                        let Some(body) = encode_image(&image) else {
+                            continue;
+                        };
                         let path =
                             snapshots.join(format!("{}{SNAPSHOT_SUFFIX}", snapshot_name(&image)));
                         let header = snapshot_header(lsn, &body);
@@ -360,15 +617,58 @@ pub fn verify_snapshot_bytes(
     } else if name.starts_with("node-") {
         rkyv::from_bytes::<LedgerImage, rancor::Error>(body).map_err(e)?;
     } else if name.starts_with("router-") {
-        let orders =
-            rkyv::access::<rkyv::Archived<Vec<OrderRecord>>, rancor::Error>(body).map_err(e)?;
-        for archived in orders.iter() {
-            rkyv::deserialize::<OrderRecord, rancor::Error>(archived).map_err(e)?;
+        for orders in router_archives(&aligned, body)? {
+            for archived in orders.iter() {
+                rkyv::deserialize::<OrderRecord, rancor::Error>(archived).map_err(e)?;
+            }
         }
     } else {
         return Err(format!("{name} is not a snapshot name"));
     }
     Ok(lsn)
+}
+
+/// A router snapshot's orders as validated archives: one per chunk of a
+/// book, or one for a snapshot from before books were chunked. `bytes` is
+/// the whole file (its magic tells which), `body` what follows the header.
+fn router_archives<'a>(
+    bytes: &[u8],
+    body: &'a [u8],
+) -> Result<Vec<&'a rkyv::Archived<Vec<OrderRecord>>>, String> {
+    let access = |archive: &'a [u8]| {
+        rkyv::access::<rkyv::Archived<Vec<OrderRecord>>, rancor::Error>(archive)
+            .map_err(|e| e.to_string())
+    };
+    if !bytes.starts_with(BOOK_MAGIC) {
+        return Ok(vec![access(body)?]);
+    }
+    let mut archives = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let Some((header, after)) = rest.split_first_chunk::<BOOK_CHUNK_HEADER_BYTES>() else {
+            return Err(format!(
+                "{} bytes left, short of a chunk header",
+                rest.len()
+            ));
+        };
+        let archive_bytes = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let orders = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
+        let archive_bytes = usize::try_from(archive_bytes)
+            .ok()
+            .filter(|&n| n <= after.len())
+            .ok_or_else(|| format!("a chunk of {archive_bytes} bytes runs past the end"))?;
+        let archive = access(&after[..archive_bytes])?;
+        if archive.len() as u64 != orders {
+            return Err(format!(
+                "a chunk holds {} orders, its header says {orders}",
+                archive.len()
+            ));
+        }
+        archives.push(archive);
+        rest = &after[archive_bytes..];
+        rest = &rest[book_padding(archive_bytes).min(rest.len())..];
+    }
+    Ok(archives)
 }
 
 /// A snapshot read back: its LSN and its validated body.
@@ -486,14 +786,12 @@ pub fn open(
             .map(|(core, file)| {
                 scope.spawn(move || -> Result<(), StoreError> {
                     let Some(loaded) = file else { return Ok(()) };
-                    // One order at a time out of the validated archive: no
+                    // One order at a time out of the validated archives: no
                     // second copy of the whole book on the heap.
-                    let orders = rkyv::access::<rkyv::Archived<Vec<OrderRecord>>, rancor::Error>(
-                        loaded.body(),
-                    )
-                    .map_err(|e| loaded.damaged(e))?;
-                    core.reserve(orders.len());
-                    for archived in orders.iter() {
+                    let archives = router_archives(&loaded.bytes, loaded.body())
+                        .map_err(|e| loaded.damaged(e))?;
+                    core.reserve(archives.iter().map(|orders| orders.len()).sum());
+                    for archived in archives.iter().flat_map(|orders| orders.iter()) {
                         let order = rkyv::deserialize::<OrderRecord, rancor::Error>(archived)
                             .map_err(|e| loaded.damaged(e))?;
                         core.restore(order).map_err(|e| loaded.damaged(e))?;

@@ -37,30 +37,30 @@ fn samples() -> &'static Samples {
                     ))
                     .await;
             }
-            let images = engine.take_snapshot().await.unwrap();
-            let files = images
+            let (images, books) = common::snapshot_in_memory(&engine).await;
+            let mut files: Vec<(String, Vec<u8>)> = images
                 .iter()
-                .map(|(lsn, image)| {
+                .filter_map(|(lsn, image)| {
                     let name = match image {
                         Image::Catalog(_) => "catalog".to_string(),
                         Image::Shard(s, _) => format!("shard-{s}"),
                         Image::Node(n, _) => format!("node-{n}"),
-                        Image::Router(r, _) => format!("router-{r}"),
+                        Image::Router(_) => return None,
                     };
-                    (
+                    Some((
                         name,
-                        store::snapshot_bytes(*lsn, &store::encode_image(image)),
-                    )
+                        store::snapshot_bytes(*lsn, &store::encode_image(image)?),
+                    ))
                 })
                 .collect();
-            let orders: Vec<_> = images
-                .into_iter()
-                .filter_map(|(_, image)| match image {
-                    Image::Router(_, orders) => Some(orders),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
+            for book in &books {
+                let body = store::book_body(book.chunks.iter().map(|(n, b)| (*n, &b[..])));
+                files.push((
+                    format!("router-{}", book.router),
+                    store::book_snapshot_bytes(book.lsn, &body),
+                ));
+            }
+            let orders: Vec<_> = books.iter().flat_map(|book| book.orders()).collect();
             let txn = Txn {
                 skus: vec![(0, "SKU-1".into())],
                 orders,
@@ -90,6 +90,31 @@ fn the_samples_decode() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     assert!(!Txn::decode(txn).unwrap().orders.is_empty());
+}
+
+#[test]
+fn a_router_snapshot_from_before_books_still_loads() {
+    // Proves a router snapshot written as one archive (before books were streamed in chunks)
+    // is still read, and that a book's chunk that claims more orders than it holds is refused.
+    let orders: Vec<_> = samples_orders();
+    assert!(!orders.is_empty());
+    let body = rkyv::to_bytes::<rkyv::rancor::Error>(&orders).unwrap();
+    let old = store::snapshot_bytes(7, &body);
+    assert_eq!(
+        store::verify_snapshot_bytes("router-0", &old, index()),
+        Ok(7)
+    );
+
+    let chunk = rkyv::to_bytes::<rkyv::rancor::Error>(&orders).unwrap();
+    let claimed = orders.len() as u32 + 1;
+    let book = store::book_snapshot_bytes(7, &store::book_body([(claimed, &chunk[..])]));
+    let refused = store::verify_snapshot_bytes("router-0", &book, index()).unwrap_err();
+    assert!(refused.contains("header says"), "{refused}");
+}
+
+/// The orders in the sample routers' books.
+fn samples_orders() -> Vec<omniroute::core::router::OrderRecord> {
+    Txn::decode(&samples().1).unwrap().orders
 }
 
 proptest! {
@@ -129,7 +154,12 @@ proptest! {
         if fix_checksum && bytes.len() >= 32 {
             // A tamper (or a bug) that keeps the frame valid: only the archive checks remain.
             let body = bytes[32..].to_vec();
-            bytes = store::snapshot_bytes(u64::from_le_bytes(bytes[8..16].try_into().unwrap()), &body);
+            let lsn = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+            bytes = if name.starts_with("router-") {
+                store::book_snapshot_bytes(lsn, &body)
+            } else {
+                store::snapshot_bytes(lsn, &body)
+            };
         }
         let result = store::verify_snapshot_bytes(name, &bytes, index());
         if !fix_checksum && bytes != *original {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use common::{channel, config, order, stock, TempDir};
 use omniroute::config::ValidConfig;
 use omniroute::core::model::Decision;
-use omniroute::core::router::OrderRef;
+use omniroute::core::router::{OrderRecord, OrderRef};
 use omniroute::engine::{Engine, Image, ManualClock, StockUpdate};
 use omniroute::store::{self, journal_dir};
 
@@ -70,22 +70,20 @@ fn records_end(segment: &Path) -> u64 {
 }
 
 /// Every actor's state (as a snapshot would hold it), for comparing two
-/// recoveries: the LSN labels are left out.
-async fn state_of(engine: &Engine) -> Vec<Image> {
-    let mut images: Vec<Image> = engine
-        .take_snapshot()
-        .await
-        .expect("images")
-        .into_iter()
-        .map(|(_, image)| image)
-        .collect();
+/// recoveries: the LSN labels are left out, and each router's book is read
+/// back from the chunks it streamed.
+async fn state_of(engine: &Engine) -> (Vec<Image>, Vec<(usize, Vec<OrderRecord>)>) {
+    let (images, books) = common::snapshot_in_memory(engine).await;
+    let mut images: Vec<Image> = images.into_iter().map(|(_, image)| image).collect();
     images.sort_by_key(|image| match image {
         Image::Catalog(_) => (0, 0),
         Image::Shard(s, _) => (1, *s as usize),
         Image::Node(n, _) => (2, *n as usize),
-        Image::Router(r, _) => (3, *r),
+        Image::Router(r) => (3, *r),
     });
-    images
+    let mut books: Vec<_> = books.iter().map(|b| (b.router, b.orders())).collect();
+    books.sort_by_key(|(router, _)| *router);
+    (images, books)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,8 +204,7 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     // The journal-only copy keeps the segments the snapshot lets go.
     let without = TempDir::new("snap-equal-journal-only");
     copy_all(&dir.0.join("journal"), &without.0.join("journal"));
-    let images = engine.take_snapshot().await.unwrap();
-    store::write_snapshots(&dir.0, images).unwrap();
+    store::snapshot(&engine, &dir.0, false).await.unwrap();
     // After the snapshot: more of everything, including bumps.
     for i in 0..30 {
         submit(&engine, &format!("b-{i}"), &[("SKU-1", 2)]).await;
@@ -254,19 +251,29 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     from_journal.check_invariants().await.unwrap();
     let a = state_of(&from_snapshot).await;
     let b = state_of(&from_journal).await;
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
+    assert_eq!(a.0.len(), b.0.len());
+    assert_eq!(a.1.len(), b.1.len());
+    for (x, y) in a.0.iter().zip(&b.0) {
         assert!(
             x == y,
             "snapshot+journal and journal alone differ:\n{x:?}\n{y:?}"
         );
     }
-    for (x, y) in live.iter().zip(&a) {
+    assert!(
+        a.1 == b.1,
+        "the books differ after snapshot+journal and journal alone"
+    );
+    for (x, y) in live.0.iter().zip(&a.0) {
         assert!(
             x == y,
             "the state before the restart differs:\n{x:?}\n{y:?}"
         );
     }
+    assert!(live.1 == a.1, "the books differ from before the restart");
+    assert!(
+        live.1.iter().any(|(_, orders)| !orders.is_empty()),
+        "the books hold the orders"
+    );
     from_snapshot.shutdown();
     from_journal.shutdown();
 }
@@ -344,14 +351,22 @@ async fn segments_every_snapshot_has_passed_are_deleted() {
     let count = || segments(&dir.0).len();
     let before = count();
     assert!(before >= 3, "the orders fill several segments ({before})");
-    let images = engine.take_snapshot().await.unwrap();
-    store::write_snapshots(&dir.0, images).unwrap();
+    store::snapshot(&engine, &dir.0, false).await.unwrap();
     let after = count();
     assert!(
         after < before,
         "{before} segments before the snapshot, {after} after"
     );
     assert!(after >= 1, "the segment being written stays");
+    let snapshots: Vec<String> = std::fs::read_dir(dir.0.join("snapshots"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        snapshots.iter().all(|name| name.ends_with(".snap")),
+        "a temporary file was left: {snapshots:?}"
+    );
+    assert!(snapshots.contains(&"router-1.snap".to_string()));
     engine.submit(order("web", "after", &[("SKU-1", 1)])).await;
     engine.shutdown();
     let engine = open(&dir.0, &config, clock).await.unwrap();

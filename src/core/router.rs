@@ -133,6 +133,41 @@ pub struct OrderRecord {
     pub state: OrderState,
 }
 
+/// A run of a book's orders, archived as a `Vec<OrderRecord>` straight
+/// from where they lie: a snapshot encodes the book a run at a time and
+/// never copies the orders on the heap (the copies of a first snapshot of
+/// a million orders were fresh memory, and zeroing it stalled routing).
+pub struct BookChunk<'a>(pub &'a [OrderRecord]);
+
+impl rkyv::Archive for BookChunk<'_> {
+    type Archived = rkyv::vec::ArchivedVec<ArchivedOrderRecord>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<S> rkyv::Serialize<S> for BookChunk<'_>
+where
+    S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+    OrderRecord: rkyv::Serialize<S>,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::vec::ArchivedVec::serialize_from_slice(self.0, serializer)
+    }
+}
+
+impl BookChunk<'_> {
+    /// The archive of these orders, written into `out` (emptied first, so a
+    /// buffer can serve one chunk after another).
+    pub fn encode(&self, mut out: rkyv::util::AlignedVec) -> rkyv::util::AlignedVec {
+        out.clear();
+        rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(self, out)
+            .expect("orders always serialize")
+    }
+}
+
 impl OrderRecord {
     /// Lines (partly) unallocated now.
     pub fn short(&self) -> &[ShortLine] {
@@ -444,6 +479,16 @@ impl RouterCore {
             .skip(segment)
             .flatten()
             .skip(skip)
+    }
+
+    /// Up to `max` orders from the `first`-th on, as they lie in the book
+    /// (a run stops at the end of a segment): what a snapshot step encodes.
+    pub fn orders_slice(&self, first: usize, max: usize) -> &[OrderRecord] {
+        let Some(segment) = self.orders.segments.get(first / ORDERS_PER_SEGMENT) else {
+            return &[];
+        };
+        let start = (first % ORDERS_PER_SEGMENT).min(segment.len());
+        &segment[start..segment.len().min(start + max)]
     }
 
     /// The orders changed since the last call, as they are now: the order

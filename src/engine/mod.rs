@@ -15,11 +15,14 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use tokio::sync::Semaphore;
 
+pub use actors::{
+    book_channel, BookPart, BookParts, BookSink, Image, Subscription, BOOK_QUEUE_CHUNKS,
+    ORDERS_PER_IMAGE_STEP, SUBSCRIBER_QUEUE_EVENTS,
+};
 use actors::{
     ActorParticipants, JournaledParticipants, Mailbox, NodeActor, NodeMsg, RouterActor, RouterMsg,
     RouterState, ShardActor, ShardMsg, ShardState,
 };
-pub use actors::{Image, Subscription, SUBSCRIBER_QUEUE_EVENTS};
 use sequencer::{Done, Sequencer, Txn, KIND_MARKER};
 
 use crate::core::capacity::NodeLedger;
@@ -425,12 +428,18 @@ impl Engine {
         &self.inner.sequencer
     }
 
+    pub fn router_count(&self) -> usize {
+        self.inner.routers.len()
+    }
+
     /// Images every actor with the LSN it has applied, without stopping
     /// the others: routers image their books in order with their changes,
     /// and a marker record tells every shard and node when to image theirs.
     /// The catalog is imaged at the marker too (it may hold SKUs journaled
-    /// just after it, which replay accepts as already known).
-    pub async fn take_snapshot(&self) -> Result<Vec<(u64, Image)>, EngineError> {
+    /// just after it, which replay accepts as already known). The routers'
+    /// books go to `books` a chunk at a time, while they image; their
+    /// images here only label them.
+    pub async fn take_snapshot(&self, books: BookSink) -> Result<Vec<(u64, Image)>, EngineError> {
         let (sink, mut images) = tokio::sync::mpsc::unbounded_channel();
         let expected = self.inner.routers.len()
             + self.inner.participants.shards.len()
@@ -438,8 +447,10 @@ impl Engine {
             + 1;
         for router in &self.inner.routers {
             let sink = sink.clone();
-            call(router, move |reply| RouterMsg::Snapshot(sink, reply)).await;
+            let books = books.clone();
+            call(router, move |reply| RouterMsg::Snapshot(sink, books, reply)).await;
         }
+        drop(books);
         let participants = self.inner.participants.clone();
         let index = self.inner.index.clone();
         let marker_sink = sink.clone();

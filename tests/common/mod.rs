@@ -238,3 +238,59 @@ pub fn journal_segments(journal: &std::path::Path) -> Vec<std::path::PathBuf> {
     paths.sort();
     paths
 }
+
+/// One router's book from [`snapshot_in_memory`]: the chunks it streamed.
+pub struct Book {
+    pub router: usize,
+    pub lsn: u64,
+    pub chunks: Vec<(u32, rkyv::util::AlignedVec)>,
+}
+
+impl Book {
+    /// The orders, read back from the chunks in order.
+    pub fn orders(&self) -> Vec<omniroute::core::router::OrderRecord> {
+        self.chunks
+            .iter()
+            .flat_map(|(_, bytes)| {
+                rkyv::from_bytes::<Vec<omniroute::core::router::OrderRecord>, rkyv::rancor::Error>(
+                    bytes,
+                )
+                .expect("a chunk decodes")
+            })
+            .collect()
+    }
+}
+
+/// A snapshot of `engine` kept in memory: every image, and each router's
+/// book (by router) as the routers streamed it while imaging.
+pub async fn snapshot_in_memory(
+    engine: &Engine,
+) -> (Vec<(u64, omniroute::engine::Image)>, Vec<Book>) {
+    let (sink, parts) = omniroute::engine::book_channel();
+    // The queue is bounded: it must be drained while the routers image.
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while let Some(part) = parts.recv() {
+            got.push(part);
+        }
+        got
+    });
+    let images = engine.take_snapshot(sink).await.expect("images");
+    let parts = reader.join().expect("book reader");
+    let books = images
+        .iter()
+        .filter_map(|(lsn, image)| match image {
+            omniroute::engine::Image::Router(router) => Some(Book {
+                router: *router,
+                lsn: *lsn,
+                chunks: parts
+                    .iter()
+                    .filter(|part| part.router == *router)
+                    .map(|part| (part.orders, part.bytes.clone()))
+                    .collect(),
+            }),
+            _ => None,
+        })
+        .collect();
+    (images, books)
+}
