@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::{AdminServer, Status};
 use crate::config::ValidConfig;
-use crate::engine::{Clock, Engine, SystemClock};
+use crate::engine::{Clock, Engine, ImagePace, SystemClock};
 use crate::journal::Durability;
 use crate::server::RunningServer;
 use crate::store::{self, RecoveryReport, StoreSettings};
@@ -162,9 +162,10 @@ pub async fn snapshot(
     data_dir: PathBuf,
     settings: &StoreSettings,
     status: &Status,
+    pace: ImagePace,
 ) -> Result<u64, String> {
     let started = Instant::now();
-    let done = store::snapshot(engine, &data_dir, settings.keep_segments)
+    let done = store::snapshot(engine, &data_dir, settings.keep_segments, pace)
         .await
         .map_err(|e| e.to_string())?;
     status.snapshot_written(crate::admin::unix_ms());
@@ -198,7 +199,8 @@ async fn snapshot_loop(
         let by_records = settings.snapshot_every_records > 0
             && records - records_at_last >= settings.snapshot_every_records;
         if by_time || by_records {
-            if let Err(e) = snapshot(&engine, data_dir.clone(), &settings, &status).await {
+            let pace = ImagePace::Background;
+            if let Err(e) = snapshot(&engine, data_dir.clone(), &settings, &status, pace).await {
                 tracing::error!("snapshot failed: {e}");
             }
             last = Instant::now();
@@ -225,11 +227,13 @@ impl Daemon {
                 drained.elapsed_ms
             );
         }
+        // The ingress is closed: the routers image at full speed.
         let result = snapshot(
             &self.engine,
             self.data_dir.clone(),
             &self.settings,
             &self.status,
+            ImagePace::Full,
         )
         .await;
         self.engine.shutdown();

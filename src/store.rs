@@ -182,11 +182,29 @@ fn write_parts_durably(path: &Path, parts: &[&[u8]]) -> Result<(), StoreError> {
     // would wait for all of it, and every order waiting on that fsync too.
     for chunk in parts.iter().flat_map(|p| p.chunks(SNAPSHOT_FLUSH_BYTES)) {
         file.write_all(chunk).map_err(|e| io(&tmp, e))?;
-        file.sync_data().map_err(|e| io(&tmp, e))?;
+        flush_uncached(&file, &tmp)?;
     }
     file.sync_all().map_err(|e| io(&tmp, e))?;
     drop(file);
     publish(&tmp, path)
+}
+
+/// Flushes what was written to `file` so far, then lets the page cache
+/// drop it: a snapshot is read back only at the next start, and keeping
+/// hundreds of MiB of it cached grew the cache (fresh pages, each zeroed
+/// or faulted in on first use) while the daemon was answering orders.
+fn flush_uncached(file: &File, path: &Path) -> Result<(), StoreError> {
+    file.sync_data().map_err(|e| io(path, e))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a hint about a file descriptor this function borrows; it
+        // changes no memory of ours and no data of the file's.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+    Ok(())
 }
 
 /// Puts a whole, synced temporary file in place of `path`, durably.
@@ -237,7 +255,7 @@ impl BookFile {
         // As `write_parts_durably`: a journal fsync must not wait behind
         // the whole book.
         if self.unflushed_bytes >= SNAPSHOT_FLUSH_BYTES {
-            self.file.sync_data().map_err(|e| io(&self.tmp, e))?;
+            flush_uncached(&self.file, &self.tmp)?;
             self.unflushed_bytes = 0;
         }
         Ok(())
@@ -410,10 +428,11 @@ pub async fn snapshot(
     engine: &crate::engine::Engine,
     dir: &Path,
     keep_segments: bool,
+    pace: crate::engine::ImagePace,
 ) -> Result<Snapshotted, StoreError> {
     let started = Instant::now();
     let (books, writer) = BookWriter::start(dir, engine.router_count())?;
-    let taken = engine.take_snapshot(books).await;
+    let taken = engine.take_snapshot(books, pace).await;
     let imaged = started.elapsed();
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {

@@ -16,7 +16,9 @@ use crate::core::local::{apply_node_op, apply_stock_op, NodeEffect};
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use crate::core::placement::{NodeOp, Participants, StockOp};
 use crate::core::router::{BookChunk, OpError, OrderRecord, OrderRef, RouterCore};
-use crate::core::stock::{Bumped, Cell, HoldItem, HoldOutcome, ShardImage, StockError, StockShard};
+use crate::core::stock::{
+    Bumped, Cell, HoldItem, HoldOutcome, ImageMemory, ShardImage, StockError, StockShard,
+};
 
 /// What a shard answers for ops applied with a reply: the reservations
 /// they bumped and the ops that could not apply.
@@ -31,8 +33,9 @@ pub enum ShardMsg {
     Apply(Vec<StockOp>, Option<oneshot::Sender<Applied>>),
     Cell(SkuId, NodeIdx, RpcReplyPort<Cell>),
     Check(RpcReplyPort<Result<(), String>>),
-    /// Every op up to this LSN is applied and none after: image the shard.
-    Snapshot(u64, ImageSink),
+    /// Every op up to this LSN is applied and none after: image the shard
+    /// (into memory the snapshot touched beforehand).
+    Snapshot(u64, ImageSink, ImageMemory),
 }
 
 /// An actor's state at an LSN, on its way to a snapshot file.
@@ -57,8 +60,19 @@ const BOOK_RETRY_MS: u64 = 2;
 /// The share of a worker one router spends encoding its book while it
 /// images: after each step it rests for the rest. Encoding at full speed
 /// took the workers from the orders for a quarter of a second (p99 50 ms
-/// in that second at 20 k orders/s); imaging takes longer instead.
-const IMAGE_DUTY_PERCENT: u32 = 10;
+/// in that second at 20 k orders/s); at 10 % that second was 15-55 ms, at
+/// 5 % 12-18 ms, within the run's noise. Imaging takes longer instead
+/// (1.5-1.8 s for 0.8 M orders).
+const IMAGE_DUTY_PERCENT: u32 = 5;
+
+/// How fast the routers image their books.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePace {
+    /// Orders are flowing: each router takes `IMAGE_DUTY_PERCENT` of a worker.
+    Background,
+    /// Nothing else waits (a stop, a test): as fast as it goes.
+    Full,
+}
 
 /// One run of a router's book, archived (see [`BookChunk`]).
 pub struct BookPart {
@@ -232,9 +246,9 @@ impl Actor for ShardActor {
             ShardMsg::Check(reply) => {
                 let _ = reply.send(shard.check_invariants());
             }
-            ShardMsg::Snapshot(lsn, sink) => {
+            ShardMsg::Snapshot(lsn, sink, memory) => {
                 let started = std::time::Instant::now();
-                let image = shard.image();
+                let image = shard.image_into(memory);
                 tracing::debug!(
                     "shard {} imaged in {} us",
                     shard.shard_id(),
@@ -517,7 +531,7 @@ pub enum RouterMsg {
     Check(RpcReplyPort<Result<(), String>>),
     /// Snapshot the book, `ORDERS_PER_IMAGE_STEP` orders per message so that
     /// orders keep flowing in between (see `RouterState::image_step`).
-    Snapshot(ImageSink, BookSink, RpcReplyPort<()>),
+    Snapshot(ImageSink, BookSink, ImagePace, RpcReplyPort<()>),
     ImageStep(Box<BookImage>),
     /// A journaled policy reload: route by these channels' policies from now on.
     SetNetwork(Arc<crate::core::network::Network>),
@@ -533,6 +547,7 @@ pub const ORDERS_PER_IMAGE_STEP: usize = 512;
 pub struct BookImage {
     sink: ImageSink,
     books: BookSink,
+    pace: ImagePace,
     /// Orders encoded so far.
     imaged: usize,
     /// A chunk the full queue did not take yet; it goes before the next.
@@ -633,6 +648,11 @@ impl RouterState {
             return;
         }
         if image.imaged < self.core.order_count() {
+            if image.pace == ImagePace::Full {
+                // Stopped actors take no more messages: the engine is going down.
+                let _ = mailbox.cast(RouterMsg::ImageStep(image));
+                return;
+            }
             let rest = started.elapsed() * (100 - IMAGE_DUTY_PERCENT) / IMAGE_DUTY_PERCENT;
             tokio::spawn(async move {
                 tokio::time::sleep(rest).await;
@@ -804,7 +824,7 @@ impl Actor for RouterActor {
             RouterMsg::Check(reply) => {
                 let _ = reply.send(state.core.check_invariants());
             }
-            RouterMsg::Snapshot(sink, books, reply) => {
+            RouterMsg::Snapshot(sink, books, pace, reply) => {
                 let start_lsn = Arc::new(std::sync::OnceLock::new());
                 let label = start_lsn.clone();
                 let done: Done = Box::new(move |result| {
@@ -816,6 +836,7 @@ impl Actor for RouterActor {
                 let image = Box::new(BookImage {
                     sink,
                     books,
+                    pace,
                     imaged: 0,
                     pending: None,
                     start_lsn,

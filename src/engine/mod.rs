@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use tokio::sync::Semaphore;
 
 pub use actors::{
-    book_channel, BookPart, BookParts, BookSink, Image, Subscription, BOOK_QUEUE_CHUNKS,
+    book_channel, BookPart, BookParts, BookSink, Image, ImagePace, Subscription, BOOK_QUEUE_CHUNKS,
     ORDERS_PER_IMAGE_STEP, SUBSCRIBER_QUEUE_EVENTS,
 };
 use actors::{
@@ -35,7 +35,7 @@ use crate::core::placement::{NodeOp, StockOp};
 use crate::core::router::{
     router_of_key, router_of_order, OpError, OrderRecord, OrderRef, RouterCore, MAX_ROUTERS,
 };
-use crate::core::stock::{Bumped, Cell, StockError, StockShard};
+use crate::core::stock::{Bumped, Cell, ImageMemory, StockError, StockShard};
 use crate::limits::{MAX_NEAREST_NODES, MAX_ORDERS_PER_BATCH, MAX_STOCK_UPDATES_PER_BATCH};
 
 /// Where the engine reads the time. Tests use [`ManualClock`] so that hold
@@ -439,7 +439,11 @@ impl Engine {
     /// just after it, which replay accepts as already known). The routers'
     /// books go to `books` a chunk at a time, while they image; their
     /// images here only label them.
-    pub async fn take_snapshot(&self, books: BookSink) -> Result<Vec<(u64, Image)>, EngineError> {
+    pub async fn take_snapshot(
+        &self,
+        books: BookSink,
+        pace: ImagePace,
+    ) -> Result<Vec<(u64, Image)>, EngineError> {
         let (sink, mut images) = tokio::sync::mpsc::unbounded_channel();
         let expected = self.inner.routers.len()
             + self.inner.participants.shards.len()
@@ -448,16 +452,32 @@ impl Engine {
         for router in &self.inner.routers {
             let sink = sink.clone();
             let books = books.clone();
-            call(router, move |reply| RouterMsg::Snapshot(sink, books, reply)).await;
+            call(router, move |reply| {
+                RouterMsg::Snapshot(sink, books, pace, reply)
+            })
+            .await;
         }
         drop(books);
         let participants = self.inner.participants.clone();
         let index = self.inner.index.clone();
+        // The shards' image memory, touched here on a blocking thread, so
+        // that the shards (which hold their orders while they image) do
+        // not fault it in. Sized for an even share of the catalog.
+        let shards = participants.shards.len();
+        let skus_per_shard = index.sku_count().div_ceil(shards.max(1)) * 17 / 16;
+        let node_count = index.node_count();
+        let memories = tokio::task::spawn_blocking(move || {
+            (0..shards)
+                .map(|_| ImageMemory::touched(skus_per_shard, node_count))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|_| EngineError::Unavailable)?;
         let marker_sink = sink.clone();
         let done: Done = Box::new(move |result| {
             let Ok(lsn) = result else { return };
-            for shard in participants.shards.iter() {
-                let _ = shard.cast(ShardMsg::Snapshot(lsn, marker_sink.clone()));
+            for (shard, memory) in participants.shards.iter().zip(memories) {
+                let _ = shard.cast(ShardMsg::Snapshot(lsn, marker_sink.clone(), memory));
             }
             for node in participants.nodes.iter() {
                 let _ = node.cast(NodeMsg::Snapshot(lsn, marker_sink.clone()));
