@@ -6,18 +6,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::daemon::Daemon;
 use futures::stream::{self, StreamExt};
-use omniroute_client::{Client, ClientError, Trust};
+use omniroute_client::{Client, ClientError};
 use omniroute_protocol::{order_states, Decision, Method, Order, OrderKey, StockAdjust, StockSet};
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const SKUS: usize = 8;
 const NODES: [&str; 4] = ["WH-DE-HAM", "WH-DE-NUE", "ST-DE-01", "ST-DE-02"];
@@ -29,58 +26,6 @@ const DEFAULT_CYCLES: usize = 10;
 
 fn sku(i: usize) -> String {
     format!("CR-{i}")
-}
-
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    cert: PathBuf,
-}
-
-/// Starts the real binary on `dir` and waits for its listening line.
-async fn start_daemon(dir: &Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_omniroute"))
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .args(["--admin", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the omniroute binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.expect("daemon stdout") {
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                let addr = rest.split_whitespace().next().expect("an address");
-                return addr.parse::<SocketAddr>().expect("a socket address");
-            }
-        }
-        panic!("the daemon exited before listening");
-    })
-    .await
-    .expect("the daemon listens within 60 s");
-    // Keep draining stdout so the daemon never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Daemon {
-        child,
-        addr,
-        cert: dir.join("cert.pem"),
-    }
-}
-
-async fn connect(daemon: &Daemon, token: &str) -> Client {
-    Client::connect(
-        daemon.addr,
-        "localhost",
-        Trust::CaFile(daemon.cert.clone()),
-        token,
-    )
-    .await
-    .expect("client connects")
 }
 
 fn key(id: &str) -> OrderKey {
@@ -424,9 +369,9 @@ async fn answered_orders_survive_sigkill() {
     let dir = common::TempDir::new("crash");
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut known = Known::default();
-    let mut daemon = start_daemon(&dir.0).await;
+    let mut daemon = Daemon::start(&dir.0, None, "127.0.0.1:0").await;
     {
-        let admin = connect(&daemon, ADMIN).await;
+        let admin = daemon.client(ADMIN).await;
         let mut entries = Vec::new();
         for s in 0..SKUS {
             for node in NODES {
@@ -450,7 +395,7 @@ async fn answered_orders_survive_sigkill() {
         let (kill, killed) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         for w in 0..WORKERS {
-            let client = connect(&daemon, WEB).await;
+            let client = daemon.client(WEB).await;
             tasks.push(tokio::spawn(worker(
                 client,
                 w,
@@ -460,7 +405,7 @@ async fn answered_orders_survive_sigkill() {
                 killed.clone(),
             )));
         }
-        let admin = connect(&daemon, ADMIN).await;
+        let admin = daemon.client(ADMIN).await;
         tasks.push(tokio::spawn(feeder(
             admin,
             cycle,
@@ -484,8 +429,8 @@ async fn answered_orders_survive_sigkill() {
             .expect("tasks done")
             .into_inner()
             .unwrap();
-        daemon = start_daemon(&dir.0).await;
-        let client = connect(&daemon, ADMIN).await;
+        daemon = Daemon::start(&dir.0, None, "127.0.0.1:0").await;
+        let client = daemon.client(ADMIN).await;
         verify(&client, &mut known, cycle).await;
         let answered = known.orders.len();
         assert!(answered > total_orders, "cycle {cycle} answered no orders");

@@ -5,119 +5,15 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::TempDir;
-use omniroute_client::{Client, ClientError, Trust};
+use omniroute_client::{Client, ClientError};
 use omniroute_protocol::{Decision, Method, Order, OrderKey};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-
-/// The daemon binary on a data directory, its stdout lines fed to a channel.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    cert: PathBuf,
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Stdout lines up to "listening on".
-    startup: Vec<String>,
-}
-
-async fn start(dir: &Path, config: Option<&Path>, admin: &str) -> Daemon {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_omniroute"));
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    let mut child = command
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--admin", admin])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the daemon starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (sink, mut lines) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stdout.next_line().await {
-            let _ = sink.send(line);
-        }
-    });
-    let mut startup = Vec::new();
-    let (mut addr, mut admin_addr) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while addr.is_none() || admin_addr.is_none() {
-        let line = tokio::time::timeout_at(deadline.into(), lines.recv())
-            .await
-            .expect("the daemon starts within 120 s")
-            .unwrap_or_else(|| panic!("the daemon exited while starting:\n{}", startup.join("\n")));
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
-        }
-        if let Some(rest) = line.strip_prefix("admin on http://") {
-            admin_addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
-        }
-        startup.push(line);
-    }
-    Daemon {
-        child,
-        addr: addr.unwrap(),
-        admin: admin_addr.unwrap(),
-        cert: dir.join("cert.pem"),
-        lines,
-        startup,
-    }
-}
-
-impl Daemon {
-    async fn client(&self, token: &str) -> Client {
-        Client::connect(
-            self.addr,
-            "localhost",
-            Trust::CaFile(self.cert.clone()),
-            token,
-        )
-        .await
-        .expect("client connects")
-    }
-
-    /// Waits for a stdout line containing `text` and returns it.
-    async fn line_with(&mut self, text: &str) -> String {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if line.contains(text) {
-                    return line;
-                }
-            }
-            panic!("the daemon's stdout ended before {text:?}");
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .unwrap_or_else(|_| panic!("no {text:?} within 30 s"))
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = self.child.id().expect("running") as i32;
-        // SAFETY: kill only sends a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    fn records_replayed(&self) -> u64 {
-        let line = self
-            .startup
-            .iter()
-            .find(|l| l.contains("journal records replayed"))
-            .expect("a recovery line");
-        let (_, rest) = line.split_once("orders recovered, ").unwrap();
-        rest.split_whitespace().next().unwrap().parse().unwrap()
-    }
-}
 
 fn http() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -182,10 +78,10 @@ async fn metrics_expose_every_family_and_move_with_orders() {
     // Proves /metrics has the families operators alert on, and that orders, latency, expired
     // holds, re-routes, the journal and connections move them.
     let dir = TempDir::new("ops-metrics");
-    let daemon = start(&dir.0, None, "127.0.0.1:0").await;
+    let daemon = Daemon::start(&dir.0, None, "127.0.0.1:0").await;
     let web = daemon.client("dev-web-token").await;
     let node = daemon.client("dev-node-wh-de-ham").await;
-    let (status, before) = get(daemon.admin, "/metrics").unwrap();
+    let (status, before) = get(daemon.admin(), "/metrics").unwrap();
     assert_eq!(status, 200);
     for family in [
         "omniroute_orders_total",
@@ -262,7 +158,7 @@ async fn metrics_expose_every_family_and_move_with_orders() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, after) = get(daemon.admin, "/metrics").unwrap();
+    let (_, after) = get(daemon.admin(), "/metrics").unwrap();
     assert_eq!(sample(&after, routed) - sample(&before, routed), 22.0);
     assert_eq!(sample(&after, short) - sample(&before, short), 1.0);
     let latency = "omniroute_routing_latency_seconds_count";
@@ -286,8 +182,11 @@ async fn metrics_expose_every_family_and_move_with_orders() {
         sample(&after, r#"omniroute_connections{role="node:WH-DE-HAM"}"#),
         1.0
     );
-    assert_eq!(get(daemon.admin, "/healthz").unwrap(), (200, "ok\n".into()));
-    assert_eq!(get(daemon.admin, "/readyz").unwrap().0, 200);
+    assert_eq!(
+        get(daemon.admin(), "/healthz").unwrap(),
+        (200, "ok\n".into())
+    );
+    assert_eq!(get(daemon.admin(), "/readyz").unwrap().0, 200);
 }
 
 /// A port nothing listens on now (bound, read, released).
@@ -313,7 +212,7 @@ async fn readyz_is_false_during_recovery_and_true_after() {
             "snapshot_every_records = 0",
         );
     std::fs::write(&config, text).unwrap();
-    let mut first = start(&dir.0, Some(&config), "127.0.0.1:0").await;
+    let mut first = Daemon::start(&dir.0, Some(&config), "127.0.0.1:0").await;
     first.child.kill().await.unwrap();
     let admin = free_port();
     let polling = tokio::task::spawn_blocking(move || {
@@ -334,7 +233,7 @@ async fn readyz_is_false_during_recovery_and_true_after() {
         }
         seen
     });
-    let second = start(&dir.0, Some(&config), &admin.to_string()).await;
+    let second = Daemon::start(&dir.0, Some(&config), &admin.to_string()).await;
     let seen = polling.await.unwrap();
     assert!(
         second.records_replayed() > 0,
@@ -351,7 +250,7 @@ async fn sigterm_under_load_answers_every_accepted_order_and_the_next_start_repl
     // decided was answered to its client, and the restart finds a final snapshot and no
     // journal records to replay.
     let dir = TempDir::new("ops-sigterm");
-    let mut daemon = start(&dir.0, None, "127.0.0.1:0").await;
+    let mut daemon = Daemon::start(&dir.0, None, "127.0.0.1:0").await;
     let sent: Arc<Mutex<Vec<String>>> = Arc::default();
     let answered: Arc<Mutex<HashSet<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -410,7 +309,7 @@ async fn sigterm_under_load_answers_every_accepted_order_and_the_next_start_repl
             .expect("clients notice the close")
             .unwrap();
     }
-    let restarted = start(&dir.0, None, "127.0.0.1:0").await;
+    let restarted = Daemon::start(&dir.0, None, "127.0.0.1:0").await;
     assert_eq!(
         restarted.records_replayed(),
         0,
@@ -472,7 +371,7 @@ async fn policy_reload_by_sighup_and_http_changes_the_next_order_and_a_broken_fi
     let dir = TempDir::new("ops-reload");
     let path = dir.0.join("omniroute.toml");
     std::fs::write(&path, policy_config(&dir.0, &["nearest"])).unwrap();
-    let mut daemon = start(&dir.0, Some(&path), "127.0.0.1:0").await;
+    let mut daemon = Daemon::start(&dir.0, Some(&path), "127.0.0.1:0").await;
     let web = daemon.client(common::CHANNEL_WEB_TOKEN).await;
     assert_eq!(
         node_of(&web, "r-1").await,
@@ -488,9 +387,9 @@ async fn policy_reload_by_sighup_and_http_changes_the_next_order_and_a_broken_fi
 
     let broken = policy_config(&dir.0, &["cheapest"]).replace("\"cheapest\"", "\"cheapest_ever\"");
     std::fs::write(&path, broken).unwrap();
-    let (status, body) = post(daemon.admin, "/policy/reload", None);
+    let (status, body) = post(daemon.admin(), "/policy/reload", None);
     assert_eq!(status, 401, "{body}");
-    let (status, body) = post(daemon.admin, "/policy/reload", Some(common::ADMIN_TOKEN));
+    let (status, body) = post(daemon.admin(), "/policy/reload", Some(common::ADMIN_TOKEN));
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "invalid_policy");
     let message = body["message"].as_str().unwrap();
@@ -504,11 +403,11 @@ async fn policy_reload_by_sighup_and_http_changes_the_next_order_and_a_broken_fi
     assert_eq!(node_of(&web, "r-3").await, "WH-S", "the old policy stays");
 
     std::fs::write(&path, policy_config(&dir.0, &["nearest"])).unwrap();
-    let (status, body) = post(daemon.admin, "/policy/reload", Some(common::ADMIN_TOKEN));
+    let (status, body) = post(daemon.admin(), "/policy/reload", Some(common::ADMIN_TOKEN));
     assert_eq!(status, 200, "{body}");
     assert!(body["lsn"].as_u64().unwrap() > 0);
     assert_eq!(node_of(&web, "r-4").await, "ST-1", "reloaded by HTTP");
-    let (_, page) = get(daemon.admin, "/metrics").unwrap();
+    let (_, page) = get(daemon.admin(), "/metrics").unwrap();
     assert_eq!(
         sample(&page, r#"omniroute_policy_reloads_total{result="applied"}"#),
         2.0

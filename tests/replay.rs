@@ -5,15 +5,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::daemon::Daemon;
 use common::TempDir;
-use omniroute_client::{Client, Trust};
 use omniroute_protocol::{Decision, Method, Order, OrderKey, StockSet};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A and B: the store next to the customer has only A; the southern
 /// warehouse has both. Nearest-first splits an A+B order in two; shipping
@@ -46,29 +44,9 @@ fn order(id: &str, lines: &[(&str, u32)]) -> Order {
 /// cancels and a stock count among them), and stops it with SIGTERM.
 /// Returns (routed, rejected, cancelled) as answered.
 async fn record(dir: &Path, config_path: &Path) -> (usize, usize, u64) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
-        .arg("--config")
-        .arg(config_path)
-        .args(["--listen", "127.0.0.1:0", "--admin", "off"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next_line().await.unwrap().expect("the daemon starts");
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    let trust = || Trust::CaFile(dir.join("cert.pem"));
-    let web = Client::connect(addr, "localhost", trust(), common::CHANNEL_WEB_TOKEN)
-        .await
-        .unwrap();
-    let admin = Client::connect(addr, "localhost", trust(), common::ADMIN_TOKEN)
-        .await
-        .unwrap();
+    let mut daemon = Daemon::start(dir, Some(config_path), "off").await;
+    let web = daemon.client(common::CHANNEL_WEB_TOKEN).await;
+    let admin = daemon.client(common::ADMIN_TOKEN).await;
     let (mut routed, mut rejected, mut cancelled) = (0, 0, 0);
     for i in 0..120 {
         let id = format!("o-{i}");
@@ -102,9 +80,8 @@ async fn record(dir: &Path, config_path: &Path) -> (usize, usize, u64) {
                 .unwrap();
         }
     }
-    // SAFETY: kill only signals our own child.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+    daemon.signal(libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(60), daemon.child.wait())
         .await
         .unwrap()
         .unwrap();

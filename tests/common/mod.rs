@@ -2,6 +2,8 @@
 //! in-memory core driver and the actor engine.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::sync::Arc;
 
 use omniroute::config::{Config, ValidConfig};

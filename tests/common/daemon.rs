@@ -1,0 +1,130 @@
+//! The real daemon binary in a child process, for the tests that drive it
+//! over QUIC and signals.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use omniroute_client::{Client, Trust};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// How long a start (recovery included) may take before a test fails.
+const START_TIMEOUT_S: u64 = 120;
+
+/// The daemon binary on a data directory, its stdout lines fed to a channel
+/// (drained all along, so the daemon never blocks on a full pipe).
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The admin port, unless started with `--admin off`.
+    pub admin: Option<SocketAddr>,
+    pub cert: PathBuf,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Stdout lines up to the listening lines.
+    pub startup: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts the binary on `dir` (with `config`, or the embedded default)
+    /// on a free QUIC port and admin address `admin` ("127.0.0.1:0", an
+    /// address, or "off"), and waits until it listens.
+    pub async fn start(dir: &Path, config: Option<&Path>, admin: &str) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_omniroute"));
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--admin", admin])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the daemon starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (sink, mut lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                let _ = sink.send(line);
+            }
+        });
+        let mut startup = Vec::new();
+        let (mut addr, mut admin_addr) = (None, None);
+        let wants_admin = admin != "off";
+        let deadline = Instant::now() + Duration::from_secs(START_TIMEOUT_S);
+        while addr.is_none() || (wants_admin && admin_addr.is_none()) {
+            let line = tokio::time::timeout_at(deadline.into(), lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("the daemon starts within {START_TIMEOUT_S} s"))
+                .unwrap_or_else(|| {
+                    panic!("the daemon exited while starting:\n{}", startup.join("\n"))
+                });
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+            }
+            if let Some(rest) = line.strip_prefix("admin on http://") {
+                admin_addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+            }
+            startup.push(line);
+        }
+        Daemon {
+            child,
+            addr: addr.unwrap(),
+            admin: admin_addr,
+            cert: dir.join("cert.pem"),
+            lines,
+            startup,
+        }
+    }
+
+    /// The admin port (the daemon was started with one).
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("started with an admin port")
+    }
+
+    pub async fn client(&self, token: &str) -> Client {
+        Client::connect(
+            self.addr,
+            "localhost",
+            Trust::CaFile(self.cert.clone()),
+            token,
+        )
+        .await
+        .expect("client connects")
+    }
+
+    /// Waits for a stdout line containing `text` and returns it.
+    pub async fn line_with(&mut self, text: &str) -> String {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                if line.contains(text) {
+                    return line;
+                }
+            }
+            panic!("the daemon's stdout ended before {text:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {text:?} within 30 s"))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: kill only sends a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Journal records the start replayed, from its recovery line.
+    pub fn records_replayed(&self) -> u64 {
+        let line = self
+            .startup
+            .iter()
+            .find(|l| l.contains("journal records replayed"))
+            .expect("a recovery line");
+        let (_, rest) = line.split_once("orders recovered, ").unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
