@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::{AdminServer, Status};
 use crate::config::ValidConfig;
-use crate::engine::{Clock, Engine, ImagePace, SystemClock};
+use crate::engine::{Clock, Engine, SystemClock};
 use crate::journal::Durability;
 use crate::server::RunningServer;
 use crate::store::{self, RecoveryReport, StoreSettings};
@@ -27,6 +27,8 @@ pub struct Daemon {
     data_dir: PathBuf,
     settings: StoreSettings,
     snapshots: tokio::task::JoinHandle<()>,
+    /// Tells the snapshot loop to end once no snapshot is under way.
+    stop_snapshots: Arc<tokio::sync::Notify>,
 }
 
 /// Starts the admin port (not ready), recovers, starts the engine and the
@@ -66,11 +68,13 @@ pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result
     status.snapshot_baseline(
         store::newest_snapshot_unix_ms(&data_dir).unwrap_or_else(crate::admin::unix_ms),
     );
+    let stop_snapshots = Arc::new(tokio::sync::Notify::new());
     let snapshots = tokio::spawn(snapshot_loop(
         engine.clone(),
         data_dir.clone(),
         config.store.clone(),
         status.clone(),
+        stop_snapshots.clone(),
     ));
     let server = crate::server::start(engine.clone(), &config.server)
         .await
@@ -85,6 +89,7 @@ pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result
         data_dir,
         settings: config.store.clone(),
         snapshots,
+        stop_snapshots,
     })
 }
 
@@ -162,10 +167,9 @@ pub async fn snapshot(
     data_dir: PathBuf,
     settings: &StoreSettings,
     status: &Status,
-    pace: ImagePace,
 ) -> Result<u64, String> {
     let started = Instant::now();
-    let done = store::snapshot(engine, &data_dir, settings.keep_segments, pace)
+    let done = store::snapshot(engine, &data_dir, settings.keep_segments)
         .await
         .map_err(|e| e.to_string())?;
     status.snapshot_written(crate::admin::unix_ms());
@@ -183,6 +187,7 @@ async fn snapshot_loop(
     data_dir: PathBuf,
     settings: StoreSettings,
     status: Arc<Status>,
+    stop: Arc<tokio::sync::Notify>,
 ) {
     let Some(stats) = engine.sequencer().journal().map(|j| j.stats.clone()) else {
         return;
@@ -192,15 +197,20 @@ async fn snapshot_loop(
     let mut interval = tokio::time::interval(Duration::from_millis(SNAPSHOT_CHECK_MS));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        // A stop is only seen between snapshots: one under way finishes
+        // (its writes, renames and segment deletion are not to be cut off
+        // half-way, or overtaken by the final snapshot).
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.notified() => return,
+        }
         let records = stats.records.load(Ordering::Relaxed);
         let by_time = settings.snapshot_interval_ms > 0
             && last.elapsed() >= Duration::from_millis(settings.snapshot_interval_ms);
         let by_records = settings.snapshot_every_records > 0
             && records - records_at_last >= settings.snapshot_every_records;
         if by_time || by_records {
-            let pace = ImagePace::Background;
-            if let Err(e) = snapshot(&engine, data_dir.clone(), &settings, &status, pace).await {
+            if let Err(e) = snapshot(&engine, data_dir.clone(), &settings, &status).await {
                 tracing::error!("snapshot failed: {e}");
             }
             last = Instant::now();
@@ -214,7 +224,10 @@ impl Daemon {
     /// snapshot (so the next start replays nothing) and stops the engine.
     pub async fn shutdown(self) -> Result<(), String> {
         self.status.set_ready(false);
-        self.snapshots.abort();
+        self.stop_snapshots.notify_one();
+        // Nothing else will wait for the workers: a snapshot under way and
+        // the final one image at full speed.
+        self.engine.hurry_snapshots();
         let drained = self.server.shutdown().await;
         if drained.complete {
             tracing::info!(
@@ -227,13 +240,13 @@ impl Daemon {
                 drained.elapsed_ms
             );
         }
-        // The ingress is closed: the routers image at full speed.
+        // A periodic snapshot under way ends first.
+        let _ = self.snapshots.await;
         let result = snapshot(
             &self.engine,
             self.data_dir.clone(),
             &self.settings,
             &self.status,
-            ImagePace::Full,
         )
         .await;
         self.engine.shutdown();

@@ -428,11 +428,10 @@ pub async fn snapshot(
     engine: &crate::engine::Engine,
     dir: &Path,
     keep_segments: bool,
-    pace: crate::engine::ImagePace,
 ) -> Result<Snapshotted, StoreError> {
     let started = Instant::now();
     let (books, writer) = BookWriter::start(dir, engine.router_count())?;
-    let taken = engine.take_snapshot(books, pace).await;
+    let taken = engine.take_snapshot(books).await;
     let imaged = started.elapsed();
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {

@@ -12,7 +12,7 @@ use common::{channel, config, order, stock, TempDir};
 use omniroute::config::ValidConfig;
 use omniroute::core::model::Decision;
 use omniroute::core::router::{OrderRecord, OrderRef};
-use omniroute::engine::{Engine, Image, ImagePace, ManualClock, StockUpdate};
+use omniroute::engine::{Engine, Image, ManualClock, StockUpdate};
 use omniroute::store::{self, journal_dir};
 
 const T0_MS: u64 = 1_800_000_000_000;
@@ -204,9 +204,7 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     // The journal-only copy keeps the segments the snapshot lets go.
     let without = TempDir::new("snap-equal-journal-only");
     copy_all(&dir.0.join("journal"), &without.0.join("journal"));
-    store::snapshot(&engine, &dir.0, false, ImagePace::Full)
-        .await
-        .unwrap();
+    store::snapshot(&engine, &dir.0, false).await.unwrap();
     // After the snapshot: more of everything, including bumps.
     for i in 0..30 {
         submit(&engine, &format!("b-{i}"), &[("SKU-1", 2)]).await;
@@ -353,9 +351,7 @@ async fn segments_every_snapshot_has_passed_are_deleted() {
     let count = || segments(&dir.0).len();
     let before = count();
     assert!(before >= 3, "the orders fill several segments ({before})");
-    store::snapshot(&engine, &dir.0, false, ImagePace::Full)
-        .await
-        .unwrap();
+    store::snapshot(&engine, &dir.0, false).await.unwrap();
     let after = count();
     assert!(
         after < before,

@@ -65,13 +65,22 @@ const BOOK_RETRY_MS: u64 = 2;
 /// (1.5-1.8 s for 0.8 M orders).
 const IMAGE_DUTY_PERCENT: u32 = 5;
 
-/// How fast the routers image their books.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImagePace {
-    /// Orders are flowing: each router takes `IMAGE_DUTY_PERCENT` of a worker.
-    Background,
-    /// Nothing else waits (a stop, a test): as fast as it goes.
-    Full,
+/// How fast the routers image their books: paced while orders flow
+/// (`IMAGE_DUTY_PERCENT` of a worker per router), at full speed once a stop
+/// has begun. Shared by every snapshot of an engine, so that a stop hurries
+/// one already under way.
+#[derive(Clone, Debug, Default)]
+pub struct ImagePace(Arc<std::sync::atomic::AtomicBool>);
+
+impl ImagePace {
+    /// From now on, image at full speed.
+    pub fn hurry(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn full_speed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// One run of a router's book, archived (see [`BookChunk`]).
@@ -648,7 +657,7 @@ impl RouterState {
             return;
         }
         if image.imaged < self.core.order_count() {
-            if image.pace == ImagePace::Full {
+            if image.pace.full_speed() {
                 // Stopped actors take no more messages: the engine is going down.
                 let _ = mailbox.cast(RouterMsg::ImageStep(image));
                 return;

@@ -182,6 +182,7 @@ struct Inner {
     admission: Arc<Semaphore>,
     max_inflight: u32,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    image_pace: ImagePace,
 }
 
 /// Everything the actors own, as plain core values: fresh from a config,
@@ -329,6 +330,7 @@ impl Engine {
                 admission: Arc::new(Semaphore::new(settings.max_inflight as usize)),
                 max_inflight: settings.max_inflight,
                 tasks: std::sync::Mutex::new(Vec::new()),
+                image_pace: ImagePace::default(),
             }),
         };
         // Reservations that journaled ops took back (a count fell below
@@ -428,6 +430,12 @@ impl Engine {
         &self.inner.sequencer
     }
 
+    /// Snapshots image at full speed from now on, the one under way
+    /// included: nothing else waits (the daemon is stopping).
+    pub fn hurry_snapshots(&self) {
+        self.inner.image_pace.hurry();
+    }
+
     pub fn router_count(&self) -> usize {
         self.inner.routers.len()
     }
@@ -439,11 +447,7 @@ impl Engine {
     /// just after it, which replay accepts as already known). The routers'
     /// books go to `books` a chunk at a time, while they image; their
     /// images here only label them.
-    pub async fn take_snapshot(
-        &self,
-        books: BookSink,
-        pace: ImagePace,
-    ) -> Result<Vec<(u64, Image)>, EngineError> {
+    pub async fn take_snapshot(&self, books: BookSink) -> Result<Vec<(u64, Image)>, EngineError> {
         let (sink, mut images) = tokio::sync::mpsc::unbounded_channel();
         let expected = self.inner.routers.len()
             + self.inner.participants.shards.len()
@@ -452,6 +456,7 @@ impl Engine {
         for router in &self.inner.routers {
             let sink = sink.clone();
             let books = books.clone();
+            let pace = self.inner.image_pace.clone();
             call(router, move |reply| {
                 RouterMsg::Snapshot(sink, books, pace, reply)
             })

@@ -277,10 +277,7 @@ pub async fn snapshot_in_memory(
         }
         got
     });
-    let images = engine
-        .take_snapshot(sink, omniroute::engine::ImagePace::Full)
-        .await
-        .expect("images");
+    let images = engine.take_snapshot(sink).await.expect("images");
     let parts = reader.join().expect("book reader");
     let books = images
         .iter()
