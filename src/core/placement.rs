@@ -171,15 +171,15 @@ struct Progress {
 /// Values grouped by a key (a shard, a node). An order touches a handful of
 /// shards and nodes, so a short list searched in place beats a hash map,
 /// which cost placement an allocation and a hash per group.
-pub struct Grouped<K, V>(SmallVec<[(K, V); 4]>);
+struct Grouped<K, V>(SmallVec<[(K, V); 4]>);
 
 impl<K: PartialEq + Copy, V: Default> Grouped<K, V> {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Grouped(SmallVec::new())
     }
 
     /// The group of `key`, made empty on first use.
-    pub fn entry(&mut self, key: K) -> &mut V {
+    fn entry(&mut self, key: K) -> &mut V {
         let position = match self.0.iter().position(|(k, _)| *k == key) {
             Some(position) => position,
             None => {
