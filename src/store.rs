@@ -221,6 +221,8 @@ fn publish(tmp: &Path, path: &Path) -> Result<(), StoreError> {
 /// checksum is kept as they pass. Dropped unfinished, the file goes.
 struct BookFile {
     tmp: PathBuf,
+    /// Where the finished book goes.
+    path: PathBuf,
     file: File,
     body_bytes: u64,
     body_crc: u32,
@@ -229,12 +231,17 @@ struct BookFile {
 
 impl BookFile {
     fn create(snapshots: &Path, router: usize) -> Result<BookFile, StoreError> {
-        let tmp = snapshots.join(format!("router-{router}.tmp"));
+        let path = snapshots.join(format!(
+            "{}{SNAPSHOT_SUFFIX}",
+            snapshot_name(&Image::Router(router))
+        ));
+        let tmp = path.with_extension("tmp");
         let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
         file.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])
             .map_err(|e| io(&tmp, e))?;
         Ok(BookFile {
             tmp,
+            path,
             file,
             body_bytes: 0,
             body_crc: 0,
@@ -262,14 +269,14 @@ impl BookFile {
     }
 
     /// Labels the book with `lsn` and puts it in place.
-    fn finish(self, path: &Path, lsn: u64) -> Result<(), StoreError> {
+    fn finish(self, lsn: u64) -> Result<(), StoreError> {
         use std::os::unix::fs::FileExt;
         let header = frame_header(BOOK_MAGIC, lsn, self.body_bytes, self.body_crc);
         self.file
             .write_all_at(&header, 0)
             .map_err(|e| io(&self.tmp, e))?;
         self.file.sync_all().map_err(|e| io(&self.tmp, e))?;
-        publish(&self.tmp, path)
+        publish(&self.tmp, &self.path)
     }
 }
 
@@ -332,8 +339,7 @@ pub fn write_book_file(
         file.append(orders.len() as u32, &buffer)?;
         imaged += orders.len();
     }
-    let path = snapshots.join(format!("router-{}{SNAPSHOT_SUFFIX}", router.router_id()));
-    file.finish(&path, lsn)
+    file.finish(lsn)
 }
 
 /// Writes the routers' books to their snapshot files while the routers
@@ -393,10 +399,7 @@ impl BookWriter {
                 // A router with no orders sent no chunk.
                 None => BookFile::create(&self.snapshots, router)?,
             };
-            let path = self
-                .snapshots
-                .join(format!("router-{router}{SNAPSHOT_SUFFIX}"));
-            file.finish(&path, lsn)?;
+            file.finish(lsn)?;
         }
         Ok(())
     }

@@ -469,18 +469,6 @@ impl RouterCore {
         self.orders.values()
     }
 
-    /// The orders from the `first`-th on (in id order), found directly.
-    pub fn orders_from(&self, first: usize) -> impl Iterator<Item = &OrderRecord> {
-        let segment = first / ORDERS_PER_SEGMENT;
-        let skip = first % ORDERS_PER_SEGMENT;
-        self.orders
-            .segments
-            .iter()
-            .skip(segment)
-            .flatten()
-            .skip(skip)
-    }
-
     /// Up to `max` orders from the `first`-th on, as they lie in the book
     /// (a run stops at the end of a segment): what a snapshot step encodes.
     pub fn orders_slice(&self, first: usize, max: usize) -> &[OrderRecord] {

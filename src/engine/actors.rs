@@ -53,7 +53,7 @@ pub type ImageSink = mpsc::UnboundedSender<(u64, Image)>;
 
 /// Chunks of books waiting for the writer (about 100 KiB each); past this
 /// a router holds its next chunk and tries again `BOOK_RETRY_MS` later.
-pub const BOOK_QUEUE_CHUNKS: usize = 32;
+const BOOK_QUEUE_CHUNKS: usize = 32;
 /// How long a router waits for room in a full book queue. Trying again at
 /// once spun the router's worker and starved the writer.
 const BOOK_RETRY_MS: u64 = 2;
@@ -648,28 +648,33 @@ impl RouterState {
                 Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
             }
         }
-        let mailbox = Mailbox::new(myself.clone(), self.depth.clone());
-        if image.pending.is_some() {
-            tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(BOOK_RETRY_MS)).await;
-                let _ = mailbox.cast(RouterMsg::ImageStep(image));
-            });
-            return;
-        }
-        if image.imaged < self.core.order_count() {
+        let wait = if image.pending.is_some() {
+            std::time::Duration::from_millis(BOOK_RETRY_MS)
+        } else if image.imaged < self.core.order_count() {
             if image.pace.full_speed() {
-                // Stopped actors take no more messages: the engine is going down.
-                let _ = mailbox.cast(RouterMsg::ImageStep(image));
-                return;
+                std::time::Duration::ZERO
+            } else {
+                started.elapsed() * (100 - IMAGE_DUTY_PERCENT) / IMAGE_DUTY_PERCENT
             }
-            let rest = started.elapsed() * (100 - IMAGE_DUTY_PERCENT) / IMAGE_DUTY_PERCENT;
+        } else {
+            return self.book_imaged(image);
+        };
+        let mailbox = Mailbox::new(myself.clone(), self.depth.clone());
+        // Stopped actors take no more messages: the engine is going down.
+        if wait.is_zero() {
+            let _ = mailbox.cast(RouterMsg::ImageStep(image));
+        } else {
             tokio::spawn(async move {
-                tokio::time::sleep(rest).await;
-                // Stopped actors take no more messages: the engine is going down.
+                tokio::time::sleep(wait).await;
                 let _ = mailbox.cast(RouterMsg::ImageStep(image));
             });
-            return;
         }
+    }
+
+    /// Every chunk of the book is queued: a closing marker follows, and the
+    /// book is labelled once that is durable (see `image_step`).
+    fn book_imaged(&mut self, image: Box<BookImage>) {
+        let router = self.core.router_id();
         let done: Done = Box::new(move |result| {
             let BookImage {
                 sink,

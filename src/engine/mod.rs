@@ -16,12 +16,12 @@ use smallvec::SmallVec;
 use tokio::sync::Semaphore;
 
 pub use actors::{
-    book_channel, BookPart, BookParts, BookSink, Image, ImagePace, Subscription, BOOK_QUEUE_CHUNKS,
-    ORDERS_PER_IMAGE_STEP, SUBSCRIBER_QUEUE_EVENTS,
+    book_channel, BookPart, BookParts, BookSink, Image, Subscription, ORDERS_PER_IMAGE_STEP,
+    SUBSCRIBER_QUEUE_EVENTS,
 };
 use actors::{
-    ActorParticipants, JournaledParticipants, Mailbox, NodeActor, NodeMsg, RouterActor, RouterMsg,
-    RouterState, ShardActor, ShardMsg, ShardState,
+    ActorParticipants, ImagePace, JournaledParticipants, Mailbox, NodeActor, NodeMsg, RouterActor,
+    RouterMsg, RouterState, ShardActor, ShardMsg, ShardState,
 };
 use sequencer::{Done, Sequencer, Txn, KIND_MARKER};
 
