@@ -334,8 +334,14 @@ async fn sigterm_under_load_answers_every_accepted_order_and_the_next_start_repl
         }
     }
     assert_eq!(known, answered.len());
-    assert!(known > answered_before, "{known} orders kept");
-    eprintln!("{known} orders decided and answered, {unknown} never accepted");
+    // How many of those were answered after the signal is reported, not
+    // asserted: on a starved machine the daemon may have read none of the
+    // requests in flight before it stopped accepting (seen once, 33 939
+    // known, all answered before the signal), and that is not a fault.
+    eprintln!(
+        "{known} orders decided and answered ({} of them from just before the signal on), {unknown} never accepted",
+        known - answered_before
+    );
 }
 
 /// The fixture network with channel `web` routed by `rules` (and `c`, which
