@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use omniroute_client::protocol::order_states;
 use omniroute_client::{Client, ClientError, Order, OrderKey, StockAdjust, StockSet, Trust};
 use omniroute_loadtest::chart::{write_chart, ChartData};
 use omniroute_loadtest::{ratio, Audit, Cell, Scenario, Summary, ANY_NODE};
@@ -357,9 +358,19 @@ async fn read_atp(
     Ok(())
 }
 
+/// What reading back the routed orders found.
+#[derive(Default)]
+struct ReadBack {
+    /// Answered routed, unknown to the daemon.
+    missing: u64,
+    /// Expired although their own deadline had not come when read.
+    early_expiries: u64,
+}
+
 /// Asks the daemon for every routed order: how many it does not know, what
 /// it holds for the others now, per cell, and (where `promises` were kept)
-/// the units it took back from what each order was told.
+/// the units it took back from what each order was told: expired with
+/// its hold, or taken back otherwise.
 async fn read_back_orders(
     admin: &Client,
     channel: &str,
@@ -367,8 +378,8 @@ async fn read_back_orders(
     routed: &[u64],
     promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
     audit: &mut Audit,
-) -> u64 {
-    let mut missing = 0;
+) -> ReadBack {
+    let mut found = ReadBack::default();
     for chunk in routed.chunks(AUDIT_BATCH) {
         let answers = futures::future::join_all(chunk.iter().map(|id| {
             admin.get_order(OrderKey {
@@ -377,9 +388,17 @@ async fn read_back_orders(
             })
         }))
         .await;
+        // After the answers: an order expired by now must be past its deadline.
+        let read_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         for (id, answer) in chunk.iter().zip(answers) {
             match answer {
                 Ok(view) => {
+                    let expired = view.state == order_states::EXPIRED;
+                    if expired && view.expires_at_ms > read_at_ms {
+                        found.early_expiries += 1;
+                    }
                     let mut held: BTreeMap<&str, u64> = BTreeMap::new();
                     for a in &view.allocations {
                         let units = u64::from(a.open) + u64::from(a.shipped);
@@ -390,14 +409,19 @@ async fn read_back_orders(
                         let left = held.entry(sku.as_str()).or_default();
                         let kept = (*left).min(u64::from(*told));
                         *left -= kept;
-                        audit.withdraw(sku, node, u64::from(*told) - kept);
+                        let given_back = u64::from(*told) - kept;
+                        if expired {
+                            audit.expire(sku, node, given_back);
+                        } else {
+                            audit.withdraw(sku, node, given_back);
+                        }
                     }
                 }
-                Err(_) => missing += 1,
+                Err(_) => found.missing += 1,
             }
         }
     }
-    missing
+    found
 }
 
 /// The scenario's feed: restocks at a constant rate over its stock cells,
@@ -757,7 +781,9 @@ async fn run(args: &Args) -> Result<Outcome, String> {
         receiver,
         outstanding.clone(),
         follow_ups,
-        !scenario.events.is_empty(),
+        // What each order was told is kept when the daemon may take it
+        // back: a node event, or holds that may expire within the run.
+        !scenario.events.is_empty() || scenario.holds_expire_in_runs(),
         "omniroute",
     );
     let target_side = Target {
@@ -796,7 +822,7 @@ async fn run(args: &Args) -> Result<Outcome, String> {
     } = measured.run;
     audit.starting = starting.clone();
     audit.restocked = restocked;
-    let missing = read_back_orders(
+    let read_back = read_back_orders(
         &admin,
         &scenario.channel,
         &prefix,
@@ -842,7 +868,9 @@ async fn run(args: &Args) -> Result<Outcome, String> {
             }
         }
     }
-    summary.missing_orders = missing;
+    summary.missing_orders = read_back.missing;
+    summary.early_expiries = read_back.early_expiries;
+    summary.expired_units = audit.expired.values().sum();
     summary.stock_mismatch_units = audit.stock_mismatch_units();
     summary.follow_ups = follow_ups;
     summary.restocked_units = audit.restocked.values().sum();
@@ -978,6 +1006,12 @@ fn print(summary: &Summary) {
             summary.restocked_units, summary.feed_errors
         );
     }
+    if summary.expired_units > 0 || summary.early_expiries > 0 {
+        println!(
+            "{t}: expired_units={} (holds run out unconfirmed, back on sale), early_expiries={}",
+            summary.expired_units, summary.early_expiries
+        );
+    }
     if summary.rerouted_orders > 0 {
         println!(
             "{t}: rerouted_orders={} ({} units taken back from buyers and found short)",
@@ -1016,7 +1050,7 @@ fn main() -> std::process::ExitCode {
             let summary = &outcome.summary;
             if let Some(redis) = &summary.redis {
                 print(redis);
-                println!("redis: does no routing and no fsync; omniroute routes every order and journals it with durability = {:?}", args.durability);
+                println!("redis: does no routing, no fsync and no hold expiry or follow-ups; omniroute routes every order and journals it with durability = {:?}", args.durability);
             }
             print(summary);
             if let Some(path) = &args.chart {
@@ -1080,6 +1114,7 @@ fn main() -> std::process::ExitCode {
             if summary.oversold_units > 0
                 || summary.missing_orders > 0
                 || summary.stock_mismatch_units > 0
+                || summary.early_expiries > 0
                 || redis_bad
             {
                 return std::process::ExitCode::from(3);
