@@ -7,6 +7,19 @@ fn scenario(name: &str) -> String {
     format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A copy of scenario `name` in the temp directory with each `(from, to)`
+/// replaced (each `from` must be there), for a shorter run of it.
+fn scenario_copy(name: &str, tag: &str, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(scenario(name)).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{name} has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let path = std::env::temp_dir().join(format!("omniroute-lt-{tag}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Runs the generator with `args` and a JSON summary; returns stdout and the summary.
 fn run(tag: &str, args: &[&str]) -> (String, serde_json::Value) {
     let json: PathBuf =
@@ -61,13 +74,11 @@ fn restock_storm_counts_every_acknowledged_restock() {
 fn node_outage_reroutes_and_keeps_the_audit_clean() {
     // Proves a node taken offline mid-run re-routes open orders, the run reports how many,
     // and the read-back audit finds 0 oversold, 0 missing and 0 mismatched units.
-    let text = std::fs::read_to_string(scenario("node-outage")).unwrap();
-    let text = text
-        .replace("at_s = 2.0", "at_s = 1.0")
-        .replace("at_s = 6.0", "at_s = 2.0");
-    let path =
-        std::env::temp_dir().join(format!("omniroute-lt-outage-{}.toml", std::process::id()));
-    std::fs::write(&path, text).unwrap();
+    let path = scenario_copy(
+        "node-outage",
+        "outage",
+        &[("at_s = 2.0", "at_s = 1.0"), ("at_s = 6.0", "at_s = 2.0")],
+    );
     let (stdout, summary) = run(
         "outage",
         &[
@@ -155,12 +166,11 @@ fn flash_sale_holds_expire_and_their_units_sell_again_without_overselling() {
     // Proves the flash sale's unconfirmed holds run out during the run (never before their
     // deadline), the read-back counts their units as given back, half the winners confirm,
     // and the audit still finds 0 oversold, 0 missing and 0 mismatched.
-    let text = std::fs::read_to_string(scenario("flash-sale")).unwrap();
-    assert!(text.contains("hold_ttl_ms = 5000"), "{text}");
-    let text = text.replace("hold_ttl_ms = 5000", "hold_ttl_ms = 1000");
-    let path =
-        std::env::temp_dir().join(format!("omniroute-lt-expiry-{}.toml", std::process::id()));
-    std::fs::write(&path, text).unwrap();
+    let path = scenario_copy(
+        "flash-sale",
+        "expiry",
+        &[("hold_ttl_ms = 5000", "hold_ttl_ms = 1000")],
+    );
     let (stdout, summary) = run(
         "expiry",
         &[
