@@ -12,6 +12,7 @@
 //! - [`engine`]: the thin ractor shell: one actor per SKU shard, one per
 //!   node, a pool of routers, and the [`engine::Engine`] handle.
 //! - [`limits`]: every hard bound, named.
+//! - [`memory`]: process-wide memory settings (no transparent huge pages).
 
 pub mod admin;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod engine;
 pub mod journal;
 pub mod limits;
+pub mod memory;
 pub mod replay;
 pub mod sample;
 pub mod server;

@@ -404,6 +404,7 @@ fn init_logs(level: &str, json: bool) {
 const CLIENT_LOG_LEVEL: &str = "warn";
 
 fn main() -> ExitCode {
+    omniroute::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     if !matches!(
         cli.command,

@@ -1031,6 +1031,8 @@ fn print(summary: &Summary) {
 }
 
 fn main() -> std::process::ExitCode {
+    // The generator's own tail as well as the spawned daemon's.
+    omniroute::memory::disable_transparent_huge_pages();
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
