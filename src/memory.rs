@@ -10,7 +10,7 @@
 /// With small pages the same zeroing comes 4 KiB at a time. Measured in
 /// two runs each way (flash-sale at 22 500/s, fsync): p99 5.7 and 8.5 ms
 /// with huge pages, 1.5 and 1.7 ms without; the what-if replay also ran
-/// 7 % faster. Returns whether the kernel took the setting.
+/// 8–11 % faster. Returns whether the kernel took the setting.
 pub fn disable_transparent_huge_pages() -> bool {
     #[cfg(target_os = "linux")]
     {
