@@ -23,3 +23,16 @@ pub fn disable_transparent_huge_pages() -> bool {
         false
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn huge_pages_are_off_once_disabled() {
+        // Proves the kernel takes the setting: the process reports THP disabled afterwards.
+        assert!(super::disable_transparent_huge_pages(), "prctl refused");
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+            assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+        }
+    }
+}
