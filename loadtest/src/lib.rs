@@ -181,22 +181,27 @@ impl Audit {
     pub fn oversold_told(&self) -> u64 {
         let stock_map = self.stock_map();
         let stock = by_sku(&stock_map);
+        let taken_back = self.taken_back();
         by_sku(&self.told)
             .into_iter()
             .map(|(sku, told)| {
-                let net = told.saturating_sub(self.taken_back(sku));
+                let net = told.saturating_sub(taken_back.get(sku).copied().unwrap_or(0));
                 net.saturating_sub(stock.get(sku).copied().unwrap_or(0))
             })
             .sum()
     }
 
-    /// Units of a SKU promised and then given back: cancelled, taken back
-    /// by the daemon, or expired.
-    fn taken_back(&self, sku: &str) -> u64 {
-        [&self.released, &self.withdrawn, &self.expired]
-            .into_iter()
-            .map(|map| by_sku(map).get(sku).copied().unwrap_or(0))
-            .sum()
+    /// Units per SKU promised and then given back: cancelled, taken back by
+    /// the daemon, or expired. Summed once for all SKUs: a run may touch
+    /// ten thousand.
+    fn taken_back(&self) -> BTreeMap<&str, u64> {
+        let mut out = BTreeMap::new();
+        for map in [&self.released, &self.withdrawn, &self.expired] {
+            for (sku, units) in by_sku(map) {
+                *out.entry(sku).or_default() += units;
+            }
+        }
+        out
     }
 
     /// Units the daemon holds for the run's orders at the end beyond the
@@ -241,7 +246,8 @@ impl Audit {
         let stock = by_sku(&self.stock_map()).get(sku).copied().unwrap_or(0);
 
         let told = by_sku(&self.told).get(sku).copied().unwrap_or(0);
-        stock.saturating_sub(told.saturating_sub(self.taken_back(sku)))
+        let taken_back = self.taken_back().get(sku).copied().unwrap_or(0);
+        stock.saturating_sub(told.saturating_sub(taken_back))
     }
 }
 
