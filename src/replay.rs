@@ -48,6 +48,11 @@ use crate::store;
 pub const MAX_LISTED_DIFFERENCES: usize = 10;
 /// The replay's clock: capacity is one day for the whole journal.
 const REPLAY_NOW_MS: u64 = 0;
+/// Shards of the what-if world, whatever the journal's count. Placement
+/// decides the same with any count (a shard only groups the holds it is
+/// sent), and one saves a hold request, its lists and its reservation map
+/// per extra shard an order touches.
+const WHAT_IF_SHARDS: u32 = 1;
 
 /// One side of the comparison.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -243,7 +248,6 @@ pub enum ReplayError {
 struct World {
     network: Arc<Network>,
     index: Arc<AvailabilityIndex>,
-    shard_count: u32,
     participants: LocalParticipants,
 }
 
@@ -253,15 +257,10 @@ impl World {
             network.nodes.len(),
             config.engine.max_skus,
         ));
-        // One shard: placement decides the same with any count (a shard
-        // only groups the holds it is sent), and one saves a hold request,
-        // its lists and its reservation map per extra shard an order touches.
-        let shard_count = 1;
-        let participants = LocalParticipants::new(&network, &index, shard_count, REPLAY_NOW_MS);
+        let participants = LocalParticipants::new(&network, &index, WHAT_IF_SHARDS, REPLAY_NOW_MS);
         World {
             network: Arc::new(network),
             index,
-            shard_count,
             participants,
         }
     }
@@ -273,7 +272,7 @@ impl World {
         let Some(sku) = op.sku() else {
             return;
         };
-        let shard = StockShard::shard_of(sku, self.shard_count) as usize;
+        let shard = StockShard::shard_of(sku, WHAT_IF_SHARDS) as usize;
         let mut bumped = self.participants.bumped.borrow_mut();
         let _ = apply_stock_op(
             &mut self.participants.shards.borrow_mut()[shard],
@@ -299,7 +298,7 @@ impl World {
         let mut bumped = self.participants.bumped.borrow_mut();
         let mut ledgers = self.participants.nodes.borrow_mut();
         for &(node, sku, qty) in given {
-            let shard = StockShard::shard_of(sku, self.shard_count) as usize;
+            let shard = StockShard::shard_of(sku, WHAT_IF_SHARDS) as usize;
             let (stock, work) = if shipped {
                 (
                     StockOp::Ship {
@@ -333,7 +332,7 @@ impl World {
         let context = PlanContext {
             network: &self.network,
             index: &self.index,
-            shard_count: self.shard_count,
+            shard_count: WHAT_IF_SHARDS,
         };
         block_on(place(&context, attempts, REPLAY_NOW_MS, &self.participants))
     }
