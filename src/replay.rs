@@ -9,9 +9,15 @@
 //! or expiry (which frees the what-if allocation of that order) and each
 //! order that shipped in full (its what-if units leave stock). Each
 //! journal record's new orders are placed together, as the router that
-//! recorded them placed them, by the same core code (`place`). Records are
-//! read, checked and validated by a reader thread a batch ahead, and read
-//! in place by the placer, never decoded whole.
+//! recorded them placed them, by the same core code (`place`).
+//!
+//! Two threads share the work. The reader reads, checks and validates the
+//! records a batch ahead, counts the recorded side, and plans each new
+//! order's first try against the what-if index as it is then, with a
+//! [`PlanStamp`]. The placer applies the records in order and places the
+//! new orders, using a plan made ahead only while its stamp still holds
+//! (else it plans again): the decisions are those of planning in line.
+//! Records are read in place, never decoded whole.
 //!
 //! Not replayed: re-routes (node rejections, bumps), which depend on what
 //! the nodes did with the recorded allocation. Capacity is counted as one
@@ -34,9 +40,10 @@ use crate::core::model::{
 };
 use crate::core::network::{Channel, Network};
 use crate::core::placement::{
-    place, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement, PlanContext, StockOp,
+    place_planned, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement, PlanContext,
+    StockOp,
 };
-use crate::core::policy::{Method, PlanLine};
+use crate::core::policy::{plan, Method, Plan, PlanLine, PlanRequest, PlanStamp};
 use crate::core::router::{
     router_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, MAX_ROUTERS,
 };
@@ -227,6 +234,13 @@ pub struct Report {
     pub ships_applied: u64,
     /// Policy reloads the journal recorded (the what-if policy replaces them all).
     pub recorded_policy_reloads: u64,
+    /// First-try plans the reader made ahead that the placer used: their
+    /// stamp still held.
+    pub plans_ahead_used: u64,
+    /// Plans made ahead whose stamp no longer held (planned again in line),
+    /// or that could not be made ahead (rules that read exact counts, large
+    /// lines, unknown SKUs).
+    pub plans_in_line: u64,
     pub torn_tail: bool,
     pub elapsed_ms: f64,
     pub orders_per_second: f64,
@@ -328,13 +342,19 @@ impl World {
         bumped.clear();
     }
 
-    fn place(&self, attempts: &[Attempt]) -> Vec<Placement> {
+    fn place(&self, attempts: &[Attempt], planned: &mut [Option<Plan>]) -> Vec<Placement> {
         let context = PlanContext {
             network: &self.network,
             index: &self.index,
             shard_count: WHAT_IF_SHARDS,
         };
-        block_on(place(&context, attempts, REPLAY_NOW_MS, &self.participants))
+        block_on(place_planned(
+            &context,
+            attempts,
+            planned,
+            REPLAY_NOW_MS,
+            &self.participants,
+        ))
     }
 }
 
@@ -440,44 +460,31 @@ pub fn replay(
     let dir_name = dir.display().to_string();
     let mut placer = Placer {
         world: &world,
-        recorded_network,
         open: OpenOrders::default(),
         report: &mut report,
     };
     let mut failed = None;
-    // Reading runs on a thread of its own, a batch of records ahead: the
-    // checksums, the copy to an aligned place and the validation were a
-    // sixth of a replay on the placing thread. The batches are handed over
-    // whole and come back to be refilled, so nothing is freed across
-    // threads (a first reader thread, which sent each record decoded whole,
-    // was slower than reading in line).
+    // The batches are handed over whole and come back to be refilled, so
+    // nothing is freed across threads (a first reader thread, which sent
+    // each record decoded whole, was slower than reading in line).
     let (full_tx, full_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES);
     let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES + 2);
-    let (summary, incomplete) = std::thread::scope(|scope| {
+    let reader = Reader {
+        network: &world.network,
+        recorded_network,
+        index: &world.index,
+        seen: SeenOrders::default(),
+        recorded: Side::default(),
+        failed: None,
+    };
+    let read = std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("replay-reader".into())
-            .spawn_scoped(scope, || read_ahead(&dir, full_tx, empty_rx))
+            .spawn_scoped(scope, || reader.run(&dir, full_tx, empty_rx))
             .expect("spawn the replay's reader thread");
-        for batch in full_rx {
-            for (at, (lsn, kind, payload)) in batch.records.iter().enumerate() {
-                if let Some((_, _, ahead)) = batch.records.get(at + PREFETCH_BYTES_AHEAD) {
-                    prefetch(&batch.arena[ahead.clone()]);
-                }
-                let item = match *kind {
-                    // SAFETY: the reader thread validated exactly these bytes
-                    // as a `Txn` (`Batch::push`), and a batch is not written
-                    // again until it is handed back.
-                    KIND_TXN => Item::Txn(unsafe {
-                        rkyv::access_unchecked::<ArchivedTxn>(&batch.arena[payload.clone()])
-                    }),
-                    _ => Item::Policy,
-                };
-                if let Err(e) = placer.apply(*lsn, item) {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            if failed.is_some() {
+        for mut batch in full_rx {
+            if let Err(e) = placer.apply_batch(&mut batch) {
+                failed = Some(e);
                 // Dropping the queue stops the reader.
                 break;
             }
@@ -485,6 +492,15 @@ pub fn replay(
         }
         reader.join().expect("the replay's reader thread panicked")
     });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let Read {
+        summary,
+        incomplete,
+        failed,
+        recorded,
+    } = read;
     if let Some(e) = failed {
         return Err(e);
     }
@@ -498,6 +514,7 @@ pub fn replay(
     if summary.records == 0 {
         return Err(ReplayError::Empty(dir_name));
     }
+    report.recorded = recorded;
     report.recorded.name_nodes(recorded_network);
     report.what_if.name_nodes(&world.network);
     report.journal_records = summary.records;
@@ -509,44 +526,54 @@ pub fn replay(
     Ok(report)
 }
 
-/// Records per batch the reader thread hands over: enough that the handoff
-/// is rare, few enough that placing starts at once.
-const READ_BATCH_RECORDS: usize = 4096;
+/// Records per batch the reader hands over: enough that the handoff is
+/// rare, few enough that the plans made ahead are still fresh when placed.
+const READ_BATCH_RECORDS: usize = 128;
 /// How far ahead of placing the placer asks for a record's bytes: they were
 /// written on the reader's core, and the first touch of each was a stall.
 const PREFETCH_BYTES_AHEAD: usize = 4;
 /// Batches read ahead of placing; past this the reader waits.
 const READ_AHEAD_BATCHES: usize = 2;
 
+/// One record the reader has checked.
+struct ReadRecord {
+    lsn: u64,
+    kind: u8,
+    /// The payload's place in the batch's arena (empty for a policy record).
+    payload: std::ops::Range<usize>,
+    /// Its new orders' place in the batch's `fresh`, `attempts` and `plans`.
+    fresh: std::ops::Range<usize>,
+}
+
+/// A new order as the reader prepared it.
+struct Fresh {
+    id: OrderId,
+    ship_to: GeoPoint,
+    recorded: RecordedDecision,
+    /// Taken before its plan was made ahead (None: none was).
+    stamp: Option<PlanStamp>,
+}
+
 /// Records the reader thread has checked: each `Txn` payload copied to a
-/// 16-aligned offset of `arena` (rkyv's alignment) and validated there.
+/// 16-aligned offset of `arena` (rkyv's alignment) and validated there,
+/// and each new order prepared for placing.
 #[derive(Default)]
 struct Batch {
     arena: rkyv::util::AlignedVec<16>,
-    /// (lsn, kind, payload's place in `arena`; empty for a policy record).
-    records: Vec<(u64, u8, std::ops::Range<usize>)>,
+    records: Vec<ReadRecord>,
+    fresh: Vec<Fresh>,
+    /// One per fresh order; contiguous per record, as placing takes them.
+    attempts: Vec<Attempt>,
+    plans: Vec<Option<Plan>>,
 }
 
 impl Batch {
-    /// Adds a record the replay reads; a `Txn` that does not validate is an
-    /// error (the journal's checksums passed, so it is not torn: corrupt).
-    fn push(&mut self, lsn: u64, kind: u8, payload: &[u8]) -> Result<(), String> {
-        let place = if kind == KIND_TXN {
-            let start = self.arena.len().next_multiple_of(16);
-            self.arena.resize(start, 0);
-            self.arena.extend_from_slice(payload);
-            Txn::validate(&self.arena[start..])?;
-            start..self.arena.len()
-        } else {
-            0..0
-        };
-        self.records.push((lsn, kind, place));
-        Ok(())
-    }
-
     fn emptied(mut self) -> Batch {
         self.arena.clear();
         self.records.clear();
+        self.fresh.clear();
+        self.attempts.clear();
+        self.plans.clear();
         self
     }
 }
@@ -570,73 +597,235 @@ fn prefetch(bytes: &[u8]) {
 /// The unit a prefetch brings in.
 const CACHE_LINE_BYTES: usize = 64;
 
-/// The reader thread: reads and checks the journal into batches, in LSN
-/// order, until the end or until the placer hangs up. Returns what the
-/// journal read came to, and the first LSN if the journal does not start at 1.
-fn read_ahead(
-    dir: &Path,
-    full: crossbeam_channel::Sender<Batch>,
-    empty: crossbeam_channel::Receiver<Batch>,
-) -> (
-    Result<crate::journal::ReadSummary, crate::journal::JournalError>,
-    Option<u64>,
-) {
-    let mut incomplete = None;
-    let mut first = true;
-    let mut batch = Batch::default();
-    let summary = crate::journal::read(dir, |lsn, kind, payload| {
-        if first {
-            first = false;
-            if lsn != 1 {
-                incomplete = Some(lsn);
-                return Err(String::new());
-            }
+/// Orders the reader has seen, by the same dense slots as [`OpenOrders`]:
+/// the first record of an order is its submit.
+#[derive(Default)]
+struct SeenOrders {
+    /// Per router, one bit per sequence.
+    by_router: Vec<Vec<u64>>,
+}
+
+impl SeenOrders {
+    /// True the first time `id` is seen.
+    fn first_sight(&mut self, id: OrderId) -> bool {
+        let (router, sequence) = (router_of_order(id), (id / MAX_ROUTERS as u64) as usize);
+        if self.by_router.len() <= router {
+            self.by_router.resize_with(router + 1, Vec::new);
         }
-        if !matches!(kind, KIND_TXN | KIND_POLICY) {
-            return Ok(());
+        let bits = &mut self.by_router[router];
+        let (word, bit) = (sequence / 64, 1u64 << (sequence % 64));
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
         }
-        batch.push(lsn, kind, payload)?;
-        if batch.records.len() == READ_BATCH_RECORDS {
-            let next = empty.try_recv().unwrap_or_default();
-            full.send(std::mem::replace(&mut batch, next))
-                .map_err(|_| "the replay stopped".to_string())?;
-        }
-        Ok(())
-    });
-    if summary.is_ok() && !batch.records.is_empty() {
-        let _ = full.send(batch);
+        let first = bits[word] & bit == 0;
+        bits[word] |= bit;
+        first
     }
-    (summary, incomplete)
 }
 
-/// A journal record, validated and read in place, on its way to placement.
-enum Item<'a> {
-    Txn(&'a ArchivedTxn),
-    Policy,
+/// What the reader thread came to.
+struct Read {
+    summary: Result<crate::journal::ReadSummary, crate::journal::JournalError>,
+    /// The first LSN, if the journal does not start at 1.
+    incomplete: Option<u64>,
+    /// A record the reader could not prepare.
+    failed: Option<ReplayError>,
+    recorded: Side,
 }
 
-/// The what-if world and both sides' counts, fed record by record.
+/// The reader thread's state: it reads ahead of the placer and plans ahead
+/// against the what-if index, which the placer is changing meanwhile.
+struct Reader<'a> {
+    network: &'a Network,
+    recorded_network: &'a Network,
+    index: &'a AvailabilityIndex,
+    seen: SeenOrders,
+    /// The recorded side is counted here, off the placer's thread.
+    recorded: Side,
+    failed: Option<ReplayError>,
+}
+
+impl Reader<'_> {
+    /// Reads and prepares the journal into batches, in LSN order, until the
+    /// end or until the placer hangs up.
+    fn run(
+        mut self,
+        dir: &Path,
+        full: crossbeam_channel::Sender<Batch>,
+        empty: crossbeam_channel::Receiver<Batch>,
+    ) -> Read {
+        let mut incomplete = None;
+        let mut first = true;
+        let mut batch = Batch::default();
+        let summary = crate::journal::read(dir, |lsn, kind, payload| {
+            if first {
+                first = false;
+                if lsn != 1 {
+                    incomplete = Some(lsn);
+                    return Err(String::new());
+                }
+            }
+            if !matches!(kind, KIND_TXN | KIND_POLICY) {
+                return Ok(());
+            }
+            if let Err(e) = self.push(&mut batch, lsn, kind, payload) {
+                self.failed = Some(e);
+                return Err("the replay stopped".into());
+            }
+            if batch.records.len() == READ_BATCH_RECORDS {
+                let next = empty.try_recv().unwrap_or_default();
+                full.send(std::mem::replace(&mut batch, next))
+                    .map_err(|_| "the replay stopped".to_string())?;
+            }
+            Ok(())
+        });
+        if summary.is_ok() && !batch.records.is_empty() {
+            let _ = full.send(batch);
+        }
+        Read {
+            summary,
+            incomplete,
+            failed: self.failed,
+            recorded: self.recorded,
+        }
+    }
+
+    /// Adds a record the replay reads, with its new orders prepared. A
+    /// `Txn` that does not validate is an error (the journal's checksums
+    /// passed, so it is not torn: corrupt).
+    fn push(
+        &mut self,
+        batch: &mut Batch,
+        lsn: u64,
+        kind: u8,
+        payload: &[u8],
+    ) -> Result<(), ReplayError> {
+        let failed = |reason: String| ReplayError::Record { lsn, reason };
+        let Batch {
+            arena,
+            records,
+            fresh,
+            attempts,
+            plans,
+        } = batch;
+        let first_fresh = fresh.len();
+        let place = if kind == KIND_TXN {
+            let start = arena.len().next_multiple_of(16);
+            arena.resize(start, 0);
+            arena.extend_from_slice(payload);
+            let txn = Txn::validate(&arena[start..]).map_err(failed)?;
+            for record in txn.orders.iter() {
+                if self.seen.first_sight(record.id.to_native()) {
+                    let (new, attempt, made) = self.prepare(record).map_err(failed)?;
+                    fresh.push(new);
+                    attempts.push(attempt);
+                    plans.push(made);
+                }
+            }
+            start..arena.len()
+        } else {
+            0..0
+        };
+        records.push(ReadRecord {
+            lsn,
+            kind,
+            payload: place,
+            fresh: first_fresh..fresh.len(),
+        });
+        Ok(())
+    }
+
+    /// Counts a new order's recorded decision and plans its first try
+    /// under the what-if policy, stamped.
+    fn prepare(
+        &mut self,
+        record: &ArchivedOrderRecord,
+    ) -> Result<(Fresh, Attempt, Option<Plan>), String> {
+        let point = ship_to(record)?;
+        let attempt = attempt(record, point)?;
+        let recorded = record.recorded_decision()?;
+        self.recorded
+            .count(self.recorded_network, point, recorded_outcome(&recorded));
+        let policy = self.network.policy(attempt.channel);
+        let stamp = PlanStamp::take(policy, self.index, &attempt.lines);
+        // The stamp is taken first: a count that changes while planning
+        // changes the stamp's versions too.
+        let made = stamp.as_ref().and_then(|_| {
+            let request = PlanRequest {
+                order: attempt.order,
+                lines: &attempt.lines,
+                ship_to: attempt.ship_to,
+                market: attempt.market,
+                method: attempt.method,
+                excluded: &attempt.excluded,
+                widen: false,
+            };
+            plan(self.network, policy, self.index, &request).ok()
+        });
+        let new = Fresh {
+            id: attempt.order,
+            ship_to: point,
+            recorded,
+            stamp: made.as_ref().and(stamp),
+        };
+        Ok((new, attempt, made))
+    }
+}
+
+/// The what-if world and its side's counts, fed record by record.
 struct Placer<'a> {
     world: &'a World,
-    recorded_network: &'a Network,
     /// What the what-if gave each order so far (None: nothing).
     open: OpenOrders,
     report: &'a mut Report,
 }
 
 impl Placer<'_> {
-    /// Applies one record to the what-if world, in LSN order, and counts both sides.
-    fn apply(&mut self, lsn: u64, item: Item<'_>) -> Result<(), ReplayError> {
-        let (world, recorded_network, report) =
-            (self.world, self.recorded_network, &mut *self.report);
-        let open = &mut self.open;
-        let txn = match item {
-            Item::Txn(txn) => txn,
-            Item::Policy => {
-                report.recorded_policy_reloads += 1;
-                return Ok(());
+    fn apply_batch(&mut self, batch: &mut Batch) -> Result<(), ReplayError> {
+        let Batch {
+            arena,
+            records,
+            fresh,
+            attempts,
+            plans,
+        } = batch;
+        for (at, record) in records.iter().enumerate() {
+            if let Some(ahead) = records.get(at + PREFETCH_BYTES_AHEAD) {
+                prefetch(&arena[ahead.payload.clone()]);
             }
-        };
+            if record.kind != KIND_TXN {
+                self.report.recorded_policy_reloads += 1;
+                continue;
+            }
+            // SAFETY: the reader thread validated exactly these bytes as a
+            // `Txn` (`Reader::push`), and a batch is not written again until
+            // it is handed back.
+            let txn =
+                unsafe { rkyv::access_unchecked::<ArchivedTxn>(&arena[record.payload.clone()]) };
+            let new = record.fresh.clone();
+            self.apply(
+                record.lsn,
+                txn,
+                &fresh[new.clone()],
+                &attempts[new.clone()],
+                &mut plans[new],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Applies one record to the what-if world, in LSN order, and places its
+    /// new orders (`fresh`, as the reader prepared them).
+    fn apply(
+        &mut self,
+        lsn: u64,
+        txn: &ArchivedTxn,
+        fresh: &[Fresh],
+        attempts: &[Attempt],
+        plans: &mut [Option<Plan>],
+    ) -> Result<(), ReplayError> {
+        let (world, report) = (self.world, &mut *self.report);
+        let open = &mut self.open;
         let failed = |reason: String| ReplayError::Record { lsn, reason };
         for pair in txn.skus.iter() {
             let (id, name) = (pair.0.to_native(), pair.1.as_str());
@@ -669,15 +858,18 @@ impl Placer<'_> {
                 world.node_online(pair.0.to_native(), *online);
             }
         }
-        let mut attempts: SmallVec<[Attempt; 1]> = SmallVec::new();
-        let mut fresh: SmallVec<[(&ArchivedOrderRecord, GeoPoint); 1]> = SmallVec::new();
+        let mut new_records: SmallVec<[&ArchivedOrderRecord; 1]> = SmallVec::new();
         for record in txn.orders.iter() {
             let id = record.id.to_native();
             match open.get_mut(id) {
                 None => {
-                    let point = ship_to(record).map_err(failed)?;
-                    attempts.push(attempt(record, point).map_err(failed)?);
-                    fresh.push((record, point));
+                    // The reader prepared it, as its first sight.
+                    if fresh.get(new_records.len()).map(|f| f.id) != Some(id) {
+                        return Err(failed(format!(
+                            "order {id}: the reader did not prepare it as new"
+                        )));
+                    }
+                    new_records.push(record);
                 }
                 Some(given) => match record.state {
                     ArchivedOrderState::Cancelled | ArchivedOrderState::Expired => {
@@ -696,19 +888,34 @@ impl Placer<'_> {
                 },
             }
         }
-        if attempts.is_empty() {
+        if new_records.len() != fresh.len() {
+            return Err(failed(format!(
+                "{} new orders prepared, {} found",
+                fresh.len(),
+                new_records.len()
+            )));
+        }
+        if fresh.is_empty() {
             return Ok(());
         }
-        let placements = world.place(&attempts);
-        for ((record, point), placement) in fresh.into_iter().zip(&placements) {
-            let decision = record.recorded_decision().map_err(failed)?;
-            report
-                .recorded
-                .count(recorded_network, point, recorded_outcome(&decision));
+        for ((new, attempt), made) in fresh.iter().zip(attempts).zip(plans.iter_mut()) {
+            let holds = new
+                .stamp
+                .as_ref()
+                .is_some_and(|stamp| stamp.holds(&world.index, &attempt.lines));
+            if holds {
+                report.plans_ahead_used += 1;
+            } else {
+                *made = None;
+                report.plans_in_line += 1;
+            }
+        }
+        let placements = world.place(attempts, plans);
+        for ((new, record), placement) in fresh.iter().zip(new_records).zip(&placements) {
             report
                 .what_if
-                .count(&world.network, point, placement_outcome(placement));
-            if same_decision(&decision, placement) {
+                .count(&world.network, new.ship_to, placement_outcome(placement));
+            if same_decision(&new.recorded, placement) {
                 report.same_decisions += 1;
             } else {
                 report.different_decisions += 1;
@@ -730,7 +937,7 @@ impl Placer<'_> {
                 }
                 _ => None,
             };
-            open.insert(record.id.to_native(), given);
+            open.insert(new.id, given);
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! Reads are plain atomic loads with no lock, so every router can plan
 //! against it at once. It may be a moment stale; holds are the truth.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use dashmap::DashMap;
@@ -17,7 +17,15 @@ use super::model::{NodeIdx, SkuId};
 struct SkuRow {
     name: Box<str>,
     atp: Box<[AtomicU32]>,
+    /// Bumped on every change of a count that is, or was, below
+    /// [`WATCHED_BELOW_UNITS`]: the only changes that can turn a plan's
+    /// "has some" or "covers the line" (see [`crate::core::policy::PlanStamp`]).
+    low_version: AtomicU64,
 }
+
+/// Counts under this many units are watched by [`AvailabilityIndex::low_version`].
+/// Lines asking for more than this cannot be stamped.
+pub const WATCHED_BELOW_UNITS: u32 = 4;
 
 /// Live view of a node's ledger.
 struct NodeView {
@@ -56,6 +64,9 @@ pub struct AvailabilityIndex {
     rows: Box<[OnceLock<SkuRow>]>,
     sku_count: AtomicU32,
     nodes: Box<[NodeView]>,
+    /// Bumped whenever a node goes on or offline or its capacity runs out
+    /// or comes back: what a plan's node filter reads.
+    node_epoch: AtomicU64,
 }
 
 impl AvailabilityIndex {
@@ -72,6 +83,7 @@ impl AvailabilityIndex {
                     capacity_used: AtomicU32::new(0),
                 })
                 .collect(),
+            node_epoch: AtomicU64::new(0),
         }
     }
 
@@ -123,6 +135,7 @@ impl AvailabilityIndex {
         let row = SkuRow {
             name: name.into(),
             atp: (0..self.node_count).map(|_| AtomicU32::new(0)).collect(),
+            low_version: AtomicU64::new(0),
         };
         assert!(
             self.rows[id as usize].set(row).is_ok(),
@@ -177,12 +190,38 @@ impl AvailabilityIndex {
         }
     }
 
-    /// Called only by the shard that owns `sku`.
+    /// Called only by the shard that owns `sku` (the one writer of its row).
     #[inline]
     pub fn publish_atp(&self, sku: SkuId, node: NodeIdx, atp: u32) {
         if let Some(row) = self.rows.get(sku as usize).and_then(OnceLock::get) {
-            row.atp[node as usize].store(atp, Ordering::Relaxed);
+            let cell = &row.atp[node as usize];
+            let old = cell.load(Ordering::Relaxed);
+            cell.store(atp, Ordering::Relaxed);
+            if old != atp && old.min(atp) < WATCHED_BELOW_UNITS {
+                // Released after the count: whoever reads this version and
+                // then the count sees this count or a later one.
+                let version = row.low_version.load(Ordering::Relaxed);
+                row.low_version.store(version + 1, Ordering::Release);
+            }
         }
+    }
+
+    /// The version of `sku`'s low counts (None: not interned). Read it
+    /// before reading the row: equal later, no count under
+    /// [`WATCHED_BELOW_UNITS`] changed in between, nor crossed it.
+    #[inline]
+    pub fn low_version(&self, sku: SkuId) -> Option<u64> {
+        self.rows
+            .get(sku as usize)
+            .and_then(OnceLock::get)
+            .map(|row| row.low_version.load(Ordering::Acquire))
+    }
+
+    /// The epoch of the nodes' online flags and "has capacity left". Read
+    /// it before reading them: equal later, none of them changed.
+    #[inline]
+    pub fn node_epoch(&self) -> u64 {
+        self.node_epoch.load(Ordering::Acquire)
     }
 
     #[inline]
@@ -213,9 +252,17 @@ impl AvailabilityIndex {
         capacity_left: u32,
     ) {
         let view = &self.nodes[node as usize];
+        let before = (
+            view.online.load(Ordering::Relaxed),
+            view.capacity_left.load(Ordering::Relaxed) == 0,
+        );
         view.online.store(online, Ordering::Relaxed);
         view.capacity_used.store(capacity_used, Ordering::Relaxed);
         view.capacity_left.store(capacity_left, Ordering::Relaxed);
+        if before != (online, capacity_left == 0) {
+            // Every node's ledger may bump it, hence an atomic add.
+            self.node_epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 

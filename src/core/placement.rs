@@ -19,7 +19,7 @@ use super::model::{
     Allocation, ChannelIdx, MarketIdx, NodeIdx, OrderId, RejectReason, ShortLine, SkuId,
 };
 use super::network::Network;
-use super::policy::{plan, Method, OnShort, PlanError, PlanLine, PlanRequest};
+use super::policy::{plan, Method, OnShort, Plan, PlanError, PlanLine, PlanRequest};
 use super::stock::{HoldItem, HoldOutcome, StockShard};
 use crate::limits::MAX_HOLD_ATTEMPTS;
 
@@ -166,6 +166,8 @@ struct Progress {
     truncated: bool,
     /// Per line of the attempt: what the shard answered this round.
     held: SmallVec<[HoldOutcome; 4]>,
+    /// The first round's plan, made ahead (see [`place_planned`]).
+    planned: Option<Plan>,
 }
 
 /// Values grouped by a key (a shard, a node). An order touches a handful of
@@ -236,17 +238,31 @@ pub async fn place<P: Participants>(
     now_ms: u64,
     participants: &P,
 ) -> Vec<Placement> {
+    place_planned(context, attempts, &mut [], now_ms, participants).await
+}
+
+/// [`place`], with the first round's plan of some attempts made ahead
+/// (`planned[i]` for `attempts[i]`; None or missing: planned here). A plan
+/// made ahead must be the one `plan` would make now, as a
+/// [`super::policy::PlanStamp`] that still holds proves.
+pub async fn place_planned<P: Participants>(
+    context: &PlanContext<'_>,
+    attempts: &[Attempt],
+    planned: &mut [Option<Plan>],
+    now_ms: u64,
+    participants: &P,
+) -> Vec<Placement> {
     // Inline for the common batch of one order: placing used to cost a
     // dozen small allocations per order, a tenth of a replay.
-    let mut progress: SmallVec<[Progress; 1]> = attempts
-        .iter()
-        .map(|_| Progress {
+    let mut progress: SmallVec<[Progress; 1]> = (0..attempts.len())
+        .map(|i| Progress {
             widen: false,
             tries: 0,
             refused: SmallVec::new(),
             outcome: None,
             truncated: false,
             held: SmallVec::new(),
+            planned: planned.get_mut(i).and_then(Option::take),
         })
         .collect();
     loop {
@@ -305,12 +321,16 @@ async fn hold_stock_round<P: Participants>(
             excluded: &excluded,
             widen: state.widen,
         };
-        match plan(
-            context.network,
-            context.network.policy(attempt.channel),
-            context.index,
-            &request,
-        ) {
+        let planned = match state.planned.take() {
+            Some(made_ahead) => Ok(made_ahead),
+            None => plan(
+                context.network,
+                context.network.policy(attempt.channel),
+                context.index,
+                &request,
+            ),
+        };
+        match planned {
             Err(PlanError::NoEligibleNode) => {
                 state.outcome = Some(Placement::Failed(RejectReason::NoEligibleNode))
             }

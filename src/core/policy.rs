@@ -9,7 +9,7 @@
 use smallvec::SmallVec;
 
 use super::geo::GeoPoint;
-use super::index::{AtpRow, AvailabilityIndex};
+use super::index::{AtpRow, AvailabilityIndex, WATCHED_BELOW_UNITS};
 use super::model::{Capabilities, MarketIdx, NodeIdx, OrderId, SkuId};
 use super::network::Network;
 use super::stock::HoldItem;
@@ -162,9 +162,8 @@ fn method_capabilities(method: Method) -> Capabilities {
     }
 }
 
-/// Plans the hold items of one request: one item per line, candidates in
-/// policy order. Items come out in line order; the caller groups them by shard.
 /// The hold items of one request, one per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub items: SmallVec<[HoldItem; 4]>,
     /// Some line had more candidates than were sent: a widened attempt
@@ -172,6 +171,8 @@ pub struct Plan {
     pub truncated: bool,
 }
 
+/// Plans the hold items of one request: one item per line, candidates in
+/// policy order. Items come out in line order; the caller groups them by shard.
 pub fn plan(
     network: &Network,
     policy: &Policy,
@@ -235,6 +236,56 @@ pub fn plan(
         })
         .collect();
     Ok(Plan { items, truncated })
+}
+
+/// What a first-try plan read from the index, taken before planning, so
+/// that a plan made ahead on another thread can be checked before use: if
+/// the stamp still holds, `plan` would make the same plan now.
+///
+/// A first-try plan reads the index only as "node online with capacity
+/// left" and, per line and node, "has some" and "covers the line". With
+/// every line at most [`WATCHED_BELOW_UNITS`] units, a count can change
+/// either answer only by being or going under that bound, which bumps its
+/// SKU's low version. Rules that read exact counts or loads (`most_stock`,
+/// `least_loaded`) cannot be stamped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanStamp {
+    node_epoch: u64,
+    low_versions: SmallVec<[u64; 4]>,
+}
+
+impl PlanStamp {
+    /// Stamps the index for a first try of `lines` under `policy`; None
+    /// when such a plan cannot be checked by a stamp.
+    pub fn take(policy: &Policy, index: &AvailabilityIndex, lines: &[PlanLine]) -> Option<Self> {
+        if policy
+            .rules
+            .iter()
+            .any(|r| matches!(r, Rule::MostStock | Rule::LeastLoaded))
+            || lines.iter().any(|l| l.qty > WATCHED_BELOW_UNITS)
+        {
+            return None;
+        }
+        let node_epoch = index.node_epoch();
+        let low_versions = lines
+            .iter()
+            .map(|l| index.low_version(l.sku))
+            .collect::<Option<_>>()?;
+        Some(PlanStamp {
+            node_epoch,
+            low_versions,
+        })
+    }
+
+    /// Whether a plan made after this stamp is still the plan for `lines`.
+    pub fn holds(&self, index: &AvailabilityIndex, lines: &[PlanLine]) -> bool {
+        self.node_epoch == index.node_epoch()
+            && lines.len() == self.low_versions.len()
+            && lines
+                .iter()
+                .zip(&self.low_versions)
+                .all(|(l, &v)| index.low_version(l.sku) == Some(v))
+    }
 }
 
 /// Greedy set cover: repeatedly pick the best node by the rules, with
