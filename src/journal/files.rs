@@ -204,26 +204,30 @@ pub fn read(
         // (it is offline by contract); a file changing under the map could
         // only give bytes the checksums then refuse.
         let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(path, e))?;
-        let scan = record::scan(&bytes, Some(expected.unwrap_or(*first_lsn)));
-        for found in &scan.records {
+        let mut last_lsn = None;
+        // Streamed: each record is visited as soon as its checksum passes,
+        // so a reader on another thread is not left waiting while a whole
+        // segment is checked first.
+        let end = record::scan_each(&bytes, Some(expected.unwrap_or(*first_lsn)), |found| {
             if summary.records == 0 {
                 summary.first_lsn = found.lsn;
             }
             summary.records += 1;
+            last_lsn = Some(found.lsn);
             visit(found.lsn, found.kind, &bytes[found.payload.clone()]).map_err(|reason| {
                 JournalError::Corrupt {
                     path: path.clone(),
                     offset: found.payload.start as u64,
                     reason,
                 }
-            })?;
-        }
+            })
+        })?;
         let corrupt = |offset: usize, reason: String| JournalError::Corrupt {
             path: path.clone(),
             offset: offset as u64,
             reason,
         };
-        match scan.end {
+        match end {
             End::Clean => {}
             End::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
             End::Torn { offset } if i + 1 < segments.len() => {
@@ -234,11 +238,7 @@ pub fn read(
             }
             End::Torn { .. } => summary.torn_tail = true,
         }
-        expected = Some(
-            scan.records
-                .last()
-                .map_or(expected.unwrap_or(*first_lsn), |r| r.lsn + 1),
-        );
+        expected = Some(last_lsn.map_or(expected.unwrap_or(*first_lsn), |lsn| lsn + 1));
     }
     Ok(summary)
 }

@@ -68,26 +68,33 @@ pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {
     // list of a full 64 MiB segment copied it (and faulted fresh pages) a
     // dozen times; capacity that is never written is never touched.
     let mut records = Vec::with_capacity(bytes.len() / TYPICAL_RECORD_BYTES);
+    let end = scan_each(bytes, expected_lsn, |found| {
+        records.push(found);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let Ok(end) = end;
+    Scan { records, end }
+}
+
+/// Scans a segment like [`scan`], handing each valid record to `on` as it
+/// is found (a reader that streams starts at once, not after the whole
+/// segment). Stops at the first error `on` returns.
+pub fn scan_each<E>(
+    bytes: &[u8],
+    expected_lsn: Option<u64>,
+    mut on: impl FnMut(Found) -> Result<(), E>,
+) -> Result<End, E> {
     let mut offset = 0;
     let mut next_lsn = expected_lsn;
-    let corrupt = |records, offset, reason: String| Scan {
-        records,
-        end: End::Corrupt { offset, reason },
-    };
+    let corrupt = |offset, reason: String| Ok(End::Corrupt { offset, reason });
     while offset < bytes.len() {
         let rest = &bytes[offset..];
         if rest.iter().all(|b| *b == 0) {
             // The rest of a prepared (zero-filled) segment, not yet written.
-            return Scan {
-                records,
-                end: End::Clean,
-            };
+            return Ok(End::Clean);
         }
         if rest.len() < RECORD_PREFIX_BYTES {
-            return Scan {
-                records,
-                end: End::Torn { offset },
-            };
+            return Ok(End::Torn { offset });
         }
         let length = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
         let end = RECORD_PREFIX_BYTES
@@ -95,26 +102,16 @@ pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {
             .filter(|&end| end <= rest.len());
         let Some(end) = end else {
             // The record runs past the end of the file: it was being written.
-            return Scan {
-                records,
-                end: End::Torn { offset },
-            };
+            return Ok(End::Torn { offset });
         };
         if !(MIN_RECORD_BODY_BYTES..=MIN_RECORD_BODY_BYTES + MAX_RECORD_PAYLOAD_BYTES)
             .contains(&length)
         {
             if rest[RECORD_PREFIX_BYTES..].iter().all(|b| *b == 0) {
                 // Only a prefix made it into a prepared segment.
-                return Scan {
-                    records,
-                    end: End::Torn { offset },
-                };
+                return Ok(End::Torn { offset });
             }
-            return corrupt(
-                records,
-                offset,
-                format!("record length {length} is out of range"),
-            );
+            return corrupt(offset, format!("record length {length} is out of range"));
         }
         let stored = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let body = &rest[RECORD_PREFIX_BYTES..end];
@@ -123,36 +120,29 @@ pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {
             // segment, zeros follow it); a bad record with data after it
             // is damage.
             if rest[end..].iter().all(|b| *b == 0) {
-                return Scan {
-                    records,
-                    end: End::Torn { offset },
-                };
+                return Ok(End::Torn { offset });
             }
-            return corrupt(records, offset, "checksum mismatch".into());
+            return corrupt(offset, "checksum mismatch".into());
         }
         let kind = body[0];
         let lsn = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
         if next_lsn.is_some_and(|expected| expected != lsn) {
             return corrupt(
-                records,
                 offset,
                 format!("LSN {lsn} where {} was expected", next_lsn.unwrap_or(0)),
             );
         }
         next_lsn = lsn.checked_add(1);
         let payload_start = offset + RECORD_PREFIX_BYTES + MIN_RECORD_BODY_BYTES;
-        records.push(Found {
+        on(Found {
             offset,
             kind,
             lsn,
             payload: payload_start..offset + end,
-        });
+        })?;
         offset += end;
     }
-    Scan {
-        records,
-        end: End::Clean,
-    }
+    Ok(End::Clean)
 }
 
 #[cfg(test)]
