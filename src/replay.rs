@@ -43,7 +43,7 @@ use crate::core::placement::{
     place_planned, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement, PlanContext,
     StockOp,
 };
-use crate::core::policy::{plan, Method, Plan, PlanLine, PlanRequest, PlanStamp};
+use crate::core::policy::{plan, Method, Plan, PlanError, PlanLine, PlanRequest, PlanStamp};
 use crate::core::router::{
     router_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, MAX_ROUTERS,
 };
@@ -342,7 +342,7 @@ impl World {
         bumped.clear();
     }
 
-    fn place(&self, attempts: &[Attempt], planned: &mut [Option<Plan>]) -> Vec<Placement> {
+    fn place(&self, attempts: &[Attempt], planned: &mut [Option<Planned>]) -> Vec<Placement> {
         let context = PlanContext {
             network: &self.network,
             index: &self.index,
@@ -357,6 +357,9 @@ impl World {
         ))
     }
 }
+
+/// A plan made ahead, or why none can be.
+type Planned = Result<Plan, PlanError>;
 
 /// What the what-if gave an open order: (node, sku, units) per allocation.
 type Given = SmallVec<[(NodeIdx, u32, u32); 2]>;
@@ -564,7 +567,7 @@ struct Batch {
     fresh: Vec<Fresh>,
     /// One per fresh order; contiguous per record, as placing takes them.
     attempts: Vec<Attempt>,
-    plans: Vec<Option<Plan>>,
+    plans: Vec<Option<Planned>>,
 }
 
 impl Batch {
@@ -740,7 +743,7 @@ impl Reader<'_> {
     fn prepare(
         &mut self,
         record: &ArchivedOrderRecord,
-    ) -> Result<(Fresh, Attempt, Option<Plan>), String> {
+    ) -> Result<(Fresh, Attempt, Option<Planned>), String> {
         let point = ship_to(record)?;
         let attempt = attempt(record, point)?;
         let recorded = record.recorded_decision()?;
@@ -760,7 +763,7 @@ impl Reader<'_> {
                 excluded: &attempt.excluded,
                 widen: false,
             };
-            plan(self.network, policy, self.index, &request).ok()
+            Some(plan(self.network, policy, self.index, &request))
         });
         let new = Fresh {
             id: attempt.order,
@@ -822,7 +825,7 @@ impl Placer<'_> {
         txn: &ArchivedTxn,
         fresh: &[Fresh],
         attempts: &[Attempt],
-        plans: &mut [Option<Plan>],
+        plans: &mut [Option<Planned>],
     ) -> Result<(), ReplayError> {
         let (world, report) = (self.world, &mut *self.report);
         let open = &mut self.open;

@@ -9,7 +9,7 @@ use omniroute::core::geo::GeoPoint;
 use omniroute::core::index::{AvailabilityIndex, WATCHED_BELOW_UNITS};
 use omniroute::core::model::NodeIdx;
 use omniroute::core::network::Network;
-use omniroute::core::policy::{plan, Method, Plan, PlanLine, PlanRequest, PlanStamp};
+use omniroute::core::policy::{plan, Method, Plan, PlanError, PlanLine, PlanRequest, PlanStamp};
 use proptest::prelude::*;
 
 const SKUS: u32 = 4;
@@ -42,7 +42,7 @@ fn plan_now(
     index: &AvailabilityIndex,
     lines: &[PlanLine],
     method: Method,
-) -> Option<Plan> {
+) -> Result<Plan, PlanError> {
     let request = PlanRequest {
         order: 1,
         lines,
@@ -52,7 +52,7 @@ fn plan_now(
         excluded: &[],
         widen: false,
     };
-    plan(network, network.policy(channel as u16), index, &request).ok()
+    plan(network, network.policy(channel as u16), index, &request)
 }
 
 #[derive(Clone, Debug)]

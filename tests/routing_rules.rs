@@ -302,3 +302,30 @@ fn max_shipments_and_partial_allocation() {
     assert_eq!((short[0].requested, short[0].available), (7, 5));
     engine.check_invariants().unwrap();
 }
+
+#[test]
+fn an_all_or_nothing_order_with_a_sold_out_line_is_short_on_that_line_only() {
+    // Proves the planner's early exit for a line no eligible node has any
+    // of: the order is rejected short, listing exactly that line (available
+    // 0) and not the line that has stock, and nothing stays held.
+    let config = config(&format!(
+        "{}{}",
+        channel("c", &["fewest_shipments", "nearest"]),
+        stock(&[("SKU-1", "WH-N", 5), ("SKU-2", "WH-S", 0)])
+    ));
+    let mut engine = local(&config);
+    let decision = engine.submit(order("c", "o-1", &[("SKU-1", 1), ("SKU-2", 2)]), 0);
+    engine.check_invariants().unwrap();
+    match decision {
+        Decision::Rejected(RejectReason::Short { lines }) => {
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert_eq!(
+                (lines[0].line, lines[0].requested, lines[0].available),
+                (1, 2, 0)
+            );
+        }
+        other => panic!("not short: {other:?}"),
+    }
+    let sku_1 = engine.index.lookup("SKU-1").unwrap();
+    assert_eq!(engine.cell(sku_1, WH_N).reserved, 0);
+}

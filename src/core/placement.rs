@@ -167,7 +167,7 @@ struct Progress {
     /// Per line of the attempt: what the shard answered this round.
     held: SmallVec<[HoldOutcome; 4]>,
     /// The first round's plan, made ahead (see [`place_planned`]).
-    planned: Option<Plan>,
+    planned: Option<Result<Plan, PlanError>>,
 }
 
 /// Values grouped by a key (a shard, a node). An order touches a handful of
@@ -248,7 +248,7 @@ pub async fn place<P: Participants>(
 pub async fn place_planned<P: Participants>(
     context: &PlanContext<'_>,
     attempts: &[Attempt],
-    planned: &mut [Option<Plan>],
+    planned: &mut [Option<Result<Plan, PlanError>>],
     now_ms: u64,
     participants: &P,
 ) -> Vec<Placement> {
@@ -322,7 +322,7 @@ async fn hold_stock_round<P: Participants>(
             widen: state.widen,
         };
         let planned = match state.planned.take() {
-            Some(made_ahead) => Ok(made_ahead),
+            Some(made_ahead) => made_ahead,
             None => plan(
                 context.network,
                 context.network.policy(attempt.channel),
@@ -333,6 +333,21 @@ async fn hold_stock_round<P: Participants>(
         match planned {
             Err(PlanError::NoEligibleNode) => {
                 state.outcome = Some(Placement::Failed(RejectReason::NoEligibleNode))
+            }
+            Err(PlanError::Unavailable { lines }) => {
+                let lines = lines
+                    .into_iter()
+                    .map(|i| {
+                        let line = &attempt.lines[i];
+                        ShortLine {
+                            line: line.line,
+                            sku: line.sku,
+                            requested: line.qty,
+                            available: 0,
+                        }
+                    })
+                    .collect();
+                state.outcome = Some(Placement::Failed(RejectReason::Short { lines }));
             }
             Ok(plan) => {
                 state.truncated = plan.truncated;

@@ -149,9 +149,15 @@ struct Ranked {
 }
 
 /// Why no hold can be planned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlanError {
     NoEligibleNode,
+    /// All or nothing, and these lines (positions in the request) have no
+    /// units at any eligible node by the index: the order is short whatever
+    /// the ranking, so none is made (most buyers of a sold-out SKU).
+    Unavailable {
+        lines: SmallVec<[usize; 4]>,
+    },
 }
 
 fn method_capabilities(method: Method) -> Capabilities {
@@ -181,7 +187,19 @@ pub fn plan(
 ) -> Result<Plan, PlanError> {
     assert!(request.lines.len() <= MAX_LINES_PER_ORDER);
     let rows: SmallVec<[AtpRow; 4]> = request.lines.iter().map(|l| index.atp_row(l.sku)).collect();
-    let mut ranked = rank_nodes(network, policy, index, request, &rows)?;
+    let (eligible, stocked_lines) = eligible_nodes(network, policy, index, request, &rows)?;
+    let all_lines = if request.lines.len() == 64 {
+        u64::MAX
+    } else {
+        (1u64 << request.lines.len()) - 1
+    };
+    if !request.widen && policy.on_short == OnShort::Reject && stocked_lines != all_lines {
+        let lines = (0..request.lines.len())
+            .filter(|&i| stocked_lines & (1 << i) == 0)
+            .collect();
+        return Err(PlanError::Unavailable { lines });
+    }
+    let mut ranked = rank_nodes(network, policy, index, request, &eligible);
     let fewest_position = policy
         .rules
         .iter()
@@ -330,27 +348,36 @@ fn choose_consolidation(
     }
 }
 
-/// Applies the filters and computes each survivor's ranking key.
-fn rank_nodes(
+/// A node that passed the filters and has some of the order (or any node
+/// that passed, when widening), before ranking.
+struct Eligible {
+    node: NodeIdx,
+    /// Lines (bit i = line i of the request) the index says it covers fully.
+    covers: u64,
+    /// Units of the order's SKUs it has, summed over the lines.
+    stock: u64,
+    /// Measured already when a distance filter applies.
+    distance_km: Option<f64>,
+}
+
+/// Applies the filters. Returns the nodes to rank, and the lines (bit i =
+/// line i) some of them have units of.
+fn eligible_nodes(
     network: &Network,
     policy: &Policy,
     index: &AvailabilityIndex,
     request: &PlanRequest,
     rows: &[AtpRow],
-) -> Result<SmallVec<[Ranked; 16]>, PlanError> {
+) -> Result<(SmallVec<[Eligible; 64]>, u64), PlanError> {
     let wanted = method_capabilities(request.method);
     let selected_store = match request.method {
         Method::Pickup { store } => Some(store),
         _ => None,
     };
     let filters = &policy.filters;
-    let max_distance_km = match (filters.max_distance_km, request.method) {
-        (limit, Method::SameDay) => {
-            Some(limit.map_or(filters.same_day_max_km, |l| l.min(filters.same_day_max_km)))
-        }
-        (limit, _) => limit,
-    };
-    let mut ranked: SmallVec<[Ranked; 16]> = SmallVec::new();
+    let max_distance_km = max_distance_km(policy, request.method);
+    let mut eligible: SmallVec<[Eligible; 64]> = SmallVec::new();
+    let mut stocked_lines = 0u64;
     let mut any_eligible = false;
     for (i, node) in network.nodes.iter().enumerate() {
         let idx = i as NodeIdx;
@@ -369,10 +396,14 @@ fn rank_nodes(
         // Stock before distance: most nodes hold none of a given order's
         // SKUs, and those need a distance only to prove the order eligible.
         let mut covers = 0u64;
+        let mut stocked = 0u64;
         let mut stock = 0u64;
         for (bit, (line, row)) in request.lines.iter().zip(rows).enumerate() {
             let atp = row.get(idx);
             stock += u64::from(atp);
+            if atp > 0 {
+                stocked |= 1 << bit;
+            }
             if atp >= line.qty {
                 covers |= 1 << bit;
             }
@@ -384,11 +415,61 @@ fn rank_nodes(
             }
             continue;
         }
-        let distance_km = request.ship_to.distance_km(&node.location);
-        if max_distance_km.is_some_and(|max| distance_km > max) {
-            continue;
-        }
+        let distance_km = match max_distance_km {
+            Some(max) => {
+                let distance_km = request.ship_to.distance_km(&node.location);
+                if distance_km > max {
+                    continue;
+                }
+                Some(distance_km)
+            }
+            None => None,
+        };
         any_eligible = true;
+        stocked_lines |= stocked;
+        eligible.push(Eligible {
+            node: idx,
+            covers,
+            stock,
+            distance_km,
+        });
+    }
+    if !any_eligible {
+        return Err(PlanError::NoEligibleNode);
+    }
+    Ok((eligible, stocked_lines))
+}
+
+/// The distance filter of `policy` for `method`, if any.
+fn max_distance_km(policy: &Policy, method: Method) -> Option<f64> {
+    let filters = &policy.filters;
+    match (filters.max_distance_km, method) {
+        (limit, Method::SameDay) => {
+            Some(limit.map_or(filters.same_day_max_km, |l| l.min(filters.same_day_max_km)))
+        }
+        (limit, _) => limit,
+    }
+}
+
+/// Computes each eligible node's ranking key.
+fn rank_nodes(
+    network: &Network,
+    policy: &Policy,
+    index: &AvailabilityIndex,
+    request: &PlanRequest,
+    eligible: &[Eligible],
+) -> SmallVec<[Ranked; 16]> {
+    let selected_store = match request.method {
+        Method::Pickup { store } => Some(store),
+        _ => None,
+    };
+    let mut ranked: SmallVec<[Ranked; 16]> = SmallVec::with_capacity(eligible.len());
+    for found in eligible {
+        let (idx, covers, stock) = (found.node, found.covers, found.stock);
+        let node = network.node(idx);
+        let distance_km = found
+            .distance_km
+            .unwrap_or_else(|| request.ship_to.distance_km(&node.location));
         let mut key = [0u64; MAX_RULES + 2];
         for (slot, rule) in key.iter_mut().zip(&policy.rules) {
             *slot = match rule {
@@ -418,8 +499,5 @@ fn rank_nodes(
             key,
         });
     }
-    if !any_eligible {
-        return Err(PlanError::NoEligibleNode);
-    }
-    Ok(ranked)
+    ranked
 }
