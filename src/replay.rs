@@ -753,7 +753,7 @@ impl Reader<'_> {
         let stamp = PlanStamp::take(policy, self.index, &attempt.lines);
         // The stamp is taken first: a count that changes while planning
         // changes the stamp's versions too.
-        let made = stamp.as_ref().and_then(|_| {
+        let made = stamp.as_ref().map(|_| {
             let request = PlanRequest {
                 order: attempt.order,
                 lines: &attempt.lines,
@@ -763,13 +763,13 @@ impl Reader<'_> {
                 excluded: &attempt.excluded,
                 widen: false,
             };
-            Some(plan(self.network, policy, self.index, &request))
+            plan(self.network, policy, self.index, &request)
         });
         let new = Fresh {
             id: attempt.order,
             ship_to: point,
             recorded,
-            stamp: made.as_ref().and(stamp),
+            stamp,
         };
         Ok((new, attempt, made))
     }
