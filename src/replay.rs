@@ -44,7 +44,7 @@ use crate::core::placement::{
     place_planned, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement, PlanContext,
     StockOp,
 };
-use crate::core::policy::{plan, Method, Plan, PlanError, PlanLine, PlanRequest, PlanStamp};
+use crate::core::policy::{plan, Method, Plan, PlanError, PlanLine, PlanStamp};
 use crate::core::router::{
     router_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, MAX_ROUTERS,
 };
@@ -763,15 +763,7 @@ impl Reader<'_> {
         // The stamp is taken first: a count that changes while planning
         // changes the stamp's versions too.
         let made = stamp.as_ref().map(|_| {
-            let request = PlanRequest {
-                order: attempt.order,
-                lines: &attempt.lines,
-                ship_to: attempt.ship_to,
-                market: attempt.market,
-                method: attempt.method,
-                excluded: &attempt.excluded,
-                widen: false,
-            };
+            let request = attempt.request(&attempt.excluded, false);
             plan(self.network, policy, self.index, &request)
         });
         let new = Fresh {

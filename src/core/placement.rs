@@ -142,6 +142,22 @@ pub struct Attempt {
     pub excluded: SmallVec<[NodeIdx; 4]>,
 }
 
+impl Attempt {
+    /// What the planner is asked for this attempt: `excluded` is its own
+    /// exclusions plus any nodes refused so far.
+    pub fn request<'a>(&'a self, excluded: &'a [NodeIdx], widen: bool) -> PlanRequest<'a> {
+        PlanRequest {
+            order: self.order,
+            lines: &self.lines,
+            ship_to: self.ship_to,
+            market: self.market,
+            method: self.method,
+            excluded,
+            widen,
+        }
+    }
+}
+
 /// What placing one attempt came to. Successful placements are committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -312,15 +328,7 @@ async fn hold_stock_round<P: Participants>(
         state.tries += 1;
         let mut excluded = attempt.excluded.clone();
         excluded.extend_from_slice(&state.refused);
-        let request = PlanRequest {
-            order: attempt.order,
-            lines: &attempt.lines,
-            ship_to: attempt.ship_to,
-            market: attempt.market,
-            method: attempt.method,
-            excluded: &excluded,
-            widen: state.widen,
-        };
+        let request = attempt.request(&excluded, state.widen);
         let planned = match state.planned.take() {
             Some(made_ahead) => made_ahead,
             None => plan(
