@@ -557,10 +557,9 @@ struct ReadRecord {
     fresh: std::ops::Range<usize>,
 }
 
-/// A new order as the reader prepared it.
+/// A new order as the reader prepared it (its id and ship-to are its
+/// attempt's, kept beside it in the batch).
 struct Fresh {
-    id: OrderId,
-    ship_to: GeoPoint,
     recorded: RecordedDecision,
     /// Taken before its plan was made ahead (None: none was).
     stamp: Option<PlanStamp>,
@@ -766,12 +765,7 @@ impl Reader<'_> {
             let request = attempt.request(&attempt.excluded, false);
             plan(self.network, policy, self.index, &request)
         });
-        let new = Fresh {
-            id: attempt.order,
-            ship_to: point,
-            recorded,
-            stamp,
-        };
+        let new = Fresh { recorded, stamp };
         Ok((new, attempt, made))
     }
 }
@@ -868,7 +862,7 @@ impl Placer<'_> {
             match open.get_mut(id) {
                 None => {
                     // The reader prepared it, as its first sight.
-                    if fresh.get(new_records.len()).map(|f| f.id) != Some(id) {
+                    if attempts.get(new_records.len()).map(|a| a.order) != Some(id) {
                         return Err(failed(format!(
                             "order {id}: the reader did not prepare it as new"
                         )));
@@ -915,10 +909,14 @@ impl Placer<'_> {
             }
         }
         let placements = world.place(attempts, plans);
-        for ((new, record), placement) in fresh.iter().zip(new_records).zip(&placements) {
-            report
-                .what_if
-                .count(&world.network, new.ship_to, placement_outcome(placement));
+        for (((new, attempt), record), placement) in
+            fresh.iter().zip(attempts).zip(new_records).zip(&placements)
+        {
+            report.what_if.count(
+                &world.network,
+                attempt.ship_to,
+                placement_outcome(placement),
+            );
             if same_decision(&new.recorded, placement) {
                 report.same_decisions += 1;
             } else {
@@ -941,7 +939,7 @@ impl Placer<'_> {
                 }
                 _ => None,
             };
-            open.insert(new.id, given);
+            open.insert(attempt.order, given);
         }
         Ok(())
     }
