@@ -41,15 +41,15 @@ use crate::core::model::{
 };
 use crate::core::network::{Channel, Network};
 use crate::core::placement::{
-    place_planned, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement, PlanContext,
-    StockOp,
+    place_planned, unplanned, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement,
+    PlanContext, StockOp,
 };
 use crate::core::policy::{plan, Method, Plan, PlanError, PlanLine, PlanStamp};
 use crate::core::router::{
     router_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, MAX_ROUTERS,
 };
 use crate::core::stock::StockShard;
-use crate::engine::sequencer::{ArchivedTxn, Txn, KIND_POLICY, KIND_TXN};
+use crate::engine::sequencer::{ArchivedTxn, SharedSeen, Txn, KIND_POLICY, KIND_TXN};
 use crate::store;
 
 /// Differences listed by example in the report.
@@ -486,6 +486,7 @@ pub fn replay(
         recorded_network,
         index: &world.index,
         seen: SeenOrders::default(),
+        shared: SharedSeen::default(),
         recorded: Side::default(),
         failed: None,
     };
@@ -651,6 +652,8 @@ struct Reader<'a> {
     recorded_network: &'a Network,
     index: &'a AvailabilityIndex,
     seen: SeenOrders,
+    /// Validation's shared-pointer list, kept from record to record.
+    shared: SharedSeen,
     /// The recorded side is counted here, off the placer's thread.
     recorded: Side,
     failed: Option<ReplayError>,
@@ -724,7 +727,7 @@ impl Reader<'_> {
             let start = arena.len().next_multiple_of(16);
             arena.resize(start, 0);
             arena.extend_from_slice(payload);
-            let txn = Txn::validate(&arena[start..]).map_err(failed)?;
+            let txn = Txn::validate_with(&arena[start..], &mut self.shared).map_err(failed)?;
             for record in txn.orders.iter() {
                 if self.seen.first_sight(record.id.to_native()) {
                     let (new, attempt, made) = self.prepare(record).map_err(failed)?;
@@ -896,6 +899,10 @@ impl Placer<'_> {
         if fresh.is_empty() {
             return Ok(());
         }
+        // A plan made ahead that still holds and failed is the placement
+        // itself (`unplanned`): most orders for a sold-out SKU end here,
+        // without a round through `place`.
+        let mut placements: SmallVec<[Option<Placement>; 1]> = SmallVec::new();
         for ((new, attempt), made) in fresh.iter().zip(attempts).zip(plans.iter_mut()) {
             let holds = new
                 .stamp
@@ -907,11 +914,38 @@ impl Placer<'_> {
                 *made = None;
                 report.plans_in_line += 1;
             }
+            placements.push(match made.take_if(|m| m.is_err()) {
+                Some(Err(error)) => Some(unplanned(attempt, error)),
+                _ => None,
+            });
         }
-        let placements = world.place(attempts, plans);
+        let to_place = placements.iter().filter(|p| p.is_none()).count();
+        if to_place == attempts.len() {
+            for (slot, placed) in placements.iter_mut().zip(world.place(attempts, plans)) {
+                *slot = Some(placed);
+            }
+        } else if to_place > 0 {
+            // Rare: a record with new orders of both kinds. The rest are
+            // placed together, in their order, as they would be with the
+            // failed ones among them.
+            let (rest, mut rest_plans): (Vec<Attempt>, Vec<Option<Planned>>) = placements
+                .iter()
+                .zip(attempts.iter().zip(plans.iter_mut()))
+                .filter(|(placed, _)| placed.is_none())
+                .map(|(_, (attempt, made))| (attempt.clone(), made.take()))
+                .unzip();
+            let mut placed = world.place(&rest, &mut rest_plans).into_iter();
+            for slot in placements.iter_mut().filter(|p| p.is_none()) {
+                *slot = placed.next();
+            }
+        }
+        let placements = placements
+            .into_iter()
+            .map(|p| p.expect("every new order is placed"));
         for (((new, attempt), record), placement) in
-            fresh.iter().zip(attempts).zip(new_records).zip(&placements)
+            fresh.iter().zip(attempts).zip(new_records).zip(placements)
         {
+            let placement = &placement;
             report.what_if.count(
                 &world.network,
                 attempt.ship_to,

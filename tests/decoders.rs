@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use omniroute::core::index::AvailabilityIndex;
-use omniroute::engine::sequencer::Txn;
+use omniroute::engine::sequencer::{SharedSeen, Txn};
 use omniroute::engine::{Engine, Image};
 use omniroute::store;
 use proptest::prelude::*;
@@ -137,6 +137,27 @@ proptest! {
         let keep = cut.index(bytes.len() + 1);
         let _ = Txn::decode(&bytes[..keep]);
         let _ = Txn::decode(&bytes);
+    }
+
+    #[test]
+    fn the_replays_validator_agrees_with_rkyvs(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6)) {
+        // Proves the replay's validator (its shared-pointer list kept from payload to payload)
+        // accepts exactly the damaged payloads rkyv's own validator accepts, also with the list
+        // left over from another payload.
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&samples().1);
+        for (at, value) in flips {
+            let i = at.index(aligned.len());
+            aligned[i] = value;
+        }
+        let mut seen = SharedSeen::default();
+        let mut first = rkyv::util::AlignedVec::<16>::new();
+        first.extend_from_slice(&samples().1);
+        prop_assert!(Txn::validate_with(&first, &mut seen).is_ok());
+        let ours = Txn::validate_with(&aligned, &mut seen).map(|t| t.orders.len());
+        let rkyvs = Txn::validate(&aligned).map(|t| t.orders.len());
+        prop_assert_eq!(ours.is_ok(), rkyvs.is_ok(), "ours {:?}, rkyv's {:?}", ours, rkyvs);
+        prop_assert_eq!(ours.ok(), rkyvs.ok());
     }
 
     #[test]

@@ -64,6 +64,12 @@ pub struct AvailabilityIndex {
     rows: Box<[OnceLock<SkuRow>]>,
     sku_count: AtomicU32,
     nodes: Box<[NodeView]>,
+    /// Bit `n % 64` of word `n / 64`: node n is online with capacity left,
+    /// the one question the planner asks of every node. Written only when
+    /// that answer flips, so a planner on another core keeps these words
+    /// cached, where the views change with every allocation and their
+    /// lines kept moving to whichever core wrote them last.
+    open: Box<[AtomicU64]>,
     /// Bumped whenever a node goes on or offline or its capacity runs out
     /// or comes back: what a plan's node filter reads.
     node_epoch: AtomicU64,
@@ -82,6 +88,9 @@ impl AvailabilityIndex {
                     capacity_left: AtomicU32::new(0),
                     capacity_used: AtomicU32::new(0),
                 })
+                .collect(),
+            open: (0..node_count.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
                 .collect(),
             node_epoch: AtomicU64::new(0),
         }
@@ -224,6 +233,13 @@ impl AvailabilityIndex {
         self.node_epoch.load(Ordering::Acquire)
     }
 
+    /// Online with capacity left (as last published by its ledger).
+    #[inline]
+    pub fn node_open(&self, node: NodeIdx) -> bool {
+        let node = node as usize;
+        self.open[node / 64].load(Ordering::Relaxed) & (1 << (node % 64)) != 0
+    }
+
     #[inline]
     pub fn node_online(&self, node: NodeIdx) -> bool {
         self.nodes[node as usize].online.load(Ordering::Relaxed)
@@ -260,6 +276,14 @@ impl AvailabilityIndex {
         view.capacity_used.store(capacity_used, Ordering::Relaxed);
         view.capacity_left.store(capacity_left, Ordering::Relaxed);
         if before != (online, capacity_left == 0) {
+            // Before the epoch: a plan whose stamp still holds read this bit.
+            let bit = 1u64 << (node as usize % 64);
+            let word = &self.open[node as usize / 64];
+            if online && capacity_left > 0 {
+                word.fetch_or(bit, Ordering::Relaxed);
+            } else {
+                word.fetch_and(!bit, Ordering::Relaxed);
+            }
             // Every node's ledger may bump it, hence an atomic add.
             self.node_epoch.fetch_add(1, Ordering::AcqRel);
         }
@@ -281,6 +305,29 @@ mod tests {
         assert_eq!(index.lookup("B"), Some(1));
         assert_eq!(index.lookup("C"), None);
         assert_eq!(index.sku_name(1), Some("B"));
+    }
+
+    #[test]
+    fn a_node_is_open_while_online_with_capacity_left() {
+        // Proves the planner's open bit follows every publish of online and capacity, for nodes
+        // on both sides of a word boundary, and that each flip (only a flip) bumps the epoch.
+        let index = AvailabilityIndex::new(70, 1);
+        for node in [0 as NodeIdx, 63, 64, 69] {
+            assert!(!index.node_open(node));
+            let epoch = index.node_epoch();
+            index.publish_node(node, true, 0, 5);
+            assert!(index.node_open(node));
+            index.publish_node(node, true, 1, 4);
+            assert!(index.node_open(node));
+            assert_eq!(index.node_epoch(), epoch + 1, "only the flip bumps");
+            index.publish_node(node, true, 5, 0);
+            assert!(!index.node_open(node), "full");
+            index.publish_node(node, false, 0, 5);
+            assert!(!index.node_open(node), "offline");
+            index.publish_node(node, true, 0, 5);
+            assert!(index.node_open(node));
+        }
+        assert!(!index.node_open(1) && !index.node_open(65));
     }
 
     #[test]

@@ -339,24 +339,7 @@ async fn hold_stock_round<P: Participants>(
             ),
         };
         match planned {
-            Err(PlanError::NoEligibleNode) => {
-                state.outcome = Some(Placement::Failed(RejectReason::NoEligibleNode))
-            }
-            Err(PlanError::Unavailable { lines }) => {
-                let lines = lines
-                    .into_iter()
-                    .map(|i| {
-                        let line = &attempt.lines[i];
-                        ShortLine {
-                            line: line.line,
-                            sku: line.sku,
-                            requested: line.qty,
-                            available: 0,
-                        }
-                    })
-                    .collect();
-                state.outcome = Some(Placement::Failed(RejectReason::Short { lines }));
-            }
+            Err(error) => state.outcome = Some(unplanned(attempt, error)),
             Ok(plan) => {
                 state.truncated = plan.truncated;
                 let partial = context.network.policy(attempt.channel).on_short == OnShort::Partial;
@@ -404,6 +387,31 @@ async fn hold_stock_round<P: Participants>(
         );
         for ((i, line_pos), outcome) in slots.into_iter().zip(outcomes) {
             progress[i].held[line_pos] = outcome;
+        }
+    }
+}
+
+/// What an attempt whose plan failed comes to: it fails as it is, having
+/// held nothing, and leaves the other attempts placed with it as they
+/// would be without it (a caller holding a failed plan made ahead may skip
+/// placing it).
+pub fn unplanned(attempt: &Attempt, error: PlanError) -> Placement {
+    match error {
+        PlanError::NoEligibleNode => Placement::Failed(RejectReason::NoEligibleNode),
+        PlanError::Unavailable { lines } => {
+            let lines = lines
+                .into_iter()
+                .map(|i| {
+                    let line = &attempt.lines[i];
+                    ShortLine {
+                        line: line.line,
+                        sku: line.sku,
+                        requested: line.qty,
+                        available: 0,
+                    }
+                })
+                .collect();
+            Placement::Failed(RejectReason::Short { lines })
         }
     }
 }

@@ -390,7 +390,7 @@ fn eligible_nodes(
         if filters.same_market && request.market != Some(node.market) {
             continue;
         }
-        if !index.node_online(idx) || index.capacity_left(idx) == 0 {
+        if !index.node_open(idx) {
             continue;
         }
         // Stock before distance: most nodes hold none of a given order's

@@ -55,6 +55,93 @@ impl Txn {
     pub fn validate(aligned: &[u8]) -> Result<&ArchivedTxn, String> {
         rkyv::access::<ArchivedTxn, rkyv::rancor::Error>(aligned).map_err(|e| e.to_string())
     }
+
+    /// [`Txn::validate`] for a reader of many payloads: the same checks,
+    /// with the shared-pointer bookkeeping kept in `seen` from one payload
+    /// to the next, where rkyv's own validator builds a hash map for each
+    /// (one allocation and a hash per order's shared id string).
+    pub fn validate_with<'a>(
+        aligned: &'a [u8],
+        seen: &mut SharedSeen,
+    ) -> Result<&'a ArchivedTxn, String> {
+        seen.0.clear();
+        let mut validator = rkyv::validation::Validator::new(
+            rkyv::validation::archive::ArchiveValidator::new(aligned),
+            seen,
+        );
+        rkyv::api::access_with_context::<ArchivedTxn, _, rkyv::rancor::Error>(
+            aligned,
+            &mut validator,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The shared pointers one payload's validation has met: (address, type,
+/// metadata, finished). A payload holds a few (one id string per order),
+/// so a short list searched in place beats a map.
+#[derive(Default)]
+pub struct SharedSeen(Vec<(usize, std::any::TypeId, rkyv::de::Metadata, bool)>);
+
+/// Why a payload's shared pointers do not check: the rules of rkyv's own
+/// `SharedValidator`, which this follows.
+#[derive(Debug, thiserror::Error)]
+enum SharedMismatch {
+    #[error("a shared pointer is read as two types")]
+    Type,
+    #[error("a shared pointer has two lengths")]
+    Metadata,
+    #[error("a shared pointer finished before it started")]
+    NotStarted,
+    #[error("a shared pointer finished twice")]
+    Finished,
+}
+
+impl<E: rkyv::rancor::Source> rkyv::validation::SharedContext<E> for &mut SharedSeen {
+    fn start_shared(
+        &mut self,
+        shared_type_id: std::any::TypeId,
+        ptr: rkyv::de::ErasedPtr,
+        metadata_is_eq: unsafe fn(rkyv::de::Metadata, rkyv::de::Metadata) -> bool,
+    ) -> Result<rkyv::validation::shared::ValidationState, E> {
+        use rkyv::validation::shared::ValidationState;
+        let address = ptr.data_address() as usize;
+        let Some(&(_, type_id, metadata, finished)) = self.0.iter().find(|(a, ..)| *a == address)
+        else {
+            self.0
+                .push((address, shared_type_id, ptr.metadata(), false));
+            return Ok(ValidationState::Started);
+        };
+        if type_id != shared_type_id {
+            return Err(E::new(SharedMismatch::Type));
+        }
+        // SAFETY: both metadata were taken from pointers of this type
+        // (the type ids are equal), as rkyv's own validator relies on.
+        if !unsafe { metadata_is_eq(ptr.metadata(), metadata) } {
+            return Err(E::new(SharedMismatch::Metadata));
+        }
+        Ok(if finished {
+            ValidationState::Finished
+        } else {
+            ValidationState::Pending
+        })
+    }
+
+    fn finish_shared(
+        &mut self,
+        _shared_type_id: std::any::TypeId,
+        ptr: rkyv::de::ErasedPtr,
+    ) -> Result<(), E> {
+        let address = ptr.data_address() as usize;
+        match self.0.iter_mut().find(|(a, ..)| *a == address) {
+            None => Err(E::new(SharedMismatch::NotStarted)),
+            Some((.., true)) => Err(E::new(SharedMismatch::Finished)),
+            Some((.., finished)) => {
+                *finished = true;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Where changes are sequenced: a journal on disk, or (for tests and
