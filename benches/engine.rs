@@ -1,6 +1,8 @@
 //! Throughput of plan + reserve through the actor engine on the sample
 //! network (1 to 3 lines), of one hot SKU, and of the sans-IO core alone,
-//! so that the cost of the actor shell can be read off as a ratio.
+//! so that the cost of the actor shell can be read off as a ratio; and of
+//! the planner alone on a line in stock and on one sold out everywhere (a
+//! flash sale's buyers after the sell-out).
 //!
 //! Run: `cargo bench --bench engine`. Each iteration routes `ROUND` orders
 //! from `SUBMITTERS` concurrent callers in batches of `BATCH`.
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use omniroute::config::{Config, ValidConfig};
+use omniroute::core::geo::GeoPoint;
 use omniroute::core::model::{FulfilmentMethod, LineRequest, OrderRequest, ShipTo};
+use omniroute::core::policy::{plan, Method, PlanLine, PlanRequest};
 use omniroute::engine::{Engine, StockUpdate, SystemClock};
 use omniroute::sample::SampleOrders;
 
@@ -184,5 +188,49 @@ fn core_only(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, engine_plan_reserve, hot_sku, core_only);
+fn planner(c: &mut Criterion) {
+    let config = sample_config();
+    let local = config.local_engine(0);
+    let sold_out = local.index.intern("SOLD-OUT").expect("a catalog slot");
+    let network = &local.network;
+    let web = network
+        .channel_idx("web")
+        .expect("the sample's web channel");
+    let policy = network.policy(web);
+    let berlin = GeoPoint::new(52.52, 13.40).expect("a point");
+    let mut group = c.benchmark_group("planner_one_line");
+    group.throughput(Throughput::Elements(PLANS));
+    let stocked = (0..local.index.sku_count() as u32)
+        .find(|&sku| local.index.atp_total(sku) > 0)
+        .expect("a stocked sample SKU");
+    for (name, sku) in [("in_stock", stocked), ("sold_out", sold_out)] {
+        let lines = [PlanLine {
+            line: 0,
+            sku,
+            qty: 1,
+        }];
+        let request = PlanRequest {
+            order: 1,
+            lines: &lines,
+            ship_to: berlin,
+            market: None,
+            method: Method::Ship,
+            excluded: &[],
+            widen: false,
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for _ in 0..PLANS {
+                    std::hint::black_box(plan(network, policy, &local.index, &request).is_ok());
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Plans per iteration of the planner bench.
+const PLANS: u64 = 1024;
+
+criterion_group!(benches, engine_plan_reserve, hot_sku, core_only, planner);
 criterion_main!(benches);

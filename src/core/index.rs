@@ -21,6 +21,11 @@ struct SkuRow {
     /// [`WATCHED_BELOW_UNITS`]: the only changes that can turn a plan's
     /// "has some" or "covers the line" (see [`crate::core::policy::PlanStamp`]).
     low_version: AtomicU64,
+    /// ATP summed over the nodes: zero says "sold out everywhere" in one
+    /// load, where the row takes one per node (most buyers in a flash sale
+    /// ask for a SKU that is gone). Next to `low_version`, which a stamp
+    /// reads anyway.
+    total: AtomicU64,
 }
 
 /// Counts under this many units are watched by [`AvailabilityIndex::low_version`].
@@ -145,6 +150,7 @@ impl AvailabilityIndex {
             name: name.into(),
             atp: (0..self.node_count).map(|_| AtomicU32::new(0)).collect(),
             low_version: AtomicU64::new(0),
+            total: AtomicU64::new(0),
         };
         assert!(
             self.rows[id as usize].set(row).is_ok(),
@@ -187,16 +193,13 @@ impl AvailabilityIndex {
         )
     }
 
-    /// Sum of ATP over all nodes.
+    /// Sum of ATP over all nodes (0 for an unknown SKU), as published.
+    #[inline]
     pub fn atp_total(&self, sku: SkuId) -> u64 {
-        match self.rows.get(sku as usize).and_then(OnceLock::get) {
-            Some(row) => row
-                .atp
-                .iter()
-                .map(|a| u64::from(a.load(Ordering::Relaxed)))
-                .sum(),
-            None => 0,
-        }
+        self.rows
+            .get(sku as usize)
+            .and_then(OnceLock::get)
+            .map_or(0, |row| row.total.load(Ordering::Relaxed))
     }
 
     /// Called only by the shard that owns `sku` (the one writer of its row).
@@ -206,6 +209,16 @@ impl AvailabilityIndex {
             let cell = &row.atp[node as usize];
             let old = cell.load(Ordering::Relaxed);
             cell.store(atp, Ordering::Relaxed);
+            if old != atp {
+                // One writer per row (its shard): a load and a store suffice.
+                let total = row.total.load(Ordering::Relaxed);
+                row.total.store(
+                    total
+                        .wrapping_add(u64::from(atp))
+                        .wrapping_sub(u64::from(old)),
+                    Ordering::Relaxed,
+                );
+            }
             if old != atp && old.min(atp) < WATCHED_BELOW_UNITS {
                 // Released after the count: whoever reads this version and
                 // then the count sees this count or a later one.
@@ -347,6 +360,8 @@ mod tests {
                 assert_eq!(index.atp(sku, 0), 10 + sku);
                 assert_eq!(index.atp_row(sku).get(last), 20 + sku);
                 assert_eq!(index.atp_total(sku), u64::from(30 + 2 * sku));
+                index.publish_atp(sku, 0, 3);
+                assert_eq!(index.atp_total(sku), u64::from(23 + sku), "a lower count");
                 assert_eq!(index.sku_name(sku), Some(format!("S{sku}").as_str()));
             }
             assert_eq!(index.atp(7, 0), 0);

@@ -379,7 +379,14 @@ fn eligible_nodes(
     let mut eligible: SmallVec<[Eligible; 64]> = SmallVec::new();
     let mut stocked_lines = 0u64;
     let mut any_eligible = false;
+    // Sold out everywhere (by the index's totals): no node's counts can
+    // make it eligible, so only whether any node passes the filters is
+    // left to learn, and the first that does ends the scan.
+    let sold_out = !request.widen && request.lines.iter().all(|l| index.atp_total(l.sku) == 0);
     for (i, node) in network.nodes.iter().enumerate() {
+        if sold_out && any_eligible {
+            break;
+        }
         let idx = i as NodeIdx;
         if !node.capabilities.intersects(wanted) || request.excluded.contains(&idx) {
             continue;
@@ -398,7 +405,8 @@ fn eligible_nodes(
         let mut covers = 0u64;
         let mut stocked = 0u64;
         let mut stock = 0u64;
-        for (bit, (line, row)) in request.lines.iter().zip(rows).enumerate() {
+        let lines = if sold_out { &[][..] } else { request.lines };
+        for (bit, (line, row)) in lines.iter().zip(rows).enumerate() {
             let atp = row.get(idx);
             stock += u64::from(atp);
             if atp > 0 {
