@@ -344,6 +344,34 @@ mod tests {
     }
 
     #[test]
+    fn a_skus_total_is_the_sum_of_its_counts() {
+        // Proves the total the planner reads as "sold out everywhere" equals the row's sum after
+        // every publish, counts going to and from zero included.
+        let index = AvailabilityIndex::new(5, 3);
+        for sku in 0..3u32 {
+            index.intern(&format!("S{sku}")).unwrap();
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..10_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let (sku, node) = ((state % 3) as SkuId, ((state >> 8) % 5) as NodeIdx);
+            let atp = if state & (1 << 20) == 0 {
+                0
+            } else {
+                ((state >> 24) % 9) as u32
+            };
+            index.publish_atp(sku, node, atp);
+            for sku in 0..3 {
+                let sum: u64 = (0..5).map(|n| u64::from(index.atp(sku, n))).sum();
+                assert_eq!(index.atp_total(sku), sum);
+            }
+        }
+        assert_eq!(index.atp_total(7), 0, "unknown SKU");
+    }
+
+    #[test]
     fn each_sku_keeps_its_own_row() {
         // Proves each SKU's ATP lands in its own row across network sizes, and an unknown SKU reads as zero.
         for node_count in [3, 32_768, 40_000] {
