@@ -500,6 +500,11 @@ pub struct Summary {
     /// the p99 of a run at half of it.
     pub highest_sustainable_rate: Option<f64>,
     pub p99_at_half_max_us: Option<u64>,
+    /// How the target kept what it answered: "fsync" or "none". For the
+    /// daemon --spawn-server started, what it was started with; for Redis,
+    /// its settings as read back from the server; None for a daemon this
+    /// run did not start.
+    pub durability: Option<String>,
     /// With --compare-redis: the same work against Redis, and omniroute's
     /// highest sustainable rate over Redis's.
     pub redis: Option<Box<Summary>>,

@@ -2,6 +2,7 @@
 //! stream per connection) or Redis (an all-or-nothing Lua reservation
 //! script, pipelined per tick). Both answer into the same collector.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use omniroute_client::protocol::{
@@ -241,20 +242,39 @@ pub async fn quic(clients: &[Client], events: &mpsc::Sender<Event>) -> Result<Si
 }
 
 /// A `redis-server` of our own on a free loopback port, with no
-/// persistence; stopped when dropped.
+/// persistence or (`fsync`) an append-only file fsynced on every write in
+/// a directory of its own; stopped, and the directory removed, when dropped.
 pub struct RedisServer {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     pub port: u16,
+    dir: PathBuf,
 }
 
-pub async fn start_redis() -> Result<RedisServer, String> {
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn start_redis(fsync: bool) -> Result<RedisServer, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
-    let dir = std::env::temp_dir();
+    let dir = std::env::temp_dir().join(format!(
+        "omniroute-loadtest-redis-{}-{port}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let persistence: &[&str] = if fsync {
+        &["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        &["--appendonly", "no"]
+    };
     let mut child = tokio::process::Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--protected-mode", "yes"])
+        .args(persistence)
         .arg("--dir")
         .arg(&dir)
         .stdout(std::process::Stdio::piped())
@@ -277,10 +297,7 @@ pub async fn start_redis() -> Result<RedisServer, String> {
     .map_err(|_| "redis-server did not start within 20 s".to_string())??;
     // Keep draining its log so that it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(RedisServer {
-        _child: child,
-        port,
-    })
+    Ok(RedisServer { child, port, dir })
 }
 
 /// Connections to the Redis side, the script loaded, and the scenario's
@@ -334,6 +351,35 @@ pub async fn redis(
 }
 
 /// The final stock of each SKU on the Redis side.
+/// How the Redis server keeps writes, read back from it: "fsync" (an
+/// append-only file fsynced on every write), "none" (no append-only file),
+/// or the `appendfsync` policy it has otherwise.
+pub async fn redis_durability(
+    admin: &mut redis::aio::MultiplexedConnection,
+) -> Result<String, String> {
+    let setting = |name: &'static str| {
+        let mut admin = admin.clone();
+        async move {
+            let pair: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut admin)
+                .await
+                .map_err(|e| format!("redis CONFIG GET {name}: {e}"))?;
+            pair.get(1)
+                .cloned()
+                .ok_or_else(|| format!("redis CONFIG GET {name}: no value"))
+        }
+    };
+    let append_only = setting("appendonly").await?;
+    let policy = setting("appendfsync").await?;
+    Ok(match (append_only.as_str(), policy.as_str()) {
+        ("no", _) => "none".to_string(),
+        (_, "always") => "fsync".to_string(),
+        (_, other) => format!("appendfsync {other}"),
+    })
+}
+
 pub async fn redis_stock(
     admin: &mut redis::aio::MultiplexedConnection,
     skus: &[String],

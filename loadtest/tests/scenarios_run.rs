@@ -141,6 +141,11 @@ fn compare_redis_measures_both_sides_and_prints_the_ratio() {
         assert_eq!(redis["oversold_units"], 0, "{summary}");
         assert_eq!(redis["stock_mismatch_units"], 0, "{summary}");
         assert!(stdout.contains("no routing, no fsync"), "{stdout}");
+        assert_eq!(
+            redis["durability"], "none",
+            "read back from the server: {summary}"
+        );
+        assert_eq!(summary["durability"], "fsync", "{summary}");
         let last = stdout.trim_end().lines().last().unwrap_or_default();
         let (ours, theirs) = (
             summary["highest_sustainable_rate"].as_f64(),
@@ -159,6 +164,35 @@ fn compare_redis_measures_both_sides_and_prints_the_ratio() {
         return;
     }
     panic!("no run of {COMPARE_ATTEMPTS} found a sustainable rate on both sides");
+}
+
+#[test]
+fn redis_fsync_makes_the_redis_side_durable_too() {
+    // Proves --redis-fsync starts Redis with an append-only file fsynced on every write (read
+    // back from the server, not assumed), says so, and still audits 0 oversold.
+    let (stdout, summary) = run(
+        "redis-fsync",
+        &[
+            "--scenario",
+            &scenario("flash-sale"),
+            "--rate",
+            "1000",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--compare-redis",
+            "--redis-fsync",
+        ],
+    );
+    let redis = &summary["redis"];
+    assert_eq!(redis["durability"], "fsync", "{summary}");
+    assert_eq!(redis["oversold_units"], 0, "{summary}");
+    assert!(redis["requests"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert!(
+        stdout.contains("append-only file fsynced on every write"),
+        "{stdout}"
+    );
 }
 
 #[test]
