@@ -629,11 +629,14 @@ pub fn verify_snapshot_bytes(
     let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
     let (lsn, body) = parse_snapshot(&aligned)?;
-    let e = |e: rancor::Error| e.to_string();
+    fn e(error: impl std::fmt::Display) -> String {
+        error.to_string()
+    }
     if name == "catalog" {
-        rkyv::access::<rkyv::Archived<Vec<String>>, rancor::Error>(body).map_err(e)?;
+        rkyv::access::<rkyv::Archived<Vec<String>>, rancor::BoxedError>(body).map_err(e)?;
     } else if name.starts_with("shard-") {
-        let image = rkyv::access::<rkyv::Archived<ShardImage>, rancor::Error>(body).map_err(e)?;
+        let image =
+            rkyv::access::<rkyv::Archived<ShardImage>, rancor::BoxedError>(body).map_err(e)?;
         StockShard::from_image(image, index)?;
     } else if name.starts_with("node-") {
         rkyv::from_bytes::<LedgerImage, rancor::Error>(body).map_err(e)?;
@@ -657,7 +660,7 @@ fn router_archives<'a>(
     body: &'a [u8],
 ) -> Result<Vec<&'a rkyv::Archived<Vec<OrderRecord>>>, String> {
     let access = |archive: &'a [u8]| {
-        rkyv::access::<rkyv::Archived<Vec<OrderRecord>>, rancor::Error>(archive)
+        rkyv::access::<rkyv::Archived<Vec<OrderRecord>>, rancor::BoxedError>(archive)
             .map_err(|e| e.to_string())
     };
     if !bytes.starts_with(BOOK_MAGIC) {
@@ -746,7 +749,7 @@ pub fn open(
     let catalog = load_snapshot(dir, "catalog")?;
     let catalog_lsn = catalog.as_ref().map_or(0, |c| c.lsn);
     if let Some(loaded) = &catalog {
-        let names = rkyv::access::<rkyv::Archived<Vec<String>>, rancor::Error>(loaded.body())
+        let names = rkyv::access::<rkyv::Archived<Vec<String>>, rancor::BoxedError>(loaded.body())
             .map_err(|e| loaded.damaged(e))?;
         for (id, name) in names.iter().enumerate() {
             let got = index.intern(name.as_str()).map_err(|e| loaded.damaged(e))?;
@@ -768,9 +771,10 @@ pub fn open(
                 let index = index.clone();
                 scope.spawn(move || -> Result<Option<StockShard>, StoreError> {
                     let Some(loaded) = file else { return Ok(None) };
-                    let image =
-                        rkyv::access::<rkyv::Archived<ShardImage>, rancor::Error>(loaded.body())
-                            .map_err(|e| loaded.damaged(e))?;
+                    let image = rkyv::access::<rkyv::Archived<ShardImage>, rancor::BoxedError>(
+                        loaded.body(),
+                    )
+                    .map_err(|e| loaded.damaged(e))?;
                     StockShard::from_image(image, index)
                         .map(Some)
                         .map_err(|e| loaded.damaged(e))

@@ -93,6 +93,21 @@ fn the_samples_decode() {
 }
 
 #[test]
+fn a_damaged_payload_is_refused_with_what_failed() {
+    // Proves the refusal names what the check found (in release builds too), not rkyv's
+    // placeholder that asks the operator for a debug build.
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&samples().1);
+    let end = aligned.len();
+    aligned[end - 20] ^= 0xff;
+    let Err(message) = Txn::validate(&aligned) else {
+        panic!("a damaged payload validated");
+    };
+    assert!(!message.contains("without error information"), "{message}");
+    assert!(!message.is_empty());
+}
+
+#[test]
 fn a_router_snapshot_from_before_books_still_loads() {
     // Proves a router snapshot written as one archive (before books were streamed in chunks)
     // is still read, and that a book's chunk that claims more orders than it holds is refused.

@@ -53,7 +53,7 @@ impl Txn {
     /// address (rkyv's alignment) and reads it in place: for readers that
     /// look at a few fields of every record, like the what-if replay.
     pub fn validate(aligned: &[u8]) -> Result<&ArchivedTxn, String> {
-        rkyv::access::<ArchivedTxn, rkyv::rancor::Error>(aligned).map_err(|e| e.to_string())
+        rkyv::access::<ArchivedTxn, rkyv::rancor::BoxedError>(aligned).map_err(|e| e.to_string())
     }
 
     /// [`Txn::validate`] for a reader of many payloads: the same checks,
@@ -69,7 +69,7 @@ impl Txn {
             rkyv::validation::archive::ArchiveValidator::new(aligned),
             seen,
         );
-        rkyv::api::access_with_context::<ArchivedTxn, _, rkyv::rancor::Error>(
+        rkyv::api::access_with_context::<ArchivedTxn, _, rkyv::rancor::BoxedError>(
             aligned,
             &mut validator,
         )
