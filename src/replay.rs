@@ -899,10 +899,6 @@ impl Placer<'_> {
         if fresh.is_empty() {
             return Ok(());
         }
-        // A plan made ahead that still holds and failed is the placement
-        // itself (`unplanned`): most orders for a sold-out SKU end here,
-        // without a round through `place`.
-        let mut placements: SmallVec<[Option<Placement>; 1]> = SmallVec::new();
         for ((new, attempt), made) in fresh.iter().zip(attempts).zip(plans.iter_mut()) {
             let holds = new
                 .stamp
@@ -914,38 +910,26 @@ impl Placer<'_> {
                 *made = None;
                 report.plans_in_line += 1;
             }
-            placements.push(match made.take_if(|m| m.is_err()) {
-                Some(Err(error)) => Some(unplanned(attempt, error)),
-                _ => None,
-            });
         }
-        let to_place = placements.iter().filter(|p| p.is_none()).count();
-        if to_place == attempts.len() {
-            for (slot, placed) in placements.iter_mut().zip(world.place(attempts, plans)) {
-                *slot = Some(placed);
-            }
-        } else if to_place > 0 {
-            // Rare: a record with new orders of both kinds. The rest are
-            // placed together, in their order, as they would be with the
-            // failed ones among them.
-            let (rest, mut rest_plans): (Vec<Attempt>, Vec<Option<Planned>>) = placements
+        // When every plan made ahead still holds and failed, those are the
+        // placements (`unplanned`, as `place` would say): most orders for a
+        // sold-out SKU end here, without a round through `place`, which
+        // handles a record of mixed new orders the same way itself.
+        let placements: Vec<Placement> = if plans.iter().all(|p| matches!(p, Some(Err(_)))) {
+            attempts
                 .iter()
-                .zip(attempts.iter().zip(plans.iter_mut()))
-                .filter(|(placed, _)| placed.is_none())
-                .map(|(_, (attempt, made))| (attempt.clone(), made.take()))
-                .unzip();
-            let mut placed = world.place(&rest, &mut rest_plans).into_iter();
-            for slot in placements.iter_mut().filter(|p| p.is_none()) {
-                *slot = placed.next();
-            }
-        }
-        let placements = placements
-            .into_iter()
-            .map(|p| p.expect("every new order is placed"));
+                .zip(plans.iter_mut())
+                .map(|(attempt, made)| {
+                    let error = made.take().and_then(Result::err);
+                    unplanned(attempt, error.expect("every plan failed, as checked"))
+                })
+                .collect()
+        } else {
+            world.place(attempts, plans)
+        };
         for (((new, attempt), record), placement) in
-            fresh.iter().zip(attempts).zip(new_records).zip(placements)
+            fresh.iter().zip(attempts).zip(new_records).zip(&placements)
         {
-            let placement = &placement;
             report.what_if.count(
                 &world.network,
                 attempt.ship_to,

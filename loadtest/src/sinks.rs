@@ -252,6 +252,7 @@ pub struct RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // Before its directory goes (kill_on_drop would come after).
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -350,29 +351,14 @@ pub async fn redis(
     ))
 }
 
-/// The final stock of each SKU on the Redis side.
 /// How the Redis server keeps writes, read back from it: "fsync" (an
 /// append-only file fsynced on every write), "none" (no append-only file),
 /// or the `appendfsync` policy it has otherwise.
 pub async fn redis_durability(
     admin: &mut redis::aio::MultiplexedConnection,
 ) -> Result<String, String> {
-    let setting = |name: &'static str| {
-        let mut admin = admin.clone();
-        async move {
-            let pair: Vec<String> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(&mut admin)
-                .await
-                .map_err(|e| format!("redis CONFIG GET {name}: {e}"))?;
-            pair.get(1)
-                .cloned()
-                .ok_or_else(|| format!("redis CONFIG GET {name}: no value"))
-        }
-    };
-    let append_only = setting("appendonly").await?;
-    let policy = setting("appendfsync").await?;
+    let append_only = config_get(admin, "appendonly").await?;
+    let policy = config_get(admin, "appendfsync").await?;
     Ok(match (append_only.as_str(), policy.as_str()) {
         ("no", _) => "none".to_string(),
         (_, "always") => "fsync".to_string(),
@@ -380,6 +366,23 @@ pub async fn redis_durability(
     })
 }
 
+/// One setting of the Redis server, as `CONFIG GET` answers it.
+async fn config_get(
+    admin: &mut redis::aio::MultiplexedConnection,
+    name: &str,
+) -> Result<String, String> {
+    let pair: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(admin)
+        .await
+        .map_err(|e| format!("redis CONFIG GET {name}: {e}"))?;
+    pair.get(1)
+        .cloned()
+        .ok_or_else(|| format!("redis CONFIG GET {name}: no value"))
+}
+
+/// The final stock of each SKU on the Redis side.
 pub async fn redis_stock(
     admin: &mut redis::aio::MultiplexedConnection,
     skus: &[String],

@@ -209,17 +209,18 @@ impl AvailabilityIndex {
             let cell = &row.atp[node as usize];
             let old = cell.load(Ordering::Relaxed);
             cell.store(atp, Ordering::Relaxed);
-            if old != atp {
-                // One writer per row (its shard): a load and a store suffice.
-                let total = row.total.load(Ordering::Relaxed);
-                row.total.store(
-                    total
-                        .wrapping_add(u64::from(atp))
-                        .wrapping_sub(u64::from(old)),
-                    Ordering::Relaxed,
-                );
+            if old == atp {
+                return;
             }
-            if old != atp && old.min(atp) < WATCHED_BELOW_UNITS {
+            // One writer per row (its shard): a load and a store suffice.
+            let total = row.total.load(Ordering::Relaxed);
+            row.total.store(
+                total
+                    .wrapping_add(u64::from(atp))
+                    .wrapping_sub(u64::from(old)),
+                Ordering::Relaxed,
+            );
+            if old.min(atp) < WATCHED_BELOW_UNITS {
                 // Released after the count: whoever reads this version and
                 // then the count sees this count or a later one.
                 let version = row.low_version.load(Ordering::Relaxed);
