@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::TempDir;
+use omniroute::journal::record::RECORD_PREFIX_BYTES;
 use omniroute_protocol::{Decision, Method, Order, OrderKey, StockSet};
 
 /// A and B: the store next to the customer has only A; the southern
@@ -173,22 +174,30 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
 
     // The journal's reading runs on a thread of its own: a cut tail and a
     // damaged record must still come back as a report and a clear error.
-    // The writer moves to a prepared (all-zero) segment after a commit, so
-    // the newest segment may hold no record yet: those are removed, as if
-    // the crash came before that move, and the tail of the last segment
-    // with records is cut.
+    // The cut falls in the middle of the whole journal's records, as if
+    // the crash came while writing that record: its segment is torn there
+    // and the later ones never made. (Cutting the last segment with records
+    // was flaky: under load the writer's segments can end such that the
+    // last one holds only follow-ups, and then every order survived.)
     let segments = common::journal_segments(&dir.0.join("journal"));
-    let mut newest = segments.iter().rev();
-    let (last, mut bytes) = loop {
-        let last = newest.next().expect("a segment with records");
-        let bytes = std::fs::read(last).unwrap();
-        if bytes.iter().any(|b| *b != 0) {
-            break (last, bytes);
-        }
-        std::fs::remove_file(last).unwrap();
-    };
-    let used = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
-    bytes[used / 2..].fill(0);
+    let found: Vec<(usize, usize)> = segments
+        .iter()
+        .enumerate()
+        .flat_map(|(i, path)| {
+            let bytes = std::fs::read(path).unwrap();
+            omniroute::journal::record::scan(&bytes, None)
+                .records
+                .into_iter()
+                .map(move |record| (i, record.offset))
+        })
+        .collect();
+    let (torn, offset) = found[found.len() / 2];
+    for later in &segments[torn + 1..] {
+        std::fs::remove_file(later).unwrap();
+    }
+    let last = &segments[torn];
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes[offset + RECORD_PREFIX_BYTES + 1..].fill(0);
     std::fs::write(last, &bytes).unwrap();
     let (stdout, cut) = replay(&dir.0, &nearest, &nearest);
     assert_eq!(cut["torn_tail"], true, "{stdout}");

@@ -16,6 +16,11 @@ use super::model::{NodeIdx, SkuId};
 /// One SKU's slot: its external name and ATP per node.
 struct SkuRow {
     name: Box<str>,
+    /// ATP per node, then [`STOCKED_WORD_NODES`] nodes to a word, bit
+    /// `n % 32` of word `n / 32` set while node n's ATP is above zero:
+    /// planners walk only the nodes that have some, where most of a
+    /// network holds none of a given SKU. One allocation, so the bits cost
+    /// no extra pointer to follow.
     atp: Box<[AtomicU32]>,
     /// Bumped on every change of a count that is, or was, below
     /// [`WATCHED_BELOW_UNITS`]: the only changes that can turn a plan's
@@ -28,9 +33,24 @@ struct SkuRow {
     total: AtomicU64,
 }
 
+/// Nodes per word of a row's stocked bits.
+pub const STOCKED_WORD_NODES: usize = 32;
+
 /// Counts under this many units are watched by [`AvailabilityIndex::low_version`].
 /// Lines asking for more than this cannot be stamped.
 pub const WATCHED_BELOW_UNITS: u32 = 4;
+
+/// A value alone on its cache line, so that writes to its neighbours do
+/// not take the line from a reader on another core.
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 /// Live view of a node's ledger.
 struct NodeView {
@@ -39,15 +59,36 @@ struct NodeView {
     capacity_used: AtomicU32,
 }
 
-/// A SKU's ATP per node; empty for an unknown SKU.
-#[derive(Clone, Copy)]
-pub struct AtpRow<'a>(Option<&'a [AtomicU32]>);
+/// A SKU's ATP per node, and which nodes have some; empty for an unknown
+/// SKU.
+#[derive(Clone, Copy, Default)]
+pub struct AtpRow<'a> {
+    cells: &'a [AtomicU32],
+    stocked: &'a [AtomicU32],
+}
 
-impl AtpRow<'_> {
+impl<'a> AtpRow<'a> {
+    fn new(atp: &'a [AtomicU32], node_count: usize) -> AtpRow<'a> {
+        let (cells, stocked) = atp.split_at(node_count);
+        AtpRow { cells, stocked }
+    }
+
     #[inline]
     pub fn get(&self, node: NodeIdx) -> u32 {
-        self.0
-            .map_or(0, |row| row[node as usize].load(Ordering::Relaxed))
+        self.cells
+            .get(node as usize)
+            .map_or(0, |cell| cell.load(Ordering::Relaxed))
+    }
+
+    /// Word `word` of the stocked bits: bit i says node `word * 32 + i`
+    /// has ATP above zero (0 past the end, or for an unknown SKU). It may
+    /// lag a count like any read of the index, and a count crossing zero
+    /// bumps the low version, so a stamp sees it.
+    #[inline]
+    pub fn stocked_word(&self, word: usize) -> u32 {
+        self.stocked
+            .get(word)
+            .map_or(0, |bits| bits.load(Ordering::Relaxed))
     }
 }
 
@@ -65,8 +106,12 @@ pub struct AvailabilityIndex {
     /// Name to id. Inserts happen only from stock feeds, never from orders,
     /// so a client cannot grow it.
     by_name: DashMap<Box<str>, SkuId, FxBuildHasher>,
-    /// Pre-sized so that a read never waits for a resize.
-    rows: Box<[OnceLock<SkuRow>]>,
+    /// Pre-sized so that a read never waits for a resize. A line each: the
+    /// shard writes a row's total and version with every change of its
+    /// counts, and packed rows of neighbouring SKUs (the hot ones are
+    /// interned together) shared lines that a planner on another core
+    /// kept losing.
+    rows: Box<[CacheLine<OnceLock<SkuRow>>]>,
     sku_count: AtomicU32,
     nodes: Box<[NodeView]>,
     /// Bit `n % 64` of word `n / 64`: node n is online with capacity left,
@@ -74,7 +119,7 @@ pub struct AvailabilityIndex {
     /// that answer flips, so a planner on another core keeps these words
     /// cached, where the views change with every allocation and their
     /// lines kept moving to whichever core wrote them last.
-    open: Box<[AtomicU64]>,
+    open: Box<[CacheLine<AtomicU64>]>,
     /// Bumped whenever a node goes on or offline or its capacity runs out
     /// or comes back: what a plan's node filter reads.
     node_epoch: AtomicU64,
@@ -85,7 +130,7 @@ impl AvailabilityIndex {
         AvailabilityIndex {
             node_count,
             by_name: DashMap::with_hasher(FxBuildHasher),
-            rows: (0..max_skus).map(|_| OnceLock::new()).collect(),
+            rows: (0..max_skus).map(|_| CacheLine(OnceLock::new())).collect(),
             sku_count: AtomicU32::new(0),
             nodes: (0..node_count)
                 .map(|_| NodeView {
@@ -95,7 +140,7 @@ impl AvailabilityIndex {
                 })
                 .collect(),
             open: (0..node_count.div_ceil(64))
-                .map(|_| AtomicU64::new(0))
+                .map(|_| CacheLine(AtomicU64::new(0)))
                 .collect(),
             node_epoch: AtomicU64::new(0),
         }
@@ -148,7 +193,9 @@ impl AvailabilityIndex {
         }
         let row = SkuRow {
             name: name.into(),
-            atp: (0..self.node_count).map(|_| AtomicU32::new(0)).collect(),
+            atp: (0..self.node_count + self.node_count.div_ceil(STOCKED_WORD_NODES))
+                .map(|_| AtomicU32::new(0))
+                .collect(),
             low_version: AtomicU64::new(0),
             total: AtomicU64::new(0),
         };
@@ -175,7 +222,7 @@ impl AvailabilityIndex {
     /// Available-to-promise as last published by the owning shard.
     #[inline]
     pub fn atp(&self, sku: SkuId, node: NodeIdx) -> u32 {
-        match self.rows.get(sku as usize).and_then(OnceLock::get) {
+        match self.rows.get(sku as usize).and_then(|slot| slot.get()) {
             Some(row) => row.atp[node as usize].load(Ordering::Relaxed),
             None => 0,
         }
@@ -185,12 +232,12 @@ impl AvailabilityIndex {
     /// many nodes does not look the SKU up for each.
     #[inline]
     pub fn atp_row(&self, sku: SkuId) -> AtpRow<'_> {
-        AtpRow(
-            self.rows
-                .get(sku as usize)
-                .and_then(OnceLock::get)
-                .map(|row| &*row.atp),
-        )
+        self.rows
+            .get(sku as usize)
+            .and_then(|slot| slot.get())
+            .map_or_else(AtpRow::default, |row| {
+                AtpRow::new(&row.atp, self.node_count)
+            })
     }
 
     /// Sum of ATP over all nodes (0 for an unknown SKU), as published.
@@ -198,19 +245,38 @@ impl AvailabilityIndex {
     pub fn atp_total(&self, sku: SkuId) -> u64 {
         self.rows
             .get(sku as usize)
-            .and_then(OnceLock::get)
+            .and_then(|slot| slot.get())
             .map_or(0, |row| row.total.load(Ordering::Relaxed))
+    }
+
+    /// Prefetches `sku`'s row header: the version a stamp check reads and
+    /// the total a publish writes.
+    #[inline]
+    pub fn prefetch_row(&self, sku: SkuId) {
+        if let Some(slot) = self.rows.get(sku as usize) {
+            super::prefetch(slot);
+        }
     }
 
     /// Called only by the shard that owns `sku` (the one writer of its row).
     #[inline]
     pub fn publish_atp(&self, sku: SkuId, node: NodeIdx, atp: u32) {
-        if let Some(row) = self.rows.get(sku as usize).and_then(OnceLock::get) {
+        if let Some(row) = self.rows.get(sku as usize).and_then(|slot| slot.get()) {
             let cell = &row.atp[node as usize];
             let old = cell.load(Ordering::Relaxed);
             cell.store(atp, Ordering::Relaxed);
             if old == atp {
                 return;
+            }
+            if (old == 0) != (atp == 0) {
+                let node = node as usize;
+                let bits = &row.atp[self.node_count + node / STOCKED_WORD_NODES];
+                let bit = 1u32 << (node % STOCKED_WORD_NODES);
+                let was = bits.load(Ordering::Relaxed);
+                bits.store(
+                    if atp == 0 { was & !bit } else { was | bit },
+                    Ordering::Relaxed,
+                );
             }
             // One writer per row (its shard): a load and a store suffice.
             let total = row.total.load(Ordering::Relaxed);
@@ -236,7 +302,7 @@ impl AvailabilityIndex {
     pub fn low_version(&self, sku: SkuId) -> Option<u64> {
         self.rows
             .get(sku as usize)
-            .and_then(OnceLock::get)
+            .and_then(|slot| slot.get())
             .map(|row| row.low_version.load(Ordering::Acquire))
     }
 
@@ -345,9 +411,9 @@ mod tests {
     }
 
     #[test]
-    fn a_skus_total_is_the_sum_of_its_counts() {
-        // Proves the total the planner reads as "sold out everywhere" equals the row's sum after
-        // every publish, counts going to and from zero included.
+    fn a_skus_total_and_stocked_bits_follow_its_counts() {
+        // Proves the total (the planner's "sold out everywhere") equals the row's sum, and each
+        // stocked bit says its count is above zero, after every publish, to and from zero included.
         let index = AvailabilityIndex::new(5, 3);
         for sku in 0..3u32 {
             index.intern(&format!("S{sku}")).unwrap();
@@ -367,6 +433,11 @@ mod tests {
             for sku in 0..3 {
                 let sum: u64 = (0..5).map(|n| u64::from(index.atp(sku, n))).sum();
                 assert_eq!(index.atp_total(sku), sum);
+                let row = index.atp_row(sku);
+                for n in 0..5 {
+                    let bit = row.stocked_word(0) & (1 << n) != 0;
+                    assert_eq!(bit, index.atp(sku, n) > 0, "stocked bit of node {n}");
+                }
             }
         }
         assert_eq!(index.atp_total(7), 0, "unknown SKU");
@@ -387,7 +458,15 @@ mod tests {
             }
             for sku in 0..5u32 {
                 assert_eq!(index.atp(sku, 0), 10 + sku);
-                assert_eq!(index.atp_row(sku).get(last), 20 + sku);
+                let row = index.atp_row(sku);
+                assert_eq!(row.get(last), 20 + sku);
+                let word = last as usize / STOCKED_WORD_NODES;
+                let bit = 1 << (last as usize % STOCKED_WORD_NODES);
+                assert_eq!(
+                    row.stocked_word(word) & bit,
+                    bit,
+                    "the last node's stocked bit"
+                );
                 assert_eq!(index.atp_total(sku), u64::from(30 + 2 * sku));
                 index.publish_atp(sku, 0, 3);
                 assert_eq!(index.atp_total(sku), u64::from(23 + sku), "a lower count");
