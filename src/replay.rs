@@ -406,14 +406,6 @@ impl OpenOrders {
         self.by_router.get_mut(router)?.get_mut(chunk)?[at].as_mut()
     }
 
-    /// Prefetches the slot of `id`, if it has one.
-    fn prefetch(&self, id: OrderId) {
-        let (router, chunk, at) = Self::slot(id);
-        if let Some(chunk) = self.by_router.get(router).and_then(|c| c.get(chunk)) {
-            crate::core::prefetch(&chunk[at]);
-        }
-    }
-
     fn insert(&mut self, id: OrderId, given: Option<Given>) {
         let (router, chunk, at) = Self::slot(id);
         if self.by_router.len() <= router {
@@ -553,13 +545,6 @@ const READ_BATCH_RECORDS: usize = 128;
 /// How far ahead of placing the placer asks for a record's bytes: they were
 /// written on the reader's core, and the first touch of each was a stall.
 const PREFETCH_BYTES_AHEAD: usize = 4;
-/// How far ahead the placer asks for the state a record will touch (its
-/// follow-ups' open-order slots, its new orders' SKU rows): the misses on
-/// these were a quarter of applying.
-const PREFETCH_STATE_AHEAD: usize = 4;
-/// How far ahead it asks for the stock cells the plans made ahead name
-/// first, which takes the row prefetched at [`PREFETCH_STATE_AHEAD`].
-const PREFETCH_CELLS_AHEAD: usize = 2;
 /// Batches read ahead of placing; past this the reader waits.
 const READ_AHEAD_BATCHES: usize = 2;
 
@@ -571,8 +556,6 @@ struct ReadRecord {
     payload: std::ops::Range<usize>,
     /// Its new orders' place in the batch's `fresh`, `attempts` and `plans`.
     fresh: std::ops::Range<usize>,
-    /// Its other orders' place in the batch's `follow_ups`.
-    follow_ups: std::ops::Range<usize>,
 }
 
 /// A new order as the reader prepared it (its id and ship-to are its
@@ -594,9 +577,6 @@ struct Batch {
     /// One per fresh order; contiguous per record, as placing takes them.
     attempts: Vec<Attempt>,
     plans: Vec<Option<Planned>>,
-    /// Orders seen before (a cancel, an expiry, a shipment...), contiguous
-    /// per record: the placer prefetches their open-order slots.
-    follow_ups: Vec<OrderId>,
 }
 
 impl Batch {
@@ -606,7 +586,6 @@ impl Batch {
         self.fresh.clear();
         self.attempts.clear();
         self.plans.clear();
-        self.follow_ups.clear();
         self
     }
 }
@@ -742,10 +721,8 @@ impl Reader<'_> {
             fresh,
             attempts,
             plans,
-            follow_ups,
         } = batch;
         let first_fresh = fresh.len();
-        let first_follow_up = follow_ups.len();
         let place = if kind == KIND_TXN {
             let start = arena.len().next_multiple_of(16);
             arena.resize(start, 0);
@@ -757,8 +734,6 @@ impl Reader<'_> {
                     fresh.push(new);
                     attempts.push(attempt);
                     plans.push(made);
-                } else {
-                    follow_ups.push(record.id.to_native());
                 }
             }
             start..arena.len()
@@ -770,7 +745,6 @@ impl Reader<'_> {
             kind,
             payload: place,
             fresh: first_fresh..fresh.len(),
-            follow_ups: first_follow_up..follow_ups.len(),
         });
         Ok(())
     }
@@ -815,20 +789,10 @@ impl Placer<'_> {
             fresh,
             attempts,
             plans,
-            follow_ups,
         } = batch;
         for (at, record) in records.iter().enumerate() {
             if let Some(ahead) = records.get(at + PREFETCH_BYTES_AHEAD) {
                 prefetch(&arena[ahead.payload.clone()]);
-            }
-            if let Some(ahead) = records.get(at + PREFETCH_STATE_AHEAD) {
-                self.prefetch_state(
-                    &follow_ups[ahead.follow_ups.clone()],
-                    &attempts[ahead.fresh.clone()],
-                );
-            }
-            if let Some(ahead) = records.get(at + PREFETCH_CELLS_AHEAD) {
-                self.prefetch_cells(&plans[ahead.fresh.clone()]);
             }
             if record.kind != KIND_TXN {
                 self.report.recorded_policy_reloads += 1;
@@ -849,41 +813,6 @@ impl Placer<'_> {
             )?;
         }
         Ok(())
-    }
-
-    /// Asks for the state a record will touch, a little before it is
-    /// applied: the open-order slots of its follow-ups, and for its new
-    /// orders each line's index row and shard row slot. Addresses only: a
-    /// load here would stall as the miss it saves.
-    fn prefetch_state(&self, follow_ups: &[OrderId], attempts: &[Attempt]) {
-        for &id in follow_ups {
-            self.open.prefetch(id);
-        }
-        let index = &self.world.index;
-        let shards = self.world.participants.shards.borrow();
-        for attempt in attempts {
-            for line in &attempt.lines {
-                index.prefetch_row(line.sku);
-                let shard = StockShard::shard_of(line.sku, WHAT_IF_SHARDS) as usize;
-                shards[shard].prefetch_row(line.sku);
-            }
-        }
-    }
-
-    /// Asks for the shard cell of the first candidate each plan made ahead
-    /// names (usually the one held).
-    fn prefetch_cells(&self, plans: &[Option<Planned>]) {
-        let shards = self.world.participants.shards.borrow();
-        for made in plans {
-            if let Some(Ok(plan)) = made {
-                for item in &plan.items {
-                    if let Some(&node) = item.candidates.first() {
-                        let shard = StockShard::shard_of(item.sku, WHAT_IF_SHARDS) as usize;
-                        shards[shard].prefetch_cell(item.sku, node);
-                    }
-                }
-            }
-        }
     }
 
     /// Applies one record to the what-if world, in LSN order, and places its

@@ -249,15 +249,6 @@ impl AvailabilityIndex {
             .map_or(0, |row| row.total.load(Ordering::Relaxed))
     }
 
-    /// Prefetches `sku`'s row header: the version a stamp check reads and
-    /// the total a publish writes.
-    #[inline]
-    pub fn prefetch_row(&self, sku: SkuId) {
-        if let Some(slot) = self.rows.get(sku as usize) {
-            super::prefetch(slot);
-        }
-    }
-
     /// Called only by the shard that owns `sku` (the one writer of its row).
     #[inline]
     pub fn publish_atp(&self, sku: SkuId, node: NodeIdx, atp: u32) {

@@ -210,25 +210,6 @@ impl StockShard {
         self.rows[local].get_or_insert_with(|| vec![Cell::default(); node_count].into_boxed_slice())
     }
 
-    /// Prefetches the slot that says where `sku`'s row is: a step before
-    /// [`StockShard::prefetch_cell`], which reads it.
-    #[inline]
-    pub fn prefetch_row(&self, sku: SkuId) {
-        if let Some(slot) = self.rows.get(self.local(sku)) {
-            super::prefetch(slot);
-        }
-    }
-
-    /// Prefetches the cell a hold of `sku` at `node` will read and write.
-    #[inline]
-    pub fn prefetch_cell(&self, sku: SkuId, node: NodeIdx) {
-        if let Some(row) = self.rows.get(self.local(sku)).and_then(Option::as_ref) {
-            if let Some(cell) = row.get(node as usize) {
-                super::prefetch(cell);
-            }
-        }
-    }
-
     /// The cell, or an empty one if never stocked.
     pub fn cell(&self, sku: SkuId, node: NodeIdx) -> Cell {
         let local = self.local(sku);
