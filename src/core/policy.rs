@@ -399,19 +399,7 @@ fn eligible_nodes(
     };
     let mut stocked_lines = 0u64;
     let mut consider = |idx: NodeIdx, node: &Node, eligible: &mut SmallVec<[Eligible; 64]>| {
-        let mut covers = 0u64;
-        let mut stocked = 0u64;
-        let mut stock = 0u64;
-        for (bit, (line, row)) in request.lines.iter().zip(rows).enumerate() {
-            let atp = row.get(idx);
-            stock += u64::from(atp);
-            if atp > 0 {
-                stocked |= 1 << bit;
-            }
-            if atp >= line.qty {
-                covers |= 1 << bit;
-            }
-        }
+        let (covers, stocked, stock) = line_counts(request.lines, rows, idx);
         // A stocked bit may run ahead of its count (both are a moment
         // stale); a node with none is not eligible unless widening.
         if stock == 0 && !request.widen {
@@ -469,6 +457,23 @@ fn eligible_nodes(
         }
     }
     Ok(stocked_lines)
+}
+
+/// What node `idx` has of `lines` by the index: the lines it covers fully
+/// and those it has some of (bit i = line i), and its units summed.
+fn line_counts(lines: &[PlanLine], rows: &[AtpRow], idx: NodeIdx) -> (u64, u64, u64) {
+    let (mut covers, mut stocked, mut stock) = (0u64, 0u64, 0u64);
+    for (bit, (line, row)) in lines.iter().zip(rows).enumerate() {
+        let atp = row.get(idx);
+        stock += u64::from(atp);
+        if atp > 0 {
+            stocked |= 1 << bit;
+        }
+        if atp >= line.qty {
+            covers |= 1 << bit;
+        }
+    }
+    (covers, stocked, stock)
 }
 
 /// The distance filter of `policy` for `method`, if any.
@@ -570,17 +575,7 @@ mod tests {
             {
                 continue;
             }
-            let (mut covers, mut stocked, mut stock) = (0u64, 0u64, 0u64);
-            for (bit, (line, row)) in request.lines.iter().zip(rows).enumerate() {
-                let atp = row.get(idx);
-                stock += u64::from(atp);
-                if atp > 0 {
-                    stocked |= 1 << bit;
-                }
-                if atp >= line.qty {
-                    covers |= 1 << bit;
-                }
-            }
+            let (covers, stocked, stock) = line_counts(request.lines, rows, idx);
             let distance_km = request.ship_to.distance_km(&node.location);
             if max_distance_km.is_some_and(|max| distance_km > max) {
                 continue;
