@@ -406,7 +406,8 @@ impl OpenOrders {
         self.by_router.get_mut(router)?.get_mut(chunk)?[at].as_mut()
     }
 
-    fn insert(&mut self, id: OrderId, given: Option<Given>) {
+    /// Records what `id` was given; false if it had been placed before.
+    fn insert(&mut self, id: OrderId, given: Option<Given>) -> bool {
         let (router, chunk, at) = Self::slot(id);
         if self.by_router.len() <= router {
             self.by_router.resize_with(router + 1, Vec::new);
@@ -415,7 +416,7 @@ impl OpenOrders {
         while chunks.len() <= chunk {
             chunks.push((0..OPEN_CHUNK).map(|_| None).collect());
         }
-        chunks[chunk][at] = Some(given);
+        chunks[chunk][at].replace(given).is_none()
     }
 }
 
@@ -542,9 +543,6 @@ pub fn replay(
 /// Records per batch the reader hands over: enough that the handoff is
 /// rare, few enough that the plans made ahead are still fresh when placed.
 const READ_BATCH_RECORDS: usize = 128;
-/// How far ahead of placing the placer asks for a record's bytes: they were
-/// written on the reader's core, and the first touch of each was a stall.
-const PREFETCH_BYTES_AHEAD: usize = 4;
 /// Batches read ahead of placing; past this the reader waits.
 const READ_AHEAD_BATCHES: usize = 2;
 
@@ -556,6 +554,26 @@ struct ReadRecord {
     payload: std::ops::Range<usize>,
     /// Its new orders' place in the batch's `fresh`, `attempts` and `plans`.
     fresh: std::ops::Range<usize>,
+    /// What it asks of the what-if world before its new orders are placed:
+    /// its place in the batch's `events`.
+    events: std::ops::Range<usize>,
+}
+
+/// What a record makes the what-if world do, in record order, as the
+/// reader found it: the placer then never reads the record itself (its
+/// bytes were written on the reader's core, and walking them was most of
+/// applying), and skips the follow-ups that change nothing (confirms,
+/// partial shipments), which it used to look up one by one.
+enum Event {
+    /// A count or restock from the outside world.
+    Stock(StockOp),
+    NodeOnline(NodeIdx, bool),
+    /// A recorded cancel or expiry (`shipped` false) or completed shipment
+    /// of an order seen before.
+    Close {
+        order: OrderId,
+        shipped: bool,
+    },
 }
 
 /// A new order as the reader prepared it (its id and ship-to are its
@@ -577,6 +595,7 @@ struct Batch {
     /// One per fresh order; contiguous per record, as placing takes them.
     attempts: Vec<Attempt>,
     plans: Vec<Option<Planned>>,
+    events: Vec<Event>,
 }
 
 impl Batch {
@@ -586,28 +605,10 @@ impl Batch {
         self.fresh.clear();
         self.attempts.clear();
         self.plans.clear();
+        self.events.clear();
         self
     }
 }
-
-/// Asks the CPU to bring `bytes` into this core's cache. It never faults
-/// and never changes anything: a hint only.
-#[inline]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(CACHE_LINE_BYTES) {
-        // SAFETY: SSE is part of the x86_64 baseline, and the address is
-        // inside a live slice (a prefetch would not fault even if not).
-        unsafe {
-            std::arch::x86_64::_mm_prefetch(line.as_ptr().cast(), std::arch::x86_64::_MM_HINT_T0)
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
-}
-
-/// The unit a prefetch brings in.
-const CACHE_LINE_BYTES: usize = 64;
 
 /// Orders the reader has seen, by the same dense slots as [`OpenOrders`]:
 /// the first record of an order is its submit.
@@ -721,19 +722,29 @@ impl Reader<'_> {
             fresh,
             attempts,
             plans,
+            events,
         } = batch;
-        let first_fresh = fresh.len();
+        let (first_fresh, first_event) = (fresh.len(), events.len());
         let place = if kind == KIND_TXN {
             let start = arena.len().next_multiple_of(16);
             arena.resize(start, 0);
             arena.extend_from_slice(payload);
             let txn = Txn::validate_with(&arena[start..], &mut self.shared).map_err(failed)?;
+            self.events(txn, events).map_err(failed)?;
             for record in txn.orders.iter() {
-                if self.seen.first_sight(record.id.to_native()) {
+                let id = record.id.to_native();
+                if self.seen.first_sight(id) {
                     let (new, attempt, made) = self.prepare(record).map_err(failed)?;
                     fresh.push(new);
                     attempts.push(attempt);
                     plans.push(made);
+                } else {
+                    let shipped = match record.state {
+                        ArchivedOrderState::Cancelled | ArchivedOrderState::Expired => false,
+                        ArchivedOrderState::Shipped => true,
+                        _ => continue,
+                    };
+                    events.push(Event::Close { order: id, shipped });
                 }
             }
             start..arena.len()
@@ -745,7 +756,41 @@ impl Reader<'_> {
             kind,
             payload: place,
             fresh: first_fresh..fresh.len(),
+            events: first_event..events.len(),
         });
+        Ok(())
+    }
+
+    /// Interns the SKUs a record added (here, in LSN order, so that the
+    /// plans made ahead know them) and lists what the outside world did:
+    /// stock counts, restocks from returns, nodes going on and offline.
+    /// The recorded decisions' own ops (reserve, release, ...) are the
+    /// recorded side, not the what-if's.
+    fn events(&self, txn: &ArchivedTxn, events: &mut Vec<Event>) -> Result<(), String> {
+        for pair in txn.skus.iter() {
+            let (id, name) = (pair.0.to_native(), pair.1.as_str());
+            let got = self.index.intern(name).map_err(|e| e.to_string())?;
+            if got != id {
+                return Err(format!("SKU {name:?} was id {id}, the replay gave {got}"));
+            }
+        }
+        for pair in txn.stock.iter() {
+            if matches!(
+                pair.1,
+                ArchivedStockOp::Set { .. }
+                    | ArchivedStockOp::Adjust { .. }
+                    | ArchivedStockOp::Restock { .. }
+            ) {
+                let op = rkyv::deserialize::<StockOp, rkyv::rancor::Error>(&pair.1)
+                    .map_err(|e| e.to_string())?;
+                events.push(Event::Stock(op));
+            }
+        }
+        for pair in txn.nodes.iter() {
+            if let ArchivedNodeOp::Online(online) = &pair.1 {
+                events.push(Event::NodeOnline(pair.0.to_native(), *online));
+            }
+        }
         Ok(())
     }
 
@@ -789,24 +834,18 @@ impl Placer<'_> {
             fresh,
             attempts,
             plans,
+            events,
         } = batch;
-        for (at, record) in records.iter().enumerate() {
-            if let Some(ahead) = records.get(at + PREFETCH_BYTES_AHEAD) {
-                prefetch(&arena[ahead.payload.clone()]);
-            }
+        for record in records.iter() {
             if record.kind != KIND_TXN {
                 self.report.recorded_policy_reloads += 1;
                 continue;
             }
-            // SAFETY: the reader thread validated exactly these bytes as a
-            // `Txn` (`Reader::push`), and a batch is not written again until
-            // it is handed back.
-            let txn =
-                unsafe { rkyv::access_unchecked::<ArchivedTxn>(&arena[record.payload.clone()]) };
             let new = record.fresh.clone();
             self.apply(
-                record.lsn,
-                txn,
+                record,
+                arena,
+                &events[record.events.clone()],
                 &fresh[new.clone()],
                 &attempts[new.clone()],
                 &mut plans[new],
@@ -815,86 +854,45 @@ impl Placer<'_> {
         Ok(())
     }
 
-    /// Applies one record to the what-if world, in LSN order, and places its
-    /// new orders (`fresh`, as the reader prepared them).
+    /// Applies one record to the what-if world, in LSN order (its `events`,
+    /// as the reader found them), and places its new orders (`fresh`, as
+    /// the reader prepared them). The record's bytes in `arena` are read
+    /// only to tell the story of a difference.
     fn apply(
         &mut self,
-        lsn: u64,
-        txn: &ArchivedTxn,
+        record: &ReadRecord,
+        arena: &[u8],
+        events: &[Event],
         fresh: &[Fresh],
         attempts: &[Attempt],
         plans: &mut [Option<Planned>],
     ) -> Result<(), ReplayError> {
         let (world, report) = (self.world, &mut *self.report);
         let open = &mut self.open;
-        let failed = |reason: String| ReplayError::Record { lsn, reason };
-        for pair in txn.skus.iter() {
-            let (id, name) = (pair.0.to_native(), pair.1.as_str());
-            let got = world
-                .index
-                .intern(name)
-                .map_err(|e| failed(e.to_string()))?;
-            if got != id {
-                return Err(failed(format!(
-                    "SKU {name:?} was id {id}, the replay gave {got}"
-                )));
-            }
-        }
-        // Only what the outside world did: the recorded decisions' own ops
-        // (reserve, release, ...) are the recorded side, not the what-if's.
-        for pair in txn.stock.iter() {
-            if matches!(
-                pair.1,
-                ArchivedStockOp::Set { .. }
-                    | ArchivedStockOp::Adjust { .. }
-                    | ArchivedStockOp::Restock { .. }
-            ) {
-                let op = rkyv::deserialize::<StockOp, rkyv::rancor::Error>(&pair.1)
-                    .map_err(|e| failed(e.to_string()))?;
-                world.stock(op);
-            }
-        }
-        for pair in txn.nodes.iter() {
-            if let ArchivedNodeOp::Online(online) = &pair.1 {
-                world.node_online(pair.0.to_native(), *online);
-            }
-        }
-        let mut new_records: SmallVec<[&ArchivedOrderRecord; 1]> = SmallVec::new();
-        for record in txn.orders.iter() {
-            let id = record.id.to_native();
-            match open.get_mut(id) {
-                None => {
-                    // The reader prepared it, as its first sight.
-                    if attempts.get(new_records.len()).map(|a| a.order) != Some(id) {
+        let failed = |reason: String| ReplayError::Record {
+            lsn: record.lsn,
+            reason,
+        };
+        for event in events {
+            match event {
+                Event::Stock(op) => world.stock(op.clone()),
+                &Event::NodeOnline(node, online) => world.node_online(node, online),
+                &Event::Close { order, shipped } => {
+                    let Some(given) = open.get_mut(order) else {
                         return Err(failed(format!(
-                            "order {id}: the reader did not prepare it as new"
+                            "order {order}: a follow-up of an order the replay never placed"
                         )));
-                    }
-                    new_records.push(record);
-                }
-                Some(given) => match record.state {
-                    ArchivedOrderState::Cancelled | ArchivedOrderState::Expired => {
-                        if let Some(given) = given.take() {
-                            world.close(id, &given, false);
+                    };
+                    if let Some(given) = given.take() {
+                        world.close(order, &given, shipped);
+                        if shipped {
+                            report.ships_applied += 1;
+                        } else {
                             report.releases_applied += 1;
                         }
                     }
-                    ArchivedOrderState::Shipped => {
-                        if let Some(given) = given.take() {
-                            world.close(id, &given, true);
-                            report.ships_applied += 1;
-                        }
-                    }
-                    _ => {}
-                },
+                }
             }
-        }
-        if new_records.len() != fresh.len() {
-            return Err(failed(format!(
-                "{} new orders prepared, {} found",
-                fresh.len(),
-                new_records.len()
-            )));
         }
         if fresh.is_empty() {
             return Ok(());
@@ -927,9 +925,7 @@ impl Placer<'_> {
         } else {
             world.place(attempts, plans)
         };
-        for (((new, attempt), record), placement) in
-            fresh.iter().zip(attempts).zip(new_records).zip(&placements)
-        {
+        for ((new, attempt), placement) in fresh.iter().zip(attempts).zip(&placements) {
             report.what_if.count(
                 &world.network,
                 attempt.ship_to,
@@ -940,8 +936,22 @@ impl Placer<'_> {
             } else {
                 report.different_decisions += 1;
                 if report.differences.len() < MAX_LISTED_DIFFERENCES {
-                    // Rare, so the whole record is decoded for its story.
-                    let whole = rkyv::deserialize::<OrderRecord, rkyv::rancor::Error>(record)
+                    // Rare, so the whole record is found and decoded for
+                    // its story.
+                    // SAFETY: the reader thread validated exactly these
+                    // bytes as a `Txn` (`Reader::push`), and a batch is not
+                    // written again until it is handed back.
+                    let txn = unsafe {
+                        rkyv::access_unchecked::<ArchivedTxn>(&arena[record.payload.clone()])
+                    };
+                    let archived = txn
+                        .orders
+                        .iter()
+                        .find(|r| r.id.to_native() == attempt.order)
+                        .ok_or_else(|| {
+                            failed(format!("order {}: not in its record", attempt.order))
+                        })?;
+                    let whole = rkyv::deserialize::<OrderRecord, rkyv::rancor::Error>(archived)
                         .map_err(|e| failed(e.to_string()))?;
                     report.differences.push(format!(
                         "{}: {} -> {}",
@@ -957,7 +967,9 @@ impl Placer<'_> {
                 }
                 _ => None,
             };
-            open.insert(attempt.order, given);
+            if !open.insert(attempt.order, given) {
+                return Err(failed(format!("order {}: placed twice", attempt.order)));
+            }
         }
         Ok(())
     }
