@@ -26,11 +26,6 @@ struct SkuRow {
     /// [`WATCHED_BELOW_UNITS`]: the only changes that can turn a plan's
     /// "has some" or "covers the line" (see [`crate::core::policy::PlanStamp`]).
     low_version: AtomicU64,
-    /// ATP summed over the nodes: zero says "sold out everywhere" in one
-    /// load, where the row takes one per node (most buyers in a flash sale
-    /// ask for a SKU that is gone). Next to `low_version`, which a stamp
-    /// reads anyway.
-    total: AtomicU64,
 }
 
 /// Nodes per word of a row's stocked bits.
@@ -107,8 +102,7 @@ pub struct AvailabilityIndex {
     /// so a client cannot grow it.
     by_name: DashMap<Box<str>, SkuId, FxBuildHasher>,
     /// Pre-sized so that a read never waits for a resize. A line each: the
-    /// shard writes a row's total and version with every change of its
-    /// counts, and packed rows of neighbouring SKUs (the hot ones are
+    /// shard writes a row's low version with changes of its low counts, and packed rows of neighbouring SKUs (the hot ones are
     /// interned together) shared lines that a planner on another core
     /// kept losing.
     rows: Box<[CacheLine<OnceLock<SkuRow>>]>,
@@ -197,7 +191,6 @@ impl AvailabilityIndex {
                 .map(|_| AtomicU32::new(0))
                 .collect(),
             low_version: AtomicU64::new(0),
-            total: AtomicU64::new(0),
         };
         assert!(
             self.rows[id as usize].set(row).is_ok(),
@@ -240,13 +233,14 @@ impl AvailabilityIndex {
             })
     }
 
-    /// Sum of ATP over all nodes (0 for an unknown SKU), as published.
-    #[inline]
+    /// Sum of ATP over all nodes (0 for an unknown SKU), as published. A
+    /// walk of the row: the planner asks "sold out everywhere" of the
+    /// stocked bits instead, so no total is kept on the publish path.
     pub fn atp_total(&self, sku: SkuId) -> u64 {
-        self.rows
-            .get(sku as usize)
-            .and_then(|slot| slot.get())
-            .map_or(0, |row| row.total.load(Ordering::Relaxed))
+        let row = self.atp_row(sku);
+        (0..self.node_count)
+            .map(|node| u64::from(row.get(node as NodeIdx)))
+            .sum()
     }
 
     /// Called only by the shard that owns `sku` (the one writer of its row).
@@ -260,6 +254,7 @@ impl AvailabilityIndex {
                 return;
             }
             if (old == 0) != (atp == 0) {
+                // One writer per row (its shard): a load and a store suffice.
                 let node = node as usize;
                 let bits = &row.atp[self.node_count + node / STOCKED_WORD_NODES];
                 let bit = 1u32 << (node % STOCKED_WORD_NODES);
@@ -269,14 +264,6 @@ impl AvailabilityIndex {
                     Ordering::Relaxed,
                 );
             }
-            // One writer per row (its shard): a load and a store suffice.
-            let total = row.total.load(Ordering::Relaxed);
-            row.total.store(
-                total
-                    .wrapping_add(u64::from(atp))
-                    .wrapping_sub(u64::from(old)),
-                Ordering::Relaxed,
-            );
             if old.min(atp) < WATCHED_BELOW_UNITS {
                 // Released after the count: whoever reads this version and
                 // then the count sees this count or a later one.
@@ -403,8 +390,9 @@ mod tests {
 
     #[test]
     fn a_skus_total_and_stocked_bits_follow_its_counts() {
-        // Proves the total (the planner's "sold out everywhere") equals the row's sum, and each
-        // stocked bit says its count is above zero, after every publish, to and from zero included.
+        // Proves each stocked bit (the planner's "has some", and so its "sold out everywhere")
+        // says its count is above zero, and the total is the row's sum, after every publish, to
+        // and from zero included.
         let index = AvailabilityIndex::new(5, 3);
         for sku in 0..3u32 {
             index.intern(&format!("S{sku}")).unwrap();
