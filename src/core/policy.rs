@@ -160,6 +160,14 @@ pub enum PlanError {
     },
 }
 
+/// The store a pickup order names, if any.
+fn selected_store(method: Method) -> Option<NodeIdx> {
+    match method {
+        Method::Pickup { store } => Some(store),
+        _ => None,
+    }
+}
+
 fn method_capabilities(method: Method) -> Capabilities {
     match method {
         Method::Ship => Capabilities::SHIP.union(Capabilities::SHIP_FROM_STORE),
@@ -375,10 +383,7 @@ fn eligible_nodes(
     eligible: &mut SmallVec<[Eligible; 64]>,
 ) -> Result<u64, PlanError> {
     let wanted = method_capabilities(request.method);
-    let selected_store = match request.method {
-        Method::Pickup { store } => Some(store),
-        _ => None,
-    };
+    let selected_store = selected_store(request.method);
     let filters = &policy.filters;
     let max_distance_km = max_distance_km(policy, request.method);
     // The filters but distance, cheapest first.
@@ -496,10 +501,7 @@ fn rank_nodes(
     eligible: &[Eligible],
     ranked: &mut SmallVec<[Ranked; 16]>,
 ) {
-    let selected_store = match request.method {
-        Method::Pickup { store } => Some(store),
-        _ => None,
-    };
+    let selected_store = selected_store(request.method);
     ranked.reserve(eligible.len());
     for found in eligible {
         let (idx, covers, stock) = (found.node, found.covers, found.stock);
@@ -558,10 +560,7 @@ mod tests {
         rows: &[AtpRow],
     ) -> Result<(Vec<Found>, u64), PlanError> {
         let wanted = method_capabilities(request.method);
-        let selected_store = match request.method {
-            Method::Pickup { store } => Some(store),
-            _ => None,
-        };
+        let selected_store = selected_store(request.method);
         let filters = &policy.filters;
         let max_distance_km = max_distance_km(policy, request.method);
         let (mut eligible, mut stocked_lines, mut any_eligible) = (Vec::new(), 0u64, false);
