@@ -130,6 +130,11 @@ enum Command {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Threads to use: 2 (one reads and plans ahead, one places) or 1
+        /// (leaves a core to a daemon on the same host). Default: 2, or 1
+        /// on a machine with one core.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=omniroute::replay::MAX_REPLAY_THREADS as i64))]
+        threads: Option<u8>,
     },
     /// Route sample orders against the config's network and print what happened.
     Demo {
@@ -355,21 +360,39 @@ fn replay(
     config: &ValidConfig,
     policy: &std::path::Path,
     json: Option<&std::path::Path>,
+    threads: Option<u8>,
 ) -> Result<(), String> {
+    let threads = threads.map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(omniroute::replay::MAX_REPLAY_THREADS)
+        },
+        usize::from,
+    );
+    let threads = std::num::NonZeroUsize::new(threads).expect("clap allows 1 or more");
     let text = std::fs::read_to_string(policy)
         .map_err(|e| format!("cannot read {}: {e}", policy.display()))?;
     let channels = omniroute::config::policies_from_toml(&text, &config.network)
         .map_err(|e| format!("{}: {e}", policy.display()))?;
     let data_dir = &config.server.data_dir;
-    let report =
-        omniroute::replay::replay(data_dir, config, channels).map_err(|e| e.to_string())?;
+    let report = omniroute::replay::replay(data_dir, config, channels, threads)
+        .map_err(|e| e.to_string())?;
+    // Written before anything is printed, so that a reader of stdout that
+    // goes away early cannot cost the report.
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report.json()).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     println!(
-        "what-if replay of {}: {} orders from {} journal records in {:.1} ms ({:.2} M orders/s)",
+        "what-if replay of {}: {} orders from {} journal records in {:.1} ms ({:.2} M orders/s, {} thread{})",
         data_dir.display(),
         report.recorded.orders,
         report.journal_records,
         report.elapsed_ms,
-        report.orders_per_second / 1e6
+        report.orders_per_second / 1e6,
+        threads,
+        if threads.get() == 1 { "" } else { "s" }
     );
     println!("what-if policy: {}", policy.display());
     if report.recorded_policy_reloads > 0 {
@@ -379,10 +402,6 @@ fn replay(
         );
     }
     print!("{}", report.table());
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report.json()).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
     Ok(())
 }
 
@@ -400,12 +419,29 @@ fn init_logs(level: &str, json: bool) {
     }
 }
 
+/// For the commands that print and end: a reader of their output that goes
+/// away (`omniroute replay ... | head`) ends the process as it ends any
+/// Unix tool, where Rust's ignored SIGPIPE made each `println!` after it
+/// panic. The daemon keeps ignoring it: a peer that goes away is an error
+/// to handle there, not a reason to stop.
+fn end_quietly_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal, before any
+    // thread is started; no handler of ours is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Level of the commands that talk to a daemon (no config of their own).
 const CLIENT_LOG_LEVEL: &str = "warn";
 
 fn main() -> ExitCode {
     omniroute::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
+    if !matches!(cli.command, None | Some(Command::Serve)) {
+        end_quietly_on_closed_stdout();
+    }
     if !matches!(
         cli.command,
         None | Some(Command::Serve)
@@ -471,7 +507,11 @@ fn main() -> ExitCode {
                     Command::Demo { orders, lines } => {
                         runtime.block_on(demo(config, orders, lines))
                     }
-                    Command::Replay { policy, json } => replay(&config, &policy, json.as_deref()),
+                    Command::Replay {
+                        policy,
+                        json,
+                        threads,
+                    } => replay(&config, &policy, json.as_deref(), threads),
                     _ => runtime.block_on(serve(config, cli.config.clone())),
                 }
             }

@@ -21,12 +21,17 @@
 //! (else it plans again): the decisions are those of planning in line.
 //! Records are read in place, never decoded whole.
 //!
+//! With `--threads 1` one thread does both in turn, a record at a time:
+//! the same decisions and report, at about half the speed, leaving the
+//! other core to a daemon on the same host.
+//!
 //! Not replayed: re-routes (node rejections, bumps), which depend on what
 //! the nodes did with the recorded allocation. Capacity is counted as one
 //! day for the whole journal.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,6 +59,8 @@ use crate::core::stock::StockShard;
 use crate::engine::sequencer::{ArchivedTxn, SharedSeen, Txn, KIND_POLICY, KIND_TXN};
 use crate::store;
 
+/// Threads a replay can use: one reads and plans ahead, one places.
+pub const MAX_REPLAY_THREADS: usize = 2;
 /// Differences listed by example in the report.
 pub const MAX_LISTED_DIFFERENCES: usize = 10;
 /// The replay's clock: capacity is one day for the whole journal.
@@ -245,6 +252,8 @@ pub struct Report {
     /// lines, unknown SKUs).
     pub plans_in_line: u64,
     pub torn_tail: bool,
+    /// Threads the replay ran on.
+    pub threads: usize,
     pub elapsed_ms: f64,
     pub orders_per_second: f64,
 }
@@ -259,6 +268,8 @@ pub enum ReplayError {
     Empty(String),
     #[error("LSN {lsn}: {reason}")]
     Record { lsn: u64, reason: String },
+    #[error("a replay runs on 1 or {MAX_REPLAY_THREADS} threads, not {0}")]
+    Threads(usize),
 }
 
 /// The what-if world: the core's shards and ledgers as plain values.
@@ -453,12 +464,17 @@ fn ship_to(record: &ArchivedOrderRecord) -> Result<GeoPoint, String> {
 }
 
 /// Replays the journal of `data_dir` (recorded under `config`'s network)
-/// with `what_if` policies for its channels.
+/// with `what_if` policies for its channels, on `threads` threads (1, or
+/// [`MAX_REPLAY_THREADS`]: a reader and a placer).
 pub fn replay(
     data_dir: &Path,
     config: &ValidConfig,
     what_if: Vec<Channel>,
+    threads: NonZeroUsize,
 ) -> Result<Report, ReplayError> {
+    if threads.get() > MAX_REPLAY_THREADS {
+        return Err(ReplayError::Threads(threads.get()));
+    }
     let recorded_network = &config.network;
     let world = World::new(
         config,
@@ -479,11 +495,6 @@ pub fn replay(
         report: &mut report,
     };
     let mut failed = None;
-    // The batches are handed over whole and come back to be refilled, so
-    // nothing is freed across threads (a first reader thread, which sent
-    // each record decoded whole, was slower than reading in line).
-    let (full_tx, full_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES);
-    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES + 2);
     let reader = Reader {
         network: &world.network,
         recorded_network,
@@ -493,21 +504,45 @@ pub fn replay(
         recorded: Side::default(),
         failed: None,
     };
-    let read = std::thread::scope(|scope| {
-        let reader = std::thread::Builder::new()
-            .name("replay-reader".into())
-            .spawn_scoped(scope, || reader.run(&dir, full_tx, empty_rx))
-            .expect("spawn the replay's reader thread");
-        for mut batch in full_rx {
+    let read = if threads.get() == 1 {
+        // Each record is placed as soon as it is read: the plan made for it
+        // is still fresh, and nothing is read ahead that would go stale.
+        reader.run(&dir, 1, |mut batch| {
             if let Err(e) = placer.apply_batch(&mut batch) {
                 failed = Some(e);
-                // Dropping the queue stops the reader.
-                break;
+                return None;
             }
-            let _ = empty_tx.try_send(batch.emptied());
-        }
-        reader.join().expect("the replay's reader thread panicked")
-    });
+            Some(batch.emptied())
+        })
+    } else {
+        // The batches are handed over whole and come back to be refilled,
+        // so nothing is freed across threads (a first reader thread, which
+        // sent each record decoded whole, was slower than reading in line).
+        let (full_tx, full_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES);
+        let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES + 2);
+        let dir = &dir;
+        std::thread::scope(|scope| {
+            let reader = std::thread::Builder::new()
+                .name("replay-reader".into())
+                // Moved in: the placer's loop ends when this sender drops.
+                .spawn_scoped(scope, move || {
+                    reader.run(dir, READ_BATCH_RECORDS, move |batch| {
+                        full_tx.send(batch).ok()?;
+                        Some(empty_rx.try_recv().unwrap_or_default())
+                    })
+                })
+                .expect("spawn the replay's reader thread");
+            for mut batch in full_rx {
+                if let Err(e) = placer.apply_batch(&mut batch) {
+                    failed = Some(e);
+                    // Dropping the queue stops the reader.
+                    break;
+                }
+                let _ = empty_tx.try_send(batch.emptied());
+            }
+            reader.join().expect("the replay's reader thread panicked")
+        })
+    };
     if let Some(e) = failed {
         return Err(e);
     }
@@ -536,6 +571,7 @@ pub fn replay(
     report.journal_records = summary.records;
     report.first_lsn = summary.first_lsn;
     report.torn_tail = summary.torn_tail;
+    report.threads = threads.get();
     let elapsed = started.elapsed().as_secs_f64();
     report.elapsed_ms = elapsed * 1e3;
     report.orders_per_second = report.recorded.orders as f64 / elapsed.max(1e-9);
@@ -663,13 +699,14 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Reads and prepares the journal into batches, in LSN order, until the
-    /// end or until the placer hangs up.
+    /// Reads and prepares the journal into batches of `batch_records`, in
+    /// LSN order, handing each full one to `hand_over`, which gives back an
+    /// empty one to fill, or None when the placer has stopped.
     fn run(
         mut self,
         dir: &Path,
-        full: crossbeam_channel::Sender<Batch>,
-        empty: crossbeam_channel::Receiver<Batch>,
+        batch_records: usize,
+        mut hand_over: impl FnMut(Batch) -> Option<Batch>,
     ) -> Read {
         let mut incomplete = None;
         let mut first = true;
@@ -689,15 +726,14 @@ impl Reader<'_> {
                 self.failed = Some(e);
                 return Err("the replay stopped".into());
             }
-            if batch.records.len() == READ_BATCH_RECORDS {
-                let next = empty.try_recv().unwrap_or_default();
-                full.send(std::mem::replace(&mut batch, next))
-                    .map_err(|_| "the replay stopped".to_string())?;
+            if batch.records.len() == batch_records {
+                batch = hand_over(std::mem::take(&mut batch))
+                    .ok_or_else(|| "the replay stopped".to_string())?;
             }
             Ok(())
         });
         if summary.is_ok() && !batch.records.is_empty() {
-            let _ = full.send(batch);
+            let _ = hand_over(batch);
         }
         Read {
             summary,

@@ -104,8 +104,20 @@ fn replay_command(config_path: &Path, policy: &Path) -> Command {
 
 /// Runs `omniroute replay` and returns (its stdout, its JSON report).
 fn replay(dir: &Path, config_path: &Path, policy: &Path) -> (String, serde_json::Value) {
+    replay_on(dir, config_path, policy, 2)
+}
+
+/// [`replay`] on `threads` threads.
+fn replay_on(
+    dir: &Path,
+    config_path: &Path,
+    policy: &Path,
+    threads: u8,
+) -> (String, serde_json::Value) {
     let json = dir.join("report.json");
     let output = replay_command(config_path, policy)
+        .arg("--threads")
+        .arg(threads.to_string())
         .arg("--json")
         .arg(&json)
         .output()
@@ -116,8 +128,26 @@ fn replay(dir: &Path, config_path: &Path, policy: &Path) -> (String, serde_json:
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["threads"], threads, "{stdout}");
     (stdout, report)
+}
+
+/// A report without what differs between runs of the same replay: its
+/// timings, its threads, and how many plans were made ahead.
+fn decided(mut report: serde_json::Value) -> serde_json::Value {
+    let fields = report.as_object_mut().unwrap();
+    for key in [
+        "elapsed_ms",
+        "orders_per_second",
+        "threads",
+        "plans_ahead_used",
+        "plans_in_line",
+    ] {
+        assert!(fields.remove(key).is_some(), "the report has {key}");
+    }
+    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,6 +201,9 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
         stdout.contains(&format!("{:.2} %", split(after) * 100.0)),
         "{stdout}"
     );
+    // One thread reads, plans and places in turn: the same report.
+    let (stdout, alone) = replay_on(&dir.0, &nearest, &fewest, 1);
+    assert_eq!(decided(alone), decided(other.clone()), "{stdout}");
 
     // The journal's reading runs on a thread of its own: a cut tail and a
     // damaged record must still come back as a report and a clear error.
@@ -199,24 +232,68 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
     let mut bytes = std::fs::read(last).unwrap();
     bytes[offset + RECORD_PREFIX_BYTES + 1..].fill(0);
     std::fs::write(last, &bytes).unwrap();
-    let (stdout, cut) = replay(&dir.0, &nearest, &nearest);
-    assert_eq!(cut["torn_tail"], true, "{stdout}");
-    let orders = cut["recorded"]["orders"].as_u64().unwrap();
-    assert!(orders > 0 && orders < 120, "{stdout}");
-    assert_eq!(cut["different_decisions"], 0, "{stdout}");
+    for threads in [1, 2] {
+        let (stdout, cut) = replay_on(&dir.0, &nearest, &nearest, threads);
+        assert_eq!(cut["torn_tail"], true, "{stdout}");
+        let orders = cut["recorded"]["orders"].as_u64().unwrap();
+        assert!(orders > 0 && orders < 120, "{stdout}");
+        assert_eq!(cut["different_decisions"], 0, "{stdout}");
+    }
 
     let first = &segments[0];
     let mut bytes = std::fs::read(first).unwrap();
     let used = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
     bytes[used / 4] ^= 0x5a;
     std::fs::write(first, &bytes).unwrap();
-    let output = replay_command(&nearest, &nearest).output().unwrap();
+    for threads in ["1", "2"] {
+        let output = replay_command(&nearest, &nearest)
+            .args(["--threads", threads])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("corrupt") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_thread_count_the_replay_cannot_use_is_refused() {
+    // Proves --threads outside 1..=2 is refused by name before any journal is read.
+    let dir = TempDir::new("replay-threads");
+    let config_path = dir.0.join("c.toml");
+    std::fs::write(&config_path, config(&dir.0, &["nearest"])).unwrap();
+    for threads in ["0", "3", "many"] {
+        let output = replay_command(&config_path, &config_path)
+            .args(["--threads", threads])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--threads"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_reader_of_the_output_that_goes_away_ends_a_command_quietly() {
+    // Proves a closed stdout (`replay | head`) ends the command without a panic.
+    let dir = TempDir::new("closed-stdout");
+    let config_path = dir.0.join("c.toml");
+    std::fs::write(&config_path, config(&dir.0, &["nearest"])).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_omniroute"))
+        .arg("--config")
+        .arg(&config_path)
+        .args(["check-config"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("corrupt") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
