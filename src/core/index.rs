@@ -102,9 +102,9 @@ pub struct AvailabilityIndex {
     /// so a client cannot grow it.
     by_name: DashMap<Box<str>, SkuId, FxBuildHasher>,
     /// Pre-sized so that a read never waits for a resize. A line each: the
-    /// shard writes a row's low version with changes of its low counts, and packed rows of neighbouring SKUs (the hot ones are
-    /// interned together) shared lines that a planner on another core
-    /// kept losing.
+    /// shard writes a row's low version with changes of its low counts,
+    /// and packed rows of neighbouring SKUs (the hot ones are interned
+    /// together) shared lines that a planner on another core kept losing.
     rows: Box<[CacheLine<OnceLock<SkuRow>>]>,
     sku_count: AtomicU32,
     nodes: Box<[NodeView]>,
@@ -207,15 +207,21 @@ impl AvailabilityIndex {
             .collect()
     }
 
+    /// The row of an interned SKU.
+    #[inline]
+    fn row(&self, sku: SkuId) -> Option<&SkuRow> {
+        self.rows.get(sku as usize)?.get()
+    }
+
     /// External name of an interned SKU.
     pub fn sku_name(&self, sku: SkuId) -> Option<&str> {
-        self.rows.get(sku as usize)?.get().map(|row| &*row.name)
+        self.row(sku).map(|row| &*row.name)
     }
 
     /// Available-to-promise as last published by the owning shard.
     #[inline]
     pub fn atp(&self, sku: SkuId, node: NodeIdx) -> u32 {
-        match self.rows.get(sku as usize).and_then(|slot| slot.get()) {
+        match self.row(sku) {
             Some(row) => row.atp[node as usize].load(Ordering::Relaxed),
             None => 0,
         }
@@ -225,12 +231,9 @@ impl AvailabilityIndex {
     /// many nodes does not look the SKU up for each.
     #[inline]
     pub fn atp_row(&self, sku: SkuId) -> AtpRow<'_> {
-        self.rows
-            .get(sku as usize)
-            .and_then(|slot| slot.get())
-            .map_or_else(AtpRow::default, |row| {
-                AtpRow::new(&row.atp, self.node_count)
-            })
+        self.row(sku).map_or_else(AtpRow::default, |row| {
+            AtpRow::new(&row.atp, self.node_count)
+        })
     }
 
     /// Sum of ATP over all nodes (0 for an unknown SKU), as published. A
@@ -246,7 +249,7 @@ impl AvailabilityIndex {
     /// Called only by the shard that owns `sku` (the one writer of its row).
     #[inline]
     pub fn publish_atp(&self, sku: SkuId, node: NodeIdx, atp: u32) {
-        if let Some(row) = self.rows.get(sku as usize).and_then(|slot| slot.get()) {
+        if let Some(row) = self.row(sku) {
             let cell = &row.atp[node as usize];
             let old = cell.load(Ordering::Relaxed);
             cell.store(atp, Ordering::Relaxed);
@@ -278,9 +281,7 @@ impl AvailabilityIndex {
     /// [`WATCHED_BELOW_UNITS`] changed in between, nor crossed it.
     #[inline]
     pub fn low_version(&self, sku: SkuId) -> Option<u64> {
-        self.rows
-            .get(sku as usize)
-            .and_then(|slot| slot.get())
+        self.row(sku)
             .map(|row| row.low_version.load(Ordering::Acquire))
     }
 
