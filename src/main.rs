@@ -362,15 +362,16 @@ fn replay(
     json: Option<&std::path::Path>,
     threads: Option<u8>,
 ) -> Result<(), String> {
-    let threads = threads.map_or_else(
-        || {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(omniroute::replay::MAX_REPLAY_THREADS)
-        },
+    let count = threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
         usize::from,
     );
-    let threads = std::num::NonZeroUsize::new(threads).expect("clap allows 1 or more");
+    // clap allows 1 and 2 only; more cores than two use two.
+    let threads = if count == 1 {
+        omniroute::replay::Threads::One
+    } else {
+        omniroute::replay::Threads::Two
+    };
     let text = std::fs::read_to_string(policy)
         .map_err(|e| format!("cannot read {}: {e}", policy.display()))?;
     let channels = omniroute::config::policies_from_toml(&text, &config.network)
@@ -391,8 +392,12 @@ fn replay(
         report.journal_records,
         report.elapsed_ms,
         report.orders_per_second / 1e6,
-        threads,
-        if threads.get() == 1 { "" } else { "s" }
+        threads.count(),
+        if threads == omniroute::replay::Threads::One {
+            ""
+        } else {
+            "s"
+        }
     );
     println!("what-if policy: {}", policy.display());
     if report.recorded_policy_reloads > 0 {

@@ -31,7 +31,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +60,24 @@ use crate::store;
 
 /// Threads a replay can use: one reads and plans ahead, one places.
 pub const MAX_REPLAY_THREADS: usize = 2;
+
+/// How a replay shares its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// One thread reads, plans and places, a record at a time.
+    One,
+    /// [`MAX_REPLAY_THREADS`]: one reads and plans ahead, the other places.
+    Two,
+}
+
+impl Threads {
+    pub fn count(self) -> usize {
+        match self {
+            Threads::One => 1,
+            Threads::Two => MAX_REPLAY_THREADS,
+        }
+    }
+}
 /// Differences listed by example in the report.
 pub const MAX_LISTED_DIFFERENCES: usize = 10;
 /// The replay's clock: capacity is one day for the whole journal.
@@ -268,8 +285,6 @@ pub enum ReplayError {
     Empty(String),
     #[error("LSN {lsn}: {reason}")]
     Record { lsn: u64, reason: String },
-    #[error("a replay runs on 1 or {MAX_REPLAY_THREADS} threads, not {0}")]
-    Threads(usize),
 }
 
 /// The what-if world: the core's shards and ledgers as plain values.
@@ -464,17 +479,13 @@ fn ship_to(record: &ArchivedOrderRecord) -> Result<GeoPoint, String> {
 }
 
 /// Replays the journal of `data_dir` (recorded under `config`'s network)
-/// with `what_if` policies for its channels, on `threads` threads (1, or
-/// [`MAX_REPLAY_THREADS`]: a reader and a placer).
+/// with `what_if` policies for its channels.
 pub fn replay(
     data_dir: &Path,
     config: &ValidConfig,
     what_if: Vec<Channel>,
-    threads: NonZeroUsize,
+    threads: Threads,
 ) -> Result<Report, ReplayError> {
-    if threads.get() > MAX_REPLAY_THREADS {
-        return Err(ReplayError::Threads(threads.get()));
-    }
     let recorded_network = &config.network;
     let world = World::new(
         config,
@@ -504,7 +515,7 @@ pub fn replay(
         recorded: Side::default(),
         failed: None,
     };
-    let read = if threads.get() == 1 {
+    let read = if threads == Threads::One {
         // Each record is placed as soon as it is read: the plan made for it
         // is still fresh, and nothing is read ahead that would go stale.
         reader.run(&dir, 1, |mut batch| {
@@ -571,7 +582,7 @@ pub fn replay(
     report.journal_records = summary.records;
     report.first_lsn = summary.first_lsn;
     report.torn_tail = summary.torn_tail;
-    report.threads = threads.get();
+    report.threads = threads.count();
     let elapsed = started.elapsed().as_secs_f64();
     report.elapsed_ms = elapsed * 1e3;
     report.orders_per_second = report.recorded.orders as f64 / elapsed.max(1e-9);
