@@ -52,7 +52,8 @@ fn rss_bytes() -> u64 {
 fn build(dir: &Path, config: &ValidConfig, cells: u64, reservations: u64) -> Result<(), String> {
     let network = Arc::new(config.network.clone());
     let now_ms = omniroute::engine::Clock::now_ms(&SystemClock);
-    let opened = store::open(dir, &config.store, &config.engine, &network, now_ms)
+    let lock = store::lock::lock(dir, store::Access::Write).map_err(|e| e.to_string())?;
+    let opened = store::open(lock, &config.store, &config.engine, &network, now_ms)
         .map_err(|e| e.to_string())?;
     let mut state = opened.state;
     drop(opened.sequencer);
@@ -123,7 +124,11 @@ pub async fn child(dir: &Path, cells: u64) -> Result<(), String> {
     config.server.data_dir = dir.to_path_buf();
     let before = rss_bytes();
     let started = Instant::now();
-    let (engine, report) = omniroute::daemon::recover(&config, Arc::new(SystemClock)).await?;
+    let omniroute::daemon::Recovery {
+        engine,
+        report,
+        lock: _lock,
+    } = omniroute::daemon::recover(&config, Arc::new(SystemClock)).await?;
     let recovered_ms = report.elapsed_ms;
     crate::return_freed_memory();
     let restart_ms = started.elapsed().as_millis();

@@ -29,6 +29,16 @@ pub struct Daemon {
     snapshots: tokio::task::JoinHandle<()>,
     /// Tells the snapshot loop to end once no snapshot is under way.
     stop_snapshots: Arc<tokio::sync::Notify>,
+    /// The data directory's lock, let go only after the final snapshot.
+    lock: store::DirLock,
+}
+
+/// A recovered data directory with the engine started on it.
+pub struct Recovery {
+    pub engine: Engine,
+    pub report: RecoveryReport,
+    /// The data directory's lock: whoever writes there keeps it.
+    pub lock: store::DirLock,
 }
 
 /// Starts the admin port (not ready), recovers, starts the engine and the
@@ -41,6 +51,10 @@ pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result
             "journal.durability = \"none\": answers are sent before the fsync; a crash can lose answered orders. For benchmarks only."
         );
     }
+    // Before any port is bound: a second daemon names the holder, not a
+    // taken port.
+    let lock = store::lock::lock(&config.server.data_dir, store::Access::Write)
+        .map_err(|e| e.to_string())?;
     let metrics = crate::telemetry::install();
     let admin_tokens = config
         .server
@@ -63,7 +77,11 @@ pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result
         None => None,
     };
     let data_dir = config.server.data_dir.clone();
-    let (engine, report) = recover(config, Arc::new(SystemClock)).await?;
+    let Recovery {
+        engine,
+        report,
+        lock,
+    } = recover_locked(config, Arc::new(SystemClock), lock).await?;
     status.engine_started(engine.clone());
     status.snapshot_baseline(
         store::newest_snapshot_unix_ms(&data_dir).unwrap_or_else(crate::admin::unix_ms),
@@ -90,6 +108,7 @@ pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result
         settings: config.store.clone(),
         snapshots,
         stop_snapshots,
+        lock,
     })
 }
 
@@ -97,21 +116,25 @@ pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result
 /// repairs what replay found out of step, releases holds that expired
 /// while down, and loads the config's stock into a new directory. The
 /// engine is ready for orders when this returns.
-pub async fn recover(
+pub async fn recover(config: &ValidConfig, clock: Arc<dyn Clock>) -> Result<Recovery, String> {
+    let lock = store::lock::lock(&config.server.data_dir, store::Access::Write)
+        .map_err(|e| e.to_string())?;
+    recover_locked(config, clock, lock).await
+}
+
+/// [`recover`] on a directory whose lock the caller already holds.
+async fn recover_locked(
     config: &ValidConfig,
     clock: Arc<dyn Clock>,
-) -> Result<(Engine, RecoveryReport), String> {
+    lock: store::DirLock,
+) -> Result<Recovery, String> {
     let data_dir = config.server.data_dir.clone();
     let network = Arc::new(config.network.clone());
     let recovered = {
-        let (dir, settings, engine, network) = (
-            data_dir.clone(),
-            config.store.clone(),
-            config.engine.clone(),
-            network.clone(),
-        );
+        let (settings, engine, network) =
+            (config.store.clone(), config.engine.clone(), network.clone());
         let now_ms = clock.now_ms();
-        tokio::task::spawn_blocking(move || store::open(&dir, &settings, &engine, &network, now_ms))
+        tokio::task::spawn_blocking(move || store::open(lock, &settings, &engine, &network, now_ms))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?
@@ -157,7 +180,11 @@ pub async fn recover(
             .await
             .map_err(|e| format!("loading stock: {e}"))?;
     }
-    Ok((engine, report))
+    Ok(Recovery {
+        engine,
+        report,
+        lock: recovered.lock,
+    })
 }
 
 /// Snapshots every actor and, unless `settings.keep_segments`, deletes the
@@ -253,6 +280,7 @@ impl Daemon {
         if let Some(admin) = self.admin {
             admin.shutdown().await;
         }
+        drop(self.lock);
         result.map(|_| ())
     }
 

@@ -285,6 +285,9 @@ pub enum ReplayError {
     Empty(String),
     #[error("LSN {lsn}: {reason}")]
     Record { lsn: u64, reason: String },
+    /// A daemon writes the directory: its journal moves under the reader.
+    #[error(transparent)]
+    Lock(#[from] store::LockError),
 }
 
 /// The what-if world: the core's shards and ledgers as plain values.
@@ -486,6 +489,8 @@ pub fn replay(
     what_if: Vec<Channel>,
     threads: Threads,
 ) -> Result<Report, ReplayError> {
+    // Shared: readers may run side by side, but not beside the daemon.
+    let _lock = store::lock::lock(data_dir, store::Access::Read)?;
     let recorded_network = &config.network;
     let world = World::new(
         config,

@@ -34,7 +34,13 @@ fn fixture() -> ValidConfig {
 async fn open(dir: &Path, config: &ValidConfig, clock: Arc<ManualClock>) -> Result<Engine, String> {
     let mut config = config.clone();
     config.server.data_dir = dir.to_path_buf();
-    Ok(omniroute::daemon::recover(&config, clock).await?.0)
+    // The lock goes at once: these tests reopen a directory whose engine
+    // they dropped, as a crash would.
+    Ok(omniroute::daemon::recover(&config, clock).await?.engine)
+}
+
+fn lock(dir: &Path) -> store::DirLock {
+    store::lock::lock(dir, store::Access::Write).expect("nobody else holds the directory")
 }
 
 fn key(id: &str) -> OrderRef {
@@ -114,7 +120,8 @@ async fn a_torn_tail_is_cut_and_reported() {
     let length_before = file.metadata().unwrap().len();
     drop(file);
     let network = Arc::new(config.network.clone());
-    let recovered = store::open(&dir.0, &config.store, &config.engine, &network, T0_MS).unwrap();
+    let recovered =
+        store::open(lock(&dir.0), &config.store, &config.engine, &network, T0_MS).unwrap();
     let torn = recovered
         .report
         .torn_tail
@@ -164,7 +171,7 @@ async fn a_flipped_byte_before_the_tail_refuses_to_start() {
     bytes[20] ^= 0x40;
     std::fs::write(&segment, &bytes).unwrap();
     let network = Arc::new(config.network.clone());
-    let error = match store::open(&dir.0, &config.store, &config.engine, &network, T0_MS) {
+    let error = match store::open(lock(&dir.0), &config.store, &config.engine, &network, T0_MS) {
         Err(e) => e,
         Ok(_) => panic!("a damaged journal must not open"),
     };

@@ -374,7 +374,7 @@ impl OrderBook {
         let sequence = u32::try_from(self.count + 1).expect("at most u32::MAX orders per router");
         let hash = key_hash(record.channel, &record.client_order_id);
         record.key_next = self.by_key.insert(hash, sequence).unwrap_or(0);
-        if self.count % ORDERS_PER_SEGMENT == 0 {
+        if self.count.is_multiple_of(ORDERS_PER_SEGMENT) {
             self.segments.push(Vec::with_capacity(ORDERS_PER_SEGMENT));
         }
         self.segments

@@ -320,7 +320,7 @@ fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(File, PathBuf), Jour
         file.write_all_at(&zeros[..n], written)
             .map_err(|e| io_error(&path, e))?;
         written += n as u64;
-        if written % SPARE_SYNC_EVERY_BYTES == 0 {
+        if written.is_multiple_of(SPARE_SYNC_EVERY_BYTES) {
             file.sync_data().map_err(|e| io_error(&path, e))?;
         }
     }

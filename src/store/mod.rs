@@ -3,6 +3,7 @@
 //! replay the journal after each one's LSN, and hand back the engine state.
 //!
 //! ```text
+//! DIR/lock                    the single writer's lock (see [`lock`])
 //! DIR/layout                  shards, routers and node ids the files assume
 //! DIR/journal/{lsn:020}.wal   journal segments
 //! DIR/snapshots/{actor}.snap  magic | lsn | body length | crc32c | rkyv body
@@ -26,6 +27,9 @@ use crate::core::stock::{Bumped, ShardImage, StockShard};
 use crate::engine::sequencer::{Sequencer, Txn, KIND_MARKER, KIND_POLICY, KIND_TXN};
 use crate::engine::{EngineError, EngineSettings, EngineState, Image};
 use crate::journal::{self, Durability, Journal, JournalError, TornTail};
+
+pub mod lock;
+pub use lock::{Access, DirLock, LockError};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"ORSNAP01";
 /// A router's book: the body is chunks, each a 16-byte header (archive
@@ -72,6 +76,8 @@ pub enum StoreError {
     Io { path: PathBuf, message: String },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("snapshot {path} is damaged: {reason}; refusing to start (restore the data directory from a backup)")]
     Snapshot { path: PathBuf, reason: String },
     #[error("the data directory {dir} was written for {found}, but the config has {configured}; start with the config it was written under, or a new data directory")]
@@ -115,6 +121,8 @@ pub struct Recovered {
     pub report: RecoveryReport,
     pub bumps: Vec<Bumped>,
     pub orphans: Vec<Orphan>,
+    /// This process's hold on the directory: keep it while writing there.
+    pub lock: DirLock,
 }
 
 /// A reservation no open order accounts for: (order, sku, node, units).
@@ -730,16 +738,17 @@ fn load_snapshot(dir: &Path, name: &str) -> Result<Option<Loaded>, StoreError> {
     Ok(Some(Loaded { lsn, bytes, path }))
 }
 
-/// Opens (or creates) the data directory and recovers the state in it.
+/// Recovers the state in the data directory `lock` holds (created empty
+/// if new). The lock comes first: a second daemon must not even replay.
 pub fn open(
-    dir: &Path,
+    lock: DirLock,
     store: &StoreSettings,
     settings: &EngineSettings,
     network: &Arc<Network>,
     now_ms: u64,
 ) -> Result<Recovered, StoreError> {
     let started = Instant::now();
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let dir = &lock.dir().to_path_buf();
     check_layout(dir, settings, network)?;
     let mut state = EngineState::fresh(settings, network, now_ms)?;
     let index = state.index.clone();
@@ -983,6 +992,7 @@ pub fn open(
         report,
         bumps,
         orphans,
+        lock,
     })
 }
 
