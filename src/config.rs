@@ -732,6 +732,14 @@ impl Config {
                     format!("must be 1..={MAX_ID_BYTES} bytes"),
                 ));
             }
+            for (field, units) in [("on_hand", s.on_hand), ("safety_stock", s.safety_stock)] {
+                if units > crate::limits::MAX_ON_HAND_UNITS {
+                    return Err(invalid(
+                        format!("stock[{i}].{field}"),
+                        format!("must be at most {}", crate::limits::MAX_ON_HAND_UNITS),
+                    ));
+                }
+            }
             if network.node_idx(&s.node).is_none() {
                 return Err(invalid(
                     format!("stock[{i}].node"),

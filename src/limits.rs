@@ -10,6 +10,13 @@ pub const MAX_LINES_PER_ORDER: usize = 64;
 /// overflow (64 lines x 1M units) while covering B2B bulk lines.
 pub const MAX_QTY_PER_LINE: u32 = 1_000_000;
 
+/// Units one stock cell may hold on hand, and the largest safety stock
+/// or adjustment. A billion units is far beyond any shelf or warehouse
+/// bin, keeps every sum of a cell's counts inside `u32` (the wire's
+/// 0xFFFFFFFF "unchanged" included, which no real count can then equal),
+/// and turns a corrupt feed value into a refusal instead of stock to sell.
+pub const MAX_ON_HAND_UNITS: u32 = 1_000_000_000;
+
 /// Length of a client order id, a SKU id, a channel or node name in bytes.
 pub const MAX_ID_BYTES: usize = 128;
 

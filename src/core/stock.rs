@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 
 use super::index::AvailabilityIndex;
 use super::model::{NodeIdx, OrderId, SkuId};
+use crate::limits::MAX_ON_HAND_UNITS;
 
 /// One (sku, node) cell.
 ///
@@ -102,7 +103,8 @@ pub enum StockError {
     NoReservation,
     #[error("ship quantity exceeds the reserved units")]
     ExceedsReserved,
-    #[error("stock would exceed u32::MAX units")]
+    /// The cell would hold more than [`MAX_ON_HAND_UNITS`]; it is unchanged.
+    #[error("stock would exceed {MAX_ON_HAND_UNITS} units on hand")]
     Overflow,
 }
 
@@ -520,7 +522,11 @@ impl StockShard {
     pub fn restock(&mut self, sku: SkuId, node: NodeIdx, qty: u32) -> Result<(), StockError> {
         let row = self.row_mut(sku);
         let cell = &mut row[node as usize];
-        cell.on_hand = cell.on_hand.checked_add(qty).ok_or(StockError::Overflow)?;
+        cell.on_hand = cell
+            .on_hand
+            .checked_add(qty)
+            .filter(|&units| units <= MAX_ON_HAND_UNITS)
+            .ok_or(StockError::Overflow)?;
         let cell = *cell;
         self.publish(sku, node, &cell);
         Ok(())
@@ -553,7 +559,8 @@ impl StockShard {
     }
 
     /// A relative change (receipt, shrinkage). A decrease below zero stops
-    /// at zero; below reserved, reservations are bumped as for `set`.
+    /// at zero; below reserved, reservations are bumped as for `set`. An
+    /// increase past [`MAX_ON_HAND_UNITS`] changes nothing.
     pub fn adjust(
         &mut self,
         sku: SkuId,
@@ -561,8 +568,12 @@ impl StockShard {
         delta: i64,
     ) -> Result<Vec<Bumped>, StockError> {
         let current = i64::from(self.cell(sku, node).on_hand);
-        let target = (current + delta).max(0);
-        let target = u32::try_from(target).map_err(|_| StockError::Overflow)?;
+        // Checked: the delta comes off the wire, any i64 at all.
+        let target = current.checked_add(delta).ok_or(StockError::Overflow)?;
+        let target = u32::try_from(target.max(0))
+            .ok()
+            .filter(|&units| units <= MAX_ON_HAND_UNITS)
+            .ok_or(StockError::Overflow)?;
         Ok(self.set(sku, node, target, None))
     }
 

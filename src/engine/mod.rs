@@ -36,7 +36,9 @@ use crate::core::router::{
     router_of_key, router_of_order, OpError, OrderRecord, OrderRef, RouterCore, MAX_ROUTERS,
 };
 use crate::core::stock::{Bumped, Cell, ImageMemory, StockError, StockShard};
-use crate::limits::{MAX_NEAREST_NODES, MAX_ORDERS_PER_BATCH, MAX_STOCK_UPDATES_PER_BATCH};
+use crate::limits::{
+    MAX_NEAREST_NODES, MAX_ON_HAND_UNITS, MAX_ORDERS_PER_BATCH, MAX_STOCK_UPDATES_PER_BATCH,
+};
 
 /// Where the engine reads the time. Tests use [`ManualClock`] so that hold
 /// expiry happens exactly when they say.
@@ -115,6 +117,14 @@ pub enum EngineError {
     UnknownNode(String),
     #[error("unknown sku {0:?}")]
     UnknownSku(String),
+    /// A stock feed entry's count is out of range; the feed changed nothing.
+    #[error("stock entry {entry} ({sku}@{node}): {reason}")]
+    StockQuantity {
+        entry: usize,
+        sku: String,
+        node: String,
+        reason: String,
+    },
     #[error(transparent)]
     CatalogFull(#[from] CatalogFull),
     #[error(transparent)]
@@ -141,6 +151,44 @@ pub enum StockUpdate {
         node: String,
         delta: i64,
     },
+}
+
+/// Refuses a feed with a count no cell may take, before anything changes:
+/// on_hand and safety stock at most [`MAX_ON_HAND_UNITS`] (a count sets
+/// on_hand, so the wire's 0xFFFFFFFF "unchanged" is for safety stock only),
+/// and an adjustment no larger than that either way. An adjustment that
+/// would take a cell past the limit is the shard's to refuse (it alone
+/// knows the count), as an entry error that changes nothing.
+fn check_stock_quantities(updates: &[StockUpdate]) -> Result<(), EngineError> {
+    let limit = i64::from(MAX_ON_HAND_UNITS);
+    for (entry, update) in updates.iter().enumerate() {
+        let reason = match update {
+            StockUpdate::Set { on_hand, .. } if *on_hand == u32::MAX => {
+                "on_hand 0xFFFFFFFF: a count sets on_hand (only safety_stock takes 0xFFFFFFFF as unchanged)".to_string()
+            }
+            StockUpdate::Set { on_hand, .. } if *on_hand > MAX_ON_HAND_UNITS => {
+                format!("on_hand {on_hand} is above the limit of {MAX_ON_HAND_UNITS}")
+            }
+            StockUpdate::Set {
+                safety_stock: Some(safety),
+                ..
+            } if *safety > MAX_ON_HAND_UNITS => {
+                format!("safety_stock {safety} is above the limit of {MAX_ON_HAND_UNITS}")
+            }
+            StockUpdate::Adjust { delta, .. } if !(-limit..=limit).contains(delta) => {
+                format!("adjustment {delta:+} is beyond ±{MAX_ON_HAND_UNITS}")
+            }
+            _ => continue,
+        };
+        let (StockUpdate::Set { sku, node, .. } | StockUpdate::Adjust { sku, node, .. }) = update;
+        return Err(EngineError::StockQuantity {
+            entry,
+            sku: sku.clone(),
+            node: node.clone(),
+            reason,
+        });
+    }
+    Ok(())
 }
 
 /// Messages waiting in each actor's mailbox, by actor index.
@@ -818,6 +866,7 @@ impl Engine {
         if updates.len() > MAX_STOCK_UPDATES_PER_BATCH {
             return Err(EngineError::BatchTooLarge(updates.len()));
         }
+        check_stock_quantities(updates)?;
         // Every node is resolved before any SKU is interned, so that an
         // unknown node refuses the batch with nothing changed.
         let nodes = updates

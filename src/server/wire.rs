@@ -197,6 +197,7 @@ pub fn error(error: &EngineError) -> wire::Response {
         EngineError::BatchTooLarge(_) | EngineError::CatalogFull(_) => ErrorCode::TooLarge,
         EngineError::UnknownNode(_) => ErrorCode::UnknownNode,
         EngineError::UnknownSku(_) => ErrorCode::UnknownSku,
+        EngineError::StockQuantity { .. } => ErrorCode::InvalidQuantity,
         EngineError::Cursor(_) => ErrorCode::CursorTooOld,
         EngineError::Order(op) => match op {
             OpError::UnknownOrder => ErrorCode::UnknownOrder,
