@@ -86,6 +86,16 @@ fn error_code(reply: &Reply, id: u64) -> u16 {
     }
 }
 
+/// The message of the `Unframeable` answer with request id `id`.
+fn unframeable(reply: &Reply, id: u64) -> String {
+    match reply.frames.iter().find(|(i, _)| *i == id) {
+        Some((_, Response::Error { code, message })) if *code == ErrorCode::Unframeable as u16 => {
+            message.clone()
+        }
+        other => panic!("expected Unframeable for request {id}, got {other:?}"),
+    }
+}
+
 fn rejection(reply: &Reply, id: u64) -> (u16, u16) {
     match reply.frames.iter().find(|(i, _)| *i == id) {
         Some((_, Response::Decision(Decision::Rejected { code, detail, .. }))) => (*code, *detail),
@@ -137,11 +147,20 @@ async fn bad_bytes_get_their_documented_answers() {
     assert_eq!(error_code(&reply, 1), ErrorCode::NotAuthenticated as u16);
     good_client_is_served(&good, &mut served).await;
 
-    // Unframeable garbage: a length prefix far above the limit resets the stream.
-    let reply = exchange(&raw, &[0xff, 0xff, 0xff, 0x7f, 1, 2, 3], false).await;
-    assert_eq!(reply.reset, Some(u64::from(close_codes::FRAME_TOO_LARGE)));
-    let reply = exchange(&raw, &[3, 0, 0, 0, 0xAA, 0xBB, 0xCC], false).await;
-    assert_eq!(reply.reset, Some(u64::from(close_codes::FRAME_TOO_SHORT)));
+    // Unframeable garbage: a length prefix far above the limit or below it is answered
+    // Unframeable (too few bytes for a request id) and the stream ends.
+    for (garbage, close_code) in [
+        (
+            [0xff, 0xff, 0xff, 0x7f, 1, 2, 3],
+            close_codes::FRAME_TOO_LARGE,
+        ),
+        ([3, 0, 0, 0, 0xAA, 0xBB, 0xCC], close_codes::FRAME_TOO_SHORT),
+    ] {
+        let reply = exchange(&raw, &garbage, false).await;
+        let message = unframeable(&reply, wire::UNFRAMED_REQUEST_ID);
+        assert!(message.contains(&format!("{close_code:#x}")), "{message}");
+        assert_eq!((reply.reset, reply.frames.len()), (None, 1));
+    }
     good_client_is_served(&good, &mut served).await;
 
     // Authenticate the raw connection; the rest are answered per request.
@@ -202,11 +221,29 @@ async fn bad_bytes_get_their_documented_answers() {
     assert_eq!(reply.reset, None);
     good_client_is_served(&good, &mut served).await;
 
-    // A frame cut short by the end of the stream resets that stream only.
-    let whole = order_frame(10, vec![("SKU-1".into(), 1)]);
-    let reply = exchange(&raw, &whole[..whole.len() - 3], true).await;
-    assert_eq!(reply.reset, Some(u64::from(close_codes::TRUNCATED)));
-    assert!(reply.frames.is_empty());
+    // A frame cut short by the end of the stream, after whole ones: every whole frame is
+    // answered (the Submit holds stock, so its Decision must arrive), then the cut one.
+    for attempt in 0..10u64 {
+        let id = 100 + 2 * attempt;
+        let mut bytes = order_frame(id, vec![("SKU-1".into(), 1)]);
+        let cut = order_frame(id + 1, vec![("SKU-1".into(), 1)]);
+        bytes.extend_from_slice(&cut[..cut.len() - 3]);
+        let reply = exchange(&raw, &bytes, true).await;
+        assert!(matches!(
+            reply.frames.iter().find(|(i, _)| *i == id),
+            Some((_, Response::Decision(Decision::Routed { .. })))
+        ));
+        served += 1;
+        let message = unframeable(&reply, id + 1);
+        assert!(
+            message.contains(&format!("{:#x}", close_codes::TRUNCATED)),
+            "{message}"
+        );
+        assert_eq!(reply.reset, None);
+    }
+    // Cut inside the header: no request id to name.
+    let reply = exchange(&raw, &[40, 0, 0, 0, kinds::CONFIRM, 1], true).await;
+    unframeable(&reply, wire::UNFRAMED_REQUEST_ID);
     good_client_is_served(&good, &mut served).await;
 
     // An unknown protocol version closes that connection with its code.

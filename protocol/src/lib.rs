@@ -40,15 +40,18 @@ pub const MAX_COUNTS_PER_REJECT: usize = 64;
 /// Nodes in one availability answer.
 pub const MAX_NODES_PER_ANSWER: usize = 16_384;
 
-/// Application error codes used to close a stream (QUIC `RESET_STREAM` /
-/// `STOP_SENDING`) or a connection (`CONNECTION_CLOSE`) when the bytes
-/// cannot be framed at all.
+/// The request id of an `Unframeable` answer to bytes too few to hold one.
+pub const UNFRAMED_REQUEST_ID: u64 = u64::MAX;
+
+/// Application error codes: why the server stops reading a stream
+/// (`STOP_SENDING`, named in the `Unframeable` answer too) or resets one,
+/// or closes a connection (`CONNECTION_CLOSE`).
 pub mod close_codes {
-    /// A length prefix above `MAX_FRAME_BYTES`. Closes the stream.
+    /// A length prefix above `MAX_FRAME_BYTES`: the server stops reading.
     pub const FRAME_TOO_LARGE: u32 = 0x10;
-    /// A length prefix below `MIN_FRAME_BYTES`. Closes the stream.
+    /// A length prefix below `MIN_FRAME_BYTES`: the server stops reading.
     pub const FRAME_TOO_SHORT: u32 = 0x11;
-    /// The stream ended in the middle of a frame. Closes the stream.
+    /// The stream ended in the middle of a frame.
     pub const TRUNCATED: u32 = 0x12;
     /// `Hello` asked for a protocol version the server does not speak.
     /// Closes the connection.

@@ -63,6 +63,10 @@ pub enum ErrorCode {
     /// A batch beyond its limit.
     TooLarge = 14,
     Internal = 15,
+    /// The bytes from here on cannot be framed (the message says why and
+    /// names the close code); every whole frame before them was answered,
+    /// and the server ends the stream after this answer.
+    Unframeable = 16,
 }
 
 impl ErrorCode {
@@ -84,6 +88,7 @@ impl ErrorCode {
             CursorTooOld,
             TooLarge,
             Internal,
+            Unframeable,
         ]
         .into_iter()
         .find(|c| *c as u16 == code)

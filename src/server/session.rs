@@ -11,7 +11,8 @@ use std::sync::{Arc, OnceLock};
 
 use futures::future::join_all;
 use omniroute_protocol::{
-    check_frame, close_codes, split_frame, ErrorCode, Request, Response, PROTOCOL_VERSION,
+    check_frame, close_codes, split_frame, ErrorCode, Request, Response, MIN_FRAME_BYTES,
+    PROTOCOL_VERSION, UNFRAMED_REQUEST_ID,
 };
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, Semaphore};
@@ -118,6 +119,9 @@ async fn serve_stream(
 ) {
     let (out, queue) = mpsc::channel(WRITE_QUEUE_BATCHES);
     let writer = tokio::spawn(write_loop(send, queue));
+    // This stream's request tasks: the answer to bytes that cannot be
+    // framed waits for them, so that every whole frame before is answered.
+    let requests = tokio_util::task::TaskTracker::new();
     let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     loop {
         let read = tokio::select! {
@@ -130,7 +134,8 @@ async fn serve_stream(
             Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
             Ok(None) => {
                 if !buffer.is_empty() {
-                    let _ = out.send(Out::Reset(close_codes::TRUNCATED)).await;
+                    let why = truncated(&buffer);
+                    unframeable_after(&requests, &out, &buffer, why).await;
                 }
                 break;
             }
@@ -148,23 +153,77 @@ async fn serve_stream(
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    broken = Some(error.close_code());
+                    broken = Some(error);
                     break;
                 }
             }
         }
         buffer.drain(..consumed);
-        if !frames.is_empty() && !dispatch(frames, &connection, &session, &shared, &out).await {
+        let stream = Stream {
+            connection: &connection,
+            session: &session,
+            shared: &shared,
+            out: &out,
+            requests: &requests,
+        };
+        if !frames.is_empty() && !dispatch(frames, &stream).await {
             break;
         }
-        if let Some(code) = broken {
+        if let Some(error) = broken {
+            let code = error.close_code();
             let _ = recv.stop(code.into());
-            let _ = out.send(Out::Reset(code)).await;
+            let why = format!("{error}; the server reads no further (close code {code:#x})");
+            unframeable_after(&requests, &out, &buffer, why).await;
             break;
         }
     }
     drop(out);
     let _ = writer.await;
+}
+
+/// Why the stream's last bytes, `rest`, are no whole frame.
+fn truncated(rest: &[u8]) -> String {
+    let frame = rest
+        .get(..4)
+        .map(|prefix| 4 + u32::from_le_bytes(prefix.try_into().unwrap()) as usize);
+    let of = frame.map_or_else(String::new, |bytes| format!(" of {bytes} bytes"));
+    format!(
+        "the stream ended {} bytes into a frame{of} (close code {:#x})",
+        rest.len(),
+        close_codes::TRUNCATED
+    )
+}
+
+/// Answers bytes that cannot be framed once every request task already
+/// spawned for the stream has queued its answers; the caller then stops,
+/// and the writer ends the stream. Not a reset: a QUIC reset discards
+/// whatever the peer has not read yet, the answers before it included.
+async fn unframeable_after(
+    requests: &tokio_util::task::TaskTracker,
+    out: &mpsc::Sender<Out>,
+    rest: &[u8],
+    why: String,
+) {
+    requests.close();
+    requests.wait().await;
+    // The frame's own id when its header came whole, so a client can match it.
+    let id = rest
+        .get(4..MIN_FRAME_BYTES + 4)
+        .map_or(UNFRAMED_REQUEST_ID, |header| {
+            u64::from_le_bytes(header[1..].try_into().unwrap())
+        });
+    let answer = [(id, Response::error(ErrorCode::Unframeable, why))];
+    let _ = out.send(Out::Frames(encode(&answer))).await;
+}
+
+/// What one stream's batches are dispatched with.
+struct Stream<'a> {
+    connection: &'a quinn::Connection,
+    session: &'a Arc<Session>,
+    shared: &'a Arc<Shared>,
+    out: &'a mpsc::Sender<Out>,
+    /// The stream's request tasks (not its subscriptions, which live on).
+    requests: &'a tokio_util::task::TaskTracker,
 }
 
 fn encode(responses: &[(u64, Response)]) -> Vec<u8> {
@@ -178,11 +237,15 @@ fn encode(responses: &[(u64, Response)]) -> Vec<u8> {
 /// Handles one decoded batch. Returns false when the connection is closed.
 async fn dispatch(
     frames: Vec<(u64, Result<Option<Request>, String>)>,
-    connection: &quinn::Connection,
-    session: &Arc<Session>,
-    shared: &Arc<Shared>,
-    out: &mpsc::Sender<Out>,
+    stream: &Stream<'_>,
 ) -> bool {
+    let Stream {
+        connection,
+        session,
+        shared,
+        out,
+        requests,
+    } = *stream;
     let mut immediate: Vec<(u64, Response)> = Vec::new();
     let mut submits = Vec::new();
     let mut others = Vec::new();
@@ -256,7 +319,7 @@ async fn dispatch(
         return false;
     };
     let (engine, out) = (shared.engine.clone(), out.clone());
-    shared.tracker.spawn(async move {
+    shared.tracker.spawn(requests.track_future(async move {
         let mut responses = Vec::with_capacity(work);
         if !submits.is_empty() {
             let (ids, orders): (Vec<u64>, Vec<_>) = submits.into_iter().unzip();
@@ -277,7 +340,7 @@ async fn dispatch(
         responses.extend(answered);
         let _ = out.send(Out::Frames(encode(&responses))).await;
         drop(permit);
-    });
+    }));
     true
 }
 
