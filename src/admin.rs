@@ -15,8 +15,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
+use crate::config_diff::{changed_keys, scope, Scope};
 use crate::engine::{Engine, EngineError};
+use crate::server::Tokens;
 use crate::telemetry;
 
 /// What the admin port and the daemon share.
@@ -25,10 +27,12 @@ pub struct Status {
     /// When the newest snapshot was written (Unix ms; 0: none yet).
     last_snapshot_unix_ms: AtomicU64,
     engine: OnceLock<Engine>,
-    /// The config file a reload reads again; None on the embedded config.
-    config_path: Option<PathBuf>,
-    /// Tokens of the `admin` role: a reload must carry one.
-    admin_tokens: Vec<String>,
+    /// The config file a reload reads again, and its keys at start (what a
+    /// restart-only change is measured against); None on the embedded config.
+    config_file: Option<(PathBuf, toml::Table)>,
+    /// The live token table, the QUIC server's too: a reload must carry a
+    /// token of the `admin` role, and replaces the table.
+    tokens: Arc<Tokens>,
     /// One reload at a time, so that their records and their effects keep one order.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -70,22 +74,31 @@ impl ReloadError {
     }
 }
 
-/// A reload that took effect.
+/// A reload that took effect, and what it could not do.
 #[derive(Debug, serde::Serialize)]
 pub struct Reloaded {
     /// Journal LSN of the reload; orders after it are routed by the new policies.
     pub lsn: u64,
     pub channels: Vec<String>,
+    /// Changed keys now in force (`channels.NAME`, `server.tokens`).
+    pub applied: Vec<String>,
+    /// Keys that differ from the config the daemon started on and take
+    /// effect only at the next start.
+    pub restart_required: Vec<String>,
+    /// Changed keys read only when a data directory is created.
+    pub new_directory_only: Vec<String>,
 }
 
 impl Status {
-    pub fn new(config_path: Option<PathBuf>, admin_tokens: Vec<String>) -> Status {
+    pub fn new(source: Option<ConfigSource>, tokens: Arc<Tokens>) -> Status {
+        // The text was parsed when the daemon loaded it; it parses again.
+        let config_file = source.map(|s| (s.path, s.text.parse().unwrap_or_default()));
         Status {
             ready: AtomicBool::new(false),
             last_snapshot_unix_ms: AtomicU64::new(0),
             engine: OnceLock::new(),
-            config_path,
-            admin_tokens,
+            config_file,
+            tokens,
             reloading: tokio::sync::Mutex::new(()),
         }
     }
@@ -125,11 +138,26 @@ impl Status {
         let outcome = if result.is_ok() { "applied" } else { "refused" };
         metrics::counter!(telemetry::POLICY_RELOADS_TOTAL, "result" => outcome).increment(1);
         match &result {
-            Ok(r) => tracing::info!(
-                "routing policies reloaded at LSN {} for channels {}",
-                r.lsn,
-                r.channels.join(", ")
-            ),
+            Ok(r) => {
+                tracing::info!(
+                    "reload at LSN {} applied [{}] (channels {})",
+                    r.lsn,
+                    r.applied.join(", "),
+                    r.channels.join(", ")
+                );
+                if !r.restart_required.is_empty() {
+                    tracing::warn!(
+                        "reload: changed keys take effect only at the next start: {}",
+                        r.restart_required.join(", ")
+                    );
+                }
+                if !r.new_directory_only.is_empty() {
+                    tracing::warn!(
+                        "reload: changed keys are read only into a new data directory: {}",
+                        r.new_directory_only.join(", ")
+                    );
+                }
+            }
             Err(e) => tracing::warn!("policy reload refused, the old policies stay: {e}"),
         }
         result
@@ -137,7 +165,8 @@ impl Status {
 
     async fn try_reload(&self) -> Result<Reloaded, ReloadError> {
         let _one = self.reloading.lock().await;
-        let path = self.config_path.clone().ok_or(ReloadError::NoConfigFile)?;
+        let (path, started) = self.config_file.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let path = path.clone();
         let engine = match (self.engine.get(), self.is_ready()) {
             (Some(engine), true) => engine,
             _ => return Err(ReloadError::NotReady),
@@ -153,11 +182,27 @@ impl Status {
         let policies = Config::from_toml(&text)
             .and_then(|config| config.policies())
             .map_err(|e| invalid(e.to_string()))?;
+        let keys: toml::Table = text.parse().map_err(|e| invalid(format!("{e}")))?;
         let channels = policies.channels.iter().map(|c| c.name.clone()).collect();
         let lsn = engine
             .reload_policies(policies.channels, policies.toml)
             .await?;
-        Ok(Reloaded { lsn, channels })
+        self.tokens.replace(policies.tokens);
+        let mut reloaded = Reloaded {
+            lsn,
+            channels,
+            applied: Vec::new(),
+            restart_required: Vec::new(),
+            new_directory_only: Vec::new(),
+        };
+        for key in changed_keys(started, &keys) {
+            match scope(&key) {
+                Scope::Live => reloaded.applied.push(key),
+                Scope::Restart => reloaded.restart_required.push(key),
+                Scope::NewDirectoryOnly => reloaded.new_directory_only.push(key),
+            }
+        }
+        Ok(reloaded)
     }
 
     /// Sets the gauges whose values live elsewhere, just before a scrape.
@@ -271,14 +316,7 @@ async fn reload(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Res
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let authorized = token.is_some_and(|token| {
-        state.status.admin_tokens.iter().any(|known| {
-            bool::from(subtle::ConstantTimeEq::ct_eq(
-                known.as_bytes(),
-                token.as_bytes(),
-            ))
-        })
-    });
+    let authorized = token.is_some_and(|token| state.status.tokens.is_admin(token));
     if !authorized {
         return json_error(
             StatusCode::UNAUTHORIZED,

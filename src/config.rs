@@ -3,6 +3,7 @@
 //! one message naming its key, before anything starts.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -171,11 +172,21 @@ pub fn parse_admin_listen(text: &str) -> Result<Option<std::net::SocketAddr>, St
         .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9090, or \"off\""))
 }
 
-/// The routing policies of a config, validated with the whole file, for a
-/// reload: the channels resolved, and as TOML for the journal.
+/// A config file as the daemon read it at start: a reload reads the path
+/// again and names what changed since this text.
+#[derive(Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// What a reload puts in force, validated with the whole file: the
+/// channels' routing policies (resolved, and as TOML for the journal) and
+/// the token table.
 pub struct Policies {
     pub channels: Vec<Channel>,
     pub toml: String,
+    pub tokens: Vec<(String, Role)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,6 +426,7 @@ impl Config {
         Ok(Policies {
             channels: valid.network.channels,
             toml,
+            tokens: valid.server.tokens.table().to_vec(),
         })
     }
 
@@ -585,7 +597,7 @@ impl Config {
             listen,
             data_dir: s.data_dir.clone().into(),
             cert,
-            tokens,
+            tokens: std::sync::Arc::new(crate::server::Tokens::new(tokens)),
             max_connections: s.max_connections,
             max_inflight_per_connection: s.max_inflight_per_connection,
             max_streams_per_connection: s.max_streams_per_connection,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::admin::{AdminServer, Status};
-use crate::config::ValidConfig;
+use crate::config::{ConfigSource, ValidConfig};
 use crate::engine::{Clock, Engine, SystemClock};
 use crate::journal::Durability;
 use crate::server::RunningServer;
@@ -44,8 +44,8 @@ pub struct Recovery {
 /// Starts the admin port (not ready), recovers, starts the engine and the
 /// QUIC server, and only then reports ready. Orders are accepted only once
 /// recovery (and the expiry of holds that lapsed while the daemon was
-/// down) is complete. `config_path` is the file a policy reload reads.
-pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result<Daemon, String> {
+/// down) is complete. `source` is the file a reload reads again.
+pub async fn start(config: &ValidConfig, source: Option<ConfigSource>) -> Result<Daemon, String> {
     if config.store.durability == Durability::None {
         tracing::warn!(
             "journal.durability = \"none\": answers are sent before the fsync; a crash can lose answered orders. For benchmarks only."
@@ -56,14 +56,7 @@ pub async fn start(config: &ValidConfig, config_path: Option<PathBuf>) -> Result
     let lock = store::lock::lock(&config.server.data_dir, store::Access::Write)
         .map_err(|e| e.to_string())?;
     let metrics = crate::telemetry::install();
-    let admin_tokens = config
-        .server
-        .tokens
-        .iter()
-        .filter(|(_, role)| *role == crate::server::Role::Admin)
-        .map(|(token, _)| token.clone())
-        .collect();
-    let status = Arc::new(Status::new(config_path, admin_tokens));
+    let status = Arc::new(Status::new(source, config.server.tokens.clone()));
     status.set_ready(false);
     let admin = match config.admin {
         Some(addr) => {

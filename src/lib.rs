@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod config_diff;
 pub mod core;
 pub mod daemon;
 pub mod engine;

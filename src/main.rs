@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use omniroute::config::{Config, ValidConfig};
+use omniroute::config::{Config, ConfigSource, ValidConfig};
 use omniroute::core::model::{Decision, NodeKind};
 use omniroute::engine::{Engine, StockUpdate, SystemClock};
 use omniroute::limits::MAX_ORDERS_PER_BATCH;
@@ -154,16 +154,24 @@ fn parse_admin(text: &str) -> Result<AdminListen, String> {
     omniroute::config::parse_admin_listen(text).map(AdminListen)
 }
 
-fn load(path: Option<&PathBuf>) -> Result<ValidConfig, String> {
-    let config = match path {
+/// The config and, when it came from a file, that file as read.
+fn load(path: Option<&PathBuf>) -> Result<(ValidConfig, Option<ConfigSource>), String> {
+    let (config, source) = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            let config =
+                Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let source = ConfigSource {
+                path: path.clone(),
+                text,
+            };
+            (config, Some(source))
         }
-        None => Config::default_config(),
+        None => (Config::default_config(), None),
     };
-    config.validate().map_err(|e| e.to_string())
+    let valid = config.validate().map_err(|e| e.to_string())?;
+    Ok((valid, source))
 }
 
 fn describe(config: &ValidConfig) -> String {
@@ -225,9 +233,9 @@ async fn start(config: &ValidConfig) -> Result<Engine, String> {
     Ok(engine)
 }
 
-async fn serve(config: ValidConfig, config_path: Option<PathBuf>) -> Result<(), String> {
+async fn serve(config: ValidConfig, source: Option<ConfigSource>) -> Result<(), String> {
     let started = Instant::now();
-    let daemon = omniroute::daemon::start(&config, config_path).await?;
+    let daemon = omniroute::daemon::start(&config, source).await?;
     return_freed_memory();
     let server = &daemon.server;
     println!(
@@ -255,7 +263,7 @@ async fn serve(config: ValidConfig, config_path: Option<PathBuf>) -> Result<(), 
         server.cert_path.display(),
         server.fingerprint
     );
-    for (token, role) in &config.server.tokens {
+    for (token, role) in config.server.tokens.table().iter() {
         if token.starts_with("dev-") {
             println!("development token {token} ({})", role.name());
         }
@@ -282,7 +290,14 @@ async fn wait_for_shutdown(daemon: &omniroute::daemon::Daemon) {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
                 _ = hangup.recv() => match daemon.reload_policy().await {
-                    Ok(r) => println!("policy reloaded at LSN {}", r.lsn),
+                    Ok(r) if r.restart_required.is_empty() => {
+                        println!("policy reloaded at LSN {}", r.lsn)
+                    }
+                    Ok(r) => println!(
+                        "policy reloaded at LSN {}; changed keys that need a restart: {}",
+                        r.lsn,
+                        r.restart_required.join(", ")
+                    ),
                     Err(e) => println!("policy reload refused ({}): {e}", e.code()),
                 },
             }
@@ -486,7 +501,7 @@ fn main() -> ExitCode {
         Command::BenchRestartChild { dir, cells } => {
             runtime.block_on(bench_restart::child(&dir, cells))
         }
-        daemon_command => match load(cli.config.as_ref()).map(|mut config| {
+        daemon_command => match load(cli.config.as_ref()).map(|(mut config, source)| {
             if let Some(dir) = &cli.data_dir {
                 config.server.data_dir = dir.clone();
             }
@@ -496,13 +511,13 @@ fn main() -> ExitCode {
             if let Some(AdminListen(admin)) = cli.admin {
                 config.admin = admin;
             }
-            config
+            (config, source)
         }) {
             Err(message) => {
                 eprintln!("omniroute: {message}");
                 return ExitCode::from(2);
             }
-            Ok(config) => {
+            Ok((config, source)) => {
                 init_logs(&config.log.level, cli.log_json || config.log.json);
                 match daemon_command {
                     Command::CheckConfig => {
@@ -517,7 +532,7 @@ fn main() -> ExitCode {
                         json,
                         threads,
                     } => replay(&config, &policy, json.as_deref(), threads),
-                    _ => runtime.block_on(serve(config, cli.config.clone())),
+                    _ => runtime.block_on(serve(config, source)),
                 }
             }
         },

@@ -423,3 +423,60 @@ async fn policy_reload_by_sighup_and_http_changes_the_next_order_and_a_broken_fi
         2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_lets_a_new_token_in_at_once_and_names_the_keys_that_need_a_restart() {
+    // Proves a token added to the config file is let in by the next Hello after a reload (and
+    // refused again once removed), and a changed engine.shards is named as needing a restart,
+    // by HTTP and by SIGHUP, instead of a silent 200.
+    const NEW_TOKEN: &str = "reloaded-web-token";
+    let dir = TempDir::new("ops-reload-keys");
+    let path = dir.0.join("omniroute.toml");
+    let base = policy_config(&dir.0, &["nearest"]);
+    std::fs::write(&path, &base).unwrap();
+    let mut daemon = Daemon::start(&dir.0, Some(&path), "127.0.0.1:0").await;
+    let bad_token = |answer: Result<Client, ClientError>| match answer {
+        Err(ClientError::Server { code, .. }) => {
+            assert_eq!(code, omniroute_protocol::ErrorCode::BadToken as u16)
+        }
+        Err(other) => panic!("expected BadToken, got {other}"),
+        Ok(_) => panic!("expected BadToken, the token was let in"),
+    };
+    bad_token(daemon.try_client(NEW_TOKEN).await);
+
+    assert!(base.contains("shards = 2\n"));
+    let grown = format!(
+        "{}\n[[server.tokens]]\ntoken = \"{NEW_TOKEN}\"\nrole = \"channel:web\"\n",
+        base.replacen("shards = 2\n", "shards = 3\n", 1)
+    );
+    std::fs::write(&path, &grown).unwrap();
+    let (status, body) = post(daemon.admin(), "/policy/reload", Some(common::ADMIN_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["applied"],
+        serde_json::json!(["server.tokens"]),
+        "{body}"
+    );
+    assert_eq!(
+        body["restart_required"],
+        serde_json::json!(["engine.shards"]),
+        "{body}"
+    );
+    let web = daemon
+        .try_client(NEW_TOKEN)
+        .await
+        .expect("the new token is let in");
+    assert_eq!(node_of(&web, "k-1").await, "ST-1");
+
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.line_with("policy reload").await;
+    assert!(line.contains("need a restart: engine.shards"), "{line}");
+
+    std::fs::write(&path, &base).unwrap();
+    let (status, body) = post(daemon.admin(), "/policy/reload", Some(common::ADMIN_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["restart_required"], serde_json::json!([]), "{body}");
+    bad_token(daemon.try_client(NEW_TOKEN).await);
+    // The connection it already opened keeps its role.
+    assert_eq!(node_of(&web, "k-2").await, "ST-1");
+}

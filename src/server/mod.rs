@@ -3,6 +3,7 @@
 
 mod session;
 pub mod tls;
+mod tokens;
 mod wire;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Engine;
+pub use tokens::Tokens;
 
 /// What a token lets a connection do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +59,8 @@ pub struct ServerSettings {
     /// Certificate and key (PEM); without them a self-signed pair is made
     /// in `data_dir`.
     pub cert: Option<(PathBuf, PathBuf)>,
-    pub tokens: Vec<(String, Role)>,
+    /// The live token table, shared with the admin port's reload.
+    pub tokens: Arc<Tokens>,
     pub max_connections: usize,
     /// Requests of one connection being processed at once; beyond it the
     /// server stops reading that connection (QUIC flow control pushes back).

@@ -14,7 +14,6 @@ use omniroute_protocol::{
     check_frame, close_codes, split_frame, ErrorCode, Request, Response, MIN_FRAME_BYTES,
     PROTOCOL_VERSION, UNFRAMED_REQUEST_ID,
 };
-use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::{wire, Role};
@@ -28,7 +27,7 @@ const WRITE_QUEUE_BATCHES: usize = 1024;
 
 pub struct Shared {
     pub engine: Engine,
-    pub tokens: Vec<(String, Role)>,
+    pub tokens: Arc<super::Tokens>,
     pub max_inflight_per_connection: usize,
     /// Cancelled at shutdown: stop reading, answer what was read.
     pub stop: tokio_util::sync::CancellationToken,
@@ -345,15 +344,11 @@ async fn dispatch(
 }
 
 fn hello(session: &Session, shared: &Shared, token: &str) -> Response {
-    let found = shared
-        .tokens
-        .iter()
-        .find(|(known, _)| bool::from(known.as_bytes().ct_eq(token.as_bytes())));
-    let Some((_, role)) = found else {
+    let Some(role) = shared.tokens.role(token) else {
         return Response::error(ErrorCode::BadToken, "unknown token");
     };
     match session.role.get() {
-        Some(current) if current != role => Response::error(
+        Some(current) if *current != role => Response::error(
             ErrorCode::Forbidden,
             format!("connection is already {}", current.name()),
         ),

@@ -86,6 +86,11 @@ impl Daemon {
     }
 
     pub async fn client(&self, token: &str) -> Client {
+        self.try_client(token).await.expect("client connects")
+    }
+
+    /// Connects and says Hello with `token`, which the daemon may refuse.
+    pub async fn try_client(&self, token: &str) -> Result<Client, omniroute_client::ClientError> {
         Client::connect(
             self.addr,
             "localhost",
@@ -93,7 +98,6 @@ impl Daemon {
             token,
         )
         .await
-        .expect("client connects")
     }
 
     /// Waits for a stdout line containing `text` and returns it.
