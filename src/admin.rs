@@ -272,7 +272,7 @@ pub async fn start(
         .map_err(|e| format!("admin port: {e}"))?;
     let app = Router::new()
         .route("/metrics", get(metrics_page))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/policy/reload", post(reload))
         .with_state(Arc::new(AdminState { status, metrics }));
@@ -296,6 +296,14 @@ async fn metrics_page(State(state): State<Arc<AdminState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Alive unless an actor has failed (the daemon is then stopping).
+async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
+    match state.status.engine.get().and_then(|e| e.health().failure()) {
+        Some(failure) => (StatusCode::SERVICE_UNAVAILABLE, format!("{failure}\n")).into_response(),
+        None => (StatusCode::OK, "ok\n").into_response(),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {

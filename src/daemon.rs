@@ -262,13 +262,21 @@ impl Daemon {
         }
         // A periodic snapshot under way ends first.
         let _ = self.snapshots.await;
-        let result = snapshot(
-            &self.engine,
-            self.data_dir.clone(),
-            &self.settings,
-            &self.status,
-        )
-        .await;
+        // A failed actor's state is gone: a snapshot now would miss it,
+        // and the journal already holds every answered change.
+        let result = match self.engine.health().failure() {
+            Some(failure) => Err(format!(
+                "{failure}; stopped without a final snapshot (the next start recovers from the journal)"
+            )),
+            None => snapshot(
+                &self.engine,
+                self.data_dir.clone(),
+                &self.settings,
+                &self.status,
+            )
+            .await
+            .map(|_| ()),
+        };
         self.engine.shutdown();
         if let Some(admin) = self.admin {
             admin.shutdown().await;

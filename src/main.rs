@@ -285,10 +285,13 @@ async fn wait_for_shutdown(daemon: &omniroute::daemon::Daemon) {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        let health = daemon.engine.health();
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
+                // Logged by the watchdog; the shutdown says it is a failure.
+                _ = health.failed() => return,
                 _ = hangup.recv() => match daemon.reload_policy().await {
                     Ok(r) if r.restart_required.is_empty() => {
                         println!("policy reloaded at LSN {}", r.lsn)
@@ -457,6 +460,8 @@ fn end_quietly_on_closed_stdout() {
 const CLIENT_LOG_LEVEL: &str = "warn";
 
 fn main() -> ExitCode {
+    // Fault injection for tests: FAILPOINTS="name=action;..." (none set: nothing).
+    let _faults = fail::FailScenario::setup();
     omniroute::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     if !matches!(cli.command, None | Some(Command::Serve)) {

@@ -480,3 +480,53 @@ async fn a_reload_lets_a_new_token_in_at_once_and_names_the_keys_that_need_a_res
     // The connection it already opened keeps its role.
     assert_eq!(node_of(&web, "k-2").await, "ST-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_that_panics_stops_the_daemon_non_zero_naming_it_and_loses_no_order() {
+    // Proves a panic injected into a node actor makes /healthz fail (while the process is
+    // still up to answer), ends the daemon with a non-zero exit and a log line naming the
+    // actor, and a restart still finds the order answered before.
+    let dir = TempDir::new("ops-actor-panic");
+    let faults = [("FAILPOINTS", "node-ops=panic")];
+    let mut daemon = Daemon::start_with_env(&dir.0, None, "127.0.0.1:0", &faults).await;
+    let web = daemon.client("dev-web-token").await;
+    let Decision::Routed { order_id, .. } = web
+        .submit(order("p-1", "SKU-1", 1, 52.52, 13.40, Some(3_600_000)))
+        .await
+        .unwrap()
+    else {
+        panic!("p-1 routes");
+    };
+    assert_eq!(get(daemon.admin(), "/healthz").unwrap().0, 200);
+    let admin = daemon.client("dev-admin-token").await;
+    // The node's ops batch panics in the actor; the answer may or may not come.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        admin.set_node_online("WH-DE-HAM", false),
+    )
+    .await;
+    let line = daemon.log_line_with("failed").await;
+    assert!(line.contains("node WH-DE-HAM failed"), "{line}");
+    // Until the process is gone, /healthz says so.
+    let health = get(daemon.admin(), "/healthz");
+    eprintln!("/healthz after the failure: {health:?}");
+    if let Ok((status, body)) = &health {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("node WH-DE-HAM"), "{body}");
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(60), daemon.child.wait())
+        .await
+        .expect("the daemon stops by itself")
+        .unwrap();
+    assert!(!exit.success(), "{exit}");
+
+    let mut restarted = Daemon::start(&dir.0, None, "off").await;
+    let web = restarted.client("dev-web-token").await;
+    let key = OrderKey {
+        channel: "web".into(),
+        client_order_id: "p-1".into(),
+    };
+    assert_eq!(web.get_order(key).await.unwrap().order_id, order_id);
+    web.close().await;
+    restarted.child.kill().await.unwrap();
+}

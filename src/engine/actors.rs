@@ -335,6 +335,10 @@ impl Actor for NodeActor {
                 let _ = reply.send(orders.into_iter().map(|o| ledger.hold(o, now_ms)).collect());
             }
             NodeMsg::Ops(ops, reply) => {
+                // Fault injection (FAILPOINTS="node-ops=panic"): how the
+                // tests make an actor fail. Off, it is one map lookup per
+                // batch of a node's ops.
+                fail::fail_point!("node-ops");
                 let mut offline = Vec::new();
                 for op in ops {
                     match apply_node_op(ledger, op) {

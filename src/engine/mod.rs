@@ -4,6 +4,7 @@
 
 mod actors;
 pub mod sequencer;
+mod watchdog;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use actors::{
     RouterMsg, RouterState, ShardActor, ShardMsg, ShardState,
 };
 use sequencer::{Done, Sequencer, Txn, KIND_MARKER};
+pub use watchdog::Health;
+use watchdog::Watchdog;
 
 use crate::core::capacity::NodeLedger;
 use crate::core::events::CursorOutOfRange;
@@ -231,6 +234,9 @@ struct Inner {
     max_inflight: u32,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     image_pace: ImagePace,
+    health: Arc<Health>,
+    /// Supervises every actor above; stopped last.
+    watchdog: ractor::ActorRef<()>,
 }
 
 /// Everything the actors own, as plain core values: fresh from a config,
@@ -320,6 +326,12 @@ impl Engine {
             routers: cores,
         } = state;
         let sequencer = Arc::new(sequencer);
+        let health = Health::new();
+        let watchdog = Actor::spawn(None, Watchdog, health.clone())
+            .await
+            .map_err(spawn_error)?
+            .0;
+        let supervised = |id: ractor::ActorId, name: String| health.name(id, name);
         let (bumps, mut bump_queue) = tokio::sync::mpsc::unbounded_channel::<Vec<Bumped>>();
         let mut shards = Vec::new();
         for shard in shard_states {
@@ -329,19 +341,28 @@ impl Engine {
                 bumps: bumps.clone(),
                 depth: depth.clone(),
             };
-            let actor = Actor::spawn(None, ShardActor, state)
+            let index = shards.len();
+            let actor = Actor::spawn_linked(None, ShardActor, state, watchdog.get_cell())
                 .await
                 .map_err(spawn_error)?
                 .0;
+            supervised(actor.get_id(), format!("shard {index}"));
             shards.push(Mailbox::new(actor, depth));
         }
         let mut nodes = Vec::new();
         for ledger in ledgers {
             let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
-            let actor = Actor::spawn(None, NodeActor, (ledger, depth.clone()))
-                .await
-                .map_err(spawn_error)?
-                .0;
+            let name = format!("node {}", network.nodes[nodes.len()].id);
+            let actor = Actor::spawn_linked(
+                None,
+                NodeActor,
+                (ledger, depth.clone()),
+                watchdog.get_cell(),
+            )
+            .await
+            .map_err(spawn_error)?
+            .0;
+            supervised(actor.get_id(), name);
             nodes.push(Mailbox::new(actor, depth));
         }
         let participants = ActorParticipants {
@@ -359,10 +380,12 @@ impl Engine {
                 depth: depth.clone(),
                 metrics: metrics.clone(),
             };
-            let actor = Actor::spawn(None, RouterActor, state)
+            let index = routers.len();
+            let actor = Actor::spawn_linked(None, RouterActor, state, watchdog.get_cell())
                 .await
                 .map_err(spawn_error)?
                 .0;
+            supervised(actor.get_id(), format!("router {index}"));
             routers.push(Mailbox::new(actor, depth));
         }
         let engine = Engine {
@@ -379,6 +402,8 @@ impl Engine {
                 max_inflight: settings.max_inflight,
                 tasks: std::sync::Mutex::new(Vec::new()),
                 image_pace: ImagePace::default(),
+                health,
+                watchdog,
             }),
         };
         // Reservations that journaled ops took back (a count fell below
@@ -1084,6 +1109,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether every actor is alive; [`Health::failed`] waits for one not to be.
+    pub fn health(&self) -> Arc<Health> {
+        self.inner.health.clone()
+    }
+
     /// Stops every actor. Requests after this panic in the caller.
     pub fn shutdown(&self) {
         for task in self.inner.tasks.lock().expect("tasks lock").drain(..) {
@@ -1098,6 +1128,7 @@ impl Engine {
         for node in self.inner.participants.nodes.iter() {
             node.stop();
         }
+        self.inner.watchdog.stop(None);
         // Whatever was queued is written; nothing after this is answered.
         if let Some(journal) = self.inner.sequencer.journal() {
             journal.close();

@@ -22,6 +22,8 @@ pub struct Daemon {
     pub admin: Option<SocketAddr>,
     pub cert: PathBuf,
     lines: mpsc::UnboundedReceiver<String>,
+    /// Its stderr (the log), line by line.
+    log: mpsc::UnboundedReceiver<String>,
     /// Stdout lines up to the listening lines.
     pub startup: Vec<String>,
 }
@@ -31,7 +33,18 @@ impl Daemon {
     /// on a free QUIC port and admin address `admin` ("127.0.0.1:0", an
     /// address, or "off"), and waits until it listens.
     pub async fn start(dir: &Path, config: Option<&Path>, admin: &str) -> Daemon {
+        Daemon::start_with_env(dir, config, admin, &[]).await
+    }
+
+    /// [`Daemon::start`] with environment variables `env` set.
+    pub async fn start_with_env(
+        dir: &Path,
+        config: Option<&Path>,
+        admin: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_omniroute"));
+        command.envs(env.iter().copied());
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
@@ -40,17 +53,12 @@ impl Daemon {
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--admin", admin])
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("the daemon starts");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (sink, mut lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stdout.next_line().await {
-                let _ = sink.send(line);
-            }
-        });
+        let mut lines = drain(child.stdout.take().unwrap());
+        let log = drain(child.stderr.take().unwrap());
         let mut startup = Vec::new();
         let (mut addr, mut admin_addr) = (None, None);
         let wants_admin = admin != "off";
@@ -76,6 +84,7 @@ impl Daemon {
             admin: admin_addr,
             cert: dir.join("cert.pem"),
             lines,
+            log,
             startup,
         }
     }
@@ -102,17 +111,12 @@ impl Daemon {
 
     /// Waits for a stdout line containing `text` and returns it.
     pub async fn line_with(&mut self, text: &str) -> String {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if line.contains(text) {
-                    return line;
-                }
-            }
-            panic!("the daemon's stdout ended before {text:?}");
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .unwrap_or_else(|_| panic!("no {text:?} within 30 s"))
+        first_with(&mut self.lines, text, "stdout").await
+    }
+
+    /// Waits for a log (stderr) line containing `text` and returns it.
+    pub async fn log_line_with(&mut self, text: &str) -> String {
+        first_with(&mut self.log, text, "log").await
     }
 
     pub fn signal(&self, signal: i32) {
@@ -131,4 +135,34 @@ impl Daemon {
         let (_, rest) = line.split_once("orders recovered, ").unwrap();
         rest.split_whitespace().next().unwrap().parse().unwrap()
     }
+}
+
+/// Feeds `output`'s lines to a channel, read all along so that the daemon
+/// never blocks on a full pipe.
+fn drain(
+    output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> mpsc::UnboundedReceiver<String> {
+    let mut output = BufReader::new(output).lines();
+    let (sink, lines) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = output.next_line().await {
+            let _ = sink.send(line);
+        }
+    });
+    lines
+}
+
+/// The first line from `lines` containing `text`, within 30 s.
+async fn first_with(lines: &mut mpsc::UnboundedReceiver<String>, text: &str, what: &str) -> String {
+    let wait = async {
+        while let Some(line) = lines.recv().await {
+            if line.contains(text) {
+                return line;
+            }
+        }
+        panic!("the daemon's {what} ended before {text:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {text:?} in the {what} within 30 s"))
 }
