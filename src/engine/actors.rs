@@ -195,7 +195,9 @@ pub struct ShardActor;
 
 pub struct ShardState {
     pub shard: StockShard,
-    pub bumps: mpsc::UnboundedSender<Vec<Bumped>>,
+    /// Bounded: a full queue holds the shard back until the forwarder
+    /// (which only casts to routers, never waits on a shard) catches up.
+    pub bumps: mpsc::Sender<Vec<Bumped>>,
     pub depth: Arc<AtomicI64>,
 }
 
@@ -244,7 +246,7 @@ impl Actor for ShardActor {
                         let _ = reply.send((bumped, errors));
                     }
                     None if !bumped.is_empty() => {
-                        let _ = state.bumps.send(bumped);
+                        let _ = state.bumps.send(bumped).await;
                     }
                     None => {}
                 }

@@ -289,6 +289,10 @@ impl EngineState {
     }
 }
 
+/// Batches of bumped reservations queued from the shards to the forwarder
+/// that hands them to their routers; a shard waits when it is full.
+const BUMP_QUEUE_BATCHES: usize = 1024;
+
 /// Cheap to clone; every clone drives the same actors.
 #[derive(Clone)]
 pub struct Engine {
@@ -332,7 +336,7 @@ impl Engine {
             .map_err(spawn_error)?
             .0;
         let supervised = |id: ractor::ActorId, name: String| health.name(id, name);
-        let (bumps, mut bump_queue) = tokio::sync::mpsc::unbounded_channel::<Vec<Bumped>>();
+        let (bumps, mut bump_queue) = tokio::sync::mpsc::channel::<Vec<Bumped>>(BUMP_QUEUE_BATCHES);
         let mut shards = Vec::new();
         for shard in shard_states {
             let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
