@@ -57,8 +57,8 @@ impl Daemon {
             .kill_on_drop(true)
             .spawn()
             .expect("the daemon starts");
-        let mut lines = drain(child.stdout.take().unwrap());
-        let log = drain(child.stderr.take().unwrap());
+        let mut lines = drain(child.stdout.take().unwrap(), false);
+        let log = drain(child.stderr.take().unwrap(), true);
         let mut startup = Vec::new();
         let (mut addr, mut admin_addr) = (None, None);
         let wants_admin = admin != "off";
@@ -138,14 +138,19 @@ impl Daemon {
 }
 
 /// Feeds `output`'s lines to a channel, read all along so that the daemon
-/// never blocks on a full pipe.
+/// never blocks on a full pipe; `echo` copies them to the test's stderr
+/// (shown when a test fails).
 fn drain(
     output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    echo: bool,
 ) -> mpsc::UnboundedReceiver<String> {
     let mut output = BufReader::new(output).lines();
     let (sink, lines) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(Some(line)) = output.next_line().await {
+            if echo {
+                eprintln!("[daemon] {line}");
+            }
             let _ = sink.send(line);
         }
     });
