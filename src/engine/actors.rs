@@ -583,7 +583,9 @@ impl RouterState {
     /// Sequences what the last step changed; `answer` runs once it is
     /// durable and its ops are on their way (never if the journal failed,
     /// which drops the caller's reply port: an error, never a false yes).
-    fn commit(&mut self, answer: impl FnOnce() + Send + 'static) {
+    async fn commit(&mut self, answer: impl FnOnce() + Send + 'static) {
+        // Before anything is taken: a full journal queue waits here.
+        let place = self.sequencer.reserve().await;
         let (stock, nodes) = self.participants.take();
         // Only a journal needs the changed orders; in memory they are not copied.
         let orders = if self.sequencer.is_durable() {
@@ -599,7 +601,7 @@ impl RouterState {
             nodes,
         };
         let actors = self.participants.actors.clone();
-        self.sequencer.append(txn, move |txn| {
+        self.sequencer.append_in(place, txn, move |txn| {
             actors.dispatch(txn.stock, txn.nodes);
             answer();
         });
@@ -608,14 +610,14 @@ impl RouterState {
     /// Like `commit`, but a step that changed nothing (the usual expiry
     /// tick) writes no record. Only for steps whose answer does not vouch
     /// for earlier changes being durable.
-    fn commit_if_changed(&mut self, answer: impl FnOnce() + Send + 'static) {
+    async fn commit_if_changed(&mut self, answer: impl FnOnce() + Send + 'static) {
         let unchanged = !self.core.has_dirty()
             && self.participants.stock.lock().expect("ops lock").is_empty()
             && self.participants.nodes.lock().expect("ops lock").is_empty();
         if unchanged {
             answer();
         } else {
-            self.commit(answer);
+            self.commit(answer).await;
         }
     }
 
@@ -632,7 +634,7 @@ impl RouterState {
     /// it for the writer. When the queue is full the step waits its turn
     /// again; when the writer is gone the image is dropped, and the
     /// snapshot fails for want of it.
-    fn image_step(&mut self, mut image: Box<BookImage>, myself: &ActorRef<RouterMsg>) {
+    async fn image_step(&mut self, mut image: Box<BookImage>, myself: &ActorRef<RouterMsg>) {
         let started = std::time::Instant::now();
         let router = self.core.router_id();
         if image.pending.is_none() {
@@ -663,7 +665,7 @@ impl RouterState {
                 started.elapsed() * (100 - IMAGE_DUTY_PERCENT) / IMAGE_DUTY_PERCENT
             }
         } else {
-            return self.book_imaged(image);
+            return self.book_imaged(image).await;
         };
         let mailbox = Mailbox::new(myself.clone(), self.depth.clone());
         // Stopped actors take no more messages: the engine is going down.
@@ -679,7 +681,7 @@ impl RouterState {
 
     /// Every chunk of the book is queued: a closing marker follows, and the
     /// book is labelled once that is durable (see `image_step`).
-    fn book_imaged(&mut self, image: Box<BookImage>) {
+    async fn book_imaged(&mut self, image: Box<BookImage>) {
         let router = self.core.router_id();
         let done: Done = Box::new(move |result| {
             let BookImage {
@@ -694,7 +696,7 @@ impl RouterState {
                 let _ = sink.send((lsn, Image::Router(router)));
             }
         });
-        self.sequencer.append_raw(KIND_MARKER, Vec::new, done);
+        self.sequencer.append_raw(KIND_MARKER, Vec::new, done).await;
     }
 
     /// Answers a step that changed nothing (it failed validation).
@@ -708,11 +710,14 @@ impl RouterState {
     }
 
     /// Commits a lifecycle step's outcome, or answers its error at once.
-    fn finish<T: Send + 'static>(&mut self, result: Result<T, OpError>, reply: Reply<T>) {
+    async fn finish<T: Send + 'static>(&mut self, result: Result<T, OpError>, reply: Reply<T>) {
         match result {
-            Ok(value) => self.commit(move || {
-                let _ = reply.send(Ok(value));
-            }),
+            Ok(value) => {
+                self.commit(move || {
+                    let _ = reply.send(Ok(value));
+                })
+                .await
+            }
             Err(e) => {
                 self.discard();
                 let _ = reply.send(Err(e));
@@ -747,20 +752,22 @@ impl Actor for RouterActor {
                     .core
                     .submit(&orders, now_ms, &state.participants)
                     .await;
-                state.commit(move || {
-                    let _ = reply.send(decisions);
-                });
+                state
+                    .commit(move || {
+                        let _ = reply.send(decisions);
+                    })
+                    .await;
             }
             RouterMsg::Get(order, reply) => {
                 let _ = reply.send(state.core.get(&order).cloned());
             }
             RouterMsg::Confirm(order, reply) => {
                 let result = state.core.confirm(&order).cloned();
-                state.finish(result, reply);
+                state.finish(result, reply).await;
             }
             RouterMsg::Cancel(order, reply) => {
                 let result = state.core.cancel(&order, &state.participants).cloned();
-                state.finish(result, reply);
+                state.finish(result, reply).await;
             }
             RouterMsg::Ship {
                 order,
@@ -773,7 +780,7 @@ impl Actor for RouterActor {
                     .core
                     .ship(&order, node, sku, qty, &state.participants)
                     .cloned();
-                state.finish(result, reply);
+                state.finish(result, reply).await;
             }
             RouterMsg::Return {
                 order,
@@ -786,7 +793,7 @@ impl Actor for RouterActor {
                     .core
                     .return_units(&order, node, sku, qty, &state.participants)
                     .cloned();
-                state.finish(result, reply);
+                state.finish(result, reply).await;
             }
             RouterMsg::Reject {
                 order,
@@ -803,7 +810,7 @@ impl Actor for RouterActor {
                 if result.is_ok() {
                     state.metrics.rerouted_node_rejected.increment(1);
                 }
-                state.finish(result, reply);
+                state.finish(result, reply).await;
             }
             RouterMsg::NodeOffline {
                 orders,
@@ -821,25 +828,31 @@ impl Actor for RouterActor {
                         .node_offline(order, node, now_ms, &state.participants)
                         .await;
                 }
-                state.commit(move || {
-                    let _ = reply.send(());
-                });
+                state
+                    .commit(move || {
+                        let _ = reply.send(());
+                    })
+                    .await;
             }
             RouterMsg::Bumped(bumps, now_ms, reply) => {
                 state.metrics.rerouted_bumped.increment(bumps.len() as u64);
                 state.core.bumped(&bumps, now_ms, &state.participants).await;
-                state.commit_if_changed(move || {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(());
-                    }
-                });
+                state
+                    .commit_if_changed(move || {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(());
+                        }
+                    })
+                    .await;
             }
             RouterMsg::Expire(now_ms, reply) => {
                 let expired = state.core.expire_due(now_ms, &state.participants);
                 state.metrics.holds_expired.increment(expired as u64);
-                state.commit_if_changed(move || {
-                    let _ = reply.send(expired);
-                });
+                state
+                    .commit_if_changed(move || {
+                        let _ = reply.send(expired);
+                    })
+                    .await;
             }
             RouterMsg::Check(reply) => {
                 let _ = reply.send(state.core.check_invariants());
@@ -852,7 +865,10 @@ impl Actor for RouterActor {
                         let _ = label.set(lsn);
                     }
                 });
-                state.sequencer.append_raw(KIND_MARKER, Vec::new, done);
+                state
+                    .sequencer
+                    .append_raw(KIND_MARKER, Vec::new, done)
+                    .await;
                 let image = Box::new(BookImage {
                     sink,
                     books,
@@ -861,12 +877,12 @@ impl Actor for RouterActor {
                     pending: None,
                     start_lsn,
                 });
-                state.image_step(image, &myself);
+                state.image_step(image, &myself).await;
                 let _ = reply.send(());
             }
             RouterMsg::SetNetwork(network) => state.core.set_network(network),
             RouterMsg::ImageStep(image) => {
-                state.image_step(image, &myself);
+                state.image_step(image, &myself).await;
                 // Back to the scheduler between steps: the next step is
                 // already in the mailbox, and without a yield this actor
                 // would run step after step (tokio's budget allows 128

@@ -497,7 +497,8 @@ impl Engine {
         });
         self.inner
             .sequencer
-            .append_raw(sequencer::KIND_POLICY, || toml.into_bytes(), done);
+            .append_raw(sequencer::KIND_POLICY, || toml.into_bytes(), done)
+            .await;
         let lsn = applied.await.map_err(|_| EngineError::Unavailable)?;
         metrics::gauge!(crate::telemetry::POLICY_LSN).set(lsn as f64);
         Ok(lsn)
@@ -566,7 +567,10 @@ impl Engine {
             }
             let _ = marker_sink.send((lsn, Image::Catalog(index.sku_names())));
         });
-        self.inner.sequencer.append_raw(KIND_MARKER, Vec::new, done);
+        self.inner
+            .sequencer
+            .append_raw(KIND_MARKER, Vec::new, done)
+            .await;
         drop(sink);
         let mut taken = Vec::with_capacity(expected);
         while let Some(image) = images.recv().await {
@@ -606,10 +610,13 @@ impl Engine {
             };
             let participants = self.inner.participants.clone();
             let (reply, answer) = tokio::sync::oneshot::channel::<()>();
-            self.inner.sequencer.append(txn, move |txn| {
-                participants.dispatch(txn.stock, Vec::new());
-                let _ = reply.send(());
-            });
+            self.inner
+                .sequencer
+                .append(txn, move |txn| {
+                    participants.dispatch(txn.stock, Vec::new());
+                    let _ = reply.send(());
+                })
+                .await;
             answer.await.map_err(|_| EngineError::Unavailable)?;
         }
         self.dispatch_bumps(bumps, self.now_ms()).await
@@ -854,9 +861,12 @@ impl Engine {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let actor = self.inner.participants.nodes[node as usize].clone();
-        self.inner.sequencer.append(txn, move |_| {
-            let _ = actor.cast(NodeMsg::Ops(vec![NodeOp::Online(online)], Some(reply)));
-        });
+        self.inner
+            .sequencer
+            .append(txn, move |_| {
+                let _ = actor.cast(NodeMsg::Ops(vec![NodeOp::Online(online)], Some(reply)));
+            })
+            .await;
         let orders = answer.await.map_err(|_| EngineError::Unavailable)?;
         let count = orders.len();
         let routers = &self.inner.routers;
@@ -911,6 +921,8 @@ impl Engine {
         let mut txn = Txn::default();
         let mut by_shard: Vec<Vec<StockOp>> = vec![Vec::new(); shards.len()];
         let mut answers = Vec::new();
+        // Before the feed lock, which is not held across a wait.
+        let place = self.inner.sequencer.reserve().await;
         {
             let _feed = self.inner.feed_lock.lock().expect("feed lock");
             let index = &self.inner.index;
@@ -953,7 +965,7 @@ impl Engine {
                     sends.push((shard, ops, reply));
                 }
             }
-            self.inner.sequencer.append(txn, move |_| {
+            self.inner.sequencer.append_in(place, txn, move |_| {
                 for (shard, ops, reply) in sends {
                     let _ = shards[shard].cast(ShardMsg::Apply(ops, Some(reply)));
                 }

@@ -151,6 +151,9 @@ pub enum Sequencer {
     Journal(Journal),
 }
 
+/// A place in the sequence's queue (a journal slot; nothing in memory).
+pub struct Place(Option<crate::journal::Slot>);
+
 impl Sequencer {
     pub fn memory() -> Sequencer {
         Sequencer::Memory(AtomicU64::new(1))
@@ -160,10 +163,25 @@ impl Sequencer {
         matches!(self, Sequencer::Journal(_))
     }
 
+    /// A place in the journal's queue, waited for without parking the
+    /// thread when it is full; in memory, at once.
+    pub async fn reserve(&self) -> Place {
+        match self {
+            Sequencer::Memory(_) => Place(None),
+            Sequencer::Journal(journal) => Place(Some(journal.reserve().await)),
+        }
+    }
+
     /// Sequences `txn` (encoded only when journaled); `apply` gets it back
     /// once it is durable, in LSN order. In memory that is at once, on the
     /// caller's thread. If the journal fails, `apply` never runs.
-    pub fn append(&self, txn: Txn, apply: impl FnOnce(Txn) + Send + 'static) {
+    pub async fn append(&self, txn: Txn, apply: impl FnOnce(Txn) + Send + 'static) {
+        let place = self.reserve().await;
+        self.append_in(place, txn, apply);
+    }
+
+    /// [`Sequencer::append`] in a place reserved before; never waits.
+    pub fn append_in(&self, place: Place, txn: Txn, apply: impl FnOnce(Txn) + Send + 'static) {
         let payload = if self.is_durable() {
             txn.encode()
         } else {
@@ -174,18 +192,32 @@ impl Sequencer {
                 apply(txn);
             }
         });
-        self.append_raw(KIND_TXN, || payload, done)
+        self.append_raw_in(place, KIND_TXN, || payload, done)
     }
 
-    pub fn append_raw(&self, kind: u8, payload: impl FnOnce() -> Vec<u8>, done: Done) {
-        match self {
-            Sequencer::Memory(lsn) => done(Ok(lsn.fetch_add(1, Ordering::Relaxed))),
-            Sequencer::Journal(journal) => {
+    pub async fn append_raw(&self, kind: u8, payload: impl FnOnce() -> Vec<u8>, done: Done) {
+        let place = self.reserve().await;
+        self.append_raw_in(place, kind, payload, done);
+    }
+
+    pub fn append_raw_in(
+        &self,
+        place: Place,
+        kind: u8,
+        payload: impl FnOnce() -> Vec<u8>,
+        done: Done,
+    ) {
+        match (self, place.0) {
+            (Sequencer::Memory(lsn), _) => done(Ok(lsn.fetch_add(1, Ordering::Relaxed))),
+            (Sequencer::Journal(journal), Some(slot)) => {
                 // A stopped writer drops `done`, and with it the caller's
                 // reply port: the caller gets an error, never a false yes.
-                if let Err(e) = journal.append(kind, payload(), done) {
+                if let Err(e) = journal.append_in(slot, kind, payload(), done) {
                     tracing::error!("journal append failed: {e}");
                 }
+            }
+            (Sequencer::Journal(_), None) => {
+                unreachable!("a journal's place comes from its own reserve")
             }
         }
     }

@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 
 use super::record::{self, End};
 
-/// Appends queued for the writer before `append` blocks: the writer's
-/// backpressure on the engine.
+/// Appends queued for the writer before `reserve` waits (and `append`
+/// blocks): the writer's backpressure on the engine.
 pub const MAX_PENDING_APPENDS: usize = 65_536;
 /// Records written (and fsynced) together at most.
 pub const MAX_RECORDS_PER_COMMIT: usize = 8192;
@@ -273,6 +273,15 @@ struct Append {
     kind: u8,
     payload: Vec<u8>,
     done: Done,
+    /// Its place in the queue, given back when the writer takes it.
+    _slot: Slot,
+}
+
+/// A place in the journal's queue, taken before a record is built: async
+/// code waits for one without parking its thread, and the append that
+/// uses it never blocks.
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Counters of the writer, for metrics and the benchmarks.
@@ -289,6 +298,9 @@ pub struct Journal {
     /// Taken out by [`Journal::close`]; a read lock per append is
     /// uncontended except against that one close.
     queue: std::sync::RwLock<Option<crossbeam_channel::Sender<Append>>>,
+    /// `MAX_PENDING_APPENDS` places in the queue; the queue holds as many,
+    /// so that an append with a slot always finds room.
+    slots: Arc<tokio::sync::Semaphore>,
     /// The writer, then the spare thread (which ends when the writer drops
     /// its job queue; joined so that no spare is still being written when
     /// the directory is opened again).
@@ -544,27 +556,55 @@ impl Journal {
             .map_err(|e| io_error(dir, e))?;
         Ok(Journal {
             queue: std::sync::RwLock::new(Some(queue)),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_APPENDS)),
             writer: std::sync::Mutex::new(vec![thread, spare_thread]),
             stats,
         })
     }
 
-    /// Queues a record; `done` runs on the writer thread once it is durable.
-    /// Blocks while `MAX_PENDING_APPENDS` are queued (backpressure).
-    pub fn append(&self, kind: u8, payload: Vec<u8>, done: Done) -> Result<(), JournalError> {
+    /// Waits, without blocking the thread, for a place in the queue while
+    /// `MAX_PENDING_APPENDS` records are queued (backpressure).
+    pub async fn reserve(&self) -> Slot {
+        let slots = self.slots.clone();
+        // Never closed: the semaphore lives as long as the journal.
+        let permit = slots.acquire_owned().await;
+        Slot {
+            _permit: permit.expect("journal slots are never closed"),
+        }
+    }
+
+    /// Queues a record in `slot`, at once; `done` runs on the writer thread
+    /// once it is durable.
+    pub fn append_in(
+        &self,
+        slot: Slot,
+        kind: u8,
+        payload: Vec<u8>,
+        done: Done,
+    ) -> Result<(), JournalError> {
         if payload.len() > record::MAX_RECORD_PAYLOAD_BYTES {
             return Err(JournalError::TooLarge(payload.len()));
         }
         let queue = self.queue.read().expect("journal queue lock");
+        let append = Append {
+            kind,
+            payload,
+            done,
+            _slot: slot,
+        };
+        // A slot guarantees room: this send does not wait.
         queue
             .as_ref()
             .ok_or(JournalError::Stopped)?
-            .send(Append {
-                kind,
-                payload,
-                done,
-            })
+            .send(append)
             .map_err(|_| JournalError::Stopped)
+    }
+
+    /// [`Journal::reserve`] and [`Journal::append_in`] for a plain thread
+    /// (never a tokio worker): blocks while the queue is full.
+    pub fn append(&self, kind: u8, payload: Vec<u8>, done: Done) -> Result<(), JournalError> {
+        let slot = futures::executor::block_on(self.reserve());
+        self.append_in(slot, kind, payload, done)
     }
 
     /// Waits for everything queued to be written, then stops the writer;

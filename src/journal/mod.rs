@@ -19,6 +19,6 @@ pub mod record;
 
 pub use files::{
     read, recover, remove_segments_through, Done, Durability, Journal, JournalError, JournalStats,
-    ReadSummary, Recovered, RecoveredRecord, TornTail, DEFAULT_SEGMENT_BYTES,
+    ReadSummary, Recovered, RecoveredRecord, Slot, TornTail, DEFAULT_SEGMENT_BYTES,
     MAX_RECORDS_PER_COMMIT,
 };
