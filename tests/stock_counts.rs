@@ -5,14 +5,13 @@ mod common;
 
 use common::daemon::Daemon;
 use common::TempDir;
+use omniroute::limits::MAX_ON_HAND_UNITS;
 use omniroute_client::{Client, ClientError};
 use omniroute_protocol::{ErrorCode, StockAdjust, StockSet};
 
 const ADMIN: &str = "dev-admin-token";
 const SKU: &str = "SKU-1";
 const NODE: &str = "WH-DE-HAM";
-/// `MAX_ON_HAND_UNITS` in `src/limits.rs`.
-const MAX_ON_HAND_UNITS: u32 = 1_000_000_000;
 
 fn set(on_hand: u32, safety_stock: Option<u32>) -> StockSet {
     StockSet {

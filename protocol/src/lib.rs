@@ -67,10 +67,9 @@ pub mod close_codes {
 /// included: `Ok(None)` while it is not all there yet. Checks the length
 /// before any allocation.
 pub fn check_frame(buffer: &[u8]) -> Result<Option<usize>, FrameError> {
-    let Some(prefix) = buffer.get(..LENGTH_BYTES) else {
+    let Some(length) = length_prefix(buffer) else {
         return Ok(None);
     };
-    let length = u32::from_le_bytes(prefix.try_into().expect("four bytes")) as usize;
     if length > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(length));
     }
@@ -78,6 +77,13 @@ pub fn check_frame(buffer: &[u8]) -> Result<Option<usize>, FrameError> {
         return Err(FrameError::TooShort(length));
     }
     Ok((buffer.len() >= LENGTH_BYTES + length).then_some(LENGTH_BYTES + length))
+}
+
+/// The value of the length prefix at the start of `buffer`, once its
+/// four bytes are there (unchecked: [`check_frame`] checks it).
+pub fn length_prefix(buffer: &[u8]) -> Option<usize> {
+    let prefix = buffer.get(..LENGTH_BYTES)?;
+    Some(u32::from_le_bytes(prefix.try_into().expect("four bytes")) as usize)
 }
 
 /// Splits a whole frame (as measured by [`check_frame`]) into kind, request

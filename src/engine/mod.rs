@@ -335,7 +335,6 @@ impl Engine {
             .await
             .map_err(spawn_error)?
             .0;
-        let supervised = |id: ractor::ActorId, name: String| health.name(id, name);
         let (bumps, mut bump_queue) = tokio::sync::mpsc::channel::<Vec<Bumped>>(BUMP_QUEUE_BATCHES);
         let mut shards = Vec::new();
         for shard in shard_states {
@@ -350,7 +349,7 @@ impl Engine {
                 .await
                 .map_err(spawn_error)?
                 .0;
-            supervised(actor.get_id(), format!("shard {index}"));
+            health.name(actor.get_id(), format!("shard {index}"));
             shards.push(Mailbox::new(actor, depth));
         }
         let mut nodes = Vec::new();
@@ -366,7 +365,7 @@ impl Engine {
             .await
             .map_err(spawn_error)?
             .0;
-            supervised(actor.get_id(), name);
+            health.name(actor.get_id(), name);
             nodes.push(Mailbox::new(actor, depth));
         }
         let participants = ActorParticipants {
@@ -389,7 +388,7 @@ impl Engine {
                 .await
                 .map_err(spawn_error)?
                 .0;
-            supervised(actor.get_id(), format!("router {index}"));
+            health.name(actor.get_id(), format!("router {index}"));
             routers.push(Mailbox::new(actor, depth));
         }
         let engine = Engine {

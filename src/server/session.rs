@@ -11,8 +11,8 @@ use std::sync::{Arc, OnceLock};
 
 use futures::future::join_all;
 use omniroute_protocol::{
-    check_frame, close_codes, split_frame, ErrorCode, Request, Response, MIN_FRAME_BYTES,
-    PROTOCOL_VERSION, UNFRAMED_REQUEST_ID,
+    check_frame, close_codes, length_prefix, split_frame, ErrorCode, Request, Response,
+    LENGTH_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, UNFRAMED_REQUEST_ID,
 };
 use tokio::sync::{mpsc, Semaphore};
 
@@ -182,9 +182,7 @@ async fn serve_stream(
 
 /// Why the stream's last bytes, `rest`, are no whole frame.
 fn truncated(rest: &[u8]) -> String {
-    let frame = rest
-        .get(..4)
-        .map(|prefix| 4 + u32::from_le_bytes(prefix.try_into().unwrap()) as usize);
+    let frame = length_prefix(rest).map(|length| LENGTH_BYTES + length);
     let of = frame.map_or_else(String::new, |bytes| format!(" of {bytes} bytes"));
     format!(
         "the stream ended {} bytes into a frame{of} (close code {:#x})",
@@ -207,10 +205,8 @@ async fn unframeable_after(
     requests.wait().await;
     // The frame's own id when its header came whole, so a client can match it.
     let id = rest
-        .get(4..MIN_FRAME_BYTES + 4)
-        .map_or(UNFRAMED_REQUEST_ID, |header| {
-            u64::from_le_bytes(header[1..].try_into().unwrap())
-        });
+        .get(..LENGTH_BYTES + MIN_FRAME_BYTES)
+        .map_or(UNFRAMED_REQUEST_ID, |header| split_frame(header).1);
     let answer = [(id, Response::error(ErrorCode::Unframeable, why))];
     let _ = out.send(Out::Frames(encode(&answer))).await;
 }

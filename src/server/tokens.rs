@@ -44,12 +44,9 @@ impl Tokens {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Puts `table` in force; returns whether it differs from the old one.
-    pub fn replace(&self, table: Vec<(String, Role)>) -> bool {
-        let mut current = self.table.write().unwrap_or_else(|e| e.into_inner());
-        let changed = **current != table;
-        *current = Arc::new(table);
-        changed
+    /// Puts `table` in force.
+    pub fn replace(&self, table: Vec<(String, Role)>) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
 }
 
