@@ -449,6 +449,7 @@ impl Config {
             channels.push(Channel {
                 name: name.clone(),
                 policy: validate_policy(&format!("channels.{name}"), channel)?,
+                retired: false,
             });
         }
         let network = Network::new(nodes, markets, channels);
@@ -726,6 +727,7 @@ impl Config {
                 cost_per_km_cents: n.cost_per_km_cents,
                 lead_time_minutes: n.lead_time_minutes,
                 online: n.online,
+                retired: false,
             });
         }
         Ok((nodes, markets))
@@ -816,6 +818,7 @@ pub fn policies_from_toml(text: &str, network: &Network) -> Result<Vec<Channel>,
                     Some(config) => validate_policy(&format!("channels.{}", channel.name), config)?,
                     None => channel.policy.clone(),
                 },
+                retired: channel.retired,
             })
         })
         .collect()

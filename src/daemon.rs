@@ -145,7 +145,7 @@ async fn recover_locked(
     );
     let engine = Engine::start_with(
         &config.engine,
-        network,
+        recovered.network,
         recovered.state,
         recovered.sequencer,
         clock,

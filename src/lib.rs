@@ -11,6 +11,8 @@
 //!   [`core::router`] keeps each order's lifecycle and idempotency.
 //! - [`engine`]: the thin ractor shell: one actor per SKU shard, one per
 //!   node, a pool of routers, and the [`engine::Engine`] handle.
+//! - [`store`]: the data directory: recovery, snapshots, and what the
+//!   files name by [`schema`]'s stable ids and format version.
 //! - [`limits`]: every hard bound, named.
 //! - [`memory`]: process-wide memory settings (no transparent huge pages).
 
@@ -25,6 +27,7 @@ pub mod limits;
 pub mod memory;
 pub mod replay;
 pub mod sample;
+pub mod schema;
 pub mod server;
 pub mod store;
 pub mod telemetry;

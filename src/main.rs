@@ -390,6 +390,14 @@ fn replay(
     } else {
         omniroute::replay::Threads::Two
     };
+    // The journal names nodes and channels by the directory's ids.
+    let mut config = config.clone();
+    if let Some(names) =
+        omniroute::store::layout::read_names(&config.server.data_dir).map_err(|e| e.to_string())?
+    {
+        config.network = config.network.with_names(&names).0;
+    }
+    let config = &config;
     let text = std::fs::read_to_string(policy)
         .map_err(|e| format!("cannot read {}: {e}", policy.display()))?;
     let channels = omniroute::config::policies_from_toml(&text, &config.network)

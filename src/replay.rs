@@ -52,7 +52,7 @@ use crate::core::placement::{
 };
 use crate::core::policy::{plan, Method, Plan, PlanError, PlanLine, PlanStamp};
 use crate::core::router::{
-    router_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, MAX_ROUTERS,
+    partition_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, PARTITIONS,
 };
 use crate::core::stock::StockShard;
 use crate::engine::sequencer::{ArchivedTxn, SharedSeen, Txn, KIND_POLICY, KIND_TXN};
@@ -405,14 +405,14 @@ type Planned = Result<Plan, PlanError>;
 type Given = SmallVec<[(NodeIdx, u32, u32); 2]>;
 
 /// What the what-if did with each order seen so far. Order ids are dense per
-/// router (sequence × `MAX_ROUTERS` + router), so a table per router indexed
+/// partition (sequence × `PARTITIONS` + partition), so a table per partition indexed
 /// by sequence replaces a hash map: growing a map of a million orders was a
 /// tenth of a replay (rehashing and zeroing fresh pages). The table grows
 /// by whole chunks, so nothing is ever copied.
 #[derive(Default)]
 struct OpenOrders {
-    /// Per router, chunks of `OPEN_CHUNK` sequences.
-    by_router: Vec<Vec<Box<[Seen]>>>,
+    /// Per partition, chunks of `OPEN_CHUNK` sequences.
+    by_partition: Vec<Vec<Box<[Seen]>>>,
 }
 
 /// One order in [`OpenOrders`]: None = not seen; Some(None) = seen, nothing
@@ -424,26 +424,26 @@ const OPEN_CHUNK: usize = 1 << 16;
 
 impl OpenOrders {
     fn slot(id: OrderId) -> (usize, usize, usize) {
-        let sequence = (id / MAX_ROUTERS as u64) as usize;
+        let sequence = (id / PARTITIONS as u64) as usize;
         (
-            router_of_order(id),
+            partition_of_order(id),
             sequence / OPEN_CHUNK,
             sequence % OPEN_CHUNK,
         )
     }
 
     fn get_mut(&mut self, id: OrderId) -> Option<&mut Option<Given>> {
-        let (router, chunk, at) = Self::slot(id);
-        self.by_router.get_mut(router)?.get_mut(chunk)?[at].as_mut()
+        let (partition, chunk, at) = Self::slot(id);
+        self.by_partition.get_mut(partition)?.get_mut(chunk)?[at].as_mut()
     }
 
     /// Records what `id` was given; false if it had been placed before.
     fn insert(&mut self, id: OrderId, given: Option<Given>) -> bool {
-        let (router, chunk, at) = Self::slot(id);
-        if self.by_router.len() <= router {
-            self.by_router.resize_with(router + 1, Vec::new);
+        let (partition, chunk, at) = Self::slot(id);
+        if self.by_partition.len() <= partition {
+            self.by_partition.resize_with(partition + 1, Vec::new);
         }
-        let chunks = &mut self.by_router[router];
+        let chunks = &mut self.by_partition[partition];
         while chunks.len() <= chunk {
             chunks.push((0..OPEN_CHUNK).map(|_| None).collect());
         }
@@ -668,18 +668,18 @@ impl Batch {
 /// the first record of an order is its submit.
 #[derive(Default)]
 struct SeenOrders {
-    /// Per router, one bit per sequence.
-    by_router: Vec<Vec<u64>>,
+    /// Per partition, one bit per sequence.
+    by_partition: Vec<Vec<u64>>,
 }
 
 impl SeenOrders {
     /// True the first time `id` is seen.
     fn first_sight(&mut self, id: OrderId) -> bool {
-        let (router, sequence) = (router_of_order(id), (id / MAX_ROUTERS as u64) as usize);
-        if self.by_router.len() <= router {
-            self.by_router.resize_with(router + 1, Vec::new);
+        let (partition, sequence) = (partition_of_order(id), (id / PARTITIONS as u64) as usize);
+        if self.by_partition.len() <= partition {
+            self.by_partition.resize_with(partition + 1, Vec::new);
         }
-        let bits = &mut self.by_router[router];
+        let bits = &mut self.by_partition[partition];
         let (word, bit) = (sequence / 64, 1u64 << (sequence % 64));
         if bits.len() <= word {
             bits.resize(word + 1, 0);

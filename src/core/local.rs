@@ -177,7 +177,7 @@ impl LocalEngine {
         now_ms: u64,
     ) -> LocalEngine {
         LocalEngine {
-            router: RouterCore::new(0, network.clone(), index.clone(), shard_count),
+            router: RouterCore::new(0, 1, network.clone(), index.clone(), shard_count),
             participants: LocalParticipants::new(&network, &index, shard_count, now_ms),
             network,
             index,

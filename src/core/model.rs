@@ -82,9 +82,33 @@ pub struct Node {
     pub lead_time_minutes: u32,
     /// Online at start.
     pub online: bool,
+    /// Gone from the config but known to the data directory: it keeps its
+    /// id so stored orders that name it still read right, and takes no
+    /// orders, stock or capacity.
+    pub retired: bool,
 }
 
 impl Node {
+    /// The stand-in for a node the config no longer has: offline, without
+    /// capabilities or capacity, so no filter ever lets it through.
+    pub fn retired(id: &str, market: MarketIdx) -> Node {
+        Node {
+            id: id.to_string(),
+            name: id.to_string(),
+            kind: NodeKind::Warehouse,
+            location: GeoPoint::new(0.0, 0.0).expect("the origin is a point"),
+            market,
+            capabilities: Capabilities::default(),
+            daily_capacity: 0,
+            priority: u32::MAX,
+            cost_base_cents: 0,
+            cost_per_km_cents: 0.0,
+            lead_time_minutes: 0,
+            online: false,
+            retired: true,
+        }
+    }
+
     /// Shipping cost in cents of one shipment over `distance_km`.
     pub fn shipping_cost_cents(&self, distance_km: f64) -> f64 {
         f64::from(self.cost_base_cents) + self.cost_per_km_cents * distance_km

@@ -5,12 +5,16 @@ use rustc_hash::FxHashMap;
 
 use super::model::{ChannelIdx, MarketIdx, Node, NodeIdx};
 use super::policy::Policy;
+use crate::schema::Names;
 
 /// A sales channel and the policy its orders are routed by.
 #[derive(Clone, Debug)]
 pub struct Channel {
     pub name: String,
     pub policy: Policy,
+    /// Gone from the config but known to the data directory (see
+    /// [`Node::retired`]): no order names it any more.
+    pub retired: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -30,6 +34,7 @@ impl Network {
         let node_by_id = nodes
             .iter()
             .enumerate()
+            .filter(|(_, n)| !n.retired)
             .map(|(i, n)| (n.id.clone(), i as NodeIdx))
             .collect();
         let market_by_name = markets
@@ -40,6 +45,7 @@ impl Network {
         let channel_by_name = channels
             .iter()
             .enumerate()
+            .filter(|(_, c)| !c.retired)
             .map(|(i, c)| (c.name.clone(), i as ChannelIdx))
             .collect();
         Network {
@@ -50,6 +56,63 @@ impl Network {
             market_by_name,
             channel_by_name,
         }
+    }
+
+    /// This network under the ids of `names` (a data directory's): each
+    /// name keeps its id there, names new to it take the next ids in the
+    /// config's order, and names only it knows stay as retired stand-ins.
+    /// Returns the network and the names with the new ones added.
+    pub fn with_names(&self, names: &Names) -> (Network, Names) {
+        let mut ids = names.clone();
+        let place = |list: &mut Vec<String>, name: &str| -> usize {
+            list.iter().position(|n| n == name).unwrap_or_else(|| {
+                list.push(name.to_string());
+                list.len() - 1
+            })
+        };
+        let mut nodes: Vec<Option<Node>> = vec![None; ids.nodes.len()];
+        for node in &self.nodes {
+            let market = place(&mut ids.markets, &self.markets[node.market as usize]);
+            let at = place(&mut ids.nodes, &node.id);
+            if at >= nodes.len() {
+                nodes.resize(at + 1, None);
+            }
+            nodes[at] = Some(Node {
+                market: market as MarketIdx,
+                ..node.clone()
+            });
+        }
+        let mut channels: Vec<Option<Channel>> = vec![None; ids.channels.len()];
+        for channel in &self.channels {
+            let at = place(&mut ids.channels, &channel.name);
+            if at >= channels.len() {
+                channels.resize(at + 1, None);
+            }
+            channels[at] = Some(channel.clone());
+        }
+        let nodes = nodes
+            .into_iter()
+            .zip(&ids.nodes)
+            .map(|(node, id)| node.unwrap_or_else(|| Node::retired(id, 0)))
+            .collect();
+        let channels = channels
+            .into_iter()
+            .zip(&ids.channels)
+            .map(|(channel, name)| {
+                channel.unwrap_or_else(|| Channel {
+                    name: name.clone(),
+                    policy: Policy::default(),
+                    retired: true,
+                })
+            })
+            .collect();
+        let network = Network::new(nodes, ids.markets.clone(), channels);
+        (network, ids)
+    }
+
+    /// The names of this network, as ids in a new data directory.
+    pub fn names(&self) -> Names {
+        self.with_names(&Names::new()).1
     }
 
     pub fn node_idx(&self, id: &str) -> Option<NodeIdx> {
@@ -70,5 +133,59 @@ impl Network {
 
     pub fn policy(&self, channel: ChannelIdx) -> &Policy {
         &self.channels[channel as usize].policy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, market: MarketIdx) -> Node {
+        Node {
+            retired: false,
+            online: true,
+            daily_capacity: 10,
+            ..Node::retired(id, market)
+        }
+    }
+
+    fn channel(name: &str) -> Channel {
+        Channel {
+            name: name.into(),
+            policy: Policy::default(),
+            retired: false,
+        }
+    }
+
+    #[test]
+    fn ids_follow_the_names_not_the_config_order() {
+        // Proves a reordered config with a node and a channel added and one
+        // of each removed keeps every known name's id, appends the new
+        // ones, and keeps the removed ones as retired stand-ins.
+        let mut names = Names::new();
+        names.nodes = vec!["A".into(), "B".into(), "C".into()];
+        names.markets = vec!["DE".into(), "FR".into()];
+        names.channels = vec!["web".into(), "app".into()];
+        let config = Network::new(
+            vec![node("D", 0), node("C", 1), node("A", 0)],
+            vec!["FR".into(), "DE".into()],
+            vec![channel("aaa"), channel("web")],
+        );
+        let (network, ids) = config.with_names(&names);
+        assert_eq!(ids.nodes, ["A", "B", "C", "D"]);
+        assert_eq!(ids.channels, ["web", "app", "aaa"]);
+        assert_eq!(ids.markets, ["DE", "FR"]);
+        assert_eq!(network.node_idx("A"), Some(0));
+        assert_eq!(network.node_idx("B"), None, "a retired node takes nothing");
+        assert!(network.node(1).retired);
+        assert_eq!(network.node_idx("C"), Some(2));
+        assert_eq!(network.node_idx("D"), Some(3));
+        assert_eq!(network.markets[network.node(2).market as usize], "DE");
+        assert_eq!(network.markets[network.node(0).market as usize], "FR");
+        assert_eq!(network.channel_idx("web"), Some(0));
+        assert_eq!(network.channel_idx("app"), None);
+        assert_eq!(network.channel_idx("aaa"), Some(2));
+        // The same config again changes nothing.
+        assert_eq!(network.with_names(&ids).1, ids);
     }
 }

@@ -28,20 +28,36 @@ use super::stock::{Bumped, StockError, StockShard};
 
 use crate::limits::{MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE};
 
-/// Routers in one daemon; the router is kept in the low byte of an order id.
-pub const MAX_ROUTERS: usize = 256;
+/// Partitions of the order key space. An order key hashes to one of them
+/// for good, an order id keeps it in its low byte, and a router owns the
+/// partitions `p` with `p % routers == router`: so the router count can
+/// change and every order is still found by key and by id.
+pub const PARTITIONS: usize = 256;
+/// Routers in one daemon: each owns at least one partition.
+pub const MAX_ROUTERS: usize = PARTITIONS;
 
-/// The router that owns an order id.
-pub fn router_of_order(order: OrderId) -> usize {
-    (order % MAX_ROUTERS as u64) as usize
-}
-
-/// The router that owns a client order key. Deterministic across restarts.
-pub fn router_of_key(channel: &str, client_order_id: &str, routers: usize) -> usize {
+/// The partition of an order key. Deterministic across restarts and builds
+/// (the data directory depends on it; a test pins it).
+pub fn partition_of_key(channel: &str, client_order_id: &str) -> usize {
     let mut hasher = FxHasher::default();
     channel.hash(&mut hasher);
     client_order_id.hash(&mut hasher);
-    (hasher.finish() % routers as u64) as usize
+    (hasher.finish() % PARTITIONS as u64) as usize
+}
+
+/// The partition of an order id.
+pub fn partition_of_order(order: OrderId) -> usize {
+    (order % PARTITIONS as u64) as usize
+}
+
+/// The router of `routers` that owns an order id.
+pub fn router_of_order(order: OrderId, routers: usize) -> usize {
+    partition_of_order(order) % routers
+}
+
+/// The router of `routers` that owns a client order key.
+pub fn router_of_key(channel: &str, client_order_id: &str, routers: usize) -> usize {
+    partition_of_key(channel, client_order_id) % routers
 }
 
 /// How a caller names an order.
@@ -289,20 +305,18 @@ impl ArchivedOrderRecord {
 /// moves the ones before it: no pause to copy a million records.
 const ORDERS_PER_SEGMENT: usize = 4096;
 
-/// The orders of one router, in segments indexed by sequence number: an
-/// order id is `sequence * MAX_ROUTERS + router`, so no map from ids is
-/// needed, and a million orders cost their records and one small map entry.
+/// The orders of one partition, in segments indexed by sequence number:
+/// an order id is `sequence * PARTITIONS + partition`, so no map from ids
+/// is needed, and a million orders cost their records and one small map
+/// entry.
 struct OrderBook {
-    router: u64,
+    partition: u64,
     segments: Vec<Vec<OrderRecord>>,
     count: usize,
     /// Hash of (channel, client order id) to the newest sequence + 1 with it.
     /// (32 bits of hash: collisions chain through `key_next` anyway, and
     /// half-size entries matter at millions of orders.)
     by_key: FxHashMap<u32, u32>,
-    /// Orders changed since the last [`RouterCore::take_dirty`]: what the
-    /// next journal record must carry.
-    dirty: Vec<OrderId>,
 }
 
 fn key_hash(channel: ChannelIdx, client_order_id: &str) -> u32 {
@@ -314,42 +328,31 @@ fn key_hash(channel: ChannelIdx, client_order_id: &str) -> u32 {
 }
 
 impl OrderBook {
+    fn new(partition: usize) -> OrderBook {
+        OrderBook {
+            partition: partition as u64,
+            segments: Vec::new(),
+            count: 0,
+            by_key: FxHashMap::default(),
+        }
+    }
+
     fn slot(&self, id: OrderId) -> Option<usize> {
-        let router_matches = id % MAX_ROUTERS as u64 == self.router;
-        let sequence = (id / MAX_ROUTERS as u64) as usize;
-        (router_matches && sequence >= 1 && sequence <= self.count).then(|| sequence - 1)
+        let partition_matches = id % PARTITIONS as u64 == self.partition;
+        let sequence = (id / PARTITIONS as u64) as usize;
+        (partition_matches && sequence >= 1 && sequence <= self.count).then(|| sequence - 1)
     }
 
     fn at(&self, slot: usize) -> &OrderRecord {
         &self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT]
     }
 
+    fn at_mut(&mut self, slot: usize) -> &mut OrderRecord {
+        &mut self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT]
+    }
+
     fn next_id(&self) -> OrderId {
-        (self.count as u64 + 1) * MAX_ROUTERS as u64 + self.router
-    }
-
-    fn get(&self, id: &OrderId) -> Option<&OrderRecord> {
-        self.slot(*id).map(|slot| self.at(slot))
-    }
-
-    fn get_mut(&mut self, id: &OrderId) -> Option<&mut OrderRecord> {
-        if self.dirty.last() != Some(id) {
-            self.dirty.push(*id);
-        }
-        self.slot(*id)
-            .map(|slot| &mut self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT])
-    }
-
-    fn contains_key(&self, id: &OrderId) -> bool {
-        self.slot(*id).is_some()
-    }
-
-    fn len(&self) -> usize {
-        self.count
-    }
-
-    fn values(&self) -> impl Iterator<Item = &OrderRecord> {
-        self.segments.iter().flatten()
+        (self.count as u64 + 1) * PARTITIONS as u64 + self.partition
     }
 
     fn find_key(&self, channel: ChannelIdx, client_order_id: &str) -> Option<OrderId> {
@@ -370,12 +373,18 @@ impl OrderBook {
 
     fn insert(&mut self, mut record: OrderRecord) {
         assert_eq!(record.id, self.next_id(), "orders are recorded in id order");
-        self.dirty.push(record.id);
-        let sequence = u32::try_from(self.count + 1).expect("at most u32::MAX orders per router");
+        let sequence =
+            u32::try_from(self.count + 1).expect("at most u32::MAX orders per partition");
         let hash = key_hash(record.channel, &record.client_order_id);
         record.key_next = self.by_key.insert(hash, sequence).unwrap_or(0);
         if self.count.is_multiple_of(ORDERS_PER_SEGMENT) {
-            self.segments.push(Vec::with_capacity(ORDERS_PER_SEGMENT));
+            // The first segment grows as it fills: a router owns many
+            // partitions, most of them small in a small shop.
+            self.segments.push(if self.segments.is_empty() {
+                Vec::new()
+            } else {
+                Vec::with_capacity(ORDERS_PER_SEGMENT)
+            });
         }
         self.segments
             .last_mut()
@@ -385,7 +394,89 @@ impl OrderBook {
     }
 }
 
-impl std::ops::Index<&OrderId> for OrderBook {
+/// The orders of one router: a book per partition it owns.
+struct Books {
+    router: usize,
+    routers: usize,
+    /// Partition `p`'s book at `p / routers`.
+    books: Vec<OrderBook>,
+    count: usize,
+    /// Orders changed since the last [`RouterCore::take_dirty`]: what the
+    /// next journal record must carry.
+    dirty: Vec<OrderId>,
+}
+
+impl Books {
+    fn new(router: usize, routers: usize) -> Books {
+        Books {
+            router,
+            routers,
+            books: (router..PARTITIONS)
+                .step_by(routers)
+                .map(OrderBook::new)
+                .collect(),
+            count: 0,
+            dirty: Vec::new(),
+        }
+    }
+
+    /// The book of `partition`, if this router owns it.
+    fn book(&self, partition: usize) -> Option<&OrderBook> {
+        (partition % self.routers == self.router).then(|| &self.books[partition / self.routers])
+    }
+
+    fn book_mut(&mut self, partition: usize) -> Option<&mut OrderBook> {
+        (partition % self.routers == self.router).then(|| &mut self.books[partition / self.routers])
+    }
+
+    fn get(&self, id: &OrderId) -> Option<&OrderRecord> {
+        let book = self.book(partition_of_order(*id))?;
+        book.slot(*id).map(|slot| book.at(slot))
+    }
+
+    fn get_mut(&mut self, id: &OrderId) -> Option<&mut OrderRecord> {
+        if self.dirty.last() != Some(id) {
+            self.dirty.push(*id);
+        }
+        let book = self.book_mut(partition_of_order(*id))?;
+        let slot = book.slot(*id)?;
+        Some(book.at_mut(slot))
+    }
+
+    fn contains_key(&self, id: &OrderId) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn values(&self) -> impl Iterator<Item = &OrderRecord> {
+        self.books.iter().flat_map(|b| b.segments.iter().flatten())
+    }
+
+    /// The next id in `partition` (which this router owns).
+    fn next_id(&self, partition: usize) -> OrderId {
+        self.book(partition)
+            .expect("a partition of this router")
+            .next_id()
+    }
+
+    fn find_key(&self, channel: ChannelIdx, name: &str, client_order_id: &str) -> Option<OrderId> {
+        self.book(partition_of_key(name, client_order_id))?
+            .find_key(channel, client_order_id)
+    }
+
+    fn insert(&mut self, record: OrderRecord) {
+        self.dirty.push(record.id);
+        self.book_mut(partition_of_order(record.id))
+            .expect("a partition of this router")
+            .insert(record);
+        self.count += 1;
+    }
+}
+
+impl std::ops::Index<&OrderId> for Books {
     type Output = OrderRecord;
 
     fn index(&self, id: &OrderId) -> &OrderRecord {
@@ -408,31 +499,28 @@ pub struct RouterCore {
     network: Arc<Network>,
     index: Arc<AvailabilityIndex>,
     shard_count: u32,
-    orders: OrderBook,
+    orders: Books,
     /// (expires_at_ms, order); stale entries (confirmed, re-held) are skipped
     /// when popped.
     expiries: BinaryHeap<Reverse<(u64, OrderId)>>,
 }
 
 impl RouterCore {
+    /// Router `router` of `routers`: it owns the partitions `p` with
+    /// `p % routers == router`.
     pub fn new(
         router: usize,
+        routers: usize,
         network: Arc<Network>,
         index: Arc<AvailabilityIndex>,
         shard_count: u32,
     ) -> RouterCore {
-        assert!(router < MAX_ROUTERS);
+        assert!(router < routers && routers <= MAX_ROUTERS);
         RouterCore {
             network,
             index,
             shard_count,
-            orders: OrderBook {
-                router: router as u64,
-                segments: Vec::new(),
-                count: 0,
-                by_key: FxHashMap::default(),
-                dirty: Vec::new(),
-            },
+            orders: Books::new(router, routers),
             expiries: BinaryHeap::new(),
         }
     }
@@ -458,7 +546,7 @@ impl RouterCore {
     }
 
     pub fn router_id(&self) -> usize {
-        self.orders.router as usize
+        self.orders.router
     }
 
     pub fn order_count(&self) -> usize {
@@ -469,14 +557,28 @@ impl RouterCore {
         self.orders.values()
     }
 
-    /// Up to `max` orders from the `first`-th on, as they lie in the book
+    /// Up to `max` orders from the `first`-th on, as they lie in the books
     /// (a run stops at the end of a segment): what a snapshot step encodes.
     pub fn orders_slice(&self, first: usize, max: usize) -> &[OrderRecord] {
-        let Some(segment) = self.orders.segments.get(first / ORDERS_PER_SEGMENT) else {
-            return &[];
-        };
-        let start = (first % ORDERS_PER_SEGMENT).min(segment.len());
-        &segment[start..segment.len().min(start + max)]
+        let mut skip = first;
+        for book in &self.orders.books {
+            if skip >= book.count {
+                skip -= book.count;
+                continue;
+            }
+            let segment = &book.segments[skip / ORDERS_PER_SEGMENT];
+            let start = skip % ORDERS_PER_SEGMENT;
+            return &segment[start..segment.len().min(start + max)];
+        }
+        &[]
+    }
+
+    /// Every order, the book given up (a relayout moves them elsewhere).
+    pub fn into_orders(self) -> impl Iterator<Item = OrderRecord> {
+        self.orders
+            .books
+            .into_iter()
+            .flat_map(|b| b.segments.into_iter().flatten())
     }
 
     /// The orders changed since the last call, as they are now: the order
@@ -496,10 +598,10 @@ impl RouterCore {
 
     /// Makes room for `orders` more orders at once (restoring a snapshot).
     pub fn reserve(&mut self, orders: usize) {
-        self.orders.by_key.reserve(orders);
-        self.orders
-            .segments
-            .reserve(orders.div_ceil(ORDERS_PER_SEGMENT));
+        let per_book = orders.div_ceil(self.orders.books.len());
+        for book in &mut self.orders.books {
+            book.by_key.reserve(per_book);
+        }
     }
 
     /// Forgets which orders changed (nothing is journaled).
@@ -510,34 +612,34 @@ impl RouterCore {
     /// Puts a journaled or snapshotted order into the book as it was
     /// written: a new one must be the next id, a known one is replaced.
     pub fn restore(&mut self, mut record: OrderRecord) -> Result<(), String> {
-        if record.id % MAX_ROUTERS as u64 != self.orders.router {
+        let partition = partition_of_order(record.id);
+        let (router, routers) = (self.orders.router, self.orders.routers);
+        let Some(book) = self.orders.book_mut(partition) else {
             return Err(format!(
-                "order {} belongs to router {}, not {}",
+                "order {} is in partition {partition}, of router {} of {routers}, not {router}",
                 record.id,
-                record.id % MAX_ROUTERS as u64,
-                self.orders.router
+                partition % routers,
             ));
-        }
-        if record.state == OrderState::Held {
-            self.expiries
-                .push(Reverse((record.expires_at_ms, record.id)));
-        }
-        if let Some(slot) = self.orders.slot(record.id) {
-            let existing =
-                &mut self.orders.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT];
+        };
+        let expiry =
+            (record.state == OrderState::Held).then_some((record.expires_at_ms, record.id));
+        if let Some(slot) = book.slot(record.id) {
+            let existing = book.at_mut(slot);
             record.key_next = existing.key_next;
             *existing = record;
-            return Ok(());
-        }
-        if record.id != self.orders.next_id() {
+        } else if record.id == book.next_id() {
+            book.insert(record);
+            self.orders.count += 1;
+        } else {
             return Err(format!(
                 "order {} arrives before order {}: the journal has a gap",
                 record.id,
-                self.orders.next_id()
+                book.next_id()
             ));
         }
-        self.orders.insert(record);
-        self.orders.dirty.clear();
+        if let Some(expiry) = expiry {
+            self.expiries.push(Reverse(expiry));
+        }
         Ok(())
     }
 
@@ -633,8 +735,8 @@ impl RouterCore {
                 channel,
                 client_order_id,
             } => {
-                let channel = self.network.channel_idx(channel)?;
-                self.orders.find_key(channel, client_order_id)
+                let idx = self.network.channel_idx(channel)?;
+                self.orders.find_key(idx, channel, client_order_id)
             }
         }
     }
@@ -656,6 +758,8 @@ impl RouterCore {
         // (request index, hold ttl, fingerprint) of each attempt.
         let mut fresh: Vec<(usize, u64, u64)> = Vec::new();
         let mut in_batch: FxHashMap<(ChannelIdx, &str), (usize, u64)> = FxHashMap::default();
+        // New orders of this batch so far, per partition.
+        let mut taken: FxHashMap<usize, u64> = FxHashMap::default();
         // (request, first request with the same key, same body as that one)
         let mut repeats: Vec<(usize, usize, bool)> = Vec::new();
         for (i, request) in requests.iter().enumerate() {
@@ -667,7 +771,7 @@ impl RouterCore {
                 }
             };
             let key = (resolved.channel, request.client_order_id.as_str());
-            if let Some(id) = self.orders.find_key(key.0, key.1) {
+            if let Some(id) = self.orders.find_key(key.0, &request.channel, key.1) {
                 let record = &self.orders[&id];
                 let same = record.fingerprint == resolved.fingerprint;
                 decisions[i] = Some(if same {
@@ -682,7 +786,11 @@ impl RouterCore {
                 continue;
             }
             in_batch.insert(key, (i, resolved.fingerprint));
-            let order = self.orders.next_id() + attempts.len() as u64 * MAX_ROUTERS as u64;
+            // Ids of this batch's new orders, in their partitions' order.
+            let partition = partition_of_key(&request.channel, key.1);
+            let earlier = taken.entry(partition).or_insert(0);
+            let order = self.orders.next_id(partition) + *earlier * PARTITIONS as u64;
+            *earlier += 1;
             attempts.push(Attempt {
                 order,
                 lines: resolved.lines,

@@ -282,7 +282,15 @@ impl EngineState {
                 })
                 .collect(),
             routers: (0..settings.routers as usize)
-                .map(|r| RouterCore::new(r, network.clone(), index.clone(), shard_count))
+                .map(|r| {
+                    RouterCore::new(
+                        r,
+                        settings.routers as usize,
+                        network.clone(),
+                        index.clone(),
+                        shard_count,
+                    )
+                })
                 .collect(),
             index,
         })
@@ -471,15 +479,27 @@ impl Engine {
         toml: String,
     ) -> Result<u64, EngineError> {
         let current = &self.inner.network;
-        let names = |c: &[crate::core::network::Channel]| -> Vec<String> {
-            c.iter().map(|c| c.name.clone()).collect()
+        let names = |c: &mut dyn Iterator<Item = &crate::core::network::Channel>| -> Vec<String> {
+            let mut names: Vec<String> = c.map(|c| c.name.clone()).collect();
+            names.sort();
+            names
         };
-        if names(&channels) != names(&current.channels) {
+        let now = names(&mut current.channels.iter().filter(|c| !c.retired));
+        let asked = names(&mut channels.iter());
+        if now != asked {
             return Err(EngineError::Channels {
-                now: names(&current.channels).join(", "),
-                asked: names(&channels).join(", "),
+                now: now.join(", "),
+                asked: asked.join(", "),
             });
         }
+        // The channels keep their ids: each takes its new policy by name.
+        let mut by_name: std::collections::HashMap<String, crate::core::network::Channel> =
+            channels.into_iter().map(|c| (c.name.clone(), c)).collect();
+        let channels = current
+            .channels
+            .iter()
+            .map(|c| by_name.remove(&c.name).unwrap_or_else(|| c.clone()))
+            .collect();
         let network = Arc::new(Network::new(
             current.nodes.clone(),
             current.markets.clone(),
@@ -650,7 +670,7 @@ impl Engine {
     fn router_for(&self, order: &OrderRef) -> &Mailbox<RouterMsg> {
         let routers = &self.inner.routers;
         match order {
-            OrderRef::Id(id) => &routers[router_of_order(*id) % routers.len()],
+            OrderRef::Id(id) => &routers[router_of_order(*id, routers.len())],
             OrderRef::Key {
                 channel,
                 client_order_id,
@@ -991,7 +1011,7 @@ impl Engine {
         let mut grouped: FxHashMap<usize, Vec<T>> = FxHashMap::default();
         for item in items {
             grouped
-                .entry(router_of_order(order(&item)) % routers)
+                .entry(router_of_order(order(&item), routers))
                 .or_default()
                 .push(item);
         }

@@ -3,10 +3,12 @@
 //! replay the journal after each one's LSN, and hand back the engine state.
 //!
 //! ```text
-//! DIR/lock                    the single writer's lock (see [`lock`])
-//! DIR/layout                  shards, routers and node ids the files assume
-//! DIR/journal/{lsn:020}.wal   journal segments
-//! DIR/snapshots/{actor}.snap  magic | lsn | body length | crc32c | rkyv body
+//! DIR/lock                      the single writer's lock (see [`lock`])
+//! DIR/names.toml                format version, ids of channels, markets, nodes
+//! DIR/journal/{lsn:020}.wal     journal segments
+//! DIR/snapshots -> snapshots-N  the snapshot set in use (see [`layout`])
+//! DIR/snapshots-N/layout.toml   the shards and routers the set was written for
+//! DIR/snapshots-N/{actor}.snap  magic | lsn | body length | crc32c | rkyv body
 //! ```
 
 use std::fs::File;
@@ -22,12 +24,14 @@ use crate::core::capacity::{LedgerImage, NodeLedger};
 use crate::core::local::{apply_node_op, apply_stock_op};
 use crate::core::model::{NodeIdx, OrderId, SkuId};
 use crate::core::network::Network;
-use crate::core::router::{router_of_order, OrderRecord};
+use crate::core::router::{router_of_order, OrderRecord, RouterCore};
 use crate::core::stock::{Bumped, ShardImage, StockShard};
 use crate::engine::sequencer::{Sequencer, Txn, KIND_MARKER, KIND_POLICY, KIND_TXN};
 use crate::engine::{EngineError, EngineSettings, EngineState, Image};
 use crate::journal::{self, Durability, Journal, JournalError, TornTail};
+use crate::schema::{Layout, Names};
 
+pub mod layout;
 pub mod lock;
 pub use lock::{Access, DirLock, LockError};
 
@@ -80,11 +84,19 @@ pub enum StoreError {
     Lock(#[from] LockError),
     #[error("snapshot {path} is damaged: {reason}; refusing to start (restore the data directory from a backup)")]
     Snapshot { path: PathBuf, reason: String },
-    #[error("the data directory {dir} was written for {found}, but the config has {configured}; start with the config it was written under, or a new data directory")]
-    Layout {
+    /// The directory's own files say it cannot be read by this build.
+    #[error("the data directory {dir} cannot be opened: {reason}")]
+    Format { dir: PathBuf, reason: String },
+    /// The config dropped a node or channel that still has open work.
+    #[error("{what} is gone from the config, but the data directory {dir} still has {has}; {fix}")]
+    Retired {
         dir: PathBuf,
-        found: String,
-        configured: String,
+        /// "node WH-1" or "channel web".
+        what: String,
+        /// What it still has, counted.
+        has: String,
+        /// How to retire it.
+        fix: &'static str,
     },
     #[error("journal record {lsn} cannot be replayed: {reason}; refusing to start")]
     Replay { lsn: u64, reason: String },
@@ -115,6 +127,8 @@ pub struct RecoveryReport {
 /// to continue, and what replay found out of step (see [`crate::engine::Engine::repair`]).
 pub struct Recovered {
     pub state: EngineState,
+    /// The network under the data directory's ids: start the engine on it.
+    pub network: Arc<Network>,
     pub sequencer: Sequencer,
     /// Nothing was ever written here: load the config's starting stock.
     pub fresh: bool,
@@ -134,45 +148,6 @@ pub fn journal_dir(dir: &Path) -> PathBuf {
 
 pub fn snapshot_dir(dir: &Path) -> PathBuf {
     dir.join("snapshots")
-}
-
-fn layout_of(settings: &EngineSettings, network: &Network) -> String {
-    let nodes: Vec<&str> = network.nodes.iter().map(|n| n.id.as_str()).collect();
-    format!(
-        "shards={}\nrouters={}\nnodes={}\n",
-        settings.shards.max(1),
-        settings.routers,
-        nodes.join(",")
-    )
-}
-
-fn check_layout(
-    dir: &Path,
-    settings: &EngineSettings,
-    network: &Network,
-) -> Result<(), StoreError> {
-    let path = dir.join("layout");
-    let configured = layout_of(settings, network);
-    match std::fs::read_to_string(&path) {
-        Ok(found) if found == configured => Ok(()),
-        Ok(found) => {
-            let short = |s: &str| s.lines().take(2).collect::<Vec<_>>().join(", ");
-            let differs = if short(&found) == short(&configured) {
-                "another node list".to_string()
-            } else {
-                short(&configured)
-            };
-            Err(StoreError::Layout {
-                dir: dir.to_path_buf(),
-                found: short(&found),
-                configured: differs,
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_durably(&path, configured.as_bytes())
-        }
-        Err(e) => Err(io(&path, e)),
-    }
 }
 
 /// Writes a file so that after a crash it is either the old one or the new
@@ -335,7 +310,16 @@ pub fn write_book_file(
 ) -> Result<(), StoreError> {
     let snapshots = snapshot_dir(dir);
     std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
-    let mut file = BookFile::create(&snapshots, router.router_id())?;
+    write_book_into(&snapshots, router, lsn)
+}
+
+/// [`write_book_file`] into the snapshot set `snapshots`.
+fn write_book_into(
+    snapshots: &Path,
+    router: &crate::core::router::RouterCore,
+    lsn: u64,
+) -> Result<(), StoreError> {
+    let mut file = BookFile::create(snapshots, router.router_id())?;
     let mut buffer = AlignedVec::new();
     let mut imaged = 0;
     loop {
@@ -589,6 +573,12 @@ pub fn remove_segments_through(dir: &Path, lsn: u64) -> Result<(), StoreError> {
 pub fn write_snapshot_files(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, StoreError> {
     let snapshots = snapshot_dir(dir);
     std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+    write_images_into(&snapshots, images)
+}
+
+/// Writes every image into the snapshot set `snapshots`; returns the
+/// lowest LSN.
+fn write_images_into(snapshots: &Path, images: Vec<(u64, Image)>) -> Result<u64, StoreError> {
     let min_lsn = images.iter().map(|(lsn, _)| *lsn).min().unwrap_or(0);
     // One writer: the daemon keeps the other cores while it encodes and
     // writes, and the disk sees one stream next to the journal's.
@@ -740,6 +730,8 @@ fn load_snapshot(dir: &Path, name: &str) -> Result<Option<Loaded>, StoreError> {
 
 /// Recovers the state in the data directory `lock` holds (created empty
 /// if new). The lock comes first: a second daemon must not even replay.
+/// Returns the state on `network` under the directory's ids (see
+/// [`crate::schema`]), laid out for `settings`' shards and routers.
 pub fn open(
     lock: DirLock,
     store: &StoreSettings,
@@ -749,7 +741,97 @@ pub fn open(
 ) -> Result<Recovered, StoreError> {
     let started = Instant::now();
     let dir = &lock.dir().to_path_buf();
-    check_layout(dir, settings, network)?;
+    let known = layout::read_names(dir)?;
+    // A directory without names is new, or written by a tool under the
+    // config's order (`bench-restart`): its nodes are the config's.
+    let known_nodes = known
+        .as_ref()
+        .map_or(network.nodes.len(), |names| names.nodes.len());
+    let (network, names) = network.with_names(&known.unwrap_or_else(Names::new));
+    let network = Arc::new(network);
+    layout::prepare_snapshot_sets(dir)?;
+    let configured = Layout {
+        shards: settings.shards.max(1),
+        routers: settings.routers,
+    };
+    let written = layout::read_layout(dir)?;
+    let under = written.unwrap_or(configured);
+    let replayed = replay_state(
+        dir,
+        &EngineSettings {
+            shards: under.shards,
+            routers: under.routers,
+            ..settings.clone()
+        },
+        &network,
+        known_nodes,
+        now_ms,
+    )?;
+    let Replayed {
+        mut state,
+        mut report,
+        fresh,
+    } = replayed;
+    check_retired(dir, &state, &network)?;
+    // Before any record can use a new id.
+    layout::write_names(dir, &names)?;
+    if written.is_none() {
+        layout::write_layout(&snapshot_dir(dir), configured)?;
+    } else if under != configured {
+        state = relayout(state, settings, &network, now_ms)?;
+        let lsn = report.next_lsn.saturating_sub(1);
+        layout::replace_snapshot_set(dir, |set| {
+            write_state_into(set, &state, lsn)?;
+            layout::write_layout(set, configured)
+        })?;
+        tracing::info!(
+            "the data directory {} was laid out again from {} shards and {} routers to {} and {}",
+            dir.display(),
+            under.shards,
+            under.routers,
+            configured.shards,
+            configured.routers
+        );
+    }
+    let (bumps, orphans) = reconcile(&state);
+    report.orders = state.routers.iter().map(|r| r.order_count()).sum();
+    let journal = Journal::start(
+        &journal_dir(dir),
+        report.next_lsn,
+        store.durability,
+        store.segment_bytes,
+    )?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(Recovered {
+        state,
+        network,
+        sequencer: Sequencer::Journal(journal),
+        fresh,
+        report,
+        bumps,
+        orphans,
+        lock,
+    })
+}
+
+/// The state replay rebuilt, before it is checked and laid out.
+struct Replayed {
+    state: EngineState,
+    report: RecoveryReport,
+    /// Nothing was ever written in the directory.
+    fresh: bool,
+}
+
+/// Loads each actor's snapshot and replays the journal after it, under
+/// `settings`' layout (the one the files were written for). `known_nodes`:
+/// the nodes the directory's names had before this start.
+fn replay_state(
+    dir: &Path,
+    settings: &EngineSettings,
+    network: &Arc<Network>,
+    known_nodes: usize,
+    now_ms: u64,
+) -> Result<Replayed, StoreError> {
     let mut state = EngineState::fresh(settings, network, now_ms)?;
     let index = state.index.clone();
     let mut report = RecoveryReport::default();
@@ -846,8 +928,12 @@ pub fn open(
             report.snapshots_loaded += 1;
         }
     }
-    let mut node_lsn = vec![0u64; state.ledgers.len()];
-    for (n, node) in network.nodes.iter().enumerate() {
+    // A node the names did not have before this start has no snapshot
+    // and no record: nothing to replay for it.
+    let mut node_lsn: Vec<u64> = (0..state.ledgers.len())
+        .map(|n| if n < known_nodes { 0 } else { u64::MAX })
+        .collect();
+    for (n, node) in network.nodes.iter().enumerate().take(known_nodes) {
         if let Some(loaded) = load_snapshot(dir, &format!("node-{n}"))? {
             let mut image = rkyv::from_bytes::<LedgerImage, rancor::Error>(loaded.body())
                 .map_err(|e| loaded.damaged(e))?;
@@ -857,7 +943,7 @@ pub fn open(
             for event in &mut image.events.events {
                 let record = state
                     .routers
-                    .get(router_of_order(event.order))
+                    .get(router_of_order(event.order, state.routers.len()))
                     .and_then(|r| r.get(&crate::core::router::OrderRef::Id(event.order)));
                 if let Some(record) = record {
                     if record.client_order_id == event.client_order_id {
@@ -879,6 +965,7 @@ pub fn open(
         .chain(&node_lsn)
         .chain(&router_lsn)
         .copied()
+        .filter(|&lsn| lsn != u64::MAX)
         .min()
         .unwrap_or(0);
     report.snapshot_lsn_min = replay_from;
@@ -926,16 +1013,7 @@ pub fn open(
             }
         }
         for order in txn.orders {
-            let r = router_of_order(order.id);
-            if r >= state.routers.len() {
-                return Err(StoreError::Replay {
-                    lsn,
-                    reason: format!(
-                        "order {} of router {r} beyond the configured routers",
-                        order.id
-                    ),
-                });
-            }
+            let r = router_of_order(order.id, state.routers.len());
             if lsn > router_lsn[r] {
                 state.routers[r]
                     .restore(order)
@@ -974,26 +1052,135 @@ pub fn open(
         }
         report.records_replayed += 1;
     }
-    let (bumps, orphans) = reconcile(&state);
     report.next_lsn = recovered.next_lsn;
     report.torn_tail = recovered.torn_tail;
-    report.orders = state.routers.iter().map(|r| r.order_count()).sum();
-    let journal = Journal::start(
-        &journal_dir(dir),
-        recovered.next_lsn,
-        store.durability,
-        store.segment_bytes,
-    )?;
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok(Recovered {
+    Ok(Replayed {
         state,
-        sequencer: Sequencer::Journal(journal),
-        fresh,
         report,
-        bumps,
-        orphans,
-        lock,
+        fresh,
     })
+}
+
+/// Refuses a network that retired a node or channel with open work: its
+/// orders would be stranded where no config can reach them.
+fn check_retired(dir: &Path, state: &EngineState, network: &Network) -> Result<(), StoreError> {
+    let retired_nodes = network.nodes.iter().any(|n| n.retired);
+    let retired_channels = network.channels.iter().any(|c| c.retired);
+    if !retired_nodes && !retired_channels {
+        return Ok(());
+    }
+    let mut on_hand = vec![0u64; network.nodes.len()];
+    let mut allocations = vec![0u64; network.nodes.len()];
+    let mut open_orders = vec![0u64; network.channels.len()];
+    if retired_nodes {
+        for (_, node, cell) in state.shards.iter().flat_map(|s| s.cells()) {
+            on_hand[node as usize] += u64::from(cell.on_hand);
+        }
+    }
+    for order in state.routers.iter().flat_map(|r| r.orders()) {
+        if !order.state.is_open() {
+            continue;
+        }
+        open_orders[order.channel as usize] += 1;
+        for a in order.allocations.iter().filter(|a| a.open > 0) {
+            allocations[a.node as usize] += 1;
+        }
+    }
+    for (n, node) in network.nodes.iter().enumerate() {
+        if node.retired && (on_hand[n] > 0 || allocations[n] > 0) {
+            return Err(StoreError::Retired {
+                dir: dir.to_path_buf(),
+                what: format!("node {}", node.id),
+                has: format!(
+                    "{} open allocations and {} units on hand there",
+                    allocations[n], on_hand[n]
+                ),
+                fix: "put it back in the config, set it offline (its open allocations re-route) and count its stock to 0, then remove it",
+            });
+        }
+    }
+    for (c, channel) in network.channels.iter().enumerate() {
+        if channel.retired && open_orders[c] > 0 {
+            return Err(StoreError::Retired {
+                dir: dir.to_path_buf(),
+                what: format!("channel {}", channel.name),
+                has: format!("{} open orders of it", open_orders[c]),
+                fix: "put it back in the config until they are shipped, cancelled or expired, then remove it",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The state laid out again for `settings`' shards and routers: stock
+/// cells and reservations rehashed by SKU, orders moved to the router
+/// their partition now belongs to.
+fn relayout(
+    state: EngineState,
+    settings: &EngineSettings,
+    network: &Arc<Network>,
+    now_ms: u64,
+) -> Result<EngineState, StoreError> {
+    let shard_count = settings.shards.max(1);
+    // The same index: the counts in it do not move.
+    let index = state.index.clone();
+    let mut next = EngineState {
+        shards: Vec::new(),
+        ledgers: state.ledgers,
+        routers: (0..settings.routers as usize)
+            .map(|r| {
+                RouterCore::new(
+                    r,
+                    settings.routers as usize,
+                    network.clone(),
+                    index.clone(),
+                    shard_count,
+                )
+            })
+            .collect(),
+        index,
+    };
+    let _ = now_ms;
+    let images: Vec<ShardImage> = state.shards.iter().map(StockShard::image).collect();
+    let rehashed = ShardImage::rehash(&images, shard_count);
+    next.shards = rehashed
+        .iter()
+        .map(|image| {
+            let bytes = rkyv::to_bytes::<rancor::Error>(image).expect("images always serialize");
+            let archived = rkyv::access::<rkyv::Archived<ShardImage>, rancor::BoxedError>(&bytes)
+                .map_err(|e| e.to_string())?;
+            StockShard::from_image(archived, next.index.clone())
+        })
+        .collect::<Result<_, String>>()
+        .map_err(|reason| StoreError::Replay { lsn: 0, reason })?;
+    let routers = next.routers.len();
+    for router in state.routers {
+        for order in router.into_orders() {
+            let r = router_of_order(order.id, routers);
+            next.routers[r]
+                .restore(order)
+                .map_err(|reason| StoreError::Replay { lsn: 0, reason })?;
+        }
+    }
+    Ok(next)
+}
+
+/// Writes every actor of `state` into the snapshot set `set`, each
+/// labelled `lsn`.
+fn write_state_into(set: &Path, state: &EngineState, lsn: u64) -> Result<(), StoreError> {
+    let mut images = vec![(lsn, Image::Catalog(state.index.sku_names()))];
+    for shard in &state.shards {
+        images.push((lsn, Image::Shard(shard.shard_id(), shard.image())));
+    }
+    for ledger in &state.ledgers {
+        let image = ledger.image();
+        images.push((lsn, Image::Node(image.node, image)));
+    }
+    for router in &state.routers {
+        write_book_into(set, router, lsn)?;
+    }
+    write_images_into(set, images)?;
+    Ok(())
 }
 
 /// Compares every open order's units with its shards' reservations. A book
@@ -1038,7 +1225,7 @@ fn reconcile(state: &EngineState) -> (Vec<Bumped>, Vec<Orphan>) {
     let mut orphans = Vec::new();
     for shard in &state.shards {
         for (order, sku, node, qty) in shard.committed() {
-            let r = router_of_order(order);
+            let r = router_of_order(order, state.routers.len());
             let book = state
                 .routers
                 .get(r)

@@ -1,0 +1,20 @@
+//! The persisted format: what the data directory says, and the version of
+//! how it says it. Everything on disk names channels, markets, nodes and
+//! SKUs by a stable id: a SKU's from the catalog snapshot and the journal's
+//! `skus` lists, the others' from [`Names`], kept in `DIR/names.toml`. An
+//! id is a name's place in its list there, and the lists only grow, so
+//! reordering the config, adding to it or retiring from it never changes
+//! what a stored order means.
+//!
+//! The journal's record ([`crate::engine::sequencer::Txn`]) and the
+//! snapshot images carry these ids; [`Layout`] says how the snapshot set
+//! partitions the state (shards, routers).
+
+mod names;
+
+pub use names::{Layout, Names, NamesError};
+
+/// The version of the data directory's format. 1: ids from `names.toml`
+/// (format 0, before it, stored channels and markets by their place in
+/// the config and had no names file).
+pub const FORMAT_VERSION: u32 = 1;
