@@ -89,8 +89,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// The stand-in for a node the config no longer has: offline, without
-    /// capabilities or capacity, so no filter ever lets it through.
+    /// The stand-in for a node the config no longer has: offline and
+    /// without capabilities, so no filter ever lets it through. Its
+    /// capacity is unbounded only so that what its ledger used before it
+    /// was retired still fits.
     pub fn retired(id: &str, market: MarketIdx) -> Node {
         Node {
             id: id.to_string(),
@@ -99,7 +101,7 @@ impl Node {
             location: GeoPoint::new(0.0, 0.0).expect("the origin is a point"),
             market,
             capabilities: Capabilities::default(),
-            daily_capacity: 0,
+            daily_capacity: u32::MAX,
             priority: u32::MAX,
             cost_base_cents: 0,
             cost_per_km_cents: 0.0,

@@ -394,6 +394,15 @@ impl OrderBook {
     }
 }
 
+/// How far a snapshot has come through a router's books: a book, and the
+/// orders of it done. Books only grow at their ends, so the cursor stays
+/// right while orders arrive between snapshot steps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BookCursor {
+    book: usize,
+    done: usize,
+}
+
 /// The orders of one router: a book per partition it owns.
 struct Books {
     router: usize,
@@ -557,18 +566,21 @@ impl RouterCore {
         self.orders.values()
     }
 
-    /// Up to `max` orders from the `first`-th on, as they lie in the books
-    /// (a run stops at the end of a segment): what a snapshot step encodes.
-    pub fn orders_slice(&self, first: usize, max: usize) -> &[OrderRecord] {
-        let mut skip = first;
-        for book in &self.orders.books {
-            if skip >= book.count {
-                skip -= book.count;
-                continue;
+    /// The next run of up to `max` orders after `cursor`, as they lie in
+    /// the books (a run stops at the end of a segment), moving the cursor
+    /// past it: what a snapshot step encodes. Empty once every book is
+    /// passed.
+    pub fn next_orders(&self, cursor: &mut BookCursor, max: usize) -> &[OrderRecord] {
+        while let Some(book) = self.orders.books.get(cursor.book) {
+            if cursor.done < book.count {
+                let segment = &book.segments[cursor.done / ORDERS_PER_SEGMENT];
+                let start = cursor.done % ORDERS_PER_SEGMENT;
+                let run = &segment[start..segment.len().min(start + max)];
+                cursor.done += run.len();
+                return run;
             }
-            let segment = &book.segments[skip / ORDERS_PER_SEGMENT];
-            let start = skip % ORDERS_PER_SEGMENT;
-            return &segment[start..segment.len().min(start + max)];
+            cursor.book += 1;
+            cursor.done = 0;
         }
         &[]
     }
@@ -1392,4 +1404,31 @@ fn nodes_of(allocations: &[AllocationState]) -> SmallVec<[NodeIdx; 4]> {
     nodes.sort_unstable();
     nodes.dedup();
     nodes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_keys_hash_to_the_partitions_they_always_did() {
+        // Proves the partition of an order key is what it was when these values were taken:
+        // stored order ids carry it and key lookups recompute it, so a change of hasher (a
+        // crate update) would strand every stored order. If this fails, the data directory
+        // format must change with it.
+        let keys = [
+            ("web", "o-1"),
+            ("web", "o-2"),
+            ("marketplace", "MP-000042"),
+            ("app", ""),
+            ("store", "ü-ßé-😀"),
+        ];
+        let partitions = keys.map(|(channel, id)| partition_of_key(channel, id));
+        assert_eq!(partitions, PINNED, "partitions of {keys:?}");
+        assert_eq!(router_of_key("web", "o-1", 3), PINNED[0] % 3);
+        assert_eq!(partition_of_order(7 * PARTITIONS as u64 + 5), 5);
+        assert_eq!(router_of_order(7 * PARTITIONS as u64 + 5, 2), 1);
+    }
+
+    const PINNED: [usize; 5] = [158, 247, 116, 135, 253];
 }

@@ -15,7 +15,7 @@ use crate::core::events::{CursorOutOfRange, NodeEvent};
 use crate::core::local::{apply_node_op, apply_stock_op, NodeEffect};
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use crate::core::placement::{NodeOp, Participants, StockOp};
-use crate::core::router::{BookChunk, OpError, OrderRecord, OrderRef, RouterCore};
+use crate::core::router::{BookChunk, BookCursor, OpError, OrderRecord, OrderRef, RouterCore};
 use crate::core::stock::{
     Bumped, Cell, HoldItem, HoldOutcome, ImageMemory, ShardImage, StockError, StockShard,
 };
@@ -563,8 +563,10 @@ pub struct BookImage {
     sink: ImageSink,
     books: BookSink,
     pace: ImagePace,
-    /// Orders encoded so far.
-    imaged: usize,
+    /// Where the encoding has come to.
+    cursor: BookCursor,
+    /// Every book has been passed.
+    finished: bool,
     /// A chunk the full queue did not take yet; it goes before the next.
     pending: Option<BookPart>,
     /// LSN of the marker sent when imaging started: the label of the image.
@@ -638,7 +640,10 @@ impl RouterState {
         let started = std::time::Instant::now();
         let router = self.core.router_id();
         if image.pending.is_none() {
-            let orders = self.core.orders_slice(image.imaged, ORDERS_PER_IMAGE_STEP);
+            let orders = self
+                .core
+                .next_orders(&mut image.cursor, ORDERS_PER_IMAGE_STEP);
+            image.finished = orders.is_empty();
             if !orders.is_empty() {
                 let buffer = image.books.spare.try_recv().unwrap_or_default();
                 image.pending = Some(BookPart {
@@ -646,7 +651,6 @@ impl RouterState {
                     orders: orders.len() as u32,
                     bytes: BookChunk(orders).encode(buffer),
                 });
-                image.imaged += orders.len();
             }
         }
         if let Some(part) = image.pending.take() {
@@ -658,7 +662,7 @@ impl RouterState {
         }
         let wait = if image.pending.is_some() {
             std::time::Duration::from_millis(BOOK_RETRY_MS)
-        } else if image.imaged < self.core.order_count() {
+        } else if !image.finished {
             if image.pace.full_speed() {
                 std::time::Duration::ZERO
             } else {
@@ -873,7 +877,8 @@ impl Actor for RouterActor {
                     sink,
                     books,
                     pace,
-                    imaged: 0,
+                    cursor: BookCursor::default(),
+                    finished: false,
                     pending: None,
                     start_lsn,
                 });

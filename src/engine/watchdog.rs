@@ -55,16 +55,18 @@ impl Health {
             .cloned()
             .unwrap_or_else(|| format!("actor {id}"));
         let failure = format!("{name} failed: {why}");
-        tracing::error!(
-            "{failure}; the daemon stops (its state is rebuilt from the journal at the next start)"
-        );
-        // The first failure is the cause; later ones follow from it.
+        // Marked before it is logged: whoever reads the log line then
+        // finds /healthz failing. The first failure is the cause; later
+        // ones follow from it.
         self.failure.send_if_modified(|current| {
             current.is_none() && {
-                *current = Some(failure);
+                *current = Some(failure.clone());
                 true
             }
         });
+        tracing::error!(
+            "{failure}; the daemon stops (its state is rebuilt from the journal at the next start)"
+        );
     }
 }
 

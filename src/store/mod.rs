@@ -321,15 +321,14 @@ fn write_book_into(
 ) -> Result<(), StoreError> {
     let mut file = BookFile::create(snapshots, router.router_id())?;
     let mut buffer = AlignedVec::new();
-    let mut imaged = 0;
+    let mut cursor = crate::core::router::BookCursor::default();
     loop {
-        let orders = router.orders_slice(imaged, crate::engine::ORDERS_PER_IMAGE_STEP);
+        let orders = router.next_orders(&mut cursor, crate::engine::ORDERS_PER_IMAGE_STEP);
         if orders.is_empty() {
             break;
         }
         buffer = crate::core::router::BookChunk(orders).encode(buffer);
         file.append(orders.len() as u32, &buffer)?;
-        imaged += orders.len();
     }
     file.finish(lsn)
 }
