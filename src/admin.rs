@@ -16,7 +16,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::{Config, ConfigSource};
-use crate::config_diff::{changed_keys, scope, Scope};
+use crate::config_diff::{changed_keys, nodes_only_added, scope, Scope};
 use crate::engine::{Engine, EngineError};
 use crate::server::Tokens;
 use crate::telemetry;
@@ -35,6 +35,11 @@ pub struct Status {
     tokens: Arc<Tokens>,
     /// One reload at a time, so that their records and their effects keep one order.
     reloading: tokio::sync::Mutex<()>,
+    /// The data directory, whose names a reload that adds nodes extends.
+    data_dir: PathBuf,
+    /// The `nodes` array in force: the start file's, then each reload's
+    /// that added nodes. A reload may only add to it live.
+    nodes_in_force: std::sync::Mutex<toml::Table>,
 }
 
 pub fn unix_ms() -> u64 {
@@ -56,6 +61,9 @@ pub enum ReloadError {
     Invalid { path: PathBuf, message: String },
     #[error("the daemon is not ready (recovering or stopping)")]
     NotReady,
+    /// The data directory's names could not take the added nodes.
+    #[error("cannot record the added nodes' ids: {0}")]
+    Names(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -68,7 +76,9 @@ impl ReloadError {
             ReloadError::Read { .. } => "unreadable",
             ReloadError::Invalid { .. } => "invalid_policy",
             ReloadError::NotReady => "not_ready",
+            ReloadError::Names(_) => "unavailable",
             ReloadError::Engine(EngineError::Channels { .. }) => "channels_changed",
+            ReloadError::Engine(EngineError::NodeSlots { .. }) => "node_slots_full",
             ReloadError::Engine(_) => "unavailable",
         }
     }
@@ -85,14 +95,22 @@ pub struct Reloaded {
     /// Keys that differ from the config the daemon started on and take
     /// effect only at the next start.
     pub restart_required: Vec<String>,
+    /// Nodes this reload added to the running daemon (`nodes` is then
+    /// under `applied`): they take stock and orders at once.
+    pub nodes_added: Vec<String>,
     /// Changed keys read only when a data directory is created.
     pub new_directory_only: Vec<String>,
 }
 
 impl Status {
-    pub fn new(source: Option<ConfigSource>, tokens: Arc<Tokens>) -> Status {
+    pub fn new(source: Option<ConfigSource>, tokens: Arc<Tokens>, data_dir: PathBuf) -> Status {
         // The text was parsed when the daemon loaded it; it parses again.
-        let config_file = source.map(|s| (s.path, s.text.parse().unwrap_or_default()));
+        let config_file: Option<(PathBuf, toml::Table)> =
+            source.map(|s| (s.path, s.text.parse().unwrap_or_default()));
+        let mut nodes_in_force = toml::Table::new();
+        if let Some(nodes) = config_file.as_ref().and_then(|(_, keys)| keys.get("nodes")) {
+            nodes_in_force.insert("nodes".into(), nodes.clone());
+        }
         Status {
             ready: AtomicBool::new(false),
             last_snapshot_unix_ms: AtomicU64::new(0),
@@ -100,6 +118,8 @@ impl Status {
             config_file,
             tokens,
             reloading: tokio::sync::Mutex::new(()),
+            data_dir,
+            nodes_in_force: std::sync::Mutex::new(nodes_in_force),
         }
     }
 
@@ -179,23 +199,49 @@ impl Status {
             path: path.clone(),
             message,
         };
-        let policies = Config::from_toml(&text)
-            .and_then(|config| config.policies())
-            .map_err(|e| invalid(e.to_string()))?;
+        let config = Config::from_toml(&text).map_err(|e| invalid(e.to_string()))?;
+        let policies = config.policies().map_err(|e| invalid(e.to_string()))?;
         let keys: toml::Table = text.parse().map_err(|e| invalid(format!("{e}")))?;
         let channels = policies.channels.iter().map(|c| c.name.clone()).collect();
         let lsn = engine
             .reload_policies(policies.channels, policies.toml)
             .await?;
         self.tokens.replace(policies.tokens);
+        let in_force = self
+            .nodes_in_force
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let growing = nodes_only_added(&in_force, &keys);
+        // Nodes as in force (the start file's, or added live since).
+        let nodes_live = growing || in_force.get("nodes") == keys.get("nodes");
+        let nodes_added = if growing {
+            let added = self.add_nodes(engine, &config).await?;
+            let mut nodes = toml::Table::new();
+            if let Some(list) = keys.get("nodes") {
+                nodes.insert("nodes".into(), list.clone());
+            }
+            *self
+                .nodes_in_force
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = nodes;
+            added
+        } else {
+            Vec::new()
+        };
         let mut reloaded = Reloaded {
             lsn,
             channels,
             applied: Vec::new(),
             restart_required: Vec::new(),
+            nodes_added,
             new_directory_only: Vec::new(),
         };
         for key in changed_keys(started, &keys) {
+            if key == "nodes" && nodes_live {
+                reloaded.applied.push(key);
+                continue;
+            }
             match scope(&key) {
                 Scope::Live => reloaded.applied.push(key),
                 Scope::Restart => reloaded.restart_required.push(key),
@@ -203,6 +249,37 @@ impl Status {
             }
         }
         Ok(reloaded)
+    }
+
+    /// Adds the nodes `config` has beyond the running network: their ids
+    /// go into the data directory's names first (durably, before any
+    /// record can use them), then into the engine.
+    async fn add_nodes(
+        &self,
+        engine: &Engine,
+        config: &Config,
+    ) -> Result<Vec<String>, ReloadError> {
+        let valid = config.validate().map_err(|e| ReloadError::Invalid {
+            path: self
+                .config_file
+                .as_ref()
+                .map(|f| f.0.clone())
+                .unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        let current = engine.network_arc();
+        let (network, names) = valid.network.with_names(&current.names());
+        if network.nodes.len() == current.nodes.len() {
+            return Ok(Vec::new());
+        }
+        let dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || crate::store::layout::write_names(&dir, &names))
+            .await
+            .map_err(|e| ReloadError::Names(e.to_string()))?
+            .map_err(|e| ReloadError::Names(e.to_string()))?;
+        let added = engine.add_nodes(Arc::new(network)).await?;
+        tracing::info!("reload added nodes {}", added.join(", "));
+        Ok(added)
     }
 
     /// Sets the gauges whose values live elsewhere, just before a scrape.

@@ -26,6 +26,20 @@ pub fn scope(key: &str) -> Scope {
     }
 }
 
+/// Whether `new`'s node list is `old`'s with nodes added: every node of
+/// `old` is in `new` unchanged (in any order). Only that a reload applies
+/// live; a node changed or removed waits for a restart.
+pub fn nodes_only_added(old: &Table, new: &Table) -> bool {
+    let nodes = |table: &Table| -> Vec<Value> {
+        match table.get("nodes") {
+            Some(Value::Array(nodes)) => nodes.clone(),
+            _ => Vec::new(),
+        }
+    };
+    let (old, new) = (nodes(old), nodes(new));
+    new.len() > old.len() && old.iter().all(|node| new.contains(node))
+}
+
 /// The dotted keys whose values differ between `old` and `new`, in order.
 /// Tables are compared key by key; an array (the node list, the tokens)
 /// is one key, changed as a whole. A changed channel is named once, as
@@ -111,5 +125,20 @@ mod tests {
         assert_eq!(scope("engine.shards"), Scope::Restart);
         assert_eq!(scope("log.level"), Scope::Restart);
         assert_eq!(scope("stock"), Scope::NewDirectoryOnly);
+    }
+
+    #[test]
+    fn a_node_list_with_nodes_only_added_is_told_from_one_changed() {
+        // Proves nodes added (in any place) count as additions, and a node changed or
+        // removed does not.
+        let old = table("[[nodes]]\nid = \"A\"\n[[nodes]]\nid = \"B\"\n");
+        let added = table("[[nodes]]\nid = \"C\"\n[[nodes]]\nid = \"B\"\n[[nodes]]\nid = \"A\"\n");
+        let changed =
+            table("[[nodes]]\nid = \"A\"\nx = 1\n[[nodes]]\nid = \"B\"\n[[nodes]]\nid = \"C\"\n");
+        let removed = table("[[nodes]]\nid = \"A\"\n[[nodes]]\nid = \"C\"\n");
+        assert!(nodes_only_added(&old, &added));
+        assert!(!nodes_only_added(&old, &changed));
+        assert!(!nodes_only_added(&old, &removed));
+        assert!(!nodes_only_added(&old, &old));
     }
 }

@@ -56,7 +56,11 @@ pub async fn start(config: &ValidConfig, source: Option<ConfigSource>) -> Result
     let lock = store::lock::lock(&config.server.data_dir, store::Access::Write)
         .map_err(|e| e.to_string())?;
     let metrics = crate::telemetry::install();
-    let status = Arc::new(Status::new(source, config.server.tokens.clone()));
+    let status = Arc::new(Status::new(
+        source,
+        config.server.tokens.clone(),
+        config.server.data_dir.clone(),
+    ));
     status.set_ready(false);
     let admin = match config.admin {
         Some(addr) => {

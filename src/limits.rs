@@ -23,6 +23,19 @@ pub const MAX_ID_BYTES: usize = 128;
 /// Fulfillment nodes one daemon knows. Node indices are `u16`.
 pub const MAX_NODES: usize = 16_384;
 
+/// Nodes a reload can add without a restart. The availability index, the
+/// shards' rows and the node actors are sized for this many more nodes
+/// than the data directory knows at start: growing any of them under
+/// readers that never lock would need a second copy of the index, and a
+/// spare column costs 4 bytes per stocked SKU in the index and 16 per
+/// stocked row in a shard. Adding more than this needs a restart.
+pub const NODE_SLOTS_SPARE: usize = 16;
+
+/// Node slots for a network of `nodes` nodes: see [`NODE_SLOTS_SPARE`].
+pub fn node_slots(nodes: usize) -> usize {
+    (nodes + NODE_SLOTS_SPARE).min(MAX_NODES)
+}
+
 /// Distinct SKUs one daemon can intern. The availability index is a
 /// pre-sized table of this many slots so that reads never take a lock.
 pub const MAX_SKUS: usize = 1 << 21;

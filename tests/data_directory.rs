@@ -175,11 +175,14 @@ fn key_on(channel: &str, id: &str) -> OrderKey {
     }
 }
 
+/// An allocation as a client sees it: (sku, node, open, shipped).
+type Held = (String, String, u32, u32);
+
 /// What the directory holds, as a client sees it: every order of `keys`
 /// (id, state, allocations by node name) and every SKU's ATP per node.
 #[derive(Debug, PartialEq)]
 struct Seen {
-    orders: Vec<(u64, u8, Vec<(String, String, u32, u32)>)>,
+    orders: Vec<(u64, u8, Vec<Held>)>,
     stock: Vec<(String, Vec<(String, u32)>)>,
 }
 
@@ -453,4 +456,36 @@ async fn a_node_or_channel_with_open_work_cannot_be_retired_and_one_without_can(
         "a retired store takes no stock: {stock:?}"
     );
     stop(daemon, admin, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_another_format_version_is_refused_saying_what_to_do() {
+    // Proves a data directory whose names file states a newer format version, or one of
+    // format 0 (a layout file, no names), is refused with a message naming the version and
+    // what to do, and left as it was.
+    let config = ConfigText::default_config();
+    let newer = TempDir::new("dir-format-newer");
+    let text = format!(
+        "format_version = {}\nchannels = []\nmarkets = []\nnodes = []\n",
+        omniroute::schema::FORMAT_VERSION + 1
+    );
+    std::fs::write(newer.0.join("names.toml"), &text).unwrap();
+    let refused = refused_start(&newer.0, &config.write(&newer.0, "base")).await;
+    assert!(refused.contains("is newer than this build's"), "{refused}");
+    assert_eq!(
+        std::fs::read_to_string(newer.0.join("names.toml")).unwrap(),
+        text
+    );
+    let older = TempDir::new("dir-format-0");
+    std::fs::write(
+        older.0.join("layout"),
+        "shards=4\nrouters=4\nnodes=WH-DE-HAM\n",
+    )
+    .unwrap();
+    let refused = refused_start(&older.0, &config.write(&older.0, "base")).await;
+    assert!(
+        refused.contains("format version 0 is older") && refused.contains("new data directory"),
+        "{refused}"
+    );
+    assert!(!older.0.join("names.toml").exists());
 }

@@ -530,3 +530,96 @@ async fn an_actor_that_panics_stops_the_daemon_non_zero_naming_it_and_loses_no_o
     web.close().await;
     restarted.child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_added_by_reload_takes_stock_and_orders_at_once_and_keeps_them_after_a_crash() {
+    // Proves a reload of a config file with one more [[nodes]] entry adds the store to the
+    // running daemon (named in the answer, `nodes` applied), that it takes a stock count and
+    // an order at once, and that after a kill -9 the restart on the same file finds the
+    // order at the store and its count; and that a reload that changes an existing node
+    // adds nothing and names `nodes` as needing a restart.
+    const STORE: &str = "ST-DE-LIVE";
+    /// The embedded config's admin token.
+    const LIVE_ADMIN: &str = "dev-admin-token";
+    let block = format!(
+        "\n[[nodes]]\nid = \"{STORE}\"\nkind = \"store\"\nlat = 52.52\nlon = 13.40\nmarket = \"DE\"\ncapabilities = [\"ship\"]\ndaily_capacity = 100\npriority = 1\n"
+    );
+    let dir = TempDir::new("ops-live-node");
+    let path = dir.0.join("omniroute.toml");
+    let base = omniroute::config::DEFAULT_CONFIG_TOML.to_string();
+    std::fs::write(&path, &base).unwrap();
+    let mut daemon = Daemon::start(&dir.0, Some(&path), "127.0.0.1:0").await;
+    let admin = daemon.client(LIVE_ADMIN).await;
+    std::fs::write(&path, format!("{base}{block}")).unwrap();
+    let (status, body) = post(daemon.admin(), "/policy/reload", Some(LIVE_ADMIN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["nodes_added"], serde_json::json!([STORE]), "{body}");
+    assert!(
+        body["applied"]
+            .as_array()
+            .unwrap()
+            .contains(&"nodes".into()),
+        "{body}"
+    );
+    let set = omniroute_protocol::StockSet {
+        sku: "SKU-LIVE".into(),
+        node: STORE.into(),
+        on_hand: 5,
+        safety_stock: Some(0),
+    };
+    assert_eq!(admin.stock_set(vec![set]).await.unwrap(), (1, 0, 0));
+    let Decision::Routed { allocations, .. } = admin
+        .submit(order(
+            "live-1",
+            "SKU-LIVE",
+            2,
+            BERLIN.0,
+            BERLIN.1,
+            Some(3_600_000),
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("an order for the new store's SKU routes");
+    };
+    assert!(
+        allocations.iter().all(|a| a.node == STORE),
+        "{allocations:?}"
+    );
+
+    // A changed node is not applied live.
+    let moved = format!("{base}{}", block.replace("lat = 52.52", "lat = 52.0"));
+    std::fs::write(&path, &moved).unwrap();
+    let (status, body) = post(daemon.admin(), "/policy/reload", Some(LIVE_ADMIN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["nodes_added"], serde_json::json!([]), "{body}");
+    assert!(
+        body["restart_required"]
+            .as_array()
+            .unwrap()
+            .contains(&"nodes".into()),
+        "{body}"
+    );
+    std::fs::write(&path, format!("{base}{block}")).unwrap();
+    admin.close().await;
+    daemon.child.kill().await.unwrap();
+
+    let mut restarted = Daemon::start(&dir.0, Some(&path), "off").await;
+    let admin = restarted.client(LIVE_ADMIN).await;
+    let key = OrderKey {
+        channel: "web".into(),
+        client_order_id: "live-1".into(),
+    };
+    let view = admin.get_order(key).await.unwrap();
+    assert!(
+        view.allocations
+            .iter()
+            .all(|a| a.node == STORE && a.open == 2),
+        "{view:?}"
+    );
+    let stock = admin.availability("SKU-LIVE", None).await.unwrap();
+    assert_eq!(stock.len(), 1, "{stock:?}");
+    assert_eq!((stock[0].node.as_str(), stock[0].atp), (STORE, 3));
+    admin.close().await;
+    restarted.child.kill().await.unwrap();
+}

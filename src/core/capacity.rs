@@ -83,6 +83,13 @@ impl NodeLedger {
         ledger
     }
 
+    /// The node's daily capacity is now `daily_capacity` (a node added to
+    /// a running daemon takes a spare ledger and configures it).
+    pub fn set_daily_capacity(&mut self, daily_capacity: u32) {
+        self.daily_capacity = daily_capacity.max(self.used);
+        self.publish();
+    }
+
     fn publish(&self) {
         assert!(
             self.used <= self.daily_capacity,

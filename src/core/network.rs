@@ -110,9 +110,15 @@ impl Network {
         (network, ids)
     }
 
-    /// The names of this network, as ids in a new data directory.
+    /// The names of this network in its own order: its ids, when it is
+    /// already under a data directory's names.
     pub fn names(&self) -> Names {
-        self.with_names(&Names::new()).1
+        Names {
+            channels: self.channels.iter().map(|c| c.name.clone()).collect(),
+            markets: self.markets.clone(),
+            nodes: self.nodes.iter().map(|n| n.id.clone()).collect(),
+            ..Names::new()
+        }
     }
 
     pub fn node_idx(&self, id: &str) -> Option<NodeIdx> {
@@ -185,7 +191,8 @@ mod tests {
         assert_eq!(network.channel_idx("web"), Some(0));
         assert_eq!(network.channel_idx("app"), None);
         assert_eq!(network.channel_idx("aaa"), Some(2));
-        // The same config again changes nothing.
+        // The same config again changes nothing, and the network says its ids.
         assert_eq!(network.with_names(&ids).1, ids);
+        assert_eq!(network.names(), ids);
     }
 }

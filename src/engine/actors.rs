@@ -291,6 +291,12 @@ pub enum NodeMsg {
     /// (online, used today, open orders)
     Stats(RpcReplyPort<(bool, u32, usize)>),
     Snapshot(u64, ImageSink),
+    /// A node added to the running daemon takes this spare ledger: its
+    /// daily capacity (the config's, not journaled, as at every start).
+    Configure {
+        daily_capacity: u32,
+        reply: RpcReplyPort<()>,
+    },
 }
 
 pub struct NodeActor;
@@ -374,6 +380,13 @@ impl Actor for NodeActor {
                     started.elapsed().as_micros()
                 );
                 let _ = sink.send((lsn, Image::Node(image.node, image)));
+            }
+            NodeMsg::Configure {
+                daily_capacity,
+                reply,
+            } => {
+                ledger.set_daily_capacity(daily_capacity);
+                let _ = reply.send(());
             }
             NodeMsg::Stats(reply) => {
                 let _ = reply.send((

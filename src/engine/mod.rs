@@ -112,6 +112,10 @@ pub enum EngineError {
     Routers,
     #[error("a reload cannot add, remove or rename channels (now: {now}; asked: {asked}); restart for that")]
     Channels { now: String, asked: String },
+    #[error("a running daemon only adds nodes; a node removed or renamed needs a restart")]
+    NodesChanged,
+    #[error("{asked} nodes to add, but {free} spare node slots; restart to add more")]
+    NodeSlots { asked: usize, free: usize },
     #[error("the engine is overloaded; retry later")]
     Overloaded,
     #[error("batch of {0} exceeds the limit")]
@@ -220,7 +224,9 @@ pub struct NodeStock {
 }
 
 struct Inner {
-    network: Arc<Network>,
+    /// Replaced whole when nodes are added or policies reloaded; read
+    /// without a lock on every order.
+    network: arc_swap::ArcSwap<Network>,
     index: Arc<AvailabilityIndex>,
     routers: Vec<Mailbox<RouterMsg>>,
     participants: ActorParticipants,
@@ -258,27 +264,22 @@ impl EngineState {
         if settings.routers == 0 || settings.routers as usize > MAX_ROUTERS {
             return Err(EngineError::Routers);
         }
-        let index = Arc::new(AvailabilityIndex::new(
-            network.nodes.len(),
-            settings.max_skus,
-        ));
+        // Spare slots beyond the network: nodes a reload may add.
+        let slots = crate::limits::node_slots(network.nodes.len());
+        let index = Arc::new(AvailabilityIndex::new(slots, settings.max_skus));
         let shard_count = settings.shards.max(1);
         Ok(EngineState {
             shards: (0..shard_count)
                 .map(|s| StockShard::new(s, shard_count, index.clone()))
                 .collect(),
-            ledgers: network
-                .nodes
-                .iter()
-                .enumerate()
-                .map(|(i, node)| {
-                    NodeLedger::new(
-                        i as NodeIdx,
-                        node.daily_capacity,
-                        node.online,
-                        index.clone(),
-                        now_ms,
-                    )
+            ledgers: (0..slots)
+                .map(|i| {
+                    // A spare slot: offline, no capacity, until a node is added.
+                    let (capacity, online) = network
+                        .nodes
+                        .get(i)
+                        .map_or((0, false), |node| (node.daily_capacity, node.online));
+                    NodeLedger::new(i as NodeIdx, capacity, online, index.clone(), now_ms)
                 })
                 .collect(),
             routers: (0..settings.routers as usize)
@@ -363,7 +364,10 @@ impl Engine {
         let mut nodes = Vec::new();
         for ledger in ledgers {
             let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
-            let name = format!("node {}", network.nodes[nodes.len()].id);
+            let name = match network.nodes.get(nodes.len()) {
+                Some(node) => format!("node {}", node.id),
+                None => format!("node slot {}", nodes.len()),
+            };
             let actor = Actor::spawn_linked(
                 None,
                 NodeActor,
@@ -401,7 +405,7 @@ impl Engine {
         }
         let engine = Engine {
             inner: Arc::new(Inner {
-                network,
+                network: arc_swap::ArcSwap::new(network),
                 index,
                 routers,
                 participants,
@@ -478,7 +482,7 @@ impl Engine {
         channels: Vec<crate::core::network::Channel>,
         toml: String,
     ) -> Result<u64, EngineError> {
-        let current = &self.inner.network;
+        let current = self.network_arc();
         let names = |c: &mut dyn Iterator<Item = &crate::core::network::Channel>| -> Vec<String> {
             let mut names: Vec<String> = c.map(|c| c.name.clone()).collect();
             names.sort();
@@ -507,10 +511,11 @@ impl Engine {
         ));
         let routers = self.inner.routers.clone();
         let (sent, applied) = tokio::sync::oneshot::channel();
+        let next = network.clone();
         let done: Done = Box::new(move |result| {
             let Ok(lsn) = result else { return };
             for router in &routers {
-                let _ = router.cast(RouterMsg::SetNetwork(network.clone()));
+                let _ = router.cast(RouterMsg::SetNetwork(next.clone()));
             }
             let _ = sent.send(lsn);
         });
@@ -519,6 +524,7 @@ impl Engine {
             .append_raw(sequencer::KIND_POLICY, || toml.into_bytes(), done)
             .await;
         let lsn = applied.await.map_err(|_| EngineError::Unavailable)?;
+        self.inner.network.store(network);
         metrics::gauge!(crate::telemetry::POLICY_LSN).set(lsn as f64);
         Ok(lsn)
     }
@@ -641,8 +647,82 @@ impl Engine {
         self.dispatch_bumps(bumps, self.now_ms()).await
     }
 
-    pub fn network(&self) -> &Network {
-        &self.inner.network
+    /// The network as it is now (nodes may be added while running), for
+    /// a quick look: never keep it across an await (see [`Engine::network_arc`]).
+    pub fn network(&self) -> arc_swap::Guard<Arc<Network>> {
+        self.inner.network.load()
+    }
+
+    /// The network as it is now, to keep.
+    pub fn network_arc(&self) -> Arc<Network> {
+        self.inner.network.load_full()
+    }
+
+    /// Adds `network`'s nodes beyond the current ones to the running
+    /// daemon: each takes a spare node slot, gets its daily capacity, and
+    /// its online flag is journaled; then every router plans with
+    /// `network`. The caller has made the new ids durable in the data
+    /// directory's names first. Returns the added nodes' ids.
+    pub async fn add_nodes(&self, network: Arc<Network>) -> Result<Vec<String>, EngineError> {
+        let current = self.network_arc();
+        let slots = self.inner.participants.nodes.len();
+        let first = current.nodes.len();
+        let same_ids = network.nodes.len() >= first
+            && current
+                .nodes
+                .iter()
+                .zip(&network.nodes)
+                .all(|(a, b)| a.id == b.id);
+        if !same_ids {
+            return Err(EngineError::NodesChanged);
+        }
+        if network.nodes.len() > slots {
+            return Err(EngineError::NodeSlots {
+                asked: network.nodes.len() - first,
+                free: slots - first,
+            });
+        }
+        let added = &network.nodes[first..];
+        for (n, node) in (first..).zip(added) {
+            let actor = &self.inner.participants.nodes[n];
+            call_committed(actor, |reply| NodeMsg::Configure {
+                daily_capacity: node.daily_capacity,
+                reply,
+            })
+            .await?;
+            self.inner
+                .health
+                .name(actor.id(), format!("node {}", node.id));
+        }
+        let ops: Vec<(NodeIdx, NodeOp)> = (first..)
+            .zip(added)
+            .map(|(n, node)| (n as NodeIdx, NodeOp::Online(node.online)))
+            .collect();
+        let txn = Txn {
+            nodes: ops.clone(),
+            ..Txn::default()
+        };
+        let actors = self.inner.participants.nodes.clone();
+        let routers = self.inner.routers.clone();
+        let next = network.clone();
+        let (sent, applied) = tokio::sync::oneshot::channel();
+        self.inner
+            .sequencer
+            .append(txn, move |_| {
+                // Each node is online before any router can plan with it.
+                for (n, op) in ops {
+                    let _ = actors[n as usize].cast(NodeMsg::Ops(vec![op], None));
+                }
+                for router in &routers {
+                    let _ = router.cast(RouterMsg::SetNetwork(next.clone()));
+                }
+                let _ = sent.send(());
+            })
+            .await;
+        applied.await.map_err(|_| EngineError::Unavailable)?;
+        let ids = added.iter().map(|n| n.id.clone()).collect();
+        self.inner.network.store(network);
+        Ok(ids)
     }
 
     pub fn index(&self) -> &AvailabilityIndex {
@@ -656,6 +736,7 @@ impl Engine {
     fn node_idx(&self, id: &str) -> Result<NodeIdx, EngineError> {
         self.inner
             .network
+            .load()
             .node_idx(id)
             .ok_or_else(|| EngineError::UnknownNode(id.to_string()))
     }
@@ -728,6 +809,7 @@ impl Engine {
     fn channel_slot(&self, order: &OrderRequest) -> Option<usize> {
         self.inner
             .network
+            .load()
             .channel_idx(&order.channel)
             .map(usize::from)
     }
@@ -1064,12 +1146,13 @@ impl Engine {
         min_qty: u32,
         count: usize,
     ) -> Result<Vec<NodeStock>, EngineError> {
+        let network = self.network_arc();
         let mut found: Vec<NodeStock> = self
             .availability(sku)?
             .into_iter()
             .filter(|s| s.atp >= min_qty.max(1) && self.inner.index.node_online(s.node))
             .map(|s| NodeStock {
-                distance_km: Some(point.distance_km(&self.inner.network.node(s.node).location)),
+                distance_km: Some(point.distance_km(&network.node(s.node).location)),
                 ..s
             })
             .collect();

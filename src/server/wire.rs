@@ -214,7 +214,9 @@ pub fn error(error: &EngineError) -> wire::Response {
         EngineError::Spawn(_)
         | EngineError::Routers
         | EngineError::Unavailable
-        | EngineError::Channels { .. } => ErrorCode::Internal,
+        | EngineError::Channels { .. }
+        | EngineError::NodesChanged
+        | EngineError::NodeSlots { .. } => ErrorCode::Internal,
     };
     wire::Response::error(code, error.to_string())
 }
