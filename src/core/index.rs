@@ -97,7 +97,11 @@ pub struct CatalogFull {
 /// SKU interner plus ATP per (sku, node) plus node capacity, all lock-free
 /// to read.
 pub struct AvailabilityIndex {
-    node_count: usize,
+    /// Columns of every row and node views: the nodes, and spare slots
+    /// for nodes added while running.
+    node_slots: usize,
+    /// Nodes in use, `node_slots` at most; grows when a node is added.
+    node_count: std::sync::atomic::AtomicUsize,
     /// Name to id. Inserts happen only from stock feeds, never from orders,
     /// so a client cannot grow it.
     by_name: DashMap<Box<str>, SkuId, FxBuildHasher>,
@@ -121,27 +125,48 @@ pub struct AvailabilityIndex {
 
 impl AvailabilityIndex {
     pub fn new(node_count: usize, max_skus: usize) -> AvailabilityIndex {
+        AvailabilityIndex::with_slots(node_count, node_count, max_skus)
+    }
+
+    /// An index for `node_count` nodes with room for `node_slots` (see
+    /// [`crate::limits::NODE_SLOTS_SPARE`]).
+    pub fn with_slots(node_count: usize, node_slots: usize, max_skus: usize) -> AvailabilityIndex {
+        assert!(node_count <= node_slots);
         AvailabilityIndex {
-            node_count,
+            node_slots,
+            node_count: std::sync::atomic::AtomicUsize::new(node_count),
             by_name: DashMap::with_hasher(FxBuildHasher),
             rows: (0..max_skus).map(|_| CacheLine(OnceLock::new())).collect(),
             sku_count: AtomicU32::new(0),
-            nodes: (0..node_count)
+            nodes: (0..node_slots)
                 .map(|_| NodeView {
                     online: AtomicBool::new(false),
                     capacity_left: AtomicU32::new(0),
                     capacity_used: AtomicU32::new(0),
                 })
                 .collect(),
-            open: (0..node_count.div_ceil(64))
+            open: (0..node_slots.div_ceil(64))
                 .map(|_| CacheLine(AtomicU64::new(0)))
                 .collect(),
             node_epoch: AtomicU64::new(0),
         }
     }
 
+    /// Nodes in use.
     pub fn node_count(&self) -> usize {
-        self.node_count
+        self.node_count.load(Ordering::Acquire)
+    }
+
+    /// Nodes the index has room for.
+    pub fn node_slots(&self) -> usize {
+        self.node_slots
+    }
+
+    /// `node_count` nodes are in use now (nodes were added): at most
+    /// [`AvailabilityIndex::node_slots`], never fewer than before.
+    pub fn grow_nodes(&self, node_count: usize) {
+        assert!(node_count <= self.node_slots, "more nodes than slots");
+        self.node_count.fetch_max(node_count, Ordering::AcqRel);
     }
 
     pub fn sku_count(&self) -> usize {
@@ -187,7 +212,7 @@ impl AvailabilityIndex {
         }
         let row = SkuRow {
             name: name.into(),
-            atp: (0..self.node_count + self.node_count.div_ceil(STOCKED_WORD_NODES))
+            atp: (0..self.node_slots + self.node_slots.div_ceil(STOCKED_WORD_NODES))
                 .map(|_| AtomicU32::new(0))
                 .collect(),
             low_version: AtomicU64::new(0),
@@ -232,7 +257,7 @@ impl AvailabilityIndex {
     #[inline]
     pub fn atp_row(&self, sku: SkuId) -> AtpRow<'_> {
         self.row(sku).map_or_else(AtpRow::default, |row| {
-            AtpRow::new(&row.atp, self.node_count)
+            AtpRow::new(&row.atp, self.node_slots)
         })
     }
 
@@ -241,7 +266,7 @@ impl AvailabilityIndex {
     /// stocked bits instead, so no total is kept on the publish path.
     pub fn atp_total(&self, sku: SkuId) -> u64 {
         let row = self.atp_row(sku);
-        (0..self.node_count)
+        (0..self.node_count())
             .map(|node| u64::from(row.get(node as NodeIdx)))
             .sum()
     }
@@ -259,7 +284,7 @@ impl AvailabilityIndex {
             if (old == 0) != (atp == 0) {
                 // One writer per row (its shard): a load and a store suffice.
                 let node = node as usize;
-                let bits = &row.atp[self.node_count + node / STOCKED_WORD_NODES];
+                let bits = &row.atp[self.node_slots + node / STOCKED_WORD_NODES];
                 let bit = 1u32 << (node % STOCKED_WORD_NODES);
                 let was = bits.load(Ordering::Relaxed);
                 bits.store(

@@ -253,6 +253,20 @@ impl StockShard {
         self.rows[local].get_or_insert_with(|| vec![Cell::default(); node_count].into_boxed_slice())
     }
 
+    /// Rows have a cell for each of `node_count` nodes from now on (nodes
+    /// were added to the running daemon); the new cells are empty.
+    pub fn widen(&mut self, node_count: usize) {
+        if node_count <= self.node_count {
+            return;
+        }
+        for row in self.rows.iter_mut().flatten() {
+            let mut wider = std::mem::take(row).into_vec();
+            wider.resize(node_count, Cell::default());
+            *row = wider.into_boxed_slice();
+        }
+        self.node_count = node_count;
+    }
+
     /// The cell, or an empty one if never stocked.
     pub fn cell(&self, sku: SkuId, node: NodeIdx) -> Cell {
         let local = self.local(sku);

@@ -36,6 +36,8 @@ pub enum ShardMsg {
     /// Every op up to this LSN is applied and none after: image the shard
     /// (into memory the snapshot touched beforehand).
     Snapshot(u64, ImageSink, ImageMemory),
+    /// Nodes were added: rows take a cell for each of this many nodes.
+    Widen(usize, RpcReplyPort<()>),
 }
 
 /// An actor's state at an LSN, on its way to a snapshot file.
@@ -256,6 +258,10 @@ impl Actor for ShardActor {
             }
             ShardMsg::Check(reply) => {
                 let _ = reply.send(shard.check_invariants());
+            }
+            ShardMsg::Widen(node_count, reply) => {
+                shard.widen(node_count);
+                let _ = reply.send(());
             }
             ShardMsg::Snapshot(lsn, sink, memory) => {
                 let started = std::time::Instant::now();

@@ -266,7 +266,11 @@ impl EngineState {
         }
         // Spare slots beyond the network: nodes a reload may add.
         let slots = crate::limits::node_slots(network.nodes.len());
-        let index = Arc::new(AvailabilityIndex::new(slots, settings.max_skus));
+        let index = Arc::new(AvailabilityIndex::with_slots(
+            network.nodes.len(),
+            slots,
+            settings.max_skus,
+        ));
         let shard_count = settings.shards.max(1);
         Ok(EngineState {
             shards: (0..shard_count)
@@ -683,6 +687,12 @@ impl Engine {
             });
         }
         let added = &network.nodes[first..];
+        // Room in the index and the shards first: nothing names the new
+        // nodes until the routers have the network, last.
+        self.inner.index.grow_nodes(network.nodes.len());
+        for shard in self.inner.participants.shards.iter() {
+            call_committed(shard, |reply| ShardMsg::Widen(network.nodes.len(), reply)).await?;
+        }
         for (n, node) in (first..).zip(added) {
             let actor = &self.inner.participants.nodes[n];
             call_committed(actor, |reply| NodeMsg::Configure {
