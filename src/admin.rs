@@ -242,6 +242,10 @@ impl Status {
                 reloaded.applied.push(key);
                 continue;
             }
+            if key == "log.level" && telemetry::set_log_level(&config.log.level).unwrap_or(false) {
+                reloaded.applied.push(key);
+                continue;
+            }
             match scope(&key) {
                 Scope::Live => reloaded.applied.push(key),
                 Scope::Restart => reloaded.restart_required.push(key),

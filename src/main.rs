@@ -438,14 +438,42 @@ fn replay(
 
 /// Logs to stderr: `RUST_LOG` when set, else `level`; JSON lines or text.
 fn init_logs(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // RUST_LOG wins, and then a reload leaves the level alone.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        if json {
+            logs.json().init();
+        } else {
+            logs.init();
+        }
+        return;
+    }
+    fn control<S: 'static>(
+        handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+    ) -> omniroute::telemetry::LogLevelControl {
+        Box::new(move |level| {
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
+    }
+    let filter = tracing_subscriber::EnvFilter::new(level);
     if json {
-        logs.json().init();
+        let logs = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_filter_reloading();
+        omniroute::telemetry::control_log_level(control(logs.reload_handle()));
+        logs.init();
     } else {
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_filter_reloading();
+        omniroute::telemetry::control_log_level(control(logs.reload_handle()));
         logs.init();
     }
 }

@@ -50,6 +50,27 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process) and returns the
 /// handle that renders it.
+/// Sets the running process's log filter; `Err` says why a filter is refused.
+pub type LogLevelControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// How a reload changes the log level, given by the binary that installed
+/// the logger (none when `RUST_LOG` set the filter: it wins).
+static LOG_LEVEL_CONTROL: OnceLock<LogLevelControl> = OnceLock::new();
+
+/// Lets [`set_log_level`] change the filter of the installed logger.
+pub fn control_log_level(control: LogLevelControl) {
+    let _ = LOG_LEVEL_CONTROL.set(control);
+}
+
+/// Logs at `level` (a tracing filter) from now on. `Ok(false)`: the level
+/// is not this process's to change (`RUST_LOG` set it, or no logger).
+pub fn set_log_level(level: &str) -> Result<bool, String> {
+    match LOG_LEVEL_CONTROL.get() {
+        Some(control) => control(level).map(|()| true),
+        None => Ok(false),
+    }
+}
+
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {

@@ -537,7 +537,7 @@ async fn a_store_added_by_reload_takes_stock_and_orders_at_once_and_keeps_them_a
     // running daemon (named in the answer, `nodes` applied), that it takes a stock count and
     // an order at once, and that after a kill -9 the restart on the same file finds the
     // order at the store and its count; and that a reload that changes an existing node
-    // adds nothing and names `nodes` as needing a restart.
+    // adds nothing and names `nodes` as needing a restart, while a changed log level applies.
     const STORE: &str = "ST-DE-LIVE";
     /// The embedded config's admin token.
     const LIVE_ADMIN: &str = "dev-admin-token";
@@ -587,12 +587,25 @@ async fn a_store_added_by_reload_takes_stock_and_orders_at_once_and_keeps_them_a
         "{allocations:?}"
     );
 
-    // A changed node is not applied live.
-    let moved = format!("{base}{}", block.replace("lat = 52.52", "lat = 52.0"));
+    // A changed node is not applied live; a changed log level is.
+    let moved = format!("{base}{}", block.replace("lat = 52.52", "lat = 52.0")).replacen(
+        "level = \"info\"",
+        "level = \"warn\"",
+        1,
+    );
     std::fs::write(&path, &moved).unwrap();
     let (status, body) = post(daemon.admin(), "/policy/reload", Some(LIVE_ADMIN));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["nodes_added"], serde_json::json!([]), "{body}");
+    if std::env::var_os("RUST_LOG").is_none() {
+        assert!(
+            body["applied"]
+                .as_array()
+                .unwrap()
+                .contains(&"log.level".into()),
+            "{body}"
+        );
+    }
     assert!(
         body["restart_required"]
             .as_array()
