@@ -36,9 +36,14 @@ fn key(id: &str) -> OrderKey {
     }
 }
 
-/// Runs a second daemon on `dir` to its end and returns (exit success, stderr).
-async fn second_start(dir: &Path) -> (bool, String) {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+/// Runs the daemon on `dir` (with `config`, or the embedded one) to its
+/// end: (exit success, stderr). For starts that are refused at once.
+async fn run_to_end(dir: &Path, config: Option<&Path>) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"));
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let run = command
         .arg("--data-dir")
         .arg(dir)
         .args(["--listen", "127.0.0.1:0", "--admin", "off"])
@@ -46,7 +51,7 @@ async fn second_start(dir: &Path) -> (bool, String) {
         .output();
     let output = tokio::time::timeout(Duration::from_secs(REFUSAL_TIMEOUT_S), run)
         .await
-        .expect("a second daemon on a held directory exits at once")
+        .expect("a refused start exits at once")
         .expect("the binary runs");
     (
         output.status.success(),
@@ -65,7 +70,7 @@ async fn a_second_daemon_on_the_same_directory_is_refused_and_the_first_loses_no
     else {
         panic!("o-1 routes");
     };
-    let (succeeded, stderr) = second_start(&dir.0).await;
+    let (succeeded, stderr) = run_to_end(&dir.0, None).await;
     assert!(!succeeded, "the second daemon must fail: {stderr}");
     let pid = first.child.id().unwrap().to_string();
     assert!(
@@ -260,25 +265,10 @@ async fn stop(mut daemon: Daemon, client: omniroute_client::Client, gracefully: 
     }
 }
 
-/// Runs the daemon on `dir` with `config` to its end: (success, stderr).
+/// The stderr of a start on `dir` with `config` that must be refused.
 async fn refused_start(dir: &Path, config: &Path) -> String {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
-        .arg("--config")
-        .arg(config)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--admin", "off"])
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(REFUSAL_TIMEOUT_S), run)
-        .await
-        .expect("a refused start exits at once")
-        .expect("the binary runs");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !output.status.success(),
-        "the start must be refused: {stderr}"
-    );
+    let (succeeded, stderr) = run_to_end(dir, Some(config)).await;
+    assert!(!succeeded, "the start must be refused: {stderr}");
     stderr
 }
 
@@ -315,26 +305,20 @@ async fn stored_orders_keep_their_meaning_while_the_config_changes_around_them()
     stop(daemon, admin, false).await;
 
     let with_channel = base.with(CHANNEL_FIRST);
-    let (daemon, admin) = start_and_check(
-        &dir.0,
-        &with_channel.write(&dir.0, "channel"),
-        &keys,
-        &expected,
-        "a channel that sorts first was added",
-    )
-    .await;
-    stop(daemon, admin, true).await;
-
     let reordered = with_channel.nodes_reversed();
-    let (daemon, admin) = start_and_check(
-        &dir.0,
-        &reordered.write(&dir.0, "reordered"),
-        &keys,
-        &expected,
-        "the nodes were reordered",
-    )
-    .await;
-    stop(daemon, admin, false).await;
+    for (config, name, step, gracefully) in [
+        (
+            &with_channel,
+            "channel",
+            "a channel that sorts first was added",
+            true,
+        ),
+        (&reordered, "reordered", "the nodes were reordered", false),
+    ] {
+        let path = config.write(&dir.0, name);
+        let (daemon, admin) = start_and_check(&dir.0, &path, &keys, &expected, step).await;
+        stop(daemon, admin, gracefully).await;
+    }
 
     let grown = reordered.with(NEW_NODE_BLOCK);
     let (daemon, admin) = start_and_check(

@@ -286,19 +286,24 @@ impl EngineState {
                     NodeLedger::new(i as NodeIdx, capacity, online, index.clone(), now_ms)
                 })
                 .collect(),
-            routers: (0..settings.routers as usize)
-                .map(|r| {
-                    RouterCore::new(
-                        r,
-                        settings.routers as usize,
-                        network.clone(),
-                        index.clone(),
-                        shard_count,
-                    )
-                })
-                .collect(),
+            routers: EngineState::empty_routers(settings, network, &index),
             index,
         })
+    }
+
+    /// `settings.routers` routers with empty books, planning on `index`.
+    pub fn empty_routers(
+        settings: &EngineSettings,
+        network: &Arc<Network>,
+        index: &Arc<AvailabilityIndex>,
+    ) -> Vec<RouterCore> {
+        let routers = settings.routers as usize;
+        (0..routers)
+            .map(|r| {
+                let shards = settings.shards.max(1);
+                RouterCore::new(r, routers, network.clone(), index.clone(), shards)
+            })
+            .collect()
     }
 }
 

@@ -24,7 +24,7 @@ use crate::core::capacity::{LedgerImage, NodeLedger};
 use crate::core::local::{apply_node_op, apply_stock_op};
 use crate::core::model::{NodeIdx, OrderId, SkuId};
 use crate::core::network::Network;
-use crate::core::router::{router_of_order, OrderRecord, RouterCore};
+use crate::core::router::{router_of_order, OrderRecord};
 use crate::core::stock::{Bumped, ShardImage, StockShard};
 use crate::engine::sequencer::{Sequencer, Txn, KIND_MARKER, KIND_POLICY, KIND_TXN};
 use crate::engine::{EngineError, EngineSettings, EngineState, Image};
@@ -777,7 +777,7 @@ pub fn open(
     if written.is_none() {
         layout::write_layout(&snapshot_dir(dir), configured)?;
     } else if under != configured {
-        state = relayout(state, settings, &network, now_ms)?;
+        state = relayout(state, settings, &network)?;
         let lsn = report.next_lsn.saturating_sub(1);
         layout::replace_snapshot_set(dir, |set| {
             write_state_into(set, &state, lsn)?;
@@ -1118,7 +1118,6 @@ fn relayout(
     state: EngineState,
     settings: &EngineSettings,
     network: &Arc<Network>,
-    now_ms: u64,
 ) -> Result<EngineState, StoreError> {
     let shard_count = settings.shards.max(1);
     // The same index: the counts in it do not move.
@@ -1126,20 +1125,9 @@ fn relayout(
     let mut next = EngineState {
         shards: Vec::new(),
         ledgers: state.ledgers,
-        routers: (0..settings.routers as usize)
-            .map(|r| {
-                RouterCore::new(
-                    r,
-                    settings.routers as usize,
-                    network.clone(),
-                    index.clone(),
-                    shard_count,
-                )
-            })
-            .collect(),
+        routers: EngineState::empty_routers(settings, network, &index),
         index,
     };
-    let _ = now_ms;
     let images: Vec<ShardImage> = state.shards.iter().map(StockShard::image).collect();
     let rehashed = ShardImage::rehash(&images, shard_count);
     next.shards = rehashed
