@@ -6,13 +6,15 @@
 //! reordering the config, adding to it or retiring from it never changes
 //! what a stored order means.
 //!
-//! The journal's record ([`crate::engine::sequencer::Txn`]) and the
-//! snapshot images carry these ids; [`Layout`] says how the snapshot set
-//! partitions the state (shards, routers).
+//! The journal's record ([`Txn`], in [`txn`]) and the snapshot images
+//! carry these ids; [`Layout`] says how the snapshot set partitions the
+//! state (shards, routers).
 
 mod names;
+pub mod txn;
 
 pub use names::{Layout, Names, NamesError};
+pub use txn::Txn;
 
 /// The version of the data directory's format. 1: ids from `names.toml`
 /// (format 0, before it, stored channels and markets by their place in
