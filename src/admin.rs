@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::{Config, ConfigSource};
 use crate::config_diff::{changed_keys, nodes_only_added, scope, Scope};
+use crate::core::network::Network;
 use crate::engine::{Engine, EngineError};
 use crate::server::Tokens;
 use crate::telemetry;
@@ -39,7 +40,7 @@ pub struct Status {
     data_dir: PathBuf,
     /// The `nodes` array in force: the start file's, then each reload's
     /// that added nodes. A reload may only add to it live.
-    nodes_in_force: std::sync::Mutex<toml::Table>,
+    nodes_in_force: std::sync::Mutex<Option<toml::Value>>,
 }
 
 pub fn unix_ms() -> u64 {
@@ -107,10 +108,9 @@ impl Status {
         // The text was parsed when the daemon loaded it; it parses again.
         let config_file: Option<(PathBuf, toml::Table)> =
             source.map(|s| (s.path, s.text.parse().unwrap_or_default()));
-        let mut nodes_in_force = toml::Table::new();
-        if let Some(nodes) = config_file.as_ref().and_then(|(_, keys)| keys.get("nodes")) {
-            nodes_in_force.insert("nodes".into(), nodes.clone());
-        }
+        let nodes_in_force = config_file
+            .as_ref()
+            .and_then(|(_, keys)| keys.get("nodes").cloned());
         Status {
             ready: AtomicBool::new(false),
             last_snapshot_unix_ms: AtomicU64::new(0),
@@ -202,9 +202,14 @@ impl Status {
         let config = Config::from_toml(&text).map_err(|e| invalid(e.to_string()))?;
         let policies = config.policies().map_err(|e| invalid(e.to_string()))?;
         let keys: toml::Table = text.parse().map_err(|e| invalid(format!("{e}")))?;
-        let channels = policies.channels.iter().map(|c| c.name.clone()).collect();
+        let channels = policies
+            .network
+            .channels
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
         let lsn = engine
-            .reload_policies(policies.channels, policies.toml)
+            .reload_policies(policies.network.channels.clone(), policies.toml)
             .await?;
         self.tokens.replace(policies.tokens);
         let in_force = self
@@ -212,19 +217,15 @@ impl Status {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let growing = nodes_only_added(&in_force, &keys);
+        let growing = nodes_only_added(in_force.as_ref(), keys.get("nodes"));
         // Nodes as in force (the start file's, or added live since).
-        let nodes_live = growing || in_force.get("nodes") == keys.get("nodes");
+        let nodes_live = growing || in_force.as_ref() == keys.get("nodes");
         let nodes_added = if growing {
-            let added = self.add_nodes(engine, &config).await?;
-            let mut nodes = toml::Table::new();
-            if let Some(list) = keys.get("nodes") {
-                nodes.insert("nodes".into(), list.clone());
-            }
+            let added = self.add_nodes(engine, &policies.network).await?;
             *self
                 .nodes_in_force
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = nodes;
+                .unwrap_or_else(|e| e.into_inner()) = keys.get("nodes").cloned();
             added
         } else {
             Vec::new()
@@ -255,24 +256,12 @@ impl Status {
         Ok(reloaded)
     }
 
-    /// Adds the nodes `config` has beyond the running network: their ids
-    /// go into the data directory's names first (durably, before any
-    /// record can use them), then into the engine.
-    async fn add_nodes(
-        &self,
-        engine: &Engine,
-        config: &Config,
-    ) -> Result<Vec<String>, ReloadError> {
-        let valid = config.validate().map_err(|e| ReloadError::Invalid {
-            path: self
-                .config_file
-                .as_ref()
-                .map(|f| f.0.clone())
-                .unwrap_or_default(),
-            message: e.to_string(),
-        })?;
+    /// Adds the nodes `file` (the reloaded file's network) has beyond the
+    /// running one: their ids go into the data directory's names first
+    /// (durably, before any record can use them), then into the engine.
+    async fn add_nodes(&self, engine: &Engine, file: &Network) -> Result<Vec<String>, ReloadError> {
         let current = engine.network_arc();
-        let (network, names) = valid.network.with_names(&current.names());
+        let (network, names) = file.with_names(&current.names());
         if network.nodes.len() == current.nodes.len() {
             return Ok(Vec::new());
         }

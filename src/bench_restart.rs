@@ -11,7 +11,7 @@ use futures::executor::block_on;
 use omniroute::config::{Config, ValidConfig};
 use omniroute::core::local::LocalParticipants;
 use omniroute::core::router::router_of_key;
-use omniroute::engine::{Image, SystemClock};
+use omniroute::engine::SystemClock;
 use omniroute::journal::Durability;
 use omniroute::limits::MAX_ORDERS_PER_BATCH;
 use omniroute::sample::SampleOrders;
@@ -97,19 +97,7 @@ fn build(dir: &Path, config: &ValidConfig, cells: u64, reservations: u64) -> Res
     }
     state.shards = participants.shards.into_inner();
     state.ledgers = participants.nodes.into_inner();
-    let mut images = vec![(0, Image::Catalog(state.index.sku_names()))];
-    for shard in &state.shards {
-        images.push((0, Image::Shard(shard.shard_id(), shard.image())));
-    }
-    for ledger in &state.ledgers {
-        let image = ledger.image();
-        images.push((0, Image::Node(image.node, image)));
-    }
-    for router in &state.routers {
-        store::write_book_file(dir, router, 0).map_err(|e| e.to_string())?;
-    }
-    store::write_snapshots(dir, images).map_err(|e| e.to_string())?;
-    Ok(())
+    store::write_state(dir, &state, 0).map_err(|e| e.to_string())
 }
 
 /// The build, in its own process.

@@ -181,10 +181,10 @@ pub struct ConfigSource {
 }
 
 /// What a reload puts in force, validated with the whole file: the
-/// channels' routing policies (resolved, and as TOML for the journal) and
-/// the token table.
+/// network with the channels' routing policies (resolved, in the file's
+/// order; the policies also as TOML for the journal) and the token table.
 pub struct Policies {
-    pub channels: Vec<Channel>,
+    pub network: Network,
     pub toml: String,
     pub tokens: Vec<(String, Role)>,
 }
@@ -424,7 +424,7 @@ impl Config {
         })
         .map_err(|e| ConfigError::Parse(e.to_string()))?;
         Ok(Policies {
-            channels: valid.network.channels,
+            network: valid.network,
             toml,
             tokens: valid.server.tokens.table().to_vec(),
         })

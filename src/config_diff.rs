@@ -26,17 +26,19 @@ pub fn scope(key: &str) -> Scope {
     }
 }
 
-/// Whether `new`'s node list is `old`'s with nodes added: every node of
-/// `old` is in `new` unchanged (in any order). Only that a reload applies
-/// live; a node changed or removed waits for a restart.
-pub fn nodes_only_added(old: &Table, new: &Table) -> bool {
-    let nodes = |table: &Table| -> Vec<Value> {
-        match table.get("nodes") {
-            Some(Value::Array(nodes)) => nodes.clone(),
-            _ => Vec::new(),
-        }
-    };
-    let (old, new) = (nodes(old), nodes(new));
+/// The elements of an array value; none for anything else.
+fn array(value: Option<&Value>) -> &[Value] {
+    match value {
+        Some(Value::Array(values)) => values,
+        _ => &[],
+    }
+}
+
+/// Whether the `nodes` array `new` is `old` with nodes added: every node
+/// of `old` is in `new` unchanged (in any order). Only that a reload
+/// applies live; a node changed or removed waits for a restart.
+pub fn nodes_only_added(old: Option<&Value>, new: Option<&Value>) -> bool {
+    let (old, new) = (array(old), array(new));
     new.len() > old.len() && old.iter().all(|node| new.contains(node))
 }
 
@@ -136,6 +138,8 @@ mod tests {
         let changed =
             table("[[nodes]]\nid = \"A\"\nx = 1\n[[nodes]]\nid = \"B\"\n[[nodes]]\nid = \"C\"\n");
         let removed = table("[[nodes]]\nid = \"A\"\n[[nodes]]\nid = \"C\"\n");
+        let nodes_only_added =
+            |old: &Table, new: &Table| nodes_only_added(old.get("nodes"), new.get("nodes"));
         assert!(nodes_only_added(&old, &added));
         assert!(!nodes_only_added(&old, &changed));
         assert!(!nodes_only_added(&old, &removed));

@@ -254,11 +254,7 @@ async fn start_and_check(
 async fn stop(mut daemon: Daemon, client: omniroute_client::Client, gracefully: bool) {
     client.close().await;
     if gracefully {
-        daemon.signal(libc::SIGTERM);
-        let status = tokio::time::timeout(Duration::from_secs(60), daemon.child.wait())
-            .await
-            .expect("the daemon stops")
-            .unwrap();
+        let status = daemon.terminate().await;
         assert!(status.success(), "{status}");
     } else {
         daemon.child.kill().await.unwrap();

@@ -7,7 +7,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::TempDir;
@@ -81,11 +80,7 @@ async fn record(dir: &Path, config_path: &Path) -> (usize, usize, u64) {
                 .unwrap();
         }
     }
-    daemon.signal(libc::SIGTERM);
-    let status = tokio::time::timeout(Duration::from_secs(60), daemon.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = daemon.terminate().await;
     assert!(status.success());
     (routed, rejected, cancelled)
 }

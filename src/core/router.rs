@@ -471,9 +471,14 @@ impl Books {
             .next_id()
     }
 
-    fn find_key(&self, channel: ChannelIdx, name: &str, client_order_id: &str) -> Option<OrderId> {
-        self.book(partition_of_key(name, client_order_id))?
-            .find_key(channel, client_order_id)
+    /// The order of a key in `partition` (the key's, see [`partition_of_key`]).
+    fn find_key(
+        &self,
+        partition: usize,
+        channel: ChannelIdx,
+        client_order_id: &str,
+    ) -> Option<OrderId> {
+        self.book(partition)?.find_key(channel, client_order_id)
     }
 
     fn insert(&mut self, record: OrderRecord) {
@@ -482,6 +487,36 @@ impl Books {
             .expect("a partition of this router")
             .insert(record);
         self.count += 1;
+    }
+
+    /// Puts a journaled or snapshotted order in its book as it was
+    /// written, without marking it changed: a new one must be its
+    /// partition's next id, a known one is replaced.
+    fn restore(&mut self, mut record: OrderRecord) -> Result<(), String> {
+        let partition = partition_of_order(record.id);
+        let (router, routers) = (self.router, self.routers);
+        let Some(book) = self.book_mut(partition) else {
+            return Err(format!(
+                "order {} is in partition {partition}, of router {} of {routers}, not {router}",
+                record.id,
+                partition % routers,
+            ));
+        };
+        if let Some(slot) = book.slot(record.id) {
+            let existing = book.at_mut(slot);
+            record.key_next = existing.key_next;
+            *existing = record;
+        } else if record.id == book.next_id() {
+            book.insert(record);
+            self.count += 1;
+        } else {
+            return Err(format!(
+                "order {} arrives before order {}: the journal has a gap",
+                record.id,
+                book.next_id()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -623,32 +658,10 @@ impl RouterCore {
 
     /// Puts a journaled or snapshotted order into the book as it was
     /// written: a new one must be the next id, a known one is replaced.
-    pub fn restore(&mut self, mut record: OrderRecord) -> Result<(), String> {
-        let partition = partition_of_order(record.id);
-        let (router, routers) = (self.orders.router, self.orders.routers);
-        let Some(book) = self.orders.book_mut(partition) else {
-            return Err(format!(
-                "order {} is in partition {partition}, of router {} of {routers}, not {router}",
-                record.id,
-                partition % routers,
-            ));
-        };
+    pub fn restore(&mut self, record: OrderRecord) -> Result<(), String> {
         let expiry =
             (record.state == OrderState::Held).then_some((record.expires_at_ms, record.id));
-        if let Some(slot) = book.slot(record.id) {
-            let existing = book.at_mut(slot);
-            record.key_next = existing.key_next;
-            *existing = record;
-        } else if record.id == book.next_id() {
-            book.insert(record);
-            self.orders.count += 1;
-        } else {
-            return Err(format!(
-                "order {} arrives before order {}: the journal has a gap",
-                record.id,
-                book.next_id()
-            ));
-        }
+        self.orders.restore(record)?;
         if let Some(expiry) = expiry {
             self.expiries.push(Reverse(expiry));
         }
@@ -748,7 +761,8 @@ impl RouterCore {
                 client_order_id,
             } => {
                 let idx = self.network.channel_idx(channel)?;
-                self.orders.find_key(idx, channel, client_order_id)
+                let partition = partition_of_key(channel, client_order_id);
+                self.orders.find_key(partition, idx, client_order_id)
             }
         }
     }
@@ -783,7 +797,8 @@ impl RouterCore {
                 }
             };
             let key = (resolved.channel, request.client_order_id.as_str());
-            if let Some(id) = self.orders.find_key(key.0, &request.channel, key.1) {
+            let partition = partition_of_key(&request.channel, key.1);
+            if let Some(id) = self.orders.find_key(partition, key.0, key.1) {
                 let record = &self.orders[&id];
                 let same = record.fingerprint == resolved.fingerprint;
                 decisions[i] = Some(if same {
@@ -799,7 +814,6 @@ impl RouterCore {
             }
             in_batch.insert(key, (i, resolved.fingerprint));
             // Ids of this batch's new orders, in their partitions' order.
-            let partition = partition_of_key(&request.channel, key.1);
             let earlier = taken.entry(partition).or_insert(0);
             let order = self.orders.next_id(partition) + *earlier * PARTITIONS as u64;
             *earlier += 1;

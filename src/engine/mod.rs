@@ -297,12 +297,9 @@ impl EngineState {
         network: &Arc<Network>,
         index: &Arc<AvailabilityIndex>,
     ) -> Vec<RouterCore> {
-        let routers = settings.routers as usize;
+        let (routers, shards) = (settings.routers as usize, settings.shards.max(1));
         (0..routers)
-            .map(|r| {
-                let shards = settings.shards.max(1);
-                RouterCore::new(r, routers, network.clone(), index.clone(), shards)
-            })
+            .map(|r| RouterCore::new(r, routers, network.clone(), index.clone(), shards))
             .collect()
     }
 }

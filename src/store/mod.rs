@@ -301,19 +301,9 @@ pub fn book_snapshot_bytes(lsn: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes a router's book as its snapshot, labelled `lsn`, in this thread
-/// (for tools: the daemon streams books while the routers image them).
-pub fn write_book_file(
-    dir: &Path,
-    router: &crate::core::router::RouterCore,
-    lsn: u64,
-) -> Result<(), StoreError> {
-    let snapshots = snapshot_dir(dir);
-    std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
-    write_book_into(&snapshots, router, lsn)
-}
-
-/// [`write_book_file`] into the snapshot set `snapshots`.
+/// Writes a router's book into the snapshot set `snapshots`, labelled
+/// `lsn`, in this thread (the daemon streams books while the routers
+/// image them).
 fn write_book_into(
     snapshots: &Path,
     router: &crate::core::router::RouterCore,
@@ -1150,6 +1140,14 @@ fn relayout(
         }
     }
     Ok(next)
+}
+
+/// Writes every actor of `state` as the snapshots of `dir`, each labelled
+/// `lsn`, in this thread: for tools that build a state without actors.
+pub fn write_state(dir: &Path, state: &EngineState, lsn: u64) -> Result<(), StoreError> {
+    let snapshots = snapshot_dir(dir);
+    std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+    write_state_into(&snapshots, state, lsn)
 }
 
 /// Writes every actor of `state` into the snapshot set `set`, each

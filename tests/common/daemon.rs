@@ -125,6 +125,15 @@ impl Daemon {
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 
+    /// Sends SIGTERM and waits, at most 60 s, for the daemon to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the daemon exits within 60 s of a SIGTERM")
+            .expect("the daemon's status")
+    }
+
     /// Journal records the start replayed, from its recovery line.
     pub fn records_replayed(&self) -> u64 {
         let line = self
