@@ -21,7 +21,8 @@ use crate::store::StoreSettings;
 /// new file (and a directory fsync) every few commits.
 pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
 use crate::limits::{
-    MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_NODES, MAX_RULES, MAX_SHIPMENTS_PER_ORDER, MAX_SKUS,
+    MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_NODES, MAX_ORDER_RETENTION_MS, MAX_RULES,
+    MAX_SHIPMENTS_PER_ORDER, MAX_SKUS,
 };
 use crate::server::{Role, ServerSettings, MAX_CONNECTIONS};
 
@@ -57,6 +58,8 @@ pub struct Config {
     #[serde(default)]
     pub journal: JournalConfig,
     #[serde(default)]
+    pub orders: OrdersConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -88,6 +91,24 @@ impl Default for EngineConfig {
             max_skus: d.max_skus,
             max_inflight: d.max_inflight,
             expiry_tick_ms: d.expiry_tick_ms,
+        }
+    }
+}
+
+/// `[orders]`: how long closed orders are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// A closed order (shipped, cancelled, expired) stays in memory this
+    /// long, and a resubmission of its key gets its decision; after it,
+    /// the order is archived and its key is free.
+    pub retention_ms: u64,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> OrdersConfig {
+        OrdersConfig {
+            retention_ms: crate::limits::DEFAULT_ORDER_RETENTION_MS,
         }
     }
 }
@@ -628,12 +649,20 @@ impl Config {
         if e.max_inflight == 0 {
             return Err(invalid("engine.max_inflight", "must be at least 1"));
         }
+        let retention_ms = self.orders.retention_ms;
+        if retention_ms > MAX_ORDER_RETENTION_MS {
+            return Err(invalid(
+                "orders.retention_ms",
+                format!("must be at most {MAX_ORDER_RETENTION_MS} (30 days), got {retention_ms}"),
+            ));
+        }
         Ok(EngineSettings {
             shards: e.shards,
             routers: e.routers,
             max_skus: e.max_skus,
             max_inflight: e.max_inflight,
             expiry_tick_ms: e.expiry_tick_ms,
+            order_retention_ms: retention_ms,
         })
     }
 

@@ -74,3 +74,19 @@ pub const MAX_NEAREST_NODES: usize = 256;
 /// Longest hold a client may ask for: one day. Longer holds are what
 /// `confirm` is for.
 pub const MAX_HOLD_TTL_MS: u64 = 86_400_000;
+
+/// How long a closed order stays in memory by default (`[orders]
+/// retention_ms`): a day, as payment APIs keep idempotency keys. Within it
+/// a resubmission gets the order's decision; after it the key is free.
+pub const DEFAULT_ORDER_RETENTION_MS: u64 = 86_400_000;
+
+/// The longest `[orders] retention_ms`: thirty days. Memory grows with the
+/// orders that close within the window; beyond a month an OMS, not a
+/// router, is where closed orders belong.
+pub const MAX_ORDER_RETENTION_MS: u64 = 30 * 86_400_000;
+
+/// Keys of retired orders remembered, per daemon, so that looking one up
+/// answers `ARCHIVED` rather than `UNKNOWN_ORDER`: about 24 bytes each, so
+/// a million cost some 24 MB, and at 10 000 orders/s cover the orders
+/// retired in the last 100 s. Older keys answer `UNKNOWN_ORDER`.
+pub const ARCHIVED_KEYS_KEPT: usize = 1 << 20;

@@ -55,7 +55,9 @@ use crate::core::router::{
     partition_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, PARTITIONS,
 };
 use crate::core::stock::StockShard;
-use crate::engine::sequencer::{ArchivedTxn, SharedSeen, Txn, KIND_POLICY, KIND_TXN};
+use crate::engine::sequencer::{
+    ArchivedTxn, SharedSeen, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_POLICY, KIND_TXN,
+};
 use crate::store;
 
 /// Threads a replay can use: one reads and plans ahead, one places.
@@ -261,6 +263,9 @@ pub struct Report {
     pub ships_applied: u64,
     /// Policy reloads the journal recorded (the what-if policy replaces them all).
     pub recorded_policy_reloads: u64,
+    /// Rejected orders the daemon answered but could not journal as demand
+    /// (its journal queue was full): missing from both sides.
+    pub demand_missing: u64,
     /// First-try plans the reader made ahead that the placer used: their
     /// stamp still held.
     pub plans_ahead_used: u64,
@@ -519,6 +524,7 @@ pub fn replay(
         shared: SharedSeen::default(),
         recorded: Side::default(),
         failed: None,
+        demand_missing: 0,
     };
     let read = if threads == Threads::One {
         // Each record is placed as soon as it is read: the plan made for it
@@ -567,6 +573,7 @@ pub fn replay(
         incomplete,
         failed,
         recorded,
+        demand_missing,
     } = read;
     if let Some(e) = failed {
         return Err(e);
@@ -582,6 +589,7 @@ pub fn replay(
         return Err(ReplayError::Empty(dir_name));
     }
     report.recorded = recorded;
+    report.demand_missing = demand_missing;
     report.recorded.name_nodes(recorded_network);
     report.what_if.name_nodes(&world.network);
     report.journal_records = summary.records;
@@ -636,6 +644,8 @@ struct Fresh {
     recorded: RecordedDecision,
     /// Taken before its plan was made ahead (None: none was).
     stamp: Option<PlanStamp>,
+    /// A rejected order's demand record: it has no follow-ups.
+    demand: bool,
 }
 
 /// Records the reader thread has checked: each `Txn` payload copied to a
@@ -698,6 +708,7 @@ struct Read {
     /// A record the reader could not prepare.
     failed: Option<ReplayError>,
     recorded: Side,
+    demand_missing: u64,
 }
 
 /// The reader thread's state: it reads ahead of the placer and plans ahead
@@ -712,6 +723,8 @@ struct Reader<'a> {
     /// The recorded side is counted here, off the placer's thread.
     recorded: Side,
     failed: Option<ReplayError>,
+    /// Rejected orders the journal says it has no demand record of.
+    demand_missing: u64,
 }
 
 impl Reader<'_> {
@@ -735,7 +748,14 @@ impl Reader<'_> {
                     return Err(String::new());
                 }
             }
-            if !matches!(kind, KIND_TXN | KIND_POLICY) {
+            if kind == KIND_DEMAND_LOST {
+                let count = <[u8; 8]>::try_from(payload).map_err(|_| {
+                    format!("LSN {lsn}: a lost-demand record of {} bytes", payload.len())
+                })?;
+                self.demand_missing += u64::from_le_bytes(count);
+                return Ok(());
+            }
+            if !matches!(kind, KIND_TXN | KIND_POLICY | KIND_DEMAND) {
                 return Ok(());
             }
             if let Err(e) = self.push(&mut batch, lsn, kind, payload) {
@@ -756,6 +776,7 @@ impl Reader<'_> {
             incomplete,
             failed: self.failed,
             recorded: self.recorded,
+            demand_missing: self.demand_missing,
         }
     }
 
@@ -779,7 +800,7 @@ impl Reader<'_> {
             events,
         } = batch;
         let (first_fresh, first_event) = (fresh.len(), events.len());
-        let place = if kind == KIND_TXN {
+        let place = if kind == KIND_TXN || kind == KIND_DEMAND {
             let start = arena.len().next_multiple_of(16);
             arena.resize(start, 0);
             arena.extend_from_slice(payload);
@@ -787,7 +808,18 @@ impl Reader<'_> {
             self.events(txn, events).map_err(failed)?;
             for record in txn.orders.iter() {
                 let id = record.id.to_native();
-                if self.seen.first_sight(id) {
+                // Demand is always new, and its id is not an order's (an
+                // id a rejected order used may be given out again after a
+                // restart).
+                if kind == KIND_DEMAND {
+                    let (new, attempt, made) = self.prepare(record).map_err(failed)?;
+                    fresh.push(Fresh {
+                        demand: true,
+                        ..new
+                    });
+                    attempts.push(attempt);
+                    plans.push(made);
+                } else if self.seen.first_sight(id) {
                     let (new, attempt, made) = self.prepare(record).map_err(failed)?;
                     fresh.push(new);
                     attempts.push(attempt);
@@ -867,7 +899,11 @@ impl Reader<'_> {
             let request = attempt.request(&attempt.excluded, false);
             plan(self.network, policy, self.index, &request)
         });
-        let new = Fresh { recorded, stamp };
+        let new = Fresh {
+            recorded,
+            stamp,
+            demand: false,
+        };
         Ok((new, attempt, made))
     }
 }
@@ -891,7 +927,7 @@ impl Placer<'_> {
             events,
         } = batch;
         for record in records.iter() {
-            if record.kind != KIND_TXN {
+            if record.kind == KIND_POLICY {
                 self.report.recorded_policy_reloads += 1;
                 continue;
             }
@@ -1015,6 +1051,11 @@ impl Placer<'_> {
                     ));
                 }
             }
+            if new.demand {
+                // Nothing follows a rejected order: what the what-if gave it
+                // stays taken.
+                continue;
+            }
             let given = match placement {
                 Placement::Placed { allocations, .. } if !allocations.is_empty() => {
                     Some(allocations.iter().map(|a| (a.node, a.sku, a.qty)).collect())
@@ -1093,6 +1134,12 @@ impl Report {
         ));
         for difference in &self.differences {
             out.push_str(&format!("  {difference}\n"));
+        }
+        if self.demand_missing > 0 {
+            out.push_str(&format!(
+                "demand missing: {} rejected orders were answered but not journaled (the journal's queue was full); neither side has them\n",
+                self.demand_missing
+            ));
         }
         out
     }

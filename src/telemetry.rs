@@ -20,6 +20,8 @@ pub const ORDERS_TOTAL: &str = "omniroute_orders_total";
 pub const ROUTING_LATENCY_SECONDS: &str = "omniroute_routing_latency_seconds";
 pub const REROUTES_TOTAL: &str = "omniroute_reroutes_total";
 pub const HOLDS_EXPIRED_TOTAL: &str = "omniroute_holds_expired_total";
+pub const ORDERS_RETIRED_TOTAL: &str = "omniroute_orders_retired_total";
+pub const DEMAND_LOST_TOTAL: &str = "omniroute_demand_lost_total";
 pub const QUEUE_DEPTH: &str = "omniroute_queue_depth";
 pub const ORDERS_IN_FLIGHT: &str = "omniroute_orders_in_flight";
 pub const JOURNAL_FSYNC_SECONDS: &str = "omniroute_journal_fsync_seconds";
@@ -126,6 +128,14 @@ fn describe() {
         HOLDS_EXPIRED_TOTAL,
         "Unconfirmed holds released at their TTL"
     );
+    describe_counter!(
+        ORDERS_RETIRED_TOTAL,
+        "Closed orders that left memory after [orders] retention_ms"
+    );
+    describe_counter!(
+        DEMAND_LOST_TOTAL,
+        "Rejected orders not journaled as demand (the journal queue was full)"
+    );
     describe_gauge!(
         QUEUE_DEPTH,
         "Messages sent to an actor and not yet handled, by queue (router, shard) and id"
@@ -201,6 +211,8 @@ pub struct EngineMetrics {
     pub rerouted_node_rejected: Counter,
     pub rerouted_node_offline: Counter,
     pub holds_expired: Counter,
+    pub orders_retired: Counter,
+    pub demand_lost: Counter,
 }
 
 impl EngineMetrics {
@@ -220,6 +232,8 @@ impl EngineMetrics {
             rerouted_node_rejected: rerouted("node_rejected"),
             rerouted_node_offline: rerouted("node_offline"),
             holds_expired: counter!(HOLDS_EXPIRED_TOTAL),
+            orders_retired: counter!(ORDERS_RETIRED_TOTAL),
+            demand_lost: counter!(DEMAND_LOST_TOTAL),
         }
     }
 

@@ -454,7 +454,7 @@ proptest! {
                 LifeOp::Advance(ms) => { now_ms += ms; engine.expire_due(now_ms); }
                 LifeOp::Ship { order, pick, qty } => {
                     let Some(order) = submitted.get(order) else { continue };
-                    let Some(record) = engine.router.get(order).cloned() else { continue };
+                    let Ok(record) = engine.router.get(order).cloned() else { continue };
                     let open: Vec<_> = record.allocations.iter().filter(|a| a.open > 0).collect();
                     if let Some(a) = open.get(pick % open.len().max(1)) {
                         if engine.ship(order, a.node, a.sku, qty).is_ok() {
@@ -464,7 +464,7 @@ proptest! {
                 }
                 LifeOp::Reject { order, pick, count } => {
                     let Some(order) = submitted.get(order) else { continue };
-                    let Some(record) = engine.router.get(order).cloned() else { continue };
+                    let Ok(record) = engine.router.get(order).cloned() else { continue };
                     let open: Vec<_> = record.allocations.iter().filter(|a| a.open > 0).collect();
                     if let Some(a) = open.get(pick % open.len().max(1)) {
                         let counts: Vec<(SkuId, u32)> = count.map(|c| (a.sku, c)).into_iter().collect();
@@ -476,7 +476,7 @@ proptest! {
                 LifeOp::Online { node, online } => { engine.set_node_online(node, online, now_ms); }
                 LifeOp::Return { order, node, qty } => {
                     let Some(order) = submitted.get(order) else { continue };
-                    let Some(record) = engine.router.get(order).cloned() else { continue };
+                    let Ok(record) = engine.router.get(order).cloned() else { continue };
                     let Some(a) = record.allocations.iter().find(|a| a.shipped > a.returned) else { continue };
                     if engine.return_units(order, node, a.sku, qty).is_ok() {
                         *on_hand.entry((a.sku, node)).or_default() += qty;

@@ -263,9 +263,14 @@ async fn verify(client: &Client, known: &mut Known, cycle: usize) {
             }
             continue;
         }
+        let order = known.orders.get_mut(&id).expect("known");
+        if order.state == order_states::REJECTED {
+            // A rejected order reserved nothing and is not kept.
+            assert!(view.is_err(), "cycle {cycle}: rejected order {id} was kept");
+            continue;
+        }
         let view =
             view.unwrap_or_else(|e| panic!("cycle {cycle}: answered order {id} is gone: {e}"));
-        let order = known.orders.get_mut(&id).expect("known");
         match known.steps_in_flight.remove(&id) {
             Some(step) => {
                 assert!(

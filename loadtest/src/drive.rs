@@ -80,6 +80,18 @@ pub struct RunResult {
     /// What each routed order was told, kept when the scenario can make
     /// the daemon take promises back (node events).
     pub promises: HashMap<u64, Vec<(String, String, u32)>>,
+    /// How follow-ups ended each order, for the audit of orders the daemon
+    /// has archived (closed and retired) by the time they are read back.
+    pub endings: Endings,
+}
+
+/// What the acknowledged follow-ups did to routed orders.
+#[derive(Default)]
+pub struct Endings {
+    /// Orders whose cancel was acknowledged.
+    pub cancelled: std::collections::HashSet<u64>,
+    /// Units acknowledged shipped per order: (sku, node, units).
+    pub shipped: HashMap<u64, Vec<(String, String, u32)>>,
 }
 
 pub struct Interval {
@@ -107,9 +119,15 @@ enum Pending {
         ship: Option<Vec<(String, String, u32)>>,
     },
     Cancel {
+        order: u64,
         allocations: Vec<(String, String, u32)>,
     },
-    Ship,
+    Ship {
+        order: u64,
+        sku: String,
+        node: String,
+        qty: u32,
+    },
 }
 
 impl FollowUps {
@@ -155,6 +173,7 @@ impl FollowUps {
             }
             FollowUp::Cancel => {
                 let id = self.serial(Pending::Cancel {
+                    order,
                     allocations: allocations.to_vec(),
                 });
                 out.push((id, Request::Cancel(self.key(order))));
@@ -168,6 +187,7 @@ impl FollowUps {
         &mut self,
         answer: &Answer,
         audit: &mut Audit,
+        endings: &mut Endings,
         counts: &mut std::collections::BTreeMap<String, u64>,
         out: &mut Vec<(u64, omniroute_client::protocol::Request)>,
     ) {
@@ -179,29 +199,47 @@ impl FollowUps {
             Pending::Confirm { order, ship } => {
                 if ok {
                     for (sku, node, qty) in ship.into_iter().flatten() {
-                        let id = self.serial(Pending::Ship);
-                        out.push((
-                            id,
-                            omniroute_client::protocol::Request::NodeShip {
-                                node,
-                                order: self.key(order),
-                                sku,
-                                qty,
-                            },
-                        ));
+                        let request = omniroute_client::protocol::Request::NodeShip {
+                            node: node.clone(),
+                            order: self.key(order),
+                            sku: sku.clone(),
+                            qty,
+                        };
+                        let id = self.serial(Pending::Ship {
+                            order,
+                            sku,
+                            node,
+                            qty,
+                        });
+                        out.push((id, request));
                     }
                 }
                 "confirm"
             }
-            Pending::Cancel { allocations } => {
+            Pending::Cancel { order, allocations } => {
                 if ok {
                     for (sku, node, qty) in &allocations {
                         audit.release(sku, node, *qty);
                     }
+                    endings.cancelled.insert(order);
                 }
                 "cancel"
             }
-            Pending::Ship => "ship",
+            Pending::Ship {
+                order,
+                sku,
+                node,
+                qty,
+            } => {
+                if ok {
+                    endings
+                        .shipped
+                        .entry(order)
+                        .or_default()
+                        .push((sku, node, qty));
+                }
+                "ship"
+            }
         };
         let result = if ok { "ok" } else { "failed" };
         *counts.entry(format!("{name}_{result}")).or_default() += 1;
@@ -320,6 +358,7 @@ impl Collector {
                     f.answered(
                         &answer,
                         &mut self.result.audit,
+                        &mut self.result.endings,
                         &mut self.result.follow_ups,
                         &mut follow,
                     );

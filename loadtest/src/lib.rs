@@ -424,8 +424,11 @@ impl Scenario {
             }
         }
         if let Some(feed) = &scenario.feed {
-            if scenario.stock.is_empty() {
-                return Err("a feed updates the scenario's [[stock]] cells; give some".into());
+            if scenario.stock.is_empty() && o.sku_range.is_none() {
+                return Err(
+                    "a feed updates the scenario's [[stock]] cells, or the stocked cells of its orders.sku_range; give one"
+                        .into(),
+                );
             }
             if !(feed.updates_per_s.is_finite() && feed.updates_per_s > 0.0)
                 || feed.batch == 0
@@ -488,6 +491,17 @@ pub struct Summary {
     /// be 0.
     pub early_expiries: u64,
     pub missing_orders: u64,
+    /// Routed orders the daemon had closed and retired (`[orders]
+    /// retention_ms`) when read back: audited from their follow-ups, not
+    /// missing.
+    pub archived_orders: u64,
+    /// With --rss-every: the spawned daemon's resident memory, (seconds
+    /// since the run started, MiB), and its growth over the second half.
+    pub rss_mib: Vec<(f64, f64)>,
+    pub rss_growth_second_half_percent: Option<f64>,
+    /// With --kill-restart: milliseconds from the SIGKILLed daemon's
+    /// restart until it listened again.
+    pub restart_ms: Option<f64>,
     pub stock_mismatch_units: u64,
     /// Confirms, cancels and ships that followed routed orders, by result.
     pub follow_ups: BTreeMap<String, u64>,
@@ -745,6 +759,17 @@ mod tests {
         }
         assert!(json["redis"]["p99_us"].is_number(), "{json}");
         assert_eq!(json["outcomes"]["routed"], 1);
+    }
+
+    #[test]
+    fn the_soak_scenario_parses_and_every_routed_order_ends() {
+        // Proves the shipped soak scenario is valid, feeds its SKU range, and leaves no routed
+        // order open for good: every confirm ships, and the rest cancel or expire within a run.
+        let scenario = Scenario::parse(include_str!("../scenarios/soak.toml")).unwrap();
+        assert!(scenario.stock.is_empty() && scenario.feed.is_some());
+        let follow_up = scenario.follow_up.clone().unwrap();
+        assert_eq!(follow_up.ship, 1.0);
+        assert!(scenario.holds_expire_in_runs());
     }
 
     #[test]

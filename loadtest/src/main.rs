@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use omniroute_client::protocol::order_states;
+use omniroute_client::protocol::{order_states, ErrorCode};
 use omniroute_client::{Client, ClientError, Order, OrderKey, StockAdjust, StockSet, Trust};
 use omniroute_loadtest::chart::{write_chart, ChartData};
 use omniroute_loadtest::{ratio, Audit, Cell, Scenario, Summary, ANY_NODE};
@@ -114,6 +114,18 @@ struct Args {
     /// default, as in production) or "none" (answers before the fsync).
     #[arg(long, default_value = "fsync")]
     durability: String,
+    /// `[orders] retention_ms` of the --spawn-server daemon: how long its
+    /// closed orders stay in memory (the embedded config's day if not given).
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// With --spawn-server: print the daemon's resident memory this often
+    /// (from /proc), and its growth over the second half of the run.
+    #[arg(long, value_parser = parse_duration)]
+    rss_every: Option<Duration>,
+    /// With --spawn-server: after the run and its audit, kill the daemon
+    /// with SIGKILL and time its restart on the same data directory.
+    #[arg(long, requires = "spawn_server")]
+    kill_restart: bool,
     /// Internal: run the daemon for --spawn-server in this process.
     #[arg(long, hide = true)]
     serve_child: Option<PathBuf>,
@@ -141,7 +153,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The daemon side of --spawn-server: the embedded default config on a
 /// random loopback port; prints `LISTENING <addr> <cert>` when ready.
-async fn serve_child(data_dir: &Path, durability: &str) -> Result<(), String> {
+async fn serve_child(
+    data_dir: &Path,
+    durability: &str,
+    retention_ms: Option<u64>,
+) -> Result<(), String> {
     let mut config = omniroute::config::Config::default_config()
         .validate()
         .map_err(|e| e.to_string())?;
@@ -152,6 +168,9 @@ async fn serve_child(data_dir: &Path, durability: &str) -> Result<(), String> {
         "none" => omniroute::journal::Durability::None,
         other => return Err(format!("--durability {other:?} is not fsync or none")),
     };
+    if let Some(retention_ms) = retention_ms {
+        config.engine.order_retention_ms = retention_ms;
+    }
     // A free port: the spawned server must not take an operator's 9090.
     config.admin = Some("127.0.0.1:0".parse().expect("address"));
     let daemon = omniroute::daemon::start(&config, None).await?;
@@ -179,15 +198,24 @@ struct Spawned {
     data_dir: PathBuf,
 }
 
-async fn spawn_server(durability: &str) -> Result<Spawned, String> {
-    let data_dir = std::env::temp_dir().join(format!("omniroute-loadtest-{}", std::process::id()));
+/// Starts the daemon for --spawn-server in a child process on `data_dir`
+/// (a new temporary one if None) and waits until it listens.
+async fn spawn_server(args: &Args, data_dir: Option<PathBuf>) -> Result<Spawned, String> {
+    let data_dir = data_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("omniroute-loadtest-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&data_dir).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .arg("--serve-child")
         .arg(&data_dir)
         .arg("--durability")
-        .arg(durability)
+        .arg(&args.durability);
+    if let Some(retention_ms) = args.retention_ms {
+        command.arg("--retention-ms").arg(retention_ms.to_string());
+    }
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -371,7 +399,53 @@ struct ReadBack {
     missing: u64,
     /// Expired although their own deadline had not come when read.
     early_expiries: u64,
+    /// Closed and retired (`[orders] retention_ms`) by the time they were
+    /// read: counted from what their acknowledged follow-ups did.
+    archived: u64,
 }
+
+/// Reads every routed order back, then every SKU's ATP, into `audit`. A
+/// hold that expires between the two reads shows as a mismatch that is
+/// not one, so a mismatch is read again (from the audit as the run left
+/// it), at most `AUDIT_READS` times, a hold's length apart at most.
+async fn read_back_settled(
+    admin: &Client,
+    channel: &str,
+    prefix: &str,
+    routed: &[u64],
+    promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
+    endings: &drive::Endings,
+    run: Audit,
+) -> Result<(Audit, ReadBack), String> {
+    let mut skus: Vec<String> = run
+        .starting
+        .keys()
+        .chain(run.told.keys())
+        .map(|(sku, _)| sku.clone())
+        .collect();
+    skus.sort();
+    skus.dedup();
+    let mut read = 0;
+    loop {
+        read += 1;
+        let mut audit = run.clone();
+        let found = read_back_orders(
+            admin, channel, prefix, routed, promises, endings, &mut audit,
+        )
+        .await;
+        let mut final_atp = BTreeMap::new();
+        read_atp(admin, &skus, &mut final_atp).await?;
+        audit.final_atp = final_atp;
+        if audit.stock_mismatch_units() == 0 || read == AUDIT_READS {
+            return Ok((audit, found));
+        }
+        println!("audit: stock moved while it was read (a hold ran out in between); reading again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Times the audit reads orders and stock before a mismatch stands.
+const AUDIT_READS: u32 = 3;
 
 /// Asks the daemon for every routed order: how many it does not know, what
 /// it holds for the others now, per cell, and (where `promises` were kept)
@@ -383,6 +457,7 @@ async fn read_back_orders(
     prefix: &str,
     routed: &[u64],
     promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
+    endings: &drive::Endings,
     audit: &mut Audit,
 ) -> ReadBack {
     let mut found = ReadBack::default();
@@ -423,11 +498,40 @@ async fn read_back_orders(
                         }
                     }
                 }
+                Err(ClientError::Server { code, .. }) if code == ErrorCode::Archived as u16 => {
+                    found.archived += 1;
+                    archived(*id, promises, endings, audit);
+                }
                 Err(_) => found.missing += 1,
             }
         }
     }
     found
+}
+
+/// Counts an archived order (closed, retired) by its follow-ups: what
+/// was acknowledged shipped is held for good; unless it was cancelled
+/// (counted when acknowledged), the rest of what it was told expired.
+fn archived(
+    id: u64,
+    promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
+    endings: &drive::Endings,
+    audit: &mut Audit,
+) {
+    let mut shipped: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (sku, node, qty) in endings.shipped.get(&id).into_iter().flatten() {
+        audit.hold_now(sku, node, u64::from(*qty));
+        *shipped.entry((sku, node)).or_default() += u64::from(*qty);
+    }
+    if endings.cancelled.contains(&id) {
+        return;
+    }
+    for (sku, node, told) in promises.get(&id).into_iter().flatten() {
+        let left = shipped.entry((sku, node)).or_default();
+        let kept = (*left).min(u64::from(*told));
+        *left -= kept;
+        audit.expire(sku, node, u64::from(*told) - kept);
+    }
 }
 
 /// The scenario's feed: restocks at a constant rate over its stock cells,
@@ -436,15 +540,12 @@ async fn read_back_orders(
 async fn feed(
     admin: Arc<Client>,
     scenario: Scenario,
+    starting: BTreeMap<Cell, u64>,
     seed: u64,
     stop: Arc<AtomicBool>,
 ) -> (BTreeMap<Cell, u64>, u64) {
     let feed = scenario.feed.clone().expect("a feed");
-    let cells: Vec<Cell> = scenario
-        .stock
-        .iter()
-        .map(|s| (s.sku.clone(), s.node.clone()))
-        .collect();
+    let mut cells = FeedCells::new(&scenario, &starting, seed ^ 3);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let schedule = omniroute_loadtest::Schedule {
         start: Instant::now(),
@@ -471,7 +572,7 @@ async fn feed(
                 while sent < schedule.due(Instant::now()) {
                     let entries: Vec<StockAdjust> = (0..feed.batch)
                         .map(|_| {
-                            let (sku, node) = cells[rng.random_range(0..cells.len())].clone();
+                            let (sku, node) = cells.next();
                             StockAdjust { sku, node, delta: i64::from(rng.random_range(feed.delta_min..=feed.delta_max)) }
                         })
                         .collect();
@@ -487,6 +588,106 @@ async fn feed(
         tally(result, entries);
     }
     (restocked, errors)
+}
+
+/// The cells a feed restocks: the scenario's own stock cells, uniformly;
+/// or, for a scenario over the daemon's stock (a SKU range), a SKU drawn
+/// as the orders draw theirs (so the feed follows demand) at one of the
+/// nodes that stocked it at the start.
+struct FeedCells {
+    listed: Vec<Cell>,
+    by_sku: BTreeMap<String, Vec<String>>,
+    orders: Option<Orders>,
+    rng: rand::rngs::StdRng,
+}
+
+impl FeedCells {
+    fn new(scenario: &Scenario, starting: &BTreeMap<Cell, u64>, seed: u64) -> FeedCells {
+        let listed: Vec<Cell> = scenario
+            .stock
+            .iter()
+            .map(|s| (s.sku.clone(), s.node.clone()))
+            .collect();
+        let mut by_sku: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (sku, node) in starting.keys() {
+            by_sku.entry(sku.clone()).or_default().push(node.clone());
+        }
+        FeedCells {
+            orders: listed
+                .is_empty()
+                .then(|| Orders::new(scenario, seed, "feed-")),
+            listed,
+            by_sku,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }
+    }
+
+    fn next(&mut self) -> Cell {
+        let Some(orders) = self.orders.as_mut() else {
+            return self.listed[self.rng.random_range(0..self.listed.len())].clone();
+        };
+        loop {
+            let sku = orders.order(0).lines.swap_remove(0).0;
+            if let Some(nodes) = self.by_sku.get(&sku) {
+                return (sku, nodes[self.rng.random_range(0..nodes.len())].clone());
+            }
+        }
+    }
+}
+
+/// Samples the resident memory of process `pid` every `every` and prints
+/// it, until `stop`; returns (seconds since start, MiB) per sample.
+async fn sample_rss(pid: u32, every: Duration, stop: Arc<AtomicBool>) -> Vec<(f64, f64)> {
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        let Some(mib) = rss_mib(pid) else { break };
+        let at = start.elapsed().as_secs_f64();
+        println!("rss: {at:.0} s {mib:.1} MiB");
+        samples.push((at, mib));
+    }
+    samples
+}
+
+/// VmRSS of `pid` from /proc, in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Growth of the samples over the second half of the run, in percent:
+/// from the first sample at or after half the last sample's time to the
+/// last.
+fn rss_growth_second_half_percent(samples: &[(f64, f64)]) -> Option<f64> {
+    let &(end, last) = samples.last()?;
+    let &(_, middle) = samples.iter().find(|(at, _)| *at >= end / 2.0)?;
+    Some((last - middle) / middle * 100.0)
+}
+
+/// Kills the spawned daemon with SIGKILL, starts it again on the same data
+/// directory and returns it with the milliseconds until it listened.
+async fn kill_and_restart(args: &Args, mut spawned: Spawned) -> Result<(Spawned, f64), String> {
+    spawned
+        .child
+        .start_kill()
+        .map_err(|e| format!("kill -9: {e}"))?;
+    let _ = spawned.child.wait().await;
+    let started = Instant::now();
+    let restarted = spawn_server(args, Some(spawned.data_dir.clone())).await?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    println!("restart after kill -9: listening in {ms:.0} ms");
+    Ok((restarted, ms))
 }
 
 /// The scenario's node events, `delay` plus each event's time from now.
@@ -697,7 +898,7 @@ async fn run(args: &Args) -> Result<Outcome, String> {
             .map_err(|e| format!("{}: {e}", args.scenario.display()))?,
     )?;
     let spawned = if args.spawn_server {
-        Some(spawn_server(&args.durability).await?)
+        Some(spawn_server(args, None).await?)
     } else {
         None
     };
@@ -764,12 +965,21 @@ async fn run(args: &Args) -> Result<Outcome, String> {
         tokio::spawn(feed(
             admin.clone(),
             scenario.clone(),
+            starting.clone(),
             seed ^ 1,
             stop_feed.clone(),
         ))
     });
     let events_task = (!scenario.events.is_empty())
         .then(|| tokio::spawn(node_events(admin.clone(), scenario.clone(), args.warmup)));
+    let stop_rss = Arc::new(AtomicBool::new(false));
+    let rss_task = match (&spawned, args.rss_every) {
+        (Some(s), Some(every)) => {
+            let pid = s.child.id().ok_or("the spawned daemon has no pid")?;
+            Some(tokio::spawn(sample_rss(pid, every, stop_rss.clone())))
+        }
+        _ => None,
+    };
 
     let (events, receiver) = drive::channel();
     let outstanding = Arc::new(AtomicU64::new(0));
@@ -818,6 +1028,11 @@ async fn run(args: &Args) -> Result<Outcome, String> {
     };
     // Let follow-ups still in flight land before reading back.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_rss.store(true, Ordering::Relaxed);
+    let rss = match rss_task {
+        Some(task) => task.await.map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
 
     let RunResult {
         mut audit,
@@ -825,29 +1040,22 @@ async fn run(args: &Args) -> Result<Outcome, String> {
         intervals,
         follow_ups,
         promises,
+        endings,
     } = measured.run;
     audit.starting = starting.clone();
     audit.restocked = restocked;
-    let read_back = read_back_orders(
+    let (audit, read_back) = read_back_settled(
         &admin,
         &scenario.channel,
         &prefix,
         &routed,
         &promises,
-        &mut audit,
+        &endings,
+        audit,
     )
-    .await;
-    let mut skus: Vec<String> = audit
-        .starting
-        .keys()
-        .chain(audit.told.keys())
-        .map(|(sku, _)| sku.clone())
-        .collect();
-    skus.sort();
+    .await?;
+    let mut skus: Vec<String> = audit.final_atp.keys().map(|(sku, _)| sku.clone()).collect();
     skus.dedup();
-    let mut final_atp = BTreeMap::new();
-    read_atp(&admin, &skus, &mut final_atp).await?;
-    audit.final_atp = final_atp;
     if !scenario.stock.is_empty() {
         for sku in skus.iter().take(8) {
             let left: u64 = audit
@@ -875,6 +1083,9 @@ async fn run(args: &Args) -> Result<Outcome, String> {
         }
     }
     summary.missing_orders = read_back.missing;
+    summary.archived_orders = read_back.archived;
+    summary.rss_mib = rss;
+    summary.rss_growth_second_half_percent = rss_growth_second_half_percent(&summary.rss_mib);
     summary.early_expiries = read_back.early_expiries;
     summary.expired_units = audit.expired.values().sum();
     summary.stock_mismatch_units = audit.stock_mismatch_units();
@@ -892,6 +1103,14 @@ async fn run(args: &Args) -> Result<Outcome, String> {
     if let Ok(admin) = Arc::try_unwrap(admin) {
         admin.close().await;
     }
+    let spawned = match spawned {
+        Some(spawned) if args.kill_restart => {
+            let (restarted, ms) = kill_and_restart(args, spawned).await?;
+            summary.restart_ms = Some(ms);
+            Some(restarted)
+        }
+        other => other,
+    };
     if let Some(mut spawned) = spawned {
         drop(spawned.child.stdin.take());
         let _ = tokio::time::timeout(Duration::from_secs(20), spawned.child.wait()).await;
@@ -1017,6 +1236,22 @@ fn print(summary: &Summary) {
         "{t}: errors {}, missing orders {}, stock mismatch {} units",
         summary.errors, summary.missing_orders, summary.stock_mismatch_units
     );
+    if summary.archived_orders > 0 {
+        println!(
+            "{t}: archived orders {} (closed and retired; audited from their follow-ups)",
+            summary.archived_orders
+        );
+    }
+    if let Some(growth) = summary.rss_growth_second_half_percent {
+        let first = summary.rss_mib.first().map_or(0.0, |s| s.1);
+        let last = summary.rss_mib.last().map_or(0.0, |s| s.1);
+        println!(
+            "{t}: rss {first:.1} MiB at the first sample, {last:.1} MiB at the last; {growth:+.1} % over the second half"
+        );
+    }
+    if let Some(ms) = summary.restart_ms {
+        println!("{t}: restart after kill -9: listening in {ms:.0} ms");
+    }
     if !summary.follow_ups.is_empty() {
         println!("{t}: follow-ups {:?}", summary.follow_ups);
     }
@@ -1059,7 +1294,7 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("tokio runtime");
     if let Some(data_dir) = &args.serve_child {
-        return match runtime.block_on(serve_child(data_dir, &args.durability)) {
+        return match runtime.block_on(serve_child(data_dir, &args.durability, args.retention_ms)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("omniroute-loadtest daemon: {e}");

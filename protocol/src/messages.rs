@@ -67,6 +67,10 @@ pub enum ErrorCode {
     /// names the close code); every whole frame before them was answered,
     /// and the server ends the stream after this answer.
     Unframeable = 16,
+    /// The order closed and was retired after the daemon's retention
+    /// window (`[orders] retention_ms`): it is no longer kept, and its
+    /// client order id may be used again.
+    Archived = 17,
 }
 
 impl ErrorCode {
@@ -89,6 +93,7 @@ impl ErrorCode {
             TooLarge,
             Internal,
             Unframeable,
+            Archived,
         ]
         .into_iter()
         .find(|c| *c as u16 == code)

@@ -4,7 +4,7 @@
 //! book has a single writer.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -26,7 +26,10 @@ use super::placement::{
 use super::policy::{Method, PlanLine};
 use super::stock::{Bumped, StockError, StockShard};
 
-use crate::limits::{MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE};
+use crate::limits::{
+    ARCHIVED_KEYS_KEPT, DEFAULT_ORDER_RETENTION_MS, MAX_HOLD_TTL_MS, MAX_ID_BYTES,
+    MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE,
+};
 
 /// Partitions of the order key space. An order key hashes to one of them
 /// for good, an order id keeps it in its low byte, and a router owns the
@@ -75,6 +78,8 @@ pub enum OrderRef {
 pub enum OpError {
     #[error("no such order")]
     UnknownOrder,
+    #[error("the order closed and was retired after its retention window; it is archived")]
+    Archived,
     #[error("the order is {0:?}; the operation needs an open order")]
     NotOpen(OrderState),
     #[error("the order must be confirmed before it ships")]
@@ -305,26 +310,45 @@ impl ArchivedOrderRecord {
 /// moves the ones before it: no pause to copy a million records.
 const ORDERS_PER_SEGMENT: usize = 4096;
 
-/// The orders of one partition, in segments indexed by sequence number:
-/// an order id is `sequence * PARTITIONS + partition`, so no map from ids
-/// is needed, and a million orders cost their records and one small map
-/// entry.
+/// The orders of one partition, kept dense in segments: an order id is
+/// `sequence * PARTITIONS + partition`, a small map finds an order's place
+/// by its sequence, and a retired order's place is taken by the last one,
+/// so memory follows the orders kept, not the orders ever taken.
 struct OrderBook {
     partition: u64,
     segments: Vec<Vec<OrderRecord>>,
     count: usize,
-    /// Hash of (channel, client order id) to the newest sequence + 1 with it.
+    /// The sequence the next new order gets. Ids are handed out before a
+    /// placement is known, so a rejected order uses one up; it only grows.
+    next_sequence: u32,
+    /// The highest sequence kept: never retired, so that a restart (which
+    /// counts on from the orders it finds) never gives out a kept or
+    /// retired order's id again.
+    newest: u32,
+    /// Sequence to place in `segments`.
+    by_sequence: FxHashMap<u32, u32>,
+    /// Hash of (channel, client order id) to a place + 1 with it.
     /// (32 bits of hash: collisions chain through `key_next` anyway, and
     /// half-size entries matter at millions of orders.)
     by_key: FxHashMap<u32, u32>,
 }
 
 fn key_hash(channel: ChannelIdx, client_order_id: &str) -> u32 {
+    let hash = key_fingerprint(channel, client_order_id);
+    (hash ^ (hash >> 32)) as u32
+}
+
+/// 64 bits of (channel, client order id): what the archive of retired
+/// keys keeps of an order.
+fn key_fingerprint(channel: ChannelIdx, client_order_id: &str) -> u64 {
     let mut hasher = FxHasher::default();
     channel.hash(&mut hasher);
     client_order_id.hash(&mut hasher);
-    let hash = hasher.finish();
-    (hash ^ (hash >> 32)) as u32
+    hasher.finish()
+}
+
+fn sequence_of(id: OrderId) -> u64 {
+    id / PARTITIONS as u64
 }
 
 impl OrderBook {
@@ -333,29 +357,42 @@ impl OrderBook {
             partition: partition as u64,
             segments: Vec::new(),
             count: 0,
+            next_sequence: 1,
+            newest: 0,
+            by_sequence: FxHashMap::default(),
             by_key: FxHashMap::default(),
         }
     }
 
-    fn slot(&self, id: OrderId) -> Option<usize> {
-        let partition_matches = id % PARTITIONS as u64 == self.partition;
-        let sequence = (id / PARTITIONS as u64) as usize;
-        (partition_matches && sequence >= 1 && sequence <= self.count).then(|| sequence - 1)
+    fn place(&self, id: OrderId) -> Option<usize> {
+        if id % PARTITIONS as u64 != self.partition {
+            return None;
+        }
+        let sequence = u32::try_from(sequence_of(id)).ok()?;
+        self.by_sequence.get(&sequence).map(|&place| place as usize)
     }
 
-    fn at(&self, slot: usize) -> &OrderRecord {
-        &self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT]
+    fn at(&self, place: usize) -> &OrderRecord {
+        &self.segments[place / ORDERS_PER_SEGMENT][place % ORDERS_PER_SEGMENT]
     }
 
-    fn at_mut(&mut self, slot: usize) -> &mut OrderRecord {
-        &mut self.segments[slot / ORDERS_PER_SEGMENT][slot % ORDERS_PER_SEGMENT]
+    fn at_mut(&mut self, place: usize) -> &mut OrderRecord {
+        &mut self.segments[place / ORDERS_PER_SEGMENT][place % ORDERS_PER_SEGMENT]
     }
 
-    fn next_id(&self) -> OrderId {
-        (self.count as u64 + 1) * PARTITIONS as u64 + self.partition
+    /// The id of the `earlier`-th new order after the next one.
+    fn next_id(&self, earlier: u64) -> OrderId {
+        (u64::from(self.next_sequence) + earlier) * PARTITIONS as u64 + self.partition
     }
 
-    fn find_key(&self, channel: ChannelIdx, client_order_id: &str) -> Option<OrderId> {
+    /// Ids up to `id` are given out (kept or not).
+    fn used_up_to(&mut self, id: OrderId) {
+        let next =
+            u32::try_from(sequence_of(id) + 1).expect("at most u32::MAX orders per partition");
+        self.next_sequence = self.next_sequence.max(next);
+    }
+
+    fn find_key(&self, channel: ChannelIdx, client_order_id: &str) -> Option<usize> {
         let mut next = self
             .by_key
             .get(&key_hash(channel, client_order_id))
@@ -364,20 +401,22 @@ impl OrderBook {
         while next != 0 {
             let record = self.at(next as usize - 1);
             if record.channel == channel && &*record.client_order_id == client_order_id {
-                return Some(record.id);
+                return Some(next as usize - 1);
             }
             next = record.key_next;
         }
         None
     }
 
+    /// Keeps a new order (any sequence not kept yet), at the end.
     fn insert(&mut self, mut record: OrderRecord) {
-        assert_eq!(record.id, self.next_id(), "orders are recorded in id order");
         let sequence =
-            u32::try_from(self.count + 1).expect("at most u32::MAX orders per partition");
+            u32::try_from(sequence_of(record.id)).expect("at most u32::MAX orders per partition");
+        let place = self.count;
+        let link = u32::try_from(place + 1).expect("at most u32::MAX orders per partition");
         let hash = key_hash(record.channel, &record.client_order_id);
-        record.key_next = self.by_key.insert(hash, sequence).unwrap_or(0);
-        if self.count.is_multiple_of(ORDERS_PER_SEGMENT) {
+        record.key_next = self.by_key.insert(hash, link).unwrap_or(0);
+        if place == self.segments.len() * ORDERS_PER_SEGMENT {
             // The first segment grows as it fills: a router owns many
             // partitions, most of them small in a small shop.
             self.segments.push(if self.segments.is_empty() {
@@ -386,11 +425,71 @@ impl OrderBook {
                 Vec::with_capacity(ORDERS_PER_SEGMENT)
             });
         }
-        self.segments
-            .last_mut()
-            .expect("a segment with room")
-            .push(record);
+        self.segments[place / ORDERS_PER_SEGMENT].push(record);
+        self.by_sequence.insert(sequence, place as u32);
         self.count += 1;
+        self.newest = self.newest.max(sequence);
+        self.next_sequence = self.next_sequence.max(sequence + 1);
+    }
+
+    /// Points the key chain link that leads to `from` (a place + 1) at `to`.
+    fn relink(&mut self, hash: u32, from: u32, to: u32) {
+        let head = self.by_key.get_mut(&hash).expect("a kept key has a chain");
+        if *head == from {
+            if to == 0 {
+                self.by_key.remove(&hash);
+            } else {
+                *head = to;
+            }
+            return;
+        }
+        let mut at = *head;
+        while at != 0 {
+            let record = self.at_mut(at as usize - 1);
+            if record.key_next == from {
+                record.key_next = to;
+                return;
+            }
+            at = record.key_next;
+        }
+        unreachable!("a kept order is on its key's chain");
+    }
+
+    /// Forgets the order at `place`; the last order moves into its place.
+    fn remove(&mut self, place: usize) -> OrderRecord {
+        let link = place as u32 + 1;
+        let (hash, next, sequence) = {
+            let record = self.at(place);
+            let hash = key_hash(record.channel, &record.client_order_id);
+            (hash, record.key_next, sequence_of(record.id) as u32)
+        };
+        self.relink(hash, link, next);
+        self.by_sequence.remove(&sequence);
+        let last = self.count - 1;
+        if place != last {
+            let (last_hash, last_sequence) = {
+                let record = self.at(last);
+                let hash = key_hash(record.channel, &record.client_order_id);
+                (hash, sequence_of(record.id) as u32)
+            };
+            self.relink(last_hash, last as u32 + 1, link);
+            self.by_sequence.insert(last_sequence, place as u32);
+        }
+        let moved = self.segments[last / ORDERS_PER_SEGMENT]
+            .pop()
+            .expect("the last order");
+        self.count -= 1;
+        let removed = if place == last {
+            moved
+        } else {
+            std::mem::replace(self.at_mut(place), moved)
+        };
+        // An empty segment goes, but one spare stays: orders coming and
+        // going at a segment's edge would otherwise allocate each time.
+        while self.segments.len() * ORDERS_PER_SEGMENT >= self.count + 2 * ORDERS_PER_SEGMENT {
+            self.segments.pop();
+        }
+        removed
     }
 }
 
@@ -440,7 +539,7 @@ impl Books {
 
     fn get(&self, id: &OrderId) -> Option<&OrderRecord> {
         let book = self.book(partition_of_order(*id))?;
-        book.slot(*id).map(|slot| book.at(slot))
+        book.place(*id).map(|place| book.at(place))
     }
 
     fn get_mut(&mut self, id: &OrderId) -> Option<&mut OrderRecord> {
@@ -448,8 +547,8 @@ impl Books {
             self.dirty.push(*id);
         }
         let book = self.book_mut(partition_of_order(*id))?;
-        let slot = book.slot(*id)?;
-        Some(book.at_mut(slot))
+        let place = book.place(*id)?;
+        Some(book.at_mut(place))
     }
 
     fn contains_key(&self, id: &OrderId) -> bool {
@@ -464,11 +563,19 @@ impl Books {
         self.books.iter().flat_map(|b| b.segments.iter().flatten())
     }
 
-    /// The next id in `partition` (which this router owns).
-    fn next_id(&self, partition: usize) -> OrderId {
+    /// The id of the `earlier`-th new order after the next in `partition`
+    /// (which this router owns).
+    fn next_id(&self, partition: usize, earlier: u64) -> OrderId {
         self.book(partition)
             .expect("a partition of this router")
-            .next_id()
+            .next_id(earlier)
+    }
+
+    /// Ids of `partition` up to `id` are given out.
+    fn used_up_to(&mut self, id: OrderId) {
+        self.book_mut(partition_of_order(id))
+            .expect("a partition of this router")
+            .used_up_to(id);
     }
 
     /// The order of a key in `partition` (the key's, see [`partition_of_key`]).
@@ -478,7 +585,9 @@ impl Books {
         channel: ChannelIdx,
         client_order_id: &str,
     ) -> Option<OrderId> {
-        self.book(partition)?.find_key(channel, client_order_id)
+        let book = self.book(partition)?;
+        let place = book.find_key(channel, client_order_id)?;
+        Some(book.at(place).id)
     }
 
     fn insert(&mut self, record: OrderRecord) {
@@ -489,9 +598,22 @@ impl Books {
         self.count += 1;
     }
 
+    /// Forgets a closed order, unless it is its partition's newest (kept
+    /// so that ids are never given out twice). Returns whether it went.
+    fn retire(&mut self, id: OrderId) -> Option<OrderRecord> {
+        let book = self.book_mut(partition_of_order(id))?;
+        let place = book.place(id)?;
+        if sequence_of(id) == u64::from(book.newest) {
+            return None;
+        }
+        let record = book.remove(place);
+        self.count -= 1;
+        Some(record)
+    }
+
     /// Puts a journaled or snapshotted order in its book as it was
-    /// written, without marking it changed: a new one must be its
-    /// partition's next id, a known one is replaced.
+    /// written, without marking it changed: a known one is replaced. A
+    /// rejected order (which a format-1 directory kept) only uses up its id.
     fn restore(&mut self, mut record: OrderRecord) -> Result<(), String> {
         let partition = partition_of_order(record.id);
         let (router, routers) = (self.router, self.routers);
@@ -502,19 +624,18 @@ impl Books {
                 partition % routers,
             ));
         };
-        if let Some(slot) = book.slot(record.id) {
-            let existing = book.at_mut(slot);
+        if sequence_of(record.id) == 0 || sequence_of(record.id) > u64::from(u32::MAX - 1) {
+            return Err(format!("order id {} is out of range", record.id));
+        }
+        if record.state == OrderState::Rejected {
+            book.used_up_to(record.id);
+        } else if let Some(place) = book.place(record.id) {
+            let existing = book.at_mut(place);
             record.key_next = existing.key_next;
             *existing = record;
-        } else if record.id == book.next_id() {
+        } else {
             book.insert(record);
             self.count += 1;
-        } else {
-            return Err(format!(
-                "order {} arrives before order {}: the journal has a gap",
-                record.id,
-                book.next_id()
-            ));
         }
         Ok(())
     }
@@ -539,6 +660,46 @@ struct Resolved {
     fingerprint: u64,
 }
 
+/// Keys of the most recently retired orders, at most `capacity`: enough
+/// to answer "archived" rather than "unknown" for an order that closed a
+/// while ago, in bounded memory.
+struct ArchivedKeys {
+    capacity: usize,
+    order: VecDeque<u64>,
+    kept: FxHashMap<u64, u32>,
+}
+
+impl ArchivedKeys {
+    fn new(capacity: usize) -> ArchivedKeys {
+        ArchivedKeys {
+            capacity,
+            order: VecDeque::new(),
+            kept: FxHashMap::default(),
+        }
+    }
+
+    fn add(&mut self, fingerprint: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.order.len() == self.capacity {
+            let oldest = self.order.pop_front().expect("full");
+            if let Some(count) = self.kept.get_mut(&oldest) {
+                *count -= 1;
+                if *count == 0 {
+                    self.kept.remove(&oldest);
+                }
+            }
+        }
+        self.order.push_back(fingerprint);
+        *self.kept.entry(fingerprint).or_insert(0) += 1;
+    }
+
+    fn contains(&self, fingerprint: u64) -> bool {
+        self.kept.contains_key(&fingerprint)
+    }
+}
+
 pub struct RouterCore {
     network: Arc<Network>,
     index: Arc<AvailabilityIndex>,
@@ -547,6 +708,19 @@ pub struct RouterCore {
     /// (expires_at_ms, order); stale entries (confirmed, re-held) are skipped
     /// when popped.
     expiries: BinaryHeap<Reverse<(u64, OrderId)>>,
+    /// How long a closed order stays in the book (and its key answers
+    /// resubmissions with its decision) before it retires.
+    retention_ms: u64,
+    /// Orders closed since the last [`RouterCore::retire_due`], which
+    /// gives them their time to retire.
+    closed: Vec<OrderId>,
+    /// (retire at ms, order), in time order.
+    retiring: VecDeque<(u64, OrderId)>,
+    archived: ArchivedKeys,
+    /// Whether rejected orders are kept as demand for the journal.
+    record_demand: bool,
+    /// Orders rejected since the last [`RouterCore::take_demand`].
+    demand: Vec<OrderRecord>,
 }
 
 impl RouterCore {
@@ -566,7 +740,30 @@ impl RouterCore {
             shard_count,
             orders: Books::new(router, routers),
             expiries: BinaryHeap::new(),
+            retention_ms: DEFAULT_ORDER_RETENTION_MS,
+            closed: Vec::new(),
+            retiring: VecDeque::new(),
+            archived: ArchivedKeys::new(ARCHIVED_KEYS_KEPT.div_ceil(routers)),
+            record_demand: false,
+            demand: Vec::new(),
         }
+    }
+
+    /// Keeps each rejected order as demand until [`RouterCore::take_demand`]
+    /// (for a journal; the book never keeps it).
+    pub fn set_record_demand(&mut self, record: bool) {
+        self.record_demand = record;
+    }
+
+    /// The orders rejected since the last call, as demand records: each as
+    /// asked for, with its rejection.
+    pub fn take_demand(&mut self) -> Vec<OrderRecord> {
+        std::mem::take(&mut self.demand)
+    }
+
+    /// Keeps closed orders `retention_ms` before they retire.
+    pub fn set_retention_ms(&mut self, retention_ms: u64) {
+        self.retention_ms = retention_ms;
     }
 
     /// Routes from now on by `network`'s policies (a reload): the same
@@ -661,9 +858,15 @@ impl RouterCore {
     pub fn restore(&mut self, record: OrderRecord) -> Result<(), String> {
         let expiry =
             (record.state == OrderState::Held).then_some((record.expires_at_ms, record.id));
+        let closed = !record.state.is_open() && record.state != OrderState::Rejected;
+        let id = record.id;
         self.orders.restore(record)?;
         if let Some(expiry) = expiry {
             self.expiries.push(Reverse(expiry));
+        }
+        if closed {
+            // Its close time is not kept: the retention counts from now.
+            self.closed.push(id);
         }
         Ok(())
     }
@@ -753,22 +956,41 @@ impl RouterCore {
         })
     }
 
-    fn lookup(&self, order: &OrderRef) -> Option<OrderId> {
+    /// The id of a kept order; an order retired a short while ago (see
+    /// [`ARCHIVED_KEYS_KEPT`]) is `Archived`, any other `UnknownOrder`.
+    fn lookup(&self, order: &OrderRef) -> Result<OrderId, OpError> {
         match order {
-            OrderRef::Id(id) => self.orders.contains_key(id).then_some(*id),
+            OrderRef::Id(id) => self
+                .orders
+                .contains_key(id)
+                .then_some(*id)
+                .ok_or(OpError::UnknownOrder),
             OrderRef::Key {
                 channel,
                 client_order_id,
             } => {
-                let idx = self.network.channel_idx(channel)?;
+                let idx = self
+                    .network
+                    .channel_idx(channel)
+                    .ok_or(OpError::UnknownOrder)?;
                 let partition = partition_of_key(channel, client_order_id);
-                self.orders.find_key(partition, idx, client_order_id)
+                match self.orders.find_key(partition, idx, client_order_id) {
+                    Some(id) => Ok(id),
+                    None if self
+                        .archived
+                        .contains(key_fingerprint(idx, client_order_id)) =>
+                    {
+                        Err(OpError::Archived)
+                    }
+                    None => Err(OpError::UnknownOrder),
+                }
             }
         }
     }
 
-    pub fn get(&self, order: &OrderRef) -> Option<&OrderRecord> {
-        self.lookup(order).and_then(|id| self.orders.get(&id))
+    pub fn get(&self, order: &OrderRef) -> Result<&OrderRecord, OpError> {
+        let id = self.lookup(order)?;
+        Ok(&self.orders[&id])
     }
 
     /// Routes a batch of orders: validates, answers resubmissions from the
@@ -815,7 +1037,7 @@ impl RouterCore {
             in_batch.insert(key, (i, resolved.fingerprint));
             // Ids of this batch's new orders, in their partitions' order.
             let earlier = taken.entry(partition).or_insert(0);
-            let order = self.orders.next_id(partition) + *earlier * PARTITIONS as u64;
+            let order = self.orders.next_id(partition, *earlier);
             *earlier += 1;
             attempts.push(Attempt {
                 order,
@@ -829,6 +1051,11 @@ impl RouterCore {
             fresh.push((i, resolved.hold_ttl_ms, resolved.fingerprint));
         }
         let placements = place(&self.context(), &attempts, now_ms, participants).await;
+        // Every id handed out is used up, kept or not: a rejected order's
+        // holds are being aborted under it.
+        for attempt in &attempts {
+            self.orders.used_up_to(attempt.order);
+        }
         let mut events: FxHashMap<NodeIdx, Vec<NodeOp>> = FxHashMap::default();
         for ((attempt, placement), &(i, hold_ttl_ms, fingerprint)) in
             attempts.iter().zip(placements).zip(&fresh)
@@ -866,6 +1093,8 @@ impl RouterCore {
             .collect()
     }
 
+    /// Keeps a routed order and answers it; a rejected one reserved
+    /// nothing and is not kept (a resubmission is evaluated again).
     fn record_new(
         &mut self,
         request: &OrderRequest,
@@ -891,40 +1120,41 @@ impl RouterCore {
             method: attempt.method,
             state: OrderState::Held,
         };
-        let decision = match placement {
-            Placement::Placed { allocations, short } => {
-                record.allocations = allocations
-                    .iter()
-                    .map(|a| AllocationState {
-                        initial: a.qty,
-                        ..open_allocation(*a)
-                    })
-                    .collect();
-                if !short.is_empty() {
-                    let extra = record.extra_mut();
-                    extra.short = short.clone();
-                    extra.short_at_decision = short.clone();
-                }
-                self.expiries.push(Reverse((expires_at_ms, attempt.order)));
-                Decision::Routed {
-                    order_id: attempt.order,
-                    allocations,
-                    short,
-                    expires_at_ms,
-                }
-            }
+        let (allocations, short) = match placement {
+            Placement::Placed { allocations, short } => (allocations, short),
             Placement::Failed(reason) => {
-                record.state = OrderState::Rejected;
-                record.extra_mut().rejection = Some(reason.clone());
-                Decision::Rejected(reason)
+                if self.record_demand {
+                    record.state = OrderState::Rejected;
+                    record.extra_mut().rejection = Some(reason.clone());
+                    self.demand.push(record);
+                }
+                return Decision::Rejected(reason);
             }
         };
+        record.allocations = allocations
+            .iter()
+            .map(|a| AllocationState {
+                initial: a.qty,
+                ..open_allocation(*a)
+            })
+            .collect();
+        if !short.is_empty() {
+            let extra = record.extra_mut();
+            extra.short = short.clone();
+            extra.short_at_decision = short.clone();
+        }
+        self.expiries.push(Reverse((expires_at_ms, attempt.order)));
         self.orders.insert(record);
-        decision
+        Decision::Routed {
+            order_id: attempt.order,
+            allocations,
+            short,
+            expires_at_ms,
+        }
     }
 
     fn open_record(&mut self, order: &OrderRef) -> Result<&mut OrderRecord, OpError> {
-        let id = self.lookup(order).ok_or(OpError::UnknownOrder)?;
+        let id = self.lookup(order)?;
         let record = self.orders.get_mut(&id).expect("looked up");
         if !record.state.is_open() {
             return Err(OpError::NotOpen(record.state));
@@ -941,6 +1171,7 @@ impl RouterCore {
 
     /// Releases every open unit of the order and closes it as `state`.
     fn close<P: Participants>(&mut self, id: OrderId, state: OrderState, participants: &P) {
+        self.closed.push(id);
         let record = self.orders.get_mut(&id).expect("closing a known order");
         record.state = state;
         let mut stock: FxHashMap<u32, Vec<StockOp>> = FxHashMap::default();
@@ -1008,6 +1239,43 @@ impl RouterCore {
         expired
     }
 
+    /// Gives the orders closed since the last call their time to retire
+    /// (`retention_ms` from now), and, when `may_remove` (no snapshot is
+    /// walking the books, whose places a removal moves), retires those
+    /// whose time has come. Returns how many retired.
+    pub fn retire_due(&mut self, now_ms: u64, may_remove: bool) -> usize {
+        let at = now_ms.saturating_add(self.retention_ms);
+        self.retiring
+            .extend(self.closed.drain(..).map(|id| (at, id)));
+        if !may_remove {
+            return 0;
+        }
+        let mut retired = 0;
+        let mut kept_newest: SmallVec<[OrderId; 4]> = SmallVec::new();
+        while let Some(&(due, id)) = self.retiring.front() {
+            if due > now_ms {
+                break;
+            }
+            self.retiring.pop_front();
+            let closed = self.orders.get(&id).is_some_and(|r| !r.state.is_open());
+            if !closed {
+                continue;
+            }
+            match self.orders.retire(id) {
+                Some(record) => {
+                    let fingerprint = key_fingerprint(record.channel, &record.client_order_id);
+                    self.archived.add(fingerprint);
+                    retired += 1;
+                }
+                None => kept_newest.push(id),
+            }
+        }
+        // Its partition's newest order stays until a newer one comes.
+        self.retiring
+            .extend(kept_newest.into_iter().map(|id| (at, id)));
+        retired
+    }
+
     /// A node shipped units of an order: they leave on_hand and the
     /// reservation. Partial shipments are allowed.
     pub fn ship<P: Participants>(
@@ -1070,6 +1338,7 @@ impl RouterCore {
         let all_done = record.allocations.iter().all(|a| a.open == 0) && record.short().is_empty();
         if all_done {
             record.state = OrderState::Shipped;
+            self.closed.push(id);
         }
         Ok(&self.orders[&id])
     }
@@ -1087,7 +1356,7 @@ impl RouterCore {
         if node as usize >= self.network.nodes.len() {
             return Err(OpError::UnknownNode);
         }
-        let id = self.lookup(order).ok_or(OpError::UnknownOrder)?;
+        let id = self.lookup(order)?;
         let record = self.orders.get_mut(&id).expect("looked up");
         let returnable: u32 = record
             .allocations
@@ -1445,4 +1714,71 @@ mod tests {
     }
 
     const PINNED: [usize; 5] = [158, 247, 116, 135, 253];
+
+    fn record(partition: usize, sequence: u64, key: &str) -> OrderRecord {
+        OrderRecord {
+            id: sequence * PARTITIONS as u64 + partition as u64,
+            fingerprint: 0,
+            expires_at_ms: 0,
+            client_order_id: Arc::from(key),
+            lines: Box::new([]),
+            ship_to: (0.0, 0.0),
+            allocations: SmallVec::new(),
+            extra: None,
+            key_next: 0,
+            channel: (sequence % 3) as ChannelIdx,
+            market: None,
+            method: Method::Ship,
+            state: OrderState::Cancelled,
+        }
+    }
+
+    #[test]
+    fn a_book_finds_every_kept_order_by_id_and_key_after_removals() {
+        // Proves removing orders (the last one moving into the hole) keeps every other order
+        // findable by id and by key, across segments and colliding key chains, and frees the
+        // segments it no longer needs.
+        let partition = 7;
+        let mut book = OrderBook::new(partition);
+        let total = 3 * ORDERS_PER_SEGMENT as u64 + 17;
+        // Keys repeat across channels, so chains of the same text exist.
+        let key = |sequence: u64| format!("k-{}", sequence / 3);
+        for sequence in 1..=total {
+            book.insert(record(partition, sequence, &key(sequence)));
+        }
+        let mut kept: Vec<u64> = (1..=total).collect();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        while kept.len() > 100 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let sequence = kept.swap_remove((state % kept.len() as u64) as usize);
+            let id = sequence * PARTITIONS as u64 + partition as u64;
+            let removed = book.remove(book.place(id).expect("kept"));
+            assert_eq!(removed.id, id);
+            assert!(book.place(id).is_none());
+        }
+        assert_eq!(book.count, kept.len());
+        assert!(
+            book.segments.len() <= 2,
+            "{} segments for 100 orders",
+            book.segments.len()
+        );
+        for &sequence in &kept {
+            let id = sequence * PARTITIONS as u64 + partition as u64;
+            let place = book.place(id).expect("kept by id");
+            assert_eq!(book.at(place).id, id);
+            let channel = (sequence % 3) as ChannelIdx;
+            assert_eq!(
+                book.find_key(channel, &key(sequence)),
+                Some(place),
+                "by key"
+            );
+        }
+        assert_eq!(
+            book.next_id(0) / PARTITIONS as u64,
+            total + 1,
+            "ids are never reused"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use rkyv::util::AlignedVec;
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sequencer::{Done, Sequencer, Txn, KIND_MARKER};
+use super::sequencer::{Done, Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER};
 use crate::core::capacity::{CapacityOutcome, LedgerImage, NodeLedger};
 use crate::core::events::{CursorOutOfRange, NodeEvent};
 use crate::core::local::{apply_node_op, apply_stock_op, NodeEffect};
@@ -530,7 +530,7 @@ type Reply<T> = RpcReplyPort<Result<T, OpError>>;
 
 pub enum RouterMsg {
     Submit(Vec<OrderRequest>, u64, RpcReplyPort<Vec<Decision>>),
-    Get(OrderRef, RpcReplyPort<Option<OrderRecord>>),
+    Get(OrderRef, Reply<OrderRecord>),
     Confirm(OrderRef, Reply<OrderRecord>),
     Cancel(OrderRef, Reply<OrderRecord>),
     Ship {
@@ -598,6 +598,11 @@ pub struct RouterState {
     pub sequencer: Arc<Sequencer>,
     pub depth: Arc<AtomicI64>,
     pub metrics: Arc<crate::telemetry::EngineMetrics>,
+    /// Book images under way (a snapshot walks the books by place).
+    pub imaging: u32,
+    /// Rejected orders whose demand record found no room in the journal
+    /// and whose count is not journaled yet.
+    pub demand_lost: u64,
 }
 
 impl RouterState {
@@ -632,14 +637,51 @@ impl RouterState {
     /// tick) writes no record. Only for steps whose answer does not vouch
     /// for earlier changes being durable.
     async fn commit_if_changed(&mut self, answer: impl FnOnce() + Send + 'static) {
-        let unchanged = !self.core.has_dirty()
-            && self.participants.stock.lock().expect("ops lock").is_empty()
-            && self.participants.nodes.lock().expect("ops lock").is_empty();
-        if unchanged {
-            answer();
-        } else {
+        if self.changed() {
             self.commit(answer).await;
+        } else {
+            answer();
         }
+    }
+
+    /// Journals the orders just rejected as demand, for the what-if
+    /// replay, if the journal's queue has room now: no answer waits for
+    /// it, and none is held up by it. Demand that found no room is counted
+    /// and the count journaled once there is, so the replay knows.
+    fn record_demand(&mut self) {
+        let demand = self.core.take_demand();
+        if demand.is_empty() {
+            return;
+        }
+        if self.demand_lost > 0 {
+            let lost = self.demand_lost;
+            if self
+                .sequencer
+                .try_append_unawaited(KIND_DEMAND_LOST, || lost.to_le_bytes().to_vec())
+            {
+                self.demand_lost = 0;
+            }
+        }
+        let count = demand.len() as u64;
+        let txn = Txn {
+            orders: demand,
+            ..Txn::default()
+        };
+        if self.demand_lost > 0
+            || !self
+                .sequencer
+                .try_append_unawaited(KIND_DEMAND, || txn.encode())
+        {
+            self.demand_lost += count;
+            self.metrics.demand_lost.increment(count);
+        }
+    }
+
+    /// Whether the last step changed journaled state.
+    fn changed(&self) -> bool {
+        self.core.has_dirty()
+            || !self.participants.stock.lock().expect("ops lock").is_empty()
+            || !self.participants.nodes.lock().expect("ops lock").is_empty()
     }
 
     /// Copies the next orders into the image; at the end, a second marker
@@ -676,7 +718,10 @@ impl RouterState {
             match image.books.parts.try_send(part) {
                 Ok(()) => {}
                 Err(crossbeam_channel::TrySendError::Full(part)) => image.pending = Some(part),
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                    self.imaging -= 1;
+                    return;
+                }
             }
         }
         let wait = if image.pending.is_some() {
@@ -705,6 +750,8 @@ impl RouterState {
     /// Every chunk of the book is queued: a closing marker follows, and the
     /// book is labelled once that is durable (see `image_step`).
     async fn book_imaged(&mut self, image: Box<BookImage>) {
+        // Every order is in the image: the books may move again.
+        self.imaging -= 1;
         let router = self.core.router_id();
         let done: Done = Box::new(move |result| {
             let BookImage {
@@ -775,11 +822,17 @@ impl Actor for RouterActor {
                     .core
                     .submit(&orders, now_ms, &state.participants)
                     .await;
-                state
-                    .commit(move || {
-                        let _ = reply.send(decisions);
-                    })
-                    .await;
+                let answer = move || {
+                    let _ = reply.send(decisions);
+                };
+                if state.changed() {
+                    state.commit(answer).await;
+                } else {
+                    // Rejections (and resubmissions) changed nothing; what
+                    // they saw must still be durable before they are told.
+                    state.sequencer.after_durable(answer).await;
+                }
+                state.record_demand();
             }
             RouterMsg::Get(order, reply) => {
                 let _ = reply.send(state.core.get(&order).cloned());
@@ -870,6 +923,10 @@ impl Actor for RouterActor {
             }
             RouterMsg::Expire(now_ms, reply) => {
                 let expired = state.core.expire_due(now_ms, &state.participants);
+                // A snapshot walking the books must find every order where
+                // it was: none retires meanwhile.
+                let retired = state.core.retire_due(now_ms, state.imaging == 0);
+                state.metrics.orders_retired.increment(retired as u64);
                 state.metrics.holds_expired.increment(expired as u64);
                 state
                     .commit_if_changed(move || {
@@ -892,6 +949,7 @@ impl Actor for RouterActor {
                     .sequencer
                     .append_raw(KIND_MARKER, Vec::new, done)
                     .await;
+                state.imaging += 1;
                 let image = Box::new(BookImage {
                     sink,
                     books,

@@ -90,6 +90,8 @@ pub struct EngineSettings {
     pub max_inflight: u32,
     /// How often the expiry timer runs; 0 disables it (tests call `tick`).
     pub expiry_tick_ms: u64,
+    /// How long a closed order stays in memory (`[orders] retention_ms`).
+    pub order_retention_ms: u64,
 }
 
 impl Default for EngineSettings {
@@ -100,6 +102,7 @@ impl Default for EngineSettings {
             max_skus: 1 << 18,
             max_inflight: 65_536,
             expiry_tick_ms: 100,
+            order_retention_ms: crate::limits::DEFAULT_ORDER_RETENTION_MS,
         }
     }
 }
@@ -299,7 +302,11 @@ impl EngineState {
     ) -> Vec<RouterCore> {
         let (routers, shards) = (settings.routers as usize, settings.shards.max(1));
         (0..routers)
-            .map(|r| RouterCore::new(r, routers, network.clone(), index.clone(), shards))
+            .map(|r| {
+                let mut core = RouterCore::new(r, routers, network.clone(), index.clone(), shards);
+                core.set_retention_ms(settings.order_retention_ms);
+                core
+            })
             .collect()
     }
 }
@@ -392,7 +399,9 @@ impl Engine {
         };
         let metrics = Arc::new(crate::telemetry::EngineMetrics::new(&network));
         let mut routers = Vec::new();
-        for core in cores {
+        for mut core in cores {
+            // Only a journal keeps demand.
+            core.set_record_demand(sequencer.is_durable());
             let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
             let state = RouterState {
                 core,
@@ -400,6 +409,8 @@ impl Engine {
                 sequencer: sequencer.clone(),
                 depth: depth.clone(),
                 metrics: metrics.clone(),
+                imaging: 0,
+                demand_lost: 0,
             };
             let index = routers.len();
             let actor = Actor::spawn_linked(None, RouterActor, state, watchdog.get_cell())
@@ -870,9 +881,10 @@ impl Engine {
             .collect())
     }
 
-    pub async fn get(&self, order: OrderRef) -> Option<OrderRecord> {
+    /// The order as it is now; `Archived` once it closed and retired.
+    pub async fn get(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let router = self.router_for(&order);
-        call(router, |reply| RouterMsg::Get(order, reply)).await
+        Ok(call(router, |reply| RouterMsg::Get(order, reply)).await?)
     }
 
     pub async fn confirm(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {

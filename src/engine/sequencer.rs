@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use crate::journal::Done;
 use crate::journal::Journal;
-pub use crate::schema::txn::{ArchivedTxn, SharedSeen, Txn, KIND_MARKER, KIND_POLICY, KIND_TXN};
+pub use crate::schema::txn::{
+    ArchivedTxn, SharedSeen, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER, KIND_POLICY, KIND_TXN,
+};
 
 /// Where changes are sequenced: a journal on disk, or (for tests and
 /// benches of the engine alone) a counter that makes nothing durable.
@@ -58,6 +60,40 @@ impl Sequencer {
             }
         });
         self.append_raw_in(place, KIND_TXN, || payload, done)
+    }
+
+    /// Runs `answer` once every change sequenced so far is durable: at
+    /// once when nothing is in flight (the usual case for an answer that
+    /// changed nothing, such as a sold-out SKU's rejection), else behind a
+    /// barrier that writes nothing. If the journal fails, never.
+    pub async fn after_durable(&self, answer: impl FnOnce() + Send + 'static) {
+        let journal = match self {
+            Sequencer::Journal(journal) if !journal.quiet() => journal,
+            _ => return answer(),
+        };
+        let slot = journal.reserve().await;
+        let done: Done = Box::new(move |result| {
+            if result.is_ok() {
+                answer();
+            }
+        });
+        if let Err(e) = journal.barrier_in(slot, done) {
+            tracing::error!("journal barrier failed: {e}");
+        }
+    }
+
+    /// Appends a record nobody waits for, if the journal's queue has room
+    /// now; false if it had none (or there is no journal).
+    pub fn try_append_unawaited(&self, kind: u8, payload: impl FnOnce() -> Vec<u8>) -> bool {
+        let Sequencer::Journal(journal) = self else {
+            return false;
+        };
+        let Some(slot) = journal.try_reserve() else {
+            return false;
+        };
+        journal
+            .append_in(slot, kind, payload(), Box::new(|_| {}))
+            .is_ok()
     }
 
     pub async fn append_raw(&self, kind: u8, payload: impl FnOnce() -> Vec<u8>, done: Done) {

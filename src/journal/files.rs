@@ -270,11 +270,14 @@ pub type Done = Box<dyn FnOnce(Result<u64, JournalError>) + Send>;
 type CommitFailed = (Vec<Done>, JournalError);
 
 struct Append {
-    kind: u8,
+    /// None: a barrier, written as nothing; its `done` runs once all
+    /// queued before it is durable.
+    kind: Option<u8>,
     payload: Vec<u8>,
     done: Done,
-    /// Its place in the queue, given back when the writer takes it.
-    _slot: Slot,
+    /// Its place in the queue, given back once the commit that takes it is
+    /// durable: a journal with every place free has nothing in flight.
+    slot: Slot,
 }
 
 /// A place in the journal's queue, taken before a record is built: async
@@ -306,6 +309,8 @@ pub struct Journal {
     /// the directory is opened again).
     writer: std::sync::Mutex<Vec<JoinHandle<()>>>,
     pub stats: Arc<JournalStats>,
+    /// Taken by the writer around each commit; see [`Journal::pause`].
+    paused: Arc<std::sync::Mutex<()>>,
 }
 
 /// Work for the spare thread.
@@ -424,14 +429,27 @@ impl Writer {
     ) -> Result<Vec<(Done, u64)>, CommitFailed> {
         buffer.clear();
         let mut acks = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut records = 0;
         for append in batch {
-            record::encode(append.kind, self.next_lsn, &append.payload, buffer);
+            slots.push(append.slot);
+            let Some(kind) = append.kind else {
+                // Durable with everything before it: the last LSN so far.
+                acks.push((append.done, self.next_lsn - 1));
+                continue;
+            };
+            record::encode(kind, self.next_lsn, &append.payload, buffer);
             acks.push((append.done, self.next_lsn));
             self.next_lsn += 1;
+            records += 1;
         }
         let fail = |acks: Vec<(Done, u64)>, error| {
             (acks.into_iter().map(|(d, _)| d).collect::<Vec<_>>(), error)
         };
+        if records == 0 {
+            // Barriers only: everything before them is durable already.
+            return Ok(acks);
+        }
         if let Err(e) = self.file.write_all_at(buffer, self.size) {
             return Err(fail(acks, io_error(&self.path, e)));
         }
@@ -446,15 +464,14 @@ impl Writer {
                 .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
             self.fsync_seconds.record(elapsed.as_secs_f64());
         }
-        self.commit_records.record(acks.len() as f64);
+        drop(slots);
+        self.commit_records.record(records as f64);
         self.size += buffer.len() as u64;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .records
-            .fetch_add(acks.len() as u64, Ordering::Relaxed);
+        self.stats.records.fetch_add(records, Ordering::Relaxed);
         self.stats
             .largest_commit
-            .fetch_max(acks.len() as u64, Ordering::Relaxed);
+            .fetch_max(records, Ordering::Relaxed);
         if self.size >= self.segment_bytes || (!self.prepared && !self.spares.is_empty()) {
             self.rotate().map_err(|e| fail(Vec::new(), e))?;
         }
@@ -491,12 +508,20 @@ impl Writer {
         Ok(())
     }
 
-    fn run(mut self, queue: crossbeam_channel::Receiver<Append>) {
+    fn run(
+        mut self,
+        queue: crossbeam_channel::Receiver<Append>,
+        paused: Arc<std::sync::Mutex<()>>,
+    ) {
         let mut buffer = Vec::with_capacity(1 << 20);
         while let Ok(first) = queue.recv() {
             let mut batch = vec![first];
+            // Uncontended but for a test's pause: one atomic per commit.
+            let pause = paused.lock().unwrap_or_else(|e| e.into_inner());
             batch.extend(queue.try_iter().take(MAX_RECORDS_PER_COMMIT - 1));
-            match self.commit(batch, &mut buffer) {
+            let committed = self.commit(batch, &mut buffer);
+            drop(pause);
+            match committed {
                 Ok(acks) => acks.into_iter().for_each(|(done, lsn)| done(Ok(lsn))),
                 Err((dones, error)) => {
                     // A failed write or fsync is never retried: the kernel may
@@ -550,15 +575,18 @@ impl Journal {
             prepared,
         };
         let (queue, receiver) = crossbeam_channel::bounded(MAX_PENDING_APPENDS);
+        let paused = Arc::new(std::sync::Mutex::new(()));
+        let writer_paused = paused.clone();
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || writer.run(receiver, writer_paused))
             .map_err(|e| io_error(dir, e))?;
         Ok(Journal {
             queue: std::sync::RwLock::new(Some(queue)),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_APPENDS)),
             writer: std::sync::Mutex::new(vec![thread, spare_thread]),
             stats,
+            paused,
         })
     }
 
@@ -573,6 +601,12 @@ impl Journal {
         }
     }
 
+    /// A place in the queue if one is free now; never waits.
+    pub fn try_reserve(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot { _permit: permit })
+    }
+
     /// Queues a record in `slot`, at once; `done` runs on the writer thread
     /// once it is durable.
     pub fn append_in(
@@ -585,12 +619,41 @@ impl Journal {
         if payload.len() > record::MAX_RECORD_PAYLOAD_BYTES {
             return Err(JournalError::TooLarge(payload.len()));
         }
+        self.queue_append(slot, Some(kind), payload, done)
+    }
+
+    /// Holds the writer before its next commit until the guard is dropped,
+    /// so that what is appended meanwhile stays in flight: for tests of
+    /// what waits for durability. Blocks while a commit is under way.
+    pub fn pause(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether nothing is queued, being written or about to be: every
+    /// record appended so far is durable.
+    pub fn quiet(&self) -> bool {
+        self.slots.available_permits() == MAX_PENDING_APPENDS
+    }
+
+    /// Queues a barrier in `slot`: nothing is written, and `done` runs on
+    /// the writer thread once every record queued before it is durable.
+    pub fn barrier_in(&self, slot: Slot, done: Done) -> Result<(), JournalError> {
+        self.queue_append(slot, None, Vec::new(), done)
+    }
+
+    fn queue_append(
+        &self,
+        slot: Slot,
+        kind: Option<u8>,
+        payload: Vec<u8>,
+        done: Done,
+    ) -> Result<(), JournalError> {
         let queue = self.queue.read().expect("journal queue lock");
         let append = Append {
             kind,
             payload,
             done,
-            _slot: slot,
+            slot,
         };
         // A slot guarantees room: this send does not wait.
         queue

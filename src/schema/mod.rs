@@ -18,5 +18,11 @@ pub use txn::Txn;
 
 /// The version of the data directory's format. 1: ids from `names.toml`
 /// (format 0, before it, stored channels and markets by their place in
-/// the config and had no names file).
-pub const FORMAT_VERSION: u32 = 1;
+/// the config and had no names file). 2: rejected orders are demand
+/// records ([`txn::KIND_DEMAND`]), not orders; a format-1 directory is
+/// read as it is (its rejected orders are dropped at load) and written
+/// as format 2 from then on.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format this build reads (and upgrades in place).
+pub const OLDEST_READABLE_FORMAT: u32 = 1;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::FORMAT_VERSION;
+use super::{FORMAT_VERSION, OLDEST_READABLE_FORMAT};
 
 /// The channels, markets and nodes a data directory has ever known, in id
 /// order: a name's id is its place in its list. Lists only grow; a name
@@ -61,12 +61,15 @@ impl Names {
     /// Reads a names file's text, checking its version and that no list
     /// names anything twice.
     pub fn parse(text: &str) -> Result<Names, NamesError> {
-        let names: Names = toml::from_str(text).map_err(|e| NamesError::Parse(e.to_string()))?;
+        let mut names: Names =
+            toml::from_str(text).map_err(|e| NamesError::Parse(e.to_string()))?;
         match names.format_version {
-            FORMAT_VERSION => {}
+            OLDEST_READABLE_FORMAT..=FORMAT_VERSION => {}
             found if found > FORMAT_VERSION => return Err(NamesError::Newer { found }),
             found => return Err(NamesError::Older { found }),
         }
+        // Read as it is; written back in this build's format.
+        names.format_version = FORMAT_VERSION;
         for (list, entries) in [
             ("channels", &names.channels),
             ("markets", &names.markets),
@@ -134,9 +137,14 @@ mod tests {
             Names::parse(&newer),
             Err(NamesError::Newer { .. })
         ));
+        let readable = names.encode().replace(
+            &format!("format_version = {FORMAT_VERSION}"),
+            &format!("format_version = {OLDEST_READABLE_FORMAT}"),
+        );
+        assert_eq!(Names::parse(&readable).unwrap(), names, "upgraded in place");
         let older = names.encode().replace(
             &format!("format_version = {FORMAT_VERSION}"),
-            "format_version = 0",
+            &format!("format_version = {}", OLDEST_READABLE_FORMAT - 1),
         );
         assert!(matches!(
             Names::parse(&older),

@@ -16,6 +16,15 @@ pub const KIND_MARKER: u8 = 2;
 /// as TOML. Orders after it were routed by it; recovery starts on the
 /// config's policy, so replay passes over it.
 pub const KIND_POLICY: u8 = 3;
+/// Journal record kind of demand: a [`Txn`] with only `orders`, each a
+/// rejected order as it was asked for and answered. Not state (recovery
+/// passes over it, and no answer waited for it); the what-if replay routes
+/// it again. Written only when the journal's queue has room.
+pub const KIND_DEMAND: u8 = 4;
+/// Journal record kind of lost demand: a u64 (little-endian) count of
+/// rejected orders whose demand record was not written (the journal's
+/// queue was full), so that the replay can say its demand is incomplete.
+pub const KIND_DEMAND_LOST: u8 = 5;
 
 /// One atomic change: the orders it rewrote (whole, as the book now has
 /// them) and the ops it sends to shards and nodes. Replay applies it alike.

@@ -391,10 +391,10 @@ async fn execute(engine: &Engine, request: Request) -> Response {
             .cancel(wire::order_ref(key))
             .await
             .map(|r| Response::Order(wire::order_view(engine, &r))),
-        Request::GetOrder(key) => match engine.get(wire::order_ref(key)).await {
-            Some(record) => Ok(Response::Order(wire::order_view(engine, &record))),
-            None => return Response::error(ErrorCode::UnknownOrder, "no such order"),
-        },
+        Request::GetOrder(key) => engine
+            .get(wire::order_ref(key))
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
         Request::Availability { sku, near } => match near {
             None => engine
                 .availability(&sku)

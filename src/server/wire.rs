@@ -201,6 +201,7 @@ pub fn error(error: &EngineError) -> wire::Response {
         EngineError::Cursor(_) => ErrorCode::CursorTooOld,
         EngineError::Order(op) => match op {
             OpError::UnknownOrder => ErrorCode::UnknownOrder,
+            OpError::Archived => ErrorCode::Archived,
             OpError::NotOpen(_)
             | OpError::NotConfirmed
             | OpError::NoSuchAllocation

@@ -26,7 +26,9 @@ use crate::core::model::{NodeIdx, OrderId, SkuId};
 use crate::core::network::Network;
 use crate::core::router::{router_of_order, OrderRecord};
 use crate::core::stock::{Bumped, ShardImage, StockShard};
-use crate::engine::sequencer::{Sequencer, Txn, KIND_MARKER, KIND_POLICY, KIND_TXN};
+use crate::engine::sequencer::{
+    Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER, KIND_POLICY, KIND_TXN,
+};
 use crate::engine::{EngineError, EngineSettings, EngineState, Image};
 use crate::journal::{self, Durability, Journal, JournalError, TornTail};
 use crate::schema::{Layout, Names};
@@ -67,8 +69,8 @@ impl Default for StoreSettings {
         StoreSettings {
             durability: Durability::Fsync,
             segment_bytes: journal::DEFAULT_SEGMENT_BYTES,
-            snapshot_interval_ms: 300_000,
-            snapshot_every_records: 2_000_000,
+            snapshot_interval_ms: 60_000,
+            snapshot_every_records: 250_000,
             keep_segments: false,
         }
     }
@@ -933,7 +935,7 @@ fn replay_state(
                 let record = state
                     .routers
                     .get(router_of_order(event.order, state.routers.len()))
-                    .and_then(|r| r.get(&crate::core::router::OrderRef::Id(event.order)));
+                    .and_then(|r| r.get(&crate::core::router::OrderRef::Id(event.order)).ok());
                 if let Some(record) = record {
                     if record.client_order_id == event.client_order_id {
                         event.client_order_id = record.client_order_id.clone();
@@ -976,7 +978,8 @@ fn replay_state(
     for record in &recovered.records {
         let lsn = record.lsn;
         match record.kind {
-            KIND_MARKER | KIND_POLICY => continue,
+            // Demand is not state: the what-if replay reads it, recovery not.
+            KIND_MARKER | KIND_POLICY | KIND_DEMAND | KIND_DEMAND_LOST => continue,
             KIND_TXN => {}
             other => {
                 return Err(StoreError::Replay {
@@ -1214,7 +1217,7 @@ fn reconcile(state: &EngineState) -> (Vec<Bumped>, Vec<Orphan>) {
             let book = state
                 .routers
                 .get(r)
-                .and_then(|router| router.get(&crate::core::router::OrderRef::Id(order)))
+                .and_then(|router| router.get(&crate::core::router::OrderRef::Id(order)).ok())
                 .filter(|o| o.state.is_open())
                 .map_or(0, |o| open_units(o, sku, node));
             if qty > book {
