@@ -164,6 +164,8 @@ async fn a_rejected_order_is_not_kept_and_is_evaluated_again_when_resubmitted() 
     engine.shutdown();
 }
 
+// The pause is a lock only the journal's writer thread takes, never a task.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_is_answered_only_once_the_state_it_saw_is_durable() {
     // Proves a buyer told SHORT because another order holds the last units is not told before

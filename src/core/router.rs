@@ -845,6 +845,7 @@ impl RouterCore {
         let per_book = orders.div_ceil(self.orders.books.len());
         for book in &mut self.orders.books {
             book.by_key.reserve(per_book);
+            book.by_sequence.reserve(per_book);
         }
     }
 
