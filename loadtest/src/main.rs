@@ -1028,6 +1028,12 @@ async fn run(args: &Args) -> Result<Outcome, String> {
     };
     // Let follow-ups still in flight land before reading back.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if scenario.holds_expire_in_runs() {
+        // Every hold still open runs out first, so that none runs out
+        // while the audit reads (the expiry tick is a few ms after it).
+        let ttl_ms = u64::from(scenario.orders.hold_ttl_ms.unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(ttl_ms + 500)).await;
+    }
     stop_rss.store(true, Ordering::Relaxed);
     let rss = match rss_task {
         Some(task) => task.await.map_err(|e| e.to_string())?,
