@@ -107,6 +107,15 @@ async fn a_closed_order_retires_after_its_window_and_then_answers_archived() {
         engine.cancel(key("o-1")).await,
         Err(EngineError::Order(OpError::Archived))
     ));
+    match engine.get(OrderRef::Id(order_id(&first))).await {
+        Err(EngineError::Order(OpError::Archived)) => {}
+        other => panic!("o-1 by id after its window: {other:?}"),
+    }
+    let never_given = order_id(&first) + 1_000_000 * 256;
+    assert!(matches!(
+        engine.get(OrderRef::Id(never_given)).await,
+        Err(EngineError::Order(OpError::UnknownOrder))
+    ));
 
     clock.advance(10 * RETENTION_MS);
     engine.tick().await;

@@ -437,6 +437,20 @@ impl Client {
         self.order_request(Request::GetOrder(key)).await
     }
 
+    /// An order of `channel` by the id its routed decision carried; an
+    /// order retired after its retention window answers `Archived`.
+    pub async fn get_order_by_id(
+        &self,
+        channel: &str,
+        order_id: u64,
+    ) -> Result<OrderView, ClientError> {
+        self.order_request(Request::GetOrderById {
+            channel: channel.to_string(),
+            order_id,
+        })
+        .await
+    }
+
     pub async fn node_ship(
         &self,
         node: &str,

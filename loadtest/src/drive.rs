@@ -37,6 +37,8 @@ pub struct Answer {
     pub code: Option<u16>,
     /// (sku, node, units) of a routed order.
     pub allocations: Vec<(String, String, u32)>,
+    /// The daemon's id of a routed order (0 otherwise, and for Redis).
+    pub order_id: u64,
 }
 
 pub enum Event {
@@ -71,8 +73,9 @@ pub struct PhaseResult {
 #[derive(Default)]
 pub struct RunResult {
     pub audit: Audit,
-    /// Ids of orders answered routed (their keys follow from the prefix).
-    pub routed: Vec<u64>,
+    /// Orders answered routed: (request id, the daemon's order id). The
+    /// request id names the order's key (with the prefix).
+    pub routed: Vec<(u64, u64)>,
     /// Corrected latency per second of measured run: (wall-clock start,
     /// seconds since the first measured second, length, histogram).
     pub intervals: Vec<Interval>,
@@ -377,7 +380,7 @@ impl Collector {
                 for (sku, node, qty) in &answer.allocations {
                     self.result.audit.tell(sku, node, *qty);
                 }
-                self.result.routed.push(answer.id);
+                self.result.routed.push((answer.id, answer.order_id));
                 if self.keep_promises {
                     self.result
                         .promises

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use omniroute_client::protocol::{order_states, ErrorCode};
-use omniroute_client::{Client, ClientError, Order, OrderKey, StockAdjust, StockSet, Trust};
+use omniroute_client::{Client, ClientError, Order, StockAdjust, StockSet, Trust};
 use omniroute_loadtest::chart::{write_chart, ChartData};
 use omniroute_loadtest::{ratio, Audit, Cell, Scenario, Summary, ANY_NODE};
 use rand::{Rng, SeedableRng};
@@ -412,7 +412,7 @@ async fn read_back_settled(
     admin: &Client,
     channel: &str,
     prefix: &str,
-    routed: &[u64],
+    routed: &[(u64, u64)],
     promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
     endings: &drive::Endings,
     run: Audit,
@@ -455,26 +455,34 @@ async fn read_back_orders(
     admin: &Client,
     channel: &str,
     prefix: &str,
-    routed: &[u64],
+    routed: &[(u64, u64)],
     promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
     endings: &drive::Endings,
     audit: &mut Audit,
 ) -> ReadBack {
     let mut found = ReadBack::default();
     for chunk in routed.chunks(AUDIT_BATCH) {
-        let answers = futures::future::join_all(chunk.iter().map(|id| {
-            admin.get_order(OrderKey {
-                channel: channel.to_string(),
-                client_order_id: format!("{prefix}{id}"),
-            })
-        }))
+        // By the id each was answered with: an id tells an archived order
+        // from a lost one for good (a key only while it is remembered).
+        let answers = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|&(_, order_id)| admin.get_order_by_id(channel, order_id)),
+        )
         .await;
         // After the answers: an order expired by now must be past its deadline.
         let read_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        for (id, answer) in chunk.iter().zip(answers) {
+        for ((id, _), answer) in chunk.iter().zip(answers) {
             match answer {
+                Ok(view) if view.client_order_id != format!("{prefix}{id}") => {
+                    println!(
+                        "audit: order {} is {:?}, answered for {prefix}{id}",
+                        view.order_id, view.client_order_id
+                    );
+                    found.missing += 1;
+                }
                 Ok(view) => {
                     let expired = view.state == order_states::EXPIRED;
                     if expired && view.expires_at_ms > read_at_ms {

@@ -118,6 +118,7 @@ impl Sink {
                                         Outcome::Short
                                     },
                                     code: None,
+                                    order_id: 0,
                                     allocations: if taken == 1 {
                                         lines
                                             .into_iter()
@@ -135,6 +136,7 @@ impl Sink {
                                     done,
                                     outcome: Outcome::Error,
                                     code: None,
+                                    order_id: 0,
                                     allocations: Vec::new(),
                                 })
                                 .collect(),
@@ -165,6 +167,10 @@ impl Sink {
 }
 
 fn answer(id: u64, done: Instant, response: Response) -> Answer {
+    let order_id = match &response {
+        Response::Decision(Decision::Routed { order_id, .. }) => *order_id,
+        _ => 0,
+    };
     let (outcome, code, allocations) = match response {
         Response::Decision(Decision::Routed { allocations, .. }) => (
             Outcome::Routed,
@@ -193,6 +199,7 @@ fn answer(id: u64, done: Instant, response: Response) -> Answer {
         outcome,
         code,
         allocations,
+        order_id,
     }
 }
 

@@ -21,6 +21,7 @@ pub mod kinds {
     pub const RETURN: u8 = 0x0B;
     pub const SUBSCRIBE: u8 = 0x0C;
     pub const SET_NODE_ONLINE: u8 = 0x0D;
+    pub const GET_ORDER_BY_ID: u8 = 0x0E;
     // Response kinds (server to client).
     pub const HELLO_OK: u8 = 0x81;
     pub const DECISION: u8 = 0x82;
@@ -188,6 +189,13 @@ pub enum Request {
     Confirm(OrderKey),
     Cancel(OrderKey),
     GetOrder(OrderKey),
+    /// An order by the id its routed decision carried: unlike a key, an id
+    /// tells an archived order from one that never was, for as long as the
+    /// daemon runs on its data directory.
+    GetOrderById {
+        channel: String,
+        order_id: u64,
+    },
     Availability {
         sku: String,
         near: Option<Near>,
@@ -360,6 +368,7 @@ impl Request {
             Request::Confirm(_) => CONFIRM,
             Request::Cancel(_) => CANCEL,
             Request::GetOrder(_) => GET_ORDER,
+            Request::GetOrderById { .. } => GET_ORDER_BY_ID,
             Request::Availability { .. } => AVAILABILITY,
             Request::StockSet(_) => STOCK_SET,
             Request::StockAdjust(_) => STOCK_ADJUST,
@@ -383,6 +392,10 @@ impl Request {
             kinds::CONFIRM => Request::Confirm(order_key(&mut r)?),
             kinds::CANCEL => Request::Cancel(order_key(&mut r)?),
             kinds::GET_ORDER => Request::GetOrder(order_key(&mut r)?),
+            kinds::GET_ORDER_BY_ID => Request::GetOrderById {
+                channel: id(&mut r, "channel")?,
+                order_id: r.u64("order id")?,
+            },
             kinds::AVAILABILITY => {
                 let sku = id(&mut r, "sku")?;
                 let near = match r.u8("mode")? {
@@ -486,6 +499,9 @@ impl Request {
             Request::Submit(order) => encode_order(&mut w, order),
             Request::Confirm(key) | Request::Cancel(key) | Request::GetOrder(key) => {
                 write_key(&mut w, key)
+            }
+            Request::GetOrderById { channel, order_id } => {
+                w.string(channel).u64(*order_id);
             }
             Request::Availability { sku, near } => {
                 w.string(sku);

@@ -571,6 +571,13 @@ impl Books {
             .next_id(earlier)
     }
 
+    /// Whether `id` (of a partition this router owns) was given out.
+    fn given_out(&self, id: OrderId) -> bool {
+        let sequence = sequence_of(id);
+        self.book(partition_of_order(id))
+            .is_some_and(|book| sequence >= 1 && sequence < u64::from(book.next_sequence))
+    }
+
     /// Ids of `partition` up to `id` are given out.
     fn used_up_to(&mut self, id: OrderId) {
         self.book_mut(partition_of_order(id))
@@ -957,15 +964,16 @@ impl RouterCore {
         })
     }
 
-    /// The id of a kept order; an order retired a short while ago (see
-    /// [`ARCHIVED_KEYS_KEPT`]) is `Archived`, any other `UnknownOrder`.
+    /// The id of a kept order. A retired order is `Archived`: by id always,
+    /// by key while its key is among the last [`ARCHIVED_KEYS_KEPT`].
+    /// Anything else is `UnknownOrder`.
     fn lookup(&self, order: &OrderRef) -> Result<OrderId, OpError> {
         match order {
-            OrderRef::Id(id) => self
-                .orders
-                .contains_key(id)
-                .then_some(*id)
-                .ok_or(OpError::UnknownOrder),
+            OrderRef::Id(id) if self.orders.contains_key(id) => Ok(*id),
+            // An id given out and no longer kept was retired (a rejected
+            // order's id is never told).
+            OrderRef::Id(id) if self.orders.given_out(*id) => Err(OpError::Archived),
+            OrderRef::Id(_) => Err(OpError::UnknownOrder),
             OrderRef::Key {
                 channel,
                 client_order_id,

@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::{wire, Role};
 use crate::core::geo::GeoPoint;
-use crate::engine::{Engine, StockUpdate};
+use crate::core::router::{OpError, OrderRef};
+use crate::engine::{Engine, EngineError, StockUpdate};
 
 /// Bytes read from a stream at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -371,6 +372,7 @@ fn allowed(role: &Role, request: &Request) -> bool {
         Request::Confirm(key) | Request::Cancel(key) | Request::GetOrder(key) => {
             own_channel(&key.channel)
         }
+        Request::GetOrderById { channel, .. } => own_channel(channel),
         Request::Availability { .. } => matches!(role, Role::Admin | Role::Channel(_)),
         Request::StockSet(entries) => entries.iter().all(|e| own_node(&e.node)),
         Request::StockAdjust(entries) => entries.iter().all(|e| own_node(&e.node)),
@@ -395,6 +397,18 @@ async fn execute(engine: &Engine, request: Request) -> Response {
             .get(wire::order_ref(key))
             .await
             .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::GetOrderById { channel, order_id } => engine
+            .get(OrderRef::Id(order_id))
+            .await
+            .map(|r| wire::order_view(engine, &r))
+            .and_then(|view| {
+                // Another channel's order is not this caller's to see.
+                if view.channel == channel {
+                    Ok(Response::Order(view))
+                } else {
+                    Err(EngineError::Order(OpError::UnknownOrder))
+                }
+            }),
         Request::Availability { sku, near } => match near {
             None => engine
                 .availability(&sku)
