@@ -410,11 +410,7 @@ struct ReadBack {
 /// it), at most `AUDIT_READS` times, a hold's length apart at most.
 async fn read_back_settled(
     admin: &Client,
-    channel: &str,
-    prefix: &str,
-    routed: &[(u64, u64)],
-    promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
-    endings: &drive::Endings,
+    orders: &RunOrders<'_>,
     run: Audit,
 ) -> Result<(Audit, ReadBack), String> {
     let mut skus: Vec<String> = run
@@ -429,10 +425,7 @@ async fn read_back_settled(
     loop {
         read += 1;
         let mut audit = run.clone();
-        let found = read_back_orders(
-            admin, channel, prefix, routed, promises, endings, &mut audit,
-        )
-        .await;
+        let found = read_back_orders(admin, orders, &mut audit).await;
         let mut final_atp = BTreeMap::new();
         read_atp(admin, &skus, &mut final_atp).await?;
         audit.final_atp = final_atp;
@@ -447,19 +440,31 @@ async fn read_back_settled(
 /// Times the audit reads orders and stock before a mismatch stands.
 const AUDIT_READS: u32 = 3;
 
+/// What the run knows of the orders it routed, for reading them back.
+struct RunOrders<'a> {
+    channel: &'a str,
+    /// Of every client order id of the run: the key of request `id` is
+    /// `{prefix}{id}`.
+    prefix: &'a str,
+    /// (request id, the daemon's order id) of each routed order.
+    routed: &'a [(u64, u64)],
+    /// What each order was told, by request id (when kept).
+    promises: &'a std::collections::HashMap<u64, Vec<(String, String, u32)>>,
+    endings: &'a drive::Endings,
+}
+
 /// Asks the daemon for every routed order: how many it does not know, what
 /// it holds for the others now, per cell, and (where `promises` were kept)
 /// the units it took back from what each order was told: expired with
 /// its hold, or taken back otherwise.
-async fn read_back_orders(
-    admin: &Client,
-    channel: &str,
-    prefix: &str,
-    routed: &[(u64, u64)],
-    promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
-    endings: &drive::Endings,
-    audit: &mut Audit,
-) -> ReadBack {
+async fn read_back_orders(admin: &Client, orders: &RunOrders<'_>, audit: &mut Audit) -> ReadBack {
+    let RunOrders {
+        channel,
+        prefix,
+        routed,
+        promises,
+        ..
+    } = *orders;
     let mut found = ReadBack::default();
     for chunk in routed.chunks(AUDIT_BATCH) {
         // By the id each was answered with: an id tells an archived order
@@ -508,7 +513,7 @@ async fn read_back_orders(
                 }
                 Err(ClientError::Server { code, .. }) if code == ErrorCode::Archived as u16 => {
                     found.archived += 1;
-                    archived(*id, promises, endings, audit);
+                    archived(*id, orders, audit);
                 }
                 Err(_) => found.missing += 1,
             }
@@ -520,12 +525,10 @@ async fn read_back_orders(
 /// Counts an archived order (closed, retired) by its follow-ups: what
 /// was acknowledged shipped is held for good; unless it was cancelled
 /// (counted when acknowledged), the rest of what it was told expired.
-fn archived(
-    id: u64,
-    promises: &std::collections::HashMap<u64, Vec<(String, String, u32)>>,
-    endings: &drive::Endings,
-    audit: &mut Audit,
-) {
+fn archived(id: u64, orders: &RunOrders<'_>, audit: &mut Audit) {
+    let RunOrders {
+        promises, endings, ..
+    } = *orders;
     let mut shipped: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for (sku, node, qty) in endings.shipped.get(&id).into_iter().flatten() {
         audit.hold_now(sku, node, u64::from(*qty));
@@ -1058,16 +1061,14 @@ async fn run(args: &Args) -> Result<Outcome, String> {
     } = measured.run;
     audit.starting = starting.clone();
     audit.restocked = restocked;
-    let (audit, read_back) = read_back_settled(
-        &admin,
-        &scenario.channel,
-        &prefix,
-        &routed,
-        &promises,
-        &endings,
-        audit,
-    )
-    .await?;
+    let run_orders = RunOrders {
+        channel: &scenario.channel,
+        prefix: &prefix,
+        routed: &routed,
+        promises: &promises,
+        endings: &endings,
+    };
+    let (audit, read_back) = read_back_settled(&admin, &run_orders, audit).await?;
     let mut skus: Vec<String> = audit.final_atp.keys().map(|(sku, _)| sku.clone()).collect();
     skus.dedup();
     if !scenario.stock.is_empty() {
