@@ -1,6 +1,6 @@
 fn main() {
     use omniroute::core::*;
-    println!("OrderRecord {}", std::mem::size_of::<router::OrderRecord>());
+    println!("OrderRecord {}", std::mem::size_of::<order::OrderRecord>());
     println!("Decision {}", std::mem::size_of::<model::Decision>());
     println!("Attempt {}", std::mem::size_of::<placement::Attempt>());
     println!("HoldItem {}", std::mem::size_of::<stock::HoldItem>());

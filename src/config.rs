@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
+use crate::core::book::MAX_ROUTERS;
 use crate::core::geo::GeoPoint;
 use crate::core::model::{Capabilities, NodeKind};
 use crate::core::network::{Channel, Network};
 use crate::core::policy::{Filters, OnShort, Policy, Rule, Weights};
-use crate::core::router::MAX_ROUTERS;
 use crate::engine::{EngineSettings, StockUpdate};
 use crate::journal::Durability;
 use crate::store::StoreSettings;

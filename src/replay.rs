@@ -39,6 +39,7 @@ use futures::executor::block_on;
 use smallvec::SmallVec;
 
 use crate::config::ValidConfig;
+use crate::core::book::{partition_of_order, PARTITIONS};
 use crate::core::geo::GeoPoint;
 use crate::core::index::AvailabilityIndex;
 use crate::core::local::{apply_node_op, apply_stock_op, LocalParticipants};
@@ -46,14 +47,12 @@ use crate::core::model::{
     Allocation, ArchivedOrderState, Decision, NodeIdx, OrderId, RejectReason,
 };
 use crate::core::network::{Channel, Network};
+use crate::core::order::{ArchivedOrderRecord, OrderRecord, RecordedDecision};
 use crate::core::placement::{
     place_planned, unplanned, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement,
     PlanContext, StockOp,
 };
 use crate::core::policy::{plan, Method, Plan, PlanError, PlanLine, PlanStamp};
-use crate::core::router::{
-    partition_of_order, ArchivedOrderRecord, OrderRecord, RecordedDecision, PARTITIONS,
-};
 use crate::core::stock::StockShard;
 use crate::engine::sequencer::{
     ArchivedTxn, SharedSeen, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_POLICY, KIND_TXN,

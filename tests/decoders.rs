@@ -128,7 +128,7 @@ fn a_router_snapshot_from_before_books_still_loads() {
 }
 
 /// The orders in the sample routers' books.
-fn samples_orders() -> Vec<omniroute::core::router::OrderRecord> {
+fn samples_orders() -> Vec<omniroute::core::order::OrderRecord> {
     Txn::decode(&samples().1).unwrap().orders
 }
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use common::{channel, config, order, stock, TempDir};
 use omniroute::config::ValidConfig;
 use omniroute::core::model::Decision;
-use omniroute::core::router::{OrderRecord, OrderRef};
+use omniroute::core::order::OrderRecord;
+use omniroute::core::router::OrderRef;
 use omniroute::engine::{Engine, Image, ManualClock, StockUpdate};
 use omniroute::store::{self, journal_dir};
 

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::{channel, config, order, stock, TempDir};
 use omniroute::config::ValidConfig;
+use omniroute::core::book::partition_of_key;
 use omniroute::core::model::{Decision, OrderState, RejectReason};
-use omniroute::core::router::{partition_of_key, OpError, OrderRef};
+use omniroute::core::router::{OpError, OrderRef};
 use omniroute::engine::{Engine, EngineError, ManualClock, StockUpdate};
 
 const T0_MS: u64 = 1_800_000_000_000;

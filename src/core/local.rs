@@ -13,8 +13,9 @@ use super::events::NodeEvent;
 use super::index::AvailabilityIndex;
 use super::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use super::network::Network;
+use super::order::OrderRecord;
 use super::placement::{NodeOp, Participants, StockOp};
-use super::router::{OpError, OrderRecord, OrderRef, RouterCore};
+use super::router::{OpError, OrderRef, RouterCore};
 use super::stock::{Bumped, Cell, HoldItem, HoldOutcome, StockError, StockShard};
 
 /// Shards and ledgers owned in place; `RefCell` because placement borrows

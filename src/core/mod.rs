@@ -3,6 +3,7 @@
 //! clock: time comes in as `now_ms`, and the only awaits are on the
 //! [`placement::Participants`] the shell hands in.
 
+pub mod book;
 pub mod capacity;
 pub mod events;
 pub mod geo;
@@ -10,6 +11,7 @@ pub mod index;
 pub mod local;
 pub mod model;
 pub mod network;
+pub mod order;
 pub mod placement;
 pub mod policy;
 pub mod router;

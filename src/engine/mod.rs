@@ -28,16 +28,16 @@ use sequencer::{Done, Sequencer, Txn, KIND_MARKER};
 pub use watchdog::Health;
 use watchdog::Watchdog;
 
+use crate::core::book::{router_of_key, router_of_order, MAX_ROUTERS};
 use crate::core::capacity::NodeLedger;
 use crate::core::events::CursorOutOfRange;
 use crate::core::geo::GeoPoint;
 use crate::core::index::{AvailabilityIndex, CatalogFull};
 use crate::core::model::{Decision, NodeIdx, OrderRequest, SkuId};
 use crate::core::network::Network;
+use crate::core::order::OrderRecord;
 use crate::core::placement::{NodeOp, StockOp};
-use crate::core::router::{
-    router_of_key, router_of_order, OpError, OrderRecord, OrderRef, RouterCore, MAX_ROUTERS,
-};
+use crate::core::router::{OpError, OrderRef, RouterCore};
 use crate::core::stock::{Bumped, Cell, ImageMemory, StockError, StockShard};
 use crate::limits::{
     MAX_NEAREST_NODES, MAX_ON_HAND_UNITS, MAX_ORDERS_PER_BATCH, MAX_STOCK_UPDATES_PER_BATCH,

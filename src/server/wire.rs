@@ -9,7 +9,8 @@ use crate::core::model::{
     Decision, FulfilmentMethod, InvalidOrder, LineRequest, OrderRequest, OrderState, RejectReason,
     ShipTo, ShortLine,
 };
-use crate::core::router::{OpError, OrderRecord, OrderRef};
+use crate::core::order::OrderRecord;
+use crate::core::router::{OpError, OrderRef};
 use crate::engine::{Engine, EngineError, NodeStock};
 
 pub fn order_request(order: wire::Order) -> OrderRequest {

@@ -20,11 +20,12 @@ use std::time::Instant;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+use crate::core::book::router_of_order;
 use crate::core::capacity::{LedgerImage, NodeLedger};
 use crate::core::local::{apply_node_op, apply_stock_op};
 use crate::core::model::{NodeIdx, OrderId, SkuId};
 use crate::core::network::Network;
-use crate::core::router::{router_of_order, OrderRecord};
+use crate::core::order::OrderRecord;
 use crate::core::stock::{Bumped, ShardImage, StockShard};
 use crate::engine::sequencer::{
     Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER, KIND_POLICY, KIND_TXN,
@@ -313,13 +314,13 @@ fn write_book_into(
 ) -> Result<(), StoreError> {
     let mut file = BookFile::create(snapshots, router.router_id())?;
     let mut buffer = AlignedVec::new();
-    let mut cursor = crate::core::router::BookCursor::default();
+    let mut cursor = crate::core::book::BookCursor::default();
     loop {
         let orders = router.next_orders(&mut cursor, crate::engine::ORDERS_PER_IMAGE_STEP);
         if orders.is_empty() {
             break;
         }
-        buffer = crate::core::router::BookChunk(orders).encode(buffer);
+        buffer = crate::core::order::BookChunk(orders).encode(buffer);
         file.append(orders.len() as u32, &buffer)?;
     }
     file.finish(lsn)

@@ -250,11 +250,11 @@ pub struct Book {
 
 impl Book {
     /// The orders, read back from the chunks in order.
-    pub fn orders(&self) -> Vec<omniroute::core::router::OrderRecord> {
+    pub fn orders(&self) -> Vec<omniroute::core::order::OrderRecord> {
         self.chunks
             .iter()
             .flat_map(|(_, bytes)| {
-                rkyv::from_bytes::<Vec<omniroute::core::router::OrderRecord>, rkyv::rancor::Error>(
+                rkyv::from_bytes::<Vec<omniroute::core::order::OrderRecord>, rkyv::rancor::Error>(
                     bytes,
                 )
                 .expect("a chunk decodes")

@@ -1,0 +1,220 @@
+//! An order as a router keeps it: its allocations over its life, the rare
+//! parts boxed apart, and the submit decision rebuilt from it (in memory
+//! and, for the replay, in place from an archived record).
+
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::core::model::{
+    Allocation, ArchivedOrderState, ArchivedRejectReason, ChannelIdx, Decision, MarketIdx, NodeIdx,
+    OrderId, OrderState, RejectReason, ShortLine, SkuId,
+};
+use crate::core::placement::NodeOp;
+use crate::core::policy::{Method, PlanLine};
+
+/// One line's units at one node over the order's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AllocationState {
+    pub line: u16,
+    pub node: NodeIdx,
+    pub sku: SkuId,
+    /// Units the decision at submit placed here (0 for units a re-route
+    /// brought later); the submit decision is rebuilt from these.
+    pub initial: u32,
+    /// Reserved and not yet shipped.
+    pub open: u32,
+    pub shipped: u32,
+    pub returned: u32,
+}
+
+/// The parts of an order that most orders never need, boxed so that the
+/// common record stays small (a daemon keeps millions of them).
+#[derive(Clone, Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct Extra {
+    /// Lines (partly) unallocated now: at submit under a partial policy, or
+    /// after a re-route found no other node.
+    pub(crate) short: Vec<ShortLine>,
+    /// The short lines the submit decision reported.
+    pub(crate) short_at_decision: Vec<ShortLine>,
+    /// Nodes that rejected the order or went offline while serving it.
+    pub(crate) excluded: SmallVec<[NodeIdx; 4]>,
+    /// Why the order was rejected at submit.
+    pub(crate) rejection: Option<RejectReason>,
+}
+
+/// An order as the book keeps it.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct OrderRecord {
+    pub id: OrderId,
+    /// Hash of the request body, to tell a retry from a conflicting reuse.
+    pub(crate) fingerprint: u64,
+    pub expires_at_ms: u64,
+    pub client_order_id: Arc<str>,
+    pub lines: Box<[PlanLine]>,
+    /// Ship-to latitude and longitude, in degrees.
+    pub ship_to: (f64, f64),
+    pub allocations: SmallVec<[AllocationState; 1]>,
+    pub(crate) extra: Option<Box<Extra>>,
+    /// The next older order whose key has the same hash, as sequence + 1
+    /// (0: none). Keys are found by hash, and collisions chain through here.
+    /// Rebuilt on load, so never stored.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub(crate) key_next: u32,
+    pub channel: ChannelIdx,
+    pub market: Option<MarketIdx>,
+    pub method: Method,
+    pub state: OrderState,
+}
+
+/// A run of a book's orders, archived as a `Vec<OrderRecord>` straight
+/// from where they lie: a snapshot encodes the book a run at a time and
+/// never copies the orders on the heap (the copies of a first snapshot of
+/// a million orders were fresh memory, and zeroing it stalled routing).
+pub struct BookChunk<'a>(pub &'a [OrderRecord]);
+
+impl rkyv::Archive for BookChunk<'_> {
+    type Archived = rkyv::vec::ArchivedVec<ArchivedOrderRecord>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<S> rkyv::Serialize<S> for BookChunk<'_>
+where
+    S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+    OrderRecord: rkyv::Serialize<S>,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::vec::ArchivedVec::serialize_from_slice(self.0, serializer)
+    }
+}
+
+impl BookChunk<'_> {
+    /// The archive of these orders, written into `out` (emptied first, so a
+    /// buffer can serve one chunk after another).
+    pub fn encode(&self, mut out: rkyv::util::AlignedVec) -> rkyv::util::AlignedVec {
+        out.clear();
+        rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(self, out)
+            .expect("orders always serialize")
+    }
+}
+
+impl OrderRecord {
+    /// Lines (partly) unallocated now.
+    pub fn short(&self) -> &[ShortLine] {
+        self.extra.as_ref().map_or(&[], |e| &e.short)
+    }
+
+    /// Nodes this order must not use any more.
+    pub fn excluded(&self) -> &[NodeIdx] {
+        self.extra.as_ref().map_or(&[], |e| &e.excluded)
+    }
+
+    /// What tells `node` the order no longer needs it: `Finish` when units
+    /// shipped from there (the day's capacity was used), else `Release`.
+    pub(crate) fn leave(&self, node: NodeIdx) -> NodeOp {
+        if self
+            .allocations
+            .iter()
+            .any(|a| a.node == node && a.shipped > 0)
+        {
+            NodeOp::Finish(self.id)
+        } else {
+            NodeOp::Release(self.id)
+        }
+    }
+
+    pub(crate) fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// The answer given at submit, rebuilt for a resubmission.
+    pub fn decision(&self) -> Decision {
+        if self.state == OrderState::Rejected {
+            let reason = self.extra.as_ref().and_then(|e| e.rejection.clone());
+            return Decision::Rejected(reason.expect("a rejected order keeps its reason"));
+        }
+        Decision::Routed {
+            order_id: self.id,
+            allocations: self
+                .allocations
+                .iter()
+                .filter(|a| a.initial > 0)
+                .map(|a| Allocation {
+                    line: a.line,
+                    sku: a.sku,
+                    node: a.node,
+                    qty: a.initial,
+                })
+                .collect(),
+            short: self
+                .extra
+                .as_ref()
+                .map_or_else(Vec::new, |e| e.short_at_decision.clone()),
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+/// A journaled submit decision as the what-if replay compares it, read in
+/// place from the archived record: the common order needs no allocation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedDecision {
+    /// The units placed at submit (as [`OrderRecord::decision`] lists them).
+    pub allocations: SmallVec<[Allocation; 4]>,
+    /// Lines reported short: at submit under a partial policy, or the
+    /// lines of a short rejection.
+    pub short_lines: usize,
+    /// Why it was rejected, if it was. A short rejection comes without its
+    /// lines (`short_lines` counts them): the replay compares kinds.
+    pub rejection: Option<RejectReason>,
+}
+
+impl ArchivedOrderRecord {
+    /// The submit decision journaled with this record; a rejected record
+    /// without its reason is damage, reported, never a panic.
+    pub fn recorded_decision(&self) -> Result<RecordedDecision, String> {
+        let extra = self.extra.as_ref();
+        if matches!(self.state, ArchivedOrderState::Rejected) {
+            let Some(reason) = extra.and_then(|e| e.rejection.as_ref()) else {
+                return Err(format!(
+                    "order {}: rejected without a reason",
+                    self.id.to_native()
+                ));
+            };
+            let (rejection, short_lines) = match reason {
+                ArchivedRejectReason::Short { lines } => {
+                    (RejectReason::Short { lines: Vec::new() }, lines.len())
+                }
+                other => (
+                    rkyv::deserialize::<RejectReason, rkyv::rancor::Error>(other)
+                        .map_err(|e| e.to_string())?,
+                    0,
+                ),
+            };
+            return Ok(RecordedDecision {
+                allocations: SmallVec::new(),
+                short_lines,
+                rejection: Some(rejection),
+            });
+        }
+        Ok(RecordedDecision {
+            allocations: self
+                .allocations
+                .iter()
+                .filter(|a| a.initial.to_native() > 0)
+                .map(|a| Allocation {
+                    line: a.line.to_native(),
+                    sku: a.sku.to_native(),
+                    node: a.node.to_native(),
+                    qty: a.initial.to_native(),
+                })
+                .collect(),
+            short_lines: extra.map_or(0, |e| e.short_at_decision.len()),
+            rejection: None,
+        })
+    }
+}
