@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use omniroute::core::index::AvailabilityIndex;
-use omniroute::core::local::apply_stock_op;
-use omniroute::core::placement::StockOp;
+use omniroute::core::ops::{apply_stock_op, StockOp};
 use omniroute::core::stock::{HoldItem, StockShard};
 use omniroute_protocol::{
     check_frame, split_frame, Allocation, Decision, Method, Order, Request, Response,

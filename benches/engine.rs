@@ -159,7 +159,7 @@ fn hot_sku(c: &mut Criterion) {
 fn core_only(c: &mut Criterion) {
     let mut config = sample_config();
     config.deepen_stock(DEEP_STOCK as u32);
-    let mut local = config.local_engine(0);
+    let mut local = omniroute::sample::local_engine(&config, 0);
     let skus = local.index.sku_count();
     let mut group = c.benchmark_group("core_single_thread");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -190,7 +190,7 @@ fn core_only(c: &mut Criterion) {
 
 fn planner(c: &mut Criterion) {
     let config = sample_config();
-    let local = config.local_engine(0);
+    let local = omniroute::sample::local_engine(&config, 0);
     let sold_out = local.index.intern("SOLD-OUT").expect("a catalog slot");
     let network = &local.network;
     let web = network

@@ -14,7 +14,7 @@ fn main() {
         .map_or(1_000_000, |a| a.parse().unwrap());
     let mut config = Config::default_config().validate().unwrap();
     config.deepen_stock(100_000_000);
-    let mut local = config.local_engine(0);
+    let mut local = omniroute::sample::local_engine(&config, 0);
     let mut generator = SampleOrders::new(5, local.index.sku_count(), "SKU-", "web", "p-");
     let batches: Vec<Vec<_>> = (0..orders / 1024)
         .map(|_| (0..1024).map(|_| generator.next_order(lines)).collect())

@@ -395,31 +395,6 @@ impl ValidConfig {
             }
         }
     }
-
-    /// The in-memory core driver over this config's network, with its stock
-    /// loaded, at `now_ms`: for tests, simulations and profiling.
-    pub fn local_engine(&self, now_ms: u64) -> crate::core::local::LocalEngine {
-        let index = std::sync::Arc::new(crate::core::index::AvailabilityIndex::new(
-            self.network.nodes.len(),
-            self.engine.max_skus,
-        ));
-        let network = std::sync::Arc::new(self.network.clone());
-        let mut engine =
-            crate::core::local::LocalEngine::new(network, index, self.engine.shards, now_ms);
-        for update in &self.stock {
-            if let StockUpdate::Set {
-                sku,
-                node,
-                on_hand,
-                safety_stock,
-            } = update
-            {
-                let node = self.network.node_idx(node).expect("validated node");
-                engine.stock_set(sku, node, *on_hand, *safety_stock, now_ms);
-            }
-        }
-        engine
-    }
 }
 
 impl Config {

@@ -42,17 +42,17 @@ use crate::config::ValidConfig;
 use crate::core::book::{partition_of_order, PARTITIONS};
 use crate::core::geo::GeoPoint;
 use crate::core::index::AvailabilityIndex;
-use crate::core::local::{apply_node_op, apply_stock_op, LocalParticipants};
 use crate::core::model::{
     Allocation, ArchivedOrderState, Decision, NodeIdx, OrderId, RejectReason,
 };
 use crate::core::network::{Channel, Network};
-use crate::core::order::{ArchivedOrderRecord, OrderRecord, RecordedDecision};
-use crate::core::placement::{
-    place_planned, unplanned, ArchivedNodeOp, ArchivedStockOp, Attempt, NodeOp, Placement,
-    PlanContext, StockOp,
+use crate::core::ops::{
+    apply_node_op, apply_stock_op, ArchivedNodeOp, ArchivedStockOp, NodeOp, StockOp,
 };
+use crate::core::order::{ArchivedOrderRecord, OrderRecord, RecordedDecision};
+use crate::core::placement::{place_planned, unplanned, Attempt, Placement, PlanContext};
 use crate::core::policy::{plan, Method, Plan, PlanError, PlanLine, PlanStamp};
+use crate::core::sim::LocalParticipants;
 use crate::core::stock::StockShard;
 use crate::engine::sequencer::{
     ArchivedTxn, SharedSeen, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_POLICY, KIND_TXN,

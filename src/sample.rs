@@ -4,7 +4,10 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::config::ValidConfig;
 use crate::core::model::{FulfilmentMethod, LineRequest, OrderRequest, ShipTo};
+use crate::core::sim::LocalEngine;
+use crate::engine::StockUpdate;
 
 /// Customer locations: (lat, lon, market) of a few cities per market.
 const CUSTOMERS: &[(f64, f64, &str)] = &[
@@ -82,4 +85,28 @@ impl SampleOrders {
             hold_ttl_ms: None,
         }
     }
+}
+
+/// The in-memory core driver over this config's network, with its stock
+/// loaded, at `now_ms`: for tests, simulations and profiling.
+pub fn local_engine(config: &ValidConfig, now_ms: u64) -> LocalEngine {
+    let index = std::sync::Arc::new(crate::core::index::AvailabilityIndex::new(
+        config.network.nodes.len(),
+        config.engine.max_skus,
+    ));
+    let network = std::sync::Arc::new(config.network.clone());
+    let mut engine = LocalEngine::new(network, index, config.engine.shards, now_ms);
+    for update in &config.stock {
+        if let StockUpdate::Set {
+            sku,
+            node,
+            on_hand,
+            safety_stock,
+        } = update
+        {
+            let node = config.network.node_idx(node).expect("validated node");
+            engine.stock_set(sku, node, *on_hand, *safety_stock, now_ms);
+        }
+    }
+    engine
 }

@@ -7,9 +7,8 @@ use std::hash::{Hash, Hasher};
 
 use rustc_hash::{FxHashMap, FxHasher};
 
-use super::model::{ChannelIdx, OrderId};
+use super::model::{ChannelIdx, OrderId, OrderState};
 use super::order::OrderRecord;
-use crate::core::model::OrderState;
 
 /// Partitions of the order key space. An order key hashes to one of them
 /// for good, an order id keeps it in its low byte, and a router owns the

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::core::model::{
+use super::model::{
     Allocation, ArchivedOrderState, ArchivedRejectReason, ChannelIdx, Decision, MarketIdx, NodeIdx,
     OrderId, OrderState, RejectReason, ShortLine, SkuId,
 };
-use crate::core::placement::NodeOp;
-use crate::core::policy::{Method, PlanLine};
+use super::ops::NodeOp;
+use super::policy::{Method, PlanLine};
 
 /// One line's units at one node over the order's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -12,96 +12,16 @@ use futures::future::join_all;
 use smallvec::SmallVec;
 
 use super::capacity::CapacityOutcome;
-use super::events::NodeEvent;
 use super::geo::GeoPoint;
 use super::index::AvailabilityIndex;
 use super::model::{
     Allocation, ChannelIdx, MarketIdx, NodeIdx, OrderId, RejectReason, ShortLine, SkuId,
 };
 use super::network::Network;
+use super::ops::{NodeOp, StockOp};
 use super::policy::{plan, Method, OnShort, Plan, PlanError, PlanLine, PlanRequest};
 use super::stock::{HoldItem, HoldOutcome, StockShard};
 use crate::limits::MAX_HOLD_ATTEMPTS;
-
-/// A fire-and-forget change for a shard. Every op but `Abort` changes
-/// journaled state: in the daemon it is journaled first and applied in
-/// journal order, and replayed alike at restart.
-#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum StockOp {
-    /// A journaled decision's units: the hold becomes a reservation (see
-    /// [`StockShard::reserve`]).
-    Reserve {
-        order: OrderId,
-        sku: SkuId,
-        node: NodeIdx,
-        qty: u32,
-    },
-    /// A failed attempt gives back its holds (never journaled: holds are not).
-    Abort(OrderId),
-    ReleaseOrder(OrderId),
-    Release {
-        order: OrderId,
-        sku: SkuId,
-        node: NodeIdx,
-        qty: u32,
-    },
-    /// Units left the building for the order.
-    Ship {
-        order: OrderId,
-        sku: SkuId,
-        node: NodeIdx,
-        qty: u32,
-    },
-    Restock {
-        sku: SkuId,
-        node: NodeIdx,
-        qty: u32,
-    },
-    /// A count (WMS feed, or a node's correction when it rejects).
-    Set {
-        sku: SkuId,
-        node: NodeIdx,
-        on_hand: u32,
-        safety_stock: Option<u32>,
-    },
-    Adjust {
-        sku: SkuId,
-        node: NodeIdx,
-        delta: i64,
-    },
-}
-
-impl StockOp {
-    /// The SKU the op touches, if one (which names its shard).
-    pub fn sku(&self) -> Option<SkuId> {
-        match *self {
-            StockOp::Reserve { sku, .. }
-            | StockOp::Release { sku, .. }
-            | StockOp::Ship { sku, .. }
-            | StockOp::Restock { sku, .. }
-            | StockOp::Set { sku, .. }
-            | StockOp::Adjust { sku, .. } => Some(sku),
-            StockOp::Abort(_) | StockOp::ReleaseOrder(_) => None,
-        }
-    }
-}
-
-/// A fire-and-forget change for a node ledger; all are journaled.
-#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum NodeOp {
-    /// Tell the node's subscribers (and its log) what changed for it.
-    Event(NodeEvent),
-    /// A journaled decision uses the node: one allocation of capacity on the
-    /// day of `at_ms` (already taken live by the hold; taken here on replay).
-    Take { order: OrderId, at_ms: u64 },
-    /// The order no longer uses the node (or a failed attempt gives back
-    /// what it took); today's capacity comes back.
-    Release(OrderId),
-    /// The order's units at the node all shipped: forget it, capacity stays used.
-    Finish(OrderId),
-    /// The node goes online or offline.
-    Online(bool),
-}
 
 /// The shards and node ledgers, as seen by a router.
 pub trait Participants {

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHasher};
 use smallvec::SmallVec;
 
-use super::book::{key_fingerprint, ArchivedKeys, BookCursor, Books};
+use super::book::{
+    key_fingerprint, partition_of_key, ArchivedKeys, BookCursor, Books, MAX_ROUTERS,
+};
 use super::events::{EventKind, NodeEvent};
 use super::geo::GeoPoint;
 use super::index::AvailabilityIndex;
@@ -21,13 +23,11 @@ use super::model::{
     OrderRequest, OrderState, RejectReason, ShortLine, SkuId,
 };
 use super::network::Network;
-use super::placement::{
-    place, send_ops, Attempt, NodeOp, Participants, Placement, PlanContext, StockOp,
-};
+use super::ops::{NodeOp, StockOp};
+use super::order::{AllocationState, OrderRecord};
+use super::placement::{place, send_ops, Attempt, Participants, Placement, PlanContext};
 use super::policy::{Method, PlanLine};
 use super::stock::{Bumped, StockError, StockShard};
-use crate::core::book::{partition_of_key, MAX_ROUTERS};
-use crate::core::order::{AllocationState, OrderRecord};
 use crate::limits::{
     ARCHIVED_KEYS_KEPT, DEFAULT_ORDER_RETENTION_MS, MAX_HOLD_TTL_MS, MAX_ID_BYTES,
     MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE,

@@ -13,10 +13,10 @@ use super::sequencer::{Done, Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND
 use crate::core::book::BookCursor;
 use crate::core::capacity::{CapacityOutcome, LedgerImage, NodeLedger};
 use crate::core::events::{CursorOutOfRange, NodeEvent};
-use crate::core::local::{apply_node_op, apply_stock_op, NodeEffect};
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
+use crate::core::ops::{apply_node_op, apply_stock_op, NodeEffect, NodeOp, StockOp};
 use crate::core::order::{BookChunk, OrderRecord};
-use crate::core::placement::{NodeOp, Participants, StockOp};
+use crate::core::placement::Participants;
 use crate::core::router::{OpError, OrderRef, RouterCore};
 use crate::core::stock::{
     Bumped, Cell, HoldItem, HoldOutcome, ImageMemory, ShardImage, StockError, StockShard,

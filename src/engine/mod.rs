@@ -35,8 +35,8 @@ use crate::core::geo::GeoPoint;
 use crate::core::index::{AvailabilityIndex, CatalogFull};
 use crate::core::model::{Decision, NodeIdx, OrderRequest, SkuId};
 use crate::core::network::Network;
+use crate::core::ops::{NodeOp, StockOp};
 use crate::core::order::OrderRecord;
-use crate::core::placement::{NodeOp, StockOp};
 use crate::core::router::{OpError, OrderRef, RouterCore};
 use crate::core::stock::{Bumped, Cell, ImageMemory, StockError, StockShard};
 use crate::limits::{

@@ -4,8 +4,8 @@
 //! directory's ids (see the module above).
 
 use crate::core::model::NodeIdx;
+use crate::core::ops::{NodeOp, StockOp};
 use crate::core::order::OrderRecord;
-use crate::core::placement::{NodeOp, StockOp};
 
 /// Journal record kind of a [`Txn`].
 pub const KIND_TXN: u8 = 1;

@@ -22,9 +22,9 @@ use rkyv::util::AlignedVec;
 
 use crate::core::book::router_of_order;
 use crate::core::capacity::{LedgerImage, NodeLedger};
-use crate::core::local::{apply_node_op, apply_stock_op};
 use crate::core::model::{NodeIdx, OrderId, SkuId};
 use crate::core::network::Network;
+use crate::core::ops::{apply_node_op, apply_stock_op};
 use crate::core::order::OrderRecord;
 use crate::core::stock::{Bumped, ShardImage, StockShard};
 use crate::engine::sequencer::{

@@ -7,8 +7,8 @@ pub mod daemon;
 use std::sync::Arc;
 
 use omniroute::config::{Config, ValidConfig};
-use omniroute::core::local::LocalEngine;
 use omniroute::core::model::{FulfilmentMethod, LineRequest, NodeIdx, OrderRequest, ShipTo};
+use omniroute::core::sim::LocalEngine;
 use omniroute::engine::{Engine, EngineSettings, ManualClock};
 
 /// Five nodes around a customer at (50.0, 10.0) in market A.
@@ -125,7 +125,7 @@ pub fn config(extra: &str) -> ValidConfig {
 
 /// The in-memory core driver over `config`, stock loaded, at time 0.
 pub fn local(config: &ValidConfig) -> LocalEngine {
-    config.local_engine(0)
+    omniroute::sample::local_engine(&config, 0)
 }
 
 /// The actor engine over `config`, stock loaded, with a clock at `now_ms`

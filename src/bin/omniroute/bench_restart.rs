@@ -10,7 +10,7 @@ use std::time::Instant;
 use futures::executor::block_on;
 use omniroute::config::{Config, ValidConfig};
 use omniroute::core::book::router_of_key;
-use omniroute::core::local::LocalParticipants;
+use omniroute::core::sim::LocalParticipants;
 use omniroute::engine::SystemClock;
 use omniroute::journal::Durability;
 use omniroute::limits::MAX_ORDERS_PER_BATCH;

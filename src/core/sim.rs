@@ -9,12 +9,12 @@ use std::sync::Arc;
 use futures::executor::block_on;
 
 use super::capacity::{CapacityOutcome, NodeLedger};
-use super::events::NodeEvent;
 use super::index::AvailabilityIndex;
 use super::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use super::network::Network;
+use super::ops::{apply_node_op, apply_stock_op, NodeOp, StockOp};
 use super::order::OrderRecord;
-use super::placement::{NodeOp, Participants, StockOp};
+use super::placement::Participants;
 use super::router::{OpError, OrderRef, RouterCore};
 use super::stock::{Bumped, Cell, HoldItem, HoldOutcome, StockError, StockShard};
 
@@ -93,74 +93,6 @@ impl Participants for LocalParticipants {
             let _ = apply_node_op(&mut nodes[node as usize], op);
         }
     }
-}
-
-/// Applies one op to a shard; shared with the shard actor and recovery.
-/// Reservations it takes back are added to `bumped`.
-pub fn apply_stock_op(
-    shard: &mut StockShard,
-    op: StockOp,
-    bumped: &mut Vec<Bumped>,
-) -> Result<(), StockError> {
-    match op {
-        StockOp::Reserve {
-            order,
-            sku,
-            node,
-            qty,
-        } => bumped.extend(shard.reserve(order, sku, node, qty)),
-        StockOp::Abort(order) => shard.abort(order),
-        StockOp::ReleaseOrder(order) => {
-            shard.release_order(order);
-        }
-        StockOp::Release {
-            order,
-            sku,
-            node,
-            qty,
-        } => {
-            shard.release(order, sku, node, qty);
-        }
-        StockOp::Ship {
-            order,
-            sku,
-            node,
-            qty,
-        } => shard.ship(order, sku, node, qty)?,
-        StockOp::Restock { sku, node, qty } => shard.restock(sku, node, qty)?,
-        StockOp::Set {
-            sku,
-            node,
-            on_hand,
-            safety_stock,
-        } => bumped.extend(shard.set(sku, node, on_hand, safety_stock)),
-        StockOp::Adjust { sku, node, delta } => bumped.extend(shard.adjust(sku, node, delta)?),
-    }
-    Ok(())
-}
-
-/// What applying a node op produced, for the shell to pass on.
-pub enum NodeEffect {
-    None,
-    /// A logged event with its cursor, for live subscribers.
-    Event(u64, std::sync::Arc<NodeEvent>),
-    /// The node went offline while serving these orders: re-route them.
-    Offline(Vec<OrderId>),
-}
-
-/// Applies one op to a node ledger; shared with the node actor and recovery.
-pub fn apply_node_op(ledger: &mut NodeLedger, op: NodeOp) -> NodeEffect {
-    match op {
-        NodeOp::Take { order, at_ms } => ledger.take(order, at_ms),
-        NodeOp::Release(order) => ledger.release(order),
-        NodeOp::Finish(order) => ledger.finish(order),
-        NodeOp::Event(event) => {
-            let (cursor, event) = ledger.record_event(event);
-            return NodeEffect::Event(cursor, event);
-        }
-        NodeOp::Online(online) => return NodeEffect::Offline(ledger.set_online(online)),
-    }
-    NodeEffect::None
 }
 
 pub struct LocalEngine {
