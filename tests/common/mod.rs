@@ -125,7 +125,7 @@ pub fn config(extra: &str) -> ValidConfig {
 
 /// The in-memory core driver over `config`, stock loaded, at time 0.
 pub fn local(config: &ValidConfig) -> LocalEngine {
-    omniroute::sample::local_engine(&config, 0)
+    omniroute::sample::local_engine(config, 0)
 }
 
 /// The actor engine over `config`, stock loaded, with a clock at `now_ms`
