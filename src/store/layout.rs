@@ -10,7 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{io, write_durably, StoreError};
+use super::durable::write_durably;
+use super::{io, StoreError};
 use crate::schema::{Layout, Names};
 
 /// The names file, in the data directory.
@@ -102,7 +103,7 @@ fn swap_link(dir: &Path, generation: u64) -> Result<(), StoreError> {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(format!("{GENERATION_PREFIX}{generation}"), &tmp)
         .map_err(|e| io(&tmp, e))?;
-    super::publish(&tmp, &dir.join(SNAPSHOTS_LINK))
+    super::durable::publish(&tmp, &dir.join(SNAPSHOTS_LINK))
 }
 
 /// The layout of the snapshot set in use (`None`: not written yet).

@@ -1,0 +1,456 @@
+//! Opening a data directory is recovery, in named phases: names and
+//! layout, each actor's snapshot, the journal replayed after each one's
+//! LSN, retired config entries checked, and a relayout when the configured
+//! shards or routers changed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rkyv::rancor;
+
+use super::durable::map_file;
+use super::frame::{parse_snapshot, router_archives, SNAPSHOT_HEADER_BYTES, SNAPSHOT_SUFFIX};
+use super::reconcile::reconcile;
+use super::relayout::relayout;
+use super::snapshot::write_state_into;
+use super::{
+    journal_dir, layout, snapshot_dir, DirLock, Recovered, RecoveryReport, StoreError,
+    StoreSettings,
+};
+use crate::core::book::router_of_order;
+use crate::core::capacity::{LedgerImage, NodeLedger};
+use crate::core::network::Network;
+use crate::core::ops::{apply_node_op, apply_stock_op};
+use crate::core::order::OrderRecord;
+use crate::core::stock::{ShardImage, StockShard};
+use crate::engine::sequencer::{
+    Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER, KIND_POLICY, KIND_TXN,
+};
+use crate::engine::{EngineSettings, EngineState};
+use crate::journal::{self, Journal};
+use crate::schema::{Layout, Names};
+
+/// A snapshot read back: its LSN and its validated body.
+pub(super) struct Loaded {
+    lsn: u64,
+    bytes: memmap2::Mmap,
+    path: PathBuf,
+}
+
+impl Loaded {
+    fn body(&self) -> &[u8] {
+        &self.bytes[SNAPSHOT_HEADER_BYTES..]
+    }
+
+    fn damaged(&self, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Snapshot {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+pub(super) fn load_snapshot(dir: &Path, name: &str) -> Result<Option<Loaded>, StoreError> {
+    let path = snapshot_dir(dir).join(format!("{name}{SNAPSHOT_SUFFIX}"));
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = map_file(&path)?;
+    let lsn = parse_snapshot(&bytes)
+        .map_err(|reason| StoreError::Snapshot {
+            path: path.clone(),
+            reason,
+        })?
+        .0;
+    Ok(Some(Loaded { lsn, bytes, path }))
+}
+
+/// Recovers the state in the data directory `lock` holds (created empty
+/// if new). The lock comes first: a second daemon must not even replay.
+/// Returns the state on `network` under the directory's ids (see
+/// [`crate::schema`]), laid out for `settings`' shards and routers.
+pub fn open(
+    lock: DirLock,
+    store: &StoreSettings,
+    settings: &EngineSettings,
+    network: &Arc<Network>,
+    now_ms: u64,
+) -> Result<Recovered, StoreError> {
+    let started = Instant::now();
+    let dir = &lock.dir().to_path_buf();
+    let known = layout::read_names(dir)?;
+    // A directory without names is new, or written by a tool under the
+    // config's order (`bench-restart`): its nodes are the config's.
+    let known_nodes = known
+        .as_ref()
+        .map_or(network.nodes.len(), |names| names.nodes.len());
+    let (network, names) = network.with_names(&known.unwrap_or_else(Names::new));
+    let network = Arc::new(network);
+    layout::prepare_snapshot_sets(dir)?;
+    let configured = Layout {
+        shards: settings.shards.max(1),
+        routers: settings.routers,
+    };
+    let written = layout::read_layout(dir)?;
+    let under = written.unwrap_or(configured);
+    let replayed = replay_state(
+        dir,
+        &EngineSettings {
+            shards: under.shards,
+            routers: under.routers,
+            ..settings.clone()
+        },
+        &network,
+        known_nodes,
+        now_ms,
+    )?;
+    let Replayed {
+        mut state,
+        mut report,
+        fresh,
+    } = replayed;
+    check_retired(dir, &state, &network)?;
+    // Before any record can use a new id.
+    layout::write_names(dir, &names)?;
+    if written.is_none() {
+        layout::write_layout(&snapshot_dir(dir), configured)?;
+    } else if under != configured {
+        state = relayout(state, settings, &network)?;
+        let lsn = report.next_lsn.saturating_sub(1);
+        layout::replace_snapshot_set(dir, |set| {
+            write_state_into(set, &state, lsn)?;
+            layout::write_layout(set, configured)
+        })?;
+        tracing::info!(
+            "the data directory {} was laid out again from {} shards and {} routers to {} and {}",
+            dir.display(),
+            under.shards,
+            under.routers,
+            configured.shards,
+            configured.routers
+        );
+    }
+    let (bumps, orphans) = reconcile(&state);
+    report.orders = state.routers.iter().map(|r| r.order_count()).sum();
+    let journal = Journal::start(
+        &journal_dir(dir),
+        report.next_lsn,
+        store.durability,
+        store.segment_bytes,
+    )?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(Recovered {
+        state,
+        network,
+        sequencer: Sequencer::Journal(journal),
+        fresh,
+        report,
+        bumps,
+        orphans,
+        lock,
+    })
+}
+
+/// The state replay rebuilt, before it is checked and laid out.
+pub(super) struct Replayed {
+    state: EngineState,
+    report: RecoveryReport,
+    /// Nothing was ever written in the directory.
+    fresh: bool,
+}
+
+/// Loads each actor's snapshot and replays the journal after it, under
+/// `settings`' layout (the one the files were written for). `known_nodes`:
+/// the nodes the directory's names had before this start.
+pub(super) fn replay_state(
+    dir: &Path,
+    settings: &EngineSettings,
+    network: &Arc<Network>,
+    known_nodes: usize,
+    now_ms: u64,
+) -> Result<Replayed, StoreError> {
+    let mut state = EngineState::fresh(settings, network, now_ms)?;
+    let index = state.index.clone();
+    let mut report = RecoveryReport::default();
+
+    // Snapshots: each actor's own, each with its own LSN (0: none).
+    let catalog = load_snapshot(dir, "catalog")?;
+    let catalog_lsn = catalog.as_ref().map_or(0, |c| c.lsn);
+    if let Some(loaded) = &catalog {
+        let names = rkyv::access::<rkyv::Archived<Vec<String>>, rancor::BoxedError>(loaded.body())
+            .map_err(|e| loaded.damaged(e))?;
+        for (id, name) in names.iter().enumerate() {
+            let got = index.intern(name.as_str()).map_err(|e| loaded.damaged(e))?;
+            if got as usize != id {
+                return Err(loaded.damaged(format!("sku {name:?} interned as {got}, not {id}")));
+            }
+        }
+        report.snapshots_loaded += 1;
+    }
+    let shard_count = state.shards.len();
+    let mut shard_lsn = vec![0u64; shard_count];
+    let shard_files = (0..shard_count)
+        .map(|s| load_snapshot(dir, &format!("shard-{s}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let loaded_shards: Vec<Result<Option<StockShard>, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shard_files
+            .iter()
+            .map(|file| {
+                let index = index.clone();
+                scope.spawn(move || -> Result<Option<StockShard>, StoreError> {
+                    let Some(loaded) = file else { return Ok(None) };
+                    let image = rkyv::access::<rkyv::Archived<ShardImage>, rancor::BoxedError>(
+                        loaded.body(),
+                    )
+                    .map_err(|e| loaded.damaged(e))?;
+                    StockShard::from_image(image, index)
+                        .map(Some)
+                        .map_err(|e| loaded.damaged(e))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("shard loader panicked"))
+            .collect()
+    });
+    for (s, (loaded, file)) in loaded_shards.into_iter().zip(&shard_files).enumerate() {
+        if let Some(shard) = loaded? {
+            if shard.shard_id() as usize != s {
+                return Err(file
+                    .as_ref()
+                    .expect("loaded")
+                    .damaged("it is another shard's"));
+            }
+            shard_lsn[s] = file.as_ref().map_or(0, |f| f.lsn);
+            state.shards[s] = shard;
+            report.snapshots_loaded += 1;
+        }
+    }
+    let router_files = (0..state.routers.len())
+        .map(|r| load_snapshot(dir, &format!("router-{r}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut router_lsn = vec![0u64; state.routers.len()];
+    let restored: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = state
+            .routers
+            .iter_mut()
+            .zip(&router_files)
+            .map(|(core, file)| {
+                scope.spawn(move || -> Result<(), StoreError> {
+                    let Some(loaded) = file else { return Ok(()) };
+                    // One order at a time out of the validated archives: no
+                    // second copy of the whole book on the heap.
+                    let archives = router_archives(&loaded.bytes, loaded.body())
+                        .map_err(|e| loaded.damaged(e))?;
+                    core.reserve(archives.iter().map(|orders| orders.len()).sum());
+                    for archived in archives.iter().flat_map(|orders| orders.iter()) {
+                        let order = rkyv::deserialize::<OrderRecord, rancor::Error>(archived)
+                            .map_err(|e| loaded.damaged(e))?;
+                        core.restore(order).map_err(|e| loaded.damaged(e))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("router loader panicked"))
+            .collect()
+    });
+    for (r, result) in restored.into_iter().enumerate() {
+        result?;
+        if let Some(file) = &router_files[r] {
+            router_lsn[r] = file.lsn;
+            report.snapshots_loaded += 1;
+        }
+    }
+    // A node the names did not have before this start has no snapshot
+    // and no record: nothing to replay for it.
+    let mut node_lsn: Vec<u64> = (0..state.ledgers.len())
+        .map(|n| if n < known_nodes { 0 } else { u64::MAX })
+        .collect();
+    for (n, node) in network.nodes.iter().enumerate().take(known_nodes) {
+        if let Some(loaded) = load_snapshot(dir, &format!("node-{n}"))? {
+            let mut image = rkyv::from_bytes::<LedgerImage, rancor::Error>(loaded.body())
+                .map_err(|e| loaded.damaged(e))?;
+            // Share each event's order id with its order's record, as the
+            // live daemon does: a million events would otherwise each keep
+            // a copy.
+            for event in &mut image.events.events {
+                let record = state
+                    .routers
+                    .get(router_of_order(event.order, state.routers.len()))
+                    .and_then(|r| r.get(&crate::core::router::OrderRef::Id(event.order)).ok());
+                if let Some(record) = record {
+                    if record.client_order_id == event.client_order_id {
+                        event.client_order_id = record.client_order_id.clone();
+                    }
+                }
+            }
+            if image.node as usize != n {
+                return Err(loaded.damaged("it is another node's"));
+            }
+            state.ledgers[n] = NodeLedger::from_image(image, node.daily_capacity, index.clone());
+            node_lsn[n] = loaded.lsn;
+            report.snapshots_loaded += 1;
+        }
+    }
+    let replay_from = [catalog_lsn]
+        .iter()
+        .chain(&shard_lsn)
+        .chain(&node_lsn)
+        .chain(&router_lsn)
+        .copied()
+        .filter(|&lsn| lsn != u64::MAX)
+        .min()
+        .unwrap_or(0);
+    report.snapshot_lsn_min = replay_from;
+
+    // The journal after the oldest snapshot; each record goes to the actors
+    // whose snapshot is older than it.
+    let recovered = journal::recover(&journal_dir(dir), replay_from)?;
+    if let Some(torn) = &recovered.torn_tail {
+        tracing::warn!(
+            "journal {} ended in a torn record at byte {} ({} bytes cut): a write the crash interrupted, never acknowledged",
+            torn.path.display(),
+            torn.offset,
+            torn.bytes
+        );
+    }
+    let fresh =
+        report.snapshots_loaded == 0 && recovered.records.is_empty() && recovered.next_lsn <= 1;
+    let mut bumped = Vec::new();
+    for record in &recovered.records {
+        let lsn = record.lsn;
+        match record.kind {
+            // Demand is not state: the what-if replay reads it, recovery not.
+            KIND_MARKER | KIND_POLICY | KIND_DEMAND | KIND_DEMAND_LOST => continue,
+            KIND_TXN => {}
+            other => {
+                return Err(StoreError::Replay {
+                    lsn,
+                    reason: format!("unknown record kind {other}"),
+                })
+            }
+        }
+        let txn =
+            Txn::decode(&record.payload).map_err(|reason| StoreError::Replay { lsn, reason })?;
+        if lsn > catalog_lsn {
+            for (id, name) in &txn.skus {
+                let got = index.intern(name).map_err(|e| StoreError::Replay {
+                    lsn,
+                    reason: e.to_string(),
+                })?;
+                if got != *id {
+                    return Err(StoreError::Replay {
+                        lsn,
+                        reason: format!("sku {name:?} interned as {got}, journaled as {id}"),
+                    });
+                }
+            }
+        }
+        for order in txn.orders {
+            let r = router_of_order(order.id, state.routers.len());
+            if lsn > router_lsn[r] {
+                state.routers[r]
+                    .restore(order)
+                    .map_err(|reason| StoreError::Replay { lsn, reason })?;
+            }
+        }
+        for (shard, op) in txn.stock {
+            let s = shard as usize;
+            let valid = s < shard_count
+                && op.sku().is_none_or(|sku| {
+                    StockShard::shard_of(sku, shard_count as u32) == shard
+                        && (sku as usize) < index.sku_count()
+                });
+            if !valid {
+                return Err(StoreError::Replay {
+                    lsn,
+                    reason: format!("stock op {op:?} for shard {shard} does not fit the layout"),
+                });
+            }
+            if lsn > shard_lsn[s] {
+                // Errors (an overflowing adjust) failed alike when live.
+                let _ = apply_stock_op(&mut state.shards[s], op, &mut bumped);
+            }
+        }
+        for (node, op) in txn.nodes {
+            let n = node as usize;
+            if n >= state.ledgers.len() {
+                return Err(StoreError::Replay {
+                    lsn,
+                    reason: format!("node {node} beyond the configured nodes"),
+                });
+            }
+            if lsn > node_lsn[n] {
+                let _ = apply_node_op(&mut state.ledgers[n], op);
+            }
+        }
+        report.records_replayed += 1;
+    }
+    report.next_lsn = recovered.next_lsn;
+    report.torn_tail = recovered.torn_tail;
+    Ok(Replayed {
+        state,
+        report,
+        fresh,
+    })
+}
+
+/// Refuses a network that retired a node or channel with open work: its
+/// orders would be stranded where no config can reach them.
+pub(super) fn check_retired(
+    dir: &Path,
+    state: &EngineState,
+    network: &Network,
+) -> Result<(), StoreError> {
+    let retired_nodes = network.nodes.iter().any(|n| n.retired);
+    let retired_channels = network.channels.iter().any(|c| c.retired);
+    if !retired_nodes && !retired_channels {
+        return Ok(());
+    }
+    let mut on_hand = vec![0u64; network.nodes.len()];
+    let mut allocations = vec![0u64; network.nodes.len()];
+    let mut open_orders = vec![0u64; network.channels.len()];
+    if retired_nodes {
+        for (_, node, cell) in state.shards.iter().flat_map(|s| s.cells()) {
+            on_hand[node as usize] += u64::from(cell.on_hand);
+        }
+    }
+    for order in state.routers.iter().flat_map(|r| r.orders()) {
+        if !order.state.is_open() {
+            continue;
+        }
+        open_orders[order.channel as usize] += 1;
+        for a in order.allocations.iter().filter(|a| a.open > 0) {
+            allocations[a.node as usize] += 1;
+        }
+    }
+    for (n, node) in network.nodes.iter().enumerate() {
+        if node.retired && (on_hand[n] > 0 || allocations[n] > 0) {
+            return Err(StoreError::Retired {
+                dir: dir.to_path_buf(),
+                what: format!("node {}", node.id),
+                has: format!(
+                    "{} open allocations and {} units on hand there",
+                    allocations[n], on_hand[n]
+                ),
+                fix: "put it back in the config, set it offline (its open allocations re-route) and count its stock to 0, then remove it",
+            });
+        }
+    }
+    for (c, channel) in network.channels.iter().enumerate() {
+        if channel.retired && open_orders[c] > 0 {
+            return Err(StoreError::Retired {
+                dir: dir.to_path_buf(),
+                what: format!("channel {}", channel.name),
+                has: format!("{} open orders of it", open_orders[c]),
+                fix: "put it back in the config until they are shipped, cancelled or expired, then remove it",
+            });
+        }
+    }
+    Ok(())
+}
