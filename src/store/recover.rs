@@ -20,15 +20,17 @@ use super::{
 };
 use crate::core::book::router_of_order;
 use crate::core::capacity::{LedgerImage, NodeLedger};
+use crate::core::index::AvailabilityIndex;
 use crate::core::network::Network;
 use crate::core::ops::{apply_node_op, apply_stock_op};
 use crate::core::order::OrderRecord;
-use crate::core::stock::{ShardImage, StockShard};
+use crate::core::router::{OrderRef, RouterCore};
+use crate::core::stock::{Bumped, ShardImage, StockShard};
 use crate::engine::sequencer::{
     Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER, KIND_POLICY, KIND_TXN,
 };
 use crate::engine::{EngineSettings, EngineState};
-use crate::journal::{self, Journal};
+use crate::journal::{self, Journal, RecoveredRecord};
 use crate::schema::{Layout, Names};
 
 /// A snapshot read back: its LSN and its validated body.
@@ -160,6 +162,30 @@ pub(super) struct Replayed {
     fresh: bool,
 }
 
+/// The LSN each actor's snapshot had applied: 0 with no snapshot, and
+/// `u64::MAX` for a node new since the last start (nothing to replay).
+struct Applied {
+    catalog: u64,
+    shards: Vec<u64>,
+    routers: Vec<u64>,
+    nodes: Vec<u64>,
+}
+
+impl Applied {
+    /// Where the journal is read from: the oldest snapshot's LSN.
+    fn oldest(&self) -> u64 {
+        [self.catalog]
+            .iter()
+            .chain(&self.shards)
+            .chain(&self.nodes)
+            .chain(&self.routers)
+            .copied()
+            .filter(|&lsn| lsn != u64::MAX)
+            .min()
+            .unwrap_or(0)
+    }
+}
+
 /// Loads each actor's snapshot and replays the journal after it, under
 /// `settings`' layout (the one the files were written for). `known_nodes`:
 /// the nodes the directory's names had before this start.
@@ -171,30 +197,74 @@ pub(super) fn replay_state(
     now_ms: u64,
 ) -> Result<Replayed, StoreError> {
     let mut state = EngineState::fresh(settings, network, now_ms)?;
-    let index = state.index.clone();
     let mut report = RecoveryReport::default();
-
-    // Snapshots: each actor's own, each with its own LSN (0: none).
-    let catalog = load_snapshot(dir, "catalog")?;
-    let catalog_lsn = catalog.as_ref().map_or(0, |c| c.lsn);
-    if let Some(loaded) = &catalog {
-        let names = rkyv::access::<rkyv::Archived<Vec<String>>, rancor::BoxedError>(loaded.body())
-            .map_err(|e| loaded.damaged(e))?;
-        for (id, name) in names.iter().enumerate() {
-            let got = index.intern(name.as_str()).map_err(|e| loaded.damaged(e))?;
-            if got as usize != id {
-                return Err(loaded.damaged(format!("sku {name:?} interned as {got}, not {id}")));
-            }
-        }
-        report.snapshots_loaded += 1;
+    let applied = Applied {
+        catalog: load_catalog(dir, &state.index, &mut report)?,
+        shards: load_shards(dir, &mut state, &mut report)?,
+        routers: load_routers(dir, &mut state, &mut report)?,
+        nodes: load_nodes(dir, &mut state, network, known_nodes, &mut report)?,
+    };
+    report.snapshot_lsn_min = applied.oldest();
+    let recovered = journal::recover(&journal_dir(dir), report.snapshot_lsn_min)?;
+    if let Some(torn) = &recovered.torn_tail {
+        tracing::warn!(
+            "journal {} ended in a torn record at byte {} ({} bytes cut): a write the crash interrupted, never acknowledged",
+            torn.path.display(),
+            torn.offset,
+            torn.bytes
+        );
     }
+    let fresh =
+        report.snapshots_loaded == 0 && recovered.records.is_empty() && recovered.next_lsn <= 1;
+    let mut bumped = Vec::new();
+    for record in &recovered.records {
+        if replay_record(record, &mut state, &applied, &mut bumped)? {
+            report.records_replayed += 1;
+        }
+    }
+    report.next_lsn = recovered.next_lsn;
+    report.torn_tail = recovered.torn_tail;
+    Ok(Replayed {
+        state,
+        report,
+        fresh,
+    })
+}
+
+/// The SKU catalog's snapshot interned into `index` in its order; its LSN.
+fn load_catalog(
+    dir: &Path,
+    index: &AvailabilityIndex,
+    report: &mut RecoveryReport,
+) -> Result<u64, StoreError> {
+    let Some(loaded) = load_snapshot(dir, "catalog")? else {
+        return Ok(0);
+    };
+    let names = rkyv::access::<rkyv::Archived<Vec<String>>, rancor::BoxedError>(loaded.body())
+        .map_err(|e| loaded.damaged(e))?;
+    for (id, name) in names.iter().enumerate() {
+        let got = index.intern(name.as_str()).map_err(|e| loaded.damaged(e))?;
+        if got as usize != id {
+            return Err(loaded.damaged(format!("sku {name:?} interned as {got}, not {id}")));
+        }
+    }
+    report.snapshots_loaded += 1;
+    Ok(loaded.lsn)
+}
+
+/// Every shard's snapshot, validated and loaded on a thread each; their LSNs.
+fn load_shards(
+    dir: &Path,
+    state: &mut EngineState,
+    report: &mut RecoveryReport,
+) -> Result<Vec<u64>, StoreError> {
     let shard_count = state.shards.len();
-    let mut shard_lsn = vec![0u64; shard_count];
-    let shard_files = (0..shard_count)
+    let files = (0..shard_count)
         .map(|s| load_snapshot(dir, &format!("shard-{s}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let loaded_shards: Vec<Result<Option<StockShard>, StoreError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = shard_files
+    let index = &state.index;
+    let loaded: Vec<Result<Option<StockShard>, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
             .iter()
             .map(|file| {
                 let index = index.clone();
@@ -215,28 +285,36 @@ pub(super) fn replay_state(
             .map(|h| h.join().expect("shard loader panicked"))
             .collect()
     });
-    for (s, (loaded, file)) in loaded_shards.into_iter().zip(&shard_files).enumerate() {
-        if let Some(shard) = loaded? {
-            if shard.shard_id() as usize != s {
-                return Err(file
-                    .as_ref()
-                    .expect("loaded")
-                    .damaged("it is another shard's"));
-            }
-            shard_lsn[s] = file.as_ref().map_or(0, |f| f.lsn);
-            state.shards[s] = shard;
-            report.snapshots_loaded += 1;
+    let mut lsns = vec![0u64; shard_count];
+    for (s, (shard, file)) in loaded.into_iter().zip(&files).enumerate() {
+        let (Some(shard), Some(file)) = (shard?, file) else {
+            continue;
+        };
+        if shard.shard_id() as usize != s {
+            return Err(file.damaged("it is another shard's"));
         }
+        lsns[s] = file.lsn;
+        state.shards[s] = shard;
+        report.snapshots_loaded += 1;
     }
-    let router_files = (0..state.routers.len())
+    Ok(lsns)
+}
+
+/// Every router's book, restored a validated order at a time on a thread
+/// each; their LSNs.
+fn load_routers(
+    dir: &Path,
+    state: &mut EngineState,
+    report: &mut RecoveryReport,
+) -> Result<Vec<u64>, StoreError> {
+    let files = (0..state.routers.len())
         .map(|r| load_snapshot(dir, &format!("router-{r}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut router_lsn = vec![0u64; state.routers.len()];
     let restored: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = state
             .routers
             .iter_mut()
-            .zip(&router_files)
+            .zip(&files)
             .map(|(core, file)| {
                 scope.spawn(move || -> Result<(), StoreError> {
                     let Some(loaded) = file else { return Ok(()) };
@@ -259,145 +337,126 @@ pub(super) fn replay_state(
             .map(|h| h.join().expect("router loader panicked"))
             .collect()
     });
+    let mut lsns = vec![0u64; files.len()];
     for (r, result) in restored.into_iter().enumerate() {
         result?;
-        if let Some(file) = &router_files[r] {
-            router_lsn[r] = file.lsn;
+        if let Some(file) = &files[r] {
+            lsns[r] = file.lsn;
             report.snapshots_loaded += 1;
         }
     }
-    // A node the names did not have before this start has no snapshot
-    // and no record: nothing to replay for it.
-    let mut node_lsn: Vec<u64> = (0..state.ledgers.len())
+    Ok(lsns)
+}
+
+/// Every known node's ledger; their LSNs. A node the names did not have
+/// before this start has no snapshot and no record: nothing to replay for
+/// it. Runs after the routers, whose records its events share ids with.
+fn load_nodes(
+    dir: &Path,
+    state: &mut EngineState,
+    network: &Network,
+    known_nodes: usize,
+    report: &mut RecoveryReport,
+) -> Result<Vec<u64>, StoreError> {
+    let mut lsns: Vec<u64> = (0..state.ledgers.len())
         .map(|n| if n < known_nodes { 0 } else { u64::MAX })
         .collect();
     for (n, node) in network.nodes.iter().enumerate().take(known_nodes) {
-        if let Some(loaded) = load_snapshot(dir, &format!("node-{n}"))? {
-            let mut image = rkyv::from_bytes::<LedgerImage, rancor::Error>(loaded.body())
-                .map_err(|e| loaded.damaged(e))?;
-            // Share each event's order id with its order's record, as the
-            // live daemon does: a million events would otherwise each keep
-            // a copy.
-            for event in &mut image.events.events {
-                let record = state
-                    .routers
-                    .get(router_of_order(event.order, state.routers.len()))
-                    .and_then(|r| r.get(&crate::core::router::OrderRef::Id(event.order)).ok());
-                if let Some(record) = record {
-                    if record.client_order_id == event.client_order_id {
-                        event.client_order_id = record.client_order_id.clone();
-                    }
-                }
-            }
-            if image.node as usize != n {
-                return Err(loaded.damaged("it is another node's"));
-            }
-            state.ledgers[n] = NodeLedger::from_image(image, node.daily_capacity, index.clone());
-            node_lsn[n] = loaded.lsn;
-            report.snapshots_loaded += 1;
+        let Some(loaded) = load_snapshot(dir, &format!("node-{n}"))? else {
+            continue;
+        };
+        let mut image = rkyv::from_bytes::<LedgerImage, rancor::Error>(loaded.body())
+            .map_err(|e| loaded.damaged(e))?;
+        if image.node as usize != n {
+            return Err(loaded.damaged("it is another node's"));
         }
+        share_order_ids(&mut image, &state.routers);
+        state.ledgers[n] = NodeLedger::from_image(image, node.daily_capacity, state.index.clone());
+        lsns[n] = loaded.lsn;
+        report.snapshots_loaded += 1;
     }
-    let replay_from = [catalog_lsn]
-        .iter()
-        .chain(&shard_lsn)
-        .chain(&node_lsn)
-        .chain(&router_lsn)
-        .copied()
-        .filter(|&lsn| lsn != u64::MAX)
-        .min()
-        .unwrap_or(0);
-    report.snapshot_lsn_min = replay_from;
+    Ok(lsns)
+}
 
-    // The journal after the oldest snapshot; each record goes to the actors
-    // whose snapshot is older than it.
-    let recovered = journal::recover(&journal_dir(dir), replay_from)?;
-    if let Some(torn) = &recovered.torn_tail {
-        tracing::warn!(
-            "journal {} ended in a torn record at byte {} ({} bytes cut): a write the crash interrupted, never acknowledged",
-            torn.path.display(),
-            torn.offset,
-            torn.bytes
-        );
+/// Shares each event's order id with its order's record, as the live
+/// daemon does: a million events would otherwise each keep a copy.
+fn share_order_ids(image: &mut LedgerImage, routers: &[RouterCore]) {
+    for event in &mut image.events.events {
+        let record = routers
+            .get(router_of_order(event.order, routers.len()))
+            .and_then(|r| r.get(&OrderRef::Id(event.order)).ok());
+        if let Some(record) = record {
+            if record.client_order_id == event.client_order_id {
+                event.client_order_id = record.client_order_id.clone();
+            }
+        }
     }
-    let fresh =
-        report.snapshots_loaded == 0 && recovered.records.is_empty() && recovered.next_lsn <= 1;
-    let mut bumped = Vec::new();
-    for record in &recovered.records {
-        let lsn = record.lsn;
-        match record.kind {
-            // Demand is not state: the what-if replay reads it, recovery not.
-            KIND_MARKER | KIND_POLICY | KIND_DEMAND | KIND_DEMAND_LOST => continue,
-            KIND_TXN => {}
-            other => {
-                return Err(StoreError::Replay {
-                    lsn,
-                    reason: format!("unknown record kind {other}"),
-                })
-            }
-        }
-        let txn =
-            Txn::decode(&record.payload).map_err(|reason| StoreError::Replay { lsn, reason })?;
-        if lsn > catalog_lsn {
-            for (id, name) in &txn.skus {
-                let got = index.intern(name).map_err(|e| StoreError::Replay {
-                    lsn,
-                    reason: e.to_string(),
-                })?;
-                if got != *id {
-                    return Err(StoreError::Replay {
-                        lsn,
-                        reason: format!("sku {name:?} interned as {got}, journaled as {id}"),
-                    });
-                }
-            }
-        }
-        for order in txn.orders {
-            let r = router_of_order(order.id, state.routers.len());
-            if lsn > router_lsn[r] {
-                state.routers[r]
-                    .restore(order)
-                    .map_err(|reason| StoreError::Replay { lsn, reason })?;
-            }
-        }
-        for (shard, op) in txn.stock {
-            let s = shard as usize;
-            let valid = s < shard_count
-                && op.sku().is_none_or(|sku| {
-                    StockShard::shard_of(sku, shard_count as u32) == shard
-                        && (sku as usize) < index.sku_count()
-                });
-            if !valid {
-                return Err(StoreError::Replay {
-                    lsn,
-                    reason: format!("stock op {op:?} for shard {shard} does not fit the layout"),
-                });
-            }
-            if lsn > shard_lsn[s] {
-                // Errors (an overflowing adjust) failed alike when live.
-                let _ = apply_stock_op(&mut state.shards[s], op, &mut bumped);
-            }
-        }
-        for (node, op) in txn.nodes {
-            let n = node as usize;
-            if n >= state.ledgers.len() {
-                return Err(StoreError::Replay {
-                    lsn,
-                    reason: format!("node {node} beyond the configured nodes"),
-                });
-            }
-            if lsn > node_lsn[n] {
-                let _ = apply_node_op(&mut state.ledgers[n], op);
-            }
-        }
-        report.records_replayed += 1;
+}
+
+/// Applies one journal record to the actors whose snapshot is older than
+/// it. Whether it was a state change (demand, markers and policy reloads
+/// are not: the what-if replay and the live daemon read those).
+fn replay_record(
+    record: &RecoveredRecord,
+    state: &mut EngineState,
+    applied: &Applied,
+    bumped: &mut Vec<Bumped>,
+) -> Result<bool, StoreError> {
+    let lsn = record.lsn;
+    let failed = |reason: String| StoreError::Replay { lsn, reason };
+    match record.kind {
+        KIND_MARKER | KIND_POLICY | KIND_DEMAND | KIND_DEMAND_LOST => return Ok(false),
+        KIND_TXN => {}
+        other => return Err(failed(format!("unknown record kind {other}"))),
     }
-    report.next_lsn = recovered.next_lsn;
-    report.torn_tail = recovered.torn_tail;
-    Ok(Replayed {
-        state,
-        report,
-        fresh,
-    })
+    let txn = Txn::decode(&record.payload).map_err(failed)?;
+    if lsn > applied.catalog {
+        for (id, name) in &txn.skus {
+            let got = state
+                .index
+                .intern(name)
+                .map_err(|e| failed(e.to_string()))?;
+            if got != *id {
+                return Err(failed(format!(
+                    "sku {name:?} interned as {got}, journaled as {id}"
+                )));
+            }
+        }
+    }
+    for order in txn.orders {
+        let r = router_of_order(order.id, state.routers.len());
+        if lsn > applied.routers[r] {
+            state.routers[r].restore(order).map_err(failed)?;
+        }
+    }
+    let shard_count = state.shards.len();
+    for (shard, op) in txn.stock {
+        let s = shard as usize;
+        let valid = s < shard_count
+            && op.sku().is_none_or(|sku| {
+                StockShard::shard_of(sku, shard_count as u32) == shard
+                    && (sku as usize) < state.index.sku_count()
+            });
+        if !valid {
+            return Err(failed(format!(
+                "stock op {op:?} for shard {shard} does not fit the layout"
+            )));
+        }
+        if lsn > applied.shards[s] {
+            // Errors (an overflowing adjust) failed alike when live.
+            let _ = apply_stock_op(&mut state.shards[s], op, bumped);
+        }
+    }
+    for (node, op) in txn.nodes {
+        let n = node as usize;
+        if n >= state.ledgers.len() {
+            return Err(failed(format!("node {node} beyond the configured nodes")));
+        }
+        if lsn > applied.nodes[n] {
+            let _ = apply_node_op(&mut state.ledgers[n], op);
+        }
+    }
+    Ok(true)
 }
 
 /// Refuses a network that retired a node or channel with open work: its
