@@ -2,8 +2,13 @@
 //! daemon, the QUIC ingress, tests, benches) drives. It translates names to
 //! indices, groups work by router and shard, and bounds what is in flight.
 
-mod actors;
+mod images;
+mod mailbox;
+mod node;
+mod participants;
+mod router;
 pub mod sequencer;
+mod shard;
 mod watchdog;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,15 +21,16 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use tokio::sync::Semaphore;
 
-pub use actors::{
-    book_channel, BookPart, BookParts, BookSink, Image, Subscription, ORDERS_PER_IMAGE_STEP,
-    SUBSCRIBER_QUEUE_EVENTS,
-};
-use actors::{
-    ActorParticipants, ImagePace, JournaledParticipants, Mailbox, NodeActor, NodeMsg, RouterActor,
-    RouterMsg, RouterState, ShardActor, ShardMsg, ShardState,
-};
+use images::ImagePace;
+pub use images::{book_channel, BookPart, BookParts, BookSink, Image};
+use mailbox::Mailbox;
+use node::{NodeActor, NodeMsg};
+pub use node::{Subscription, SUBSCRIBER_QUEUE_EVENTS};
+use participants::{ActorParticipants, JournaledParticipants};
+pub use router::ORDERS_PER_IMAGE_STEP;
+use router::{RouterActor, RouterMsg, RouterState};
 use sequencer::{Done, Sequencer, Txn, KIND_MARKER};
+use shard::{ShardActor, ShardMsg, ShardState};
 pub use watchdog::Health;
 use watchdog::Watchdog;
 

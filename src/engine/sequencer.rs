@@ -5,8 +5,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use crate::journal::Done;
 use crate::journal::Journal;
+
+pub use crate::journal::Done;
 pub use crate::schema::txn::{
     ArchivedTxn, SharedSeen, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER, KIND_POLICY, KIND_TXN,
 };

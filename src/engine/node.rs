@@ -1,0 +1,143 @@
+//! The node actor: the single writer of a node's ledger (capacity, online,
+//! allocation events) and the live subscribers of its events.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{mpsc, oneshot};
+
+use super::images::{Image, ImageSink};
+use super::mailbox::took;
+use crate::core::capacity::{CapacityOutcome, NodeLedger};
+use crate::core::events::{CursorOutOfRange, NodeEvent};
+use crate::core::model::OrderId;
+use crate::core::ops::{apply_node_op, NodeEffect, NodeOp};
+
+/// Events from a cursor, and the live rest of them.
+pub type Subscription = (
+    Vec<(u64, Arc<NodeEvent>)>,
+    mpsc::Receiver<(u64, Arc<NodeEvent>)>,
+);
+
+/// Events queued for one subscriber before it counts as too slow and is
+/// dropped (it resumes from its last cursor).
+pub const SUBSCRIBER_QUEUE_EVENTS: usize = 65_536;
+
+pub enum NodeMsg {
+    Hold(Vec<OrderId>, u64, RpcReplyPort<Vec<CapacityOutcome>>),
+    Subscribe(u64, RpcReplyPort<Result<Subscription, CursorOutOfRange>>),
+    /// Journaled ops, in LSN order; the reply gets the orders a switch to
+    /// offline leaves to re-route.
+    Ops(Vec<NodeOp>, Option<oneshot::Sender<Vec<OrderId>>>),
+    /// (online, used today, open orders)
+    Stats(RpcReplyPort<(bool, u32, usize)>),
+    Snapshot(u64, ImageSink),
+    /// A node added to the running daemon takes this spare ledger: its
+    /// daily capacity (the config's, not journaled, as at every start).
+    Configure {
+        daily_capacity: u32,
+        reply: RpcReplyPort<()>,
+    },
+}
+
+pub struct NodeActor;
+
+/// A node's ledger and the live subscribers to its events.
+pub struct NodeState {
+    pub(super) ledger: NodeLedger,
+    pub(super) subscribers: Vec<mpsc::Sender<(u64, Arc<NodeEvent>)>>,
+    pub(super) depth: Arc<AtomicI64>,
+}
+
+impl Actor for NodeActor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    /// The ledger, and its mailbox's depth counter.
+    type Arguments = (NodeLedger, Arc<AtomicI64>);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<NodeMsg>,
+        (ledger, depth): (NodeLedger, Arc<AtomicI64>),
+    ) -> Result<NodeState, ActorProcessingErr> {
+        Ok(NodeState {
+            ledger,
+            subscribers: Vec::new(),
+            depth,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<NodeMsg>,
+        message: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        took(&state.depth);
+        let NodeState {
+            ledger,
+            subscribers,
+            ..
+        } = state;
+        match message {
+            NodeMsg::Hold(orders, now_ms, reply) => {
+                let _ = reply.send(orders.into_iter().map(|o| ledger.hold(o, now_ms)).collect());
+            }
+            NodeMsg::Ops(ops, reply) => {
+                // Fault injection (FAILPOINTS="node-ops=panic"): how the
+                // tests make an actor fail. Off, it is one map lookup per
+                // batch of a node's ops.
+                fail::fail_point!("node-ops");
+                let mut offline = Vec::new();
+                for op in ops {
+                    match apply_node_op(ledger, op) {
+                        NodeEffect::Event(cursor, event) => {
+                            // A full queue means a subscriber that cannot keep
+                            // up: drop it rather than let it hold the node back.
+                            subscribers.retain(|s| s.try_send((cursor, event.clone())).is_ok());
+                        }
+                        NodeEffect::Offline(orders) => offline = orders,
+                        NodeEffect::None => {}
+                    }
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(offline);
+                }
+            }
+            NodeMsg::Subscribe(cursor, reply) => {
+                let answer = ledger.events_since(cursor).map(|backlog| {
+                    let (sender, receiver) = mpsc::channel(SUBSCRIBER_QUEUE_EVENTS);
+                    subscribers.push(sender);
+                    (backlog, receiver)
+                });
+                let _ = reply.send(answer);
+            }
+            NodeMsg::Snapshot(lsn, sink) => {
+                let started = std::time::Instant::now();
+                let image = ledger.image();
+                tracing::debug!(
+                    "node {} imaged in {} us",
+                    image.node,
+                    started.elapsed().as_micros()
+                );
+                let _ = sink.send((lsn, Image::Node(image.node, image)));
+            }
+            NodeMsg::Configure {
+                daily_capacity,
+                reply,
+            } => {
+                ledger.set_daily_capacity(daily_capacity);
+                let _ = reply.send(());
+            }
+            NodeMsg::Stats(reply) => {
+                let _ = reply.send((
+                    ledger.is_online(),
+                    ledger.used_today(),
+                    ledger.open_orders(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

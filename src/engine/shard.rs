@@ -1,0 +1,121 @@
+//! The shard actor: the single writer of every cell of its SKUs. It holds,
+//! applies journaled ops in LSN order, and images itself at a marker.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{mpsc, oneshot};
+
+use super::images::{Image, ImageSink};
+use super::mailbox::took;
+use crate::core::model::{NodeIdx, SkuId};
+use crate::core::ops::{apply_stock_op, StockOp};
+use crate::core::stock::{
+    Bumped, Cell, HoldItem, HoldOutcome, ImageMemory, StockError, StockShard,
+};
+
+/// What a shard answers for ops applied with a reply: the reservations
+/// they bumped and the ops that could not apply.
+pub type Applied = (Vec<Bumped>, Vec<StockError>);
+
+pub enum ShardMsg {
+    Hold(Vec<HoldItem>, RpcReplyPort<Vec<HoldOutcome>>),
+    /// Holds of failed attempts to give back: not journaled, sent directly.
+    Abort(Vec<StockOp>),
+    /// Journaled ops, in LSN order. Without a reply port, bumps go to the
+    /// routers through the engine's bump channel.
+    Apply(Vec<StockOp>, Option<oneshot::Sender<Applied>>),
+    Cell(SkuId, NodeIdx, RpcReplyPort<Cell>),
+    Check(RpcReplyPort<Result<(), String>>),
+    /// Every op up to this LSN is applied and none after: image the shard
+    /// (into memory the snapshot touched beforehand).
+    Snapshot(u64, ImageSink, ImageMemory),
+    /// Nodes were added: rows take a cell for each of this many nodes.
+    Widen(usize, RpcReplyPort<()>),
+}
+
+pub struct ShardActor;
+
+pub struct ShardState {
+    pub shard: StockShard,
+    /// Bounded: a full queue holds the shard back until the forwarder
+    /// (which only casts to routers, never waits on a shard) catches up.
+    pub bumps: mpsc::Sender<Vec<Bumped>>,
+    pub depth: Arc<AtomicI64>,
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardState;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<ShardMsg>,
+        state: ShardState,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ShardMsg>,
+        message: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        took(&state.depth);
+        let shard = &mut state.shard;
+        // A reply port whose caller went away is not an error of the shard.
+        match message {
+            ShardMsg::Hold(items, reply) => {
+                let _ = reply.send(shard.hold(&items));
+            }
+            ShardMsg::Abort(ops) => {
+                let mut bumped = Vec::new();
+                for op in ops {
+                    let _ = apply_stock_op(shard, op, &mut bumped);
+                }
+            }
+            ShardMsg::Apply(ops, reply) => {
+                let mut bumped = Vec::new();
+                let mut errors = Vec::new();
+                for op in ops {
+                    if let Err(e) = apply_stock_op(shard, op, &mut bumped) {
+                        errors.push(e);
+                    }
+                }
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send((bumped, errors));
+                    }
+                    None if !bumped.is_empty() => {
+                        let _ = state.bumps.send(bumped).await;
+                    }
+                    None => {}
+                }
+            }
+            ShardMsg::Cell(sku, node, reply) => {
+                let _ = reply.send(shard.cell(sku, node));
+            }
+            ShardMsg::Check(reply) => {
+                let _ = reply.send(shard.check_invariants());
+            }
+            ShardMsg::Widen(node_count, reply) => {
+                shard.widen(node_count);
+                let _ = reply.send(());
+            }
+            ShardMsg::Snapshot(lsn, sink, memory) => {
+                let started = std::time::Instant::now();
+                let image = shard.image_into(memory);
+                tracing::debug!(
+                    "shard {} imaged in {} us",
+                    shard.shard_id(),
+                    started.elapsed().as_micros()
+                );
+                let _ = sink.send((lsn, Image::Shard(shard.shard_id(), image)));
+            }
+        }
+        Ok(())
+    }
+}
