@@ -1,0 +1,230 @@
+//! Orders through the engine: admitted under the in-flight bound, grouped
+//! by router, and each lifecycle step sent to the router that owns it.
+
+use futures::future::join_all;
+use smallvec::SmallVec;
+
+use super::error::EngineError;
+use super::mailbox::Mailbox;
+use super::router::RouterMsg;
+use super::{call, call_committed, Engine};
+use crate::core::book::{router_of_key, router_of_order};
+use crate::core::model::{Decision, OrderRequest};
+use crate::core::order::OrderRecord;
+use crate::core::router::OrderRef;
+use crate::limits::MAX_ORDERS_PER_BATCH;
+
+impl Engine {
+    pub(super) fn router_for(&self, order: &OrderRef) -> &Mailbox<RouterMsg> {
+        let routers = &self.inner.routers;
+        match order {
+            OrderRef::Id(id) => &routers[router_of_order(*id, routers.len())],
+            OrderRef::Key {
+                channel,
+                client_order_id,
+            } => &routers[router_of_key(channel, client_order_id, routers.len())],
+        }
+    }
+
+    pub(super) async fn admit(&self, count: usize) -> tokio::sync::SemaphorePermit<'_> {
+        let count = count.min(self.inner.max_inflight as usize) as u32;
+        self.inner
+            .admission
+            .acquire_many(count)
+            .await
+            .expect("admission semaphore is never closed")
+    }
+
+    /// Routes one order.
+    /// Routes one order. Panics if the journal failed; the daemon uses
+    /// the batch calls, which answer that as an error.
+    pub async fn submit(&self, order: OrderRequest) -> Decision {
+        self.submit_batch(vec![order])
+            .await
+            .map(|mut d| d.remove(0))
+            .expect("a batch of one is routed")
+    }
+
+    /// Routes many orders at once: one message per router, one hold message
+    /// per shard and node touched. Waits while the engine is full.
+    pub async fn submit_batch(
+        &self,
+        orders: Vec<OrderRequest>,
+    ) -> Result<Vec<Decision>, EngineError> {
+        check_batch(&orders)?;
+        let _permit = self.admit(orders.len()).await;
+        self.route(orders).await
+    }
+
+    /// Like [`Engine::submit_batch`], but answers `Overloaded` at once
+    /// instead of waiting when too much is in flight.
+    pub async fn try_submit_batch(
+        &self,
+        orders: Vec<OrderRequest>,
+    ) -> Result<Vec<Decision>, EngineError> {
+        check_batch(&orders)?;
+        let count = orders.len().min(self.inner.max_inflight as usize) as u32;
+        let Ok(_permit) = self.inner.admission.try_acquire_many(count) else {
+            for order in &orders {
+                self.inner.metrics.overloaded(self.channel_slot(order));
+            }
+            return Err(EngineError::Overloaded);
+        };
+        self.route(orders).await
+    }
+
+    pub(super) fn channel_slot(&self, order: &OrderRequest) -> Option<usize> {
+        self.inner
+            .network
+            .load()
+            .channel_idx(&order.channel)
+            .map(usize::from)
+    }
+
+    pub(super) async fn route(
+        &self,
+        orders: Vec<OrderRequest>,
+    ) -> Result<Vec<Decision>, EngineError> {
+        let started = std::time::Instant::now();
+        let channels: SmallVec<[Option<usize>; 16]> =
+            orders.iter().map(|o| self.channel_slot(o)).collect();
+        let routers = &self.inner.routers;
+        let now_ms = self.now_ms();
+        let mut by_router: Vec<(Vec<OrderRequest>, Vec<usize>)> =
+            vec![(Vec::new(), Vec::new()); routers.len()];
+        for (i, order) in orders.into_iter().enumerate() {
+            let r = router_of_key(&order.channel, &order.client_order_id, routers.len());
+            by_router[r].0.push(order);
+            by_router[r].1.push(i);
+        }
+        let total: usize = by_router.iter().map(|(o, _)| o.len()).sum();
+        let calls = by_router
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (o, _))| !o.is_empty())
+            .map(|(r, (orders, slots))| async move {
+                let decisions = call_committed(&routers[r], |reply| {
+                    RouterMsg::Submit(orders, now_ms, reply)
+                })
+                .await;
+                (slots, decisions)
+            });
+        let mut answers: Vec<Option<Decision>> = vec![None; total];
+        for (slots, decisions) in join_all(calls).await {
+            for (slot, decision) in slots.into_iter().zip(decisions?) {
+                answers[slot] = Some(decision);
+            }
+        }
+        let metrics = &self.inner.metrics;
+        metrics.latency(started.elapsed(), total);
+        Ok(answers
+            .into_iter()
+            .zip(channels)
+            .map(|(d, channel)| {
+                let decision = d.expect("every order answered");
+                metrics.answered(channel, &decision);
+                decision
+            })
+            .collect())
+    }
+
+    /// The order as it is now; `Archived` once it closed and retired.
+    pub async fn get(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
+        let router = self.router_for(&order);
+        Ok(call(router, |reply| RouterMsg::Get(order, reply)).await?)
+    }
+
+    pub async fn confirm(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
+        let _permit = self.admit(1).await;
+        let router = self.router_for(&order);
+        call_committed(router, |reply| RouterMsg::Confirm(order, reply))
+            .await?
+            .map_err(Into::into)
+    }
+
+    pub async fn cancel(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
+        let _permit = self.admit(1).await;
+        let router = self.router_for(&order);
+        call_committed(router, |reply| RouterMsg::Cancel(order, reply))
+            .await?
+            .map_err(Into::into)
+    }
+
+    /// A node shipped `qty` units of `sku` for the order.
+    pub async fn ship(
+        &self,
+        order: OrderRef,
+        node: &str,
+        sku: &str,
+        qty: u32,
+    ) -> Result<OrderRecord, EngineError> {
+        let (node, sku) = (self.node_idx(node)?, self.sku_id(sku)?);
+        let _permit = self.admit(1).await;
+        let router = self.router_for(&order);
+        call_committed(router, |reply| RouterMsg::Ship {
+            order,
+            node,
+            sku,
+            qty,
+            reply,
+        })
+        .await?
+        .map_err(Into::into)
+    }
+
+    /// A customer returned units at `node`, which puts them back in stock.
+    pub async fn return_units(
+        &self,
+        order: OrderRef,
+        node: &str,
+        sku: &str,
+        qty: u32,
+    ) -> Result<OrderRecord, EngineError> {
+        let (node, sku) = (self.node_idx(node)?, self.sku_id(sku)?);
+        let _permit = self.admit(1).await;
+        let router = self.router_for(&order);
+        call_committed(router, |reply| RouterMsg::Return {
+            order,
+            node,
+            sku,
+            qty,
+            reply,
+        })
+        .await?
+        .map_err(Into::into)
+    }
+
+    /// A node refuses its allocation of the order, optionally reporting its
+    /// true counts of some SKUs; the units are routed elsewhere.
+    pub async fn node_reject(
+        &self,
+        order: OrderRef,
+        node: &str,
+        counts: &[(&str, u32)],
+    ) -> Result<OrderRecord, EngineError> {
+        let node = self.node_idx(node)?;
+        let counts = counts
+            .iter()
+            .map(|(sku, n)| Ok((self.sku_id(sku)?, *n)))
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let _permit = self.admit(1).await;
+        let now_ms = self.now_ms();
+        let router = self.router_for(&order);
+        call_committed(router, |reply| RouterMsg::Reject {
+            order,
+            node,
+            counts,
+            now_ms,
+            reply,
+        })
+        .await?
+        .map_err(Into::into)
+    }
+}
+
+pub(super) fn check_batch(orders: &[OrderRequest]) -> Result<(), EngineError> {
+    if orders.len() > MAX_ORDERS_PER_BATCH {
+        return Err(EngineError::BatchTooLarge(orders.len()));
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! The engine's sizes, from `[engine]` in the config.
+
+/// Sizes of the engine, from `[engine]` in the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineSettings {
+    pub shards: u32,
+    pub routers: u32,
+    pub max_skus: usize,
+    /// Orders (and other requests) admitted at once; beyond this, callers
+    /// wait or, with the `try_` methods, are told `Overloaded`.
+    pub max_inflight: u32,
+    /// How often the expiry timer runs; 0 disables it (tests call `tick`).
+    pub expiry_tick_ms: u64,
+    /// How long a closed order stays in memory (`[orders] retention_ms`).
+    pub order_retention_ms: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> EngineSettings {
+        EngineSettings {
+            shards: 4,
+            routers: 4,
+            max_skus: 1 << 18,
+            max_inflight: 65_536,
+            expiry_tick_ms: 100,
+            order_retention_ms: crate::limits::DEFAULT_ORDER_RETENTION_MS,
+        }
+    }
+}
