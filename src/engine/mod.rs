@@ -2,15 +2,15 @@
 //! daemon, the QUIC ingress, tests, benches) drives. It translates names to
 //! indices, groups work by router and shard, and bounds what is in flight.
 //!
-//! - The handle's calls, by what they act on: [`orders`], [`stock`],
-//!   [`nodes`], [`snapshot`]; this file keeps the handle itself and its
+//! - The handle's calls, by what they act on: `orders.rs`, `stock.rs`,
+//!   `nodes.rs`, `snapshot.rs`; this file keeps the handle itself and its
 //!   upkeep (reload, repair, tick, stop).
-//! - The actors, one file each with its messages: [`router`], [`shard`],
-//!   [`node`]; [`participants`] is how a router's placement reaches them,
-//!   [`mailbox`] the queue that counts its depth, [`watchdog`] their
+//! - The actors, one file each with its messages: `router.rs`, `shard.rs`,
+//!   `node.rs`; `participants.rs` is how a router's placement reaches them,
+//!   `mailbox.rs` the queue that counts its depth, `watchdog.rs` their
 //!   supervisor, [`sequencer`] the journal's single writer in front of them.
-//! - Their start: [`spawn`] on an [`EngineState`] ([`state`]), with
-//!   [`settings`], a [`clock`], and [`images`] for snapshots.
+//! - Their start: `spawn.rs` on an [`EngineState`] (`state.rs`), with
+//!   `settings.rs`, a `clock.rs`, and `images.rs` for snapshots.
 
 mod clock;
 mod error;
