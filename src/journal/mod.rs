@@ -14,11 +14,49 @@
 //! what is free (bumping the rest), and shards apply journaled ops in LSN
 //! order.
 
-mod files;
+mod handle;
 pub mod record;
+mod recovery;
+mod segments;
+mod writer;
 
-pub use files::{
-    read, recover, remove_segments_through, Done, Durability, Journal, JournalError, JournalStats,
-    ReadSummary, Recovered, RecoveredRecord, Slot, TornTail, DEFAULT_SEGMENT_BYTES,
-    MAX_RECORDS_PER_COMMIT,
-};
+use std::path::{Path, PathBuf};
+
+pub use handle::{Done, Journal, JournalStats, Slot, MAX_RECORDS_PER_COMMIT};
+pub use recovery::{read, recover, ReadSummary, Recovered, RecoveredRecord, TornTail};
+pub use segments::{remove_segments_through, DEFAULT_SEGMENT_BYTES};
+
+/// Whether an append is acknowledged only after fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The default: a record is acknowledged after the fsync covering it.
+    Fsync,
+    /// For benchmarks: acknowledged after the write, before any fsync.
+    None,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal I/O on {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    /// Damage before the tail: starting would lose or invent state.
+    #[error("journal {path} is corrupt at byte {offset}: {reason}; refusing to start (restore the data directory from a backup)")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error(
+        "the journal writer has stopped after an earlier error; nothing more can be made durable"
+    )]
+    Stopped,
+    #[error("a record of {0} bytes exceeds MAX_RECORD_PAYLOAD_BYTES")]
+    TooLarge(usize),
+}
+
+pub(crate) fn io_error(path: &Path, error: impl std::fmt::Display) -> JournalError {
+    JournalError::Io {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    }
+}

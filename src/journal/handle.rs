@@ -1,0 +1,221 @@
+//! The journal handle: bounded slots, appends queued to the writer thread,
+//! barriers, and a clean stop.
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::record::{self};
+use super::segments::{open_segment, run_spares, SpareJob};
+use super::writer::Writer;
+use super::{io_error, Durability, JournalError};
+
+/// Appends queued for the writer before `reserve` waits (and `append`
+/// blocks): the writer's backpressure on the engine.
+pub const MAX_PENDING_APPENDS: usize = 65_536;
+/// Records written (and fsynced) together at most.
+pub const MAX_RECORDS_PER_COMMIT: usize = 8192;
+
+/// Called with the LSN once the record is durable (or with the error).
+pub type Done = Box<dyn FnOnce(Result<u64, JournalError>) + Send>;
+
+/// A commit that failed: the callbacks to tell, and why.
+pub(super) type CommitFailed = (Vec<Done>, JournalError);
+
+pub(super) struct Append {
+    /// None: a barrier, written as nothing; its `done` runs once all
+    /// queued before it is durable.
+    pub(super) kind: Option<u8>,
+    pub(super) payload: Vec<u8>,
+    pub(super) done: Done,
+    /// Its place in the queue, given back once the commit that takes it is
+    /// durable: a journal with every place free has nothing in flight.
+    pub(super) slot: Slot,
+}
+
+/// A place in the journal's queue, taken before a record is built: async
+/// code waits for one without parking its thread, and the append that
+/// uses it never blocks.
+pub struct Slot {
+    pub(super) _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Counters of the writer, for metrics and the benchmarks.
+#[derive(Default, Debug)]
+pub struct JournalStats {
+    pub commits: AtomicU64,
+    pub records: AtomicU64,
+    pub largest_commit: AtomicU64,
+    pub fsync_us_total: AtomicU64,
+}
+
+/// The journal's writing side. Cheap to share; one writer thread owns the files.
+pub struct Journal {
+    /// Taken out by [`Journal::close`]; a read lock per append is
+    /// uncontended except against that one close.
+    pub(super) queue: std::sync::RwLock<Option<crossbeam_channel::Sender<Append>>>,
+    /// `MAX_PENDING_APPENDS` places in the queue; the queue holds as many,
+    /// so that an append with a slot always finds room.
+    pub(super) slots: Arc<tokio::sync::Semaphore>,
+    /// The writer, then the spare thread (which ends when the writer drops
+    /// its job queue; joined so that no spare is still being written when
+    /// the directory is opened again).
+    pub(super) writer: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    pub stats: Arc<JournalStats>,
+    /// Taken by the writer around each commit; see [`Journal::pause`].
+    pub(super) paused: Arc<std::sync::Mutex<()>>,
+}
+
+impl Journal {
+    /// Starts the writer on `dir`, appending from `next_lsn` (what
+    /// [`recover`] returned). Creates the directory if needed.
+    pub fn start(
+        dir: &Path,
+        next_lsn: u64,
+        durability: Durability,
+        segment_bytes: u64,
+    ) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let (file, path, size, prepared) = open_segment(dir, next_lsn)?;
+        let stats = Arc::new(JournalStats::default());
+        let segment_bytes = segment_bytes.max(1);
+        let (spare_jobs, jobs) = crossbeam_channel::unbounded();
+        let (ready, spares) = crossbeam_channel::bounded(1);
+        let spare_dir = dir.to_path_buf();
+        let spare_thread = std::thread::Builder::new()
+            .name("journal-spare".into())
+            .spawn(move || run_spares(spare_dir, segment_bytes, jobs, ready))
+            .map_err(|e| io_error(dir, e))?;
+        let _ = spare_jobs.send(SpareJob::Prepare);
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            file,
+            path,
+            size,
+            next_lsn,
+            segment_bytes,
+            durability,
+            stats: stats.clone(),
+            fsync_seconds: metrics::histogram!(crate::telemetry::JOURNAL_FSYNC_SECONDS),
+            commit_records: metrics::histogram!(crate::telemetry::JOURNAL_COMMIT_RECORDS),
+            spare_jobs,
+            spares,
+            prepared,
+        };
+        let (queue, receiver) = crossbeam_channel::bounded(MAX_PENDING_APPENDS);
+        let paused = Arc::new(std::sync::Mutex::new(()));
+        let writer_paused = paused.clone();
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(receiver, writer_paused))
+            .map_err(|e| io_error(dir, e))?;
+        Ok(Journal {
+            queue: std::sync::RwLock::new(Some(queue)),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_APPENDS)),
+            writer: std::sync::Mutex::new(vec![thread, spare_thread]),
+            stats,
+            paused,
+        })
+    }
+
+    /// Waits, without blocking the thread, for a place in the queue while
+    /// `MAX_PENDING_APPENDS` records are queued (backpressure).
+    pub async fn reserve(&self) -> Slot {
+        let slots = self.slots.clone();
+        // Never closed: the semaphore lives as long as the journal.
+        let permit = slots.acquire_owned().await;
+        Slot {
+            _permit: permit.expect("journal slots are never closed"),
+        }
+    }
+
+    /// A place in the queue if one is free now; never waits.
+    pub fn try_reserve(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot { _permit: permit })
+    }
+
+    /// Queues a record in `slot`, at once; `done` runs on the writer thread
+    /// once it is durable.
+    pub fn append_in(
+        &self,
+        slot: Slot,
+        kind: u8,
+        payload: Vec<u8>,
+        done: Done,
+    ) -> Result<(), JournalError> {
+        if payload.len() > record::MAX_RECORD_PAYLOAD_BYTES {
+            return Err(JournalError::TooLarge(payload.len()));
+        }
+        self.queue_append(slot, Some(kind), payload, done)
+    }
+
+    /// Holds the writer before its next commit until the guard is dropped,
+    /// so that what is appended meanwhile stays in flight: for tests of
+    /// what waits for durability. Blocks while a commit is under way.
+    pub fn pause(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether nothing is queued, being written or about to be: every
+    /// record appended so far is durable.
+    pub fn quiet(&self) -> bool {
+        self.slots.available_permits() == MAX_PENDING_APPENDS
+    }
+
+    /// Queues a barrier in `slot`: nothing is written, and `done` runs on
+    /// the writer thread once every record queued before it is durable.
+    pub fn barrier_in(&self, slot: Slot, done: Done) -> Result<(), JournalError> {
+        self.queue_append(slot, None, Vec::new(), done)
+    }
+
+    pub(super) fn queue_append(
+        &self,
+        slot: Slot,
+        kind: Option<u8>,
+        payload: Vec<u8>,
+        done: Done,
+    ) -> Result<(), JournalError> {
+        let queue = self.queue.read().expect("journal queue lock");
+        let append = Append {
+            kind,
+            payload,
+            done,
+            slot,
+        };
+        // A slot guarantees room: this send does not wait.
+        queue
+            .as_ref()
+            .ok_or(JournalError::Stopped)?
+            .send(append)
+            .map_err(|_| JournalError::Stopped)
+    }
+
+    /// [`Journal::reserve`] and [`Journal::append_in`] for a plain thread
+    /// (never a tokio worker): blocks while the queue is full.
+    pub fn append(&self, kind: u8, payload: Vec<u8>, done: Done) -> Result<(), JournalError> {
+        let slot = futures::executor::block_on(self.reserve());
+        self.append_in(slot, kind, payload, done)
+    }
+
+    /// Waits for everything queued to be written, then stops the writer;
+    /// appends after this fail with `Stopped`.
+    pub fn close(&self) {
+        self.queue.write().expect("journal queue lock").take();
+        let threads = std::mem::take(&mut *self.writer.lock().expect("journal writer lock"));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn shutdown(self) {
+        self.close();
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,164 @@
+//! Journal segment files: naming and listing them, a spare next segment
+//! prepared ahead (so a rollover never waits on allocation), and deleting
+//! the segments a snapshot has passed.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::record::{self};
+use super::{io_error, JournalError};
+
+/// A segment is closed and a new one begun past this size.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+pub(super) const SEGMENT_SUFFIX: &str = ".wal";
+/// The next segment, zero-filled and fsynced ahead of need by the spare
+/// thread, renamed into place at rotation. Appending into blocks that are
+/// already written keeps the file's size and block map unchanged, so each
+/// commit's fdatasync writes the data alone (no inode), and a rotation no
+/// longer stalls the writer on creating and extending a file.
+pub(super) const SPARE_NAME: &str = "next-segment.spare";
+/// Zeros written per call while preparing a spare, and how often it is
+/// synced on the way (so that its flush never arrives as one burst).
+pub(super) const SPARE_CHUNK_BYTES: usize = 1 << 20;
+pub(super) const SPARE_SYNC_EVERY_BYTES: u64 = 8 << 20;
+
+pub(super) fn segment_paths(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let mut segments = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(segments),
+        Err(e) => return Err(io_error(dir, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| io_error(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(first) = name
+            .strip_suffix(SEGMENT_SUFFIX)
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            segments.push((first, path));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+pub(super) fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+    dir.join(format!("{first_lsn:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Deletes the segments whose every record has an LSN at or below `lsn`
+/// (every actor's snapshot has passed them). The last segment always stays:
+/// the writer appends to it. Returns the segments deleted.
+pub fn remove_segments_through(dir: &Path, lsn: u64) -> Result<usize, JournalError> {
+    let segments = segment_paths(dir)?;
+    let mut removed = 0;
+    for pair in segments.windows(2) {
+        let (_, path) = &pair[0];
+        let (next_first, _) = pair[1];
+        if next_first <= lsn + 1 {
+            std::fs::remove_file(path).map_err(|e| io_error(path, e))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Work for the spare thread.
+pub(super) enum SpareJob {
+    /// Zero-fill and fsync the next segment.
+    Prepare,
+    /// Sync a segment the writer has left (off the writer's path; with
+    /// `fsync` its data is already durable, with `none` nothing waits on it).
+    Retire(File, PathBuf),
+}
+
+pub(super) fn prepare_spare(
+    dir: &Path,
+    segment_bytes: u64,
+) -> Result<(File, PathBuf), JournalError> {
+    let path = dir.join(SPARE_NAME);
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    let zeros = vec![0u8; SPARE_CHUNK_BYTES];
+    let mut written = 0u64;
+    while written < segment_bytes {
+        let n = (segment_bytes - written).min(SPARE_CHUNK_BYTES as u64) as usize;
+        file.write_all_at(&zeros[..n], written)
+            .map_err(|e| io_error(&path, e))?;
+        written += n as u64;
+        if written.is_multiple_of(SPARE_SYNC_EVERY_BYTES) {
+            file.sync_data().map_err(|e| io_error(&path, e))?;
+        }
+    }
+    file.sync_all().map_err(|e| io_error(&path, e))?;
+    Ok((file, path))
+}
+
+pub(super) fn run_spares(
+    dir: PathBuf,
+    segment_bytes: u64,
+    jobs: crossbeam_channel::Receiver<SpareJob>,
+    ready: crossbeam_channel::Sender<(File, PathBuf)>,
+) {
+    for job in jobs {
+        match job {
+            SpareJob::Prepare => match prepare_spare(&dir, segment_bytes) {
+                Ok(spare) => {
+                    if ready.send(spare).is_err() {
+                        return;
+                    }
+                }
+                // The writer falls back to creating segments as it goes.
+                Err(e) => tracing::warn!("journal: cannot prepare the next segment: {e}"),
+            },
+            SpareJob::Retire(file, path) => {
+                if let Err(e) = file.sync_all() {
+                    tracing::warn!("journal: syncing {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// Opens the last segment (or a new one) at the end of its records: a
+/// prepared segment is longer than what was written into it. Returns the
+/// file, its path, where its records end, and whether it was prepared.
+pub(super) fn open_segment(
+    dir: &Path,
+    first_lsn: u64,
+) -> Result<(File, PathBuf, u64, bool), JournalError> {
+    let path = match segment_paths(dir)?.last() {
+        Some((_, last)) => last.clone(),
+        None => segment_path(dir, first_lsn),
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
+    let size = record::scan(&bytes, None)
+        .records
+        .last()
+        .map_or(0, |r| r.payload.end as u64);
+    sync_dir(dir)?;
+    Ok((file, path, size, bytes.len() as u64 > size))
+}
+
+/// A new file's name is durable only once its directory is fsynced.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}

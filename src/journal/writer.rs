@@ -1,0 +1,150 @@
+//! The writer thread: takes queued appends, writes a commit's records at
+//! once, one fsync (group commit), then runs each record's continuation in
+//! LSN order.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::handle::{Append, CommitFailed, Done, JournalStats, MAX_RECORDS_PER_COMMIT};
+use super::record::{self};
+use super::segments::{segment_path, sync_dir, SpareJob};
+use super::{io_error, Durability, JournalError};
+
+pub(super) struct Writer {
+    pub(super) dir: PathBuf,
+    pub(super) file: File,
+    pub(super) path: PathBuf,
+    pub(super) size: u64,
+    pub(super) next_lsn: u64,
+    pub(super) segment_bytes: u64,
+    pub(super) durability: Durability,
+    pub(super) stats: Arc<JournalStats>,
+    pub(super) fsync_seconds: metrics::Histogram,
+    pub(super) commit_records: metrics::Histogram,
+    pub(super) spare_jobs: crossbeam_channel::Sender<SpareJob>,
+    pub(super) spares: crossbeam_channel::Receiver<(File, PathBuf)>,
+    /// Whether the current segment was prepared; a plain one (the first of
+    /// a new directory, or one made when no spare was ready) is left as
+    /// soon as a spare is.
+    pub(super) prepared: bool,
+}
+
+impl Writer {
+    pub(super) fn commit(
+        &mut self,
+        batch: Vec<Append>,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Vec<(Done, u64)>, CommitFailed> {
+        buffer.clear();
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut records = 0;
+        for append in batch {
+            slots.push(append.slot);
+            let Some(kind) = append.kind else {
+                // Durable with everything before it: the last LSN so far.
+                acks.push((append.done, self.next_lsn - 1));
+                continue;
+            };
+            record::encode(kind, self.next_lsn, &append.payload, buffer);
+            acks.push((append.done, self.next_lsn));
+            self.next_lsn += 1;
+            records += 1;
+        }
+        let fail = |acks: Vec<(Done, u64)>, error| {
+            (acks.into_iter().map(|(d, _)| d).collect::<Vec<_>>(), error)
+        };
+        if records == 0 {
+            // Barriers only: everything before them is durable already.
+            return Ok(acks);
+        }
+        if let Err(e) = self.file.write_all_at(buffer, self.size) {
+            return Err(fail(acks, io_error(&self.path, e)));
+        }
+        if self.durability == Durability::Fsync {
+            let started = std::time::Instant::now();
+            if let Err(e) = self.file.sync_data() {
+                return Err(fail(acks, io_error(&self.path, e)));
+            }
+            let elapsed = started.elapsed();
+            self.stats
+                .fsync_us_total
+                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+            self.fsync_seconds.record(elapsed.as_secs_f64());
+        }
+        drop(slots);
+        self.commit_records.record(records as f64);
+        self.size += buffer.len() as u64;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.records.fetch_add(records, Ordering::Relaxed);
+        self.stats
+            .largest_commit
+            .fetch_max(records, Ordering::Relaxed);
+        if self.size >= self.segment_bytes || (!self.prepared && !self.spares.is_empty()) {
+            self.rotate().map_err(|e| fail(Vec::new(), e))?;
+        }
+        Ok(acks)
+    }
+
+    pub(super) fn rotate(&mut self) -> Result<(), JournalError> {
+        let path = segment_path(&self.dir, self.next_lsn);
+        let (file, prepared) = match self.spares.try_recv() {
+            Ok((file, spare)) => {
+                std::fs::rename(&spare, &path).map_err(|e| io_error(&path, e))?;
+                (file, true)
+            }
+            // Not ready (a burst outran the spare thread): a plain file.
+            Err(_) => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| io_error(&path, e))?;
+                (file, false)
+            }
+        };
+        self.prepared = prepared;
+        let old = std::mem::replace(&mut self.file, file);
+        let old_path = std::mem::replace(&mut self.path, path);
+        self.size = 0;
+        sync_dir(&self.dir)?;
+        let _ = self.spare_jobs.send(SpareJob::Retire(old, old_path));
+        if prepared {
+            let _ = self.spare_jobs.send(SpareJob::Prepare);
+        }
+        Ok(())
+    }
+
+    pub(super) fn run(
+        mut self,
+        queue: crossbeam_channel::Receiver<Append>,
+        paused: Arc<std::sync::Mutex<()>>,
+    ) {
+        let mut buffer = Vec::with_capacity(1 << 20);
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            // Uncontended but for a test's pause: one atomic per commit.
+            let pause = paused.lock().unwrap_or_else(|e| e.into_inner());
+            batch.extend(queue.try_iter().take(MAX_RECORDS_PER_COMMIT - 1));
+            let committed = self.commit(batch, &mut buffer);
+            drop(pause);
+            match committed {
+                Ok(acks) => acks.into_iter().for_each(|(done, lsn)| done(Ok(lsn))),
+                Err((dones, error)) => {
+                    // A failed write or fsync is never retried: the kernel may
+                    // have dropped the dirty pages. Everything after fails too.
+                    tracing::error!("journal writer stopped: {error}");
+                    dones.into_iter().for_each(|done| done(Err(error.clone())));
+                    queue
+                        .iter()
+                        .for_each(|a| (a.done)(Err(JournalError::Stopped)));
+                    return;
+                }
+            }
+        }
+    }
+}
