@@ -35,27 +35,27 @@ use std::sync::Arc;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::EngineError;
-use images::ImagePace;
-pub use images::{book_channel, BookPart, BookParts, BookSink, Image};
-use mailbox::Mailbox;
-pub use node::{Subscription, SUBSCRIBER_QUEUE_EVENTS};
-use participants::ActorParticipants;
-use router::RouterMsg;
-pub use router::ORDERS_PER_IMAGE_STEP;
-use sequencer::{Done, Sequencer, Txn};
-pub use settings::EngineSettings;
-use shard::ShardMsg;
-pub use state::EngineState;
-pub use stock::{NodeStock, StockReport, StockUpdate};
-pub use watchdog::Health;
-
+use self::images::ImagePace;
+use self::mailbox::Mailbox;
+use self::participants::ActorParticipants;
+use self::router::RouterMsg;
+use self::sequencer::{Done, Sequencer, Txn};
+use self::shard::ShardMsg;
 use crate::core::index::AvailabilityIndex;
 use crate::core::model::{NodeIdx, SkuId};
 use crate::core::network::Network;
 use crate::core::ops::StockOp;
 use crate::core::stock::{Bumped, StockShard};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::EngineError;
+pub use images::{book_channel, BookPart, BookParts, BookSink, Image};
+pub use node::{Subscription, SUBSCRIBER_QUEUE_EVENTS};
+pub use router::ORDERS_PER_IMAGE_STEP;
+pub use settings::EngineSettings;
+pub use state::EngineState;
+pub use stock::{NodeStock, StockReport, StockUpdate};
+pub use watchdog::Health;
 
 /// Messages waiting in each actor's mailbox, by actor index.
 #[derive(Clone, Debug, Default)]

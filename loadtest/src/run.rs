@@ -1,0 +1,452 @@
+//! A run: phases at fixed rates or a search for the highest sustainable
+//! one, then the audit.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use omniroute_client::{Client, StockSet, Trust};
+use omniroute_loadtest::{ratio, Scenario, Summary};
+use tokio::sync::{mpsc, oneshot};
+
+use super::args::Args;
+use super::audit::{read_back_settled, starting_stock, RunOrders};
+use super::feed::{feed, node_events};
+use super::orders::Orders;
+use super::redis::compare_redis;
+use super::spawn::{kill_and_restart, rss_growth_second_half_percent, sample_rss, spawn_server};
+use crate::drive::{Collector, Event, FollowUps, Interval, RunResult};
+use crate::sinks::Sink;
+use crate::{drive, sinks};
+
+/// One open-loop run against one target: warmup, the measured step(s),
+/// and under --find-max a run at half the highest sustainable rate.
+pub(crate) struct Measured {
+    /// The step reported: the highest sustainable one, or the last.
+    pub(crate) report: Summary,
+    pub(crate) histogram: hdrhistogram::Histogram<u64>,
+    pub(crate) uncorrected: hdrhistogram::Histogram<u64>,
+    pub(crate) highest: Option<f64>,
+    pub(crate) p99_at_half_us: Option<u64>,
+    pub(crate) run: RunResult,
+}
+
+pub(crate) struct Target {
+    pub(crate) label: &'static str,
+    pub(crate) sink: Sink,
+    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) outstanding: Arc<AtomicU64>,
+    pub(crate) collector: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) async fn phase(
+    target: &Target,
+    orders: Orders,
+    first: u64,
+    rate: f64,
+    duration: Duration,
+    measured: bool,
+    args: &Args,
+) -> Result<(Orders, u64, omniroute_loadtest::Recorder, Duration), String> {
+    let sink = target.sink.clone();
+    let events = target.events.clone();
+    let outstanding = target.outstanding.clone();
+    let tick = args.tick;
+    let (orders, end, start) = tokio::task::spawn_blocking(move || {
+        let mut orders = orders;
+        let (end, start) = drive::run_phase(
+            &sink,
+            &mut orders,
+            &events,
+            &outstanding,
+            first,
+            rate,
+            duration,
+            tick,
+            measured,
+        );
+        (orders, end, start)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (reply, answer) = oneshot::channel();
+    target
+        .events
+        .send(Event::Drain {
+            end,
+            deadline: Instant::now() + args.timeout,
+            reply,
+        })
+        .await
+        .map_err(|_| "the collector stopped".to_string())?;
+    let result = answer
+        .await
+        .map_err(|_| "the collector stopped".to_string())?;
+    let elapsed = start.elapsed();
+    Ok((orders, end, result.recorder, elapsed))
+}
+
+pub(crate) async fn measure(
+    target: Target,
+    mut orders: Orders,
+    scenario: &str,
+    args: &Args,
+) -> Result<Measured, String> {
+    let mut next = 0;
+    if !args.warmup.is_zero() {
+        let (o, end, _, _) =
+            phase(&target, orders, next, args.rate, args.warmup, false, args).await?;
+        (orders, next) = (o, end);
+    }
+    let max_p99_us = (args.max_p99_ms * 1000.0) as u64;
+    let mut rate = args.rate;
+    let mut best: Option<(Summary, omniroute_loadtest::Recorder)> = None;
+    let mut last: Option<(Summary, omniroute_loadtest::Recorder)> = None;
+    loop {
+        let (o, end, recorder, elapsed) =
+            phase(&target, orders, next, rate, args.duration, true, args).await?;
+        (orders, next) = (o, end);
+        let summary = Summary::new(target.label, scenario, elapsed, rate, &recorder);
+        if !args.find_max {
+            last = Some((summary, recorder));
+            break;
+        }
+        let sustained = summary.sustained(max_p99_us);
+        println!(
+            "{} find-max step: offered {rate:.0}/s, achieved {:.0}/s, p99 {} us, errors {}: {}",
+            target.label,
+            summary.rate_achieved,
+            summary.p99_us,
+            summary.errors,
+            if sustained {
+                "sustained"
+            } else {
+                "not sustained"
+            }
+        );
+        if !sustained {
+            last = Some((summary, recorder));
+            break;
+        }
+        best = Some((summary, recorder));
+        rate *= args.step_factor.max(1.01);
+        if rate > MAX_FIND_MAX_RATE {
+            break;
+        }
+    }
+    let highest = best.as_ref().map(|(s, _)| s.rate_offered);
+    let mut p99_at_half_us = None;
+    if let Some(highest) = highest {
+        println!("{} highest sustainable rate: {highest:.0} orders/s (p99 bound {} ms); now at half of it", target.label, args.max_p99_ms);
+        let (_, _, recorder, elapsed) = phase(
+            &target,
+            orders,
+            next,
+            highest / 2.0,
+            args.duration,
+            true,
+            args,
+        )
+        .await?;
+        let half = Summary::new(target.label, scenario, elapsed, highest / 2.0, &recorder);
+        println!(
+            "{} at {:.0}/s: achieved {:.0}/s, p50 {} us, p99 {} us, p99.9 {} us",
+            target.label,
+            highest / 2.0,
+            half.rate_achieved,
+            half.p50_us,
+            half.p99_us,
+            half.p999_us
+        );
+        p99_at_half_us = Some(half.p99_us);
+    } else if args.find_max {
+        println!(
+            "{}: not even the starting rate {:.0}/s was sustainable",
+            target.label, args.rate
+        );
+    }
+    let (report, recorder) = best.or(last).expect("at least one step");
+    let (reply, answer) = oneshot::channel();
+    let _ = target.events.send(Event::Finish { reply }).await;
+    let run = answer
+        .await
+        .map_err(|_| "the collector stopped".to_string())?;
+    let _ = target.collector.await;
+    Ok(Measured {
+        report,
+        histogram: recorder.corrected,
+        uncorrected: recorder.uncorrected,
+        highest,
+        p99_at_half_us,
+        run,
+    })
+}
+
+/// Highest rate --find-max tries.
+pub(crate) const MAX_FIND_MAX_RATE: f64 = 10_000_000.0;
+
+/// What a run hands back for the report and the chart.
+pub(crate) struct Outcome {
+    pub(crate) summary: Summary,
+    pub(crate) intervals: Vec<Interval>,
+    pub(crate) histogram: hdrhistogram::Histogram<u64>,
+    pub(crate) uncorrected: hdrhistogram::Histogram<u64>,
+    pub(crate) redis_histogram: Option<hdrhistogram::Histogram<u64>>,
+}
+
+pub(crate) fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
+    let scenario = Scenario::parse(
+        &std::fs::read_to_string(&args.scenario)
+            .map_err(|e| format!("{}: {e}", args.scenario.display()))?,
+    )?;
+    let spawned = if args.spawn_server {
+        Some(spawn_server(args, None).await?)
+    } else {
+        None
+    };
+    let (target, trust) = match &spawned {
+        Some(s) => (s.addr, Trust::CaFile(s.cert.clone())),
+        None if args.insecure => (args.target, Trust::InsecureDevelopmentOnly),
+        None => (
+            args.target,
+            Trust::CaFile(
+                args.ca
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("omniroute-data/cert.pem")),
+            ),
+        ),
+    };
+    let admin = Arc::new(
+        Client::connect(target, "localhost", trust.clone(), &args.admin_token)
+            .await
+            .map_err(|e| format!("admin connection: {e}"))?,
+    );
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        clients.push(
+            Client::connect(target, "localhost", trust.clone(), &args.token)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let entries: Vec<StockSet> = scenario
+        .stock
+        .iter()
+        .map(|s| StockSet {
+            sku: s.sku.clone(),
+            node: s.node.clone(),
+            on_hand: s.on_hand,
+            safety_stock: Some(0),
+        })
+        .collect();
+    if !entries.is_empty() {
+        admin
+            .stock_set(entries)
+            .await
+            .map_err(|e| format!("setting the scenario's stock: {e}"))?;
+    }
+    let starting = starting_stock(&admin, &scenario).await?;
+    println!(
+        "{}: {} orders/s for {:?} after {:?} of warmup, {} connections to {target}{}",
+        scenario.name,
+        args.rate,
+        args.duration,
+        args.warmup,
+        clients.len(),
+        if args.find_max {
+            ", stepping the rate up"
+        } else {
+            ""
+        }
+    );
+    let seed = seed();
+    let prefix = format!("lt-{seed}-");
+
+    let stop_feed = Arc::new(AtomicBool::new(false));
+    let feed_task = scenario.feed.is_some().then(|| {
+        tokio::spawn(feed(
+            admin.clone(),
+            scenario.clone(),
+            starting.clone(),
+            seed ^ 1,
+            stop_feed.clone(),
+        ))
+    });
+    let events_task = (!scenario.events.is_empty())
+        .then(|| tokio::spawn(node_events(admin.clone(), scenario.clone(), args.warmup)));
+    let stop_rss = Arc::new(AtomicBool::new(false));
+    let rss_task = match (&spawned, args.rss_every) {
+        (Some(s), Some(every)) => {
+            let pid = s.child.id().ok_or("the spawned daemon has no pid")?;
+            Some(tokio::spawn(sample_rss(pid, every, stop_rss.clone())))
+        }
+        _ => None,
+    };
+
+    let (events, receiver) = drive::channel();
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let sink = sinks::quic(&clients, &events).await?;
+    let follow_ups = scenario.follow_up.clone().map(|mix| {
+        FollowUps::new(
+            mix,
+            seed ^ 2,
+            scenario.channel.clone(),
+            prefix.clone(),
+            sink.clone(),
+        )
+    });
+    let collector = Collector::spawn(
+        receiver,
+        outstanding.clone(),
+        follow_ups,
+        // What each order was told is kept when the daemon may take it
+        // back: a node event, or holds that may expire within the run.
+        !scenario.events.is_empty() || scenario.holds_expire_in_runs(),
+        "omniroute",
+    );
+    let target_side = Target {
+        label: "omniroute",
+        sink,
+        events,
+        outstanding,
+        collector,
+    };
+    let measured = measure(
+        target_side,
+        Orders::new(&scenario, seed, &prefix),
+        &scenario.name,
+        args,
+    )
+    .await?;
+
+    stop_feed.store(true, Ordering::Relaxed);
+    let (restocked, feed_errors) = match feed_task {
+        Some(task) => task.await.map_err(|e| e.to_string())?,
+        None => (BTreeMap::new(), 0),
+    };
+    let rerouted = match events_task {
+        Some(task) => task.await.map_err(|e| e.to_string())?,
+        None => 0,
+    };
+    // Let follow-ups still in flight land before reading back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if scenario.holds_expire_in_runs() {
+        // Every hold still open runs out first, so that none runs out
+        // while the audit reads (the expiry tick is a few ms after it).
+        let ttl_ms = u64::from(scenario.orders.hold_ttl_ms.unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(ttl_ms + 500)).await;
+    }
+    stop_rss.store(true, Ordering::Relaxed);
+    let rss = match rss_task {
+        Some(task) => task.await.map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+
+    let RunResult {
+        mut audit,
+        routed,
+        intervals,
+        follow_ups,
+        promises,
+        endings,
+    } = measured.run;
+    audit.starting = starting.clone();
+    audit.restocked = restocked;
+    let run_orders = RunOrders {
+        channel: &scenario.channel,
+        prefix: &prefix,
+        routed: &routed,
+        promises: &promises,
+        endings: &endings,
+    };
+    let (audit, read_back) = read_back_settled(&admin, &run_orders, audit).await?;
+    let mut skus: Vec<String> = audit.final_atp.keys().map(|(sku, _)| sku.clone()).collect();
+    skus.dedup();
+    if !scenario.stock.is_empty() {
+        for sku in skus.iter().take(8) {
+            let left: u64 = audit
+                .final_atp
+                .iter()
+                .filter(|((s, _), _)| s == sku)
+                .map(|(_, v)| v)
+                .sum();
+            println!("audit {sku}: {left} units left at the daemon, {} expected from what buyers were told", audit.expected_left(sku));
+        }
+    }
+    let mut summary = measured.report;
+    summary.oversold_units = audit.oversold_units();
+    summary.oversold_told_units = audit.oversold_told();
+    summary.oversold_held_units = audit.oversold_held();
+    summary.withdrawn_units = audit.withdrawn.values().sum();
+    if summary.oversold_held_units > 0 {
+        for (cell, held) in &audit.held_now {
+            if *held > audit.stock(cell) {
+                println!(
+                    "audit: {cell:?} holds {held} units for the run's orders, stock was {}",
+                    audit.stock(cell)
+                );
+            }
+        }
+    }
+    summary.missing_orders = read_back.missing;
+    summary.archived_orders = read_back.archived;
+    summary.rss_mib = rss;
+    summary.rss_growth_second_half_percent = rss_growth_second_half_percent(&summary.rss_mib);
+    summary.early_expiries = read_back.early_expiries;
+    summary.expired_units = audit.expired.values().sum();
+    summary.stock_mismatch_units = audit.stock_mismatch_units();
+    summary.follow_ups = follow_ups;
+    summary.restocked_units = audit.restocked.values().sum();
+    summary.feed_errors = feed_errors;
+    summary.rerouted_orders = rerouted;
+    summary.highest_sustainable_rate = measured.highest;
+    summary.p99_at_half_max_us = measured.p99_at_half_us;
+    summary.durability = spawned.as_ref().map(|_| args.durability.clone());
+
+    for client in clients {
+        client.close().await;
+    }
+    if let Ok(admin) = Arc::try_unwrap(admin) {
+        admin.close().await;
+    }
+    let spawned = match spawned {
+        Some(spawned) if args.kill_restart => {
+            let (restarted, ms) = kill_and_restart(args, spawned).await?;
+            summary.restart_ms = Some(ms);
+            Some(restarted)
+        }
+        other => other,
+    };
+    if let Some(mut spawned) = spawned {
+        drop(spawned.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(20), spawned.child.wait()).await;
+        let _ = spawned.child.start_kill();
+        let _ = std::fs::remove_dir_all(&spawned.data_dir);
+    }
+
+    let mut redis_histogram = None;
+    if args.compare_redis {
+        let (redis, histogram) = compare_redis(args, &scenario, &starting, seed, &prefix).await?;
+        summary.ratio_vs_redis = ratio(
+            summary.highest_sustainable_rate,
+            redis.highest_sustainable_rate,
+        );
+        summary.redis = Some(Box::new(redis));
+        redis_histogram = Some(histogram);
+    }
+    Ok(Outcome {
+        summary,
+        intervals,
+        histogram: measured.histogram,
+        uncorrected: measured.uncorrected,
+        redis_histogram,
+    })
+}
