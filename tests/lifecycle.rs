@@ -285,7 +285,7 @@ async fn node_offline_reroutes_unshipped_allocations() {
     engine.set_node_online("ST-1", true).await.unwrap();
     let back = engine.submit(order("c", "o-10", &[("SKU-1", 1)])).await;
     assert_eq!(back.allocations()[0].node, ST_1);
-    assert!(engine.node_stats("ST-1").await.unwrap().0);
+    assert!(engine.node_stats("ST-1").await.unwrap().online);
     engine.check_invariants().await.unwrap();
 }
 

@@ -50,7 +50,7 @@ use crate::core::stock::{Bumped, StockShard};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::EngineError;
 pub use images::{book_channel, BookPart, BookParts, BookSink, Image};
-pub use node::{Subscription, SUBSCRIBER_QUEUE_EVENTS};
+pub use node::{NodeStats, Subscription, SUBSCRIBER_QUEUE_EVENTS};
 pub use router::ORDERS_PER_IMAGE_STEP;
 pub use settings::EngineSettings;
 pub use state::EngineState;
@@ -263,7 +263,7 @@ impl Engine {
             self.inner
                 .routers
                 .iter()
-                .map(|r| call_committed(r, |reply| RouterMsg::Expire(now_ms, reply))),
+                .map(|r| call_committed(r, |reply| RouterMsg::Expire { now_ms, reply })),
         )
         .await;
         expired.into_iter().map(|e| e.unwrap_or(0)).sum()

@@ -14,25 +14,49 @@ use crate::core::events::{CursorOutOfRange, NodeEvent};
 use crate::core::model::OrderId;
 use crate::core::ops::{apply_node_op, NodeEffect, NodeOp};
 
-/// Events from a cursor, and the live rest of them.
-pub type Subscription = (
-    Vec<(u64, Arc<NodeEvent>)>,
-    mpsc::Receiver<(u64, Arc<NodeEvent>)>,
-);
+/// A node's events from a cursor: those logged so far, and the live rest.
+pub struct Subscription {
+    /// (cursor, event) from the cursor asked for up to now.
+    pub backlog: Vec<(u64, Arc<NodeEvent>)>,
+    /// Every event after the backlog, as it happens.
+    pub live: mpsc::Receiver<(u64, Arc<NodeEvent>)>,
+}
 
 /// Events queued for one subscriber before it counts as too slow and is
 /// dropped (it resumes from its last cursor).
 pub const SUBSCRIBER_QUEUE_EVENTS: usize = 65_536;
 
+/// A node's counters, as `Engine::node_stats` answers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeStats {
+    pub online: bool,
+    /// Allocations taken from today's capacity.
+    pub used_today: u32,
+    /// Orders it serves that are still open.
+    pub open_orders: usize,
+}
+
 pub enum NodeMsg {
-    Hold(Vec<OrderId>, u64, RpcReplyPort<Vec<CapacityOutcome>>),
-    Subscribe(u64, RpcReplyPort<Result<Subscription, CursorOutOfRange>>),
+    Hold {
+        orders: Vec<OrderId>,
+        now_ms: u64,
+        reply: RpcReplyPort<Vec<CapacityOutcome>>,
+    },
+    Subscribe {
+        from_cursor: u64,
+        reply: RpcReplyPort<Result<Subscription, CursorOutOfRange>>,
+    },
     /// Journaled ops, in LSN order; the reply gets the orders a switch to
     /// offline leaves to re-route.
-    Ops(Vec<NodeOp>, Option<oneshot::Sender<Vec<OrderId>>>),
-    /// (online, used today, open orders)
-    Stats(RpcReplyPort<(bool, u32, usize)>),
-    Snapshot(u64, ImageSink),
+    Ops {
+        ops: Vec<NodeOp>,
+        reply: Option<oneshot::Sender<Vec<OrderId>>>,
+    },
+    Stats(RpcReplyPort<NodeStats>),
+    Snapshot {
+        lsn: u64,
+        sink: ImageSink,
+    },
     /// A node added to the running daemon takes this spare ledger: its
     /// daily capacity (the config's, not journaled, as at every start).
     Configure {
@@ -81,10 +105,14 @@ impl Actor for NodeActor {
             ..
         } = state;
         match message {
-            NodeMsg::Hold(orders, now_ms, reply) => {
+            NodeMsg::Hold {
+                orders,
+                now_ms,
+                reply,
+            } => {
                 let _ = reply.send(orders.into_iter().map(|o| ledger.hold(o, now_ms)).collect());
             }
-            NodeMsg::Ops(ops, reply) => {
+            NodeMsg::Ops { ops, reply } => {
                 // Fault injection (FAILPOINTS="node-ops=panic"): how the
                 // tests make an actor fail. Off, it is one map lookup per
                 // batch of a node's ops.
@@ -105,15 +133,21 @@ impl Actor for NodeActor {
                     let _ = reply.send(offline);
                 }
             }
-            NodeMsg::Subscribe(cursor, reply) => {
+            NodeMsg::Subscribe {
+                from_cursor: cursor,
+                reply,
+            } => {
                 let answer = ledger.events_since(cursor).map(|backlog| {
                     let (sender, receiver) = mpsc::channel(SUBSCRIBER_QUEUE_EVENTS);
                     subscribers.push(sender);
-                    (backlog, receiver)
+                    Subscription {
+                        backlog,
+                        live: receiver,
+                    }
                 });
                 let _ = reply.send(answer);
             }
-            NodeMsg::Snapshot(lsn, sink) => {
+            NodeMsg::Snapshot { lsn, sink } => {
                 let started = std::time::Instant::now();
                 let image = ledger.image();
                 tracing::debug!(
@@ -131,11 +165,11 @@ impl Actor for NodeActor {
                 let _ = reply.send(());
             }
             NodeMsg::Stats(reply) => {
-                let _ = reply.send((
-                    ledger.is_online(),
-                    ledger.used_today(),
-                    ledger.open_orders(),
-                ));
+                let _ = reply.send(NodeStats {
+                    online: ledger.is_online(),
+                    used_today: ledger.used_today(),
+                    open_orders: ledger.open_orders(),
+                });
             }
         }
         Ok(())

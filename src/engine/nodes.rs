@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use super::error::EngineError;
-use super::node::{NodeMsg, Subscription};
+use super::node::{NodeMsg, NodeStats, Subscription};
 use super::router::RouterMsg;
 use super::sequencer::Txn;
 use super::shard::ShardMsg;
@@ -45,7 +45,11 @@ impl Engine {
         // nodes until the routers have the network, last.
         self.inner.index.grow_nodes(network.nodes.len());
         for shard in self.inner.participants.shards.iter() {
-            call_committed(shard, |reply| ShardMsg::Widen(network.nodes.len(), reply)).await?;
+            call_committed(shard, |reply| ShardMsg::Widen {
+                node_count: network.nodes.len(),
+                reply,
+            })
+            .await?;
         }
         for (n, node) in (first..).zip(added) {
             let actor = &self.inner.participants.nodes[n];
@@ -75,7 +79,10 @@ impl Engine {
             .append(txn, move |_| {
                 // Each node is online before any router can plan with it.
                 for (n, op) in ops {
-                    let _ = actors[n as usize].cast(NodeMsg::Ops(vec![op], None));
+                    let _ = actors[n as usize].cast(NodeMsg::Ops {
+                        ops: vec![op],
+                        reply: None,
+                    });
                 }
                 for router in &routers {
                     let _ = router.cast(RouterMsg::SetNetwork(next.clone()));
@@ -104,7 +111,10 @@ impl Engine {
         self.inner
             .sequencer
             .append(txn, move |_| {
-                let _ = actor.cast(NodeMsg::Ops(vec![NodeOp::Online(online)], Some(reply)));
+                let _ = actor.cast(NodeMsg::Ops {
+                    ops: vec![NodeOp::Online(online)],
+                    reply: Some(reply),
+                });
             })
             .await;
         let orders = answer.await.map_err(|_| EngineError::Unavailable)?;
@@ -137,14 +147,15 @@ impl Engine {
     ) -> Result<Subscription, EngineError> {
         let node = self.node_idx(node)?;
         let nodes = &self.inner.participants.nodes;
-        Ok(call(&nodes[node as usize], |reply| {
-            NodeMsg::Subscribe(from_cursor, reply)
+        Ok(call(&nodes[node as usize], |reply| NodeMsg::Subscribe {
+            from_cursor,
+            reply,
         })
         .await?)
     }
 
-    /// (online, allocations used today, open orders) of a node.
-    pub async fn node_stats(&self, node: &str) -> Result<(bool, u32, usize), EngineError> {
+    /// A node's counters: online, allocations used today, open orders.
+    pub async fn node_stats(&self, node: &str) -> Result<NodeStats, EngineError> {
         let node = self.node_idx(node)?;
         Ok(call(
             &self.inner.participants.nodes[node as usize],

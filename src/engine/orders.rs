@@ -103,8 +103,10 @@ impl Engine {
             .enumerate()
             .filter(|(_, (o, _))| !o.is_empty())
             .map(|(r, (orders, slots))| async move {
-                let decisions = call_committed(&routers[r], |reply| {
-                    RouterMsg::Submit(orders, now_ms, reply)
+                let decisions = call_committed(&routers[r], |reply| RouterMsg::Submit {
+                    orders,
+                    now_ms,
+                    reply,
                 })
                 .await;
                 (slots, decisions)
@@ -131,13 +133,13 @@ impl Engine {
     /// The order as it is now; `Archived` once it closed and retired.
     pub async fn get(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let router = self.router_for(&order);
-        Ok(call(router, |reply| RouterMsg::Get(order, reply)).await?)
+        Ok(call(router, |reply| RouterMsg::Get { order, reply }).await?)
     }
 
     pub async fn confirm(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        call_committed(router, |reply| RouterMsg::Confirm(order, reply))
+        call_committed(router, |reply| RouterMsg::Confirm { order, reply })
             .await?
             .map_err(Into::into)
     }
@@ -145,7 +147,7 @@ impl Engine {
     pub async fn cancel(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let _permit = self.admit(1).await;
         let router = self.router_for(&order);
-        call_committed(router, |reply| RouterMsg::Cancel(order, reply))
+        call_committed(router, |reply| RouterMsg::Cancel { order, reply })
             .await?
             .map_err(Into::into)
     }

@@ -48,7 +48,7 @@ impl ActorParticipants {
         }
         for (shard, ops) in by_shard {
             // A stopped actor means the engine is shutting down.
-            let _ = self.shards[shard as usize].cast(ShardMsg::Apply(ops, None));
+            let _ = self.shards[shard as usize].cast(ShardMsg::Apply { ops, reply: None });
         }
         let mut by_node: SmallVec<[(NodeIdx, Vec<NodeOp>); 4]> = SmallVec::new();
         for (node, op) in nodes {
@@ -58,7 +58,7 @@ impl ActorParticipants {
             }
         }
         for (node, ops) in by_node {
-            let _ = self.nodes[node as usize].cast(NodeMsg::Ops(ops, None));
+            let _ = self.nodes[node as usize].cast(NodeMsg::Ops { ops, reply: None });
         }
     }
 }
@@ -95,7 +95,7 @@ impl Participants for JournaledParticipants {
     async fn hold_stock(&self, shard: u32, items: Vec<HoldItem>) -> Vec<HoldOutcome> {
         answered(
             self.actors.shards[shard as usize]
-                .call(|reply| ShardMsg::Hold(items, reply), None)
+                .call(|reply| ShardMsg::Hold { items, reply }, None)
                 .await,
             "shard",
         )
@@ -109,7 +109,14 @@ impl Participants for JournaledParticipants {
     ) -> Vec<CapacityOutcome> {
         answered(
             self.actors.nodes[node as usize]
-                .call(|reply| NodeMsg::Hold(orders, now_ms, reply), None)
+                .call(
+                    |reply| NodeMsg::Hold {
+                        orders,
+                        now_ms,
+                        reply,
+                    },
+                    None,
+                )
                 .await,
             "node",
         )

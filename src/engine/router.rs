@@ -22,10 +22,23 @@ use crate::engine::sequencer::{Done, Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LO
 pub(super) type Reply<T> = RpcReplyPort<Result<T, OpError>>;
 
 pub enum RouterMsg {
-    Submit(Vec<OrderRequest>, u64, RpcReplyPort<Vec<Decision>>),
-    Get(OrderRef, Reply<OrderRecord>),
-    Confirm(OrderRef, Reply<OrderRecord>),
-    Cancel(OrderRef, Reply<OrderRecord>),
+    Submit {
+        orders: Vec<OrderRequest>,
+        now_ms: u64,
+        reply: RpcReplyPort<Vec<Decision>>,
+    },
+    Get {
+        order: OrderRef,
+        reply: Reply<OrderRecord>,
+    },
+    Confirm {
+        order: OrderRef,
+        reply: Reply<OrderRecord>,
+    },
+    Cancel {
+        order: OrderRef,
+        reply: Reply<OrderRecord>,
+    },
     Ship {
         order: OrderRef,
         node: NodeIdx,
@@ -53,12 +66,24 @@ pub enum RouterMsg {
         now_ms: u64,
         reply: RpcReplyPort<()>,
     },
-    Bumped(Vec<Bumped>, u64, Option<RpcReplyPort<()>>),
-    Expire(u64, RpcReplyPort<usize>),
+    Bumped {
+        bumps: Vec<Bumped>,
+        now_ms: u64,
+        reply: Option<RpcReplyPort<()>>,
+    },
+    Expire {
+        now_ms: u64,
+        reply: RpcReplyPort<usize>,
+    },
     Check(RpcReplyPort<Result<(), String>>),
     /// Snapshot the book, `ORDERS_PER_IMAGE_STEP` orders per message so that
     /// orders keep flowing in between (see `RouterState::image_step`).
-    Snapshot(ImageSink, BookSink, ImagePace, RpcReplyPort<()>),
+    Snapshot {
+        images: ImageSink,
+        books: BookSink,
+        pace: ImagePace,
+        reply: RpcReplyPort<()>,
+    },
     ImageStep(Box<BookImage>),
     /// A journaled policy reload: route by these channels' policies from now on.
     SetNetwork(Arc<crate::core::network::Network>),
@@ -318,7 +343,11 @@ impl Actor for RouterActor {
     ) -> Result<(), ActorProcessingErr> {
         took(&state.depth);
         match message {
-            RouterMsg::Submit(orders, now_ms, reply) => {
+            RouterMsg::Submit {
+                orders,
+                now_ms,
+                reply,
+            } => {
                 let decisions = state
                     .core
                     .submit(&orders, now_ms, &state.participants)
@@ -335,14 +364,14 @@ impl Actor for RouterActor {
                 }
                 state.record_demand();
             }
-            RouterMsg::Get(order, reply) => {
+            RouterMsg::Get { order, reply } => {
                 let _ = reply.send(state.core.get(&order).cloned());
             }
-            RouterMsg::Confirm(order, reply) => {
+            RouterMsg::Confirm { order, reply } => {
                 let result = state.core.confirm(&order).cloned();
                 state.finish(result, reply).await;
             }
-            RouterMsg::Cancel(order, reply) => {
+            RouterMsg::Cancel { order, reply } => {
                 let result = state.core.cancel(&order, &state.participants).cloned();
                 state.finish(result, reply).await;
             }
@@ -411,7 +440,11 @@ impl Actor for RouterActor {
                     })
                     .await;
             }
-            RouterMsg::Bumped(bumps, now_ms, reply) => {
+            RouterMsg::Bumped {
+                bumps,
+                now_ms,
+                reply,
+            } => {
                 state.metrics.rerouted_bumped.increment(bumps.len() as u64);
                 state.core.bumped(&bumps, now_ms, &state.participants).await;
                 state
@@ -422,7 +455,7 @@ impl Actor for RouterActor {
                     })
                     .await;
             }
-            RouterMsg::Expire(now_ms, reply) => {
+            RouterMsg::Expire { now_ms, reply } => {
                 let expired = state.core.expire_due(now_ms, &state.participants);
                 // A snapshot walking the books must find every order where
                 // it was: none retires meanwhile.
@@ -438,7 +471,12 @@ impl Actor for RouterActor {
             RouterMsg::Check(reply) => {
                 let _ = reply.send(state.core.check_invariants());
             }
-            RouterMsg::Snapshot(sink, books, pace, reply) => {
+            RouterMsg::Snapshot {
+                images: sink,
+                books,
+                pace,
+                reply,
+            } => {
                 let start_lsn = Arc::new(std::sync::OnceLock::new());
                 let label = start_lsn.clone();
                 let done: Done = Box::new(move |result| {

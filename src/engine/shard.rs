@@ -17,22 +17,42 @@ use crate::core::stock::{
 
 /// What a shard answers for ops applied with a reply: the reservations
 /// they bumped and the ops that could not apply.
-pub type Applied = (Vec<Bumped>, Vec<StockError>);
+pub struct Applied {
+    pub bumped: Vec<Bumped>,
+    pub errors: Vec<StockError>,
+}
 
 pub enum ShardMsg {
-    Hold(Vec<HoldItem>, RpcReplyPort<Vec<HoldOutcome>>),
+    Hold {
+        items: Vec<HoldItem>,
+        reply: RpcReplyPort<Vec<HoldOutcome>>,
+    },
     /// Holds of failed attempts to give back: not journaled, sent directly.
     Abort(Vec<StockOp>),
     /// Journaled ops, in LSN order. Without a reply port, bumps go to the
     /// routers through the engine's bump channel.
-    Apply(Vec<StockOp>, Option<oneshot::Sender<Applied>>),
-    Cell(SkuId, NodeIdx, RpcReplyPort<Cell>),
+    Apply {
+        ops: Vec<StockOp>,
+        reply: Option<oneshot::Sender<Applied>>,
+    },
+    Cell {
+        sku: SkuId,
+        node: NodeIdx,
+        reply: RpcReplyPort<Cell>,
+    },
     Check(RpcReplyPort<Result<(), String>>),
     /// Every op up to this LSN is applied and none after: image the shard
     /// (into memory the snapshot touched beforehand).
-    Snapshot(u64, ImageSink, ImageMemory),
+    Snapshot {
+        lsn: u64,
+        sink: ImageSink,
+        memory: ImageMemory,
+    },
     /// Nodes were added: rows take a cell for each of this many nodes.
-    Widen(usize, RpcReplyPort<()>),
+    Widen {
+        node_count: usize,
+        reply: RpcReplyPort<()>,
+    },
 }
 
 pub struct ShardActor;
@@ -68,7 +88,7 @@ impl Actor for ShardActor {
         let shard = &mut state.shard;
         // A reply port whose caller went away is not an error of the shard.
         match message {
-            ShardMsg::Hold(items, reply) => {
+            ShardMsg::Hold { items, reply } => {
                 let _ = reply.send(shard.hold(&items));
             }
             ShardMsg::Abort(ops) => {
@@ -77,7 +97,7 @@ impl Actor for ShardActor {
                     let _ = apply_stock_op(shard, op, &mut bumped);
                 }
             }
-            ShardMsg::Apply(ops, reply) => {
+            ShardMsg::Apply { ops, reply } => {
                 let mut bumped = Vec::new();
                 let mut errors = Vec::new();
                 for op in ops {
@@ -87,7 +107,7 @@ impl Actor for ShardActor {
                 }
                 match reply {
                     Some(reply) => {
-                        let _ = reply.send((bumped, errors));
+                        let _ = reply.send(Applied { bumped, errors });
                     }
                     None if !bumped.is_empty() => {
                         let _ = state.bumps.send(bumped).await;
@@ -95,17 +115,17 @@ impl Actor for ShardActor {
                     None => {}
                 }
             }
-            ShardMsg::Cell(sku, node, reply) => {
+            ShardMsg::Cell { sku, node, reply } => {
                 let _ = reply.send(shard.cell(sku, node));
             }
             ShardMsg::Check(reply) => {
                 let _ = reply.send(shard.check_invariants());
             }
-            ShardMsg::Widen(node_count, reply) => {
+            ShardMsg::Widen { node_count, reply } => {
                 shard.widen(node_count);
                 let _ = reply.send(());
             }
-            ShardMsg::Snapshot(lsn, sink, memory) => {
+            ShardMsg::Snapshot { lsn, sink, memory } => {
                 let started = std::time::Instant::now();
                 let image = shard.image_into(memory);
                 tracing::debug!(

@@ -34,8 +34,11 @@ impl Engine {
             let sink = sink.clone();
             let books = books.clone();
             let pace = self.inner.image_pace.clone();
-            call(router, move |reply| {
-                RouterMsg::Snapshot(sink, books, pace, reply)
+            call(router, move |reply| RouterMsg::Snapshot {
+                images: sink,
+                books,
+                pace,
+                reply,
             })
             .await;
         }
@@ -59,10 +62,17 @@ impl Engine {
         let done: Done = Box::new(move |result| {
             let Ok(lsn) = result else { return };
             for (shard, memory) in participants.shards.iter().zip(memories) {
-                let _ = shard.cast(ShardMsg::Snapshot(lsn, marker_sink.clone(), memory));
+                let _ = shard.cast(ShardMsg::Snapshot {
+                    lsn,
+                    sink: marker_sink.clone(),
+                    memory,
+                });
             }
             for node in participants.nodes.iter() {
-                let _ = node.cast(NodeMsg::Snapshot(lsn, marker_sink.clone()));
+                let _ = node.cast(NodeMsg::Snapshot {
+                    lsn,
+                    sink: marker_sink.clone(),
+                });
             }
             let _ = marker_sink.send((lsn, Image::Catalog(index.sku_names())));
         });

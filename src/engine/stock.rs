@@ -2,6 +2,7 @@
 //! their shards, bumped reservations handed to their routers, and reads of
 //! availability.
 
+use crate::engine::shard::Applied;
 use futures::future::join_all;
 use rustc_hash::FxHashMap;
 
@@ -167,7 +168,10 @@ impl Engine {
             }
             self.inner.sequencer.append_in(place, txn, move |_| {
                 for (shard, ops, reply) in sends {
-                    let _ = shards[shard].cast(ShardMsg::Apply(ops, Some(reply)));
+                    let _ = shards[shard].cast(ShardMsg::Apply {
+                        ops,
+                        reply: Some(reply),
+                    });
                 }
             });
         }
@@ -176,7 +180,7 @@ impl Engine {
             ..StockReport::default()
         };
         for answer in answers {
-            let (bumped, errors) = answer.await.map_err(|_| EngineError::Unavailable)?;
+            let Applied { bumped, errors } = answer.await.map_err(|_| EngineError::Unavailable)?;
             report.bumped.extend(bumped);
             report.applied -= errors.len();
             report.errors.extend(errors);
@@ -212,8 +216,10 @@ impl Engine {
         let routers = &self.inner.routers;
         let grouped = self.by_router(bumps, |b| b.order);
         for result in join_all(grouped.into_iter().map(|(r, bumps)| {
-            call_committed(&routers[r], move |reply| {
-                RouterMsg::Bumped(bumps, now_ms, Some(reply))
+            call_committed(&routers[r], move |reply| RouterMsg::Bumped {
+                bumps,
+                now_ms,
+                reply: Some(reply),
             })
         }))
         .await
@@ -226,7 +232,11 @@ impl Engine {
     /// Sends bumps to their routers without waiting.
     pub(super) fn forward_bumps(&self, bumps: Vec<Bumped>, now_ms: u64) {
         for (r, bumps) in self.by_router(bumps, |b| b.order) {
-            let _ = self.inner.routers[r].cast(RouterMsg::Bumped(bumps, now_ms, None));
+            let _ = self.inner.routers[r].cast(RouterMsg::Bumped {
+                bumps,
+                now_ms,
+                reply: None,
+            });
         }
     }
 
@@ -278,8 +288,10 @@ impl Engine {
         let (sku, node) = (self.sku_id(sku)?, self.node_idx(node)?);
         let shards = &self.inner.participants.shards;
         let shard = StockShard::shard_of(sku, shards.len() as u32);
-        Ok(call(&shards[shard as usize], |reply| {
-            ShardMsg::Cell(sku, node, reply)
+        Ok(call(&shards[shard as usize], |reply| ShardMsg::Cell {
+            sku,
+            node,
+            reply,
         })
         .await)
     }

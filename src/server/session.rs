@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::{wire, Role};
 use crate::core::geo::GeoPoint;
 use crate::core::router::{OpError, OrderRef};
-use crate::engine::{Engine, EngineError, StockUpdate};
+use crate::engine::{Engine, EngineError, StockUpdate, Subscription};
 
 /// Bytes read from a stream at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -510,7 +510,7 @@ async fn pump_events(
     from_cursor: u64,
     out: mpsc::Sender<Out>,
 ) {
-    let (backlog, mut live) = match engine.subscribe(&node, from_cursor).await {
+    let Subscription { backlog, mut live } = match engine.subscribe(&node, from_cursor).await {
         Ok(subscription) => subscription,
         Err(error) => {
             let _ = out
