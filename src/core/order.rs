@@ -31,7 +31,7 @@ pub struct AllocationState {
 /// The parts of an order that most orders never need, boxed so that the
 /// common record stays small (a daemon keeps millions of them).
 #[derive(Clone, Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub(crate) struct Extra {
+pub(crate) struct RareParts {
     /// Lines (partly) unallocated now: at submit under a partial policy, or
     /// after a re-route found no other node.
     pub(crate) short: Vec<ShortLine>,
@@ -55,7 +55,7 @@ pub struct OrderRecord {
     /// Ship-to latitude and longitude, in degrees.
     pub ship_to: (f64, f64),
     pub allocations: SmallVec<[AllocationState; 1]>,
-    pub(crate) extra: Option<Box<Extra>>,
+    pub(crate) extra: Option<Box<RareParts>>,
     /// The next older order whose key has the same hash, as sequence + 1
     /// (0: none). Keys are found by hash, and collisions chain through here.
     /// Rebuilt on load, so never stored.
@@ -127,7 +127,7 @@ impl OrderRecord {
         }
     }
 
-    pub(crate) fn extra_mut(&mut self) -> &mut Extra {
+    pub(crate) fn extra_mut(&mut self) -> &mut RareParts {
         self.extra.get_or_insert_with(Default::default)
     }
 

@@ -60,6 +60,6 @@ impl<M: ractor::Message> Mailbox<M> {
 }
 
 /// Counts one message taken from a mailbox.
-pub(super) fn took(depth: &AtomicI64) {
+pub(super) fn count_taken(depth: &AtomicI64) {
     depth.fetch_sub(1, Ordering::Relaxed);
 }

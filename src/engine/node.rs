@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 
 use super::images::{Image, ImageSink};
-use super::mailbox::took;
+use super::mailbox::count_taken;
 use crate::core::capacity::{CapacityOutcome, NodeLedger};
 use crate::core::events::{CursorOutOfRange, NodeEvent};
 use crate::core::model::OrderId;
@@ -98,7 +98,7 @@ impl Actor for NodeActor {
         message: NodeMsg,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        took(&state.depth);
+        count_taken(&state.depth);
         let NodeState {
             ledger,
             subscribers,

@@ -25,7 +25,7 @@ pub struct ActorParticipants {
 /// A shard or node actor only stops when the engine shuts down or a core
 /// invariant failed (an `assert!` panicked inside it); either way nothing
 /// sensible can continue, so the router stops too.
-pub(super) fn answered<T>(
+pub(super) fn expect_answer<T>(
     result: Result<ractor::rpc::CallResult<T>, impl std::fmt::Debug>,
     who: &str,
 ) -> T {
@@ -93,7 +93,7 @@ impl JournaledParticipants {
 
 impl Participants for JournaledParticipants {
     async fn hold_stock(&self, shard: u32, items: Vec<HoldItem>) -> Vec<HoldOutcome> {
-        answered(
+        expect_answer(
             self.actors.shards[shard as usize]
                 .call(|reply| ShardMsg::Hold { items, reply }, None)
                 .await,
@@ -107,7 +107,7 @@ impl Participants for JournaledParticipants {
         orders: Vec<OrderId>,
         now_ms: u64,
     ) -> Vec<CapacityOutcome> {
-        answered(
+        expect_answer(
             self.actors.nodes[node as usize]
                 .call(
                     |reply| NodeMsg::Hold {

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use super::images::{
     BookPart, BookSink, Image, ImagePace, ImageSink, BOOK_RETRY_MS, IMAGE_DUTY_PERCENT,
 };
-use super::mailbox::{took, Mailbox};
+use super::mailbox::{count_taken, Mailbox};
 use super::participants::JournaledParticipants;
 use crate::core::book::BookCursor;
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
@@ -341,7 +341,7 @@ impl Actor for RouterActor {
         message: RouterMsg,
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
-        took(&state.depth);
+        count_taken(&state.depth);
         match message {
             RouterMsg::Submit {
                 orders,

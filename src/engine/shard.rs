@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 
 use super::images::{Image, ImageSink};
-use super::mailbox::took;
+use super::mailbox::count_taken;
 use crate::core::model::{NodeIdx, SkuId};
 use crate::core::ops::{apply_stock_op, StockOp};
 use crate::core::stock::{
@@ -84,7 +84,7 @@ impl Actor for ShardActor {
         message: ShardMsg,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
-        took(&state.depth);
+        count_taken(&state.depth);
         let shard = &mut state.shard;
         // A reply port whose caller went away is not an error of the shard.
         match message {

@@ -38,14 +38,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use self::placer::Placer;
-use self::reader::{Batch, Read, Reader, SeenOrders};
-use self::world::{OpenOrders, World};
+use self::reader::{Batch, Reader, ReaderOutcome, SeenOrders};
+use self::world::{OpenOrders, WhatIfWorld};
 use crate::config::ValidConfig;
 use crate::core::network::{Channel, Network};
 use crate::engine::sequencer::SharedSeen;
 use crate::store;
 
-pub use report::{Report, Side};
+pub use report::{OutcomeCounts, Report};
 
 /// Threads a replay can use: one reads and plans ahead, one places.
 pub const MAX_REPLAY_THREADS: usize = 2;
@@ -105,7 +105,7 @@ pub fn replay(
     // Shared: readers may run side by side, but not beside the daemon.
     let _lock = store::lock::lock(data_dir, store::Access::Read)?;
     let recorded_network = &config.network;
-    let world = World::new(
+    let world = WhatIfWorld::new(
         config,
         Network::new(
             recorded_network.nodes.clone(),
@@ -130,7 +130,7 @@ pub fn replay(
         index: &world.index,
         seen: SeenOrders::default(),
         shared: SharedSeen::default(),
-        recorded: Side::default(),
+        recorded: OutcomeCounts::default(),
         failed: None,
         demand_missing: 0,
     };
@@ -176,7 +176,7 @@ pub fn replay(
     if let Some(e) = failed {
         return Err(e);
     }
-    let Read {
+    let ReaderOutcome {
         summary,
         incomplete,
         failed,

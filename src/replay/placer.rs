@@ -1,9 +1,9 @@
 //! The placer: applies each record's events in LSN order and places its
 //! new orders, using a plan made ahead only while its stamp holds.
 
-use super::reader::{Batch, Event, Fresh, ReadRecord};
+use super::reader::{Batch, Event, PreparedOrder, ReadRecord};
 use super::report::{describe, outcome, placement_outcome, same_decision, Report};
-use super::world::{OpenOrders, Planned, World};
+use super::world::{OpenOrders, Planned, WhatIfWorld};
 use super::{ReplayError, MAX_LISTED_DIFFERENCES};
 use crate::core::order::OrderRecord;
 use crate::core::placement::{unplanned, Attempt, Placement};
@@ -11,7 +11,7 @@ use crate::engine::sequencer::{ArchivedTxn, KIND_POLICY};
 
 /// The what-if world and its side's counts, fed record by record.
 pub(super) struct Placer<'a> {
-    pub(super) world: &'a World,
+    pub(super) world: &'a WhatIfWorld,
     /// What the what-if gave each order so far (None: nothing).
     pub(super) open: OpenOrders,
     pub(super) report: &'a mut Report,
@@ -54,7 +54,7 @@ impl Placer<'_> {
         record: &ReadRecord,
         arena: &[u8],
         events: &[Event],
-        fresh: &[Fresh],
+        fresh: &[PreparedOrder],
         attempts: &[Attempt],
         plans: &mut [Option<Planned>],
     ) -> Result<(), ReplayError> {

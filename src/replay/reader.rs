@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::report::{recorded_outcome, Side};
+use super::report::{recorded_outcome, OutcomeCounts};
 use super::world::{attempt, ship_to, Planned};
 use super::ReplayError;
 use crate::core::book::{partition_of_order, PARTITIONS};
@@ -51,7 +51,7 @@ pub(super) enum Event {
 
 /// A new order as the reader prepared it (its id and ship-to are its
 /// attempt's, kept beside it in the batch).
-pub(super) struct Fresh {
+pub(super) struct PreparedOrder {
     pub(super) recorded: RecordedDecision,
     /// Taken before its plan was made ahead (None: none was).
     pub(super) stamp: Option<PlanStamp>,
@@ -66,7 +66,7 @@ pub(super) struct Fresh {
 pub(super) struct Batch {
     pub(super) arena: rkyv::util::AlignedVec<16>,
     pub(super) records: Vec<ReadRecord>,
-    pub(super) fresh: Vec<Fresh>,
+    pub(super) fresh: Vec<PreparedOrder>,
     /// One per fresh order; contiguous per record, as placing takes them.
     pub(super) attempts: Vec<Attempt>,
     pub(super) plans: Vec<Option<Planned>>,
@@ -112,13 +112,13 @@ impl SeenOrders {
 }
 
 /// What the reader thread came to.
-pub(super) struct Read {
+pub(super) struct ReaderOutcome {
     pub(super) summary: Result<crate::journal::ReadSummary, crate::journal::JournalError>,
     /// The first LSN, if the journal does not start at 1.
     pub(super) incomplete: Option<u64>,
     /// A record the reader could not prepare.
     pub(super) failed: Option<ReplayError>,
-    pub(super) recorded: Side,
+    pub(super) recorded: OutcomeCounts,
     pub(super) demand_missing: u64,
 }
 
@@ -132,7 +132,7 @@ pub(super) struct Reader<'a> {
     /// Validation's shared-pointer list, kept from record to record.
     pub(super) shared: SharedSeen,
     /// The recorded side is counted here, off the placer's thread.
-    pub(super) recorded: Side,
+    pub(super) recorded: OutcomeCounts,
     pub(super) failed: Option<ReplayError>,
     /// Rejected orders the journal says it has no demand record of.
     pub(super) demand_missing: u64,
@@ -147,7 +147,7 @@ impl Reader<'_> {
         dir: &Path,
         batch_records: usize,
         mut hand_over: impl FnMut(Batch) -> Option<Batch>,
-    ) -> Read {
+    ) -> ReaderOutcome {
         let mut incomplete = None;
         let mut first = true;
         let mut batch = Batch::default();
@@ -182,7 +182,7 @@ impl Reader<'_> {
         if summary.is_ok() && !batch.records.is_empty() {
             let _ = hand_over(batch);
         }
-        Read {
+        ReaderOutcome {
             summary,
             incomplete,
             failed: self.failed,
@@ -224,7 +224,7 @@ impl Reader<'_> {
                 // restart).
                 if kind == KIND_DEMAND {
                     let (new, attempt, made) = self.prepare(record).map_err(failed)?;
-                    fresh.push(Fresh {
+                    fresh.push(PreparedOrder {
                         demand: true,
                         ..new
                     });
@@ -296,7 +296,7 @@ impl Reader<'_> {
     pub(super) fn prepare(
         &mut self,
         record: &ArchivedOrderRecord,
-    ) -> Result<(Fresh, Attempt, Option<Planned>), String> {
+    ) -> Result<(PreparedOrder, Attempt, Option<Planned>), String> {
         let point = ship_to(record)?;
         let attempt = attempt(record, point)?;
         let recorded = record.recorded_decision()?;
@@ -310,7 +310,7 @@ impl Reader<'_> {
             let request = attempt.request(&attempt.excluded, false);
             plan(self.network, policy, self.index, &request)
         });
-        let new = Fresh {
+        let new = PreparedOrder {
             recorded,
             stamp,
             demand: false,

@@ -12,7 +12,7 @@ use crate::core::order::RecordedDecision;
 use crate::core::placement::Placement;
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Side {
+pub struct OutcomeCounts {
     pub orders: u64,
     pub routed: u64,
     /// Routed with some lines short (partial policies).
@@ -39,7 +39,7 @@ pub struct Side {
     pub(super) by_node: Vec<u64>,
 }
 
-impl Side {
+impl OutcomeCounts {
     pub fn shipments_per_order(&self) -> f64 {
         self.shipments as f64 / self.routed.max(1) as f64
     }
@@ -170,8 +170,8 @@ pub(super) fn same_decision(recorded: &RecordedDecision, what_if: &Placement) ->
 pub struct Report {
     pub journal_records: u64,
     pub first_lsn: u64,
-    pub recorded: Side,
-    pub what_if: Side,
+    pub recorded: OutcomeCounts,
+    pub what_if: OutcomeCounts,
     /// Orders whose what-if decision is exactly the recorded one.
     pub same_decisions: u64,
     pub different_decisions: u64,
@@ -220,7 +220,7 @@ impl Report {
             out.push_str(&format!("{name:<28}{a:>14}{b:>14}\n"));
         };
         row(&mut out, "", "recorded".into(), "what-if".into());
-        type Figure = fn(&Side) -> String;
+        type Figure = fn(&OutcomeCounts) -> String;
         let figures: [(&str, Figure); 11] = [
             ("orders", |s| s.orders.to_string()),
             ("routed", |s| s.routed.to_string()),
@@ -250,7 +250,7 @@ impl Report {
             .chain(w.node_shipments.keys())
             .collect();
         for node in nodes {
-            let count = |side: &Side| side.node_shipments.get(node).copied().unwrap_or(0);
+            let count = |side: &OutcomeCounts| side.node_shipments.get(node).copied().unwrap_or(0);
             row(
                 &mut out,
                 &format!("  {node}"),

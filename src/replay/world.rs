@@ -22,20 +22,20 @@ use crate::core::sim::LocalParticipants;
 use crate::core::stock::StockShard;
 
 /// The what-if world: the core's shards and ledgers as plain values.
-pub(super) struct World {
+pub(super) struct WhatIfWorld {
     pub(super) network: Arc<Network>,
     pub(super) index: Arc<AvailabilityIndex>,
     pub(super) participants: LocalParticipants,
 }
 
-impl World {
-    pub(super) fn new(config: &ValidConfig, network: Network) -> World {
+impl WhatIfWorld {
+    pub(super) fn new(config: &ValidConfig, network: Network) -> WhatIfWorld {
         let index = Arc::new(AvailabilityIndex::new(
             network.nodes.len(),
             config.engine.max_skus,
         ));
         let participants = LocalParticipants::new(&network, &index, WHAT_IF_SHARDS, REPLAY_NOW_MS);
-        World {
+        WhatIfWorld {
             network: Arc::new(network),
             index,
             participants,
@@ -70,7 +70,7 @@ impl World {
     /// Closes an order the record says was cancelled or expired (`shipped`
     /// false: its units go back) or has shipped (its units leave stock and
     /// its nodes' work is done), on the what-if allocation `given`.
-    pub(super) fn close(&self, order: OrderId, given: &Given, shipped: bool) {
+    pub(super) fn close(&self, order: OrderId, given: &WhatIfUnits, shipped: bool) {
         let mut shards = self.participants.shards.borrow_mut();
         let mut bumped = self.participants.bumped.borrow_mut();
         let mut ledgers = self.participants.nodes.borrow_mut();
@@ -137,7 +137,7 @@ impl World {
 pub(super) type Planned = Result<Plan, PlanError>;
 
 /// What the what-if gave an open order: (node, sku, units) per allocation.
-pub(super) type Given = SmallVec<[(NodeIdx, u32, u32); 2]>;
+pub(super) type WhatIfUnits = SmallVec<[(NodeIdx, u32, u32); 2]>;
 
 /// What the what-if did with each order seen so far. Order ids are dense per
 /// partition (sequence × `PARTITIONS` + partition), so a table per partition indexed
@@ -147,12 +147,12 @@ pub(super) type Given = SmallVec<[(NodeIdx, u32, u32); 2]>;
 #[derive(Default)]
 pub(super) struct OpenOrders {
     /// Per partition, chunks of `OPEN_CHUNK` sequences.
-    pub(super) by_partition: Vec<Vec<Box<[Seen]>>>,
+    pub(super) by_partition: Vec<Vec<Box<[WhatIfEntry]>>>,
 }
 
 /// One order in [`OpenOrders`]: None = not seen; Some(None) = seen, nothing
 /// given (rejected, or closed since); Some(Some(g)) = what it holds.
-pub(super) type Seen = Option<Option<Given>>;
+pub(super) type WhatIfEntry = Option<Option<WhatIfUnits>>;
 
 /// Sequences per chunk of [`OpenOrders`].
 pub(super) const OPEN_CHUNK: usize = 1 << 16;
@@ -167,13 +167,13 @@ impl OpenOrders {
         )
     }
 
-    pub(super) fn get_mut(&mut self, id: OrderId) -> Option<&mut Option<Given>> {
+    pub(super) fn get_mut(&mut self, id: OrderId) -> Option<&mut Option<WhatIfUnits>> {
         let (partition, chunk, at) = Self::slot(id);
         self.by_partition.get_mut(partition)?.get_mut(chunk)?[at].as_mut()
     }
 
     /// Records what `id` was given; false if it had been placed before.
-    pub(super) fn insert(&mut self, id: OrderId, given: Option<Given>) -> bool {
+    pub(super) fn insert(&mut self, id: OrderId, given: Option<WhatIfUnits>) -> bool {
         let (partition, chunk, at) = Self::slot(id);
         if self.by_partition.len() <= partition {
             self.by_partition.resize_with(partition + 1, Vec::new);
