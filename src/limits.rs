@@ -2,9 +2,10 @@
 //! value. Configurable knobs live in `config`; these are the hard ceilings the
 //! code relies on (array sizes, loop bounds, wire limits).
 
-/// Lines one order may carry. Real baskets rarely exceed a few dozen lines;
-/// the bound keeps a plan's work and a hold batch's size predictable.
-pub const MAX_LINES_PER_ORDER: usize = 64;
+/// Lines one order may carry, and the length of an id (client order id,
+/// SKU, channel, node) in bytes: the wire's bounds, defined once in the
+/// protocol crate, which every frame is checked against first.
+pub use omniroute_protocol::{MAX_ID_BYTES, MAX_LINES_PER_ORDER};
 
 /// Units one line may ask for. Keeps sums of a whole order far from `u32`
 /// overflow (64 lines x 1M units) while covering B2B bulk lines.
@@ -16,9 +17,6 @@ pub const MAX_QTY_PER_LINE: u32 = 1_000_000;
 /// 0xFFFFFFFF "unchanged" included, which no real count can then equal),
 /// and turns a corrupt feed value into a refusal instead of stock to sell.
 pub const MAX_ON_HAND_UNITS: u32 = 1_000_000_000;
-
-/// Length of a client order id, a SKU id, a channel or node name in bytes.
-pub const MAX_ID_BYTES: usize = 128;
 
 /// Fulfillment nodes one daemon knows. Node indices are `u16`.
 pub const MAX_NODES: usize = 16_384;

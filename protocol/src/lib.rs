@@ -31,7 +31,9 @@ pub const MAX_ID_BYTES: usize = 128;
 pub const MAX_TOKEN_BYTES: usize = 256;
 /// Longest error or rejection message.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
-/// Lines in one order.
+/// Lines in one order. Real baskets rarely exceed a few dozen lines; the
+/// bound keeps a plan's work and a hold batch's size predictable (the
+/// daemon's planner keeps a line set in a 64-bit mask).
 pub const MAX_LINES_PER_ORDER: usize = 64;
 /// Entries in one stock set / adjust frame.
 pub const MAX_STOCK_ENTRIES_PER_FRAME: usize = 16_384;
