@@ -2,8 +2,10 @@
 //! parts boxed apart, and the submit decision rebuilt from it (in memory
 //! and, for the replay, in place from an archived record).
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use rustc_hash::FxHasher;
 use smallvec::SmallVec;
 
 use super::model::{
@@ -65,6 +67,37 @@ pub struct OrderRecord {
     pub market: Option<MarketIdx>,
     pub method: Method,
     pub state: OrderState,
+}
+
+/// Hash of what an order asks for (lines, ship-to, market, hold TTL,
+/// method), kept in its record to tell a retry of the same request from a
+/// conflicting reuse of its key. Stored in snapshots and the journal, so a
+/// test pins it: a change of hasher would make every retry after an upgrade
+/// a conflict.
+pub fn request_fingerprint(
+    lines: &[PlanLine],
+    ship_to: (f64, f64),
+    market: Option<MarketIdx>,
+    hold_ttl_ms: u64,
+    method: Method,
+) -> u64 {
+    let mut hasher = FxHasher::default();
+    for line in lines {
+        (line.sku, line.qty).hash(&mut hasher);
+    }
+    (
+        ship_to.0.to_bits(),
+        ship_to.1.to_bits(),
+        market,
+        hold_ttl_ms,
+    )
+        .hash(&mut hasher);
+    match method {
+        Method::Ship => 0u32.hash(&mut hasher),
+        Method::SameDay => 1u32.hash(&mut hasher),
+        Method::Pickup { store } => (2u32, store).hash(&mut hasher),
+    }
+    hasher.finish()
 }
 
 /// A run of a book's orders, archived as a `Vec<OrderRecord>` straight
@@ -217,4 +250,42 @@ impl ArchivedOrderRecord {
             rejection: None,
         })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_fingerprints_are_what_they_always_were() {
+        // Proves the fingerprint of a request is what it was when these values were taken:
+        // records on disk keep it, and a resubmission after a restart is compared with it, so
+        // a change of hasher (a crate update) would answer every retry as a conflicting reuse.
+        // If this fails, the data directory format must change with it.
+        let line = |sku, qty| PlanLine { line: 0, sku, qty };
+        let fingerprints = [
+            request_fingerprint(&[line(0, 1)], (52.52, 13.40), None, 900_000, Method::Ship),
+            request_fingerprint(
+                &[line(7, 2), line(9, 1)],
+                (48.86, 2.35),
+                Some(1),
+                60_000,
+                Method::SameDay,
+            ),
+            request_fingerprint(
+                &[line(3, 5)],
+                (-33.9, 151.2),
+                Some(0),
+                1,
+                Method::Pickup { store: 4 },
+            ),
+        ];
+        assert_eq!(fingerprints, PINNED_FINGERPRINTS, "fingerprints changed");
+    }
+
+    const PINNED_FINGERPRINTS: [u64; 3] = [
+        2353091760135205104,
+        8019997080160547932,
+        16420184132120123125,
+    ];
 }

@@ -24,7 +24,7 @@ use super::model::{
 };
 use super::network::Network;
 use super::ops::{NodeOp, StockOp};
-use super::order::{AllocationState, OrderRecord};
+use super::order::{request_fingerprint, AllocationState, OrderRecord};
 use super::placement::{place, send_ops, Attempt, Participants, Placement, PlanContext};
 use super::policy::{Method, PlanLine};
 use super::stock::{Bumped, StockError, StockShard};
@@ -293,22 +293,13 @@ impl RouterCore {
             Some(ttl) => ttl,
             None => self.network.policy(channel).hold_ttl_ms,
         };
-        let mut hasher = FxHasher::default();
-        for line in &lines {
-            (line.sku, line.qty).hash(&mut hasher);
-        }
-        (
-            request.ship_to.lat.to_bits(),
-            request.ship_to.lon.to_bits(),
+        let fingerprint = request_fingerprint(
+            &lines,
+            (request.ship_to.lat, request.ship_to.lon),
             market,
             hold_ttl_ms,
-        )
-            .hash(&mut hasher);
-        match method {
-            Method::Ship => 0u32.hash(&mut hasher),
-            Method::SameDay => 1u32.hash(&mut hasher),
-            Method::Pickup { store } => (2u32, store).hash(&mut hasher),
-        }
+            method,
+        );
         Ok(Resolved {
             channel,
             lines,
@@ -316,7 +307,7 @@ impl RouterCore {
             market,
             method,
             hold_ttl_ms,
-            fingerprint: hasher.finish(),
+            fingerprint,
         })
     }
 
