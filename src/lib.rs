@@ -2,19 +2,34 @@
 //!
 //! The map, in the order an order flows through it:
 //!
-//! - [`config`]: the TOML config, its validation, and the embedded default
-//!   with its sample network.
-//! - [`core`]: the sans-IO heart. [`core::policy`] plans (filters, rules,
-//!   weighted cost) against the lock-free [`core::index`];
-//!   [`core::placement`] holds stock at the shards ([`core::stock`]) and
-//!   capacity at the nodes ([`core::capacity`]), then commits or re-plans;
-//!   [`core::router`] keeps each order's lifecycle and idempotency.
-//! - [`engine`]: the thin ractor shell: one actor per SKU shard, one per
-//!   node, a pool of routers, and the [`engine::Engine`] handle.
-//! - [`store`]: the data directory: recovery, snapshots, and what the
-//!   files name by [`schema`]'s stable ids and format version.
-//! - [`limits`]: every hard bound, named.
-//! - [`memory`]: process-wide memory settings (no transparent huge pages).
+//! - [`server`]: the QUIC ingress. A session frames each stream, checks the
+//!   caller's role and hands batches of requests to the engine.
+//! - [`engine`]: the thin ractor shell. One actor per SKU shard, one per
+//!   node, a pool of routers, and the [`engine::Engine`] handle the ingress,
+//!   the daemon, tests and benches drive; its sequencer journals each step.
+//! - [`core`]: the sans-IO heart the actors own. [`core::router`] keeps each
+//!   order's lifecycle in its [`core::book`]; [`core::policy`] plans against
+//!   the lock-free [`core::index`]; [`core::placement`] holds stock at the
+//!   shards ([`core::stock`]) and capacity at the nodes
+//!   ([`core::capacity`]); [`core::ops`] are the journaled changes.
+//! - [`journal`]: records appended in group commits by one writer thread,
+//!   recovered with a torn tail cut.
+//! - [`schema`]: the persisted format: its version, the record kinds, the
+//!   stable ids of channels, markets and nodes.
+//! - [`store`]: the data directory: its lock, snapshots, and recovery
+//!   (snapshots, then the journal after them, then reconcile).
+//! - [`daemon`]: the daemon's life: recover, start, snapshot, stop.
+//! - [`admin`]: the admin HTTP port (metrics, health, policy reload), and
+//!   [`telemetry`]: metric names, the recorder, the log level.
+//! - [`replay`]: `omniroute replay`, the journal's orders routed again
+//!   under another policy.
+//! - [`config`] (the TOML file, its validation, the embedded sample) and
+//!   [`config_diff`] (which keys a reload applies); [`sample`]: sample
+//!   orders and the synchronous driver over a config; [`limits`]: every
+//!   hard bound, named; [`memory`]: process-wide memory settings.
+//!
+//! The `omniroute` binary (`src/bin/omniroute/`) adds the command line, the
+//! client commands and `bench-restart`.
 
 pub mod admin;
 pub mod config;

@@ -2,6 +2,19 @@
 //! Nothing in `core` awaits a timer, touches a socket or a file, or reads a
 //! clock: time comes in as `now_ms`, and the only awaits are on the
 //! [`placement::Participants`] the shell hands in.
+//!
+//! - What an order is: [`model`] (requests, decisions, ids), [`order`] (the
+//!   record a router keeps), [`network`] (nodes, channels, markets, their
+//!   policies), [`geo`].
+//! - Where orders live and what happens to them: [`book`] (partitions and
+//!   dense books), [`router`] (the lifecycle, one step per method).
+//! - Deciding: [`policy`] (filters, rules, the planner) over [`index`] (the
+//!   lock-free availability the owners publish).
+//! - Reserving: [`placement`] (two rounds, stock then capacity, over the
+//!   [`placement::Participants`]), [`stock`] (a shard's cells and
+//!   reservations), [`capacity`] (a node's ledger) with its [`events`].
+//! - Changing: [`ops`], the journaled ops and what applying one means.
+//! - Driving it all synchronously, for tests and simulation: [`sim`].
 
 pub mod book;
 pub mod capacity;
