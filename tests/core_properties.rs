@@ -195,7 +195,9 @@ impl Model {
     }
 
     fn check_cells(&self, shard: &StockShard) -> Result<(), TestCaseError> {
-        shard.check_invariants().map_err(TestCaseError::fail)?;
+        shard
+            .check_invariants()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         for sku in 0..SKUS {
             for node in 0..NODES {
                 let cell = shard.cell(sku, node);
@@ -492,7 +494,7 @@ proptest! {
                     *entry = (i64::from(*entry) + delta).max(0) as u32;
                 }
             }
-            engine.check_invariants().map_err(TestCaseError::fail)?;
+            engine.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut open_by_cell: HashMap<(SkuId, NodeIdx), u32> = HashMap::new();
             for record in engine.router.orders() {
                 for a in &record.allocations {

@@ -7,6 +7,7 @@ use std::hash::{Hash, Hasher};
 
 use rustc_hash::{FxHashMap, FxHasher};
 
+use super::error::RestoreError;
 use super::model::{ChannelIdx, OrderId, OrderState};
 use super::order::OrderRecord;
 
@@ -357,18 +358,20 @@ impl Books {
     /// Puts a journaled or snapshotted order in its book as it was
     /// written, without marking it changed: a known one is replaced. A
     /// rejected order (which a format-1 directory kept) only uses up its id.
-    pub(crate) fn restore(&mut self, mut record: OrderRecord) -> Result<(), String> {
+    pub(crate) fn restore(&mut self, mut record: OrderRecord) -> Result<(), RestoreError> {
         let partition = partition_of_order(record.id);
         let (router, routers) = (self.router, self.routers);
         let Some(book) = self.book_mut(partition) else {
-            return Err(format!(
-                "order {} is in partition {partition}, of router {} of {routers}, not {router}",
-                record.id,
-                partition % routers,
-            ));
+            return Err(RestoreError::WrongRouter {
+                order: record.id,
+                partition,
+                owner: partition % routers,
+                routers,
+                router,
+            });
         };
         if sequence_of(record.id) == 0 || sequence_of(record.id) > u64::from(u32::MAX - 1) {
-            return Err(format!("order id {} is out of range", record.id));
+            return Err(RestoreError::IdOutOfRange { order: record.id });
         }
         if record.state == OrderState::Rejected {
             book.used_up_to(record.id);

@@ -18,6 +18,7 @@
 
 pub mod book;
 pub mod capacity;
+pub mod error;
 pub mod events;
 pub mod geo;
 pub mod index;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rustc_hash::FxHasher;
 use smallvec::SmallVec;
 
+use super::error::RestoreError;
 use super::model::{
     Allocation, ArchivedOrderState, ArchivedRejectReason, ChannelIdx, Decision, MarketIdx, NodeIdx,
     OrderId, OrderState, RejectReason, ShortLine, SkuId,
@@ -209,22 +210,25 @@ pub struct RecordedDecision {
 impl ArchivedOrderRecord {
     /// The submit decision journaled with this record; a rejected record
     /// without its reason is damage, reported, never a panic.
-    pub fn recorded_decision(&self) -> Result<RecordedDecision, String> {
+    pub fn recorded_decision(&self) -> Result<RecordedDecision, RestoreError> {
         let extra = self.extra.as_ref();
         if matches!(self.state, ArchivedOrderState::Rejected) {
             let Some(reason) = extra.and_then(|e| e.rejection.as_ref()) else {
-                return Err(format!(
-                    "order {}: rejected without a reason",
-                    self.id.to_native()
-                ));
+                return Err(RestoreError::RejectedWithoutReason {
+                    order: self.id.to_native(),
+                });
             };
             let (rejection, short_lines) = match reason {
                 ArchivedRejectReason::Short { lines } => {
                     (RejectReason::Short { lines: Vec::new() }, lines.len())
                 }
                 other => (
-                    rkyv::deserialize::<RejectReason, rkyv::rancor::Error>(other)
-                        .map_err(|e| e.to_string())?,
+                    rkyv::deserialize::<RejectReason, rkyv::rancor::Error>(other).map_err(|e| {
+                        RestoreError::UnreadableReason {
+                            order: self.id.to_native(),
+                            reason: e.to_string(),
+                        }
+                    })?,
                     0,
                 ),
             };

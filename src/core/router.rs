@@ -14,6 +14,7 @@ use smallvec::SmallVec;
 use super::book::{
     key_fingerprint, partition_of_key, ArchivedKeys, BookCursor, Books, MAX_ROUTERS,
 };
+use super::error::{InvariantError, RestoreError};
 use super::events::{EventKind, NodeEvent};
 use super::geo::GeoPoint;
 use super::index::AvailabilityIndex;
@@ -218,7 +219,7 @@ impl RouterCore {
 
     /// Puts a journaled or snapshotted order into the book as it was
     /// written: a new one must be the next id, a known one is replaced.
-    pub fn restore(&mut self, record: OrderRecord) -> Result<(), String> {
+    pub fn restore(&mut self, record: OrderRecord) -> Result<(), RestoreError> {
         let expiry =
             (record.state == OrderState::Held).then_some((record.expires_at_ms, record.id));
         let closed = !record.state.is_open() && record.state != OrderState::Rejected;
@@ -956,7 +957,7 @@ impl RouterCore {
     }
 
     /// Checks the book against itself; for tests.
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), InvariantError> {
         for record in self.orders.values() {
             for line in record.lines.iter() {
                 let placed: u32 = record
@@ -966,20 +967,22 @@ impl RouterCore {
                     .map(|a| a.open + a.shipped)
                     .sum();
                 if record.state.is_open() && placed > line.qty {
-                    return Err(format!(
-                        "order {}: line {} placed {placed} > {}",
-                        record.id, line.line, line.qty
-                    ));
+                    return Err(InvariantError::OverPlaced {
+                        order: record.id,
+                        line: line.line,
+                        placed,
+                        qty: line.qty,
+                    });
                 }
             }
             if !record.state.is_open() && record.allocations.iter().any(|a| a.open > 0) {
-                return Err(format!(
-                    "order {} is {:?} but keeps open units",
-                    record.id, record.state
-                ));
+                return Err(InvariantError::ClosedWithOpenUnits {
+                    order: record.id,
+                    state: record.state,
+                });
             }
             if record.allocations.iter().any(|a| a.returned > a.shipped) {
-                return Err(format!("order {} returned more than shipped", record.id));
+                return Err(InvariantError::ReturnedAboveShipped { order: record.id });
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::executor::block_on;
 
 use super::capacity::{CapacityOutcome, NodeLedger};
+use super::error::InvariantError;
 use super::index::AvailabilityIndex;
 use super::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use super::network::Network;
@@ -246,7 +247,7 @@ impl LocalEngine {
         self.participants.shards.borrow()[shard].cell(sku, node)
     }
 
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), InvariantError> {
         for shard in self.participants.shards.borrow().iter() {
             shard.check_invariants()?;
         }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
+use super::error::{InvariantError, RestoreError};
 use super::index::AvailabilityIndex;
 use super::model::{NodeIdx, OrderId, SkuId};
 use crate::limits::MAX_ON_HAND_UNITS;
@@ -712,27 +713,28 @@ impl StockShard {
     pub fn from_image(
         image: &ArchivedShardImage,
         index: Arc<AvailabilityIndex>,
-    ) -> Result<StockShard, String> {
+    ) -> Result<StockShard, RestoreError> {
         let node_count = index.node_count();
         // Nodes only ever join (ids are never reused), so an image from
         // before a node was added has fewer columns: the new ones are empty.
         let image_nodes = image.node_count.to_native() as usize;
         if image_nodes > node_count {
-            return Err(format!(
-                "snapshot has {image_nodes} nodes, the data directory's names {node_count}"
-            ));
+            return Err(RestoreError::MoreNodes {
+                image: image_nodes,
+                known: node_count,
+            });
         }
         let shard_count = image.shard_count.to_native();
         let shard = image.shard.to_native();
         if shard >= shard_count || image.cells.len() != image.rows.len() * image_nodes * 3 {
-            return Err("shard snapshot dimensions do not agree".into());
+            return Err(RestoreError::Dimensions);
         }
         let mut this = StockShard::new(shard, shard_count, index);
         let max_rows = this.index.max_skus() / shard_count as usize + 1;
         for (i, local) in image.rows.iter().enumerate() {
             let local = local.to_native() as usize;
             if local >= max_rows {
-                return Err(format!("row {local} beyond the catalog"));
+                return Err(RestoreError::RowBeyondCatalog { row: local });
             }
             if this.rows.len() <= local {
                 this.rows.resize_with(local + 1, || None);
@@ -750,7 +752,7 @@ impl StockShard {
                 .take(node_count)
                 .collect();
             if row.iter().any(|c| c.reserved > c.on_hand) {
-                return Err(format!("row {local} has reserved above on_hand"));
+                return Err(RestoreError::ReservedAboveOnHand { row: local });
             }
             let sku = local as u32 * shard_count + shard;
             for (node, cell) in row.iter().enumerate() {
@@ -769,9 +771,7 @@ impl StockShard {
                 r.3.to_native(),
             );
             if sku % shard_count != shard || node as usize >= node_count || qty == 0 {
-                return Err(format!(
-                    "reservation of order {order} names a cell outside the shard"
-                ));
+                return Err(RestoreError::CellOutsideShard { order });
             }
             this.orders.entry(order).or_default().push(Reservation {
                 sku,
@@ -785,7 +785,7 @@ impl StockShard {
     }
 
     /// Reservations sum to each cell's `reserved`; O(cells + reservations).
-    fn check_sums(&self) -> Result<(), String> {
+    fn check_sums(&self) -> Result<(), RestoreError> {
         let mut sums: FxHashMap<(SkuId, NodeIdx), u64> = FxHashMap::default();
         for list in self.orders.values() {
             for r in list {
@@ -800,9 +800,12 @@ impl StockShard {
                 .and_then(Option::as_ref)
                 .map_or(0, |row| row[node as usize].reserved);
             if u64::from(reserved) != sum {
-                return Err(format!(
-                    "sku {sku} node {node}: reservations {sum} != reserved {reserved}"
-                ));
+                return Err(RestoreError::SumsDisagree {
+                    sku,
+                    node,
+                    sum,
+                    reserved,
+                });
             }
         }
         Ok(())
@@ -828,13 +831,13 @@ impl StockShard {
 
     /// Checks every invariant of the shard; O(cells + reservations), for
     /// tests and debug endpoints. Returns a description of the first breach.
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), InvariantError> {
         // (reserved, held) per cell, from the reservations.
         let mut sums: FxHashMap<(SkuId, NodeIdx), (u64, u64)> = FxHashMap::default();
         for (order, list) in &self.orders {
             for r in list {
                 if r.qty == 0 {
-                    return Err(format!("order {order} keeps a zero reservation"));
+                    return Err(InvariantError::ZeroReservation { order: *order });
                 }
                 let sum = sums.entry((r.sku, r.node)).or_default();
                 if r.pending {
@@ -846,10 +849,12 @@ impl StockShard {
         }
         for (sku, node, cell) in self.cells() {
             if cell.reserved > cell.on_hand {
-                return Err(format!(
-                    "sku {sku} node {node}: reserved {} > on_hand {}",
-                    cell.reserved, cell.on_hand
-                ));
+                return Err(InvariantError::ReservedAboveOnHand {
+                    sku,
+                    node,
+                    reserved: cell.reserved,
+                    on_hand: cell.on_hand,
+                });
             }
             let expected_atp = (i64::from(cell.on_hand)
                 - i64::from(cell.reserved)
@@ -857,30 +862,40 @@ impl StockShard {
                 - i64::from(cell.safety_stock))
             .max(0);
             if i64::from(cell.atp()) != expected_atp {
-                return Err(format!(
-                    "sku {sku} node {node}: atp {} != {expected_atp}",
-                    cell.atp()
-                ));
+                return Err(InvariantError::AtpWrong {
+                    sku,
+                    node,
+                    atp: cell.atp(),
+                    expected: expected_atp,
+                });
             }
             if self.index.atp(sku, node) != cell.atp() {
-                return Err(format!(
-                    "sku {sku} node {node}: index atp {} != cell atp {}",
-                    self.index.atp(sku, node),
-                    cell.atp()
-                ));
+                return Err(InvariantError::IndexDisagrees {
+                    sku,
+                    node,
+                    index: self.index.atp(sku, node),
+                    cell: cell.atp(),
+                });
             }
             let (reserved, held) = sums.remove(&(sku, node)).unwrap_or((0, 0));
             if reserved != u64::from(cell.reserved) || held != u64::from(cell.held) {
-                return Err(format!(
-                    "sku {sku} node {node}: reservations sum {reserved}+{held} held != reserved {} + held {}",
-                    cell.reserved, cell.held
-                ));
+                return Err(InvariantError::SumsDisagree {
+                    sku,
+                    node,
+                    reserved_sum: reserved,
+                    held_sum: held,
+                    reserved: cell.reserved,
+                    held: cell.held,
+                });
             }
         }
-        if let Some(((sku, node), sum)) = sums.into_iter().next() {
-            return Err(format!(
-                "reservations of {sum:?} at unknown cell sku {sku} node {node}"
-            ));
+        if let Some(((sku, node), (reserved_sum, held_sum))) = sums.into_iter().next() {
+            return Err(InvariantError::UnknownCell {
+                sku,
+                node,
+                reserved_sum,
+                held_sum,
+            });
         }
         Ok(())
     }

@@ -41,6 +41,7 @@ use self::participants::ActorParticipants;
 use self::router::RouterMsg;
 use self::sequencer::{Done, Sequencer, Txn};
 use self::shard::ShardMsg;
+use crate::core::error::InvariantError;
 use crate::core::index::AvailabilityIndex;
 use crate::core::model::{NodeIdx, SkuId};
 use crate::core::network::Network;
@@ -271,7 +272,7 @@ impl Engine {
 
     /// Checks every shard and router invariant (O(state)); for tests and
     /// diagnostics. Waits for all earlier messages to be applied first.
-    pub async fn check_invariants(&self) -> Result<(), String> {
+    pub async fn check_invariants(&self) -> Result<(), InvariantError> {
         for shard in self.inner.participants.shards.iter() {
             call(shard, ShardMsg::Check).await?;
         }

@@ -13,6 +13,7 @@ use super::images::{
 use super::mailbox::{count_taken, Mailbox};
 use super::participants::JournaledParticipants;
 use crate::core::book::BookCursor;
+use crate::core::error::InvariantError;
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use crate::core::order::{BookChunk, OrderRecord};
 use crate::core::router::{OpError, OrderRef, RouterCore};
@@ -75,7 +76,7 @@ pub enum RouterMsg {
         now_ms: u64,
         reply: RpcReplyPort<usize>,
     },
-    Check(RpcReplyPort<Result<(), String>>),
+    Check(RpcReplyPort<Result<(), InvariantError>>),
     /// Snapshot the book, `ORDERS_PER_IMAGE_STEP` orders per message so that
     /// orders keep flowing in between (see `RouterState::image_step`).
     Snapshot {

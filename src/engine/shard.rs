@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::images::{Image, ImageSink};
 use super::mailbox::count_taken;
+use crate::core::error::InvariantError;
 use crate::core::model::{NodeIdx, SkuId};
 use crate::core::ops::{apply_stock_op, StockOp};
 use crate::core::stock::{
@@ -40,7 +41,7 @@ pub enum ShardMsg {
         node: NodeIdx,
         reply: RpcReplyPort<Cell>,
     },
-    Check(RpcReplyPort<Result<(), String>>),
+    Check(RpcReplyPort<Result<(), InvariantError>>),
     /// Every op up to this LSN is applied and none after: image the shard
     /// (into memory the snapshot touched beforehand).
     Snapshot {

@@ -35,8 +35,10 @@ pub enum Durability {
     None,
 }
 
+/// What can go wrong with the journal.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
+    /// A file of the journal could not be read, written or synced.
     #[error("journal I/O on {path}: {message}")]
     Io { path: PathBuf, message: String },
     /// Damage before the tail: starting would lose or invent state.
@@ -46,12 +48,29 @@ pub enum JournalError {
         offset: u64,
         reason: String,
     },
+    /// The writer thread stopped after an earlier error.
     #[error(
         "the journal writer has stopped after an earlier error; nothing more can be made durable"
     )]
     Stopped,
+    /// A payload larger than a record may be.
     #[error("a record of {0} bytes exceeds MAX_RECORD_PAYLOAD_BYTES")]
     TooLarge(usize),
+    /// A reader's visitor stopped the read early (see [`VisitError::Stopped`]).
+    #[error("the reader stopped the read")]
+    ReaderStopped,
+}
+
+/// What a visitor of [`read`] answers instead of going on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VisitError {
+    /// The reader has what it needs, or gave up for a reason it keeps itself.
+    #[error("the reader stopped")]
+    Stopped,
+    /// The record's payload is not what its kind promises; the read reports
+    /// it as corruption at that record.
+    #[error("{0}")]
+    BadPayload(String),
 }
 
 pub(crate) fn io_error(path: &Path, error: impl std::fmt::Display) -> JournalError {

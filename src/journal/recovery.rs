@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::record::{self, End};
 use super::segments::segment_paths;
-use super::{io_error, JournalError};
+use super::{io_error, JournalError, VisitError};
 
 /// A record read back at recovery.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,7 +111,7 @@ pub struct ReadSummary {
 /// read a data directory offline, such as `omniroute replay`.
 pub fn read(
     dir: &Path,
-    mut visit: impl FnMut(u64, u8, &[u8]) -> Result<(), String>,
+    mut visit: impl FnMut(u64, u8, &[u8]) -> Result<(), VisitError>,
 ) -> Result<ReadSummary, JournalError> {
     let segments = segment_paths(dir)?;
     let mut summary = ReadSummary::default();
@@ -134,12 +134,13 @@ pub fn read(
             }
             summary.records += 1;
             last_lsn = Some(found.lsn);
-            visit(found.lsn, found.kind, &bytes[found.payload.clone()]).map_err(|reason| {
-                JournalError::Corrupt {
+            visit(found.lsn, found.kind, &bytes[found.payload.clone()]).map_err(|e| match e {
+                VisitError::Stopped => JournalError::ReaderStopped,
+                VisitError::BadPayload(reason) => JournalError::Corrupt {
                     path: path.clone(),
                     offset: found.payload.start as u64,
                     reason,
-                }
+                },
             })
         })?;
         let corrupt = |offset: usize, reason: String| JournalError::Corrupt {

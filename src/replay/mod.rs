@@ -41,8 +41,12 @@ use self::placer::Placer;
 use self::reader::{Batch, Reader, ReaderOutcome, SeenOrders};
 use self::world::{OpenOrders, WhatIfWorld};
 use crate::config::ValidConfig;
+use crate::core::error::RestoreError;
+use crate::core::index::CatalogFull;
+use crate::core::model::{OrderId, SkuId};
 use crate::core::network::{Channel, Network};
 use crate::engine::sequencer::SharedSeen;
+use crate::schema::txn::TxnError;
 use crate::store;
 
 pub use report::{OutcomeCounts, Report};
@@ -79,16 +83,60 @@ const REPLAY_NOW_MS: u64 = 0;
 const WHAT_IF_SHARDS: u32 = 1;
 
 /// One side of the comparison.
+/// Why the replay cannot use one journal record.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRecord {
+    /// The payload is not a `Txn`.
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+    /// A recorded order or decision that cannot be read back.
+    #[error(transparent)]
+    Order(#[from] RestoreError),
+    /// The what-if catalog is full.
+    #[error(transparent)]
+    CatalogFull(#[from] CatalogFull),
+    /// A SKU the what-if interned under another id than the journal's.
+    #[error("SKU {name:?} was id {id}, the replay gave {got}")]
+    SkuMoved { name: String, id: SkuId, got: SkuId },
+    /// An archived field that does not deserialize.
+    #[error("an archived {what} does not deserialize: {cause}")]
+    Undecodable {
+        what: &'static str,
+        #[source]
+        cause: rkyv::rancor::Error,
+    },
+    /// An order whose ship-to is not a point on the globe.
+    #[error("order {order}: ship-to ({lat}, {lon}) is not a point")]
+    BadShipTo { order: OrderId, lat: f64, lon: f64 },
+    /// A follow-up (cancel, expiry, shipment) of an order never placed.
+    #[error("order {0}: a follow-up of an order the replay never placed")]
+    NeverPlaced(OrderId),
+    /// A placed order its own record does not hold.
+    #[error("order {0}: not in its record")]
+    NotInRecord(OrderId),
+    /// A new order placed a second time.
+    #[error("order {0}: placed twice")]
+    PlacedTwice(OrderId),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// The journal cannot be read.
     #[error("{0}")]
     Journal(#[from] crate::journal::JournalError),
+    /// The journal's first segments were deleted: no starting stock.
     #[error("the journal in {dir} starts at LSN {first_lsn}: older segments were deleted after a snapshot, so the starting stock is gone. Run the daemon with journal.keep_segments = true to keep a replayable history")]
     Incomplete { dir: String, first_lsn: u64 },
+    /// There is nothing to replay.
     #[error("the journal in {0} has no records")]
     Empty(String),
-    #[error("LSN {lsn}: {reason}")]
-    Record { lsn: u64, reason: String },
+    /// A record the replay cannot use.
+    #[error("LSN {lsn}: {cause}")]
+    Record {
+        lsn: u64,
+        #[source]
+        cause: BadRecord,
+    },
     /// A daemon writes the directory: its journal moves under the reader.
     #[error(transparent)]
     Lock(#[from] store::LockError),

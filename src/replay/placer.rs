@@ -4,7 +4,7 @@
 use super::reader::{Batch, Event, PreparedOrder, ReadRecord};
 use super::report::{describe, outcome, placement_outcome, same_decision, Report};
 use super::world::{OpenOrders, Planned, WhatIfWorld};
-use super::{ReplayError, MAX_LISTED_DIFFERENCES};
+use super::{BadRecord, ReplayError, MAX_LISTED_DIFFERENCES};
 use crate::core::order::OrderRecord;
 use crate::core::placement::{unplanned, Attempt, Placement};
 use crate::engine::sequencer::{ArchivedTxn, KIND_POLICY};
@@ -60,9 +60,9 @@ impl Placer<'_> {
     ) -> Result<(), ReplayError> {
         let (world, report) = (self.world, &mut *self.report);
         let open = &mut self.open;
-        let failed = |reason: String| ReplayError::Record {
+        let failed = |cause: BadRecord| ReplayError::Record {
             lsn: record.lsn,
-            reason,
+            cause,
         };
         for event in events {
             match event {
@@ -70,9 +70,7 @@ impl Placer<'_> {
                 &Event::NodeOnline(node, online) => world.node_online(node, online),
                 &Event::Close { order, shipped } => {
                     let Some(given) = open.get_mut(order) else {
-                        return Err(failed(format!(
-                            "order {order}: a follow-up of an order the replay never placed"
-                        )));
+                        return Err(failed(BadRecord::NeverPlaced(order)));
                     };
                     if let Some(given) = given.take() {
                         world.close(order, &given, shipped);
@@ -139,11 +137,14 @@ impl Placer<'_> {
                         .orders
                         .iter()
                         .find(|r| r.id.to_native() == attempt.order)
-                        .ok_or_else(|| {
-                            failed(format!("order {}: not in its record", attempt.order))
-                        })?;
+                        .ok_or_else(|| failed(BadRecord::NotInRecord(attempt.order)))?;
                     let whole = rkyv::deserialize::<OrderRecord, rkyv::rancor::Error>(archived)
-                        .map_err(|e| failed(e.to_string()))?;
+                        .map_err(|cause| {
+                            failed(BadRecord::Undecodable {
+                                what: "order",
+                                cause,
+                            })
+                        })?;
                     report.differences.push(format!(
                         "{}: {} -> {}",
                         whole.client_order_id,
@@ -164,7 +165,7 @@ impl Placer<'_> {
                 _ => None,
             };
             if !open.insert(attempt.order, given) {
-                return Err(failed(format!("order {}: placed twice", attempt.order)));
+                return Err(failed(BadRecord::PlacedTwice(attempt.order)));
             }
         }
         Ok(())

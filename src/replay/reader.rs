@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::report::{recorded_outcome, OutcomeCounts};
 use super::world::{attempt, ship_to, Planned};
-use super::ReplayError;
+use super::{BadRecord, ReplayError};
 use crate::core::book::{partition_of_order, PARTITIONS};
 use crate::core::index::AvailabilityIndex;
 use crate::core::model::{ArchivedOrderState, NodeIdx, OrderId};
@@ -18,6 +18,7 @@ use crate::core::policy::{plan, PlanStamp};
 use crate::engine::sequencer::{
     ArchivedTxn, SharedSeen, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_POLICY, KIND_TXN,
 };
+use crate::journal::VisitError;
 
 /// One record the reader has checked.
 pub(super) struct ReadRecord {
@@ -156,12 +157,15 @@ impl Reader<'_> {
                 first = false;
                 if lsn != 1 {
                     incomplete = Some(lsn);
-                    return Err(String::new());
+                    return Err(VisitError::Stopped);
                 }
             }
             if kind == KIND_DEMAND_LOST {
                 let count = <[u8; 8]>::try_from(payload).map_err(|_| {
-                    format!("LSN {lsn}: a lost-demand record of {} bytes", payload.len())
+                    VisitError::BadPayload(format!(
+                        "LSN {lsn}: a lost-demand record of {} bytes",
+                        payload.len()
+                    ))
                 })?;
                 self.demand_missing += u64::from_le_bytes(count);
                 return Ok(());
@@ -171,11 +175,10 @@ impl Reader<'_> {
             }
             if let Err(e) = self.push(&mut batch, lsn, kind, payload) {
                 self.failed = Some(e);
-                return Err("the replay stopped".into());
+                return Err(VisitError::Stopped);
             }
             if batch.records.len() == batch_records {
-                batch = hand_over(std::mem::take(&mut batch))
-                    .ok_or_else(|| "the replay stopped".to_string())?;
+                batch = hand_over(std::mem::take(&mut batch)).ok_or(VisitError::Stopped)?;
             }
             Ok(())
         });
@@ -201,7 +204,7 @@ impl Reader<'_> {
         kind: u8,
         payload: &[u8],
     ) -> Result<(), ReplayError> {
-        let failed = |reason: String| ReplayError::Record { lsn, reason };
+        let failed = |cause: BadRecord| ReplayError::Record { lsn, cause };
         let Batch {
             arena,
             records,
@@ -215,7 +218,8 @@ impl Reader<'_> {
             let start = arena.len().next_multiple_of(16);
             arena.resize(start, 0);
             arena.extend_from_slice(payload);
-            let txn = Txn::validate_with(&arena[start..], &mut self.shared).map_err(failed)?;
+            let txn = Txn::validate_with(&arena[start..], &mut self.shared)
+                .map_err(|e| failed(e.into()))?;
             self.events(txn, events).map_err(failed)?;
             for record in txn.orders.iter() {
                 let id = record.id.to_native();
@@ -263,12 +267,20 @@ impl Reader<'_> {
     /// stock counts, restocks from returns, nodes going on and offline.
     /// The recorded decisions' own ops (reserve, release, ...) are the
     /// recorded side, not the what-if's.
-    pub(super) fn events(&self, txn: &ArchivedTxn, events: &mut Vec<Event>) -> Result<(), String> {
+    pub(super) fn events(
+        &self,
+        txn: &ArchivedTxn,
+        events: &mut Vec<Event>,
+    ) -> Result<(), BadRecord> {
         for pair in txn.skus.iter() {
             let (id, name) = (pair.0.to_native(), pair.1.as_str());
-            let got = self.index.intern(name).map_err(|e| e.to_string())?;
+            let got = self.index.intern(name)?;
             if got != id {
-                return Err(format!("SKU {name:?} was id {id}, the replay gave {got}"));
+                return Err(BadRecord::SkuMoved {
+                    name: name.to_string(),
+                    id,
+                    got,
+                });
             }
         }
         for pair in txn.stock.iter() {
@@ -278,8 +290,12 @@ impl Reader<'_> {
                     | ArchivedStockOp::Adjust { .. }
                     | ArchivedStockOp::Restock { .. }
             ) {
-                let op = rkyv::deserialize::<StockOp, rkyv::rancor::Error>(&pair.1)
-                    .map_err(|e| e.to_string())?;
+                let op = rkyv::deserialize::<StockOp, rkyv::rancor::Error>(&pair.1).map_err(
+                    |cause| BadRecord::Undecodable {
+                        what: "stock op",
+                        cause,
+                    },
+                )?;
                 events.push(Event::Stock(op));
             }
         }
@@ -296,7 +312,7 @@ impl Reader<'_> {
     pub(super) fn prepare(
         &mut self,
         record: &ArchivedOrderRecord,
-    ) -> Result<(PreparedOrder, Attempt, Option<Planned>), String> {
+    ) -> Result<(PreparedOrder, Attempt, Option<Planned>), BadRecord> {
         let point = ship_to(record)?;
         let attempt = attempt(record, point)?;
         let recorded = record.recorded_decision()?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::executor::block_on;
 use smallvec::SmallVec;
 
-use super::{REPLAY_NOW_MS, WHAT_IF_SHARDS};
+use super::{BadRecord, REPLAY_NOW_MS, WHAT_IF_SHARDS};
 use crate::config::ValidConfig;
 use crate::core::book::{partition_of_order, PARTITIONS};
 use crate::core::geo::GeoPoint;
@@ -187,31 +187,34 @@ impl OpenOrders {
 }
 
 /// The attempt a journaled new order makes under the what-if policy.
-pub(super) fn attempt(record: &ArchivedOrderRecord, ship_to: GeoPoint) -> Result<Attempt, String> {
+pub(super) fn attempt(
+    record: &ArchivedOrderRecord,
+    ship_to: GeoPoint,
+) -> Result<Attempt, BadRecord> {
+    let undecodable = |what| move |cause| BadRecord::Undecodable { what, cause };
     let lines = record
         .lines
         .iter()
         .map(rkyv::deserialize::<PlanLine, rkyv::rancor::Error>)
         .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(undecodable("line"))?;
     Ok(Attempt {
         order: record.id.to_native(),
         lines,
         ship_to,
         market: record.market.as_ref().map(|m| m.to_native()),
         method: rkyv::deserialize::<Method, rkyv::rancor::Error>(&record.method)
-            .map_err(|e| e.to_string())?,
+            .map_err(undecodable("method"))?,
         channel: record.channel.to_native(),
         excluded: SmallVec::new(),
     })
 }
 
-pub(super) fn ship_to(record: &ArchivedOrderRecord) -> Result<GeoPoint, String> {
+pub(super) fn ship_to(record: &ArchivedOrderRecord) -> Result<GeoPoint, BadRecord> {
     let (lat, lon) = (record.ship_to.0.to_native(), record.ship_to.1.to_native());
-    GeoPoint::new(lat, lon).ok_or_else(|| {
-        format!(
-            "order {}: ship-to ({lat}, {lon}) is not a point",
-            record.id.to_native()
-        )
+    GeoPoint::new(lat, lon).ok_or(BadRecord::BadShipTo {
+        order: record.id.to_native(),
+        lat,
+        lon,
     })
 }

@@ -47,18 +47,18 @@ impl Txn {
 
     /// Validates and decodes a journaled payload; damage is an error, never
     /// a panic.
-    pub fn decode(bytes: &[u8]) -> Result<Txn, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Txn, TxnError> {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         rkyv::deserialize::<Txn, rkyv::rancor::Error>(Txn::validate(&aligned)?)
-            .map_err(|e| e.to_string())
+            .map_err(TxnError::Undecodable)
     }
 
     /// Validates a journaled payload that already lies at a 16-aligned
     /// address (rkyv's alignment) and reads it in place: for readers that
     /// look at a few fields of every record, like the what-if replay.
-    pub fn validate(aligned: &[u8]) -> Result<&ArchivedTxn, String> {
-        rkyv::access::<ArchivedTxn, rkyv::rancor::BoxedError>(aligned).map_err(|e| e.to_string())
+    pub fn validate(aligned: &[u8]) -> Result<&ArchivedTxn, TxnError> {
+        rkyv::access::<ArchivedTxn, rkyv::rancor::BoxedError>(aligned).map_err(TxnError::Invalid)
     }
 
     /// [`Txn::validate`] for a reader of many payloads: the same checks,
@@ -68,7 +68,7 @@ impl Txn {
     pub fn validate_with<'a>(
         aligned: &'a [u8],
         seen: &mut SharedSeen,
-    ) -> Result<&'a ArchivedTxn, String> {
+    ) -> Result<&'a ArchivedTxn, TxnError> {
         seen.0.clear();
         let mut validator = rkyv::validation::Validator::new(
             rkyv::validation::archive::ArchiveValidator::new(aligned),
@@ -78,8 +78,19 @@ impl Txn {
             aligned,
             &mut validator,
         )
-        .map_err(|e| e.to_string())
+        .map_err(TxnError::Invalid)
     }
+}
+
+/// A journaled payload that is not a `Txn` of this format.
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    /// Its bytes fail validation: damage, or another format.
+    #[error("the record does not validate as a Txn: {0}")]
+    Invalid(rkyv::rancor::BoxedError),
+    /// It validates but does not deserialize.
+    #[error("the record does not deserialize as a Txn: {0}")]
+    Undecodable(rkyv::rancor::Error),
 }
 
 /// The shared pointers one payload's validation has met: (address, type,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+use super::error::SnapshotError;
 use crate::core::capacity::LedgerImage;
 use crate::core::order::OrderRecord;
 use crate::core::stock::{ShardImage, StockShard};
@@ -89,12 +90,12 @@ pub(super) fn frame_header(magic: &[u8; 8], lsn: u64, length: u64, body_crc: u32
 
 /// Checks a snapshot's frame; returns its LSN and body. Any damage is an
 /// error saying what is wrong, never a panic.
-pub fn parse_snapshot(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
+pub fn parse_snapshot(bytes: &[u8]) -> Result<(u64, &[u8]), SnapshotError> {
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
-        return Err(format!("{} bytes is shorter than the header", bytes.len()));
+        return Err(SnapshotError::Short(bytes.len()));
     }
     if &bytes[..8] != SNAPSHOT_MAGIC && &bytes[..8] != BOOK_MAGIC {
-        return Err("not an omniroute snapshot (bad magic)".into());
+        return Err(SnapshotError::BadMagic);
     }
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let lsn = u64_at(8);
@@ -102,13 +103,13 @@ pub fn parse_snapshot(bytes: &[u8]) -> Result<(u64, &[u8]), String> {
     let crc = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes"));
     let body = &bytes[SNAPSHOT_HEADER_BYTES..];
     if body.len() as u64 != length {
-        return Err(format!(
-            "body is {} bytes, the header says {length}",
-            body.len()
-        ));
+        return Err(SnapshotError::Length {
+            actual: body.len(),
+            stated: length,
+        });
     }
     if snapshot_crc(&bytes[8..24], body) != crc || bytes[28..32] != [0u8; 4] {
-        return Err("checksum mismatch".into());
+        return Err(SnapshotError::Checksum);
     }
     Ok((lsn, body))
 }
@@ -120,29 +121,25 @@ pub fn verify_snapshot_bytes(
     name: &str,
     bytes: &[u8],
     index: Arc<crate::core::index::AvailabilityIndex>,
-) -> Result<u64, String> {
+) -> Result<u64, SnapshotError> {
     let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
     let (lsn, body) = parse_snapshot(&aligned)?;
-    fn e(error: impl std::fmt::Display) -> String {
-        error.to_string()
-    }
     if name == "catalog" {
-        rkyv::access::<rkyv::Archived<Vec<String>>, rancor::BoxedError>(body).map_err(e)?;
+        rkyv::access::<rkyv::Archived<Vec<String>>, rancor::BoxedError>(body)?;
     } else if name.starts_with("shard-") {
-        let image =
-            rkyv::access::<rkyv::Archived<ShardImage>, rancor::BoxedError>(body).map_err(e)?;
+        let image = rkyv::access::<rkyv::Archived<ShardImage>, rancor::BoxedError>(body)?;
         StockShard::from_image(image, index)?;
     } else if name.starts_with("node-") {
-        rkyv::from_bytes::<LedgerImage, rancor::Error>(body).map_err(e)?;
+        rkyv::from_bytes::<LedgerImage, rancor::Error>(body)?;
     } else if name.starts_with("router-") {
         for orders in router_archives(&aligned, body)? {
             for archived in orders.iter() {
-                rkyv::deserialize::<OrderRecord, rancor::Error>(archived).map_err(e)?;
+                rkyv::deserialize::<OrderRecord, rancor::Error>(archived)?;
             }
         }
     } else {
-        return Err(format!("{name} is not a snapshot name"));
+        return Err(SnapshotError::Name(name.to_string()));
     }
     Ok(lsn)
 }
@@ -153,10 +150,10 @@ pub fn verify_snapshot_bytes(
 pub(super) fn router_archives<'a>(
     bytes: &[u8],
     body: &'a [u8],
-) -> Result<Vec<&'a rkyv::Archived<Vec<OrderRecord>>>, String> {
+) -> Result<Vec<&'a rkyv::Archived<Vec<OrderRecord>>>, SnapshotError> {
     let access = |archive: &'a [u8]| {
         rkyv::access::<rkyv::Archived<Vec<OrderRecord>>, rancor::BoxedError>(archive)
-            .map_err(|e| e.to_string())
+            .map_err(SnapshotError::Archive)
     };
     if !bytes.starts_with(BOOK_MAGIC) {
         return Ok(vec![access(body)?]);
@@ -165,23 +162,20 @@ pub(super) fn router_archives<'a>(
     let mut rest = body;
     while !rest.is_empty() {
         let Some((header, after)) = rest.split_first_chunk::<BOOK_CHUNK_HEADER_BYTES>() else {
-            return Err(format!(
-                "{} bytes left, short of a chunk header",
-                rest.len()
-            ));
+            return Err(SnapshotError::ShortChunkHeader(rest.len()));
         };
         let archive_bytes = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
         let orders = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
         let archive_bytes = usize::try_from(archive_bytes)
             .ok()
             .filter(|&n| n <= after.len())
-            .ok_or_else(|| format!("a chunk of {archive_bytes} bytes runs past the end"))?;
+            .ok_or(SnapshotError::ChunkPastEnd(archive_bytes))?;
         let archive = access(&after[..archive_bytes])?;
         if archive.len() as u64 != orders {
-            return Err(format!(
-                "a chunk holds {} orders, its header says {orders}",
-                archive.len()
-            ));
+            return Err(SnapshotError::ChunkCount {
+                holds: archive.len(),
+                stated: orders,
+            });
         }
         archives.push(archive);
         rest = &after[archive_bytes..];

@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::core::error::RestoreError;
 use crate::core::model::{NodeIdx, OrderId, SkuId};
 use crate::core::network::Network;
 use crate::core::stock::Bumped;
@@ -59,8 +60,12 @@ pub enum StoreError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("snapshot {path} is damaged: {reason}; refusing to start (restore the data directory from a backup)")]
-    Snapshot { path: PathBuf, reason: String },
+    #[error("snapshot {path} is damaged: {cause}; refusing to start (restore the data directory from a backup)")]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        cause: SnapshotError,
+    },
     /// The directory's own files say it cannot be read by this build.
     #[error("the data directory {dir} cannot be opened: {reason}")]
     Format { dir: PathBuf, reason: String },
@@ -75,8 +80,16 @@ pub enum StoreError {
         /// How to retire it.
         fix: &'static str,
     },
-    #[error("journal record {lsn} cannot be replayed: {reason}; refusing to start")]
-    Replay { lsn: u64, reason: String },
+    #[error("journal record {lsn} cannot be replayed: {cause}; refusing to start")]
+    Replay {
+        lsn: u64,
+        #[source]
+        cause: RecordError,
+    },
+    /// The state cannot be laid out again for the configured shards and
+    /// routers.
+    #[error("the state cannot be laid out again: {0}")]
+    Relayout(#[from] RestoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -128,12 +141,14 @@ pub fn snapshot_dir(dir: &Path) -> PathBuf {
 }
 
 mod durable;
+mod error;
 mod frame;
 mod reconcile;
 mod recover;
 mod relayout;
 mod snapshot;
 
+pub use error::{RecordError, SnapshotError};
 pub use frame::{
     book_body, book_snapshot_bytes, parse_snapshot, snapshot_bytes, verify_snapshot_bytes,
 };

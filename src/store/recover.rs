@@ -10,6 +10,7 @@ use std::time::Instant;
 use rkyv::rancor;
 
 use super::durable::map_file;
+use super::error::{RecordError, SnapshotError};
 use super::frame::{parse_snapshot, router_archives, SNAPSHOT_HEADER_BYTES, SNAPSHOT_SUFFIX};
 use super::reconcile::reconcile;
 use super::relayout::relayout;
@@ -45,10 +46,10 @@ impl Loaded {
         &self.bytes[SNAPSHOT_HEADER_BYTES..]
     }
 
-    fn damaged(&self, reason: impl std::fmt::Display) -> StoreError {
+    fn damaged(&self, cause: impl Into<SnapshotError>) -> StoreError {
         StoreError::Snapshot {
             path: self.path.clone(),
-            reason: reason.to_string(),
+            cause: cause.into(),
         }
     }
 }
@@ -60,9 +61,9 @@ pub(super) fn load_snapshot(dir: &Path, name: &str) -> Result<Option<Loaded>, St
     }
     let bytes = map_file(&path)?;
     let lsn = parse_snapshot(&bytes)
-        .map_err(|reason| StoreError::Snapshot {
+        .map_err(|cause| StoreError::Snapshot {
             path: path.clone(),
-            reason,
+            cause,
         })?
         .0;
     Ok(Some(Loaded { lsn, bytes, path }))
@@ -245,7 +246,11 @@ fn load_catalog(
     for (id, name) in names.iter().enumerate() {
         let got = index.intern(name.as_str()).map_err(|e| loaded.damaged(e))?;
         if got as usize != id {
-            return Err(loaded.damaged(format!("sku {name:?} interned as {got}, not {id}")));
+            return Err(loaded.damaged(SnapshotError::SkuMoved {
+                name: name.to_string(),
+                id,
+                got,
+            }));
         }
     }
     report.snapshots_loaded += 1;
@@ -291,7 +296,7 @@ fn load_shards(
             continue;
         };
         if shard.shard_id() as usize != s {
-            return Err(file.damaged("it is another shard's"));
+            return Err(file.damaged(SnapshotError::AnotherActors("shard")));
         }
         lsns[s] = file.lsn;
         state.shards[s] = shard;
@@ -368,7 +373,7 @@ fn load_nodes(
         let mut image = rkyv::from_bytes::<LedgerImage, rancor::Error>(loaded.body())
             .map_err(|e| loaded.damaged(e))?;
         if image.node as usize != n {
-            return Err(loaded.damaged("it is another node's"));
+            return Err(loaded.damaged(SnapshotError::AnotherActors("node")));
         }
         share_order_ids(&mut image, &state.routers);
         state.ledgers[n] = NodeLedger::from_image(image, node.daily_capacity, state.index.clone());
@@ -403,30 +408,31 @@ fn replay_record(
     bumped: &mut Vec<Bumped>,
 ) -> Result<bool, StoreError> {
     let lsn = record.lsn;
-    let failed = |reason: String| StoreError::Replay { lsn, reason };
+    let failed = |cause: RecordError| StoreError::Replay { lsn, cause };
     match record.kind {
         KIND_MARKER | KIND_POLICY | KIND_DEMAND | KIND_DEMAND_LOST => return Ok(false),
         KIND_TXN => {}
-        other => return Err(failed(format!("unknown record kind {other}"))),
+        other => return Err(failed(RecordError::UnknownKind(other))),
     }
-    let txn = Txn::decode(&record.payload).map_err(failed)?;
+    let txn = Txn::decode(&record.payload).map_err(|e| failed(e.into()))?;
     if lsn > applied.catalog {
         for (id, name) in &txn.skus {
-            let got = state
-                .index
-                .intern(name)
-                .map_err(|e| failed(e.to_string()))?;
+            let got = state.index.intern(name).map_err(|e| failed(e.into()))?;
             if got != *id {
-                return Err(failed(format!(
-                    "sku {name:?} interned as {got}, journaled as {id}"
-                )));
+                return Err(failed(RecordError::SkuMoved {
+                    name: name.clone(),
+                    id: *id,
+                    got,
+                }));
             }
         }
     }
     for order in txn.orders {
         let r = router_of_order(order.id, state.routers.len());
         if lsn > applied.routers[r] {
-            state.routers[r].restore(order).map_err(failed)?;
+            state.routers[r]
+                .restore(order)
+                .map_err(|e| failed(e.into()))?;
         }
     }
     let shard_count = state.shards.len();
@@ -438,9 +444,10 @@ fn replay_record(
                     && (sku as usize) < state.index.sku_count()
             });
         if !valid {
-            return Err(failed(format!(
-                "stock op {op:?} for shard {shard} does not fit the layout"
-            )));
+            return Err(failed(RecordError::OutsideLayout {
+                op: format!("{op:?}"),
+                shard,
+            }));
         }
         if lsn > applied.shards[s] {
             // Errors (an overflowing adjust) failed alike when live.
@@ -450,7 +457,7 @@ fn replay_record(
     for (node, op) in txn.nodes {
         let n = node as usize;
         if n >= state.ledgers.len() {
-            return Err(failed(format!("node {node} beyond the configured nodes")));
+            return Err(failed(RecordError::UnknownNode(node)));
         }
         if lsn > applied.nodes[n] {
             let _ = apply_node_op(&mut state.ledgers[n], op);

@@ -34,18 +34,15 @@ pub(super) fn relayout(
         .map(|image| {
             let bytes = rkyv::to_bytes::<rancor::Error>(image).expect("images always serialize");
             let archived = rkyv::access::<rkyv::Archived<ShardImage>, rancor::BoxedError>(&bytes)
-                .map_err(|e| e.to_string())?;
+                .expect("an image just serialized validates");
             StockShard::from_image(archived, next.index.clone())
         })
-        .collect::<Result<_, String>>()
-        .map_err(|reason| StoreError::Replay { lsn: 0, reason })?;
+        .collect::<Result<_, _>>()?;
     let routers = next.routers.len();
     for router in state.routers {
         for order in router.into_orders() {
             let r = router_of_order(order.id, routers);
-            next.routers[r]
-                .restore(order)
-                .map_err(|reason| StoreError::Replay { lsn: 0, reason })?;
+            next.routers[r].restore(order)?;
         }
     }
     Ok(next)

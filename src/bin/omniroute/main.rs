@@ -369,7 +369,7 @@ async fn demo(config: ValidConfig, orders: usize, lines: usize) -> Result<(), St
             Decision::Rejected(reason) => println!("    rejected: {reason}"),
         }
     }
-    engine.check_invariants().await?;
+    engine.check_invariants().await.map_err(|e| e.to_string())?;
     engine.shutdown();
     Ok(())
 }
