@@ -328,18 +328,31 @@ struct AdminState {
     metrics: PrometheusHandle,
 }
 
+/// Why the admin port cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The address cannot be bound (taken, or not this host's).
+    #[error("admin port: cannot listen on {addr}: {cause}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The bound socket does not tell its address.
+    #[error("admin port: {0}")]
+    Address(#[source] std::io::Error),
+}
+
 /// Binds `addr` and serves the admin endpoints.
 pub async fn start(
     addr: SocketAddr,
     status: Arc<Status>,
     metrics: PrometheusHandle,
-) -> Result<AdminServer, String> {
+) -> Result<AdminServer, AdminError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("admin port: cannot listen on {addr}: {e}"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("admin port: {e}"))?;
+        .map_err(|cause| AdminError::Listen { addr, cause })?;
+    let addr = listener.local_addr().map_err(AdminError::Address)?;
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))

@@ -183,14 +183,19 @@ impl Default for AdminConfig {
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
+/// An admin listen setting that is neither an address nor "off".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an address like 127.0.0.1:9090, or \"off\"")]
+pub struct BadAdminListen(pub String);
+
 /// Parses an admin listen setting: an address, or "off".
-pub fn parse_admin_listen(text: &str) -> Result<Option<std::net::SocketAddr>, String> {
+pub fn parse_admin_listen(text: &str) -> Result<Option<std::net::SocketAddr>, BadAdminListen> {
     if text == "off" {
         return Ok(None);
     }
     text.parse()
         .map(Some)
-        .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9090, or \"off\""))
+        .map_err(|_| BadAdminListen(text.to_string()))
 }
 
 /// A config file as the daemon read it at start: a reload reads the path
@@ -430,8 +435,8 @@ impl Config {
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
         // First: its errors should not hide behind a network's.
         let log = self.validate_log()?;
-        let admin =
-            parse_admin_listen(&self.admin.listen).map_err(|m| invalid("admin.listen", m))?;
+        let admin = parse_admin_listen(&self.admin.listen)
+            .map_err(|m| invalid("admin.listen", m.to_string()))?;
         let engine = self.validate_engine()?;
         let (nodes, markets) = self.validate_nodes()?;
         let mut channels = Vec::new();

@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admin::{AdminServer, Status};
+use crate::admin::{AdminError, AdminServer, Status};
 use crate::config::{ConfigSource, ValidConfig};
-use crate::engine::{Clock, Engine, SystemClock};
+use crate::engine::{Clock, Engine, EngineError, SystemClock};
 use crate::journal::Durability;
-use crate::server::RunningServer;
-use crate::store::{self, RecoveryReport, StoreSettings};
+use crate::server::{RunningServer, ServerError};
+use crate::store::{self, RecoveryReport, StoreError, StoreSettings};
 
 /// How often the snapshot task looks at its triggers.
 const SNAPSHOT_CHECK_MS: u64 = 1000;
@@ -41,11 +41,43 @@ pub struct Recovery {
     pub lock: store::DirLock,
 }
 
+/// Why the daemon cannot start, snapshot or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another process writes the data directory.
+    #[error(transparent)]
+    Lock(#[from] store::LockError),
+    /// Recovery refused the data directory, or a snapshot failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine refused to start or a call of recovery failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The config's starting stock was refused.
+    #[error("loading stock: {0}")]
+    Stock(#[source] EngineError),
+    /// The QUIC port cannot be served.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The admin port cannot be served.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The recovery thread panicked.
+    #[error("recovery panicked: {0}")]
+    RecoveryPanicked(String),
+    /// An actor failed: no final snapshot, since its state is gone.
+    #[error("{0}; stopped without a final snapshot (the next start recovers from the journal)")]
+    ActorFailed(String),
+}
+
 /// Starts the admin port (not ready), recovers, starts the engine and the
 /// QUIC server, and only then reports ready. Orders are accepted only once
 /// recovery (and the expiry of holds that lapsed while the daemon was
 /// down) is complete. `source` is the file a reload reads again.
-pub async fn start(config: &ValidConfig, source: Option<ConfigSource>) -> Result<Daemon, String> {
+pub async fn start(
+    config: &ValidConfig,
+    source: Option<ConfigSource>,
+) -> Result<Daemon, DaemonError> {
     if config.store.durability == Durability::None {
         tracing::warn!(
             "journal.durability = \"none\": answers are sent before the fsync; a crash can lose answered orders. For benchmarks only."
@@ -53,8 +85,7 @@ pub async fn start(config: &ValidConfig, source: Option<ConfigSource>) -> Result
     }
     // Before any port is bound: a second daemon names the holder, not a
     // taken port.
-    let lock = store::lock::lock(&config.server.data_dir, store::Access::Write)
-        .map_err(|e| e.to_string())?;
+    let lock = store::lock::lock(&config.server.data_dir, store::Access::Write)?;
     let metrics = crate::telemetry::install();
     let status = Arc::new(Status::new(
         source,
@@ -91,9 +122,7 @@ pub async fn start(config: &ValidConfig, source: Option<ConfigSource>) -> Result
         status.clone(),
         stop_snapshots.clone(),
     ));
-    let server = crate::server::start(engine.clone(), &config.server)
-        .await
-        .map_err(|e| e.to_string())?;
+    let server = crate::server::start(engine.clone(), &config.server).await?;
     status.set_ready(true);
     Ok(Daemon {
         engine,
@@ -113,9 +142,8 @@ pub async fn start(config: &ValidConfig, source: Option<ConfigSource>) -> Result
 /// repairs what replay found out of step, releases holds that expired
 /// while down, and loads the config's stock into a new directory. The
 /// engine is ready for orders when this returns.
-pub async fn recover(config: &ValidConfig, clock: Arc<dyn Clock>) -> Result<Recovery, String> {
-    let lock = store::lock::lock(&config.server.data_dir, store::Access::Write)
-        .map_err(|e| e.to_string())?;
+pub async fn recover(config: &ValidConfig, clock: Arc<dyn Clock>) -> Result<Recovery, DaemonError> {
+    let lock = store::lock::lock(&config.server.data_dir, store::Access::Write)?;
     recover_locked(config, clock, lock).await
 }
 
@@ -124,7 +152,7 @@ async fn recover_locked(
     config: &ValidConfig,
     clock: Arc<dyn Clock>,
     lock: store::DirLock,
-) -> Result<Recovery, String> {
+) -> Result<Recovery, DaemonError> {
     let data_dir = config.server.data_dir.clone();
     let network = Arc::new(config.network.clone());
     let recovered = {
@@ -133,8 +161,7 @@ async fn recover_locked(
         let now_ms = clock.now_ms();
         tokio::task::spawn_blocking(move || store::open(lock, &settings, &engine, &network, now_ms))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
+            .map_err(|e| DaemonError::RecoveryPanicked(e.to_string()))??
     };
     let report = recovered.report;
     tracing::info!(
@@ -154,8 +181,7 @@ async fn recover_locked(
         recovered.sequencer,
         clock,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     if !recovered.bumps.is_empty() || !recovered.orphans.is_empty() {
         tracing::warn!(
             "recovery: {} bumped allocations to route again, {} reservations without an open order to release",
@@ -163,10 +189,7 @@ async fn recover_locked(
             recovered.orphans.len()
         );
     }
-    engine
-        .repair(recovered.bumps, recovered.orphans)
-        .await
-        .map_err(|e| e.to_string())?;
+    engine.repair(recovered.bumps, recovered.orphans).await?;
     let expired = engine.tick().await;
     if expired > 0 {
         tracing::info!("released {expired} holds that expired while the daemon was down");
@@ -175,7 +198,7 @@ async fn recover_locked(
         engine
             .load_stock(&config.stock)
             .await
-            .map_err(|e| format!("loading stock: {e}"))?;
+            .map_err(DaemonError::Stock)?;
     }
     Ok(Recovery {
         engine,
@@ -191,11 +214,9 @@ pub async fn snapshot(
     data_dir: PathBuf,
     settings: &StoreSettings,
     status: &Status,
-) -> Result<u64, String> {
+) -> Result<u64, DaemonError> {
     let started = Instant::now();
-    let done = store::snapshot(engine, &data_dir, settings.keep_segments)
-        .await
-        .map_err(|e| e.to_string())?;
+    let done = store::snapshot(engine, &data_dir, settings.keep_segments).await?;
     status.snapshot_written(crate::admin::unix_ms());
     tracing::info!(
         "snapshot at LSN {}: imaged in {} ms, written in {} ms",
@@ -246,7 +267,7 @@ async fn snapshot_loop(
 impl Daemon {
     /// Stops accepting, answers what was accepted, writes a final
     /// snapshot (so the next start replays nothing) and stops the engine.
-    pub async fn shutdown(self) -> Result<(), String> {
+    pub async fn shutdown(self) -> Result<(), DaemonError> {
         self.status.set_ready(false);
         self.stop_snapshots.notify_one();
         // Nothing else will wait for the workers: a snapshot under way and
@@ -269,9 +290,7 @@ impl Daemon {
         // A failed actor's state is gone: a snapshot now would miss it,
         // and the journal already holds every answered change.
         let result = match self.engine.health().failure() {
-            Some(failure) => Err(format!(
-                "{failure}; stopped without a final snapshot (the next start recovers from the journal)"
-            )),
+            Some(failure) => Err(DaemonError::ActorFailed(failure)),
             None => snapshot(
                 &self.engine,
                 self.data_dir.clone(),

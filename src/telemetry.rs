@@ -50,10 +50,17 @@ pub const UPKEEP_INTERVAL_MS: u64 = 5_000;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the Prometheus recorder (once per process) and returns the
-/// handle that renders it.
-/// Sets the running process's log filter; `Err` says why a filter is refused.
-pub type LogLevelControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// A log filter the running process cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error("log level {level:?} refused: {reason}")]
+pub struct LogLevelError {
+    pub level: String,
+    /// What the logger said of it.
+    pub reason: String,
+}
+
+/// Sets the running process's log filter.
+pub type LogLevelControl = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
 
 /// How a reload changes the log level, given by the binary that installed
 /// the logger (none when `RUST_LOG` set the filter: it wins).
@@ -66,13 +73,15 @@ pub fn control_log_level(control: LogLevelControl) {
 
 /// Logs at `level` (a tracing filter) from now on. `Ok(false)`: the level
 /// is not this process's to change (`RUST_LOG` set it, or no logger).
-pub fn set_log_level(level: &str) -> Result<bool, String> {
+pub fn set_log_level(level: &str) -> Result<bool, LogLevelError> {
     match LOG_LEVEL_CONTROL.get() {
         Some(control) => control(level).map(|()| true),
         None => Ok(false),
     }
 }
 
+/// Installs the Prometheus recorder (once per process) and returns the
+/// handle that renders it.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {

@@ -37,7 +37,10 @@ async fn open(dir: &Path, config: &ValidConfig, clock: Arc<ManualClock>) -> Resu
     config.server.data_dir = dir.to_path_buf();
     // The lock goes at once: these tests reopen a directory whose engine
     // they dropped, as a crash would.
-    Ok(omniroute::daemon::recover(&config, clock).await?.engine)
+    Ok(omniroute::daemon::recover(&config, clock)
+        .await
+        .map_err(|e| e.to_string())?
+        .engine)
 }
 
 fn lock(dir: &Path) -> store::DirLock {

@@ -33,7 +33,9 @@ pub(crate) async fn serve_child(
     }
     // A free port: the spawned server must not take an operator's 9090.
     config.admin = Some("127.0.0.1:0".parse().expect("address"));
-    let daemon = omniroute::daemon::start(&config, None).await?;
+    let daemon = omniroute::daemon::start(&config, None)
+        .await
+        .map_err(|e| e.to_string())?;
     if let Some(admin) = &daemon.admin {
         eprintln!("spawned server: metrics on http://{}/metrics", admin.addr);
     }
@@ -48,7 +50,7 @@ pub(crate) async fn serve_child(
     if let Some(journal) = daemon.journal_summary() {
         eprintln!("daemon {journal}");
     }
-    daemon.shutdown().await
+    daemon.shutdown().await.map_err(|e| e.to_string())
 }
 
 pub(crate) struct Spawned {

@@ -1,10 +1,40 @@
 //! Little-endian primitives with checked reads.
 
 /// A payload that does not decode. The request id was readable, so the
-/// peer gets an error response naming what was wrong.
+/// peer gets an error response naming what was wrong (its message).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DecodeError(pub String);
+pub enum DecodeError {
+    /// The payload ends inside a field.
+    #[error("payload ends inside {0}")]
+    Truncated(&'static str),
+    /// A string longer than its limit.
+    #[error("{what} is {length} bytes; the limit is {max}")]
+    TooLong {
+        what: &'static str,
+        length: usize,
+        max: usize,
+    },
+    /// A string that is not UTF-8.
+    #[error("{0} is not valid UTF-8")]
+    NotUtf8(&'static str),
+    /// A count above its limit.
+    #[error("{count} {what}; the limit is {max}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    /// Bytes left after the last field.
+    #[error("{0} trailing bytes after the payload")]
+    Trailing(usize),
+    /// A field whose value is none of those it may take.
+    #[error("{what} {value} is not {allowed}")]
+    NotOneOf {
+        what: &'static str,
+        value: u64,
+        allowed: &'static str,
+    },
+}
 
 /// Reads a payload front to back; every read checks the bounds.
 pub struct Reader<'a> {
@@ -17,79 +47,77 @@ impl<'a> Reader<'a> {
         Reader { bytes, position: 0 }
     }
 
-    fn take(&mut self, count: usize, what: &str) -> Result<&'a [u8], DecodeError> {
+    fn take(&mut self, count: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let end = self
             .position
             .checked_add(count)
             .filter(|&end| end <= self.bytes.len());
-        let end = end.ok_or_else(|| DecodeError(format!("payload ends inside {what}")))?;
+        let end = end.ok_or(DecodeError::Truncated(what))?;
         let slice = &self.bytes[self.position..end];
         self.position = end;
         Ok(slice)
     }
 
-    pub fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.take(1, what)?[0])
     }
 
-    pub fn u16(&mut self, what: &str) -> Result<u16, DecodeError> {
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(
             self.take(2, what)?.try_into().expect("2 bytes"),
         ))
     }
 
-    pub fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(
             self.take(4, what)?.try_into().expect("4 bytes"),
         ))
     }
 
-    pub fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(
             self.take(8, what)?.try_into().expect("8 bytes"),
         ))
     }
 
-    pub fn i64(&mut self, what: &str) -> Result<i64, DecodeError> {
+    pub fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
         Ok(i64::from_le_bytes(
             self.take(8, what)?.try_into().expect("8 bytes"),
         ))
     }
 
-    pub fn f64(&mut self, what: &str) -> Result<f64, DecodeError> {
+    pub fn f64(&mut self, what: &'static str) -> Result<f64, DecodeError> {
         Ok(f64::from_le_bytes(
             self.take(8, what)?.try_into().expect("8 bytes"),
         ))
     }
 
     /// `u16 length | UTF-8 bytes`, at most `max` bytes.
-    pub fn string(&mut self, max: usize, what: &str) -> Result<String, DecodeError> {
+    pub fn string(&mut self, max: usize, what: &'static str) -> Result<String, DecodeError> {
         let length = self.u16(what)? as usize;
         if length > max {
-            return Err(DecodeError(format!(
-                "{what} is {length} bytes; the limit is {max}"
-            )));
+            return Err(DecodeError::TooLong { what, length, max });
         }
         let bytes = self.take(length, what)?;
         std::str::from_utf8(bytes)
             .map(str::to_owned)
-            .map_err(|_| DecodeError(format!("{what} is not valid UTF-8")))
+            .map_err(|_| DecodeError::NotUtf8(what))
     }
 
     /// A count that must not exceed `max`, checked before anything is
     /// allocated for the entries it announces.
-    pub fn count_u16(&mut self, max: usize, what: &str) -> Result<usize, DecodeError> {
+    pub fn count_u16(&mut self, max: usize, what: &'static str) -> Result<usize, DecodeError> {
         let count = self.u16(what)? as usize;
         if count > max {
-            return Err(DecodeError(format!("{count} {what}; the limit is {max}")));
+            return Err(DecodeError::TooMany { what, count, max });
         }
         Ok(count)
     }
 
-    pub fn count_u32(&mut self, max: usize, what: &str) -> Result<usize, DecodeError> {
+    pub fn count_u32(&mut self, max: usize, what: &'static str) -> Result<usize, DecodeError> {
         let count = self.u32(what)? as usize;
         if count > max {
-            return Err(DecodeError(format!("{count} {what}; the limit is {max}")));
+            return Err(DecodeError::TooMany { what, count, max });
         }
         Ok(count)
     }
@@ -99,10 +127,7 @@ impl<'a> Reader<'a> {
         if self.position == self.bytes.len() {
             Ok(())
         } else {
-            Err(DecodeError(format!(
-                "{} trailing bytes after the payload",
-                self.bytes.len() - self.position
-            )))
+            Err(DecodeError::Trailing(self.bytes.len() - self.position))
         }
     }
 }

@@ -344,7 +344,7 @@ pub enum Response {
     },
 }
 
-fn id(reader: &mut Reader, what: &str) -> Result<String, DecodeError> {
+fn id(reader: &mut Reader, what: &'static str) -> Result<String, DecodeError> {
     reader.string(MAX_ID_BYTES, what)
 }
 
@@ -407,9 +407,11 @@ impl Request {
                         min_qty: r.u32("min qty")?,
                     }),
                     other => {
-                        return Err(DecodeError(format!(
-                            "availability mode {other} is not 0 or 1"
-                        )))
+                        return Err(DecodeError::NotOneOf {
+                            what: "availability mode",
+                            value: other.into(),
+                            allowed: "0 or 1",
+                        })
                     }
                 };
                 Request::Availability { sku, near }
@@ -480,7 +482,13 @@ impl Request {
                 online: match r.u8("online")? {
                     0 => false,
                     1 => true,
-                    other => return Err(DecodeError(format!("online flag {other} is not 0 or 1"))),
+                    other => {
+                        return Err(DecodeError::NotOneOf {
+                            what: "online flag",
+                            value: other.into(),
+                            allowed: "0 or 1",
+                        })
+                    }
                 },
             },
             _ => return Ok(None),
@@ -579,9 +587,11 @@ fn decode_order(r: &mut Reader) -> Result<Order, DecodeError> {
         },
         2 => Method::SameDay,
         other => {
-            return Err(DecodeError(format!(
-                "method {other} is not 0 (ship), 1 (pickup) or 2 (same day)"
-            )))
+            return Err(DecodeError::NotOneOf {
+                what: "method",
+                value: other.into(),
+                allowed: "0 (ship), 1 (pickup) or 2 (same day)",
+            })
         }
     };
     let hold_ttl_ms = r.u32("hold ttl")?;
@@ -717,7 +727,13 @@ impl Response {
                     message: r.string(MAX_MESSAGE_BYTES, "message")?,
                     short: decode_shorts(&mut r)?,
                 },
-                other => return Err(DecodeError(format!("outcome {other} is not 0 or 1"))),
+                other => {
+                    return Err(DecodeError::NotOneOf {
+                        what: "outcome",
+                        value: other.into(),
+                        allowed: "0 or 1",
+                    })
+                }
             }),
             kinds::ORDER => {
                 let (order_id, channel, client_order_id) = (

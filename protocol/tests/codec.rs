@@ -218,7 +218,7 @@ fn malformed_payloads_name_the_problem() {
     let bad_utf8 = [3u8, 0, 0xff, 0xfe, 0xfd, 0, 0];
     assert!(Request::decode(kinds::CONFIRM, &bad_utf8)
         .unwrap_err()
-        .0
+        .to_string()
         .contains("UTF-8"));
     let mut too_many_lines = Vec::new();
     for part in [
@@ -235,7 +235,7 @@ fn malformed_payloads_name_the_problem() {
     }
     assert!(Request::decode(kinds::SUBMIT, &too_many_lines)
         .unwrap_err()
-        .0
+        .to_string()
         .contains("65 lines"));
     let mut bytes = Vec::new();
     Request::Confirm(key()).encode(1, &mut bytes);
@@ -244,7 +244,7 @@ fn malformed_payloads_name_the_problem() {
     trailing.push(0);
     assert!(Request::decode(kind, &trailing)
         .unwrap_err()
-        .0
+        .to_string()
         .contains("trailing"));
     assert_eq!(Request::decode(0x7E, &[]), Ok(None));
 }

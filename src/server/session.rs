@@ -11,8 +11,8 @@ use std::sync::{Arc, OnceLock};
 
 use futures::future::join_all;
 use omniroute_protocol::{
-    check_frame, close_codes, length_prefix, split_frame, ErrorCode, Request, Response,
-    LENGTH_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, UNFRAMED_REQUEST_ID,
+    check_frame, close_codes, length_prefix, split_frame, DecodeError, ErrorCode, Request,
+    Response, LENGTH_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, UNFRAMED_REQUEST_ID,
 };
 use tokio::sync::{mpsc, Semaphore};
 
@@ -142,13 +142,13 @@ async fn serve_stream(
             Err(_) => break,
         }
         let mut consumed = 0;
-        let mut frames: Vec<(u64, Result<Option<Request>, String>)> = Vec::new();
+        let mut frames: Vec<(u64, Result<Option<Request>, DecodeError>)> = Vec::new();
         let mut broken = None;
         loop {
             match check_frame(&buffer[consumed..]) {
                 Ok(Some(length)) => {
                     let (kind, id, payload) = split_frame(&buffer[consumed..consumed + length]);
-                    frames.push((id, Request::decode(kind, payload).map_err(|e| e.0)));
+                    frames.push((id, Request::decode(kind, payload)));
                     consumed += length;
                 }
                 Ok(None) => break,
@@ -232,7 +232,7 @@ fn encode(responses: &[(u64, Response)]) -> Vec<u8> {
 
 /// Handles one decoded batch. Returns false when the connection is closed.
 async fn dispatch(
-    frames: Vec<(u64, Result<Option<Request>, String>)>,
+    frames: Vec<(u64, Result<Option<Request>, DecodeError>)>,
     stream: &Stream<'_>,
 ) -> bool {
     let Stream {
@@ -248,7 +248,10 @@ async fn dispatch(
     for (id, decoded) in frames {
         let request = match decoded {
             Err(message) => {
-                immediate.push((id, Response::error(ErrorCode::Malformed, message)));
+                immediate.push((
+                    id,
+                    Response::error(ErrorCode::Malformed, message.to_string()),
+                ));
                 continue;
             }
             Ok(None) => {

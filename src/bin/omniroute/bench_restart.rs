@@ -116,7 +116,9 @@ pub async fn child(dir: &Path, cells: u64) -> Result<(), String> {
         engine,
         report,
         lock: _lock,
-    } = omniroute::daemon::recover(&config, Arc::new(SystemClock)).await?;
+    } = omniroute::daemon::recover(&config, Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
     let recovered_ms = report.elapsed_ms;
     crate::return_freed_memory();
     let restart_ms = started.elapsed().as_millis();

@@ -150,7 +150,7 @@ enum Command {
 #[derive(Clone)]
 struct AdminListen(Option<std::net::SocketAddr>);
 
-fn parse_admin(text: &str) -> Result<AdminListen, String> {
+fn parse_admin(text: &str) -> Result<AdminListen, omniroute::config::BadAdminListen> {
     omniroute::config::parse_admin_listen(text).map(AdminListen)
 }
 
@@ -235,7 +235,9 @@ async fn start(config: &ValidConfig) -> Result<Engine, String> {
 
 async fn serve(config: ValidConfig, source: Option<ConfigSource>) -> Result<(), String> {
     let started = Instant::now();
-    let daemon = omniroute::daemon::start(&config, source).await?;
+    let daemon = omniroute::daemon::start(&config, source)
+        .await
+        .map_err(|e| e.to_string())?;
     return_freed_memory();
     let server = &daemon.server;
     println!(
@@ -274,7 +276,7 @@ async fn serve(config: ValidConfig, source: Option<ConfigSource>) -> Result<(), 
     if let Some(journal) = daemon.journal_summary() {
         println!("{journal}");
     }
-    daemon.shutdown().await
+    daemon.shutdown().await.map_err(|e| e.to_string())
 }
 
 /// Waits for SIGTERM or SIGINT; on SIGHUP, reloads the routing policies
@@ -454,9 +456,13 @@ fn init_logs(level: &str, json: bool) {
         handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
     ) -> omniroute::telemetry::LogLevelControl {
         Box::new(move |level| {
-            let filter =
-                tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-            handle.reload(filter).map_err(|e| e.to_string())
+            let refused = |reason: String| omniroute::telemetry::LogLevelError {
+                level: level.to_string(),
+                reason,
+            };
+            let filter = tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| refused(e.to_string()))?;
+            handle.reload(filter).map_err(|e| refused(e.to_string()))
         })
     }
     let filter = tracing_subscriber::EnvFilter::new(level);
