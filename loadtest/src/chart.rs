@@ -118,8 +118,20 @@ where
     Ok(())
 }
 
-pub fn write_chart(path: &Path, data: &ChartData) -> Result<(), String> {
-    draw(path, data).map_err(|e| format!("{}: {e}", path.display()))
+/// A chart that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ChartError {
+    pub path: String,
+    /// What the plotting library said.
+    pub reason: String,
+}
+
+pub fn write_chart(path: &Path, data: &ChartData) -> Result<(), ChartError> {
+    draw(path, data).map_err(|e| ChartError {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn draw(path: &Path, data: &ChartData) -> DrawResult {

@@ -374,6 +374,17 @@ pub struct ScenarioStock {
 /// audit. Without a TTL the channel's policy decides (15 min in the sample).
 pub const HOLDS_OUTLIVE_RUNS_MS: u32 = 3_600_000;
 
+/// A scenario file that cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// It is not TOML of the scenario's shape.
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// A setting outside what it may be; the message names it and its rule.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
 impl Scenario {
     /// Whether a routed order's hold may run out during a run, giving its
     /// units back for sale (the audit must then know what it was told).
@@ -383,62 +394,65 @@ impl Scenario {
             .is_some_and(|ttl| ttl < HOLDS_OUTLIVE_RUNS_MS)
     }
 
-    pub fn parse(text: &str) -> Result<Scenario, String> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text)?;
         let o = &scenario.orders;
         let sku_count =
             match (&o.sku_range, o.skus.is_empty()) {
                 (Some(range), true) if range.count > 0 && range.zipf_exponent > 0.0 => range.count,
                 (None, false) => o.skus.len(),
-                _ => return Err(
-                    "give either orders.skus or orders.sku_range (count > 0, zipf_exponent > 0)"
-                        .into(),
-                ),
+                _ => return Err(ScenarioError::Invalid(
+                    "give either orders.skus or orders.sku_range (count > 0, zipf_exponent > 0)",
+                )),
             };
         if o.points.is_empty() {
-            return Err("orders.points must not be empty".into());
+            return Err(ScenarioError::Invalid("orders.points must not be empty"));
         }
         if let Some(m) = &o.methods {
             let weights = [m.ship, m.pickup, m.same_day];
             if weights.iter().any(|w| !w.is_finite() || *w < 0.0)
                 || weights.iter().sum::<f64>() <= 0.0
             {
-                return Err("orders.methods weights must be >= 0 and not all 0".into());
+                return Err(ScenarioError::Invalid(
+                    "orders.methods weights must be >= 0 and not all 0",
+                ));
             }
             if m.pickup > 0.0 && o.pickup_stores.is_empty() {
-                return Err("orders.methods.pickup needs orders.pickup_stores".into());
+                return Err(ScenarioError::Invalid(
+                    "orders.methods.pickup needs orders.pickup_stores",
+                ));
             }
         }
         if o.lines_min == 0 || o.lines_min > o.lines_max || o.lines_max > sku_count {
-            return Err("orders.lines_min..=lines_max must be within 1..=number of skus".into());
+            return Err(ScenarioError::Invalid(
+                "orders.lines_min..=lines_max must be within 1..=number of skus",
+            ));
         }
         if o.qty_min == 0 || o.qty_min > o.qty_max {
-            return Err("orders.qty_min..=qty_max must be within 1..".into());
+            return Err(ScenarioError::Invalid(
+                "orders.qty_min..=qty_max must be within 1..",
+            ));
         }
         if let Some(f) = &scenario.follow_up {
             let fractions = [f.confirm, f.cancel, f.ship];
             if fractions.iter().any(|x| !(0.0..=1.0).contains(x)) || f.confirm + f.cancel > 1.0 {
-                return Err(
-                    "follow_up fractions must be within 0..=1 and confirm + cancel <= 1".into(),
-                );
+                return Err(ScenarioError::Invalid(
+                    "follow_up fractions must be within 0..=1 and confirm + cancel <= 1",
+                ));
             }
         }
         if let Some(feed) = &scenario.feed {
             if scenario.stock.is_empty() && o.sku_range.is_none() {
-                return Err(
-                    "a feed updates the scenario's [[stock]] cells, or the stocked cells of its orders.sku_range; give one"
-                        .into(),
-                );
+                return Err(ScenarioError::Invalid("a feed updates the scenario's [[stock]] cells, or the stocked cells of its orders.sku_range; give one"));
             }
             if !(feed.updates_per_s.is_finite() && feed.updates_per_s > 0.0)
                 || feed.batch == 0
                 || feed.delta_min == 0
                 || feed.delta_min > feed.delta_max
             {
-                return Err(
-                    "feed needs updates_per_s > 0, batch > 0 and 1 <= delta_min <= delta_max"
-                        .into(),
-                );
+                return Err(ScenarioError::Invalid(
+                    "feed needs updates_per_s > 0, batch > 0 and 1 <= delta_min <= delta_max",
+                ));
             }
         }
         if scenario
@@ -446,7 +460,9 @@ impl Scenario {
             .iter()
             .any(|e| !(e.at_s.is_finite() && e.at_s >= 0.0))
         {
-            return Err("events[].at_s must be a time >= 0 in seconds".into());
+            return Err(ScenarioError::Invalid(
+                "events[].at_s must be a time >= 0 in seconds",
+            ));
         }
         Ok(scenario)
     }
@@ -718,6 +734,7 @@ mod tests {
         let feed_without_stock = "name = \"x\"\nchannel = \"web\"\n[orders]\nskus = [\"A\"]\nlines_min = 1\nlines_max = 1\nqty_min = 1\nqty_max = 1\npoints = [[1.0, 2.0]]\n[feed]\nupdates_per_s = 10.0\nbatch = 1\ndelta_min = 1\ndelta_max = 1\n";
         assert!(Scenario::parse(feed_without_stock)
             .unwrap_err()
+            .to_string()
             .contains("feed"));
     }
 

@@ -206,7 +206,8 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     let scenario = Scenario::parse(
         &std::fs::read_to_string(&args.scenario)
             .map_err(|e| format!("{}: {e}", args.scenario.display()))?,
-    )?;
+    )
+    .map_err(|e| format!("{}: {e}", args.scenario.display()))?;
     let spawned = if args.spawn_server {
         Some(spawn_server(args, None).await?)
     } else {
