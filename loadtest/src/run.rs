@@ -2,21 +2,24 @@
 //! one, then the audit.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omniroute_client::{Client, StockSet, Trust};
-use omniroute_loadtest::{ratio, Scenario, Summary};
+use omniroute_loadtest::{ratio, Audit, Cell, Scenario, Summary};
 use tokio::sync::{mpsc, oneshot};
 
 use super::args::Args;
-use super::audit::{read_back_settled, starting_stock, RunOrders};
+use super::audit::{read_back_settled, starting_stock, ReadBack, RunOrders};
 use super::feed::{feed, node_events};
 use super::orders::Orders;
 use super::redis::compare_redis;
-use super::spawn::{kill_and_restart, rss_growth_second_half_percent, sample_rss, spawn_server};
+use super::spawn::{
+    kill_and_restart, rss_growth_second_half_percent, sample_rss, spawn_server, Spawned,
+};
 use crate::drive::{Collector, Event, FollowUps, Interval, RunResult};
 use crate::sinks::Sink;
 use crate::{drive, sinks};
@@ -203,57 +206,14 @@ pub(crate) fn seed() -> u64 {
 }
 
 pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
-    let scenario = Scenario::parse(
-        &std::fs::read_to_string(&args.scenario)
-            .map_err(|e| format!("{}: {e}", args.scenario.display()))?,
-    )
-    .map_err(|e| format!("{}: {e}", args.scenario.display()))?;
+    let scenario = read_scenario(&args.scenario)?;
     let spawned = if args.spawn_server {
         Some(spawn_server(args, None).await?)
     } else {
         None
     };
-    let (target, trust) = match &spawned {
-        Some(s) => (s.addr, Trust::CaFile(s.cert.clone())),
-        None if args.insecure => (args.target, Trust::InsecureDevelopmentOnly),
-        None => (
-            args.target,
-            Trust::CaFile(
-                args.ca
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("omniroute-data/cert.pem")),
-            ),
-        ),
-    };
-    let admin = Arc::new(
-        Client::connect(target, "localhost", trust.clone(), &args.admin_token)
-            .await
-            .map_err(|e| format!("admin connection: {e}"))?,
-    );
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        clients.push(
-            Client::connect(target, "localhost", trust.clone(), &args.token)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let entries: Vec<StockSet> = scenario
-        .stock
-        .iter()
-        .map(|s| StockSet {
-            sku: s.sku.clone(),
-            node: s.node.clone(),
-            on_hand: s.on_hand,
-            safety_stock: Some(0),
-        })
-        .collect();
-    if !entries.is_empty() {
-        admin
-            .stock_set(entries)
-            .await
-            .map_err(|e| format!("setting the scenario's stock: {e}"))?;
-    }
+    let (target, admin, clients) = connect(args, spawned.as_ref()).await?;
+    set_scenario_stock(&admin, &scenario).await?;
     let starting = starting_stock(&admin, &scenario).await?;
     println!(
         "{}: {} orders/s for {:?} after {:?} of warmup, {} connections to {target}{}",
@@ -270,87 +230,10 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     );
     let seed = seed();
     let prefix = format!("lt-{seed}-");
-
-    let stop_feed = Arc::new(AtomicBool::new(false));
-    let feed_task = scenario.feed.is_some().then(|| {
-        tokio::spawn(feed(
-            admin.clone(),
-            scenario.clone(),
-            starting.clone(),
-            seed ^ 1,
-            stop_feed.clone(),
-        ))
-    });
-    let events_task = (!scenario.events.is_empty())
-        .then(|| tokio::spawn(node_events(admin.clone(), scenario.clone(), args.warmup)));
-    let stop_rss = Arc::new(AtomicBool::new(false));
-    let rss_task = match (&spawned, args.rss_every) {
-        (Some(s), Some(every)) => {
-            let pid = s.child.id().ok_or("the spawned daemon has no pid")?;
-            Some(tokio::spawn(sample_rss(pid, every, stop_rss.clone())))
-        }
-        _ => None,
-    };
-
-    let (events, receiver) = drive::channel();
-    let outstanding = Arc::new(AtomicU64::new(0));
-    let sink = sinks::quic(&clients, &events).await?;
-    let follow_ups = scenario.follow_up.clone().map(|mix| {
-        FollowUps::new(
-            mix,
-            seed ^ 2,
-            scenario.channel.clone(),
-            prefix.clone(),
-            sink.clone(),
-        )
-    });
-    let collector = Collector::spawn(
-        receiver,
-        outstanding.clone(),
-        follow_ups,
-        // What each order was told is kept when the daemon may take it
-        // back: a node event, or holds that may expire within the run.
-        !scenario.events.is_empty() || scenario.holds_expire_in_runs(),
-        "omniroute",
-    );
-    let target_side = Target {
-        label: "omniroute",
-        sink,
-        events,
-        outstanding,
-        collector,
-    };
-    let measured = measure(
-        target_side,
-        Orders::new(&scenario, seed, &prefix),
-        &scenario.name,
-        args,
-    )
-    .await?;
-
-    stop_feed.store(true, Ordering::Relaxed);
-    let (restocked, feed_errors) = match feed_task {
-        Some(task) => task.await.map_err(|e| e.to_string())?,
-        None => (BTreeMap::new(), 0),
-    };
-    let rerouted = match events_task {
-        Some(task) => task.await.map_err(|e| e.to_string())?,
-        None => 0,
-    };
-    // Let follow-ups still in flight land before reading back.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    if scenario.holds_expire_in_runs() {
-        // Every hold still open runs out first, so that none runs out
-        // while the audit reads (the expiry tick is a few ms after it).
-        let ttl_ms = u64::from(scenario.orders.hold_ttl_ms.unwrap_or(0));
-        tokio::time::sleep(Duration::from_millis(ttl_ms + 500)).await;
-    }
-    stop_rss.store(true, Ordering::Relaxed);
-    let rss = match rss_task {
-        Some(task) => task.await.map_err(|e| e.to_string())?,
-        None => Vec::new(),
-    };
-
+    let beside = Beside::start(args, &scenario, &admin, &starting, seed, spawned.as_ref())?;
+    let measured = measure_omniroute(args, &scenario, &clients, seed, &prefix).await?;
+    let beside = beside.finish(&scenario).await?;
+    let mut summary = with_beside(measured.report, &beside);
     let RunResult {
         mut audit,
         routed,
@@ -360,7 +243,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         endings,
     } = measured.run;
     audit.starting = starting.clone();
-    audit.restocked = restocked;
+    audit.restocked = beside.restocked.clone();
     let run_orders = RunOrders {
         channel: &scenario.channel,
         prefix: &prefix,
@@ -369,70 +252,13 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         endings: &endings,
     };
     let (audit, read_back) = read_back_settled(&admin, &run_orders, audit).await?;
-    let mut skus: Vec<String> = audit.final_atp.keys().map(|(sku, _)| sku.clone()).collect();
-    skus.dedup();
-    if !scenario.stock.is_empty() {
-        for sku in skus.iter().take(8) {
-            let left: u64 = audit
-                .final_atp
-                .iter()
-                .filter(|((s, _), _)| s == sku)
-                .map(|(_, v)| v)
-                .sum();
-            println!("audit {sku}: {left} units left at the daemon, {} expected from what buyers were told", audit.expected_left(sku));
-        }
-    }
-    let mut summary = measured.report;
-    summary.oversold_units = audit.oversold_units();
-    summary.oversold_told_units = audit.oversold_told();
-    summary.oversold_held_units = audit.oversold_held();
-    summary.withdrawn_units = audit.withdrawn.values().sum();
-    if summary.oversold_held_units > 0 {
-        for (cell, held) in &audit.held_now {
-            if *held > audit.stock(cell) {
-                println!(
-                    "audit: {cell:?} holds {held} units for the run's orders, stock was {}",
-                    audit.stock(cell)
-                );
-            }
-        }
-    }
-    summary.missing_orders = read_back.missing;
-    summary.archived_orders = read_back.archived;
-    summary.rss_mib = rss;
-    summary.rss_growth_second_half_percent = rss_growth_second_half_percent(&summary.rss_mib);
-    summary.early_expiries = read_back.early_expiries;
-    summary.expired_units = audit.expired.values().sum();
-    summary.stock_mismatch_units = audit.stock_mismatch_units();
+    report_audit(&scenario, &audit, &read_back, &mut summary);
     summary.follow_ups = follow_ups;
-    summary.restocked_units = audit.restocked.values().sum();
-    summary.feed_errors = feed_errors;
-    summary.rerouted_orders = rerouted;
     summary.highest_sustainable_rate = measured.highest;
     summary.p99_at_half_max_us = measured.p99_at_half_us;
     summary.durability = spawned.as_ref().map(|_| args.durability.clone());
-
-    for client in clients {
-        client.close().await;
-    }
-    if let Ok(admin) = Arc::try_unwrap(admin) {
-        admin.close().await;
-    }
-    let spawned = match spawned {
-        Some(spawned) if args.kill_restart => {
-            let (restarted, ms) = kill_and_restart(args, spawned).await?;
-            summary.restart_ms = Some(ms);
-            Some(restarted)
-        }
-        other => other,
-    };
-    if let Some(mut spawned) = spawned {
-        drop(spawned.child.stdin.take());
-        let _ = tokio::time::timeout(Duration::from_secs(20), spawned.child.wait()).await;
-        let _ = spawned.child.start_kill();
-        let _ = std::fs::remove_dir_all(&spawned.data_dir);
-    }
-
+    close(clients, admin).await;
+    summary.restart_ms = stop_spawned(args, spawned).await?;
     let mut redis_histogram = None;
     if args.compare_redis {
         let (redis, histogram) = compare_redis(args, &scenario, &starting, seed, &prefix).await?;
@@ -450,4 +276,275 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         uncorrected: measured.uncorrected,
         redis_histogram,
     })
+}
+
+fn read_scenario(path: &Path) -> Result<Scenario, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Scenario::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The admin connection and the connections orders go over: to the
+/// spawned daemon, or to `--target` with its CA (or none, `--insecure`).
+async fn connect(
+    args: &Args,
+    spawned: Option<&Spawned>,
+) -> Result<(SocketAddr, Arc<Client>, Vec<Client>), String> {
+    let (target, trust) = match spawned {
+        Some(s) => (s.addr, Trust::CaFile(s.cert.clone())),
+        None if args.insecure => (args.target, Trust::InsecureDevelopmentOnly),
+        None => (
+            args.target,
+            Trust::CaFile(
+                args.ca
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("omniroute-data/cert.pem")),
+            ),
+        ),
+    };
+    let admin = Client::connect(target, "localhost", trust.clone(), &args.admin_token)
+        .await
+        .map_err(|e| format!("admin connection: {e}"))?;
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        clients.push(
+            Client::connect(target, "localhost", trust.clone(), &args.token)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok((target, Arc::new(admin), clients))
+}
+
+/// Sets the scenario's `[[stock]]` cells, if it has any.
+async fn set_scenario_stock(admin: &Client, scenario: &Scenario) -> Result<(), String> {
+    let entries: Vec<StockSet> = scenario
+        .stock
+        .iter()
+        .map(|s| StockSet {
+            sku: s.sku.clone(),
+            node: s.node.clone(),
+            on_hand: s.on_hand,
+            safety_stock: Some(0),
+        })
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    admin
+        .stock_set(entries)
+        .await
+        .map_err(|e| format!("setting the scenario's stock: {e}"))?;
+    Ok(())
+}
+
+/// What runs beside the orders: the stock feed, node events, and the
+/// spawned daemon's RSS sampler.
+struct Beside {
+    stop_feed: Arc<AtomicBool>,
+    feed: Option<tokio::task::JoinHandle<(BTreeMap<Cell, u64>, u64)>>,
+    events: Option<tokio::task::JoinHandle<u64>>,
+    stop_rss: Arc<AtomicBool>,
+    rss: Option<tokio::task::JoinHandle<Vec<(f64, f64)>>>,
+}
+
+/// What ran beside the orders came to.
+struct BesideResult {
+    restocked: BTreeMap<Cell, u64>,
+    feed_errors: u64,
+    rerouted: u64,
+    rss: Vec<(f64, f64)>,
+}
+
+impl Beside {
+    fn start(
+        args: &Args,
+        scenario: &Scenario,
+        admin: &Arc<Client>,
+        starting: &BTreeMap<Cell, u64>,
+        seed: u64,
+        spawned: Option<&Spawned>,
+    ) -> Result<Beside, String> {
+        let stop_feed = Arc::new(AtomicBool::new(false));
+        let feed = scenario.feed.is_some().then(|| {
+            tokio::spawn(feed(
+                admin.clone(),
+                scenario.clone(),
+                starting.clone(),
+                seed ^ 1,
+                stop_feed.clone(),
+            ))
+        });
+        let events = (!scenario.events.is_empty())
+            .then(|| tokio::spawn(node_events(admin.clone(), scenario.clone(), args.warmup)));
+        let stop_rss = Arc::new(AtomicBool::new(false));
+        let rss = match (spawned, args.rss_every) {
+            (Some(s), Some(every)) => {
+                let pid = s.child.id().ok_or("the spawned daemon has no pid")?;
+                Some(tokio::spawn(sample_rss(pid, every, stop_rss.clone())))
+            }
+            _ => None,
+        };
+        Ok(Beside {
+            stop_feed,
+            feed,
+            events,
+            stop_rss,
+            rss,
+        })
+    }
+
+    /// Stops the feed, waits for the events, lets follow-ups land (and,
+    /// with expiring holds, every hold run out) before the audit reads, and
+    /// stops the sampler.
+    async fn finish(self, scenario: &Scenario) -> Result<BesideResult, String> {
+        self.stop_feed.store(true, Ordering::Relaxed);
+        let (restocked, feed_errors) = match self.feed {
+            Some(task) => task.await.map_err(|e| e.to_string())?,
+            None => (BTreeMap::new(), 0),
+        };
+        let rerouted = match self.events {
+            Some(task) => task.await.map_err(|e| e.to_string())?,
+            None => 0,
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if scenario.holds_expire_in_runs() {
+            // Every hold still open runs out first, so that none runs out
+            // while the audit reads (the expiry tick is a few ms after it).
+            let ttl_ms = u64::from(scenario.orders.hold_ttl_ms.unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(ttl_ms + 500)).await;
+        }
+        self.stop_rss.store(true, Ordering::Relaxed);
+        let rss = match self.rss {
+            Some(task) => task.await.map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        Ok(BesideResult {
+            restocked,
+            feed_errors,
+            rerouted,
+            rss,
+        })
+    }
+}
+
+/// The measured run against the daemon over `clients`.
+async fn measure_omniroute(
+    args: &Args,
+    scenario: &Scenario,
+    clients: &[Client],
+    seed: u64,
+    prefix: &str,
+) -> Result<Measured, String> {
+    let (events, receiver) = drive::channel();
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let sink = sinks::quic(clients, &events).await?;
+    let follow_ups = scenario.follow_up.clone().map(|mix| {
+        FollowUps::new(
+            mix,
+            seed ^ 2,
+            scenario.channel.clone(),
+            prefix.to_string(),
+            sink.clone(),
+        )
+    });
+    let collector = Collector::spawn(
+        receiver,
+        outstanding.clone(),
+        follow_ups,
+        // What each order was told is kept when the daemon may take it
+        // back: a node event, or holds that may expire within the run.
+        !scenario.events.is_empty() || scenario.holds_expire_in_runs(),
+        "omniroute",
+    );
+    let target = Target {
+        label: "omniroute",
+        sink,
+        events,
+        outstanding,
+        collector,
+    };
+    measure(
+        target,
+        Orders::new(scenario, seed, prefix),
+        &scenario.name,
+        args,
+    )
+    .await
+}
+
+/// The summary of the measured step, with what ran beside it.
+fn with_beside(report: Summary, beside: &BesideResult) -> Summary {
+    let mut summary = report;
+    summary.rss_mib = beside.rss.clone();
+    summary.rss_growth_second_half_percent = rss_growth_second_half_percent(&summary.rss_mib);
+    summary.restocked_units = beside.restocked.values().sum();
+    summary.feed_errors = beside.feed_errors;
+    summary.rerouted_orders = beside.rerouted;
+    summary
+}
+
+/// The audit's findings into the summary, and what it found wrong printed.
+fn report_audit(scenario: &Scenario, audit: &Audit, read_back: &ReadBack, summary: &mut Summary) {
+    if !scenario.stock.is_empty() {
+        let mut skus: Vec<&String> = audit.final_atp.keys().map(|(sku, _)| sku).collect();
+        skus.dedup();
+        for sku in skus.into_iter().take(8) {
+            let left: u64 = audit
+                .final_atp
+                .iter()
+                .filter(|((s, _), _)| s == sku)
+                .map(|(_, v)| v)
+                .sum();
+            println!("audit {sku}: {left} units left at the daemon, {} expected from what buyers were told", audit.expected_left(sku));
+        }
+    }
+    summary.oversold_units = audit.oversold_units();
+    summary.oversold_told_units = audit.oversold_told();
+    summary.oversold_held_units = audit.oversold_held();
+    summary.withdrawn_units = audit.withdrawn.values().sum();
+    if summary.oversold_held_units > 0 {
+        for (cell, held) in &audit.held_now {
+            if *held > audit.stock(cell) {
+                println!(
+                    "audit: {cell:?} holds {held} units for the run's orders, stock was {}",
+                    audit.stock(cell)
+                );
+            }
+        }
+    }
+    summary.missing_orders = read_back.missing;
+    summary.archived_orders = read_back.archived;
+    summary.early_expiries = read_back.early_expiries;
+    summary.expired_units = audit.expired.values().sum();
+    summary.stock_mismatch_units = audit.stock_mismatch_units();
+}
+
+async fn close(clients: Vec<Client>, admin: Arc<Client>) {
+    for client in clients {
+        client.close().await;
+    }
+    if let Ok(admin) = Arc::try_unwrap(admin) {
+        admin.close().await;
+    }
+}
+
+/// Stops the spawned daemon (after a kill -9 and a restart, with
+/// `--kill-restart`, whose time it returns) and removes its directory.
+async fn stop_spawned(args: &Args, spawned: Option<Spawned>) -> Result<Option<f64>, String> {
+    let mut restart_ms = None;
+    let spawned = match spawned {
+        Some(spawned) if args.kill_restart => {
+            let (restarted, ms) = kill_and_restart(args, spawned).await?;
+            restart_ms = Some(ms);
+            Some(restarted)
+        }
+        other => other,
+    };
+    if let Some(mut spawned) = spawned {
+        drop(spawned.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(20), spawned.child.wait()).await;
+        let _ = spawned.child.start_kill();
+        let _ = std::fs::remove_dir_all(&spawned.data_dir);
+    }
+    Ok(restart_ms)
 }
