@@ -323,6 +323,104 @@ impl RouterState {
     }
 }
 
+/// The steps of the handler that take more than a line.
+impl RouterState {
+    async fn submit(
+        &mut self,
+        orders: Vec<OrderRequest>,
+        now_ms: u64,
+        reply: RpcReplyPort<Vec<Decision>>,
+    ) {
+        let decisions = self.core.submit(&orders, now_ms, &self.participants).await;
+        let answer = move || {
+            let _ = reply.send(decisions);
+        };
+        if self.changed() {
+            self.commit(answer).await;
+        } else {
+            // Rejections (and resubmissions) changed nothing; what they saw
+            // must still be durable before they are told.
+            self.sequencer.after_durable(answer).await;
+        }
+        self.record_demand();
+    }
+
+    async fn node_offline(
+        &mut self,
+        orders: Vec<OrderId>,
+        node: NodeIdx,
+        now_ms: u64,
+        reply: RpcReplyPort<()>,
+    ) {
+        self.metrics
+            .rerouted_node_offline
+            .increment(orders.len() as u64);
+        for order in orders {
+            self.core
+                .node_offline(order, node, now_ms, &self.participants)
+                .await;
+        }
+        self.commit(move || {
+            let _ = reply.send(());
+        })
+        .await;
+    }
+
+    async fn bumped(&mut self, bumps: Vec<Bumped>, now_ms: u64, reply: Option<RpcReplyPort<()>>) {
+        self.metrics.rerouted_bumped.increment(bumps.len() as u64);
+        self.core.bumped(&bumps, now_ms, &self.participants).await;
+        self.commit_if_changed(move || {
+            if let Some(reply) = reply {
+                let _ = reply.send(());
+            }
+        })
+        .await;
+    }
+
+    async fn expire(&mut self, now_ms: u64, reply: RpcReplyPort<usize>) {
+        let expired = self.core.expire_due(now_ms, &self.participants);
+        // A snapshot walking the books must find every order where it was:
+        // none retires meanwhile.
+        let retired = self.core.retire_due(now_ms, self.imaging == 0);
+        self.metrics.orders_retired.increment(retired as u64);
+        self.metrics.holds_expired.increment(expired as u64);
+        self.commit_if_changed(move || {
+            let _ = reply.send(expired);
+        })
+        .await;
+    }
+
+    /// Appends the snapshot's opening marker and takes the first step of
+    /// streaming the book; the marker's LSN labels the book once durable.
+    async fn start_image(
+        &mut self,
+        sink: ImageSink,
+        books: BookSink,
+        pace: ImagePace,
+        myself: &ActorRef<RouterMsg>,
+    ) {
+        let start_lsn = Arc::new(std::sync::OnceLock::new());
+        let label = start_lsn.clone();
+        let done: Done = Box::new(move |result| {
+            if let Ok(lsn) = result {
+                let _ = label.set(lsn);
+            }
+        });
+        self.sequencer.append_raw(KIND_MARKER, Vec::new, done).await;
+        self.imaging += 1;
+        let image = Box::new(BookImage {
+            sink,
+            books,
+            pace,
+            cursor: BookCursor::default(),
+            finished: false,
+            pending: None,
+            start_lsn,
+        });
+        self.image_step(image, myself).await;
+    }
+}
+
 impl Actor for RouterActor {
     type Msg = RouterMsg;
     type State = RouterState;
@@ -348,23 +446,7 @@ impl Actor for RouterActor {
                 orders,
                 now_ms,
                 reply,
-            } => {
-                let decisions = state
-                    .core
-                    .submit(&orders, now_ms, &state.participants)
-                    .await;
-                let answer = move || {
-                    let _ = reply.send(decisions);
-                };
-                if state.changed() {
-                    state.commit(answer).await;
-                } else {
-                    // Rejections (and resubmissions) changed nothing; what
-                    // they saw must still be durable before they are told.
-                    state.sequencer.after_durable(answer).await;
-                }
-                state.record_demand();
-            }
+            } => state.submit(orders, now_ms, reply).await,
             RouterMsg::Get { order, reply } => {
                 let _ = reply.send(state.core.get(&order).cloned());
             }
@@ -424,51 +506,13 @@ impl Actor for RouterActor {
                 node,
                 now_ms,
                 reply,
-            } => {
-                state
-                    .metrics
-                    .rerouted_node_offline
-                    .increment(orders.len() as u64);
-                for order in orders {
-                    state
-                        .core
-                        .node_offline(order, node, now_ms, &state.participants)
-                        .await;
-                }
-                state
-                    .commit(move || {
-                        let _ = reply.send(());
-                    })
-                    .await;
-            }
+            } => state.node_offline(orders, node, now_ms, reply).await,
             RouterMsg::Bumped {
                 bumps,
                 now_ms,
                 reply,
-            } => {
-                state.metrics.rerouted_bumped.increment(bumps.len() as u64);
-                state.core.bumped(&bumps, now_ms, &state.participants).await;
-                state
-                    .commit_if_changed(move || {
-                        if let Some(reply) = reply {
-                            let _ = reply.send(());
-                        }
-                    })
-                    .await;
-            }
-            RouterMsg::Expire { now_ms, reply } => {
-                let expired = state.core.expire_due(now_ms, &state.participants);
-                // A snapshot walking the books must find every order where
-                // it was: none retires meanwhile.
-                let retired = state.core.retire_due(now_ms, state.imaging == 0);
-                state.metrics.orders_retired.increment(retired as u64);
-                state.metrics.holds_expired.increment(expired as u64);
-                state
-                    .commit_if_changed(move || {
-                        let _ = reply.send(expired);
-                    })
-                    .await;
-            }
+            } => state.bumped(bumps, now_ms, reply).await,
+            RouterMsg::Expire { now_ms, reply } => state.expire(now_ms, reply).await,
             RouterMsg::Check(reply) => {
                 let _ = reply.send(state.core.check_invariants());
             }
@@ -478,28 +522,7 @@ impl Actor for RouterActor {
                 pace,
                 reply,
             } => {
-                let start_lsn = Arc::new(std::sync::OnceLock::new());
-                let label = start_lsn.clone();
-                let done: Done = Box::new(move |result| {
-                    if let Ok(lsn) = result {
-                        let _ = label.set(lsn);
-                    }
-                });
-                state
-                    .sequencer
-                    .append_raw(KIND_MARKER, Vec::new, done)
-                    .await;
-                state.imaging += 1;
-                let image = Box::new(BookImage {
-                    sink,
-                    books,
-                    pace,
-                    cursor: BookCursor::default(),
-                    finished: false,
-                    pending: None,
-                    start_lsn,
-                });
-                state.image_step(image, &myself).await;
+                state.start_image(sink, books, pace, &myself).await;
                 let _ = reply.send(());
             }
             RouterMsg::SetNetwork(network) => state.core.set_network(network),
