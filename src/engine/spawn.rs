@@ -1,27 +1,31 @@
 //! Starting an engine: the index, the sequencer, and every actor spawned on
 //! the state it was given, supervised by the watchdog.
 
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::Actor;
-use tokio::sync::Semaphore;
+use ractor::{Actor, ActorRef};
+use tokio::sync::{mpsc, Semaphore};
 
 use super::clock::Clock;
 use super::error::EngineError;
 use super::images::ImagePace;
 use super::mailbox::Mailbox;
-use super::node::NodeActor;
+use super::node::{NodeActor, NodeMsg};
 use super::participants::{ActorParticipants, JournaledParticipants};
-use super::router::{RouterActor, RouterState};
+use super::router::{RouterActor, RouterMsg, RouterState};
 use super::sequencer::Sequencer;
 use super::settings::EngineSettings;
-use super::shard::{ShardActor, ShardState};
+use super::shard::{ShardActor, ShardMsg, ShardState};
 use super::state::EngineState;
 use super::watchdog::{Health, Watchdog};
 use super::{Engine, Inner, BUMP_QUEUE_BATCHES};
+use crate::core::capacity::NodeLedger;
 use crate::core::network::Network;
-use crate::core::stock::Bumped;
+use crate::core::router::RouterCore;
+use crate::core::stock::{Bumped, StockShard};
+use crate::telemetry::EngineMetrics;
 
 impl Engine {
     /// Spawns every actor on empty state, changes sequenced in memory only
@@ -46,12 +50,11 @@ impl Engine {
         sequencer: Sequencer,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, EngineError> {
-        let spawn_error = |e: ractor::SpawnErr| EngineError::Spawn(e.to_string());
         let EngineState {
             index,
-            shards: shard_states,
+            shards,
             ledgers,
-            routers: cores,
+            routers,
         } = state;
         let sequencer = Arc::new(sequencer);
         let health = Health::new();
@@ -59,69 +62,25 @@ impl Engine {
             .await
             .map_err(spawn_error)?
             .0;
-        let (bumps, mut bump_queue) = tokio::sync::mpsc::channel::<Vec<Bumped>>(BUMP_QUEUE_BATCHES);
-        let mut shards = Vec::new();
-        for shard in shard_states {
-            let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
-            let state = ShardState {
-                shard,
-                bumps: bumps.clone(),
-                depth: depth.clone(),
-            };
-            let index = shards.len();
-            let actor = Actor::spawn_linked(None, ShardActor, state, watchdog.get_cell())
-                .await
-                .map_err(spawn_error)?
-                .0;
-            health.name(actor.get_id(), format!("shard {index}"));
-            shards.push(Mailbox::new(actor, depth));
-        }
-        let mut nodes = Vec::new();
-        for ledger in ledgers {
-            let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
-            let name = match network.nodes.get(nodes.len()) {
-                Some(node) => format!("node {}", node.id),
-                None => format!("node slot {}", nodes.len()),
-            };
-            let actor = Actor::spawn_linked(
-                None,
-                NodeActor,
-                (ledger, depth.clone()),
-                watchdog.get_cell(),
-            )
-            .await
-            .map_err(spawn_error)?
-            .0;
-            health.name(actor.get_id(), name);
-            nodes.push(Mailbox::new(actor, depth));
-        }
+        let (bumps, bump_queue) = mpsc::channel::<Vec<Bumped>>(BUMP_QUEUE_BATCHES);
         let participants = ActorParticipants {
-            shards: shards.into(),
-            nodes: nodes.into(),
+            shards: spawn_shards(shards, bumps, &watchdog, &health)
+                .await?
+                .into(),
+            nodes: spawn_nodes(ledgers, &network, &watchdog, &health)
+                .await?
+                .into(),
         };
         let metrics = Arc::new(crate::telemetry::EngineMetrics::new(&network));
-        let mut routers = Vec::new();
-        for mut core in cores {
-            // Only a journal keeps demand.
-            core.set_record_demand(sequencer.is_durable());
-            let depth = Arc::new(std::sync::atomic::AtomicI64::new(0));
-            let state = RouterState {
-                core,
-                participants: JournaledParticipants::new(participants.clone()),
-                sequencer: sequencer.clone(),
-                depth: depth.clone(),
-                metrics: metrics.clone(),
-                imaging: 0,
-                demand_lost: 0,
-            };
-            let index = routers.len();
-            let actor = Actor::spawn_linked(None, RouterActor, state, watchdog.get_cell())
-                .await
-                .map_err(spawn_error)?
-                .0;
-            health.name(actor.get_id(), format!("router {index}"));
-            routers.push(Mailbox::new(actor, depth));
-        }
+        let routers = spawn_routers(
+            routers,
+            &participants,
+            &sequencer,
+            &metrics,
+            &watchdog,
+            &health,
+        )
+        .await?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 network: arc_swap::ArcSwap::new(network),
@@ -140,26 +99,27 @@ impl Engine {
                 watchdog,
             }),
         };
-        // Reservations that journaled ops took back (a count fell below
-        // them) go to their routers to be placed again.
-        let weak = Arc::downgrade(&engine.inner);
-        let forwarder = tokio::spawn(async move {
+        engine.start_tasks(bump_queue, settings.expiry_tick_ms);
+        Ok(engine)
+    }
+
+    /// The engine's own tasks: the forwarder that hands reservations
+    /// journaled ops took back (a count fell below them) to their routers,
+    /// and the expiry ticker. Both hold the engine weakly and end with it.
+    fn start_tasks(&self, mut bump_queue: mpsc::Receiver<Vec<Bumped>>, expiry_tick_ms: u64) {
+        let mut tasks = self.inner.tasks.lock().expect("tasks lock");
+        let weak = Arc::downgrade(&self.inner);
+        tasks.push(tokio::spawn(async move {
             while let Some(bumped) = bump_queue.recv().await {
                 let Some(inner) = weak.upgrade() else { break };
                 let engine = Engine { inner };
                 engine.forward_bumps(bumped, engine.now_ms());
             }
-        });
-        engine
-            .inner
-            .tasks
-            .lock()
-            .expect("tasks lock")
-            .push(forwarder);
-        if settings.expiry_tick_ms > 0 {
-            let weak = Arc::downgrade(&engine.inner);
-            let period = Duration::from_millis(settings.expiry_tick_ms);
-            let ticker = tokio::spawn(async move {
+        }));
+        if expiry_tick_ms > 0 {
+            let weak = Arc::downgrade(&self.inner);
+            let period = Duration::from_millis(expiry_tick_ms);
+            tasks.push(tokio::spawn(async move {
                 let mut interval = tokio::time::interval(period);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -167,9 +127,99 @@ impl Engine {
                     let Some(inner) = weak.upgrade() else { break };
                     Engine { inner }.tick().await;
                 }
-            });
-            engine.inner.tasks.lock().expect("tasks lock").push(ticker);
+            }));
         }
-        Ok(engine)
     }
+}
+
+fn spawn_error(e: ractor::SpawnErr) -> EngineError {
+    EngineError::Spawn(e.to_string())
+}
+
+/// One actor per shard, linked to the watchdog.
+async fn spawn_shards(
+    shards: Vec<StockShard>,
+    bumps: mpsc::Sender<Vec<Bumped>>,
+    watchdog: &ActorRef<()>,
+    health: &Health,
+) -> Result<Vec<Mailbox<ShardMsg>>, EngineError> {
+    let mut mailboxes = Vec::new();
+    for shard in shards {
+        let depth = Arc::new(AtomicI64::new(0));
+        let state = ShardState {
+            shard,
+            bumps: bumps.clone(),
+            depth: depth.clone(),
+        };
+        let actor = Actor::spawn_linked(None, ShardActor, state, watchdog.get_cell())
+            .await
+            .map_err(spawn_error)?
+            .0;
+        health.name(actor.get_id(), format!("shard {}", mailboxes.len()));
+        mailboxes.push(Mailbox::new(actor, depth));
+    }
+    Ok(mailboxes)
+}
+
+/// One actor per node slot (the network's nodes and the spare slots).
+async fn spawn_nodes(
+    ledgers: Vec<NodeLedger>,
+    network: &Network,
+    watchdog: &ActorRef<()>,
+    health: &Health,
+) -> Result<Vec<Mailbox<NodeMsg>>, EngineError> {
+    let mut mailboxes = Vec::new();
+    for ledger in ledgers {
+        let depth = Arc::new(AtomicI64::new(0));
+        let name = match network.nodes.get(mailboxes.len()) {
+            Some(node) => format!("node {}", node.id),
+            None => format!("node slot {}", mailboxes.len()),
+        };
+        let actor = Actor::spawn_linked(
+            None,
+            NodeActor,
+            (ledger, depth.clone()),
+            watchdog.get_cell(),
+        )
+        .await
+        .map_err(spawn_error)?
+        .0;
+        health.name(actor.get_id(), name);
+        mailboxes.push(Mailbox::new(actor, depth));
+    }
+    Ok(mailboxes)
+}
+
+/// One actor per router core, each placing through the shard and node
+/// actors and committing through the shared sequencer.
+async fn spawn_routers(
+    cores: Vec<RouterCore>,
+    participants: &ActorParticipants,
+    sequencer: &Arc<Sequencer>,
+    metrics: &Arc<EngineMetrics>,
+    watchdog: &ActorRef<()>,
+    health: &Health,
+) -> Result<Vec<Mailbox<RouterMsg>>, EngineError> {
+    let mut mailboxes = Vec::new();
+    for mut core in cores {
+        // Only a journal keeps demand.
+        core.set_record_demand(sequencer.is_durable());
+        let depth = Arc::new(AtomicI64::new(0));
+        let state = RouterState {
+            core,
+            participants: JournaledParticipants::new(participants.clone()),
+            sequencer: sequencer.clone(),
+            depth: depth.clone(),
+            metrics: metrics.clone(),
+            imaging: 0,
+            demand_lost: 0,
+        };
+        let actor = Actor::spawn_linked(None, RouterActor, state, watchdog.get_cell())
+            .await
+            .map_err(spawn_error)?
+            .0;
+        health.name(actor.get_id(), format!("router {}", mailboxes.len()));
+        mailboxes.push(Mailbox::new(actor, depth));
+    }
+    Ok(mailboxes)
 }
