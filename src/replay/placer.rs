@@ -58,51 +58,75 @@ impl Placer<'_> {
         attempts: &[Attempt],
         plans: &mut [Option<Planned>],
     ) -> Result<(), ReplayError> {
-        let (world, report) = (self.world, &mut *self.report);
-        let open = &mut self.open;
         let failed = |cause: BadRecord| ReplayError::Record {
             lsn: record.lsn,
             cause,
         };
+        self.apply_events(events).map_err(failed)?;
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.keep_plans_that_hold(fresh, attempts, plans);
+        let placements = self.place(attempts, plans);
+        for ((new, attempt), placement) in fresh.iter().zip(attempts).zip(&placements) {
+            self.count(record, arena, new, attempt, placement)
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// The outside world's changes of one record, in order.
+    fn apply_events(&mut self, events: &[Event]) -> Result<(), BadRecord> {
         for event in events {
             match event {
-                Event::Stock(op) => world.stock(op.clone()),
-                &Event::NodeOnline(node, online) => world.node_online(node, online),
+                Event::Stock(op) => self.world.stock(op.clone()),
+                &Event::NodeOnline(node, online) => self.world.node_online(node, online),
                 &Event::Close { order, shipped } => {
-                    let Some(given) = open.get_mut(order) else {
-                        return Err(failed(BadRecord::NeverPlaced(order)));
+                    let Some(given) = self.open.get_mut(order) else {
+                        return Err(BadRecord::NeverPlaced(order));
                     };
                     if let Some(given) = given.take() {
-                        world.close(order, &given, shipped);
+                        self.world.close(order, &given, shipped);
                         if shipped {
-                            report.ships_applied += 1;
+                            self.report.ships_applied += 1;
                         } else {
-                            report.releases_applied += 1;
+                            self.report.releases_applied += 1;
                         }
                     }
                 }
             }
         }
-        if fresh.is_empty() {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// Drops each plan made ahead whose stamp no longer holds (it is made
+    /// again in line), counting both.
+    fn keep_plans_that_hold(
+        &mut self,
+        fresh: &[PreparedOrder],
+        attempts: &[Attempt],
+        plans: &mut [Option<Planned>],
+    ) {
         for ((new, attempt), made) in fresh.iter().zip(attempts).zip(plans.iter_mut()) {
             let holds = new
                 .stamp
                 .as_ref()
-                .is_some_and(|stamp| stamp.holds(&world.index, &attempt.lines));
+                .is_some_and(|stamp| stamp.holds(&self.world.index, &attempt.lines));
             if holds {
-                report.plans_ahead_used += 1;
+                self.report.plans_ahead_used += 1;
             } else {
                 *made = None;
-                report.plans_in_line += 1;
+                self.report.plans_in_line += 1;
             }
         }
-        // When every plan made ahead still holds and failed, those are the
-        // placements (`unplanned`, as `place` would say): most orders for a
-        // sold-out SKU end here, without a round through `place`, which
-        // handles a record of mixed new orders the same way itself.
-        let placements: Vec<Placement> = if plans.iter().all(|p| matches!(p, Some(Err(_)))) {
+    }
+
+    /// When every plan made ahead still holds and failed, those are the
+    /// placements (`unplanned`, as `place` would say): most orders for a
+    /// sold-out SKU end here, without a round through `place`, which
+    /// handles a record of mixed new orders the same way itself.
+    fn place(&self, attempts: &[Attempt], plans: &mut [Option<Planned>]) -> Vec<Placement> {
+        if plans.iter().all(|p| matches!(p, Some(Err(_)))) {
             attempts
                 .iter()
                 .zip(plans.iter_mut())
@@ -112,62 +136,83 @@ impl Placer<'_> {
                 })
                 .collect()
         } else {
-            world.place(attempts, plans)
-        };
-        for ((new, attempt), placement) in fresh.iter().zip(attempts).zip(&placements) {
-            report.what_if.count(
-                &world.network,
-                attempt.ship_to,
-                placement_outcome(placement),
-            );
-            if same_decision(&new.recorded, placement) {
-                report.same_decisions += 1;
-            } else {
-                report.different_decisions += 1;
-                if report.differences.len() < MAX_LISTED_DIFFERENCES {
-                    // Rare, so the whole record is found and decoded for
-                    // its story.
-                    // SAFETY: the reader thread validated exactly these
-                    // bytes as a `Txn` (`Reader::push`), and a batch is not
-                    // written again until it is handed back.
-                    let txn = unsafe {
-                        rkyv::access_unchecked::<ArchivedTxn>(&arena[record.payload.clone()])
-                    };
-                    let archived = txn
-                        .orders
-                        .iter()
-                        .find(|r| r.id.to_native() == attempt.order)
-                        .ok_or_else(|| failed(BadRecord::NotInRecord(attempt.order)))?;
-                    let whole = rkyv::deserialize::<OrderRecord, rkyv::rancor::Error>(archived)
-                        .map_err(|cause| {
-                            failed(BadRecord::Undecodable {
-                                what: "order",
-                                cause,
-                            })
-                        })?;
-                    report.differences.push(format!(
-                        "{}: {} -> {}",
-                        whole.client_order_id,
-                        describe(&world.network, outcome(&whole.decision())),
-                        describe(&world.network, placement_outcome(placement))
-                    ));
-                }
-            }
-            if new.demand {
-                // Nothing follows a rejected order: what the what-if gave it
-                // stays taken.
-                continue;
-            }
-            let given = match placement {
-                Placement::Placed { allocations, .. } if !allocations.is_empty() => {
-                    Some(allocations.iter().map(|a| (a.node, a.sku, a.qty)).collect())
-                }
-                _ => None,
-            };
-            if !open.insert(attempt.order, given) {
-                return Err(failed(BadRecord::PlacedTwice(attempt.order)));
+            self.world.place(attempts, plans)
+        }
+    }
+
+    /// Counts one new order's what-if outcome against the recorded one,
+    /// and keeps what it was given for its follow-ups.
+    fn count(
+        &mut self,
+        record: &ReadRecord,
+        arena: &[u8],
+        new: &PreparedOrder,
+        attempt: &Attempt,
+        placement: &Placement,
+    ) -> Result<(), BadRecord> {
+        let report = &mut *self.report;
+        report.what_if.count(
+            &self.world.network,
+            attempt.ship_to,
+            placement_outcome(placement),
+        );
+        if same_decision(&new.recorded, placement) {
+            report.same_decisions += 1;
+        } else {
+            report.different_decisions += 1;
+            if report.differences.len() < MAX_LISTED_DIFFERENCES {
+                let story = self.difference(record, arena, attempt, placement)?;
+                self.report.differences.push(story);
             }
         }
+        if new.demand {
+            // Nothing follows a rejected order: what the what-if gave it
+            // stays taken.
+            return Ok(());
+        }
+        let given = match placement {
+            Placement::Placed { allocations, .. } if !allocations.is_empty() => {
+                Some(allocations.iter().map(|a| (a.node, a.sku, a.qty)).collect())
+            }
+            _ => None,
+        };
+        if !self.open.insert(attempt.order, given) {
+            return Err(BadRecord::PlacedTwice(attempt.order));
+        }
         Ok(())
+    }
+
+    /// "key: recorded -> what-if" for a listed difference. Rare, so the
+    /// whole record is found and decoded for its story.
+    fn difference(
+        &self,
+        record: &ReadRecord,
+        arena: &[u8],
+        attempt: &Attempt,
+        placement: &Placement,
+    ) -> Result<String, BadRecord> {
+        // SAFETY: the reader thread validated exactly these bytes as a
+        // `Txn` (`Reader::push`), and a batch is not written again until it
+        // is handed back.
+        let txn = unsafe { rkyv::access_unchecked::<ArchivedTxn>(&arena[record.payload.clone()]) };
+        let archived = txn
+            .orders
+            .iter()
+            .find(|r| r.id.to_native() == attempt.order)
+            .ok_or(BadRecord::NotInRecord(attempt.order))?;
+        let whole =
+            rkyv::deserialize::<OrderRecord, rkyv::rancor::Error>(archived).map_err(|cause| {
+                BadRecord::Undecodable {
+                    what: "order",
+                    cause,
+                }
+            })?;
+        let network = &self.world.network;
+        Ok(format!(
+            "{}: {} -> {}",
+            whole.client_order_id,
+            describe(network, outcome(&whole.decision())),
+            describe(network, placement_outcome(placement))
+        ))
     }
 }
