@@ -182,44 +182,9 @@ pub fn replay(
         failed: None,
         demand_missing: 0,
     };
-    let read = if threads == Threads::One {
-        // Each record is placed as soon as it is read: the plan made for it
-        // is still fresh, and nothing is read ahead that would go stale.
-        reader.run(&dir, 1, |mut batch| {
-            if let Err(e) = placer.apply_batch(&mut batch) {
-                failed = Some(e);
-                return None;
-            }
-            Some(batch.emptied())
-        })
-    } else {
-        // The batches are handed over whole and come back to be refilled,
-        // so nothing is freed across threads (a first reader thread, which
-        // sent each record decoded whole, was slower than reading in line).
-        let (full_tx, full_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES);
-        let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES + 2);
-        let dir = &dir;
-        std::thread::scope(|scope| {
-            let reader = std::thread::Builder::new()
-                .name("replay-reader".into())
-                // Moved in: the placer's loop ends when this sender drops.
-                .spawn_scoped(scope, move || {
-                    reader.run(dir, READ_BATCH_RECORDS, move |batch| {
-                        full_tx.send(batch).ok()?;
-                        Some(empty_rx.try_recv().unwrap_or_default())
-                    })
-                })
-                .expect("spawn the replay's reader thread");
-            for mut batch in full_rx {
-                if let Err(e) = placer.apply_batch(&mut batch) {
-                    failed = Some(e);
-                    // Dropping the queue stops the reader.
-                    break;
-                }
-                let _ = empty_tx.try_send(batch.emptied());
-            }
-            reader.join().expect("the replay's reader thread panicked")
-        })
+    let read = match threads {
+        Threads::One => read_in_line(reader, &mut placer, &dir, &mut failed),
+        Threads::Two => read_ahead(reader, &mut placer, &dir, &mut failed),
     };
     if let Some(e) = failed {
         return Err(e);
@@ -256,6 +221,60 @@ pub fn replay(
     report.elapsed_ms = elapsed * 1e3;
     report.orders_per_second = report.recorded.orders as f64 / elapsed.max(1e-9);
     Ok(report)
+}
+
+/// One thread: each record is placed as soon as it is read, so the plan
+/// made for it is still fresh and nothing read ahead goes stale. A failure
+/// to place goes to `failed`.
+fn read_in_line(
+    reader: Reader<'_>,
+    placer: &mut Placer<'_>,
+    dir: &Path,
+    failed: &mut Option<ReplayError>,
+) -> ReaderOutcome {
+    reader.run(dir, 1, |mut batch| {
+        if let Err(e) = placer.apply_batch(&mut batch) {
+            *failed = Some(e);
+            return None;
+        }
+        Some(batch.emptied())
+    })
+}
+
+/// Two threads: the reader reads and plans a batch ahead on its own
+/// thread while this one places. The batches are handed over whole and
+/// come back to be refilled, so nothing is freed across threads (a first
+/// reader thread, which sent each record decoded whole, was slower than
+/// reading in line).
+fn read_ahead(
+    reader: Reader<'_>,
+    placer: &mut Placer<'_>,
+    dir: &Path,
+    failed: &mut Option<ReplayError>,
+) -> ReaderOutcome {
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Batch>(READ_AHEAD_BATCHES + 2);
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("replay-reader".into())
+            // Moved in: the placer's loop ends when this sender drops.
+            .spawn_scoped(scope, move || {
+                reader.run(dir, READ_BATCH_RECORDS, move |batch| {
+                    full_tx.send(batch).ok()?;
+                    Some(empty_rx.try_recv().unwrap_or_default())
+                })
+            })
+            .expect("spawn the replay's reader thread");
+        for mut batch in full_rx {
+            if let Err(e) = placer.apply_batch(&mut batch) {
+                *failed = Some(e);
+                // Dropping the queue stops the reader.
+                break;
+            }
+            let _ = empty_tx.try_send(batch.emptied());
+        }
+        reader.join().expect("the replay's reader thread panicked")
+    })
 }
 
 /// Records per batch the reader hands over: enough that the handoff is
