@@ -60,27 +60,20 @@ impl Engine {
         let health = Health::new();
         let watchdog = Actor::spawn(None, Watchdog, health.clone())
             .await
-            .map_err(spawn_error)?
+            .map_err(|e| EngineError::Spawn(e.to_string()))?
             .0;
+        let supervisor = Supervisor {
+            watchdog: &watchdog,
+            health: &health,
+        };
         let (bumps, bump_queue) = mpsc::channel::<Vec<Bumped>>(BUMP_QUEUE_BATCHES);
         let participants = ActorParticipants {
-            shards: spawn_shards(shards, bumps, &watchdog, &health)
-                .await?
-                .into(),
-            nodes: spawn_nodes(ledgers, &network, &watchdog, &health)
-                .await?
-                .into(),
+            shards: spawn_shards(shards, bumps, &supervisor).await?.into(),
+            nodes: spawn_nodes(ledgers, &network, &supervisor).await?.into(),
         };
         let metrics = Arc::new(crate::telemetry::EngineMetrics::new(&network));
-        let routers = spawn_routers(
-            routers,
-            &participants,
-            &sequencer,
-            &metrics,
-            &watchdog,
-            &health,
-        )
-        .await?;
+        let routers =
+            spawn_routers(routers, &participants, &sequencer, &metrics, &supervisor).await?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 network: arc_swap::ArcSwap::new(network),
@@ -132,16 +125,34 @@ impl Engine {
     }
 }
 
-fn spawn_error(e: ractor::SpawnErr) -> EngineError {
-    EngineError::Spawn(e.to_string())
+/// Spawns actors linked to the watchdog, each named for the health report.
+struct Supervisor<'a> {
+    watchdog: &'a ActorRef<()>,
+    health: &'a Health,
 }
 
-/// One actor per shard, linked to the watchdog.
+impl Supervisor<'_> {
+    /// Spawns `actor` on `args`; `depth` is the count its mailbox keeps.
+    async fn spawn<A: Actor>(
+        &self,
+        actor: A,
+        args: A::Arguments,
+        depth: Arc<AtomicI64>,
+        name: String,
+    ) -> Result<Mailbox<A::Msg>, EngineError> {
+        let (actor, _) = Actor::spawn_linked(None, actor, args, self.watchdog.get_cell())
+            .await
+            .map_err(|e| EngineError::Spawn(e.to_string()))?;
+        self.health.name(actor.get_id(), name);
+        Ok(Mailbox::new(actor, depth))
+    }
+}
+
+/// One actor per shard.
 async fn spawn_shards(
     shards: Vec<StockShard>,
     bumps: mpsc::Sender<Vec<Bumped>>,
-    watchdog: &ActorRef<()>,
-    health: &Health,
+    supervisor: &Supervisor<'_>,
 ) -> Result<Vec<Mailbox<ShardMsg>>, EngineError> {
     let mut mailboxes = Vec::new();
     for shard in shards {
@@ -151,12 +162,8 @@ async fn spawn_shards(
             bumps: bumps.clone(),
             depth: depth.clone(),
         };
-        let actor = Actor::spawn_linked(None, ShardActor, state, watchdog.get_cell())
-            .await
-            .map_err(spawn_error)?
-            .0;
-        health.name(actor.get_id(), format!("shard {}", mailboxes.len()));
-        mailboxes.push(Mailbox::new(actor, depth));
+        let name = format!("shard {}", mailboxes.len());
+        mailboxes.push(supervisor.spawn(ShardActor, state, depth, name).await?);
     }
     Ok(mailboxes)
 }
@@ -165,8 +172,7 @@ async fn spawn_shards(
 async fn spawn_nodes(
     ledgers: Vec<NodeLedger>,
     network: &Network,
-    watchdog: &ActorRef<()>,
-    health: &Health,
+    supervisor: &Supervisor<'_>,
 ) -> Result<Vec<Mailbox<NodeMsg>>, EngineError> {
     let mut mailboxes = Vec::new();
     for ledger in ledgers {
@@ -175,17 +181,8 @@ async fn spawn_nodes(
             Some(node) => format!("node {}", node.id),
             None => format!("node slot {}", mailboxes.len()),
         };
-        let actor = Actor::spawn_linked(
-            None,
-            NodeActor,
-            (ledger, depth.clone()),
-            watchdog.get_cell(),
-        )
-        .await
-        .map_err(spawn_error)?
-        .0;
-        health.name(actor.get_id(), name);
-        mailboxes.push(Mailbox::new(actor, depth));
+        let args = (ledger, depth.clone());
+        mailboxes.push(supervisor.spawn(NodeActor, args, depth, name).await?);
     }
     Ok(mailboxes)
 }
@@ -197,8 +194,7 @@ async fn spawn_routers(
     participants: &ActorParticipants,
     sequencer: &Arc<Sequencer>,
     metrics: &Arc<EngineMetrics>,
-    watchdog: &ActorRef<()>,
-    health: &Health,
+    supervisor: &Supervisor<'_>,
 ) -> Result<Vec<Mailbox<RouterMsg>>, EngineError> {
     let mut mailboxes = Vec::new();
     for mut core in cores {
@@ -214,12 +210,8 @@ async fn spawn_routers(
             imaging: 0,
             demand_lost: 0,
         };
-        let actor = Actor::spawn_linked(None, RouterActor, state, watchdog.get_cell())
-            .await
-            .map_err(spawn_error)?
-            .0;
-        health.name(actor.get_id(), format!("router {}", mailboxes.len()));
-        mailboxes.push(Mailbox::new(actor, depth));
+        let name = format!("router {}", mailboxes.len());
+        mailboxes.push(supervisor.spawn(RouterActor, state, depth, name).await?);
     }
     Ok(mailboxes)
 }
