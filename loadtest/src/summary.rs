@@ -1,0 +1,140 @@
+//! A run's JSON summary and the comparison with Redis.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::recorder::{Outcome, Recorder};
+
+/// The JSON summary `--json` writes.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    /// "omniroute", or "redis" for the side-by-side run.
+    pub target: String,
+    pub scenario: String,
+    pub duration_s: f64,
+    pub rate_offered: f64,
+    pub rate_achieved: f64,
+    pub requests: u64,
+    pub outcomes: BTreeMap<Outcome, u64>,
+    pub reject_codes: BTreeMap<u16, u64>,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub uncorrected_p50_us: u64,
+    pub uncorrected_p90_us: u64,
+    pub uncorrected_p99_us: u64,
+    pub uncorrected_p999_us: u64,
+    pub uncorrected_max_us: u64,
+    /// Failed, timed-out and overloaded requests.
+    pub errors: u64,
+    pub oversold_units: u64,
+    /// Its two views: units told to buyers beyond their SKU's stock, and
+    /// units the daemon holds at the end beyond their cell's stock.
+    pub oversold_told_units: u64,
+    pub oversold_held_units: u64,
+    /// Units the daemon took back from what buyers were told (re-routed
+    /// and found short after a node outage).
+    pub withdrawn_units: u64,
+    /// Units whose hold expired unconfirmed and went back on sale, from
+    /// the orders the read-back finds expired.
+    pub expired_units: u64,
+    /// Orders the daemon reports expired before their own deadline; must
+    /// be 0.
+    pub early_expiries: u64,
+    pub missing_orders: u64,
+    /// Routed orders the daemon had closed and retired (`[orders]
+    /// retention_ms`) when read back: audited from their follow-ups, not
+    /// missing.
+    pub archived_orders: u64,
+    /// With --rss-every: the spawned daemon's resident memory, (seconds
+    /// since the run started, MiB), and its growth over the second half.
+    pub rss_mib: Vec<(f64, f64)>,
+    pub rss_growth_second_half_percent: Option<f64>,
+    /// With --kill-restart: milliseconds from the SIGKILLed daemon's
+    /// restart until it listened again.
+    pub restart_ms: Option<f64>,
+    pub stock_mismatch_units: u64,
+    /// Confirms, cancels and ships that followed routed orders, by result.
+    pub follow_ups: BTreeMap<String, u64>,
+    /// Stock units the feed added (acknowledged), and feed requests refused.
+    pub restocked_units: u64,
+    pub feed_errors: u64,
+    /// Orders the daemon re-routed when scenario events took nodes offline.
+    pub rerouted_orders: u64,
+    /// With --find-max: the highest offered rate that held its bounds, and
+    /// the p99 of a run at half of it.
+    pub highest_sustainable_rate: Option<f64>,
+    pub p99_at_half_max_us: Option<u64>,
+    /// How the target kept what it answered: "fsync" or "none". For the
+    /// daemon --spawn-server started, what it was started with; for Redis,
+    /// its settings as read back from the server; None for a daemon this
+    /// run did not start.
+    pub durability: Option<String>,
+    /// With --compare-redis: the same work against Redis, and omniroute's
+    /// highest sustainable rate over Redis's.
+    pub redis: Option<Box<Summary>>,
+    pub ratio_vs_redis: Option<f64>,
+}
+
+impl Summary {
+    /// Rates, outcomes and latencies of one measured phase; the audit
+    /// fields start at zero.
+    pub fn new(
+        target: &str,
+        scenario: &str,
+        duration: Duration,
+        rate_offered: f64,
+        recorder: &Recorder,
+    ) -> Summary {
+        let seconds = duration.as_secs_f64().max(f64::EPSILON);
+        let c = &recorder.corrected;
+        let u = &recorder.uncorrected;
+        Summary {
+            target: target.to_string(),
+            scenario: scenario.to_string(),
+            duration_s: seconds,
+            rate_offered,
+            rate_achieved: recorder.total() as f64 / seconds,
+            requests: recorder.total(),
+            outcomes: recorder.outcomes.clone(),
+            reject_codes: recorder.reject_codes.clone(),
+            p50_us: c.value_at_quantile(0.50),
+            p90_us: c.value_at_quantile(0.90),
+            p99_us: c.value_at_quantile(0.99),
+            p999_us: c.value_at_quantile(0.999),
+            max_us: c.max(),
+            uncorrected_p50_us: u.value_at_quantile(0.50),
+            uncorrected_p90_us: u.value_at_quantile(0.90),
+            uncorrected_p99_us: u.value_at_quantile(0.99),
+            uncorrected_p999_us: u.value_at_quantile(0.999),
+            uncorrected_max_us: u.max(),
+            errors: recorder.count(Outcome::Error)
+                + recorder.count(Outcome::TimedOut)
+                + recorder.count(Outcome::Overloaded),
+            ..Summary::default()
+        }
+    }
+
+    /// Whether a find-max step held its bounds: nearly all of the offered
+    /// rate answered, p99 within the bound, and no errors.
+    pub fn sustained(&self, max_p99_us: u64) -> bool {
+        self.rate_achieved >= SUSTAINED_FRACTION * self.rate_offered
+            && self.p99_us <= max_p99_us
+            && self.errors == 0
+    }
+}
+
+/// The share of the offered rate a find-max step must achieve.
+pub const SUSTAINED_FRACTION: f64 = 0.95;
+
+/// omniroute's highest sustainable rate over Redis's, when both found one.
+pub fn ratio(omniroute: Option<f64>, redis: Option<f64>) -> Option<f64> {
+    match (omniroute, redis) {
+        (Some(o), Some(r)) if r > 0.0 => Some(o / r),
+        _ => None,
+    }
+}
