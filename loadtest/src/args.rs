@@ -15,91 +15,91 @@ use clap::Parser;
 pub(crate) struct Args {
     /// Orders per second offered.
     #[arg(long, default_value_t = 10_000.0)]
-    pub(crate) rate: f64,
+    pub(super) rate: f64,
     /// Measured run, e.g. 20s or 500ms.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub(crate) duration: Duration,
+    pub(super) duration: Duration,
     /// Unmeasured run before it.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub(crate) warmup: Duration,
+    pub(super) warmup: Duration,
     /// QUIC connections the orders are spread over.
     #[arg(long, default_value_t = 4)]
-    pub(crate) connections: usize,
+    pub(super) connections: usize,
     #[arg(long, default_value = "loadtest/scenarios/flash-sale.toml")]
-    pub(crate) scenario: PathBuf,
+    pub(super) scenario: PathBuf,
     /// Daemon address (ignored with --spawn-server).
     #[arg(long, default_value = "127.0.0.1:4433")]
-    pub(crate) target: SocketAddr,
+    pub(super) target: SocketAddr,
     /// Token the orders are sent with.
     #[arg(long, default_value = "dev-admin-token")]
-    pub(crate) token: String,
+    pub(super) token: String,
     /// Token that sets the scenario's stock and reads orders back.
     #[arg(long, default_value = "dev-admin-token")]
-    pub(crate) admin_token: String,
+    pub(super) admin_token: String,
     /// Certificate to trust (default: the daemon's omniroute-data/cert.pem).
     #[arg(long)]
-    pub(crate) ca: Option<PathBuf>,
+    pub(super) ca: Option<PathBuf>,
     /// Accept any certificate (local development only).
     #[arg(long)]
-    pub(crate) insecure: bool,
+    pub(super) insecure: bool,
     /// Start a daemon on a temporary data directory, in a child process, and stop it at the end.
     #[arg(long)]
-    pub(crate) spawn_server: bool,
+    pub(super) spawn_server: bool,
     /// Write the measured latency intervals as an HdrHistogram log here.
     #[arg(long)]
-    pub(crate) hlog: Option<PathBuf>,
+    pub(super) hlog: Option<PathBuf>,
     /// Write the summary as JSON here.
     #[arg(long)]
-    pub(crate) json: Option<PathBuf>,
+    pub(super) json: Option<PathBuf>,
     /// An answer later than this counts as timed out.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub(crate) timeout: Duration,
+    pub(super) timeout: Duration,
     /// Step the rate up (×--step-factor, one --duration each) until p99
     /// passes --max-p99-ms or the achieved rate falls below 95 % of offered;
     /// report the highest sustainable rate.
     #[arg(long)]
-    pub(crate) find_max: bool,
+    pub(super) find_max: bool,
     #[arg(long, default_value_t = 10.0)]
-    pub(crate) max_p99_ms: f64,
+    pub(super) max_p99_ms: f64,
     #[arg(long, default_value_t = 1.5)]
-    pub(crate) step_factor: f64,
+    pub(super) step_factor: f64,
     /// Write an SVG chart here: latency percentiles over time and the
     /// percentile distribution (with Redis's, under --compare-redis).
     #[arg(long)]
-    pub(crate) chart: Option<PathBuf>,
+    pub(super) chart: Option<PathBuf>,
     /// Run the same orders, rate steps and connections against a local
     /// redis-server with an all-or-nothing Lua reservation script, and
     /// report omniroute's highest sustainable rate over Redis's.
     #[arg(long)]
-    pub(crate) compare_redis: bool,
+    pub(super) compare_redis: bool,
     /// With --compare-redis: Redis durable too, its append-only file
     /// fsynced on every write (`appendfsync always`) in a temporary
     /// directory. Without it Redis keeps nothing on disk, as such
     /// comparisons are usually run.
     #[arg(long, requires = "compare_redis")]
-    pub(crate) redis_fsync: bool,
+    pub(super) redis_fsync: bool,
     /// How often the scheduler sends what is due.
     #[arg(long, default_value = "250us", value_parser = parse_duration)]
-    pub(crate) tick: Duration,
+    pub(super) tick: Duration,
     /// Journal durability of the --spawn-server daemon: "fsync" (the
     /// default, as in production) or "none" (answers before the fsync).
     #[arg(long, default_value = "fsync")]
-    pub(crate) durability: String,
+    pub(super) durability: String,
     /// `[orders] retention_ms` of the --spawn-server daemon: how long its
     /// closed orders stay in memory (the embedded config's day if not given).
     #[arg(long)]
-    pub(crate) retention_ms: Option<u64>,
+    pub(super) retention_ms: Option<u64>,
     /// With --spawn-server: print the daemon's resident memory this often
     /// (from /proc), and its growth over the second half of the run.
     #[arg(long, value_parser = parse_duration)]
-    pub(crate) rss_every: Option<Duration>,
+    pub(super) rss_every: Option<Duration>,
     /// With --spawn-server: after the run and its audit, kill the daemon
     /// with SIGKILL and time its restart on the same data directory.
     #[arg(long, requires = "spawn_server")]
-    pub(crate) kill_restart: bool,
+    pub(super) kill_restart: bool,
     /// Internal: run the daemon for --spawn-server in this process.
     #[arg(long, hide = true)]
-    pub(crate) serve_child: Option<PathBuf>,
+    pub(super) serve_child: Option<PathBuf>,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {

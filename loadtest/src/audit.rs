@@ -65,12 +65,12 @@ pub(crate) async fn read_atp(
 #[derive(Default)]
 pub(crate) struct ReadBack {
     /// Answered routed, unknown to the daemon.
-    pub(crate) missing: u64,
+    pub(super) missing: u64,
     /// Expired although their own deadline had not come when read.
-    pub(crate) early_expiries: u64,
+    pub(super) early_expiries: u64,
     /// Closed and retired (`[orders] retention_ms`) by the time they were
     /// read: counted from what their acknowledged follow-ups did.
-    pub(crate) archived: u64,
+    pub(super) archived: u64,
 }
 
 /// Reads every routed order back, then every SKU's ATP, into `audit`. A
@@ -111,15 +111,15 @@ pub(crate) const AUDIT_READS: u32 = 3;
 
 /// What the run knows of the orders it routed, for reading them back.
 pub(crate) struct RunOrders<'a> {
-    pub(crate) channel: &'a str,
+    pub(super) channel: &'a str,
     /// Of every client order id of the run: the key of request `id` is
     /// `{prefix}{id}`.
-    pub(crate) prefix: &'a str,
+    pub(super) prefix: &'a str,
     /// (request id, the daemon's order id) of each routed order.
-    pub(crate) routed: &'a [(u64, u64)],
+    pub(super) routed: &'a [(u64, u64)],
     /// What each order was told, by request id (when kept).
-    pub(crate) promises: &'a std::collections::HashMap<u64, Vec<(String, String, u32)>>,
-    pub(crate) endings: &'a drive::Endings,
+    pub(super) promises: &'a std::collections::HashMap<u64, Vec<(String, String, u32)>>,
+    pub(super) endings: &'a drive::Endings,
 }
 
 /// Asks the daemon for every routed order: how many it does not know, what

@@ -73,14 +73,14 @@ pub(crate) async fn feed(
 /// as the orders draw theirs (so the feed follows demand) at one of the
 /// nodes that stocked it at the start.
 pub(crate) struct FeedCells {
-    pub(crate) listed: Vec<Cell>,
-    pub(crate) by_sku: BTreeMap<String, Vec<String>>,
-    pub(crate) orders: Option<Orders>,
-    pub(crate) rng: rand::rngs::StdRng,
+    listed: Vec<Cell>,
+    by_sku: BTreeMap<String, Vec<String>>,
+    orders: Option<Orders>,
+    rng: rand::rngs::StdRng,
 }
 
 impl FeedCells {
-    pub(crate) fn new(scenario: &Scenario, starting: &BTreeMap<Cell, u64>, seed: u64) -> FeedCells {
+    fn new(scenario: &Scenario, starting: &BTreeMap<Cell, u64>, seed: u64) -> FeedCells {
         let listed: Vec<Cell> = scenario
             .stock
             .iter()
@@ -100,7 +100,7 @@ impl FeedCells {
         }
     }
 
-    pub(crate) fn next(&mut self) -> Cell {
+    fn next(&mut self) -> Cell {
         let Some(orders) = self.orders.as_mut() else {
             return self.listed[self.rng.random_range(0..self.listed.len())].clone();
         };

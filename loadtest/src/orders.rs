@@ -10,11 +10,11 @@ use crate::drive::OrderSource;
 /// Builds the scenario's orders, reproducibly: the same seed gives the
 /// same orders to omniroute and to Redis.
 pub(crate) struct Orders {
-    pub(crate) scenario: Scenario,
-    pub(crate) rng: rand::rngs::StdRng,
-    pub(crate) prefix: String,
+    scenario: Scenario,
+    rng: rand::rngs::StdRng,
+    prefix: String,
     /// Popularity of a SKU range (rank 1 most popular).
-    pub(crate) zipf: Option<rand_distr::Zipf<f64>>,
+    zipf: Option<rand_distr::Zipf<f64>>,
 }
 
 impl Orders {

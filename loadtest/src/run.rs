@@ -28,20 +28,20 @@ use crate::{drive, sinks};
 /// and under --find-max a run at half the highest sustainable rate.
 pub(crate) struct Measured {
     /// The step reported: the highest sustainable one, or the last.
-    pub(crate) report: Summary,
-    pub(crate) histogram: hdrhistogram::Histogram<u64>,
-    pub(crate) uncorrected: hdrhistogram::Histogram<u64>,
-    pub(crate) highest: Option<f64>,
-    pub(crate) p99_at_half_us: Option<u64>,
-    pub(crate) run: RunResult,
+    pub(super) report: Summary,
+    pub(super) histogram: hdrhistogram::Histogram<u64>,
+    uncorrected: hdrhistogram::Histogram<u64>,
+    pub(super) highest: Option<f64>,
+    pub(super) p99_at_half_us: Option<u64>,
+    pub(super) run: RunResult,
 }
 
 pub(crate) struct Target {
-    pub(crate) label: &'static str,
-    pub(crate) sink: Sink,
-    pub(crate) events: mpsc::Sender<Event>,
-    pub(crate) outstanding: Arc<AtomicU64>,
-    pub(crate) collector: tokio::task::JoinHandle<()>,
+    pub(super) label: &'static str,
+    pub(super) sink: Sink,
+    pub(super) events: mpsc::Sender<Event>,
+    pub(super) outstanding: Arc<AtomicU64>,
+    pub(super) collector: tokio::task::JoinHandle<()>,
 }
 
 pub(crate) async fn phase(
@@ -192,11 +192,11 @@ pub(crate) const MAX_FIND_MAX_RATE: f64 = 10_000_000.0;
 
 /// What a run hands back for the report and the chart.
 pub(crate) struct Outcome {
-    pub(crate) summary: Summary,
-    pub(crate) intervals: Vec<Interval>,
-    pub(crate) histogram: hdrhistogram::Histogram<u64>,
-    pub(crate) uncorrected: hdrhistogram::Histogram<u64>,
-    pub(crate) redis_histogram: Option<hdrhistogram::Histogram<u64>>,
+    pub(super) summary: Summary,
+    pub(super) intervals: Vec<Interval>,
+    pub(super) histogram: hdrhistogram::Histogram<u64>,
+    pub(super) uncorrected: hdrhistogram::Histogram<u64>,
+    pub(super) redis_histogram: Option<hdrhistogram::Histogram<u64>>,
 }
 
 pub(crate) fn seed() -> u64 {

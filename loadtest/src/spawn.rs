@@ -54,10 +54,10 @@ pub(crate) async fn serve_child(
 }
 
 pub(crate) struct Spawned {
-    pub(crate) child: tokio::process::Child,
-    pub(crate) addr: SocketAddr,
-    pub(crate) cert: PathBuf,
-    pub(crate) data_dir: PathBuf,
+    pub(super) child: tokio::process::Child,
+    pub(super) addr: SocketAddr,
+    pub(super) cert: PathBuf,
+    pub(super) data_dir: PathBuf,
 }
 
 /// Starts the daemon for --spawn-server in a child process on `data_dir`

@@ -89,7 +89,7 @@ pub(crate) fn sequence_of(id: OrderId) -> u64 {
 }
 
 impl OrderBook {
-    pub(crate) fn new(partition: usize) -> OrderBook {
+    fn new(partition: usize) -> OrderBook {
         OrderBook {
             partition: partition as u64,
             segments: Vec::new(),
@@ -101,7 +101,7 @@ impl OrderBook {
         }
     }
 
-    pub(crate) fn place(&self, id: OrderId) -> Option<usize> {
+    fn place(&self, id: OrderId) -> Option<usize> {
         if id % PARTITIONS as u64 != self.partition {
             return None;
         }
@@ -109,27 +109,27 @@ impl OrderBook {
         self.by_sequence.get(&sequence).map(|&place| place as usize)
     }
 
-    pub(crate) fn at(&self, place: usize) -> &OrderRecord {
+    fn at(&self, place: usize) -> &OrderRecord {
         &self.segments[place / ORDERS_PER_SEGMENT][place % ORDERS_PER_SEGMENT]
     }
 
-    pub(crate) fn at_mut(&mut self, place: usize) -> &mut OrderRecord {
+    fn at_mut(&mut self, place: usize) -> &mut OrderRecord {
         &mut self.segments[place / ORDERS_PER_SEGMENT][place % ORDERS_PER_SEGMENT]
     }
 
     /// The id of the `earlier`-th new order after the next one.
-    pub(crate) fn next_id(&self, earlier: u64) -> OrderId {
+    fn next_id(&self, earlier: u64) -> OrderId {
         (u64::from(self.next_sequence) + earlier) * PARTITIONS as u64 + self.partition
     }
 
     /// Ids up to `id` are given out (kept or not).
-    pub(crate) fn used_up_to(&mut self, id: OrderId) {
+    fn used_up_to(&mut self, id: OrderId) {
         let next =
             u32::try_from(sequence_of(id) + 1).expect("at most u32::MAX orders per partition");
         self.next_sequence = self.next_sequence.max(next);
     }
 
-    pub(crate) fn find_key(&self, channel: ChannelIdx, client_order_id: &str) -> Option<usize> {
+    fn find_key(&self, channel: ChannelIdx, client_order_id: &str) -> Option<usize> {
         let mut next = self
             .by_key
             .get(&key_hash(channel, client_order_id))
@@ -146,7 +146,7 @@ impl OrderBook {
     }
 
     /// Keeps a new order (any sequence not kept yet), at the end.
-    pub(crate) fn insert(&mut self, mut record: OrderRecord) {
+    fn insert(&mut self, mut record: OrderRecord) {
         let sequence =
             u32::try_from(sequence_of(record.id)).expect("at most u32::MAX orders per partition");
         let place = self.count;
@@ -193,7 +193,7 @@ impl OrderBook {
     }
 
     /// Forgets the order at `place`; the last order moves into its place.
-    pub(crate) fn remove(&mut self, place: usize) -> OrderRecord {
+    fn remove(&mut self, place: usize) -> OrderRecord {
         let link = place as u32 + 1;
         let (hash, next, sequence) = {
             let record = self.at(place);
@@ -235,17 +235,17 @@ impl OrderBook {
 /// right while orders arrive between snapshot steps.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BookCursor {
-    pub(crate) book: usize,
-    pub(crate) done: usize,
+    book: usize,
+    done: usize,
 }
 
 /// The orders of one router: a book per partition it owns.
 pub(crate) struct Books {
     pub(crate) router: usize,
-    pub(crate) routers: usize,
+    routers: usize,
     /// Partition `p`'s book at `p / routers`.
-    pub(crate) books: Vec<OrderBook>,
-    pub(crate) count: usize,
+    books: Vec<OrderBook>,
+    count: usize,
     /// Orders changed since the last [`RouterCore::take_dirty`]: what the
     /// next journal record must carry.
     pub(crate) dirty: Vec<OrderId>,
@@ -266,11 +266,11 @@ impl Books {
     }
 
     /// The book of `partition`, if this router owns it.
-    pub(crate) fn book(&self, partition: usize) -> Option<&OrderBook> {
+    fn book(&self, partition: usize) -> Option<&OrderBook> {
         (partition % self.routers == self.router).then(|| &self.books[partition / self.routers])
     }
 
-    pub(crate) fn book_mut(&mut self, partition: usize) -> Option<&mut OrderBook> {
+    fn book_mut(&mut self, partition: usize) -> Option<&mut OrderBook> {
         (partition % self.routers == self.router).then(|| &mut self.books[partition / self.routers])
     }
 

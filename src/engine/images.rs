@@ -74,8 +74,8 @@ pub struct BookSink {
 
 /// The receiving end of a [`BookSink`]: a snapshot writer, or a test.
 pub struct BookParts {
-    pub(super) parts: crossbeam_channel::Receiver<BookPart>,
-    pub(super) spare: crossbeam_channel::Sender<AlignedVec>,
+    parts: crossbeam_channel::Receiver<BookPart>,
+    spare: crossbeam_channel::Sender<AlignedVec>,
 }
 
 /// A bounded queue of book chunks, and the way back for their buffers.

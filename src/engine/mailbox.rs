@@ -10,8 +10,8 @@ use ractor::{ActorRef, RpcReplyPort};
 /// say): every send goes through here and counts up, and the actor counts
 /// down as it takes each message. Read by the `omniroute_queue_depth` gauge.
 pub struct Mailbox<M: ractor::Message> {
-    pub(super) actor: ActorRef<M>,
-    pub(super) depth: Arc<AtomicI64>,
+    actor: ActorRef<M>,
+    depth: Arc<AtomicI64>,
 }
 
 impl<M: ractor::Message> Clone for Mailbox<M> {

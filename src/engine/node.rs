@@ -69,9 +69,9 @@ pub struct NodeActor;
 
 /// A node's ledger and the live subscribers to its events.
 pub struct NodeState {
-    pub(super) ledger: NodeLedger,
-    pub(super) subscribers: Vec<mpsc::Sender<(u64, Arc<NodeEvent>)>>,
-    pub(super) depth: Arc<AtomicI64>,
+    ledger: NodeLedger,
+    subscribers: Vec<mpsc::Sender<(u64, Arc<NodeEvent>)>>,
+    depth: Arc<AtomicI64>,
 }
 
 impl Actor for NodeActor {

@@ -15,7 +15,7 @@ use crate::core::router::OrderRef;
 use crate::limits::MAX_ORDERS_PER_BATCH;
 
 impl Engine {
-    pub(super) fn router_for(&self, order: &OrderRef) -> &Mailbox<RouterMsg> {
+    fn router_for(&self, order: &OrderRef) -> &Mailbox<RouterMsg> {
         let routers = &self.inner.routers;
         match order {
             OrderRef::Id(id) => &routers[router_of_order(*id, routers.len())],
@@ -73,7 +73,7 @@ impl Engine {
         self.route(orders).await
     }
 
-    pub(super) fn channel_slot(&self, order: &OrderRequest) -> Option<usize> {
+    fn channel_slot(&self, order: &OrderRequest) -> Option<usize> {
         self.inner
             .network
             .load()
@@ -81,10 +81,7 @@ impl Engine {
             .map(usize::from)
     }
 
-    pub(super) async fn route(
-        &self,
-        orders: Vec<OrderRequest>,
-    ) -> Result<Vec<Decision>, EngineError> {
+    async fn route(&self, orders: Vec<OrderRequest>) -> Result<Vec<Decision>, EngineError> {
         let started = std::time::Instant::now();
         let channels: SmallVec<[Option<usize>; 16]> =
             orders.iter().map(|o| self.channel_slot(o)).collect();

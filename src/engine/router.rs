@@ -98,17 +98,17 @@ pub const ORDERS_PER_IMAGE_STEP: usize = 512;
 
 /// A router's book image under way.
 pub struct BookImage {
-    pub(super) sink: ImageSink,
-    pub(super) books: BookSink,
-    pub(super) pace: ImagePace,
+    sink: ImageSink,
+    books: BookSink,
+    pace: ImagePace,
     /// Where the encoding has come to.
-    pub(super) cursor: BookCursor,
+    cursor: BookCursor,
     /// Every book has been passed.
-    pub(super) finished: bool,
+    finished: bool,
     /// A chunk the full queue did not take yet; it goes before the next.
-    pub(super) pending: Option<BookPart>,
+    pending: Option<BookPart>,
     /// LSN of the marker sent when imaging started: the label of the image.
-    pub(super) start_lsn: Arc<std::sync::OnceLock<u64>>,
+    start_lsn: Arc<std::sync::OnceLock<u64>>,
 }
 
 pub struct RouterState {
@@ -128,7 +128,7 @@ impl RouterState {
     /// Sequences what the last step changed; `answer` runs once it is
     /// durable and its ops are on their way (never if the journal failed,
     /// which drops the caller's reply port: an error, never a false yes).
-    pub(super) async fn commit(&mut self, answer: impl FnOnce() + Send + 'static) {
+    async fn commit(&mut self, answer: impl FnOnce() + Send + 'static) {
         // Before anything is taken: a full journal queue waits here.
         let place = self.sequencer.reserve().await;
         let (stock, nodes) = self.participants.take();
@@ -155,7 +155,7 @@ impl RouterState {
     /// Like `commit`, but a step that changed nothing (the usual expiry
     /// tick) writes no record. Only for steps whose answer does not vouch
     /// for earlier changes being durable.
-    pub(super) async fn commit_if_changed(&mut self, answer: impl FnOnce() + Send + 'static) {
+    async fn commit_if_changed(&mut self, answer: impl FnOnce() + Send + 'static) {
         if self.changed() {
             self.commit(answer).await;
         } else {
@@ -167,7 +167,7 @@ impl RouterState {
     /// replay, if the journal's queue has room now: no answer waits for
     /// it, and none is held up by it. Demand that found no room is counted
     /// and the count journaled once there is, so the replay knows.
-    pub(super) fn record_demand(&mut self) {
+    fn record_demand(&mut self) {
         let demand = self.core.take_demand();
         if demand.is_empty() {
             return;
@@ -197,7 +197,7 @@ impl RouterState {
     }
 
     /// Whether the last step changed journaled state.
-    pub(super) fn changed(&self) -> bool {
+    fn changed(&self) -> bool {
         self.core.has_dirty()
             || !self.participants.stock.lock().expect("ops lock").is_empty()
             || !self.participants.nodes.lock().expect("ops lock").is_empty()
@@ -216,11 +216,7 @@ impl RouterState {
     /// it for the writer. When the queue is full the step waits its turn
     /// again; when the writer is gone the image is dropped, and the
     /// snapshot fails for want of it.
-    pub(super) async fn image_step(
-        &mut self,
-        mut image: Box<BookImage>,
-        myself: &ActorRef<RouterMsg>,
-    ) {
+    async fn image_step(&mut self, mut image: Box<BookImage>, myself: &ActorRef<RouterMsg>) {
         let started = std::time::Instant::now();
         let router = self.core.router_id();
         if image.pending.is_none() {
@@ -272,7 +268,7 @@ impl RouterState {
 
     /// Every chunk of the book is queued: a closing marker follows, and the
     /// book is labelled once that is durable (see `image_step`).
-    pub(super) async fn book_imaged(&mut self, image: Box<BookImage>) {
+    async fn book_imaged(&mut self, image: Box<BookImage>) {
         // Every order is in the image: the books may move again.
         self.imaging -= 1;
         let router = self.core.router_id();
@@ -293,7 +289,7 @@ impl RouterState {
     }
 
     /// Answers a step that changed nothing (it failed validation).
-    pub(super) fn discard(&mut self) {
+    fn discard(&mut self) {
         self.core.clear_dirty();
         let (stock, nodes) = self.participants.take();
         debug_assert!(
@@ -303,11 +299,7 @@ impl RouterState {
     }
 
     /// Commits a lifecycle step's outcome, or answers its error at once.
-    pub(super) async fn finish<T: Send + 'static>(
-        &mut self,
-        result: Result<T, OpError>,
-        reply: Reply<T>,
-    ) {
+    async fn finish<T: Send + 'static>(&mut self, result: Result<T, OpError>, reply: Reply<T>) {
         match result {
             Ok(value) => {
                 self.commit(move || {

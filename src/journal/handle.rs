@@ -38,7 +38,7 @@ pub(super) struct Append {
 /// code waits for one without parking its thread, and the append that
 /// uses it never blocks.
 pub struct Slot {
-    pub(super) _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Counters of the writer, for metrics and the benchmarks.
@@ -54,17 +54,17 @@ pub struct JournalStats {
 pub struct Journal {
     /// Taken out by [`Journal::close`]; a read lock per append is
     /// uncontended except against that one close.
-    pub(super) queue: std::sync::RwLock<Option<crossbeam_channel::Sender<Append>>>,
+    queue: std::sync::RwLock<Option<crossbeam_channel::Sender<Append>>>,
     /// `MAX_PENDING_APPENDS` places in the queue; the queue holds as many,
     /// so that an append with a slot always finds room.
-    pub(super) slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<tokio::sync::Semaphore>,
     /// The writer, then the spare thread (which ends when the writer drops
     /// its job queue; joined so that no spare is still being written when
     /// the directory is opened again).
-    pub(super) writer: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    writer: std::sync::Mutex<Vec<JoinHandle<()>>>,
     pub stats: Arc<JournalStats>,
     /// Taken by the writer around each commit; see [`Journal::pause`].
-    pub(super) paused: Arc<std::sync::Mutex<()>>,
+    paused: Arc<std::sync::Mutex<()>>,
 }
 
 impl Journal {
@@ -170,7 +170,7 @@ impl Journal {
         self.queue_append(slot, None, Vec::new(), done)
     }
 
-    pub(super) fn queue_append(
+    fn queue_append(
         &self,
         slot: Slot,
         kind: Option<u8>,

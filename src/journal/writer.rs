@@ -33,7 +33,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn commit(
+    fn commit(
         &mut self,
         batch: Vec<Append>,
         buffer: &mut Vec<u8>,
@@ -89,7 +89,7 @@ impl Writer {
         Ok(acks)
     }
 
-    pub(super) fn rotate(&mut self) -> Result<(), JournalError> {
+    fn rotate(&mut self) -> Result<(), JournalError> {
         let path = segment_path(&self.dir, self.next_lsn);
         let (file, prepared) = match self.spares.try_recv() {
             Ok((file, spare)) => {

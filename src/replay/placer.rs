@@ -49,7 +49,7 @@ impl Placer<'_> {
     /// as the reader found them), and places its new orders (`fresh`, as
     /// the reader prepared them). The record's bytes in `arena` are read
     /// only to tell the story of a difference.
-    pub(super) fn apply(
+    fn apply(
         &mut self,
         record: &ReadRecord,
         arena: &[u8],

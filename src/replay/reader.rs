@@ -91,12 +91,12 @@ impl Batch {
 #[derive(Default)]
 pub(super) struct SeenOrders {
     /// Per partition, one bit per sequence.
-    pub(super) by_partition: Vec<Vec<u64>>,
+    by_partition: Vec<Vec<u64>>,
 }
 
 impl SeenOrders {
     /// True the first time `id` is seen.
-    pub(super) fn first_sight(&mut self, id: OrderId) -> bool {
+    fn first_sight(&mut self, id: OrderId) -> bool {
         let (partition, sequence) = (partition_of_order(id), (id / PARTITIONS as u64) as usize);
         if self.by_partition.len() <= partition {
             self.by_partition.resize_with(partition + 1, Vec::new);
@@ -197,7 +197,7 @@ impl Reader<'_> {
     /// Adds a record the replay reads, with its new orders prepared. A
     /// `Txn` that does not validate is an error (the journal's checksums
     /// passed, so it is not torn: corrupt).
-    pub(super) fn push(
+    fn push(
         &mut self,
         batch: &mut Batch,
         lsn: u64,
@@ -267,11 +267,7 @@ impl Reader<'_> {
     /// stock counts, restocks from returns, nodes going on and offline.
     /// The recorded decisions' own ops (reserve, release, ...) are the
     /// recorded side, not the what-if's.
-    pub(super) fn events(
-        &self,
-        txn: &ArchivedTxn,
-        events: &mut Vec<Event>,
-    ) -> Result<(), BadRecord> {
+    fn events(&self, txn: &ArchivedTxn, events: &mut Vec<Event>) -> Result<(), BadRecord> {
         for pair in txn.skus.iter() {
             let (id, name) = (pair.0.to_native(), pair.1.as_str());
             let got = self.index.intern(name)?;
@@ -309,7 +305,7 @@ impl Reader<'_> {
 
     /// Counts a new order's recorded decision and plans its first try
     /// under the what-if policy, stamped.
-    pub(super) fn prepare(
+    fn prepare(
         &mut self,
         record: &ArchivedOrderRecord,
     ) -> Result<(PreparedOrder, Attempt, Option<Planned>), BadRecord> {

@@ -36,7 +36,7 @@ pub struct OutcomeCounts {
     /// (`name_nodes`), as a name per shipment was a string clone and a map
     /// lookup on every order.
     #[serde(skip)]
-    pub(super) by_node: Vec<u64>,
+    by_node: Vec<u64>,
 }
 
 impl OutcomeCounts {

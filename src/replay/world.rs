@@ -25,7 +25,7 @@ use crate::core::stock::StockShard;
 pub(super) struct WhatIfWorld {
     pub(super) network: Arc<Network>,
     pub(super) index: Arc<AvailabilityIndex>,
-    pub(super) participants: LocalParticipants,
+    participants: LocalParticipants,
 }
 
 impl WhatIfWorld {
@@ -147,7 +147,7 @@ pub(super) type WhatIfUnits = SmallVec<[(NodeIdx, u32, u32); 2]>;
 #[derive(Default)]
 pub(super) struct OpenOrders {
     /// Per partition, chunks of `OPEN_CHUNK` sequences.
-    pub(super) by_partition: Vec<Vec<Box<[WhatIfEntry]>>>,
+    by_partition: Vec<Vec<Box<[WhatIfEntry]>>>,
 }
 
 /// One order in [`OpenOrders`]: None = not seen; Some(None) = seen, nothing
@@ -158,7 +158,7 @@ pub(super) type WhatIfEntry = Option<Option<WhatIfUnits>>;
 pub(super) const OPEN_CHUNK: usize = 1 << 16;
 
 impl OpenOrders {
-    pub(super) fn slot(id: OrderId) -> (usize, usize, usize) {
+    fn slot(id: OrderId) -> (usize, usize, usize) {
         let sequence = (id / PARTITIONS as u64) as usize;
         (
             partition_of_order(id),

@@ -22,13 +22,13 @@ pub(super) struct Ranked {
 /// A node that passed the filters and has some of the order (or any node
 /// that passed, when widening), before ranking.
 pub(super) struct Eligible {
-    pub(super) node: NodeIdx,
+    node: NodeIdx,
     /// Lines (bit i = line i of the request) the index says it covers fully.
-    pub(super) covers: u64,
+    covers: u64,
     /// Units of the order's SKUs it has, summed over the lines.
-    pub(super) stock: u64,
+    stock: u64,
     /// Measured already when a distance filter applies.
-    pub(super) distance_km: Option<f64>,
+    distance_km: Option<f64>,
 }
 
 /// Applies the filters. Puts the nodes to rank in `eligible` and returns
