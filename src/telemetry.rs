@@ -179,7 +179,7 @@ fn describe() {
     describe_gauge!(READY, "1 once recovery is done and orders are accepted");
 }
 
-/// Outcome labels of [`ORDERS_TOTAL`], in the order of [`outcome_of`].
+/// Outcome labels of [`ORDERS_TOTAL`], in the order of `outcome_of`.
 pub const OUTCOMES: [&str; 9] = [
     "routed",
     "partial",

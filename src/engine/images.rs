@@ -56,7 +56,7 @@ impl ImagePace {
     }
 }
 
-/// One run of a router's book, archived (see [`BookChunk`]).
+/// One run of a router's book, archived (see [`BookChunk`](crate::core::order::BookChunk)).
 pub struct BookPart {
     pub router: usize,
     pub orders: u32,

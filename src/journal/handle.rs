@@ -69,7 +69,7 @@ pub struct Journal {
 
 impl Journal {
     /// Starts the writer on `dir`, appending from `next_lsn` (what
-    /// [`recover`] returned). Creates the directory if needed.
+    /// [`recover`](super::recover) returned). Creates the directory if needed.
     pub fn start(
         dir: &Path,
         next_lsn: u64,

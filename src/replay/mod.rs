@@ -16,7 +16,7 @@
 //! lists what each record makes the what-if world do (outside-world stock
 //! and node ops, closes of orders seen before), and plans each new order's
 //! first try against the what-if index as it is then, with a
-//! [`PlanStamp`]. The placer applies those events in LSN order and places
+//! [`PlanStamp`](crate::core::policy::PlanStamp). The placer applies those events in LSN order and places
 //! the new orders, using a plan made ahead only while its stamp still holds
 //! (else it plans again): the decisions are those of planning in line.
 //! Records are read in place, never decoded whole.
