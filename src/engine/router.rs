@@ -86,7 +86,8 @@ pub enum RouterMsg {
         reply: RpcReplyPort<()>,
     },
     ImageStep(Box<BookImage>),
-    /// A journaled policy reload: route by these channels' policies from now on.
+    /// A journaled policy reload, or nodes added by a reload: route on this
+    /// network from now on.
     SetNetwork(Arc<crate::core::network::Network>),
 }
 

@@ -149,10 +149,17 @@ impl RouterCore {
         self.retention_ms = retention_ms;
     }
 
-    /// Routes from now on by `network`'s policies (a reload): the same
-    /// nodes, markets and channels, other rules.
+    /// Routes from now on by `network` (a reload): other policies, and
+    /// nodes added after the ones it had. A node is never moved or removed
+    /// (ids are stable), and the channels are the same.
     pub fn set_network(&mut self, network: Arc<Network>) {
-        debug_assert_eq!(network.nodes.len(), self.network.nodes.len());
+        debug_assert!(network.nodes.len() >= self.network.nodes.len());
+        debug_assert!(self
+            .network
+            .nodes
+            .iter()
+            .zip(&network.nodes)
+            .all(|(was, is)| was.id == is.id));
         debug_assert_eq!(network.channels.len(), self.network.channels.len());
         self.network = network;
     }
@@ -364,4 +371,31 @@ fn nodes_of(allocations: &[AllocationState]) -> SmallVec<[NodeIdx; 4]> {
     nodes.sort_unstable();
     nodes.dedup();
     nodes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_router_takes_a_network_with_nodes_added_after_its_own() {
+        // Proves a reload that adds a store reaches a router without tripping its checks (a
+        // debug build asserted the node count unchanged and stopped the daemon), and that the
+        // router then knows the added node.
+        let network = Config::default_config().validate().unwrap().network;
+        let index = Arc::new(AvailabilityIndex::new(network.nodes.len() + 1, 16));
+        let mut router = RouterCore::new(0, 1, Arc::new(network.clone()), index, 1);
+        let mut nodes = network.nodes.clone();
+        let mut added = nodes[0].clone();
+        added.id = "ST-NEW".into();
+        nodes.push(added);
+        let grown = Network::new(nodes, network.markets.clone(), network.channels.clone());
+        router.set_network(Arc::new(grown));
+        assert_eq!(router.network.nodes.len(), network.nodes.len() + 1);
+        assert_eq!(
+            router.network.node_idx("ST-NEW"),
+            Some(network.nodes.len() as NodeIdx)
+        );
+    }
 }
