@@ -88,6 +88,7 @@ pub enum NodeOp {
 }
 /// Applies one op to a shard; shared with the shard actor and recovery.
 /// Reservations it takes back are added to `bumped`.
+#[inline]
 pub fn apply_stock_op(
     shard: &mut StockShard,
     op: StockOp,
@@ -140,6 +141,7 @@ pub enum NodeEffect {
 }
 
 /// Applies one op to a node ledger; shared with the node actor and recovery.
+#[inline]
 pub fn apply_node_op(ledger: &mut NodeLedger, op: NodeOp) -> NodeEffect {
     match op {
         NodeOp::Take { order, at_ms } => ledger.take(order, at_ms),
