@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use omniroute_client::protocol::{event_kinds, order_states};
@@ -178,15 +179,71 @@ fn parse_stock(text: &str) -> Result<(String, String, i64), String> {
     ))
 }
 
-pub async fn connect(args: &ConnectArgs) -> Result<Client, String> {
+/// How long a client command waits for the daemon to answer its handshake.
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+
+/// Exit code of a client command whose order the daemon rejected (short,
+/// no eligible node, invalid): it was answered, and the answer is no.
+pub const EXIT_REJECTED: u8 = 3;
+/// Exit code of a command given wrongly (arguments, a missing CA file).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code when the daemon cannot be reached or answers with an error.
+pub const EXIT_DAEMON: u8 = 1;
+
+/// How a client command failed; each kind has its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command cannot work as given.
+    #[error("{0}")]
+    Usage(String),
+    /// The daemon is not reachable, or refused the request.
+    #[error("{0}")]
+    Daemon(String),
+    /// The order was answered: rejected.
+    #[error("the order was rejected")]
+    Rejected,
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Daemon(_) => EXIT_DAEMON,
+            CliError::Rejected => EXIT_REJECTED,
+        }
+    }
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> CliError {
+        CliError::Daemon(message)
+    }
+}
+
+/// Connects to the daemon, failing fast: a missing CA file is named before
+/// anything is sent, and a daemon that does not answer within
+/// [`CONNECT_TIMEOUT_MS`] is reported as probably not running.
+pub async fn connect(args: &ConnectArgs) -> Result<Client, CliError> {
     let trust = if args.insecure {
         Trust::InsecureDevelopmentOnly
     } else {
+        if !args.ca.exists() {
+            return Err(CliError::Usage(format!(
+                "no CA certificate at {}: pass --ca with the daemon's certificate (it prints the path when it starts), or --insecure for local development",
+                args.ca.display()
+            )));
+        }
         Trust::CaFile(args.ca.clone())
     };
-    Client::connect(args.addr, &args.server_name, trust, &args.token)
-        .await
-        .map_err(|e| e.to_string())
+    let connecting = Client::connect(args.addr, &args.server_name, trust, &args.token);
+    match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
+        Ok(client) => client.map_err(|e| CliError::Daemon(format!("{}: {e}", args.addr))),
+        Err(_) => Err(CliError::Daemon(format!(
+            "no answer from {addr} within {} s: is the daemon running at {addr}?",
+            CONNECT_TIMEOUT_MS / 1000,
+            addr = args.addr
+        ))),
+    }
 }
 
 fn key(channel: &str, id: &str) -> OrderKey {
@@ -254,8 +311,14 @@ fn print_order(view: &OrderView) {
     }
 }
 
-pub async fn order(args: &ConnectArgs, command: OrderCommand) -> Result<(), String> {
+pub async fn order(args: &ConnectArgs, command: OrderCommand) -> Result<(), CliError> {
     let client = connect(args).await?;
+    let result = order_on(&client, command).await;
+    client.close().await;
+    result
+}
+
+async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError> {
     match command {
         OrderCommand::Submit {
             channel,
@@ -291,7 +354,11 @@ pub async fn order(args: &ConnectArgs, command: OrderCommand) -> Result<(), Stri
                 lines,
             };
             println!("order id {id}");
-            print_decision(&client.submit(order).await.map_err(|e| e.to_string())?);
+            let decision = client.submit(order).await.map_err(|e| e.to_string())?;
+            print_decision(&decision);
+            if matches!(decision, Decision::Rejected { .. }) {
+                return Err(CliError::Rejected);
+            }
         }
         OrderCommand::Confirm { channel, id } => print_order(
             &client
@@ -312,12 +379,17 @@ pub async fn order(args: &ConnectArgs, command: OrderCommand) -> Result<(), Stri
                 .map_err(|e| e.to_string())?,
         ),
     }
-    client.close().await;
     Ok(())
 }
 
-pub async fn stock(args: &ConnectArgs, command: StockCommand) -> Result<(), String> {
+pub async fn stock(args: &ConnectArgs, command: StockCommand) -> Result<(), CliError> {
     let client = connect(args).await?;
+    let result = stock_on(&client, command).await;
+    client.close().await;
+    result
+}
+
+async fn stock_on(client: &Client, command: StockCommand) -> Result<(), CliError> {
     let (applied, bumped, errors) = match command {
         StockCommand::Set { entries } => {
             let entries = entries
@@ -347,7 +419,6 @@ pub async fn stock(args: &ConnectArgs, command: StockCommand) -> Result<(), Stri
     }
     .map_err(|e| e.to_string())?;
     println!("applied {applied}, {bumped} reserved units re-routed, {errors} errors");
-    client.close().await;
     Ok(())
 }
 
@@ -357,7 +428,7 @@ pub async fn availability(
     near: Option<(f64, f64)>,
     count: u16,
     min_qty: u32,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let client = connect(args).await?;
     let near = near.map(|(lat, lon)| Near {
         lat,
@@ -365,10 +436,9 @@ pub async fn availability(
         count,
         min_qty,
     });
-    let nodes = client
-        .availability(sku, near)
-        .await
-        .map_err(|e| e.to_string())?;
+    let nodes = client.availability(sku, near).await;
+    client.close().await;
+    let nodes = nodes.map_err(|e| CliError::Daemon(e.to_string()))?;
     println!(
         "{sku}: {} units at {} nodes",
         nodes.iter().map(|n| u64::from(n.atp)).sum::<u64>(),
@@ -380,12 +450,17 @@ pub async fn availability(
             None => println!("  {:<14} {:>7} units", n.node, n.atp),
         }
     }
-    client.close().await;
     Ok(())
 }
 
-pub async fn node(args: &ConnectArgs, command: NodeCommand) -> Result<(), String> {
+pub async fn node(args: &ConnectArgs, command: NodeCommand) -> Result<(), CliError> {
     let client = connect(args).await?;
+    let result = node_on(&client, command).await;
+    client.close().await;
+    result
+}
+
+async fn node_on(client: &Client, command: NodeCommand) -> Result<(), CliError> {
     match command {
         NodeCommand::Ship {
             node,
@@ -453,6 +528,5 @@ pub async fn node(args: &ConnectArgs, command: NodeCommand) -> Result<(), String
             }
         }
     }
-    client.close().await;
     Ok(())
 }

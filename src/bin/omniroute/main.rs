@@ -524,17 +524,11 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let command = cli.command.unwrap_or(Command::Serve);
     // Client commands talk to a daemon and need no config of their own.
+    let command = match run_client_command(command, &runtime) {
+        Ok(code) => return code,
+        Err(other) => *other,
+    };
     let result = match command {
-        Command::Order { connect, command } => runtime.block_on(cli::order(&connect, command)),
-        Command::Stock { connect, command } => runtime.block_on(cli::stock(&connect, command)),
-        Command::Availability {
-            sku,
-            near,
-            count,
-            min_qty,
-            connect,
-        } => runtime.block_on(cli::availability(&connect, &sku, near, count, min_qty)),
-        Command::Node { connect, command } => runtime.block_on(cli::node(&connect, command)),
         Command::BenchRestart {
             cells,
             reservations,
@@ -591,4 +585,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a client command (order, stock, availability, node) to its exit
+/// code; any other command is handed back.
+fn run_client_command(
+    command: Command,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<ExitCode, Box<Command>> {
+    let result = match command {
+        Command::Order { connect, command } => runtime.block_on(cli::order(&connect, command)),
+        Command::Stock { connect, command } => runtime.block_on(cli::stock(&connect, command)),
+        Command::Availability {
+            sku,
+            near,
+            count,
+            min_qty,
+            connect,
+        } => runtime.block_on(cli::availability(&connect, &sku, near, count, min_qty)),
+        Command::Node { connect, command } => runtime.block_on(cli::node(&connect, command)),
+        other => return Err(Box::new(other)),
+    };
+    Ok(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(cli::CliError::Rejected) => ExitCode::from(cli::EXIT_REJECTED),
+        Err(error) => {
+            eprintln!("omniroute: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    })
 }

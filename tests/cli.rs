@@ -1,0 +1,121 @@
+//! The `omniroute` client commands over the real binary: exit codes a script
+//! can act on, and failing fast when no daemon answers.
+
+mod common;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs the real binary with `args` on a blocking thread.
+async fn omniroute(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+            .args(&args)
+            .output()
+            .expect("the omniroute binary runs")
+    })
+    .await
+    .unwrap()
+}
+
+fn submit(server: &omniroute::server::RunningServer, id: &str, qty: u32) -> Vec<String> {
+    [
+        "order",
+        "submit",
+        "--channel",
+        "c",
+        "--id",
+        id,
+        "--line",
+        &format!("SKU-1:{qty}"),
+        "--ship-to",
+        "52.5,13.4",
+        "--addr",
+        &server.addr.to_string(),
+        "--ca",
+        &server.cert_path.display().to_string(),
+        "--token",
+        CHANNEL_C_TOKEN,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_order_exits_0_and_a_rejected_one_exits_3() {
+    // Proves a script can tell a routed order (0) from a rejected one (3, not the 1 of an
+    // error), and that the answer is printed either way.
+    let dir = TempDir::new("cli-exit");
+    let text = format!(
+        "{}{}{}",
+        channel("c", &["nearest"]),
+        channel("web", &["nearest"]),
+        stock(&[("SKU-1", "WH-N", 2)])
+    );
+    let (_engine, server) = quic_server(&text, &dir).await;
+    let routed = omniroute(submit(&server, "cli-1", 2)).await;
+    let stdout = String::from_utf8_lossy(&routed.stdout);
+    assert_eq!(routed.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("routed"), "{stdout}");
+    let rejected = omniroute(submit(&server, "cli-2", 1)).await;
+    let stdout = String::from_utf8_lossy(&rejected.stdout);
+    assert_eq!(rejected.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("rejected"), "{stdout}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_daemon_fails_in_seconds_and_a_missing_ca_is_named() {
+    // Proves a command against an address where nothing listens ends within the connect
+    // timeout with exit 1 and asks whether the daemon runs there, and that a CA file that
+    // is not there is named, with --ca, as a usage error (2), before anything is sent.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let args = [
+        "order",
+        "get",
+        "--channel",
+        "c",
+        "--id",
+        "x",
+        "--insecure",
+        "--addr",
+        &addr,
+    ];
+    let nobody = omniroute(args.map(String::from).to_vec()).await;
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+    assert_eq!(nobody.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is the daemon running at {addr}?")),
+        "{stderr}"
+    );
+
+    let missing = "/nonexistent/omniroute-cert.pem";
+    let args = [
+        "order",
+        "get",
+        "--channel",
+        "c",
+        "--id",
+        "x",
+        "--ca",
+        missing,
+        "--addr",
+        &addr,
+    ];
+    let no_ca = omniroute(args.map(String::from).to_vec()).await;
+    let stderr = String::from_utf8_lossy(&no_ca.stderr);
+    assert_eq!(no_ca.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(missing) && stderr.contains("--ca"),
+        "{stderr}"
+    );
+}
