@@ -119,3 +119,39 @@ async fn no_daemon_fails_in_seconds_and_a_missing_ca_is_named() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_may_follow_the_stock_entries() {
+    // Proves `stock adjust SKU@NODE=+5 --token X` (options after the entries, and a minus
+    // adjustment) is read as meant: the entries were taking every later word as an entry.
+    let dir = TempDir::new("cli-order");
+    let text = format!(
+        "{}{}{}",
+        channel("c", &["nearest"]),
+        channel("web", &["nearest"]),
+        stock(&[("SKU-1", "WH-N", 10)])
+    );
+    let (engine, server) = quic_server(&text, &dir).await;
+    let (addr, ca) = (
+        server.addr.to_string(),
+        server.cert_path.display().to_string(),
+    );
+    for entry in ["SKU-1@WH-N=+5", "SKU-1@WH-N=-2"] {
+        let args = [
+            "stock",
+            "adjust",
+            entry,
+            "--token",
+            ADMIN_TOKEN,
+            "--addr",
+            &addr,
+            "--ca",
+            &ca,
+        ];
+        let adjusted = omniroute(args.map(String::from).to_vec()).await;
+        let stderr = String::from_utf8_lossy(&adjusted.stderr);
+        assert_eq!(adjusted.status.code(), Some(0), "{entry}: {stderr}");
+    }
+    assert_eq!(engine.cell("SKU-1", "WH-N").await.unwrap().on_hand, 13);
+    server.shutdown().await;
+}

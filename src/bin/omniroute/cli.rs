@@ -98,7 +98,7 @@ pub enum StockCommand {
     },
     /// Adjust on-hand counts: `SKU@NODE=+UNITS` or `=-UNITS` ...
     Adjust {
-        #[arg(required = true, value_parser = parse_stock, allow_hyphen_values = true)]
+        #[arg(required = true, value_parser = parse_stock)]
         entries: Vec<(String, String, i64)>,
     },
 }
