@@ -88,6 +88,8 @@ async fn no_daemon_fails_in_seconds_and_a_missing_ca_is_named() {
         "--insecure",
         "--addr",
         &addr,
+        "--token",
+        "t",
     ];
     let nobody = omniroute(args.map(String::from).to_vec()).await;
     let stderr = String::from_utf8_lossy(&nobody.stderr);

@@ -22,14 +22,10 @@ pub struct ConnectArgs {
         env = "OMNIROUTE_ADDR"
     )]
     pub addr: SocketAddr,
-    /// Token from the daemon's config (see its startup lines).
-    #[arg(
-        long,
-        global = true,
-        default_value = "dev-admin-token",
-        env = "OMNIROUTE_TOKEN"
-    )]
-    pub token: String,
+    /// Token from the daemon's config (its startup lines list the sample
+    /// ones). No default: a client command never acts as admin unasked.
+    #[arg(long, global = true, env = "OMNIROUTE_TOKEN")]
+    pub token: Option<String>,
     /// CA or self-signed certificate (PEM) to trust; the daemon prints its path.
     #[arg(
         long,
@@ -235,7 +231,13 @@ pub async fn connect(args: &ConnectArgs) -> Result<Client, CliError> {
         }
         Trust::CaFile(args.ca.clone())
     };
-    let connecting = Client::connect(args.addr, &args.server_name, trust, &args.token);
+    let Some(token) = &args.token else {
+        return Err(CliError::Usage(
+            "no token: pass --token (or set OMNIROUTE_TOKEN) with a token of the daemon's config"
+                .into(),
+        ));
+    };
+    let connecting = Client::connect(args.addr, &args.server_name, trust, token);
     match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
         Ok(client) => client.map_err(|e| CliError::Daemon(format!("{}: {e}", args.addr))),
         Err(_) => Err(CliError::Daemon(format!(
