@@ -46,7 +46,8 @@ fn submit(server: &omniroute::server::RunningServer, id: &str, qty: u32) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routed_order_exits_0_and_a_rejected_one_exits_3() {
     // Proves a script can tell a routed order (0) from a rejected one (3, not the 1 of an
-    // error), and that the answer is printed either way.
+    // error), that the answer is printed either way, and that a node can ship and take back
+    // (`node return`) units of an order from the command line.
     let dir = TempDir::new("cli-exit");
     let text = format!(
         "{}{}{}",
@@ -54,12 +55,44 @@ async fn a_routed_order_exits_0_and_a_rejected_one_exits_3() {
         channel("web", &["nearest"]),
         stock(&[("SKU-1", "WH-N", 2)])
     );
-    let (_engine, server) = quic_server(&text, &dir).await;
+    let (engine, server) = quic_server(&text, &dir).await;
     let routed = omniroute(submit(&server, "cli-1", 2)).await;
     let stdout = String::from_utf8_lossy(&routed.stdout);
     assert_eq!(routed.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("routed"), "{stdout}");
-    let rejected = omniroute(submit(&server, "cli-2", 1)).await;
+    // The node ships one unit and takes it back: `node return`.
+    let (addr, ca) = (
+        server.addr.to_string(),
+        server.cert_path.display().to_string(),
+    );
+    let connect = ["--addr", &addr, "--ca", &ca, "--token", ADMIN_TOKEN];
+    let order = [
+        "--channel",
+        "c",
+        "--id",
+        "cli-1",
+        "--sku",
+        "SKU-1",
+        "--qty",
+        "1",
+    ];
+    for step in [["order", "confirm"], ["node", "ship"], ["node", "return"]] {
+        let mut args: Vec<String> = step.iter().map(|s| s.to_string()).collect();
+        if step[0] == "node" {
+            args.push("WH-N".into());
+            args.extend(order.iter().map(|s| s.to_string()));
+        } else {
+            args.extend(order[..4].iter().map(|s| s.to_string()));
+        }
+        args.extend(connect.iter().map(|s| s.to_string()));
+        let done = omniroute(args).await;
+        let out = String::from_utf8_lossy(&done.stdout);
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(0), "{step:?}: {out}{err}");
+    }
+    let cell = engine.cell("SKU-1", "WH-N").await.unwrap();
+    assert_eq!(cell.on_hand, 2, "one shipped, one returned");
+    let rejected = omniroute(submit(&server, "cli-2", 5)).await;
     let stdout = String::from_utf8_lossy(&rejected.stdout);
     assert_eq!(rejected.status.code(), Some(3), "{stdout}");
     assert!(stdout.contains("rejected"), "{stdout}");

@@ -101,7 +101,21 @@ pub enum StockCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
+    /// Ship units of an order's allocation at this node.
     Ship {
+        node: String,
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        qty: u32,
+    },
+    /// Take back shipped units of an order at this node (a return); they
+    /// are on hand there again.
+    Return {
         node: String,
         #[arg(long)]
         channel: String,
@@ -122,12 +136,10 @@ pub enum NodeCommand {
         #[arg(long = "count", value_parser = parse_count)]
         counts: Vec<(String, u32)>,
     },
-    Online {
-        node: String,
-    },
-    Offline {
-        node: String,
-    },
+    /// Take orders at this node again.
+    Online { node: String },
+    /// Stop taking orders at this node; its open allocations re-route.
+    Offline { node: String },
     /// Print the node's allocation events from a cursor on (Ctrl-C stops).
     Subscribe {
         node: String,
@@ -473,6 +485,18 @@ async fn node_on(client: &Client, command: NodeCommand) -> Result<(), CliError> 
         } => print_order(
             &client
                 .node_ship(&node, key(&channel, &id), &sku, qty)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        NodeCommand::Return {
+            node,
+            channel,
+            id,
+            sku,
+            qty,
+        } => print_order(
+            &client
+                .return_units(&node, key(&channel, &id), &sku, qty)
                 .await
                 .map_err(|e| e.to_string())?,
         ),
