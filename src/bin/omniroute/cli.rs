@@ -99,33 +99,28 @@ pub enum StockCommand {
     },
 }
 
+/// Units of one SKU of an order at a node: what `node ship` and `node
+/// return` move.
+#[derive(Args, Debug)]
+pub struct OrderUnits {
+    node: String,
+    #[arg(long)]
+    channel: String,
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    sku: String,
+    #[arg(long)]
+    qty: u32,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
     /// Ship units of an order's allocation at this node.
-    Ship {
-        node: String,
-        #[arg(long)]
-        channel: String,
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        sku: String,
-        #[arg(long)]
-        qty: u32,
-    },
+    Ship(OrderUnits),
     /// Take back shipped units of an order at this node (a return); they
     /// are on hand there again.
-    Return {
-        node: String,
-        #[arg(long)]
-        channel: String,
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        sku: String,
-        #[arg(long)]
-        qty: u32,
-    },
+    Return(OrderUnits),
     /// Refuse an allocation; `--count SKU=UNITS` reports the true shelf count.
     Reject {
         node: String,
@@ -476,27 +471,15 @@ pub async fn node(args: &ConnectArgs, command: NodeCommand) -> Result<(), CliErr
 
 async fn node_on(client: &Client, command: NodeCommand) -> Result<(), CliError> {
     match command {
-        NodeCommand::Ship {
-            node,
-            channel,
-            id,
-            sku,
-            qty,
-        } => print_order(
+        NodeCommand::Ship(u) => print_order(
             &client
-                .node_ship(&node, key(&channel, &id), &sku, qty)
+                .node_ship(&u.node, key(&u.channel, &u.id), &u.sku, u.qty)
                 .await
                 .map_err(|e| e.to_string())?,
         ),
-        NodeCommand::Return {
-            node,
-            channel,
-            id,
-            sku,
-            qty,
-        } => print_order(
+        NodeCommand::Return(u) => print_order(
             &client
-                .return_units(&node, key(&channel, &id), &sku, qty)
+                .return_units(&u.node, key(&u.channel, &u.id), &u.sku, u.qty)
                 .await
                 .map_err(|e| e.to_string())?,
         ),
