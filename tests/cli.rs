@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Runs the real binary with `args` on a blocking thread.
+/// Runs the real binary with `args` on a blocking thread, without the
+/// caller's `OMNIROUTE_*` settings (only what `args` say counts).
 async fn omniroute(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
             .args(&args)
+            .env_remove("OMNIROUTE_ADDR")
+            .env_remove("OMNIROUTE_TOKEN")
+            .env_remove("OMNIROUTE_CA")
             .output()
             .expect("the omniroute binary runs")
     })
@@ -103,7 +107,8 @@ async fn a_routed_order_exits_0_and_a_rejected_one_exits_3() {
 async fn no_daemon_fails_in_seconds_and_a_missing_ca_is_named() {
     // Proves a command against an address where nothing listens ends within the connect
     // timeout with exit 1 and asks whether the daemon runs there, and that a CA file that
-    // is not there is named, with --ca, as a usage error (2), before anything is sent.
+    // is not there, or no token at all, is a usage error (2) naming --ca or --token, before
+    // anything is sent.
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -153,6 +158,23 @@ async fn no_daemon_fails_in_seconds_and_a_missing_ca_is_named() {
         stderr.contains(missing) && stderr.contains("--ca"),
         "{stderr}"
     );
+
+    // No token: nothing is sent as admin by default.
+    let args = [
+        "order",
+        "get",
+        "--channel",
+        "c",
+        "--id",
+        "x",
+        "--insecure",
+        "--addr",
+        &addr,
+    ];
+    let no_token = omniroute(args.map(String::from).to_vec()).await;
+    let stderr = String::from_utf8_lossy(&no_token.stderr);
+    assert_eq!(no_token.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--token"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
