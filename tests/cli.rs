@@ -24,6 +24,20 @@ async fn omniroute(args: Vec<String>) -> Output {
     .unwrap()
 }
 
+/// A daemon in process with channels c and web and `units` of SKU-1 at WH-N.
+async fn server_with(
+    dir: &TempDir,
+    units: u32,
+) -> (omniroute::engine::Engine, omniroute::server::RunningServer) {
+    let text = format!(
+        "{}{}{}",
+        channel("c", &["nearest"]),
+        channel("web", &["nearest"]),
+        stock(&[("SKU-1", "WH-N", units)])
+    );
+    quic_server(&text, dir).await
+}
+
 fn submit(server: &omniroute::server::RunningServer, id: &str, qty: u32) -> Vec<String> {
     [
         "order",
@@ -53,13 +67,7 @@ async fn a_routed_order_exits_0_and_a_rejected_one_exits_3() {
     // error), that the answer is printed either way, and that a node can ship and take back
     // (`node return`) units of an order from the command line.
     let dir = TempDir::new("cli-exit");
-    let text = format!(
-        "{}{}{}",
-        channel("c", &["nearest"]),
-        channel("web", &["nearest"]),
-        stock(&[("SKU-1", "WH-N", 2)])
-    );
-    let (engine, server) = quic_server(&text, &dir).await;
+    let (engine, server) = server_with(&dir, 2).await;
     let routed = omniroute(submit(&server, "cli-1", 2)).await;
     let stdout = String::from_utf8_lossy(&routed.stdout);
     assert_eq!(routed.status.code(), Some(0), "{stdout}");
@@ -182,13 +190,7 @@ async fn options_may_follow_the_stock_entries() {
     // Proves `stock adjust SKU@NODE=+5 --token X` (options after the entries, and a minus
     // adjustment) is read as meant: the entries were taking every later word as an entry.
     let dir = TempDir::new("cli-order");
-    let text = format!(
-        "{}{}{}",
-        channel("c", &["nearest"]),
-        channel("web", &["nearest"]),
-        stock(&[("SKU-1", "WH-N", 10)])
-    );
-    let (engine, server) = quic_server(&text, &dir).await;
+    let (engine, server) = server_with(&dir, 10).await;
     let (addr, ca) = (
         server.addr.to_string(),
         server.cert_path.display().to_string(),
