@@ -7,6 +7,11 @@
 /// protocol crate, which every frame is checked against first.
 pub use omniroute_protocol::{MAX_ID_BYTES, MAX_LINES_PER_ORDER};
 
+/// Orders one listing page holds (the wire's bound, defined in the
+/// protocol crate): a page of the largest orders stays within a frame,
+/// and each page costs every router one pass over its book.
+pub use omniroute_protocol::MAX_ORDERS_PER_PAGE;
+
 /// Units one line may ask for. Keeps sums of a whole order far from `u32`
 /// overflow (64 lines x 1M units) while covering B2B bulk lines.
 pub const MAX_QTY_PER_LINE: u32 = 1_000_000;

@@ -90,6 +90,7 @@ async fn state_of(engine: &Engine) -> (Vec<Image>, Vec<(usize, Vec<OrderRecord>)
         Image::Shard(s, _) => (1, *s as usize),
         Image::Node(n, _) => (2, *n as usize),
         Image::Router(r) => (3, *r),
+        Image::Feed(_) => (4, 0),
     });
     let mut books: Vec<_> = books.iter().map(|b| (b.router, b.orders())).collect();
     books.sort_by_key(|(router, _)| *router);

@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 pub use omniroute_protocol as protocol;
 use omniroute_protocol::{check_frame, split_frame, Request, Response, ALPN, PROTOCOL_VERSION};
 pub use omniroute_protocol::{
-    Decision, Event, Method, Near, NodeStock, Order, OrderKey, OrderView, StockAdjust, StockSet,
+    Decision, Event, Method, Near, NodeStock, Order, OrderKey, OrderQuery, OrderStatus, OrderView,
+    StockAdjust, StockSet,
 };
 pub use quinn;
 use tokio::sync::{mpsc, oneshot};
@@ -312,16 +313,17 @@ impl RequestStream {
     }
 }
 
-/// A live feed of one node's events.
-pub struct Subscription {
-    events: mpsc::Receiver<Result<Event, ClientError>>,
+/// A live feed of one node's events (or, as `Subscription<OrderStatus>`,
+/// of one channel's order statuses).
+pub struct Subscription<T = Event> {
+    events: mpsc::Receiver<Result<T, ClientError>>,
     /// The cursor the first event will carry.
     pub next_cursor: u64,
 }
 
-impl Subscription {
+impl<T> Subscription<T> {
     /// The next event; `None` once the stream ended cleanly.
-    pub async fn next(&mut self) -> Option<Result<Event, ClientError>> {
+    pub async fn next(&mut self) -> Option<Result<T, ClientError>> {
         self.events.recv().await
     }
 }
@@ -562,6 +564,54 @@ impl Client {
         node: &str,
         from_cursor: u64,
     ) -> Result<Subscription, ClientError> {
+        let request = Request::Subscribe {
+            node: node.into(),
+            from_cursor,
+        };
+        self.open_feed(request, |response| match response {
+            Response::Event(event) => Ok(event),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Follows every change of a channel's orders from `from_cursor` (0:
+    /// the oldest the server keeps), on a stream of its own.
+    pub async fn follow_orders(
+        &self,
+        channel: &str,
+        from_cursor: u64,
+    ) -> Result<Subscription<OrderStatus>, ClientError> {
+        let request = Request::FollowOrders {
+            channel: channel.into(),
+            from_cursor,
+        };
+        self.open_feed(request, |response| match response {
+            Response::OrderStatus(status) => Ok(status),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// One page of a channel's orders; pass the page's `next_after` as the
+    /// query's `after` for the next (0: that was the last page).
+    pub async fn list_orders(
+        &self,
+        query: OrderQuery,
+    ) -> Result<(Vec<OrderView>, u64), ClientError> {
+        match self.stream.request(&Request::ListOrders(query)).await? {
+            Response::OrderPage { orders, next_after } => Ok((orders, next_after)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `request` on a stream of its own and feeds what `item` takes
+    /// from each answer to the subscription, after the `Subscribed` answer.
+    async fn open_feed<T: Send + 'static>(
+        &self,
+        request: Request,
+        item: fn(Response) -> Result<T, Response>,
+    ) -> Result<Subscription<T>, ClientError> {
         let (send, recv) = self
             .connection
             .open_bi()
@@ -570,11 +620,7 @@ impl Client {
         let (out, queue) = mpsc::channel(1);
         tokio::spawn(write_frames(send, queue));
         let mut bytes = Vec::new();
-        Request::Subscribe {
-            node: node.into(),
-            from_cursor,
-        }
-        .encode(1, &mut bytes);
+        request.encode(1, &mut bytes);
         out.send(bytes)
             .await
             .map_err(|_| ClientError::Closed("stream writer stopped".into()))?;
@@ -595,8 +641,10 @@ impl Client {
                 }
                 // A full queue ends the subscription rather than drop an
                 // event: the caller resumes from the last cursor it saw.
-                Response::Event(event) => events.try_send(Ok(event)).is_ok(),
-                other => events.try_send(Err(unexpected(other))).is_ok(),
+                other => match item(other) {
+                    Ok(event) => events.try_send(Ok(event)).is_ok(),
+                    Err(other) => events.try_send(Err(unexpected(other))).is_ok(),
+                },
             })
             .await;
             let _ = events.try_send(Err(ClientError::Closed(why)));

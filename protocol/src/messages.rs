@@ -22,6 +22,8 @@ pub mod kinds {
     pub const SUBSCRIBE: u8 = 0x0C;
     pub const SET_NODE_ONLINE: u8 = 0x0D;
     pub const GET_ORDER_BY_ID: u8 = 0x0E;
+    pub const FOLLOW_ORDERS: u8 = 0x0F;
+    pub const LIST_ORDERS: u8 = 0x10;
     // Response kinds (server to client).
     pub const HELLO_OK: u8 = 0x81;
     pub const DECISION: u8 = 0x82;
@@ -31,6 +33,8 @@ pub mod kinds {
     pub const NODE_ONLINE_RESULT: u8 = 0x86;
     pub const SUBSCRIBED: u8 = 0x87;
     pub const EVENT: u8 = 0x88;
+    pub const ORDER_STATUS: u8 = 0x89;
+    pub const ORDER_PAGE: u8 = 0x8A;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -72,6 +76,8 @@ pub enum ErrorCode {
     /// window (`[orders] retention_ms`): it is no longer kept, and its
     /// client order id may be used again.
     Archived = 17,
+    /// No channel has that name.
+    UnknownChannel = 18,
 }
 
 impl ErrorCode {
@@ -95,6 +101,7 @@ impl ErrorCode {
             Internal,
             Unframeable,
             Archived,
+            UnknownChannel,
         ]
         .into_iter()
         .find(|c| *c as u16 == code)
@@ -227,7 +234,33 @@ pub enum Request {
         node: String,
         online: bool,
     },
+    /// Every change of the channel's orders from a cursor (0: the oldest
+    /// kept), then live: answered `Subscribed`, then `OrderStatus` frames.
+    FollowOrders {
+        channel: String,
+        from_cursor: u64,
+    },
+    /// One page of the channel's orders, in order id order.
+    ListOrders(OrderQuery),
 }
+
+/// Which of a channel's orders a listing wants, and where its page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderQuery {
+    pub channel: String,
+    /// An `order_states` value; 0: any state.
+    pub state: u8,
+    /// Orders with units at this node; empty: any node.
+    pub node: String,
+    /// Orders with an id above this one: 0 for the first page, then the
+    /// page's `next_after`.
+    pub after: u64,
+    /// Orders on this page, 1..=MAX_ORDERS_PER_PAGE.
+    pub limit: u16,
+}
+
+/// Most orders one `ListOrders` page holds.
+pub const MAX_ORDERS_PER_PAGE: usize = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
@@ -306,6 +339,53 @@ pub mod event_kinds {
     pub const RELEASED: u8 = 2;
 }
 
+/// What changed for an order, in an `OrderStatus` frame.
+pub mod order_changes {
+    pub const ROUTED: u8 = 1;
+    pub const CONFIRMED: u8 = 2;
+    pub const CANCELLED: u8 = 3;
+    pub const EXPIRED: u8 = 4;
+    pub const SHIPPED: u8 = 5;
+    pub const PARTLY_SHIPPED: u8 = 6;
+    pub const RETURNED: u8 = 7;
+    /// Units left a node that rejected the order or went offline, and
+    /// were placed elsewhere.
+    pub const REROUTED_AWAY_FROM_NODE: u8 = 8;
+    /// A stock count took units from the order; they were placed elsewhere.
+    pub const REROUTED_AFTER_STOCK_COUNT: u8 = 9;
+    /// Units were taken from the order and no other node had them.
+    pub const SHORT: u8 = 10;
+
+    /// The change's name, as the CLI and the HTTP gateway print it.
+    pub fn name(change: u8) -> &'static str {
+        match change {
+            ROUTED => "routed",
+            CONFIRMED => "confirmed",
+            CANCELLED => "cancelled",
+            EXPIRED => "expired",
+            SHIPPED => "shipped",
+            PARTLY_SHIPPED => "partly_shipped",
+            RETURNED => "returned",
+            REROUTED_AWAY_FROM_NODE => "rerouted_away_from_node",
+            REROUTED_AFTER_STOCK_COUNT => "rerouted_after_stock_count",
+            SHORT => "short",
+            _ => "unknown",
+        }
+    }
+}
+
+/// One change of one of a channel's orders, with the order as it now is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderStatus {
+    /// Per channel, from 1, without gaps: resume with the last one seen + 1.
+    pub cursor: u64,
+    /// An `order_changes` value.
+    pub change: u8,
+    /// Nodes the change took units from (re-routes, short).
+    pub released_from: Vec<String>,
+    pub order: OrderView,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// Per node, from 1, without gaps: resume with the last one seen + 1.
@@ -338,6 +418,12 @@ pub enum Response {
         next_cursor: u64,
     },
     Event(Event),
+    OrderStatus(OrderStatus),
+    OrderPage {
+        orders: Vec<OrderView>,
+        /// Pass as `after` for the next page; 0: this was the last.
+        next_after: u64,
+    },
     Error {
         code: u16,
         message: String,
@@ -377,6 +463,8 @@ impl Request {
             Request::Return { .. } => RETURN,
             Request::Subscribe { .. } => SUBSCRIBE,
             Request::SetNodeOnline { .. } => SET_NODE_ONLINE,
+            Request::FollowOrders { .. } => FOLLOW_ORDERS,
+            Request::ListOrders(_) => LIST_ORDERS,
         }
     }
 
@@ -477,6 +565,17 @@ impl Request {
                 node: id(&mut r, "node")?,
                 from_cursor: r.u64("cursor")?,
             },
+            kinds::FOLLOW_ORDERS => Request::FollowOrders {
+                channel: id(&mut r, "channel")?,
+                from_cursor: r.u64("cursor")?,
+            },
+            kinds::LIST_ORDERS => Request::ListOrders(OrderQuery {
+                channel: id(&mut r, "channel")?,
+                state: r.u8("state")?,
+                node: id(&mut r, "node")?,
+                after: r.u64("after")?,
+                limit: r.u16("limit")?,
+            }),
             kinds::SET_NODE_ONLINE => Request::SetNodeOnline {
                 node: id(&mut r, "node")?,
                 online: match r.u8("online")? {
@@ -571,6 +670,19 @@ impl Request {
             Request::SetNodeOnline { node, online } => {
                 w.string(node).u8(u8::from(*online));
             }
+            Request::FollowOrders {
+                channel,
+                from_cursor,
+            } => {
+                w.string(channel).u64(*from_cursor);
+            }
+            Request::ListOrders(q) => {
+                w.string(&q.channel)
+                    .u8(q.state)
+                    .string(&q.node)
+                    .u64(q.after)
+                    .u16(q.limit);
+            }
         }
     }
 }
@@ -660,6 +772,52 @@ fn encode_shorts(w: &mut Writer, shorts: &[Short]) {
     }
 }
 
+fn decode_order_view(r: &mut Reader) -> Result<OrderView, DecodeError> {
+    let (order_id, channel, client_order_id) =
+        (r.u64("order id")?, id(r, "channel")?, id(r, "client order id")?);
+    let (state, expires_at_ms) = (r.u8("state")?, r.u64("expires at")?);
+    let count = r.count_u16(MAX_ALLOCATIONS_PER_ANSWER, "allocations")?;
+    let allocations = (0..count)
+        .map(|_| {
+            Ok(AllocationView {
+                line: r.u16("line")?,
+                sku: id(r, "sku")?,
+                node: id(r, "node")?,
+                open: r.u32("open")?,
+                shipped: r.u32("shipped")?,
+                returned: r.u32("returned")?,
+            })
+        })
+        .collect::<Result<_, DecodeError>>()?;
+    Ok(OrderView {
+        order_id,
+        channel,
+        client_order_id,
+        state,
+        expires_at_ms,
+        allocations,
+        short: decode_shorts(r)?,
+    })
+}
+
+fn encode_order_view(w: &mut Writer, view: &OrderView) {
+    w.u64(view.order_id)
+        .string(&view.channel)
+        .string(&view.client_order_id)
+        .u8(view.state)
+        .u64(view.expires_at_ms);
+    w.u16(view.allocations.len() as u16);
+    for a in &view.allocations {
+        w.u16(a.line)
+            .string(&a.sku)
+            .string(&a.node)
+            .u32(a.open)
+            .u32(a.shipped)
+            .u32(a.returned);
+    }
+    encode_shorts(w, &view.short);
+}
+
 /// Most allocations one answer lists: every line split over the most nodes.
 const MAX_ALLOCATIONS_PER_ANSWER: usize = MAX_LINES_PER_ORDER * 16 * 4;
 
@@ -675,6 +833,8 @@ impl Response {
             Response::NodeOnline { .. } => NODE_ONLINE_RESULT,
             Response::Subscribed { .. } => SUBSCRIBED,
             Response::Event(_) => EVENT,
+            Response::OrderStatus(_) => ORDER_STATUS,
+            Response::OrderPage { .. } => ORDER_PAGE,
             Response::Error { .. } => ERROR,
         }
     }
@@ -735,35 +895,27 @@ impl Response {
                     })
                 }
             }),
-            kinds::ORDER => {
-                let (order_id, channel, client_order_id) = (
-                    r.u64("order id")?,
-                    id(&mut r, "channel")?,
-                    id(&mut r, "client order id")?,
-                );
-                let (state, expires_at_ms) = (r.u8("state")?, r.u64("expires at")?);
-                let count = r.count_u16(MAX_ALLOCATIONS_PER_ANSWER, "allocations")?;
-                let allocations = (0..count)
-                    .map(|_| {
-                        Ok(AllocationView {
-                            line: r.u16("line")?,
-                            sku: id(&mut r, "sku")?,
-                            node: id(&mut r, "node")?,
-                            open: r.u32("open")?,
-                            shipped: r.u32("shipped")?,
-                            returned: r.u32("returned")?,
-                        })
-                    })
+            kinds::ORDER => Response::Order(decode_order_view(&mut r)?),
+            kinds::ORDER_STATUS => {
+                let (cursor, change) = (r.u64("cursor")?, r.u8("change")?);
+                let count = r.count_u16(MAX_ALLOCATIONS_PER_ANSWER, "released from")?;
+                let released_from = (0..count)
+                    .map(|_| id(&mut r, "node"))
                     .collect::<Result<_, DecodeError>>()?;
-                Response::Order(OrderView {
-                    order_id,
-                    channel,
-                    client_order_id,
-                    state,
-                    expires_at_ms,
-                    allocations,
-                    short: decode_shorts(&mut r)?,
+                Response::OrderStatus(OrderStatus {
+                    cursor,
+                    change,
+                    released_from,
+                    order: decode_order_view(&mut r)?,
                 })
+            }
+            kinds::ORDER_PAGE => {
+                let next_after = r.u64("next after")?;
+                let count = r.count_u16(MAX_ORDERS_PER_PAGE, "orders")?;
+                let orders = (0..count)
+                    .map(|_| decode_order_view(&mut r))
+                    .collect::<Result<_, DecodeError>>()?;
+                Response::OrderPage { orders, next_after }
             }
             kinds::AVAILABILITY_ANSWER => {
                 let count = r.count_u32(MAX_NODES_PER_ANSWER, "nodes")?;
@@ -849,22 +1001,21 @@ impl Response {
                 w.u8(1).u16(*code).u16(*detail).string(message);
                 encode_shorts(&mut w, short);
             }
-            Response::Order(view) => {
-                w.u64(view.order_id)
-                    .string(&view.channel)
-                    .string(&view.client_order_id)
-                    .u8(view.state)
-                    .u64(view.expires_at_ms);
-                w.u16(view.allocations.len() as u16);
-                for a in &view.allocations {
-                    w.u16(a.line)
-                        .string(&a.sku)
-                        .string(&a.node)
-                        .u32(a.open)
-                        .u32(a.shipped)
-                        .u32(a.returned);
+            Response::Order(view) => encode_order_view(&mut w, view),
+            Response::OrderStatus(status) => {
+                w.u64(status.cursor)
+                    .u8(status.change)
+                    .u16(status.released_from.len() as u16);
+                for node in &status.released_from {
+                    w.string(node);
                 }
-                encode_shorts(&mut w, &view.short);
+                encode_order_view(&mut w, &status.order);
+            }
+            Response::OrderPage { orders, next_after } => {
+                w.u64(*next_after).u16(orders.len() as u16);
+                for view in orders {
+                    encode_order_view(&mut w, view);
+                }
             }
             Response::Availability(nodes) => {
                 w.u32(nodes.len() as u32);

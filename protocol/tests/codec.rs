@@ -109,6 +109,17 @@ fn every_request_round_trips() {
             node: "N".into(),
             online: false,
         },
+        Request::FollowOrders {
+            channel: "web".into(),
+            from_cursor: 12,
+        },
+        Request::ListOrders(OrderQuery {
+            channel: "web".into(),
+            state: order_states::CONFIRMED,
+            node: "N".into(),
+            after: 99,
+            limit: 50,
+        }),
     ] {
         round_trip_request(request);
     }
@@ -123,6 +134,22 @@ fn every_response_round_trips() {
         requested: 3,
         available: 1,
     }];
+    let view = OrderView {
+        order_id: 5,
+        channel: "web".into(),
+        client_order_id: "o".into(),
+        state: order_states::HELD,
+        expires_at_ms: 9,
+        allocations: vec![AllocationView {
+            line: 0,
+            sku: "A".into(),
+            node: "N".into(),
+            open: 1,
+            shipped: 1,
+            returned: 0,
+        }],
+        short: short.clone(),
+    };
     for response in [
         Response::HelloOk {
             role: "admin".into(),
@@ -144,22 +171,17 @@ fn every_response_round_trips() {
             message: "short".into(),
             short: short.clone(),
         }),
-        Response::Order(OrderView {
-            order_id: 5,
-            channel: "web".into(),
-            client_order_id: "o".into(),
-            state: order_states::HELD,
-            expires_at_ms: 9,
-            allocations: vec![AllocationView {
-                line: 0,
-                sku: "A".into(),
-                node: "N".into(),
-                open: 1,
-                shipped: 1,
-                returned: 0,
-            }],
-            short,
+        Response::Order(view.clone()),
+        Response::OrderStatus(OrderStatus {
+            cursor: 4,
+            change: order_changes::REROUTED_AWAY_FROM_NODE,
+            released_from: vec!["M".into()],
+            order: view.clone(),
         }),
+        Response::OrderPage {
+            orders: vec![view.clone(), view],
+            next_after: 5,
+        },
         Response::Availability(vec![
             NodeStock {
                 node: "N".into(),

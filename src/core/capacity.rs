@@ -213,7 +213,13 @@ impl NodeLedger {
             day: self.day,
             online: self.online,
             orders,
-            events: self.events.image(),
+            events: {
+                let (first_cursor, events) = self.events.parts();
+                super::events::EventLogImage {
+                    first_cursor,
+                    events,
+                }
+            },
         }
     }
 
@@ -231,7 +237,11 @@ impl NodeLedger {
             online: image.online,
             index,
             orders: image.orders.into_iter().collect(),
-            events: EventLog::from_image(image.events, MAX_EVENTS_PER_NODE),
+            events: EventLog::from_parts(
+                image.events.first_cursor,
+                image.events.events,
+                MAX_EVENTS_PER_NODE,
+            ),
         };
         ledger.publish();
         ledger

@@ -1,6 +1,8 @@
 //! What a fulfillment node is told: allocations made to it and taken back,
 //! in order, each with a cursor so that a subscriber that reconnects resumes
-//! exactly where it stopped. Kept per node, by the node's ledger.
+//! exactly where it stopped. Kept per node, by the node's ledger; the same
+//! bounded, gapless log keeps each channel's order statuses
+//! ([`super::status`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,16 +39,17 @@ pub struct CursorOutOfRange {
     pub newest: u64,
 }
 
-/// The newest `max_events` events of one node, cursors from 1 without gaps.
-pub struct EventLog {
+/// The newest `max_events` events of one node (or channel), cursors from 1
+/// without gaps.
+pub struct EventLog<E = NodeEvent> {
     /// Cursor of `events[0]`.
     first_cursor: u64,
-    events: VecDeque<Arc<NodeEvent>>,
+    events: VecDeque<Arc<E>>,
     max_events: usize,
 }
 
-impl EventLog {
-    pub fn new(max_events: usize) -> EventLog {
+impl<E: Clone> EventLog<E> {
+    pub fn new(max_events: usize) -> EventLog<E> {
         EventLog {
             first_cursor: 1,
             events: VecDeque::new(),
@@ -59,7 +62,7 @@ impl EventLog {
         self.first_cursor + self.events.len() as u64
     }
 
-    pub fn append(&mut self, event: NodeEvent) -> (u64, Arc<NodeEvent>) {
+    pub fn append(&mut self, event: E) -> (u64, Arc<E>) {
         let cursor = self.next_cursor();
         let event = Arc::new(event);
         self.events.push_back(event.clone());
@@ -71,7 +74,7 @@ impl EventLog {
     }
 
     /// Events from `cursor` on (0: from the oldest kept).
-    pub fn since(&self, cursor: u64) -> Result<Vec<(u64, Arc<NodeEvent>)>, CursorOutOfRange> {
+    pub fn since(&self, cursor: u64) -> Result<Vec<(u64, Arc<E>)>, CursorOutOfRange> {
         let cursor = if cursor == 0 {
             self.first_cursor
         } else {
@@ -102,18 +105,20 @@ pub struct EventLogImage {
     pub events: Vec<NodeEvent>,
 }
 
-impl EventLog {
-    pub fn image(&self) -> EventLogImage {
-        EventLogImage {
-            first_cursor: self.first_cursor,
-            events: self.events.iter().map(|e| (**e).clone()).collect(),
-        }
+impl<E: Clone> EventLog<E> {
+    /// The cursor of the oldest kept event, and the events, for an image.
+    pub fn parts(&self) -> (u64, Vec<E>) {
+        (
+            self.first_cursor,
+            self.events.iter().map(|e| (**e).clone()).collect(),
+        )
     }
 
-    pub fn from_image(image: EventLogImage, max_events: usize) -> EventLog {
+    /// A log from [`EventLog::parts`], trimmed to `max_events`.
+    pub fn from_parts(first_cursor: u64, events: Vec<E>, max_events: usize) -> EventLog<E> {
         let mut log = EventLog {
-            first_cursor: image.first_cursor.max(1),
-            events: image.events.into_iter().map(Arc::new).collect(),
+            first_cursor: first_cursor.max(1),
+            events: events.into_iter().map(Arc::new).collect(),
             max_events: max_events.max(1),
         };
         while log.events.len() > log.max_events {
@@ -141,7 +146,7 @@ mod tests {
     #[test]
     fn cursors_are_gapless_and_old_ones_are_refused() {
         // Proves cursors count from 1 without gaps, resume exactly, and a trimmed cursor is an error.
-        let mut log = EventLog::new(3);
+        let mut log: EventLog = EventLog::new(3);
         for order in 1..=5 {
             log.append(event(order));
         }

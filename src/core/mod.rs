@@ -13,7 +13,8 @@
 //! - Reserving: [`placement`] (two rounds, stock then capacity, over the
 //!   [`placement::Participants`]), [`stock`] (a shard's cells and
 //!   reservations), [`capacity`] (a node's ledger) with its [`events`].
-//! - Changing: [`ops`], the journaled ops and what applying one means.
+//! - Changing: [`ops`], the journaled ops and what applying one means;
+//!   [`status`], what each change tells the order's channel.
 //! - Driving it all synchronously, for tests and simulation: [`sim`].
 
 pub mod book;
@@ -30,4 +31,5 @@ pub mod placement;
 pub mod policy;
 pub mod router;
 pub mod sim;
+pub mod status;
 pub mod stock;

@@ -25,6 +25,8 @@ pub enum EngineError {
     UnknownNode(String),
     #[error("unknown sku {0:?}")]
     UnknownSku(String),
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(String),
     /// A stock feed entry's count is out of range; the feed changed nothing.
     #[error("stock entry {entry} ({sku}@{node}): {reason}")]
     StockQuantity {

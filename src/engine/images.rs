@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::core::capacity::LedgerImage;
 use crate::core::model::NodeIdx;
+use crate::core::status::FeedImage;
 use crate::core::stock::ShardImage;
 
 /// An actor's state at an LSN, on its way to a snapshot file.
@@ -17,6 +18,8 @@ pub enum Image {
     Catalog(Vec<String>),
     Shard(u32, ShardImage),
     Node(NodeIdx, LedgerImage),
+    /// Every channel's status log.
+    Feed(FeedImage),
     /// The router's book went to the [`BookSink`], a chunk at a time; this
     /// labels it with its LSN.
     Router(usize),

@@ -6,7 +6,7 @@
 //!   `nodes.rs`, `snapshot.rs`; this file keeps the handle itself and its
 //!   upkeep (reload, repair, tick, stop).
 //! - The actors, one file each with its messages: `router.rs`, `shard.rs`,
-//!   `node.rs`; `participants.rs` is how a router's placement reaches them,
+//!   `node.rs`, `feed.rs` (the channels' status logs); `participants.rs` is how a router's placement reaches them,
 //!   `mailbox.rs` the queue that counts its depth, `watchdog.rs` their
 //!   supervisor, [`sequencer`] the journal's single writer in front of them.
 //! - Their start: `spawn.rs` on an [`EngineState`] (`state.rs`), with
@@ -14,6 +14,7 @@
 
 mod clock;
 mod error;
+mod feed;
 mod images;
 mod mailbox;
 mod node;
@@ -52,6 +53,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::EngineError;
 pub use images::{book_channel, BookPart, BookParts, BookSink, Image};
 pub use node::{NodeStats, Subscription, SUBSCRIBER_QUEUE_EVENTS};
+pub use orders::OrderQuery;
 pub use router::ORDERS_PER_IMAGE_STEP;
 pub use settings::EngineSettings;
 pub use state::EngineState;
@@ -301,6 +303,7 @@ impl Engine {
         for node in self.inner.participants.nodes.iter() {
             node.stop();
         }
+        self.inner.participants.feed.stop();
         self.inner.watchdog.stop(None);
         // Whatever was queued is written; nothing after this is answered.
         if let Some(journal) = self.inner.sequencer.journal() {

@@ -14,16 +14,17 @@ use crate::core::events::{CursorOutOfRange, NodeEvent};
 use crate::core::model::OrderId;
 use crate::core::ops::{apply_node_op, NodeEffect, NodeOp};
 
-/// A node's events from a cursor: those logged so far, and the live rest.
-pub struct Subscription {
+/// A node's events (or a channel's statuses) from a cursor: those logged
+/// so far, and the live rest.
+pub struct Subscription<E = NodeEvent> {
     /// (cursor, event) from the cursor asked for up to now.
-    pub backlog: Vec<(u64, Arc<NodeEvent>)>,
+    pub backlog: Vec<(u64, Arc<E>)>,
     /// Every event after the backlog, as it happens.
-    pub live: mpsc::Receiver<(u64, Arc<NodeEvent>)>,
+    pub live: mpsc::Receiver<(u64, Arc<E>)>,
 }
 
-/// Events queued for one subscriber before it counts as too slow and is
-/// dropped (it resumes from its last cursor).
+/// Events queued for one subscriber (of a node or a channel) before it
+/// counts as too slow and is dropped (it resumes from its last cursor).
 pub const SUBSCRIBER_QUEUE_EVENTS: usize = 65_536;
 
 /// A node's counters, as `Engine::node_stats` answers them.

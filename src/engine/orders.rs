@@ -5,14 +5,31 @@ use futures::future::join_all;
 use smallvec::SmallVec;
 
 use super::error::EngineError;
+use super::feed::FeedMsg;
+use super::node::Subscription;
 use super::mailbox::Mailbox;
 use super::router::RouterMsg;
 use super::{call, call_committed, Engine};
 use crate::core::book::{router_of_key, router_of_order};
 use crate::core::model::{Decision, OrderRequest};
 use crate::core::order::OrderRecord;
-use crate::core::router::OrderRef;
-use crate::limits::MAX_ORDERS_PER_BATCH;
+use crate::core::model::OrderState;
+use crate::core::router::{OrderFilter, OrderRef};
+use crate::core::status::OrderStatus;
+use crate::limits::{MAX_ORDERS_PER_BATCH, MAX_ORDERS_PER_PAGE};
+
+/// Which of a channel's orders [`Engine::list_orders`] pages through.
+#[derive(Clone, Copy, Debug)]
+pub struct OrderQuery<'a> {
+    pub channel: &'a str,
+    pub state: Option<OrderState>,
+    /// Orders with units at this node.
+    pub node: Option<&'a str>,
+    /// Orders with a higher id: 0, then each page's next.
+    pub after: u64,
+    /// Orders per page, 1..=`MAX_ORDERS_PER_PAGE`.
+    pub limit: usize,
+}
 
 impl Engine {
     fn router_for(&self, order: &OrderRef) -> &Mailbox<RouterMsg> {
@@ -128,6 +145,63 @@ impl Engine {
     }
 
     /// The order as it is now; `Archived` once it closed and retired.
+    /// A channel's order statuses from `from_cursor` (0: the oldest kept),
+    /// then live: every change of its orders, in journal order.
+    pub async fn follow_orders(
+        &self,
+        channel: &str,
+        from_cursor: u64,
+    ) -> Result<Subscription<OrderStatus>, EngineError> {
+        let channel = self
+            .network()
+            .channel_idx(channel)
+            .ok_or_else(|| EngineError::UnknownChannel(channel.to_string()))?;
+        let feed = &self.inner.participants.feed;
+        Ok(call(feed, |reply| FeedMsg::Follow {
+            channel,
+            from_cursor,
+            reply,
+        })
+        .await?)
+    }
+
+    /// One page of a channel's orders: up to `limit` matching orders in id
+    /// order after `after`, and the id to pass as `after` for the next
+    /// page (`None` after the last). Every router is asked for one more
+    /// than the page holds, which tells whether another page follows.
+    pub async fn list_orders(
+        &self,
+        query: OrderQuery<'_>,
+    ) -> Result<(Vec<OrderRecord>, Option<u64>), EngineError> {
+        let network = self.network_arc();
+        let channel = network
+            .channel_idx(query.channel)
+            .ok_or_else(|| EngineError::UnknownChannel(query.channel.to_string()))?;
+        let node = match query.node {
+            Some(node) => Some(self.node_idx(node)?),
+            None => None,
+        };
+        let limit = query.limit.clamp(1, MAX_ORDERS_PER_PAGE);
+        let filter = OrderFilter {
+            channel,
+            state: query.state,
+            node,
+            after: query.after,
+            limit: limit + 1,
+        };
+        let pages = join_all(self.inner.routers.iter().map(|router| {
+            let filter = filter.clone();
+            call(router, move |reply| RouterMsg::List { filter, reply })
+        }))
+        .await;
+        let mut orders: Vec<OrderRecord> = pages.into_iter().flatten().collect();
+        orders.sort_unstable_by_key(|o| o.id);
+        let more = orders.len() > limit;
+        orders.truncate(limit);
+        let next = more.then(|| orders.last().map_or(0, |o| o.id));
+        Ok((orders, next))
+    }
+
     pub async fn get(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let router = self.router_for(&order);
         Ok(call(router, |reply| RouterMsg::Get { order, reply }).await?)

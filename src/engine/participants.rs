@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use smallvec::SmallVec;
 
+use super::feed::FeedMsg;
 use super::mailbox::Mailbox;
 use super::node::NodeMsg;
 use super::shard::ShardMsg;
@@ -13,13 +14,16 @@ use crate::core::capacity::CapacityOutcome;
 use crate::core::model::{NodeIdx, OrderId};
 use crate::core::ops::{NodeOp, StockOp};
 use crate::core::placement::Participants;
+use crate::core::status::OrderStatus;
 use crate::core::stock::{HoldItem, HoldOutcome};
 
-/// The shards and nodes as a router reaches them: by message.
+/// The shards and nodes as a router reaches them: by message; and the
+/// feed its journaled changes tell the channels through.
 #[derive(Clone)]
 pub struct ActorParticipants {
     pub shards: Arc<[Mailbox<ShardMsg>]>,
     pub nodes: Arc<[Mailbox<NodeMsg>]>,
+    pub feed: Mailbox<FeedMsg>,
 }
 
 /// A shard or node actor only stops when the engine shuts down or a core
@@ -59,6 +63,14 @@ impl ActorParticipants {
         }
         for (node, ops) in by_node {
             let _ = self.nodes[node as usize].cast(NodeMsg::Ops { ops, reply: None });
+        }
+    }
+
+    /// Hands the statuses of a journaled change to the feed. Called in
+    /// LSN order, like [`ActorParticipants::dispatch`].
+    pub fn tell_channels(&self, statuses: Vec<OrderStatus>) {
+        if !statuses.is_empty() {
+            let _ = self.feed.cast(FeedMsg::Statuses(statuses));
         }
     }
 }

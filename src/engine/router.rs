@@ -16,7 +16,8 @@ use crate::core::book::BookCursor;
 use crate::core::error::InvariantError;
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use crate::core::order::{BookChunk, OrderRecord};
-use crate::core::router::{OpError, OrderRef, RouterCore};
+use crate::core::router::{OpError, OrderFilter, OrderRef, RouterCore};
+use crate::core::status::statuses_of;
 use crate::core::stock::Bumped;
 use crate::engine::sequencer::{Done, Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER};
 
@@ -31,6 +32,10 @@ pub enum RouterMsg {
     Get {
         order: OrderRef,
         reply: Reply<OrderRecord>,
+    },
+    List {
+        filter: OrderFilter,
+        reply: RpcReplyPort<Vec<OrderRecord>>,
     },
     Confirm {
         order: OrderRef,
@@ -133,13 +138,9 @@ impl RouterState {
         // Before anything is taken: a full journal queue waits here.
         let place = self.sequencer.reserve().await;
         let (stock, nodes) = self.participants.take();
-        // Only a journal needs the changed orders; in memory they are not copied.
-        let orders = if self.sequencer.is_durable() {
-            self.core.take_dirty()
-        } else {
-            self.core.clear_dirty();
-            Vec::new()
-        };
+        let orders = self.core.take_dirty();
+        // Derived here, off the journal's thread, from what it will apply.
+        let statuses = statuses_of(&orders, &stock, &nodes);
         let txn = Txn {
             skus: Vec::new(),
             orders,
@@ -149,6 +150,7 @@ impl RouterState {
         let actors = self.participants.actors.clone();
         self.sequencer.append_in(place, txn, move |txn| {
             actors.dispatch(txn.stock, txn.nodes);
+            actors.tell_channels(statuses);
             answer();
         });
     }
@@ -442,6 +444,9 @@ impl Actor for RouterActor {
             } => state.submit(orders, now_ms, reply).await,
             RouterMsg::Get { order, reply } => {
                 let _ = reply.send(state.core.get(&order).cloned());
+            }
+            RouterMsg::List { filter, reply } => {
+                let _ = reply.send(state.core.list(&filter));
             }
             RouterMsg::Confirm { order, reply } => {
                 let result = state.core.confirm(&order).cloned();

@@ -2,6 +2,7 @@
 //! the routers stream their books.
 
 use super::error::EngineError;
+use super::feed::FeedMsg;
 use super::images::{BookSink, Image};
 use super::node::NodeMsg;
 use super::router::RouterMsg;
@@ -19,7 +20,8 @@ impl Engine {
 
     /// Images every actor with the LSN it has applied, without stopping
     /// the others: routers image their books in order with their changes,
-    /// and a marker record tells every shard and node when to image theirs.
+    /// and a marker record tells every shard and node, and the feed, when
+    /// to image theirs.
     /// The catalog is imaged at the marker too (it may hold SKUs journaled
     /// just after it, which replay accepts as already known). The routers'
     /// books go to `books` a chunk at a time, while they image; their
@@ -29,7 +31,7 @@ impl Engine {
         let expected = self.inner.routers.len()
             + self.inner.participants.shards.len()
             + self.inner.participants.nodes.len()
-            + 1;
+            + 2;
         for router in &self.inner.routers {
             let sink = sink.clone();
             let books = books.clone();
@@ -74,6 +76,10 @@ impl Engine {
                     sink: marker_sink.clone(),
                 });
             }
+            let _ = participants.feed.cast(FeedMsg::Snapshot {
+                lsn,
+                sink: marker_sink.clone(),
+            });
             let _ = marker_sink.send((lsn, Image::Catalog(index.sku_names())));
         });
         self.inner

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::clock::Clock;
 use super::error::EngineError;
 use super::images::ImagePace;
+use super::feed::FeedActor;
 use super::mailbox::Mailbox;
 use super::node::{NodeActor, NodeMsg};
 use super::participants::{ActorParticipants, JournaledParticipants};
@@ -55,6 +56,7 @@ impl Engine {
             shards,
             ledgers,
             routers,
+            feed,
         } = state;
         let sequencer = Arc::new(sequencer);
         let health = Health::new();
@@ -70,6 +72,11 @@ impl Engine {
         let participants = ActorParticipants {
             shards: spawn_shards(shards, bumps, &supervisor).await?.into(),
             nodes: spawn_nodes(ledgers, &network, &supervisor).await?.into(),
+            feed: {
+                let depth = Arc::new(AtomicI64::new(0));
+                let args = (feed, depth.clone());
+                supervisor.spawn(FeedActor, args, depth, "feed".into()).await?
+            },
         };
         let metrics = Arc::new(crate::telemetry::EngineMetrics::new(&network));
         let routers =

@@ -11,6 +11,7 @@ use crate::core::index::AvailabilityIndex;
 use crate::core::model::NodeIdx;
 use crate::core::network::Network;
 use crate::core::router::RouterCore;
+use crate::core::status::StatusFeed;
 use crate::core::stock::StockShard;
 
 /// Everything the actors own, as plain core values: fresh from a config,
@@ -20,6 +21,8 @@ pub struct EngineState {
     pub shards: Vec<StockShard>,
     pub ledgers: Vec<NodeLedger>,
     pub routers: Vec<RouterCore>,
+    /// Every channel's status log.
+    pub feed: StatusFeed,
 }
 
 impl EngineState {
@@ -56,6 +59,7 @@ impl EngineState {
                 .collect(),
             routers: EngineState::empty_routers(settings, network, &index),
             index,
+            feed: StatusFeed::new(),
         })
     }
 

@@ -19,7 +19,9 @@ use tokio::sync::{mpsc, Semaphore};
 use super::{wire, Role};
 use crate::core::geo::GeoPoint;
 use crate::core::router::{OpError, OrderRef};
-use crate::engine::{Engine, EngineError, StockUpdate, Subscription};
+use crate::engine::{Engine, EngineError, OrderQuery, StockUpdate, Subscription};
+use crate::limits::{MAX_ID_BYTES, MAX_ORDERS_PER_PAGE};
+use omniroute_protocol::MAX_FRAME_BYTES;
 
 /// Bytes read from a stream at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -292,16 +294,25 @@ async fn dispatch(
         match request {
             Request::Submit(order) => submits.push((id, wire::order_request(order))),
             Request::Subscribe { node, from_cursor } => {
+                let engine = shared.engine.clone();
+                let events = async move { engine.subscribe(&node, from_cursor).await };
+                let pump = pump(&shared.engine, id, events, from_cursor, out, |e, c, event| {
+                    Response::Event(wire::event(e, c, event))
+                });
                 let stop = shared.stop.clone();
-                shared
-                    .tracker
-                    .spawn(stop.run_until_cancelled_owned(pump_events(
-                        shared.engine.clone(),
-                        id,
-                        node,
-                        from_cursor,
-                        out.clone(),
-                    )));
+                shared.tracker.spawn(stop.run_until_cancelled_owned(pump));
+            }
+            Request::FollowOrders {
+                channel,
+                from_cursor,
+            } => {
+                let engine = shared.engine.clone();
+                let statuses = async move { engine.follow_orders(&channel, from_cursor).await };
+                let pump = pump(&shared.engine, id, statuses, from_cursor, out, |e, c, s| {
+                    wire::order_status(e, c, s)
+                });
+                let stop = shared.stop.clone();
+                shared.tracker.spawn(stop.run_until_cancelled_owned(pump));
             }
             other => others.push((id, other)),
         }
@@ -383,6 +394,8 @@ fn allowed(role: &Role, request: &Request) -> bool {
         | Request::NodeShip { node, .. }
         | Request::Return { node, .. } => own_node(node),
         Request::Subscribe { node, .. } | Request::SetNodeOnline { node, .. } => own_node(node),
+        Request::FollowOrders { channel, .. } => own_channel(channel),
+        Request::ListOrders(query) => own_channel(&query.channel),
     }
 }
 
@@ -485,7 +498,11 @@ async fn execute(engine: &Engine, request: Request) -> Response {
             .set_node_online(&node, online)
             .await
             .map(|n| Response::NodeOnline { rerouted: n as u32 }),
-        Request::Hello { .. } | Request::Submit(_) | Request::Subscribe { .. } => {
+        Request::ListOrders(query) => list_orders(engine, query).await,
+        Request::Hello { .. }
+        | Request::Submit(_)
+        | Request::Subscribe { .. }
+        | Request::FollowOrders { .. } => {
             unreachable!("handled by dispatch")
         }
     };
@@ -504,44 +521,100 @@ async fn stock_result(
     })
 }
 
-/// Streams a node's events on this stream: `Subscribed`, the backlog from
-/// the cursor, then live events, each frame carrying the subscribe request id.
-async fn pump_events(
-    engine: Engine,
-    id: u64,
-    node: String,
-    from_cursor: u64,
-    out: mpsc::Sender<Out>,
-) {
-    let Subscription { backlog, mut live } = match engine.subscribe(&node, from_cursor).await {
-        Ok(subscription) => subscription,
-        Err(error) => {
-            let _ = out
-                .send(Out::Frames(encode(&[(id, wire::error(&error))])))
-                .await;
-            return;
-        }
+/// One page of a channel's orders, cut short of `MAX_FRAME_BYTES` if its
+/// orders are large (the next page starts after the last one sent).
+async fn list_orders(
+    engine: &Engine,
+    query: omniroute_protocol::OrderQuery,
+) -> Result<Response, crate::engine::EngineError> {
+    let Some(state) = wire::state_of_code(query.state) else {
+        return Ok(Response::error(
+            ErrorCode::Malformed,
+            format!("state {} is not 0 (any) or 1..=5", query.state),
+        ));
     };
-    let next_cursor = backlog
-        .first()
-        .map_or_else(|| from_cursor.max(1), |(c, _)| *c);
-    let mut frames = vec![(id, Response::Subscribed { next_cursor })];
-    frames.extend(
-        backlog
-            .iter()
-            .map(|(cursor, event)| (id, Response::Event(wire::event(&engine, *cursor, event)))),
-    );
-    for chunk in frames.chunks(1024) {
-        if out.send(Out::Frames(encode(chunk))).await.is_err() {
-            return;
-        }
+    if !(1..=MAX_ORDERS_PER_PAGE).contains(&(query.limit as usize)) {
+        return Ok(Response::error(
+            ErrorCode::TooLarge,
+            format!(
+                "limit {} is outside 1..=MAX_ORDERS_PER_PAGE ({MAX_ORDERS_PER_PAGE})",
+                query.limit
+            ),
+        ));
     }
-    while let Some((cursor, event)) = live.recv().await {
-        let frame = encode(&[(id, Response::Event(wire::event(&engine, cursor, &event)))]);
-        if out.send(Out::Frames(frame)).await.is_err() {
-            return;
+    let (records, mut next) = engine
+        .list_orders(OrderQuery {
+            channel: &query.channel,
+            state,
+            node: (!query.node.is_empty()).then_some(query.node.as_str()),
+            after: query.after,
+            limit: query.limit as usize,
+        })
+        .await?;
+    let mut orders = Vec::with_capacity(records.len());
+    let mut bytes = 0;
+    for record in &records {
+        let view = wire::order_view(engine, record);
+        // A view's size, roughly: what its strings and counts take.
+        bytes += 64 + view.allocations.len() * (24 + MAX_ID_BYTES) + view.short.len() * 80;
+        if bytes > MAX_FRAME_BYTES / 2 && !orders.is_empty() {
+            next = Some(orders.last().map_or(0, |o: &omniroute_protocol::OrderView| o.order_id));
+            break;
         }
+        orders.push(view);
     }
-    // The node dropped this subscriber: it fell too far behind.
-    let _ = out.send(Out::Reset(close_codes::SLOW_CONSUMER)).await;
+    Ok(Response::OrderPage {
+        orders,
+        next_after: next.unwrap_or(0),
+    })
+}
+
+/// Streams a node's events, or a channel's statuses, on this stream:
+/// `Subscribed`, the backlog from the cursor, then live ones, each frame
+/// carrying the request id. A follower too slow for its queue is dropped
+/// and the stream reset with `SLOW_CONSUMER`; it resumes from its cursor.
+fn pump<E: Send + Sync + 'static>(
+    engine: &Engine,
+    id: u64,
+    subscribe: impl std::future::Future<Output = Result<Subscription<E>, EngineError>>
+        + Send
+        + 'static,
+    from_cursor: u64,
+    out: &mpsc::Sender<Out>,
+    frame: impl Fn(&Engine, u64, &E) -> Response + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (engine, out) = (engine.clone(), out.clone());
+    async move {
+        let Subscription { backlog, mut live } = match subscribe.await {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                let _ = out
+                    .send(Out::Frames(encode(&[(id, wire::error(&error))])))
+                    .await;
+                return;
+            }
+        };
+        let next_cursor = backlog
+            .first()
+            .map_or_else(|| from_cursor.max(1), |(c, _)| *c);
+        let mut frames = vec![(id, Response::Subscribed { next_cursor })];
+        frames.extend(
+            backlog
+                .iter()
+                .map(|(cursor, event)| (id, frame(&engine, *cursor, event))),
+        );
+        for chunk in frames.chunks(1024) {
+            if out.send(Out::Frames(encode(chunk))).await.is_err() {
+                return;
+            }
+        }
+        while let Some((cursor, event)) = live.recv().await {
+            let bytes = encode(&[(id, frame(&engine, cursor, &event))]);
+            if out.send(Out::Frames(bytes)).await.is_err() {
+                return;
+            }
+        }
+        // The actor dropped this follower: it fell too far behind.
+        let _ = out.send(Out::Reset(close_codes::SLOW_CONSUMER)).await;
+    }
 }

@@ -9,7 +9,8 @@ use crate::core::model::{
     Decision, FulfilmentMethod, InvalidOrder, LineRequest, OrderRequest, OrderState, RejectReason,
     ShipTo, ShortLine,
 };
-use crate::core::order::OrderRecord;
+use crate::core::order::{AllocationState, OrderRecord};
+use crate::core::status::{OrderChange, OrderStatus};
 use crate::core::router::{OpError, OrderRef};
 use crate::engine::{Engine, EngineError, NodeStock};
 
@@ -137,15 +138,54 @@ fn state_code(state: OrderState) -> u8 {
 }
 
 pub fn order_view(engine: &Engine, record: &OrderRecord) -> wire::OrderView {
+    view(
+        engine,
+        Viewed {
+            id: record.id,
+            channel: record.channel,
+            client_order_id: &record.client_order_id,
+            state: record.state,
+            expires_at_ms: record.expires_at_ms,
+            allocations: &record.allocations,
+            short: record.short(),
+        },
+    )
+}
+
+/// The state a wire code names, for a listing's filter; 0 is any state.
+pub fn state_of_code(code: u8) -> Option<Option<OrderState>> {
+    match code {
+        0 => Some(None),
+        order_states::HELD => Some(Some(OrderState::Held)),
+        order_states::CONFIRMED => Some(Some(OrderState::Confirmed)),
+        order_states::SHIPPED => Some(Some(OrderState::Shipped)),
+        order_states::CANCELLED => Some(Some(OrderState::Cancelled)),
+        order_states::EXPIRED => Some(Some(OrderState::Expired)),
+        _ => None,
+    }
+}
+
+/// The parts of an order a view shows, from a record or a status.
+struct Viewed<'a> {
+    id: u64,
+    channel: crate::core::model::ChannelIdx,
+    client_order_id: &'a str,
+    state: OrderState,
+    expires_at_ms: u64,
+    allocations: &'a [AllocationState],
+    short: &'a [crate::core::model::ShortLine],
+}
+
+fn view(engine: &Engine, order: Viewed<'_>) -> wire::OrderView {
     wire::OrderView {
-        order_id: record.id,
-        channel: engine.network().channels[record.channel as usize]
+        order_id: order.id,
+        channel: engine.network().channels[order.channel as usize]
             .name
             .clone(),
-        client_order_id: record.client_order_id.to_string(),
-        state: state_code(record.state),
-        expires_at_ms: record.expires_at_ms,
-        allocations: record
+        client_order_id: order.client_order_id.to_string(),
+        state: state_code(order.state),
+        expires_at_ms: order.expires_at_ms,
+        allocations: order
             .allocations
             .iter()
             .map(|a| wire::AllocationView {
@@ -157,7 +197,49 @@ pub fn order_view(engine: &Engine, record: &OrderRecord) -> wire::OrderView {
                 returned: a.returned,
             })
             .collect(),
-        short: shorts(engine, record.short()),
+        short: shorts(engine, order.short),
+    }
+}
+
+/// A channel's status frame.
+pub fn order_status(engine: &Engine, cursor: u64, status: &OrderStatus) -> wire::Response {
+    let order = view(
+        engine,
+        Viewed {
+            id: status.order,
+            channel: status.channel,
+            client_order_id: &status.client_order_id,
+            state: status.state,
+            expires_at_ms: status.expires_at_ms,
+            allocations: &status.allocations,
+            short: &status.short,
+        },
+    );
+    wire::Response::OrderStatus(wire::OrderStatus {
+        cursor,
+        change: change_code(status.change),
+        released_from: status
+            .released_from
+            .iter()
+            .map(|&node| node_name(engine, node))
+            .collect(),
+        order,
+    })
+}
+
+fn change_code(change: OrderChange) -> u8 {
+    use wire::order_changes::*;
+    match change {
+        OrderChange::Routed => ROUTED,
+        OrderChange::Confirmed => CONFIRMED,
+        OrderChange::Cancelled => CANCELLED,
+        OrderChange::Expired => EXPIRED,
+        OrderChange::Shipped => SHIPPED,
+        OrderChange::PartlyShipped => PARTLY_SHIPPED,
+        OrderChange::Returned => RETURNED,
+        OrderChange::ReroutedAwayFromNode => REROUTED_AWAY_FROM_NODE,
+        OrderChange::ReroutedAfterStockCount => REROUTED_AFTER_STOCK_COUNT,
+        OrderChange::Short => SHORT,
     }
 }
 
@@ -198,6 +280,7 @@ pub fn error(error: &EngineError) -> wire::Response {
         EngineError::BatchTooLarge(_) | EngineError::CatalogFull(_) => ErrorCode::TooLarge,
         EngineError::UnknownNode(_) => ErrorCode::UnknownNode,
         EngineError::UnknownSku(_) => ErrorCode::UnknownSku,
+        EngineError::UnknownChannel(_) => ErrorCode::UnknownChannel,
         EngineError::StockQuantity { .. } => ErrorCode::InvalidQuantity,
         EngineError::Cursor(_) => ErrorCode::CursorTooOld,
         EngineError::Order(op) => match op {

@@ -14,7 +14,7 @@ use super::error::{RecordError, SnapshotError};
 use super::frame::{parse_snapshot, router_archives, SNAPSHOT_HEADER_BYTES, SNAPSHOT_SUFFIX};
 use super::reconcile::reconcile;
 use super::relayout::relayout;
-use super::snapshot::write_state_into;
+use super::snapshot::{write_state_into, FEED_SNAPSHOT};
 use super::{
     journal_dir, layout, snapshot_dir, DirLock, Recovered, RecoveryReport, StoreError,
     StoreSettings,
@@ -26,6 +26,7 @@ use crate::core::network::Network;
 use crate::core::ops::{apply_node_op, apply_stock_op};
 use crate::core::order::OrderRecord;
 use crate::core::router::{OrderRef, RouterCore};
+use crate::core::status::{statuses_of, FeedImage, StatusFeed};
 use crate::core::stock::{Bumped, ShardImage, StockShard};
 use crate::engine::sequencer::{
     Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER, KIND_POLICY, KIND_TXN,
@@ -170,6 +171,9 @@ struct Applied {
     shards: Vec<u64>,
     routers: Vec<u64>,
     nodes: Vec<u64>,
+    /// The channels' status logs: a directory written before they were
+    /// snapshotted starts them empty at the oldest of the others' LSNs.
+    feed: u64,
 }
 
 impl Applied {
@@ -180,6 +184,7 @@ impl Applied {
             .chain(&self.shards)
             .chain(&self.nodes)
             .chain(&self.routers)
+            .chain([&self.feed])
             .copied()
             .filter(|&lsn| lsn != u64::MAX)
             .min()
@@ -199,11 +204,16 @@ pub(super) fn replay_state(
 ) -> Result<Replayed, StoreError> {
     let mut state = EngineState::fresh(settings, network, now_ms)?;
     let mut report = RecoveryReport::default();
-    let applied = Applied {
+    let mut applied = Applied {
         catalog: load_catalog(dir, &state.index, &mut report)?,
         shards: load_shards(dir, &mut state, &mut report)?,
         routers: load_routers(dir, &mut state, &mut report)?,
         nodes: load_nodes(dir, &mut state, network, known_nodes, &mut report)?,
+        feed: u64::MAX,
+    };
+    applied.feed = match load_feed(dir, &mut state, &mut report)? {
+        Some(lsn) => lsn,
+        None => applied.oldest(),
     };
     report.snapshot_lsn_min = applied.oldest();
     let recovered = journal::recover(&journal_dir(dir), report.snapshot_lsn_min)?;
@@ -383,6 +393,22 @@ fn load_nodes(
     Ok(lsns)
 }
 
+/// The channels' status logs, if they were snapshotted; their LSN.
+fn load_feed(
+    dir: &Path,
+    state: &mut EngineState,
+    report: &mut RecoveryReport,
+) -> Result<Option<u64>, StoreError> {
+    let Some(loaded) = load_snapshot(dir, FEED_SNAPSHOT)? else {
+        return Ok(None);
+    };
+    let image = rkyv::from_bytes::<FeedImage, rancor::Error>(loaded.body())
+        .map_err(|e| loaded.damaged(e))?;
+    state.feed = StatusFeed::from_image(image);
+    report.snapshots_loaded += 1;
+    Ok(Some(loaded.lsn))
+}
+
 /// Shares each event's order id with its order's record, as the live
 /// daemon does: a million events would otherwise each keep a copy.
 fn share_order_ids(image: &mut LedgerImage, routers: &[RouterCore]) {
@@ -425,6 +451,11 @@ fn replay_record(
                     got,
                 }));
             }
+        }
+    }
+    if lsn > applied.feed {
+        for status in statuses_of(&txn.orders, &txn.stock, &txn.nodes) {
+            state.feed.append(status);
         }
     }
     for order in txn.orders {

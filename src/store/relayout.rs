@@ -26,6 +26,7 @@ pub(super) fn relayout(
         ledgers: state.ledgers,
         routers: EngineState::empty_routers(settings, network, &index),
         index,
+        feed: state.feed,
     };
     let images: Vec<ShardImage> = state.shards.iter().map(StockShard::image).collect();
     let rehashed = ShardImage::rehash(&images, shard_count);

@@ -235,12 +235,16 @@ pub async fn snapshot(
     })?
 }
 
+/// The snapshot file name of the channels' status logs.
+pub(super) const FEED_SNAPSHOT: &str = "feed";
+
 pub(super) fn snapshot_name(image: &Image) -> String {
     match image {
         Image::Catalog(_) => "catalog".into(),
         Image::Shard(s, _) => format!("shard-{s}"),
         Image::Node(n, _) => format!("node-{n}"),
         Image::Router(r) => format!("router-{r}"),
+        Image::Feed(_) => FEED_SNAPSHOT.into(),
     }
 }
 
@@ -251,6 +255,7 @@ pub fn encode_image(image: &Image) -> Option<AlignedVec> {
         Image::Catalog(names) => rkyv::to_bytes::<rancor::Error>(names),
         Image::Shard(_, shard) => rkyv::to_bytes::<rancor::Error>(shard),
         Image::Node(_, ledger) => rkyv::to_bytes::<rancor::Error>(ledger),
+        Image::Feed(feed) => rkyv::to_bytes::<rancor::Error>(feed),
         Image::Router(_) => return None,
     };
     Some(encoded.expect("images always serialize"))
@@ -355,6 +360,7 @@ pub(super) fn write_state_into(
         let image = ledger.image();
         images.push((lsn, Image::Node(image.node, image)));
     }
+    images.push((lsn, Image::Feed(state.feed.image())));
     for router in &state.routers {
         write_book_into(set, router, lsn)?;
     }

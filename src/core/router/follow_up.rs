@@ -26,7 +26,12 @@ impl RouterCore {
     }
 
     /// The customer paid: the hold becomes firm and no longer expires.
+    /// Confirming a confirmed order changes (and rewrites) nothing.
     pub fn confirm(&mut self, order: &OrderRef) -> Result<&OrderRecord, OpError> {
+        let id = self.lookup(order)?;
+        if self.orders[&id].state == OrderState::Confirmed {
+            return Ok(&self.orders[&id]);
+        }
         let record = self.open_record(order)?;
         record.state = OrderState::Confirmed;
         Ok(record)

@@ -6,11 +6,15 @@
 //!
 //! This file keeps the router's state, lookups and restore; the steps are
 //! in `submit.rs`, `follow_up.rs` (confirm, cancel, expiry, retirement,
-//! ship, return) and `reroute.rs` (node rejection, node offline, bumps).
+//! ship, return) and `reroute.rs` (node rejection, node offline, bumps);
+//! `list.rs` finds a channel's orders a page at a time.
 
 mod follow_up;
+mod list;
 mod reroute;
 mod submit;
+
+pub use list::OrderFilter;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

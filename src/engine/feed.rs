@@ -1,0 +1,102 @@
+//! The feed actor: the single writer of every channel's status log and the
+//! live followers of each channel. Routers hand it the statuses of each
+//! journaled change as it is applied, in LSN order, so its cursors follow
+//! the journal (and recovery, reading the same records, rebuilds them).
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+
+use super::images::{Image, ImageSink};
+use super::mailbox::count_taken;
+use super::node::{Subscription, SUBSCRIBER_QUEUE_EVENTS};
+use crate::core::events::CursorOutOfRange;
+use crate::core::model::ChannelIdx;
+use crate::core::status::{OrderStatus, StatusFeed};
+
+pub enum FeedMsg {
+    /// The statuses of one journaled change, in LSN order.
+    Statuses(Vec<OrderStatus>),
+    Follow {
+        channel: ChannelIdx,
+        from_cursor: u64,
+        reply: RpcReplyPort<Result<Subscription<OrderStatus>, CursorOutOfRange>>,
+    },
+    Snapshot {
+        lsn: u64,
+        sink: ImageSink,
+    },
+}
+
+pub struct FeedActor;
+
+type Follower = mpsc::Sender<(u64, Arc<OrderStatus>)>;
+
+/// The logs, and each channel's live followers.
+pub struct FeedState {
+    feed: StatusFeed,
+    followers: Vec<(ChannelIdx, Follower)>,
+    depth: Arc<AtomicI64>,
+}
+
+impl Actor for FeedActor {
+    type Msg = FeedMsg;
+    type State = FeedState;
+    /// The logs, and the mailbox's depth counter.
+    type Arguments = (StatusFeed, Arc<AtomicI64>);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<FeedMsg>,
+        (feed, depth): (StatusFeed, Arc<AtomicI64>),
+    ) -> Result<FeedState, ActorProcessingErr> {
+        Ok(FeedState {
+            feed,
+            followers: Vec::new(),
+            depth,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<FeedMsg>,
+        message: FeedMsg,
+        state: &mut FeedState,
+    ) -> Result<(), ActorProcessingErr> {
+        count_taken(&state.depth);
+        match message {
+            FeedMsg::Statuses(statuses) => {
+                for status in statuses {
+                    let channel = status.channel;
+                    let (cursor, status) = state.feed.append(status);
+                    // A full queue means a follower that cannot keep up:
+                    // drop it rather than hold every channel back.
+                    state.followers.retain(|(c, follower)| {
+                        *c != channel || follower.try_send((cursor, status.clone())).is_ok()
+                    });
+                }
+            }
+            FeedMsg::Follow {
+                channel,
+                from_cursor,
+                reply,
+            } => {
+                let answer = state.feed.since(channel, from_cursor).map(|backlog| {
+                    let (sender, receiver) = mpsc::channel(SUBSCRIBER_QUEUE_EVENTS);
+                    state.followers.push((channel, sender));
+                    Subscription {
+                        backlog,
+                        live: receiver,
+                    }
+                });
+                let _ = reply.send(answer);
+            }
+            FeedMsg::Snapshot { lsn, sink } => {
+                let _ = sink.send((lsn, Image::Feed(state.feed.image())));
+            }
+        }
+        Ok(())
+    }
+}
