@@ -45,6 +45,7 @@ fn samples() -> &'static Samples {
                         Image::Catalog(_) => "catalog".to_string(),
                         Image::Shard(s, _) => format!("shard-{s}"),
                         Image::Node(n, _) => format!("node-{n}"),
+                        Image::Feed(_) => "feed".to_string(),
                         Image::Router(_) => return None,
                     };
                     Some((

@@ -773,8 +773,11 @@ fn encode_shorts(w: &mut Writer, shorts: &[Short]) {
 }
 
 fn decode_order_view(r: &mut Reader) -> Result<OrderView, DecodeError> {
-    let (order_id, channel, client_order_id) =
-        (r.u64("order id")?, id(r, "channel")?, id(r, "client order id")?);
+    let (order_id, channel, client_order_id) = (
+        r.u64("order id")?,
+        id(r, "channel")?,
+        id(r, "client order id")?,
+    );
     let (state, expires_at_ms) = (r.u8("state")?, r.u64("expires at")?);
     let count = r.count_u16(MAX_ALLOCATIONS_PER_ANSWER, "allocations")?;
     let allocations = (0..count)

@@ -184,9 +184,8 @@ impl StatusFeed {
     fn log_mut(&mut self, channel: ChannelIdx) -> &mut EventLog<OrderStatus> {
         let c = channel as usize;
         if self.channels.len() <= c {
-            self.channels.resize_with(c + 1, || {
-                EventLog::new(MAX_STATUS_EVENTS_PER_CHANNEL)
-            });
+            self.channels
+                .resize_with(c + 1, || EventLog::new(MAX_STATUS_EVENTS_PER_CHANNEL));
         }
         &mut self.channels[c]
     }
@@ -273,9 +272,10 @@ mod tests {
     fn each_step_is_told_by_its_trace() {
         // Proves every kind of change is named from the record and its ops alone.
         let held = record(OrderState::Held, 3, 0, 0);
-        let change = |record: &OrderRecord, stock: &[(u32, StockOp)], nodes: &[(NodeIdx, NodeOp)]| {
-            statuses_of(std::slice::from_ref(record), stock, nodes)[0].change
-        };
+        let change =
+            |record: &OrderRecord, stock: &[(u32, StockOp)], nodes: &[(NodeIdx, NodeOp)]| {
+                statuses_of(std::slice::from_ref(record), stock, nodes)[0].change
+            };
         let allocated = [(2, event(EventKind::Allocated, 7))];
         let released = [(2, event(EventKind::Released, 7))];
         let moved = [released[0].clone(), (3, event(EventKind::Allocated, 7))];
@@ -313,10 +313,16 @@ mod tests {
             change(&record(OrderState::Shipped, 0, 3, 1), &[], &[]),
             OrderChange::Returned
         );
-        assert_eq!(change(&held, &[], &moved), OrderChange::ReroutedAfterStockCount);
+        assert_eq!(
+            change(&held, &[], &moved),
+            OrderChange::ReroutedAfterStockCount
+        );
         let mut left = held.clone();
         left.extra_mut().excluded.push(2);
-        assert_eq!(change(&left, &[], &moved), OrderChange::ReroutedAwayFromNode);
+        assert_eq!(
+            change(&left, &[], &moved),
+            OrderChange::ReroutedAwayFromNode
+        );
         assert_eq!(change(&left, &[], &released), OrderChange::Short);
     }
 
@@ -340,7 +346,12 @@ mod tests {
             status.channel = channel;
             feed.append(status);
         }
-        let zero: Vec<_> = feed.since(0, 0).unwrap().iter().map(|(c, s)| (*c, s.order)).collect();
+        let zero: Vec<_> = feed
+            .since(0, 0)
+            .unwrap()
+            .iter()
+            .map(|(c, s)| (*c, s.order))
+            .collect();
         assert_eq!(zero, vec![(1, 1), (2, 3)]);
         assert_eq!(feed.since(3, 1).unwrap()[0].1.order, 2);
         assert!(feed.since(5, 0).unwrap().is_empty());

@@ -6,14 +6,14 @@ use smallvec::SmallVec;
 
 use super::error::EngineError;
 use super::feed::FeedMsg;
-use super::node::Subscription;
 use super::mailbox::Mailbox;
+use super::node::Subscription;
 use super::router::RouterMsg;
 use super::{call, call_committed, Engine};
 use crate::core::book::{router_of_key, router_of_order};
+use crate::core::model::OrderState;
 use crate::core::model::{Decision, OrderRequest};
 use crate::core::order::OrderRecord;
-use crate::core::model::OrderState;
 use crate::core::router::{OrderFilter, OrderRef};
 use crate::core::status::OrderStatus;
 use crate::limits::{MAX_ORDERS_PER_BATCH, MAX_ORDERS_PER_PAGE};

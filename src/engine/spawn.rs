@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::clock::Clock;
 use super::error::EngineError;
-use super::images::ImagePace;
 use super::feed::FeedActor;
+use super::images::ImagePace;
 use super::mailbox::Mailbox;
 use super::node::{NodeActor, NodeMsg};
 use super::participants::{ActorParticipants, JournaledParticipants};
@@ -75,7 +75,9 @@ impl Engine {
             feed: {
                 let depth = Arc::new(AtomicI64::new(0));
                 let args = (feed, depth.clone());
-                supervisor.spawn(FeedActor, args, depth, "feed".into()).await?
+                supervisor
+                    .spawn(FeedActor, args, depth, "feed".into())
+                    .await?
             },
         };
         let metrics = Arc::new(crate::telemetry::EngineMetrics::new(&network));

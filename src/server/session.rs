@@ -296,9 +296,14 @@ async fn dispatch(
             Request::Subscribe { node, from_cursor } => {
                 let engine = shared.engine.clone();
                 let events = async move { engine.subscribe(&node, from_cursor).await };
-                let pump = pump(&shared.engine, id, events, from_cursor, out, |e, c, event| {
-                    Response::Event(wire::event(e, c, event))
-                });
+                let pump = pump(
+                    &shared.engine,
+                    id,
+                    events,
+                    from_cursor,
+                    out,
+                    |e, c, event| Response::Event(wire::event(e, c, event)),
+                );
                 let stop = shared.stop.clone();
                 shared.tracker.spawn(stop.run_until_cancelled_owned(pump));
             }
@@ -558,7 +563,11 @@ async fn list_orders(
         // A view's size, roughly: what its strings and counts take.
         bytes += 64 + view.allocations.len() * (24 + MAX_ID_BYTES) + view.short.len() * 80;
         if bytes > MAX_FRAME_BYTES / 2 && !orders.is_empty() {
-            next = Some(orders.last().map_or(0, |o: &omniroute_protocol::OrderView| o.order_id));
+            next = Some(
+                orders
+                    .last()
+                    .map_or(0, |o: &omniroute_protocol::OrderView| o.order_id),
+            );
             break;
         }
         orders.push(view);
@@ -576,9 +585,7 @@ async fn list_orders(
 fn pump<E: Send + Sync + 'static>(
     engine: &Engine,
     id: u64,
-    subscribe: impl std::future::Future<Output = Result<Subscription<E>, EngineError>>
-        + Send
-        + 'static,
+    subscribe: impl std::future::Future<Output = Result<Subscription<E>, EngineError>> + Send + 'static,
     from_cursor: u64,
     out: &mpsc::Sender<Out>,
     frame: impl Fn(&Engine, u64, &E) -> Response + Send + 'static,

@@ -10,8 +10,8 @@ use crate::core::model::{
     ShipTo, ShortLine,
 };
 use crate::core::order::{AllocationState, OrderRecord};
-use crate::core::status::{OrderChange, OrderStatus};
 use crate::core::router::{OpError, OrderRef};
+use crate::core::status::{OrderChange, OrderStatus};
 use crate::engine::{Engine, EngineError, NodeStock};
 
 pub fn order_request(order: wire::Order) -> OrderRequest {

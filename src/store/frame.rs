@@ -8,6 +8,9 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use super::error::SnapshotError;
+
+/// The snapshot file name of the channels' status logs.
+pub(super) const FEED_SNAPSHOT: &str = "feed";
 use crate::core::capacity::LedgerImage;
 use crate::core::order::OrderRecord;
 use crate::core::stock::{ShardImage, StockShard};
@@ -132,6 +135,8 @@ pub fn verify_snapshot_bytes(
         StockShard::from_image(image, index)?;
     } else if name.starts_with("node-") {
         rkyv::from_bytes::<LedgerImage, rancor::Error>(body)?;
+    } else if name == FEED_SNAPSHOT {
+        rkyv::from_bytes::<crate::core::status::FeedImage, rancor::Error>(body)?;
     } else if name.starts_with("router-") {
         for orders in router_archives(&aligned, body)? {
             for archived in orders.iter() {

@@ -11,10 +11,12 @@ use rkyv::rancor;
 
 use super::durable::map_file;
 use super::error::{RecordError, SnapshotError};
-use super::frame::{parse_snapshot, router_archives, SNAPSHOT_HEADER_BYTES, SNAPSHOT_SUFFIX};
+use super::frame::{
+    parse_snapshot, router_archives, FEED_SNAPSHOT, SNAPSHOT_HEADER_BYTES, SNAPSHOT_SUFFIX,
+};
 use super::reconcile::reconcile;
 use super::relayout::relayout;
-use super::snapshot::{write_state_into, FEED_SNAPSHOT};
+use super::snapshot::write_state_into;
 use super::{
     journal_dir, layout, snapshot_dir, DirLock, Recovered, RecoveryReport, StoreError,
     StoreSettings,

@@ -12,7 +12,7 @@ use rkyv::util::AlignedVec;
 
 use super::durable::{flush_uncached, publish, write_parts_durably};
 use super::frame::{
-    book_chunk_header, book_padding, frame_header, snapshot_header, BOOK_MAGIC,
+    book_chunk_header, book_padding, frame_header, snapshot_header, BOOK_MAGIC, FEED_SNAPSHOT,
     SNAPSHOT_HEADER_BYTES, SNAPSHOT_SUFFIX,
 };
 use super::{io, journal_dir, snapshot_dir, StoreError};
@@ -234,9 +234,6 @@ pub async fn snapshot(
         message: format!("the snapshot writer failed: {e}"),
     })?
 }
-
-/// The snapshot file name of the channels' status logs.
-pub(super) const FEED_SNAPSHOT: &str = "feed";
 
 pub(super) fn snapshot_name(image: &Image) -> String {
     match image {

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use omniroute_client::protocol::{event_kinds, order_states};
+use omniroute_client::protocol::{event_kinds, order_changes, order_states};
 use omniroute_client::{
-    Client, Decision, Method, Near, Order, OrderKey, OrderView, StockAdjust, StockSet, Trust,
+    Client, Decision, Method, Near, Order, OrderKey, OrderQuery, OrderView, StockAdjust, StockSet,
+    Trust,
 };
 
 /// Where and as whom to connect.
@@ -83,6 +84,74 @@ pub enum OrderCommand {
         #[arg(long)]
         id: String,
     },
+    /// Print every change of a channel's orders as it happens (routed,
+    /// confirmed, shipped, re-routed, ...), from a cursor, until Ctrl-C.
+    Follow {
+        #[arg(long)]
+        channel: String,
+        /// Cursor to resume from: the last one printed + 1 (0: the oldest
+        /// the daemon keeps).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// List a channel's orders, in order id order, a page at a time.
+    List {
+        #[arg(long)]
+        channel: String,
+        /// Only orders in this state.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<u8>,
+        /// Only orders with units at this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Orders per page (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u16,
+        /// Start after this order id (a page's "next" line).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Fetch every page, not just the first.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// The state names `order list --state` takes, and their wire codes.
+const STATE_NAMES: [(&str, u8); 5] = [
+    ("held", order_states::HELD),
+    ("confirmed", order_states::CONFIRMED),
+    ("shipped", order_states::SHIPPED),
+    ("cancelled", order_states::CANCELLED),
+    ("expired", order_states::EXPIRED),
+];
+
+fn parse_state(text: &str) -> Result<u8, String> {
+    STATE_NAMES
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, code)| *code)
+        .ok_or_else(|| {
+            let names: Vec<&str> = STATE_NAMES.iter().map(|(n, _)| *n).collect();
+            format!("expected one of {}", names.join(", "))
+        })
+}
+
+/// A time as the CLI prints it: ISO 8601 (UTC) and the epoch ms the
+/// protocol carries.
+fn when(epoch_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(epoch_ms);
+    format!("{} ({epoch_ms} ms)", humantime::format_rfc3339_millis(at))
+}
+
+/// Runs `work` until it ends or Ctrl-C; either way the caller then closes
+/// the connection, so the daemon is not left holding it.
+async fn until_ctrl_c(
+    work: impl std::future::Future<Output = Result<(), CliError>>,
+) -> Result<(), CliError> {
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,7 +339,10 @@ fn print_decision(decision: &Decision) {
             allocations,
             short,
         } => {
-            println!("routed: order {order_id}, hold expires at {expires_at_ms} ms");
+            println!(
+                "routed: order {order_id}, hold expires at {}",
+                when(*expires_at_ms)
+            );
             for a in allocations {
                 println!("  line {} {} x{} from {}", a.line, a.sku, a.qty, a.node);
             }
@@ -298,20 +370,36 @@ fn print_decision(decision: &Decision) {
     }
 }
 
-fn print_order(view: &OrderView) {
-    let state = match view.state {
-        order_states::HELD => "held",
-        order_states::CONFIRMED => "confirmed",
-        order_states::SHIPPED => "shipped",
-        order_states::CANCELLED => "cancelled",
-        order_states::EXPIRED => "expired",
+fn state_name(state: u8) -> &'static str {
+    match state {
         order_states::REJECTED => "rejected",
-        _ => "unknown",
-    };
-    println!(
-        "order {} ({}/{}): {state}",
-        view.order_id, view.channel, view.client_order_id
-    );
+        code => STATE_NAMES
+            .iter()
+            .find(|(_, c)| *c == code)
+            .map_or("unknown", |(name, _)| name),
+    }
+}
+
+fn print_order(view: &OrderView) {
+    let state = state_name(view.state);
+    if view.state == order_states::HELD {
+        println!(
+            "order {} ({}/{}): {state} until {}",
+            view.order_id,
+            view.channel,
+            view.client_order_id,
+            when(view.expires_at_ms)
+        );
+    } else {
+        println!(
+            "order {} ({}/{}): {state}",
+            view.order_id, view.channel, view.client_order_id
+        );
+    }
+    print_allocations(view);
+}
+
+fn print_allocations(view: &OrderView) {
     for a in &view.allocations {
         println!(
             "  line {} {} at {}: open {}, shipped {}, returned {}",
@@ -387,8 +475,79 @@ async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError
                 .await
                 .map_err(|e| e.to_string())?,
         ),
+        OrderCommand::Follow { channel, from } => {
+            until_ctrl_c(follow(client, &channel, from)).await?;
+        }
+        OrderCommand::List {
+            channel,
+            state,
+            node,
+            limit,
+            after,
+            all,
+        } => {
+            let query = OrderQuery {
+                channel,
+                state: state.unwrap_or(0),
+                node: node.unwrap_or_default(),
+                after,
+                limit,
+            };
+            list(client, query, all).await?;
+        }
     }
     Ok(())
+}
+
+/// Prints each status of the channel's orders, one block per change,
+/// numbered by its cursor.
+async fn follow(client: &Client, channel: &str, from: u64) -> Result<(), CliError> {
+    let mut statuses = client
+        .follow_orders(channel, from)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("following {channel}; first cursor {}", statuses.next_cursor);
+    while let Some(status) = statuses.next().await {
+        let status = status.map_err(|e| e.to_string())?;
+        let order = &status.order;
+        let from_nodes = if status.released_from.is_empty() {
+            String::new()
+        } else {
+            format!(" (from {})", status.released_from.join(", "))
+        };
+        println!(
+            "#{} {}{from_nodes}: order {} ({}) now {}",
+            status.cursor,
+            order_changes::name(status.change),
+            order.order_id,
+            order.client_order_id,
+            state_name(order.state)
+        );
+        print_allocations(order);
+    }
+    Ok(())
+}
+
+/// Prints one page of orders (every page with `all`), then where the next
+/// page starts.
+async fn list(client: &Client, mut query: OrderQuery, all: bool) -> Result<(), CliError> {
+    loop {
+        let (orders, next) = client
+            .list_orders(query.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        for order in &orders {
+            print_order(order);
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        if !all {
+            println!("next page: --after {next}");
+            return Ok(());
+        }
+        query.after = next;
+    }
 }
 
 pub async fn stock(args: &ConnectArgs, command: StockCommand) -> Result<(), CliError> {
@@ -509,33 +668,39 @@ async fn node_on(client: &Client, command: NodeCommand) -> Result<(), CliError> 
             println!("{node} is offline; {rerouted} orders re-routed");
         }
         NodeCommand::Subscribe { node, from } => {
-            let mut events = client
-                .subscribe(&node, from)
-                .await
-                .map_err(|e| e.to_string())?;
-            println!("subscribed to {node}; first cursor {}", events.next_cursor);
-            while let Some(event) = events.next().await {
-                let event = event.map_err(|e| e.to_string())?;
-                let kind = if event.kind == event_kinds::ALLOCATED {
-                    "allocated"
-                } else {
-                    "released"
-                };
-                let lines: Vec<String> = event
-                    .lines
-                    .iter()
-                    .map(|(line, sku, qty)| format!("line {line} {sku} x{qty}"))
-                    .collect();
-                println!(
-                    "#{} {kind} {}/{} (order {}): {}",
-                    event.cursor,
-                    event.channel,
-                    event.client_order_id,
-                    event.order_id,
-                    lines.join(", ")
-                );
-            }
+            until_ctrl_c(subscribe(client, &node, from)).await?;
         }
+    }
+    Ok(())
+}
+
+/// Prints each event of the node, numbered by its cursor.
+async fn subscribe(client: &Client, node: &str, from: u64) -> Result<(), CliError> {
+    let mut events = client
+        .subscribe(node, from)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("subscribed to {node}; first cursor {}", events.next_cursor);
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| e.to_string())?;
+        let kind = if event.kind == event_kinds::ALLOCATED {
+            "allocated"
+        } else {
+            "released"
+        };
+        let lines: Vec<String> = event
+            .lines
+            .iter()
+            .map(|(line, sku, qty)| format!("line {line} {sku} x{qty}"))
+            .collect();
+        println!(
+            "#{} {kind} {}/{} (order {}): {}",
+            event.cursor,
+            event.channel,
+            event.client_order_id,
+            event.order_id,
+            lines.join(", ")
+        );
     }
     Ok(())
 }
