@@ -570,7 +570,7 @@ impl Client {
         };
         self.open_feed(request, |response| match response {
             Response::Event(event) => Ok(event),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
@@ -588,7 +588,7 @@ impl Client {
         };
         self.open_feed(request, |response| match response {
             Response::OrderStatus(status) => Ok(status),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
@@ -610,7 +610,7 @@ impl Client {
     async fn open_feed<T: Send + 'static>(
         &self,
         request: Request,
-        item: fn(Response) -> Result<T, Response>,
+        item: fn(Response) -> Result<T, Box<Response>>,
     ) -> Result<Subscription<T>, ClientError> {
         let (send, recv) = self
             .connection
@@ -643,7 +643,7 @@ impl Client {
                 // event: the caller resumes from the last cursor it saw.
                 other => match item(other) {
                     Ok(event) => events.try_send(Ok(event)).is_ok(),
-                    Err(other) => events.try_send(Err(unexpected(other))).is_ok(),
+                    Err(other) => events.try_send(Err(unexpected(*other))).is_ok(),
                 },
             })
             .await;
