@@ -214,3 +214,77 @@ async fn options_may_follow_the_stock_entries() {
     assert_eq!(engine.cell("SKU-1", "WH-N").await.unwrap().on_hand, 13);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_follow_prints_each_change_and_ctrl_c_closes_it() {
+    // Proves `order follow` prints a routed order's changes numbered by cursor, that
+    // Ctrl-C ends it with exit 0 and closes its connection (the server's stop is then
+    // immediate, not its drain timeout), and that `order list` pages through every order.
+    let dir = TempDir::new("cli-follow");
+    let (_engine, server) = server_with(&dir, 10).await;
+    let (addr, ca) = (
+        server.addr.to_string(),
+        server.cert_path.display().to_string(),
+    );
+    let connect = ["--addr", &addr, "--ca", &ca, "--token", CHANNEL_C_TOKEN];
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+        .args(["order", "follow", "--channel", "c"])
+        .args(connect)
+        .env_remove("OMNIROUTE_ADDR")
+        .env_remove("OMNIROUTE_TOKEN")
+        .env_remove("OMNIROUTE_CA")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let first = lines.next_line().await.unwrap().unwrap();
+    assert!(first.starts_with("following c; first cursor 1"), "{first}");
+    for i in 0..3 {
+        let done = omniroute(submit(&server, &format!("f-{i}"), 1)).await;
+        assert_eq!(done.status.code(), Some(0));
+    }
+    let mut routed = Vec::new();
+    while routed.len() < 3 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a status line within 20 s")
+            .unwrap()
+            .unwrap();
+        if line.starts_with('#') {
+            routed.push(line);
+        }
+    }
+    for (i, line) in routed.iter().enumerate() {
+        assert!(line.starts_with(&format!("#{} routed", i + 1)), "{line}");
+        assert!(line.contains(&format!("(f-{i}) now held")), "{line}");
+    }
+    // SAFETY: kill only sends SIGINT to our own child process.
+    assert_eq!(
+        unsafe { libc::kill(follow.id().unwrap() as i32, libc::SIGINT) },
+        0
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), follow.wait())
+        .await
+        .expect("follow ends on Ctrl-C")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let mut args: Vec<String> = ["order", "list", "--channel", "c", "--limit", "2", "--all"]
+        .map(String::from)
+        .to_vec();
+    args.extend(connect.map(String::from));
+    let listed = omniroute(args).await;
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.status.code(), Some(0), "{stdout}");
+    for i in 0..3 {
+        assert_eq!(stdout.matches(&format!("/f-{i})")).count(), 1, "{stdout}");
+    }
+    let started = Instant::now();
+    server.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no connection was left open"
+    );
+}
