@@ -1,6 +1,7 @@
 //! The QUIC ingress: a quinn endpoint in front of the [`Engine`]. Thin:
 //! framing and access control here, everything else in the engine.
 
+mod requests;
 mod session;
 pub mod tls;
 mod tokens;

@@ -1,0 +1,211 @@
+//! One request answered: which role may make it, and the engine call that
+//! answers it. Shared by the QUIC session and the HTTP gateway, so both
+//! give the same answers, codes and messages.
+
+use omniroute_protocol::{ErrorCode, Request, Response, MAX_FRAME_BYTES};
+
+use super::{wire, Role};
+use crate::core::geo::GeoPoint;
+use crate::core::router::{OpError, OrderRef};
+use crate::engine::{Engine, EngineError, OrderQuery, StockUpdate};
+use crate::limits::{MAX_ID_BYTES, MAX_ORDERS_PER_PAGE};
+
+/// Which requests each role may make.
+pub fn allowed(role: &Role, request: &Request) -> bool {
+    let own_channel = |channel: &str| {
+        matches!(role, Role::Admin) || matches!(role, Role::Channel(c) if c == channel)
+    };
+    let own_node =
+        |node: &str| matches!(role, Role::Admin) || matches!(role, Role::Node(n) if n == node);
+    match request {
+        Request::Hello { .. } => true,
+        Request::Submit(order) => own_channel(&order.channel),
+        Request::Confirm(key) | Request::Cancel(key) | Request::GetOrder(key) => {
+            own_channel(&key.channel)
+        }
+        Request::GetOrderById { channel, .. } => own_channel(channel),
+        Request::Availability { .. } => matches!(role, Role::Admin | Role::Channel(_)),
+        Request::StockSet(entries) => entries.iter().all(|e| own_node(&e.node)),
+        Request::StockAdjust(entries) => entries.iter().all(|e| own_node(&e.node)),
+        Request::NodeReject { node, .. }
+        | Request::NodeShip { node, .. }
+        | Request::Return { node, .. } => own_node(node),
+        Request::Subscribe { node, .. } | Request::SetNodeOnline { node, .. } => own_node(node),
+        Request::FollowOrders { channel, .. } => own_channel(channel),
+        Request::ListOrders(query) => own_channel(&query.channel),
+    }
+}
+
+pub async fn execute(engine: &Engine, request: Request) -> Response {
+    let result = match request {
+        Request::Confirm(key) => engine
+            .confirm(wire::order_ref(key))
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::Cancel(key) => engine
+            .cancel(wire::order_ref(key))
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::GetOrder(key) => engine
+            .get(wire::order_ref(key))
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::GetOrderById { channel, order_id } => engine
+            .get(OrderRef::Id(order_id))
+            .await
+            .map(|r| wire::order_view(engine, &r))
+            .and_then(|view| {
+                // Another channel's order is not this caller's to see.
+                if view.channel == channel {
+                    Ok(Response::Order(view))
+                } else {
+                    Err(EngineError::Order(OpError::UnknownOrder))
+                }
+            }),
+        Request::Availability { sku, near } => match near {
+            None => engine
+                .availability(&sku)
+                .map(|s| Response::Availability(wire::node_stock(engine, &s))),
+            Some(near) => match GeoPoint::new(near.lat, near.lon) {
+                None => {
+                    return Response::error(
+                        ErrorCode::Malformed,
+                        "point is not a valid latitude/longitude",
+                    )
+                }
+                Some(point) => engine
+                    .nearest(&sku, point, near.min_qty, near.count as usize)
+                    .map(|s| Response::Availability(wire::node_stock(engine, &s))),
+            },
+        },
+        Request::StockSet(entries) => {
+            let updates: Vec<StockUpdate> = entries
+                .into_iter()
+                .map(|e| StockUpdate::Set {
+                    sku: e.sku,
+                    node: e.node,
+                    on_hand: e.on_hand,
+                    safety_stock: e.safety_stock,
+                })
+                .collect();
+            stock_result(engine, &updates).await
+        }
+        Request::StockAdjust(entries) => {
+            let updates: Vec<StockUpdate> = entries
+                .into_iter()
+                .map(|e| StockUpdate::Adjust {
+                    sku: e.sku,
+                    node: e.node,
+                    delta: e.delta,
+                })
+                .collect();
+            stock_result(engine, &updates).await
+        }
+        Request::NodeReject {
+            node,
+            order,
+            counts,
+        } => {
+            let counts: Vec<(&str, u32)> =
+                counts.iter().map(|(sku, n)| (sku.as_str(), *n)).collect();
+            engine
+                .node_reject(wire::order_ref(order), &node, &counts)
+                .await
+                .map(|r| Response::Order(wire::order_view(engine, &r)))
+        }
+        Request::NodeShip {
+            node,
+            order,
+            sku,
+            qty,
+        } => engine
+            .ship(wire::order_ref(order), &node, &sku, qty)
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::Return {
+            node,
+            order,
+            sku,
+            qty,
+        } => engine
+            .return_units(wire::order_ref(order), &node, &sku, qty)
+            .await
+            .map(|r| Response::Order(wire::order_view(engine, &r))),
+        Request::SetNodeOnline { node, online } => engine
+            .set_node_online(&node, online)
+            .await
+            .map(|n| Response::NodeOnline { rerouted: n as u32 }),
+        Request::ListOrders(query) => list_orders(engine, query).await,
+        Request::Hello { .. }
+        | Request::Submit(_)
+        | Request::Subscribe { .. }
+        | Request::FollowOrders { .. } => {
+            unreachable!("handled by dispatch")
+        }
+    };
+    result.unwrap_or_else(|error| wire::error(&error))
+}
+
+async fn stock_result(
+    engine: &Engine,
+    updates: &[StockUpdate],
+) -> Result<Response, crate::engine::EngineError> {
+    let report = engine.update_stock(updates).await?;
+    Ok(Response::StockResult {
+        applied: report.applied as u32,
+        bumped_units: report.bumped.iter().map(|b| b.qty).sum(),
+        errors: report.errors.len() as u32,
+    })
+}
+
+/// One page of a channel's orders, cut short of `MAX_FRAME_BYTES` if its
+/// orders are large (the next page starts after the last one sent).
+async fn list_orders(
+    engine: &Engine,
+    query: omniroute_protocol::OrderQuery,
+) -> Result<Response, crate::engine::EngineError> {
+    let Some(state) = wire::state_of_code(query.state) else {
+        return Ok(Response::error(
+            ErrorCode::Malformed,
+            format!("state {} is not 0 (any) or 1..=5", query.state),
+        ));
+    };
+    if !(1..=MAX_ORDERS_PER_PAGE).contains(&(query.limit as usize)) {
+        return Ok(Response::error(
+            ErrorCode::TooLarge,
+            format!(
+                "limit {} is outside 1..=MAX_ORDERS_PER_PAGE ({MAX_ORDERS_PER_PAGE})",
+                query.limit
+            ),
+        ));
+    }
+    let (records, mut next) = engine
+        .list_orders(OrderQuery {
+            channel: &query.channel,
+            state,
+            node: (!query.node.is_empty()).then_some(query.node.as_str()),
+            after: query.after,
+            limit: query.limit as usize,
+        })
+        .await?;
+    let mut orders = Vec::with_capacity(records.len());
+    let mut bytes = 0;
+    for record in &records {
+        let view = wire::order_view(engine, record);
+        // A view's size, roughly: what its strings and counts take.
+        bytes += 64 + view.allocations.len() * (24 + MAX_ID_BYTES) + view.short.len() * 80;
+        if bytes > MAX_FRAME_BYTES / 2 && !orders.is_empty() {
+            next = Some(
+                orders
+                    .last()
+                    .map_or(0, |o: &omniroute_protocol::OrderView| o.order_id),
+            );
+            break;
+        }
+        orders.push(view);
+    }
+    Ok(Response::OrderPage {
+        orders,
+        next_after: next.unwrap_or(0),
+    })
+}
