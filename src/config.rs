@@ -64,6 +64,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
@@ -183,19 +185,35 @@ impl Default for AdminConfig {
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
-/// An admin listen setting that is neither an address nor "off".
+/// `[http]`: the HTTP/JSON gateway's port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to bind, or "off" (the default: a config turns it on).
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: "off".into(),
+        }
+    }
+}
+
+/// A listen setting (admin, HTTP) that is neither an address nor "off".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not an address like 127.0.0.1:9090, or \"off\"")]
-pub struct BadAdminListen(pub String);
+pub struct BadListen(pub String);
 
-/// Parses an admin listen setting: an address, or "off".
-pub fn parse_admin_listen(text: &str) -> Result<Option<std::net::SocketAddr>, BadAdminListen> {
+/// Parses a listen setting (admin, HTTP): an address, or "off".
+pub fn parse_listen(text: &str) -> Result<Option<std::net::SocketAddr>, BadListen> {
     if text == "off" {
         return Ok(None);
     }
     text.parse()
         .map(Some)
-        .map_err(|_| BadAdminListen(text.to_string()))
+        .map_err(|_| BadListen(text.to_string()))
 }
 
 /// A config file as the daemon read it at start: a reload reads the path
@@ -382,6 +400,8 @@ fn default_sku_prefix() -> String {
 pub struct ValidConfig {
     /// The admin HTTP port; None when "off".
     pub admin: Option<std::net::SocketAddr>,
+    /// The HTTP/JSON gateway's port; None when "off".
+    pub http: Option<std::net::SocketAddr>,
     pub engine: EngineSettings,
     pub server: ServerSettings,
     pub store: StoreSettings,
@@ -435,8 +455,10 @@ impl Config {
     pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
         // First: its errors should not hide behind a network's.
         let log = self.validate_log()?;
-        let admin = parse_admin_listen(&self.admin.listen)
-            .map_err(|m| invalid("admin.listen", m.to_string()))?;
+        let admin =
+            parse_listen(&self.admin.listen).map_err(|m| invalid("admin.listen", m.to_string()))?;
+        let http =
+            parse_listen(&self.http.listen).map_err(|m| invalid("http.listen", m.to_string()))?;
         let engine = self.validate_engine()?;
         let (nodes, markets) = self.validate_nodes()?;
         let mut channels = Vec::new();
@@ -459,6 +481,7 @@ impl Config {
         let store = self.validate_journal()?;
         Ok(ValidConfig {
             admin,
+            http,
             log,
             engine,
             server,

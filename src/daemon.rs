@@ -24,6 +24,8 @@ pub struct Daemon {
     /// Readiness, snapshot age and policy reload, shared with the admin port.
     pub status: Arc<Status>,
     pub admin: Option<AdminServer>,
+    /// The HTTP/JSON gateway, when configured.
+    pub http: Option<crate::http::RunningHttp>,
     data_dir: PathBuf,
     settings: StoreSettings,
     snapshots: tokio::task::JoinHandle<()>,
@@ -62,6 +64,9 @@ pub enum DaemonError {
     /// The admin port cannot be served.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// The HTTP gateway's port cannot be bound.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     /// The recovery thread panicked.
     #[error("recovery panicked: {0}")]
     RecoveryPanicked(String),
@@ -123,6 +128,13 @@ pub async fn start(
         stop_snapshots.clone(),
     ));
     let server = crate::server::start(engine.clone(), &config.server).await?;
+    let http = match config.http {
+        Some(addr) => {
+            let tokens = config.server.tokens.clone();
+            Some(crate::http::start(engine.clone(), tokens, addr).await?)
+        }
+        None => None,
+    };
     status.set_ready(true);
     Ok(Daemon {
         engine,
@@ -130,6 +142,7 @@ pub async fn start(
         recovery: report,
         status,
         admin,
+        http,
         data_dir,
         settings: config.store.clone(),
         snapshots,
@@ -273,6 +286,9 @@ impl Daemon {
         // Nothing else will wait for the workers: a snapshot under way and
         // the final one image at full speed.
         self.engine.hurry_snapshots();
+        if let Some(http) = self.http {
+            http.shutdown().await;
+        }
         let drained = self.server.shutdown().await;
         if drained.complete {
             tracing::info!(

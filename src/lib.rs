@@ -37,6 +37,7 @@ pub mod config_diff;
 pub mod core;
 pub mod daemon;
 pub mod engine;
+pub mod http;
 pub mod journal;
 pub mod limits;
 pub mod memory;

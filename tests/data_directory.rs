@@ -46,7 +46,7 @@ async fn run_to_end(dir: &Path, config: Option<&Path>) -> (bool, String) {
     let run = command
         .arg("--data-dir")
         .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--admin", "off"])
+        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--http", "off"])
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(REFUSAL_TIMEOUT_S), run)

@@ -13,7 +13,14 @@ fn first_log_line(dir: &TempDir, args: &[&str], wanted: impl Fn(&str) -> bool) -
     let mut child = Command::new(env!("CARGO_BIN_EXE_omniroute"))
         .arg("--data-dir")
         .arg(&dir.0)
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--http",
+            "off",
+        ])
         .args(args)
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())

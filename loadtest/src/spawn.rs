@@ -33,6 +33,8 @@ pub(crate) async fn serve_child(
     }
     // A free port: the spawned server must not take an operator's 9090.
     config.admin = Some("127.0.0.1:0".parse().expect("address"));
+    // The generator speaks QUIC only; 8080 stays the operator's.
+    config.http = None;
     let daemon = omniroute::daemon::start(&config, None)
         .await
         .map_err(|e| e.to_string())?;

@@ -1,11 +1,11 @@
 //! The QUIC ingress: a quinn endpoint in front of the [`Engine`]. Thin:
 //! framing and access control here, everything else in the engine.
 
-mod requests;
+pub mod requests;
 mod session;
 pub mod tls;
 mod tokens;
-mod wire;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

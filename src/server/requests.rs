@@ -10,6 +10,39 @@ use crate::core::router::{OpError, OrderRef};
 use crate::engine::{Engine, EngineError, OrderQuery, StockUpdate};
 use crate::limits::{MAX_ID_BYTES, MAX_ORDERS_PER_PAGE};
 
+/// Answers one request made as `role`: `Forbidden` if the role may not
+/// make it, else the engine's answer. A submit is a batch of one (QUIC
+/// batches what a stream read holds). Not for `Hello`, `Subscribe` and
+/// `FollowOrders`, whose answers are a connection's state or a stream.
+pub async fn answer(engine: &Engine, role: &Role, request: Request) -> Response {
+    if !allowed(role, &request) {
+        return forbidden(role);
+    }
+    match request {
+        Request::Submit(order) => {
+            match engine
+                .try_submit_batch(vec![wire::order_request(order)])
+                .await
+            {
+                Ok(decisions) => match decisions.first() {
+                    Some(decision) => Response::Decision(wire::decision(engine, decision)),
+                    None => Response::error(ErrorCode::Internal, "no decision for the order"),
+                },
+                Err(error) => wire::error(&error),
+            }
+        }
+        other => execute(engine, other).await,
+    }
+}
+
+/// The answer to a request the role may not make.
+pub fn forbidden(role: &Role) -> Response {
+    Response::error(
+        ErrorCode::Forbidden,
+        format!("role {} may not make this request", role.name()),
+    )
+}
+
 /// Which requests each role may make.
 pub fn allowed(role: &Role, request: &Request) -> bool {
     let own_channel = |channel: &str| {

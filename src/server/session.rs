@@ -16,7 +16,7 @@ use omniroute_protocol::{
 };
 use tokio::sync::{mpsc, Semaphore};
 
-use super::requests::{allowed, execute};
+use super::requests::{allowed, execute, forbidden};
 use super::{wire, Role};
 use crate::engine::{Engine, EngineError, Subscription};
 
@@ -279,13 +279,7 @@ async fn dispatch(
             continue;
         };
         if !allowed(role, &request) {
-            immediate.push((
-                id,
-                Response::error(
-                    ErrorCode::Forbidden,
-                    format!("role {} may not make this request", role.name()),
-                ),
-            ));
+            immediate.push((id, forbidden(role)));
             continue;
         }
         match request {

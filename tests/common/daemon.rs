@@ -20,6 +20,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     /// The admin port, unless started with `--admin off`.
     pub admin: Option<SocketAddr>,
+    /// The HTTP/JSON gateway (on a free port).
+    pub http: SocketAddr,
     pub cert: PathBuf,
     lines: mpsc::UnboundedReceiver<String>,
     /// Its stderr (the log), line by line.
@@ -52,6 +54,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--admin", admin])
+            .args(["--http", "127.0.0.1:0"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -60,10 +63,10 @@ impl Daemon {
         let mut lines = drain(child.stdout.take().unwrap(), false);
         let log = drain(child.stderr.take().unwrap(), true);
         let mut startup = Vec::new();
-        let (mut addr, mut admin_addr) = (None, None);
+        let (mut addr, mut admin_addr, mut http) = (None, None, None);
         let wants_admin = admin != "off";
         let deadline = Instant::now() + Duration::from_secs(START_TIMEOUT_S);
-        while addr.is_none() || (wants_admin && admin_addr.is_none()) {
+        while addr.is_none() || http.is_none() || (wants_admin && admin_addr.is_none()) {
             let line = tokio::time::timeout_at(deadline.into(), lines.recv())
                 .await
                 .unwrap_or_else(|_| panic!("the daemon starts within {START_TIMEOUT_S} s"))
@@ -76,12 +79,16 @@ impl Daemon {
             if let Some(rest) = line.strip_prefix("admin on http://") {
                 admin_addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
             }
+            if let Some(rest) = line.strip_prefix("http on http://") {
+                http = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+            }
             startup.push(line);
         }
         Daemon {
             child,
             addr: addr.unwrap(),
             admin: admin_addr,
+            http: http.unwrap(),
             cert: dir.join("cert.pem"),
             lines,
             log,

@@ -48,8 +48,12 @@ struct Cli {
     log_json: bool,
     /// Admin HTTP address (metrics, health, policy reload), or "off";
     /// overrides the config's `admin.listen`.
-    #[arg(long, global = true, value_parser = parse_admin)]
-    admin: Option<AdminListen>,
+    #[arg(long, global = true, value_parser = parse_listen)]
+    admin: Option<Listen>,
+    /// HTTP/JSON gateway address, or "off"; overrides the config's
+    /// `http.listen` (on at 127.0.0.1:8080 in the embedded config).
+    #[arg(long, global = true, value_parser = parse_listen)]
+    http: Option<Listen>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -147,11 +151,12 @@ enum Command {
     },
 }
 
+/// An address to listen on, or "off".
 #[derive(Clone)]
-struct AdminListen(Option<std::net::SocketAddr>);
+struct Listen(Option<std::net::SocketAddr>);
 
-fn parse_admin(text: &str) -> Result<AdminListen, omniroute::config::BadAdminListen> {
-    omniroute::config::parse_admin_listen(text).map(AdminListen)
+fn parse_listen(text: &str) -> Result<Listen, omniroute::config::BadListen> {
+    omniroute::config::parse_listen(text).map(Listen)
 }
 
 /// The config and, when it came from a file, that file as read.
@@ -258,6 +263,12 @@ async fn serve(config: ValidConfig, source: Option<ConfigSource>) -> Result<(), 
         println!(
             "admin on http://{} (/metrics /healthz /readyz, POST /policy/reload)",
             admin.addr
+        );
+    }
+    if let Some(http) = &daemon.http {
+        println!(
+            "http on http://{} (JSON under /v1/, docs/openapi.json)",
+            http.addr
         );
     }
     println!(
@@ -549,8 +560,11 @@ fn main() -> ExitCode {
             if let Some(listen) = cli.listen {
                 config.server.listen = listen;
             }
-            if let Some(AdminListen(admin)) = cli.admin {
+            if let Some(Listen(admin)) = cli.admin {
                 config.admin = admin;
+            }
+            if let Some(Listen(http)) = cli.http {
+                config.http = http;
             }
             (config, source)
         }) {

@@ -1,0 +1,110 @@
+//! The HTTP/JSON gateway, for integrations that cannot speak QUIC: the
+//! same requests under `/v1/`, the same tokens (as `Authorization: Bearer`),
+//! roles, limits, codes and messages, answered by the same code as the
+//! QUIC session ([`crate::server::requests`]). `docs/openapi.json`
+//! describes every route.
+//!
+//! `body.rs` reads and checks JSON bodies and queries, `reply.rs` writes
+//! answers as JSON, `routes.rs` has the routes, `events.rs` a channel's
+//! order statuses as Server-Sent Events.
+
+mod body;
+mod events;
+mod reply;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::server::Tokens;
+
+/// Largest request body: a QUIC frame's bound, so that both ingresses take
+/// the same requests (a stock feed of thousands of entries fits).
+pub const MAX_HTTP_BODY_BYTES: usize = omniroute_protocol::MAX_FRAME_BYTES;
+
+/// What every route reads.
+#[derive(Clone)]
+pub struct App {
+    engine: Engine,
+    tokens: Arc<Tokens>,
+    /// Cancelled at shutdown: open event streams end.
+    stop: CancellationToken,
+}
+
+/// The gateway's port cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for HTTP on {addr}: {message}")]
+pub struct HttpError {
+    pub addr: SocketAddr,
+    pub message: String,
+}
+
+pub struct RunningHttp {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningHttp {
+    /// Ends the event streams, lets requests under way finish, and stops.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/v1/orders", post(routes::submit))
+        .route("/v1/orders/{channel}/{id}", get(routes::get_order))
+        .route("/v1/orders/{channel}/{id}/confirm", post(routes::confirm))
+        .route("/v1/orders/{channel}/{id}/cancel", post(routes::cancel))
+        .route("/v1/channels/{channel}/orders", get(routes::list))
+        .route("/v1/channels/{channel}/events", get(events::follow))
+        .route("/v1/availability/{sku}", get(routes::availability))
+        .route("/v1/stock/set", post(routes::stock_set))
+        .route("/v1/stock/adjust", post(routes::stock_adjust))
+        .route("/v1/nodes/{node}/ship", post(routes::ship))
+        .route("/v1/nodes/{node}/return", post(routes::take_back))
+        .route("/v1/nodes/{node}/reject", post(routes::reject))
+        .route("/v1/nodes/{node}/online", post(routes::online))
+        .fallback(routes::no_route)
+        .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
+        .with_state(app)
+}
+
+/// Binds `addr` and serves the gateway on `engine`, with `tokens`.
+pub async fn start(
+    engine: Engine,
+    tokens: Arc<Tokens>,
+    addr: SocketAddr,
+) -> Result<RunningHttp, HttpError> {
+    let failed = |e: std::io::Error| HttpError {
+        addr,
+        message: e.to_string(),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    let stop = CancellationToken::new();
+    let app = App {
+        engine,
+        tokens,
+        stop: stop.clone(),
+    };
+    let shutdown = stop.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router(app))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("the HTTP gateway stopped: {e}");
+        }
+    });
+    Ok(RunningHttp { addr, stop, task })
+}

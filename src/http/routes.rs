@@ -1,0 +1,212 @@
+//! The gateway's routes: each reads its token and body, builds the request
+//! QUIC would carry, and has it answered by the same code
+//! ([`crate::server::requests::answer`]).
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::Json;
+use omniroute_protocol::{ErrorCode, Request};
+use serde_json::Value;
+
+use super::body::{
+    order_key, AdjustEntry, AvailabilityQuery, BadField, ListQuery, OnlineBody, RejectBody,
+    SetEntry, StockBody, SubmitBody, UnitsBody, UnitsOp,
+};
+use super::reply::{error, reply};
+use super::App;
+use crate::server::requests::answer;
+use crate::server::Role;
+
+/// A status and a JSON body: every route's answer, success or not.
+pub type Reply = (StatusCode, Json<Value>);
+
+pub fn refuse(code: ErrorCode, message: &str) -> Reply {
+    let (status, body) = error(code as u16, message);
+    (status, Json(body))
+}
+
+fn bad_field(error: BadField) -> Reply {
+    refuse(ErrorCode::Malformed, &error.to_string())
+}
+
+/// The role of the request's `Authorization: Bearer TOKEN`.
+pub fn role(app: &App, headers: &HeaderMap) -> Result<Role, Reply> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            refuse(
+                ErrorCode::NotAuthenticated,
+                "send the header Authorization: Bearer TOKEN",
+            )
+        })?;
+    app.tokens
+        .role(token.trim())
+        .ok_or_else(|| refuse(ErrorCode::BadToken, "unknown token"))
+}
+
+/// A JSON body, or the protocol's error for it: `TooLarge` past the body
+/// limit, else `Malformed` naming the field serde stopped at.
+fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Reply> {
+    body.map(|Json(value)| value).map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let message = format!("the body is over {} bytes", super::MAX_HTTP_BODY_BYTES);
+            refuse(ErrorCode::TooLarge, &message)
+        } else {
+            refuse(ErrorCode::Malformed, &rejection.body_text())
+        }
+    })
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Reply> {
+    query
+        .map(|Query(value)| value)
+        .map_err(|rejection| refuse(ErrorCode::Malformed, &rejection.body_text()))
+}
+
+/// Answers `request` as the caller's role.
+async fn respond(app: &App, headers: &HeaderMap, request: Result<Request, Reply>) -> Reply {
+    let role = match role(app, headers) {
+        Ok(role) => role,
+        Err(refused) => return refused,
+    };
+    match request {
+        Ok(request) => {
+            let (status, body) = reply(answer(&app.engine, &role, request).await);
+            (status, Json(body))
+        }
+        Err(refused) => refused,
+    }
+}
+
+pub async fn submit(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<SubmitBody>, JsonRejection>,
+) -> Reply {
+    let request = json(body).and_then(|b| b.request().map_err(bad_field));
+    respond(&app, &headers, request).await
+}
+
+pub async fn get_order(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((channel, id)): Path<(String, String)>,
+) -> Reply {
+    let request = order_key(channel, id)
+        .map(Request::GetOrder)
+        .map_err(bad_field);
+    respond(&app, &headers, request).await
+}
+
+pub async fn confirm(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((channel, id)): Path<(String, String)>,
+) -> Reply {
+    let request = order_key(channel, id)
+        .map(Request::Confirm)
+        .map_err(bad_field);
+    respond(&app, &headers, request).await
+}
+
+pub async fn cancel(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((channel, id)): Path<(String, String)>,
+) -> Reply {
+    let request = order_key(channel, id)
+        .map(Request::Cancel)
+        .map_err(bad_field);
+    respond(&app, &headers, request).await
+}
+
+pub async fn list(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Reply {
+    let request = query(q).and_then(|q| q.request(channel).map_err(bad_field));
+    respond(&app, &headers, request).await
+}
+
+pub async fn availability(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(sku): Path<String>,
+    q: Result<Query<AvailabilityQuery>, QueryRejection>,
+) -> Reply {
+    let request = query(q).and_then(|q| q.request(sku).map_err(bad_field));
+    respond(&app, &headers, request).await
+}
+
+pub async fn stock_set(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<StockBody<SetEntry>>, JsonRejection>,
+) -> Reply {
+    let request = json(body).and_then(|b| b.request().map_err(bad_field));
+    respond(&app, &headers, request).await
+}
+
+pub async fn stock_adjust(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<StockBody<AdjustEntry>>, JsonRejection>,
+) -> Reply {
+    let request = json(body).and_then(|b| b.request().map_err(bad_field));
+    respond(&app, &headers, request).await
+}
+
+pub async fn ship(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    body: Result<Json<UnitsBody>, JsonRejection>,
+) -> Reply {
+    let request = json(body).and_then(|b| b.request(node, UnitsOp::Ship).map_err(bad_field));
+    respond(&app, &headers, request).await
+}
+
+pub async fn take_back(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    body: Result<Json<UnitsBody>, JsonRejection>,
+) -> Reply {
+    let request = json(body).and_then(|b| b.request(node, UnitsOp::Return).map_err(bad_field));
+    respond(&app, &headers, request).await
+}
+
+pub async fn reject(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    body: Result<Json<RejectBody>, JsonRejection>,
+) -> Reply {
+    let request = json(body).and_then(|b| b.request(node).map_err(bad_field));
+    respond(&app, &headers, request).await
+}
+
+pub async fn online(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    body: Result<Json<OnlineBody>, JsonRejection>,
+) -> Reply {
+    let request = json(body).map(|b| Request::SetNodeOnline {
+        node,
+        online: b.online,
+    });
+    respond(&app, &headers, request).await
+}
+
+/// Any other path: a JSON 404 that says where the routes are listed.
+pub async fn no_route(method: Method, uri: Uri) -> Reply {
+    let message = format!("no route {method} {uri}; docs/openapi.json lists them");
+    let (_, body) = error(ErrorCode::UnknownKind as u16, &message);
+    (StatusCode::NOT_FOUND, Json(body))
+}
