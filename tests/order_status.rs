@@ -17,25 +17,6 @@ use omniroute_client::{Client, ClientError, OrderKey, OrderQuery, OrderStatus, S
 /// stream as caught up.
 const QUIET_MS: u64 = 1500;
 
-/// Writes the fixture network, channels web and c (nearest first) and
-/// web's stock, with the test tokens, as a config file in `dir`.
-fn config_file(dir: &TempDir) -> std::path::PathBuf {
-    let path = dir.0.join("omniroute.toml");
-    let text = format!(
-        "{NODES}\n{}{}{}{}",
-        server_section(&dir.0.join("data")),
-        channel("web", &["nearest"]),
-        channel("c", &["nearest"]),
-        stock(&[
-            ("SKU-1", "ST-1", 4),
-            ("SKU-1", "WH-N", 6),
-            ("SKU-1", "WH-S", 20)
-        ])
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn key(id: &str) -> OrderKey {
     OrderKey {
         channel: "web".into(),
@@ -91,7 +72,7 @@ async fn a_channel_sees_every_change_once_across_a_reconnect_and_a_restart() {
     // cancel) exactly once, with gapless cursors, to a follower that disconnects and
     // resumes from its last cursor, and that a restart keeps the same cursors.
     let dir = TempDir::new("order-status");
-    let config = config_file(&dir);
+    let config = web_config_file(&dir);
     let data = dir.0.join("data");
     let mut daemon = Daemon::start(&data, Some(&config), "off").await;
     let admin = daemon.client(ADMIN_TOKEN).await;
@@ -215,7 +196,7 @@ async fn pages_list_every_order_once_and_filters_hold() {
     // order, that state and node filters hold on every page, and that a bad limit, an
     // unknown channel, a node or another channel's token get clear errors.
     let dir = TempDir::new("order-list");
-    let config = config_file(&dir);
+    let config = web_config_file(&dir);
     let mut daemon = Daemon::start(&dir.0.join("data"), Some(&config), "off").await;
     let admin = daemon.client(ADMIN_TOKEN).await;
     submit_eight(&admin).await;

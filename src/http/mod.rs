@@ -59,6 +59,25 @@ impl RunningHttp {
     }
 }
 
+/// Every route, as `docs/openapi.json` must list it (its test checks both
+/// that list and the live server against this one). Keep in step with
+/// [`router`].
+pub const ROUTES: [(&str, &str); 13] = [
+    ("post", "/v1/orders"),
+    ("get", "/v1/orders/{channel}/{id}"),
+    ("post", "/v1/orders/{channel}/{id}/confirm"),
+    ("post", "/v1/orders/{channel}/{id}/cancel"),
+    ("get", "/v1/channels/{channel}/orders"),
+    ("get", "/v1/channels/{channel}/events"),
+    ("get", "/v1/availability/{sku}"),
+    ("post", "/v1/stock/set"),
+    ("post", "/v1/stock/adjust"),
+    ("post", "/v1/nodes/{node}/ship"),
+    ("post", "/v1/nodes/{node}/return"),
+    ("post", "/v1/nodes/{node}/reject"),
+    ("post", "/v1/nodes/{node}/online"),
+];
+
 fn router(app: App) -> Router {
     Router::new()
         .route("/v1/orders", post(routes::submit))
@@ -76,6 +95,7 @@ fn router(app: App) -> Router {
         .route("/v1/nodes/{node}/online", post(routes::online))
         .fallback(routes::no_route)
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
+        .layer(axum::middleware::from_fn(routes::declared_length))
         .with_state(app)
 }
 

@@ -204,6 +204,32 @@ pub async fn online(
     respond(&app, &headers, request).await
 }
 
+/// Refuses a body whose declared length is over the limit before reading
+/// any of it: a client that sent `Expect: 100-continue` (curl does, for
+/// large bodies) then sends nothing, and none gets a reset mid-upload.
+/// Bodies without a length are cut at the limit as they are read.
+pub async fn declared_length(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(length) if length > super::MAX_HTTP_BODY_BYTES => {
+            let message = format!(
+                "the body's {length} bytes are over {}",
+                super::MAX_HTTP_BODY_BYTES
+            );
+            refuse(ErrorCode::TooLarge, &message).into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
 /// Any other path: a JSON 404 that says where the routes are listed.
 pub async fn no_route(method: Method, uri: Uri) -> Reply {
     let message = format!("no route {method} {uri}; docs/openapi.json lists them");

@@ -184,6 +184,26 @@ pub fn server_section(data_dir: &std::path::Path) -> String {
     )
 }
 
+/// Writes the fixture network, channels web and c (nearest first) and
+/// web's stock, with the test tokens, as a config file in `dir` (for the
+/// daemon binary, whose data directory is `dir/data`).
+pub fn web_config_file(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.0.join("omniroute.toml");
+    let text = format!(
+        "{NODES}\n{}{}{}{}",
+        server_section(&dir.0.join("data")),
+        channel("web", &["nearest"]),
+        channel("c", &["nearest"]),
+        stock(&[
+            ("SKU-1", "ST-1", 4),
+            ("SKU-1", "WH-N", 6),
+            ("SKU-1", "WH-S", 20)
+        ])
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A fresh directory under the system temp dir, removed by the caller's
 /// `TempDir` guard.
 pub struct TempDir(pub std::path::PathBuf);
