@@ -1,51 +1,92 @@
-//! The Python client, written from docs/PROTOCOL.md alone, against the real
-//! server over loopback.
+//! The Python client package (`clients/python`) against the real server
+//! over loopback: its own test suite, and the example that uses it.
 
 mod common;
 
+use std::process::Output;
+
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_client_routes_and_checks_orders() {
-    // Proves a client in another language, built only from the protocol document,
-    // pipelines orders on one stream and reads back answers the server got right.
-    let dir = TempDir::new("python");
+/// The test network: channels c and web, SKU-1 deep at WH-N.
+async fn server(dir: &TempDir) -> (omniroute::engine::Engine, omniroute::server::RunningServer) {
     let text = format!(
         "{}{}{}",
         channel("c", &["nearest"]),
         channel("web", &["nearest"]),
         stock(&[("SKU-1", "WH-N", 100_000)])
     );
-    let (engine, server) = quic_server(&text, &dir).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_client.py");
+    quic_server(&text, dir).await
+}
+
+/// Runs python3 with `args`, the package importable from the source tree
+/// (CI also installs it with pip), and the server's address, certificate
+/// and tokens in `OMNIROUTE_*` variables.
+async fn python(server: &omniroute::server::RunningServer, args: Vec<String>) -> Output {
+    let package = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
     let (port, ca) = (
         server.addr.port().to_string(),
         server.cert_path.display().to_string(),
     );
-    let output = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
-            .args([
-                script,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port,
-                "--ca",
-                &ca,
-                "--token",
-                CHANNEL_C_TOKEN,
-                "--channel",
-                "c",
-                "--sku",
-                "SKU-1",
-                "--orders",
-                "300",
-            ])
+            .args(&args)
+            .env("PYTHONPATH", package)
+            .env("OMNIROUTE_PORT", &port)
+            .env("OMNIROUTE_CA", &ca)
+            .env("OMNIROUTE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("OMNIROUTE_WEB_TOKEN", CHANNEL_WEB_TOKEN)
+            .env("OMNIROUTE_C_TOKEN", CHANNEL_C_TOKEN)
             .output()
-            .expect("python3 runs (apt-get install python3; pip install aioquic)")
+            .expect("python3 runs (apt-get install python3; pip install ./clients/python)")
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_package_passes_its_tests_against_the_daemon() {
+    // Proves the Python client covers the protocol: its unittest suite (pipelined submits,
+    // rejections and refusals, the order lifecycle, stock and availability, node and channel
+    // feeds with resume, listing pages) passes against the real server.
+    let dir = TempDir::new("python-tests");
+    let (_engine, server) = server(&dir).await;
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/tests");
+    let args = ["-m", "unittest", "discover", "-v", "-s", tests];
+    let output = python(&server, args.map(String::from).to_vec()).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "python tests failed:\n{stderr}");
+    assert!(
+        stderr.contains("Ran 7 tests") && stderr.contains("OK"),
+        "{stderr}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_routes_and_checks_orders() {
+    // Proves examples/python_client.py, a short use of the package, pipelines orders on one
+    // connection and reads back answers the server got right.
+    let dir = TempDir::new("python-example");
+    let (engine, server) = server(&dir).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_client.py");
+    let args = [
+        script,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &server.addr.port().to_string(),
+        "--ca",
+        &server.cert_path.display().to_string(),
+        "--token",
+        CHANNEL_C_TOKEN,
+        "--channel",
+        "c",
+        "--sku",
+        "SKU-1",
+        "--orders",
+        "300",
+    ];
+    let output = python(&server, args.map(String::from).to_vec()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
