@@ -188,7 +188,9 @@ async fn no_daemon_fails_in_seconds_and_a_missing_ca_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_may_follow_the_stock_entries() {
     // Proves `stock adjust SKU@NODE=+5 --token X` (options after the entries, and a minus
-    // adjustment) is read as meant: the entries were taking every later word as an entry.
+    // adjustment) is read as meant: the entries were taking every later word as an entry;
+    // that `stock set --safety-stock` sets it, and that a daemon-only option given to a
+    // client command is a usage error (2) naming it.
     let dir = TempDir::new("cli-order");
     let (engine, server) = server_with(&dir, 10).await;
     let (addr, ca) = (
@@ -212,6 +214,41 @@ async fn options_may_follow_the_stock_entries() {
         assert_eq!(adjusted.status.code(), Some(0), "{entry}: {stderr}");
     }
     assert_eq!(engine.cell("SKU-1", "WH-N").await.unwrap().on_hand, 13);
+    // A count with a safety stock: `stock set ... --safety-stock N`.
+    let args = [
+        "stock",
+        "set",
+        "SKU-1@WH-N=20",
+        "--safety-stock",
+        "4",
+        "--token",
+        ADMIN_TOKEN,
+        "--addr",
+        &addr,
+        "--ca",
+        &ca,
+    ];
+    let set = omniroute(args.map(String::from).to_vec()).await;
+    assert_eq!(
+        set.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let cell = engine.cell("SKU-1", "WH-N").await.unwrap();
+    assert_eq!((cell.on_hand, cell.safety_stock), (20, 4));
+    // A daemon option on a client command is a usage error, not ignored.
+    for misplaced in [["--data-dir", "elsewhere"], ["--listen", "127.0.0.1:1"]] {
+        let mut args: Vec<String> = ["order", "get", "--channel", "c", "--id", "x"]
+            .map(String::from)
+            .to_vec();
+        args.extend(misplaced.map(String::from));
+        args.extend(["--token", ADMIN_TOKEN, "--addr", &addr, "--ca", &ca].map(String::from));
+        let refused = omniroute(args).await;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{misplaced:?}: {stderr}");
+        assert!(stderr.contains(misplaced[0]), "{stderr}");
+    }
     server.shutdown().await;
 }
 

@@ -47,46 +47,42 @@ pub struct ConnectArgs {
 pub enum OrderCommand {
     /// Route an order: `--line SKU:QTY` (repeat), `--ship-to LAT,LON`.
     Submit {
+        /// Sales channel (its routing policy applies).
         #[arg(long)]
         channel: String,
         /// Client order id (the idempotency key); generated when absent.
         #[arg(long)]
         id: Option<String>,
+        /// A line, `SKU:QTY`; repeat for more lines (numbered from 0 in
+        /// the answer, as the protocol numbers them).
         #[arg(long = "line", required = true, value_parser = parse_line)]
         lines: Vec<(String, u32)>,
+        /// Where the order goes, `LAT,LON` in degrees.
         #[arg(long, value_parser = parse_point)]
         ship_to: (f64, f64),
+        /// Market the order belongs to (a policy's same_market rule uses it).
         #[arg(long)]
         market: Option<String>,
         /// Pickup at this store instead of shipping.
         #[arg(long, conflicts_with = "same_day")]
         pickup: Option<String>,
+        /// Same-day delivery (nodes with the same_day capability).
         #[arg(long)]
         same_day: bool,
+        /// How long the units are held unconfirmed (default: the channel's).
         #[arg(long)]
         ttl_ms: Option<u32>,
     },
-    Confirm {
-        #[arg(long)]
-        channel: String,
-        #[arg(long)]
-        id: String,
-    },
-    Cancel {
-        #[arg(long)]
-        channel: String,
-        #[arg(long)]
-        id: String,
-    },
-    Get {
-        #[arg(long)]
-        channel: String,
-        #[arg(long)]
-        id: String,
-    },
+    /// Make an order's hold firm: it no longer expires.
+    Confirm(OrderRef),
+    /// Cancel an open order; its units go back on sale.
+    Cancel(OrderRef),
+    /// Print an order: its state and where each line's units are.
+    Get(OrderRef),
     /// Print every change of a channel's orders as it happens (routed,
     /// confirmed, shipped, re-routed, ...), from a cursor, until Ctrl-C.
     Follow {
+        /// The channel whose orders to follow.
         #[arg(long)]
         channel: String,
         /// Cursor to resume from: the last one printed + 1 (0: the oldest
@@ -96,6 +92,7 @@ pub enum OrderCommand {
     },
     /// List a channel's orders, in order id order, a page at a time.
     List {
+        /// The channel whose orders to list.
         #[arg(long)]
         channel: String,
         /// Only orders in this state.
@@ -114,6 +111,17 @@ pub enum OrderCommand {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// An order by its key.
+#[derive(Args, Debug)]
+pub struct OrderRef {
+    /// The order's sales channel.
+    #[arg(long)]
+    pub channel: String,
+    /// The client order id it was submitted with.
+    #[arg(long)]
+    pub id: String,
 }
 
 /// The state names `order list --state` takes, and their wire codes.
@@ -158,11 +166,17 @@ async fn until_ctrl_c(
 pub enum StockCommand {
     /// Set on-hand counts: `SKU@NODE=UNITS` ...
     Set {
+        /// Cells and their counts, `SKU@NODE=UNITS`.
         #[arg(required = true, value_parser = parse_stock)]
         entries: Vec<(String, String, i64)>,
+        /// Units of each cell kept back from sale (the safety stock); the
+        /// cells' own stay as they are without it.
+        #[arg(long)]
+        safety_stock: Option<u32>,
     },
     /// Adjust on-hand counts: `SKU@NODE=+UNITS` or `=-UNITS` ...
     Adjust {
+        /// Cells and their changes, `SKU@NODE=+UNITS` or `SKU@NODE=-UNITS`.
         #[arg(required = true, value_parser = parse_stock)]
         entries: Vec<(String, String, i64)>,
     },
@@ -172,13 +186,14 @@ pub enum StockCommand {
 /// return` move.
 #[derive(Args, Debug)]
 pub struct OrderUnits {
+    /// The node the units are at.
     node: String,
-    #[arg(long)]
-    channel: String,
-    #[arg(long)]
-    id: String,
+    #[command(flatten)]
+    order: OrderRef,
+    /// The SKU of the units.
     #[arg(long)]
     sku: String,
+    /// How many units.
     #[arg(long)]
     qty: u32,
 }
@@ -192,21 +207,29 @@ pub enum NodeCommand {
     Return(OrderUnits),
     /// Refuse an allocation; `--count SKU=UNITS` reports the true shelf count.
     Reject {
+        /// The node refusing.
         node: String,
-        #[arg(long)]
-        channel: String,
-        #[arg(long)]
-        id: String,
+        #[command(flatten)]
+        order: OrderRef,
+        /// The shelf count the node found, `SKU=UNITS`; repeat for more.
         #[arg(long = "count", value_parser = parse_count)]
         counts: Vec<(String, u32)>,
     },
     /// Take orders at this node again.
-    Online { node: String },
+    Online {
+        /// The node.
+        node: String,
+    },
     /// Stop taking orders at this node; its open allocations re-route.
-    Offline { node: String },
+    Offline {
+        /// The node.
+        node: String,
+    },
     /// Print the node's allocation events from a cursor on (Ctrl-C stops).
     Subscribe {
+        /// The node.
         node: String,
+        /// Cursor to resume from: the last one printed + 1 (0: the oldest kept).
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
@@ -457,19 +480,19 @@ async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError
                 return Err(CliError::Rejected);
             }
         }
-        OrderCommand::Confirm { channel, id } => print_order(
+        OrderCommand::Confirm(OrderRef { channel, id }) => print_order(
             &client
                 .confirm(key(&channel, &id))
                 .await
                 .map_err(|e| e.to_string())?,
         ),
-        OrderCommand::Cancel { channel, id } => print_order(
+        OrderCommand::Cancel(OrderRef { channel, id }) => print_order(
             &client
                 .cancel(key(&channel, &id))
                 .await
                 .map_err(|e| e.to_string())?,
         ),
-        OrderCommand::Get { channel, id } => print_order(
+        OrderCommand::Get(OrderRef { channel, id }) => print_order(
             &client
                 .get_order(key(&channel, &id))
                 .await
@@ -559,7 +582,10 @@ pub async fn stock(args: &ConnectArgs, command: StockCommand) -> Result<(), CliE
 
 async fn stock_on(client: &Client, command: StockCommand) -> Result<(), CliError> {
     let (applied, bumped, errors) = match command {
-        StockCommand::Set { entries } => {
+        StockCommand::Set {
+            entries,
+            safety_stock,
+        } => {
             let entries = entries
                 .into_iter()
                 .map(|(sku, node, units)| {
@@ -568,7 +594,7 @@ async fn stock_on(client: &Client, command: StockCommand) -> Result<(), CliError
                         node,
                         on_hand: u32::try_from(units)
                             .map_err(|_| format!("{units} is not a count"))?,
-                        safety_stock: None,
+                        safety_stock,
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
@@ -632,24 +658,23 @@ async fn node_on(client: &Client, command: NodeCommand) -> Result<(), CliError> 
     match command {
         NodeCommand::Ship(u) => print_order(
             &client
-                .node_ship(&u.node, key(&u.channel, &u.id), &u.sku, u.qty)
+                .node_ship(&u.node, key(&u.order.channel, &u.order.id), &u.sku, u.qty)
                 .await
                 .map_err(|e| e.to_string())?,
         ),
         NodeCommand::Return(u) => print_order(
             &client
-                .return_units(&u.node, key(&u.channel, &u.id), &u.sku, u.qty)
+                .return_units(&u.node, key(&u.order.channel, &u.order.id), &u.sku, u.qty)
                 .await
                 .map_err(|e| e.to_string())?,
         ),
         NodeCommand::Reject {
             node,
-            channel,
-            id,
+            order,
             counts,
         } => print_order(
             &client
-                .node_reject(&node, key(&channel, &id), counts)
+                .node_reject(&node, key(&order.channel, &order.id), counts)
                 .await
                 .map_err(|e| e.to_string())?,
         ),

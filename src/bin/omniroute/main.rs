@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use omniroute::config::{Config, ConfigSource, ValidConfig};
 use omniroute::core::model::{Decision, NodeKind};
 use omniroute::engine::{Engine, StockUpdate, SystemClock};
@@ -33,35 +33,68 @@ fn return_freed_memory() {
     about = "Omnichannel order routing and atomic stock reservation"
 )]
 struct Cli {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Options of the commands that run on a config (serve, check-config,
+/// replay, demo): before the command or after it. The client commands
+/// talk to a running daemon and take none of them.
+#[derive(Args, Clone, Default)]
+struct DaemonArgs {
     /// Config file (TOML). Without it, the embedded default with its sample network.
-    #[arg(long, global = true)]
+    #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory (journal, snapshots, certificate); overrides the config's.
-    #[arg(long, global = true)]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// QUIC listen address; overrides the config's.
-    #[arg(long, global = true)]
+    #[arg(long)]
     listen: Option<std::net::SocketAddr>,
     /// Log JSON lines (one object per event) instead of human text;
     /// overrides the config's `log.format`.
-    #[arg(long, global = true)]
+    #[arg(long)]
     log_json: bool,
     /// Admin HTTP address (metrics, health, policy reload), or "off";
     /// overrides the config's `admin.listen`.
-    #[arg(long, global = true, value_parser = parse_listen)]
+    #[arg(long, value_parser = parse_listen)]
     admin: Option<Listen>,
     /// HTTP/JSON gateway address, or "off"; overrides the config's
     /// `http.listen` (on at 127.0.0.1:8080 in the embedded config).
-    #[arg(long, global = true, value_parser = parse_listen)]
+    #[arg(long, value_parser = parse_listen)]
     http: Option<Listen>,
-    #[command(subcommand)]
-    command: Option<Command>,
+}
+
+impl DaemonArgs {
+    /// These options, each given after the command winning over the same
+    /// one given before it.
+    fn then(self, after: DaemonArgs) -> DaemonArgs {
+        DaemonArgs {
+            config: after.config.or(self.config),
+            data_dir: after.data_dir.or(self.data_dir),
+            listen: after.listen.or(self.listen),
+            log_json: after.log_json || self.log_json,
+            admin: after.admin.or(self.admin),
+            http: after.http.or(self.http),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.config.is_some()
+            || self.data_dir.is_some()
+            || self.listen.is_some()
+            || self.log_json
+            || self.admin.is_some()
+            || self.http.is_some()
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon (the default).
-    Serve,
+    Serve(DaemonArgs),
     /// Submit, confirm, cancel or read an order on a running daemon.
     Order {
         #[command(flatten)]
@@ -78,11 +111,15 @@ enum Command {
     },
     /// Where a SKU is available, or the nearest nodes that have it.
     Availability {
+        /// The SKU.
         sku: String,
+        /// List the nodes nearest this point, `LAT,LON`, instead of every node.
         #[arg(long, value_parser = cli::parse_point)]
         near: Option<(f64, f64)>,
+        /// With --near: how many nodes.
         #[arg(long, default_value_t = 5)]
         count: u16,
+        /// With --near: only nodes with at least this many units.
         #[arg(long, default_value_t = 1)]
         min_qty: u32,
         #[command(flatten)]
@@ -96,12 +133,14 @@ enum Command {
         command: cli::NodeCommand,
     },
     /// Validate a config and say what it holds.
-    CheckConfig,
+    CheckConfig(DaemonArgs),
     /// Build a data directory with this many cells and reservations,
     /// snapshot it, and time a cold restart in a fresh process.
     BenchRestart {
+        /// Stock cells (SKU at node) to build.
         #[arg(long, default_value_t = 10_000_000)]
         cells: u64,
+        /// Open reservations (orders) to build.
         #[arg(long, default_value_t = 1_000_000)]
         reservations: u64,
         /// Build here and keep it, instead of a temporary directory.
@@ -128,6 +167,8 @@ enum Command {
     /// policies, offline, and compare (needs journal.keep_segments = true
     /// while the journal was recorded). --config is the recorded network.
     Replay {
+        #[command(flatten)]
+        daemon: DaemonArgs,
         /// Policy file: [channels.NAME] tables (a whole config file will do).
         #[arg(long)]
         policy: PathBuf,
@@ -142,6 +183,8 @@ enum Command {
     },
     /// Route sample orders against the config's network and print what happened.
     Demo {
+        #[command(flatten)]
+        daemon: DaemonArgs,
         /// Orders to route.
         #[arg(long, default_value_t = 100_000)]
         orders: usize,
@@ -517,25 +560,17 @@ fn main() -> ExitCode {
     let _faults = fail::FailScenario::setup();
     omniroute::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
-    if !matches!(cli.command, None | Some(Command::Serve)) {
+    let command = cli.command.unwrap_or(Command::Serve(DaemonArgs::default()));
+    if !matches!(command, Command::Serve(_)) {
         end_quietly_on_closed_stdout();
     }
-    if !matches!(
-        cli.command,
-        None | Some(Command::Serve)
-            | Some(Command::CheckConfig)
-            | Some(Command::Demo { .. })
-            | Some(Command::Replay { .. })
-    ) {
-        init_logs(CLIENT_LOG_LEVEL, cli.log_json);
-    }
+    let (before, command) = (cli.daemon, command);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let command = cli.command.unwrap_or(Command::Serve);
     // Client commands talk to a daemon and need no config of their own.
-    let command = match run_client_command(command, &runtime) {
+    let command = match run_client_command(command, &before, &runtime) {
         Ok(code) => return code,
         Err(other) => *other,
     };
@@ -553,44 +588,7 @@ fn main() -> ExitCode {
         Command::BenchRestartChild { dir, cells } => {
             runtime.block_on(bench_restart::child(&dir, cells))
         }
-        daemon_command => match load(cli.config.as_ref()).map(|(mut config, source)| {
-            if let Some(dir) = &cli.data_dir {
-                config.server.data_dir = dir.clone();
-            }
-            if let Some(listen) = cli.listen {
-                config.server.listen = listen;
-            }
-            if let Some(Listen(admin)) = cli.admin {
-                config.admin = admin;
-            }
-            if let Some(Listen(http)) = cli.http {
-                config.http = http;
-            }
-            (config, source)
-        }) {
-            Err(message) => {
-                eprintln!("omniroute: {message}");
-                return ExitCode::from(2);
-            }
-            Ok((config, source)) => {
-                init_logs(&config.log.level, cli.log_json || config.log.json);
-                match daemon_command {
-                    Command::CheckConfig => {
-                        println!("config is valid\n{}", describe(&config));
-                        Ok(())
-                    }
-                    Command::Demo { orders, lines } => {
-                        runtime.block_on(demo(config, orders, lines))
-                    }
-                    Command::Replay {
-                        policy,
-                        json,
-                        threads,
-                    } => replay(&config, &policy, json.as_deref(), threads),
-                    _ => runtime.block_on(serve(config, source)),
-                }
-            }
-        },
+        daemon_command => return run_daemon_command(daemon_command, before, &runtime),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -601,12 +599,93 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs a command on a config (serve, check-config, replay, demo) to its
+/// exit code, with the daemon options given before it and after it.
+fn run_daemon_command(
+    command: Command,
+    before: DaemonArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> ExitCode {
+    let (args, command) = match command {
+        Command::Serve(ref after) | Command::CheckConfig(ref after) => {
+            (before.then(after.clone()), command)
+        }
+        Command::Replay { ref daemon, .. } | Command::Demo { ref daemon, .. } => {
+            (before.then(daemon.clone()), command)
+        }
+        _ => unreachable!("the other commands ran before"),
+    };
+    let (config, source) = match load(args.config.as_ref()) {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("omniroute: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = with_overrides(config, &args);
+    init_logs(&config.log.level, args.log_json || config.log.json);
+    let result = match command {
+        Command::CheckConfig(_) => {
+            println!("config is valid\n{}", describe(&config));
+            Ok(())
+        }
+        Command::Demo { orders, lines, .. } => runtime.block_on(demo(config, orders, lines)),
+        Command::Replay {
+            policy,
+            json,
+            threads,
+            ..
+        } => replay(&config, &policy, json.as_deref(), threads),
+        _ => runtime.block_on(serve(config, source)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("omniroute: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config with what the command line overrides.
+fn with_overrides(mut config: ValidConfig, args: &DaemonArgs) -> ValidConfig {
+    if let Some(dir) = &args.data_dir {
+        config.server.data_dir = dir.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(Listen(admin)) = &args.admin {
+        config.admin = *admin;
+    }
+    if let Some(Listen(http)) = &args.http {
+        config.http = *http;
+    }
+    config
+}
+
 /// Runs a client command (order, stock, availability, node) to its exit
-/// code; any other command is handed back.
+/// code; any other command is handed back. Daemon options given before a
+/// client command are a usage error: they would be ignored.
 fn run_client_command(
     command: Command,
+    before: &DaemonArgs,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<ExitCode, Box<Command>> {
+    let is_client = matches!(
+        command,
+        Command::Order { .. }
+            | Command::Stock { .. }
+            | Command::Availability { .. }
+            | Command::Node { .. }
+    );
+    if is_client {
+        init_logs(CLIENT_LOG_LEVEL, false);
+        if before.any() {
+            eprintln!("omniroute: --config, --data-dir, --listen, --log-json, --admin and --http are options of the daemon (serve, check-config, replay, demo), not of a client command");
+            return Ok(ExitCode::from(cli::EXIT_USAGE));
+        }
+    }
     let result = match command {
         Command::Order { connect, command } => runtime.block_on(cli::order(&connect, command)),
         Command::Stock { connect, command } => runtime.block_on(cli::stock(&connect, command)),
