@@ -199,7 +199,7 @@ fn outcome_of(decision: &Decision) -> usize {
         Decision::Routed { .. } => 1,
         Decision::Rejected(reason) => match reason {
             RejectReason::Short { .. } => 2,
-            RejectReason::NoEligibleNode => 3,
+            RejectReason::NoEligibleNode { .. } => 3,
             RejectReason::TooManyShipments { .. } => 4,
             RejectReason::Invalid(_) => 5,
             RejectReason::DuplicateMismatch => 6,

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use omniroute::core::model::{Decision, FulfilmentMethod, NodeIdx, RejectReason};
+use omniroute::core::model::{Decision, FulfilmentMethod, LastFilter, NodeIdx, RejectReason};
 
 fn all_nodes(sku: &'static str, qty: u32) -> Vec<(&'static str, &'static str, u32)> {
     NODE_IDS.iter().map(|n| (sku, *n, qty)).collect()
@@ -228,7 +228,8 @@ fn a_rule_falls_back_when_the_preferred_node_lacks_units() {
 #[test]
 fn filters_remove_nodes_before_the_rules_rank() {
     // Proves the same_market and max_distance filters: market B's only node is WH-B, and
-    // a 50 km radius around the customer leaves only the stores.
+    // a 50 km radius around the customer leaves only the stores; and that an order no node
+    // can serve is told which filter removed the last one.
     let text = format!(
         "[channels.market]\nrules = [\"nearest\"]\n[channels.market.filters]\nsame_market = true\n\
          [channels.radius]\nrules = [\"node_priority\"]\n[channels.radius.filters]\nmax_distance_km = 50.0\n{}",
@@ -247,8 +248,82 @@ fn filters_remove_nodes_before_the_rules_rank() {
     far.ship_to.lat = 40.0;
     assert_eq!(
         engine.submit(far, 0),
-        Decision::Rejected(RejectReason::NoEligibleNode)
+        Decision::Rejected(RejectReason::NoEligibleNode {
+            filter: LastFilter::Distance
+        })
     );
+    // The answer names the filter that removed the last node.
+    let mut nowhere = order("market", "o-4", &[("SKU-1", 1)]);
+    nowhere.ship_to.market = None;
+    // Between market A's region and B's: no market follows from the point.
+    nowhere.ship_to.lon = 12.0;
+    let Decision::Rejected(reason) = engine.submit(nowhere, 0) else {
+        panic!("an order without a market passed same_market");
+    };
+    assert_eq!(
+        reason.to_string(),
+        "no eligible node: same_market: the order has no market; pass --market or a ship-to inside one"
+    );
+}
+
+#[test]
+fn the_market_follows_from_the_ship_to_point_when_one_region_holds_it() {
+    // Proves an order without a market takes the market whose nodes' region holds its
+    // ship-to point (A around the customer, B around WH-B), so same_market routes it there,
+    // and that a point in no region is told it has no market.
+    let text = format!(
+        "[channels.market]\nrules = [\"nearest\"]\n[channels.market.filters]\nsame_market = true\n{}",
+        stock(&all_nodes("SKU-1", 10))
+    );
+    let mut engine = local(&config(&text));
+    let mut in_a = order("market", "o-1", &[("SKU-1", 1)]);
+    in_a.ship_to.market = None;
+    assert_eq!(engine.submit(in_a, 0).allocations()[0].node, ST_1);
+    let mut in_b = order("market", "o-2", &[("SKU-1", 1)]);
+    in_b.ship_to = omniroute::core::model::ShipTo {
+        lat: 50.0,
+        lon: 14.1,
+        market: None,
+    };
+    assert_eq!(engine.submit(in_b, 0).allocations()[0].node, WH_B);
+    let mut between = order("market", "o-3", &[("SKU-1", 1)]);
+    between.ship_to.market = None;
+    between.ship_to.lon = 12.0;
+    assert_eq!(
+        engine.submit(between, 0),
+        Decision::Rejected(RejectReason::NoEligibleNode {
+            filter: LastFilter::NoMarket
+        })
+    );
+}
+
+#[test]
+fn a_pickup_store_must_offer_pickup() {
+    // Proves a pickup at a node without the pickup capability (a warehouse) is refused as
+    // invalid, naming why, and a pickup at a store is routed there.
+    let text = format!(
+        "{}{}",
+        channel("c", &["pickup_at_selected_store", "nearest"]),
+        stock(&all_nodes("SKU-1", 10))
+    );
+    let mut engine = local(&config(&text));
+    let mut at_warehouse = order("c", "o-1", &[("SKU-1", 1)]);
+    at_warehouse.method = FulfilmentMethod::Pickup {
+        store: "WH-N".into(),
+    };
+    let Decision::Rejected(reason) = engine.submit(at_warehouse, 0) else {
+        panic!("a warehouse took a pickup");
+    };
+    assert_eq!(
+        reason,
+        RejectReason::Invalid(omniroute::core::model::InvalidOrder::NotAPickupStore)
+    );
+    assert!(reason.to_string().contains("without the pickup capability"));
+    let mut at_store = order("c", "o-2", &[("SKU-1", 1)]);
+    at_store.method = FulfilmentMethod::Pickup {
+        store: "ST-2".into(),
+    };
+    assert_eq!(engine.submit(at_store, 0).allocations()[0].node, ST_2);
 }
 
 #[test]
@@ -270,7 +345,9 @@ fn same_day_needs_a_same_day_node_within_reach() {
     request.ship_to.lat = 52.0;
     assert_eq!(
         engine.submit(request, 0),
-        Decision::Rejected(RejectReason::NoEligibleNode)
+        Decision::Rejected(RejectReason::NoEligibleNode {
+            filter: LastFilter::Distance
+        })
     );
 }
 

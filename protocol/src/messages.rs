@@ -132,6 +132,8 @@ pub mod invalid_codes {
     pub const UNKNOWN_PICKUP_STORE: u16 = 9;
     pub const BAD_ORDER_ID: u16 = 10;
     pub const BAD_HOLD_TTL: u16 = 11;
+    /// The pickup store is a node without the pickup capability.
+    pub const NOT_A_PICKUP_STORE: u16 = 12;
 }
 
 /// Names an order: the channel and the client's id.

@@ -187,9 +187,10 @@ pub enum RejectReason {
     /// Some lines lack stock at eligible nodes (all-or-nothing policy).
     #[error("short: {} line(s) lack stock", lines.len())]
     Short { lines: Vec<ShortLine> },
-    /// No node passes the policy's filters for this order.
-    #[error("no eligible node for this order")]
-    NoEligibleNode,
+    /// No node passes the policy's filters for this order; `filter` is
+    /// the one that removed the last node.
+    #[error("no eligible node: {filter}")]
+    NoEligibleNode { filter: LastFilter },
     /// The order could not fit in the policy's maximum number of shipments.
     #[error("order needs more than {max_shipments} shipments")]
     TooManyShipments { max_shipments: u8 },
@@ -202,6 +203,54 @@ pub enum RejectReason {
     /// Stock kept moving under this order for every allowed attempt.
     #[error("contention: gave up after {attempts} hold attempts")]
     Contention { attempts: u32 },
+}
+
+/// The filter that removed the last node an order could use, in the order
+/// the planner applies them. Its place is the wire's NO_ELIGIBLE_NODE
+/// detail; `Unrecorded` (0) is what a rejection stored before the filter
+/// was recorded reads as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum LastFilter {
+    Unrecorded,
+    /// No node has the capability the method needs.
+    Capability,
+    /// Every node that could serve it rejected the order or went offline.
+    Excluded,
+    /// The pickup store cannot serve it, and the policy allows no other.
+    PickupStore,
+    /// `same_market`, and the order has no market.
+    NoMarket,
+    /// `same_market`, and no node of the order's market can serve it.
+    SameMarket,
+    /// Every node left is offline.
+    Offline,
+    /// `max_distance_km` (or, for same day, `same_day_max_km`).
+    Distance,
+}
+
+impl std::fmt::Display for LastFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LastFilter::Unrecorded => "no node passes the channel's filters",
+            LastFilter::Capability => {
+                "capabilities: no node offers the order's method (ship, pickup or same day)"
+            }
+            LastFilter::Excluded => {
+                "excluded: every node that could serve it rejected the order or went offline"
+            }
+            LastFilter::PickupStore => {
+                "pickup_alternatives: the pickup store cannot serve it and the policy allows no other store"
+            }
+            LastFilter::NoMarket => {
+                "same_market: the order has no market; pass --market or a ship-to inside one"
+            }
+            LastFilter::SameMarket => "same_market: no node in the order's market can serve it",
+            LastFilter::Offline => "online: every node that passes the filters is offline",
+            LastFilter::Distance => {
+                "max_distance_km: no node is within the policy's distance of the ship-to point"
+            }
+        })
+    }
 }
 
 /// Why an order is malformed. Each variant maps to one wire error code.
@@ -231,6 +280,8 @@ pub enum InvalidOrder {
     BadOrderId,
     #[error("hold ttl must be 1..=MAX_HOLD_TTL_MS")]
     BadHoldTtl,
+    #[error("the pickup store is a node without the pickup capability")]
+    NotAPickupStore,
 }
 
 /// Lifecycle state of an accepted order.
@@ -287,5 +338,45 @@ impl Decision {
         nodes.sort_unstable();
         nodes.dedup();
         nodes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `RejectReason` as it was before `NoEligibleNode` named its filter.
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    #[allow(dead_code)]
+    enum RejectReasonBefore {
+        Short { lines: Vec<ShortLine> },
+        NoEligibleNode,
+        TooManyShipments { max_shipments: u8 },
+        Invalid(InvalidOrder),
+        DuplicateMismatch,
+        Contention { attempts: u32 },
+    }
+
+    #[test]
+    fn a_rejection_stored_before_the_filter_was_named_still_reads() {
+        // Proves journaled rejections (demand records) written before NoEligibleNode carried
+        // its filter validate and read back, as the filter `Unrecorded`, and the others unchanged.
+        let old = [
+            RejectReasonBefore::NoEligibleNode,
+            RejectReasonBefore::Contention { attempts: 7 },
+            RejectReasonBefore::Invalid(InvalidOrder::TooManyLines(70)),
+        ];
+        let new = [
+            RejectReason::NoEligibleNode {
+                filter: LastFilter::Unrecorded,
+            },
+            RejectReason::Contention { attempts: 7 },
+            RejectReason::Invalid(InvalidOrder::TooManyLines(70)),
+        ];
+        for (old, new) in old.iter().zip(new) {
+            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(old).unwrap();
+            let read = rkyv::from_bytes::<RejectReason, rkyv::rancor::Error>(&bytes).unwrap();
+            assert_eq!(read, new);
+        }
     }
 }

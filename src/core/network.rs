@@ -3,6 +3,7 @@
 
 use rustc_hash::FxHashMap;
 
+use super::geo::GeoPoint;
 use super::model::{ChannelIdx, MarketIdx, Node, NodeIdx};
 use super::policy::Policy;
 use crate::schema::Names;
@@ -25,6 +26,64 @@ pub struct Network {
     node_by_id: FxHashMap<String, NodeIdx>,
     market_by_name: FxHashMap<String, MarketIdx>,
     channel_by_name: FxHashMap<String, ChannelIdx>,
+    /// Each market's region: its nodes' bounding box, widened by
+    /// `MARKET_MARGIN_KM` (see [`Network::market_at`]).
+    regions: Vec<Region>,
+}
+
+/// How far past its outermost nodes a market's region reaches: a customer
+/// in the suburbs beyond the last store still belongs to the market.
+pub const MARKET_MARGIN_KM: f64 = 50.0;
+
+/// Kilometres per degree of latitude (and of longitude at the equator).
+const KM_PER_DEGREE: f64 = 111.2;
+
+/// A latitude and longitude box, in degrees.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Region {
+    lat: (f64, f64),
+    lon: (f64, f64),
+}
+
+impl Region {
+    fn holds(&self, point: &GeoPoint) -> bool {
+        (self.lat.0..=self.lat.1).contains(&point.lat)
+            && (self.lon.0..=self.lon.1).contains(&point.lon)
+    }
+}
+
+/// Each market's nodes' box, widened by `MARKET_MARGIN_KM` (in longitude,
+/// at the box's edge nearest a pole, where a degree is shortest).
+fn regions(nodes: &[Node], markets: usize) -> Vec<Region> {
+    let mut boxes: Vec<Option<Region>> = vec![None; markets];
+    for node in nodes.iter().filter(|n| !n.retired) {
+        let (lat, lon) = (node.location.lat, node.location.lon);
+        let region = boxes[node.market as usize].get_or_insert(Region {
+            lat: (lat, lat),
+            lon: (lon, lon),
+        });
+        region.lat = (region.lat.0.min(lat), region.lat.1.max(lat));
+        region.lon = (region.lon.0.min(lon), region.lon.1.max(lon));
+    }
+    boxes
+        .into_iter()
+        .map(|region| {
+            let Some(r) = region else {
+                // A market without nodes has no region.
+                return Region {
+                    lat: (f64::NAN, f64::NAN),
+                    lon: (f64::NAN, f64::NAN),
+                };
+            };
+            let lat_margin = MARKET_MARGIN_KM / KM_PER_DEGREE;
+            let polar = r.lat.0.abs().max(r.lat.1.abs()).min(89.0).to_radians();
+            let lon_margin = MARKET_MARGIN_KM / (KM_PER_DEGREE * polar.cos());
+            Region {
+                lat: (r.lat.0 - lat_margin, r.lat.1 + lat_margin),
+                lon: (r.lon.0 - lon_margin, r.lon.1 + lon_margin),
+            }
+        })
+        .collect()
 }
 
 impl Network {
@@ -48,6 +107,7 @@ impl Network {
             .filter(|(_, c)| !c.retired)
             .map(|(i, c)| (c.name.clone(), i as ChannelIdx))
             .collect();
+        let regions = regions(&nodes, markets.len());
         Network {
             nodes,
             markets,
@@ -55,6 +115,23 @@ impl Network {
             node_by_id,
             market_by_name,
             channel_by_name,
+            regions,
+        }
+    }
+
+    /// The market an order without one belongs to, from its ship-to point:
+    /// the one market whose region (its nodes' bounding box, widened by
+    /// `MARKET_MARGIN_KM`) holds the point. None when no region or more
+    /// than one does: a border the network cannot settle.
+    pub fn market_at(&self, point: &GeoPoint) -> Option<MarketIdx> {
+        let mut holding = self
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(_, region)| region.holds(point));
+        match (holding.next(), holding.next()) {
+            (Some((market, _)), None) => Some(market as MarketIdx),
+            _ => None,
         }
     }
 

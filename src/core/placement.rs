@@ -317,7 +317,9 @@ async fn hold_stock_round<P: Participants>(
 /// placing it).
 pub fn unplanned(attempt: &Attempt, error: PlanError) -> Placement {
     match error {
-        PlanError::NoEligibleNode => Placement::Failed(RejectReason::NoEligibleNode),
+        PlanError::NoEligibleNode(filter) => {
+            Placement::Failed(RejectReason::NoEligibleNode { filter })
+        }
         PlanError::Unavailable { lines } => {
             let lines = lines
                 .into_iter()

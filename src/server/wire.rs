@@ -77,6 +77,7 @@ fn invalid_code(invalid: &InvalidOrder) -> u16 {
         InvalidOrder::UnknownPickupStore => invalid_codes::UNKNOWN_PICKUP_STORE,
         InvalidOrder::BadOrderId => invalid_codes::BAD_ORDER_ID,
         InvalidOrder::BadHoldTtl => invalid_codes::BAD_HOLD_TTL,
+        InvalidOrder::NotAPickupStore => invalid_codes::NOT_A_PICKUP_STORE,
     }
 }
 
@@ -104,7 +105,9 @@ pub fn decision(engine: &Engine, decision: &Decision) -> wire::Decision {
         Decision::Rejected(reason) => {
             let (code, detail, short) = match reason {
                 RejectReason::Short { lines } => (reject_codes::SHORT, 0, shorts(engine, lines)),
-                RejectReason::NoEligibleNode => (reject_codes::NO_ELIGIBLE_NODE, 0, Vec::new()),
+                RejectReason::NoEligibleNode { filter } => {
+                    (reject_codes::NO_ELIGIBLE_NODE, *filter as u16, Vec::new())
+                }
                 RejectReason::TooManyShipments { .. } => {
                     (reject_codes::TOO_MANY_SHIPMENTS, 0, Vec::new())
                 }

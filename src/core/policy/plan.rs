@@ -15,7 +15,7 @@ use crate::limits::{MAX_CANDIDATES_FIRST_TRY, MAX_CANDIDATES_PER_LINE, MAX_LINES
 /// Why no hold can be planned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlanError {
-    NoEligibleNode,
+    NoEligibleNode(crate::core::model::LastFilter),
     /// All or nothing, and these lines (positions in the request) have no
     /// units at any eligible node by the index: the order is short whatever
     /// the ranking, so none is made (most buyers of a sold-out SKU).

@@ -6,7 +6,7 @@ use smallvec::SmallVec;
 use super::plan::{method_capabilities, selected_store};
 use super::{Method, PlanError, PlanLine, PlanRequest, Policy, Rule};
 use crate::core::index::{AtpRow, AvailabilityIndex, STOCKED_WORD_NODES};
-use crate::core::model::{Node, NodeIdx};
+use crate::core::model::{LastFilter, Node, NodeIdx};
 use crate::core::network::Network;
 use crate::limits::MAX_RULES;
 
@@ -117,10 +117,61 @@ pub(super) fn eligible_nodes(
             .enumerate()
             .any(|(i, node)| passes(i as NodeIdx, node) && within(node).is_some());
         if !any {
-            return Err(PlanError::NoEligibleNode);
+            return Err(PlanError::NoEligibleNode(last_filter(
+                network, policy, index, request,
+            )));
         }
     }
     Ok(stocked_lines)
+}
+
+/// The filter that removed the last node: the filters applied one after
+/// another, in `eligible_nodes`' order, until none is left. Only for an
+/// order no node can serve, so it may walk the network a few times.
+fn last_filter(
+    network: &Network,
+    policy: &Policy,
+    index: &AvailabilityIndex,
+    request: &PlanRequest,
+) -> LastFilter {
+    let wanted = method_capabilities(request.method);
+    let selected_store = selected_store(request.method);
+    let filters = &policy.filters;
+    let max_distance_km = max_distance_km(policy, request.method);
+    let mut left: Vec<(NodeIdx, &Node)> = (0..)
+        .zip(network.nodes.iter())
+        .filter(|(_, node)| !node.retired)
+        .collect();
+    let market_filter = if request.market.is_none() {
+        LastFilter::NoMarket
+    } else {
+        LastFilter::SameMarket
+    };
+    let steps: [(LastFilter, &dyn Fn(NodeIdx, &Node) -> bool); 6] = [
+        (LastFilter::Capability, &|_, node| {
+            node.capabilities.intersects(wanted)
+        }),
+        (LastFilter::Excluded, &|idx, _| {
+            !request.excluded.contains(&idx)
+        }),
+        (LastFilter::PickupStore, &|idx, _| {
+            selected_store.is_none_or(|s| s == idx) || filters.pickup_alternatives
+        }),
+        (market_filter, &|_, node| {
+            !filters.same_market || request.market == Some(node.market)
+        }),
+        (LastFilter::Offline, &|idx, _| index.node_open(idx)),
+        (LastFilter::Distance, &|_, node| {
+            max_distance_km.is_none_or(|max| request.ship_to.distance_km(&node.location) <= max)
+        }),
+    ];
+    for (filter, keeps) in steps {
+        left.retain(|(idx, node)| keeps(*idx, node));
+        if left.is_empty() {
+            return filter;
+        }
+    }
+    LastFilter::Unrecorded
 }
 
 /// What node `idx` has of `lines` by the index: the lines it covers fully
@@ -249,7 +300,9 @@ mod tests {
             eligible.push((idx, covers, stock, measured));
         }
         if !any_eligible {
-            return Err(PlanError::NoEligibleNode);
+            return Err(PlanError::NoEligibleNode(last_filter(
+                network, policy, index, request,
+            )));
         }
         Ok((eligible, stocked_lines))
     }

@@ -12,8 +12,8 @@ use crate::core::book::partition_of_key;
 use crate::core::events::EventKind;
 use crate::core::geo::GeoPoint;
 use crate::core::model::{
-    ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, NodeIdx, OrderRequest, OrderState,
-    RejectReason,
+    Capabilities, ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, NodeIdx, OrderRequest,
+    OrderState, RejectReason,
 };
 use crate::core::ops::NodeOp;
 use crate::core::order::{request_fingerprint, AllocationState, OrderRecord};
@@ -68,18 +68,25 @@ impl RouterCore {
         let method = match &request.method {
             FulfilmentMethod::Ship => Method::Ship,
             FulfilmentMethod::SameDay => Method::SameDay,
-            FulfilmentMethod::Pickup { store } => Method::Pickup {
-                store: self
+            FulfilmentMethod::Pickup { store } => {
+                let store = self
                     .network
                     .node_idx(store)
-                    .ok_or(InvalidOrder::UnknownPickupStore)?,
-            },
+                    .ok_or(InvalidOrder::UnknownPickupStore)?;
+                let capabilities = self.network.nodes[store as usize].capabilities;
+                if !capabilities.intersects(Capabilities::PICKUP) {
+                    return Err(InvalidOrder::NotAPickupStore);
+                }
+                Method::Pickup { store }
+            }
         };
         let hold_ttl_ms = match request.hold_ttl_ms {
             Some(ttl) if ttl == 0 || ttl > MAX_HOLD_TTL_MS => return Err(InvalidOrder::BadHoldTtl),
             Some(ttl) => ttl,
             None => self.network.policy(channel).hold_ttl_ms,
         };
+        // The market as asked: a retry must match whatever the regions
+        // say after a reload.
         let fingerprint = request_fingerprint(
             &lines,
             (request.ship_to.lat, request.ship_to.lon),
@@ -87,6 +94,7 @@ impl RouterCore {
             hold_ttl_ms,
             method,
         );
+        let market = market.or_else(|| self.network.market_at(&ship_to));
         Ok(Resolved {
             channel,
             lines,
