@@ -259,6 +259,32 @@ async fn every_route_answers_good_input_as_quic_does() {
     .await;
     assert_eq!(status, 200, "{off}");
     assert!(off["rerouted_orders"].is_u64());
+    // Availability lists nodes by priority and marks the offline one.
+    let (_, listed) = http(h, "GET", "/v1/availability/SKU-1".into(), web, None).await;
+    let nodes: Vec<(&str, bool)> = listed["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap(), n["online"].as_bool().unwrap()))
+        .collect();
+    // (ST-1 counted none when it rejected h-1.)
+    assert_eq!(nodes, vec![("WH-S", true), ("WH-N", false)]);
+    let restock = json!({"entries": [{"sku": "SKU-1", "node": "ST-1", "on_hand": 5}]}).to_string();
+    http(h, "POST", "/v1/stock/set".into(), admin, Some(restock)).await;
+    // A pickup at a store without the units goes to another store, marked.
+    let pickup = json!({"channel": "web", "id": "h-3", "lines": [{"sku": "SKU-1", "qty": 1}],
+                        "ship_to": {"lat": 50.0, "lon": 10.0}, "method": "pickup", "pickup_store": "ST-2"});
+    let (status, routed) = http(
+        h,
+        "POST",
+        "/v1/orders".into(),
+        web,
+        Some(pickup.to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{routed}");
+    assert_eq!(routed["allocations"][0]["node"], "ST-1");
+    assert_eq!(routed["allocations"][0]["substitute_for"], "ST-2");
     let (status, cancelled) = http(h, "POST", "/v1/orders/web/h-2/cancel".into(), web, None).await;
     assert_eq!(
         (status, cancelled["state"].as_str()),

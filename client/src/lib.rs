@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 pub use omniroute_protocol as protocol;
 use omniroute_protocol::{check_frame, split_frame, Request, Response, ALPN, PROTOCOL_VERSION};
 pub use omniroute_protocol::{
-    Decision, Event, Method, Near, NodeStock, Order, OrderKey, OrderQuery, OrderStatus, OrderView,
-    StockAdjust, StockSet,
+    Decision, Event, Method, Near, NodeState, NodeStock, Order, OrderKey, OrderQuery, OrderStatus,
+    OrderView, StockAdjust, StockSet,
 };
 pub use quinn;
 use tokio::sync::{mpsc, oneshot};
@@ -511,10 +511,33 @@ impl Client {
             .request(&Request::Availability {
                 sku: sku.into(),
                 near,
+                with_state: false,
             })
             .await?
         {
             Response::Availability(nodes) => Ok(nodes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Like [`Client::availability`], with each node's online flag and
+    /// priority: every node with units by priority (offline ones marked),
+    /// or with `near` the nearest online ones.
+    pub async fn node_availability(
+        &self,
+        sku: &str,
+        near: Option<Near>,
+    ) -> Result<Vec<NodeState>, ClientError> {
+        match self
+            .stream
+            .request(&Request::Availability {
+                sku: sku.into(),
+                near,
+                with_state: true,
+            })
+            .await?
+        {
+            Response::NodeAvailability(nodes) => Ok(nodes),
             other => Err(unexpected(other)),
         }
     }

@@ -35,6 +35,7 @@ pub mod kinds {
     pub const EVENT: u8 = 0x88;
     pub const ORDER_STATUS: u8 = 0x89;
     pub const ORDER_PAGE: u8 = 0x8A;
+    pub const NODE_AVAILABILITY: u8 = 0x8B;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -208,6 +209,9 @@ pub enum Request {
     Availability {
         sku: String,
         near: Option<Near>,
+        /// Answer `NodeAvailability` (each node's online flag and priority
+        /// too) instead of `Availability`: modes 2 and 3 on the wire.
+        with_state: bool,
     },
     StockSet(Vec<StockSet>),
     StockAdjust(Vec<StockAdjust>),
@@ -327,6 +331,18 @@ pub struct OrderView {
     pub short: Vec<Short>,
 }
 
+/// A node's units of a SKU with what routing sees of the node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    pub node: String,
+    pub atp: u32,
+    pub distance_km: Option<f64>,
+    /// An offline node takes no orders, whatever its stock.
+    pub online: bool,
+    /// Its rank for the `node_priority` rule (1 before 2).
+    pub priority: u32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeStock {
     pub node: String,
@@ -408,6 +424,7 @@ pub enum Response {
     Decision(Decision),
     Order(OrderView),
     Availability(Vec<NodeStock>),
+    NodeAvailability(Vec<NodeState>),
     StockResult {
         applied: u32,
         bumped_units: u32,
@@ -488,9 +505,10 @@ impl Request {
             },
             kinds::AVAILABILITY => {
                 let sku = id(&mut r, "sku")?;
-                let near = match r.u8("mode")? {
-                    0 => None,
-                    1 => Some(Near {
+                let mode = r.u8("mode")?;
+                let near = match mode {
+                    0 | 2 => None,
+                    1 | 3 => Some(Near {
                         lat: r.f64("lat")?,
                         lon: r.f64("lon")?,
                         count: r.u16("count")?,
@@ -500,11 +518,15 @@ impl Request {
                         return Err(DecodeError::NotOneOf {
                             what: "availability mode",
                             value: other.into(),
-                            allowed: "0 or 1",
+                            allowed: "0, 1, 2 or 3",
                         })
                     }
                 };
-                Request::Availability { sku, near }
+                Request::Availability {
+                    sku,
+                    near,
+                    with_state: mode >= 2,
+                }
             }
             kinds::STOCK_SET => {
                 let count = r.count_u32(MAX_STOCK_ENTRIES_PER_FRAME, "stock entries")?;
@@ -612,14 +634,23 @@ impl Request {
             Request::GetOrderById { channel, order_id } => {
                 w.string(channel).u64(*order_id);
             }
-            Request::Availability { sku, near } => {
+            Request::Availability {
+                sku,
+                near,
+                with_state,
+            } => {
                 w.string(sku);
+                let state = if *with_state { 2 } else { 0 };
                 match near {
                     None => {
-                        w.u8(0);
+                        w.u8(state);
                     }
                     Some(n) => {
-                        w.u8(1).f64(n.lat).f64(n.lon).u16(n.count).u32(n.min_qty);
+                        w.u8(state + 1)
+                            .f64(n.lat)
+                            .f64(n.lon)
+                            .u16(n.count)
+                            .u32(n.min_qty);
                     }
                 }
             }
@@ -834,6 +865,7 @@ impl Response {
             Response::Decision(_) => DECISION,
             Response::Order(_) => ORDER,
             Response::Availability(_) => AVAILABILITY_ANSWER,
+            Response::NodeAvailability(_) => NODE_AVAILABILITY,
             Response::StockResult { .. } => STOCK_RESULT,
             Response::NodeOnline { .. } => NODE_ONLINE_RESULT,
             Response::Subscribed { .. } => SUBSCRIBED,
@@ -937,6 +969,34 @@ impl Response {
                     .collect::<Result<_, DecodeError>>()?;
                 Response::Availability(nodes)
             }
+            kinds::NODE_AVAILABILITY => {
+                let count = r.count_u32(MAX_NODES_PER_ANSWER, "nodes")?;
+                let nodes = (0..count)
+                    .map(|_| {
+                        let (node, atp, distance) =
+                            (id(&mut r, "node")?, r.u32("atp")?, r.f64("distance")?);
+                        let online = match r.u8("online")? {
+                            0 => false,
+                            1 => true,
+                            other => {
+                                return Err(DecodeError::NotOneOf {
+                                    what: "online flag",
+                                    value: other.into(),
+                                    allowed: "0 or 1",
+                                })
+                            }
+                        };
+                        Ok(NodeState {
+                            node,
+                            atp,
+                            distance_km: (!distance.is_nan()).then_some(distance),
+                            online,
+                            priority: r.u32("priority")?,
+                        })
+                    })
+                    .collect::<Result<_, DecodeError>>()?;
+                Response::NodeAvailability(nodes)
+            }
             kinds::STOCK_RESULT => Response::StockResult {
                 applied: r.u32("applied")?,
                 bumped_units: r.u32("bumped")?,
@@ -1028,6 +1088,16 @@ impl Response {
                     w.string(&n.node)
                         .u32(n.atp)
                         .f64(n.distance_km.unwrap_or(f64::NAN));
+                }
+            }
+            Response::NodeAvailability(nodes) => {
+                w.u32(nodes.len() as u32);
+                for n in nodes {
+                    w.string(&n.node)
+                        .u32(n.atp)
+                        .f64(n.distance_km.unwrap_or(f64::NAN))
+                        .u8(u8::from(n.online))
+                        .u32(n.priority);
                 }
             }
             Response::StockResult {

@@ -55,6 +55,7 @@ fn every_request_round_trips() {
         Request::Availability {
             sku: "SKU-1".into(),
             near: None,
+            with_state: false,
         },
         Request::Availability {
             sku: "SKU-1".into(),
@@ -64,6 +65,22 @@ fn every_request_round_trips() {
                 count: 3,
                 min_qty: 4,
             }),
+            with_state: false,
+        },
+        Request::Availability {
+            sku: "SKU-1".into(),
+            near: None,
+            with_state: true,
+        },
+        Request::Availability {
+            sku: "SKU-1".into(),
+            near: Some(Near {
+                lat: 1.0,
+                lon: 2.0,
+                count: 3,
+                min_qty: 4,
+            }),
+            with_state: true,
         },
         Request::StockSet(vec![
             StockSet {
@@ -192,6 +209,22 @@ fn every_response_round_trips() {
                 node: "M".into(),
                 atp: 1,
                 distance_km: None,
+            },
+        ]),
+        Response::NodeAvailability(vec![
+            NodeState {
+                node: "N".into(),
+                atp: 3,
+                distance_km: Some(1.5),
+                online: false,
+                priority: 2,
+            },
+            NodeState {
+                node: "M".into(),
+                atp: 1,
+                distance_km: None,
+                online: true,
+                priority: 1,
             },
         ]),
         Response::StockResult {

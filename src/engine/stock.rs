@@ -87,6 +87,8 @@ pub struct NodeStock {
     pub node: NodeIdx,
     pub atp: u32,
     pub distance_km: Option<f64>,
+    /// An offline node takes no orders, whatever its stock.
+    pub online: bool,
 }
 
 impl Engine {
@@ -241,21 +243,28 @@ impl Engine {
     }
 
     /// ATP of a SKU at every node that has some, from the index.
+    /// Every node with units of a SKU, offline ones too (marked), in the
+    /// order of the `node_priority` rule (then the node's place).
     pub fn availability(&self, sku: &str) -> Result<Vec<NodeStock>, EngineError> {
         let sku = self.sku_id(sku)?;
         let index = &self.inner.index;
-        Ok((0..index.node_count() as NodeIdx)
+        let network = self.network_arc();
+        let mut found: Vec<NodeStock> = (0..index.node_count() as NodeIdx)
             .map(|node| NodeStock {
                 node,
                 atp: index.atp(sku, node),
                 distance_km: None,
+                online: index.node_online(node),
             })
-            .filter(|s| s.atp > 0)
-            .collect())
+            .filter(|s| s.atp > 0 && (s.node as usize) < network.nodes.len())
+            .collect();
+        found.sort_by_key(|s| (network.node(s.node).priority, s.node));
+        Ok(found)
     }
 
     /// The nearest online nodes to a point with at least `min_qty` of a SKU
-    /// available (endless aisle), at most `count` (capped at MAX_NEAREST_NODES).
+    /// available (endless aisle), at most `count` (capped at MAX_NEAREST_NODES),
+    /// nearest first.
     pub fn nearest(
         &self,
         sku: &str,
@@ -267,7 +276,7 @@ impl Engine {
         let mut found: Vec<NodeStock> = self
             .availability(sku)?
             .into_iter()
-            .filter(|s| s.atp >= min_qty.max(1) && self.inner.index.node_online(s.node))
+            .filter(|s| s.atp >= min_qty.max(1) && s.online)
             .map(|s| NodeStock {
                 distance_km: Some(point.distance_km(&network.node(s.node).location)),
                 ..s

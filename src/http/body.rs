@@ -195,7 +195,11 @@ impl AvailabilityQuery {
             (Some(_), None) => return Err(bad("lon", "required with lat")),
             (None, Some(_)) => return Err(bad("lat", "required with lon")),
         };
-        Ok(Request::Availability { sku, near })
+        Ok(Request::Availability {
+            sku,
+            near,
+            with_state: true,
+        })
     }
 }
 

@@ -51,6 +51,16 @@ pub fn reply(response: Response) -> (StatusCode, Value) {
                 .collect();
             (StatusCode::OK, json!({ "nodes": nodes }))
         }
+        Response::NodeAvailability(nodes) => {
+            let nodes: Vec<Value> = nodes
+                .iter()
+                .map(|n| {
+                    json!({"node": n.node, "atp": n.atp, "distance_km": n.distance_km,
+                           "online": n.online, "priority": n.priority})
+                })
+                .collect();
+            (StatusCode::OK, json!({ "nodes": nodes }))
+        }
         Response::StockResult {
             applied,
             bumped_units,

@@ -87,7 +87,32 @@ pub async fn submit(
     body: Result<Json<SubmitBody>, JsonRejection>,
 ) -> Reply {
     let request = json(body).and_then(|b| b.request().map_err(bad_field));
-    respond(&app, &headers, request).await
+    let store = match &request {
+        Ok(Request::Submit(order)) => match &order.method {
+            omniroute_protocol::Method::Pickup { store } => Some(store.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (status, Json(mut answer)) = respond(&app, &headers, request).await;
+    if let Some(store) = store {
+        mark_substitutes(&mut answer, &store);
+    }
+    (status, Json(answer))
+}
+
+/// Marks each allocation of a pickup order at another store than the one
+/// chosen (the policy's `pickup_alternatives` allowed it) with the store
+/// it stands in for.
+fn mark_substitutes(answer: &mut Value, store: &str) {
+    let Some(allocations) = answer["allocations"].as_array_mut() else {
+        return;
+    };
+    for allocation in allocations {
+        if allocation["node"] != store {
+            allocation["substitute_for"] = Value::String(store.to_string());
+        }
+    }
 }
 
 pub async fn get_order(

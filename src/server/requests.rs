@@ -95,22 +95,33 @@ pub async fn execute(engine: &Engine, request: Request) -> Response {
                     Err(EngineError::Order(OpError::UnknownOrder))
                 }
             }),
-        Request::Availability { sku, near } => match near {
-            None => engine
-                .availability(&sku)
-                .map(|s| Response::Availability(wire::node_stock(engine, &s))),
-            Some(near) => match GeoPoint::new(near.lat, near.lon) {
-                None => {
-                    return Response::error(
-                        ErrorCode::Malformed,
-                        "point is not a valid latitude/longitude",
-                    )
+        Request::Availability {
+            sku,
+            near,
+            with_state,
+        } => {
+            let answer = |stock: Vec<crate::engine::NodeStock>| {
+                if with_state {
+                    Response::NodeAvailability(wire::node_states(engine, &stock))
+                } else {
+                    Response::Availability(wire::node_stock(engine, &stock))
                 }
-                Some(point) => engine
-                    .nearest(&sku, point, near.min_qty, near.count as usize)
-                    .map(|s| Response::Availability(wire::node_stock(engine, &s))),
-            },
-        },
+            };
+            match near {
+                None => engine.availability(&sku).map(answer),
+                Some(near) => match GeoPoint::new(near.lat, near.lon) {
+                    None => {
+                        return Response::error(
+                            ErrorCode::Malformed,
+                            "point is not a valid latitude/longitude",
+                        )
+                    }
+                    Some(point) => engine
+                        .nearest(&sku, point, near.min_qty, near.count as usize)
+                        .map(answer),
+                },
+            }
+        }
         Request::StockSet(entries) => {
             let updates: Vec<StockUpdate> = entries
                 .into_iter()

@@ -246,6 +246,21 @@ fn change_code(change: OrderChange) -> u8 {
     }
 }
 
+/// Availability with each node's online flag and priority.
+pub fn node_states(engine: &Engine, stock: &[NodeStock]) -> Vec<wire::NodeState> {
+    let network = engine.network();
+    stock
+        .iter()
+        .map(|s| wire::NodeState {
+            node: node_name(engine, s.node),
+            atp: s.atp,
+            distance_km: s.distance_km,
+            online: s.online,
+            priority: network.node(s.node).priority,
+        })
+        .collect()
+}
+
 pub fn node_stock(engine: &Engine, stock: &[NodeStock]) -> Vec<wire::NodeStock> {
     stock
         .iter()

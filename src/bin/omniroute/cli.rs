@@ -354,7 +354,9 @@ fn key(channel: &str, id: &str) -> OrderKey {
     }
 }
 
-fn print_decision(decision: &Decision) {
+/// Prints a decision; allocations of a pickup order at another store than
+/// `pickup` are marked as the substitutes they are.
+fn print_decision(decision: &Decision, pickup: Option<&str>) {
     match decision {
         Decision::Routed {
             order_id,
@@ -367,7 +369,14 @@ fn print_decision(decision: &Decision) {
                 when(*expires_at_ms)
             );
             for a in allocations {
-                println!("  line {} {} x{} from {}", a.line, a.sku, a.qty, a.node);
+                let substitute = match pickup {
+                    Some(store) if store != a.node => format!(" (substitute for {store})"),
+                    _ => String::new(),
+                };
+                println!(
+                    "  line {} {} x{} from {}{substitute}",
+                    a.line, a.sku, a.qty, a.node
+                );
             }
             for s in short {
                 println!(
@@ -458,7 +467,7 @@ async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError
                         .map_or(0, |d| d.as_micros())
                 )
             });
-            let method = match (pickup, same_day) {
+            let method = match (pickup.clone(), same_day) {
                 (Some(store), _) => Method::Pickup { store },
                 (None, true) => Method::SameDay,
                 (None, false) => Method::Ship,
@@ -475,7 +484,7 @@ async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError
             };
             println!("order id {id}");
             let decision = client.submit(order).await.map_err(|e| e.to_string())?;
-            print_decision(&decision);
+            print_decision(&decision, pickup.as_deref());
             if matches!(decision, Decision::Rejected { .. }) {
                 return Err(CliError::Rejected);
             }
@@ -630,18 +639,31 @@ pub async fn availability(
         count,
         min_qty,
     });
-    let nodes = client.availability(sku, near).await;
+    let order = if near.is_some() {
+        "nearest first"
+    } else {
+        "by priority"
+    };
+    let nodes = client.node_availability(sku, near).await;
     client.close().await;
     let nodes = nodes.map_err(|e| CliError::Daemon(e.to_string()))?;
     println!(
-        "{sku}: {} units at {} nodes",
+        "{sku}: {} units at {} nodes ({order})",
         nodes.iter().map(|n| u64::from(n.atp)).sum::<u64>(),
         nodes.len()
     );
     for n in nodes {
+        let offline = if n.online { "" } else { "  offline" };
+        let priority = n.priority;
         match n.distance_km {
-            Some(km) => println!("  {:<14} {:>7} units {:>8.1} km", n.node, n.atp, km),
-            None => println!("  {:<14} {:>7} units", n.node, n.atp),
+            Some(km) => println!(
+                "  {:<14} {:>7} units {km:>8.1} km  priority {priority}{offline}",
+                n.node, n.atp
+            ),
+            None => println!(
+                "  {:<14} {:>7} units  priority {priority}{offline}",
+                n.node, n.atp
+            ),
         }
     }
     Ok(())
