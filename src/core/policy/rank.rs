@@ -125,6 +125,9 @@ pub(super) fn eligible_nodes(
     Ok(stocked_lines)
 }
 
+/// A filter as `last_filter` applies it: whether it keeps a node.
+type Keeps<'a> = dyn Fn(NodeIdx, &Node) -> bool + 'a;
+
 /// The filter that removed the last node: the filters applied one after
 /// another, in `eligible_nodes`' order, until none is left. Only for an
 /// order no node can serve, so it may walk the network a few times.
@@ -147,7 +150,7 @@ fn last_filter(
     } else {
         LastFilter::SameMarket
     };
-    let steps: [(LastFilter, &dyn Fn(NodeIdx, &Node) -> bool); 6] = [
+    let steps: [(LastFilter, &Keeps); 6] = [
         (LastFilter::Capability, &|_, node| {
             node.capabilities.intersects(wanted)
         }),
