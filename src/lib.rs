@@ -3,7 +3,9 @@
 //! The map, in the order an order flows through it:
 //!
 //! - [`server`]: the QUIC ingress. A session frames each stream, checks the
-//!   caller's role and hands batches of requests to the engine.
+//!   caller's role and hands batches of requests to the engine;
+//!   [`server::requests`] answers one request, for QUIC and for [`http`],
+//!   the HTTP/JSON gateway (the same requests under `/v1/`).
 //! - [`engine`]: the thin ractor shell. One actor per SKU shard, one per
 //!   node, a pool of routers, and the [`engine::Engine`] handle the ingress,
 //!   the daemon, tests and benches drive; its sequencer journals each step.
@@ -11,7 +13,8 @@
 //!   order's lifecycle in its [`core::book`]; [`core::policy`] plans against
 //!   the lock-free [`core::index`]; [`core::placement`] holds stock at the
 //!   shards ([`core::stock`]) and capacity at the nodes
-//!   ([`core::capacity`]); [`core::ops`] are the journaled changes.
+//!   ([`core::capacity`]); [`core::ops`] are the journaled changes, and
+//!   [`core::status`] what each tells the order's channel.
 //! - [`journal`]: records appended in group commits by one writer thread,
 //!   recovered with a torn tail cut.
 //! - [`schema`]: the persisted format: its version, the record kinds, the

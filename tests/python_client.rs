@@ -1,32 +1,32 @@
 //! The Python client package (`clients/python`) against the real server
-//! over loopback: its own test suite, and the example that uses it.
+//! over loopback: its own test suite against the daemon binary, and the
+//! example that uses it.
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Output;
 
+use common::daemon::Daemon;
 use common::*;
 
-/// The test network: channels c and web, SKU-1 deep at WH-N.
-async fn server(dir: &TempDir) -> (omniroute::engine::Engine, omniroute::server::RunningServer) {
-    let text = format!(
+/// The test network's text: channels c and web, SKU-1 deep at WH-N.
+fn network() -> String {
+    format!(
         "{}{}{}",
         channel("c", &["nearest"]),
         channel("web", &["nearest"]),
         stock(&[("SKU-1", "WH-N", 100_000)])
-    );
-    quic_server(&text, dir).await
+    )
 }
 
 /// Runs python3 with `args`, the package importable from the source tree
 /// (CI also installs it with pip), and the server's address, certificate
 /// and tokens in `OMNIROUTE_*` variables.
-async fn python(server: &omniroute::server::RunningServer, args: Vec<String>) -> Output {
+async fn python(addr: SocketAddr, cert: PathBuf, args: Vec<String>) -> Output {
     let package = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
-    let (port, ca) = (
-        server.addr.port().to_string(),
-        server.cert_path.display().to_string(),
-    );
+    let (port, ca) = (addr.port().to_string(), cert.display().to_string());
     tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
             .args(&args)
@@ -47,19 +47,24 @@ async fn python(server: &omniroute::server::RunningServer, args: Vec<String>) ->
 async fn the_python_package_passes_its_tests_against_the_daemon() {
     // Proves the Python client covers the protocol: its unittest suite (pipelined submits,
     // rejections and refusals, the order lifecycle, stock and availability, node and channel
-    // feeds with resume, listing pages) passes against the real server.
+    // feeds with resume, listing pages) passes against the daemon binary.
     let dir = TempDir::new("python-tests");
-    let (_engine, server) = server(&dir).await;
+    let config = dir.0.join("omniroute.toml");
+    let data = dir.0.join("data");
+    let text = format!("{NODES}\n{}{}", server_section(&data), network());
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&data, Some(&config), "off").await;
     let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/tests");
     let args = ["-m", "unittest", "discover", "-v", "-s", tests];
-    let output = python(&server, args.map(String::from).to_vec()).await;
+    let args = args.map(String::from).to_vec();
+    let output = python(daemon.addr, daemon.cert.clone(), args).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "python tests failed:\n{stderr}");
     assert!(
         stderr.contains("Ran 7 tests") && stderr.contains("OK"),
         "{stderr}"
     );
-    server.shutdown().await;
+    assert!(daemon.terminate().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +72,7 @@ async fn the_example_routes_and_checks_orders() {
     // Proves examples/python_client.py, a short use of the package, pipelines orders on one
     // connection and reads back answers the server got right.
     let dir = TempDir::new("python-example");
-    let (engine, server) = server(&dir).await;
+    let (engine, server) = quic_server(&network(), &dir).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_client.py");
     let args = [
         script,
@@ -86,7 +91,12 @@ async fn the_example_routes_and_checks_orders() {
         "--orders",
         "300",
     ];
-    let output = python(&server, args.map(String::from).to_vec()).await;
+    let output = python(
+        server.addr,
+        server.cert_path.clone(),
+        args.map(String::from).to_vec(),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
