@@ -61,7 +61,7 @@ impl RunningHttp {
 
 /// Every route, as `docs/openapi.json` must list it (its test checks both
 /// that list and the live server against this one). Keep in step with
-/// [`router`].
+/// the router below.
 pub const ROUTES: [(&str, &str); 13] = [
     ("post", "/v1/orders"),
     ("get", "/v1/orders/{channel}/{id}"),
