@@ -62,6 +62,19 @@ impl<'a> Reader<'a> {
         Ok(self.take(1, what)?[0])
     }
 
+    /// A flag byte: 0 or 1, anything else refused.
+    pub fn flag(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::NotOneOf {
+                what,
+                value: other.into(),
+                allowed: "0 or 1",
+            }),
+        }
+    }
+
     pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(
             self.take(2, what)?.try_into().expect("2 bytes"),

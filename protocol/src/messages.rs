@@ -308,6 +308,32 @@ pub mod order_states {
     pub const CANCELLED: u8 = 4;
     pub const EXPIRED: u8 = 5;
     pub const REJECTED: u8 = 6;
+
+    /// Each state's name, as the CLI and the HTTP gateway write it.
+    pub const NAMES: [(&str, u8); 6] = [
+        ("held", HELD),
+        ("confirmed", CONFIRMED),
+        ("shipped", SHIPPED),
+        ("cancelled", CANCELLED),
+        ("expired", EXPIRED),
+        ("rejected", REJECTED),
+    ];
+
+    pub fn name(state: u8) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(_, code)| *code == state)
+            .map_or("unknown", |(name, _)| name)
+    }
+
+    /// The state a listing may filter by (every one but rejected, which
+    /// is never kept).
+    pub fn listable(name: &str) -> Option<u8> {
+        NAMES
+            .iter()
+            .find(|(n, code)| *n == name && *code != REJECTED)
+            .map(|(_, code)| *code)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -602,17 +628,7 @@ impl Request {
             }),
             kinds::SET_NODE_ONLINE => Request::SetNodeOnline {
                 node: id(&mut r, "node")?,
-                online: match r.u8("online")? {
-                    0 => false,
-                    1 => true,
-                    other => {
-                        return Err(DecodeError::NotOneOf {
-                            what: "online flag",
-                            value: other.into(),
-                            allowed: "0 or 1",
-                        })
-                    }
-                },
+                online: r.flag("online flag")?,
             },
             _ => return Ok(None),
         };
@@ -975,22 +991,11 @@ impl Response {
                     .map(|_| {
                         let (node, atp, distance) =
                             (id(&mut r, "node")?, r.u32("atp")?, r.f64("distance")?);
-                        let online = match r.u8("online")? {
-                            0 => false,
-                            1 => true,
-                            other => {
-                                return Err(DecodeError::NotOneOf {
-                                    what: "online flag",
-                                    value: other.into(),
-                                    allowed: "0 or 1",
-                                })
-                            }
-                        };
                         Ok(NodeState {
                             node,
                             atp,
                             distance_km: (!distance.is_nan()).then_some(distance),
-                            online,
+                            online: r.flag("online flag")?,
                             priority: r.u32("priority")?,
                         })
                     })

@@ -147,7 +147,7 @@ impl ListQuery {
         id("channel", &channel)?;
         let state = match self.state.as_deref() {
             None => 0,
-            Some(name) => super::reply::state_code(name).ok_or_else(|| {
+            Some(name) => omniroute_protocol::order_states::listable(name).ok_or_else(|| {
                 bad(
                     "state",
                     "not held, confirmed, shipped, cancelled or expired",

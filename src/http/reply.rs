@@ -8,31 +8,6 @@ use omniroute_protocol::{
 };
 use serde_json::{json, Value};
 
-/// The state names the gateway reads and writes, and their wire codes.
-const STATES: [(&str, u8); 6] = [
-    ("held", order_states::HELD),
-    ("confirmed", order_states::CONFIRMED),
-    ("shipped", order_states::SHIPPED),
-    ("cancelled", order_states::CANCELLED),
-    ("expired", order_states::EXPIRED),
-    ("rejected", order_states::REJECTED),
-];
-
-pub fn state_code(name: &str) -> Option<u8> {
-    STATES
-        .iter()
-        .take(5)
-        .find(|(n, _)| *n == name)
-        .map(|(_, code)| *code)
-}
-
-fn state_name(code: u8) -> &'static str {
-    STATES
-        .iter()
-        .find(|(_, c)| *c == code)
-        .map_or("unknown", |(name, _)| name)
-}
-
 /// Epoch ms as ISO 8601 (UTC), next to the ms in every answer.
 fn iso(epoch_ms: u64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(epoch_ms);
@@ -188,7 +163,7 @@ pub fn order_json(view: &OrderView) -> Value {
         "order_id": view.order_id,
         "channel": view.channel,
         "id": view.client_order_id,
-        "state": state_name(view.state),
+        "state": order_states::name(view.state),
         "expires_at_ms": view.expires_at_ms,
         "expires_at": iso(view.expires_at_ms),
         "allocations": allocations,

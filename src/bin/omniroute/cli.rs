@@ -124,24 +124,9 @@ pub struct OrderRef {
     pub id: String,
 }
 
-/// The state names `order list --state` takes, and their wire codes.
-const STATE_NAMES: [(&str, u8); 5] = [
-    ("held", order_states::HELD),
-    ("confirmed", order_states::CONFIRMED),
-    ("shipped", order_states::SHIPPED),
-    ("cancelled", order_states::CANCELLED),
-    ("expired", order_states::EXPIRED),
-];
-
 fn parse_state(text: &str) -> Result<u8, String> {
-    STATE_NAMES
-        .iter()
-        .find(|(name, _)| *name == text)
-        .map(|(_, code)| *code)
-        .ok_or_else(|| {
-            let names: Vec<&str> = STATE_NAMES.iter().map(|(n, _)| *n).collect();
-            format!("expected one of {}", names.join(", "))
-        })
+    order_states::listable(text)
+        .ok_or_else(|| "expected held, confirmed, shipped, cancelled or expired".to_string())
 }
 
 /// A time as the CLI prints it: ISO 8601 (UTC) and the epoch ms the
@@ -402,18 +387,8 @@ fn print_decision(decision: &Decision, pickup: Option<&str>) {
     }
 }
 
-fn state_name(state: u8) -> &'static str {
-    match state {
-        order_states::REJECTED => "rejected",
-        code => STATE_NAMES
-            .iter()
-            .find(|(_, c)| *c == code)
-            .map_or("unknown", |(name, _)| name),
-    }
-}
-
 fn print_order(view: &OrderView) {
-    let state = state_name(view.state);
+    let state = order_states::name(view.state);
     if view.state == order_states::HELD {
         println!(
             "order {} ({}/{}): {state} until {}",
@@ -553,7 +528,7 @@ async fn follow(client: &Client, channel: &str, from: u64) -> Result<(), CliErro
             order_changes::name(status.change),
             order.order_id,
             order.client_order_id,
-            state_name(order.state)
+            order_states::name(order.state)
         );
         print_allocations(order);
     }
