@@ -118,6 +118,19 @@ pub mod reject_codes {
     pub const INVALID: u16 = 4;
     pub const DUPLICATE_MISMATCH: u16 = 5;
     pub const CONTENTION: u16 = 6;
+
+    /// The code's name, as the CLI and the HTTP gateway write it.
+    pub fn name(code: u16) -> &'static str {
+        match code {
+            SHORT => "short",
+            NO_ELIGIBLE_NODE => "no_eligible_node",
+            TOO_MANY_SHIPMENTS => "too_many_shipments",
+            INVALID => "invalid",
+            DUPLICATE_MISMATCH => "duplicate_mismatch",
+            CONTENTION => "contention",
+            _ => "unknown",
+        }
+    }
 }
 
 /// `detail` of an `INVALID` rejection.

@@ -96,18 +96,6 @@ fn shorts_json(short: &[Short]) -> Vec<Value> {
         .collect()
 }
 
-fn reject_name(code: u16) -> &'static str {
-    match code {
-        reject_codes::SHORT => "short",
-        reject_codes::NO_ELIGIBLE_NODE => "no_eligible_node",
-        reject_codes::TOO_MANY_SHIPMENTS => "too_many_shipments",
-        reject_codes::INVALID => "invalid",
-        reject_codes::DUPLICATE_MISMATCH => "duplicate_mismatch",
-        reject_codes::CONTENTION => "contention",
-        _ => "unknown",
-    }
-}
-
 /// Routed: 200. Rejected: 422, with the protocol's code, detail and message.
 fn decision_json(decision: Decision) -> (StatusCode, Value) {
     match decision {
@@ -140,7 +128,7 @@ fn decision_json(decision: Decision) -> (StatusCode, Value) {
             let body = json!({
                 "outcome": "rejected",
                 "code": code,
-                "reason": reject_name(code),
+                "reason": reject_codes::name(code),
                 "detail": detail,
                 "message": message,
                 "short": shorts_json(&short),

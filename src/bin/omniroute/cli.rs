@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use omniroute_client::protocol::{event_kinds, order_changes, order_states};
+use omniroute_client::protocol::{event_kinds, order_changes, order_states, reject_codes};
 use omniroute_client::{
     Client, Decision, Method, Near, Order, OrderKey, OrderQuery, OrderView, StockAdjust, StockSet,
     Trust,
@@ -376,7 +376,8 @@ fn print_decision(decision: &Decision, pickup: Option<&str>) {
             message,
             short,
         } => {
-            println!("rejected (code {code}, detail {detail}): {message}");
+            let reason = reject_codes::name(*code);
+            println!("rejected, {reason} (code {code}, detail {detail}): {message}");
             for s in short {
                 println!(
                     "  line {} {}: {} requested, {} available",
