@@ -100,3 +100,63 @@ impl Actor for FeedActor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::OrderState;
+    use crate::core::status::OrderChange;
+
+    fn status(order: u64, channel: ChannelIdx) -> OrderStatus {
+        OrderStatus {
+            change: OrderChange::Routed,
+            order,
+            channel,
+            client_order_id: "o".into(),
+            state: OrderState::Held,
+            expires_at_ms: 0,
+            allocations: Default::default(),
+            short: Vec::new(),
+            released_from: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_is_dropped_and_others_keep_theirs() {
+        // Proves a follower whose queue fills (it stopped reading) is dropped, its stream then
+        // ends after what was queued, while a follower of another channel is not held back.
+        let depth = Arc::new(AtomicI64::new(0));
+        let (feed, _) = Actor::spawn(None, FeedActor, (StatusFeed::new(), depth))
+            .await
+            .unwrap();
+        let follow = |channel| {
+            let feed = feed.clone();
+            async move {
+                ractor::call!(feed, |reply| FeedMsg::Follow {
+                    channel,
+                    from_cursor: 0,
+                    reply
+                })
+                .unwrap()
+                .unwrap()
+            }
+        };
+        let mut slow = follow(0).await;
+        let mut other = follow(1).await;
+        let burst: Vec<OrderStatus> = (0..=SUBSCRIBER_QUEUE_EVENTS as u64)
+            .map(|order| status(order, 0))
+            .collect();
+        feed.cast(FeedMsg::Statuses(burst)).unwrap();
+        feed.cast(FeedMsg::Statuses(vec![status(1, 1)])).unwrap();
+        assert_eq!(other.live.recv().await.unwrap().0, 1);
+        let mut queued = 0;
+        while slow.live.recv().await.is_some() {
+            queued += 1;
+        }
+        assert_eq!(
+            queued, SUBSCRIBER_QUEUE_EVENTS,
+            "what was queued, then the end"
+        );
+        feed.stop(None);
+    }
+}
