@@ -29,7 +29,8 @@
 //! - [`config`] (the TOML file, its validation, the embedded sample) and
 //!   [`config_diff`] (which keys a reload applies); [`sample`]: sample
 //!   orders and the synchronous driver over a config; [`limits`]: every
-//!   hard bound, named; [`memory`]: process-wide memory settings.
+//!   hard bound, named; [`memory`]: process-wide memory settings;
+//!   [`timefmt`]: times as ISO 8601 and Unix ms.
 //!
 //! The `omniroute` binary (`src/bin/omniroute/`) adds the command line, the
 //! client commands and `bench-restart`.
@@ -50,3 +51,4 @@ pub mod schema;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod timefmt;

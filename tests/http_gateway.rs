@@ -172,6 +172,26 @@ async fn every_route_answers_good_input_as_quic_does() {
     assert_eq!(page["orders"].as_array().unwrap().len(), 1);
     assert_eq!(page["next_after"], Value::Null);
 
+    let since = "/v1/channels/web/orders?created_from=2024-06-01T00:00:00Z".to_string();
+    let (status, page) = http(h, "GET", since, web, None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page["orders"][0]["created_at"]
+        .as_str()
+        .unwrap()
+        .starts_with("20"));
+    let (_, none) = http(
+        h,
+        "GET",
+        "/v1/channels/web/orders?created_to=1718000000000".into(),
+        web,
+        None,
+    )
+    .await;
+    assert_eq!(
+        none["orders"].as_array().unwrap().len(),
+        0,
+        "nothing was routed before mid-2024"
+    );
     let (status, all) = http(h, "GET", "/v1/availability/SKU-1".into(), web, None).await;
     assert_eq!(status, 200, "{all}");
     assert_eq!(all["nodes"].as_array().unwrap().len(), 3);
@@ -430,6 +450,22 @@ async fn bad_input_gets_the_protocols_code_and_names_the_field() {
             .as_str()
             .unwrap()
             .starts_with("state:"),
+        "{body}"
+    );
+    let (status, body) = http(
+        h,
+        "GET",
+        "/v1/channels/web/orders?created_from=yesterday".into(),
+        web,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("created_from:"),
         "{body}"
     );
     let (status, body) = http(h, "GET", "/v1/nowhere".into(), web, None).await;

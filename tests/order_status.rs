@@ -193,7 +193,7 @@ async fn a_channel_sees_every_change_once_across_a_reconnect_and_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_list_every_order_once_and_filters_hold() {
     // Proves pages of a channel's orders together list each order exactly once, in id
-    // order, that state and node filters hold on every page, and that a bad limit, an
+    // order, that state, node and time filters hold on every page, and that a bad limit, an
     // unknown channel, a node or another channel's token get clear errors.
     let dir = TempDir::new("order-list");
     let config = web_config_file(&dir);
@@ -208,6 +208,8 @@ async fn pages_list_every_order_once_and_filters_hold() {
         channel: "web".into(),
         state,
         node: node.into(),
+        created_from_ms: 0,
+        created_to_ms: 0,
         after,
         limit,
     };
@@ -218,11 +220,10 @@ async fn pages_list_every_order_once_and_filters_hold() {
             loop {
                 let (orders, next) = web.list_orders(query(state, node, after, 3)).await.unwrap();
                 assert!(orders.len() <= 3);
-                ids.extend(
-                    orders
-                        .iter()
-                        .map(|o| (o.order_id, o.client_order_id.clone(), o.state)),
-                );
+                ids.extend(orders.iter().map(|listed| {
+                    let o = &listed.order;
+                    (o.order_id, o.client_order_id.clone(), o.state)
+                }));
                 pages += 1;
                 if next == 0 {
                     return (ids, pages);
@@ -244,8 +245,26 @@ async fn pages_list_every_order_once_and_filters_hold() {
     let (at_st1, _) = list_all(0, "ST-1").await;
     assert_eq!(at_st1.len(), 4, "nearest first filled ST-1's four units");
 
+    // By time: every order was routed within the last minute, none after now.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut recent = query(0, "", 0, 100);
+    recent.created_from_ms = now_ms - 60_000;
+    let (orders, _) = web.list_orders(recent.clone()).await.unwrap();
+    assert_eq!(orders.len(), 8);
+    assert!(orders
+        .iter()
+        .all(|o| (now_ms - 60_000..now_ms + 1_000).contains(&o.created_at_ms)));
+    recent.created_from_ms = now_ms + 2_000;
+    assert!(web.list_orders(recent.clone()).await.unwrap().0.is_empty());
+    recent.created_from_ms = 0;
+    recent.created_to_ms = now_ms - 60_000;
+    assert!(web.list_orders(recent).await.unwrap().0.is_empty());
+
     let refused =
-        |result: Result<(Vec<omniroute_client::OrderView>, u64), ClientError>| match result {
+        |result: Result<(Vec<omniroute_client::ListedOrder>, u64), ClientError>| match result {
             Err(ClientError::Server { code, message }) => (code, message),
             other => panic!("expected a refusal, got {other:?}"),
         };

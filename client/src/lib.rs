@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 pub use omniroute_protocol as protocol;
 use omniroute_protocol::{check_frame, split_frame, Request, Response, ALPN, PROTOCOL_VERSION};
 pub use omniroute_protocol::{
-    Decision, Event, Method, Near, NodeState, NodeStock, Order, OrderKey, OrderQuery, OrderStatus,
-    OrderView, StockAdjust, StockSet,
+    Decision, Event, ListedOrder, Method, Near, NodeState, NodeStock, Order, OrderKey, OrderQuery,
+    OrderStatus, OrderView, StockAdjust, StockSet,
 };
 pub use quinn;
 use tokio::sync::{mpsc, oneshot};
@@ -621,7 +621,7 @@ impl Client {
     pub async fn list_orders(
         &self,
         query: OrderQuery,
-    ) -> Result<(Vec<OrderView>, u64), ClientError> {
+    ) -> Result<(Vec<ListedOrder>, u64), ClientError> {
         match self.stream.request(&Request::ListOrders(query)).await? {
             Response::OrderPage { orders, next_after } => Ok((orders, next_after)),
             other => Err(unexpected(other)),

@@ -271,11 +271,24 @@ pub struct OrderQuery {
     pub state: u8,
     /// Orders with units at this node; empty: any node.
     pub node: String,
+    /// Orders routed at or after this (Unix ms; 0: no bound).
+    pub created_from_ms: u64,
+    /// Orders routed before this (Unix ms; 0: no bound).
+    pub created_to_ms: u64,
     /// Orders with an id above this one: 0 for the first page, then the
     /// page's `next_after`.
     pub after: u64,
     /// Orders on this page, 1..=MAX_ORDERS_PER_PAGE.
     pub limit: u16,
+}
+
+/// An order on a listing's page, with when it was routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedOrder {
+    pub order: OrderView,
+    /// Unix ms, to the second; 0: not recorded (an order routed before
+    /// the daemon kept the time).
+    pub created_at_ms: u64,
 }
 
 /// Most orders one `ListOrders` page holds.
@@ -478,7 +491,7 @@ pub enum Response {
     Event(Event),
     OrderStatus(OrderStatus),
     OrderPage {
-        orders: Vec<OrderView>,
+        orders: Vec<ListedOrder>,
         /// Pass as `after` for the next page; 0: this was the last.
         next_after: u64,
     },
@@ -636,6 +649,8 @@ impl Request {
                 channel: id(&mut r, "channel")?,
                 state: r.u8("state")?,
                 node: id(&mut r, "node")?,
+                created_from_ms: r.u64("created from")?,
+                created_to_ms: r.u64("created to")?,
                 after: r.u64("after")?,
                 limit: r.u16("limit")?,
             }),
@@ -742,6 +757,8 @@ impl Request {
                 w.string(&q.channel)
                     .u8(q.state)
                     .string(&q.node)
+                    .u64(q.created_from_ms)
+                    .u64(q.created_to_ms)
                     .u64(q.after)
                     .u16(q.limit);
             }
@@ -979,7 +996,12 @@ impl Response {
                 let next_after = r.u64("next after")?;
                 let count = r.count_u16(MAX_ORDERS_PER_PAGE, "orders")?;
                 let orders = (0..count)
-                    .map(|_| decode_order_view(&mut r))
+                    .map(|_| {
+                        Ok(ListedOrder {
+                            order: decode_order_view(&mut r)?,
+                            created_at_ms: r.u64("created at")?,
+                        })
+                    })
                     .collect::<Result<_, DecodeError>>()?;
                 Response::OrderPage { orders, next_after }
             }
@@ -1096,8 +1118,9 @@ impl Response {
             }
             Response::OrderPage { orders, next_after } => {
                 w.u64(*next_after).u16(orders.len() as u16);
-                for view in orders {
-                    encode_order_view(&mut w, view);
+                for listed in orders {
+                    encode_order_view(&mut w, &listed.order);
+                    w.u64(listed.created_at_ms);
                 }
             }
             Response::Availability(nodes) => {

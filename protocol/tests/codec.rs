@@ -134,6 +134,8 @@ fn every_request_round_trips() {
             channel: "web".into(),
             state: order_states::CONFIRMED,
             node: "N".into(),
+            created_from_ms: 1_000,
+            created_to_ms: 2_000,
             after: 99,
             limit: 50,
         }),
@@ -196,7 +198,16 @@ fn every_response_round_trips() {
             order: view.clone(),
         }),
         Response::OrderPage {
-            orders: vec![view.clone(), view],
+            orders: vec![
+                ListedOrder {
+                    order: view.clone(),
+                    created_at_ms: 1_796_479_416_000,
+                },
+                ListedOrder {
+                    order: view,
+                    created_at_ms: 0,
+                },
+            ],
             next_after: 5,
         },
         Response::Availability(vec![

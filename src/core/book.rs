@@ -516,6 +516,7 @@ mod tests {
             market: None,
             method: Method::Ship,
             state: OrderState::Cancelled,
+            created_s: 0,
         }
     }
 

@@ -68,6 +68,22 @@ pub struct OrderRecord {
     pub market: Option<MarketIdx>,
     pub method: Method,
     pub state: OrderState,
+    /// When the order was routed, in seconds since `CREATED_EPOCH_UNIX_S`
+    /// (0: not recorded: the order was written before this field was).
+    /// Last, where the archived record had padding: records written
+    /// without it read as 0 (pinned by a test), so the format stands.
+    pub created_s: u32,
+}
+
+/// The epoch of [`OrderRecord::created_s`]: 2024-01-01T00:00:00Z. A `u32`
+/// of seconds from there lasts until 2160.
+pub const CREATED_EPOCH_UNIX_S: u64 = 1_704_067_200;
+
+/// `now_ms` as an [`OrderRecord::created_s`].
+pub fn created_s(now_ms: u64) -> u32 {
+    (now_ms / 1000)
+        .saturating_sub(CREATED_EPOCH_UNIX_S)
+        .clamp(1, u64::from(u32::MAX)) as u32
 }
 
 /// Hash of what an order asks for (lines, ship-to, market, hold TTL,
@@ -137,6 +153,11 @@ impl BookChunk<'_> {
 }
 
 impl OrderRecord {
+    /// When the order was routed (Unix ms, to the second), if recorded.
+    pub fn created_at_ms(&self) -> Option<u64> {
+        (self.created_s != 0).then(|| (u64::from(self.created_s) + CREATED_EPOCH_UNIX_S) * 1000)
+    }
+
     /// Lines (partly) unallocated now.
     pub fn short(&self) -> &[ShortLine] {
         self.extra.as_ref().map_or(&[], |e| &e.short)
@@ -292,4 +313,89 @@ mod tests {
         8019997080160547932,
         16420184132120123125,
     ];
+
+    /// `OrderRecord` as written before `created_s`: the same fields, in
+    /// the same order, without it.
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct RecordBefore {
+        id: OrderId,
+        fingerprint: u64,
+        expires_at_ms: u64,
+        client_order_id: Arc<str>,
+        lines: Box<[PlanLine]>,
+        ship_to: (f64, f64),
+        allocations: SmallVec<[AllocationState; 1]>,
+        extra: Option<Box<RareParts>>,
+        channel: ChannelIdx,
+        market: Option<MarketIdx>,
+        method: Method,
+        state: OrderState,
+    }
+
+    #[test]
+    fn records_written_before_created_s_read_as_unrecorded() {
+        // Proves the creation time fits where the archived record had padding: books and
+        // journal records written before it validate and read back whole, with created_s 0,
+        // and the archived record's size did not change.
+        let before = |id: u64, state| RecordBefore {
+            id,
+            fingerprint: 77,
+            expires_at_ms: 123_456,
+            client_order_id: Arc::from(format!("o-{id}").as_str()),
+            lines: Box::new([PlanLine {
+                line: 0,
+                sku: 3,
+                qty: 2,
+            }]),
+            ship_to: (52.5, 13.4),
+            allocations: SmallVec::from_vec(vec![AllocationState {
+                line: 0,
+                node: 4,
+                sku: 3,
+                initial: 2,
+                open: 1,
+                shipped: 1,
+                returned: 0,
+            }]),
+            extra: Some(Box::new(RareParts {
+                excluded: SmallVec::from_vec(vec![9]),
+                ..RareParts::default()
+            })),
+            channel: 2,
+            market: Some(1),
+            method: Method::Pickup { store: 4 },
+            state,
+        };
+        let old = vec![
+            before(1, OrderState::Confirmed),
+            before(2, OrderState::Shipped),
+        ];
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let read = rkyv::from_bytes::<Vec<OrderRecord>, rkyv::rancor::Error>(&bytes).unwrap();
+        for (was, now) in old.iter().zip(&read) {
+            assert_eq!(
+                (now.id, now.fingerprint, now.expires_at_ms),
+                (was.id, 77, 123_456)
+            );
+            assert_eq!(&*now.client_order_id, &*was.client_order_id);
+            assert_eq!(now.allocations, was.allocations);
+            assert_eq!(now.excluded(), &[9]);
+            assert_eq!(
+                (now.channel, now.market, now.method, now.state),
+                (2, Some(1), was.method, was.state)
+            );
+            assert_eq!((now.created_s, now.created_at_ms()), (0, None));
+        }
+        assert_eq!(
+            std::mem::size_of::<ArchivedOrderRecord>(),
+            std::mem::size_of::<ArchivedRecordBefore>()
+        );
+        // A new record keeps its submit time to the second.
+        let mut record = read[0].clone();
+        record.created_s = created_s(1_796_479_416_313);
+        assert_eq!(record.created_at_ms(), Some(1_796_479_416_000));
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&record).unwrap();
+        let again = rkyv::from_bytes::<OrderRecord, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(again.created_s, record.created_s);
+    }
 }

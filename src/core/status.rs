@@ -255,6 +255,7 @@ mod tests {
             market: None,
             method: crate::core::policy::Method::Ship,
             state,
+            created_s: 0,
         }
     }
 

@@ -25,6 +25,10 @@ pub struct OrderQuery<'a> {
     pub state: Option<OrderState>,
     /// Orders with units at this node.
     pub node: Option<&'a str>,
+    /// Orders routed at or after this, and before `created_to_ms` (Unix
+    /// ms; 0: no bound).
+    pub created_from_ms: u64,
+    pub created_to_ms: u64,
     /// Orders with a higher id: 0, then each page's next.
     pub after: u64,
     /// Orders per page, 1..=`MAX_ORDERS_PER_PAGE`.
@@ -186,6 +190,8 @@ impl Engine {
             channel,
             state: query.state,
             node,
+            created_from_ms: query.created_from_ms,
+            created_to_ms: query.created_to_ms,
             after: query.after,
             limit: limit + 1,
         };

@@ -134,6 +134,10 @@ pub struct ListQuery {
     /// held, confirmed, shipped, cancelled or expired; absent: any.
     pub state: Option<String>,
     pub node: Option<String>,
+    /// Orders routed at or after this: ISO 8601 (UTC) or Unix ms.
+    pub created_from: Option<String>,
+    /// Orders routed before this: ISO 8601 (UTC) or Unix ms.
+    pub created_to: Option<String>,
     #[serde(default)]
     pub after: u64,
     pub limit: Option<u16>,
@@ -156,10 +160,16 @@ impl ListQuery {
         };
         let node = self.node.unwrap_or_default();
         id("node", &node)?;
+        let time = |field: &str, value: Option<String>| match value {
+            None => Ok(0),
+            Some(text) => crate::timefmt::parse_time_ms(&text).map_err(|why| bad(field, why)),
+        };
         Ok(Request::ListOrders(OrderQuery {
             channel,
             state,
             node,
+            created_from_ms: time("created_from", self.created_from)?,
+            created_to_ms: time("created_to", self.created_to)?,
             after: self.after,
             limit: self.limit.unwrap_or(DEFAULT_PAGE_ORDERS),
         }))

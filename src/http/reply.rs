@@ -8,11 +8,7 @@ use omniroute_protocol::{
 };
 use serde_json::{json, Value};
 
-/// Epoch ms as ISO 8601 (UTC), next to the ms in every answer.
-fn iso(epoch_ms: u64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(epoch_ms);
-    humantime::format_rfc3339_millis(at).to_string()
-}
+use crate::timefmt::iso;
 
 /// The HTTP status and JSON body of a protocol answer.
 pub fn reply(response: Response) -> (StatusCode, Value) {
@@ -48,7 +44,16 @@ pub fn reply(response: Response) -> (StatusCode, Value) {
             (StatusCode::OK, json!({ "rerouted_orders": rerouted }))
         }
         Response::OrderPage { orders, next_after } => {
-            let orders: Vec<Value> = orders.iter().map(order_json).collect();
+            let orders: Vec<Value> = orders
+                .iter()
+                .map(|listed| {
+                    let mut order = order_json(&listed.order);
+                    let at = listed.created_at_ms;
+                    order["created_at_ms"] = json!((at != 0).then_some(at));
+                    order["created_at"] = json!((at != 0).then(|| iso(at)));
+                    order
+                })
+                .collect();
             let next = (next_after != 0).then_some(next_after);
             (
                 StatusCode::OK,

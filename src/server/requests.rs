@@ -2,7 +2,7 @@
 //! answers it. Shared by the QUIC session and the HTTP gateway, so both
 //! give the same answers, codes and messages.
 
-use omniroute_protocol::{ErrorCode, Request, Response, MAX_FRAME_BYTES};
+use omniroute_protocol::{ErrorCode, ListedOrder, Request, Response, MAX_FRAME_BYTES};
 
 use super::{wire, Role};
 use crate::core::geo::GeoPoint;
@@ -228,25 +228,26 @@ async fn list_orders(
             channel: &query.channel,
             state,
             node: (!query.node.is_empty()).then_some(query.node.as_str()),
+            created_from_ms: query.created_from_ms,
+            created_to_ms: query.created_to_ms,
             after: query.after,
             limit: query.limit as usize,
         })
         .await?;
-    let mut orders = Vec::with_capacity(records.len());
+    let mut orders: Vec<ListedOrder> = Vec::with_capacity(records.len());
     let mut bytes = 0;
     for record in &records {
         let view = wire::order_view(engine, record);
         // A view's size, roughly: what its strings and counts take.
         bytes += 64 + view.allocations.len() * (24 + MAX_ID_BYTES) + view.short.len() * 80;
         if bytes > MAX_FRAME_BYTES / 2 && !orders.is_empty() {
-            next = Some(
-                orders
-                    .last()
-                    .map_or(0, |o: &omniroute_protocol::OrderView| o.order_id),
-            );
+            next = Some(orders.last().map_or(0, |o| o.order.order_id));
             break;
         }
-        orders.push(view);
+        orders.push(ListedOrder {
+            order: view,
+            created_at_ms: record.created_at_ms().unwrap_or(0),
+        });
     }
     Ok(Response::OrderPage {
         orders,

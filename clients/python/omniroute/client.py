@@ -243,19 +243,24 @@ class Client:
         return struct.unpack("<I", body)[0]
 
     async def list_orders(self, channel: str, state: Optional[str] = None, node: Optional[str] = None,
-                          after: int = 0, limit: int = 100) -> Tuple[List[wire.OrderView], int]:
-        """One page of the channel's orders and the `after` of the next (0: none)."""
+                          after: int = 0, limit: int = 100, created_from_ms: int = 0,
+                          created_to_ms: int = 0) -> Tuple[List[wire.OrderView], int]:
+        """One page of the channel's orders (routed in [created_from_ms, created_to_ms) when
+        given) and the `after` of the next (0: none)."""
         codes = {name: code for code, name in wire.STATES.items()}
         payload = wire.string(channel) + struct.pack("<B", codes[state] if state else 0)
-        payload += wire.string(node or "") + struct.pack("<QH", after, limit)
+        payload += wire.string(node or "")
+        payload += struct.pack("<QQQH", created_from_ms, created_to_ms, after, limit)
         return wire.order_page(await self._call(wire.LIST_ORDERS, payload, wire.ORDER_PAGE))
 
     async def all_orders(self, channel: str, state: Optional[str] = None, node: Optional[str] = None,
-                         limit: int = 100) -> AsyncIterator[wire.OrderView]:
+                         limit: int = 100, created_from_ms: int = 0,
+                         created_to_ms: int = 0) -> AsyncIterator[wire.OrderView]:
         """Every matching order, a page at a time."""
         after = 0
         while True:
-            orders, after = await self.list_orders(channel, state, node, after, limit)
+            orders, after = await self.list_orders(channel, state, node, after, limit,
+                                                   created_from_ms, created_to_ms)
             for order in orders:
                 yield order
             if after == 0:

@@ -123,6 +123,9 @@ class OrderView:
     expires_at_ms: int
     allocations: List[OrderAllocation]
     short: List[ShortLine]
+    #: When the order was routed (Unix ms, to the second), on a listing's
+    #: page; None elsewhere, or when not recorded.
+    created_at_ms: Optional[int] = None
 
 
 @dataclass
@@ -229,4 +232,9 @@ def order_status(payload: bytes) -> OrderStatus:
 def order_page(payload: bytes) -> Tuple[List[OrderView], int]:
     r = Reader(payload)
     next_after = r.take("<Q")
-    return [r.order_view() for _ in range(r.take("<H"))], next_after
+    orders = []
+    for _ in range(r.take("<H")):
+        order = r.order_view()
+        order.created_at_ms = r.take("<Q") or None
+        orders.append(order)
+    return orders, next_after

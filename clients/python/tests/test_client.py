@@ -132,6 +132,10 @@ class ClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertTrue(ids <= {o.client_order_id for o in listed})
         held = [o async for o in self.admin.all_orders("c", state="held", limit=3)]
         self.assertTrue(all(o.state == "held" for o in held))
+        now_ms = time.time_ns() // 1_000_000
+        recent = [o async for o in self.admin.all_orders("c", created_from_ms=now_ms - 60_000)]
+        self.assertTrue(ids <= {o.client_order_id for o in recent})
+        self.assertTrue(all(now_ms - 60_000 <= o.created_at_ms <= now_ms + 1_000 for o in recent))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,13 @@ pub enum OrderCommand {
         /// Only orders with units at this node.
         #[arg(long)]
         node: Option<String>,
+        /// Only orders routed at or after this time: ISO 8601 (UTC, like
+        /// 2026-12-05T13:00:00Z) or Unix ms.
+        #[arg(long, value_parser = omniroute::timefmt::parse_time_ms)]
+        from: Option<u64>,
+        /// Only orders routed before this time (ISO 8601 or Unix ms).
+        #[arg(long, value_parser = omniroute::timefmt::parse_time_ms)]
+        to: Option<u64>,
         /// Orders per page (at most 1000).
         #[arg(long, default_value_t = 100)]
         limit: u16,
@@ -132,8 +139,7 @@ fn parse_state(text: &str) -> Result<u8, String> {
 /// A time as the CLI prints it: ISO 8601 (UTC) and the epoch ms the
 /// protocol carries.
 fn when(epoch_ms: u64) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(epoch_ms);
-    format!("{} ({epoch_ms} ms)", humantime::format_rfc3339_millis(at))
+    format!("{} ({epoch_ms} ms)", omniroute::timefmt::iso(epoch_ms))
 }
 
 /// Runs `work` until it ends or Ctrl-C; either way the caller then closes
@@ -490,6 +496,8 @@ async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError
             channel,
             state,
             node,
+            from,
+            to,
             limit,
             after,
             all,
@@ -498,6 +506,8 @@ async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError
                 channel,
                 state: state.unwrap_or(0),
                 node: node.unwrap_or_default(),
+                created_from_ms: from.unwrap_or(0),
+                created_to_ms: to.unwrap_or(0),
                 after,
                 limit,
             };
@@ -544,8 +554,11 @@ async fn list(client: &Client, mut query: OrderQuery, all: bool) -> Result<(), C
             .list_orders(query.clone())
             .await
             .map_err(|e| e.to_string())?;
-        for order in &orders {
-            print_order(order);
+        for listed in &orders {
+            print_order(&listed.order);
+            if listed.created_at_ms != 0 {
+                println!("  routed at {}", when(listed.created_at_ms));
+            }
         }
         if next == 0 {
             return Ok(());

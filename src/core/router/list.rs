@@ -14,6 +14,10 @@ pub struct OrderFilter {
     pub state: Option<OrderState>,
     /// Orders with units (open, shipped or returned) at this node.
     pub node: Option<NodeIdx>,
+    /// Orders routed at or after this (Unix ms; 0: no bound).
+    pub created_from_ms: u64,
+    /// Orders routed before this (Unix ms; 0: no bound).
+    pub created_to_ms: u64,
     /// Orders with a higher id only: where the last page ended.
     pub after: OrderId,
     pub limit: usize,
@@ -27,6 +31,23 @@ impl OrderFilter {
             && self
                 .node
                 .is_none_or(|node| record.allocations.iter().any(|a| a.node == node))
+            && self.created_within(record)
+    }
+
+    /// Whether the order was routed within the time bounds (an order
+    /// without a recorded time matches only when there are none).
+    fn created_within(&self, record: &OrderRecord) -> bool {
+        if self.created_from_ms == 0 && self.created_to_ms == 0 {
+            return true;
+        }
+        let to = if self.created_to_ms == 0 {
+            u64::MAX
+        } else {
+            self.created_to_ms
+        };
+        record
+            .created_at_ms()
+            .is_some_and(|at| (self.created_from_ms..to).contains(&at))
     }
 }
 

@@ -16,7 +16,7 @@ use crate::core::model::{
     OrderState, RejectReason,
 };
 use crate::core::ops::NodeOp;
-use crate::core::order::{request_fingerprint, AllocationState, OrderRecord};
+use crate::core::order::{created_s, request_fingerprint, AllocationState, OrderRecord};
 use crate::core::placement::{place, send_ops, Attempt, Participants, Placement};
 use crate::core::policy::{Method, PlanLine};
 use crate::limits::{MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE};
@@ -232,6 +232,7 @@ impl RouterCore {
             market: attempt.market,
             method: attempt.method,
             state: OrderState::Held,
+            created_s: created_s(now_ms),
         };
         let (allocations, short) = match placement {
             Placement::Placed { allocations, short } => (allocations, short),
