@@ -68,8 +68,8 @@ async fn submit_eight(admin: &Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_sees_every_change_once_across_a_reconnect_and_a_restart() {
     // Proves the channel stream carries each change of its orders (routed, confirmed, a
-    // node outage's re-routes, a stock count's re-routes or shortfalls, ship, return,
-    // cancel) exactly once, with gapless cursors, to a follower that disconnects and
+    // node outage's re-routes, a rejection's, a stock count's re-routes or shortfalls,
+    // ship, return, cancel) exactly once, with gapless cursors, to a follower that disconnects and
     // resumes from its last cursor, and that a restart keeps the same cursors.
     let dir = TempDir::new("order-status");
     let config = web_config_file(&dir);
@@ -90,8 +90,14 @@ async fn a_channel_sees_every_change_once_across_a_reconnect_and_a_restart() {
     let seen_first = read(&mut first, Some(8 + 4 + 4)).await;
     web.close().await;
 
-    // While the follower is away: a count takes WH-N's units back, an
-    // order ships, some come back, one is cancelled.
+    // While the follower is away: a node rejects an order, a count takes
+    // WH-N's units back, an order ships, some come back, one is cancelled.
+    let refused = admin.get_order(key("o-5")).await.unwrap();
+    let at = refused.allocations.iter().find(|a| a.open > 0).unwrap();
+    admin
+        .node_reject(&at.node.clone(), key("o-5"), vec![])
+        .await
+        .unwrap();
     let count = StockSet {
         sku: "SKU-1".into(),
         node: "WH-N".into(),
@@ -142,18 +148,17 @@ async fn a_channel_sees_every_change_once_across_a_reconnect_and_a_restart() {
     for i in 0..4 {
         let order = format!("o-{i}");
         assert_eq!(of(&order, order_changes::CONFIRMED), 1, "{order}");
-        assert_eq!(of(&order, order_changes::REROUTED_AWAY_FROM_NODE), 1);
+        assert_eq!(of(&order, order_changes::REROUTED_NODE_OFFLINE), 1);
     }
     let away = all
         .iter()
-        .find(|s| s.change == order_changes::REROUTED_AWAY_FROM_NODE)
+        .find(|s| s.change == order_changes::REROUTED_NODE_OFFLINE)
         .unwrap();
     assert_eq!(away.released_from, vec!["ST-1".to_string()]);
     let counted = all
         .iter()
         .filter(|s| {
-            s.change == order_changes::REROUTED_AFTER_STOCK_COUNT
-                || s.change == order_changes::SHORT
+            s.change == order_changes::REROUTED_STOCK_COUNT || s.change == order_changes::SHORT
         })
         .count();
     assert!(
@@ -171,6 +176,7 @@ async fn a_channel_sees_every_change_once_across_a_reconnect_and_a_restart() {
     );
     assert_eq!(of("o-0", order_changes::RETURNED), 1);
     assert_eq!(of("o-7", order_changes::CANCELLED), 1);
+    assert_eq!(of("o-5", order_changes::REROUTED_NODE_REJECTED), 1);
     let last = all.last().unwrap();
     assert_eq!(last.order.state, order_states::CANCELLED);
     web.close().await;

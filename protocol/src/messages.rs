@@ -418,13 +418,15 @@ pub mod order_changes {
     pub const SHIPPED: u8 = 5;
     pub const PARTLY_SHIPPED: u8 = 6;
     pub const RETURNED: u8 = 7;
-    /// Units left a node that rejected the order or went offline, and
-    /// were placed elsewhere.
-    pub const REROUTED_AWAY_FROM_NODE: u8 = 8;
+    /// A node rejected the order; its units there were placed elsewhere.
+    pub const REROUTED_NODE_REJECTED: u8 = 8;
     /// A stock count took units from the order; they were placed elsewhere.
-    pub const REROUTED_AFTER_STOCK_COUNT: u8 = 9;
+    pub const REROUTED_STOCK_COUNT: u8 = 9;
     /// Units were taken from the order and no other node had them.
     pub const SHORT: u8 = 10;
+    /// A node serving the order went offline; its units there were placed
+    /// elsewhere.
+    pub const REROUTED_NODE_OFFLINE: u8 = 11;
 
     /// The change's name, as the CLI and the HTTP gateway print it.
     pub fn name(change: u8) -> &'static str {
@@ -436,9 +438,10 @@ pub mod order_changes {
             SHIPPED => "shipped",
             PARTLY_SHIPPED => "partly_shipped",
             RETURNED => "returned",
-            REROUTED_AWAY_FROM_NODE => "rerouted_away_from_node",
-            REROUTED_AFTER_STOCK_COUNT => "rerouted_after_stock_count",
+            REROUTED_NODE_REJECTED => "rerouted_node_rejected",
+            REROUTED_STOCK_COUNT => "rerouted_stock_count",
             SHORT => "short",
+            REROUTED_NODE_OFFLINE => "rerouted_node_offline",
             _ => "unknown",
         }
     }

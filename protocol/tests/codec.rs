@@ -193,7 +193,7 @@ fn every_response_round_trips() {
         Response::Order(view.clone()),
         Response::OrderStatus(OrderStatus {
             cursor: 4,
-            change: order_changes::REROUTED_AWAY_FROM_NODE,
+            change: order_changes::REROUTED_NODE_OFFLINE,
             released_from: vec!["M".into()],
             order: view.clone(),
         }),

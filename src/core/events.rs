@@ -18,6 +18,10 @@ pub enum EventKind {
     /// Units the node was given are no longer its (cancel, expiry, re-route,
     /// stock lost); it must not ship them.
     Released,
+    /// Units the node refused are no longer its: released at the node's
+    /// own rejection (the wire says released; the channel's status says
+    /// why). Last, so that logs written before it read the same.
+    Rejected,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

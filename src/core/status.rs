@@ -37,15 +37,19 @@ pub enum OrderChange {
     PartlyShipped,
     /// Shipped units came back.
     Returned,
-    /// Units left a node that rejected the order or went offline, and were
-    /// placed elsewhere (the order's allocations say where).
-    ReroutedAwayFromNode,
+    /// A node rejected the order; its units there were placed elsewhere
+    /// (the order's allocations say where).
+    ReroutedNodeRejected,
     /// A stock count took units from the order, and they were placed
     /// elsewhere.
-    ReroutedAfterStockCount,
-    /// Units were taken from the order (a node left, or a stock count) and
-    /// no other node had them: the order is short.
+    ReroutedStockCount,
+    /// Units were taken from the order (a node rejected it or went
+    /// offline, or a stock count) and no other node had them: the order
+    /// is short.
     Short,
+    /// A node serving the order went offline; its units there were placed
+    /// elsewhere.
+    ReroutedNodeOffline,
 }
 
 /// One order's status after a change, as its channel's followers see it.
@@ -67,6 +71,8 @@ pub struct OrderStatus {
 #[derive(Default)]
 struct Touched {
     allocated: bool,
+    /// A node released units because it refused them.
+    rejected: bool,
     released_from: SmallVec<[NodeIdx; 1]>,
     shipped: bool,
 }
@@ -84,10 +90,12 @@ pub fn statuses_of(
             let entry = touched.entry(event.order).or_default();
             match event.kind {
                 EventKind::Allocated => entry.allocated = true,
-                EventKind::Released if !entry.released_from.contains(node) => {
-                    entry.released_from.push(*node)
+                EventKind::Released | EventKind::Rejected => {
+                    entry.rejected |= event.kind == EventKind::Rejected;
+                    if !entry.released_from.contains(node) {
+                        entry.released_from.push(*node);
+                    }
                 }
-                EventKind::Released => {}
             }
         }
     }
@@ -118,9 +126,11 @@ pub fn statuses_of(
 
 /// Which step rewrote the record: told by its state and by what the
 /// record's ops did to it. Each step leaves a different trace: a submit
-/// only allocates, a re-route releases and allocates, a ship ships, a
-/// return changes nothing but the returned counts, a confirmation only
-/// the state (confirming a confirmed order rewrites nothing).
+/// only allocates, a re-route releases and allocates (a rejection releases
+/// as `Rejected`, an outage at a node it then excludes, a count at a node
+/// it does not), a ship ships, a return changes nothing but the returned
+/// counts, a confirmation only the state (confirming a confirmed order
+/// rewrites nothing).
 fn classify(record: &OrderRecord, touched: &Touched) -> OrderChange {
     match record.state {
         OrderState::Cancelled => return OrderChange::Cancelled,
@@ -132,10 +142,11 @@ fn classify(record: &OrderRecord, touched: &Touched) -> OrderChange {
             .released_from
             .iter()
             .any(|node| record.excluded().contains(node));
-        return match (touched.allocated, left_node) {
-            (false, _) => OrderChange::Short,
-            (true, true) => OrderChange::ReroutedAwayFromNode,
-            (true, false) => OrderChange::ReroutedAfterStockCount,
+        return match (touched.allocated, touched.rejected, left_node) {
+            (false, _, _) => OrderChange::Short,
+            (true, true, _) => OrderChange::ReroutedNodeRejected,
+            (true, false, true) => OrderChange::ReroutedNodeOffline,
+            (true, false, false) => OrderChange::ReroutedStockCount,
         };
     }
     if touched.allocated {
@@ -314,17 +325,19 @@ mod tests {
             change(&record(OrderState::Shipped, 0, 3, 1), &[], &[]),
             OrderChange::Returned
         );
-        assert_eq!(
-            change(&held, &[], &moved),
-            OrderChange::ReroutedAfterStockCount
-        );
+        assert_eq!(change(&held, &[], &moved), OrderChange::ReroutedStockCount);
         let mut left = held.clone();
         left.extra_mut().excluded.push(2);
-        assert_eq!(
-            change(&left, &[], &moved),
-            OrderChange::ReroutedAwayFromNode
-        );
+        assert_eq!(change(&left, &[], &moved), OrderChange::ReroutedNodeOffline);
         assert_eq!(change(&left, &[], &released), OrderChange::Short);
+        let refused = [
+            (2, event(EventKind::Rejected, 7)),
+            (3, event(EventKind::Allocated, 7)),
+        ];
+        assert_eq!(
+            change(&left, &[], &refused),
+            OrderChange::ReroutedNodeRejected
+        );
     }
 
     #[test]

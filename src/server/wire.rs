@@ -240,9 +240,10 @@ fn change_code(change: OrderChange) -> u8 {
         OrderChange::Shipped => SHIPPED,
         OrderChange::PartlyShipped => PARTLY_SHIPPED,
         OrderChange::Returned => RETURNED,
-        OrderChange::ReroutedAwayFromNode => REROUTED_AWAY_FROM_NODE,
-        OrderChange::ReroutedAfterStockCount => REROUTED_AFTER_STOCK_COUNT,
+        OrderChange::ReroutedNodeRejected => REROUTED_NODE_REJECTED,
+        OrderChange::ReroutedStockCount => REROUTED_STOCK_COUNT,
         OrderChange::Short => SHORT,
+        OrderChange::ReroutedNodeOffline => REROUTED_NODE_OFFLINE,
     }
 }
 
@@ -277,7 +278,7 @@ pub fn event(engine: &Engine, cursor: u64, event: &NodeEvent) -> wire::Event {
         cursor,
         kind: match event.kind {
             EventKind::Allocated => wire::event_kinds::ALLOCATED,
-            EventKind::Released => wire::event_kinds::RELEASED,
+            EventKind::Released | EventKind::Rejected => wire::event_kinds::RELEASED,
         },
         order_id: event.order,
         channel: engine.network().channels[event.channel as usize]

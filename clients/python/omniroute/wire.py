@@ -39,8 +39,8 @@ STATES = {1: "held", 2: "confirmed", 3: "shipped", 4: "cancelled", 5: "expired",
 #: What changed for an order, in a status.
 CHANGES = {
     1: "routed", 2: "confirmed", 3: "cancelled", 4: "expired", 5: "shipped",
-    6: "partly_shipped", 7: "returned", 8: "rerouted_away_from_node",
-    9: "rerouted_after_stock_count", 10: "short",
+    6: "partly_shipped", 7: "returned", 8: "rerouted_node_rejected",
+    9: "rerouted_stock_count", 10: "short", 11: "rerouted_node_offline",
 }
 METHODS = {"ship": 0, "pickup": 1, "same_day": 2}
 #: A safety stock on the wire that leaves the cell's as it is.

@@ -36,7 +36,7 @@ impl RouterCore {
             return Err(OpError::NoSuchAllocation);
         }
         let id = record.id;
-        let moved = self.take_back(id, node, true, participants);
+        let moved = self.take_back(id, node, EventKind::Rejected, participants);
         for &(sku, on_hand) in counts {
             let op = StockOp::Set {
                 sku,
@@ -62,7 +62,7 @@ impl RouterCore {
             r.state.is_open() && r.allocations.iter().any(|a| a.node == node && a.open > 0)
         });
         if open {
-            let moved = self.take_back(id, node, true, participants);
+            let moved = self.take_back(id, node, EventKind::Released, participants);
             self.place_again(id, moved, now_ms, participants).await;
         }
     }
@@ -115,13 +115,14 @@ impl RouterCore {
         }
     }
 
-    /// Frees the order's open units at `node` (and excludes the node from
-    /// now on when `exclude`). Returns the lines to place again.
+    /// Frees the order's open units at `node` and excludes the node from
+    /// now on; the node is told with an event of kind `told` (`Rejected`
+    /// when it refused them). Returns the lines to place again.
     fn take_back<P: Participants>(
         &mut self,
         id: OrderId,
         node: NodeIdx,
-        exclude: bool,
+        told: EventKind,
         participants: &P,
     ) -> SmallVec<[PlanLine; 4]> {
         let record = self.orders.get_mut(&id).expect("known order");
@@ -152,13 +153,13 @@ impl RouterCore {
             }
             allocation.open = 0;
         }
-        if exclude && !record.excluded().contains(&node) {
+        if !record.excluded().contains(&node) {
             record.extra_mut().excluded.push(node);
         }
         let node_op = record.leave(node);
         let mut nodes = FxHashMap::default();
         let released = moved.iter().map(|m| (node, m.line, m.sku, m.qty));
-        announce(&mut nodes, EventKind::Released, record, released);
+        announce(&mut nodes, told, record, released);
         nodes.entry(node).or_default().push(node_op);
         send_ops(participants, stock, nodes);
         moved
