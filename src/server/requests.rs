@@ -99,29 +99,7 @@ pub async fn execute(engine: &Engine, request: Request) -> Response {
             sku,
             near,
             with_state,
-        } => {
-            let answer = |stock: Vec<crate::engine::NodeStock>| {
-                if with_state {
-                    Response::NodeAvailability(wire::node_states(engine, &stock))
-                } else {
-                    Response::Availability(wire::node_stock(engine, &stock))
-                }
-            };
-            match near {
-                None => engine.availability(&sku).map(answer),
-                Some(near) => match GeoPoint::new(near.lat, near.lon) {
-                    None => {
-                        return Response::error(
-                            ErrorCode::Malformed,
-                            "point is not a valid latitude/longitude",
-                        )
-                    }
-                    Some(point) => engine
-                        .nearest(&sku, point, near.min_qty, near.count as usize)
-                        .map(answer),
-                },
-            }
-        }
+        } => availability(engine, &sku, near, with_state),
         Request::StockSet(entries) => {
             let updates: Vec<StockUpdate> = entries
                 .into_iter()
@@ -188,6 +166,33 @@ pub async fn execute(engine: &Engine, request: Request) -> Response {
         }
     };
     result.unwrap_or_else(|error| wire::error(&error))
+}
+
+/// Every node's units of `sku`, or with `near` the nearest; with each
+/// node's state when `with_state`.
+fn availability(
+    engine: &Engine,
+    sku: &str,
+    near: Option<omniroute_protocol::Near>,
+    with_state: bool,
+) -> Result<Response, EngineError> {
+    let stock = match near {
+        None => engine.availability(sku)?,
+        Some(near) => {
+            let Some(point) = GeoPoint::new(near.lat, near.lon) else {
+                return Ok(Response::error(
+                    ErrorCode::Malformed,
+                    "point is not a valid latitude/longitude",
+                ));
+            };
+            engine.nearest(sku, point, near.min_qty, near.count as usize)?
+        }
+    };
+    Ok(if with_state {
+        Response::NodeAvailability(wire::node_states(engine, &stock))
+    } else {
+        Response::Availability(wire::node_stock(engine, &stock))
+    })
 }
 
 async fn stock_result(
