@@ -97,6 +97,11 @@ pub(crate) struct Args {
     /// with SIGKILL and time its restart on the same data directory.
     #[arg(long, requires = "spawn_server")]
     pub(super) kill_restart: bool,
+    /// Follow the scenario's channel's order statuses through the run, on
+    /// a connection that drops half way and resumes from its last cursor,
+    /// and check that each change came once (the summary's status_stream).
+    #[arg(long)]
+    pub(super) follow: bool,
     /// Internal: run the daemon for --spawn-server in this process.
     #[arg(long, hide = true)]
     pub(super) serve_child: Option<PathBuf>,

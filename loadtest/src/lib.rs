@@ -14,7 +14,7 @@ pub use scenario::{
     ScenarioStock, SkuRange, HOLDS_OUTLIVE_RUNS_MS,
 };
 pub use stock_audit::{Audit, Cell, ANY_NODE};
-pub use summary::{ratio, Summary, SUSTAINED_FRACTION};
+pub use summary::{ratio, StatusStream, Summary, SUSTAINED_FRACTION};
 
 #[cfg(test)]
 mod tests {

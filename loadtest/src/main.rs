@@ -10,6 +10,7 @@ mod args;
 mod audit;
 mod drive;
 mod feed;
+mod follow;
 mod orders;
 mod redis;
 mod report;
@@ -115,6 +116,7 @@ fn main() -> std::process::ExitCode {
                 || summary.missing_orders > 0
                 || summary.stock_mismatch_units > 0
                 || summary.early_expiries > 0
+                || summary.status_stream.as_ref().is_some_and(|s| !s.exact())
                 || redis_bad
             {
                 return std::process::ExitCode::from(3);

@@ -95,6 +95,21 @@ pub(crate) fn print(summary: &Summary) {
             summary.rerouted_orders, summary.withdrawn_units
         );
     }
+    if let Some(stream) = &summary.status_stream {
+        let changes: Vec<String> = stream
+            .changes
+            .iter()
+            .map(|(change, n)| format!("{change} {n}"))
+            .collect();
+        println!(
+            "{t}: status_stream={} statuses ({}) over {} reconnect(s): cursor_gaps={}, routed_orders_without_one_routed_status={}",
+            stream.statuses,
+            changes.join(", "),
+            stream.reconnects,
+            stream.cursor_gaps,
+            stream.routed_orders_without_one_routed_status
+        );
+    }
     if let Some(rate) = summary.highest_sustainable_rate {
         println!("{t}: highest_sustainable_rate={rate:.0}");
     }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::args::Args;
 use super::audit::{read_back_settled, starting_stock, ReadBack, RunOrders};
 use super::feed::{feed, node_events};
+use super::follow::{Endpoint, Follower};
 use super::orders::Orders;
 use super::redis::compare_redis;
 use super::spawn::{
@@ -231,8 +232,25 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     let seed = seed();
     let prefix = format!("lt-{seed}-");
     let beside = Beside::start(args, &scenario, &admin, &starting, seed, spawned.as_ref())?;
+    let follower = args.follow.then(|| {
+        let (target, trust) = endpoint(args, spawned.as_ref());
+        let endpoint = Endpoint {
+            target,
+            trust,
+            token: args.admin_token.clone(),
+        };
+        Follower::start(
+            endpoint,
+            scenario.channel.clone(),
+            args.warmup + args.duration / 2,
+        )
+    });
     let measured = measure_omniroute(args, &scenario, &clients, seed, &prefix).await?;
     let beside = beside.finish(&scenario).await?;
+    let status_stream = match follower {
+        Some(follower) => Some(follower.finish(&measured.run.routed).await?),
+        None => None,
+    };
     let mut summary = with_beside(measured.report, &beside);
     let RunResult {
         mut audit,
@@ -254,6 +272,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     let (audit, read_back) = read_back_settled(&admin, &run_orders, audit).await?;
     report_audit(&scenario, &audit, &read_back, &mut summary);
     summary.follow_ups = follow_ups;
+    summary.status_stream = status_stream;
     summary.highest_sustainable_rate = measured.highest;
     summary.p99_at_half_max_us = measured.p99_at_half_us;
     summary.durability = spawned.as_ref().map(|_| args.durability.clone());
@@ -285,11 +304,9 @@ fn read_scenario(path: &Path) -> Result<Scenario, String> {
 
 /// The admin connection and the connections orders go over: to the
 /// spawned daemon, or to `--target` with its CA (or none, `--insecure`).
-async fn connect(
-    args: &Args,
-    spawned: Option<&Spawned>,
-) -> Result<(SocketAddr, Arc<Client>, Vec<Client>), String> {
-    let (target, trust) = match spawned {
+/// The daemon's address and the certificate to trust in it.
+fn endpoint(args: &Args, spawned: Option<&Spawned>) -> (SocketAddr, Trust) {
+    match spawned {
         Some(s) => (s.addr, Trust::CaFile(s.cert.clone())),
         None if args.insecure => (args.target, Trust::InsecureDevelopmentOnly),
         None => (
@@ -300,7 +317,14 @@ async fn connect(
                     .unwrap_or_else(|| PathBuf::from("omniroute-data/cert.pem")),
             ),
         ),
-    };
+    }
+}
+
+async fn connect(
+    args: &Args,
+    spawned: Option<&Spawned>,
+) -> Result<(SocketAddr, Arc<Client>, Vec<Client>), String> {
+    let (target, trust) = endpoint(args, spawned);
     let admin = Client::connect(target, "localhost", trust.clone(), &args.admin_token)
         .await
         .map_err(|e| format!("admin connection: {e}"))?;

@@ -78,6 +78,30 @@ pub struct Summary {
     /// highest sustainable rate over Redis's.
     pub redis: Option<Box<Summary>>,
     pub ratio_vs_redis: Option<f64>,
+    /// With --follow: what the channel's status stream carried.
+    pub status_stream: Option<StatusStream>,
+}
+
+/// What a follower of the scenario's channel saw (`--follow`): each change
+/// of the run's orders once, across one reconnect.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StatusStream {
+    pub statuses: u64,
+    /// Statuses by change (`routed`, `confirmed`, `rerouted_node_offline`, ...).
+    pub changes: BTreeMap<String, u64>,
+    pub reconnects: u32,
+    /// Statuses whose cursor was not the last one + 1; must be 0.
+    pub cursor_gaps: u64,
+    /// Orders the run had routed that the stream did not say `routed`
+    /// for exactly once; must be 0.
+    pub routed_orders_without_one_routed_status: u64,
+}
+
+impl StatusStream {
+    /// Whether the stream carried every change once.
+    pub fn exact(&self) -> bool {
+        self.cursor_gaps == 0 && self.routed_orders_without_one_routed_status == 0
+    }
 }
 
 impl Summary {

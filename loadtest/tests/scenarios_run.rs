@@ -41,10 +41,28 @@ fn run(tag: &str, args: &[&str]) -> (String, serde_json::Value) {
     (stdout, summary)
 }
 
+/// Checks a --follow run's status stream: one reconnect, no cursor gap,
+/// and a `routed` status exactly once for each order the run routed.
+fn every_change_once(summary: &serde_json::Value) {
+    let stream = &summary["status_stream"];
+    assert_eq!(stream["reconnects"], 1, "{summary}");
+    assert_eq!(stream["cursor_gaps"], 0, "{summary}");
+    assert_eq!(
+        stream["routed_orders_without_one_routed_status"], 0,
+        "{summary}"
+    );
+    assert_eq!(
+        stream["changes"]["routed"].as_u64().unwrap(),
+        summary["outcomes"]["routed"].as_u64().unwrap(),
+        "{summary}"
+    );
+}
+
 #[test]
 fn restock_storm_counts_every_acknowledged_restock() {
     // Proves the restock feed runs alongside orders, its acknowledged units enter the audit,
-    // and buyers got more than the starting stock without any unit oversold or mismatched.
+    // and buyers got more than the starting stock without any unit oversold or mismatched;
+    // and that a follower of the channel, reconnecting half way, saw each change once.
     let (_, summary) = run(
         "storm",
         &[
@@ -56,12 +74,14 @@ fn restock_storm_counts_every_acknowledged_restock() {
             "2s",
             "--warmup",
             "0s",
+            "--follow",
         ],
     );
     assert_eq!(summary["oversold_units"], 0, "{summary}");
     assert_eq!(summary["missing_orders"], 0, "{summary}");
     assert_eq!(summary["stock_mismatch_units"], 0, "{summary}");
     assert_eq!(summary["feed_errors"], 0, "{summary}");
+    every_change_once(&summary);
     let restocked = summary["restocked_units"].as_u64().unwrap();
     assert!(restocked > 10_000, "{summary}");
     assert!(
@@ -73,7 +93,9 @@ fn restock_storm_counts_every_acknowledged_restock() {
 #[test]
 fn node_outage_reroutes_and_keeps_the_audit_clean() {
     // Proves a node taken offline mid-run re-routes open orders, the run reports how many,
-    // and the read-back audit finds 0 oversold, 0 missing and 0 mismatched units.
+    // and the read-back audit finds 0 oversold, 0 missing and 0 mismatched units; and that
+    // a follower of the channel, reconnecting half way, saw each change once, the
+    // outage's re-routes among them.
     let path = scenario_copy(
         "node-outage",
         "outage",
@@ -90,10 +112,19 @@ fn node_outage_reroutes_and_keeps_the_audit_clean() {
             "3s",
             "--warmup",
             "0s",
+            "--follow",
         ],
     );
     let _ = std::fs::remove_file(&path);
     assert!(stdout.contains("WH-DE-HAM offline"), "{stdout}");
+    every_change_once(&summary);
+    let changes = &summary["status_stream"]["changes"];
+    let moved = changes["rerouted_node_offline"].as_u64().unwrap_or(0)
+        + changes["short"].as_u64().unwrap_or(0);
+    assert!(
+        moved > 0,
+        "the outage's re-routes reached the channel: {summary}"
+    );
     assert!(
         summary["rerouted_orders"].as_u64().unwrap() > 0,
         "{summary}"
