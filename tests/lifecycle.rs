@@ -340,13 +340,14 @@ async fn stock_feed_in_bulk_sets_adjusts_and_bumps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn availability_and_nearest_nodes() {
-    // Proves the endless-aisle queries: ATP of a SKU across nodes, and the nearest N nodes
-    // to a point that have it, nearest first.
+    // Proves the endless-aisle queries: ATP of a SKU across nodes, in node_priority order
+    // (WH-S is priority 1, WH-N 2), and the nearest N nodes to a point that have it,
+    // nearest first.
     let (engine, _) = engine(&fixture(), None).await;
     let all = engine.availability("SKU-2").unwrap();
     assert_eq!(
         all.iter().map(|s| (s.node, s.atp)).collect::<Vec<_>>(),
-        vec![(WH_N, 4), (WH_S, 4)]
+        vec![(WH_S, 4), (WH_N, 4)]
     );
     let point = GeoPoint::new(50.0, 10.0).unwrap();
     let nearest = engine.nearest("SKU-1", point, 1, 3).unwrap();
