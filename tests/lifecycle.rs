@@ -361,3 +361,33 @@ async fn availability_and_nearest_nodes() {
         Err(EngineError::UnknownSku(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_is_told_its_orders_changes_without_a_journal() {
+    // Proves an engine with no journal (its orders never copied for a record) still tells
+    // the channel each change, read from the book: routed, then confirmed, with cursors 1, 2.
+    let (engine, _) = engine(&fixture(), None).await;
+    let mut statuses = engine.follow_orders("c", 0).await.unwrap();
+    assert!(engine
+        .submit(order("c", "o-1", &[("SKU-1", 2)]))
+        .await
+        .is_routed());
+    engine.confirm(key("o-1")).await.unwrap();
+    let mut told = Vec::new();
+    for _ in 0..2 {
+        let next = statuses.live.recv();
+        let (cursor, status) = tokio::time::timeout(std::time::Duration::from_secs(10), next)
+            .await
+            .expect("a status within 10 s")
+            .unwrap();
+        told.push((cursor, status.change, status.state));
+    }
+    use omniroute::core::status::OrderChange;
+    assert_eq!(
+        told,
+        vec![
+            (1, OrderChange::Routed, OrderState::Held),
+            (2, OrderChange::Confirmed, OrderState::Confirmed),
+        ]
+    );
+}
