@@ -115,6 +115,11 @@ fn code(body: &Value) -> &str {
     body["error"]["name"].as_str().unwrap_or("")
 }
 
+/// The message of an error body.
+fn message(body: &Value) -> &str {
+    body["error"]["message"].as_str().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_good_input_as_quic_does() {
     // Proves each /v1/ route does what its QUIC request does (submit, idempotent resubmit,
@@ -331,40 +336,19 @@ async fn bad_input_gets_the_protocols_code_and_names_the_field() {
         post(json!({"channel": "web", "id": "x", "ship_to": {"lat": 1.0, "lon": 2.0}}).to_string())
             .await;
     assert_eq!((status, code(&body)), (400, "Malformed"));
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("lines"),
-        "{body}"
-    );
+    assert!(message(&body).contains("lines"), "{body}");
     let mistyped = json!({"channel": "web", "id": "x", "lines": [{"sku": "SKU-1", "qty": "two"}], "ship_to": {"lat": 1.0, "lon": 2.0}});
     let (status, body) = post(mistyped.to_string()).await;
     assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("lines[0].qty"),
-        "{body}"
-    );
+    assert!(message(&body).contains("lines[0].qty"), "{body}");
     let unknown = json!({"channel": "web", "id": "x", "lines": [], "ship_to": {"lat": 1.0, "lon": 2.0}, "colour": "red"});
     let (status, body) = post(unknown.to_string()).await;
     assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("colour"),
-        "{body}"
-    );
+    assert!(message(&body).contains("colour"), "{body}");
     let long_id = "x".repeat(129);
     let (status, body) = post(order_body(&long_id, 1)).await;
     assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("id: longer than 128"),
-        "{body}"
-    );
+    assert!(message(&body).starts_with("id: longer than 128"), "{body}");
     let lines: Vec<Value> = (0..65)
         .map(|i| json!({"sku": format!("S-{i}"), "qty": 1}))
         .collect();
@@ -372,13 +356,7 @@ async fn bad_input_gets_the_protocols_code_and_names_the_field() {
         json!({"channel": "web", "id": "m", "lines": lines, "ship_to": {"lat": 1.0, "lon": 2.0}});
     let (status, body) = post(many.to_string()).await;
     assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("at most 64"),
-        "{body}"
-    );
+    assert!(message(&body).contains("at most 64"), "{body}");
     let (status, body) = tokio::task::spawn_blocking(move || declared_too_large(h))
         .await
         .unwrap();
@@ -445,13 +423,7 @@ async fn bad_input_gets_the_protocols_code_and_names_the_field() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("state:"),
-        "{body}"
-    );
+    assert!(message(&body).starts_with("state:"), "{body}");
     let (status, body) = http(
         h,
         "GET",
@@ -461,19 +433,10 @@ async fn bad_input_gets_the_protocols_code_and_names_the_field() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("created_from:"),
-        "{body}"
-    );
+    assert!(message(&body).starts_with("created_from:"), "{body}");
     let (status, body) = http(h, "GET", "/v1/nowhere".into(), web, None).await;
     assert_eq!(status, 404, "{body}");
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("openapi"));
+    assert!(message(&body).contains("openapi"));
     let (_, page) = http(h, "GET", "/v1/channels/web/orders".into(), web, None).await;
     assert_eq!(
         page["orders"].as_array().unwrap().len(),
