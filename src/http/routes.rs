@@ -115,37 +115,39 @@ fn mark_substitutes(answer: &mut Value, store: &str) {
     }
 }
 
+/// Answers a request about one order named by its key in the path.
+async fn by_key(
+    app: &App,
+    headers: &HeaderMap,
+    (channel, id): (String, String),
+    request: fn(omniroute_protocol::OrderKey) -> Request,
+) -> Reply {
+    let request = order_key(channel, id).map(request).map_err(bad_field);
+    respond(app, headers, request).await
+}
+
 pub async fn get_order(
     State(app): State<App>,
     headers: HeaderMap,
-    Path((channel, id)): Path<(String, String)>,
+    Path(key): Path<(String, String)>,
 ) -> Reply {
-    let request = order_key(channel, id)
-        .map(Request::GetOrder)
-        .map_err(bad_field);
-    respond(&app, &headers, request).await
+    by_key(&app, &headers, key, Request::GetOrder).await
 }
 
 pub async fn confirm(
     State(app): State<App>,
     headers: HeaderMap,
-    Path((channel, id)): Path<(String, String)>,
+    Path(key): Path<(String, String)>,
 ) -> Reply {
-    let request = order_key(channel, id)
-        .map(Request::Confirm)
-        .map_err(bad_field);
-    respond(&app, &headers, request).await
+    by_key(&app, &headers, key, Request::Confirm).await
 }
 
 pub async fn cancel(
     State(app): State<App>,
     headers: HeaderMap,
-    Path((channel, id)): Path<(String, String)>,
+    Path(key): Path<(String, String)>,
 ) -> Reply {
-    let request = order_key(channel, id)
-        .map(Request::Cancel)
-        .map_err(bad_field);
-    respond(&app, &headers, request).await
+    by_key(&app, &headers, key, Request::Cancel).await
 }
 
 pub async fn list(
