@@ -170,3 +170,57 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn unvouched_demand_leaves_the_journal_quiet_and_is_still_recovered() {
+    // Proves demand records (no answer waits on them) do not make the journal
+    // look busy to a rejection that waits for durability, while a state
+    // record does; and that both, written with and without an fsync of their
+    // own, come back after a close, in order.
+    let dir = TempDir::new("journal-unvouched");
+    let journal = Journal::start(&dir.0, 1, Durability::Fsync, DEFAULT_SEGMENT_BYTES).unwrap();
+    let (sender, receiver) = mpsc::channel();
+    {
+        let _paused = journal.pause();
+        let slot = journal.try_reserve_unvouched().expect("room");
+        journal
+            .append_in(slot, 2, b"demand-1".to_vec(), Box::new(|_| {}))
+            .unwrap();
+        assert!(journal.quiet(), "queued demand made the journal busy");
+        journal
+            .append(
+                1,
+                b"state".to_vec(),
+                Box::new(move |r| sender.send(r.expect("durable")).unwrap()),
+            )
+            .unwrap();
+        assert!(
+            !journal.quiet(),
+            "a queued state record left the journal quiet"
+        );
+    }
+    receiver.recv().unwrap();
+    assert!(
+        journal.quiet(),
+        "the state record is durable; nothing vouched is left"
+    );
+    let slot = journal.try_reserve_unvouched().expect("room");
+    journal
+        .append_in(slot, 2, b"demand-2".to_vec(), Box::new(|_| {}))
+        .unwrap();
+    journal.close();
+    let payloads: Vec<Vec<u8>> = recover(&dir.0, 0)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(
+        payloads,
+        vec![
+            b"demand-1".to_vec(),
+            b"state".to_vec(),
+            b"demand-2".to_vec()
+        ]
+    );
+}

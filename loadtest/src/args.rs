@@ -102,9 +102,23 @@ pub(crate) struct Args {
     /// and check that each change came once (the summary's status_stream).
     #[arg(long)]
     pub(super) follow: bool,
+    /// Orders per `SubmitBatch` frame: what is due per tick and connection
+    /// goes in frames of up to this many (at most 1024). 0: one `Submit`
+    /// frame per order.
+    #[arg(long, default_value_t = omniroute_client::protocol::MAX_ORDERS_PER_SUBMIT_BATCH,
+          value_parser = parse_submit_batch)]
+    pub(super) submit_batch: usize,
     /// Internal: run the daemon for --spawn-server in this process.
     #[arg(long, hide = true)]
     pub(super) serve_child: Option<PathBuf>,
+}
+
+fn parse_submit_batch(text: &str) -> Result<usize, String> {
+    let max = omniroute_client::protocol::MAX_ORDERS_PER_SUBMIT_BATCH;
+    match text.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("{text:?}: give 0 (single Submit frames) to {max}")),
+    }
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -461,7 +461,7 @@ async fn measure_omniroute(
 ) -> Result<Measured, String> {
     let (events, receiver) = drive::channel();
     let outstanding = Arc::new(AtomicU64::new(0));
-    let sink = sinks::quic(clients, &events).await?;
+    let sink = sinks::quic(clients, &events, args.submit_batch).await?;
     let follow_ups = scenario.follow_up.clone().map(|mix| {
         FollowUps::new(
             mix,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use omniroute_client::protocol::{
-    check_frame, reject_codes, split_frame, Decision, ErrorCode, Request, Response,
+    check_frame, reject_codes, split_frame, Decision, ErrorCode, Judged, Request, Response,
 };
 use omniroute_client::{Client, Order};
 use omniroute_loadtest::{Outcome, ANY_NODE};
@@ -25,13 +25,45 @@ pub enum Sink {
     Quic {
         writers: Vec<mpsc::Sender<Vec<u8>>>,
         handle: tokio::runtime::Handle,
+        /// Orders per `SubmitBatch` frame; 0: one `Submit` frame each.
+        batch: usize,
+        rotor: Rotor,
     },
     Redis {
         connections: Vec<redis::aio::MultiplexedConnection>,
         sha: String,
         events: mpsc::Sender<Event>,
         handle: tokio::runtime::Handle,
+        rotor: Rotor,
     },
+}
+
+/// A tick's orders go to as few connections as carry them, at least
+/// `MIN_ORDERS_PER_CONNECTION_SEND` each, starting one connection further
+/// every tick: at a low rate each tick is one datagram on one connection,
+/// not a sliver on each. The same for both targets, so the comparison
+/// stays fair.
+pub const MIN_ORDERS_PER_CONNECTION_SEND: usize = 64;
+
+/// The connection the next tick starts at.
+#[derive(Clone, Default)]
+pub struct Rotor(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Rotor {
+    /// Splits `batch` into contiguous runs, each with the connection it goes to.
+    fn spread<T>(&self, batch: &mut Vec<T>, connections: usize) -> Vec<(usize, Vec<T>)> {
+        let connections = connections.max(1);
+        let parts = batch
+            .len()
+            .div_ceil(MIN_ORDERS_PER_CONNECTION_SEND)
+            .clamp(1, connections);
+        let start = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        chunks(batch, parts)
+            .into_iter()
+            .enumerate()
+            .map(|(i, part)| ((start + i) % connections, part))
+            .collect()
+    }
 }
 
 /// The key of a SKU's stock on the Redis side.
@@ -68,13 +100,14 @@ impl Sink {
     /// runs. Called from the scheduler thread; waits when a queue is full.
     pub fn send_orders(&self, batch: &mut Vec<(u64, Order)>) {
         match self {
-            Sink::Quic { writers, .. } => {
-                for (part, writer) in chunks(batch, writers.len()).into_iter().zip(writers) {
-                    let mut bytes = Vec::with_capacity(part.len() * 128);
-                    for (id, order) in part {
-                        Request::Submit(order).encode(id, &mut bytes);
-                    }
-                    let _ = writer.blocking_send(bytes);
+            Sink::Quic {
+                writers,
+                batch: per_frame,
+                rotor,
+                ..
+            } => {
+                for (connection, part) in rotor.spread(batch, writers.len()) {
+                    let _ = writers[connection].blocking_send(encode_orders(part, *per_frame));
                 }
             }
             Sink::Redis {
@@ -82,11 +115,10 @@ impl Sink {
                 sha,
                 events,
                 handle,
+                rotor,
             } => {
-                for (part, connection) in chunks(batch, connections.len())
-                    .into_iter()
-                    .zip(connections)
-                {
+                for (connection, part) in rotor.spread(batch, connections.len()) {
+                    let connection = &connections[connection];
                     let mut pipe = redis::pipe();
                     let mut lines = Vec::with_capacity(part.len());
                     for (id, order) in part {
@@ -151,7 +183,10 @@ impl Sink {
     /// Sends follow-up requests (QUIC only). Called from the collector, so
     /// it never waits: a full queue hands the batch to a task.
     pub fn send_requests(&self, requests: Vec<(u64, Request)>) {
-        let Sink::Quic { writers, handle } = self else {
+        let Sink::Quic {
+            writers, handle, ..
+        } = self
+        else {
             return;
         };
         let mut bytes = Vec::with_capacity(requests.len() * 96);
@@ -163,6 +198,42 @@ impl Sink {
             let writer = writer.clone();
             handle.spawn(async move { writer.send(bytes).await });
         }
+    }
+}
+
+/// A run of orders with contiguous ids as frames: `SubmitBatch` frames of
+/// at most `per_frame` orders, each with its first order's id (the answer's
+/// entries follow on from it), or with `per_frame` 0 a `Submit` frame each.
+fn encode_orders(part: Vec<(u64, Order)>, per_frame: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(part.len() * 128);
+    if per_frame == 0 {
+        for (id, order) in part {
+            Request::Submit(order).encode(id, &mut bytes);
+        }
+        return bytes;
+    }
+    let mut part = part.into_iter().peekable();
+    while let Some(&(first, _)) = part.peek() {
+        let orders: Vec<_> = part.by_ref().take(per_frame).map(|(_, o)| Ok(o)).collect();
+        Request::SubmitBatch(orders).encode(first, &mut bytes);
+    }
+    bytes
+}
+
+/// The answers a frame carries: one, or a `Decisions` frame's entries,
+/// which answer the ids from the frame's on.
+fn answers_of(id: u64, done: Instant, response: Response, out: &mut Vec<Answer>) {
+    match response {
+        Response::Decisions(entries) => {
+            for (i, entry) in entries.into_iter().enumerate() {
+                let response = match entry {
+                    Judged::Decision(decision) => Response::Decision(decision),
+                    Judged::Error { code, message } => Response::Error { code, message },
+                };
+                out.push(answer(id + i as u64, done, response));
+            }
+        }
+        other => out.push(answer(id, done, other)),
     }
 }
 
@@ -217,7 +288,7 @@ async fn read_frames(mut recv: omniroute_client::quinn::RecvStream, events: mpsc
             let (kind, id, payload) = split_frame(&buffer[consumed..consumed + length]);
             consumed += length;
             match Response::decode(kind, payload) {
-                Ok(Some(response)) => answers.push(answer(id, done, response)),
+                Ok(Some(response)) => answers_of(id, done, response, &mut answers),
                 _ => eprintln!("omniroute-loadtest: undecodable answer of kind {kind:#x}"),
             }
         }
@@ -229,7 +300,11 @@ async fn read_frames(mut recv: omniroute_client::quinn::RecvStream, events: mpsc
 }
 
 /// One stream per connection, on the clients' authenticated connections.
-pub async fn quic(clients: &[Client], events: &mpsc::Sender<Event>) -> Result<Sink, String> {
+pub async fn quic(
+    clients: &[Client],
+    events: &mpsc::Sender<Event>,
+    batch: usize,
+) -> Result<Sink, String> {
     let mut writers = Vec::new();
     for client in clients {
         let (send, recv) = client
@@ -245,6 +320,8 @@ pub async fn quic(clients: &[Client], events: &mpsc::Sender<Event>) -> Result<Si
     Ok(Sink::Quic {
         writers,
         handle: tokio::runtime::Handle::current(),
+        batch,
+        rotor: Rotor::default(),
     })
 }
 
@@ -353,6 +430,7 @@ pub async fn redis(
             sha,
             events: events.clone(),
             handle: tokio::runtime::Handle::current(),
+            rotor: Rotor::default(),
         },
         admin,
     ))

@@ -58,6 +58,11 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
+    /// The next `count` bytes, as they are.
+    pub fn slice(&mut self, count: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        self.take(count, what)
+    }
+
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.take(1, what)?[0])
     }
@@ -188,6 +193,17 @@ impl<'a> Writer<'a> {
 
     pub fn f64(&mut self, value: f64) -> &mut Self {
         self.out.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// Writes `u16 length | what write wrote` (at most `u16::MAX` bytes:
+    /// callers keep entries within the protocol's limits).
+    pub fn sized_u16(&mut self, write: impl FnOnce(&mut Self)) -> &mut Self {
+        let at = self.out.len();
+        self.out.extend_from_slice(&[0; 2]);
+        write(self);
+        let length = (self.out.len() - at - 2).min(u16::MAX as usize) as u16;
+        self.out[at..at + 2].copy_from_slice(&length.to_le_bytes());
         self
     }
 

@@ -7,9 +7,11 @@
 //! then [`Request::decode`] / [`Response::decode`] build it. Every read is
 //! bounds-checked; malformed input is a [`DecodeError`], never a panic.
 
+mod batch;
 mod codec;
 mod messages;
 
+pub use batch::{batch_too_large, BatchOrder, Judged, MAX_ORDERS_PER_SUBMIT_BATCH};
 pub use codec::{DecodeError, Reader, Writer};
 pub use messages::*;
 

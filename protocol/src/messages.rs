@@ -1,5 +1,6 @@
 //! Requests and responses, with their kinds, layouts and codes.
 
+use crate::batch::{decode_batch, decode_judged, encode_batch, encode_judged, BatchOrder, Judged};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::{
     MAX_COUNTS_PER_REJECT, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_MESSAGE_BYTES,
@@ -24,6 +25,7 @@ pub mod kinds {
     pub const GET_ORDER_BY_ID: u8 = 0x0E;
     pub const FOLLOW_ORDERS: u8 = 0x0F;
     pub const LIST_ORDERS: u8 = 0x10;
+    pub const SUBMIT_BATCH: u8 = 0x11;
     // Response kinds (server to client).
     pub const HELLO_OK: u8 = 0x81;
     pub const DECISION: u8 = 0x82;
@@ -36,6 +38,7 @@ pub mod kinds {
     pub const ORDER_STATUS: u8 = 0x89;
     pub const ORDER_PAGE: u8 = 0x8A;
     pub const NODE_AVAILABILITY: u8 = 0x8B;
+    pub const DECISIONS: u8 = 0x8C;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -209,6 +212,9 @@ pub enum Request {
         token: String,
     },
     Submit(Order),
+    /// Many orders in one frame, each judged on its own: answered by one
+    /// `Decisions` frame with an entry per order, in order.
+    SubmitBatch(Vec<BatchOrder>),
     Confirm(OrderKey),
     Cancel(OrderKey),
     GetOrder(OrderKey),
@@ -477,6 +483,8 @@ pub enum Response {
         role: String,
     },
     Decision(Decision),
+    /// The answer to a `SubmitBatch`: one entry per order, in order.
+    Decisions(Vec<Judged>),
     Order(OrderView),
     Availability(Vec<NodeStock>),
     NodeAvailability(Vec<NodeState>),
@@ -525,6 +533,7 @@ impl Request {
         match self {
             Request::Hello { .. } => HELLO,
             Request::Submit(_) => SUBMIT,
+            Request::SubmitBatch(_) => SUBMIT_BATCH,
             Request::Confirm(_) => CONFIRM,
             Request::Cancel(_) => CANCEL,
             Request::GetOrder(_) => GET_ORDER,
@@ -551,6 +560,7 @@ impl Request {
                 token: r.string(MAX_TOKEN_BYTES, "token")?,
             },
             kinds::SUBMIT => Request::Submit(decode_order(&mut r)?),
+            kinds::SUBMIT_BATCH => Request::SubmitBatch(decode_batch(&mut r)?),
             kinds::CONFIRM => Request::Confirm(order_key(&mut r)?),
             kinds::CANCEL => Request::Cancel(order_key(&mut r)?),
             kinds::GET_ORDER => Request::GetOrder(order_key(&mut r)?),
@@ -675,6 +685,7 @@ impl Request {
                 w.u16(*version).string(token);
             }
             Request::Submit(order) => encode_order(&mut w, order),
+            Request::SubmitBatch(orders) => encode_batch(&mut w, orders),
             Request::Confirm(key) | Request::Cancel(key) | Request::GetOrder(key) => {
                 write_key(&mut w, key)
             }
@@ -769,7 +780,7 @@ impl Request {
     }
 }
 
-fn decode_order(r: &mut Reader) -> Result<Order, DecodeError> {
+pub(crate) fn decode_order(r: &mut Reader) -> Result<Order, DecodeError> {
     let channel = id(r, "channel")?;
     let client_order_id = id(r, "client order id")?;
     let (lat, lon) = (r.f64("lat")?, r.f64("lon")?);
@@ -806,7 +817,7 @@ fn decode_order(r: &mut Reader) -> Result<Order, DecodeError> {
     })
 }
 
-fn encode_order(w: &mut Writer, order: &Order) {
+pub(crate) fn encode_order(w: &mut Writer, order: &Order) {
     w.string(&order.channel)
         .string(&order.client_order_id)
         .f64(order.lat)
@@ -827,6 +838,85 @@ fn encode_order(w: &mut Writer, order: &Order) {
     w.u16(order.lines.len() as u16);
     for (sku, qty) in &order.lines {
         w.string(sku).u32(*qty);
+    }
+}
+
+/// An error's message cut to `MAX_MESSAGE_BYTES`, on a char boundary.
+pub(crate) fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    message
+}
+
+pub(crate) fn decode_decision(r: &mut Reader) -> Result<Decision, DecodeError> {
+    Ok(match r.u8("outcome")? {
+        0 => {
+            let (order_id, expires_at_ms) = (r.u64("order id")?, r.u64("expires at")?);
+            let count = r.count_u16(MAX_ALLOCATIONS_PER_ANSWER, "allocations")?;
+            let allocations = (0..count)
+                .map(|_| {
+                    Ok(Allocation {
+                        line: r.u16("line")?,
+                        sku: id(r, "sku")?,
+                        node: id(r, "node")?,
+                        qty: r.u32("qty")?,
+                    })
+                })
+                .collect::<Result<_, DecodeError>>()?;
+            Decision::Routed {
+                order_id,
+                expires_at_ms,
+                allocations,
+                short: decode_shorts(r)?,
+            }
+        }
+        1 => Decision::Rejected {
+            code: r.u16("code")?,
+            detail: r.u16("detail")?,
+            message: r.string(MAX_MESSAGE_BYTES, "message")?,
+            short: decode_shorts(r)?,
+        },
+        other => {
+            return Err(DecodeError::NotOneOf {
+                what: "outcome",
+                value: other.into(),
+                allowed: "0 or 1",
+            })
+        }
+    })
+}
+
+pub(crate) fn encode_decision(w: &mut Writer, decision: &Decision) {
+    match decision {
+        Decision::Routed {
+            order_id,
+            expires_at_ms,
+            allocations,
+            short,
+        } => {
+            w.u8(0)
+                .u64(*order_id)
+                .u64(*expires_at_ms)
+                .u16(allocations.len() as u16);
+            for a in allocations {
+                w.u16(a.line).string(&a.sku).string(&a.node).u32(a.qty);
+            }
+            encode_shorts(w, short);
+        }
+        Decision::Rejected {
+            code,
+            detail,
+            message,
+            short,
+        } => {
+            w.u8(1).u16(*code).u16(*detail).string(message);
+            encode_shorts(w, short);
+        }
     }
 }
 
@@ -912,6 +1002,7 @@ impl Response {
         match self {
             Response::HelloOk { .. } => HELLO_OK,
             Response::Decision(_) => DECISION,
+            Response::Decisions(_) => DECISIONS,
             Response::Order(_) => ORDER,
             Response::Availability(_) => AVAILABILITY_ANSWER,
             Response::NodeAvailability(_) => NODE_AVAILABILITY,
@@ -926,17 +1017,9 @@ impl Response {
     }
 
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
-        let mut message = message.into();
-        if message.len() > MAX_MESSAGE_BYTES {
-            let mut cut = MAX_MESSAGE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
         Response::Error {
             code: code as u16,
-            message,
+            message: bounded_message(message.into()),
         }
     }
 
@@ -946,41 +1029,8 @@ impl Response {
             kinds::HELLO_OK => Response::HelloOk {
                 role: r.string(MAX_ID_BYTES + 16, "role")?,
             },
-            kinds::DECISION => Response::Decision(match r.u8("outcome")? {
-                0 => {
-                    let (order_id, expires_at_ms) = (r.u64("order id")?, r.u64("expires at")?);
-                    let count = r.count_u16(MAX_ALLOCATIONS_PER_ANSWER, "allocations")?;
-                    let allocations = (0..count)
-                        .map(|_| {
-                            Ok(Allocation {
-                                line: r.u16("line")?,
-                                sku: id(&mut r, "sku")?,
-                                node: id(&mut r, "node")?,
-                                qty: r.u32("qty")?,
-                            })
-                        })
-                        .collect::<Result<_, DecodeError>>()?;
-                    Decision::Routed {
-                        order_id,
-                        expires_at_ms,
-                        allocations,
-                        short: decode_shorts(&mut r)?,
-                    }
-                }
-                1 => Decision::Rejected {
-                    code: r.u16("code")?,
-                    detail: r.u16("detail")?,
-                    message: r.string(MAX_MESSAGE_BYTES, "message")?,
-                    short: decode_shorts(&mut r)?,
-                },
-                other => {
-                    return Err(DecodeError::NotOneOf {
-                        what: "outcome",
-                        value: other.into(),
-                        allowed: "0 or 1",
-                    })
-                }
-            }),
+            kinds::DECISION => Response::Decision(decode_decision(&mut r)?),
+            kinds::DECISIONS => Response::Decisions(decode_judged(&mut r)?),
             kinds::ORDER => Response::Order(decode_order_view(&mut r)?),
             kinds::ORDER_STATUS => {
                 let (cursor, change) = (r.u64("cursor")?, r.u8("change")?);
@@ -1085,30 +1135,8 @@ impl Response {
             Response::HelloOk { role } => {
                 w.string(role);
             }
-            Response::Decision(Decision::Routed {
-                order_id,
-                expires_at_ms,
-                allocations,
-                short,
-            }) => {
-                w.u8(0)
-                    .u64(*order_id)
-                    .u64(*expires_at_ms)
-                    .u16(allocations.len() as u16);
-                for a in allocations {
-                    w.u16(a.line).string(&a.sku).string(&a.node).u32(a.qty);
-                }
-                encode_shorts(&mut w, short);
-            }
-            Response::Decision(Decision::Rejected {
-                code,
-                detail,
-                message,
-                short,
-            }) => {
-                w.u8(1).u16(*code).u16(*detail).string(message);
-                encode_shorts(&mut w, short);
-            }
+            Response::Decision(decision) => encode_decision(&mut w, decision),
+            Response::Decisions(judged) => encode_judged(&mut w, judged),
             Response::Order(view) => encode_order_view(&mut w, view),
             Response::OrderStatus(status) => {
                 w.u64(status.cursor)

@@ -84,12 +84,13 @@ impl Sequencer {
     }
 
     /// Appends a record nobody waits for, if the journal's queue has room
-    /// now; false if it had none (or there is no journal).
+    /// now; false if it had none (or there is no journal). No answer waits
+    /// on it: [`Sequencer::after_durable`] looks past it.
     pub fn try_append_unawaited(&self, kind: u8, payload: impl FnOnce() -> Vec<u8>) -> bool {
         let Sequencer::Journal(journal) = self else {
             return false;
         };
-        let Some(slot) = journal.try_reserve() else {
+        let Some(slot) = journal.try_reserve_unvouched() else {
             return false;
         };
         journal

@@ -2,7 +2,7 @@
 //! barriers, and a clean stop.
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -16,6 +16,11 @@ use super::{io_error, Durability, JournalError};
 pub const MAX_PENDING_APPENDS: usize = 65_536;
 /// Records written (and fsynced) together at most.
 pub const MAX_RECORDS_PER_COMMIT: usize = 8192;
+/// How long the writer gathers unvouched records (rejected orders'
+/// demand, which nothing waits on) before writing them, unless a vouched
+/// record comes first: a sold-out SKU's rejections then cost the writer
+/// one wake-up per this long, not one per batch.
+pub const UNVOUCHED_LINGER_US: u64 = 2_000;
 
 /// Called with the LSN once the record is durable (or with the error).
 pub type Done = Box<dyn FnOnce(Result<u64, JournalError>) + Send>;
@@ -34,11 +39,30 @@ pub(super) struct Append {
     pub(super) slot: Slot,
 }
 
+impl Append {
+    /// Whether an answer may wait on this append (all but demand): a
+    /// commit of none such is written without an fsync.
+    pub(super) fn vouched(&self) -> bool {
+        self.slot.vouched.is_some()
+    }
+}
+
 /// A place in the journal's queue, taken before a record is built: async
 /// code waits for one without parking its thread, and the append that
 /// uses it never blocks.
 pub struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The journal's count of records an answer may wait for, when this
+    /// slot is one of them; given back with the slot, once durable.
+    vouched: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(count) = &self.vouched {
+            count.fetch_sub(1, Ordering::Release);
+        }
+    }
 }
 
 /// Counters of the writer, for metrics and the benchmarks.
@@ -65,6 +89,10 @@ pub struct Journal {
     pub stats: Arc<JournalStats>,
     /// Taken by the writer around each commit; see [`Journal::pause`].
     paused: Arc<std::sync::Mutex<()>>,
+    /// Records and barriers queued or being written that an answer may
+    /// vouch for: all but the unvouched ones (rejected orders' demand),
+    /// which no answer waits on. See [`Journal::quiet`].
+    vouched: Arc<AtomicUsize>,
 }
 
 impl Journal {
@@ -102,6 +130,7 @@ impl Journal {
             spare_jobs,
             spares,
             prepared,
+            unsynced: false,
         };
         let (queue, receiver) = crossbeam_channel::bounded(MAX_PENDING_APPENDS);
         let paused = Arc::new(std::sync::Mutex::new(()));
@@ -116,6 +145,7 @@ impl Journal {
             writer: std::sync::Mutex::new(vec![thread, spare_thread]),
             stats,
             paused,
+            vouched: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -125,15 +155,21 @@ impl Journal {
         let slots = self.slots.clone();
         // Never closed: the semaphore lives as long as the journal.
         let permit = slots.acquire_owned().await;
+        self.vouched.fetch_add(1, Ordering::AcqRel);
         Slot {
             _permit: permit.expect("journal slots are never closed"),
+            vouched: Some(self.vouched.clone()),
         }
     }
 
-    /// A place in the queue if one is free now; never waits.
-    pub fn try_reserve(&self) -> Option<Slot> {
+    /// A place in the queue if one is free now, never waiting, for a
+    /// record no answer vouches for: [`Journal::quiet`] does not wait on it.
+    pub fn try_reserve_unvouched(&self) -> Option<Slot> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
-        Some(Slot { _permit: permit })
+        Some(Slot {
+            _permit: permit,
+            vouched: None,
+        })
     }
 
     /// Queues a record in `slot`, at once; `done` runs on the writer thread
@@ -158,10 +194,12 @@ impl Journal {
         self.paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether nothing is queued, being written or about to be: every
-    /// record appended so far is durable.
+    /// Whether every record an answer may vouch for is durable: nothing
+    /// but unvouched records (demand) is queued or being written. A
+    /// sold-out SKU's rejection is answered at once then, even while the
+    /// writer is busy with the demand of the rejections before it.
     pub fn quiet(&self) -> bool {
-        self.slots.available_permits() == MAX_PENDING_APPENDS
+        self.vouched.load(Ordering::Acquire) == 0
     }
 
     /// Queues a barrier in `slot`: nothing is written, and `done` runs on

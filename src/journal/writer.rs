@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::handle::{Append, CommitFailed, Done, JournalStats, MAX_RECORDS_PER_COMMIT};
+use super::handle::{
+    Append, CommitFailed, Done, JournalStats, MAX_RECORDS_PER_COMMIT, UNVOUCHED_LINGER_US,
+};
 use super::record::{self};
 use super::segments::{segment_path, sync_dir, SpareJob};
 use super::{io_error, Durability, JournalError};
@@ -30,6 +32,10 @@ pub(super) struct Writer {
     /// a new directory, or one made when no spare was ready) is left as
     /// soon as a spare is.
     pub(super) prepared: bool,
+    /// Bytes written by commits of unvouched records only, not fsynced
+    /// yet: the next vouched commit's fsync, a rotation or the close
+    /// makes them durable.
+    pub(super) unsynced: bool,
 }
 
 impl Writer {
@@ -42,6 +48,7 @@ impl Writer {
         let mut acks = Vec::with_capacity(batch.len());
         let mut slots = Vec::with_capacity(batch.len());
         let mut records = 0;
+        let vouched = batch.iter().any(Append::vouched);
         for append in batch {
             slots.push(append.slot);
             let Some(kind) = append.kind else {
@@ -57,14 +64,15 @@ impl Writer {
         let fail = |acks: Vec<(Done, u64)>, error| {
             (acks.into_iter().map(|(d, _)| d).collect::<Vec<_>>(), error)
         };
-        if records == 0 {
+        if records == 0 && !self.unsynced {
             // Barriers only: everything before them is durable already.
             return Ok(acks);
         }
         if let Err(e) = self.file.write_all_at(buffer, self.size) {
             return Err(fail(acks, io_error(&self.path, e)));
         }
-        if self.durability == Durability::Fsync {
+        self.unsynced = !vouched;
+        if vouched && self.durability == Durability::Fsync {
             let started = std::time::Instant::now();
             if let Err(e) = self.file.sync_data() {
                 return Err(fail(acks, io_error(&self.path, e)));
@@ -84,9 +92,20 @@ impl Writer {
             .largest_commit
             .fetch_max(records, Ordering::Relaxed);
         if self.size >= self.segment_bytes || (!self.prepared && !self.spares.is_empty()) {
+            // Only the last segment may end torn: the one left is synced.
+            self.sync_unvouched().map_err(|e| fail(Vec::new(), e))?;
             self.rotate().map_err(|e| fail(Vec::new(), e))?;
         }
         Ok(acks)
+    }
+
+    /// Makes durable what unvouched commits wrote, if anything.
+    fn sync_unvouched(&mut self) -> Result<(), JournalError> {
+        if self.unsynced && self.durability == Durability::Fsync {
+            self.file.sync_data().map_err(|e| io_error(&self.path, e))?;
+        }
+        self.unsynced = false;
+        Ok(())
     }
 
     fn rotate(&mut self) -> Result<(), JournalError> {
@@ -127,9 +146,14 @@ impl Writer {
         let mut buffer = Vec::with_capacity(1 << 20);
         while let Ok(first) = queue.recv() {
             let mut batch = vec![first];
+            linger_while_unvouched(&queue, &mut batch);
             // Uncontended but for a test's pause: one atomic per commit.
             let pause = paused.lock().unwrap_or_else(|e| e.into_inner());
-            batch.extend(queue.try_iter().take(MAX_RECORDS_PER_COMMIT - 1));
+            batch.extend(
+                queue
+                    .try_iter()
+                    .take(MAX_RECORDS_PER_COMMIT.saturating_sub(batch.len())),
+            );
             let committed = self.commit(batch, &mut buffer);
             drop(pause);
             match committed {
@@ -145,6 +169,29 @@ impl Writer {
                     return;
                 }
             }
+        }
+        if let Err(error) = self.sync_unvouched() {
+            tracing::error!("journal writer: the last demand records: {error}");
+        }
+    }
+}
+
+/// Gathers more appends while all taken are unvouched, for at most
+/// `UNVOUCHED_LINGER_US`; a vouched one ends the wait at once.
+fn linger_while_unvouched(queue: &crossbeam_channel::Receiver<Append>, batch: &mut Vec<Append>) {
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_micros(UNVOUCHED_LINGER_US);
+    if batch.iter().any(Append::vouched) {
+        return;
+    }
+    while batch.len() < MAX_RECORDS_PER_COMMIT {
+        let Ok(append) = queue.recv_deadline(deadline) else {
+            return;
+        };
+        let vouched = append.vouched();
+        batch.push(append);
+        if vouched {
+            return;
         }
     }
 }

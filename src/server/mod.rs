@@ -3,6 +3,7 @@
 
 pub mod requests;
 mod session;
+mod submits;
 pub mod tls;
 mod tokens;
 pub mod wire;

@@ -4,6 +4,7 @@
 
 use omniroute_protocol::{ErrorCode, ListedOrder, Request, Response, MAX_FRAME_BYTES};
 
+use super::submits::Submits;
 use super::{wire, Role};
 use crate::core::geo::GeoPoint;
 use crate::core::router::{OpError, OrderRef};
@@ -19,20 +20,21 @@ pub async fn answer(engine: &Engine, role: &Role, request: Request) -> Response 
         return forbidden(role);
     }
     match request {
-        Request::Submit(order) => {
-            match engine
-                .try_submit_batch(vec![wire::order_request(order)])
-                .await
-            {
-                Ok(decisions) => match decisions.first() {
-                    Some(decision) => Response::Decision(wire::decision(engine, decision)),
-                    None => Response::error(ErrorCode::Internal, "no decision for the order"),
-                },
-                Err(error) => wire::error(&error),
-            }
-        }
+        Request::Submit(order) => submit(engine, |s| s.single(0, order)).await,
+        Request::SubmitBatch(entries) => submit(engine, |s| s.batch(0, entries, role)).await,
         other => execute(engine, other).await,
     }
+}
+
+/// The answer to one submit frame, single or batch.
+async fn submit(engine: &Engine, take: impl FnOnce(&mut Submits)) -> Response {
+    let mut submits = Submits::default();
+    take(&mut submits);
+    let mut answers = submits.answer(engine).await;
+    answers.pop().map_or_else(
+        || Response::error(ErrorCode::Internal, "no answer for the order"),
+        |(_, response)| response,
+    )
 }
 
 /// The answer to a request the role may not make.
@@ -43,16 +45,21 @@ pub fn forbidden(role: &Role) -> Response {
     )
 }
 
-/// Which requests each role may make.
+/// Whether `role` may submit orders to `channel`.
+pub fn may_submit(role: &Role, channel: &str) -> bool {
+    matches!(role, Role::Admin) || matches!(role, Role::Channel(c) if c == channel)
+}
+
+/// Which requests each role may make. A batch's orders are each checked
+/// against the role's channel on their own (`submits::Submits::batch`).
 pub fn allowed(role: &Role, request: &Request) -> bool {
-    let own_channel = |channel: &str| {
-        matches!(role, Role::Admin) || matches!(role, Role::Channel(c) if c == channel)
-    };
+    let own_channel = |channel: &str| may_submit(role, channel);
     let own_node =
         |node: &str| matches!(role, Role::Admin) || matches!(role, Role::Node(n) if n == node);
     match request {
         Request::Hello { .. } => true,
         Request::Submit(order) => own_channel(&order.channel),
+        Request::SubmitBatch(_) => matches!(role, Role::Admin | Role::Channel(_)),
         Request::Confirm(key) | Request::Cancel(key) | Request::GetOrder(key) => {
             own_channel(&key.channel)
         }
@@ -160,6 +167,7 @@ pub async fn execute(engine: &Engine, request: Request) -> Response {
         Request::ListOrders(query) => list_orders(engine, query).await,
         Request::Hello { .. }
         | Request::Submit(_)
+        | Request::SubmitBatch(_)
         | Request::Subscribe { .. }
         | Request::FollowOrders { .. } => {
             unreachable!("handled by dispatch")

@@ -11,12 +11,13 @@ use std::sync::{Arc, OnceLock};
 
 use futures::future::join_all;
 use omniroute_protocol::{
-    check_frame, close_codes, length_prefix, split_frame, DecodeError, ErrorCode, Request,
-    Response, LENGTH_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, UNFRAMED_REQUEST_ID,
+    batch_too_large, check_frame, close_codes, length_prefix, split_frame, DecodeError, ErrorCode,
+    Request, Response, LENGTH_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, UNFRAMED_REQUEST_ID,
 };
 use tokio::sync::{mpsc, Semaphore};
 
 use super::requests::{allowed, execute, forbidden};
+use super::submits::Submits;
 use super::{wire, Role};
 use crate::engine::{Engine, EngineError, Subscription};
 
@@ -242,15 +243,17 @@ async fn dispatch(
         requests,
     } = *stream;
     let mut immediate: Vec<(u64, Response)> = Vec::new();
-    let mut submits = Vec::new();
+    let mut submits = Submits::default();
     let mut others = Vec::new();
     for (id, decoded) in frames {
         let request = match decoded {
-            Err(message) => {
-                immediate.push((
-                    id,
-                    Response::error(ErrorCode::Malformed, message.to_string()),
-                ));
+            Err(error) => {
+                let code = if batch_too_large(&error) {
+                    ErrorCode::TooLarge
+                } else {
+                    ErrorCode::Malformed
+                };
+                immediate.push((id, Response::error(code, error.to_string())));
                 continue;
             }
             Ok(None) => {
@@ -283,7 +286,8 @@ async fn dispatch(
             continue;
         }
         match request {
-            Request::Submit(order) => submits.push((id, wire::order_request(order))),
+            Request::Submit(order) => submits.single(id, order),
+            Request::SubmitBatch(entries) => submits.batch(id, entries, role),
             Request::Subscribe { node, from_cursor } => {
                 let engine = shared.engine.clone();
                 let events = async move { engine.subscribe(&node, from_cursor).await };
@@ -317,27 +321,16 @@ async fn dispatch(
         return false;
     }
     let work = submits.len() + others.len();
-    if work == 0 {
+    if work == 0 && submits.is_empty() {
         return true;
     }
-    let permits = work.min(shared.max_inflight_per_connection) as u32;
+    let permits = work.clamp(1, shared.max_inflight_per_connection) as u32;
     let Ok(permit) = session.inflight.clone().acquire_many_owned(permits).await else {
         return false;
     };
     let (engine, out) = (shared.engine.clone(), out.clone());
     shared.tracker.spawn(requests.track_future(async move {
-        let mut responses = Vec::with_capacity(work);
-        if !submits.is_empty() {
-            let (ids, orders): (Vec<u64>, Vec<_>) = submits.into_iter().unzip();
-            match engine.try_submit_batch(orders).await {
-                Ok(decisions) => responses.extend(
-                    ids.into_iter()
-                        .zip(decisions)
-                        .map(|(id, d)| (id, Response::Decision(wire::decision(&engine, &d)))),
-                ),
-                Err(error) => responses.extend(ids.into_iter().map(|id| (id, wire::error(&error)))),
-            }
-        }
+        let mut responses = submits.answer(&engine).await;
         let answered = join_all(others.into_iter().map(|(id, request)| {
             let engine = engine.clone();
             async move { (id, execute(&engine, request).await) }
