@@ -24,7 +24,7 @@ use crate::limits::{
     MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_NODES, MAX_ORDER_RETENTION_MS, MAX_RULES,
     MAX_SHIPMENTS_PER_ORDER, MAX_SKUS,
 };
-use crate::server::{Role, ServerSettings, MAX_CONNECTIONS};
+use crate::server::{Role, ServerSettings, MAX_CONNECTIONS, MAX_WORKER_THREADS};
 
 /// The config the daemon runs on when given none: a sample network of 60
 /// nodes in four markets and 10 000 generated SKUs.
@@ -245,6 +245,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub max_inflight_per_connection: usize,
     pub max_streams_per_connection: u32,
+    /// Threads of the async runtime (ingress, actors, gateway); 0: one
+    /// fewer than the CPUs, at least one, so that the journal writer and
+    /// the kernel's network work keep a core.
+    pub worker_threads: usize,
     pub tokens: Vec<TokenConfig>,
 }
 
@@ -258,6 +262,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_inflight_per_connection: 16_384,
             max_streams_per_connection: 256,
+            worker_threads: 0,
             tokens: Vec::new(),
         }
     }
@@ -581,6 +586,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if s.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "server.worker_threads",
+                format!("must be 0 (one fewer than the CPUs) to {MAX_WORKER_THREADS}"),
+            ));
+        }
         let mut tokens = Vec::new();
         for (i, t) in s.tokens.iter().enumerate() {
             if t.token.len() < 8 || t.token.len() > omniroute_protocol::MAX_TOKEN_BYTES {
@@ -626,6 +637,12 @@ impl Config {
             max_connections: s.max_connections,
             max_inflight_per_connection: s.max_inflight_per_connection,
             max_streams_per_connection: s.max_streams_per_connection,
+            worker_threads: match s.worker_threads {
+                0 => std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1))
+                    .max(1),
+                n => n,
+            },
         })
     }
 

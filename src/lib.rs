@@ -52,3 +52,6 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod timefmt;
+
+/// The daemon's version, as its package gives it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -278,3 +278,80 @@ async fn bad_bytes_get_their_documented_answers() {
     engine.check_invariants().await.unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_order_alone_and_refuses_an_oversized_frame() {
+    // Proves a SubmitBatch's bad entries (undecodable bytes, a bad quantity, another
+    // channel's order) are each answered alone while the good ones around them are routed;
+    // a batch over MAX_ORDERS_PER_SUBMIT_BATCH is refused TOO_LARGE naming the limit, and a
+    // batch whose count runs past its bytes is MALFORMED; nothing else changes the stock.
+    let dir = TempDir::new("bad-batch");
+    let text = format!(
+        "{}{}{}",
+        channel("c", &["nearest"]),
+        channel("web", &["nearest"]),
+        stock(&[("SKU-1", "ST-1", 1000)])
+    );
+    let (engine, server) = quic_server(&text, &dir).await;
+    let trust = Trust::CaFile(server.cert_path.clone());
+    let (_endpoint, raw) = omniroute_client::connect_quic(server.addr, "localhost", &trust)
+        .await
+        .unwrap();
+    let good = |id: &str| Ok(order("c", id, 50.0, 10.0, &[("SKU-1", 1)]));
+    let entries = vec![
+        good("batch-a"),
+        Err(wire::DecodeError::Truncated("test")),
+        Ok(order("c", "batch-zero", 50.0, 10.0, &[("SKU-1", 0)])),
+        Ok(order("web", "batch-web", 50.0, 10.0, &[("SKU-1", 1)])),
+        good("batch-b"),
+    ];
+    let mut bytes = hello(CHANNEL_C_TOKEN);
+    bytes.extend(encoded(&Request::SubmitBatch(entries), 10));
+    // 1025 entries: refused whole before any is read.
+    let mut oversized = Vec::new();
+    oversized.extend_from_slice(&1025u16.to_le_bytes());
+    bytes.extend(frame(kinds::SUBMIT_BATCH, 11, &oversized));
+    // A count of 3 with one entry: the frame is malformed.
+    let mut short = encoded(&Request::SubmitBatch(vec![good("batch-c")]), 12);
+    short[13..15].copy_from_slice(&3u16.to_le_bytes());
+    bytes.extend(short);
+    let reply = exchange(&raw, &bytes, true).await;
+    let Some((_, Response::Decisions(answers))) = reply.frames.iter().find(|(i, _)| *i == 10)
+    else {
+        panic!("no Decisions for the batch: {:?}", reply.frames);
+    };
+    assert_eq!(answers.len(), 5);
+    assert!(matches!(
+        &answers[0],
+        wire::Judged::Decision(Decision::Routed { .. })
+    ));
+    assert!(
+        matches!(&answers[1], wire::Judged::Error { code, message }
+            if *code == ErrorCode::Malformed as u16 && message.contains("order 1 of the batch")),
+        "{:?}",
+        answers[1]
+    );
+    assert!(
+        matches!(&answers[2], wire::Judged::Decision(Decision::Rejected { code, detail, .. })
+        if (*code, *detail) == (reject_codes::INVALID, invalid_codes::BAD_QUANTITY))
+    );
+    assert!(
+        matches!(&answers[3], wire::Judged::Error { code, .. } if *code == ErrorCode::Forbidden as u16)
+    );
+    assert!(matches!(
+        &answers[4],
+        wire::Judged::Decision(Decision::Routed { .. })
+    ));
+    assert_eq!(error_code(&reply, 11), ErrorCode::TooLarge as u16);
+    match reply.frames.iter().find(|(i, _)| *i == 11) {
+        Some((_, Response::Error { message, .. })) => {
+            assert!(message.contains("1024"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(error_code(&reply, 12), ErrorCode::Malformed as u16);
+    let cell = engine.cell("SKU-1", "ST-1").await.unwrap();
+    assert_eq!((cell.on_hand, cell.reserved), (1000, 2));
+    engine.check_invariants().await.unwrap();
+    server.shutdown().await;
+}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use common::*;
 use futures::future::join_all;
-use omniroute_client::protocol::{event_kinds, ErrorCode};
+use omniroute_client::protocol::{event_kinds, ErrorCode, Request, Response};
 use omniroute_client::{order, ClientError, Decision, OrderKey, StockSet};
 
 fn key(channel: &str, id: &str) -> OrderKey {
@@ -43,8 +43,9 @@ fn server_code(result: Result<impl std::fmt::Debug, ClientError>) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_pipelined_orders_on_one_stream() {
-    // Proves 10 000 orders sent at once on one stream each get their own answer: every
-    // decision carries the SKU and quantity of the order with the same request id.
+    // Proves 10 000 single Submit frames sent at once on one stream each get their own
+    // answer: every decision carries the SKU and quantity of the order with the same request
+    // id. (Raw frames: the client's own submit would batch them.)
     let dir = TempDir::new("pipeline");
     let (engine, server) = quic_server(&fixture_stock(), &dir).await;
     let client = client(&server, CHANNEL_C_TOKEN).await;
@@ -59,7 +60,55 @@ async fn ten_thousand_pipelined_orders_on_one_stream() {
             )
         })
         .collect();
+    let stream = client.stream();
+    let decisions = join_all(orders.iter().cloned().map(|o| async move {
+        match stream.request(&Request::Submit(o)).await? {
+            Response::Decision(decision) => Ok(decision),
+            other => panic!("{other:?}"),
+        }
+    }))
+    .await;
+    check_each_answered(&engine, &orders, decisions).await;
+    client.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_on_one_client_travel_in_few_batch_frames() {
+    // Proves the client batches concurrent submits by itself: 10 000 submitted at once are
+    // each answered with their own order's allocation, in far fewer frames than orders.
+    let dir = TempDir::new("auto-batch");
+    let (engine, server) = quic_server(&fixture_stock(), &dir).await;
+    let client = client(&server, CHANNEL_C_TOKEN).await;
+    let orders: Vec<_> = (0..10_000u32)
+        .map(|i| {
+            order(
+                "c",
+                &format!("b-{i}"),
+                50.0,
+                10.0,
+                &[(&format!("P-{}", i % 50), 1 + i % 7)],
+            )
+        })
+        .collect();
     let decisions = join_all(orders.iter().cloned().map(|o| client.submit(o))).await;
+    check_each_answered(&engine, &orders, decisions).await;
+    let frames = client.submit_frames();
+    assert!(
+        (10..=1_000).contains(&frames),
+        "{frames} submit frames for 10 000 orders"
+    );
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// Each order routed with its own SKU and quantity, under its own id, and
+/// the stock reserved adds up.
+async fn check_each_answered(
+    engine: &omniroute::engine::Engine,
+    orders: &[omniroute_client::Order],
+    decisions: Vec<Result<Decision, ClientError>>,
+) {
     let mut ids = std::collections::HashSet::new();
     for (request, decision) in orders.iter().zip(decisions) {
         let Decision::Routed {
@@ -96,8 +145,6 @@ async fn ten_thousand_pipelined_orders_on_one_stream() {
         reserved,
         orders.iter().map(|o| u64::from(o.lines[0].1)).sum::<u64>()
     );
-    client.close().await;
-    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 
+mod batcher;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -332,6 +334,7 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     stream: RequestStream,
+    batcher: batcher::Batcher,
     token: String,
     /// The role the server granted the token.
     pub role: String,
@@ -388,6 +391,7 @@ impl Client {
         Ok(Client {
             endpoint,
             connection,
+            batcher: batcher::Batcher::new(stream.clone()),
             stream,
             token: token.into(),
             role,
@@ -413,9 +417,29 @@ impl Client {
         &self.token
     }
 
+    /// Routes one order. Submits made concurrently on one client are
+    /// batched: while a batch is in flight the rest queue, and go together
+    /// as one `SubmitBatch` frame when its answer comes.
     pub async fn submit(&self, order: Order) -> Result<Decision, ClientError> {
-        match self.stream.request(&Request::Submit(order)).await? {
-            Response::Decision(decision) => Ok(decision),
+        self.batcher.submit(order).await
+    }
+
+    /// Frames `submit` has sent so far: fewer than the orders when
+    /// concurrent submits were batched.
+    pub fn submit_frames(&self) -> u64 {
+        self.batcher.frames.load(Ordering::Relaxed)
+    }
+
+    /// Routes orders as one `SubmitBatch` frame (at most
+    /// `MAX_ORDERS_PER_SUBMIT_BATCH`), each judged on its own: an answer
+    /// per order, in order.
+    pub async fn submit_batch(
+        &self,
+        orders: Vec<Order>,
+    ) -> Result<Vec<Result<Decision, ClientError>>, ClientError> {
+        let request = Request::SubmitBatch(orders.into_iter().map(Ok).collect());
+        match self.stream.request(&request).await? {
+            Response::Decisions(entries) => Ok(entries.into_iter().map(batcher::judged).collect()),
             other => Err(unexpected(other)),
         }
     }

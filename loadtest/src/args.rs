@@ -25,8 +25,10 @@ pub(crate) struct Args {
     /// QUIC connections the orders are spread over.
     #[arg(long, default_value_t = 4)]
     pub(super) connections: usize,
-    #[arg(long, default_value = "loadtest/scenarios/flash-sale.toml")]
-    pub(super) scenario: PathBuf,
+    /// A built-in scenario by name (flash-sale, omnichannel-mix,
+    /// restock-storm, node-outage, soak) or a scenario file.
+    #[arg(long, default_value = "flash-sale")]
+    pub(super) scenario: String,
     /// Daemon address (ignored with --spawn-server).
     #[arg(long, default_value = "127.0.0.1:4433")]
     pub(super) target: SocketAddr,
@@ -108,6 +110,20 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = omniroute_client::protocol::MAX_ORDERS_PER_SUBMIT_BATCH,
           value_parser = parse_submit_batch)]
     pub(super) submit_batch: usize,
+    /// Fail the run (exit 4) unless the reported step holds this bound,
+    /// e.g. 'p99<2ms', 'p99.9<=5ms', 'errors<1', 'rate>=50000'. Latencies:
+    /// min, mean, p50, p90, p95, p99, p99.9, p99.99, max. Repeatable.
+    #[arg(long, value_parser = omniroute_loadtest::Threshold::parse)]
+    pub(super) threshold: Vec<omniroute_loadtest::Threshold>,
+    /// With --spawn-server: the daemon's runtime threads (its
+    /// `server.worker_threads`); 0: as its config says (one fewer than the
+    /// CPUs).
+    #[arg(long, default_value_t = 0)]
+    pub(super) server_threads: usize,
+    /// Threads of the generator's async runtime (its connections, readers
+    /// and collector; the scheduler has a thread of its own).
+    #[arg(long, default_value_t = 1)]
+    pub(super) generator_threads: usize,
     /// Internal: run the daemon for --spawn-server in this process.
     #[arg(long, hide = true)]
     pub(super) serve_child: Option<PathBuf>,

@@ -1,5 +1,8 @@
-//! The `--chart` SVG: latency percentiles over time (top) and the
-//! percentile distribution of each run compared (bottom), with plotters.
+//! The `--chart` SVG, with plotters: latency percentiles over time (top),
+//! offered and achieved rate and errors over time (middle), both with the
+//! run's events marked, and the percentile distribution of each run
+//! compared (bottom). Each plot leaves headroom for its legend, so that
+//! the legend never covers a line.
 
 use std::path::Path;
 
@@ -7,10 +10,16 @@ use hdrhistogram::Histogram;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
+use crate::Second;
+
 /// Deepest percentile drawn in the distribution: 99.999 %.
 const MAX_NINES: f64 = 5.0;
 const WIDTH_PX: u32 = 1100;
-const HEIGHT_PX: u32 = 900;
+const HEIGHT_PX: u32 = 1300;
+/// Headroom over the highest point, for the legend: ×8 on the log
+/// latency axes, ×1.4 on the linear rate axis.
+const LOG_HEADROOM: f64 = 8.0;
+const LINEAR_HEADROOM: f64 = 1.4;
 
 /// What the chart shows.
 pub struct ChartData<'a> {
@@ -20,6 +29,10 @@ pub struct ChartData<'a> {
     pub intervals: &'a [(f64, Histogram<u64>)],
     /// Whole-run histograms to compare in the distribution, by label.
     pub distributions: Vec<(String, &'a Histogram<u64>)>,
+    /// Each second of the measured run: offered and achieved rate, errors.
+    pub seconds: &'a [Second],
+    /// Events to mark on the time axis: (seconds, what happened).
+    pub marks: &'a [(f64, String)],
 }
 
 fn ms(us: u64) -> f64 {
@@ -63,6 +76,9 @@ const COLORS: [RGBColor; 6] = [
 ];
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// One value of a second, for a series of the rate plot.
+type OfSecond = fn(&Second) -> f64;
 
 /// Both plots: seconds or percentile across, latency in ms on a log scale up.
 type Plot<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
@@ -138,9 +154,10 @@ fn draw(path: &Path, data: &ChartData) -> DrawResult {
     let root = SVGBackend::new(path, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(&data.title, ("sans-serif", 22))?;
-    let (top, bottom) = root.split_vertically(HEIGHT_PX / 2 - 20);
-    over_time(&top, data)?;
-    percentiles(&bottom, data)?;
+    let parts = root.split_evenly((3, 1));
+    over_time(&parts[0], data)?;
+    rates(&parts[1], data)?;
+    percentiles(&parts[2], data)?;
     root.present()?;
     Ok(())
 }
@@ -159,7 +176,7 @@ where
         .iter()
         .map(|(_, h)| ms(h.max()))
         .fold(0.1, f64::max)
-        * 1.05;
+        * LOG_HEADROOM;
     let mut chart = plot(
         area,
         "latency from intended send time, per second of the measured run",
@@ -183,7 +200,88 @@ where
         });
         line(&mut chart, i, label.to_string(), points)?;
     }
+    for (at_s, what) in data.marks {
+        let low = 0.01;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(*at_s, low), (*at_s, top_ms / LOG_HEADROOM)],
+            BLACK.mix(0.4).stroke_width(1),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            what.clone(),
+            (*at_s, top_ms / LOG_HEADROOM),
+            ("sans-serif", 12),
+        )))?;
+    }
     legend(&mut chart)
+}
+
+/// Offered and achieved requests per second, and errors per second, over
+/// the measured run, with the same marks.
+fn rates<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    data: &ChartData,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let end_s = data
+        .seconds
+        .last()
+        .map_or(1.0, |s| s.offset_s + 1.0)
+        .max(1.0);
+    let highest = data
+        .seconds
+        .iter()
+        .map(|s| s.offered_per_s.max(s.achieved_per_s).max(s.errors as f64))
+        .fold(1.0, f64::max);
+    let top = highest * LINEAR_HEADROOM;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "requests per second: offered, achieved and failed",
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..end_s, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("per second")
+        .draw()?;
+    let series: [(&str, OfSecond); 3] = [
+        ("offered", |s| s.offered_per_s),
+        ("achieved", |s| s.achieved_per_s),
+        ("errors", |s| s.errors as f64),
+    ];
+    for (i, (label, value)) in series.into_iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points = data.seconds.iter().map(|s| (s.offset_s, value(s)));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    for (at_s, what) in data.marks {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(*at_s, 0.0), (*at_s, highest)],
+            BLACK.mix(0.4).stroke_width(1),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            what.clone(),
+            (*at_s, highest),
+            ("sans-serif", 12),
+        )))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 fn percentiles<DB: DrawingBackend>(
@@ -206,7 +304,7 @@ where
         .iter()
         .flat_map(|(_, c)| c.iter().map(|p| p.1))
         .fold(0.1, f64::max)
-        * 1.05;
+        * LOG_HEADROOM;
     let mut chart = plot(
         area,
         "percentile distribution of the whole measured run",
@@ -259,6 +357,22 @@ mod tests {
                     ("omniroute".into(), &histogram),
                     ("redis".into(), &histogram),
                 ],
+                seconds: &[
+                    Second {
+                        offset_s: 0.0,
+                        offered_per_s: 1000.0,
+                        achieved_per_s: 990.0,
+                        errors: 3,
+                        ..Second::default()
+                    },
+                    Second {
+                        offset_s: 1.0,
+                        offered_per_s: 1000.0,
+                        achieved_per_s: 1000.0,
+                        ..Second::default()
+                    },
+                ],
+                marks: &[(0.5, "WH-1 offline".to_string())],
             },
         )
         .unwrap();
@@ -267,7 +381,16 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
         assert!(svg.contains("per second of the measured run"));
         assert!(svg.contains("percentile distribution"));
-        for label in ["p99.9", "omniroute", "redis", "99.9%"] {
+        assert!(svg.contains("offered, achieved and failed"));
+        for label in [
+            "p99.9",
+            "omniroute",
+            "redis",
+            "99.9%",
+            "achieved",
+            "errors",
+            "WH-1 offline",
+        ] {
             assert!(svg.contains(label), "{label} missing");
         }
         assert!(distribution(&histogram).len() > 60);

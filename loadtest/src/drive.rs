@@ -86,6 +86,8 @@ pub struct RunResult {
     /// How follow-ups ended each order, for the audit of orders the daemon
     /// has archived (closed and retired) by the time they are read back.
     pub endings: Endings,
+    /// When each measured phase began, since the first: (seconds, what).
+    pub marks: Vec<(f64, String)>,
 }
 
 /// What the acknowledged follow-ups did to routed orders.
@@ -102,6 +104,10 @@ pub struct Interval {
     pub offset_s: f64,
     pub length: Duration,
     pub histogram: hdrhistogram::Histogram<u64>,
+    /// Requests sent and answered in it, and how many of those failed.
+    pub sent: u64,
+    pub answered: u64,
+    pub errors: u64,
 }
 
 /// What the collector sends after routed orders, when the scenario has
@@ -319,8 +325,10 @@ impl Collector {
                     let Some(event) = event else { return };
                     match event {
                         Event::Phase { first, schedule, measured } => {
-                            if measured && self.first_measured.is_none() {
-                                self.first_measured = Some(schedule.start);
+                            if measured {
+                                let first_measured = *self.first_measured.get_or_insert(schedule.start);
+                                let offset = schedule.start.saturating_duration_since(first_measured).as_secs_f64();
+                                self.result.marks.push((offset, format!("{:.0}/s", schedule.rate_per_s)));
                             }
                             self.phases.push(PhaseState { first, schedule, measured, recorder: Recorder::new(), answered: 0 });
                         }
@@ -398,7 +406,7 @@ impl Collector {
                 .recorder
                 .record(intended, sent, answer.done, answer.outcome);
             if let Some(code) = answer.code {
-                *phase.recorder.reject_codes.entry(code).or_default() += 1;
+                phase.recorder.record_code(answer.outcome, code);
             }
             phase.answered += 1;
             self.second
@@ -415,6 +423,9 @@ impl Collector {
             return;
         }
         let measured = self.phases.last().is_some_and(|p| p.measured);
+        let errors = self.second.count(Outcome::Error)
+            + self.second.count(Outcome::TimedOut)
+            + self.second.count(Outcome::Overloaded);
         if measured {
             let histogram =
                 std::mem::replace(&mut self.second.corrected, Recorder::new().corrected);
@@ -426,13 +437,13 @@ impl Collector {
                 offset_s,
                 length: elapsed,
                 histogram,
+                sent: self.second_sent,
+                answered: self.second.total(),
+                errors,
             });
         }
         self.seconds += 1;
         let seconds = elapsed.as_secs_f64();
-        let errors = self.second.count(Outcome::Error)
-            + self.second.count(Outcome::TimedOut)
-            + self.second.count(Outcome::Overloaded);
         let p99 = if measured {
             self.result
                 .intervals

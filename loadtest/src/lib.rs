@@ -7,14 +7,18 @@ mod recorder;
 mod scenario;
 mod stock_audit;
 mod summary;
+mod threshold;
 
-pub use recorder::{Outcome, Recorder, Schedule, MAX_LATENCY_US};
+pub use recorder::{error_name, reject_name, Outcome, Recorder, Schedule, MAX_LATENCY_US};
 pub use scenario::{
     Feed, FollowUp, FollowUpMix, MethodMix, NodeEvent, OrderMix, Scenario, ScenarioError,
     ScenarioStock, SkuRange, HOLDS_OUTLIVE_RUNS_MS,
 };
 pub use stock_audit::{Audit, Cell, ANY_NODE};
-pub use summary::{ratio, StatusStream, Summary, SUSTAINED_FRACTION};
+pub use summary::{
+    ratio, RunInfo, Second, StatusStream, Summary, ThresholdResult, SUSTAINED_FRACTION,
+};
+pub use threshold::Threshold;
 
 #[cfg(test)]
 mod tests {

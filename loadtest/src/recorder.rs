@@ -49,7 +49,9 @@ pub struct Recorder {
     pub corrected: Histogram<u64>,
     pub uncorrected: Histogram<u64>,
     pub outcomes: BTreeMap<Outcome, u64>,
-    pub reject_codes: BTreeMap<u16, u64>,
+    /// Rejections other than short, and errors, by their code's name.
+    pub reject_codes: BTreeMap<String, u64>,
+    pub error_codes: BTreeMap<String, u64>,
 }
 
 impl Default for Recorder {
@@ -67,6 +69,7 @@ impl Recorder {
             uncorrected: histogram(),
             outcomes: BTreeMap::new(),
             reject_codes: BTreeMap::new(),
+            error_codes: BTreeMap::new(),
         }
     }
 
@@ -85,6 +88,16 @@ impl Recorder {
         *self.outcomes.entry(outcome).or_default() += 1;
     }
 
+    /// Counts a rejection's or an error's code by its name.
+    pub fn record_code(&mut self, outcome: Outcome, code: u16) {
+        let (map, name) = if outcome == Outcome::Rejected {
+            (&mut self.reject_codes, reject_name(code))
+        } else {
+            (&mut self.error_codes, error_name(code))
+        };
+        *map.entry(name).or_default() += 1;
+    }
+
     pub fn count(&self, outcome: Outcome) -> u64 {
         self.outcomes.get(&outcome).copied().unwrap_or(0)
     }
@@ -92,4 +105,27 @@ impl Recorder {
     pub fn total(&self) -> u64 {
         self.outcomes.values().sum()
     }
+}
+
+/// A reject code's name (`no_eligible_node`), or `code_N` if unknown.
+pub fn reject_name(code: u16) -> String {
+    match omniroute_client::protocol::reject_codes::name(code) {
+        "unknown" => format!("code_{code}"),
+        name => name.to_string(),
+    }
+}
+
+/// An error code's name in snake case (`overloaded`, `too_large`).
+pub fn error_name(code: u16) -> String {
+    let Some(known) = omniroute_client::protocol::ErrorCode::from_u16(code) else {
+        return format!("code_{code}");
+    };
+    let mut name = String::new();
+    for (i, c) in format!("{known:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
 }

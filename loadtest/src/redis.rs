@@ -21,6 +21,14 @@ pub(crate) fn redis_side_note(args: &Args) -> &'static str {
     }
 }
 
+/// What the Redis side sends per round trip, in words.
+pub(crate) fn redis_batching() -> String {
+    format!(
+        "what is due each tick, on as few connections as carry {} orders each: one pipeline of EVALSHA calls",
+        sinks::MIN_ORDERS_PER_CONNECTION_SEND
+    )
+}
+
 /// The same orders, rate steps and connections against Redis with the
 /// reservation script; stock per SKU as omniroute started with.
 pub(crate) async fn compare_redis(
@@ -29,7 +37,7 @@ pub(crate) async fn compare_redis(
     starting: &BTreeMap<Cell, u64>,
     seed: u64,
     prefix: &str,
-) -> Result<(Summary, hdrhistogram::Histogram<u64>), String> {
+) -> Result<(Summary, hdrhistogram::Histogram<u64>, String), String> {
     println!(
         "redis: the same orders, rate steps and connections against redis-server with an all-or-nothing Lua reservation script ({})",
         redis_side_note(args)
@@ -50,6 +58,7 @@ pub(crate) async fn compare_redis(
         events,
         outstanding,
         collector,
+        server_pid: server.pid(),
     };
     let measured = measure(
         target,
@@ -82,5 +91,6 @@ pub(crate) async fn compare_redis(
     summary.highest_sustainable_rate = measured.highest;
     summary.p99_at_half_max_us = measured.p99_at_half_us;
     summary.durability = Some(sinks::redis_durability(&mut admin).await?);
-    Ok((summary, measured.histogram))
+    let version = sinks::redis_version(&mut admin).await?;
+    Ok((summary, measured.histogram, version))
 }

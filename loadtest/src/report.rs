@@ -38,22 +38,22 @@ pub(crate) fn print(summary: &Summary) {
         "{t}: offered {:.0}/s, achieved {:.0}/s over {:.1} s ({} requests)",
         summary.rate_offered, summary.rate_achieved, summary.duration_s, summary.requests
     );
-    println!(
-        "{t}: outcomes {:?}, reject codes {:?}",
-        summary.outcomes, summary.reject_codes
-    );
-    println!(
-        "{t}: latency from intended send: p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
-        summary.p50_us, summary.p90_us, summary.p99_us, summary.p999_us, summary.max_us
-    );
-    println!(
-        "{t}: latency from actual send:   p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
-        summary.uncorrected_p50_us,
-        summary.uncorrected_p90_us,
-        summary.uncorrected_p99_us,
-        summary.uncorrected_p999_us,
-        summary.uncorrected_max_us
-    );
+    println!("{t}: outcomes: {}", outcomes(summary));
+    print_latency_table(summary);
+    if let Some(us) = summary.server_cpu_us_per_order {
+        let generator = summary
+            .generator_cpu_us_per_order
+            .map_or(String::new(), |g| {
+                format!(", generator {g:.2} us per order")
+            });
+        println!(
+            "{t}: server CPU {us:.2} us per order ({:.2} cores busy){generator}",
+            summary.server_cpu_cores.unwrap_or(0.0)
+        );
+    }
+    if !summary.batching.is_empty() {
+        println!("{t}: batching: {}", summary.batching);
+    }
     println!(
         "{t}: errors {}, missing orders {}, stock mismatch {} units",
         summary.errors, summary.missing_orders, summary.stock_mismatch_units
@@ -120,4 +120,105 @@ pub(crate) fn print(summary: &Summary) {
         "{t}: oversold_units={} (told beyond stock {}, held beyond stock {})",
         summary.oversold_units, summary.oversold_told_units, summary.oversold_held_units
     );
+}
+
+/// `routed 521, short 998 978, rejected 2 (no_eligible_node 2)`.
+fn outcomes(summary: &Summary) -> String {
+    let named = |map: &std::collections::BTreeMap<String, u64>| -> String {
+        map.iter()
+            .map(|(name, n)| format!("{name} {}", grouped(*n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    summary
+        .outcomes
+        .iter()
+        .map(|(outcome, n)| {
+            let name = serde_json::to_value(outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let codes = match name.as_str() {
+                "rejected" if !summary.reject_codes.is_empty() => {
+                    format!(" ({})", named(&summary.reject_codes))
+                }
+                "error" | "overloaded" if !summary.error_codes.is_empty() => {
+                    format!(" ({})", named(&summary.error_codes))
+                }
+                _ => String::new(),
+            };
+            format!("{name} {}{codes}", grouped(*n))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A count with its thousands apart: 998 978.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Both latencies, one row each, in µs.
+fn print_latency_table(summary: &Summary) {
+    let t = &summary.target;
+    println!(
+        "{t}: latency (us)        {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "min", "mean", "p50", "p90", "p95", "p99", "p99.9", "p99.99", "max"
+    );
+    let rows = [
+        (
+            "from intended send",
+            [
+                summary.min_us,
+                summary.p50_us,
+                summary.p90_us,
+                summary.p95_us,
+                summary.p99_us,
+                summary.p999_us,
+                summary.p9999_us,
+                summary.max_us,
+            ],
+            summary.mean_us,
+        ),
+        (
+            "from actual send  ",
+            [
+                summary.uncorrected_min_us,
+                summary.uncorrected_p50_us,
+                summary.uncorrected_p90_us,
+                summary.uncorrected_p95_us,
+                summary.uncorrected_p99_us,
+                summary.uncorrected_p999_us,
+                summary.uncorrected_p9999_us,
+                summary.uncorrected_max_us,
+            ],
+            summary.uncorrected_mean_us,
+        ),
+    ];
+    for (label, v, mean) in rows {
+        println!(
+            "{t}: {label} {:>8} {mean:>9.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+        );
+    }
+}
+
+/// Each `--threshold`, measured, and whether it held.
+pub(crate) fn print_thresholds(summary: &Summary) {
+    for t in &summary.thresholds {
+        println!(
+            "threshold {}: measured {:.0}: {}",
+            t.threshold,
+            t.measured,
+            if t.passed { "held" } else { "MISSED" }
+        );
+    }
 }

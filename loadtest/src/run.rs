@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::args::Args;
 use super::audit::{read_back_settled, starting_stock, ReadBack, RunOrders};
+use super::builtin::read_scenario;
+use super::cpu::CpuSample;
 use super::feed::{feed, node_events};
 use super::follow::{Endpoint, Follower};
 use super::orders::Orders;
@@ -43,6 +45,33 @@ pub(crate) struct Target {
     pub(super) events: mpsc::Sender<Event>,
     pub(super) outstanding: Arc<AtomicU64>,
     pub(super) collector: tokio::task::JoinHandle<()>,
+    /// The server's process, for its CPU time (a spawned daemon, our redis-server).
+    pub(super) server_pid: Option<u32>,
+}
+
+/// One measured phase: where it ended, its answers, how long it took,
+/// and the CPU the server and the generator spent on it.
+pub(crate) struct Phase {
+    pub(super) orders: Orders,
+    pub(super) end: u64,
+    pub(super) recorder: omniroute_loadtest::Recorder,
+    pub(super) elapsed: Duration,
+    cpu: (CpuSample, CpuSample),
+}
+
+impl Phase {
+    /// The phase's summary, with the CPU per order of each side.
+    fn summary(&self, target: &Target, scenario: &str, rate: f64) -> Summary {
+        let mut summary = Summary::new(target.label, scenario, self.elapsed, rate, &self.recorder);
+        let (server, generator, cores) =
+            self.cpu
+                .1
+                .since(&self.cpu.0, summary.requests, self.elapsed.as_secs_f64());
+        summary.server_cpu_us_per_order = server;
+        summary.generator_cpu_us_per_order = generator;
+        summary.server_cpu_cores = cores;
+        summary
+    }
 }
 
 pub(crate) async fn phase(
@@ -53,8 +82,9 @@ pub(crate) async fn phase(
     duration: Duration,
     measured: bool,
     args: &Args,
-) -> Result<(Orders, u64, omniroute_loadtest::Recorder, Duration), String> {
+) -> Result<Phase, String> {
     let sink = target.sink.clone();
+    let cpu_before = CpuSample::now(target.server_pid);
     let events = target.events.clone();
     let outstanding = target.outstanding.clone();
     let tick = args.tick;
@@ -89,7 +119,13 @@ pub(crate) async fn phase(
         .await
         .map_err(|_| "the collector stopped".to_string())?;
     let elapsed = start.elapsed();
-    Ok((orders, end, result.recorder, elapsed))
+    Ok(Phase {
+        orders,
+        end,
+        recorder: result.recorder,
+        elapsed,
+        cpu: (cpu_before, CpuSample::now(target.server_pid)),
+    })
 }
 
 pub(crate) async fn measure(
@@ -100,19 +136,18 @@ pub(crate) async fn measure(
 ) -> Result<Measured, String> {
     let mut next = 0;
     if !args.warmup.is_zero() {
-        let (o, end, _, _) =
-            phase(&target, orders, next, args.rate, args.warmup, false, args).await?;
-        (orders, next) = (o, end);
+        let warm = phase(&target, orders, next, args.rate, args.warmup, false, args).await?;
+        (orders, next) = (warm.orders, warm.end);
     }
     let max_p99_us = (args.max_p99_ms * 1000.0) as u64;
     let mut rate = args.rate;
     let mut best: Option<(Summary, omniroute_loadtest::Recorder)> = None;
     let mut last: Option<(Summary, omniroute_loadtest::Recorder)> = None;
     loop {
-        let (o, end, recorder, elapsed) =
-            phase(&target, orders, next, rate, args.duration, true, args).await?;
-        (orders, next) = (o, end);
-        let summary = Summary::new(target.label, scenario, elapsed, rate, &recorder);
+        let step = phase(&target, orders, next, rate, args.duration, true, args).await?;
+        let summary = step.summary(&target, scenario, rate);
+        let recorder = step.recorder;
+        (orders, next) = (step.orders, step.end);
         if !args.find_max {
             last = Some((summary, recorder));
             break;
@@ -144,7 +179,7 @@ pub(crate) async fn measure(
     let mut p99_at_half_us = None;
     if let Some(highest) = highest {
         println!("{} highest sustainable rate: {highest:.0} orders/s (p99 bound {} ms); now at half of it", target.label, args.max_p99_ms);
-        let (_, _, recorder, elapsed) = phase(
+        let step = phase(
             &target,
             orders,
             next,
@@ -154,7 +189,7 @@ pub(crate) async fn measure(
             args,
         )
         .await?;
-        let half = Summary::new(target.label, scenario, elapsed, highest / 2.0, &recorder);
+        let half = step.summary(&target, scenario, highest / 2.0);
         println!(
             "{} at {:.0}/s: achieved {:.0}/s, p50 {} us, p99 {} us, p99.9 {} us",
             target.label,
@@ -195,6 +230,10 @@ pub(crate) const MAX_FIND_MAX_RATE: f64 = 10_000_000.0;
 pub(crate) struct Outcome {
     pub(super) summary: Summary,
     pub(super) intervals: Vec<Interval>,
+    /// Each measured second's latency: (seconds since the first, histogram).
+    pub(super) latency_seconds: Vec<(f64, hdrhistogram::Histogram<u64>)>,
+    /// Events on the time axis: each measured phase's start, node events.
+    pub(super) marks: Vec<(f64, String)>,
     pub(super) histogram: hdrhistogram::Histogram<u64>,
     pub(super) uncorrected: hdrhistogram::Histogram<u64>,
     pub(super) redis_histogram: Option<hdrhistogram::Histogram<u64>>,
@@ -245,7 +284,8 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
             args.warmup + args.duration / 2,
         )
     });
-    let measured = measure_omniroute(args, &scenario, &clients, seed, &prefix).await?;
+    let server_pid = spawned.as_ref().and_then(|s| s.child.id());
+    let measured = measure_omniroute(args, &scenario, &clients, seed, &prefix, server_pid).await?;
     let beside = beside.finish(&scenario).await?;
     let status_stream = match follower {
         Some(follower) => Some(follower.finish(&measured.run.routed).await?),
@@ -259,7 +299,13 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         follow_ups,
         promises,
         endings,
+        mut marks,
     } = measured.run;
+    marks.extend(scenario.events.iter().map(|e| {
+        let state = if e.online { "online" } else { "offline" };
+        (e.at_s, format!("{} {state}", e.node))
+    }));
+    marks.sort_by(|a, b| a.0.total_cmp(&b.0));
     audit.starting = starting.clone();
     audit.restocked = beside.restocked.clone();
     let run_orders = RunOrders {
@@ -277,10 +323,17 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     summary.p99_at_half_max_us = measured.p99_at_half_us;
     summary.durability = spawned.as_ref().map(|_| args.durability.clone());
     close(clients, admin).await;
+    let was_spawned = spawned.is_some();
     summary.restart_ms = stop_spawned(args, spawned).await?;
+    summary.seconds = seconds(&intervals);
+    summary.batching = batching(args);
+    let mut run_info = run_info(args, &scenario, was_spawned);
     let mut redis_histogram = None;
     if args.compare_redis {
-        let (redis, histogram) = compare_redis(args, &scenario, &starting, seed, &prefix).await?;
+        let (mut redis, histogram, version) =
+            compare_redis(args, &scenario, &starting, seed, &prefix).await?;
+        run_info.redis_version = Some(version);
+        redis.batching = crate::redis::redis_batching();
         summary.ratio_vs_redis = ratio(
             summary.highest_sustainable_rate,
             redis.highest_sustainable_rate,
@@ -288,18 +341,20 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         summary.redis = Some(Box::new(redis));
         redis_histogram = Some(histogram);
     }
+    summary.run = Some(run_info);
+    let latency_seconds = intervals
+        .iter()
+        .map(|i| (i.offset_s, i.histogram.clone()))
+        .collect();
     Ok(Outcome {
         summary,
+        latency_seconds,
+        marks,
         intervals,
         histogram: measured.histogram,
         uncorrected: measured.uncorrected,
         redis_histogram,
     })
-}
-
-fn read_scenario(path: &Path) -> Result<Scenario, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Scenario::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The admin connection and the connections orders go over: to the
@@ -458,6 +513,7 @@ async fn measure_omniroute(
     clients: &[Client],
     seed: u64,
     prefix: &str,
+    server_pid: Option<u32>,
 ) -> Result<Measured, String> {
     let (events, receiver) = drive::channel();
     let outstanding = Arc::new(AtomicU64::new(0));
@@ -486,6 +542,7 @@ async fn measure_omniroute(
         events,
         outstanding,
         collector,
+        server_pid,
     };
     measure(
         target,
@@ -571,4 +628,66 @@ async fn stop_spawned(args: &Args, spawned: Option<Spawned>) -> Result<Option<f6
         let _ = std::fs::remove_dir_all(&spawned.data_dir);
     }
     Ok(restart_ms)
+}
+
+/// Each measured second as the JSON and the chart give it.
+fn seconds(intervals: &[Interval]) -> Vec<omniroute_loadtest::Second> {
+    intervals
+        .iter()
+        .map(|i| {
+            let length = i.length.as_secs_f64().max(f64::EPSILON);
+            omniroute_loadtest::Second {
+                offset_s: i.offset_s,
+                offered_per_s: i.sent as f64 / length,
+                achieved_per_s: i.answered as f64 / length,
+                errors: i.errors,
+                p50_us: i.histogram.value_at_quantile(0.5),
+                p99_us: i.histogram.value_at_quantile(0.99),
+                max_us: i.histogram.max(),
+            }
+        })
+        .collect()
+}
+
+/// What the omniroute side sends per round trip, in words.
+fn batching(args: &Args) -> String {
+    let frames = match args.submit_batch {
+        0 => "one Submit frame per order".to_string(),
+        n => format!("SubmitBatch frames of up to {n} orders"),
+    };
+    format!(
+        "what is due each {:?} tick, on as few of the {} connections as carry {} orders each: {frames}",
+        args.tick,
+        args.connections,
+        sinks::MIN_ORDERS_PER_CONNECTION_SEND
+    )
+}
+
+/// When, what and with which settings this run ran.
+fn run_info(args: &Args, scenario: &Scenario, spawned: bool) -> omniroute_loadtest::RunInfo {
+    omniroute_loadtest::RunInfo {
+        timestamp: omniroute::timefmt::iso(now_ms()),
+        loadtest_version: env!("CARGO_PKG_VERSION").to_string(),
+        omniroute_version: spawned.then(|| omniroute::VERSION.to_string()),
+        redis_version: None,
+        scenario: scenario.name.clone(),
+        rate: args.rate,
+        connections: args.connections,
+        warmup_s: args.warmup.as_secs_f64(),
+        duration_s: args.duration.as_secs_f64(),
+        tick_us: args.tick.as_micros() as u64,
+        durability: spawned.then(|| args.durability.clone()),
+        submit_batch: args.submit_batch,
+        find_max: args.find_max,
+        server_threads: spawned.then(|| super::spawn::worker_threads(args.server_threads)),
+        generator_threads: args.generator_threads,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        command_line: std::env::args().collect(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

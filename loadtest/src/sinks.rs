@@ -334,6 +334,12 @@ pub struct RedisServer {
     dir: PathBuf,
 }
 
+impl RedisServer {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         // Before its directory goes (kill_on_drop would come after).
@@ -449,6 +455,23 @@ pub async fn redis_durability(
         (_, "always") => "fsync".to_string(),
         (_, other) => format!("appendfsync {other}"),
     })
+}
+
+/// The server's version, from `INFO server`.
+pub async fn redis_version(
+    admin: &mut redis::aio::MultiplexedConnection,
+) -> Result<String, String> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(admin)
+        .await
+        .map_err(|e| format!("redis INFO: {e}"))?;
+    Ok(info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string())
 }
 
 /// One setting of the Redis server, as `CONFIG GET` answers it.

