@@ -301,6 +301,8 @@ impl Daemon {
                 drained.elapsed_ms
             );
         }
+        // The demand of the last rejections goes to the journal.
+        self.engine.flush_demand().await;
         // A periodic snapshot under way ends first.
         let _ = self.snapshots.await;
         // A failed actor's state is gone: a snapshot now would miss it,

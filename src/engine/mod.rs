@@ -272,6 +272,14 @@ impl Engine {
         expired.into_iter().map(|e| e.unwrap_or(0)).sum()
     }
 
+    /// Journals the rejected orders' demand the routers gathered (at a
+    /// stop; the expiry tick does it otherwise).
+    pub async fn flush_demand(&self) {
+        for router in &self.inner.routers {
+            let _ = call_committed(router, RouterMsg::FlushDemand).await;
+        }
+    }
+
     /// Checks every shard and router invariant (O(state)); for tests and
     /// diagnostics. Waits for all earlier messages to be applied first.
     pub async fn check_invariants(&self) -> Result<(), InvariantError> {

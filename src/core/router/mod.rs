@@ -144,6 +144,11 @@ impl RouterCore {
 
     /// The orders rejected since the last call, as demand records: each as
     /// asked for, with its rejection.
+    /// Rejected orders recorded since the last `take_demand`.
+    pub fn demand_len(&self) -> usize {
+        self.demand.len()
+    }
+
     pub fn take_demand(&mut self) -> Vec<OrderRecord> {
         std::mem::take(&mut self.demand)
     }
