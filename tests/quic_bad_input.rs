@@ -103,6 +103,30 @@ fn rejection(reply: &Reply, id: u64) -> (u16, u16) {
     }
 }
 
+/// A server with channels c and web and 1000 units of SKU-1 at ST-1, and a
+/// raw QUIC connection to it (not yet authenticated).
+async fn two_channels_and_a_raw_connection(
+    dir: &TempDir,
+) -> (
+    omniroute::engine::Engine,
+    omniroute::server::RunningServer,
+    quinn::Endpoint,
+    quinn::Connection,
+) {
+    let text = format!(
+        "{}{}{}",
+        channel("c", &["nearest"]),
+        channel("web", &["nearest"]),
+        stock(&[("SKU-1", "ST-1", 1000)])
+    );
+    let (engine, server) = quic_server(&text, dir).await;
+    let trust = Trust::CaFile(server.cert_path.clone());
+    let (endpoint, raw) = omniroute_client::connect_quic(server.addr, "localhost", &trust)
+        .await
+        .unwrap();
+    (engine, server, endpoint, raw)
+}
+
 async fn good_client_is_served(good: &omniroute_client::Client, n: &mut u32) {
     *n += 1;
     let decision = good
@@ -123,19 +147,10 @@ async fn bad_bytes_get_their_documented_answers() {
     // Proves each kind of bad input gets the answer PROTOCOL.md documents, while another
     // connection keeps being served and no stock changes.
     let dir = TempDir::new("bad-input");
-    let text = format!(
-        "{}{}{}",
-        channel("c", &["nearest"]),
-        channel("web", &["nearest"]),
-        stock(&[("SKU-1", "ST-1", 1000)])
-    );
-    let (engine, server) = quic_server(&text, &dir).await;
+    let (engine, server, _endpoint, raw) = two_channels_and_a_raw_connection(&dir).await;
     let good = client(&server, CHANNEL_C_TOKEN).await;
     let mut served = 0;
     let trust = Trust::CaFile(server.cert_path.clone());
-    let (_endpoint, raw) = omniroute_client::connect_quic(server.addr, "localhost", &trust)
-        .await
-        .unwrap();
     let order_frame = |id: u64, lines: Vec<(String, u32)>| {
         let mut o = order("c", &format!("bad-{id}"), 50.0, 10.0, &[]);
         o.lines = lines;
@@ -286,17 +301,7 @@ async fn a_batch_answers_each_order_alone_and_refuses_an_oversized_frame() {
     // a batch over MAX_ORDERS_PER_SUBMIT_BATCH is refused TOO_LARGE naming the limit, and a
     // batch whose count runs past its bytes is MALFORMED; nothing else changes the stock.
     let dir = TempDir::new("bad-batch");
-    let text = format!(
-        "{}{}{}",
-        channel("c", &["nearest"]),
-        channel("web", &["nearest"]),
-        stock(&[("SKU-1", "ST-1", 1000)])
-    );
-    let (engine, server) = quic_server(&text, &dir).await;
-    let trust = Trust::CaFile(server.cert_path.clone());
-    let (_endpoint, raw) = omniroute_client::connect_quic(server.addr, "localhost", &trust)
-        .await
-        .unwrap();
+    let (engine, server, _endpoint, raw) = two_channels_and_a_raw_connection(&dir).await;
     let good = |id: &str| Ok(order("c", id, 50.0, 10.0, &[("SKU-1", 1)]));
     let entries = vec![
         good("batch-a"),

@@ -49,17 +49,7 @@ async fn ten_thousand_pipelined_orders_on_one_stream() {
     let dir = TempDir::new("pipeline");
     let (engine, server) = quic_server(&fixture_stock(), &dir).await;
     let client = client(&server, CHANNEL_C_TOKEN).await;
-    let orders: Vec<_> = (0..10_000u32)
-        .map(|i| {
-            order(
-                "c",
-                &format!("p-{i}"),
-                50.0,
-                10.0,
-                &[(&format!("P-{}", i % 50), 1 + i % 7)],
-            )
-        })
-        .collect();
+    let orders = fixture_orders("p");
     let stream = client.stream();
     let decisions = join_all(orders.iter().cloned().map(|o| async move {
         match stream.request(&Request::Submit(o)).await? {
@@ -80,17 +70,7 @@ async fn concurrent_submits_on_one_client_travel_in_few_batch_frames() {
     let dir = TempDir::new("auto-batch");
     let (engine, server) = quic_server(&fixture_stock(), &dir).await;
     let client = client(&server, CHANNEL_C_TOKEN).await;
-    let orders: Vec<_> = (0..10_000u32)
-        .map(|i| {
-            order(
-                "c",
-                &format!("b-{i}"),
-                50.0,
-                10.0,
-                &[(&format!("P-{}", i % 50), 1 + i % 7)],
-            )
-        })
-        .collect();
+    let orders = fixture_orders("b");
     let decisions = join_all(orders.iter().cloned().map(|o| client.submit(o))).await;
     check_each_answered(&engine, &orders, decisions).await;
     let frames = client.submit_frames();
@@ -100,6 +80,21 @@ async fn concurrent_submits_on_one_client_travel_in_few_batch_frames() {
     );
     client.close().await;
     server.shutdown().await;
+}
+
+/// 10 000 orders of channel c over the fixture's 50 SKUs, 1 to 7 units.
+fn fixture_orders(prefix: &str) -> Vec<omniroute_client::Order> {
+    (0..10_000u32)
+        .map(|i| {
+            order(
+                "c",
+                &format!("{prefix}-{i}"),
+                50.0,
+                10.0,
+                &[(&format!("P-{}", i % 50), 1 + i % 7)],
+            )
+        })
+        .collect()
 }
 
 /// Each order routed with its own SKU and quantity, under its own id, and

@@ -121,7 +121,10 @@ where
     Ok(())
 }
 
-fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Plot<'a, DB>) -> DrawResult
+/// The plot's legend, top left (each plot leaves headroom for it).
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -131,6 +134,30 @@ where
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
+    Ok(())
+}
+
+/// A thin vertical line and a label at each mark, from `low` to `high`.
+fn marks<'a, DB: DrawingBackend + 'a, Y: Clone + 'static>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, impl Ranged<ValueType = Y>>>,
+    marks: &[(f64, String)],
+    low: Y,
+    high: Y,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    for (at_s, what) in marks {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(*at_s, low.clone()), (*at_s, high.clone())],
+            BLACK.mix(0.4).stroke_width(1),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            what.clone(),
+            (*at_s, high.clone()),
+            ("sans-serif", 12),
+        )))?;
+    }
     Ok(())
 }
 
@@ -200,18 +227,7 @@ where
         });
         line(&mut chart, i, label.to_string(), points)?;
     }
-    for (at_s, what) in data.marks {
-        let low = 0.01;
-        chart.draw_series(std::iter::once(PathElement::new(
-            vec![(*at_s, low), (*at_s, top_ms / LOG_HEADROOM)],
-            BLACK.mix(0.4).stroke_width(1),
-        )))?;
-        chart.draw_series(std::iter::once(Text::new(
-            what.clone(),
-            (*at_s, top_ms / LOG_HEADROOM),
-            ("sans-serif", 12),
-        )))?;
-    }
+    marks(&mut chart, data.marks, 0.01, top_ms / LOG_HEADROOM)?;
     legend(&mut chart)
 }
 
@@ -264,24 +280,8 @@ where
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    for (at_s, what) in data.marks {
-        chart.draw_series(std::iter::once(PathElement::new(
-            vec![(*at_s, 0.0), (*at_s, highest)],
-            BLACK.mix(0.4).stroke_width(1),
-        )))?;
-        chart.draw_series(std::iter::once(Text::new(
-            what.clone(),
-            (*at_s, highest),
-            ("sans-serif", 12),
-        )))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    marks(&mut chart, data.marks, 0.0, highest)?;
+    legend(&mut chart)
 }
 
 fn percentiles<DB: DrawingBackend>(
