@@ -60,7 +60,12 @@ fn exact(summary: &Summary) -> bool {
 fn write_files(args: &Args, outcome: &Outcome) -> Result<(), String> {
     let summary = &outcome.summary;
     if let Some(path) = &args.chart {
-        write_chart(path, &chart_data(outcome)).map_err(|e| e.to_string())?;
+        let latency: Vec<_> = outcome
+            .intervals
+            .iter()
+            .map(|i| (i.offset_s, i.histogram.clone()))
+            .collect();
+        write_chart(path, &chart_data(outcome, &latency)).map_err(|e| e.to_string())?;
     }
     if let Some(path) = &args.hlog {
         write_hlog(path, &outcome.intervals)?;
@@ -72,7 +77,11 @@ fn write_files(args: &Args, outcome: &Outcome) -> Result<(), String> {
     Ok(())
 }
 
-fn chart_data(outcome: &Outcome) -> ChartData<'_> {
+/// `latency`: each measured second's (offset, histogram), from the intervals.
+fn chart_data<'a>(
+    outcome: &'a Outcome,
+    latency: &'a [(f64, hdrhistogram::Histogram<u64>)],
+) -> ChartData<'a> {
     let summary = &outcome.summary;
     let mut distributions = vec![
         (
@@ -97,7 +106,7 @@ fn chart_data(outcome: &Outcome) -> ChartData<'_> {
     );
     ChartData {
         title,
-        intervals: &outcome.latency_seconds,
+        intervals: latency,
         distributions,
         seconds: &summary.seconds,
         marks: &outcome.marks,

@@ -230,8 +230,6 @@ pub(crate) const MAX_FIND_MAX_RATE: f64 = 10_000_000.0;
 pub(crate) struct Outcome {
     pub(super) summary: Summary,
     pub(super) intervals: Vec<Interval>,
-    /// Each measured second's latency: (seconds since the first, histogram).
-    pub(super) latency_seconds: Vec<(f64, hdrhistogram::Histogram<u64>)>,
     /// Events on the time axis: each measured phase's start, node events.
     pub(super) marks: Vec<(f64, String)>,
     pub(super) histogram: hdrhistogram::Histogram<u64>,
@@ -342,13 +340,8 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         redis_histogram = Some(histogram);
     }
     summary.run = Some(run_info);
-    let latency_seconds = intervals
-        .iter()
-        .map(|i| (i.offset_s, i.histogram.clone()))
-        .collect();
     Ok(Outcome {
         summary,
-        latency_seconds,
         marks,
         intervals,
         histogram: measured.histogram,
