@@ -381,7 +381,8 @@ async fn metrics_page(State(state): State<Arc<AdminState>>) -> Response {
         .into_response()
 }
 
-/// Alive unless an actor has failed (the daemon is then stopping).
+/// Alive unless an actor or the storage has failed (the daemon is then
+/// stopping); the body names the cause.
 async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
     match state.status.engine.get().and_then(|e| e.health().failure()) {
         Some(failure) => (StatusCode::SERVICE_UNAVAILABLE, format!("{failure}\n")).into_response(),
@@ -389,7 +390,12 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
     }
 }
 
+/// Ready once recovered and serving, until the stop begins or the engine
+/// fails (a storage fault: nothing more can be made durable).
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    if let Some(failure) = state.status.engine.get().and_then(|e| e.health().failure()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{failure}\n")).into_response();
+    }
     if state.status.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -15,7 +15,7 @@ use crate::core::network::{Channel, Network};
 use crate::core::policy::{Filters, OnShort, Policy, Rule, Weights};
 use crate::engine::{EngineSettings, StockUpdate};
 use crate::journal::Durability;
-use crate::store::StoreSettings;
+use crate::store::{StoreSettings, MAX_FAULT_LINGER_MS};
 
 /// Smallest journal segment the config accepts: smaller ones would mean a
 /// new file (and a directory fsync) every few commits.
@@ -152,6 +152,8 @@ pub struct JournalConfig {
     pub snapshot_every_records: u64,
     /// Keep segments a snapshot has passed (for `omniroute replay`).
     pub keep_segments: bool,
+    /// After a storage fault, answer `Unavailable` and 503 this long, then stop.
+    pub fault_linger_ms: u64,
 }
 
 impl Default for JournalConfig {
@@ -163,6 +165,7 @@ impl Default for JournalConfig {
             snapshot_interval_ms: d.snapshot_interval_ms,
             snapshot_every_records: d.snapshot_every_records,
             keep_segments: d.keep_segments,
+            fault_linger_ms: d.fault_linger_ms,
         }
     }
 }
@@ -541,12 +544,22 @@ impl Config {
                 ),
             ));
         }
+        if j.fault_linger_ms > MAX_FAULT_LINGER_MS {
+            return Err(invalid(
+                "journal.fault_linger_ms",
+                format!(
+                    "must be at most {MAX_FAULT_LINGER_MS}, got {}",
+                    j.fault_linger_ms
+                ),
+            ));
+        }
         Ok(StoreSettings {
             durability,
             segment_bytes: j.segment_bytes,
             snapshot_interval_ms: j.snapshot_interval_ms,
             snapshot_every_records: j.snapshot_every_records,
             keep_segments: j.keep_segments,
+            fault_linger_ms: j.fault_linger_ms,
         })
     }
 

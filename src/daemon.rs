@@ -70,9 +70,10 @@ pub enum DaemonError {
     /// The recovery thread panicked.
     #[error("recovery panicked: {0}")]
     RecoveryPanicked(String),
-    /// An actor failed: no final snapshot, since its state is gone.
+    /// An actor or the storage failed: no final snapshot, since an actor's
+    /// state is gone or nothing more can be written.
     #[error("{0}; stopped without a final snapshot (the next start recovers from the journal)")]
-    ActorFailed(String),
+    EngineFailed(String),
 }
 
 /// Starts the admin port (not ready), recovers, starts the engine and the
@@ -87,6 +88,10 @@ pub async fn start(
         tracing::warn!(
             "journal.durability = \"none\": answers are sent before the fsync; a crash can lose answered orders. For benchmarks only."
         );
+    }
+    match crate::descriptors::raise_to_hard_limit() {
+        Some(limit) => tracing::info!("file descriptors: up to {limit}"),
+        None => tracing::warn!("file descriptors: the limit could not be read"),
     }
     // Before any port is bound: a second daemon names the holder, not a
     // taken port.
@@ -269,7 +274,12 @@ async fn snapshot_loop(
             && records - records_at_last >= settings.snapshot_every_records;
         if by_time || by_records {
             if let Err(e) = snapshot(&engine, data_dir.clone(), &settings, &status).await {
-                tracing::error!("snapshot failed: {e}");
+                // The disk under the data directory failed (or the engine
+                // did, which raised the fault already): stop saying yes.
+                if let Some(journal) = engine.sequencer().journal() {
+                    journal.fail(crate::journal::JournalError::Snapshot(e.to_string()));
+                }
+                return;
             }
             last = Instant::now();
             records_at_last = stats.records.load(Ordering::Relaxed);
@@ -305,10 +315,10 @@ impl Daemon {
         self.engine.flush_demand().await;
         // A periodic snapshot under way ends first.
         let _ = self.snapshots.await;
-        // A failed actor's state is gone: a snapshot now would miss it,
-        // and the journal already holds every answered change.
+        // A failed actor's state is gone, and failed storage takes no more
+        // writes: the journal already holds every answered change.
         let result = match self.engine.health().failure() {
-            Some(failure) => Err(DaemonError::ActorFailed(failure)),
+            Some(failure) => Err(DaemonError::EngineFailed(failure)),
             None => snapshot(
                 &self.engine,
                 self.data_dir.clone(),
@@ -324,6 +334,22 @@ impl Daemon {
         }
         drop(self.lock);
         result.map(|_| ())
+    }
+
+    /// How long a daemon whose storage failed keeps answering before it
+    /// stops (`[journal] fault_linger_ms`); an actor's failure stops it at
+    /// once, since nothing is gained by waiting.
+    pub fn fault_linger_ms(&self) -> u64 {
+        let storage = self
+            .engine
+            .sequencer()
+            .journal()
+            .is_some_and(|j| j.has_failed());
+        if storage {
+            self.settings.fault_linger_ms
+        } else {
+            0
+        }
     }
 
     /// Reads the config file again and routes by its policies from now on.

@@ -29,7 +29,9 @@
 //! - [`config`] (the TOML file, its validation, the embedded sample) and
 //!   [`config_diff`] (which keys a reload applies); [`sample`]: sample
 //!   orders and the synchronous driver over a config; [`limits`]: every
-//!   hard bound, named; [`memory`]: process-wide memory settings;
+//!   hard bound, named; [`descriptors`]: the file descriptor limit;
+//!   [`faults`]: the seam tests inject I/O errors
+//!   through; [`memory`]: process-wide memory settings;
 //!   [`timefmt`]: times as ISO 8601 and Unix ms.
 //!
 //! The `omniroute` binary (`src/bin/omniroute/`) adds the command line, the
@@ -40,7 +42,9 @@ pub mod config;
 pub mod config_diff;
 pub mod core;
 pub mod daemon;
+pub mod descriptors;
 pub mod engine;
+pub mod faults;
 pub mod http;
 pub mod journal;
 pub mod limits;

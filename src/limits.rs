@@ -68,6 +68,16 @@ pub const MAX_HOLD_ATTEMPTS: u32 = 8;
 /// Orders one router accepts in one batch message.
 pub const MAX_ORDERS_PER_BATCH: usize = 4096;
 
+/// Orders one follow-up record rewrites at most: the holds one expiry tick
+/// releases, the orders a node going offline re-routes, the reservations
+/// one stock count bumps are journaled in runs of this many, each its own
+/// record. A flash sale's 100 000 holds expiring in one tick would
+/// otherwise be one record past `MAX_RECORD_PAYLOAD_BYTES` (32 MiB), which
+/// the journal must refuse after memory changed. An order record is a few
+/// hundred bytes (about 25 KiB at its largest: 64 lines each split over
+/// 16 nodes), so 256 stay within 7 MiB.
+pub const MAX_ORDERS_PER_FOLLOW_UP_RECORD: usize = 256;
+
 /// Entries in one bulk stock update (set or adjust) from a WMS/ERP feed.
 pub const MAX_STOCK_UPDATES_PER_BATCH: usize = 65_536;
 

@@ -82,6 +82,12 @@ pub enum ErrorCode {
     Archived = 17,
     /// No channel has that name.
     UnknownChannel = 18,
+    /// The daemon cannot make changes durable (its journal or snapshot
+    /// storage failed: a full disk, an I/O error) and is stopping; nothing
+    /// it could not vouch for is shown. A change whose write reached the
+    /// disk before its fsync failed may be there after the restart, as
+    /// after a crash: resubmit with the same client order id to learn.
+    Unavailable = 19,
 }
 
 impl ErrorCode {
@@ -106,6 +112,7 @@ impl ErrorCode {
             Unframeable,
             Archived,
             UnknownChannel,
+            Unavailable,
         ]
         .into_iter()
         .find(|c| *c as u16 == code)

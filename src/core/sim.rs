@@ -153,7 +153,8 @@ impl LocalEngine {
     }
 
     pub fn expire_due(&mut self, now_ms: u64) -> usize {
-        self.router.expire_due(now_ms, &self.participants)
+        self.router
+            .expire_due(now_ms, usize::MAX, &self.participants)
     }
 
     pub fn ship(

@@ -41,8 +41,8 @@ pub enum EngineError {
     Order(#[from] OpError),
     #[error(transparent)]
     Cursor(#[from] CursorOutOfRange),
-    /// The journal failed (disk full, I/O error): nothing more can be made
-    /// durable, so nothing more is answered yes.
-    #[error("the journal cannot make changes durable; the daemon must be restarted")]
+    /// The storage failed (disk full, I/O error, no descriptors): nothing
+    /// more can be made durable, so nothing more is answered yes.
+    #[error("the daemon cannot make changes durable (its storage failed; /healthz names the cause) and is stopping: retry on the restarted daemon (a resubmission with the same client order id gets the durable outcome)")]
     Unavailable,
 }

@@ -197,10 +197,13 @@ impl Engine {
         };
         let pages = join_all(self.inner.routers.iter().map(|router| {
             let filter = filter.clone();
-            call(router, move |reply| RouterMsg::List { filter, reply })
+            call_committed(router, move |reply| RouterMsg::List { filter, reply })
         }))
         .await;
-        let mut orders: Vec<OrderRecord> = pages.into_iter().flatten().collect();
+        let mut orders = Vec::new();
+        for page in pages {
+            orders.extend(page?);
+        }
         orders.sort_unstable_by_key(|o| o.id);
         let more = orders.len() > limit;
         orders.truncate(limit);
@@ -210,7 +213,7 @@ impl Engine {
 
     pub async fn get(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
         let router = self.router_for(&order);
-        Ok(call(router, |reply| RouterMsg::Get { order, reply }).await?)
+        Ok(call_committed(router, |reply| RouterMsg::Get { order, reply }).await??)
     }
 
     pub async fn confirm(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {

@@ -20,6 +20,7 @@ use crate::core::router::{OpError, OrderFilter, OrderRef, RouterCore};
 use crate::core::status::statuses_of;
 use crate::core::stock::Bumped;
 use crate::engine::sequencer::{Done, Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER};
+use crate::limits::MAX_ORDERS_PER_FOLLOW_UP_RECORD;
 
 pub(super) type Reply<T> = RpcReplyPort<Result<T, OpError>>;
 
@@ -369,31 +370,55 @@ impl RouterState {
         self.metrics
             .rerouted_node_offline
             .increment(orders.len() as u64);
-        for order in orders {
-            self.core
-                .node_offline(order, node, now_ms, &self.participants)
-                .await;
+        // A record per run of orders: a big node's outage re-routes more
+        // than one record may hold.
+        for run in orders.chunks(MAX_ORDERS_PER_FOLLOW_UP_RECORD) {
+            for &order in run {
+                self.core
+                    .node_offline(order, node, now_ms, &self.participants)
+                    .await;
+            }
+            self.commit_if_changed(|| {}).await;
         }
-        self.commit(move || {
-            let _ = reply.send(());
-        })
-        .await;
+        // Answered once every run before it is durable.
+        self.sequencer
+            .after_durable(move || {
+                let _ = reply.send(());
+            })
+            .await;
     }
 
     async fn bumped(&mut self, bumps: Vec<Bumped>, now_ms: u64, reply: Option<RpcReplyPort<()>>) {
         self.metrics.rerouted_bumped.increment(bumps.len() as u64);
-        self.core.bumped(&bumps, now_ms, &self.participants).await;
-        self.commit_if_changed(move || {
-            if let Some(reply) = reply {
-                let _ = reply.send(());
-            }
-        })
-        .await;
+        for run in bumps.chunks(MAX_ORDERS_PER_FOLLOW_UP_RECORD) {
+            self.core.bumped(run, now_ms, &self.participants).await;
+            self.commit_if_changed(|| {}).await;
+        }
+        if let Some(reply) = reply {
+            self.sequencer
+                .after_durable(move || {
+                    let _ = reply.send(());
+                })
+                .await;
+        }
     }
 
     async fn expire(&mut self, now_ms: u64, reply: RpcReplyPort<usize>) {
         self.record_demand();
-        let expired = self.core.expire_due(now_ms, &self.participants);
+        // A record per run of expired orders (see the limit's reason).
+        let mut expired = 0;
+        loop {
+            let run = self.core.expire_due(
+                now_ms,
+                MAX_ORDERS_PER_FOLLOW_UP_RECORD,
+                &self.participants,
+            );
+            expired += run;
+            if run < MAX_ORDERS_PER_FOLLOW_UP_RECORD {
+                break;
+            }
+            self.commit_if_changed(|| {}).await;
+        }
         // A snapshot walking the books must find every order where it was:
         // none retires meanwhile.
         let retired = self.core.retire_due(now_ms, self.imaging == 0);
@@ -462,11 +487,22 @@ impl Actor for RouterActor {
                 now_ms,
                 reply,
             } => state.submit(orders, now_ms, reply).await,
+            // Reads answer once what they show is durable: an order whose
+            // record is still being written (or never will be, if the
+            // journal failed) is not shown ahead of the disk.
             RouterMsg::Get { order, reply } => {
-                let _ = reply.send(state.core.get(&order).cloned());
+                let found = state.core.get(&order).cloned();
+                state.sequencer.after_durable(move || {
+                    let _ = reply.send(found);
+                })
+                .await;
             }
             RouterMsg::List { filter, reply } => {
-                let _ = reply.send(state.core.list(&filter));
+                let page = state.core.list(&filter);
+                state.sequencer.after_durable(move || {
+                    let _ = reply.send(page);
+                })
+                .await;
             }
             RouterMsg::Confirm { order, reply } => {
                 let result = state.core.confirm(&order).cloned();

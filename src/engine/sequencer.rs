@@ -69,6 +69,10 @@ impl Sequencer {
     /// barrier that writes nothing. If the journal fails, never.
     pub async fn after_durable(&self, answer: impl FnOnce() + Send + 'static) {
         let journal = match self {
+            // What it saw may be ahead of the disk for good: dropping the
+            // answer drops the caller's reply port, which answers
+            // `Unavailable`, never a false yes.
+            Sequencer::Journal(journal) if journal.has_failed() => return,
             Sequencer::Journal(journal) if !journal.quiet() => journal,
             _ => return answer(),
         };
@@ -79,7 +83,7 @@ impl Sequencer {
             }
         });
         if let Err(e) = journal.barrier_in(slot, done) {
-            tracing::error!("journal barrier failed: {e}");
+            tracing::debug!("journal barrier refused: {e}");
         }
     }
 
@@ -116,7 +120,8 @@ impl Sequencer {
                 // A stopped writer drops `done`, and with it the caller's
                 // reply port: the caller gets an error, never a false yes.
                 if let Err(e) = journal.append_in(slot, kind, payload(), done) {
-                    tracing::error!("journal append failed: {e}");
+                    // The fault that stopped the journal was logged once.
+                    tracing::debug!("journal append refused: {e}");
                 }
             }
             (Sequencer::Journal(_), None) => {

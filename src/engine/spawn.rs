@@ -60,6 +60,14 @@ impl Engine {
         } = state;
         let sequencer = Arc::new(sequencer);
         let health = Health::new();
+        if let Some(journal) = sequencer.journal() {
+            // A storage fault fails the engine as an actor's panic does:
+            // health turns 503 and the daemon stops.
+            let failed = health.clone();
+            journal.on_failure(Box::new(move |error| {
+                failed.fail_storage(format!("storage failed: {error}"));
+            }));
+        }
         let watchdog = Actor::spawn(None, Watchdog, health.clone())
             .await
             .map_err(|e| EngineError::Spawn(e.to_string()))?

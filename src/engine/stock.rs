@@ -72,6 +72,29 @@ pub(super) fn check_stock_quantities(updates: &[StockUpdate]) -> Result<(), Engi
     Ok(())
 }
 
+/// Refuses a feed whose new SKUs would not all fit in the catalog, before
+/// any of them is interned. Called under the feed lock, the only place
+/// SKUs are interned while the engine runs, so the room it sees stays.
+fn check_catalog_room(
+    index: &crate::core::index::AvailabilityIndex,
+    updates: &[StockUpdate],
+) -> Result<(), EngineError> {
+    let mut new: rustc_hash::FxHashSet<&str> = rustc_hash::FxHashSet::default();
+    for update in updates {
+        let (StockUpdate::Set { sku, .. } | StockUpdate::Adjust { sku, .. }) = update;
+        if index.lookup(sku).is_none() {
+            new.insert(sku);
+        }
+    }
+    if index.sku_count() + new.len() > index.max_skus() {
+        return Err(crate::core::index::CatalogFull {
+            max_skus: index.max_skus(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// What a stock update batch did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StockReport {
@@ -129,6 +152,10 @@ impl Engine {
         {
             let _feed = self.inner.feed_lock.lock().expect("feed lock");
             let index = &self.inner.index;
+            // All the batch's new SKUs fit, or none is interned: a SKU in
+            // memory that no record names would be gone after a restart,
+            // and the ids after it would no longer match the journal's.
+            check_catalog_room(index, updates)?;
             let intern = |name: &str, txn: &mut Txn| -> Result<SkuId, EngineError> {
                 if let Some(id) = index.lookup(name) {
                     return Ok(id);

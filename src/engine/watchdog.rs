@@ -1,4 +1,5 @@
-//! The supervisor of every engine actor. Its state is gone with an actor
+//! The supervisor of every engine actor, and the engine's health: failed
+//! when an actor panics or storage fails. Its state is gone with an actor
 //! that panics (a shard's counts, a node's ledger, a router's open
 //! orders), so nothing restarts it in place: the watchdog names it, marks
 //! the engine failed, and the daemon stops without a final snapshot; the
@@ -44,6 +45,19 @@ impl Health {
         let failure = seen.wait_for(Option::is_some).await;
         // The sender lives in `self`, so the channel cannot close under us.
         failure.map_or_else(|_| String::new(), |f| f.clone().unwrap_or_default())
+    }
+
+    /// Marks the engine failed for a storage fault (the journal or a
+    /// snapshot could not be written): nothing more is durable, so the
+    /// daemon answers `Unavailable`, health turns 503 and it stops. The
+    /// journal logged the cause with its path.
+    pub fn fail_storage(&self, failure: String) {
+        self.failure.send_if_modified(|current| {
+            current.is_none() && {
+                *current = Some(failure);
+                true
+            }
+        });
     }
 
     fn fail(&self, id: ActorId, why: String) {

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use super::fault::{Fault, Watcher};
 use super::record::{self};
-use super::segments::{open_segment, run_spares, SpareJob};
+use super::segments::{check_free_space, open_dir, open_segment, run_spares, SpareJob};
 use super::writer::Writer;
 use super::{io_error, Durability, JournalError};
 
@@ -93,6 +94,8 @@ pub struct Journal {
     /// vouch for: all but the unvouched ones (rejected orders' demand),
     /// which no answer waits on. See [`Journal::quiet`].
     vouched: Arc<AtomicUsize>,
+    /// The first storage error; see [`Journal::failure`].
+    fault: Arc<Fault>,
 }
 
 impl Journal {
@@ -105,19 +108,24 @@ impl Journal {
         segment_bytes: u64,
     ) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let (file, path, size, prepared) = open_segment(dir, next_lsn)?;
-        let stats = Arc::new(JournalStats::default());
         let segment_bytes = segment_bytes.max(1);
+        check_free_space(dir, segment_bytes)?;
+        let (file, path, size, prepared) = open_segment(dir, next_lsn)?;
+        let dir_file = open_dir(dir)?;
+        let fault = Arc::new(Fault::default());
+        let stats = Arc::new(JournalStats::default());
         let (spare_jobs, jobs) = crossbeam_channel::unbounded();
         let (ready, spares) = crossbeam_channel::bounded(1);
-        let spare_dir = dir.to_path_buf();
+        let (spare_dir, spare_fault) = (dir.to_path_buf(), fault.clone());
         let spare_thread = std::thread::Builder::new()
             .name("journal-spare".into())
-            .spawn(move || run_spares(spare_dir, segment_bytes, jobs, ready))
+            .spawn(move || run_spares(spare_dir, segment_bytes, jobs, ready, spare_fault))
             .map_err(|e| io_error(dir, e))?;
         let _ = spare_jobs.send(SpareJob::Prepare);
         let writer = Writer {
             dir: dir.to_path_buf(),
+            dir_file,
+            fault: fault.clone(),
             file,
             path,
             size,
@@ -146,6 +154,7 @@ impl Journal {
             stats,
             paused,
             vouched: Arc::new(AtomicUsize::new(0)),
+            fault,
         })
     }
 
@@ -182,9 +191,37 @@ impl Journal {
         done: Done,
     ) -> Result<(), JournalError> {
         if payload.len() > record::MAX_RECORD_PAYLOAD_BYTES {
-            return Err(JournalError::TooLarge(payload.len()));
+            // The step that built it has changed memory already: going on
+            // would answer from state no record holds. A bug, and loud.
+            let error = JournalError::TooLarge(payload.len());
+            self.fault.raise(error.clone());
+            return Err(error);
         }
         self.queue_append(slot, Some(kind), payload, done)
+    }
+
+    /// The storage error that stopped the journal, if one has: from then
+    /// on nothing is made durable, and nothing may be answered yes.
+    pub fn failure(&self) -> Option<JournalError> {
+        self.fault.error()
+    }
+
+    /// Whether the journal has failed: one atomic load, for answer paths.
+    pub fn has_failed(&self) -> bool {
+        self.fault.is_raised()
+    }
+
+    /// Stops the journal for a storage error found outside it (a snapshot
+    /// that could not be written): nothing more is made durable, and
+    /// whoever watches [`Journal::on_failure`] is told.
+    pub fn fail(&self, error: JournalError) {
+        self.fault.raise(error);
+    }
+
+    /// Runs `watcher` with the storage error once the journal fails (at
+    /// once if it has).
+    pub fn on_failure(&self, watcher: Watcher) {
+        self.fault.watch(watcher);
     }
 
     /// Holds the writer before its next commit until the guard is dropped,

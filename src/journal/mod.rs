@@ -14,6 +14,7 @@
 //! what is free (bumping the rest), and shards apply journaled ops in LSN
 //! order.
 
+mod fault;
 mod handle;
 pub mod record;
 mod recovery;
@@ -22,6 +23,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use fault::Watcher;
 pub use handle::{Done, Journal, JournalStats, Slot, MAX_RECORDS_PER_COMMIT};
 pub use recovery::{read, recover, ReadSummary, Recovered, RecoveredRecord, TornTail};
 pub use segments::{remove_segments_through, DEFAULT_SEGMENT_BYTES};
@@ -41,6 +43,13 @@ pub enum JournalError {
     /// A file of the journal could not be read, written or synced.
     #[error("journal I/O on {path}: {message}")]
     Io { path: PathBuf, message: String },
+    /// Too little free space to start writing.
+    #[error("the file system of {path} has {} MiB free; the journal needs {} MiB (two segments of journal.segment_bytes) to run: free space there, or move the data directory, then start again", free_bytes >> 20, needed_bytes >> 20)]
+    NoSpace {
+        path: PathBuf,
+        free_bytes: u64,
+        needed_bytes: u64,
+    },
     /// Damage before the tail: starting would lose or invent state.
     #[error("journal {path} is corrupt at byte {offset}: {reason}; refusing to start (restore the data directory from a backup)")]
     Corrupt {
@@ -56,6 +65,10 @@ pub enum JournalError {
     /// A payload larger than a record may be.
     #[error("a record of {0} bytes exceeds MAX_RECORD_PAYLOAD_BYTES")]
     TooLarge(usize),
+    /// A snapshot could not be written: the storage under the data
+    /// directory failed, so the journal stops too (see [`Journal::fail`]).
+    #[error("a snapshot could not be written: {0}")]
+    Snapshot(String),
     /// A reader's visitor stopped the read early (see [`VisitError::Stopped`]).
     #[error("the reader stopped the read")]
     ReaderStopped,

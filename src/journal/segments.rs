@@ -3,11 +3,18 @@
 //! the segments a snapshot has passed.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::fault::Fault;
 use super::record::{self};
 use super::{io_error, JournalError};
+use crate::faults::{self, points};
+
+/// Segments hold every order and its customer's address: the daemon's
+/// user alone reads them.
+pub(super) const SEGMENT_FILE_MODE: u32 = 0o600;
 
 /// A segment is closed and a new one begun past this size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -82,32 +89,44 @@ pub(super) fn prepare_spare(
     segment_bytes: u64,
 ) -> Result<(File, PathBuf), JournalError> {
     let path = dir.join(SPARE_NAME);
-    let file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(|e| io_error(&path, e))?;
+    let file = faults::io(points::JOURNAL_OPEN, || {
+        OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(SEGMENT_FILE_MODE)
+            .open(&path)
+    })
+    .map_err(|e| io_error(&path, e))?;
     let zeros = vec![0u8; SPARE_CHUNK_BYTES];
     let mut written = 0u64;
     while written < segment_bytes {
         let n = (segment_bytes - written).min(SPARE_CHUNK_BYTES as u64) as usize;
-        file.write_all_at(&zeros[..n], written)
-            .map_err(|e| io_error(&path, e))?;
+        faults::io(points::JOURNAL_ALLOCATE, || {
+            file.write_all_at(&zeros[..n], written)
+        })
+        .map_err(|e| io_error(&path, e))?;
         written += n as u64;
         if written.is_multiple_of(SPARE_SYNC_EVERY_BYTES) {
-            file.sync_data().map_err(|e| io_error(&path, e))?;
+            faults::io(points::JOURNAL_FSYNC, || file.sync_data())
+                .map_err(|e| io_error(&path, e))?;
         }
     }
-    file.sync_all().map_err(|e| io_error(&path, e))?;
+    faults::io(points::JOURNAL_FSYNC, || file.sync_all()).map_err(|e| io_error(&path, e))?;
     Ok((file, path))
 }
 
+/// The spare thread. A spare that cannot be prepared (the disk is full,
+/// no descriptor is left) raises the fault: the journal stops while every
+/// answered record is on disk, not at the first commit that finds no room.
+/// A retired segment that cannot be synced may have lost records written
+/// without their own fsync: that raises it too.
 pub(super) fn run_spares(
     dir: PathBuf,
     segment_bytes: u64,
     jobs: crossbeam_channel::Receiver<SpareJob>,
     ready: crossbeam_channel::Sender<(File, PathBuf)>,
+    fault: Arc<Fault>,
 ) {
     for job in jobs {
         match job {
@@ -117,12 +136,15 @@ pub(super) fn run_spares(
                         return;
                     }
                 }
-                // The writer falls back to creating segments as it goes.
-                Err(e) => tracing::warn!("journal: cannot prepare the next segment: {e}"),
+                Err(e) => {
+                    fault.raise(e);
+                    return;
+                }
             },
             SpareJob::Retire(file, path) => {
-                if let Err(e) = file.sync_all() {
-                    tracing::warn!("journal: syncing {}: {e}", path.display());
+                if let Err(e) = faults::io(points::JOURNAL_FSYNC, || file.sync_all()) {
+                    fault.raise(io_error(&path, e));
+                    return;
                 }
             }
         }
@@ -140,13 +162,16 @@ pub(super) fn open_segment(
         Some((_, last)) => last.clone(),
         None => segment_path(dir, first_lsn),
     };
-    let file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io_error(&path, e))?;
+    let file = faults::io(points::JOURNAL_OPEN, || {
+        OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .mode(SEGMENT_FILE_MODE)
+            .open(&path)
+    })
+    .map_err(|e| io_error(&path, e))?;
     let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
     let size = record::scan(&bytes, None)
         .records
@@ -156,9 +181,51 @@ pub(super) fn open_segment(
     Ok((file, path, size, bytes.len() as u64 > size))
 }
 
+/// Segments of room the journal needs free to start: the one it writes
+/// and the spare prepared behind it.
+pub(super) const FREE_SEGMENTS_TO_START: u64 = 2;
+
+/// Refuses to start a journal on a file system without room for
+/// [`FREE_SEGMENTS_TO_START`] segments: a daemon restarted on a disk that
+/// is still full says so at once instead of failing at its first rotation.
+/// The spare already on disk counts as room.
+pub(super) fn check_free_space(dir: &Path, segment_bytes: u64) -> Result<(), JournalError> {
+    let Some(free) = free_bytes(dir) else {
+        return Ok(());
+    };
+    let spare = std::fs::metadata(dir.join(SPARE_NAME)).map_or(0, |m| m.len());
+    let needed = FREE_SEGMENTS_TO_START * segment_bytes;
+    if free + spare >= needed {
+        return Ok(());
+    }
+    Err(JournalError::NoSpace {
+        path: dir.to_path_buf(),
+        free_bytes: free + spare,
+        needed_bytes: needed,
+    })
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s file system.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and
+    // `stat` is a properly sized, writable statvfs the call fills in.
+    let failed = unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0;
+    (!failed).then(|| u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
 /// A new file's name is durable only once its directory is fsynced.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, e))
+    open_dir(dir)?;
+    Ok(())
+}
+
+/// Opens the journal directory and fsyncs it; the open file is kept by
+/// the writer for the fsyncs of its rotations.
+pub(super) fn open_dir(dir: &Path) -> Result<File, JournalError> {
+    let file = faults::io(points::JOURNAL_OPEN, || File::open(dir)).map_err(|e| io_error(dir, e))?;
+    faults::io(points::JOURNAL_DIR_FSYNC, || file.sync_all()).map_err(|e| io_error(dir, e))?;
+    Ok(file)
 }

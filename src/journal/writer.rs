@@ -3,7 +3,7 @@
 //! LSN order.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,12 +11,20 @@ use std::sync::Arc;
 use super::handle::{
     Append, CommitFailed, Done, JournalStats, MAX_RECORDS_PER_COMMIT, UNVOUCHED_LINGER_US,
 };
+use super::fault::Fault;
 use super::record::{self};
-use super::segments::{segment_path, sync_dir, SpareJob};
+use super::segments::{segment_path, SpareJob, SEGMENT_FILE_MODE};
 use super::{io_error, Durability, JournalError};
+use crate::faults::{self, points};
 
 pub(super) struct Writer {
     pub(super) dir: PathBuf,
+    /// The journal directory, open for the writer's life: its fsync after
+    /// a rotation needs no new descriptor.
+    pub(super) dir_file: File,
+    /// Raised at the first failed write, fsync or rotation (or by the
+    /// snapshot path): no commit is written after it.
+    pub(super) fault: Arc<Fault>,
     pub(super) file: File,
     pub(super) path: PathBuf,
     pub(super) size: u64,
@@ -39,6 +47,10 @@ pub(super) struct Writer {
 }
 
 impl Writer {
+    /// Writes one commit; the acks to run once it is durable, or, if it
+    /// failed, the callbacks to tell. The fault is raised before the
+    /// commit's slots are given back: no reader finds the journal quiet
+    /// and healthy while what it answered from is not on disk.
     fn commit(
         &mut self,
         batch: Vec<Append>,
@@ -61,29 +73,56 @@ impl Writer {
             self.next_lsn += 1;
             records += 1;
         }
-        let fail = |acks: Vec<(Done, u64)>, error| {
-            (acks.into_iter().map(|(d, _)| d).collect::<Vec<_>>(), error)
+        let written = match self.fault.error() {
+            // Raised elsewhere (the snapshot path, the spare thread).
+            Some(error) => Err(error),
+            None => self.write_commit(buffer, records, vouched),
         };
+        if let Err(error) = written {
+            self.fault.raise(error.clone());
+            drop(slots);
+            return Err((acks.into_iter().map(|(d, _)| d).collect(), error));
+        }
+        // The commit is durable: its callers are answered even if the
+        // rotation after it fails, which stops every commit after it.
+        if self.size >= self.segment_bytes || (!self.prepared && !self.spares.is_empty()) {
+            // Only the last segment may end torn: the one left is synced.
+            if let Err(error) = self.sync_unvouched().and_then(|()| self.rotate()) {
+                self.fault.raise(error);
+            }
+        }
+        drop(slots);
+        Ok(acks)
+    }
+
+    /// Writes a commit's encoded records and fsyncs them if an answer
+    /// waits on them.
+    fn write_commit(
+        &mut self,
+        buffer: &[u8],
+        records: u64,
+        vouched: bool,
+    ) -> Result<(), JournalError> {
         if records == 0 && !self.unsynced {
             // Barriers only: everything before them is durable already.
-            return Ok(acks);
+            return Ok(());
         }
-        if let Err(e) = self.file.write_all_at(buffer, self.size) {
-            return Err(fail(acks, io_error(&self.path, e)));
-        }
+        let (file, path) = (&self.file, &self.path);
+        faults::io(points::JOURNAL_WRITE, || {
+            file.write_all_at(buffer, self.size)
+        })
+        .map_err(|e| io_error(path, e))?;
         self.unsynced = !vouched;
         if vouched && self.durability == Durability::Fsync {
             let started = std::time::Instant::now();
-            if let Err(e) = self.file.sync_data() {
-                return Err(fail(acks, io_error(&self.path, e)));
-            }
+            faults::io(points::JOURNAL_FSYNC, || file.sync_data())
+                .map_err(|e| io_error(path, e))?;
             let elapsed = started.elapsed();
             self.stats
                 .fsync_us_total
                 .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
             self.fsync_seconds.record(elapsed.as_secs_f64());
         }
-        drop(slots);
         self.commit_records.record(records as f64);
         self.size += buffer.len() as u64;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -91,38 +130,43 @@ impl Writer {
         self.stats
             .largest_commit
             .fetch_max(records, Ordering::Relaxed);
-        if self.size >= self.segment_bytes || (!self.prepared && !self.spares.is_empty()) {
-            // Only the last segment may end torn: the one left is synced.
-            self.sync_unvouched().map_err(|e| fail(Vec::new(), e))?;
-            self.rotate().map_err(|e| fail(Vec::new(), e))?;
-        }
-        Ok(acks)
+        Ok(())
     }
 
     /// Makes durable what unvouched commits wrote, if anything.
     fn sync_unvouched(&mut self) -> Result<(), JournalError> {
         if self.unsynced && self.durability == Durability::Fsync {
-            self.file.sync_data().map_err(|e| io_error(&self.path, e))?;
+            let file = &self.file;
+            faults::io(points::JOURNAL_FSYNC, || file.sync_data())
+                .map_err(|e| io_error(&self.path, e))?;
         }
         self.unsynced = false;
         Ok(())
     }
 
+    /// Leaves a full segment for the next: the prepared spare renamed into
+    /// place, or a plain new file. Needs no new descriptor when a spare is
+    /// ready (the directory's is held open), so a daemon short of file
+    /// descriptors still rotates.
     fn rotate(&mut self) -> Result<(), JournalError> {
         let path = segment_path(&self.dir, self.next_lsn);
         let (file, prepared) = match self.spares.try_recv() {
             Ok((file, spare)) => {
-                std::fs::rename(&spare, &path).map_err(|e| io_error(&path, e))?;
+                faults::io(points::JOURNAL_RENAME, || std::fs::rename(&spare, &path))
+                    .map_err(|e| io_error(&path, e))?;
                 (file, true)
             }
             // Not ready (a burst outran the spare thread): a plain file.
             Err(_) => {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(false)
-                    .open(&path)
-                    .map_err(|e| io_error(&path, e))?;
+                let file = faults::io(points::JOURNAL_OPEN, || {
+                    OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(false)
+                        .mode(SEGMENT_FILE_MODE)
+                        .open(&path)
+                })
+                .map_err(|e| io_error(&path, e))?;
                 (file, false)
             }
         };
@@ -130,7 +174,9 @@ impl Writer {
         let old = std::mem::replace(&mut self.file, file);
         let old_path = std::mem::replace(&mut self.path, path);
         self.size = 0;
-        sync_dir(&self.dir)?;
+        let dir_file = &self.dir_file;
+        faults::io(points::JOURNAL_DIR_FSYNC, || dir_file.sync_all())
+            .map_err(|e| io_error(&self.dir, e))?;
         let _ = self.spare_jobs.send(SpareJob::Retire(old, old_path));
         if prepared {
             let _ = self.spare_jobs.send(SpareJob::Prepare);
@@ -157,11 +203,19 @@ impl Writer {
             let committed = self.commit(batch, &mut buffer);
             drop(pause);
             match committed {
-                Ok(acks) => acks.into_iter().for_each(|(done, lsn)| done(Ok(lsn))),
+                Ok(acks) => {
+                    acks.into_iter().for_each(|(done, lsn)| done(Ok(lsn)));
+                    if let Some(error) = self.fault.error() {
+                        // A rotation failed after a durable commit, or the
+                        // fault came from elsewhere: nothing more is written.
+                        queue.iter().for_each(|a| (a.done)(Err(error.clone())));
+                        return;
+                    }
+                }
                 Err((dones, error)) => {
                     // A failed write or fsync is never retried: the kernel may
-                    // have dropped the dirty pages. Everything after fails too.
-                    tracing::error!("journal writer stopped: {error}");
+                    // have dropped the dirty pages. Everything after fails
+                    // too, and the fault (raised by `commit`) stops the daemon.
                     dones.into_iter().for_each(|done| done(Err(error.clone())));
                     queue
                         .iter()
@@ -170,8 +224,11 @@ impl Writer {
                 }
             }
         }
+        if self.fault.is_raised() {
+            return;
+        }
         if let Err(error) = self.sync_unvouched() {
-            tracing::error!("journal writer: the last demand records: {error}");
+            self.fault.raise(error);
         }
     }
 }

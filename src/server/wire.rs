@@ -296,6 +296,7 @@ pub fn event(engine: &Engine, cursor: u64, event: &NodeEvent) -> wire::Event {
 pub fn error(error: &EngineError) -> wire::Response {
     let code = match error {
         EngineError::Overloaded => ErrorCode::Overloaded,
+        EngineError::Unavailable => ErrorCode::Unavailable,
         EngineError::BatchTooLarge(_) | EngineError::CatalogFull(_) => ErrorCode::TooLarge,
         EngineError::UnknownNode(_) => ErrorCode::UnknownNode,
         EngineError::UnknownSku(_) => ErrorCode::UnknownSku,
@@ -317,7 +318,6 @@ pub fn error(error: &EngineError) -> wire::Response {
         },
         EngineError::Spawn(_)
         | EngineError::Routers
-        | EngineError::Unavailable
         | EngineError::Channels { .. }
         | EngineError::NodesChanged
         | EngineError::NodeSlots { .. } => ErrorCode::Internal,

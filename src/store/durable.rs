@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::snapshot::SNAPSHOT_FLUSH_BYTES;
 use super::{io, StoreError};
+use crate::faults::{self, points};
 
 /// Writes a file so that after a crash it is either the old one or the new
 /// one, whole: temporary file, fsync, rename, fsync of the directory.
@@ -18,16 +19,34 @@ pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError>
 /// (a snapshot's header and its body of hundreds of MiB).
 pub(super) fn write_parts_durably(path: &Path, parts: &[&[u8]]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut file = create_private(&tmp)?;
     // Flushed a slice at a time: a journal fsync behind one big dirty file
     // would wait for all of it, and every order waiting on that fsync too.
     for chunk in parts.iter().flat_map(|p| p.chunks(SNAPSHOT_FLUSH_BYTES)) {
-        file.write_all(chunk).map_err(|e| io(&tmp, e))?;
+        faults::io(points::SNAPSHOT_WRITE, || file.write_all(chunk)).map_err(|e| io(&tmp, e))?;
         flush_uncached(&file, &tmp)?;
     }
-    file.sync_all().map_err(|e| io(&tmp, e))?;
+    faults::io(points::SNAPSHOT_FSYNC, || file.sync_all()).map_err(|e| io(&tmp, e))?;
     drop(file);
     publish(&tmp, path)
+}
+
+/// Files of the data directory hold orders and addresses: the daemon's
+/// user alone reads them.
+pub(super) const DATA_FILE_MODE: u32 = 0o600;
+
+/// Creates (or empties) a file only the daemon's user may read.
+pub(super) fn create_private(path: &Path) -> Result<File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    faults::io(points::SNAPSHOT_OPEN, || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(DATA_FILE_MODE)
+            .open(path)
+    })
+    .map_err(|e| io(path, e))
 }
 
 /// Flushes what was written to `file` so far, then lets the page cache
@@ -35,7 +54,7 @@ pub(super) fn write_parts_durably(path: &Path, parts: &[&[u8]]) -> Result<(), St
 /// hundreds of MiB of it cached grew the cache (fresh pages, each zeroed
 /// or faulted in on first use) while the daemon was answering orders.
 pub(super) fn flush_uncached(file: &File, path: &Path) -> Result<(), StoreError> {
-    file.sync_data().map_err(|e| io(path, e))?;
+    faults::io(points::SNAPSHOT_FSYNC, || file.sync_data()).map_err(|e| io(path, e))?;
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -50,11 +69,12 @@ pub(super) fn flush_uncached(file: &File, path: &Path) -> Result<(), StoreError>
 
 /// Puts a whole, synced temporary file in place of `path`, durably.
 pub(super) fn publish(tmp: &Path, path: &Path) -> Result<(), StoreError> {
-    std::fs::rename(tmp, path).map_err(|e| io(path, e))?;
+    faults::io(points::SNAPSHOT_RENAME, || std::fs::rename(tmp, path)).map_err(|e| io(path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))
+    faults::io(points::SNAPSHOT_DIR_FSYNC, || {
+        File::open(dir).and_then(|d| d.sync_all())
+    })
+    .map_err(|e| io(dir, e))
 }
 
 /// Maps a snapshot file: page-aligned, so the body (at a multiple of 16)

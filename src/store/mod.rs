@@ -38,7 +38,20 @@ pub struct StoreSettings {
     /// Keep journal segments after a snapshot has passed them, so that
     /// `omniroute replay` can re-run the whole history.
     pub keep_segments: bool,
+    /// After a storage fault, how long the daemon keeps answering
+    /// `Unavailable` and 503 before it stops: long enough for a load
+    /// balancer's health check and the clients to see why.
+    pub fault_linger_ms: u64,
 }
+
+/// The default of `[journal] fault_linger_ms`: a second, about one health
+/// check of a typical load balancer; a supervisor restarts the daemon
+/// right after.
+pub const DEFAULT_FAULT_LINGER_MS: u64 = 1_000;
+
+/// The longest `[journal] fault_linger_ms`: a daemon that cannot write
+/// should not look alive for long.
+pub const MAX_FAULT_LINGER_MS: u64 = 60_000;
 
 impl Default for StoreSettings {
     fn default() -> StoreSettings {
@@ -48,6 +61,7 @@ impl Default for StoreSettings {
             snapshot_interval_ms: 60_000,
             snapshot_every_records: 250_000,
             keep_segments: false,
+            fault_linger_ms: DEFAULT_FAULT_LINGER_MS,
         }
     }
 }

@@ -10,13 +10,14 @@ use std::time::Instant;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use super::durable::{flush_uncached, publish, write_parts_durably};
+use super::durable::{create_private, flush_uncached, publish, write_parts_durably};
 use super::frame::{
     book_chunk_header, book_padding, frame_header, snapshot_header, BOOK_MAGIC, FEED_SNAPSHOT,
     SNAPSHOT_HEADER_BYTES, SNAPSHOT_SUFFIX,
 };
 use super::{io, journal_dir, snapshot_dir, StoreError};
 use crate::engine::{EngineState, Image};
+use crate::faults::{self, points};
 use crate::journal::{self};
 
 /// Snapshot bytes written between two flushes.
@@ -42,9 +43,11 @@ impl BookFile {
             snapshot_name(&Image::Router(router))
         ));
         let tmp = path.with_extension("tmp");
-        let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-        file.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])
-            .map_err(|e| io(&tmp, e))?;
+        let mut file = create_private(&tmp)?;
+        faults::io(points::SNAPSHOT_WRITE, || {
+            file.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])
+        })
+        .map_err(|e| io(&tmp, e))?;
         Ok(BookFile {
             tmp,
             path,
@@ -60,7 +63,9 @@ impl BookFile {
         let padding = [0u8; 16];
         let padding = &padding[..book_padding(archive.len())];
         for part in [&header[..], archive, padding] {
-            self.file.write_all(part).map_err(|e| io(&self.tmp, e))?;
+            let file = &mut self.file;
+            faults::io(points::SNAPSHOT_WRITE, || file.write_all(part))
+                .map_err(|e| io(&self.tmp, e))?;
             self.body_crc = crc32c::crc32c_append(self.body_crc, part);
             self.body_bytes += part.len() as u64;
             self.unflushed_bytes += part.len();
@@ -78,10 +83,10 @@ impl BookFile {
     fn finish(self, lsn: u64) -> Result<(), StoreError> {
         use std::os::unix::fs::FileExt;
         let header = frame_header(BOOK_MAGIC, lsn, self.body_bytes, self.body_crc);
-        self.file
-            .write_all_at(&header, 0)
+        let file = &self.file;
+        faults::io(points::SNAPSHOT_WRITE, || file.write_all_at(&header, 0))
             .map_err(|e| io(&self.tmp, e))?;
-        self.file.sync_all().map_err(|e| io(&self.tmp, e))?;
+        faults::io(points::SNAPSHOT_FSYNC, || file.sync_all()).map_err(|e| io(&self.tmp, e))?;
         publish(&self.tmp, &self.path)
     }
 }

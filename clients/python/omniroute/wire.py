@@ -27,7 +27,7 @@ ERROR_NAMES = {
     5: "BadToken", 6: "UnsupportedVersion", 7: "Overloaded", 8: "UnknownOrder",
     9: "InvalidState", 10: "UnknownSku", 11: "UnknownNode", 12: "InvalidQuantity",
     13: "CursorTooOld", 14: "TooLarge", 15: "Internal", 16: "Unframeable",
-    17: "Archived", 18: "UnknownChannel",
+    17: "Archived", 18: "UnknownChannel", 19: "Unavailable",
 }
 #: Rejection codes of a decision.
 REJECT_NAMES = {

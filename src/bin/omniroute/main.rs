@@ -346,8 +346,17 @@ async fn wait_for_shutdown(daemon: &omniroute::daemon::Daemon) {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
-                // Logged by the watchdog; the shutdown says it is a failure.
-                _ = health.failed() => return,
+                // Logged by the watchdog or the journal; the shutdown says
+                // it is a failure. A storage fault lingers first, answering
+                // Unavailable and 503, so that health checks see why.
+                _ = health.failed() => {
+                    let linger = std::time::Duration::from_millis(daemon.fault_linger_ms());
+                    tokio::select! {
+                        _ = tokio::time::sleep(linger) => {}
+                        _ = term.recv() => {}
+                    }
+                    return;
+                }
                 _ = hangup.recv() => match daemon.reload_policy().await {
                     Ok(r) if r.restart_required.is_empty() => {
                         println!("policy reloaded at LSN {}", r.lsn)
@@ -556,7 +565,9 @@ fn end_quietly_on_closed_stdout() {
 const CLIENT_LOG_LEVEL: &str = "warn";
 
 fn main() -> ExitCode {
-    // Fault injection for tests: FAILPOINTS="name=action;..." (none set: nothing).
+    // Fault injection, compiled into test builds only:
+    // FAILPOINTS="name=action;..." (none set: nothing).
+    #[cfg(feature = "fault-injection")]
     let _faults = fail::FailScenario::setup();
     omniroute::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();

@@ -86,12 +86,19 @@ impl RouterCore {
         Ok(&self.orders[&id])
     }
 
-    /// Releases every unconfirmed hold whose time has come. Returns how many
-    /// orders expired.
-    pub fn expire_due<P: Participants>(&mut self, now_ms: u64, participants: &P) -> usize {
+    /// Releases unconfirmed holds whose time has come, at most `limit`
+    /// orders (a caller journals each run as one record of bounded size).
+    /// Returns how many orders expired: fewer than `limit` when none is
+    /// left due.
+    pub fn expire_due<P: Participants>(
+        &mut self,
+        now_ms: u64,
+        limit: usize,
+        participants: &P,
+    ) -> usize {
         let mut expired = 0;
         while let Some(&Reverse((at, id))) = self.expiries.peek() {
-            if at > now_ms {
+            if at > now_ms || expired >= limit {
                 break;
             }
             self.expiries.pop();
