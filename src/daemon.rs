@@ -173,6 +173,9 @@ async fn recover_locked(
 ) -> Result<Recovery, DaemonError> {
     let data_dir = config.server.data_dir.clone();
     let network = Arc::new(config.network.clone());
+    // Before recovery writes anything: a disk that is still full says so.
+    crate::journal::check_free_space(&store::journal_dir(&data_dir), config.store.segment_bytes)
+        .map_err(StoreError::from)?;
     let recovered = {
         let (settings, engine, network) =
             (config.store.clone(), config.engine.clone(), network.clone());

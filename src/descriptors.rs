@@ -42,7 +42,10 @@ mod tests {
             rlim_max: 0,
         };
         // SAFETY: getrlimit writes the rlimit on this stack frame.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
         assert_eq!(raised, limit.rlim_cur);
         assert_eq!(limit.rlim_cur, limit.rlim_max);
     }

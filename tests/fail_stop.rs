@@ -78,13 +78,22 @@ async fn a_failed_write_is_never_answered_from_memory() {
     let failure = engine.health().failure().expect("the engine has failed");
     assert!(failure.contains("No space left on device"), "{failure}");
     let confirm = engine.confirm(key("kept")).await;
-    assert!(matches!(confirm, Err(EngineError::Unavailable)), "{confirm:?}");
+    assert!(
+        matches!(confirm, Err(EngineError::Unavailable)),
+        "{confirm:?}"
+    );
     engine.shutdown();
     fail::remove(omniroute::faults::points::JOURNAL_WRITE);
 
     let engine = open(&dir.0, &config, clock).await;
-    assert_eq!(engine.get(key("kept")).await.unwrap().state, OrderState::Held);
-    assert!(engine.get(key("lost")).await.is_err(), "never durable, never there");
+    assert_eq!(
+        engine.get(key("kept")).await.unwrap().state,
+        OrderState::Held
+    );
+    assert!(
+        engine.get(key("lost")).await.is_err(),
+        "never durable, never there"
+    );
     assert_eq!(engine.cell("SKU-1", "WH-N").await.unwrap().reserved, 3);
     engine.check_invariants().await.unwrap();
     engine.shutdown();
@@ -109,8 +118,15 @@ async fn a_feed_that_overfills_the_catalog_interns_none_of_its_skus() {
     let refused = engine
         .update_stock(&[set("NEW-1"), set("NEW-2"), set("NEW-3")])
         .await;
-    assert!(matches!(refused, Err(EngineError::CatalogFull(_))), "{refused:?}");
-    assert_eq!(engine.index().sku_count(), 2, "none of the refused SKUs was interned");
+    assert!(
+        matches!(refused, Err(EngineError::CatalogFull(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        engine.index().sku_count(),
+        2,
+        "none of the refused SKUs was interned"
+    );
     engine.update_stock(&[set("NEW-9")]).await.unwrap();
     engine.shutdown();
 
@@ -127,8 +143,10 @@ async fn a_mass_expiry_is_journaled_in_runs_that_each_fit_a_record() {
     let _serial = SERIAL.lock().await;
     let dir = TempDir::new("mass-expiry");
     let skus: Vec<String> = (0..32).map(|s| format!("M-{s}")).collect();
-    let stock_entries: Vec<(&str, &str, u32)> =
-        skus.iter().map(|s| (s.as_str(), "WH-N", 1_000_000)).collect();
+    let stock_entries: Vec<(&str, &str, u32)> = skus
+        .iter()
+        .map(|s| (s.as_str(), "WH-N", 1_000_000))
+        .collect();
     let config = config(&format!(
         "{}{}",
         channel("web", &["nearest"]),
@@ -153,7 +171,11 @@ async fn a_mass_expiry_is_journaled_in_runs_that_each_fit_a_record() {
     }
     clock.advance(120_000);
     assert_eq!(engine.tick().await, ORDERS);
-    assert!(engine.health().failure().is_none(), "{:?}", engine.health().failure());
+    assert!(
+        engine.health().failure().is_none(),
+        "{:?}",
+        engine.health().failure()
+    );
     engine.shutdown();
 
     let engine = open(&dir.0, &config, clock).await;

@@ -87,7 +87,13 @@ fn order(id: &str, lines: &[(String, u32)]) -> Order {
 /// Submits orders (and confirms some) until `stop`; an order answered with
 /// an error is sent once more, which must not be answered routed from
 /// memory: if it is, it must then be durable like any routed answer.
-async fn worker(client: Client, w: usize, run: &str, known: Arc<Mutex<Known>>, stop: Arc<AtomicBool>) {
+async fn worker(
+    client: Client,
+    w: usize,
+    run: &str,
+    known: Arc<Mutex<Known>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -97,21 +103,23 @@ async fn worker(client: Client, w: usize, run: &str, known: Arc<Mutex<Known>>, s
             .map(|l| (sku((w + l + i) % SKUS), rng.random_range(1..=3)))
             .collect();
         for attempt in 0..2 {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(10),
-                client.submit(order(&id, &lines)),
-            )
-            .await
-            .unwrap_or_else(|_| Err(ClientError::Closed("no answer in 10 s".into())));
+            let answer =
+                tokio::time::timeout(Duration::from_secs(10), client.submit(order(&id, &lines)))
+                    .await
+                    .unwrap_or_else(|_| Err(ClientError::Closed("no answer in 10 s".into())));
             let mut known = known.lock().unwrap();
             match answer {
                 Ok(Decision::Routed { allocations, .. }) => {
                     known.unsure.remove(&id);
                     let placed = allocations.into_iter().map(|a| (a.sku, a.node, a.qty));
-                    known.routed.insert(id.clone(), (placed.collect(), order_states::HELD));
+                    known
+                        .routed
+                        .insert(id.clone(), (placed.collect(), order_states::HELD));
                     break;
                 }
-                Ok(Decision::Rejected { code, .. }) => panic!("{id} rejected ({code}) with stock to spare"),
+                Ok(Decision::Rejected { code, .. }) => {
+                    panic!("{id} rejected ({code}) with stock to spare")
+                }
                 Err(ClientError::Server { code, .. }) => {
                     *known.codes.entry(code).or_default() += 1;
                     known.unsure.insert(id.clone(), lines.clone());
@@ -146,7 +154,10 @@ async fn watch_readiness(admin: std::net::SocketAddr, seen: Arc<Mutex<Vec<String
                 .build()
                 .into();
             agent.get(&url).call().map(|mut r| {
-                (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
+                (
+                    r.status().as_u16(),
+                    r.body_mut().read_to_string().unwrap_or_default(),
+                )
             })
         })
         .await
@@ -186,20 +197,27 @@ async fn load_until_exit(daemon: &mut Daemon, run: &str) -> (Known, Vec<String>)
     for w in 0..WORKERS {
         let client = daemon.client(WEB).await;
         let (known, stop, run) = (known.clone(), stop.clone(), run.to_string());
-        tasks.push(tokio::spawn(async move { worker(client, w, &run, known, stop).await }));
+        tasks.push(tokio::spawn(async move {
+            worker(client, w, &run, known, stop).await
+        }));
     }
     let readiness = Arc::new(Mutex::new(Vec::new()));
     let poller = tokio::spawn(watch_readiness(daemon.admin(), readiness.clone()));
     let status = tokio::time::timeout(Duration::from_secs(FAULT_WITHIN_S), daemon.child.wait())
         .await
-        .unwrap_or_else(|_| panic!("{run}: the daemon did not stop within {FAULT_WITHIN_S} s of load"))
+        .unwrap_or_else(|_| {
+            panic!("{run}: the daemon did not stop within {FAULT_WITHIN_S} s of load")
+        })
         .expect("exit status");
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.expect("worker");
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
-    assert!(!status.success(), "{run}: a daemon whose storage failed exits non-zero ({status})");
+    assert!(
+        !status.success(),
+        "{run}: a daemon whose storage failed exits non-zero ({status})"
+    );
     let known = std::mem::take(&mut *known.lock().unwrap());
     let seen = readiness.lock().unwrap().clone();
     (known, seen)
@@ -218,7 +236,11 @@ async fn verify(dir: &Path, config: &Path, known: &Known, run: &str) {
             .await
             .unwrap_or_else(|e| panic!("{run}: answered order {id} is gone: {e}"));
         assert_eq!(view.state, *state, "{run}: state of answered order {id}");
-        let mut got: Vec<_> = view.allocations.iter().map(|a| (a.sku.clone(), a.node.clone(), a.open)).collect();
+        let mut got: Vec<_> = view
+            .allocations
+            .iter()
+            .map(|a| (a.sku.clone(), a.node.clone(), a.open))
+            .collect();
         let mut want = placed.clone();
         got.sort();
         want.sort();
@@ -233,8 +255,16 @@ async fn verify(dir: &Path, config: &Path, known: &Known, run: &str) {
             Err(e) => panic!("{run}: reading {id}: {e}"),
             Ok(view) => {
                 for (sku, qty) in lines {
-                    let placed: u32 = view.allocations.iter().filter(|a| &a.sku == sku).map(|a| a.open).sum();
-                    assert_eq!(placed, *qty, "{run}: order {id} answered with an error is partly there");
+                    let placed: u32 = view
+                        .allocations
+                        .iter()
+                        .filter(|a| &a.sku == sku)
+                        .map(|a| a.open)
+                        .sum();
+                    assert_eq!(
+                        placed, *qty,
+                        "{run}: order {id} answered with an error is partly there"
+                    );
                 }
                 for a in &view.allocations {
                     *reserved.entry((a.sku.clone(), a.node.clone())).or_default() += a.open;
@@ -243,14 +273,23 @@ async fn verify(dir: &Path, config: &Path, known: &Known, run: &str) {
         }
     }
     for s in 0..SKUS {
-        let nodes = client.availability(&sku(s), None).await.expect("availability");
+        let nodes = client
+            .availability(&sku(s), None)
+            .await
+            .expect("availability");
         for node in NODES {
             let atp = nodes.iter().find(|n| n.node == node).map_or(0, |n| n.atp);
-            let held = reserved.get(&(sku(s), node.to_string())).copied().unwrap_or(0);
+            let held = reserved
+                .get(&(sku(s), node.to_string()))
+                .copied()
+                .unwrap_or(0);
             assert_eq!(atp, START_ON_HAND - held, "{run}: ATP of {}@{node}", sku(s));
         }
     }
-    assert!(daemon.terminate().await.success(), "{run}: the restarted daemon stops cleanly");
+    assert!(
+        daemon.terminate().await.success(),
+        "{run}: the restarted daemon stops cleanly"
+    );
 }
 
 /// One fault: `point` fails with `errno` after `passes` calls succeeded.
@@ -259,8 +298,13 @@ async fn fault_run(point: &str, errno: &str, passes: u32) {
     let dir = common::TempDir::new(&run);
     let config = write_config(&dir.0);
     let failpoints = format!("{point}={passes}*off->return({errno})");
-    let mut daemon =
-        Daemon::start_with_env(&dir.0, Some(&config), "127.0.0.1:0", &[("FAILPOINTS", &failpoints)]).await;
+    let mut daemon = Daemon::start_with_env(
+        &dir.0,
+        Some(&config),
+        "127.0.0.1:0",
+        &[("FAILPOINTS", &failpoints)],
+    )
+    .await;
     stock(&daemon).await;
     let (known, readiness) = load_until_exit(&mut daemon, &run).await;
     let failure = daemon.log_line_with("storage failed").await;
@@ -270,16 +314,25 @@ async fn fault_run(point: &str, errno: &str, passes: u32) {
         "{run}: /readyz answered 503 naming the cause while the daemon stopped (saw {readiness:?})"
     );
     assert!(
-        known.codes.get(&(ErrorCode::Unavailable as u16)).is_some_and(|n| *n > 0),
+        known
+            .codes
+            .get(&(ErrorCode::Unavailable as u16))
+            .is_some_and(|n| *n > 0),
         "{run}: the clients were told Unavailable (got {:?})",
         known.codes
     );
     assert!(
-        known.codes.keys().all(|code| *code == ErrorCode::Unavailable as u16),
+        known
+            .codes
+            .keys()
+            .all(|code| *code == ErrorCode::Unavailable as u16),
         "{run}: only Unavailable, never Internal (got {:?})",
         known.codes
     );
-    assert!(!known.routed.is_empty(), "{run}: orders were answered before the fault");
+    assert!(
+        !known.routed.is_empty(),
+        "{run}: orders were answered before the fault"
+    );
     verify(&dir.0, &config, &known, &run).await;
 }
 
@@ -317,7 +370,10 @@ async fn an_io_error_at_any_storage_call_never_costs_an_answered_order() {
                 };
                 let started = Instant::now();
                 fault_run(point, errno, passes).await;
-                eprintln!("{point} {errno}: held in {} ms", started.elapsed().as_millis());
+                eprintln!(
+                    "{point} {errno}: held in {} ms",
+                    started.elapsed().as_millis()
+                );
             }
         })
     });
@@ -341,7 +397,8 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(name: &str, size_mib: u64) -> Option<Tmpfs> {
-        let path = std::env::temp_dir().join(format!("omniroute-tmpfs-{name}-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("omniroute-tmpfs-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&path).ok()?;
         let mounted = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
@@ -363,9 +420,10 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Fills the file system of `dir` with a file, leaving about `leave` bytes.
-fn fill(dir: &Path, leave: u64) -> PathBuf {
-    let path = dir.join("filler");
+/// Fills the file system of `dir` with a new file `name`, leaving `leave`
+/// bytes free.
+fn fill(dir: &Path, name: &str, leave: u64) -> PathBuf {
+    let path = dir.join(name);
     let stat = nix_free_bytes(dir);
     let size = stat.saturating_sub(leave);
     let file = std::fs::File::create(&path).expect("filler");
@@ -374,9 +432,10 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
     let mut written = 0u64;
     use std::io::Write;
     let mut file = std::io::BufWriter::new(file);
-    while written + chunk.len() as u64 <= size {
-        file.write_all(&chunk).expect("filling");
-        written += chunk.len() as u64;
+    while written < size {
+        let n = (size - written).min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n]).expect("filling");
+        written += n as u64;
     }
     file.flush().expect("filling");
     path
@@ -409,31 +468,64 @@ async fn a_full_disk_stops_the_daemon_without_losing_an_answered_order() {
     stock(&daemon).await;
     // Room for the journal's two segments and a little more: the spare
     // prepared after a rotation or two finds the disk full.
-    let filler = fill(&tmpfs.0, 4 << 20);
+    let filler = fill(&tmpfs.0, "filler", 4 << 20);
     let (known, readiness) = load_until_exit(&mut daemon, "full").await;
     let failure = daemon.log_line_with("storage failed").await;
     assert!(failure.contains("No space left on device"), "{failure}");
-    assert!(readiness.iter().any(|b| b.contains("No space left")), "{readiness:?}");
-    assert!(known.codes.get(&(ErrorCode::Unavailable as u16)).is_some_and(|n| *n > 0), "{:?}", known.codes);
-    assert!(known.codes.keys().all(|c| *c == ErrorCode::Unavailable as u16), "{:?}", known.codes);
+    assert!(
+        readiness.iter().any(|b| b.contains("No space left")),
+        "{readiness:?}"
+    );
+    assert!(
+        known
+            .codes
+            .get(&(ErrorCode::Unavailable as u16))
+            .is_some_and(|n| *n > 0),
+        "{:?}",
+        known.codes
+    );
+    assert!(
+        known
+            .codes
+            .keys()
+            .all(|c| *c == ErrorCode::Unavailable as u16),
+        "{:?}",
+        known.codes
+    );
 
-    // Still full: the restart says so and stops.
-    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+    // Still full (filled to the last byte): the restart says so and stops.
+    let top_up = fill(&tmpfs.0, "top-up", 0);
+    let said_path = config_dir.0.join("refused.log");
+    let mut refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")
         .arg(&dir)
-        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--http", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&said_path).unwrap())
         .kill_on_drop(true)
-        .output();
-    let refused = tokio::time::timeout(Duration::from_secs(60), refused)
-        .await
-        .expect("a start on a full disk ends")
-        .expect("ran");
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "a start on a full disk refuses");
-    assert!(said.contains("free") && said.contains("journal"), "it says why: {said}");
+        .spawn()
+        .expect("runs");
+    let status = tokio::time::timeout(Duration::from_secs(60), refused.wait()).await;
+    let said = std::fs::read_to_string(&said_path).unwrap_or_default();
+    let status = status
+        .unwrap_or_else(|_| panic!("a start on a full disk ends; it said:\n{said}"))
+        .expect("status");
+    assert!(!status.success(), "a start on a full disk refuses");
+    assert!(
+        said.contains("free") && said.contains("journal"),
+        "it says why: {said}"
+    );
 
     std::fs::remove_file(filler).expect("space freed");
+    std::fs::remove_file(top_up).expect("space freed");
     verify(&dir, &config, &known, "full").await;
 }

@@ -408,11 +408,9 @@ impl RouterState {
         // A record per run of expired orders (see the limit's reason).
         let mut expired = 0;
         loop {
-            let run = self.core.expire_due(
-                now_ms,
-                MAX_ORDERS_PER_FOLLOW_UP_RECORD,
-                &self.participants,
-            );
+            let run =
+                self.core
+                    .expire_due(now_ms, MAX_ORDERS_PER_FOLLOW_UP_RECORD, &self.participants);
             expired += run;
             if run < MAX_ORDERS_PER_FOLLOW_UP_RECORD {
                 break;
@@ -492,17 +490,21 @@ impl Actor for RouterActor {
             // journal failed) is not shown ahead of the disk.
             RouterMsg::Get { order, reply } => {
                 let found = state.core.get(&order).cloned();
-                state.sequencer.after_durable(move || {
-                    let _ = reply.send(found);
-                })
-                .await;
+                state
+                    .sequencer
+                    .after_durable(move || {
+                        let _ = reply.send(found);
+                    })
+                    .await;
             }
             RouterMsg::List { filter, reply } => {
                 let page = state.core.list(&filter);
-                state.sequencer.after_durable(move || {
-                    let _ = reply.send(page);
-                })
-                .await;
+                state
+                    .sequencer
+                    .after_durable(move || {
+                        let _ = reply.send(page);
+                    })
+                    .await;
             }
             RouterMsg::Confirm { order, reply } => {
                 let result = state.core.confirm(&order).cloned();

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use super::fault::{Fault, Watcher};
 use super::record::{self};
-use super::segments::{check_free_space, open_dir, open_segment, run_spares, SpareJob};
+use super::segments::{open_dir, open_segment, run_spares, SpareJob};
 use super::writer::Writer;
 use super::{io_error, Durability, JournalError};
 
@@ -109,7 +109,6 @@ impl Journal {
     ) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let segment_bytes = segment_bytes.max(1);
-        check_free_space(dir, segment_bytes)?;
         let (file, path, size, prepared) = open_segment(dir, next_lsn)?;
         let dir_file = open_dir(dir)?;
         let fault = Arc::new(Fault::default());

@@ -183,13 +183,13 @@ pub(super) fn open_segment(
 
 /// Segments of room the journal needs free to start: the one it writes
 /// and the spare prepared behind it.
-pub(super) const FREE_SEGMENTS_TO_START: u64 = 2;
+pub const FREE_SEGMENTS_TO_START: u64 = 2;
 
 /// Refuses to start a journal on a file system without room for
 /// [`FREE_SEGMENTS_TO_START`] segments: a daemon restarted on a disk that
 /// is still full says so at once instead of failing at its first rotation.
 /// The spare already on disk counts as room.
-pub(super) fn check_free_space(dir: &Path, segment_bytes: u64) -> Result<(), JournalError> {
+pub fn check_free_space(dir: &Path, segment_bytes: u64) -> Result<(), JournalError> {
     let Some(free) = free_bytes(dir) else {
         return Ok(());
     };
@@ -205,10 +205,12 @@ pub(super) fn check_free_space(dir: &Path, segment_bytes: u64) -> Result<(), Jou
     })
 }
 
-/// Bytes an unprivileged writer may still use on `dir`'s file system.
+/// Bytes an unprivileged writer may still use on the file system that
+/// holds `dir`, or will hold it (its nearest existing ancestor's).
 fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let existing = dir.ancestors().find(|a| a.exists())?;
+    let path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is a NUL-terminated string that outlives the call, and
     // `stat` is a properly sized, writable statvfs the call fills in.
@@ -225,7 +227,8 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 /// Opens the journal directory and fsyncs it; the open file is kept by
 /// the writer for the fsyncs of its rotations.
 pub(super) fn open_dir(dir: &Path) -> Result<File, JournalError> {
-    let file = faults::io(points::JOURNAL_OPEN, || File::open(dir)).map_err(|e| io_error(dir, e))?;
+    let file =
+        faults::io(points::JOURNAL_OPEN, || File::open(dir)).map_err(|e| io_error(dir, e))?;
     faults::io(points::JOURNAL_DIR_FSYNC, || file.sync_all()).map_err(|e| io_error(dir, e))?;
     Ok(file)
 }

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::fault::Fault;
 use super::handle::{
     Append, CommitFailed, Done, JournalStats, MAX_RECORDS_PER_COMMIT, UNVOUCHED_LINGER_US,
 };
-use super::fault::Fault;
 use super::record::{self};
 use super::segments::{segment_path, SpareJob, SEGMENT_FILE_MODE};
 use super::{io_error, Durability, JournalError};

@@ -224,9 +224,10 @@ pub async fn snapshot(
                 _ => None,
             })
             .collect();
-        let written = writer.finish(&labels);
+        // The writer's error first: a book it could not write (the disk is
+        // full) is why the imaging came up short, and the cause to report.
+        writer.finish(&labels)?;
         let images = taken?;
-        written?;
         let lsn = write_snapshot_files(&dir, images)?;
         if !keep_segments {
             remove_segments_through(&dir, lsn)?;
