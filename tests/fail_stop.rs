@@ -22,6 +22,23 @@ const T0_MS: u64 = 1_800_000_000_000;
 /// One test at a time: failpoints are process-wide.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A failpoint set for as long as it is held, removed even if the test
+/// fails (the registry outlives it).
+struct Failpoint(&'static str);
+
+impl Failpoint {
+    fn set(name: &'static str, actions: &str) -> Failpoint {
+        fail::cfg(name, actions).expect("failpoint actions parse");
+        Failpoint(name)
+    }
+}
+
+impl Drop for Failpoint {
+    fn drop(&mut self) {
+        fail::remove(self.0);
+    }
+}
+
 fn fixture() -> ValidConfig {
     config(&format!(
         "{}{}",
@@ -65,7 +82,7 @@ async fn a_failed_write_is_never_answered_from_memory() {
     let engine = open(&dir.0, &config, clock.clone()).await;
     assert!(submit(&engine, "kept", 3).await.unwrap().is_routed());
 
-    fail::cfg(omniroute::faults::points::JOURNAL_WRITE, "return(ENOSPC)").unwrap();
+    let fault = Failpoint::set(omniroute::faults::points::JOURNAL_WRITE, "return(ENOSPC)");
     let lost = submit(&engine, "lost", 5).await;
     assert!(matches!(lost, Err(EngineError::Unavailable)), "{lost:?}");
     let again = submit(&engine, "lost", 5).await;
@@ -83,7 +100,7 @@ async fn a_failed_write_is_never_answered_from_memory() {
         "{confirm:?}"
     );
     engine.shutdown();
-    fail::remove(omniroute::faults::points::JOURNAL_WRITE);
+    drop(fault);
 
     let engine = open(&dir.0, &config, clock).await;
     assert_eq!(
