@@ -16,6 +16,7 @@
 
 mod handle;
 pub mod record;
+pub mod record_v2;
 mod recovery;
 mod segments;
 mod writer;
