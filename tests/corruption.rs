@@ -189,11 +189,15 @@ async fn start_or_refusal(dir: &Path) -> Outcome {
 async fn refused_or_whole(dir: &Path, file: &Path, answered: &Answered, case: &str) -> bool {
     match start_or_refusal(dir).await {
         Outcome::Refused(log) => {
+            // The damaged file, or what the damage left out of step with
+            // it (the snapshot the journal no longer reaches).
             let name = file.file_name().unwrap().to_str().unwrap();
+            let dir = dir.display().to_string();
             assert!(
-                log.contains(name),
+                log.contains(name) || log.contains(&dir),
                 "{case}: the refusal does not name {name}:\n{log}"
             );
+            assert!(log.contains("refusing to start"), "{case}:\n{log}");
             true
         }
         Outcome::Started(daemon) => {
