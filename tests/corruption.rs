@@ -133,7 +133,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// How a start on a damaged directory ended.
 enum Outcome {
     Refused(String),
-    Started(Daemon),
+    Started(Box<Daemon>),
 }
 
 /// Starts the binary on `dir`: its refusal (exit status and log), or the
@@ -175,7 +175,7 @@ async fn start_or_refusal(dir: &Path) -> Outcome {
     if listening {
         child.start_kill().unwrap();
         child.wait().await.unwrap();
-        return Outcome::Started(Daemon::start(dir, None, "off").await);
+        return Outcome::Started(Box::new(Daemon::start(dir, None, "off").await));
     }
     let status = child.wait().await.unwrap();
     let mut log = String::new();
