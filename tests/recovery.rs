@@ -113,14 +113,16 @@ async fn a_torn_tail_is_cut_and_reported() {
     engine.shutdown();
     let segment = last_segment(&dir.0);
     let whole = records_end(&segment);
-    // A record header that promises 100 bytes, followed by only 7 of them,
-    // written where the next record goes.
+    // A record that promises 100 bytes, of which only the header and 7
+    // reached the file before it ended: written where the next record goes.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&segment)
         .unwrap();
-    let mut torn_record = 100u32.to_le_bytes().to_vec();
-    torn_record.extend_from_slice(&[0xAB; 11]);
+    let mut torn_record = Vec::new();
+    omniroute::journal::record::encode(1, 999, &[0xAB; 100], &mut torn_record);
+    torn_record.truncate(omniroute::journal::record::RECORD_HEADER_BYTES + 7);
+    file.set_len(whole).unwrap();
     file.write_all_at(&torn_record, whole).unwrap();
     let length_before = file.metadata().unwrap().len();
     drop(file);

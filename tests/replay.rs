@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::daemon::Daemon;
 use common::TempDir;
-use omniroute::journal::record::RECORD_PREFIX_BYTES;
+use omniroute::journal::record::RECORD_HEADER_BYTES;
 use omniroute_protocol::{Decision, Method, Order, OrderKey, StockSet};
 
 /// A and B: the store next to the customer has only A; the southern
@@ -225,7 +225,7 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
     }
     let last = &segments[torn];
     let mut bytes = std::fs::read(last).unwrap();
-    bytes[offset + RECORD_PREFIX_BYTES + 1..].fill(0);
+    bytes.truncate(offset + RECORD_HEADER_BYTES + 1);
     std::fs::write(last, &bytes).unwrap();
     for threads in [1, 2] {
         let (stdout, cut) = replay_on(&dir.0, &nearest, &nearest, threads);

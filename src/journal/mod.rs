@@ -17,8 +17,10 @@
 mod fault;
 mod handle;
 pub mod record;
+pub mod record_v2;
 mod recovery;
 mod segments;
+mod upgrade;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ pub use recovery::{read, recover, ReadSummary, Recovered, RecoveredRecord, TornT
 pub use segments::{
     check_free_space, remove_segments_through, DEFAULT_SEGMENT_BYTES, FREE_SEGMENTS_TO_START,
 };
+pub use upgrade::upgrade_segments;
 
 /// Whether an append is acknowledged only after fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,12 +55,24 @@ pub enum JournalError {
         free_bytes: u64,
         needed_bytes: u64,
     },
-    /// Damage before the tail: starting would lose or invent state.
-    #[error("journal {path} is corrupt at byte {offset}: {reason}; refusing to start (restore the data directory from a backup)")]
+    /// Damage that is not a torn tail: starting would lose or invent state.
+    #[error("journal {path} is corrupt at byte {offset}: {reason}; refusing to start. {}", corrupt_remedy(path, *offset, *later_segments))]
     Corrupt {
         path: PathBuf,
         offset: u64,
         reason: String,
+        /// Segments after this one (they would go too if it were cut).
+        later_segments: usize,
+    },
+    /// Records missing between two segments, or before the first.
+    #[error("journal records {first_missing}..={last_missing} are missing: {what}; refusing to start. Restore the data directory from a backup (the journal segment that held them, {missing_segment}, is gone)")]
+    Gap {
+        first_missing: u64,
+        last_missing: u64,
+        /// Where the gap shows.
+        what: String,
+        /// The file name the first missing record's segment had.
+        missing_segment: String,
     },
     /// The writer thread stopped after an earlier error.
     #[error(
@@ -86,6 +101,19 @@ pub enum VisitError {
     /// it as corruption at that record.
     #[error("{0}")]
     BadPayload(String),
+}
+
+/// What an operator can do about a corrupt segment.
+fn corrupt_remedy(path: &Path, offset: u64, later_segments: usize) -> String {
+    let also = if later_segments > 0 {
+        format!(" and remove the {later_segments} segment files after it in the same directory")
+    } else {
+        String::new()
+    };
+    format!(
+        "Restore the data directory from a backup; or, only if you know that the records from byte {offset} on were never answered (a write the crash interrupted), cut them with `truncate -s {offset} {}`{also}, and start again",
+        path.display()
+    )
 }
 
 pub(crate) fn io_error(path: &Path, error: impl std::fmt::Display) -> JournalError {

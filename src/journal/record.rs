@@ -1,16 +1,40 @@
 //! The journal's record format, and the scan that tells a torn tail (cut
-//! it) from corruption (refuse to start). No I/O here.
+//! it) from damage (refuse to start). No I/O here.
 //!
-//! A record is `u32 length | u32 crc32c | u8 kind | u64 lsn | payload`,
-//! little-endian; `length` counts kind + lsn + payload, and the checksum
-//! covers the same bytes.
+//! A record (format 3) is a header and a payload, little-endian:
+//!
+//! ```text
+//! u32 length | u8 kind | u64 lsn | u32 payload_crc | u32 header_crc | payload
+//! ```
+//!
+//! `length` counts the payload, `payload_crc` is its CRC-32C, and
+//! `header_crc` is the CRC-32C of the 17 header bytes before it. The
+//! header is checked before its length is used, so a flipped bit in a
+//! length is damage found where it is, never a record that seems to run
+//! past the end. The checksums come last so that any tail piece of a
+//! header (split at a sector boundary) holds checksum bytes, never only
+//! an LSN's high zero bytes.
+//!
+//! A scan reads records until the first that fails a check, then decides
+//! what that failure means ([`End`]): only a record at the true end of the
+//! written data, with no valid header after it, that carries the mark of
+//! an unfinished write (it runs past the end of the file, or a sector of
+//! it never reached the disk and is still zeros) is a torn tail. Anything
+//! else is damage in data that was written, and perhaps answered.
 
-/// Bytes before the checksummed part: length and checksum.
-pub const RECORD_PREFIX_BYTES: usize = 8;
-/// Smallest `length`: kind and LSN.
-pub const MIN_RECORD_BODY_BYTES: usize = 1 + 8;
+use std::ops::Range;
+
+/// Header bytes: length, kind, LSN, payload checksum, header checksum.
+pub const RECORD_HEADER_BYTES: usize = 4 + 1 + 8 + 4 + 4;
+/// The header bytes `header_crc` covers: all before it.
+const HEADER_CHECKED_BYTES: usize = RECORD_HEADER_BYTES - 4;
 /// Largest payload of one record.
 pub const MAX_RECORD_PAYLOAD_BYTES: usize = 32 << 20;
+/// The unit a disk writes whole or not at all, at the least: a write cut
+/// short by a crash leaves whole 512-byte sectors (of a file offset that
+/// is a multiple of this) unwritten, which in a prepared segment are
+/// still zeros. Larger units (4 KiB pages) are made of these.
+pub const TORN_WRITE_SECTOR_BYTES: usize = 512;
 
 /// Appends one record to `out`.
 pub fn encode(kind: u8, lsn: u64, payload: &[u8], out: &mut Vec<u8>) {
@@ -18,15 +42,14 @@ pub fn encode(kind: u8, lsn: u64, payload: &[u8], out: &mut Vec<u8>) {
         payload.len() <= MAX_RECORD_PAYLOAD_BYTES,
         "journal payload over MAX_RECORD_PAYLOAD_BYTES"
     );
-    let length = (MIN_RECORD_BODY_BYTES + payload.len()) as u32;
     let start = out.len();
-    out.extend_from_slice(&length.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.push(kind);
     out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    let header_crc = crc32c::crc32c(&out[start..start + HEADER_CHECKED_BYTES]);
+    out.extend_from_slice(&header_crc.to_le_bytes());
     out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out[start + RECORD_PREFIX_BYTES..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The record size a scan sizes its list for.
@@ -38,7 +61,7 @@ pub struct Found {
     pub offset: usize,
     pub kind: u8,
     pub lsn: u64,
-    pub payload: std::ops::Range<usize>,
+    pub payload: Range<usize>,
 }
 
 /// How a segment's bytes end.
@@ -48,10 +71,12 @@ pub enum End {
     /// rest of a prepared segment.
     Clean,
     /// The bytes from `offset` on are a record that was being written when
-    /// the process died (and zeros after it): cut them.
+    /// the process died (and zeros, or nothing valid, after it): cut them.
+    /// Only the last segment may end so; recovery refuses it elsewhere.
     Torn { offset: usize },
-    /// A record before the tail is damaged: recovering past it would lose
-    /// or invent state, so the daemon must not start.
+    /// The record at `offset` is damaged where it was written whole:
+    /// recovering past it would lose or invent state, so the daemon must
+    /// not start.
     Corrupt { offset: usize, reason: String },
 }
 
@@ -59,6 +84,116 @@ pub enum End {
 pub struct Scan {
     pub records: Vec<Found>,
     pub end: End,
+}
+
+/// A header whose checksum holds and whose length is in range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    length: usize,
+    kind: u8,
+    lsn: u64,
+    payload_crc: u32,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The header at `at`, if its bytes are all there, its checksum holds and
+/// its length is in range.
+fn header_at(bytes: &[u8], at: usize) -> Option<Header> {
+    let raw = bytes.get(at..at.checked_add(RECORD_HEADER_BYTES)?)?;
+    if crc32c::crc32c(&raw[..HEADER_CHECKED_BYTES]) != u32_at(raw, HEADER_CHECKED_BYTES) {
+        return None;
+    }
+    let length = u32_at(raw, 0) as usize;
+    (length <= MAX_RECORD_PAYLOAD_BYTES).then(|| Header {
+        length,
+        kind: raw[4],
+        lsn: u64::from_le_bytes(raw[5..13].try_into().expect("8 bytes")),
+        payload_crc: u32_at(raw, 13),
+    })
+}
+
+/// Why the record at an offset cannot be taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Fewer bytes than a header before the end of the file.
+    ShortHeader,
+    /// The header's checksum does not hold.
+    HeaderChecksum,
+    /// The header holds but states a length over the maximum.
+    LengthOutOfRange(usize),
+    /// The stated payload runs past the end of the file.
+    PastEnd(Header),
+    /// The payload's checksum does not hold.
+    PayloadChecksum(Header),
+    /// A whole, valid record with another LSN than the one due.
+    Lsn { found: u64, expected: u64 },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::ShortHeader => write!(f, "the file ends inside a record header"),
+            Failure::HeaderChecksum => write!(f, "the record header's checksum does not match"),
+            Failure::LengthOutOfRange(length) => {
+                write!(f, "record length {length} is out of range")
+            }
+            Failure::PastEnd(h) => write!(
+                f,
+                "record {} of {} payload bytes runs past the end of the file",
+                h.lsn, h.length
+            ),
+            Failure::PayloadChecksum(h) => write!(
+                f,
+                "the payload checksum of record {} ({} bytes) does not match",
+                h.lsn, h.length
+            ),
+            Failure::Lsn { found, expected } => {
+                write!(f, "LSN {found} where {expected} was expected")
+            }
+        }
+    }
+}
+
+/// Checks the record at `offset`: the record, or why it cannot be taken.
+fn record_at(bytes: &[u8], offset: usize, expected_lsn: Option<u64>) -> Result<Found, Failure> {
+    if bytes.len() - offset < RECORD_HEADER_BYTES {
+        return Err(Failure::ShortHeader);
+    }
+    let Some(header) = header_at(bytes, offset) else {
+        let length = u32_at(bytes, offset) as usize;
+        let checked = &bytes[offset..offset + HEADER_CHECKED_BYTES];
+        let crc_holds = crc32c::crc32c(checked) == u32_at(bytes, offset + HEADER_CHECKED_BYTES);
+        return Err(if crc_holds && length > MAX_RECORD_PAYLOAD_BYTES {
+            Failure::LengthOutOfRange(length)
+        } else {
+            Failure::HeaderChecksum
+        });
+    };
+    let start = offset + RECORD_HEADER_BYTES;
+    let Some(end) = start
+        .checked_add(header.length)
+        .filter(|&e| e <= bytes.len())
+    else {
+        return Err(Failure::PastEnd(header));
+    };
+    if crc32c::crc32c(&bytes[start..end]) != header.payload_crc {
+        return Err(Failure::PayloadChecksum(header));
+    }
+    if let Some(expected) = expected_lsn.filter(|&e| e != header.lsn) {
+        return Err(Failure::Lsn {
+            found: header.lsn,
+            expected,
+        });
+    }
+    Ok(Found {
+        offset,
+        kind: header.kind,
+        lsn: header.lsn,
+        payload: start..end,
+    })
 }
 
 /// Scans a segment. `expected_lsn` is the LSN the first record must carry
@@ -86,138 +221,89 @@ pub fn scan_each<E>(
 ) -> Result<End, E> {
     let mut offset = 0;
     let mut next_lsn = expected_lsn;
-    let corrupt = |offset, reason: String| Ok(End::Corrupt { offset, reason });
     while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        if rest.iter().all(|b| *b == 0) {
+        if bytes[offset..].iter().all(|b| *b == 0) {
             // The rest of a prepared (zero-filled) segment, not yet written.
             return Ok(End::Clean);
         }
-        if rest.len() < RECORD_PREFIX_BYTES {
-            return Ok(End::Torn { offset });
-        }
-        let length = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        let end = RECORD_PREFIX_BYTES
-            .checked_add(length)
-            .filter(|&end| end <= rest.len());
-        let Some(end) = end else {
-            // The record runs past the end of the file: it was being written.
-            return Ok(End::Torn { offset });
-        };
-        if !(MIN_RECORD_BODY_BYTES..=MIN_RECORD_BODY_BYTES + MAX_RECORD_PAYLOAD_BYTES)
-            .contains(&length)
-        {
-            if rest[RECORD_PREFIX_BYTES..].iter().all(|b| *b == 0) {
-                // Only a prefix made it into a prepared segment.
-                return Ok(End::Torn { offset });
+        match record_at(bytes, offset, next_lsn) {
+            Ok(found) => {
+                next_lsn = found.lsn.checked_add(1);
+                offset = found.payload.end;
+                on(found)?;
             }
-            return corrupt(offset, format!("record length {length} is out of range"));
+            Err(failure) => return Ok(judge(bytes, offset, &failure)),
         }
-        let stored = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        let body = &rest[RECORD_PREFIX_BYTES..end];
-        if crc32c::crc32c(body) != stored {
-            // A bad last record is a write cut short (in a prepared
-            // segment, zeros follow it); a bad record with data after it
-            // is damage.
-            if rest[end..].iter().all(|b| *b == 0) {
-                return Ok(End::Torn { offset });
-            }
-            return corrupt(offset, "checksum mismatch".into());
-        }
-        let kind = body[0];
-        let lsn = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
-        if next_lsn.is_some_and(|expected| expected != lsn) {
-            return corrupt(
-                offset,
-                format!("LSN {lsn} where {} was expected", next_lsn.unwrap_or(0)),
-            );
-        }
-        next_lsn = lsn.checked_add(1);
-        let payload_start = offset + RECORD_PREFIX_BYTES + MIN_RECORD_BODY_BYTES;
-        on(Found {
-            offset,
-            kind,
-            lsn,
-            payload: payload_start..offset + end,
-        })?;
-        offset += end;
     }
     Ok(End::Clean)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn segment(count: u64) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for lsn in 1..=count {
-            encode(7, lsn, format!("record {lsn}").as_bytes(), &mut bytes);
-        }
-        bytes
-    }
-
-    #[test]
-    fn whole_records_scan_clean() {
-        // Proves encode and scan agree on every field and the payload ranges.
-        let bytes = segment(3);
-        let scan = scan(&bytes, Some(1));
-        assert_eq!(scan.end, End::Clean);
-        assert_eq!(
-            scan.records.iter().map(|r| r.lsn).collect::<Vec<_>>(),
-            vec![1, 2, 3]
-        );
-        assert_eq!(&bytes[scan.records[1].payload.clone()], b"record 2");
-    }
-
-    #[test]
-    fn a_partial_last_record_is_a_torn_tail() {
-        // Proves every cut inside the last record reads as a torn tail at its offset, also
-        // when the zeros of a prepared segment follow the cut.
-        let bytes = segment(3);
-        let last = scan(&bytes, None).records[2].offset;
-        for cut in last + 1..bytes.len() {
-            assert_eq!(
-                scan(&bytes[..cut], None).end,
-                End::Torn { offset: last },
-                "cut at {cut}"
-            );
-            let mut prepared = bytes[..cut].to_vec();
-            prepared.resize(bytes.len() + 4096, 0);
-            assert_eq!(
-                scan(&prepared, None).end,
-                End::Torn { offset: last },
-                "cut at {cut} in a prepared segment"
-            );
-        }
-    }
-
-    #[test]
-    fn zeros_after_whole_records_are_the_unwritten_rest() {
-        // Proves a prepared segment's zero tail is a clean end, with every record before it.
-        let bytes = segment(3);
-        let mut prepared = bytes.clone();
-        prepared.resize(1 << 16, 0);
-        let scan = scan(&prepared, Some(1));
-        assert_eq!(scan.end, End::Clean);
-        assert_eq!(scan.records.len(), 3);
-        assert_eq!(scan.records[2].payload.end, bytes.len());
-    }
-
-    #[test]
-    fn a_flipped_byte_before_the_tail_is_corruption() {
-        // Proves damage to any record but the last stops the scan with its offset.
-        let bytes = segment(3);
-        let second = scan(&bytes, None).records[1].offset;
-        let mut damaged = bytes.clone();
-        damaged[second + 12] ^= 0x40;
-        match scan(&damaged, None).end {
-            End::Corrupt { offset, .. } => assert_eq!(offset, second),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            scan(&bytes, Some(5)).end,
-            End::Corrupt { offset: 0, .. }
+/// What the first record that fails a check means: a torn tail only if
+/// nothing valid follows it and it bears the mark of an unfinished write.
+fn judge(bytes: &[u8], offset: usize, failure: &Failure) -> End {
+    let corrupt = |reason: String| End::Corrupt { offset, reason };
+    if let Some(at) = valid_header_after(bytes, offset) {
+        return corrupt(format!(
+            "{failure}, and a valid record header follows at byte {at}"
         ));
     }
+    let unfinished = match failure {
+        // A whole record with the wrong LSN was written so.
+        Failure::Lsn { .. } => false,
+        Failure::ShortHeader | Failure::PastEnd(_) => true,
+        Failure::HeaderChecksum | Failure::LengthOutOfRange(_) => {
+            let header = offset..offset + RECORD_HEADER_BYTES;
+            // The header began to be written (some sector of it holds
+            // data) and did not finish (another is zeros). A header of
+            // zeros with data after it is not a write that began here.
+            let pieces = sector_pieces(header);
+            let zero = |piece: &Range<usize>| bytes[piece.clone()].iter().all(|b| *b == 0);
+            pieces.iter().any(zero) && !pieces.iter().all(zero)
+        }
+        Failure::PayloadChecksum(header) => {
+            // The header checked, so its bytes were written; a sector
+            // reaching past it that is all zeros never was.
+            let payload_start = offset + RECORD_HEADER_BYTES;
+            let span = offset..payload_start + header.length;
+            sector_pieces(span).iter().any(|piece| {
+                piece.end > payload_start && bytes[piece.clone()].iter().all(|b| *b == 0)
+            })
+        }
+    };
+    if unfinished {
+        End::Torn { offset }
+    } else {
+        corrupt(format!(
+            "{failure}; the record was written whole (no sector of it is missing), so this is damage, not a write cut short"
+        ))
+    }
 }
+
+/// `span` split at file offsets that are multiples of
+/// [`TORN_WRITE_SECTOR_BYTES`].
+fn sector_pieces(span: Range<usize>) -> Vec<Range<usize>> {
+    let mut pieces = Vec::new();
+    let mut start = span.start;
+    while start < span.end {
+        let next = (start / TORN_WRITE_SECTOR_BYTES + 1) * TORN_WRITE_SECTOR_BYTES;
+        let end = next.min(span.end);
+        pieces.push(start..end);
+        start = end;
+    }
+    pieces
+}
+
+/// The first byte offset after `offset` where a valid record header is.
+fn valid_header_after(bytes: &[u8], offset: usize) -> Option<usize> {
+    // A header's checksum of all zeros is one in 2^32: skipping those
+    // skips the zero-filled rest of a prepared segment at a glance.
+    let last = bytes.iter().rposition(|b| *b != 0)?;
+    (offset + 1..=last)
+        .filter(|&at| {
+            bytes.get(at + HEADER_CHECKED_BYTES..at + RECORD_HEADER_BYTES) != Some(&[0u8; 4][..])
+        })
+        .find(|&at| header_at(bytes, at).is_some())
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use super::record::{self, End};
-use super::segments::segment_paths;
+use super::segments::{segment_path, segment_paths};
 use super::{io_error, JournalError, VisitError};
 
 /// A record read back at recovery.
@@ -31,21 +31,30 @@ pub struct Recovered {
     /// The LSN the next append gets.
     pub next_lsn: u64,
     pub torn_tail: Option<TornTail>,
+    /// The LSN the first segment begins at (`None`: no segments): the
+    /// oldest record the journal can still replay.
+    pub first_lsn: Option<u64>,
+    /// The LSN after the last record of the segments (the first segment's
+    /// first LSN if they hold none): how far the journal reaches.
+    pub end_lsn: u64,
 }
 
 /// Reads every segment in `dir`, returns the records after `after_lsn`, and
 /// cuts a torn tail off the last segment (on disk, fsynced). Damage
-/// anywhere else is an error naming the file and the offset.
+/// anywhere else, or records missing between segments, is an error naming
+/// the file and the offset or the LSNs.
 pub fn recover(dir: &Path, after_lsn: u64) -> Result<Recovered, JournalError> {
     let segments = segment_paths(dir)?;
     let mut recovered = Recovered {
         next_lsn: after_lsn + 1,
+        first_lsn: segments.first().map(|(first, _)| *first),
         ..Recovered::default()
     };
     let mut expected: Option<u64> = None;
     for (i, (first_lsn, path)) in segments.iter().enumerate() {
+        let due = due_lsn(expected, *first_lsn, path)?;
         let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-        let scan = record::scan(&bytes, Some(expected.unwrap_or(*first_lsn)));
+        let scan = record::scan(&bytes, Some(due));
         for found in &scan.records {
             if found.lsn > after_lsn {
                 recovered.records.push(RecoveredRecord {
@@ -55,45 +64,83 @@ pub fn recover(dir: &Path, after_lsn: u64) -> Result<Recovered, JournalError> {
                 });
             }
         }
-        let next = scan
-            .records
-            .last()
-            .map_or(expected.unwrap_or(*first_lsn), |r| r.lsn + 1);
-        match scan.end {
-            End::Clean => {}
-            End::Corrupt { offset, reason } => {
-                return Err(JournalError::Corrupt {
-                    path: path.clone(),
-                    offset: offset as u64,
-                    reason,
-                })
-            }
-            End::Torn { offset } if i + 1 < segments.len() => {
-                let reason = "a torn record before the last segment".to_string();
-                return Err(JournalError::Corrupt {
-                    path: path.clone(),
-                    offset: offset as u64,
-                    reason,
-                });
-            }
-            End::Torn { offset } => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| io_error(path, e))?;
-                file.set_len(offset as u64).map_err(|e| io_error(path, e))?;
-                file.sync_all().map_err(|e| io_error(path, e))?;
-                recovered.torn_tail = Some(TornTail {
-                    path: path.clone(),
-                    offset: offset as u64,
-                    bytes: (bytes.len() - offset) as u64,
-                });
-            }
+        let later_segments = segments.len() - i - 1;
+        if let Some(offset) = torn_offset(path, scan.end, later_segments)? {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| io_error(path, e))?;
+            file.set_len(offset as u64).map_err(|e| io_error(path, e))?;
+            file.sync_all().map_err(|e| io_error(path, e))?;
+            recovered.torn_tail = Some(TornTail {
+                path: path.clone(),
+                offset: offset as u64,
+                bytes: (bytes.len() - offset) as u64,
+            });
         }
-        expected = Some(next);
+        expected = Some(scan.records.last().map_or(due, |r| r.lsn + 1));
     }
-    recovered.next_lsn = recovered.next_lsn.max(expected.unwrap_or(1));
+    recovered.end_lsn = expected.unwrap_or(after_lsn + 1);
+    recovered.next_lsn = recovered.next_lsn.max(recovered.end_lsn);
     Ok(recovered)
+}
+
+/// The LSN a segment's first record must carry: the one after the
+/// previous segment's last, which the segment's name must also say.
+fn due_lsn(expected: Option<u64>, named: u64, path: &Path) -> Result<u64, JournalError> {
+    let Some(expected) = expected else {
+        return Ok(named);
+    };
+    if named > expected {
+        return Err(JournalError::Gap {
+            first_missing: expected,
+            last_missing: named - 1,
+            what: format!(
+                "the segment before {} ends at LSN {}, and it begins at {named}",
+                path.display(),
+                expected - 1
+            ),
+            missing_segment: segment_path(path.parent().unwrap_or(Path::new(".")), expected)
+                .display()
+                .to_string(),
+        });
+    }
+    if named < expected {
+        return Err(JournalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: format!(
+                "its name says it begins at LSN {named}, but the segment before it reaches LSN {}",
+                expected - 1
+            ),
+            later_segments: 0,
+        });
+    }
+    Ok(expected)
+}
+
+/// Where to cut a segment whose scan ended so (`None`: nothing to cut);
+/// an error for corruption, or for a torn record before the last segment.
+fn torn_offset(
+    path: &Path,
+    end: End,
+    later_segments: usize,
+) -> Result<Option<usize>, JournalError> {
+    let corrupt = |offset: usize, reason: String| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+        later_segments,
+    };
+    match end {
+        End::Clean => Ok(None),
+        End::Corrupt { offset, reason } => Err(corrupt(offset, reason)),
+        End::Torn { offset } if later_segments > 0 => Err(corrupt(
+            offset,
+            "a record cut short in a segment that is not the last: the segments after it were written later".into(),
+        )),
+        End::Torn { offset } => Ok(Some(offset)),
+    }
 }
 
 /// What [`read`] found.
@@ -124,11 +171,12 @@ pub fn read(
         // (it is offline by contract); a file changing under the map could
         // only give bytes the checksums then refuse.
         let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(path, e))?;
+        let due = due_lsn(expected, *first_lsn, path)?;
         let mut last_lsn = None;
         // Streamed: each record is visited as soon as its checksum passes,
         // so a reader on another thread is not left waiting while a whole
         // segment is checked first.
-        let end = record::scan_each(&bytes, Some(expected.unwrap_or(*first_lsn)), |found| {
+        let end = record::scan_each(&bytes, Some(due), |found| {
             if summary.records == 0 {
                 summary.first_lsn = found.lsn;
             }
@@ -138,28 +186,16 @@ pub fn read(
                 VisitError::Stopped => JournalError::ReaderStopped,
                 VisitError::BadPayload(reason) => JournalError::Corrupt {
                     path: path.clone(),
-                    offset: found.payload.start as u64,
+                    offset: found.offset as u64,
                     reason,
+                    later_segments: segments.len() - i - 1,
                 },
             })
         })?;
-        let corrupt = |offset: usize, reason: String| JournalError::Corrupt {
-            path: path.clone(),
-            offset: offset as u64,
-            reason,
-        };
-        match end {
-            End::Clean => {}
-            End::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
-            End::Torn { offset } if i + 1 < segments.len() => {
-                return Err(corrupt(
-                    offset,
-                    "a torn record before the last segment".into(),
-                ))
-            }
-            End::Torn { .. } => summary.torn_tail = true,
+        if torn_offset(path, end, segments.len() - i - 1)?.is_some() {
+            summary.torn_tail = true;
         }
-        expected = Some(last_lsn.map_or(expected.unwrap_or(*first_lsn), |lsn| lsn + 1));
+        expected = Some(last_lsn.map_or(due, |lsn| lsn + 1));
     }
     Ok(summary)
 }

@@ -13,7 +13,7 @@
 mod names;
 pub mod txn;
 
-pub use names::{Layout, Names, NamesError};
+pub use names::{format_version_of, Layout, Names, NamesError};
 pub use txn::Txn;
 
 /// The version of the data directory's format. 1: ids from `names.toml`
@@ -21,8 +21,10 @@ pub use txn::Txn;
 /// the config and had no names file). 2: rejected orders are demand
 /// records ([`txn::KIND_DEMAND`]), not orders; a format-1 directory is
 /// read as it is (its rejected orders are dropped at load) and written
-/// as format 2 from then on.
-pub const FORMAT_VERSION: u32 = 2;
+/// as format 2 from then on. 3: a journal record's header (length, kind,
+/// LSN, payload checksum) has a checksum of its own; an older directory's
+/// segments are rewritten so at open (`store::upgrade`).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest format this build reads (and upgrades in place).
 pub const OLDEST_READABLE_FORMAT: u32 = 1;

@@ -96,6 +96,17 @@ impl Names {
     }
 }
 
+/// The format version a names file's text states, whatever else it holds.
+pub fn format_version_of(text: &str) -> Result<u32, NamesError> {
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    toml::from_str::<Version>(text)
+        .map(|v| v.format_version)
+        .map_err(|e| NamesError::Parse(e.to_string()))
+}
+
 /// How a snapshot set partitions the state: the shards its stock images
 /// and journal records were written for, and the routers its books were.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -49,6 +49,18 @@ pub fn read_names(dir: &Path) -> Result<Option<Names>, StoreError> {
     }
 }
 
+/// The format version `names.toml` states (as written, before
+/// [`read_names`] takes it to this build's). Call after `read_names` has
+/// checked the file.
+pub fn read_format_version(dir: &Path) -> Result<u32, StoreError> {
+    let path = dir.join(NAMES_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+    crate::schema::format_version_of(&text).map_err(|e| StoreError::Format {
+        dir: dir.to_path_buf(),
+        reason: format!("{}: {e}", path.display()),
+    })
+}
+
 /// Writes the names durably: before any record that uses a new id.
 pub fn write_names(dir: &Path, names: &Names) -> Result<(), StoreError> {
     write_durably(&dir.join(NAMES_FILE), names.encode().as_bytes())

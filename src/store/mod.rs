@@ -94,6 +94,14 @@ pub enum StoreError {
         /// How to retire it.
         fix: &'static str,
     },
+    /// The snapshots and the journal no longer hold every change.
+    #[error("{why}, but {have}; refusing to start (answered orders would be lost). Restore the data directory from a backup: its snapshots and journal segments together")]
+    Unreachable {
+        /// What an actor needs of the journal, and which file says so.
+        why: String,
+        /// What the journal has.
+        have: String,
+    },
     #[error("journal record {lsn} cannot be replayed: {cause}; refusing to start")]
     Replay {
         lsn: u64,
@@ -154,6 +162,7 @@ pub fn snapshot_dir(dir: &Path) -> PathBuf {
     dir.join("snapshots")
 }
 
+mod chain;
 mod durable;
 mod error;
 mod frame;
@@ -161,6 +170,7 @@ mod reconcile;
 mod recover;
 mod relayout;
 mod snapshot;
+mod upgrade;
 
 pub use error::{RecordError, SnapshotError};
 pub use frame::{

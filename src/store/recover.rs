@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use rkyv::rancor;
 
+use super::chain::{prove_chain, Link};
 use super::durable::map_file;
 use super::error::{RecordError, SnapshotError};
 use super::frame::{
@@ -86,6 +87,7 @@ pub fn open(
     let started = Instant::now();
     let dir = &lock.dir().to_path_buf();
     let known = layout::read_names(dir)?;
+    super::upgrade::upgrade(dir, known.as_ref())?;
     // A directory without names is new, or written by a tool under the
     // config's order (`bench-restart`): its nodes are the config's.
     let known_nodes = known
@@ -117,6 +119,12 @@ pub fn open(
         fresh,
     } = replayed;
     check_retired(dir, &state, &network)?;
+    // Each node known from here on has a snapshot to start from, so that a
+    // missing one is damage (see `chain.rs`): written before its name, a
+    // crash between leaves a file no start reads.
+    if written.is_some() {
+        write_new_nodes(dir, &state, known_nodes, report.next_lsn - 1)?;
+    }
     // Before any record can use a new id.
     layout::write_names(dir, &names)?;
     if written.is_none() {
@@ -158,6 +166,27 @@ pub fn open(
     })
 }
 
+/// Writes the snapshot of every node from `known` on (new since the last
+/// start: nothing journaled names them), labelled `lsn`.
+fn write_new_nodes(
+    dir: &Path,
+    state: &EngineState,
+    known: usize,
+    lsn: u64,
+) -> Result<(), StoreError> {
+    let images = state.ledgers[known.min(state.ledgers.len())..]
+        .iter()
+        .map(|ledger| {
+            let image = ledger.image();
+            (lsn, crate::engine::Image::Node(image.node, image))
+        })
+        .collect::<Vec<_>>();
+    if !images.is_empty() {
+        super::snapshot::write_snapshot_files(dir, images)?;
+    }
+    Ok(())
+}
+
 /// The state replay rebuilt, before it is checked and laid out.
 pub(super) struct Replayed {
     state: EngineState,
@@ -179,6 +208,52 @@ struct Applied {
 }
 
 impl Applied {
+    /// Each actor's place in the chain the journal must hold (a new node's
+    /// has nothing in it; the feed's only once it was snapshotted).
+    fn links(&self, dir: &Path) -> Vec<Link> {
+        let mut names = vec![("catalog".to_string(), self.catalog)];
+        names.extend(
+            self.shards
+                .iter()
+                .enumerate()
+                .map(|(s, &lsn)| (format!("shard-{s}"), lsn)),
+        );
+        names.extend(
+            self.routers
+                .iter()
+                .enumerate()
+                .map(|(r, &lsn)| (format!("router-{r}"), lsn)),
+        );
+        names.extend(
+            self.nodes
+                .iter()
+                .enumerate()
+                .map(|(n, &lsn)| (format!("node-{n}"), lsn)),
+        );
+        let set = snapshot_dir(dir);
+        let mut links: Vec<Link> = names
+            .into_iter()
+            .filter(|(_, lsn)| *lsn != u64::MAX)
+            .map(|(name, lsn)| {
+                let present = set.join(format!("{name}{SNAPSHOT_SUFFIX}")).exists();
+                Link {
+                    lsn: present.then_some(lsn),
+                    name,
+                }
+            })
+            .collect();
+        if set
+            .join(format!("{FEED_SNAPSHOT}{SNAPSHOT_SUFFIX}"))
+            .exists()
+        {
+            links.push(Link {
+                name: FEED_SNAPSHOT.into(),
+                lsn: Some(self.feed),
+            });
+        }
+        links
+    }
+
     /// Where the journal is read from: the oldest snapshot's LSN.
     fn oldest(&self) -> u64 {
         [self.catalog]
@@ -219,6 +294,7 @@ pub(super) fn replay_state(
     };
     report.snapshot_lsn_min = applied.oldest();
     let recovered = journal::recover(&journal_dir(dir), report.snapshot_lsn_min)?;
+    prove_chain(dir, &applied.links(dir), &recovered)?;
     if let Some(torn) = &recovered.torn_tail {
         tracing::warn!(
             "journal {} ended in a torn record at byte {} ({} bytes cut): a write the crash interrupted, never acknowledged",
