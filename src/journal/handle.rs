@@ -104,7 +104,7 @@ impl Journal {
         durability: Durability,
         segment_bytes: u64,
     ) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        crate::private_files::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let (file, path, size, prepared) = open_segment(dir, next_lsn)?;
         let stats = Arc::new(JournalStats::default());
         let segment_bytes = segment_bytes.max(1);

@@ -2,7 +2,7 @@
 //! prepared ahead (so a rollover never waits on allocation), and deleting
 //! the segments a snapshot has passed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -82,7 +82,7 @@ pub(super) fn prepare_spare(
     segment_bytes: u64,
 ) -> Result<(File, PathBuf), JournalError> {
     let path = dir.join(SPARE_NAME);
-    let file = OpenOptions::new()
+    let file = crate::private_files::options()
         .create(true)
         .write(true)
         .truncate(true)
@@ -140,7 +140,7 @@ pub(super) fn open_segment(
         Some((_, last)) => last.clone(),
         None => segment_path(dir, first_lsn),
     };
-    let file = OpenOptions::new()
+    let file = crate::private_files::options()
         .create(true)
         .read(true)
         .write(true)

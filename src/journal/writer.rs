@@ -2,7 +2,7 @@
 //! once, one fsync (group commit), then runs each record's continuation in
 //! LSN order.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -117,7 +117,7 @@ impl Writer {
             }
             // Not ready (a burst outran the spare thread): a plain file.
             Err(_) => {
-                let file = OpenOptions::new()
+                let file = crate::private_files::options()
                     .create(true)
                     .write(true)
                     .truncate(false)

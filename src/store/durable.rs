@@ -18,7 +18,7 @@ pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError>
 /// (a snapshot's header and its body of hundreds of MiB).
 pub(super) fn write_parts_durably(path: &Path, parts: &[&[u8]]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut file = crate::private_files::create(&tmp).map_err(|e| io(&tmp, e))?;
     // Flushed a slice at a time: a journal fsync behind one big dirty file
     // would wait for all of it, and every order waiting on that fsync too.
     for chunk in parts.iter().flat_map(|p| p.chunks(SNAPSHOT_FLUSH_BYTES)) {

@@ -42,7 +42,7 @@ impl BookFile {
             snapshot_name(&Image::Router(router))
         ));
         let tmp = path.with_extension("tmp");
-        let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        let mut file = crate::private_files::create(&tmp).map_err(|e| io(&tmp, e))?;
         file.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])
             .map_err(|e| io(&tmp, e))?;
         Ok(BookFile {
@@ -133,7 +133,7 @@ impl BookWriter {
         routers: usize,
     ) -> Result<(crate::engine::BookSink, BookWriter), StoreError> {
         let snapshots = snapshot_dir(dir);
-        std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+        crate::private_files::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
         let (sink, parts) = crate::engine::book_channel();
         let into = snapshots.clone();
         let thread = std::thread::Builder::new()
@@ -287,7 +287,7 @@ pub fn remove_segments_through(dir: &Path, lsn: u64) -> Result<(), StoreError> {
 /// Returns the lowest LSN.
 pub fn write_snapshot_files(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, StoreError> {
     let snapshots = snapshot_dir(dir);
-    std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+    crate::private_files::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
     write_images_into(&snapshots, images)
 }
 
@@ -338,7 +338,7 @@ pub(super) fn write_images_into(
 /// `lsn`, in this thread: for tools that build a state without actors.
 pub fn write_state(dir: &Path, state: &EngineState, lsn: u64) -> Result<(), StoreError> {
     let snapshots = snapshot_dir(dir);
-    std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+    crate::private_files::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
     write_state_into(&snapshots, state, lsn)
 }
 
