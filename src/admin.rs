@@ -343,11 +343,12 @@ pub enum AdminError {
     Address(#[source] std::io::Error),
 }
 
-/// Binds `addr` and serves the admin endpoints.
+/// Binds `addr` and serves the admin endpoints within `limits`.
 pub async fn start(
     addr: SocketAddr,
     status: Arc<Status>,
     metrics: PrometheusHandle,
+    limits: crate::http::HttpLimits,
 ) -> Result<AdminServer, AdminError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -359,16 +360,22 @@ pub async fn start(
         .route("/readyz", get(readyz))
         .route("/policy/reload", post(reload))
         .with_state(Arc::new(AdminState { status, metrics }));
+    let message = format!(
+        "the admin port is at its connection limit ({}); retry shortly",
+        limits.max_connections
+    );
+    let body = serde_json::json!({ "code": "overloaded", "message": message });
+    let at_capacity =
+        crate::http::serve::at_capacity_response("application/json", &body.to_string());
     let stop = tokio_util::sync::CancellationToken::new();
-    let stopped = stop.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!("admin port stopped: {e}");
-        }
-    });
+    let task = crate::http::serve::spawn(
+        listener,
+        app,
+        limits,
+        at_capacity,
+        "the admin port",
+        stop.clone(),
+    );
     Ok(AdminServer { addr, stop, task })
 }
 

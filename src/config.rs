@@ -20,9 +20,11 @@ use crate::store::{StoreSettings, MAX_FAULT_LINGER_MS};
 /// Smallest journal segment the config accepts: smaller ones would mean a
 /// new file (and a directory fsync) every few commits.
 pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
+use crate::http::HttpLimits;
 use crate::limits::{
-    MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_NODES, MAX_ORDER_RETENTION_MS, MAX_RULES,
-    MAX_SHIPMENTS_PER_ORDER, MAX_SKUS,
+    MAX_HOLD_TTL_MS, MAX_HTTP_CONNECTIONS, MAX_HTTP_SHUTDOWN_GRACE_MS, MAX_HTTP_TIMEOUT_MS,
+    MAX_ID_BYTES, MAX_NODES, MAX_ORDER_RETENTION_MS, MAX_RULES, MAX_SHIPMENTS_PER_ORDER, MAX_SKUS,
+    MIN_HTTP_TIMEOUT_MS,
 };
 use crate::server::{Role, ServerSettings, MAX_CONNECTIONS, MAX_WORKER_THREADS};
 
@@ -170,36 +172,62 @@ impl Default for JournalConfig {
     }
 }
 
-/// `[admin]`: the HTTP port of metrics, health and policy reload.
+/// `[admin]`: the HTTP port of metrics, health and policy reload. It
+/// takes `[http]`'s timeouts and grace.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address to bind, or "off".
     pub listen: String,
+    /// Connections served at once; the next ones get a 503.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> AdminConfig {
         AdminConfig {
             listen: DEFAULT_ADMIN_LISTEN.into(),
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         }
     }
 }
 
+/// A scraper, an orchestrator's probes and an operator's curl need a few
+/// connections; 64 leave room for many of each and bound what a runaway
+/// script can hold.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
-/// `[http]`: the HTTP/JSON gateway's port.
+/// `[http]`: the HTTP/JSON gateway's port, and the bounds of every
+/// client of both HTTP ports (see [`HttpLimits`] for the defaults' reasons).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address to bind, or "off" (the default: a config turns it on).
     pub listen: String,
+    /// Gateway connections served at once; the next ones get a 503.
+    pub max_connections: usize,
+    /// A request head must be whole this long after its first byte.
+    pub header_read_timeout_ms: u64,
+    /// A request body must be whole this long after its head (else 408).
+    pub body_read_timeout_ms: u64,
+    /// A connection on which no byte moves either way is closed after this.
+    pub idle_timeout_ms: u64,
+    /// A stop closes the connections still open after this.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
+        let d = HttpLimits::default();
         HttpConfig {
             listen: "off".into(),
+            max_connections: d.max_connections,
+            header_read_timeout_ms: d.header_read_timeout_ms,
+            body_read_timeout_ms: d.body_read_timeout_ms,
+            idle_timeout_ms: d.idle_timeout_ms,
+            shutdown_grace_ms: d.shutdown_grace_ms,
         }
     }
 }
@@ -410,6 +438,10 @@ pub struct ValidConfig {
     pub admin: Option<std::net::SocketAddr>,
     /// The HTTP/JSON gateway's port; None when "off".
     pub http: Option<std::net::SocketAddr>,
+    /// How the gateway bounds its clients.
+    pub http_limits: HttpLimits,
+    /// How the admin port bounds its clients.
+    pub admin_limits: HttpLimits,
     pub engine: EngineSettings,
     pub server: ServerSettings,
     pub store: StoreSettings,
@@ -467,6 +499,7 @@ impl Config {
             parse_listen(&self.admin.listen).map_err(|m| invalid("admin.listen", m.to_string()))?;
         let http =
             parse_listen(&self.http.listen).map_err(|m| invalid("http.listen", m.to_string()))?;
+        let (http_limits, admin_limits) = self.validate_http()?;
         let engine = self.validate_engine()?;
         let (nodes, markets) = self.validate_nodes()?;
         let mut channels = Vec::new();
@@ -490,6 +523,8 @@ impl Config {
         Ok(ValidConfig {
             admin,
             http,
+            http_limits,
+            admin_limits,
             log,
             engine,
             server,
@@ -521,6 +556,57 @@ impl Config {
             level: l.level.clone(),
             json,
         })
+    }
+
+    /// The limits of the gateway and of the admin port.
+    fn validate_http(&self) -> Result<(HttpLimits, HttpLimits), ConfigError> {
+        let h = &self.http;
+        let connections = |key: &str, n: usize| {
+            if n == 0 || n > MAX_HTTP_CONNECTIONS {
+                return Err(invalid(
+                    key,
+                    format!("must be 1..={MAX_HTTP_CONNECTIONS}, got {n}"),
+                ));
+            }
+            Ok(n)
+        };
+        let timeout = |key: &str, ms: u64, max: u64| {
+            if !(MIN_HTTP_TIMEOUT_MS..=max).contains(&ms) {
+                return Err(invalid(
+                    key,
+                    format!("must be {MIN_HTTP_TIMEOUT_MS}..={max} ms, got {ms}"),
+                ));
+            }
+            Ok(ms)
+        };
+        let gateway = HttpLimits {
+            max_connections: connections("http.max_connections", h.max_connections)?,
+            header_read_timeout_ms: timeout(
+                "http.header_read_timeout_ms",
+                h.header_read_timeout_ms,
+                MAX_HTTP_TIMEOUT_MS,
+            )?,
+            body_read_timeout_ms: timeout(
+                "http.body_read_timeout_ms",
+                h.body_read_timeout_ms,
+                MAX_HTTP_TIMEOUT_MS,
+            )?,
+            idle_timeout_ms: timeout(
+                "http.idle_timeout_ms",
+                h.idle_timeout_ms,
+                MAX_HTTP_TIMEOUT_MS,
+            )?,
+            shutdown_grace_ms: timeout(
+                "http.shutdown_grace_ms",
+                h.shutdown_grace_ms,
+                MAX_HTTP_SHUTDOWN_GRACE_MS,
+            )?,
+        };
+        let admin = HttpLimits {
+            max_connections: connections("admin.max_connections", self.admin.max_connections)?,
+            ..gateway.clone()
+        };
+        Ok((gateway, admin))
     }
 
     fn validate_journal(&self) -> Result<StoreSettings, ConfigError> {
@@ -1035,5 +1121,46 @@ mod tests {
             })
             .collect();
         assert_eq!(skus.len(), 10_000);
+    }
+
+    #[test]
+    fn http_limits_name_their_key_and_the_admin_port_shares_the_timeouts() {
+        // Proves each HTTP knob out of its range is refused naming its key, and that the admin
+        // port takes the gateway's timeouts and grace with its own connection cap.
+        let cases = [
+            ("max_connections = 0", "http.max_connections"),
+            ("header_read_timeout_ms = 99", "http.header_read_timeout_ms"),
+            (
+                "body_read_timeout_ms = 3600001",
+                "http.body_read_timeout_ms",
+            ),
+            ("idle_timeout_ms = 0", "http.idle_timeout_ms"),
+            ("shutdown_grace_ms = 10001", "http.shutdown_grace_ms"),
+        ];
+        for (extra, key) in cases {
+            let mut config = Config::default_config();
+            let table = format!("[http]\n{extra}\n");
+            let parsed: Config = Config::from_toml(&table).unwrap();
+            config.http = HttpConfig {
+                listen: config.http.listen.clone(),
+                ..parsed.http
+            };
+            match config.validate() {
+                Err(ConfigError::Invalid { key: named, .. }) => assert_eq!(named, key),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        let mut config = Config::default_config();
+        config.admin.max_connections = 0;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid { key, .. }) if key == "admin.max_connections"
+        ));
+        config.admin.max_connections = 3;
+        config.http.idle_timeout_ms = 2_000;
+        let valid = config.validate().unwrap();
+        assert_eq!(valid.admin_limits.max_connections, 3);
+        assert_eq!(valid.admin_limits.idle_timeout_ms, 2_000);
+        assert_eq!(valid.http_limits.max_connections, 1024);
     }
 }

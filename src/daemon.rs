@@ -105,7 +105,9 @@ pub async fn start(
     status.set_ready(false);
     let admin = match config.admin {
         Some(addr) => {
-            let admin = crate::admin::start(addr, status.clone(), metrics).await?;
+            let admin =
+                crate::admin::start(addr, status.clone(), metrics, config.admin_limits.clone())
+                    .await?;
             tracing::info!(
                 "admin port on http://{} (/metrics /healthz /readyz)",
                 admin.addr
@@ -136,7 +138,8 @@ pub async fn start(
     let http = match config.http {
         Some(addr) => {
             let tokens = config.server.tokens.clone();
-            Some(crate::http::start(engine.clone(), tokens, addr).await?)
+            let limits = config.http_limits.clone();
+            Some(crate::http::start(engine.clone(), tokens, addr, limits).await?)
         }
         None => None,
     };

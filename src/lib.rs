@@ -30,8 +30,9 @@
 //!   [`config_diff`] (which keys a reload applies); [`sample`]: sample
 //!   orders and the synchronous driver over a config; [`limits`]: every
 //!   hard bound, named; [`descriptors`]: the file descriptor limit;
-//!   [`faults`]: the seam tests inject I/O errors
-//!   through; [`memory`]: process-wide memory settings;
+//!   [`faults`]: the seam tests inject I/O errors through; [`memory`]:
+//!   process-wide memory settings; [`private_files`]: the data
+//!   directory's owner-only modes;
 //!   [`timefmt`]: times as ISO 8601 and Unix ms.
 //!
 //! The `omniroute` binary (`src/bin/omniroute/`) adds the command line, the
@@ -49,6 +50,7 @@ pub mod http;
 pub mod journal;
 pub mod limits;
 pub mod memory;
+pub mod private_files;
 pub mod replay;
 pub mod sample;
 pub mod schema;

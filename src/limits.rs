@@ -103,3 +103,41 @@ pub const MAX_ORDER_RETENTION_MS: u64 = 30 * 86_400_000;
 /// a million cost some 24 MB, and at 10 000 orders/s cover the orders
 /// retired in the last 100 s. Older keys answer `UNKNOWN_ORDER`.
 pub const ARCHIVED_KEYS_KEPT: usize = 1 << 20;
+
+/// Connections past an HTTP port's `max_connections` being answered 503
+/// at once, each for at most `HTTP_REFUSAL_LINGER_MS`: a task and a
+/// socket each, so 256 cost little and answer a burst of a thousand a
+/// second. A flood beyond this many is dropped unanswered: answering it
+/// would cost a task per connection, which is what the cap bounds.
+pub const MAX_HTTP_REFUSALS_IN_FLIGHT: usize = 256;
+
+/// How long a refused HTTP connection is kept after its 503 to read the
+/// request the client sends (closing with it unread would reset the
+/// connection, and the client could lose the 503): a client that connects
+/// sends its request within a round trip, and a quarter second is many.
+pub const HTTP_REFUSAL_LINGER_MS: u64 = 250;
+
+/// Pause after an HTTP port fails to accept (out of file descriptors,
+/// most likely) before it tries again, so that the loop does not spin
+/// while connections close.
+pub const HTTP_ACCEPT_RETRY_MS: u64 = 100;
+
+/// The largest `http.max_connections` and `admin.max_connections`: each
+/// connection holds a file descriptor, and 65 536 is past the descriptor
+/// limit of most hosts (and what the kernel's port range can carry from
+/// one proxy).
+pub const MAX_HTTP_CONNECTIONS: usize = 65_536;
+
+/// The shortest HTTP timeout (`http.*_timeout_ms`, `shutdown_grace_ms`):
+/// below a tenth of a second a loaded host's scheduling alone would close
+/// honest clients.
+pub const MIN_HTTP_TIMEOUT_MS: u64 = 100;
+
+/// The longest HTTP header, body or idle timeout: an hour. Longer would
+/// let a client hold a connection slot for as good as ever.
+pub const MAX_HTTP_TIMEOUT_MS: u64 = 3_600_000;
+
+/// The longest `http.shutdown_grace_ms`: the gateway and the admin port
+/// each wait at most this at a stop, and with the QUIC port's 12 s and the
+/// final snapshot a stop must fit the 30 s of a systemd `TimeoutStopSec`.
+pub const MAX_HTTP_SHUTDOWN_GRACE_MS: u64 = 10_000;

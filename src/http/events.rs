@@ -24,6 +24,13 @@ use crate::server::wire;
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEP_ALIVE_MS: u64 = 15_000;
 
+/// How often a quiet stream sends a comment: `KEEP_ALIVE_MS`, or more
+/// often if the port's idle timeout would otherwise close the stream of a
+/// follower that reads but has nothing to read.
+pub(super) fn keep_alive_ms(idle_timeout_ms: u64) -> u64 {
+    KEEP_ALIVE_MS.min(idle_timeout_ms / 3).max(1)
+}
+
 pub async fn follow(
     State(app): State<App>,
     headers: HeaderMap,
@@ -112,5 +119,5 @@ async fn open(
         .chain(dropped)
         .take_until(async move { stop.cancelled().await });
     Ok(Sse::new(statuses)
-        .keep_alive(KeepAlive::new().interval(Duration::from_millis(KEEP_ALIVE_MS))))
+        .keep_alive(KeepAlive::new().interval(Duration::from_millis(app.keep_alive_ms))))
 }

@@ -6,12 +6,19 @@
 //!
 //! `body.rs` reads and checks JSON bodies and queries, `reply.rs` writes
 //! answers as JSON, `routes.rs` has the routes, `events.rs` a channel's
-//! order statuses as Server-Sent Events.
+//! order statuses as Server-Sent Events. `serve.rs` serves a port (this
+//! one and the admin port) within its connection cap and stop grace, and
+//! `conn.rs` bounds each connection's header, body and idle time.
 
 mod body;
+mod conn;
 mod events;
 mod reply;
 mod routes;
+pub mod serve;
+
+pub use conn::BodyTimedOut;
+pub use serve::HttpLimits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +42,9 @@ pub struct App {
     tokens: Arc<Tokens>,
     /// Cancelled at shutdown: open event streams end.
     stop: CancellationToken,
+    /// How often a quiet event stream sends a comment: within the idle
+    /// timeout, so that a follower of a quiet channel is never idle.
+    keep_alive_ms: u64,
 }
 
 /// The gateway's port cannot be bound.
@@ -52,7 +62,8 @@ pub struct RunningHttp {
 }
 
 impl RunningHttp {
-    /// Ends the event streams, lets requests under way finish, and stops.
+    /// Ends the event streams, lets requests under way finish (for at most
+    /// the limits' `shutdown_grace_ms`), and stops.
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.task.await;
@@ -99,11 +110,13 @@ fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// Binds `addr` and serves the gateway on `engine`, with `tokens`.
+/// Binds `addr` and serves the gateway on `engine`, with `tokens`, within
+/// `limits`.
 pub async fn start(
     engine: Engine,
     tokens: Arc<Tokens>,
     addr: SocketAddr,
+    limits: HttpLimits,
 ) -> Result<RunningHttp, HttpError> {
     let failed = |e: std::io::Error| HttpError {
         addr,
@@ -116,15 +129,21 @@ pub async fn start(
         engine,
         tokens,
         stop: stop.clone(),
+        keep_alive_ms: events::keep_alive_ms(limits.idle_timeout_ms),
     };
-    let shutdown = stop.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router(app))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!("the HTTP gateway stopped: {e}");
-        }
-    });
+    let message = format!(
+        "the server is at its connection limit ({}); retry shortly",
+        limits.max_connections
+    );
+    let (_, body) = reply::error(omniroute_protocol::ErrorCode::Overloaded as u16, &message);
+    let at_capacity = serve::at_capacity_response("application/json", &body.to_string());
+    let task = serve::spawn(
+        listener,
+        router(app),
+        limits,
+        at_capacity,
+        "the HTTP gateway",
+        stop.clone(),
+    );
     Ok(RunningHttp { addr, stop, task })
 }

@@ -48,16 +48,32 @@ pub fn role(app: &App, headers: &HeaderMap) -> Result<Role, Reply> {
 }
 
 /// A JSON body, or the protocol's error for it: `TooLarge` past the body
-/// limit, else `Malformed` naming the field serde stopped at.
+/// limit, 408 with `Malformed` for a body that did not arrive in time,
+/// else `Malformed` naming the field serde stopped at.
 fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Reply> {
     body.map(|Json(value)| value).map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(late) = timed_out(&rejection) {
+            let (_, body) = error(ErrorCode::Malformed as u16, &late.to_string());
+            (StatusCode::REQUEST_TIMEOUT, Json(body))
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             let message = format!("the body is over {} bytes", super::MAX_HTTP_BODY_BYTES);
             refuse(ErrorCode::TooLarge, &message)
         } else {
             refuse(ErrorCode::Malformed, &rejection.body_text())
         }
     })
+}
+
+/// The body timeout behind a rejection, if that is why it failed.
+fn timed_out(rejection: &JsonRejection) -> Option<&super::BodyTimedOut> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if let Some(late) = error.downcast_ref::<super::BodyTimedOut>() {
+            return Some(late);
+        }
+        cause = error.source();
+    }
+    None
 }
 
 fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Reply> {

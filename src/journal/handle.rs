@@ -107,7 +107,7 @@ impl Journal {
         durability: Durability,
         segment_bytes: u64,
     ) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        crate::private_files::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let segment_bytes = segment_bytes.max(1);
         let (file, path, size, prepared) = open_segment(dir, next_lsn)?;
         let dir_file = open_dir(dir)?;

@@ -2,8 +2,8 @@
 //! prepared ahead (so a rollover never waits on allocation), and deleting
 //! the segments a snapshot has passed.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,9 +12,6 @@ use super::record::{self};
 use super::{io_error, JournalError};
 use crate::faults::{self, points};
 
-/// Segments hold every order and its customer's address: the daemon's
-/// user alone reads them.
-pub(super) const SEGMENT_FILE_MODE: u32 = 0o600;
 
 /// A segment is closed and a new one begun past this size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -90,11 +87,10 @@ pub(super) fn prepare_spare(
 ) -> Result<(File, PathBuf), JournalError> {
     let path = dir.join(SPARE_NAME);
     let file = faults::io(points::JOURNAL_OPEN, || {
-        OpenOptions::new()
+        crate::private_files::options()
             .create(true)
             .write(true)
             .truncate(true)
-            .mode(SEGMENT_FILE_MODE)
             .open(&path)
     })
     .map_err(|e| io_error(&path, e))?;
@@ -163,12 +159,11 @@ pub(super) fn open_segment(
         None => segment_path(dir, first_lsn),
     };
     let file = faults::io(points::JOURNAL_OPEN, || {
-        OpenOptions::new()
+        crate::private_files::options()
             .create(true)
             .read(true)
             .write(true)
             .truncate(false)
-            .mode(SEGMENT_FILE_MODE)
             .open(&path)
     })
     .map_err(|e| io_error(&path, e))?;

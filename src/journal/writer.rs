@@ -2,8 +2,8 @@
 //! once, one fsync (group commit), then runs each record's continuation in
 //! LSN order.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use super::handle::{
     Append, CommitFailed, Done, JournalStats, MAX_RECORDS_PER_COMMIT, UNVOUCHED_LINGER_US,
 };
 use super::record::{self};
-use super::segments::{segment_path, SpareJob, SEGMENT_FILE_MODE};
+use super::segments::{segment_path, SpareJob};
 use super::{io_error, Durability, JournalError};
 use crate::faults::{self, points};
 
@@ -159,11 +159,10 @@ impl Writer {
             // Not ready (a burst outran the spare thread): a plain file.
             Err(_) => {
                 let file = faults::io(points::JOURNAL_OPEN, || {
-                    OpenOptions::new()
+                    crate::private_files::options()
                         .create(true)
                         .write(true)
                         .truncate(false)
-                        .mode(SEGMENT_FILE_MODE)
                         .open(&path)
                 })
                 .map_err(|e| io_error(&path, e))?;

@@ -31,22 +31,10 @@ pub(super) fn write_parts_durably(path: &Path, parts: &[&[u8]]) -> Result<(), St
     publish(&tmp, path)
 }
 
-/// Files of the data directory hold orders and addresses: the daemon's
-/// user alone reads them.
-pub(super) const DATA_FILE_MODE: u32 = 0o600;
-
 /// Creates (or empties) a file only the daemon's user may read.
 pub(super) fn create_private(path: &Path) -> Result<File, StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    faults::io(points::SNAPSHOT_OPEN, || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(DATA_FILE_MODE)
-            .open(path)
-    })
-    .map_err(|e| io(path, e))
+    faults::io(points::SNAPSHOT_OPEN, || crate::private_files::create(path))
+        .map_err(|e| io(path, e))
 }
 
 /// Flushes what was written to `file` so far, then lets the page cache

@@ -91,7 +91,7 @@ pub fn prepare_snapshot_sets(dir: &Path) -> Result<(), StoreError> {
         if link.is_dir() {
             std::fs::rename(&link, &first).map_err(|e| io(&link, e))?;
         } else {
-            std::fs::create_dir_all(&first).map_err(|e| io(&first, e))?;
+            crate::private_files::create_dir_all(&first).map_err(|e| io(&first, e))?;
         }
         swap_link(dir, 0)?;
     }
@@ -149,7 +149,7 @@ pub fn replace_snapshot_set(
     let generation = old.map_or(0, |g| g + 1);
     let next: PathBuf = dir.join(format!("{GENERATION_PREFIX}{generation}"));
     let _ = std::fs::remove_dir_all(&next);
-    std::fs::create_dir_all(&next).map_err(|e| io(&next, e))?;
+    crate::private_files::create_dir_all(&next).map_err(|e| io(&next, e))?;
     write(&next)?;
     swap_link(dir, generation)?;
     if let Some(old) = old {

@@ -8,7 +8,7 @@
 //! lock file never keeps a restarted daemon out. The file holds the
 //! holder's PID, for the message the next one prints.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -68,14 +68,20 @@ pub fn lock(dir: &Path, access: Access) -> Result<DirLock, LockError> {
         message: e.to_string(),
     };
     if access == Access::Write {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::private_files::create_dir_all(dir).map_err(io)?;
+        if let Some(was) = crate::private_files::tighten_dir(dir).map_err(io)? {
+            tracing::warn!(
+                "the data directory {} was readable by others (mode {was:o}): narrowed to 700",
+                dir.display()
+            );
+        }
     } else if !dir.is_dir() {
         return Err(LockError::Io {
             path: dir.to_path_buf(),
             message: "no such data directory".into(),
         });
     }
-    let mut file = OpenOptions::new()
+    let mut file = crate::private_files::options()
         .read(true)
         .write(true)
         .create(true)

@@ -138,7 +138,7 @@ impl BookWriter {
         routers: usize,
     ) -> Result<(crate::engine::BookSink, BookWriter), StoreError> {
         let snapshots = snapshot_dir(dir);
-        std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+        crate::private_files::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
         let (sink, parts) = crate::engine::book_channel();
         let into = snapshots.clone();
         let thread = std::thread::Builder::new()
@@ -293,7 +293,7 @@ pub fn remove_segments_through(dir: &Path, lsn: u64) -> Result<(), StoreError> {
 /// Returns the lowest LSN.
 pub fn write_snapshot_files(dir: &Path, images: Vec<(u64, Image)>) -> Result<u64, StoreError> {
     let snapshots = snapshot_dir(dir);
-    std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+    crate::private_files::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
     write_images_into(&snapshots, images)
 }
 
@@ -344,7 +344,7 @@ pub(super) fn write_images_into(
 /// `lsn`, in this thread: for tools that build a state without actors.
 pub fn write_state(dir: &Path, state: &EngineState, lsn: u64) -> Result<(), StoreError> {
     let snapshots = snapshot_dir(dir);
-    std::fs::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
+    crate::private_files::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
     write_state_into(&snapshots, state, lsn)
 }
 
