@@ -581,6 +581,7 @@ impl Config {
         };
         let gateway = HttpLimits {
             max_connections: connections("http.max_connections", h.max_connections)?,
+            max_refusals_in_flight: crate::limits::MAX_HTTP_REFUSALS_IN_FLIGHT,
             header_read_timeout_ms: timeout(
                 "http.header_read_timeout_ms",
                 h.header_read_timeout_ms,

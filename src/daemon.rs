@@ -89,10 +89,7 @@ pub async fn start(
             "journal.durability = \"none\": answers are sent before the fsync; a crash can lose answered orders. For benchmarks only."
         );
     }
-    match crate::descriptors::raise_to_hard_limit() {
-        Some(limit) => tracing::info!("file descriptors: up to {limit}"),
-        None => tracing::warn!("file descriptors: the limit could not be read"),
-    }
+    let (http_limits, admin_limits) = fit_descriptors(config);
     // Before any port is bound: a second daemon names the holder, not a
     // taken port.
     let lock = store::lock::lock(&config.server.data_dir, store::Access::Write)?;
@@ -105,9 +102,7 @@ pub async fn start(
     status.set_ready(false);
     let admin = match config.admin {
         Some(addr) => {
-            let admin =
-                crate::admin::start(addr, status.clone(), metrics, config.admin_limits.clone())
-                    .await?;
+            let admin = crate::admin::start(addr, status.clone(), metrics, admin_limits).await?;
             tracing::info!(
                 "admin port on http://{} (/metrics /healthz /readyz)",
                 admin.addr
@@ -138,8 +133,7 @@ pub async fn start(
     let http = match config.http {
         Some(addr) => {
             let tokens = config.server.tokens.clone();
-            let limits = config.http_limits.clone();
-            Some(crate::http::start(engine.clone(), tokens, addr, limits).await?)
+            Some(crate::http::start(engine.clone(), tokens, addr, http_limits).await?)
         }
         None => None,
     };
@@ -157,6 +151,33 @@ pub async fn start(
         stop_snapshots,
         lock,
     })
+}
+
+/// Raises the descriptor limit, and lowers the HTTP ports' connection caps
+/// if they would not fit under it beside what the daemon itself needs.
+fn fit_descriptors(config: &ValidConfig) -> (crate::http::HttpLimits, crate::http::HttpLimits) {
+    let (mut http, mut admin) = (config.http_limits.clone(), config.admin_limits.clone());
+    let Some(limit) = crate::descriptors::raise_to_hard_limit() else {
+        tracing::warn!("file descriptors: the limit could not be read");
+        return (http, admin);
+    };
+    let asked = (http.max_connections, admin.max_connections);
+    if crate::descriptors::fit_connection_caps(
+        limit,
+        config.engine.routers,
+        &mut [&mut http, &mut admin],
+    ) {
+        tracing::warn!(
+            "file descriptors: the limit is {limit}; http.max_connections lowered from {} to {} and admin.max_connections from {} to {}, so that clients cannot take the descriptors the journal and snapshots need (raise LimitNOFILE or ulimit -n to keep them)",
+            asked.0,
+            http.max_connections,
+            asked.1,
+            admin.max_connections
+        );
+    } else {
+        tracing::info!("file descriptors: up to {limit}");
+    }
+    (http, admin)
 }
 
 /// Recovers the config's data directory and starts the engine on it:

@@ -21,6 +21,9 @@ use crate::limits::{HTTP_ACCEPT_RETRY_MS, HTTP_REFUSAL_LINGER_MS, MAX_HTTP_REFUS
 pub struct HttpLimits {
     /// Connections served at once; the next ones are answered 503.
     pub max_connections: usize,
+    /// Connections past the cap being answered 503 at once (each holds a
+    /// descriptor for `HTTP_REFUSAL_LINGER_MS`); beyond, they are dropped.
+    pub max_refusals_in_flight: usize,
     /// From a request head's first byte until it is whole.
     pub header_read_timeout_ms: u64,
     /// From a request's head until its body is whole.
@@ -39,6 +42,7 @@ impl Default for HttpLimits {
             // costs a task and hyper's buffers (8 KiB idle, up to 400 KiB
             // busy), so 1024 stay under half a GiB at worst.
             max_connections: 1024,
+            max_refusals_in_flight: MAX_HTTP_REFUSALS_IN_FLIGHT,
             // A header is a few hundred bytes: ten seconds is generous on
             // any link that can carry an order at all.
             header_read_timeout_ms: 10_000,
@@ -81,7 +85,7 @@ pub fn spawn(
         let force = CancellationToken::new();
         let limits = Arc::new(limits);
         let slots = Arc::new(Semaphore::new(limits.max_connections));
-        let refusals = Arc::new(Semaphore::new(MAX_HTTP_REFUSALS_IN_FLIGHT));
+        let refusals = Arc::new(Semaphore::new(limits.max_refusals_in_flight));
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,

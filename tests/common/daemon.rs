@@ -45,8 +45,36 @@ impl Daemon {
         admin: &str,
         env: &[(&str, &str)],
     ) -> Daemon {
+        Daemon::start_limited(dir, config, admin, env, None).await
+    }
+
+    /// [`Daemon::start_with_env`] with at most `nofile` open descriptors
+    /// (soft and hard: the daemon cannot raise it).
+    pub async fn start_limited(
+        dir: &Path,
+        config: Option<&Path>,
+        admin: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Daemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_omniroute"));
         command.envs(env.iter().copied());
+        if let Some(nofile) = nofile {
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child's limits, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
