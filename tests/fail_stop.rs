@@ -203,3 +203,59 @@ async fn a_mass_expiry_is_journaled_in_runs_that_each_fit_a_record() {
     assert_eq!(engine.cell("M-0", "WH-N").await.unwrap().reserved, 0);
     engine.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_node_going_offline_is_journaled_in_runs() {
+    // Proves that a node going offline with more open orders than one journal record may
+    // hold re-routes them all durably: before, the one record was refused after memory
+    // changed.
+    let _serial = SERIAL.lock().await;
+    let dir = TempDir::new("mass-offline");
+    let skus: Vec<String> = (0..32).map(|s| format!("M-{s}")).collect();
+    let stock_entries: Vec<(&str, &str, u32)> = skus
+        .iter()
+        .flat_map(|s| {
+            [
+                (s.as_str(), "WH-N", 1_000_000),
+                (s.as_str(), "WH-S", 1_000_000),
+            ]
+        })
+        .collect();
+    let config = config(&format!(
+        "{}{}",
+        channel("web", &["nearest"]),
+        stock(&stock_entries)
+    ));
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let engine = open(&dir.0, &config, clock.clone()).await;
+    let lines: Vec<(&str, u32)> = skus.iter().map(|s| (s.as_str(), 1)).collect();
+    const ORDERS: usize = 40_000;
+    for batch in 0..ORDERS / 1000 {
+        let orders = (0..1000)
+            .map(|i| order("web", &format!("o-{batch}-{i}"), &lines))
+            .collect();
+        let decisions = engine.submit_batch(orders).await.unwrap();
+        assert!(decisions.iter().all(Decision::is_routed));
+    }
+    let held_at =
+        |e: Engine, node: &'static str| async move { e.cell("M-0", node).await.unwrap().reserved };
+    let before = held_at(engine.clone(), "WH-N").await;
+    assert!(before > 0, "the nearest node took orders");
+    engine.set_node_online("WH-N", false).await.unwrap();
+    assert!(
+        engine.health().failure().is_none(),
+        "{:?}",
+        engine.health().failure()
+    );
+    assert_eq!(held_at(engine.clone(), "WH-N").await, 0);
+    engine.shutdown();
+
+    let engine = open(&dir.0, &config, clock).await;
+    assert_eq!(
+        held_at(engine.clone(), "WH-N").await,
+        0,
+        "the re-route was journaled"
+    );
+    assert_eq!(held_at(engine.clone(), "WH-S").await, ORDERS as u32);
+    engine.shutdown();
+}
