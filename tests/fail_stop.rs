@@ -153,41 +153,59 @@ async fn a_feed_that_overfills_the_catalog_interns_none_of_its_skus() {
     engine.shutdown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mass_expiry_is_journaled_in_runs_that_each_fit_a_record() {
-    // Proves that holds expiring together, more than one journal record may hold, all
-    // expire durably: before, the one record was refused after memory changed.
-    let _serial = SERIAL.lock().await;
-    let dir = TempDir::new("mass-expiry");
-    let skus: Vec<String> = (0..32).map(|s| format!("M-{s}")).collect();
-    let stock_entries: Vec<(&str, &str, u32)> = skus
+/// SKUs of the mass tests: 32 lines an order make about a kilobyte of
+/// record, so `MASS_ORDERS` of them are far past the 32 MiB a record may
+/// hold.
+fn mass_skus() -> Vec<String> {
+    (0..32).map(|s| format!("M-{s}")).collect()
+}
+
+const MASS_ORDERS: usize = 40_000;
+
+/// A config with a million of each mass SKU at each of `nodes`.
+fn mass_config(nodes: &[&str]) -> ValidConfig {
+    let skus = mass_skus();
+    let entries: Vec<(&str, &str, u32)> = skus
         .iter()
-        .map(|s| (s.as_str(), "WH-N", 1_000_000))
+        .flat_map(|s| nodes.iter().map(move |n| (s.as_str(), *n, 1_000_000)))
         .collect();
-    let config = config(&format!(
+    config(&format!(
         "{}{}",
         channel("web", &["nearest"]),
-        stock(&stock_entries)
-    ));
-    let clock = Arc::new(ManualClock::new(T0_MS));
-    let engine = open(&dir.0, &config, clock.clone()).await;
-    // 32 lines each: about a kilobyte an order, so 40 000 of them are past
-    // the 32 MiB a record may hold.
+        stock(&entries)
+    ))
+}
+
+/// Submits `MASS_ORDERS` orders of one unit of every mass SKU, ids
+/// `{prefix}-{batch}-{i}`, each held `hold_ttl_ms`; all must route.
+async fn submit_mass(engine: &Engine, prefix: &str, hold_ttl_ms: Option<u64>) {
+    let skus = mass_skus();
     let lines: Vec<(&str, u32)> = skus.iter().map(|s| (s.as_str(), 1)).collect();
-    const ORDERS: usize = 40_000;
-    for batch in 0..ORDERS / 1000 {
+    for batch in 0..MASS_ORDERS / 1000 {
         let orders = (0..1000)
             .map(|i| {
-                let mut o = order("web", &format!("m-{batch}-{i}"), &lines);
-                o.hold_ttl_ms = Some(60_000);
+                let mut o = order("web", &format!("{prefix}-{batch}-{i}"), &lines);
+                o.hold_ttl_ms = hold_ttl_ms;
                 o
             })
             .collect();
         let decisions = engine.submit_batch(orders).await.unwrap();
         assert!(decisions.iter().all(Decision::is_routed));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_expiry_is_journaled_in_runs_that_each_fit_a_record() {
+    // Proves that holds expiring together, more than one journal record may hold, all
+    // expire durably: before, the one record was refused after memory changed.
+    let _serial = SERIAL.lock().await;
+    let dir = TempDir::new("mass-expiry");
+    let config = mass_config(&["WH-N"]);
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let engine = open(&dir.0, &config, clock.clone()).await;
+    submit_mass(&engine, "m", Some(60_000)).await;
     clock.advance(120_000);
-    assert_eq!(engine.tick().await, ORDERS);
+    assert_eq!(engine.tick().await, MASS_ORDERS);
     assert!(
         engine.health().failure().is_none(),
         "{:?}",
@@ -211,32 +229,10 @@ async fn a_big_node_going_offline_is_journaled_in_runs() {
     // changed.
     let _serial = SERIAL.lock().await;
     let dir = TempDir::new("mass-offline");
-    let skus: Vec<String> = (0..32).map(|s| format!("M-{s}")).collect();
-    let stock_entries: Vec<(&str, &str, u32)> = skus
-        .iter()
-        .flat_map(|s| {
-            [
-                (s.as_str(), "WH-N", 1_000_000),
-                (s.as_str(), "WH-S", 1_000_000),
-            ]
-        })
-        .collect();
-    let config = config(&format!(
-        "{}{}",
-        channel("web", &["nearest"]),
-        stock(&stock_entries)
-    ));
+    let config = mass_config(&["WH-N", "WH-S"]);
     let clock = Arc::new(ManualClock::new(T0_MS));
     let engine = open(&dir.0, &config, clock.clone()).await;
-    let lines: Vec<(&str, u32)> = skus.iter().map(|s| (s.as_str(), 1)).collect();
-    const ORDERS: usize = 40_000;
-    for batch in 0..ORDERS / 1000 {
-        let orders = (0..1000)
-            .map(|i| order("web", &format!("o-{batch}-{i}"), &lines))
-            .collect();
-        let decisions = engine.submit_batch(orders).await.unwrap();
-        assert!(decisions.iter().all(Decision::is_routed));
-    }
+    submit_mass(&engine, "o", None).await;
     let held_at =
         |e: Engine, node: &'static str| async move { e.cell("M-0", node).await.unwrap().reserved };
     let before = held_at(engine.clone(), "WH-N").await;
@@ -256,6 +252,6 @@ async fn a_big_node_going_offline_is_journaled_in_runs() {
         0,
         "the re-route was journaled"
     );
-    assert_eq!(held_at(engine.clone(), "WH-S").await, ORDERS as u32);
+    assert_eq!(held_at(engine.clone(), "WH-S").await, MASS_ORDERS as u32);
     engine.shutdown();
 }

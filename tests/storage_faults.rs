@@ -226,6 +226,35 @@ async fn load_until_exit(daemon: &mut Daemon, run: &str) -> (Known, Vec<String>)
     (known, seen)
 }
 
+/// Checks how a daemon whose storage failed stopped: its log and `/readyz`
+/// named the cause (`cause` in both), and the clients were told
+/// `Unavailable`, never another code.
+async fn assert_failed_stop(
+    daemon: &mut Daemon,
+    known: &Known,
+    readiness: &[String],
+    cause: &str,
+    run: &str,
+) {
+    let failure = daemon.log_line_with("storage failed").await;
+    assert!(failure.contains(cause), "{run}: {failure}");
+    assert!(
+        readiness.iter().any(|body| body.contains(cause)),
+        "{run}: /readyz answered 503 naming the cause while the daemon stopped (saw {readiness:?})"
+    );
+    let unavailable = ErrorCode::Unavailable as u16;
+    assert!(
+        known.codes.get(&unavailable).is_some_and(|n| *n > 0),
+        "{run}: the clients were told Unavailable (got {:?})",
+        known.codes
+    );
+    assert!(
+        known.codes.keys().all(|code| *code == unavailable),
+        "{run}: only Unavailable, never Internal (got {:?})",
+        known.codes
+    );
+}
+
 /// Restarts on the directory and checks that every routed answer is there
 /// as answered, orders answered with an error are wholly there or absent,
 /// and each cell's ATP is its on_hand less the open allocations.
@@ -310,28 +339,7 @@ async fn fault_run(point: &str, errno: &str, passes: u32) {
     .await;
     stock(&daemon).await;
     let (known, readiness) = load_until_exit(&mut daemon, &run).await;
-    let failure = daemon.log_line_with("storage failed").await;
-    assert!(failure.contains("storage failed"), "{run}: {failure}");
-    assert!(
-        readiness.iter().any(|body| body.contains("storage failed")),
-        "{run}: /readyz answered 503 naming the cause while the daemon stopped (saw {readiness:?})"
-    );
-    assert!(
-        known
-            .codes
-            .get(&(ErrorCode::Unavailable as u16))
-            .is_some_and(|n| *n > 0),
-        "{run}: the clients were told Unavailable (got {:?})",
-        known.codes
-    );
-    assert!(
-        known
-            .codes
-            .keys()
-            .all(|code| *code == ErrorCode::Unavailable as u16),
-        "{run}: only Unavailable, never Internal (got {:?})",
-        known.codes
-    );
+    assert_failed_stop(&mut daemon, &known, &readiness, "storage failed", &run).await;
     assert!(
         !known.routed.is_empty(),
         "{run}: orders were answered before the fault"
@@ -473,28 +481,14 @@ async fn a_full_disk_stops_the_daemon_without_losing_an_answered_order() {
     // prepared after a rotation or two finds the disk full.
     let filler = fill(&tmpfs.0, "filler", 4 << 20);
     let (known, readiness) = load_until_exit(&mut daemon, "full").await;
-    let failure = daemon.log_line_with("storage failed").await;
-    assert!(failure.contains("No space left on device"), "{failure}");
-    assert!(
-        readiness.iter().any(|b| b.contains("No space left")),
-        "{readiness:?}"
-    );
-    assert!(
-        known
-            .codes
-            .get(&(ErrorCode::Unavailable as u16))
-            .is_some_and(|n| *n > 0),
-        "{:?}",
-        known.codes
-    );
-    assert!(
-        known
-            .codes
-            .keys()
-            .all(|c| *c == ErrorCode::Unavailable as u16),
-        "{:?}",
-        known.codes
-    );
+    assert_failed_stop(
+        &mut daemon,
+        &known,
+        &readiness,
+        "No space left on device",
+        "full",
+    )
+    .await;
 
     // Still full (filled to the last byte): the restart says so and stops.
     let top_up = fill(&tmpfs.0, "top-up", 0);
