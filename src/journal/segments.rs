@@ -12,7 +12,6 @@ use super::record::{self};
 use super::{io_error, JournalError};
 use crate::faults::{self, points};
 
-
 /// A segment is closed and a new one begun past this size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 pub(super) const SEGMENT_SUFFIX: &str = ".wal";

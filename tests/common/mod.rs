@@ -316,3 +316,43 @@ pub async fn snapshot_in_memory(
         .collect();
     (images, books)
 }
+
+/// Rewrites the data directory `dir` as a build of format 2 left it: each
+/// journal segment's records in that format's encoding (`record_v2`), the
+/// zero-filled rest of a prepared segment kept to the file's length, and
+/// `names.toml` stating format 2. Snapshots and the names file were the
+/// same in format 2: format 3 changed only the record's header.
+pub fn downgrade_to_format_2(dir: &std::path::Path) {
+    use omniroute::journal::{record, record_v2};
+    for segment in journal_segments(&dir.join("journal")) {
+        let bytes = std::fs::read(&segment).unwrap();
+        let scan = record::scan(&bytes, None);
+        assert_eq!(scan.end, record::End::Clean, "{}", segment.display());
+        let mut old = Vec::with_capacity(bytes.len());
+        for found in &scan.records {
+            record_v2::encode(
+                found.kind,
+                found.lsn,
+                &bytes[found.payload.clone()],
+                &mut old,
+            );
+        }
+        let records_end = scan.records.last().map_or(0, |r| r.payload.end);
+        if bytes.len() > records_end {
+            // A prepared segment: zeros to its end, as the writer found it.
+            old.resize(bytes.len(), 0);
+        }
+        std::fs::write(&segment, old).unwrap();
+    }
+    let names = dir.join("names.toml");
+    let text = std::fs::read_to_string(&names).unwrap();
+    let current = format!("format_version = {}\n", omniroute::schema::FORMAT_VERSION);
+    assert!(text.contains(&current), "{text}");
+    std::fs::write(&names, text.replacen(&current, "format_version = 2\n", 1)).unwrap();
+}
+
+/// The format version `dir`'s names file states.
+pub fn format_version(dir: &std::path::Path) -> u32 {
+    let text = std::fs::read_to_string(dir.join("names.toml")).unwrap();
+    omniroute::schema::format_version_of(&text).unwrap()
+}
