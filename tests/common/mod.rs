@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use omniroute::config::{Config, ValidConfig};
 use omniroute::core::model::{FulfilmentMethod, LineRequest, NodeIdx, OrderRequest, ShipTo};
+use omniroute::core::order::OrderRecord;
 use omniroute::core::sim::LocalEngine;
-use omniroute::engine::{Engine, EngineSettings, ManualClock};
+use omniroute::engine::{Engine, EngineSettings, Image, ManualClock};
 
 /// Five nodes around a customer at (50.0, 10.0) in market A.
 /// Distances from the customer: ST-1 11 km, ST-2 33 km, WH-N 111 km,
@@ -355,4 +356,22 @@ pub fn downgrade_to_format_2(dir: &std::path::Path) {
 pub fn format_version(dir: &std::path::Path) -> u32 {
     let text = std::fs::read_to_string(dir.join("names.toml")).unwrap();
     omniroute::schema::format_version_of(&text).unwrap()
+}
+
+/// Every actor's state (as a snapshot would hold it), for comparing two
+/// recoveries: the LSN labels are left out, and each router's book is read
+/// back from the chunks it streamed.
+pub async fn state_of(engine: &Engine) -> (Vec<Image>, Vec<(usize, Vec<OrderRecord>)>) {
+    let (images, books) = snapshot_in_memory(engine).await;
+    let mut images: Vec<Image> = images.into_iter().map(|(_, image)| image).collect();
+    images.sort_by_key(|image| match image {
+        Image::Catalog(_) => (0, 0),
+        Image::Shard(s, _) => (1, *s as usize),
+        Image::Node(n, _) => (2, *n as usize),
+        Image::Router(r) => (3, *r),
+        Image::Feed(_) => (4, 0),
+    });
+    let mut books: Vec<_> = books.iter().map(|b| (b.router, b.orders())).collect();
+    books.sort_by_key(|(router, _)| *router);
+    (images, books)
 }
