@@ -60,11 +60,14 @@ fn write_config(dir: &Path) -> PathBuf {
     path
 }
 
+/// Where an order's units were placed: (sku, node, units).
+type Placed = Vec<(String, String, u32)>;
+
 /// What the clients were told.
 #[derive(Default)]
 struct Known {
-    /// Routed and answered: (sku, node, units) and the state answered.
-    routed: HashMap<String, (Vec<(String, String, u32)>, u8)>,
+    /// Routed and answered: where it was placed, and the state answered.
+    routed: HashMap<String, (Placed, u8)>,
     /// Sent and answered with an error or never answered: there or not.
     unsure: HashMap<String, Vec<(String, u32)>>,
     /// Error codes the clients got, by code.

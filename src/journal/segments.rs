@@ -209,7 +209,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     // SAFETY: `path` is a NUL-terminated string that outlives the call, and
     // `stat` is a properly sized, writable statvfs the call fills in.
     let failed = unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0;
-    (!failed).then(|| u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    (!failed).then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// A new file's name is durable only once its directory is fsynced.
