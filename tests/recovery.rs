@@ -11,9 +11,8 @@ use std::sync::Arc;
 use common::{channel, config, order, stock, TempDir};
 use omniroute::config::ValidConfig;
 use omniroute::core::model::Decision;
-use omniroute::core::order::OrderRecord;
 use omniroute::core::router::OrderRef;
-use omniroute::engine::{Engine, Image, ManualClock, StockUpdate};
+use omniroute::engine::{Engine, ManualClock, StockUpdate};
 use omniroute::store::{self, journal_dir};
 
 const T0_MS: u64 = 1_800_000_000_000;
@@ -77,24 +76,6 @@ fn records_end(segment: &Path) -> u64 {
         .records
         .last()
         .map_or(0, |r| r.payload.end as u64)
-}
-
-/// Every actor's state (as a snapshot would hold it), for comparing two
-/// recoveries: the LSN labels are left out, and each router's book is read
-/// back from the chunks it streamed.
-async fn state_of(engine: &Engine) -> (Vec<Image>, Vec<(usize, Vec<OrderRecord>)>) {
-    let (images, books) = common::snapshot_in_memory(engine).await;
-    let mut images: Vec<Image> = images.into_iter().map(|(_, image)| image).collect();
-    images.sort_by_key(|image| match image {
-        Image::Catalog(_) => (0, 0),
-        Image::Shard(s, _) => (1, *s as usize),
-        Image::Node(n, _) => (2, *n as usize),
-        Image::Router(r) => (3, *r),
-        Image::Feed(_) => (4, 0),
-    });
-    let mut books: Vec<_> = books.iter().map(|b| (b.router, b.orders())).collect();
-    books.sort_by_key(|(router, _)| *router);
-    (images, books)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +235,7 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
         .unwrap();
     engine.set_node_online("WH-S", false).await.unwrap();
     engine.check_invariants().await.unwrap();
-    let live = state_of(&engine).await;
+    let live = common::state_of(&engine).await;
     engine.shutdown();
 
     let without = TempDir::new("snap-equal-journal-only");
@@ -266,8 +247,8 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     let from_journal = open(&without.0, &config, clock).await.unwrap();
     from_snapshot.check_invariants().await.unwrap();
     from_journal.check_invariants().await.unwrap();
-    let a = state_of(&from_snapshot).await;
-    let b = state_of(&from_journal).await;
+    let a = common::state_of(&from_snapshot).await;
+    let b = common::state_of(&from_journal).await;
     assert_eq!(a.0.len(), b.0.len());
     assert_eq!(a.1.len(), b.1.len());
     for (x, y) in a.0.iter().zip(&b.0) {

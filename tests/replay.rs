@@ -254,6 +254,39 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_format_2_is_replayed_as_it_is() {
+    // Proves `omniroute replay` reads the journal of a format-2 directory (records without a
+    // header checksum, not yet upgraded by a daemon's start): the same report as the same
+    // journal in format 3, and the directory is left as it was (still format 2).
+    let dir = TempDir::new("replay-format-2");
+    let nearest = dir.0.join("nearest.toml");
+    std::fs::write(&nearest, config(&dir.0, &["nearest"])).unwrap();
+    record(&dir.0, &nearest).await;
+    let (stdout, current) = replay(&dir.0, &nearest, &nearest);
+    assert_eq!(current["recorded"]["orders"], 120, "{stdout}");
+
+    common::downgrade_to_format_2(&dir.0);
+    let journal: Vec<Vec<u8>> = common::journal_segments(&dir.0.join("journal"))
+        .iter()
+        .map(|segment| std::fs::read(segment).unwrap())
+        .collect();
+    for threads in [1, 2] {
+        let (stdout, old) = replay_on(&dir.0, &nearest, &nearest, threads);
+        assert_eq!(decided(old), decided(current.clone()), "{stdout}");
+    }
+    assert_eq!(
+        common::format_version(&dir.0),
+        2,
+        "the replay upgraded nothing"
+    );
+    let after: Vec<Vec<u8>> = common::journal_segments(&dir.0.join("journal"))
+        .iter()
+        .map(|segment| std::fs::read(segment).unwrap())
+        .collect();
+    assert!(after == journal, "the replay changed a segment");
+}
+
 #[test]
 fn a_thread_count_the_replay_cannot_use_is_refused() {
     // Proves --threads outside 1..=2 is refused by name before any journal is read.

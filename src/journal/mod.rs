@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 
 pub use fault::Watcher;
 pub use handle::{Done, Journal, JournalStats, Slot, MAX_RECORDS_PER_COMMIT};
-pub use recovery::{read, recover, ReadSummary, Recovered, RecoveredRecord, TornTail};
+pub use recovery::{
+    read, recover, ReadSummary, RecordFormat, Recovered, RecoveredRecord, TornTail,
+};
 pub use segments::{
     check_free_space, remove_segments_through, DEFAULT_SEGMENT_BYTES, FREE_SEGMENTS_TO_START,
 };

@@ -196,6 +196,13 @@ fn record_at(bytes: &[u8], offset: usize, expected_lsn: Option<u64>) -> Result<F
     })
 }
 
+/// Whether `bytes` begin with a whole record of this format whose header
+/// and payload checksums hold: how a segment an upgrade rewrote is told
+/// from one it has yet to (an old record passes by chance once in 2^32).
+pub fn first_record_holds(bytes: &[u8]) -> bool {
+    record_at(bytes, 0, None).is_ok()
+}
+
 /// Scans a segment. `expected_lsn` is the LSN the first record must carry
 /// (LSNs are consecutive); `None` accepts any first LSN.
 pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {

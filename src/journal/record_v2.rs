@@ -1,6 +1,6 @@
-//! The record format of data directories before format 3, kept only to
-//! upgrade them (see `upgrade.rs`) and for tests that build such a
-//! directory. No I/O here.
+//! The record format of data directories before format 3, kept to upgrade
+//! them (see `upgrade.rs`), to read one as it is for tools (`read` in
+//! `recovery.rs`), and for tests that build such a directory. No I/O here.
 //!
 //! A record was `u32 length | u32 crc32c | u8 kind | u64 lsn | payload`,
 //! little-endian; `length` counted kind + lsn + payload, and the checksum

@@ -4,7 +4,8 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use super::record::{self, End};
+use super::record::{self, End, Found};
+use super::record_v2;
 use super::segments::{segment_path, segment_paths};
 use super::{io_error, JournalError, VisitError};
 
@@ -153,11 +154,25 @@ pub struct ReadSummary {
     pub torn_tail: bool,
 }
 
-/// Reads every record of the journal in `dir`, in LSN order, without
-/// changing anything (a torn tail is reported, not cut): for tools that
-/// read a data directory offline, such as `omniroute replay`.
+/// How the records of a journal's segments are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// Format 3 on: a header with a checksum of its own (`record.rs`).
+    HeaderChecksum,
+    /// Data directories of format 2 and older, not yet upgraded by a
+    /// daemon's start (`record_v2.rs`). A segment whose first record checks
+    /// in the new format is read in it: an upgrade a crash interrupted
+    /// rewrote it already.
+    BeforeHeaderChecksum,
+}
+
+/// Reads every record of the journal in `dir` (laid out as `format`), in
+/// LSN order, without changing anything (a torn tail is reported, not
+/// cut): for tools that read a data directory offline, such as `omniroute
+/// replay`.
 pub fn read(
     dir: &Path,
+    format: RecordFormat,
     mut visit: impl FnMut(u64, u8, &[u8]) -> Result<(), VisitError>,
 ) -> Result<ReadSummary, JournalError> {
     let segments = segment_paths(dir)?;
@@ -176,7 +191,7 @@ pub fn read(
         // Streamed: each record is visited as soon as its checksum passes,
         // so a reader on another thread is not left waiting while a whole
         // segment is checked first.
-        let end = record::scan_each(&bytes, Some(due), |found| {
+        let mut on = |found: Found| {
             if summary.records == 0 {
                 summary.first_lsn = found.lsn;
             }
@@ -191,7 +206,14 @@ pub fn read(
                     later_segments: segments.len() - i - 1,
                 },
             })
-        })?;
+        };
+        let old =
+            format == RecordFormat::BeforeHeaderChecksum && !record::first_record_holds(&bytes);
+        let end = if old {
+            record_v2::scan_each(&bytes, Some(due), &mut on)?
+        } else {
+            record::scan_each(&bytes, Some(due), &mut on)?
+        };
         if torn_offset(path, end, segments.len() - i - 1)?.is_some() {
             summary.torn_tail = true;
         }

@@ -31,7 +31,7 @@ pub fn upgrade_segments(dir: &Path) -> Result<usize, JournalError> {
     let mut rewritten = 0;
     for (i, (_, path)) in segments.iter().enumerate() {
         let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-        if bytes.iter().all(|b| *b == 0) || !record::scan(&bytes, None).records.is_empty() {
+        if bytes.iter().all(|b| *b == 0) || record::first_record_holds(&bytes) {
             continue;
         }
         let old = record_v2::scan(&bytes, None);

@@ -140,6 +140,10 @@ pub enum ReplayError {
     /// A daemon writes the directory: its journal moves under the reader.
     #[error(transparent)]
     Lock(#[from] store::LockError),
+    /// The data directory's names file cannot be read, or states a format
+    /// this build does not read.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Replays the journal of `data_dir` (recorded under `config`'s network)
@@ -181,6 +185,7 @@ pub fn replay(
         recorded: OutcomeCounts::default(),
         failed: None,
         demand_missing: 0,
+        format: store::journal_record_format(data_dir)?,
     };
     let read = match threads {
         Threads::One => read_in_line(reader, &mut placer, &dir, &mut failed),

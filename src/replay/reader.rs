@@ -18,6 +18,7 @@ use crate::core::policy::{plan, PlanStamp};
 use crate::engine::sequencer::{
     ArchivedTxn, SharedSeen, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_POLICY, KIND_TXN,
 };
+use crate::journal::RecordFormat;
 use crate::journal::VisitError;
 
 /// One record the reader has checked.
@@ -137,6 +138,9 @@ pub(super) struct Reader<'a> {
     pub(super) failed: Option<ReplayError>,
     /// Rejected orders the journal says it has no demand record of.
     pub(super) demand_missing: u64,
+    /// How the journal's records are laid out (a directory of an older
+    /// format is read as it is: the replay never upgrades it).
+    pub(super) format: RecordFormat,
 }
 
 impl Reader<'_> {
@@ -151,8 +155,9 @@ impl Reader<'_> {
     ) -> ReaderOutcome {
         let mut incomplete = None;
         let mut first = true;
+        let format = self.format;
         let mut batch = Batch::default();
-        let summary = crate::journal::read(dir, |lsn, kind, payload| {
+        let summary = crate::journal::read(dir, format, |lsn, kind, payload| {
             if first {
                 first = false;
                 if lsn != 1 {

@@ -181,3 +181,4 @@ pub use snapshot::{
     encode_image, newest_snapshot_unix_ms, remove_segments_through, snapshot, write_snapshot_files,
     write_snapshots, write_state, BookWriter, Snapshotted,
 };
+pub use upgrade::journal_record_format;

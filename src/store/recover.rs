@@ -123,7 +123,8 @@ pub fn open(
     // missing one is damage (see `chain.rs`): written before its name, a
     // crash between leaves a file no start reads.
     if written.is_some() {
-        write_new_nodes(dir, &state, known_nodes, report.next_lsn - 1)?;
+        let in_use = known_nodes..network.nodes.len();
+        write_new_nodes(dir, &state, in_use, report.next_lsn - 1)?;
     }
     // Before any record can use a new id.
     layout::write_names(dir, &names)?;
@@ -166,15 +167,18 @@ pub fn open(
     })
 }
 
-/// Writes the snapshot of every node from `known` on (new since the last
-/// start: nothing journaled names them), labelled `lsn`.
+/// Writes the snapshot of each node of `new` (new since the last start:
+/// nothing journaled names them), labelled `lsn`. Only nodes in use: the
+/// spare slots beyond them are no node's yet, and rewriting their files at
+/// every start changed a directory that only was opened.
 fn write_new_nodes(
     dir: &Path,
     state: &EngineState,
-    known: usize,
+    new: std::ops::Range<usize>,
     lsn: u64,
 ) -> Result<(), StoreError> {
-    let images = state.ledgers[known.min(state.ledgers.len())..]
+    let end = new.end.min(state.ledgers.len());
+    let images = state.ledgers[new.start.min(end)..end]
         .iter()
         .map(|ledger| {
             let image = ledger.image();

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use super::{journal_dir, layout, StoreError};
+use crate::journal::RecordFormat;
 use crate::schema::Names;
 
 /// The first format whose journal records have a header checksum.
@@ -28,4 +29,23 @@ pub(super) fn upgrade(dir: &Path, names: Option<&Names>) -> Result<(), StoreErro
         crate::schema::FORMAT_VERSION
     );
     Ok(())
+}
+
+/// How the journal of the data directory `dir` is laid out as it is on
+/// disk: an older directory's until a daemon's start upgrades it. For
+/// tools that only read (`omniroute replay`), which must not upgrade a
+/// directory behind its daemon's back. A newer format than this build's,
+/// or format 0, is refused as the daemon refuses it.
+pub fn journal_record_format(dir: &Path) -> Result<RecordFormat, StoreError> {
+    // A directory without names is new, or written by a tool of this build.
+    if layout::read_names(dir)?.is_none() {
+        return Ok(RecordFormat::HeaderChecksum);
+    }
+    Ok(
+        if layout::read_format_version(dir)? >= HEADER_CHECKSUM_FORMAT {
+            RecordFormat::HeaderChecksum
+        } else {
+            RecordFormat::BeforeHeaderChecksum
+        },
+    )
 }

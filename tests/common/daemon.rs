@@ -45,7 +45,10 @@ impl Daemon {
         admin: &str,
         env: &[(&str, &str)],
     ) -> Daemon {
-        Daemon::start_limited(dir, config, admin, env, None).await
+        match Daemon::try_start(dir, config, admin, env, None).await {
+            Ok(daemon) => daemon,
+            Err(refused) => panic!("the daemon exited while starting:\n{}", refused.log),
+        }
     }
 
     /// [`Daemon::start_with_env`] with at most `nofile` open descriptors
@@ -57,6 +60,23 @@ impl Daemon {
         env: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> Daemon {
+        match Daemon::try_start(dir, config, admin, env, nofile).await {
+            Ok(daemon) => daemon,
+            Err(refused) => panic!("the daemon exited while starting:\n{}", refused.log),
+        }
+    }
+
+    /// Starts the binary as [`Daemon::start_with_env`] does (with at most
+    /// `nofile` descriptors, if given): the daemon once it listens, or, if
+    /// it exits first (a start it refuses), its status and its stdout and
+    /// log.
+    pub async fn try_start(
+        dir: &Path,
+        config: Option<&Path>,
+        admin: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Result<Daemon, Refused> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_omniroute"));
         command.envs(env.iter().copied());
         if let Some(nofile) = nofile {
@@ -89,7 +109,7 @@ impl Daemon {
             .spawn()
             .expect("the daemon starts");
         let mut lines = drain(child.stdout.take().unwrap(), false);
-        let log = drain(child.stderr.take().unwrap(), true);
+        let mut log = drain(child.stderr.take().unwrap(), true);
         let mut startup = Vec::new();
         let (mut addr, mut admin_addr, mut http) = (None, None, None);
         let wants_admin = admin != "off";
@@ -97,10 +117,20 @@ impl Daemon {
         while addr.is_none() || http.is_none() || (wants_admin && admin_addr.is_none()) {
             let line = tokio::time::timeout_at(deadline.into(), lines.recv())
                 .await
-                .unwrap_or_else(|_| panic!("the daemon starts within {START_TIMEOUT_S} s"))
-                .unwrap_or_else(|| {
-                    panic!("the daemon exited while starting:\n{}", startup.join("\n"))
+                .unwrap_or_else(|_| panic!("the daemon starts within {START_TIMEOUT_S} s"));
+            let Some(line) = line else {
+                let status = tokio::time::timeout_at(deadline.into(), child.wait())
+                    .await
+                    .unwrap_or_else(|_| panic!("the daemon exits within {START_TIMEOUT_S} s"))
+                    .expect("the daemon's status");
+                while let Some(line) = log.recv().await {
+                    startup.push(line);
+                }
+                return Err(Refused {
+                    status,
+                    log: startup.join("\n"),
                 });
+            };
             if let Some(rest) = line.strip_prefix("listening on ") {
                 addr = rest.split_whitespace().next().map(|a| a.parse().unwrap());
             }
@@ -112,7 +142,7 @@ impl Daemon {
             }
             startup.push(line);
         }
-        Daemon {
+        Ok(Daemon {
             child,
             addr: addr.unwrap(),
             admin: admin_addr,
@@ -121,7 +151,7 @@ impl Daemon {
             lines,
             log,
             startup,
-        }
+        })
     }
 
     /// The admin port (the daemon was started with one).
@@ -179,6 +209,13 @@ impl Daemon {
         let (_, rest) = line.split_once("orders recovered, ").unwrap();
         rest.split_whitespace().next().unwrap().parse().unwrap()
     }
+}
+
+/// A start the daemon gave up: how it exited, and what it printed (stdout
+/// up to then, and its whole log).
+pub struct Refused {
+    pub status: std::process::ExitStatus,
+    pub log: String,
 }
 
 /// Feeds `output`'s lines to a channel, read all along so that the daemon

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use omniroute::config::{Config, ValidConfig};
 use omniroute::core::model::{FulfilmentMethod, LineRequest, NodeIdx, OrderRequest, ShipTo};
+use omniroute::core::order::OrderRecord;
 use omniroute::core::sim::LocalEngine;
-use omniroute::engine::{Engine, EngineSettings, ManualClock};
+use omniroute::engine::{Engine, EngineSettings, Image, ManualClock};
 
 /// Five nodes around a customer at (50.0, 10.0) in market A.
 /// Distances from the customer: ST-1 11 km, ST-2 33 km, WH-N 111 km,
@@ -314,5 +315,63 @@ pub async fn snapshot_in_memory(
             _ => None,
         })
         .collect();
+    (images, books)
+}
+
+/// Rewrites the data directory `dir` as a build of format 2 left it: each
+/// journal segment's records in that format's encoding (`record_v2`), the
+/// zero-filled rest of a prepared segment kept to the file's length, and
+/// `names.toml` stating format 2. Snapshots and the names file were the
+/// same in format 2: format 3 changed only the record's header.
+pub fn downgrade_to_format_2(dir: &std::path::Path) {
+    use omniroute::journal::{record, record_v2};
+    for segment in journal_segments(&dir.join("journal")) {
+        let bytes = std::fs::read(&segment).unwrap();
+        let scan = record::scan(&bytes, None);
+        assert_eq!(scan.end, record::End::Clean, "{}", segment.display());
+        let mut old = Vec::with_capacity(bytes.len());
+        for found in &scan.records {
+            record_v2::encode(
+                found.kind,
+                found.lsn,
+                &bytes[found.payload.clone()],
+                &mut old,
+            );
+        }
+        let records_end = scan.records.last().map_or(0, |r| r.payload.end);
+        if bytes.len() > records_end {
+            // A prepared segment: zeros to its end, as the writer found it.
+            old.resize(bytes.len(), 0);
+        }
+        std::fs::write(&segment, old).unwrap();
+    }
+    let names = dir.join("names.toml");
+    let text = std::fs::read_to_string(&names).unwrap();
+    let current = format!("format_version = {}\n", omniroute::schema::FORMAT_VERSION);
+    assert!(text.contains(&current), "{text}");
+    std::fs::write(&names, text.replacen(&current, "format_version = 2\n", 1)).unwrap();
+}
+
+/// The format version `dir`'s names file states.
+pub fn format_version(dir: &std::path::Path) -> u32 {
+    let text = std::fs::read_to_string(dir.join("names.toml")).unwrap();
+    omniroute::schema::format_version_of(&text).unwrap()
+}
+
+/// Every actor's state (as a snapshot would hold it), for comparing two
+/// recoveries: the LSN labels are left out, and each router's book is read
+/// back from the chunks it streamed.
+pub async fn state_of(engine: &Engine) -> (Vec<Image>, Vec<(usize, Vec<OrderRecord>)>) {
+    let (images, books) = snapshot_in_memory(engine).await;
+    let mut images: Vec<Image> = images.into_iter().map(|(_, image)| image).collect();
+    images.sort_by_key(|image| match image {
+        Image::Catalog(_) => (0, 0),
+        Image::Shard(s, _) => (1, *s as usize),
+        Image::Node(n, _) => (2, *n as usize),
+        Image::Router(r) => (3, *r),
+        Image::Feed(_) => (4, 0),
+    });
+    let mut books: Vec<_> = books.iter().map(|b| (b.router, b.orders())).collect();
+    books.sort_by_key(|(router, _)| *router);
     (images, books)
 }
