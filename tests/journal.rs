@@ -161,6 +161,32 @@ fn segments_rotate_and_recover_across_files() {
     assert_eq!(recovered.records[199].payload, b"9-19");
 }
 
+#[test]
+fn a_missing_last_segment_is_refused_not_taken_for_the_end() {
+    // Proves the segment before the last is sealed at rotation, so removing the last
+    // segment refuses recovery, naming the missing file, instead of starting without it.
+    let dir = TempDir::new("journal-sealed");
+    let journal = Journal::start(&dir.0, 1, Durability::Fsync, 512).unwrap();
+    for chunk in 0..4u32 {
+        append_all(
+            &journal,
+            (0..20u32).map(move |i| format!("{chunk}-{i}").into_bytes()),
+        );
+    }
+    journal.shutdown();
+    let segments = journal_segments(&dir.0);
+    assert!(segments.len() > 2, "{} segments", segments.len());
+    let last = segments.last().unwrap().clone();
+    std::fs::remove_file(&last).unwrap();
+    let refused = recover(&dir.0, 0).expect_err("a journal missing its last segment is refused");
+    let message = refused.to_string();
+    let name = last.file_name().unwrap().to_str().unwrap();
+    assert!(
+        message.contains(name) && message.contains("missing"),
+        "{message}"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 

@@ -76,6 +76,14 @@ pub enum JournalError {
         /// The file name the first missing record's segment had.
         missing_segment: String,
     },
+    /// The last segment is sealed: the writer went on to a segment that is
+    /// gone, and every record in it with it.
+    #[error("journal {path} ends in a seal: the writer went on to {missing_segment} (records from LSN {next_lsn} on), which is missing; refusing to start. Restore the data directory from a backup")]
+    LastSegmentMissing {
+        path: PathBuf,
+        next_lsn: u64,
+        missing_segment: String,
+    },
     /// The writer thread stopped after an earlier error.
     #[error(
         "the journal writer has stopped after an earlier error; nothing more can be made durable"

@@ -64,12 +64,22 @@ pub struct Found {
     pub payload: Range<usize>,
 }
 
+/// The kind of a segment's seal: the last record of a segment the writer
+/// has moved on from, written once the next segment is in place. It
+/// carries the LSN the next segment begins with and takes none itself, so
+/// a missing last segment is found (the one before it is sealed) rather
+/// than taken for the end of the journal. Never handed to a reader.
+pub const KIND_SEAL: u8 = 0xFF;
+
 /// How a segment's bytes end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
     /// Every byte belongs to a whole, valid record, or to the zero-filled
     /// rest of a prepared segment.
     Clean,
+    /// As `Clean`, and a seal ends the records: the writer went on to a
+    /// segment beginning at `next_lsn`, which must exist.
+    Sealed { next_lsn: u64 },
     /// The bytes from `offset` on are a record that was being written when
     /// the process died (and zeros, or nothing valid, after it): cut them.
     /// Only the last segment may end so; recovery refuses it elsewhere.
@@ -234,6 +244,18 @@ pub fn scan_each<E>(
             return Ok(End::Clean);
         }
         match record_at(bytes, offset, next_lsn) {
+            Ok(found) if found.kind == KIND_SEAL => {
+                let after = found.payload.end;
+                if bytes[after..].iter().all(|b| *b == 0) {
+                    return Ok(End::Sealed {
+                        next_lsn: found.lsn,
+                    });
+                }
+                return Ok(End::Corrupt {
+                    offset: after,
+                    reason: "data after the segment's seal (its last record)".into(),
+                });
+            }
             Ok(found) => {
                 next_lsn = found.lsn.checked_add(1);
                 offset = found.payload.end;

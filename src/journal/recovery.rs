@@ -135,6 +135,14 @@ fn torn_offset(
     };
     match end {
         End::Clean => Ok(None),
+        End::Sealed { .. } if later_segments > 0 => Ok(None),
+        End::Sealed { next_lsn } => Err(JournalError::LastSegmentMissing {
+            path: path.to_path_buf(),
+            next_lsn,
+            missing_segment: segment_path(path.parent().unwrap_or(Path::new(".")), next_lsn)
+                .display()
+                .to_string(),
+        }),
         End::Corrupt { offset, reason } => Err(corrupt(offset, reason)),
         End::Torn { offset } if later_segments > 0 => Err(corrupt(
             offset,

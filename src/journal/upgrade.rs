@@ -43,7 +43,7 @@ pub fn upgrade_segments(dir: &Path) -> Result<usize, JournalError> {
             later_segments,
         };
         match old.end {
-            End::Clean => {}
+            End::Clean | End::Sealed { .. } => {}
             End::Torn { .. } if later_segments == 0 => {}
             End::Torn { offset } => {
                 return Err(corrupt(

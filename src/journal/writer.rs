@@ -169,18 +169,33 @@ impl Writer {
                 (file, false)
             }
         };
+        let dir_file = &self.dir_file;
+        faults::io(points::JOURNAL_DIR_FSYNC, || dir_file.sync_all())
+            .map_err(|e| io_error(&self.dir, e))?;
+        // The next segment is in place: only now may the old one say the
+        // journal goes on there (a crash before leaves it unsealed and the
+        // new one empty, which recovery reads as the end it is).
+        self.seal()?;
         self.prepared = prepared;
         let old = std::mem::replace(&mut self.file, file);
         let old_path = std::mem::replace(&mut self.path, path);
         self.size = 0;
-        let dir_file = &self.dir_file;
-        faults::io(points::JOURNAL_DIR_FSYNC, || dir_file.sync_all())
-            .map_err(|e| io_error(&self.dir, e))?;
+        // Synced by the spare thread, with the segment's last records.
         let _ = self.spare_jobs.send(SpareJob::Retire(old, old_path));
         if prepared {
             let _ = self.spare_jobs.send(SpareJob::Prepare);
         }
         Ok(())
+    }
+
+    /// Appends the seal to the current segment: the next LSN, taken by no
+    /// record of its own (see [`record::KIND_SEAL`]).
+    fn seal(&mut self) -> Result<(), JournalError> {
+        let mut seal = Vec::with_capacity(record::RECORD_HEADER_BYTES);
+        record::encode(record::KIND_SEAL, self.next_lsn, &[], &mut seal);
+        let (file, size) = (&self.file, self.size);
+        faults::io(points::JOURNAL_WRITE, || file.write_all_at(&seal, size))
+            .map_err(|e| io_error(&self.path, e))
     }
 
     pub(super) fn run(

@@ -277,3 +277,23 @@ fn the_refusal_names_what_is_wrong() {
     assert!(reason.contains("payload checksum of record 3"), "{reason}");
     assert!(reason.contains("written whole"), "{reason}");
 }
+
+#[test]
+fn a_seal_ends_a_segment_and_names_the_next_lsn() {
+    // Proves a seal after the records reads as Sealed with the LSN it carries (no record of
+    // its own), and that anything but zeros after a seal is damage.
+    let mut bytes = Vec::new();
+    for lsn in 1..=3 {
+        encode(7, lsn, b"record", &mut bytes);
+    }
+    encode(KIND_SEAL, 4, &[], &mut bytes);
+    let sealed = scan(&bytes, Some(1));
+    assert_eq!(sealed.end, End::Sealed { next_lsn: 4 });
+    assert_eq!(sealed.records.len(), 3, "the seal is not a record");
+    let mut prepared = bytes.clone();
+    prepared.resize(bytes.len() + 4096, 0);
+    assert_eq!(scan(&prepared, Some(1)).end, End::Sealed { next_lsn: 4 });
+    let mut after = bytes.clone();
+    encode(7, 4, b"late", &mut after);
+    assert!(matches!(scan(&after, Some(1)).end, End::Corrupt { .. }));
+}
