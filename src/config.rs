@@ -281,6 +281,15 @@ pub struct ServerConfig {
     /// the kernel's network work keep a core.
     pub worker_threads: usize,
     pub tokens: Vec<TokenConfig>,
+    // ---- Before authentication (see `limits`: the QUIC ingress) ----
+    /// A connection without a successful `Hello` this long after it
+    /// arrived is closed with `NO_HELLO`.
+    pub hello_timeout_ms: u64,
+    /// Connections without a successful `Hello` served at once, counted
+    /// apart from `max_connections` so that they never crowd out clients
+    /// with tokens; one more closes the oldest of them.
+    pub max_unauthenticated_connections: usize,
+    // ---- end: before authentication ----
 }
 
 impl Default for ServerConfig {
@@ -295,9 +304,19 @@ impl Default for ServerConfig {
             max_streams_per_connection: 256,
             worker_threads: 0,
             tokens: Vec::new(),
+            hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
+            max_unauthenticated_connections: 1024,
         }
     }
 }
+
+/// `server.hello_timeout_ms` by default: ten round trips of a slow mobile
+/// link and a TLS handshake, several times what an honest client needs.
+pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 10_000;
+
+/// The longest `server.hello_timeout_ms`: the transport's idle timeout,
+/// which would close a silent connection anyway.
+pub const MAX_HELLO_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -686,6 +705,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.validate_before_hello()?;
         if s.worker_threads > MAX_WORKER_THREADS {
             return Err(invalid(
                 "server.worker_threads",
@@ -743,7 +763,29 @@ impl Config {
                     .max(1),
                 n => n,
             },
+            hello_timeout_ms: s.hello_timeout_ms,
+            max_unauthenticated_connections: s.max_unauthenticated_connections,
         })
+    }
+
+    /// The `[server]` keys that bound connections without a `Hello`.
+    fn validate_before_hello(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.hello_timeout_ms == 0 || s.hello_timeout_ms > MAX_HELLO_TIMEOUT_MS {
+            return Err(invalid(
+                "server.hello_timeout_ms",
+                format!("must be 1..={MAX_HELLO_TIMEOUT_MS}"),
+            ));
+        }
+        if s.max_unauthenticated_connections == 0
+            || s.max_unauthenticated_connections > MAX_CONNECTIONS
+        {
+            return Err(invalid(
+                "server.max_unauthenticated_connections",
+                format!("must be 1..={MAX_CONNECTIONS}"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_engine(&self) -> Result<EngineSettings, ConfigError> {

@@ -67,6 +67,9 @@ pub enum DaemonError {
     /// The HTTP gateway's port cannot be bound.
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    /// A listener beyond loopback with the embedded development tokens.
+    #[error(transparent)]
+    DevTokens(#[from] crate::dev_tokens::DevTokensExposed),
     /// The recovery thread panicked.
     #[error("recovery panicked: {0}")]
     RecoveryPanicked(String),
@@ -84,6 +87,7 @@ pub async fn start(
     config: &ValidConfig,
     source: Option<ConfigSource>,
 ) -> Result<Daemon, DaemonError> {
+    crate::dev_tokens::refuse_exposed(config)?;
     if config.store.durability == Durability::None {
         tracing::warn!(
             "journal.durability = \"none\": answers are sent before the fsync; a crash can lose answered orders. For benchmarks only."

@@ -21,7 +21,8 @@
 //!   stable ids of channels, markets and nodes.
 //! - [`store`]: the data directory: its lock, snapshots, and recovery
 //!   (snapshots, then the journal after them, then reconcile).
-//! - [`daemon`]: the daemon's life: recover, start, snapshot, stop.
+//! - [`daemon`]: the daemon's life: recover, start, snapshot, stop;
+//!   [`dev_tokens`]: the embedded development tokens serve on loopback only.
 //! - [`admin`]: the admin HTTP port (metrics, health, policy reload), and
 //!   [`telemetry`]: metric names, the recorder, the log level.
 //! - [`replay`]: `omniroute replay`, the journal's orders routed again
@@ -44,6 +45,7 @@ pub mod config_diff;
 pub mod core;
 pub mod daemon;
 pub mod descriptors;
+pub mod dev_tokens;
 pub mod engine;
 pub mod faults;
 pub mod http;

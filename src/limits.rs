@@ -141,3 +141,58 @@ pub const MAX_HTTP_TIMEOUT_MS: u64 = 3_600_000;
 /// each wait at most this at a stop, and with the QUIC port's 12 s and the
 /// final snapshot a stop must fit the 30 s of a systemd `TimeoutStopSec`.
 pub const MAX_HTTP_SHUTDOWN_GRACE_MS: u64 = 10_000;
+
+// ---- The QUIC ingress before and after authentication ----
+//
+// A connection costs memory and a task from its first packet, but only a
+// `Hello` with a token says who pays for it. These bound what a connection
+// can hold before that, and what one authenticated connection can take of
+// what all of them share. The configurable ones (`server.hello_timeout_ms`,
+// `server.max_unauthenticated_connections`) are in `config`.
+
+/// Longest frame read from a connection before its `Hello` succeeded. A
+/// `Hello` is at most 4 + 9 + 2 + 2 + `MAX_TOKEN_BYTES` = 273 bytes; a
+/// longer length prefix before it is refused as too large, so that an
+/// unauthenticated stream buffers at most this much, not `MAX_FRAME_BYTES`.
+pub const MAX_UNAUTHENTICATED_FRAME_BYTES: usize = 1024;
+
+/// Streams a connection may open before its `Hello` succeeded: one for the
+/// `Hello` and a few a client may open at once while it connects. Raised to
+/// `server.max_streams_per_connection` by the `Hello`.
+pub const MAX_UNAUTHENTICATED_STREAMS: u32 = 4;
+
+/// Bytes the QUIC stack buffers for a connection before its `Hello`
+/// succeeded (the connection's flow-control window): a few `Hello`s' worth.
+/// Raised to the full window by the `Hello`. Without it a silent peer could
+/// make the server hold 32 MiB per connection of bytes it never asked for.
+pub const UNAUTHENTICATED_RECEIVE_WINDOW_BYTES: u32 = 16 * 1024;
+
+/// One connection may have at most this fraction (1/N) of
+/// `engine.max_inflight` orders in process, whatever
+/// `server.max_inflight_per_connection` says: with 4, at least four busy
+/// connections share the engine before any is answered `Overloaded`, and
+/// the defaults (65 536 and 16 384) are unchanged by it.
+pub const CONNECTION_SHARE_OF_ENGINE_INFLIGHT: usize = 4;
+
+/// Answer bytes one connection may have queued and not yet handed to QUIC
+/// (its client is not reading them). Past it the server stops reading the
+/// connection's requests until they drain: a client that pipelines and
+/// never reads cannot grow the daemon's memory. Four largest frames, so
+/// that a busy reader is never held up by it.
+pub const MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION: usize = 4 << 20;
+
+/// Subscribe and FollowOrders streams one connection may have open. Each
+/// may hold `SUBSCRIBER_QUEUE_EVENTS` events while its reader lags; a node
+/// or channel needs one, a console a few. More are answered `Overloaded`.
+pub const MAX_FOLLOWS_PER_CONNECTION: usize = 16;
+
+/// ListOrders requests of one connection in process at once: a paging
+/// client asks for the next page after the last, so one is enough; a
+/// second while one is in process is answered `Overloaded`.
+pub const MAX_LISTINGS_PER_CONNECTION: usize = 1;
+
+/// ListOrders requests in process at once across every connection. Each
+/// costs every router a pass over its book, between the batches it routes;
+/// two at a time bound how long routing can wait behind listings. More
+/// wait their turn.
+pub const MAX_LISTINGS_IN_FLIGHT: usize = 2;

@@ -65,6 +65,10 @@ pub mod close_codes {
     /// A subscriber fell too far behind its event stream. Closes the stream;
     /// the subscriber resumes from its last cursor.
     pub const SLOW_CONSUMER: u32 = 0x15;
+    /// No valid `Hello` within the server's `hello_timeout_ms`, or the
+    /// oldest of more connections without one than the server admits
+    /// (the reason says which). Closes the connection.
+    pub const NO_HELLO: u32 = 0x16;
 }
 
 /// How many bytes the next frame occupies in `buffer`, length prefix

@@ -106,6 +106,11 @@ impl Engine {
         self.inner.sequencer.is_durable()
     }
 
+    /// Orders admitted at once (`engine.max_inflight`).
+    pub fn max_inflight(&self) -> usize {
+        self.inner.max_inflight as usize
+    }
+
     /// Orders admitted and not yet answered.
     pub fn orders_in_flight(&self) -> usize {
         (self.inner.max_inflight as usize).saturating_sub(self.inner.admission.available_permits())

@@ -1,11 +1,16 @@
 //! The QUIC ingress: a quinn endpoint in front of the [`Engine`]. Thin:
 //! framing and access control here, everything else in the engine.
 
+mod backlog;
+mod follows;
+mod hello;
+mod listings;
 pub mod requests;
 mod session;
 mod submits;
 pub mod tls;
 mod tokens;
+mod waiting;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -17,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Engine;
+use crate::limits::{CONNECTION_SHARE_OF_ENGINE_INFLIGHT, MAX_LISTINGS_IN_FLIGHT};
 pub use tokens::Tokens;
 
 /// What a token lets a connection do.
@@ -51,7 +57,8 @@ impl Role {
     }
 }
 
-/// Connections served at once; more are refused at the handshake.
+/// Most authenticated connections, and most connections waiting for a
+/// `Hello`, a config may ask for (each a task and QUIC state).
 pub const MAX_CONNECTIONS: usize = 4096;
 
 #[derive(Clone, Debug)]
@@ -63,14 +70,22 @@ pub struct ServerSettings {
     pub cert: Option<(PathBuf, PathBuf)>,
     /// The live token table, shared with the admin port's reload.
     pub tokens: Arc<Tokens>,
+    /// Connections with a successful `Hello` at once; a `Hello` beyond it
+    /// is answered `Overloaded`.
     pub max_connections: usize,
     /// Requests of one connection being processed at once; beyond it the
     /// server stops reading that connection (QUIC flow control pushes back).
+    /// At most 1/`CONNECTION_SHARE_OF_ENGINE_INFLIGHT` of `engine.max_inflight`.
     pub max_inflight_per_connection: usize,
     /// Bidirectional streams one connection may have open.
     pub max_streams_per_connection: u32,
     /// Threads of the daemon's async runtime (see [`runtime`]).
     pub worker_threads: usize,
+    /// A connection without a successful `Hello` this long is closed.
+    pub hello_timeout_ms: u64,
+    /// Connections waiting for their `Hello` at once, apart from
+    /// `max_connections`; one more closes the oldest of them.
+    pub max_unauthenticated_connections: usize,
 }
 
 /// Most runtime worker threads a config may ask for.
@@ -162,7 +177,7 @@ pub async fn start(
         .as_ref()
         .map(|(c, k)| (c.as_path(), k.as_path()));
     let identity = tls::load_or_create(cert, &settings.data_dir)?;
-    let config = tls::quic_server_config(&identity, settings.max_streams_per_connection)?;
+    let config = tls::quic_server_config(&identity)?;
     let endpoint =
         quinn::Endpoint::server(config, settings.listen).map_err(|e| ServerError::Bind {
             addr: settings.listen,
@@ -174,28 +189,36 @@ pub async fn start(
     })?;
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let max_connections = settings.max_connections.clamp(1, MAX_CONNECTIONS);
+    // One connection cannot hold all of the engine's in-flight orders.
+    let engine_share = (engine.max_inflight() / CONNECTION_SHARE_OF_ENGINE_INFLIGHT).max(1);
     let shared = Arc::new(session::Shared {
         engine,
         tokens: settings.tokens.clone(),
-        max_inflight_per_connection: settings.max_inflight_per_connection.max(1),
+        max_inflight_per_connection: settings.max_inflight_per_connection.clamp(1, engine_share),
+        max_streams_per_connection: settings.max_streams_per_connection.max(1),
+        connections: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
+        waiting: waiting::Waiting::new(
+            settings
+                .max_unauthenticated_connections
+                .clamp(1, MAX_CONNECTIONS),
+        ),
+        hello_timeout_ms: settings.hello_timeout_ms.max(1),
+        listings: Arc::new(Semaphore::new(MAX_LISTINGS_IN_FLIGHT)),
         stop: stop.clone(),
         tracker: tracker.clone(),
     });
-    let connections = Arc::new(Semaphore::new(
-        settings.max_connections.clamp(1, MAX_CONNECTIONS),
-    ));
     let accepting = endpoint.clone();
     let accept = tokio::spawn(async move {
         while let Some(incoming) = accepting.accept().await {
-            let Ok(permit) = connections.clone().try_acquire_owned() else {
-                incoming.refuse();
-                continue;
-            };
+            // Never refused for want of room: the oldest waiting one goes.
+            let place = shared.waiting.admit();
             let shared = shared.clone();
-            shared.tracker.clone().spawn(async move {
-                session::serve_connection(incoming, shared).await;
-                drop(permit);
-            });
+            shared
+                .tracker
+                .clone()
+                .spawn(session::serve_connection(incoming, place, shared));
         }
     });
     Ok(RunningServer {

@@ -1,25 +1,37 @@
-//! One connection: its role, its streams, and the framing of each stream.
+//! One connection: its streams, and the framing of each stream (its way
+//! in, the `Hello`, is `hello.rs`).
 //!
 //! Each stream has a reader (this task) and a writer task. The reader
 //! decodes every whole frame it has in one go, answers what needs no engine
 //! at once, and hands the rest to a task of its own, so that answers come
 //! back as they complete, out of order, while reading goes on. A connection
-//! has at most `max_inflight_per_connection` requests in process; past that
-//! the reader waits, and QUIC flow control pushes back on the client.
+//! has at most `max_inflight_per_connection` requests in process, and
+//! `MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION` of answers its client has not
+//! read; past either the reader waits, and QUIC flow control pushes back
+//! on the client.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use futures::future::join_all;
 use omniroute_protocol::{
-    batch_too_large, check_frame, close_codes, length_prefix, split_frame, DecodeError, ErrorCode,
-    Request, Response, LENGTH_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, UNFRAMED_REQUEST_ID,
+    batch_too_large, check_frame, close_codes, kinds, length_prefix, split_frame, DecodeError,
+    ErrorCode, Request, Response, LENGTH_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION,
+    UNFRAMED_REQUEST_ID,
 };
 use tokio::sync::{mpsc, Semaphore};
 
+use super::backlog::Backlog;
+use super::hello::{self, Admission};
 use super::requests::{allowed, execute, forbidden};
 use super::submits::Submits;
-use super::{wire, Role};
-use crate::engine::{Engine, EngineError, Subscription};
+use super::waiting::{Place, Waiting};
+use super::{follows, listings, wire, Role};
+use crate::engine::Engine;
+use crate::limits::{
+    MAX_FOLLOWS_PER_CONNECTION, MAX_LISTINGS_PER_CONNECTION,
+    MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION, MAX_UNAUTHENTICATED_FRAME_BYTES,
+};
 
 /// Bytes read from a stream at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -29,7 +41,20 @@ const WRITE_QUEUE_BATCHES: usize = 1024;
 pub struct Shared {
     pub engine: Engine,
     pub tokens: Arc<super::Tokens>,
+    /// Orders (and other requests) of one connection in process at once:
+    /// `server.max_inflight_per_connection`, at most a share of the engine's.
     pub max_inflight_per_connection: usize,
+    /// Streams of an authenticated connection.
+    pub max_streams_per_connection: u32,
+    /// Slots of authenticated connections (`server.max_connections`).
+    pub connections: Arc<Semaphore>,
+    pub max_connections: usize,
+    /// Connections waiting for their `Hello`, apart from the others.
+    pub waiting: Arc<Waiting>,
+    /// How long a connection may take to say a valid `Hello`.
+    pub hello_timeout_ms: u64,
+    /// ListOrders in process across every connection (`MAX_LISTINGS_IN_FLIGHT`).
+    pub listings: Arc<Semaphore>,
     /// Cancelled at shutdown: stop reading, answer what was read.
     pub stop: tokio_util::sync::CancellationToken,
     /// Every connection, stream and request task, for the shutdown to wait on.
@@ -37,12 +62,34 @@ pub struct Shared {
 }
 
 /// What a connection is allowed to do, and how much it has in flight.
-struct Session {
+pub struct Session {
     /// Set by the first successful `Hello`; fixed for the connection's life.
-    role: OnceLock<Role>,
+    pub role: OnceLock<Role>,
+    /// Waiting for a `Hello`, or admitted; changed only by a `Hello`.
+    pub admission: Mutex<Admission>,
     inflight: Arc<Semaphore>,
+    /// Its Subscribe and FollowOrders streams (`MAX_FOLLOWS_PER_CONNECTION`).
+    pub follows: Arc<Semaphore>,
+    /// Its ListOrders in process (`MAX_LISTINGS_PER_CONNECTION`).
+    pub listings: Arc<Semaphore>,
+    /// Its answers not yet handed to QUIC, over all its streams.
+    backlog: Arc<Backlog>,
     /// Counts this connection under its role (unauthenticated until Hello).
-    gauge: std::sync::Mutex<crate::telemetry::ConnectionGauge>,
+    pub gauge: Mutex<crate::telemetry::ConnectionGauge>,
+}
+
+impl Session {
+    fn new(shared: &Shared, place: Place) -> Session {
+        Session {
+            role: OnceLock::new(),
+            admission: Mutex::new(Admission::Waiting(place)),
+            inflight: Arc::new(Semaphore::new(shared.max_inflight_per_connection)),
+            follows: Arc::new(Semaphore::new(MAX_FOLLOWS_PER_CONNECTION)),
+            listings: Arc::new(Semaphore::new(MAX_LISTINGS_PER_CONNECTION)),
+            backlog: Arc::new(Backlog::new(MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION)),
+            gauge: Mutex::new(crate::telemetry::ConnectionGauge::new("unauthenticated")),
+        }
+    }
 }
 
 /// What the reader or a worker hands the stream's writer.
@@ -52,19 +99,68 @@ enum Out {
     Reset(u32),
 }
 
-pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
-    let Ok(connection) = incoming.await else {
-        return;
+/// A stream's way to its writer, counting what it queues in the
+/// connection's backlog.
+#[derive(Clone)]
+pub struct Answers {
+    queue: mpsc::Sender<Out>,
+    backlog: Arc<Backlog>,
+}
+
+/// The writer is gone: its stream ended.
+pub struct Gone;
+
+impl Answers {
+    /// Queues these answer frames for the stream's writer.
+    pub async fn frames(&self, responses: &[(u64, Response)]) -> Result<(), Gone> {
+        let bytes = encode(responses);
+        let count = bytes.len();
+        self.backlog.queued(count);
+        if self.queue.send(Out::Frames(bytes)).await.is_err() {
+            self.backlog.written(count);
+            return Err(Gone);
+        }
+        Ok(())
+    }
+
+    /// Resets the stream with `code` after what is queued.
+    pub async fn reset(&self, code: u32) {
+        let _ = self.queue.send(Out::Reset(code)).await;
+    }
+}
+
+pub async fn serve_connection(incoming: quinn::Incoming, place: Place, shared: Arc<Shared>) {
+    let evicted = place.evicted();
+    let deadline = tokio::time::sleep(Duration::from_millis(shared.hello_timeout_ms));
+    tokio::pin!(deadline);
+    // The handshake counts against the time a Hello may take.
+    let connection = tokio::select! {
+        biased;
+        _ = shared.stop.cancelled() => return,
+        _ = evicted.cancelled() => return,
+        _ = &mut deadline => return,
+        connection = incoming => match connection {
+            Ok(connection) => connection,
+            Err(_) => return,
+        },
     };
-    let session = Arc::new(Session {
-        role: OnceLock::new(),
-        inflight: Arc::new(Semaphore::new(shared.max_inflight_per_connection)),
-        gauge: std::sync::Mutex::new(crate::telemetry::ConnectionGauge::new("unauthenticated")),
-    });
+    let session = Arc::new(Session::new(&shared, place));
     loop {
+        let waiting = session.role.get().is_none();
         let accepted = tokio::select! {
             biased;
             _ = shared.stop.cancelled() => break,
+            _ = evicted.cancelled(), if waiting => {
+                hello::close_evicted(&connection, shared.waiting.capacity());
+                break;
+            }
+            _ = &mut deadline, if waiting => {
+                if session.role.get().is_some() {
+                    continue;
+                }
+                hello::close_late(&connection, shared.hello_timeout_ms);
+                break;
+            }
             accepted = connection.accept_bi() => accepted,
         };
         let Ok((send, recv)) = accepted else { break };
@@ -78,23 +174,49 @@ pub async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Out>) {
+/// Writes what the stream's producers queue; then gives back the backlog
+/// of whatever it could not write, so that the connection reads on.
+async fn write_loop(
+    send: quinn::SendStream,
+    mut queue: mpsc::Receiver<Out>,
+    backlog: Arc<Backlog>,
+) {
+    write_queued(send, &mut queue, &backlog).await;
+    queue.close();
+    while let Ok(out) = queue.try_recv() {
+        if let Out::Frames(bytes) = out {
+            backlog.written(bytes.len());
+        }
+    }
+}
+
+async fn write_queued(
+    mut send: quinn::SendStream,
+    queue: &mut mpsc::Receiver<Out>,
+    backlog: &Backlog,
+) {
     while let Some(out) = queue.recv().await {
         match out {
             Out::Frames(mut bytes) => {
                 // Coalesce what is already queued into one write.
+                let mut reset = None;
                 while bytes.len() < READ_CHUNK_BYTES {
                     match queue.try_recv() {
                         Ok(Out::Frames(more)) => bytes.extend_from_slice(&more),
                         Ok(Out::Reset(code)) => {
-                            let _ = send.write_all(&bytes).await;
-                            let _ = send.reset(code.into());
-                            return;
+                            reset = Some(code);
+                            break;
                         }
                         Err(_) => break,
                     }
                 }
-                if send.write_all(&bytes).await.is_err() {
+                let written = send.write_all(&bytes).await;
+                backlog.written(bytes.len());
+                if let Some(code) = reset {
+                    let _ = send.reset(code.into());
+                    return;
+                }
+                if written.is_err() {
                     return;
                 }
             }
@@ -117,18 +239,32 @@ async fn serve_stream(
     session: Arc<Session>,
     shared: Arc<Shared>,
 ) {
-    let (out, queue) = mpsc::channel(WRITE_QUEUE_BATCHES);
-    let writer = tokio::spawn(write_loop(send, queue));
+    let (queue, queued) = mpsc::channel(WRITE_QUEUE_BATCHES);
+    let backlog = session.backlog.clone();
+    let writer = tokio::spawn(write_loop(send, queued, backlog.clone()));
+    let out = Answers { queue, backlog };
     // This stream's request tasks: the answer to bytes that cannot be
     // framed waits for them, so that every whole frame before is answered.
     let requests = tokio_util::task::TaskTracker::new();
-    let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
-    loop {
+    // Grown as frames come: before a Hello, to MAX_UNAUTHENTICATED_FRAME_BYTES at most.
+    let mut buffer: Vec<u8> = Vec::new();
+    let stream = Stream {
+        connection: &connection,
+        session: &session,
+        shared: &shared,
+        out: &out,
+        requests: &requests,
+    };
+    'reading: loop {
         let read = tokio::select! {
             biased;
             // Shutting down: what was read is answered below; nothing more is read.
             _ = shared.stop.cancelled() => break,
-            read = recv.read_chunk(READ_CHUNK_BYTES, true) => read,
+            // Not while the client leaves too many answers unread.
+            read = async {
+                session.backlog.room().await;
+                recv.read_chunk(READ_CHUNK_BYTES, true).await
+            } => read,
         };
         match read {
             Ok(Some(chunk)) => buffer.extend_from_slice(&chunk.bytes),
@@ -141,44 +277,82 @@ async fn serve_stream(
             }
             Err(_) => break,
         }
-        let mut consumed = 0;
-        let mut frames: Vec<(u64, Result<Option<Request>, DecodeError>)> = Vec::new();
-        let mut broken = None;
+        // Frames up to a Hello go before the rest is framed: a Hello
+        // changes how long a frame may be.
         loop {
-            match check_frame(&buffer[consumed..]) {
-                Ok(Some(length)) => {
-                    let (kind, id, payload) = split_frame(&buffer[consumed..consumed + length]);
-                    frames.push((id, Request::decode(kind, payload)));
-                    consumed += length;
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    broken = Some(error);
-                    break;
-                }
+            let taken = take_frames(&buffer, session.role.get().is_some());
+            buffer.drain(..taken.consumed);
+            if !taken.frames.is_empty() && !dispatch(taken.frames, &stream).await {
+                break 'reading;
             }
-        }
-        buffer.drain(..consumed);
-        let stream = Stream {
-            connection: &connection,
-            session: &session,
-            shared: &shared,
-            out: &out,
-            requests: &requests,
-        };
-        if !frames.is_empty() && !dispatch(frames, &stream).await {
-            break;
-        }
-        if let Some(error) = broken {
-            let code = error.close_code();
-            let _ = recv.stop(code.into());
-            let why = format!("{error}; the server reads no further (close code {code:#x})");
-            unframeable_after(&requests, &out, &buffer, why).await;
-            break;
+            if let Some((code, why)) = taken.broken {
+                let _ = recv.stop(code.into());
+                unframeable_after(&requests, &out, &buffer, why).await;
+                break 'reading;
+            }
+            if !taken.at_hello {
+                break;
+            }
         }
     }
     drop(out);
     let _ = writer.await;
+}
+
+/// The whole frames at the start of a stream's buffer.
+struct Taken {
+    frames: Vec<(u64, Result<Option<Request>, DecodeError>)>,
+    consumed: usize,
+    /// The bytes from `consumed` on cannot be framed: the close code and why.
+    broken: Option<(u32, String)>,
+    /// Stopped after a Hello of an unauthenticated connection: frame the
+    /// rest once it is answered.
+    at_hello: bool,
+}
+
+/// Frames what `buffer` holds whole. Before a successful Hello a frame may
+/// be `MAX_UNAUTHENTICATED_FRAME_BYTES` long, after it `MAX_FRAME_BYTES`.
+fn take_frames(buffer: &[u8], authenticated: bool) -> Taken {
+    let mut taken = Taken {
+        frames: Vec::new(),
+        consumed: 0,
+        broken: None,
+        at_hello: false,
+    };
+    loop {
+        let rest = &buffer[taken.consumed..];
+        if !authenticated {
+            if let Some(length) =
+                length_prefix(rest).filter(|l| *l > MAX_UNAUTHENTICATED_FRAME_BYTES)
+            {
+                let code = close_codes::FRAME_TOO_LARGE;
+                taken.broken = Some((code, format!(
+                    "frame length {length} exceeds MAX_UNAUTHENTICATED_FRAME_BYTES ({MAX_UNAUTHENTICATED_FRAME_BYTES}) before a successful Hello; the server reads no further (close code {code:#x})"
+                )));
+                return taken;
+            }
+        }
+        match check_frame(rest) {
+            Ok(Some(length)) => {
+                let (kind, id, payload) = split_frame(&rest[..length]);
+                taken.frames.push((id, Request::decode(kind, payload)));
+                taken.consumed += length;
+                if !authenticated && kind == kinds::HELLO {
+                    taken.at_hello = true;
+                    return taken;
+                }
+            }
+            Ok(None) => return taken,
+            Err(error) => {
+                let code = error.close_code();
+                taken.broken = Some((
+                    code,
+                    format!("{error}; the server reads no further (close code {code:#x})"),
+                ));
+                return taken;
+            }
+        }
+    }
 }
 
 /// Why the stream's last bytes, `rest`, are no whole frame.
@@ -198,7 +372,7 @@ fn truncated(rest: &[u8]) -> String {
 /// whatever the peer has not read yet, the answers before it included.
 async fn unframeable_after(
     requests: &tokio_util::task::TaskTracker,
-    out: &mpsc::Sender<Out>,
+    out: &Answers,
     rest: &[u8],
     why: String,
 ) {
@@ -208,8 +382,9 @@ async fn unframeable_after(
     let id = rest
         .get(..LENGTH_BYTES + MIN_FRAME_BYTES)
         .map_or(UNFRAMED_REQUEST_ID, |header| split_frame(header).1);
-    let answer = [(id, Response::error(ErrorCode::Unframeable, why))];
-    let _ = out.send(Out::Frames(encode(&answer))).await;
+    let _ = out
+        .frames(&[(id, Response::error(ErrorCode::Unframeable, why))])
+        .await;
 }
 
 /// What one stream's batches are dispatched with.
@@ -217,7 +392,7 @@ struct Stream<'a> {
     connection: &'a quinn::Connection,
     session: &'a Arc<Session>,
     shared: &'a Arc<Shared>,
-    out: &'a mpsc::Sender<Out>,
+    out: &'a Answers,
     /// The stream's request tasks (not its subscriptions, which live on).
     requests: &'a tokio_util::task::TaskTracker,
 }
@@ -228,6 +403,17 @@ fn encode(responses: &[(u64, Response)]) -> Vec<u8> {
         response.encode(*id, &mut bytes);
     }
     bytes
+}
+
+/// A decoded batch's requests, sorted by how they are answered.
+#[derive(Default)]
+struct Sorted {
+    /// Answered without the engine, at once.
+    immediate: Vec<(u64, Response)>,
+    /// Orders, routed together.
+    submits: Submits,
+    /// Other engine requests, answered with the orders.
+    others: Vec<(u64, Request)>,
 }
 
 /// Handles one decoded batch. Returns false when the connection is closed.
@@ -242,9 +428,7 @@ async fn dispatch(
         out,
         requests,
     } = *stream;
-    let mut immediate: Vec<(u64, Response)> = Vec::new();
-    let mut submits = Submits::default();
-    let mut others = Vec::new();
+    let mut sorted = Sorted::default();
     for (id, decoded) in frames {
         let request = match decoded {
             Err(error) => {
@@ -253,11 +437,13 @@ async fn dispatch(
                 } else {
                     ErrorCode::Malformed
                 };
-                immediate.push((id, Response::error(code, error.to_string())));
+                sorted
+                    .immediate
+                    .push((id, Response::error(code, error.to_string())));
                 continue;
             }
             Ok(None) => {
-                immediate.push((
+                sorted.immediate.push((
                     id,
                     Response::error(ErrorCode::UnknownKind, "unknown request kind"),
                 ));
@@ -271,53 +457,29 @@ async fn dispatch(
                 connection.close(close_codes::VERSION_MISMATCH.into(), reason.as_bytes());
                 return false;
             }
-            immediate.push((id, hello(session, shared, token)));
+            let answer = hello::hello(session, shared, connection, token);
+            sorted.immediate.push((id, answer));
             continue;
         }
         let Some(role) = session.role.get() else {
-            immediate.push((
+            sorted.immediate.push((
                 id,
                 Response::error(ErrorCode::NotAuthenticated, "send Hello with a token first"),
             ));
             continue;
         };
         if !allowed(role, &request) {
-            immediate.push((id, forbidden(role)));
+            sorted.immediate.push((id, forbidden(role)));
             continue;
         }
-        match request {
-            Request::Submit(order) => submits.single(id, order),
-            Request::SubmitBatch(entries) => submits.batch(id, entries, role),
-            Request::Subscribe { node, from_cursor } => {
-                let engine = shared.engine.clone();
-                let events = async move { engine.subscribe(&node, from_cursor).await };
-                let pump = pump(
-                    &shared.engine,
-                    id,
-                    events,
-                    from_cursor,
-                    out,
-                    |e, c, event| Response::Event(wire::event(e, c, event)),
-                );
-                let stop = shared.stop.clone();
-                shared.tracker.spawn(stop.run_until_cancelled_owned(pump));
-            }
-            Request::FollowOrders {
-                channel,
-                from_cursor,
-            } => {
-                let engine = shared.engine.clone();
-                let statuses = async move { engine.follow_orders(&channel, from_cursor).await };
-                let pump = pump(&shared.engine, id, statuses, from_cursor, out, |e, c, s| {
-                    wire::order_status(e, c, s)
-                });
-                let stop = shared.stop.clone();
-                shared.tracker.spawn(stop.run_until_cancelled_owned(pump));
-            }
-            other => others.push((id, other)),
-        }
+        sort(id, request, role, stream, &mut sorted);
     }
-    if !immediate.is_empty() && out.send(Out::Frames(encode(&immediate))).await.is_err() {
+    let Sorted {
+        immediate,
+        submits,
+        others,
+    } = sorted;
+    if !immediate.is_empty() && out.frames(&immediate).await.is_err() {
         return false;
     }
     let work = submits.len() + others.len();
@@ -337,75 +499,59 @@ async fn dispatch(
         }))
         .await;
         responses.extend(answered);
-        let _ = out.send(Out::Frames(encode(&responses))).await;
+        let _ = out.frames(&responses).await;
         drop(permit);
     }));
     true
 }
 
-fn hello(session: &Session, shared: &Shared, token: &str) -> Response {
-    let Some(role) = shared.tokens.role(token) else {
-        return Response::error(ErrorCode::BadToken, "unknown token");
-    };
-    match session.role.get() {
-        Some(current) if *current != role => Response::error(
-            ErrorCode::Forbidden,
-            format!("connection is already {}", current.name()),
-        ),
-        _ => {
-            if session.role.set(role.clone()).is_ok() {
-                *session.gauge.lock().expect("gauge lock") =
-                    crate::telemetry::ConnectionGauge::new(&role.name());
+/// Puts one request the role may make where it is answered: with the
+/// read's orders, or in a follow or a listing of its own (each admitted
+/// against the connection's limits first).
+fn sort(id: u64, request: Request, role: &Role, stream: &Stream<'_>, sorted: &mut Sorted) {
+    let Stream {
+        session,
+        shared,
+        out,
+        requests,
+        ..
+    } = *stream;
+    match request {
+        Request::Submit(order) => sorted.submits.single(id, order),
+        Request::SubmitBatch(entries) => sorted.submits.batch(id, entries, role),
+        Request::Subscribe { node, from_cursor } => match follows::admit(session) {
+            Err(_) => sorted.immediate.push((id, follows::refused())),
+            Ok(place) => {
+                let engine = shared.engine.clone();
+                let events = async move { engine.subscribe(&node, from_cursor).await };
+                follows::spawn(
+                    shared,
+                    place,
+                    id,
+                    events,
+                    from_cursor,
+                    out,
+                    |e, c, event| Response::Event(wire::event(e, c, event)),
+                );
             }
-            Response::HelloOk { role: role.name() }
-        }
-    }
-}
-
-/// Streams a node's events, or a channel's statuses, on this stream:
-/// `Subscribed`, the backlog from the cursor, then live ones, each frame
-/// carrying the request id. A follower too slow for its queue is dropped
-/// and the stream reset with `SLOW_CONSUMER`; it resumes from its cursor.
-fn pump<E: Send + Sync + 'static>(
-    engine: &Engine,
-    id: u64,
-    subscribe: impl std::future::Future<Output = Result<Subscription<E>, EngineError>> + Send + 'static,
-    from_cursor: u64,
-    out: &mpsc::Sender<Out>,
-    frame: impl Fn(&Engine, u64, &E) -> Response + Send + 'static,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let (engine, out) = (engine.clone(), out.clone());
-    async move {
-        let Subscription { backlog, mut live } = match subscribe.await {
-            Ok(subscription) => subscription,
-            Err(error) => {
-                let _ = out
-                    .send(Out::Frames(encode(&[(id, wire::error(&error))])))
-                    .await;
-                return;
+        },
+        Request::FollowOrders {
+            channel,
+            from_cursor,
+        } => match follows::admit(session) {
+            Err(_) => sorted.immediate.push((id, follows::refused())),
+            Ok(place) => {
+                let engine = shared.engine.clone();
+                let statuses = async move { engine.follow_orders(&channel, from_cursor).await };
+                follows::spawn(shared, place, id, statuses, from_cursor, out, |e, c, s| {
+                    wire::order_status(e, c, s)
+                });
             }
-        };
-        let next_cursor = backlog
-            .first()
-            .map_or_else(|| from_cursor.max(1), |(c, _)| *c);
-        let mut frames = vec![(id, Response::Subscribed { next_cursor })];
-        frames.extend(
-            backlog
-                .iter()
-                .map(|(cursor, event)| (id, frame(&engine, *cursor, event))),
-        );
-        for chunk in frames.chunks(1024) {
-            if out.send(Out::Frames(encode(chunk))).await.is_err() {
-                return;
-            }
-        }
-        while let Some((cursor, event)) = live.recv().await {
-            let bytes = encode(&[(id, frame(&engine, cursor, &event))]);
-            if out.send(Out::Frames(bytes)).await.is_err() {
-                return;
-            }
-        }
-        // The actor dropped this follower: it fell too far behind.
-        let _ = out.send(Out::Reset(close_codes::SLOW_CONSUMER)).await;
+        },
+        Request::ListOrders(query) => match listings::admit(session) {
+            Err(_) => sorted.immediate.push((id, listings::refused())),
+            Ok(turn) => listings::spawn(shared, requests, turn, id, query, out),
+        },
+        other => sorted.others.push((id, other)),
     }
 }

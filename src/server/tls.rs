@@ -7,6 +7,8 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
+use crate::limits::{MAX_UNAUTHENTICATED_STREAMS, UNAUTHENTICATED_RECEIVE_WINDOW_BYTES};
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {message}")]
@@ -105,12 +107,17 @@ pub fn fingerprint(certificate: &CertificateDer<'_>) -> String {
         .join(":")
 }
 
-/// QUIC server config: TLS 1.3, ALPN `omniroute/1`, windows sized for
-/// pipelining thousands of small frames per stream.
-pub fn quic_server_config(
-    identity: &ServerIdentity,
-    max_streams: u32,
-) -> Result<quinn::ServerConfig, TlsError> {
+/// Bytes a connection's peer may send ahead of what the server has read,
+/// once its `Hello` succeeded: sized for pipelining thousands of small
+/// frames on each of many streams.
+pub const RECEIVE_WINDOW_BYTES: u32 = 32 << 20;
+
+/// QUIC server config: TLS 1.3, ALPN `omniroute/1`. A new connection gets
+/// the small stream count and receive window of one without a `Hello`
+/// (`MAX_UNAUTHENTICATED_STREAMS`, `UNAUTHENTICATED_RECEIVE_WINDOW_BYTES`);
+/// its `Hello` raises them to `server.max_streams_per_connection` and
+/// [`RECEIVE_WINDOW_BYTES`].
+pub fn quic_server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -124,10 +131,10 @@ pub fn quic_server_config(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(max_streams.into())
+        .max_concurrent_bidi_streams(MAX_UNAUTHENTICATED_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window((8u32 << 20).into())
-        .receive_window((32u32 << 20).into())
+        .receive_window(UNAUTHENTICATED_RECEIVE_WINDOW_BYTES.into())
         .send_window(32 << 20)
         .max_idle_timeout(Some(
             std::time::Duration::from_secs(60)
