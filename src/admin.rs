@@ -36,6 +36,9 @@ pub struct Status {
     tokens: Arc<Tokens>,
     /// One reload at a time, so that their records and their effects keep one order.
     reloading: tokio::sync::Mutex<()>,
+    /// The listeners the daemon serves on, set at start (see
+    /// [`Status::set_listeners`]).
+    listeners: OnceLock<crate::dev_tokens::Listeners>,
     /// The data directory, whose names a reload that adds nodes extends.
     data_dir: PathBuf,
     /// The `nodes` array in force: the start file's, then each reload's
@@ -118,9 +121,16 @@ impl Status {
             config_file,
             tokens,
             reloading: tokio::sync::Mutex::new(()),
+            listeners: OnceLock::new(),
             data_dir,
             nodes_in_force: std::sync::Mutex::new(nodes_in_force),
         }
+    }
+
+    /// The daemon's listeners: a reload is refused a token table with the
+    /// embedded development tokens while one of them is not loopback.
+    pub fn set_listeners(&self, listeners: crate::dev_tokens::Listeners) {
+        let _ = self.listeners.set(listeners);
     }
 
     /// The engine is up (recovery is done): metrics can read it.
@@ -208,6 +218,12 @@ impl Status {
             .iter()
             .map(|c| c.name.clone())
             .collect();
+        // Before anything changes: the start's check holds for the table
+        // the reload would put in force too.
+        if let Some(listeners) = self.listeners.get() {
+            crate::dev_tokens::refuse_tokens(&policies.tokens, listeners)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
         let lsn = engine
             .reload_policies(policies.network.channels.clone(), policies.toml)
             .await?;

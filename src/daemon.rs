@@ -104,6 +104,7 @@ pub async fn start(
         config.server.data_dir.clone(),
     ));
     status.set_ready(false);
+    status.set_listeners(crate::dev_tokens::Listeners::of(config));
     let admin = match config.admin {
         Some(addr) => {
             let admin = crate::admin::start(addr, status.clone(), metrics, admin_limits).await?;

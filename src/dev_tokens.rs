@@ -25,16 +25,48 @@ pub struct DevTokensExposed {
     pub roles: String,
 }
 
+/// The daemon's listeners, as a check of its tokens needs them: each with
+/// the flag and key that set it.
+#[derive(Clone, Debug)]
+pub struct Listeners(Vec<(&'static str, SocketAddr)>);
+
+impl Listeners {
+    pub fn of(config: &ValidConfig) -> Listeners {
+        let all = [
+            (
+                "QUIC listener (--listen, server.listen)",
+                Some(config.server.listen),
+            ),
+            ("HTTP gateway (--http, http.listen)", config.http),
+            ("admin port (--admin, admin.listen)", config.admin),
+        ];
+        Listeners(
+            all.into_iter()
+                .filter_map(|(name, addr)| Some((name, addr?)))
+                .collect(),
+        )
+    }
+}
+
 /// Refuses a config whose QUIC, HTTP or admin address is not loopback while
 /// its token table holds a token of the embedded default config.
 pub fn refuse_exposed(config: &ValidConfig) -> Result<(), DevTokensExposed> {
+    refuse_tokens(&config.server.tokens.table(), &Listeners::of(config))
+}
+
+/// Refuses `table` if it holds a token of the embedded default config
+/// while one of `listeners` is not loopback: at start, and for the table a
+/// policy reload would put in force.
+pub fn refuse_tokens(
+    table: &[(String, crate::server::Role)],
+    listeners: &Listeners,
+) -> Result<(), DevTokensExposed> {
     let development: Vec<String> = Config::default_config()
         .server
         .tokens
         .into_iter()
         .map(|t| t.token)
         .collect();
-    let table = config.server.tokens.table();
     let roles: Vec<String> = table
         .iter()
         .filter(|(token, _)| development.contains(token))
@@ -43,24 +75,18 @@ pub fn refuse_exposed(config: &ValidConfig) -> Result<(), DevTokensExposed> {
     if roles.is_empty() {
         return Ok(());
     }
-    let listeners = [
-        (
-            "QUIC listener (--listen, server.listen)",
-            Some(config.server.listen),
-        ),
-        ("HTTP gateway (--http, http.listen)", config.http),
-        ("admin port (--admin, admin.listen)", config.admin),
-    ];
-    for (listener, addr) in listeners {
-        if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
-            return Err(DevTokensExposed {
-                listener,
-                addr,
-                roles: roles.join(", "),
-            });
-        }
+    match listeners
+        .0
+        .iter()
+        .find(|(_, addr)| !addr.ip().is_loopback())
+    {
+        Some(&(listener, addr)) => Err(DevTokensExposed {
+            listener,
+            addr,
+            roles: roles.join(", "),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -99,5 +125,20 @@ mod tests {
         valid.server.listen = "0.0.0.0:4433".parse().unwrap();
         valid.http = Some("0.0.0.0:8080".parse().unwrap());
         refuse_exposed(&valid).expect("own tokens");
+    }
+
+    #[test]
+    fn a_reloaded_table_with_the_embedded_tokens_is_refused_beyond_loopback() {
+        // Proves the check a reload makes: the embedded tokens are refused for a daemon whose
+        // listeners (kept from its start) include a public address, and taken on loopback.
+        let loopback = Config::default_config().validate().unwrap();
+        let development = loopback.server.tokens.table();
+        refuse_tokens(&development, &Listeners::of(&loopback)).expect("loopback");
+        let mut public = loopback.clone();
+        public.server.listen = "0.0.0.0:4433".parse().unwrap();
+        let refused = refuse_tokens(&development, &Listeners::of(&public))
+            .expect_err("refused")
+            .to_string();
+        assert!(refused.contains("--listen"), "{refused}");
     }
 }
