@@ -1,23 +1,21 @@
 //! Damaged data directories and the real daemon: orders are answered, the
 //! daemon is killed, and a copy of its directory is damaged one way at a
 //! time (header fields and payload bits of journal records in the last
-//! segment and in an earlier one, truncations of the last segment, a bit
-//! in its unwritten zeros, snapshot bytes, a missing snapshot, a missing
-//! oldest or middle segment). Each start must refuse, naming the file, or
-//! come up with every answered order and the stock as answered: never
-//! start with an answered order silently gone. The one exception is the
-//! documented limit of a cut journal end (docs/OPERATIONS.md): a file that
-//! ends inside a record looks like a crash while writing it, so the orders
-//! of the records from the cut on may be gone, and no others.
+//! segment and in an earlier one, the segment header, truncations of the
+//! last segment and of an earlier one, a bit in its unwritten zeros,
+//! snapshot bytes, a missing snapshot, a missing oldest or middle
+//! segment). Each start must refuse, naming the file, or come up with
+//! every answered order and the stock as answered: never start with an
+//! answered order silently gone.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::daemon::{Daemon, Refused};
 use common::TempDir;
-use omniroute::journal::record::{self, RECORD_HEADER_BYTES};
+use omniroute::journal::record::RECORD_HEADER_BYTES;
 use omniroute_client::Client;
 use omniroute_protocol::{Decision, Method, Order, OrderKey, StockSet};
 use rand::{Rng, SeedableRng};
@@ -210,20 +208,15 @@ enum Outcome {
     Refused,
     /// Started with every answered order.
     Whole,
-    /// Started without these orders, all of them ones the case may lose.
-    Lost(usize),
 }
 
 /// Starts on `dir`, damaged as `case` says: a refusal must name `file`; a
-/// start must hold every answered order and the answered stock, but for
-/// orders in `may_lose` (the documented limit of a cut journal end), and
-/// then the stock is not compared.
+/// start must hold every answered order and the answered stock.
 async fn refused_or_whole(
     dir: &Path,
     config: &Path,
     file: &Path,
     answered: &Answered,
-    may_lose: &BTreeSet<String>,
     case: &str,
 ) -> Outcome {
     let daemon = match Daemon::try_start(dir, Some(config), "off", &[], None).await {
@@ -246,18 +239,10 @@ async fn refused_or_whole(
         Ok(daemon) => daemon,
     };
     let client = daemon.client(ADMIN).await;
-    let mut lost = 0;
     for (id, placed) in &answered.orders {
         let view = match client.get_order(key(id)).await {
             Ok(view) => view,
-            Err(e) => {
-                assert!(
-                    may_lose.contains(id),
-                    "{case}: answered order {id} is gone: {e}"
-                );
-                lost += 1;
-                continue;
-            }
+            Err(e) => panic!("{case}: answered order {id} is gone: {e}"),
         };
         let mut got: Vec<_> = view
             .allocations
@@ -269,18 +254,12 @@ async fn refused_or_whole(
         want.sort();
         assert_eq!(got, want, "{case}: order {id}");
     }
-    if lost == 0 {
-        assert_eq!(atp_of(&client).await, answered.atp, "{case}: stock");
-        assert!(filler_holds(&client, answered).await, "{case}: counts");
-    }
+    assert_eq!(atp_of(&client).await, answered.atp, "{case}: stock");
+    assert!(filler_holds(&client, answered).await, "{case}: counts");
     let mut child = daemon.child;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-    if lost == 0 {
-        Outcome::Whole
-    } else {
-        Outcome::Lost(lost)
-    }
+    Outcome::Whole
 }
 
 /// Where a segment's records are, and where they end.
@@ -291,33 +270,11 @@ struct Records {
 
 fn records_of(segment: &Path) -> Records {
     let bytes = std::fs::read(segment).unwrap();
-    let scan = record::scan(&bytes, None);
+    let scan = omniroute::journal::scan_segment(&bytes, None);
     Records {
         offsets: scan.records.iter().map(|r| r.offset).collect(),
         end: scan.records.last().map_or(0, |r| r.payload.end),
     }
-}
-
-/// The answered orders named in the records of `segment` from byte
-/// `from` on: those a cut there may lose.
-fn orders_from(segment: &Path, from: usize, answered: &Answered) -> BTreeSet<String> {
-    let bytes = std::fs::read(segment).unwrap();
-    let payloads: Vec<&[u8]> = record::scan(&bytes, None)
-        .records
-        .iter()
-        .filter(|r| r.offset + RECORD_HEADER_BYTES > from)
-        .map(|r| &bytes[r.payload.clone()])
-        .collect();
-    answered
-        .orders
-        .keys()
-        .filter(|id| {
-            payloads
-                .iter()
-                .any(|payload| payload.windows(id.len()).any(|w| w == id.as_bytes()))
-        })
-        .cloned()
-        .collect()
 }
 
 /// The directory answered in, the scratch copy damaged per case, and what
@@ -333,31 +290,11 @@ impl Cases<'_> {
     /// Applies `damage` to the file `relative` of a fresh copy of the
     /// source, then starts on it.
     async fn run(&self, relative: &Path, name: &str, damage: impl FnOnce(&Path)) -> Outcome {
-        self.run_losing(relative, name, &BTreeSet::new(), damage)
-            .await
-    }
-
-    /// [`Cases::run`] for damage that may lose the orders `may_lose`.
-    async fn run_losing(
-        &self,
-        relative: &Path,
-        name: &str,
-        may_lose: &BTreeSet<String>,
-        damage: impl FnOnce(&Path),
-    ) -> Outcome {
         let _ = std::fs::remove_dir_all(self.scratch);
         copy_dir(self.source, self.scratch);
         let file = self.scratch.join(relative);
         damage(&file);
-        let outcome = refused_or_whole(
-            self.scratch,
-            self.config,
-            &file,
-            self.answered,
-            may_lose,
-            name,
-        )
-        .await;
+        let outcome = refused_or_whole(self.scratch, self.config, &file, self.answered, name).await;
         eprintln!("{name}: {outcome:?}");
         outcome
     }
@@ -436,10 +373,10 @@ async fn damage_records(
 async fn damage_is_refused_or_loses_no_answered_order() {
     // Proves that for every field of a journal record's header (first, middle and last
     // record of the last segment and of an earlier one), payload bits,
-    // truncations of the last segment, a bit in its unwritten zeros, snapshot header and body
-    // bytes, a missing snapshot and a missing oldest or middle segment, the daemon refuses to
-    // start naming the file, or starts with every answered order and the answered stock (a
-    // cut journal end loses the orders after the cut and no others); that the case
+    // truncations of the last segment and an earlier one, the segment header, a bit in its
+    // unwritten zeros, snapshot header and body bytes, a missing snapshot and a missing oldest
+    // or middle segment, the daemon refuses to start naming the file, or starts with every
+    // answered order and the answered stock; that the case
     // (the high bit of a length) is refused in either segment; and that damage in an earlier
     // segment and a missing segment are always refused.
     let temp = TempDir::new("corruption");
@@ -512,27 +449,34 @@ async fn damage_is_refused_or_loses_no_answered_order() {
         )
         .await;
 
-    // Truncations of the last segment: in its zeros and at the end of the
-    // records (nothing answered is cut: whole), then inside the last and a
-    // middle record (a cut journal end: the orders from there may go).
+    // Truncations: the last segment in its zeros, at the end of its
+    // records, inside its last and a middle record; an earlier segment
+    // inside a record. Each leaves a segment shorter than its header says
+    // it was prepared: refused, though a cut in the zeros lost nothing (a
+    // file system does not cut files; whatever did may have cut more).
     let middle = in_last.offsets[in_last.offsets.len() / 2];
     let last_record = *in_last.offsets.last().unwrap();
-    for at in [in_last.end + 512, in_last.end] {
-        let outcome = cases
-            .run(&last_rel, &format!("truncated at {at}"), truncate(at))
-            .await;
-        assert_eq!(outcome, Outcome::Whole, "truncated at {at}");
+    for at in [
+        in_last.end + 512,
+        in_last.end,
+        last_record + 30,
+        middle + 30,
+    ] {
+        let name = format!("the last segment truncated at {at}");
+        let outcome = cases.run(&last_rel, &name, truncate(at)).await;
+        assert_eq!(outcome, Outcome::Refused, "{name}");
     }
-    for (record, at) in [(last_record, last_record + 30), (middle, middle + 30)] {
-        let may_lose = orders_from(last, record, &answered);
-        cases
-            .run_losing(
-                &last_rel,
-                &format!("truncated at {at}"),
-                &may_lose,
-                truncate(at),
-            )
-            .await;
+    let earlier_rel = earlier.strip_prefix(&source).unwrap();
+    let at = in_earlier.offsets[in_earlier.offsets.len() / 2] + 30;
+    let name = format!("an earlier segment truncated at {at}");
+    let outcome = cases.run(earlier_rel, &name, truncate(at)).await;
+    assert_eq!(outcome, Outcome::Refused, "{name}");
+
+    // The segment header: each of its bytes.
+    for byte in [0, 7, 8, 15, 16, 20, 23] {
+        let name = format!("the last segment's header byte {byte}");
+        let outcome = cases.run(&last_rel, &name, flip(byte * 8 + 1)).await;
+        assert_eq!(outcome, Outcome::Refused, "{name}");
     }
 
     // The last segment removed: the one before it is sealed (the writer

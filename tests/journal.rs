@@ -73,29 +73,33 @@ fn concurrent_appends_are_group_committed_and_recovered_in_order() {
 }
 
 #[test]
-fn a_torn_tail_is_cut_and_appending_resumes() {
-    // Proves a record cut short at the end of the journal is removed on disk, reported with
-    // its file and offset, and the next append takes its LSN.
+fn a_torn_tail_is_erased_and_appending_resumes() {
+    // Proves a record cut short at the end of the journal is erased on disk (zeros, the
+    // segment keeping its length), reported with its file and offset, and the next append
+    // takes its LSN.
     let dir = TempDir::new("journal-torn");
     let journal = Journal::start(&dir.0, 1, Durability::Fsync, DEFAULT_SEGMENT_BYTES).unwrap();
-    append_all(&journal, (0..100u32).map(|i| vec![i as u8; 40]));
+    append_all(&journal, (0..99u32).map(|i| vec![i as u8; 40]));
+    append_all(&journal, [vec![0xAB; 3000]]);
     journal.shutdown();
-    // The last record's payload ends in a nonzero byte; a prepared segment
-    // is zeros after it. The file ends 5 bytes short of it: a write cut
-    // short. (Zeros inside a sector that holds data are not a cut write:
-    // a sector is written whole or not at all.)
+    // The last record's last sector never reached the disk: it is still the
+    // prepared segment's zeros. (Zeros inside a sector that holds data are
+    // not a cut write: a sector is written whole or not at all.)
     let segment = journal_segments(&dir.0).pop().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
+    let length = bytes.len();
     let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
-    bytes.truncate(end - 5);
+    let sector = omniroute::journal::record::TORN_WRITE_SECTOR_BYTES;
+    bytes[(end - 1) / sector * sector..end].fill(0);
     std::fs::write(&segment, &bytes).unwrap();
     let recovered = recover(&dir.0, 0).unwrap();
     assert_eq!(recovered.records.len(), 99);
     let torn = recovered.torn_tail.expect("tail reported");
     assert_eq!(torn.path, segment);
-    assert_eq!(torn.offset, (end - (40 + RECORD_HEADER_BYTES)) as u64);
-    assert_eq!(torn.bytes, bytes.len() as u64 - torn.offset);
-    assert_eq!(std::fs::metadata(&segment).unwrap().len(), torn.offset);
+    assert_eq!(torn.offset, (end - (3000 + RECORD_HEADER_BYTES)) as u64);
+    let after = std::fs::read(&segment).unwrap();
+    assert_eq!(after.len(), length, "the segment keeps its prepared length");
+    assert!(after[torn.offset as usize..].iter().all(|b| *b == 0));
     let journal = Journal::start(
         &dir.0,
         recovered.next_lsn,
@@ -126,11 +130,12 @@ fn a_flipped_byte_before_the_tail_refuses_to_start() {
     // segment or the next.
     let segment = journal_segments(&dir.0).remove(0);
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[30] ^= 0x01;
+    let first_record = omniroute::journal::segment_header::SEGMENT_HEADER_BYTES;
+    bytes[first_record + 30] ^= 0x01;
     std::fs::write(&segment, &bytes).unwrap();
     match recover(&dir.0, 0) {
         Err(JournalError::Corrupt { path, offset, .. }) => {
-            assert_eq!((path, offset), (segment.clone(), 0));
+            assert_eq!((path, offset), (segment.clone(), first_record as u64));
         }
         other => panic!("expected corruption, got {other:?}"),
     }
@@ -140,6 +145,40 @@ fn a_flipped_byte_before_the_tail_refuses_to_start() {
         "{message}"
     );
     assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing was cut");
+}
+
+#[test]
+fn a_segment_cut_shorter_than_it_was_prepared_is_refused() {
+    // Proves a last segment cut anywhere (at the end of a record, inside one, in its zeros)
+    // is refused naming the file and its prepared length, instead of read as a clean end or
+    // a torn tail that would lose answered records; and that the remedy the message gives,
+    // the length given back as zeros, starts again with the records before the cut.
+    let dir = TempDir::new("journal-cut");
+    let journal = Journal::start(&dir.0, 1, Durability::Fsync, DEFAULT_SEGMENT_BYTES).unwrap();
+    append_all(&journal, (0..50u32).map(|i| vec![i as u8 + 1; 60]));
+    journal.shutdown();
+    let segment = journal_segments(&dir.0).pop().unwrap();
+    let whole = std::fs::read(&segment).unwrap();
+    let scan = omniroute::journal::scan_segment(&whole, None);
+    let records_end = scan.records.last().unwrap().payload.end;
+    let record_40 = scan.records[40].offset;
+    for cut in [record_40, record_40 + 30, records_end, records_end + 4096] {
+        std::fs::write(&segment, &whole[..cut]).unwrap();
+        match recover(&dir.0, 0) {
+            Err(e @ JournalError::Cut { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(".wal") && message.contains("truncate -s"),
+                    "{message}"
+                );
+            }
+            other => panic!("cut at {cut}: expected a refusal, got {other:?}"),
+        }
+    }
+    let mut given_back = whole[..record_40].to_vec();
+    given_back.resize(whole.len(), 0);
+    std::fs::write(&segment, &given_back).unwrap();
+    assert_eq!(recover(&dir.0, 0).unwrap().records.len(), 40);
 }
 
 #[test]

@@ -72,16 +72,17 @@ fn first_segment(dir: &Path) -> std::path::PathBuf {
 /// Where the records of a segment end (a prepared segment has zeros after).
 fn records_end(segment: &Path) -> u64 {
     let bytes = std::fs::read(segment).unwrap();
-    omniroute::journal::record::scan(&bytes, None)
+    omniroute::journal::scan_segment(&bytes, None)
         .records
         .last()
         .map_or(0, |r| r.payload.end as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_torn_tail_is_cut_and_reported() {
-    // Proves a partial last record (a write the crash interrupted) is cut at its start,
-    // reported with file and offset, and every answered order is still there.
+async fn a_torn_tail_is_erased_and_reported() {
+    // Proves a partial last record (a write the crash interrupted) is erased from its start
+    // (zeros; the segment keeps its prepared length), reported with file and offset, and
+    // every answered order is still there.
     let dir = TempDir::new("torn");
     let config = fixture();
     let clock = Arc::new(ManualClock::new(T0_MS));
@@ -94,16 +95,16 @@ async fn a_torn_tail_is_cut_and_reported() {
     engine.shutdown();
     let segment = last_segment(&dir.0);
     let whole = records_end(&segment);
-    // A record that promises 100 bytes, of which only the header and 7
-    // reached the file before it ended: written where the next record goes.
+    // A record that promises 2000 bytes, of which only the header and 7
+    // reached the file before the crash, written where the next record
+    // goes: the sectors after them are still the prepared segment's zeros.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&segment)
         .unwrap();
     let mut torn_record = Vec::new();
-    omniroute::journal::record::encode(1, 999, &[0xAB; 100], &mut torn_record);
+    omniroute::journal::record::encode(1, 999, &[0xAB; 2000], &mut torn_record);
     torn_record.truncate(omniroute::journal::record::RECORD_HEADER_BYTES + 7);
-    file.set_len(whole).unwrap();
     file.write_all_at(&torn_record, whole).unwrap();
     let length_before = file.metadata().unwrap().len();
     drop(file);
@@ -117,12 +118,17 @@ async fn a_torn_tail_is_cut_and_reported() {
         .expect("the tail is reported");
     assert_eq!(
         (torn.path.clone(), torn.offset, torn.bytes),
-        (segment.clone(), whole, length_before - whole)
+        (segment.clone(), whole, torn_record.len() as u64)
     );
+    let after = std::fs::read(&segment).unwrap();
     assert_eq!(
-        std::fs::metadata(&segment).unwrap().len(),
-        whole,
-        "the tail is cut on disk"
+        after.len() as u64,
+        length_before,
+        "the segment keeps its length"
+    );
+    assert!(
+        after[whole as usize..].iter().all(|b| *b == 0),
+        "the tail is erased on disk"
     );
     drop(recovered);
     let engine = open(&dir.0, &config, clock).await.unwrap();

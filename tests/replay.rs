@@ -10,7 +10,6 @@ use std::process::Command;
 
 use common::daemon::Daemon;
 use common::TempDir;
-use omniroute::journal::record::RECORD_HEADER_BYTES;
 use omniroute_protocol::{Decision, Method, Order, OrderKey, StockSet};
 
 /// A and B: the store next to the customer has only A; the southern
@@ -200,32 +199,38 @@ async fn replay_reproduces_the_recorded_decisions_and_compares_a_fewest_shipment
     let (stdout, alone) = replay_on(&dir.0, &nearest, &fewest, 1);
     assert_eq!(decided(alone), decided(other.clone()), "{stdout}");
 
-    // The journal's reading runs on a thread of its own: a cut tail and a
+    // The journal's reading runs on a thread of its own: a torn tail and a
     // damaged record must still come back as a report and a clear error.
-    // The cut falls in the middle of the whole journal's records, as if
-    // the crash came while writing that record: its segment is torn there
-    // and the later ones never made. (Cutting the last segment with records
-    // was flaky: under load the writer's segments can end such that the
-    // last one holds only follow-ups, and then every order survived.)
+    // The tear falls in the middle of the whole journal's records, as if
+    // the crash came while writing that record: the sectors of it after
+    // the first never reached the disk (zeros, as the prepared segment
+    // was), and the later segments were never made. The record is one
+    // that crosses a sector boundary, so that some sector of it is
+    // missing. (Tearing the last segment was flaky: under load the
+    // writer's segments can end such that the last one holds only
+    // follow-ups, and then every order survived.)
+    const SECTOR: usize = omniroute::journal::record::TORN_WRITE_SECTOR_BYTES;
     let segments = common::journal_segments(&dir.0.join("journal"));
     let found: Vec<(usize, usize)> = segments
         .iter()
         .enumerate()
         .flat_map(|(i, path)| {
             let bytes = std::fs::read(path).unwrap();
-            omniroute::journal::record::scan(&bytes, None)
+            omniroute::journal::scan_segment(&bytes, None)
                 .records
                 .into_iter()
-                .map(move |record| (i, record.offset))
+                .map(move |record| (i, record.payload.start, record.payload.end))
         })
+        .filter(|(_, start, end)| start / SECTOR != (end - 1) / SECTOR)
+        .map(|(i, start, _)| (i, (start / SECTOR + 1) * SECTOR))
         .collect();
-    let (torn, offset) = found[found.len() / 2];
+    let (torn, boundary) = found[found.len() / 2];
     for later in &segments[torn + 1..] {
         std::fs::remove_file(later).unwrap();
     }
     let last = &segments[torn];
     let mut bytes = std::fs::read(last).unwrap();
-    bytes.truncate(offset + RECORD_HEADER_BYTES + 1);
+    bytes[boundary..].fill(0);
     std::fs::write(last, &bytes).unwrap();
     for threads in [1, 2] {
         let (stdout, cut) = replay_on(&dir.0, &nearest, &nearest, threads);

@@ -70,6 +70,10 @@ struct Known {
     routed: HashMap<String, (Placed, u8)>,
     /// Sent and answered with an error or never answered: there or not.
     unsure: HashMap<String, Vec<(String, u32)>>,
+    /// Routed orders whose confirm was answered with an error: held or
+    /// confirmed (the confirm's record may have reached the disk before
+    /// the fault was seen).
+    confirm_unsure: std::collections::HashSet<String>,
     /// Error codes the clients got, by code.
     codes: HashMap<u16, usize>,
 }
@@ -137,9 +141,15 @@ async fn worker(
             }
         }
         if known.lock().unwrap().routed.contains_key(&id) && i % 4 == 0 {
-            if let Ok(view) = client.confirm(key(&id)).await {
-                assert_eq!(view.state, order_states::CONFIRMED);
-                known.lock().unwrap().routed.get_mut(&id).unwrap().1 = order_states::CONFIRMED;
+            match client.confirm(key(&id)).await {
+                Ok(view) => {
+                    assert_eq!(view.state, order_states::CONFIRMED);
+                    let mut known = known.lock().unwrap();
+                    known.routed.get_mut(&id).unwrap().1 = order_states::CONFIRMED;
+                }
+                Err(_) => {
+                    known.lock().unwrap().confirm_unsure.insert(id.clone());
+                }
             }
         }
     }
@@ -267,7 +277,15 @@ async fn verify(dir: &Path, config: &Path, known: &Known, run: &str) {
             .get_order(key(id))
             .await
             .unwrap_or_else(|e| panic!("{run}: answered order {id} is gone: {e}"));
-        assert_eq!(view.state, *state, "{run}: state of answered order {id}");
+        if known.confirm_unsure.contains(id) {
+            assert!(
+                [order_states::HELD, order_states::CONFIRMED].contains(&view.state),
+                "{run}: state {} of answered order {id}, whose confirm failed",
+                view.state
+            );
+        } else {
+            assert_eq!(view.state, *state, "{run}: state of answered order {id}");
+        }
         let mut got: Vec<_> = view
             .allocations
             .iter()
@@ -354,9 +372,9 @@ const FAULTS: [(&str, u32, &str); 11] = [
     ("journal-write", 300, "ENOSPC"),
     ("journal-fsync", 300, "EIO"),
     ("journal-open", 5, "EMFILE"),
-    ("journal-rename", 1, "ENOSPC"),
+    ("journal-rename", 2, "ENOSPC"),
     ("journal-dir-fsync", 3, "EIO"),
-    ("journal-allocate", 2, "ENOSPC"),
+    ("journal-allocate", 3, "ENOSPC"),
     ("snapshot-open", 3, "EMFILE"),
     ("snapshot-write", 3, "ENOSPC"),
     ("snapshot-fsync", 6, "EIO"),

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use super::fault::{Fault, Watcher};
 use super::record::{self};
-use super::segments::{open_dir, open_segment, run_spares, SpareJob};
+use super::segments::{open_dir, open_segment, prepared_bytes, run_spares, SpareJob};
 use super::writer::Writer;
 use super::{io_error, Durability, JournalError};
 
@@ -108,8 +108,8 @@ impl Journal {
         segment_bytes: u64,
     ) -> Result<Journal, JournalError> {
         crate::private_files::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let segment_bytes = segment_bytes.max(1);
-        let (file, path, size, prepared) = open_segment(dir, next_lsn)?;
+        let segment_bytes = prepared_bytes(segment_bytes);
+        let (file, path, size, prepared) = open_segment(dir, next_lsn, segment_bytes)?;
         let dir_file = open_dir(dir)?;
         let fault = Arc::new(Fault::default());
         let stats = Arc::new(JournalStats::default());

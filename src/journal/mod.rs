@@ -1,6 +1,6 @@
 //! The journal: every state change as a record with an LSN, appended by one
 //! writer thread in group commits (many records per fsync), and recovered
-//! at start with a torn tail cut and corruption refused.
+//! at start with a torn tail erased and corruption refused.
 //!
 //! Records are opaque here (a kind byte and a payload); what they hold and
 //! how they are replayed is `engine::sequencer` and `store`.
@@ -19,6 +19,7 @@ mod handle;
 pub mod record;
 pub mod record_v2;
 mod recovery;
+pub mod segment_header;
 mod segments;
 mod upgrade;
 mod writer;
@@ -31,7 +32,8 @@ pub use recovery::{
     read, recover, ReadSummary, RecordFormat, Recovered, RecoveredRecord, TornTail,
 };
 pub use segments::{
-    check_free_space, remove_segments_through, DEFAULT_SEGMENT_BYTES, FREE_SEGMENTS_TO_START,
+    check_free_space, remove_segments_through, scan_segment, DEFAULT_SEGMENT_BYTES,
+    FREE_SEGMENTS_TO_START,
 };
 pub use upgrade::upgrade_segments;
 
@@ -65,6 +67,14 @@ pub enum JournalError {
         reason: String,
         /// Segments after this one (they would go too if it were cut).
         later_segments: usize,
+    },
+    /// A segment shorter than it was prepared: something other than the
+    /// writer cut it, and records after the cut may have been answered.
+    #[error("journal {path} is {length} bytes, shorter than the {prepared} it was prepared to: it was cut, and records that stood after byte {length} may have been answered; refusing to start. Restore the data directory from a backup; or, only if you know that nothing answered stood there, give the file back its length (zeros) with `truncate -s {prepared} {}` and start again", path.display())]
+    Cut {
+        path: PathBuf,
+        length: u64,
+        prepared: u64,
     },
     /// Records missing between two segments, or before the first.
     #[error("journal records {first_missing}..={last_missing} are missing: {what}; refusing to start. Restore the data directory from a backup (the journal segment that held them, {missing_segment}, is gone)")]
@@ -121,8 +131,8 @@ fn corrupt_remedy(path: &Path, offset: u64, later_segments: usize) -> String {
         String::new()
     };
     format!(
-        "Restore the data directory from a backup; or, only if you know that the records from byte {offset} on were never answered (a write the crash interrupted), cut them with `truncate -s {offset} {}`{also}, and start again",
-        path.display()
+        "Restore the data directory from a backup; or, only if you know that the records from byte {offset} on were never answered (a write the crash interrupted), zero them (a segment keeps its length) with `size=$(stat -c %s {path}); truncate -s {offset} {path}; truncate -s \"$size\" {path}`{also}, and start again",
+        path = path.display()
     )
 }
 

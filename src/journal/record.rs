@@ -206,21 +206,21 @@ fn record_at(bytes: &[u8], offset: usize, expected_lsn: Option<u64>) -> Result<F
     })
 }
 
-/// Whether `bytes` begin with a whole record of this format whose header
-/// and payload checksums hold: how a segment an upgrade rewrote is told
-/// from one it has yet to (an old record passes by chance once in 2^32).
-pub fn first_record_holds(bytes: &[u8]) -> bool {
-    record_at(bytes, 0, None).is_ok()
+/// Scans records from the start of `bytes`. `expected_lsn` is the LSN the
+/// first record must carry (LSNs are consecutive); `None` accepts any.
+pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {
+    scan_from(bytes, 0, expected_lsn)
 }
 
-/// Scans a segment. `expected_lsn` is the LSN the first record must carry
-/// (LSNs are consecutive); `None` accepts any first LSN.
-pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {
+/// Scans records from byte `start` of `bytes` (a segment's records begin
+/// after its header); offsets found are of all of `bytes`, which is what
+/// the sector rule of a torn write needs.
+pub fn scan_from(bytes: &[u8], start: usize, expected_lsn: Option<u64>) -> Scan {
     // Sized for records of a typical order's size up front: growing the
     // list of a full 64 MiB segment copied it (and faulted fresh pages) a
     // dozen times; capacity that is never written is never touched.
     let mut records = Vec::with_capacity(bytes.len() / TYPICAL_RECORD_BYTES);
-    let end = scan_each(bytes, expected_lsn, |found| {
+    let end = scan_each(bytes, start, expected_lsn, |found| {
         records.push(found);
         Ok::<(), std::convert::Infallible>(())
     });
@@ -228,15 +228,16 @@ pub fn scan(bytes: &[u8], expected_lsn: Option<u64>) -> Scan {
     Scan { records, end }
 }
 
-/// Scans a segment like [`scan`], handing each valid record to `on` as it
-/// is found (a reader that streams starts at once, not after the whole
+/// Scans like [`scan_from`], handing each valid record to `on` as it is
+/// found (a reader that streams starts at once, not after the whole
 /// segment). Stops at the first error `on` returns.
 pub fn scan_each<E>(
     bytes: &[u8],
+    start: usize,
     expected_lsn: Option<u64>,
     mut on: impl FnMut(Found) -> Result<(), E>,
 ) -> Result<End, E> {
-    let mut offset = 0;
+    let mut offset = start.min(bytes.len());
     let mut next_lsn = expected_lsn;
     while offset < bytes.len() {
         if bytes[offset..].iter().all(|b| *b == 0) {

@@ -1,12 +1,15 @@
-//! Reading the journal back: recovery after a crash (a torn tail is cut,
+//! Reading the journal back: recovery after a crash (a torn tail is erased,
 //! anything else damaged refuses), and a read of every record for tools.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::FileExt;
+
 use super::record::{self, End, Found};
 use super::record_v2;
-use super::segments::{segment_path, segment_paths};
+use super::segment_header::{self, SEGMENT_HEADER_BYTES};
+use super::segments::{check_header, scan_segment, segment_path, segment_paths};
 use super::{io_error, JournalError, VisitError};
 
 /// A record read back at recovery.
@@ -17,7 +20,7 @@ pub struct RecoveredRecord {
     pub payload: Vec<u8>,
 }
 
-/// Bytes cut from the end of the last segment at recovery.
+/// A torn record erased from the end of the last segment at recovery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
     pub path: PathBuf,
@@ -41,7 +44,7 @@ pub struct Recovered {
 }
 
 /// Reads every segment in `dir`, returns the records after `after_lsn`, and
-/// cuts a torn tail off the last segment (on disk, fsynced). Damage
+/// erases a torn tail at the end of the last segment (on disk, fsynced). Damage
 /// anywhere else, or records missing between segments, is an error naming
 /// the file and the offset or the LSNs.
 pub fn recover(dir: &Path, after_lsn: u64) -> Result<Recovered, JournalError> {
@@ -55,7 +58,9 @@ pub fn recover(dir: &Path, after_lsn: u64) -> Result<Recovered, JournalError> {
     for (i, (first_lsn, path)) in segments.iter().enumerate() {
         let due = due_lsn(expected, *first_lsn, path)?;
         let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-        let scan = record::scan(&bytes, Some(due));
+        let later_segments = segments.len() - i - 1;
+        let prepared = check_header(&bytes, path, later_segments)?;
+        let scan = scan_segment(&bytes, Some(due));
         for found in &scan.records {
             if found.lsn > after_lsn {
                 recovered.records.push(RecoveredRecord {
@@ -65,18 +70,12 @@ pub fn recover(dir: &Path, after_lsn: u64) -> Result<Recovered, JournalError> {
                 });
             }
         }
-        let later_segments = segments.len() - i - 1;
         if let Some(offset) = torn_offset(path, scan.end, later_segments)? {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| io_error(path, e))?;
-            file.set_len(offset as u64).map_err(|e| io_error(path, e))?;
-            file.sync_all().map_err(|e| io_error(path, e))?;
+            let erased = erase_torn_tail(path, &bytes, offset, prepared)?;
             recovered.torn_tail = Some(TornTail {
                 path: path.clone(),
                 offset: offset as u64,
-                bytes: (bytes.len() - offset) as u64,
+                bytes: erased,
             });
         }
         expected = Some(scan.records.last().map_or(due, |r| r.lsn + 1));
@@ -84,6 +83,39 @@ pub fn recover(dir: &Path, after_lsn: u64) -> Result<Recovered, JournalError> {
     recovered.end_lsn = expected.unwrap_or(after_lsn + 1);
     recovered.next_lsn = recovered.next_lsn.max(recovered.end_lsn);
     Ok(recovered)
+}
+
+/// Erases a torn tail on disk (fsynced): zeros from `offset` to the last
+/// byte written, and a file a write grew past its prepared size cut back
+/// to that size (or to `offset`, if later). Zeroed, not cut: a segment
+/// never becomes shorter than its header says, which is how a cut made
+/// by anything else is told from this one. Returns the bytes erased.
+fn erase_torn_tail(
+    path: &Path,
+    bytes: &[u8],
+    offset: usize,
+    prepared: u64,
+) -> Result<u64, JournalError> {
+    let written_end = bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(offset, |last| last + 1)
+        .max(offset);
+    let keep = (prepared as usize).max(offset);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    let zero_end = written_end.min(keep);
+    if zero_end > offset {
+        file.write_all_at(&vec![0u8; zero_end - offset], offset as u64)
+            .map_err(|e| io_error(path, e))?;
+    }
+    if bytes.len() > keep {
+        file.set_len(keep as u64).map_err(|e| io_error(path, e))?;
+    }
+    file.sync_all().map_err(|e| io_error(path, e))?;
+    Ok((written_end - offset) as u64)
 }
 
 /// The LSN a segment's first record must carry: the one after the
@@ -120,7 +152,7 @@ fn due_lsn(expected: Option<u64>, named: u64, path: &Path) -> Result<u64, Journa
     Ok(expected)
 }
 
-/// Where to cut a segment whose scan ended so (`None`: nothing to cut);
+/// Where a segment whose scan ended so is torn (`None`: it is not);
 /// an error for corruption, or for a torn record before the last segment.
 fn torn_offset(
     path: &Path,
@@ -165,11 +197,13 @@ pub struct ReadSummary {
 /// How the records of a journal's segments are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordFormat {
-    /// Format 3 on: a header with a checksum of its own (`record.rs`).
+    /// Format 3 on: a header with a checksum of its own (`record.rs`), in
+    /// segments that begin with a header of their own
+    /// (`segment_header.rs`).
     HeaderChecksum,
     /// Data directories of format 2 and older, not yet upgraded by a
-    /// daemon's start (`record_v2.rs`). A segment whose first record checks
-    /// in the new format is read in it: an upgrade a crash interrupted
+    /// daemon's start (`record_v2.rs`). A segment that begins with a segment
+    /// header is read in the new format: an upgrade a crash interrupted
     /// rewrote it already.
     BeforeHeaderChecksum,
 }
@@ -216,11 +250,12 @@ pub fn read(
             })
         };
         let old =
-            format == RecordFormat::BeforeHeaderChecksum && !record::first_record_holds(&bytes);
+            format == RecordFormat::BeforeHeaderChecksum && !segment_header::has_magic(&bytes);
         let end = if old {
             record_v2::scan_each(&bytes, Some(due), &mut on)?
         } else {
-            record::scan_each(&bytes, Some(due), &mut on)?
+            check_header(&bytes, path, segments.len() - i - 1)?;
+            record::scan_each(&bytes, SEGMENT_HEADER_BYTES, Some(due), &mut on)?
         };
         if torn_offset(path, end, segments.len() - i - 1)?.is_some() {
             summary.torn_tail = true;

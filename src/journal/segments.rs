@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::fault::Fault;
 use super::record::{self};
+use super::segment_header::{self, HeaderFault, SEGMENT_HEADER_BYTES};
 use super::{io_error, JournalError};
 use crate::faults::{self, points};
 
@@ -21,6 +22,8 @@ pub(super) const SEGMENT_SUFFIX: &str = ".wal";
 /// commit's fdatasync writes the data alone (no inode), and a rotation no
 /// longer stalls the writer on creating and extending a file.
 pub(super) const SPARE_NAME: &str = "next-segment.spare";
+/// The temporary name of a segment made on the spot (see [`plain_segment`]).
+pub(super) const PLAIN_NAME: &str = "next-segment.plain";
 /// Zeros written per call while preparing a spare, and how often it is
 /// synced on the way (so that its flush never arrives as one burst).
 pub(super) const SPARE_CHUNK_BYTES: usize = 1 << 20;
@@ -85,18 +88,13 @@ pub(super) fn prepare_spare(
     segment_bytes: u64,
 ) -> Result<(File, PathBuf), JournalError> {
     let path = dir.join(SPARE_NAME);
-    let file = faults::io(points::JOURNAL_OPEN, || {
-        crate::private_files::options()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-    })
-    .map_err(|e| io_error(&path, e))?;
+    let file = create_segment_file(&path, segment_bytes)?;
     let zeros = vec![0u8; SPARE_CHUNK_BYTES];
-    let mut written = 0u64;
+    let mut written = SEGMENT_HEADER_BYTES as u64;
     while written < segment_bytes {
-        let n = (segment_bytes - written).min(SPARE_CHUNK_BYTES as u64) as usize;
+        // Up to the next chunk boundary: the header took the first bytes.
+        let chunk_end = (written / SPARE_CHUNK_BYTES as u64 + 1) * SPARE_CHUNK_BYTES as u64;
+        let n = (chunk_end.min(segment_bytes) - written) as usize;
         faults::io(points::JOURNAL_ALLOCATE, || {
             file.write_all_at(&zeros[..n], written)
         })
@@ -109,6 +107,77 @@ pub(super) fn prepare_spare(
     }
     faults::io(points::JOURNAL_FSYNC, || file.sync_all()).map_err(|e| io_error(&path, e))?;
     Ok((file, path))
+}
+
+/// A segment made on the spot, when no prepared spare is ready (a new
+/// directory's first, or a burst that outran the spare thread): its
+/// header and its full length set at once, the length without writing
+/// the zeros (a sparse file reads as zeros; its first writes cost block
+/// allocations, which is why it is left as soon as a spare is ready).
+/// Made under a temporary name and renamed into place by the caller, so
+/// that a crash never leaves a segment without its header.
+pub(super) fn plain_segment(
+    dir: &Path,
+    segment_bytes: u64,
+) -> Result<(File, PathBuf), JournalError> {
+    let path = dir.join(PLAIN_NAME);
+    let file = create_segment_file(&path, segment_bytes)?;
+    faults::io(points::JOURNAL_ALLOCATE, || file.set_len(segment_bytes))
+        .map_err(|e| io_error(&path, e))?;
+    faults::io(points::JOURNAL_FSYNC, || file.sync_all()).map_err(|e| io_error(&path, e))?;
+    Ok((file, path))
+}
+
+/// Creates (or empties) the file at `path` and writes a segment header
+/// saying it is `segment_bytes` long.
+fn create_segment_file(path: &Path, segment_bytes: u64) -> Result<File, JournalError> {
+    let file = faults::io(points::JOURNAL_OPEN, || {
+        crate::private_files::options()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(path)
+    })
+    .map_err(|e| io_error(path, e))?;
+    let header = segment_header::encode(segment_bytes);
+    faults::io(points::JOURNAL_WRITE, || file.write_all_at(&header, 0))
+        .map_err(|e| io_error(path, e))?;
+    Ok(file)
+}
+
+/// The size a segment is prepared to: `segment_bytes`, and room for its
+/// header and a record at the least.
+pub(super) fn prepared_bytes(segment_bytes: u64) -> u64 {
+    segment_bytes.max((SEGMENT_HEADER_BYTES + record::RECORD_HEADER_BYTES) as u64)
+}
+
+/// The records of a segment's bytes, after its header (not checked here:
+/// see [`segment_header::check`]); for tools and tests that look inside.
+pub fn scan_segment(bytes: &[u8], expected_lsn: Option<u64>) -> record::Scan {
+    record::scan_from(bytes, SEGMENT_HEADER_BYTES, expected_lsn)
+}
+
+/// The size a segment's header says it was prepared to, or the damage
+/// that refuses it (a bad header, or a file shorter than that).
+pub(super) fn check_header(
+    bytes: &[u8],
+    path: &Path,
+    later_segments: usize,
+) -> Result<u64, JournalError> {
+    segment_header::check(bytes).map_err(|fault| match fault {
+        HeaderFault::Damaged(reason) => JournalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason,
+            later_segments,
+        },
+        HeaderFault::Cut { length, prepared } => JournalError::Cut {
+            path: path.to_path_buf(),
+            length,
+            prepared,
+        },
+    })
 }
 
 /// The spare thread. A spare that cannot be prepared (the disk is full,
@@ -146,31 +215,39 @@ pub(super) fn run_spares(
     }
 }
 
-/// Opens the last segment (or a new one) at the end of its records: a
-/// prepared segment is longer than what was written into it. Returns the
-/// file, its path, where its records end, and whether it was prepared.
+/// Opens the last segment (or makes the first) at the end of its records:
+/// a prepared segment is longer than what was written into it. Returns
+/// the file, its path, where its records end, and whether it has room
+/// prepared past them.
 pub(super) fn open_segment(
     dir: &Path,
     first_lsn: u64,
+    segment_bytes: u64,
 ) -> Result<(File, PathBuf, u64, bool), JournalError> {
     let path = match segment_paths(dir)?.last() {
         Some((_, last)) => last.clone(),
-        None => segment_path(dir, first_lsn),
+        None => {
+            let (file, plain) = plain_segment(dir, segment_bytes)?;
+            let path = segment_path(dir, first_lsn);
+            faults::io(points::JOURNAL_RENAME, || std::fs::rename(&plain, &path))
+                .map_err(|e| io_error(&path, e))?;
+            sync_dir(dir)?;
+            return Ok((file, path, SEGMENT_HEADER_BYTES as u64, false));
+        }
     };
     let file = faults::io(points::JOURNAL_OPEN, || {
         crate::private_files::options()
-            .create(true)
             .read(true)
             .write(true)
-            .truncate(false)
             .open(&path)
     })
     .map_err(|e| io_error(&path, e))?;
     let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
-    let size = record::scan(&bytes, None)
+    check_header(&bytes, &path, 0)?;
+    let size = scan_segment(&bytes, None)
         .records
         .last()
-        .map_or(0, |r| r.payload.end as u64);
+        .map_or(SEGMENT_HEADER_BYTES, |r| r.payload.end) as u64;
     sync_dir(dir)?;
     Ok((file, path, size, bytes.len() as u64 > size))
 }

@@ -8,10 +8,10 @@
 //! temporary file beside it, which is fsynced, renamed over the segment,
 //! and the directory fsynced. A crash leaves each segment old or new,
 //! never half, and the version in `names.toml` is bumped only after every
-//! segment is new. Which a segment is shows by scanning it: a segment
-//! whose first record checks in the new format is new (an old record's
-//! bytes pass the new header checksum by chance once in 2^32); one of
-//! zeros only holds no records in either.
+//! segment is new. Which a segment is shows in its first bytes: a new one
+//! begins with a segment header (`segment_header.rs`), an old one with a
+//! record or zeros. A new segment is exactly as long as its header and
+//! records: the header says so, and a cut is found like any other.
 
 use std::fs::File;
 use std::io::Write;
@@ -19,6 +19,7 @@ use std::path::Path;
 
 use super::record::{self, End};
 use super::record_v2;
+use super::segment_header::{self, SEGMENT_HEADER_BYTES};
 use super::segments::{segment_paths, sync_dir};
 use super::{io_error, JournalError};
 
@@ -31,7 +32,7 @@ pub fn upgrade_segments(dir: &Path) -> Result<usize, JournalError> {
     let mut rewritten = 0;
     for (i, (_, path)) in segments.iter().enumerate() {
         let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-        if bytes.iter().all(|b| *b == 0) || record::first_record_holds(&bytes) {
+        if segment_header::has_magic(&bytes) {
             continue;
         }
         let old = record_v2::scan(&bytes, None);
@@ -53,7 +54,14 @@ pub fn upgrade_segments(dir: &Path) -> Result<usize, JournalError> {
             }
             End::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
         }
-        let mut out = Vec::with_capacity(bytes.len());
+        let records_bytes: usize = old
+            .records
+            .iter()
+            .map(|r| record::RECORD_HEADER_BYTES + r.payload.len())
+            .sum();
+        let length = SEGMENT_HEADER_BYTES + records_bytes;
+        let mut out = Vec::with_capacity(length);
+        out.extend_from_slice(&segment_header::encode(length as u64));
         for found in &old.records {
             record::encode(
                 found.kind,

@@ -13,7 +13,8 @@ use super::handle::{
     Append, CommitFailed, Done, JournalStats, MAX_RECORDS_PER_COMMIT, UNVOUCHED_LINGER_US,
 };
 use super::record::{self};
-use super::segments::{segment_path, SpareJob};
+use super::segment_header::SEGMENT_HEADER_BYTES;
+use super::segments::{plain_segment, segment_path, SpareJob};
 use super::{io_error, Durability, JournalError};
 use crate::faults::{self, points};
 
@@ -156,16 +157,11 @@ impl Writer {
                     .map_err(|e| io_error(&path, e))?;
                 (file, true)
             }
-            // Not ready (a burst outran the spare thread): a plain file.
+            // Not ready (a burst outran the spare thread): one made now.
             Err(_) => {
-                let file = faults::io(points::JOURNAL_OPEN, || {
-                    crate::private_files::options()
-                        .create(true)
-                        .write(true)
-                        .truncate(false)
-                        .open(&path)
-                })
-                .map_err(|e| io_error(&path, e))?;
+                let (file, plain) = plain_segment(&self.dir, self.segment_bytes)?;
+                faults::io(points::JOURNAL_RENAME, || std::fs::rename(&plain, &path))
+                    .map_err(|e| io_error(&path, e))?;
                 (file, false)
             }
         };
@@ -179,7 +175,7 @@ impl Writer {
         self.prepared = prepared;
         let old = std::mem::replace(&mut self.file, file);
         let old_path = std::mem::replace(&mut self.path, path);
-        self.size = 0;
+        self.size = SEGMENT_HEADER_BYTES as u64;
         // Synced by the spare thread, with the segment's last records.
         let _ = self.spare_jobs.send(SpareJob::Retire(old, old_path));
         if prepared {

@@ -301,7 +301,7 @@ pub(super) fn replay_state(
     prove_chain(dir, &applied.links(dir), &recovered)?;
     if let Some(torn) = &recovered.torn_tail {
         tracing::warn!(
-            "journal {} ended in a torn record at byte {} ({} bytes cut): a write the crash interrupted, never acknowledged",
+            "journal {} ended in a torn record at byte {} ({} bytes erased): a write the crash interrupted, never acknowledged",
             torn.path.display(),
             torn.offset,
             torn.bytes
