@@ -421,6 +421,11 @@ async fn damage_is_refused_or_loses_no_answered_order() {
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 
+    // The control: an undamaged copy starts whole, so each refusal below
+    // is the damage's doing, not the copy's.
+    let outcome = cases.run(&last_rel, "no damage", |_| {}).await;
+    assert_eq!(outcome, Outcome::Whole, "an undamaged copy");
+
     // The case: the high bit of the length of a middle record.
     for (segment, records) in [(last, &in_last), (earlier, &in_earlier)] {
         let middle = records.offsets[records.offsets.len() / 2];
