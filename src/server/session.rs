@@ -53,8 +53,6 @@ pub struct Shared {
     pub waiting: Arc<Waiting>,
     /// How long a connection may take to say a valid `Hello`.
     pub hello_timeout_ms: u64,
-    /// ListOrders in process across every connection (`MAX_LISTINGS_IN_FLIGHT`).
-    pub listings: Arc<Semaphore>,
     /// Cancelled at shutdown: stop reading, answer what was read.
     pub stop: tokio_util::sync::CancellationToken,
     /// Every connection, stream and request task, for the shutdown to wait on.
