@@ -1,6 +1,7 @@
 //! What one QUIC connection may hold of the server, over real connections
-//! to the server in process: no more than its share of the engine's
-//! in-flight orders, however many requests it pipelines.
+//! to the server in process: before its Hello, few streams and a small
+//! receive window (raised by the Hello); after it, no more than its share
+//! of the engine's in-flight orders, however many requests it pipelines.
 
 mod common;
 
@@ -8,8 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use omniroute::limits::CONNECTION_SHARE_OF_ENGINE_INFLIGHT;
-use omniroute_client::protocol::{check_frame, split_frame, Request, Response, PROTOCOL_VERSION};
+use futures::FutureExt;
+use omniroute::limits::{
+    CONNECTION_SHARE_OF_ENGINE_INFLIGHT, MAX_UNAUTHENTICATED_STREAMS,
+    UNAUTHENTICATED_RECEIVE_WINDOW_BYTES,
+};
+use omniroute_client::protocol::{
+    check_frame, split_frame, ErrorCode, OrderKey, Request, Response, PROTOCOL_VERSION,
+};
 use omniroute_client::{quinn, Client, Trust};
 
 /// The engine's in-flight orders in these tests: small, so that a share
@@ -232,6 +239,108 @@ async fn a_connection_holds_no_more_than_its_share_of_the_engine() {
     }
     assert_eq!(decided, streams * per_stream);
     drop(open);
+    server.shutdown().await;
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_its_hello_a_connection_gets_few_streams_and_a_small_window() {
+    // Proves the limits of a connection without a Hello, as its peer's QUIC stack sees them:
+    // MAX_UNAUTHENTICATED_STREAMS streams open at once and no more, and at most
+    // UNAUTHENTICATED_RECEIVE_WINDOW_BYTES taken ahead of what the server has read; and that
+    // the Hello raises both, to server.max_streams_per_connection streams (and no more)
+    // and a window that takes far more at once.
+    let dir = TempDir::new("quic-pre-hello");
+    let config = admission_config(&dir);
+    let (engine, _) = engine(&config, None).await;
+    let server = omniroute::server::start(engine.clone(), &config.server)
+        .await
+        .expect("server starts");
+    let peer = raw(&server).await;
+    let connection = &peer.connection;
+
+    let mut streams = Vec::new();
+    for n in 0..MAX_UNAUTHENTICATED_STREAMS {
+        let opened = connection.open_bi().now_or_never();
+        let opened = opened.unwrap_or_else(|| panic!("stream {n} opens at once"));
+        streams.push(opened.unwrap());
+    }
+    assert!(
+        connection.open_bi().now_or_never().is_none(),
+        "one more stream than MAX_UNAUTHENTICATED_STREAMS waits for the server's leave"
+    );
+    // Requests the server answers NotAuthenticated, far more than the window.
+    let key = OrderKey {
+        channel: "web".into(),
+        client_order_id: "o-1".into(),
+    };
+    let requests = encoded(&Request::GetOrder(key), 1).repeat(1 << 15);
+    let taken = streams[1].0.write(&requests).now_or_never();
+    let taken = taken
+        .expect("a write takes what the window allows at once")
+        .unwrap();
+    assert!(
+        taken <= UNAUTHENTICATED_RECEIVE_WINDOW_BYTES as usize,
+        "{taken} bytes taken before the server read any"
+    );
+
+    // The Hello goes once the server read some of those and gave the window back.
+    let (mut send, mut recv) = streams.remove(0);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        send.write_all(&hello(CHANNEL_WEB_TOKEN)),
+    )
+    .await
+    .expect("the Hello is sent within 10 s")
+    .unwrap();
+    let (_, answer) = next_frame(&mut recv).await;
+    assert!(matches!(answer, Response::HelloOk { .. }), "{answer:?}");
+    streams.insert(0, (send, recv));
+
+    let more = tokio::time::timeout(Duration::from_secs(10), connection.open_bi())
+        .await
+        .expect("the Hello lets one more stream open")
+        .unwrap();
+    streams.push(more);
+    while streams.len() < MAX_STREAMS as usize {
+        let next = tokio::time::timeout(Duration::from_secs(10), connection.open_bi())
+            .await
+            .expect("streams up to server.max_streams_per_connection open")
+            .unwrap();
+        streams.push(next);
+    }
+    assert!(
+        connection.open_bi().now_or_never().is_none(),
+        "one more than server.max_streams_per_connection waits"
+    );
+    // One frame of an unknown kind, as long as a frame may be: taken at
+    // once, as soon as the Hello's window reached this side.
+    let mut frame = ((1u32 << 19) + 9).to_le_bytes().to_vec();
+    frame.push(0xEE);
+    frame.extend(7u64.to_le_bytes());
+    frame.resize(frame.len() + (1 << 19), 0);
+    let (send, recv) = streams.last_mut().unwrap();
+    let mut sent = 0;
+    let mut most = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while most <= UNAUTHENTICATED_RECEIVE_WINDOW_BYTES as usize {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a write took at most {most} bytes at once after the Hello"
+        );
+        if let Some(taken) = send.write(&frame[sent..]).now_or_never() {
+            let taken = taken.unwrap();
+            sent += taken;
+            most = most.max(taken);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    send.write_all(&frame[sent..]).await.unwrap();
+    match next_frame(recv).await {
+        (7, Response::Error { code, .. }) => assert_eq!(code, ErrorCode::UnknownKind as u16),
+        other => panic!("expected UnknownKind, got {other:?}"),
+    }
+    drop(streams);
     server.shutdown().await;
     engine.shutdown();
 }
