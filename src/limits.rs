@@ -191,8 +191,19 @@ pub const MAX_FOLLOWS_PER_CONNECTION: usize = 16;
 /// second while one is in process is answered `Overloaded`.
 pub const MAX_LISTINGS_PER_CONNECTION: usize = 1;
 
-/// ListOrders requests in process at once across every connection. Each
-/// costs every router a pass over its book, between the batches it routes;
-/// two at a time bound how long routing can wait behind listings. More
-/// wait their turn.
+/// ListOrders requests in process at once, over QUIC and HTTP together.
+/// Each costs every router a pass over its book, in steps of
+/// `MAX_ORDERS_SCANNED_PER_LIST_STEP` between the batches it routes; two
+/// at a time bound how many such steps a batch can find queued ahead of
+/// it. More wait their turn.
 pub const MAX_LISTINGS_IN_FLIGHT: usize = 2;
+
+/// Orders a router passes in one step of a listing before it takes the
+/// next message in its mailbox: a listing on a book of millions is then
+/// many short steps with the batches that came meanwhile in between, not
+/// one pass that stalls routing for its length. Passing an order is a
+/// comparison or two on a record in memory: measured on a book of 200 000
+/// orders, a step took 0.14 ms on average (0.22 ms for pages of 1000) in
+/// a debug build (a release build is faster still), about what
+/// routing a handful of orders takes; a million-order book is 250 steps.
+pub const MAX_ORDERS_SCANNED_PER_LIST_STEP: usize = 4096;

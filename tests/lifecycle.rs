@@ -391,3 +391,80 @@ async fn a_channel_is_told_its_orders_changes_without_a_journal() {
         ]
     );
 }
+
+/// One thread: the actors run only while the test awaits, so the order in
+/// which messages reach a router's mailbox is the order the test sends them.
+#[tokio::test(flavor = "current_thread")]
+async fn a_listing_lets_what_is_queued_behind_it_go_before_its_page() {
+    // Proves a router lists a big book in steps with the messages that came meanwhile in
+    // between: an order submitted after a listing began is answered while the listing is
+    // still under way, and a confirm sent after it began, of an order the page shows, is
+    // applied before the page is taken (the page shows it confirmed), where one pass over
+    // the book in one turn would answer the page before either.
+    use omniroute::limits::{MAX_ORDERS_PER_BATCH, MAX_ORDERS_SCANNED_PER_LIST_STEP};
+    let config = config(&format!(
+        "{}{}",
+        channel("c", &["nearest"]),
+        stock(&[("SKU-1", "WH-S", 100_000)])
+    ));
+    let mut settings = config.engine.clone();
+    settings.routers = 1;
+    let (engine, _) = engine(&config, Some(settings)).await;
+    let count = 3 * MAX_ORDERS_SCANNED_PER_LIST_STEP;
+    let names: Vec<String> = (0..count).map(|i| format!("o-{i}")).collect();
+    for batch in names.chunks(MAX_ORDERS_PER_BATCH) {
+        let orders = batch
+            .iter()
+            .map(|n| order("c", n, &[("SKU-1", 1)]))
+            .collect();
+        let decisions = engine.submit_batch(orders).await.unwrap();
+        assert!(decisions.iter().all(Decision::is_routed));
+    }
+    let query = |limit| omniroute::engine::OrderQuery {
+        channel: "c",
+        state: None,
+        node: None,
+        created_from_ms: 0,
+        created_to_ms: 0,
+        after: 0,
+        limit,
+    };
+    let (first, _) = engine.list_orders(query(1)).await.unwrap();
+    let first = first[0].id;
+
+    let listing = engine.list_orders(query(10));
+    tokio::pin!(listing);
+    assert!(
+        futures::poll!(&mut listing).is_pending(),
+        "the listing is sent"
+    );
+    let confirm = engine.confirm(OrderRef::Id(first));
+    tokio::pin!(confirm);
+    assert!(
+        futures::poll!(&mut confirm).is_pending(),
+        "queued behind it"
+    );
+    let submit = engine.submit_batch(vec![order("c", "late", &[("SKU-1", 1)])]);
+    tokio::pin!(submit);
+    assert!(
+        futures::poll!(&mut submit).is_pending(),
+        "queued behind it too"
+    );
+    let decided = tokio::select! {
+        biased;
+        _ = &mut listing => panic!("the page came before the order queued behind it"),
+        decided = &mut submit => decided.unwrap(),
+    };
+    assert!(decided[0].is_routed());
+    let (listed, confirmed) = tokio::join!(listing, confirm);
+    assert_eq!(confirmed.unwrap().state, OrderState::Confirmed);
+    let (page, next) = listed.unwrap();
+    assert_eq!(page.len(), 10);
+    assert!(next.is_some());
+    assert_eq!(page[0].id, first);
+    assert_eq!(
+        page[0].state,
+        OrderState::Confirmed,
+        "the confirm queued behind the listing went before its last step"
+    );
+}

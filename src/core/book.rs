@@ -239,6 +239,41 @@ pub struct BookCursor {
     done: usize,
 }
 
+/// How far a listing has come through a router's books. Each book is
+/// walked from its end to its start, so that a retirement between steps
+/// (the book's last order moves into the hole) can only move an order not
+/// yet passed further on, or one passed already back into the part still
+/// to pass (it is then passed twice, and a listing counts it once): never
+/// one not yet passed into the part passed. New orders go at a book's end,
+/// past the walk, and are left out by their sequence.
+#[derive(Clone, Debug)]
+pub struct ListCursor {
+    book: usize,
+    /// Places below this in `book` are still to pass; `None` before the
+    /// walk reached the book.
+    below: Option<usize>,
+    /// Each book's next sequence when the listing began: the orders it
+    /// lists existed then.
+    began: Box<[u32]>,
+}
+
+/// One run of a listing's walk: orders lying together in one book.
+pub(crate) struct ListRun<'a> {
+    pub(crate) orders: &'a [OrderRecord],
+    /// The book's next sequence when the listing began.
+    began: u32,
+}
+
+impl ListRun<'_> {
+    /// The run's orders that existed when the listing began.
+    pub(crate) fn existing(&self) -> impl Iterator<Item = &OrderRecord> {
+        let began = u64::from(self.began);
+        self.orders
+            .iter()
+            .filter(move |r| sequence_of(r.id) < began)
+    }
+}
+
 /// The orders of one router: a book per partition it owns.
 pub(crate) struct Books {
     pub(crate) router: usize,
@@ -402,6 +437,38 @@ impl Books {
             cursor.done = 0;
         }
         &[]
+    }
+
+    /// Where a listing of the books as they are now begins.
+    pub(crate) fn list_cursor(&self) -> ListCursor {
+        ListCursor {
+            book: 0,
+            below: None,
+            began: self.books.iter().map(|b| b.next_sequence).collect(),
+        }
+    }
+
+    /// The next run of up to `max` orders of a listing's walk (see
+    /// [`ListCursor`]), moving the cursor past it; `None` once every book
+    /// is passed. A run stops at the start of a segment.
+    pub(crate) fn listing_run(&self, cursor: &mut ListCursor, max: usize) -> Option<ListRun<'_>> {
+        while let Some(book) = self.books.get(cursor.book) {
+            // Retirements since the last step may have shortened the book.
+            let below = cursor.below.map_or(book.count, |b| b.min(book.count));
+            if below > 0 {
+                let segment = &book.segments[(below - 1) / ORDERS_PER_SEGMENT];
+                let end = (below - 1) % ORDERS_PER_SEGMENT + 1;
+                let start = end.saturating_sub(max.max(1));
+                cursor.below = Some(below - (end - start));
+                return Some(ListRun {
+                    orders: &segment[start..end],
+                    began: cursor.began[cursor.book],
+                });
+            }
+            cursor.book += 1;
+            cursor.below = None;
+        }
+        None
     }
 
     /// Every order, the books given up.

@@ -83,6 +83,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     admission: Arc<Semaphore>,
     max_inflight: u32,
+    /// ListOrders in process (`MAX_LISTINGS_IN_FLIGHT`), from any ingress.
+    listings: Semaphore,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     image_pace: ImagePace,
     health: Arc<Health>,

@@ -14,7 +14,7 @@ use crate::core::book::{router_of_key, router_of_order};
 use crate::core::model::OrderState;
 use crate::core::model::{Decision, OrderRequest};
 use crate::core::order::OrderRecord;
-use crate::core::router::{OrderFilter, OrderRef};
+use crate::core::router::{ListPage, OrderFilter, OrderRef};
 use crate::core::status::OrderStatus;
 use crate::limits::{MAX_ORDERS_PER_BATCH, MAX_ORDERS_PER_PAGE};
 
@@ -173,6 +173,8 @@ impl Engine {
     /// order after `after`, and the id to pass as `after` for the next
     /// page (`None` after the last). Every router is asked for one more
     /// than the page holds, which tells whether another page follows.
+    /// At most `MAX_LISTINGS_IN_FLIGHT` are in process at once, whichever
+    /// ingress asked; more wait their turn here.
     pub async fn list_orders(
         &self,
         query: OrderQuery<'_>,
@@ -195,20 +197,19 @@ impl Engine {
             after: query.after,
             limit: limit + 1,
         };
+        let _turn = self
+            .inner
+            .listings
+            .acquire()
+            .await
+            .expect("the listings semaphore is never closed");
         let pages = join_all(self.inner.routers.iter().map(|router| {
             let filter = filter.clone();
             call_committed(router, move |reply| RouterMsg::List { filter, reply })
         }))
         .await;
-        let mut orders = Vec::new();
-        for page in pages {
-            orders.extend(page?);
-        }
-        orders.sort_unstable_by_key(|o| o.id);
-        let more = orders.len() > limit;
-        orders.truncate(limit);
-        let next = more.then(|| orders.last().map_or(0, |o| o.id));
-        Ok((orders, next))
+        let pages = pages.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(merge_pages(pages, limit))
     }
 
     pub async fn get(&self, order: OrderRef) -> Result<OrderRecord, EngineError> {
@@ -309,4 +310,92 @@ pub(super) fn check_batch(orders: &[OrderRequest]) -> Result<(), EngineError> {
         return Err(EngineError::BatchTooLarge(orders.len()));
     }
     Ok(())
+}
+
+/// The page of `limit` orders the routers' pages (each of up to `limit + 1`
+/// orders) make, and the `after` of the next page.
+fn merge_pages(pages: Vec<ListPage>, limit: usize) -> (Vec<OrderRecord>, Option<u64>) {
+    let mut orders = Vec::new();
+    // The lowest id past which some router may have matches it did not
+    // send: the page ends there at the latest.
+    let mut complete_to: Option<u64> = None;
+    for page in pages {
+        orders.extend(page.orders);
+        if let Some(to) = page.complete_to {
+            complete_to = Some(complete_to.map_or(to, |c| c.min(to)));
+        }
+    }
+    orders.sort_unstable_by_key(|o| o.id);
+    if let Some(to) = complete_to {
+        orders.retain(|o| o.id <= to);
+    }
+    // A router sends fewer than it found only when some of them changed or
+    // retired while it listed (`Listing`); the page then ends where that
+    // router's certainty does, and the next page goes on from there.
+    let next = if orders.len() > limit {
+        orders.truncate(limit);
+        orders.last().map(|o| o.id)
+    } else {
+        complete_to
+    };
+    (orders, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::core::policy::Method;
+
+    fn page(ids: &[u64], complete_to: Option<u64>) -> ListPage {
+        let record = |id: u64| OrderRecord {
+            id,
+            fingerprint: 0,
+            expires_at_ms: 0,
+            client_order_id: Arc::from(format!("o-{id}")),
+            lines: Box::new([]),
+            ship_to: (0.0, 0.0),
+            allocations: SmallVec::new(),
+            extra: None,
+            key_next: 0,
+            channel: 0,
+            market: None,
+            method: Method::Ship,
+            state: OrderState::Held,
+            created_s: 0,
+        };
+        ListPage {
+            orders: ids.iter().map(|&id| record(id)).collect(),
+            complete_to,
+        }
+    }
+
+    fn ids(merged: &(Vec<OrderRecord>, Option<u64>)) -> (Vec<u64>, Option<u64>) {
+        (merged.0.iter().map(|o| o.id).collect(), merged.1)
+    }
+
+    #[test]
+    fn a_page_ends_where_the_least_certain_router_does() {
+        // Proves the merge of the routers' pages (limit + 1 each): with whole pages it is the
+        // lowest `limit` ids and the last of them as the next `after`; when a router sends
+        // fewer than it found (some changed or retired while it listed), the page stops at
+        // that router's bound and the next page starts there, so no order past it is
+        // skipped; and with nothing more anywhere there is no next page.
+        let whole = merge_pages(vec![page(&[1, 4, 7], Some(7)), page(&[2, 3], None)], 2);
+        assert_eq!(ids(&whole), (vec![1, 2], Some(2)));
+        // Router A found 1, 4 and 7 but 4 retired before its last step; it may have 8 too.
+        let short = merge_pages(vec![page(&[1, 7], Some(7)), page(&[], None)], 2);
+        assert_eq!(ids(&short), (vec![1, 7], Some(7)));
+        let shorter = merge_pages(vec![page(&[1], Some(7)), page(&[9, 10], None)], 2);
+        assert_eq!(
+            ids(&shorter),
+            (vec![1], Some(7)),
+            "9 and 10 wait for the next page"
+        );
+        let emptied = merge_pages(vec![page(&[], Some(7)), page(&[], None)], 2);
+        assert_eq!(ids(&emptied), (vec![], Some(7)));
+        let last = merge_pages(vec![page(&[5], None), page(&[6], None)], 2);
+        assert_eq!(ids(&last), (vec![5, 6], None));
+    }
 }

@@ -1,6 +1,6 @@
 //! The router actor: a pool member that owns the books of its partitions,
 //! runs each order step on its RouterCore, commits through the sequencer,
-//! and streams its book to a snapshot in paced steps.
+//! and streams its book to a snapshot and lists its orders in paced steps.
 
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
@@ -16,11 +16,11 @@ use crate::core::book::BookCursor;
 use crate::core::error::InvariantError;
 use crate::core::model::{Decision, NodeIdx, OrderId, OrderRequest, SkuId};
 use crate::core::order::{BookChunk, OrderRecord};
-use crate::core::router::{OpError, OrderFilter, OrderRef, RouterCore};
+use crate::core::router::{ListPage, Listing, OpError, OrderFilter, OrderRef, RouterCore};
 use crate::core::status::statuses_of;
 use crate::core::stock::Bumped;
 use crate::engine::sequencer::{Done, Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER};
-use crate::limits::MAX_ORDERS_PER_FOLLOW_UP_RECORD;
+use crate::limits::{MAX_ORDERS_PER_FOLLOW_UP_RECORD, MAX_ORDERS_SCANNED_PER_LIST_STEP};
 
 pub(super) type Reply<T> = RpcReplyPort<Result<T, OpError>>;
 
@@ -34,10 +34,13 @@ pub enum RouterMsg {
         order: OrderRef,
         reply: Reply<OrderRecord>,
     },
+    /// A listing's first step; the next ones are `ListStep`s.
     List {
         filter: OrderFilter,
-        reply: RpcReplyPort<Vec<OrderRecord>>,
+        reply: RpcReplyPort<ListPage>,
     },
+    /// A listing's next step, queued behind whatever came meanwhile.
+    ListStep(Box<ListingStep>),
     Confirm {
         order: OrderRef,
         reply: Reply<OrderRecord>,
@@ -127,6 +130,12 @@ pub struct BookImage {
     pending: Option<BookPart>,
     /// LSN of the marker sent when imaging started: the label of the image.
     start_lsn: Arc<std::sync::OnceLock<u64>>,
+}
+
+/// A listing under way and who waits for its page.
+pub struct ListingStep {
+    listing: Listing,
+    reply: RpcReplyPort<ListPage>,
 }
 
 pub struct RouterState {
@@ -428,6 +437,34 @@ impl RouterState {
         .await;
     }
 
+    /// Passes the next `MAX_ORDERS_SCANNED_PER_LIST_STEP` orders of a
+    /// listing. Once every book is passed the page is answered, when what
+    /// it shows is durable; until then the next step goes to the back of
+    /// the mailbox, so that the batches and lifecycle steps that came
+    /// meanwhile go first (`Listing` says what a page shows of the changes
+    /// they make).
+    async fn list_step(&mut self, mut step: ListingStep, myself: &ActorRef<RouterMsg>) {
+        match self
+            .core
+            .list_step(&mut step.listing, MAX_ORDERS_SCANNED_PER_LIST_STEP)
+        {
+            Some(page) => {
+                let reply = step.reply;
+                self.sequencer
+                    .after_durable(move || {
+                        let _ = reply.send(page);
+                    })
+                    .await;
+            }
+            None => {
+                let mailbox = Mailbox::new(myself.clone(), self.depth.clone());
+                // A stopped actor takes no more: the engine is going down,
+                // and the dropped reply port answers the caller an error.
+                let _ = mailbox.cast(RouterMsg::ListStep(Box::new(step)));
+            }
+        }
+    }
+
     /// Appends the snapshot's opening marker and takes the first step of
     /// streaming the book; the marker's LSN labels the book once durable.
     async fn start_image(
@@ -498,13 +535,15 @@ impl Actor for RouterActor {
                     .await;
             }
             RouterMsg::List { filter, reply } => {
-                let page = state.core.list(&filter);
+                let listing = state.core.start_listing(filter);
                 state
-                    .sequencer
-                    .after_durable(move || {
-                        let _ = reply.send(page);
-                    })
+                    .list_step(ListingStep { listing, reply }, &myself)
                     .await;
+            }
+            RouterMsg::ListStep(step) => {
+                state.list_step(*step, &myself).await;
+                // Back to the scheduler between steps, as for `ImageStep`.
+                tokio::task::yield_now().await;
             }
             RouterMsg::Confirm { order, reply } => {
                 let result = state.core.confirm(&order).cloned();

@@ -103,6 +103,7 @@ impl Engine {
                 clock,
                 admission: Arc::new(Semaphore::new(settings.max_inflight as usize)),
                 max_inflight: settings.max_inflight,
+                listings: Semaphore::new(crate::limits::MAX_LISTINGS_IN_FLIGHT),
                 tasks: std::sync::Mutex::new(Vec::new()),
                 image_pace: ImagePace::default(),
                 health,

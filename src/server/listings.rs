@@ -1,8 +1,9 @@
-//! ListOrders, admitted and paced: each costs every router a pass over its
-//! book between the batches it routes, so a connection has at most
-//! `MAX_LISTINGS_PER_CONNECTION` in process (more are answered
-//! `Overloaded`), and all connections together `MAX_LISTINGS_IN_FLIGHT`
-//! (more wait their turn, holding nothing of the engine's).
+//! ListOrders, admitted: each costs every router a pass over its book
+//! (paced by the routers, in steps between the batches they route), so a
+//! connection has at most `MAX_LISTINGS_PER_CONNECTION` in process (more
+//! are answered `Overloaded`), and the engine takes `MAX_LISTINGS_IN_FLIGHT`
+//! at once from every ingress together (more wait their turn in
+//! [`crate::engine::Engine::list_orders`], holding nothing of the engine's).
 
 use omniroute_protocol::{ErrorCode, OrderQuery, Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
@@ -27,7 +28,7 @@ pub fn refused() -> Response {
     )
 }
 
-/// Answers one listing on `out` once the server's turn comes; tracked by
+/// Answers one listing on `out` once the engine's turn comes; tracked by
 /// `requests`, so that an answer to unframeable bytes after it waits for it.
 pub fn spawn(
     shared: &Shared,
@@ -37,11 +38,8 @@ pub fn spawn(
     query: OrderQuery,
     out: &Answers,
 ) {
-    let (engine, out, listings) = (shared.engine.clone(), out.clone(), shared.listings.clone());
+    let (engine, out) = (shared.engine.clone(), out.clone());
     shared.tracker.spawn(requests.track_future(async move {
-        let Ok(_global) = listings.acquire_owned().await else {
-            return;
-        };
         let response = execute(&engine, Request::ListOrders(query)).await;
         let _ = out.frames(&[(id, response)]).await;
         drop(turn);

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Engine;
-use crate::limits::{CONNECTION_SHARE_OF_ENGINE_INFLIGHT, MAX_LISTINGS_IN_FLIGHT};
+use crate::limits::CONNECTION_SHARE_OF_ENGINE_INFLIGHT;
 pub use tokens::Tokens;
 
 /// What a token lets a connection do.
@@ -205,7 +205,6 @@ pub async fn start(
                 .clamp(1, MAX_CONNECTIONS),
         ),
         hello_timeout_ms: settings.hello_timeout_ms.max(1),
-        listings: Arc::new(Semaphore::new(MAX_LISTINGS_IN_FLIGHT)),
         stop: stop.clone(),
         tracker: tracker.clone(),
     });

@@ -9,7 +9,7 @@ use super::{wire, Role};
 use crate::core::geo::GeoPoint;
 use crate::core::router::{OpError, OrderRef};
 use crate::engine::{Engine, EngineError, OrderQuery, StockUpdate};
-use crate::limits::{MAX_ID_BYTES, MAX_ORDERS_PER_PAGE};
+use crate::limits::{MAX_ID_BYTES, MAX_ORDERS_PER_BATCH, MAX_ORDERS_PER_PAGE};
 
 /// Answers one request made as `role`: `Forbidden` if the role may not
 /// make it, else the engine's answer. A submit is a batch of one (QUIC
@@ -30,7 +30,7 @@ pub async fn answer(engine: &Engine, role: &Role, request: Request) -> Response 
 async fn submit(engine: &Engine, take: impl FnOnce(&mut Submits)) -> Response {
     let mut submits = Submits::default();
     take(&mut submits);
-    let mut answers = submits.answer(engine).await;
+    let mut answers = submits.answer(engine, MAX_ORDERS_PER_BATCH).await;
     answers.pop().map_or_else(
         || Response::error(ErrorCode::Internal, "no answer for the order"),
         |(_, response)| response,

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::stream::{self, StreamExt};
 use omniroute_protocol::{
     batch_too_large, check_frame, close_codes, kinds, length_prefix, split_frame, DecodeError,
     ErrorCode, Request, Response, LENGTH_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION,
@@ -53,8 +53,6 @@ pub struct Shared {
     pub waiting: Arc<Waiting>,
     /// How long a connection may take to say a valid `Hello`.
     pub hello_timeout_ms: u64,
-    /// ListOrders in process across every connection (`MAX_LISTINGS_IN_FLIGHT`).
-    pub listings: Arc<Semaphore>,
     /// Cancelled at shutdown: stop reading, answer what was read.
     pub stop: tokio_util::sync::CancellationToken,
     /// Every connection, stream and request task, for the shutdown to wait on.
@@ -486,18 +484,30 @@ async fn dispatch(
     if work == 0 && submits.is_empty() {
         return true;
     }
-    let permits = work.clamp(1, shared.max_inflight_per_connection) as u32;
-    let Ok(permit) = session.inflight.clone().acquire_many_owned(permits).await else {
+    // The read's work holds this many of the connection's permits, and
+    // (routed at most that many at a time) as many of the engine's at most:
+    // a read of more requests than the connection's share is answered in
+    // turns, not at the expense of other connections.
+    let permits = work.clamp(1, shared.max_inflight_per_connection);
+    let Ok(permit) = session
+        .inflight
+        .clone()
+        .acquire_many_owned(permits as u32)
+        .await
+    else {
         return false;
     };
     let (engine, out) = (shared.engine.clone(), out.clone());
     shared.tracker.spawn(requests.track_future(async move {
-        let mut responses = submits.answer(&engine).await;
-        let answered = join_all(others.into_iter().map(|(id, request)| {
-            let engine = engine.clone();
-            async move { (id, execute(&engine, request).await) }
-        }))
-        .await;
+        let mut responses = submits.answer(&engine, permits).await;
+        let answered: Vec<(u64, Response)> = stream::iter(others)
+            .map(|(id, request)| {
+                let engine = engine.clone();
+                async move { (id, execute(&engine, request).await) }
+            })
+            .buffer_unordered(permits)
+            .collect()
+            .await;
         responses.extend(answered);
         let _ = out.frames(&responses).await;
         drop(permit);

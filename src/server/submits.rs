@@ -1,7 +1,8 @@
 //! The orders one stream read carries, from single `Submit` frames and
 //! from `SubmitBatch` entries alike, routed in as few engine calls as fit
-//! (`MAX_ORDERS_PER_BATCH` each), and each decision put back where it was
-//! asked: a `Decision` frame per `Submit`, one `Decisions` frame per batch.
+//! (`MAX_ORDERS_PER_BATCH` each, and no more than the connection's share
+//! of the engine), and each decision put back where it was asked: a
+//! `Decision` frame per `Submit`, one `Decisions` frame per batch.
 
 use omniroute_protocol::{BatchOrder, ErrorCode, Judged, Order, Response};
 
@@ -74,8 +75,11 @@ impl Submits {
         self.batches.push((id, answers));
     }
 
-    /// Routes every order and returns the answer frames.
-    pub async fn answer(self, engine: &Engine) -> Vec<(u64, Response)> {
+    /// Routes every order, at most `at_once` in one engine call (and
+    /// `MAX_ORDERS_PER_BATCH`), and returns the answer frames. A caller
+    /// that holds `at_once` of its connection's in-flight permits so takes
+    /// no more of the engine's in-flight orders than that.
+    pub async fn answer(self, engine: &Engine, at_once: usize) -> Vec<(u64, Response)> {
         let Submits {
             mut orders,
             places,
@@ -83,7 +87,7 @@ impl Submits {
         } = self;
         let mut judged: Vec<Judged> = Vec::with_capacity(orders.len());
         while !orders.is_empty() {
-            let rest = orders.split_off(orders.len().min(MAX_ORDERS_PER_BATCH));
+            let rest = orders.split_off(orders.len().min(at_once.clamp(1, MAX_ORDERS_PER_BATCH)));
             let chunk = std::mem::replace(&mut orders, rest);
             let count = chunk.len();
             match engine.try_submit_batch(chunk).await {

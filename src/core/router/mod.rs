@@ -14,7 +14,7 @@ mod list;
 mod reroute;
 mod submit;
 
-pub use list::OrderFilter;
+pub use list::{ListPage, Listing, OrderFilter};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
