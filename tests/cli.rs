@@ -325,3 +325,100 @@ async fn order_follow_prints_each_change_and_ctrl_c_closes_it() {
         "no connection was left open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_try_line_works_as_printed_and_addr_takes_a_host_name() {
+    // Proves the command the daemon prints after "try:" routes an order when run as printed,
+    // though the daemon listens on another port than the client's default (the hint names
+    // it), and that `--addr` takes a host name (`localhost:PORT`).
+    let dir = TempDir::new("cli-try");
+    let mut daemon = common::daemon::Daemon::start(&dir.0, None, "off").await;
+    let line = daemon.line_with("try: ").await;
+    let words: Vec<String> = line.split_whitespace().skip(2).map(String::from).collect();
+    assert!(words.contains(&"--addr".to_string()), "{line}");
+    let done = omniroute(words.clone()).await;
+    let out = String::from_utf8_lossy(&done.stdout);
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{line}\n{out}{err}");
+    let at = words.iter().position(|w| w == "--addr").unwrap() + 1;
+    let port = words[at].rsplit(':').next().unwrap().to_string();
+    let mut by_name = words;
+    by_name[at] = format!("localhost:{port}");
+    let done = omniroute(by_name).await;
+    let out = String::from_utf8_lossy(&done.stdout);
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "by name: {out}{err}");
+    assert!(daemon.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_asks_the_named_daemon_over_its_admin_port() {
+    // Proves `omniroute reload` reloads the daemon at `--admin` with an admin token (exit 0,
+    // the daemon's answer printed), exits 1 naming the refusal for a channel token, and 1
+    // naming the address when nothing answers there: no signal to any other process.
+    let dir = TempDir::new("cli-reload");
+    let config = dir.0.join("omniroute.toml");
+    std::fs::write(&config, include_str!("../config/default.toml")).unwrap();
+    let data = dir.0.join("data");
+    let mut daemon = common::daemon::Daemon::start(&data, Some(&config), "127.0.0.1:0").await;
+    let admin = daemon.admin().to_string();
+    let reload = |token: &str, at: &str| {
+        ["reload", "--admin", at, "--token", token]
+            .map(String::from)
+            .to_vec()
+    };
+    let done = omniroute(reload("dev-admin-token", &admin)).await;
+    let out = String::from_utf8_lossy(&done.stdout);
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("\"lsn\""), "{out}");
+    let refused = omniroute(reload("dev-web-token", &admin)).await;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused the reload"), "{err}");
+    assert!(daemon.terminate().await.success());
+    let nobody = omniroute(reload("dev-admin-token", &admin)).await;
+    let err = String::from_utf8_lossy(&nobody.stderr);
+    assert_eq!(nobody.status.code(), Some(1), "{err}");
+    assert!(err.contains(&admin), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_without_closing_does_not_hold_the_stop() {
+    // Proves a follower whose process died without closing its connection (SIGKILL) does
+    // not hold a graceful stop: what it was not sent stays in the channel's log, so the stop
+    // ends its stream at once and every accepted request counts as answered, instead of the
+    // stop waiting out its drain bound for a peer that is gone.
+    let dir = TempDir::new("cli-dead-follower");
+    let (_engine, server) = server_with(&dir, 10).await;
+    let (addr, ca) = (
+        server.addr.to_string(),
+        server.cert_path.display().to_string(),
+    );
+    let connect = ["--addr", &addr, "--ca", &ca, "--token", CHANNEL_C_TOKEN];
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+        .args(["order", "follow", "--channel", "c"])
+        .args(connect)
+        .env_remove("OMNIROUTE_ADDR")
+        .env_remove("OMNIROUTE_TOKEN")
+        .env_remove("OMNIROUTE_CA")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let first = lines.next_line().await.unwrap().unwrap();
+    assert!(first.starts_with("following c"), "{first}");
+    follow.start_kill().unwrap();
+    follow.wait().await.unwrap();
+    // A change the dead follower is sent and never acknowledges.
+    let done = omniroute(submit(&server, "after-death", 1)).await;
+    assert_eq!(done.status.code(), Some(0));
+    let drained = server.shutdown().await;
+    assert!(
+        drained.complete,
+        "the stop waited {} ms for a follower that is gone",
+        drained.elapsed_ms
+    );
+}

@@ -205,6 +205,20 @@ fn free_port() -> SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    // Proves the daemon's log lines, written to a pipe (as to a file or a service manager's
+    // journal), hold no terminal escape codes (colour is for a terminal only), and that a
+    // SIGTERM sent as soon as the daemon says it listens is a graceful stop (exit 0), not the
+    // default disposition's kill.
+    let dir = TempDir::new("plain-logs");
+    let mut daemon = Daemon::start(&dir.0, None, "127.0.0.1:0").await;
+    let line = daemon.log_line_with("recovered").await;
+    assert!(!line.contains('\u{1b}'), "escape codes in {line:?}");
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_false_during_recovery_and_true_after() {
     // Proves the admin port answers while the daemon replays its journal, /readyz says 503
     // then, and 200 once orders are accepted.

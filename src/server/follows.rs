@@ -43,10 +43,14 @@ pub fn spawn<E: Send + Sync + 'static>(
         pump.await;
         drop(place);
     };
-    let stop = shared.stop.clone();
-    shared
-        .tracker
-        .spawn(stop.run_until_cancelled_owned(followed));
+    let (stop, out) = (shared.stop.clone(), out.clone());
+    shared.tracker.spawn(async move {
+        if stop.run_until_cancelled_owned(followed).await.is_none() {
+            // A follower that died without closing its connection would
+            // otherwise hold the stop until the drain gave up on it.
+            out.abandon();
+        }
+    });
 }
 
 /// Streams a node's events, or a channel's statuses, on this stream:

@@ -90,6 +90,14 @@ impl Session {
     }
 }
 
+/// Round trips after which a live peer has acknowledged what was written
+/// (QUIC acknowledges within one, plus its ack delay; a lost packet is
+/// resent within a few).
+const ACK_ROUND_TRIPS: u32 = 4;
+/// The least a stream's end waits for its last answers to be acknowledged,
+/// whatever the measured round trip (loopback's is microseconds).
+const MIN_ACK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What the reader or a worker hands the stream's writer.
 enum Out {
     Frames(Vec<u8>),
@@ -103,6 +111,9 @@ enum Out {
 pub struct Answers {
     queue: mpsc::Sender<Out>,
     backlog: Arc<Backlog>,
+    /// Cancelled when what is left to write on the stream need not reach
+    /// the peer (see [`Answers::abandon`]).
+    abandon: tokio_util::sync::CancellationToken,
 }
 
 /// The writer is gone: its stream ended.
@@ -124,6 +135,15 @@ impl Answers {
     /// Resets the stream with `code` after what is queued.
     pub async fn reset(&self, code: u32) {
         let _ = self.queue.send(Out::Reset(code)).await;
+    }
+
+    /// The server stops and nothing still to be written on this stream is
+    /// an answer (a follow's statuses and events stay in their logs; the
+    /// follower resumes from its cursor): the writer resets the stream
+    /// with `SHUTDOWN` at once, instead of waiting, up to the drain's
+    /// bound, for a peer that may be gone to read and acknowledge it.
+    pub fn abandon(&self) {
+        self.abandon.cancel();
     }
 }
 
@@ -175,11 +195,20 @@ pub async fn serve_connection(incoming: quinn::Incoming, place: Place, shared: A
 /// Writes what the stream's producers queue; then gives back the backlog
 /// of whatever it could not write, so that the connection reads on.
 async fn write_loop(
-    send: quinn::SendStream,
+    mut send: quinn::SendStream,
     mut queue: mpsc::Receiver<Out>,
     backlog: Arc<Backlog>,
+    abandon: tokio_util::sync::CancellationToken,
+    connection: quinn::Connection,
 ) {
-    write_queued(send, &mut queue, &backlog).await;
+    let abandoned = tokio::select! {
+        biased;
+        () = write_queued(&mut send, &mut queue, &backlog, &connection) => false,
+        () = abandon.cancelled() => true,
+    };
+    if abandoned {
+        let _ = send.reset(omniroute_protocol::close_codes::SHUTDOWN.into());
+    }
     queue.close();
     while let Ok(out) = queue.try_recv() {
         if let Out::Frames(bytes) = out {
@@ -189,10 +218,12 @@ async fn write_loop(
 }
 
 async fn write_queued(
-    mut send: quinn::SendStream,
+    send: &mut quinn::SendStream,
     queue: &mut mpsc::Receiver<Out>,
     backlog: &Backlog,
+    connection: &quinn::Connection,
 ) {
+    let mut last_write: Option<std::time::Instant> = None;
     while let Some(out) = queue.recv().await {
         match out {
             Out::Frames(mut bytes) => {
@@ -209,6 +240,7 @@ async fn write_queued(
                     }
                 }
                 let written = send.write_all(&bytes).await;
+                last_write = Some(std::time::Instant::now());
                 backlog.written(bytes.len());
                 if let Some(code) = reset {
                     let _ = send.reset(code.into());
@@ -227,7 +259,14 @@ async fn write_queued(
     let _ = send.finish();
     // Until the peer has every byte: a shutdown closes the connection after
     // this, and a close drops whatever was still unsent or unacknowledged.
-    let _ = send.stopped().await;
+    // Bytes written longer ago than a few round trips a live peer has
+    // acknowledged already; waiting on the end-of-stream's own
+    // acknowledgement would let a peer that is gone (killed without
+    // closing) hold a stop until the drain gives up.
+    let acknowledged_within = (connection.rtt() * ACK_ROUND_TRIPS).max(MIN_ACK_WAIT);
+    if last_write.is_some_and(|at| at.elapsed() < acknowledged_within) {
+        let _ = send.stopped().await;
+    }
 }
 
 async fn serve_stream(
@@ -239,8 +278,19 @@ async fn serve_stream(
 ) {
     let (queue, queued) = mpsc::channel(WRITE_QUEUE_BATCHES);
     let backlog = session.backlog.clone();
-    let writer = tokio::spawn(write_loop(send, queued, backlog.clone()));
-    let out = Answers { queue, backlog };
+    let abandon = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        send,
+        queued,
+        backlog.clone(),
+        abandon.clone(),
+        connection.clone(),
+    ));
+    let out = Answers {
+        queue,
+        backlog,
+        abandon,
+    };
     // This stream's request tasks: the answer to bytes that cannot be
     // framed waits for them, so that every whole frame before is answered.
     let requests = tokio_util::task::TaskTracker::new();

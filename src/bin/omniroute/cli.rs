@@ -15,14 +15,17 @@ use omniroute_client::{
 /// Where and as whom to connect.
 #[derive(Args, Clone, Debug)]
 pub struct ConnectArgs {
-    /// Daemon address.
+    /// Daemon address, `HOST:PORT`: a name (`localhost:4433`) or an IP
+    /// address. A name with several addresses is tried at its first IPv4
+    /// one (the daemon listens on IPv4 by default), else its first.
     #[arg(
         long,
         global = true,
         default_value = "127.0.0.1:4433",
-        env = "OMNIROUTE_ADDR"
+        env = "OMNIROUTE_ADDR",
+        value_parser = parse_addr
     )]
-    pub addr: SocketAddr,
+    pub addr: DaemonAddr,
     /// Token from the daemon's config (its startup lines list the sample
     /// ones). No default: a client command never acts as admin unasked.
     #[arg(long, global = true, env = "OMNIROUTE_TOKEN")]
@@ -41,6 +44,43 @@ pub struct ConnectArgs {
     /// Name the certificate must carry.
     #[arg(long, global = true, default_value = "localhost")]
     pub server_name: String,
+}
+
+/// `--addr` as given (what messages show) and the address it resolved to.
+#[derive(Clone, Debug)]
+pub struct DaemonAddr {
+    given: String,
+    resolved: SocketAddr,
+}
+
+impl std::fmt::Display for DaemonAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.given == self.resolved.to_string() {
+            write!(f, "{}", self.given)
+        } else {
+            write!(f, "{} ({})", self.given, self.resolved)
+        }
+    }
+}
+
+/// Resolves `HOST:PORT` once, when the command line is read: a name that
+/// does not resolve is a usage error before anything is sent.
+fn parse_addr(text: &str) -> Result<DaemonAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {text:?} ({e}); give HOST:PORT, e.g. localhost:4433 or 127.0.0.1:4433"))?
+        .collect();
+    let resolved = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))?;
+    Ok(DaemonAddr {
+        given: text.to_string(),
+        resolved,
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -327,7 +367,7 @@ pub async fn connect(args: &ConnectArgs) -> Result<Client, CliError> {
                 .into(),
         ));
     };
-    let connecting = Client::connect(args.addr, &args.server_name, trust, token);
+    let connecting = Client::connect(args.addr.resolved, &args.server_name, trust, token);
     match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
         Ok(client) => client.map_err(|e| CliError::Daemon(format!("{}: {e}", args.addr))),
         Err(_) => Err(CliError::Daemon(format!(

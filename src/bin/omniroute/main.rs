@@ -14,6 +14,7 @@ use omniroute::sample::SampleOrders;
 
 mod bench_restart;
 mod cli;
+mod reload;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -132,6 +133,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::NodeCommand,
     },
+    /// Reload a running daemon's routing policies and tokens over its admin
+    /// port (as SIGHUP does, without signalling any other process).
+    Reload(reload::ReloadArgs),
     /// Validate a config and say what it holds.
     CheckConfig(DaemonArgs),
     /// Build a data directory with this many cells and reservations,
@@ -283,6 +287,7 @@ async fn start(config: &ValidConfig) -> Result<Engine, String> {
 
 async fn serve(config: ValidConfig, source: Option<ConfigSource>) -> Result<(), String> {
     let started = Instant::now();
+    let signals = Signals::register()?;
     let daemon = omniroute::daemon::start(&config, source)
         .await
         .map_err(|e| e.to_string())?;
@@ -324,8 +329,12 @@ async fn serve(config: ValidConfig, source: Option<ConfigSource>) -> Result<(), 
             println!("development token {token} ({})", role.name());
         }
     }
-    println!("try: omniroute order submit --channel web --line SKU-1:2 --ship-to 52.52,13.40 --token dev-web-token --ca {}", server.cert_path.display());
-    wait_for_shutdown(&daemon).await;
+    println!(
+        "try: omniroute order submit --channel web --line SKU-1:2 --ship-to 52.52,13.40 --token dev-web-token --ca {}{}",
+        server.cert_path.display(),
+        addr_hint(server.addr)
+    );
+    wait_for_shutdown(&daemon, signals).await;
     println!("shutting down");
     if let Some(journal) = daemon.journal_summary() {
         println!("{journal}");
@@ -335,16 +344,49 @@ async fn serve(config: ValidConfig, source: Option<ConfigSource>) -> Result<(), 
 
 /// Waits for SIGTERM or SIGINT; on SIGHUP, reloads the routing policies
 /// from the config file (a refused reload keeps the old ones and says why).
-async fn wait_for_shutdown(daemon: &omniroute::daemon::Daemon) {
+/// The signals that stop or reload the daemon, registered before it
+/// starts: a SIGTERM sent as soon as it says it listens (or while it
+/// recovers) is a graceful stop, never the default disposition's kill.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let handler = |kind: SignalKind, name: &str| {
+                signal(kind).map_err(|e| format!("cannot handle {name}: {e}"))
+            };
+            Ok(Signals {
+                term: handler(SignalKind::terminate(), "SIGTERM")?,
+                hangup: handler(SignalKind::hangup(), "SIGHUP")?,
+                interrupt: handler(SignalKind::interrupt(), "SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+}
+
+async fn wait_for_shutdown(daemon: &omniroute::daemon::Daemon, signals: Signals) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        let Signals {
+            mut term,
+            mut hangup,
+            mut interrupt,
+        } = signals;
         let health = daemon.engine.health();
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return,
+                _ = interrupt.recv() => return,
                 _ = term.recv() => return,
                 // Logged by the watchdog or the journal; the shutdown says
                 // it is a failure. A storage fault lingers first, answering
@@ -373,7 +415,7 @@ async fn wait_for_shutdown(daemon: &omniroute::daemon::Daemon) {
     }
     #[cfg(not(unix))]
     {
-        let _ = daemon;
+        let _ = (daemon, signals);
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -501,12 +543,34 @@ fn replay(
     Ok(())
 }
 
-/// Logs to stderr: `RUST_LOG` when set, else `level`; JSON lines or text.
+/// The `--addr` a client on this host needs to reach a daemon listening
+/// on `listening` (none for the client's default): an unspecified address
+/// (`0.0.0.0`, `::`) is reached on loopback.
+fn addr_hint(listening: std::net::SocketAddr) -> String {
+    let mut reach = listening;
+    if reach.ip().is_unspecified() {
+        reach.set_ip(match reach {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    if reach.to_string() == "127.0.0.1:4433" {
+        String::new()
+    } else {
+        format!(" --addr {reach}")
+    }
+}
+
+/// Logs to stderr: `RUST_LOG` when set, else `level`; JSON lines or text,
+/// coloured only when stderr is a terminal (a file or a journal gets no
+/// escape codes).
 fn init_logs(level: &str, json: bool) {
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // RUST_LOG wins, and then a reload leaves the level alone.
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
         let logs = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(colour)
             .with_writer(std::io::stderr);
         if json {
             logs.json().init();
@@ -540,6 +604,7 @@ fn init_logs(level: &str, json: bool) {
     } else {
         let logs = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(colour)
             .with_writer(std::io::stderr)
             .with_filter_reloading();
         omniroute::telemetry::control_log_level(control(logs.reload_handle()));
@@ -684,7 +749,7 @@ fn with_overrides(mut config: ValidConfig, args: &DaemonArgs) -> ValidConfig {
     config
 }
 
-/// Runs a client command (order, stock, availability, node) to its exit
+/// Runs a client command (order, stock, availability, node, reload) to its exit
 /// code; any other command is handed back. Daemon options given before a
 /// client command are a usage error: they would be ignored.
 fn run_client_command(
@@ -698,6 +763,7 @@ fn run_client_command(
             | Command::Stock { .. }
             | Command::Availability { .. }
             | Command::Node { .. }
+            | Command::Reload(_)
     );
     if is_client {
         init_logs(CLIENT_LOG_LEVEL, false);
@@ -717,6 +783,7 @@ fn run_client_command(
             connect,
         } => runtime.block_on(cli::availability(&connect, &sku, near, count, min_qty)),
         Command::Node { connect, command } => runtime.block_on(cli::node(&connect, command)),
+        Command::Reload(args) => reload::run(&args),
         other => return Err(Box::new(other)),
     };
     Ok(match result {
