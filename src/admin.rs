@@ -436,13 +436,27 @@ async fn reload(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Res
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let authorized = token.is_some_and(|token| state.status.tokens.is_admin(token));
-    if !authorized {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "not_authorized",
-            "send 'Authorization: Bearer <token>' with a token of the admin role".into(),
-        );
+    // No token, or one the daemon does not know: 401. A known token of
+    // another role: 403, naming its role (it is valid, not enough).
+    match token.map(|token| state.status.tokens.role(token)) {
+        Some(Some(crate::server::Role::Admin)) => {}
+        Some(Some(role)) => {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "a token of the role {} may not reload the policy; use a token of the admin role",
+                    role.name()
+                ),
+            );
+        }
+        _ => {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "not_authorized",
+                "send 'Authorization: Bearer <token>' with a token of the admin role".into(),
+            );
+        }
     }
     match state.status.reload_policy().await {
         Ok(reloaded) => (StatusCode::OK, axum::Json(reloaded)).into_response(),

@@ -415,6 +415,19 @@ async fn policy_reload_by_sighup_and_http_changes_the_next_order_and_a_broken_fi
     std::fs::write(&path, broken).unwrap();
     let (status, body) = post(daemon.admin(), "/policy/reload", None);
     assert_eq!(status, 401, "{body}");
+    let (status, body) = post(daemon.admin(), "/policy/reload", Some("no-such-token"));
+    assert_eq!(status, 401, "{body}");
+    // A valid token of another role is forbidden, not unauthenticated.
+    let (status, body) = post(
+        daemon.admin(),
+        "/policy/reload",
+        Some(common::CHANNEL_WEB_TOKEN),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
     let (status, body) = post(daemon.admin(), "/policy/reload", Some(common::ADMIN_TOKEN));
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "invalid_policy");
