@@ -422,3 +422,29 @@ async fn a_follower_killed_without_closing_does_not_hold_the_stop() {
         drained.elapsed_ms
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_values_are_refused_in_user_terms() {
+    // Proves `--limit 0` is refused before anything is sent (exit 2 and a message naming it,
+    // where nothing listens at --addr and no CA was given)
+    // and that a refused quantity is explained with its bounds, not a constant's name.
+    let dir = TempDir::new("cli-terms");
+    let (_engine, server) = server_with(&dir, 10).await;
+    let args = ["order", "list", "--channel", "c", "--limit", "0"];
+    let mut args: Vec<String> = args.map(String::from).to_vec();
+    args.extend(["--addr", "127.0.0.1:9", "--token", "t"].map(String::from));
+    let listed = omniroute(args).await;
+    let err = String::from_utf8_lossy(&listed.stderr);
+    assert_eq!(listed.status.code(), Some(2), "{err}");
+    assert!(err.contains("--limit"), "{err}");
+    let zero = omniroute(submit(&server, "q-0", 0)).await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&zero.stdout),
+        String::from_utf8_lossy(&zero.stderr)
+    );
+    assert_ne!(zero.status.code(), Some(0), "{said}");
+    assert!(said.contains("between 1 and 1000000"), "{said}");
+    assert!(!said.contains("MAX_"), "{said}");
+    server.shutdown().await;
+}

@@ -260,9 +260,9 @@ impl std::fmt::Display for LastFilter {
 pub enum InvalidOrder {
     #[error("order has no lines")]
     NoLines,
-    #[error("order has {0} lines; the limit is MAX_LINES_PER_ORDER")]
+    #[error("order has {0} lines; an order may have at most {max}", max = crate::limits::MAX_LINES_PER_ORDER)]
     TooManyLines(usize),
-    #[error("line {line}: quantity must be 1..=MAX_QTY_PER_LINE")]
+    #[error("line {line}: the quantity must be between 1 and {max}", max = crate::limits::MAX_QTY_PER_LINE)]
     BadQuantity { line: u16 },
     #[error("line {line}: unknown sku")]
     UnknownSku { line: u16 },
@@ -276,9 +276,9 @@ pub enum InvalidOrder {
     UnknownMarket,
     #[error("pickup store is not a known node")]
     UnknownPickupStore,
-    #[error("client order id must be 1..=MAX_ID_BYTES bytes")]
+    #[error("the client order id must be 1 to {max} bytes long", max = crate::limits::MAX_ID_BYTES)]
     BadOrderId,
-    #[error("hold ttl must be 1..=MAX_HOLD_TTL_MS")]
+    #[error("the hold time must be between 1 ms and {max} ms (24 hours)", max = crate::limits::MAX_HOLD_TTL_MS)]
     BadHoldTtl,
     #[error("the pickup store is a node without the pickup capability")]
     NotAPickupStore,

@@ -231,7 +231,7 @@ async fn list_orders(
         return Ok(Response::error(
             ErrorCode::TooLarge,
             format!(
-                "limit {} is outside 1..=MAX_ORDERS_PER_PAGE ({MAX_ORDERS_PER_PAGE})",
+                "limit {} is outside 1 to {MAX_ORDERS_PER_PAGE} orders per page",
                 query.limit
             ),
         ));

@@ -148,8 +148,8 @@ pub enum OrderCommand {
         /// Only orders routed before this time (ISO 8601 or Unix ms).
         #[arg(long, value_parser = omniroute::timefmt::parse_time_ms)]
         to: Option<u64>,
-        /// Orders per page (at most 1000).
-        #[arg(long, default_value_t = 100)]
+        /// Orders per page, 1 to 1000.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
         limit: u16,
         /// Start after this order id (a page's "next" line).
         #[arg(long, default_value_t = 0)]

@@ -66,7 +66,7 @@ pub enum OpError {
     ExceedsOpen { requested: u32, limit: u32 },
     #[error("quantity {requested} exceeds the {limit} units shipped and not yet returned")]
     ExceedsShipped { requested: u32, limit: u32 },
-    #[error("quantity must be 1..=MAX_QTY_PER_LINE")]
+    #[error("the quantity must be between 1 and {max}", max = crate::limits::MAX_QTY_PER_LINE)]
     BadQuantity,
     #[error("unknown node")]
     UnknownNode,
