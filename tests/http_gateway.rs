@@ -638,3 +638,70 @@ async fn the_openapi_document_matches_the_live_server() {
     }
     assert!(daemon.terminate().await.success());
 }
+
+/// (status, JSON body, Allow header) of `request`, sent as raw bytes on a
+/// connection that closes after the answer.
+fn raw(http: SocketAddr, request: &str) -> (u16, Value, Option<String>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let allow = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("allow: ")
+            .map(String::from)
+    });
+    let body = serde_json::from_str(body).unwrap_or_else(|_| json!({ "text": body }));
+    (status, body, allow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_without_content_type_is_json_and_a_wrong_method_is_explained() {
+    // Proves a POST whose body has no Content-Type is read as JSON (routed), one whose
+    // Content-Type names another format is 415 with an error body, and a route asked with a
+    // method it does not take is 405 with an error body naming the method.
+    let dir = TempDir::new("http-media");
+    let config = web_config_file(&dir);
+    let mut daemon = Daemon::start(&dir.0.join("data"), Some(&config), "off").await;
+    let http = daemon.http;
+    let body = order_body("no-type-1", 1);
+    let post = |content_type: &str| {
+        format!(
+            "POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CHANNEL_WEB_TOKEN}\r\n\
+             {content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (status, answer, _) = tokio::task::spawn_blocking({
+        let request = post("");
+        move || raw(http, &request)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "routed", "{answer}");
+    let (status, answer, _) = tokio::task::spawn_blocking({
+        let request = post("Content-Type: text/plain\r\n");
+        move || raw(http, &request)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 415, "{answer}");
+    assert!(message(&answer).contains("application/json"), "{answer}");
+    let request = format!(
+        "DELETE /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CHANNEL_WEB_TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let (status, answer, _) = tokio::task::spawn_blocking(move || raw(http, &request))
+        .await
+        .unwrap();
+    assert_eq!(status, 405, "{answer}");
+    assert!(message(&answer).contains("DELETE"), "{answer}");
+    assert!(daemon.terminate().await.success());
+}

@@ -104,8 +104,10 @@ fn router(app: App) -> Router {
         .route("/v1/nodes/{node}/return", post(routes::take_back))
         .route("/v1/nodes/{node}/reject", post(routes::reject))
         .route("/v1/nodes/{node}/online", post(routes::online))
+        .method_not_allowed_fallback(routes::wrong_method)
         .fallback(routes::no_route)
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
+        .layer(axum::middleware::from_fn(routes::json_by_default))
         .layer(axum::middleware::from_fn(routes::declared_length))
         .with_state(app)
 }

@@ -58,6 +58,14 @@ fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Reply> {
         } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             let message = format!("the body is over {} bytes", super::MAX_HTTP_BODY_BYTES);
             refuse(ErrorCode::TooLarge, &message)
+        } else if matches!(rejection, JsonRejection::MissingJsonContentType(_)) {
+            // Only a Content-Type that says another format comes here: a
+            // body without one is taken as JSON (`json_by_default`).
+            let (_, body) = error(
+                ErrorCode::Malformed as u16,
+                "the body must be JSON: send Content-Type: application/json, or none",
+            );
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(body))
         } else {
             refuse(ErrorCode::Malformed, &rejection.body_text())
         }
@@ -274,6 +282,32 @@ pub async fn declared_length(
 }
 
 /// Any other path: a JSON 404 that says where the routes are listed.
+/// A body sent without a Content-Type is JSON: the only format the
+/// gateway reads (curl's `-d` and hand-written clients often send none).
+pub async fn json_by_default(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !request.headers().contains_key(header::CONTENT_TYPE) {
+        request.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+    }
+    next.run(request).await
+}
+
+/// A route asked with a method it does not take: 405 with an error body
+/// like every other answer, not an empty one.
+pub async fn wrong_method(method: Method, uri: Uri) -> Reply {
+    let message = format!(
+        "{method} is not a method of {}; docs/openapi.json lists each route's",
+        uri.path()
+    );
+    let (_, body) = error(ErrorCode::UnknownKind as u16, &message);
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body))
+}
+
 pub async fn no_route(method: Method, uri: Uri) -> Reply {
     let message = format!("no route {method} {uri}; docs/openapi.json lists them");
     let (_, body) = error(ErrorCode::UnknownKind as u16, &message);
