@@ -61,7 +61,7 @@ async fn the_python_package_passes_its_tests_against_the_daemon() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "python tests failed:\n{stderr}");
     assert!(
-        stderr.contains("Ran 7 tests") && stderr.contains("OK"),
+        stderr.contains("Ran 9 tests") && stderr.contains("OK"),
         "{stderr}"
     );
     assert!(daemon.terminate().await.success());

@@ -1,10 +1,11 @@
 """Client for the omniroute order-routing daemon over QUIC (protocol version 1)."""
 
-from .client import Client, ServerError, connect
+from .client import Client, ConnectionLost, FeedOpening, ServerError, connect
 from .wire import (
     CHANGES,
     STATES,
     Allocation,
+    InvalidRequest,
     Decision,
     Event,
     NodeStock,
@@ -19,6 +20,9 @@ __all__ = [
     "STATES",
     "Allocation",
     "Client",
+    "ConnectionLost",
+    "FeedOpening",
+    "InvalidRequest",
     "Decision",
     "Event",
     "NodeStock",

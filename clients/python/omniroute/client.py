@@ -230,11 +230,11 @@ class Client:
         return await self._order(wire.NODE_REJECT, payload)
 
     async def node_ship(self, node: str, channel: str, client_order_id: str, sku: str, qty: int) -> wire.OrderView:
-        payload = wire.string(node) + wire.key(channel, client_order_id) + wire.string(sku) + struct.pack("<I", qty)
+        payload = wire.string(node) + wire.key(channel, client_order_id) + wire.string(sku) + wire.quantity(qty, "ship")
         return await self._order(wire.NODE_SHIP, payload)
 
     async def return_units(self, node: str, channel: str, client_order_id: str, sku: str, qty: int) -> wire.OrderView:
-        payload = wire.string(node) + wire.key(channel, client_order_id) + wire.string(sku) + struct.pack("<I", qty)
+        payload = wire.string(node) + wire.key(channel, client_order_id) + wire.string(sku) + wire.quantity(qty, "return")
         return await self._order(wire.RETURN, payload)
 
     async def set_node_online(self, node: str, online: bool) -> int:
@@ -278,28 +278,90 @@ class Client:
         next_cursor = struct.unpack("<Q", body)[0]
         return Feed(self._protocol, stream_id, queue, item, next_cursor)
 
-    async def subscribe(self, node: str, from_cursor: int = 0) -> Feed:
-        """A node's events from `from_cursor` (0: the oldest kept), then live."""
-        return await self._feed(wire.SUBSCRIBE, wire.string(node) + struct.pack("<Q", from_cursor), wire.event)
+    def subscribe(self, node: str, from_cursor: int = 0) -> "FeedOpening":
+        """A node's events from `from_cursor` (0: the oldest kept), then live:
+        `async for e in client.subscribe(node)`, or `await` it for the Feed."""
+        payload = wire.string(node) + struct.pack("<Q", from_cursor)
+        return FeedOpening(lambda: self._feed(wire.SUBSCRIBE, payload, wire.event))
 
-    async def follow_orders(self, channel: str, from_cursor: int = 0) -> Feed:
-        """Every change of the channel's orders from `from_cursor` (0: the oldest kept), then live."""
-        return await self._feed(wire.FOLLOW_ORDERS, wire.string(channel) + struct.pack("<Q", from_cursor), wire.order_status)
+    def follow_orders(self, channel: str, from_cursor: int = 0) -> "FeedOpening":
+        """Every change of the channel's orders from `from_cursor` (0: the
+        oldest kept), then live: `async for s in client.follow_orders(channel)`,
+        or `await` it for the Feed (and its `next_cursor`)."""
+        payload = wire.string(channel) + struct.pack("<Q", from_cursor)
+        return FeedOpening(lambda: self._feed(wire.FOLLOW_ORDERS, payload, wire.order_status))
 
 
-async def connect(host: str, port: int, ca: str, token: str, server_name: str = "localhost") -> Client:
+class FeedOpening:
+    """What `subscribe` and `follow_orders` return: `await` it for the Feed
+    once the daemon has answered (its `next_cursor` known), or iterate it at
+    once with `async for`, which opens the feed at the first step."""
+
+    def __init__(self, opening):
+        self._opening, self._feed = opening, None
+
+    def __await__(self):
+        return self._opening().__await__()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self._feed is None:
+            self._feed = await self._opening()
+        return await self._feed.__anext__()
+
+    def close(self):
+        """Stops the feed, if it was opened."""
+        if self._feed is not None:
+            self._feed.close()
+
+
+#: How long `connect` waits for the daemon's handshake and Hello answer.
+CONNECT_TIMEOUT_S = 5.0
+
+
+async def connect(host: str, port: int, ca: str, token: str, server_name: str = "localhost",
+                  timeout_s: float = CONNECT_TIMEOUT_S) -> Client:
     """Connects, trusting the certificate (or CA) in the PEM file `ca`, and
     says Hello with `token`. Raises ServerError for a token the daemon does
-    not know."""
+    not know, and ConnectionLost naming the address when no daemon answers
+    within `timeout_s` (nothing listens there, or `ca` is not its
+    certificate)."""
     configuration = QuicConfiguration(is_client=True, alpn_protocols=[wire.ALPN])
     configuration.load_verify_locations(ca)
     configuration.server_name = server_name
     stack = contextlib.AsyncExitStack()
-    protocol = await stack.enter_async_context(
-        quic_connect(host, port, configuration=configuration, create_protocol=_Protocol))
+    where = f"{host}:{port}"
+    made: List[_Protocol] = []
+
+    def create_protocol(*args, **kwargs):
+        made.append(_Protocol(*args, **kwargs))
+        return made[-1]
+
+    try:
+        protocol = await asyncio.wait_for(
+            stack.enter_async_context(
+                quic_connect(host, port, configuration=configuration, create_protocol=create_protocol)),
+            timeout_s)
+    except (asyncio.TimeoutError, ConnectionError) as e:
+        await stack.aclose()
+        for abandoned in made:
+            # The handshake it was waiting for fails as the connection
+            # goes: take that failure, so asyncio does not print it.
+            waiter = getattr(abandoned, "_connected_waiter", None)
+            if waiter is not None:
+                waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        why = str(e) or "no handshake"
+        raise ConnectionLost(
+            f"no daemon answered at {where} within {timeout_s} s ({why}): is it running there, "
+            f"and is {ca} its certificate (the daemon prints its path)?") from None
     client = Client(protocol, stack)
     try:
-        await client.hello(token)
+        await asyncio.wait_for(client.hello(token), timeout_s)
+    except asyncio.TimeoutError:
+        await stack.aclose()
+        raise ConnectionLost(f"the daemon at {where} did not answer Hello within {timeout_s} s") from None
     except BaseException:
         await stack.aclose()
         raise

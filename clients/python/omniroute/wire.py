@@ -47,8 +47,26 @@ METHODS = {"ship": 0, "pickup": 1, "same_day": 2}
 SAFETY_UNCHANGED = 0xFFFFFFFF
 
 
+#: Units one order line, ship or return may carry (the daemon's MAX_QTY_PER_LINE).
+MAX_QTY = 1_000_000
+
+
+class InvalidRequest(ValueError):
+    """A request this client will not send: a value outside what the
+    protocol carries (PROTOCOL.md), named with its field. Nothing was sent."""
+
+
+def quantity(qty, what: str) -> bytes:
+    """`qty` on the wire, once it is a whole number from 1 to MAX_QTY."""
+    if isinstance(qty, bool) or not isinstance(qty, int) or not 1 <= qty <= MAX_QTY:
+        raise InvalidRequest(f"{what}: the quantity must be a whole number from 1 to {MAX_QTY}, not {qty!r}")
+    return struct.pack("<I", qty)
+
+
 def string(text: str) -> bytes:
     data = text.encode("utf-8")
+    if len(data) > 0xFFFF:
+        raise InvalidRequest(f"a text of {len(data)} bytes is longer than the protocol carries")
     return struct.pack("<H", len(data)) + data
 
 
@@ -68,8 +86,8 @@ def order(channel, client_order_id, lines, ship_to, market=None, method="ship",
     if method == "pickup":
         payload += string(pickup_store or "")
     payload += struct.pack("<IH", hold_ttl_ms or 0, len(lines))
-    for sku, qty in lines:
-        payload += string(sku) + struct.pack("<I", qty)
+    for line, (sku, qty) in enumerate(lines):
+        payload += string(sku) + quantity(qty, f"line {line} ({sku})")
     return payload
 
 

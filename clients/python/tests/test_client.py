@@ -121,6 +121,33 @@ class ClientTest(unittest.IsolatedAsyncioTestCase):
                 break
         feed.close()
 
+    async def test_a_feed_is_iterated_at_once_as_documented(self):
+        # Proves `async for status in client.follow_orders(channel)`, as the README writes it, works without an await first.
+        order_id = unique("iter")
+        await self.admin.submit("c", order_id, [("SKU-1", 1)], ship_to=NEAR)
+        feed = self.admin.follow_orders("c")
+
+        async def first():
+            async for status in feed:
+                if status.order.client_order_id == order_id:
+                    return status
+
+        status = await asyncio.wait_for(first(), 20)
+        feed.close()
+        self.assertEqual(status.change, "routed")
+
+    async def test_bad_values_and_no_daemon_are_told_plainly(self):
+        # Proves a quantity outside 1..1000000 raises InvalidRequest (a ValueError) naming the line before anything is sent, and a connect where no daemon answers raises ConnectionLost naming the address within its timeout.
+        with self.assertRaises(omniroute.InvalidRequest) as bad:
+            await self.web.submit("web", unique("neg"), [("SKU-1", -1)], ship_to=NEAR)
+        self.assertIsInstance(bad.exception, ValueError)
+        self.assertIn("line 0", str(bad.exception))
+        started = time.monotonic()
+        with self.assertRaises(omniroute.ConnectionLost) as lost:
+            await omniroute.connect("127.0.0.1", 9, CA, WEB, timeout_s=1.0)
+        self.assertIn("127.0.0.1:9", str(lost.exception))
+        self.assertLess(time.monotonic() - started, 30)
+
     async def test_pages_list_every_order_once(self):
         # Proves all_orders pages through the channel's orders, each once, in id order.
         ids = {unique("page") for _ in range(5)}
