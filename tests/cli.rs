@@ -189,8 +189,8 @@ async fn no_daemon_fails_in_seconds_and_a_missing_ca_is_named() {
 async fn options_may_follow_the_stock_entries() {
     // Proves `stock adjust SKU@NODE=+5 --token X` (options after the entries, and a minus
     // adjustment) is read as meant: the entries were taking every later word as an entry;
-    // that `stock set --safety-stock` sets it, and that a daemon-only option given to a
-    // client command is a usage error (2) naming it.
+    // that `stock set --safety-stock` sets it, that a negative count is a usage error (2),
+    // and that a daemon-only option given to a client command is a usage error (2) naming it.
     let dir = TempDir::new("cli-order");
     let (engine, server) = server_with(&dir, 10).await;
     let (addr, ca) = (
@@ -237,6 +237,22 @@ async fn options_may_follow_the_stock_entries() {
     );
     let cell = engine.cell("SKU-1", "WH-N").await.unwrap();
     assert_eq!((cell.on_hand, cell.safety_stock), (20, 4));
+    // A negative count is read wrongly, like any argument: exit 2 (as for --line).
+    let args = [
+        "stock",
+        "set",
+        "SKU-1@WH-N=-5",
+        "--token",
+        ADMIN_TOKEN,
+        "--addr",
+        &addr,
+        "--ca",
+        &ca,
+    ];
+    let negative = omniroute(args.map(String::from).to_vec()).await;
+    let stderr = String::from_utf8_lossy(&negative.stderr);
+    assert_eq!(negative.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("SKU-1@WH-N"), "{stderr}");
     // A daemon option on a client command is a usage error, not ignored.
     for misplaced in [["--data-dir", "elsewhere"], ["--listen", "127.0.0.1:1"]] {
         let mut args: Vec<String> = ["order", "get", "--channel", "c", "--id", "x"]

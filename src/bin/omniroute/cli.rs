@@ -627,15 +627,20 @@ async fn stock_on(client: &Client, command: StockCommand) -> Result<(), CliError
             let entries = entries
                 .into_iter()
                 .map(|(sku, node, units)| {
+                    let on_hand = u32::try_from(units).map_err(|_| {
+                        format!("{sku}@{node}: a count is 0 or more units, not {units}")
+                    })?;
                     Ok(StockSet {
                         sku,
                         node,
-                        on_hand: u32::try_from(units)
-                            .map_err(|_| format!("{units} is not a count"))?,
+                        on_hand,
                         safety_stock,
                     })
                 })
-                .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Result<Vec<_>, String>>()
+                // Read wrongly before anything is sent: a usage error (2),
+                // as every other argument that does not parse.
+                .map_err(CliError::Usage)?;
             client.stock_set(entries).await
         }
         StockCommand::Adjust { entries } => {
