@@ -380,7 +380,8 @@ pub async fn start(
         "the admin port is at its connection limit ({}); retry shortly",
         limits.max_connections
     );
-    let body = serde_json::json!({ "code": "overloaded", "message": message });
+    // The gateway's own answer at its limit, word for word but the port.
+    let (_, body) = crate::http::error_body(omniroute_protocol::ErrorCode::Overloaded, &message);
     let at_capacity =
         crate::http::serve::at_capacity_response("application/json", &body.to_string());
     let stop = tokio_util::sync::CancellationToken::new();
@@ -426,8 +427,12 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     }
 }
 
-fn json_error(status: StatusCode, code: &str, message: String) -> Response {
-    let body = serde_json::json!({ "code": code, "message": message });
+/// An error answer in the HTTP gateway's shape, `{"error": {"name",
+/// "message"}}`: one shape for a client of either port. The admin port's
+/// names (`invalid_policy`, `not_authorized`, ...) are its own; it has no
+/// protocol codes.
+fn json_error(status: StatusCode, name: &str, message: String) -> Response {
+    let body = serde_json::json!({ "error": { "name": name, "message": message } });
     (status, axum::Json(body)).into_response()
 }
 

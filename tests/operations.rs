@@ -424,14 +424,14 @@ async fn policy_reload_by_sighup_and_http_changes_the_next_order_and_a_broken_fi
         Some(common::CHANNEL_WEB_TOKEN),
     );
     assert_eq!(
-        (status, body["code"].as_str()),
+        (status, body["error"]["name"].as_str()),
         (403, Some("forbidden")),
         "{body}"
     );
     let (status, body) = post(daemon.admin(), "/policy/reload", Some(common::ADMIN_TOKEN));
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["code"], "invalid_policy");
-    let message = body["message"].as_str().unwrap();
+    assert_eq!(body["error"]["name"], "invalid_policy");
+    let message = body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("channels.web") && message.contains("cheapest_ever"),
         "{message}"

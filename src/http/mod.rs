@@ -14,6 +14,15 @@ mod body;
 mod conn;
 mod events;
 mod reply;
+
+/// The gateway's error answer (status and `{"error": {...}}` body) for a
+/// protocol code: also what the admin port answers at its limit.
+pub fn error_body(
+    code: omniroute_protocol::ErrorCode,
+    message: &str,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    reply::error(code as u16, message)
+}
 mod routes;
 pub mod serve;
 
