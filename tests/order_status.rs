@@ -276,7 +276,7 @@ async fn pages_list_every_order_once_and_filters_hold() {
         };
     let (code, message) = refused(web.list_orders(query(0, "", 0, 1001)).await);
     assert_eq!(code, ErrorCode::TooLarge as u16);
-    assert!(message.contains("MAX_ORDERS_PER_PAGE"), "{message}");
+    assert!(message.contains("1 to 1000 orders per page"), "{message}");
     let (code, _) = refused(web.list_orders(query(0, "", 0, 0)).await);
     assert_eq!(code, ErrorCode::TooLarge as u16);
     let (code, message) = refused(web.list_orders(query(9, "", 0, 5)).await);
