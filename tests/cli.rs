@@ -268,6 +268,26 @@ async fn options_may_follow_the_stock_entries() {
     server.shutdown().await;
 }
 
+/// Standard output of a running `omniroute order follow`, line by line.
+type FollowLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Starts `omniroute order follow --channel c` with `connect`'s options
+/// (and no `OMNIROUTE_*` settings), killed if the test drops it.
+fn follow_channel_c(connect: &[&str]) -> (tokio::process::Child, FollowLines) {
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+        .args(["order", "follow", "--channel", "c"])
+        .args(connect)
+        .env_remove("OMNIROUTE_ADDR")
+        .env_remove("OMNIROUTE_TOKEN")
+        .env_remove("OMNIROUTE_CA")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = tokio::io::BufReader::new(follow.stdout.take().unwrap());
+    (follow, tokio::io::AsyncBufReadExt::lines(stdout))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_follow_prints_each_change_and_ctrl_c_closes_it() {
     // Proves `order follow` prints a routed order's changes numbered by cursor, that
@@ -280,18 +300,7 @@ async fn order_follow_prints_each_change_and_ctrl_c_closes_it() {
         server.cert_path.display().to_string(),
     );
     let connect = ["--addr", &addr, "--ca", &ca, "--token", CHANNEL_C_TOKEN];
-    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
-        .args(["order", "follow", "--channel", "c"])
-        .args(connect)
-        .env_remove("OMNIROUTE_ADDR")
-        .env_remove("OMNIROUTE_TOKEN")
-        .env_remove("OMNIROUTE_CA")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let (mut follow, mut lines) = follow_channel_c(&connect);
     let first = lines.next_line().await.unwrap().unwrap();
     assert!(first.starts_with("following c; first cursor 1"), "{first}");
     for i in 0..3 {
@@ -412,18 +421,7 @@ async fn a_follower_killed_without_closing_does_not_hold_the_stop() {
         server.cert_path.display().to_string(),
     );
     let connect = ["--addr", &addr, "--ca", &ca, "--token", CHANNEL_C_TOKEN];
-    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
-        .args(["order", "follow", "--channel", "c"])
-        .args(connect)
-        .env_remove("OMNIROUTE_ADDR")
-        .env_remove("OMNIROUTE_TOKEN")
-        .env_remove("OMNIROUTE_CA")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let (mut follow, mut lines) = follow_channel_c(&connect);
     let first = lines.next_line().await.unwrap().unwrap();
     assert!(first.starts_with("following c"), "{first}");
     follow.start_kill().unwrap();
