@@ -292,11 +292,15 @@ pub struct ServerConfig {
     // ---- end: before authentication ----
 }
 
+/// The data directory when neither the config nor `--data-dir` names one,
+/// relative to the daemon's working directory.
+pub const DEFAULT_DATA_DIR: &str = "omniroute-data";
+
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:4433".into(),
-            data_dir: "omniroute-data".into(),
+            data_dir: DEFAULT_DATA_DIR.into(),
             cert_path: None,
             key_path: None,
             max_connections: 1024,

@@ -11,14 +11,32 @@ use common::*;
 /// Runs the real binary with `args` on a blocking thread, without the
 /// caller's `OMNIROUTE_*` settings (only what `args` say counts).
 async fn omniroute(args: Vec<String>) -> Output {
+    omniroute_in(args, None, Vec::new()).await
+}
+
+/// As [`omniroute`], in the directory `cwd` (else the test's), with the
+/// settings `env` added.
+async fn omniroute_in(
+    args: Vec<String>,
+    cwd: Option<std::path::PathBuf>,
+    env: Vec<(&'static str, String)>,
+) -> Output {
     tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
-            .args(&args)
-            .env_remove("OMNIROUTE_ADDR")
-            .env_remove("OMNIROUTE_TOKEN")
-            .env_remove("OMNIROUTE_CA")
-            .output()
-            .expect("the omniroute binary runs")
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute"));
+        command.args(&args);
+        for name in [
+            "OMNIROUTE_ADDR",
+            "OMNIROUTE_TOKEN",
+            "OMNIROUTE_CA",
+            "OMNIROUTE_DATA_DIR",
+        ] {
+            command.env_remove(name);
+        }
+        command.envs(env);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        command.output().expect("the omniroute binary runs")
     })
     .await
     .unwrap()
@@ -254,7 +272,7 @@ async fn options_may_follow_the_stock_entries() {
     assert_eq!(negative.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("SKU-1@WH-N"), "{stderr}");
     // A daemon option on a client command is a usage error, not ignored.
-    for misplaced in [["--data-dir", "elsewhere"], ["--listen", "127.0.0.1:1"]] {
+    for misplaced in [["--config", "elsewhere"], ["--listen", "127.0.0.1:1"]] {
         let mut args: Vec<String> = ["order", "get", "--channel", "c", "--id", "x"]
             .map(String::from)
             .to_vec();
@@ -466,4 +484,165 @@ async fn bad_values_are_refused_in_user_terms() {
     assert!(said.contains("between 1 and 1000000"), "{said}");
     assert!(!said.contains("MAX_"), "{said}");
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_is_found_in_the_data_directory_named_by_flag_or_environment() {
+    // Proves a client command with no --ca trusts the certificate in the data directory
+    // named by --data-dir or OMNIROUTE_DATA_DIR, from any working directory, and that with
+    // neither it names where it looked (the default data directory) and what to pass.
+    let dir = TempDir::new("cli-ca-dir");
+    let (_engine, server) = server_with(&dir, 3).await;
+    let data_dir = server.cert_path.parent().unwrap().display().to_string();
+    let elsewhere = TempDir::new("cli-ca-cwd");
+    let addr = server.addr.to_string();
+    let ask = |extra: &[&str]| {
+        let mut args: Vec<String> = ["availability", "SKU-1", "--token", ADMIN_TOKEN, "--addr"]
+            .map(String::from)
+            .to_vec();
+        args.push(addr.clone());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let by_flag = omniroute_in(
+        ask(&["--data-dir", &data_dir]),
+        Some(elsewhere.0.clone()),
+        vec![],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&by_flag.stderr);
+    assert_eq!(by_flag.status.code(), Some(0), "--data-dir: {err}");
+    let by_env = omniroute_in(
+        ask(&[]),
+        Some(elsewhere.0.clone()),
+        vec![("OMNIROUTE_DATA_DIR", data_dir.clone())],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&by_env.stderr);
+    assert_eq!(by_env.status.code(), Some(0), "OMNIROUTE_DATA_DIR: {err}");
+    let neither = omniroute_in(ask(&[]), Some(elsewhere.0.clone()), vec![]).await;
+    let err = String::from_utf8_lossy(&neither.stderr);
+    assert_eq!(neither.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("omniroute-data/cert.pem") && err.contains("--data-dir"),
+        "{err}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_sku_is_refused_unless_created() {
+    // Proves `stock set` and `stock adjust` refuse a SKU the daemon does not know (exit 1,
+    // naming it and --create) with nothing added, and add it with --create.
+    let dir = TempDir::new("cli-unknown-sku");
+    let (engine, server) = server_with(&dir, 3).await;
+    let (addr, ca) = (
+        server.addr.to_string(),
+        server.cert_path.display().to_string(),
+    );
+    let stock = |words: &[&str]| {
+        let mut args: Vec<String> = ["stock"].map(String::from).to_vec();
+        args.extend(words.iter().map(|s| s.to_string()));
+        args.extend(["--token", ADMIN_TOKEN, "--addr", &addr, "--ca", &ca].map(String::from));
+        args
+    };
+    for words in [["set", "SKU-I@WH-N=5"], ["adjust", "SKU-I@WH-N=+5"]] {
+        let refused = omniroute(stock(&words)).await;
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{words:?}: {err}");
+        assert!(err.contains("SKU-I") && err.contains("--create"), "{err}");
+        assert!(
+            engine.cell("SKU-I", "WH-N").await.is_err(),
+            "{words:?} added it"
+        );
+    }
+    // A known SKU needs no --create.
+    let known = omniroute(stock(&["set", "SKU-1@WH-N=4"])).await;
+    assert_eq!(known.status.code(), Some(0));
+    let created = omniroute(stock(&["set", "SKU-I@WH-N=5", "--create"])).await;
+    let err = String::from_utf8_lossy(&created.stderr);
+    assert_eq!(created.status.code(), Some(0), "{err}");
+    assert_eq!(engine.cell("SKU-I", "WH-N").await.unwrap().on_hand, 5);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pickup_order_needs_no_ship_to() {
+    // Proves `order submit --pickup STORE` without --ship-to routes at the store (the
+    // customer collects it there), and that a shipped order still needs its ship-to.
+    let dir = TempDir::new("cli-pickup");
+    let text = format!(
+        "{}{}{}",
+        channel("c", &["nearest"]),
+        channel("web", &["nearest"]),
+        stock(&[("SKU-1", "ST-1", 3)])
+    );
+    let (engine, server) = quic_server(&text, &dir).await;
+    let (addr, ca) = (
+        server.addr.to_string(),
+        server.cert_path.display().to_string(),
+    );
+    let submit = |extra: &[&str]| {
+        let mut args: Vec<String> = ["order", "submit", "--channel", "c", "--line", "SKU-1:2"]
+            .map(String::from)
+            .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--token", CHANNEL_C_TOKEN, "--addr", &addr, "--ca", &ca].map(String::from));
+        args
+    };
+    let pickup = omniroute(submit(&["--id", "pick-1", "--pickup", "ST-1"])).await;
+    let out = String::from_utf8_lossy(&pickup.stdout);
+    let err = String::from_utf8_lossy(&pickup.stderr);
+    assert_eq!(pickup.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("ST-1"), "{out}");
+    assert_eq!(engine.cell("SKU-1", "ST-1").await.unwrap().reserved, 2);
+    let ship = omniroute(submit(&["--id", "ship-1"])).await;
+    let err = String::from_utf8_lossy(&ship.stderr);
+    assert_eq!(ship.status.code(), Some(2), "{err}");
+    assert!(err.contains("--ship-to"), "{err}");
+    server.shutdown().await;
+}
+
+#[test]
+fn every_command_has_its_row_in_the_exit_code_table() {
+    // Proves docs/OPERATIONS.md's exit-code table has a row for every command `omniroute
+    // --help` lists (and the load generator), so a script writer finds each code in one place.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .collect();
+    assert!(commands.len() >= 10, "{help}");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/OPERATIONS.md"))
+        .unwrap();
+    let table = doc
+        .split("**Exit codes**")
+        .nth(1)
+        .expect("OPERATIONS.md has an exit-code table");
+    let first_cells: Vec<&str> = table
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with('|'))
+        .take_while(|line| line.trim_start().starts_with('|'))
+        .filter_map(|line| line.trim_start().split('|').nth(1))
+        .collect();
+    for command in commands.iter().copied().chain(["omniroute-loadtest"]) {
+        assert!(
+            first_cells
+                .iter()
+                .any(|cell| cell.contains(&format!("`{command}`"))
+                    || cell.contains(&format!("`{command} "))),
+            "no row for {command} in {first_cells:?}"
+        );
+    }
 }

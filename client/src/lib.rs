@@ -578,6 +578,24 @@ impl Client {
         self.stock(Request::StockAdjust(entries)).await
     }
 
+    /// As [`Client::stock_set`], for SKUs the daemon already knows: a SKU
+    /// it does not know refuses the whole feed (`UnknownSku`, naming it)
+    /// instead of being added as a new, orderable SKU.
+    pub async fn stock_set_known(
+        &self,
+        entries: Vec<StockSet>,
+    ) -> Result<(u32, u32, u32), ClientError> {
+        self.stock(Request::StockSetKnown(entries)).await
+    }
+
+    /// As [`Client::stock_adjust`], for SKUs the daemon already knows.
+    pub async fn stock_adjust_known(
+        &self,
+        entries: Vec<StockAdjust>,
+    ) -> Result<(u32, u32, u32), ClientError> {
+        self.stock(Request::StockAdjustKnown(entries)).await
+    }
+
     async fn stock(&self, request: Request) -> Result<(u32, u32, u32), ClientError> {
         match self.stream.request(&request).await? {
             Response::StockResult {

@@ -37,6 +37,9 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// bound keeps a plan's work and a hold batch's size predictable (the
 /// daemon's planner keeps a line set in a 64-bit mask).
 pub const MAX_LINES_PER_ORDER: usize = 64;
+/// `lat` and `lon` of a pickup order that gives no ship-to: the store's
+/// own location stands for it.
+pub const NO_SHIP_TO: f64 = f64::NAN;
 /// Entries in one stock set / adjust frame.
 pub const MAX_STOCK_ENTRIES_PER_FRAME: usize = 16_384;
 /// Counts reported with one node rejection.

@@ -26,6 +26,8 @@ pub mod kinds {
     pub const FOLLOW_ORDERS: u8 = 0x0F;
     pub const LIST_ORDERS: u8 = 0x10;
     pub const SUBMIT_BATCH: u8 = 0x11;
+    pub const STOCK_SET_KNOWN: u8 = 0x12;
+    pub const STOCK_ADJUST_KNOWN: u8 = 0x13;
     // Response kinds (server to client).
     pub const HELLO_OK: u8 = 0x81;
     pub const DECISION: u8 = 0x82;
@@ -241,6 +243,11 @@ pub enum Request {
     },
     StockSet(Vec<StockSet>),
     StockAdjust(Vec<StockAdjust>),
+    /// As `StockSet`, but for SKUs the daemon already knows: an unknown
+    /// one refuses the whole feed (`UnknownSku`) instead of adding it.
+    StockSetKnown(Vec<StockSet>),
+    /// As `StockAdjust`, for SKUs the daemon already knows.
+    StockAdjustKnown(Vec<StockAdjust>),
     NodeReject {
         node: String,
         order: OrderKey,
@@ -548,6 +555,8 @@ impl Request {
             Request::Availability { .. } => AVAILABILITY,
             Request::StockSet(_) => STOCK_SET,
             Request::StockAdjust(_) => STOCK_ADJUST,
+            Request::StockSetKnown(_) => STOCK_SET_KNOWN,
+            Request::StockAdjustKnown(_) => STOCK_ADJUST_KNOWN,
             Request::NodeReject { .. } => NODE_REJECT,
             Request::NodeShip { .. } => NODE_SHIP,
             Request::Return { .. } => RETURN,
@@ -600,7 +609,7 @@ impl Request {
                     with_state: mode >= 2,
                 }
             }
-            kinds::STOCK_SET => {
+            kinds::STOCK_SET | kinds::STOCK_SET_KNOWN => {
                 let count = r.count_u32(MAX_STOCK_ENTRIES_PER_FRAME, "stock entries")?;
                 let mut entries = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
@@ -617,9 +626,13 @@ impl Request {
                         safety_stock: (safety != u32::MAX).then_some(safety),
                     });
                 }
-                Request::StockSet(entries)
+                if kind == kinds::STOCK_SET {
+                    Request::StockSet(entries)
+                } else {
+                    Request::StockSetKnown(entries)
+                }
             }
-            kinds::STOCK_ADJUST => {
+            kinds::STOCK_ADJUST | kinds::STOCK_ADJUST_KNOWN => {
                 let count = r.count_u32(MAX_STOCK_ENTRIES_PER_FRAME, "stock entries")?;
                 let mut entries = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
@@ -629,7 +642,11 @@ impl Request {
                         delta: r.i64("delta")?,
                     });
                 }
-                Request::StockAdjust(entries)
+                if kind == kinds::STOCK_ADJUST {
+                    Request::StockAdjust(entries)
+                } else {
+                    Request::StockAdjustKnown(entries)
+                }
             }
             kinds::NODE_REJECT => {
                 let node = id(&mut r, "node")?;
@@ -719,7 +736,7 @@ impl Request {
                     }
                 }
             }
-            Request::StockSet(entries) => {
+            Request::StockSet(entries) | Request::StockSetKnown(entries) => {
                 w.u32(entries.len() as u32);
                 for e in entries {
                     w.string(&e.sku)
@@ -728,7 +745,7 @@ impl Request {
                         .u32(e.safety_stock.unwrap_or(u32::MAX));
                 }
             }
-            Request::StockAdjust(entries) => {
+            Request::StockAdjust(entries) | Request::StockAdjustKnown(entries) => {
                 w.u32(entries.len() as u32);
                 for e in entries {
                     w.string(&e.sku).string(&e.node).i64(e.delta);

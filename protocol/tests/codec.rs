@@ -101,6 +101,17 @@ fn every_request_round_trips() {
             node: "N".into(),
             delta: -3,
         }]),
+        Request::StockSetKnown(vec![StockSet {
+            sku: "A".into(),
+            node: "N".into(),
+            on_hand: 7,
+            safety_stock: Some(2),
+        }]),
+        Request::StockAdjustKnown(vec![StockAdjust {
+            sku: "B".into(),
+            node: "N".into(),
+            delta: 4,
+        }]),
         Request::NodeReject {
             node: "N".into(),
             order: key(),

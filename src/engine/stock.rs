@@ -127,6 +127,23 @@ impl Engine {
     /// Applies a WMS/ERP feed: sets and adjustments, journaled as one
     /// record, then applied per shard. Unknown nodes refuse the whole batch
     /// before anything changes; new SKUs are added to the catalog.
+    /// As [`Engine::update_stock`], but a SKU the daemon does not know
+    /// refuses the whole feed (`UnknownSku`, naming it) with nothing
+    /// changed, instead of adding it to the catalog: what a person typing
+    /// counts wants, where a mistyped SKU would otherwise become a new,
+    /// orderable one. The catalog only grows, so a SKU known here is still
+    /// known when the feed applies.
+    pub async fn update_known_stock(
+        &self,
+        updates: &[StockUpdate],
+    ) -> Result<StockReport, EngineError> {
+        for update in updates {
+            let (StockUpdate::Set { sku, .. } | StockUpdate::Adjust { sku, .. }) = update;
+            self.sku_id(sku)?;
+        }
+        self.update_stock(updates).await
+    }
+
     pub async fn update_stock(&self, updates: &[StockUpdate]) -> Result<StockReport, EngineError> {
         if updates.len() > MAX_STOCK_UPDATES_PER_BATCH {
             return Err(EngineError::BatchTooLarge(updates.len()));

@@ -65,8 +65,12 @@ pub fn allowed(role: &Role, request: &Request) -> bool {
         }
         Request::GetOrderById { channel, .. } => own_channel(channel),
         Request::Availability { .. } => matches!(role, Role::Admin | Role::Channel(_)),
-        Request::StockSet(entries) => entries.iter().all(|e| own_node(&e.node)),
-        Request::StockAdjust(entries) => entries.iter().all(|e| own_node(&e.node)),
+        Request::StockSet(entries) | Request::StockSetKnown(entries) => {
+            entries.iter().all(|e| own_node(&e.node))
+        }
+        Request::StockAdjust(entries) | Request::StockAdjustKnown(entries) => {
+            entries.iter().all(|e| own_node(&e.node))
+        }
         Request::NodeReject { node, .. }
         | Request::NodeShip { node, .. }
         | Request::Return { node, .. } => own_node(node),
@@ -107,28 +111,15 @@ pub async fn execute(engine: &Engine, request: Request) -> Response {
             near,
             with_state,
         } => availability(engine, &sku, near, with_state),
-        Request::StockSet(entries) => {
-            let updates: Vec<StockUpdate> = entries
-                .into_iter()
-                .map(|e| StockUpdate::Set {
-                    sku: e.sku,
-                    node: e.node,
-                    on_hand: e.on_hand,
-                    safety_stock: e.safety_stock,
-                })
-                .collect();
-            stock_result(engine, &updates).await
-        }
+        Request::StockSet(entries) => stock_result(engine, &sets(entries), NewSkus::Add).await,
         Request::StockAdjust(entries) => {
-            let updates: Vec<StockUpdate> = entries
-                .into_iter()
-                .map(|e| StockUpdate::Adjust {
-                    sku: e.sku,
-                    node: e.node,
-                    delta: e.delta,
-                })
-                .collect();
-            stock_result(engine, &updates).await
+            stock_result(engine, &adjusts(entries), NewSkus::Add).await
+        }
+        Request::StockSetKnown(entries) => {
+            stock_result(engine, &sets(entries), NewSkus::Refuse).await
+        }
+        Request::StockAdjustKnown(entries) => {
+            stock_result(engine, &adjusts(entries), NewSkus::Refuse).await
         }
         Request::NodeReject {
             node,
@@ -203,11 +194,46 @@ fn availability(
     })
 }
 
+/// What a stock feed does with a SKU the daemon does not know.
+enum NewSkus {
+    /// Adds it to the catalog (StockSet, StockAdjust: a WMS feed's meaning).
+    Add,
+    /// Refuses the feed, naming it (StockSetKnown, StockAdjustKnown).
+    Refuse,
+}
+
+fn sets(entries: Vec<omniroute_protocol::StockSet>) -> Vec<StockUpdate> {
+    entries
+        .into_iter()
+        .map(|e| StockUpdate::Set {
+            sku: e.sku,
+            node: e.node,
+            on_hand: e.on_hand,
+            safety_stock: e.safety_stock,
+        })
+        .collect()
+}
+
+fn adjusts(entries: Vec<omniroute_protocol::StockAdjust>) -> Vec<StockUpdate> {
+    entries
+        .into_iter()
+        .map(|e| StockUpdate::Adjust {
+            sku: e.sku,
+            node: e.node,
+            delta: e.delta,
+        })
+        .collect()
+}
+
 async fn stock_result(
     engine: &Engine,
     updates: &[StockUpdate],
+    new_skus: NewSkus,
 ) -> Result<Response, crate::engine::EngineError> {
-    let report = engine.update_stock(updates).await?;
+    let report = match new_skus {
+        NewSkus::Add => engine.update_stock(updates).await?,
+        NewSkus::Refuse => engine.update_known_stock(updates).await?,
+    };
     Ok(Response::StockResult {
         applied: report.applied as u32,
         bumped_units: report.bumped.iter().map(|b| b.qty).sum(),

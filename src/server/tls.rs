@@ -53,6 +53,10 @@ fn read_pem(
     Ok((certificates, key))
 }
 
+/// The self-signed certificate's file in the data directory (clients on
+/// the same host find it there).
+pub const CERT_FILE: &str = "cert.pem";
+
 /// Loads the configured certificate, or the one made before in `data_dir`,
 /// or makes a self-signed one there for localhost, 127.0.0.1 and ::1.
 pub fn load_or_create(
@@ -62,7 +66,7 @@ pub fn load_or_create(
     let (cert_path, key_path) = match cert {
         Some((cert, key)) => (cert.to_path_buf(), key.to_path_buf()),
         None => {
-            let (cert, key) = (data_dir.join("cert.pem"), data_dir.join("key.pem"));
+            let (cert, key) = (data_dir.join(CERT_FILE), data_dir.join("key.pem"));
             if !cert.exists() || !key.exists() {
                 std::fs::create_dir_all(data_dir).map_err(|e| file_error(data_dir, e))?;
                 let names = vec![

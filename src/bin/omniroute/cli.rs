@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use omniroute_client::protocol::{event_kinds, order_changes, order_states, reject_codes};
+use omniroute::config::DEFAULT_DATA_DIR;
+use omniroute::server::tls::CERT_FILE;
+use omniroute_client::protocol::{
+    event_kinds, order_changes, order_states, reject_codes, ErrorCode, NO_SHIP_TO,
+};
 use omniroute_client::{
     Client, Decision, Method, Near, Order, OrderKey, OrderQuery, OrderView, StockAdjust, StockSet,
     Trust,
@@ -30,20 +34,51 @@ pub struct ConnectArgs {
     /// ones). No default: a client command never acts as admin unasked.
     #[arg(long, global = true, env = "OMNIROUTE_TOKEN")]
     pub token: Option<String>,
-    /// CA or self-signed certificate (PEM) to trust; the daemon prints its path.
+    /// CA or self-signed certificate (PEM) to trust; the daemon prints its
+    /// path. Default: `cert.pem` in the data directory (`--data-dir`).
+    #[arg(long, global = true, env = "OMNIROUTE_CA")]
+    pub ca: Option<PathBuf>,
+    /// The daemon's data directory, when it runs on this host: its
+    /// certificate there is trusted unless `--ca` names another. Default:
+    /// the embedded config's, `omniroute-data` under the current directory.
+    // Its own id: the daemon options' `--data-dir` (before the command)
+    // would otherwise take the value as well.
     #[arg(
-        long,
+        id = "client_data_dir",
+        long = "data-dir",
         global = true,
-        default_value = "omniroute-data/cert.pem",
-        env = "OMNIROUTE_CA"
+        env = "OMNIROUTE_DATA_DIR"
     )]
-    pub ca: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// Accept any server certificate. Local development only.
     #[arg(long, global = true)]
     pub insecure: bool,
     /// Name the certificate must carry.
     #[arg(long, global = true, default_value = "localhost")]
     pub server_name: String,
+}
+
+impl ConnectArgs {
+    /// The certificate to trust: `--ca`, else `cert.pem` in the data
+    /// directory, the daemon's own place for it.
+    fn ca_path(&self) -> PathBuf {
+        match (&self.ca, &self.data_dir) {
+            (Some(ca), _) => ca.clone(),
+            (None, Some(dir)) => dir.join(CERT_FILE),
+            (None, None) => PathBuf::from(DEFAULT_DATA_DIR).join(CERT_FILE),
+        }
+    }
+
+    /// Why the CA was looked for where it was, for a message.
+    fn ca_source(&self) -> &'static str {
+        match (&self.ca, &self.data_dir) {
+            (Some(_), _) => " (--ca or OMNIROUTE_CA)",
+            (None, Some(_)) => " (in --data-dir or OMNIROUTE_DATA_DIR)",
+            (None, None) => {
+                " (the default data directory, under the current directory; no --data-dir, OMNIROUTE_DATA_DIR, --ca or OMNIROUTE_CA was given)"
+            }
+        }
+    }
 }
 
 /// `--addr` as given (what messages show) and the address it resolved to.
@@ -97,9 +132,10 @@ pub enum OrderCommand {
         /// the answer, as the protocol numbers them).
         #[arg(long = "line", required = true, value_parser = parse_line)]
         lines: Vec<(String, u32)>,
-        /// Where the order goes, `LAT,LON` in degrees.
-        #[arg(long, value_parser = parse_point)]
-        ship_to: (f64, f64),
+        /// Where the order goes, `LAT,LON` in degrees. A pickup order
+        /// needs none: the customer collects it at the store.
+        #[arg(long, value_parser = parse_point, required_unless_present = "pickup")]
+        ship_to: Option<(f64, f64)>,
         /// Market the order belongs to (a policy's same_market rule uses it).
         #[arg(long)]
         market: Option<String>,
@@ -204,12 +240,19 @@ pub enum StockCommand {
         /// cells' own stay as they are without it.
         #[arg(long)]
         safety_stock: Option<u32>,
+        /// Add SKUs the daemon does not know yet; without it a SKU it does
+        /// not know (a typo) refuses the whole command, nothing changed.
+        #[arg(long)]
+        create: bool,
     },
     /// Adjust on-hand counts: `SKU@NODE=+UNITS` or `=-UNITS` ...
     Adjust {
         /// Cells and their changes, `SKU@NODE=+UNITS` or `SKU@NODE=-UNITS`.
         #[arg(required = true, value_parser = parse_stock)]
         entries: Vec<(String, String, i64)>,
+        /// Add SKUs the daemon does not know yet (see `stock set`).
+        #[arg(long)]
+        create: bool,
     },
 }
 
@@ -353,13 +396,15 @@ pub async fn connect(args: &ConnectArgs) -> Result<Client, CliError> {
     let trust = if args.insecure {
         Trust::InsecureDevelopmentOnly
     } else {
-        if !args.ca.exists() {
+        let ca = args.ca_path();
+        if !ca.exists() {
             return Err(CliError::Usage(format!(
-                "no CA certificate at {}: pass --ca with the daemon's certificate (it prints the path when it starts), or --insecure for local development",
-                args.ca.display()
+                "no CA certificate at {}{}: pass --data-dir with the daemon's data directory, or --ca with its certificate (it prints the path when it starts), or --insecure for local development",
+                ca.display(),
+                args.ca_source()
             )));
         }
-        Trust::CaFile(args.ca.clone())
+        Trust::CaFile(ca)
     };
     let Some(token) = &args.token else {
         return Err(CliError::Usage(
@@ -494,11 +539,12 @@ async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError
                 (None, true) => Method::SameDay,
                 (None, false) => Method::Ship,
             };
+            let (lat, lon) = ship_to.unwrap_or((NO_SHIP_TO, NO_SHIP_TO));
             let order = Order {
                 channel,
                 client_order_id: id.clone(),
-                lat: ship_to.0,
-                lon: ship_to.1,
+                lat,
+                lon,
                 market,
                 method,
                 hold_ttl_ms: ttl_ms,
@@ -623,6 +669,7 @@ async fn stock_on(client: &Client, command: StockCommand) -> Result<(), CliError
         StockCommand::Set {
             entries,
             safety_stock,
+            create,
         } => {
             let entries = entries
                 .into_iter()
@@ -641,22 +688,42 @@ async fn stock_on(client: &Client, command: StockCommand) -> Result<(), CliError
                 // Read wrongly before anything is sent: a usage error (2),
                 // as every other argument that does not parse.
                 .map_err(CliError::Usage)?;
-            client.stock_set(entries).await
+            if create {
+                client.stock_set(entries).await
+            } else {
+                client.stock_set_known(entries).await
+            }
         }
-        StockCommand::Adjust { entries } => {
-            client
-                .stock_adjust(
-                    entries
-                        .into_iter()
-                        .map(|(sku, node, delta)| StockAdjust { sku, node, delta })
-                        .collect(),
-                )
-                .await
+        StockCommand::Adjust { entries, create } => {
+            let entries = entries
+                .into_iter()
+                .map(|(sku, node, delta)| StockAdjust { sku, node, delta })
+                .collect();
+            if create {
+                client.stock_adjust(entries).await
+            } else {
+                client.stock_adjust_known(entries).await
+            }
         }
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(stock_error)?;
     println!("applied {applied}, {bumped} reserved units re-routed, {errors} errors");
     Ok(())
+}
+
+/// A refused feed in the user's terms: an unknown SKU is most often a
+/// typo, and `--create` is how a new one is meant.
+fn stock_error(error: omniroute_client::ClientError) -> CliError {
+    match error {
+        omniroute_client::ClientError::Server { code, message }
+            if code == ErrorCode::UnknownSku as u16 =>
+        {
+            CliError::Daemon(format!(
+                "{message}: the daemon does not sell it, and nothing was changed; check its spelling, or pass --create to add it as a new SKU"
+            ))
+        }
+        other => CliError::Daemon(other.to_string()),
+    }
 }
 
 pub async fn availability(

@@ -48,7 +48,8 @@ struct DaemonArgs {
     /// Config file (TOML). Without it, the embedded default with its sample network.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Data directory (journal, snapshots, certificate); overrides the config's.
+    /// Data directory (journal, snapshots, certificate); overrides the
+    /// config's, as OMNIROUTE_DATA_DIR does.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// QUIC listen address; overrides the config's.
@@ -331,7 +332,10 @@ async fn serve(config: ValidConfig, source: Option<ConfigSource>) -> Result<(), 
     }
     println!(
         "try: omniroute order submit --channel web --line SKU-1:2 --ship-to 52.52,13.40 --token dev-web-token --ca {}{}",
-        server.cert_path.display(),
+        // Absolute, so that the line works when pasted in another directory.
+        std::path::absolute(&server.cert_path)
+            .unwrap_or_else(|_| server.cert_path.clone())
+            .display(),
         addr_hint(server.addr)
     );
     wait_for_shutdown(&daemon, signals).await;
@@ -732,10 +736,17 @@ fn run_daemon_command(
     }
 }
 
+/// Names the data directory for the daemon and, on the same host, for the
+/// client commands that look for its certificate there.
+const DATA_DIR_ENV: &str = "OMNIROUTE_DATA_DIR";
+
 /// The config with what the command line overrides.
 fn with_overrides(mut config: ValidConfig, args: &DaemonArgs) -> ValidConfig {
-    if let Some(dir) = &args.data_dir {
-        config.server.data_dir = dir.clone();
+    // The flag, else the environment the client commands read too, else
+    // the config's.
+    let env_dir = std::env::var_os(DATA_DIR_ENV).filter(|dir| !dir.is_empty());
+    if let Some(dir) = args.data_dir.clone().or(env_dir.map(PathBuf::from)) {
+        config.server.data_dir = dir;
     }
     if let Some(listen) = args.listen {
         config.server.listen = listen;
@@ -768,7 +779,7 @@ fn run_client_command(
     if is_client {
         init_logs(CLIENT_LOG_LEVEL, false);
         if before.any() {
-            eprintln!("omniroute: --config, --data-dir, --listen, --log-json, --admin and --http are options of the daemon (serve, check-config, replay, demo), not of a client command");
+            eprintln!("omniroute: --config, --data-dir, --listen, --log-json, --admin and --http are options of the daemon (serve, check-config, replay, demo), not of a client command (give a client command --data-dir after its name, to find the daemon's certificate)");
             return Ok(ExitCode::from(cli::EXIT_USAGE));
         }
     }

@@ -15,6 +15,7 @@ use crate::core::model::{
     Capabilities, ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, NodeIdx, OrderRequest,
     OrderState, RejectReason,
 };
+use crate::core::network::Network;
 use crate::core::ops::NodeOp;
 use crate::core::order::{created_s, request_fingerprint, AllocationState, OrderRecord};
 use crate::core::placement::{place, send_ops, Attempt, Participants, Placement};
@@ -55,8 +56,6 @@ impl RouterCore {
                 qty: line.qty,
             });
         }
-        let ship_to = GeoPoint::new(request.ship_to.lat, request.ship_to.lon)
-            .ok_or(InvalidOrder::BadShipTo)?;
         let market = match &request.ship_to.market {
             Some(name) => Some(
                 self.network
@@ -80,6 +79,7 @@ impl RouterCore {
                 Method::Pickup { store }
             }
         };
+        let ship_to = ship_to_of(request, method, &self.network)?;
         let hold_ttl_ms = match request.hold_ttl_ms {
             Some(ttl) if ttl == 0 || ttl > MAX_HOLD_TTL_MS => return Err(InvalidOrder::BadHoldTtl),
             Some(ttl) => ttl,
@@ -265,5 +265,22 @@ impl RouterCore {
             short,
             expires_at_ms,
         }
+    }
+}
+
+/// Where the order goes: its ship-to, or for a pickup order given none
+/// (both coordinates NaN) the store's own location, which is where the
+/// customer collects it.
+fn ship_to_of(
+    request: &OrderRequest,
+    method: Method,
+    network: &Network,
+) -> Result<GeoPoint, InvalidOrder> {
+    let (lat, lon) = (request.ship_to.lat, request.ship_to.lon);
+    match method {
+        Method::Pickup { store } if lat.is_nan() && lon.is_nan() => {
+            Ok(network.nodes[store as usize].location)
+        }
+        _ => GeoPoint::new(lat, lon).ok_or(InvalidOrder::BadShipTo),
     }
 }
