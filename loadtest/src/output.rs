@@ -131,17 +131,16 @@ fn chart_data<'a>(
 fn subtitle(run: &RunInfo) -> String {
     let mut parts = vec![
         format!("scenario {}", run.scenario),
-        format!(
-            "{:.0}/s offered for {} s after {} s of warmup{}",
-            run.rate,
-            run.duration_s,
-            run.warmup_s,
-            if run.find_max {
-                ", stepped up (--find-max)"
-            } else {
-                ""
-            }
-        ),
+        match run.find_max {
+            false => format!(
+                "{:.0}/s offered for {} s after {} s of warmup",
+                run.rate, run.duration_s, run.warmup_s
+            ),
+            true => format!(
+                "--find-max from {:.0}/s, {} s a step, after {} s of warmup",
+                run.rate, run.duration_s, run.warmup_s
+            ),
+        },
         format!(
             "durability {}",
             run.durability
