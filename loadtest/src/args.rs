@@ -41,6 +41,11 @@ pub(crate) struct Args {
     /// Certificate to trust (default: the daemon's omniroute-data/cert.pem).
     #[arg(long)]
     pub(super) ca: Option<PathBuf>,
+    /// The daemon's admin port (ignored with --spawn-server, which knows
+    /// it): its /metrics is read through the run, and the chart marks the
+    /// snapshots and hold expiries it counts.
+    #[arg(long)]
+    pub(super) metrics_addr: Option<SocketAddr>,
     /// Accept any certificate (local development only).
     #[arg(long)]
     pub(super) insecure: bool,
@@ -91,6 +96,11 @@ pub(crate) struct Args {
     /// closed orders stay in memory (the embedded config's day if not given).
     #[arg(long)]
     pub(super) retention_ms: Option<u64>,
+    /// `[journal] snapshot_interval_ms` of the --spawn-server daemon: how
+    /// often it writes a snapshot (the embedded config's minute if not
+    /// given); the chart marks each one.
+    #[arg(long)]
+    pub(super) snapshot_interval_ms: Option<u64>,
     /// With --spawn-server: print the daemon's resident memory this often
     /// (from /proc), and its growth over the second half of the run.
     #[arg(long, value_parser = parse_duration)]

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omniroute_client::{Order, OrderKey};
-use omniroute_loadtest::{Audit, FollowUp, FollowUpMix, Outcome, Recorder, Schedule};
+use omniroute_loadtest::{
+    Audit, FollowUp, FollowUpMix, Outcome, PhaseSeconds, Recorder, Schedule, SecondBin,
+};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,6 +47,8 @@ pub enum Event {
     Phase {
         first: u64,
         schedule: Schedule,
+        /// How long the phase sends for.
+        length: Duration,
         measured: bool,
     },
     Sent {
@@ -76,8 +80,7 @@ pub struct RunResult {
     /// Orders answered routed: (request id, the daemon's order id). The
     /// request id names the order's key (with the prefix).
     pub routed: Vec<(u64, u64)>,
-    /// Corrected latency per second of measured run: (wall-clock start,
-    /// seconds since the first measured second, length, histogram).
+    /// Every second of each measured phase, in order.
     pub intervals: Vec<Interval>,
     pub follow_ups: std::collections::BTreeMap<String, u64>,
     /// What each routed order was told, kept when the scenario can make
@@ -86,8 +89,10 @@ pub struct RunResult {
     /// How follow-ups ended each order, for the audit of orders the daemon
     /// has archived (closed and retired) by the time they are read back.
     pub endings: Endings,
-    /// When each measured phase began, since the first: (seconds, what).
+    /// When each measured phase began, since the first: (seconds, its rate).
     pub marks: Vec<(f64, String)>,
+    /// When the first measured phase began: the time axis's zero.
+    pub first_measured: Option<Instant>,
 }
 
 /// What the acknowledged follow-ups did to routed orders.
@@ -99,16 +104,8 @@ pub struct Endings {
     pub shipped: HashMap<u64, Vec<(String, String, u32)>>,
 }
 
-pub struct Interval {
-    pub wall: std::time::SystemTime,
-    pub offset_s: f64,
-    pub length: Duration,
-    pub histogram: hdrhistogram::Histogram<u64>,
-    /// Requests sent and answered in it, and how many of those failed.
-    pub sent: u64,
-    pub answered: u64,
-    pub errors: u64,
-}
+/// One second of a measured phase.
+pub type Interval = SecondBin;
 
 /// What the collector sends after routed orders, when the scenario has
 /// follow-ups (QUIC only: Redis does reservations alone).
@@ -259,6 +256,8 @@ struct PhaseState {
     first: u64,
     schedule: Schedule,
     measured: bool,
+    /// A measured phase's seconds, until it is drained.
+    seconds: Option<PhaseSeconds>,
     recorder: Recorder,
     answered: u64,
 }
@@ -268,7 +267,8 @@ pub fn channel() -> (mpsc::Sender<Event>, mpsc::Receiver<Event>) {
     mpsc::channel(COLLECTOR_QUEUE)
 }
 
-/// Records answers; prints a live line each second.
+/// Records answers into the phase and the second they belong to; prints
+/// a live line each second.
 pub struct Collector {
     run_start: Instant,
     /// Microseconds from `run_start` to when each request left.
@@ -280,10 +280,10 @@ pub struct Collector {
     result: RunResult,
     follow_ups: Option<FollowUps>,
     keep_promises: bool,
+    /// The live line's second (by the wall clock, warmup too).
     second: Recorder,
     second_sent: u64,
     second_start: Instant,
-    second_wall: std::time::SystemTime,
     first_measured: Option<Instant>,
     seconds: u64,
 }
@@ -310,7 +310,6 @@ impl Collector {
             second: Recorder::new(),
             second_sent: 0,
             second_start: now,
-            second_wall: std::time::SystemTime::now(),
             first_measured: None,
             seconds: 0,
         };
@@ -324,14 +323,7 @@ impl Collector {
                 event = events.recv() => {
                     let Some(event) = event else { return };
                     match event {
-                        Event::Phase { first, schedule, measured } => {
-                            if measured {
-                                let first_measured = *self.first_measured.get_or_insert(schedule.start);
-                                let offset = schedule.start.saturating_duration_since(first_measured).as_secs_f64();
-                                self.result.marks.push((offset, format!("{:.0}/s", schedule.rate_per_s)));
-                            }
-                            self.phases.push(PhaseState { first, schedule, measured, recorder: Recorder::new(), answered: 0 });
-                        }
+                        Event::Phase { first, schedule, length, measured } => self.phase(first, schedule, length, measured),
                         Event::Sent { first, count, at } => {
                             let end = (first + count) as usize;
                             if self.sent_us.len() < end {
@@ -341,10 +333,14 @@ impl Collector {
                             let offset = at.saturating_duration_since(self.run_start).as_micros().min(u128::from(u32::MAX)) as u32;
                             self.sent_us[first as usize..end].fill(offset);
                             self.second_sent += count;
+                            if let Some(seconds) = self.phase_of(first).and_then(|p| p.seconds.as_mut()) {
+                                seconds.sent(at, count);
+                            }
                         }
                         Event::Answers(answers) => self.answers(answers),
                         Event::Drain { end, deadline, reply } => self.drain = Some((end, deadline, reply)),
                         Event::Finish { reply } => {
+                            self.result.first_measured = self.first_measured;
                             let _ = reply.send(std::mem::take(&mut self.result));
                             return;
                         }
@@ -355,6 +351,31 @@ impl Collector {
             self.tick_second(label);
             self.try_drain();
         }
+    }
+
+    /// A phase begins; a measured one is cut into seconds and marked on
+    /// the time axis with its rate.
+    fn phase(&mut self, first: u64, schedule: Schedule, length: Duration, measured: bool) {
+        let seconds = measured.then(|| {
+            let first_measured = *self.first_measured.get_or_insert(schedule.start);
+            let offset_s = schedule
+                .start
+                .saturating_duration_since(first_measured)
+                .as_secs_f64();
+            self.result
+                .marks
+                .push((offset_s, format!("{:.0}/s", schedule.rate_per_s)));
+            let wall = std::time::SystemTime::now() - schedule.start.elapsed();
+            PhaseSeconds::new(schedule.start, wall, offset_s, length)
+        });
+        self.phases.push(PhaseState {
+            first,
+            schedule,
+            measured,
+            seconds,
+            recorder: Recorder::new(),
+            answered: 0,
+        });
     }
 
     fn phase_of(&mut self, id: u64) -> Option<&mut PhaseState> {
@@ -408,6 +429,10 @@ impl Collector {
             if let Some(code) = answer.code {
                 phase.recorder.record_code(answer.outcome, code);
             }
+            if let Some(seconds) = phase.seconds.as_mut() {
+                let latency_us = answer.done.saturating_duration_since(intended).as_micros();
+                seconds.answered(answer.done, latency_us as u64, answer.outcome, answer.code);
+            }
             phase.answered += 1;
             self.second
                 .record(intended, sent, answer.done, answer.outcome);
@@ -426,32 +451,9 @@ impl Collector {
         let errors = self.second.count(Outcome::Error)
             + self.second.count(Outcome::TimedOut)
             + self.second.count(Outcome::Overloaded);
-        if measured {
-            let histogram =
-                std::mem::replace(&mut self.second.corrected, Recorder::new().corrected);
-            let offset_s = self.first_measured.map_or(0.0, |f| {
-                self.second_start.saturating_duration_since(f).as_secs_f64()
-            });
-            self.result.intervals.push(Interval {
-                wall: self.second_wall,
-                offset_s,
-                length: elapsed,
-                histogram,
-                sent: self.second_sent,
-                answered: self.second.total(),
-                errors,
-            });
-        }
         self.seconds += 1;
         let seconds = elapsed.as_secs_f64();
-        let p99 = if measured {
-            self.result
-                .intervals
-                .last()
-                .map_or(0, |i| i.histogram.value_at_quantile(0.99))
-        } else {
-            self.second.corrected.value_at_quantile(0.99)
-        };
+        let p99 = self.second.corrected.value_at_quantile(0.99);
         println!(
             "{label} t={:>3}s {} offered {:>9.0}/s achieved {:>9.0}/s p99 {:>7} us errors {errors} (routed {} short {})",
             self.seconds,
@@ -465,7 +467,6 @@ impl Collector {
         self.second = Recorder::new();
         self.second_sent = 0;
         self.second_start = Instant::now();
-        self.second_wall = std::time::SystemTime::now();
     }
 
     fn try_drain(&mut self) {
@@ -481,6 +482,7 @@ impl Collector {
         if !all && Instant::now() < deadline {
             return;
         }
+        let now = Instant::now();
         for id in first..end {
             let i = id as usize;
             if i < self.answered.len() && !self.answered[i] {
@@ -492,9 +494,16 @@ impl Collector {
                 phase
                     .recorder
                     .record(intended, sent, deadline, Outcome::TimedOut);
+                if let Some(seconds) = phase.seconds.as_mut() {
+                    let latency_us = deadline.saturating_duration_since(intended).as_micros();
+                    seconds.answered(now, latency_us as u64, Outcome::TimedOut, None);
+                }
             }
         }
         let (_, _, reply) = self.drain.take().expect("drain");
+        if let Some(seconds) = self.phases[index].seconds.take() {
+            self.result.intervals.extend(seconds.finish());
+        }
         let recorder = std::mem::take(&mut self.phases[index].recorder);
         let _ = reply.send(PhaseResult { recorder });
     }
@@ -528,6 +537,7 @@ pub fn run_phase(
     let _ = events.blocking_send(Event::Phase {
         first,
         schedule,
+        length: duration,
         measured,
     });
     let mut next = 0u64;

@@ -114,9 +114,14 @@ impl FeedCells {
 }
 
 /// The scenario's node events, `delay` plus each event's time from now.
-pub(crate) async fn node_events(admin: Arc<Client>, scenario: Scenario, delay: Duration) -> u64 {
+pub(crate) async fn node_events(
+    admin: Arc<Client>,
+    scenario: Scenario,
+    delay: Duration,
+) -> (u64, Vec<NodeEventDone>) {
     let start = tokio::time::Instant::now() + delay;
     let mut rerouted = 0;
+    let mut done = Vec::new();
     for event in &scenario.events {
         tokio::time::sleep_until(start + Duration::from_secs_f64(event.at_s)).await;
         match admin.set_node_online(&event.node, event.online).await {
@@ -127,9 +132,23 @@ pub(crate) async fn node_events(admin: Arc<Client>, scenario: Scenario, delay: D
                     if event.online { "online" } else { "offline" }
                 );
                 rerouted += u64::from(count);
+                done.push(NodeEventDone {
+                    at: std::time::Instant::now(),
+                    event: event.clone(),
+                    rerouted: count,
+                });
             }
             Err(e) => eprintln!("event: setting {} online={}: {e}", event.node, event.online),
         }
     }
-    rerouted
+    (rerouted, done)
+}
+
+/// A scenario's node event as the daemon acknowledged it.
+pub(crate) struct NodeEventDone {
+    /// When the daemon answered it.
+    pub(crate) at: std::time::Instant,
+    pub(crate) event: omniroute_loadtest::NodeEvent,
+    /// Orders it re-routed.
+    pub(crate) rerouted: u32,
 }

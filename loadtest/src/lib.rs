@@ -3,20 +3,25 @@
 //! scenario file and the JSON summary.
 
 pub mod chart;
+mod daemon_metrics;
 mod recorder;
 mod scenario;
+mod seconds;
 mod stock_audit;
 mod summary;
 mod threshold;
 
+pub use daemon_metrics::{count_per_second, counter_events, CounterSample, DaemonCounters};
 pub use recorder::{error_name, reject_name, Outcome, Recorder, Schedule, MAX_LATENCY_US};
 pub use scenario::{
     Feed, FollowUp, FollowUpMix, MethodMix, NodeEvent, OrderMix, Scenario, ScenarioError,
     ScenarioStock, SkuRange, HOLDS_OUTLIVE_RUNS_MS,
 };
+pub use seconds::{PhaseSeconds, SecondBin};
 pub use stock_audit::{Audit, Cell, ANY_NODE};
 pub use summary::{
-    ratio, RunInfo, Second, StatusStream, Summary, ThresholdResult, SUSTAINED_FRACTION,
+    ratio, MeasuredStep, OverTime, RunEvent, RunInfo, Second, StatusStream, Summary,
+    ThresholdResult, WholeRun, SUSTAINED_FRACTION,
 };
 pub use threshold::Threshold;
 
@@ -127,17 +132,20 @@ mod tests {
         // Proves a step is sustained only at >= 95 % of offered, p99 within the bound and no
         // errors, and that the ratio needs both rates.
         let mut summary = Summary {
-            rate_offered: 1000.0,
-            rate_achieved: 960.0,
-            p99_us: 900,
+            measured: MeasuredStep {
+                rate_offered: 1000.0,
+                rate_achieved: 960.0,
+                p99_us: 900,
+                ..MeasuredStep::default()
+            },
             ..Summary::default()
         };
         assert!(summary.sustained(1000));
         assert!(!summary.sustained(800));
-        summary.rate_achieved = 940.0;
+        summary.measured.rate_achieved = 940.0;
         assert!(!summary.sustained(1000));
-        summary.rate_achieved = 1000.0;
-        summary.errors = 1;
+        summary.measured.rate_achieved = 1000.0;
+        summary.measured.errors = 1;
         assert!(!summary.sustained(1000));
         assert_eq!(ratio(Some(300.0), Some(100.0)), Some(3.0));
         assert_eq!(ratio(None, Some(100.0)), None);
@@ -162,7 +170,8 @@ mod tests {
 
     #[test]
     fn the_json_summary_has_the_documented_keys() {
-        // Proves the keys other tools read are present and numeric.
+        // Proves the keys other tools read are present and numeric, each count under the
+        // window it covers, and each window saying which it is.
         let start = Instant::now();
         let mut recorder = Recorder::new();
         recorder.record(
@@ -178,9 +187,11 @@ mod tests {
             1.0,
             &recorder,
         );
+        summary.whole_run.follow_ups.insert("confirm_ok".into(), 7);
         summary.redis = Some(Box::new(summary.clone()));
         summary.ratio_vs_redis = ratio(Some(2.0), Some(1.0));
         let json: serde_json::Value = serde_json::to_value(&summary).unwrap();
+        let measured = &json["measured"];
         for key in [
             "rate_offered",
             "rate_achieved",
@@ -189,15 +200,40 @@ mod tests {
             "p999_us",
             "max_us",
             "errors",
-            "oversold_units",
-            "missing_orders",
-            "stock_mismatch_units",
-            "ratio_vs_redis",
         ] {
-            assert!(json[key].is_number(), "{key} missing in {json}");
+            assert!(
+                measured[key].is_number(),
+                "measured.{key} missing in {json}"
+            );
         }
-        assert!(json["redis"]["p99_us"].is_number(), "{json}");
-        assert_eq!(json["outcomes"]["routed"], 1);
+        let whole_run = &json["whole_run"];
+        for key in ["oversold_units", "missing_orders", "stock_mismatch_units"] {
+            assert!(
+                whole_run[key].is_number(),
+                "whole_run.{key} missing in {json}"
+            );
+        }
+        assert!(json["ratio_vs_redis"].is_number(), "{json}");
+        assert!(json["redis"]["measured"]["p99_us"].is_number(), "{json}");
+        assert_eq!(measured["outcomes"]["routed"], 1);
+        assert_eq!(whole_run["follow_ups"]["confirm_ok"], 7);
+        assert!(json["over_time"]["seconds"].is_array(), "{json}");
+        let covers = measured["covers"].as_str().unwrap();
+        assert!(
+            covers.contains("1.0 s") && covers.contains("not the warmup"),
+            "{covers}"
+        );
+        // Nothing counted is left at the top, where its window would be unsaid.
+        for key in [
+            "outcomes",
+            "requests",
+            "follow_ups",
+            "p99_us",
+            "oversold_units",
+            "seconds",
+        ] {
+            assert!(json.get(key).is_none(), "{key} at the top of {json}");
+        }
     }
 
     #[test]

@@ -18,8 +18,10 @@ mod output;
 mod redis;
 mod report;
 mod run;
+mod scrape;
 mod sinks;
 mod spawn;
+mod timeline;
 
 use clap::Parser;
 
@@ -36,7 +38,7 @@ fn main() -> std::process::ExitCode {
     if let Some(data_dir) = &args.serve_child {
         let runtime = omniroute::server::runtime(spawn::worker_threads(args.server_threads))
             .expect("tokio runtime");
-        return match runtime.block_on(serve_child(data_dir, &args.durability, args.retention_ms)) {
+        return match runtime.block_on(serve_child(data_dir, &args)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("omniroute-loadtest daemon: {e}");

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use omniroute_loadtest::chart::{write_chart, ChartData};
-use omniroute_loadtest::Summary;
+use omniroute_loadtest::{RunInfo, Summary};
 
 use crate::args::Args;
 use crate::redis::redis_side_note;
@@ -48,22 +48,35 @@ pub(crate) fn finish(args: &Args, mut outcome: Outcome) -> ExitCode {
 
 /// Whether every audit of the run came out right.
 fn exact(summary: &Summary) -> bool {
-    let redis_bad = summary.redis.as_ref().is_some_and(|r| r.oversold_units > 0);
-    summary.oversold_units == 0
-        && summary.missing_orders == 0
-        && summary.stock_mismatch_units == 0
-        && summary.early_expiries == 0
-        && summary.status_stream.as_ref().is_none_or(|s| s.exact())
+    let redis_bad = summary
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.whole_run.oversold_units > 0);
+    summary.whole_run.oversold_units == 0
+        && summary.whole_run.missing_orders == 0
+        && summary.whole_run.stock_mismatch_units == 0
+        && summary.whole_run.early_expiries == 0
+        && summary
+            .whole_run
+            .status_stream
+            .as_ref()
+            .is_none_or(|s| s.exact())
         && !redis_bad
 }
 
 fn write_files(args: &Args, outcome: &Outcome) -> Result<(), String> {
     let summary = &outcome.summary;
     if let Some(path) = &args.chart {
+        // Each second's latency at its middle, so that every second has its point.
         let latency: Vec<_> = outcome
             .intervals
             .iter()
-            .map(|i| (i.offset_s, i.histogram.clone()))
+            .map(|i| {
+                (
+                    i.offset_s + i.length.as_secs_f64() / 2.0,
+                    i.histogram.clone(),
+                )
+            })
             .collect();
         write_chart(path, &chart_data(outcome, &latency)).map_err(|e| e.to_string())?;
     }
@@ -99,16 +112,54 @@ fn chart_data<'a>(
     let title = format!(
         "omniroute-loadtest: {} at {:.0} orders/s offered{}",
         summary.scenario,
-        summary.rate_offered,
+        summary.measured.rate_offered,
         summary
             .highest_sustainable_rate
             .map_or(String::new(), |r| format!(", highest sustainable {r:.0}/s"))
     );
     ChartData {
         title,
+        subtitle: summary.run.as_ref().map_or(String::new(), subtitle),
         intervals: latency,
         distributions,
-        seconds: &summary.seconds,
-        marks: &outcome.marks,
+        seconds: &summary.over_time.seconds,
+        events: &summary.over_time.events,
     }
+}
+
+/// The run's settings in one line: what ran, how durable, on how much.
+fn subtitle(run: &RunInfo) -> String {
+    let mut parts = vec![
+        format!("scenario {}", run.scenario),
+        match run.find_max {
+            false => format!(
+                "{:.0}/s offered for {} s after {} s of warmup",
+                run.rate, run.duration_s, run.warmup_s
+            ),
+            true => format!(
+                "--find-max from {:.0}/s, {} s a step, after {} s of warmup",
+                run.rate, run.duration_s, run.warmup_s
+            ),
+        },
+        format!(
+            "durability {}",
+            run.durability
+                .as_deref()
+                .unwrap_or("as the daemon was started")
+        ),
+        format!("{} cores", run.cores),
+    ];
+    if let Some(threads) = run.server_threads {
+        let plural = if threads == 1 { "" } else { "s" };
+        parts.push(format!("{threads} daemon thread{plural}"));
+    }
+    parts.push(format!("{} connections", run.connections));
+    parts.push(match &run.omniroute_version {
+        Some(version) => format!("omniroute {version}"),
+        None => format!("omniroute-loadtest {}", run.loadtest_version),
+    });
+    if let Some(version) = &run.redis_version {
+        parts.push(format!("redis {version}"));
+    }
+    parts.join(" · ")
 }

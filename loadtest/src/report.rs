@@ -32,70 +32,91 @@ pub(crate) fn write_hlog(path: &Path, intervals: &[Interval]) -> Result<(), Stri
     Ok(())
 }
 
+/// The report, each count under the window it covers: the measured step
+/// (rates, outcomes, latency, CPU) and then the whole run (follow-ups,
+/// feed, node events, the audit).
 pub(crate) fn print(summary: &Summary) {
     let t = &summary.target;
     println!(
-        "{t}: offered {:.0}/s, achieved {:.0}/s over {:.1} s ({} requests)",
-        summary.rate_offered, summary.rate_achieved, summary.duration_s, summary.requests
+        "{t}: measured step: offered {:.0}/s, achieved {:.0}/s over {:.1} s ({} requests)",
+        summary.measured.rate_offered,
+        summary.measured.rate_achieved,
+        summary.measured.duration_s,
+        summary.measured.requests
     );
-    println!("{t}: outcomes: {}", outcomes(summary));
+    println!("{t}: measured step: outcomes: {}", outcomes(summary));
     print_latency_table(summary);
-    if let Some(us) = summary.server_cpu_us_per_order {
+    if let Some(us) = summary.measured.server_cpu_us_per_order {
         let generator = summary
+            .measured
             .generator_cpu_us_per_order
             .map_or(String::new(), |g| {
                 format!(", generator {g:.2} us per order")
             });
         println!(
             "{t}: server CPU {us:.2} us per order ({:.2} cores busy){generator}",
-            summary.server_cpu_cores.unwrap_or(0.0)
+            summary.measured.server_cpu_cores.unwrap_or(0.0)
         );
     }
     if !summary.batching.is_empty() {
         println!("{t}: batching: {}", summary.batching);
     }
+    println!("{t}: measured step: errors {}", summary.measured.errors);
+    if let Some(rate) = summary.highest_sustainable_rate {
+        println!("{t}: highest_sustainable_rate={rate:.0}");
+    }
+    if let Some(p99) = summary.p99_at_half_max_us {
+        println!("{t}: p99_at_half_max_us={p99}");
+    }
+    print_whole_run(summary);
+    if let Some(ms) = summary.restart_ms {
+        println!("{t}: restart after kill -9: listening in {ms:.0} ms");
+    }
+}
+
+/// What the whole run did beside the measured step, and its audit.
+fn print_whole_run(summary: &Summary) {
+    let t = format!("{}: whole run", summary.target);
+    let run = &summary.whole_run;
     println!(
-        "{t}: errors {}, missing orders {}, stock mismatch {} units",
-        summary.errors, summary.missing_orders, summary.stock_mismatch_units
+        "{t}: missing orders {}, stock mismatch {} units",
+        run.missing_orders, run.stock_mismatch_units
     );
-    if summary.archived_orders > 0 {
+    if run.archived_orders > 0 {
         println!(
             "{t}: archived orders {} (closed and retired; audited from their follow-ups)",
-            summary.archived_orders
+            run.archived_orders
         );
     }
-    if let Some(growth) = summary.rss_growth_second_half_percent {
-        let first = summary.rss_mib.first().map_or(0.0, |s| s.1);
-        let last = summary.rss_mib.last().map_or(0.0, |s| s.1);
+    if let Some(growth) = run.rss_growth_second_half_percent {
+        let first = run.rss_mib.first().map_or(0.0, |s| s.1);
+        let last = run.rss_mib.last().map_or(0.0, |s| s.1);
         println!(
             "{t}: rss {first:.1} MiB at the first sample, {last:.1} MiB at the last; {growth:+.1} % over the second half"
         );
     }
-    if let Some(ms) = summary.restart_ms {
-        println!("{t}: restart after kill -9: listening in {ms:.0} ms");
+    if !run.follow_ups.is_empty() {
+        println!("{t}: follow-ups {:?}", run.follow_ups);
     }
-    if !summary.follow_ups.is_empty() {
-        println!("{t}: follow-ups {:?}", summary.follow_ups);
-    }
-    if summary.restocked_units > 0 || summary.feed_errors > 0 {
+    if run.restocked_units > 0 || run.feed_errors > 0 {
         println!(
             "{t}: feed restocked {} units, {} requests refused",
-            summary.restocked_units, summary.feed_errors
+            run.restocked_units, run.feed_errors
         );
     }
-    if summary.expired_units > 0 || summary.early_expiries > 0 {
+    if run.expired_units > 0 || run.early_expiries > 0 {
         println!(
             "{t}: expired_units={} (holds run out unconfirmed, back on sale), early_expiries={}",
-            summary.expired_units, summary.early_expiries
+            run.expired_units, run.early_expiries
         );
     }
-    if summary.rerouted_orders > 0 {
+    if run.rerouted_orders > 0 {
         println!(
             "{t}: rerouted_orders={} ({} units taken back from buyers and found short)",
-            summary.rerouted_orders, summary.withdrawn_units
+            run.rerouted_orders, run.withdrawn_units
         );
     }
-    if let Some(stream) = &summary.status_stream {
+    if let Some(stream) = &run.status_stream {
         let changes: Vec<String> = stream
             .changes
             .iter()
@@ -110,15 +131,9 @@ pub(crate) fn print(summary: &Summary) {
             stream.routed_orders_without_one_routed_status
         );
     }
-    if let Some(rate) = summary.highest_sustainable_rate {
-        println!("{t}: highest_sustainable_rate={rate:.0}");
-    }
-    if let Some(p99) = summary.p99_at_half_max_us {
-        println!("{t}: p99_at_half_max_us={p99}");
-    }
     println!(
         "{t}: oversold_units={} (told beyond stock {}, held beyond stock {})",
-        summary.oversold_units, summary.oversold_told_units, summary.oversold_held_units
+        run.oversold_units, run.oversold_told_units, run.oversold_held_units
     );
 }
 
@@ -131,6 +146,7 @@ fn outcomes(summary: &Summary) -> String {
             .join(", ")
     };
     summary
+        .measured
         .outcomes
         .iter()
         .map(|(outcome, n)| {
@@ -139,11 +155,11 @@ fn outcomes(summary: &Summary) -> String {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
             let codes = match name.as_str() {
-                "rejected" if !summary.reject_codes.is_empty() => {
-                    format!(" ({})", named(&summary.reject_codes))
+                "rejected" if !summary.measured.reject_codes.is_empty() => {
+                    format!(" ({})", named(&summary.measured.reject_codes))
                 }
-                "error" | "overloaded" if !summary.error_codes.is_empty() => {
-                    format!(" ({})", named(&summary.error_codes))
+                "error" | "overloaded" if !summary.measured.error_codes.is_empty() => {
+                    format!(" ({})", named(&summary.measured.error_codes))
                 }
                 _ => String::new(),
             };
@@ -170,42 +186,42 @@ fn grouped(n: u64) -> String {
 fn print_latency_table(summary: &Summary) {
     let t = &summary.target;
     println!(
-        "{t}: latency (us)        {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{t}: measured step: latency (us)        {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "min", "mean", "p50", "p90", "p95", "p99", "p99.9", "p99.99", "max"
     );
     let rows = [
         (
             "from intended send",
             [
-                summary.min_us,
-                summary.p50_us,
-                summary.p90_us,
-                summary.p95_us,
-                summary.p99_us,
-                summary.p999_us,
-                summary.p9999_us,
-                summary.max_us,
+                summary.measured.min_us,
+                summary.measured.p50_us,
+                summary.measured.p90_us,
+                summary.measured.p95_us,
+                summary.measured.p99_us,
+                summary.measured.p999_us,
+                summary.measured.p9999_us,
+                summary.measured.max_us,
             ],
-            summary.mean_us,
+            summary.measured.mean_us,
         ),
         (
             "from actual send  ",
             [
-                summary.uncorrected_min_us,
-                summary.uncorrected_p50_us,
-                summary.uncorrected_p90_us,
-                summary.uncorrected_p95_us,
-                summary.uncorrected_p99_us,
-                summary.uncorrected_p999_us,
-                summary.uncorrected_p9999_us,
-                summary.uncorrected_max_us,
+                summary.measured.uncorrected_min_us,
+                summary.measured.uncorrected_p50_us,
+                summary.measured.uncorrected_p90_us,
+                summary.measured.uncorrected_p95_us,
+                summary.measured.uncorrected_p99_us,
+                summary.measured.uncorrected_p999_us,
+                summary.measured.uncorrected_p9999_us,
+                summary.measured.uncorrected_max_us,
             ],
-            summary.uncorrected_mean_us,
+            summary.measured.uncorrected_mean_us,
         ),
     ];
     for (label, v, mean) in rows {
         println!(
-            "{t}: {label} {:>8} {mean:>9.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{t}: measured step: {label} {:>8} {mean:>9.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
             v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
         );
     }

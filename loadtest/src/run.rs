@@ -16,7 +16,7 @@ use super::args::Args;
 use super::audit::{read_back_settled, starting_stock, ReadBack, RunOrders};
 use super::builtin::read_scenario;
 use super::cpu::CpuSample;
-use super::feed::{feed, node_events};
+use super::feed::{feed, node_events, NodeEventDone};
 use super::follow::{Endpoint, Follower};
 use super::orders::Orders;
 use super::redis::compare_redis;
@@ -24,7 +24,9 @@ use super::spawn::{
     kill_and_restart, rss_growth_second_half_percent, sample_rss, spawn_server, Spawned,
 };
 use crate::drive::{Collector, Event, FollowUps, Interval, RunResult};
+use crate::scrape::Scraper;
 use crate::sinks::Sink;
+use crate::timeline::Timeline;
 use crate::{drive, sinks};
 
 /// One open-loop run against one target: warmup, the measured step(s),
@@ -63,13 +65,14 @@ impl Phase {
     /// The phase's summary, with the CPU per order of each side.
     fn summary(&self, target: &Target, scenario: &str, rate: f64) -> Summary {
         let mut summary = Summary::new(target.label, scenario, self.elapsed, rate, &self.recorder);
-        let (server, generator, cores) =
-            self.cpu
-                .1
-                .since(&self.cpu.0, summary.requests, self.elapsed.as_secs_f64());
-        summary.server_cpu_us_per_order = server;
-        summary.generator_cpu_us_per_order = generator;
-        summary.server_cpu_cores = cores;
+        let (server, generator, cores) = self.cpu.1.since(
+            &self.cpu.0,
+            summary.measured.requests,
+            self.elapsed.as_secs_f64(),
+        );
+        summary.measured.server_cpu_us_per_order = server;
+        summary.measured.generator_cpu_us_per_order = generator;
+        summary.measured.server_cpu_cores = cores;
         summary
     }
 }
@@ -156,9 +159,9 @@ pub(crate) async fn measure(
         println!(
             "{} find-max step: offered {rate:.0}/s, achieved {:.0}/s, p99 {} us, errors {}: {}",
             target.label,
-            summary.rate_achieved,
-            summary.p99_us,
-            summary.errors,
+            summary.measured.rate_achieved,
+            summary.measured.p99_us,
+            summary.measured.errors,
             if sustained {
                 "sustained"
             } else {
@@ -175,7 +178,7 @@ pub(crate) async fn measure(
             break;
         }
     }
-    let highest = best.as_ref().map(|(s, _)| s.rate_offered);
+    let highest = best.as_ref().map(|(s, _)| s.measured.rate_offered);
     let mut p99_at_half_us = None;
     if let Some(highest) = highest {
         println!("{} highest sustainable rate: {highest:.0} orders/s (p99 bound {} ms); now at half of it", target.label, args.max_p99_ms);
@@ -194,19 +197,26 @@ pub(crate) async fn measure(
             "{} at {:.0}/s: achieved {:.0}/s, p50 {} us, p99 {} us, p99.9 {} us",
             target.label,
             highest / 2.0,
-            half.rate_achieved,
-            half.p50_us,
-            half.p99_us,
-            half.p999_us
+            half.measured.rate_achieved,
+            half.measured.p50_us,
+            half.measured.p99_us,
+            half.measured.p999_us
         );
-        p99_at_half_us = Some(half.p99_us);
+        p99_at_half_us = Some(half.measured.p99_us);
     } else if args.find_max {
         println!(
             "{}: not even the starting rate {:.0}/s was sustainable",
             target.label, args.rate
         );
     }
-    let (report, recorder) = best.or(last).expect("at least one step");
+    let found_max = best.is_some();
+    let (mut report, recorder) = best.or(last).expect("at least one step");
+    if found_max {
+        report.measured.covers = format!(
+            "the highest sustainable step of --find-max alone: {}",
+            report.measured.covers
+        );
+    }
     let (reply, answer) = oneshot::channel();
     let _ = target.events.send(Event::Finish { reply }).await;
     let run = answer
@@ -230,8 +240,6 @@ pub(crate) const MAX_FIND_MAX_RATE: f64 = 10_000_000.0;
 pub(crate) struct Outcome {
     pub(super) summary: Summary,
     pub(super) intervals: Vec<Interval>,
-    /// Events on the time axis: each measured phase's start, node events.
-    pub(super) marks: Vec<(f64, String)>,
     pub(super) histogram: hdrhistogram::Histogram<u64>,
     pub(super) uncorrected: hdrhistogram::Histogram<u64>,
     pub(super) redis_histogram: Option<hdrhistogram::Histogram<u64>>,
@@ -283,8 +291,16 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         )
     });
     let server_pid = spawned.as_ref().and_then(|s| s.child.id());
+    let scraper = spawned
+        .as_ref()
+        .map_or(args.metrics_addr, |s| s.admin)
+        .map(Scraper::start);
     let measured = measure_omniroute(args, &scenario, &clients, seed, &prefix, server_pid).await?;
     let beside = beside.finish(&scenario).await?;
+    let readings = match scraper {
+        Some(scraper) => scraper.finish().await,
+        None => Vec::new(),
+    };
     let status_stream = match follower {
         Some(follower) => Some(follower.finish(&measured.run.routed).await?),
         None => None,
@@ -297,13 +313,17 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         follow_ups,
         promises,
         endings,
-        mut marks,
+        marks,
+        first_measured,
     } = measured.run;
-    marks.extend(scenario.events.iter().map(|e| {
-        let state = if e.online { "online" } else { "offline" };
-        (e.at_s, format!("{} {state}", e.node))
-    }));
-    marks.sort_by(|a, b| a.0.total_cmp(&b.0));
+    summary.over_time = Timeline {
+        intervals: &intervals,
+        steps: &marks,
+        node_events: &beside.node_events,
+        first_measured,
+        readings: &readings,
+    }
+    .over_time();
     audit.starting = starting.clone();
     audit.restocked = beside.restocked.clone();
     let run_orders = RunOrders {
@@ -315,15 +335,14 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     };
     let (audit, read_back) = read_back_settled(&admin, &run_orders, audit).await?;
     report_audit(&scenario, &audit, &read_back, &mut summary);
-    summary.follow_ups = follow_ups;
-    summary.status_stream = status_stream;
+    summary.whole_run.follow_ups = follow_ups;
+    summary.whole_run.status_stream = status_stream;
     summary.highest_sustainable_rate = measured.highest;
     summary.p99_at_half_max_us = measured.p99_at_half_us;
     summary.durability = spawned.as_ref().map(|_| args.durability.clone());
     close(clients, admin).await;
     let was_spawned = spawned.is_some();
     summary.restart_ms = stop_spawned(args, spawned).await?;
-    summary.seconds = seconds(&intervals);
     summary.batching = batching(args);
     let mut run_info = run_info(args, &scenario, was_spawned);
     let mut redis_histogram = None;
@@ -342,7 +361,6 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     summary.run = Some(run_info);
     Ok(Outcome {
         summary,
-        marks,
         intervals,
         histogram: measured.histogram,
         uncorrected: measured.uncorrected,
@@ -414,7 +432,7 @@ async fn set_scenario_stock(admin: &Client, scenario: &Scenario) -> Result<(), S
 struct Beside {
     stop_feed: Arc<AtomicBool>,
     feed: Option<tokio::task::JoinHandle<(BTreeMap<Cell, u64>, u64)>>,
-    events: Option<tokio::task::JoinHandle<u64>>,
+    events: Option<tokio::task::JoinHandle<(u64, Vec<NodeEventDone>)>>,
     stop_rss: Arc<AtomicBool>,
     rss: Option<tokio::task::JoinHandle<Vec<(f64, f64)>>>,
 }
@@ -424,6 +442,7 @@ struct BesideResult {
     restocked: BTreeMap<Cell, u64>,
     feed_errors: u64,
     rerouted: u64,
+    node_events: Vec<NodeEventDone>,
     rss: Vec<(f64, f64)>,
 }
 
@@ -474,9 +493,9 @@ impl Beside {
             Some(task) => task.await.map_err(|e| e.to_string())?,
             None => (BTreeMap::new(), 0),
         };
-        let rerouted = match self.events {
+        let (rerouted, node_events) = match self.events {
             Some(task) => task.await.map_err(|e| e.to_string())?,
-            None => 0,
+            None => (0, Vec::new()),
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
         if scenario.holds_expire_in_runs() {
@@ -494,6 +513,7 @@ impl Beside {
             restocked,
             feed_errors,
             rerouted,
+            node_events,
             rss,
         })
     }
@@ -549,11 +569,13 @@ async fn measure_omniroute(
 /// The summary of the measured step, with what ran beside it.
 fn with_beside(report: Summary, beside: &BesideResult) -> Summary {
     let mut summary = report;
-    summary.rss_mib = beside.rss.clone();
-    summary.rss_growth_second_half_percent = rss_growth_second_half_percent(&summary.rss_mib);
-    summary.restocked_units = beside.restocked.values().sum();
-    summary.feed_errors = beside.feed_errors;
-    summary.rerouted_orders = beside.rerouted;
+    summary.whole_run.covers = "the whole run: warmup, every step, the drain and the wait for follow-ups and expiries after it, audited by reading every order and stock cell back".to_string();
+    summary.whole_run.rss_mib = beside.rss.clone();
+    summary.whole_run.rss_growth_second_half_percent =
+        rss_growth_second_half_percent(&summary.whole_run.rss_mib);
+    summary.whole_run.restocked_units = beside.restocked.values().sum();
+    summary.whole_run.feed_errors = beside.feed_errors;
+    summary.whole_run.rerouted_orders = beside.rerouted;
     summary
 }
 
@@ -572,11 +594,11 @@ fn report_audit(scenario: &Scenario, audit: &Audit, read_back: &ReadBack, summar
             println!("audit {sku}: {left} units left at the daemon, {} expected from what buyers were told", audit.expected_left(sku));
         }
     }
-    summary.oversold_units = audit.oversold_units();
-    summary.oversold_told_units = audit.oversold_told();
-    summary.oversold_held_units = audit.oversold_held();
-    summary.withdrawn_units = audit.withdrawn.values().sum();
-    if summary.oversold_held_units > 0 {
+    summary.whole_run.oversold_units = audit.oversold_units();
+    summary.whole_run.oversold_told_units = audit.oversold_told();
+    summary.whole_run.oversold_held_units = audit.oversold_held();
+    summary.whole_run.withdrawn_units = audit.withdrawn.values().sum();
+    if summary.whole_run.oversold_held_units > 0 {
         for (cell, held) in &audit.held_now {
             if *held > audit.stock(cell) {
                 println!(
@@ -586,11 +608,11 @@ fn report_audit(scenario: &Scenario, audit: &Audit, read_back: &ReadBack, summar
             }
         }
     }
-    summary.missing_orders = read_back.missing;
-    summary.archived_orders = read_back.archived;
-    summary.early_expiries = read_back.early_expiries;
-    summary.expired_units = audit.expired.values().sum();
-    summary.stock_mismatch_units = audit.stock_mismatch_units();
+    summary.whole_run.missing_orders = read_back.missing;
+    summary.whole_run.archived_orders = read_back.archived;
+    summary.whole_run.early_expiries = read_back.early_expiries;
+    summary.whole_run.expired_units = audit.expired.values().sum();
+    summary.whole_run.stock_mismatch_units = audit.stock_mismatch_units();
 }
 
 async fn close(clients: Vec<Client>, admin: Arc<Client>) {
@@ -621,25 +643,6 @@ async fn stop_spawned(args: &Args, spawned: Option<Spawned>) -> Result<Option<f6
         let _ = std::fs::remove_dir_all(&spawned.data_dir);
     }
     Ok(restart_ms)
-}
-
-/// Each measured second as the JSON and the chart give it.
-fn seconds(intervals: &[Interval]) -> Vec<omniroute_loadtest::Second> {
-    intervals
-        .iter()
-        .map(|i| {
-            let length = i.length.as_secs_f64().max(f64::EPSILON);
-            omniroute_loadtest::Second {
-                offset_s: i.offset_s,
-                offered_per_s: i.sent as f64 / length,
-                achieved_per_s: i.answered as f64 / length,
-                errors: i.errors,
-                p50_us: i.histogram.value_at_quantile(0.5),
-                p99_us: i.histogram.value_at_quantile(0.99),
-                max_us: i.histogram.max(),
-            }
-        })
-        .collect()
 }
 
 /// What the omniroute side sends per round trip, in words.

@@ -13,23 +13,22 @@ use super::args::Args;
 
 /// The daemon side of --spawn-server: the embedded default config on a
 /// random loopback port; prints `LISTENING <addr> <cert>` when ready.
-pub(crate) async fn serve_child(
-    data_dir: &Path,
-    durability: &str,
-    retention_ms: Option<u64>,
-) -> Result<(), String> {
+pub(crate) async fn serve_child(data_dir: &Path, args: &Args) -> Result<(), String> {
     let mut config = omniroute::config::Config::default_config()
         .validate()
         .map_err(|e| e.to_string())?;
     config.server.listen = "127.0.0.1:0".parse().expect("address");
     config.server.data_dir = data_dir.to_path_buf();
-    config.store.durability = match durability {
+    config.store.durability = match args.durability.as_str() {
         "fsync" => omniroute::journal::Durability::Fsync,
         "none" => omniroute::journal::Durability::None,
         other => return Err(format!("--durability {other:?} is not fsync or none")),
     };
-    if let Some(retention_ms) = retention_ms {
+    if let Some(retention_ms) = args.retention_ms {
         config.engine.order_retention_ms = retention_ms;
+    }
+    if let Some(interval_ms) = args.snapshot_interval_ms {
+        config.store.snapshot_interval_ms = interval_ms;
     }
     // A free port: the spawned server must not take an operator's 9090.
     config.admin = Some("127.0.0.1:0".parse().expect("address"));
@@ -40,6 +39,8 @@ pub(crate) async fn serve_child(
         .map_err(|e| e.to_string())?;
     if let Some(admin) = &daemon.admin {
         eprintln!("spawned server: metrics on http://{}/metrics", admin.addr);
+        // Before LISTENING, which ends what the parent reads.
+        println!("ADMIN {}", admin.addr);
     }
     println!(
         "LISTENING {} {}",
@@ -70,6 +71,8 @@ pub(crate) struct Spawned {
     pub(super) child: tokio::process::Child,
     pub(super) addr: SocketAddr,
     pub(super) cert: PathBuf,
+    /// Its admin port, for /metrics.
+    pub(super) admin: Option<SocketAddr>,
     pub(super) data_dir: PathBuf,
 }
 
@@ -93,6 +96,11 @@ pub(crate) async fn spawn_server(
     if let Some(retention_ms) = args.retention_ms {
         command.arg("--retention-ms").arg(retention_ms.to_string());
     }
+    if let Some(interval_ms) = args.snapshot_interval_ms {
+        command
+            .arg("--snapshot-interval-ms")
+            .arg(interval_ms.to_string());
+    }
     command
         .arg("--server-threads")
         .arg(args.server_threads.to_string());
@@ -104,8 +112,12 @@ pub(crate) async fn spawn_server(
         .map_err(|e| format!("cannot start the daemon: {e}"))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut admin = None;
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = line.strip_prefix("ADMIN ") {
+                admin = addr.parse::<SocketAddr>().ok();
+            }
             if let Some(rest) = line.strip_prefix("LISTENING ") {
                 let (addr, cert) = rest.split_once(' ').ok_or("bad LISTENING line")?;
                 return Ok((
@@ -122,6 +134,7 @@ pub(crate) async fn spawn_server(
         child,
         addr: ready.0,
         cert: ready.1,
+        admin,
         data_dir,
     })
 }

@@ -7,12 +7,49 @@ use serde::Serialize;
 
 use super::recorder::{Outcome, Recorder};
 
-/// The JSON summary `--json` writes.
+/// The JSON summary `--json` writes. Its counts are grouped by the window
+/// of time they cover, each group saying which: the reported step
+/// (`measured`), each second of every measured step (`over_time`), and the
+/// whole run with the audit after it (`whole_run`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
     /// "omniroute", or "redis" for the side-by-side run.
     pub target: String,
     pub scenario: String,
+    pub measured: MeasuredStep,
+    pub over_time: OverTime,
+    pub whole_run: WholeRun,
+    /// What the side sends per round trip, in words.
+    pub batching: String,
+    /// With --find-max: the highest offered rate that held its bounds, and
+    /// the p99 of a run at half of it.
+    pub highest_sustainable_rate: Option<f64>,
+    pub p99_at_half_max_us: Option<u64>,
+    /// How the target kept what it answered: "fsync" or "none". For the
+    /// daemon --spawn-server started, what it was started with; for Redis,
+    /// its settings as read back from the server; None for a daemon this
+    /// run did not start.
+    pub durability: Option<String>,
+    /// With --kill-restart: milliseconds from the SIGKILLed daemon's
+    /// restart, after the run, until it listened again.
+    pub restart_ms: Option<f64>,
+    /// With --compare-redis: the same work against Redis, and omniroute's
+    /// highest sustainable rate over Redis's.
+    pub redis: Option<Box<Summary>>,
+    pub ratio_vs_redis: Option<f64>,
+    /// What ran: when, which versions, with which settings.
+    pub run: Option<RunInfo>,
+    /// With --threshold: each bound and whether the reported step held it.
+    pub thresholds: Vec<ThresholdResult>,
+}
+
+/// The reported step alone: the run's one measured step, or under
+/// --find-max the highest sustainable one (else the last). Warmup, the
+/// other steps and what followed the step are not in it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MeasuredStep {
+    /// Which window this is, in words.
+    pub covers: String,
     pub duration_s: f64,
     pub rate_offered: f64,
     pub rate_achieved: f64,
@@ -21,6 +58,8 @@ pub struct Summary {
     /// Rejections other than short, and errors, by their code's name.
     pub reject_codes: BTreeMap<String, u64>,
     pub error_codes: BTreeMap<String, u64>,
+    /// Failed, timed-out and overloaded requests.
+    pub errors: u64,
     /// Latency from each request's intended send time (corrected for
     /// coordinated omission).
     pub min_us: u64,
@@ -42,16 +81,50 @@ pub struct Summary {
     pub uncorrected_p999_us: u64,
     pub uncorrected_p9999_us: u64,
     pub uncorrected_max_us: u64,
-    /// CPU time (user + system, from /proc) over the reported step per
-    /// answered request: of the server (the spawned daemon, or
-    /// redis-server) and of this generator; and the server's cores busy.
+    /// CPU time (user + system, from /proc) over the step per answered
+    /// request: of the server (the spawned daemon, or redis-server) and of
+    /// this generator; and the server's cores busy.
     pub server_cpu_us_per_order: Option<f64>,
     pub server_cpu_cores: Option<f64>,
     pub generator_cpu_us_per_order: Option<f64>,
-    /// What the side sends per round trip, in words.
-    pub batching: String,
-    /// Failed, timed-out and overloaded requests.
-    pub errors: u64,
+}
+
+/// Every measured step second by second, on one time axis from the first
+/// step's start, and what happened along it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OverTime {
+    /// Which window this is, in words.
+    pub covers: String,
+    pub seconds: Vec<Second>,
+    pub events: Vec<RunEvent>,
+}
+
+/// Something that happened during the measured steps: at a moment, or
+/// over a span (`until_s`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RunEvent {
+    /// Seconds since the first measured step began.
+    pub at_s: f64,
+    pub until_s: Option<f64>,
+    pub what: String,
+}
+
+/// From the first order of the warmup to the end of the audit: what the
+/// follow-ups, the feed and the node events did, and what reading every
+/// order and cell back found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WholeRun {
+    /// Which window this is, in words.
+    pub covers: String,
+    /// Confirms, cancels and ships that followed routed orders, by result.
+    pub follow_ups: BTreeMap<String, u64>,
+    /// Stock units the feed added (acknowledged), and feed requests refused.
+    pub restocked_units: u64,
+    pub feed_errors: u64,
+    /// Orders the daemon re-routed when scenario events took nodes offline.
+    pub rerouted_orders: u64,
+    /// With --follow: what the channel's status stream carried.
+    pub status_stream: Option<StatusStream>,
     pub oversold_units: u64,
     /// Its two views: units told to buyers beyond their SKU's stock, and
     /// units the daemon holds at the end beyond their cell's stock.
@@ -71,42 +144,11 @@ pub struct Summary {
     /// retention_ms`) when read back: audited from their follow-ups, not
     /// missing.
     pub archived_orders: u64,
+    pub stock_mismatch_units: u64,
     /// With --rss-every: the spawned daemon's resident memory, (seconds
     /// since the run started, MiB), and its growth over the second half.
     pub rss_mib: Vec<(f64, f64)>,
     pub rss_growth_second_half_percent: Option<f64>,
-    /// With --kill-restart: milliseconds from the SIGKILLed daemon's
-    /// restart until it listened again.
-    pub restart_ms: Option<f64>,
-    pub stock_mismatch_units: u64,
-    /// Confirms, cancels and ships that followed routed orders, by result.
-    pub follow_ups: BTreeMap<String, u64>,
-    /// Stock units the feed added (acknowledged), and feed requests refused.
-    pub restocked_units: u64,
-    pub feed_errors: u64,
-    /// Orders the daemon re-routed when scenario events took nodes offline.
-    pub rerouted_orders: u64,
-    /// With --find-max: the highest offered rate that held its bounds, and
-    /// the p99 of a run at half of it.
-    pub highest_sustainable_rate: Option<f64>,
-    pub p99_at_half_max_us: Option<u64>,
-    /// How the target kept what it answered: "fsync" or "none". For the
-    /// daemon --spawn-server started, what it was started with; for Redis,
-    /// its settings as read back from the server; None for a daemon this
-    /// run did not start.
-    pub durability: Option<String>,
-    /// With --compare-redis: the same work against Redis, and omniroute's
-    /// highest sustainable rate over Redis's.
-    pub redis: Option<Box<Summary>>,
-    pub ratio_vs_redis: Option<f64>,
-    /// With --follow: what the channel's status stream carried.
-    pub status_stream: Option<StatusStream>,
-    /// What ran: when, which versions, with which settings.
-    pub run: Option<RunInfo>,
-    /// Each second of the measured run(s).
-    pub seconds: Vec<Second>,
-    /// With --threshold: each bound and whether the run held it.
-    pub thresholds: Vec<ThresholdResult>,
 }
 
 /// What ran, for whoever reads the JSON later.
@@ -137,17 +179,31 @@ pub struct RunInfo {
     pub command_line: Vec<String>,
 }
 
-/// One second of a measured run.
+/// One second of a measured step. Answers are counted in the second they
+/// came back in; the step's last second also holds those that came back
+/// while it drained.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Second {
-    /// Since the first measured second.
+    /// Since the first measured step began.
     pub offset_s: f64,
+    /// 1, or less for the last second of a fractional step.
+    pub length_s: f64,
     pub offered_per_s: f64,
     pub achieved_per_s: f64,
+    /// Answers in it (counts, not rates): routed, rejected by reason,
+    /// failed by reason.
+    pub routed: u64,
+    pub rejected: BTreeMap<String, u64>,
+    pub failed: BTreeMap<String, u64>,
+    /// All failed answers.
     pub errors: u64,
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// From the daemon's /metrics, when the run could read it: holds that
+    /// expired and snapshots written in this second.
+    pub holds_expired: Option<u64>,
+    pub snapshots: Option<u64>,
 }
 
 /// A `--threshold` and what the run measured against it.
@@ -190,12 +246,32 @@ impl Summary {
         rate_offered: f64,
         recorder: &Recorder,
     ) -> Summary {
-        let seconds = duration.as_secs_f64().max(f64::EPSILON);
-        let c = &recorder.corrected;
-        let u = &recorder.uncorrected;
         Summary {
             target: target.to_string(),
             scenario: scenario.to_string(),
+            measured: MeasuredStep::new(duration, rate_offered, recorder),
+            ..Summary::default()
+        }
+    }
+
+    /// Whether a find-max step held its bounds: nearly all of the offered
+    /// rate answered, p99 within the bound, and no errors.
+    pub fn sustained(&self, max_p99_us: u64) -> bool {
+        let step = &self.measured;
+        step.rate_achieved >= SUSTAINED_FRACTION * step.rate_offered
+            && step.p99_us <= max_p99_us
+            && step.errors == 0
+    }
+}
+
+impl MeasuredStep {
+    /// Rates, outcomes and latencies of one step, from its recorder.
+    pub fn new(duration: Duration, rate_offered: f64, recorder: &Recorder) -> MeasuredStep {
+        let seconds = duration.as_secs_f64().max(f64::EPSILON);
+        let c = &recorder.corrected;
+        let u = &recorder.uncorrected;
+        MeasuredStep {
+            covers: format!("one measured step: {seconds:.1} s at {rate_offered:.0}/s offered, with the answers that came back while it drained; not the warmup"),
             duration_s: seconds,
             rate_offered,
             rate_achieved: recorder.total() as f64 / seconds,
@@ -203,6 +279,9 @@ impl Summary {
             outcomes: recorder.outcomes.clone(),
             reject_codes: recorder.reject_codes.clone(),
             error_codes: recorder.error_codes.clone(),
+            errors: recorder.count(Outcome::Error)
+                + recorder.count(Outcome::TimedOut)
+                + recorder.count(Outcome::Overloaded),
             min_us: c.min(),
             mean_us: c.mean(),
             p50_us: c.value_at_quantile(0.50),
@@ -221,19 +300,8 @@ impl Summary {
             uncorrected_p999_us: u.value_at_quantile(0.999),
             uncorrected_p9999_us: u.value_at_quantile(0.9999),
             uncorrected_max_us: u.max(),
-            errors: recorder.count(Outcome::Error)
-                + recorder.count(Outcome::TimedOut)
-                + recorder.count(Outcome::Overloaded),
-            ..Summary::default()
+            ..MeasuredStep::default()
         }
-    }
-
-    /// Whether a find-max step held its bounds: nearly all of the offered
-    /// rate answered, p99 within the bound, and no errors.
-    pub fn sustained(&self, max_p99_us: u64) -> bool {
-        self.rate_achieved >= SUSTAINED_FRACTION * self.rate_offered
-            && self.p99_us <= max_p99_us
-            && self.errors == 0
     }
 }
 

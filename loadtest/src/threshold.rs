@@ -35,15 +35,15 @@ type OfSummary = fn(&Summary) -> f64;
 
 /// The latency metrics by name.
 const LATENCIES: &[(&str, OfSummary)] = &[
-    ("min", |s| s.min_us as f64),
-    ("mean", |s| s.mean_us),
-    ("p50", |s| s.p50_us as f64),
-    ("p90", |s| s.p90_us as f64),
-    ("p95", |s| s.p95_us as f64),
-    ("p99", |s| s.p99_us as f64),
-    ("p99.9", |s| s.p999_us as f64),
-    ("p99.99", |s| s.p9999_us as f64),
-    ("max", |s| s.max_us as f64),
+    ("min", |s| s.measured.min_us as f64),
+    ("mean", |s| s.measured.mean_us),
+    ("p50", |s| s.measured.p50_us as f64),
+    ("p90", |s| s.measured.p90_us as f64),
+    ("p95", |s| s.measured.p95_us as f64),
+    ("p99", |s| s.measured.p99_us as f64),
+    ("p99.9", |s| s.measured.p999_us as f64),
+    ("p99.99", |s| s.measured.p9999_us as f64),
+    ("max", |s| s.measured.max_us as f64),
 ];
 
 impl Threshold {
@@ -99,8 +99,8 @@ impl Threshold {
     pub fn check(&self, summary: &Summary) -> ThresholdResult {
         let measured = match self.metric {
             Metric::Latency(of) => of(summary),
-            Metric::Errors => summary.errors as f64,
-            Metric::Rate => summary.rate_achieved,
+            Metric::Errors => summary.measured.errors as f64,
+            Metric::Rate => summary.measured.rate_achieved,
         };
         let passed = match self.op {
             Op::Less => measured < self.value,
@@ -140,9 +140,12 @@ mod tests {
 
     fn summary(p99_us: u64, errors: u64) -> Summary {
         Summary {
-            p99_us,
-            errors,
-            rate_achieved: 1000.0,
+            measured: crate::MeasuredStep {
+                p99_us,
+                errors,
+                rate_achieved: 1000.0,
+                ..crate::MeasuredStep::default()
+            },
             ..Summary::default()
         }
     }

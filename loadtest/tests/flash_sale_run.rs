@@ -48,12 +48,16 @@ fn flash_sale_runs_to_completion_with_a_clean_audit() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
-    assert_eq!(summary["requests"], 4000, "{summary}");
-    assert_eq!(summary["oversold_units"], 0);
-    assert_eq!(summary["missing_orders"], 0);
-    assert_eq!(summary["errors"], 0);
-    let routed = summary["outcomes"]["routed"].as_u64().unwrap_or(0);
-    let short = summary["outcomes"]["short"].as_u64().unwrap_or(0);
+    assert_eq!(summary["measured"]["requests"], 4000, "{summary}");
+    assert_eq!(summary["whole_run"]["oversold_units"], 0);
+    assert_eq!(summary["whole_run"]["missing_orders"], 0);
+    assert_eq!(summary["measured"]["errors"], 0);
+    let routed = summary["measured"]["outcomes"]["routed"]
+        .as_u64()
+        .unwrap_or(0);
+    let short = summary["measured"]["outcomes"]["short"]
+        .as_u64()
+        .unwrap_or(0);
     assert_eq!(
         routed + short,
         4000,
@@ -67,7 +71,7 @@ fn flash_sale_runs_to_completion_with_a_clean_audit() {
     );
     let outcomes = stdout
         .lines()
-        .find(|l| l.starts_with("omniroute: outcomes: "))
+        .find(|l| l.starts_with("omniroute: measured step: outcomes: "))
         .unwrap_or_default();
     assert!(
         outcomes.contains("routed ") && outcomes.contains("short "),
@@ -87,7 +91,7 @@ fn flash_sale_runs_to_completion_with_a_clean_audit() {
         "generator_cpu_us_per_order",
     ] {
         assert!(
-            summary[key].as_f64().is_some_and(|v| v > 0.0),
+            summary["measured"][key].as_f64().is_some_and(|v| v > 0.0),
             "{key}: {summary}"
         );
     }
@@ -112,8 +116,11 @@ fn flash_sale_runs_to_completion_with_a_clean_audit() {
         .as_str()
         .unwrap()
         .contains("SubmitBatch"));
-    let seconds = summary["seconds"].as_array().unwrap();
-    assert!(!seconds.is_empty(), "{summary}");
+    let seconds = summary["over_time"]["seconds"].as_array().unwrap();
+    assert_eq!(seconds.len(), 1, "one second for a 1 s run: {summary}");
+    let answered =
+        seconds[0]["routed"].as_u64().unwrap() + seconds[0]["rejected"]["short"].as_u64().unwrap();
+    assert_eq!(answered, 4000, "every answer in its second: {summary}");
     assert!(seconds[0]["achieved_per_s"].as_f64().unwrap() > 0.0);
     assert!(summary["thresholds"][0]["passed"].as_bool().unwrap());
 }
@@ -190,11 +197,14 @@ fn omnichannel_mix_runs_to_completion_with_a_clean_audit() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
-    assert_eq!(summary["requests"], 3000, "{summary}");
-    assert_eq!(summary["oversold_units"], 0);
-    assert_eq!(summary["missing_orders"], 0);
+    assert_eq!(summary["measured"]["requests"], 3000, "{summary}");
+    assert_eq!(summary["whole_run"]["oversold_units"], 0);
+    assert_eq!(summary["whole_run"]["missing_orders"], 0);
     assert!(
-        summary["outcomes"]["routed"].as_u64().unwrap_or(0) > 1000,
+        summary["measured"]["outcomes"]["routed"]
+            .as_u64()
+            .unwrap_or(0)
+            > 1000,
         "{summary}"
     );
 }

@@ -44,7 +44,7 @@ fn run(tag: &str, args: &[&str]) -> (String, serde_json::Value) {
 /// Checks a --follow run's status stream: one reconnect, no cursor gap,
 /// and a `routed` status exactly once for each order the run routed.
 fn every_change_once(summary: &serde_json::Value) {
-    let stream = &summary["status_stream"];
+    let stream = &summary["whole_run"]["status_stream"];
     assert_eq!(stream["reconnects"], 1, "{summary}");
     assert_eq!(stream["cursor_gaps"], 0, "{summary}");
     assert_eq!(
@@ -53,7 +53,7 @@ fn every_change_once(summary: &serde_json::Value) {
     );
     assert_eq!(
         stream["changes"]["routed"].as_u64().unwrap(),
-        summary["outcomes"]["routed"].as_u64().unwrap(),
+        summary["measured"]["outcomes"]["routed"].as_u64().unwrap(),
         "{summary}"
     );
 }
@@ -77,15 +77,15 @@ fn restock_storm_counts_every_acknowledged_restock() {
             "--follow",
         ],
     );
-    assert_eq!(summary["oversold_units"], 0, "{summary}");
-    assert_eq!(summary["missing_orders"], 0, "{summary}");
-    assert_eq!(summary["stock_mismatch_units"], 0, "{summary}");
-    assert_eq!(summary["feed_errors"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["oversold_units"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["missing_orders"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["stock_mismatch_units"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["feed_errors"], 0, "{summary}");
     every_change_once(&summary);
-    let restocked = summary["restocked_units"].as_u64().unwrap();
+    let restocked = summary["whole_run"]["restocked_units"].as_u64().unwrap();
     assert!(restocked > 10_000, "{summary}");
     assert!(
-        summary["outcomes"]["routed"].as_u64().unwrap() > 0,
+        summary["measured"]["outcomes"]["routed"].as_u64().unwrap() > 0,
         "{summary}"
     );
 }
@@ -93,17 +93,22 @@ fn restock_storm_counts_every_acknowledged_restock() {
 #[test]
 fn node_outage_reroutes_and_keeps_the_audit_clean() {
     // Proves a node taken offline mid-run re-routes open orders, the run reports how many,
-    // and the read-back audit finds 0 oversold, 0 missing and 0 mismatched units; and that
+    // and the read-back audit finds 0 oversold, 0 missing and 0 mismatched units; that
     // a follower of the channel, reconnecting half way, saw each change once, the
-    // outage's re-routes among them.
+    // outage's re-routes among them; and that the JSON and the chart give each of the 3
+    // seconds, the last too, with the outage as a span.
     let path = scenario_copy(
         "node-outage",
         "outage",
         &[("at_s = 2.0", "at_s = 1.0"), ("at_s = 6.0", "at_s = 2.0")],
     );
+    let chart =
+        std::env::temp_dir().join(format!("omniroute-lt-outage-{}.svg", std::process::id()));
     let (stdout, summary) = run(
         "outage",
         &[
+            "--chart",
+            chart.to_str().unwrap(),
             "--scenario",
             path.to_str().unwrap(),
             "--rate",
@@ -116,9 +121,33 @@ fn node_outage_reroutes_and_keeps_the_audit_clean() {
         ],
     );
     let _ = std::fs::remove_file(&path);
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    let _ = std::fs::remove_file(&chart);
     assert!(stdout.contains("WH-DE-HAM offline"), "{stdout}");
+    let seconds = summary["over_time"]["seconds"].as_array().unwrap();
+    assert_eq!(seconds.len(), 3, "a second for each of 3: {summary}");
+    assert!(
+        seconds.iter().all(|s| s["routed"].as_u64().unwrap() > 0),
+        "{summary}"
+    );
+    let outage = summary["over_time"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["what"].as_str().unwrap().starts_with("WH-DE-HAM offline"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no outage among the events: {summary}"));
+    let (from, until) = (
+        outage["at_s"].as_f64().unwrap(),
+        outage["until_s"].as_f64().unwrap(),
+    );
+    assert!(0.9 < from && from < until && until < 2.5, "{outage}");
+    assert!(
+        svg.contains("WH-DE-HAM offline") && svg.contains("rejected: short"),
+        "{svg}"
+    );
     every_change_once(&summary);
-    let changes = &summary["status_stream"]["changes"];
+    let changes = &summary["whole_run"]["status_stream"]["changes"];
     let moved = changes["rerouted_node_offline"].as_u64().unwrap_or(0)
         + changes["short"].as_u64().unwrap_or(0);
     assert!(
@@ -126,12 +155,12 @@ fn node_outage_reroutes_and_keeps_the_audit_clean() {
         "the outage's re-routes reached the channel: {summary}"
     );
     assert!(
-        summary["rerouted_orders"].as_u64().unwrap() > 0,
+        summary["whole_run"]["rerouted_orders"].as_u64().unwrap() > 0,
         "{summary}"
     );
-    assert_eq!(summary["oversold_units"], 0, "{summary}");
-    assert_eq!(summary["missing_orders"], 0, "{summary}");
-    assert_eq!(summary["stock_mismatch_units"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["oversold_units"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["missing_orders"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["stock_mismatch_units"], 0, "{summary}");
 }
 
 /// How many times the Redis comparison may run before a missing ratio fails
@@ -169,8 +198,8 @@ fn compare_redis_measures_both_sides_and_prints_the_ratio() {
         );
         let redis = &summary["redis"];
         assert_eq!(redis["target"], "redis", "{summary}");
-        assert_eq!(redis["oversold_units"], 0, "{summary}");
-        assert_eq!(redis["stock_mismatch_units"], 0, "{summary}");
+        assert_eq!(redis["whole_run"]["oversold_units"], 0, "{summary}");
+        assert_eq!(redis["whole_run"]["stock_mismatch_units"], 0, "{summary}");
         assert!(stdout.contains("no routing, no fsync"), "{stdout}");
         assert_eq!(
             redis["durability"], "none",
@@ -218,8 +247,11 @@ fn redis_fsync_makes_the_redis_side_durable_too() {
     );
     let redis = &summary["redis"];
     assert_eq!(redis["durability"], "fsync", "{summary}");
-    assert_eq!(redis["oversold_units"], 0, "{summary}");
-    assert!(redis["requests"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert_eq!(redis["whole_run"]["oversold_units"], 0, "{summary}");
+    assert!(
+        redis["measured"]["requests"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
     assert!(
         stdout.contains("append-only file fsynced on every write"),
         "{stdout}"
@@ -230,7 +262,8 @@ fn redis_fsync_makes_the_redis_side_durable_too() {
 fn flash_sale_holds_expire_and_their_units_sell_again_without_overselling() {
     // Proves the flash sale's unconfirmed holds run out during the run (never before their
     // deadline), the read-back counts their units as given back, half the winners confirm,
-    // and the audit still finds 0 oversold, 0 missing and 0 mismatched.
+    // and the audit still finds 0 oversold, 0 missing and 0 mismatched; and that the seconds
+    // they ran out in and the daemon's snapshots, as its /metrics counted them, are events.
     let path = scenario_copy(
         "flash-sale",
         "expiry",
@@ -247,19 +280,38 @@ fn flash_sale_holds_expire_and_their_units_sell_again_without_overselling() {
             "3s",
             "--warmup",
             "0s",
+            "--snapshot-interval-ms",
+            "1000",
         ],
     );
     let _ = std::fs::remove_file(&path);
+    let events = summary["over_time"]["events"].as_array().unwrap();
+    let named = |word: &str| {
+        events
+            .iter()
+            .any(|e| e["what"].as_str().unwrap().contains(word))
+    };
+    assert!(named("holds expired") && named("snapshot"), "{summary}");
+    let seconds = summary["over_time"]["seconds"].as_array().unwrap();
+    assert_eq!(seconds.len(), 3, "{summary}");
+    let expired: u64 = seconds
+        .iter()
+        .map(|s| s["holds_expired"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(expired > 0, "{summary}");
     assert!(
-        summary["expired_units"].as_u64().unwrap() > 0,
+        summary["whole_run"]["expired_units"].as_u64().unwrap() > 0,
         "{stdout}\n{summary}"
     );
-    assert_eq!(summary["early_expiries"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["early_expiries"], 0, "{summary}");
     assert!(
-        summary["follow_ups"]["confirm_ok"].as_u64().unwrap() > 0,
+        summary["whole_run"]["follow_ups"]["confirm_ok"]
+            .as_u64()
+            .unwrap()
+            > 0,
         "{summary}"
     );
-    assert_eq!(summary["oversold_units"], 0, "{summary}");
-    assert_eq!(summary["missing_orders"], 0, "{summary}");
-    assert_eq!(summary["stock_mismatch_units"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["oversold_units"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["missing_orders"], 0, "{summary}");
+    assert_eq!(summary["whole_run"]["stock_mismatch_units"], 0, "{summary}");
 }
