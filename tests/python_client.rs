@@ -108,3 +108,45 @@ async fn the_example_routes_and_checks_orders() {
     assert_eq!(engine.cell("SKU-1", "WH-N").await.unwrap().reserved, 600);
     server.shutdown().await;
 }
+
+#[test]
+fn building_the_package_leaves_its_source_tree_as_it_was() {
+    // Proves `pip wheel` (as `pip install ./clients/python` builds) makes the wheel without
+    // writing into the package's source tree: no build/ or *.egg-info left behind.
+    let dir = TempDir::new("python-build");
+    let source = dir.0.join("src");
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python"))
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let files = |root: &std::path::Path| -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(at) = todo.pop() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    todo.push(path.clone());
+                }
+                found.push(path.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+        found.sort();
+        found
+    };
+    let before = files(&source);
+    let wheels = dir.0.join("wheels");
+    let built = std::process::Command::new("python3")
+        .args(["-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir"])
+        .arg(&wheels)
+        .arg(&source)
+        .output()
+        .expect("python3 runs (apt-get install python3 python3-pip)");
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    assert!(built.status.success(), "pip wheel failed: {stderr}");
+    assert_eq!(files(&wheels).len(), 1, "one wheel: {stderr}");
+    assert_eq!(files(&source), before, "the build wrote into the source tree");
+}
