@@ -348,7 +348,10 @@ async fn bad_input_gets_the_protocols_code_and_names_the_field() {
     let long_id = "x".repeat(129);
     let (status, body) = post(order_body(&long_id, 1)).await;
     assert_eq!(status, 400);
-    assert!(message(&body).starts_with("id: longer than 128"), "{body}");
+    assert!(
+        message(&body).starts_with("id: a name is 1 to 128"),
+        "{body}"
+    );
     let lines: Vec<Value> = (0..65)
         .map(|i| json!({"sku": format!("S-{i}"), "qty": 1}))
         .collect();
@@ -356,7 +359,7 @@ async fn bad_input_gets_the_protocols_code_and_names_the_field() {
         json!({"channel": "web", "id": "m", "lines": lines, "ship_to": {"lat": 1.0, "lon": 2.0}});
     let (status, body) = post(many.to_string()).await;
     assert_eq!(status, 400);
-    assert!(message(&body).contains("at most 64"), "{body}");
+    assert!(message(&body).contains("65 entries; 1 to 64"), "{body}");
     let (status, body) = tokio::task::spawn_blocking(move || declared_too_large(h))
         .await
         .unwrap();
@@ -443,6 +446,111 @@ async fn bad_input_gets_the_protocols_code_and_names_the_field() {
         0,
         "nothing bad was taken"
     );
+    assert!(daemon.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_numbers_may_have_a_zero_fraction_and_every_bound_is_refused_as_malformed() {
+    // Proves what docs/openapi.json states is what the gateway takes: an integer written 2.0
+    // is 2 and 1.5 is refused by name; quantities, counts, adjustments, names and cursors
+    // past the bounds the document states are each refused 400 naming the field.
+    let dir = TempDir::new("http-bounds");
+    let config = web_config_file(&dir);
+    let mut daemon = Daemon::start(&dir.0.join("data"), Some(&config), "off").await;
+    let h = daemon.http;
+    let admin = Some(ADMIN_TOKEN);
+    let post =
+        |path: &str, body: &Value| http(h, "POST", path.into(), admin, Some(body.to_string()));
+    let order = |id: &str, qty: Value| {
+        json!({"channel": "web", "id": id, "lines": [{"sku": "SKU-1", "qty": qty}],
+               "ship_to": {"lat": 50.0, "lon": 10.0}, "hold_ttl_ms": 60000.0})
+    };
+    let (status, body) = post("/v1/orders", &order("whole-1", json!(2.0))).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("routed")),
+        "{body}"
+    );
+    assert_eq!(body["allocations"][0]["qty"], 2, "{body}");
+    let (status, body) = post("/v1/orders", &order("half-1", json!(1.5))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        message(&body).contains("lines[0].qty: 1.5 is not a whole number"),
+        "{body}"
+    );
+    let units = |qty: i64| json!({"channel": "web", "id": "whole-1", "sku": "SKU-1", "qty": qty});
+    let cell = |field: &str, value: i64| {
+        let mut entry = json!({"sku": "SKU-1", "node": "ST-1", "on_hand": 1});
+        entry[field] = json!(value);
+        json!({ "entries": [entry] })
+    };
+    let adjust = json!({"entries": [{"sku": "SKU-1", "node": "ST-1", "delta": -1_000_000_001}]});
+    let count = json!({"channel": "web", "id": "whole-1", "counts": [{"sku": "SKU-1", "on_hand": 1_000_000_001}]});
+    let refused = [
+        (
+            "/v1/nodes/ST-1/ship",
+            units(0),
+            "qty: 0 is outside 1 to 1000000",
+        ),
+        (
+            "/v1/nodes/ST-1/return",
+            units(1_000_001),
+            "qty: 1000001 is outside",
+        ),
+        (
+            "/v1/stock/adjust",
+            adjust,
+            "entries[0].delta: -1000000001 is outside",
+        ),
+        (
+            "/v1/stock/set",
+            cell("safety_stock", 1_000_000_001),
+            "entries[0].safety_stock: 1000000001 is outside",
+        ),
+        (
+            "/v1/stock/set",
+            cell("on_hand", 1_000_000_001),
+            "entries[0].on_hand: 1000000001 is outside",
+        ),
+        (
+            "/v1/nodes/ST-1/reject",
+            count,
+            "counts[0].on_hand: 1000000001 is outside",
+        ),
+        (
+            "/v1/orders",
+            order(&"é".repeat(33), json!(1)),
+            "id: a name is",
+        ),
+        ("/v1/orders", order("bell\u{7}", json!(1)), "id: a name is"),
+    ];
+    for (path, body, why) in &refused {
+        let (status, answer) = post(path, body).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (400, "Malformed"),
+            "{path} {body}: {answer}"
+        );
+        assert!(message(&answer).starts_with(why), "{path} {body}: {answer}");
+    }
+    // 32 characters of any kind, or 128 of ASCII: names the document allows.
+    for id in ["é".repeat(32), "x".repeat(128)] {
+        let (status, answer) = post("/v1/orders", &order(&id, json!(1))).await;
+        assert_eq!(status, 200, "{id}: {answer}");
+    }
+    for query in [
+        "?lat=91&lon=0",
+        "?lat=50&lon=10&count=257",
+        "?lat=50&lon=10&min_qty=0",
+    ] {
+        let path = format!("/v1/availability/SKU-1{query}");
+        let (status, answer) = http(h, "GET", path.clone(), admin, None).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+    }
+    let after = format!("/v1/channels/web/orders?after={}", u64::MAX);
+    let (status, answer) = http(h, "GET", after, admin, None).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(message(&answer).starts_with("after:"), "{answer}");
     assert!(daemon.terminate().await.success());
 }
 

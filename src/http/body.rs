@@ -1,51 +1,26 @@
 //! The JSON bodies and query strings the gateway takes, and their checks:
-//! the wire's limits, each broken one named by its field, before anything
-//! reaches the engine. Each becomes the protocol request QUIC would carry.
+//! each field against its bound in `fields.rs` (the bounds
+//! `docs/openapi.json` states), each broken one named by its field, before
+//! anything reaches the engine. Each becomes the protocol request QUIC
+//! would carry.
 
 use omniroute_protocol::{
     Method, Near, Order, OrderKey, OrderQuery, Request, StockAdjust, StockSet,
-    MAX_COUNTS_PER_REJECT, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_STOCK_ENTRIES_PER_FRAME,
 };
 use serde::Deserialize;
 
-/// A field that breaks a limit: named, with why.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {why}")]
-pub struct BadField {
-    pub field: String,
-    pub why: String,
-}
-
-fn bad(field: impl Into<String>, why: impl Into<String>) -> BadField {
-    BadField {
-        field: field.into(),
-        why: why.into(),
-    }
-}
-
-/// An id (channel, node, SKU, client order id) within the wire's bound.
-fn id(field: &str, value: &str) -> Result<(), BadField> {
-    if value.len() > MAX_ID_BYTES {
-        return Err(bad(field, format!("longer than {MAX_ID_BYTES} bytes")));
-    }
-    Ok(())
-}
-
-fn at_most<T>(field: &str, items: &[T], max: usize) -> Result<(), BadField> {
-    if items.len() > max {
-        return Err(bad(
-            field,
-            format!("{} entries; at most {max}", items.len()),
-        ));
-    }
-    Ok(())
-}
+pub use super::fields::BadField;
+use super::fields::{
+    self, bad, deserialize_whole, deserialize_whole_opt, items, name as id, whole, COUNTS, CURSOR,
+    DELTA, ENTRIES, HOLD_TTL_MS, LATITUDE, LINES, LONGITUDE, MIN_QTY, NEAREST, QTY, UNITS,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Line {
     pub sku: String,
-    pub qty: u32,
+    #[serde(deserialize_with = "deserialize_whole")]
+    pub qty: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,25 +48,42 @@ pub struct SubmitBody {
     pub id: String,
     pub lines: Vec<Line>,
     pub ship_to: Point,
+    #[serde(default, deserialize_with = "deserialize_present")]
     pub market: Option<String>,
     #[serde(default)]
     pub method: MethodName,
     /// The store, when `method` is `pickup`.
+    #[serde(default, deserialize_with = "deserialize_present")]
     pub pickup_store: Option<String>,
-    pub hold_ttl_ms: Option<u32>,
+    #[serde(default, deserialize_with = "deserialize_whole_opt")]
+    pub hold_ttl_ms: Option<i64>,
+}
+
+/// An optional string that, when present, is a string: `null` is refused,
+/// as the document's `"type": "string"` says (absent is the way to leave
+/// it out).
+fn deserialize_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 impl SubmitBody {
     pub fn request(self) -> Result<Request, BadField> {
         id("channel", &self.channel)?;
         id("id", &self.id)?;
-        at_most("lines", &self.lines, MAX_LINES_PER_ORDER)?;
+        items("lines", &self.lines, LINES)?;
         for (i, line) in self.lines.iter().enumerate() {
             id(&format!("lines[{i}].sku"), &line.sku)?;
+            whole(&format!("lines[{i}].qty"), line.qty, QTY)?;
         }
+        fields::degrees("ship_to.lat", self.ship_to.lat, LATITUDE)?;
+        fields::degrees("ship_to.lon", self.ship_to.lon, LONGITUDE)?;
         if let Some(market) = &self.market {
             id("market", market)?;
         }
+        let hold_ttl_ms = match self.hold_ttl_ms {
+            Some(ms) => Some(whole("hold_ttl_ms", ms, HOLD_TTL_MS)? as u32),
+            None => None,
+        };
         let method = match (self.method, self.pickup_store) {
             (MethodName::Pickup, Some(store)) => {
                 id("pickup_store", &store)?;
@@ -111,8 +103,13 @@ impl SubmitBody {
             lon: self.ship_to.lon,
             market: self.market,
             method,
-            hold_ttl_ms: self.hold_ttl_ms,
-            lines: self.lines.into_iter().map(|l| (l.sku, l.qty)).collect(),
+            hold_ttl_ms,
+            // Each qty is within QTY, checked above.
+            lines: self
+                .lines
+                .into_iter()
+                .map(|l| (l.sku, l.qty as u32))
+                .collect(),
         }))
     }
 }
@@ -143,6 +140,13 @@ pub struct ListQuery {
     pub limit: Option<u16>,
 }
 
+/// `value` if it is within [`CURSOR`] (a query reads it as a `u64`).
+pub fn cursor(field: &str, value: u64) -> Result<u64, BadField> {
+    let outside = || bad(field, format!("{value} is outside 0 to {}", CURSOR.max));
+    let value = i64::try_from(value).map_err(|_| outside())?;
+    whole(field, value, CURSOR).map(|v| v as u64)
+}
+
 /// Orders per page when a listing names no limit.
 pub const DEFAULT_PAGE_ORDERS: u16 = 100;
 
@@ -158,11 +162,17 @@ impl ListQuery {
                 )
             })?,
         };
+        if let Some(node) = &self.node {
+            id("node", node)?;
+        }
         let node = self.node.unwrap_or_default();
-        id("node", &node)?;
+        cursor("after", self.after)?;
+        // A limit outside PAGE is the protocol's TooLarge (413), answered
+        // where QUIC's is (`server::requests`), not a malformed request.
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE_ORDERS);
         let time = |field: &str, value: Option<String>| match value {
             None => Ok(0),
-            Some(text) => crate::timefmt::parse_time_ms(&text).map_err(|why| bad(field, why)),
+            Some(text) => fields::time(field, &text),
         };
         Ok(Request::ListOrders(OrderQuery {
             channel,
@@ -171,7 +181,7 @@ impl ListQuery {
             created_from_ms: time("created_from", self.created_from)?,
             created_to_ms: time("created_to", self.created_to)?,
             after: self.after,
-            limit: self.limit.unwrap_or(DEFAULT_PAGE_ORDERS),
+            limit,
         }))
     }
 }
@@ -195,10 +205,14 @@ impl AvailabilityQuery {
         id("sku", &sku)?;
         let near = match (self.lat, self.lon) {
             (Some(lat), Some(lon)) => Some(Near {
-                lat,
-                lon,
-                count: self.count.unwrap_or(DEFAULT_NEAREST_NODES),
-                min_qty: self.min_qty.unwrap_or(1),
+                lat: fields::degrees("lat", lat, LATITUDE)?,
+                lon: fields::degrees("lon", lon, LONGITUDE)?,
+                count: whole(
+                    "count",
+                    self.count.unwrap_or(DEFAULT_NEAREST_NODES).into(),
+                    NEAREST,
+                )? as u16,
+                min_qty: whole("min_qty", self.min_qty.unwrap_or(1).into(), MIN_QTY)? as u32,
             }),
             (None, None) if self.count.is_none() && self.min_qty.is_none() => None,
             (None, None) => return Err(bad("lat", "count and min_qty need lat and lon")),
@@ -218,8 +232,10 @@ impl AvailabilityQuery {
 pub struct SetEntry {
     pub sku: String,
     pub node: String,
-    pub on_hand: u32,
-    pub safety_stock: Option<u32>,
+    #[serde(deserialize_with = "deserialize_whole")]
+    pub on_hand: i64,
+    #[serde(default, deserialize_with = "deserialize_whole_opt")]
+    pub safety_stock: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +243,7 @@ pub struct SetEntry {
 pub struct AdjustEntry {
     pub sku: String,
     pub node: String,
+    #[serde(deserialize_with = "deserialize_whole")]
     pub delta: i64,
 }
 
@@ -244,9 +261,13 @@ fn entry_ids(i: usize, sku: &str, node: &str) -> Result<(), BadField> {
 
 impl StockBody<SetEntry> {
     pub fn request(self) -> Result<Request, BadField> {
-        at_most("entries", &self.entries, MAX_STOCK_ENTRIES_PER_FRAME)?;
+        items("entries", &self.entries, ENTRIES)?;
         for (i, e) in self.entries.iter().enumerate() {
             entry_ids(i, &e.sku, &e.node)?;
+            whole(&format!("entries[{i}].on_hand"), e.on_hand, UNITS)?;
+            if let Some(safety) = e.safety_stock {
+                whole(&format!("entries[{i}].safety_stock"), safety, UNITS)?;
+            }
         }
         Ok(Request::StockSet(
             self.entries
@@ -254,8 +275,9 @@ impl StockBody<SetEntry> {
                 .map(|e| StockSet {
                     sku: e.sku,
                     node: e.node,
-                    on_hand: e.on_hand,
-                    safety_stock: e.safety_stock,
+                    // Both within UNITS, checked above.
+                    on_hand: e.on_hand as u32,
+                    safety_stock: e.safety_stock.map(|s| s as u32),
                 })
                 .collect(),
         ))
@@ -264,9 +286,10 @@ impl StockBody<SetEntry> {
 
 impl StockBody<AdjustEntry> {
     pub fn request(self) -> Result<Request, BadField> {
-        at_most("entries", &self.entries, MAX_STOCK_ENTRIES_PER_FRAME)?;
+        items("entries", &self.entries, ENTRIES)?;
         for (i, e) in self.entries.iter().enumerate() {
             entry_ids(i, &e.sku, &e.node)?;
+            whole(&format!("entries[{i}].delta"), e.delta, DELTA)?;
         }
         Ok(Request::StockAdjust(
             self.entries
@@ -288,7 +311,8 @@ pub struct UnitsBody {
     pub channel: String,
     pub id: String,
     pub sku: String,
-    pub qty: u32,
+    #[serde(deserialize_with = "deserialize_whole")]
+    pub qty: i64,
 }
 
 /// Which of the node requests a [`UnitsBody`] makes.
@@ -301,8 +325,9 @@ impl UnitsBody {
     pub fn request(self, node: String, op: UnitsOp) -> Result<Request, BadField> {
         id("node", &node)?;
         id("sku", &self.sku)?;
+        let qty = whole("qty", self.qty, QTY)? as u32;
         let order = order_key(self.channel, self.id)?;
-        let (sku, qty) = (self.sku, self.qty);
+        let sku = self.sku;
         Ok(match op {
             UnitsOp::Ship => Request::NodeShip {
                 node,
@@ -324,7 +349,8 @@ impl UnitsBody {
 #[serde(deny_unknown_fields)]
 pub struct Count {
     pub sku: String,
-    pub on_hand: u32,
+    #[serde(deserialize_with = "deserialize_whole")]
+    pub on_hand: i64,
 }
 
 /// `POST /v1/nodes/{node}/reject`: the node will not serve the order; the
@@ -341,9 +367,10 @@ pub struct RejectBody {
 impl RejectBody {
     pub fn request(self, node: String) -> Result<Request, BadField> {
         id("node", &node)?;
-        at_most("counts", &self.counts, MAX_COUNTS_PER_REJECT)?;
+        items("counts", &self.counts, COUNTS)?;
         for (i, c) in self.counts.iter().enumerate() {
             id(&format!("counts[{i}].sku"), &c.sku)?;
+            whole(&format!("counts[{i}].on_hand"), c.on_hand, UNITS)?;
         }
         Ok(Request::NodeReject {
             node,
@@ -351,7 +378,8 @@ impl RejectBody {
             counts: self
                 .counts
                 .into_iter()
-                .map(|c| (c.sku, c.on_hand))
+                // Each within UNITS, checked above.
+                .map(|c| (c.sku, c.on_hand as u32))
                 .collect(),
         })
     }
@@ -362,6 +390,16 @@ impl RejectBody {
 #[serde(deny_unknown_fields)]
 pub struct OnlineBody {
     pub online: bool,
+}
+
+impl OnlineBody {
+    pub fn request(self, node: String) -> Result<Request, BadField> {
+        id("node", &node)?;
+        Ok(Request::SetNodeOnline {
+            node,
+            online: self.online,
+        })
+    }
 }
 
 /// `GET /v1/channels/{channel}/events` query: the cursor to start at (a

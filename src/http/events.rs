@@ -46,14 +46,16 @@ pub async fn follow(
 /// The first cursor to send: after the `Last-Event-ID` a reconnecting
 /// client sends, else the query's `from`.
 fn first_cursor(headers: &HeaderMap, query: &EventsQuery) -> Result<u64, super::routes::Reply> {
+    let refused = |e: super::fields::BadField| refuse(ErrorCode::Malformed, &e.to_string());
+    // `from` is checked even when the header wins: a bad query is refused
+    // whatever else the request says.
+    let from = super::body::cursor("from", query.from).map_err(refused)?;
     match headers.get("last-event-id") {
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        // A cursor is at most 18 digits: the next one always fits.
+        Some(value) => super::fields::cursor_text("Last-Event-ID", value.to_str().unwrap_or(""))
             .map(|last| last + 1)
-            .ok_or_else(|| refuse(ErrorCode::Malformed, "Last-Event-ID is not a cursor")),
-        None => Ok(query.from),
+            .map_err(refused),
+        None => Ok(from),
     }
 }
 

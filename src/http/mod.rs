@@ -13,6 +13,7 @@
 mod body;
 mod conn;
 mod events;
+pub mod fields;
 mod reply;
 
 /// The gateway's error answer (status and `{"error": {...}}` body) for a

@@ -248,10 +248,7 @@ pub async fn online(
     Path(node): Path<String>,
     body: Result<Json<OnlineBody>, JsonRejection>,
 ) -> Reply {
-    let request = json(body).map(|b| Request::SetNodeOnline {
-        node,
-        online: b.online,
-    });
+    let request = json(body).and_then(|b| b.request(node).map_err(bad_field));
     respond(&app, &headers, request).await
 }
 
