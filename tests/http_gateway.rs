@@ -124,7 +124,8 @@ fn message(body: &Value) -> &str {
 async fn every_route_answers_good_input_as_quic_does() {
     // Proves each /v1/ route does what its QUIC request does (submit, idempotent resubmit,
     // get, confirm, list, availability and nearest, stock set and adjust, ship, return,
-    // reject, node online, cancel), with the answers and codes of the protocol.
+    // reject, node online, cancel, a pickup without ship_to), with the answers and codes of
+    // the protocol.
     let dir = TempDir::new("http-routes");
     let config = web_config_file(&dir);
     let mut daemon = Daemon::start(&dir.0.join("data"), Some(&config), "off").await;
@@ -296,9 +297,14 @@ async fn every_route_answers_good_input_as_quic_does() {
     assert_eq!(nodes, vec![("WH-S", true), ("WH-N", false)]);
     let restock = json!({"entries": [{"sku": "SKU-1", "node": "ST-1", "on_hand": 5}]}).to_string();
     http(h, "POST", "/v1/stock/set".into(), admin, Some(restock)).await;
+    // A pickup needs no ship_to (the store's location stands for it); an order shipped does.
+    let ship = json!({"channel": "web", "id": "h-4", "lines": [{"sku": "SKU-1", "qty": 1}]});
+    let (status, refused) = http(h, "POST", "/v1/orders".into(), web, Some(ship.to_string())).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(message(&refused).contains("ship_to"), "{refused}");
     // A pickup at a store without the units goes to another store, marked.
     let pickup = json!({"channel": "web", "id": "h-3", "lines": [{"sku": "SKU-1", "qty": 1}],
-                        "ship_to": {"lat": 50.0, "lon": 10.0}, "method": "pickup", "pickup_store": "ST-2"});
+                        "method": "pickup", "pickup_store": "ST-2"});
     let (status, routed) = http(
         h,
         "POST",

@@ -148,5 +148,9 @@ fn building_the_package_leaves_its_source_tree_as_it_was() {
     let stderr = String::from_utf8_lossy(&built.stderr);
     assert!(built.status.success(), "pip wheel failed: {stderr}");
     assert_eq!(files(&wheels).len(), 1, "one wheel: {stderr}");
-    assert_eq!(files(&source), before, "the build wrote into the source tree");
+    assert_eq!(
+        files(&source),
+        before,
+        "the build wrote into the source tree"
+    );
 }

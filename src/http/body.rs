@@ -5,7 +5,7 @@
 //! would carry.
 
 use omniroute_protocol::{
-    Method, Near, Order, OrderKey, OrderQuery, Request, StockAdjust, StockSet,
+    Method, Near, Order, OrderKey, OrderQuery, Request, StockAdjust, StockSet, NO_SHIP_TO,
 };
 use serde::Deserialize;
 
@@ -47,7 +47,10 @@ pub struct SubmitBody {
     /// The client order id: the idempotency key, unique per channel.
     pub id: String,
     pub lines: Vec<Line>,
-    pub ship_to: Point,
+    /// Required unless `method` is `pickup`: a pickup order without one is
+    /// collected at the store, whose location stands for it.
+    #[serde(default, deserialize_with = "deserialize_point")]
+    pub ship_to: Option<Point>,
     #[serde(default, deserialize_with = "deserialize_present")]
     pub market: Option<String>,
     #[serde(default)]
@@ -66,6 +69,11 @@ fn deserialize_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<
     String::deserialize(d).map(Some)
 }
 
+/// An optional point that, when present, is a point (`null` is refused).
+fn deserialize_point<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Point>, D::Error> {
+    Point::deserialize(d).map(Some)
+}
+
 impl SubmitBody {
     pub fn request(self) -> Result<Request, BadField> {
         id("channel", &self.channel)?;
@@ -75,8 +83,10 @@ impl SubmitBody {
             id(&format!("lines[{i}].sku"), &line.sku)?;
             whole(&format!("lines[{i}].qty"), line.qty, QTY)?;
         }
-        fields::degrees("ship_to.lat", self.ship_to.lat, LATITUDE)?;
-        fields::degrees("ship_to.lon", self.ship_to.lon, LONGITUDE)?;
+        if let Some(point) = &self.ship_to {
+            fields::degrees("ship_to.lat", point.lat, LATITUDE)?;
+            fields::degrees("ship_to.lon", point.lon, LONGITUDE)?;
+        }
         if let Some(market) = &self.market {
             id("market", market)?;
         }
@@ -96,11 +106,16 @@ impl SubmitBody {
             (MethodName::Ship, None) => Method::Ship,
             (MethodName::SameDay, None) => Method::SameDay,
         };
+        let (lat, lon) = match (&self.ship_to, &method) {
+            (Some(point), _) => (point.lat, point.lon),
+            (None, Method::Pickup { .. }) => (NO_SHIP_TO, NO_SHIP_TO),
+            (None, _) => return Err(bad("ship_to", "required unless method is pickup")),
+        };
         Ok(Request::Submit(Order {
             channel: self.channel,
             client_order_id: self.id,
-            lat: self.ship_to.lat,
-            lon: self.ship_to.lon,
+            lat,
+            lon,
             market: self.market,
             method,
             hold_ttl_ms,
