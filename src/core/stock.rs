@@ -211,6 +211,10 @@ pub struct StockShard {
     /// Open reservations per order, so that cancel, expiry, ship and return
     /// find them without scanning.
     orders: FxHashMap<OrderId, SmallVec<[Reservation; 1]>>,
+    /// Rows restored from an image before the catalog knew their SKU (its
+    /// snapshot is older than this shard's): their counts are published
+    /// once the journal has interned it ([`StockShard::publish_restored`]).
+    unpublished: Vec<usize>,
 }
 
 impl StockShard {
@@ -223,6 +227,23 @@ impl StockShard {
             index,
             rows: Vec::new(),
             orders: FxHashMap::default(),
+            unpublished: Vec::new(),
+        }
+    }
+
+    /// Publishes the counts of rows restored before their SKU was in the
+    /// catalog; recovery calls it once the journal is replayed. Without it
+    /// those cells held stock that no availability or routing could see.
+    pub fn publish_restored(&mut self) {
+        for local in std::mem::take(&mut self.unpublished) {
+            let sku = local as u32 * self.shard_count + self.shard;
+            if let Some(Some(row)) = self.rows.get(local) {
+                for (node, cell) in row.iter().enumerate() {
+                    if cell.on_hand != 0 || cell.safety_stock != 0 {
+                        self.index.publish_atp(sku, node as NodeIdx, cell.atp());
+                    }
+                }
+            }
         }
     }
 
@@ -755,6 +776,9 @@ impl StockShard {
                 return Err(RestoreError::ReservedAboveOnHand { row: local });
             }
             let sku = local as u32 * shard_count + shard;
+            if this.index.low_version(sku).is_none() {
+                this.unpublished.push(local);
+            }
             for (node, cell) in row.iter().enumerate() {
                 if cell.on_hand != 0 || cell.safety_stock != 0 {
                     this.index.publish_atp(sku, node as NodeIdx, cell.atp());
@@ -922,6 +946,24 @@ mod tests {
         assert!(!plain.rows.is_empty() && !plain.cells.is_empty());
         assert_eq!(shard.image_into(ImageMemory::touched(1, 3)), plain);
         assert_eq!(shard.image_into(ImageMemory::touched(64, 3)), plain);
+    }
+
+    #[test]
+    fn a_shard_restored_before_its_skus_are_in_the_catalog_publishes_them_once_they_are() {
+        // Proves a shard image with a SKU the catalog's (older) snapshot lacks shows that SKU's
+        // counts to availability once replay has interned it: restored before, they stayed 0.
+        let index = Arc::new(AvailabilityIndex::new(2, 64));
+        let mut shard = StockShard::new(0, 1, index.clone());
+        let sku = index.intern("NEW").unwrap();
+        shard.set(sku, 1, 9, None);
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&shard.image()).unwrap();
+        let archived = rkyv::access::<ArchivedShardImage, rkyv::rancor::Error>(&bytes).unwrap();
+        let restarted = Arc::new(AvailabilityIndex::new(2, 64));
+        let mut restored = StockShard::from_image(archived, restarted.clone()).unwrap();
+        // The journal's record after the catalog's snapshot interns it.
+        assert_eq!(restarted.intern("NEW").unwrap(), sku);
+        restored.publish_restored();
+        assert_eq!(restarted.atp(sku, 1), 9);
     }
 
     #[test]

@@ -315,6 +315,12 @@ pub(super) fn replay_state(
             report.records_replayed += 1;
         }
     }
+    // A shard's snapshot may be newer than the catalog's (the snapshots
+    // are fuzzy, one per actor): the SKUs it had that the catalog did not
+    // are interned by now.
+    for shard in &mut state.shards {
+        shard.publish_restored();
+    }
     report.next_lsn = recovered.next_lsn;
     report.torn_tail = recovered.torn_tail;
     Ok(Replayed {
