@@ -266,6 +266,7 @@ pub async fn snapshot(
     status: &Status,
 ) -> Result<u64, DaemonError> {
     let started = Instant::now();
+    metrics::counter!(crate::telemetry::SNAPSHOTS_STARTED_TOTAL).increment(1);
     let done = store::snapshot(engine, &data_dir, settings.keep_segments).await?;
     status.snapshot_written(crate::admin::unix_ms());
     tracing::info!(

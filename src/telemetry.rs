@@ -30,6 +30,7 @@ pub const JOURNAL_RECORDS_TOTAL: &str = "omniroute_journal_records_total";
 pub const JOURNAL_COMMITS_TOTAL: &str = "omniroute_journal_commits_total";
 pub const SNAPSHOT_AGE_SECONDS: &str = "omniroute_snapshot_age_seconds";
 pub const SNAPSHOTS_TOTAL: &str = "omniroute_snapshots_total";
+pub const SNAPSHOTS_STARTED_TOTAL: &str = "omniroute_snapshots_started_total";
 pub const CONNECTIONS: &str = "omniroute_connections";
 pub const POLICY_RELOADS_TOTAL: &str = "omniroute_policy_reloads_total";
 pub const POLICY_LSN: &str = "omniroute_policy_lsn";
@@ -167,6 +168,10 @@ fn describe() {
         "Since the newest snapshot was written"
     );
     describe_counter!(SNAPSHOTS_TOTAL, "Snapshots written since start");
+    describe_counter!(
+        SNAPSHOTS_STARTED_TOTAL,
+        "Snapshots begun since start: one is under way while this exceeds omniroute_snapshots_total"
+    );
     describe_gauge!(CONNECTIONS, "Open QUIC connections, by role");
     describe_counter!(
         POLICY_RELOADS_TOTAL,

@@ -1,18 +1,23 @@
 //! What the daemon's own counters, read from its admin port's `/metrics`
 //! through the run, tell about each second: holds that expired and
-//! snapshots written. The daemon counts them itself, so the chart marks
-//! them where they happened, not where the generator guesses they would.
+//! snapshots written, each from its start to its end. The daemon counts
+//! them itself, so the chart marks them where they happened, not where the
+//! generator guesses they would.
 
 use crate::summary::{RunEvent, Second};
 
 /// Counter names, as the daemon's /metrics gives them.
 const SNAPSHOTS_TOTAL: &str = "omniroute_snapshots_total";
+const SNAPSHOTS_STARTED_TOTAL: &str = "omniroute_snapshots_started_total";
 const HOLDS_EXPIRED_TOTAL: &str = "omniroute_holds_expired_total";
 
 /// The counters the chart uses, at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DaemonCounters {
+    /// Snapshots written (finished).
     pub snapshots: u64,
+    /// Snapshots begun: one is under way while this is ahead.
+    pub snapshots_started: u64,
     pub holds_expired: u64,
 }
 
@@ -31,6 +36,7 @@ impl DaemonCounters {
             };
             match name {
                 SNAPSHOTS_TOTAL => counters.snapshots += value as u64,
+                SNAPSHOTS_STARTED_TOTAL => counters.snapshots_started += value as u64,
                 HOLDS_EXPIRED_TOTAL => counters.holds_expired += value as u64,
                 _ => {}
             }
@@ -62,24 +68,13 @@ pub fn count_per_second(samples: &[CounterSample], seconds: &mut [Second]) {
     }
 }
 
-/// The events the counters show: each snapshot at the sample that saw
-/// it, and each run of consecutive seconds in which holds expired as one
-/// span, with how many.
+/// The events the counters show: each snapshot as a span from the sample
+/// that saw it begin to the one that saw it written (a moment, where it
+/// did both between two samples, or where the daemon does not count
+/// starts), and each run of consecutive seconds in which holds expired as
+/// one span, with how many.
 pub fn counter_events(samples: &[CounterSample], seconds: &[Second]) -> Vec<RunEvent> {
-    let mut events = Vec::new();
-    for pair in samples.windows(2) {
-        let ((_, before), (at_s, after)) = (pair[0], pair[1]);
-        let inside = seconds
-            .iter()
-            .any(|s| s.offset_s <= at_s && at_s < s.offset_s + s.length_s);
-        if inside && after.snapshots > before.snapshots {
-            events.push(RunEvent {
-                at_s,
-                until_s: None,
-                what: "snapshot".to_string(),
-            });
-        }
-    }
+    let mut events = snapshot_spans(samples, seconds);
     let mut span: Option<(f64, f64, u64)> = None;
     for second in seconds {
         match (second.holds_expired.unwrap_or(0), span.as_mut()) {
@@ -94,6 +89,49 @@ pub fn counter_events(samples: &[CounterSample], seconds: &[Second]) -> Vec<RunE
     events.extend(span.map(expiry_span));
     events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     events
+}
+
+/// Each snapshot that began or ended within the measured seconds, from
+/// the sample that saw it begin to the one that saw it written (or the
+/// last sample, if the run ended first).
+fn snapshot_spans(samples: &[CounterSample], seconds: &[Second]) -> Vec<RunEvent> {
+    let inside = |at_s: f64| {
+        seconds
+            .iter()
+            .any(|s| s.offset_s <= at_s && at_s < s.offset_s + s.length_s)
+    };
+    let mut spans = Vec::new();
+    let mut begun: Option<f64> = None;
+    for pair in samples.windows(2) {
+        let ((_, before), (at_s, after)) = (pair[0], pair[1]);
+        if after.snapshots_started > before.snapshots_started && begun.is_none() {
+            begun = Some(at_s);
+        }
+        if after.snapshots > before.snapshots {
+            let from = begun.take().unwrap_or(at_s);
+            if inside(from) || inside(at_s) {
+                spans.push(snapshot_event(from, at_s));
+            }
+            // The next one began before this sample too.
+            if after.snapshots_started > after.snapshots {
+                begun = Some(at_s);
+            }
+        }
+    }
+    if let (Some(from), Some((last, _))) = (begun, samples.last()) {
+        if inside(from) {
+            spans.push(snapshot_event(from, *last));
+        }
+    }
+    spans
+}
+
+fn snapshot_event(from_s: f64, until_s: f64) -> RunEvent {
+    RunEvent {
+        at_s: from_s,
+        until_s: (until_s > from_s).then_some(until_s),
+        what: "snapshot".to_string(),
+    }
 }
 
 fn expiry_span((at_s, until_s, holds): (f64, f64, u64)) -> RunEvent {
@@ -129,48 +167,65 @@ mod tests {
     }
 
     #[test]
-    fn expiries_become_a_span_and_snapshots_a_moment() {
+    fn expiries_and_snapshots_become_spans() {
         // Proves growth lands in the later sample's second, consecutive seconds of expiries
-        // make one span with their total, and a snapshot is marked where it was seen.
+        // make one span with their total, and a snapshot spans from the sample that saw it
+        // begin to the one that saw it written (or the last sample, if it was not).
         let mut seconds: Vec<Second> = (0..6).map(|k| second(k as f64)).collect();
-        let at = |at_s: f64, snapshots: u64, holds_expired: u64| {
+        let at = |at_s: f64, snapshots_started: u64, snapshots: u64, holds_expired: u64| {
             (
                 at_s,
                 DaemonCounters {
                     snapshots,
+                    snapshots_started,
                     holds_expired,
                 },
             )
         };
         let samples = [
-            at(-0.5, 0, 0),
-            at(0.5, 0, 0),
-            at(1.5, 0, 0),
-            at(2.5, 0, 40),
-            at(3.5, 1, 100),
-            at(4.5, 1, 100),
-            at(5.5, 1, 100),
-            at(6.5, 2, 100),
+            at(-0.5, 0, 0, 0),
+            at(0.5, 0, 0, 0),
+            at(1.5, 0, 0, 0),
+            at(2.5, 1, 0, 40),
+            at(3.5, 1, 1, 100),
+            at(4.5, 1, 1, 100),
+            at(5.5, 2, 1, 100),
         ];
         count_per_second(&samples, &mut seconds);
         assert_eq!(seconds[2].holds_expired, Some(40));
         assert_eq!(seconds[3].holds_expired, Some(60));
         assert_eq!(seconds[3].snapshots, Some(1));
-        let events = counter_events(&samples, &seconds);
+        let span = |at_s: f64, until_s: f64, what: &str| RunEvent {
+            at_s,
+            until_s: (until_s > at_s).then_some(until_s),
+            what: what.into(),
+        };
         assert_eq!(
-            events,
+            counter_events(&samples, &seconds),
             vec![
-                RunEvent {
-                    at_s: 2.0,
-                    until_s: Some(4.0),
-                    what: "100 holds expired".into()
-                },
-                RunEvent {
-                    at_s: 3.5,
-                    until_s: None,
-                    what: "snapshot".into()
-                },
+                span(2.0, 4.0, "100 holds expired"),
+                span(2.5, 3.5, "snapshot"),
+                span(5.5, 5.5, "snapshot"),
             ]
         );
+        // A daemon that does not count starts: each snapshot a moment where it was seen.
+        let older: Vec<CounterSample> = samples
+            .iter()
+            .map(|&(t, c)| {
+                let snapshots_started = 0;
+                (
+                    t,
+                    DaemonCounters {
+                        snapshots_started,
+                        ..c
+                    },
+                )
+            })
+            .collect();
+        let snapshots: Vec<RunEvent> = counter_events(&older, &seconds)
+            .into_iter()
+            .filter(|e| e.what == "snapshot")
+            .collect();
+        assert_eq!(snapshots, vec![span(3.5, 3.5, "snapshot")]);
     }
 }

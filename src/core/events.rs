@@ -112,10 +112,17 @@ pub struct EventLogImage {
 impl<E: Clone> EventLog<E> {
     /// The cursor of the oldest kept event, and the events, for an image.
     pub fn parts(&self) -> (u64, Vec<E>) {
-        (
-            self.first_cursor,
-            self.events.iter().map(|e| (**e).clone()).collect(),
-        )
+        let (first_cursor, events) = self.shared_parts();
+        (first_cursor, events.iter().map(|e| (**e).clone()).collect())
+    }
+
+    /// [`EventLog::parts`] sharing the events instead of copying them: an
+    /// actor hands these over, and the snapshot's writer copies them. Kept
+    /// events are never changed, only dropped, so the share is the log as
+    /// it was. Copying a channel's 65 536 statuses on the feed's turn held
+    /// every actor on its worker for 23-75 ms.
+    pub fn shared_parts(&self) -> (u64, Vec<Arc<E>>) {
+        (self.first_cursor, self.events.iter().cloned().collect())
     }
 
     /// A log from [`EventLog::parts`], trimmed to `max_events`.

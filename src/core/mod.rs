@@ -32,4 +32,5 @@ pub mod policy;
 pub mod router;
 pub mod sim;
 pub mod status;
+pub mod stepped;
 pub mod stock;

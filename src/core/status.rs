@@ -172,6 +172,25 @@ pub struct StatusFeed {
     channels: Vec<EventLog<OrderStatus>>,
 }
 
+/// A feed's statuses shared with its logs, as the feed hands them to a
+/// snapshot; the writer makes the [`FeedImage`] of them.
+#[derive(Debug, PartialEq)]
+pub struct FeedParts {
+    channels: Vec<(u64, Vec<Arc<OrderStatus>>)>,
+}
+
+impl FeedParts {
+    pub fn image(self) -> FeedImage {
+        FeedImage {
+            channels: self
+                .channels
+                .into_iter()
+                .map(|(first, events)| (first, events.iter().map(|e| (**e).clone()).collect()))
+                .collect(),
+        }
+    }
+}
+
 /// A feed as a snapshot keeps it: per channel, the cursor of its oldest
 /// kept status and the statuses.
 #[derive(Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -220,8 +239,13 @@ impl StatusFeed {
     }
 
     pub fn image(&self) -> FeedImage {
-        FeedImage {
-            channels: self.channels.iter().map(EventLog::parts).collect(),
+        self.image_parts().image()
+    }
+
+    /// The feed at this moment, its statuses shared (see [`FeedParts`]).
+    pub fn image_parts(&self) -> FeedParts {
+        FeedParts {
+            channels: self.channels.iter().map(EventLog::shared_parts).collect(),
         }
     }
 

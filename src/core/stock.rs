@@ -13,6 +13,7 @@ use smallvec::SmallVec;
 use super::error::{InvariantError, RestoreError};
 use super::index::AvailabilityIndex;
 use super::model::{NodeIdx, OrderId, SkuId};
+use super::stepped::SteppedMap;
 use crate::limits::MAX_ON_HAND_UNITS;
 
 /// One (sku, node) cell.
@@ -133,6 +134,13 @@ pub struct ShardImage {
 const CELL_WORDS: usize = 3;
 
 impl ShardImage {
+    /// The image with its reservations in order, as a snapshot file keeps
+    /// them (a shard hands them over as its map holds them).
+    pub fn sorted(mut self) -> ShardImage {
+        self.reservations.sort_unstable();
+        self
+    }
+
     /// A whole set of images (one per shard, every shard of one layout)
     /// laid out again for `shard_count` shards: each stocked row and each
     /// reservation goes to the shard its SKU hashes to there. The units
@@ -199,6 +207,52 @@ impl ImageMemory {
     }
 }
 
+/// An order's committed reservations as an image keeps them.
+fn push_committed(
+    into: &mut Vec<(OrderId, SkuId, NodeIdx, u32)>,
+    order: OrderId,
+    list: &[Reservation],
+) {
+    for r in list.iter().filter(|r| !r.pending) {
+        into.push((order, r.sku, r.node, r.qty));
+    }
+}
+
+/// The rows' part of an image under way: rows before `cursor` are in
+/// `image`; rows changed ahead of it were kept in `saved` first.
+struct RowWalk {
+    cursor: usize,
+    /// The rows there were when the image began; later ones are not in it.
+    end: usize,
+    /// Each kept row's words as the image holds them (`None`: the row was
+    /// not stocked when the image began).
+    saved: FxHashMap<usize, Option<Box<[u32]>>>,
+    image: ShardImage,
+}
+
+impl RowWalk {
+    /// Keeps row `local` as it is, if the walk has yet to reach it and it
+    /// was not kept already.
+    fn save(&mut self, local: usize, rows: &[Option<Box<[Cell]>>]) {
+        if local < self.cursor || local >= self.end || self.saved.contains_key(&local) {
+            return;
+        }
+        let words = rows[local].as_ref().map(|row| {
+            row.iter()
+                .flat_map(|c| [c.on_hand, c.reserved, c.safety_stock])
+                .collect()
+        });
+        self.saved.insert(local, words);
+    }
+}
+
+impl ShardImage {
+    fn push_row(&mut self, local: usize, words: &[u32]) {
+        self.rows.push(local as u32);
+        self.cells.extend_from_slice(words);
+    }
+}
+
 /// A SKU shard: SKUs `s` with `s % shard_count == shard`.
 pub struct StockShard {
     shard: u32,
@@ -210,7 +264,10 @@ pub struct StockShard {
     rows: Vec<Option<Box<[Cell]>>>,
     /// Open reservations per order, so that cancel, expiry, ship and return
     /// find them without scanning.
-    orders: FxHashMap<OrderId, SmallVec<[Reservation; 1]>>,
+    orders: SteppedMap<OrderId, SmallVec<[Reservation; 1]>>,
+    /// The image under way, if a snapshot is being taken a step at a time
+    /// ([`StockShard::begin_image`]).
+    walk: Option<RowWalk>,
     /// Rows restored from an image before the catalog knew their SKU (its
     /// snapshot is older than this shard's): their counts are published
     /// once the journal has interned it ([`StockShard::publish_restored`]).
@@ -226,7 +283,8 @@ impl StockShard {
             node_count: index.node_count(),
             index,
             rows: Vec::new(),
-            orders: FxHashMap::default(),
+            orders: SteppedMap::default(),
+            walk: None,
             unpublished: Vec::new(),
         }
     }
@@ -266,8 +324,13 @@ impl StockShard {
         (sku / self.shard_count) as usize
     }
 
+    /// The row to change: every change to a cell goes through here, so an
+    /// image under way keeps the row first if its walk has yet to reach it.
     fn row_mut(&mut self, sku: SkuId) -> &mut [Cell] {
         let local = self.local(sku);
+        if let Some(walk) = &mut self.walk {
+            walk.save(local, &self.rows);
+        }
         if self.rows.len() <= local {
             self.rows.resize_with(local + 1, || None);
         }
@@ -278,6 +341,7 @@ impl StockShard {
     /// Rows have a cell for each of `node_count` nodes from now on (nodes
     /// were added to the running daemon); the new cells are empty.
     pub fn widen(&mut self, node_count: usize) {
+        assert!(self.walk.is_none(), "widened while imaging");
         if node_count <= self.node_count {
             return;
         }
@@ -337,7 +401,7 @@ impl StockShard {
         cell.held += qty;
         let cell = *cell;
         self.publish(sku, node, &cell);
-        self.orders.entry(order).or_default().push(Reservation {
+        self.orders.get_or_default(order).push(Reservation {
             sku,
             node,
             qty,
@@ -486,7 +550,7 @@ impl StockShard {
         let granted = qty.min(self.row_mut(sku)[node as usize].free());
         // One pass over the order's entries: the hold shrinks, the
         // reservation grows, with a single lookup of the order.
-        let list = self.orders.entry(order).or_default();
+        let list = self.orders.get_or_default(order);
         let mut from_hold = 0;
         let mut merged = granted == 0;
         for r in list.iter_mut().rev() {
@@ -658,7 +722,7 @@ impl StockShard {
     fn bump(&mut self, sku: SkuId, node: NodeIdx, mut deficit: u32) -> Vec<Bumped> {
         let mut victims: Vec<(OrderId, u32)> = Vec::new();
         if deficit > 0 {
-            for (&order, list) in &self.orders {
+            for (&order, list) in self.orders.iter() {
                 for r in list
                     .iter()
                     .filter(|r| r.sku == sku && r.node == node && !r.pending)
@@ -689,11 +753,13 @@ impl StockShard {
     /// The journaled state as a snapshot keeps it: cells without `held`,
     /// reservations without pending holds (neither is journaled).
     pub fn image(&self) -> ShardImage {
-        self.image_into(ImageMemory::default())
+        self.image_into(ImageMemory::default()).sorted()
     }
 
     /// [`StockShard::image`] into `memory`, which the caller touched
-    /// beforehand, off the shard's thread.
+    /// beforehand, off the shard's thread; its reservations unsorted, as
+    /// the shard hands them to a snapshot: the writer sorts them
+    /// ([`ShardImage::sorted`]).
     pub fn image_into(&self, memory: ImageMemory) -> ShardImage {
         // Sized up front: the shard waits while it images, and growing
         // these by doubling was most of that wait on a first snapshot.
@@ -713,12 +779,9 @@ impl StockShard {
             }
         }
         let mut reservations = Vec::new();
-        for (&order, list) in &self.orders {
-            for r in list.iter().filter(|r| !r.pending) {
-                reservations.push((order, r.sku, r.node, r.qty));
-            }
+        for (&order, list) in self.orders.iter() {
+            push_committed(&mut reservations, order, list);
         }
-        reservations.sort_unstable();
         ShardImage {
             shard: self.shard,
             shard_count: self.shard_count,
@@ -727,6 +790,67 @@ impl StockShard {
             cells,
             reservations,
         }
+    }
+
+    /// Starts an image of the shard as it is now, to be taken a step at a
+    /// time ([`StockShard::image_step`]) while the shard goes on changing:
+    /// each row and each order's reservations are kept before their first
+    /// change if the walk has yet to reach them, so the image is the shard
+    /// at this moment, exactly.
+    pub fn begin_image(&mut self, memory: ImageMemory) {
+        let ImageMemory { rows, cells } = memory;
+        self.orders.begin_image();
+        self.walk = Some(RowWalk {
+            cursor: 0,
+            end: self.rows.len(),
+            saved: FxHashMap::default(),
+            image: ShardImage {
+                shard: self.shard,
+                shard_count: self.shard_count,
+                node_count: self.node_count as u32,
+                rows,
+                cells,
+                reservations: Vec::new(),
+            },
+        });
+    }
+
+    pub fn imaging(&self) -> bool {
+        self.walk.is_some()
+    }
+
+    /// Images the next `max_items` rows or orders; the image once the
+    /// last is in (its reservations unsorted, as [`StockShard::image_into`]).
+    pub fn image_step(&mut self, max_items: usize) -> Option<ShardImage> {
+        let walk = self.walk.as_mut()?;
+        if walk.cursor < walk.end {
+            let until = walk.end.min(walk.cursor.saturating_add(max_items));
+            for local in walk.cursor..until {
+                match walk.saved.remove(&local) {
+                    Some(Some(words)) => walk.image.push_row(local, &words),
+                    Some(None) => {}
+                    None => {
+                        if let Some(row) = &self.rows[local] {
+                            let words = row
+                                .iter()
+                                .flat_map(|c| [c.on_hand, c.reserved, c.safety_stock]);
+                            walk.image.rows.push(local as u32);
+                            walk.image.cells.extend(words);
+                        }
+                    }
+                }
+            }
+            walk.cursor = until;
+            return None;
+        }
+        let reservations = &mut walk.image.reservations;
+        let done = self.orders.image_step(max_items, |&order, list| {
+            push_committed(reservations, order, list)
+        });
+        if !done {
+            return None;
+        }
+        self.walk.take().map(|walk| walk.image)
     }
 
     /// A shard from its image, published to the index. The image is
@@ -786,7 +910,6 @@ impl StockShard {
             }
             this.rows[local] = Some(row);
         }
-        this.orders.reserve(image.reservations.len());
         for r in image.reservations.iter() {
             let (order, sku, node, qty) = (
                 r.0.to_native(),
@@ -797,7 +920,7 @@ impl StockShard {
             if sku % shard_count != shard || node as usize >= node_count || qty == 0 {
                 return Err(RestoreError::CellOutsideShard { order });
             }
-            this.orders.entry(order).or_default().push(Reservation {
+            this.orders.get_or_default(order).push(Reservation {
                 sku,
                 node,
                 qty,
@@ -858,7 +981,7 @@ impl StockShard {
     pub fn check_invariants(&self) -> Result<(), InvariantError> {
         // (reserved, held) per cell, from the reservations.
         let mut sums: FxHashMap<(SkuId, NodeIdx), (u64, u64)> = FxHashMap::default();
-        for (order, list) in &self.orders {
+        for (order, list) in self.orders.iter() {
             for r in list {
                 if r.qty == 0 {
                     return Err(InvariantError::ZeroReservation { order: *order });
@@ -944,8 +1067,94 @@ mod tests {
         }
         let plain = shard.image();
         assert!(!plain.rows.is_empty() && !plain.cells.is_empty());
-        assert_eq!(shard.image_into(ImageMemory::touched(1, 3)), plain);
-        assert_eq!(shard.image_into(ImageMemory::touched(64, 3)), plain);
+        assert_eq!(shard.image_into(ImageMemory::touched(1, 3)).sorted(), plain);
+        assert_eq!(
+            shard.image_into(ImageMemory::touched(64, 3)).sorted(),
+            plain
+        );
+    }
+
+    /// One change a stepped image must see past: (kind, order, sku slot, node, qty).
+    type ShardChange = (u8, u64, u32, u16, u32);
+
+    fn apply_change(
+        shard: &mut StockShard,
+        skus: &[SkuId],
+        (kind, order, s, node, qty): ShardChange,
+    ) {
+        let sku = skus[s as usize % skus.len()];
+        let node = node % 3;
+        match kind % 6 {
+            0 => {
+                let outcome = shard.hold(&[HoldItem {
+                    order,
+                    line: 0,
+                    sku,
+                    qty,
+                    candidates: smallvec::smallvec![node],
+                    max_parts: 1,
+                    partial: false,
+                }]);
+                if matches!(outcome[0], HoldOutcome::Held(_)) {
+                    shard.reserve(order, sku, node, qty);
+                }
+            }
+            1 => {
+                shard.release(order, sku, node, qty);
+            }
+            2 => {
+                shard.release_order(order);
+            }
+            3 => {
+                shard.set(sku, node, qty * 3, None);
+            }
+            4 => {
+                let _ = shard.ship(order, sku, node, 1);
+            }
+            _ => {
+                let _ = shard.restock(sku, node, qty);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_shard_imaged_in_steps_is_the_shard_as_the_image_began(
+            before in proptest::collection::vec((0u8..6, 0u64..40, 0u32..64, 0u16..3, 1u32..5), 0..200),
+            during in proptest::collection::vec((0u8..6, 0u64..40, 0u32..64, 0u16..3, 1u32..5), 0..400),
+            step in 1usize..8,
+        ) {
+            // Proves that holds, reserves, releases, counts, shipments and restocks between the
+            // steps of an image (rows and orders changed ahead of the walk, new rows, orders
+            // gone) leave the image exactly the shard's state when it began.
+            let index = Arc::new(AvailabilityIndex::new(3, 256));
+            let mut shard = StockShard::new(0, 1, index.clone());
+            let skus: Vec<SkuId> = (0..64).map(|i| index.intern(&format!("S{i}")).unwrap()).collect();
+            // Only the first half is stocked before: the rest are rows new to the walk.
+            for &sku in &skus[..32] {
+                shard.set(sku, 0, 4, None);
+            }
+            for change in &before {
+                let mut change = *change;
+                change.2 %= 32;
+                apply_change(&mut shard, &skus, change);
+            }
+            let expected = shard.image();
+            shard.begin_image(ImageMemory::default());
+            let mut taken = None;
+            for (i, change) in during.iter().enumerate() {
+                apply_change(&mut shard, &skus, *change);
+                if taken.is_none() && i % 2 == 0 {
+                    taken = shard.image_step(step);
+                }
+            }
+            while taken.is_none() {
+                taken = shard.image_step(step);
+            }
+            proptest::prop_assert_eq!(taken.unwrap().sorted(), expected);
+            proptest::prop_assert!(!shard.imaging());
+            proptest::prop_assert!(shard.check_invariants().is_ok());
+        }
     }
 
     #[test]

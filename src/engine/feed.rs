@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
-use super::images::{Image, ImageSink};
+use super::images::{ImageSink, Imaged};
 use super::mailbox::count_taken;
 use super::node::{Subscription, SUBSCRIBER_QUEUE_EVENTS};
 use crate::core::events::CursorOutOfRange;
@@ -94,7 +94,10 @@ impl Actor for FeedActor {
                 let _ = reply.send(answer);
             }
             FeedMsg::Snapshot { lsn, sink } => {
-                let _ = sink.send((lsn, Image::Feed(state.feed.image())));
+                let started = std::time::Instant::now();
+                let parts = state.feed.image_parts();
+                tracing::debug!("feed imaged in {} us", started.elapsed().as_micros());
+                let _ = sink.send((lsn, Imaged::Feed(parts)));
             }
         }
         Ok(())

@@ -3,14 +3,17 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 use tokio::sync::mpsc;
 
-use crate::core::capacity::LedgerImage;
+use crate::core::capacity::{LedgerImage, LedgerParts};
+use crate::core::index::AvailabilityIndex;
 use crate::core::model::NodeIdx;
-use crate::core::status::FeedImage;
+use crate::core::status::{FeedImage, FeedParts};
 use crate::core::stock::ShardImage;
+use crate::limits::{IMAGE_ITEMS_PER_CLOCK_CHECK, IMAGE_STEP_BUDGET_US};
 
 /// An actor's state at an LSN, on its way to a snapshot file.
 #[derive(Debug, PartialEq)]
@@ -25,7 +28,36 @@ pub enum Image {
     Router(usize),
 }
 
-pub type ImageSink = mpsc::UnboundedSender<(u64, Image)>;
+/// An actor's state at an LSN as the actor hands it over: whatever costs
+/// time in proportion to its size (sorting, copying shared events) is left
+/// to [`Imaged::settle`], on the snapshot's writer thread, so that no
+/// actor's turn holds the others of its worker for it.
+pub enum Imaged {
+    /// The catalog is read where the image settles: it may name SKUs
+    /// journaled after the marker, which replay accepts as known, and
+    /// copying every name on a worker took time in proportion to them.
+    Catalog(Arc<AvailabilityIndex>),
+    /// Its reservations not yet sorted.
+    Shard(u32, ShardImage),
+    Node(LedgerParts),
+    Feed(FeedParts),
+    Router(usize),
+}
+
+impl Imaged {
+    /// The image a snapshot file holds. Off the actors' workers.
+    pub fn settle(self) -> Image {
+        match self {
+            Imaged::Catalog(index) => Image::Catalog(index.sku_names()),
+            Imaged::Shard(shard, image) => Image::Shard(shard, image.sorted()),
+            Imaged::Node(parts) => Image::Node(parts.node(), parts.image()),
+            Imaged::Feed(parts) => Image::Feed(parts.image()),
+            Imaged::Router(router) => Image::Router(router),
+        }
+    }
+}
+
+pub type ImageSink = mpsc::UnboundedSender<(u64, Imaged)>;
 
 /// Chunks of books waiting for the writer (about 100 KiB each); past this
 /// a router holds its next chunk and tries again `BOOK_RETRY_MS` later.
@@ -57,6 +89,33 @@ impl ImagePace {
     pub(super) fn full_speed(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+}
+
+/// Takes steps of an actor's image for one turn: `step(n)` images the
+/// next `n` items and gives the image once it is whole. Stops after
+/// `IMAGE_STEP_BUDGET_US`, unless a stop has hurried the snapshot.
+pub(super) fn image_for_a_turn<T>(
+    pace: &ImagePace,
+    mut step: impl FnMut(usize) -> Option<T>,
+) -> Option<T> {
+    let budget = Duration::from_micros(IMAGE_STEP_BUDGET_US);
+    let started = Instant::now();
+    loop {
+        if let Some(image) = step(IMAGE_ITEMS_PER_CLOCK_CHECK) {
+            return Some(image);
+        }
+        if started.elapsed() >= budget && !pace.full_speed() {
+            return None;
+        }
+    }
+}
+
+/// An actor's image under way: its LSN, where it goes, and how fast to
+/// take it.
+pub struct Imaging {
+    pub(super) lsn: u64,
+    pub(super) sink: ImageSink,
+    pub(super) pace: ImagePace,
 }
 
 /// One run of a router's book, archived (see [`BookChunk`](crate::core::order::BookChunk)).

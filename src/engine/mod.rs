@@ -51,7 +51,7 @@ use crate::core::stock::{Bumped, StockShard};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::EngineError;
-pub use images::{book_channel, BookPart, BookParts, BookSink, Image};
+pub use images::{book_channel, BookPart, BookParts, BookSink, Image, Imaged};
 pub use node::{NodeStats, Subscription, SUBSCRIBER_QUEUE_EVENTS};
 pub use orders::OrderQuery;
 pub use router::ORDERS_PER_IMAGE_STEP;

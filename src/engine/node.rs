@@ -7,8 +7,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 
-use super::images::{Image, ImageSink};
-use super::mailbox::count_taken;
+use super::images::{image_for_a_turn, ImagePace, ImageSink, Imaged, Imaging};
+use super::mailbox::{count_taken, Mailbox};
 use crate::core::capacity::{CapacityOutcome, NodeLedger};
 use crate::core::events::{CursorOutOfRange, NodeEvent};
 use crate::core::model::OrderId;
@@ -57,7 +57,11 @@ pub enum NodeMsg {
     Snapshot {
         lsn: u64,
         sink: ImageSink,
+        pace: ImagePace,
     },
+    /// The next step of the image under way: sent to itself, behind the
+    /// messages that came meanwhile.
+    ImageStep,
     /// A node added to the running daemon takes this spare ledger: its
     /// daily capacity (the config's, not journaled, as at every start).
     Configure {
@@ -73,6 +77,40 @@ pub struct NodeState {
     ledger: NodeLedger,
     subscribers: Vec<mpsc::Sender<(u64, Arc<NodeEvent>)>>,
     depth: Arc<AtomicI64>,
+    /// Where the image under way goes once taken.
+    imaging: Option<Imaging>,
+}
+
+impl NodeState {
+    /// Images the ledger's orders for one turn's budget (to the end once a
+    /// stop hurries the snapshot); sends the image when it is whole, else
+    /// asks for the next turn.
+    fn image_step(&mut self, myself: &ActorRef<NodeMsg>) {
+        let Some(imaging) = &self.imaging else { return };
+        let ledger = &mut self.ledger;
+        match image_for_a_turn(&imaging.pace, |n| ledger.image_step(n)) {
+            Some(parts) => {
+                let _ = imaging.sink.send((imaging.lsn, Imaged::Node(parts)));
+                self.imaging = None;
+            }
+            None => {
+                let _ = Mailbox::new(myself.clone(), self.depth.clone()).cast(NodeMsg::ImageStep);
+            }
+        }
+    }
+
+    /// Takes the image under way to its end at once.
+    fn finish_image(&mut self) {
+        let Some(imaging) = self.imaging.take() else {
+            return;
+        };
+        let parts = loop {
+            if let Some(parts) = self.ledger.image_step(usize::MAX) {
+                break parts;
+            }
+        };
+        let _ = imaging.sink.send((imaging.lsn, Imaged::Node(parts)));
+    }
 }
 
 impl Actor for NodeActor {
@@ -90,16 +128,35 @@ impl Actor for NodeActor {
             ledger,
             subscribers: Vec::new(),
             depth,
+            imaging: None,
         })
     }
 
     async fn handle(
         &self,
-        _: ActorRef<NodeMsg>,
+        myself: ActorRef<NodeMsg>,
         message: NodeMsg,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         count_taken(&state.depth);
+        match message {
+            NodeMsg::Snapshot { lsn, sink, pace } => {
+                // A marker reaches each node once, after the last one's:
+                // an image still under way was that one's, taken whole now.
+                state.finish_image();
+                state.ledger.begin_image();
+                state.imaging = Some(Imaging { lsn, sink, pace });
+                state.image_step(&myself);
+                return Ok(());
+            }
+            NodeMsg::ImageStep => {
+                state.image_step(&myself);
+                // Back to the scheduler between steps, as the shards do.
+                tokio::task::yield_now().await;
+                return Ok(());
+            }
+            _ => {}
+        }
         let NodeState {
             ledger,
             subscribers,
@@ -148,16 +205,7 @@ impl Actor for NodeActor {
                 });
                 let _ = reply.send(answer);
             }
-            NodeMsg::Snapshot { lsn, sink } => {
-                let started = std::time::Instant::now();
-                let image = ledger.image();
-                tracing::debug!(
-                    "node {} imaged in {} us",
-                    image.node,
-                    started.elapsed().as_micros()
-                );
-                let _ = sink.send((lsn, Image::Node(image.node, image)));
-            }
+            NodeMsg::Snapshot { .. } | NodeMsg::ImageStep => {}
             NodeMsg::Configure {
                 daily_capacity,
                 reply,

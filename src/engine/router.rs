@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::images::{
-    BookPart, BookSink, Image, ImagePace, ImageSink, BOOK_RETRY_MS, IMAGE_DUTY_PERCENT,
+    BookPart, BookSink, ImagePace, ImageSink, Imaged, BOOK_RETRY_MS, IMAGE_DUTY_PERCENT,
 };
 use super::mailbox::{count_taken, Mailbox};
 use super::participants::JournaledParticipants;
@@ -314,7 +314,7 @@ impl RouterState {
             // Every chunk is queued: the writer may end once all are in.
             drop(books);
             if let (Ok(_), Some(&lsn)) = (result, start_lsn.get()) {
-                let _ = sink.send((lsn, Image::Router(router)));
+                let _ = sink.send((lsn, Imaged::Router(router)));
             }
         });
         self.sequencer.append_raw(KIND_MARKER, Vec::new, done).await;

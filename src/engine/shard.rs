@@ -7,8 +7,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 
-use super::images::{Image, ImageSink};
-use super::mailbox::count_taken;
+use super::images::{image_for_a_turn, ImagePace, ImageSink, Imaged, Imaging};
+use super::mailbox::{count_taken, Mailbox};
 use crate::core::error::InvariantError;
 use crate::core::model::{NodeIdx, SkuId};
 use crate::core::ops::{apply_stock_op, StockOp};
@@ -43,12 +43,16 @@ pub enum ShardMsg {
     },
     Check(RpcReplyPort<Result<(), InvariantError>>),
     /// Every op up to this LSN is applied and none after: image the shard
-    /// (into memory the snapshot touched beforehand).
+    /// (into memory the snapshot touched beforehand), a step per turn.
     Snapshot {
         lsn: u64,
         sink: ImageSink,
         memory: ImageMemory,
+        pace: ImagePace,
     },
+    /// The next step of the image under way: sent to itself, behind the
+    /// messages that came meanwhile.
+    ImageStep,
     /// Nodes were added: rows take a cell for each of this many nodes.
     Widen {
         node_count: usize,
@@ -64,6 +68,43 @@ pub struct ShardState {
     /// (which only casts to routers, never waits on a shard) catches up.
     pub bumps: mpsc::Sender<Vec<Bumped>>,
     pub depth: Arc<AtomicI64>,
+    /// Where the image under way goes once taken.
+    pub imaging: Option<Imaging>,
+}
+
+impl ShardState {
+    /// Images for one turn's budget (or to the end, once a stop hurries
+    /// the snapshot); sends the image when it is whole, else asks for the
+    /// next turn.
+    fn image_step(&mut self, myself: &ActorRef<ShardMsg>) {
+        let Some(imaging) = &self.imaging else { return };
+        let shard = &mut self.shard;
+        match image_for_a_turn(&imaging.pace, |n| shard.image_step(n)) {
+            Some(image) => {
+                let id = shard.shard_id();
+                let _ = imaging.sink.send((imaging.lsn, Imaged::Shard(id, image)));
+                self.imaging = None;
+            }
+            None => {
+                let _ = Mailbox::new(myself.clone(), self.depth.clone()).cast(ShardMsg::ImageStep);
+            }
+        }
+    }
+
+    /// Takes the image under way to its end at once (before a change the
+    /// walk cannot follow, such as a widening).
+    fn finish_image(&mut self) {
+        let Some(imaging) = self.imaging.take() else {
+            return;
+        };
+        let image = loop {
+            if let Some(image) = self.shard.image_step(usize::MAX) {
+                break image;
+            }
+        };
+        let id = self.shard.shard_id();
+        let _ = imaging.sink.send((imaging.lsn, Imaged::Shard(id, image)));
+    }
 }
 
 impl Actor for ShardActor {
@@ -81,7 +122,7 @@ impl Actor for ShardActor {
 
     async fn handle(
         &self,
-        _: ActorRef<ShardMsg>,
+        myself: ActorRef<ShardMsg>,
         message: ShardMsg,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
@@ -123,18 +164,28 @@ impl Actor for ShardActor {
                 let _ = reply.send(shard.check_invariants());
             }
             ShardMsg::Widen { node_count, reply } => {
-                shard.widen(node_count);
+                state.finish_image();
+                state.shard.widen(node_count);
                 let _ = reply.send(());
             }
-            ShardMsg::Snapshot { lsn, sink, memory } => {
-                let started = std::time::Instant::now();
-                let image = shard.image_into(memory);
-                tracing::debug!(
-                    "shard {} imaged in {} us",
-                    shard.shard_id(),
-                    started.elapsed().as_micros()
-                );
-                let _ = sink.send((lsn, Image::Shard(shard.shard_id(), image)));
+            ShardMsg::Snapshot {
+                lsn,
+                sink,
+                memory,
+                pace,
+            } => {
+                // A snapshot's marker reaches each shard once, after the
+                // last: one still under way would be its own.
+                state.finish_image();
+                state.shard.begin_image(memory);
+                state.imaging = Some(Imaging { lsn, sink, pace });
+                state.image_step(&myself);
+            }
+            ShardMsg::ImageStep => {
+                state.image_step(&myself);
+                // Back to the scheduler between steps (as a router's book
+                // image does): the orders that came meanwhile go first.
+                tokio::task::yield_now().await;
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 
 use super::error::EngineError;
 use super::feed::FeedMsg;
-use super::images::{BookSink, Image};
+use super::images::{BookSink, Imaged};
 use super::node::NodeMsg;
 use super::router::RouterMsg;
 use super::sequencer::{Done, KIND_MARKER};
@@ -26,7 +26,7 @@ impl Engine {
     /// just after it, which replay accepts as already known). The routers'
     /// books go to `books` a chunk at a time, while they image; their
     /// images here only label them.
-    pub async fn take_snapshot(&self, books: BookSink) -> Result<Vec<(u64, Image)>, EngineError> {
+    pub async fn take_snapshot(&self, books: BookSink) -> Result<Vec<(u64, Imaged)>, EngineError> {
         let (sink, mut images) = tokio::sync::mpsc::unbounded_channel();
         let expected = self.inner.routers.len()
             + self.inner.participants.shards.len()
@@ -61,6 +61,7 @@ impl Engine {
         .await
         .map_err(|_| EngineError::Unavailable)?;
         let marker_sink = sink.clone();
+        let pace = self.inner.image_pace.clone();
         let done: Done = Box::new(move |result| {
             let Ok(lsn) = result else { return };
             for (shard, memory) in participants.shards.iter().zip(memories) {
@@ -68,19 +69,21 @@ impl Engine {
                     lsn,
                     sink: marker_sink.clone(),
                     memory,
+                    pace: pace.clone(),
                 });
             }
             for node in participants.nodes.iter() {
                 let _ = node.cast(NodeMsg::Snapshot {
                     lsn,
                     sink: marker_sink.clone(),
+                    pace: pace.clone(),
                 });
             }
             let _ = participants.feed.cast(FeedMsg::Snapshot {
                 lsn,
                 sink: marker_sink.clone(),
             });
-            let _ = marker_sink.send((lsn, Image::Catalog(index.sku_names())));
+            let _ = marker_sink.send((lsn, Imaged::Catalog(index)));
         });
         self.inner
             .sequencer

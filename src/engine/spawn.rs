@@ -179,6 +179,7 @@ async fn spawn_shards(
             shard,
             bumps: bumps.clone(),
             depth: depth.clone(),
+            imaging: None,
         };
         let name = format!("shard {}", mailboxes.len());
         mailboxes.push(supervisor.spawn(ShardActor, state, depth, name).await?);

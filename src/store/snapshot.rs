@@ -16,7 +16,7 @@ use super::frame::{
     SNAPSHOT_HEADER_BYTES, SNAPSHOT_SUFFIX,
 };
 use super::{io, journal_dir, snapshot_dir, StoreError};
-use crate::engine::{EngineState, Image};
+use crate::engine::{EngineState, Image, Imaged};
 use crate::faults::{self, points};
 use crate::journal::{self};
 
@@ -220,14 +220,17 @@ pub async fn snapshot(
             .iter()
             .flatten()
             .filter_map(|(lsn, image)| match image {
-                Image::Router(router) => Some((*router, *lsn)),
+                Imaged::Router(router) => Some((*router, *lsn)),
                 _ => None,
             })
             .collect();
         // The writer's error first: a book it could not write (the disk is
         // full) is why the imaging came up short, and the cause to report.
         writer.finish(&labels)?;
-        let images = taken?;
+        let images = taken?
+            .into_iter()
+            .map(|(lsn, imaged)| (lsn, imaged.settle()))
+            .collect();
         let lsn = write_snapshot_files(&dir, images)?;
         if !keep_segments {
             remove_segments_through(&dir, lsn)?;

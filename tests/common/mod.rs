@@ -298,7 +298,13 @@ pub async fn snapshot_in_memory(
         }
         got
     });
-    let images = engine.take_snapshot(sink).await.expect("images");
+    let images: Vec<_> = engine
+        .take_snapshot(sink)
+        .await
+        .expect("images")
+        .into_iter()
+        .map(|(lsn, imaged)| (lsn, imaged.settle()))
+        .collect();
     let parts = reader.join().expect("book reader");
     let books = images
         .iter()
