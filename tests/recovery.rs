@@ -11,11 +11,16 @@ use std::sync::Arc;
 use common::{channel, config, order, stock, TempDir};
 use omniroute::config::ValidConfig;
 use omniroute::core::model::Decision;
+use omniroute::core::order::OrderRecord;
 use omniroute::core::router::OrderRef;
+use omniroute::engine::Image;
 use omniroute::engine::{Engine, ManualClock, StockUpdate};
 use omniroute::store::{self, journal_dir};
 
 const T0_MS: u64 = 1_800_000_000_000;
+
+/// Every actor's image and each router's book, as `common::state_of` gives them.
+type State = (Vec<Image>, Vec<(usize, Vec<OrderRecord>)>);
 
 fn fixture() -> ValidConfig {
     config(&format!(
@@ -247,19 +252,37 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
     let live = common::state_of(&engine).await;
     engine.shutdown();
 
-    let without = TempDir::new("snap-equal-journal-only");
+    assert!(
+        live.1.iter().any(|(_, orders)| !orders.is_empty()),
+        "the books hold the orders"
+    );
+    recovers_alike(&dir, snapshot_lsn, &config, clock, &live).await;
+}
+
+/// Recovers `dir` from its snapshot (the segments below `snapshot_lsn`
+/// let go) and a copy of it from the journal alone, and checks that both
+/// hold exactly `live`, the state before the restart.
+async fn recovers_alike(
+    dir: &TempDir,
+    snapshot_lsn: u64,
+    config: &ValidConfig,
+    clock: Arc<ManualClock>,
+    live: &State,
+) {
+    let without = TempDir::new("journal-only");
     for entry in ["names.toml", "journal"] {
         copy_all(&dir.0.join(entry), &without.0.join(entry));
     }
     store::remove_segments_through(&dir.0, snapshot_lsn).unwrap();
-    let from_snapshot = open(&dir.0, &config, clock.clone()).await.unwrap();
-    let from_journal = open(&without.0, &config, clock).await.unwrap();
+    let from_snapshot = open(&dir.0, config, clock.clone()).await.unwrap();
+    let from_journal = open(&without.0, config, clock).await.unwrap();
     from_snapshot.check_invariants().await.unwrap();
     from_journal.check_invariants().await.unwrap();
     let a = common::state_of(&from_snapshot).await;
     let b = common::state_of(&from_journal).await;
     assert_eq!(a.0.len(), b.0.len());
     assert_eq!(a.1.len(), b.1.len());
+    assert_eq!(live.0.len(), a.0.len());
     for (x, y) in a.0.iter().zip(&b.0) {
         assert!(
             x == y,
@@ -277,10 +300,6 @@ async fn a_snapshot_plus_the_journal_after_it_equals_the_journal_alone() {
         );
     }
     assert!(live.1 == a.1, "the books differ from before the restart");
-    assert!(
-        live.1.iter().any(|(_, orders)| !orders.is_empty()),
-        "the books hold the orders"
-    );
     from_snapshot.shutdown();
     from_journal.shutdown();
 }
@@ -344,23 +363,7 @@ async fn an_image_taken_in_steps_while_orders_change_it_recovers_the_live_state(
     let live = common::state_of(&engine).await;
     engine.shutdown();
 
-    let without = TempDir::new("snap-stepped-journal-only");
-    for entry in ["names.toml", "journal"] {
-        copy_all(&dir.0.join(entry), &without.0.join(entry));
-    }
-    store::remove_segments_through(&dir.0, snapshot_lsn).unwrap();
-    let from_snapshot = open(&dir.0, &config, clock.clone()).await.unwrap();
-    let from_journal = open(&without.0, &config, clock).await.unwrap();
-    from_snapshot.check_invariants().await.unwrap();
-    let a = common::state_of(&from_snapshot).await;
-    let b = common::state_of(&from_journal).await;
-    for (x, y) in live.0.iter().zip(&a.0).chain(a.0.iter().zip(&b.0)) {
-        assert!(x == y, "recovered state differs from the live state");
-    }
-    assert_eq!((live.0.len(), a.0.len()), (b.0.len(), b.0.len()));
-    assert!(live.1 == a.1 && a.1 == b.1, "the books differ");
-    from_snapshot.shutdown();
-    from_journal.shutdown();
+    recovers_alike(&dir, snapshot_lsn, &config, clock, &live).await;
 }
 
 fn copy_all(from: &Path, to: &Path) {

@@ -94,10 +94,7 @@ impl ImagePace {
 /// Takes steps of an actor's image for one turn: `step(n)` images the
 /// next `n` items and gives the image once it is whole. Stops after
 /// `IMAGE_STEP_BUDGET_US`, unless a stop has hurried the snapshot.
-pub(super) fn image_for_a_turn<T>(
-    pace: &ImagePace,
-    mut step: impl FnMut(usize) -> Option<T>,
-) -> Option<T> {
+fn image_for_a_turn<T>(pace: &ImagePace, mut step: impl FnMut(usize) -> Option<T>) -> Option<T> {
     let budget = Duration::from_micros(IMAGE_STEP_BUDGET_US);
     let started = Instant::now();
     loop {
@@ -116,6 +113,40 @@ pub struct Imaging {
     pub(super) lsn: u64,
     pub(super) sink: ImageSink,
     pub(super) pace: ImagePace,
+}
+
+impl Imaging {
+    /// Takes one turn of the image under way in `slot` (see
+    /// [`image_for_a_turn`]) and sends it once whole; true if it needs
+    /// another turn.
+    pub(super) fn turn(
+        slot: &mut Option<Imaging>,
+        mut step: impl FnMut(usize) -> Option<Imaged>,
+    ) -> bool {
+        let Some(imaging) = slot else { return false };
+        match image_for_a_turn(&imaging.pace, &mut step) {
+            Some(image) => {
+                let _ = imaging.sink.send((imaging.lsn, image));
+                *slot = None;
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Takes the image under way in `slot` to its end at once, and sends it.
+    pub(super) fn finish(
+        slot: &mut Option<Imaging>,
+        mut step: impl FnMut(usize) -> Option<Imaged>,
+    ) {
+        let Some(imaging) = slot.take() else { return };
+        let image = loop {
+            if let Some(image) = step(usize::MAX) {
+                break image;
+            }
+        };
+        let _ = imaging.sink.send((imaging.lsn, image));
+    }
 }
 
 /// One run of a router's book, archived (see [`BookChunk`](crate::core::order::BookChunk)).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 
-use super::images::{image_for_a_turn, ImagePace, ImageSink, Imaged, Imaging};
+use super::images::{ImagePace, ImageSink, Imaged, Imaging};
 use super::mailbox::{count_taken, Mailbox};
 use crate::core::capacity::{CapacityOutcome, NodeLedger};
 use crate::core::events::{CursorOutOfRange, NodeEvent};
@@ -86,30 +86,20 @@ impl NodeState {
     /// stop hurries the snapshot); sends the image when it is whole, else
     /// asks for the next turn.
     fn image_step(&mut self, myself: &ActorRef<NodeMsg>) {
-        let Some(imaging) = &self.imaging else { return };
         let ledger = &mut self.ledger;
-        match image_for_a_turn(&imaging.pace, |n| ledger.image_step(n)) {
-            Some(parts) => {
-                let _ = imaging.sink.send((imaging.lsn, Imaged::Node(parts)));
-                self.imaging = None;
-            }
-            None => {
-                let _ = Mailbox::new(myself.clone(), self.depth.clone()).cast(NodeMsg::ImageStep);
-            }
+        if Imaging::turn(&mut self.imaging, |n| {
+            ledger.image_step(n).map(Imaged::Node)
+        }) {
+            let _ = Mailbox::new(myself.clone(), self.depth.clone()).cast(NodeMsg::ImageStep);
         }
     }
 
     /// Takes the image under way to its end at once.
     fn finish_image(&mut self) {
-        let Some(imaging) = self.imaging.take() else {
-            return;
-        };
-        let parts = loop {
-            if let Some(parts) = self.ledger.image_step(usize::MAX) {
-                break parts;
-            }
-        };
-        let _ = imaging.sink.send((imaging.lsn, Imaged::Node(parts)));
+        let ledger = &mut self.ledger;
+        Imaging::finish(&mut self.imaging, |n| {
+            ledger.image_step(n).map(Imaged::Node)
+        });
     }
 }
 

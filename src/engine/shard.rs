@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 
-use super::images::{image_for_a_turn, ImagePace, ImageSink, Imaged, Imaging};
+use super::images::{ImagePace, ImageSink, Imaged, Imaging};
 use super::mailbox::{count_taken, Mailbox};
 use crate::core::error::InvariantError;
 use crate::core::model::{NodeIdx, SkuId};
@@ -77,33 +77,23 @@ impl ShardState {
     /// the snapshot); sends the image when it is whole, else asks for the
     /// next turn.
     fn image_step(&mut self, myself: &ActorRef<ShardMsg>) {
-        let Some(imaging) = &self.imaging else { return };
         let shard = &mut self.shard;
-        match image_for_a_turn(&imaging.pace, |n| shard.image_step(n)) {
-            Some(image) => {
-                let id = shard.shard_id();
-                let _ = imaging.sink.send((imaging.lsn, Imaged::Shard(id, image)));
-                self.imaging = None;
-            }
-            None => {
-                let _ = Mailbox::new(myself.clone(), self.depth.clone()).cast(ShardMsg::ImageStep);
-            }
+        let id = shard.shard_id();
+        if Imaging::turn(&mut self.imaging, |n| {
+            shard.image_step(n).map(|image| Imaged::Shard(id, image))
+        }) {
+            let _ = Mailbox::new(myself.clone(), self.depth.clone()).cast(ShardMsg::ImageStep);
         }
     }
 
     /// Takes the image under way to its end at once (before a change the
     /// walk cannot follow, such as a widening).
     fn finish_image(&mut self) {
-        let Some(imaging) = self.imaging.take() else {
-            return;
-        };
-        let image = loop {
-            if let Some(image) = self.shard.image_step(usize::MAX) {
-                break image;
-            }
-        };
-        let id = self.shard.shard_id();
-        let _ = imaging.sink.send((imaging.lsn, Imaged::Shard(id, image)));
+        let shard = &mut self.shard;
+        let id = shard.shard_id();
+        Imaging::finish(&mut self.imaging, |n| {
+            shard.image_step(n).map(|image| Imaged::Shard(id, image))
+        });
     }
 }
 
