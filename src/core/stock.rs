@@ -207,6 +207,13 @@ impl ImageMemory {
     }
 }
 
+/// A row's cells as an image keeps them: `CELL_WORDS` words each, without
+/// `held` (not journaled).
+fn image_words(row: &[Cell]) -> impl Iterator<Item = u32> + '_ {
+    row.iter()
+        .flat_map(|c| [c.on_hand, c.reserved, c.safety_stock])
+}
+
 /// An order's committed reservations as an image keeps them.
 fn push_committed(
     into: &mut Vec<(OrderId, SkuId, NodeIdx, u32)>,
@@ -237,11 +244,7 @@ impl RowWalk {
         if local < self.cursor || local >= self.end || self.saved.contains_key(&local) {
             return;
         }
-        let words = rows[local].as_ref().map(|row| {
-            row.iter()
-                .flat_map(|c| [c.on_hand, c.reserved, c.safety_stock])
-                .collect()
-        });
+        let words = rows[local].as_deref().map(|row| image_words(row).collect());
         self.saved.insert(local, words);
     }
 }
@@ -773,9 +776,7 @@ impl StockShard {
         for (local, row) in self.rows.iter().enumerate() {
             if let Some(row) = row {
                 rows.push(local as u32);
-                for cell in row.iter() {
-                    cells.extend([cell.on_hand, cell.reserved, cell.safety_stock]);
-                }
+                cells.extend(image_words(row));
             }
         }
         let mut reservations = Vec::new();
@@ -831,11 +832,8 @@ impl StockShard {
                     Some(None) => {}
                     None => {
                         if let Some(row) = &self.rows[local] {
-                            let words = row
-                                .iter()
-                                .flat_map(|c| [c.on_hand, c.reserved, c.safety_stock]);
                             walk.image.rows.push(local as u32);
-                            walk.image.cells.extend(words);
+                            walk.image.cells.extend(image_words(row));
                         }
                     }
                 }
