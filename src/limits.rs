@@ -104,6 +104,13 @@ pub const MAX_ORDER_RETENTION_MS: u64 = 30 * 86_400_000;
 /// retired in the last 100 s. Older keys answer `UNKNOWN_ORDER`.
 pub const ARCHIVED_KEYS_KEPT: usize = 1 << 20;
 
+/// Slots of the filter that tells a session whether the books may hold an
+/// order key (a byte each: 4 MiB). A session answers a sold-out order
+/// itself only when its key's slot is empty, so the filter pays while it is
+/// sparse: with a million orders in the books a quarter of the slots hold
+/// one, and an order whose key lands there takes the router hop as before.
+pub const KEY_FILTER_SLOTS: usize = 1 << 22;
+
 /// Connections past an HTTP port's `max_connections` being answered 503
 /// at once, each for at most `HTTP_REFUSAL_LINGER_MS`: a task and a
 /// socket each, so 256 cost little and answer a burst of a thousand a

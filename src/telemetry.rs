@@ -22,6 +22,7 @@ pub const REROUTES_TOTAL: &str = "omniroute_reroutes_total";
 pub const HOLDS_EXPIRED_TOTAL: &str = "omniroute_holds_expired_total";
 pub const ORDERS_RETIRED_TOTAL: &str = "omniroute_orders_retired_total";
 pub const DEMAND_LOST_TOTAL: &str = "omniroute_demand_lost_total";
+pub const ANSWERED_IN_SESSION_TOTAL: &str = "omniroute_orders_answered_in_session_total";
 pub const QUEUE_DEPTH: &str = "omniroute_queue_depth";
 pub const ORDERS_IN_FLIGHT: &str = "omniroute_orders_in_flight";
 pub const JOURNAL_FSYNC_SECONDS: &str = "omniroute_journal_fsync_seconds";
@@ -227,6 +228,7 @@ pub struct EngineMetrics {
     pub holds_expired: Counter,
     pub orders_retired: Counter,
     pub demand_lost: Counter,
+    answered_in_session: Counter,
 }
 
 impl EngineMetrics {
@@ -248,6 +250,7 @@ impl EngineMetrics {
             holds_expired: counter!(HOLDS_EXPIRED_TOTAL),
             orders_retired: counter!(ORDERS_RETIRED_TOTAL),
             demand_lost: counter!(DEMAND_LOST_TOTAL),
+            answered_in_session: counter!(ANSWERED_IN_SESSION_TOTAL),
         }
     }
 
@@ -259,6 +262,11 @@ impl EngineMetrics {
     /// Counts one answered order and its latency.
     pub fn answered(&self, channel: Option<usize>, decision: &Decision) {
         self.row(channel)[outcome_of(decision)].increment(1);
+    }
+
+    /// Orders the session answered from the index, without a router.
+    pub fn answered_in_session(&self, orders: usize) {
+        self.answered_in_session.increment(orders as u64);
     }
 
     pub fn latency(&self, elapsed: Duration, orders: usize) {

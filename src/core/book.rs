@@ -4,10 +4,12 @@
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHasher};
 
 use super::error::RestoreError;
+use super::index::AvailabilityIndex;
 use super::model::{ChannelIdx, OrderId, OrderState};
 use super::order::OrderRecord;
 
@@ -284,13 +286,17 @@ pub(crate) struct Books {
     /// Orders changed since the last [`RouterCore::take_dirty`]: what the
     /// next journal record must carry.
     pub(crate) dirty: Vec<OrderId>,
+    /// Where the keys kept here are marked for the sessions to see
+    /// ([`crate::core::keys::KeyFilter`]).
+    index: Arc<AvailabilityIndex>,
 }
 
 impl Books {
-    pub(crate) fn new(router: usize, routers: usize) -> Books {
+    pub(crate) fn new(router: usize, routers: usize, index: Arc<AvailabilityIndex>) -> Books {
         Books {
             router,
             routers,
+            index,
             books: (router..PARTITIONS)
                 .step_by(routers)
                 .map(OrderBook::new)
@@ -371,6 +377,7 @@ impl Books {
 
     pub(crate) fn insert(&mut self, record: OrderRecord) {
         self.dirty.push(record.id);
+        self.mark(&record);
         self.book_mut(partition_of_order(record.id))
             .expect("a partition of this router")
             .insert(record);
@@ -387,7 +394,16 @@ impl Books {
         }
         let record = book.remove(place);
         self.count -= 1;
+        self.index
+            .keys()
+            .remove(key_fingerprint(record.channel, &record.client_order_id));
         Some(record)
+    }
+
+    fn mark(&self, record: &OrderRecord) {
+        self.index
+            .keys()
+            .add(key_fingerprint(record.channel, &record.client_order_id));
     }
 
     /// Puts a journaled or snapshotted order in its book as it was
@@ -396,6 +412,7 @@ impl Books {
     pub(crate) fn restore(&mut self, mut record: OrderRecord) -> Result<(), RestoreError> {
         let partition = partition_of_order(record.id);
         let (router, routers) = (self.router, self.routers);
+        let index = self.index.clone();
         let Some(book) = self.book_mut(partition) else {
             return Err(RestoreError::WrongRouter {
                 order: record.id,
@@ -415,6 +432,9 @@ impl Books {
             record.key_next = existing.key_next;
             *existing = record;
         } else {
+            index
+                .keys()
+                .add(key_fingerprint(record.channel, &record.client_order_id));
             book.insert(record);
             self.count += 1;
         }
@@ -473,9 +493,16 @@ impl Books {
 
     /// Every order, the books given up.
     pub(crate) fn into_orders(self) -> impl Iterator<Item = OrderRecord> {
+        let index = self.index;
         self.books
             .into_iter()
             .flat_map(|b| b.segments.into_iter().flatten())
+            .inspect(move |record| {
+                // Whoever keeps it next marks it again.
+                index
+                    .keys()
+                    .remove(key_fingerprint(record.channel, &record.client_order_id));
+            })
     }
 
     /// Makes room for `orders` more orders at once (restoring a snapshot).

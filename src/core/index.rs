@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 
+use super::keys::KeyFilter;
 use super::model::{NodeIdx, SkuId};
 
 /// One SKU's slot: its external name and ATP per node.
@@ -85,6 +86,14 @@ impl<'a> AtpRow<'a> {
             .get(word)
             .map_or(0, |bits| bits.load(Ordering::Relaxed))
     }
+
+    /// No node has any units (by the index, which may lag a count).
+    #[inline]
+    pub fn none_stocked(&self) -> bool {
+        self.stocked
+            .iter()
+            .all(|bits| bits.load(Ordering::Relaxed) == 0)
+    }
 }
 
 /// The catalog is full: no more SKUs can be interned.
@@ -118,6 +127,9 @@ pub struct AvailabilityIndex {
     /// cached, where the views change with every allocation and their
     /// lines kept moving to whichever core wrote them last.
     open: Box<[CacheLine<AtomicU64>]>,
+    /// Which order keys the routers' books may hold: read with the counts
+    /// by a session that answers a sold-out order itself.
+    keys: KeyFilter,
     /// Bumped whenever a node goes on or offline or its capacity runs out
     /// or comes back: what a plan's node filter reads.
     node_epoch: AtomicU64,
@@ -149,7 +161,13 @@ impl AvailabilityIndex {
                 .map(|_| CacheLine(AtomicU64::new(0)))
                 .collect(),
             node_epoch: AtomicU64::new(0),
+            keys: KeyFilter::new(),
         }
+    }
+
+    /// Which order keys the books may hold (written by the routers).
+    pub fn keys(&self) -> &KeyFilter {
+        &self.keys
     }
 
     /// Nodes in use.
@@ -277,7 +295,10 @@ impl AvailabilityIndex {
         if let Some(row) = self.row(sku) {
             let cell = &row.atp[node as usize];
             let old = cell.load(Ordering::Relaxed);
-            cell.store(atp, Ordering::Relaxed);
+            // Released: a session that reads this count and then the key
+            // filter sees every key marked before the hold that set it
+            // (see `crate::core::router::answer_from_index`).
+            cell.store(atp, Ordering::Release);
             if old == atp {
                 return;
             }
@@ -289,7 +310,7 @@ impl AvailabilityIndex {
                 let was = bits.load(Ordering::Relaxed);
                 bits.store(
                     if atp == 0 { was & !bit } else { was | bit },
-                    Ordering::Relaxed,
+                    Ordering::Release,
                 );
             }
             if old.min(atp) < WATCHED_BELOW_UNITS {
@@ -356,17 +377,18 @@ impl AvailabilityIndex {
             view.online.load(Ordering::Relaxed),
             view.capacity_left.load(Ordering::Relaxed) == 0,
         );
-        view.online.store(online, Ordering::Relaxed);
-        view.capacity_used.store(capacity_used, Ordering::Relaxed);
-        view.capacity_left.store(capacity_left, Ordering::Relaxed);
+        // Released, as the counts are (see `publish_atp`).
+        view.online.store(online, Ordering::Release);
+        view.capacity_used.store(capacity_used, Ordering::Release);
+        view.capacity_left.store(capacity_left, Ordering::Release);
         if before != (online, capacity_left == 0) {
             // Before the epoch: a plan whose stamp still holds read this bit.
             let bit = 1u64 << (node as usize % 64);
             let word = &self.open[node as usize / 64];
             if online && capacity_left > 0 {
-                word.fetch_or(bit, Ordering::Relaxed);
+                word.fetch_or(bit, Ordering::Release);
             } else {
-                word.fetch_and(!bit, Ordering::Relaxed);
+                word.fetch_and(!bit, Ordering::Release);
             }
             // Every node's ledger may bump it, hence an atomic add.
             self.node_epoch.fetch_add(1, Ordering::AcqRel);

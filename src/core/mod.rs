@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod geo;
 pub mod index;
+pub mod keys;
 pub mod model;
 pub mod network;
 pub mod ops;

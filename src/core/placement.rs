@@ -258,28 +258,10 @@ async fn hold_stock_round<P: Participants>(
                 &request,
             ),
         };
-        match planned {
-            Err(error) => state.outcome = Some(unplanned(attempt, error)),
+        match settled_by_plan(context.network, attempt, planned) {
+            Err(reason) => state.outcome = Some(Placement::Failed(reason)),
             Ok(plan) => {
                 state.truncated = plan.truncated;
-                let partial = context.network.policy(attempt.channel).on_short == OnShort::Partial;
-                // A line no node has any of (by the index) is short without
-                // asking a shard; an all-or-nothing order stops right here.
-                let empty: Vec<ShortLine> = plan
-                    .items
-                    .iter()
-                    .filter(|item| item.candidates.is_empty())
-                    .map(|item| ShortLine {
-                        line: item.line,
-                        sku: item.sku,
-                        requested: item.qty,
-                        available: 0,
-                    })
-                    .collect();
-                if !empty.is_empty() && !partial {
-                    state.outcome = Some(Placement::Failed(RejectReason::Short { lines: empty }));
-                    continue;
-                }
                 state.held = smallvec::smallvec![HoldOutcome::Undone; plan.items.len()];
                 for (line_pos, item) in plan.items.into_iter().enumerate() {
                     if item.candidates.is_empty() {
@@ -308,6 +290,44 @@ async fn hold_stock_round<P: Participants>(
         for ((i, line_pos), outcome) in slots.into_iter().zip(outcomes) {
             progress[i].held[line_pos] = outcome;
         }
+    }
+}
+
+/// The plan of an attempt, or the rejection its plan alone settles: the
+/// plan failed, or (all-or-nothing) a line has no node with any units by
+/// the index, which is short without asking a shard. Nothing is held
+/// either way, so a session may answer an order from this alone
+/// (`crate::core::router::answer_from_index`) exactly as a router would.
+pub fn settled_by_plan(
+    network: &Network,
+    attempt: &Attempt,
+    planned: Result<Plan, PlanError>,
+) -> Result<Plan, RejectReason> {
+    let plan = match planned {
+        Err(error) => match unplanned(attempt, error) {
+            Placement::Failed(reason) => return Err(reason),
+            Placement::Placed { .. } => unreachable!("an unplanned attempt fails"),
+        },
+        Ok(plan) => plan,
+    };
+    if network.policy(attempt.channel).on_short == OnShort::Partial {
+        return Ok(plan);
+    }
+    let empty: Vec<ShortLine> = plan
+        .items
+        .iter()
+        .filter(|item| item.candidates.is_empty())
+        .map(|item| ShortLine {
+            line: item.line,
+            sku: item.sku,
+            requested: item.qty,
+            available: 0,
+        })
+        .collect();
+    if empty.is_empty() {
+        Ok(plan)
+    } else {
+        Err(RejectReason::Short { lines: empty })
     }
 }
 

@@ -13,6 +13,7 @@
 //!   `settings.rs`, a `clock.rs`, and `images.rs` for snapshots.
 
 mod clock;
+mod demand;
 mod error;
 mod feed;
 mod images;
@@ -87,6 +88,8 @@ struct Inner {
     listings: Semaphore,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     image_pace: ImagePace,
+    /// Demand of the orders sessions answered sold out themselves.
+    session_demand: demand::SessionDemand,
     health: Arc<Health>,
     /// Supervises every actor above; stopped last.
     watchdog: ractor::ActorRef<()>,
@@ -276,6 +279,9 @@ impl Engine {
                 .map(|r| call_committed(r, |reply| RouterMsg::Expire { now_ms, reply })),
         )
         .await;
+        self.inner
+            .session_demand
+            .flush(&self.inner.sequencer, &self.inner.metrics);
         expired.into_iter().map(|e| e.unwrap_or(0)).sum()
     }
 
@@ -285,6 +291,9 @@ impl Engine {
         for router in &self.inner.routers {
             let _ = call_committed(router, RouterMsg::FlushDemand).await;
         }
+        self.inner
+            .session_demand
+            .flush(&self.inner.sequencer, &self.inner.metrics);
     }
 
     /// Checks every shard and router invariant (O(state)); for tests and

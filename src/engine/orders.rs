@@ -2,6 +2,7 @@
 //! by router, and each lifecycle step sent to the router that owns it.
 
 use futures::future::join_all;
+use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::error::EngineError;
@@ -14,7 +15,7 @@ use crate::core::book::{router_of_key, router_of_order};
 use crate::core::model::OrderState;
 use crate::core::model::{Decision, OrderRequest};
 use crate::core::order::OrderRecord;
-use crate::core::router::{ListPage, OrderFilter, OrderRef};
+use crate::core::router::{answer_from_index, ListPage, OrderFilter, OrderRef};
 use crate::core::status::OrderStatus;
 use crate::limits::{MAX_ORDERS_PER_BATCH, MAX_ORDERS_PER_PAGE};
 
@@ -108,14 +109,19 @@ impl Engine {
             orders.iter().map(|o| self.channel_slot(o)).collect();
         let routers = &self.inner.routers;
         let now_ms = self.now_ms();
+        let total = orders.len();
+        let mut answers: Vec<Option<Decision>> = vec![None; total];
+        let in_session = self.answer_in_session(&orders, now_ms, &mut answers);
         let mut by_router: Vec<(Vec<OrderRequest>, Vec<usize>)> =
             vec![(Vec::new(), Vec::new()); routers.len()];
         for (i, order) in orders.into_iter().enumerate() {
+            if answers[i].is_some() {
+                continue;
+            }
             let r = router_of_key(&order.channel, &order.client_order_id, routers.len());
             by_router[r].0.push(order);
             by_router[r].1.push(i);
         }
-        let total: usize = by_router.iter().map(|(o, _)| o.len()).sum();
         let calls = by_router
             .into_iter()
             .enumerate()
@@ -129,14 +135,23 @@ impl Engine {
                 .await;
                 (slots, decisions)
             });
-        let mut answers: Vec<Option<Decision>> = vec![None; total];
-        for (slots, decisions) in join_all(calls).await {
+        let seen_durable = async {
+            if in_session > 0 {
+                self.durable().await
+            } else {
+                Ok(())
+            }
+        };
+        let (routed, seen_durable) = futures::join!(join_all(calls), seen_durable);
+        seen_durable?;
+        for (slots, decisions) in routed {
             for (slot, decision) in slots.into_iter().zip(decisions?) {
                 answers[slot] = Some(decision);
             }
         }
         let metrics = &self.inner.metrics;
         metrics.latency(started.elapsed(), total);
+        metrics.answered_in_session(in_session);
         Ok(answers
             .into_iter()
             .zip(channels)
@@ -146,6 +161,63 @@ impl Engine {
                 decision
             })
             .collect())
+    }
+
+    /// Answers the orders the index alone settles (see
+    /// [`answer_from_index`]) into `answers`, and keeps their demand;
+    /// returns how many. Their callers may be told only once what the
+    /// index showed is durable ([`Engine::durable`]).
+    fn answer_in_session(
+        &self,
+        orders: &[OrderRequest],
+        now_ms: u64,
+        answers: &mut [Option<Decision>],
+    ) -> usize {
+        // A key that comes twice in a batch goes to its router, which
+        // answers the later ones from the first.
+        let mut keys: FxHashMap<(&str, &str), u32> = FxHashMap::default();
+        if orders.len() > 1 {
+            for order in orders {
+                *keys
+                    .entry((order.channel.as_str(), order.client_order_id.as_str()))
+                    .or_default() += 1;
+            }
+        }
+        let network = self.network();
+        let index = &self.inner.index;
+        let mut demand = Vec::new();
+        let mut answered = 0;
+        for (order, answer) in orders.iter().zip(answers.iter_mut()) {
+            let key = (order.channel.as_str(), order.client_order_id.as_str());
+            if keys.get(&key).is_some_and(|&n| n > 1) {
+                continue;
+            }
+            let Some(settled) = answer_from_index(&network, index, order, now_ms) else {
+                continue;
+            };
+            demand.extend(settled.demand);
+            *answer = Some(settled.decision);
+            answered += 1;
+        }
+        let sequencer = &self.inner.sequencer;
+        if sequencer.is_durable() && !demand.is_empty() {
+            let metrics = &self.inner.metrics;
+            self.inner.session_demand.push(demand, sequencer, metrics);
+        }
+        answered
+    }
+
+    /// Waits until every change sequenced so far is durable; an error if
+    /// the journal failed (the caller must not be told what it saw).
+    async fn durable(&self) -> Result<(), EngineError> {
+        let (done, durable) = tokio::sync::oneshot::channel::<()>();
+        self.inner
+            .sequencer
+            .after_durable(move || {
+                let _ = done.send(());
+            })
+            .await;
+        durable.await.map_err(|_| EngineError::Unavailable)
     }
 
     /// The order as it is now; `Archived` once it closed and retired.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::demand::journal_demand;
 use super::images::{
     BookPart, BookSink, ImagePace, ImageSink, Imaged, BOOK_RETRY_MS, IMAGE_DUTY_PERCENT,
 };
@@ -19,7 +20,7 @@ use crate::core::order::{BookChunk, OrderRecord};
 use crate::core::router::{ListPage, Listing, OpError, OrderFilter, OrderRef, RouterCore};
 use crate::core::status::statuses_of;
 use crate::core::stock::Bumped;
-use crate::engine::sequencer::{Done, Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER};
+use crate::engine::sequencer::{Done, Sequencer, Txn, KIND_MARKER};
 use crate::limits::{MAX_ORDERS_PER_FOLLOW_UP_RECORD, MAX_ORDERS_SCANNED_PER_LIST_STEP};
 
 pub(super) type Reply<T> = RpcReplyPort<Result<T, OpError>>;
@@ -201,31 +202,12 @@ impl RouterState {
     /// and the count journaled once there is, so the replay knows.
     fn record_demand(&mut self) {
         let demand = self.core.take_demand();
-        if demand.is_empty() {
-            return;
-        }
-        if self.demand_lost > 0 {
-            let lost = self.demand_lost;
-            if self
-                .sequencer
-                .try_append_unawaited(KIND_DEMAND_LOST, || lost.to_le_bytes().to_vec())
-            {
-                self.demand_lost = 0;
-            }
-        }
-        let count = demand.len() as u64;
-        let txn = Txn {
-            orders: demand,
-            ..Txn::default()
-        };
-        if self.demand_lost > 0
-            || !self
-                .sequencer
-                .try_append_unawaited(KIND_DEMAND, || txn.encode())
-        {
-            self.demand_lost += count;
-            self.metrics.demand_lost.increment(count);
-        }
+        journal_demand(
+            &self.sequencer,
+            demand,
+            &mut self.demand_lost,
+            &self.metrics,
+        );
     }
 
     /// Whether the last step changed journaled state.

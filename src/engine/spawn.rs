@@ -106,6 +106,7 @@ impl Engine {
                 listings: Semaphore::new(crate::limits::MAX_LISTINGS_IN_FLIGHT),
                 tasks: std::sync::Mutex::new(Vec::new()),
                 image_pace: ImagePace::default(),
+                session_demand: Default::default(),
                 health,
                 watchdog,
             }),

@@ -7,13 +7,16 @@
 //! This file keeps the router's state, lookups and restore; the steps are
 //! in `submit.rs`, `follow_up.rs` (confirm, cancel, expiry, retirement,
 //! ship, return) and `reroute.rs` (node rejection, node offline, bumps);
-//! `list.rs` finds a channel's orders a page at a time.
+//! `list.rs` finds a channel's orders a page at a time; `in_session.rs`
+//! what a session answers without a router.
 
 mod follow_up;
+mod in_session;
 mod list;
 mod reroute;
 mod submit;
 
+pub use in_session::{answer_from_index, IndexAnswer};
 pub use list::{ListPage, Listing, OrderFilter};
 
 use std::cmp::Reverse;
@@ -123,9 +126,9 @@ impl RouterCore {
         assert!(router < routers && routers <= MAX_ROUTERS);
         RouterCore {
             network,
+            orders: Books::new(router, routers, index.clone()),
             index,
             shard_count,
-            orders: Books::new(router, routers),
             expiries: BinaryHeap::new(),
             retention_ms: DEFAULT_ORDER_RETENTION_MS,
             closed: Vec::new(),

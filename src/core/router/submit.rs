@@ -8,9 +8,10 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::{announce, open_allocation, Resolved, RouterCore};
-use crate::core::book::partition_of_key;
+use crate::core::book::{key_fingerprint, partition_of_key};
 use crate::core::events::EventKind;
 use crate::core::geo::GeoPoint;
+use crate::core::index::AvailabilityIndex;
 use crate::core::model::{
     Capabilities, ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, NodeIdx, OrderRequest,
     OrderState, RejectReason,
@@ -22,90 +23,93 @@ use crate::core::placement::{place, send_ops, Attempt, Participants, Placement};
 use crate::core::policy::{Method, PlanLine};
 use crate::limits::{MAX_HOLD_TTL_MS, MAX_ID_BYTES, MAX_LINES_PER_ORDER, MAX_QTY_PER_LINE};
 
-impl RouterCore {
-    fn resolve(&self, request: &OrderRequest) -> Result<Resolved, InvalidOrder> {
-        let channel = self
-            .network
-            .channel_idx(&request.channel)
-            .ok_or(InvalidOrder::UnknownChannel)?;
-        if request.client_order_id.is_empty() || request.client_order_id.len() > MAX_ID_BYTES {
-            return Err(InvalidOrder::BadOrderId);
-        }
-        if request.lines.is_empty() {
-            return Err(InvalidOrder::NoLines);
-        }
-        if request.lines.len() > MAX_LINES_PER_ORDER {
-            return Err(InvalidOrder::TooManyLines(request.lines.len()));
-        }
-        let mut lines: SmallVec<[PlanLine; 4]> = SmallVec::with_capacity(request.lines.len());
-        for (i, line) in request.lines.iter().enumerate() {
-            let line_no = i as u16;
-            if line.qty == 0 || line.qty > MAX_QTY_PER_LINE {
-                return Err(InvalidOrder::BadQuantity { line: line_no });
-            }
-            let sku = self
-                .index
-                .lookup(&line.sku)
-                .ok_or(InvalidOrder::UnknownSku { line: line_no })?;
-            if lines.iter().any(|l| l.sku == sku) {
-                return Err(InvalidOrder::DuplicateSku { line: line_no });
-            }
-            lines.push(PlanLine {
-                line: line_no,
-                sku,
-                qty: line.qty,
-            });
-        }
-        let market = match &request.ship_to.market {
-            Some(name) => Some(
-                self.network
-                    .market_idx(name)
-                    .ok_or(InvalidOrder::UnknownMarket)?,
-            ),
-            None => None,
-        };
-        let method = match &request.method {
-            FulfilmentMethod::Ship => Method::Ship,
-            FulfilmentMethod::SameDay => Method::SameDay,
-            FulfilmentMethod::Pickup { store } => {
-                let store = self
-                    .network
-                    .node_idx(store)
-                    .ok_or(InvalidOrder::UnknownPickupStore)?;
-                let capabilities = self.network.nodes[store as usize].capabilities;
-                if !capabilities.intersects(Capabilities::PICKUP) {
-                    return Err(InvalidOrder::NotAPickupStore);
-                }
-                Method::Pickup { store }
-            }
-        };
-        let ship_to = ship_to_of(request, method, &self.network)?;
-        let hold_ttl_ms = match request.hold_ttl_ms {
-            Some(ttl) if ttl == 0 || ttl > MAX_HOLD_TTL_MS => return Err(InvalidOrder::BadHoldTtl),
-            Some(ttl) => ttl,
-            None => self.network.policy(channel).hold_ttl_ms,
-        };
-        // The market as asked: a retry must match whatever the regions
-        // say after a reload.
-        let fingerprint = request_fingerprint(
-            &lines,
-            (request.ship_to.lat, request.ship_to.lon),
-            market,
-            hold_ttl_ms,
-            method,
-        );
-        let market = market.or_else(|| self.network.market_at(&ship_to));
-        Ok(Resolved {
-            channel,
-            lines,
-            ship_to,
-            market,
-            method,
-            hold_ttl_ms,
-            fingerprint,
-        })
+/// An order checked against the network and the catalog, with its names
+/// turned into indices: what a router and a session both start from.
+pub(super) fn resolve(
+    network: &Network,
+    index: &AvailabilityIndex,
+    request: &OrderRequest,
+) -> Result<Resolved, InvalidOrder> {
+    let channel = network
+        .channel_idx(&request.channel)
+        .ok_or(InvalidOrder::UnknownChannel)?;
+    if request.client_order_id.is_empty() || request.client_order_id.len() > MAX_ID_BYTES {
+        return Err(InvalidOrder::BadOrderId);
     }
+    if request.lines.is_empty() {
+        return Err(InvalidOrder::NoLines);
+    }
+    if request.lines.len() > MAX_LINES_PER_ORDER {
+        return Err(InvalidOrder::TooManyLines(request.lines.len()));
+    }
+    let mut lines: SmallVec<[PlanLine; 4]> = SmallVec::with_capacity(request.lines.len());
+    for (i, line) in request.lines.iter().enumerate() {
+        let line_no = i as u16;
+        if line.qty == 0 || line.qty > MAX_QTY_PER_LINE {
+            return Err(InvalidOrder::BadQuantity { line: line_no });
+        }
+        let sku = index
+            .lookup(&line.sku)
+            .ok_or(InvalidOrder::UnknownSku { line: line_no })?;
+        if lines.iter().any(|l| l.sku == sku) {
+            return Err(InvalidOrder::DuplicateSku { line: line_no });
+        }
+        lines.push(PlanLine {
+            line: line_no,
+            sku,
+            qty: line.qty,
+        });
+    }
+    let market = match &request.ship_to.market {
+        Some(name) => Some(
+            network
+                .market_idx(name)
+                .ok_or(InvalidOrder::UnknownMarket)?,
+        ),
+        None => None,
+    };
+    let method = match &request.method {
+        FulfilmentMethod::Ship => Method::Ship,
+        FulfilmentMethod::SameDay => Method::SameDay,
+        FulfilmentMethod::Pickup { store } => {
+            let store = network
+                .node_idx(store)
+                .ok_or(InvalidOrder::UnknownPickupStore)?;
+            let capabilities = network.nodes[store as usize].capabilities;
+            if !capabilities.intersects(Capabilities::PICKUP) {
+                return Err(InvalidOrder::NotAPickupStore);
+            }
+            Method::Pickup { store }
+        }
+    };
+    let ship_to = ship_to_of(request, method, network)?;
+    let hold_ttl_ms = match request.hold_ttl_ms {
+        Some(ttl) if ttl == 0 || ttl > MAX_HOLD_TTL_MS => return Err(InvalidOrder::BadHoldTtl),
+        Some(ttl) => ttl,
+        None => network.policy(channel).hold_ttl_ms,
+    };
+    // The market as asked: a retry must match whatever the regions
+    // say after a reload.
+    let fingerprint = request_fingerprint(
+        &lines,
+        (request.ship_to.lat, request.ship_to.lon),
+        market,
+        hold_ttl_ms,
+        method,
+    );
+    let market = market.or_else(|| network.market_at(&ship_to));
+    Ok(Resolved {
+        channel,
+        lines,
+        ship_to,
+        market,
+        method,
+        hold_ttl_ms,
+        fingerprint,
+    })
+}
 
+impl RouterCore {
     /// Routes a batch of orders: validates, answers resubmissions from the
     /// book, places the new ones together, records and answers them.
     pub async fn submit<P: Participants>(
@@ -123,8 +127,10 @@ impl RouterCore {
         let mut taken: FxHashMap<usize, u64> = FxHashMap::default();
         // (request, first request with the same key, same body as that one)
         let mut repeats: Vec<(usize, usize, bool)> = Vec::new();
+        // The keys of this batch's new orders, marked while they are placed.
+        let mut marks: SmallVec<[u64; 16]> = SmallVec::new();
         for (i, request) in requests.iter().enumerate() {
-            let resolved = match self.resolve(request) {
+            let resolved = match resolve(&self.network, &self.index, request) {
                 Ok(resolved) => resolved,
                 Err(invalid) => {
                     decisions[i] = Some(Decision::Rejected(RejectReason::Invalid(invalid)));
@@ -148,6 +154,12 @@ impl RouterCore {
                 continue;
             }
             in_batch.insert(key, (i, resolved.fingerprint));
+            // Marked before any unit is held: a session that sees this
+            // order's holds in the index sees its key too, and leaves a
+            // resubmission of it to this router.
+            let key_mark = key_fingerprint(key.0, key.1);
+            self.index.keys().add(key_mark);
+            marks.push(key_mark);
             // Ids of this batch's new orders, in their partitions' order.
             let earlier = taken.entry(partition).or_insert(0);
             let order = self.orders.next_id(partition, *earlier);
@@ -193,6 +205,10 @@ impl RouterCore {
             decisions[i] = Some(decision);
         }
         send_ops(participants, FxHashMap::default(), events);
+        // A kept order's key is marked by its book from now on.
+        for mark in marks {
+            self.index.keys().remove(mark);
+        }
         for (i, first, same) in repeats {
             decisions[i] = Some(if same {
                 decisions[first].clone().expect("first answered")
@@ -217,30 +233,13 @@ impl RouterCore {
         fingerprint: u64,
         now_ms: u64,
     ) -> Decision {
-        let expires_at_ms = now_ms + hold_ttl_ms;
-        let mut record = OrderRecord {
-            id: attempt.order,
-            fingerprint,
-            expires_at_ms,
-            client_order_id: Arc::from(request.client_order_id.as_str()),
-            lines: attempt.lines.iter().copied().collect(),
-            ship_to: (attempt.ship_to.lat, attempt.ship_to.lon),
-            allocations: SmallVec::new(),
-            extra: None,
-            key_next: 0,
-            channel: attempt.channel,
-            market: attempt.market,
-            method: attempt.method,
-            state: OrderState::Held,
-            created_s: created_s(now_ms),
-        };
+        let mut record = new_record(request, attempt, hold_ttl_ms, fingerprint, now_ms);
+        let expires_at_ms = record.expires_at_ms;
         let (allocations, short) = match placement {
             Placement::Placed { allocations, short } => (allocations, short),
             Placement::Failed(reason) => {
                 if self.record_demand {
-                    record.state = OrderState::Rejected;
-                    record.extra_mut().rejection = Some(reason.clone());
-                    self.demand.push(record);
+                    self.demand.push(rejected(record, &reason));
                 }
                 return Decision::Rejected(reason);
             }
@@ -266,6 +265,39 @@ impl RouterCore {
             expires_at_ms,
         }
     }
+}
+
+/// The record of a new order as asked, held, before its placement is known.
+pub(super) fn new_record(
+    request: &OrderRequest,
+    attempt: &Attempt,
+    hold_ttl_ms: u64,
+    fingerprint: u64,
+    now_ms: u64,
+) -> OrderRecord {
+    OrderRecord {
+        id: attempt.order,
+        fingerprint,
+        expires_at_ms: now_ms + hold_ttl_ms,
+        client_order_id: Arc::from(request.client_order_id.as_str()),
+        lines: attempt.lines.iter().copied().collect(),
+        ship_to: (attempt.ship_to.lat, attempt.ship_to.lon),
+        allocations: SmallVec::new(),
+        extra: None,
+        key_next: 0,
+        channel: attempt.channel,
+        market: attempt.market,
+        method: attempt.method,
+        state: OrderState::Held,
+        created_s: created_s(now_ms),
+    }
+}
+
+/// A new order's record as demand: rejected, with its reason.
+pub(super) fn rejected(mut record: OrderRecord, reason: &RejectReason) -> OrderRecord {
+    record.state = OrderState::Rejected;
+    record.extra_mut().rejection = Some(reason.clone());
+    record
 }
 
 /// Where the order goes: its ship-to, or for a pickup order given none
