@@ -123,6 +123,9 @@ pub(crate) struct Args {
     /// Fail the run (exit 4) unless the reported step holds this bound,
     /// e.g. 'p99<2ms', 'p99.9<=5ms', 'errors<1', 'rate>=50000'. Latencies:
     /// min, mean, p50, p90, p95, p99, p99.9, p99.99, max. Repeatable.
+    /// 'snapshot_p99_ratio<2' holds when, in every measured step, no second
+    /// that held a snapshot has a p99 of 2x the step's median per-second
+    /// p99 or more; it misses when no second held one.
     #[arg(long, value_parser = omniroute_loadtest::Threshold::parse)]
     pub(super) threshold: Vec<omniroute_loadtest::Threshold>,
     /// With --spawn-server: the daemon's runtime threads (its

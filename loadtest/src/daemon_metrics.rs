@@ -11,6 +11,9 @@ const SNAPSHOTS_TOTAL: &str = "omniroute_snapshots_total";
 const SNAPSHOTS_STARTED_TOTAL: &str = "omniroute_snapshots_started_total";
 const HOLDS_EXPIRED_TOTAL: &str = "omniroute_holds_expired_total";
 
+/// What a snapshot's event says, for whoever looks for them among the others.
+pub(crate) const SNAPSHOT_EVENT: &str = "snapshot";
+
 /// The counters the chart uses, at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DaemonCounters {
@@ -130,7 +133,7 @@ fn snapshot_event(from_s: f64, until_s: f64) -> RunEvent {
     RunEvent {
         at_s: from_s,
         until_s: (until_s > from_s).then_some(until_s),
-        what: "snapshot".to_string(),
+        what: SNAPSHOT_EVENT.to_string(),
     }
 }
 

@@ -7,6 +7,7 @@ mod daemon_metrics;
 mod recorder;
 mod scenario;
 mod seconds;
+mod snapshot_stalls;
 mod stock_audit;
 mod summary;
 mod threshold;
@@ -18,9 +19,10 @@ pub use scenario::{
     ScenarioStock, SkuRange, HOLDS_OUTLIVE_RUNS_MS,
 };
 pub use seconds::{PhaseSeconds, SecondBin};
+pub use snapshot_stalls::snapshot_stalls;
 pub use stock_audit::{Audit, Cell, ANY_NODE};
 pub use summary::{
-    ratio, MeasuredStep, OverTime, RunEvent, RunInfo, Second, StatusStream, Summary,
+    ratio, MeasuredStep, OverTime, RunEvent, RunInfo, Second, SnapshotStall, StatusStream, Summary,
     ThresholdResult, WholeRun, SUSTAINED_FRACTION,
 };
 pub use threshold::Threshold;
@@ -218,6 +220,7 @@ mod tests {
         assert_eq!(measured["outcomes"]["routed"], 1);
         assert_eq!(whole_run["follow_ups"]["confirm_ok"], 7);
         assert!(json["over_time"]["seconds"].is_array(), "{json}");
+        assert!(json["over_time"]["snapshot_stalls"].is_array(), "{json}");
         let covers = measured["covers"].as_str().unwrap();
         assert!(
             covers.contains("1.0 s") && covers.contains("not the warmup"),

@@ -68,9 +68,33 @@ pub(crate) fn print(summary: &Summary) {
     if let Some(p99) = summary.p99_at_half_max_us {
         println!("{t}: p99_at_half_max_us={p99}");
     }
+    print_snapshot_stalls(summary);
     print_whole_run(summary);
     if let Some(ms) = summary.restart_ms {
         println!("{t}: restart after kill -9: listening in {ms:.0} ms");
+    }
+}
+
+/// Each measured step's seconds that held a snapshot against the step's
+/// median second, one line a step.
+fn print_snapshot_stalls(summary: &Summary) {
+    let ms = |us: f64| us / 1000.0;
+    for step in &summary.over_time.snapshot_stalls {
+        let median = ms(step.median_p99_us);
+        let against = match (step.worst_snapshot_p99_us, step.snapshot_p99_ratio) {
+            (Some(worst), Some(ratio)) => format!(
+                "worst p99 {:.1} ms = {ratio:.1}x the step's median {median:.1} ms",
+                ms(worst as f64)
+            ),
+            (Some(worst), None) => {
+                format!("worst p99 {:.1} ms, the step's median 0", ms(worst as f64))
+            }
+            _ => format!("the step's median p99 {median:.1} ms"),
+        };
+        println!(
+            "{}: step {}: snapshot seconds: {}, {against}",
+            summary.target, step.step, step.snapshot_seconds
+        );
     }
 }
 
@@ -230,10 +254,15 @@ fn print_latency_table(summary: &Summary) {
 /// Each `--threshold`, measured, and whether it held.
 pub(crate) fn print_thresholds(summary: &Summary) {
     for t in &summary.thresholds {
+        // Latencies, counts and rates are large; a ratio needs its decimals.
+        let measured = match t.measured {
+            m if m.is_nan() => "nothing (no second held a snapshot)".to_string(),
+            m if m.abs() < 100.0 && m.fract() != 0.0 => format!("{m:.2}"),
+            m => format!("{m:.0}"),
+        };
         println!(
-            "threshold {}: measured {:.0}: {}",
+            "threshold {}: measured {measured}: {}",
             t.threshold,
-            t.measured,
             if t.passed { "held" } else { "MISSED" }
         );
     }

@@ -97,6 +97,30 @@ pub struct OverTime {
     pub covers: String,
     pub seconds: Vec<Second>,
     pub events: Vec<RunEvent>,
+    /// Each measured step's seconds that held a snapshot against the
+    /// step's median second; empty when the daemon's /metrics was not read.
+    pub snapshot_stalls: Vec<SnapshotStall>,
+}
+
+/// One measured step (under --find-max each step and the run at half the
+/// highest rate; else the run's one step): the worst per-second p99 of
+/// its seconds that held a snapshot, against the median per-second p99 of
+/// all its seconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SnapshotStall {
+    /// The step's offered rate (`5000/s`) and when it began, in seconds
+    /// since the first measured step began.
+    pub step: String,
+    pub from_s: f64,
+    /// Its seconds, and the median of their p99s.
+    pub seconds: u64,
+    pub median_p99_us: f64,
+    /// Its seconds that a snapshot's span (`over_time.events`) touches,
+    /// and the worst p99 among them.
+    pub snapshot_seconds: u64,
+    pub worst_snapshot_p99_us: Option<u64>,
+    /// That worst p99 over the median; None with no snapshot second.
+    pub snapshot_p99_ratio: Option<f64>,
 }
 
 /// Something that happened during the measured steps: at a moment, or

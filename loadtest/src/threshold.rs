@@ -1,5 +1,7 @@
 //! Pass/fail bounds on a run, as k6 has them: `--threshold 'p99<2ms'`
-//! fails the run (exit 4) when the reported step misses it.
+//! fails the run (exit 4) when the reported step misses it. One bound
+//! looks at every measured step instead: `snapshot_p99_ratio<2`, since a
+//! snapshot may stall any step, the one that failed --find-max too.
 
 use super::summary::{Summary, ThresholdResult};
 
@@ -20,6 +22,9 @@ enum Metric {
     Errors,
     /// Achieved requests per second.
     Rate,
+    /// The worst, over every measured step, of its snapshot seconds' worst
+    /// p99 over its median per-second p99.
+    SnapshotP99Ratio,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,7 +54,8 @@ const LATENCIES: &[(&str, OfSummary)] = &[
 impl Threshold {
     /// Parses `METRIC OP VALUE`: a latency (min, mean, p50, p90, p95, p99,
     /// p99.9, p99.99, max) against a duration (`2ms`, `500us`, `1s`), or
-    /// `errors` against a count, or `rate` against orders per second.
+    /// `errors` against a count, `rate` against orders per second, or
+    /// `snapshot_p99_ratio` against a ratio.
     pub fn parse(text: &str) -> Result<Threshold, String> {
         let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
         let at = compact
@@ -67,6 +73,7 @@ impl Threshold {
         let metric = match name {
             "errors" => Metric::Errors,
             "rate" => Metric::Rate,
+            "snapshot_p99_ratio" => Metric::SnapshotP99Ratio,
             _ => Metric::Latency(
                 LATENCIES
                     .iter()
@@ -75,7 +82,7 @@ impl Threshold {
                     .ok_or_else(|| {
                         let names: Vec<&str> = LATENCIES.iter().map(|(n, _)| *n).collect();
                         format!(
-                            "{text:?}: unknown metric {name:?}; use {}, errors or rate",
+                            "{text:?}: unknown metric {name:?}; use {}, errors, rate or snapshot_p99_ratio",
                             names.join(", ")
                         )
                     })?,
@@ -95,12 +102,20 @@ impl Threshold {
         })
     }
 
-    /// What the summary measured against this bound.
+    /// What the summary measured against this bound; NaN, which holds no
+    /// bound, when there was nothing to measure (no second held a snapshot).
     pub fn check(&self, summary: &Summary) -> ThresholdResult {
         let measured = match self.metric {
             Metric::Latency(of) => of(summary),
             Metric::Errors => summary.measured.errors as f64,
             Metric::Rate => summary.measured.rate_achieved,
+            Metric::SnapshotP99Ratio => summary
+                .over_time
+                .snapshot_stalls
+                .iter()
+                .filter_map(|step| step.snapshot_p99_ratio)
+                .reduce(f64::max)
+                .unwrap_or(f64::NAN),
         };
         let passed = match self.op {
             Op::Less => measured < self.value,
@@ -176,5 +191,26 @@ mod tests {
         assert!(Threshold::parse("p98<2ms").unwrap_err().contains("p99.99"));
         assert!(Threshold::parse("p99<2h").unwrap_err().contains("unit"));
         assert!(Threshold::parse("p99=2ms").unwrap_err().contains("p99<2ms"));
+    }
+
+    #[test]
+    fn the_snapshot_ratio_bound_takes_the_worst_step_and_needs_a_snapshot_second() {
+        // Proves snapshot_p99_ratio is judged on the worst step of the run, not the reported
+        // one alone, a step without a snapshot second does not count, and a run with none
+        // misses the bound (nothing measured) rather than holding it.
+        let step = |snapshot_p99_ratio: Option<f64>| crate::SnapshotStall {
+            snapshot_p99_ratio,
+            ..crate::SnapshotStall::default()
+        };
+        let mut run = summary(0, 0);
+        run.over_time.snapshot_stalls = vec![step(Some(1.5)), step(None), step(Some(2.4))];
+        let bound = Threshold::parse("snapshot_p99_ratio < 2").unwrap();
+        let missed = bound.check(&run);
+        assert_eq!((missed.measured, missed.passed), (2.4, false));
+        run.over_time.snapshot_stalls.pop();
+        assert!(bound.check(&run).passed);
+        run.over_time.snapshot_stalls.remove(0);
+        let unmeasured = bound.check(&run);
+        assert!(unmeasured.measured.is_nan() && !unmeasured.passed);
     }
 }

@@ -1,11 +1,12 @@
 //! The run second by second, for the JSON's `over_time` and the chart:
-//! each measured second's answers by outcome and reason, and the events
-//! along it (rate steps, node outages, hold expiries, snapshots).
+//! each measured second's answers by outcome and reason, the events along
+//! it (rate steps, node outages, hold expiries, snapshots), and how the
+//! seconds that held a snapshot compare with the rest of their step.
 
 use std::time::Instant;
 
 use omniroute_loadtest::{
-    count_per_second, counter_events, DaemonCounters, OverTime, RunEvent, Second,
+    count_per_second, counter_events, snapshot_stalls, DaemonCounters, OverTime, RunEvent, Second,
 };
 
 use crate::drive::Interval;
@@ -37,6 +38,7 @@ impl Timeline<'_> {
         count_per_second(&samples, &mut seconds);
         let end_s = seconds.last().map_or(0.0, |s| s.offset_s + s.length_s);
         let mut events = counter_events(&samples, &seconds);
+        let snapshot_stalls = snapshot_stalls(&seconds, self.steps, &events);
         if let Some(first) = self.first_measured {
             events.extend(self.outages(first, end_s));
         }
@@ -53,6 +55,7 @@ impl Timeline<'_> {
             covers: "every second of every measured step, from the first one's start; answers counted in the second they came back in, a step's last second with those that came back while it drained; not the warmup".to_string(),
             seconds,
             events,
+            snapshot_stalls,
         }
     }
 

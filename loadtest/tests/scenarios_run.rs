@@ -262,8 +262,9 @@ fn redis_fsync_makes_the_redis_side_durable_too() {
 fn flash_sale_holds_expire_and_their_units_sell_again_without_overselling() {
     // Proves the flash sale's unconfirmed holds run out during the run (never before their
     // deadline), the read-back counts their units as given back, half the winners confirm,
-    // and the audit still finds 0 oversold, 0 missing and 0 mismatched; and that the seconds
-    // they ran out in and the daemon's snapshots, as its /metrics counted them, are events.
+    // and the audit still finds 0 oversold, 0 missing and 0 mismatched; that the seconds
+    // they ran out in and the daemon's snapshots, as its /metrics counted them, are events;
+    // and that the step's snapshot seconds are set against its median second.
     let path = scenario_copy(
         "flash-sale",
         "expiry",
@@ -294,6 +295,17 @@ fn flash_sale_holds_expire_and_their_units_sell_again_without_overselling() {
     assert!(named("holds expired") && named("snapshot"), "{summary}");
     let seconds = summary["over_time"]["seconds"].as_array().unwrap();
     assert_eq!(seconds.len(), 3, "{summary}");
+    let stalls = summary["over_time"]["snapshot_stalls"].as_array().unwrap();
+    assert_eq!(stalls.len(), 1, "{summary}");
+    assert_eq!(stalls[0]["seconds"], 3, "{summary}");
+    assert!(
+        stalls[0]["snapshot_seconds"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    assert!(
+        stdout.contains("step 2000/s: snapshot seconds: "),
+        "{stdout}"
+    );
     let expired: u64 = seconds
         .iter()
         .map(|s| s["holds_expired"].as_u64().unwrap_or(0))
