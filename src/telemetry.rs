@@ -23,6 +23,7 @@ pub const HOLDS_EXPIRED_TOTAL: &str = "omniroute_holds_expired_total";
 pub const ORDERS_RETIRED_TOTAL: &str = "omniroute_orders_retired_total";
 pub const DEMAND_LOST_TOTAL: &str = "omniroute_demand_lost_total";
 pub const ANSWERED_IN_SESSION_TOTAL: &str = "omniroute_orders_answered_in_session_total";
+pub const KEY_FILTER_OCCUPANCY: &str = "omniroute_key_filter_occupancy_ratio";
 pub const QUEUE_DEPTH: &str = "omniroute_queue_depth";
 pub const ORDERS_IN_FLIGHT: &str = "omniroute_orders_in_flight";
 pub const JOURNAL_FSYNC_SECONDS: &str = "omniroute_journal_fsync_seconds";

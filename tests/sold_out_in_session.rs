@@ -133,7 +133,8 @@ fn run_case(steps: Vec<Step>, seen: &Seen) -> Result<(), TestCaseError> {
                 let session = answer_from_index(&engine.network, &engine.index, &request, now_ms);
                 let routed = engine.submit(request, now_ms);
                 let demand = engine.router.take_demand();
-                if kept && sold_out && broken.is_none() {
+                // Only all-or-nothing channels reach the key check with such an order.
+                if kept && sold_out && broken.is_none() && channel != 1 {
                     seen.kept_resubmitted_while_sold_out
                         .set(seen.kept_resubmitted_while_sold_out.get() + 1);
                 }
@@ -206,10 +207,10 @@ fn the_session_answers_exactly_as_the_router_would() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sold_out_answer_waits_until_what_it_saw_is_durable() {
-    // Proves a session's sold-out answer is not given while the hold that emptied the
-    // index is not durable: with the journal's fsync paused, the order that took the last
-    // unit and the sold-out order after it both wait, and both are answered once the fsync
-    // goes through.
+    // Proves a session's sold-out answer is not given while the record of the hold that
+    // emptied the index is queued but not durable: with the journal's fsync paused, the
+    // order that took the last unit and the sold-out order after it both wait, and both are
+    // answered once the fsync goes through.
     let scenario = fail::FailScenario::setup();
     let dir = TempDir::new("sold-out-durable");
     let mut config = config(&format!(
@@ -235,7 +236,9 @@ async fn a_sold_out_answer_waits_until_what_it_saw_is_durable() {
                 .await
         }
     });
-    while engine.index().atp(sku, common::WH_N) != 0 {
+    // The hold emptied the index and its record is queued (behind the paused fsync).
+    let journal = engine.sequencer().journal().expect("a journaled engine");
+    while engine.index().atp(sku, common::WH_N) != 0 || journal.quiet() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let second = tokio::spawn({

@@ -115,4 +115,8 @@ pub enum InvariantError {
     /// An allocation with more units returned than shipped.
     #[error("order {order} returned more than shipped")]
     ReturnedAboveShipped { order: OrderId },
+    /// A kept order whose key the key filter says no book holds: a
+    /// session could answer a resubmission of it as a new order.
+    #[error("order {order} is kept but its key is not marked")]
+    KeyNotMarked { order: OrderId },
 }

@@ -3,7 +3,7 @@
 //! first submission from a resubmission (which must get its stored
 //! decision) without asking the router that owns the key.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use crate::limits::KEY_FILTER_SLOTS;
 
@@ -14,6 +14,10 @@ use crate::limits::KEY_FILTER_SLOTS;
 /// can no longer count down exactly, and a yes is always safe.
 pub struct KeyFilter {
     slots: Box<[AtomicU8]>,
+    /// Slots above zero: past about half, most sold-out orders take the
+    /// router hop again (long retention, big books), which the daemon's
+    /// metrics show.
+    occupied: AtomicUsize,
 }
 
 impl Default for KeyFilter {
@@ -31,31 +35,41 @@ impl KeyFilter {
         // as `u8` (its documentation guarantees it), so a boxed slice of one
         // is a boxed slice of the other.
         let slots = unsafe { Box::from_raw(Box::into_raw(zeroed) as *mut [AtomicU8]) };
-        KeyFilter { slots }
+        KeyFilter {
+            slots,
+            occupied: AtomicUsize::new(0),
+        }
     }
 
     fn slot(&self, fingerprint: u64) -> &AtomicU8 {
-        // The fingerprint's high bits: its low bits pick the partition.
-        let at = (fingerprint >> 32) as usize ^ (fingerprint as usize);
+        // Both halves of the fingerprint, folded: keys of one partition
+        // (a hash of the names, not of this fingerprint) spread over all slots.
+        let at = (fingerprint >> 32) as usize ^ (fingerprint as u32 as usize);
         &self.slots[at % self.slots.len()]
     }
 
     /// A key is in a book, or being placed.
     pub fn add(&self, fingerprint: u64) {
-        let _ = self
+        let was = self
             .slot(fingerprint)
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < u8::MAX).then(|| n + 1)
             });
+        if was == Ok(0) {
+            self.occupied.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A key added before left its book, or was not kept.
     pub fn remove(&self, fingerprint: u64) {
-        let _ = self
+        let was = self
             .slot(fingerprint)
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n > 0 && n < u8::MAX).then(|| n - 1)
             });
+        if was == Ok(1) {
+            self.occupied.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Whether a book may hold the key (or a router be placing it).
@@ -63,12 +77,9 @@ impl KeyFilter {
         self.slot(fingerprint).load(Ordering::Acquire) != 0
     }
 
-    /// Slots in use (for tests and the memory report).
-    pub fn used_slots(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.load(Ordering::Relaxed) != 0)
-            .count()
+    /// The share of slots above zero, 0 to 1.
+    pub fn occupancy(&self) -> f64 {
+        self.occupied.load(Ordering::Relaxed) as f64 / self.slots.len() as f64
     }
 }
 
@@ -91,7 +102,7 @@ mod tests {
         keys.remove(a);
         keys.remove(b);
         assert!(!keys.may_hold(a) && !keys.may_hold(b));
-        assert_eq!(keys.used_slots(), 0);
+        assert_eq!(keys.occupancy(), 0.0);
     }
 
     #[test]

@@ -303,13 +303,7 @@ pub fn settled_by_plan(
     attempt: &Attempt,
     planned: Result<Plan, PlanError>,
 ) -> Result<Plan, RejectReason> {
-    let plan = match planned {
-        Err(error) => match unplanned(attempt, error) {
-            Placement::Failed(reason) => return Err(reason),
-            Placement::Placed { .. } => unreachable!("an unplanned attempt fails"),
-        },
-        Ok(plan) => plan,
-    };
+    let plan = planned.map_err(|error| unplanned_reason(attempt, error))?;
     if network.policy(attempt.channel).on_short == OnShort::Partial {
         return Ok(plan);
     }
@@ -336,10 +330,12 @@ pub fn settled_by_plan(
 /// would be without it (a caller holding a failed plan made ahead may skip
 /// placing it).
 pub fn unplanned(attempt: &Attempt, error: PlanError) -> Placement {
+    Placement::Failed(unplanned_reason(attempt, error))
+}
+
+fn unplanned_reason(attempt: &Attempt, error: PlanError) -> RejectReason {
     match error {
-        PlanError::NoEligibleNode(filter) => {
-            Placement::Failed(RejectReason::NoEligibleNode { filter })
-        }
+        PlanError::NoEligibleNode(filter) => RejectReason::NoEligibleNode { filter },
         PlanError::Unavailable { lines } => {
             let lines = lines
                 .into_iter()
@@ -353,7 +349,7 @@ pub fn unplanned(attempt: &Attempt, error: PlanError) -> Placement {
                     }
                 })
                 .collect();
-            Placement::Failed(RejectReason::Short { lines })
+            RejectReason::Short { lines }
         }
     }
 }

@@ -19,14 +19,15 @@ pub(super) fn journal_demand(
     lost: &mut u64,
     metrics: &EngineMetrics,
 ) {
-    if demand.is_empty() {
-        return;
-    }
+    // Even with no demand now: at a stop this is the last chance.
     if *lost > 0 {
         let count = *lost;
         if sequencer.try_append_unawaited(KIND_DEMAND_LOST, || count.to_le_bytes().to_vec()) {
             *lost = 0;
         }
+    }
+    if demand.is_empty() {
+        return;
     }
     let count = demand.len() as u64;
     let txn = Txn {
@@ -46,6 +47,8 @@ pub(super) fn journal_demand(
 pub(super) struct SessionDemand {
     pending: Mutex<Vec<OrderRecord>>,
     lost: AtomicU64,
+    /// Ids given out so far, counted down from `u64::MAX`.
+    given: AtomicU64,
 }
 
 impl SessionDemand {
@@ -79,11 +82,13 @@ impl SessionDemand {
         sequencer: &Sequencer,
         metrics: &EngineMetrics,
     ) {
-        // No router gave these an id. A demand record's id is never an
-        // order's (the replay treats each as new); numbered within their
-        // record, the replay can still tell them apart in its report.
+        // No router gave these an id. The replay treats demand as new
+        // orders but keys what it places for them by id: each gets its own,
+        // from the top of the id space, where no order's sequence reaches
+        // (a book's stays below u32::MAX).
+        let first = self.given.fetch_add(demand.len() as u64, Ordering::Relaxed);
         for (i, record) in demand.iter_mut().enumerate() {
-            record.id = i as u64 + 1;
+            record.id = u64::MAX - first - i as u64;
         }
         let mut lost = self.lost.swap(0, Ordering::AcqRel);
         journal_demand(sequencer, demand, &mut lost, metrics);

@@ -169,8 +169,14 @@ impl Engine {
         let routers = self.inner.routers.clone();
         let (sent, applied) = tokio::sync::oneshot::channel();
         let next = network.clone();
+        let weak = Arc::downgrade(&self.inner);
         let done: Done = Box::new(move |result| {
             let Ok(lsn) = result else { return };
+            // The sessions' network first: a session answering from the
+            // index never plans on an older policy than the routers.
+            if let Some(inner) = weak.upgrade() {
+                inner.network.store(next.clone());
+            }
             for router in &routers {
                 let _ = router.cast(RouterMsg::SetNetwork(next.clone()));
             }
@@ -181,7 +187,6 @@ impl Engine {
             .append_raw(sequencer::KIND_POLICY, || toml.into_bytes(), done)
             .await;
         let lsn = applied.await.map_err(|_| EngineError::Unavailable)?;
-        self.inner.network.store(network);
         metrics::gauge!(crate::telemetry::POLICY_LSN).set(lsn as f64);
         Ok(lsn)
     }
@@ -282,6 +287,8 @@ impl Engine {
         self.inner
             .session_demand
             .flush(&self.inner.sequencer, &self.inner.metrics);
+        let occupancy = self.inner.index.keys().occupancy();
+        metrics::gauge!(crate::telemetry::KEY_FILTER_OCCUPANCY).set(occupancy);
         expired.into_iter().map(|e| e.unwrap_or(0)).sum()
     }
 

@@ -73,6 +73,7 @@ impl Engine {
         let actors = self.inner.participants.nodes.clone();
         let routers = self.inner.routers.clone();
         let next = network.clone();
+        let weak = Arc::downgrade(&self.inner);
         let (sent, applied) = tokio::sync::oneshot::channel();
         self.inner
             .sequencer
@@ -84,6 +85,11 @@ impl Engine {
                         reply: None,
                     });
                 }
+                // The sessions' network before the routers' (see
+                // `Engine::reload_policies`).
+                if let Some(inner) = weak.upgrade() {
+                    inner.network.store(next.clone());
+                }
                 for router in &routers {
                     let _ = router.cast(RouterMsg::SetNetwork(next.clone()));
                 }
@@ -91,9 +97,7 @@ impl Engine {
             })
             .await;
         applied.await.map_err(|_| EngineError::Unavailable)?;
-        let ids = added.iter().map(|n| n.id.clone()).collect();
-        self.inner.network.store(network);
-        Ok(ids)
+        Ok(added.iter().map(|n| n.id.clone()).collect())
     }
 
     /// Sets a node online or offline. Offline re-routes every unshipped

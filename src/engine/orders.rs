@@ -11,9 +11,9 @@ use super::mailbox::Mailbox;
 use super::node::Subscription;
 use super::router::RouterMsg;
 use super::{call, call_committed, Engine};
-use crate::core::book::{router_of_key, router_of_order};
+use crate::core::book::{key_fingerprint, router_of_key, router_of_order};
 use crate::core::model::OrderState;
-use crate::core::model::{Decision, OrderRequest};
+use crate::core::model::{ChannelIdx, Decision, OrderRequest};
 use crate::core::order::OrderRecord;
 use crate::core::router::{answer_from_index, ListPage, OrderFilter, OrderRef};
 use crate::core::status::OrderStatus;
@@ -114,9 +114,19 @@ impl Engine {
         let in_session = self.answer_in_session(&orders, now_ms, &mut answers);
         let mut by_router: Vec<(Vec<OrderRequest>, Vec<usize>)> =
             vec![(Vec::new(), Vec::new()); routers.len()];
+        let keys = self.inner.index.keys();
+        // Marked from before its router sees it until it is answered: a
+        // resubmission meanwhile (a client's retry) goes to the same router,
+        // behind it, and gets its decision (see `answer_from_index`).
+        let mut marks: Vec<u64> = Vec::new();
         for (i, order) in orders.into_iter().enumerate() {
             if answers[i].is_some() {
                 continue;
+            }
+            if let Some(channel) = channels[i] {
+                let mark = key_fingerprint(channel as ChannelIdx, &order.client_order_id);
+                keys.add(mark);
+                marks.push(mark);
             }
             let r = router_of_key(&order.channel, &order.client_order_id, routers.len());
             by_router[r].0.push(order);
@@ -143,6 +153,10 @@ impl Engine {
             }
         };
         let (routed, seen_durable) = futures::join!(join_all(calls), seen_durable);
+        // A kept order's key is marked by its book from now on.
+        for mark in marks {
+            keys.remove(mark);
+        }
         seen_durable?;
         for (slots, decisions) in routed {
             for (slot, decision) in slots.into_iter().zip(decisions?) {
@@ -173,6 +187,11 @@ impl Engine {
         now_ms: u64,
         answers: &mut [Option<Decision>],
     ) -> usize {
+        // A failed engine answers nothing from memory: the routers' path
+        // gives `Unavailable`.
+        if self.inner.health.is_failed() {
+            return 0;
+        }
         // A key that comes twice in a batch goes to its router, which
         // answers the later ones from the first.
         let mut keys: FxHashMap<(&str, &str), u32> = FxHashMap::default();

@@ -39,6 +39,11 @@ impl Health {
         self.failure.borrow().clone()
     }
 
+    /// Whether an actor or the storage has failed (no copy of the cause).
+    pub fn is_failed(&self) -> bool {
+        self.failure.borrow().is_some()
+    }
+
     /// Resolves when an actor fails, with the failure.
     pub async fn failed(&self) -> String {
         let mut seen = self.failure.subscribe();

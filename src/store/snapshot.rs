@@ -194,6 +194,20 @@ pub(super) fn background_priority() {
     }
 }
 
+/// Runs `work` on a thread of its own at background priority (a pool
+/// thread keeps its priority for whatever task it runs next).
+fn at_background_priority<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                background_priority();
+                work()
+            })
+            .join()
+            .expect("snapshot settling panicked")
+    })
+}
+
 /// What [`snapshot`] did.
 pub struct Snapshotted {
     /// The lowest LSN of the snapshot files: the journal up to it is covered.
@@ -227,11 +241,16 @@ pub async fn snapshot(
         // The writer's error first: a book it could not write (the disk is
         // full) is why the imaging came up short, and the cause to report.
         writer.finish(&labels)?;
-        let images = taken?
-            .into_iter()
-            .map(|(lsn, imaged)| (lsn, imaged.settle()))
-            .collect();
-        let lsn = write_snapshot_files(&dir, images)?;
+        let taken = taken?;
+        // Settling sorts and copies every actor's image: a background
+        // chore like the encoding, not a rival of the order path's threads.
+        let lsn = at_background_priority(|| {
+            let images = taken
+                .into_iter()
+                .map(|(lsn, imaged)| (lsn, imaged.settle()))
+                .collect();
+            write_snapshot_files(&dir, images)
+        })?;
         if !keep_segments {
             remove_segments_through(&dir, lsn)?;
         }

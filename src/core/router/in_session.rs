@@ -25,19 +25,20 @@ pub struct IndexAnswer {
 }
 
 /// The router's answer to `request`, if the index alone settles it and no
-/// router holds or is placing its key; `None`: ask the router (always, for
-/// an order whose every line has units somewhere). The caller
-/// answers only once what the index showed is durable, and leaves orders
-/// whose key comes twice in a batch to the router.
+/// book holds its key nor is a router on its way to; `None`: ask the
+/// router (always, for an order whose every line has units somewhere).
+/// The caller answers under the router's rule for a rejection (once every
+/// record queued so far is durable), and leaves orders whose key comes
+/// twice in a batch to the router.
 ///
 /// Exact because it is the router's own first step: the same resolve, the
 /// same plan over the same index, the same rejection when the plan alone
 /// settles it (`settled_by_plan`), before any unit is held. A resubmission
-/// of a kept order is never answered here: a router marks a key
-/// ([`crate::core::keys::KeyFilter`]) before it holds any unit for it, the
-/// index publishes counts with release stores, and this reads the key
-/// after the counts, so counts emptied by that order's holds come with its
-/// mark.
+/// of a kept or coming order is never answered here: the engine marks a
+/// key ([`crate::core::keys::KeyFilter`]) before it sends the order to its
+/// router and a book while it keeps it, the index publishes counts with
+/// release stores, and this reads the key after the counts, so counts
+/// emptied by that order's holds come with its mark.
 pub fn answer_from_index(
     network: &Network,
     index: &AvailabilityIndex,

@@ -322,6 +322,10 @@ impl RouterCore {
             if record.allocations.iter().any(|a| a.returned > a.shipped) {
                 return Err(InvariantError::ReturnedAboveShipped { order: record.id });
             }
+            let key = key_fingerprint(record.channel, &record.client_order_id);
+            if !self.index.keys().may_hold(key) {
+                return Err(InvariantError::KeyNotMarked { order: record.id });
+            }
         }
         Ok(())
     }

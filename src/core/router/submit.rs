@@ -8,7 +8,7 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::{announce, open_allocation, Resolved, RouterCore};
-use crate::core::book::{key_fingerprint, partition_of_key};
+use crate::core::book::partition_of_key;
 use crate::core::events::EventKind;
 use crate::core::geo::GeoPoint;
 use crate::core::index::AvailabilityIndex;
@@ -127,8 +127,6 @@ impl RouterCore {
         let mut taken: FxHashMap<usize, u64> = FxHashMap::default();
         // (request, first request with the same key, same body as that one)
         let mut repeats: Vec<(usize, usize, bool)> = Vec::new();
-        // The keys of this batch's new orders, marked while they are placed.
-        let mut marks: SmallVec<[u64; 16]> = SmallVec::new();
         for (i, request) in requests.iter().enumerate() {
             let resolved = match resolve(&self.network, &self.index, request) {
                 Ok(resolved) => resolved,
@@ -154,12 +152,6 @@ impl RouterCore {
                 continue;
             }
             in_batch.insert(key, (i, resolved.fingerprint));
-            // Marked before any unit is held: a session that sees this
-            // order's holds in the index sees its key too, and leaves a
-            // resubmission of it to this router.
-            let key_mark = key_fingerprint(key.0, key.1);
-            self.index.keys().add(key_mark);
-            marks.push(key_mark);
             // Ids of this batch's new orders, in their partitions' order.
             let earlier = taken.entry(partition).or_insert(0);
             let order = self.orders.next_id(partition, *earlier);
@@ -205,10 +197,6 @@ impl RouterCore {
             decisions[i] = Some(decision);
         }
         send_ops(participants, FxHashMap::default(), events);
-        // A kept order's key is marked by its book from now on.
-        for mark in marks {
-            self.index.keys().remove(mark);
-        }
         for (i, first, same) in repeats {
             decisions[i] = Some(if same {
                 decisions[first].clone().expect("first answered")
