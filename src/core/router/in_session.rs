@@ -4,15 +4,13 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use smallvec::SmallVec;
-
 use super::submit::{new_record, rejected, resolve};
 use crate::core::book::key_fingerprint;
 use crate::core::index::AvailabilityIndex;
 use crate::core::model::{Decision, OrderRequest, RejectReason};
 use crate::core::network::Network;
 use crate::core::order::OrderRecord;
-use crate::core::placement::{settled_by_plan, Attempt};
+use crate::core::placement::settled_by_plan;
 use crate::core::policy::plan;
 
 /// An order answered from the index.
@@ -66,15 +64,8 @@ pub fn answer_from_index(
             })
         }
     };
-    let attempt = Attempt {
-        order: 0,
-        lines: resolved.lines,
-        ship_to: resolved.ship_to,
-        market: resolved.market,
-        method: resolved.method,
-        channel: resolved.channel,
-        excluded: SmallVec::new(),
-    };
+    let (hold_ttl_ms, fingerprint) = (resolved.hold_ttl_ms, resolved.fingerprint);
+    let attempt = resolved.into_attempt(0);
     let policy = network.policy(attempt.channel);
     let planned = plan(network, policy, index, &attempt.request(&[], false));
     let reason = settled_by_plan(network, &attempt, planned).err()?;
@@ -83,13 +74,7 @@ pub fn answer_from_index(
     if index.keys().may_hold(key) {
         return None;
     }
-    let record = new_record(
-        request,
-        &attempt,
-        resolved.hold_ttl_ms,
-        resolved.fingerprint,
-        now_ms,
-    );
+    let record = new_record(request, &attempt, hold_ttl_ms, fingerprint, now_ms);
     Some(IndexAnswer {
         demand: Some(rejected(record, &reason)),
         decision: Decision::Rejected(reason),

@@ -13,8 +13,8 @@ use crate::core::events::EventKind;
 use crate::core::geo::GeoPoint;
 use crate::core::index::AvailabilityIndex;
 use crate::core::model::{
-    Capabilities, ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, NodeIdx, OrderRequest,
-    OrderState, RejectReason,
+    Capabilities, ChannelIdx, Decision, FulfilmentMethod, InvalidOrder, NodeIdx, OrderId,
+    OrderRequest, OrderState, RejectReason,
 };
 use crate::core::network::Network;
 use crate::core::ops::NodeOp;
@@ -156,16 +156,8 @@ impl RouterCore {
             let earlier = taken.entry(partition).or_insert(0);
             let order = self.orders.next_id(partition, *earlier);
             *earlier += 1;
-            attempts.push(Attempt {
-                order,
-                lines: resolved.lines,
-                ship_to: resolved.ship_to,
-                market: resolved.market,
-                method: resolved.method,
-                channel: resolved.channel,
-                excluded: SmallVec::new(),
-            });
             fresh.push((i, resolved.hold_ttl_ms, resolved.fingerprint));
+            attempts.push(resolved.into_attempt(order));
         }
         let placements = place(&self.context(), &attempts, now_ms, participants).await;
         // Every id handed out is used up, kept or not: a rejected order's
@@ -251,6 +243,21 @@ impl RouterCore {
             allocations,
             short,
             expires_at_ms,
+        }
+    }
+}
+
+impl Resolved {
+    /// A new order's first attempt, under `order` (0 where none is given out yet).
+    pub(super) fn into_attempt(self, order: OrderId) -> Attempt {
+        Attempt {
+            order,
+            lines: self.lines,
+            ship_to: self.ship_to,
+            market: self.market,
+            method: self.method,
+            channel: self.channel,
+            excluded: SmallVec::new(),
         }
     }
 }
