@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+
 use crate::admin::{AdminError, AdminServer, Status};
 use crate::config::{ConfigSource, ValidConfig};
 use crate::engine::{Clock, Engine, EngineError, SystemClock};
@@ -278,6 +280,11 @@ pub async fn snapshot(
     Ok(done.lsn)
 }
 
+/// Snapshots when `snapshot_interval_ms` has passed or the journal has
+/// written `snapshot_every_records` records since the last one. The time
+/// is looked at every `SNAPSHOT_CHECK_MS`; the records trigger wakes the
+/// loop from the journal's writer as the commit that passes it is
+/// written, so a short-lived or busy daemon does not run a second past it.
 async fn snapshot_loop(
     engine: Engine,
     data_dir: PathBuf,
@@ -289,34 +296,47 @@ async fn snapshot_loop(
         return;
     };
     let mut last = Instant::now();
-    let mut records_at_last = stats.records.load(Ordering::Relaxed);
+    let mut records_at_last = stats.records.load(Ordering::SeqCst);
     let mut interval = tokio::time::interval(Duration::from_millis(SNAPSHOT_CHECK_MS));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // A stop is only seen between snapshots: one under way finishes
         // (its writes, renames and segment deletion are not to be cut off
-        // half-way, or overtaken by the final snapshot).
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.notified() => return,
+        // half-way, or overtaken by the final snapshot). Looked at before
+        // each, since a busy journal may have the next one due at once.
+        if stop.notified().now_or_never().is_some() {
+            return;
         }
-        let records = stats.records.load(Ordering::Relaxed);
+        if settings.snapshot_every_records > 0 {
+            // Set before the count is read: a commit past it either shows
+            // in the count below or wakes the wait.
+            stats
+                .mark
+                .set(records_at_last + settings.snapshot_every_records);
+        }
+        let records = stats.records.load(Ordering::SeqCst);
         let by_time = settings.snapshot_interval_ms > 0
             && last.elapsed() >= Duration::from_millis(settings.snapshot_interval_ms);
         let by_records = settings.snapshot_every_records > 0
             && records - records_at_last >= settings.snapshot_every_records;
-        if by_time || by_records {
-            if let Err(e) = snapshot(&engine, data_dir.clone(), &settings, &status).await {
-                // The disk under the data directory failed (or the engine
-                // did, which raised the fault already): stop saying yes.
-                if let Some(journal) = engine.sequencer().journal() {
-                    journal.fail(crate::journal::JournalError::Snapshot(e.to_string()));
-                }
-                return;
+        if !by_time && !by_records {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stats.mark.passed() => {}
+                _ = stop.notified() => return,
             }
-            last = Instant::now();
-            records_at_last = stats.records.load(Ordering::Relaxed);
+            continue;
         }
+        if let Err(e) = snapshot(&engine, data_dir.clone(), &settings, &status).await {
+            // The disk under the data directory failed (or the engine
+            // did, which raised the fault already): stop saying yes.
+            if let Some(journal) = engine.sequencer().journal() {
+                journal.fail(crate::journal::JournalError::Snapshot(e.to_string()));
+            }
+            return;
+        }
+        last = Instant::now();
+        records_at_last = stats.records.load(Ordering::SeqCst);
     }
 }
 

@@ -1,7 +1,9 @@
 //! Crash recovery of the real daemon: orders, lifecycle steps and stock
 //! updates stream in over QUIC, the daemon is killed with SIGKILL at a
 //! random moment, restarted on the same data directory, and everything it
-//! answered must be there exactly as answered.
+//! answered must be there exactly as answered. The daemon snapshots every
+//! few hundred records, so most cycles write snapshots, some kills land in
+//! the middle of one, and most restarts load snapshots before the journal.
 
 mod common;
 
@@ -23,6 +25,56 @@ const WORKERS: usize = 8;
 const ADMIN: &str = "dev-admin-token";
 const WEB: &str = "dev-web-token";
 const DEFAULT_CYCLES: usize = 10;
+/// Journal records between two snapshots: a cycle writes hundreds to
+/// thousands, so each begins a snapshot soon after its start, and its kill
+/// finds it under way (a snapshot writes for 0.2-0.9 s here) or whole.
+const SNAPSHOT_EVERY_RECORDS: u64 = 50;
+/// How long the first cycle may run until a snapshot is whole.
+const FIRST_SNAPSHOT_WITHIN_S: u64 = 60;
+
+/// The embedded config, snapshotting every `SNAPSHOT_EVERY_RECORDS`.
+fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let default = "snapshot_every_records = 250000";
+    let text = omniroute::config::DEFAULT_CONFIG_TOML;
+    assert!(text.contains(default), "the embedded config changed");
+    let text = text.replace(
+        default,
+        &format!("snapshot_every_records = {SNAPSHOT_EVERY_RECORDS}"),
+    );
+    let path = dir.join("crash.toml");
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+/// What the run saw of snapshots.
+#[derive(Default, Debug)]
+struct Snapshots {
+    /// Snapshots the daemons logged as written.
+    written: usize,
+    /// Kills that came while /metrics said a snapshot was under way.
+    kills_while_imaging: usize,
+    /// Restarts that loaded every actor's snapshot before the journal.
+    recoveries_from_snapshots: usize,
+}
+
+/// Whether /metrics says a snapshot is under way (begun, not written).
+async fn imaging(daemon: &Daemon) -> bool {
+    let page = daemon.metrics().await;
+    let started = common::daemon::sample(&page, "omniroute_snapshots_started_total");
+    started > common::daemon::sample(&page, "omniroute_snapshots_total")
+}
+
+/// Waits until the daemon has written a snapshot of every actor.
+async fn snapshot_written(daemon: &Daemon) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(FIRST_SNAPSHOT_WITHIN_S);
+    while common::daemon::sample(&daemon.metrics().await, "omniroute_snapshots_total") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot written within {FIRST_SNAPSHOT_WITHIN_S} s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 fn sku(i: usize) -> String {
     format!("CR-{i}")
@@ -366,7 +418,8 @@ async fn verify(client: &Client, known: &mut Known, cycle: usize) {
 async fn answered_orders_survive_sigkill() {
     // Proves that after SIGKILL at a random moment every answered order, step and stock
     // update is there exactly as answered, in-flight orders are all-or-nothing, and ATP
-    // equals on_hand minus the open allocations, over OMNIROUTE_CRASH_CYCLES cycles.
+    // equals on_hand minus the open allocations, over OMNIROUTE_CRASH_CYCLES cycles; with
+    // snapshots written all along, some killed half-way, and restarts loading them.
     let cycles: usize = std::env::var("OMNIROUTE_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -374,7 +427,9 @@ async fn answered_orders_survive_sigkill() {
     let dir = common::TempDir::new("crash");
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut known = Known::default();
-    let mut daemon = Daemon::start(&dir.0, None, "127.0.0.1:0").await;
+    let config = write_config(&dir.0);
+    let mut snapshots = Snapshots::default();
+    let mut daemon = Daemon::start(&dir.0, Some(&config), "127.0.0.1:0").await;
     {
         let admin = daemon.client(ADMIN).await;
         let mut entries = Vec::new();
@@ -419,8 +474,22 @@ async fn answered_orders_survive_sigkill() {
             killed.clone(),
         )));
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
+        if cycle == 0 {
+            // Every later restart then has snapshots to load, whatever
+            // the machine's speed.
+            snapshot_written(&daemon).await;
+        }
+        if imaging(&daemon).await {
+            snapshots.kills_while_imaging += 1;
+        }
         daemon.child.start_kill().expect("SIGKILL");
         daemon.child.wait().await.expect("daemon reaped");
+        snapshots.written += daemon
+            .log_to_end()
+            .await
+            .iter()
+            .filter(|line| line.contains("snapshot at LSN "))
+            .count();
         stop.store(true, Ordering::Relaxed);
         let _ = kill.send(true);
         for task in tasks {
@@ -434,7 +503,11 @@ async fn answered_orders_survive_sigkill() {
             .expect("tasks done")
             .into_inner()
             .unwrap();
-        daemon = Daemon::start(&dir.0, None, "127.0.0.1:0").await;
+        daemon = Daemon::start(&dir.0, Some(&config), "127.0.0.1:0").await;
+        let recovery = daemon.recovery().await;
+        if recovery.snapshots > 0 && recovery.oldest_lsn > 0 {
+            snapshots.recoveries_from_snapshots += 1;
+        }
         let client = daemon.client(ADMIN).await;
         verify(&client, &mut known, cycle).await;
         let answered = known.orders.len();
@@ -443,5 +516,10 @@ async fn answered_orders_survive_sigkill() {
     }
     daemon.child.start_kill().expect("stop");
     let _ = daemon.child.wait().await;
-    println!("{cycles} crash cycles, {total_orders} orders checked");
+    println!("{cycles} crash cycles, {total_orders} orders checked; {snapshots:?}");
+    assert!(snapshots.written > 0, "no snapshot in {cycles} cycles");
+    assert_eq!(
+        snapshots.recoveries_from_snapshots, cycles,
+        "every restart after the first snapshot loads snapshots"
+    );
 }

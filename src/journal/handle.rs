@@ -73,6 +73,8 @@ pub struct JournalStats {
     pub records: AtomicU64,
     pub largest_commit: AtomicU64,
     pub fsync_us_total: AtomicU64,
+    /// The snapshot loop's records trigger, checked once per commit.
+    pub mark: super::RecordMark,
 }
 
 /// The journal's writing side. Cheap to share; one writer thread owns the files.

@@ -16,6 +16,7 @@
 
 mod fault;
 mod handle;
+mod mark;
 pub mod record;
 pub mod record_v2;
 mod recovery;
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 pub use fault::Watcher;
 pub use handle::{Done, Journal, JournalStats, Slot, MAX_RECORDS_PER_COMMIT};
+pub use mark::RecordMark;
 pub use recovery::{
     read, recover, ReadSummary, RecordFormat, Recovered, RecoveredRecord, TornTail,
 };

@@ -127,7 +127,8 @@ impl Writer {
         self.commit_records.record(records as f64);
         self.size += buffer.len() as u64;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.stats.records.fetch_add(records, Ordering::Relaxed);
+        let written = self.stats.records.fetch_add(records, Ordering::SeqCst) + records;
+        self.stats.mark.reached(written);
         self.stats
             .largest_commit
             .fetch_max(records, Ordering::Relaxed);

@@ -184,6 +184,45 @@ impl Daemon {
         first_with(&mut self.log, text, "log").await
     }
 
+    /// What the start's recovery loaded, from its log line.
+    pub async fn recovery(&mut self) -> RecoveryLine {
+        let line = self.log_line_with("snapshots (oldest at LSN ").await;
+        RecoveryLine::parse(&line).unwrap_or_else(|| panic!("a recovery line: {line:?}"))
+    }
+
+    /// Every log line still to come, until the daemon's stderr closes: call
+    /// once it has exited.
+    pub async fn log_to_end(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let wait = async {
+            while let Some(line) = self.log.recv().await {
+                lines.push(line);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("the daemon's log ends within 30 s of its exit");
+        lines
+    }
+
+    /// The admin port's /metrics page (the daemon was started with one).
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin());
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(10)))
+                .build()
+                .into();
+            agent
+                .get(&url)
+                .call()
+                .and_then(|mut r| r.body_mut().read_to_string())
+                .expect("/metrics answers")
+        })
+        .await
+        .expect("the scrape")
+    }
+
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY: kill only sends a signal to our own child process.
@@ -209,6 +248,42 @@ impl Daemon {
         let (_, rest) = line.split_once("orders recovered, ").unwrap();
         rest.split_whitespace().next().unwrap().parse().unwrap()
     }
+}
+
+/// The log line of a start's recovery: "recovered DIR in N ms: K snapshots
+/// (oldest at LSN L), R journal records replayed, ...".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryLine {
+    /// Actors' snapshot files loaded.
+    pub snapshots: usize,
+    /// The oldest of their LSNs (0: some actor had none).
+    pub oldest_lsn: u64,
+    pub replayed: u64,
+}
+
+impl RecoveryLine {
+    fn parse(line: &str) -> Option<RecoveryLine> {
+        let (_, rest) = line.split_once(" ms: ")?;
+        let (snapshots, rest) = rest.split_once(" snapshots (oldest at LSN ")?;
+        let (oldest_lsn, rest) = rest.split_once("), ")?;
+        let (replayed, _) = rest.split_once(" journal records replayed")?;
+        Some(RecoveryLine {
+            snapshots: snapshots.trim().parse().ok()?,
+            oldest_lsn: oldest_lsn.trim().parse().ok()?,
+            replayed: replayed.trim().parse().ok()?,
+        })
+    }
+}
+
+/// The value of the sample `series` (name and labels as rendered) on a
+/// /metrics page, or 0 when absent.
+pub fn sample(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
 }
 
 /// A start the daemon gave up: how it exited, and what it printed (stdout
