@@ -52,22 +52,22 @@ fn key(id: &str) -> OrderKey {
 /// that the orders fill several), snapshots only at a graceful stop, and
 /// little sample stock (a start loads less).
 fn config_file(dir: &Path) -> PathBuf {
-    let mut text = omniroute::config::DEFAULT_CONFIG_TOML.to_string();
-    for (from, to) in [
-        ("segment_bytes = 67108864", "segment_bytes = 1048576"),
-        ("snapshot_interval_ms = 60000", "snapshot_interval_ms = 0"),
-        (
-            "snapshot_every_records = 250000",
-            "snapshot_every_records = 0",
-        ),
-        ("skus = 10000", "skus = 100"),
-    ] {
-        assert!(text.contains(from), "the default config has {from}");
-        text = text.replacen(from, to, 1);
-    }
-    let path = dir.join("omniroute.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::embedded_config_with(
+        dir,
+        "omniroute.toml",
+        &[
+            ("segment_bytes = 67108864", "segment_bytes = 1048576".into()),
+            (
+                "snapshot_interval_ms = 60000",
+                "snapshot_interval_ms = 0".into(),
+            ),
+            (
+                "snapshot_every_records = 250000",
+                "snapshot_every_records = 0".into(),
+            ),
+            ("skus = 10000", "skus = 100".into()),
+        ],
+    )
 }
 
 /// What the daemon answered: each routed order's allocations, and the

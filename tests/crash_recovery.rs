@@ -34,16 +34,14 @@ const FIRST_SNAPSHOT_WITHIN_S: u64 = 60;
 
 /// The embedded config, snapshotting every `SNAPSHOT_EVERY_RECORDS`.
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let default = "snapshot_every_records = 250000";
-    let text = omniroute::config::DEFAULT_CONFIG_TOML;
-    assert!(text.contains(default), "the embedded config changed");
-    let text = text.replace(
-        default,
-        &format!("snapshot_every_records = {SNAPSHOT_EVERY_RECORDS}"),
-    );
-    let path = dir.join("crash.toml");
-    std::fs::write(&path, text).expect("config written");
-    path
+    common::embedded_config_with(
+        dir,
+        "crash.toml",
+        &[(
+            "snapshot_every_records = 250000",
+            format!("snapshot_every_records = {SNAPSHOT_EVERY_RECORDS}"),
+        )],
+    )
 }
 
 /// What the run saw of snapshots.

@@ -224,15 +224,21 @@ async fn readyz_is_false_during_recovery_and_true_after() {
     // then, and 200 once orders are accepted.
     let dir = TempDir::new("ops-ready");
     // A large sample stock, never snapshotted: a restart replays ~2 M journaled cells.
-    let config = dir.0.join("big.toml");
-    let text = omniroute::config::DEFAULT_CONFIG_TOML
-        .replace("skus = 10000", "skus = 100000")
-        .replace("snapshot_interval_ms = 300000", "snapshot_interval_ms = 0")
-        .replace(
-            "snapshot_every_records = 2000000",
-            "snapshot_every_records = 0",
-        );
-    std::fs::write(&config, text).unwrap();
+    let config = common::embedded_config_with(
+        &dir.0,
+        "big.toml",
+        &[
+            ("skus = 10000", "skus = 100000".into()),
+            (
+                "snapshot_interval_ms = 60000",
+                "snapshot_interval_ms = 0".into(),
+            ),
+            (
+                "snapshot_every_records = 250000",
+                "snapshot_every_records = 0".into(),
+            ),
+        ],
+    );
     let mut first = Daemon::start(&dir.0, Some(&config), "127.0.0.1:0").await;
     first.child.kill().await.unwrap();
     let admin = free_port();

@@ -29,24 +29,21 @@ const WEB: &str = "dev-web-token";
 /// The embedded config with a large sample stock, no time trigger, and a
 /// snapshot every `SNAPSHOT_EVERY_RECORDS` records.
 fn write_config(dir: &Path) -> PathBuf {
-    let mut text = omniroute::config::DEFAULT_CONFIG_TOML.to_string();
-    for (from, to) in [
-        ("skus = 10000", format!("skus = {SKUS}")),
-        (
-            "snapshot_interval_ms = 60000",
-            "snapshot_interval_ms = 0".into(),
-        ),
-        (
-            "snapshot_every_records = 250000",
-            format!("snapshot_every_records = {SNAPSHOT_EVERY_RECORDS}"),
-        ),
-    ] {
-        assert!(text.contains(from), "the embedded config changed: {from}");
-        text = text.replace(from, &to);
-    }
-    let path = dir.join("big.toml");
-    std::fs::write(&path, text).expect("config written");
-    path
+    common::embedded_config_with(
+        dir,
+        "big.toml",
+        &[
+            ("skus = 10000", format!("skus = {SKUS}")),
+            (
+                "snapshot_interval_ms = 60000",
+                "snapshot_interval_ms = 0".into(),
+            ),
+            (
+                "snapshot_every_records = 250000",
+                format!("snapshot_every_records = {SNAPSHOT_EVERY_RECORDS}"),
+            ),
+        ],
+    )
 }
 
 fn key(id: &str) -> OrderKey {

@@ -387,3 +387,21 @@ pub async fn state_of(engine: &Engine) -> (Vec<Image>, Vec<(usize, Vec<OrderReco
     books.sort_by_key(|(router, _)| *router);
     (images, books)
 }
+
+/// The embedded default config with each `(from, to)` replaced once,
+/// written to `dir/name`. Panics if a `from` is not in it: a test must not
+/// fall back to the defaults silently when the embedded config changes.
+pub fn embedded_config_with(
+    dir: &std::path::Path,
+    name: &str,
+    replacements: &[(&str, String)],
+) -> std::path::PathBuf {
+    let mut text = omniroute::config::DEFAULT_CONFIG_TOML.to_string();
+    for (from, to) in replacements {
+        assert!(text.contains(from), "the embedded config has no {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("config written");
+    path
+}
