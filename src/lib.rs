@@ -27,6 +27,8 @@
 //!   [`telemetry`]: metric names, the recorder, the log level.
 //! - [`replay`]: `omniroute replay`, the journal's orders routed again
 //!   under another policy.
+//! - [`replica`]: replication on raft-rs, under way: the seeded simulation
+//!   of three replicas.
 //! - [`config`] (the TOML file, its validation, the embedded sample) and
 //!   [`config_diff`] (which keys a reload applies); [`sample`]: sample
 //!   orders and the synchronous driver over a config; [`limits`]: every
@@ -54,6 +56,7 @@ pub mod limits;
 pub mod memory;
 pub mod private_files;
 pub mod replay;
+pub mod replica;
 pub mod sample;
 pub mod schema;
 pub mod server;
