@@ -17,7 +17,7 @@ use common::daemon::{Daemon, Refused};
 use common::TempDir;
 use omniroute::journal::record::RECORD_HEADER_BYTES;
 use omniroute_client::Client;
-use omniroute_protocol::{Decision, Method, Order, OrderKey, StockSet};
+use omniroute_protocol::{Decision, OrderKey, StockSet};
 use rand::{Rng, SeedableRng};
 
 const ADMIN: &str = "dev-admin-token";
@@ -116,16 +116,8 @@ async fn answer_orders(client: &Client, run: usize, count: usize, answered: &mut
     for i in 0..count {
         // Four digits: no id is the beginning of another (see `orders_from`).
         let id = format!("r{run}-{i:04}");
-        let order = Order {
-            channel: "web".into(),
-            client_order_id: id.clone(),
-            lat: 52.52,
-            lon: 13.40,
-            market: Some("DE".into()),
-            method: Method::Ship,
-            hold_ttl_ms: None,
-            lines: vec![(sku(i % SKUS), 1 + (i % 2) as u32)],
-        };
+        let order =
+            common::daemon::web_order(id.clone(), vec![(sku(i % SKUS), 1 + (i % 2) as u32)]);
         match client.submit(order).await.expect("submit") {
             Decision::Routed { allocations, .. } => {
                 let placed = allocations

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::daemon::Daemon;
 use futures::stream::{self, StreamExt};
 use omniroute_client::{Client, ClientError};
-use omniroute_protocol::{order_states, Decision, Method, Order, OrderKey, StockAdjust, StockSet};
+use omniroute_protocol::{order_states, Decision, OrderKey, StockAdjust, StockSet};
 use rand::{Rng, SeedableRng};
 
 const SKUS: usize = 8;
@@ -153,16 +153,7 @@ async fn worker(
             .unwrap()
             .submits_in_flight
             .insert(id.clone(), lines.clone());
-        let order = Order {
-            channel: "web".into(),
-            client_order_id: id.clone(),
-            lat: 52.52,
-            lon: 13.40,
-            market: Some("DE".into()),
-            method: Method::Ship,
-            hold_ttl_ms: None,
-            lines: lines.clone(),
-        };
+        let order = common::daemon::web_order(id.clone(), lines.clone());
         let decision = match unless_killed(&killed, client.submit(order)).await {
             Ok(decision) => decision,
             Err(e) if is_closed(&e) => return,

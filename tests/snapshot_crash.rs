@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{sample, Daemon};
+use common::daemon::{sample, web_order, Daemon};
 use common::TempDir;
 use omniroute_client::{Client, ClientError};
-use omniroute_protocol::{order_states, Decision, Method, Order, OrderKey};
+use omniroute_protocol::{order_states, Decision, OrderKey};
 
 /// Sample SKUs: enough stock cells (about 20 per SKU) that writing the
 /// shards' images takes long enough to be caught half-way.
@@ -62,16 +62,8 @@ async fn worker(client: Client, prefix: String, answered: Answered, killed: Kill
     let spread = prefix.bytes().map(usize::from).sum::<usize>();
     for i in 0.. {
         let id = format!("{prefix}-{i}");
-        let order = Order {
-            channel: "web".into(),
-            client_order_id: id.clone(),
-            lat: 52.52,
-            lon: 13.40,
-            market: Some("DE".into()),
-            method: Method::Ship,
-            hold_ttl_ms: None,
-            lines: vec![(format!("SKU-{}", 1 + (spread * 7919 + i * 31) % 1000), 1)],
-        };
+        let sku = format!("SKU-{}", 1 + (spread * 7919 + i * 31) % 1000);
+        let order = web_order(id.clone(), vec![(sku, 1)]);
         let mut killed = killed.clone();
         let decision = tokio::select! {
             decision = client.submit(order) => decision,

@@ -7,9 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::daemon::{sample, Daemon};
+use common::daemon::{sample, web_order, Daemon};
 use common::TempDir;
-use omniroute_protocol::{Method, Order};
 
 /// Journal records between two snapshots.
 const SNAPSHOT_EVERY_RECORDS: u64 = 30;
@@ -82,16 +81,10 @@ async fn a_snapshot_begins_as_the_journal_passes_the_records_trigger() {
         let passed = loop {
             next += 1;
             client
-                .submit(Order {
-                    channel: "web".into(),
-                    client_order_id: format!("st-{next}"),
-                    lat: 52.52,
-                    lon: 13.40,
-                    market: Some("DE".into()),
-                    method: Method::Ship,
-                    hold_ttl_ms: None,
-                    lines: vec![(format!("SKU-{}", 1 + next % 100), 1)],
-                })
+                .submit(web_order(
+                    format!("st-{next}"),
+                    vec![(format!("SKU-{}", 1 + next % 100), 1)],
+                ))
                 .await
                 .expect("an answer");
             let now = counts(&daemon).await;

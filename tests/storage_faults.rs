@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use omniroute_client::{Client, ClientError};
-use omniroute_protocol::{order_states, Decision, ErrorCode, Method, Order, OrderKey, StockSet};
+use omniroute_protocol::{order_states, Decision, ErrorCode, Order, OrderKey, StockSet};
 use rand::{Rng, SeedableRng};
 
 const SKUS: usize = 6;
@@ -80,14 +80,8 @@ struct Known {
 
 fn order(id: &str, lines: &[(String, u32)]) -> Order {
     Order {
-        channel: "web".into(),
-        client_order_id: id.into(),
-        lat: 52.52,
-        lon: 13.40,
-        market: Some("DE".into()),
-        method: Method::Ship,
         hold_ttl_ms: Some(600_000),
-        lines: lines.to_vec(),
+        ..common::daemon::web_order(id, lines.to_vec())
     }
 }
 

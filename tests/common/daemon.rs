@@ -327,3 +327,18 @@ async fn first_with(lines: &mut mpsc::UnboundedReceiver<String>, text: &str, wha
         .await
         .unwrap_or_else(|_| panic!("no {text:?} in the {what} within 30 s"))
 }
+
+/// A web order shipped to Berlin with no hold of its own: the order most
+/// tests against the real daemon submit.
+pub fn web_order(id: impl Into<String>, lines: Vec<(String, u32)>) -> omniroute_protocol::Order {
+    omniroute_protocol::Order {
+        channel: "web".into(),
+        client_order_id: id.into(),
+        lat: 52.52,
+        lon: 13.40,
+        market: Some("DE".into()),
+        method: omniroute_protocol::Method::Ship,
+        hold_ttl_ms: None,
+        lines,
+    }
+}
