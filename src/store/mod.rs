@@ -22,6 +22,7 @@ use crate::engine::sequencer::Sequencer;
 use crate::engine::{EngineError, EngineState};
 use crate::journal::{self, Durability, JournalError, TornTail};
 
+pub(crate) mod apply;
 pub mod layout;
 pub mod lock;
 pub use lock::{Access, DirLock, LockError};

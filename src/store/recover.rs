@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use rkyv::rancor;
 
+use super::apply::{apply_record, Applied};
 use super::chain::{prove_chain, Link};
 use super::durable::map_file;
-use super::error::{RecordError, SnapshotError};
+use super::error::SnapshotError;
 use super::frame::{
     parse_snapshot, router_archives, FEED_SNAPSHOT, SNAPSHOT_HEADER_BYTES, SNAPSHOT_SUFFIX,
 };
@@ -26,16 +27,13 @@ use crate::core::book::router_of_order;
 use crate::core::capacity::{LedgerImage, NodeLedger};
 use crate::core::index::AvailabilityIndex;
 use crate::core::network::Network;
-use crate::core::ops::{apply_node_op, apply_stock_op};
 use crate::core::order::OrderRecord;
 use crate::core::router::{OrderRef, RouterCore};
-use crate::core::status::{statuses_of, FeedImage, StatusFeed};
-use crate::core::stock::{Bumped, ShardImage, StockShard};
-use crate::engine::sequencer::{
-    Sequencer, Txn, KIND_DEMAND, KIND_DEMAND_LOST, KIND_MARKER, KIND_POLICY, KIND_TXN,
-};
+use crate::core::status::{FeedImage, StatusFeed};
+use crate::core::stock::{ShardImage, StockShard};
+use crate::engine::sequencer::Sequencer;
 use crate::engine::{EngineSettings, EngineState};
-use crate::journal::{self, Journal, RecoveredRecord};
+use crate::journal::{self, Journal};
 use crate::schema::{Layout, Names};
 
 /// A snapshot read back: its LSN and its validated body.
@@ -199,18 +197,6 @@ pub(super) struct Replayed {
     fresh: bool,
 }
 
-/// The LSN each actor's snapshot had applied: 0 with no snapshot, and
-/// `u64::MAX` for a node new since the last start (nothing to replay).
-struct Applied {
-    catalog: u64,
-    shards: Vec<u64>,
-    routers: Vec<u64>,
-    nodes: Vec<u64>,
-    /// The channels' status logs: a directory written before they were
-    /// snapshotted starts them empty at the oldest of the others' LSNs.
-    feed: u64,
-}
-
 impl Applied {
     /// Each actor's place in the chain the journal must hold (a new node's
     /// has nothing in it; the feed's only once it was snapshotted).
@@ -257,20 +243,6 @@ impl Applied {
         }
         links
     }
-
-    /// Where the journal is read from: the oldest snapshot's LSN.
-    fn oldest(&self) -> u64 {
-        [self.catalog]
-            .iter()
-            .chain(&self.shards)
-            .chain(&self.nodes)
-            .chain(&self.routers)
-            .chain([&self.feed])
-            .copied()
-            .filter(|&lsn| lsn != u64::MAX)
-            .min()
-            .unwrap_or(0)
-    }
 }
 
 /// Loads each actor's snapshot and replays the journal after it, under
@@ -311,7 +283,7 @@ pub(super) fn replay_state(
         report.snapshots_loaded == 0 && recovered.records.is_empty() && recovered.next_lsn <= 1;
     let mut bumped = Vec::new();
     for record in &recovered.records {
-        if replay_record(record, &mut state, &applied, &mut bumped)? {
+        if apply_record(record, &mut state, &applied, &mut bumped)? {
             report.records_replayed += 1;
         }
     }
@@ -510,79 +482,6 @@ fn share_order_ids(image: &mut LedgerImage, routers: &[RouterCore]) {
             }
         }
     }
-}
-
-/// Applies one journal record to the actors whose snapshot is older than
-/// it. Whether it was a state change (demand, markers and policy reloads
-/// are not: the what-if replay and the live daemon read those).
-fn replay_record(
-    record: &RecoveredRecord,
-    state: &mut EngineState,
-    applied: &Applied,
-    bumped: &mut Vec<Bumped>,
-) -> Result<bool, StoreError> {
-    let lsn = record.lsn;
-    let failed = |cause: RecordError| StoreError::Replay { lsn, cause };
-    match record.kind {
-        KIND_MARKER | KIND_POLICY | KIND_DEMAND | KIND_DEMAND_LOST => return Ok(false),
-        KIND_TXN => {}
-        other => return Err(failed(RecordError::UnknownKind(other))),
-    }
-    let txn = Txn::decode(&record.payload).map_err(|e| failed(e.into()))?;
-    if lsn > applied.catalog {
-        for (id, name) in &txn.skus {
-            let got = state.index.intern(name).map_err(|e| failed(e.into()))?;
-            if got != *id {
-                return Err(failed(RecordError::SkuMoved {
-                    name: name.clone(),
-                    id: *id,
-                    got,
-                }));
-            }
-        }
-    }
-    if lsn > applied.feed {
-        for status in statuses_of(&txn.orders, &txn.stock, &txn.nodes) {
-            state.feed.append(status);
-        }
-    }
-    for order in txn.orders {
-        let r = router_of_order(order.id, state.routers.len());
-        if lsn > applied.routers[r] {
-            state.routers[r]
-                .restore(order)
-                .map_err(|e| failed(e.into()))?;
-        }
-    }
-    let shard_count = state.shards.len();
-    for (shard, op) in txn.stock {
-        let s = shard as usize;
-        let valid = s < shard_count
-            && op.sku().is_none_or(|sku| {
-                StockShard::shard_of(sku, shard_count as u32) == shard
-                    && (sku as usize) < state.index.sku_count()
-            });
-        if !valid {
-            return Err(failed(RecordError::OutsideLayout {
-                op: format!("{op:?}"),
-                shard,
-            }));
-        }
-        if lsn > applied.shards[s] {
-            // Errors (an overflowing adjust) failed alike when live.
-            let _ = apply_stock_op(&mut state.shards[s], op, bumped);
-        }
-    }
-    for (node, op) in txn.nodes {
-        let n = node as usize;
-        if n >= state.ledgers.len() {
-            return Err(failed(RecordError::UnknownNode(node)));
-        }
-        if lsn > applied.nodes[n] {
-            let _ = apply_node_op(&mut state.ledgers[n], op);
-        }
-    }
-    Ok(true)
 }
 
 /// Refuses a network that retired a node or channel with open work: its
