@@ -74,6 +74,14 @@ fn injected(_point: &'static str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Failpoints are process-wide: a unit test that sets them, or does I/O
+/// through the seam while another may have set them, holds this lock.
+#[cfg(test)]
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An errno by name (ENOSPC, EIO, EMFILE, ENFILE, EDQUOT, EROFS) or
 /// number; anything else is EIO.
 pub fn errno_of(name: &str) -> i32 {

@@ -22,6 +22,7 @@ pub mod record_v2;
 mod recovery;
 pub mod segment_header;
 mod segments;
+mod truncate;
 mod upgrade;
 mod writer;
 
@@ -37,6 +38,7 @@ pub use segments::{
     check_free_space, remove_segments_through, scan_segment, DEFAULT_SEGMENT_BYTES,
     FREE_SEGMENTS_TO_START,
 };
+pub use truncate::{truncate_from, Truncated};
 pub use upgrade::upgrade_segments;
 
 /// Whether an append is acknowledged only after fsync.
