@@ -2,4 +2,6 @@
 //! simulation that drives three raft-rs nodes and checks the promises the
 //! daemon will rely on. The daemon does not use this module yet.
 
+pub mod entry;
+pub mod log_index;
 pub mod sim;

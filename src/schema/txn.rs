@@ -25,6 +25,11 @@ pub const KIND_DEMAND: u8 = 4;
 /// rejected orders whose demand record was not written (the journal's
 /// queue was full), so that the replay can say its demand is incomplete.
 pub const KIND_DEMAND_LOST: u8 = 5;
+/// Journal record kind of a replicated log entry's header (a replica's
+/// journal is its Raft log: `replica::entry`): the entry's index, term and
+/// type, and how many records follow it as the entry's body. Not state;
+/// replay passes over it and applies the records.
+pub const KIND_RAFT_ENTRY: u8 = 6;
 
 /// One atomic change: the orders it rewrote (whole, as the book now has
 /// them) and the ops it sends to shards and nodes. Replay applies it alike.
