@@ -29,11 +29,22 @@ pub type Done = Box<dyn FnOnce(Result<u64, JournalError>) + Send>;
 /// A commit that failed: the callbacks to tell, and why.
 pub(super) type CommitFailed = (Vec<Done>, JournalError);
 
+/// What an append asks of the writer.
+pub(super) enum Work {
+    /// One record: a kind and its payload.
+    Record(u8, Vec<u8>),
+    /// Nothing written; its `done` runs once all queued before it is durable.
+    Barrier,
+    /// Records at consecutive LSNs, written in one commit and one segment
+    /// (a replicated entry); `done` is told the first one's LSN.
+    Group(Vec<(u8, Vec<u8>)>),
+    /// Every record from this LSN on removed, durably, before anything
+    /// queued after it is written ([`super::truncate_from`]).
+    Cut(u64),
+}
+
 pub(super) struct Append {
-    /// None: a barrier, written as nothing; its `done` runs once all
-    /// queued before it is durable.
-    pub(super) kind: Option<u8>,
-    pub(super) payload: Vec<u8>,
+    pub(super) work: Work,
     pub(super) done: Done,
     /// Its place in the queue, given back once the commit that takes it is
     /// durable: a journal with every place free has nothing in flight.
@@ -191,14 +202,49 @@ impl Journal {
         payload: Vec<u8>,
         done: Done,
     ) -> Result<(), JournalError> {
-        if payload.len() > record::MAX_RECORD_PAYLOAD_BYTES {
-            // The step that built it has changed memory already: going on
-            // would answer from state no record holds. A bug, and loud.
-            let error = JournalError::TooLarge(payload.len());
+        self.refuse_over_max(payload.len())?;
+        self.queue_append(slot, Work::Record(kind, payload), done)
+    }
+
+    /// Queues records to be written together, at consecutive LSNs, in one
+    /// commit and one segment; `done` runs with the first one's LSN once
+    /// they are durable. At most `MAX_RECORDS_PER_COMMIT` records.
+    pub fn append_group_in(
+        &self,
+        slot: Slot,
+        records: Vec<(u8, Vec<u8>)>,
+        done: Done,
+    ) -> Result<(), JournalError> {
+        if records.len() > MAX_RECORDS_PER_COMMIT {
+            let error = JournalError::TooLarge(records.len());
             self.fault.raise(error.clone());
             return Err(error);
         }
-        self.queue_append(slot, Some(kind), payload, done)
+        for (_, payload) in &records {
+            self.refuse_over_max(payload.len())?;
+        }
+        self.queue_append(slot, Work::Group(records), done)
+    }
+
+    /// Queues a cut: every record from `lsn` on is removed, durably, and
+    /// the next append takes `lsn`; `done` runs once it is (with `lsn`).
+    /// What was queued before is written first. The caller makes the cut's
+    /// intent durable before, since a crash part way leaves a journal
+    /// recovery refuses until [`super::truncate_from`] is run again.
+    pub fn cut_from_in(&self, slot: Slot, lsn: u64, done: Done) -> Result<(), JournalError> {
+        self.queue_append(slot, Work::Cut(lsn), done)
+    }
+
+    /// A payload over the maximum: the step that built it has changed
+    /// memory already, so going on would answer from state no record
+    /// holds. A bug, and loud.
+    fn refuse_over_max(&self, bytes: usize) -> Result<(), JournalError> {
+        if bytes <= record::MAX_RECORD_PAYLOAD_BYTES {
+            return Ok(());
+        }
+        let error = JournalError::TooLarge(bytes);
+        self.fault.raise(error.clone());
+        Err(error)
     }
 
     /// The storage error that stopped the journal, if one has: from then
@@ -243,23 +289,12 @@ impl Journal {
     /// Queues a barrier in `slot`: nothing is written, and `done` runs on
     /// the writer thread once every record queued before it is durable.
     pub fn barrier_in(&self, slot: Slot, done: Done) -> Result<(), JournalError> {
-        self.queue_append(slot, None, Vec::new(), done)
+        self.queue_append(slot, Work::Barrier, done)
     }
 
-    fn queue_append(
-        &self,
-        slot: Slot,
-        kind: Option<u8>,
-        payload: Vec<u8>,
-        done: Done,
-    ) -> Result<(), JournalError> {
+    fn queue_append(&self, slot: Slot, work: Work, done: Done) -> Result<(), JournalError> {
         let queue = self.queue.read().expect("journal queue lock");
-        let append = Append {
-            kind,
-            payload,
-            done,
-            slot,
-        };
+        let append = Append { work, done, slot };
         // A slot guarantees room: this send does not wait.
         queue
             .as_ref()

@@ -262,6 +262,107 @@ mod tests {
         assert!(below.to_string().contains("begins at"), "{below}");
     }
 
+    /// Queues `work` on `journal` and returns where its answer comes.
+    fn queued(
+        journal: &Journal,
+        work: impl FnOnce(&Journal, crate::journal::Slot, crate::journal::Done),
+    ) -> mpsc::Receiver<Result<u64, JournalError>> {
+        let (sender, receiver) = mpsc::channel();
+        let slot = futures::executor::block_on(journal.reserve());
+        work(
+            journal,
+            slot,
+            Box::new(move |r| sender.send(r).expect("the test waits")),
+        );
+        receiver
+    }
+
+    fn group(journal: &Journal, name: &str) -> mpsc::Receiver<Result<u64, JournalError>> {
+        let records: Vec<(u8, Vec<u8>)> = (0..5)
+            .map(|r| (1, format!("{name}/{r}").into_bytes()))
+            .collect();
+        queued(journal, |j, slot, done| {
+            j.append_group_in(slot, records, done).expect("queued")
+        })
+    }
+
+    #[test]
+    fn a_cut_between_groups_in_a_running_journal_is_made_in_order() {
+        // Proves a cut queued between groups removes the tail before the groups after it are
+        // written, which take the cut's LSNs, and that no group is split across segments.
+        let _serial = crate::faults::serial();
+        let scratch = Scratch::new("running");
+        let journal = Journal::start(&scratch.0, 1, Durability::Fsync, SMALL_SEGMENT_BYTES)
+            .expect("a journal");
+        let firsts: Vec<u64> = (0..60)
+            .map(|g| {
+                group(&journal, &format!("old{g}"))
+                    .recv()
+                    .expect("an answer")
+                    .expect("durable")
+            })
+            .collect();
+        assert_eq!(firsts[59], 296);
+        let cut_at = firsts[20];
+        let cut = queued(&journal, |j, slot, done| {
+            j.cut_from_in(slot, cut_at, done).expect("queued")
+        });
+        let (a, b) = (group(&journal, "new0"), group(&journal, "new1"));
+        assert_eq!(cut.recv().expect("an answer").expect("cut"), cut_at);
+        assert_eq!(a.recv().expect("an answer").expect("durable"), cut_at);
+        assert_eq!(b.recv().expect("an answer").expect("durable"), cut_at + 5);
+        journal.shutdown();
+        let names: Vec<String> = recover(&scratch.0, 0)
+            .expect("recovers")
+            .records
+            .iter()
+            .map(|r| String::from_utf8(r.payload.clone()).expect("text"))
+            .collect();
+        let expected: Vec<String> = (0..20)
+            .map(|g| format!("old{g}"))
+            .chain(["new0".into(), "new1".into()])
+            .flat_map(|g| (0..5).map(move |r| format!("{g}/{r}")))
+            .collect();
+        assert_eq!(names, expected);
+        for (first, path) in segment_paths(&scratch.0).expect("segments") {
+            let bytes = std::fs::read(&path).expect("a segment");
+            if let Some(record) = scan_segment(&bytes, Some(first)).records.first() {
+                assert!(
+                    bytes[record.payload.clone()].ends_with(b"/0"),
+                    "{}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_that_fails_stops_the_journal() {
+        // Proves an I/O error in a running journal's cut is the journal's fault: the cut's
+        // caller and every append after it are told, and nothing more is written.
+        let _serial = crate::faults::serial();
+        let scratch = Scratch::new("cut-fault");
+        let journal = Journal::start(&scratch.0, 1, Durability::Fsync, SMALL_SEGMENT_BYTES)
+            .expect("a journal");
+        for g in 0..40 {
+            group(&journal, &format!("old{g}"))
+                .recv()
+                .expect("an answer")
+                .expect("durable");
+        }
+        fail::cfg(points::JOURNAL_WRITE, "return(EIO)").expect("a failpoint");
+        let cut = queued(&journal, |j, slot, done| {
+            j.cut_from_in(slot, 11, done).expect("queued")
+        });
+        let after = group(&journal, "after");
+        let cut = cut.recv().expect("an answer");
+        fail::remove(points::JOURNAL_WRITE);
+        assert!(cut.is_err(), "{cut:?}");
+        assert!(after.recv().expect("an answer").is_err());
+        assert!(journal.has_failed());
+        journal.shutdown();
+    }
+
     fn copy_dir(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).expect("a copy");
         for entry in std::fs::read_dir(from).expect("a directory") {

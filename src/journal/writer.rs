@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use super::fault::Fault;
 use super::handle::{
-    Append, CommitFailed, Done, JournalStats, MAX_RECORDS_PER_COMMIT, UNVOUCHED_LINGER_US,
+    Append, CommitFailed, Done, JournalStats, Work, MAX_RECORDS_PER_COMMIT, UNVOUCHED_LINGER_US,
 };
 use super::record::{self};
 use super::segment_header::SEGMENT_HEADER_BYTES;
-use super::segments::{plain_segment, segment_path, SpareJob};
+use super::segments::{open_segment, plain_segment, segment_path, SpareJob};
+use super::truncate::truncate_from;
 use super::{io_error, Durability, JournalError};
 use crate::faults::{self, points};
 
@@ -64,15 +65,24 @@ impl Writer {
         let vouched = batch.iter().any(Append::vouched);
         for append in batch {
             slots.push(append.slot);
-            let Some(kind) = append.kind else {
-                // Durable with everything before it: the last LSN so far.
-                acks.push((append.done, self.next_lsn - 1));
-                continue;
-            };
-            record::encode(kind, self.next_lsn, &append.payload, buffer);
             acks.push((append.done, self.next_lsn));
-            self.next_lsn += 1;
-            records += 1;
+            match append.work {
+                Work::Record(kind, payload) => {
+                    record::encode(kind, self.next_lsn, &payload, buffer);
+                    self.next_lsn += 1;
+                    records += 1;
+                }
+                Work::Group(group) => {
+                    for (kind, payload) in group {
+                        record::encode(kind, self.next_lsn, &payload, buffer);
+                        self.next_lsn += 1;
+                        records += 1;
+                    }
+                }
+                // Durable with everything before it: the last LSN so far.
+                Work::Barrier => acks.last_mut().expect("pushed").1 -= 1,
+                Work::Cut(_) => unreachable!("a cut is made between commits"),
+            }
         }
         let written = match self.fault.error() {
             // Raised elsewhere (the snapshot path, the spare thread).
@@ -195,6 +205,75 @@ impl Writer {
             .map_err(|e| io_error(&self.path, e))
     }
 
+    /// Commits `batch` in order, each cut made between two commits; a
+    /// part's callers are told as soon as it is durable, so what waits on
+    /// a barrier before a cut runs before the cut. On a failure, the
+    /// callbacks of the part that failed and of every part after it.
+    fn write_batch(
+        &mut self,
+        batch: Vec<Append>,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), CommitFailed> {
+        let mut rest = batch.into_iter().peekable();
+        while rest.peek().is_some() {
+            let part: Vec<Append> =
+                std::iter::from_fn(|| rest.next_if(|a| !matches!(a.work, Work::Cut(_)))).collect();
+            let failed = if part.is_empty() {
+                let cut = rest.next().expect("a cut is next");
+                let Work::Cut(lsn) = cut.work else {
+                    unreachable!("matched a cut")
+                };
+                match self.cut(lsn) {
+                    Ok(()) => {
+                        (cut.done)(Ok(lsn));
+                        continue;
+                    }
+                    Err(error) => (vec![cut.done], error),
+                }
+            } else {
+                match self.commit(part, buffer) {
+                    Ok(acks) => {
+                        acks.into_iter().for_each(|(done, lsn)| done(Ok(lsn)));
+                        continue;
+                    }
+                    Err(failed) => failed,
+                }
+            };
+            let (mut dones, error) = failed;
+            dones.extend(rest.map(|a| a.done));
+            return Err((dones, error));
+        }
+        Ok(())
+    }
+
+    /// Removes every record from `lsn` on and writes on from there, as a
+    /// start after recovery would. A cut at or past the end is nothing.
+    fn cut(&mut self, lsn: u64) -> Result<(), JournalError> {
+        if let Some(error) = self.fault.error() {
+            return Err(error);
+        }
+        if lsn >= self.next_lsn {
+            return Ok(());
+        }
+        let cut = self
+            .sync_unvouched()
+            .and_then(|()| truncate_from(&self.dir, lsn))
+            .and_then(|_| open_segment(&self.dir, lsn, self.segment_bytes));
+        let (file, path, size, prepared) = match cut {
+            Ok(opened) => opened,
+            Err(error) => {
+                self.fault.raise(error.clone());
+                return Err(error);
+            }
+        };
+        self.file = file;
+        self.path = path;
+        self.size = size;
+        self.prepared = prepared;
+        self.next_lsn = lsn;
+        Ok(())
+    }
+
     pub(super) fn run(
         mut self,
         queue: crossbeam_channel::Receiver<Append>,
@@ -211,11 +290,10 @@ impl Writer {
                     .try_iter()
                     .take(MAX_RECORDS_PER_COMMIT.saturating_sub(batch.len())),
             );
-            let committed = self.commit(batch, &mut buffer);
+            let written = self.write_batch(batch, &mut buffer);
             drop(pause);
-            match committed {
-                Ok(acks) => {
-                    acks.into_iter().for_each(|(done, lsn)| done(Ok(lsn)));
+            match written {
+                Ok(()) => {
                     if let Some(error) = self.fault.error() {
                         // A rotation failed after a durable commit, or the
                         // fault came from elsewhere: nothing more is written.
