@@ -1,8 +1,14 @@
-//! Replication on raft-rs (issue "Three replicas"): the seeded simulation
-//! that drives three raft-rs nodes and checks the promises the daemon will
-//! rely on, and the file that keeps a replica's Raft hard state. The
-//! daemon does not use this module yet.
+//! Replication on raft-rs (issue "Three replicas"), under way; the daemon
+//! does not use this module yet. A replica's journal is its Raft log
+//! (`entry`, `log_index`), beside a hard-state file (`hard_state`); `disk`
+//! loads both and queues each Ready's writes on the journal's writer
+//! thread; `driver` runs the ready loop on its own thread. `sim` drives
+//! three raft-rs nodes under a seeded scheduler of faults, with writes
+//! that become durable later (as the group commit makes them), and checks
+//! the promises the daemon relies on.
 
+pub mod disk;
+pub mod driver;
 pub mod entry;
 pub mod hard_state;
 pub mod log_index;
