@@ -74,12 +74,43 @@ fn injected(_point: &'static str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Failpoints are process-wide: a unit test that sets them, or does I/O
-/// through the seam while another may have set them, holds this lock.
+/// Set in the child process that runs one failpoint test alone.
 #[cfg(test)]
-pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+const ALONE_ENV: &str = "OMNIROUTE_FAILPOINT_TEST_ALONE";
+
+/// Runs `body` in a child process of this test binary that runs the test
+/// `name` of `module` (its `module_path!()`) alone. Failpoints are global
+/// to a process, and other unit tests write journals through the same
+/// points: a fault meant for one test would fail them, or be taken by them.
+#[cfg(test)]
+pub(crate) fn alone(module: &str, name: &str, body: impl FnOnce()) {
+    if std::env::var_os(ALONE_ENV).is_some() {
+        if !cfg!(feature = "fault-injection") {
+            panic!("the test build lacks the fault seam (feature fault-injection)");
+        }
+        let _scenario = fail::FailScenario::setup();
+        body();
+        return;
+    }
+    let module = module.split_once("::").map_or(module, |(_, m)| m);
+    let test = format!("{module}::{name}");
+    // The running binary itself, even if a build replaced the file since.
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    let exe = match proc_exe.exists() {
+        true => proc_exe.to_path_buf(),
+        false => std::env::current_exe().expect("the test binary"),
+    };
+    let output = std::process::Command::new(exe)
+        .args(["--exact", &test, "--test-threads=1"])
+        .env(ALONE_ENV, "1")
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{test} alone:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// An errno by name (ENOSPC, EIO, EMFILE, ENFILE, EDQUOT, EROFS) or

@@ -59,6 +59,8 @@ pub mod replay;
 pub mod replica;
 pub mod sample;
 pub mod schema;
+#[cfg(test)]
+mod scratch;
 pub mod server;
 pub mod store;
 pub mod telemetry;

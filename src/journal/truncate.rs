@@ -107,33 +107,15 @@ fn zero_from_lsn(path: &Path, first_lsn: u64, lsn: u64) -> Result<u64, JournalEr
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use std::sync::mpsc;
 
     use super::*;
     use crate::journal::{recover, Durability, Journal};
+    use crate::scratch::Scratch;
 
     /// Small segments: a few dozen records each, so a cut crosses files.
     const SMALL_SEGMENT_BYTES: u64 = 4096;
     const RECORDS: u64 = 300;
-
-    /// A scratch directory, removed when the test ends.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let dir = std::env::temp_dir()
-                .join(format!("omniroute-truncate-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn payload(lsn: u64, round: u8) -> Vec<u8> {
         format!("record {lsn} of round {round}").into_bytes()
@@ -178,7 +160,6 @@ mod tests {
     fn a_cut_anywhere_leaves_the_records_before_it_and_appends_resume_there() {
         // Proves cuts inside a segment, at a segment's first record and past the end leave
         // exactly the records below the cut, recoverable, and the next append takes its LSN.
-        let _serial = crate::faults::serial();
         let scratch = Scratch::new("anywhere");
         let mut model = Vec::new();
         append_to(&scratch.0, &mut model, RECORDS, 0);
@@ -206,46 +187,51 @@ mod tests {
         // Proves that an injected error at each I/O call of a cut across segments (that call
         // alone failing) is returned, and running the cut again (as the intent makes the caller do) leaves
         // exactly the records before it.
-        let _serial = crate::faults::serial();
-        let scratch = Scratch::new("faults");
-        let mut model = Vec::new();
-        append_to(&scratch.0, &mut model, RECORDS, 0);
-        let pristine = Scratch::new("faults-pristine");
-        copy_dir(&scratch.0, &pristine.0);
-        let cut = segment_paths(&scratch.0).expect("segments")[2].0 + 2;
-        model.truncate(cut as usize - 1);
-        let mut failed_runs = 0;
-        for point in [
-            points::JOURNAL_OPEN,
-            points::JOURNAL_WRITE,
-            points::JOURNAL_FSYNC,
-            points::JOURNAL_DIR_FSYNC,
-        ] {
-            for calls_before in 0.. {
-                let _ = std::fs::remove_dir_all(&scratch.0);
-                copy_dir(&pristine.0, &scratch.0);
-                fail::cfg(point, &format!("{calls_before}*off->1*return(EIO)->off"))
-                    .expect("a failpoint");
-                let first = truncate_from(&scratch.0, cut);
-                fail::remove(point);
-                if first.is_ok() {
-                    // Past the last call of this kind: the cut ran whole.
-                    assert_holds(&scratch.0, &model);
-                    break;
+        crate::faults::alone(
+            module_path!(),
+            "an_io_error_at_any_call_is_returned_and_a_second_run_finishes_the_cut",
+            || {
+                let scratch = Scratch::new("faults");
+                let mut model = Vec::new();
+                append_to(&scratch.0, &mut model, RECORDS, 0);
+                let pristine = Scratch::new("faults-pristine");
+                std::fs::remove_dir(&pristine.0).expect("an empty directory");
+                copy_dir(&scratch.0, &pristine.0);
+                let cut = segment_paths(&scratch.0).expect("segments")[2].0 + 2;
+                model.truncate(cut as usize - 1);
+                let mut failed_runs = 0;
+                for point in [
+                    points::JOURNAL_OPEN,
+                    points::JOURNAL_WRITE,
+                    points::JOURNAL_FSYNC,
+                    points::JOURNAL_DIR_FSYNC,
+                ] {
+                    for calls_before in 0.. {
+                        let _ = std::fs::remove_dir_all(&scratch.0);
+                        copy_dir(&pristine.0, &scratch.0);
+                        fail::cfg(point, &format!("{calls_before}*off->1*return(EIO)->off"))
+                            .expect("a failpoint");
+                        let first = truncate_from(&scratch.0, cut);
+                        fail::remove(point);
+                        if first.is_ok() {
+                            // Past the last call of this kind: the cut ran whole.
+                            assert_holds(&scratch.0, &model);
+                            break;
+                        }
+                        failed_runs += 1;
+                        truncate_from(&scratch.0, cut).expect("the second run");
+                        assert_holds(&scratch.0, &model);
+                    }
                 }
-                failed_runs += 1;
-                truncate_from(&scratch.0, cut).expect("the second run");
-                assert_holds(&scratch.0, &model);
-            }
-        }
-        assert!(failed_runs >= 6, "only {failed_runs} calls failed");
+                assert!(failed_runs >= 6, "only {failed_runs} calls failed");
+            },
+        );
     }
 
     #[test]
     fn damage_before_the_cut_and_a_cut_below_the_journal_are_refused() {
         // Proves a cut never hides a damaged record below it, and that it refuses an LSN the
         // journal no longer holds.
-        let _serial = crate::faults::serial();
         let scratch = Scratch::new("refused");
         append(&scratch.0, 1..RECORDS + 1, 0);
         let (first, path) = segment_paths(&scratch.0).expect("segments").remove(2);
@@ -290,7 +276,6 @@ mod tests {
     fn a_cut_between_groups_in_a_running_journal_is_made_in_order() {
         // Proves a cut queued between groups removes the tail before the groups after it are
         // written, which take the cut's LSNs, and that no group is split across segments.
-        let _serial = crate::faults::serial();
         let scratch = Scratch::new("running");
         let journal = Journal::start(&scratch.0, 1, Durability::Fsync, SMALL_SEGMENT_BYTES)
             .expect("a journal");
@@ -340,27 +325,28 @@ mod tests {
     fn a_cut_that_fails_stops_the_journal() {
         // Proves an I/O error in a running journal's cut is the journal's fault: the cut's
         // caller and every append after it are told, and nothing more is written.
-        let _serial = crate::faults::serial();
-        let scratch = Scratch::new("cut-fault");
-        let journal = Journal::start(&scratch.0, 1, Durability::Fsync, SMALL_SEGMENT_BYTES)
-            .expect("a journal");
-        for g in 0..40 {
-            group(&journal, &format!("old{g}"))
-                .recv()
-                .expect("an answer")
-                .expect("durable");
-        }
-        fail::cfg(points::JOURNAL_WRITE, "return(EIO)").expect("a failpoint");
-        let cut = queued(&journal, |j, slot, done| {
-            j.cut_from_in(slot, 11, done).expect("queued")
+        crate::faults::alone(module_path!(), "a_cut_that_fails_stops_the_journal", || {
+            let scratch = Scratch::new("cut-fault");
+            let journal = Journal::start(&scratch.0, 1, Durability::Fsync, SMALL_SEGMENT_BYTES)
+                .expect("a journal");
+            for g in 0..40 {
+                group(&journal, &format!("old{g}"))
+                    .recv()
+                    .expect("an answer")
+                    .expect("durable");
+            }
+            fail::cfg(points::JOURNAL_WRITE, "return(EIO)").expect("a failpoint");
+            let cut = queued(&journal, |j, slot, done| {
+                j.cut_from_in(slot, 11, done).expect("queued")
+            });
+            let after = group(&journal, "after");
+            let cut = cut.recv().expect("an answer");
+            fail::remove(points::JOURNAL_WRITE);
+            assert!(cut.is_err(), "{cut:?}");
+            assert!(after.recv().expect("an answer").is_err());
+            assert!(journal.has_failed());
+            journal.shutdown();
         });
-        let after = group(&journal, "after");
-        let cut = cut.recv().expect("an answer");
-        fail::remove(points::JOURNAL_WRITE);
-        assert!(cut.is_err(), "{cut:?}");
-        assert!(after.recv().expect("an answer").is_err());
-        assert!(journal.has_failed());
-        journal.shutdown();
     }
 
     fn copy_dir(from: &Path, to: &Path) {

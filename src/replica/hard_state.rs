@@ -954,43 +954,8 @@ mod tests {
         points::JOURNAL_DIR_FSYNC,
     ];
 
-    /// Set in the child process that runs one failpoint test alone.
-    const ALONE_ENV: &str = "OMNIROUTE_HARD_STATE_TEST_ALONE";
-
-    /// Runs `body` in a child process of this test binary that runs the
-    /// test `name` alone. Failpoints are global to a process, and other
-    /// unit tests here write journals through the same points: a fault
-    /// meant for this file would fail them, or be taken by them.
     fn alone(name: &str, body: impl FnOnce()) {
-        if std::env::var_os(ALONE_ENV).is_some() {
-            if !cfg!(feature = "fault-injection") {
-                panic!("the test build lacks the fault seam (feature fault-injection)");
-            }
-            let _scenario = fail::FailScenario::setup();
-            body();
-            return;
-        }
-        let module = module_path!()
-            .split_once("::")
-            .map_or(module_path!(), |(_, m)| m);
-        let test = format!("{module}::{name}");
-        // The running binary itself, even if a build replaced the file since.
-        let proc_exe = Path::new("/proc/self/exe");
-        let exe = match proc_exe.exists() {
-            true => proc_exe.to_path_buf(),
-            false => std::env::current_exe().unwrap(),
-        };
-        let output = std::process::Command::new(exe)
-            .args(["--exact", &test, "--test-threads=1"])
-            .env(ALONE_ENV, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains("1 passed"),
-            "{test} alone:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        crate::faults::alone(module_path!(), name, body);
     }
 
     #[test]

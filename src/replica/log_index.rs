@@ -20,6 +20,13 @@ pub struct EntryPos {
     pub end_lsn: u64,
 }
 
+impl EntryPos {
+    /// The records after the header that are the entry's body.
+    pub fn records(&self) -> usize {
+        (self.end_lsn - self.header_lsn - 1) as usize
+    }
+}
+
 /// The entries of a journal, in index order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogIndex {

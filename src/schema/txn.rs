@@ -30,6 +30,9 @@ pub const KIND_DEMAND_LOST: u8 = 5;
 /// type, and how many records follow it as the entry's body. Not state;
 /// replay passes over it and applies the records.
 pub const KIND_RAFT_ENTRY: u8 = 6;
+/// Journal record kind of a replicated configuration change: the raft
+/// entry's data (a protobuf `ConfChange`), the one record of its entry.
+pub const KIND_RAFT_CONF: u8 = 7;
 
 /// One atomic change: the orders it rewrote (whole, as the book now has
 /// them) and the ops it sends to shards and nodes. Replay applies it alike.

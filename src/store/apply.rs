@@ -15,7 +15,7 @@ use crate::engine::sequencer::{
 };
 use crate::engine::EngineState;
 use crate::journal::RecoveredRecord;
-use crate::schema::txn::KIND_RAFT_ENTRY;
+use crate::schema::txn::{KIND_RAFT_CONF, KIND_RAFT_ENTRY};
 
 /// The LSN each actor's snapshot had applied: 0 with no snapshot, and
 /// `u64::MAX` for a node new since the last start (nothing to replay).
@@ -58,9 +58,8 @@ pub(crate) fn apply_record(
     let lsn = record.lsn;
     let failed = |cause: RecordError| StoreError::Replay { lsn, cause };
     match record.kind {
-        KIND_MARKER | KIND_POLICY | KIND_DEMAND | KIND_DEMAND_LOST | KIND_RAFT_ENTRY => {
-            return Ok(false)
-        }
+        KIND_MARKER | KIND_POLICY | KIND_DEMAND | KIND_DEMAND_LOST | KIND_RAFT_ENTRY
+        | KIND_RAFT_CONF => return Ok(false),
         KIND_TXN => {}
         other => return Err(failed(RecordError::UnknownKind(other))),
     }

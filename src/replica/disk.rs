@@ -1,0 +1,546 @@
+//! A replica's log on its own disk. The journal holds the entries (see
+//! [`super::entry`]); the hard-state file holds term, vote, commit and the
+//! configuration. [`load`] reads both back at start into raft-rs's
+//! in-memory storage, finishing a cut a crash interrupted and dropping an
+//! entry a crash cut short. [`Persister`] queues each Ready's writes on
+//! the journal's writer thread in the order raft-rs's promises need: a
+//! cut's intent durable before the cut, entries durable before the hard
+//! state that counts them, and the caller told only after both (it sends
+//! the messages that vouch for them then, never before).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use raft::storage::MemStorage;
+
+use super::entry::{decode_body, encode_body, EntryError, EntryHeader};
+use super::hard_state::{DurableState, HardStateError, HardStateFile, Intent};
+use super::log_index::{EntryPos, LogIndex, LogIndexError};
+use crate::journal::{self, Journal, JournalError, RecoveredRecord};
+use crate::schema::txn::{KIND_RAFT_CONF, KIND_RAFT_ENTRY};
+
+/// Why a replica's log cannot be loaded or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    HardState(#[from] HardStateError),
+    #[error(transparent)]
+    Log(#[from] LogIndexError),
+    #[error("entry {index}: {cause}")]
+    Entry { index: u64, cause: EntryError },
+    #[error("the replica's raft state says entry {commit} is committed, but its journal ends at entry {last}: committed entries are missing; refusing to start. Restore the data directory from a backup, or remove this replica from the cluster and add it back with an empty one")]
+    CommitPastLog { commit: u64, last: u64 },
+    #[error("this replica's voters are {stored:?} but the config names {configured:?}: membership does not change by editing the config; put the old [cluster] peers back")]
+    Voters {
+        stored: Vec<u64>,
+        configured: Vec<u64>,
+    },
+}
+
+/// What a replica's disk held at start.
+pub struct Loaded {
+    /// The log, hard state and configuration, as raft-rs reads them.
+    pub storage: MemStorage,
+    /// Where the log's writes go on from.
+    pub persister: Persister,
+}
+
+/// Loads the replica whose journal is in `journal_dir` and hard state at
+/// `state_path`; a fresh one (neither written yet) gets `voters`.
+pub fn load(
+    journal_dir: &Path,
+    state_path: &Path,
+    voters: &[u64],
+    segment_bytes: u64,
+) -> Result<Loaded, DiskError> {
+    let (mut file, mut state) = HardStateFile::open(state_path)?;
+    check_voters(&mut state, voters)?;
+    if let Intent::TruncateFrom { lsn } = state.intent {
+        journal::truncate_from(journal_dir, lsn)?;
+        state.intent = Intent::None;
+        file.write(&state, true)?;
+    }
+    let mut recovered = journal::recover(journal_dir, 0)?;
+    let mut index = LogIndex::build(&recovered.records)?;
+    if let Some(lsn) = index.unfinished_from {
+        tracing::warn!(
+            "journal: the last replicated entry (from LSN {lsn}) was cut short by a crash and never reported written; dropped"
+        );
+        journal::truncate_from(journal_dir, lsn)?;
+        recovered.records.retain(|r| r.lsn < lsn);
+        recovered.next_lsn = lsn;
+        index.unfinished_from = None;
+    }
+    let entries = entries_of(&index, &recovered.records)?;
+    let last = entries.last().map_or(state.snap_index, |e| e.index);
+    if state.hard.commit > last {
+        return Err(DiskError::CommitPastLog {
+            commit: state.hard.commit,
+            last,
+        });
+    }
+    let storage = MemStorage::new();
+    {
+        let mut core = storage.wl();
+        core.set_hardstate(state.hard.clone());
+        core.set_conf_state(state.conf.clone());
+        core.append(&entries).map_err(|e| raft_storage_bug(&e))?;
+    }
+    let journal = Journal::start(
+        journal_dir,
+        recovered.next_lsn,
+        journal::Durability::Fsync,
+        segment_bytes,
+    )?;
+    let persister = Persister {
+        journal: Arc::new(journal),
+        file: Arc::new(Mutex::new(file)),
+        state,
+        positions: index.entries,
+        next_lsn: recovered.next_lsn,
+    };
+    Ok(Loaded { storage, persister })
+}
+
+/// A fresh replica takes the configured voters; one that has its own must
+/// be configured with the same (membership is static).
+fn check_voters(state: &mut DurableState, voters: &[u64]) -> Result<(), DiskError> {
+    let mut configured = voters.to_vec();
+    configured.sort_unstable();
+    if state.conf.voters.is_empty() {
+        state.conf = ConfState::from((configured, vec![]));
+        return Ok(());
+    }
+    let mut stored = state.conf.voters.clone();
+    stored.sort_unstable();
+    if stored != configured {
+        return Err(DiskError::Voters { stored, configured });
+    }
+    Ok(())
+}
+
+/// The raft entries of the journal's records, as raft-rs gave them.
+fn entries_of(index: &LogIndex, records: &[RecoveredRecord]) -> Result<Vec<Entry>, DiskError> {
+    let first_lsn = records.first().map_or(0, |r| r.lsn);
+    index
+        .entries
+        .iter()
+        .map(|pos| {
+            let body = &records[(pos.header_lsn + 1 - first_lsn) as usize..][..pos.records()];
+            let mut entry = Entry {
+                index: pos.index,
+                term: pos.term,
+                ..Entry::default()
+            };
+            entry.set_entry_type(entry_type(pos.entry_type));
+            entry.data = if entry.get_entry_type() == EntryType::EntryNormal {
+                encode_body(body.iter().map(|r| (r.kind, r.payload.as_slice()))).into()
+            } else {
+                body.first()
+                    .map(|r| r.payload.clone())
+                    .unwrap_or_default()
+                    .into()
+            };
+            Ok(entry)
+        })
+        .collect()
+}
+
+fn entry_type(number: u8) -> EntryType {
+    match number {
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        _ => EntryType::EntryNormal,
+    }
+}
+
+/// MemStorage refuses only entries that leave a hole, which a checked log
+/// index never has.
+fn raft_storage_bug(error: &raft::Error) -> DiskError {
+    DiskError::Log(LogIndexError {
+        lsn: 0,
+        reason: format!("raft-rs refused the loaded entries: {error}"),
+    })
+}
+
+/// Called on the journal's writer thread once a Ready's writes are durable,
+/// or with the error that stopped them.
+pub type Persisted = Box<dyn FnOnce(Result<(), DiskError>) + Send>;
+
+/// Queues a replica's writes on the journal's writer thread. Owned by the
+/// thread that drives raft-rs; the writer thread alone writes the files.
+pub struct Persister {
+    journal: Arc<Journal>,
+    /// Written only from the writer thread's callbacks, one at a time.
+    file: Arc<Mutex<HardStateFile>>,
+    /// The state as queued (durable once the queue has been written).
+    state: DurableState,
+    /// Every entry queued, with the LSNs it takes.
+    positions: Vec<EntryPos>,
+    /// The LSN the next entry's header takes.
+    next_lsn: u64,
+}
+
+impl Persister {
+    /// Queues one Ready's writes: `entries` (overwriting the log from the
+    /// first one's index on, if it has that index already), then `hard` if
+    /// it changed. `then` runs once they are durable. Blocks while the
+    /// journal's queue is full (backpressure on the driver).
+    pub fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard: Option<&HardState>,
+        must_sync: bool,
+        then: Persisted,
+    ) -> Result<(), DiskError> {
+        let groups = entries
+            .iter()
+            .map(records_of)
+            .collect::<Result<Vec<_>, DiskError>>()?;
+        if let Some(first) = entries.first() {
+            self.cut_before(first.index)?;
+        }
+        for (entry, records) in entries.iter().zip(groups) {
+            let header = self.next_lsn;
+            self.next_lsn += records.len() as u64;
+            self.positions.push(EntryPos {
+                index: entry.index,
+                term: entry.term,
+                entry_type: entry.get_entry_type() as u8,
+                header_lsn: header,
+                end_lsn: self.next_lsn,
+            });
+            let slot = futures::executor::block_on(self.journal.reserve());
+            self.journal
+                .append_group_in(slot, records, Box::new(|_| ()))?;
+        }
+        let write = hard.map(|hard| {
+            self.state.hard = hard.clone();
+            self.write_state(must_sync)
+        });
+        let slot = futures::executor::block_on(self.journal.reserve());
+        self.journal.barrier_in(
+            slot,
+            Box::new(move |written| {
+                let written = written.map_err(DiskError::from);
+                then(written.and_then(|_| write.map_or(Ok(()), |write| write())))
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// Queues the cut of every entry from `index` on, if there are any:
+    /// its intent made durable first, so a crash part way is finished at
+    /// the next start.
+    fn cut_before(&mut self, index: u64) -> Result<(), DiskError> {
+        let Some(at) = self.positions.iter().position(|p| p.index >= index) else {
+            return Ok(());
+        };
+        let lsn = self.positions[at].header_lsn;
+        self.positions.truncate(at);
+        self.next_lsn = lsn;
+        self.state.intent = Intent::TruncateFrom { lsn };
+        let intent = self.write_state(true);
+        let slot = futures::executor::block_on(self.journal.reserve());
+        self.journal.barrier_in(
+            slot,
+            Box::new(move |written| {
+                // A failed write stops the journal (in `write_state`), so
+                // the cut and everything after it are not made; a barrier
+                // that failed means it has stopped already.
+                if written.is_ok() {
+                    let _ = intent();
+                }
+            }),
+        )?;
+        let slot = futures::executor::block_on(self.journal.reserve());
+        self.journal.cut_from_in(slot, lsn, Box::new(|_| ()))?;
+        self.state.intent = Intent::None;
+        Ok(())
+    }
+
+    /// A write of the state as queued now, to run on the writer thread; a
+    /// failure stops the journal (nothing after it may be written).
+    fn write_state(&self, sync: bool) -> impl FnOnce() -> Result<(), DiskError> + Send {
+        let (file, state, journal) = (self.file.clone(), self.state.clone(), self.journal.clone());
+        move || {
+            let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+            let path = file.path().to_path_buf();
+            let written = file.write(&state, sync);
+            written.map_err(|error| {
+                journal.fail(JournalError::Io {
+                    path: path.clone(),
+                    message: error.to_string(),
+                });
+                DiskError::from(error)
+            })
+        }
+    }
+
+    /// The journal the log is written to (for its stats and its fault).
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Waits for everything queued, then stops the writer.
+    pub fn close(&self) {
+        self.journal.close();
+    }
+}
+
+/// The records an entry is written as: its header, then its body's
+/// records (a normal entry), or its data as one record (a configuration
+/// change). The body came from the leader: checked before anything is
+/// queued.
+fn records_of(entry: &Entry) -> Result<Vec<(u8, Vec<u8>)>, DiskError> {
+    let body: Vec<(u8, Vec<u8>)> = match entry.get_entry_type() {
+        EntryType::EntryNormal => decode_body(&entry.data)
+            .map_err(|cause| DiskError::Entry {
+                index: entry.index,
+                cause,
+            })?
+            .into_iter()
+            .map(|(kind, range)| (kind, entry.data[range].to_vec()))
+            .collect(),
+        _ if entry.data.is_empty() => Vec::new(),
+        _ => vec![(KIND_RAFT_CONF, entry.data.to_vec())],
+    };
+    let header = EntryHeader {
+        index: entry.index,
+        term: entry.term,
+        entry_type: entry.get_entry_type() as u8,
+        records: body.len() as u32,
+    };
+    let mut records = Vec::with_capacity(body.len() + 1);
+    records.push((KIND_RAFT_ENTRY, header.encode()));
+    records.extend(body);
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::mpsc;
+
+    use raft::Storage;
+
+    use super::*;
+    use crate::schema::txn::KIND_TXN;
+    use crate::scratch::Scratch;
+
+    const SEGMENT_BYTES: u64 = 8 << 10;
+    const VOTERS: [u64; 3] = [1, 2, 3];
+
+    struct Paths {
+        _scratch: Scratch,
+        journal: PathBuf,
+        state: PathBuf,
+    }
+
+    fn paths(name: &str) -> Paths {
+        let scratch = Scratch::new(name);
+        Paths {
+            journal: scratch.0.join("journal"),
+            state: scratch.0.join("raft-state"),
+            _scratch: scratch,
+        }
+    }
+
+    fn open(paths: &Paths) -> Result<Loaded, DiskError> {
+        load(&paths.journal, &paths.state, &VOTERS, SEGMENT_BYTES)
+    }
+
+    /// A normal entry of `records` small records naming it.
+    fn entry(index: u64, term: u64, records: usize) -> Entry {
+        let payloads: Vec<Vec<u8>> = (0..records)
+            .map(|r| format!("{index}.{term}.{r}").into_bytes())
+            .collect();
+        let mut entry = Entry {
+            index,
+            term,
+            ..Entry::default()
+        };
+        entry.data = encode_body(payloads.iter().map(|p| (KIND_TXN, p.as_slice()))).into();
+        entry
+    }
+
+    fn hard(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..HardState::default()
+        }
+    }
+
+    /// Persists and waits until it is durable.
+    fn persist(persister: &mut Persister, entries: &[Entry], hs: Option<HardState>) {
+        let (sender, receiver) = mpsc::channel();
+        let then: Persisted = Box::new(move |r| sender.send(r.map_err(|e| e.to_string())).unwrap());
+        persister
+            .persist(entries, hs.as_ref(), true, then)
+            .expect("queued");
+        receiver.recv().expect("an answer").expect("durable");
+    }
+
+    fn log_of(storage: &MemStorage) -> Vec<Entry> {
+        let last = storage.last_index().expect("a last index");
+        if last == 0 {
+            return Vec::new();
+        }
+        storage
+            .entries(1, last + 1, None, raft::GetEntriesContext::empty(false))
+            .expect("entries")
+    }
+
+    #[test]
+    fn a_log_overwritten_by_a_new_leader_loads_as_raft_wrote_it() {
+        // Proves entries, a cut where a later term overwrites the tail, and the hard state come
+        // back at the next start exactly as raft-rs handed them to be persisted.
+        let paths = paths("disk-overwrite");
+        let mut loaded = open(&paths).expect("a fresh replica");
+        assert_eq!(log_of(&loaded.storage), Vec::<Entry>::new());
+        let first: Vec<Entry> = (1..=40).map(|i| entry(i, 1, (i % 4) as usize)).collect();
+        persist(&mut loaded.persister, &first, Some(hard(1, 2, 20)));
+        let second: Vec<Entry> = (25..=31).map(|i| entry(i, 2, 2)).collect();
+        persist(&mut loaded.persister, &second, Some(hard(2, 3, 26)));
+        persist(&mut loaded.persister, &[entry(32, 2, 1)], None);
+        loaded.persister.close();
+        drop(loaded);
+        let again = open(&paths).expect("reloads");
+        let mut expected = first[..24].to_vec();
+        expected.extend(second);
+        expected.push(entry(32, 2, 1));
+        assert_eq!(log_of(&again.storage), expected);
+        let state = again.storage.initial_state().expect("a state");
+        assert_eq!(state.hard_state, hard(2, 3, 26));
+        assert_eq!(state.conf_state.voters, VOTERS);
+    }
+
+    #[test]
+    fn a_cut_whose_intent_was_written_is_finished_at_the_next_start() {
+        // Proves a crash after a cut's intent is durable but before the cut is made (or part
+        // way) leaves the journal cut at the next start, and the intent cleared.
+        let paths = paths("disk-intent");
+        let mut loaded = open(&paths).expect("a fresh replica");
+        let log: Vec<Entry> = (1..=30).map(|i| entry(i, 1, 3)).collect();
+        persist(&mut loaded.persister, &log, Some(hard(1, 1, 10)));
+        let cut_lsn = loaded.persister.positions[14].header_lsn;
+        loaded.persister.close();
+        drop(loaded);
+        let (mut file, mut state) = HardStateFile::open(&paths.state).expect("the state");
+        state.intent = Intent::TruncateFrom { lsn: cut_lsn };
+        file.write(&state, true).expect("the intent");
+        drop(file);
+        let again = open(&paths).expect("reloads");
+        assert_eq!(log_of(&again.storage), log[..14].to_vec());
+        again.persister.close();
+        let (_, state) = HardStateFile::open(&paths.state).expect("the state");
+        assert_eq!(state.intent, Intent::None);
+    }
+
+    #[test]
+    fn an_entry_a_crash_cut_short_is_dropped_and_a_commit_past_the_log_refused() {
+        // Proves the last entry whose records stop short (a group commit a crash cut) is
+        // dropped at start and its LSNs reused, and that a hard state committing past the
+        // log's end refuses to start.
+        let paths = paths("disk-short");
+        let mut loaded = open(&paths).expect("a fresh replica");
+        persist(
+            &mut loaded.persister,
+            &[entry(1, 1, 2), entry(2, 1, 2)],
+            Some(hard(1, 1, 2)),
+        );
+        let header = EntryHeader {
+            index: 3,
+            term: 1,
+            entry_type: 0,
+            records: 5,
+        };
+        let short = vec![
+            (KIND_RAFT_ENTRY, header.encode()),
+            (KIND_TXN, b"x".to_vec()),
+        ];
+        let slot = futures::executor::block_on(loaded.persister.journal.reserve());
+        let (sender, receiver) = mpsc::channel();
+        let done = Box::new(move |r| sender.send(r).unwrap());
+        loaded
+            .persister
+            .journal
+            .append_group_in(slot, short, done)
+            .expect("queued");
+        receiver.recv().expect("an answer").expect("durable");
+        loaded.persister.close();
+        drop(loaded);
+        let mut again = open(&paths).expect("reloads");
+        assert_eq!(log_of(&again.storage), vec![entry(1, 1, 2), entry(2, 1, 2)]);
+        persist(&mut again.persister, &[entry(3, 1, 1)], Some(hard(1, 1, 3)));
+        again.persister.close();
+        drop(again);
+        let third = open(&paths).expect("reloads");
+        assert_eq!(log_of(&third.storage).len(), 3);
+        third.persister.close();
+        drop(third);
+        let (mut file, mut state) = HardStateFile::open(&paths.state).expect("the state");
+        state.hard.commit = 9;
+        file.write(&state, true).expect("a commit past the log");
+        drop(file);
+        let refused = open(&paths).err().expect("refused");
+        assert!(
+            matches!(refused, DiskError::CommitPastLog { commit: 9, last: 3 }),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_hard_state_that_cannot_be_written_stops_the_journal() {
+        // Proves a failed write of the hard state is reported to the Ready's caller (who then
+        // sends nothing) and stops the journal, so no later entry is written either.
+        crate::faults::alone(
+            module_path!(),
+            "a_hard_state_that_cannot_be_written_stops_the_journal",
+            || {
+                let paths = paths("disk-fault");
+                let mut loaded = open(&paths).expect("a fresh replica");
+                persist(
+                    &mut loaded.persister,
+                    &[entry(1, 1, 1)],
+                    Some(hard(1, 1, 0)),
+                );
+                fail::cfg(crate::faults::points::JOURNAL_FSYNC, "1*off->return(EIO)")
+                    .expect("a failpoint");
+                let (sender, receiver) = mpsc::channel();
+                let then: Persisted = Box::new(move |r| sender.send(r.is_ok()).unwrap());
+                loaded
+                    .persister
+                    .persist(&[entry(2, 2, 1)], Some(&hard(2, 2, 1)), true, then)
+                    .expect("queued");
+                let written = receiver.recv().expect("an answer");
+                fail::remove(crate::faults::points::JOURNAL_FSYNC);
+                assert!(!written, "a failed hard state reported written");
+                assert!(loaded.persister.journal().has_failed());
+            },
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_one_is_refused_before_anything_is_queued() {
+        // Proves an entry whose data does not decode (bytes from a peer) is refused whole.
+        let paths = paths("disk-body");
+        let mut loaded = open(&paths).expect("a fresh replica");
+        let mut bad = entry(1, 1, 2);
+        bad.data = bad.data[..bad.data.len() - 1].to_vec().into();
+        let then: Persisted = Box::new(|_| panic!("nothing was queued"));
+        let refused = loaded
+            .persister
+            .persist(&[entry(1, 1, 1), bad], None, true, then);
+        assert!(
+            matches!(refused, Err(DiskError::Entry { index: 1, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(loaded.persister.next_lsn, 1);
+    }
+}

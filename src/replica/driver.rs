@@ -1,0 +1,485 @@
+//! The ready loop: one OS thread owns a replica's raft-rs node (never a
+//! tokio worker), steps what peers send, ticks, proposes, and hands each
+//! Ready to storage and the network in the order raft-rs asks:
+//! - a leader's messages leave at once (it counts itself toward a quorum
+//!   only once its own write is durable);
+//! - entries and hard state are queued on the journal's writer thread
+//!   ([`Persister`]); the messages that vouch for them (votes, append
+//!   responses) leave only when that write is durable, and only then is
+//!   raft-rs told (`on_persist_ready`);
+//! - committed entries are applied in log order, and a proposal is
+//!   answered only when its entry is applied with the term it was proposed
+//!   in: answered means on a majority's disk.
+//!
+//! A storage error stops the replica: nothing more is written, sent or
+//! answered.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole};
+
+use super::disk::{DiskError, Loaded, Persister};
+use super::entry::decode_body;
+
+/// Milliseconds between two ticks of the raft clock.
+pub const TICK_MS: u64 = 50;
+/// Ticks before a follower that hears no leader stands (at least; raft-rs
+/// draws each timeout from [ELECTION_TICKS, 2 × ELECTION_TICKS)).
+pub const ELECTION_TICKS: usize = 10;
+/// Ticks between a leader's heartbeats.
+pub const HEARTBEAT_TICKS: usize = 2;
+/// Events the driver's inbox holds before senders wait.
+pub const INBOX_EVENTS: usize = 4096;
+
+/// Why a proposal was not answered with its place in the log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Not the leader, or it stopped being before the entry committed in
+    /// its term; `leader` is the one it knows of (0: none).
+    #[error("not the leader (the leader is replica {leader})")]
+    NotLeader { leader: u64 },
+    /// The data is not an entry body (`entry::encode_body`).
+    #[error("not an entry body: {0}")]
+    Malformed(String),
+    /// The replica stopped after a storage error.
+    #[error("the replica has stopped: {0}")]
+    Stopped(String),
+}
+
+/// A proposal's answer: the entry's index once it is applied.
+pub type Answer = Box<dyn FnOnce(Result<u64, ProposeError>) + Send>;
+
+/// What the driver thread is told.
+pub enum Event {
+    /// A message from a peer.
+    Peer(Box<Message>),
+    /// Data to replicate, as one entry.
+    Propose(Vec<u8>, Answer),
+    /// The writes of Ready `number` are durable (or failed): send its
+    /// messages, tell raft-rs.
+    Persisted {
+        number: u64,
+        messages: Vec<Message>,
+        result: Result<(), String>,
+    },
+    /// Stop the loop.
+    Stop,
+}
+
+/// Where committed entries go, and messages leave; the shell provides them.
+pub trait Effects {
+    /// Sends messages to peers; a message that cannot be sent is dropped
+    /// (raft-rs retries).
+    fn send(&mut self, messages: Vec<Message>);
+    /// Applies a committed normal entry's data, in log order.
+    fn apply(&mut self, index: u64, data: &[u8]);
+    /// The node's role or leader changed.
+    fn role(&mut self, _role: StateRole, _term: u64, _leader: u64) {}
+}
+
+/// A replica's raft-rs node and what it drives.
+pub struct Driver<E: Effects> {
+    node: RawNode<MemStorage>,
+    persister: Persister,
+    effects: E,
+    inbox: Sender<Event>,
+    /// Proposals waiting for their entry, by index: (term, answer).
+    pending: HashMap<u64, (u64, Answer)>,
+    /// The last entry applied.
+    applied: u64,
+    /// The role and leader last reported.
+    seen: (StateRole, u64, u64),
+    stopped: Option<String>,
+}
+
+/// raft-rs's configuration for replica `id`, with `applied` already in
+/// the state it starts from.
+pub fn config(id: u64, applied: u64) -> Config {
+    Config {
+        id,
+        election_tick: ELECTION_TICKS,
+        heartbeat_tick: HEARTBEAT_TICKS,
+        applied,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        ..Config::default()
+    }
+}
+
+impl<E: Effects> Driver<E> {
+    /// A driver for replica `id` on what `loaded` read from its disk; its
+    /// inbox is `inbox` (the sender side, kept for the writer's callbacks).
+    pub fn new(
+        id: u64,
+        loaded: Loaded,
+        effects: E,
+        inbox: Sender<Event>,
+        logger: &slog::Logger,
+    ) -> Result<Driver<E>, raft::Error> {
+        let config = config(id, 0);
+        config.validate()?;
+        let node = RawNode::new(&config, loaded.storage, logger)?;
+        Ok(Driver {
+            node,
+            persister: loaded.persister,
+            effects,
+            inbox,
+            pending: HashMap::new(),
+            applied: 0,
+            seen: (StateRole::Follower, 0, 0),
+            stopped: None,
+        })
+    }
+
+    /// Runs until `Stop` or a storage error; ticks every `TICK_MS`.
+    pub fn run(mut self, events: Receiver<Event>) -> Option<String> {
+        let tick = Duration::from_millis(TICK_MS);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            match events.recv_deadline(next_tick) {
+                Ok(Event::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                Ok(event) => self.handle(event),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            }
+            while let Ok(event) = events.try_recv() {
+                if matches!(event, Event::Stop) {
+                    return self.stop();
+                }
+                self.handle(event);
+            }
+            if Instant::now() >= next_tick {
+                self.node.tick();
+                next_tick += tick;
+            }
+            if self.stopped.is_none() {
+                self.ready();
+            }
+        }
+        self.stop()
+    }
+
+    fn stop(mut self) -> Option<String> {
+        let reason = self.stopped.clone();
+        let why = reason.clone().unwrap_or_else(|| "stopped".into());
+        for (_, (_, answer)) in self.pending.drain() {
+            answer(Err(ProposeError::Stopped(why.clone())));
+        }
+        self.persister.close();
+        reason
+    }
+
+    /// Handles one event, unless the replica has stopped.
+    pub fn handle(&mut self, event: Event) {
+        if let Some(reason) = &self.stopped {
+            if let Event::Propose(_, answer) = event {
+                answer(Err(ProposeError::Stopped(reason.clone())));
+            }
+            return;
+        }
+        match event {
+            // A message from a peer not in the configuration is ignored.
+            Event::Peer(message) => drop(self.node.step(*message)),
+            Event::Propose(data, answer) => self.propose(data, answer),
+            Event::Persisted {
+                number,
+                messages,
+                result,
+            } => match result {
+                Ok(()) => {
+                    self.effects.send(messages);
+                    self.node.on_persist_ready(number);
+                }
+                Err(reason) => self.stop_for(reason),
+            },
+            Event::Stop => {}
+        }
+    }
+
+    /// Stops the replica for a storage error: nothing more is written,
+    /// sent or answered.
+    fn stop_for(&mut self, reason: String) {
+        tracing::error!(
+            "replica {}: {reason}; it stops replicating and answers nothing more",
+            self.node.raft.id
+        );
+        self.stopped = Some(reason);
+    }
+
+    fn propose(&mut self, data: Vec<u8>, answer: Answer) {
+        if let Err(e) = decode_body(&data) {
+            // The body is written as records: one that is not must not
+            // reach the log, where every replica would stop on it.
+            return answer(Err(ProposeError::Malformed(e.to_string())));
+        }
+        if self.node.raft.state != StateRole::Leader {
+            let leader = self.node.raft.leader_id;
+            return answer(Err(ProposeError::NotLeader { leader }));
+        }
+        if self.node.propose(vec![], data).is_err() {
+            let leader = self.node.raft.leader_id;
+            return answer(Err(ProposeError::NotLeader { leader }));
+        }
+        let index = self.node.raft.raft_log.last_index();
+        self.pending.insert(index, (self.node.raft.term, answer));
+    }
+
+    /// Handles every Ready raft-rs has.
+    fn ready(&mut self) {
+        while self.node.has_ready() && self.stopped.is_none() {
+            let mut rd = self.node.ready();
+            self.report_role();
+            self.effects.send(rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                // Snapshots are not sent yet: the log is never compacted.
+                self.stopped =
+                    Some("a raft snapshot arrived; this build cannot install one".into());
+                return;
+            }
+            self.apply(rd.take_committed_entries());
+            let stored = {
+                let mut core = self.node.store().wl();
+                if let Some(hs) = rd.hs() {
+                    core.set_hardstate(hs.clone());
+                }
+                core.append(rd.entries())
+            };
+            if let Err(e) = stored {
+                self.stop_for(format!("raft-rs storage refused entries: {e}"));
+                return;
+            }
+            let number = rd.number();
+            let messages = rd.take_persisted_messages();
+            let inbox = self.inbox.clone();
+            let then = Box::new(move |result: Result<(), DiskError>| {
+                let _ = inbox.send(Event::Persisted {
+                    number,
+                    messages,
+                    result: result.map_err(|e| e.to_string()),
+                });
+            });
+            if let Err(e) = self
+                .persister
+                .persist(rd.entries(), rd.hs(), rd.must_sync(), then)
+            {
+                self.stop_for(e.to_string());
+                return;
+            }
+            self.node.advance_append_async(rd);
+        }
+        self.node.advance_apply_to(self.applied);
+    }
+
+    /// Applies committed entries in order and answers the proposals among
+    /// them that were made in the term they committed in; one of another
+    /// term at that index was overwritten, and is told so.
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            self.applied = entry.index;
+            if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
+                self.effects.apply(entry.index, &entry.data);
+            }
+            if let Some((term, answer)) = self.pending.remove(&entry.index) {
+                if term == entry.term {
+                    answer(Ok(entry.index));
+                } else {
+                    let leader = self.node.raft.leader_id;
+                    answer(Err(ProposeError::NotLeader { leader }));
+                }
+            }
+        }
+    }
+
+    /// Tells the effects of a new role, term or leader; a node that is no
+    /// longer leader fails what it proposed that has not committed.
+    fn report_role(&mut self) {
+        let raft = &self.node.raft;
+        let now = (raft.state, raft.term, raft.leader_id);
+        if now == self.seen {
+            return;
+        }
+        if self.seen.0 == StateRole::Leader && now.0 != StateRole::Leader {
+            for (_, (_, answer)) in self.pending.drain() {
+                answer(Err(ProposeError::NotLeader { leader: now.2 }));
+            }
+        }
+        self.seen = now;
+        self.effects.role(now.0, now.1, now.2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::thread::JoinHandle;
+
+    use super::*;
+    use crate::replica::disk::load;
+    use crate::replica::entry::encode_body;
+    use crate::schema::txn::KIND_TXN;
+    use crate::scratch::Scratch;
+
+    const VOTERS: [u64; 3] = [1, 2, 3];
+    const SEGMENT_BYTES: u64 = 64 << 10;
+
+    type Inboxes = Arc<Mutex<HashMap<u64, Sender<Event>>>>;
+    type Applied = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+    /// Messages go straight to the peer's inbox; a peer that is down loses them.
+    struct Loopback {
+        inboxes: Inboxes,
+        applied: Applied,
+    }
+
+    impl Effects for Loopback {
+        fn send(&mut self, messages: Vec<Message>) {
+            let inboxes = self.inboxes.lock().unwrap();
+            for message in messages {
+                if let Some(inbox) = inboxes.get(&message.to) {
+                    let _ = inbox.try_send(Event::Peer(Box::new(message)));
+                }
+            }
+        }
+
+        fn apply(&mut self, index: u64, data: &[u8]) {
+            let records = decode_body(data).expect("a body");
+            let value = data[records[0].1.clone()].to_vec();
+            self.applied.lock().unwrap().push((index, value));
+        }
+    }
+
+    struct Replica {
+        thread: Option<JoinHandle<Option<String>>>,
+        applied: Applied,
+    }
+
+    struct Cluster {
+        _scratch: Scratch,
+        inboxes: Inboxes,
+        replicas: HashMap<u64, Replica>,
+    }
+
+    impl Cluster {
+        fn new(name: &str) -> Cluster {
+            let mut cluster = Cluster {
+                _scratch: Scratch::new(name),
+                inboxes: Arc::default(),
+                replicas: HashMap::new(),
+            };
+            for id in VOTERS {
+                cluster.start(id);
+            }
+            cluster
+        }
+
+        fn start(&mut self, id: u64) {
+            let dir = self._scratch.0.join(format!("replica-{id}"));
+            let loaded = load(
+                &dir.join("journal"),
+                &dir.join("raft-state"),
+                &VOTERS,
+                SEGMENT_BYTES,
+            )
+            .expect("the replica's disk loads");
+            let (sender, receiver) = crossbeam_channel::bounded(INBOX_EVENTS);
+            let applied = Applied::default();
+            let effects = Loopback {
+                inboxes: self.inboxes.clone(),
+                applied: applied.clone(),
+            };
+            let logger = slog::Logger::root(slog::Discard, slog::o!());
+            let driver = Driver::new(id, loaded, effects, sender.clone(), &logger).expect("a node");
+            self.inboxes.lock().unwrap().insert(id, sender);
+            let thread = std::thread::spawn(move || driver.run(receiver));
+            self.replicas.insert(
+                id,
+                Replica {
+                    thread: Some(thread),
+                    applied,
+                },
+            );
+        }
+
+        fn stop(&mut self, id: u64) {
+            let inbox = self.inboxes.lock().unwrap().remove(&id).expect("running");
+            inbox.send(Event::Stop).expect("the driver listens");
+            let thread = self.replicas.get_mut(&id).unwrap().thread.take().unwrap();
+            assert_eq!(
+                thread.join().expect("no panic"),
+                None,
+                "replica {id} failed"
+            );
+        }
+
+        /// Proposes `data` to replica `id`, waiting for the answer.
+        fn propose(&self, id: u64, data: &[u8]) -> Option<Result<u64, ProposeError>> {
+            let inbox = self.inboxes.lock().unwrap().get(&id)?.clone();
+            let (sender, receiver) = crossbeam_channel::bounded(1);
+            let answer: Answer = Box::new(move |r| drop(sender.send(r)));
+            let body = encode_body([(KIND_TXN, data)]);
+            inbox.send(Event::Propose(body, answer)).ok()?;
+            receiver.recv_timeout(Duration::from_secs(5)).ok()
+        }
+
+        /// Proposes `data` until a leader takes it: the leader's id.
+        fn commit(&self, data: &[u8]) -> u64 {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut id = 1;
+            while Instant::now() < deadline {
+                match self.propose(id, data) {
+                    Some(Ok(_)) => return id,
+                    Some(Err(ProposeError::NotLeader { leader })) if leader != 0 => id = leader,
+                    _ => {
+                        id = id % 3 + 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+            panic!("no leader took {data:?} within 20 s");
+        }
+
+        fn applied(&self, id: u64) -> Vec<Vec<u8>> {
+            let applied = self.replicas[&id].applied.lock().unwrap();
+            applied.iter().map(|(_, d)| d.clone()).collect()
+        }
+    }
+
+    #[test]
+    fn three_replicas_on_real_disks_keep_every_answered_entry_across_leader_restarts() {
+        // Proves three drivers over real journals elect a leader, apply every answered entry
+        // in one order on every replica, and keep doing so when the leader is stopped and
+        // restarted from its disk twice (a restarted replica re-applies its log from entry 1).
+        let mut cluster = Cluster::new("driver-three");
+        let mut answered = Vec::new();
+        for round in 0..3 {
+            for i in 0..40 {
+                let value = format!("r{round}-{i}").into_bytes();
+                let leader = cluster.commit(&value);
+                answered.push(value);
+                if i == 20 && round < 2 {
+                    cluster.stop(leader);
+                    cluster.start(leader);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while VOTERS
+            .iter()
+            .any(|&id| cluster.applied(id).len() < answered.len())
+        {
+            assert!(Instant::now() < deadline, "replicas did not catch up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for id in VOTERS {
+            assert_eq!(cluster.applied(id), answered, "replica {id}");
+        }
+        for id in VOTERS {
+            cluster.stop(id);
+        }
+    }
+}
