@@ -35,6 +35,11 @@ pub mod points {
     /// The fsync of a directory a snapshot was renamed into.
     pub const SNAPSHOT_DIR_FSYNC: &str = "snapshot-dir-fsync";
 
+    /// A replica's hard-state file's fsync (`replica::hard_state`): apart
+    /// from the journal's, so a test can fail the one and not the other.
+    /// Not in [`ALL`]: the single-node daemon never reaches it.
+    pub const RAFT_STATE_FSYNC: &str = "raft-state-fsync";
+
     /// Every point, for tests that walk them all.
     pub const ALL: [&str; 11] = [
         JOURNAL_OPEN,

@@ -52,6 +52,15 @@ pub(super) struct Append {
 }
 
 impl Append {
+    /// The records it writes.
+    pub(super) fn records(&self) -> usize {
+        match &self.work {
+            Work::Record(..) => 1,
+            Work::Group(group) => group.len(),
+            Work::Barrier | Work::Cut(_) => 0,
+        }
+    }
+
     /// Whether an answer may wait on this append (all but demand): a
     /// commit of none such is written without an fsync.
     pub(super) fn vouched(&self) -> bool {
@@ -215,7 +224,9 @@ impl Journal {
         records: Vec<(u8, Vec<u8>)>,
         done: Done,
     ) -> Result<(), JournalError> {
-        if records.len() > MAX_RECORDS_PER_COMMIT {
+        if records.is_empty() || records.len() > MAX_RECORDS_PER_COMMIT {
+            // None would be told an LSN it does not take; more would not
+            // fit one commit. A bug of the caller's, and loud.
             let error = JournalError::TooLarge(records.len());
             self.fault.raise(error.clone());
             return Err(error);
@@ -227,7 +238,8 @@ impl Journal {
     }
 
     /// Queues a cut: every record from `lsn` on is removed, durably, and
-    /// the next append takes `lsn`; `done` runs once it is (with `lsn`).
+    /// the next append takes `lsn`; `done` runs once it is, with the LSN
+    /// the next append takes (`lsn`, or less if the journal ended before).
     /// What was queued before is written first. The caller makes the cut's
     /// intent durable before, since a crash part way leaves a journal
     /// recovery refuses until [`super::truncate_from`] is run again.

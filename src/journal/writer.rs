@@ -213,6 +213,7 @@ impl Writer {
         &mut self,
         batch: Vec<Append>,
         buffer: &mut Vec<u8>,
+        paused: &std::sync::Mutex<()>,
     ) -> Result<(), CommitFailed> {
         let mut rest = batch.into_iter().peekable();
         while rest.peek().is_some() {
@@ -223,15 +224,22 @@ impl Writer {
                 let Work::Cut(lsn) = cut.work else {
                     unreachable!("matched a cut")
                 };
-                match self.cut(lsn) {
+                let pause = paused.lock().unwrap_or_else(|e| e.into_inner());
+                let made = self.cut(lsn);
+                drop(pause);
+                match made {
                     Ok(()) => {
-                        (cut.done)(Ok(lsn));
+                        (cut.done)(Ok(self.next_lsn));
                         continue;
                     }
                     Err(error) => (vec![cut.done], error),
                 }
             } else {
-                match self.commit(part, buffer) {
+                // Uncontended but for a test's pause: one atomic per commit.
+                let pause = paused.lock().unwrap_or_else(|e| e.into_inner());
+                let committed = self.commit(part, buffer);
+                drop(pause);
+                match committed {
                     Ok(acks) => {
                         acks.into_iter().for_each(|(done, lsn)| done(Ok(lsn)));
                         continue;
@@ -283,15 +291,15 @@ impl Writer {
         while let Ok(first) = queue.recv() {
             let mut batch = vec![first];
             linger_while_unvouched(&queue, &mut batch);
-            // Uncontended but for a test's pause: one atomic per commit.
-            let pause = paused.lock().unwrap_or_else(|e| e.into_inner());
-            batch.extend(
-                queue
-                    .try_iter()
-                    .take(MAX_RECORDS_PER_COMMIT.saturating_sub(batch.len())),
-            );
-            let written = self.write_batch(batch, &mut buffer);
-            drop(pause);
+            let mut records: usize = batch.iter().map(Append::records).sum();
+            while records < MAX_RECORDS_PER_COMMIT {
+                let Ok(append) = queue.try_recv() else {
+                    break;
+                };
+                records += append.records();
+                batch.push(append);
+            }
+            let written = self.write_batch(batch, &mut buffer, &paused);
             match written {
                 Ok(()) => {
                     if let Some(error) = self.fault.error() {

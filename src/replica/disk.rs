@@ -64,7 +64,7 @@ pub fn load(
         file.write(&state, true)?;
     }
     let mut recovered = journal::recover(journal_dir, 0)?;
-    let mut index = LogIndex::build(&recovered.records)?;
+    let mut index = LogIndex::build(&recovered.records, state.snap_index + 1)?;
     if let Some(lsn) = index.unfinished_from {
         tracing::warn!(
             "journal: the last replicated entry (from LSN {lsn}) was cut short by a crash and never reported written; dropped"
@@ -256,9 +256,21 @@ impl Persister {
                 }
             }),
         )?;
-        let slot = futures::executor::block_on(self.journal.reserve());
-        self.journal.cut_from_in(slot, lsn, Box::new(|_| ()))?;
         self.state.intent = Intent::None;
+        // Cleared as soon as the cut is made, on the writer thread before
+        // anything after it is written: an intent left on disk would cut
+        // entries written after it at the next start.
+        let cleared = self.write_state(true);
+        let slot = futures::executor::block_on(self.journal.reserve());
+        self.journal.cut_from_in(
+            slot,
+            lsn,
+            Box::new(move |cut| {
+                if cut.is_ok() {
+                    let _ = cleared();
+                }
+            }),
+        )?;
         Ok(())
     }
 
@@ -398,8 +410,9 @@ mod tests {
 
     #[test]
     fn a_log_overwritten_by_a_new_leader_loads_as_raft_wrote_it() {
-        // Proves entries, a cut where a later term overwrites the tail, and the hard state come
-        // back at the next start exactly as raft-rs handed them to be persisted.
+        // Proves entries, cuts where a later term overwrites the tail (one in a Ready with no
+        // hard state, whose intent must not outlive it), and the hard state come back at the
+        // next start exactly as raft-rs handed them to be persisted.
         let paths = paths("disk-overwrite");
         let mut loaded = open(&paths).expect("a fresh replica");
         assert_eq!(log_of(&loaded.storage), Vec::<Entry>::new());
@@ -407,13 +420,15 @@ mod tests {
         persist(&mut loaded.persister, &first, Some(hard(1, 2, 20)));
         let second: Vec<Entry> = (25..=31).map(|i| entry(i, 2, 2)).collect();
         persist(&mut loaded.persister, &second, Some(hard(2, 3, 26)));
-        persist(&mut loaded.persister, &[entry(32, 2, 1)], None);
+        // A cut in a Ready with no hard state: its intent must not outlive it.
+        let third: Vec<Entry> = (31..=33).map(|i| entry(i, 3, 1)).collect();
+        persist(&mut loaded.persister, &third, None);
         loaded.persister.close();
         drop(loaded);
         let again = open(&paths).expect("reloads");
         let mut expected = first[..24].to_vec();
-        expected.extend(second);
-        expected.push(entry(32, 2, 1));
+        expected.extend_from_slice(&second[..6]);
+        expected.extend(third);
         assert_eq!(log_of(&again.storage), expected);
         let state = again.storage.initial_state().expect("a state");
         assert_eq!(state.hard_state, hard(2, 3, 26));
@@ -510,7 +525,7 @@ mod tests {
                     &[entry(1, 1, 1)],
                     Some(hard(1, 1, 0)),
                 );
-                fail::cfg(crate::faults::points::JOURNAL_FSYNC, "1*off->return(EIO)")
+                fail::cfg(crate::faults::points::RAFT_STATE_FSYNC, "return(EIO)")
                     .expect("a failpoint");
                 let (sender, receiver) = mpsc::channel();
                 let then: Persisted = Box::new(move |r| sender.send(r.is_ok()).unwrap());
@@ -519,7 +534,7 @@ mod tests {
                     .persist(&[entry(2, 2, 1)], Some(&hard(2, 2, 1)), true, then)
                     .expect("queued");
                 let written = receiver.recv().expect("an answer");
-                fail::remove(crate::faults::points::JOURNAL_FSYNC);
+                fail::remove(crate::faults::points::RAFT_STATE_FSYNC);
                 assert!(!written, "a failed hard state reported written");
                 assert!(loaded.persister.journal().has_failed());
             },

@@ -59,15 +59,19 @@ pub enum Event {
     Peer(Box<Message>),
     /// Data to replicate, as one entry.
     Propose(Vec<u8>, Answer),
-    /// The writes of Ready `number` are durable (or failed): send its
-    /// messages, tell raft-rs.
-    Persisted {
-        number: u64,
-        messages: Vec<Message>,
-        result: Result<(), String>,
-    },
     /// Stop the loop.
     Stop,
+}
+
+/// The writes of Ready `number` are durable (or failed): send its
+/// messages, tell raft-rs. Told by the journal's writer thread on a
+/// channel of its own, without bound (there are at most as many as Readies
+/// in flight), so the writer never waits on the driver while the driver
+/// waits for room in the journal.
+struct Written {
+    number: u64,
+    messages: Vec<Message>,
+    result: Result<(), String>,
 }
 
 /// Where committed entries go, and messages leave; the shell provides them.
@@ -86,7 +90,7 @@ pub struct Driver<E: Effects> {
     node: RawNode<MemStorage>,
     persister: Persister,
     effects: E,
-    inbox: Sender<Event>,
+    written: (Sender<Written>, Receiver<Written>),
     /// Proposals waiting for their entry, by index: (term, answer).
     pending: HashMap<u64, (u64, Answer)>,
     /// The last entry applied.
@@ -113,13 +117,11 @@ pub fn config(id: u64, applied: u64) -> Config {
 }
 
 impl<E: Effects> Driver<E> {
-    /// A driver for replica `id` on what `loaded` read from its disk; its
-    /// inbox is `inbox` (the sender side, kept for the writer's callbacks).
+    /// A driver for replica `id` on what `loaded` read from its disk.
     pub fn new(
         id: u64,
         loaded: Loaded,
         effects: E,
-        inbox: Sender<Event>,
         logger: &slog::Logger,
     ) -> Result<Driver<E>, raft::Error> {
         let config = config(id, 0);
@@ -129,7 +131,7 @@ impl<E: Effects> Driver<E> {
             node,
             persister: loaded.persister,
             effects,
-            inbox,
+            written: crossbeam_channel::unbounded(),
             pending: HashMap::new(),
             applied: 0,
             seen: (StateRole::Follower, 0, 0),
@@ -137,15 +139,29 @@ impl<E: Effects> Driver<E> {
         })
     }
 
-    /// Runs until `Stop` or a storage error; ticks every `TICK_MS`.
+    /// Runs until `Stop` (or every sender of `events` is gone); ticks
+    /// every `TICK_MS`. The reason it stopped early, if a storage error
+    /// stopped it.
     pub fn run(mut self, events: Receiver<Event>) -> Option<String> {
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
+        let written = self.written.1.clone();
         loop {
-            match events.recv_deadline(next_tick) {
-                Ok(Event::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                Ok(event) => self.handle(event),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            crossbeam_channel::select! {
+                recv(events) -> event => match event {
+                    Ok(Event::Stop) | Err(_) => break,
+                    Ok(event) => self.handle(event),
+                },
+                recv(written) -> done => {
+                    if let Ok(done) = done {
+                        self.on_written(done);
+                    }
+                },
+                default(wait) => {}
+            }
+            while let Ok(done) = written.try_recv() {
+                self.on_written(done);
             }
             while let Ok(event) = events.try_recv() {
                 if matches!(event, Event::Stop) {
@@ -186,18 +202,21 @@ impl<E: Effects> Driver<E> {
             // A message from a peer not in the configuration is ignored.
             Event::Peer(message) => drop(self.node.step(*message)),
             Event::Propose(data, answer) => self.propose(data, answer),
-            Event::Persisted {
-                number,
-                messages,
-                result,
-            } => match result {
-                Ok(()) => {
-                    self.effects.send(messages);
-                    self.node.on_persist_ready(number);
-                }
-                Err(reason) => self.stop_for(reason),
-            },
             Event::Stop => {}
+        }
+    }
+
+    /// A Ready's writes are durable: its messages leave, raft-rs hears it.
+    fn on_written(&mut self, done: Written) {
+        if self.stopped.is_some() {
+            return;
+        }
+        match done.result {
+            Ok(()) => {
+                self.effects.send(done.messages);
+                self.node.on_persist_ready(done.number);
+            }
+            Err(reason) => self.stop_for(reason),
         }
     }
 
@@ -255,9 +274,9 @@ impl<E: Effects> Driver<E> {
             }
             let number = rd.number();
             let messages = rd.take_persisted_messages();
-            let inbox = self.inbox.clone();
+            let written = self.written.0.clone();
             let then = Box::new(move |result: Result<(), DiskError>| {
-                let _ = inbox.send(Event::Persisted {
+                let _ = written.send(Written {
                     number,
                     messages,
                     result: result.map_err(|e| e.to_string()),
@@ -393,7 +412,7 @@ mod tests {
                 applied: applied.clone(),
             };
             let logger = slog::Logger::root(slog::Discard, slog::o!());
-            let driver = Driver::new(id, loaded, effects, sender.clone(), &logger).expect("a node");
+            let driver = Driver::new(id, loaded, effects, &logger).expect("a node");
             self.inboxes.lock().unwrap().insert(id, sender);
             let thread = std::thread::spawn(move || driver.run(receiver));
             self.replicas.insert(

@@ -19,6 +19,9 @@ use crate::journal::MAX_RECORDS_PER_COMMIT;
 pub const ENTRY_HEADER_BYTES: usize = 8 + 8 + 1 + 4;
 /// Bytes before each record of a body: kind and payload length.
 const BODY_RECORD_PREFIX_BYTES: usize = 1 + 4;
+/// Records in one entry's body at most: with its header record, the entry
+/// is one journal commit.
+pub const MAX_ENTRY_RECORDS: usize = MAX_RECORDS_PER_COMMIT - 1;
 
 /// An entry's place in the log and the size of its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +41,7 @@ pub enum EntryError {
     HeaderLength(usize),
     #[error("an entry header of type {0}, which is no raft entry type")]
     UnknownType(u8),
-    #[error("an entry of {0} records (at most {MAX_RECORDS_PER_COMMIT})")]
+    #[error("an entry of {0} records (at most {MAX_ENTRY_RECORDS})")]
     TooManyRecords(u64),
     #[error("an entry body ends inside its record {record} at byte {offset}")]
     Truncated { record: usize, offset: usize },
@@ -72,7 +75,7 @@ impl EntryHeader {
         if header.entry_type > 2 {
             return Err(EntryError::UnknownType(header.entry_type));
         }
-        if header.records as usize > MAX_RECORDS_PER_COMMIT {
+        if header.records as usize > MAX_ENTRY_RECORDS {
             return Err(EntryError::TooManyRecords(header.records.into()));
         }
         Ok(header)
@@ -101,7 +104,7 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<(u8, Range<usize>)>, EntryError> {
     let mut at = 0;
     while at < body.len() {
         let record = records.len();
-        if record == MAX_RECORDS_PER_COMMIT {
+        if record == MAX_ENTRY_RECORDS {
             return Err(EntryError::TooManyRecords(record as u64 + 1));
         }
         let Some(prefix) = body.get(at..at + BODY_RECORD_PREFIX_BYTES) else {
@@ -125,6 +128,19 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<(u8, Range<usize>)>, EntryError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_body_of_one_record_too_many_is_refused() {
+        // Proves a body that would not fit one journal commit with its header is refused.
+        let record = [(1u8, &b"x"[..])];
+        let most = encode_body(record.iter().copied().cycle().take(MAX_ENTRY_RECORDS));
+        assert_eq!(decode_body(&most).map(|r| r.len()), Ok(MAX_ENTRY_RECORDS));
+        let over = encode_body(record.iter().copied().cycle().take(MAX_ENTRY_RECORDS + 1));
+        assert!(matches!(
+            decode_body(&over),
+            Err(EntryError::TooManyRecords(_))
+        ));
+    }
 
     proptest! {
         #[test]
@@ -178,8 +194,13 @@ mod tests {
         let mut odd = bytes.clone();
         odd[16] = 9;
         assert_eq!(EntryHeader::decode(&odd), Err(EntryError::UnknownType(9)));
+        let most = EntryHeader {
+            records: MAX_ENTRY_RECORDS as u32,
+            ..header
+        };
+        assert_eq!(EntryHeader::decode(&most.encode()), Ok(most));
         let many = EntryHeader {
-            records: u32::MAX,
+            records: MAX_ENTRY_RECORDS as u32 + 1,
             ..header
         };
         assert!(matches!(

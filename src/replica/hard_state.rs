@@ -163,6 +163,9 @@ pub struct HardStateFile {
     last: DurableState,
     /// The first write or sync error; once set nothing more is written.
     poisoned: Option<String>,
+    /// The last write was not synced: the next goes to its slot, not over
+    /// the older synced one, which is all a power loss may leave.
+    unsynced: bool,
 }
 
 impl HardStateFile {
@@ -174,6 +177,11 @@ impl HardStateFile {
             None => (None, 0, DurableState::default()),
             Some((file, bytes)) => {
                 let (seq, state) = decode_file(path, &bytes)?;
+                // What was read may be in the page cache alone (a crash
+                // of the process, not of the machine): made durable before
+                // a write may go to the other slot.
+                faults::io(points::RAFT_STATE_FSYNC, || file.sync_all())
+                    .map_err(|e| io_error(path, "fsync", e))?;
                 (Some(file), seq, state)
             }
         };
@@ -183,6 +191,7 @@ impl HardStateFile {
             seq,
             last: state.clone(),
             poisoned: None,
+            unsynced: false,
         };
         Ok((handle, state))
     }
@@ -204,12 +213,16 @@ impl HardStateFile {
             path: self.path.clone(),
             reason,
         };
+        // After an unsynced write, the next takes its slot (seq + 2): the
+        // other holds the last synced state, and a torn write must not
+        // land on it while the unsynced one may not be on disk.
+        let step = if self.unsynced { 2 } else { 1 };
         let seq = self
             .seq
-            .checked_add(1)
+            .checked_add(step)
             .ok_or_else(|| unwritable("the write count is exhausted".into()))?;
         let slot = encode_slot(state, seq).map_err(unwritable)?;
-        let sync = must_sync || self.last.needs_sync_to(state);
+        let sync = must_sync || self.last.needs_sync_to(state) || self.file.is_none();
         let written = match &self.file {
             Some(file) => overwrite(&self.path, file, seq, &slot, sync),
             None => create(&self.path, seq, &slot).map(|file| self.file = Some(file)),
@@ -218,6 +231,7 @@ impl HardStateFile {
             Ok(()) => {
                 self.seq = seq;
                 self.last = state.clone();
+                self.unsynced = !sync;
                 Ok(())
             }
             Err(error) => {
@@ -284,7 +298,7 @@ fn overwrite(
     faults::io(points::JOURNAL_WRITE, || file.write_all_at(slot, offset))
         .map_err(|e| io_error(path, "write", e))?;
     if sync {
-        faults::io(points::JOURNAL_FSYNC, || file.sync_data())
+        faults::io(points::RAFT_STATE_FSYNC, || file.sync_data())
             .map_err(|e| io_error(path, "fsync", e))?;
     }
     Ok(())
@@ -307,7 +321,7 @@ fn create(path: &Path, seq: u64, slot: &[u8]) -> Result<File, HardStateError> {
     faults::io(points::JOURNAL_WRITE, || file.write_all_at(&bytes, 0))
         .map_err(|e| io_error(&temporary, "write", e))?;
     // sync_all, not sync_data: the new file's size must be durable too.
-    faults::io(points::JOURNAL_FSYNC, || file.sync_all())
+    faults::io(points::RAFT_STATE_FSYNC, || file.sync_all())
         .map_err(|e| io_error(&temporary, "fsync", e))?;
     faults::io(points::JOURNAL_RENAME, || std::fs::rename(&temporary, path))
         .map_err(|e| io_error(path, "rename", e))?;
@@ -591,32 +605,11 @@ impl Fields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::Scratch;
     use std::os::unix::fs::PermissionsExt;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let path = std::env::temp_dir().join(format!(
-                "omniroute-hard-state-{name}-{}-{unique}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-
-        fn state_path(&self) -> PathBuf {
-            self.0.join("state")
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    fn state_path(dir: &Scratch) -> PathBuf {
+        dir.0.join("state")
     }
 
     /// A state whose every field depends on `n`, the intent cycling
@@ -675,10 +668,37 @@ mod tests {
     }
 
     #[test]
+    fn a_write_after_an_unsynced_one_never_lands_on_the_last_synced_slot() {
+        // Proves that after a commit-only write (not synced), the next write goes to that
+        // write's slot, so a power loss tearing it still finds the last synced state whole.
+        let dir = Scratch::new("hard-state-unsynced");
+        let path = state_path(&dir);
+        let (mut file, _) = HardStateFile::open(&path).unwrap();
+        let synced = sample(1);
+        file.write(&synced, true).unwrap();
+        let slot_of = |bytes: &[u8], seq: u64| {
+            let at = (seq % 2) as usize * SLOT_BYTES;
+            bytes[at..at + SLOT_BYTES].to_vec()
+        };
+        let synced_slot = slot_of(&std::fs::read(&path).unwrap(), file.seq());
+        let synced_seq = file.seq();
+        let mut commit_only = synced.clone();
+        commit_only.hard.commit += 1;
+        file.write(&commit_only, false).unwrap();
+        let mut vote = commit_only.clone();
+        vote.hard.vote += 1;
+        vote.hard.term += 1;
+        file.write(&vote, true).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(slot_of(&bytes, synced_seq), synced_slot);
+        assert_eq!(load(&path).unwrap(), vote);
+    }
+
+    #[test]
     fn every_field_round_trips_and_writes_alternate_slots() {
         // Proves every field (each intent kind, full id lists, extreme numbers) loads as written, seq rises by one per write, and each write changes its own slot and leaves the other alone.
-        let dir = TempDir::new("round-trip");
-        let path = dir.state_path();
+        let dir = Scratch::new("hard-state-round-trip");
+        let path = state_path(&dir);
         let (mut file, fresh) = HardStateFile::open(&path).unwrap();
         assert_eq!((fresh, file.seq()), (DurableState::default(), 0));
         let full = DurableState {
@@ -733,8 +753,8 @@ mod tests {
     #[test]
     fn a_missing_file_is_fresh_and_the_first_write_creates_it_whole() {
         // Proves opening a missing file gives the defaults and creates nothing, and the first write leaves an owner-only file of two slots, no temporary, that reopens to that write and takes the next.
-        let dir = TempDir::new("fresh");
-        let path = dir.state_path();
+        let dir = Scratch::new("hard-state-fresh");
+        let path = state_path(&dir);
         let (mut file, fresh) = HardStateFile::open(&path).unwrap();
         assert_eq!(fresh, DurableState::default());
         assert!(!path.exists(), "open creates nothing");
@@ -756,8 +776,8 @@ mod tests {
     #[test]
     fn a_state_the_format_cannot_hold_is_refused_and_nothing_is_written() {
         // Proves 17 voters, 17 learners, id 0, an id twice and a joint configuration are each an error, the file keeps its bytes, and the handle still writes.
-        let dir = TempDir::new("unwritable");
-        let path = dir.state_path();
+        let dir = Scratch::new("hard-state-unwritable");
+        let path = state_path(&dir);
         let good = written(&path, 2);
         let (mut file, _) = HardStateFile::open(&path).unwrap();
         let with_conf = |conf: ConfState| DurableState { conf, ..sample(3) };
@@ -785,8 +805,8 @@ mod tests {
     #[test]
     fn a_flipped_bit_anywhere_in_the_newest_slot_loads_the_write_before() {
         // Proves that for every byte of the newest slot (header, every field, the crc, the zeros after it), in either slot, one flipped bit loads the write before exactly, and the next write goes over the damaged slot and loads.
-        let dir = TempDir::new("flips");
-        let path = dir.state_path();
+        let dir = Scratch::new("hard-state-flips");
+        let path = state_path(&dir);
         for writes in [3, 4] {
             let good = written(&path, writes);
             let newest = slot_offset(writes);
@@ -813,8 +833,8 @@ mod tests {
     #[test]
     fn damage_in_both_slots_is_refused_and_names_the_file() {
         // Proves a flipped bit in each slot (144 pairs over header, fields, crc and zeros) or a file of zeros is an error naming the path and each slot's fault, never a default.
-        let dir = TempDir::new("both");
-        let path = dir.state_path();
+        let dir = Scratch::new("hard-state-both");
+        let path = state_path(&dir);
         let good = written(&path, 3);
         let offsets = [
             0,
@@ -860,8 +880,8 @@ mod tests {
     #[test]
     fn a_torn_write_loads_the_write_before_it() {
         // Proves a newest slot holding its write up to any byte and the write it replaced (or zeros) after it loads the write before exactly, unless what landed is the whole new write, which then loads.
-        let dir = TempDir::new("torn");
-        let path = dir.state_path();
+        let dir = Scratch::new("hard-state-torn");
+        let path = state_path(&dir);
         let replaced = written(&path, 1)[SLOT_BYTES..].to_vec();
         let good = written(&path, 3);
         let new = &good[SLOT_BYTES..];
@@ -884,8 +904,8 @@ mod tests {
     #[test]
     fn a_file_of_another_size_is_refused() {
         // Proves a file cut to 0, 1, one slot or one byte short, or grown by one byte, is an error naming the path and the size.
-        let dir = TempDir::new("size");
-        let path = dir.state_path();
+        let dir = Scratch::new("hard-state-size");
+        let path = state_path(&dir);
         let good = written(&path, 3);
         for length in [0, 1, SLOT_BYTES, FILE_BYTES - 1, FILE_BYTES + 1] {
             let mut bytes = good.clone();
@@ -905,8 +925,8 @@ mod tests {
     #[test]
     fn a_slot_with_a_valid_checksum_but_foreign_content_is_refused() {
         // Proves a slot whose checksum holds is refused, not skipped, though the other slot is newer: a write in the other slot's place (two slots of one seq), another format version, a moved checksum, too many ids, an id twice, ids past the count, an unknown intent.
-        let dir = TempDir::new("foreign");
-        let path = dir.state_path();
+        let dir = Scratch::new("hard-state-foreign");
+        let path = state_path(&dir);
         let good = written(&path, 3);
         type Edit = fn(&mut [u8]);
         let cases: [(&str, Edit); 8] = [
@@ -949,7 +969,7 @@ mod tests {
     const POINTS: [&str; 5] = [
         points::JOURNAL_OPEN,
         points::JOURNAL_WRITE,
-        points::JOURNAL_FSYNC,
+        points::RAFT_STATE_FSYNC,
         points::JOURNAL_RENAME,
         points::JOURNAL_DIR_FSYNC,
     ];
@@ -981,13 +1001,13 @@ mod tests {
                 ("intent", change(|s| s.intent = Intent::None), false, true),
             ];
             for (what, next, must_sync, syncs) in cases {
-                let dir = TempDir::new("sync");
-                let path = dir.state_path();
+                let dir = Scratch::new("hard-state-sync");
+                let path = state_path(&dir);
                 let (mut file, _) = HardStateFile::open(&path).unwrap();
                 file.write(&base, true).unwrap();
-                fail::cfg(points::JOURNAL_FSYNC, "return(EIO)").unwrap();
+                fail::cfg(points::RAFT_STATE_FSYNC, "return(EIO)").unwrap();
                 let result = file.write(&next, must_sync);
-                fail::remove(points::JOURNAL_FSYNC);
+                fail::remove(points::RAFT_STATE_FSYNC);
                 assert_eq!(result.is_err(), syncs, "{what}: {result:?}");
                 assert_eq!(load(&path).unwrap(), next, "{what}: written either way");
             }
@@ -1060,8 +1080,8 @@ mod tests {
                 let mut faults = Vec::new();
                 for point in POINTS {
                     for skip in 0.. {
-                        let dir = TempDir::new("walk");
-                        let path = dir.state_path();
+                        let dir = Scratch::new("hard-state-walk");
+                        let path = state_path(&dir);
                         fail::cfg(point, &format!("{skip}*off->return(EIO)")).unwrap();
                         let failed = run_walk(&path, &states);
                         fail::remove(point);

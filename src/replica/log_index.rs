@@ -47,14 +47,15 @@ pub struct LogIndexError {
 
 impl LogIndex {
     /// Indexes `records` (consecutive LSNs, from the journal's first): the
-    /// first must be an entry's header.
-    pub fn build(records: &[RecoveredRecord]) -> Result<LogIndex, LogIndexError> {
+    /// first must be the header of entry `first_index` (the one after the
+    /// last snapshot's).
+    pub fn build(records: &[RecoveredRecord], first_index: u64) -> Result<LogIndex, LogIndexError> {
         let mut index = LogIndex::default();
         let mut at = 0;
         while at < records.len() {
             let header_record = &records[at];
             let header = header_of(header_record)?;
-            index.check_next(&header, header_record.lsn)?;
+            index.check_next(&header, header_record.lsn, first_index)?;
             let body = records.get(at + 1..).unwrap_or_default();
             let count = header.records as usize;
             if let Some(inner) = body.iter().take(count).find(|r| r.kind == KIND_RAFT_ENTRY) {
@@ -85,9 +86,23 @@ impl LogIndex {
 
     /// The entry at `header` follows the last one: the next index, a term
     /// no lower.
-    fn check_next(&self, header: &EntryHeader, lsn: u64) -> Result<(), LogIndexError> {
+    fn check_next(
+        &self,
+        header: &EntryHeader,
+        lsn: u64,
+        first_index: u64,
+    ) -> Result<(), LogIndexError> {
         let Some(last) = self.entries.last() else {
-            return Ok(());
+            if header.index == first_index {
+                return Ok(());
+            }
+            return Err(LogIndexError {
+                lsn,
+                reason: format!(
+                    "the journal begins with entry {}, where entry {first_index} was due (the one after the last snapshot's)",
+                    header.index
+                ),
+            });
         };
         let reason = if header.index != last.index + 1 {
             format!(
@@ -161,7 +176,7 @@ mod tests {
         // Proves each entry's index, term and LSN span come out of the journal, empty entries
         // (a new leader's) included.
         let records = journal(40, &[(5, 1, 2), (6, 2, 0), (7, 2, 3)]);
-        let index = LogIndex::build(&records).expect("a log");
+        let index = LogIndex::build(&records, 5).expect("a log");
         let spans: Vec<_> = index
             .entries
             .iter()
@@ -169,7 +184,7 @@ mod tests {
             .collect();
         assert_eq!(spans, [(5, 1, 40, 43), (6, 2, 43, 44), (7, 2, 44, 48)]);
         assert_eq!(index.unfinished_from, None);
-        assert_eq!(LogIndex::build(&[]), Ok(LogIndex::default()));
+        assert_eq!(LogIndex::build(&[], 1), Ok(LogIndex::default()));
     }
 
     #[test]
@@ -178,16 +193,18 @@ mod tests {
         // end) is reported for cutting, with the entries before it kept.
         let mut records = journal(1, &[(1, 1, 2), (2, 1, 4)]);
         records.truncate(records.len() - 2);
-        let index = LogIndex::build(&records).expect("a log");
+        let index = LogIndex::build(&records, 1).expect("a log");
         assert_eq!(index.entries.len(), 1);
         assert_eq!(index.unfinished_from, Some(4));
     }
 
     #[test]
     fn a_log_that_is_not_one_is_refused_at_the_record() {
-        // Proves missing or repeated indexes, a falling term, a header inside an entry, a
+        // Proves a first entry that does not follow the snapshot, missing or repeated
+        // indexes, a falling term, a header inside an entry, a
         // record outside any entry and a damaged header are each refused with their LSN.
-        let cases: [(Vec<RecoveredRecord>, u64, &str); 5] = [
+        let cases: [(Vec<RecoveredRecord>, u64, &str); 6] = [
+            (journal(1, &[(2, 1, 1)]), 1, "where entry 1 was due"),
             (
                 journal(1, &[(1, 1, 1), (3, 1, 1)]),
                 3,
@@ -229,7 +246,7 @@ mod tests {
             ),
         ];
         for (records, lsn, reason) in cases {
-            let error = LogIndex::build(&records).expect_err(reason);
+            let error = LogIndex::build(&records, 1).expect_err(reason);
             assert_eq!(error.lsn, lsn, "{error}");
             assert!(error.reason.contains(reason), "{error}");
         }

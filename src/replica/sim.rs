@@ -47,14 +47,14 @@ const FAULTY_US: u64 = 4_000 * MS;
 const QUIET_US: u64 = 3_000 * MS;
 /// A message's delay, and the share of messages dropped.
 const DELAY_US: Range<u64> = MS..15 * MS;
-const DROP: f64 = 0.05;
-/// One fsync of the writer; one in SLOW_WRITE stalls for SLOW_US instead.
+const DROP_CHANCE: f64 = 0.05;
+/// One fsync of the writer; with SLOW_WRITE_CHANCE it stalls for SLOW_US instead.
 const WRITE_US: Range<u64> = 200..3 * MS;
-const SLOW_WRITE: f64 = 0.05;
+const SLOW_WRITE_CHANCE: f64 = 0.05;
 const SLOW_US: Range<u64> = 3 * MS..20 * MS;
 /// The chance that power is lost in the middle of a write: crashes that
 /// land while acks may already be out are the ones that lose data.
-const POWER_LOSS: f64 = 0.002;
+const POWER_LOSS_CHANCE: f64 = 0.002;
 /// How long a crashed replica stays down before its supervisor restarts it.
 const RESTART_US: Range<u64> = 20 * MS..600 * MS;
 
@@ -539,7 +539,7 @@ impl Sim {
 
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
-            if self.cut.contains(&(message.from, message.to)) || self.rng.random_bool(DROP) {
+            if self.cut.contains(&(message.from, message.to)) || self.rng.random_bool(DROP_CHANCE) {
                 continue;
             }
             let delay = self.rng.random_range(DELAY_US);
@@ -622,13 +622,13 @@ impl Sim {
         }
         replica.writing = replica.jobs.len();
         let incarnation = replica.incarnation;
-        let took = if self.rng.random_bool(SLOW_WRITE) {
+        let took = if self.rng.random_bool(SLOW_WRITE_CHANCE) {
             self.rng.random_range(SLOW_US)
         } else {
             self.rng.random_range(WRITE_US)
         };
         self.at(took, Event::Synced(id, incarnation));
-        if self.rng.random_bool(POWER_LOSS) {
+        if self.rng.random_bool(POWER_LOSS_CHANCE) {
             let when = self.rng.random_range(0..took);
             self.at(when, Event::PowerLoss(id, incarnation));
         }
