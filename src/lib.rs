@@ -27,8 +27,9 @@
 //!   [`telemetry`]: metric names, the recorder, the log level.
 //! - [`replay`]: `omniroute replay`, the journal's orders routed again
 //!   under another policy.
-//! - [`replica`]: replication on raft-rs, under way: the seeded simulation
-//!   of three replicas.
+//! - [`replica`]: replication on raft-rs, under way: a replica's log on
+//!   its disk, the ready loop over it, and (in tests) the seeded
+//!   simulation of three replicas running that loop.
 //! - [`config`] (the TOML file, its validation, the embedded sample) and
 //!   [`config_diff`] (which keys a reload applies); [`sample`]: sample
 //!   orders and the synchronous driver over a config; [`limits`]: every

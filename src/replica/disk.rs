@@ -6,7 +6,8 @@
 //! the journal's writer thread in the order raft-rs's promises need: a
 //! cut's intent durable before the cut, entries durable before the hard
 //! state that counts them, and the caller told only after both (it sends
-//! the messages that vouch for them then, never before).
+//! the messages that vouch for them then, never before). The driver
+//! writes through [`Persist`], which the simulation's disk implements too.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,11 +42,11 @@ pub enum DiskError {
 }
 
 /// What a replica's disk held at start.
-pub struct Loaded {
+pub struct Loaded<P = Persister> {
     /// The log, hard state and configuration, as raft-rs reads them.
     pub storage: MemStorage,
     /// Where the log's writes go on from.
-    pub persister: Persister,
+    pub persister: P,
 }
 
 /// Loads the replica whose journal is in `journal_dir` and hard state at
@@ -75,20 +76,7 @@ pub fn load(
         index.unfinished_from = None;
     }
     let entries = entries_of(&index, &recovered.records)?;
-    let last = entries.last().map_or(state.snap_index, |e| e.index);
-    if state.hard.commit > last {
-        return Err(DiskError::CommitPastLog {
-            commit: state.hard.commit,
-            last,
-        });
-    }
-    let storage = MemStorage::new();
-    {
-        let mut core = storage.wl();
-        core.set_hardstate(state.hard.clone());
-        core.set_conf_state(state.conf.clone());
-        core.append(&entries).map_err(|e| raft_storage_bug(&e))?;
-    }
+    let storage = storage_of(&state, &entries)?;
     let journal = Journal::start(
         journal_dir,
         recovered.next_lsn,
@@ -103,6 +91,27 @@ pub fn load(
         next_lsn: recovered.next_lsn,
     };
     Ok(Loaded { storage, persister })
+}
+
+/// raft-rs's storage of a log read back at start: `entries` follow the
+/// snapshot in `state`. A commit past the log's end is refused: committed
+/// entries are missing, and raft-rs would panic on them.
+pub(crate) fn storage_of(state: &DurableState, entries: &[Entry]) -> Result<MemStorage, DiskError> {
+    let last = entries.last().map_or(state.snap_index, |e| e.index);
+    if state.hard.commit > last {
+        return Err(DiskError::CommitPastLog {
+            commit: state.hard.commit,
+            last,
+        });
+    }
+    let storage = MemStorage::new();
+    {
+        let mut core = storage.wl();
+        core.set_hardstate(state.hard.clone());
+        core.set_conf_state(state.conf.clone());
+        core.append(entries).map_err(|e| raft_storage_bug(&e))?;
+    }
+    Ok(storage)
 }
 
 /// A fresh replica takes the configured voters; one that has its own must
@@ -170,6 +179,27 @@ fn raft_storage_bug(error: &raft::Error) -> DiskError {
 /// or with the error that stopped them.
 pub type Persisted = Box<dyn FnOnce(Result<(), DiskError>) + Send>;
 
+/// What the ready loop needs of a replica's disk: [`Persister`] on the
+/// journal, or the simulation's disk, so the simulation runs the very
+/// loop production runs.
+pub trait Persist {
+    /// Queues one Ready's writes: `entries` (overwriting the log from the
+    /// first one's index on, if it has that index already), then `hard` if
+    /// it changed, synced if `must_sync`. `then` runs once they are
+    /// durable, after every earlier Ready's. Blocks while the queue is
+    /// full (backpressure on the driver).
+    fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard: Option<&HardState>,
+        must_sync: bool,
+        then: Persisted,
+    ) -> Result<(), DiskError>;
+
+    /// Waits for everything queued, then stops the writer.
+    fn close(&self);
+}
+
 /// Queues a replica's writes on the journal's writer thread. Owned by the
 /// thread that drives raft-rs; the writer thread alone writes the files.
 pub struct Persister {
@@ -184,12 +214,8 @@ pub struct Persister {
     next_lsn: u64,
 }
 
-impl Persister {
-    /// Queues one Ready's writes: `entries` (overwriting the log from the
-    /// first one's index on, if it has that index already), then `hard` if
-    /// it changed. `then` runs once they are durable. Blocks while the
-    /// journal's queue is full (backpressure on the driver).
-    pub fn persist(
+impl Persist for Persister {
+    fn persist(
         &mut self,
         entries: &[Entry],
         hard: Option<&HardState>,
@@ -232,6 +258,12 @@ impl Persister {
         Ok(())
     }
 
+    fn close(&self) {
+        self.journal.close();
+    }
+}
+
+impl Persister {
     /// Queues the cut of every entry from `index` on, if there are any:
     /// its intent made durable first, so a crash part way is finished at
     /// the next start.
@@ -295,11 +327,6 @@ impl Persister {
     /// The journal the log is written to (for its stats and its fault).
     pub fn journal(&self) -> &Arc<Journal> {
         &self.journal
-    }
-
-    /// Waits for everything queued, then stops the writer.
-    pub fn close(&self) {
-        self.journal.close();
     }
 }
 

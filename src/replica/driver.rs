@@ -13,6 +13,10 @@
 //!
 //! A storage error stops the replica: nothing more is written, sent or
 //! answered.
+//!
+//! The loop writes through [`Persist`]: the journal in production, a
+//! simulated disk in `sim`, which runs the same pass (`handle`, `tick`,
+//! `take_written`, `ready`) on its own clock instead of `run`'s.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,8 +26,13 @@ use raft::eraftpb::{Entry, EntryType, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
-use super::disk::{DiskError, Loaded, Persister};
+use super::disk::{DiskError, Loaded, Persist, Persister};
 use super::entry::decode_body;
+
+#[cfg(test)]
+mod bugs;
+#[cfg(test)]
+pub use bugs::Bug;
 
 /// Milliseconds between two ticks of the raft clock.
 pub const TICK_MS: u64 = 50;
@@ -85,10 +94,11 @@ pub trait Effects {
     fn role(&mut self, _role: StateRole, _term: u64, _leader: u64) {}
 }
 
-/// A replica's raft-rs node and what it drives.
-pub struct Driver<E: Effects> {
+/// A replica's raft-rs node and what it drives; `P` is where its writes
+/// go (the journal in production, a simulated disk in `sim`).
+pub struct Driver<E: Effects, P: Persist = Persister> {
     node: RawNode<MemStorage>,
-    persister: Persister,
+    persister: P,
     effects: E,
     written: (Sender<Written>, Receiver<Written>),
     /// Proposals waiting for their entry, by index: (term, answer).
@@ -98,6 +108,9 @@ pub struct Driver<E: Effects> {
     /// The role and leader last reported.
     seen: (StateRole, u64, u64),
     stopped: Option<String>,
+    /// A deliberate wrong the simulation injects, to show it is caught.
+    #[cfg(test)]
+    bug: Option<Bug>,
 }
 
 /// raft-rs's configuration for replica `id`, with `applied` already in
@@ -116,14 +129,14 @@ pub fn config(id: u64, applied: u64) -> Config {
     }
 }
 
-impl<E: Effects> Driver<E> {
+impl<E: Effects, P: Persist> Driver<E, P> {
     /// A driver for replica `id` on what `loaded` read from its disk.
     pub fn new(
         id: u64,
-        loaded: Loaded,
+        loaded: Loaded<P>,
         effects: E,
         logger: &slog::Logger,
-    ) -> Result<Driver<E>, raft::Error> {
+    ) -> Result<Driver<E, P>, raft::Error> {
         let config = config(id, 0);
         config.validate()?;
         let node = RawNode::new(&config, loaded.storage, logger)?;
@@ -136,6 +149,8 @@ impl<E: Effects> Driver<E> {
             applied: 0,
             seen: (StateRole::Follower, 0, 0),
             stopped: None,
+            #[cfg(test)]
+            bug: None,
         })
     }
 
@@ -160,9 +175,7 @@ impl<E: Effects> Driver<E> {
                 },
                 default(wait) => {}
             }
-            while let Ok(done) = written.try_recv() {
-                self.on_written(done);
-            }
+            self.take_written();
             while let Ok(event) = events.try_recv() {
                 if matches!(event, Event::Stop) {
                     return self.stop();
@@ -170,7 +183,7 @@ impl<E: Effects> Driver<E> {
                 self.handle(event);
             }
             if Instant::now() >= next_tick {
-                self.node.tick();
+                self.tick();
                 next_tick += tick;
             }
             if self.stopped.is_none() {
@@ -206,6 +219,19 @@ impl<E: Effects> Driver<E> {
         }
     }
 
+    /// One tick of the raft clock: `run` ticks every `TICK_MS`, the
+    /// simulation on its own clock.
+    pub(crate) fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// Handles every Ready the writer has told of as durable since.
+    pub(crate) fn take_written(&mut self) {
+        while let Ok(done) = self.written.1.try_recv() {
+            self.on_written(done);
+        }
+    }
+
     /// A Ready's writes are durable: its messages leave, raft-rs hears it.
     fn on_written(&mut self, done: Written) {
         if self.stopped.is_some() {
@@ -215,9 +241,24 @@ impl<E: Effects> Driver<E> {
             Ok(()) => {
                 self.effects.send(done.messages);
                 self.node.on_persist_ready(done.number);
+                #[cfg(test)]
+                self.answer_on_local_persist();
             }
             Err(reason) => self.stop_for(reason),
         }
+    }
+
+    /// The node, for the simulation's checks (role, term, log).
+    #[cfg(test)]
+    pub(crate) fn node(&self) -> &RawNode<MemStorage> {
+        &self.node
+    }
+
+    /// Replaces the election timeout raft-rs drew from the thread's rng,
+    /// so the simulation draws it from its seed and replays exactly.
+    #[cfg(test)]
+    pub(crate) fn redraw_election_timeout(&mut self, ticks: usize) {
+        self.node.raft.set_randomized_election_timeout(ticks);
     }
 
     /// Stops the replica for a storage error: nothing more is written,
@@ -249,7 +290,7 @@ impl<E: Effects> Driver<E> {
     }
 
     /// Handles every Ready raft-rs has.
-    fn ready(&mut self) {
+    pub(crate) fn ready(&mut self) {
         while self.node.has_ready() && self.stopped.is_none() {
             let mut rd = self.node.ready();
             self.report_role();
@@ -274,6 +315,8 @@ impl<E: Effects> Driver<E> {
             }
             let number = rd.number();
             let messages = rd.take_persisted_messages();
+            #[cfg(test)]
+            let messages = self.send_acks_now(messages);
             let written = self.written.0.clone();
             let then = Box::new(move |result: Result<(), DiskError>| {
                 let _ = written.send(Written {
