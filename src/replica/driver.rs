@@ -182,9 +182,13 @@ impl<E: Effects, P: Persist> Driver<E, P> {
                 }
                 self.handle(event);
             }
-            if Instant::now() >= next_tick {
+            let now = Instant::now();
+            if now >= next_tick {
                 self.tick();
-                next_tick += tick;
+                // Behind by more than a tick (the thread was held up): the
+                // owed ticks are skipped, not fired back to back, which
+                // could fail a leader's quorum check for nothing.
+                next_tick = (next_tick + tick).max(now + tick / 2);
             }
             if self.stopped.is_none() {
                 self.ready();
@@ -293,15 +297,16 @@ impl<E: Effects, P: Persist> Driver<E, P> {
     pub(crate) fn ready(&mut self) {
         while self.node.has_ready() && self.stopped.is_none() {
             let mut rd = self.node.ready();
-            self.report_role();
-            self.effects.send(rd.take_messages());
             if !rd.snapshot().is_empty() {
                 // Snapshots are not sent yet: the log is never compacted.
-                self.stopped =
-                    Some("a raft snapshot arrived; this build cannot install one".into());
+                self.stop_for("a raft snapshot arrived; this build cannot install one".into());
                 return;
             }
+            // Entries committed in this node's term are answered before a
+            // step-down in the same Ready fails what is still pending.
             self.apply(rd.take_committed_entries());
+            self.report_role();
+            self.effects.send(rd.take_messages());
             let stored = {
                 let mut core = self.node.store().wl();
                 if let Some(hs) = rd.hs() {
