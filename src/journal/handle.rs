@@ -315,10 +315,16 @@ impl Journal {
             .map_err(|_| JournalError::Stopped)
     }
 
+    /// [`Journal::reserve`] for a plain thread (never a tokio worker):
+    /// blocks while the queue is full.
+    pub fn reserve_blocking(&self) -> Slot {
+        futures::executor::block_on(self.reserve())
+    }
+
     /// [`Journal::reserve`] and [`Journal::append_in`] for a plain thread
     /// (never a tokio worker): blocks while the queue is full.
     pub fn append(&self, kind: u8, payload: Vec<u8>, done: Done) -> Result<(), JournalError> {
-        let slot = futures::executor::block_on(self.reserve());
+        let slot = self.reserve_blocking();
         self.append_in(slot, kind, payload, done)
     }
 

@@ -254,7 +254,7 @@ mod tests {
         work: impl FnOnce(&Journal, crate::journal::Slot, crate::journal::Done),
     ) -> mpsc::Receiver<Result<u64, JournalError>> {
         let (sender, receiver) = mpsc::channel();
-        let slot = futures::executor::block_on(journal.reserve());
+        let slot = journal.reserve_blocking();
         work(
             journal,
             slot,

@@ -239,7 +239,7 @@ impl Persist for Persister {
                 header_lsn: header,
                 end_lsn: self.next_lsn,
             });
-            let slot = futures::executor::block_on(self.journal.reserve());
+            let slot = self.journal.reserve_blocking();
             self.journal
                 .append_group_in(slot, records, Box::new(|_| ()))?;
         }
@@ -247,7 +247,7 @@ impl Persist for Persister {
             self.state.hard = hard.clone();
             self.write_state(must_sync)
         });
-        let slot = futures::executor::block_on(self.journal.reserve());
+        let slot = self.journal.reserve_blocking();
         self.journal.barrier_in(
             slot,
             Box::new(move |written| {
@@ -276,7 +276,7 @@ impl Persister {
         self.next_lsn = lsn;
         self.state.intent = Intent::TruncateFrom { lsn };
         let intent = self.write_state(true);
-        let slot = futures::executor::block_on(self.journal.reserve());
+        let slot = self.journal.reserve_blocking();
         self.journal.barrier_in(
             slot,
             Box::new(move |written| {
@@ -293,7 +293,7 @@ impl Persister {
         // anything after it is written: an intent left on disk would cut
         // entries written after it at the next start.
         let cleared = self.write_state(true);
-        let slot = futures::executor::block_on(self.journal.reserve());
+        let slot = self.journal.reserve_blocking();
         self.journal.cut_from_in(
             slot,
             lsn,
@@ -506,7 +506,7 @@ mod tests {
             (KIND_RAFT_ENTRY, header.encode()),
             (KIND_TXN, b"x".to_vec()),
         ];
-        let slot = futures::executor::block_on(loaded.persister.journal.reserve());
+        let slot = loaded.persister.journal.reserve_blocking();
         let (sender, receiver) = mpsc::channel();
         let done = Box::new(move |r| sender.send(r).unwrap());
         loaded
