@@ -37,6 +37,11 @@ pub const CONNECTIONS: &str = "omniroute_connections";
 pub const POLICY_RELOADS_TOTAL: &str = "omniroute_policy_reloads_total";
 pub const POLICY_LSN: &str = "omniroute_policy_lsn";
 pub const READY: &str = "omniroute_ready";
+pub const REPLICA_MESSAGES_SENT_TOTAL: &str = "omniroute_replica_messages_sent_total";
+pub const REPLICA_MESSAGES_RECEIVED_TOTAL: &str = "omniroute_replica_messages_received_total";
+pub const REPLICA_MESSAGES_DROPPED_TOTAL: &str = "omniroute_replica_messages_dropped_total";
+pub const REPLICA_CONNECTIONS_TOTAL: &str = "omniroute_replica_connections_total";
+pub const REPLICA_CONNECTIONS_REFUSED_TOTAL: &str = "omniroute_replica_connections_refused_total";
 
 /// Histogram bounds of the routing latency, in seconds: 50 µs to 1 s.
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -184,6 +189,26 @@ fn describe() {
         "Journal LSN of the policy in force (0: the one the daemon started with)"
     );
     describe_gauge!(READY, "1 once recovery is done and orders are accepted");
+    describe_counter!(
+        REPLICA_MESSAGES_SENT_TOTAL,
+        "Raft messages written to a peer's stream"
+    );
+    describe_counter!(
+        REPLICA_MESSAGES_RECEIVED_TOTAL,
+        "Raft messages from peers handed to the replica's driver"
+    );
+    describe_counter!(
+        REPLICA_MESSAGES_DROPPED_TOTAL,
+        "Raft messages dropped, by reason (queue_full, unknown_peer, too_large, peer_down, wrong_peer, inbox_full); raft-rs resends what matters"
+    );
+    describe_counter!(
+        REPLICA_CONNECTIONS_TOTAL,
+        "Connections between replicas established, by direction (outbound, inbound)"
+    );
+    describe_counter!(
+        REPLICA_CONNECTIONS_REFUSED_TOTAL,
+        "Connections from replicas closed, by reason (busy, handshake, unknown_peer, frame_too_large, malformed)"
+    );
 }
 
 /// Outcome labels of [`ORDERS_TOTAL`], in the order of `outcome_of`.

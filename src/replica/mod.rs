@@ -6,8 +6,11 @@
 //! only) runs three replicas' ready loops, `driver`'s own pass, over
 //! simulated disks under a seeded scheduler of faults, with writes that
 //! become durable later (as the group commit makes them), and checks the
-//! promises the daemon relies on.
+//! promises the daemon relies on. `transport` carries raft-rs messages
+//! between replicas over QUIC, each side proving who it is with a
+//! certificate of the cluster CA (`certs`).
 
+pub mod certs;
 pub mod disk;
 pub mod driver;
 pub mod entry;
@@ -15,3 +18,4 @@ pub mod hard_state;
 pub mod log_index;
 #[cfg(test)]
 pub mod sim;
+pub mod transport;
