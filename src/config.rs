@@ -28,6 +28,9 @@ use crate::limits::{
 };
 use crate::server::{Role, ServerSettings, MAX_CONNECTIONS, MAX_WORKER_THREADS};
 
+mod cluster;
+pub use cluster::{ClusterConfig, ClusterSettings, ReplicaConfig, MAX_REPLICAS};
+
 /// The config the daemon runs on when given none: a sample network of 60
 /// nodes in four markets and 10 000 generated SKUs.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
@@ -74,6 +77,8 @@ pub struct Config {
     #[serde(default)]
     pub stock: Vec<StockConfig>,
     pub sample_stock: Option<SampleStockConfig>,
+    /// Replication: this replica and its peers (none: a single node).
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -471,6 +476,8 @@ pub struct ValidConfig {
     pub log: LogSettings,
     pub network: Network,
     pub stock: Vec<StockUpdate>,
+    /// This replica's cluster; None: a single node.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl ValidConfig {
@@ -543,7 +550,20 @@ impl Config {
         let stock = self.validate_stock(&network, engine.max_skus)?;
         let server = self.validate_server(&network)?;
         let store = self.validate_journal()?;
+        let cluster = match &self.cluster {
+            Some(cluster) => {
+                if store.durability != Durability::Fsync {
+                    return Err(invalid(
+                        "journal.durability",
+                        "a replica acknowledges an entry only once it is fsynced: \"fsync\" is required with [cluster]",
+                    ));
+                }
+                Some(cluster.validate(server.listen, http)?)
+            }
+            None => None,
+        };
         Ok(ValidConfig {
+            cluster,
             admin,
             http,
             http_limits,

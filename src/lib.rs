@@ -43,6 +43,7 @@
 //! client commands and `bench-restart`.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod config_diff;
 pub mod core;

@@ -42,6 +42,11 @@ pub const REPLICA_MESSAGES_RECEIVED_TOTAL: &str = "omniroute_replica_messages_re
 pub const REPLICA_MESSAGES_DROPPED_TOTAL: &str = "omniroute_replica_messages_dropped_total";
 pub const REPLICA_CONNECTIONS_TOTAL: &str = "omniroute_replica_connections_total";
 pub const REPLICA_CONNECTIONS_REFUSED_TOTAL: &str = "omniroute_replica_connections_refused_total";
+pub const REPLICA_ROLE: &str = "omniroute_replica_role";
+pub const REPLICA_TERM: &str = "omniroute_replica_term";
+pub const REPLICA_LEADER: &str = "omniroute_replica_leader";
+pub const REPLICA_LEADER_CHANGES_TOTAL: &str = "omniroute_replica_leader_changes_total";
+pub const REPLICA_APPLIED_INDEX: &str = "omniroute_replica_applied_index";
 
 /// Histogram bounds of the routing latency, in seconds: 50 µs to 1 s.
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -208,6 +213,23 @@ fn describe() {
     describe_counter!(
         REPLICA_CONNECTIONS_REFUSED_TOTAL,
         "Connections from replicas closed, by reason (busy, handshake, unknown_peer, frame_too_large, malformed)"
+    );
+    describe_gauge!(
+        REPLICA_ROLE,
+        "A replica's role: 0 follower, 1 candidate, 2 leader"
+    );
+    describe_gauge!(REPLICA_TERM, "A replica's Raft term");
+    describe_gauge!(
+        REPLICA_LEADER,
+        "The leader's id as this replica knows it (0: none)"
+    );
+    describe_counter!(
+        REPLICA_LEADER_CHANGES_TOTAL,
+        "Changes of the leader this replica has seen (an election, or losing the leader)"
+    );
+    describe_gauge!(
+        REPLICA_APPLIED_INDEX,
+        "The last entry of the replicated log this replica has applied"
     );
 }
 

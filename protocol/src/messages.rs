@@ -90,6 +90,11 @@ pub enum ErrorCode {
     /// disk before its fsync failed may be there after the restart, as
     /// after a crash: resubmit with the same client order id to learn.
     Unavailable = 19,
+    /// A replica that does not lead the cluster (or stopped leading before
+    /// the request was decided): nothing was decided here. The message is
+    /// exactly the leader's client address (`host:port`), or empty while
+    /// no leader is known; resubmit there with the same client order id.
+    NotLeader = 20,
 }
 
 impl ErrorCode {
@@ -115,6 +120,7 @@ impl ErrorCode {
             Archived,
             UnknownChannel,
             Unavailable,
+            NotLeader,
         ]
         .into_iter()
         .find(|c| *c as u16 == code)

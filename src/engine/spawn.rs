@@ -60,7 +60,7 @@ impl Engine {
         } = state;
         let sequencer = Arc::new(sequencer);
         let health = Health::new();
-        if let Some(journal) = sequencer.journal() {
+        if let Some(journal) = sequencer.storage() {
             // A storage fault fails the engine as an actor's panic does:
             // health turns 503 and the daemon stops.
             let failed = health.clone();

@@ -76,7 +76,7 @@ async fn open(
         let (status, body) = reply(forbidden(&role));
         return Err((status, Json(body)));
     }
-    let engine = app.engine.clone();
+    let engine = app.engine()?;
     let subscription = engine
         .follow_orders(&channel, from_cursor)
         .await

@@ -14,6 +14,7 @@ mod body;
 mod conn;
 mod events;
 pub mod fields;
+mod leader;
 mod reply;
 
 /// The gateway's error answer (status and `{"error": {...}}` body) for a
@@ -39,6 +40,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
+use crate::replica::serving::Serving;
 use crate::server::Tokens;
 
 /// Largest request body: a QUIC frame's bound, so that both ingresses take
@@ -48,13 +50,26 @@ pub const MAX_HTTP_BODY_BYTES: usize = omniroute_protocol::MAX_FRAME_BYTES;
 /// What every route reads.
 #[derive(Clone)]
 pub struct App {
-    engine: Engine,
+    /// The engine that answers here (a replica's only while it leads).
+    serving: Arc<Serving>,
     tokens: Arc<Tokens>,
     /// Cancelled at shutdown: open event streams end.
     stop: CancellationToken,
     /// How often a quiet event stream sends a comment: within the idle
     /// timeout, so that a follower of a quiet channel is never idle.
     keep_alive_ms: u64,
+}
+
+impl App {
+    /// The engine to answer with; a replica that stopped leading since
+    /// the request was let in answers `NotLeader`.
+    fn engine(&self) -> Result<Engine, routes::Reply> {
+        self.serving.engine().map_err(|not| {
+            let answer = crate::server::wire::not_leader(&not);
+            let (status, body) = reply::reply(answer);
+            (status, axum::Json(body))
+        })
+    }
 }
 
 /// The gateway's port cannot be bound.
@@ -117,6 +132,10 @@ fn router(app: App) -> Router {
         .method_not_allowed_fallback(routes::wrong_method)
         .fallback(routes::no_route)
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            leader::leader_only,
+        ))
         .layer(axum::middleware::from_fn(routes::json_by_default))
         .layer(axum::middleware::from_fn(routes::declared_length))
         .with_state(app)
@@ -130,6 +149,17 @@ pub async fn start(
     addr: SocketAddr,
     limits: HttpLimits,
 ) -> Result<RunningHttp, HttpError> {
+    start_serving(Arc::new(Serving::single(engine)), tokens, addr, limits).await
+}
+
+/// [`start`] for the engine `serving` has at the time: a replica's gateway
+/// redirects to the leader's while it does not lead.
+pub async fn start_serving(
+    serving: Arc<Serving>,
+    tokens: Arc<Tokens>,
+    addr: SocketAddr,
+    limits: HttpLimits,
+) -> Result<RunningHttp, HttpError> {
     let failed = |e: std::io::Error| HttpError {
         addr,
         message: e.to_string(),
@@ -138,7 +168,7 @@ pub async fn start(
     let addr = listener.local_addr().map_err(failed)?;
     let stop = CancellationToken::new();
     let app = App {
-        engine,
+        serving,
         tokens,
         stop: stop.clone(),
         keep_alive_ms: events::keep_alive_ms(limits.idle_timeout_ms),

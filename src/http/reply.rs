@@ -77,7 +77,7 @@ pub fn error(code: u16, message: &str) -> (StatusCode, Value) {
         Some(Malformed | Unframeable) => StatusCode::BAD_REQUEST,
         Some(NotAuthenticated | BadToken) => StatusCode::UNAUTHORIZED,
         Some(Forbidden) => StatusCode::FORBIDDEN,
-        Some(Overloaded | Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(Overloaded | Unavailable | NotLeader) => StatusCode::SERVICE_UNAVAILABLE,
         Some(UnknownOrder | UnknownSku | UnknownNode | UnknownChannel) => StatusCode::NOT_FOUND,
         Some(InvalidState) => StatusCode::CONFLICT,
         Some(InvalidQuantity) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -98,7 +98,14 @@ async fn respond(app: &App, headers: &HeaderMap, request: Result<Request, Reply>
     };
     match request {
         Ok(request) => {
-            let (status, body) = reply(answer(&app.engine, &role, request).await);
+            let engine = match app.engine() {
+                Ok(engine) => engine,
+                Err(refused) => return refused,
+            };
+            let mut answered = [(0, answer(&engine, &role, request).await)];
+            crate::server::wire::deposed(&app.serving, &mut answered);
+            let [(_, answered)] = answered;
+            let (status, body) = reply(answered);
             (status, Json(body))
         }
         Err(refused) => refused,

@@ -113,6 +113,11 @@ pub enum JournalError {
     /// A reader's visitor stopped the read early (see [`VisitError::Stopped`]).
     #[error("the reader stopped the read")]
     ReaderStopped,
+    /// Replicated: this replica does not lead (or stopped leading before
+    /// the record committed in its term), so nothing was decided here;
+    /// `leader` is the one it knows of (0: none). Not a storage fault.
+    #[error("not the leader (the leader is replica {leader})")]
+    NotLeader { leader: u64 },
 }
 
 /// What a visitor of [`read`] answers instead of going on.

@@ -196,6 +196,10 @@ pub trait Persist {
         then: Persisted,
     ) -> Result<(), DiskError>;
 
+    /// The LSN of the header record of entry `index`, queued before (0 if
+    /// it was not: a bug of the caller's).
+    fn header_lsn(&self, index: u64) -> u64;
+
     /// Waits for everything queued, then stops the writer.
     fn close(&self);
 }
@@ -256,6 +260,15 @@ impl Persist for Persister {
             }),
         )?;
         Ok(())
+    }
+
+    fn header_lsn(&self, index: u64) -> u64 {
+        // Entries are queued at consecutive indexes from the first one.
+        let first = self.positions.first().map_or(0, |p| p.index);
+        let at = index.checked_sub(first).map(|at| at as usize);
+        at.and_then(|at| self.positions.get(at))
+            .filter(|p| p.index == index)
+            .map_or(0, |p| p.header_lsn)
     }
 
     fn close(&self) {

@@ -27,10 +27,13 @@ use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
 use super::disk::{DiskError, Loaded, Persist, Persister};
-use super::entry::decode_body;
+use super::entry::{decode_body, encode_body, MAX_ENTRY_RECORDS};
+use super::proposer::Proposal;
+use waiting::{fail_dones, Pending, Reads, Waiter};
 
 #[cfg(test)]
 mod bugs;
+mod waiting;
 #[cfg(test)]
 pub use bugs::Bug;
 
@@ -43,6 +46,10 @@ pub const ELECTION_TICKS: usize = 10;
 pub const HEARTBEAT_TICKS: usize = 2;
 /// Events the driver's inbox holds before senders wait.
 pub const INBOX_EVENTS: usize = 4096;
+/// Bytes of records gathered into one entry at most (unless one record is
+/// larger): about raft-rs's `max_size_per_msg`, so an append message
+/// carries whole entries and a slow follower is sent a few at a time.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
 
 /// Why a proposal was not answered with its place in the log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -88,10 +95,17 @@ pub trait Effects {
     /// Sends messages to peers; a message that cannot be sent is dropped
     /// (raft-rs retries).
     fn send(&mut self, messages: Vec<Message>);
-    /// Applies a committed normal entry's data, in log order.
+    /// Applies a committed normal entry's data, in log order: every entry
+    /// but those whose records were proposed here through the proposal
+    /// queue and committed in their term (their callers apply them).
     fn apply(&mut self, index: u64, data: &[u8]);
+    /// Every entry up to `index` is applied (once per Ready that applied any).
+    fn applied(&mut self, _index: u64) {}
     /// The node's role or leader changed.
     fn role(&mut self, _role: StateRole, _term: u64, _leader: u64) {}
+    /// This leader has applied the first entry of its `term` (at `index`):
+    /// everything committed before the term is applied, so it may serve.
+    fn lead(&mut self, _term: u64, _index: u64) {}
 }
 
 /// A replica's raft-rs node and what it drives; `P` is where its writes
@@ -101,10 +115,19 @@ pub struct Driver<E: Effects, P: Persist = Persister> {
     persister: P,
     effects: E,
     written: (Sender<Written>, Receiver<Written>),
-    /// Proposals waiting for their entry, by index: (term, answer).
-    pending: HashMap<u64, (u64, Answer)>,
-    /// The last entry applied.
+    /// The leader's engine's records and barriers ([`super::proposer`]).
+    proposals: Option<Receiver<Proposal>>,
+    /// Proposals waiting for their entry, by index.
+    pending: HashMap<u64, Pending>,
+    /// Read barriers waiting for a read-index round and apply.
+    reads: Reads,
+    /// Ticks so far (the read barriers' clock).
+    ticks: u64,
+    /// The last entry applied, and its term.
     applied: u64,
+    applied_term: u64,
+    /// The term `Effects::lead` was last told of.
+    led_term: u64,
     /// The role and leader last reported.
     seen: (StateRole, u64, u64),
     stopped: Option<String>,
@@ -145,13 +168,31 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             persister: loaded.persister,
             effects,
             written: crossbeam_channel::unbounded(),
+            proposals: None,
             pending: HashMap::new(),
+            reads: Reads::default(),
+            ticks: 0,
             applied: 0,
+            applied_term: 0,
+            led_term: 0,
             seen: (StateRole::Follower, 0, 0),
             stopped: None,
             #[cfg(test)]
             bug: None,
         })
+    }
+
+    /// Takes the leader's engine's records and barriers from `queue`
+    /// (the other end of a [`super::proposer::Proposer`]).
+    pub fn with_proposals(mut self, queue: Receiver<Proposal>) -> Driver<E, P> {
+        self.proposals = Some(queue);
+        self
+    }
+
+    /// The log as raft-rs holds it (shared, not copied): every entry since
+    /// start, which the apply thread of a follower reads.
+    pub fn storage(&self) -> MemStorage {
+        self.node.store().clone()
     }
 
     /// Runs until `Stop` (or every sender of `events` is gone); ticks
@@ -161,6 +202,10 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
         let written = self.written.1.clone();
+        let proposals = self
+            .proposals
+            .clone()
+            .unwrap_or_else(crossbeam_channel::never);
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
@@ -171,6 +216,11 @@ impl<E: Effects, P: Persist> Driver<E, P> {
                 recv(written) -> done => {
                     if let Ok(done) = done {
                         self.on_written(done);
+                    }
+                },
+                recv(proposals) -> proposal => {
+                    if let Ok(proposal) = proposal {
+                        self.propose_queued(Some(proposal));
                     }
                 },
                 default(wait) => {}
@@ -199,12 +249,23 @@ impl<E: Effects, P: Persist> Driver<E, P> {
 
     fn stop(mut self) -> Option<String> {
         let reason = self.stopped.clone();
-        let why = reason.clone().unwrap_or_else(|| "stopped".into());
-        for (_, (_, answer)) in self.pending.drain() {
-            answer(Err(ProposeError::Stopped(why.clone())));
+        let why = ProposeError::Stopped(reason.clone().unwrap_or_else(|| "stopped".into()));
+        self.fail_waiting(&why);
+        if let Some(queue) = self.proposals.take() {
+            for proposal in queue.try_iter() {
+                fail_proposal(proposal, &why);
+            }
         }
         self.persister.close();
         reason
+    }
+
+    /// Fails every proposal and read barrier waiting here.
+    fn fail_waiting(&mut self, error: &ProposeError) {
+        for (_, pending) in self.pending.drain() {
+            pending.fail(error.clone());
+        }
+        self.reads.fail_all(error);
     }
 
     /// Handles one event, unless the replica has stopped.
@@ -226,6 +287,7 @@ impl<E: Effects, P: Persist> Driver<E, P> {
     /// One tick of the raft clock: `run` ticks every `TICK_MS`, the
     /// simulation on its own clock.
     pub(crate) fn tick(&mut self) {
+        self.ticks += 1;
         self.node.tick();
     }
 
@@ -290,11 +352,101 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             return answer(Err(ProposeError::NotLeader { leader }));
         }
         let index = self.node.raft.raft_log.last_index();
-        self.pending.insert(index, (self.node.raft.term, answer));
+        let term = self.node.raft.term;
+        let waiter = Waiter::Answer(answer);
+        self.pending.insert(index, Pending { term, waiter });
+    }
+
+    /// Gathers the queued records into entries (at most
+    /// `MAX_ENTRY_RECORDS` records and about `MAX_ENTRY_BYTES` each) and
+    /// proposes them; a barrier waits for everything proposed before it.
+    /// `first` was taken from the queue already.
+    fn propose_queued(&mut self, first: Option<Proposal>) {
+        let Some(queue) = self.proposals.clone() else {
+            return;
+        };
+        if let Some(reason) = &self.stopped {
+            let why = ProposeError::Stopped(reason.clone());
+            first
+                .into_iter()
+                .chain(queue.try_iter())
+                .for_each(|p| fail_proposal(p, &why));
+            return;
+        }
+        let mut records: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut dones = Vec::new();
+        let mut bytes = 0;
+        for proposal in first.into_iter().chain(queue.try_iter()) {
+            match proposal {
+                Proposal::Record {
+                    kind,
+                    payload,
+                    done,
+                } => {
+                    let full = records.len() == MAX_ENTRY_RECORDS
+                        || (bytes + payload.len() > MAX_ENTRY_BYTES && !records.is_empty());
+                    if full {
+                        self.propose_records(
+                            std::mem::take(&mut records),
+                            std::mem::take(&mut dones),
+                        );
+                        bytes = 0;
+                    }
+                    bytes += payload.len();
+                    records.push((kind, payload));
+                    dones.push(done);
+                }
+                Proposal::Barrier(done) => {
+                    self.propose_records(std::mem::take(&mut records), std::mem::take(&mut dones));
+                    bytes = 0;
+                    self.add_read(done);
+                }
+            }
+        }
+        self.propose_records(records, dones);
+    }
+
+    /// Proposes `records` as one entry, told to `dones` once applied.
+    fn propose_records(&mut self, records: Vec<(u8, Vec<u8>)>, dones: Vec<crate::journal::Done>) {
+        if records.is_empty() {
+            return;
+        }
+        let leader = self.node.raft.leader_id;
+        if self.node.raft.state != StateRole::Leader {
+            return fail_dones(dones, &ProposeError::NotLeader { leader });
+        }
+        let body = encode_body(
+            records
+                .iter()
+                .map(|(kind, payload)| (*kind, payload.as_slice())),
+        );
+        if self.node.propose(vec![], body).is_err() {
+            return fail_dones(dones, &ProposeError::NotLeader { leader });
+        }
+        let index = self.node.raft.raft_log.last_index();
+        let term = self.node.raft.term;
+        let waiter = Waiter::Records(dones);
+        self.pending.insert(index, Pending { term, waiter });
+    }
+
+    /// A read barrier for everything proposed so far, on a leader.
+    fn add_read(&mut self, done: crate::journal::Done) {
+        if self.node.raft.state != StateRole::Leader {
+            let leader = self.node.raft.leader_id;
+            return fail_dones([done], &ProposeError::NotLeader { leader });
+        }
+        self.reads.add(self.node.raft.raft_log.last_index(), done);
     }
 
     /// Handles every Ready raft-rs has.
     pub(crate) fn ready(&mut self) {
+        self.propose_queued(None);
+        if self.node.raft.state == StateRole::Leader {
+            if let Some(ctx) = self.reads.take_unasked(self.ticks) {
+                self.node.read_index(ctx);
+            }
+        }
+        let applied_before = self.applied;
         while self.node.has_ready() && self.stopped.is_none() {
             let mut rd = self.node.ready();
             if !rd.snapshot().is_empty() {
@@ -302,10 +454,14 @@ impl<E: Effects, P: Persist> Driver<E, P> {
                 self.stop_for("a raft snapshot arrived; this build cannot install one".into());
                 return;
             }
+            for read in rd.read_states() {
+                self.reads.confirm(&read.request_ctx, read.index);
+            }
             // Entries committed in this node's term are answered before a
             // step-down in the same Ready fails what is still pending.
             self.apply(rd.take_committed_entries());
             self.report_role();
+            self.announce_lead();
             self.effects.send(rd.take_messages());
             let stored = {
                 let mut core = self.node.store().wl();
@@ -340,6 +496,25 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             self.node.advance_append_async(rd);
         }
         self.node.advance_apply_to(self.applied);
+        // Also when nothing new was applied: a read confirmed now may need
+        // no entry it does not have.
+        self.reads.release(self.applied);
+        if self.applied != applied_before {
+            self.effects.applied(self.applied);
+        }
+    }
+
+    /// Tells the effects, once per term, that this leader has applied the
+    /// first entry of its term.
+    fn announce_lead(&mut self) {
+        let raft = &self.node.raft;
+        if raft.state == StateRole::Leader
+            && self.applied_term == raft.term
+            && self.led_term != raft.term
+        {
+            self.led_term = raft.term;
+            self.effects.lead(raft.term, self.applied);
+        }
     }
 
     /// Applies committed entries in order and answers the proposals among
@@ -348,16 +523,30 @@ impl<E: Effects, P: Persist> Driver<E, P> {
     fn apply(&mut self, entries: Vec<Entry>) {
         for entry in entries {
             self.applied = entry.index;
-            if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
+            self.applied_term = entry.term;
+            let pending = self.pending.remove(&entry.index);
+            let (ours, other) = match pending {
+                Some(p) if p.term == entry.term => (Some(p), None),
+                other => (None, other),
+            };
+            if let Some(pending) = other {
+                let leader = self.node.raft.leader_id;
+                pending.fail(ProposeError::NotLeader { leader });
+            }
+            let applied_by_caller = matches!(
+                &ours,
+                Some(Pending {
+                    waiter: Waiter::Records(_),
+                    ..
+                })
+            );
+            let normal = entry.get_entry_type() == EntryType::EntryNormal;
+            if normal && !entry.data.is_empty() && !applied_by_caller {
                 self.effects.apply(entry.index, &entry.data);
             }
-            if let Some((term, answer)) = self.pending.remove(&entry.index) {
-                if term == entry.term {
-                    answer(Ok(entry.index));
-                } else {
-                    let leader = self.node.raft.leader_id;
-                    answer(Err(ProposeError::NotLeader { leader }));
-                }
+            if let Some(pending) = ours {
+                let first_lsn = self.persister.header_lsn(entry.index) + 1;
+                pending.answer(entry.index, first_lsn);
             }
         }
     }
@@ -370,13 +559,21 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         if now == self.seen {
             return;
         }
-        if self.seen.0 == StateRole::Leader && now.0 != StateRole::Leader {
-            for (_, (_, answer)) in self.pending.drain() {
-                answer(Err(ProposeError::NotLeader { leader: now.2 }));
-            }
-        }
+        let deposed = self.seen.0 == StateRole::Leader && now.0 != StateRole::Leader;
         self.seen = now;
+        // Told first: whoever answers a failed proposal's caller then sees
+        // that this node no longer leads, and can name the leader.
         self.effects.role(now.0, now.1, now.2);
+        if deposed {
+            self.fail_waiting(&ProposeError::NotLeader { leader: now.2 });
+        }
+    }
+}
+
+/// Tells a proposal's caller it was not decided here.
+fn fail_proposal(proposal: Proposal, error: &ProposeError) {
+    match proposal {
+        Proposal::Record { done, .. } | Proposal::Barrier(done) => fail_dones([done], error),
     }
 }
 

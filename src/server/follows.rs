@@ -29,8 +29,10 @@ pub fn refused() -> Response {
 
 /// Starts a follow on `out`'s stream; it runs until its stream, its
 /// subscription or the server stops, holding `place` until then.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn<E: Send + Sync + 'static>(
     shared: &Shared,
+    engine: &Engine,
     place: OwnedSemaphorePermit,
     id: u64,
     subscribe: impl std::future::Future<Output = Result<Subscription<E>, EngineError>> + Send + 'static,
@@ -38,7 +40,7 @@ pub fn spawn<E: Send + Sync + 'static>(
     out: &Answers,
     frame: impl Fn(&Engine, u64, &E) -> Response + Send + 'static,
 ) {
-    let pump = pump(&shared.engine, id, subscribe, from_cursor, out, frame);
+    let pump = pump(engine, id, subscribe, from_cursor, out, frame);
     let followed = async move {
         pump.await;
         drop(place);

@@ -32,13 +32,14 @@ pub fn refused() -> Response {
 /// `requests`, so that an answer to unframeable bytes after it waits for it.
 pub fn spawn(
     shared: &Shared,
+    engine: &crate::engine::Engine,
     requests: &tokio_util::task::TaskTracker,
     turn: OwnedSemaphorePermit,
     id: u64,
     query: OrderQuery,
     out: &Answers,
 ) {
-    let (engine, out) = (shared.engine.clone(), out.clone());
+    let (engine, out) = (engine.clone(), out.clone());
     shared.tracker.spawn(requests.track_future(async move {
         let response = execute(&engine, Request::ListOrders(query)).await;
         let _ = out.frames(&[(id, response)]).await;

@@ -167,9 +167,23 @@ impl RunningServer {
     }
 }
 
-/// Binds the endpoint and starts accepting connections.
+/// Binds the endpoint and starts accepting connections, for `engine`
+/// alone (a single node).
 pub async fn start(
     engine: Engine,
+    settings: &ServerSettings,
+) -> Result<RunningServer, ServerError> {
+    let max_inflight = engine.max_inflight();
+    let serving = Arc::new(crate::replica::serving::Serving::single(engine));
+    start_serving(serving, max_inflight, settings).await
+}
+
+/// Binds the endpoint and starts accepting connections, answered by the
+/// engine `serving` has at the time (a replica's while it leads), whose
+/// `engine.max_inflight` is `max_inflight`.
+pub async fn start_serving(
+    serving: Arc<crate::replica::serving::Serving>,
+    max_inflight: usize,
     settings: &ServerSettings,
 ) -> Result<RunningServer, ServerError> {
     let cert = settings
@@ -191,9 +205,9 @@ pub async fn start(
     let tracker = TaskTracker::new();
     let max_connections = settings.max_connections.clamp(1, MAX_CONNECTIONS);
     // One connection cannot hold all of the engine's in-flight orders.
-    let engine_share = (engine.max_inflight() / CONNECTION_SHARE_OF_ENGINE_INFLIGHT).max(1);
+    let engine_share = (max_inflight / CONNECTION_SHARE_OF_ENGINE_INFLIGHT).max(1);
     let shared = Arc::new(session::Shared {
-        engine,
+        serving,
         tokens: settings.tokens.clone(),
         max_inflight_per_connection: settings.max_inflight_per_connection.clamp(1, engine_share),
         max_streams_per_connection: settings.max_streams_per_connection.max(1),

@@ -32,6 +32,7 @@ use crate::limits::{
     MAX_FOLLOWS_PER_CONNECTION, MAX_LISTINGS_PER_CONNECTION,
     MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION, MAX_UNAUTHENTICATED_FRAME_BYTES,
 };
+use crate::replica::serving::Serving;
 
 /// Bytes read from a stream at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -39,7 +40,9 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 const WRITE_QUEUE_BATCHES: usize = 1024;
 
 pub struct Shared {
-    pub engine: Engine,
+    /// The engine that answers here (always, on a single node; while it
+    /// leads, on a replica).
+    pub serving: Arc<Serving>,
     pub tokens: Arc<super::Tokens>,
     /// Orders (and other requests) of one connection in process at once:
     /// `server.max_inflight_per_connection`, at most a share of the engine's.
@@ -477,6 +480,9 @@ async fn dispatch(
         requests,
     } = *stream;
     let mut sorted = Sorted::default();
+    // Once per read: a replica that stops leading mid-read answers the
+    // rest from the engine it read with, whose answers `deposed` checks.
+    let engine = shared.serving.engine();
     for (id, decoded) in frames {
         let request = match decoded {
             Err(error) => {
@@ -520,7 +526,10 @@ async fn dispatch(
             sorted.immediate.push((id, forbidden(role)));
             continue;
         }
-        sort(id, request, role, stream, &mut sorted);
+        match &engine {
+            Ok(engine) => sort(id, request, role, engine, stream, &mut sorted),
+            Err(not) => sorted.immediate.push((id, wire::not_leader(not))),
+        }
     }
     let Sorted {
         immediate,
@@ -534,6 +543,9 @@ async fn dispatch(
     if work == 0 && submits.is_empty() {
         return true;
     }
+    let Ok(engine) = engine else {
+        unreachable!("requests for the engine are sorted only when it serves")
+    };
     // The read's work holds this many of the connection's permits, and
     // (routed at most that many at a time) as many of the engine's at most:
     // a read of more requests than the connection's share is answered in
@@ -547,7 +559,7 @@ async fn dispatch(
     else {
         return false;
     };
-    let (engine, out) = (shared.engine.clone(), out.clone());
+    let (serving, out) = (shared.serving.clone(), out.clone());
     shared.tracker.spawn(requests.track_future(async move {
         let mut responses = submits.answer(&engine, permits).await;
         let answered: Vec<(u64, Response)> = stream::iter(others)
@@ -559,6 +571,7 @@ async fn dispatch(
             .collect()
             .await;
         responses.extend(answered);
+        wire::deposed(&serving, &mut responses);
         let _ = out.frames(&responses).await;
         drop(permit);
     }));
@@ -568,7 +581,14 @@ async fn dispatch(
 /// Puts one request the role may make where it is answered: with the
 /// read's orders, or in a follow or a listing of its own (each admitted
 /// against the connection's limits first).
-fn sort(id: u64, request: Request, role: &Role, stream: &Stream<'_>, sorted: &mut Sorted) {
+fn sort(
+    id: u64,
+    request: Request,
+    role: &Role,
+    engine: &Engine,
+    stream: &Stream<'_>,
+    sorted: &mut Sorted,
+) {
     let Stream {
         session,
         shared,
@@ -582,10 +602,11 @@ fn sort(id: u64, request: Request, role: &Role, stream: &Stream<'_>, sorted: &mu
         Request::Subscribe { node, from_cursor } => match follows::admit(session) {
             Err(_) => sorted.immediate.push((id, follows::refused())),
             Ok(place) => {
-                let engine = shared.engine.clone();
-                let events = async move { engine.subscribe(&node, from_cursor).await };
+                let subscriber = engine.clone();
+                let events = async move { subscriber.subscribe(&node, from_cursor).await };
                 follows::spawn(
                     shared,
+                    engine,
                     place,
                     id,
                     events,
@@ -601,16 +622,23 @@ fn sort(id: u64, request: Request, role: &Role, stream: &Stream<'_>, sorted: &mu
         } => match follows::admit(session) {
             Err(_) => sorted.immediate.push((id, follows::refused())),
             Ok(place) => {
-                let engine = shared.engine.clone();
-                let statuses = async move { engine.follow_orders(&channel, from_cursor).await };
-                follows::spawn(shared, place, id, statuses, from_cursor, out, |e, c, s| {
-                    wire::order_status(e, c, s)
-                });
+                let follower = engine.clone();
+                let statuses = async move { follower.follow_orders(&channel, from_cursor).await };
+                follows::spawn(
+                    shared,
+                    engine,
+                    place,
+                    id,
+                    statuses,
+                    from_cursor,
+                    out,
+                    wire::order_status,
+                );
             }
         },
         Request::ListOrders(query) => match listings::admit(session) {
             Err(_) => sorted.immediate.push((id, listings::refused())),
-            Ok(turn) => listings::spawn(shared, requests, turn, id, query, out),
+            Ok(turn) => listings::spawn(shared, engine, requests, turn, id, query, out),
         },
         other => sorted.others.push((id, other)),
     }

@@ -2,7 +2,7 @@
 //! names on the way out, names become requests on the way in.
 
 use omniroute_protocol as wire;
-use omniroute_protocol::{invalid_codes, order_states, reject_codes, ErrorCode};
+use omniroute_protocol::{invalid_codes, order_states, reject_codes, ErrorCode, Judged};
 
 use crate::core::events::{EventKind, NodeEvent};
 use crate::core::model::{
@@ -323,4 +323,40 @@ pub fn error(error: &EngineError) -> wire::Response {
         | EngineError::NodeSlots { .. } => ErrorCode::Internal,
     };
     wire::Response::error(code, error.to_string())
+}
+
+/// The answer of a replica that does not serve: `NotLeader`, naming the
+/// leader's QUIC address if one is known.
+pub fn not_leader(not: &crate::replica::serving::NotServing) -> wire::Response {
+    let leader = not.leader.map(|a| a.quic.to_string()).unwrap_or_default();
+    wire::Response::error(ErrorCode::NotLeader, leader)
+}
+
+/// Answers of an engine that stopped serving while deciding them: those it
+/// could not vouch for (`Unavailable`: their entries were not committed in
+/// its term) become `NotLeader`, so the client resubmits to the leader.
+pub fn deposed(
+    serving: &crate::replica::serving::Serving,
+    responses: &mut [(u64, wire::Response)],
+) {
+    let Err(not) = serving.engine() else {
+        return;
+    };
+    let unavailable = ErrorCode::Unavailable as u16;
+    let leader = not.leader.map(|a| a.quic.to_string()).unwrap_or_default();
+    for (_, response) in responses.iter_mut() {
+        match response {
+            wire::Response::Error { code, .. } if *code == unavailable => {
+                *response = not_leader(&not);
+            }
+            wire::Response::Decisions(judged) => {
+                for one in judged.iter_mut() {
+                    if matches!(one, Judged::Error { code, .. } if *code == unavailable) {
+                        *one = Judged::error(ErrorCode::NotLeader, leader.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }

@@ -31,6 +31,18 @@ pub(crate) struct Applied {
 }
 
 impl Applied {
+    /// Nothing applied yet: every record applies to every actor of
+    /// `state` (a replica's state, built from its log alone).
+    pub(crate) fn none(state: &EngineState) -> Applied {
+        Applied {
+            catalog: 0,
+            shards: vec![0; state.shards.len()],
+            routers: vec![0; state.routers.len()],
+            nodes: vec![0; state.ledgers.len()],
+            feed: 0,
+        }
+    }
+
     /// Where the journal is read from: the oldest snapshot's LSN.
     pub(super) fn oldest(&self) -> u64 {
         [self.catalog]
@@ -56,15 +68,27 @@ pub(crate) fn apply_record(
     bumped: &mut Vec<Bumped>,
 ) -> Result<bool, StoreError> {
     let lsn = record.lsn;
-    let failed = |cause: RecordError| StoreError::Replay { lsn, cause };
-    match record.kind {
+    apply_payload(record.kind, &record.payload, lsn, state, applied, bumped)
+        .map_err(|cause| StoreError::Replay { lsn, cause })
+}
+
+/// [`apply_record`] of a record's kind and payload, journaled at `lsn`.
+pub(crate) fn apply_payload(
+    kind: u8,
+    payload: &[u8],
+    lsn: u64,
+    state: &mut EngineState,
+    applied: &Applied,
+    bumped: &mut Vec<Bumped>,
+) -> Result<bool, RecordError> {
+    match kind {
         KIND_MARKER | KIND_POLICY | KIND_DEMAND | KIND_DEMAND_LOST | KIND_RAFT_ENTRY
         | KIND_RAFT_CONF => return Ok(false),
         KIND_TXN => {}
-        other => return Err(failed(RecordError::UnknownKind(other))),
+        other => return Err(RecordError::UnknownKind(other)),
     }
-    let txn = Txn::decode(&record.payload).map_err(|e| failed(e.into()))?;
-    apply_txn(txn, lsn, state, applied, bumped).map_err(failed)?;
+    let txn = Txn::decode(payload)?;
+    apply_txn(txn, lsn, state, applied, bumped)?;
     Ok(true)
 }
 

@@ -12,7 +12,7 @@ use crate::engine::EngineState;
 /// above its book (or an order no book keeps open) would be a reservation
 /// without an owner. Looks up the maps the state already has: no new index
 /// of a million reservations on the restart path.
-pub(super) fn reconcile(state: &EngineState) -> (Vec<Bumped>, Vec<Orphan>) {
+pub(crate) fn reconcile(state: &EngineState) -> (Vec<Bumped>, Vec<Orphan>) {
     let shard_count = state.shards.len() as u32;
     let shard_of = |sku: SkuId| &state.shards[StockShard::shard_of(sku, shard_count) as usize];
     let open_units = |order: &OrderRecord, sku: SkuId, node: NodeIdx| -> u32 {

@@ -2,6 +2,7 @@
 //! in-memory core driver and the actor engine.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod daemon;
 
 use std::sync::Arc;

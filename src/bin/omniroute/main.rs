@@ -15,6 +15,7 @@ use omniroute::sample::SampleOrders;
 mod bench_restart;
 mod cli;
 mod reload;
+mod replica;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -133,6 +134,11 @@ enum Command {
         connect: cli::ConnectArgs,
         #[command(subcommand)]
         command: cli::NodeCommand,
+    },
+    /// Replication: make a cluster's certificates.
+    Cluster {
+        #[command(subcommand)]
+        command: replica::ClusterCommand,
     },
     /// Reload a running daemon's routing policies and tokens over its admin
     /// port (as SIGHUP does, without signalling any other process).
@@ -287,6 +293,9 @@ async fn start(config: &ValidConfig) -> Result<Engine, String> {
 }
 
 async fn serve(config: ValidConfig, source: Option<ConfigSource>) -> Result<(), String> {
+    if let Some(cluster) = config.cluster.clone() {
+        return replica::serve(config, cluster).await;
+    }
     let started = Instant::now();
     let signals = Signals::register()?;
     let daemon = omniroute::daemon::start(&config, source)
@@ -795,6 +804,15 @@ fn run_client_command(
         } => runtime.block_on(cli::availability(&connect, &sku, near, count, min_qty)),
         Command::Node { connect, command } => runtime.block_on(cli::node(&connect, command)),
         Command::Reload(args) => reload::run(&args),
+        Command::Cluster { command } => {
+            return Ok(match replica::run(command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("omniroute: {error}");
+                    ExitCode::FAILURE
+                }
+            })
+        }
         other => return Err(Box::new(other)),
     };
     Ok(match result {

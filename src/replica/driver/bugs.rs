@@ -47,14 +47,15 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         let mut durable: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(index, (term, _))| **index <= log.persisted && log.term(**index) == Ok(*term))
+            .filter(|(index, p)| **index <= log.persisted && log.term(**index) == Ok(p.term))
             .map(|(index, _)| *index)
             .collect();
         durable.sort_unstable();
         for index in durable {
             // Wrong: the leader's own log is not a majority's.
-            let (_, answer) = self.pending.remove(&index).expect("pending");
-            answer(Ok(index));
+            let pending = self.pending.remove(&index).expect("pending");
+            let first_lsn = self.persister.header_lsn(index) + 1;
+            pending.answer(index, first_lsn);
         }
     }
 }

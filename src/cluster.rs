@@ -1,0 +1,451 @@
+//! A replica's life (`[cluster]` in the config): load its log, start the
+//! ready loop, the replication transport and the apply thread, serve the
+//! client ports, and follow the leadership:
+//! - while it follows, the apply thread keeps a state of the committed
+//!   log and the client ports answer `NotLeader` (HTTP: a redirect);
+//! - once it leads and has applied the first entry of its term, the engine
+//!   starts on that state, with the replicated log as its sequencer, and
+//!   serves (a promotion);
+//! - when it stops leading, the engine stops at once and answers nothing
+//!   more it could not vouch for, and the apply thread starts again from
+//!   the committed log (a step-down).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use raft::eraftpb::Message;
+use raft::StateRole;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{ClusterSettings, ValidConfig};
+use crate::core::network::Network;
+use crate::engine::sequencer::Sequencer;
+use crate::engine::{Engine, SystemClock};
+use crate::journal::Journal;
+use crate::replica::certs::ClusterTls;
+use crate::replica::disk::{self, DiskError};
+use crate::replica::driver::{Driver, Effects, Event, INBOX_EVENTS};
+use crate::replica::follower::Follower;
+use crate::replica::proposer::Proposer;
+use crate::replica::serving::Serving;
+use crate::replica::transport::{PeerSender, Transport};
+use crate::store;
+use crate::telemetry;
+
+/// Why a replica cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Lock(#[from] store::LockError),
+    #[error("the replica's log: {0}")]
+    Disk(#[from] DiskError),
+    #[error("the replica's raft node: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("replication: {0}")]
+    Transport(String),
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error("loading the replica panicked: {0}")]
+    Panicked(String),
+}
+
+/// What the replica knows of the cluster's leadership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub role: StateRole,
+    pub term: u64,
+    /// The leader (0: none known).
+    pub leader: u64,
+}
+
+/// A change for the conductor, which starts and stops the engine.
+enum Change {
+    /// This replica leads `term` and has applied through `index`.
+    Lead { term: u64, index: u64 },
+    /// The engine that served until a step-down: stop it.
+    Deposed(Engine),
+}
+
+/// The leadership as the driver reports it, and the engine that serves:
+/// changed together, under one lock, so that an engine is installed only
+/// while its term is led here.
+struct Roles {
+    id: u64,
+    view: Mutex<View>,
+    watch: watch::Sender<View>,
+    serving: Arc<Serving>,
+    changes: mpsc::UnboundedSender<Change>,
+}
+
+impl Roles {
+    /// The driver's report (on its thread): a replica that stops leading
+    /// stops serving at once.
+    fn changed(&self, now: View) {
+        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *view;
+        *view = now;
+        self.serving.set_leader(now.leader);
+        if now.role != StateRole::Leader {
+            if let Some(engine) = self.serving.set_engine(None) {
+                let _ = self.changes.send(Change::Deposed(engine));
+            }
+        }
+        drop(view);
+        let _ = self.watch.send(now);
+        log_change(self.id, before, now);
+    }
+
+    /// Installs `engine` if this replica still leads `term`; else hands
+    /// it back.
+    fn install(&self, term: u64, engine: Engine) -> Result<(), Engine> {
+        let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        if view.role != StateRole::Leader || view.term != term {
+            return Err(engine);
+        }
+        self.serving.set_engine(Some(engine));
+        Ok(())
+    }
+}
+
+/// Logs an election's outcome as this replica saw it.
+fn log_change(id: u64, before: View, now: View) {
+    metrics::gauge!(telemetry::REPLICA_TERM).set(now.term as f64);
+    metrics::gauge!(telemetry::REPLICA_LEADER).set(now.leader as f64);
+    let role = match now.role {
+        StateRole::Leader => 2.0,
+        StateRole::Candidate | StateRole::PreCandidate => 1.0,
+        StateRole::Follower => 0.0,
+    };
+    metrics::gauge!(telemetry::REPLICA_ROLE).set(role);
+    if now.leader == before.leader {
+        return;
+    }
+    metrics::counter!(telemetry::REPLICA_LEADER_CHANGES_TOTAL).increment(1);
+    match (now.leader, before.leader) {
+        (0, old) => tracing::warn!(
+            "replica {id}: no leader in term {} (replica {old} led before; an election is under way)",
+            now.term
+        ),
+        (new, _) if new == id => {
+            tracing::info!("replica {id}: elected leader of term {}", now.term)
+        }
+        (new, _) => tracing::info!(
+            "replica {id}: replica {new} leads term {}; following it",
+            now.term
+        ),
+    }
+}
+
+/// The driver's effects in the daemon: messages to the transport, applied
+/// indexes to the apply thread, roles to [`Roles`].
+struct DaemonEffects {
+    peers: PeerSender,
+    follower: Arc<Follower>,
+    roles: Arc<Roles>,
+}
+
+impl Effects for DaemonEffects {
+    fn send(&mut self, messages: Vec<Message>) {
+        self.peers.send(messages);
+    }
+
+    /// Nothing to do here: the apply thread reads the entries from the
+    /// log itself, up to what `applied` says.
+    fn apply(&mut self, _index: u64, _data: &[u8]) {}
+
+    fn applied(&mut self, index: u64) {
+        metrics::gauge!(telemetry::REPLICA_APPLIED_INDEX).set(index as f64);
+        self.follower.applied(index);
+    }
+
+    fn role(&mut self, role: StateRole, term: u64, leader: u64) {
+        self.roles.changed(View { role, term, leader });
+    }
+
+    fn lead(&mut self, term: u64, index: u64) {
+        let _ = self.roles.changes.send(Change::Lead { term, index });
+    }
+}
+
+/// A running replica.
+pub struct Replica {
+    pub id: u64,
+    pub server: crate::server::RunningServer,
+    pub http: Option<crate::http::RunningHttp>,
+    pub serving: Arc<Serving>,
+    /// The leadership as this replica sees it.
+    pub view: watch::Receiver<View>,
+    /// Set once the replica cannot go on (its storage, its state or its
+    /// engine failed): the daemon stops.
+    pub failed: watch::Receiver<Option<String>>,
+    events: Sender<Event>,
+    driver: Option<std::thread::JoinHandle<Option<String>>>,
+    transport: Transport,
+    conductor: tokio::task::JoinHandle<()>,
+    follower: Arc<Follower>,
+    _lock: store::DirLock,
+}
+
+/// What the conductor needs to start an engine.
+struct Conductor {
+    config: ValidConfig,
+    network: Arc<Network>,
+    proposer: Proposer,
+    storage: Arc<Journal>,
+    follower: Arc<Follower>,
+    roles: Arc<Roles>,
+    failed: Arc<watch::Sender<Option<String>>>,
+}
+
+/// Starts replica `cluster.id` on the config's data directory.
+pub async fn start(
+    config: &ValidConfig,
+    cluster: &ClusterSettings,
+) -> Result<Replica, ClusterError> {
+    let data_dir = config.server.data_dir.clone();
+    let lock = store::lock::lock(&data_dir, store::Access::Write)?;
+    let loaded = {
+        let (dir, voters, segment_bytes) = (
+            data_dir.clone(),
+            cluster.voters(),
+            config.store.segment_bytes,
+        );
+        tokio::task::spawn_blocking(move || {
+            disk::load(
+                &store::journal_dir(&dir),
+                &dir.join("raft-state"),
+                &voters,
+                segment_bytes,
+            )
+        })
+        .await
+        .map_err(|e| ClusterError::Panicked(e.to_string()))??
+    };
+    let network = Arc::new(config.network.clone());
+    let (failed_tx, failed) = watch::channel(None);
+    let failed_tx = Arc::new(failed_tx);
+    let storage = loaded.persister.journal().clone();
+    let on_storage = failed_tx.clone();
+    storage.on_failure(Box::new(move |error| {
+        let _ = on_storage.send(Some(format!("storage failed: {error}")));
+    }));
+    let on_apply = failed_tx.clone();
+    let follower = Arc::new(Follower::start(
+        loaded.storage.clone(),
+        config.engine.clone(),
+        network.clone(),
+        Box::new(move |reason| {
+            let _ = on_apply.send(Some(format!("the committed log did not apply: {reason}")));
+        }),
+    ));
+    let serving = Arc::new(Serving::replica(cluster.id, cluster.clients.clone()));
+    let (changes_tx, changes) = mpsc::unbounded_channel();
+    let first = View {
+        role: StateRole::Follower,
+        term: 0,
+        leader: 0,
+    };
+    let (view_tx, view) = watch::channel(first);
+    let roles = Arc::new(Roles {
+        id: cluster.id,
+        view: Mutex::new(first),
+        watch: view_tx,
+        serving: serving.clone(),
+        changes: changes_tx,
+    });
+    let (events, inbox) = crossbeam_channel::bounded(INBOX_EVENTS);
+    let tls = ClusterTls::load(&cluster.ca, &cluster.cert, &cluster.key)
+        .map_err(|e| ClusterError::Transport(e.to_string()))?;
+    let transport = Transport::start(
+        cluster.id,
+        cluster.listen,
+        cluster.peers.clone(),
+        &tls,
+        events.clone(),
+    )
+    .map_err(|e| ClusterError::Transport(e.to_string()))?;
+    let (proposer, proposals) = Proposer::channel();
+    let effects = DaemonEffects {
+        peers: transport.sender(),
+        follower: follower.clone(),
+        roles: roles.clone(),
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let driver = Driver::new(cluster.id, loaded, effects, &logger)?.with_proposals(proposals);
+    let on_driver = failed_tx.clone();
+    let driver = std::thread::Builder::new()
+        .name("raft-driver".into())
+        .spawn(move || {
+            let stopped = driver.run(inbox);
+            if let Some(reason) = &stopped {
+                let _ = on_driver.send(Some(format!("replication stopped: {reason}")));
+            }
+            stopped
+        })
+        .map_err(|e| ClusterError::Panicked(e.to_string()))?;
+    let conductor = Conductor {
+        config: config.clone(),
+        network,
+        proposer,
+        storage,
+        follower: follower.clone(),
+        roles,
+        failed: failed_tx,
+    };
+    let conductor = tokio::spawn(conductor.run(changes));
+    let max_inflight = config.engine.max_inflight as usize;
+    let server =
+        crate::server::start_serving(serving.clone(), max_inflight, &config.server).await?;
+    let http = match config.http {
+        Some(addr) => {
+            let tokens = config.server.tokens.clone();
+            let limits = config.http_limits.clone();
+            Some(crate::http::start_serving(serving.clone(), tokens, addr, limits).await?)
+        }
+        None => None,
+    };
+    tracing::info!(
+        "replica {} of {:?}: replication on {}, clients on {}",
+        cluster.id,
+        cluster.voters(),
+        cluster.listen,
+        server.addr
+    );
+    Ok(Replica {
+        id: cluster.id,
+        server,
+        http,
+        serving,
+        view,
+        failed,
+        events,
+        driver: Some(driver),
+        transport,
+        conductor,
+        follower,
+        _lock: lock,
+    })
+}
+
+impl Conductor {
+    async fn run(self, mut changes: mpsc::UnboundedReceiver<Change>) {
+        while let Some(change) = changes.recv().await {
+            match change {
+                Change::Lead { term, index } => self.promote(term, index).await,
+                Change::Deposed(engine) => self.step_down(engine),
+            }
+        }
+    }
+
+    /// Starts the engine on the state through `index` and serves with it,
+    /// if this replica still leads `term` by then.
+    async fn promote(&self, term: u64, index: u64) {
+        let started = Instant::now();
+        let handed = match self.follower.hand_over(index).await {
+            Ok(handed) => handed,
+            Err(reason) => return self.fail(format!("promotion to term {term}: {reason}")),
+        };
+        let mut state = handed.state;
+        for shard in &mut state.shards {
+            shard.publish_restored();
+        }
+        let (bumps, orphans) = store::reconcile(&state);
+        let sequencer = Sequencer::Replicated {
+            proposer: self.proposer.clone(),
+            storage: self.storage.clone(),
+        };
+        let clock = Arc::new(SystemClock);
+        let engine = Engine::start_with(
+            &self.config.engine,
+            self.network.clone(),
+            state,
+            sequencer,
+            clock,
+        )
+        .await;
+        let engine = match engine {
+            Ok(engine) => engine,
+            Err(e) => {
+                return self.fail(format!(
+                    "promotion to term {term}: the engine did not start: {e}"
+                ))
+            }
+        };
+        if let Err(e) = self.prepare(&engine, handed.fresh, bumps, orphans).await {
+            // Most likely deposed meanwhile (its proposals failed): the
+            // check below tells; the engine is not served either way.
+            tracing::warn!("replica promotion to term {term}: {e}");
+            engine.shutdown();
+            self.follower.rebuild();
+            return;
+        }
+        match self.roles.install(term, engine) {
+            Ok(()) => tracing::info!(
+                "replica {}: serving orders as leader of term {term} ({} ms after its first entry applied)",
+                self.roles.id,
+                started.elapsed().as_millis()
+            ),
+            Err(engine) => {
+                engine.shutdown();
+                self.follower.rebuild();
+            }
+        }
+    }
+
+    /// What recovery does before a single node serves: repair what was out
+    /// of step, release expired holds, and (a new cluster) load the stock.
+    async fn prepare(
+        &self,
+        engine: &Engine,
+        fresh: bool,
+        bumps: Vec<crate::core::stock::Bumped>,
+        orphans: Vec<store::Orphan>,
+    ) -> Result<(), crate::engine::EngineError> {
+        engine.repair(bumps, orphans).await?;
+        engine.tick().await;
+        if fresh {
+            engine.load_stock(&self.config.stock).await?;
+        }
+        Ok(())
+    }
+
+    /// The engine served until this replica stopped leading: its memory is
+    /// ahead of the commit point, so it goes, and the apply thread starts
+    /// again from the committed log.
+    fn step_down(&self, engine: Engine) {
+        engine.shutdown();
+        self.follower.rebuild();
+        tracing::info!(
+            "replica {}: stopped serving (no longer the leader); rebuilding its state from the committed log",
+            self.roles.id
+        );
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!("replica {}: {reason}", self.roles.id);
+        let _ = self.failed.send(Some(reason));
+    }
+}
+
+impl Replica {
+    /// Stops serving (answering what was accepted), then replication.
+    pub async fn shutdown(mut self) {
+        if let Some(http) = self.http.take() {
+            http.shutdown().await;
+        }
+        let _ = self.server.shutdown().await;
+        if let Some(engine) = self.serving.set_engine(None) {
+            engine.shutdown();
+        }
+        let _ = self.events.send(Event::Stop);
+        if let Some(driver) = self.driver.take() {
+            let _ = tokio::task::spawn_blocking(move || driver.join()).await;
+        }
+        self.conductor.abort();
+        self.transport.shutdown().await;
+        drop(self.follower);
+    }
+}

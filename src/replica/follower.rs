@@ -1,0 +1,232 @@
+//! A replica's state while it does not lead: one thread applies the
+//! committed log, in order, to an [`EngineState`] of its own, exactly as
+//! recovery replays a journal (a follower is a recovery that never ends).
+//! It reads the entries from raft-rs's log (shared, not copied) up to the
+//! index the driver has applied, so nothing is queued twice and the
+//! driver never waits on it.
+//!
+//! Promotion takes the state (`hand_over`): the leader's engine starts on
+//! it. A step-down gives nothing back, since the engine's memory is ahead
+//! of the commit point: `rebuild` starts again from an empty state and
+//! the committed log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, Storage};
+
+use super::entry::decode_body;
+use crate::core::network::Network;
+use crate::engine::{EngineSettings, EngineState};
+use crate::store::apply::{apply_payload, Applied};
+
+/// Entries read from the log under one lock at most.
+const ENTRIES_PER_READ: u64 = 256;
+
+/// A state handed over at promotion.
+pub struct HandedOver {
+    pub state: EngineState,
+    /// No record was ever applied: the cluster is new, and its first
+    /// leader loads the config's stock.
+    pub fresh: bool,
+}
+
+enum Control {
+    HandOver(
+        u64,
+        tokio::sync::oneshot::Sender<Result<HandedOver, String>>,
+    ),
+    Rebuild,
+    Stop,
+}
+
+/// The apply thread's handle.
+pub struct Follower {
+    control: Sender<Control>,
+    wake: Sender<()>,
+    /// The index the driver has applied through (the apply thread's bound).
+    applied: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The apply thread's own state.
+struct Applier {
+    log: MemStorage,
+    settings: EngineSettings,
+    network: Arc<Network>,
+    state: Option<EngineState>,
+    /// The last entry applied to `state` (or handed over with it).
+    index: u64,
+    records: u64,
+    failed: Option<String>,
+    on_failure: Box<dyn Fn(String) + Send>,
+}
+
+impl Follower {
+    /// Starts the apply thread on `log`, from an empty state; `on_failure`
+    /// is told once if an entry does not apply (the replica must stop:
+    /// its state is no longer the log's).
+    pub fn start(
+        log: MemStorage,
+        settings: EngineSettings,
+        network: Arc<Network>,
+        on_failure: Box<dyn Fn(String) + Send>,
+    ) -> Follower {
+        let (control, control_rx) = crossbeam_channel::unbounded();
+        let (wake, wake_rx) = crossbeam_channel::bounded(1);
+        let applied = Arc::new(AtomicU64::new(0));
+        let mut applier = Applier {
+            log,
+            settings,
+            network,
+            state: None,
+            index: 0,
+            records: 0,
+            failed: None,
+            on_failure,
+        };
+        let bound = applied.clone();
+        let thread = std::thread::Builder::new()
+            .name("replica-apply".into())
+            .spawn(move || {
+                applier.reset();
+                applier.run(&control_rx, &wake_rx, &bound)
+            })
+            .expect("spawn the apply thread");
+        Follower {
+            control,
+            wake,
+            applied,
+            thread: Some(thread),
+        }
+    }
+
+    /// The driver has applied every entry up to `index`: never waits.
+    pub fn applied(&self, index: u64) {
+        self.applied.fetch_max(index, Ordering::AcqRel);
+        let _ = self.wake.try_send(());
+    }
+
+    /// The state with every entry up to `through` applied, once it is.
+    pub async fn hand_over(&self, through: u64) -> Result<HandedOver, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.control
+            .send(Control::HandOver(through, reply))
+            .map_err(|_| "the apply thread has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the apply thread has stopped".to_string())?
+    }
+
+    /// Starts again from an empty state and the committed log.
+    pub fn rebuild(&self) {
+        let _ = self.control.send(Control::Rebuild);
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.control.send(Control::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Applier {
+    fn run(&mut self, control: &Receiver<Control>, wake: &Receiver<()>, bound: &AtomicU64) {
+        loop {
+            if self.state.is_some() {
+                self.apply_to(bound.load(Ordering::Acquire));
+            }
+            crossbeam_channel::select! {
+                recv(wake) -> _ => {}
+                recv(control) -> message => match message {
+                    Ok(Control::HandOver(through, reply)) => {
+                        let _ = reply.send(self.hand_over(through));
+                    }
+                    Ok(Control::Rebuild) => self.reset(),
+                    Ok(Control::Stop) | Err(_) => return,
+                },
+            }
+        }
+    }
+
+    /// An empty state, nothing applied.
+    fn reset(&mut self) {
+        let now_ms = crate::admin::unix_ms();
+        match EngineState::fresh(&self.settings, &self.network, now_ms) {
+            Ok(state) => self.state = Some(state),
+            Err(e) => self.fail(format!("an empty state could not be made: {e}")),
+        }
+        self.index = 0;
+        self.records = 0;
+    }
+
+    fn hand_over(&mut self, through: u64) -> Result<HandedOver, String> {
+        if self.state.is_some() {
+            self.apply_to(through);
+        }
+        if let Some(failed) = &self.failed {
+            return Err(failed.clone());
+        }
+        let state = self
+            .state
+            .take()
+            .ok_or("the state was handed over already")?;
+        Ok(HandedOver {
+            state,
+            fresh: self.records == 0,
+        })
+    }
+
+    /// Applies the log's entries after `index` up to `to`.
+    fn apply_to(&mut self, to: u64) {
+        while self.index < to && self.failed.is_none() {
+            let high = (self.index + 1 + ENTRIES_PER_READ).min(to + 1);
+            let context = GetEntriesContext::empty(false);
+            let entries = match self.log.entries(self.index + 1, high, u64::MAX, context) {
+                Ok(entries) => entries,
+                Err(e) => return self.fail(format!("entries {}..{high}: {e}", self.index + 1)),
+            };
+            for entry in entries {
+                if let Err(e) = self.apply_entry(entry.index, &entry.data) {
+                    return self.fail(format!("entry {}: {e}", entry.index));
+                }
+                self.index = entry.index;
+            }
+        }
+    }
+
+    /// Applies an entry's records. Without snapshots every record applies
+    /// to every actor, so the LSN that the per-actor filter compares is
+    /// only required to be positive: the entry's index stands for it.
+    fn apply_entry(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
+        let state = self.state.as_mut().expect("applied only with a state");
+        if data.is_empty() {
+            return Ok(());
+        }
+        let records = decode_body(data).map_err(|e| e.to_string())?;
+        let applied = Applied::none(state);
+        let mut bumped = Vec::new();
+        for (kind, range) in records {
+            let payload = &data[range];
+            if apply_payload(kind, payload, index, state, &applied, &mut bumped)
+                .map_err(|e| e.to_string())?
+            {
+                self.records += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failed.is_none() {
+            tracing::error!("replica apply: {reason}; this replica's state is no longer its log's");
+            (self.on_failure)(reason.clone());
+            self.failed = Some(reason);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Three replicas of the real daemon binary on loopback, each a child
+//! process on its own data directory, for the tests that kill them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use omniroute_client::{Client, ClientError, Trust};
+use omniroute_protocol::{Decision, ErrorCode, Order};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::{channel, server_section, stock, TempDir, CHANNEL_WEB_TOKEN, NODES};
+
+/// How long a replica may take to start.
+const START_TIMEOUT_S: u64 = 60;
+
+/// Free loopback ports for a cluster's replicas: (replication, QUIC client, HTTP).
+fn free_ports() -> (u16, u16, u16) {
+    let udp = || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+        socket.local_addr().unwrap().port()
+    };
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("a free TCP port");
+    (udp(), udp(), tcp.local_addr().unwrap().port())
+}
+
+pub struct ReplicaProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+/// A cluster's directory, configs and running replicas.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub ids: Vec<u64>,
+    pub ports: BTreeMap<u64, (u16, u16, u16)>,
+    pub running: BTreeMap<u64, ReplicaProcess>,
+}
+
+impl Cluster {
+    /// Writes certificates and a config per replica (the fixture network,
+    /// channel web, `stock`), and starts every replica.
+    pub async fn start(name: &str, stock_entries: &[(&str, &str, u32)]) -> Cluster {
+        let dir = TempDir::new(name);
+        let ids = vec![1, 2, 3];
+        let certs = dir.0.join("certs");
+        let made = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+            .args(["cluster", "certs", "--ids", "1,2,3", "--dir"])
+            .arg(&certs)
+            .output()
+            .expect("cluster certs runs");
+        assert!(made.status.success(), "{made:?}");
+        let ports: BTreeMap<u64, _> = ids.iter().map(|&id| (id, free_ports())).collect();
+        let replicas: Vec<String> = ports
+            .iter()
+            .map(|(id, (raft, quic, http))| {
+                format!("  {{ id = {id}, replication = \"127.0.0.1:{raft}\", client = \"127.0.0.1:{quic}\", http = \"127.0.0.1:{http}\" }},")
+            })
+            .collect();
+        for &id in &ids {
+            let (_, quic, http) = ports[&id];
+            let data = dir.0.join(format!("replica-{id}"));
+            let server = server_section(&data).replace("127.0.0.1:0", &format!("127.0.0.1:{quic}"));
+            let text = format!(
+                "{NODES}\n{server}{}{}{}[http]\nlisten = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"off\"\n\
+                 [cluster]\nid = {id}\ncerts_dir = {:?}\nreplicas = [\n{}\n]\n",
+                channel("web", &["nearest"]),
+                channel("c", &["nearest"]),
+                stock(stock_entries),
+                certs.display().to_string(),
+                replicas.join("\n")
+            );
+            std::fs::write(config_path(&dir.0, id), text).unwrap();
+        }
+        let mut cluster = Cluster {
+            dir,
+            ids: ids.clone(),
+            ports,
+            running: BTreeMap::new(),
+        };
+        for id in ids {
+            cluster.start_replica(id).await;
+        }
+        cluster
+    }
+
+    /// Starts (or restarts, on its directory) replica `id`.
+    pub async fn start_replica(&mut self, id: u64) {
+        // Its log, kept across restarts, for a failing test to show.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("the replica's log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_omniroute"))
+            .arg("--config")
+            .arg(config_path(&self.dir.0, id))
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the replica starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(START_TIMEOUT_S);
+        let addr = loop {
+            let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("replica {id} starts within {START_TIMEOUT_S} s"))
+                .expect("stdout")
+                .unwrap_or_else(|| {
+                    let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+                    panic!("replica {id} exited while starting:\n{log}")
+                });
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Drained all along, so the replica never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.running.insert(id, ReplicaProcess { child, addr });
+    }
+
+    /// The last lines of every replica's log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for id in &self.ids {
+            let log = std::fs::read_to_string(self.log_path(*id)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            out.push_str(&format!("--- replica {id}\n{}\n", tail.join("\n")));
+        }
+        out
+    }
+
+    /// Where replica `id` writes its log.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.0.join(format!("replica-{id}.log"))
+    }
+
+    /// SIGKILLs replica `id` and waits for it to be gone.
+    pub async fn kill(&mut self, id: u64) {
+        let mut replica = self.running.remove(&id).expect("running");
+        replica.child.start_kill().expect("kill");
+        let _ = replica.child.wait().await;
+    }
+
+    /// Trust for every replica's client certificate.
+    pub fn trust(&self) -> Trust {
+        let mut pem = Vec::new();
+        for id in &self.ids {
+            let path = self.dir.0.join(format!("replica-{id}")).join("cert.pem");
+            if let Ok(bytes) = std::fs::read(path) {
+                pem.extend(bytes);
+            }
+        }
+        Trust::CaPem(pem)
+    }
+
+    /// The client address of replica `id`.
+    pub fn client_addr(&self, id: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[&id].1))
+    }
+
+    /// Submits `order` until a leader decides it, following `NotLeader`
+    /// (and trying the others while no leader is known): the decision and
+    /// the replica that decided it.
+    pub async fn submit(&self, order: &Order, timeout: Duration) -> (Decision, u64) {
+        let deadline = Instant::now() + timeout;
+        let mut id = *self.running.keys().next().expect("a replica runs");
+        loop {
+            if Instant::now() >= deadline {
+                panic!(
+                    "no leader decided {order:?} in {timeout:?}\n{}",
+                    self.logs()
+                );
+            }
+            match self.try_submit(id, order).await {
+                Ok(decision) => return (decision, id),
+                Err(Some(leader)) => id = leader,
+                Err(None) => {
+                    id = self.ids
+                        [(self.ids.iter().position(|&i| i == id).unwrap() + 1) % self.ids.len()];
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// One submission to replica `id`: the decision, or the leader it
+    /// names (None: it names none, or could not be reached).
+    async fn try_submit(&self, id: u64, order: &Order) -> Result<Decision, Option<u64>> {
+        let addr = self.client_addr(id);
+        let connect = Client::connect(addr, "localhost", self.trust(), CHANNEL_WEB_TOKEN);
+        let client = match tokio::time::timeout(Duration::from_secs(2), connect).await {
+            Ok(Ok(client)) => client,
+            _ => return Err(None),
+        };
+        let answer =
+            tokio::time::timeout(Duration::from_secs(5), client.submit(order.clone())).await;
+        match answer {
+            Ok(Ok(decision)) => Ok(decision),
+            Ok(Err(ClientError::Server { code, message }))
+                if code == ErrorCode::NotLeader as u16 =>
+            {
+                Err(self.id_of(&message))
+            }
+            _ => Err(None),
+        }
+    }
+
+    fn id_of(&self, addr: &str) -> Option<u64> {
+        let addr: SocketAddr = addr.parse().ok()?;
+        self.ids
+            .iter()
+            .copied()
+            .find(|&id| self.client_addr(id) == addr)
+    }
+}
+
+fn config_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("replica-{id}.toml"))
+}
