@@ -13,6 +13,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod digest;
+pub use digest::{digest, digest_through};
+
 use crossbeam_channel::Sender;
 use raft::eraftpb::Message;
 use raft::StateRole;

@@ -19,8 +19,9 @@ fn order(i: usize) -> omniroute_protocol::Order {
 async fn the_leader_killed_twice_loses_no_answered_order_and_oversells_nothing() {
     // Proves that orders answered by a leader survive its SIGKILL: another replica takes
     // over and serves, a resubmission anywhere returns the same decision, the killed
-    // replica restarts on its directory and rejoins, and across two kills no more units are
-    // routed than were stocked.
+    // replica restarts on its directory and rejoins, across two kills no more units are
+    // routed than were stocked, and every replica's committed log replays to the same
+    // stock and orders.
     let mut cluster = Cluster::start(
         "cluster-kill-leader",
         &[("SKU-1", "WH-N", STOCK / 2), ("SKU-1", "WH-S", STOCK / 2)],
@@ -60,4 +61,15 @@ async fn the_leader_killed_twice_loses_no_answered_order_and_oversells_nothing()
     }
     assert_eq!(routed, STOCK, "every unit sold once, none twice");
     eprintln!("failovers (kill to the next answer): {failovers:?}");
+    // Heartbeats carry the commit index to the followers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (through, digests) = cluster.stop_and_digest().await;
+    assert!(
+        through > 60,
+        "the log holds every order: committed through {through}"
+    );
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "every replica's committed log makes the same state: {digests:x?}"
+    );
 }

@@ -126,6 +126,29 @@ impl Follower {
     }
 }
 
+/// Applies a committed entry's records to `state`; the records that
+/// changed it. Without snapshots every record applies to every actor, so
+/// the LSN that the per-actor filter compares need only be positive: the
+/// entry's index stands for it.
+pub fn apply_entry(state: &mut EngineState, index: u64, data: &[u8]) -> Result<u64, String> {
+    if data.is_empty() {
+        return Ok(0);
+    }
+    let records = decode_body(data).map_err(|e| e.to_string())?;
+    let applied = Applied::none(state);
+    let mut bumped = Vec::new();
+    let mut changed = 0;
+    for (kind, range) in records {
+        let payload = &data[range];
+        if apply_payload(kind, payload, index, state, &applied, &mut bumped)
+            .map_err(|e| e.to_string())?
+        {
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
 impl Drop for Follower {
     fn drop(&mut self) {
         let _ = self.control.send(Control::Stop);
@@ -200,25 +223,9 @@ impl Applier {
         }
     }
 
-    /// Applies an entry's records. Without snapshots every record applies
-    /// to every actor, so the LSN that the per-actor filter compares is
-    /// only required to be positive: the entry's index stands for it.
     fn apply_entry(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
         let state = self.state.as_mut().expect("applied only with a state");
-        if data.is_empty() {
-            return Ok(());
-        }
-        let records = decode_body(data).map_err(|e| e.to_string())?;
-        let applied = Applied::none(state);
-        let mut bumped = Vec::new();
-        for (kind, range) in records {
-            let payload = &data[range];
-            if apply_payload(kind, payload, index, state, &applied, &mut bumped)
-                .map_err(|e| e.to_string())?
-            {
-                self.records += 1;
-            }
-        }
+        self.records += apply_entry(state, index, data)?;
         Ok(())
     }
 

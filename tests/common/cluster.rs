@@ -146,6 +146,52 @@ impl Cluster {
         let _ = replica.child.wait().await;
     }
 
+    /// SIGTERMs replica `id` and waits, at most 30 s, for it to exit.
+    pub async fn stop(&mut self, id: u64) {
+        let mut replica = self.running.remove(&id).expect("running");
+        let pid = replica.child.id().expect("running") as i32;
+        // SAFETY: kill only sends a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = tokio::time::timeout(Duration::from_secs(30), replica.child.wait())
+            .await
+            .expect("the replica exits within 30 s of a SIGTERM")
+            .expect("its status");
+        assert!(
+            status.success(),
+            "replica {id} exited with {status}\n{}",
+            self.logs()
+        );
+    }
+
+    /// Stops every replica, then replays each one's committed log offline,
+    /// up to the lowest commit index among them: (that index, each digest).
+    pub async fn stop_and_digest(&mut self) -> (u64, Vec<u64>) {
+        for id in self.ids.clone() {
+            if self.running.contains_key(&id) {
+                self.stop(id).await;
+            }
+        }
+        let configs: Vec<_> = (self.ids.iter())
+            .map(|&id| {
+                let text = std::fs::read_to_string(config_path(&self.dir.0, id)).unwrap();
+                let config = omniroute::config::Config::from_toml(&text).unwrap();
+                config.validate().unwrap()
+            })
+            .collect();
+        let commits: Vec<u64> = (configs.iter())
+            .map(|c| omniroute::cluster::digest(c).expect("a digest").0)
+            .collect();
+        let through = *commits.iter().min().unwrap();
+        let digests = (configs.iter())
+            .map(|c| {
+                omniroute::cluster::digest_through(c, through)
+                    .expect("a digest")
+                    .1
+            })
+            .collect();
+        (through, digests)
+    }
+
     /// Trust for every replica's client certificate.
     pub fn trust(&self) -> Trust {
         let mut pem = Vec::new();
@@ -193,7 +239,8 @@ impl Cluster {
     async fn try_submit(&self, id: u64, order: &Order) -> Result<Decision, Option<u64>> {
         let addr = self.client_addr(id);
         let connect = Client::connect(addr, "localhost", self.trust(), CHANNEL_WEB_TOKEN);
-        let client = match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        // A SIGKILLed replica's port stays silent: give up on it soon.
+        let client = match tokio::time::timeout(Duration::from_millis(300), connect).await {
             Ok(Ok(client)) => client,
             _ => return Err(None),
         };
