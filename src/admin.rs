@@ -28,6 +28,8 @@ pub struct Status {
     /// When the newest snapshot was written (Unix ms; 0: none yet).
     last_snapshot_unix_ms: AtomicU64,
     engine: OnceLock<Engine>,
+    /// A replica's role and failure (a cluster's replica only).
+    replica: OnceLock<Box<dyn ReplicaProbe>>,
     /// The config file a reload reads again, and its keys at start (what a
     /// restart-only change is measured against); None on the embedded config.
     config_file: Option<(PathBuf, toml::Table)>,
@@ -118,6 +120,7 @@ impl Status {
             ready: AtomicBool::new(false),
             last_snapshot_unix_ms: AtomicU64::new(0),
             engine: OnceLock::new(),
+            replica: OnceLock::new(),
             config_file,
             tokens,
             reloading: tokio::sync::Mutex::new(()),
@@ -131,6 +134,11 @@ impl Status {
     /// embedded development tokens while one of them is not loopback.
     pub fn set_listeners(&self, listeners: crate::dev_tokens::Listeners) {
         let _ = self.listeners.set(listeners);
+    }
+
+    /// This daemon is a replica: `/readyz` and `/healthz` ask `probe`.
+    pub fn set_replica(&self, probe: Box<dyn ReplicaProbe>) {
+        let _ = self.replica.set(probe);
     }
 
     /// The engine is up (recovery is done): metrics can read it.
@@ -325,6 +333,15 @@ impl Status {
     }
 }
 
+/// What a replica tells its admin port (see `crate::cluster`).
+pub trait ReplicaProbe: Send + Sync {
+    /// Why the replica cannot go on, if it cannot (`/healthz` 503).
+    fn failure(&self) -> Option<String>;
+    /// Whether it is ready (it leads and serves, or follows a known
+    /// leader it sends clients to), and its role in words for `/readyz`.
+    fn role(&self) -> (bool, String);
+}
+
 /// A running admin port.
 pub struct AdminServer {
     pub addr: SocketAddr,
@@ -408,7 +425,8 @@ async fn metrics_page(State(state): State<Arc<AdminState>>) -> Response {
 /// Alive unless an actor or the storage has failed (the daemon is then
 /// stopping); the body names the cause.
 async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
-    match state.status.engine.get().and_then(|e| e.health().failure()) {
+    let replica = state.status.replica.get().and_then(|r| r.failure());
+    match replica.or_else(|| state.status.engine.get().and_then(|e| e.health().failure())) {
         Some(failure) => (StatusCode::SERVICE_UNAVAILABLE, format!("{failure}\n")).into_response(),
         None => (StatusCode::OK, "ok\n").into_response(),
     }
@@ -419,6 +437,15 @@ async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     if let Some(failure) = state.status.engine.get().and_then(|e| e.health().failure()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{failure}\n")).into_response();
+    }
+    if let (Some(replica), true) = (state.status.replica.get(), state.status.is_ready()) {
+        let (ready, role) = replica.role();
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return (status, format!("{role}\n")).into_response();
     }
     if state.status.is_ready() {
         (StatusCode::OK, "ready\n").into_response()

@@ -51,6 +51,8 @@ pub enum ClusterError {
     Server(#[from] crate::server::ServerError),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("loading the replica panicked: {0}")]
     Panicked(String),
 }
@@ -173,11 +175,44 @@ impl Effects for DaemonEffects {
     }
 }
 
+/// What `/readyz` and `/healthz` say of a replica.
+struct Probe {
+    view: watch::Receiver<View>,
+    failed: watch::Receiver<Option<String>>,
+    serving: Arc<Serving>,
+}
+
+impl crate::admin::ReplicaProbe for Probe {
+    fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
+    fn role(&self) -> (bool, String) {
+        let view = *self.view.borrow();
+        let term = view.term;
+        match view.role {
+            StateRole::Leader if self.serving.is_serving() => {
+                (true, format!("leader of term {term}"))
+            }
+            StateRole::Leader => (false, format!("leader of term {term}, not serving yet")),
+            _ if view.leader != 0 => (
+                true,
+                format!("follower of replica {} (term {term})", view.leader),
+            ),
+            _ => (
+                false,
+                format!("no leader known (term {term}): an election is under way"),
+            ),
+        }
+    }
+}
+
 /// A running replica.
 pub struct Replica {
     pub id: u64,
     pub server: crate::server::RunningServer,
     pub http: Option<crate::http::RunningHttp>,
+    pub admin: Option<crate::admin::AdminServer>,
     pub serving: Arc<Serving>,
     /// The leadership as this replica sees it.
     pub view: watch::Receiver<View>,
@@ -310,6 +345,22 @@ pub async fn start(
         }
         None => None,
     };
+    let admin = match config.admin {
+        Some(addr) => {
+            let tokens = config.server.tokens.clone();
+            let status = Arc::new(crate::admin::Status::new(None, tokens, data_dir.clone()));
+            status.set_replica(Box::new(Probe {
+                view: view.clone(),
+                failed: failed.clone(),
+                serving: serving.clone(),
+            }));
+            status.set_ready(true);
+            let metrics = telemetry::install();
+            let limits = config.admin_limits.clone();
+            Some(crate::admin::start(addr, status, metrics, limits).await?)
+        }
+        None => None,
+    };
     tracing::info!(
         "replica {} of {:?}: replication on {}, clients on {}",
         cluster.id,
@@ -321,6 +372,7 @@ pub async fn start(
         id: cluster.id,
         server,
         http,
+        admin,
         serving,
         view,
         failed,
@@ -449,6 +501,9 @@ impl Replica {
         }
         self.conductor.abort();
         self.transport.shutdown().await;
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
+        }
         drop(self.follower);
     }
 }

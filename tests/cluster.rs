@@ -61,6 +61,7 @@ async fn the_leader_killed_twice_loses_no_answered_order_and_oversells_nothing()
     }
     assert_eq!(routed, STOCK, "every unit sold once, none twice");
     eprintln!("failovers (kill to the next answer): {failovers:?}");
+    check_roles(&cluster).await;
     // Heartbeats carry the commit index to the followers.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (through, digests) = cluster.stop_and_digest().await;
@@ -72,4 +73,34 @@ async fn the_leader_killed_twice_loses_no_answered_order_and_oversells_nothing()
         digests.iter().all(|d| *d == digests[0]),
         "every replica's committed log makes the same state: {digests:x?}"
     );
+}
+
+/// The admin ports name one leader and two followers of it, and a
+/// follower's HTTP gateway redirects to the leader's.
+async fn check_roles(cluster: &Cluster) {
+    let mut roles = Vec::new();
+    for &id in &cluster.ids {
+        let (status, body) = common::cluster::http_get(cluster.admin_addr(id), "/readyz").await;
+        assert_eq!(status, 200, "replica {id}: {body}");
+        roles.push((id, body.trim().to_string()));
+    }
+    let leaders: Vec<u64> = (roles.iter())
+        .filter(|(_, role)| role.starts_with("leader of term"))
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(leaders.len(), 1, "{roles:?}");
+    let leader = leaders[0];
+    for (id, role) in &roles {
+        if *id != leader {
+            assert!(
+                role.starts_with(&format!("follower of replica {leader}")),
+                "{roles:?}"
+            );
+            let http = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.ports[id].http));
+            let (status, body) = common::cluster::http_get(http, "/v1/availability/SKU-1").await;
+            assert_eq!(status, 307, "a follower's gateway redirects: {body}");
+            let leader_http = format!("127.0.0.1:{}", cluster.ports[&leader].http);
+            assert!(body.contains(&leader_http), "{body}");
+        }
+    }
 }

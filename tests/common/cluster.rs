@@ -16,14 +16,48 @@ use super::{channel, server_section, stock, TempDir, CHANNEL_WEB_TOKEN, NODES};
 /// How long a replica may take to start.
 const START_TIMEOUT_S: u64 = 60;
 
-/// Free loopback ports for a cluster's replicas: (replication, QUIC client, HTTP).
-fn free_ports() -> (u16, u16, u16) {
+/// Free loopback ports for a replica: replication, QUIC client, HTTP, admin.
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub raft: u16,
+    pub quic: u16,
+    pub http: u16,
+    pub admin: u16,
+}
+
+fn free_ports() -> Ports {
     let udp = || {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
         socket.local_addr().unwrap().port()
     };
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("a free TCP port");
-    (udp(), udp(), tcp.local_addr().unwrap().port())
+    let tcp = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free TCP port");
+        listener.local_addr().unwrap().port()
+    };
+    Ports {
+        raft: udp(),
+        quic: udp(),
+        http: tcp(),
+        admin: tcp(),
+    }
+}
+
+/// One HTTP/1.1 GET on loopback: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().expect("a status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
 }
 
 pub struct ReplicaProcess {
@@ -35,7 +69,7 @@ pub struct ReplicaProcess {
 pub struct Cluster {
     pub dir: TempDir,
     pub ids: Vec<u64>,
-    pub ports: BTreeMap<u64, (u16, u16, u16)>,
+    pub ports: BTreeMap<u64, Ports>,
     pub running: BTreeMap<u64, ReplicaProcess>,
 }
 
@@ -55,16 +89,18 @@ impl Cluster {
         let ports: BTreeMap<u64, _> = ids.iter().map(|&id| (id, free_ports())).collect();
         let replicas: Vec<String> = ports
             .iter()
-            .map(|(id, (raft, quic, http))| {
-                format!("  {{ id = {id}, replication = \"127.0.0.1:{raft}\", client = \"127.0.0.1:{quic}\", http = \"127.0.0.1:{http}\" }},")
+            .map(|(id, p)| {
+                format!("  {{ id = {id}, replication = \"127.0.0.1:{}\", client = \"127.0.0.1:{}\", http = \"127.0.0.1:{}\" }},", p.raft, p.quic, p.http)
             })
             .collect();
         for &id in &ids {
-            let (_, quic, http) = ports[&id];
+            let Ports {
+                quic, http, admin, ..
+            } = ports[&id];
             let data = dir.0.join(format!("replica-{id}"));
             let server = server_section(&data).replace("127.0.0.1:0", &format!("127.0.0.1:{quic}"));
             let text = format!(
-                "{NODES}\n{server}{}{}{}[http]\nlisten = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"off\"\n\
+                "{NODES}\n{server}{}{}{}[http]\nlisten = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
                  [cluster]\nid = {id}\ncerts_dir = {:?}\nreplicas = [\n{}\n]\n",
                 channel("web", &["nearest"]),
                 channel("c", &["nearest"]),
@@ -206,7 +242,12 @@ impl Cluster {
 
     /// The client address of replica `id`.
     pub fn client_addr(&self, id: u64) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports[&id].1))
+        SocketAddr::from(([127, 0, 0, 1], self.ports[&id].quic))
+    }
+
+    /// The admin port of replica `id`.
+    pub fn admin_addr(&self, id: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[&id].admin))
     }
 
     /// Submits `order` until a leader decides it, following `NotLeader`

@@ -58,6 +58,9 @@ pub async fn serve(config: ValidConfig, cluster: ClusterSettings) -> Result<(), 
     if let Some(http) = &replica.http {
         println!("http on http://{}", http.addr);
     }
+    if let Some(admin) = &replica.admin {
+        println!("admin on http://{} (/metrics /healthz /readyz)", admin.addr);
+    }
     println!(
         "replication on {} (QUIC, ALPN omniroute-raft/1, mutual TLS)",
         cluster.listen
