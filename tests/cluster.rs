@@ -62,8 +62,7 @@ async fn the_leader_killed_twice_loses_no_answered_order_and_oversells_nothing()
     assert_eq!(routed, STOCK, "every unit sold once, none twice");
     eprintln!("failovers (kill to the next answer): {failovers:?}");
     check_roles(&cluster).await;
-    // Heartbeats carry the commit index to the followers.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.wait_caught_up(Duration::from_secs(30)).await;
     let (through, digests) = cluster.stop_and_digest().await;
     assert!(
         through > 60,
@@ -103,4 +102,59 @@ async fn check_roles(cluster: &Cluster) {
             assert!(body.contains(&leader_http), "{body}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_stops_answering_and_rejoins_as_a_follower_without_its_tail() {
+    // Proves that a leader cut off from both followers (its replication traffic dropped by
+    // relays) answers no order routed, the other two elect a leader that serves, and once
+    // healed the old leader follows it: the order sent to it while isolated was never
+    // decided by the cluster, and every replica's committed log replays to the same state.
+    let mut cluster = Cluster::start_relayed("cluster-isolated", &[("SKU-1", "WH-N", 1000)]).await;
+    for i in 0..10 {
+        cluster.submit(&order(i), Duration::from_secs(20)).await;
+    }
+    let old = cluster.leader(Duration::from_secs(10)).await;
+    cluster.isolate(old, true);
+    let client = cluster.client(old).await;
+    let isolated = order(1000);
+    let answer =
+        tokio::time::timeout(Duration::from_secs(3), client.submit(isolated.clone())).await;
+    assert!(
+        !matches!(answer, Ok(Ok(Decision::Routed { .. }))),
+        "an isolated leader routed an order: {answer:?}"
+    );
+    let (_, by) = cluster.submit(&order(10), Duration::from_secs(20)).await;
+    assert_ne!(by, old, "the isolated leader answered");
+    cluster.isolate(old, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.role(old).await.starts_with("follower of replica") {
+        assert!(
+            Instant::now() < deadline,
+            "replica {old} did not rejoin: {}",
+            cluster.role(old).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let found = cluster
+        .client(leader)
+        .await
+        .get_order(omniroute_protocol::OrderKey {
+            channel: "web".into(),
+            client_order_id: isolated.client_order_id.clone(),
+        })
+        .await;
+    let unknown = omniroute_protocol::ErrorCode::UnknownOrder as u16;
+    assert!(
+        matches!(&found, Err(omniroute_client::ClientError::Server { code, .. }) if *code == unknown),
+        "the isolated leader's order was decided: {found:?}"
+    );
+    for i in 11..20 {
+        cluster.submit(&order(i), Duration::from_secs(20)).await;
+    }
+    cluster.wait_caught_up(Duration::from_secs(30)).await;
+    let (through, digests) = cluster.stop_and_digest().await;
+    assert!(through > 20, "committed through {through}");
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:x?}");
 }

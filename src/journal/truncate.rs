@@ -84,11 +84,7 @@ fn zero_from_lsn(path: &Path, first_lsn: u64, lsn: u64) -> Result<u64, JournalEr
         });
     }
     let from = kept.last().map_or(SEGMENT_HEADER_BYTES, |r| r.payload.end);
-    let written_end = bytes
-        .iter()
-        .rposition(|b| *b != 0)
-        .map_or(from, |last| last + 1)
-        .max(from);
+    let written_end = last_nonzero(&bytes).map_or(from, |last| last + 1).max(from);
     if written_end == from {
         return Ok(0);
     }
@@ -105,9 +101,40 @@ fn zero_from_lsn(path: &Path, first_lsn: u64, lsn: u64) -> Result<u64, JournalEr
     Ok(zeros.len() as u64)
 }
 
+/// The offset of the last byte that is not zero. A segment is prepared
+/// whole (tens of MiB of zeros after what was written), and a replica cuts
+/// its running journal: looked for 16 bytes at a time, not byte by byte.
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    const WORD: usize = 16;
+    let whole = bytes.len() / WORD * WORD;
+    if let Some(at) = bytes[whole..].iter().rposition(|b| *b != 0) {
+        return Some(whole + at);
+    }
+    let word = (bytes[..whole].chunks_exact(WORD))
+        .rposition(|w| u128::from_ne_bytes(w.try_into().expect("a word")) != 0)?;
+    let start = word * WORD;
+    let at = bytes[start..start + WORD].iter().rposition(|b| *b != 0)?;
+    Some(start + at)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
+
+    #[test]
+    fn the_last_nonzero_byte_is_found_wherever_it_is() {
+        // Proves the word-at-a-time search agrees with a byte-at-a-time one for a nonzero
+        // byte at every offset of a buffer whose length is not a multiple of the word.
+        assert_eq!(super::last_nonzero(&[0u8; 100]), None);
+        for at in 0..100 {
+            let mut bytes = vec![0u8; 100];
+            bytes[at] = 7;
+            if at > 3 {
+                bytes[at - 3] = 1;
+            }
+            assert_eq!(super::last_nonzero(&bytes), Some(at), "at {at}");
+        }
+    }
 
     use super::*;
     use crate::journal::{recover, Durability, Journal};

@@ -263,10 +263,15 @@ impl Writer {
         if lsn >= self.next_lsn {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let cut = self
             .sync_unvouched()
             .and_then(|()| truncate_from(&self.dir, lsn))
             .and_then(|_| open_segment(&self.dir, lsn, self.segment_bytes));
+        tracing::info!(
+            "journal: records from LSN {lsn} on removed (a replica's log overwritten by its leader) in {} ms",
+            started.elapsed().as_millis()
+        );
         let (file, path, size, prepared) = match cut {
             Ok(opened) => opened,
             Err(error) => {

@@ -300,6 +300,7 @@ impl<E: Effects, P: Persist> Driver<E, P> {
 
     /// A Ready's writes are durable: its messages leave, raft-rs hears it.
     fn on_written(&mut self, done: Written) {
+        tracing::debug!(number = done.number, ok = done.result.is_ok(), "written");
         if self.stopped.is_some() {
             return;
         }
@@ -475,6 +476,14 @@ impl<E: Effects, P: Persist> Driver<E, P> {
                 return;
             }
             let number = rd.number();
+            tracing::debug!(
+                number,
+                entries = ?rd.entries().first().map(|e| (e.index, e.term)),
+                count = rd.entries().len(),
+                commit = ?rd.hs().map(|h| h.commit),
+                applied = self.applied,
+                "ready"
+            );
             let messages = rd.take_persisted_messages();
             #[cfg(test)]
             let messages = self.send_acks_now(messages);

@@ -11,6 +11,7 @@ use omniroute_protocol::{Decision, ErrorCode, Order};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::relay::Relay;
 use super::{channel, server_section, stock, TempDir, CHANNEL_WEB_TOKEN, NODES};
 
 /// How long a replica may take to start.
@@ -71,12 +72,25 @@ pub struct Cluster {
     pub ids: Vec<u64>,
     pub ports: BTreeMap<u64, Ports>,
     pub running: BTreeMap<u64, ReplicaProcess>,
+    /// With `start_relayed`: the relay each replica dials each peer
+    /// through, by (from, to).
+    pub relays: BTreeMap<(u64, u64), Relay>,
 }
 
 impl Cluster {
     /// Writes certificates and a config per replica (the fixture network,
     /// channel web, `stock`), and starts every replica.
     pub async fn start(name: &str, stock_entries: &[(&str, &str, u32)]) -> Cluster {
+        Cluster::start_with(name, stock_entries, false).await
+    }
+
+    /// [`Cluster::start`] with each replica's replication traffic to each
+    /// peer through a [`Relay`] the test can cut.
+    pub async fn start_relayed(name: &str, stock_entries: &[(&str, &str, u32)]) -> Cluster {
+        Cluster::start_with(name, stock_entries, true).await
+    }
+
+    async fn start_with(name: &str, stock_entries: &[(&str, &str, u32)], relayed: bool) -> Cluster {
         let dir = TempDir::new(name);
         let ids = vec![1, 2, 3];
         let certs = dir.0.join("certs");
@@ -87,13 +101,22 @@ impl Cluster {
             .expect("cluster certs runs");
         assert!(made.status.success(), "{made:?}");
         let ports: BTreeMap<u64, _> = ids.iter().map(|&id| (id, free_ports())).collect();
-        let replicas: Vec<String> = ports
-            .iter()
-            .map(|(id, p)| {
-                format!("  {{ id = {id}, replication = \"127.0.0.1:{}\", client = \"127.0.0.1:{}\", http = \"127.0.0.1:{}\" }},", p.raft, p.quic, p.http)
-            })
-            .collect();
+        let mut relays = BTreeMap::new();
+        for &from in &ids {
+            for &to in ids.iter().filter(|&&to| relayed && to != from) {
+                let target = SocketAddr::from(([127, 0, 0, 1], ports[&to].raft));
+                relays.insert((from, to), Relay::start(target));
+            }
+        }
         for &id in &ids {
+            // The peers as this replica dials them: through its relays.
+            let replicas: Vec<String> = ports
+                .iter()
+                .map(|(other, p)| {
+                    let raft = relays.get(&(id, *other)).map_or(p.raft, |r: &Relay| r.addr.port());
+                    format!("  {{ id = {other}, replication = \"127.0.0.1:{raft}\", client = \"127.0.0.1:{}\", http = \"127.0.0.1:{}\" }},", p.quic, p.http)
+                })
+                .collect();
             let Ports {
                 quic, http, admin, ..
             } = ports[&id];
@@ -115,6 +138,7 @@ impl Cluster {
             ids: ids.clone(),
             ports,
             running: BTreeMap::new(),
+            relays,
         };
         for id in ids {
             cluster.start_replica(id).await;
@@ -226,6 +250,82 @@ impl Cluster {
             })
             .collect();
         (through, digests)
+    }
+
+    /// Cuts (or heals) every relay to and from replica `id`.
+    pub fn isolate(&self, id: u64, isolated: bool) {
+        for ((from, to), relay) in &self.relays {
+            if *from == id || *to == id {
+                if isolated {
+                    relay.cut()
+                } else {
+                    relay.heal()
+                }
+            }
+        }
+    }
+
+    /// Waits until every running replica has applied the same index (a
+    /// replica that rejoined has caught up).
+    pub async fn wait_caught_up(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut applied = Vec::new();
+            for &id in self.running.keys() {
+                let (_, page) = http_get(self.admin_addr(id), "/metrics").await;
+                applied.push(super::daemon::sample(
+                    &page,
+                    "omniroute_replica_applied_index",
+                ));
+            }
+            if applied.iter().all(|a| *a == applied[0] && *a > 0.0) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "replicas did not catch up in {timeout:?}: applied {applied:?}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Replica `id`'s role, as its admin port's `/readyz` says it.
+    pub async fn role(&self, id: u64) -> String {
+        http_get(self.admin_addr(id), "/readyz")
+            .await
+            .1
+            .trim()
+            .to_string()
+    }
+
+    /// The leader's id, once a replica's admin port says it leads and serves.
+    pub async fn leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for &id in self.running.keys() {
+                if self.role(id).await.starts_with("leader of term") {
+                    return id;
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!("no replica leads within {timeout:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client of replica `id` (whatever its role).
+    pub async fn client(&self, id: u64) -> Client {
+        Client::connect(
+            self.client_addr(id),
+            "localhost",
+            self.trust(),
+            CHANNEL_WEB_TOKEN,
+        )
+        .await
+        .expect("connects")
     }
 
     /// Trust for every replica's client certificate.

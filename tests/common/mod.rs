@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod relay;
 
 use std::sync::Arc;
 
