@@ -29,7 +29,7 @@ use crate::journal::Journal;
 use crate::replica::certs::ClusterTls;
 use crate::replica::disk::{self, DiskError};
 use crate::replica::driver::{Driver, Effects, Event, INBOX_EVENTS};
-use crate::replica::follower::Follower;
+use crate::replica::follower::{Follower, STOCK_LOADED};
 use crate::replica::proposer::Proposer;
 use crate::replica::serving::Serving;
 use crate::replica::transport::{PeerSender, Transport};
@@ -55,6 +55,13 @@ pub enum ClusterError {
     Admin(#[from] crate::admin::AdminError),
     #[error("loading the replica panicked: {0}")]
     Panicked(String),
+    #[error("[cluster] names {configured} as replica {id}'s {port}, but it serves {serves}: the other replicas would send clients where it is not; make them the same")]
+    OwnAddress {
+        id: u64,
+        port: &'static str,
+        configured: String,
+        serves: String,
+    },
 }
 
 /// What the replica knows of the cluster's leadership.
@@ -243,6 +250,7 @@ pub async fn start(
     config: &ValidConfig,
     cluster: &ClusterSettings,
 ) -> Result<Replica, ClusterError> {
+    check_own_addresses(config, cluster)?;
     let data_dir = config.server.data_dir.clone();
     let lock = store::lock::lock(&data_dir, store::Access::Write)?;
     let loaded = {
@@ -385,6 +393,33 @@ pub async fn start(
     })
 }
 
+/// The ports this replica serves (the config's, or the command line's)
+/// must be the ones `[cluster]` gives the others for it.
+fn check_own_addresses(
+    config: &ValidConfig,
+    cluster: &ClusterSettings,
+) -> Result<(), ClusterError> {
+    let own = cluster.clients[&cluster.id];
+    let show = |a: Option<std::net::SocketAddr>| a.map_or("off".into(), |a| a.to_string());
+    if own.quic != config.server.listen {
+        return Err(ClusterError::OwnAddress {
+            id: cluster.id,
+            port: "client (QUIC) address",
+            configured: own.quic.to_string(),
+            serves: config.server.listen.to_string(),
+        });
+    }
+    if own.http.is_some() && own.http != config.http {
+        return Err(ClusterError::OwnAddress {
+            id: cluster.id,
+            port: "HTTP address",
+            configured: show(own.http),
+            serves: show(config.http),
+        });
+    }
+    Ok(())
+}
+
 impl Conductor {
     async fn run(self, mut changes: mpsc::UnboundedReceiver<Change>) {
         while let Some(change) = changes.recv().await {
@@ -463,6 +498,16 @@ impl Conductor {
         engine.tick().await;
         if fresh {
             engine.load_stock(&self.config.stock).await?;
+            let (told, committed) = tokio::sync::oneshot::channel();
+            let done: crate::journal::Done = Box::new(move |result| drop(told.send(result)));
+            let marker = || STOCK_LOADED.to_vec();
+            (engine.sequencer())
+                .append_raw(crate::engine::sequencer::KIND_MARKER, marker, done)
+                .await;
+            match committed.await {
+                Ok(Ok(_)) => {}
+                _ => return Err(crate::engine::EngineError::Unavailable),
+            }
         }
         Ok(())
     }

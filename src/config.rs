@@ -558,7 +558,7 @@ impl Config {
                         "a replica acknowledges an entry only once it is fsynced: \"fsync\" is required with [cluster]",
                     ));
                 }
-                Some(cluster.validate(server.listen, http)?)
+                Some(cluster.validate()?)
             }
             None => None,
         };

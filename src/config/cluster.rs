@@ -81,13 +81,9 @@ fn address(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 impl ClusterConfig {
-    /// Checks the table against this process's own client ports: the
-    /// addresses other replicas send clients to must be the ones it serves.
-    pub fn validate(
-        &self,
-        quic: SocketAddr,
-        http: Option<SocketAddr>,
-    ) -> Result<ClusterSettings, ConfigError> {
+    /// Checks the table. That this replica's own entry names the ports it
+    /// serves is checked at start, after the command line's overrides.
+    pub fn validate(&self) -> Result<ClusterSettings, ConfigError> {
         let count = self.replicas.len();
         if count == 0 || count > MAX_REPLICAS {
             return Err(invalid(
@@ -120,7 +116,6 @@ impl ClusterConfig {
             }
             if replica.id == self.id {
                 listen = Some(replication);
-                check_own(&key, client, quic, http)?;
             } else {
                 peers.insert(replica.id, replication);
             }
@@ -141,34 +136,4 @@ impl ClusterConfig {
             key: self.certs_dir.join(format!("replica-{}.key", self.id)),
         })
     }
-}
-
-/// This replica's entry must name the ports it serves: a client sent to
-/// it by the others would find nothing else.
-fn check_own(
-    key: &str,
-    own: ClientAddrs,
-    quic: SocketAddr,
-    http: Option<SocketAddr>,
-) -> Result<(), ConfigError> {
-    if own.quic != quic {
-        return Err(invalid(
-            key,
-            format!(
-                "client is {} but [server] listen is {quic}: they must be the same",
-                own.quic
-            ),
-        ));
-    }
-    if own.http.is_some() && own.http != http {
-        return Err(invalid(
-            key,
-            format!(
-                "http is {} but [http] listen is {}: they must be the same",
-                own.http.map_or("off".into(), |a| a.to_string()),
-                http.map_or("off".into(), |a| a.to_string())
-            ),
-        ));
-    }
-    Ok(())
 }

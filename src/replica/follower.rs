@@ -20,16 +20,23 @@ use raft::{GetEntriesContext, Storage};
 use super::entry::decode_body;
 use crate::core::network::Network;
 use crate::engine::{EngineSettings, EngineState};
+use crate::schema::txn::KIND_MARKER;
 use crate::store::apply::{apply_payload, Applied};
 
 /// Entries read from the log under one lock at most.
 const ENTRIES_PER_READ: u64 = 256;
 
+/// The payload of the marker record a new cluster's first leader appends
+/// once the config's stock is committed: a leader promoted on a log
+/// without it loads the stock (again: setting a count twice is setting it
+/// once), since the one before may have died part way.
+pub const STOCK_LOADED: &[u8] = b"cluster: the config's stock is loaded";
+
 /// A state handed over at promotion.
 pub struct HandedOver {
     pub state: EngineState,
-    /// No record was ever applied: the cluster is new, and its first
-    /// leader loads the config's stock.
+    /// The log has no [`STOCK_LOADED`] marker: the cluster is new (or its
+    /// first leader died while loading), and this leader loads the stock.
     pub fresh: bool,
 }
 
@@ -59,7 +66,8 @@ struct Applier {
     state: Option<EngineState>,
     /// The last entry applied to `state` (or handed over with it).
     index: u64,
-    records: u64,
+    /// The log applied so far holds the [`STOCK_LOADED`] marker.
+    stock_loaded: bool,
     failed: Option<String>,
     on_failure: Box<dyn Fn(String) + Send>,
 }
@@ -83,7 +91,7 @@ impl Follower {
             network,
             state: None,
             index: 0,
-            records: 0,
+            stock_loaded: false,
             failed: None,
             on_failure,
         };
@@ -126,27 +134,25 @@ impl Follower {
     }
 }
 
-/// Applies a committed entry's records to `state`; the records that
-/// changed it. Without snapshots every record applies to every actor, so
-/// the LSN that the per-actor filter compares need only be positive: the
-/// entry's index stands for it.
-pub fn apply_entry(state: &mut EngineState, index: u64, data: &[u8]) -> Result<u64, String> {
+/// Applies a committed entry's records to `state`; whether it holds the
+/// [`STOCK_LOADED`] marker. Without snapshots every record applies to
+/// every actor, so the LSN that the per-actor filter compares need only be
+/// positive: the entry's index stands for it.
+pub fn apply_entry(state: &mut EngineState, index: u64, data: &[u8]) -> Result<bool, String> {
     if data.is_empty() {
-        return Ok(0);
+        return Ok(false);
     }
     let records = decode_body(data).map_err(|e| e.to_string())?;
     let applied = Applied::none(state);
     let mut bumped = Vec::new();
-    let mut changed = 0;
+    let mut stock_loaded = false;
     for (kind, range) in records {
         let payload = &data[range];
-        if apply_payload(kind, payload, index, state, &applied, &mut bumped)
-            .map_err(|e| e.to_string())?
-        {
-            changed += 1;
-        }
+        stock_loaded |= kind == KIND_MARKER && payload == STOCK_LOADED;
+        apply_payload(kind, payload, index, state, &applied, &mut bumped)
+            .map_err(|e| e.to_string())?;
     }
-    Ok(changed)
+    Ok(stock_loaded)
 }
 
 impl Drop for Follower {
@@ -185,7 +191,7 @@ impl Applier {
             Err(e) => self.fail(format!("an empty state could not be made: {e}")),
         }
         self.index = 0;
-        self.records = 0;
+        self.stock_loaded = false;
     }
 
     fn hand_over(&mut self, through: u64) -> Result<HandedOver, String> {
@@ -201,7 +207,7 @@ impl Applier {
             .ok_or("the state was handed over already")?;
         Ok(HandedOver {
             state,
-            fresh: self.records == 0,
+            fresh: !self.stock_loaded,
         })
     }
 
@@ -225,7 +231,7 @@ impl Applier {
 
     fn apply_entry(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
         let state = self.state.as_mut().expect("applied only with a state");
-        self.records += apply_entry(state, index, data)?;
+        self.stock_loaded |= apply_entry(state, index, data)?;
         Ok(())
     }
 
