@@ -1,6 +1,15 @@
 """Client for the omniroute order-routing daemon over QUIC (protocol version 1)."""
 
 from .client import Client, ConnectionLost, FeedOpening, ServerError, connect
+from .cluster import (
+    ANSWER_TIMEOUT_S,
+    REPLICA_CONNECT_TIMEOUT_S,
+    RETRY_DEADLINE_S,
+    RETRY_PAUSE_S,
+    ClusterClient,
+    connect_cluster,
+    connect_replica,
+)
 from .wire import (
     CHANGES,
     STATES,
@@ -16,10 +25,12 @@ from .wire import (
 )
 
 __all__ = [
+    "ANSWER_TIMEOUT_S",
     "CHANGES",
     "STATES",
     "Allocation",
     "Client",
+    "ClusterClient",
     "ConnectionLost",
     "FeedOpening",
     "InvalidRequest",
@@ -29,7 +40,12 @@ __all__ = [
     "OrderAllocation",
     "OrderStatus",
     "OrderView",
+    "REPLICA_CONNECT_TIMEOUT_S",
+    "RETRY_DEADLINE_S",
+    "RETRY_PAUSE_S",
     "ServerError",
     "ShortLine",
     "connect",
+    "connect_cluster",
+    "connect_replica",
 ]

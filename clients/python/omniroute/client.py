@@ -43,6 +43,21 @@ class _Protocol(QuicConnectionProtocol):
         self.buffers: Dict[int, bytearray] = {}
         self.waiting: Dict[Tuple[int, int], asyncio.Future] = {}
         self.feeds: Dict[int, asyncio.Queue] = {}
+        #: Set once the connection has ended: a request sent after that
+        #: would never be answered (the cluster client checks it).
+        self.terminated = False
+
+    async def wait_connected(self):
+        try:
+            await super().wait_connected()
+        except asyncio.CancelledError:
+            # Given up (connect's timeout): the handshake it waited for
+            # fails as the connection goes. Take that failure, so asyncio
+            # does not print "Future exception was never retrieved".
+            waiter = self._connected_waiter
+            if waiter is not None:
+                waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise
 
     def quic_event_received(self, event):
         if isinstance(event, StreamDataReceived):
@@ -52,6 +67,7 @@ class _Protocol(QuicConnectionProtocol):
         elif isinstance(event, StreamReset):
             self._ended(event.stream_id, f"stream reset with code {event.error_code:#x}")
         elif isinstance(event, ConnectionTerminated):
+            self.terminated = True
             for stream_id in list(self.feeds) + [s for s, _ in self.waiting]:
                 self._ended(stream_id, f"connection closed: {event.reason_phrase}")
 
@@ -331,33 +347,31 @@ async def connect(host: str, port: int, ca: str, token: str, server_name: str = 
     configuration = QuicConfiguration(is_client=True, alpn_protocols=[wire.ALPN])
     configuration.load_verify_locations(ca)
     configuration.server_name = server_name
+    return await _open_client(host, port, configuration, ca, token, timeout_s)
+
+
+async def _open_client(host: str, port: int, configuration: QuicConfiguration, ca: str, token: str,
+                      timeout_s: float, check=None) -> Client:
+    """`connect` with its QUIC configuration made by the caller: the
+    handshake, then `check(protocol, where)` if given (it raises
+    ConnectionLost to refuse the peer before the token is sent), then Hello."""
     stack = contextlib.AsyncExitStack()
     where = f"{host}:{port}"
-    made: List[_Protocol] = []
-
-    def create_protocol(*args, **kwargs):
-        made.append(_Protocol(*args, **kwargs))
-        return made[-1]
-
     try:
         protocol = await asyncio.wait_for(
             stack.enter_async_context(
-                quic_connect(host, port, configuration=configuration, create_protocol=create_protocol)),
+                quic_connect(host, port, configuration=configuration, create_protocol=_Protocol)),
             timeout_s)
     except (asyncio.TimeoutError, ConnectionError) as e:
         await stack.aclose()
-        for abandoned in made:
-            # The handshake it was waiting for fails as the connection
-            # goes: take that failure, so asyncio does not print it.
-            waiter = getattr(abandoned, "_connected_waiter", None)
-            if waiter is not None:
-                waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
         why = str(e) or "no handshake"
         raise ConnectionLost(
             f"no daemon answered at {where} within {timeout_s} s ({why}): is it running there, "
             f"and is {ca} its certificate (the daemon prints its path)?") from None
     client = Client(protocol, stack)
     try:
+        if check is not None:
+            check(protocol, where)
         await asyncio.wait_for(client.hello(token), timeout_s)
     except asyncio.TimeoutError:
         await stack.aclose()

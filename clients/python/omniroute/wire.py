@@ -27,8 +27,11 @@ ERROR_NAMES = {
     5: "BadToken", 6: "UnsupportedVersion", 7: "Overloaded", 8: "UnknownOrder",
     9: "InvalidState", 10: "UnknownSku", 11: "UnknownNode", 12: "InvalidQuantity",
     13: "CursorTooOld", 14: "TooLarge", 15: "Internal", 16: "Unframeable",
-    17: "Archived", 18: "UnknownChannel", 19: "Unavailable",
+    17: "Archived", 18: "UnknownChannel", 19: "Unavailable", 20: "NotLeader",
 }
+#: The error of a replica that does not lead its cluster; its message is
+#: the leader's client address `host:port`, empty while none is known.
+NOT_LEADER = 20
 #: Rejection codes of a decision.
 REJECT_NAMES = {
     1: "short", 2: "no_eligible_node", 3: "too_many_shipments", 4: "invalid",
