@@ -158,3 +158,20 @@ async fn an_isolated_leader_stops_answering_and_rejoins_as_a_follower_without_it
     assert!(through > 20, "committed through {through}");
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:x?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_loads_a_stock_larger_than_one_append() {
+    // Proves that a new cluster whose config's stock is one transaction larger than raft-rs's
+    // usual append (250 000 cells: several MiB in one record) replicates it: the first leader
+    // serves within the bound, an order is answered, and the replicas' logs replay alike.
+    let mut cluster = Cluster::start_sampled("cluster-big-stock", 50_000).await;
+    cluster.leader(Duration::from_secs(60)).await;
+    let (decision, _) = cluster.submit(&order(0), Duration::from_secs(20)).await;
+    assert!(matches!(
+        decision,
+        Decision::Routed { .. } | Decision::Rejected { .. }
+    ));
+    cluster.wait_caught_up(Duration::from_secs(30)).await;
+    let (_, digests) = cluster.stop_and_digest().await;
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:x?}");
+}

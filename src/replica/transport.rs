@@ -53,11 +53,14 @@ pub const ALPN: &[u8] = b"omniroute-raft/1";
 /// Bytes of a frame's length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
 
-/// The longest frame body read from a peer: raft-rs's `max_size_per_msg`
-/// (1 MiB, `driver::config`) bounds the entries of one append, and 64 KiB
-/// more covers the message's own fields. A longer length closes the
-/// connection before anything is allocated; a longer message is not sent.
-pub const MAX_FRAME_BYTES: usize = (1 << 20) + (64 << 10);
+/// The longest frame body read from a peer. raft-rs's `max_size_per_msg`
+/// (1 MiB, `driver::config`) bounds the entries of one append, but always
+/// lets one entry through whole, and an entry may be one record of up to
+/// `MAX_RECORD_PAYLOAD_BYTES` (a large stock feed's transaction): 2 MiB
+/// more covers the entry's other records and the message's own fields. A
+/// longer length closes the connection before anything is allocated; a
+/// longer message is not sent. It streams through the receive windows.
+pub const MAX_FRAME_BYTES: usize = crate::journal::record::MAX_RECORD_PAYLOAD_BYTES + (2 << 20);
 
 /// Messages one peer's queue holds on each of its two streams: a leader
 /// sends at most `max_inflight_msgs` (256) appends to a follower plus a
@@ -65,10 +68,10 @@ pub const MAX_FRAME_BYTES: usize = (1 << 20) + (64 << 10);
 /// reading, and then dropping is right.
 pub const PEER_QUEUE_MESSAGES: usize = 4096;
 
-/// Bytes one peer's queue holds, both streams together: 32 largest
-/// appends. Without it 4096 queued appends could hold 4 GiB for a peer
-/// that is down.
-pub const PEER_QUEUE_BYTES: usize = 32 << 20;
+/// Bytes one peer's queue holds, both streams together: two of the
+/// largest frames, or 64 appends of the usual 1 MiB. Without it 4096
+/// queued appends could hold 4 GiB for a peer that is down.
+pub const PEER_QUEUE_BYTES: usize = 2 * MAX_FRAME_BYTES;
 
 /// Streams a peer may have open on a connection to us: its `control` and
 /// `append` streams, and room for a pair it opens again after a reset while
@@ -91,9 +94,10 @@ pub const PEER_IDLE_TIMEOUT_MS: u64 = 2_000;
 /// in a row do not close a live connection.
 pub const PEER_KEEP_ALIVE_MS: u64 = 500;
 
-/// Bytes a peer may send on one stream ahead of our reading: two largest
-/// frames, so a frame never waits a round trip for window.
-pub const PEER_STREAM_RECEIVE_WINDOW_BYTES: u32 = 2 * MAX_FRAME_BYTES as u32;
+/// Bytes a peer may send on one stream ahead of our reading: four usual
+/// appends (1 MiB), so one never waits a round trip for window; a larger
+/// frame streams through it as it is read.
+pub const PEER_STREAM_RECEIVE_WINDOW_BYTES: u32 = 4 << 20;
 
 /// Bytes a peer may send on a connection ahead of our reading, all streams.
 pub const PEER_RECEIVE_WINDOW_BYTES: u32 = 8 << 20;

@@ -81,16 +81,22 @@ impl Cluster {
     /// Writes certificates and a config per replica (the fixture network,
     /// channel web, `stock`), and starts every replica.
     pub async fn start(name: &str, stock_entries: &[(&str, &str, u32)]) -> Cluster {
-        Cluster::start_with(name, stock_entries, false).await
+        Cluster::start_with(name, &stock(stock_entries), false).await
+    }
+
+    /// [`Cluster::start`] with `[sample_stock]` for `skus` SKUs instead.
+    pub async fn start_sampled(name: &str, skus: usize) -> Cluster {
+        let sampled = format!("[sample_stock]\nskus = {skus}\n");
+        Cluster::start_with(name, &sampled, false).await
     }
 
     /// [`Cluster::start`] with each replica's replication traffic to each
     /// peer through a [`Relay`] the test can cut.
     pub async fn start_relayed(name: &str, stock_entries: &[(&str, &str, u32)]) -> Cluster {
-        Cluster::start_with(name, stock_entries, true).await
+        Cluster::start_with(name, &stock(stock_entries), true).await
     }
 
-    async fn start_with(name: &str, stock_entries: &[(&str, &str, u32)], relayed: bool) -> Cluster {
+    async fn start_with(name: &str, stock_text: &str, relayed: bool) -> Cluster {
         let dir = TempDir::new(name);
         let ids = vec![1, 2, 3];
         let certs = dir.0.join("certs");
@@ -127,7 +133,7 @@ impl Cluster {
                  [cluster]\nid = {id}\ncerts_dir = {:?}\nreplicas = [\n{}\n]\n",
                 channel("web", &["nearest"]),
                 channel("c", &["nearest"]),
-                stock(stock_entries),
+                stock_text,
                 certs.display().to_string(),
                 replicas.join("\n")
             );

@@ -41,6 +41,7 @@ pub async fn serve(config: ValidConfig, cluster: ClusterSettings) -> Result<(), 
     let started = Instant::now();
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
     let replica = omniroute::cluster::start(&config, &cluster)
         .await
         .map_err(|e| e.to_string())?;
@@ -71,10 +72,16 @@ pub async fn serve(config: ValidConfig, cluster: ClusterSettings) -> Result<(), 
         replica.server.fingerprint
     );
     let mut failed = replica.failed.clone();
-    let failure = tokio::select! {
-        _ = term.recv() => None,
-        _ = interrupt.recv() => None,
-        reason = failed.wait_for(Option::is_some) => reason.ok().and_then(|r| r.clone()),
+    let failure = loop {
+        tokio::select! {
+            _ = term.recv() => break None,
+            _ = interrupt.recv() => break None,
+            reason = failed.wait_for(Option::is_some) => break reason.ok().and_then(|r| r.clone()),
+            // Not the default disposition (which would kill the replica).
+            _ = hangup.recv() => println!(
+                "policy reload refused: a replica does not reload its policies yet (restart the replicas one at a time with the new config)"
+            ),
+        }
     };
     println!("shutting down");
     replica.shutdown().await;
