@@ -155,3 +155,63 @@ async fn the_cluster_client_follows_the_leader_across_a_sigkill() {
     eprintln!("ClusterClient failover (kill to the next decision): {failover:?}");
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_given_every_replica_submits_to_the_leader() {
+    // Proves `omniroute order submit --addr a,b,c` reaches the replica that leads whichever
+    // address comes first (the first is a follower's here: a follower answers NotLeader), with
+    // one CA file holding every replica's certificate; and that the order it routed is the
+    // decision a resubmission of the same client order id gets from the cluster.
+    let cluster = Cluster::start("cluster-cli", &[("SKU-1", "WH-N", STOCK)]).await;
+    let (_, leader) = cluster.submit(&order(0), Duration::from_secs(20)).await;
+    // The leader last, so that the command starts at a follower.
+    let mut ids: Vec<u64> = cluster
+        .ids
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    ids.push(leader);
+    let addrs: Vec<String> = ids
+        .iter()
+        .map(|&id| cluster.client_addr(id).to_string())
+        .collect();
+    let ca = cluster.dir.0.join("every-replica.pem");
+    let omniroute_client::Trust::CaPem(pem) = cluster.trust() else {
+        unreachable!("the cluster's trust is PEM")
+    };
+    std::fs::write(&ca, pem).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+        .args(["order", "submit", "--channel", "web", "--id", "o-cli"])
+        .args([
+            "--line",
+            "SKU-1:2",
+            "--ship-to",
+            "50.0,10.0",
+            "--addr",
+            &addrs.join(","),
+        ])
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--token", CHANNEL_WEB_TOKEN])
+        .output()
+        .await
+        .expect("the command runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    let cli_order = omniroute_client::order("web", "o-cli", 50.0, 10.0, &[("SKU-1", 2)]);
+    let (decision, by) = cluster.submit(&cli_order, Duration::from_secs(20)).await;
+    assert_eq!(by, leader);
+    let Decision::Routed { order_id, .. } = decision else {
+        panic!("the command's order was not routed: {decision:?}\n{stdout}")
+    };
+    assert!(
+        stdout.contains(&format!("routed: order {order_id},")),
+        "{stdout}"
+    );
+}
