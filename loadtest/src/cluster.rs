@@ -26,6 +26,8 @@ use crate::leader::Deciders;
 const START_TIMEOUT_S: u64 = 60;
 /// How long a replica may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT_S: u64 = 20;
+/// Lines of a replica's log shown when something went wrong.
+const LOG_TAIL_LINES: usize = 30;
 /// How long the killer looks for a leader before it skips a round.
 const FIND_LEADER_TIMEOUT_MS: u64 = 5_000;
 /// SKUs of the replicas' sample stock (the embedded config's 10 000 do
@@ -380,13 +382,19 @@ impl SpawnedCluster {
         }
         for (id, replica) in running.iter_mut() {
             let wait = replica.child.wait();
-            if tokio::time::timeout(Duration::from_secs(STOP_TIMEOUT_S), wait)
-                .await
-                .is_err()
-            {
-                println!("replica {id} did not stop within {STOP_TIMEOUT_S} s of SIGTERM; killed");
-                let _ = replica.child.start_kill();
-                let _ = replica.child.wait().await;
+            match tokio::time::timeout(Duration::from_secs(STOP_TIMEOUT_S), wait).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(status) => println!(
+                    "replica {id} stopped after SIGTERM with {status:?}:\n{}",
+                    self.log_tail(*id)
+                ),
+                Err(_) => {
+                    println!(
+                        "replica {id} did not stop within {STOP_TIMEOUT_S} s of SIGTERM; killed"
+                    );
+                    let _ = replica.child.start_kill();
+                    let _ = replica.child.wait().await;
+                }
             }
         }
         running.clear();
@@ -399,6 +407,15 @@ impl SpawnedCluster {
             .iter()
             .map(|spec| (spec.id, replica_digest(&spec.config)))
             .collect()
+    }
+
+    /// The last lines of replica `id`'s log (its stderr, kept across
+    /// restarts), for a run that failed.
+    pub(crate) fn log_tail(&self, id: u64) -> String {
+        let path = self.dir.join(format!("replica-{id}.log"));
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
     /// Kills what still runs (SIGKILL) and removes the directory.

@@ -269,8 +269,19 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         None => None,
     };
     let outcome = run_on(args, &scenario, spawned, cluster.clone()).await;
-    // Whatever the run came to, nothing of the cluster is left running.
+    // Whatever the run came to, nothing of the cluster is left running;
+    // a run that failed shows the replicas' last words first.
     if let Some(cluster) = cluster {
+        if outcome.is_err() {
+            for spec in &cluster.replicas {
+                eprintln!(
+                    "--- replica {} ({})\n{}",
+                    spec.id,
+                    spec.client,
+                    cluster.log_tail(spec.id)
+                );
+            }
+        }
         cluster.remove().await;
     }
     outcome
