@@ -134,7 +134,7 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
     Ok(resolved)
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum OrderCommand {
     /// Route an order: `--line SKU:QTY` (repeat), `--ship-to LAT,LON`.
     Submit {
@@ -213,7 +213,7 @@ pub enum OrderCommand {
 }
 
 /// An order by its key.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct OrderRef {
     /// The order's sales channel.
     #[arg(long)]
@@ -245,7 +245,7 @@ async fn until_ctrl_c(
     }
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum StockCommand {
     /// Set on-hand counts: `SKU@NODE=UNITS` ...
     Set {
@@ -274,7 +274,7 @@ pub enum StockCommand {
 
 /// Units of one SKU of an order at a node: what `node ship` and `node
 /// return` move.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct OrderUnits {
     /// The node the units are at.
     node: String,
@@ -288,7 +288,7 @@ pub struct OrderUnits {
     qty: u32,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum NodeCommand {
     /// Ship units of an order's allocation at this node.
     Ship(OrderUnits),
@@ -453,6 +453,44 @@ pub async fn connect(args: &ConnectArgs) -> Result<Arc<Client>, CliError> {
     }
 }
 
+/// Runs `command` on a connection from [`connect`]. With a cluster's
+/// addresses, runs it again on the leader found anew when the replica
+/// answered that it stopped leading first (`NotLeader`, `Unavailable`:
+/// nothing was done there, so running it again is safe whatever it does),
+/// for at most `omniroute_client::FOLLOW_TIMEOUT_MS`.
+async fn on_leader<F, Fut>(args: &ConnectArgs, mut command: F) -> Result<(), CliError>
+where
+    F: FnMut(Arc<Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
+{
+    let follow = Duration::from_millis(omniroute_client::FOLLOW_TIMEOUT_MS);
+    let deadline = std::time::Instant::now() + follow;
+    loop {
+        let client = connect(args).await?;
+        let result = command(client.clone()).await;
+        disconnect(client).await;
+        match &result {
+            Err(CliError::Daemon(message))
+                if args.addr.resolved.len() > 1
+                    && not_decided_here(message)
+                    && std::time::Instant::now() < deadline =>
+            {
+                let pause = omniroute_client::NO_LEADER_PAUSE_MS;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            _ => return result,
+        }
+    }
+}
+
+/// Whether an error message carries a replica's `NotLeader` or
+/// `Unavailable` answer (`ClientError::Server` as text).
+fn not_decided_here(message: &str) -> bool {
+    [ErrorCode::NotLeader, ErrorCode::Unavailable]
+        .iter()
+        .any(|&code| message.contains(&format!("server error {}: ", code as u16)))
+}
+
 /// Closes the connection `connect` opened.
 async fn disconnect(client: Arc<Client>) {
     if let Ok(client) = Arc::try_unwrap(client) {
@@ -545,10 +583,11 @@ fn print_allocations(view: &OrderView) {
 }
 
 pub async fn order(args: &ConnectArgs, command: OrderCommand) -> Result<(), CliError> {
-    let client = connect(args).await?;
-    let result = order_on(&client, command).await;
-    disconnect(client).await;
-    result
+    on_leader(args, |client| {
+        let command = command.clone();
+        async move { order_on(&client, command).await }
+    })
+    .await
 }
 
 async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError> {
@@ -695,10 +734,11 @@ async fn list(client: &Client, mut query: OrderQuery, all: bool) -> Result<(), C
 }
 
 pub async fn stock(args: &ConnectArgs, command: StockCommand) -> Result<(), CliError> {
-    let client = connect(args).await?;
-    let result = stock_on(&client, command).await;
-    disconnect(client).await;
-    result
+    on_leader(args, |client| {
+        let command = command.clone();
+        async move { stock_on(&client, command).await }
+    })
+    .await
 }
 
 async fn stock_on(client: &Client, command: StockCommand) -> Result<(), CliError> {
@@ -808,10 +848,11 @@ pub async fn availability(
 }
 
 pub async fn node(args: &ConnectArgs, command: NodeCommand) -> Result<(), CliError> {
-    let client = connect(args).await?;
-    let result = node_on(&client, command).await;
-    disconnect(client).await;
-    result
+    on_leader(args, |client| {
+        let command = command.clone();
+        async move { node_on(&client, command).await }
+    })
+    .await
 }
 
 async fn node_on(client: &Client, command: NodeCommand) -> Result<(), CliError> {
@@ -888,4 +929,42 @@ async fn subscribe(client: &Client, node: &str, from: u64) -> Result<(), CliErro
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_that_decided_nothing_run_a_command_again() {
+        // Proves the command line runs a command again on the new leader only for a
+        // replica's NotLeader or Unavailable answer (with or without a leader named), never
+        // for a lost connection, whose request may have been applied, nor for another code.
+        let error = |code: ErrorCode, message: &str| {
+            omniroute_client::ClientError::Server {
+                code: code as u16,
+                message: message.into(),
+            }
+            .to_string()
+        };
+        assert!(not_decided_here(&error(
+            ErrorCode::NotLeader,
+            "127.0.0.1:4433"
+        )));
+        assert!(not_decided_here(&error(ErrorCode::NotLeader, "")));
+        assert!(not_decided_here(&format!(
+            "SKU-1: {}",
+            error(ErrorCode::Unavailable, "disk full")
+        )));
+        assert!(!not_decided_here(&error(ErrorCode::UnknownSku, "SKU-9")));
+        let lost =
+            omniroute_client::ClientError::Closed("the stream ended before the answer".into());
+        assert!(!not_decided_here(&lost.to_string()));
+        let addr = parse_addr("127.0.0.1:1, 127.0.0.1:2").expect("two addresses");
+        assert_eq!(addr.resolved.len(), 2);
+        assert_eq!(
+            addr.to_string(),
+            "127.0.0.1:1, 127.0.0.1:2 (127.0.0.1:1,127.0.0.1:2)"
+        );
+    }
 }
