@@ -3,9 +3,12 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
+use common::CHANNEL_WEB_TOKEN;
+use omniroute_client::ClusterClient;
 use omniroute_protocol::Decision;
 
 /// Units of SKU-1 in the cluster's stock: fewer than the orders for it.
@@ -174,4 +177,155 @@ async fn a_new_cluster_loads_a_stock_larger_than_one_append() {
     cluster.wait_caught_up(Duration::from_secs(30)).await;
     let (_, digests) = cluster.stop_and_digest().await;
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:x?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_client_follows_the_leader_across_a_sigkill() {
+    // Proves the Rust ClusterClient, given all three replicas' addresses, sends every call to
+    // the replica that leads: it submits before the leader is SIGKILLed, across the failover
+    // (moving on from the dead replica's silent port to the new leader, resending with the
+    // same client order ids) and after the killed replica rejoined; every answered order is
+    // answered alike again and read back by its id with the allocations it was answered with,
+    // and no more units are routed than were stocked.
+    let mut cluster = Cluster::start(
+        "cluster-client-follows",
+        &[("SKU-1", "WH-N", STOCK / 2), ("SKU-1", "WH-S", STOCK / 2)],
+    )
+    .await;
+    let addrs: Vec<SocketAddr> = cluster
+        .ids
+        .iter()
+        .map(|&id| cluster.client_addr(id))
+        .collect();
+    let client = ClusterClient::connect(addrs, "localhost", cluster.trust(), CHANNEL_WEB_TOKEN)
+        .await
+        .unwrap_or_else(|e| panic!("the client finds the leader: {e}\n{}", cluster.logs()));
+    let mut answered: BTreeMap<usize, Decision> = BTreeMap::new();
+    let submit = |i: usize| {
+        let client = &client;
+        async move {
+            match client.submit(order(i)).await {
+                Ok(decision) => decision,
+                Err(e) => panic!("order o-{i} not decided: {e}"),
+            }
+        }
+    };
+    for i in 0..20 {
+        answered.insert(i, submit(i).await);
+    }
+    let leader_addr = client.believed_leader();
+    let leader = *cluster
+        .ids
+        .iter()
+        .find(|&&id| cluster.client_addr(id) == leader_addr)
+        .expect("the client believes a replica leads");
+    cluster.kill(leader).await;
+    let killed = Instant::now();
+    answered.insert(20, submit(20).await);
+    let failover = killed.elapsed();
+    assert_ne!(
+        client.believed_leader(),
+        leader_addr,
+        "a killed replica answered"
+    );
+    for i in 21..40 {
+        answered.insert(i, submit(i).await);
+    }
+    cluster.start_replica(leader).await;
+    for i in 40..90 {
+        answered.insert(i, submit(i).await);
+    }
+    let mut routed = 0;
+    for (i, decision) in &answered {
+        assert_eq!(
+            &submit(*i).await,
+            decision,
+            "order o-{i} was answered differently before"
+        );
+        if let Decision::Routed {
+            order_id,
+            allocations,
+            ..
+        } = decision
+        {
+            routed += allocations.iter().map(|a| a.qty).sum::<u32>();
+            let view = client
+                .get_order_by_id("web", *order_id)
+                .await
+                .unwrap_or_else(|e| panic!("order o-{i} read back: {e}"));
+            let held: Vec<_> = view
+                .allocations
+                .iter()
+                .map(|a| (&a.sku, &a.node, a.open))
+                .collect();
+            let told: Vec<_> = allocations
+                .iter()
+                .map(|a| (&a.sku, &a.node, a.qty))
+                .collect();
+            assert_eq!(held, told, "order o-{i} holds other units than it was told");
+        }
+    }
+    assert_eq!(routed, STOCK, "every unit sold once, none twice");
+    eprintln!("ClusterClient failover (kill to the next decision): {failover:?}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_given_every_replica_submits_to_the_leader() {
+    // Proves `omniroute order submit --addr a,b,c` reaches the replica that leads whichever
+    // address comes first (the first is a follower's here: a follower answers NotLeader), with
+    // one CA file holding every replica's certificate; and that the order it routed is the
+    // decision a resubmission of the same client order id gets from the cluster.
+    let cluster = Cluster::start("cluster-cli", &[("SKU-1", "WH-N", STOCK)]).await;
+    let (_, leader) = cluster.submit(&order(0), Duration::from_secs(20)).await;
+    // The leader last, so that the command starts at a follower.
+    let mut ids: Vec<u64> = cluster
+        .ids
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .collect();
+    ids.push(leader);
+    let addrs: Vec<String> = ids
+        .iter()
+        .map(|&id| cluster.client_addr(id).to_string())
+        .collect();
+    let ca = cluster.dir.0.join("every-replica.pem");
+    let omniroute_client::Trust::CaPem(pem) = cluster.trust() else {
+        unreachable!("the cluster's trust is PEM")
+    };
+    std::fs::write(&ca, pem).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
+        .args(["order", "submit", "--channel", "web", "--id", "o-cli"])
+        .args([
+            "--line",
+            "SKU-1:2",
+            "--ship-to",
+            "50.0,10.0",
+            "--addr",
+            &addrs.join(","),
+        ])
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--token", CHANNEL_WEB_TOKEN])
+        .output()
+        .await
+        .expect("the command runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    let cli_order = omniroute_client::order("web", "o-cli", 50.0, 10.0, &[("SKU-1", 2)]);
+    let (decision, by) = cluster.submit(&cli_order, Duration::from_secs(20)).await;
+    assert_eq!(by, leader);
+    let Decision::Routed { order_id, .. } = decision else {
+        panic!("the command's order was not routed: {decision:?}\n{stdout}")
+    };
+    assert!(
+        stdout.contains(&format!("routed: order {order_id},")),
+        "{stdout}"
+    );
 }

@@ -6,6 +6,10 @@
 //! that issues many calls concurrently (e.g. `join_all`) pipelines them on
 //! the stream; answers are matched to calls by request id, in any order.
 //!
+//! A [`ClusterClient`] holds the addresses of a cluster's replicas and
+//! sends each call to the one that leads, following `NotLeader` answers and
+//! lost replicas (see its module).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), omniroute_client::ClientError> {
 //! use omniroute_client::{Client, Trust};
@@ -16,6 +20,7 @@
 //! ```
 
 mod batcher;
+mod cluster;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +28,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use cluster::{
+    is_follow, resend_is_safe, ClusterClient, ANSWER_TIMEOUT_MS, CONNECT_TIMEOUT_MS,
+    FOLLOW_TIMEOUT_MS, NO_LEADER_PAUSE_MS,
+};
 pub use omniroute_protocol as protocol;
 use omniroute_protocol::{check_frame, split_frame, Request, Response, ALPN, PROTOCOL_VERSION};
 pub use omniroute_protocol::{

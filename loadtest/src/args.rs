@@ -29,9 +29,17 @@ pub(crate) struct Args {
     /// restock-storm, node-outage, soak) or a scenario file.
     #[arg(long, default_value = "flash-sale")]
     pub(super) scenario: String,
-    /// Daemon address (ignored with --spawn-server).
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    pub(super) target: SocketAddr,
+    /// Daemon address (ignored with --spawn-server), or a cluster's
+    /// replicas' addresses comma-separated (`a,b,c`): with more than one
+    /// the orders follow the leader.
+    #[arg(
+        long,
+        visible_alias = "addr",
+        default_value = "127.0.0.1:4433",
+        value_delimiter = ',',
+        num_args = 1
+    )]
+    pub(super) target: Vec<SocketAddr>,
     /// Token the orders are sent with.
     #[arg(long, default_value = "dev-admin-token")]
     pub(super) token: String,
@@ -52,6 +60,18 @@ pub(crate) struct Args {
     /// Start a daemon on a temporary data directory, in a child process, and stop it at the end.
     #[arg(long)]
     pub(super) spawn_server: bool,
+    /// Start a cluster of this many replicas on loopback, in child
+    /// processes on temporary directories (certificates, free ports, the
+    /// embedded config's network and stock, durability fsync), drive it
+    /// following its leader, audit that every replica ends equal, and stop
+    /// them at the end.
+    #[arg(long, conflicts_with = "spawn_server", value_parser = clap::value_parser!(u64).range(1..=7))]
+    pub(super) spawn_cluster: Option<u64>,
+    /// With --spawn-cluster: SIGKILL the leader this often (and restart it
+    /// on its directory at once); the report gives each failover, from the
+    /// kill to the first order another replica decided.
+    #[arg(long, requires = "spawn_cluster", value_parser = parse_duration)]
+    pub(super) kill_leader_every: Option<Duration>,
     /// Write the measured latency intervals as an HdrHistogram log here.
     #[arg(long)]
     pub(super) hlog: Option<PathBuf>,
@@ -137,6 +157,10 @@ pub(crate) struct Args {
     /// and collector; the scheduler has a thread of its own).
     #[arg(long, default_value_t = 1)]
     pub(super) generator_threads: usize,
+    /// Internal: run a replica for --spawn-cluster in this process, on
+    /// this config.
+    #[arg(long, hide = true)]
+    pub(super) serve_replica: Option<PathBuf>,
     /// Internal: run the daemon for --spawn-server in this process.
     #[arg(long, hide = true)]
     pub(super) serve_child: Option<PathBuf>,

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use omniroute_client::protocol::{order_states, ErrorCode};
-use omniroute_client::{Client, ClientError};
+use omniroute_client::ClientError;
 use omniroute_loadtest::{Audit, Cell, Scenario};
 
+use crate::admin::Admin;
 use crate::drive;
 
 /// Orders asked back per batch in the missing-order audit.
@@ -16,7 +17,7 @@ pub(crate) const AUDIT_BATCH: usize = 4096;
 /// The stock the audit counts from: the scenario's own, or, when it sets
 /// none, each of its SKUs' ATP at the daemon before the run.
 pub(crate) async fn starting_stock(
-    admin: &Client,
+    admin: &Admin,
     scenario: &Scenario,
 ) -> Result<BTreeMap<Cell, u64>, String> {
     let mut starting = BTreeMap::new();
@@ -38,7 +39,7 @@ pub(crate) async fn starting_stock(
 
 /// Each SKU's ATP per node at the daemon, into `into`.
 pub(crate) async fn read_atp(
-    admin: &Client,
+    admin: &Admin,
     skus: &[String],
     into: &mut BTreeMap<Cell, u64>,
 ) -> Result<(), String> {
@@ -71,6 +72,9 @@ pub(crate) struct ReadBack {
     /// Closed and retired (`[orders] retention_ms`) by the time they were
     /// read: counted from what their acknowledged follow-ups did.
     pub(super) archived: u64,
+    /// Found, but with other allocations than the answer gave (checked
+    /// with `RunOrders::compare_allocations`).
+    pub(super) allocation_mismatches: u64,
 }
 
 /// Reads every routed order back, then every SKU's ATP, into `audit`. A
@@ -78,7 +82,7 @@ pub(crate) struct ReadBack {
 /// not one, so a mismatch is read again (from the audit as the run left
 /// it), at most `AUDIT_READS` times, a hold's length apart at most.
 pub(crate) async fn read_back_settled(
-    admin: &Client,
+    admin: &Admin,
     orders: &RunOrders<'_>,
     run: Audit,
 ) -> Result<(Audit, ReadBack), String> {
@@ -120,6 +124,10 @@ pub(crate) struct RunOrders<'a> {
     /// What each order was told, by request id (when kept).
     pub(super) promises: &'a std::collections::HashMap<u64, Vec<(String, String, u32)>>,
     pub(super) endings: &'a drive::Endings,
+    /// Check each order's allocations against what it was told (a
+    /// cluster's run: a failover must not change an answered decision).
+    /// Only where nothing re-routes orders (no node events).
+    pub(super) compare_allocations: bool,
 }
 
 /// Asks the daemon for every routed order: how many it does not know, what
@@ -127,7 +135,7 @@ pub(crate) struct RunOrders<'a> {
 /// the units it took back from what each order was told: expired with
 /// its hold, or taken back otherwise.
 pub(crate) async fn read_back_orders(
-    admin: &Client,
+    admin: &Admin,
     orders: &RunOrders<'_>,
     audit: &mut Audit,
 ) -> ReadBack {
@@ -162,6 +170,17 @@ pub(crate) async fn read_back_orders(
                     found.missing += 1;
                 }
                 Ok(view) => {
+                    if orders.compare_allocations
+                        && !same_allocations(&view, promises.get(id).map_or(&[], |p| p))
+                    {
+                        println!(
+                            "audit: order {} ({prefix}{id}) holds {:?}, answered {:?}",
+                            view.order_id,
+                            view.allocations,
+                            promises.get(id)
+                        );
+                        found.allocation_mismatches += 1;
+                    }
                     let expired = view.state == order_states::EXPIRED;
                     if expired && view.expires_at_ms > read_at_ms {
                         found.early_expiries += 1;
@@ -193,6 +212,27 @@ pub(crate) async fn read_back_orders(
         }
     }
     found
+}
+
+/// Whether `view` holds what the order was told: the same (SKU, node)
+/// pairs and, while its units are not given back (expired, cancelled),
+/// the same units of each.
+fn same_allocations(view: &omniroute_client::OrderView, told: &[(String, String, u32)]) -> bool {
+    let mut held: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for a in &view.allocations {
+        let units = u64::from(a.open) + u64::from(a.shipped) + u64::from(a.returned);
+        *held.entry((a.sku.as_str(), a.node.as_str())).or_default() += units;
+    }
+    let mut answered: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (sku, node, qty) in told {
+        *answered.entry((sku.as_str(), node.as_str())).or_default() += u64::from(*qty);
+    }
+    let given_back = view.state == order_states::EXPIRED || view.state == order_states::CANCELLED;
+    if given_back {
+        held.is_empty() || held.keys().eq(answered.keys())
+    } else {
+        held == answered
+    }
 }
 
 /// Counts an archived order (closed, retired) by its follow-ups: what

@@ -5,18 +5,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omniroute_client::{Client, ClientError, StockAdjust};
+use omniroute_client::{ClientError, StockAdjust};
 use omniroute_loadtest::{Cell, Scenario};
 use rand::{Rng, SeedableRng};
 
 use super::orders::Orders;
+use crate::admin::Admin;
 use crate::drive::OrderSource;
 
 /// The scenario's feed: restocks at a constant rate over its stock cells,
 /// until `stop`. Returns the units acknowledged per cell and the requests
 /// refused.
 pub(crate) async fn feed(
-    admin: Arc<Client>,
+    admin: Arc<Admin>,
     scenario: Scenario,
     starting: BTreeMap<Cell, u64>,
     seed: u64,
@@ -115,7 +116,7 @@ impl FeedCells {
 
 /// The scenario's node events, `delay` plus each event's time from now.
 pub(crate) async fn node_events(
-    admin: Arc<Client>,
+    admin: Arc<Admin>,
     scenario: Scenario,
     delay: Duration,
 ) -> (u64, Vec<NodeEventDone>) {

@@ -22,8 +22,8 @@ pub use seconds::{PhaseSeconds, SecondBin};
 pub use snapshot_stalls::snapshot_stalls;
 pub use stock_audit::{Audit, Cell, ANY_NODE};
 pub use summary::{
-    ratio, MeasuredStep, OverTime, RunEvent, RunInfo, Second, SnapshotStall, StatusStream, Summary,
-    ThresholdResult, WholeRun, SUSTAINED_FRACTION,
+    ratio, ClusterRun, Failover, MeasuredStep, OverTime, RunEvent, RunInfo, Second, SnapshotStall,
+    StatusStream, Summary, ThresholdResult, WholeRun, SUSTAINED_FRACTION,
 };
 pub use threshold::Threshold;
 

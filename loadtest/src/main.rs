@@ -6,13 +6,16 @@
 //! At the end the generator audits the stock it set against what buyers
 //! were told, and asks the daemon for every routed order.
 
+mod admin;
 mod args;
 mod audit;
 mod builtin;
+mod cluster;
 mod cpu;
 mod drive;
 mod feed;
 mod follow;
+mod leader;
 mod orders;
 mod output;
 mod redis;
@@ -35,6 +38,17 @@ fn main() -> std::process::ExitCode {
     // The generator's own tail as well as the spawned daemon's.
     omniroute::memory::disable_transparent_huge_pages();
     let args = Args::parse();
+    if let Some(config) = &args.serve_replica {
+        let runtime = omniroute::server::runtime(spawn::worker_threads(args.server_threads))
+            .expect("tokio runtime");
+        return match runtime.block_on(cluster::serve_replica(config)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("omniroute-loadtest replica: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(data_dir) = &args.serve_child {
         let runtime = omniroute::server::runtime(spawn::worker_threads(args.server_threads))
             .expect("tokio runtime");

@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 all held; 1 the run failed; 3 the audit found a wrong
 //! answer (oversold, missing, mismatched, early expiry, a status stream
-//! not exact); 4 a `--threshold` was missed.
+//! not exact, a cluster's answered order lost or its replicas unequal); 4 a `--threshold` was missed.
 
 use std::process::ExitCode;
 
@@ -56,6 +56,10 @@ fn exact(summary: &Summary) -> bool {
         && summary.whole_run.missing_orders == 0
         && summary.whole_run.stock_mismatch_units == 0
         && summary.whole_run.early_expiries == 0
+        && summary
+            .cluster
+            .as_ref()
+            .is_none_or(|c| c.lost_orders == 0 && c.replicas_equal != Some(false))
         && summary
             .whole_run
             .status_stream

@@ -73,6 +73,50 @@ pub(crate) fn print(summary: &Summary) {
     if let Some(ms) = summary.restart_ms {
         println!("{t}: restart after kill -9: listening in {ms:.0} ms");
     }
+    if let Some(cluster) = &summary.cluster {
+        print_cluster(t, cluster);
+    }
+}
+
+/// The failovers and the cluster's audit, one line each.
+fn print_cluster(t: &str, cluster: &omniroute_loadtest::ClusterRun) {
+    println!("{t}: cluster of {}", cluster.replicas.join(", "));
+    for (i, failover) in cluster.failovers.iter().enumerate() {
+        let took = failover
+            .failover_ms
+            .map_or("no decision after it".to_string(), |ms| {
+                format!("{ms:.0} ms")
+            });
+        println!(
+            "{t}: failover {}: leader {} SIGKILLed at {:.1} s; the next order decided by another replica after {took} (it listened again after {:.0} ms)",
+            i + 1,
+            failover.replica,
+            failover.at_s,
+            failover.restart_ms
+        );
+    }
+    let ms = |v: Option<f64>| v.map_or("none".to_string(), |ms| format!("{ms:.0}"));
+    if !cluster.failovers.is_empty() {
+        println!(
+            "{t}: failovers={} failover_p50_ms={} failover_max_ms={}",
+            cluster.failovers.len(),
+            ms(cluster.failover_p50_ms),
+            ms(cluster.failover_max_ms)
+        );
+    }
+    println!(
+        "{t}: lost_orders={} (answered routed, not held alike by the final leader; {} with other allocations)",
+        cluster.lost_orders, cluster.allocation_mismatches
+    );
+    let equal = match cluster.replicas_equal {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "not compared",
+    };
+    println!(
+        "{t}: replicas_equal={equal} ({})",
+        cluster.digests.join("; ")
+    );
 }
 
 /// Each measured step's seconds that held a snapshot against the step's

@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omniroute_client::{Client, StockSet, Trust};
-use omniroute_loadtest::{ratio, Audit, Cell, Scenario, Summary};
+use omniroute_client::{Client, ClusterClient, StockSet, Trust};
+use omniroute_loadtest::{ratio, Audit, Cell, ClusterRun, Scenario, Summary};
 use tokio::sync::{mpsc, oneshot};
 
+use super::admin::Admin;
 use super::args::Args;
 use super::audit::{read_back_settled, starting_stock, ReadBack, RunOrders};
 use super::builtin::read_scenario;
+use super::cluster::{Killer, SpawnedCluster};
 use super::cpu::CpuSample;
 use super::feed::{feed, node_events, NodeEventDone};
 use super::follow::{Endpoint, Follower};
@@ -24,6 +26,7 @@ use super::spawn::{
     kill_and_restart, rss_growth_second_half_percent, sample_rss, spawn_server, Spawned,
 };
 use crate::drive::{Collector, Event, FollowUps, Interval, RunResult};
+use crate::leader::{self, Deciders};
 use crate::scrape::Scraper;
 use crate::sinks::Sink;
 use crate::timeline::Timeline;
@@ -253,12 +256,45 @@ pub(crate) fn seed() -> u64 {
 
 pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     let scenario = read_scenario(&args.scenario)?;
+    if args.follow && (args.spawn_cluster.is_some() || args.target.len() > 1) {
+        return Err("--follow follows one daemon: not with a cluster".into());
+    }
     let spawned = if args.spawn_server {
         Some(spawn_server(args, None).await?)
     } else {
         None
     };
-    let (target, admin, clients) = connect(args, spawned.as_ref()).await?;
+    let cluster = match args.spawn_cluster {
+        Some(count) => Some(Arc::new(SpawnedCluster::start(args, count).await?)),
+        None => None,
+    };
+    let outcome = run_on(args, &scenario, spawned, cluster.clone()).await;
+    // Whatever the run came to, nothing of the cluster is left running;
+    // a run that failed shows the replicas' last words first.
+    if let Some(cluster) = cluster {
+        if outcome.is_err() {
+            for spec in &cluster.replicas {
+                eprintln!(
+                    "--- replica {} ({})\n{}",
+                    spec.id,
+                    spec.client,
+                    cluster.log_tail(spec.id)
+                );
+            }
+        }
+        cluster.remove().await;
+    }
+    outcome
+}
+
+async fn run_on(
+    args: &Args,
+    scenario: &Scenario,
+    spawned: Option<Spawned>,
+    cluster: Option<Arc<SpawnedCluster>>,
+) -> Result<Outcome, String> {
+    let (target, admin, drivers) = connect(args, spawned.as_ref(), cluster.as_deref()).await?;
+    let scenario = scenario.clone();
     set_scenario_stock(&admin, &scenario).await?;
     let starting = starting_stock(&admin, &scenario).await?;
     println!(
@@ -267,7 +303,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         args.rate,
         args.duration,
         args.warmup,
-        clients.len(),
+        args.connections.max(1),
         if args.find_max {
             ", stepping the rate up"
         } else {
@@ -278,9 +314,9 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     let prefix = format!("lt-{seed}-");
     let beside = Beside::start(args, &scenario, &admin, &starting, seed, spawned.as_ref())?;
     let follower = args.follow.then(|| {
-        let (target, trust) = endpoint(args, spawned.as_ref());
+        let (targets, trust) = endpoint(args, spawned.as_ref());
         let endpoint = Endpoint {
-            target,
+            target: targets[0],
             trust,
             token: args.admin_token.clone(),
         };
@@ -295,7 +331,16 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         .as_ref()
         .map_or(args.metrics_addr, |s| s.admin)
         .map(Scraper::start);
-    let measured = measure_omniroute(args, &scenario, &clients, seed, &prefix, server_pid).await?;
+    let killer = match (&cluster, args.kill_leader_every) {
+        (Some(cluster), Some(every)) => Some(Killer::start(cluster.clone(), every)),
+        _ => None,
+    };
+    let (measured, deciders) =
+        measure_omniroute(args, &scenario, &drivers, seed, &prefix, server_pid).await?;
+    let kills = match killer {
+        Some(killer) => killer.finish().await?,
+        None => Vec::new(),
+    };
     let beside = beside.finish(&scenario).await?;
     let readings = match scraper {
         Some(scraper) => scraper.finish().await,
@@ -316,6 +361,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         marks,
         first_measured,
     } = measured.run;
+    let first_measured_at = first_measured;
     summary.over_time = Timeline {
         intervals: &intervals,
         steps: &marks,
@@ -332,6 +378,7 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
         routed: &routed,
         promises: &promises,
         endings: &endings,
+        compare_allocations: drivers.follows() && scenario.events.is_empty(),
     };
     let (audit, read_back) = read_back_settled(&admin, &run_orders, audit).await?;
     report_audit(&scenario, &audit, &read_back, &mut summary);
@@ -339,9 +386,28 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
     summary.whole_run.status_stream = status_stream;
     summary.highest_sustainable_rate = measured.highest;
     summary.p99_at_half_max_us = measured.p99_at_half_us;
-    summary.durability = spawned.as_ref().map(|_| args.durability.clone());
-    close(clients, admin).await;
-    let was_spawned = spawned.is_some();
+    summary.durability = match (&spawned, &cluster) {
+        (Some(_), _) => Some(args.durability.clone()),
+        (None, Some(_)) => Some("fsync".to_string()),
+        (None, None) => None,
+    };
+    let mut cluster_run = drivers.follows().then(|| ClusterRun {
+        replicas: drivers.addrs().iter().map(|a| a.to_string()).collect(),
+        lost_orders: read_back.missing + read_back.allocation_mismatches,
+        allocation_mismatches: read_back.allocation_mismatches,
+        ..ClusterRun::default()
+    });
+    if let (Some(run), Some(deciders)) = (cluster_run.as_mut(), &deciders) {
+        let first = first_measured_at.unwrap_or_else(Instant::now);
+        crate::cluster::failovers(run, &kills, deciders, first, &mut summary.over_time.events);
+    }
+    close(drivers, admin).await;
+    if let (Some(run), Some(cluster)) = (cluster_run.as_mut(), &cluster) {
+        cluster.stop().await;
+        crate::cluster::compare_digests(run, cluster.digests());
+    }
+    summary.cluster = cluster_run;
+    let was_spawned = spawned.is_some() || cluster.is_some();
     summary.restart_ms = stop_spawned(args, spawned).await?;
     summary.batching = batching(args);
     let mut run_info = run_info(args, &scenario, was_spawned);
@@ -371,12 +437,12 @@ pub(crate) async fn run(args: &Args) -> Result<Outcome, String> {
 /// The admin connection and the connections orders go over: to the
 /// spawned daemon, or to `--target` with its CA (or none, `--insecure`).
 /// The daemon's address and the certificate to trust in it.
-fn endpoint(args: &Args, spawned: Option<&Spawned>) -> (SocketAddr, Trust) {
+fn endpoint(args: &Args, spawned: Option<&Spawned>) -> (Vec<SocketAddr>, Trust) {
     match spawned {
-        Some(s) => (s.addr, Trust::CaFile(s.cert.clone())),
-        None if args.insecure => (args.target, Trust::InsecureDevelopmentOnly),
+        Some(s) => (vec![s.addr], Trust::CaFile(s.cert.clone())),
+        None if args.insecure => (args.target.clone(), Trust::InsecureDevelopmentOnly),
         None => (
-            args.target,
+            args.target.clone(),
             Trust::CaFile(
                 args.ca
                     .clone()
@@ -386,11 +452,63 @@ fn endpoint(args: &Args, spawned: Option<&Spawned>) -> (SocketAddr, Trust) {
     }
 }
 
+/// The connections the orders go over: to one daemon, or (with several
+/// addresses) following a cluster's leader.
+pub(crate) enum Drivers {
+    Single(Vec<Client>),
+    Leader(leader::Endpoints),
+}
+
+impl Drivers {
+    /// Whether the orders follow a cluster's leader.
+    fn follows(&self) -> bool {
+        matches!(self, Drivers::Leader(_))
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        match self {
+            Drivers::Single(_) => Vec::new(),
+            Drivers::Leader(endpoints) => endpoints.addrs.clone(),
+        }
+    }
+}
+
+/// The target's name for the report, the admin connection and the
+/// connections orders go over.
 async fn connect(
     args: &Args,
     spawned: Option<&Spawned>,
-) -> Result<(SocketAddr, Arc<Client>, Vec<Client>), String> {
-    let (target, trust) = endpoint(args, spawned);
+    cluster: Option<&SpawnedCluster>,
+) -> Result<(String, Arc<Admin>, Drivers), String> {
+    let (targets, trust) = match cluster {
+        Some(cluster) => (cluster.addrs(), Trust::CaPem(cluster.trust_pem.clone())),
+        None => endpoint(args, spawned),
+    };
+    if targets.len() > 1 {
+        let admin = ClusterClient::connect(
+            targets.clone(),
+            "localhost",
+            trust.clone(),
+            &args.admin_token,
+        )
+        .await
+        .map_err(|e| format!("admin connection to the cluster's leader: {e}"))?;
+        let endpoints = leader::Endpoints {
+            addrs: targets.clone(),
+            trust,
+            token: args.token.clone(),
+            connections: args.connections.max(1),
+            per_frame: args.submit_batch,
+        };
+        let names: Vec<String> = targets.iter().map(|a| a.to_string()).collect();
+        let target = format!("{} (following the leader)", names.join(","));
+        return Ok((
+            target,
+            Arc::new(Admin::Cluster(admin)),
+            Drivers::Leader(endpoints),
+        ));
+    }
+    let target = targets[0];
     let admin = Client::connect(target, "localhost", trust.clone(), &args.admin_token)
         .await
         .map_err(|e| format!("admin connection: {e}"))?;
@@ -402,11 +520,15 @@ async fn connect(
                 .map_err(|e| e.to_string())?,
         );
     }
-    Ok((target, Arc::new(admin), clients))
+    Ok((
+        target.to_string(),
+        Arc::new(Admin::Single(admin)),
+        Drivers::Single(clients),
+    ))
 }
 
 /// Sets the scenario's `[[stock]]` cells, if it has any.
-async fn set_scenario_stock(admin: &Client, scenario: &Scenario) -> Result<(), String> {
+async fn set_scenario_stock(admin: &Admin, scenario: &Scenario) -> Result<(), String> {
     let entries: Vec<StockSet> = scenario
         .stock
         .iter()
@@ -450,7 +572,7 @@ impl Beside {
     fn start(
         args: &Args,
         scenario: &Scenario,
-        admin: &Arc<Client>,
+        admin: &Arc<Admin>,
         starting: &BTreeMap<Cell, u64>,
         seed: u64,
         spawned: Option<&Spawned>,
@@ -523,14 +645,24 @@ impl Beside {
 async fn measure_omniroute(
     args: &Args,
     scenario: &Scenario,
-    clients: &[Client],
+    drivers: &Drivers,
     seed: u64,
     prefix: &str,
     server_pid: Option<u32>,
-) -> Result<Measured, String> {
+) -> Result<(Measured, Option<Deciders>), String> {
     let (events, receiver) = drive::channel();
     let outstanding = Arc::new(AtomicU64::new(0));
-    let sink = sinks::quic(clients, &events, args.submit_batch).await?;
+    let (sink, deciders) = match drivers {
+        Drivers::Single(clients) => (
+            sinks::quic(clients, &events, args.submit_batch).await?,
+            None,
+        ),
+        Drivers::Leader(endpoints) => {
+            let (inbox, deciders) = leader::start(endpoints.clone(), events.clone());
+            let handle = tokio::runtime::Handle::current();
+            (Sink::Leader { inbox, handle }, Some(deciders))
+        }
+    };
     let follow_ups = scenario.follow_up.clone().map(|mix| {
         FollowUps::new(
             mix,
@@ -545,8 +677,9 @@ async fn measure_omniroute(
         outstanding.clone(),
         follow_ups,
         // What each order was told is kept when the daemon may take it
-        // back: a node event, or holds that may expire within the run.
-        !scenario.events.is_empty() || scenario.holds_expire_in_runs(),
+        // back: a node event, or holds that may expire within the run; and
+        // against a cluster, whose audit compares it with the final leader.
+        !scenario.events.is_empty() || scenario.holds_expire_in_runs() || drivers.follows(),
         "omniroute",
     );
     let target = Target {
@@ -557,13 +690,14 @@ async fn measure_omniroute(
         collector,
         server_pid,
     };
-    measure(
+    let measured = measure(
         target,
         Orders::new(scenario, seed, prefix),
         &scenario.name,
         args,
     )
-    .await
+    .await?;
+    Ok((measured, deciders))
 }
 
 /// The summary of the measured step, with what ran beside it.
@@ -615,9 +749,11 @@ fn report_audit(scenario: &Scenario, audit: &Audit, read_back: &ReadBack, summar
     summary.whole_run.stock_mismatch_units = audit.stock_mismatch_units();
 }
 
-async fn close(clients: Vec<Client>, admin: Arc<Client>) {
-    for client in clients {
-        client.close().await;
+async fn close(drivers: Drivers, admin: Arc<Admin>) {
+    if let Drivers::Single(clients) = drivers {
+        for client in clients {
+            client.close().await;
+        }
     }
     if let Ok(admin) = Arc::try_unwrap(admin) {
         admin.close().await;

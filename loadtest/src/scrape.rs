@@ -59,7 +59,7 @@ async fn scrape(admin: SocketAddr, stop: Arc<AtomicBool>) -> Vec<(Instant, Daemo
 }
 
 /// GET /metrics over plain HTTP/1.1, the connection closed after it.
-async fn metrics_page(admin: SocketAddr) -> std::io::Result<String> {
+pub(crate) async fn metrics_page(admin: SocketAddr) -> std::io::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(admin).await?;
     let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;

@@ -29,6 +29,12 @@ pub enum Sink {
         batch: usize,
         rotor: Rotor,
     },
+    /// A cluster's replicas: the follower task (`leader.rs`) sends to the
+    /// leader and sends again what a move left undecided.
+    Leader {
+        inbox: mpsc::Sender<crate::leader::Input>,
+        handle: tokio::runtime::Handle,
+    },
     Redis {
         connections: Vec<redis::aio::MultiplexedConnection>,
         sha: String,
@@ -110,6 +116,10 @@ impl Sink {
                     let _ = writers[connection].blocking_send(encode_orders(part, *per_frame));
                 }
             }
+            Sink::Leader { inbox, .. } => {
+                let orders = std::mem::take(batch);
+                let _ = inbox.blocking_send(crate::leader::Input::Orders(orders));
+            }
             Sink::Redis {
                 connections,
                 sha,
@@ -183,6 +193,14 @@ impl Sink {
     /// Sends follow-up requests (QUIC only). Called from the collector, so
     /// it never waits: a full queue hands the batch to a task.
     pub fn send_requests(&self, requests: Vec<(u64, Request)>) {
+        if let Sink::Leader { inbox, handle } = self {
+            let input = crate::leader::Input::Requests(requests);
+            if let Err(mpsc::error::TrySendError::Full(input)) = inbox.try_send(input) {
+                let inbox = inbox.clone();
+                handle.spawn(async move { inbox.send(input).await });
+            }
+            return;
+        }
         let Sink::Quic {
             writers, handle, ..
         } = self
@@ -237,7 +255,7 @@ fn answers_of(id: u64, done: Instant, response: Response, out: &mut Vec<Answer>)
     }
 }
 
-fn answer(id: u64, done: Instant, response: Response) -> Answer {
+pub(crate) fn answer(id: u64, done: Instant, response: Response) -> Answer {
     let order_id = match &response {
         Response::Decision(Decision::Routed { order_id, .. }) => *order_id,
         _ => 0,

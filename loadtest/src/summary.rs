@@ -33,6 +33,9 @@ pub struct Summary {
     /// With --kill-restart: milliseconds from the SIGKILLed daemon's
     /// restart, after the run, until it listened again.
     pub restart_ms: Option<f64>,
+    /// Against a cluster (several addresses, or --spawn-cluster): its
+    /// failovers and what the audit found across them.
+    pub cluster: Option<ClusterRun>,
     /// With --compare-redis: the same work against Redis, and omniroute's
     /// highest sustainable rate over Redis's.
     pub redis: Option<Box<Summary>>,
@@ -121,6 +124,44 @@ pub struct SnapshotStall {
     pub worst_snapshot_p99_us: Option<u64>,
     /// That worst p99 over the median; None with no snapshot second.
     pub snapshot_p99_ratio: Option<f64>,
+}
+
+/// A run against a cluster's replicas, the orders following the leader.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterRun {
+    /// The replicas' client addresses.
+    pub replicas: Vec<String>,
+    /// With --kill-leader-every: each SIGKILL of the leader, in order.
+    pub failovers: Vec<Failover>,
+    /// The failovers' median and longest `failover_ms` (those that ended).
+    pub failover_p50_ms: Option<f64>,
+    pub failover_max_ms: Option<f64>,
+    /// Orders answered routed that the final leader does not know, or
+    /// holds with other allocations than they were answered with.
+    pub lost_orders: u64,
+    /// Of those, orders known with other allocations (nodes, SKUs or
+    /// units) than the answer gave.
+    pub allocation_mismatches: u64,
+    /// Whether every replica, stopped, replayed to the same state (the same
+    /// committed index and digest of stock and orders); None when not
+    /// compared (the reason is in `digests`).
+    pub replicas_equal: Option<bool>,
+    /// Each replica's "id: index N digest D", or why it was not read.
+    pub digests: Vec<String>,
+}
+
+/// One SIGKILL of the leader and the failover after it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Failover {
+    /// Seconds since the first measured step began (negative: in the warmup).
+    pub at_s: f64,
+    /// The replica killed.
+    pub replica: u64,
+    /// From the kill to the first order decided (routed or rejected) by
+    /// another replica; None if none was before the run ended.
+    pub failover_ms: Option<f64>,
+    /// From the kill to the killed replica listening again on its directory.
+    pub restart_ms: f64,
 }
 
 /// Something that happened during the measured steps: at a moment, or

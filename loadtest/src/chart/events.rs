@@ -23,7 +23,9 @@ const LABEL_GAP_PX: i32 = 4;
 
 /// What kind of event, by what it says: each kind has its colour.
 fn color(event: &RunEvent) -> RGBColor {
-    if event.what.contains("offline") {
+    if event.what.contains("killed") {
+        RGBColor(0, 0, 0)
+    } else if event.what.contains("offline") {
         RGBColor(214, 39, 40)
     } else if event.what.contains("holds expired") {
         RGBColor(255, 127, 14)
@@ -39,7 +41,8 @@ const SPAN_ALPHA: f64 = 0.13;
 
 /// A legend entry per kind of event the run had.
 pub(super) fn legend_entries(events: &[RunEvent]) -> Vec<(String, Sample)> {
-    let kinds: [(&str, &str); 4] = [
+    let kinds: [(&str, &str); 5] = [
+        ("killed", "leader killed, until another decides"),
         ("offline", "node offline"),
         ("holds expired", "holds expiring"),
         ("snapshot", "snapshot"),

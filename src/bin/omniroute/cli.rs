@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -12,8 +13,8 @@ use omniroute_client::protocol::{
     event_kinds, order_changes, order_states, reject_codes, ErrorCode, NO_SHIP_TO,
 };
 use omniroute_client::{
-    Client, Decision, Method, Near, Order, OrderKey, OrderQuery, OrderView, StockAdjust, StockSet,
-    Trust,
+    Client, ClusterClient, Decision, Method, Near, Order, OrderKey, OrderQuery, OrderView,
+    StockAdjust, StockSet, Trust,
 };
 
 /// Where and as whom to connect.
@@ -21,7 +22,9 @@ use omniroute_client::{
 pub struct ConnectArgs {
     /// Daemon address, `HOST:PORT`: a name (`localhost:4433`) or an IP
     /// address. A name with several addresses is tried at its first IPv4
-    /// one (the daemon listens on IPv4 by default), else its first.
+    /// one (the daemon listens on IPv4 by default), else its first. A
+    /// cluster's replicas comma-separated (`a,b,c`): the command goes to
+    /// the one that leads (`--ca` then needs every replica's certificate).
     #[arg(
         long,
         global = true,
@@ -81,26 +84,42 @@ impl ConnectArgs {
     }
 }
 
-/// `--addr` as given (what messages show) and the address it resolved to.
+/// `--addr` as given (what messages show) and the addresses it resolved
+/// to: one, or a cluster's replicas.
 #[derive(Clone, Debug)]
 pub struct DaemonAddr {
     given: String,
-    resolved: SocketAddr,
+    resolved: Vec<SocketAddr>,
 }
 
 impl std::fmt::Display for DaemonAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.given == self.resolved.to_string() {
+        let resolved: Vec<String> = self.resolved.iter().map(|a| a.to_string()).collect();
+        let resolved = resolved.join(",");
+        if self.given == resolved {
             write!(f, "{}", self.given)
         } else {
-            write!(f, "{} ({})", self.given, self.resolved)
+            write!(f, "{} ({resolved})", self.given)
         }
     }
 }
 
-/// Resolves `HOST:PORT` once, when the command line is read: a name that
-/// does not resolve is a usage error before anything is sent.
+/// Resolves `HOST:PORT` (or several, comma-separated) once, when the
+/// command line is read: a name that does not resolve is a usage error
+/// before anything is sent.
 fn parse_addr(text: &str) -> Result<DaemonAddr, String> {
+    let resolved = text
+        .split(',')
+        .map(|one| resolve(one.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DaemonAddr {
+        given: text.to_string(),
+        resolved,
+    })
+}
+
+/// One `HOST:PORT`, at its first IPv4 address, else its first.
+fn resolve(text: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     let addrs: Vec<SocketAddr> = text
         .to_socket_addrs()
@@ -112,13 +131,10 @@ fn parse_addr(text: &str) -> Result<DaemonAddr, String> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| format!("{text:?} resolves to no address"))?;
-    Ok(DaemonAddr {
-        given: text.to_string(),
-        resolved,
-    })
+    Ok(resolved)
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum OrderCommand {
     /// Route an order: `--line SKU:QTY` (repeat), `--ship-to LAT,LON`.
     Submit {
@@ -197,7 +213,7 @@ pub enum OrderCommand {
 }
 
 /// An order by its key.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct OrderRef {
     /// The order's sales channel.
     #[arg(long)]
@@ -229,7 +245,7 @@ async fn until_ctrl_c(
     }
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum StockCommand {
     /// Set on-hand counts: `SKU@NODE=UNITS` ...
     Set {
@@ -258,7 +274,7 @@ pub enum StockCommand {
 
 /// Units of one SKU of an order at a node: what `node ship` and `node
 /// return` move.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct OrderUnits {
     /// The node the units are at.
     node: String,
@@ -272,7 +288,7 @@ pub struct OrderUnits {
     qty: u32,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum NodeCommand {
     /// Ship units of an order's allocation at this node.
     Ship(OrderUnits),
@@ -391,8 +407,11 @@ impl From<String> for CliError {
 
 /// Connects to the daemon, failing fast: a missing CA file is named before
 /// anything is sent, and a daemon that does not answer within
-/// [`CONNECT_TIMEOUT_MS`] is reported as probably not running.
-pub async fn connect(args: &ConnectArgs) -> Result<Client, CliError> {
+/// [`CONNECT_TIMEOUT_MS`] is reported as probably not running. With a
+/// cluster's addresses, to the replica that leads, as a
+/// [`ClusterClient`] finds it (following `NotLeader` and passing replicas
+/// that are down, for at most `omniroute_client::FOLLOW_TIMEOUT_MS`).
+pub async fn connect(args: &ConnectArgs) -> Result<Arc<Client>, CliError> {
     let trust = if args.insecure {
         Trust::InsecureDevelopmentOnly
     } else {
@@ -412,14 +431,70 @@ pub async fn connect(args: &ConnectArgs) -> Result<Client, CliError> {
                 .into(),
         ));
     };
-    let connecting = Client::connect(args.addr.resolved, &args.server_name, trust, token);
+    if args.addr.resolved.len() > 1 {
+        let addrs = args.addr.resolved.clone();
+        let cluster = ClusterClient::new(addrs, &args.server_name, trust, token)
+            .map_err(|e| CliError::Daemon(e.to_string()))?;
+        return cluster
+            .leader_client()
+            .await
+            .map_err(|e| CliError::Daemon(format!("no replica of {} leads: {e}", args.addr)));
+    }
+    let connecting = Client::connect(args.addr.resolved[0], &args.server_name, trust, token);
     match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
-        Ok(client) => client.map_err(|e| CliError::Daemon(format!("{}: {e}", args.addr))),
+        Ok(client) => client
+            .map(Arc::new)
+            .map_err(|e| CliError::Daemon(format!("{}: {e}", args.addr))),
         Err(_) => Err(CliError::Daemon(format!(
             "no answer from {addr} within {} s: is the daemon running at {addr}?",
             CONNECT_TIMEOUT_MS / 1000,
             addr = args.addr
         ))),
+    }
+}
+
+/// Runs `command` on a connection from [`connect`]. With a cluster's
+/// addresses, runs it again on the leader found anew when the replica
+/// answered that it stopped leading first (`NotLeader`, `Unavailable`:
+/// nothing was done there, so running it again is safe whatever it does),
+/// for at most `omniroute_client::FOLLOW_TIMEOUT_MS`.
+async fn on_leader<F, Fut>(args: &ConnectArgs, mut command: F) -> Result<(), CliError>
+where
+    F: FnMut(Arc<Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
+{
+    let follow = Duration::from_millis(omniroute_client::FOLLOW_TIMEOUT_MS);
+    let deadline = std::time::Instant::now() + follow;
+    loop {
+        let client = connect(args).await?;
+        let result = command(client.clone()).await;
+        disconnect(client).await;
+        match &result {
+            Err(CliError::Daemon(message))
+                if args.addr.resolved.len() > 1
+                    && not_decided_here(message)
+                    && std::time::Instant::now() < deadline =>
+            {
+                let pause = omniroute_client::NO_LEADER_PAUSE_MS;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            _ => return result,
+        }
+    }
+}
+
+/// Whether an error message carries a replica's `NotLeader` or
+/// `Unavailable` answer (`ClientError::Server` as text).
+fn not_decided_here(message: &str) -> bool {
+    [ErrorCode::NotLeader, ErrorCode::Unavailable]
+        .iter()
+        .any(|&code| message.contains(&format!("server error {}: ", code as u16)))
+}
+
+/// Closes the connection `connect` opened.
+async fn disconnect(client: Arc<Client>) {
+    if let Ok(client) = Arc::try_unwrap(client) {
+        client.close().await;
     }
 }
 
@@ -508,10 +583,11 @@ fn print_allocations(view: &OrderView) {
 }
 
 pub async fn order(args: &ConnectArgs, command: OrderCommand) -> Result<(), CliError> {
-    let client = connect(args).await?;
-    let result = order_on(&client, command).await;
-    client.close().await;
-    result
+    on_leader(args, |client| {
+        let command = command.clone();
+        async move { order_on(&client, command).await }
+    })
+    .await
 }
 
 async fn order_on(client: &Client, command: OrderCommand) -> Result<(), CliError> {
@@ -658,10 +734,11 @@ async fn list(client: &Client, mut query: OrderQuery, all: bool) -> Result<(), C
 }
 
 pub async fn stock(args: &ConnectArgs, command: StockCommand) -> Result<(), CliError> {
-    let client = connect(args).await?;
-    let result = stock_on(&client, command).await;
-    client.close().await;
-    result
+    on_leader(args, |client| {
+        let command = command.clone();
+        async move { stock_on(&client, command).await }
+    })
+    .await
 }
 
 async fn stock_on(client: &Client, command: StockCommand) -> Result<(), CliError> {
@@ -746,7 +823,7 @@ pub async fn availability(
         "by priority"
     };
     let nodes = client.node_availability(sku, near).await;
-    client.close().await;
+    disconnect(client).await;
     let nodes = nodes.map_err(|e| CliError::Daemon(e.to_string()))?;
     println!(
         "{sku}: {} units at {} nodes ({order})",
@@ -771,10 +848,11 @@ pub async fn availability(
 }
 
 pub async fn node(args: &ConnectArgs, command: NodeCommand) -> Result<(), CliError> {
-    let client = connect(args).await?;
-    let result = node_on(&client, command).await;
-    client.close().await;
-    result
+    on_leader(args, |client| {
+        let command = command.clone();
+        async move { node_on(&client, command).await }
+    })
+    .await
 }
 
 async fn node_on(client: &Client, command: NodeCommand) -> Result<(), CliError> {
@@ -851,4 +929,42 @@ async fn subscribe(client: &Client, node: &str, from: u64) -> Result<(), CliErro
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_that_decided_nothing_run_a_command_again() {
+        // Proves the command line runs a command again on the new leader only for a
+        // replica's NotLeader or Unavailable answer (with or without a leader named), never
+        // for a lost connection, whose request may have been applied, nor for another code.
+        let error = |code: ErrorCode, message: &str| {
+            omniroute_client::ClientError::Server {
+                code: code as u16,
+                message: message.into(),
+            }
+            .to_string()
+        };
+        assert!(not_decided_here(&error(
+            ErrorCode::NotLeader,
+            "127.0.0.1:4433"
+        )));
+        assert!(not_decided_here(&error(ErrorCode::NotLeader, "")));
+        assert!(not_decided_here(&format!(
+            "SKU-1: {}",
+            error(ErrorCode::Unavailable, "disk full")
+        )));
+        assert!(!not_decided_here(&error(ErrorCode::UnknownSku, "SKU-9")));
+        let lost =
+            omniroute_client::ClientError::Closed("the stream ended before the answer".into());
+        assert!(!not_decided_here(&lost.to_string()));
+        let addr = parse_addr("127.0.0.1:1, 127.0.0.1:2").expect("two addresses");
+        assert_eq!(addr.resolved.len(), 2);
+        assert_eq!(
+            addr.to_string(),
+            "127.0.0.1:1, 127.0.0.1:2 (127.0.0.1:1,127.0.0.1:2)"
+        );
+    }
 }
