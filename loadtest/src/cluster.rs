@@ -30,9 +30,6 @@ const STOP_TIMEOUT_S: u64 = 20;
 const LOG_TAIL_LINES: usize = 30;
 /// How long the killer looks for a leader before it skips a round.
 const FIND_LEADER_TIMEOUT_MS: u64 = 5_000;
-/// SKUs of the replicas' sample stock (the embedded config's 10 000 do
-/// not fit one replicated entry; see `replica_config`).
-const SAMPLE_SKUS: i64 = 500;
 /// The value of `omniroute_replica_role` on the leader.
 const ROLE_LEADER: f64 = 2.0;
 
@@ -58,26 +55,13 @@ pub(crate) async fn serve_replica(path: &Path) -> Result<(), String> {
         .ok_or("the replica's config has no [cluster]")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
-    let metrics = omniroute::telemetry::install();
-    let admin = match config.admin {
-        Some(addr) => {
-            let status = Arc::new(omniroute::admin::Status::new(
-                None,
-                config.server.tokens.clone(),
-                config.server.data_dir.clone(),
-            ));
-            let limits = config.admin_limits.clone();
-            let admin = omniroute::admin::start(addr, status, metrics, limits)
-                .await
-                .map_err(|e| e.to_string())?;
-            println!("ADMIN {}", admin.addr);
-            Some(admin)
-        }
-        None => None,
-    };
     let replica = omniroute::cluster::start(&config, &cluster)
         .await
         .map_err(|e| e.to_string())?;
+    // Before LISTENING, which ends what the parent reads.
+    if let Some(admin) = &replica.admin {
+        println!("ADMIN {}", admin.addr);
+    }
     println!(
         "LISTENING {} {}",
         replica.server.addr,
@@ -91,9 +75,6 @@ pub(crate) async fn serve_replica(path: &Path) -> Result<(), String> {
         reason = failed.wait_for(Option::is_some) => reason.ok().and_then(|r| r.clone()),
     };
     replica.shutdown().await;
-    if let Some(admin) = admin {
-        admin.shutdown().await;
-    }
     match failure {
         Some(reason) => Err(format!("replica {} stopped: {reason}", cluster.id)),
         None => Ok(()),
@@ -176,15 +157,6 @@ fn replica_config(spec: &ReplicaSpec, certs: &Path, table: &toml::Value) -> Resu
     let mut http = section(&mut config, "http");
     http.insert("listen".into(), "off".into());
     config.insert("http".into(), http.into());
-    // The sample stock is loaded in records of up to 65 536 updates, each
-    // one raft entry under [cluster]: the embedded 10 000 SKUs (about
-    // 20 updates each) make entries of about 2.7 MB, more than the
-    // replication transport sends in one message (about 1 MiB), so a fresh
-    // cluster would never commit them and never serve. 500 SKUs make one
-    // entry of about 0.4 MB.
-    let mut sample = section(&mut config, "sample_stock");
-    sample.insert("skus".into(), SAMPLE_SKUS.into());
-    config.insert("sample_stock".into(), sample.into());
     let mut admin = toml::Table::new();
     admin.insert("listen".into(), spec.admin.to_string().into());
     config.insert("admin".into(), admin.into());
@@ -402,10 +374,16 @@ impl SpawnedCluster {
 
     /// Each replica's (committed index replayed, digest of stock and
     /// orders), after [`SpawnedCluster::stop`].
+    /// Replicas that stopped at different commit indexes (a follower
+    /// learns the last one a heartbeat later) compare at the lowest.
     pub(crate) fn digests(&self) -> Vec<(u64, Digest)> {
+        let commits = (self.replicas.iter())
+            .filter_map(|spec| replica_digest(&spec.config, u64::MAX).ok())
+            .map(|(commit, _)| commit);
+        let through = commits.min().unwrap_or(u64::MAX);
         self.replicas
             .iter()
-            .map(|spec| (spec.id, replica_digest(&spec.config)))
+            .map(|spec| (spec.id, replica_digest(&spec.config, through)))
             .collect()
     }
 
@@ -432,15 +410,12 @@ impl SpawnedCluster {
 
 /// A stopped replica's state, replayed from its directory: (committed
 /// index replayed, digest of stock and orders).
-fn replica_digest(config: &Path) -> Result<(u64, u64), String> {
+fn replica_digest(config: &Path, through: u64) -> Result<(u64, u64), String> {
     let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
     let config = omniroute::config::Config::from_toml(&text)
         .and_then(|c| c.validate())
         .map_err(|e| e.to_string())?;
-    let _ = &config;
-    // TODO(merge): omniroute::cluster::digest — return
-    // `omniroute::cluster::digest(&config)` once the library has it.
-    Err("not compared: omniroute::cluster::digest is not in this tree yet".to_string())
+    omniroute::cluster::digest_through(&config, through)
 }
 
 /// The value of an unlabelled gauge in a Prometheus page.
