@@ -75,7 +75,12 @@ pub struct Cluster {
     /// With `start_relayed`: the relay each replica dials each peer
     /// through, by (from, to).
     pub relays: BTreeMap<(u64, u64), Relay>,
+    /// This test binary's turn to run a cluster, held while it lives.
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
+
+/// Clusters of one test binary start one at a time (see `start_with`).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Cluster {
     /// Writes certificates and a config per replica (the fixture network,
@@ -96,8 +101,43 @@ impl Cluster {
         Cluster::start_with(name, &stock(stock_entries), true).await
     }
 
+    /// One cluster at a time per test binary (each is three processes on
+    /// two cores), on fresh ports; ports another process took between
+    /// their pick and the replica's bind are picked again, twice at most.
     async fn start_with(name: &str, stock_text: &str, relayed: bool) -> Cluster {
-        let dir = TempDir::new(name);
+        let turn = ONE_AT_A_TIME.lock().await;
+        let mut attempt = 0;
+        loop {
+            let dir = TempDir::new(&format!("{name}-{attempt}"));
+            let mut cluster = Cluster::configure(dir, stock_text, relayed);
+            match cluster.start_all().await {
+                Ok(()) => {
+                    cluster._turn = Some(turn);
+                    return cluster;
+                }
+                Err(log) if log.contains("Address already in use") && attempt < 2 => {
+                    for id in cluster.ids.clone() {
+                        if cluster.running.contains_key(&id) {
+                            cluster.kill(id).await;
+                        }
+                    }
+                    attempt += 1;
+                }
+                Err(log) => panic!("a replica exited while starting:\n{log}"),
+            }
+        }
+    }
+
+    /// Starts every replica; the log of one that exits while starting.
+    async fn start_all(&mut self) -> Result<(), String> {
+        for id in self.ids.clone() {
+            self.try_start_replica(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Certificates, ports and a config per replica in `dir`.
+    fn configure(dir: TempDir, stock_text: &str, relayed: bool) -> Cluster {
         let ids = vec![1, 2, 3];
         let certs = dir.0.join("certs");
         let made = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
@@ -139,21 +179,25 @@ impl Cluster {
             );
             std::fs::write(config_path(&dir.0, id), text).unwrap();
         }
-        let mut cluster = Cluster {
+        Cluster {
             dir,
-            ids: ids.clone(),
+            ids,
             ports,
             running: BTreeMap::new(),
             relays,
-        };
-        for id in ids {
-            cluster.start_replica(id).await;
+            _turn: None,
         }
-        cluster
     }
 
     /// Starts (or restarts, on its directory) replica `id`.
     pub async fn start_replica(&mut self, id: u64) {
+        if let Err(log) = self.try_start_replica(id).await {
+            panic!("replica {id} exited while starting:\n{log}");
+        }
+    }
+
+    /// [`Cluster::start_replica`], or the replica's log if it exits first.
+    async fn try_start_replica(&mut self, id: u64) -> Result<(), String> {
         // Its log, kept across restarts, for a failing test to show.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -174,11 +218,11 @@ impl Cluster {
             let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
                 .await
                 .unwrap_or_else(|_| panic!("replica {id} starts within {START_TIMEOUT_S} s"))
-                .expect("stdout")
-                .unwrap_or_else(|| {
-                    let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
-                    panic!("replica {id} exited while starting:\n{log}")
-                });
+                .expect("stdout");
+            let Some(line) = line else {
+                let _ = child.wait().await;
+                return Err(std::fs::read_to_string(self.log_path(id)).unwrap_or_default());
+            };
             if let Some(rest) = line.strip_prefix("listening on ") {
                 break rest.split_whitespace().next().unwrap().parse().unwrap();
             }
@@ -186,6 +230,7 @@ impl Cluster {
         // Drained all along, so the replica never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.running.insert(id, ReplicaProcess { child, addr });
+        Ok(())
     }
 
     /// The last lines of every replica's log.
