@@ -38,13 +38,7 @@ const ROLE_LEADER: f64 = 2.0;
 /// when it serves its ports, and stops on SIGTERM (or when the parent
 /// closes its stdin).
 pub(crate) async fn serve_replica(path: &Path) -> Result<(), String> {
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_timer(tracing_subscriber::fmt::time::uptime())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    crate::spawn::log_to_stderr();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let config = omniroute::config::Config::from_toml(&text)
         .and_then(|c| c.validate())

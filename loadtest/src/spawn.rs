@@ -14,16 +14,7 @@ use super::args::Args;
 /// The daemon side of --spawn-server: the embedded default config on a
 /// random loopback port; prints `LISTENING <addr> <cert>` when ready.
 pub(crate) async fn serve_child(data_dir: &Path, args: &Args) -> Result<(), String> {
-    // The daemon's own log (snapshots, expiries, stops) on stderr, beside
-    // the report, when RUST_LOG asks for it: to see what it was doing in a
-    // slow second.
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_timer(tracing_subscriber::fmt::time::uptime())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    log_to_stderr();
     let mut config = omniroute::config::Config::default_config()
         .validate()
         .map_err(|e| e.to_string())?;
@@ -64,6 +55,19 @@ pub(crate) async fn serve_child(data_dir: &Path, args: &Args) -> Result<(), Stri
         eprintln!("daemon {journal}");
     }
     daemon.shutdown().await.map_err(|e| e.to_string())
+}
+
+/// The daemon's own log (snapshots, expiries, stops, elections) on
+/// stderr, beside the report, when RUST_LOG asks for it: to see what it
+/// was doing in a slow second. For a spawned daemon or replica.
+pub(crate) fn log_to_stderr() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_writer(std::io::stderr)
+            .init();
+    }
 }
 
 /// The spawned daemon's runtime threads: `--server-threads`, or (0) as
