@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use raft::{GetEntriesContext, Storage};
+use raft::Storage;
 use sha2::{Digest, Sha256};
 
 use crate::config::ValidConfig;
 use crate::engine::EngineState;
 use crate::replica::disk::{self, Persist};
-use crate::replica::follower::apply_entry;
+use crate::replica::follower::apply_log;
 use crate::store;
 
 /// Replays the committed log of the replica `config` names (stopped: its
@@ -46,16 +46,7 @@ pub fn digest_through(config: &ValidConfig, through: u64) -> Result<(u64, u64), 
     loaded.persister.close();
     let network = Arc::new(config.network.clone());
     let mut state = EngineState::fresh(&config.engine, &network, 0).map_err(|e| e.to_string())?;
-    let mut next = 1;
-    while next <= commit {
-        let high = (next + 256).min(commit + 1);
-        let entries = (log.entries(next, high, u64::MAX, GetEntriesContext::empty(false)))
-            .map_err(|e| e.to_string())?;
-        for entry in entries {
-            apply_entry(&mut state, entry.index, &entry.data)?;
-            next = entry.index + 1;
-        }
-    }
+    apply_log(&log, &mut state, &mut 0, commit)?;
     Ok((commit, state_digest(&state)))
 }
 

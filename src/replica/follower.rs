@@ -134,6 +134,30 @@ impl Follower {
     }
 }
 
+/// Applies `log`'s entries after `*index` up to `to` to `state`, a few
+/// hundred per read, moving `*index` past each one applied; whether any
+/// held the [`STOCK_LOADED`] marker.
+pub fn apply_log(
+    log: &MemStorage,
+    state: &mut EngineState,
+    index: &mut u64,
+    to: u64,
+) -> Result<bool, String> {
+    let mut stock_loaded = false;
+    while *index < to {
+        let (low, high) = (*index + 1, (*index + 1 + ENTRIES_PER_READ).min(to + 1));
+        let context = GetEntriesContext::empty(false);
+        let entries = (log.entries(low, high, u64::MAX, context))
+            .map_err(|e| format!("entries {low}..{high}: {e}"))?;
+        for entry in entries {
+            stock_loaded |= apply_entry(state, entry.index, &entry.data)
+                .map_err(|e| format!("entry {}: {e}", entry.index))?;
+            *index = entry.index;
+        }
+    }
+    Ok(stock_loaded)
+}
+
 /// Applies a committed entry's records to `state`; whether it holds the
 /// [`STOCK_LOADED`] marker. Without snapshots every record applies to
 /// every actor, so the LSN that the per-actor filter compares need only be
@@ -213,26 +237,14 @@ impl Applier {
 
     /// Applies the log's entries after `index` up to `to`.
     fn apply_to(&mut self, to: u64) {
-        while self.index < to && self.failed.is_none() {
-            let high = (self.index + 1 + ENTRIES_PER_READ).min(to + 1);
-            let context = GetEntriesContext::empty(false);
-            let entries = match self.log.entries(self.index + 1, high, u64::MAX, context) {
-                Ok(entries) => entries,
-                Err(e) => return self.fail(format!("entries {}..{high}: {e}", self.index + 1)),
-            };
-            for entry in entries {
-                if let Err(e) = self.apply_entry(entry.index, &entry.data) {
-                    return self.fail(format!("entry {}: {e}", entry.index));
-                }
-                self.index = entry.index;
-            }
+        if self.failed.is_some() {
+            return;
         }
-    }
-
-    fn apply_entry(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
         let state = self.state.as_mut().expect("applied only with a state");
-        self.stock_loaded |= apply_entry(state, index, data)?;
-        Ok(())
+        match apply_log(&self.log, state, &mut self.index, to) {
+            Ok(loaded) => self.stock_loaded |= loaded,
+            Err(reason) => self.fail(reason),
+        }
     }
 
     fn fail(&mut self, reason: String) {
