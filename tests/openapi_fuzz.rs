@@ -96,6 +96,9 @@ async fn schemathesis_finds_no_disagreement_between_the_document_and_the_gateway
     // A long run gets time in proportion.
     let budget_s = FUZZ_BUDGET_S * u64::from(examples.div_ceil(EXAMPLES_PER_OPERATION));
     let root = env!("CARGO_MANIFEST_DIR");
+    // One worker: with two, hypothesis parses lambdas' source with `ast` in two threads, and
+    // CPython before 3.11.8 and 3.12.2 can then fail with "AST constructor recursion depth
+    // mismatch" (python/cpython#106905), an error of the fuzzer's own, not a finding.
     let mut run = tokio::process::Command::new("schemathesis");
     run.current_dir(&dir.0)
         .arg("--config-file")
@@ -105,7 +108,7 @@ async fn schemathesis_finds_no_disagreement_between_the_document_and_the_gateway
         .arg(format!("{root}/docs/openapi.json"))
         .args(["--url", &format!("http://{}", daemon.http)])
         .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
-        .args(["--checks", "all", "--seed", SEED, "--workers", "2"])
+        .args(["--checks", "all", "--seed", SEED, "--workers", "1"])
         .args(["--max-examples", &examples.to_string()])
         .args(["--max-time", &budget_s.to_string()])
         .args(["--request-timeout", "10", "--generation-database", "none"])
