@@ -223,7 +223,7 @@ impl Persist for Persister {
         &mut self,
         entries: &[Entry],
         hard: Option<&HardState>,
-        must_sync: bool,
+        _must_sync: bool,
         then: Persisted,
     ) -> Result<(), DiskError> {
         let groups = entries
@@ -247,9 +247,13 @@ impl Persist for Persister {
             self.journal
                 .append_group_in(slot, records, Box::new(|_| ()))?;
         }
+        // raft-rs's `_must_sync` asks for the entries (the journal's fsync
+        // below covers them) and for term and vote, which the file syncs
+        // on its own whenever they change; a commit index alone is not
+        // synced (a lost one is told again). One fsync per Ready, not two.
         let write = hard.map(|hard| {
             self.state.hard = hard.clone();
-            self.write_state(must_sync)
+            self.write_state(false)
         });
         let slot = self.journal.reserve_blocking();
         self.journal.barrier_in(
