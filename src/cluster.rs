@@ -180,6 +180,14 @@ impl Effects for DaemonEffects {
     fn lead(&mut self, term: u64, index: u64) {
         let _ = self.roles.changes.send(Change::Lead { term, index });
     }
+
+    fn progress(&mut self, commit: u64, lags: &[(u64, u64)]) {
+        metrics::gauge!(telemetry::REPLICA_COMMIT_INDEX).set(commit as f64);
+        for (peer, lag) in lags {
+            metrics::gauge!(telemetry::REPLICA_FOLLOWER_LAG_ENTRIES, "peer" => peer.to_string())
+                .set(*lag as f64);
+        }
+    }
 }
 
 /// What `/readyz` and `/healthz` say of a replica.

@@ -47,6 +47,8 @@ pub const REPLICA_TERM: &str = "omniroute_replica_term";
 pub const REPLICA_LEADER: &str = "omniroute_replica_leader";
 pub const REPLICA_LEADER_CHANGES_TOTAL: &str = "omniroute_replica_leader_changes_total";
 pub const REPLICA_APPLIED_INDEX: &str = "omniroute_replica_applied_index";
+pub const REPLICA_COMMIT_INDEX: &str = "omniroute_replica_commit_index";
+pub const REPLICA_FOLLOWER_LAG_ENTRIES: &str = "omniroute_replica_follower_lag_entries";
 
 /// Histogram bounds of the routing latency, in seconds: 50 µs to 1 s.
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -230,6 +232,14 @@ fn describe() {
     describe_gauge!(
         REPLICA_APPLIED_INDEX,
         "The last entry of the replicated log this replica has applied"
+    );
+    describe_gauge!(
+        REPLICA_COMMIT_INDEX,
+        "The last entry of the replicated log this replica knows is committed"
+    );
+    describe_gauge!(
+        REPLICA_FOLLOWER_LAG_ENTRIES,
+        "On the leader, entries a peer has yet to match (its last index minus the peer's); 0 on a replica that does not lead"
     );
 }
 

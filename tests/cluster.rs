@@ -66,6 +66,7 @@ async fn the_leader_killed_twice_loses_no_answered_order_and_oversells_nothing()
     eprintln!("failovers (kill to the next answer): {failovers:?}");
     check_roles(&cluster).await;
     cluster.wait_caught_up(Duration::from_secs(30)).await;
+    check_progress_metrics(&cluster).await;
     let (through, digests) = cluster.stop_and_digest().await;
     assert!(
         through > 60,
@@ -104,6 +105,43 @@ async fn check_roles(cluster: &Cluster) {
             let leader_http = format!("127.0.0.1:{}", cluster.ports[&leader].http);
             assert!(body.contains(&leader_http), "{body}");
         }
+    }
+}
+
+/// The leader's /metrics gives the commit index and a lag for each follower, which have
+/// caught up (the tick after they matched the last entry, their lag is 0).
+async fn check_progress_metrics(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut leader = None;
+        for &id in &cluster.ids {
+            let (_, body) = common::cluster::http_get(cluster.admin_addr(id), "/readyz").await;
+            if body.starts_with("leader of term") {
+                leader = Some(id);
+            }
+        }
+        let leader = leader.expect("a leader");
+        let (_, metrics) = common::cluster::http_get(cluster.admin_addr(leader), "/metrics").await;
+        let value = |name: &str| {
+            (metrics.lines()).find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+        };
+        let commit = value("omniroute_replica_commit_index ").unwrap_or(0.0);
+        let lags: Vec<Option<f64>> = (cluster.ids.iter())
+            .filter(|&&id| id != leader)
+            .map(|id| {
+                value(&format!(
+                    "omniroute_replica_follower_lag_entries{{peer=\"{id}\"}}"
+                ))
+            })
+            .collect();
+        if commit > 60.0 && lags.iter().all(|lag| *lag == Some(0.0)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leader {leader}: commit {commit}, lags {lags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -106,6 +106,10 @@ pub trait Effects {
     /// This leader has applied the first entry of its `term` (at `index`):
     /// everything committed before the term is applied, so it may serve.
     fn lead(&mut self, _term: u64, _index: u64) {}
+    /// Once per tick: the commit index, and each other voter's lag in
+    /// entries (the last index minus what it has matched) as a leader
+    /// knows it; 0 on a replica that does not lead (it does not know).
+    fn progress(&mut self, _commit: u64, _lags: &[(u64, u64)]) {}
 }
 
 /// A replica's raft-rs node and what it drives; `P` is where its writes
@@ -289,6 +293,29 @@ impl<E: Effects, P: Persist> Driver<E, P> {
     pub(crate) fn tick(&mut self) {
         self.ticks += 1;
         self.node.tick();
+        self.report_progress();
+    }
+
+    /// Tells the effects the commit index and the followers' lags.
+    fn report_progress(&mut self) {
+        let raft = &self.node.raft;
+        let leads = raft.state == StateRole::Leader;
+        let last = raft.raft_log.last_index();
+        let mut lags: Vec<(u64, u64)> = (raft.prs().iter())
+            .filter(|(id, _)| **id != raft.id)
+            .map(|(id, pr)| {
+                (
+                    *id,
+                    if leads {
+                        last.saturating_sub(pr.matched)
+                    } else {
+                        0
+                    },
+                )
+            })
+            .collect();
+        lags.sort_unstable();
+        self.effects.progress(raft.raft_log.committed, &lags);
     }
 
     /// Handles every Ready the writer has told of as durable since.
@@ -607,7 +634,11 @@ mod tests {
     struct Loopback {
         inboxes: Inboxes,
         applied: Applied,
+        progress: Progress,
     }
+
+    /// The last commit index and lags a replica reported.
+    type Progress = Arc<Mutex<(u64, Vec<(u64, u64)>)>>;
 
     impl Effects for Loopback {
         fn send(&mut self, messages: Vec<Message>) {
@@ -624,11 +655,16 @@ mod tests {
             let value = data[records[0].1.clone()].to_vec();
             self.applied.lock().unwrap().push((index, value));
         }
+
+        fn progress(&mut self, commit: u64, lags: &[(u64, u64)]) {
+            *self.progress.lock().unwrap() = (commit, lags.to_vec());
+        }
     }
 
     struct Replica {
         thread: Option<JoinHandle<Option<String>>>,
         applied: Applied,
+        progress: Progress,
     }
 
     struct Cluster {
@@ -660,10 +696,11 @@ mod tests {
             )
             .expect("the replica's disk loads");
             let (sender, receiver) = crossbeam_channel::bounded(INBOX_EVENTS);
-            let applied = Applied::default();
+            let (applied, progress) = (Applied::default(), Progress::default());
             let effects = Loopback {
                 inboxes: self.inboxes.clone(),
                 applied: applied.clone(),
+                progress: progress.clone(),
             };
             let logger = slog::Logger::root(slog::Discard, slog::o!());
             let driver = Driver::new(id, loaded, effects, &logger).expect("a node");
@@ -674,6 +711,7 @@ mod tests {
                 Replica {
                     thread: Some(thread),
                     applied,
+                    progress,
                 },
             );
         }
@@ -752,6 +790,49 @@ mod tests {
             assert_eq!(cluster.applied(id), answered, "replica {id}");
         }
         for id in VOTERS {
+            cluster.stop(id);
+        }
+    }
+
+    #[test]
+    fn the_leader_reports_a_stopped_followers_lag_and_the_commit_index() {
+        // Proves the leader's per-tick progress names the follower that is down with a lag of
+        // at least the entries committed without it, the live follower at 0, and the commit
+        // index; a follower reports lag 0 (it does not know).
+        let mut cluster = Cluster::new("driver-lag");
+        let leader = cluster.commit(b"first");
+        let down = VOTERS.into_iter().find(|&id| id != leader).unwrap();
+        let live = VOTERS
+            .into_iter()
+            .find(|&id| id != leader && id != down)
+            .unwrap();
+        cluster.stop(down);
+        for i in 0..30 {
+            assert_eq!(cluster.commit(format!("e{i}").as_bytes()), leader);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (commit, lags) = cluster.replicas[&leader].progress.lock().unwrap().clone();
+            let lag = |id| {
+                lags.iter()
+                    .find(|(peer, _)| *peer == id)
+                    .map(|(_, lag)| *lag)
+            };
+            if lag(live) == Some(0) && lag(down) >= Some(30) && commit >= 31 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leader reported {commit} {lags:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (_, lags) = cluster.replicas[&live].progress.lock().unwrap().clone();
+        assert!(
+            lags.iter().all(|(_, lag)| *lag == 0),
+            "a follower reported {lags:?}"
+        );
+        for id in [leader, live] {
             cluster.stop(id);
         }
     }
