@@ -79,11 +79,21 @@ async fn the_leader_killed_twice_loses_no_answered_order_and_oversells_nothing()
 }
 
 /// The admin ports name one leader and two followers of it, and a
-/// follower's HTTP gateway redirects to the leader's.
+/// follower's HTTP gateway redirects to the leader's. A replica restarted
+/// a moment ago may not have heard from the leader yet: each gets
+/// `ROLES_WITHIN` to say 200.
 async fn check_roles(cluster: &Cluster) {
+    const ROLES_WITHIN: Duration = Duration::from_secs(10);
+    let deadline = Instant::now() + ROLES_WITHIN;
     let mut roles = Vec::new();
     for &id in &cluster.ids {
-        let (status, body) = common::cluster::http_get(cluster.admin_addr(id), "/readyz").await;
+        let (status, body) = loop {
+            let (status, body) = common::cluster::http_get(cluster.admin_addr(id), "/readyz").await;
+            if status == 200 || Instant::now() >= deadline {
+                break (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(status, 200, "replica {id}: {body}");
         roles.push((id, body.trim().to_string()));
     }
