@@ -185,7 +185,9 @@ pub type Persisted = Box<dyn FnOnce(Result<(), DiskError>) + Send>;
 pub trait Persist {
     /// Queues one Ready's writes: `entries` (overwriting the log from the
     /// first one's index on, if it has that index already), then `hard` if
-    /// it changed, synced if `must_sync`. `then` runs once they are
+    /// it changed, synced only if its term or vote did (raft-rs's
+    /// `must_sync` is not needed: the entries are synced anyway, and a
+    /// commit index alone need not be). `then` runs once they are
     /// durable, after every earlier Ready's. Blocks while the queue is
     /// full (backpressure on the driver).
     fn persist(

@@ -29,7 +29,8 @@ enum Step {
     /// disk it would cut the entries written after it at the next start.
     Cleared,
     Entry(Entry),
-    /// Synced unless only the commit index changed (raft-rs's `must_sync`).
+    /// Synced only when term or vote changed, as `disk::Persister`'s file
+    /// does: a commit index alone is not (a lost one is told again).
     Hard {
         hard: HardState,
         synced: bool,
@@ -180,6 +181,7 @@ pub(super) fn load(disk: &SharedDisk, voters: &[u64]) -> Result<Loaded<SimPersis
     let persister = SimPersister {
         disk: disk.clone(),
         last_queued: shared.durable.entries.len() as u64,
+        last_hard: state.hard.clone(),
     };
     Ok(Loaded { storage, persister })
 }
@@ -191,6 +193,9 @@ pub(super) struct SimPersister {
     /// The index of the last entry queued: a Ready's entries at or before
     /// it overwrite the log, so their cut comes first.
     last_queued: u64,
+    /// The hard state last queued: the next one is synced if its term or
+    /// vote differ.
+    last_hard: HardState,
 }
 
 impl Persist for SimPersister {
@@ -198,7 +203,7 @@ impl Persist for SimPersister {
         &mut self,
         entries: &[Entry],
         hard: Option<&HardState>,
-        must_sync: bool,
+        _must_sync: bool,
         then: Persisted,
     ) -> Result<(), DiskError> {
         let mut steps = Vec::with_capacity(entries.len() + 4);
@@ -214,9 +219,11 @@ impl Persist for SimPersister {
         }
         steps.extend(entries.iter().cloned().map(Step::Entry));
         if let Some(hard) = hard {
+            let synced = (hard.term, hard.vote) != (self.last_hard.term, self.last_hard.vote);
+            self.last_hard = hard.clone();
             steps.push(Step::Hard {
                 hard: hard.clone(),
-                synced: must_sync,
+                synced,
             });
         }
         self.disk.borrow_mut().jobs.push_back(Job { steps, then });
