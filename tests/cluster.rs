@@ -123,14 +123,7 @@ async fn check_roles(cluster: &Cluster) {
 async fn check_progress_metrics(cluster: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut leader = None;
-        for &id in &cluster.ids {
-            let (_, body) = common::cluster::http_get(cluster.admin_addr(id), "/readyz").await;
-            if body.starts_with("leader of term") {
-                leader = Some(id);
-            }
-        }
-        let leader = leader.expect("a leader");
+        let leader = cluster.leader(Duration::from_secs(10)).await;
         let (_, metrics) = common::cluster::http_get(cluster.admin_addr(leader), "/metrics").await;
         let value = |name: &str| {
             (metrics.lines()).find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
