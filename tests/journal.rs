@@ -8,7 +8,9 @@ use std::sync::mpsc;
 
 use common::{journal_segments, TempDir};
 use omniroute::journal::record::RECORD_HEADER_BYTES;
-use omniroute::journal::{recover, Durability, Journal, JournalError, DEFAULT_SEGMENT_BYTES};
+use omniroute::journal::{
+    recover, Durability, Journal, JournalError, DEFAULT_SEGMENT_BYTES, MAX_UNSYNCED_BYTES,
+};
 use proptest::prelude::*;
 
 fn append_all(journal: &Journal, payloads: impl IntoIterator<Item = Vec<u8>>) -> Vec<u64> {
@@ -291,4 +293,41 @@ fn unvouched_demand_leaves_the_journal_quiet_and_is_still_recovered() {
             b"demand-2".to_vec()
         ]
     );
+}
+
+#[test]
+fn unvouched_demand_is_fsynced_once_it_passes_its_bound() {
+    // Proves a long run of unvouched records (a sold-out SKU's demand) is
+    // fsynced about every MAX_UNSYNCED_BYTES rather than left for the next
+    // vouched commit's fsync to flush all at once, and that a run below the
+    // bound costs no fsync.
+    let dir = TempDir::new("journal-unsynced-bound");
+    let journal = Journal::start(&dir.0, 1, Durability::Fsync, DEFAULT_SEGMENT_BYTES).unwrap();
+    let append_demand = |bytes: usize| {
+        let (sender, receiver) = mpsc::channel();
+        let slot = journal.try_reserve_unvouched().expect("room");
+        journal
+            .append_in(
+                slot,
+                2,
+                vec![7; bytes],
+                Box::new(move |r| sender.send(r.expect("written")).unwrap()),
+            )
+            .unwrap();
+        receiver.recv().unwrap();
+    };
+    let small = 4096;
+    append_demand(small);
+    assert_eq!(journal.stats.fsyncs.load(Ordering::Relaxed), 0);
+    let record = (MAX_UNSYNCED_BYTES / 4) as usize;
+    for _ in 0..16 {
+        append_demand(record);
+    }
+    let fsyncs = journal.stats.fsyncs.load(Ordering::Relaxed);
+    assert!(
+        (3..=5).contains(&fsyncs),
+        "{fsyncs} fsyncs for four times MAX_UNSYNCED_BYTES of demand"
+    );
+    journal.close();
+    assert_eq!(recover(&dir.0, 0).unwrap().records.len(), 17);
 }

@@ -29,7 +29,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use fault::Watcher;
-pub use handle::{Done, Journal, JournalStats, Slot, MAX_RECORDS_PER_COMMIT};
+pub use handle::{Done, Journal, JournalStats, Slot, MAX_RECORDS_PER_COMMIT, MAX_UNSYNCED_BYTES};
 pub use mark::RecordMark;
 pub use recovery::{
     read, recover, ReadSummary, RecordFormat, Recovered, RecoveredRecord, TornTail,

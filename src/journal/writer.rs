@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use super::fault::Fault;
 use super::handle::{
-    Append, CommitFailed, Done, JournalStats, Work, MAX_RECORDS_PER_COMMIT, UNVOUCHED_LINGER_US,
+    Append, CommitFailed, Done, JournalStats, Work, MAX_RECORDS_PER_COMMIT, MAX_UNSYNCED_BYTES,
+    UNVOUCHED_LINGER_US,
 };
 use super::record::{self};
 use super::segment_header::SEGMENT_HEADER_BYTES;
@@ -43,9 +44,9 @@ pub(super) struct Writer {
     /// soon as a spare is.
     pub(super) prepared: bool,
     /// Bytes written by commits of unvouched records only, not fsynced
-    /// yet: the next vouched commit's fsync, a rotation or the close
-    /// makes them durable.
-    pub(super) unsynced: bool,
+    /// yet: the next vouched commit's fsync, a rotation, the close, or
+    /// their passing `MAX_UNSYNCED_BYTES` makes them durable.
+    pub(super) unsynced_bytes: u64,
 }
 
 impl Writer {
@@ -107,14 +108,15 @@ impl Writer {
     }
 
     /// Writes a commit's encoded records and fsyncs them if an answer
-    /// waits on them.
+    /// waits on them, or if unvouched bytes left unsynced pass
+    /// `MAX_UNSYNCED_BYTES`.
     fn write_commit(
         &mut self,
         buffer: &[u8],
         records: u64,
         vouched: bool,
     ) -> Result<(), JournalError> {
-        if records == 0 && !self.unsynced {
+        if records == 0 && self.unsynced_bytes == 0 {
             // Barriers only: everything before them is durable already.
             return Ok(());
         }
@@ -123,16 +125,11 @@ impl Writer {
             file.write_all_at(buffer, self.size)
         })
         .map_err(|e| io_error(path, e))?;
-        self.unsynced = !vouched;
-        if vouched && self.durability == Durability::Fsync {
-            let started = std::time::Instant::now();
-            faults::io(points::JOURNAL_FSYNC, || file.sync_data())
-                .map_err(|e| io_error(path, e))?;
-            let elapsed = started.elapsed();
-            self.stats
-                .fsync_us_total
-                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-            self.fsync_seconds.record(elapsed.as_secs_f64());
+        let unsynced_bytes = self.unsynced_bytes + buffer.len() as u64;
+        if vouched || unsynced_bytes > MAX_UNSYNCED_BYTES {
+            self.sync()?;
+        } else {
+            self.unsynced_bytes = unsynced_bytes;
         }
         self.commit_records.record(records as f64);
         self.size += buffer.len() as u64;
@@ -147,12 +144,27 @@ impl Writer {
 
     /// Makes durable what unvouched commits wrote, if anything.
     fn sync_unvouched(&mut self) -> Result<(), JournalError> {
-        if self.unsynced && self.durability == Durability::Fsync {
-            let file = &self.file;
-            faults::io(points::JOURNAL_FSYNC, || file.sync_data())
-                .map_err(|e| io_error(&self.path, e))?;
+        if self.unsynced_bytes > 0 {
+            self.sync()?;
         }
-        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Fsyncs the segment (unless durability is none), timed and counted.
+    fn sync(&mut self) -> Result<(), JournalError> {
+        self.unsynced_bytes = 0;
+        if self.durability != Durability::Fsync {
+            return Ok(());
+        }
+        let (file, path) = (&self.file, &self.path);
+        let started = std::time::Instant::now();
+        faults::io(points::JOURNAL_FSYNC, || file.sync_data()).map_err(|e| io_error(path, e))?;
+        let elapsed = started.elapsed();
+        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .fsync_us_total
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.fsync_seconds.record(elapsed.as_secs_f64());
         Ok(())
     }
 
