@@ -161,6 +161,9 @@ pub struct JournalConfig {
     pub keep_segments: bool,
     /// After a storage fault, answer `Unavailable` and 503 this long, then stop.
     pub fault_linger_ms: u64,
+    /// Rejected orders journaled as demand (for `omniroute replay`) per
+    /// second at most; past it they are only counted.
+    pub max_demand_orders_per_s: u64,
 }
 
 impl Default for JournalConfig {
@@ -173,6 +176,7 @@ impl Default for JournalConfig {
             snapshot_every_records: d.snapshot_every_records,
             keep_segments: d.keep_segments,
             fault_linger_ms: d.fault_linger_ms,
+            max_demand_orders_per_s: crate::limits::DEFAULT_MAX_DEMAND_ORDERS_PER_S,
         }
     }
 }
@@ -849,6 +853,7 @@ impl Config {
             max_inflight: e.max_inflight,
             expiry_tick_ms: e.expiry_tick_ms,
             order_retention_ms: retention_ms,
+            max_demand_orders_per_s: self.journal.max_demand_orders_per_s,
         })
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::demand::journal_demand;
+use super::demand::{journal_demand, DemandBudget};
 use super::images::{
     BookPart, BookSink, ImagePace, ImageSink, Imaged, BOOK_RETRY_MS, IMAGE_DUTY_PERCENT,
 };
@@ -150,6 +150,8 @@ pub struct RouterState {
     /// Rejected orders whose demand record found no room in the journal
     /// and whose count is not journaled yet.
     pub demand_lost: u64,
+    /// Shared with the other routers and the sessions.
+    pub demand_budget: Arc<DemandBudget>,
 }
 
 impl RouterState {
@@ -206,6 +208,7 @@ impl RouterState {
             &self.sequencer,
             demand,
             &mut self.demand_lost,
+            &self.demand_budget,
             &self.metrics,
         );
     }

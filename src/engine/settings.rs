@@ -13,6 +13,9 @@ pub struct EngineSettings {
     pub expiry_tick_ms: u64,
     /// How long a closed order stays in memory (`[orders] retention_ms`).
     pub order_retention_ms: u64,
+    /// Rejected orders journaled as demand per second at most
+    /// (`[journal] max_demand_orders_per_s`); the rest are counted.
+    pub max_demand_orders_per_s: u64,
 }
 
 impl Default for EngineSettings {
@@ -24,6 +27,7 @@ impl Default for EngineSettings {
             max_inflight: 65_536,
             expiry_tick_ms: 100,
             order_retention_ms: crate::limits::DEFAULT_ORDER_RETENTION_MS,
+            max_demand_orders_per_s: crate::limits::DEFAULT_MAX_DEMAND_ORDERS_PER_S,
         }
     }
 }

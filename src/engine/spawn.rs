@@ -9,6 +9,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::clock::Clock;
+use super::demand::{DemandBudget, SessionDemand};
 use super::error::EngineError;
 use super::feed::FeedActor;
 use super::images::ImagePace;
@@ -89,8 +90,16 @@ impl Engine {
             },
         };
         let metrics = Arc::new(crate::telemetry::EngineMetrics::new(&network));
-        let routers =
-            spawn_routers(routers, &participants, &sequencer, &metrics, &supervisor).await?;
+        let demand_budget = Arc::new(DemandBudget::new(settings.max_demand_orders_per_s));
+        let routers = spawn_routers(
+            routers,
+            &participants,
+            &sequencer,
+            &metrics,
+            &demand_budget,
+            &supervisor,
+        )
+        .await?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 network: arc_swap::ArcSwap::new(network),
@@ -106,7 +115,7 @@ impl Engine {
                 listings: Semaphore::new(crate::limits::MAX_LISTINGS_IN_FLIGHT),
                 tasks: std::sync::Mutex::new(Vec::new()),
                 image_pace: ImagePace::default(),
-                session_demand: Default::default(),
+                session_demand: SessionDemand::new(demand_budget),
                 health,
                 watchdog,
             }),
@@ -214,6 +223,7 @@ async fn spawn_routers(
     participants: &ActorParticipants,
     sequencer: &Arc<Sequencer>,
     metrics: &Arc<EngineMetrics>,
+    demand_budget: &Arc<DemandBudget>,
     supervisor: &Supervisor<'_>,
 ) -> Result<Vec<Mailbox<RouterMsg>>, EngineError> {
     let mut mailboxes = Vec::new();
@@ -229,6 +239,7 @@ async fn spawn_routers(
             metrics: metrics.clone(),
             imaging: 0,
             demand_lost: 0,
+            demand_budget: demand_budget.clone(),
         };
         let name = format!("router {}", mailboxes.len());
         mailboxes.push(supervisor.spawn(RouterActor, state, depth, name).await?);
