@@ -411,17 +411,18 @@ impl Daemon {
     }
 
     /// What group commit did since start: commits, records per commit,
-    /// fsync time per commit.
+    /// fsyncs and their mean time.
     pub fn journal_summary(&self) -> Option<String> {
         let stats = &self.engine.sequencer().journal()?.stats;
         let commits = stats.commits.load(Ordering::Relaxed);
         let records = stats.records.load(Ordering::Relaxed);
         let fsync_us = stats.fsync_us_total.load(Ordering::Relaxed);
+        let fsyncs = stats.fsyncs.load(Ordering::Relaxed);
         Some(format!(
-            "journal: {records} records in {commits} commits ({:.1} records per commit, largest {}), fsync {:.0} us per commit",
+            "journal: {records} records in {commits} commits ({:.1} records per commit, largest {}), {fsyncs} fsyncs of {:.0} us each",
             records as f64 / commits.max(1) as f64,
             stats.largest_commit.load(Ordering::Relaxed),
-            fsync_us as f64 / commits.max(1) as f64
+            fsync_us as f64 / fsyncs.max(1) as f64
         ))
     }
 }

@@ -16,31 +16,53 @@ use crate::telemetry::EngineMetrics;
 /// of them journaled is about 11 MB/s at 64 000 orders/s, which a cluster
 /// replicates and fsyncs on every replica, and which `keep_segments` keeps
 /// forever. Past the budget they are counted, as demand without room is.
+///
+/// A bucket of `per_s` orders that refills continuously (so a flood's
+/// sample spreads over each second, not its first milliseconds), on a
+/// monotonic clock (a wall clock stepped back would refill it).
 pub(super) struct DemandBudget {
     per_s: u64,
-    /// (the second counted, orders journaled in it)
-    window: Mutex<(u64, u64)>,
+    started: std::time::Instant,
+    /// (milliseconds since `started` when last refilled, thousandths of
+    /// an order in the bucket)
+    bucket: Mutex<(u64, u64)>,
 }
 
 impl DemandBudget {
     pub(super) fn new(per_s: u64) -> DemandBudget {
         DemandBudget {
             per_s,
-            window: Mutex::new((0, 0)),
+            started: std::time::Instant::now(),
+            bucket: Mutex::new((0, per_s.saturating_mul(1000))),
         }
     }
 
-    /// How many of `count` orders may be journaled at `now_ms`: all while
-    /// the second's budget lasts, none once it is spent.
+    /// Milliseconds on the budget's clock.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// How many of `count` orders may be journaled at `now_ms`.
     pub(super) fn take(&self, count: u64, now_ms: u64) -> u64 {
-        let second = now_ms / 1000;
-        let mut window = self.window.lock().expect("demand budget lock");
-        if window.0 != second {
-            *window = (second, 0);
-        }
-        let granted = count.min(self.per_s - window.1.min(self.per_s));
-        window.1 += granted;
+        let mut bucket = self.bucket.lock().expect("demand budget lock");
+        let full = self.per_s.saturating_mul(1000);
+        let elapsed_ms = now_ms.saturating_sub(bucket.0);
+        bucket.0 = bucket.0.max(now_ms);
+        bucket.1 = full.min(
+            bucket
+                .1
+                .saturating_add(elapsed_ms.saturating_mul(self.per_s)),
+        );
+        let granted = count.min(bucket.1 / 1000);
+        bucket.1 -= granted * 1000;
         granted
+    }
+
+    /// Gives back orders granted but not journaled (the queue was full).
+    pub(super) fn refund(&self, count: u64) {
+        let mut bucket = self.bucket.lock().expect("demand budget lock");
+        let full = self.per_s.saturating_mul(1000);
+        bucket.1 = full.min(bucket.1.saturating_add(count.saturating_mul(1000)));
     }
 }
 
@@ -69,7 +91,7 @@ pub(super) fn journal_demand(
     let granted = if *lost > 0 {
         0
     } else {
-        budget.take(count, crate::admin::unix_ms())
+        budget.take(count, budget.now_ms())
     };
     demand.truncate(granted as usize);
     let journaled = !demand.is_empty() && {
@@ -79,6 +101,9 @@ pub(super) fn journal_demand(
         };
         sequencer.try_append_unawaited(KIND_DEMAND, || txn.encode())
     };
+    if !journaled {
+        budget.refund(granted);
+    }
     let missed = if journaled { count - granted } else { count };
     if missed > 0 {
         *lost += missed;
@@ -178,15 +203,20 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_grants_its_orders_per_second_and_renews_each_second() {
-        // Proves the budget is shared across calls within a second, never
-        // grants past it, and starts afresh the next second.
+    fn the_budget_grants_its_orders_per_second_refilling_as_time_passes() {
+        // Proves the bucket starts full, never grants past what it holds, refills at its
+        // rate up to one second's worth, takes back a refund, and that neither a clock
+        // read out of order nor a zero budget grants anything extra.
         let budget = DemandBudget::new(300);
-        assert_eq!(budget.take(256, 5_000), 256);
-        assert_eq!(budget.take(256, 5_400), 44);
-        assert_eq!(budget.take(10, 5_999), 0);
-        assert_eq!(budget.take(256, 6_000), 256);
-        assert_eq!(DemandBudget::new(0).take(1, 0), 0);
+        assert_eq!(budget.take(256, 0), 256);
+        assert_eq!(budget.take(256, 0), 44);
+        assert_eq!(budget.take(10, 0), 0);
+        assert_eq!(budget.take(256, 500), 150);
+        assert_eq!(budget.take(10, 400), 0);
+        budget.refund(20);
+        assert_eq!(budget.take(256, 500), 20);
+        assert_eq!(budget.take(1_000, 60_000), 300);
+        assert_eq!(DemandBudget::new(0).take(1, 10_000), 0);
     }
 
     #[test]

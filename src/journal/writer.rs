@@ -152,13 +152,14 @@ impl Writer {
 
     /// Fsyncs the segment (unless durability is none), timed and counted.
     fn sync(&mut self) -> Result<(), JournalError> {
-        self.unsynced_bytes = 0;
         if self.durability != Durability::Fsync {
+            self.unsynced_bytes = 0;
             return Ok(());
         }
         let (file, path) = (&self.file, &self.path);
         let started = std::time::Instant::now();
         faults::io(points::JOURNAL_FSYNC, || file.sync_data()).map_err(|e| io_error(path, e))?;
+        self.unsynced_bytes = 0;
         let elapsed = started.elapsed();
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.stats

@@ -267,7 +267,7 @@ impl Report {
         }
         if self.demand_missing > 0 {
             out.push_str(&format!(
-                "demand missing: {} rejected orders were answered but not journaled (the journal's queue was full); neither side has them\n",
+                "demand missing: {} rejected orders were answered but not journaled (the journal's queue was full, or journal.max_demand_orders_per_s was spent); neither side has them\n",
                 self.demand_missing
             ));
         }
