@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::config::ValidConfig;
 use crate::engine::EngineState;
 use crate::replica::disk::{self, Persist};
-use crate::replica::follower::apply_log;
+use crate::replica::follower::{apply_log, ApplyPoint};
 use crate::store;
 
 /// Replays the committed log of the replica `config` names (stopped: its
@@ -46,7 +46,17 @@ pub fn digest_through(config: &ValidConfig, through: u64) -> Result<(u64, u64), 
     loaded.persister.close();
     let network = Arc::new(config.network.clone());
     let mut state = EngineState::fresh(&config.engine, &network, 0).map_err(|e| e.to_string())?;
-    apply_log(&log, &mut state, &mut 0, commit)?;
+    let mut point = ApplyPoint::START;
+    apply_log(&log, &mut state, &mut point, commit)?;
+    // The LSNs the apply counted are the journal's (a snapshot's labels
+    // will be compared with them).
+    let journaled = loaded.persister.end_lsn(commit);
+    if commit > 0 && journaled != Some(point.next_lsn) {
+        return Err(format!(
+            "applying through entry {commit} counted its records up to LSN {}, the journal has {journaled:?}",
+            point.next_lsn
+        ));
+    }
     Ok((commit, state_digest(&state)))
 }
 

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 use raft::storage::MemStorage;
 
-use super::entry::{decode_body, encode_body, EntryError, EntryHeader};
+use super::entry::{body_records, encode_body, EntryError, EntryHeader};
 use super::hard_state::{DurableState, HardStateError, HardStateFile, Intent};
 use super::log_index::{EntryPos, LogIndex, LogIndexError};
 use crate::journal::{self, Journal, JournalError, RecoveredRecord};
-use crate::schema::txn::{KIND_RAFT_CONF, KIND_RAFT_ENTRY};
+use crate::schema::txn::KIND_RAFT_ENTRY;
 
 /// Why a replica's log cannot be loaded or written.
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +283,16 @@ impl Persist for Persister {
 }
 
 impl Persister {
+    /// The LSN after entry `index`'s last record, if it was queued.
+    pub fn end_lsn(&self, index: u64) -> Option<u64> {
+        let first = self.positions.first()?.index;
+        let at = usize::try_from(index.checked_sub(first)?).ok()?;
+        self.positions
+            .get(at)
+            .filter(|p| p.index == index)
+            .map(|p| p.end_lsn)
+    }
+
     /// Queues the cut of every entry from `index` on, if there are any:
     /// its intent made durable first, so a crash part way is finished at
     /// the next start.
@@ -354,18 +364,14 @@ impl Persister {
 /// change). The body came from the leader: checked before anything is
 /// queued.
 fn records_of(entry: &Entry) -> Result<Vec<(u8, Vec<u8>)>, DiskError> {
-    let body: Vec<(u8, Vec<u8>)> = match entry.get_entry_type() {
-        EntryType::EntryNormal => decode_body(&entry.data)
-            .map_err(|cause| DiskError::Entry {
-                index: entry.index,
-                cause,
-            })?
-            .into_iter()
-            .map(|(kind, range)| (kind, entry.data[range].to_vec()))
-            .collect(),
-        _ if entry.data.is_empty() => Vec::new(),
-        _ => vec![(KIND_RAFT_CONF, entry.data.to_vec())],
-    };
+    let body: Vec<(u8, Vec<u8>)> = body_records(entry)
+        .map_err(|cause| DiskError::Entry {
+            index: entry.index,
+            cause,
+        })?
+        .into_iter()
+        .map(|(kind, range)| (kind, entry.data[range].to_vec()))
+        .collect();
     let header = EntryHeader {
         index: entry.index,
         term: entry.term,
@@ -452,6 +458,50 @@ mod tests {
         storage
             .entries(1, last + 1, None, raft::GetEntriesContext::empty(false))
             .expect("entries")
+    }
+
+    #[test]
+    fn the_apply_numbers_records_at_the_lsns_the_journal_gave_them() {
+        // Proves the apply's count of LSNs meets the journal's after every entry, as read back
+        // at a start: normal entries of 0 to 3 records, an empty one (a new leader's first), a
+        // configuration change, and a tail a later term overwrote.
+        use crate::engine::{EngineSettings, EngineState};
+        use crate::replica::follower::{apply_log, ApplyPoint};
+        use crate::schema::txn::KIND_DEMAND;
+        let paths = paths("disk-apply-lsns");
+        let mut loaded = open(&paths).expect("a fresh replica");
+        let demand = |index: u64, term: u64, records: u64| {
+            let payloads: Vec<Vec<u8>> = (0..records).map(|r| vec![r as u8; 3]).collect();
+            let mut entry = entry(index, term, 0);
+            entry.data = encode_body(payloads.iter().map(|p| (KIND_DEMAND, p.as_slice()))).into();
+            entry
+        };
+        let mut first: Vec<Entry> = (1..=12).map(|i| demand(i, 1, i % 4)).collect();
+        first[4].data = Default::default();
+        first[7].set_entry_type(EntryType::EntryConfChange);
+        first[7].data = b"a configuration change".to_vec().into();
+        persist(&mut loaded.persister, &first, Some(hard(1, 1, 12)));
+        let second: Vec<Entry> = (10..=14).map(|i| demand(i, 2, 2)).collect();
+        persist(&mut loaded.persister, &second, Some(hard(2, 1, 14)));
+        loaded.persister.close();
+        drop(loaded);
+        let again = open(&paths).expect("reloads");
+        let network = Arc::new(crate::core::network::Network::new(
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ));
+        let settings = EngineSettings {
+            max_skus: 16,
+            ..EngineSettings::default()
+        };
+        let mut state = EngineState::fresh(&settings, &network, 0).expect("a state");
+        let mut point = ApplyPoint::START;
+        for index in 1..=14 {
+            apply_log(&again.storage, &mut state, &mut point, index).expect("applies");
+            let journaled = again.persister.end_lsn(index);
+            assert_eq!(Some(point.next_lsn), journaled, "after entry {index}");
+        }
     }
 
     #[test]

@@ -12,8 +12,11 @@
 
 use std::ops::Range;
 
+use raft::eraftpb::{Entry, EntryType};
+
 use crate::journal::record::MAX_RECORD_PAYLOAD_BYTES;
 use crate::journal::MAX_RECORDS_PER_COMMIT;
+use crate::schema::txn::KIND_RAFT_CONF;
 
 /// Bytes of a header record's payload: index, term, type, record count.
 pub const ENTRY_HEADER_BYTES: usize = 8 + 8 + 1 + 4;
@@ -95,6 +98,18 @@ pub fn encode_body<'a>(records: impl IntoIterator<Item = (u8, &'a [u8])>) -> Vec
         out.extend_from_slice(payload);
     }
     out
+}
+
+/// The records an entry is journaled as after its header, as (kind, range
+/// of `entry.data`): a normal entry's body, a configuration change's data
+/// as one record (none if it has none). The journal's writer and the apply
+/// thread both number records by it, so their LSNs cannot disagree.
+pub fn body_records(entry: &Entry) -> Result<Vec<(u8, Range<usize>)>, EntryError> {
+    match entry.get_entry_type() {
+        EntryType::EntryNormal => decode_body(&entry.data),
+        _ if entry.data.is_empty() => Ok(Vec::new()),
+        _ => Ok(vec![(KIND_RAFT_CONF, 0..entry.data.len())]),
+    }
 }
 
 /// The records of a body, as (kind, range of `body`), each length checked

@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
+use raft::eraftpb::Entry;
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, Storage};
 
-use super::entry::decode_body;
+use super::entry::body_records;
 use crate::core::network::Network;
 use crate::engine::{EngineSettings, EngineState};
 use crate::schema::txn::KIND_MARKER;
@@ -64,8 +65,8 @@ struct Applier {
     settings: EngineSettings,
     network: Arc<Network>,
     state: Option<EngineState>,
-    /// The last entry applied to `state` (or handed over with it).
-    index: u64,
+    /// How far `state` has applied (or had, when it was handed over).
+    point: ApplyPoint,
     /// The log applied so far holds the [`STOCK_LOADED`] marker.
     stock_loaded: bool,
     failed: Option<String>,
@@ -90,7 +91,7 @@ impl Follower {
             settings,
             network,
             state: None,
-            index: 0,
+            point: ApplyPoint::START,
             stock_loaded: false,
             failed: None,
             on_failure,
@@ -134,49 +135,75 @@ impl Follower {
     }
 }
 
-/// Applies `log`'s entries after `*index` up to `to` to `state`, a few
-/// hundred per read, moving `*index` past each one applied; whether any
+/// How far a state has applied its log: the last entry applied, and the
+/// LSN its successor's header has in the journal. Every replica numbers
+/// the records it journals alike (`entry::body_records`), so a record is
+/// applied at the LSN its journal gave it: the LSN a snapshot's labels
+/// are compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyPoint {
+    pub index: u64,
+    pub next_lsn: u64,
+}
+
+impl ApplyPoint {
+    /// Nothing applied: entry 1's header is the journal's first record.
+    pub const START: ApplyPoint = ApplyPoint {
+        index: 0,
+        next_lsn: 1,
+    };
+}
+
+/// Applies `log`'s entries after `point` up to `to` to `state`, a few
+/// hundred per read, moving `point` past each one applied; whether any
 /// held the [`STOCK_LOADED`] marker.
 pub fn apply_log(
     log: &MemStorage,
     state: &mut EngineState,
-    index: &mut u64,
+    point: &mut ApplyPoint,
     to: u64,
 ) -> Result<bool, String> {
     let mut stock_loaded = false;
-    while *index < to {
-        let (low, high) = (*index + 1, (*index + 1 + ENTRIES_PER_READ).min(to + 1));
+    while point.index < to {
+        let (low, high) = (
+            point.index + 1,
+            (point.index + 1 + ENTRIES_PER_READ).min(to + 1),
+        );
         let context = GetEntriesContext::empty(false);
         let entries = (log.entries(low, high, u64::MAX, context))
             .map_err(|e| format!("entries {low}..{high}: {e}"))?;
         for entry in entries {
-            stock_loaded |= apply_entry(state, entry.index, &entry.data)
+            let (loaded, records) = apply_entry(state, point.next_lsn, &entry)
                 .map_err(|e| format!("entry {}: {e}", entry.index))?;
-            *index = entry.index;
+            stock_loaded |= loaded;
+            *point = ApplyPoint {
+                index: entry.index,
+                next_lsn: point.next_lsn + 1 + records,
+            };
         }
     }
     Ok(stock_loaded)
 }
 
-/// Applies a committed entry's records to `state`; whether it holds the
-/// [`STOCK_LOADED`] marker. Without snapshots every record applies to
-/// every actor, so the LSN that the per-actor filter compares need only be
-/// positive: the entry's index stands for it.
-pub fn apply_entry(state: &mut EngineState, index: u64, data: &[u8]) -> Result<bool, String> {
-    if data.is_empty() {
-        return Ok(false);
-    }
-    let records = decode_body(data).map_err(|e| e.to_string())?;
+/// Applies a committed entry, whose header is journaled at `header_lsn`,
+/// to `state`, each record at the LSN after it: whether it holds the
+/// [`STOCK_LOADED`] marker, and how many records it has.
+pub fn apply_entry(
+    state: &mut EngineState,
+    header_lsn: u64,
+    entry: &Entry,
+) -> Result<(bool, u64), String> {
+    let records = body_records(entry).map_err(|e| e.to_string())?;
     let applied = Applied::none(state);
     let mut bumped = Vec::new();
     let mut stock_loaded = false;
-    for (kind, range) in records {
-        let payload = &data[range];
-        stock_loaded |= kind == KIND_MARKER && payload == STOCK_LOADED;
-        apply_payload(kind, payload, index, state, &applied, &mut bumped)
+    for (lsn, (kind, range)) in (header_lsn + 1..).zip(&records) {
+        let payload = &entry.data[range.clone()];
+        stock_loaded |= *kind == KIND_MARKER && payload == STOCK_LOADED;
+        apply_payload(*kind, payload, lsn, state, &applied, &mut bumped)
             .map_err(|e| e.to_string())?;
     }
-    Ok(stock_loaded)
+    Ok((stock_loaded, records.len() as u64))
 }
 
 impl Drop for Follower {
@@ -214,7 +241,7 @@ impl Applier {
             Ok(state) => self.state = Some(state),
             Err(e) => self.fail(format!("an empty state could not be made: {e}")),
         }
-        self.index = 0;
+        self.point = ApplyPoint::START;
         self.stock_loaded = false;
     }
 
@@ -241,7 +268,7 @@ impl Applier {
             return;
         }
         let state = self.state.as_mut().expect("applied only with a state");
-        match apply_log(&self.log, state, &mut self.index, to) {
+        match apply_log(&self.log, state, &mut self.point, to) {
             Ok(loaded) => self.stock_loaded |= loaded,
             Err(reason) => self.fail(reason),
         }

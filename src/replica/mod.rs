@@ -2,7 +2,7 @@
 //! made of; `crate::cluster` runs them in the daemon. A replica's journal is its Raft log
 //! (`entry`, `log_index`), beside a hard-state file (`hard_state`); `disk`
 //! loads both and queues each Ready's writes on the journal's writer
-//! thread; `driver` runs the ready loop on its own thread. `sim` (tests
+//! thread; `raft_point` says where a snapshot set stands in the log; `driver` runs the ready loop on its own thread. `sim` (tests
 //! only) runs three replicas' ready loops, `driver`'s own pass, over
 //! simulated disks under a seeded scheduler of faults, with writes that
 //! become durable later (as the group commit makes them), and checks the
@@ -22,6 +22,7 @@ pub mod follower;
 pub mod hard_state;
 pub mod log_index;
 pub mod proposer;
+pub mod raft_point;
 pub mod serving;
 #[cfg(test)]
 pub mod sim;

@@ -11,7 +11,7 @@ use crate::faults::{self, points};
 
 /// Writes a file so that after a crash it is either the old one or the new
 /// one, whole: temporary file, fsync, rename, fsync of the directory.
-pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     write_parts_durably(path, &[bytes])
 }
 

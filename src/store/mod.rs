@@ -168,6 +168,7 @@ mod durable;
 mod error;
 mod frame;
 mod reconcile;
+pub(crate) use durable::write_durably;
 pub(crate) use reconcile::reconcile;
 mod recover;
 mod relayout;
