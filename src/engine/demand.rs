@@ -45,10 +45,9 @@ impl DemandBudget {
     /// How many of `count` orders may be journaled at `now_ms`.
     pub(super) fn take(&self, count: u64, now_ms: u64) -> u64 {
         let mut bucket = self.bucket.lock().expect("demand budget lock");
-        let full = self.per_s.saturating_mul(1000);
         let elapsed_ms = now_ms.saturating_sub(bucket.0);
         bucket.0 = bucket.0.max(now_ms);
-        bucket.1 = full.min(
+        bucket.1 = self.full().min(
             bucket
                 .1
                 .saturating_add(elapsed_ms.saturating_mul(self.per_s)),
@@ -61,8 +60,14 @@ impl DemandBudget {
     /// Gives back orders granted but not journaled (the queue was full).
     pub(super) fn refund(&self, count: u64) {
         let mut bucket = self.bucket.lock().expect("demand budget lock");
-        let full = self.per_s.saturating_mul(1000);
-        bucket.1 = full.min(bucket.1.saturating_add(count.saturating_mul(1000)));
+        bucket.1 = self
+            .full()
+            .min(bucket.1.saturating_add(count.saturating_mul(1000)));
+    }
+
+    /// A full bucket, in thousandths of an order: one second's worth.
+    fn full(&self) -> u64 {
+        self.per_s.saturating_mul(1000)
     }
 }
 

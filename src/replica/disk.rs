@@ -269,12 +269,7 @@ impl Persist for Persister {
     }
 
     fn header_lsn(&self, index: u64) -> u64 {
-        // Entries are queued at consecutive indexes from the first one.
-        let first = self.positions.first().map_or(0, |p| p.index);
-        let at = index.checked_sub(first).map(|at| at as usize);
-        at.and_then(|at| self.positions.get(at))
-            .filter(|p| p.index == index)
-            .map_or(0, |p| p.header_lsn)
+        self.position(index).map_or(0, |p| p.header_lsn)
     }
 
     fn close(&self) {
@@ -285,12 +280,15 @@ impl Persist for Persister {
 impl Persister {
     /// The LSN after entry `index`'s last record, if it was queued.
     pub fn end_lsn(&self, index: u64) -> Option<u64> {
+        self.position(index).map(|p| p.end_lsn)
+    }
+
+    /// Where entry `index` was queued, if it was.
+    fn position(&self, index: u64) -> Option<&EntryPos> {
+        // Entries are queued at consecutive indexes from the first one.
         let first = self.positions.first()?.index;
         let at = usize::try_from(index.checked_sub(first)?).ok()?;
-        self.positions
-            .get(at)
-            .filter(|p| p.index == index)
-            .map(|p| p.end_lsn)
+        self.positions.get(at).filter(|p| p.index == index)
     }
 
     /// Queues the cut of every entry from `index` on, if there are any:
