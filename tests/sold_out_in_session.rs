@@ -50,7 +50,7 @@ fn step() -> impl Strategy<Value = Step> {
     let submit = (
         lines,
         0..CHANNELS.len(),
-        proptest::option::weighted(0.3, 0..30usize),
+        proptest::option::weighted(0.45, 0..12usize),
         proptest::option::weighted(0.15, 0..STORES.len()),
         proptest::option::weighted(0.05, any::<bool>()),
     );
