@@ -30,6 +30,7 @@ use crate::replica::certs::ClusterTls;
 use crate::replica::disk::{self, DiskError};
 use crate::replica::driver::{Driver, Effects, Event, INBOX_EVENTS};
 use crate::replica::follower::{Follower, STOCK_LOADED};
+use crate::replica::local_snapshot::{self, LocalSnapshots};
 use crate::replica::proposer::Proposer;
 use crate::replica::serving::Serving;
 use crate::replica::transport::{PeerSender, Transport};
@@ -53,6 +54,8 @@ pub enum ClusterError {
     Http(#[from] crate::http::HttpError),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    #[error("the replica's snapshot set: {0}")]
+    Snapshot(String),
     #[error("loading the replica panicked: {0}")]
     Panicked(String),
     #[error("[cluster] names {configured} as replica {id}'s {port}, but it serves {serves}: the other replicas would send clients where it is not; make them the same")]
@@ -267,16 +270,9 @@ pub async fn start(
             cluster.voters(),
             config.store.segment_bytes,
         );
-        tokio::task::spawn_blocking(move || {
-            disk::load(
-                &store::journal_dir(&dir),
-                &dir.join("raft-state"),
-                &voters,
-                segment_bytes,
-            )
-        })
-        .await
-        .map_err(|e| ClusterError::Panicked(e.to_string()))??
+        tokio::task::spawn_blocking(move || load(&dir, &voters, segment_bytes))
+            .await
+            .map_err(|e| ClusterError::Panicked(e.to_string()))??
     };
     let network = Arc::new(config.network.clone());
     let (failed_tx, failed) = watch::channel(None);
@@ -287,10 +283,12 @@ pub async fn start(
         let _ = on_storage.send(Some(format!("storage failed: {error}")));
     }));
     let on_apply = failed_tx.clone();
+    let (events, inbox) = crossbeam_channel::bounded(INBOX_EVENTS);
     let follower = Arc::new(Follower::start(
         loaded.storage.clone(),
         config.engine.clone(),
         network.clone(),
+        Some(local_snapshots(config, events.clone())),
         Box::new(move |reason| {
             let _ = on_apply.send(Some(format!("the committed log did not apply: {reason}")));
         }),
@@ -310,7 +308,6 @@ pub async fn start(
         serving: serving.clone(),
         changes: changes_tx,
     });
-    let (events, inbox) = crossbeam_channel::bounded(INBOX_EVENTS);
     let tls = ClusterTls::load(&cluster.ca, &cluster.cert, &cluster.key)
         .map_err(|e| ClusterError::Transport(e.to_string()))?;
     let transport = Transport::start(
@@ -328,7 +325,9 @@ pub async fn start(
         roles: roles.clone(),
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let driver = Driver::new(cluster.id, loaded, effects, &logger)?.with_proposals(proposals);
+    let driver = Driver::new(cluster.id, loaded, effects, &logger)?
+        .with_proposals(proposals)
+        .with_log_hold(cluster.log_hold_entries);
     let on_driver = failed_tx.clone();
     let driver = std::thread::Builder::new()
         .name("raft-driver".into())
@@ -399,6 +398,44 @@ pub async fn start(
         follower,
         _lock: lock,
     })
+}
+
+/// Reads a replica's disk: its snapshot set's point (the half-written set
+/// a crash left removed first), then the log from there.
+fn load(
+    dir: &std::path::Path,
+    voters: &[u64],
+    segment_bytes: u64,
+) -> Result<disk::Loaded, ClusterError> {
+    store::layout::prepare_snapshot_sets(dir).map_err(|e| ClusterError::Snapshot(e.to_string()))?;
+    let point = local_snapshot::linked_point(dir).map_err(ClusterError::Snapshot)?;
+    let loaded = disk::load(
+        &store::journal_dir(dir),
+        &dir.join("raft-state"),
+        voters,
+        segment_bytes,
+        point.as_ref(),
+    )?;
+    Ok(loaded)
+}
+
+/// The apply thread's snapshots: when the config's `[journal]` says a
+/// single node would snapshot; each one in place lets the driver compact
+/// the log before it.
+fn local_snapshots(config: &ValidConfig, events: Sender<Event>) -> LocalSnapshots {
+    LocalSnapshots {
+        dir: config.server.data_dir.clone(),
+        layout: crate::schema::Layout {
+            shards: config.engine.shards.max(1),
+            routers: config.engine.routers,
+        },
+        interval_ms: config.store.snapshot_interval_ms,
+        every_records: config.store.snapshot_every_records,
+        written: Box::new(move |point| {
+            // Dropped if the driver has stopped: nothing to compact then.
+            let _ = events.send(Event::Compact(point.index));
+        }),
+    }
 }
 
 /// The ports this replica serves (the config's, or the command line's)

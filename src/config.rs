@@ -29,7 +29,9 @@ use crate::limits::{
 use crate::server::{Role, ServerSettings, MAX_CONNECTIONS, MAX_WORKER_THREADS};
 
 mod cluster;
-pub use cluster::{ClusterConfig, ClusterSettings, ReplicaConfig, MAX_REPLICAS};
+pub use cluster::{
+    ClusterConfig, ClusterSettings, ReplicaConfig, DEFAULT_LOG_HOLD_ENTRIES, MAX_REPLICAS,
+};
 
 /// The config the daemon runs on when given none: a sample network of 60
 /// nodes in four markets and 10 000 generated SKUs.

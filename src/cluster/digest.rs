@@ -11,7 +11,9 @@ use crate::config::ValidConfig;
 use crate::engine::EngineState;
 use crate::replica::disk::{self, Persist};
 use crate::replica::follower::{apply_log, ApplyPoint};
+use crate::replica::local_snapshot;
 use crate::store;
+use crate::store::apply::Applied;
 
 /// Replays the committed log of the replica `config` names (stopped: its
 /// directory's lock is taken) into an empty state: the last committed
@@ -29,11 +31,13 @@ pub fn digest_through(config: &ValidConfig, through: u64) -> Result<(u64, u64), 
         .ok_or("the config has no [cluster]")?;
     let dir = &config.server.data_dir;
     let _lock = store::lock::lock(dir, store::Access::Write).map_err(|e| e.to_string())?;
+    let point = local_snapshot::linked_point(dir)?;
     let loaded = disk::load(
         &store::journal_dir(dir),
         &dir.join("raft-state"),
         &cluster.voters(),
         config.store.segment_bytes,
+        point.as_ref(),
     )
     .map_err(|e| e.to_string())?;
     let log = loaded.storage;
@@ -45,13 +49,36 @@ pub fn digest_through(config: &ValidConfig, through: u64) -> Result<(u64, u64), 
     let commit = commit.min(through);
     loaded.persister.close();
     let network = Arc::new(config.network.clone());
-    let mut state = EngineState::fresh(&config.engine, &network, 0).map_err(|e| e.to_string())?;
-    let mut point = ApplyPoint::START;
-    apply_log(&log, &mut state, &mut point, commit)?;
+    let (mut state, filter, mut point) = match local_snapshot::load(dir, &config.engine, &network)?
+    {
+        Some((state, filter, point)) => {
+            let at = ApplyPoint {
+                index: point.index,
+                next_lsn: point.next_lsn,
+            };
+            (state, filter, at)
+        }
+        None => {
+            let state =
+                EngineState::fresh(&config.engine, &network, 0).map_err(|e| e.to_string())?;
+            let filter = Applied::none(&state);
+            (state, filter, ApplyPoint::START)
+        }
+    };
+    if point.index > commit {
+        return Err(format!(
+            "the replica's snapshot set holds the log through entry {}, past entry {commit}: compare at a later entry",
+            point.index
+        ));
+    }
+    let from_set = point.index;
+    apply_log(&log, &mut state, &filter, &mut point, commit)?;
     // The LSNs the apply counted are the journal's (a snapshot's labels
-    // will be compared with them).
+    // are compared with them); the set's own point was checked when the
+    // set was written, and its entry may be compacted away.
     let journaled = loaded.persister.end_lsn(commit);
-    if commit > 0 && journaled != Some(point.next_lsn) {
+    let unchecked = commit == 0 || (commit == from_set && journaled.is_none());
+    if !unchecked && journaled != Some(point.next_lsn) {
         return Err(format!(
             "applying through entry {commit} counted its records up to LSN {}, the journal has {journaled:?}",
             point.next_lsn

@@ -10,6 +10,7 @@
 //!   { id = 2, replication = "127.0.0.1:7102", client = "127.0.0.1:4432", http = "127.0.0.1:8082" },
 //!   { id = 3, replication = "127.0.0.1:7103", client = "127.0.0.1:4433", http = "127.0.0.1:8083" },
 //! ]
+//! log_hold_entries = 10000      # entries kept behind a snapshot when the log is compacted
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,6 +25,12 @@ use crate::replica::serving::ClientAddrs;
 /// Replicas in a cluster at most (a majority of 7 is 4).
 pub const MAX_REPLICAS: usize = 7;
 
+/// The default of `[cluster] log_hold_entries`: entries a replica keeps
+/// behind its snapshot set's point when it compacts its log, for a
+/// follower that is a little behind (one further behind needs a snapshot
+/// sent). A leader also keeps every entry a follower it knows of lacks.
+pub const DEFAULT_LOG_HOLD_ENTRIES: u64 = 10_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -34,6 +41,13 @@ pub struct ClusterConfig {
     pub certs_dir: PathBuf,
     /// Every replica, this one included; the same list on each.
     pub replicas: Vec<ReplicaConfig>,
+    /// Entries kept behind a snapshot set's point at compaction.
+    #[serde(default = "default_log_hold_entries")]
+    pub log_hold_entries: u64,
+}
+
+fn default_log_hold_entries() -> u64 {
+    DEFAULT_LOG_HOLD_ENTRIES
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +76,7 @@ pub struct ClusterSettings {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub log_hold_entries: u64,
 }
 
 impl ClusterSettings {
@@ -134,6 +149,7 @@ impl ClusterConfig {
             ca: self.certs_dir.join("ca.pem"),
             cert: self.certs_dir.join(format!("replica-{}.pem", self.id)),
             key: self.certs_dir.join(format!("replica-{}.key", self.id)),
+            log_hold_entries: self.log_hold_entries,
         })
     }
 }

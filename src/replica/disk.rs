@@ -13,11 +13,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
-use raft::storage::MemStorage;
 
 use super::entry::{body_records, encode_body, EntryError, EntryHeader};
 use super::hard_state::{DurableState, HardStateError, HardStateFile, Intent};
 use super::log_index::{EntryPos, LogIndex, LogIndexError};
+use super::raft_point::RaftPoint;
+use super::storage::ReplicaStorage;
 use crate::journal::{self, Journal, JournalError, RecoveredRecord};
 use crate::schema::txn::KIND_RAFT_ENTRY;
 
@@ -34,6 +35,8 @@ pub enum DiskError {
     Entry { index: u64, cause: EntryError },
     #[error("the replica's raft state says entry {commit} is committed, but its journal ends at entry {last}: committed entries are missing; refusing to start. Restore the data directory from a backup, or remove this replica from the cluster and add it back with an empty one")]
     CommitPastLog { commit: u64, last: u64 },
+    #[error("the snapshot set holds the log through entry {index} of term {term}, but the journal has that entry in term {journal}: the set is not this log's; refusing to start")]
+    PointTerm { index: u64, term: u64, journal: u64 },
     #[error("this replica's voters are {stored:?} but the config names {configured:?}: membership does not change by editing the config; put the old [cluster] peers back")]
     Voters {
         stored: Vec<u64>,
@@ -44,18 +47,24 @@ pub enum DiskError {
 /// What a replica's disk held at start.
 pub struct Loaded<P = Persister> {
     /// The log, hard state and configuration, as raft-rs reads them.
-    pub storage: MemStorage,
+    pub storage: ReplicaStorage,
     /// Where the log's writes go on from.
     pub persister: P,
+    /// The last entry, and its term, the state starts with applied: the
+    /// snapshot set's point (0, 0 without one).
+    pub applied: (u64, u64),
 }
 
 /// Loads the replica whose journal is in `journal_dir` and hard state at
-/// `state_path`; a fresh one (neither written yet) gets `voters`.
+/// `state_path`, on the snapshot set at `point` if it has one (the log
+/// goes on from there: the journal may begin earlier, never later); a
+/// fresh one (nothing written yet) gets `voters`.
 pub fn load(
     journal_dir: &Path,
     state_path: &Path,
     voters: &[u64],
     segment_bytes: u64,
+    point: Option<&RaftPoint>,
 ) -> Result<Loaded, DiskError> {
     let (mut file, mut state) = HardStateFile::open(state_path)?;
     check_voters(&mut state, voters)?;
@@ -65,7 +74,8 @@ pub fn load(
         file.write(&state, true)?;
     }
     let mut recovered = journal::recover(journal_dir, 0)?;
-    let mut index = LogIndex::build(&recovered.records, state.snap_index + 1)?;
+    let applied = point.map_or((0, 0), |p| (p.index, p.term));
+    let mut index = LogIndex::build(&recovered.records, applied.0 + 1)?;
     if let Some(lsn) = index.unfinished_from {
         tracing::warn!(
             "journal: the last replicated entry (from LSN {lsn}) was cut short by a crash and never reported written; dropped"
@@ -76,7 +86,11 @@ pub fn load(
         index.unfinished_from = None;
     }
     let entries = entries_of(&index, &recovered.records)?;
-    let storage = storage_of(&state, &entries)?;
+    check_point_term(&index.entries, applied)?;
+    // Entries the set holds were committed; the commit index on disk may
+    // be older (it is synced only with other writes).
+    state.hard.commit = state.hard.commit.max(applied.0);
+    let storage = storage_of(&state, &entries, applied)?;
     let journal = Journal::start(
         journal_dir,
         recovered.next_lsn,
@@ -85,33 +99,59 @@ pub fn load(
     )?;
     let persister = Persister {
         journal: Arc::new(journal),
+        dir: journal_dir.to_path_buf(),
         file: Arc::new(Mutex::new(file)),
         state,
         positions: index.entries,
         next_lsn: recovered.next_lsn,
     };
-    Ok(Loaded { storage, persister })
+    Ok(Loaded {
+        storage,
+        persister,
+        applied,
+    })
 }
 
-/// raft-rs's storage of a log read back at start: `entries` follow the
-/// snapshot in `state`. A commit past the log's end is refused: committed
-/// entries are missing, and raft-rs would panic on them.
-pub(crate) fn storage_of(state: &DurableState, entries: &[Entry]) -> Result<MemStorage, DiskError> {
-    let last = entries.last().map_or(state.snap_index, |e| e.index);
+/// The journal's entry at the snapshot set's point, if it still holds it,
+/// has the point's term.
+fn check_point_term(entries: &[EntryPos], (index, term): (u64, u64)) -> Result<(), DiskError> {
+    let first = entries.first().map_or(u64::MAX, |e| e.index);
+    let at = index
+        .checked_sub(first)
+        .and_then(|at| entries.get(at as usize));
+    match at {
+        Some(entry) if entry.term != term => Err(DiskError::PointTerm {
+            index,
+            term,
+            journal: entry.term,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// raft-rs's storage of a log read back at start: `entries` follow or
+/// overlap the snapshot set's point `applied` (index, term). The first of
+/// them at or before the point stands in for the compacted log before it
+/// (its term is what raft-rs asks of it). A commit past the log's end is
+/// refused: committed entries are missing, and raft-rs would panic on them.
+pub(crate) fn storage_of(
+    state: &DurableState,
+    entries: &[Entry],
+    applied: (u64, u64),
+) -> Result<ReplicaStorage, DiskError> {
+    let (base, held) = match entries.first() {
+        Some(first) if first.index <= applied.0 => ((first.index, first.term), &entries[1..]),
+        _ => (applied, entries),
+    };
+    let last = held.last().map_or(base.0, |e| e.index);
     if state.hard.commit > last {
         return Err(DiskError::CommitPastLog {
             commit: state.hard.commit,
             last,
         });
     }
-    let storage = MemStorage::new();
-    {
-        let mut core = storage.wl();
-        core.set_hardstate(state.hard.clone());
-        core.set_conf_state(state.conf.clone());
-        core.append(entries).map_err(|e| raft_storage_bug(&e))?;
-    }
-    Ok(storage)
+    ReplicaStorage::new(base.0, base.1, held, state.hard.clone(), state.conf.clone())
+        .map_err(|e| raft_storage_bug(&e))
 }
 
 /// A fresh replica takes the configured voters; one that has its own must
@@ -166,7 +206,7 @@ fn entry_type(number: u8) -> EntryType {
     }
 }
 
-/// MemStorage refuses only entries that leave a hole, which a checked log
+/// raft-rs's storage refuses only entries that leave a hole, which a checked log
 /// index never has.
 fn raft_storage_bug(error: &raft::Error) -> DiskError {
     DiskError::Log(LogIndexError {
@@ -202,6 +242,10 @@ pub trait Persist {
     /// it was not: a bug of the caller's).
     fn header_lsn(&self, index: u64) -> u64;
 
+    /// Forgets the entries before `index`, which a snapshot set holds:
+    /// removes the journal segments that hold nothing from it on.
+    fn compact(&mut self, index: u64) -> Result<(), DiskError>;
+
     /// Waits for everything queued, then stops the writer.
     fn close(&self);
 }
@@ -210,6 +254,8 @@ pub trait Persist {
 /// thread that drives raft-rs; the writer thread alone writes the files.
 pub struct Persister {
     journal: Arc<Journal>,
+    /// The journal's directory (compaction removes its segments).
+    dir: std::path::PathBuf,
     /// Written only from the writer thread's callbacks, one at a time.
     file: Arc<Mutex<HardStateFile>>,
     /// The state as queued (durable once the queue has been written).
@@ -270,6 +316,16 @@ impl Persist for Persister {
 
     fn header_lsn(&self, index: u64) -> u64 {
         self.position(index).map_or(0, |p| p.header_lsn)
+    }
+
+    fn compact(&mut self, index: u64) -> Result<(), DiskError> {
+        let Some(lsn) = self.position(index).map(|p| p.header_lsn) else {
+            return Ok(());
+        };
+        let first = self.positions.first().map_or(index, |p| p.index);
+        self.positions.drain(..(index - first) as usize);
+        journal::remove_segments_through(&self.dir, lsn - 1)?;
+        Ok(())
     }
 
     fn close(&self) {
@@ -412,7 +468,7 @@ mod tests {
     }
 
     fn open(paths: &Paths) -> Result<Loaded, DiskError> {
-        load(&paths.journal, &paths.state, &VOTERS, SEGMENT_BYTES)
+        load(&paths.journal, &paths.state, &VOTERS, SEGMENT_BYTES, None)
     }
 
     /// A normal entry of `records` small records naming it.
@@ -448,7 +504,7 @@ mod tests {
         receiver.recv().expect("an answer").expect("durable");
     }
 
-    fn log_of(storage: &MemStorage) -> Vec<Entry> {
+    fn log_of(storage: &ReplicaStorage) -> Vec<Entry> {
         let last = storage.last_index().expect("a last index");
         if last == 0 {
             return Vec::new();
@@ -495,8 +551,9 @@ mod tests {
         };
         let mut state = EngineState::fresh(&settings, &network, 0).expect("a state");
         let mut point = ApplyPoint::START;
+        let filter = crate::store::apply::Applied::none(&state);
         for index in 1..=14 {
-            apply_log(&again.storage, &mut state, &mut point, index).expect("applies");
+            apply_log(&again.storage, &mut state, &filter, &mut point, index).expect("applies");
             let journaled = again.persister.end_lsn(index);
             assert_eq!(Some(point.next_lsn), journaled, "after entry {index}");
         }
@@ -651,5 +708,83 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(loaded.persister.next_lsn, 1);
+    }
+
+    #[test]
+    fn a_compacted_log_loads_from_its_snapshot_point_and_refuses_one_past_its_start() {
+        // Proves that after compaction removes the segments before an entry, the log loads on
+        // a snapshot point at or after the journal's new start: raft-rs's log starts after the
+        // first entry the journal still holds (or the point), the commit index is at least the
+        // point, and the entries after it are as written; a point whose entry the journal has
+        // in another term, and a journal that begins after the point, are refused.
+        use super::super::raft_point::RaftPoint;
+        let paths = paths("disk-compacted");
+        let mut loaded = open(&paths).expect("a fresh replica");
+        let entries: Vec<Entry> = (1..=60).map(|i| entry(i, 2, 20)).collect();
+        // A few at a time: one group commit is written into one segment.
+        for chunk in entries.chunks(5) {
+            persist(&mut loaded.persister, chunk, Some(hard(2, 1, 10)));
+        }
+        let next_lsn_after = |persister: &Persister, index: u64| persister.end_lsn(index).unwrap();
+        let point_at = |index: u64, term: u64, next_lsn: u64| RaftPoint {
+            index,
+            term,
+            next_lsn,
+            voters: VOTERS.to_vec(),
+            learners: vec![],
+            stock_loaded: true,
+        };
+        let point = point_at(40, 2, next_lsn_after(&loaded.persister, 40));
+        loaded.persister.compact(35).expect("compacted");
+        assert_eq!(loaded.persister.header_lsn(34), 0, "forgotten");
+        loaded.persister.close();
+        drop(loaded);
+        let first = journal::recover(&paths.journal, 0)
+            .expect("recovers")
+            .records[0]
+            .lsn;
+        assert!(first > 1, "segments before entry 35 were removed");
+
+        let again = load(
+            &paths.journal,
+            &paths.state,
+            &VOTERS,
+            SEGMENT_BYTES,
+            Some(&point),
+        )
+        .expect("loads on the point");
+        assert_eq!(again.applied, (40, 2));
+        let storage = &again.storage;
+        let e0 = storage.first_index().unwrap() - 1;
+        assert!(
+            (1..=35).contains(&e0),
+            "starts after the journal's first entry: {e0}"
+        );
+        assert_eq!(storage.last_index().unwrap(), 60);
+        assert!(storage.initial_state().unwrap().hard_state.commit >= 40);
+        let held = storage
+            .entries(41, 61, None, raft::GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(held, entries[40..].to_vec());
+        again.persister.close();
+        drop(again);
+
+        let wrong_term = point_at(40, 3, point.next_lsn);
+        let refused = load(
+            &paths.journal,
+            &paths.state,
+            &VOTERS,
+            SEGMENT_BYTES,
+            Some(&wrong_term),
+        );
+        assert!(
+            matches!(refused, Err(DiskError::PointTerm { .. })),
+            "another term"
+        );
+        let refused = load(&paths.journal, &paths.state, &VOTERS, SEGMENT_BYTES, None);
+        assert!(
+            matches!(refused, Err(DiskError::Log(_))),
+            "no point: entry 1 is missing"
+        );
     }
 }

@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use raft::eraftpb::{Entry, EntryType, Message};
-use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
 use super::disk::{DiskError, Loaded, Persist, Persister};
 use super::entry::{decode_body, encode_body, MAX_ENTRY_RECORDS};
 use super::proposer::Proposal;
+use super::storage::ReplicaStorage;
 use waiting::{fail_dones, Pending, Reads, Waiter};
 
 #[cfg(test)]
@@ -75,6 +75,9 @@ pub enum Event {
     Peer(Box<Message>),
     /// Data to replicate, as one entry.
     Propose(Vec<u8>, Answer),
+    /// A snapshot set holding the state through this entry is in place:
+    /// the log before it may be compacted.
+    Compact(u64),
     /// Stop the loop.
     Stop,
 }
@@ -115,7 +118,7 @@ pub trait Effects {
 /// A replica's raft-rs node and what it drives; `P` is where its writes
 /// go (the journal in production, a simulated disk in `sim`).
 pub struct Driver<E: Effects, P: Persist = Persister> {
-    node: RawNode<MemStorage>,
+    node: RawNode<ReplicaStorage>,
     persister: P,
     effects: E,
     written: (Sender<Written>, Receiver<Written>),
@@ -132,6 +135,9 @@ pub struct Driver<E: Effects, P: Persist = Persister> {
     applied_term: u64,
     /// The term `Effects::lead` was last told of.
     led_term: u64,
+    /// Entries kept behind a snapshot set's point at compaction
+    /// (`[cluster] log_hold_entries`).
+    log_hold_entries: u64,
     /// The role and leader last reported.
     seen: (StateRole, u64, u64),
     stopped: Option<String>,
@@ -164,7 +170,8 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         effects: E,
         logger: &slog::Logger,
     ) -> Result<Driver<E, P>, raft::Error> {
-        let config = config(id, 0);
+        let (applied, applied_term) = loaded.applied;
+        let config = config(id, applied);
         config.validate()?;
         let node = RawNode::new(&config, loaded.storage, logger)?;
         Ok(Driver {
@@ -176,14 +183,21 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             pending: HashMap::new(),
             reads: Reads::default(),
             ticks: 0,
-            applied: 0,
-            applied_term: 0,
+            applied,
+            applied_term,
             led_term: 0,
+            log_hold_entries: crate::config::DEFAULT_LOG_HOLD_ENTRIES,
             seen: (StateRole::Follower, 0, 0),
             stopped: None,
             #[cfg(test)]
             bug: None,
         })
+    }
+
+    /// Keeps `entries` behind a snapshot set's point at compaction.
+    pub fn with_log_hold(mut self, entries: u64) -> Driver<E, P> {
+        self.log_hold_entries = entries;
+        self
     }
 
     /// Takes the leader's engine's records and barriers from `queue`
@@ -195,7 +209,7 @@ impl<E: Effects, P: Persist> Driver<E, P> {
 
     /// The log as raft-rs holds it (shared, not copied): every entry since
     /// start, which the apply thread of a follower reads.
-    pub fn storage(&self) -> MemStorage {
+    pub fn storage(&self) -> ReplicaStorage {
         self.node.store().clone()
     }
 
@@ -284,7 +298,35 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             // A message from a peer not in the configuration is ignored.
             Event::Peer(message) => drop(self.node.step(*message)),
             Event::Propose(data, answer) => self.propose(data, answer),
+            Event::Compact(through) => self.compact(through),
             Event::Stop => {}
+        }
+    }
+
+    /// Forgets the log before a snapshot set's point `through`, in memory
+    /// and on disk, but for `log_hold_entries` entries behind it and, on a
+    /// leader, what any follower lacks.
+    fn compact(&mut self, through: u64) {
+        let raft = &self.node.raft;
+        let mut keep_from = (through + 1).saturating_sub(self.log_hold_entries);
+        if raft.state == StateRole::Leader {
+            for (id, pr) in raft.prs().iter() {
+                if *id != raft.id {
+                    keep_from = keep_from.min(pr.matched + 1);
+                }
+            }
+        }
+        // Never past what is applied here, nor past the log's stable end.
+        keep_from = keep_from
+            .min(self.applied + 1)
+            .min(raft.raft_log.last_index());
+        if keep_from <= raft.raft_log.first_index() {
+            return;
+        }
+        self.node.store().compact(keep_from);
+        if let Err(e) = self.persister.compact(keep_from) {
+            // Segments left behind cost disk, not correctness: said, not fatal.
+            tracing::warn!("replica log compaction before entry {keep_from}: {e}");
         }
     }
 
@@ -344,7 +386,7 @@ impl<E: Effects, P: Persist> Driver<E, P> {
 
     /// The node, for the simulation's checks (role, term, log).
     #[cfg(test)]
-    pub(crate) fn node(&self) -> &RawNode<MemStorage> {
+    pub(crate) fn node(&self) -> &RawNode<ReplicaStorage> {
         &self.node
     }
 
@@ -491,13 +533,11 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             self.report_role();
             self.announce_lead();
             self.effects.send(rd.take_messages());
-            let stored = {
-                let mut core = self.node.store().wl();
-                if let Some(hs) = rd.hs() {
-                    core.set_hardstate(hs.clone());
-                }
-                core.append(rd.entries())
-            };
+            let store = self.node.store();
+            if let Some(hs) = rd.hs() {
+                store.set_hardstate(hs.clone());
+            }
+            let stored = store.append(rd.entries());
             if let Err(e) = stored {
                 self.stop_for(format!("raft-rs storage refused entries: {e}"));
                 return;
@@ -693,6 +733,7 @@ mod tests {
                 &dir.join("raft-state"),
                 &VOTERS,
                 SEGMENT_BYTES,
+                None,
             )
             .expect("the replica's disk loads");
             let (sender, receiver) = crossbeam_channel::bounded(INBOX_EVENTS);

@@ -5,20 +5,27 @@
 //! index the driver has applied, so nothing is queued twice and the
 //! driver never waits on it.
 //!
+//! It starts from the replica's snapshot set (`local_snapshot`), or an
+//! empty state without one, and writes a new set now and then (which lets
+//! the driver compact the log before it).
+//!
 //! Promotion takes the state (`hand_over`): the leader's engine starts on
 //! it. A step-down gives nothing back, since the engine's memory is ahead
-//! of the commit point: `rebuild` starts again from an empty state and
-//! the committed log.
+//! of the commit point: `rebuild` starts again from the snapshot set and
+//! the committed log after it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use raft::eraftpb::Entry;
-use raft::storage::MemStorage;
 use raft::{GetEntriesContext, Storage};
 
 use super::entry::body_records;
+use super::local_snapshot::{self, LocalSnapshots};
+use super::raft_point::RaftPoint;
+use super::storage::ReplicaStorage;
 use crate::core::network::Network;
 use crate::engine::{EngineSettings, EngineState};
 use crate::schema::txn::KIND_MARKER;
@@ -61,12 +68,19 @@ pub struct Follower {
 
 /// The apply thread's own state.
 struct Applier {
-    log: MemStorage,
+    log: ReplicaStorage,
     settings: EngineSettings,
     network: Arc<Network>,
     state: Option<EngineState>,
     /// How far `state` has applied (or had, when it was handed over).
     point: ApplyPoint,
+    /// The LSN each actor of `state` held when it was loaded: the records
+    /// applied after the set are applied to those older than them.
+    filter: Applied,
+    snapshots: Option<LocalSnapshots>,
+    /// When the last snapshot set was written or loaded, and the `next_lsn`
+    /// it was at.
+    last_snapshot: (Instant, u64),
     /// The log applied so far holds the [`STOCK_LOADED`] marker.
     stock_loaded: bool,
     failed: Option<String>,
@@ -74,13 +88,15 @@ struct Applier {
 }
 
 impl Follower {
-    /// Starts the apply thread on `log`, from an empty state; `on_failure`
-    /// is told once if an entry does not apply (the replica must stop:
-    /// its state is no longer the log's).
+    /// Starts the apply thread on `log`, from the snapshot set `snapshots`
+    /// names (if any, and it has one: else an empty state); `on_failure`
+    /// is told once if an entry does not apply or the set does not load
+    /// (the replica must stop: its state is no longer the log's).
     pub fn start(
-        log: MemStorage,
+        log: ReplicaStorage,
         settings: EngineSettings,
         network: Arc<Network>,
+        snapshots: Option<LocalSnapshots>,
         on_failure: Box<dyn Fn(String) + Send>,
     ) -> Follower {
         let (control, control_rx) = crossbeam_channel::unbounded();
@@ -92,6 +108,10 @@ impl Follower {
             network,
             state: None,
             point: ApplyPoint::START,
+            // Set by `reset`, before anything is applied.
+            filter: Applied::default(),
+            snapshots,
+            last_snapshot: (Instant::now(), 1),
             stock_loaded: false,
             failed: None,
             on_failure,
@@ -129,7 +149,7 @@ impl Follower {
             .map_err(|_| "the apply thread has stopped".to_string())?
     }
 
-    /// Starts again from an empty state and the committed log.
+    /// Starts again from the snapshot set and the committed log after it.
     pub fn rebuild(&self) {
         let _ = self.control.send(Control::Rebuild);
     }
@@ -154,12 +174,14 @@ impl ApplyPoint {
     };
 }
 
-/// Applies `log`'s entries after `point` up to `to` to `state`, a few
-/// hundred per read, moving `point` past each one applied; whether any
-/// held the [`STOCK_LOADED`] marker.
-pub fn apply_log(
-    log: &MemStorage,
+/// Applies `log`'s entries after `point` up to `to` to `state` (to the
+/// actors `filter` says are older than each record), a few hundred per
+/// read, moving `point` past each one applied; whether any held the
+/// [`STOCK_LOADED`] marker.
+pub(crate) fn apply_log(
+    log: &ReplicaStorage,
     state: &mut EngineState,
+    filter: &Applied,
     point: &mut ApplyPoint,
     to: u64,
 ) -> Result<bool, String> {
@@ -173,7 +195,7 @@ pub fn apply_log(
         let entries = (log.entries(low, high, u64::MAX, context))
             .map_err(|e| format!("entries {low}..{high}: {e}"))?;
         for entry in entries {
-            let (loaded, records) = apply_entry(state, point.next_lsn, &entry)
+            let (loaded, records) = apply_entry(state, filter, point.next_lsn, &entry)
                 .map_err(|e| format!("entry {}: {e}", entry.index))?;
             stock_loaded |= loaded;
             *point = ApplyPoint {
@@ -186,21 +208,22 @@ pub fn apply_log(
 }
 
 /// Applies a committed entry, whose header is journaled at `header_lsn`,
-/// to `state`, each record at the LSN after it: whether it holds the
-/// [`STOCK_LOADED`] marker, and how many records it has.
-pub fn apply_entry(
+/// to `state`, each record at the LSN after it (to the actors `filter`
+/// says are older): whether it holds the [`STOCK_LOADED`] marker, and how
+/// many records it has.
+pub(crate) fn apply_entry(
     state: &mut EngineState,
+    filter: &Applied,
     header_lsn: u64,
     entry: &Entry,
 ) -> Result<(bool, u64), String> {
     let records = body_records(entry).map_err(|e| e.to_string())?;
-    let applied = Applied::none(state);
     let mut bumped = Vec::new();
     let mut stock_loaded = false;
     for (lsn, (kind, range)) in (header_lsn + 1..).zip(&records) {
         let payload = &entry.data[range.clone()];
         stock_loaded |= *kind == KIND_MARKER && payload == STOCK_LOADED;
-        apply_payload(*kind, payload, lsn, state, &applied, &mut bumped)
+        apply_payload(*kind, payload, lsn, state, filter, &mut bumped)
             .map_err(|e| e.to_string())?;
     }
     Ok((stock_loaded, records.len() as u64))
@@ -220,6 +243,7 @@ impl Applier {
         loop {
             if self.state.is_some() {
                 self.apply_to(bound.load(Ordering::Acquire));
+                self.snapshot_if_due();
             }
             crossbeam_channel::select! {
                 recv(wake) -> _ => {}
@@ -234,15 +258,97 @@ impl Applier {
         }
     }
 
-    /// An empty state, nothing applied.
+    /// The snapshot set's state (an empty one without a set), nothing
+    /// after it applied.
     fn reset(&mut self) {
-        let now_ms = crate::admin::unix_ms();
-        match EngineState::fresh(&self.settings, &self.network, now_ms) {
-            Ok(state) => self.state = Some(state),
-            Err(e) => self.fail(format!("an empty state could not be made: {e}")),
+        self.state = None;
+        let dir = self.snapshots.as_ref().map(|s| s.dir.clone());
+        let loaded = match &dir {
+            Some(dir) => local_snapshot::load(dir, &self.settings, &self.network),
+            None => Ok(None),
+        };
+        match loaded {
+            Ok(Some((state, filter, point))) => {
+                tracing::info!(
+                    "replica apply: starting from the snapshot set at entry {} (LSN {})",
+                    point.index,
+                    point.next_lsn - 1
+                );
+                self.state = Some(state);
+                self.filter = filter;
+                self.point = ApplyPoint {
+                    index: point.index,
+                    next_lsn: point.next_lsn,
+                };
+                self.stock_loaded = point.stock_loaded;
+            }
+            Ok(None) => {
+                let now_ms = crate::admin::unix_ms();
+                match EngineState::fresh(&self.settings, &self.network, now_ms) {
+                    Ok(state) => {
+                        self.filter = Applied::none(&state);
+                        self.state = Some(state);
+                    }
+                    Err(e) => self.fail(format!("an empty state could not be made: {e}")),
+                }
+                self.point = ApplyPoint::START;
+                self.stock_loaded = false;
+            }
+            Err(reason) => self.fail(reason),
         }
-        self.point = ApplyPoint::START;
-        self.stock_loaded = false;
+        self.last_snapshot = (Instant::now(), self.point.next_lsn);
+    }
+
+    /// Writes the state as the replica's snapshot set once enough records
+    /// or time have passed since the last; a set that cannot be written is
+    /// said and tried again later (the log still holds everything).
+    fn snapshot_if_due(&mut self) {
+        let (Some(snapshots), Some(state), None) = (&self.snapshots, &self.state, &self.failed)
+        else {
+            return;
+        };
+        let records = self.point.next_lsn - self.last_snapshot.1;
+        let by_count = snapshots.every_records > 0 && records >= snapshots.every_records;
+        let by_time = snapshots.interval_ms > 0
+            && self.last_snapshot.0.elapsed() >= Duration::from_millis(snapshots.interval_ms);
+        if records == 0 || !(by_count || by_time) {
+            return;
+        }
+        let point = match self.raft_point() {
+            Ok(point) => point,
+            Err(reason) => return self.fail(reason),
+        };
+        let started = Instant::now();
+        self.last_snapshot = (started, self.point.next_lsn);
+        match local_snapshot::write(&snapshots.dir, state, &point, snapshots.layout) {
+            Ok(()) => {
+                tracing::info!(
+                    "replica snapshot at entry {} (LSN {}): written in {} ms",
+                    point.index,
+                    point.next_lsn - 1,
+                    started.elapsed().as_millis()
+                );
+                (snapshots.written)(&point);
+            }
+            Err(reason) => tracing::error!("replica snapshot: {reason}; the log is kept whole"),
+        }
+    }
+
+    /// Where the state stands in the log.
+    fn raft_point(&self) -> Result<RaftPoint, String> {
+        let index = self.point.index;
+        let term = (self.log.term(index)).map_err(|e| format!("the term of entry {index}: {e}"))?;
+        let conf = (self.log.initial_state())
+            .map_err(|e| format!("the configuration: {e}"))?
+            .conf_state;
+        Ok(RaftPoint {
+            index,
+            term,
+            next_lsn: self.point.next_lsn,
+            voters: conf.voters,
+            learners: conf.learners,
+            stock_loaded: self.stock_loaded,
+        })
     }
 
     fn hand_over(&mut self, through: u64) -> Result<HandedOver, String> {
@@ -268,7 +374,7 @@ impl Applier {
             return;
         }
         let state = self.state.as_mut().expect("applied only with a state");
-        match apply_log(&self.log, state, &mut self.point, to) {
+        match apply_log(&self.log, state, &self.filter, &mut self.point, to) {
             Ok(loaded) => self.stock_loaded |= loaded,
             Err(reason) => self.fail(reason),
         }

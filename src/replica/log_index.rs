@@ -47,8 +47,10 @@ pub struct LogIndexError {
 
 impl LogIndex {
     /// Indexes `records` (consecutive LSNs, from the journal's first): the
-    /// first must be the header of entry `first_index` (the one after the
-    /// last snapshot's).
+    /// first must be the header of an entry at or before `first_index`,
+    /// the one after the snapshot set's (compaction removes segments only
+    /// once a set holds their entries, so the journal may begin earlier,
+    /// never later).
     pub fn build(records: &[RecoveredRecord], first_index: u64) -> Result<LogIndex, LogIndexError> {
         let mut index = LogIndex::default();
         let mut at = 0;
@@ -93,13 +95,13 @@ impl LogIndex {
         first_index: u64,
     ) -> Result<(), LogIndexError> {
         let Some(last) = self.entries.last() else {
-            if header.index == first_index {
+            if (1..=first_index).contains(&header.index) {
                 return Ok(());
             }
             return Err(LogIndexError {
                 lsn,
                 reason: format!(
-                    "the journal begins with entry {}, where entry {first_index} was due (the one after the last snapshot's)",
+                    "the journal begins with entry {}, where entry {first_index} or an earlier one was due (entry {first_index} follows the snapshot set's): entries are missing",
                     header.index
                 ),
             });
@@ -204,7 +206,11 @@ mod tests {
         // indexes, a falling term, a header inside an entry, a
         // record outside any entry and a damaged header are each refused with their LSN.
         let cases: [(Vec<RecoveredRecord>, u64, &str); 6] = [
-            (journal(1, &[(2, 1, 1)]), 1, "where entry 1 was due"),
+            (
+                journal(1, &[(2, 1, 1)]),
+                1,
+                "where entry 1 or an earlier one was due",
+            ),
             (
                 journal(1, &[(1, 1, 1), (3, 1, 1)]),
                 3,
@@ -250,5 +256,20 @@ mod tests {
             assert_eq!(error.lsn, lsn, "{error}");
             assert!(error.reason.contains(reason), "{error}");
         }
+    }
+
+    #[test]
+    fn a_journal_may_begin_before_the_snapshot_set_never_after() {
+        // Proves a journal whose first entry is at or before the one after the snapshot set's
+        // point is a log (compaction removed segments the set holds, or not yet), and one
+        // that begins after it is refused: the entries between are in neither.
+        let records = journal(40, &[(5, 1, 1), (6, 1, 0), (7, 2, 2)]);
+        for after_point in [5, 6, 8] {
+            let index = LogIndex::build(&records, after_point).expect("a log");
+            assert_eq!(index.entries.first().map(|e| e.index), Some(5));
+        }
+        let error = LogIndex::build(&records, 4).expect_err("entry 4 is missing");
+        assert_eq!(error.lsn, 40);
+        assert!(error.reason.contains("entries are missing"), "{error}");
     }
 }

@@ -20,10 +20,12 @@ pub mod driver;
 pub mod entry;
 pub mod follower;
 pub mod hard_state;
+pub mod local_snapshot;
 pub mod log_index;
 pub mod proposer;
 pub mod raft_point;
 pub mod serving;
 #[cfg(test)]
 pub mod sim;
+pub mod storage;
 pub mod transport;

@@ -20,6 +20,7 @@ use crate::schema::txn::{KIND_RAFT_CONF, KIND_RAFT_ENTRY};
 /// The LSN each actor's snapshot had applied: 0 with no snapshot, and
 /// `u64::MAX` for a node new since the last start (nothing to replay).
 /// A record at a higher LSN is applied to that actor, others skip it.
+#[derive(Default)]
 pub(crate) struct Applied {
     pub(super) catalog: u64,
     pub(super) shards: Vec<u64>,

@@ -179,7 +179,9 @@ pub use error::{RecordError, SnapshotError};
 pub use frame::{
     book_body, book_snapshot_bytes, parse_snapshot, snapshot_bytes, verify_snapshot_bytes,
 };
+pub(crate) use recover::load_replica_set;
 pub use recover::open;
+pub(crate) use snapshot::write_replica_set;
 pub use snapshot::{
     encode_image, newest_snapshot_unix_ms, remove_segments_through, snapshot, write_snapshot_files,
     write_snapshots, write_state, BookWriter, Snapshotted,

@@ -255,19 +255,9 @@ pub(super) fn replay_state(
     known_nodes: usize,
     now_ms: u64,
 ) -> Result<Replayed, StoreError> {
-    let mut state = EngineState::fresh(settings, network, now_ms)?;
     let mut report = RecoveryReport::default();
-    let mut applied = Applied {
-        catalog: load_catalog(dir, &state.index, &mut report)?,
-        shards: load_shards(dir, &mut state, &mut report)?,
-        routers: load_routers(dir, &mut state, &mut report)?,
-        nodes: load_nodes(dir, &mut state, network, known_nodes, &mut report)?,
-        feed: u64::MAX,
-    };
-    applied.feed = match load_feed(dir, &mut state, &mut report)? {
-        Some(lsn) => lsn,
-        None => applied.oldest(),
-    };
+    let (mut state, applied) =
+        load_set_into(dir, settings, network, known_nodes, now_ms, &mut report)?;
     report.snapshot_lsn_min = applied.oldest();
     let recovered = journal::recover(&journal_dir(dir), report.snapshot_lsn_min)?;
     prove_chain(dir, &applied.links(dir), &recovered)?;
@@ -300,6 +290,45 @@ pub(super) fn replay_state(
         report,
         fresh,
     })
+}
+
+/// A state of each actor's snapshot in the set in use (an empty state for
+/// those without one), and the LSN each holds.
+fn load_set_into(
+    dir: &Path,
+    settings: &EngineSettings,
+    network: &Arc<Network>,
+    known_nodes: usize,
+    now_ms: u64,
+    report: &mut RecoveryReport,
+) -> Result<(EngineState, Applied), StoreError> {
+    let mut state = EngineState::fresh(settings, network, now_ms)?;
+    let mut applied = Applied {
+        catalog: load_catalog(dir, &state.index, report)?,
+        shards: load_shards(dir, &mut state, report)?,
+        routers: load_routers(dir, &mut state, report)?,
+        nodes: load_nodes(dir, &mut state, network, known_nodes, report)?,
+        feed: u64::MAX,
+    };
+    applied.feed = match load_feed(dir, &mut state, report)? {
+        Some(lsn) => lsn,
+        None => applied.oldest(),
+    };
+    Ok((state, applied))
+}
+
+/// A replica's state of the snapshot set in use (every node of `network`
+/// known), and the LSN each actor holds: the log after them applies to it
+/// as recovery applies the journal (`apply::apply_payload`).
+pub(crate) fn load_replica_set(
+    dir: &Path,
+    settings: &EngineSettings,
+    network: &Arc<Network>,
+    now_ms: u64,
+) -> Result<(EngineState, Applied), StoreError> {
+    let mut report = RecoveryReport::default();
+    let known_nodes = network.nodes.len();
+    load_set_into(dir, settings, network, known_nodes, now_ms, &mut report)
 }
 
 /// The SKU catalog's snapshot interned into `index` in its order; its LSN.

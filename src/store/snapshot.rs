@@ -19,6 +19,7 @@ use super::{io, journal_dir, snapshot_dir, StoreError};
 use crate::engine::{EngineState, Image, Imaged};
 use crate::faults::{self, points};
 use crate::journal::{self};
+use crate::schema::Layout;
 
 /// Snapshot bytes written between two flushes.
 pub(super) const SNAPSHOT_FLUSH_BYTES: usize = 2 << 20;
@@ -368,6 +369,24 @@ pub fn write_state(dir: &Path, state: &EngineState, lsn: u64) -> Result<(), Stor
     let snapshots = snapshot_dir(dir);
     crate::private_files::create_dir_all(&snapshots).map_err(|e| io(&snapshots, e))?;
     write_state_into(&snapshots, state, lsn)
+}
+
+/// Writes `state` as a new snapshot set of the replica in `dir`, every
+/// actor labelled `lsn`, with `layout`; `last` writes the set's last file
+/// (the replica's raft point, which says the set is whole). Then the set
+/// takes the old one's place in one step and the old is removed.
+pub(crate) fn write_replica_set(
+    dir: &Path,
+    state: &EngineState,
+    lsn: u64,
+    layout: Layout,
+    last: impl FnOnce(&Path) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    super::layout::replace_snapshot_set(dir, |set| {
+        write_state_into(set, state, lsn)?;
+        super::layout::write_layout(set, layout)?;
+        last(set)
+    })
 }
 
 /// Writes every actor of `state` into the snapshot set `set`, each

@@ -86,30 +86,48 @@ impl Cluster {
     /// Writes certificates and a config per replica (the fixture network,
     /// channel web, `stock`), and starts every replica.
     pub async fn start(name: &str, stock_entries: &[(&str, &str, u32)]) -> Cluster {
-        Cluster::start_with(name, &stock(stock_entries), false).await
+        Cluster::start_with(name, &stock(stock_entries), "", false).await
     }
 
     /// [`Cluster::start`] with `[sample_stock]` for `skus` SKUs instead.
     pub async fn start_sampled(name: &str, skus: usize) -> Cluster {
         let sampled = format!("[sample_stock]\nskus = {skus}\n");
-        Cluster::start_with(name, &sampled, false).await
+        Cluster::start_with(name, &sampled, "", false).await
     }
 
     /// [`Cluster::start`] with each replica's replication traffic to each
     /// peer through a [`Relay`] the test can cut.
     pub async fn start_relayed(name: &str, stock_entries: &[(&str, &str, u32)]) -> Cluster {
-        Cluster::start_with(name, &stock(stock_entries), true).await
+        Cluster::start_with(name, &stock(stock_entries), "", true).await
+    }
+
+    /// [`Cluster::start`] with `tables` (TOML, such as a `[journal]`
+    /// table) in every replica's config, and `cluster_keys` in its
+    /// `[cluster]` table.
+    pub async fn start_tuned(
+        name: &str,
+        stock_text: &str,
+        tables: &str,
+        cluster_keys: &str,
+    ) -> Cluster {
+        let text = format!("{stock_text}{tables}");
+        Cluster::start_with(name, &text, cluster_keys, false).await
     }
 
     /// One cluster at a time per test binary (each is three processes on
     /// two cores), on fresh ports; ports another process took between
     /// their pick and the replica's bind are picked again, twice at most.
-    async fn start_with(name: &str, stock_text: &str, relayed: bool) -> Cluster {
+    async fn start_with(
+        name: &str,
+        stock_text: &str,
+        cluster_keys: &str,
+        relayed: bool,
+    ) -> Cluster {
         let turn = ONE_AT_A_TIME.lock().await;
         let mut attempt = 0;
         loop {
             let dir = TempDir::new(&format!("{name}-{attempt}"));
-            let mut cluster = Cluster::configure(dir, stock_text, relayed);
+            let mut cluster = Cluster::configure(dir, stock_text, cluster_keys, relayed);
             match cluster.start_all().await {
                 Ok(()) => {
                     cluster._turn = Some(turn);
@@ -136,8 +154,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Certificates, ports and a config per replica in `dir`.
-    fn configure(dir: TempDir, stock_text: &str, relayed: bool) -> Cluster {
+    /// Certificates, ports and a config per replica in `dir`, whose
+    /// `[cluster]` table ends with `cluster_keys`.
+    fn configure(dir: TempDir, stock_text: &str, cluster_keys: &str, relayed: bool) -> Cluster {
         let ids = vec![1, 2, 3];
         let certs = dir.0.join("certs");
         let made = std::process::Command::new(env!("CARGO_BIN_EXE_omniroute"))
@@ -170,7 +189,7 @@ impl Cluster {
             let server = server_section(&data).replace("127.0.0.1:0", &format!("127.0.0.1:{quic}"));
             let text = format!(
                 "{NODES}\n{server}{}{}{}[http]\nlisten = \"127.0.0.1:{http}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-                 [cluster]\nid = {id}\ncerts_dir = {:?}\nreplicas = [\n{}\n]\n",
+                 [cluster]\nid = {id}\ncerts_dir = {:?}\nreplicas = [\n{}\n]\n{cluster_keys}",
                 channel("web", &["nearest"]),
                 channel("c", &["nearest"]),
                 stock_text,

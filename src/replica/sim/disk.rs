@@ -177,13 +177,17 @@ pub(super) fn load(disk: &SharedDisk, voters: &[u64]) -> Result<Loaded<SimPersis
         conf: ConfState::from((voters.to_vec(), vec![])),
         ..DurableState::default()
     };
-    let storage = storage_of(&state, &shared.durable.entries)?;
+    let storage = storage_of(&state, &shared.durable.entries, (0, 0))?;
     let persister = SimPersister {
         disk: disk.clone(),
         last_queued: shared.durable.entries.len() as u64,
         last_hard: state.hard.clone(),
     };
-    Ok(Loaded { storage, persister })
+    Ok(Loaded {
+        storage,
+        persister,
+        applied: (0, 0),
+    })
 }
 
 /// Queues a driver's writes on its simulated disk, as `disk::Persister`
@@ -233,6 +237,11 @@ impl Persist for SimPersister {
     /// The simulated disk has no LSNs: the index stands for one.
     fn header_lsn(&self, index: u64) -> u64 {
         index
+    }
+
+    /// The simulation does not compact yet: its replicas take no snapshots.
+    fn compact(&mut self, _index: u64) -> Result<(), DiskError> {
+        Ok(())
     }
 
     /// Nothing to wait for: the simulation's writer is its scheduler.

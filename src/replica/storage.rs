@@ -1,0 +1,212 @@
+//! The log as raft-rs reads it: raft-rs's in-memory storage, which may
+//! start after a snapshot set's point, with two differences.
+//! - Compaction never empties it: it keeps the entry it compacts to, and
+//!   compacting past the last entry does nothing (raft-rs's own would
+//!   answer an older snapshot's term for it).
+//! - `snapshot` never invents one. raft-rs's memory storage answers with
+//!   its commit index and no data, which a follower would install as if it
+//!   held that state. Here it answers "temporarily unavailable", the one
+//!   answer raft-rs retries (any other error is fatal to it), and counts
+//!   the peer that asked: it is behind the log's start and catches up only
+//!   once snapshots are sent (docs/RAFT-SNAPSHOTS.md, step 3).
+//!
+//! Shared, not copied: the driver writes it, the apply thread reads it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::storage::{MemStorage, RaftState};
+use raft::{GetEntriesContext, Storage, StorageError};
+
+/// A replica's in-memory raft log.
+#[derive(Clone, Default)]
+pub struct ReplicaStorage {
+    mem: MemStorage,
+    /// Times a peer needed entries this log no longer holds.
+    snapshots_wanted: Arc<AtomicU64>,
+}
+
+impl ReplicaStorage {
+    /// A log that starts after entry `index` of term `term` (0, 0: from
+    /// the first entry), holding `entries` (which must follow it), with
+    /// raft-rs's `hard` and `conf` state.
+    pub fn new(
+        index: u64,
+        term: u64,
+        entries: &[Entry],
+        hard: HardState,
+        conf: ConfState,
+    ) -> raft::Result<ReplicaStorage> {
+        let storage = ReplicaStorage::default();
+        {
+            let mut core = storage.mem.wl();
+            if index > 0 {
+                let mut snapshot = Snapshot::default();
+                snapshot.set_metadata(SnapshotMetadata {
+                    index,
+                    term,
+                    conf_state: Some(conf.clone()).into(),
+                    ..SnapshotMetadata::default()
+                });
+                core.apply_snapshot(snapshot)?;
+            }
+            core.set_hardstate(hard);
+            core.set_conf_state(conf);
+            core.append(entries)?;
+        }
+        Ok(storage)
+    }
+
+    /// Appends `entries`, replacing any it holds from the first one's
+    /// index on (a new leader's log overwriting an uncommitted tail).
+    pub fn append(&self, entries: &[Entry]) -> raft::Result<()> {
+        self.mem.wl().append(entries)
+    }
+
+    pub fn set_hardstate(&self, hard: HardState) {
+        self.mem.wl().set_hardstate(hard);
+    }
+
+    /// The hard state as last set.
+    pub fn hard_state(&self) -> HardState {
+        self.mem.rl().hard_state().clone()
+    }
+
+    /// Forgets the entries before `index` (it keeps entry `index`, the
+    /// term of which raft-rs may ask for). An index at or before the first
+    /// held, or past the last, changes nothing.
+    pub fn compact(&self, index: u64) {
+        // Only the driver writes the log, so the last index cannot move
+        // between this read and the compaction.
+        let last = self.mem.last_index().unwrap_or(0);
+        if index <= last {
+            (self.mem.wl().compact(index)).expect("compaction within the log");
+        }
+    }
+
+    /// Times a peer needed entries before this log's start.
+    pub fn snapshots_wanted(&self) -> u64 {
+        self.snapshots_wanted.load(Ordering::Relaxed)
+    }
+}
+
+impl Storage for ReplicaStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let wanted = self.snapshots_wanted.fetch_add(1, Ordering::Relaxed);
+        // raft-rs asks again at every heartbeat response: said once in a
+        // while, not every time.
+        if wanted.is_multiple_of(100) {
+            tracing::warn!(
+                "replica {to} is behind the start of this replica's log (it was compacted): it needs a snapshot, which this build cannot send yet; it catches up once a replica that still holds its entries leads"
+            );
+        }
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Entry::default()
+        }
+    }
+
+    /// A log after `base` holding entries `first..=last` (none if last < first).
+    fn log(base: (u64, u64), first: u64, last: u64) -> ReplicaStorage {
+        let entries: Vec<Entry> = (first..=last).map(|i| entry(i, 2)).collect();
+        let hard = HardState {
+            term: 2,
+            commit: base.0,
+            ..HardState::default()
+        };
+        let conf = ConfState::from((vec![1, 2, 3], vec![]));
+        ReplicaStorage::new(base.0, base.1, &entries, hard, conf).expect("a log")
+    }
+
+    #[test]
+    fn a_log_after_a_point_answers_the_points_term_and_nothing_before() {
+        // Proves a log that starts after a snapshot set's point answers that entry's term
+        // (raft-rs asks it of the entry before the first), says `Compacted` for entries before
+        // it, and holds the entries after it.
+        let storage = log((40, 1), 41, 45);
+        assert_eq!(storage.first_index().unwrap(), 41);
+        assert_eq!(storage.last_index().unwrap(), 45);
+        assert_eq!(storage.term(40).unwrap(), 1);
+        assert_eq!(storage.term(43).unwrap(), 2);
+        let compacted = raft::Error::Store(StorageError::Compacted);
+        assert_eq!(storage.term(39).unwrap_err(), compacted);
+        let context = || GetEntriesContext::empty(false);
+        assert_eq!(
+            storage.entries(40, 42, None, context()).unwrap_err(),
+            compacted
+        );
+        assert_eq!(storage.entries(41, 46, None, context()).unwrap().len(), 5);
+        let empty = log((40, 1), 41, 40);
+        assert_eq!(empty.first_index().unwrap(), 41);
+        assert_eq!(empty.last_index().unwrap(), 40);
+    }
+
+    #[test]
+    fn compaction_keeps_the_entry_it_compacts_to_and_never_empties_the_log() {
+        // Proves compacting to an entry forgets only those before it (its term stays), and
+        // that compacting past the last entry changes nothing rather than empty the log.
+        let storage = log((0, 0), 1, 10);
+        storage.compact(6);
+        assert_eq!(storage.first_index().unwrap(), 6);
+        assert_eq!(storage.term(6).unwrap(), 2);
+        assert!(storage.term(5).is_err());
+        storage.compact(11);
+        assert_eq!(storage.first_index().unwrap(), 6);
+        assert_eq!(storage.last_index().unwrap(), 10);
+        storage.compact(3);
+        assert_eq!(storage.first_index().unwrap(), 6);
+    }
+
+    #[test]
+    fn a_snapshot_is_never_made_up() {
+        // Proves the log answers a request for a snapshot only with the error raft-rs
+        // retries (any other is fatal to it, and raft-rs's memory storage would answer with
+        // an empty one a follower would install), and counts each request.
+        let storage = log((40, 1), 41, 45);
+        for asked in 1..=3 {
+            let error = storage.snapshot(41, 2).unwrap_err();
+            let retried = raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+            assert_eq!(error, retried);
+            assert_eq!(storage.snapshots_wanted(), asked);
+        }
+    }
+}
