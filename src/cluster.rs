@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 mod digest;
+mod leader_snapshots;
 pub use digest::{digest, digest_through};
+use leader_snapshots::LeaderSnapshots;
 
 use crossbeam_channel::Sender;
 use raft::eraftpb::Message;
@@ -241,6 +243,8 @@ pub struct Replica {
     driver: Option<std::thread::JoinHandle<Option<String>>>,
     transport: Transport,
     conductor: tokio::task::JoinHandle<()>,
+    /// The serving engine's snapshot loop, while this replica leads.
+    leader_snapshots: Arc<Mutex<Option<LeaderSnapshots>>>,
     follower: Arc<Follower>,
     _lock: store::DirLock,
 }
@@ -254,6 +258,8 @@ struct Conductor {
     follower: Arc<Follower>,
     roles: Arc<Roles>,
     failed: Arc<watch::Sender<Option<String>>>,
+    events: Sender<Event>,
+    leader_snapshots: Arc<Mutex<Option<LeaderSnapshots>>>,
 }
 
 /// Starts replica `cluster.id` on the config's data directory.
@@ -339,6 +345,7 @@ pub async fn start(
             stopped
         })
         .map_err(|e| ClusterError::Panicked(e.to_string()))?;
+    let leader_snapshots = Arc::new(Mutex::new(None));
     let conductor = Conductor {
         config: config.clone(),
         network,
@@ -347,6 +354,8 @@ pub async fn start(
         follower: follower.clone(),
         roles,
         failed: failed_tx,
+        events: events.clone(),
+        leader_snapshots: leader_snapshots.clone(),
     };
     let conductor = tokio::spawn(conductor.run(changes));
     let max_inflight = config.engine.max_inflight as usize;
@@ -395,6 +404,7 @@ pub async fn start(
         driver: Some(driver),
         transport,
         conductor,
+        leader_snapshots,
         follower,
         _lock: lock,
     })
@@ -425,16 +435,22 @@ fn load(
 fn local_snapshots(config: &ValidConfig, events: Sender<Event>) -> LocalSnapshots {
     LocalSnapshots {
         dir: config.server.data_dir.clone(),
-        layout: crate::schema::Layout {
-            shards: config.engine.shards.max(1),
-            routers: config.engine.routers,
-        },
+        layout: configured_layout(config),
         interval_ms: config.store.snapshot_interval_ms,
         every_records: config.store.snapshot_every_records,
         written: Box::new(move |point| {
             // Dropped if the driver has stopped: nothing to compact then.
             let _ = events.send(Event::Compact(point.index));
         }),
+    }
+}
+
+/// The shards and routers the config asks for (a replica's sets are
+/// written and read under them).
+fn configured_layout(config: &ValidConfig) -> crate::schema::Layout {
+    crate::schema::Layout {
+        shards: config.engine.shards.max(1),
+        routers: config.engine.routers,
     }
 }
 
@@ -470,7 +486,7 @@ impl Conductor {
         while let Some(change) = changes.recv().await {
             match change {
                 Change::Lead { term, index } => self.promote(term, index).await,
-                Change::Deposed(engine) => self.step_down(engine),
+                Change::Deposed(engine) => self.step_down(engine).await,
             }
         }
     }
@@ -517,12 +533,24 @@ impl Conductor {
             self.follower.rebuild();
             return;
         }
+        let snapshotted = engine.clone();
         match self.roles.install(term, engine) {
-            Ok(()) => tracing::info!(
-                "replica {}: serving orders as leader of term {term} ({} ms after its first entry applied)",
-                self.roles.id,
-                started.elapsed().as_millis()
-            ),
+            Ok(()) => {
+                let snapshots = LeaderSnapshots::start(
+                    snapshotted,
+                    self.config.server.data_dir.clone(),
+                    self.config.store.clone(),
+                    configured_layout(&self.config),
+                    self.storage.clone(),
+                    self.events.clone(),
+                );
+                *lock(&self.leader_snapshots) = Some(snapshots);
+                tracing::info!(
+                    "replica {}: serving orders as leader of term {term} ({} ms after its first entry applied)",
+                    self.roles.id,
+                    started.elapsed().as_millis()
+                );
+            }
             Err(engine) => {
                 engine.shutdown();
                 self.follower.rebuild();
@@ -559,9 +587,20 @@ impl Conductor {
 
     /// The engine served until this replica stopped leading: its memory is
     /// ahead of the commit point, so it goes, and the apply thread starts
-    /// again from the committed log.
-    fn step_down(&self, engine: Engine) {
+    /// again from the snapshot set and the committed log after it.
+    async fn step_down(&self, engine: Engine) {
+        // Its snapshot loop ends before the rebuild: the apply thread reads
+        // the set, and writes new ones, which the loop must not write into.
+        let snapshots = lock(&self.leader_snapshots).take();
+        if let Some(snapshots) = &snapshots {
+            snapshots.stopping();
+        }
         engine.shutdown();
+        if let Some(snapshots) = snapshots {
+            if let Err(reason) = snapshots.stop().await {
+                return self.fail(reason);
+            }
+        }
         self.follower.rebuild();
         tracing::info!(
             "replica {}: stopped serving (no longer the leader); rebuilding its state from the committed log",
@@ -582,8 +621,15 @@ impl Replica {
             http.shutdown().await;
         }
         let _ = self.server.shutdown().await;
+        let snapshots = lock(&self.leader_snapshots).take();
+        if let Some(snapshots) = &snapshots {
+            snapshots.stopping();
+        }
         if let Some(engine) = self.serving.set_engine(None) {
             engine.shutdown();
+        }
+        if let Some(snapshots) = snapshots {
+            let _ = snapshots.stop().await;
         }
         let _ = self.events.send(Event::Stop);
         if let Some(driver) = self.driver.take() {
@@ -596,4 +642,9 @@ impl Replica {
         }
         drop(self.follower);
     }
+}
+
+/// A poisoned lock still guards a valid value here (an `Option` swapped whole).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

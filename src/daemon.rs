@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use futures::FutureExt;
+use std::time::Instant;
 
 use crate::admin::{AdminError, AdminServer, Status};
 use crate::config::{ConfigSource, ValidConfig};
@@ -15,9 +13,6 @@ use crate::engine::{Clock, Engine, EngineError, SystemClock};
 use crate::journal::Durability;
 use crate::server::{RunningServer, ServerError};
 use crate::store::{self, RecoveryReport, StoreError, StoreSettings};
-
-/// How often the snapshot task looks at its triggers.
-const SNAPSHOT_CHECK_MS: u64 = 1000;
 
 pub struct Daemon {
     pub engine: Engine,
@@ -280,11 +275,7 @@ pub async fn snapshot(
     Ok(done.lsn)
 }
 
-/// Snapshots when `snapshot_interval_ms` has passed or the journal has
-/// written `snapshot_every_records` records since the last one. The time
-/// is looked at every `SNAPSHOT_CHECK_MS`; the records trigger wakes the
-/// loop from the journal's writer as the commit that passes it is
-/// written, so a short-lived or busy daemon does not run a second past it.
+/// Snapshots whenever one is due (`store::SnapshotDue`) until `stop`.
 async fn snapshot_loop(
     engine: Engine,
     data_dir: PathBuf,
@@ -295,38 +286,11 @@ async fn snapshot_loop(
     let Some(stats) = engine.sequencer().journal().map(|j| j.stats.clone()) else {
         return;
     };
-    let mut last = Instant::now();
-    let mut records_at_last = stats.records.load(Ordering::SeqCst);
-    let mut interval = tokio::time::interval(Duration::from_millis(SNAPSHOT_CHECK_MS));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // A stop is only seen between snapshots: one under way finishes
-        // (its writes, renames and segment deletion are not to be cut off
-        // half-way, or overtaken by the final snapshot). Looked at before
-        // each, since a busy journal may have the next one due at once.
-        if stop.notified().now_or_never().is_some() {
-            return;
-        }
-        if settings.snapshot_every_records > 0 {
-            // Set before the count is read: a commit past it either shows
-            // in the count below or wakes the wait.
-            stats
-                .mark
-                .set(records_at_last + settings.snapshot_every_records);
-        }
-        let records = stats.records.load(Ordering::SeqCst);
-        let by_time = settings.snapshot_interval_ms > 0
-            && last.elapsed() >= Duration::from_millis(settings.snapshot_interval_ms);
-        let by_records = settings.snapshot_every_records > 0
-            && records - records_at_last >= settings.snapshot_every_records;
-        if !by_time && !by_records {
-            tokio::select! {
-                _ = interval.tick() => {}
-                _ = stats.mark.passed() => {}
-                _ = stop.notified() => return,
-            }
-            continue;
-        }
+    let mut due = store::SnapshotDue::new(stats, &settings);
+    // A stop is only seen between snapshots: one under way finishes (its
+    // writes, renames and segment deletion are not to be cut off half-way,
+    // or overtaken by the final snapshot).
+    while due.wait(&stop).await {
         if let Err(e) = snapshot(&engine, data_dir.clone(), &settings, &status).await {
             // The disk under the data directory failed (or the engine
             // did, which raised the fault already): stop saying yes.
@@ -335,8 +299,7 @@ async fn snapshot_loop(
             }
             return;
         }
-        last = Instant::now();
-        records_at_last = stats.records.load(Ordering::SeqCst);
+        due.taken();
     }
 }
 

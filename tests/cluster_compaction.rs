@@ -1,6 +1,7 @@
-//! Three replicas of the real daemon whose followers snapshot often and
-//! compact their logs: restarts start from the snapshot set, not the
-//! log's first entry, and nothing answered is lost or sold twice.
+//! Three replicas of the real daemon that snapshot often and compact
+//! their logs (the leader from its engine, the followers from their apply
+//! threads): restarts start from the snapshot set, not the log's first
+//! entry, and nothing answered is lost or sold twice.
 
 mod common;
 
@@ -33,12 +34,12 @@ fn segments(data: &Path) -> Vec<u64> {
     firsts
 }
 
-/// Waits until every follower's log has been compacted: its first journal
+/// Waits until each replica's log has been compacted: its first journal
 /// segment no longer starts at LSN 1.
-async fn wait_compacted(cluster: &Cluster, followers: &[u64], timeout: Duration) {
+async fn wait_compacted(cluster: &Cluster, replicas: &[u64], timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let firsts: Vec<Vec<u64>> = (followers.iter())
+        let firsts: Vec<Vec<u64>> = (replicas.iter())
             .map(|id| segments(&cluster.dir.0.join(format!("replica-{id}"))))
             .collect();
         if firsts.iter().all(|f| f.first().is_some_and(|&lsn| lsn > 1)) {
@@ -46,10 +47,26 @@ async fn wait_compacted(cluster: &Cluster, followers: &[u64], timeout: Duration)
         }
         assert!(
             Instant::now() < deadline,
-            "the followers' journals were not compacted: segments {firsts:?}\n{}",
+            "the journals of {replicas:?} were not compacted: segments {firsts:?}\n{}",
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What a replica logs when it starts from its snapshot set.
+const STARTED_FROM_SET: &str = "replica apply: starting from the snapshot set at entry";
+
+/// Waits up to 20 s for replica `id`'s log to hold `line`.
+async fn wait_log(cluster: &Cluster, id: u64, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default()).contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "replica {id} never logged {line:?}:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -71,12 +88,13 @@ async fn submit_batch(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn followers_compact_their_logs_and_restart_from_their_snapshots() {
-    // Proves that followers which snapshot every few records remove the journal segments
-    // their snapshot holds, that one SIGKILLed and restarted starts from its snapshot set and
-    // catches up, that a compacted follower then leads when the leader is SIGKILLed, and
-    // that across it all every answer is given again on resubmission, no unit is sold
-    // twice, and every replica's snapshot and log make the same state.
+async fn replicas_compact_their_logs_and_restart_from_their_snapshots() {
+    // Proves that a leader and followers which snapshot every few records remove the journal
+    // segments their snapshot holds, that a follower SIGKILLed and restarted starts from its
+    // snapshot set and catches up, that a compacted follower then leads when the leader is
+    // SIGKILLed and the old leader restarts from the set its engine wrote, and that across it
+    // all every answer is given again on resubmission, no unit is sold twice, and every
+    // replica's snapshot and log make the same state.
     let stock_text = format!(
         "{}[sample_stock]\nskus = 12000\nsku_prefix = \"S-\"\n",
         stock(&[("SKU-1", "WH-N", STOCK / 2), ("SKU-1", "WH-S", STOCK / 2)])
@@ -93,23 +111,27 @@ async fn followers_compact_their_logs_and_restart_from_their_snapshots() {
     let mut next = 0;
     let leader = submit_batch(&cluster, &mut answered, &mut next).await;
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
-    wait_compacted(&cluster, &followers, Duration::from_secs(60)).await;
+    wait_compacted(&cluster, &[1, 2, 3], Duration::from_secs(60)).await;
 
     cluster.kill(followers[0]).await;
     submit_batch(&cluster, &mut answered, &mut next).await;
     cluster.start_replica(followers[0]).await;
     cluster.wait_caught_up(Duration::from_secs(30)).await;
-    let log = std::fs::read_to_string(cluster.log_path(followers[0])).unwrap();
-    assert!(
-        log.contains("replica apply: starting from the snapshot set at entry"),
-        "the restarted follower started from its snapshot set:\n{}",
-        cluster.logs()
-    );
+    wait_log(&cluster, followers[0], STARTED_FROM_SET).await;
 
+    // The leader's compaction came from its engine's snapshots.
+    wait_log(
+        &cluster,
+        leader,
+        "leader_snapshots: replica snapshot at entry",
+    )
+    .await;
     cluster.kill(leader).await;
     let new_leader = submit_batch(&cluster, &mut answered, &mut next).await;
     assert_ne!(new_leader, leader, "a killed replica answered");
     cluster.start_replica(leader).await;
+    // The set its engine wrote while it led.
+    wait_log(&cluster, leader, STARTED_FROM_SET).await;
     let mut routed = 0;
     for (i, decision) in &answered {
         let (again, _) = cluster.submit(&order(*i), Duration::from_secs(20)).await;

@@ -242,6 +242,10 @@ pub trait Persist {
     /// it was not: a bug of the caller's).
     fn header_lsn(&self, index: u64) -> u64;
 
+    /// The last entry queued whose records are all at or below `lsn`: its
+    /// index, term and the LSN after it.
+    fn entry_through(&self, lsn: u64) -> Option<(u64, u64, u64)>;
+
     /// Forgets the entries before `index`, which a snapshot set holds:
     /// removes the journal segments that hold nothing from it on.
     fn compact(&mut self, index: u64) -> Result<(), DiskError>;
@@ -316,6 +320,12 @@ impl Persist for Persister {
 
     fn header_lsn(&self, index: u64) -> u64 {
         self.position(index).map_or(0, |p| p.header_lsn)
+    }
+
+    fn entry_through(&self, lsn: u64) -> Option<(u64, u64, u64)> {
+        let after = self.positions.partition_point(|p| p.end_lsn <= lsn + 1);
+        let entry = self.positions.get(after.checked_sub(1)?)?;
+        Some((entry.index, entry.term, entry.end_lsn))
     }
 
     fn compact(&mut self, index: u64) -> Result<(), DiskError> {

@@ -28,6 +28,7 @@ use raft::{Config, RawNode, StateRole};
 use super::disk::{DiskError, Loaded, Persist, Persister};
 use super::entry::{decode_body, encode_body, MAX_ENTRY_RECORDS};
 use super::proposer::Proposal;
+use super::raft_point::RaftPoint;
 use super::storage::ReplicaStorage;
 use waiting::{fail_dones, Pending, Reads, Waiter};
 
@@ -78,6 +79,9 @@ pub enum Event {
     /// A snapshot set holding the state through this entry is in place:
     /// the log before it may be compacted.
     Compact(u64),
+    /// The leader's engine wrote a snapshot whose every actor holds the
+    /// records up to this LSN: where does that put it in the log?
+    PointThrough(u64, tokio::sync::oneshot::Sender<Option<RaftPoint>>),
     /// Stop the loop.
     Stop,
 }
@@ -299,6 +303,7 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             Event::Peer(message) => drop(self.node.step(*message)),
             Event::Propose(data, answer) => self.propose(data, answer),
             Event::Compact(through) => self.compact(through),
+            Event::PointThrough(lsn, reply) => drop(reply.send(self.point_through(lsn))),
             Event::Stop => {}
         }
     }
@@ -316,7 +321,8 @@ impl<E: Effects, P: Persist> Driver<E, P> {
                 }
             }
         }
-        // Never past what is applied here, nor past the log's stable end.
+        // Never past what is applied here, nor past the log (an index past
+        // what storage holds is ignored by it).
         keep_from = keep_from
             .min(self.applied + 1)
             .min(raft.raft_log.last_index());
@@ -328,6 +334,27 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             // Segments left behind cost disk, not correctness: said, not fatal.
             tracing::warn!("replica log compaction before entry {keep_from}: {e}");
         }
+    }
+
+    /// The raft point of a leader's snapshot whose actors all hold the
+    /// records up to `lsn`: the last applied entry wholly at or below it
+    /// (an entry is many records, and the snapshot's markers land inside
+    /// one). The engine starts serving only once the config's stock is
+    /// loaded, so its snapshots always hold it.
+    fn point_through(&self, lsn: u64) -> Option<RaftPoint> {
+        let (index, term, next_lsn) = self.persister.entry_through(lsn)?;
+        if index > self.applied {
+            return None;
+        }
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        Some(RaftPoint {
+            index,
+            term,
+            next_lsn,
+            voters: conf.voters,
+            learners: conf.learners,
+            stock_loaded: true,
+        })
     }
 
     /// One tick of the raft clock: `run` ticks every `TICK_MS`, the

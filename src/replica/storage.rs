@@ -1,8 +1,10 @@
 //! The log as raft-rs reads it: raft-rs's in-memory storage, which may
 //! start after a snapshot set's point, with two differences.
-//! - Compaction never empties it: it keeps the entry it compacts to, and
-//!   compacting past the last entry does nothing (raft-rs's own would
-//!   answer an older snapshot's term for it).
+//! - Compaction keeps the term of the entry before the first it keeps,
+//!   which raft-rs asks for (of its commit index, and of the entry before
+//!   the next it sends), and never empties the log: compacting past the
+//!   last entry does nothing. raft-rs's memory storage answers only its
+//!   last snapshot's term below its first entry.
 //! - `snapshot` never invents one. raft-rs's memory storage answers with
 //!   its commit index and no data, which a follower would install as if it
 //!   held that state. Here it answers "temporarily unavailable", the one
@@ -23,6 +25,9 @@ use raft::{GetEntriesContext, Storage, StorageError};
 #[derive(Clone, Default)]
 pub struct ReplicaStorage {
     mem: MemStorage,
+    /// The entry before the first one held since the last compaction, and
+    /// its term (0, 0: none).
+    before_first: Arc<std::sync::RwLock<(u64, u64)>>,
     /// Times a peer needed entries this log no longer holds.
     snapshots_wanted: Arc<AtomicU64>,
 }
@@ -73,16 +78,20 @@ impl ReplicaStorage {
         self.mem.rl().hard_state().clone()
     }
 
-    /// Forgets the entries before `index` (it keeps entry `index`, the
-    /// term of which raft-rs may ask for). An index at or before the first
-    /// held, or past the last, changes nothing.
+    /// Forgets the entries before `index`, keeping the term of the one
+    /// before it. An index at or before the first held, or past the last,
+    /// changes nothing.
     pub fn compact(&self, index: u64) {
-        // Only the driver writes the log, so the last index cannot move
-        // between this read and the compaction.
+        // Only the driver writes the log, so it cannot move between these
+        // reads and the compaction.
+        let first = self.mem.first_index().unwrap_or(1);
         let last = self.mem.last_index().unwrap_or(0);
-        if index <= last {
-            (self.mem.wl().compact(index)).expect("compaction within the log");
+        if index <= first || index > last {
+            return;
         }
+        let term = self.mem.term(index - 1).expect("a term within the log");
+        *self.before_first.write().unwrap_or_else(|e| e.into_inner()) = (index - 1, term);
+        (self.mem.wl().compact(index)).expect("compaction within the log");
     }
 
     /// Times a peer needed entries before this log's start.
@@ -107,6 +116,10 @@ impl Storage for ReplicaStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (before, term) = *self.before_first.read().unwrap_or_else(|e| e.into_inner());
+        if idx == before && idx > 0 {
+            return Ok(term);
+        }
         self.mem.term(idx)
     }
 
@@ -181,14 +194,17 @@ mod tests {
     }
 
     #[test]
-    fn compaction_keeps_the_entry_it_compacts_to_and_never_empties_the_log() {
-        // Proves compacting to an entry forgets only those before it (its term stays), and
-        // that compacting past the last entry changes nothing rather than empty the log.
+    fn compaction_keeps_the_term_before_the_first_entry_and_never_empties_the_log() {
+        // Proves compacting to an entry forgets only those before it and still answers the
+        // term of the one before it (raft-rs asks it of its commit index, which may be
+        // there), and that compacting past the last entry changes nothing rather than empty
+        // the log.
         let storage = log((0, 0), 1, 10);
         storage.compact(6);
         assert_eq!(storage.first_index().unwrap(), 6);
         assert_eq!(storage.term(6).unwrap(), 2);
-        assert!(storage.term(5).is_err());
+        assert_eq!(storage.term(5).unwrap(), 2, "the entry before the first");
+        assert!(storage.term(4).is_err());
         storage.compact(11);
         assert_eq!(storage.first_index().unwrap(), 6);
         assert_eq!(storage.last_index().unwrap(), 10);

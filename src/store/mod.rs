@@ -164,10 +164,12 @@ pub fn snapshot_dir(dir: &Path) -> PathBuf {
 }
 
 mod chain;
+mod due;
 mod durable;
 mod error;
 mod frame;
 mod reconcile;
+pub use due::SnapshotDue;
 pub(crate) use durable::write_durably;
 pub(crate) use reconcile::reconcile;
 mod recover;

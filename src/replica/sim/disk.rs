@@ -239,6 +239,11 @@ impl Persist for SimPersister {
         index
     }
 
+    /// The simulation's replicas take no snapshots.
+    fn entry_through(&self, _lsn: u64) -> Option<(u64, u64, u64)> {
+        None
+    }
+
     /// The simulation does not compact yet: its replicas take no snapshots.
     fn compact(&mut self, _index: u64) -> Result<(), DiskError> {
         Ok(())
