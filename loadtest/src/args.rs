@@ -116,9 +116,10 @@ pub(crate) struct Args {
     /// closed orders stay in memory (the embedded config's day if not given).
     #[arg(long)]
     pub(super) retention_ms: Option<u64>,
-    /// `[journal] snapshot_interval_ms` of the --spawn-server daemon: how
-    /// often it writes a snapshot (the embedded config's minute if not
-    /// given); the chart marks each one.
+    /// `[journal] snapshot_interval_ms` of the --spawn-server daemon (or
+    /// of each --spawn-cluster replica): how often it writes a snapshot
+    /// (the embedded config's minute if not given); the chart marks each
+    /// one of a --spawn-server daemon.
     #[arg(long)]
     pub(super) snapshot_interval_ms: Option<u64>,
     /// With --spawn-server: print the daemon's resident memory this often

@@ -129,8 +129,14 @@ fn free_tcp_port() -> Result<u16, String> {
 }
 
 /// Replica `id`'s config: the embedded default with its ports, directory,
-/// durability fsync and the cluster's table.
-fn replica_config(spec: &ReplicaSpec, certs: &Path, table: &toml::Value) -> Result<String, String> {
+/// durability fsync (and `snapshot_interval_ms` if given) and the
+/// cluster's table.
+fn replica_config(
+    spec: &ReplicaSpec,
+    certs: &Path,
+    table: &toml::Value,
+    snapshot_interval_ms: Option<u64>,
+) -> Result<String, String> {
     let mut config: toml::Table = omniroute::config::DEFAULT_CONFIG_TOML
         .parse()
         .map_err(|e| format!("the embedded config: {e}"))?;
@@ -147,6 +153,9 @@ fn replica_config(spec: &ReplicaSpec, certs: &Path, table: &toml::Value) -> Resu
     config.insert("server".into(), server.into());
     let mut journal = section(&mut config, "journal");
     journal.insert("durability".into(), "fsync".into());
+    if let Some(interval_ms) = snapshot_interval_ms {
+        journal.insert("snapshot_interval_ms".into(), (interval_ms as i64).into());
+    }
     config.insert("journal".into(), journal.into());
     let mut http = section(&mut config, "http");
     http.insert("listen".into(), "off".into());
@@ -196,8 +205,11 @@ impl SpawnedCluster {
         }
         let table = toml::Value::Array(table);
         for spec in &replicas {
-            std::fs::write(&spec.config, replica_config(spec, &certs, &table)?)
-                .map_err(|e| format!("{}: {e}", spec.config.display()))?;
+            std::fs::write(
+                &spec.config,
+                replica_config(spec, &certs, &table, args.snapshot_interval_ms)?,
+            )
+            .map_err(|e| format!("{}: {e}", spec.config.display()))?;
         }
         let mut cluster = SpawnedCluster {
             dir,
