@@ -80,3 +80,84 @@ pub fn write(
     store::write_replica_set(dir, state, lsn, layout, |set| raft_point::write(set, point))
         .map_err(|e| format!("writing the snapshot set at entry {}: {e}", point.index))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::network::Network;
+    use crate::faults::points;
+    use crate::scratch::Scratch;
+
+    fn point(index: u64) -> RaftPoint {
+        RaftPoint {
+            index,
+            term: 2,
+            next_lsn: index * 3 + 1,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            stock_loaded: true,
+        }
+    }
+
+    #[test]
+    fn a_set_whose_write_fails_at_any_call_leaves_a_whole_set_in_use() {
+        // Proves that a snapshot set whose writing fails at any open, write, fsync, rename or
+        // directory fsync leaves the set in use whole and loadable: the old one, or (a failure
+        // after the link was swapped) the new one, never a mix; and a later start removes
+        // what the failed write left.
+        crate::faults::alone(
+            module_path!(),
+            "a_set_whose_write_fails_at_any_call_leaves_a_whole_set_in_use",
+            || {
+                let scratch = Scratch::new("replica-set-faults");
+                let dir = scratch.0.clone();
+                let settings = EngineSettings {
+                    max_skus: 16,
+                    ..EngineSettings::default()
+                };
+                let layout = Layout {
+                    shards: settings.shards.max(1),
+                    routers: settings.routers,
+                };
+                let network = Arc::new(Network::new(Vec::new(), Vec::new(), Vec::new()));
+                let state = EngineState::fresh(&settings, &network, 0).expect("a state");
+                store::layout::prepare_snapshot_sets(&dir).expect("sets");
+                let (old, new) = (point(5), point(9));
+                let mut failed = 0;
+                for fault in [
+                    points::SNAPSHOT_OPEN,
+                    points::SNAPSHOT_WRITE,
+                    points::SNAPSHOT_FSYNC,
+                    points::SNAPSHOT_RENAME,
+                    points::SNAPSHOT_DIR_FSYNC,
+                ] {
+                    for calls_before in 0.. {
+                        write(&dir, &state, &old, layout).expect("the old set");
+                        fail::cfg(fault, &format!("{calls_before}*off->1*return(EIO)->off"))
+                            .expect("a failpoint");
+                        let written = write(&dir, &state, &new, layout);
+                        fail::remove(fault);
+                        store::layout::prepare_snapshot_sets(&dir).expect("a start");
+                        let (_, _, loaded) = load(&dir, &settings, &network)
+                            .expect("the set in use loads")
+                            .expect("it has a point");
+                        if written.is_ok() {
+                            assert_eq!(loaded, new);
+                            break;
+                        }
+                        failed += 1;
+                        let swapped = fault == points::SNAPSHOT_DIR_FSYNC && loaded == new;
+                        assert!(loaded == old || swapped, "{fault} after {calls_before}");
+                        let sets = std::fs::read_dir(&dir)
+                            .expect("the data directory")
+                            .flatten()
+                            .filter(|e| e.file_name().to_string_lossy().starts_with("snapshots-"))
+                            .count();
+                        assert_eq!(sets, 1, "{fault} after {calls_before}: one set left");
+                    }
+                }
+                assert!(failed >= 10, "only {failed} calls failed");
+            },
+        );
+    }
+}
