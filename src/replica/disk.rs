@@ -100,6 +100,7 @@ pub fn load(
     let persister = Persister {
         journal: Arc::new(journal),
         dir: journal_dir.to_path_buf(),
+        removing: Mutex::new(None),
         file: Arc::new(Mutex::new(file)),
         state,
         positions: index.entries,
@@ -247,8 +248,9 @@ pub trait Persist {
     fn entry_through(&self, lsn: u64) -> Option<(u64, u64, u64)>;
 
     /// Forgets the entries before `index`, which a snapshot set holds:
-    /// removes the journal segments that hold nothing from it on.
-    fn compact(&mut self, index: u64) -> Result<(), DiskError>;
+    /// removes the journal segments that hold nothing from it on (off the
+    /// caller's thread; `close` waits for it).
+    fn compact(&mut self, index: u64);
 
     /// Waits for everything queued, then stops the writer.
     fn close(&self);
@@ -260,6 +262,9 @@ pub struct Persister {
     journal: Arc<Journal>,
     /// The journal's directory (compaction removes its segments).
     dir: std::path::PathBuf,
+    /// The last removal of segments, on a thread of its own: unlinking
+    /// and the directory's fsync must not hold up the ready loop.
+    removing: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Written only from the writer thread's callbacks, one at a time.
     file: Arc<Mutex<HardStateFile>>,
     /// The state as queued (durable once the queue has been written).
@@ -328,18 +333,42 @@ impl Persist for Persister {
         Some((entry.index, entry.term, entry.end_lsn))
     }
 
-    fn compact(&mut self, index: u64) -> Result<(), DiskError> {
+    fn compact(&mut self, index: u64) {
         let Some(lsn) = self.position(index).map(|p| p.header_lsn) else {
-            return Ok(());
+            return;
         };
         let first = self.positions.first().map_or(index, |p| p.index);
         self.positions.drain(..(index - first) as usize);
-        journal::remove_segments_through(&self.dir, lsn - 1)?;
-        Ok(())
+        let mut removing = self.removing.lock().unwrap_or_else(|e| e.into_inner());
+        // One removal at a time (the last one is long done by the next).
+        if let Some(last) = removing.take() {
+            let _ = last.join();
+        }
+        let dir = self.dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name("log-compaction".into())
+            .spawn(move || {
+                if let Err(e) = journal::remove_segments_through(&dir, lsn - 1) {
+                    // Segments left behind cost disk, not correctness.
+                    tracing::warn!("replica log compaction before LSN {lsn}: {e}");
+                }
+            });
+        match spawned {
+            Ok(thread) => *removing = Some(thread),
+            Err(e) => tracing::warn!("replica log compaction: no thread: {e}"),
+        }
     }
 
     fn close(&self) {
         self.journal.close();
+        let removing = self
+            .removing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = removing {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -745,7 +774,7 @@ mod tests {
             stock_loaded: true,
         };
         let point = point_at(40, 2, next_lsn_after(&loaded.persister, 40));
-        loaded.persister.compact(35).expect("compacted");
+        loaded.persister.compact(35);
         assert_eq!(loaded.persister.header_lsn(34), 0, "forgotten");
         loaded.persister.close();
         drop(loaded);

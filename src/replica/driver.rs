@@ -330,10 +330,7 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             return;
         }
         self.node.store().compact(keep_from);
-        if let Err(e) = self.persister.compact(keep_from) {
-            // Segments left behind cost disk, not correctness: said, not fatal.
-            tracing::warn!("replica log compaction before entry {keep_from}: {e}");
-        }
+        self.persister.compact(keep_from);
     }
 
     /// The raft point of a leader's snapshot whose actors all hold the

@@ -245,9 +245,7 @@ impl Persist for SimPersister {
     }
 
     /// The simulation does not compact yet: its replicas take no snapshots.
-    fn compact(&mut self, _index: u64) -> Result<(), DiskError> {
-        Ok(())
-    }
+    fn compact(&mut self, _index: u64) {}
 
     /// Nothing to wait for: the simulation's writer is its scheduler.
     fn close(&self) {}
