@@ -621,6 +621,10 @@ impl Replica {
             http.shutdown().await;
         }
         let _ = self.server.shutdown().await;
+        // No promotion under way past here (it could start a snapshot loop
+        // after the one below is taken).
+        self.conductor.abort();
+        let _ = (&mut self.conductor).await;
         let snapshots = lock(&self.leader_snapshots).take();
         if let Some(snapshots) = &snapshots {
             snapshots.stopping();
@@ -635,7 +639,6 @@ impl Replica {
         if let Some(driver) = self.driver.take() {
             let _ = tokio::task::spawn_blocking(move || driver.join()).await;
         }
-        self.conductor.abort();
         self.transport.shutdown().await;
         if let Some(admin) = self.admin.take() {
             admin.shutdown().await;

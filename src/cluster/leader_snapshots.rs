@@ -24,7 +24,7 @@ use crossbeam_channel::Sender;
 use tokio::sync::Notify;
 
 use crate::engine::Engine;
-use crate::journal::{Journal, JournalError};
+use crate::journal::Journal;
 use crate::replica::driver::Event;
 use crate::replica::raft_point::{self, RaftPoint};
 use crate::schema::Layout;
@@ -81,14 +81,20 @@ impl LeaderSnapshots {
 
     /// Ends the loop once a snapshot under way is done; an error if it
     /// does not end in time.
-    pub(super) async fn stop(self) -> Result<(), String> {
+    pub(super) async fn stop(mut self) -> Result<(), String> {
         self.stopping();
         let wait = Duration::from_millis(STOP_TIMEOUT_MS);
-        match tokio::time::timeout(wait, self.task).await {
+        match tokio::time::timeout(wait, &mut self.task).await {
             Ok(_) => Ok(()),
-            Err(_) => Err(format!(
-                "the leader's snapshot did not end within {STOP_TIMEOUT_MS} ms of the step-down"
-            )),
+            Err(_) => {
+                // Not left running on its own (its blocking writes end
+                // when they end; no point follows them: the driver is
+                // asked through the loop, which is gone).
+                self.task.abort();
+                Err(format!(
+                    "the leader's snapshot did not end within {STOP_TIMEOUT_MS} ms of the step-down"
+                ))
+            }
         }
     }
 }
@@ -123,12 +129,11 @@ async fn run(writer: Writer, settings: StoreSettings, storage: Arc<Journal>, sto
             Ok(None) => {}
             // A step-down stops the engine under it: not a fault.
             Err(_) if stop.stopping.load(Ordering::SeqCst) => return,
-            Err(e) => {
-                // The disk under the data directory failed: stop saying yes,
-                // as a single node does.
-                storage.fail(JournalError::Snapshot(e));
-                return;
-            }
+            // Said, and tried again when the next is due, as a follower
+            // does: the log is kept whole meanwhile, so nothing is lost,
+            // and a leadership lost under it fails its markers (not the
+            // disk). A disk that cannot write stops the journal anyway.
+            Err(e) => tracing::error!("replica snapshot: {e}; the log is kept whole"),
         }
         due.taken();
     }

@@ -340,7 +340,12 @@ impl Persist for Persister {
         let first = self.positions.first().map_or(index, |p| p.index);
         self.positions.drain(..(index - first) as usize);
         let mut removing = self.removing.lock().unwrap_or_else(|e| e.into_inner());
-        // One removal at a time (the last one is long done by the next).
+        // One removal at a time, never waited for here: while one is under
+        // way (a slow disk) this one is left to the next compaction, which
+        // removes every segment behind it.
+        if removing.as_ref().is_some_and(|last| !last.is_finished()) {
+            return;
+        }
         if let Some(last) = removing.take() {
             let _ = last.join();
         }
