@@ -53,15 +53,7 @@ async fn the_leader_killed_twice_loses_no_answered_order_and_oversells_nothing()
         }
     }
     // Every answer is what any leader answers again, after both kills.
-    let mut routed = 0;
-    for (i, decision) in &answered {
-        let (again, _) = cluster.submit(&order(*i), Duration::from_secs(20)).await;
-        assert_eq!(
-            &again, decision,
-            "order o-{i} was answered differently before"
-        );
-        routed += matches!(decision, Decision::Routed { .. }) as u32;
-    }
+    let routed = cluster.resubmit_all(&answered, order).await;
     assert_eq!(routed, STOCK, "every unit sold once, none twice");
     eprintln!("failovers (kill to the next answer): {failovers:?}");
     check_roles(&cluster).await;

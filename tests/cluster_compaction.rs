@@ -132,15 +132,7 @@ async fn replicas_compact_their_logs_and_restart_from_their_snapshots() {
     cluster.start_replica(leader).await;
     // The set its engine wrote while it led.
     wait_log(&cluster, leader, STARTED_FROM_SET).await;
-    let mut routed = 0;
-    for (i, decision) in &answered {
-        let (again, _) = cluster.submit(&order(*i), Duration::from_secs(20)).await;
-        assert_eq!(
-            &again, decision,
-            "order o-{i} was answered differently before"
-        );
-        routed += matches!(decision, Decision::Routed { .. }) as u32;
-    }
+    let routed = cluster.resubmit_all(&answered, order).await;
     assert_eq!(routed, STOCK, "every unit sold once, none twice");
     cluster.wait_caught_up(Duration::from_secs(30)).await;
     let (_, digests) = cluster.stop_and_digest().await;

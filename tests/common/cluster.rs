@@ -322,6 +322,25 @@ impl Cluster {
         (through, digests)
     }
 
+    /// Resubmits every order `answered` holds (`order(i)` is order `i`),
+    /// checking each gets the answer it had; how many were routed.
+    pub async fn resubmit_all(
+        &self,
+        answered: &BTreeMap<usize, Decision>,
+        order: impl Fn(usize) -> Order,
+    ) -> u32 {
+        let mut routed = 0;
+        for (i, decision) in answered {
+            let (again, _) = self.submit(&order(*i), Duration::from_secs(20)).await;
+            assert_eq!(
+                &again, decision,
+                "order {i} was answered differently before"
+            );
+            routed += matches!(decision, Decision::Routed { .. }) as u32;
+        }
+        routed
+    }
+
     /// Cuts (or heals) every relay to and from replica `id`.
     pub fn isolate(&self, id: u64, isolated: bool) {
         for ((from, to), relay) in &self.relays {
