@@ -435,22 +435,13 @@ fn load(
 fn local_snapshots(config: &ValidConfig, events: Sender<Event>) -> LocalSnapshots {
     LocalSnapshots {
         dir: config.server.data_dir.clone(),
-        layout: configured_layout(config),
+        layout: config.engine.layout(),
         interval_ms: config.store.snapshot_interval_ms,
         every_records: config.store.snapshot_every_records,
         written: Box::new(move |point| {
             // Dropped if the driver has stopped: nothing to compact then.
             let _ = events.send(Event::Compact(point.index));
         }),
-    }
-}
-
-/// The shards and routers the config asks for (a replica's sets are
-/// written and read under them).
-fn configured_layout(config: &ValidConfig) -> crate::schema::Layout {
-    crate::schema::Layout {
-        shards: config.engine.shards.max(1),
-        routers: config.engine.routers,
     }
 }
 
@@ -540,7 +531,7 @@ impl Conductor {
                     snapshotted,
                     self.config.server.data_dir.clone(),
                     self.config.store.clone(),
-                    configured_layout(&self.config),
+                    self.config.engine.layout(),
                     self.storage.clone(),
                     self.events.clone(),
                 );
@@ -591,15 +582,8 @@ impl Conductor {
     async fn step_down(&self, engine: Engine) {
         // Its snapshot loop ends before the rebuild: the apply thread reads
         // the set, and writes new ones, which the loop must not write into.
-        let snapshots = lock(&self.leader_snapshots).take();
-        if let Some(snapshots) = &snapshots {
-            snapshots.stopping();
-        }
-        engine.shutdown();
-        if let Some(snapshots) = snapshots {
-            if let Err(reason) = snapshots.stop().await {
-                return self.fail(reason);
-            }
+        if let Err(reason) = end_term(&self.leader_snapshots, Some(engine)).await {
+            return self.fail(reason);
         }
         self.follower.rebuild();
         tracing::info!(
@@ -625,16 +609,7 @@ impl Replica {
         // after the one below is taken).
         self.conductor.abort();
         let _ = (&mut self.conductor).await;
-        let snapshots = lock(&self.leader_snapshots).take();
-        if let Some(snapshots) = &snapshots {
-            snapshots.stopping();
-        }
-        if let Some(engine) = self.serving.set_engine(None) {
-            engine.shutdown();
-        }
-        if let Some(snapshots) = snapshots {
-            let _ = snapshots.stop().await;
-        }
+        let _ = end_term(&self.leader_snapshots, self.serving.set_engine(None)).await;
         let _ = self.events.send(Event::Stop);
         if let Some(driver) = self.driver.take() {
             let _ = tokio::task::spawn_blocking(move || driver.join()).await;
@@ -644,6 +619,26 @@ impl Replica {
             admin.shutdown().await;
         }
         drop(self.follower);
+    }
+}
+
+/// Stops a leader term's engine and its snapshot loop, if they run: the
+/// loop is marked stopping first (a snapshot that the engine's stop fails
+/// is not a fault), then waited for.
+async fn end_term(
+    snapshots: &Mutex<Option<LeaderSnapshots>>,
+    engine: Option<Engine>,
+) -> Result<(), String> {
+    let snapshots = lock(snapshots).take();
+    if let Some(snapshots) = &snapshots {
+        snapshots.stopping();
+    }
+    if let Some(engine) = engine {
+        engine.shutdown();
+    }
+    match snapshots {
+        Some(snapshots) => snapshots.stop().await,
+        None => Ok(()),
     }
 }
 

@@ -10,10 +10,9 @@ use sha2::{Digest, Sha256};
 use crate::config::ValidConfig;
 use crate::engine::EngineState;
 use crate::replica::disk::{self, Persist};
-use crate::replica::follower::{apply_log, ApplyPoint};
+use crate::replica::follower::apply_log;
 use crate::replica::local_snapshot;
 use crate::store;
-use crate::store::apply::Applied;
 
 /// Replays the committed log of the replica `config` names (stopped: its
 /// directory's lock is taken) into an empty state: the last committed
@@ -49,22 +48,8 @@ pub fn digest_through(config: &ValidConfig, through: u64) -> Result<(u64, u64), 
     let commit = commit.min(through);
     loaded.persister.close();
     let network = Arc::new(config.network.clone());
-    let (mut state, filter, mut point) = match local_snapshot::load(dir, &config.engine, &network)?
-    {
-        Some((state, filter, point)) => {
-            let at = ApplyPoint {
-                index: point.index,
-                next_lsn: point.next_lsn,
-            };
-            (state, filter, at)
-        }
-        None => {
-            let state =
-                EngineState::fresh(&config.engine, &network, 0).map_err(|e| e.to_string())?;
-            let filter = Applied::none(&state);
-            (state, filter, ApplyPoint::START)
-        }
-    };
+    let start = local_snapshot::start(Some(dir), &config.engine, &network, 0)?;
+    let (mut state, filter, mut point) = (start.state, start.filter, start.point);
     if point.index > commit {
         return Err(format!(
             "the replica's snapshot set holds the log through entry {}, past entry {commit}: compare at a later entry",

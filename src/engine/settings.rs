@@ -18,6 +18,17 @@ pub struct EngineSettings {
     pub max_demand_orders_per_s: u64,
 }
 
+impl EngineSettings {
+    /// The shards and routers a data directory's snapshots are written
+    /// for (at least one shard).
+    pub fn layout(&self) -> crate::schema::Layout {
+        crate::schema::Layout {
+            shards: self.shards.max(1),
+            routers: self.routers,
+        }
+    }
+}
+
 impl Default for EngineSettings {
     fn default() -> EngineSettings {
         EngineSettings {

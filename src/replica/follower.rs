@@ -263,36 +263,13 @@ impl Applier {
     fn reset(&mut self) {
         self.state = None;
         let dir = self.snapshots.as_ref().map(|s| s.dir.clone());
-        let loaded = match &dir {
-            Some(dir) => local_snapshot::load(dir, &self.settings, &self.network),
-            None => Ok(None),
-        };
-        match loaded {
-            Ok(Some((state, filter, point))) => {
-                tracing::info!(
-                    "replica apply: starting from the snapshot set at entry {} (LSN {})",
-                    point.index,
-                    point.next_lsn - 1
-                );
-                self.state = Some(state);
-                self.filter = filter;
-                self.point = ApplyPoint {
-                    index: point.index,
-                    next_lsn: point.next_lsn,
-                };
-                self.stock_loaded = point.stock_loaded;
-            }
-            Ok(None) => {
-                let now_ms = crate::admin::unix_ms();
-                match EngineState::fresh(&self.settings, &self.network, now_ms) {
-                    Ok(state) => {
-                        self.filter = Applied::none(&state);
-                        self.state = Some(state);
-                    }
-                    Err(e) => self.fail(format!("an empty state could not be made: {e}")),
-                }
-                self.point = ApplyPoint::START;
-                self.stock_loaded = false;
+        let now_ms = crate::admin::unix_ms();
+        match local_snapshot::start(dir.as_deref(), &self.settings, &self.network, now_ms) {
+            Ok(start) => {
+                self.state = Some(start.state);
+                self.filter = start.filter;
+                self.point = start.point;
+                self.stock_loaded = start.stock_loaded;
             }
             Err(reason) => self.fail(reason),
         }

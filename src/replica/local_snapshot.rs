@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::follower::ApplyPoint;
 use super::raft_point::{self, RaftPoint};
 use crate::core::network::Network;
 use crate::engine::{EngineSettings, EngineState};
@@ -44,10 +45,7 @@ pub(crate) fn load(
     let Some(point) = linked_point(dir)? else {
         return Ok(None);
     };
-    let configured = Layout {
-        shards: settings.shards.max(1),
-        routers: settings.routers,
-    };
+    let configured = settings.layout();
     let written = layout::read_layout(dir).map_err(|e| e.to_string())?;
     if written != Some(configured) {
         return Err(format!(
@@ -59,6 +57,55 @@ pub(crate) fn load(
     let (state, applied) = store::load_replica_set(dir, settings, network, now_ms)
         .map_err(|e| format!("the snapshot set at entry {}: {e}", point.index))?;
     Ok(Some((state, applied, point)))
+}
+
+/// A state to apply the log to, and where in the log it stands.
+pub(crate) struct Start {
+    pub state: EngineState,
+    /// The LSN each actor holds: records after it apply to it.
+    pub filter: Applied,
+    pub point: ApplyPoint,
+    /// The log through `point` holds the `STOCK_LOADED` marker.
+    pub stock_loaded: bool,
+}
+
+/// The state of the set in use in `dir` (see [`load`]), or, without one
+/// (or without a directory), an empty state made at `now_ms` that has
+/// applied nothing.
+pub(crate) fn start(
+    dir: Option<&Path>,
+    settings: &EngineSettings,
+    network: &Arc<Network>,
+    now_ms: u64,
+) -> Result<Start, String> {
+    if let Some((state, filter, point)) = dir
+        .map(|dir| load(dir, settings, network))
+        .transpose()?
+        .flatten()
+    {
+        tracing::info!(
+            "replica apply: starting from the snapshot set at entry {} (LSN {})",
+            point.index,
+            point.next_lsn - 1
+        );
+        return Ok(Start {
+            state,
+            filter,
+            point: ApplyPoint {
+                index: point.index,
+                next_lsn: point.next_lsn,
+            },
+            stock_loaded: point.stock_loaded,
+        });
+    }
+    let state = EngineState::fresh(settings, network, now_ms)
+        .map_err(|e| format!("an empty state could not be made: {e}"))?;
+    Ok(Start {
+        filter: Applied::none(&state),
+        state,
+        point: ApplyPoint::START,
+        stock_loaded: false,
+    })
 }
 
 /// The raft point of the set in use, if it has one.
@@ -115,10 +162,7 @@ mod tests {
                     max_skus: 16,
                     ..EngineSettings::default()
                 };
-                let layout = Layout {
-                    shards: settings.shards.max(1),
-                    routers: settings.routers,
-                };
+                let layout = settings.layout();
                 let network = Arc::new(Network::new(Vec::new(), Vec::new(), Vec::new()));
                 let state = EngineState::fresh(&settings, &network, 0).expect("a state");
                 store::layout::prepare_snapshot_sets(&dir).expect("sets");

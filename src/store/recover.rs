@@ -34,7 +34,7 @@ use crate::core::stock::{ShardImage, StockShard};
 use crate::engine::sequencer::Sequencer;
 use crate::engine::{EngineSettings, EngineState};
 use crate::journal::{self, Journal};
-use crate::schema::{Layout, Names};
+use crate::schema::Names;
 
 /// A snapshot read back: its LSN and its validated body.
 pub(super) struct Loaded {
@@ -94,10 +94,7 @@ pub fn open(
     let (network, names) = network.with_names(&known.unwrap_or_else(Names::new));
     let network = Arc::new(network);
     layout::prepare_snapshot_sets(dir)?;
-    let configured = Layout {
-        shards: settings.shards.max(1),
-        routers: settings.routers,
-    };
+    let configured = settings.layout();
     let written = layout::read_layout(dir)?;
     let under = written.unwrap_or(configured);
     let replayed = replay_state(
