@@ -32,10 +32,11 @@ use crate::replica::certs::ClusterTls;
 use crate::replica::disk::{self, DiskError};
 use crate::replica::driver::{Driver, Effects, Event, INBOX_EVENTS};
 use crate::replica::follower::{Follower, STOCK_LOADED};
-use crate::replica::local_snapshot::{self, LocalSnapshots};
+use crate::replica::local_snapshot::{self, LocalSnapshots, SnapshotSets};
+use crate::replica::snapshot_files;
 use crate::replica::proposer::Proposer;
 use crate::replica::serving::Serving;
-use crate::replica::transport::{PeerSender, Transport};
+use crate::replica::transport::{PeerSender, SnapshotIo, Transport};
 use crate::store;
 use crate::telemetry;
 
@@ -178,6 +179,15 @@ impl Effects for DaemonEffects {
         self.follower.applied(index);
     }
 
+    fn restoring(&mut self) {
+        self.follower.restoring();
+    }
+
+    fn restored(&mut self, index: u64) {
+        metrics::gauge!(telemetry::REPLICA_APPLIED_INDEX).set(index as f64);
+        self.follower.restored(index);
+    }
+
     fn role(&mut self, role: StateRole, term: u64, leader: u64) {
         self.roles.changed(View { role, term, leader });
     }
@@ -260,6 +270,8 @@ struct Conductor {
     failed: Arc<watch::Sender<Option<String>>>,
     events: Sender<Event>,
     leader_snapshots: Arc<Mutex<Option<LeaderSnapshots>>>,
+    /// Who writes the set in use.
+    sets: Arc<SnapshotSets>,
 }
 
 /// Starts replica `cluster.id` on the config's data directory.
@@ -281,6 +293,7 @@ pub async fn start(
             .map_err(|e| ClusterError::Panicked(e.to_string()))??
     };
     let network = Arc::new(config.network.clone());
+    let start_applied = loaded.applied.0;
     let (failed_tx, failed) = watch::channel(None);
     let failed_tx = Arc::new(failed_tx);
     let storage = loaded.persister.journal().clone();
@@ -290,11 +303,12 @@ pub async fn start(
     }));
     let on_apply = failed_tx.clone();
     let (events, inbox) = crossbeam_channel::bounded(INBOX_EVENTS);
+    let sets = Arc::new(SnapshotSets::default());
     let follower = Arc::new(Follower::start(
         loaded.storage.clone(),
         config.engine.clone(),
         network.clone(),
-        Some(local_snapshots(config, events.clone())),
+        Some(local_snapshots(config, events.clone(), sets.clone())),
         Box::new(move |reason| {
             let _ = on_apply.send(Some(format!("the committed log did not apply: {reason}")));
         }),
@@ -316,12 +330,18 @@ pub async fn start(
     });
     let tls = ClusterTls::load(&cluster.ca, &cluster.cert, &cluster.key)
         .map_err(|e| ClusterError::Transport(e.to_string()))?;
+    let (reports, reported) = crossbeam_channel::unbounded();
+    let snapshot_io = SnapshotIo {
+        dir: data_dir.clone(),
+        reports,
+    };
     let transport = Transport::start(
         cluster.id,
         cluster.listen,
         cluster.peers.clone(),
         &tls,
         events.clone(),
+        Some(snapshot_io),
     )
     .map_err(|e| ClusterError::Transport(e.to_string()))?;
     let (proposer, proposals) = Proposer::channel();
@@ -333,7 +353,15 @@ pub async fn start(
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let driver = Driver::new(cluster.id, loaded, effects, &logger)?
         .with_proposals(proposals)
-        .with_log_hold(cluster.log_hold_entries);
+        .with_log_hold(cluster.log_hold_entries, cluster.laggard_hold_entries)
+        .with_snapshots(sets.clone(), reported);
+    if config.admin.is_some() {
+        // What the set holds is applied: said before the driver applies
+        // any entry after it (the admin port's recorder first, else the
+        // gauge goes nowhere).
+        telemetry::install();
+        metrics::gauge!(telemetry::REPLICA_APPLIED_INDEX).set(start_applied as f64);
+    }
     let on_driver = failed_tx.clone();
     let driver = std::thread::Builder::new()
         .name("raft-driver".into())
@@ -356,6 +384,7 @@ pub async fn start(
         failed: failed_tx,
         events: events.clone(),
         leader_snapshots: leader_snapshots.clone(),
+        sets,
     };
     let conductor = tokio::spawn(conductor.run(changes));
     let max_inflight = config.engine.max_inflight as usize;
@@ -418,6 +447,8 @@ fn load(
     segment_bytes: u64,
 ) -> Result<disk::Loaded, ClusterError> {
     store::layout::prepare_snapshot_sets(dir).map_err(|e| ClusterError::Snapshot(e.to_string()))?;
+    // Transfers cut short are sent again; the set in use is pinned anew.
+    snapshot_files::prepare(dir).map_err(|e| ClusterError::Snapshot(e.to_string()))?;
     let point = local_snapshot::linked_point(dir).map_err(ClusterError::Snapshot)?;
     let loaded = disk::load(
         &store::journal_dir(dir),
@@ -426,21 +457,30 @@ fn load(
         segment_bytes,
         point.as_ref(),
     )?;
+    if let Some(point) = &point {
+        let descriptor = snapshot_files::pin(dir, point).map_err(ClusterError::Snapshot)?;
+        loaded.storage.set_pinned(point, descriptor.encode());
+    }
     Ok(loaded)
 }
 
 /// The apply thread's snapshots: when the config's `[journal]` says a
 /// single node would snapshot; each one in place lets the driver compact
 /// the log before it.
-fn local_snapshots(config: &ValidConfig, events: Sender<Event>) -> LocalSnapshots {
+fn local_snapshots(
+    config: &ValidConfig,
+    events: Sender<Event>,
+    sets: Arc<SnapshotSets>,
+) -> LocalSnapshots {
     LocalSnapshots {
         dir: config.server.data_dir.clone(),
         layout: config.engine.layout(),
         interval_ms: config.store.snapshot_interval_ms,
         every_records: config.store.snapshot_every_records,
-        written: Box::new(move |point| {
+        sets,
+        written: Box::new(move |point, descriptor| {
             // Dropped if the driver has stopped: nothing to compact then.
-            let _ = events.send(Event::Compact(point.index));
+            let _ = events.send(Event::Pinned(Box::new(point.clone()), descriptor));
         }),
     }
 }
@@ -534,6 +574,7 @@ impl Conductor {
                     self.config.engine.layout(),
                     self.storage.clone(),
                     self.events.clone(),
+                    self.sets.clone(),
                 );
                 *lock(&self.leader_snapshots) = Some(snapshots);
                 tracing::info!(

@@ -30,7 +30,8 @@ use crate::server::{Role, ServerSettings, MAX_CONNECTIONS, MAX_WORKER_THREADS};
 
 mod cluster;
 pub use cluster::{
-    ClusterConfig, ClusterSettings, ReplicaConfig, DEFAULT_LOG_HOLD_ENTRIES, MAX_REPLICAS,
+    ClusterConfig, ClusterSettings, ReplicaConfig, DEFAULT_LAGGARD_HOLD_ENTRIES,
+    DEFAULT_LOG_HOLD_ENTRIES, MAX_REPLICAS,
 };
 
 /// The config the daemon runs on when given none: a sample network of 60

@@ -42,6 +42,9 @@ pub const REPLICA_MESSAGES_RECEIVED_TOTAL: &str = "omniroute_replica_messages_re
 pub const REPLICA_MESSAGES_DROPPED_TOTAL: &str = "omniroute_replica_messages_dropped_total";
 pub const REPLICA_CONNECTIONS_TOTAL: &str = "omniroute_replica_connections_total";
 pub const REPLICA_CONNECTIONS_REFUSED_TOTAL: &str = "omniroute_replica_connections_refused_total";
+pub const REPLICA_SNAPSHOTS_SENT_TOTAL: &str = "omniroute_replica_snapshots_sent_total";
+pub const REPLICA_SNAPSHOTS_RECEIVED_TOTAL: &str = "omniroute_replica_snapshots_received_total";
+pub const REPLICA_SNAPSHOTS_INSTALLED_TOTAL: &str = "omniroute_replica_snapshots_installed_total";
 pub const REPLICA_ROLE: &str = "omniroute_replica_role";
 pub const REPLICA_TERM: &str = "omniroute_replica_term";
 pub const REPLICA_LEADER: &str = "omniroute_replica_leader";
@@ -199,6 +202,18 @@ fn describe() {
     describe_counter!(
         REPLICA_MESSAGES_SENT_TOTAL,
         "Raft messages written to a peer's stream"
+    );
+    describe_counter!(
+        REPLICA_SNAPSHOTS_SENT_TOTAL,
+        "Snapshot sets streamed to a follower behind the log's start, by outcome (delivered, failed)"
+    );
+    describe_counter!(
+        REPLICA_SNAPSHOTS_RECEIVED_TOTAL,
+        "Snapshot sets received from the leader, by outcome (staged, refused, busy)"
+    );
+    describe_counter!(
+        REPLICA_SNAPSHOTS_INSTALLED_TOTAL,
+        "Snapshot sets installed in place of this replica's state and log"
     );
     describe_counter!(
         REPLICA_MESSAGES_RECEIVED_TOTAL,

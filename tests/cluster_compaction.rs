@@ -141,3 +141,60 @@ async fn replicas_compact_their_logs_and_restart_from_their_snapshots() {
         "every replica's snapshot and committed log make the same state: {digests:x?}"
     );
 }
+
+/// What a follower logs when it installs a snapshot from its leader.
+const INSTALLED: &str = "installed the leader's snapshot at entry";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_log_is_sent_its_snapshot_and_catches_up() {
+    // Proves that a follower SIGKILLed while the leader compacts past everything it holds
+    // (no entries held back for it) is sent the leader's snapshot set when it restarts,
+    // installs it in place of its state and log, and catches up; that it then starts from
+    // the installed set after another SIGKILL; and that across it all, with the leader killed
+    // too, every answer is given again, no unit is sold twice, and every replica's snapshot
+    // and log make the same state.
+    let stock_text = format!(
+        "{}[sample_stock]\nskus = 12000\nsku_prefix = \"S-\"\n",
+        stock(&[("SKU-1", "WH-N", STOCK / 2), ("SKU-1", "WH-S", STOCK / 2)])
+    );
+    let tables = "[journal]\nsegment_bytes = 1048576\nsnapshot_every_records = 20\n";
+    let mut cluster = Cluster::start_tuned(
+        "cluster-snapshot-send",
+        &stock_text,
+        tables,
+        "log_hold_entries = 0\nlaggard_hold_entries = 0\n",
+    )
+    .await;
+    let mut answered: BTreeMap<usize, Decision> = BTreeMap::new();
+    let mut next = 0;
+    let leader = submit_batch(&cluster, &mut answered, &mut next).await;
+    let behind = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    cluster.wait_caught_up(Duration::from_secs(30)).await;
+
+    cluster.kill(behind).await;
+    for _ in 0..3 {
+        submit_batch(&cluster, &mut answered, &mut next).await;
+    }
+    cluster.start_replica(behind).await;
+    wait_log(&cluster, behind, INSTALLED).await;
+    wait_log(&cluster, leader, "snapshot delivered to replica").await;
+    cluster.wait_caught_up(Duration::from_secs(30)).await;
+    submit_batch(&cluster, &mut answered, &mut next).await;
+
+    // Restarted, it starts from the set it installed (or a later one of its own).
+    cluster.kill(behind).await;
+    cluster.start_replica(behind).await;
+    cluster.wait_caught_up(Duration::from_secs(30)).await;
+    cluster.kill(leader).await;
+    let new_leader = submit_batch(&cluster, &mut answered, &mut next).await;
+    assert_ne!(new_leader, leader, "a killed replica answered");
+    cluster.start_replica(leader).await;
+    let routed = cluster.resubmit_all(&answered, order).await;
+    assert_eq!(routed, STOCK, "every unit sold once, none twice");
+    cluster.wait_caught_up(Duration::from_secs(30)).await;
+    let (_, digests) = cluster.stop_and_digest().await;
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "every replica's snapshot and committed log make the same state: {digests:x?}"
+    );
+}

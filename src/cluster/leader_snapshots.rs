@@ -12,8 +12,10 @@
 //! record, as recovery does.
 //!
 //! Nothing else writes the set meanwhile: the apply thread has no state
-//! while the engine serves, and a step-down waits for this loop to end
-//! ([`LeaderSnapshots::stop`]) before it rebuilds from the set.
+//! while the engine serves, a step-down waits for this loop to end
+//! ([`LeaderSnapshots::stop`]) before it rebuilds from the set, and the
+//! driver installs no set from a new leader until then
+//! ([`SnapshotSets::engine_snapshots`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +28,9 @@ use tokio::sync::Notify;
 use crate::engine::Engine;
 use crate::journal::Journal;
 use crate::replica::driver::Event;
+use crate::replica::local_snapshot::SnapshotSets;
 use crate::replica::raft_point::{self, RaftPoint};
+use crate::replica::snapshot_files;
 use crate::schema::Layout;
 use crate::store::{self, SnapshotDue, StoreSettings};
 
@@ -39,6 +43,7 @@ pub(super) struct LeaderSnapshots {
     stop: Arc<Notify>,
     stopping: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
+    sets: Arc<SnapshotSets>,
 }
 
 impl LeaderSnapshots {
@@ -51,7 +56,9 @@ impl LeaderSnapshots {
         layout: Layout,
         storage: Arc<Journal>,
         events: Sender<Event>,
+        sets: Arc<SnapshotSets>,
     ) -> LeaderSnapshots {
+        sets.engine_snapshots(true);
         let stop = Arc::new(Notify::new());
         let stopping = Arc::new(AtomicBool::new(false));
         let stopped = Stop {
@@ -63,12 +70,14 @@ impl LeaderSnapshots {
             dir,
             layout,
             events,
+            sets: sets.clone(),
         };
         let task = tokio::spawn(run(writer, settings, storage, stopped));
         LeaderSnapshots {
             stop,
             stopping,
             task,
+            sets,
         }
     }
 
@@ -85,7 +94,10 @@ impl LeaderSnapshots {
         self.stopping();
         let wait = Duration::from_millis(STOP_TIMEOUT_MS);
         match tokio::time::timeout(wait, &mut self.task).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.sets.engine_snapshots(false);
+                Ok(())
+            }
             Err(_) => {
                 // Not left running on its own (its blocking writes end
                 // when they end; no point follows them: the driver is
@@ -113,6 +125,7 @@ struct Writer {
     /// snapshot (a new replica's set has no layout yet).
     layout: Layout,
     events: Sender<Event>,
+    sets: Arc<SnapshotSets>,
 }
 
 async fn run(writer: Writer, settings: StoreSettings, storage: Arc<Journal>, stop: Stop) {
@@ -144,6 +157,10 @@ impl Writer {
     /// the point written, the driver told to compact. `None`: no entry is
     /// wholly held yet (or the driver's inbox is full, or it stopped).
     async fn snapshot(&self) -> Result<Option<RaftPoint>, String> {
+        // A flag others skip their turn on, never waited for.
+        let Some(_hold) = self.sets.try_hold() else {
+            return Ok(None);
+        };
         let snapped = store::snapshot(&self.engine, &self.dir, true)
             .await
             .map_err(|e| e.to_string())?;
@@ -158,10 +175,14 @@ impl Writer {
             return Ok(None);
         };
         let (dir, layout, written) = (self.dir.clone(), self.layout, point.clone());
-        tokio::task::spawn_blocking(move || write_point(&dir, layout, &written))
-            .await
-            .map_err(|e| e.to_string())??;
-        let _ = self.events.try_send(Event::Compact(point.index));
+        let descriptor = tokio::task::spawn_blocking(move || {
+            write_point(&dir, layout, &written)?;
+            snapshot_files::pin(&dir, &written)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let pinned = Event::Pinned(Box::new(point.clone()), descriptor.encode());
+        let _ = self.events.try_send(pinned);
         Ok(Some(point))
     }
 }

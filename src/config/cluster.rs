@@ -11,6 +11,7 @@
 //!   { id = 3, replication = "127.0.0.1:7103", client = "127.0.0.1:4433", http = "127.0.0.1:8083" },
 //! ]
 //! log_hold_entries = 10000      # entries kept behind a snapshot when the log is compacted
+//! laggard_hold_entries = 100000 # a leader keeps up to this many for a follower that lacks them
 //! ```
 
 use std::collections::BTreeMap;
@@ -28,8 +29,13 @@ pub const MAX_REPLICAS: usize = 7;
 /// The default of `[cluster] log_hold_entries`: entries a replica keeps
 /// behind its snapshot set's point when it compacts its log, for a
 /// follower that is a little behind (one further behind needs a snapshot
-/// sent). A leader also keeps every entry a follower it knows of lacks.
+/// sent).
 pub const DEFAULT_LOG_HOLD_ENTRIES: u64 = 10_000;
+
+/// The default of `[cluster] laggard_hold_entries`: a leader also keeps
+/// the entries a follower lacks, up to this many behind its snapshot
+/// set's point; a follower further behind is sent the snapshot instead.
+pub const DEFAULT_LAGGARD_HOLD_ENTRIES: u64 = 100_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,10 +50,18 @@ pub struct ClusterConfig {
     /// Entries kept behind a snapshot set's point at compaction.
     #[serde(default = "default_log_hold_entries")]
     pub log_hold_entries: u64,
+    /// Entries a leader keeps for a follower that lacks them, behind its
+    /// snapshot set's point, before it sends the snapshot instead.
+    #[serde(default = "default_laggard_hold_entries")]
+    pub laggard_hold_entries: u64,
 }
 
 fn default_log_hold_entries() -> u64 {
     DEFAULT_LOG_HOLD_ENTRIES
+}
+
+fn default_laggard_hold_entries() -> u64 {
+    DEFAULT_LAGGARD_HOLD_ENTRIES
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +91,7 @@ pub struct ClusterSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub log_hold_entries: u64,
+    pub laggard_hold_entries: u64,
 }
 
 impl ClusterSettings {
@@ -150,6 +165,7 @@ impl ClusterConfig {
             cert: self.certs_dir.join(format!("replica-{}.pem", self.id)),
             key: self.certs_dir.join(format!("replica-{}.key", self.id)),
             log_hold_entries: self.log_hold_entries,
+            laggard_hold_entries: self.laggard_hold_entries,
         })
     }
 }

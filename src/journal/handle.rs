@@ -48,6 +48,10 @@ pub(super) enum Work {
     /// Every record from this LSN on removed, durably, before anything
     /// queued after it is written ([`super::truncate_from`]).
     Cut(u64),
+    /// Every segment removed, durably, and the next record written at this
+    /// LSN in a new one (a replica that installed a snapshot set holding
+    /// everything before it).
+    Reset(u64),
 }
 
 pub(super) struct Append {
@@ -58,13 +62,20 @@ pub(super) struct Append {
     pub(super) slot: Slot,
 }
 
+impl Work {
+    /// A cut or reset: made between commits, never inside one.
+    pub(super) fn between_commits(&self) -> bool {
+        matches!(self, Work::Cut(_) | Work::Reset(_))
+    }
+}
+
 impl Append {
     /// The records it writes.
     pub(super) fn records(&self) -> usize {
         match &self.work {
             Work::Record(..) => 1,
             Work::Group(group) => group.len(),
-            Work::Barrier | Work::Cut(_) => 0,
+            Work::Barrier | Work::Cut(_) | Work::Reset(_) => 0,
         }
     }
 
@@ -254,6 +265,15 @@ impl Journal {
     /// recovery refuses until [`super::truncate_from`] is run again.
     pub fn cut_from_in(&self, slot: Slot, lsn: u64, done: Done) -> Result<(), JournalError> {
         self.queue_append(slot, Work::Cut(lsn), done)
+    }
+
+    /// Queues a reset: every segment is removed, durably, and the next
+    /// append takes `lsn`, in a new segment; `done` runs once it is. What
+    /// was queued before is written first. The caller makes its intent
+    /// durable before: a crash part way leaves a journal with some, or
+    /// none, of its segments.
+    pub fn reset_in(&self, slot: Slot, lsn: u64, done: Done) -> Result<(), JournalError> {
+        self.queue_append(slot, Work::Reset(lsn), done)
     }
 
     /// A payload over the maximum: the step that built it has changed

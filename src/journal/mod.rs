@@ -35,7 +35,8 @@ pub use recovery::{
     read, recover, ReadSummary, RecordFormat, Recovered, RecoveredRecord, TornTail,
 };
 pub use segments::{
-    check_free_space, remove_segments_through, scan_segment, DEFAULT_SEGMENT_BYTES,
+    check_free_space, free_bytes, remove_all_segments, remove_segments_through, scan_segment,
+    DEFAULT_SEGMENT_BYTES,
     FREE_SEGMENTS_TO_START,
 };
 pub use truncate::{truncate_from, Truncated};

@@ -80,6 +80,20 @@ pub fn remove_segments_through(dir: &Path, lsn: u64) -> Result<usize, JournalErr
     Ok(removed)
 }
 
+/// Deletes every segment (the last first, so a crash part way leaves the
+/// first ones, in order), durably. Returns how many.
+pub fn remove_all_segments(dir: &Path) -> Result<usize, JournalError> {
+    let segments = segment_paths(dir)?;
+    for (_, path) in segments.iter().rev() {
+        faults::io(points::JOURNAL_WRITE, || std::fs::remove_file(path))
+            .map_err(|e| io_error(path, e))?;
+    }
+    if !segments.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(segments.len())
+}
+
 /// Work for the spare thread.
 pub(super) enum SpareJob {
     /// Zero-fill and fsync the next segment.
@@ -284,7 +298,7 @@ pub fn check_free_space(dir: &Path, segment_bytes: u64) -> Result<(), JournalErr
 
 /// Bytes an unprivileged writer may still use on the file system that
 /// holds `dir`, or will hold it (its nearest existing ancestor's).
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let existing = dir.ancestors().find(|a| a.exists())?;
     let path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;

@@ -15,7 +15,7 @@ use super::handle::{
 };
 use super::record::{self};
 use super::segment_header::SEGMENT_HEADER_BYTES;
-use super::segments::{open_segment, plain_segment, segment_path, SpareJob};
+use super::segments::{open_segment, plain_segment, remove_all_segments, segment_path, SpareJob};
 use super::truncate::truncate_from;
 use super::{io_error, Durability, JournalError};
 use crate::faults::{self, points};
@@ -82,7 +82,7 @@ impl Writer {
                 }
                 // Durable with everything before it: the last LSN so far.
                 Work::Barrier => acks.last_mut().expect("pushed").1 -= 1,
-                Work::Cut(_) => unreachable!("a cut is made between commits"),
+                Work::Cut(_) | Work::Reset(_) => unreachable!("a cut is made between commits"),
             }
         }
         let written = match self.fault.error() {
@@ -231,14 +231,15 @@ impl Writer {
         let mut rest = batch.into_iter().peekable();
         while rest.peek().is_some() {
             let part: Vec<Append> =
-                std::iter::from_fn(|| rest.next_if(|a| !matches!(a.work, Work::Cut(_)))).collect();
+                std::iter::from_fn(|| rest.next_if(|a| !a.work.between_commits())).collect();
             let failed = if part.is_empty() {
                 let cut = rest.next().expect("a cut is next");
-                let Work::Cut(lsn) = cut.work else {
-                    unreachable!("matched a cut")
-                };
                 let pause = paused.lock().unwrap_or_else(|e| e.into_inner());
-                let made = self.cut(lsn);
+                let made = match cut.work {
+                    Work::Cut(lsn) => self.cut(lsn),
+                    Work::Reset(lsn) => self.reset(lsn),
+                    _ => unreachable!("matched a cut"),
+                };
                 drop(pause);
                 match made {
                     Ok(()) => {
@@ -292,6 +293,32 @@ impl Writer {
                 return Err(error);
             }
         };
+        self.file = file;
+        self.path = path;
+        self.size = size;
+        self.prepared = prepared;
+        self.next_lsn = lsn;
+        Ok(())
+    }
+
+    /// Removes every segment and writes on at `lsn` in a new one: the
+    /// replica's snapshot set now holds everything before it.
+    fn reset(&mut self, lsn: u64) -> Result<(), JournalError> {
+        if let Some(error) = self.fault.error() {
+            return Err(error);
+        }
+        let reset = self
+            .sync_unvouched()
+            .and_then(|()| remove_all_segments(&self.dir))
+            .and_then(|_| open_segment(&self.dir, lsn, self.segment_bytes));
+        let (file, path, size, prepared) = match reset {
+            Ok(opened) => opened,
+            Err(error) => {
+                self.fault.raise(error.clone());
+                return Err(error);
+            }
+        };
+        tracing::info!("journal: every segment removed; the next record is LSN {lsn}");
         self.file = file;
         self.path = path;
         self.size = size;

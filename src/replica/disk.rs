@@ -37,6 +37,8 @@ pub enum DiskError {
     CommitPastLog { commit: u64, last: u64 },
     #[error("the snapshot set holds the log through entry {index} of term {term}, but the journal has that entry in term {journal}: the set is not this log's; refusing to start")]
     PointTerm { index: u64, term: u64, journal: u64 },
+    #[error("installing a snapshot set: {0}")]
+    Install(String),
     #[error("this replica's voters are {stored:?} but the config names {configured:?}: membership does not change by editing the config; put the old [cluster] peers back")]
     Voters {
         stored: Vec<u64>,
@@ -68,12 +70,23 @@ pub fn load(
 ) -> Result<Loaded, DiskError> {
     let (mut file, mut state) = HardStateFile::open(state_path)?;
     check_voters(&mut state, voters)?;
-    if let Intent::TruncateFrom { lsn } = state.intent {
-        journal::truncate_from(journal_dir, lsn)?;
-        state.intent = Intent::None;
-        file.write(&state, true)?;
+    match state.intent {
+        Intent::TruncateFrom { lsn } => {
+            journal::truncate_from(journal_dir, lsn)?;
+            state.intent = Intent::None;
+            file.write(&state, true)?;
+        }
+        Intent::Install { index, term, .. } => {
+            finish_install(journal_dir, &mut state, point, (index, term))?;
+            file.write(&state, true)?;
+        }
+        Intent::None => {}
     }
     let mut recovered = journal::recover(journal_dir, 0)?;
+    if let Some(point) = point.filter(|_| recovered.records.is_empty()) {
+        // Emptied by an install: the log goes on after the set's point.
+        recovered.next_lsn = recovered.next_lsn.max(point.next_lsn);
+    }
     let applied = point.map_or((0, 0), |p| (p.index, p.term));
     let mut index = LogIndex::build(&recovered.records, applied.0 + 1)?;
     if let Some(lsn) = index.unfinished_from {
@@ -111,6 +124,32 @@ pub fn load(
         persister,
         applied,
     })
+}
+
+/// Finishes an install a crash cut short: if the set received is in use
+/// (its point is the intent's), the journal is emptied, as the install
+/// was about to; if not, the set was never put in place, and the old set
+/// and journal stand. Either way the intent is cleared in `state`.
+fn finish_install(
+    journal_dir: &Path,
+    state: &mut DurableState,
+    point: Option<&RaftPoint>,
+    (index, term): (u64, u64),
+) -> Result<(), DiskError> {
+    if point.is_some_and(|p| (p.index, p.term) == (index, term)) {
+        let removed = journal::remove_all_segments(journal_dir)?;
+        tracing::warn!(
+            "replica: finishing the install of the snapshot set at entry {index} a crash cut short ({removed} journal segments removed)"
+        );
+        state.snap_index = index;
+        state.snap_term = term;
+    } else {
+        tracing::warn!(
+            "replica: the install of a snapshot set at entry {index} was cut short before the set was in place; the set and log in use stand"
+        );
+    }
+    state.intent = Intent::None;
+    Ok(())
 }
 
 /// The journal's entry at the snapshot set's point, if it still holds it,
@@ -252,6 +291,15 @@ pub trait Persist {
     /// caller's thread; `close` waits for it).
     fn compact(&mut self, index: u64);
 
+    /// Puts the snapshot set staged in `staged`, which holds the log
+    /// through `point`, in place of the set in use, and empties the
+    /// journal to go on after it; durably, and before anything queued
+    /// after it is written. Waits for it.
+    fn install(&mut self, point: &RaftPoint, staged: &Path) -> Result<(), DiskError> {
+        let _ = (point, staged);
+        Err(DiskError::Install("this disk does not install snapshots".into()))
+    }
+
     /// Waits for everything queued, then stops the writer.
     fn close(&self);
 }
@@ -364,6 +412,35 @@ impl Persist for Persister {
         }
     }
 
+    fn install(&mut self, point: &RaftPoint, staged: &Path) -> Result<(), DiskError> {
+        let data_dir = (self.dir.parent())
+            .ok_or_else(|| DiskError::Install("the journal has no data directory".into()))?
+            .to_path_buf();
+        // The intent first: a crash from here on is finished at start.
+        self.state.intent = Intent::Install {
+            index: point.index,
+            term: point.term,
+            generation: 0,
+        };
+        let intent = self.write_state(true);
+        self.wait_on_writer(|journal, slot, done| journal.barrier_in(slot, done), intent)?;
+        crate::store::layout::install_snapshot_set(&data_dir, staged)
+            .map_err(|e| DiskError::Install(e.to_string()))?;
+        self.state.intent = Intent::None;
+        self.state.snap_index = point.index;
+        self.state.snap_term = point.term;
+        self.state.hard.commit = self.state.hard.commit.max(point.index);
+        let cleared = self.write_state(true);
+        let next_lsn = point.next_lsn;
+        self.wait_on_writer(
+            |journal, slot, done| journal.reset_in(slot, next_lsn, done),
+            cleared,
+        )?;
+        self.positions.clear();
+        self.next_lsn = next_lsn;
+        Ok(())
+    }
+
     fn close(&self) {
         self.journal.close();
         let removing = self
@@ -449,6 +526,26 @@ impl Persister {
                 DiskError::from(error)
             })
         }
+    }
+
+    /// Queues `work` on the writer thread, then `after` once it is
+    /// durable, and waits for both.
+    fn wait_on_writer(
+        &self,
+        work: impl FnOnce(&Journal, journal::Slot, journal::Done) -> Result<(), JournalError>,
+        after: impl FnOnce() -> Result<(), DiskError> + Send + 'static,
+    ) -> Result<(), DiskError> {
+        let (tell, told) = crossbeam_channel::bounded(1);
+        let slot = self.journal.reserve_blocking();
+        work(
+            &self.journal,
+            slot,
+            Box::new(move |done| {
+                let _ = tell.send(done.map_err(DiskError::from).and_then(|_| after()));
+            }),
+        )?;
+        told.recv()
+            .map_err(|_| DiskError::Install("the journal stopped".into()))?
     }
 
     /// The journal the log is written to (for its stats and its fault).

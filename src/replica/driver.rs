@@ -19,16 +19,19 @@
 //! `take_written`, `ready`) on its own clock instead of `run`'s.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use raft::eraftpb::{Entry, EntryType, Message};
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole};
 
 use super::disk::{DiskError, Loaded, Persist, Persister};
 use super::entry::{decode_body, encode_body, MAX_ENTRY_RECORDS};
+use super::local_snapshot::{SetsHold, SnapshotSets};
 use super::proposer::Proposal;
-use super::raft_point::RaftPoint;
+use super::raft_point::{self, RaftPoint};
 use super::storage::ReplicaStorage;
 use waiting::{fail_dones, Pending, Reads, Waiter};
 
@@ -76,14 +79,38 @@ pub enum Event {
     Peer(Box<Message>),
     /// Data to replicate, as one entry.
     Propose(Vec<u8>, Answer),
-    /// A snapshot set holding the state through this entry is in place:
-    /// the log before it may be compacted.
-    Compact(u64),
+    /// A snapshot set holding the state through this point is in place
+    /// and pinned (its descriptor): it is offered to peers behind the
+    /// log's start, and the log before it may be compacted.
+    Pinned(Box<RaftPoint>, Vec<u8>),
+    /// A snapshot from the leader whose files are staged, whole and
+    /// synced, in this directory.
+    Snapshot(Box<Message>, PathBuf),
     /// The leader's engine wrote a snapshot whose every actor holds the
     /// records up to this LSN: where does that put it in the log?
     PointThrough(u64, tokio::sync::oneshot::Sender<Option<RaftPoint>>),
     /// Stop the loop.
     Stop,
+}
+
+/// How a snapshot transfer to `peer` went: told once per `MsgSnapshot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotReport {
+    pub peer: u64,
+    /// The snapshot's entry.
+    pub index: u64,
+    /// The peer read all of it (else it failed, and raft-rs sends again).
+    pub delivered: bool,
+}
+
+/// A snapshot from the leader, stepped into raft-rs, whose files wait to
+/// be put in place when its Ready comes.
+struct Staged {
+    dir: PathBuf,
+    index: u64,
+    term: u64,
+    /// The set in use is the driver's to replace meanwhile.
+    _hold: SetsHold,
 }
 
 /// The writes of Ready `number` are durable (or failed): send its
@@ -110,6 +137,12 @@ pub trait Effects {
     fn applied(&mut self, _index: u64) {}
     /// The node's role or leader changed.
     fn role(&mut self, _role: StateRole, _term: u64, _leader: u64) {}
+    /// A snapshot set from the leader is about to replace the state: the
+    /// log will start after it, past what may have been applied.
+    fn restoring(&mut self) {}
+    /// The set is in place, holding every entry up to `index`: start
+    /// from it (instead of `applied` for this index).
+    fn restored(&mut self, _index: u64) {}
     /// This leader has applied the first entry of its `term` (at `index`):
     /// everything committed before the term is applied, so it may serve.
     fn lead(&mut self, _term: u64, _index: u64) {}
@@ -142,6 +175,17 @@ pub struct Driver<E: Effects, P: Persist = Persister> {
     /// Entries kept behind a snapshot set's point at compaction
     /// (`[cluster] log_hold_entries`).
     log_hold_entries: u64,
+    /// And, on a leader, for a follower that lacks them
+    /// (`[cluster] laggard_hold_entries`).
+    laggard_hold_entries: u64,
+    /// Transfers' outcomes, from the transport.
+    reports: Receiver<SnapshotReport>,
+    /// Who writes the set in use (none: snapshots are not installed).
+    sets: Option<Arc<SnapshotSets>>,
+    /// A snapshot stepped, waiting for its Ready.
+    staged: Option<Staged>,
+    /// The Ready that installed a snapshot, and its point, until durable.
+    installed: Option<(u64, u64, u64)>,
     /// The role and leader last reported.
     seen: (StateRole, u64, u64),
     stopped: Option<String>,
@@ -191,6 +235,11 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             applied_term,
             led_term: 0,
             log_hold_entries: crate::config::DEFAULT_LOG_HOLD_ENTRIES,
+            laggard_hold_entries: crate::config::DEFAULT_LAGGARD_HOLD_ENTRIES,
+            reports: crossbeam_channel::never(),
+            sets: None,
+            staged: None,
+            installed: None,
             seen: (StateRole::Follower, 0, 0),
             stopped: None,
             #[cfg(test)]
@@ -198,9 +247,23 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         })
     }
 
-    /// Keeps `entries` behind a snapshot set's point at compaction.
-    pub fn with_log_hold(mut self, entries: u64) -> Driver<E, P> {
+    /// Keeps `entries` behind a snapshot set's point at compaction, and,
+    /// on a leader, up to `laggard` for a follower that lacks them.
+    pub fn with_log_hold(mut self, entries: u64, laggard: u64) -> Driver<E, P> {
         self.log_hold_entries = entries;
+        self.laggard_hold_entries = laggard;
+        self
+    }
+
+    /// Installs snapshots from the leader into the set `sets` guards, and
+    /// hears how the transfers it asked for went on `reports`.
+    pub fn with_snapshots(
+        mut self,
+        sets: Arc<SnapshotSets>,
+        reports: Receiver<SnapshotReport>,
+    ) -> Driver<E, P> {
+        self.sets = Some(sets);
+        self.reports = reports;
         self
     }
 
@@ -224,6 +287,7 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
         let written = self.written.1.clone();
+        let reports = self.reports.clone();
         let proposals = self
             .proposals
             .clone()
@@ -243,6 +307,11 @@ impl<E: Effects, P: Persist> Driver<E, P> {
                 recv(proposals) -> proposal => {
                     if let Ok(proposal) = proposal {
                         self.propose_queued(Some(proposal));
+                    }
+                },
+                recv(reports) -> report => {
+                    if let Ok(report) = report {
+                        self.report_snapshot(report);
                     }
                 },
                 default(wait) => {}
@@ -302,21 +371,94 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             // A message from a peer not in the configuration is ignored.
             Event::Peer(message) => drop(self.node.step(*message)),
             Event::Propose(data, answer) => self.propose(data, answer),
-            Event::Compact(through) => self.compact(through),
+            Event::Pinned(point, descriptor) => {
+                self.node.store().set_pinned(&point, descriptor);
+                self.compact(point.index);
+            }
+            Event::Snapshot(message, dir) => self.stage(*message, dir),
             Event::PointThrough(lsn, reply) => drop(reply.send(self.point_through(lsn))),
             Event::Stop => {}
         }
     }
 
+    /// Tells raft-rs how a snapshot transfer went (it ignores a report
+    /// for a peer no longer waiting on one).
+    fn report_snapshot(&mut self, report: SnapshotReport) {
+        let status = if report.delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(report.peer, status);
+    }
+
+    /// Steps a snapshot from the leader whose files are staged, if the set
+    /// in use may be replaced now; else removes them (the leader sends
+    /// again). Its Ready puts them in place ([`Self::install`]).
+    fn stage(&mut self, message: Message, dir: PathBuf) {
+        let hold = (self.sets.as_ref()).and_then(|sets| sets.try_hold_for_install());
+        let (Some(hold), None) = (hold, &self.staged) else {
+            tracing::info!(
+                "a snapshot from the leader is not installed now (another is, or a snapshot set is being written); it will be sent again"
+            );
+            return remove_staged(&dir);
+        };
+        let metadata = message.get_snapshot().get_metadata();
+        self.staged = Some(Staged {
+            dir,
+            index: metadata.index,
+            term: metadata.term,
+            _hold: hold,
+        });
+        drop(self.node.step(message));
+    }
+
+    /// Puts the staged snapshot raft-rs restored from in place, durably,
+    /// before anything of its Ready is written: the set, then the journal
+    /// emptied to start after it, then raft-rs's log.
+    fn install(&mut self, rd: &raft::Ready) -> Result<(), String> {
+        let snapshot = rd.snapshot().clone();
+        let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+        let staged = (self.staged.take())
+            .filter(|s| (s.index, s.term) == (index, term))
+            .ok_or_else(|| format!("raft-rs restored the snapshot at entry {index}, whose files are not staged"))?;
+        let point = raft_point::read(&staged.dir)?
+            .filter(|p| (p.index, p.term) == (index, term))
+            .ok_or("the staged snapshot's raft point is not the message's")?;
+        let started = Instant::now();
+        self.effects.restoring();
+        self.persister
+            .install(&point, &staged.dir)
+            .map_err(|e| format!("installing the snapshot at entry {index}: {e}"))?;
+        (self.node.store().apply_snapshot(snapshot))
+            .map_err(|e| format!("raft-rs storage refused the snapshot at entry {index}: {e}"))?;
+        self.installed = Some((rd.number(), index, term));
+        metrics::counter!(crate::telemetry::REPLICA_SNAPSHOTS_INSTALLED_TOTAL).increment(1);
+        tracing::info!(
+            "replica {}: installed the leader's snapshot at entry {index} (LSN {}) in {} ms; the log goes on after it",
+            self.node.raft.id,
+            point.next_lsn - 1,
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    }
+
     /// Forgets the log before a snapshot set's point `through`, in memory
     /// and on disk, but for `log_hold_entries` entries behind it and, on a
-    /// leader, what any follower lacks.
+    /// leader, what a follower lacks, up to `laggard_hold_entries` behind
+    /// it, and what follows a snapshot being sent.
     fn compact(&mut self, through: u64) {
         let raft = &self.node.raft;
         let mut keep_from = (through + 1).saturating_sub(self.log_hold_entries);
         if raft.state == StateRole::Leader {
+            let laggards_from = (through + 1).saturating_sub(self.laggard_hold_entries);
             for (id, pr) in raft.prs().iter() {
-                if *id != raft.id {
+                if *id == raft.id {
+                    continue;
+                }
+                if pr.state == ProgressState::Snapshot {
+                    keep_from = keep_from.min(pr.pending_snapshot + 1);
+                } else if pr.matched + 1 >= laggards_from {
                     keep_from = keep_from.min(pr.matched + 1);
                 }
             }
@@ -401,6 +543,15 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             Ok(()) => {
                 self.effects.send(done.messages);
                 self.node.on_persist_ready(done.number);
+                if let Some((_, index, term)) = self.installed.filter(|i| i.0 == done.number) {
+                    // Only now (raft-rs refuses an applied index past what
+                    // it was told is persisted).
+                    self.installed = None;
+                    self.applied = index;
+                    self.applied_term = term;
+                    self.node.advance_apply_to(index);
+                    self.effects.restored(index);
+                }
                 #[cfg(test)]
                 self.answer_on_local_persist();
             }
@@ -544,9 +695,10 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         while self.node.has_ready() && self.stopped.is_none() {
             let mut rd = self.node.ready();
             if !rd.snapshot().is_empty() {
-                // Snapshots are not sent yet: the log is never compacted.
-                self.stop_for("a raft snapshot arrived; this build cannot install one".into());
-                return;
+                if let Err(reason) = self.install(&rd) {
+                    self.stop_for(reason);
+                    return;
+                }
             }
             for read in rd.read_states() {
                 self.reads.confirm(&read.request_ctx, read.index);
@@ -594,6 +746,10 @@ impl<E: Effects, P: Persist> Driver<E, P> {
                 return;
             }
             self.node.advance_append_async(rd);
+        }
+        if let Some(staged) = self.staged.take() {
+            // raft-rs did not take it (stale, or its log had the point).
+            remove_staged(&staged.dir);
         }
         self.node.advance_apply_to(self.applied);
         // Also when nothing new was applied: a read confirmed now may need
@@ -667,6 +823,13 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         if deposed {
             self.fail_waiting(&ProposeError::NotLeader { leader: now.2 });
         }
+    }
+}
+
+/// Removes a staged snapshot that is not installed.
+fn remove_staged(dir: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!("removing the staged snapshot {}: {e}", dir.display());
     }
 }
 

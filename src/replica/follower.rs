@@ -54,6 +54,8 @@ enum Control {
         tokio::sync::oneshot::Sender<Result<HandedOver, String>>,
     ),
     Rebuild,
+    /// A set received from the leader is in place: start from it.
+    Restore,
     Stop,
 }
 
@@ -63,6 +65,9 @@ pub struct Follower {
     wake: Sender<()>,
     /// The index the driver has applied through (the apply thread's bound).
     applied: Arc<AtomicU64>,
+    /// Sets being installed from the leader that the thread has not
+    /// started from yet: meanwhile the log may start past what it applied.
+    restores: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -85,6 +90,8 @@ struct Applier {
     stock_loaded: bool,
     failed: Option<String>,
     on_failure: Box<dyn Fn(String) + Send>,
+    /// [`Follower::restores`].
+    restores: Arc<AtomicU64>,
 }
 
 impl Follower {
@@ -102,6 +109,7 @@ impl Follower {
         let (control, control_rx) = crossbeam_channel::unbounded();
         let (wake, wake_rx) = crossbeam_channel::bounded(1);
         let applied = Arc::new(AtomicU64::new(0));
+        let restores = Arc::new(AtomicU64::new(0));
         let mut applier = Applier {
             log,
             settings,
@@ -115,6 +123,7 @@ impl Follower {
             stock_loaded: false,
             failed: None,
             on_failure,
+            restores: restores.clone(),
         };
         let bound = applied.clone();
         let thread = std::thread::Builder::new()
@@ -128,8 +137,23 @@ impl Follower {
             control,
             wake,
             applied,
+            restores,
             thread: Some(thread),
         }
+    }
+
+    /// A set received from the leader is being installed: the log is about
+    /// to start after it, past what the thread may have applied. Told
+    /// before the log is cut.
+    pub fn restoring(&self) {
+        self.restores.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The set is in place and holds the log through `index`: the thread
+    /// starts from it (told before the bound is raised past it).
+    pub fn restored(&self, index: u64) {
+        let _ = self.control.send(Control::Restore);
+        self.applied(index);
     }
 
     /// The driver has applied every entry up to `index`: never waits.
@@ -241,6 +265,13 @@ impl Drop for Follower {
 impl Applier {
     fn run(&mut self, control: &Receiver<Control>, wake: &Receiver<()>, bound: &AtomicU64) {
         loop {
+            // Control first: a restore is queued before the bound is
+            // raised past the set it starts from.
+            while let Ok(message) = control.try_recv() {
+                if !self.control(message) {
+                    return;
+                }
+            }
             if self.state.is_some() {
                 self.apply_to(bound.load(Ordering::Acquire));
                 self.snapshot_if_due();
@@ -248,14 +279,27 @@ impl Applier {
             crossbeam_channel::select! {
                 recv(wake) -> _ => {}
                 recv(control) -> message => match message {
-                    Ok(Control::HandOver(through, reply)) => {
-                        let _ = reply.send(self.hand_over(through));
-                    }
-                    Ok(Control::Rebuild) => self.reset(),
-                    Ok(Control::Stop) | Err(_) => return,
+                    Ok(message) => if !self.control(message) { return },
+                    Err(_) => return,
                 },
             }
         }
+    }
+
+    /// Handles one control message; false to stop.
+    fn control(&mut self, message: Control) -> bool {
+        match message {
+            Control::HandOver(through, reply) => {
+                let _ = reply.send(self.hand_over(through));
+            }
+            Control::Rebuild => self.reset(),
+            Control::Restore => {
+                self.reset();
+                self.restores.fetch_sub(1, Ordering::AcqRel);
+            }
+            Control::Stop => return false,
+        }
+        true
     }
 
     /// The snapshot set's state (an empty one without a set), nothing
@@ -297,16 +341,17 @@ impl Applier {
         };
         let started = Instant::now();
         self.last_snapshot = (started, self.point.next_lsn);
-        match local_snapshot::write(&snapshots.dir, state, &point, snapshots.layout) {
-            Ok(()) => {
+        match local_snapshot::write_and_pin(snapshots, state, &point) {
+            Ok(Some(descriptor)) => {
                 tracing::info!(
                     "replica snapshot at entry {} (LSN {}): written in {} ms",
                     point.index,
                     point.next_lsn - 1,
                     started.elapsed().as_millis()
                 );
-                (snapshots.written)(&point);
+                (snapshots.written)(&point, descriptor);
             }
+            Ok(None) => {}
             Err(reason) => tracing::error!("replica snapshot: {reason}; the log is kept whole"),
         }
     }
@@ -335,6 +380,12 @@ impl Applier {
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
+        if self.point.index < through {
+            return Err(format!(
+                "the state has applied entry {} of {through} (a set from the leader is not in place yet)",
+                self.point.index
+            ));
+        }
         let state = self
             .state
             .take()
@@ -353,6 +404,9 @@ impl Applier {
         let state = self.state.as_mut().expect("applied only with a state");
         match apply_log(&self.log, state, &self.filter, &mut self.point, to) {
             Ok(loaded) => self.stock_loaded |= loaded,
+            // The log was cut for a set from the leader, which this thread
+            // starts from once it is in place: not a failure.
+            Err(_) if self.restores.load(Ordering::Acquire) > 0 => {}
             Err(reason) => self.fail(reason),
         }
     }

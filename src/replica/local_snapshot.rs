@@ -5,6 +5,7 @@
 //! the log before it can be compacted (docs/RAFT-SNAPSHOTS.md, 3.2).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::follower::ApplyPoint;
@@ -28,9 +29,59 @@ pub struct LocalSnapshots {
     /// And once this many journal records were applied since the last
     /// (0: never by count).
     pub every_records: u64,
-    /// Told of each set once it is in place (the driver compacts the log
+    /// Who writes the set in use, one at a time.
+    pub sets: Arc<SnapshotSets>,
+    /// Told of each set once it is in place and pinned, with its
+    /// descriptor (the driver offers it to peers and compacts the log
     /// before it).
-    pub written: Box<dyn Fn(&RaftPoint) + Send>,
+    pub written: Written,
+}
+
+/// Told of a set in place and pinned: its point and descriptor.
+pub type Written = Box<dyn Fn(&RaftPoint, Vec<u8>) + Send>;
+
+/// Who may write a replica's set in use: its apply thread (a new set), its
+/// leader's engine (in place), or its driver (a set received from the
+/// leader), one at a time. A writer that finds it held skips its turn and
+/// tries again later; it is a flag, never waited on, so holding it across
+/// an `.await` blocks no one.
+#[derive(Default)]
+pub struct SnapshotSets {
+    busy: AtomicBool,
+    /// A leader's engine snapshots into the set in place for as long as
+    /// its loop runs: no set may be installed under it.
+    engine: AtomicBool,
+}
+
+/// The set in use is this holder's to write until dropped.
+pub struct SetsHold(Arc<SnapshotSets>);
+
+impl SnapshotSets {
+    /// The set to write, unless another writer has it.
+    pub fn try_hold(self: &Arc<Self>) -> Option<SetsHold> {
+        let free = self
+            .busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire);
+        free.ok().map(|_| SetsHold(self.clone()))
+    }
+
+    /// The set to replace by one received, unless another writer has it
+    /// or a leader's engine snapshots into it.
+    pub fn try_hold_for_install(self: &Arc<Self>) -> Option<SetsHold> {
+        let hold = self.try_hold()?;
+        (!self.engine.load(Ordering::Acquire)).then_some(hold)
+    }
+
+    /// A leader's snapshot loop starts (true) or has ended (false).
+    pub fn engine_snapshots(&self, running: bool) {
+        self.engine.store(running, Ordering::Release);
+    }
+}
+
+impl Drop for SetsHold {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
 }
 
 /// The set in use, if it was written by a replica (it has a raft point):
@@ -126,6 +177,27 @@ pub fn write(
     let lsn = point.next_lsn - 1;
     store::write_replica_set(dir, state, lsn, layout, |set| raft_point::write(set, point))
         .map_err(|e| format!("writing the snapshot set at entry {}: {e}", point.index))
+}
+
+/// [`write`], if the set in use is free and holds less of the log (a set
+/// installed from the leader meanwhile is newer: never replaced by an
+/// older one), then pins it: its descriptor, or `None` if it was not
+/// written.
+pub fn write_and_pin(
+    snapshots: &LocalSnapshots,
+    state: &EngineState,
+    point: &RaftPoint,
+) -> Result<Option<Vec<u8>>, String> {
+    let Some(_hold) = snapshots.sets.try_hold() else {
+        return Ok(None);
+    };
+    let dir = &snapshots.dir;
+    if linked_point(dir)?.is_some_and(|linked| linked.index >= point.index) {
+        return Ok(None);
+    }
+    write(dir, state, point, snapshots.layout)?;
+    let descriptor = super::snapshot_files::pin(dir, point)?;
+    Ok(Some(descriptor.encode()))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod log_index;
 pub mod proposer;
 pub mod raft_point;
 pub mod serving;
+pub mod snapshot_files;
 #[cfg(test)]
 pub mod sim;
 pub mod storage;

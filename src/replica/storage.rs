@@ -7,10 +7,10 @@
 //!   last snapshot's term below its first entry.
 //! - `snapshot` never invents one. raft-rs's memory storage answers with
 //!   its commit index and no data, which a follower would install as if it
-//!   held that state. Here it answers "temporarily unavailable", the one
-//!   answer raft-rs retries (any other error is fatal to it), and counts
-//!   the peer that asked: it is behind the log's start and catches up only
-//!   once snapshots are sent (docs/RAFT-SNAPSHOTS.md, step 3).
+//!   held that state. Here it answers with the newest pinned snapshot set
+//!   (`snapshot_files`), its descriptor as the data, or, before one is
+//!   pinned, "temporarily unavailable", the one answer raft-rs retries
+//!   (any other error is fatal to it).
 //!
 //! Shared, not copied: the driver writes it, the apply thread reads it.
 
@@ -21,6 +21,8 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::storage::{MemStorage, RaftState};
 use raft::{GetEntriesContext, Storage, StorageError};
 
+use super::raft_point::RaftPoint;
+
 /// A replica's in-memory raft log.
 #[derive(Clone, Default)]
 pub struct ReplicaStorage {
@@ -30,6 +32,8 @@ pub struct ReplicaStorage {
     before_first: Arc<std::sync::RwLock<(u64, u64)>>,
     /// Times a peer needed entries this log no longer holds.
     snapshots_wanted: Arc<AtomicU64>,
+    /// The newest pinned snapshot set, as raft-rs sends it.
+    pinned: Arc<std::sync::RwLock<Option<Snapshot>>>,
 }
 
 impl ReplicaStorage {
@@ -94,6 +98,28 @@ impl ReplicaStorage {
         (self.mem.wl().compact(index)).expect("compaction within the log");
     }
 
+    /// Offers the snapshot set pinned at `point` (described by
+    /// `descriptor`) to peers behind this log's start.
+    pub fn set_pinned(&self, point: &RaftPoint, descriptor: Vec<u8>) {
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(SnapshotMetadata {
+            index: point.index,
+            term: point.term,
+            conf_state: Some(ConfState::from((point.voters.clone(), point.learners.clone()))).into(),
+            ..SnapshotMetadata::default()
+        });
+        snapshot.data = descriptor.into();
+        *self.pinned.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+    }
+
+    /// Installs a snapshot raft-rs accepted: the log now starts after its
+    /// point, and holds nothing before.
+    pub fn apply_snapshot(&self, snapshot: Snapshot) -> raft::Result<()> {
+        let point = snapshot.get_metadata();
+        *self.before_first.write().unwrap_or_else(|e| e.into_inner()) = (point.index, point.term);
+        self.mem.wl().apply_snapshot(snapshot)
+    }
+
     /// Times a peer needed entries before this log's start.
     pub fn snapshots_wanted(&self) -> u64 {
         self.snapshots_wanted.load(Ordering::Relaxed)
@@ -131,13 +157,29 @@ impl Storage for ReplicaStorage {
         self.mem.last_index()
     }
 
-    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let wanted = self.snapshots_wanted.fetch_add(1, Ordering::Relaxed);
+        let pinned = self.pinned.read().unwrap_or_else(|e| e.into_inner());
+        // Only a snapshot the log goes on from: never one older than the
+        // entry before the log's first (the follower would need entries
+        // that are gone, and ask again), nor than what the peer asked for.
+        let first = self.mem.first_index().unwrap_or(1);
+        let usable = pinned.as_ref().filter(|s| {
+            let index = s.get_metadata().index;
+            index >= request_index && index + 1 >= first
+        });
+        if let Some(snapshot) = usable {
+            tracing::info!(
+                "replica {to} is behind the start of this replica's log: sending it the snapshot at entry {}",
+                snapshot.get_metadata().index
+            );
+            return Ok(snapshot.clone());
+        }
         // raft-rs asks again at every heartbeat response: said once in a
         // while, not every time.
         if wanted.is_multiple_of(100) {
             tracing::warn!(
-                "replica {to} is behind the start of this replica's log (it was compacted): it needs a snapshot, which this build cannot send yet; it catches up once a replica that still holds its entries leads"
+                "replica {to} is behind the start of this replica's log, and no snapshot set is pinned yet to send it"
             );
         }
         Err(raft::Error::Store(

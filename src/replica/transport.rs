@@ -12,8 +12,9 @@
 //! queue, bounded in messages and bytes; a full queue drops it (raft-rs
 //! resends what matters). One task per peer keeps a connection to it and
 //! writes its queue on two streams: `control` (votes, heartbeats,
-//! responses) and `append` (`MsgAppend`, `MsgSnapshot`), so that a large
-//! append never holds up a heartbeat behind it.
+//! responses) and `append` (`MsgAppend`), so that a large append never
+//! holds up a heartbeat behind it. A `MsgSnapshot` opens a stream of its
+//! own that carries the snapshot's files after it ([`snapshot`]).
 //!
 //! Arriving messages are read from each stream of each authenticated
 //! connection as frames, `u32 length (LE) | protobuf Message`, the length
@@ -43,8 +44,11 @@ use crate::telemetry::{
     REPLICA_MESSAGES_RECEIVED_TOTAL, REPLICA_MESSAGES_SENT_TOTAL,
 };
 
+mod snapshot;
 #[cfg(test)]
 mod tests;
+
+pub use snapshot::SnapshotIo;
 
 /// The ALPN of replica-to-replica connections: a client of the order port
 /// (`omniroute/1`) cannot speak to the replication port by mistake.
@@ -73,10 +77,10 @@ pub const PEER_QUEUE_MESSAGES: usize = 4096;
 /// queued appends could hold 4 GiB for a peer that is down.
 pub const PEER_QUEUE_BYTES: usize = 2 * MAX_FRAME_BYTES;
 
-/// Streams a peer may have open on a connection to us: its `control` and
-/// `append` streams, and room for a pair it opens again after a reset while
-/// the old ones drain.
-pub const MAX_STREAMS_PER_PEER_CONNECTION: u32 = 4;
+/// Streams a peer may have open on a connection to us: its `control`,
+/// `append` and snapshot streams, and room for the three it opens again
+/// after a reset while the old ones drain.
+pub const MAX_STREAMS_PER_PEER_CONNECTION: u32 = 6;
 
 /// Handshakes in progress at once on the replication port. Only holders of
 /// a CA-signed certificate get past one, so this bounds what a stranger
@@ -296,6 +300,9 @@ struct PeerQueue {
     append: mpsc::Sender<Queued>,
     /// Bytes queued on both lanes; [`PEER_QUEUE_BYTES`] at most.
     queued_bytes: Arc<AtomicUsize>,
+    /// A snapshot to stream: one at a time (raft-rs sends a peer no other
+    /// until it hears how this one went).
+    snapshot: mpsc::Sender<Message>,
 }
 
 /// The receiving half, owned by the peer's task.
@@ -306,18 +313,25 @@ struct QueueReceivers {
     append: mpsc::Receiver<Queued>,
     /// Lowered as messages leave the queue.
     queued_bytes: Arc<AtomicUsize>,
+    /// Each streamed on a new stream of the connection.
+    snapshot: mpsc::Receiver<Message>,
 }
 
 impl QueueReceivers {
     /// Drops what is queued: it waited for a peer that could not be
     /// reached, and raft-rs sends what is still needed again.
-    fn discard(&mut self, tallies: &Tallies) {
+    fn discard(&mut self, tallies: &Tallies, io: Option<&SnapshotIo>) {
         let mut dropped = 0;
         for lane in [&mut self.control, &mut self.append] {
             while let Ok(queued) = lane.try_recv() {
                 self.queued_bytes.fetch_sub(queued.bytes, Ordering::Relaxed);
                 dropped += 1;
             }
+        }
+        while let Ok(message) = self.snapshot.try_recv() {
+            // Told as failed: raft-rs sends it again later.
+            drop(snapshot::Report::new(&message, io));
+            dropped += 1;
         }
         tallies.add(Count::DroppedPeerDown, dropped);
     }
@@ -330,6 +344,8 @@ pub struct PeerSender {
     peers: Arc<BTreeMap<u64, PeerQueue>>,
     /// Shared with the transport's tasks.
     tallies: Arc<Tallies>,
+    /// Where snapshots are read from and their outcomes told.
+    snapshots: Option<SnapshotIo>,
 }
 
 impl PeerSender {
@@ -346,6 +362,19 @@ impl PeerSender {
     }
 
     fn enqueue(&self, queue: &PeerQueue, message: Message) {
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            if self.snapshots.is_none() {
+                tracing::warn!(to = message.to, "a snapshot to send, and no files to send it from");
+            }
+            if let Err(refused) = queue.snapshot.try_send(message) {
+                let message = match refused {
+                    mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+                };
+                drop(snapshot::Report::new(&message, self.snapshots.as_ref()));
+                self.tallies.add(Count::DroppedQueueFull, 1);
+            }
+            return;
+        }
         let bytes = message.compute_size() as usize;
         if bytes > MAX_FRAME_BYTES {
             tracing::warn!(to = message.to, bytes, "raft message too large to send");
@@ -381,29 +410,34 @@ impl PeerSender {
 fn queues(
     peers: impl Iterator<Item = u64>,
     tallies: Arc<Tallies>,
+    snapshots: Option<SnapshotIo>,
 ) -> (PeerSender, BTreeMap<u64, QueueReceivers>) {
     let mut senders = BTreeMap::new();
     let mut receivers = BTreeMap::new();
     for peer in peers {
         let (control, control_receiver) = mpsc::channel(PEER_QUEUE_MESSAGES);
         let (append, append_receiver) = mpsc::channel(PEER_QUEUE_MESSAGES);
+        let (snapshot, snapshot_receiver) = mpsc::channel(1);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let queue = PeerQueue {
             control,
             append,
             queued_bytes: queued_bytes.clone(),
+            snapshot,
         };
         senders.insert(peer, queue);
         let receiver = QueueReceivers {
             control: control_receiver,
             append: append_receiver,
             queued_bytes,
+            snapshot: snapshot_receiver,
         };
         receivers.insert(peer, receiver);
     }
     let sender = PeerSender {
         peers: Arc::new(senders),
         tallies,
+        snapshots,
     };
     (sender, receivers)
 }
@@ -423,19 +457,22 @@ pub struct Transport {
 impl Transport {
     /// Binds `listen` and starts: a task per peer connecting to its address
     /// in `peers`, and one accepting connections; arriving messages go to
-    /// `inbox`. Called inside a tokio runtime.
+    /// `inbox`; snapshots are sent from and received into `snapshots`'
+    /// directory (without it they are neither). Called inside a tokio
+    /// runtime.
     pub fn start(
         id: u64,
         listen: SocketAddr,
         peers: BTreeMap<u64, SocketAddr>,
         tls: &ClusterTls,
         inbox: crossbeam_channel::Sender<Event>,
+        snapshots: Option<SnapshotIo>,
     ) -> Result<Transport, TransportError> {
         let socket = UdpSocket::bind(listen).map_err(|source| TransportError::Bind {
             address: listen,
             source,
         })?;
-        Transport::start_on(id, socket, peers, tls, inbox)
+        Transport::start_on(id, socket, peers, tls, inbox, snapshots)
     }
 
     /// `start` on a socket already bound (tests bind theirs first, to know
@@ -446,6 +483,7 @@ impl Transport {
         peers: BTreeMap<u64, SocketAddr>,
         tls: &ClusterTls,
         inbox: crossbeam_channel::Sender<Event>,
+        snapshots: Option<SnapshotIo>,
     ) -> Result<Transport, TransportError> {
         check_ids(id, &peers)?;
         if tokio::runtime::Handle::try_current().is_err() {
@@ -464,7 +502,8 @@ impl Transport {
         let tallies = Arc::new(Tallies::new());
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let (sender, receivers) = queues(peers.keys().copied(), tallies.clone());
+        let (sender, receivers) =
+            queues(peers.keys().copied(), tallies.clone(), snapshots.clone());
         for (peer, queue) in receivers {
             let link = Link {
                 peer,
@@ -472,6 +511,7 @@ impl Transport {
                 endpoint: endpoint.clone(),
                 tallies: tallies.clone(),
                 cancel: cancel.clone(),
+                snapshots: snapshots.clone(),
             };
             tasks.spawn(link.run(queue));
         }
@@ -484,6 +524,9 @@ impl Transport {
             handshakes: Arc::new(Semaphore::new(MAX_PEER_HANDSHAKES_IN_FLIGHT)),
             cancel: cancel.clone(),
             tasks: tasks.clone(),
+            snapshots,
+            receiving: Arc::new(Semaphore::new(1)),
+            transfers: AtomicU64::new(0),
         });
         tasks.spawn(accept_loop(endpoint.clone(), inbound));
         Ok(Transport {
@@ -644,6 +687,8 @@ struct Link {
     tallies: Arc<Tallies>,
     /// Ends the task at shutdown.
     cancel: CancellationToken,
+    /// Where snapshots are read from and their outcomes told.
+    snapshots: Option<SnapshotIo>,
 }
 
 impl Link {
@@ -679,7 +724,7 @@ impl Link {
                 }
                 Err(error) => {
                     tracing::debug!(peer = self.peer, %error, "replica unreachable");
-                    queue.discard(&self.tallies);
+                    queue.discard(&self.tallies, self.snapshots.as_ref());
                 }
             }
             tokio::select! {
@@ -715,12 +760,39 @@ impl Link {
             control: control_queue,
             append: append_queue,
             queued_bytes,
+            snapshot: snapshot_queue,
         } = queue;
         tokio::select! {
             end = self.write_lane(control, control_queue, queued_bytes) => end,
             end = self.write_lane(append, append_queue, queued_bytes) => end,
+            end = self.send_snapshots(connection, snapshot_queue) => end,
             error = connection.closed() => Err(error.into()),
         }
+    }
+
+    /// Streams each snapshot queued, one at a time, beside the other two
+    /// lanes; the driver hears how each went (a transfer cut short by the
+    /// connection's end is told as failed when it is dropped).
+    async fn send_snapshots(
+        &self,
+        connection: &Connection,
+        queue: &mut mpsc::Receiver<Message>,
+    ) -> Result<(), LinkError> {
+        while let Some(message) = queue.recv().await {
+            let report = snapshot::Report::new(&message, self.snapshots.as_ref());
+            let Some(io) = &self.snapshots else { continue };
+            let index = message.get_snapshot().get_metadata().index;
+            match snapshot::send(connection, &message, &io.dir).await {
+                Ok(()) => {
+                    tracing::info!(peer = self.peer, index, "snapshot delivered to replica");
+                    report.delivered();
+                }
+                Err(error) => {
+                    tracing::warn!(peer = self.peer, index, %error, "snapshot not delivered to replica")
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn write_lane(
@@ -765,6 +837,12 @@ struct Inbound {
     cancel: CancellationToken,
     /// Where connection and stream tasks are spawned.
     tasks: TaskTracker,
+    /// Where snapshots are received into (none: refused).
+    snapshots: Option<SnapshotIo>,
+    /// One snapshot received at a time.
+    receiving: Arc<Semaphore>,
+    /// Numbers each transfer's staging directory.
+    transfers: AtomicU64,
 }
 
 /// Accepts connections until shutdown, at most
@@ -844,6 +922,8 @@ enum StreamEnd {
     TooLarge(usize),
     /// A body that is not a `Message`.
     Malformed,
+    /// The stream's first frame is a `MsgSnapshot`: its files follow.
+    Snapshot(Box<Message>),
 }
 
 /// Reads one stream's frames; a frame too large or malformed closes the
@@ -861,6 +941,12 @@ async fn read_stream(
     };
     let (code, reason, count): (u32, &[u8], Count) = match end {
         StreamEnd::Closed => return,
+        StreamEnd::Snapshot(message) => {
+            return tokio::select! {
+                _ = inbound.cancel.cancelled() => {}
+                _ = inbound.receive_snapshot(peer, stream, *message) => {}
+            };
+        }
         StreamEnd::TooLarge(length) => {
             tracing::warn!(peer, length, "frame too large from replica");
             (
@@ -881,6 +967,7 @@ async fn read_stream(
 
 async fn read_frames(peer: u64, stream: &mut RecvStream, inbound: &Inbound) -> StreamEnd {
     let mut header = [0u8; FRAME_HEADER_BYTES];
+    let mut first = true;
     loop {
         if stream.read_exact(&mut header).await.is_err() {
             return StreamEnd::Closed;
@@ -897,11 +984,57 @@ async fn read_frames(peer: u64, stream: &mut RecvStream, inbound: &Inbound) -> S
         let Ok(message) = Message::parse_from_bytes(&body) else {
             return StreamEnd::Malformed;
         };
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            if first {
+                return StreamEnd::Snapshot(Box::new(message));
+            }
+            // A snapshot's files never follow other frames.
+            return StreamEnd::Malformed;
+        }
+        first = false;
         inbound.deliver(peer, message);
     }
 }
 
 impl Inbound {
+    /// Receives the snapshot `message` announces, one at a time, and hands
+    /// it to the driver once its files are staged, whole and synced; a
+    /// refused one stops the stream.
+    async fn receive_snapshot(&self, peer: u64, mut stream: RecvStream, message: Message) {
+        let outcome = |outcome: &'static str| {
+            counter!(crate::telemetry::REPLICA_SNAPSHOTS_RECEIVED_TOTAL, "outcome" => outcome)
+                .increment(1)
+        };
+        let index = message.get_snapshot().get_metadata().index;
+        let from_peer = message.from == peer && message.to == self.id;
+        let (Some(io), true) = (&self.snapshots, from_peer) else {
+            self.tallies.add(Count::DroppedWrongPeer, 1);
+            let _ = stream.stop(snapshot::refused());
+            return outcome("refused");
+        };
+        let Ok(_permit) = self.receiving.clone().try_acquire_owned() else {
+            let _ = stream.stop(VarInt::from_u32(snapshot::STOP_SNAPSHOT_BUSY));
+            return outcome("busy");
+        };
+        let transfer = self.transfers.fetch_add(1, Ordering::Relaxed);
+        match snapshot::receive(&mut stream, &message, &io.dir, transfer).await {
+            Ok(staged) => {
+                tracing::info!(peer, index, "snapshot received from replica");
+                outcome("staged");
+                let event = Event::Snapshot(Box::new(message), staged.clone());
+                if self.inbox.try_send(event).is_err() {
+                    self.tallies.add(Count::DroppedInboxFull, 1);
+                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(staged)).await;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(peer, index, %error, "snapshot from replica refused");
+                let _ = stream.stop(snapshot::refused());
+                outcome("refused");
+            }
+        }
+    }
+
     /// Hands a message to the driver if it is from the connection's peer
     /// and to this replica; never waits (this is a tokio worker).
     fn deliver(&self, peer: u64, message: Message) {

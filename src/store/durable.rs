@@ -65,6 +65,14 @@ pub(super) fn publish(tmp: &Path, path: &Path) -> Result<(), StoreError> {
     .map_err(|e| io(dir, e))
 }
 
+/// Makes what was renamed or created in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    faults::io(points::SNAPSHOT_DIR_FSYNC, || {
+        File::open(dir).and_then(|d| d.sync_all())
+    })
+    .map_err(|e| io(dir, e))
+}
+
 /// Maps a snapshot file: page-aligned, so the body (at a multiple of 16)
 /// is aligned as rkyv's validated access needs, and nothing is copied to
 /// the heap that the restored state does not keep.

@@ -158,3 +158,23 @@ pub fn replace_snapshot_set(
     }
     Ok(())
 }
+
+/// Puts the whole, synced set in `staged` (a replica received it from its
+/// leader) in place of the set in use, in one step, and removes the old:
+/// the staged directory becomes the next generation (renamed, durably),
+/// then the link is swapped. Returns the generation.
+pub fn install_snapshot_set(dir: &Path, staged: &Path) -> Result<u64, StoreError> {
+    let old = linked_generation(dir);
+    let generation = old.map_or(0, |g| g + 1);
+    let next: PathBuf = dir.join(format!("{GENERATION_PREFIX}{generation}"));
+    let _ = std::fs::remove_dir_all(&next);
+    std::fs::rename(staged, &next).map_err(|e| io(&next, e))?;
+    super::durable::sync_dir(dir)?;
+    swap_link(dir, generation)?;
+    if let Some(old) = old {
+        let old = dir.join(format!("{GENERATION_PREFIX}{old}"));
+        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+    }
+    Ok(generation)
+}
+

@@ -76,7 +76,7 @@ fn start(
 ) -> (Transport, Inbox) {
     let (inbox, events) = crossbeam_channel::bounded(INBOX_EVENTS);
     let peers = peers.iter().copied().collect();
-    let transport = Transport::start_on(id, socket, peers, tls, inbox).expect("transport starts");
+    let transport = Transport::start_on(id, socket, peers, tls, inbox, None).expect("transport starts");
     (transport, events)
 }
 
@@ -427,7 +427,7 @@ async fn a_peer_down_then_up_gets_later_messages() {
 #[test]
 fn send_never_waits_and_counts_drops() {
     let tallies = Arc::new(Tallies::new());
-    let (sender, receivers) = queues([2, 3].into_iter(), tallies.clone());
+    let (sender, receivers) = queues([2, 3].into_iter(), tallies.clone(), None);
     let (done, finished) = std::sync::mpsc::channel();
     let thread_sender = sender.clone();
     std::thread::spawn(move || {
