@@ -36,8 +36,7 @@ pub use recovery::{
 };
 pub use segments::{
     check_free_space, free_bytes, remove_all_segments, remove_segments_through, scan_segment,
-    DEFAULT_SEGMENT_BYTES,
-    FREE_SEGMENTS_TO_START,
+    DEFAULT_SEGMENT_BYTES, FREE_SEGMENTS_TO_START,
 };
 pub use truncate::{truncate_from, Truncated};
 pub use upgrade::upgrade_segments;

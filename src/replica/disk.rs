@@ -297,7 +297,9 @@ pub trait Persist {
     /// after it is written. Waits for it.
     fn install(&mut self, point: &RaftPoint, staged: &Path) -> Result<(), DiskError> {
         let _ = (point, staged);
-        Err(DiskError::Install("this disk does not install snapshots".into()))
+        Err(DiskError::Install(
+            "this disk does not install snapshots".into(),
+        ))
     }
 
     /// Waits for everything queued, then stops the writer.
@@ -927,5 +929,99 @@ mod tests {
             matches!(refused, Err(DiskError::Log(_))),
             "no point: entry 1 is missing"
         );
+    }
+
+    #[test]
+    fn an_install_cut_short_at_any_step_starts_on_the_old_log_or_the_new_set_never_a_mix() {
+        // Proves that a snapshot install a crash cut short after its intent but before its set
+        // was in place starts on the old set and the whole old log; one cut short after the
+        // set was in place starts on the new set with the journal emptied, going on at the
+        // set's next LSN; and a whole install does the same, its later entries kept across a
+        // restart. Each start clears the intent.
+        use super::super::hard_state::HardStateFile;
+        use super::super::raft_point::{self, RaftPoint};
+        use crate::store::layout;
+        let paths = paths("disk-install");
+        let data = paths.journal.parent().unwrap().to_path_buf();
+        layout::prepare_snapshot_sets(&data).expect("sets");
+        let at = |index: u64, term: u64, next_lsn: u64| RaftPoint {
+            index,
+            term,
+            next_lsn,
+            voters: VOTERS.to_vec(),
+            learners: vec![],
+            stock_loaded: true,
+        };
+        let old = at(0, 0, 1);
+        let new = at(80, 3, 500);
+        let stage = |name: &str| {
+            let staged = data.join(name);
+            std::fs::create_dir_all(&staged).unwrap();
+            raft_point::write(&staged, &new).unwrap();
+            staged
+        };
+        let reload = |point: &RaftPoint| {
+            let point = (point.index > 0).then_some(point);
+            load(&paths.journal, &paths.state, &VOTERS, SEGMENT_BYTES, point).expect("loads")
+        };
+        let mut loaded = open(&paths).expect("a fresh replica");
+        let entries: Vec<Entry> = (1..=60).map(|i| entry(i, 2, 3)).collect();
+        persist(&mut loaded.persister, &entries, Some(hard(2, 1, 50)));
+        loaded.persister.close();
+        drop(loaded);
+        let intend = || {
+            let (mut file, mut state) = HardStateFile::open(&paths.state).unwrap();
+            state.intent = Intent::Install {
+                index: new.index,
+                term: new.term,
+                generation: 0,
+            };
+            file.write(&state, true).unwrap();
+        };
+        let intent_cleared = || HardStateFile::open(&paths.state).unwrap().1.intent == Intent::None;
+
+        // Cut short before the set was in place: the old log, whole.
+        intend();
+        let again = reload(&old);
+        assert_eq!(log_of(&again.storage), entries);
+        assert!(intent_cleared());
+        again.persister.close();
+        drop(again);
+
+        // Cut short after the set was in place: the journal emptied, on from the set.
+        intend();
+        layout::install_snapshot_set(&data, &stage("staged-1")).expect("in place");
+        let again = reload(&new);
+        assert_eq!(again.storage.first_index().unwrap(), 81);
+        assert_eq!(again.storage.last_index().unwrap(), 80);
+        assert!(again.storage.initial_state().unwrap().hard_state.commit >= 80);
+        assert_eq!(again.persister.next_lsn, 500);
+        assert!(intent_cleared());
+        again.persister.close();
+        drop(again);
+
+        // A whole install, then entries after it, across a restart.
+        let mut loaded = reload(&new);
+        let newer = at(90, 4, 700);
+        let staged = data.join("staged-2");
+        std::fs::create_dir_all(&staged).unwrap();
+        raft_point::write(&staged, &newer).unwrap();
+        loaded.persister.install(&newer, &staged).expect("installs");
+        let after: Vec<Entry> = (91..=95).map(|i| entry(i, 4, 2)).collect();
+        persist(&mut loaded.persister, &after, Some(hard(4, 1, 95)));
+        assert_eq!(loaded.persister.header_lsn(91), 700);
+        loaded.persister.close();
+        drop(loaded);
+        let linked = crate::replica::local_snapshot::linked_point(&data).unwrap();
+        assert_eq!(linked.as_ref(), Some(&newer));
+        let again = reload(&newer);
+        assert_eq!(again.storage.first_index().unwrap(), 91);
+        let held = (again.storage)
+            .entries(91, 96, None, raft::GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(held, after);
+        assert_eq!(again.persister.header_lsn(91), 700);
+        assert!(intent_cleared());
+        again.persister.close();
     }
 }

@@ -421,7 +421,11 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
         let staged = (self.staged.take())
             .filter(|s| (s.index, s.term) == (index, term))
-            .ok_or_else(|| format!("raft-rs restored the snapshot at entry {index}, whose files are not staged"))?;
+            .ok_or_else(|| {
+                format!(
+                    "raft-rs restored the snapshot at entry {index}, whose files are not staged"
+                )
+            })?;
         let point = raft_point::read(&staged.dir)?
             .filter(|p| (p.index, p.term) == (index, term))
             .ok_or("the staged snapshot's raft point is not the message's")?;

@@ -25,8 +25,8 @@ pub mod log_index;
 pub mod proposer;
 pub mod raft_point;
 pub mod serving;
-pub mod snapshot_files;
 #[cfg(test)]
 pub mod sim;
+pub mod snapshot_files;
 pub mod storage;
 pub mod transport;

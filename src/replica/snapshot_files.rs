@@ -173,7 +173,11 @@ pub fn prepare(dir: &Path) -> std::io::Result<()> {
 /// pin but it and the one before. No fsync: pins are made again at start.
 pub fn pin(dir: &Path, point: &RaftPoint) -> Result<Descriptor, String> {
     let error = |what: &str, path: &Path, e: std::io::Error| {
-        format!("pinning the snapshot at entry {}: {what} {}: {e}", point.index, path.display())
+        format!(
+            "pinning the snapshot at entry {}: {what} {}: {e}",
+            point.index,
+            path.display()
+        )
     };
     let pins = dir.join(PINS_DIR);
     crate::private_files::create_dir_all(&pins).map_err(|e| error("creating", &pins, e))?;
@@ -255,10 +259,7 @@ mod tests {
             index: 40,
             term: 3,
             next_lsn: 121,
-            files: vec![
-                ("raft-point".into(), 80),
-                ("shard-0.snap".into(), 1 << 20),
-            ],
+            files: vec![("raft-point".into(), 80), ("shard-0.snap".into(), 1 << 20)],
         }
     }
 

@@ -105,7 +105,11 @@ impl ReplicaStorage {
         snapshot.set_metadata(SnapshotMetadata {
             index: point.index,
             term: point.term,
-            conf_state: Some(ConfState::from((point.voters.clone(), point.learners.clone()))).into(),
+            conf_state: Some(ConfState::from((
+                point.voters.clone(),
+                point.learners.clone(),
+            )))
+            .into(),
             ..SnapshotMetadata::default()
         });
         snapshot.data = descriptor.into();
@@ -266,5 +270,36 @@ mod tests {
             assert_eq!(error, retried);
             assert_eq!(storage.snapshots_wanted(), asked);
         }
+    }
+
+    #[test]
+    fn a_pinned_snapshot_is_offered_only_if_the_log_goes_on_from_it() {
+        // Proves the log answers a request for a snapshot with the pinned set once one is
+        // pinned at or after the entry before its first (its point, conf and descriptor as
+        // given), and with the retried error for one older than that (the peer would need
+        // entries that are gone) or older than the peer asked for.
+        let storage = log((0, 0), 1, 50);
+        storage.compact(31);
+        let point = |index| RaftPoint {
+            index,
+            term: 2,
+            next_lsn: index * 3 + 1,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            stock_loaded: true,
+        };
+        let retried = raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        storage.set_pinned(&point(20), b"old".to_vec());
+        assert_eq!(storage.snapshot(0, 2).unwrap_err(), retried);
+        storage.set_pinned(&point(30), b"descriptor".to_vec());
+        let snapshot = storage.snapshot(0, 2).expect("the pinned set");
+        assert_eq!(snapshot.get_metadata().index, 30);
+        assert_eq!(snapshot.get_metadata().term, 2);
+        assert_eq!(
+            snapshot.get_metadata().get_conf_state().voters,
+            vec![1, 2, 3]
+        );
+        assert_eq!(&snapshot.data[..], b"descriptor");
+        assert_eq!(storage.snapshot(31, 2).unwrap_err(), retried);
     }
 }

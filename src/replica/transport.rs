@@ -364,7 +364,10 @@ impl PeerSender {
     fn enqueue(&self, queue: &PeerQueue, message: Message) {
         if message.get_msg_type() == MessageType::MsgSnapshot {
             if self.snapshots.is_none() {
-                tracing::warn!(to = message.to, "a snapshot to send, and no files to send it from");
+                tracing::warn!(
+                    to = message.to,
+                    "a snapshot to send, and no files to send it from"
+                );
             }
             if let Err(refused) = queue.snapshot.try_send(message) {
                 let message = match refused {
@@ -502,8 +505,7 @@ impl Transport {
         let tallies = Arc::new(Tallies::new());
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let (sender, receivers) =
-            queues(peers.keys().copied(), tallies.clone(), snapshots.clone());
+        let (sender, receivers) = queues(peers.keys().copied(), tallies.clone(), snapshots.clone());
         for (peer, queue) in receivers {
             let link = Link {
                 peer,
@@ -1022,9 +1024,13 @@ impl Inbound {
                 tracing::info!(peer, index, "snapshot received from replica");
                 outcome("staged");
                 let event = Event::Snapshot(Box::new(message), staged.clone());
-                if self.inbox.try_send(event).is_err() {
+                if self.inbox.try_send(event).is_ok() {
+                    let _ = stream.stop(snapshot::staged());
+                } else {
                     self.tallies.add(Count::DroppedInboxFull, 1);
-                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(staged)).await;
+                    let _ = stream.stop(snapshot::refused());
+                    let _ =
+                        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(staged)).await;
                 }
             }
             Err(error) => {

@@ -177,4 +177,3 @@ pub fn install_snapshot_set(dir: &Path, staged: &Path) -> Result<u64, StoreError
     }
     Ok(generation)
 }
-

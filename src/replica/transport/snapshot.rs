@@ -8,8 +8,12 @@
 //! u32 length (LE) | protobuf MsgSnapshot       the usual frame, first
 //! per file, in the descriptor's order:
 //!   its bytes (exactly the size the descriptor gives) | u32 crc32c (LE)
-//! end of stream
 //! ```
+//!
+//! The leader does not finish the stream: the follower answers by
+//! stopping it, with [`STOP_SNAPSHOT_STAGED`] once the files are durable
+//! and the message is with its driver, or with a refusal. (A finished
+//! stream's acknowledgement says only that the bytes arrived.)
 //!
 //! A stream whose first frame is a `MsgSnapshot` is one of these. The
 //! follower checks the descriptor before it allocates anything (names,
@@ -20,8 +24,8 @@
 //! stops the stream.
 //!
 //! The leader's driver hears of each transfer exactly once ([`Report`]):
-//! delivered once the follower has read the whole stream, failed on any
-//! error, a stop, a timeout, or a transfer dropped unsent.
+//! delivered once the follower says it is staged, failed on any error, a
+//! refusal, a timeout, or a transfer dropped unsent.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -48,7 +52,10 @@ pub const SNAPSHOT_MIN_BYTES_PER_S: u64 = 4 << 20;
 /// journal segments' worth, so its journal can go on after it.
 pub const SNAPSHOT_FREE_MARGIN_BYTES: u64 = 128 << 20;
 
-/// Stream stop codes a follower answers a transfer with.
+/// Stream stop codes a follower answers a transfer with: its files are
+/// staged, whole and synced, and its message is with the driver.
+pub const STOP_SNAPSHOT_STAGED: u32 = 0;
+/// Something in it did not check out, or the driver could not take it.
 pub const STOP_SNAPSHOT_REFUSED: u32 = 1;
 /// Another transfer is being received.
 pub const STOP_SNAPSHOT_BUSY: u32 = 2;
@@ -111,7 +118,7 @@ impl Drop for Report {
 }
 
 /// Streams the pinned set `message` describes to the peer on
-/// `connection`; `Ok` once the peer has read all of it.
+/// `connection`; `Ok` once the peer says it is staged.
 pub async fn send(connection: &Connection, message: &Message, dir: &Path) -> Result<(), String> {
     let descriptor = Descriptor::decode(message.get_snapshot().get_data())?;
     let pin = snapshot_files::pin_dir(dir, descriptor.index, descriptor.term);
@@ -136,7 +143,10 @@ fn open_pinned(pin: &Path, files: &[(String, u64)]) -> Result<Vec<(Arc<File>, u6
             let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let length = file.metadata().map_err(|e| e.to_string())?.len();
             if length != *bytes {
-                return Err(format!("{}: {length} bytes, pinned at {bytes}", path.display()));
+                return Err(format!(
+                    "{}: {length} bytes, pinned at {bytes}",
+                    path.display()
+                ));
             }
             Ok((Arc::new(file), *bytes))
         })
@@ -155,7 +165,10 @@ async fn write_stream(
     let _ = stream.set_priority(-1);
     let body = message.write_to_bytes().map_err(|e| error(&e))?;
     let length = u32::try_from(body.len()).map_err(|e| error(&e))?;
-    stream.write_all(&length.to_le_bytes()).await.map_err(|e| error(&e))?;
+    stream
+        .write_all(&length.to_le_bytes())
+        .await
+        .map_err(|e| error(&e))?;
     stream.write_all(&body).await.map_err(|e| error(&e))?;
     for (file, bytes) in files {
         let mut crc = 0u32;
@@ -167,12 +180,15 @@ async fn write_stream(
             stream.write_all(&chunk).await.map_err(|e| error(&e))?;
             at += n as u64;
         }
-        stream.write_all(&crc.to_le_bytes()).await.map_err(|e| error(&e))?;
+        stream
+            .write_all(&crc.to_le_bytes())
+            .await
+            .map_err(|e| error(&e))?;
     }
-    stream.finish().map_err(|e| error(&e))?;
     match stream.stopped().await {
-        Ok(None) => Ok(()),
+        Ok(Some(code)) if code == VarInt::from_u32(STOP_SNAPSHOT_STAGED) => Ok(()),
         Ok(Some(code)) => Err(format!("the follower refused it (code {code})")),
+        Ok(None) => Err("the stream ended without an answer".into()),
         Err(e) => Err(error(&e)),
     }
 }
@@ -223,7 +239,9 @@ fn check(message: &Message, dir: &Path) -> Result<Descriptor, String> {
             descriptor.index, metadata.index
         ));
     }
-    let needed = descriptor.total_bytes().saturating_add(SNAPSHOT_FREE_MARGIN_BYTES);
+    let needed = descriptor
+        .total_bytes()
+        .saturating_add(SNAPSHOT_FREE_MARGIN_BYTES);
     if let Some(free) = crate::journal::free_bytes(dir) {
         if free < needed {
             return Err(format!(
@@ -272,12 +290,6 @@ async fn read_files(
         }
         blocking(move || file.sync_all()).await?;
     }
-    let mut more = [0u8; 1];
-    match stream.read(&mut more).await {
-        Ok(None) => {}
-        Ok(Some(_)) => return Err("bytes after the last file".into()),
-        Err(e) => return Err(e.to_string()),
-    }
     let (staging, expected) = (staging.to_path_buf(), descriptor.clone());
     tokio::task::spawn_blocking(move || check_staged(&staging, &expected))
         .await
@@ -320,4 +332,9 @@ async fn blocking<T: Send + 'static>(
 /// The stop code a refused stream gets.
 pub fn refused() -> VarInt {
     VarInt::from_u32(STOP_SNAPSHOT_REFUSED)
+}
+
+/// The stop code a staged stream gets.
+pub fn staged() -> VarInt {
+    VarInt::from_u32(STOP_SNAPSHOT_STAGED)
 }

@@ -76,7 +76,8 @@ fn start(
 ) -> (Transport, Inbox) {
     let (inbox, events) = crossbeam_channel::bounded(INBOX_EVENTS);
     let peers = peers.iter().copied().collect();
-    let transport = Transport::start_on(id, socket, peers, tls, inbox, None).expect("transport starts");
+    let transport =
+        Transport::start_on(id, socket, peers, tls, inbox, None).expect("transport starts");
     (transport, events)
 }
 
@@ -478,4 +479,141 @@ fn start_refuses_bad_ids() {
     assert!(check_ids(0, &BTreeMap::from([(2, address)])).is_err());
     assert!(check_ids(1, &BTreeMap::from([(0, address)])).is_err());
     assert!(check_ids(1, &BTreeMap::from([(1, address)])).is_err());
+}
+
+/// A data directory whose set in use holds a raft point at entry 40 and a
+/// file of `bytes` bytes, pinned: its `MsgSnapshot` from 1 to 2.
+fn pinned_snapshot(dir: &Path, bytes: usize) -> Message {
+    use crate::replica::raft_point::{self, RaftPoint};
+    use crate::replica::snapshot_files;
+    crate::store::layout::prepare_snapshot_sets(dir).expect("sets");
+    let set = crate::store::snapshot_dir(dir);
+    let body: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(set.join("shard-0.snap"), body).unwrap();
+    let point = RaftPoint {
+        index: 40,
+        term: 2,
+        next_lsn: 121,
+        voters: vec![1, 2],
+        learners: vec![],
+        stock_loaded: true,
+    };
+    raft_point::write(&set, &point).unwrap();
+    let descriptor = snapshot_files::pin(dir, &point).expect("pinned");
+    let storage = crate::replica::storage::ReplicaStorage::default();
+    storage.set_pinned(&point, descriptor.encode());
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgSnapshot);
+    message.from = 1;
+    message.to = 2;
+    message.set_snapshot(raft::Storage::snapshot(&storage, 0, 2).expect("the pinned set"));
+    message
+}
+
+/// The next staged snapshot in `inbox` within `within`, skipping other events.
+async fn next_snapshot(inbox: &Inbox, within: Duration) -> Option<(Message, PathBuf)> {
+    let deadline = Instant::now() + within;
+    loop {
+        match inbox.try_recv() {
+            Ok(Event::Snapshot(message, dir)) => return Some((*message, dir)),
+            Ok(_) => {}
+            Err(_) if Instant::now() >= deadline => return None,
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+// A pinned set streams from one transport to the other: the receiver's
+// driver gets the message with a staged copy of every file, byte for byte,
+// and the sender's driver hears it was delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_streams_its_files_and_is_reported_once() {
+    bounded(async {
+        let certs = Certs::new("transport-snapshot", &[1, 2]);
+        let (socket_1, socket_2) = (reserve(), reserve());
+        let (address_1, address_2) = (address(&socket_1), address(&socket_2));
+        let dirs = (certs.scratch.0.join("one"), certs.scratch.0.join("two"));
+        let message = pinned_snapshot(&dirs.0, 3 << 20);
+        let (reports_1, reported_1) = crossbeam_channel::unbounded();
+        let (reports_2, _) = crossbeam_channel::unbounded();
+        let start_io = |id, socket, peer, dir: &PathBuf, reports| {
+            let (inbox, events) = crossbeam_channel::bounded(INBOX_EVENTS);
+            let io = SnapshotIo {
+                dir: dir.clone(),
+                reports,
+            };
+            let peers = [peer].into_iter().collect();
+            let transport = Transport::start_on(id, socket, peers, &certs.tls(id), inbox, Some(io))
+                .expect("starts");
+            (transport, events)
+        };
+        let (one, _) = start_io(1, socket_1, (2, address_2), &dirs.0, reports_1);
+        let (two, inbox_2) = start_io(2, socket_2, (1, address_1), &dirs.1, reports_2);
+        one.sender().send(vec![message.clone()]);
+        let (arrived, staged) = next_snapshot(&inbox_2, ARRIVAL).await.expect("staged");
+        assert_eq!(arrived, message);
+        let pin = crate::replica::snapshot_files::pin_dir(&dirs.0, 40, 2);
+        for name in ["shard-0.snap", "raft-point"] {
+            let sent = std::fs::read(pin.join(name)).unwrap();
+            assert_eq!(std::fs::read(staged.join(name)).unwrap(), sent, "{name}");
+        }
+        let report = tokio::task::spawn_blocking(move || reported_1.recv_timeout(ARRIVAL))
+            .await
+            .unwrap()
+            .expect("a report");
+        assert_eq!((report.peer, report.index, report.delivered), (2, 40, true));
+        one.shutdown().await;
+        two.shutdown().await;
+    })
+    .await
+}
+
+// A snapshot stream whose file does not match its checksum is refused:
+// the stream is stopped, nothing reaches the driver, and nothing staged is
+// left on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_stream_is_refused_and_leaves_nothing() {
+    bounded(async {
+        let certs = Certs::new("transport-snapshot-damaged", &[1, 2]);
+        let socket_2 = reserve();
+        let address_2 = address(&socket_2);
+        let dirs = (certs.scratch.0.join("one"), certs.scratch.0.join("two"));
+        let message = pinned_snapshot(&dirs.0, 5000);
+        let (inbox, events) = crossbeam_channel::bounded(INBOX_EVENTS);
+        let io = SnapshotIo {
+            dir: dirs.1.clone(),
+            reports: crossbeam_channel::unbounded().0,
+        };
+        let peers = [(1, address(&reserve()))].into_iter().collect();
+        let two = Transport::start_on(2, socket_2, peers, &certs.tls(2), inbox, Some(io))
+            .expect("starts");
+        let connection = raw_connection(&certs.tls(1), address_2, "replica-2").await;
+        let mut stream = connection.open_uni().await.unwrap();
+        write_frame(&mut stream, &message).await;
+        let pin = crate::replica::snapshot_files::pin_dir(&dirs.0, 40, 2);
+        let descriptor =
+            crate::replica::snapshot_files::Descriptor::decode(message.get_snapshot().get_data())
+                .unwrap();
+        for (name, _) in &descriptor.files {
+            let mut bytes = std::fs::read(pin.join(name)).unwrap();
+            let crc = crc32c::crc32c(&bytes);
+            if name == "shard-0.snap" {
+                bytes[1234] ^= 0x04;
+            }
+            stream.write_all(&bytes).await.unwrap();
+            stream.write_all(&crc.to_le_bytes()).await.unwrap();
+        }
+        let stopped = stream.stopped().await.expect("an answer");
+        assert_eq!(
+            stopped,
+            Some(VarInt::from_u32(snapshot::STOP_SNAPSHOT_REFUSED))
+        );
+        assert!(next_snapshot(&events, QUIET).await.is_none());
+        let incoming = dirs.1.join(crate::replica::snapshot_files::INCOMING_DIR);
+        let left = std::fs::read_dir(&incoming).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "nothing staged is left");
+        connection.close(VarInt::from_u32(0), b"done");
+        two.shutdown().await;
+    })
+    .await
 }
