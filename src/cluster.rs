@@ -334,6 +334,7 @@ pub async fn start(
     let snapshot_io = SnapshotIo {
         dir: data_dir.clone(),
         reports,
+        layout: Some(config.engine.layout()),
     };
     let transport = Transport::start(
         cluster.id,
@@ -526,9 +527,16 @@ impl Conductor {
     /// if this replica still leads `term` by then.
     async fn promote(&self, term: u64, index: u64) {
         let started = Instant::now();
+        // The engine will snapshot into the set in use: no set from
+        // another leader is installed under it from now (cleared when its
+        // snapshot loop ends, or below if it never starts).
+        self.sets.engine_snapshots(true);
         let handed = match self.follower.hand_over(index).await {
             Ok(handed) => handed,
-            Err(reason) => return self.fail(format!("promotion to term {term}: {reason}")),
+            Err(reason) => {
+                self.sets.engine_snapshots(false);
+                return self.fail(format!("promotion to term {term}: {reason}"));
+            }
         };
         let mut state = handed.state;
         for shard in &mut state.shards {
@@ -551,9 +559,10 @@ impl Conductor {
         let engine = match engine {
             Ok(engine) => engine,
             Err(e) => {
+                self.sets.engine_snapshots(false);
                 return self.fail(format!(
                     "promotion to term {term}: the engine did not start: {e}"
-                ))
+                ));
             }
         };
         if let Err(e) = self.prepare(&engine, handed.fresh, bumps, orphans).await {
@@ -561,6 +570,7 @@ impl Conductor {
             // check below tells; the engine is not served either way.
             tracing::warn!("replica promotion to term {term}: {e}");
             engine.shutdown();
+            self.sets.engine_snapshots(false);
             self.follower.rebuild();
             return;
         }
@@ -585,6 +595,7 @@ impl Conductor {
             }
             Err(engine) => {
                 engine.shutdown();
+                self.sets.engine_snapshots(false);
                 self.follower.rebuild();
             }
         }

@@ -122,6 +122,12 @@ pub(crate) struct Args {
     /// one of a --spawn-server daemon.
     #[arg(long)]
     pub(super) snapshot_interval_ms: Option<u64>,
+    /// `[cluster] log_hold_entries` and `laggard_hold_entries` of each
+    /// --spawn-cluster replica: how many entries behind its snapshot a
+    /// replica keeps for a follower behind it (the config's defaults if not
+    /// given); 0 sends a restarted replica the leader's snapshot set.
+    #[arg(long)]
+    pub(super) log_hold_entries: Option<u64>,
     /// With --spawn-server: print the daemon's resident memory this often
     /// (from /proc), and its growth over the second half of the run.
     #[arg(long, value_parser = parse_duration)]

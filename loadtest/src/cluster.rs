@@ -129,14 +129,15 @@ fn free_tcp_port() -> Result<u16, String> {
 }
 
 /// Replica `id`'s config: the embedded default with its ports, directory,
-/// durability fsync (and `snapshot_interval_ms` if given) and the
-/// cluster's table.
+/// durability fsync (and the snapshot interval and log holds if given)
+/// and the cluster's table.
 fn replica_config(
     spec: &ReplicaSpec,
     certs: &Path,
     table: &toml::Value,
-    snapshot_interval_ms: Option<u64>,
+    args: &Args,
 ) -> Result<String, String> {
+    let snapshot_interval_ms = args.snapshot_interval_ms;
     let mut config: toml::Table = omniroute::config::DEFAULT_CONFIG_TOML
         .parse()
         .map_err(|e| format!("the embedded config: {e}"))?;
@@ -167,6 +168,11 @@ fn replica_config(
     cluster.insert("id".into(), (spec.id as i64).into());
     cluster.insert("certs_dir".into(), certs.display().to_string().into());
     cluster.insert("replicas".into(), table.clone());
+    if let Some(entries) = args.log_hold_entries {
+        for key in ["log_hold_entries", "laggard_hold_entries"] {
+            cluster.insert(key.into(), (entries as i64).into());
+        }
+    }
     config.insert("cluster".into(), cluster.into());
     toml::to_string(&config).map_err(|e| e.to_string())
 }
@@ -205,11 +211,8 @@ impl SpawnedCluster {
         }
         let table = toml::Value::Array(table);
         for spec in &replicas {
-            std::fs::write(
-                &spec.config,
-                replica_config(spec, &certs, &table, args.snapshot_interval_ms)?,
-            )
-            .map_err(|e| format!("{}: {e}", spec.config.display()))?;
+            std::fs::write(&spec.config, replica_config(spec, &certs, &table, args)?)
+                .map_err(|e| format!("{}: {e}", spec.config.display()))?;
         }
         let mut cluster = SpawnedCluster {
             dir,

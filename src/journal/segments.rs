@@ -85,8 +85,10 @@ pub fn remove_segments_through(dir: &Path, lsn: u64) -> Result<usize, JournalErr
 pub fn remove_all_segments(dir: &Path) -> Result<usize, JournalError> {
     let segments = segment_paths(dir)?;
     for (_, path) in segments.iter().rev() {
-        faults::io(points::JOURNAL_WRITE, || std::fs::remove_file(path))
-            .map_err(|e| io_error(path, e))?;
+        match faults::io(points::JOURNAL_WRITE, || std::fs::remove_file(path)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(path, e)),
+            _ => {}
+        }
     }
     if !segments.is_empty() {
         sync_dir(dir)?;

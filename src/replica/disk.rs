@@ -415,6 +415,15 @@ impl Persist for Persister {
     }
 
     fn install(&mut self, point: &RaftPoint, staged: &Path) -> Result<(), DiskError> {
+        // A compaction's removal of segments must not race the reset's.
+        let removing = self
+            .removing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = removing {
+            let _ = thread.join();
+        }
         let data_dir = (self.dir.parent())
             .ok_or_else(|| DiskError::Install("the journal has no data directory".into()))?
             .to_path_buf();

@@ -384,6 +384,14 @@ impl<E: Effects, P: Persist> Driver<E, P> {
     /// Tells raft-rs how a snapshot transfer went (it ignores a report
     /// for a peer no longer waiting on one).
     fn report_snapshot(&mut self, report: SnapshotReport) {
+        // Only for the transfer the peer waits on: a late report of an
+        // older one must not end a newer one's wait.
+        let waiting = (self.node.raft.prs().get(report.peer)).is_some_and(|pr| {
+            pr.state == ProgressState::Snapshot && pr.pending_snapshot == report.index
+        });
+        if !waiting {
+            return;
+        }
         let status = if report.delivered {
             SnapshotStatus::Finish
         } else {
@@ -397,7 +405,8 @@ impl<E: Effects, P: Persist> Driver<E, P> {
     /// again). Its Ready puts them in place ([`Self::install`]).
     fn stage(&mut self, message: Message, dir: PathBuf) {
         let hold = (self.sets.as_ref()).and_then(|sets| sets.try_hold_for_install());
-        let (Some(hold), None) = (hold, &self.staged) else {
+        // One install at a time: the last one's Ready must be durable first.
+        let (Some(hold), None, None) = (hold, &self.staged, &self.installed) else {
             tracing::info!(
                 "a snapshot from the leader is not installed now (another is, or a snapshot set is being written); it will be sent again"
             );
@@ -460,10 +469,21 @@ impl<E: Effects, P: Persist> Driver<E, P> {
                 if *id == raft.id {
                     continue;
                 }
-                if pr.state == ProgressState::Snapshot {
-                    keep_from = keep_from.min(pr.pending_snapshot + 1);
-                } else if pr.matched + 1 >= laggards_from {
-                    keep_from = keep_from.min(pr.matched + 1);
+                // Where the peer's log goes on from, as far as this leader
+                // knows: after the snapshot it is being sent; not known yet
+                // (a new leader); where probing has got to (just after a
+                // snapshot it installed); what it has matched.
+                let needed = match pr.state {
+                    ProgressState::Snapshot => {
+                        keep_from = keep_from.min(pr.pending_snapshot + 1);
+                        continue;
+                    }
+                    _ if pr.matched == 0 => laggards_from,
+                    ProgressState::Probe => pr.next_idx,
+                    ProgressState::Replicate => pr.matched + 1,
+                };
+                if needed >= laggards_from {
+                    keep_from = keep_from.min(needed);
                 }
             }
         }

@@ -272,7 +272,10 @@ impl Applier {
                     return;
                 }
             }
-            if self.state.is_some() {
+            // While a set from the leader is being installed the log may
+            // start past this state: nothing is applied or written from it.
+            let restoring = self.restores.load(Ordering::Acquire) > 0;
+            if self.state.is_some() && !restoring {
                 self.apply_to(bound.load(Ordering::Acquire));
                 self.snapshot_if_due();
             }
@@ -303,9 +306,16 @@ impl Applier {
     }
 
     /// The snapshot set's state (an empty one without a set), nothing
-    /// after it applied.
+    /// after it applied; read while no one else may write the set (an
+    /// install is short: waited for).
     fn reset(&mut self) {
         self.state = None;
+        let _hold = self.snapshots.as_ref().map(|s| loop {
+            match s.sets.try_hold() {
+                Some(hold) => break hold,
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        });
         let dir = self.snapshots.as_ref().map(|s| s.dir.clone());
         let now_ms = crate::admin::unix_ms();
         match local_snapshot::start(dir.as_deref(), &self.settings, &self.network, now_ms) {

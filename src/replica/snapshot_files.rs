@@ -29,6 +29,9 @@ pub const INCOMING_DIR: &str = "raft-incoming";
 /// and a few more; a descriptor naming more is refused before anything
 /// is allocated.
 pub const MAX_SNAPSHOT_FILES: usize = 16_384;
+/// Bytes a snapshot may have in all: far above any set this daemon
+/// writes, and a bound no sum of sizes from a peer can wrap past.
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 44;
 /// The longest file name a descriptor may carry.
 pub const MAX_FILE_NAME_BYTES: usize = 128;
 
@@ -44,9 +47,12 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    /// Bytes of all its files.
+    /// Bytes of all its files (a decoded descriptor's sum is checked to
+    /// be at most [`MAX_SNAPSHOT_BYTES`]).
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|(_, bytes)| bytes).sum()
+        self.files
+            .iter()
+            .fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes))
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -92,15 +98,22 @@ impl Descriptor {
             return Err(format!("a snapshot of {count} files"));
         }
         let mut files: Vec<(String, u64)> = Vec::with_capacity(count);
+        let mut seen = std::collections::HashSet::with_capacity(count);
+        let mut total = 0u64;
         for _ in 0..count {
             let length = reader.u16()? as usize;
             let name = std::str::from_utf8(reader.take(length)?)
                 .map_err(|_| "a file name that is not UTF-8".to_string())?;
             check_name(name)?;
-            if files.iter().any(|(seen, _)| seen == name) {
+            if !seen.insert(name) {
                 return Err(format!("the file {name} named twice"));
             }
-            files.push((name.to_string(), reader.u64()?));
+            let bytes = reader.u64()?;
+            total = total
+                .checked_add(bytes)
+                .filter(|&t| t <= MAX_SNAPSHOT_BYTES)
+                .ok_or_else(|| format!("a snapshot of more than {MAX_SNAPSHOT_BYTES} bytes"))?;
+            files.push((name.to_string(), bytes));
         }
         if !reader.0.is_empty() || !files.iter().any(|(name, _)| name == RAFT_POINT_FILE) {
             return Err("a descriptor with trailing bytes or without a raft point".into());

@@ -1019,7 +1019,7 @@ impl Inbound {
             return outcome("busy");
         };
         let transfer = self.transfers.fetch_add(1, Ordering::Relaxed);
-        match snapshot::receive(&mut stream, &message, &io.dir, transfer).await {
+        match snapshot::receive(&mut stream, &message, &io.dir, io.layout, transfer).await {
             Ok(staged) => {
                 tracing::info!(peer, index, "snapshot received from replica");
                 outcome("staged");

@@ -155,6 +155,15 @@ pub struct Recovered {
 /// A reservation no open order accounts for: (order, sku, node, units).
 pub type Orphan = (OrderId, SkuId, NodeIdx, u32);
 
+/// Checks a snapshot file's frame and checksum as a start would, without
+/// loading it (a set received from a leader, before it is installed).
+pub fn check_snapshot_file(path: &Path) -> Result<(), String> {
+    let map = durable::map_file(path).map_err(|e| e.to_string())?;
+    frame::parse_snapshot(&map)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 pub fn journal_dir(dir: &Path) -> PathBuf {
     dir.join("journal")
 }

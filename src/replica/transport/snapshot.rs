@@ -54,11 +54,12 @@ pub const SNAPSHOT_FREE_MARGIN_BYTES: u64 = 128 << 20;
 
 /// Stream stop codes a follower answers a transfer with: its files are
 /// staged, whole and synced, and its message is with the driver.
-pub const STOP_SNAPSHOT_STAGED: u32 = 0;
+/// Not 0: quinn stops a stream dropped unread with 0.
+pub const STOP_SNAPSHOT_STAGED: u32 = 1;
 /// Something in it did not check out, or the driver could not take it.
-pub const STOP_SNAPSHOT_REFUSED: u32 = 1;
+pub const STOP_SNAPSHOT_REFUSED: u32 = 2;
 /// Another transfer is being received.
-pub const STOP_SNAPSHOT_BUSY: u32 = 2;
+pub const STOP_SNAPSHOT_BUSY: u32 = 3;
 
 /// Where a replica's snapshot files are, and where the driver hears how
 /// the transfers it asked for went.
@@ -69,11 +70,15 @@ pub struct SnapshotIo {
     /// Each transfer's outcome, exactly once; unbounded (at most one
     /// transfer per peer is under way or queued).
     pub reports: crossbeam_channel::Sender<SnapshotReport>,
+    /// The shards and routers this replica's sets must be written for (a
+    /// set of another layout is refused before it is installed).
+    pub layout: Option<crate::schema::Layout>,
 }
 
 /// How long a transfer of `bytes` may take.
 pub fn transfer_deadline(bytes: u64) -> Duration {
-    Duration::from_millis(SNAPSHOT_TRANSFER_BASE_MS + bytes * 1000 / SNAPSHOT_MIN_BYTES_PER_S)
+    let for_bytes_ms = bytes / SNAPSHOT_MIN_BYTES_PER_S * 1000;
+    Duration::from_millis(SNAPSHOT_TRANSFER_BASE_MS.saturating_add(for_bytes_ms))
 }
 
 /// Tells the driver how a transfer went, once: failed unless
@@ -210,12 +215,14 @@ pub async fn receive(
     stream: &mut RecvStream,
     message: &Message,
     dir: &Path,
+    layout: Option<crate::schema::Layout>,
     transfer: u64,
 ) -> Result<PathBuf, String> {
     let descriptor = check(message, dir)?;
     let staging = snapshot_files::staging_dir(dir, descriptor.index, descriptor.term, transfer);
     let deadline = transfer_deadline(descriptor.total_bytes());
-    let received = tokio::time::timeout(deadline, read_files(stream, &descriptor, &staging)).await;
+    let files = read_files(stream, &descriptor, &staging, layout);
+    let received = tokio::time::timeout(deadline, files).await;
     let outcome = match received {
         Ok(Ok(())) => Ok(staging.clone()),
         Ok(Err(e)) => Err(e),
@@ -257,6 +264,7 @@ async fn read_files(
     stream: &mut RecvStream,
     descriptor: &Descriptor,
     staging: &Path,
+    layout: Option<crate::schema::Layout>,
 ) -> Result<(), String> {
     {
         let staging = staging.to_path_buf();
@@ -291,17 +299,43 @@ async fn read_files(
         blocking(move || file.sync_all()).await?;
     }
     let (staging, expected) = (staging.to_path_buf(), descriptor.clone());
-    tokio::task::spawn_blocking(move || check_staged(&staging, &expected))
+    tokio::task::spawn_blocking(move || check_staged(&staging, &expected, layout))
         .await
         .map_err(|e| e.to_string())?
 }
 
-/// Syncs the staged directory and checks its raft point is the one the
-/// descriptor names.
-fn check_staged(staging: &Path, descriptor: &Descriptor) -> Result<(), String> {
+/// Syncs the staged directory and checks it before anything is replaced
+/// by it: its raft point is the one the descriptor names, its layout this
+/// replica's, and every snapshot file's frame and checksum hold (a set
+/// damaged on the leader's disk is refused here, not found at the next
+/// start with the old log gone).
+fn check_staged(
+    staging: &Path,
+    descriptor: &Descriptor,
+    layout: Option<crate::schema::Layout>,
+) -> Result<(), String> {
     File::open(staging)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("{}: {e}", staging.display()))?;
+    for (name, _) in &descriptor.files {
+        if name == raft_point::RAFT_POINT_FILE || name == crate::store::layout::LAYOUT_FILE {
+            continue;
+        }
+        crate::store::check_snapshot_file(&staging.join(name))
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    if let Some(layout) = layout {
+        let path = staging.join(crate::store::layout::LAYOUT_FILE);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let staged =
+            crate::schema::Layout::parse(&text).map_err(|e| format!("layout.toml: {e}"))?;
+        if staged != layout {
+            return Err(format!(
+                "a set written for {staged:?}, and this replica has {layout:?}"
+            ));
+        }
+    }
     let point = raft_point::read(staging)?.ok_or("a snapshot without a raft point")?;
     let named = (descriptor.index, descriptor.term, descriptor.next_lsn);
     if (point.index, point.term, point.next_lsn) != named {

@@ -482,14 +482,16 @@ fn start_refuses_bad_ids() {
 }
 
 /// A data directory whose set in use holds a raft point at entry 40 and a
-/// file of `bytes` bytes, pinned: its `MsgSnapshot` from 1 to 2.
+/// snapshot file of `bytes` bytes of body, pinned: its `MsgSnapshot` from
+/// 1 to 2.
 fn pinned_snapshot(dir: &Path, bytes: usize) -> Message {
     use crate::replica::raft_point::{self, RaftPoint};
     use crate::replica::snapshot_files;
     crate::store::layout::prepare_snapshot_sets(dir).expect("sets");
     let set = crate::store::snapshot_dir(dir);
     let body: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(set.join("shard-0.snap"), body).unwrap();
+    let framed = crate::store::snapshot_bytes(120, &body);
+    std::fs::write(set.join("shard-0.snap"), framed).unwrap();
     let point = RaftPoint {
         index: 40,
         term: 2,
@@ -541,6 +543,7 @@ async fn a_snapshot_streams_its_files_and_is_reported_once() {
             let io = SnapshotIo {
                 dir: dir.clone(),
                 reports,
+                layout: None,
             };
             let peers = [peer].into_iter().collect();
             let transport = Transport::start_on(id, socket, peers, &certs.tls(id), inbox, Some(io))
@@ -568,9 +571,10 @@ async fn a_snapshot_streams_its_files_and_is_reported_once() {
     .await
 }
 
-// A snapshot stream whose file does not match its checksum is refused:
-// the stream is stopped, nothing reaches the driver, and nothing staged is
-// left on disk.
+// A snapshot stream whose file does not match its checksum on the wire,
+// or whose file was damaged before it was sent (its wire checksum holds,
+// its snapshot frame's does not), is refused: the stream is stopped,
+// nothing reaches the driver, and nothing staged is left on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_stream_is_refused_and_leaves_nothing() {
     bounded(async {
@@ -583,35 +587,42 @@ async fn a_damaged_snapshot_stream_is_refused_and_leaves_nothing() {
         let io = SnapshotIo {
             dir: dirs.1.clone(),
             reports: crossbeam_channel::unbounded().0,
+            layout: None,
         };
         let peers = [(1, address(&reserve()))].into_iter().collect();
         let two = Transport::start_on(2, socket_2, peers, &certs.tls(2), inbox, Some(io))
             .expect("starts");
         let connection = raw_connection(&certs.tls(1), address_2, "replica-2").await;
-        let mut stream = connection.open_uni().await.unwrap();
-        write_frame(&mut stream, &message).await;
         let pin = crate::replica::snapshot_files::pin_dir(&dirs.0, 40, 2);
         let descriptor =
             crate::replica::snapshot_files::Descriptor::decode(message.get_snapshot().get_data())
                 .unwrap();
-        for (name, _) in &descriptor.files {
-            let mut bytes = std::fs::read(pin.join(name)).unwrap();
-            let crc = crc32c::crc32c(&bytes);
-            if name == "shard-0.snap" {
-                bytes[1234] ^= 0x04;
+        for damaged_before_sent in [false, true] {
+            let mut stream = connection.open_uni().await.unwrap();
+            write_frame(&mut stream, &message).await;
+            for (name, _) in &descriptor.files {
+                let mut bytes = std::fs::read(pin.join(name)).unwrap();
+                let mut crc = crc32c::crc32c(&bytes);
+                if name == "shard-0.snap" {
+                    bytes[1234] ^= 0x04;
+                    if damaged_before_sent {
+                        crc = crc32c::crc32c(&bytes);
+                    }
+                }
+                stream.write_all(&bytes).await.unwrap();
+                stream.write_all(&crc.to_le_bytes()).await.unwrap();
             }
-            stream.write_all(&bytes).await.unwrap();
-            stream.write_all(&crc.to_le_bytes()).await.unwrap();
+            let stopped = stream.stopped().await.expect("an answer");
+            let refused = Some(VarInt::from_u32(snapshot::STOP_SNAPSHOT_REFUSED));
+            assert_eq!(
+                stopped, refused,
+                "damaged before sent: {damaged_before_sent}"
+            );
+            assert!(next_snapshot(&events, QUIET).await.is_none());
+            let incoming = dirs.1.join(crate::replica::snapshot_files::INCOMING_DIR);
+            let left = std::fs::read_dir(&incoming).map_or(0, |d| d.count());
+            assert_eq!(left, 0, "nothing staged is left");
         }
-        let stopped = stream.stopped().await.expect("an answer");
-        assert_eq!(
-            stopped,
-            Some(VarInt::from_u32(snapshot::STOP_SNAPSHOT_REFUSED))
-        );
-        assert!(next_snapshot(&events, QUIET).await.is_none());
-        let incoming = dirs.1.join(crate::replica::snapshot_files::INCOMING_DIR);
-        let left = std::fs::read_dir(&incoming).map_or(0, |d| d.count());
-        assert_eq!(left, 0, "nothing staged is left");
         connection.close(VarInt::from_u32(0), b"done");
         two.shutdown().await;
     })
