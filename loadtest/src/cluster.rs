@@ -405,6 +405,18 @@ impl SpawnedCluster {
         lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
+    /// Snapshot sets the replicas installed from a leader, as their logs
+    /// (kept across restarts) say.
+    pub(crate) fn snapshots_installed(&self) -> u64 {
+        let installed = |spec: &ReplicaSpec| {
+            let path = self.dir.join(format!("replica-{}.log", spec.id));
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            log.matches("installed the leader's snapshot at entry")
+                .count() as u64
+        };
+        self.replicas.iter().map(installed).sum()
+    }
+
     /// Kills what still runs (SIGKILL) and removes the directory.
     pub(crate) async fn remove(&self) {
         let mut running = self.running.lock().await;

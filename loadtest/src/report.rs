@@ -117,6 +117,10 @@ fn print_cluster(t: &str, cluster: &omniroute_loadtest::ClusterRun) {
         "{t}: replicas_equal={equal} ({})",
         cluster.digests.join("; ")
     );
+    println!(
+        "{t}: snapshots_installed={} (followers behind the leader's log sent its snapshot set)",
+        cluster.snapshots_installed
+    );
 }
 
 /// Each measured step's seconds that held a snapshot against the step's

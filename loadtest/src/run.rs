@@ -405,6 +405,7 @@ async fn run_on(
     if let (Some(run), Some(cluster)) = (cluster_run.as_mut(), &cluster) {
         cluster.stop().await;
         crate::cluster::compare_digests(run, cluster.digests());
+        run.snapshots_installed = cluster.snapshots_installed();
     }
     summary.cluster = cluster_run;
     let was_spawned = spawned.is_some() || cluster.is_some();

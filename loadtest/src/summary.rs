@@ -148,6 +148,9 @@ pub struct ClusterRun {
     pub replicas_equal: Option<bool>,
     /// Each replica's "id: index N digest D", or why it was not read.
     pub digests: Vec<String>,
+    /// Snapshot sets a follower behind the leader's log was sent and
+    /// installed, as the replicas' logs say.
+    pub snapshots_installed: u64,
 }
 
 /// One SIGKILL of the leader and the failover after it.
