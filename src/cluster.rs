@@ -118,6 +118,12 @@ impl Roles {
 
     /// Installs `engine` if this replica still leads `term`; else hands
     /// it back.
+    /// This replica leads `term` still.
+    fn leads(&self, term: u64) -> bool {
+        let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        view.role == StateRole::Leader && view.term == term
+    }
+
     fn install(&self, term: u64, engine: Engine) -> Result<(), Engine> {
         let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
         if view.role != StateRole::Leader || view.term != term {
@@ -535,6 +541,12 @@ impl Conductor {
             Ok(handed) => handed,
             Err(reason) => {
                 self.sets.engine_snapshots(false);
+                if !self.roles.leads(term) {
+                    // Deposed meanwhile (a set from the next leader may be
+                    // on its way in): nothing to serve, nothing failed.
+                    tracing::info!("replica promotion to term {term} given up: no longer its leader ({reason})");
+                    return;
+                }
                 return self.fail(format!("promotion to term {term}: {reason}"));
             }
         };

@@ -294,8 +294,9 @@ pub trait Persist {
     /// Puts the snapshot set staged in `staged`, which holds the log
     /// through `point`, in place of the set in use, and empties the
     /// journal to go on after it; durably, and before anything queued
-    /// after it is written. Waits for it.
-    fn install(&mut self, point: &RaftPoint, staged: &Path) -> Result<(), DiskError> {
+    /// after it is written. Waits for it. The set's descriptor once it is
+    /// pinned to be sent on (`None` if the pin failed: said, not fatal).
+    fn install(&mut self, point: &RaftPoint, staged: &Path) -> Result<Option<Vec<u8>>, DiskError> {
         let _ = (point, staged);
         Err(DiskError::Install(
             "this disk does not install snapshots".into(),
@@ -414,7 +415,7 @@ impl Persist for Persister {
         }
     }
 
-    fn install(&mut self, point: &RaftPoint, staged: &Path) -> Result<(), DiskError> {
+    fn install(&mut self, point: &RaftPoint, staged: &Path) -> Result<Option<Vec<u8>>, DiskError> {
         // A compaction's removal of segments must not race the reset's.
         let removing = self
             .removing
@@ -449,7 +450,13 @@ impl Persist for Persister {
         )?;
         self.positions.clear();
         self.next_lsn = next_lsn;
-        Ok(())
+        match super::snapshot_files::pin(&data_dir, point) {
+            Ok(descriptor) => Ok(Some(descriptor.encode())),
+            Err(e) => {
+                tracing::warn!("{e}; the set is offered to peers once the next is written");
+                Ok(None)
+            }
+        }
     }
 
     fn close(&self) {

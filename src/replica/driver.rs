@@ -280,9 +280,9 @@ impl<E: Effects, P: Persist> Driver<E, P> {
         self.node.store().clone()
     }
 
-    /// Runs until `Stop` (or every sender of `events` is gone); ticks
-    /// every `TICK_MS`. The reason it stopped early, if a storage error
-    /// stopped it.
+    /// Runs until `Stop` (or every sender of `events` is gone), or until
+    /// a storage error stops the replica; ticks every `TICK_MS`. The
+    /// reason it stopped early, if an error stopped it.
     pub fn run(mut self, events: Receiver<Event>) -> Option<String> {
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
@@ -333,6 +333,12 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             }
             if self.stopped.is_none() {
                 self.ready();
+            }
+            if self.stopped.is_some() {
+                // Said at once, not at shutdown: the replica cannot go on.
+                // What is queued is answered with the reason.
+                events.try_iter().for_each(|event| self.handle(event));
+                break;
             }
         }
         self.stop()
@@ -440,11 +446,13 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             .ok_or("the staged snapshot's raft point is not the message's")?;
         let started = Instant::now();
         self.effects.restoring();
-        self.persister
-            .install(&point, &staged.dir)
+        let pinned = (self.persister.install(&point, &staged.dir))
             .map_err(|e| format!("installing the snapshot at entry {index}: {e}"))?;
         (self.node.store().apply_snapshot(snapshot))
             .map_err(|e| format!("raft-rs storage refused the snapshot at entry {index}: {e}"))?;
+        if let Some(descriptor) = pinned {
+            self.node.store().set_pinned(&point, descriptor);
+        }
         self.installed = Some((rd.number(), index, term));
         metrics::counter!(crate::telemetry::REPLICA_SNAPSHOTS_INSTALLED_TOTAL).increment(1);
         tracing::info!(
@@ -604,6 +612,9 @@ impl<E: Effects, P: Persist> Driver<E, P> {
             self.node.raft.id
         );
         self.stopped = Some(reason);
+        // The set in use is free again (what was staged is removed at the
+        // next start).
+        self.staged = None;
     }
 
     fn propose(&mut self, data: Vec<u8>, answer: Answer) {

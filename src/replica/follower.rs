@@ -345,13 +345,22 @@ impl Applier {
         if records == 0 || !(by_count || by_time) {
             return;
         }
+        // The set is this thread's while it is held, and the log is cut
+        // only by an install, which holds it: a restore under way is seen
+        // here, and none starts until the set is written.
+        let Some(hold) = snapshots.sets.try_hold() else {
+            return;
+        };
+        if self.restores.load(Ordering::Acquire) > 0 {
+            return;
+        }
         let point = match self.raft_point() {
             Ok(point) => point,
             Err(reason) => return self.fail(reason),
         };
         let started = Instant::now();
         self.last_snapshot = (started, self.point.next_lsn);
-        match local_snapshot::write_and_pin(snapshots, state, &point) {
+        match local_snapshot::write_and_pin(snapshots, state, &point, hold) {
             Ok(Some(descriptor)) => {
                 tracing::info!(
                     "replica snapshot at entry {} (LSN {}): written in {} ms",

@@ -179,18 +179,16 @@ pub fn write(
         .map_err(|e| format!("writing the snapshot set at entry {}: {e}", point.index))
 }
 
-/// [`write`], if the set in use is free and holds less of the log (a set
-/// installed from the leader meanwhile is newer: never replaced by an
+/// [`write`], under `_hold`, if the set in use holds less of the log (a
+/// set installed from the leader meanwhile is newer: never replaced by an
 /// older one), then pins it: its descriptor, or `None` if it was not
 /// written.
 pub fn write_and_pin(
     snapshots: &LocalSnapshots,
     state: &EngineState,
     point: &RaftPoint,
+    _hold: SetsHold,
 ) -> Result<Option<Vec<u8>>, String> {
-    let Some(_hold) = snapshots.sets.try_hold() else {
-        return Ok(None);
-    };
     let dir = &snapshots.dir;
     if linked_point(dir)?.is_some_and(|linked| linked.index >= point.index) {
         return Ok(None);

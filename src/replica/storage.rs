@@ -113,7 +113,14 @@ impl ReplicaStorage {
             ..SnapshotMetadata::default()
         });
         snapshot.data = descriptor.into();
-        *self.pinned.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+        let mut pinned = self.pinned.write().unwrap_or_else(|e| e.into_inner());
+        // A pin told late (queued before an install) never replaces a newer.
+        if pinned
+            .as_ref()
+            .is_none_or(|p| p.get_metadata().index <= point.index)
+        {
+            *pinned = Some(snapshot);
+        }
     }
 
     /// Installs a snapshot raft-rs accepted: the log now starts after its

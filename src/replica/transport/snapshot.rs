@@ -335,6 +335,17 @@ fn check_staged(
                 "a set written for {staged:?}, and this replica has {layout:?}"
             ));
         }
+        // Every actor of the layout (an actor missing would load empty,
+        // with the log before the set gone). Nodes may be missing: one
+        // added to the network since has no file yet.
+        let shards = (0..layout.shards).map(|s| format!("shard-{s}.snap"));
+        let routers = (0..layout.routers).map(|r| format!("router-{r}.snap"));
+        let required = ["catalog.snap".to_string(), "feed.snap".to_string()];
+        for name in required.into_iter().chain(shards).chain(routers) {
+            if !descriptor.files.iter().any(|(file, _)| *file == name) {
+                return Err(format!("a set without {name}"));
+            }
+        }
     }
     let point = raft_point::read(staging)?.ok_or("a snapshot without a raft point")?;
     let named = (descriptor.index, descriptor.term, descriptor.next_lsn);
