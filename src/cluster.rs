@@ -314,7 +314,12 @@ pub async fn start(
         loaded.storage.clone(),
         config.engine.clone(),
         network.clone(),
-        Some(local_snapshots(config, events.clone(), sets.clone())),
+        Some(local_snapshots(
+            config,
+            cluster,
+            events.clone(),
+            sets.clone(),
+        )),
         Box::new(move |reason| {
             let _ = on_apply.send(Some(format!("the committed log did not apply: {reason}")));
         }),
@@ -476,10 +481,14 @@ fn load(
 /// the log before it.
 fn local_snapshots(
     config: &ValidConfig,
+    cluster: &ClusterSettings,
     events: Sender<Event>,
     sets: Arc<SnapshotSets>,
 ) -> LocalSnapshots {
+    let voters = cluster.voters();
+    let place = voters.iter().position(|&id| id == cluster.id).unwrap_or(0);
     LocalSnapshots {
+        phase: (place as u64, voters.len() as u64),
         dir: config.server.data_dir.clone(),
         layout: config.engine.layout(),
         interval_ms: config.store.snapshot_interval_ms,

@@ -83,9 +83,10 @@ struct Applier {
     /// applied after the set are applied to those older than them.
     filter: Applied,
     snapshots: Option<LocalSnapshots>,
-    /// When the last snapshot set was written or loaded, and the `next_lsn`
-    /// it was at.
-    last_snapshot: (Instant, u64),
+    /// When the last snapshot set was written or loaded (after a load,
+    /// put off by this replica's phase), the `next_lsn` it was at, and the
+    /// records the next is put off by (the phase, until one is written).
+    last_snapshot: (Instant, u64, u64),
     /// The log applied so far holds the [`STOCK_LOADED`] marker.
     stock_loaded: bool,
     failed: Option<String>,
@@ -119,7 +120,7 @@ impl Follower {
             // Set by `reset`, before anything is applied.
             filter: Applied::default(),
             snapshots,
-            last_snapshot: (Instant::now(), 1),
+            last_snapshot: (Instant::now(), 1, 0),
             stock_loaded: false,
             failed: None,
             on_failure,
@@ -327,7 +328,20 @@ impl Applier {
             }
             Err(reason) => self.fail(reason),
         }
-        self.last_snapshot = (Instant::now(), self.point.next_lsn);
+        self.last_snapshot = self.first_snapshot_after();
+    }
+
+    /// When the first snapshot after a reset is counted from: now and the
+    /// point, and the records it is put off by, by this replica's phase.
+    fn first_snapshot_after(&self) -> (Instant, u64, u64) {
+        let now = (Instant::now(), self.point.next_lsn, 0);
+        let Some(snapshots) = &self.snapshots else {
+            return now;
+        };
+        let (place, of) = snapshots.phase;
+        let share = |whole: u64| whole.saturating_mul(place) / of.max(1);
+        let later = Duration::from_millis(share(snapshots.interval_ms));
+        (now.0 + later, now.1, share(snapshots.every_records))
     }
 
     /// Writes the state as the replica's snapshot set once enough records
@@ -339,7 +353,8 @@ impl Applier {
             return;
         };
         let records = self.point.next_lsn - self.last_snapshot.1;
-        let by_count = snapshots.every_records > 0 && records >= snapshots.every_records;
+        let by_count = snapshots.every_records > 0
+            && records >= snapshots.every_records.saturating_add(self.last_snapshot.2);
         let by_time = snapshots.interval_ms > 0
             && self.last_snapshot.0.elapsed() >= Duration::from_millis(snapshots.interval_ms);
         if records == 0 || !(by_count || by_time) {
@@ -359,7 +374,7 @@ impl Applier {
             Err(reason) => return self.fail(reason),
         };
         let started = Instant::now();
-        self.last_snapshot = (started, self.point.next_lsn);
+        self.last_snapshot = (started, self.point.next_lsn, 0);
         match local_snapshot::write_and_pin(snapshots, state, &point, hold) {
             Ok(Some(descriptor)) => {
                 tracing::info!(

@@ -29,6 +29,13 @@ pub struct LocalSnapshots {
     /// And once this many journal records were applied since the last
     /// (0: never by count).
     pub every_records: u64,
+    /// This replica's place among the voters and their count: its first
+    /// snapshot after a start is put off by that share of the interval
+    /// and of the record count, so that the replicas, which apply the same
+    /// log at the same pace, do not all write theirs at once (a commit
+    /// needs a majority's fsyncs, and every set written beside them slows
+    /// them down).
+    pub phase: (u64, u64),
     /// Who writes the set in use, one at a time.
     pub sets: Arc<SnapshotSets>,
     /// Told of each set once it is in place and pinned, with its
