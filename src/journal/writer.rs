@@ -286,7 +286,17 @@ impl Writer {
             "journal: records from LSN {lsn} on removed (a replica's log overwritten by its leader) in {} ms",
             started.elapsed().as_millis()
         );
-        let (file, path, size, prepared) = match cut {
+        self.write_on_at(cut, lsn)
+    }
+
+    /// Writes on at `lsn` in the segment a cut or reset `opened`; a
+    /// failure stops the journal.
+    fn write_on_at(
+        &mut self,
+        opened: Result<(File, PathBuf, u64, bool), JournalError>,
+        lsn: u64,
+    ) -> Result<(), JournalError> {
+        let (file, path, size, prepared) = match opened {
             Ok(opened) => opened,
             Err(error) => {
                 self.fault.raise(error.clone());
@@ -311,20 +321,10 @@ impl Writer {
             .sync_unvouched()
             .and_then(|()| remove_all_segments(&self.dir))
             .and_then(|_| open_segment(&self.dir, lsn, self.segment_bytes));
-        let (file, path, size, prepared) = match reset {
-            Ok(opened) => opened,
-            Err(error) => {
-                self.fault.raise(error.clone());
-                return Err(error);
-            }
-        };
-        tracing::info!("journal: every segment removed; the next record is LSN {lsn}");
-        self.file = file;
-        self.path = path;
-        self.size = size;
-        self.prepared = prepared;
-        self.next_lsn = lsn;
-        Ok(())
+        if reset.is_ok() {
+            tracing::info!("journal: every segment removed; the next record is LSN {lsn}");
+        }
+        self.write_on_at(reset, lsn)
     }
 
     pub(super) fn run(

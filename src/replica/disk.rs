@@ -417,14 +417,7 @@ impl Persist for Persister {
 
     fn install(&mut self, point: &RaftPoint, staged: &Path) -> Result<Option<Vec<u8>>, DiskError> {
         // A compaction's removal of segments must not race the reset's.
-        let removing = self
-            .removing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(thread) = removing {
-            let _ = thread.join();
-        }
+        self.wait_for_removal();
         let data_dir = (self.dir.parent())
             .ok_or_else(|| DiskError::Install("the journal has no data directory".into()))?
             .to_path_buf();
@@ -461,14 +454,7 @@ impl Persist for Persister {
 
     fn close(&self) {
         self.journal.close();
-        let removing = self
-            .removing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(thread) = removing {
-            let _ = thread.join();
-        }
+        self.wait_for_removal();
     }
 }
 
@@ -543,6 +529,18 @@ impl Persister {
                 });
                 DiskError::from(error)
             })
+        }
+    }
+
+    /// Waits for the last compaction's removal of segments, if one runs.
+    fn wait_for_removal(&self) {
+        let removing = self
+            .removing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = removing {
+            let _ = thread.join();
         }
     }
 
